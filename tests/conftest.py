@@ -1,0 +1,83 @@
+"""Test tiers by privilege: unit, bpf, netns, browser (see DESIGN.md).
+
+Each tier beyond unit probes its capability once. Outside CI a missing
+capability skips the tier with the reason; under CI (CI=true, root, every
+tier available) it is an error, because a skipped tier is not a pass.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+TIERS = ("bpf", "netns", "browser")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@functools.cache
+def probe_bpf() -> str | None:
+    """None when a tiny XDP program compiles and loads, else the reason."""
+    if os.geteuid() != 0:
+        return "bpf tier needs root"
+    try:
+        from bcc import BPF  # noqa: PLC0415 - optional, only for this tier
+    except ImportError as exc:
+        return f"bcc not importable: {exc}"
+    try:
+        b = BPF(text="int probe(struct xdp_md *ctx) { return XDP_PASS; }")
+        b.load_func("probe", BPF.XDP)
+        b.cleanup()
+    except Exception as exc:  # bcc raises plain Exception on compile failure
+        return f"bcc cannot compile an XDP program: {exc}"
+    return None
+
+
+@functools.cache
+def probe_netns() -> str | None:
+    if os.geteuid() != 0:
+        return "netns tier needs root"
+    name = f"swprobe-{uuid.uuid4().hex[:6]}"
+    r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"ip netns add failed: {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return probe_bpf()
+
+
+@functools.cache
+def probe_browser() -> str | None:
+    if not pathlib.Path("/usr/bin/chromium").exists() and not shutil.which("chromium"):
+        return "Debian chromium is not installed"
+    try:
+        import playwright  # noqa: F401, PLC0415
+    except ImportError as exc:
+        return f"playwright not importable: {exc}"
+    return None
+
+
+PROBES = {"bpf": probe_bpf, "netns": probe_netns, "browser": probe_browser}
+
+
+def pytest_collection_modifyitems(config, items):
+    root = pathlib.Path(__file__).parent
+    for item in items:
+        rel = pathlib.Path(str(item.fspath)).relative_to(root)
+        tier = rel.parts[0] if len(rel.parts) > 1 else "unit"
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+
+
+def pytest_runtest_setup(item):
+    for tier in TIERS:
+        if item.get_closest_marker(tier):
+            reason = PROBES[tier]()
+            if reason:
+                if IN_CI:
+                    pytest.fail(f"{tier} tier unavailable in CI: {reason}")
+                pytest.skip(reason)
