@@ -1,0 +1,103 @@
+"""Enumerations and limits shared by the XDP program and Python: the one source of truth.
+
+Every value here reaches the C compile as a `-D` macro (see `cflags()`), so the
+program and the control plane can never disagree. Struct layouts, by contrast,
+live in `bpf/seawall.h` and reach Python through bcc's `table.Key`/`table.Leaf`.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Direction(enum.IntEnum):
+    """Which NIC a frame entered on."""
+
+    INBOUND = 0   # external (upstream) -> internal (customers)
+    OUTBOUND = 1  # internal -> external
+
+
+class TrafficClass(enum.IntEnum):
+    """Coarse class of a packet, used for counters, baselines and token buckets."""
+
+    TCP_SYN = 0
+    TCP_OTHER = 1
+    UDP = 2
+    ICMP = 3
+    FRAGMENT = 4  # every fragment, first or later
+    OTHER = 5
+
+
+class DropReason(enum.IntEnum):
+    """Why the program dropped a packet (counter index and sample tag)."""
+
+    NONE = 0
+    DENY_LIST = 1
+    BAD_LENGTH = 2      # IP header or total length inconsistent with the frame
+    BAD_TCP_FLAGS = 3   # NULL, SYN+FIN, SYN+RST, XMAS
+    LAND = 4            # source address equals destination address
+    PORT_ZERO = 5       # TCP or UDP source or destination port 0
+    RULE = 6            # a dynamic rule with action drop
+    RATE_LIMIT = 7      # a dynamic rule with action rate-limit, over its rate
+    HEURISTIC = 8       # always-on heuristics (SYN, reflection, per-class buckets)
+    MALFORMED = 9       # a header that claims more bytes than the frame holds
+
+
+class Verdict(enum.IntEnum):
+    PASS = 0
+    DROP = 1
+
+
+class RuleAction(enum.IntEnum):
+    DROP = 0
+    RATE_LIMIT = 1
+    COUNT = 2  # match and count only (monitor mode)
+
+
+class TenantMode(enum.IntEnum):
+    MONITOR = 0   # count and report, never drop
+    MITIGATE = 1
+
+
+class AclKind(enum.IntEnum):
+    ALLOW = 0
+    DENY = 1
+
+
+# Limits. Sizes are entries unless a unit is given.
+MAX_TENANTS = 16384            # tenant slots; indices are stable for a tenant's lifetime
+MAX_PREFIXES = 65536           # per address family, per tenant-set slot
+MAX_ACL_PREFIXES = 16384       # allow+deny keys per family, per slot
+ACL_ENTRIES_PER_PREFIX = 8     # port/proto entries sharing one source prefix (after expansion)
+MAX_RULES = 4096               # dynamic rules installed at once
+RULES_PER_TARGET = 8           # rules attached to one destination (or tenant-wide)
+MAX_ADDRESSES = 262144         # per-address cache and counters (LRU)
+PAYLOAD_MATCH_BYTES = 8        # leading payload bytes a rule can match
+SAMPLE_BYTES = 128             # bytes of each sampled packet copied to user space
+RINGBUF_PAGES = 256            # sample ring buffer size, in 4 KiB pages (1 MiB)
+MAX_VLAN_DEPTH = 2             # 802.1Q and QinQ
+MAX_IPV6_EXT_HEADERS = 6       # extension headers walked before giving up (counted OTHER)
+NO_TENANT = 0xFFFFFFFF         # tenant index meaning "no tenant owns this address"
+TENANT_SET_SLOTS = 2           # double-buffered tenant sets, flipped atomically
+
+IPPROTO = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
+
+
+def cflags() -> list[str]:
+    """The -D flags that give the C program every enumeration and limit above."""
+    flags: list[str] = []
+    for enum_type in (Direction, TrafficClass, DropReason, Verdict, RuleAction, TenantMode, AclKind):
+        prefix = _macro_prefix(enum_type)
+        flags += [f"-D{prefix}_{member.name}={int(member)}" for member in enum_type]
+        flags.append(f"-D{prefix}__COUNT={len(enum_type)}")
+    for name in ("MAX_TENANTS", "MAX_PREFIXES", "MAX_ACL_PREFIXES", "ACL_ENTRIES_PER_PREFIX",
+                 "MAX_RULES", "RULES_PER_TARGET", "MAX_ADDRESSES", "PAYLOAD_MATCH_BYTES",
+                 "SAMPLE_BYTES", "RINGBUF_PAGES", "MAX_VLAN_DEPTH", "MAX_IPV6_EXT_HEADERS",
+                 "NO_TENANT", "TENANT_SET_SLOTS"):
+        flags.append(f"-DSW_{name}={globals()[name]}U")
+    return flags
+
+
+def _macro_prefix(enum_type: type[enum.IntEnum]) -> str:
+    snake = "".join("_" + c if c.isupper() and i else c for i, c in enumerate(enum_type.__name__))
+    return "SW_" + snake.upper()
