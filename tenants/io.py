@@ -1,0 +1,103 @@
+"""Reading and writing tenant sets: TOML (the config format) and JSON (the API format).
+
+Both formats hold the same tables as `TenantSet.to_dicts()`: TOML as a
+`[[tenants]]` array of tables, JSON as `{"tenants": [...]}`. Every read error,
+syntax or content, is a ConfigError that names its source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from typing import Any
+
+import tomli_w
+
+from tenants.errors import ConfigError, type_name
+from tenants.model import TenantSet
+
+_TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+def parse_toml_document(text: str, source: str) -> dict[str, Any]:
+    """TOML text to a dict; a syntax error becomes a ConfigError quoting the offending line."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        position = _TOML_POSITION.search(message)
+        if position is None:
+            raise ConfigError(f"TOML syntax error: {message}", source=source) from None
+        line_number, column = int(position.group(1)), int(position.group(2))
+        reason = message[:position.start()].strip()
+        lines = text.splitlines()
+        quoted = ""
+        if 1 <= line_number <= len(lines):
+            quoted = f"\n    {lines[line_number - 1]}\n    {' ' * (column - 1)}^"
+        raise ConfigError(f"line {line_number}, column {column}: TOML syntax error: {reason}{quoted}",
+                          source=source) from None
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A config file's text; an unreadable file is a ConfigError, not a traceback."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise ConfigError("file not found", source=os.fspath(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", source=os.fspath(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", source=os.fspath(path)) from None
+
+
+def tenant_set_from_document(document: dict[str, Any], source: str, required: bool = True) -> TenantSet:
+    """The TenantSet of a parsed document's `tenants` array; other top-level keys are not looked at.
+
+    Ignoring them lets the same reader take a tenants-only file or the whole
+    appliance config. Without a `tenants` key: an empty set, or an error when `required`.
+    """
+    if "tenants" not in document:
+        if required:
+            raise ConfigError("no [[tenants]] tables found", source=source)
+        return TenantSet()
+    try:
+        return TenantSet.from_dicts(document["tenants"])
+    except ConfigError as exc:
+        raise exc.with_source(source) from None
+
+
+def loads_toml(text: str, source: str = "<string>") -> TenantSet:
+    """A TenantSet from TOML text whose top level has `[[tenants]]`."""
+    return tenant_set_from_document(parse_toml_document(text, source), source)
+
+
+def load_toml(path: str | os.PathLike[str]) -> TenantSet:
+    """A TenantSet from a TOML file whose top level has `[[tenants]]`."""
+    return loads_toml(read_text(path), source=os.fspath(path))
+
+
+def dumps_toml(tenant_set: TenantSet) -> str:
+    """TOML text that `loads_toml` reads back to an equal TenantSet."""
+    return tomli_w.dumps({"tenants": tenant_set.to_dicts()})
+
+
+def to_json(tenant_set: TenantSet, indent: int | None = 2) -> str:
+    """`{"tenants": [...]}` with the same tables as the TOML form."""
+    return json.dumps({"tenants": tenant_set.to_dicts()}, indent=indent)
+
+
+def from_json(text: str | bytes, source: str = "<json>") -> TenantSet:
+    """A TenantSet from `{"tenants": [...]}` (or a bare array of tenant objects)."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"line {exc.lineno}, column {exc.colno}: JSON syntax error: {exc.msg}",
+                          source=source) from None
+    if isinstance(document, list):
+        document = {"tenants": document}
+    if not isinstance(document, dict):
+        raise ConfigError(f"expected an object with a \"tenants\" array, got {type_name(document)}", source=source)
+    return tenant_set_from_document(document, source)
