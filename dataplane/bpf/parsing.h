@@ -1,0 +1,279 @@
+/* Seawall: kernel-only packet parsing helpers.
+ *
+ * One helper per header layer; each checks bounds against data_end before
+ * reading and reports what it found in struct sw_packet. Nothing here is
+ * shared with user space.
+ */
+#ifndef SEAWALL_PARSING_H
+#define SEAWALL_PARSING_H
+
+#define SW_ETH_P_IP 0x0800
+#define SW_ETH_P_IPV6 0x86DD
+#define SW_ETH_P_8021Q 0x8100
+#define SW_ETH_P_8021AD 0x88A8
+
+#define SW_IPPROTO_HOPOPTS 0
+#define SW_IPPROTO_ICMP 1
+#define SW_IPPROTO_TCP 6
+#define SW_IPPROTO_UDP 17
+#define SW_IPPROTO_ROUTING 43
+#define SW_IPPROTO_FRAGMENT 44
+#define SW_IPPROTO_AH 51
+#define SW_IPPROTO_ICMPV6 58
+#define SW_IPPROTO_DSTOPTS 60
+
+#define SW_TCP_FIN 0x01
+#define SW_TCP_SYN 0x02
+#define SW_TCP_RST 0x04
+#define SW_TCP_PSH 0x08
+#define SW_TCP_ACK 0x10
+#define SW_TCP_URG 0x20
+
+/* What parse_frame() reports. */
+enum sw_parse_result {
+    SW_PARSE_NOT_IP = 0,   /* ARP, LLDP, other ethertypes: bridged untouched */
+    SW_PARSE_UNREADABLE,   /* IP ethertype but no readable address header: bridged untouched */
+    SW_PARSE_OK,           /* addresses read; see sw_packet.invalid for header problems */
+};
+
+enum sw_fragment {
+    SW_FRAG_NONE = 0,
+    SW_FRAG_FIRST,
+    SW_FRAG_LATER,
+};
+
+struct sw_packet {
+    __u8 src[16];          /* IPv4 as ::ffff:a.b.c.d */
+    __u8 dst[16];
+    __u16 payload_offset;  /* bytes from the frame start to the L4 payload (valid when l4_ok) */
+    __u32 ip_length;       /* IPv4 total length / IPv6 payload length + 40, bytes */
+    __u16 sport;           /* host byte order, when l4_ok and TCP/UDP */
+    __u16 dport;
+    __u8 proto;            /* final upper-layer protocol */
+    __u8 ttl;              /* TTL or hop limit */
+    __u8 tcp_flags;
+    __u8 is_v6;
+    __u8 fragment;         /* enum sw_fragment */
+    __u8 l4_ok;            /* the L4 header is inside the frame and the IP length */
+    __u8 traffic_class;    /* SW_TRAFFIC_CLASS_* */
+    __u8 invalid;          /* 0, or SW_DROP_REASON_BAD_LENGTH / _MALFORMED for header problems */
+};
+
+static __always_inline void sw_map_v4(__u8 *out, const __u8 *v4)
+{
+    __builtin_memset(out, 0, 10);
+    out[10] = 0xff;
+    out[11] = 0xff;
+    __builtin_memcpy(out + 12, v4, 4);
+}
+
+/* Ethernet plus up to SW_MAX_VLAN_DEPTH 802.1Q/802.1ad tags. Returns the
+ * ethertype (network order) and advances *cursor to the L3 header, or 0 when
+ * the frame is too short for what it announces. */
+static __always_inline __u16 sw_parse_ethernet(void **cursor, void *data_end)
+{
+    struct ethhdr *eth = *cursor;
+    if ((void *)(eth + 1) > data_end)
+        return 0;
+    __u16 proto = eth->h_proto;
+    void *next = eth + 1;
+#pragma unroll
+    for (int i = 0; i < SW_MAX_VLAN_DEPTH; i++) {
+        if (proto != bpf_htons(SW_ETH_P_8021Q) && proto != bpf_htons(SW_ETH_P_8021AD))
+            break;
+        struct vlan_hdr *vlan = next;
+        if ((void *)(vlan + 1) > data_end)
+            return 0;
+        proto = vlan->h_vlan_encapsulated_proto;
+        next = vlan + 1;
+    }
+    *cursor = next;
+    return proto;
+}
+
+/* Classifies by protocol, fragment state and TCP flags. */
+static __always_inline void sw_classify(struct sw_packet *p)
+{
+    if (p->fragment != SW_FRAG_NONE)
+        p->traffic_class = SW_TRAFFIC_CLASS_FRAGMENT;
+    else if (p->proto == SW_IPPROTO_TCP)
+        p->traffic_class = ((p->tcp_flags & (SW_TCP_SYN | SW_TCP_ACK)) == SW_TCP_SYN)
+                               ? SW_TRAFFIC_CLASS_TCP_SYN : SW_TRAFFIC_CLASS_TCP_OTHER;
+    else if (p->proto == SW_IPPROTO_UDP)
+        p->traffic_class = SW_TRAFFIC_CLASS_UDP;
+    else if (p->proto == SW_IPPROTO_ICMP || p->proto == SW_IPPROTO_ICMPV6)
+        p->traffic_class = SW_TRAFFIC_CLASS_ICMP;
+    else
+        p->traffic_class = SW_TRAFFIC_CLASS_OTHER;
+}
+
+/* TCP, UDP, ICMP/ICMPv6 header at p->l4, bounded by the frame and by the IP
+ * length (ip_end). Sets ports, flags, payload, l4_ok, or p->invalid. */
+static __always_inline void sw_parse_l4(struct sw_packet *p, void *data, void *l4, void *ip_end, void *data_end)
+{
+    if (p->proto == SW_IPPROTO_TCP) {
+        struct tcphdr *tcp = l4;
+        if ((void *)(tcp + 1) > data_end || (void *)(tcp + 1) > ip_end) {
+            p->invalid = SW_DROP_REASON_MALFORMED;
+            return;
+        }
+        __u32 doff = tcp->doff * 4;
+        if (doff < sizeof(*tcp) || l4 + doff > ip_end) {
+            p->invalid = SW_DROP_REASON_BAD_LENGTH;
+            return;
+        }
+        p->sport = bpf_ntohs(tcp->source);
+        p->dport = bpf_ntohs(tcp->dest);
+        p->tcp_flags = ((__u8 *)tcp)[13];
+        p->payload_offset = (l4 + doff) - data;
+        p->l4_ok = 1;
+    } else if (p->proto == SW_IPPROTO_UDP) {
+        struct udphdr *udp = l4;
+        if ((void *)(udp + 1) > data_end || (void *)(udp + 1) > ip_end) {
+            p->invalid = SW_DROP_REASON_MALFORMED;
+            return;
+        }
+        __u32 ulen = bpf_ntohs(udp->len);
+        /* A first fragment carries only part of the datagram the UDP length covers. */
+        if (ulen < sizeof(*udp) || (p->fragment == SW_FRAG_NONE && l4 + ulen > ip_end)) {
+            p->invalid = SW_DROP_REASON_BAD_LENGTH;
+            return;
+        }
+        p->sport = bpf_ntohs(udp->source);
+        p->dport = bpf_ntohs(udp->dest);
+        p->payload_offset = (void *)(udp + 1) - data;
+        p->l4_ok = 1;
+    } else if (p->proto == SW_IPPROTO_ICMP || p->proto == SW_IPPROTO_ICMPV6) {
+        if (l4 + 4 > data_end || l4 + 4 > ip_end) {
+            p->invalid = SW_DROP_REASON_MALFORMED;
+            return;
+        }
+        p->payload_offset = (l4 + 4) - data;
+        p->l4_ok = 1;
+    }
+}
+
+static __always_inline int sw_parse_ipv4(struct sw_packet *p, void *data, void *l3, void *data_end)
+{
+    struct iphdr *ip = l3;
+    if ((void *)(ip + 1) > data_end || ip->version != 4)
+        return SW_PARSE_UNREADABLE;
+    sw_map_v4(p->src, (__u8 *)&ip->saddr);
+    sw_map_v4(p->dst, (__u8 *)&ip->daddr);
+    p->proto = ip->protocol;
+    p->ttl = ip->ttl;
+    p->ip_length = bpf_ntohs(ip->tot_len);
+    __u32 ihl = ip->ihl * 4;
+    if (ihl < sizeof(*ip) || p->ip_length < ihl || l3 + p->ip_length > data_end) {
+        p->invalid = SW_DROP_REASON_BAD_LENGTH;
+        sw_classify(p);
+        return SW_PARSE_OK;
+    }
+    __u16 frag = bpf_ntohs(ip->frag_off);
+    if (frag & 0x1FFF)
+        p->fragment = SW_FRAG_LATER;
+    else if (frag & 0x2000)
+        p->fragment = SW_FRAG_FIRST;
+    if (p->fragment != SW_FRAG_LATER)
+        sw_parse_l4(p, data, l3 + ihl, l3 + p->ip_length, data_end);
+    sw_classify(p);
+    return SW_PARSE_OK;
+}
+
+static __always_inline int sw_parse_ipv6(struct sw_packet *p, void *data, void *l3, void *data_end)
+{
+    struct ipv6hdr *ip6 = l3;
+    if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
+        return SW_PARSE_UNREADABLE;
+    p->is_v6 = 1;
+    __builtin_memcpy(p->src, &ip6->saddr, 16);
+    __builtin_memcpy(p->dst, &ip6->daddr, 16);
+    p->ttl = ip6->hop_limit;
+    p->ip_length = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
+    void *ip_end = l3 + p->ip_length;
+    if (ip_end > data_end) {
+        p->invalid = SW_DROP_REASON_BAD_LENGTH;
+        p->proto = ip6->nexthdr;
+        sw_classify(p);
+        return SW_PARSE_OK;
+    }
+    __u8 next = ip6->nexthdr;
+    void *cursor = ip6 + 1;
+    int done = 0;
+#pragma unroll
+    for (int i = 0; i < SW_MAX_IPV6_EXT_HEADERS; i++) {
+        if (next == SW_IPPROTO_FRAGMENT) {
+            __u8 *fh = cursor;
+            if ((void *)(fh + 8) > data_end || (void *)(fh + 8) > ip_end) {
+                p->invalid = SW_DROP_REASON_MALFORMED;
+                done = 1;
+                break;
+            }
+            __u16 off = (((__u16)fh[2] << 8) | fh[3]);
+            p->fragment = (off & 0xFFF8) ? SW_FRAG_LATER : SW_FRAG_FIRST;
+            next = fh[0];
+            cursor = fh + 8;
+            if (p->fragment == SW_FRAG_LATER) {
+                done = 1;
+                break;
+            }
+        } else if (next == SW_IPPROTO_HOPOPTS || next == SW_IPPROTO_ROUTING ||
+                   next == SW_IPPROTO_DSTOPTS || next == SW_IPPROTO_AH) {
+            __u8 *eh = cursor;
+            if ((void *)(eh + 2) > data_end) {
+                p->invalid = SW_DROP_REASON_MALFORMED;
+                done = 1;
+                break;
+            }
+            __u32 len = (next == SW_IPPROTO_AH) ? ((__u32)eh[1] + 2) * 4 : ((__u32)eh[1] + 1) * 8;
+            next = eh[0];
+            cursor = eh + len;
+            if (cursor > ip_end) {
+                p->invalid = SW_DROP_REASON_BAD_LENGTH;
+                done = 1;
+                break;
+            }
+        } else {
+            done = 2; /* reached an upper-layer header */
+            break;
+        }
+    }
+    p->proto = next;
+    /* done == 0: more extension headers than SW_MAX_IPV6_EXT_HEADERS; the
+     * packet is counted as OTHER and never looked into further. */
+    if (done == 0) {
+        p->proto = 255;
+    } else if (done == 2) {
+        sw_parse_l4(p, data, cursor, ip_end, data_end);
+    }
+    sw_classify(p);
+    return SW_PARSE_OK;
+}
+
+static __always_inline int sw_parse_frame(struct sw_packet *p, void *data, void *data_end)
+{
+    void *cursor = data;
+    __u16 proto = sw_parse_ethernet(&cursor, data_end);
+    if (proto == bpf_htons(SW_ETH_P_IP))
+        return sw_parse_ipv4(p, data, cursor, data_end);
+    if (proto == bpf_htons(SW_ETH_P_IPV6))
+        return sw_parse_ipv6(p, data, cursor, data_end);
+    return SW_PARSE_NOT_IP;
+}
+
+/* Flag sets no TCP stack sends. */
+static __always_inline int sw_bad_tcp_flags(__u8 flags)
+{
+    __u8 f = flags & (SW_TCP_FIN | SW_TCP_SYN | SW_TCP_RST | SW_TCP_PSH | SW_TCP_ACK | SW_TCP_URG);
+    if (f == 0)
+        return 1; /* NULL scan */
+    if ((f & (SW_TCP_SYN | SW_TCP_FIN)) == (SW_TCP_SYN | SW_TCP_FIN))
+        return 1;
+    if ((f & (SW_TCP_SYN | SW_TCP_RST)) == (SW_TCP_SYN | SW_TCP_RST))
+        return 1;
+    if ((f & (SW_TCP_FIN | SW_TCP_PSH | SW_TCP_URG)) == (SW_TCP_FIN | SW_TCP_PSH | SW_TCP_URG))
+        return 1; /* XMAS */
+    return 0;
+}
+
+#endif /* SEAWALL_PARSING_H */

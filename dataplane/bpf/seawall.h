@@ -1,0 +1,214 @@
+/* Seawall: layouts shared by the XDP program and the Python control plane.
+ *
+ * This header is the single source of truth for every struct that crosses
+ * the kernel/user boundary. Python never re-declares these layouts: it gets
+ * them from bcc (`table.Key`, `table.Leaf`) after compiling this program, and
+ * a unit test pins their sizes. Enumerations and limits (SW_TRAFFIC_CLASS_*,
+ * SW_DROP_REASON_*, SW_MAX_*) come from dataplane/constants.py as -D flags.
+ */
+#ifndef SEAWALL_H
+#define SEAWALL_H
+
+#ifndef SW_TRAFFIC_CLASS__COUNT
+#error "compile with the -D flags of dataplane.constants.cflags()"
+#endif
+
+#define SW_CLASSES SW_TRAFFIC_CLASS__COUNT
+#define SW_REASONS SW_DROP_REASON__COUNT
+#define SW_DIRS SW_DIRECTION__COUNT
+
+/* Devmap keys: the port a frame leaves on. */
+#define SW_PORT_EXTERNAL 0
+#define SW_PORT_INTERNAL 1
+
+/* sw_policy.flags */
+#define SW_POLICY_INVALID_FILTERS (1U << 0)
+#define SW_POLICY_HAS_ALLOW (1U << 1)
+#define SW_POLICY_HAS_DENY (1U << 2)
+#define SW_POLICY_SYN_PROTECTION (1U << 3)
+#define SW_POLICY_REFLECTION_ALWAYS (1U << 4)
+#define SW_POLICY_REFLECTION_AUTO (1U << 5)
+
+/* sw_rule.match: which optional fields a rule checks. */
+#define SW_MATCH_PROTO (1U << 0)
+#define SW_MATCH_SPORT (1U << 1)
+#define SW_MATCH_DPORT (1U << 2)
+#define SW_MATCH_LENGTH (1U << 3)
+#define SW_MATCH_TTL (1U << 4)
+#define SW_MATCH_TCP_FLAGS (1U << 5)
+#define SW_MATCH_PAYLOAD (1U << 6)
+#define SW_MATCH_FRAGMENT (1U << 7)     /* only fragments */
+#define SW_MATCH_NOT_FRAGMENT (1U << 8) /* only non-fragments */
+
+/* Rule sets are addressed per destination address or per whole tenant. */
+#define SW_SCOPE_ADDRESS 0
+#define SW_SCOPE_TENANT 1
+#define SW_NO_RULE_SET 0xFFFFFFFFU
+
+/* Global settings, one entry (key 0). Written by the control plane only. */
+struct sw_config {
+    __u32 active_slot;     /* tenant-set slot in use (0 or 1); flipped atomically */
+    __u32 generation;      /* bumped on every tenant-set or rule change; caches refresh on mismatch */
+    __u32 external_ifindex;
+    __u32 internal_ifindex;
+    __u32 sample_every;    /* copy one packet in N to the sample ring per CPU; 0 = off */
+    __u32 flags;           /* reserved */
+};
+
+/* Destination-prefix tries: (slot, address) -> tenant. prefixlen counts the
+ * 32 slot bits plus the address prefix length. */
+struct sw_prefix4_key {
+    __u32 prefixlen;
+    __u32 slot;
+    __u8 addr[4];
+};
+
+struct sw_prefix6_key {
+    __u32 prefixlen;
+    __u32 slot;
+    __u8 addr[16];
+};
+
+struct sw_tenant_ref {
+    __u32 tenant_idx;
+};
+
+/* Per-tenant policy, indexed by slot * SW_MAX_TENANTS + tenant index. */
+struct sw_policy {
+    __u8 in_use;
+    __u8 mode;             /* SW_TENANT_MODE_* */
+    __u16 flags;           /* SW_POLICY_* */
+    __u32 syn_rate_pps;    /* per-destination budgets for the heuristics; 0 = off */
+    __u32 udp_rate_pps;
+    __u32 icmp_rate_pps;
+    __u32 fragment_rate_pps;
+};
+
+/* Allow/deny lists: longest-prefix match on (slot, kind, tenant, source).
+ * The control plane expands entries so that the longest match carries every
+ * entry of the covering prefixes too: one lookup answers the whole list. */
+struct sw_acl4_key {
+    __u32 prefixlen;       /* 96 + source prefix length */
+    __u32 slot;
+    __u32 kind;            /* SW_ACL_KIND_* */
+    __u32 tenant_idx;
+    __u8 src[4];
+};
+
+struct sw_acl6_key {
+    __u32 prefixlen;       /* 96 + source prefix length */
+    __u32 slot;
+    __u32 kind;
+    __u32 tenant_idx;
+    __u8 src[16];
+};
+
+struct sw_acl_entry {
+    __u8 proto;            /* IP protocol; 0 = any */
+    __u8 pad;
+    __u16 sport_lo;        /* inclusive, host byte order */
+    __u16 sport_hi;
+    __u16 dport_lo;
+    __u16 dport_hi;
+};
+
+struct sw_acl_value {
+    __u32 count;
+    struct sw_acl_entry entries[SW_ACL_ENTRIES_PER_PREFIX];
+};
+
+/* Per customer-side address state, one copy per CPU (LRU). IPv4 addresses are
+ * stored IPv4-mapped (::ffff:a.b.c.d). Inbound counters feed the per-server
+ * baselines; the cached tenant and rule sets spare the hot path any trie walk. */
+struct sw_addr_key {
+    __u8 addr[16];
+};
+
+struct sw_addr_state {
+    __u32 tenant_idx;          /* SW_NO_TENANT when no tenant owns it */
+    __u32 generation;          /* sw_config.generation the cached fields belong to */
+    __u32 address_rule_set;    /* rule set for this address, or SW_NO_RULE_SET */
+    __u32 tenant_rule_set;     /* tenant-wide rule set, or SW_NO_RULE_SET */
+    __u64 packets[SW_CLASSES]; /* inbound, passed + dropped */
+    __u64 bytes[SW_CLASSES];
+    __u64 dropped_packets;     /* inbound */
+    __u64 outbound_packets;
+    __u64 outbound_bytes;
+};
+
+/* Counters of one direction of one tenant. (bcc describes nested arrays
+ * wrongly to Python, so two-dimensional counters are arrays of this struct.) */
+struct sw_direction_stats {
+    __u64 passed_packets;
+    __u64 passed_bytes;
+    __u64 dropped_packets;
+    __u64 dropped_bytes;
+    __u64 class_packets[SW_CLASSES];   /* passed + dropped */
+    __u64 class_bytes[SW_CLASSES];
+    __u64 reason_packets[SW_REASONS];  /* also counts what monitor mode would drop */
+};
+
+/* Per-tenant counters, per CPU; index SW_MAX_TENANTS counts traffic to no tenant. */
+struct sw_tenant_stats {
+    struct sw_direction_stats dir[SW_DIRS];
+};
+
+/* Dynamic rules (installed by the policy engine). */
+struct sw_rule_set_key {
+    __u32 tenant_idx;
+    __u32 scope;           /* SW_SCOPE_* */
+    __u8 addr[16];         /* zero for SW_SCOPE_TENANT */
+};
+
+struct sw_rule_set {
+    __u32 count;
+    __u32 rule_ids[SW_RULES_PER_TARGET];
+};
+
+struct sw_rule {
+    __u8 in_use;
+    __u8 action;           /* SW_RULE_ACTION_* */
+    __u8 proto;
+    __u8 tcp_flags_mask;
+    __u8 tcp_flags_value;
+    __u8 ttl_lo;
+    __u8 ttl_hi;
+    __u8 pad;
+    __u16 match;           /* SW_MATCH_* */
+    __u16 sport_lo;
+    __u16 sport_hi;
+    __u16 dport_lo;
+    __u16 dport_hi;
+    __u16 length_lo;       /* IP length in bytes, inclusive */
+    __u16 length_hi;
+    __u16 pad2;
+    __u32 rate_pps;        /* SW_RULE_ACTION_RATE_LIMIT: packets per second admitted */
+    __u8 payload[SW_PAYLOAD_MATCH_BYTES];
+    __u8 payload_mask[SW_PAYLOAD_MATCH_BYTES];
+};
+
+struct sw_rule_stats {     /* per CPU */
+    __u64 matched_packets;
+    __u64 matched_bytes;
+    __u64 dropped_packets;
+};
+
+struct sw_rule_bucket {    /* shared by all CPUs; races only blur the rate slightly */
+    __u64 last_ns;
+    __s64 tokens;          /* packets */
+};
+
+/* A packet copied to user space through the ring buffer. */
+struct sw_sample {
+    __u64 timestamp_ns;    /* bpf_ktime_get_ns */
+    __u32 tenant_idx;
+    __u8 direction;
+    __u8 dropped;
+    __u8 reason;
+    __u8 pad;
+    __u32 wire_length;     /* bytes of the whole frame */
+    __u32 captured;        /* bytes valid in data */
+    __u8 data[SW_SAMPLE_BYTES];
+};
+
+#endif /* SEAWALL_H */
