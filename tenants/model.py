@@ -502,13 +502,15 @@ def _check_set(owners: Sequence[_Owner], problems: list[str]) -> None:
 
 
 def _overlap_problems(owners: Sequence[_Owner]) -> list[str]:
-    """Every prefix that overlaps another one, in O(n log n).
+    """Overlapping prefixes, each pair reported once, in O(n log n).
 
-    CIDR blocks are either nested or disjoint, so after sorting by (first
-    address, prefix length) a block overlaps something before it exactly when
-    it starts at or below the highest last address seen so far; the block that
-    reached that address contains it. Each overlap is reported on whichever of
-    the two comes later in the file, the one an operator most likely just added.
+    CIDR blocks are either nested or disjoint. Sorted by (first address,
+    prefix length), every block comes right after the blocks that contain it,
+    so a stack of open blocks gives each block its innermost container. Each
+    block is reported against that container, which names every prefix that
+    takes part in any overlap without listing all n^2 pairs. A message goes
+    to whichever of the two comes later in the file, the one an operator most
+    likely just added.
     """
     found: list[tuple[int, int, str]] = []
     for version in (4, 6):
@@ -518,12 +520,13 @@ def _overlap_problems(owners: Sequence[_Owner]) -> list[str]:
             for order, owner in enumerate(owners)
             for index, network in owner.prefixes if network.version == version
         )
-        cover: _Block | None = None  # the block reaching furthest so far
+        open_blocks: list[_Block] = []
         for block in blocks:
-            if cover is not None and block[0] <= cover[2]:
-                found.append(_overlap_message(owners, block, cover))
-            else:  # nested blocks never reach past their cover, so only a disjoint block replaces it
-                cover = block
+            while open_blocks and open_blocks[-1][2] < block[0]:  # ended before this one starts
+                open_blocks.pop()
+            if open_blocks:  # not ended, so it contains this block
+                found.append(_overlap_message(owners, block, open_blocks[-1]))
+            open_blocks.append(block)
     found.sort()
     return [message for _, _, message in found]
 
