@@ -1,0 +1,74 @@
+"""Email notifier: SMTP (STARTTLS or implicit TLS, optional AUTH) via aiosmtplib,
+a plain-text and an HTML part rendered from jinja2 templates."""
+
+from __future__ import annotations
+
+import datetime
+import email.message
+import email.utils
+import ssl
+
+import aiosmtplib
+import jinja2
+
+from policy.events import Event, Severity
+
+from .base import NotifierError
+from .config import EmailReceiver
+
+_TEXT_ENV = jinja2.Environment(loader=jinja2.PackageLoader("securewatch.notify", "templates"),
+                               autoescape=False, undefined=jinja2.StrictUndefined)
+_HTML_ENV = jinja2.Environment(loader=jinja2.PackageLoader("securewatch.notify", "templates"),
+                               autoescape=True, undefined=jinja2.StrictUndefined)
+_COLOURS = {Severity.INFO: "#2b6cb0", Severity.NOTICE: "#2f855a", Severity.WARNING: "#c05621",
+            Severity.CRITICAL: "#c53030"}
+
+
+def render_email(event: Event, receiver: EmailReceiver, delivery_id: str) -> email.message.EmailMessage:
+    when = datetime.datetime.fromtimestamp(event.timestamp, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    context = {"event": event, "when": when, "delivery_id": delivery_id,
+               "colour": _COLOURS[event.severity]}
+    # One line, whatever the template does: a newline in a header would be an injection.
+    subject = " ".join(_TEXT_ENV.get_template("email_subject.txt.j2").render(context).split())
+    msg = email.message.EmailMessage()
+    msg["Subject"] = subject
+    msg["From"] = receiver.sender
+    msg["To"] = ", ".join(receiver.to)
+    msg["Date"] = email.utils.formatdate(event.timestamp, localtime=False)
+    msg["Message-ID"] = email.utils.make_msgid(idstring=delivery_id, domain="seawall.invalid")
+    msg["X-Seawall-Event"] = str(event.type)
+    msg["X-Seawall-Delivery"] = delivery_id
+    if event.incident_id:
+        msg["X-Seawall-Incident"] = event.incident_id
+    msg.set_content(_TEXT_ENV.get_template("email.txt.j2").render(context))
+    msg.add_alternative(_HTML_ENV.get_template("email.html.j2").render(context, subject=subject),
+                        subtype="html")
+    return msg
+
+
+class EmailNotifier:
+    def __init__(self, receiver: EmailReceiver) -> None:
+        self.receiver = receiver
+        self.name = receiver.name
+
+    async def send(self, event: Event, delivery_id: str) -> None:
+        r = self.receiver
+        message = render_email(event, r, delivery_id)
+        tls_context = ssl.create_default_context(cafile=r.ca_file) if (r.starttls or r.use_tls) else None
+        try:
+            await aiosmtplib.send(
+                message, sender=r.sender, recipients=list(r.to), hostname=r.smtp_host, port=r.smtp_port,
+                username=r.username, password=r.password.reveal() if r.password else None,
+                start_tls=r.starttls, use_tls=r.use_tls, tls_context=tls_context, timeout=r.timeout_s)
+        except aiosmtplib.SMTPResponseException as exc:
+            # 5xx is the server's final word on this message (bad recipient, refused
+            # content); 4xx is "try later". Authentication failures are a config matter
+            # an operator fixes, so keep those queued rather than throw events away.
+            permanent = 500 <= exc.code < 600 and not isinstance(exc, aiosmtplib.SMTPAuthenticationError)
+            raise NotifierError(f"smtp {r.smtp_host}:{r.smtp_port}: {exc.code} {exc.message}",
+                                permanent=permanent) from exc
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError, TimeoutError) as exc:
+            raise NotifierError(f"smtp {r.smtp_host}:{r.smtp_port}: {type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        """Nothing to release: one connection per message (alerts are rare)."""

@@ -1,0 +1,288 @@
+"""NotifierManager: subscribes to the EventBus, routes each event to the receivers
+that may see it, stores it at once in each one's durable queue, and runs one named
+asyncio task per receiver that delivers in order, with capped exponential backoff
+and jitter while the receiver is down."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import pathlib
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from policy.events import Event, EventBus
+
+from .base import Notifier, NotifierError
+from .config import EmailReceiver, NotifyConfig, Receiver, SnmpReceiver, SyslogReceiver, WebhookReceiver
+from .queue import DurableQueue
+
+log = structlog.get_logger(__name__)
+
+BUS_SUBSCRIBER = "notify"
+STOP_GRACE_S = 5.0  # seconds a worker may finish the delivery in progress when stopping
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Delay before retry n (1-based): min(max_s, initial_s * multiplier**(n-1)),
+    jittered uniformly into its upper half so receivers coming back are not stampeded
+    by every appliance at once, while the delay still grows."""
+
+    initial_s: float = 1.0    # seconds before the first retry
+    max_s: float = 300.0      # seconds: the cap, so a receiver back after hours is tried soon
+    multiplier: float = 2.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        ceiling = min(self.max_s, self.initial_s * self.multiplier ** max(attempt - 1, 0))
+        return rng.uniform(ceiling / 2, ceiling)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReceiverStatus:
+    name: str
+    kind: str
+    tenants: tuple[str, ...] | None
+    healthy: bool                  # running, and the last attempt (if any) succeeded
+    running: bool
+    last_success: float | None     # seconds since the epoch
+    last_error: str | None
+    last_error_at: float | None
+    consecutive_failures: int
+    backlog: int                   # events waiting in the durable queue
+    delivered: int                 # events delivered over the queue's life
+    dead_letters: int              # events the receiver refused for good
+
+    def to_public_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["tenants"] = list(self.tenants) if self.tenants is not None else None
+        return d
+
+
+def make_notifier(receiver: Receiver) -> Notifier:
+    # Imported here so a config with only webhooks never loads pysnmp, and so on.
+    if isinstance(receiver, SyslogReceiver):
+        from .syslog import SyslogNotifier  # noqa: PLC0415
+        return SyslogNotifier(receiver)
+    if isinstance(receiver, SnmpReceiver):
+        from .snmp import SnmpNotifier  # noqa: PLC0415
+        return SnmpNotifier(receiver)
+    if isinstance(receiver, EmailReceiver):
+        from .mail import EmailNotifier  # noqa: PLC0415
+        return EmailNotifier(receiver)
+    if isinstance(receiver, WebhookReceiver):
+        from .webhook import WebhookNotifier  # noqa: PLC0415
+        return WebhookNotifier(receiver)
+    raise TypeError(f"no notifier for {type(receiver).__name__}")
+
+
+class _Worker:
+    """Delivery for one receiver: its queue, its notifier, its health."""
+
+    def __init__(self, receiver: Receiver, queue: DurableQueue, notifier: Notifier,
+                 retry: RetryPolicy, stopping: asyncio.Event) -> None:
+        self.receiver = receiver
+        self.queue = queue
+        self.notifier = notifier
+        self.retry = retry
+        self.stopping = stopping
+        self.wake = asyncio.Event()
+        self.rng = random.Random()
+        self.consecutive_failures = 0
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+
+    async def _pause(self, seconds: float | None) -> None:
+        """Sleep until woken (new event), stopping, or `seconds` pass (None: no limit)."""
+        waiters = [asyncio.ensure_future(self.stopping.wait())]
+        if seconds is None:
+            waiters.append(asyncio.ensure_future(self.wake.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def run(self) -> None:
+        structlog.contextvars.bind_contextvars(receiver=self.receiver.name, kind=self.receiver.kind)
+        while not self.stopping.is_set():
+            item = self.queue.head()
+            if item is None:
+                # No await between head() and clear(): an enqueue cannot slip in between.
+                self.wake.clear()
+                await self._pause(None)
+                continue
+            try:
+                await self.notifier.send(item.event, item.delivery_id)
+            except NotifierError as exc:
+                self._failed(str(exc))
+                if exc.permanent:
+                    self.queue.bury(item.row_id, str(exc))
+                    log.error("notify.refused", error=str(exc), delivery=item.delivery_id,
+                              event_type=str(item.event.type), tenant=item.event.tenant)
+                    continue
+                self.queue.release()
+                delay = self.retry.delay(self.consecutive_failures, self.rng)
+                log.warning("notify.retry", error=str(exc), attempt=self.consecutive_failures,
+                            delay_s=round(delay, 3), backlog=self.queue.backlog)
+                await self._pause(delay)
+                continue
+            except Exception as exc:
+                # A bug of ours for this event (e.g. rendering): retrying the same input
+                # fails the same way and would block the queue, so set it aside.
+                self._failed(f"{type(exc).__name__}: {exc}")
+                self.queue.bury(item.row_id, f"{type(exc).__name__}: {exc}")
+                log.exception("notify.send_crashed", delivery=item.delivery_id)
+                continue
+            self.queue.ack(item.row_id)
+            if self.consecutive_failures:
+                log.info("notify.recovered", after_failures=self.consecutive_failures)
+            self.consecutive_failures = 0
+            log.debug("notify.delivered", delivery=item.delivery_id, event_type=str(item.event.type),
+                      tenant=item.event.tenant, merged=item.merged)
+
+    def _failed(self, error: str) -> None:
+        self.consecutive_failures += 1
+        self.last_error = error
+        self.last_error_at = time.time()
+
+
+class NotifierManager:
+    """Owns every receiver's durable queue and delivery task.
+
+    Use as `async with NotifierManager(...)`, or in aiohttp as
+    `app.cleanup_ctx.append(manager.cleanup_ctx)`.
+    """
+
+    def __init__(self, config: NotifyConfig, bus: EventBus, state_dir: pathlib.Path | str | None = None,
+                 *, retry: RetryPolicy | None = None) -> None:
+        directory = state_dir if state_dir is not None else config.state_dir
+        if directory is None:
+            raise ValueError("notify: a state directory is required (notify.state_dir or state_dir=)")
+        self.config = config
+        self.bus = bus
+        self.state_dir = pathlib.Path(directory)
+        self.retry = retry or RetryPolicy()
+        self._workers: dict[str, _Worker] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # strong references: tasks must not vanish
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._inbox: asyncio.Queue[Event] | None = None
+        self._stopping = asyncio.Event()
+
+    @property
+    def running(self) -> bool:
+        return self._dispatcher is not None
+
+    async def start(self) -> None:
+        if self.running:
+            raise RuntimeError("notifier manager already started")
+        self._stopping = asyncio.Event()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        for receiver in self.config.receivers:
+            queue = DurableQueue(self.state_dir / f"{receiver.name}.sqlite")
+            worker = _Worker(receiver, queue, make_notifier(receiver), self.retry, self._stopping)
+            self._workers[receiver.name] = worker
+            self._spawn(f"notify:{receiver.name}", worker.run())
+            if queue.backlog:
+                log.info("notify.resume", receiver=receiver.name, backlog=queue.backlog)
+        self._inbox = self.bus.subscribe(BUS_SUBSCRIBER)
+        self._dispatcher = self._spawn("notify:dispatch", self._dispatch())
+        log.info("notify.started", receivers=len(self._workers), state_dir=str(self.state_dir))
+
+    def _spawn(self, name: str, coro: Any) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks[name] = task
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("notify.task_failed", task=task.get_name(), error=f"{type(exc).__name__}: {exc}",
+                      exc_info=exc)
+
+    async def _dispatch(self) -> None:
+        assert self._inbox is not None
+        while True:
+            self.submit(await self._inbox.get())
+
+    def submit(self, event: Event) -> None:
+        """Route `event` and store it durably in each receiving queue, now."""
+        for worker in self._workers.values():
+            if not worker.receiver.wants(event):
+                continue
+            try:
+                worker.queue.put(event)
+            except Exception:
+                # A full disk or broken file for one receiver must not starve the others.
+                log.exception("notify.enqueue_failed", receiver=worker.receiver.name,
+                              event_type=str(event.type), tenant=event.tenant)
+                continue
+            worker.wake.set()
+
+    async def stop(self) -> None:
+        if not self.running:
+            return
+        assert self._dispatcher is not None and self._inbox is not None
+        self._dispatcher.cancel()
+        await asyncio.gather(self._dispatcher, return_exceptions=True)
+        self.bus.unsubscribe(BUS_SUBSCRIBER)
+        while not self._inbox.empty():  # events published but not yet routed: keep them
+            self.submit(self._inbox.get_nowait())
+        self._stopping.set()
+        workers = [t for n, t in self._tasks.items() if n != "notify:dispatch"]
+        _, late = await asyncio.wait(workers, timeout=STOP_GRACE_S) if workers else (set(), set())
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        for worker in self._workers.values():
+            try:
+                await worker.notifier.close()
+            except Exception:
+                log.exception("notify.close_failed", receiver=worker.receiver.name)
+            worker.queue.close()
+        self._workers.clear()
+        self._tasks.clear()
+        self._dispatcher = self._inbox = None
+        log.info("notify.stopped")
+
+    async def __aenter__(self) -> NotifierManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def cleanup_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """aiohttp: `app.cleanup_ctx.append(manager.cleanup_ctx)` starts and stops with the app."""
+        await self.start()
+        app[NOTIFIER_MANAGER] = self
+        yield
+        await self.stop()
+
+    def status(self) -> dict[str, ReceiverStatus]:
+        """Each receiver's health; never a secret (receivers are shown by name and kind)."""
+        out = {}
+        for name, w in self._workers.items():
+            task = self._tasks.get(f"notify:{name}")
+            running = task is not None and not task.done()
+            out[name] = ReceiverStatus(
+                name=name, kind=w.receiver.kind, tenants=w.receiver.tenants,
+                healthy=running and w.consecutive_failures == 0, running=running,
+                last_success=w.queue.last_success, last_error=w.last_error, last_error_at=w.last_error_at,
+                consecutive_failures=w.consecutive_failures, backlog=w.queue.backlog,
+                delivered=w.queue.delivered, dead_letters=w.queue.dead_letters)
+        return out
+
+    def pending(self, name: str) -> list[Event]:
+        return self._workers[name].queue.pending()
+
+
+NOTIFIER_MANAGER = web.AppKey("notifier_manager", NotifierManager)
