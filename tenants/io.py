@@ -19,6 +19,7 @@ from tenants.errors import ConfigError, type_name
 from tenants.model import TenantSet
 
 _TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
+_AT_END = "(at end of document)"
 
 
 def parse_toml_document(text: str, source: str) -> dict[str, Any]:
@@ -29,6 +30,10 @@ def parse_toml_document(text: str, source: str) -> dict[str, Any]:
         message = str(exc)
         position = _TOML_POSITION.search(message)
         if position is None:
+            if message.endswith(_AT_END):
+                reason = message[:-len(_AT_END)].strip()
+                raise ConfigError(f"line {len(text.splitlines())}, at end of file: TOML syntax error: {reason} "
+                                  f"(is a bracket or a quote left open?)", source=source) from None
             raise ConfigError(f"TOML syntax error: {message}", source=source) from None
         line_number, column = int(position.group(1)), int(position.group(2))
         reason = message[:position.start()].strip()
