@@ -63,6 +63,17 @@ class FrameEdits:
     dport_range: tuple[int, int] = (0, 0)
     seq_off: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("src_off", "ip_csum_off", "l4_csum_off", "ipid_off", "sport_off", "dport_off", "seq_off"):
+            if not 0 <= getattr(self, name) <= 0xFF - 3:
+                raise ValueError(f"{name}={getattr(self, name)}: rewritten fields must lie in the first 252 bytes")
+        for name in ("sport_range", "dport_range"):
+            low, span = getattr(self, name)
+            if not (0 <= low <= 0xFFFF and 0 <= span <= 0xFFFF and low + span <= 0x10000):
+                raise ValueError(f"{name}={(low, span)}: (min, span) must stay within 0..65535")
+        if not 0 <= self.src_mask <= 0xFFFFFFFF:
+            raise ValueError(f"src_mask={self.src_mask:#x}: 32 bits at most")
+
 
 class LiveFrameSender:
     """Sends template frames out of one interface through the live-frames test run."""

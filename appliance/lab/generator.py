@@ -1,0 +1,193 @@
+"""Paced attack generation: live-frames batches, then a timed wait, so a requested rate is held.
+
+`Generator.run()` must run in the namespace that owns the sending interface
+(`<p>-up`, interface `ext`, the peer of the appliance's external NIC), so frames
+enter the appliance without a Linux routing hop. It counts honestly: frames the
+XDP program submitted and frames the veth actually transmitted (its
+`tx_queue_*_xdp_xmit` counters), and reports achieved against requested.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+
+from appliance.lab.attack import Stream
+from appliance.lab.livegen import LiveFrameSender
+
+log = structlog.get_logger(__name__)
+
+TICK_S = 0.005                # seconds between pacing decisions
+MAX_FRAMES_PER_CALL = 65536   # frames per BPF_PROG_TEST_RUN call (keeps a tick short at any rate)
+MIN_FRAMES_PER_CALL = 32      # below this, more templates per tick cost more than they vary
+MAX_CALLS_PER_TICK = 32       # templates (carpet destinations, fragments) touched per stream and tick
+MAX_BACKLOG_S = 0.1           # seconds of frames a late generator may catch up; the rest is dropped
+
+
+@dataclasses.dataclass(slots=True)
+class SecondReport:
+    second: int               # seconds since the start (1 = the first full second)
+    transmitted: int          # frames the interface transmitted during this second
+    requested_pps: int
+
+    def to_dict(self) -> dict:
+        return {"type": "second", **dataclasses.asdict(self)}
+
+
+@dataclasses.dataclass(slots=True)
+class AttackResult:
+    vectors: list[str]
+    interface: str
+    requested_pps: int        # 0 = as fast as possible
+    requested_duration_s: float
+    elapsed_s: float
+    submitted: int            # frames the XDP program handed to bpf_redirect
+    transmitted: int          # frames the interface transmitted (tx_queue_*_xdp_xmit)
+    xmit_errors: int          # frames the interface failed to transmit
+    skipped: int              # frames the pacer gave up on (fell behind by more than MAX_BACKLOG_S)
+    method: str = "xdp-live-frames"
+    per_second: list[int] = dataclasses.field(default_factory=list)
+
+    @property
+    def achieved_pps(self) -> float:
+        return self.transmitted / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["achieved_pps"] = round(self.achieved_pps, 1)
+        data["type"] = "summary"
+        return data
+
+
+def xdp_xmit_counters(ifname: str) -> tuple[int, int]:
+    """(transmitted, errors) summed over the veth's tx queues, from `ethtool -S` in this namespace."""
+    out = subprocess.run(["ethtool", "-S", ifname], capture_output=True, text=True, check=True).stdout
+    sent = errors = 0
+    for line in out.splitlines():
+        key, _, value = line.strip().partition(":")
+        if key.startswith("tx_queue_") and key.endswith("_xdp_xmit"):
+            sent += int(value)
+        elif key.startswith("tx_queue_") and key.endswith("_xdp_xmit_errors"):
+            errors += int(value)
+    return sent, errors
+
+
+class Generator:
+    """Sends `streams` out of `ifname` at `pps` in total (split by stream weight) for `duration` s."""
+
+    def __init__(self, streams: list[Stream], pps: int, duration: float, ifname: str):
+        if not streams:
+            raise ValueError("no streams to send")
+        self.streams = streams
+        self.pps = pps
+        self.duration = duration
+        self.ifname = ifname
+        self.stop_event = threading.Event()
+
+    def run(self, on_second: Callable[[SecondReport], None] | None = None) -> AttackResult:
+        sender = LiveFrameSender(socket.if_nametoindex(self.ifname))
+        try:
+            return self._run(sender, on_second)
+        finally:
+            sender.close()
+
+    def _run(self, sender: LiveFrameSender, on_second) -> AttackResult:
+        total_weight = sum(s.weight for s in self.streams)
+        rates = [self.pps * s.weight / total_weight for s in self.streams]
+        owed = [0] * len(self.streams)        # frames sent or skipped per stream
+        cursors = [0] * len(self.streams)     # next template per stream
+        skipped = 0
+        configured = -1
+        base_sent, base_errors = xdp_xmit_counters(self.ifname)
+        last_sent = base_sent
+        per_second: list[int] = []
+        log.info("attack.start", vectors=sorted({s.vector for s in self.streams}), pps=self.pps,
+                 duration_s=self.duration, interface=self.ifname)
+        start = time.monotonic()
+        next_tick = start
+        final = False
+        while True:
+            now = time.monotonic()
+            elapsed = min(now - start, self.duration)
+            if elapsed >= self.duration or self.stop_event.is_set():
+                final = True
+            for index, stream in enumerate(self.streams):
+                if self.pps == 0:
+                    due = MAX_FRAMES_PER_CALL if not final else 0
+                else:
+                    due = int(rates[index] * elapsed) - owed[index]
+                    backlog_cap = max(1, int(rates[index] * MAX_BACKLOG_S))
+                    if due > backlog_cap and not final:
+                        skipped += due - backlog_cap
+                        owed[index] += due - backlog_cap
+                        due = backlog_cap
+                if due <= 0:
+                    continue
+                if configured != index:
+                    sender.configure(stream.edits)
+                    configured = index
+                calls = min(len(stream.frames), max(1, due // MIN_FRAMES_PER_CALL), MAX_CALLS_PER_TICK)
+                for call in range(calls):
+                    frames = due // calls + (1 if call < due % calls else 0)
+                    while frames > 0:
+                        batch = min(frames, MAX_FRAMES_PER_CALL)
+                        sender.send(stream.frames[cursors[index] % len(stream.frames)], batch)
+                        frames -= batch
+                        owed[index] += batch
+                    cursors[index] += 1
+            if final:
+                break
+            second = int(time.monotonic() - start)
+            if second > len(per_second):
+                sent, _ = xdp_xmit_counters(self.ifname)
+                per_second.append(sent - last_sent)
+                last_sent = sent
+                if on_second:
+                    on_second(SecondReport(len(per_second), per_second[-1], self.pps))
+            next_tick += TICK_S
+            delay = next_tick - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # pacing: hold the requested rate, not just the maximum
+            else:
+                next_tick = time.monotonic()  # late: do not try to catch up on ticks, only on frames
+        elapsed = time.monotonic() - start
+        sent, errors = xdp_xmit_counters(self.ifname)
+        result = AttackResult(
+            vectors=sorted({s.vector for s in self.streams}), interface=self.ifname, requested_pps=self.pps,
+            requested_duration_s=self.duration, elapsed_s=round(elapsed, 3),
+            submitted=sender.frames_redirected(), transmitted=sent - base_sent, xmit_errors=errors - base_errors,
+            skipped=skipped, per_second=per_second)
+        log.info("attack.end", vectors=result.vectors, requested_pps=self.pps,
+                 achieved_pps=round(result.achieved_pps), transmitted=result.transmitted,
+                 errors=result.xmit_errors)
+        return result
+
+
+def run_in_lab(lab_name: str, spec, on_second: Callable[[SecondReport], None] | None = None,
+               stop_event: threading.Event | None = None) -> AttackResult:
+    """Build the frames for `spec`, enter `<lab>-up` and send them (this thread stays in that namespace)."""
+    from appliance.lab.attack import TemplateBuilder  # noqa: PLC0415
+    from appliance.lab.nsenter import enter_netns  # noqa: PLC0415
+    from appliance.lab.topology import Lab, LabError  # noqa: PLC0415
+
+    lab = Lab(lab_name)
+    upstream = lab.ns("up")
+    probe = subprocess.run(["ip", "-n", upstream, "-j", "link", "show", lab.UPSTREAM_IF],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise LabError(f"lab {lab_name!r} is not up (no {lab.UPSTREAM_IF} in {upstream}); "
+                       f"run `seawall lab up --name {lab_name}` first")
+    import json  # noqa: PLC0415
+    source_mac = json.loads(probe.stdout)[0]["address"]
+    streams = TemplateBuilder(lab, spec, source_mac=source_mac).streams()
+    enter_netns(upstream)
+    generator = Generator(streams, spec.pps, spec.duration, lab.UPSTREAM_IF)
+    if stop_event is not None:
+        generator.stop_event = stop_event
+    return generator.run(on_second)
