@@ -10,7 +10,7 @@
 
     [securewatch]
     listen = "127.0.0.1:8080"
-    database = "sqlite:///var/lib/seawall/securewatch.db"   # default: under state_dir
+    database = "sqlite:////var/lib/seawall/securewatch.db"  # sqlite:/// + absolute path; default: under state_dir
     enabled = true
 
     [[tenants]]                      # see tenants.model
@@ -110,7 +110,9 @@ def parse_config(text: str, source: str = "<string>") -> ApplianceConfig:
     problems: list[str] = []
     for key, value in document.items():
         if key not in SECTIONS:
-            kind = "section" if isinstance(value, dict) else "key"
+            is_table = isinstance(value, dict) or (isinstance(value, list) and value
+                                                    and all(isinstance(item, dict) for item in value))
+            kind = "section" if is_table else "key"
             problems.append(f"{key}: unknown top-level {kind}{did_you_mean(key, SECTIONS)}")
 
     appliance = _parse_appliance(_section(document, "appliance", problems), problems)
