@@ -1,0 +1,119 @@
+"""Per-second baselines of packet rates, per row (destination slot or tenant) and traffic class.
+
+Model
+-----
+Each (row, class) keeps an exponentially weighted mean and variance of its
+per-second packet rate. A tick of `dt` seconds carries weight
+``alpha = 1 - 2 ** (-dt / half_life_s)``, so variable tick lengths learn at the
+same speed per second of wall time; the default half-life is 30 minutes, slow
+enough that an attack ramp of minutes is not absorbed and fast enough to follow
+a game server's evening peak (a ramp over an hour stays within the margin).
+
+Update (West's EWMA form): ``d = x - mean; mean += alpha·d;
+var = (1 - alpha)·(var + alpha·d²)``. While a row has learned fewer seconds than
+the EWMA's memory, alpha is ``dt / learned_seconds`` instead (a plain running
+mean and variance), so warm-up ends with unbiased estimates.
+
+Threshold of a row and class::
+
+    max(policy.min_pps, (mean + k·sigma) · margin / sensitivity)
+
+Warm-up: until a (row, class) has learned `warmup_s` seconds (10 minutes by
+default), no baseline-based detection happens; only the absolute floors apply
+(`max(min_pps, warmup_floor_pps[class])`), which catch the obvious floods that
+hit a brand-new address.
+
+Attack seconds are not learned: every second in which a (row, class) is flagged
+as anomalous (and not cleared as benign by classification) leaves its mean,
+variance and learned time untouched, so a long attack never becomes the norm.
+Seconds that are learned are winsorised at the current threshold, so traffic that
+creeps up just below the threshold pulls the baseline up at most by the margin
+per half-life instead of at its own pace. The known limit: a legitimate step
+change far above the threshold stays an anomaly until an operator adjusts the
+tenant's policy (sensitivity or min_pps); classification decides whether it is
+reported as an attack.
+
+No quantile estimate is kept: with the margin on top of mean + k·sigma the
+threshold already sits above the bursts of the synthetic and lab traffic; a
+streaming high quantile is the next step if real traffic shows heavy tails.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dataplane.constants import TrafficClass
+
+N_CLASSES = len(TrafficClass)
+
+
+class EwmaBaseline:
+    """Mean, variance and learned seconds for `capacity` rows × classes."""
+
+    def __init__(self, capacity: int, *, half_life_s: float, warmup_s: float, k_sigma: float,
+                 margin: float, warmup_floor_pps: tuple[float, ...]) -> None:
+        if half_life_s <= 0:
+            raise ValueError(f"baseline half-life must be positive, got {half_life_s}")
+        self.half_life_s = half_life_s
+        self.warmup_s = warmup_s
+        self.k_sigma = k_sigma
+        self.margin = margin
+        self.floor = np.asarray(warmup_floor_pps, np.float64)
+        self.mean = np.zeros((capacity, N_CLASSES))
+        self.var = np.zeros((capacity, N_CLASSES))
+        self.learned_s = np.zeros((capacity, N_CLASSES))
+
+    @property
+    def capacity(self) -> int:
+        return len(self.mean)
+
+    def resize(self, capacity: int) -> None:
+        pad = capacity - self.capacity
+        if pad <= 0:
+            return
+        zeros = np.zeros((pad, N_CLASSES))
+        self.mean = np.vstack([self.mean, zeros])
+        self.var = np.vstack([self.var, zeros])
+        self.learned_s = np.vstack([self.learned_s, zeros])
+
+    def reset(self, rows: np.ndarray) -> None:
+        self.mean[rows] = 0.0
+        self.var[rows] = 0.0
+        self.learned_s[rows] = 0.0
+
+    def sigma(self, rows: np.ndarray) -> np.ndarray:
+        return np.sqrt(self.var[rows])
+
+    def warm(self, rows: np.ndarray) -> np.ndarray:
+        """(N, C) bool: past warm-up, so baseline-based detection applies."""
+        return self.learned_s[rows] >= self.warmup_s
+
+    def baseline_threshold(self, rows: np.ndarray) -> np.ndarray:
+        """(mean + k·sigma)·margin per (row, class), before policy floors and sensitivity."""
+        return (self.mean[rows] + self.k_sigma * np.sqrt(self.var[rows])) * self.margin
+
+    def threshold(self, rows: np.ndarray, min_pps: np.ndarray, sensitivity: np.ndarray) -> np.ndarray:
+        """(N, C) packets/s above which a (row, class) is anomalous."""
+        base = self.baseline_threshold(rows) / sensitivity[:, None]
+        floor = np.maximum(min_pps[:, None], self.floor[None, :])
+        return np.where(self.warm(rows), np.maximum(min_pps[:, None], base), floor)
+
+    def update(self, rows: np.ndarray, pps: np.ndarray, dt: float, learn: np.ndarray) -> None:
+        """Learn one tick of rates `pps` (N, C) for `rows` where `learn` (N, C) is True."""
+        if dt <= 0 or not len(rows):
+            return
+        mean = self.mean[rows]
+        var = self.var[rows]
+        learned = self.learned_s[rows]
+        # A plain running average while few seconds are known (so warm-up ends with an
+        # unbiased mean and variance), the EWMA weight once it is the larger one.
+        alpha = np.maximum(1.0 - 2.0 ** (-dt / self.half_life_s), dt / (learned + dt))
+        warm = learned >= self.warmup_s
+        cap = (mean + self.k_sigma * np.sqrt(var)) * self.margin
+        x = np.where(warm, np.minimum(pps, np.maximum(cap, 1.0)), pps)
+        diff = x - mean
+        new_mean = mean + alpha * diff
+        new_var = (1.0 - alpha) * (var + alpha * diff * diff)
+        self.mean[rows] = np.where(learn, new_mean, mean)
+        self.var[rows] = np.where(learn, new_var, var)
+        self.learned_s[rows] = learned + np.where(learn, dt, 0.0)

@@ -1,0 +1,67 @@
+"""Engine-wide knobs of the policy engine (per-tenant knobs live in `tenants.policy.TenantPolicy`).
+
+Every value has a unit and a default that suits a production appliance; tests
+shorten the time constants instead of waiting for them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dataplane.constants import TrafficClass
+
+# Rates (packets/s per destination) above which a class is an attack even before a
+# baseline exists. They apply during warm-up only, when nothing else can be known.
+DEFAULT_WARMUP_FLOOR_PPS = {
+    TrafficClass.TCP_SYN: 20_000,
+    TrafficClass.TCP_OTHER: 150_000,
+    TrafficClass.UDP: 60_000,
+    TrafficClass.ICMP: 10_000,
+    TrafficClass.FRAGMENT: 10_000,
+    TrafficClass.OTHER: 10_000,
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    # Baselines (see policy.baseline for the model).
+    half_life_s: float = 1800.0          # seconds for a learned second to lose half its weight
+    warmup_s: float = 600.0              # learned seconds before a row's baseline is used
+    k_sigma: float = 4.0                 # standard deviations above the mean that are still normal
+    margin: float = 1.5                  # headroom factor on mean + k·sigma (ramps, bursts)
+    warmup_floor_pps: tuple[float, ...] = tuple(DEFAULT_WARMUP_FLOOR_PPS[c] for c in TrafficClass)
+    forget_after_s: float = 6 * 3600.0   # seconds an address may be absent before its baseline is dropped
+    # Detection and classification.
+    min_confidence: float = 0.5          # a vector below this is not reported
+    carpet_min_destinations: int = 8     # elevated addresses before a tenant-wide anomaly is carpet bombing
+    # Incidents.
+    confirm_s: float = 2.0               # seconds a destination must stay anomalous before ATTACK_START
+    quiet_s: float = 30.0                # seconds without anomaly before ATTACK_END (hysteresis)
+    hold_down_s: float = 300.0           # seconds rules stay installed after ATTACK_END
+    reattack_window_s: float = 900.0     # seconds after an end in which the same dst+vector links back
+    update_interval_s: float = 5.0       # seconds between ATTACK_UPDATE events of one incident (>= 1)
+    series_max_points: int = 3600        # per-second points kept per incident
+    min_signature_samples: int = 20      # attack samples needed before deriving a drop signature
+    signature_wait_s: float = 5.0        # seconds to wait for those samples before a fallback rule
+    legit_tolerance: float = 0.01        # share of legitimate samples a rule may match
+    rate_limit_floor_pps: int = 100      # packets/s a rate-limit rule admits at least
+    # Samples and PCAP evidence.
+    legit_samples_per_destination: int = 64
+    legit_sample_destinations: int = 2048
+    attack_samples_per_incident: int = 1024
+    pcap_max_bytes: int = 8 * 1024 * 1024   # bytes per PCAP file
+
+    def __post_init__(self) -> None:
+        positive = ("half_life_s", "k_sigma", "margin", "quiet_s", "update_interval_s")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"policy config {name}: must be positive, got {getattr(self, name)}")
+        if self.update_interval_s < 1.0:
+            raise ValueError("policy config update_interval_s: at most one update per second (>= 1)")
+        if len(self.warmup_floor_pps) != len(TrafficClass):
+            raise ValueError(f"policy config warmup_floor_pps: needs {len(TrafficClass)} values")
+        if not 0 <= self.min_confidence <= 1:
+            raise ValueError("policy config min_confidence: must be within 0..1")
+        for name in ("warmup_s", "confirm_s", "hold_down_s", "reattack_window_s", "legit_tolerance"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"policy config {name}: must not be negative")

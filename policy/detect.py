@@ -1,0 +1,147 @@
+"""Anomaly detection per destination and class, and per tenant (carpet bombing).
+
+Everything is vectorised over the N destinations of a tick and the tenant slots.
+A (destination, class) is anomalous when its rate exceeds the threshold of its
+baseline (see `policy.baseline`). A tenant class is anomalous when the tenant's
+summed inbound rate exceeds its own threshold (floor: `min_tenant_pps`); when
+that excess is *not* explained by anomalous destinations but spread over many
+slightly elevated addresses, it is a carpet-bombing candidate: each address stays
+below its own threshold while the prefix as a whole is flooded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from dataplane.constants import MAX_TENANTS, NO_TENANT, TenantMode, TrafficClass
+from policy.baseline import EwmaBaseline
+from policy.rates import DestinationRates, TenantRates
+from tenants.policy import TenantPolicy
+
+N_CLASSES = len(TrafficClass)
+ELEVATED_FLOOR_PPS = 10.0        # packets/s an address must receive to count as elevated in a carpet
+CARPET_UNEXPLAINED_SHARE = 0.5   # share of the tenant's excess not explained by anomalous destinations
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TenantEntry:
+    tenant_id: str
+    mode: TenantMode
+    policy: TenantPolicy
+
+
+class PolicyTable:
+    """Per-tenant policy knobs as dense arrays; row MAX_TENANTS stands for NO_TENANT."""
+
+    def __init__(self, tenants: dict[int, TenantEntry]) -> None:
+        size = MAX_TENANTS + 1
+        self.known = np.zeros(size, bool)
+        self.min_pps = np.zeros(size)
+        self.min_tenant_pps = np.zeros(size)
+        self.sensitivity = np.ones(size)
+        for idx, entry in tenants.items():
+            if not 0 <= idx < MAX_TENANTS:
+                raise ValueError(f"tenant {entry.tenant_id}: index {idx} out of range 0..{MAX_TENANTS - 1}")
+            self.known[idx] = True
+            self.min_pps[idx] = entry.policy.min_pps
+            self.min_tenant_pps[idx] = entry.policy.min_tenant_pps
+            self.sensitivity[idx] = entry.policy.sensitivity
+
+    @staticmethod
+    def rows(tenant_idx: np.ndarray) -> np.ndarray:
+        """Policy rows for tenant indices (NO_TENANT → the sentinel row)."""
+        return np.where(tenant_idx == NO_TENANT, MAX_TENANTS, np.minimum(tenant_idx, MAX_TENANTS))
+
+
+@dataclasses.dataclass(slots=True)
+class CarpetCandidate:
+    tenant_idx: int
+    classes: list[TrafficClass]
+    tenant_pps: np.ndarray           # (C,) inbound packets/s
+    tenant_threshold: np.ndarray     # (C,)
+    tenant_excess: float             # packets/s above the tenant's baseline mean, anomalous classes
+    elevated_rows: np.ndarray        # destination rows (this tick) elevated in those classes
+    top_share: float                 # largest single destination's share of the excess
+
+
+@dataclasses.dataclass(slots=True)
+class Detection:
+    threshold: np.ndarray            # (N, C) packets/s
+    anomalous: np.ndarray            # (N, C) bool
+    ratio: np.ndarray                # (N, C) rate / threshold
+    excess: np.ndarray               # (N, C) packets/s above the baseline mean (>= 0)
+    anomalous_rows: np.ndarray       # rows with any anomalous class
+    tenant_threshold: np.ndarray     # (T, C)
+    tenant_anomalous: np.ndarray     # (T, C) bool
+    tenant_excess: np.ndarray        # (T, C)
+    carpets: list[CarpetCandidate]
+
+
+def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBaseline,
+           tenant_baseline: EwmaBaseline, policy: PolicyTable, *,
+           carpet_min_destinations: int = 8) -> Detection:
+    prow = PolicyTable.rows(dest.tenant_idx)
+    known = policy.known[prow] & dest.valid
+    threshold = dest_baseline.threshold(dest.slots, policy.min_pps[prow], policy.sensitivity[prow])
+    anomalous = (dest.pps > threshold) & known[:, None]
+    ratio = dest.pps / np.maximum(threshold, 1.0)
+    excess = np.maximum(dest.pps - dest_baseline.mean[dest.slots], 0.0)
+    anomalous_rows = np.flatnonzero(anomalous.any(axis=1))
+
+    t_rows = np.arange(MAX_TENANTS)
+    t_known = policy.known[:MAX_TENANTS] & tenants.valid
+    t_threshold = tenant_baseline.threshold(t_rows, policy.min_tenant_pps[:MAX_TENANTS],
+                                            policy.sensitivity[:MAX_TENANTS])
+    t_anomalous = (tenants.pps > t_threshold) & t_known[:, None]
+    t_excess = np.maximum(tenants.pps - tenant_baseline.mean, 0.0)
+
+    carpets: list[CarpetCandidate] = []
+    hot_tenants = np.flatnonzero(t_anomalous.any(axis=1))
+    if len(hot_tenants):
+        carpets = _carpets(dest, dest_baseline, anomalous, excess, hot_tenants, t_anomalous, t_excess,
+                           tenants, t_threshold, known, carpet_min_destinations)
+    return Detection(threshold=threshold, anomalous=anomalous, ratio=ratio, excess=excess,
+                     anomalous_rows=anomalous_rows, tenant_threshold=t_threshold,
+                     tenant_anomalous=t_anomalous, tenant_excess=t_excess, carpets=carpets)
+
+
+def _carpets(dest: DestinationRates, dest_baseline: EwmaBaseline, anomalous: np.ndarray, excess: np.ndarray,
+             hot_tenants: np.ndarray, t_anomalous: np.ndarray, t_excess: np.ndarray, tenants: TenantRates,
+             t_threshold: np.ndarray, known: np.ndarray, min_destinations: int) -> list[CarpetCandidate]:
+    tidx = np.where(known, dest.tenant_idx, MAX_TENANTS)
+    in_hot = np.isin(tidx, hot_tenants)
+    rows = np.flatnonzero(in_hot)
+    if not len(rows):
+        return []
+    sub_t = tidx[rows]
+    normal_cap = np.where(dest_baseline.warm(dest.slots[rows]), dest_baseline.baseline_threshold(dest.slots[rows]),
+                          0.0)
+    elevated = dest.pps[rows] > np.maximum(normal_cap, ELEVATED_FLOOR_PPS)   # (R, C)
+    explained = np.zeros((MAX_TENANTS + 1, N_CLASSES))
+    for c in range(N_CLASSES):
+        explained[:, c] = np.bincount(sub_t, weights=np.where(anomalous[rows, c], excess[rows, c], 0.0),
+                                      minlength=MAX_TENANTS + 1)
+    out: list[CarpetCandidate] = []
+    for t in hot_tenants:
+        classes = []
+        members = sub_t == t
+        for c in np.flatnonzero(t_anomalous[t]):
+            unexplained = t_excess[t, c] - explained[t, c]
+            n_elevated = int(np.count_nonzero(elevated[members, c]))
+            if unexplained > CARPET_UNEXPLAINED_SHARE * t_excess[t, c] and n_elevated >= min_destinations:
+                classes.append(TrafficClass(int(c)))
+        if not classes:
+            continue
+        cls_idx = [int(c) for c in classes]
+        member_rows = rows[members]
+        elevated_any = elevated[members][:, cls_idx].any(axis=1)
+        elevated_rows = member_rows[elevated_any]
+        per_dest = excess[elevated_rows][:, cls_idx].sum(axis=1) if len(elevated_rows) else np.zeros(0)
+        total = float(t_excess[t, cls_idx].sum())
+        top_share = float(per_dest.max() / total) if len(per_dest) and total > 0 else 1.0
+        out.append(CarpetCandidate(tenant_idx=int(t), classes=classes, tenant_pps=tenants.pps[t].copy(),
+                                   tenant_threshold=t_threshold[t].copy(), tenant_excess=total,
+                                   elevated_rows=elevated_rows, top_share=min(top_share, 1.0)))
+    return out

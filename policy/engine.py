@@ -1,0 +1,605 @@
+"""The policy engine: one tick turns dataplane counters and samples into incidents and rules.
+
+Per tick (1 s by default): read destination and tenant counters → rates →
+detect against baselines → classify anomalous targets from samples → incidents
+(start/update/end) → derive signatures and install rules for new attack
+classes → remove rules whose hold-down ended → learn baselines from the seconds
+that were not attacks → write PCAP evidence → publish events.
+
+`tick(now)` is synchronous and returns a `TickReport`, so tests drive the engine
+second by second with a fake dataplane; `run()` calls it on a fixed cadence
+inside the asyncio loop. The engine talks to the dataplane only through
+`dataplane.api.DataplaneLike`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import ipaddress
+import math
+import pathlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import structlog
+
+from dataplane.api import DataplaneLike, IPAddress, Rule, Sample
+from dataplane.constants import MAX_TENANTS, RULES_PER_TARGET, Direction, RuleAction, TenantMode, TrafficClass
+from policy.baseline import EwmaBaseline
+from policy.classify import ClassEvidence, Vector, VectorScore, classify_carpet, classify_destination
+from policy.config import PolicyConfig
+from policy.detect import Detection, PolicyTable, TenantEntry, detect
+from policy.events import Event, EventBus, EventType
+from policy.incidents import Incident, IncidentManager, Observation, RuleRecord, State
+from policy.packets import PacketFeatures, parse_samples
+from policy.pcap import IncidentPcap
+from policy.rates import DestinationRates, RateTracker, TenantRates
+from policy.signature import derive_signature
+from tenants.policy import TenantPolicy
+
+log = structlog.get_logger("policy")
+
+TenantSpec = tuple[str, TenantMode, TenantPolicy]
+RECENT_TICKS = 10            # ticks of samples kept for classification and signatures
+PEER_TICKS = 60              # ticks of outbound samples that make a sender a known peer
+SAMPLE_DRAIN_LIMIT = 4096    # samples read per tick
+CARPET_DESTINATIONS_LISTED = 256   # addresses named in a carpet incident
+STATE_FILE = "baselines.npz"
+CLASS_RATE_FIELD = {TrafficClass.TCP_SYN: "syn_rate_pps", TrafficClass.UDP: "udp_rate_pps",
+                    TrafficClass.ICMP: "icmp_rate_pps", TrafficClass.FRAGMENT: "fragment_rate_pps"}
+
+
+@dataclasses.dataclass(slots=True)
+class TickReport:
+    """What one tick saw and did."""
+
+    now: float
+    dt: float
+    destinations: int
+    anomalous_destinations: int
+    carpet_tenants: int
+    events: list[Event]
+    rules_added: list[int]
+    rules_removed: list[int]
+    timings_ms: dict[str, float]     # wall milliseconds per stage
+    cpu_ms: float                    # process CPU milliseconds for the whole tick
+
+
+def _validate_tenants(tenants: Mapping[int, TenantSpec]) -> dict[int, TenantEntry]:
+    out: dict[int, TenantEntry] = {}
+    for idx, spec in tenants.items():
+        if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < MAX_TENANTS:
+            raise ValueError(f"tenants: index {idx!r} is not an integer within 0..{MAX_TENANTS - 1}")
+        try:
+            tenant_id, mode, policy = spec
+        except (TypeError, ValueError):
+            raise ValueError(f"tenants[{idx}]: expected (tenant id, mode, TenantPolicy), got {spec!r}") from None
+        if not isinstance(tenant_id, str) or not tenant_id:
+            raise ValueError(f"tenants[{idx}]: tenant id must be a non-empty string, got {tenant_id!r}")
+        try:
+            mode = TenantMode(mode)
+        except ValueError:
+            raise ValueError(f"tenant {tenant_id}: mode {mode!r} is not a TenantMode") from None
+        if not isinstance(policy, TenantPolicy):
+            raise ValueError(f"tenant {tenant_id}: policy must be a TenantPolicy, got {type(policy).__name__}")
+        out[idx] = TenantEntry(tenant_id, mode, policy)
+    return out
+
+
+class _SampleWindow:
+    """Parsed inbound samples of the last RECENT_TICKS ticks, indexed by destination and tenant."""
+
+    def __init__(self) -> None:
+        self.ticks: collections.deque[tuple[PacketFeatures, dict[IPAddress, list[int]], dict[int, list[int]]]] = \
+            collections.deque(maxlen=RECENT_TICKS)
+
+    def add(self, inbound: PacketFeatures) -> tuple[dict[IPAddress, list[int]], dict[int, list[int]]]:
+        by_dst: dict[IPAddress, list[int]] = collections.defaultdict(list)
+        by_tenant: dict[int, list[int]] = collections.defaultdict(list)
+        for i, (d, t) in enumerate(zip(inbound.dst, inbound.tenant_idx.tolist(), strict=True)):
+            if d is not None:
+                by_dst[d].append(i)
+            by_tenant[t].append(i)
+        self.ticks.append((inbound, by_dst, by_tenant))
+        return by_dst, by_tenant
+
+    def for_destination(self, dst: IPAddress) -> PacketFeatures:
+        parts = [f.subset(np.asarray(ix[dst], np.int64)) for f, ix, _ in self.ticks if dst in ix]
+        return PacketFeatures.concat(parts)
+
+    def for_tenant(self, tenant_idx: int) -> PacketFeatures:
+        parts = [f.subset(np.asarray(ix[tenant_idx], np.int64)) for f, _, ix in self.ticks if tenant_idx in ix]
+        return PacketFeatures.concat(parts)
+
+
+class PolicyEngine:
+    def __init__(self, dataplane: DataplaneLike, tenants: Mapping[int, TenantSpec], bus: EventBus,
+                 state_dir: pathlib.Path, tick: float = 1.0, config: PolicyConfig | None = None,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        if tick <= 0:
+            raise ValueError(f"policy engine: tick must be positive seconds, got {tick}")
+        self.dataplane = dataplane
+        self.bus = bus
+        self.state_dir = pathlib.Path(state_dir)
+        self.tick_s = float(tick)
+        self.config = config or PolicyConfig()
+        self._wall = wall_clock
+        cfg = self.config
+        baseline_kw = dict(half_life_s=cfg.half_life_s, warmup_s=cfg.warmup_s, k_sigma=cfg.k_sigma,
+                           margin=cfg.margin, warmup_floor_pps=cfg.warmup_floor_pps)
+        self.rates = RateTracker(forget_after_s=cfg.forget_after_s)
+        self.dest_baseline = EwmaBaseline(self.rates.slots.capacity, **baseline_kw)
+        # A tenant's floors are its min_tenant_pps; the per-destination warm-up floors do not apply.
+        self.tenant_baseline = EwmaBaseline(MAX_TENANTS, **{**baseline_kw,
+                                                              "warmup_floor_pps": (0.0,) * len(TrafficClass)})
+        self.incidents = IncidentManager(cfg)
+        self.tenants: dict[int, TenantEntry] = {}
+        self.policy_table = PolicyTable({})
+        self.set_tenants(tenants)
+        self._window = _SampleWindow()
+        self._peers: collections.deque[dict[IPAddress, set[IPAddress]]] = collections.deque(maxlen=PEER_TICKS)
+        self._legit: collections.OrderedDict[IPAddress, collections.deque[Sample]] = collections.OrderedDict()
+        self._legit_tenant: dict[int, collections.deque[Sample]] = {}
+        self._pcaps: dict[str, IncidentPcap] = {}
+        self._rule_owner: dict[int, Incident] = {}
+        self._stop = asyncio.Event()
+        self._last_save = 0.0
+        self.last_report: TickReport | None = None
+        self.last_detection: Detection | None = None
+        self.load_state()
+
+    # -- tenants ---------------------------------------------------------------------------------
+    def set_tenants(self, tenants: Mapping[int, TenantSpec]) -> None:
+        """Replace the tenant table (validated first; on error nothing changes)."""
+        entries = _validate_tenants(tenants)
+        table = PolicyTable(entries)
+        old = self.tenants
+        self.tenants, self.policy_table = entries, table
+        for idx in set(old) - set(entries):
+            for inc in self.incidents.close_tenant(idx):
+                self._remove_rules(inc)
+        for idx, entry in entries.items():
+            before = old.get(idx)
+            if before is not None and (before.mode != entry.mode
+                                       or before.policy.auto_mitigation != entry.policy.auto_mitigation):
+                # Rules carry the mode in their action: re-derive them under the new mode.
+                for inc in list(self.incidents.open.values()):
+                    if inc.tenant_idx == idx:
+                        self._remove_rules(inc)
+                        inc.rule_classes.clear()
+                        inc.mode = entry.mode
+        if old:
+            log.info("policy.tenants", tenants=len(entries))
+
+    # -- status ----------------------------------------------------------------------------------
+    @property
+    def last_rates(self) -> tuple[DestinationRates | None, TenantRates | None]:
+        return self.rates.last_destination_rates, self.rates.last_tenant_rates
+
+    def status(self) -> dict[str, Any]:
+        report = self.last_report
+        return {
+            "tick_s": self.tick_s,
+            "tracked_destinations": len(self.rates.slots.index),
+            "open_incidents": sum(1 for i in self.incidents.open.values() if i.state == State.ACTIVE),
+            "rules_installed": len(self._rule_owner),
+            "last_tick": None if report is None else {
+                "now": report.now, "dt": report.dt, "destinations": report.destinations,
+                "anomalous_destinations": report.anomalous_destinations, "carpet_tenants": report.carpet_tenants,
+                "timings_ms": report.timings_ms, "cpu_ms": report.cpu_ms},
+        }
+
+    # -- the loop --------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Tick every `tick` seconds until `stop()`; a failing tick is logged and the loop goes on."""
+        self._stop.clear()
+        next_at = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.tick()
+                except Exception:
+                    log.exception("policy.tick_failed")
+                next_at += self.tick_s
+                delay = next_at - time.monotonic()
+                if delay < 0:          # overran: start the next tick now, do not try to catch up
+                    next_at, delay = time.monotonic(), 0.0
+                try:
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                except TimeoutError:
+                    pass
+        finally:
+            self.save_state()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def remove_all_rules(self) -> list[int]:
+        """Remove every rule the engine installed (shutdown of the dataplane's owner)."""
+        removed = []
+        for inc in list(self.incidents.open.values()):
+            removed += self._remove_rules(inc)
+        return removed
+
+    # -- one tick --------------------------------------------------------------------------------
+    def tick(self, now: float | None = None) -> TickReport:
+        now = time.monotonic() if now is None else float(now)
+        wall = self._wall()
+        cpu0 = time.process_time()
+        timings: dict[str, float] = {}
+        stage = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal stage
+            t = time.perf_counter()
+            timings[name] = round((t - stage) * 1000.0, 3)
+            stage = t
+
+        dp = self.dataplane
+        dest, freed = self.rates.update_destinations(now, dp.read_destination_counters())
+        self.dest_baseline.resize(self.rates.slots.capacity)
+        if len(freed):
+            self.dest_baseline.reset(freed)
+        tenants = self.rates.update_tenants(now, dp.read_tenant_counters())
+        lap("rates")
+        features = parse_samples(dp.drain_samples(SAMPLE_DRAIN_LIMIT))
+        inbound = features.subset(features.direction == int(Direction.INBOUND))
+        outbound = features.subset(features.direction == int(Direction.OUTBOUND))
+        by_dst, by_tenant = self._window.add(inbound)
+        peers: dict[IPAddress, set[IPAddress]] = collections.defaultdict(set)
+        for local, remote in zip(outbound.src, outbound.dst, strict=True):
+            if local is not None and remote is not None:
+                peers[local].add(remote)
+        self._peers.append(peers)
+        lap("samples")
+        det = detect(dest, tenants, self.dest_baseline, self.tenant_baseline, self.policy_table,
+                     carpet_min_destinations=self.config.carpet_min_destinations)
+        self.last_detection = det
+        lap("detect")
+        observations, attack_mask = self._classify(dest, tenants, det)
+        lap("classify")
+        events: list[Event] = []
+        for obs in observations:
+            events += self.incidents.observe(now, wall, dest.dt, obs)
+        row_of_slot = np.full(self.rates.slots.capacity, -1, np.int64)
+        row_of_slot[dest.slots] = np.arange(len(dest))
+        self._account(now, wall, dest, tenants, det, row_of_slot)
+        added: list[int] = []
+        for inc in self.incidents.active():
+            added += self._ensure_rules(inc, now, dest, tenants, row_of_slot)
+        tick_events, released = self.incidents.tick(now, wall)
+        events += tick_events
+        removed: list[int] = []
+        for inc in released:
+            removed += self._remove_rules(inc)
+            self._pcaps.pop(inc.id, None)
+        self._read_rule_counters()
+        lap("incidents")
+        self._learn(dest, tenants, det, attack_mask, row_of_slot)
+        self._keep_samples(inbound, by_dst, by_tenant, attack_mask, dest, row_of_slot)
+        lap("learn")
+        self._write_pcaps(by_dst, by_tenant, inbound)
+        for event in events:
+            self._publish(event)
+        if self.last_report is not None and now - self._last_save >= 300.0:   # seconds between snapshots
+            self._last_save = now
+            self.save_state()
+        lap("publish")
+        report = TickReport(now=now, dt=dest.dt, destinations=len(dest),
+                            anomalous_destinations=len(det.anomalous_rows), carpet_tenants=len(det.carpets),
+                            events=events, rules_added=added, rules_removed=removed, timings_ms=timings,
+                            cpu_ms=round((time.process_time() - cpu0) * 1000.0, 3))
+        self.last_report = report
+        return report
+
+    # -- classification ----------------------------------------------------------------------------
+    def _peers_of(self, addr: IPAddress) -> set[IPAddress]:
+        out: set[IPAddress] = set()
+        for tick in self._peers:
+            out |= tick.get(addr, set())
+        return out
+
+    def _classify(self, dest: DestinationRates, tenants: TenantRates,
+                  det: Detection) -> tuple[list[Observation], np.ndarray]:
+        """Observations of attacked targets, and the (N, C) mask of classes judged attack traffic."""
+        cfg = self.config
+        attack_mask = np.zeros_like(det.anomalous)
+        observations: list[Observation] = []
+        for row in det.anomalous_rows:
+            tidx = int(dest.tenant_idx[row])
+            entry = self.tenants.get(tidx)
+            if entry is None:
+                continue
+            dst = dest.addresses[row]
+            slot = dest.slots[row]
+            classes = [ClassEvidence(TrafficClass(int(c)), float(dest.pps[row, c]), float(det.threshold[row, c]),
+                                     float(self.dest_baseline.mean[slot, c]))
+                       for c in np.flatnonzero(det.anomalous[row])]
+            scores = classify_destination(classes, self._window.for_destination(dst), self._peers_of(dst),
+                                          cfg.min_confidence)
+            attack_classes = {c for s in scores for c in s.classes}
+            for c in attack_classes:
+                attack_mask[row, int(c)] = True
+            if scores:
+                observations.append(Observation(tidx, entry.tenant_id, entry.mode, dst, (str(dst),), scores,
+                                                attack_classes))
+        for cand in det.carpets:
+            entry = self.tenants.get(cand.tenant_idx)
+            if entry is None:
+                continue
+            t = cand.tenant_idx
+            classes = [ClassEvidence(c, float(tenants.pps[t, c]), float(det.tenant_threshold[t, c]),
+                                     float(self.tenant_baseline.mean[t, c])) for c in cand.classes]
+            scores = classify_carpet(classes, self._window.for_tenant(t), len(cand.elevated_rows), cand.top_share,
+                                     cfg.carpet_min_destinations, cfg.min_confidence)
+            if not scores:
+                continue
+            top = cand.elevated_rows[np.argsort(-dest.pps[cand.elevated_rows].sum(axis=1))]
+            names = tuple(str(dest.addresses[r]) for r in top[:CARPET_DESTINATIONS_LISTED])
+            observations.append(Observation(t, entry.tenant_id, entry.mode, None, names, scores, set(cand.classes)))
+        return observations, attack_mask
+
+    # -- incidents: accounting and rules -------------------------------------------------------------
+    def _account(self, now: float, wall: float, dest: DestinationRates, tenants: TenantRates, det: Detection,
+                 row_of_slot: np.ndarray) -> None:
+        for inc in list(self.incidents.open.values()):
+            cls = [int(c) for c in inc.classes]
+            if inc.target is None:
+                t = inc.tenant_idx
+                pps = float(tenants.pps[t].sum())
+                bps = float(tenants.byte_rate[t].sum() * 8)
+                attack = float(det.tenant_excess[t, cls].sum()) if cls else 0.0
+                dropped = float(tenants.dropped_pps[t])
+            else:
+                slot = self.rates.slots.index.get(inc.target)
+                row = row_of_slot[slot] if slot is not None else -1
+                if row < 0:       # evicted from the dataplane's LRU: no traffic this tick
+                    pps = bps = attack = dropped = 0.0
+                else:
+                    pps = float(dest.pps[row].sum())
+                    bps = float(dest.byte_rate[row].sum() * 8)
+                    attack = float(det.excess[row, cls].sum()) if cls else 0.0
+                    dropped = float(dest.dropped_pps[row])
+            self.incidents.account(inc, now, wall, dest.dt, pps=pps, bps=bps, attack_pps=attack, dropped_pps=dropped)
+
+    def _ensure_rules(self, inc: Incident, now: float, dest: DestinationRates, tenants: TenantRates,
+                      row_of_slot: np.ndarray) -> list[int]:
+        entry = self.tenants.get(inc.tenant_idx)
+        if entry is None or not entry.policy.auto_mitigation:
+            return []
+        cfg = self.config
+        todo = sorted(inc.classes - inc.rule_classes)
+        if not todo:
+            return []
+        if inc.target is None:
+            attack = self._window.for_tenant(inc.tenant_idx)
+            legit = parse_samples(list(self._legit_tenant.get(inc.tenant_idx, ())))
+            pps_row, mean_row = tenants.pps[inc.tenant_idx], self.tenant_baseline.mean[inc.tenant_idx]
+            base_thr = self.tenant_baseline.baseline_threshold(np.array([inc.tenant_idx]))[0]
+        else:
+            attack = self._window.for_destination(inc.target)
+            legit = parse_samples(list(self._legit.get(inc.target, ())))
+            slot = self.rates.slots.index.get(inc.target)
+            row = row_of_slot[slot] if slot is not None else -1
+            if row < 0:
+                return []
+            pps_row, mean_row = dest.pps[row], self.dest_baseline.mean[slot]
+            base_thr = self.dest_baseline.baseline_threshold(np.array([slot]))[0]
+        added: list[int] = []
+        for tc in todo:
+            c = int(tc)
+            in_class = int(np.count_nonzero(attack.traffic_class == c))
+            waited = now - (inc.started if inc.started is not None else now)
+            if in_class < cfg.min_signature_samples and waited < cfg.signature_wait_s:
+                continue           # more samples may arrive; a fallback rule after signature_wait_s
+            per_class_rate = getattr(entry.policy, CLASS_RATE_FIELD[tc], 0) if tc in CLASS_RATE_FIELD else 0
+            rate_limit = per_class_rate or max(cfg.rate_limit_floor_pps, float(base_thr[c]))
+            attack_share = (pps_row[c] - mean_row[c]) / pps_row[c] if pps_row[c] > 0 else 1.0
+            vector = inc.class_vectors.get(tc, str(Vector.CARPET_BOMBING if inc.target is None else "unknown"))
+            sig = derive_signature(tenant_idx=inc.tenant_idx, dst=inc.target, traffic_class=tc, attack=attack,
+                                   legit=legit, attack_share=float(attack_share), rate_limit_pps=rate_limit,
+                                   min_samples=cfg.min_signature_samples, legit_tolerance=cfg.legit_tolerance,
+                                   comment=f"{inc.id} {vector}")
+            rule = sig.rule
+            if entry.mode == TenantMode.MONITOR:
+                rule = dataclasses.replace(rule, action=RuleAction.COUNT)
+            inc.rule_classes.add(tc)
+            if len(inc.rules) >= RULES_PER_TARGET:
+                log.warning("rule.limit", tenant=inc.tenant_id, incident=inc.id, limit=RULES_PER_TARGET)
+                continue
+            try:
+                rule_id = self.dataplane.add_rule(rule)
+            except Exception as exc:   # the dataplane's own error type; the incident goes on without it
+                log.error("rule.add_failed", tenant=inc.tenant_id, incident=inc.id, vector=vector, error=str(exc))
+                continue
+            inc.rules[rule_id] = RuleRecord(rule_id, rule, vector, tc.name.lower(), sig.kind, sig.reason)
+            inc.changed = True
+            self._rule_owner[rule_id] = inc
+            added.append(rule_id)
+            log.info("rule.add", tenant=inc.tenant_id, incident=inc.id, dst=str(inc.target) if inc.target else None,
+                     vector=vector, kind=sig.kind, action=rule.action.name.lower(), rule=_rule_text(rule),
+                     reason=sig.reason, coverage=None if math.isnan(sig.attack_coverage) else
+                     round(sig.attack_coverage, 3))
+        return added
+
+    def _remove_rules(self, inc: Incident) -> list[int]:
+        removed = []
+        for rule_id in list(inc.rules):
+            try:
+                self.dataplane.remove_rule(rule_id)
+            except Exception as exc:   # already gone (dataplane restarted): forget it all the same
+                log.warning("rule.remove_failed", tenant=inc.tenant_id, incident=inc.id, rule_id=rule_id,
+                            error=str(exc))
+            else:
+                log.info("rule.remove", tenant=inc.tenant_id, incident=inc.id, rule_id=rule_id)
+            inc.rules.pop(rule_id, None)
+            self._rule_owner.pop(rule_id, None)
+            removed.append(rule_id)
+        return removed
+
+    def _read_rule_counters(self) -> None:
+        if not self._rule_owner:
+            return
+        counters = self.dataplane.read_rule_counters()
+        for rule_id, inc in self._rule_owner.items():
+            c = counters.get(rule_id)
+            record = inc.rules.get(rule_id)
+            if c is not None and record is not None:
+                record.matched_packets, record.dropped_packets = c.matched_packets, c.dropped_packets
+
+    # -- learning and samples ------------------------------------------------------------------------
+    def _learn(self, dest: DestinationRates, tenants: TenantRates, det: Detection, attack_mask: np.ndarray,
+               row_of_slot: np.ndarray) -> None:
+        learn = dest.valid[:, None] & ~(det.anomalous & self._unexplained_or_attack(det, attack_mask))
+        t_learn = tenants.valid[:, None] & ~det.tenant_anomalous
+        for inc in self.incidents.open.values():
+            if inc.state not in (State.ACTIVE, State.PENDING):
+                continue
+            if inc.target is None:
+                t_learn[inc.tenant_idx] = False
+                cls = [int(c) for c in inc.classes]
+                learn[np.ix_(np.flatnonzero(dest.tenant_idx == inc.tenant_idx), cls)] = False
+            else:
+                slot = self.rates.slots.index.get(inc.target)
+                if slot is not None and row_of_slot[slot] >= 0:
+                    learn[row_of_slot[slot]] = False
+        self.dest_baseline.update(dest.slots, dest.pps, dest.dt, learn)
+        self.tenant_baseline.update(np.arange(MAX_TENANTS), tenants.pps, tenants.dt, t_learn)
+
+    @staticmethod
+    def _unexplained_or_attack(det: Detection, attack_mask: np.ndarray) -> np.ndarray:
+        """Anomalous classes not learned: attacks, and anomalies of rows nobody classified (no tenant entry)."""
+        classified = np.zeros(len(attack_mask), bool)
+        classified[det.anomalous_rows] = True
+        benign = det.anomalous & ~attack_mask & classified[:, None]
+        return ~benign
+
+    def _keep_samples(self, inbound: PacketFeatures, by_dst: dict[IPAddress, list[int]],
+                      by_tenant: dict[int, list[int]], attack_mask: np.ndarray, dest: DestinationRates,
+                      row_of_slot: np.ndarray) -> None:
+        """Remember samples of targets that are not under attack as their legitimate traffic."""
+        cfg = self.config
+        hot_dsts = {inc.target for inc in self.incidents.open.values() if inc.target is not None}
+        hot_tenants = {inc.tenant_idx for inc in self.incidents.open.values() if inc.target is None}
+        anomalous_dsts = {dest.addresses[r] for r in np.flatnonzero(attack_mask.any(axis=1))}
+        for dst, idx in by_dst.items():
+            if dst in hot_dsts or dst in anomalous_dsts:
+                continue
+            store = self._legit.get(dst)
+            if store is None:
+                store = collections.deque(maxlen=cfg.legit_samples_per_destination)
+                self._legit[dst] = store
+                if len(self._legit) > cfg.legit_sample_destinations:
+                    self._legit.popitem(last=False)
+            else:
+                self._legit.move_to_end(dst)
+            store.extend(inbound.samples[i] for i in idx)
+        for t, idx in by_tenant.items():
+            if t in hot_tenants or t not in self.tenants:
+                continue
+            store = self._legit_tenant.setdefault(t, collections.deque(maxlen=cfg.legit_samples_per_destination * 4))
+            store.extend(inbound.samples[i] for i in idx if inbound.dst[i] not in anomalous_dsts)
+
+    def _write_pcaps(self, by_dst: dict[IPAddress, list[int]], by_tenant: dict[int, list[int]],
+                     inbound: PacketFeatures) -> None:
+        for inc in self.incidents.open.values():
+            if inc.state != State.ACTIVE:
+                continue
+            idx = by_tenant.get(inc.tenant_idx, []) if inc.target is None else by_dst.get(inc.target, [])
+            if not idx:
+                continue
+            pcap = self._pcaps.get(inc.id)
+            if pcap is None:
+                try:
+                    pcap = IncidentPcap(self.state_dir / "pcap", inc.id, self.config.pcap_max_bytes)
+                except OSError as exc:
+                    log.error("pcap.open_failed", incident=inc.id, error=str(exc))
+                    continue
+                self._pcaps[inc.id] = pcap
+            try:
+                pcap.write([inbound.samples[i] for i in idx])
+            except OSError as exc:
+                log.error("pcap.write_failed", incident=inc.id, error=str(exc))
+
+    def pcap_files(self, incident_id: str) -> dict[str, dict[str, int | str]] | None:
+        pcap = self._pcaps.get(incident_id)
+        return pcap.summary() if pcap else None
+
+    # -- events ----------------------------------------------------------------------------------
+    def _publish(self, event: Event) -> None:
+        inc_pcap = self._pcaps.get(event.incident_id or "")
+        if inc_pcap is not None:
+            event.details["pcap"] = inc_pcap.summary()
+        name = {EventType.ATTACK_START: "attack.start", EventType.ATTACK_UPDATE: "attack.update",
+                EventType.ATTACK_END: "attack.end"}.get(event.type, "policy.event")
+        logger = log.warning if event.type == EventType.ATTACK_START else log.info
+        logger(name, tenant=event.tenant, incident=event.incident_id, dst=",".join(event.destinations[:8]),
+               vector=",".join(event.vectors), confidence=event.confidence, pps=event.pps, bps=event.bps,
+               dropped=event.packets_dropped, efficacy=event.details.get("efficacy"))
+        self.bus.publish(event)
+
+    # -- persistence -----------------------------------------------------------------------------
+    def save_state(self) -> None:
+        """Write baselines to state_dir so a restart does not begin a new warm-up."""
+        slots = self.rates.slots
+        used = np.flatnonzero(slots.in_use)
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.state_dir / (STATE_FILE + ".tmp")
+            with tmp.open("wb") as fh:
+                np.savez_compressed(
+                    fh, addresses=np.array([str(slots.address_of[s]) for s in used], dtype=object).astype(str),
+                    mean=self.dest_baseline.mean[used], var=self.dest_baseline.var[used],
+                    learned=self.dest_baseline.learned_s[used], t_mean=self.tenant_baseline.mean,
+                    t_var=self.tenant_baseline.var, t_learned=self.tenant_baseline.learned_s)
+            tmp.replace(self.state_dir / STATE_FILE)
+        except OSError as exc:
+            log.error("policy.state_save_failed", path=str(self.state_dir), error=str(exc))
+
+    def load_state(self) -> None:
+        path = self.state_dir / STATE_FILE
+        if not path.exists():
+            return
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                addresses = [ipaddress.ip_address(a) for a in data["addresses"].tolist()]
+                mean, var, learned = data["mean"], data["var"], data["learned"]
+                t_mean, t_var, t_learned = data["t_mean"], data["t_var"], data["t_learned"]
+                n_cls = len(TrafficClass)
+                if mean.shape != (len(addresses), n_cls) or t_mean.shape != (MAX_TENANTS, n_cls):
+                    raise ValueError("array shapes do not match this version")
+        except (OSError, ValueError, KeyError) as exc:
+            log.error("policy.state_load_failed", path=str(path), error=str(exc))
+            return
+        slots, _ = self.rates.slots.lookup(addresses)
+        self.rates._ensure_capacity()
+        self.dest_baseline.resize(self.rates.slots.capacity)
+        self.dest_baseline.mean[slots], self.dest_baseline.var[slots] = mean, var
+        self.dest_baseline.learned_s[slots] = learned
+        self.tenant_baseline.mean[:], self.tenant_baseline.var[:] = t_mean, t_var
+        self.tenant_baseline.learned_s[:] = t_learned
+        log.info("policy.state_loaded", destinations=len(addresses))
+
+
+def _rule_text(rule: Rule) -> str:
+    parts = [f"dst={rule.dst}" if rule.dst else "dst=*"]
+    for name in ("proto", "sport", "dport", "length", "ttl"):
+        v = getattr(rule, name)
+        if v is not None:
+            parts.append(f"{name}={v.lo}-{v.hi}" if hasattr(v, "lo") else f"{name}={v}")
+    if rule.tcp_flags:
+        parts.append(f"flags={rule.tcp_flags[1]:#04x}/{rule.tcp_flags[0]:#04x}")
+    if rule.payload:
+        parts.append(f"payload={rule.payload.hex()}/{(rule.payload_mask or b'').hex()}")
+    if rule.fragments is not None:
+        parts.append(f"fragments={rule.fragments}")
+    if rule.action == RuleAction.RATE_LIMIT:
+        parts.append(f"rate={rule.rate_pps}pps")
+    return " ".join(parts)
+
+
+__all__ = ["PolicyEngine", "TickReport", "TenantSpec", "PolicyConfig", "VectorScore"]

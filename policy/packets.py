@@ -1,0 +1,283 @@
+"""Parse sampled frames into column arrays, and match rules against them.
+
+Samples are raw Ethernet frames (at most `SAMPLE_BYTES`). Parsing is plain
+`struct` on each frame: a tick drains at most a few thousand samples, so a
+per-frame loop of a few microseconds is cheap, and it keeps scapy out of the
+hot path. Everything after parsing (grouping, histograms, rule matching) works
+on numpy columns.
+
+`match_rule` mirrors the dataplane's rule semantics (see `dataplane.api.Rule`)
+so that a signature can be checked against legitimate samples before it is
+installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import struct
+
+import numpy as np
+
+from dataplane.api import IPAddress, Rule, Sample
+from dataplane.constants import PAYLOAD_MATCH_BYTES, Direction, TrafficClass
+
+ETH_P_IPV4 = 0x0800
+ETH_P_IPV6 = 0x86DD
+VLAN_ETHERTYPES = (0x8100, 0x88A8)
+IPV6_EXT_HEADERS = {0, 43, 60, 51}   # hop-by-hop, routing, destination options, AH
+IPV6_FRAGMENT_HEADER = 44
+IPV6_HEADER_BYTES = 40               # fixed IPv6 header; Rule.length = payload length + 40
+
+TCP_FIN = 0x01
+TCP_SYN = 0x02
+TCP_RST = 0x04
+TCP_PSH = 0x08
+TCP_ACK = 0x10
+
+PROTO_TCP = 6
+PROTO_UDP = 17
+PROTO_ICMP = 1
+PROTO_ICMPV6 = 58
+
+NO_PORT = -1                         # port columns of packets without an L4 header
+
+
+@dataclasses.dataclass(slots=True)
+class PacketFeatures:
+    """Header fields of N sampled packets, one numpy column per field.
+
+    `ip_len` follows `Rule.length` (IPv4 total length, IPv6 payload length + 40).
+    `sport`/`dport` are NO_PORT where the packet carries no TCP/UDP header (ICMP,
+    non-first fragments, unparsable). `payload` holds the first
+    PAYLOAD_MATCH_BYTES bytes of the L4 payload, zero padded; `payload_len` says
+    how many of them the sample really captured.
+    """
+
+    src: list[IPAddress | None]
+    dst: list[IPAddress | None]
+    parsed: np.ndarray          # bool: an IPv4/IPv6 header was found
+    direction: np.ndarray       # uint8, Direction
+    dropped: np.ndarray         # bool
+    tenant_idx: np.ndarray      # uint32
+    timestamp_ns: np.ndarray    # uint64
+    wire_length: np.ndarray     # int32, bytes of the frame on the wire
+    proto: np.ndarray           # int16, IP protocol (-1 when unparsed)
+    ip_len: np.ndarray          # int32, bytes
+    ttl: np.ndarray             # int16
+    sport: np.ndarray           # int32
+    dport: np.ndarray           # int32
+    tcp_flags: np.ndarray       # int16 (0 for non-TCP)
+    fragment: np.ndarray        # bool: any fragment (first or later)
+    traffic_class: np.ndarray   # int8, TrafficClass
+    payload: np.ndarray         # uint8 (N, PAYLOAD_MATCH_BYTES)
+    payload_len: np.ndarray     # int16, captured payload bytes (0..PAYLOAD_MATCH_BYTES)
+    samples: list[Sample]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def subset(self, index: np.ndarray) -> PacketFeatures:
+        """Rows selected by a boolean mask or an integer index array."""
+        idx = np.flatnonzero(index) if index.dtype == bool else index
+        kwargs = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            kwargs[field.name] = value[idx] if isinstance(value, np.ndarray) else [value[i] for i in idx]
+        return PacketFeatures(**kwargs)
+
+    @classmethod
+    def concat(cls, parts: list[PacketFeatures]) -> PacketFeatures:
+        if not parts:
+            return parse_samples([])
+        kwargs = {}
+        for field in dataclasses.fields(cls):
+            values = [getattr(p, field.name) for p in parts]
+            if isinstance(values[0], np.ndarray):
+                kwargs[field.name] = np.concatenate(values)
+            else:
+                kwargs[field.name] = [v for part in values for v in part]
+        return cls(**kwargs)
+
+
+_address_cache: dict[bytes, IPAddress] = {}
+_ADDRESS_CACHE_LIMIT = 65536  # entries; spoofed floods bring endless new sources
+
+
+def _address(raw: bytes) -> IPAddress:
+    addr = _address_cache.get(raw)
+    if addr is None:
+        addr = ipaddress.ip_address(raw)
+        if len(_address_cache) >= _ADDRESS_CACHE_LIMIT:
+            _address_cache.clear()
+        _address_cache[raw] = addr
+    return addr
+
+
+def classify_fields(proto: int, flags: int, fragment: bool) -> TrafficClass:
+    """The dataplane's coarse traffic class of one packet."""
+    if fragment:
+        return TrafficClass.FRAGMENT
+    if proto == PROTO_TCP:
+        return TrafficClass.TCP_SYN if flags & (TCP_SYN | TCP_ACK) == TCP_SYN else TrafficClass.TCP_OTHER
+    if proto == PROTO_UDP:
+        return TrafficClass.UDP
+    if proto in (PROTO_ICMP, PROTO_ICMPV6):
+        return TrafficClass.ICMP
+    return TrafficClass.OTHER
+
+
+def _parse_one(data: bytes) -> tuple | None:
+    """(src, dst, proto, ip_len, ttl, sport, dport, flags, fragment, payload) or None."""
+    n = len(data)
+    if n < 14:
+        return None
+    off = 12
+    (ethertype,) = struct.unpack_from("!H", data, off)
+    off = 14
+    depth = 0
+    while ethertype in VLAN_ETHERTYPES and depth < 2:
+        if n < off + 4:
+            return None
+        (ethertype,) = struct.unpack_from("!H", data, off + 2)
+        off += 4
+        depth += 1
+    fragment = False
+    l4_present = True
+    if ethertype == ETH_P_IPV4:
+        if n < off + 20:
+            return None
+        vihl, _tos, total_len, _ident, frag, ttl, proto = struct.unpack_from("!BBHHHBB", data, off)
+        ihl = (vihl & 0x0F) * 4
+        if ihl < 20:
+            return None
+        src = _address(data[off + 12:off + 16])
+        dst = _address(data[off + 16:off + 20])
+        frag_offset = frag & 0x1FFF
+        more_fragments = bool(frag & 0x2000)
+        fragment = more_fragments or frag_offset != 0
+        l4_present = frag_offset == 0
+        ip_len = total_len
+        off += ihl
+    elif ethertype == ETH_P_IPV6:
+        if n < off + 40:
+            return None
+        payload_len, proto, ttl = struct.unpack_from("!HBB", data, off + 4)
+        src = _address(data[off + 8:off + 24])
+        dst = _address(data[off + 24:off + 40])
+        ip_len = payload_len + IPV6_HEADER_BYTES
+        off += 40
+        for _ in range(6):
+            if proto == IPV6_FRAGMENT_HEADER:
+                if n < off + 8:
+                    l4_present = False
+                    break
+                nxt, _res, frag = struct.unpack_from("!BBH", data, off)
+                fragment = True
+                l4_present = (frag >> 3) == 0
+                proto = nxt
+                off += 8
+            elif proto in IPV6_EXT_HEADERS:
+                if n < off + 2:
+                    l4_present = False
+                    break
+                nxt, hdr_len = data[off], data[off + 1]
+                off += (hdr_len + 2) * 4 if proto == 51 else (hdr_len + 1) * 8
+                proto = nxt
+            else:
+                break
+    else:
+        return None
+    sport = dport = NO_PORT
+    flags = 0
+    payload = b""
+    if l4_present:
+        if proto == PROTO_TCP and n >= off + 14:
+            sport, dport = struct.unpack_from("!HH", data, off)
+            flags = data[off + 13]
+            doff = (data[off + 12] >> 4) * 4
+            payload = data[off + doff:off + doff + PAYLOAD_MATCH_BYTES] if doff >= 20 else b""
+        elif proto == PROTO_UDP and n >= off + 4:
+            sport, dport = struct.unpack_from("!HH", data, off)
+            payload = data[off + 8:off + 8 + PAYLOAD_MATCH_BYTES]
+    return src, dst, proto, ip_len, ttl, sport, dport, flags, fragment, payload
+
+
+def parse_samples(samples: list[Sample]) -> PacketFeatures:
+    """Parse every sample; unparsable frames keep a row with parsed=False."""
+    n = len(samples)
+    src: list[IPAddress | None] = [None] * n
+    dst: list[IPAddress | None] = [None] * n
+    parsed = np.zeros(n, bool)
+    proto = np.full(n, -1, np.int16)
+    ip_len = np.zeros(n, np.int32)
+    ttl = np.zeros(n, np.int16)
+    sport = np.full(n, NO_PORT, np.int32)
+    dport = np.full(n, NO_PORT, np.int32)
+    flags = np.zeros(n, np.int16)
+    fragment = np.zeros(n, bool)
+    tclass = np.full(n, int(TrafficClass.OTHER), np.int8)
+    payload = np.zeros((n, PAYLOAD_MATCH_BYTES), np.uint8)
+    payload_len = np.zeros(n, np.int16)
+    payload_buf = bytearray(n * PAYLOAD_MATCH_BYTES)
+    for i, sample in enumerate(samples):
+        fields = _parse_one(sample.data)
+        if fields is None:
+            continue
+        s, d, p, length, t, sp, dp, fl, frag, pl = fields
+        src[i], dst[i] = s, d
+        parsed[i] = True
+        proto[i], ip_len[i], ttl[i], sport[i], dport[i], flags[i], fragment[i] = p, length, t, sp, dp, fl, frag
+        tclass[i] = classify_fields(p, fl, frag)
+        payload_buf[i * PAYLOAD_MATCH_BYTES:i * PAYLOAD_MATCH_BYTES + len(pl)] = pl
+        payload_len[i] = len(pl)
+    if n:
+        payload = np.frombuffer(bytes(payload_buf), np.uint8).reshape(n, PAYLOAD_MATCH_BYTES).copy()
+    return PacketFeatures(
+        src=src, dst=dst, parsed=parsed,
+        direction=np.fromiter((int(s.direction) for s in samples), np.uint8, n),
+        dropped=np.fromiter((s.dropped for s in samples), bool, n),
+        tenant_idx=np.fromiter((s.tenant_idx for s in samples), np.uint32, n),
+        timestamp_ns=np.fromiter((s.timestamp_ns for s in samples), np.uint64, n),
+        wire_length=np.fromiter((s.wire_length for s in samples), np.int32, n),
+        proto=proto, ip_len=ip_len, ttl=ttl, sport=sport, dport=dport, tcp_flags=flags,
+        fragment=fragment, traffic_class=tclass, payload=payload, payload_len=payload_len,
+        samples=list(samples),
+    )
+
+
+def match_rule(rule: Rule, f: PacketFeatures, *, inbound_only: bool = True) -> np.ndarray:
+    """Which rows the rule would match (boolean array), by the dataplane's semantics.
+
+    Port, flag and payload conditions never match packets without that header
+    (for example later fragments), as in the XDP program.
+    """
+    m = f.parsed.copy()
+    if inbound_only:
+        m &= f.direction == int(Direction.INBOUND)
+    m &= f.tenant_idx == rule.tenant_idx
+    if rule.dst is not None:
+        m &= np.fromiter((d == rule.dst for d in f.dst), bool, len(f))
+    if rule.proto is not None:
+        m &= f.proto == rule.proto
+    if rule.sport is not None:
+        m &= (f.sport >= rule.sport.lo) & (f.sport <= rule.sport.hi)
+    if rule.dport is not None:
+        m &= (f.dport >= rule.dport.lo) & (f.dport <= rule.dport.hi)
+    if rule.length is not None:
+        m &= (f.ip_len >= rule.length.lo) & (f.ip_len <= rule.length.hi)
+    if rule.ttl is not None:
+        m &= (f.ttl >= rule.ttl.lo) & (f.ttl <= rule.ttl.hi)
+    if rule.tcp_flags is not None:
+        mask, value = rule.tcp_flags
+        m &= (f.proto == PROTO_TCP) & ((f.tcp_flags & mask) == value)
+    if rule.fragments is not None:
+        m &= f.fragment == rule.fragments
+    if rule.payload is not None:
+        want = np.frombuffer(rule.payload, np.uint8)
+        mask_bytes = rule.payload_mask if rule.payload_mask is not None else b"\xff" * len(rule.payload)
+        mask = np.frombuffer(mask_bytes, np.uint8)
+        k = len(want)
+        m &= f.payload_len >= k
+        m &= np.all((f.payload[:, :k] & mask) == (want & mask), axis=1)
+    return m
