@@ -13,16 +13,12 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import itertools
-import json
-import os
-import signal
 import struct
-import subprocess
 import sys
-import threading
 
+from appliance.lab.jsonlines import JsonLinesProcess
 from appliance.lab.livegen import FrameEdits
-from appliance.lab.topology import GAME_PORT, HTTP_PORT, REPO_ROOT, SPOOF_V4, SPOOF_V6, TENANTS, Lab, Server
+from appliance.lab.topology import GAME_PORT, HTTP_PORT, SPOOF_V4, SPOOF_V6, TENANTS, Lab, Server
 
 ETH_HLEN = 14                     # bytes
 IPV4_HLEN = 20
@@ -438,75 +434,22 @@ def build_streams(lab: Lab, spec: AttackSpec) -> list[Stream]:
     return TemplateBuilder(lab, spec).streams()
 
 
-class AttackProcess:
+class AttackProcess(JsonLinesProcess):
     """A `seawall attack ... --json` child process (the generator enters `<p>-up`; the caller stays put).
 
-    `wait()` returns the generator's JSON summary; `seconds` fills with per-second
-    reports while it runs. `stop()` ends it early (SIGINT: it still prints its summary).
+    `start()`, then `wait()` for the generator's JSON summary; `seconds` fills with
+    per-second reports while it runs; `stop()` ends it early and still returns the summary.
     """
 
     def __init__(self, lab: Lab, spec: AttackSpec):
         spec.validate()
         self.lab, self.spec = lab, spec
-        self.seconds: list[dict] = []
-        self.summary: dict | None = None
-        self._proc = None
-        self._reader = None
-        self._stderr = b""
-
-    def argv(self) -> list[str]:
-        spec = self.spec
         argv = [sys.executable, "-m", "appliance.cli", "attack", spec.vector, "--target", spec.target,
-                "--pps", str(spec.pps), "--duration", str(spec.duration), "--lab", self.lab.name, "--json"]
+                "--pps", str(spec.pps), "--duration", str(spec.duration), "--lab", lab.name, "--json"]
         for flag, value in (("--dport", spec.dport), ("--sport", spec.sport), ("--size", spec.size),
                             ("--spoof", spec.spoof)):
             if value is not None:
                 argv += [flag, str(value)]
         if spec.vector == "multi":
             argv += ["--vectors", ",".join(spec.vectors)]
-        return argv
-
-    def start(self) -> AttackProcess:
-
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-        self._proc = subprocess.Popen(self.argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-
-        def read() -> None:
-            for line in self._proc.stdout:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if record.get("type") == "second":
-                    self.seconds.append(record)
-                elif record.get("type") == "summary":
-                    self.summary = record
-        self._reader = threading.Thread(target=read, name=f"attack-{self.spec.vector}-reader", daemon=True)
-        self._reader.start()
-        return self
-
-    def wait(self, timeout: float | None = None) -> dict:
-        if self._proc is None:
-            raise RuntimeError("attack not started")
-        rc = self._proc.wait(timeout)
-        self._reader.join(timeout=5)
-        self._stderr = self._proc.stderr.read()
-        if rc != 0 or self.summary is None:
-            raise RuntimeError(f"attack exited {rc}: {self._stderr.decode(errors='replace')[-2000:]}")
-        return self.summary
-
-    def stop(self) -> dict | None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGINT)
-        try:
-            return self.wait(timeout=10)
-        except RuntimeError:
-            return None
-
-    def __enter__(self) -> AttackProcess:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
+        super().__init__(argv, name=f"attack-{spec.vector}")

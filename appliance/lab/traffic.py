@@ -1,0 +1,299 @@
+"""Steady legitimate clients from `<p>-cli`: HTTP, game UDP and DNS, with success rate and latency.
+
+`TrafficRun(lab, duration, profile).start()` runs the clients in a child process
+inside `<p>-cli` (`python -m appliance.lab.traffic`), which prints one JSON line
+per second (per service and per server: sent, ok, success rate, p50/p99 latency)
+and a summary line at the end. A request counts in the second it was sent; it
+succeeds when its answer arrives within `timeout_s`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import math
+import signal
+import struct
+import sys
+import time
+from collections import defaultdict
+
+from appliance.lab.jsonlines import JsonLinesProcess
+from appliance.lab.topology import DNS_PORT, GAME_PORT, HTTP_PORT, Lab, Server
+
+TICK_S = 0.01                 # seconds between game sends (the rate is held on average)
+GAME_PAYLOAD_BYTES = 64       # bytes of a game datagram (sequence, timestamp, padding)
+SERVICES = ("http", "game", "dns")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TrafficProfile:
+    game_pps: float = 800.0   # datagrams/s to the game server (answered one by one)
+    http_rps: float = 4.0     # GET requests/s to each web server (alternating IPv4 and IPv6)
+    dns_qps: float = 4.0      # A queries/s to each server
+    timeout_s: float = 1.0    # seconds after which an unanswered request has failed
+
+    def validate(self) -> None:
+        for name in ("game_pps", "http_rps", "dns_qps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.05 <= self.timeout_s <= 30:
+            raise ValueError(f"timeout_s must be 0.05..30 seconds, got {self.timeout_s}")
+
+
+def _stats(sent: int, latencies_ms: list[float]) -> dict:
+    ordered = sorted(latencies_ms)
+
+    def pct(q: float) -> float | None:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3) if ordered else None
+
+    return {"sent": sent, "ok": len(ordered), "success_rate": round(len(ordered) / sent, 4) if sent else None,
+            "p50_ms": pct(0.50), "p99_ms": pct(0.99)}
+
+
+class _Recorder:
+    """Outcomes bucketed by the second a request was sent."""
+
+    def __init__(self):
+        self.start = time.monotonic()
+        # second -> (service, server) -> [sent, latencies]
+        self.buckets: dict[int, dict[tuple[str, str], list]] = defaultdict(
+            lambda: defaultdict(lambda: [0, []]))
+        self.totals: dict[tuple[str, str], list] = defaultdict(lambda: [0, []])
+
+    def sent(self, service: str, server: str) -> tuple[int, float]:
+        now = time.monotonic()
+        second = int(now - self.start)
+        self.buckets[second][(service, server)][0] += 1
+        self.totals[(service, server)][0] += 1
+        return second, now
+
+    def ok(self, service: str, server: str, second: int, sent_at: float) -> None:
+        latency_ms = (time.monotonic() - sent_at) * 1000
+        self.buckets[second][(service, server)][1].append(latency_ms)
+        self.totals[(service, server)][1].append(latency_ms)
+
+    @staticmethod
+    def report(cells: dict[tuple[str, str], list]) -> dict:
+        by_service: dict[str, list] = defaultdict(lambda: [0, []])
+        servers: dict[str, dict] = defaultdict(dict)
+        for (service, server), (sent, latencies) in sorted(cells.items()):
+            by_service[service][0] += sent
+            by_service[service][1].extend(latencies)
+            servers[server][service] = _stats(sent, latencies)
+        return {"services": {s: _stats(*v) for s, v in sorted(by_service.items())}, "servers": dict(servers)}
+
+
+class _GameClient(asyncio.DatagramProtocol):
+    def __init__(self, recorder: _Recorder, server: str, timeout_s: float):
+        self.recorder, self.server, self.timeout_s = recorder, server, timeout_s
+        self.pending: dict[int, tuple[int, float]] = {}
+
+    def datagram_received(self, data, addr):
+        if not data.startswith(b"ACK GAME") or len(data) < 16:
+            return
+        (seq,) = struct.unpack("!Q", data[8:16])
+        sent = self.pending.pop(seq, None)
+        if sent and time.monotonic() - sent[1] <= self.timeout_s:
+            self.recorder.ok("game", self.server, *sent)
+
+
+class _DnsClient(asyncio.DatagramProtocol):
+    def __init__(self, recorder: _Recorder, server: str, timeout_s: float):
+        self.recorder, self.server, self.timeout_s = recorder, server, timeout_s
+        self.pending: dict[int, tuple[int, float]] = {}
+
+    def datagram_received(self, data, addr):
+        if len(data) < 12:
+            return
+        ident, flags, _, ancount = struct.unpack("!HHHH", data[:8])
+        sent = self.pending.pop(ident, None)
+        if sent and flags & 0x8000 and flags & 0x000F == 0 and ancount >= 1 \
+                and time.monotonic() - sent[1] <= self.timeout_s:
+            self.recorder.ok("dns", self.server, *sent)
+
+
+def dns_query(ident: int, name: str) -> bytes:
+    qname = b"".join(bytes([len(label)]) + label.encode() for label in name.split(".")) + b"\x00"
+    return struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", 1, 1)
+
+
+async def _paced(rate: float, duration: float, action, stop: asyncio.Event) -> None:
+    """Call `action()` `rate` times per second on average until `duration` s or stop."""
+    if rate <= 0:
+        return
+    start = time.monotonic()
+    done = 0
+    while not stop.is_set():
+        elapsed = time.monotonic() - start
+        if elapsed >= duration:
+            return
+        for _ in range(int(rate * elapsed) + 1 - done):
+            action()
+            done += 1
+        await asyncio.sleep(min(TICK_S, 1.0 / rate))
+
+
+async def run_clients(servers: list[Server], duration: float, profile: TrafficProfile, emit) -> dict:
+    """Run every client for `duration` s; `emit(record)` gets each per-second record; returns the summary."""
+    profile.validate()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    recorder = _Recorder()
+    tasks: set[asyncio.Task] = set()
+    transports = []
+
+    def spawn(coro, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    clients = []
+    game = next((s for s in servers if s.role == "game"), None)
+    if game is not None and profile.game_pps > 0:
+        game_transport, game_proto = await loop.create_datagram_endpoint(
+            lambda: _GameClient(recorder, game.name, profile.timeout_s), remote_addr=(game.ipv4, GAME_PORT))
+        transports.append(game_transport)
+        seq = iter(range(1 << 62))
+        padding = b"\x00" * (GAME_PAYLOAD_BYTES - 12)
+
+        def send_game() -> None:
+            n = next(seq)
+            game_proto.pending[n] = recorder.sent("game", game.name)
+            game_transport.sendto(b"GAME" + struct.pack("!Q", n) + padding)
+        clients.append(_paced(profile.game_pps, duration, send_game, stop))
+
+    for server in servers:
+        transport, dns = await loop.create_datagram_endpoint(
+            lambda s=server: _DnsClient(recorder, s.name, profile.timeout_s), remote_addr=(server.ipv4, DNS_PORT))
+        transports.append(transport)
+        ids = iter(range(1, 1 << 30))
+
+        def send_dns(server=server, dns=dns, transport=transport, ids=ids) -> None:
+            ident = next(ids) & 0xFFFF
+            dns.pending[ident] = recorder.sent("dns", server.name)
+            transport.sendto(dns_query(ident, f"www.{server.tenant}.example.com"))
+        clients.append(_paced(profile.dns_qps, duration, send_dns, stop))
+
+        if server.role == "web":
+            families = iter(range(1 << 30))
+
+            def send_http(server=server, families=families) -> None:
+                address = server.ipv4 if next(families) % 2 == 0 else server.ipv6
+                spawn(_http_get(recorder, server.name, address, profile.timeout_s), f"http-{server.name}")
+            clients.append(_paced(profile.http_rps, duration, send_http, stop))
+
+    emitted = 0
+
+    def flush(upto: int) -> None:
+        nonlocal emitted
+        while emitted < upto:
+            emit({"type": "second", "second": emitted + 1, **recorder.report(recorder.buckets.get(emitted, {}))})
+            emitted += 1
+
+    async def reporter() -> None:
+        while not stop.is_set():
+            # A second is complete once its last request has had `timeout_s` to be answered.
+            complete = int(time.monotonic() - recorder.start - profile.timeout_s)
+            flush(min(complete, int(duration)))
+            await asyncio.sleep(0.1)
+
+    report_task = asyncio.create_task(reporter(), name="traffic-reporter")
+    await asyncio.gather(*clients)
+    sending_s = min(time.monotonic() - recorder.start, duration)   # shorter when interrupted
+    if not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), profile.timeout_s)   # late answers still count
+        except TimeoutError:
+            pass
+    stop.set()
+    await report_task
+    flush(math.ceil(sending_s))
+    for task in list(tasks):
+        task.cancel()
+    for transport in transports:
+        transport.close()
+    return {"type": "summary", "duration_s": round(time.monotonic() - recorder.start, 3),
+            **recorder.report(recorder.totals)}
+
+
+async def _http_get(recorder: _Recorder, server: str, address: str, timeout_s: float) -> None:
+    second, sent_at = recorder.sent("http", server)
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(address, HTTP_PORT)
+            writer.write(f"GET / HTTP/1.1\r\nHost: {address}\r\nUser-Agent: seawall-lab\r\n\r\n".encode())
+            await writer.drain()
+            response = await reader.read()
+            writer.close()
+        if response.startswith(b"HTTP/1.1 200 "):
+            recorder.ok("http", server, second, sent_at)
+    except (TimeoutError, OSError):
+        pass   # counted as sent, not ok
+
+
+class TrafficRun(JsonLinesProcess):
+    """Legitimate clients in `<p>-cli` as a child process; `seconds` and `summary` are their JSON records."""
+
+    def __init__(self, lab: Lab, duration: float = 10.0, profile: TrafficProfile | None = None):
+        profile = profile or TrafficProfile()
+        profile.validate()
+        if duration <= 0:
+            raise ValueError(f"duration must be > 0, got {duration}")
+        self.lab, self.duration, self.profile = lab, duration, profile
+        argv = ["ip", "netns", "exec", lab.ns("cli"), sys.executable, "-m", "appliance.lab.traffic",
+                "--lab", lab.name, "--duration", str(duration), "--game-pps", str(profile.game_pps),
+                "--http-rps", str(profile.http_rps), "--dns-qps", str(profile.dns_qps),
+                "--timeout", str(profile.timeout_s), "--json"]
+        super().__init__(argv, name="traffic")
+
+
+def format_second(record: dict) -> str:
+    parts = []
+    for service in SERVICES:
+        stats = record["services"].get(service)
+        if stats and stats["sent"]:
+            p50 = f"{stats['p50_ms']:.1f}" if stats["p50_ms"] is not None else "-"
+            p99 = f"{stats['p99_ms']:.1f}" if stats["p99_ms"] is not None else "-"
+            parts.append(f"{service} {stats['ok']}/{stats['sent']} ({stats['success_rate']:.1%}) "
+                         f"p50 {p50} ms p99 {p99} ms")
+    label = f"[{record['second']:4d}s]" if record["type"] == "second" else "[total]"
+    return f"{label} " + " | ".join(parts)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = TrafficProfile()
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds")
+    parser.add_argument("--game-pps", type=float, default=defaults.game_pps, help="game datagrams/s")
+    parser.add_argument("--http-rps", type=float, default=defaults.http_rps, help="HTTP GETs/s per web server")
+    parser.add_argument("--dns-qps", type=float, default=defaults.dns_qps, help="DNS queries/s per server")
+    parser.add_argument("--timeout", type=float, default=defaults.timeout_s, help="seconds per request")
+    parser.add_argument("--json", action="store_true", help="JSON lines; the last line is the summary")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point inside `<p>-cli` (started by TrafficRun or `seawall lab traffic`)."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--lab", default="sw")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    profile = TrafficProfile(args.game_pps, args.http_rps, args.dns_qps, args.timeout)
+
+    def emit(record: dict) -> None:
+        print(json.dumps(record) if args.json else format_second(record), flush=True)
+
+    try:
+        summary = asyncio.run(run_clients(list(Lab(args.lab).servers), args.duration, profile, emit))
+    except ValueError as exc:
+        print(f"traffic: {exc}", file=sys.stderr)
+        return 2
+    emit(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
