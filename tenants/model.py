@@ -401,19 +401,23 @@ class TenantSet:
         self._init_valid(tenants)
 
     def _init_valid(self, tenants: tuple[Tenant, ...]) -> None:
-        self._tenants = tenants
-        self._by_id = {tenant.id: tenant for tenant in tenants}
         # Per family: sorted first addresses and (first, last, tenant) for find(); valid
         # because prefixes never overlap, so the candidate is the last start <= address.
-        self._starts: dict[int, list[int]] = {}
-        self._ranges: dict[int, list[tuple[int, int, Tenant]]] = {}
+        starts: dict[int, list[int]] = {}
+        ranges: dict[int, list[tuple[int, int, Tenant]]] = {}
         for version in (4, 6):
-            ranges = sorted(
+            ranges[version] = sorted(
                 ((*network_bounds(p), tenant) for tenant in tenants for p in tenant.prefixes
                  if p.version == version),
                 key=lambda item: item[0])
-            self._ranges[version] = ranges
-            self._starts[version] = [first for first, _, _ in ranges]
+            starts[version] = [first for first, _, _ in ranges[version]]
+        object.__setattr__(self, "_tenants", tenants)
+        object.__setattr__(self, "_by_id", {tenant.id: tenant for tenant in tenants})
+        object.__setattr__(self, "_starts", starts)
+        object.__setattr__(self, "_ranges", ranges)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("a TenantSet is immutable; build a new one (TenantSet(...) or from_dicts)")
 
     @classmethod
     def from_dicts(cls, tables: object) -> TenantSet:

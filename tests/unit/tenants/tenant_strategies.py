@@ -78,7 +78,7 @@ def tenant_tables(draw: st.DrawFn, max_tenants: int = 6) -> list[dict[str, objec
             slot = next(v4)
             prefixes.append(f"198.{18 + slot // 256}.{slot % 256}.0/24")
         if draw(st.booleans()):
-            prefixes.append(f"2001:db8:{next(v6):x}::/48")
+            prefixes.append(str(ipaddress.ip_network(f"2001:db8:{next(v6):x}::/48")))
         table: dict[str, object] = {
             "id": tenant_id,
             "name": draw(st.text(min_size=1, max_size=20).filter(str.strip)),

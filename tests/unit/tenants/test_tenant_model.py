@@ -139,6 +139,15 @@ def test_lookup_by_id_and_order() -> None:
         tenant_set["beta"]
 
 
+def test_tenant_set_is_immutable() -> None:
+    tenant_set = TenantSet.from_dicts([{"id": "alpha", "prefixes": ["198.51.100.0/24"]}])
+    with pytest.raises(AttributeError, match="immutable"):
+        tenant_set._tenants = ()  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        tenant_set["alpha"].mode = "monitor"  # type: ignore[misc]
+    assert isinstance(tenant_set.tenants, tuple)
+
+
 def test_defaults() -> None:
     tenant = TenantSet.from_dicts([{"id": "alpha", "prefixes": ["198.51.100.0/24"]}])["alpha"]
     assert tenant.mode == "mitigate"
