@@ -2,9 +2,10 @@
 
 `Generator.run()` must run in the namespace that owns the sending interface
 (`<p>-up`, interface `ext`, the peer of the appliance's external NIC), so frames
-enter the appliance without a Linux routing hop. It counts honestly: frames the
-XDP program submitted and frames the veth actually transmitted (its
-`tx_queue_*_xdp_xmit` counters), and reports achieved against requested.
+enter the appliance without a Linux routing hop. It counts honestly: frames its own
+XDP program handed to bpf_redirect, minus the frames the veth failed to transmit
+(`tx_queue_*_xdp_xmit_errors`, counted per interface, so pessimistic when several
+generators share it), and reports achieved against requested.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ class AttackResult:
     requested_duration_s: float
     elapsed_s: float
     submitted: int            # frames the XDP program handed to bpf_redirect
-    transmitted: int          # frames the interface transmitted (tx_queue_*_xdp_xmit)
-    xmit_errors: int          # frames the interface failed to transmit
+    transmitted: int          # submitted minus xmit_errors
+    xmit_errors: int          # frames the interface failed to transmit meanwhile (any sender)
     skipped: int              # frames the pacer gave up on (fell behind by more than MAX_BACKLOG_S)
     method: str = "xdp-live-frames"
     per_second: list[int] = dataclasses.field(default_factory=list)
@@ -104,8 +105,8 @@ class Generator:
         cursors = [0] * len(self.streams)     # next template per stream
         skipped = 0
         configured = -1
-        base_sent, base_errors = xdp_xmit_counters(self.ifname)
-        last_sent = base_sent
+        _, base_errors = xdp_xmit_counters(self.ifname)
+        last_submitted, last_errors = 0, base_errors
         per_second: list[int] = []
         log.info("attack.start", vectors=sorted({s.vector for s in self.streams}), pps=self.pps,
                  duration_s=self.duration, interface=self.ifname)
@@ -144,10 +145,10 @@ class Generator:
             if final:
                 break
             second = int(time.monotonic() - start)
-            if second > len(per_second):
-                sent, _ = xdp_xmit_counters(self.ifname)
-                per_second.append(sent - last_sent)
-                last_sent = sent
+            if len(per_second) < second <= self.duration:
+                submitted, (_, errors) = sender.frames_redirected(), xdp_xmit_counters(self.ifname)
+                per_second.append(max(0, submitted - last_submitted - (errors - last_errors)))
+                last_submitted, last_errors = submitted, errors
                 if on_second:
                     on_second(SecondReport(len(per_second), per_second[-1], self.pps))
             next_tick += TICK_S
@@ -157,11 +158,13 @@ class Generator:
             else:
                 next_tick = time.monotonic()  # late: do not try to catch up on ticks, only on frames
         elapsed = time.monotonic() - start
-        sent, errors = xdp_xmit_counters(self.ifname)
+        _, errors = xdp_xmit_counters(self.ifname)
+        submitted = sender.frames_redirected()
         result = AttackResult(
             vectors=sorted({s.vector for s in self.streams}), interface=self.ifname, requested_pps=self.pps,
             requested_duration_s=self.duration, elapsed_s=round(elapsed, 3),
-            submitted=sender.frames_redirected(), transmitted=sent - base_sent, xmit_errors=errors - base_errors,
+            submitted=submitted, transmitted=max(0, submitted - (errors - base_errors)),
+            xmit_errors=errors - base_errors,
             skipped=skipped, per_second=per_second)
         log.info("attack.end", vectors=result.vectors, requested_pps=self.pps,
                  achieved_pps=round(result.achieved_pps), transmitted=result.transmitted,

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
 
 from appliance.lab.topology import REPO_ROOT
 
@@ -22,6 +23,7 @@ class JsonLinesProcess:
 
     def __init__(self, argv: list[str], name: str):
         self.argv, self.name = argv, name
+        self.on_record: Callable[[dict], None] | None = None   # called from the reader thread
         self.seconds: list[dict] = []
         self.summary: dict | None = None
         self._proc: subprocess.Popen | None = None
@@ -46,6 +48,8 @@ class JsonLinesProcess:
                     self.seconds.append(record)
                 elif record.get("type") == "summary":
                     self.summary = record
+            if self.on_record is not None:
+                self.on_record(record)
 
     @property
     def running(self) -> bool:

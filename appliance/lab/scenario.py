@@ -1,0 +1,170 @@
+"""Scenarios: attacks and legitimate traffic on a timeline, loaded from TOML into typed objects.
+
+`load_scenario(path)` parses and validates (ValueError names the table and key);
+`play(scenario, lab)` starts the legitimate clients at once and each attack at its
+`start_s`, every one as its own child process, and returns a `ScenarioRun`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import pathlib
+import threading
+import tomllib
+from typing import Any
+
+from appliance.lab.attack import VECTORS, AttackProcess, AttackSpec
+from appliance.lab.topology import Lab
+from appliance.lab.traffic import TrafficProfile, TrafficRun
+
+SCENARIO_DIR = pathlib.Path(__file__).resolve().parent.parent / "scenarios"
+REFERENCE = SCENARIO_DIR / "reference.toml"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScenarioAttack:
+    vector: str
+    target: str               # server role/short name, address or prefix
+    start_s: float
+    duration_s: float
+    pps: int
+    dport: int | None = None
+    sport: int | None = None
+    size: int | None = None
+    spoof: str | None = None
+
+    def spec(self, lab: Lab) -> AttackSpec:
+        """The generator's spec, with a server role or name resolved to that server's IPv4 address."""
+        try:
+            ipaddress.ip_network(self.target, strict=False)
+            target = self.target
+        except ValueError:
+            target = lab.server(self.target).ipv4
+        spec = AttackSpec(vector=self.vector, target=target, pps=self.pps, duration=self.duration_s,
+                          dport=self.dport, sport=self.sport, size=self.size, spoof=self.spoof)
+        spec.validate()
+        return spec
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    description: str
+    duration_s: float
+    legit: TrafficProfile
+    attacks: tuple[ScenarioAttack, ...]
+
+
+def _take(table: dict[str, Any], where: str, key: str, kind: type | tuple, default: Any = ...) -> Any:
+    if key not in table:
+        if default is ...:
+            raise ValueError(f"{where}.{key}: missing")
+        return default
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ValueError(f"{where}.{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def parse_scenario(data: dict[str, Any]) -> Scenario:
+    unknown = set(data) - {"scenario", "legit", "attacks"}
+    if unknown:
+        raise ValueError(f"unknown tables: {', '.join(sorted(unknown))}")
+    head = data.get("scenario", {})
+    number = (int, float)
+    name = _take(head, "scenario", "name", str)
+    duration = float(_take(head, "scenario", "duration_s", number))
+    if duration <= 0:
+        raise ValueError("scenario.duration_s: must be > 0")
+    legit_table = data.get("legit", {})
+    defaults = TrafficProfile()
+    legit = TrafficProfile(
+        game_pps=float(_take(legit_table, "legit", "game_pps", number, defaults.game_pps)),
+        http_rps=float(_take(legit_table, "legit", "http_rps", number, defaults.http_rps)),
+        dns_qps=float(_take(legit_table, "legit", "dns_qps", number, defaults.dns_qps)),
+        timeout_s=float(_take(legit_table, "legit", "timeout_s", number, defaults.timeout_s)))
+    try:
+        legit.validate()
+    except ValueError as exc:
+        raise ValueError(f"legit: {exc}") from None
+    attacks = []
+    known = {f.name for f in dataclasses.fields(ScenarioAttack)}
+    for index, table in enumerate(data.get("attacks", [])):
+        where = f"attacks[{index}]"
+        extra = set(table) - known
+        if extra:
+            raise ValueError(f"{where}: unknown keys {', '.join(sorted(extra))}")
+        attack = ScenarioAttack(
+            vector=_take(table, where, "vector", str), target=_take(table, where, "target", str),
+            start_s=float(_take(table, where, "start_s", number, 0)),
+            duration_s=float(_take(table, where, "duration_s", number)),
+            pps=_take(table, where, "pps", int),
+            dport=_take(table, where, "dport", int, None), sport=_take(table, where, "sport", int, None),
+            size=_take(table, where, "size", int, None), spoof=_take(table, where, "spoof", str, None))
+        if attack.vector not in VECTORS:
+            raise ValueError(f"{where}.vector: unknown {attack.vector!r} (known: {', '.join(VECTORS)})")
+        if attack.start_s < 0 or attack.start_s + attack.duration_s > duration:
+            raise ValueError(f"{where}: start_s + duration_s must lie within scenario.duration_s ({duration})")
+        attacks.append(attack)
+    return Scenario(name=name, description=_take(head, "scenario", "description", str, ""),
+                    duration_s=duration, legit=legit, attacks=tuple(attacks))
+
+
+def load_scenario(path: str | pathlib.Path = REFERENCE) -> Scenario:
+    path = pathlib.Path(path)
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+        return parse_scenario(data)
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+class ScenarioRun:
+    """The running pieces of a played scenario; `wait()` collects every summary."""
+
+    def __init__(self, scenario: Scenario, lab: Lab):
+        self.scenario, self.lab = scenario, lab
+        self.specs = [attack.spec(lab) for attack in scenario.attacks]   # validate all before starting
+        self.traffic = TrafficRun(lab, scenario.duration_s, scenario.legit)
+        self.attacks: list[AttackProcess | None] = [None] * len(self.specs)
+        self._timers: list[threading.Timer] = []
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def start(self) -> ScenarioRun:
+        self.traffic.start()
+        for index, (attack, spec) in enumerate(zip(self.scenario.attacks, self.specs, strict=True)):
+            timer = threading.Timer(attack.start_s, self._start_attack, args=(index, spec))
+            timer.name = f"scenario-{self.scenario.name}-attack-{index}"
+            timer.daemon = True
+            self._timers.append(timer)
+            timer.start()
+        return self
+
+    def _start_attack(self, index: int, spec: AttackSpec) -> None:
+        with self._lock:
+            if not self._stopped:
+                self.attacks[index] = AttackProcess(self.lab, spec).start()
+
+    def wait(self, timeout: float | None = None) -> dict:
+        traffic = self.traffic.wait(timeout)
+        for timer in self._timers:
+            timer.join()
+        return {"traffic": traffic, "attacks": [a.wait(timeout) if a else None for a in self.attacks]}
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+        for timer in self._timers:
+            timer.cancel()
+        for attack in self.attacks:
+            if attack is not None:
+                attack.stop()
+        self.traffic.stop()
+
+
+def play(scenario: Scenario, lab: Lab) -> ScenarioRun:
+    """Start `scenario` in `lab` (legitimate clients now, each attack at its start_s)."""
+    return ScenarioRun(scenario, lab).start()
