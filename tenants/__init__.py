@@ -8,6 +8,7 @@ from tenants.compile import (
     ReflectionFilter,
     assign_indices,
     compile_tenant_set,
+    fresh_indices,
 )
 from tenants.errors import ConfigError
 from tenants.io import dumps_toml, from_json, load_toml, loads_toml, to_json
@@ -17,5 +18,5 @@ from tenants.policy import TenantPolicy
 __all__ = [
     "AclEntry", "CompiledAcl", "CompiledPolicy", "CompiledTables", "ConfigError", "Network", "PortRange",
     "ReflectionFilter", "Tenant", "TenantPolicy", "TenantSet", "assign_indices", "compile_tenant_set",
-    "dumps_toml", "from_json", "load_toml", "loads_toml", "parse_network", "to_json",
+    "dumps_toml", "fresh_indices", "from_json", "load_toml", "loads_toml", "parse_network", "to_json",
 ]

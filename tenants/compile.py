@@ -105,6 +105,12 @@ def assign_indices(tenant_ids: Iterable[str], previous: Mapping[str, int],
     return {tenant_id: assigned[tenant_id] for tenant_id in ids}
 
 
+def fresh_indices(previous: Mapping[str, int], assigned: Mapping[str, int]) -> set[int]:
+    """Indices whose owner is new since `previous`: their counters must start from zero
+    (for `Dataplane.apply_tenants(reset_stats=...)`), or a new tenant inherits a gone one's."""
+    return {index for tenant_id, index in assigned.items() if previous.get(tenant_id) != index}
+
+
 def compile_tenant_set(tenant_set: TenantSet, indices: Mapping[str, int]) -> CompiledTables:
     """The dataplane tables of a tenant set; ConfigError when they do not fit the dataplane's limits."""
     missing = [tenant.id for tenant in tenant_set if tenant.id not in indices]

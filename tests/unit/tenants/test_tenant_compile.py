@@ -18,6 +18,7 @@ from tenants import (
     TenantSet,
     assign_indices,
     compile_tenant_set,
+    fresh_indices,
 )
 from tenants.compile import ANY_ENTRY, covers, expand_acl, reduce_entries
 from tenants.model import parse_network
@@ -39,6 +40,14 @@ def test_indices_are_stable_and_freed_ones_reused_lowest_first() -> None:
     assert second == {"gamma": 2, "epsilon": 0, "delta": 3, "zeta": 1}
     third = assign_indices(["eta", "zeta", "gamma", "delta", "epsilon"], second)
     assert third == {"eta": 4, "zeta": 1, "gamma": 2, "delta": 3, "epsilon": 0}
+
+
+def test_fresh_indices_are_the_ones_whose_owner_changed() -> None:
+    first = assign_indices(["alpha", "beta", "gamma"], {})
+    assert fresh_indices({}, first) == {0, 1, 2}
+    second = assign_indices(["gamma", "delta"], first)   # delta takes alpha's freed 0
+    assert fresh_indices(first, second) == {0}
+    assert fresh_indices(second, second) == set()
 
 
 def test_capacity() -> None:
