@@ -136,6 +136,10 @@ class DurableQueue:
         self._inflight = None
 
     @property
+    def journal_mode(self) -> str:
+        return self._db.execute("PRAGMA journal_mode").fetchone()[0]
+
+    @property
     def backlog(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
 
