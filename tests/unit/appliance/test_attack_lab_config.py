@@ -1,0 +1,94 @@
+"""The lab's static definitions: example config, tenant plan, reference scenario, DNS answers."""
+
+from __future__ import annotations
+
+import ipaddress
+import pathlib
+import struct
+import tomllib
+
+import pytest
+
+from appliance.lab import TENANTS, Lab, lab_config
+from appliance.lab.scenario import REFERENCE, load_scenario, parse_scenario
+from appliance.lab.services import dns_answer
+from appliance.lab.traffic import dns_query
+
+EXAMPLE = pathlib.Path(__file__).resolve().parents[3] / "appliance" / "examples" / "lab.toml"
+DOC_RANGES = [ipaddress.ip_network(n) for n in
+              ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")]
+
+
+def test_example_config_is_lab_config_of_the_default_lab():
+    with EXAMPLE.open("rb") as handle:
+        assert tomllib.load(handle) == lab_config("sw")
+
+
+def test_lab_config_follows_the_lab_name():
+    config = lab_config("t1")
+    assert config["appliance"]["external"] == "t1-ext" and config["appliance"]["internal"] == "t1-int"
+    assert [t["id"] for t in config["tenants"]] == ["alpha", "beta", "gamma"]
+    assert any("allow" in t and "deny" in t for t in config["tenants"])
+
+
+@pytest.mark.parametrize("name", ["", "Sw", "a-b", "toolongname1", "1abc"])
+def test_bad_lab_names_are_refused(name):
+    with pytest.raises(ValueError, match="lab name"):
+        Lab(name)
+
+
+def test_servers_are_deterministic_and_inside_their_tenant_prefixes():
+    lab = Lab("sw")
+    assert len(lab.servers) >= 8
+    assert len({s.mac for s in lab.servers}) == len(lab.servers)
+    assert Lab("sw").servers == lab.servers
+    for server in lab.servers:
+        tenant = server.tenant_spec
+        assert ipaddress.ip_address(server.ipv4) in ipaddress.ip_network(tenant.ipv4)
+        assert ipaddress.ip_address(server.ipv6) in ipaddress.ip_network(tenant.ipv6)
+        assert server.namespace == f"sw-{server.name}"
+    assert lab.game_server.tenant == "alpha"
+    for tenant in TENANTS:
+        for prefix in (tenant.ipv4, tenant.ipv6):
+            assert any(ipaddress.ip_network(prefix).subnet_of(r) for r in DOC_RANGES
+                       if r.version == ipaddress.ip_network(prefix).version)
+
+
+def test_reference_scenario_is_the_documented_one():
+    scenario = load_scenario(REFERENCE)
+    syn, udp = scenario.attacks
+    assert (syn.vector, syn.pps, syn.duration_s, syn.target) == ("syn", 200_000, 60, "game")
+    assert (udp.vector, udp.pps, udp.dport) == ("udp", 5000, 28960)
+    assert scenario.legit.game_pps == 800
+    assert syn.spec(Lab("sw")).target == Lab("sw").game_server.ipv4
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"scenario": {"name": "x", "duration_s": 10}, "attacks": [{"vector": "syn", "target": "game",
+                                                               "duration_s": 20, "pps": 1}]}, "within"),
+    ({"scenario": {"name": "x", "duration_s": 10}, "attacks": [{"vector": "nope", "target": "game",
+                                                               "duration_s": 1, "pps": 1}]}, "unknown"),
+    ({"scenario": {"name": "x", "duration_s": 10}, "attacks": [{"vector": "syn", "target": "game",
+                                                               "duration_s": 1, "pps": "fast"}]}, "pps"),
+    ({"scenario": {"name": "x", "duration_s": 10}, "attacks": [{"vector": "syn", "target": "game",
+                                                               "duration_s": 1, "pps": 1, "color": 1}]},
+     "unknown keys"),
+    ({"scenario": {"duration_s": 10}}, "scenario.name: missing"),
+    ({"scenario": {"name": "x", "duration_s": 10}, "legit": {"game_pps": -1}}, "legit"),
+])
+def test_bad_scenarios_name_the_key_at_fault(data, message):
+    with pytest.raises(ValueError, match=message):
+        parse_scenario(data)
+
+
+def test_dns_service_answers_a_and_aaaa_and_ignores_garbage():
+    answer = dns_answer(dns_query(0x1234, "www.alpha.example.com"), "198.51.100.10", "2001:db8:a::10")
+    ident, flags, qd, an = struct.unpack("!HHHH", answer[:8])
+    assert (ident, flags & 0x8000, qd, an) == (0x1234, 0x8000, 1, 1)
+    assert answer.endswith(bytes([198, 51, 100, 10]))
+    aaaa = bytearray(dns_query(7, "x.example"))
+    aaaa[-3] = 28
+    assert dns_answer(bytes(aaaa), "198.51.100.10", "2001:db8:a::10").endswith(
+        ipaddress.IPv6Address("2001:db8:a::10").packed)
+    assert dns_answer(b"\x00" * 5, "198.51.100.10", "2001:db8:a::10") is None
+    assert dns_answer(answer, "198.51.100.10", "2001:db8:a::10") is None   # responses are not answered
