@@ -98,22 +98,34 @@ class EwmaBaseline:
         floor = np.maximum(min_pps[:, None], self.floor[None, :])
         return np.where(self.warm(rows), np.maximum(min_pps[:, None], base), floor)
 
-    def update(self, rows: np.ndarray, pps: np.ndarray, dt: float, learn: np.ndarray) -> None:
-        """Learn one tick of rates `pps` (N, C) for `rows` where `learn` (N, C) is True."""
+    def update(self, rows: np.ndarray, pps: np.ndarray, dt: float, learn: np.ndarray,
+               cap: np.ndarray | None = None) -> None:
+        """Learn one tick of rates `pps` (N, C) for `rows` where `learn` (N, C) is True.
+
+        `cap` is `baseline_threshold(rows)` when the caller already has it (detection does).
+        """
         if dt <= 0 or not len(rows):
             return
         mean = self.mean[rows]
         var = self.var[rows]
         learned = self.learned_s[rows]
+        if cap is None:
+            cap = self.baseline_threshold(rows)
         # A plain running average while few seconds are known (so warm-up ends with an
-        # unbiased mean and variance), the EWMA weight once it is the larger one.
-        alpha = np.maximum(1.0 - 2.0 ** (-dt / self.half_life_s), dt / (learned + dt))
-        warm = learned >= self.warmup_s
-        cap = (mean + self.k_sigma * np.sqrt(var)) * self.margin
-        x = np.where(warm, np.minimum(pps, np.maximum(cap, 1.0)), pps)
-        diff = x - mean
-        new_mean = mean + alpha * diff
-        new_var = (1.0 - alpha) * (var + alpha * diff * diff)
-        self.mean[rows] = np.where(learn, new_mean, mean)
-        self.var[rows] = np.where(learn, new_var, var)
-        self.learned_s[rows] = learned + np.where(learn, dt, 0.0)
+        # unbiased mean and variance), the EWMA weight once it is the larger one; zero
+        # weight for seconds that are not learned leaves mean and variance as they are.
+        alpha = dt / (learned + dt)
+        np.maximum(alpha, 1.0 - 2.0 ** (-dt / self.half_life_s), out=alpha)
+        alpha *= learn
+        # Winsorise at the threshold once warm: creeping traffic moves the baseline slowly.
+        limit = np.where(learned >= self.warmup_s, np.maximum(cap, 1.0), np.inf)
+        diff = np.minimum(pps, limit)
+        diff -= mean
+        step = alpha * diff
+        mean += step
+        var += step * diff
+        var *= 1.0 - alpha
+        learned += dt * learn
+        self.mean[rows] = mean
+        self.var[rows] = var
+        self.learned_s[rows] = learned

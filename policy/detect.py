@@ -48,6 +48,7 @@ class PolicyTable:
             self.min_pps[idx] = entry.policy.min_pps
             self.min_tenant_pps[idx] = entry.policy.min_tenant_pps
             self.sensitivity[idx] = entry.policy.sensitivity
+        self.tenant_rows = np.flatnonzero(self.known[:MAX_TENANTS])   # tenant slots in use
 
     @staticmethod
     def rows(tenant_idx: np.ndarray) -> np.ndarray:
@@ -69,6 +70,7 @@ class CarpetCandidate:
 @dataclasses.dataclass(slots=True)
 class Detection:
     threshold: np.ndarray            # (N, C) packets/s
+    baseline_cap: np.ndarray         # (N, C) (mean + k·sigma)·margin, before policy floors and sensitivity
     anomalous: np.ndarray            # (N, C) bool
     ratio: np.ndarray                # (N, C) rate / threshold
     excess: np.ndarray               # (N, C) packets/s above the baseline mean (>= 0)
@@ -84,25 +86,31 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
            carpet_min_destinations: int = 8) -> Detection:
     prow = PolicyTable.rows(dest.tenant_idx)
     known = policy.known[prow] & dest.valid
-    threshold = dest_baseline.threshold(dest.slots, policy.min_pps[prow], policy.sensitivity[prow])
+    cap = dest_baseline.baseline_threshold(dest.slots)
+    warm = dest_baseline.warm(dest.slots)
+    min_pps = policy.min_pps[prow][:, None]
+    threshold = np.where(warm, np.maximum(min_pps, cap / policy.sensitivity[prow][:, None]),
+                         np.maximum(min_pps, dest_baseline.floor[None, :]))
     anomalous = (dest.pps > threshold) & known[:, None]
     ratio = dest.pps / np.maximum(threshold, 1.0)
     excess = np.maximum(dest.pps - dest_baseline.mean[dest.slots], 0.0)
     anomalous_rows = np.flatnonzero(anomalous.any(axis=1))
 
-    t_rows = np.arange(MAX_TENANTS)
-    t_known = policy.known[:MAX_TENANTS] & tenants.valid
-    t_threshold = tenant_baseline.threshold(t_rows, policy.min_tenant_pps[:MAX_TENANTS],
-                                            policy.sensitivity[:MAX_TENANTS])
-    t_anomalous = (tenants.pps > t_threshold) & t_known[:, None]
-    t_excess = np.maximum(tenants.pps - tenant_baseline.mean, 0.0)
+    # Tenant arrays are dense over all slots; only the slots of configured tenants are computed.
+    t_rows = policy.tenant_rows
+    t_threshold = np.zeros((MAX_TENANTS, N_CLASSES))
+    t_anomalous = np.zeros((MAX_TENANTS, N_CLASSES), bool)
+    t_excess = np.zeros((MAX_TENANTS, N_CLASSES))
+    t_threshold[t_rows] = tenant_baseline.threshold(t_rows, policy.min_tenant_pps[t_rows], policy.sensitivity[t_rows])
+    t_anomalous[t_rows] = (tenants.pps[t_rows] > t_threshold[t_rows]) & tenants.valid[t_rows, None]
+    t_excess[t_rows] = np.maximum(tenants.pps[t_rows] - tenant_baseline.mean[t_rows], 0.0)
 
     carpets: list[CarpetCandidate] = []
     hot_tenants = np.flatnonzero(t_anomalous.any(axis=1))
     if len(hot_tenants):
         carpets = _carpets(dest, dest_baseline, anomalous, excess, hot_tenants, t_anomalous, t_excess,
                            tenants, t_threshold, known, carpet_min_destinations)
-    return Detection(threshold=threshold, anomalous=anomalous, ratio=ratio, excess=excess,
+    return Detection(threshold=threshold, baseline_cap=cap, anomalous=anomalous, ratio=ratio, excess=excess,
                      anomalous_rows=anomalous_rows, tenant_threshold=t_threshold,
                      tenant_anomalous=t_anomalous, tenant_excess=t_excess, carpets=carpets)
 

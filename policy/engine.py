@@ -65,7 +65,7 @@ class TickReport:
     events: list[Event]
     rules_added: list[int]
     rules_removed: list[int]
-    timings_ms: dict[str, float]     # wall milliseconds per stage
+    timings_ms: dict[str, float]     # process CPU milliseconds per stage
     cpu_ms: float                    # process CPU milliseconds for the whole tick
 
 
@@ -94,25 +94,27 @@ class _SampleWindow:
     """Parsed inbound samples of the last RECENT_TICKS ticks, indexed by destination and tenant."""
 
     def __init__(self) -> None:
-        self.ticks: collections.deque[tuple[PacketFeatures, dict[IPAddress, list[int]], dict[int, list[int]]]] = \
-            collections.deque(maxlen=RECENT_TICKS)
+        self.ticks: collections.deque[tuple[float, PacketFeatures, dict[IPAddress, list[int]],
+                                            dict[int, list[int]]]] = collections.deque(maxlen=RECENT_TICKS)
 
-    def add(self, inbound: PacketFeatures) -> tuple[dict[IPAddress, list[int]], dict[int, list[int]]]:
+    def add(self, now: float, inbound: PacketFeatures) -> tuple[dict[IPAddress, list[int]], dict[int, list[int]]]:
         by_dst: dict[IPAddress, list[int]] = collections.defaultdict(list)
         by_tenant: dict[int, list[int]] = collections.defaultdict(list)
         for i, (d, t) in enumerate(zip(inbound.dst, inbound.tenant_idx.tolist(), strict=True)):
             if d is not None:
                 by_dst[d].append(i)
             by_tenant[t].append(i)
-        self.ticks.append((inbound, by_dst, by_tenant))
+        self.ticks.append((now, inbound, by_dst, by_tenant))
         return by_dst, by_tenant
 
-    def for_destination(self, dst: IPAddress) -> PacketFeatures:
-        parts = [f.subset(np.asarray(ix[dst], np.int64)) for f, ix, _ in self.ticks if dst in ix]
+    def for_destination(self, dst: IPAddress, since: float) -> PacketFeatures:
+        """Samples to `dst` of the ticks at or after `since` (the attack's first anomalous tick)."""
+        parts = [f.subset(np.asarray(ix[dst], np.int64)) for t, f, ix, _ in self.ticks if t >= since and dst in ix]
         return PacketFeatures.concat(parts)
 
-    def for_tenant(self, tenant_idx: int) -> PacketFeatures:
-        parts = [f.subset(np.asarray(ix[tenant_idx], np.int64)) for f, _, ix in self.ticks if tenant_idx in ix]
+    def for_tenant(self, tenant_idx: int, since: float) -> PacketFeatures:
+        parts = [f.subset(np.asarray(ix[tenant_idx], np.int64)) for t, f, _, ix in self.ticks
+                 if t >= since and tenant_idx in ix]
         return PacketFeatures.concat(parts)
 
 
@@ -229,27 +231,30 @@ class PolicyEngine:
     def tick(self, now: float | None = None) -> TickReport:
         now = time.monotonic() if now is None else float(now)
         wall = self._wall()
-        cpu0 = time.process_time()
+        cpu0 = stage = time.process_time()
         timings: dict[str, float] = {}
-        stage = time.perf_counter()
 
         def lap(name: str) -> None:
             nonlocal stage
-            t = time.perf_counter()
+            t = time.process_time()
             timings[name] = round((t - stage) * 1000.0, 3)
             stage = t
 
         dp = self.dataplane
-        dest, freed = self.rates.update_destinations(now, dp.read_destination_counters())
+        dest_counters = dp.read_destination_counters()
+        tenant_counters = dp.read_tenant_counters()
+        raw_samples = dp.drain_samples(SAMPLE_DRAIN_LIMIT)
+        lap("read")
+        dest, freed = self.rates.update_destinations(now, dest_counters)
         self.dest_baseline.resize(self.rates.slots.capacity)
         if len(freed):
             self.dest_baseline.reset(freed)
-        tenants = self.rates.update_tenants(now, dp.read_tenant_counters())
+        tenants = self.rates.update_tenants(now, tenant_counters)
         lap("rates")
-        features = parse_samples(dp.drain_samples(SAMPLE_DRAIN_LIMIT))
+        features = parse_samples(raw_samples)
         inbound = features.subset(features.direction == int(Direction.INBOUND))
         outbound = features.subset(features.direction == int(Direction.OUTBOUND))
-        by_dst, by_tenant = self._window.add(inbound)
+        by_dst, by_tenant = self._window.add(now, inbound)
         peers: dict[IPAddress, set[IPAddress]] = collections.defaultdict(set)
         for local, remote in zip(outbound.src, outbound.dst, strict=True):
             if local is not None and remote is not None:
@@ -260,7 +265,7 @@ class PolicyEngine:
                      carpet_min_destinations=self.config.carpet_min_destinations)
         self.last_detection = det
         lap("detect")
-        observations, attack_mask = self._classify(dest, tenants, det)
+        observations, attack_mask = self._classify(now, dest, tenants, det)
         lap("classify")
         events: list[Event] = []
         for obs in observations:
@@ -280,8 +285,9 @@ class PolicyEngine:
         self._read_rule_counters()
         lap("incidents")
         self._learn(dest, tenants, det, attack_mask, row_of_slot)
-        self._keep_samples(inbound, by_dst, by_tenant, attack_mask, dest, row_of_slot)
         lap("learn")
+        self._keep_samples(inbound, by_dst, by_tenant, attack_mask, dest, row_of_slot)
+        lap("keep_samples")
         self._write_pcaps(by_dst, by_tenant, inbound)
         for event in events:
             self._publish(event)
@@ -303,7 +309,14 @@ class PolicyEngine:
             out |= tick.get(addr, set())
         return out
 
-    def _classify(self, dest: DestinationRates, tenants: TenantRates,
+    def _since(self, tenant_idx: int, target: IPAddress | None, now: float) -> float:
+        """Start of the current anomaly of a target: samples before it are its normal traffic."""
+        inc = self.incidents.get(tenant_idx, target)
+        if inc is not None and inc.state in (State.PENDING, State.ACTIVE):
+            return inc.first_seen
+        return now
+
+    def _classify(self, now: float, dest: DestinationRates, tenants: TenantRates,
                   det: Detection) -> tuple[list[Observation], np.ndarray]:
         """Observations of attacked targets, and the (N, C) mask of classes judged attack traffic."""
         cfg = self.config
@@ -319,8 +332,8 @@ class PolicyEngine:
             classes = [ClassEvidence(TrafficClass(int(c)), float(dest.pps[row, c]), float(det.threshold[row, c]),
                                      float(self.dest_baseline.mean[slot, c]))
                        for c in np.flatnonzero(det.anomalous[row])]
-            scores = classify_destination(classes, self._window.for_destination(dst), self._peers_of(dst),
-                                          cfg.min_confidence)
+            scores = classify_destination(classes, self._window.for_destination(dst, self._since(tidx, dst, now)),
+                                          self._peers_of(dst), cfg.min_confidence)
             attack_classes = {c for s in scores for c in s.classes}
             for c in attack_classes:
                 attack_mask[row, int(c)] = True
@@ -334,7 +347,8 @@ class PolicyEngine:
             t = cand.tenant_idx
             classes = [ClassEvidence(c, float(tenants.pps[t, c]), float(det.tenant_threshold[t, c]),
                                      float(self.tenant_baseline.mean[t, c])) for c in cand.classes]
-            scores = classify_carpet(classes, self._window.for_tenant(t), len(cand.elevated_rows), cand.top_share,
+            scores = classify_carpet(classes, self._window.for_tenant(t, self._since(t, None, now)),
+                                     len(cand.elevated_rows), cand.top_share,
                                      cfg.carpet_min_destinations, cfg.min_confidence)
             if not scores:
                 continue
@@ -355,7 +369,7 @@ class PolicyEngine:
                 attack = float(det.tenant_excess[t, cls].sum()) if cls else 0.0
                 dropped = float(tenants.dropped_pps[t])
             else:
-                slot = self.rates.slots.index.get(inc.target)
+                slot = self.rates.slots.slot_of(inc.target)
                 row = row_of_slot[slot] if slot is not None else -1
                 if row < 0:       # evicted from the dataplane's LRU: no traffic this tick
                     pps = bps = attack = dropped = 0.0
@@ -375,15 +389,16 @@ class PolicyEngine:
         todo = sorted(inc.classes - inc.rule_classes)
         if not todo:
             return []
+        since = self._since(inc.tenant_idx, inc.target, now)
         if inc.target is None:
-            attack = self._window.for_tenant(inc.tenant_idx)
+            attack = self._window.for_tenant(inc.tenant_idx, since)
             legit = parse_samples(list(self._legit_tenant.get(inc.tenant_idx, ())))
             pps_row, mean_row = tenants.pps[inc.tenant_idx], self.tenant_baseline.mean[inc.tenant_idx]
             base_thr = self.tenant_baseline.baseline_threshold(np.array([inc.tenant_idx]))[0]
         else:
-            attack = self._window.for_destination(inc.target)
+            attack = self._window.for_destination(inc.target, since)
             legit = parse_samples(list(self._legit.get(inc.target, ())))
-            slot = self.rates.slots.index.get(inc.target)
+            slot = self.rates.slots.slot_of(inc.target)
             row = row_of_slot[slot] if slot is not None else -1
             if row < 0:
                 return []
@@ -464,11 +479,12 @@ class PolicyEngine:
                 cls = [int(c) for c in inc.classes]
                 learn[np.ix_(np.flatnonzero(dest.tenant_idx == inc.tenant_idx), cls)] = False
             else:
-                slot = self.rates.slots.index.get(inc.target)
+                slot = self.rates.slots.slot_of(inc.target)
                 if slot is not None and row_of_slot[slot] >= 0:
                     learn[row_of_slot[slot]] = False
-        self.dest_baseline.update(dest.slots, dest.pps, dest.dt, learn)
-        self.tenant_baseline.update(np.arange(MAX_TENANTS), tenants.pps, tenants.dt, t_learn)
+        self.dest_baseline.update(dest.slots, dest.pps, dest.dt, learn, cap=det.baseline_cap)
+        rows = self.policy_table.tenant_rows
+        self.tenant_baseline.update(rows, tenants.pps[rows], tenants.dt, t_learn[rows])
 
     @staticmethod
     def _unexplained_or_attack(det: Detection, attack_mask: np.ndarray) -> np.ndarray:

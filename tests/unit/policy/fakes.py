@@ -1,0 +1,319 @@
+"""A small in-memory dataplane for the policy engine's unit tests, and frame builders.
+
+`FakeDataplane` implements `dataplane.api.DataplaneLike`. Traffic is a set of
+`Flow`s, each a pool of real Ethernet frames (built with scapy) sent at a rate;
+`advance(t, dt)` delivers one interval: every frame's packets are matched against
+the installed rules (parsed with scapy, independently of policy.packets), counted
+per destination, tenant, class and rule exactly like the XDP program counts them,
+and a bounded share is sampled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from collections.abc import Callable
+
+import numpy as np
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Dot1Q, Ether
+from scapy.packet import Raw
+
+from dataplane.api import (
+    DestinationCounters,
+    Rule,
+    RuleCounters,
+    Sample,
+    TenantCounters,
+)
+from dataplane.constants import (
+    NO_TENANT,
+    PAYLOAD_MATCH_BYTES,
+    SAMPLE_BYTES,
+    Direction,
+    DropReason,
+    RuleAction,
+    TrafficClass,
+)
+
+N_CLASSES = len(TrafficClass)
+N_REASONS = len(DropReason)
+MAC_A, MAC_B = "02:00:00:00:00:01", "02:00:00:00:00:02"
+
+
+# -- frames -------------------------------------------------------------------------------------
+
+def _ip(src: str, dst: str, ttl: int, **kw):
+    if ipaddress.ip_address(dst).version == 6:
+        return IPv6(src=src, dst=dst, hlim=ttl)
+    return IP(src=src, dst=dst, ttl=ttl, **kw)
+
+
+def udp_frame(src: str, dst: str, sport: int, dport: int, payload: bytes = b"", ttl: int = 57,
+              vlan: int | None = None) -> bytes:
+    pkt = Ether(src=MAC_A, dst=MAC_B)
+    if vlan is not None:
+        pkt = pkt / Dot1Q(vlan=vlan)
+    return bytes(pkt / _ip(src, dst, ttl) / UDP(sport=sport, dport=dport) / Raw(payload))
+
+
+def tcp_frame(src: str, dst: str, sport: int, dport: int, flags: str, payload: bytes = b"", ttl: int = 57,
+              options: list | None = None) -> bytes:
+    tcp = TCP(sport=sport, dport=dport, flags=flags, options=options or [])
+    return bytes(Ether(src=MAC_A, dst=MAC_B) / _ip(src, dst, ttl) / tcp / Raw(payload))
+
+
+def syn_frame(src: str, dst: str, sport: int, dport: int, ttl: int = 57) -> bytes:
+    """A SYN as real stacks send it (MSS, SACK, timestamps, window scale: 60 bytes of IPv4)."""
+    opts = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None), ("WScale", 7)]
+    return tcp_frame(src, dst, sport, dport, "S", ttl=ttl, options=opts)
+
+
+def icmp_frame(src: str, dst: str, size: int = 56, ttl: int = 57) -> bytes:
+    return bytes(Ether(src=MAC_A, dst=MAC_B) / IP(src=src, dst=dst, ttl=ttl) / ICMP(type=8) / Raw(b"\x00" * size))
+
+
+def fragment_frame(src: str, dst: str, offset: int, ident: int = 7, size: int = 1000, ttl: int = 57) -> bytes:
+    """A non-first IPv4 fragment of a UDP datagram (offset in 8-byte units)."""
+    ip = IP(src=src, dst=dst, ttl=ttl, proto=17, flags="MF", frag=offset, id=ident)
+    return bytes(Ether(src=MAC_A, dst=MAC_B) / ip / Raw(b"\xab" * size))
+
+
+# -- the fake ------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class FrameFields:
+    local: str                 # customer-side address (dst inbound, src outbound)
+    proto: int
+    length: int
+    ttl: int
+    sport: int | None
+    dport: int | None
+    flags: int | None
+    fragment: bool
+    payload: bytes
+    tclass: TrafficClass
+
+
+def frame_fields(frame: bytes, direction: Direction) -> FrameFields:
+    pkt = Ether(frame)
+    if IP in pkt:
+        ip = pkt[IP]
+        proto, length, ttl = ip.proto, ip.len, ip.ttl
+        fragment = bool(ip.flags.MF) or ip.frag > 0
+        first = ip.frag == 0
+    else:
+        ip = pkt[IPv6]
+        proto, length, ttl = ip.nh, ip.plen + 40, ip.hlim
+        fragment, first = False, True
+    local = ip.dst if direction == Direction.INBOUND else ip.src
+    sport = dport = flags = None
+    payload = b""
+    if first and TCP in pkt:
+        sport, dport, flags = pkt[TCP].sport, pkt[TCP].dport, int(pkt[TCP].flags)
+        payload = bytes(pkt[TCP].payload)[:PAYLOAD_MATCH_BYTES]
+    elif first and UDP in pkt:
+        sport, dport = pkt[UDP].sport, pkt[UDP].dport
+        payload = bytes(pkt[UDP].payload)[:PAYLOAD_MATCH_BYTES]
+    if fragment:
+        tclass = TrafficClass.FRAGMENT
+    elif proto == 6:
+        tclass = TrafficClass.TCP_SYN if flags is not None and flags & 0x12 == 0x02 else TrafficClass.TCP_OTHER
+    elif proto == 17:
+        tclass = TrafficClass.UDP
+    elif proto in (1, 58):
+        tclass = TrafficClass.ICMP
+    else:
+        tclass = TrafficClass.OTHER
+    return FrameFields(local, proto, length, ttl, sport, dport, flags, fragment, payload, tclass)
+
+
+def rule_matches(rule: Rule, tenant_idx: int, f: FrameFields) -> bool:
+    if rule.tenant_idx != tenant_idx or (rule.dst is not None and ipaddress.ip_address(f.local) != rule.dst):
+        return False
+    if rule.proto is not None and f.proto != rule.proto:
+        return False
+    for name, value in (("sport", f.sport), ("dport", f.dport), ("length", f.length), ("ttl", f.ttl)):
+        r = getattr(rule, name)
+        if r is not None and (value is None or not r.lo <= value <= r.hi):
+            return False
+    if rule.tcp_flags is not None:
+        mask, want = rule.tcp_flags
+        if f.flags is None or f.flags & mask != want:
+            return False
+    if rule.fragments is not None and f.fragment != rule.fragments:
+        return False
+    if rule.payload is not None:
+        mask = rule.payload_mask or b"\xff" * len(rule.payload)
+        if len(f.payload) < len(rule.payload):
+            return False
+        if any((a & m) != (b & m) for a, b, m in zip(f.payload, rule.payload, mask, strict=False)):
+            return False
+    return True
+
+
+@dataclasses.dataclass
+class Flow:
+    """Packets from a pool of frames at `pps` (a number or a function of time)."""
+
+    name: str
+    tenant_idx: int
+    frames: list[bytes]
+    pps: float | Callable[[float], float]
+    direction: Direction = Direction.INBOUND
+    attack: bool = False
+    sample_one_in: int = 50          # the dataplane samples one packet in N ...
+    max_samples_per_s: int = 200     # ... up to this many per flow and second
+    fields: list[FrameFields] = dataclasses.field(default_factory=list)
+    # Delivered packets, for assertions.
+    sent: int = 0
+    dropped: int = 0
+
+    def rate(self, t: float) -> float:
+        return float(self.pps(t) if callable(self.pps) else self.pps)
+
+
+class FakeDataplane:
+    def __init__(self, seed: int = 1) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.flows: list[Flow] = []
+        self.rules: dict[int, Rule] = {}
+        self.rule_counters: dict[int, list[int]] = {}
+        self._next_rule = 1
+        self.dest: dict[str, dict] = {}
+        self.tenant: dict[int, dict[str, np.ndarray]] = {}
+        self.samples: list[Sample] = []
+        self.mono_ns = 0
+        self.rule_log: list[tuple[str, int, Rule]] = []
+
+    # traffic -------------------------------------------------------------------------------------
+    def add_flow(self, flow: Flow) -> Flow:
+        flow.fields = [frame_fields(fr, flow.direction) for fr in flow.frames]
+        self.flows.append(flow)
+        return flow
+
+    def remove_flow(self, name: str) -> None:
+        self.flows = [f for f in self.flows if f.name != name]
+
+    def evict(self, address: str) -> None:
+        """What the LRU map does under pressure: the row and its counters vanish."""
+        self.dest.pop(str(ipaddress.ip_address(address)), None)
+
+    def _tenant(self, idx: int) -> dict[str, np.ndarray]:
+        if idx not in self.tenant:
+            self.tenant[idx] = {"passed_packets": np.zeros(2, np.uint64), "passed_bytes": np.zeros(2, np.uint64),
+                                "dropped_packets": np.zeros(2, np.uint64), "dropped_bytes": np.zeros(2, np.uint64),
+                                "class_packets": np.zeros((2, N_CLASSES), np.uint64),
+                                "class_bytes": np.zeros((2, N_CLASSES), np.uint64),
+                                "reason_packets": np.zeros((2, N_REASONS), np.uint64)}
+        return self.tenant[idx]
+
+    def _verdict(self, flow: Flow, f: FrameFields, count: int, budgets: dict[int, float]) -> tuple[int, int, DropReason]:
+        """(passed, dropped, reason) for `count` packets of one frame."""
+        if flow.direction != Direction.INBOUND:
+            return count, 0, DropReason.NONE
+        for rule_id in sorted(self.rules):
+            rule = self.rules[rule_id]
+            if not rule_matches(rule, flow.tenant_idx, f):
+                continue
+            c = self.rule_counters[rule_id]
+            c[0] += count
+            if rule.action == RuleAction.DROP:
+                c[1] += count
+                return 0, count, DropReason.RULE
+            if rule.action == RuleAction.RATE_LIMIT:
+                admitted = int(min(count, budgets.get(rule_id, 0)))
+                budgets[rule_id] = budgets.get(rule_id, 0) - admitted
+                c[1] += count - admitted
+                return admitted, count - admitted, DropReason.RATE_LIMIT
+            return count, 0, DropReason.NONE     # COUNT: the first matching rule decides
+        return count, 0, DropReason.NONE
+
+    def advance(self, t: float, dt: float = 1.0) -> None:
+        """Deliver the traffic of the interval (t, t + dt]."""
+        budgets = {rid: r.rate_pps * dt for rid, r in self.rules.items() if r.action == RuleAction.RATE_LIMIT}
+        self.mono_ns = int((t + dt) * 1e9)
+        for flow in self.flows:
+            mean = flow.rate(t) * dt
+            if mean <= 0:
+                continue
+            total = int(self.rng.poisson(mean)) if mean < 1e6 else int(mean)
+            per_frame = self.rng.multinomial(total, [1.0 / len(flow.frames)] * len(flow.frames))
+            sample_budget = flow.max_samples_per_s * dt
+            for frame, f, count in zip(flow.frames, flow.fields, per_frame, strict=True):
+                if not count:
+                    continue
+                passed, dropped, reason = self._verdict(flow, f, int(count), budgets)
+                flow.sent += int(count)
+                flow.dropped += dropped
+                d = int(flow.direction)
+                nbytes = len(frame) + 4   # + FCS on the wire
+                tc = self._tenant(flow.tenant_idx)
+                tc["class_packets"][d, f.tclass] += count
+                tc["class_bytes"][d, f.tclass] += count * nbytes
+                tc["passed_packets"][d] += passed
+                tc["passed_bytes"][d] += passed * nbytes
+                tc["dropped_packets"][d] += dropped
+                tc["dropped_bytes"][d] += dropped * nbytes
+                tc["reason_packets"][d, reason] += dropped
+                if flow.direction == Direction.INBOUND:
+                    row = self.dest.setdefault(f.local, {"tenant": flow.tenant_idx,
+                                                         "packets": np.zeros(N_CLASSES, np.uint64),
+                                                         "bytes": np.zeros(N_CLASSES, np.uint64),
+                                                         "dropped": 0})
+                    row["packets"][f.tclass] += count
+                    row["bytes"][f.tclass] += count * nbytes
+                    row["dropped"] += dropped
+                for is_dropped, k in ((False, passed), (True, dropped)):
+                    n = min(int(self.rng.binomial(k, 1.0 / flow.sample_one_in)) if k else 0, int(sample_budget))
+                    sample_budget -= n
+                    for _ in range(n):
+                        self.samples.append(Sample(
+                            timestamp_ns=int((t + self.rng.random() * dt) * 1e9), tenant_idx=flow.tenant_idx,
+                            direction=flow.direction, dropped=is_dropped,
+                            reason=reason if is_dropped else DropReason.NONE, wire_length=nbytes,
+                            data=frame[:SAMPLE_BYTES]))
+
+    # DataplaneLike ---------------------------------------------------------------------------------
+    def read_tenant_counters(self) -> dict[int, TenantCounters]:
+        return {idx: TenantCounters(**{k: v.copy() for k, v in c.items()}) for idx, c in self.tenant.items()}
+
+    def read_destination_counters(self) -> DestinationCounters:
+        items = list(self.dest.items())
+        order = self.rng.permutation(len(items))      # row order means nothing in an LRU map
+        items = [items[i] for i in order]
+        n = len(items)
+        return DestinationCounters(
+            addresses=[ipaddress.ip_address(a) for a, _ in items],
+            tenant_idx=np.array([r["tenant"] if r["tenant"] is not None else NO_TENANT for _, r in items],
+                                np.uint32),
+            packets=np.array([r["packets"] for _, r in items], np.uint64).reshape(n, N_CLASSES),
+            bytes=np.array([r["bytes"] for _, r in items], np.uint64).reshape(n, N_CLASSES),
+            dropped_packets=np.array([r["dropped"] for _, r in items], np.uint64).reshape(n))
+
+    def add_rule(self, rule: Rule) -> int:
+        if rule.payload is not None and len(rule.payload) > PAYLOAD_MATCH_BYTES:
+            raise ValueError("payload longer than PAYLOAD_MATCH_BYTES")
+        if rule.action == RuleAction.RATE_LIMIT and rule.rate_pps <= 0:
+            raise ValueError("rate limit rule without a rate")
+        rule_id = self._next_rule
+        self._next_rule += 1
+        self.rules[rule_id] = rule
+        self.rule_counters[rule_id] = [0, 0, 0]
+        self.rule_log.append(("add", rule_id, rule))
+        return rule_id
+
+    def remove_rule(self, rule_id: int) -> None:
+        if rule_id not in self.rules:
+            raise KeyError(f"no rule {rule_id}")
+        self.rule_log.append(("remove", rule_id, self.rules.pop(rule_id)))
+        self.rule_counters.pop(rule_id)
+
+    def read_rule_counters(self) -> dict[int, RuleCounters]:
+        return {rid: RuleCounters(matched_packets=c[0], matched_bytes=0, dropped_packets=c[1])
+                for rid, c in self.rule_counters.items()}
+
+    def drain_samples(self, limit: int = 4096) -> list[Sample]:
+        out, self.samples = self.samples[:limit], self.samples[limit:]
+        return out
