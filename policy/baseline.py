@@ -118,7 +118,7 @@ class EwmaBaseline:
         np.maximum(alpha, 1.0 - 2.0 ** (-dt / self.half_life_s), out=alpha)
         alpha *= learn
         # Winsorise at the threshold once warm: creeping traffic moves the baseline slowly.
-        limit = np.where(learned >= self.warmup_s, np.maximum(cap, 1.0), np.inf)
+        limit = np.where((learned >= self.warmup_s) & (learned > 0), np.maximum(cap, 1.0), np.inf)
         diff = np.minimum(pps, limit)
         diff -= mean
         step = alpha * diff

@@ -1,0 +1,116 @@
+"""Counters → rates: priming, LRU churn by address, counter resets, variable tick length, tenants."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import numpy as np
+import pytest
+
+from dataplane.api import DestinationCounters, TenantCounters
+from dataplane.constants import NO_TENANT, DropReason, TrafficClass
+from policy.rates import RateTracker
+
+C = len(TrafficClass)
+A, B, D = (ipaddress.ip_address(x) for x in ("198.51.100.1", "198.51.100.2", "2001:db8::3"))
+
+
+def counters(rows: dict) -> DestinationCounters:
+    """rows: address -> (packets per class list, dropped)"""
+    addrs = list(rows)
+    return DestinationCounters(
+        addresses=addrs, tenant_idx=np.array([1] * len(addrs), np.uint32),
+        packets=np.array([rows[a][0] for a in addrs], np.uint64).reshape(-1, C),
+        bytes=np.array([[v * 100 for v in rows[a][0]] for a in addrs], np.uint64).reshape(-1, C),
+        dropped_packets=np.array([rows[a][1] for a in addrs], np.uint64))
+
+
+def pk(udp: int = 0, syn: int = 0) -> list[int]:
+    v = [0] * C
+    v[TrafficClass.UDP] = udp
+    v[TrafficClass.TCP_SYN] = syn
+    return v
+
+
+def by_address(rates) -> dict:
+    return {a: (rates.pps[i], rates.dropped_pps[i]) for i, a in enumerate(rates.addresses)}
+
+
+def test_first_read_primes_and_yields_no_rates():
+    rt = RateTracker()
+    r, _ = rt.update_destinations(10.0, counters({A: (pk(udp=1_000_000), 5)}))
+    assert not r.valid.any() and r.pps.sum() == 0
+
+
+def test_rates_follow_addresses_across_row_order_churn_and_resets():
+    rt = RateTracker()
+    rt.update_destinations(0.0, counters({A: (pk(udp=1000), 0), B: (pk(syn=50), 0)}))
+    # Row order changes, a new address appears (its whole counter is this tick's traffic).
+    r, _ = rt.update_destinations(2.0, counters({D: (pk(udp=300), 0), B: (pk(syn=250), 10), A: (pk(udp=3000), 0)}))
+    got = by_address(r)
+    assert got[A][0][TrafficClass.UDP] == pytest.approx(1000.0)        # (3000 - 1000) / 2 s
+    assert got[B][0][TrafficClass.TCP_SYN] == pytest.approx(100.0)
+    assert got[B][1] == pytest.approx(5.0)
+    assert got[D][0][TrafficClass.UDP] == pytest.approx(150.0)
+    assert r.valid.all()
+    # A is evicted; B's counters were reset (smaller than before) and count from zero.
+    r, _ = rt.update_destinations(3.0, counters({B: (pk(syn=40), 0), D: (pk(udp=400), 0)}))
+    got = by_address(r)
+    assert A not in got
+    assert got[B][0][TrafficClass.TCP_SYN] == pytest.approx(40.0)
+    assert got[D][0][TrafficClass.UDP] == pytest.approx(100.0)
+    # A comes back into the LRU: fresh row, fresh counter, same slot (its baseline survives).
+    slot_a = rt.slots.slot_of(A)
+    r, _ = rt.update_destinations(3.5, counters({A: (pk(udp=20), 0), B: (pk(syn=40), 0), D: (pk(udp=400), 0)}))
+    got = by_address(r)
+    assert got[A][0][TrafficClass.UDP] == pytest.approx(40.0)           # 20 packets in 0.5 s
+    assert rt.slots.slot_of(A) == slot_a
+    assert got[B][0].sum() == 0
+
+
+def test_slots_expire_after_long_absence_and_are_reused():
+    rt = RateTracker(forget_after_s=100.0)
+    rt.update_destinations(0.0, counters({A: (pk(udp=1), 0)}))
+    rt.update_destinations(1.0, counters({B: (pk(udp=1), 0)}))
+    _, freed = rt.update_destinations(200.0, counters({B: (pk(udp=2), 0)}))
+    assert rt.slots.slot_of(A) is None and len(freed) == 1
+
+
+def test_many_addresses_grow_the_slot_table():
+    rt = RateTracker()
+    addrs = {ipaddress.ip_address(0xC6120000 + i): (pk(udp=i), 0) for i in range(5000)}
+    rt.update_destinations(0.0, counters(addrs))
+    r, _ = rt.update_destinations(1.0, counters({a: (pk(udp=v[0][TrafficClass.UDP] * 2), 0)
+                                                 for a, v in addrs.items()}))
+    assert rt.slots.capacity >= 5000
+    assert np.allclose(r.pps[:, TrafficClass.UDP], np.arange(5000))
+
+
+def test_time_must_advance():
+    rt = RateTracker()
+    rt.update_destinations(5.0, counters({A: (pk(udp=1), 0)}))
+    with pytest.raises(ValueError, match="time went backwards"):
+        rt.update_destinations(5.0, counters({A: (pk(udp=2), 0)}))
+
+
+def test_tenant_rates_by_direction_with_reset():
+    def tc(inb: int, out: int, dropped: int) -> TenantCounters:
+        cp = np.zeros((2, C), np.uint64)
+        cp[0, TrafficClass.UDP], cp[1, TrafficClass.UDP] = inb, out
+        return TenantCounters(passed_packets=np.array([inb - dropped, out], np.uint64),
+                              passed_bytes=np.zeros(2, np.uint64), dropped_packets=np.array([dropped, 0], np.uint64),
+                              dropped_bytes=np.zeros(2, np.uint64), class_packets=cp, class_bytes=cp * 100,
+                              reason_packets=np.zeros((2, len(DropReason)), np.uint64))
+
+    rt = RateTracker()
+    rt.update_tenants(0.0, {3: tc(100, 50, 0)})
+    r = rt.update_tenants(0.5, {3: tc(600, 150, 100)})
+    assert r.pps[3, TrafficClass.UDP] == pytest.approx(1000.0)
+    assert r.out_pps[3, TrafficClass.UDP] == pytest.approx(200.0)
+    assert r.dropped_pps[3] == pytest.approx(200.0)
+    assert r.byte_rate[3, TrafficClass.UDP] == pytest.approx(100_000.0)
+    assert r.valid[3] and not r.valid[4]
+    r = rt.update_tenants(1.5, {3: tc(10, 150, 0)})      # the dataplane was restarted
+    assert r.pps[3, TrafficClass.UDP] == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="out of range"):
+        rt.update_tenants(2.0, {NO_TENANT: tc(1, 1, 0)})
