@@ -6,9 +6,13 @@ import ctypes
 import ctypes.util
 import os
 import pathlib
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 CLONE_NEWNET = 0x40000000  # sched.h
 NETNS_RUN_DIR = pathlib.Path("/run/netns")
+T = TypeVar("T")
 
 
 def enter_netns(name: str) -> None:
@@ -24,3 +28,27 @@ def enter_netns(name: str) -> None:
             raise OSError(err, f"setns({name}): {os.strerror(err)}")
     finally:
         os.close(fd)
+
+
+def run_in_netns(name: str, function: Callable[..., T], *args, timeout: float = 30.0) -> T:
+    """Call `function(*args)` in a short-lived thread inside namespace `name`; the caller stays put.
+
+    Sockets created there keep that namespace, so they can be used afterwards from any thread.
+    """
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            enter_netns(name)
+            outcome["value"] = function(*args)
+        except BaseException as exc:  # re-raised in the caller
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"netns-{name}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"{getattr(function, '__name__', function)} in {name} did not finish in {timeout}s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

@@ -379,7 +379,10 @@ class Lab:
         up = self.ns("up")
         _run(["ip", "netns", "exec", up, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
               "net.ipv6.conf.all.forwarding=1", "net.ipv4.conf.all.rp_filter=0",
-              "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0"])
+              "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0",
+              # No duplicate address detection: link-local addresses are usable at once, so
+              # neighbour discovery works from the first packet (names are unique per namespace).
+              *(f"net.ipv6.conf.{ifname}.accept_dad=0" for ifname in (self.UPSTREAM_IF, "cli", "att"))])
         for tenant in TENANTS:
             plen4 = ipaddress.ip_network(tenant.ipv4).prefixlen
             plen6 = ipaddress.ip_network(tenant.ipv6).prefixlen
@@ -407,7 +410,7 @@ class Lab:
         for role, addr4, addr6, gw4, gw6 in hosts:
             ns = self.ns(role)
             _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0",
-                  "net.ipv6.conf.default.accept_dad=0"])
+                  "net.ipv6.conf.default.accept_dad=0", f"net.ipv6.conf.{self.HOST_IF}.accept_dad=0"])
             _run(["ip", "-n", ns, "addr", "add", addr4, "dev", self.HOST_IF])
             _run(["ip", "-n", ns, "addr", "add", addr6, "dev", self.HOST_IF, "nodad"])
             self._offloads(ns, self.HOST_IF)
