@@ -157,7 +157,8 @@ class EmailReceiver(_Receiver):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class WebhookReceiver(_Receiver):
-    url: str
+    url: Secret                          # Slack and Discord URLs carry their token: a secret
+    endpoint: str                        # scheme://host:port of `url`, safe to show
     webhook_kind: str                    # the `kind` key: generic | slack | discord | pagerduty
     secret: Secret | None
     routing_key: Secret | None
@@ -418,7 +419,12 @@ def _parse_webhook(t: _Table, index: int) -> WebhookReceiver:
     url = t.string("url", PAGERDUTY_EVENTS_URL if kind == "pagerduty" else None, required=kind != "pagerduty")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise t.fail("url", f"must be an http(s) URL, got {url!r}")
+        # Not echoed: a webhook URL may carry a token.
+        raise t.fail("url", f"must be an http(s) URL, got scheme {parts.scheme!r}")
+    try:
+        endpoint = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    except ValueError:
+        raise t.fail("url", "has an invalid port") from None
     secret = t.secret("secret", required=kind == "generic")
     routing_key = t.secret("routing_key", required=kind == "pagerduty")
     if kind != "pagerduty" and routing_key is not None:
@@ -426,7 +432,7 @@ def _parse_webhook(t: _Table, index: int) -> WebhookReceiver:
     if kind != "generic" and secret is not None:
         raise t.fail("secret", "only applies to kind = \"generic\" (the others authenticate by URL or key)")
     return WebhookReceiver(
-        **common, url=url, webhook_kind=kind, secret=secret, routing_key=routing_key,
+        **common, url=Secret(url), endpoint=endpoint, webhook_kind=kind, secret=secret, routing_key=routing_key,
         ca_file=t.string("ca_file"),
     )
 

@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import pathlib
 import random
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -111,40 +112,51 @@ class _Worker:
     async def run(self) -> None:
         structlog.contextvars.bind_contextvars(receiver=self.receiver.name, kind=self.receiver.kind)
         while not self.stopping.is_set():
-            item = self.queue.head()
-            if item is None:
-                # No await between head() and clear(): an enqueue cannot slip in between.
-                self.wake.clear()
-                await self._pause(None)
-                continue
             try:
-                await self.notifier.send(item.event, item.delivery_id)
-            except NotifierError as exc:
-                self._failed(str(exc))
-                if exc.permanent:
-                    self.queue.bury(item.row_id, str(exc))
-                    log.error("notify.refused", error=str(exc), delivery=item.delivery_id,
-                              event_type=str(item.event.type), tenant=item.event.tenant)
-                    continue
-                self.queue.release()
-                delay = self.retry.delay(self.consecutive_failures, self.rng)
-                log.warning("notify.retry", error=str(exc), attempt=self.consecutive_failures,
-                            delay_s=round(delay, 3), backlog=self.queue.backlog)
-                await self._pause(delay)
-                continue
-            except Exception as exc:
-                # A bug of ours for this event (e.g. rendering): retrying the same input
-                # fails the same way and would block the queue, so set it aside.
-                self._failed(f"{type(exc).__name__}: {exc}")
-                self.queue.bury(item.row_id, f"{type(exc).__name__}: {exc}")
-                log.exception("notify.send_crashed", delivery=item.delivery_id)
-                continue
-            self.queue.ack(item.row_id)
-            if self.consecutive_failures:
-                log.info("notify.recovered", after_failures=self.consecutive_failures)
-            self.consecutive_failures = 0
-            log.debug("notify.delivered", delivery=item.delivery_id, event_type=str(item.event.type),
-                      tenant=item.event.tenant, merged=item.merged)
+                await self._step()
+            except (sqlite3.Error, OSError) as exc:
+                # The queue file itself failed (disk full, I/O error): keep the task alive
+                # and try again later; what is on disk stays there.
+                self._failed(f"queue: {type(exc).__name__}: {exc}")
+                log.error("notify.queue_error", error=str(exc), path=str(self.queue.path))
+                await self._pause(self.retry.delay(self.consecutive_failures, self.rng))
+
+    async def _step(self) -> None:
+        """Deliver the head of the queue once, or wait for work."""
+        item = self.queue.head()
+        if item is None:
+            # No await between head() and clear(): an enqueue cannot slip in between.
+            self.wake.clear()
+            await self._pause(None)
+            return
+        try:
+            await self.notifier.send(item.event, item.delivery_id)
+        except NotifierError as exc:
+            self._failed(str(exc))
+            if exc.permanent:
+                self.queue.bury(item.row_id, str(exc))
+                log.error("notify.refused", error=str(exc), delivery=item.delivery_id,
+                          event_type=str(item.event.type), tenant=item.event.tenant)
+                return
+            self.queue.release()
+            delay = self.retry.delay(self.consecutive_failures, self.rng)
+            log.warning("notify.retry", error=str(exc), attempt=self.consecutive_failures,
+                        delay_s=round(delay, 3), backlog=self.queue.backlog)
+            await self._pause(delay)
+            return
+        except Exception as exc:
+            # A bug of ours for this event (e.g. rendering): retrying the same input
+            # fails the same way and would block the queue, so set it aside.
+            self._failed(f"{type(exc).__name__}: {exc}")
+            self.queue.bury(item.row_id, f"{type(exc).__name__}: {exc}")
+            log.exception("notify.send_crashed", delivery=item.delivery_id)
+            return
+        self.queue.ack(item.row_id)
+        if self.consecutive_failures:
+            log.info("notify.recovered", after_failures=self.consecutive_failures)
+        self.consecutive_failures = 0
+        log.debug("notify.delivered", delivery=item.delivery_id, event_type=str(item.event.type),
+                  tenant=item.event.tenant, merged=item.merged)
 
     def _failed(self, error: str) -> None:
         self.consecutive_failures += 1

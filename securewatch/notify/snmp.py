@@ -6,8 +6,11 @@ checks them against the compiled MIB), so sending needs no MIB compile at run ti
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import socket
+import threading
+import time
 
 import structlog
 from pysnmp.hlapi.v3arch.asyncio import (
@@ -32,7 +35,9 @@ from pysnmp.hlapi.v3arch.asyncio import (
     usmHMACSHAAuthProtocol,
     usmNoPrivProtocol,
 )
-from pysnmp.proto.rfc1902 import Counter64, ObjectIdentifier, OctetString, Unsigned32
+from pysnmp.proto.rfc1902 import Counter64, ObjectIdentifier, OctetString, TimeTicks, Unsigned32
+from pysnmp.smi.builder import MibBuilder
+from pysnmp.smi.view import MibViewController
 
 from policy.events import Event, EventType
 
@@ -58,6 +63,8 @@ VARBIND_OIDS: dict[str, tuple[int, ...]] = {
         "seawallPacketsDropped", "seawallMessage"), start=1)
 }
 SNMP_TRAP_OID = (1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0)  # SNMPv2-MIB::snmpTrapOID.0
+SYS_UP_TIME = (1, 3, 6, 1, 2, 1, 1, 3, 0)  # SNMPv2-MIB::sysUpTime.0
+_STARTED = time.monotonic()  # seconds; sysUpTime counts from when the notifiers were loaded
 DISPLAY_STRING_MAX = 255  # octets: DisplayString's size limit
 
 _AUTH = {
@@ -95,10 +102,30 @@ def varbinds(event: Event) -> list[ObjectType]:
         "seawallPacketsDropped": Counter64(max(int(event.packets_dropped or 0), 0)),
         "seawallMessage": _text(event.message),
     }
-    return [ObjectType(ObjectIdentity(ObjectIdentifier(SNMP_TRAP_OID)),
+    uptime = TimeTicks(int((time.monotonic() - _STARTED) * 100) % 2**32)  # hundredths of a second
+    return [ObjectType(ObjectIdentity(ObjectIdentifier(SYS_UP_TIME)), uptime),
+            ObjectType(ObjectIdentity(ObjectIdentifier(SNMP_TRAP_OID)),
                        ObjectIdentifier(NOTIFICATION_OIDS[event.type]))] + [
         ObjectType(ObjectIdentity(ObjectIdentifier(VARBIND_OIDS[name])), value)
         for name, value in values.items()]
+
+
+_mib_view: MibViewController | None = None
+_mib_view_guard = threading.Lock()  # a thread lock: callers wait in worker threads, not on the loop
+
+
+def _shared_mib_view() -> MibViewController:
+    """One MIB view for every SNMP receiver. pysnmp resolves each varbind through a
+    MIB view; the first resolution loads its base MIBs and builds pysmi's parser,
+    seconds of CPU, so callers run this in a worker thread."""
+    global _mib_view
+    with _mib_view_guard:
+        if _mib_view is None:
+            view = MibViewController(MibBuilder())
+            for varbind in varbinds(Event(EventType.SYSTEM, None, "warm-up")):
+                varbind.resolve_with_mib(view)
+            _mib_view = view
+        return _mib_view
 
 
 class SnmpNotifier:
@@ -125,7 +152,9 @@ class SnmpNotifier:
     async def send(self, event: Event, delivery_id: str) -> None:
         r = self.receiver
         if self._engine is None:
+            view = _mib_view or await asyncio.to_thread(_shared_mib_view)
             self._engine = SnmpEngine(OctetString(hexValue=self._engine_id))
+            self._engine.cache["mibViewController"] = view  # where pysnmp's hlapi looks for it
         try:
             target = await UdpTransportTarget.create((r.host, r.port), timeout=r.timeout_s,
                                                      retries=r.retries)

@@ -15,7 +15,6 @@ import socket
 import ssl
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -177,18 +176,18 @@ class WebhookNotifier:
         if request is None:
             return
         body, headers = request
-        # Slack and Discord URLs carry their token in the path: name only the server.
-        parts = urlsplit(self.receiver.url)
-        where = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+        where = self.receiver.endpoint  # the URL itself may carry a token: never logged
         try:
-            async with self._client().post(self.receiver.url, data=body, headers=headers) as resp:
+            async with self._client().post(self.receiver.url.reveal(), data=body, headers=headers,
+                                            allow_redirects=False) as resp:
                 if 200 <= resp.status < 300:
                     return
                 text = (await resp.text())[:200]
                 permanent = 400 <= resp.status < 500 and resp.status not in _RETRYABLE_4XX
                 raise NotifierError(f"webhook {where}: HTTP {resp.status} {text}", permanent=permanent)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise NotifierError(f"webhook {where}: {type(exc).__name__}: {exc}") from exc
+            detail = str(exc).replace(self.receiver.url.reveal(), f"{where}/***")
+            raise NotifierError(f"webhook {where}: {type(exc).__name__}: {detail}") from exc
 
     async def close(self) -> None:
         if self._session is not None:
