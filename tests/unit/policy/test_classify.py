@@ -28,13 +28,13 @@ MIN_CONFIDENCE = 0.5
 DST = GAME
 
 
-def features(*groups: tuple[list[bytes], int]) -> PacketFeatures:
+def features(*groups: tuple[list[bytes], int], tenant: int = 1) -> PacketFeatures:
     """Samples: each frame list repeated until it contributes `count` samples."""
     samples = []
     for frames, count in groups:
         for i in range(count):
             fr = frames[i % len(frames)]
-            samples.append(Sample(timestamp_ns=i, tenant_idx=1, direction=Direction.INBOUND, dropped=False,
+            samples.append(Sample(timestamp_ns=i, tenant_idx=tenant, direction=Direction.INBOUND, dropped=False,
                                   reason=DropReason.NONE, wire_length=len(fr) + 4, data=fr[:128]))
     return parse_samples(samples)
 
