@@ -184,6 +184,10 @@ def webhook_config(port: int, state_dir: pathlib.Path, **extra):
             {"name": "alpha-hook", "url": f"http://127.0.0.1:{port}/alpha", "kind": "generic",
              "secret": HMAC_SECRET, "tenants": ["alpha"]},
             {"name": "pd", "url": f"http://127.0.0.1:{port}/pd", "kind": "pagerduty", "routing_key": "rk-1"},
+            {"name": "slack", "url": f"http://127.0.0.1:{port}/slack/T0/B0/token", "kind": "slack",
+             "tenants": ["beta"]},
+            {"name": "discord", "url": f"http://127.0.0.1:{port}/discord/1/token", "kind": "discord",
+             "tenants": ["beta"]},
         ],
         **extra,
     })
@@ -227,7 +231,11 @@ async def test_receiver_down_then_restart_then_back_loses_and_duplicates_nothing
     pd = [(b["event_action"], b["dedup_key"]) for p, b in sink.received if p == "/pd"]
     assert pd == [("trigger", "A"), ("trigger", "A"), ("trigger", "B"), ("resolve", "A"), ("trigger", "B"),
                   ("resolve", "B")]
-    deliveries = [b["delivery_id"] for p, b in sink.received if p != "/pd"]
+    slack = [b["text"] for p, b in sink.received if p.startswith("/slack")]
+    discord = [b["embeds"][0]["description"] for p, b in sink.received if p.startswith("/discord")]
+    assert len(slack) == 4 and "B start" in slack[0] and "B end" in slack[3]  # beta's only
+    assert discord == ["B start", "B update 2", "beta policy edited", "B end"]
+    deliveries = [b["delivery_id"] for p, b in sink.received if p in ("/generic", "/alpha")]
     assert len(deliveries) == len(set(deliveries))
     assert sink.bad_signatures == 0
     assert status["noc-hook"].healthy and status["noc-hook"].delivered == 8
@@ -264,7 +272,7 @@ async def test_manager_starts_and_stops_with_the_aiohttp_app(tmp_path, sink):
         assert {t.get_name() for t in asyncio.all_tasks()} >= {"notify:noc-hook", "notify:alpha-hook", "notify:pd",
                                                                 "notify:dispatch"}
         bus.publish(Event(EventType.SYSTEM, None, "hello"))
-        await await_until(lambda: len(sink.received) == 1, what="delivery")
+        await await_until(lambda: len(sink.received) == 1, what="delivery")  # PagerDuty skips SYSTEM
     finally:
         await runner.cleanup()
     assert not mgr.running
