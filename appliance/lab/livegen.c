@@ -54,6 +54,10 @@ int livegen(struct xdp_md *ctx)
 
 	if (!cfg)
 		return XDP_ABORTED;
+	/* Only test runs come in on the egress interface; frames reaching the anchor veth
+	 * (see livegen.py) pass untouched. */
+	if (ctx->ingress_ifindex != cfg->egress_ifindex)
+		return XDP_PASS;
 	if (cfg->ip_csum_off) {
 		ip_csum = data + (cfg->ip_csum_off & LIVEGEN_OFFSET_MASK);
 		if ((void *)(ip_csum + 1) > data_end)
