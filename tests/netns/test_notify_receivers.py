@@ -143,9 +143,10 @@ async def test_rsyslog_receives_strict_rfc5424_over_udp_tcp_and_tls(tmp_path, rs
     async with NotifierManager(cfg, bus, tmp_path / "state", retry=FAST_RETRY) as mgr:
         for e in events:
             bus.publish(e)
-        await await_until(lambda: all(len(rsyslog.lines(t)) == 3 for t in ("udp", "tcp", "tls")),
-                          timeout=15, what="three messages at each listener")
-        assert all(s.healthy and s.delivered == 3 for s in mgr.status().values())
+        await await_until(lambda: all(len(rsyslog.lines(t)) == 3 for t in ("udp", "tcp", "tls"))
+                          and all(s.delivered == 3 for s in mgr.status().values()),
+                          timeout=15, what="three messages at each listener, acknowledged")
+        assert all(s.healthy and s.backlog == 0 for s in mgr.status().values())
     for transport in ("udp", "tcp", "tls"):
         parsed = [parse_rfc5424(line) for line in rsyslog.lines(transport)]
         assert [p["msgid"] for p in parsed] == ["ATTACK_START", "POLICY_CHANGE", "ATTACK_END"]
@@ -260,10 +261,11 @@ async def test_snmptrapd_decodes_v2c_and_v3_traps_and_informs_by_name(tmp_path, 
         for i, kind in enumerate(kinds, start=1):
             bus.publish(Event(kind, f"t{i}", f"event for t{i}", Severity.WARNING, f"inc-{i}", ("203.0.113.5",),
                               ("udp_flood", "dns_amp"), 0.876, 3_000_000_000.0, None, 2**40))
-        await await_until(lambda: len(decoded_notifications(log)) == 4, timeout=20, what="four notifications")
+        await await_until(lambda: len(decoded_notifications(log)) == 4 and all(
+            mgr.status()[n].delivered == 1 for n in ("v2c-trap", "v2c-inform", "v3-trap", "v3-inform")),
+            timeout=20, what="four notifications logged and acknowledged")
         await await_until(lambda: mgr.status()["v3-wrong-key"].last_error, timeout=20, what="inform refused")
         status = mgr.status()
-    assert all(status[n].delivered == 1 for n in ("v2c-trap", "v2c-inform", "v3-trap", "v3-inform"))
     assert status["v3-wrong-key"].delivered == 0 and status["v3-wrong-key"].backlog == 1
     by_tenant = {n["seawallTenant"]: n for n in decoded_notifications(log)}
     expected = {"t1": "seawallAttackStart", "t2": "seawallAttackUpdate", "t3": "seawallAttackEnd",
