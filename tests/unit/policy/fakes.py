@@ -166,6 +166,9 @@ class Flow:
     sample_one_in: int = 50          # the dataplane samples one packet in N ...
     max_samples_per_s: int = 200     # ... up to this many per flow and second
     fields: list[FrameFields] = dataclasses.field(default_factory=list)
+    classes: np.ndarray | None = None        # TrafficClass of each frame
+    wire_lengths: np.ndarray | None = None   # bytes on the wire of each frame
+    rows_by_local: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     # Delivered packets, for assertions.
     sent: int = 0
     dropped: int = 0
@@ -184,12 +187,17 @@ class FakeDataplane:
         self.dest: dict[str, dict] = {}
         self.tenant: dict[int, dict[str, np.ndarray]] = {}
         self.samples: list[Sample] = []
-        self.mono_ns = 0
+        self._rules_version = 0
+        self._match_cache: dict[tuple[int, int], list[int | None]] = {}
         self.rule_log: list[tuple[str, int, Rule]] = []
 
     # traffic -------------------------------------------------------------------------------------
     def add_flow(self, flow: Flow) -> Flow:
         flow.fields = [frame_fields(fr, flow.direction) for fr in flow.frames]
+        flow.classes = np.array([int(f.tclass) for f in flow.fields], np.int64)
+        flow.wire_lengths = np.array([len(fr) + 4 for fr in flow.frames], np.int64)   # + FCS
+        locals_ = sorted({f.local for f in flow.fields})
+        flow.rows_by_local = {a: np.array([i for i, f in enumerate(flow.fields) if f.local == a]) for a in locals_}
         self.flows.append(flow)
         return flow
 
@@ -209,70 +217,88 @@ class FakeDataplane:
                                 "reason_packets": np.zeros((2, N_REASONS), np.uint64)}
         return self.tenant[idx]
 
-    def _verdict(self, flow: Flow, f: FrameFields, count: int, budgets: dict[int, float]) -> tuple[int, int, DropReason]:
-        """(passed, dropped, reason) for `count` packets of one frame."""
-        if flow.direction != Direction.INBOUND:
-            return count, 0, DropReason.NONE
-        for rule_id in sorted(self.rules):
-            rule = self.rules[rule_id]
-            if not rule_matches(rule, flow.tenant_idx, f):
-                continue
-            c = self.rule_counters[rule_id]
-            c[0] += count
-            if rule.action == RuleAction.DROP:
-                c[1] += count
-                return 0, count, DropReason.RULE
-            if rule.action == RuleAction.RATE_LIMIT:
-                admitted = int(min(count, budgets.get(rule_id, 0)))
-                budgets[rule_id] = budgets.get(rule_id, 0) - admitted
-                c[1] += count - admitted
-                return admitted, count - admitted, DropReason.RATE_LIMIT
-            return count, 0, DropReason.NONE     # COUNT: the first matching rule decides
-        return count, 0, DropReason.NONE
+    def _first_rules(self, flow: Flow) -> list[int | None]:
+        """The first matching rule of each frame of the flow (rules are matched in id order)."""
+        key = (id(flow), self._rules_version)
+        cached = self._match_cache.get(key)
+        if cached is None:
+            cached = []
+            for f in flow.fields:
+                hit = None
+                if flow.direction == Direction.INBOUND:
+                    hit = next((rid for rid in sorted(self.rules) if rule_matches(self.rules[rid], flow.tenant_idx, f)),
+                               None)
+                cached.append(hit)
+            self._match_cache[key] = cached
+        return cached
 
     def advance(self, t: float, dt: float = 1.0) -> None:
         """Deliver the traffic of the interval (t, t + dt]."""
         budgets = {rid: r.rate_pps * dt for rid, r in self.rules.items() if r.action == RuleAction.RATE_LIMIT}
-        self.mono_ns = int((t + dt) * 1e9)
         for flow in self.flows:
             mean = flow.rate(t) * dt
             if mean <= 0:
                 continue
-            total = int(self.rng.poisson(mean)) if mean < 1e6 else int(mean)
-            per_frame = self.rng.multinomial(total, [1.0 / len(flow.frames)] * len(flow.frames))
-            sample_budget = flow.max_samples_per_s * dt
-            for frame, f, count in zip(flow.frames, flow.fields, per_frame, strict=True):
-                if not count:
+            n_frames = len(flow.frames)
+            total = int(self.rng.poisson(mean))
+            counts = self.rng.multinomial(total, np.full(n_frames, 1.0 / n_frames))
+            dropped = np.zeros(n_frames, np.int64)
+            reasons = [DropReason.NONE] * n_frames
+            first = self._first_rules(flow)
+            for rid in {r for r in first if r is not None}:
+                rows = [i for i, r in enumerate(first) if r == rid]
+                rule = self.rules[rid]
+                matched = int(counts[rows].sum())
+                c = self.rule_counters[rid]
+                c[0] += matched
+                if rule.action == RuleAction.DROP:
+                    dropped[rows] = counts[rows]
+                elif rule.action == RuleAction.RATE_LIMIT:
+                    admitted = int(min(matched, budgets[rid]))
+                    budgets[rid] -= admitted
+                    share = 1.0 - admitted / matched if matched else 0.0
+                    dropped[rows] = np.floor(counts[rows] * share).astype(np.int64)
+                else:
                     continue
-                passed, dropped, reason = self._verdict(flow, f, int(count), budgets)
-                flow.sent += int(count)
-                flow.dropped += dropped
-                d = int(flow.direction)
-                nbytes = len(frame) + 4   # + FCS on the wire
-                tc = self._tenant(flow.tenant_idx)
-                tc["class_packets"][d, f.tclass] += count
-                tc["class_bytes"][d, f.tclass] += count * nbytes
-                tc["passed_packets"][d] += passed
-                tc["passed_bytes"][d] += passed * nbytes
-                tc["dropped_packets"][d] += dropped
-                tc["dropped_bytes"][d] += dropped * nbytes
-                tc["reason_packets"][d, reason] += dropped
-                if flow.direction == Direction.INBOUND:
-                    row = self.dest.setdefault(f.local, {"tenant": flow.tenant_idx,
-                                                         "packets": np.zeros(N_CLASSES, np.uint64),
-                                                         "bytes": np.zeros(N_CLASSES, np.uint64),
-                                                         "dropped": 0})
-                    row["packets"][f.tclass] += count
-                    row["bytes"][f.tclass] += count * nbytes
-                    row["dropped"] += dropped
-                for is_dropped, k in ((False, passed), (True, dropped)):
-                    n = min(int(self.rng.binomial(k, 1.0 / flow.sample_one_in)) if k else 0, int(sample_budget))
-                    sample_budget -= n
-                    for _ in range(n):
+                c[1] += int(dropped[rows].sum())
+                for i in rows:
+                    reasons[i] = DropReason.RULE if rule.action == RuleAction.DROP else DropReason.RATE_LIMIT
+            passed = counts - dropped
+            flow.sent += total
+            flow.dropped += int(dropped.sum())
+            d = int(flow.direction)
+            nbytes = flow.wire_lengths
+            tc = self._tenant(flow.tenant_idx)
+            cls_packets = np.bincount(flow.classes, weights=counts, minlength=N_CLASSES).astype(np.uint64)
+            cls_bytes = np.bincount(flow.classes, weights=counts * nbytes, minlength=N_CLASSES).astype(np.uint64)
+            tc["class_packets"][d] += cls_packets
+            tc["class_bytes"][d] += cls_bytes
+            tc["passed_packets"][d] += np.uint64(passed.sum())
+            tc["passed_bytes"][d] += np.uint64((passed * nbytes).sum())
+            tc["dropped_packets"][d] += np.uint64(dropped.sum())
+            tc["dropped_bytes"][d] += np.uint64((dropped * nbytes).sum())
+            if flow.direction == Direction.INBOUND:
+                for local, rows in flow.rows_by_local.items():
+                    row = self.dest.setdefault(local, {"tenant": flow.tenant_idx,
+                                                       "packets": np.zeros(N_CLASSES, np.uint64),
+                                                       "bytes": np.zeros(N_CLASSES, np.uint64), "dropped": 0})
+                    row["packets"] += np.bincount(flow.classes[rows], weights=counts[rows],
+                                                  minlength=N_CLASSES).astype(np.uint64)
+                    row["bytes"] += np.bincount(flow.classes[rows], weights=counts[rows] * nbytes[rows],
+                                                minlength=N_CLASSES).astype(np.uint64)
+                    row["dropped"] += int(dropped[rows].sum())
+            # Sampling: one in N of each verdict, at most max_samples_per_s for the flow.
+            budget = int(flow.max_samples_per_s * dt)
+            for is_dropped, k in ((True, dropped), (False, passed)):
+                picks = self.rng.binomial(k, 1.0 / flow.sample_one_in)
+                for i in np.flatnonzero(picks):
+                    for _ in range(min(int(picks[i]), budget)):
+                        budget -= 1
+                        frame = flow.frames[i]
                         self.samples.append(Sample(
                             timestamp_ns=int((t + self.rng.random() * dt) * 1e9), tenant_idx=flow.tenant_idx,
                             direction=flow.direction, dropped=is_dropped,
-                            reason=reason if is_dropped else DropReason.NONE, wire_length=nbytes,
+                            reason=reasons[i] if is_dropped else DropReason.NONE, wire_length=int(nbytes[i]),
                             data=frame[:SAMPLE_BYTES]))
 
     # DataplaneLike ---------------------------------------------------------------------------------
@@ -301,6 +327,7 @@ class FakeDataplane:
         self._next_rule += 1
         self.rules[rule_id] = rule
         self.rule_counters[rule_id] = [0, 0, 0]
+        self._rules_version += 1
         self.rule_log.append(("add", rule_id, rule))
         return rule_id
 
@@ -308,6 +335,7 @@ class FakeDataplane:
         if rule_id not in self.rules:
             raise KeyError(f"no rule {rule_id}")
         self.rule_log.append(("remove", rule_id, self.rules.pop(rule_id)))
+        self._rules_version += 1
         self.rule_counters.pop(rule_id)
 
     def read_rule_counters(self) -> dict[int, RuleCounters]:

@@ -1,0 +1,330 @@
+"""The engine end to end on the fake dataplane: the reference scenario, modes, carpet bombing,
+look-alikes that must stay quiet, warm-up, re-attacks, tenant reloads, evidence and persistence."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import math
+
+import numpy as np
+import pytest
+from scapy.utils import rdpcap
+
+from dataplane.constants import Direction, RuleAction, TenantMode, TrafficClass
+from policy.config import PolicyConfig
+from policy.engine import PolicyEngine
+from policy.events import Event, EventType
+from tenants.policy import TenantPolicy
+from tests.support import await_until
+from tests.unit.policy.fakes import tcp_frame, udp_frame
+from tests.unit.policy.scenarios import (
+    DNS,
+    FAST,
+    GAME,
+    SPEED,
+    Lab,
+    Tenant,
+    clients,
+    game_legit_frames,
+    game_replies,
+    reflection_frames,
+    syn_flood_frames,
+    udp_flood_frames,
+    web_legit_frames,
+)
+
+ALPHA = Tenant(1, "alpha")
+
+
+def game_server(lab: Lab, tenant: int = 1, players_pps=800.0) -> None:
+    syns, acks = web_legit_frames(GAME)
+    lab.flow("players", tenant, game_legit_frames(), players_pps)
+    lab.flow("replies", tenant, game_replies(), players_pps, direction=Direction.OUTBOUND)
+    lab.flow("web-syn", tenant, syns, 20)
+    lab.flow("web-ack", tenant, acks, 300)
+
+
+def reference_attack(lab: Lab) -> None:
+    lab.flow("syn-flood", 1, syn_flood_frames(GAME), 200_000, attack=True)
+    lab.flow("udp-flood", 1, udp_flood_frames(GAME), 5_000, attack=True)
+
+
+def stop_attack(lab: Lab) -> None:
+    for f in [f for f in lab.dp.flows if f.attack]:
+        lab.dp.remove_flow(f.name)
+
+
+def flow(lab: Lab, name: str):
+    return next(f for f in lab.dp.flows if f.name == name)
+
+
+@pytest.fixture
+def lab(tmp_path):
+    lab = Lab(tmp_path, [ALPHA])
+    game_server(lab)
+    lab.run(150)                       # past the 120 s warm-up of FAST
+    assert lab.events == []
+    return lab
+
+
+def test_reference_scenario_syn_and_udp_flood_both_caught(lab, tmp_path):
+    reference_attack(lab)
+    lab.run(20)
+    starts = lab.of_type(EventType.ATTACK_START)
+    assert len(starts) == 1
+    start = starts[0]
+    assert {"syn_flood", "udp_flood", "multi_vector"} <= set(start.vectors)
+    assert start.details["vector_confidence"]["syn_flood"] >= 0.8
+    assert start.details["vector_confidence"]["udp_flood"] >= 0.8
+    assert start.destinations == (GAME,) and start.tenant == "alpha"
+    assert start.pps > 200_000
+    rules = {r.comment.split()[1]: r for r in lab.dp.rules.values()}
+    syn_rule, udp_rule = rules["syn_flood"], rules["udp_flood"]
+    assert syn_rule.action == RuleAction.RATE_LIMIT and syn_rule.tcp_flags == (0x12, 0x02)
+    assert 100 <= syn_rule.rate_pps < 1000            # from the SYN baseline (~20/s), at least the floor
+    assert udp_rule.action == RuleAction.DROP and udp_rule.dport.lo == 28960 and udp_rule.length.lo == 540
+    assert udp_rule.dst == ipaddress.ip_address(GAME)
+    # The players' traffic on the same port is never touched; the UDP flood is dropped.
+    assert flow(lab, "players").dropped == 0
+    lab.run(10)
+    udp = flow(lab, "udp-flood")
+    assert udp.dropped / udp.sent > 0.7
+    update = lab.of_type(EventType.ATTACK_UPDATE)[-1]
+    assert update.packets_dropped > 0 and update.details["efficacy"] > 0.8
+    assert {r["vector"] for r in update.details["rules"]} == {"syn_flood", "udp_flood"}
+    assert update.details["series"] and "attack_pps" in update.details["series"][0]
+    # The attack stops: end after the quiet period, rules stay for the hold-down, then go.
+    stop_attack(lab)
+    lab.run(FAST.quiet_s + 2)
+    end = lab.of_type(EventType.ATTACK_END)
+    assert len(end) == 1 and end[0].incident_id == start.incident_id
+    assert end[0].details["packets_passed"] >= 0 and end[0].details["series"]
+    assert len(lab.dp.rules) == 2
+    lab.run(FAST.hold_down_s)
+    assert lab.dp.rules == {}
+    # Evidence: PCAPs of dropped and passed samples that scapy reads back.
+    files = end[0].details["pcap"]
+    dropped = rdpcap(files["dropped"]["path"])
+    passed = rdpcap(files["passed"]["path"])
+    assert len(dropped) > 10 and len(passed) > 10
+    assert all(p["IP"].dst == GAME for p in list(dropped)[:20])
+
+
+def test_events_reach_the_bus_and_round_trip(lab):
+    reference_attack(lab)
+    lab.run(5)
+    got = []
+    while not lab.queue.empty():
+        got.append(lab.queue.get_nowait())
+    assert [e.incident_id for e in got] == [e.incident_id for e in lab.events]
+    d = got[0].to_dict()
+    assert Event.from_dict(d).vectors == got[0].vectors and d["type"] == "ATTACK_START"
+
+
+def test_monitor_mode_gets_the_incident_and_count_rules(tmp_path):
+    lab = Lab(tmp_path, [dataclasses.replace(ALPHA, mode=TenantMode.MONITOR)])
+    game_server(lab)
+    lab.run(150)
+    reference_attack(lab)
+    lab.run(15)
+    start = lab.of_type(EventType.ATTACK_START)[0]
+    assert start.details["monitor"] is True
+    assert len(lab.dp.rules) == 2
+    assert all(r.action == RuleAction.COUNT for r in lab.dp.rules.values())
+    assert all(f.dropped == 0 for f in lab.dp.flows)
+    update = lab.of_type(EventType.ATTACK_UPDATE)[-1]
+    assert update.packets_dropped == 0 and update.details["efficacy"] == 0.0
+    assert all(r["matched_packets"] > 0 for r in update.details["rules"])
+    # Switching the tenant to mitigation re-derives the rules as drop/rate-limit.
+    lab.engine.set_tenants({1: ("alpha", TenantMode.MITIGATE, TenantPolicy())})
+    lab.run(3)
+    assert {r.action for r in lab.dp.rules.values()} == {RuleAction.DROP, RuleAction.RATE_LIMIT}
+
+
+def test_auto_mitigation_off_reports_without_rules(tmp_path):
+    lab = Lab(tmp_path, [dataclasses.replace(ALPHA, policy=TenantPolicy(auto_mitigation=False))])
+    game_server(lab)
+    lab.run(150)
+    reference_attack(lab)
+    lab.run(10)
+    assert lab.of_type(EventType.ATTACK_START) and lab.dp.rules == {}
+
+
+def test_carpet_bombing_over_a_prefix(tmp_path):
+    lab = Lab(tmp_path, [Tenant(3, "gamma")])
+    servers = [f"192.0.2.{i}" for i in range(1, 31)]
+    for i, s in enumerate(servers):
+        frames = [tcp_frame(c, s, 40000 + j, 443, "A") for j, c in enumerate(clients(10, start=10 + i))]
+        lab.flow(f"srv{i}", 3, frames, 150)
+    lab.run(150)
+    # DNS answers spread over 200 addresses, 400 pps each: every address far below min_pps.
+    targets = [f"192.0.2.{i}" for i in range(20, 220)]
+    frames = [udp_frame(f"203.0.113.{150 + i % 60}", d, 53, 1024 + i, bytes(900), ttl=50) for i, d in enumerate(targets)]
+    lab.flow("carpet", 3, frames, 80_000, attack=True, sample_one_in=20, max_samples_per_s=800)
+    lab.run(12)
+    starts = lab.of_type(EventType.ATTACK_START)
+    assert len(starts) == 1
+    start = starts[0]
+    assert "carpet_bombing" in start.vectors and start.details["vector_confidence"]["carpet_bombing"] >= 0.8
+    assert "dns_amplification" in start.vectors
+    assert start.details["target"] is None and len(start.destinations) >= 100
+    (rule,) = lab.dp.rules.values()
+    assert rule.dst is None and rule.sport.lo == 53 and rule.action == RuleAction.DROP
+    assert all(f.dropped == 0 for f in lab.dp.flows if f.name.startswith("srv"))
+    lab.run(5)
+    carpet = flow(lab, "carpet")
+    assert carpet.dropped / carpet.sent > 0.5
+
+
+def test_warm_up_only_absolute_floors_apply(tmp_path):
+    lab = Lab(tmp_path, [ALPHA])
+    game_server(lab)
+    lab.run(20)                               # still warming up (120 s)
+    lab.flow("udp-flood", 1, udp_flood_frames(GAME), 5_000, attack=True)
+    lab.run(10)
+    assert lab.events == []                   # 5.8 kpps UDP is below the 60 kpps warm-up floor
+    lab.flow("syn-flood", 1, syn_flood_frames(GAME), 200_000, attack=True)
+    lab.run(5)
+    (start,) = lab.of_type(EventType.ATTACK_START)
+    assert "syn_flood" in start.vectors and "udp_flood" not in start.vectors
+
+
+def test_a_long_attack_is_not_learned_and_a_reattack_is_recognised(lab):
+    lab.flow("udp-flood", 1, udp_flood_frames(GAME), 5_000, attack=True)
+    lab.run(600)                              # two FAST half-lives under attack
+    slot = lab.engine.rates.slots.slot_of(ipaddress.ip_address(GAME))
+    assert lab.engine.dest_baseline.mean[slot, TrafficClass.UDP] < 1000
+    (start,) = lab.of_type(EventType.ATTACK_START)
+    stop_attack(lab)
+    lab.run(FAST.quiet_s + 5)
+    assert lab.of_type(EventType.ATTACK_END)
+    # Same vector again within the hold-down: the incident reopens under the same id.
+    lab.flow("udp-flood", 1, udp_flood_frames(GAME), 5_000, attack=True)
+    new = lab.run(5)
+    reopen = lab.of_type(EventType.ATTACK_START, new)
+    assert len(reopen) == 1 and reopen[0].incident_id == start.incident_id and reopen[0].details["reopened"] == 1
+
+
+# -- legitimate look-alikes ---------------------------------------------------------------------
+
+def test_speed_test_download_with_acks_does_not_trigger(tmp_path):
+    lab = Lab(tmp_path, [Tenant(2, "beta")])
+    client = "198.51.100.77"
+    lab.flow("web", 2, [tcp_frame(c, SPEED, 40000 + i, 8080, "A") for i, c in enumerate(clients(20))], 100)
+    lab.flow("web-out", 2, [tcp_frame(SPEED, c, 8080, 40000 + i, "PA", bytes(1200))
+                            for i, c in enumerate(clients(20))], 100, direction=Direction.OUTBOUND)
+    lab.run(150)
+    # 1 Gbit/s download: 83 kpps of data out, 40 kpps of ACKs in, from one client.
+    lab.flow("acks", 2, [tcp_frame(client, SPEED, 50123, 8080, "A")], 40_000)
+    lab.flow("data", 2, [tcp_frame(SPEED, client, 8080, 50123, "A", bytes(1448))], 83_000,
+             direction=Direction.OUTBOUND)
+    lab.run(30)
+    assert lab.events == [] and lab.dp.rules == {}
+    assert lab.engine.last_detection.anomalous.any()     # it was seen as unusual, then judged benign
+
+
+def test_game_server_evening_peak_slow_ramp_does_not_trigger(tmp_path):
+    config = PolicyConfig()                   # production time constants: 30 min half-life, 10 min warm-up
+    lab = Lab(tmp_path, [ALPHA], config=config)
+    start = lab.t
+
+    def evening(t: float) -> float:           # 900 pps → 3,600 pps over two hours, then flat
+        return 900.0 + 2700.0 * min(max(t - start - 900.0, 0.0) / 7200.0, 1.0)
+
+    # Few samples: rates decide here, and 2.5 hours of samples would only slow the test down.
+    lab.flow("players", 1, game_legit_frames(), evening, sample_one_in=2000)
+    lab.flow("replies", 1, game_replies(), evening, direction=Direction.OUTBOUND, sample_one_in=2000)
+    lab.run(9000, dt=5.0)                     # 2.5 hours, 5 s ticks
+    assert lab.events == []
+    slot = lab.engine.rates.slots.slot_of(ipaddress.ip_address(GAME))
+    assert lab.engine.dest_baseline.mean[slot, TrafficClass.UDP] > 2000      # the peak was learned
+
+
+def test_dns_server_queries_in_and_replies_out_do_not_trigger(tmp_path):
+    lab = Lab(tmp_path, [Tenant(2, "beta")])
+    resolvers = clients(120, base="198.51.100.", start=100)
+    queries = [udp_frame(c, DNS, 30000 + i, 53, b"\xab\xcd\x01\x00\x00\x01" + bytes(24)) for i, c in enumerate(resolvers)]
+    replies = [udp_frame(DNS, c, 53, 30000 + i, b"\xab\xcd\x81\x80" + bytes(300)) for i, c in enumerate(resolvers)]
+    rng = np.random.default_rng(3)
+    lab.flow("queries", 2, queries, lambda t: 30_000 * (1 + 0.1 * math.sin(t / 60)) + rng.normal(0, 300))
+    lab.flow("replies", 2, replies, 30_000, direction=Direction.OUTBOUND)
+    lab.run(400)
+    assert lab.events == [] and lab.dp.rules == {}
+
+
+def test_the_reflection_attack_on_the_dns_server_is_still_caught(tmp_path):
+    lab = Lab(tmp_path, [Tenant(2, "beta")])
+    queries = [udp_frame(c, DNS, 30000 + i, 53, bytes(30)) for i, c in enumerate(clients(120))]
+    lab.flow("queries", 2, queries, 3_000)
+    lab.run(150)
+    lab.flow("ntp", 2, reflection_frames(DNS, 123, 440), 40_000, attack=True)
+    lab.run(10)
+    (start,) = lab.of_type(EventType.ATTACK_START)
+    assert start.vectors[0] == "ntp_amplification"
+    (rule,) = lab.dp.rules.values()
+    assert rule.sport.lo == 123 and rule.dport is None
+    assert flow(lab, "queries").dropped == 0
+
+
+# -- tenants, status, persistence, the loop --------------------------------------------------------
+
+def test_set_tenants_validates_and_removing_a_tenant_removes_its_rules(lab):
+    with pytest.raises(ValueError, match="TenantPolicy"):
+        lab.engine.set_tenants({1: ("alpha", TenantMode.MITIGATE, {"min_pps": 5})})
+    with pytest.raises(ValueError, match="index"):
+        lab.engine.set_tenants({-1: ("alpha", TenantMode.MITIGATE, TenantPolicy())})
+    with pytest.raises(ValueError, match="mode"):
+        lab.engine.set_tenants({1: ("alpha", 7, TenantPolicy())})
+    assert 1 in lab.engine.tenants            # a failed reload keeps the running table
+    reference_attack(lab)
+    lab.run(8)
+    assert lab.dp.rules
+    lab.engine.set_tenants({})
+    assert lab.dp.rules == {}
+
+
+def test_status_exposes_timings_and_rates(lab):
+    status = lab.engine.status()
+    assert status["last_tick"]["destinations"] == 1
+    assert set(status["last_tick"]["timings_ms"]) >= {"read", "rates", "detect", "classify", "incidents", "learn"}
+    dest, tenants = lab.engine.last_rates
+    assert dest.addresses == [ipaddress.ip_address(GAME)]
+    assert 600 < dest.pps[0, TrafficClass.UDP] < 1000
+    assert tenants.out_pps[1, TrafficClass.UDP] > 600
+
+
+def test_baselines_survive_a_restart(lab, tmp_path):
+    lab.engine.save_state()
+    again = PolicyEngine(lab.dp, {1: ("alpha", TenantMode.MITIGATE, TenantPolicy())}, lab.bus, tmp_path,
+                         config=FAST)
+    addr = ipaddress.ip_address(GAME)
+    old_slot, new_slot = lab.engine.rates.slots.slot_of(addr), again.rates.slots.slot_of(addr)
+    assert again.dest_baseline.mean[new_slot, TrafficClass.UDP] == pytest.approx(
+        lab.engine.dest_baseline.mean[old_slot, TrafficClass.UDP])
+    assert again.dest_baseline.warm(np.array([new_slot]))[0, TrafficClass.UDP]
+    (tmp_path / "baselines.npz").write_bytes(b"not a numpy file")
+    broken = PolicyEngine(lab.dp, {}, lab.bus, tmp_path, config=FAST)     # logged, starts fresh
+    assert broken.rates.slots.slot_of(addr) is None
+
+
+async def test_run_ticks_until_stopped(lab, tmp_path):
+    engine = PolicyEngine(lab.dp, {1: ("alpha", TenantMode.MITIGATE, TenantPolicy())}, lab.bus, tmp_path / "run",
+                          tick=0.01, config=FAST)
+    task = asyncio.create_task(engine.run(), name="policy-engine-test")
+    await await_until(lambda: engine.last_report is not None and engine.last_report.dt > 0, timeout=5,
+                      what="two engine ticks")
+    engine.stop()
+    await asyncio.wait_for(task, 5)
+    assert (tmp_path / "run" / "baselines.npz").exists()
+
+
+def test_bad_arguments_are_rejected(tmp_path):
+    from policy.events import EventBus
+    from tests.unit.policy.fakes import FakeDataplane
+
+    with pytest.raises(ValueError, match="tick"):
+        PolicyEngine(FakeDataplane(), {}, EventBus(), tmp_path, tick=0)
+    with pytest.raises(ValueError, match="non-empty"):
+        PolicyEngine(FakeDataplane(), {1: ("", TenantMode.MITIGATE, TenantPolicy())}, EventBus(), tmp_path)
