@@ -81,7 +81,7 @@ _PRIV = {
 def default_engine_id() -> str:
     """RFC 3411 SnmpEngineID: 0x80 | PEN, format 5 (octets), 8 octets from this host's name.
     Stable across restarts, which v3 trap receivers need (they key users by engine id)."""
-    digest = hashlib.sha256(socket.getfqdn().encode()).hexdigest()[:16]
+    digest = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:16]
     return f"{0x80000000 | PEN:08x}05{digest}"
 
 

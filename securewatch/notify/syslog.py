@@ -73,7 +73,7 @@ def format_rfc5424(event: Event, receiver: SyslogReceiver, *, hostname: str | No
     header = " ".join((
         f"<{pri}>1",
         ts.isoformat(timespec="microseconds"),
-        _header_token(hostname or receiver.hostname or socket.getfqdn() or socket.gethostname(), 255),
+        _header_token(hostname or receiver.hostname or socket.gethostname(), 255),
         APP_NAME,
         _header_token(str(procid if procid is not None else os.getpid()), 128),
         _header_token(str(event.type), 32),
@@ -92,7 +92,7 @@ class SyslogNotifier:
     def __init__(self, receiver: SyslogReceiver) -> None:
         self.receiver = receiver
         self.name = receiver.name
-        self._hostname = receiver.hostname or socket.getfqdn() or socket.gethostname()
+        self._hostname = receiver.hostname or socket.gethostname()
         self._writer: asyncio.StreamWriter | None = None
         self._reader: asyncio.StreamReader | None = None
         self._udp: asyncio.DatagramTransport | None = None

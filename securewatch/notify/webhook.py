@@ -123,7 +123,7 @@ def pagerduty_body(event: Event, routing_key: str, delivery_id: str) -> dict[str
         "dedup_key": dedup_key,
         "payload": {
             "summary": summary(event)[:1024],  # PagerDuty's limit in characters
-            "source": socket.getfqdn(),
+            "source": socket.gethostname(),  # no DNS lookup: it could stall the loop
             "severity": _PAGERDUTY_SEVERITY[event.severity],
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(event.timestamp)),
             "component": ",".join(event.destinations) or None,

@@ -135,6 +135,8 @@ async def test_rsyslog_receives_strict_rfc5424_over_udp_tcp_and_tls(tmp_path, rs
          "severity_map": {"critical": "alert"}},
         {"name": "tls", "host": "127.0.0.1", "port": rsyslog.ports["tls"], "transport": "tls", "facility": "local5",
          "ca_file": rsyslog.ca},
+        # Same listener, but trusting only the system store: the receiver cannot be verified.
+        {"name": "tls-untrusted", "host": "127.0.0.1", "port": rsyslog.ports["tls"], "transport": "tls"},
     ]})
     events = [_attack("inc-7", 'ten"ant]\\x', EventType.ATTACK_START, "SYN flood — mitigation on"),
               Event(EventType.POLICY_CHANGE, "alpha", "threshold raised", Severity.NOTICE),
@@ -144,9 +146,14 @@ async def test_rsyslog_receives_strict_rfc5424_over_udp_tcp_and_tls(tmp_path, rs
         for e in events:
             bus.publish(e)
         await await_until(lambda: all(len(rsyslog.lines(t)) == 3 for t in ("udp", "tcp", "tls"))
-                          and all(s.delivered == 3 for s in mgr.status().values()),
+                          and all(mgr.status()[n].delivered == 3 for n in ("udp", "tcp", "tls"))
+                          and mgr.status()["tls-untrusted"].last_error,
                           timeout=15, what="three messages at each listener, acknowledged")
-        assert all(s.healthy and s.backlog == 0 for s in mgr.status().values())
+        status = mgr.status()
+    assert all(status[n].healthy and status[n].backlog == 0 for n in ("udp", "tcp", "tls"))
+    untrusted = status["tls-untrusted"]
+    assert "CERTIFICATE_VERIFY_FAILED" in untrusted.last_error
+    assert (untrusted.delivered, untrusted.backlog, untrusted.healthy) == (0, 3, False)
     for transport in ("udp", "tcp", "tls"):
         parsed = [parse_rfc5424(line) for line in rsyslog.lines(transport)]
         assert [p["msgid"] for p in parsed] == ["ATTACK_START", "POLICY_CHANGE", "ATTACK_END"]
