@@ -197,6 +197,10 @@ class NotifierManager:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         for receiver in self.config.receivers:
             queue = DurableQueue(self.state_dir / f"{receiver.name}.sqlite")
+            owner = f"{receiver.kind} for " + (",".join(sorted(receiver.tenants)) if receiver.tenants else "NOC")
+            set_aside = queue.claim(owner)
+            if set_aside:
+                log.warning("notify.queue_reassigned", receiver=receiver.name, owner=owner, set_aside=set_aside)
             worker = _Worker(receiver, queue, make_notifier(receiver), self.retry, self._stopping)
             self._workers[receiver.name] = worker
             self._spawn(f"notify:{receiver.name}", worker.run())

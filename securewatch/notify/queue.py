@@ -77,6 +77,22 @@ class DurableQueue:
                          "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
         return value
 
+    def claim(self, owner: str) -> int:
+        """Bind the queue to the receiver `owner` (its kind and tenants). If the file was
+        another receiver's (a config edit reused the name), its waiting events are set
+        aside, never sent: they may belong to another tenant. Returns how many."""
+        self._db.execute("BEGIN IMMEDIATE")
+        previous = self._meta("owner")
+        moved = 0
+        if previous is not None and previous != owner:
+            moved = self._db.execute(
+                "INSERT INTO dead_letter (id, payload, error, failed_at) SELECT id, payload, ?, ? FROM outbox",
+                (f"queued for {previous}, receiver is now {owner}", time.time())).rowcount
+            self._db.execute("DELETE FROM outbox")
+        self._set_meta("owner", owner)
+        self._db.execute("COMMIT")
+        return moved
+
     def put(self, event: Event) -> int:
         """Store `event`; returns its row id (the merged row's id when coalesced)."""
         payload = json.dumps(event.to_dict(), separators=(",", ":"), default=str)

@@ -291,6 +291,25 @@ async def test_stop_keeps_events_published_but_not_yet_routed(tmp_path, sink):
         await await_until(lambda: len(sink.events("/generic")) == 1, what="delivery after restart")
 
 
+async def test_a_reused_receiver_name_never_gets_another_tenants_backlog(tmp_path, sink):
+    """An operator edits the config: the name that was alpha's receiver is now beta's.
+    Alpha's waiting events are set aside, not sent to beta."""
+    def config(tenant: str):
+        return parse_notify_config({"webhook": [
+            {"name": "tenant-hook", "url": f"http://127.0.0.1:{sink.port}/tenant", "secret": HMAC_SECRET,
+             "tenants": [tenant]}]})
+    bus = EventBus()
+    async with NotifierManager(config("alpha"), bus, tmp_path, retry=FAST_RETRY) as mgr:
+        bus.publish(attack("A", "alpha", EventType.ATTACK_START, "alpha's attack"))
+        await await_until(lambda: mgr.status()["tenant-hook"].consecutive_failures >= 1, what="a failed try")
+    await sink.up()
+    async with NotifierManager(config("beta"), bus, tmp_path, retry=FAST_RETRY) as mgr:
+        assert mgr.status()["tenant-hook"].dead_letters == 1
+        bus.publish(attack("B", "beta", EventType.ATTACK_START, "beta's attack"))
+        await await_until(lambda: mgr.status()["tenant-hook"].delivered == 1, what="beta's event")
+    assert [e.message for e in sink.events("/tenant")] == ["beta's attack"]
+
+
 # --- a real SMTP server with STARTTLS and AUTH -------------------------------------------
 
 
