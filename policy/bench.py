@@ -132,6 +132,8 @@ def run_benchmark(destinations: int = 100_000, tenants: int = 10_000, ticks: int
     own CPU milliseconds without that read, per-stage CPU milliseconds, and the
     process's peak resident memory.
     """
+    if not 1 <= destinations <= 131_072:
+        raise ValueError(f"benchmark: destinations must be within 1..131072, got {destinations}")
     if ticks < 2:
         raise ValueError("benchmark: at least 2 timed ticks")
     if not 0 <= attacked <= destinations:

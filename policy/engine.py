@@ -47,6 +47,7 @@ TenantSpec = tuple[str, TenantMode, TenantPolicy]
 RECENT_TICKS = 10            # ticks of samples kept for classification and signatures
 PEER_TICKS = 60              # ticks of outbound samples that make a sender a known peer
 SAMPLE_DRAIN_LIMIT = 4096    # samples read per tick
+WINDOW_SAMPLES = 512         # most recent samples of a target used for classification and signatures
 CARPET_DESTINATIONS_LISTED = 256   # addresses named in a carpet incident
 STATE_FILE = "baselines.npz"
 CLASS_RATE_FIELD = {TrafficClass.TCP_SYN: "syn_rate_pps", TrafficClass.UDP: "udp_rate_pps",
@@ -107,15 +108,25 @@ class _SampleWindow:
         self.ticks.append((now, inbound, by_dst, by_tenant))
         return by_dst, by_tenant
 
+    def _collect(self, key: Any, since: float, which: int) -> PacketFeatures:
+        parts: list[PacketFeatures] = []
+        left = WINDOW_SAMPLES
+        for entry in reversed(self.ticks):           # newest first, up to WINDOW_SAMPLES
+            t, f, index = entry[0], entry[1], entry[which]
+            if t < since or left <= 0:
+                break
+            rows = index.get(key)
+            if rows:
+                parts.append(f.subset(np.asarray(rows[-left:], np.int64)))
+                left -= min(len(rows), left)
+        return PacketFeatures.concat(parts[::-1])
+
     def for_destination(self, dst: IPAddress, since: float) -> PacketFeatures:
-        """Samples to `dst` of the ticks at or after `since` (the attack's first anomalous tick)."""
-        parts = [f.subset(np.asarray(ix[dst], np.int64)) for t, f, ix, _ in self.ticks if t >= since and dst in ix]
-        return PacketFeatures.concat(parts)
+        """Recent samples to `dst` of the ticks at or after `since` (the attack's first anomalous tick)."""
+        return self._collect(dst, since, 2)
 
     def for_tenant(self, tenant_idx: int, since: float) -> PacketFeatures:
-        parts = [f.subset(np.asarray(ix[tenant_idx], np.int64)) for t, f, _, ix in self.ticks
-                 if t >= since and tenant_idx in ix]
-        return PacketFeatures.concat(parts)
+        return self._collect(tenant_idx, since, 3)
 
 
 class PolicyEngine:
