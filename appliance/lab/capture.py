@@ -58,6 +58,13 @@ class Capture:
                     from scapy.arch.linux import attach_filter  # noqa: PLC0415 - compiles with tcpdump
                     attach_filter(sock, self.bpf_filter, self.ifname)
                 sock.bind((self.ifname, 0))
+                # Frames queued before the filter and the bind (any interface, any protocol) go.
+                sock.setblocking(False)
+                while True:
+                    try:
+                        sock.recv(65536)
+                    except (BlockingIOError, InterruptedError):
+                        break
                 sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)   # reset: count from here on
                 sock.settimeout(POLL_S)
             except BaseException as exc:

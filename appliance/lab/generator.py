@@ -29,6 +29,7 @@ MAX_FRAMES_PER_CALL = 65536   # frames per BPF_PROG_TEST_RUN call (keeps a tick 
 MIN_FRAMES_PER_CALL = 32      # below this, more templates per tick cost more than they vary
 MAX_CALLS_PER_TICK = 32       # templates (carpet destinations, fragments) touched per stream and tick
 MAX_BACKLOG_S = 0.1           # seconds of frames a late generator may catch up; the rest is dropped
+UNPACED_BATCH = 4096          # frames per stream and tick at --pps 0 (short calls keep the duration exact)
 
 
 @dataclasses.dataclass(slots=True)
@@ -120,7 +121,7 @@ class Generator:
                 final = True
             for index, stream in enumerate(self.streams):
                 if self.pps == 0:
-                    due = MAX_FRAMES_PER_CALL if not final else 0
+                    due = UNPACED_BATCH if not final else 0
                 else:
                     due = int(rates[index] * elapsed) - owed[index]
                     backlog_cap = max(1, int(rates[index] * MAX_BACKLOG_S))
@@ -151,7 +152,7 @@ class Generator:
                 last_submitted, last_errors = submitted, errors
                 if on_second:
                     on_second(SecondReport(len(per_second), per_second[-1], self.pps))
-            next_tick += TICK_S
+            next_tick += TICK_S if self.pps else 0.0
             delay = next_tick - time.monotonic()
             if delay > 0:
                 time.sleep(delay)  # pacing: hold the requested rate, not just the maximum
