@@ -36,6 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_arguments(traffic)
     traffic.set_defaults(func=run_traffic)
     action("config", "print the appliance config (TOML) for this lab").set_defaults(func=run_config)
+    play = action("play", "play a scenario: legitimate traffic plus attacks on a timeline")
+    play.add_argument("--scenario", help="scenario TOML (default: appliance/scenarios/reference.toml)")
+    play.add_argument("--json", action="store_true", help="JSON lines; the last line is the summary")
+    play.set_defaults(func=run_play)
 
 
 def _lab(args):
@@ -128,4 +132,35 @@ def run_config(args) -> int:
     except ValueError as exc:
         print(f"seawall lab config: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def run_play(args) -> int:
+    from appliance.lab.scenario import REFERENCE, load_scenario, play  # noqa: PLC0415
+    from appliance.lab.traffic import format_second  # noqa: PLC0415
+    try:
+        lab = _lab(args)
+        scenario = load_scenario(args.scenario or REFERENCE)
+        run = play(scenario, lab)
+    except ValueError as exc:
+        print(f"seawall lab play: {exc}", file=sys.stderr)
+        return 2
+    run.traffic.on_record = lambda record: print(
+        json.dumps(record) if args.json else format_second(record), flush=True)
+    try:
+        result = run.wait()
+    except KeyboardInterrupt:
+        run.stop()
+        return 130
+    except RuntimeError as exc:
+        run.stop()
+        print(f"seawall lab play: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"type": "summary", "scenario": scenario.name, **result}))
+    else:
+        for attack in result["attacks"]:
+            if attack:
+                print(f"attack {'+'.join(attack['vectors'])}: {attack['transmitted']:,} frames, "
+                      f"{attack['achieved_pps']:,.0f} pps achieved of {attack['requested_pps']:,} requested")
     return 0

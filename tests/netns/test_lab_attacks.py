@@ -18,6 +18,7 @@ from scapy.layers.l2 import Ether
 from appliance.lab import Lab
 from appliance.lab.attack import REFLECTION_PORTS, AttackProcess, AttackSpec
 from appliance.lab.capture import Capture
+from appliance.lab.scenario import parse_scenario, play
 from tests.support import wait_until
 
 SPOOF_V4 = ipaddress.ip_network("198.18.0.0/15")
@@ -185,3 +186,26 @@ def test_attack_cli_errors_are_clear(lab):
     no_lab = subprocess.run([*base, "syn", "--target", "198.51.100.10", "--lab", "nosuchlab"],
                             capture_output=True, text=True, env=env, timeout=60)
     assert no_lab.returncode == 1 and "is not up" in no_lab.stderr
+
+
+def test_playing_a_scenario_runs_traffic_and_timed_attacks(lab):
+    scenario = parse_scenario({
+        "scenario": {"name": "mini", "duration_s": 3},
+        "legit": {"game_pps": 100, "http_rps": 1, "dns_qps": 1},
+        "attacks": [{"vector": "syn", "target": "game", "start_s": 0.5, "duration_s": 1, "pps": 2000},
+                    {"vector": "udp", "target": "s4", "start_s": 0.5, "duration_s": 1, "pps": 500,
+                     "dport": 28960}]})
+    game, web = lab.game_server, lab.server("s4")
+    captures = [Capture(s.namespace, lab.HOST_IF, f"ip and src net {SPOOF_V4}", keep=0).start()
+                for s in (game, web)]
+    try:
+        result = play(scenario, lab).wait(timeout=60)
+    finally:
+        for capture in captures:
+            capture.stop()
+    syn, udp = result["attacks"]
+    assert (syn["vectors"], syn["transmitted"]) == (["syn"], 2000)
+    assert (udp["vectors"], udp["transmitted"]) == (["udp"], 500)
+    assert [c.matched for c in captures] == [2000, 500]
+    for service in ("http", "game", "dns"):
+        assert result["traffic"]["services"][service]["success_rate"] == 1.0
