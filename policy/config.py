@@ -46,8 +46,9 @@ class PolicyConfig:
     legit_tolerance: float = 0.01        # share of legitimate samples a rule may match
     rate_limit_floor_pps: int = 100      # packets/s a rate-limit rule admits at least
     # Samples and PCAP evidence.
-    legit_samples_per_destination: int = 64
-    legit_sample_destinations: int = 2048
+    legit_samples_per_destination: int = 64   # samples kept per destination (tenants: twice as many)
+    legit_sample_destinations: int = 2048   # destinations whose legitimate samples are kept (LRU)
+    legit_sample_tenants: int = 1024        # tenants whose legitimate samples are kept (LRU), for carpet rules
     attack_samples_per_incident: int = 1024
     pcap_max_bytes: int = 8 * 1024 * 1024   # bytes per PCAP file
 

@@ -156,7 +156,7 @@ class PolicyEngine:
         self._window = _SampleWindow()
         self._peers: collections.deque[dict[IPAddress, set[IPAddress]]] = collections.deque(maxlen=PEER_TICKS)
         self._legit: collections.OrderedDict[IPAddress, collections.deque[Sample]] = collections.OrderedDict()
-        self._legit_tenant: dict[int, collections.deque[Sample]] = {}
+        self._legit_tenant: collections.OrderedDict[int, collections.deque[Sample]] = collections.OrderedDict()
         self._pcaps: dict[str, IncidentPcap] = {}
         self._rule_owner: dict[int, Incident] = {}
         self._stop = asyncio.Event()
@@ -528,7 +528,14 @@ class PolicyEngine:
         for t, idx in by_tenant.items():
             if t in hot_tenants or t not in self.tenants:
                 continue
-            store = self._legit_tenant.setdefault(t, collections.deque(maxlen=cfg.legit_samples_per_destination * 4))
+            store = self._legit_tenant.get(t)
+            if store is None:
+                store = collections.deque(maxlen=cfg.legit_samples_per_destination * 2)
+                self._legit_tenant[t] = store
+                if len(self._legit_tenant) > cfg.legit_sample_tenants:
+                    self._legit_tenant.popitem(last=False)
+            else:
+                self._legit_tenant.move_to_end(t)
             store.extend(inbound.samples[i] for i in idx if inbound.dst[i] not in anomalous_dsts)
 
     def _write_pcaps(self, by_dst: dict[IPAddress, list[int]], by_tenant: dict[int, list[int]],
@@ -561,6 +568,11 @@ class PolicyEngine:
         inc_pcap = self._pcaps.get(event.incident_id or "")
         if inc_pcap is not None:
             event.details["pcap"] = inc_pcap.summary()
+        if event.type == EventType.ATTACK_START:
+            # Rules are derived after the incident starts, in the same tick: report them with the start.
+            inc = next((i for i in self.incidents.open.values() if i.id == event.incident_id), None)
+            if inc is not None:
+                event.details["rules"] = [r.to_dict() for r in inc.rules.values()]
         name = {EventType.ATTACK_START: "attack.start", EventType.ATTACK_UPDATE: "attack.update",
                 EventType.ATTACK_END: "attack.end"}.get(event.type, "policy.event")
         logger = log.warning if event.type == EventType.ATTACK_START else log.info

@@ -23,9 +23,12 @@ import ipaddress
 import itertools
 
 import numpy as np
+import structlog
 
 from dataplane.api import DestinationCounters, IPAddress, TenantCounters
 from dataplane.constants import MAX_TENANTS, NO_TENANT, Direction, TrafficClass
+
+log = structlog.get_logger("policy")
 
 N_CLASSES = len(TrafficClass)
 INBOUND = int(Direction.INBOUND)
@@ -171,6 +174,7 @@ class RateTracker:
         self._t_present = np.zeros(t, bool)
         self._tenant_now: float | None = None
         self.last_destination_rates: DestinationRates | None = None
+        self.ignored_tenant_indices = 0      # tenant counter rows skipped for an index out of range
         self.last_tenant_rates: TenantRates | None = None
 
     def _ensure_capacity(self) -> None:
@@ -234,9 +238,13 @@ class RateTracker:
         dt = 0.0 if priming else now - self._tenant_now
         if not priming and dt <= 0:
             raise ValueError(f"rates: time went backwards or stood still (dt={dt:.6f} s)")
+        bad = [k for k in counters if not 0 <= k < t]
+        if bad:
+            # A tick must not fail for every tenant because of one bad row: skip it, say so.
+            self.ignored_tenant_indices += len(bad)
+            log.warning("rates.bad_tenant_index", indices=bad[:8], count=len(bad), valid=f"0..{t - 1}")
+            counters = {k: v for k, v in counters.items() if 0 <= k < t}
         idx = np.fromiter(counters.keys(), np.int64, len(counters))
-        if len(idx) and (idx.min() < 0 or idx.max() >= t):
-            raise ValueError(f"tenant counters: tenant index out of range 0..{t - 1}")
         values = list(counters.values())
         current = {
             "class_packets": np.array([c.class_packets for c in values], np.uint64).reshape(-1, 2, N_CLASSES),

@@ -188,6 +188,8 @@ class FakeDataplane:
         self.tenant: dict[int, dict[str, np.ndarray]] = {}
         self.samples: list[Sample] = []
         self._rules_version = 0
+        self._scratch = self._tenant(NO_TENANT)
+        del self.tenant[NO_TENANT]
         self._match_cache: dict[tuple[int, int], list[int | None]] = {}
         self.rule_log: list[tuple[str, int, Rule]] = []
 
@@ -268,7 +270,8 @@ class FakeDataplane:
             flow.dropped += int(dropped.sum())
             d = int(flow.direction)
             nbytes = flow.wire_lengths
-            tc = self._tenant(flow.tenant_idx)
+            # Addresses no tenant owns are counted per address only, as in the XDP program.
+            tc = self._tenant(flow.tenant_idx) if flow.tenant_idx != NO_TENANT else self._scratch
             cls_packets = np.bincount(flow.classes, weights=counts, minlength=N_CLASSES).astype(np.uint64)
             cls_bytes = np.bincount(flow.classes, weights=counts * nbytes, minlength=N_CLASSES).astype(np.uint64)
             tc["class_packets"][d] += cls_packets

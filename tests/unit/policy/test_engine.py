@@ -80,6 +80,7 @@ def test_reference_scenario_syn_and_udp_flood_both_caught(lab, tmp_path):
     assert start.details["vector_confidence"]["udp_flood"] >= 0.8
     assert start.destinations == (GAME,) and start.tenant == "alpha"
     assert start.pps > 200_000
+    assert {r["vector"] for r in start.details["rules"]} == {"syn_flood", "udp_flood"}   # installed at once
     rules = {r.comment.split()[1]: r for r in lab.dp.rules.values()}
     syn_rule, udp_rule = rules["syn_flood"], rules["udp_flood"]
     assert syn_rule.action == RuleAction.RATE_LIMIT and syn_rule.tcp_flags == (0x12, 0x02)
@@ -205,6 +206,35 @@ def test_a_long_attack_is_not_learned_and_a_reattack_is_recognised(lab):
     new = lab.run(5)
     reopen = lab.of_type(EventType.ATTACK_START, new)
     assert len(reopen) == 1 and reopen[0].incident_id == start.incident_id and reopen[0].details["reopened"] == 1
+
+
+def test_ipv6_server_udp_flood_rule_uses_ipv6_length(tmp_path):
+    server = "2001:db8:1::10"
+    lab = Lab(tmp_path, [ALPHA])
+    players = [udp_frame(f"2001:db8:2::{i + 1:x}", server, 30000 + i, 27015, b"\xff\xff\xff\xffT" + bytes(20 + i))
+               for i in range(40)]
+    lab.flow("players", 1, players, 600)
+    lab.run(150)
+    flood = [udp_frame(f"2001:db8:ff::{i + 1:x}", server, 1024 + i, 27015, b"\x00" * 200) for i in range(80)]
+    lab.flow("flood", 1, flood, 20_000, attack=True)
+    lab.run(8)
+    (start,) = lab.of_type(EventType.ATTACK_START)
+    assert start.destinations == (server,) and start.vectors[0] == "udp_flood"
+    (rule,) = lab.dp.rules.values()
+    assert rule.dst == ipaddress.ip_address(server)
+    assert rule.length.lo == rule.length.hi == 40 + 8 + 200     # payload length + 40
+    assert flow(lab, "players").dropped == 0 and flow(lab, "flood").dropped > 0
+
+
+def test_addresses_without_tenant_never_raise_incidents(tmp_path):
+    from dataplane.constants import NO_TENANT
+
+    lab = Lab(tmp_path, [ALPHA])
+    lab.flow("stray", NO_TENANT, syn_flood_frames("203.0.113.200"), 100_000)
+    lab.run(10)
+    dest, _ = lab.engine.last_rates
+    assert dest.addresses == [ipaddress.ip_address("203.0.113.200")]
+    assert lab.events == [] and lab.dp.rules == {}
 
 
 # -- legitimate look-alikes ---------------------------------------------------------------------

@@ -112,5 +112,6 @@ def test_tenant_rates_by_direction_with_reset():
     assert r.valid[3] and not r.valid[4]
     r = rt.update_tenants(1.5, {3: tc(10, 150, 0)})      # the dataplane was restarted
     assert r.pps[3, TrafficClass.UDP] == pytest.approx(10.0)
-    with pytest.raises(ValueError, match="out of range"):
-        rt.update_tenants(2.0, {NO_TENANT: tc(1, 1, 0)})
+    r = rt.update_tenants(2.0, {NO_TENANT: tc(1, 1, 0), 3: tc(20, 150, 0)})     # a bad row is skipped
+    assert rt.ignored_tenant_indices == 1
+    assert r.pps[3, TrafficClass.UDP] == pytest.approx(20.0)
