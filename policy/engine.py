@@ -47,6 +47,7 @@ TenantSpec = tuple[str, TenantMode, TenantPolicy]
 RECENT_TICKS = 10            # ticks of samples kept for classification and signatures
 PEER_TICKS = 60              # ticks of outbound samples that make a sender a known peer
 SAMPLE_DRAIN_LIMIT = 4096    # samples read per tick
+RECLASSIFY_S = 5.0           # seconds an ongoing attack's classification is reused
 WINDOW_SAMPLES = 512         # most recent samples of a target used for classification and signatures
 CARPET_DESTINATIONS_LISTED = 256   # addresses named in a carpet incident
 STATE_FILE = "baselines.npz"
@@ -159,6 +160,8 @@ class PolicyEngine:
         self._legit_tenant: collections.OrderedDict[int, collections.deque[Sample]] = collections.OrderedDict()
         self._pcaps: dict[str, IncidentPcap] = {}
         self._rule_owner: dict[int, Incident] = {}
+        # Last classification per target: (time, anomalous classes, scores).
+        self._scores: dict[tuple[int, IPAddress], tuple[float, frozenset[TrafficClass], list[VectorScore]]] = {}
         self._stop = asyncio.Event()
         self._last_save = 0.0
         self.last_report: TickReport | None = None
@@ -293,6 +296,8 @@ class PolicyEngine:
         for inc in released:
             removed += self._remove_rules(inc)
             self._pcaps.pop(inc.id, None)
+        if len(self._scores) > 4 * max(len(self.incidents.open), 256):
+            self._scores = {k: v for k, v in self._scores.items() if now - v[0] < RECLASSIFY_S}
         self._read_rule_counters()
         lap("incidents")
         self._learn(dest, tenants, det, attack_mask, row_of_slot)
@@ -340,11 +345,19 @@ class PolicyEngine:
                 continue
             dst = dest.addresses[row]
             slot = dest.slots[row]
-            classes = [ClassEvidence(TrafficClass(int(c)), float(dest.pps[row, c]), float(det.threshold[row, c]),
-                                     float(self.dest_baseline.mean[slot, c]))
-                       for c in np.flatnonzero(det.anomalous[row])]
-            scores = classify_destination(classes, self._window.for_destination(dst, self._since(tidx, dst, now)),
-                                          self._peers_of(dst), cfg.min_confidence)
+            anomalous_classes = frozenset(TrafficClass(int(c)) for c in np.flatnonzero(det.anomalous[row]))
+            cached = self._scores.get((tidx, dst))
+            inc = self.incidents.get(tidx, dst)
+            if (cached is not None and inc is not None and inc.state == State.ACTIVE
+                    and now - cached[0] < RECLASSIFY_S and anomalous_classes <= cached[1]):
+                # An ongoing attack with nothing new: keep its verdict instead of re-reading samples.
+                scores = cached[2]
+            else:
+                classes = [ClassEvidence(c, float(dest.pps[row, c]), float(det.threshold[row, c]),
+                                         float(self.dest_baseline.mean[slot, c])) for c in sorted(anomalous_classes)]
+                scores = classify_destination(classes, self._window.for_destination(dst, self._since(tidx, dst, now)),
+                                              self._peers_of(dst), cfg.min_confidence)
+                self._scores[(tidx, dst)] = (now, anomalous_classes, scores)
             attack_classes = {c for s in scores for c in s.classes}
             for c in attack_classes:
                 attack_mask[row, int(c)] = True
