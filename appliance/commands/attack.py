@@ -35,8 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from appliance.lab import LabError, logs_to_stderr  # noqa: PLC0415
     from appliance.lab.generator import run_in_lab  # noqa: PLC0415 - bcc loads only when attacking
-    from appliance.lab.topology import LabError  # noqa: PLC0415
+
+    logs_to_stderr()
 
     spec = AttackSpec(vector=args.vector, target=args.target, pps=args.pps, duration=args.duration,
                       dport=args.dport, sport=args.sport, size=args.size, spoof=args.spoof,

@@ -43,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _lab(args):
-    from appliance.lab import Lab  # noqa: PLC0415
+    from appliance.lab import Lab, logs_to_stderr  # noqa: PLC0415
+    logs_to_stderr()
     return Lab(args.name)
 
 

@@ -161,6 +161,10 @@ class Generator:
         elapsed = time.monotonic() - start
         _, errors = xdp_xmit_counters(self.ifname)
         submitted = sender.frames_redirected()
+        if len(per_second) < int(min(elapsed, self.duration)):   # the last full second ended with the run
+            per_second.append(max(0, submitted - last_submitted - (errors - last_errors)))
+            if on_second:
+                on_second(SecondReport(len(per_second), per_second[-1], self.pps))
         result = AttackResult(
             vectors=sorted({s.vector for s in self.streams}), interface=self.ifname, requested_pps=self.pps,
             requested_duration_s=self.duration, elapsed_s=round(elapsed, 3),
