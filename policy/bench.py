@@ -59,7 +59,9 @@ class SyntheticDataplane:
         self.samples_per_tick = samples_per_tick
         self.all_addresses = [ipaddress.IPv4Address(BASE_ADDRESS + i) for i in range(destinations)]
         self.tenant_of = (np.arange(destinations) % tenants).astype(np.uint32)
-        self.mean_pps = self.rng.lognormal(3.0, 1.5, (destinations, N_CLASSES))   # packets/s per class
+        # Packets/s per class: mostly small, a few busy servers; below the warm-up floors, as
+        # legitimate traffic of a new address is (the floors are for floods).
+        self.mean_pps = np.minimum(self.rng.lognormal(3.0, 1.5, (destinations, N_CLASSES)), 5000.0)
         self.packets = np.zeros((destinations, N_CLASSES), np.uint64)
         self.bytes = np.zeros((destinations, N_CLASSES), np.uint64)
         self.present = np.ones(destinations, bool)
@@ -72,10 +74,10 @@ class SyntheticDataplane:
         self.packets += add
         self.bytes += add * np.uint64(400)
         flip = self.rng.random(self.n) < self.churn
-        gone = flip & self.present
-        self.packets[gone] = 0       # evicted rows lose their counters
-        self.bytes[gone] = 0
         self.present ^= flip
+        # Rows outside the LRU have no counters; a row that comes back starts from zero.
+        self.packets[~self.present] = 0
+        self.bytes[~self.present] = 0
         per_tenant = np.zeros((self.t, N_CLASSES), np.uint64)
         np.add.at(per_tenant, self.tenant_of, add)
         self.t_packets[:, 0, :] += per_tenant

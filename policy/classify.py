@@ -13,7 +13,8 @@ carpet bombing):
   server answers; spoofed floods and reflected answers do not.
 
 Without samples the sample-based evidence counts as neutral (0.5), so a vector
-backed by rates alone can reach a moderate confidence but not a high one.
+backed by rates alone can reach a moderate confidence but not a high one. A rate
+barely above its threshold scales the whole confidence down (to 60 %).
 """
 
 from __future__ import annotations
@@ -128,7 +129,10 @@ def _symmetric_share(f: PacketFeatures, peers: set[IPAddress]) -> float:
 
 def _score(vector: Vector, parts: list[tuple[float, float]], tclass: TrafficClass | None,
            evidence: dict[str, Any], penalty: float = 1.0) -> VectorScore:
-    confidence = sum(w * v for w, v in parts) * penalty
+    # parts[0] is always the magnitude: a rate barely over its threshold is weak evidence
+    # whatever the samples say, so it also scales the whole score.
+    magnitude = parts[0][1]
+    confidence = sum(w * v for w, v in parts) * penalty * (0.6 + 0.4 * magnitude)
     return VectorScore(vector, round(float(np.clip(confidence, 0.0, 1.0)), 3), tclass, evidence)
 
 
