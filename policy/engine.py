@@ -288,11 +288,13 @@ class PolicyEngine:
         row_of_slot[dest.slots] = np.arange(len(dest))
         self._account(now, wall, dest, tenants, det, row_of_slot)
         added: list[int] = []
+        removed: list[int] = []
         for inc in self.incidents.active():
-            added += self._ensure_rules(inc, now, dest, tenants, row_of_slot)
+            a, r = self._ensure_rules(inc, now, dest, tenants, row_of_slot)
+            added += a
+            removed += r
         tick_events, released = self.incidents.tick(now, wall)
         events += tick_events
-        removed: list[int] = []
         for inc in released:
             removed += self._remove_rules(inc)
             self._pcaps.pop(inc.id, None)
@@ -405,14 +407,16 @@ class PolicyEngine:
             self.incidents.account(inc, now, wall, dest.dt, pps=pps, bps=bps, attack_pps=attack, dropped_pps=dropped)
 
     def _ensure_rules(self, inc: Incident, now: float, dest: DestinationRates, tenants: TenantRates,
-                      row_of_slot: np.ndarray) -> list[int]:
+                      row_of_slot: np.ndarray) -> tuple[list[int], list[int]]:
+        """Derive and install rules for attacked classes without one; returns (added, removed) rule ids."""
         entry = self.tenants.get(inc.tenant_idx)
         if entry is None or not entry.policy.auto_mitigation:
-            return []
+            return [], []
         cfg = self.config
-        todo = sorted(inc.classes - inc.rule_classes)
+        upgradable = {TrafficClass[r.traffic_class.upper()]: rid for rid, r in inc.rules.items() if r.needs_samples}
+        todo = sorted((inc.classes - inc.rule_classes) | set(upgradable))
         if not todo:
-            return []
+            return [], []
         since = self._since(inc.tenant_idx, inc.target, now)
         if inc.target is None:
             attack = self._window.for_tenant(inc.tenant_idx, since)
@@ -425,15 +429,16 @@ class PolicyEngine:
             slot = self.rates.slots.slot_of(inc.target)
             row = row_of_slot[slot] if slot is not None else -1
             if row < 0:
-                return []
+                return [], []
             pps_row, mean_row = dest.pps[row], self.dest_baseline.mean[slot]
             base_thr = self.dest_baseline.baseline_threshold(np.array([slot]))[0]
         added: list[int] = []
+        removed: list[int] = []
         for tc in todo:
             c = int(tc)
             in_class = int(np.count_nonzero(attack.traffic_class == c))
             waited = now - (inc.started if inc.started is not None else now)
-            if in_class < cfg.min_signature_samples and waited < cfg.signature_wait_s:
+            if in_class < cfg.min_signature_samples and (waited < cfg.signature_wait_s or tc in upgradable):
                 continue           # more samples may arrive; a fallback rule after signature_wait_s
             per_class_rate = getattr(entry.policy, CLASS_RATE_FIELD[tc], 0) if tc in CLASS_RATE_FIELD else 0
             rate_limit = per_class_rate or max(cfg.rate_limit_floor_pps, float(base_thr[c]))
@@ -447,7 +452,11 @@ class PolicyEngine:
             if entry.mode == TenantMode.MONITOR:
                 rule = dataclasses.replace(rule, action=RuleAction.COUNT)
             inc.rule_classes.add(tc)
-            if len(inc.rules) >= RULES_PER_TARGET:
+            replaces = upgradable.get(tc)
+            if replaces is not None and sig.kind != "drop":
+                inc.rules[replaces].needs_samples = sig.needs_samples   # still no header signature
+                continue
+            if len(inc.rules) >= RULES_PER_TARGET + (replaces is not None):
                 log.warning("rule.limit", tenant=inc.tenant_id, incident=inc.id, limit=RULES_PER_TARGET)
                 continue
             try:
@@ -455,7 +464,13 @@ class PolicyEngine:
             except Exception as exc:   # the dataplane's own error type; the incident goes on without it
                 log.error("rule.add_failed", tenant=inc.tenant_id, incident=inc.id, vector=vector, error=str(exc))
                 continue
-            inc.rules[rule_id] = RuleRecord(rule_id, rule, vector, tc.name.lower(), sig.kind, sig.reason)
+            inc.rules[rule_id] = RuleRecord(rule_id, rule, vector, tc.name.lower(), sig.kind, sig.reason,
+                                            sig.needs_samples)
+            if replaces is not None:
+                # Enough samples now: the header signature takes over from the rate-limit fallback
+                # (added first, so the attack never meets an empty rule set in between).
+                self._remove_rule(inc, replaces)
+                removed.append(replaces)
             inc.changed = True
             self._rule_owner[rule_id] = inc
             added.append(rule_id)
@@ -463,22 +478,25 @@ class PolicyEngine:
                      vector=vector, kind=sig.kind, action=rule.action.name.lower(), rule=_rule_text(rule),
                      reason=sig.reason, coverage=None if math.isnan(sig.attack_coverage) else
                      round(sig.attack_coverage, 3))
-        return added
+        return added, removed
 
     def _remove_rules(self, inc: Incident) -> list[int]:
-        removed = []
-        for rule_id in list(inc.rules):
-            try:
-                self.dataplane.remove_rule(rule_id)
-            except Exception as exc:   # already gone (dataplane restarted): forget it all the same
-                log.warning("rule.remove_failed", tenant=inc.tenant_id, incident=inc.id, rule_id=rule_id,
-                            error=str(exc))
-            else:
-                log.info("rule.remove", tenant=inc.tenant_id, incident=inc.id, rule_id=rule_id)
-            inc.rules.pop(rule_id, None)
-            self._rule_owner.pop(rule_id, None)
-            removed.append(rule_id)
+        removed = list(inc.rules)
+        for rule_id in removed:
+            self._remove_rule(inc, rule_id)
         return removed
+
+    def _remove_rule(self, inc: Incident, rule_id: int) -> None:
+        try:
+            self.dataplane.remove_rule(rule_id)
+        except Exception as exc:   # already gone (dataplane restarted): forget it all the same
+            log.warning("rule.remove_failed", tenant=inc.tenant_id, incident=inc.id, rule_id=rule_id,
+                        error=str(exc))
+        else:
+            log.info("rule.remove", tenant=inc.tenant_id, incident=inc.id, rule_id=rule_id)
+        inc.rules.pop(rule_id, None)
+        inc.changed = True
+        self._rule_owner.pop(rule_id, None)
 
     def _read_rule_counters(self) -> None:
         if not self._rule_owner:

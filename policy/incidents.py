@@ -67,6 +67,7 @@ class RuleRecord:
     traffic_class: str
     kind: str          # drop | rate_limit
     reason: str
+    needs_samples: bool = False   # a rate-limit fallback to replace once enough samples arrived
     matched_packets: int = 0
     dropped_packets: int = 0
 

@@ -56,6 +56,7 @@ class Signature:
     attack_coverage: float    # share of the class's attack-window samples the rule matches
     legit_matches: float      # share of legitimate samples the rule matches (nan: none known)
     reason: str
+    needs_samples: bool = False   # a fallback for want of samples: worth deriving again later
 
 
 def _class_base(tc: TrafficClass, a: PacketFeatures) -> dict:
@@ -98,12 +99,13 @@ def derive_signature(*, tenant_idx: int, dst: IPAddress | None, traffic_class: T
     legit_in_class = legit.subset(legit.traffic_class == int(tc))
     fallback_rate = max(1, math.ceil(rate_limit_pps))
 
-    def fallback(reason: str, coverage: float = float("nan")) -> Signature:
+    def fallback(reason: str, coverage: float = float("nan"), needs_samples: bool = False) -> Signature:
         rule = _rate_limit_rule(tenant_idx, dst, tc, a, fallback_rate, comment)
-        return Signature(rule, "rate_limit", coverage, float("nan"), reason)
+        return Signature(rule, "rate_limit", coverage, float("nan"), reason, needs_samples)
 
     if len(a) < min_samples:
-        return fallback(f"{len(a)} attack samples, {min_samples} needed for a header signature")
+        return fallback(f"{len(a)} attack samples, {min_samples} needed for a header signature",
+                        needs_samples=True)
     share = float(np.clip(attack_share, 0.2, 1.0))
     need = COVERAGE * share * len(a)
     fields = _class_base(tc, a)

@@ -208,6 +208,22 @@ def test_a_long_attack_is_not_learned_and_a_reattack_is_recognised(lab):
     assert len(reopen) == 1 and reopen[0].incident_id == start.incident_id and reopen[0].details["reopened"] == 1
 
 
+def test_rate_limit_fallback_for_want_of_samples_is_replaced_by_a_signature(lab):
+    lab.flow("udp-flood", 1, udp_flood_frames(GAME), 5_000, attack=True)
+    for f in lab.dp.flows:
+        f.sample_one_in = 5000                              # the dataplane's sampling is starved
+    lab.run(10)
+    (first,) = lab.dp.rules.values()
+    assert first.action == RuleAction.RATE_LIMIT           # ~1 sample a second: no header signature yet
+    for f in lab.dp.flows:
+        f.sample_one_in = 50
+    lab.run(3)
+    (rule,) = lab.dp.rules.values()
+    assert rule.action == RuleAction.DROP and rule.length.lo == 540
+    assert [op for op, _, _ in lab.dp.rule_log] == ["add", "add", "remove"]
+    assert flow(lab, "players").dropped == 0
+
+
 def test_ipv6_server_udp_flood_rule_uses_ipv6_length(tmp_path):
     server = "2001:db8:1::10"
     lab = Lab(tmp_path, [ALPHA])
