@@ -11,6 +11,7 @@ generators share it), and reports achieved against requested.
 from __future__ import annotations
 
 import dataclasses
+import json
 import socket
 import subprocess
 import threading
@@ -191,7 +192,6 @@ def run_in_lab(lab_name: str, spec, on_second: Callable[[SecondReport], None] | 
     if probe.returncode != 0:
         raise LabError(f"lab {lab_name!r} is not up (no {lab.UPSTREAM_IF} in {upstream}); "
                        f"run `seawall lab up --name {lab_name}` first")
-    import json  # noqa: PLC0415
     source_mac = json.loads(probe.stdout)[0]["address"]
     streams = TemplateBuilder(lab, spec, source_mac=source_mac).streams()
     enter_netns(upstream)
