@@ -30,6 +30,7 @@ class PolicyConfig:
     k_sigma: float = 4.0                 # standard deviations above the mean that are still normal
     margin: float = 1.5                  # headroom factor on mean + k·sigma (ramps, bursts)
     warmup_floor_pps: tuple[float, ...] = tuple(DEFAULT_WARMUP_FLOOR_PPS[c] for c in TrafficClass)
+    tenant_warmup_floor_factor: float = 5.0   # a tenant's warm-up floors: this many destination floors
     forget_after_s: float = 6 * 3600.0   # seconds an address may be absent before its baseline is dropped
     # Detection and classification.
     min_confidence: float = 0.5          # a vector below this is not reported

@@ -147,9 +147,10 @@ class PolicyEngine:
                            margin=cfg.margin, warmup_floor_pps=cfg.warmup_floor_pps)
         self.rates = RateTracker(forget_after_s=cfg.forget_after_s)
         self.dest_baseline = EwmaBaseline(self.rates.slots.capacity, **baseline_kw)
-        # A tenant's floors are its min_tenant_pps; the per-destination warm-up floors do not apply.
-        self.tenant_baseline = EwmaBaseline(MAX_TENANTS, **{**baseline_kw,
-                                                              "warmup_floor_pps": (0.0,) * len(TrafficClass)})
+        # A tenant sums many addresses: its warm-up floors are a multiple of an address's, so a
+        # busy tenant is not mistaken for a carpet bombing before its baseline exists.
+        tenant_floors = tuple(f * cfg.tenant_warmup_floor_factor for f in cfg.warmup_floor_pps)
+        self.tenant_baseline = EwmaBaseline(MAX_TENANTS, **{**baseline_kw, "warmup_floor_pps": tenant_floors})
         self.incidents = IncidentManager(cfg)
         self.tenants: dict[int, TenantEntry] = {}
         self.policy_table = PolicyTable({})

@@ -179,6 +179,17 @@ def test_carpet_bombing_over_a_prefix(tmp_path):
     assert carpet.dropped / carpet.sent > 0.5
 
 
+def test_busy_tenant_during_warm_up_is_not_a_carpet(tmp_path):
+    lab = Lab(tmp_path, [Tenant(3, "gamma")])
+    for i in range(40):                      # 40 servers × 1,000 pps: 40 kpps, twice min_tenant_pps
+        server = f"192.0.2.{i + 1}"
+        lab.flow(f"srv{i}", 3, [udp_frame(c, server, 5000 + j, 4500, bytes(100 + j)) for j, c in
+                                enumerate(clients(10, start=20 + i))], 1000, sample_one_in=500)
+    lab.run(200)                             # through and past the warm-up
+    assert lab.events == []
+    assert lab.engine.last_detection.tenant_anomalous.sum() == 0
+
+
 def test_warm_up_only_absolute_floors_apply(tmp_path):
     lab = Lab(tmp_path, [ALPHA])
     game_server(lab)
