@@ -116,6 +116,12 @@ def test_fragment_flood():
     assert v == Vector.FRAGMENT_FLOOD and conf >= 0.8
 
 
+def test_other_protocol_flood():
+    gre = [bytes(Ether() / IP(src=s, dst=DST, proto=47) / Raw(bytes(500))) for s in spoofed(50)]
+    v, conf = top(classify_destination([flood(TrafficClass.OTHER)], features((gre, 200)), set(), MIN_CONFIDENCE))
+    assert v == Vector.OTHER_FLOOD and conf >= 0.8
+
+
 def test_multi_vector():
     samples = features((syn_flood_frames(DST), 200), (udp_flood_frames(DST), 200))
     scores = classify_destination([flood(TrafficClass.TCP_SYN), flood(TrafficClass.UDP, pps=20_000)], samples, set(),

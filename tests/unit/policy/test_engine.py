@@ -113,6 +113,18 @@ def test_reference_scenario_syn_and_udp_flood_both_caught(lab, tmp_path):
     assert all(p["IP"].dst == GAME for p in list(dropped)[:20])
 
 
+def test_attack_start_is_logged_as_an_event(lab):
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        reference_attack(lab)
+        lab.run(4)
+    (start,) = [e for e in logs if e["event"] == "attack.start"]
+    assert start["tenant"] == "alpha" and start["dst"] == GAME and start["pps"] > 200_000
+    assert "syn_flood" in start["vector"]
+    assert {e["event"] for e in logs} >= {"attack.start", "rule.add"}
+
+
 def test_events_reach_the_bus_and_round_trip(lab):
     reference_attack(lab)
     lab.run(5)
