@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import json
 import math
 
 import numpy as np
@@ -102,6 +103,7 @@ def test_reference_scenario_syn_and_udp_flood_both_caught(lab, tmp_path):
     end = lab.of_type(EventType.ATTACK_END)
     assert len(end) == 1 and end[0].incident_id == start.incident_id
     assert end[0].details["packets_passed"] >= 0 and end[0].details["series"]
+    assert json.loads(json.dumps(end[0].to_dict()))["details"]["rules"]
     assert len(lab.dp.rules) == 2
     lab.run(FAST.hold_down_s)
     assert lab.dp.rules == {}
@@ -134,6 +136,8 @@ def test_events_reach_the_bus_and_round_trip(lab):
     assert [e.incident_id for e in got] == [e.incident_id for e in lab.events]
     d = got[0].to_dict()
     assert Event.from_dict(d).vectors == got[0].vectors and d["type"] == "ATTACK_START"
+    for event in got:                      # consumers store and send the JSON form
+        assert json.loads(json.dumps(event.to_dict()))["incident_id"] == event.incident_id
 
 
 def test_monitor_mode_gets_the_incident_and_count_rules(tmp_path):
