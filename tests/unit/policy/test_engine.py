@@ -102,7 +102,10 @@ def test_reference_scenario_syn_and_udp_flood_both_caught(lab, tmp_path):
     lab.run(FAST.quiet_s + 2)
     end = lab.of_type(EventType.ATTACK_END)
     assert len(end) == 1 and end[0].incident_id == start.incident_id
-    assert end[0].details["packets_passed"] >= 0 and end[0].details["series"]
+    summary = end[0].details
+    assert 0 < summary["packets_passed"] < 0.2 * summary["attack_packets"]   # the seconds before the rules
+    assert summary["efficacy"] > 0.8 and end[0].packets_dropped > 0.8 * summary["attack_packets"]
+    assert len(summary["series"]) >= 30
     assert json.loads(json.dumps(end[0].to_dict()))["details"]["rules"]
     assert len(lab.dp.rules) == 2
     lab.run(FAST.hold_down_s)
