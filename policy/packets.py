@@ -278,6 +278,7 @@ def match_rule(rule: Rule, f: PacketFeatures, *, inbound_only: bool = True) -> n
         mask_bytes = rule.payload_mask if rule.payload_mask is not None else b"\xff" * len(rule.payload)
         mask = np.frombuffer(mask_bytes, np.uint8)
         k = len(want)
-        m &= f.payload_len >= k
+        # The XDP program compares 8 bytes and needs them all inside the frame.
+        m &= f.payload_len >= PAYLOAD_MATCH_BYTES
         m &= np.all((f.payload[:, :k] & mask) == (want & mask), axis=1)
     return m

@@ -176,18 +176,19 @@ def _payload_match(a: PacketFeatures, payload: bytes, mask: bytes) -> np.ndarray
     k = len(payload)
     want = np.frombuffer(payload, np.uint8)
     m = np.frombuffer(mask, np.uint8)
-    return (a.payload_len >= k) & np.all((a.payload[:, :k] & m) == (want & m), axis=1)
+    return (a.payload_len >= PAYLOAD_MATCH_BYTES) & np.all((a.payload[:, :k] & m) == (want & m), axis=1)
 
 
 def _payload_signature(a: PacketFeatures, cluster: np.ndarray, need: float) -> tuple[bytes | None, bytes | None]:
-    """Leading payload bytes that the attack packets share (others masked out)."""
-    rows = np.flatnonzero(cluster & (a.payload_len > 0))
+    """Leading payload bytes that the attack packets share (others masked out).
+
+    The dataplane matches payload only on packets with at least PAYLOAD_MATCH_BYTES
+    bytes of payload, so only such packets can carry a payload signature.
+    """
+    rows = np.flatnonzero(cluster & (a.payload_len >= PAYLOAD_MATCH_BYTES))
     if len(rows) < need:
         return None, None
-    k = int(np.percentile(a.payload_len[rows], 10))
-    k = min(k, PAYLOAD_MATCH_BYTES)
-    if k < MIN_PAYLOAD_BYTES:
-        return None, None
+    k = PAYLOAD_MATCH_BYTES
     block = a.payload[rows, :k]
     values = np.zeros(k, np.uint8)
     mask = np.zeros(k, np.uint8)

@@ -146,7 +146,7 @@ def rule_matches(rule: Rule, tenant_idx: int, f: FrameFields) -> bool:
         return False
     if rule.payload is not None:
         mask = rule.payload_mask or b"\xff" * len(rule.payload)
-        if len(f.payload) < len(rule.payload):
+        if len(f.payload) < PAYLOAD_MATCH_BYTES:   # the program compares 8 bytes inside the frame
             return False
         if any((a & m) != (b & m) for a, b, m in zip(f.payload, rule.payload, mask, strict=False)):
             return False
@@ -219,18 +219,22 @@ class FakeDataplane:
                                 "reason_packets": np.zeros((2, N_REASONS), np.uint64)}
         return self.tenant[idx]
 
-    def _first_rules(self, flow: Flow) -> list[int | None]:
-        """The first matching rule of each frame of the flow (rules are matched in id order)."""
+    def _matching_rules(self, flow: Flow) -> list[list[int]]:
+        """Per frame, the rules it meets in id order: count-only rules count and let the packet
+        go on; the first drop or rate-limit rule decides (as sw_apply_rules does)."""
         key = (id(flow), self._rules_version)
         cached = self._match_cache.get(key)
         if cached is None:
             cached = []
             for f in flow.fields:
-                hit = None
+                hits: list[int] = []
                 if flow.direction == Direction.INBOUND:
-                    hit = next((rid for rid in sorted(self.rules) if rule_matches(self.rules[rid], flow.tenant_idx, f)),
-                               None)
-                cached.append(hit)
+                    for rid in sorted(self.rules):
+                        if rule_matches(self.rules[rid], flow.tenant_idx, f):
+                            hits.append(rid)
+                            if self.rules[rid].action != RuleAction.COUNT:
+                                break
+                cached.append(hits)
             self._match_cache[key] = cached
         return cached
 
@@ -246,9 +250,9 @@ class FakeDataplane:
             counts = self.rng.multinomial(total, np.full(n_frames, 1.0 / n_frames))
             dropped = np.zeros(n_frames, np.int64)
             reasons = [DropReason.NONE] * n_frames
-            first = self._first_rules(flow)
-            for rid in {r for r in first if r is not None}:
-                rows = [i for i, r in enumerate(first) if r == rid]
+            matching = self._matching_rules(flow)
+            for rid in sorted({r for hits in matching for r in hits}):
+                rows = [i for i, hits in enumerate(matching) if rid in hits]
                 rule = self.rules[rid]
                 matched = int(counts[rows].sum())
                 c = self.rule_counters[rid]

@@ -88,3 +88,12 @@ def test_match_rule_fields_and_payload_mask():
     later = parse_samples([sample(fragment_frame("198.18.0.1", str(dst), offset=10))])
     assert not match_rule(Rule(tenant_idx=1, dst=dst, sport=Range(0, 0xFFFF)), later).any()
     assert match_rule(Rule(tenant_idx=1, dst=dst, fragments=True), later).all()
+
+
+def test_payload_rules_need_eight_payload_bytes_like_the_xdp_program():
+    dst = ipaddress.ip_address("198.51.100.10")
+    short = udp_frame("198.18.0.1", str(dst), 5000, 28960, b"\x13\x37\x00")
+    full = udp_frame("198.18.0.1", str(dst), 5000, 28960, b"\x13\x37\x00" + bytes(5))
+    f = parse_samples([sample(short), sample(full)])
+    rule = Rule(tenant_idx=1, dst=dst, payload=b"\x13\x37", payload_mask=b"\xff\xff")
+    assert match_rule(rule, f).tolist() == [False, True]
