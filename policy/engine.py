@@ -511,7 +511,11 @@ class PolicyEngine:
     def _read_rule_counters(self) -> None:
         if not self._rule_owner:
             return
-        counters = self.dataplane.read_rule_counters()
+        try:
+            counters = self.dataplane.read_rule_counters()
+        except Exception as exc:   # the dataplane's own error type: the figures wait for the next tick
+            log.error("rule.counters_failed", error=str(exc))
+            return
         for rule_id, inc in self._rule_owner.items():
             c = counters.get(rule_id)
             record = inc.rules.get(rule_id)
