@@ -14,9 +14,9 @@ Method (per target and anomalous traffic class):
    told apart by headers; without legitimate samples, the rule must carry a field
    that legitimate traffic of a service does not share (payload bytes, an exact
    length, a reflection source port, a flag pattern no handshake uses).
-4. Otherwise fall back to a RATE_LIMIT rule for the class (SYN: tcp_flags SYN) at a
-   rate derived from the baseline, so the dataplane's own heuristics sort out the
-   rest. A drop rule never matches all traffic of a destination, and no rule ever
+4. Otherwise fall back to a RATE_LIMIT rule for the class (SYN: tcp_flags SYN; and
+   the destination port when the attack aims at one) at a rate derived from the
+   baseline, so the dataplane's own heuristics sort out the rest. A drop rule never matches all traffic of a destination, and no rule ever
    matches on source addresses.
 """
 
@@ -82,10 +82,8 @@ def _mode(values: np.ndarray) -> tuple[int | None, int]:
 
 
 def _rate_limit_rule(tenant_idx: int, dst: IPAddress | None, tc: TrafficClass, attack: PacketFeatures,
-                     rate_pps: int, comment: str) -> Rule:
-    base = _class_base(tc, attack)
-    if tc == TrafficClass.TCP_SYN:
-        base = {"proto": PROTO_TCP, "tcp_flags": (TCP_SYN | TCP_ACK, TCP_SYN)}
+                     rate_pps: int, comment: str, narrow: dict) -> Rule:
+    base = {**_class_base(tc, attack), **narrow}
     return Rule(tenant_idx=tenant_idx, dst=dst, action=RuleAction.RATE_LIMIT, rate_pps=max(int(rate_pps), 1),
                 comment=comment, **base)
 
@@ -99,8 +97,11 @@ def derive_signature(*, tenant_idx: int, dst: IPAddress | None, traffic_class: T
     legit_in_class = legit.subset(legit.traffic_class == int(tc))
     fallback_rate = max(1, math.ceil(rate_limit_pps))
 
+    # A rate limit still spares other services of the target when the attack aims at one port.
+    narrow: dict = {}
+
     def fallback(reason: str, coverage: float = float("nan"), needs_samples: bool = False) -> Signature:
-        rule = _rate_limit_rule(tenant_idx, dst, tc, a, fallback_rate, comment)
+        rule = _rate_limit_rule(tenant_idx, dst, tc, a, fallback_rate, comment, narrow)
         return Signature(rule, "rate_limit", coverage, float("nan"), reason, needs_samples)
 
     if len(a) < min_samples:
@@ -125,6 +126,8 @@ def derive_signature(*, tenant_idx: int, dst: IPAddress | None, traffic_class: T
         if value is not None and value >= 0 and count >= need:
             fields[name] = Range(value, value)
             cluster &= col == value
+            if name == "dport":
+                narrow["dport"] = fields[name]
             if name == "sport" and value in REFLECTION_PORTS:
                 strong.append("sport")
     value, count = _mode(a.ip_len[cluster])

@@ -56,6 +56,7 @@ def test_syn_flood_indistinguishable_from_real_syns_gets_a_rate_limit_from_the_b
     assert sig.kind == "rate_limit" and rule.action == RuleAction.RATE_LIMIT
     assert rule.rate_pps == 180
     assert rule.proto == 6 and rule.tcp_flags == (0x12, 0x02)
+    assert rule.dport == Range(443, 443)                  # SYNs to other services are not limited
     assert rule.sport is None and rule.length is None and rule.payload is None
 
 
@@ -93,7 +94,8 @@ def test_flood_that_only_shares_the_service_port_never_drops_the_whole_port():
               for i, s in enumerate(spoofed(300))]
     sig = derive(TrafficClass.UDP, features((frames, 500)), features((game_legit_frames(), 200)), share=0.9)
     assert sig.kind == "rate_limit"
-    assert sig.rule.action == RuleAction.RATE_LIMIT
+    assert sig.rule.action == RuleAction.RATE_LIMIT and sig.rule.dport == Range(28960, 28960)
+    assert sig.rule.length is None and sig.rule.payload is None
 
 
 def test_too_few_samples_fall_back_to_a_rate_limit():
