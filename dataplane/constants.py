@@ -71,7 +71,8 @@ MAX_ACL_PREFIXES = 16384       # allow+deny keys per family, per slot
 ACL_ENTRIES_PER_PREFIX = 8     # port/proto entries sharing one source prefix (after expansion)
 MAX_RULES = 4096               # dynamic rules installed at once
 RULES_PER_TARGET = 8           # rules attached to one destination (or tenant-wide)
-MAX_ADDRESSES = 262144         # per-address cache and counters (LRU)
+ADDRESS_CACHE_BITS = 16        # per-CPU direct-mapped address cache: 2**16 slots per CPU
+MAX_ADDRESSES = 262144         # addresses whose counters outlive their cache slot (LRU spill map)
 PAYLOAD_MATCH_BYTES = 8        # leading payload bytes a rule can match
 SAMPLE_BYTES = 128             # bytes of each sampled packet copied to user space
 RINGBUF_PAGES = 256            # sample ring buffer size, in 4 KiB pages (1 MiB)
@@ -91,7 +92,7 @@ def cflags() -> list[str]:
         flags += [f"-D{prefix}_{member.name}={int(member)}" for member in enum_type]
         flags.append(f"-D{prefix}__COUNT={len(enum_type)}")
     for name in ("MAX_TENANTS", "MAX_PREFIXES", "MAX_ACL_PREFIXES", "ACL_ENTRIES_PER_PREFIX",
-                 "MAX_RULES", "RULES_PER_TARGET", "MAX_ADDRESSES", "PAYLOAD_MATCH_BYTES",
+                 "MAX_RULES", "RULES_PER_TARGET", "MAX_ADDRESSES", "ADDRESS_CACHE_BITS", "PAYLOAD_MATCH_BYTES",
                  "SAMPLE_BYTES", "RINGBUF_PAGES", "MAX_VLAN_DEPTH", "MAX_IPV6_EXT_HEADERS",
                  "NO_TENANT", "TENANT_SET_SLOTS"):
         flags.append(f"-DSW_{name}={globals()[name]}U")

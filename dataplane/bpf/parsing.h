@@ -43,8 +43,11 @@ enum sw_fragment {
 };
 
 struct sw_packet {
-    __u8 src[16];          /* IPv4 as ::ffff:a.b.c.d */
-    __u8 dst[16];
+    /* Addresses as two 64-bit words (IPv4 as ::ffff:a.b.c.d), written and
+     * read at the same width: byte stores followed by wide loads would stall
+     * store forwarding on every packet. */
+    __u64 src[2];
+    __u64 dst[2];
     __u16 payload_offset;  /* bytes from the frame start to the L4 payload (valid when l4_ok) */
     __u32 ip_length;       /* IPv4 total length / IPv6 payload length + 40, bytes */
     __u16 sport;           /* host byte order, when l4_ok and TCP/UDP */
@@ -59,12 +62,11 @@ struct sw_packet {
     __u8 invalid;          /* 0, or SW_DROP_REASON_BAD_LENGTH / _MALFORMED for header problems */
 };
 
-static __always_inline void sw_map_v4(__u8 *out, const __u8 *v4)
+static __always_inline void sw_map_v4(__u64 *out, __be32 v4)
 {
-    __builtin_memset(out, 0, 10);
-    out[10] = 0xff;
-    out[11] = 0xff;
-    __builtin_memcpy(out + 12, v4, 4);
+    out[0] = 0;
+    /* bytes 8..15 in memory: 00 00 ff ff a b c d */
+    out[1] = ((__u64)v4 << 32) | bpf_htonl(0x0000FFFF);
 }
 
 /* Ethernet plus up to SW_MAX_VLAN_DEPTH 802.1Q/802.1ad tags. Returns the
@@ -158,8 +160,8 @@ static __always_inline int sw_parse_ipv4(struct sw_packet *p, void *data, void *
     struct iphdr *ip = l3;
     if ((void *)(ip + 1) > data_end || ip->version != 4)
         return SW_PARSE_UNREADABLE;
-    sw_map_v4(p->src, (__u8 *)&ip->saddr);
-    sw_map_v4(p->dst, (__u8 *)&ip->daddr);
+    sw_map_v4(p->src, ip->saddr);
+    sw_map_v4(p->dst, ip->daddr);
     p->proto = ip->protocol;
     p->ttl = ip->ttl;
     p->ip_length = bpf_ntohs(ip->tot_len);

@@ -6,8 +6,9 @@
  * tenant by destination address and checked, in order, against the tenant's
  * allow list, deny list, invalid-packet filters and the dynamic rules of the
  * policy engine. Per-packet work is a fixed number of map lookups: the
- * per-address LRU caches the tenant and rule sets, so the common case never
- * walks a trie; caches refresh when sw_config.generation changes.
+ * per-CPU address cache holds the tenant and rule sets, so the common case never
+ * walks a trie or hashes into a map; cache slots refresh when
+ * sw_config.generation changes.
  *
  * All runtime data lives in maps; limits and enumerations arrive as -D flags
  * from dataplane/constants.py; layouts are in seawall.h.
@@ -49,8 +50,10 @@ SW_MAP("array", __u32, struct sw_policy, sw_policy, SW_MAX_TENANTS * SW_TENANT_S
 /* Allow and deny lists, per slot, kind and tenant, longest source-prefix match. */
 SW_MAP("lpm_trie", struct sw_acl4_key, struct sw_acl_value, sw_acl4, SW_MAX_ACL_PREFIXES * SW_TENANT_SET_SLOTS, SW_NO_PREALLOC);
 SW_MAP("lpm_trie", struct sw_acl6_key, struct sw_acl_value, sw_acl6, SW_MAX_ACL_PREFIXES * SW_TENANT_SET_SLOTS, SW_NO_PREALLOC);
-/* Per customer-side address: cached lookups and per-class counters, per CPU. */
-SW_MAP("lru_percpu_hash", struct sw_addr_key, struct sw_addr_state, sw_addr, SW_MAX_ADDRESSES, 0);
+/* Per customer-side address: a per-CPU direct-mapped cache of lookups and
+ * counters, and the LRU map that keeps the counters of evicted slots. */
+SW_MAP("percpu_array", __u32, struct sw_addr_entry, sw_addr_cache, 1U << SW_ADDRESS_CACHE_BITS, 0);
+SW_MAP("lru_percpu_hash", struct sw_addr_key, struct sw_addr_counters, sw_addr_spill, SW_MAX_ADDRESSES, 0);
 /* Per-tenant counters per CPU; the last entry counts traffic to no tenant. */
 SW_MAP("percpu_array", __u32, struct sw_tenant_stats, sw_tenant_stats, SW_MAX_TENANTS + 1, 0);
 /* Dynamic rules: (tenant, scope, address) -> rule set -> rules. */
@@ -59,73 +62,154 @@ SW_MAP("array", __u32, struct sw_rule_set, sw_rule_sets, SW_MAX_RULES, 0);
 SW_MAP("array", __u32, struct sw_rule, sw_rules, SW_MAX_RULES, 0);
 SW_MAP("percpu_array", __u32, struct sw_rule_stats, sw_rule_stats, SW_MAX_RULES, 0);
 SW_MAP("array", __u32, struct sw_rule_bucket, sw_rule_buckets, SW_MAX_RULES, 0);
-/* Countdown to the next sampled packet, per CPU (1 entry). */
-BPF_PERCPU_ARRAY(sw_sample_countdown, __u32, 1);
-/* Sampled packets for the policy engine (SW_RINGBUF_PAGES pages of 4 KiB). */
-BPF_RINGBUF_OUTPUT(sw_samples, SW_RINGBUF_PAGES);
-
+/* Programs reached by tail call: SW_PROG_REFRESH fills an address cache slot
+ * and tail-calls SW_PROG_MAIN again, which then hits the cache. */
+#define SW_PROG_MAIN 0
+#define SW_PROG_REFRESH 1
+BPF_PROG_ARRAY(sw_progs, 2);
+/* Per-CPU scratch memory for the parsed packet and its verdict. Parsing
+ * assigns constants on each path (protocol, class, fragment state, drop
+ * reason); kept on the stack, the verifier would prove the rest of the program
+ * once per combination of them and exceed its budget. Values read back from
+ * map memory are unknown to it, so every path joins into one state. */
 struct sw_verdict {
     __u8 drop;
     __u8 reason;
 };
 
-static __always_inline __u32 sw_lookup_tenant(struct sw_packet *p, const __u8 *addr, __u32 slot)
+struct sw_scratch {
+    struct sw_packet packet;
+    struct sw_verdict verdict;
+    __u16 pad;
+    __u32 direction;
+};
+BPF_PERCPU_ARRAY(sw_scratch, struct sw_scratch, 1);
+/* Countdown to the next sampled packet, per CPU (1 entry). */
+BPF_PERCPU_ARRAY(sw_sample_countdown, __u32, 1);
+/* Sampled packets for the policy engine (SW_RINGBUF_PAGES pages of 4 KiB). */
+BPF_RINGBUF_OUTPUT(sw_samples, SW_RINGBUF_PAGES);
+
+/* Stage markers for `seawall bench dataplane --stages`: compiled with
+ * -DSW_PROFILE_STOP=n, the program returns XDP_DROP at marker n, so the cost
+ * of each stage is the difference between consecutive builds. No-ops otherwise. */
+#ifdef SW_PROFILE_STOP
+#define SW_STAGE(n) do { if (SW_PROFILE_STOP == (n)) return XDP_DROP; } while (0)
+#else
+#define SW_STAGE(n) do { } while (0)
+#endif
+
+static __always_inline __u32 sw_lookup_tenant(__u32 is_v6, const __u64 *addr, __u32 slot)
 {
     struct sw_tenant_ref *ref;
-    if (p->is_v6) {
+    if (is_v6) {
         struct sw_prefix6_key k6 = {.prefixlen = 32 + 128, .slot = slot};
         __builtin_memcpy(k6.addr, addr, 16);
         ref = sw_prefix6.lookup(&k6);
     } else {
         struct sw_prefix4_key k4 = {.prefixlen = 32 + 32, .slot = slot};
-        __builtin_memcpy(k4.addr, addr + 12, 4);
+        __builtin_memcpy(k4.addr, (const __u8 *)addr + 12, 4);
         ref = sw_prefix4.lookup(&k4);
     }
     return ref ? ref->tenant_idx : SW_NO_TENANT;
 }
 
-static __always_inline __u32 sw_lookup_rule_set(__u32 tenant_idx, __u32 scope, const __u8 *addr)
+/* Appends the rules of one (tenant, scope, address) set to a cache slot. */
+static __always_inline void sw_merge_rule_set(struct sw_addr_entry *e, __u32 tenant_idx, __u32 scope,
+                                              const __u64 *addr)
 {
     struct sw_rule_set_key key = {.tenant_idx = tenant_idx, .scope = scope};
     if (scope == SW_SCOPE_ADDRESS)
         __builtin_memcpy(key.addr, addr, 16);
-    __u32 *set = sw_rule_set_index.lookup(&key);
-    return set ? *set : SW_NO_RULE_SET;
+    __u32 *set_id = sw_rule_set_index.lookup(&key);
+    if (!set_id)
+        return;
+    struct sw_rule_set *set = sw_rule_sets.lookup(set_id);
+    if (!set)
+        return;
+#pragma unroll
+    for (int i = 0; i < SW_RULES_PER_TARGET; i++) {
+        if (i >= set->count)
+            break;
+        __u32 n = e->rule_count;
+        if (n >= SW_RULES_PER_TARGET)
+            break;
+        e->rule_ids[n] = set->rule_ids[i];
+        e->rule_count = n + 1;
+    }
 }
 
-/* The state of a customer-side address, refreshed when the configuration
- * generation moved on. NULL when no tenant owns the address and it was never
- * cached: such traffic is not tracked per address. */
-static __always_inline struct sw_addr_state *sw_address(struct sw_packet *p, const __u8 *addr,
-                                                        struct sw_config *cfg)
+static __always_inline __u32 sw_addr_slot(const __u64 *addr)
 {
+    __u64 x = addr[0] ^ addr[1];
+    /* Fibonacci hashing: the top bits of a multiplicative hash spread both
+     * sequential IPv4 hosts and sparse IPv6 interface ids over the slots. */
+    return ((__u32)(x ^ (x >> 32)) * 0x9E3779B1U) >> (32 - SW_ADDRESS_CACHE_BITS);
+}
+
+static __always_inline int sw_addr_equal(const __u8 *stored, const __u64 *addr)
+{
+    __u64 a0, a1;
+    __builtin_memcpy(&a0, stored, 8);
+    __builtin_memcpy(&a1, stored + 8, 8);
+    return a0 == addr[0] && a1 == addr[1];
+}
+
+/* Moves the counters of a slot's previous address into the spill map. */
+static __always_inline void sw_addr_spill_counters(struct sw_addr_entry *e)
+{
+    struct sw_addr_counters *c = &e->counters;
+    if (e->tenant_idx == SW_NO_TENANT || (c->dropped_packets == 0 && c->outbound_packets == 0 &&
+        c->packets[0] + c->packets[1] + c->packets[2] + c->packets[3] + c->packets[4] + c->packets[5] == 0))
+        return;
     struct sw_addr_key key;
-    __builtin_memcpy(key.addr, addr, 16);
-    struct sw_addr_state *st = sw_addr.lookup(&key);
-    if (st && st->generation == cfg->generation)
-        return st;
-    __u32 tenant = sw_lookup_tenant(p, addr, cfg->active_slot);
-    __u32 address_set = SW_NO_RULE_SET, tenant_set = SW_NO_RULE_SET;
+    __builtin_memcpy(key.addr, e->addr, 16);
+    struct sw_addr_counters *spill = sw_addr_spill.lookup(&key);
+    if (!spill) {
+        sw_addr_spill.update(&key, c);
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < SW_CLASSES; i++) {
+        spill->packets[i] += c->packets[i];
+        spill->bytes[i] += c->bytes[i];
+    }
+    spill->dropped_packets += c->dropped_packets;
+    spill->outbound_packets += c->outbound_packets;
+    spill->outbound_bytes += c->outbound_bytes;
+}
+
+/* Fills or refreshes a cache slot: the only code that walks the prefix tries
+ * or hashes into the rule index. It runs in its own program, reached by tail
+ * call on a miss: inlined into the main program, its key set-up and register
+ * spills cost every packet about 10 ns even on the hit path. */
+static __always_inline void sw_address_refresh(struct sw_addr_entry *e, const __u64 *addr, __u32 is_v6,
+                                               struct sw_config *cfg)
+{
+    if (!sw_addr_equal(e->addr, addr)) {
+        if (e->generation)
+            sw_addr_spill_counters(e);
+        __builtin_memset(&e->counters, 0, sizeof(e->counters));
+        __builtin_memcpy(e->addr, addr, 16);
+    }
+    __u32 tenant = sw_lookup_tenant(is_v6, addr, cfg->active_slot);
+    e->tenant_idx = tenant;
+    e->rule_count = 0;
     if (tenant != SW_NO_TENANT) {
-        address_set = sw_lookup_rule_set(tenant, SW_SCOPE_ADDRESS, addr);
-        tenant_set = sw_lookup_rule_set(tenant, SW_SCOPE_TENANT, addr);
+        sw_merge_rule_set(e, tenant, SW_SCOPE_ADDRESS, addr);
+        sw_merge_rule_set(e, tenant, SW_SCOPE_TENANT, addr);
     }
-    if (st) {
-        st->tenant_idx = tenant;
-        st->address_rule_set = address_set;
-        st->tenant_rule_set = tenant_set;
-        st->generation = cfg->generation;
-        return st;
-    }
-    if (tenant == SW_NO_TENANT)
-        return 0;
-    struct sw_addr_state fresh = {};
-    fresh.tenant_idx = tenant;
-    fresh.generation = cfg->generation;
-    fresh.address_rule_set = address_set;
-    fresh.tenant_rule_set = tenant_set;
-    sw_addr.update(&key, &fresh);
-    return sw_addr.lookup(&key);
+    e->generation = cfg->generation;
+}
+
+/* The cache slot of a customer-side address when it is current, else NULL
+ * (the caller tail-calls the refresh program). A hit is two compares. */
+static __always_inline struct sw_addr_entry *sw_address(const __u64 *addr, struct sw_config *cfg)
+{
+    __u32 slot = sw_addr_slot(addr);
+    struct sw_addr_entry *e = sw_addr_cache.lookup(&slot);
+    if (e && sw_addr_equal(e->addr, addr) && e->generation == cfg->generation)
+        return e;
+    return 0;
 }
 
 static __always_inline int sw_ports_match(struct sw_packet *p, __u16 lo, __u16 hi, __u16 port)
@@ -145,7 +229,7 @@ static __always_inline int sw_acl_match(struct sw_packet *p, __u32 slot, __u32 k
         v = sw_acl6.lookup(&k6);
     } else {
         struct sw_acl4_key k4 = {.prefixlen = 96 + 32, .slot = slot, .kind = kind, .tenant_idx = tenant};
-        __builtin_memcpy(k4.src, p->src + 12, 4);
+        __builtin_memcpy(k4.src, (const __u8 *)p->src + 12, 4);
         v = sw_acl4.lookup(&k4);
     }
     if (!v)
@@ -168,12 +252,7 @@ static __always_inline int sw_invalid_reason(struct sw_packet *p)
 {
     if (p->invalid)
         return p->invalid;
-    __u64 s0, s1, d0, d1;
-    __builtin_memcpy(&s0, p->src, 8);
-    __builtin_memcpy(&s1, p->src + 8, 8);
-    __builtin_memcpy(&d0, p->dst, 8);
-    __builtin_memcpy(&d1, p->dst + 8, 8);
-    if (s0 == d0 && s1 == d1)
+    if (p->src[0] == p->dst[0] && p->src[1] == p->dst[1])
         return SW_DROP_REASON_LAND;
     if (p->l4_ok && p->proto == SW_IPPROTO_TCP && sw_bad_tcp_flags(p->tcp_flags))
         return SW_DROP_REASON_BAD_TCP_FLAGS;
@@ -241,20 +320,16 @@ static __always_inline int sw_rule_admit(__u32 id, struct sw_rule *r)
     return 1;
 }
 
-/* Walks one rule set; returns 1 when a rule decided (verdict filled in). */
-static __always_inline int sw_apply_rule_set(__u32 set_id, struct sw_packet *p, void *data, void *data_end,
-                                             __u32 wire_len, struct sw_verdict *v)
+/* Walks the rules cached for the destination; the first rule that drops or
+ * admits decides (count-only rules just count). */
+static __always_inline void sw_apply_rules(struct sw_addr_entry *e, struct sw_packet *p, void *data,
+                                           void *data_end, __u32 wire_len, struct sw_verdict *v)
 {
-    if (set_id == SW_NO_RULE_SET)
-        return 0;
-    struct sw_rule_set *set = sw_rule_sets.lookup(&set_id);
-    if (!set)
-        return 0;
 #pragma unroll
     for (int i = 0; i < SW_RULES_PER_TARGET; i++) {
-        if (i >= set->count)
+        if (i >= e->rule_count)
             break;
-        __u32 id = set->rule_ids[i];
+        __u32 id = e->rule_ids[i];
         struct sw_rule *r = sw_rules.lookup(&id);
         if (!r || !r->in_use || !sw_rule_matches(r, p, data, data_end))
             continue;
@@ -266,18 +341,17 @@ static __always_inline int sw_apply_rule_set(__u32 set_id, struct sw_packet *p, 
         if (r->action == SW_RULE_ACTION_COUNT)
             continue;
         if (r->action == SW_RULE_ACTION_RATE_LIMIT && sw_rule_admit(id, r))
-            return 1; /* within the rate: pass, no further rules */
+            return; /* within the rate: pass, no further rules */
         if (rs)
             rs->dropped_packets++;
         v->drop = 1;
         v->reason = r->action == SW_RULE_ACTION_RATE_LIMIT ? SW_DROP_REASON_RATE_LIMIT : SW_DROP_REASON_RULE;
-        return 1;
+        return;
     }
-    return 0;
 }
 
 static __always_inline void sw_sample(struct xdp_md *ctx, struct sw_config *cfg, __u32 tenant, __u32 dir,
-                                      struct sw_verdict *v, __u32 wire_len)
+                                      __u32 drop, __u32 reason, __u32 wire_len)
 {
     __u32 zero = 0;
     __u32 *countdown = sw_sample_countdown.lookup(&zero);
@@ -294,8 +368,8 @@ static __always_inline void sw_sample(struct xdp_md *ctx, struct sw_config *cfg,
     s->timestamp_ns = bpf_ktime_get_ns();
     s->tenant_idx = tenant;
     s->direction = dir;
-    s->dropped = v->drop;
-    s->reason = v->reason;
+    s->dropped = drop;
+    s->reason = reason;
     s->pad = 0;
     s->wire_length = wire_len;
     s->captured = 0;
@@ -322,6 +396,7 @@ int xdp_seawall(struct xdp_md *ctx)
     if (!cfg)
         return XDP_PASS;
 
+    SW_STAGE(1); /* configuration read */
     __u32 dir, egress;
     if (ctx->ingress_ifindex == cfg->external_ifindex) {
         dir = SW_DIRECTION_INBOUND;
@@ -333,47 +408,63 @@ int xdp_seawall(struct xdp_md *ctx)
         return XDP_PASS; /* not one of our two ports */
     }
 
-    struct sw_packet p = {};
-    if (sw_parse_frame(&p, data, data_end) != SW_PARSE_OK)
+    struct sw_scratch *scratch = sw_scratch.lookup(&zero);
+    if (!scratch)
+        return XDP_PASS;
+    struct sw_packet *p = &scratch->packet;
+    struct sw_verdict *v = &scratch->verdict;
+    __builtin_memset(p, 0, sizeof(*p));
+    *(__u16 *)v = 0;
+    scratch->direction = dir;
+    if (sw_parse_frame(p, data, data_end) != SW_PARSE_OK)
         return sw_ports.redirect_map(egress, XDP_PASS); /* ARP, ND over non-IP, LLDP, garbage: bridged */
 
+    SW_STAGE(2); /* parsed */
     __u32 wire_len = data_end - data;
-    struct sw_verdict v = {};
-    struct sw_addr_state *st = sw_address(&p, dir == SW_DIRECTION_INBOUND ? p.dst : p.src, cfg);
-    __u32 tenant = st ? st->tenant_idx : SW_NO_TENANT;
+    struct sw_addr_entry *st = sw_address(dir == SW_DIRECTION_INBOUND ? p->dst : p->src, cfg);
+    if (!st) {
+        sw_progs.call(ctx, SW_PROG_REFRESH);
+        /* Reached only if the tail call failed (tail-call depth exhausted by
+         * a configuration changing under every pass of this packet): bridge it. */
+        return sw_ports.redirect_map(egress, XDP_PASS);
+    }
+    __u32 tenant = st->tenant_idx;
     __u32 stats_idx = tenant < SW_MAX_TENANTS ? tenant : SW_MAX_TENANTS;
+    SW_STAGE(3); /* address cache */
 
     if (dir == SW_DIRECTION_INBOUND && tenant < SW_MAX_TENANTS) {
         __u32 policy_idx = cfg->active_slot * SW_MAX_TENANTS + tenant;
         struct sw_policy *pol = sw_policy.lookup(&policy_idx);
         if (pol && pol->in_use) {
             __u16 flags = pol->flags;
-            if ((flags & SW_POLICY_HAS_ALLOW) && sw_acl_match(&p, cfg->active_slot, SW_ACL_KIND_ALLOW, tenant))
+            if ((flags & SW_POLICY_HAS_ALLOW) && sw_acl_match(p, cfg->active_slot, SW_ACL_KIND_ALLOW, tenant))
                 goto verdict;
-            if ((flags & SW_POLICY_HAS_DENY) && sw_acl_match(&p, cfg->active_slot, SW_ACL_KIND_DENY, tenant)) {
-                v.drop = 1;
-                v.reason = SW_DROP_REASON_DENY_LIST;
+            if ((flags & SW_POLICY_HAS_DENY) && sw_acl_match(p, cfg->active_slot, SW_ACL_KIND_DENY, tenant)) {
+                v->drop = 1;
+                v->reason = SW_DROP_REASON_DENY_LIST;
                 goto verdict;
             }
             if (flags & SW_POLICY_INVALID_FILTERS) {
-                int reason = sw_invalid_reason(&p);
+                int reason = sw_invalid_reason(p);
                 if (reason) {
-                    v.drop = 1;
-                    v.reason = reason;
+                    v->drop = 1;
+                    v->reason = reason;
                     goto verdict;
                 }
             }
-            if (!sw_apply_rule_set(st->address_rule_set, &p, data, data_end, wire_len, &v))
-                sw_apply_rule_set(st->tenant_rule_set, &p, data, data_end, wire_len, &v);
+            if (st->rule_count)
+                sw_apply_rules(st, p, data, data_end, wire_len, v);
         verdict:
-            if (v.drop && pol->mode == SW_TENANT_MODE_MONITOR)
-                v.drop = 0; /* monitor mode: count what would be dropped, pass it */
+            if (v->drop && pol->mode == SW_TENANT_MODE_MONITOR)
+                v->drop = 0; /* monitor mode: count what would be dropped, pass it */
         }
     }
 
-    /* Indices live in registers the verifier can bound: clang would otherwise
-     * re-read the u8 fields after the range checks. */
-    __u64 cls = p.traffic_class, reason = v.reason, d = dir;
+    SW_STAGE(4); /* policy: lists, filters, rules */
+    /* 64-bit copies: clang would otherwise re-read and re-extend the narrow
+     * fields after the range checks below, and the verifier lose the bounds. */
+    __u64 cls = p->traffic_class, reason = v->reason, d = scratch->direction;
+    __u32 drop = v->drop;
     asm volatile("" : "+r"(cls), "+r"(reason), "+r"(d));
     struct sw_tenant_stats *ts = sw_tenant_stats.lookup(&stats_idx);
     if (ts && d < SW_DIRS && cls < SW_CLASSES && reason < SW_REASONS) {
@@ -382,7 +473,7 @@ int xdp_seawall(struct xdp_md *ctx)
         ds->class_bytes[cls] += wire_len;
         if (reason)
             ds->reason_packets[reason]++;
-        if (v.drop) {
+        if (drop) {
             ds->dropped_packets++;
             ds->dropped_bytes += wire_len;
         } else {
@@ -390,21 +481,45 @@ int xdp_seawall(struct xdp_md *ctx)
             ds->passed_bytes += wire_len;
         }
     }
-    if (st) {
-        if (dir == SW_DIRECTION_INBOUND && cls < SW_CLASSES) {
-            st->packets[cls]++;
-            st->bytes[cls] += wire_len;
-            if (v.drop)
-                st->dropped_packets++;
+    if (tenant != SW_NO_TENANT) {
+        struct sw_addr_counters *c = &st->counters;
+        if (d == SW_DIRECTION_INBOUND && cls < SW_CLASSES) {
+            c->packets[cls]++;
+            c->bytes[cls] += wire_len;
+            if (drop)
+                c->dropped_packets++;
         } else {
-            st->outbound_packets++;
-            st->outbound_bytes += wire_len;
+            c->outbound_packets++;
+            c->outbound_bytes += wire_len;
         }
     }
+    SW_STAGE(5); /* counters */
     if (cfg->sample_every)
-        sw_sample(ctx, cfg, tenant, dir, &v, wire_len);
+        sw_sample(ctx, cfg, tenant, dir, drop, reason, wire_len);
 
-    if (v.drop)
+    if (drop)
         return XDP_DROP;
     return sw_ports.redirect_map(egress, XDP_PASS);
+}
+
+/* Tail-called on an address cache miss: fills the slot, then runs the main
+ * program again from the start. */
+int xdp_seawall_refresh(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    __u32 zero = 0;
+    struct sw_config *cfg = sw_config.lookup(&zero);
+    if (!cfg)
+        return XDP_PASS;
+    struct sw_packet p = {};
+    if (sw_parse_frame(&p, data, data_end) != SW_PARSE_OK)
+        return XDP_PASS;
+    const __u64 *addr = ctx->ingress_ifindex == cfg->external_ifindex ? p.dst : p.src;
+    __u32 slot = sw_addr_slot(addr);
+    struct sw_addr_entry *e = sw_addr_cache.lookup(&slot);
+    if (e)
+        sw_address_refresh(e, addr, p.is_v6, cfg);
+    sw_progs.call(ctx, SW_PROG_MAIN);
+    return XDP_PASS; /* the main program is not installed: nothing sensible to do but pass */
 }

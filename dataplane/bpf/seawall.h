@@ -117,23 +117,32 @@ struct sw_acl_value {
     struct sw_acl_entry entries[SW_ACL_ENTRIES_PER_PREFIX];
 };
 
-/* Per customer-side address state, one copy per CPU (LRU). IPv4 addresses are
- * stored IPv4-mapped (::ffff:a.b.c.d). Inbound counters feed the per-server
- * baselines; the cached tenant and rule sets spare the hot path any trie walk. */
+/* Per customer-side address. IPv4 addresses are stored IPv4-mapped
+ * (::ffff:a.b.c.d). Inbound counters feed the per-server baselines. */
 struct sw_addr_key {
     __u8 addr[16];
 };
 
-struct sw_addr_state {
-    __u32 tenant_idx;          /* SW_NO_TENANT when no tenant owns it */
-    __u32 generation;          /* sw_config.generation the cached fields belong to */
-    __u32 address_rule_set;    /* rule set for this address, or SW_NO_RULE_SET */
-    __u32 tenant_rule_set;     /* tenant-wide rule set, or SW_NO_RULE_SET */
+struct sw_addr_counters {
     __u64 packets[SW_CLASSES]; /* inbound, passed + dropped */
     __u64 bytes[SW_CLASSES];
     __u64 dropped_packets;     /* inbound */
     __u64 outbound_packets;
     __u64 outbound_bytes;
+};
+
+/* One slot of the per-CPU direct-mapped address cache (2^SW_ADDRESS_CACHE_BITS
+ * slots, indexed by a multiplicative hash of the address). A hit costs no
+ * helper call at all: the verifier inlines per-CPU array lookups. A slot taken
+ * over by another address first spills its counters into the LRU map
+ * sw_addr_spill, so no count is lost; user space adds both. */
+struct sw_addr_entry {
+    __u8 addr[16];
+    __u32 tenant_idx;          /* SW_NO_TENANT when no tenant owns it */
+    __u32 generation;          /* sw_config.generation the cached fields belong to; 0 = empty slot */
+    __u32 rule_count;          /* rules that apply: the address's own, then the tenant-wide ones */
+    __u32 rule_ids[SW_RULES_PER_TARGET];
+    struct sw_addr_counters counters;
 };
 
 /* Counters of one direction of one tenant. (bcc describes nested arrays
@@ -153,7 +162,10 @@ struct sw_tenant_stats {
     struct sw_direction_stats dir[SW_DIRS];
 };
 
-/* Dynamic rules (installed by the policy engine). */
+/* Dynamic rules (installed by the policy engine). An address's own rules and
+ * its tenant's tenant-wide rules together never exceed SW_RULES_PER_TARGET: the
+ * refresh program merges both lists into the address cache slot, so a packet
+ * walks one short list and never the index. */
 struct sw_rule_set_key {
     __u32 tenant_idx;
     __u32 scope;           /* SW_SCOPE_* */

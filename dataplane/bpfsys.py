@@ -1,0 +1,161 @@
+"""The few bpf(2) commands bcc does not wrap the way Seawall needs them.
+
+BPF_PROG_TEST_RUN (verdicts and benchmarks), BPF_LINK_CREATE / BPF_LINK_UPDATE
+and BPF_OBJ_PIN / BPF_OBJ_GET (an XDP attachment that lives in bpffs and can be
+replaced atomically by a restarted control plane), and BPF_MAP_LOOKUP_BATCH
+(reading 100k counters in one pass). The attr layouts are the kernel's stable
+UAPI (include/uapi/linux/bpf.h).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+SYS_BPF = 321  # x86_64
+
+BPF_OBJ_PIN = 6
+BPF_OBJ_GET = 7
+BPF_PROG_TEST_RUN = 10
+BPF_MAP_LOOKUP_BATCH = 24
+BPF_LINK_CREATE = 28
+BPF_LINK_UPDATE = 29
+BPF_LINK_DETACH = 34
+
+BPF_XDP = 37  # enum bpf_attach_type
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
+
+XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = range(5)
+XDP_ACTION_NAMES = {XDP_ABORTED: "ABORTED", XDP_DROP: "DROP", XDP_PASS: "PASS", XDP_TX: "TX",
+                    XDP_REDIRECT: "REDIRECT"}
+
+
+class BpfError(OSError):
+    """A bpf(2) command failed; errno and the command name are kept."""
+
+
+def _bpf(cmd: int, attr: ctypes.Structure, what: str) -> int:
+    ret = _libc.syscall(SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise BpfError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+class _TestRunAttr(ctypes.Structure):
+    _fields_ = [("prog_fd", ctypes.c_uint32), ("retval", ctypes.c_uint32),
+                ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
+                ("data_in", ctypes.c_uint64), ("data_out", ctypes.c_uint64),
+                ("repeat", ctypes.c_uint32), ("duration", ctypes.c_uint32),
+                ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
+                ("ctx_in", ctypes.c_uint64), ("ctx_out", ctypes.c_uint64),
+                ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32),
+                ("batch_size", ctypes.c_uint32), ("_pad", ctypes.c_uint32)]
+
+
+def prog_test_run(prog_fd: int, frame: bytes, repeat: int = 1) -> tuple[int, int, bytes]:
+    """Run an XDP program on `frame`; returns (action, mean ns per run, frame out)."""
+    data_in = ctypes.create_string_buffer(frame, len(frame))
+    out_size = len(frame) + 256
+    data_out = ctypes.create_string_buffer(out_size)
+    attr = _TestRunAttr(prog_fd=prog_fd, data_size_in=len(frame), data_in=ctypes.addressof(data_in),
+                        data_size_out=out_size, data_out=ctypes.addressof(data_out), repeat=repeat)
+    _bpf(BPF_PROG_TEST_RUN, attr, "BPF_PROG_TEST_RUN")
+    return attr.retval, attr.duration, data_out.raw[: attr.data_size_out]
+
+
+class _LinkCreateAttr(ctypes.Structure):
+    _fields_ = [("prog_fd", ctypes.c_uint32), ("target_ifindex", ctypes.c_uint32),
+                ("attach_type", ctypes.c_uint32), ("flags", ctypes.c_uint32),
+                ("_rest", ctypes.c_uint64 * 4)]
+
+
+class _LinkUpdateAttr(ctypes.Structure):
+    _fields_ = [("link_fd", ctypes.c_uint32), ("new_prog_fd", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32), ("old_prog_fd", ctypes.c_uint32)]
+
+
+class _LinkDetachAttr(ctypes.Structure):
+    _fields_ = [("link_fd", ctypes.c_uint32)]
+
+
+class _ObjAttr(ctypes.Structure):
+    _fields_ = [("pathname", ctypes.c_uint64), ("bpf_fd", ctypes.c_uint32),
+                ("file_flags", ctypes.c_uint32), ("path_fd", ctypes.c_int32), ("_pad", ctypes.c_uint32)]
+
+
+def xdp_link_create(prog_fd: int, ifindex: int, flags: int) -> int:
+    """Attach an XDP program to an interface through a bpf_link; returns the link fd."""
+    attr = _LinkCreateAttr(prog_fd=prog_fd, target_ifindex=ifindex, attach_type=BPF_XDP, flags=flags)
+    return _bpf(BPF_LINK_CREATE, attr, f"BPF_LINK_CREATE(ifindex {ifindex})")
+
+
+def link_update(link_fd: int, new_prog_fd: int) -> None:
+    """Atomically replace the program behind a link: no packet sees no program."""
+    _bpf(BPF_LINK_UPDATE, _LinkUpdateAttr(link_fd=link_fd, new_prog_fd=new_prog_fd), "BPF_LINK_UPDATE")
+
+
+def link_detach(link_fd: int) -> None:
+    _bpf(BPF_LINK_DETACH, _LinkDetachAttr(link_fd=link_fd), "BPF_LINK_DETACH")
+
+
+def obj_pin(fd: int, path: str) -> None:
+    raw = ctypes.create_string_buffer(path.encode())
+    _bpf(BPF_OBJ_PIN, _ObjAttr(pathname=ctypes.addressof(raw), bpf_fd=fd), f"BPF_OBJ_PIN {path}")
+
+
+def obj_get(path: str) -> int:
+    raw = ctypes.create_string_buffer(path.encode())
+    return _bpf(BPF_OBJ_GET, _ObjAttr(pathname=ctypes.addressof(raw)), f"BPF_OBJ_GET {path}")
+
+
+class _BatchAttr(ctypes.Structure):
+    _fields_ = [("in_batch", ctypes.c_uint64), ("out_batch", ctypes.c_uint64),
+                ("keys", ctypes.c_uint64), ("values", ctypes.c_uint64),
+                ("count", ctypes.c_uint32), ("map_fd", ctypes.c_uint32),
+                ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+def map_lookup_batch(map_fd: int, key_size: int, value_size: int, max_entries: int,
+                     chunk: int = 8192) -> tuple[bytes, bytes, int]:
+    """Read every element of a hash or array map with BPF_MAP_LOOKUP_BATCH.
+
+    `value_size` is the size user space sees per element (for per-CPU maps:
+    round_up(value, 8) * possible CPUs). Returns (keys, values, count) as flat
+    byte strings. A hash bucket larger than the chunk answers ENOSPC: the chunk
+    then doubles and the read goes on from the same cursor.
+    """
+    keys = bytearray()
+    values = bytearray()
+    total = 0
+    cursor_in = ctypes.create_string_buffer(max(key_size, 8))
+    cursor_out = ctypes.create_string_buffer(max(key_size, 8))
+    first = True
+    while True:
+        n = min(chunk, max(max_entries - total, 1))
+        kbuf = ctypes.create_string_buffer(n * key_size)
+        vbuf = ctypes.create_string_buffer(n * value_size)
+        attr = _BatchAttr(in_batch=0 if first else ctypes.addressof(cursor_in),
+                          out_batch=ctypes.addressof(cursor_out), keys=ctypes.addressof(kbuf),
+                          values=ctypes.addressof(vbuf), count=n, map_fd=map_fd)
+        ret = _libc.syscall(SYS_BPF, BPF_MAP_LOOKUP_BATCH, ctypes.byref(attr), ctypes.sizeof(attr))
+        err = ctypes.get_errno() if ret < 0 else 0
+        if ret < 0 and err == errno.ENOSPC and attr.count == 0:
+            chunk *= 2
+            continue
+        if ret < 0 and err != errno.ENOENT:
+            raise BpfError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
+        got = attr.count
+        keys += kbuf.raw[: got * key_size]
+        values += vbuf.raw[: got * value_size]
+        total += got
+        if ret < 0:  # ENOENT: the walk is complete
+            return bytes(keys), bytes(values), total
+        ctypes.memmove(cursor_in, cursor_out, len(cursor_out))
+        first = False

@@ -1,0 +1,748 @@
+"""`Dataplane`: the one adapter between Seawall and the kernel.
+
+It compiles the XDP program with bcc, attaches it to the two NICs through
+pinned bpf_links, and owns every map read and write: tenant sets (applied
+atomically through a double-buffered slot), dynamic rules, counters (read in
+batch), and packet samples. Key and leaf types come from the compiled program
+(bcc's `table.Key` / `table.Leaf`), never from hand-written copies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import ipaddress
+import os
+import pathlib
+import re
+import socket
+import subprocess
+import time
+from collections import deque
+from collections.abc import Iterable
+
+import numpy as np
+import structlog
+
+from dataplane import bpfsys, constants
+from dataplane.api import (
+    DestinationCounters,
+    IPAddress,
+    Range,
+    Rule,
+    RuleCounters,
+    Sample,
+    TenantCounters,
+)
+from dataplane.constants import (
+    MAX_RULES,
+    MAX_TENANTS,
+    NO_TENANT,
+    PAYLOAD_MATCH_BYTES,
+    RULES_PER_TARGET,
+    TENANT_SET_SLOTS,
+    AclKind,
+    Direction,
+    DropReason,
+    RuleAction,
+    TenantMode,
+    TrafficClass,
+)
+
+log = structlog.get_logger("seawall.dataplane")
+
+BPF_DIR = pathlib.Path(__file__).parent / "bpf"
+PROGRAM_FILE = BPF_DIR / "seawall.c"
+PROGRAM_NAME = "xdp_seawall"
+REFRESH_PROGRAM_NAME = "xdp_seawall_refresh"
+PROG_MAIN, PROG_REFRESH = 0, 1  # sw_progs slots (seawall.c)
+
+# Flags of struct sw_policy and struct sw_rule (seawall.h).
+POLICY_INVALID_FILTERS = 1 << 0
+POLICY_HAS_ALLOW = 1 << 1
+POLICY_HAS_DENY = 1 << 2
+POLICY_SYN_PROTECTION = 1 << 3
+POLICY_REFLECTION_ALWAYS = 1 << 4
+POLICY_REFLECTION_AUTO = 1 << 5
+MATCH_PROTO, MATCH_SPORT, MATCH_DPORT, MATCH_LENGTH = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+MATCH_TTL, MATCH_TCP_FLAGS, MATCH_PAYLOAD = 1 << 4, 1 << 5, 1 << 6
+MATCH_FRAGMENT, MATCH_NOT_FRAGMENT = 1 << 7, 1 << 8
+SCOPE_ADDRESS, SCOPE_TENANT = 0, 1
+NO_RULE_SET = 0xFFFFFFFF
+PORT_EXTERNAL, PORT_INTERNAL = 0, 1
+UNPROTECTED = MAX_TENANTS  # stats index of traffic to no tenant
+
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./-]+$")
+
+
+class DataplaneError(RuntimeError):
+    """The kernel refused something: compile, load, attach, or a map update."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Attachment:
+    interface: str
+    ifindex: int
+    mode: str          # "native" or "generic"
+    pinned_link: str   # bpffs path, "" when not pinned
+
+
+def _v4mapped(address: IPAddress) -> bytes:
+    if address.version == 4:
+        return b"\0" * 10 + b"\xff\xff" + address.packed
+    return address.packed
+
+
+def _address_from_key(raw: bytes) -> IPAddress:
+    if raw[:12] == b"\0" * 10 + b"\xff\xff":
+        return ipaddress.IPv4Address(raw[12:16])
+    return ipaddress.IPv6Address(raw)
+
+
+class Dataplane:
+    """The XDP program and its maps.
+
+    `pin_dir`: a bpffs directory where maps and links persist across restarts
+    of the control plane (None for tests and benchmarks: nothing outlives the
+    object). `sample_every`: one packet in N per CPU goes to the sample ring
+    (0 = off). `max_addresses`: size of the per-address LRU.
+    """
+
+    def __init__(self, pin_dir: str | os.PathLike | None = None, *, sample_every: int = 0,
+                 max_addresses: int = constants.MAX_ADDRESSES) -> None:
+        from bcc import BPF  # noqa: PLC0415 - only the kernel adapter imports bcc
+
+        self._bpf_cls = BPF
+        self.pin_dir = str(pin_dir) if pin_dir is not None else None
+        cflags = [*constants.cflags(), f"-I{BPF_DIR}"]
+        if max_addresses != constants.MAX_ADDRESSES:
+            if not 1024 <= max_addresses <= 16 * 1024 * 1024:
+                raise DataplaneError(f"max_addresses {max_addresses} is outside 1024..16777216")
+            cflags = [f for f in cflags if not f.startswith("-DSW_MAX_ADDRESSES=")]
+            cflags.append(f"-DSW_MAX_ADDRESSES={int(max_addresses)}U")
+        if self.pin_dir is not None:
+            if not _SAFE_PATH.match(self.pin_dir):
+                raise DataplaneError(f"pin directory {self.pin_dir!r} must be an absolute path of plain characters")
+            _ensure_bpffs_dir(self.pin_dir)
+            cflags.append(f'-DSW_PIN_DIR="{self.pin_dir}"')
+        self.max_addresses = max_addresses
+        try:
+            self.bpf = BPF(src_file=str(PROGRAM_FILE).encode(), cflags=cflags)
+            self.fn = self.bpf.load_func(PROGRAM_NAME.encode(), BPF.XDP)
+            self._refresh_fn = self.bpf.load_func(REFRESH_PROGRAM_NAME.encode(), BPF.XDP)
+            progs = self.bpf[b"sw_progs"]
+            progs[ctypes.c_int(PROG_MAIN)] = ctypes.c_int(self.fn.fd)
+            progs[ctypes.c_int(PROG_REFRESH)] = ctypes.c_int(self._refresh_fn.fd)
+        except Exception as exc:  # bcc raises bare Exception on compile/load failures
+            hint = ""
+            if self.pin_dir and "pin" in str(exc).lower():
+                hint = f" (pinned maps under {self.pin_dir} may be from another version: `seawall detach --purge`)"
+            raise DataplaneError(f"cannot load the XDP program: {exc}{hint}") from exc
+        from bcc.utils import get_possible_cpus  # noqa: PLC0415
+
+        self.ncpus = len(get_possible_cpus())
+        self._maps = {name: self.bpf[name.encode()] for name in (
+            "sw_config", "sw_ports", "sw_prefix4", "sw_prefix6", "sw_policy", "sw_acl4", "sw_acl6",
+            "sw_addr_cache", "sw_addr_spill", "sw_tenant_stats", "sw_rule_set_index", "sw_rule_sets", "sw_rules",
+            "sw_rule_stats", "sw_rule_buckets")}
+        self._attachments: list[Attachment] = []
+        self._samples: deque[Sample] = deque(maxlen=65536)
+        self._ring_open = False
+        self._rules: dict[int, Rule] = {}
+        self._next_set_id = 0
+        self._recover_rules()
+        cfg = self._config()
+        if cfg.generation == 0:  # a fresh (unpinned or first) program: start generations at 1
+            cfg.generation = 1
+        cfg.sample_every = sample_every
+        self._write_config(cfg)
+
+    # -- configuration -----------------------------------------------------
+
+    def _config(self):
+        table = self._maps["sw_config"]
+        return table[table.Key(0)]
+
+    def _write_config(self, cfg) -> None:
+        table = self._maps["sw_config"]
+        table[table.Key(0)] = cfg
+
+    def _bump_generation(self) -> None:
+        cfg = self._config()
+        cfg.generation = (cfg.generation + 1) & 0xFFFFFFFF or 1
+        self._write_config(cfg)
+
+    def set_sample_every(self, every: int) -> None:
+        cfg = self._config()
+        cfg.sample_every = max(0, int(every))
+        self._write_config(cfg)
+
+    def set_ports(self, external_ifindex: int, internal_ifindex: int) -> None:
+        """Tell the program which ifindex is which NIC, and where frames leave."""
+        ports = self._maps["sw_ports"]
+        ports[ports.Key(PORT_EXTERNAL)] = ports.Leaf(external_ifindex)
+        ports[ports.Key(PORT_INTERNAL)] = ports.Leaf(internal_ifindex)
+        cfg = self._config()
+        cfg.external_ifindex = external_ifindex
+        cfg.internal_ifindex = internal_ifindex
+        self._write_config(cfg)
+
+    # -- attach / detach ----------------------------------------------------
+
+    def attach(self, external: str, internal: str, mode: str = "auto") -> list[Attachment]:
+        """Bridge `external` and `internal` through the program.
+
+        mode "auto" tries native XDP and falls back to generic (logged);
+        "native" and "generic" insist. With a pin directory, an existing pinned
+        link is updated in place (atomic program replacement: a restart drops
+        no packet) and a new link is pinned so the bridge outlives the process.
+        """
+        if mode not in ("auto", "native", "generic"):
+            raise DataplaneError(f"attach mode {mode!r} is not auto, native or generic")
+        if external == internal:
+            raise DataplaneError("external and internal must be two different interfaces")
+        ext_idx, int_idx = _ifindex(external), _ifindex(internal)
+        self.set_ports(ext_idx, int_idx)
+        self._attachments = [self._attach_one(name, idx, mode) for name, idx in
+                             ((external, ext_idx), (internal, int_idx))]
+        return list(self._attachments)
+
+    def _attach_one(self, name: str, ifindex: int, mode: str) -> Attachment:
+        pin = f"{self.pin_dir}/link_{name}" if self.pin_dir else ""
+        if pin and os.path.exists(pin):
+            link_fd = bpfsys.obj_get(pin)
+            try:
+                bpfsys.link_update(link_fd, self.fn.fd)
+            finally:
+                os.close(link_fd)
+            attached_mode = _read_mode_file(pin) or "native"
+            log.info("dataplane.attach", interface=name, mode=attached_mode, how="replaced pinned link")
+            return Attachment(name, ifindex, attached_mode, pin)
+        tries = {"auto": ("native", "generic"), "native": ("native",), "generic": ("generic",)}[mode]
+        last_error: Exception | None = None
+        for attempt in tries:
+            flags = bpfsys.XDP_FLAGS_DRV_MODE if attempt == "native" else bpfsys.XDP_FLAGS_SKB_MODE
+            try:
+                link_fd = bpfsys.xdp_link_create(self.fn.fd, ifindex, flags)
+            except OSError as exc:
+                last_error = exc
+                if attempt == "native" and mode == "auto":
+                    log.warning("dataplane.native_xdp_unavailable", interface=name, error=str(exc),
+                                fallback="generic")
+                continue
+            if pin:
+                bpfsys.obj_pin(link_fd, pin)
+                _write_mode_file(pin, attempt)
+                os.close(link_fd)
+            else:
+                self._link_fds = getattr(self, "_link_fds", []) + [link_fd]
+            log.info("dataplane.attach", interface=name, mode=attempt, pinned=bool(pin))
+            return Attachment(name, ifindex, attempt, pin)
+        raise DataplaneError(f"cannot attach XDP to {name}: {last_error}")
+
+    def detach(self) -> None:
+        """Remove the program from both NICs (unpin and close the links)."""
+        for fd in getattr(self, "_link_fds", []):
+            try:
+                bpfsys.link_detach(fd)
+            except OSError:
+                pass
+            os.close(fd)
+        self._link_fds = []
+        for att in self._attachments:
+            if att.pinned_link:
+                remove_pinned_link(att.pinned_link)
+        self._attachments = []
+
+    @property
+    def attachments(self) -> list[Attachment]:
+        return list(self._attachments)
+
+    def close(self) -> None:
+        """Release this process's handles. Pinned links and maps stay: the bridge keeps running."""
+        for fd in getattr(self, "_link_fds", []):
+            try:
+                bpfsys.link_detach(fd)
+            except OSError:
+                pass
+            os.close(fd)
+        self._link_fds = []
+        self.bpf.cleanup()
+
+    # -- tenants --------------------------------------------------------------
+
+    def apply_tenants(self, tables, reset_stats: Iterable[int] = ()) -> None:
+        """Load a compiled tenant set (tenants.compile.CompiledTables) atomically.
+
+        The set is written into the inactive slot, then one write of sw_config
+        flips the active slot and bumps the generation: every packet sees either
+        the old set or the new one, never a mixture. The old slot is cleared at
+        the next apply. `reset_stats`: tenant indices newly (re)assigned, whose
+        counters start from zero.
+        """
+        cfg = self._config()
+        target = 1 - cfg.active_slot
+        self._clear_slot(target)
+        p4, p6 = self._maps["sw_prefix4"], self._maps["sw_prefix6"]
+        try:
+            for network, idx in tables.prefixes:
+                trie = p4 if network.version == 4 else p6
+                key = trie.Key()
+                key.prefixlen = 32 + network.prefixlen
+                key.slot = target
+                _fill(key.addr, network.network_address.packed)
+                trie[key] = trie.Leaf(idx)
+            policy_map = self._maps["sw_policy"]
+            for idx, pol in tables.policies.items():
+                leaf = policy_map.Leaf()
+                leaf.in_use = 1
+                leaf.mode = int(pol.mode)
+                flags = 0
+                if pol.invalid_filters:
+                    flags |= POLICY_INVALID_FILTERS
+                if pol.has_allow:
+                    flags |= POLICY_HAS_ALLOW
+                if pol.has_deny:
+                    flags |= POLICY_HAS_DENY
+                if pol.syn_protection:
+                    flags |= POLICY_SYN_PROTECTION
+                reflection = int(pol.reflection)
+                if reflection == 2:
+                    flags |= POLICY_REFLECTION_ALWAYS
+                elif reflection == 1:
+                    flags |= POLICY_REFLECTION_AUTO
+                leaf.flags = flags
+                leaf.syn_rate_pps = pol.syn_rate_pps
+                leaf.udp_rate_pps = pol.udp_rate_pps
+                leaf.icmp_rate_pps = pol.icmp_rate_pps
+                leaf.fragment_rate_pps = pol.fragment_rate_pps
+                policy_map[policy_map.Key(target * MAX_TENANTS + idx)] = leaf
+            a4, a6 = self._maps["sw_acl4"], self._maps["sw_acl6"]
+            for acl in tables.acl:
+                trie = a4 if acl.src.version == 4 else a6
+                key = trie.Key()
+                key.prefixlen = 96 + acl.src.prefixlen
+                key.slot = target
+                key.kind = int(acl.kind)
+                key.tenant_idx = acl.tenant_idx
+                _fill(key.src, acl.src.network_address.packed)
+                leaf = trie.Leaf()
+                leaf.count = len(acl.entries)
+                for i, (proto, slo, shi, dlo, dhi) in enumerate(acl.entries):
+                    e = leaf.entries[i]
+                    e.proto, e.sport_lo, e.sport_hi, e.dport_lo, e.dport_hi = proto, slo, shi, dlo, dhi
+                trie[key] = leaf
+        except Exception as exc:
+            self._clear_slot(target)  # the running set stays untouched
+            raise DataplaneError(f"cannot load the tenant set into the dataplane: {exc}") from exc
+        stats = self._maps["sw_tenant_stats"]
+        for idx in reset_stats:
+            stats[stats.Key(idx)] = stats.Leaf()
+        cfg.active_slot = target
+        cfg.generation = (cfg.generation + 1) & 0xFFFFFFFF or 1
+        self._write_config(cfg)
+        log.info("dataplane.tenants_applied", slot=target, tenants=len(tables.policies),
+                 prefixes=len(tables.prefixes), acl_keys=len(tables.acl))
+
+    def _clear_slot(self, slot: int) -> None:
+        for name in ("sw_prefix4", "sw_prefix6", "sw_acl4", "sw_acl6"):
+            trie = self._maps[name]
+            stale = [k for k in trie.keys() if k.slot == slot]
+            for k in stale:
+                del trie[k]
+        policy_map = self._maps["sw_policy"]
+        base = slot * MAX_TENANTS
+        _, values, count = self._batch("sw_policy")
+        in_use = np.frombuffer(values, dtype=np.uint8).reshape(count, -1)[:, 0]
+        for i in np.nonzero(in_use[base:base + MAX_TENANTS])[0]:
+            policy_map[policy_map.Key(base + int(i))] = policy_map.Leaf()
+
+    @property
+    def active_slot(self) -> int:
+        return int(self._config().active_slot)
+
+    @property
+    def generation(self) -> int:
+        return int(self._config().generation)
+
+    # -- rules ---------------------------------------------------------------
+
+    def add_rule(self, rule: Rule) -> int:
+        """Install a rule; returns its id. DataplaneError when the target is full."""
+        used = set(self._rules)
+        free = next((i for i in range(MAX_RULES) if i not in used), None)
+        if free is None:
+            raise DataplaneError(f"all {MAX_RULES} rule slots are in use")
+        rules = self._maps["sw_rules"]
+        rules[rules.Key(free)] = self._encode_rule(rule)
+        stats = self._maps["sw_rule_stats"]
+        stats[stats.Key(free)] = stats.Leaf()
+        buckets = self._maps["sw_rule_buckets"]
+        bucket = buckets.Leaf()
+        bucket.last_ns = time.monotonic_ns()
+        bucket.tokens = rule.rate_pps // 10 + 1
+        buckets[buckets.Key(free)] = bucket
+        key = self._set_key(rule)
+        current = self._rule_set_ids(key)
+        if len(current) >= RULES_PER_TARGET:
+            rules[rules.Key(free)] = rules.Leaf()
+            raise DataplaneError(f"{rule.dst or 'tenant ' + str(rule.tenant_idx)} already has "
+                                 f"{RULES_PER_TARGET} rules")
+        self._rules[free] = rule
+        self._write_rule_set(key, [*current, free])
+        return free
+
+    def remove_rule(self, rule_id: int) -> None:
+        rule = self._rules.pop(rule_id, None)
+        if rule is None:
+            raise KeyError(f"no rule {rule_id}")
+        key = self._set_key(rule)
+        self._write_rule_set(key, [i for i in self._rule_set_ids(key) if i != rule_id])
+        rules = self._maps["sw_rules"]
+        rules[rules.Key(rule_id)] = rules.Leaf()
+
+    def installed_rules(self) -> dict[int, Rule]:
+        return dict(self._rules)
+
+    def read_rule_counters(self) -> dict[int, RuleCounters]:
+        if not self._rules:
+            return {}
+        stats = self._maps["sw_rule_stats"]
+        out = {}
+        for rid in self._rules:
+            per_cpu = stats[stats.Key(rid)]
+            out[rid] = RuleCounters(matched_packets=sum(v.matched_packets for v in per_cpu),
+                                    matched_bytes=sum(v.matched_bytes for v in per_cpu),
+                                    dropped_packets=sum(v.dropped_packets for v in per_cpu))
+        return out
+
+    def _set_key(self, rule: Rule):
+        index = self._maps["sw_rule_set_index"]
+        key = index.Key()
+        key.tenant_idx = rule.tenant_idx
+        if rule.dst is None:
+            key.scope = SCOPE_TENANT
+        else:
+            key.scope = SCOPE_ADDRESS
+            _fill(key.addr, _v4mapped(rule.dst))
+        return key
+
+    def _rule_set_ids(self, key) -> list[int]:
+        index = self._maps["sw_rule_set_index"]
+        set_id = index.get(key)
+        if set_id is None:
+            return []
+        rule_set = self._maps["sw_rule_sets"][ctypes.c_uint32(set_id.value)]
+        return [int(rule_set.rule_ids[i]) for i in range(rule_set.count)]
+
+    def _write_rule_set(self, key, ids: list[int]) -> None:
+        """Publish a rule list as a fresh set, then repoint the index: readers never see a torn set."""
+        index = self._maps["sw_rule_set_index"]
+        sets = self._maps["sw_rule_sets"]
+        if ids:
+            set_id = self._next_set_id
+            self._next_set_id = (self._next_set_id + 1) % MAX_RULES  # round robin: a freed set rests long
+            leaf = sets.Leaf()
+            leaf.count = len(ids)
+            for i, rid in enumerate(ids):
+                leaf.rule_ids[i] = rid
+            sets[sets.Key(set_id)] = leaf
+            index[key] = index.Leaf(set_id)
+        else:
+            try:
+                del index[key]
+            except KeyError:
+                pass
+        self._bump_generation()
+
+    def _encode_rule(self, rule: Rule):
+        rules = self._maps["sw_rules"]
+        r = rules.Leaf()
+        r.in_use = 1
+        r.action = int(rule.action)
+        match = 0
+        if rule.proto is not None:
+            match |= MATCH_PROTO
+            r.proto = rule.proto
+        if rule.sport is not None:
+            match |= MATCH_SPORT
+            r.sport_lo, r.sport_hi = rule.sport.lo, rule.sport.hi
+        if rule.dport is not None:
+            match |= MATCH_DPORT
+            r.dport_lo, r.dport_hi = rule.dport.lo, rule.dport.hi
+        if rule.length is not None:
+            match |= MATCH_LENGTH
+            r.length_lo, r.length_hi = rule.length.lo, min(rule.length.hi, 0xFFFF)
+        if rule.ttl is not None:
+            match |= MATCH_TTL
+            r.ttl_lo, r.ttl_hi = rule.ttl.lo, min(rule.ttl.hi, 255)
+        if rule.tcp_flags is not None:
+            match |= MATCH_TCP_FLAGS
+            r.tcp_flags_mask, r.tcp_flags_value = rule.tcp_flags[0], rule.tcp_flags[0] & rule.tcp_flags[1]
+        if rule.payload:
+            if len(rule.payload) > PAYLOAD_MATCH_BYTES:
+                raise DataplaneError(f"payload match is limited to {PAYLOAD_MATCH_BYTES} bytes")
+            mask = rule.payload_mask or b"\xff" * len(rule.payload)
+            if len(mask) != len(rule.payload):
+                raise DataplaneError("payload_mask must be as long as payload")
+            match |= MATCH_PAYLOAD
+            padded_mask = mask.ljust(PAYLOAD_MATCH_BYTES, b"\0")
+            padded = bytes(a & b for a, b in zip(rule.payload.ljust(PAYLOAD_MATCH_BYTES, b"\0"), padded_mask,
+                                                 strict=True))
+            _fill(r.payload, padded)
+            _fill(r.payload_mask, padded_mask)
+        if rule.fragments is True:
+            match |= MATCH_FRAGMENT
+        elif rule.fragments is False:
+            match |= MATCH_NOT_FRAGMENT
+        r.match = match
+        r.rate_pps = rule.rate_pps
+        return r
+
+    def _recover_rules(self) -> None:
+        """Rebuild the rule list from pinned maps after a restart."""
+        index = self._maps["sw_rule_set_index"]
+        sets = self._maps["sw_rule_sets"]
+        rules = self._maps["sw_rules"]
+        max_set = -1
+        for key, set_id in index.items():
+            max_set = max(max_set, set_id.value)
+            rule_set = sets[ctypes.c_uint32(set_id.value)]
+            dst = None if key.scope == SCOPE_TENANT else _address_from_key(bytes(key.addr))
+            for i in range(rule_set.count):
+                rid = int(rule_set.rule_ids[i])
+                self._rules[rid] = _decode_rule(rules[ctypes.c_uint32(rid)], key.tenant_idx, dst)
+        self._next_set_id = (max_set + 1) % MAX_RULES
+        if self._rules:
+            log.info("dataplane.rules_recovered", rules=len(self._rules))
+
+    # -- counters ------------------------------------------------------------
+
+    def _batch(self, name: str) -> tuple[bytes, bytes, int]:
+        table = self._maps[name]
+        key_size = ctypes.sizeof(table.Key)
+        value_size = ctypes.sizeof(table.Leaf)  # bcc's percpu Leaf is already the per-CPU array
+        return bpfsys.map_lookup_batch(table.map_fd, key_size, value_size, table.max_entries)
+
+    def _stats_layout(self):
+        return self._maps["sw_tenant_stats"].Leaf._type_
+
+    def read_tenant_counters(self, indices: Iterable[int] | None = None) -> dict[int, TenantCounters]:
+        """Cumulative counters per tenant index (UNPROTECTED for traffic to no tenant)."""
+        _, values, count = self._batch("sw_tenant_stats")
+        elem = self._stats_layout()
+        per_cpu = ctypes.sizeof(elem)
+        words = np.frombuffer(values, dtype=np.uint64).reshape(count, self.ncpus, per_cpu // 8).sum(axis=1)
+        wanted = range(count) if indices is None else indices
+        nonzero = words.any(axis=1)
+        dir_type = elem._fields_[0][1]._type_
+        offsets = {name: getattr(dir_type, name).offset // 8 for name, _ in dir_type._fields_}
+        dir_words = ctypes.sizeof(dir_type) // 8
+        n_cls, n_rsn = len(TrafficClass), len(DropReason)
+        out: dict[int, TenantCounters] = {}
+        for idx in wanted:
+            if indices is None and not nonzero[idx]:
+                continue
+            row = words[idx].reshape(2, dir_words)
+            out[int(idx)] = TenantCounters(
+                passed_packets=row[:, offsets["passed_packets"]].copy(),
+                passed_bytes=row[:, offsets["passed_bytes"]].copy(),
+                dropped_packets=row[:, offsets["dropped_packets"]].copy(),
+                dropped_bytes=row[:, offsets["dropped_bytes"]].copy(),
+                class_packets=row[:, offsets["class_packets"]:offsets["class_packets"] + n_cls].copy(),
+                class_bytes=row[:, offsets["class_bytes"]:offsets["class_bytes"] + n_cls].copy(),
+                reason_packets=row[:, offsets["reason_packets"]:offsets["reason_packets"] + n_rsn].copy(),
+            )
+        return out
+
+    def read_destination_counters(self) -> DestinationCounters:
+        """Inbound counters per customer-side address: the per-CPU cache slots
+        plus the spill map of evicted slots, merged by address (two batch reads)."""
+        cache = self._maps["sw_addr_cache"]
+        entry = cache.Leaf._type_
+        _, values, count = self._batch("sw_addr_cache")
+        words_per = ctypes.sizeof(entry) // 8
+        raw = np.frombuffer(values, dtype=np.uint64).reshape(count * self.ncpus, words_per)
+        head = raw[:, 2]  # tenant_idx | generation << 32
+        live = ((head >> 32) != 0) & ((head & 0xFFFFFFFF) != NO_TENANT)
+        raw = raw[live]
+        counters_at = entry.counters.offset // 8
+        counters = raw[:, counters_at:]
+        addrs = raw[:, :2]
+        tenants = (raw[:, 2] & 0xFFFFFFFF).astype(np.uint32)
+
+        skeys, svalues, scount = self._batch("sw_addr_spill")
+        spill_words = ctypes.sizeof(self._maps["sw_addr_spill"].Leaf._type_) // 8
+        if scount:
+            spill = np.frombuffer(svalues, dtype=np.uint64).reshape(scount, self.ncpus, spill_words).sum(axis=1)
+            spill_addrs = np.frombuffer(skeys, dtype=np.uint64).reshape(scount, 2)
+            counters = np.concatenate([counters, spill])
+            addrs = np.concatenate([addrs, spill_addrs])
+            tenants = np.concatenate([tenants, np.full(scount, NO_TENANT, dtype=np.uint32)])
+        if len(addrs) == 0:
+            n_cls = len(TrafficClass)
+            empty = np.zeros((0, n_cls), dtype=np.uint64)
+            return DestinationCounters([], np.zeros(0, dtype=np.uint32), empty, empty.copy(),
+                                       np.zeros(0, dtype=np.uint64))
+        unique, inverse = np.unique(addrs, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        total = np.zeros((len(unique), counters.shape[1]), dtype=np.uint64)
+        np.add.at(total, inverse, counters)
+        # A spilled address takes its tenant from any cache slot that still knows it.
+        tenant = np.full(len(unique), NO_TENANT, dtype=np.uint32)
+        known = tenants != NO_TENANT
+        tenant[inverse[known]] = tenants[known]
+        fields = entry.counters.__class__  # noqa: F841 - layout comes from bcc below
+        layout = self._maps["sw_addr_spill"].Leaf._type_
+        n_cls = len(TrafficClass)
+        pk, by, dr = (layout.packets.offset // 8, layout.bytes.offset // 8, layout.dropped_packets.offset // 8)
+        return DestinationCounters(
+            addresses=[_address_from_key(unique[i].tobytes()) for i in range(len(unique))],
+            tenant_idx=tenant,
+            packets=total[:, pk:pk + n_cls].copy(),
+            bytes=total[:, by:by + n_cls].copy(),
+            dropped_packets=total[:, dr].copy(),
+        )
+
+    # -- samples -------------------------------------------------------------
+
+    def drain_samples(self, limit: int = 4096) -> list[Sample]:
+        """Sampled packets since the last call (at most `limit`; the rest wait)."""
+        if not self._ring_open:
+            ring = self.bpf[b"sw_samples"]
+
+            def on_sample(_ctx, data, _size) -> None:
+                s = ring.event(data)
+                self._samples.append(Sample(
+                    timestamp_ns=int(s.timestamp_ns), tenant_idx=int(s.tenant_idx),
+                    direction=Direction(s.direction), dropped=bool(s.dropped), reason=DropReason(s.reason),
+                    wire_length=int(s.wire_length), data=bytes(s.data[: s.captured])))
+
+            ring.open_ring_buffer(on_sample)
+            self._ring_open = True
+        self.bpf.ring_buffer_consume()
+        out = []
+        while self._samples and len(out) < limit:
+            out.append(self._samples.popleft())
+        return out
+
+    # -- testing and benchmarks ---------------------------------------------
+
+    def test_run(self, frame: bytes, direction: Direction = Direction.INBOUND, repeat: int = 1):
+        """Run the program on one frame with BPF_PROG_TEST_RUN; returns (action, ns per run).
+
+        Only for a dataplane that is not attached: the loopback device is the
+        ingress of a test run, so it stands in for the NIC of `direction`.
+        """
+        if self._attachments:
+            raise DataplaneError("test_run is for unattached dataplanes only")
+        cfg = self._config()
+        want = (1, 0) if direction == Direction.INBOUND else (0, 1)
+        if (cfg.external_ifindex, cfg.internal_ifindex) != want:
+            ports = self._maps["sw_ports"]
+            ports[ports.Key(PORT_EXTERNAL)] = ports.Leaf(1)
+            ports[ports.Key(PORT_INTERNAL)] = ports.Leaf(1)
+            cfg.external_ifindex, cfg.internal_ifindex = want
+            self._write_config(cfg)
+        action, duration, _ = bpfsys.prog_test_run(self.fn.fd, frame, repeat)
+        return action, duration
+
+
+def _decode_rule(r, tenant_idx: int, dst: IPAddress | None) -> Rule:
+    m = r.match
+    payload = bytes(r.payload) if m & MATCH_PAYLOAD else None
+    mask = bytes(r.payload_mask) if m & MATCH_PAYLOAD else None
+    if payload is not None and mask is not None:
+        n = len(mask.rstrip(b"\0")) or PAYLOAD_MATCH_BYTES
+        payload, mask = payload[:n], mask[:n]
+    return Rule(
+        tenant_idx=tenant_idx, dst=dst, action=RuleAction(r.action),
+        proto=r.proto if m & MATCH_PROTO else None,
+        sport=Range(r.sport_lo, r.sport_hi) if m & MATCH_SPORT else None,
+        dport=Range(r.dport_lo, r.dport_hi) if m & MATCH_DPORT else None,
+        length=Range(r.length_lo, r.length_hi) if m & MATCH_LENGTH else None,
+        ttl=Range(r.ttl_lo, r.ttl_hi) if m & MATCH_TTL else None,
+        tcp_flags=(r.tcp_flags_mask, r.tcp_flags_value) if m & MATCH_TCP_FLAGS else None,
+        payload=payload, payload_mask=mask,
+        fragments=True if m & MATCH_FRAGMENT else (False if m & MATCH_NOT_FRAGMENT else None),
+        rate_pps=r.rate_pps)
+
+
+def _fill(array, data: bytes) -> None:
+    for i, b in enumerate(data):
+        array[i] = b
+
+
+def _ifindex(name: str) -> int:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError as exc:
+        raise DataplaneError(f"interface {name!r} does not exist") from exc
+
+
+def _ensure_bpffs_dir(path: str) -> None:
+    root = pathlib.Path("/sys/fs/bpf")
+    if not pathlib.Path(path).is_relative_to(root):
+        raise DataplaneError(f"pin directory {path} must be under {root} (a bpffs mount)")
+    if not os.path.ismount(root):
+        r = subprocess.run(["mount", "-t", "bpf", "bpf", str(root)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise DataplaneError(f"cannot mount bpffs on {root}: {r.stderr.strip()}")
+    os.makedirs(path, exist_ok=True)
+
+
+def _mode_file(pin: str) -> pathlib.Path:
+    # bpffs holds only BPF objects; the attach mode is remembered beside the state in /run.
+    return pathlib.Path("/run/seawall") / (pin.strip("/").replace("/", "_") + ".mode")
+
+
+def _write_mode_file(pin: str, mode: str) -> None:
+    f = _mode_file(pin)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(mode)
+
+
+def _read_mode_file(pin: str) -> str | None:
+    try:
+        return _mode_file(pin).read_text().strip()
+    except OSError:
+        return None
+
+
+def remove_pinned_link(pin: str) -> None:
+    """Detach a pinned XDP link (the kernel detaches when the last reference goes)."""
+    try:
+        fd = bpfsys.obj_get(pin)
+    except OSError:
+        fd = None
+    if fd is not None:
+        try:
+            bpfsys.link_detach(fd)
+        except OSError:
+            pass
+        os.close(fd)
+    try:
+        os.unlink(pin)
+    except FileNotFoundError:
+        pass
+    _mode_file(pin).unlink(missing_ok=True)
+
+
+def purge(pin_dir: str) -> list[str]:
+    """Detach pinned links and remove every pinned object under `pin_dir`."""
+    removed = []
+    base = pathlib.Path(pin_dir)
+    if not base.exists():
+        return removed
+    for entry in sorted(base.iterdir()):
+        if entry.name.startswith("link_"):
+            remove_pinned_link(str(entry))
+        else:
+            entry.unlink()
+        removed.append(str(entry))
+    base.rmdir()
+    return removed
+
+
+__all__ = ["Dataplane", "DataplaneError", "Attachment", "purge", "remove_pinned_link",
+           "AclKind", "TenantMode", "TENANT_SET_SLOTS", "UNPROTECTED"]
