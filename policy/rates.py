@@ -238,6 +238,8 @@ class RateTracker:
         dt = 0.0 if priming else now - self._tenant_now
         if not priming and dt <= 0:
             raise ValueError(f"rates: time went backwards or stood still (dt={dt:.6f} s)")
+        # Index MAX_TENANTS is the dataplane's "no tenant" row (unprotected traffic): not a tenant.
+        counters = {k: v for k, v in counters.items() if k != t}
         bad = [k for k in counters if not 0 <= k < t]
         if bad:
             # A tick must not fail for every tenant because of one bad row: skip it, say so.

@@ -137,7 +137,7 @@ def lab_config(name: str = "sw") -> dict:
         tenants.append(table)
     return {
         "appliance": {"external": f"{name}-ext", "internal": f"{name}-int",
-                      "state_dir": f"/var/lib/seawall/{name}"},
+                      "state_dir": f"/var/lib/seawall/{name}", "bpffs": f"/sys/fs/bpf/seawall-{name}"},
         "tenants": tenants,
     }
 
@@ -373,7 +373,10 @@ class Lab:
         """TX checksum offload off (checksums survive XDP_REDIRECT) and GRO on (the veth then
         takes redirected XDP frames, and live frames from the generator, instead of dropping them)."""
         prefix = ["ip", "netns", "exec", ns] if ns else []
-        _run([*prefix, "ethtool", "-K", ifname, "tx", "off", "gro", "on"])
+        # veth enables the NAPI that receives XDP frames only when GRO *changes* to on; it may
+        # already show "on" by default without that NAPI, so switch it off first.
+        _run([*prefix, "ethtool", "-K", ifname, "tx", "off", "gro", "off"])
+        _run([*prefix, "ethtool", "-K", ifname, "gro", "on"])
 
     def _configure_router(self) -> None:
         up = self.ns("up")

@@ -1,0 +1,40 @@
+"""`seawall run --config FILE`: the appliance process (bridge, policy engine, SecureWatch)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("run", help="run the appliance: bridge the two NICs and protect the tenants")
+    p.add_argument("--config", required=True, help="appliance TOML file")
+    p.add_argument("--attach-mode", choices=("auto", "native", "generic"), default="auto",
+                   help="XDP attach mode; auto tries native and falls back to generic (default: auto)")
+    p.add_argument("--detach-on-exit", action="store_true",
+                   help="remove the dataplane when stopping (default: leave the bridge forwarding)")
+    p.add_argument("--sample-every", type=int, default=64, metavar="N",
+                   help="copy one packet in N per CPU to the policy engine (default: 64)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from appliance.config import load_config  # noqa: PLC0415
+    from appliance.service import Appliance, configure_logging  # noqa: PLC0415
+    from dataplane import DataplaneError  # noqa: PLC0415
+    from tenants import ConfigError  # noqa: PLC0415
+
+    try:
+        config = load_config(args.config)
+        config.interfaces()
+    except ConfigError as exc:
+        print(f"seawall run: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.appliance.log_format)
+    appliance = Appliance(config, config_path=args.config, attach_mode=args.attach_mode,
+                          detach_on_exit=args.detach_on_exit, sample_every=args.sample_every)
+    try:
+        return asyncio.run(appliance.run())
+    except (DataplaneError, ConfigError) as exc:
+        print(f"seawall run: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,77 @@
+"""`seawall status [--json]`: interfaces, attach mode, per-tenant traffic of the running appliance."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+import time
+
+STALE_AFTER_S = 5.0  # seconds without a status update before the control plane counts as down
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("status", help="show the interfaces, attach mode and per-tenant traffic")
+    p.add_argument("--config", default="/etc/seawall/seawall.toml", help="appliance TOML file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=status)
+
+
+def status(args) -> int:
+    from appliance.config import load_config  # noqa: PLC0415
+    from appliance.service import read_status  # noqa: PLC0415
+    from tenants import ConfigError  # noqa: PLC0415
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"seawall status: {exc}", file=sys.stderr)
+        return 2
+    report = read_status(pathlib.Path(config.appliance.state_dir))
+    bpffs = pathlib.Path(config.appliance.bpffs)
+    links = sorted(p.name.removeprefix("link_") for p in bpffs.glob("link_*")) if bpffs.exists() else []
+    age = None if report is None else time.time() - report.get("updated", 0)
+    running = report is not None and age < STALE_AFTER_S and _alive(report.get("pid"))
+    summary = {"control_plane": "running" if running else "down", "status_age_s": None if age is None else round(age, 1),
+               "dataplane_attached_to": links, **(report or {"interfaces": [], "tenants": {}})}
+    if args.json:
+        print(json.dumps(summary, default=str))
+        return 0 if running or links else 1
+    _print_human(summary)
+    return 0 if running or links else 1
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _print_human(s: dict) -> None:
+    cp = s["control_plane"]
+    print(f"control plane: {cp}" + ("" if cp == "running" else
+                                     f" (last status {s['status_age_s']} s ago)" if s["status_age_s"] else ""))
+    if s["dataplane_attached_to"]:
+        print(f"dataplane:     attached to {', '.join(s['dataplane_attached_to'])} (pinned, forwards without the control plane)")
+    else:
+        print("dataplane:     not attached")
+    for itf in s.get("interfaces", []):
+        print(f"  {itf['role']:<9} {itf['name']:<16} ifindex {itf['ifindex']:<5} XDP {itf['mode']}")
+    tenants = s.get("tenants", {})
+    if tenants:
+        print(f"\n{'tenant':<16} {'mode':<9} {'passed pps':>11} {'dropped pps':>12} {'passed pkts':>13} {'dropped pkts':>13}")
+        for tid, t in tenants.items():
+            print(f"{tid:<16} {t['mode']:<9} {t['passed_pps']:>11.0f} {t['dropped_pps']:>12.0f} "
+                  f"{t['passed_packets']:>13} {t['dropped_packets']:>13}")
+    pol = s.get("policy") or {}
+    if pol:
+        print(f"\nincidents open: {pol.get('open_incidents', 0)}   rules installed: {pol.get('rules_installed', 0)}")
+    if s.get("securewatch"):
+        print(f"SecureWatch:   {s['securewatch']}")

@@ -1,0 +1,338 @@
+"""The running appliance: one process wiring dataplane, policy engine, notifiers and SecureWatch.
+
+`Appliance` owns the lifecycle. It loads the XDP program with pinned maps,
+attaches it to the two NICs (replacing a previous instance's program in place,
+so a restart drops nothing), applies the tenant set atomically, runs the policy
+engine, the traffic monitor and the notifiers, and hosts SecureWatch when it is
+enabled. On SIGTERM it stops the control plane and leaves the bridge forwarding
+with the last tenants and rules (a dead control plane must not cut customers
+off); `seawall detach` removes the dataplane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import json
+import os
+import pathlib
+import signal
+import time
+from typing import Any
+
+import numpy as np
+import structlog
+
+from appliance.config import ApplianceConfig, load_config
+from dataplane.constants import Direction, DropReason, TenantMode, TrafficClass
+from policy.events import Event, EventBus, EventType, Severity
+from tenants import ConfigError, TenantSet
+from tenants.compile import assign_indices, compile_tenant_set
+
+log = structlog.get_logger("seawall.appliance")
+
+STATUS_FILE = "status.json"            # written every second for `seawall status`
+INDEX_FILE = "tenant-index.json"       # stable tenant index assignment
+SERIES_SECONDS = 3600                  # per-second traffic kept in memory, seconds
+STALE_RULE_GRACE_S = 60.0              # rules inherited from a previous process live this long, seconds
+
+
+def configure_logging(log_format: str = "auto") -> None:
+    """structlog: JSON lines when stdout is not a terminal (or asked), readable console otherwise."""
+    import sys  # noqa: PLC0415
+
+    json_out = log_format == "json" or (log_format == "auto" and not sys.stdout.isatty())
+    renderer = structlog.processors.JSONRenderer() if json_out else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    structlog.processors.format_exc_info, renderer],
+        cache_logger_on_first_use=False)
+
+
+@dataclasses.dataclass
+class TenantTraffic:
+    """Per-second series of one tenant (inbound and outbound), newest last."""
+
+    times: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=SERIES_SECONDS))
+    rows: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=SERIES_SECONDS))
+
+
+class TrafficMonitor:
+    """Reads the per-tenant counters every second and keeps rates and a one-hour series."""
+
+    def __init__(self) -> None:
+        self._last: dict[int, Any] = {}
+        self._last_at: float | None = None
+        self.rates: dict[int, dict[str, float]] = {}
+        self.series: dict[int, TenantTraffic] = collections.defaultdict(TenantTraffic)
+        self.totals: dict[int, dict[str, Any]] = {}
+
+    def sample(self, counters: dict[int, Any], now: float, wall: float) -> None:
+        dt = None if self._last_at is None else max(now - self._last_at, 1e-3)
+        for idx, c in counters.items():
+            inbound = int(Direction.INBOUND)
+            self.totals[idx] = {
+                "passed_packets": int(c.passed_packets.sum()), "dropped_packets": int(c.dropped_packets.sum()),
+                "passed_bytes": int(c.passed_bytes.sum()), "dropped_bytes": int(c.dropped_bytes.sum()),
+                "inbound_passed_packets": int(c.passed_packets[inbound]),
+                "inbound_dropped_packets": int(c.dropped_packets[inbound]),
+                "drop_reasons": {r.name.lower(): int(c.reason_packets[:, r].sum()) for r in DropReason if r
+                                 and c.reason_packets[:, r].sum()},
+                "classes": {t.name.lower(): int(c.class_packets[inbound, t]) for t in TrafficClass},
+            }
+            prev = self._last.get(idx)
+            if dt is None or prev is None:
+                continue
+            delta = {
+                "passed_pps": (c.passed_packets - prev.passed_packets).astype(np.int64)[inbound] / dt,
+                "dropped_pps": (c.dropped_packets - prev.dropped_packets).astype(np.int64)[inbound] / dt,
+                "passed_bps": 8 * (c.passed_bytes - prev.passed_bytes).astype(np.int64)[inbound] / dt,
+                "dropped_bps": 8 * (c.dropped_bytes - prev.dropped_bytes).astype(np.int64)[inbound] / dt,
+                "outbound_pps": (c.passed_packets - prev.passed_packets).astype(np.int64)[1] / dt,
+            }
+            rates = {k: max(float(v), 0.0) for k, v in delta.items()}
+            self.rates[idx] = rates
+            series = self.series[idx]
+            series.times.append(wall)
+            series.rows.append(rates)
+        self._last = counters
+        self._last_at = now
+
+
+class Appliance:
+    """The appliance process. Also the `ApplianceHooks` SecureWatch calls into."""
+
+    def __init__(self, config: ApplianceConfig, *, config_path: str | None = None, attach_mode: str = "auto",
+                 detach_on_exit: bool = False, sample_every: int = 64) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.attach_mode = attach_mode
+        self.detach_on_exit = detach_on_exit
+        self.sample_every = sample_every
+        self.state_dir = pathlib.Path(config.appliance.state_dir)
+        self.bus = EventBus()
+        self.monitor = TrafficMonitor()
+        self.tenants: TenantSet = TenantSet()
+        self.indices: dict[str, int] = {}
+        self.dataplane = None
+        self.engine = None
+        self.notifiers = None
+        self.securewatch_url: str | None = None
+        self.started_at = time.time()
+        self._stop = asyncio.Event()
+        self._reload_requested = False
+        self._tasks: set[asyncio.Task] = set()
+        self._stale_rules: dict[int, float] = {}
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def run(self) -> int:
+        from dataplane import Dataplane  # noqa: PLC0415 - imports bcc
+        from policy.engine import PolicyEngine  # noqa: PLC0415
+
+        external, internal = self.config.interfaces()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        log.info("appliance.start", external=external, internal=internal, config=self.config_path)
+        self.dataplane = Dataplane(str(self.config.appliance.bpffs), sample_every=self.sample_every)
+        # Tenants first, then attach: the program never filters with an empty set after a restart.
+        self._apply(self.config.tenants)
+        self.dataplane.attach(external, internal, self.attach_mode)
+        now = time.monotonic()
+        self._stale_rules = {rid: now + STALE_RULE_GRACE_S for rid in self.dataplane.installed_rules()}
+        self.engine = PolicyEngine(self.dataplane, self._engine_tenants(), self.bus, self.state_dir / "policy",
+                                   tick=self.config.appliance.tick_ms / 1000.0)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+        self._spawn(self.engine.run(), "policy-engine")
+        self._spawn(self._monitor_loop(), "traffic-monitor")
+        async with contextlib.AsyncExitStack() as stack:
+            await self._start_notifiers(stack)
+            await self._start_securewatch(stack)
+            self.bus.publish(Event(EventType.SYSTEM, None, "appliance started", Severity.NOTICE,
+                                   details={"external": external, "internal": internal}))
+            await self._stop.wait()
+            log.info("appliance.stopping")
+            self.engine.stop()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.detach_on_exit:
+            self.dataplane.detach()
+            log.info("appliance.detached")
+        else:
+            log.info("appliance.stopped", bridge="left forwarding with the last tenants and rules")
+        self.dataplane.close()
+        return 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _spawn(self, coro, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("appliance.task_failed", task=name, error=repr(t.exception()))
+                self._stop.set()  # a dead component must not go unnoticed: stop, systemd restarts us
+
+        task.add_done_callback(done)
+
+    async def _start_notifiers(self, stack: contextlib.AsyncExitStack) -> None:
+        if not self.config.notify:
+            return
+        from securewatch.notify.config import parse_notify_config  # noqa: PLC0415
+        from securewatch.notify.manager import NotifierManager  # noqa: PLC0415
+
+        notify = parse_notify_config(self.config.notify)
+        self.notifiers = NotifierManager(notify, self.bus, self.state_dir / "notify")
+        await stack.enter_async_context(self.notifiers)
+
+    async def _start_securewatch(self, stack: contextlib.AsyncExitStack) -> None:
+        settings = self.config.securewatch
+        if not settings.enabled:
+            return
+        try:
+            from securewatch.server import start_server  # noqa: PLC0415
+        except ImportError:
+            log.warning("appliance.securewatch_unavailable", reason="securewatch.server not installed")
+            return
+        self.securewatch_url = await stack.enter_async_context(
+            start_server(settings, bus=self.bus, appliance=self, state_dir=self.state_dir))
+        log.info("appliance.securewatch", url=self.securewatch_url)
+
+    # -- tenants --------------------------------------------------------------
+
+    def _index_file(self) -> pathlib.Path:
+        return self.state_dir / INDEX_FILE
+
+    def _apply(self, tenant_set: TenantSet) -> None:
+        """Compile and load a tenant set; raises ConfigError/DataplaneError with the running set kept."""
+        previous = {}
+        with contextlib.suppress(OSError, ValueError):
+            previous = json.loads(self._index_file().read_text())
+        indices = assign_indices([t.id for t in tenant_set], previous)
+        tables = compile_tenant_set(tenant_set, indices)
+        fresh = [idx for tid, idx in indices.items() if previous.get(tid) != idx]
+        self.dataplane.apply_tenants(tables, reset_stats=fresh)
+        tmp = self._index_file().with_suffix(".tmp")
+        tmp.write_text(json.dumps(indices, indent=1, sort_keys=True))
+        os.replace(tmp, self._index_file())
+        self.tenants, self.indices = tenant_set, indices
+        if self.engine is not None:
+            self.engine.set_tenants(self._engine_tenants())
+        log.info("appliance.tenants_applied", tenants=len(tenant_set))
+
+    def _engine_tenants(self) -> dict[int, tuple[str, TenantMode, Any]]:
+        return {self.indices[t.id]: (t.id, TenantMode.MONITOR if t.mode == "monitor" else TenantMode.MITIGATE,
+                                     t.policy) for t in self.tenants}
+
+    def _request_reload(self) -> None:
+        self._reload_requested = True
+
+    def reload(self) -> bool:
+        """SIGHUP: re-read the config file and apply its tenants; a bad file changes nothing."""
+        if not self.config_path:
+            log.warning("appliance.reload_skipped", reason="no config file")
+            return False
+        try:
+            config = load_config(self.config_path)
+            self._apply(config.tenants)
+        except (ConfigError, OSError, RuntimeError) as exc:
+            log.error("appliance.reload_rejected", error=str(exc), kept_tenants=len(self.tenants))
+            self.bus.publish(Event(EventType.SYSTEM, None, f"reload rejected: {exc}", Severity.WARNING))
+            return False
+        self.config = dataclasses.replace(self.config, tenants=config.tenants)
+        self.bus.publish(Event(EventType.POLICY_CHANGE, None, "tenant set reloaded from the config file",
+                               Severity.NOTICE, details={"tenants": len(config.tenants)}))
+        return True
+
+    # -- ApplianceHooks (SecureWatch) -----------------------------------------
+
+    def current_tenants(self) -> TenantSet:
+        return self.tenants
+
+    def apply_tenants(self, tenant_set: TenantSet) -> None:
+        self._apply(tenant_set)
+
+    def traffic_series(self, tenant_id: str, seconds: int = 300) -> list[dict[str, Any]]:
+        idx = self.indices.get(tenant_id)
+        if idx is None:
+            return []
+        series = self.monitor.series.get(idx)
+        if series is None:
+            return []
+        pairs = list(zip(series.times, series.rows, strict=True))[-seconds:]
+        return [{"time": t, **row} for t, row in pairs]
+
+    def status(self) -> dict[str, Any]:
+        attachments = self.dataplane.attachments if self.dataplane else []
+        tenants = {}
+        for t in self.tenants:
+            idx = self.indices[t.id]
+            totals = self.monitor.totals.get(idx, {})
+            rates = self.monitor.rates.get(idx, {})
+            tenants[t.id] = {"name": t.name, "mode": t.mode, "index": idx,
+                             "prefixes": [str(p) for p in t.prefixes],
+                             "passed_packets": totals.get("passed_packets", 0),
+                             "dropped_packets": totals.get("dropped_packets", 0),
+                             "passed_bytes": totals.get("passed_bytes", 0),
+                             "dropped_bytes": totals.get("dropped_bytes", 0),
+                             "drop_reasons": totals.get("drop_reasons", {}),
+                             "passed_pps": round(rates.get("passed_pps", 0.0), 1),
+                             "dropped_pps": round(rates.get("dropped_pps", 0.0), 1),
+                             "passed_bps": round(rates.get("passed_bps", 0.0), 1),
+                             "dropped_bps": round(rates.get("dropped_bps", 0.0), 1)}
+        from dataplane.dataplane import UNPROTECTED  # noqa: PLC0415
+
+        unprotected = self.monitor.totals.get(UNPROTECTED, {})
+        return {
+            "pid": os.getpid(),
+            "updated": time.time(),
+            "started": self.started_at,
+            "interfaces": [{"name": a.interface, "ifindex": a.ifindex, "mode": a.mode,
+                            "role": "external" if i == 0 else "internal", "pinned_link": a.pinned_link}
+                           for i, a in enumerate(attachments)],
+            "bpffs": str(self.config.appliance.bpffs),
+            "tenants": tenants,
+            "unprotected": {"passed_packets": unprotected.get("passed_packets", 0),
+                            "passed_pps": round(self.monitor.rates.get(UNPROTECTED, {}).get("passed_pps", 0.0), 1)},
+            "policy": self.engine.status() if self.engine else None,
+            "notifiers": {name: s.to_public_dict() for name, s in self.notifiers.status().items()}
+            if self.notifiers else {},
+            "securewatch": self.securewatch_url,
+        }
+
+    # -- periodic work --------------------------------------------------------
+
+    async def _monitor_loop(self) -> None:
+        """Once a second: counters → rates, status file, SIGHUP reloads, stale rule expiry."""
+        status_file = self.state_dir / STATUS_FILE
+        while not self._stop.is_set():
+            if self._reload_requested:
+                self._reload_requested = False
+                self.reload()
+            now = time.monotonic()
+            self.monitor.sample(self.dataplane.read_tenant_counters(), now, time.time())
+            for rid, deadline in list(self._stale_rules.items()):
+                if now >= deadline:
+                    with contextlib.suppress(KeyError):
+                        self.dataplane.remove_rule(rid)
+                    del self._stale_rules[rid]
+                    log.info("appliance.inherited_rule_expired", rule=rid)
+            tmp = status_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.status(), default=str))
+            os.replace(tmp, status_file)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 1.0)
+
+
+def read_status(state_dir: pathlib.Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((state_dir / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
