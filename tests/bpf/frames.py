@@ -42,6 +42,8 @@ def ip(src: str, dst: str, **fields) -> Packet:
     if ":" in dst:
         if "ttl" in fields:
             fields["hlim"] = fields.pop("ttl")
+        if "proto" in fields:
+            fields["nh"] = fields.pop("proto")
         return IPv6(src=src, dst=dst, **fields)
     return IP(src=src, dst=dst, **fields)
 
