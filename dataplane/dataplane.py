@@ -347,7 +347,7 @@ class Dataplane:
     def _clear_slot(self, slot: int) -> None:
         for name in ("sw_prefix4", "sw_prefix6", "sw_acl4", "sw_acl6"):
             trie = self._maps[name]
-            stale = [k for k in trie.keys() if k.slot == slot]
+            stale = [k for k in trie if k.slot == slot]
             for k in stale:
                 del trie[k]
         policy_map = self._maps["sw_policy"]
@@ -610,9 +610,10 @@ class Dataplane:
         """Sampled packets since the last call (at most `limit`; the rest wait)."""
         if not self._ring_open:
             ring = self.bpf[b"sw_samples"]
+            layout = ctypes.POINTER(self.bpf[b"sw_sample_layout"].Leaf)
 
             def on_sample(_ctx, data, _size) -> None:
-                s = ring.event(data)
+                s = ctypes.cast(data, layout).contents
                 self._samples.append(Sample(
                     timestamp_ns=int(s.timestamp_ns), tenant_idx=int(s.tenant_idx),
                     direction=Direction(s.direction), dropped=bool(s.dropped), reason=DropReason(s.reason),

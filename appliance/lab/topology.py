@@ -239,6 +239,7 @@ class Lab:
                 self.down()
             self._build()
         self._set_linux_bridge(linux_bridge)
+        self._enable_xdp_receive()
         status = self.status()
         log.info("lab.up", lab=self.name, linux_bridge=linux_bridge, servers=len(self.servers))
         return status
@@ -368,15 +369,25 @@ class Lab:
                 self._offloads(sw, ifname)
             _run(["ip", "-n", sw, "link", "set", ifname, "up"])
 
+    def _enable_xdp_receive(self) -> None:
+        """Make the veths that receive redirected XDP frames take them.
+
+        A veth accepts XDP frames only with its NAPI enabled, which happens when GRO is switched
+        on while the link is up (or an XDP program is attached). Set at creation, GRO shows "on"
+        but the NAPI may be missing, and every redirect to it is dropped; so switch it off and on
+        again once everything is up: the appliance's peers and the appliance's own NICs."""
+        for ns, ifname in ((self.ns("up"), self.UPSTREAM_IF), (self.ns("sw"), self.SWITCH_UPLINK_IF),
+                           (None, self.external_if), (None, self.internal_if)):
+            prefix = ["ip", "netns", "exec", ns] if ns else []
+            _run([*prefix, "ethtool", "-K", ifname, "gro", "off"])
+            _run([*prefix, "ethtool", "-K", ifname, "gro", "on"])
+
     @staticmethod
     def _offloads(ns: str | None, ifname: str) -> None:
         """TX checksum offload off (checksums survive XDP_REDIRECT) and GRO on (the veth then
         takes redirected XDP frames, and live frames from the generator, instead of dropping them)."""
         prefix = ["ip", "netns", "exec", ns] if ns else []
-        # veth enables the NAPI that receives XDP frames only when GRO *changes* to on; it may
-        # already show "on" by default without that NAPI, so switch it off first.
-        _run([*prefix, "ethtool", "-K", ifname, "tx", "off", "gro", "off"])
-        _run([*prefix, "ethtool", "-K", ifname, "gro", "on"])
+        _run([*prefix, "ethtool", "-K", ifname, "tx", "off", "gro", "on"])
 
     def _configure_router(self) -> None:
         up = self.ns("up")

@@ -88,6 +88,9 @@ BPF_PERCPU_ARRAY(sw_scratch, struct sw_scratch, 1);
 BPF_PERCPU_ARRAY(sw_sample_countdown, __u32, 1);
 /* Sampled packets for the policy engine (SW_RINGBUF_PAGES pages of 4 KiB). */
 BPF_RINGBUF_OUTPUT(sw_samples, SW_RINGBUF_PAGES);
+/* Never read by the program: it gives user space bcc's description of struct
+ * sw_sample, which bcc cannot derive from a ring buffer reservation (1 entry). */
+BPF_ARRAY(sw_sample_layout, struct sw_sample, 1);
 
 /* Stage markers for `seawall bench dataplane --stages`: compiled with
  * -DSW_PROFILE_STOP=n, the program returns XDP_DROP at marker n, so the cost

@@ -1,0 +1,175 @@
+"""The appliance on the lab: real traffic crosses the XDP bridge, denied traffic is dropped,
+counters move, a SIGHUP with a bad file keeps the running set, and restarting `seawall run`
+in the middle of a TCP transfer breaks nothing."""
+
+from __future__ import annotations
+
+import copy
+import pathlib
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import pytest
+import tomli_w
+
+from appliance.lab import Lab, lab_config
+from appliance.lab.attack import AttackProcess, AttackSpec
+from appliance.lab.capture import Capture
+from appliance.lab.traffic import TrafficProfile, TrafficRun
+from appliance.runner import ApplianceProcess
+from dataplane.dataplane import purge
+from tests.support import wait_until
+
+ATTACK_TIMEOUT_S = 60.0      # seconds for an attack process (bcc compiles first)
+TRANSFER_BYTES = 24 * 1024 * 1024
+TRANSFER_RATE = 4 * 1024 * 1024  # bytes/s: the transfer spans the restart
+
+
+def appliance_config(lab: Lab, tmp: pathlib.Path) -> dict:
+    config = lab_config(lab.name)
+    config["appliance"]["state_dir"] = str(tmp / "state")
+    config["appliance"]["tick_ms"] = 1000
+    config["securewatch"] = {"enabled": False}
+    return config
+
+
+@pytest.fixture
+def lab(request):
+    lab = Lab(f"b{uuid.uuid4().hex[:6]}")
+    request.addfinalizer(lab.down)
+    lab.up()
+    return lab
+
+
+@pytest.fixture
+def appliance(lab, tmp_path, request):
+    config = appliance_config(lab, tmp_path)
+    proc = ApplianceProcess(config, tmp_path / "seawall.toml", tmp_path / "seawall.log")
+
+    def teardown():
+        proc.stop()
+        purge(config["appliance"]["bpffs"])
+
+    request.addfinalizer(teardown)
+    return proc.start()
+
+
+def traffic(lab: Lab, seconds: float = 2.0) -> dict:
+    run = TrafficRun(lab, seconds, TrafficProfile(game_pps=200, http_rps=4, dns_qps=8)).start()
+    return run.wait(60)
+
+
+def test_legitimate_traffic_crosses_the_xdp_bridge(lab, appliance):
+    status = appliance.status()
+    assert [i["mode"] for i in status["interfaces"]] == ["native", "native"]
+    summary = traffic(lab)
+    for service in ("http", "game", "dns"):
+        stats = summary["services"][service]
+        assert stats["sent"] > 0 and stats["ok"] == stats["sent"], (service, stats)
+
+    def counted():
+        t = appliance.status()["tenants"]
+        return all(t[tid]["passed_packets"] > 0 for tid in ("alpha", "beta", "gamma"))
+
+    wait_until(counted, timeout=5, what="every tenant's passed counter to move")
+
+
+def test_denied_source_is_dropped_and_counted(lab, appliance):
+    shop = lab.server("s7")  # gamma's server; gamma denies udp from 198.19.255.0/24 port 123
+    capture = Capture(shop.namespace, lab.HOST_IF, "udp and src net 198.19.255.0/24", keep=10).start()
+    try:
+        spec = AttackSpec("ntp", shop.ipv4, pps=2000, duration=1.0, spoof="198.19.255.0/24")
+        summary = AttackProcess(lab, spec).start().wait(ATTACK_TIMEOUT_S)
+        assert summary["transmitted"] > 1000
+        wait_until(lambda: appliance.status()["tenants"]["gamma"]["drop_reasons"].get("deny_list", 0)
+                   >= summary["transmitted"], timeout=5, what="deny_list drops to reach what was sent")
+    finally:
+        capture.stop()
+    assert capture.matched == 0  # not one denied packet reached the server
+    # A spoofed flood from elsewhere is not on the deny list: the same vector passes (no rule yet).
+    other = lab.server("s4")
+    capture = Capture(other.namespace, lab.HOST_IF, "udp and src net 198.18.0.0/15", keep=1000).start()
+    try:
+        sent = AttackProcess(lab, AttackSpec("ntp", other.ipv4, pps=500, duration=0.4)).start().wait(ATTACK_TIMEOUT_S)
+        wait_until(lambda: len(capture.frames) >= sent["transmitted"], timeout=5, what="frames at s4")
+    finally:
+        capture.stop()
+    assert capture.matched == sent["transmitted"] > 0
+
+
+def test_reload_with_a_bad_file_keeps_the_running_set(lab, appliance, tmp_path):
+    config = appliance_config(lab, tmp_path)
+    bad = copy.deepcopy(config)
+    bad["tenants"][2]["prefixes"][0] = "203.0.113.0/33"
+    appliance.config_path.write_text(tomli_w.dumps(bad))
+    log_before = len(appliance.log_path.read_text())
+    appliance.reload()
+    wait_until(lambda: "appliance.reload_rejected" in appliance.log_path.read_text()[log_before:],
+               timeout=5, what="the reload to be rejected")
+    assert sorted(appliance.status()["tenants"]) == ["alpha", "beta", "gamma"]
+    summary = traffic(lab, 1.0)
+    assert summary["services"]["http"]["ok"] == summary["services"]["http"]["sent"] > 0
+    # A good file without gamma applies: gamma disappears from the status.
+    good = copy.deepcopy(config)
+    good["tenants"] = good["tenants"][:2]
+    appliance.config_path.write_text(tomli_w.dumps(good))
+    appliance.reload()
+    wait_until(lambda: sorted(appliance.status()["tenants"]) == ["alpha", "beta"], timeout=5,
+               what="gamma to be removed by the reload")
+
+
+SERVER = textwrap.dedent("""
+    import socket, sys, time
+    total, rate = int(sys.argv[1]), int(sys.argv[2])
+    srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", 9000)); srv.listen(1)
+    print("listening", flush=True)
+    conn, _ = srv.accept()
+    chunk, sent, start = b"x" * 65536, 0, time.monotonic()
+    while sent < total:
+        conn.sendall(chunk); sent += len(chunk)
+        ahead = sent / rate - (time.monotonic() - start)
+        if ahead > 0:
+            time.sleep(ahead)  # pacing, so the transfer lasts long enough to span a restart
+    conn.close()
+""")
+
+CLIENT = textwrap.dedent("""
+    import socket, sys
+    s = socket.create_connection((sys.argv[1], 9000), timeout=10)
+    got = 0
+    while True:
+        data = s.recv(1 << 16)
+        if not data:
+            break
+        got += len(data)
+        print(got, flush=True)
+    print("done", got, flush=True)
+""")
+
+
+def test_restart_during_a_tcp_transfer_breaks_no_connection(lab, appliance):
+    server = lab.server("s2")
+    srv = subprocess.Popen(["ip", "netns", "exec", server.namespace, sys.executable, "-c", SERVER,
+                            str(TRANSFER_BYTES), str(TRANSFER_RATE)], stdout=subprocess.PIPE, text=True)
+    cli = None
+    try:
+        assert srv.stdout.readline().strip() == "listening"
+        cli = subprocess.Popen(["ip", "netns", "exec", lab.ns("cli"), sys.executable, "-c", CLIENT, server.ipv4],
+                               stdout=subprocess.PIPE, text=True)
+        first = int(cli.stdout.readline())
+        assert 0 < first < TRANSFER_BYTES
+        # Restart the control plane mid-transfer: the pinned bridge forwards meanwhile, and the new
+        # process replaces the program in place.
+        appliance.stop()
+        appliance.start()
+        lines = cli.communicate(timeout=60)[0].split()
+        assert cli.returncode == 0
+        assert lines[-2:] == ["done", str(TRANSFER_BYTES)]
+    finally:
+        for p in (srv, cli):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
