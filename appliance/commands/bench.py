@@ -1,0 +1,55 @@
+"""`seawall bench dataplane|policy`: figures and ratios, never pass/fail on speed."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="benchmarks (print figures and ratios)")
+    sub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    d = sub.add_parser("dataplane", help="ns per packet against a minimal XDP program (BPF_PROG_TEST_RUN)")
+    d.add_argument("--tenants", type=int, default=10_000)
+    d.add_argument("--rules", type=int, default=1_000)
+    d.add_argument("--repeat", type=int, default=1_000_000, help="repeats per measurement (default 1,000,000)")
+    d.add_argument("--runs", type=int, default=5, help="measurements per path; the median is reported")
+    d.add_argument("--stages", action="store_true", help="also print the cost of each stage of the program")
+    d.add_argument("--json", action="store_true", help="one JSON object as the last line")
+    d.set_defaults(func=bench_dataplane)
+    pol = sub.add_parser("policy", help="CPU time and memory of one policy tick at scale")
+    pol.add_argument("--destinations", type=int, default=100_000)
+    pol.add_argument("--tenants", type=int, default=10_000)
+    pol.add_argument("--ticks", type=int, default=20)
+    pol.add_argument("--json", action="store_true")
+    pol.set_defaults(func=bench_policy)
+
+
+def _progress(message: str) -> None:
+    print(f"... {message}", file=sys.stderr, flush=True)
+
+
+def bench_dataplane(args) -> int:
+    from appliance.bench import dataplane  # noqa: PLC0415
+
+    if args.tenants < 1 or not 0 <= args.rules <= min(args.tenants, 4096) or args.repeat < 1 or args.runs < 1:
+        print("seawall bench dataplane: need tenants >= 1, 0 <= rules <= min(tenants, 4096), repeat and runs >= 1",
+              file=sys.stderr)
+        return 2
+    result = dataplane.run(args.tenants, args.rules, args.repeat, args.runs, args.stages, _progress)
+    print(dataplane.render(result))
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def bench_policy(args) -> int:
+    from policy.bench import run_benchmark  # noqa: PLC0415
+
+    _progress(f"{args.destinations:,} destinations, {args.tenants:,} tenants, {args.ticks} ticks")
+    result = run_benchmark(destinations=args.destinations, tenants=args.tenants, ticks=args.ticks)
+    for key, value in result.items():
+        print(f"{key:<32} {value}")
+    if args.json:
+        print(json.dumps(result, default=str))
+    return 0
