@@ -1,0 +1,46 @@
+"""`seawall securewatch --config FILE`: SecureWatch alone (central server mode, no dataplane)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("securewatch", help="run SecureWatch alone (central server, no dataplane)")
+    p.add_argument("--config", default="/etc/seawall/seawall.toml", help="appliance TOML file")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from appliance.config import load_config  # noqa: PLC0415
+    from securewatch.server import serve_central  # noqa: PLC0415
+    from securewatch.store import StoreError  # noqa: PLC0415
+    from tenants import ConfigError  # noqa: PLC0415
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"seawall securewatch: {exc}", file=sys.stderr)
+        return 2
+    mailer = _mailer(config.notify)
+    try:
+        asyncio.run(serve_central(config.securewatch, mailer=mailer))
+    except StoreError as exc:
+        print(f"seawall securewatch: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"seawall securewatch: cannot listen on {config.securewatch.listen}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _mailer(notify: dict):
+    """Monthly report mail reuses the first [[notify.email]] receiver's SMTP settings, if any."""
+    if not notify:
+        return None
+    from securewatch.mailer import ReportMailer  # noqa: PLC0415
+    from securewatch.notify import EmailReceiver, parse_notify_config  # noqa: PLC0415
+
+    receivers = [r for r in parse_notify_config(notify).receivers if isinstance(r, EmailReceiver)]
+    return ReportMailer.from_receiver(receivers[0]) if receivers else None

@@ -1,0 +1,748 @@
+"""The SecureWatch aiohttp application: REST API under /api/v1, the web UI, background work.
+
+    app = create_app(settings, store=store, bus=bus, appliance=appliance)
+
+`appliance` is whatever the running appliance process offers (`ApplianceHooks`);
+None is central-server mode: no dataplane, so status and apply answer 503.
+Background work (event ingestion, traffic sampling, retention, monthly report
+mail) starts and stops with the app through `cleanup_ctx`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import pathlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, Protocol, runtime_checkable
+
+import jinja2
+import structlog
+from aiohttp import web
+
+from appliance.config import SecureWatchSettings
+from policy.events import Event, EventBus, EventType, Severity
+from tenants import ConfigError, Tenant, TenantSet
+
+from . import auth, ui
+from .auth import Principal
+from .openapi import openapi_document
+from .reports import build_report, parse_period
+from .store import INCIDENT_STATES, IncidentFilter, Session, Store
+
+log = structlog.get_logger(__name__)
+
+PACKAGE_DIR = pathlib.Path(__file__).parent
+SESSION_COOKIE = "sw_session"
+CSRF_HEADER = "X-CSRF-Token"
+BUS_SUBSCRIBER = "securewatch"
+TRAFFIC_POLL_S = 5.0               # seconds between reads of the appliance's per-second series
+TRAFFIC_FETCH_S = 120              # seconds of series fetched per poll (covers a missed poll or two)
+RETENTION_EVERY_S = 60.0           # seconds between retention passes
+REPORT_CHECK_EVERY_S = 3600.0      # seconds between checks for monthly reports to mail
+MAX_TRAFFIC_SPAN_S = 90 * 24 * 3600
+MAX_NOTE_CHARS = 4000
+ATTACK_EVENTS = (EventType.ATTACK_START, EventType.ATTACK_UPDATE, EventType.ATTACK_END)
+UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+@runtime_checkable
+class ApplianceHooks(Protocol):
+    """What the running appliance process offers SecureWatch."""
+
+    def status(self) -> dict[str, Any]:
+        """Interfaces, attach mode, per-tenant counters and rates ({"tenants": {id: {...}}, ...})."""
+
+    def apply_tenants(self, tenant_set: TenantSet) -> None:
+        """Apply to the dataplane (within a second); tenants.ConfigError on bad input, running set kept."""
+
+    def current_tenants(self) -> TenantSet:
+        """The tenant set the dataplane runs now."""
+
+    def traffic_series(self, tenant_id: str, seconds: int) -> list[dict[str, Any]]:
+        """Per-second rows {"time", "passed_pps", "dropped_pps", "passed_bps", "dropped_bps"}, oldest first."""
+
+
+STORE = web.AppKey("store", Store)
+SETTINGS = web.AppKey("settings", SecureWatchSettings)
+BUS = web.AppKey("bus", object)
+APPLIANCE = web.AppKey("appliance", object)
+LIMITER = web.AppKey("login_limiter", auth.LoginLimiter)
+TEMPLATES = web.AppKey("templates", jinja2.Environment)
+TENANT_LOCK = web.AppKey("tenant_lock", asyncio.Lock)
+OPTIONS = web.AppKey("options", dict)
+
+
+# -- errors ---------------------------------------------------------------------------
+
+def api_error(status: int, message: str, problems: list[str] | None = None, **extra: Any) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if problems:
+        body["problems"] = problems
+    body.update(extra)
+    return web.json_response(body, status=status)
+
+
+class ApiError(Exception):
+    """Raised by handlers; becomes a JSON error (API) or an error page (UI)."""
+
+    def __init__(self, status: int, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.problems = problems or []
+
+
+def not_found(what: str = "not found") -> ApiError:
+    return ApiError(404, what)
+
+
+# -- the app --------------------------------------------------------------------------
+
+def create_app(settings: SecureWatchSettings, *, store: Store, bus: EventBus | None = None,
+               appliance: ApplianceHooks | None = None, mailer: Any | None = None,
+               pcap_root: pathlib.Path | None = None, secure_cookies: bool = False) -> web.Application:
+    """The SecureWatch application. The caller owns `store` (opens and closes it).
+
+    mailer: a `securewatch.mailer.ReportMailer` to mail monthly reports to tenants' contacts.
+    pcap_root: when set, PCAP downloads are served only from files under it.
+    secure_cookies: mark the session cookie Secure (behind HTTPS).
+    """
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=4 * 1024 * 1024)
+    app[STORE] = store
+    app[SETTINGS] = settings
+    app[BUS] = bus
+    app[APPLIANCE] = appliance
+    app[LIMITER] = auth.LoginLimiter()
+    app[TEMPLATES] = ui.template_environment()
+    app[TENANT_LOCK] = asyncio.Lock()
+    app[OPTIONS] = {"mailer": mailer, "pcap_root": pcap_root.resolve() if pcap_root else None,
+                    "secure_cookies": secure_cookies}
+    app.cleanup_ctx.append(_background)
+
+    r = app.router
+    r.add_get("/api/v1/openapi.json", api_openapi)
+    r.add_get("/api/v1/me", api_me)
+    r.add_get("/api/v1/status", api_status)
+    r.add_post("/api/v1/apply", api_apply)
+    r.add_get("/api/v1/tenants", api_tenants)
+    r.add_post("/api/v1/tenants", api_tenant_create)
+    r.add_get("/api/v1/tenants/{tenant_id}", api_tenant)
+    r.add_put("/api/v1/tenants/{tenant_id}", api_tenant_replace)
+    r.add_delete("/api/v1/tenants/{tenant_id}", api_tenant_delete)
+    r.add_get("/api/v1/tenants/{tenant_id}/versions", api_tenant_versions)
+    r.add_get("/api/v1/tenants/{tenant_id}/policy", api_policy)
+    r.add_put("/api/v1/tenants/{tenant_id}/policy", api_policy_put)
+    r.add_get("/api/v1/tenants/{tenant_id}/traffic", api_traffic)
+    r.add_get("/api/v1/tenants/{tenant_id}/reports/{period}", api_report)
+    r.add_get("/api/v1/incidents", api_incidents)
+    r.add_get("/api/v1/incidents/{incident_id}", api_incident)
+    r.add_post("/api/v1/incidents/{incident_id}/acknowledge", api_acknowledge)
+    r.add_post("/api/v1/incidents/{incident_id}/notes", api_annotate)
+    r.add_get("/api/v1/incidents/{incident_id}/pcap/{kind}", api_pcap)
+    r.add_get("/api/v1/audit", api_audit)
+    ui.add_routes(app)
+    return app
+
+
+# -- middlewares ----------------------------------------------------------------------
+
+def is_api(request: web.Request) -> bool:
+    return request.path.startswith("/api/")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                           ) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        if is_api(request):
+            return api_error(exc.status, exc.message, exc.problems)
+        return ui.error_page(request, exc.status, exc.message, exc.problems)
+    except web.HTTPException as exc:
+        if is_api(request) and exc.status >= 400:
+            return api_error(exc.status, exc.reason)
+        raise
+
+
+PUBLIC_PATHS = ("/login", "/api/v1/openapi.json")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                          ) -> web.StreamResponse:
+    principal, session = await _authenticate(request)
+    request["principal"] = principal
+    request["session"] = session
+    if request.path in PUBLIC_PATHS or request.path.startswith("/static/"):
+        return await handler(request)
+    if principal is None:
+        if is_api(request):
+            raise ApiError(401, "authentication required: a bearer token or a session cookie")
+        raise web.HTTPFound(f"/login?next={request.rel_url.path}")
+    # Cookies ride along with cross-site requests; a bearer token does not. Only the
+    # cookie path needs a CSRF token (a header for the API, a form field for the UI).
+    if (session is not None and request.method in UNSAFE_METHODS and is_api(request)
+            and request.headers.get(CSRF_HEADER) != session.csrf):
+        raise ApiError(403, f"missing or wrong {CSRF_HEADER} header (required with a session cookie)")
+    structlog.contextvars.bind_contextvars(user=principal.name)
+    try:
+        return await handler(request)
+    finally:
+        structlog.contextvars.unbind_contextvars("user")
+
+
+async def _authenticate(request: web.Request) -> tuple[Principal | None, Session | None]:
+    store = request.app[STORE]
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("bearer "):
+        token = await store.token_by_hash(auth.token_hash(header[7:].strip()))
+        if token is None:
+            return None, None
+        return Principal(f"token:{token.id}:{token.label}", token.role, token.tenant, token.access, "token"), None
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        return None, None
+    session = await store.session(auth.token_hash(cookie))
+    if session is None:
+        return None, None
+    user = await store.user(session.username)
+    if user is None or user.disabled:
+        return None, None
+    return Principal(user.name, user.role, user.tenant, user.access, "session"), session
+
+
+def principal_of(request: web.Request) -> Principal:
+    p = request["principal"]
+    assert p is not None
+    return p
+
+
+def remote_of(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+async def audit(request: web.Request, action: str, *, target: str | None = None, tenant: str | None = None,
+                details: dict[str, Any] | None = None) -> None:
+    await request.app[STORE].audit(principal_of(request).name, action, target=target, tenant=tenant,
+                                   remote=remote_of(request), details=details)
+
+
+# -- shared operations (API and UI) ------------------------------------------------------
+
+async def visible_tenant(request: web.Request, tenant_id: str) -> Tenant:
+    """The tenant if the caller may read it; 404 otherwise (same as a tenant that does not exist)."""
+    p = principal_of(request)
+    if not p.can_read(tenant_id):
+        raise not_found(f"no tenant {tenant_id!r}")
+    tenant = (await request.app[STORE].tenant_set()).get(tenant_id)
+    if tenant is None:
+        raise not_found(f"no tenant {tenant_id!r}")
+    return tenant
+
+
+async def visible_incident(request: web.Request, incident_id: str):
+    incident = await request.app[STORE].incident(incident_id)
+    if incident is None or not principal_of(request).can_read(incident.tenant):
+        raise not_found(f"no incident {incident_id!r}")
+    return incident
+
+
+async def change_tenants(request: web.Request, mutate: Callable[[TenantSet], TenantSet], action: str,
+                         target: str) -> bool:
+    """Validate, apply to the dataplane (when there is one), then store a new version and audit it.
+
+    ConfigError (422) leaves everything as it was. Returns whether the dataplane was updated.
+    """
+    app = request.app
+    async with app[TENANT_LOCK]:
+        current = await app[STORE].tenant_set()
+        new_set = mutate(current)
+        appliance: ApplianceHooks | None = app[APPLIANCE]
+        applied = False
+        if appliance is not None:
+            try:
+                appliance.apply_tenants(new_set)
+            except ConfigError:
+                raise
+            except Exception as exc:
+                log.error("securewatch.apply_failed", error=str(exc), action=action, target=target)
+                raise ApiError(502, f"the appliance could not apply the change: {exc}") from exc
+            applied = True
+        changed = await app[STORE].save_tenant_set(new_set, principal_of(request).name, action)
+    await audit(request, action, target=target, tenant=target, details={"changed": changed, "applied": applied})
+    bus: EventBus | None = app[BUS]
+    if bus is not None and changed:
+        bus.publish(Event(EventType.POLICY_CHANGE, target, f"{action} {target} by {principal_of(request).name}",
+                          Severity.NOTICE, details={"changed": changed, "actor": principal_of(request).name}))
+    log.info("securewatch.tenants_changed", action=action, target=target, changed=changed, applied=applied)
+    return applied
+
+
+def replace_tenant(tenant_set: TenantSet, table: dict[str, Any], *, must_exist: bool) -> TenantSet:
+    tables = tenant_set.to_dicts()
+    ids = [t["id"] for t in tables]
+    if table.get("id") in ids:
+        tables[ids.index(table["id"])] = table
+    elif must_exist:
+        raise not_found(f"no tenant {table.get('id')!r}")
+    else:
+        tables.append(table)
+    return TenantSet.from_dicts(tables)
+
+
+POLICY_KEYS = ("mode", "policy", "allow", "deny", "prefixes", "contacts")
+
+
+def merged_policy_table(tenant: Tenant, body: dict[str, Any], principal: Principal) -> dict[str, Any]:
+    unknown = [k for k in body if k not in POLICY_KEYS]
+    if unknown:
+        raise ApiError(422, "unknown keys", [f"{k}: unknown key (known: {', '.join(POLICY_KEYS)})" for k in unknown])
+    table = tenant.to_dict()
+    if not principal.is_admin:
+        for key in ("prefixes", "contacts"):
+            if key in body and body[key] != table.get(key, []):
+                raise ApiError(403, f"{key}: only an administrator changes a tenant's {key}", [
+                    f"{key}: only an administrator changes a tenant's {key}"])
+    for key in POLICY_KEYS:
+        if key in body:
+            table[key] = body[key]
+    return table
+
+
+def policy_view(tenant: Tenant) -> dict[str, Any]:
+    return {"tenant": tenant.id, "mode": tenant.mode, "prefixes": [str(p) for p in tenant.prefixes],
+            "policy": tenant.policy.to_dict(), "allow": [a.to_dict() for a in tenant.allow],
+            "deny": [d.to_dict() for d in tenant.deny], "contacts": list(tenant.contacts)}
+
+
+def scoped_status(status: dict[str, Any], principal: Principal) -> dict[str, Any]:
+    if principal.sees_all:
+        return status
+    own = {tid: t for tid, t in (status.get("tenants") or {}).items() if principal.can_read(tid)}
+    return {"updated": status.get("updated"), "tenants": own}
+
+
+def parse_since(text: str | None) -> float | None:
+    if text is None or text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ApiError(400, f"since: {text!r} is neither seconds since the epoch nor ISO 8601") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.timestamp()
+
+
+async def incident_filter(request: web.Request, query: Any) -> IncidentFilter:
+    p = principal_of(request)
+    tenant = query.get("tenant") or None
+    state = query.get("state") or None
+    if state is not None and state not in INCIDENT_STATES:
+        raise ApiError(400, f"state: {state!r} is not one of {', '.join(INCIDENT_STATES)}")
+    try:
+        limit = int(query.get("limit", 200))
+    except ValueError:
+        raise ApiError(400, "limit: expected an integer") from None
+    if not 1 <= limit <= 10000:
+        raise ApiError(400, "limit: must be between 1 and 10000")
+    visible = p.visible_tenants(())
+    return IncidentFilter(tenant=tenant, tenants=visible, state=state, vector=query.get("vector") or None,
+                          since=parse_since(query.get("since")), limit=limit)
+
+
+async def incident_detail(request: web.Request, incident_id: str) -> dict[str, Any]:
+    store = request.app[STORE]
+    incident = await visible_incident(request, incident_id)
+    out = incident.to_dict()
+    out["events"] = await store.incident_events(incident_id)
+    out["timeline"] = await store.incident_points(incident_id)
+    out["notes"] = await store.incident_notes(incident_id)
+    out["pcaps"] = {kind: {"packets": ref["packets"], "bytes": ref["bytes"],
+                           "url": f"/api/v1/incidents/{incident_id}/pcap/{kind}"}
+                    for kind, ref in (await store.pcaps(incident_id)).items()}
+    return out
+
+
+async def read_json(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"request body is not JSON: {exc}") from None
+
+
+def require_admin(request: web.Request) -> None:
+    if not principal_of(request).is_admin:
+        raise ApiError(403, "only an administrator may do this")
+
+
+def appliance_or_503(request: web.Request) -> ApplianceHooks:
+    appliance = request.app[APPLIANCE]
+    if appliance is None:
+        raise ApiError(503, "no appliance here: SecureWatch runs as a central server without a dataplane")
+    return appliance
+
+
+# -- API handlers -------------------------------------------------------------------------
+
+async def api_openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+async def api_me(request: web.Request) -> web.Response:
+    p = principal_of(request)
+    return web.json_response({"name": p.name, "role": p.role, "tenant": p.tenant, "access": p.access, "via": p.via})
+
+
+async def api_status(request: web.Request) -> web.Response:
+    appliance = appliance_or_503(request)
+    return web.json_response(scoped_status(appliance.status(), principal_of(request)), dumps=_dumps)
+
+
+async def api_apply(request: web.Request) -> web.Response:
+    require_admin(request)
+    appliance = appliance_or_503(request)
+    tenant_set = await request.app[STORE].tenant_set()
+    try:
+        appliance.apply_tenants(tenant_set)
+    except ConfigError as exc:
+        raise ApiError(422, "the stored tenant set was refused", exc.problems) from None
+    await audit(request, "tenants.apply", details={"tenants": len(tenant_set)})
+    return web.json_response({"applied": len(tenant_set)})
+
+
+async def api_tenants(request: web.Request) -> web.Response:
+    p = principal_of(request)
+    tenant_set = await request.app[STORE].tenant_set()
+    return web.json_response({"tenants": [t.to_dict() for t in tenant_set if p.can_read(t.id)]})
+
+
+async def api_tenant_create(request: web.Request) -> web.Response:
+    require_admin(request)
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "expected a JSON object (one tenant)")
+    tenant_id = body.get("id")
+    if isinstance(tenant_id, str) and tenant_id in await request.app[STORE].tenant_set():
+        raise ApiError(409, f"tenant {tenant_id!r} already exists", [f"id: {tenant_id!r} is already used"])
+    applied = await _tenant_change(request, lambda s: replace_tenant(s, body, must_exist=False),
+                                   "tenant.create", str(tenant_id))
+    tenant = (await request.app[STORE].tenant_set())[tenant_id]
+    return web.json_response({"tenant": tenant.to_dict(), "applied": applied}, status=201)
+
+
+async def _tenant_change(request: web.Request, mutate: Callable[[TenantSet], TenantSet], action: str,
+                         target: str) -> bool:
+    try:
+        return await change_tenants(request, mutate, action, target)
+    except ConfigError as exc:
+        raise ApiError(422, "invalid tenant", exc.problems) from None
+
+
+async def api_tenant(request: web.Request) -> web.Response:
+    tenant = await visible_tenant(request, request.match_info["tenant_id"])
+    version = await request.app[STORE].tenant_version(tenant.id)
+    return web.json_response({"tenant": tenant.to_dict(), "version": version})
+
+
+async def api_tenant_replace(request: web.Request) -> web.Response:
+    tenant = await visible_tenant(request, request.match_info["tenant_id"])
+    require_admin(request)
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "expected a JSON object (one tenant)")
+    if body.setdefault("id", tenant.id) != tenant.id:
+        raise ApiError(422, "id: cannot change a tenant's id", ["id: must match the URL"])
+    applied = await _tenant_change(request, lambda s: replace_tenant(s, body, must_exist=True),
+                                   "tenant.replace", tenant.id)
+    return web.json_response({"tenant": (await request.app[STORE].tenant_set())[tenant.id].to_dict(),
+                              "applied": applied})
+
+
+async def api_tenant_delete(request: web.Request) -> web.Response:
+    tenant = await visible_tenant(request, request.match_info["tenant_id"])
+    require_admin(request)
+    applied = await _tenant_change(request, lambda s: TenantSet([t for t in s if t.id != tenant.id]),
+                                   "tenant.delete", tenant.id)
+    return web.json_response({"deleted": tenant.id, "applied": applied})
+
+
+async def api_tenant_versions(request: web.Request) -> web.Response:
+    tenant = await visible_tenant(request, request.match_info["tenant_id"])
+    versions = await request.app[STORE].tenant_versions(tenant.id)
+    return web.json_response({"versions": [
+        {"version": v.version, "data": v.data, "created_at": v.created_at, "created_by": v.created_by,
+         "action": v.action} for v in versions]})
+
+
+async def api_policy(request: web.Request) -> web.Response:
+    tenant = await visible_tenant(request, request.match_info["tenant_id"])
+    return web.json_response(policy_view(tenant))
+
+
+async def api_policy_put(request: web.Request) -> web.Response:
+    tenant = await visible_tenant(request, request.match_info["tenant_id"])
+    p = principal_of(request)
+    if not p.can_edit_policy(tenant.id):
+        raise ApiError(403, "you may read this tenant's policy but not change it")
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "expected a JSON object with some of: " + ", ".join(POLICY_KEYS))
+    table = merged_policy_table(tenant, body, p)
+    applied = await _tenant_change(request, lambda s: replace_tenant(s, table, must_exist=True),
+                                   "policy.update", tenant.id)
+    updated = (await request.app[STORE].tenant_set())[tenant.id]
+    return web.json_response({**policy_view(updated), "applied": applied})
+
+
+async def api_traffic(request: web.Request) -> web.Response:
+    tenant = await visible_tenant(request, request.match_info["tenant_id"])
+    try:
+        seconds = int(request.query.get("seconds", 300))
+    except ValueError:
+        raise ApiError(400, "seconds: expected an integer") from None
+    if not 1 <= seconds <= MAX_TRAFFIC_SPAN_S:
+        raise ApiError(400, f"seconds: must be between 1 and {MAX_TRAFFIC_SPAN_S}")
+    resolution = request.query.get("resolution") or ("second" if seconds <= 3600 else "minute")
+    if resolution not in ("second", "minute"):
+        raise ApiError(400, f"resolution: {resolution!r} is not 'second' or 'minute'")
+    now = time.time()
+    rows = await request.app[STORE].traffic(tenant.id, now - seconds, now + 1, resolution)
+    return web.json_response({"tenant": tenant.id, "resolution": resolution, "series": rows})
+
+
+async def api_report(request: web.Request) -> web.StreamResponse:
+    tenant = await visible_tenant(request, request.match_info["tenant_id"])
+    try:
+        period = parse_period(request.match_info["period"])
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "csv", "html"):
+        raise ApiError(400, f"format: {fmt!r} is not json, csv or html")
+    report = await build_report(request.app[STORE], tenant.id, tenant.name, period, time.time())
+    filename = f"seawall-report-{tenant.id}-{period.label}.{fmt}"
+    disposition = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    if fmt == "csv":
+        return web.Response(text=report.to_csv(), content_type="text/csv", headers=disposition)
+    if fmt == "html":
+        html = ui.render_report_html(request.app, report)
+        return web.Response(text=html, content_type="text/html")
+    return web.json_response(report.to_dict(), headers=disposition if "download" in request.query else None)
+
+
+async def api_incidents(request: web.Request) -> web.Response:
+    flt = await incident_filter(request, request.query)
+    incidents = await request.app[STORE].incidents(flt)
+    return web.json_response({"incidents": [i.to_dict() for i in incidents]})
+
+
+async def api_incident(request: web.Request) -> web.Response:
+    return web.json_response(await incident_detail(request, request.match_info["incident_id"]))
+
+
+async def api_acknowledge(request: web.Request) -> web.Response:
+    incident = await visible_incident(request, request.match_info["incident_id"])
+    if not principal_of(request).can_handle_incident(incident.tenant):
+        raise ApiError(403, "you may read this incident but not acknowledge it")
+    await request.app[STORE].acknowledge(incident.id, principal_of(request).name)
+    await audit(request, "incident.acknowledge", target=incident.id, tenant=incident.tenant)
+    return web.json_response({"acknowledged": incident.id, "by": principal_of(request).name})
+
+
+async def api_annotate(request: web.Request) -> web.Response:
+    incident = await visible_incident(request, request.match_info["incident_id"])
+    if not principal_of(request).can_handle_incident(incident.tenant):
+        raise ApiError(403, "you may read this incident but not annotate it")
+    body = await read_json(request)
+    text = body.get("text") if isinstance(body, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(400, "text: expected a non-empty string", ["text: expected a non-empty string"])
+    if len(text) > MAX_NOTE_CHARS:
+        raise ApiError(400, f"text: at most {MAX_NOTE_CHARS} characters", [f"text: at most {MAX_NOTE_CHARS} characters"])
+    await add_note(request, incident.id, incident.tenant, text.strip())
+    return web.json_response({"incident": incident.id, "text": text.strip()}, status=201)
+
+
+async def add_note(request: web.Request, incident_id: str, tenant: str, text: str) -> None:
+    await request.app[STORE].annotate(incident_id, principal_of(request).name, text)
+    await audit(request, "incident.annotate", target=incident_id, tenant=tenant, details={"chars": len(text)})
+
+
+async def api_pcap(request: web.Request) -> web.StreamResponse:
+    incident = await visible_incident(request, request.match_info["incident_id"])
+    kind = request.match_info["kind"]
+    ref = (await request.app[STORE].pcaps(incident.id)).get(kind)
+    if ref is None:
+        raise not_found(f"no {kind!r} capture for incident {incident.id!r}")
+    path = pathlib.Path(ref["path"]).resolve()
+    root = request.app[OPTIONS]["pcap_root"]
+    if root is not None and not path.is_relative_to(root):
+        log.warning("securewatch.pcap_outside_root", incident=incident.id, path=str(path))
+        raise not_found("capture file is not available")
+    if not path.is_file():
+        raise ApiError(410, f"capture file {path.name} is no longer on disk")
+    await audit(request, "incident.pcap_download", target=incident.id, tenant=incident.tenant, details={"kind": kind})
+    return web.FileResponse(path, headers={
+        "Content-Type": "application/vnd.tcpdump.pcap",
+        "Content-Disposition": f'attachment; filename="{incident.id}-{kind}.pcap"'})
+
+
+async def api_audit(request: web.Request) -> web.Response:
+    if not principal_of(request).sees_all:
+        raise ApiError(403, "the audit log is for administrators and the NOC")
+    entries = await request.app[STORE].audit_log(tenant=request.query.get("tenant") or None)
+    return web.json_response({"entries": entries})
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+# -- background work ----------------------------------------------------------------------
+
+class Background:
+    """Named tasks with strong references; a task that fails is logged, the others go on."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    def spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self.tasks[name] = task
+        task.add_done_callback(self._done)
+
+    @staticmethod
+    def _done(task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("securewatch.task_failed", task=task.get_name(), error=f"{type(exc).__name__}: {exc}",
+                      exc_info=exc)
+
+    async def stop(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.tasks.clear()
+
+
+BACKGROUND = web.AppKey("background", Background)
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    background = Background()
+    app[BACKGROUND] = background
+    store, bus, appliance = app[STORE], app[BUS], app[APPLIANCE]
+    if appliance is not None:
+        await sync_tenants_at_start(store, appliance)
+    inbox = bus.subscribe(BUS_SUBSCRIBER) if bus is not None else None
+    if inbox is not None:
+        background.spawn("securewatch:ingest", _ingest(store, inbox))
+    if appliance is not None:
+        background.spawn("securewatch:traffic", _sample_traffic(app, store, appliance))
+    background.spawn("securewatch:retention", _retention(store))
+    mailer = app[OPTIONS]["mailer"]
+    if mailer is not None:
+        background.spawn("securewatch:monthly-reports", _monthly_reports(store, mailer))
+    log.info("securewatch.started", tasks=sorted(background.tasks), central=appliance is None)
+    try:
+        yield
+    finally:
+        await background.stop()
+        if bus is not None:
+            bus.unsubscribe(BUS_SUBSCRIBER)
+        if inbox is not None:  # events published but not yet stored: keep them
+            while not inbox.empty():
+                with contextlib.suppress(Exception):
+                    await ingest_event(store, inbox.get_nowait())
+        log.info("securewatch.stopped")
+
+
+async def sync_tenants_at_start(store: Store, appliance: ApplianceHooks) -> None:
+    """An empty store takes the appliance's tenants; otherwise the store (edits made in the UI) wins."""
+    stored = await store.tenant_set()
+    running = appliance.current_tenants()
+    if not len(stored):
+        if len(running):
+            await store.save_tenant_set(running, "appliance", "import")
+            log.info("securewatch.tenants_imported", tenants=len(running))
+        return
+    if stored != running:
+        try:
+            appliance.apply_tenants(stored)
+            log.info("securewatch.tenants_restored", tenants=len(stored))
+        except ConfigError as exc:
+            log.error("securewatch.tenants_restore_refused", problems=exc.problems)
+
+
+async def ingest_event(store: Store, event: Event) -> None:
+    if event.type in ATTACK_EVENTS and event.incident_id and event.tenant:
+        await store.record_event(event.to_dict())
+
+
+async def _ingest(store: Store, inbox: asyncio.Queue[Event]) -> None:
+    while True:
+        event = await inbox.get()
+        try:
+            await ingest_event(store, event)
+        except Exception:
+            # One bad event (or a database hiccup) must not stop the stream.
+            log.exception("securewatch.ingest_failed", incident=event.incident_id, event_type=str(event.type))
+
+
+async def _sample_traffic(app: web.Application, store: Store, appliance: ApplianceHooks) -> None:
+    last_seen: dict[str, float] = {}
+    last_running: TenantSet | None = None
+    while True:
+        try:
+            running = appliance.current_tenants()
+            if last_running is not None and running != last_running:
+                # Changed behind our back (SIGHUP reload of the config file): record it.
+                async with app[TENANT_LOCK]:
+                    if running != await store.tenant_set():
+                        changed = await store.save_tenant_set(running, "appliance", "reload")
+                        await store.audit("appliance", "tenants.reload", details={"changed": changed})
+            last_running = running
+            for tenant in running:
+                rows = appliance.traffic_series(tenant.id, TRAFFIC_FETCH_S)
+                if tenant.id not in last_seen:
+                    last_seen[tenant.id] = await store.last_traffic_time(tenant.id) or 0.0
+                fresh = [r for r in rows if float(r.get("time", 0)) > last_seen[tenant.id]]
+                if fresh:
+                    await store.add_traffic(tenant.id, fresh)
+                    last_seen[tenant.id] = max(float(r["time"]) for r in fresh)
+        except Exception:
+            log.exception("securewatch.traffic_sample_failed")
+        await asyncio.sleep(TRAFFIC_POLL_S)  # the sampling period, not a wait for an outcome
+
+
+async def _retention(store: Store) -> None:
+    while True:
+        try:
+            removed = await store.apply_retention()
+            if any(removed.values()):
+                log.debug("securewatch.retention", **removed)
+        except Exception:
+            log.exception("securewatch.retention_failed")
+        await asyncio.sleep(RETENTION_EVERY_S)
+
+
+async def _monthly_reports(store: Store, mailer: Any) -> None:
+    while True:
+        try:
+            await mailer.send_due_reports(store, time.time())
+        except Exception:
+            log.exception("securewatch.monthly_reports_failed")
+        await asyncio.sleep(REPORT_CHECK_EVERY_S)
+

@@ -1,0 +1,112 @@
+"""The OpenAPI 3 document of /api/v1. A test walks the app's routes and checks that
+every route is documented here and every documented operation exists."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_NOT_FOUND = {"description": "no such object, or not visible to the caller",
+              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _op(summary: str, *, params: tuple[str, ...] = (), query: tuple[tuple[str, str], ...] = (),
+        body: str | None = None, ok: str = "200", content: str = "application/json",
+        errors: tuple[str, ...] = ("401", "403")) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "parameters": [
+        {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params] + [
+        {"name": name, "in": "query", "required": False, "schema": {"type": "string"}, "description": desc}
+        for name, desc in query]}
+    if body:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"$ref": body}}}}
+    op["responses"] = {ok: {"description": "success", "content": {content: {}}}}
+    for code in errors:
+        op["responses"][code] = _NOT_FOUND if code == "404" else _ERROR
+    return op
+
+
+def openapi_document() -> dict[str, Any]:
+    tid = ("tenant_id",)
+    iid = ("incident_id",)
+    paths: dict[str, dict[str, Any]] = {
+        "/api/v1/openapi.json": {"get": _op("This document", errors=())},
+        "/api/v1/me": {"get": _op("The caller's identity and role", errors=("401",))},
+        "/api/v1/status": {"get": _op("Appliance status: interfaces, attach mode, per-tenant counters and rates "
+                                      "(503 in central mode)", errors=("401", "503"))},
+        "/api/v1/apply": {"post": _op("Apply the stored tenant set to the appliance (admin; 503 in central mode)",
+                                      errors=("401", "403", "422", "503"))},
+        "/api/v1/tenants": {
+            "get": _op("Tenants visible to the caller"),
+            "post": _op("Create a tenant (admin)", body="#/components/schemas/Tenant", ok="201",
+                        errors=("400", "401", "403", "409", "422")),
+        },
+        "/api/v1/tenants/{tenant_id}": {
+            "get": _op("One tenant", params=tid, errors=("401", "404")),
+            "put": _op("Replace a tenant (admin)", params=tid, body="#/components/schemas/Tenant",
+                       errors=("400", "401", "403", "404", "422")),
+            "delete": _op("Delete a tenant (admin)", params=tid, errors=("401", "403", "404")),
+        },
+        "/api/v1/tenants/{tenant_id}/versions": {
+            "get": _op("Version history of a tenant", params=tid, errors=("401", "404"))},
+        "/api/v1/tenants/{tenant_id}/policy": {
+            "get": _op("A tenant's policy: mode, policy table, allow and deny lists, prefixes", params=tid,
+                       errors=("401", "404")),
+            "put": _op("Change a tenant's policy (admin, or the tenant with write access; prefixes: admin only)",
+                       params=tid, body="#/components/schemas/Policy", errors=("400", "401", "403", "404", "422")),
+        },
+        "/api/v1/tenants/{tenant_id}/traffic": {
+            "get": _op("Traffic series: passed and dropped per second (last hour) or per minute (90 days)",
+                       params=tid, query=(("seconds", "how far back, seconds (default 300)"),
+                                          ("resolution", "second | minute (default: by span)")),
+                       errors=("400", "401", "404"))},
+        "/api/v1/tenants/{tenant_id}/reports/{period}": {
+            "get": _op("A tenant's report for a period (YYYY-MM or YYYY-MM-DD..YYYY-MM-DD)",
+                       params=(*tid, "period"), query=(("format", "json | csv | html"),),
+                       errors=("400", "401", "404"))},
+        "/api/v1/incidents": {
+            "get": _op("Incidents visible to the caller", query=(
+                ("tenant", "tenant id"), ("state", "active | ended"), ("vector", "attack vector"),
+                ("since", "seconds since the epoch or ISO 8601"), ("limit", "at most this many (default 200)")),
+                errors=("400", "401"))},
+        "/api/v1/incidents/{incident_id}": {
+            "get": _op("An incident with its events, timeline, notes and PCAP files", params=iid,
+                       errors=("401", "404"))},
+        "/api/v1/incidents/{incident_id}/acknowledge": {
+            "post": _op("Acknowledge an incident (admin, noc, tenant write)", params=iid,
+                        errors=("401", "403", "404"))},
+        "/api/v1/incidents/{incident_id}/notes": {
+            "post": _op("Annotate an incident (admin, noc, tenant write)", params=iid,
+                        body="#/components/schemas/Note", ok="201", errors=("400", "401", "403", "404"))},
+        "/api/v1/incidents/{incident_id}/pcap/{kind}": {
+            "get": _op("Download an incident's PCAP evidence (kind: dropped | passed)", params=(*iid, "kind"),
+                       content="application/vnd.tcpdump.pcap", errors=("401", "404"))},
+        "/api/v1/audit": {"get": _op("Audit log (admin, noc)", query=(("tenant", "tenant id"),),
+                                     errors=("401", "403"))},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Seawall SecureWatch API", "version": "1"},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                "session": {"type": "apiKey", "in": "cookie", "name": "sw_session"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {
+                    "error": {"type": "string"}, "problems": {"type": "array", "items": {"type": "string"}}}},
+                "Tenant": {"type": "object", "required": ["id", "prefixes"], "properties": {
+                    "id": {"type": "string"}, "name": {"type": "string"},
+                    "prefixes": {"type": "array", "items": {"type": "string"}},
+                    "mode": {"type": "string", "enum": ["monitor", "mitigate"]},
+                    "allow": {"type": "array", "items": {"type": "object"}},
+                    "deny": {"type": "array", "items": {"type": "object"}},
+                    "policy": {"type": "object"}, "contacts": {"type": "array", "items": {"type": "string"}}}},
+                "Policy": {"type": "object", "properties": {
+                    "mode": {"type": "string"}, "policy": {"type": "object"},
+                    "allow": {"type": "array", "items": {"type": "object"}},
+                    "deny": {"type": "array", "items": {"type": "object"}},
+                    "prefixes": {"type": "array", "items": {"type": "string"}}}},
+                "Note": {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}},
+            },
+        },
+        "security": [{"bearer": []}, {"session": []}],
+        "paths": paths,
+    }

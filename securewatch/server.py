@@ -1,0 +1,56 @@
+"""Serving SecureWatch: inside the appliance process (`start_server`) or alone (`serve_central`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pathlib
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from appliance.config import SecureWatchSettings
+
+from .app import ApplianceHooks, create_app
+from .store import Store
+
+log = structlog.get_logger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def start_server(settings: SecureWatchSettings, *, bus: Any = None, appliance: ApplianceHooks | None = None,
+                       state_dir: pathlib.Path | None = None, mailer: Any = None) -> AsyncIterator[str]:
+    """Open the store, serve the app on settings.listen, yield its base URL; close both on exit."""
+    store = await Store.open(settings.database)
+    runner: web.AppRunner | None = None
+    try:
+        pcap_root = pathlib.Path(state_dir) / "pcap" if state_dir is not None else None
+        app = create_app(settings, store=store, bus=bus, appliance=appliance, mailer=mailer, pcap_root=pcap_root)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        log.info("securewatch.listening", url=url, database=store.dialect)
+        yield url
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await store.close()
+
+
+async def serve_central(settings: SecureWatchSettings, *, mailer: Any = None,
+                        stop: asyncio.Event | None = None) -> None:
+    """Central-server mode: the app without a dataplane, until SIGTERM/SIGINT (or `stop`)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with start_server(settings, appliance=None, mailer=mailer) as url:
+        print(f"SecureWatch listening on {url} (central server mode)", flush=True)
+        await stop.wait()

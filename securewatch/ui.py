@@ -1,0 +1,394 @@
+"""The web UI: server-rendered jinja2 pages, one CSS file, a few lines of JS on the dashboard.
+
+Forms post back to the same URL with a CSRF token from the session; pages never
+show a tenant the principal may not read (the same scoping as the API).
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import re
+import time
+from typing import Any
+
+import jinja2
+import markupsafe
+from aiohttp import web
+
+from tenants import ConfigError
+from tenants.policy import REFLECTION_MODES, TenantPolicy
+
+from . import app as sw
+from . import auth
+from .store import Session
+
+POLICY_INT_FIELDS = ("min_pps", "min_tenant_pps", "syn_rate_pps", "udp_rate_pps", "icmp_rate_pps",
+                     "fragment_rate_pps")
+POLICY_BOOL_FIELDS = ("auto_mitigation", "invalid_filters", "syn_protection")
+
+
+def template_environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("securewatch", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    env.filters["utc"] = _utc
+    env.filters["rate"] = _rate
+    env.filters["duration"] = _duration
+    env.filters["percent"] = lambda v: "–" if v is None else f"{100 * float(v):.1f} %"
+    return env
+
+
+def _utc(ts: float | None) -> str:
+    if ts is None:
+        return "–"
+    return datetime.datetime.fromtimestamp(ts, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _rate(value: float | None, unit: str = "pps") -> str:
+    if value is None:
+        return "–"
+    v = float(value)
+    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= factor:
+            return f"{v / factor:.1f} {prefix}{unit}"
+    return f"{v:.0f} {unit}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    s = int(seconds)
+    return f"{s // 3600} h {s % 3600 // 60} min" if s >= 3600 else f"{s // 60} min {s % 60} s" if s >= 60 else f"{s} s"
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/login", login_page)
+    r.add_post("/login", login_submit)
+    r.add_post("/logout", logout)
+    r.add_get("/", dashboard)
+    r.add_get("/tenants", tenants_page)
+    r.add_get("/tenants/{tenant_id}", policy_page)
+    r.add_post("/tenants/{tenant_id}", policy_submit)
+    r.add_get("/incidents", incidents_page)
+    r.add_get("/incidents/{incident_id}", incident_page)
+    r.add_post("/incidents/{incident_id}/acknowledge", incident_acknowledge)
+    r.add_post("/incidents/{incident_id}/notes", incident_note)
+    r.add_get("/reports", reports_page)
+    r.add_static("/static", sw.PACKAGE_DIR / "static", name="static")
+
+
+def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+    session: Session | None = request.get("session")
+    text = request.app[sw.TEMPLATES].get_template(template).render(
+        principal=request.get("principal"), csrf=session.csrf if session else "", path=request.path,
+        central=request.app[sw.APPLIANCE] is None, **context)
+    return web.Response(text=text, status=status, content_type="text/html")
+
+
+def error_page(request: web.Request, status: int, message: str, problems: list[str]) -> web.Response:
+    return render(request, "error.html", status=status, status_code=status, message=message, problems=problems)
+
+
+async def check_csrf(request: web.Request) -> Any:
+    form = await request.post()
+    session: Session | None = request.get("session")
+    if session is None or form.get("csrf_token") != session.csrf:
+        raise sw.ApiError(403, "the form expired or did not come from this site; reload the page and try again")
+    return form
+
+
+# -- login ------------------------------------------------------------------------------
+
+def _safe_next(value: str | None) -> str:
+    # Only local paths: an open redirect would let a phishing link bounce through us.
+    return value if value and value.startswith("/") and not value.startswith("//") else "/"
+
+
+async def login_page(request: web.Request) -> web.Response:
+    return render(request, "login.html", error=None, username="", next=_safe_next(request.query.get("next")))
+
+
+async def login_submit(request: web.Request) -> web.Response:
+    form = await request.post()
+    username = str(form.get("username", "")).strip()
+    password = str(form.get("password", ""))
+    nxt = _safe_next(str(form.get("next", "/")))
+    remote = sw.remote_of(request)
+    store = request.app[sw.STORE]
+    limiter = request.app[sw.LIMITER]
+    wait = limiter.retry_after(remote, username)
+    if wait is not None:
+        await store.audit(username or "?", "login.throttled", remote=remote)
+        return render(request, "login.html", status=429, username=username, next=nxt,
+                      error=f"Too many failed attempts. Try again in {int(wait) + 1} seconds.")
+    user = await store.user(username) if username else None
+    ok = auth.verify_password(user.password_hash if user else None, password) and user is not None \
+        and not user.disabled
+    if not ok:
+        limiter.failed(remote, username)
+        await store.audit(username or "?", "login.failed", remote=remote)
+        return render(request, "login.html", status=401, username=username, next=nxt,
+                      error="Wrong user name or password.")
+    limiter.succeeded(username)
+    if auth.needs_rehash(user.password_hash):
+        await store.set_password_hash(user.name, auth.hash_password(password))
+    session_id = auth.new_session_id()
+    now = time.time()
+    await store.create_session(Session(auth.token_hash(session_id), user.name, auth.new_csrf_token(), now,
+                                       now + auth.SESSION_LIFETIME_S), remote)
+    await store.audit(user.name, "login", remote=remote)
+    response = web.HTTPFound(nxt)
+    response.set_cookie(sw.SESSION_COOKIE, session_id, httponly=True, samesite="Strict", path="/",
+                        max_age=auth.SESSION_LIFETIME_S, secure=request.app[sw.OPTIONS]["secure_cookies"])
+    raise response
+
+
+async def logout(request: web.Request) -> web.Response:
+    await check_csrf(request)
+    session: Session | None = request.get("session")
+    if session is not None:
+        await request.app[sw.STORE].delete_session(session.id_hash)
+        await sw.audit(request, "logout")
+    response = web.HTTPFound("/login")
+    response.del_cookie(sw.SESSION_COOKIE, path="/")
+    raise response
+
+
+# -- pages ------------------------------------------------------------------------------
+
+async def _visible_tenants(request: web.Request) -> list[Any]:
+    p = sw.principal_of(request)
+    return [t for t in await request.app[sw.STORE].tenant_set() if p.can_read(t.id)]
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    p = sw.principal_of(request)
+    tenants = await _visible_tenants(request)
+    appliance = request.app[sw.APPLIANCE]
+    status = sw.scoped_status(appliance.status(), p) if appliance is not None else {"tenants": {}}
+    rows = []
+    for t in tenants:
+        s = (status.get("tenants") or {}).get(t.id, {})
+        rows.append({"id": t.id, "name": t.name, "mode": t.mode, "passed_pps": s.get("passed_pps"),
+                     "dropped_pps": s.get("dropped_pps"), "passed_bps": s.get("passed_bps"),
+                     "dropped_bps": s.get("dropped_bps")})
+    active = await request.app[sw.STORE].incidents(
+        sw.IncidentFilter(tenants=p.visible_tenants(()), state="active", limit=50))
+    return render(request, "dashboard.html", rows=rows, active=active, status=status)
+
+
+async def tenants_page(request: web.Request) -> web.Response:
+    return render(request, "tenants.html", tenants=await _visible_tenants(request))
+
+
+def _acl_lines(entries: Any) -> str:
+    return "\n".join(str(e) for e in entries)
+
+
+def _form_from_tenant(tenant: Any) -> dict[str, Any]:
+    pol = tenant.policy
+    return {"prefixes": "\n".join(str(p) for p in tenant.prefixes), "mode": tenant.mode,
+            "allow": _acl_lines(tenant.allow), "deny": _acl_lines(tenant.deny),
+            **{k: getattr(pol, k) for k in ("sensitivity", "reflection_filter", *POLICY_INT_FIELDS,
+                                            *POLICY_BOOL_FIELDS)}}
+
+
+async def policy_page(request: web.Request) -> web.Response:
+    tenant = await sw.visible_tenant(request, request.match_info["tenant_id"])
+    versions = await request.app[sw.STORE].tenant_versions(tenant.id)
+    return _policy_render(request, tenant, _form_from_tenant(tenant), {}, [], versions[:10], saved=False)
+
+
+def _policy_render(request: web.Request, tenant: Any, form: dict[str, Any], errors: dict[str, list[str]],
+                   general: list[str], versions: list[Any], saved: bool, status: int = 200) -> web.Response:
+    p = sw.principal_of(request)
+    return render(request, "policy.html", status=status, tenant=tenant, form=form, errors=errors, general=general,
+                  versions=versions, saved=saved, editable=p.can_edit_policy(tenant.id), admin=p.is_admin,
+                  reflection_modes=REFLECTION_MODES, int_fields=POLICY_INT_FIELDS, bool_fields=POLICY_BOOL_FIELDS,
+                  defaults=TenantPolicy())
+
+
+_ACL_TOKEN = re.compile(r"(\w+)=(\S+)")
+
+
+def parse_acl_lines(text: str, list_name: str, errors: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """'src=198.51.100.0/24 proto=tcp dport=443', one entry per line, into ACL tables."""
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line == "any":
+            out.append({})
+            continue
+        tokens = line.split()
+        entry: dict[str, Any] = {}
+        for token in tokens:
+            m = _ACL_TOKEN.fullmatch(token)
+            if not m:
+                errors.setdefault(list_name, []).append(
+                    f"line {number}: {token!r} is not key=value (keys: src, proto, sport, dport)")
+                continue
+            key, value = m.groups()
+            entry[key] = int(value) if key in ("sport", "dport") and value.isdigit() else value
+        out.append(entry)
+    return out
+
+
+def _field_of(problem: str) -> str:
+    """Which form field a tenants-package problem message is about."""
+    m = re.search(r"policy\.(\w+)", problem)
+    if m:
+        return m.group(1)
+    for key in ("prefixes", "allow", "deny", "mode", "contacts"):
+        if re.search(rf"(^|: ){key}(\[\d+\])?:", problem):
+            return key
+    return "_general"
+
+
+async def policy_submit(request: web.Request) -> web.Response:
+    tenant = await sw.visible_tenant(request, request.match_info["tenant_id"])
+    form = await check_csrf(request)
+    p = sw.principal_of(request)
+    if not p.can_edit_policy(tenant.id):
+        raise sw.ApiError(403, "you may read this tenant's policy but not change it")
+    errors: dict[str, list[str]] = {}
+    values: dict[str, Any] = {k: str(form.get(k, "")) for k in ("prefixes", "mode", "allow", "deny",
+                                                                 "sensitivity", "reflection_filter",
+                                                                 *POLICY_INT_FIELDS)}
+    for k in POLICY_BOOL_FIELDS:
+        values[k] = form.get(k) == "on"
+    policy: dict[str, Any] = {"reflection_filter": values["reflection_filter"]}
+    try:
+        policy["sensitivity"] = float(values["sensitivity"])
+    except ValueError:
+        errors.setdefault("sensitivity", []).append("expected a number between 0.1 and 10")
+    for k in POLICY_INT_FIELDS:
+        text = values[k].strip()
+        if not text.isdigit():
+            errors.setdefault(k, []).append("expected a whole number, 0 or more")
+        else:
+            policy[k] = int(text)
+    for k in POLICY_BOOL_FIELDS:
+        policy[k] = values[k]
+    body: dict[str, Any] = {"mode": values["mode"], "policy": policy,
+                            "allow": parse_acl_lines(values["allow"], "allow", errors),
+                            "deny": parse_acl_lines(values["deny"], "deny", errors)}
+    if p.is_admin:
+        body["prefixes"] = [line.strip() for line in values["prefixes"].splitlines() if line.strip()]
+    else:
+        values["prefixes"] = "\n".join(str(x) for x in tenant.prefixes)
+    versions = await request.app[sw.STORE].tenant_versions(tenant.id)
+    if errors:
+        return _policy_render(request, tenant, values, errors, [], versions[:10], saved=False, status=422)
+    table = sw.merged_policy_table(tenant, body, p)
+    try:
+        await sw.change_tenants(request, lambda s: sw.replace_tenant(s, table, must_exist=True),
+                                "policy.update", tenant.id)
+    except ConfigError as exc:
+        general: list[str] = []
+        for problem in exc.problems:
+            field = _field_of(problem)
+            short = problem.split(": ", 1)[1] if problem.startswith("tenant ") and ": " in problem else problem
+            if field == "_general":
+                general.append(problem)
+            else:
+                errors.setdefault(field, []).append(short)
+        return _policy_render(request, tenant, values, errors, general, versions[:10], saved=False, status=422)
+    updated = (await request.app[sw.STORE].tenant_set())[tenant.id]
+    versions = await request.app[sw.STORE].tenant_versions(tenant.id)
+    return _policy_render(request, updated, _form_from_tenant(updated), {}, [], versions[:10], saved=True)
+
+
+async def incidents_page(request: web.Request) -> web.Response:
+    flt = await sw.incident_filter(request, request.query)
+    incidents = await request.app[sw.STORE].incidents(flt)
+    tenants = await _visible_tenants(request)
+    return render(request, "incidents.html", incidents=incidents, tenants=tenants, query=request.query)
+
+
+async def incident_page(request: web.Request) -> web.Response:
+    detail = await sw.incident_detail(request, request.match_info["incident_id"])
+    svg = timeline_svg(detail["timeline"])
+    can_handle = sw.principal_of(request).can_handle_incident(detail["tenant"])
+    return render(request, "incident.html", inc=detail, svg=svg, can_handle=can_handle)
+
+
+async def incident_acknowledge(request: web.Request) -> web.Response:
+    incident = await sw.visible_incident(request, request.match_info["incident_id"])
+    await check_csrf(request)
+    if not sw.principal_of(request).can_handle_incident(incident.tenant):
+        raise sw.ApiError(403, "you may read this incident but not acknowledge it")
+    await request.app[sw.STORE].acknowledge(incident.id, sw.principal_of(request).name)
+    await sw.audit(request, "incident.acknowledge", target=incident.id, tenant=incident.tenant)
+    raise web.HTTPFound(f"/incidents/{incident.id}")
+
+
+async def incident_note(request: web.Request) -> web.Response:
+    incident = await sw.visible_incident(request, request.match_info["incident_id"])
+    form = await check_csrf(request)
+    if not sw.principal_of(request).can_handle_incident(incident.tenant):
+        raise sw.ApiError(403, "you may read this incident but not annotate it")
+    text = str(form.get("text", "")).strip()
+    if not text or len(text) > sw.MAX_NOTE_CHARS:
+        raise sw.ApiError(400, f"a note needs 1 to {sw.MAX_NOTE_CHARS} characters")
+    await sw.add_note(request, incident.id, incident.tenant, text)
+    raise web.HTTPFound(f"/incidents/{incident.id}")
+
+
+async def reports_page(request: web.Request) -> web.Response:
+    today = datetime.datetime.now(tz=datetime.UTC)
+    months = []
+    year, month = today.year, today.month
+    for _ in range(6):
+        months.append(f"{year:04d}-{month:02d}")
+        year, month = (year, month - 1) if month > 1 else (year - 1, 12)
+    return render(request, "reports.html", tenants=await _visible_tenants(request), months=months)
+
+
+def render_report_html(app: web.Application, report: Any) -> str:
+    return app[sw.TEMPLATES].get_template("report.html").render(r=report, summary=report.summary)
+
+
+# -- the incident timeline as inline SVG ---------------------------------------------------
+
+SVG_W, SVG_H = 760, 240          # pixels
+SVG_PAD_L, SVG_PAD_R, SVG_PAD_T, SVG_PAD_B = 64, 12, 12, 28
+SERIES_STYLE = (("attack_pps", "#c53030", "attack"), ("dropped_pps", "#2b6cb0", "dropped"),
+                ("passed_pps", "#2f855a", "passed"))
+
+
+def timeline_svg(points: list[dict[str, float]]) -> markupsafe.Markup:
+    """Attack, dropped and passed packets per second over the incident, drawn here, no JS."""
+    if len(points) < 2:
+        return markupsafe.Markup('<p class="muted">Not enough timeline points yet.</p>')
+    t0, t1 = points[0]["t"], points[-1]["t"]
+    span = max(t1 - t0, 1.0)
+    top = max(max(p.get(k, 0.0) for k, _, _ in SERIES_STYLE) for p in points) or 1.0
+    w, h = SVG_W - SVG_PAD_L - SVG_PAD_R, SVG_H - SVG_PAD_T - SVG_PAD_B
+
+    def xy(p: dict[str, float], key: str) -> str:
+        return f"{SVG_PAD_L + (p['t'] - t0) / span * w:.1f},{SVG_PAD_T + h - p.get(key, 0.0) / top * h:.1f}"
+
+    parts = [f'<svg class="timeline" viewBox="0 0 {SVG_W} {SVG_H}" role="img" '
+             f'aria-label="packets per second over the incident" xmlns="http://www.w3.org/2000/svg">']
+    for i in range(5):
+        y = SVG_PAD_T + h * i / 4
+        value = top * (1 - i / 4)
+        parts.append(f'<line x1="{SVG_PAD_L}" y1="{y:.1f}" x2="{SVG_W - SVG_PAD_R}" y2="{y:.1f}" class="grid"/>')
+        parts.append(f'<text x="{SVG_PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{html.escape(_rate(value))}</text>')
+    for i in range(5):
+        t = t0 + span * i / 4
+        x = SVG_PAD_L + w * i / 4
+        label = datetime.datetime.fromtimestamp(t, tz=datetime.UTC).strftime("%H:%M:%S")
+        parts.append(f'<text x="{x:.1f}" y="{SVG_H - 8}" text-anchor="middle">{label}</text>')
+    for key, colour, _ in SERIES_STYLE:
+        coords = " ".join(xy(p, key) for p in points)
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{coords}"/>')
+    for n, (_, colour, label) in enumerate(SERIES_STYLE):
+        x = SVG_PAD_L + 10 + n * 90
+        parts.append(f'<rect x="{x}" y="{SVG_PAD_T + 2}" width="10" height="10" fill="{colour}"/>'
+                     f'<text x="{x + 14}" y="{SVG_PAD_T + 11}">{label}</text>')
+    parts.append("</svg>")
+    return markupsafe.Markup("".join(parts))
