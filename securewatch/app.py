@@ -74,6 +74,8 @@ LIMITER = web.AppKey("login_limiter", auth.LoginLimiter)
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
 TENANT_LOCK = web.AppKey("tenant_lock", asyncio.Lock)
 OPTIONS = web.AppKey("options", dict)
+PRINCIPAL = web.RequestKey("principal", object)   # Principal | None
+SESSION = web.RequestKey("session", object)       # Session | None
 
 
 # -- errors ---------------------------------------------------------------------------
@@ -176,8 +178,8 @@ PUBLIC_PATHS = ("/login", "/api/v1/openapi.json")
 async def auth_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                           ) -> web.StreamResponse:
     principal, session = await _authenticate(request)
-    request["principal"] = principal
-    request["session"] = session
+    request[PRINCIPAL] = principal
+    request[SESSION] = session
     if request.path in PUBLIC_PATHS or request.path.startswith("/static/"):
         return await handler(request)
     if principal is None:
@@ -217,7 +219,7 @@ async def _authenticate(request: web.Request) -> tuple[Principal | None, Session
 
 
 def principal_of(request: web.Request) -> Principal:
-    p = request["principal"]
+    p = request[PRINCIPAL]
     assert p is not None
     return p
 

@@ -79,9 +79,9 @@ def add_routes(app: web.Application) -> None:
 
 
 def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
-    session: Session | None = request.get("session")
+    session: Session | None = request.get(sw.SESSION)
     text = request.app[sw.TEMPLATES].get_template(template).render(
-        principal=request.get("principal"), csrf=session.csrf if session else "", path=request.path,
+        principal=request.get(sw.PRINCIPAL), csrf=session.csrf if session else "", path=request.path,
         central=request.app[sw.APPLIANCE] is None, **context)
     return web.Response(text=text, status=status, content_type="text/html")
 
@@ -92,7 +92,7 @@ def error_page(request: web.Request, status: int, message: str, problems: list[s
 
 async def check_csrf(request: web.Request) -> Any:
     form = await request.post()
-    session: Session | None = request.get("session")
+    session: Session | None = request.get(sw.SESSION)
     if session is None or form.get("csrf_token") != session.csrf:
         raise sw.ApiError(403, "the form expired or did not come from this site; reload the page and try again")
     return form
@@ -146,7 +146,7 @@ async def login_submit(request: web.Request) -> web.Response:
 
 async def logout(request: web.Request) -> web.Response:
     await check_csrf(request)
-    session: Session | None = request.get("session")
+    session: Session | None = request.get(sw.SESSION)
     if session is not None:
         await request.app[sw.STORE].delete_session(session.id_hash)
         await sw.audit(request, "logout")

@@ -1,0 +1,150 @@
+"""The store suite. tests/netns/test_securewatch_store.py runs these same tests on PostgreSQL
+by overriding the `database_url` fixture."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from test_sw_helpers import TENANTS, attack_events
+
+from securewatch.store import (
+    MINUTE_RETENTION_S,
+    SCHEMA_VERSION,
+    SECOND_RETENTION_S,
+    IncidentFilter,
+    Store,
+    StoreError,
+    User,
+)
+from tenants import TenantSet
+
+
+@pytest.fixture
+def database_url(tmp_path):
+    return f"sqlite:///{tmp_path}/store.db"
+
+
+@pytest.fixture
+async def store(database_url):
+    s = await Store.open(database_url)
+    yield s
+    await s.close()
+
+
+async def test_migrations_recorded_and_reopen_is_idempotent(store, database_url):
+    assert await store.schema_version() == SCHEMA_VERSION
+    again = await Store.open(database_url)
+    try:
+        assert await again.schema_version() == SCHEMA_VERSION
+    finally:
+        await again.close()
+
+
+async def test_tenant_versions_track_create_change_delete(store):
+    first = TenantSet.from_dicts(TENANTS)
+    assert sorted(await store.save_tenant_set(first, "alice", "seed")) == ["alpha", "beta"]
+    assert await store.tenant_set() == first
+    assert await store.save_tenant_set(first, "alice", "noop") == []  # unchanged: no new versions
+
+    changed = [dict(TENANTS[0], mode="monitor"), TENANTS[1]]
+    assert await store.save_tenant_set(TenantSet.from_dicts(changed), "bob", "policy.update") == ["alpha"]
+    assert await store.save_tenant_set(TenantSet.from_dicts(changed[:1]), "bob", "tenant.delete") == ["beta"]
+    assert (await store.tenant_set()).ids == ("alpha",)
+
+    alpha = await store.tenant_versions("alpha")
+    assert [(v.version, v.created_by, v.data["mode"]) for v in alpha] == [(2, "bob", "monitor"), (1, "alice", "mitigate")]
+    beta = await store.tenant_versions("beta")
+    assert [(v.version, v.data is None, v.action) for v in beta] == [(2, True, "tenant.delete"), (1, False, "seed")]
+    assert await store.tenant_version("alpha") == 2
+
+
+async def test_users_tokens_sessions_audit(store):
+    await store.add_user(User("alice", "$argon2id$x", "admin", None, "write", time.time()))
+    with pytest.raises(ValueError, match="already exists"):
+        await store.add_user(User("alice", "$argon2id$y", "noc", None, "read", time.time()))
+    assert (await store.user("alice")).role == "admin"
+    assert await store.user("nobody") is None
+
+    token_id = await store.add_token("ab" * 32, "ci", "tenant", "alpha", "read")
+    found = await store.token_by_hash("ab" * 32)
+    assert (found.id, found.tenant, found.access) == (token_id, "alpha", "read")
+    assert await store.token_by_hash("cd" * 32) is None
+
+    from securewatch.store import Session
+    await store.create_session(Session("h1", "alice", "csrf", time.time(), time.time() + 60), "192.0.2.1")
+    await store.create_session(Session("h2", "alice", "csrf", time.time() - 120, time.time() - 60), "192.0.2.1")
+    assert (await store.session("h1")).username == "alice"
+    assert await store.session("h2") is None  # expired
+    await store.delete_session("h1")
+    assert await store.session("h1") is None
+
+    await store.audit("alice", "tenant.create", target="alpha", tenant="alpha", remote="192.0.2.1",
+                      details={"x": 1})
+    await store.audit("bob", "login", remote="192.0.2.2")
+    entries = await store.audit_log()
+    assert [e["action"] for e in entries] == ["login", "tenant.create"]
+    assert entries[1]["details"] == {"x": 1} and entries[1]["remote"] == "192.0.2.1"
+    assert [e["actor"] for e in await store.audit_log(tenant="alpha")] == ["alice"]
+
+
+async def test_incident_folds_events_points_and_pcaps(store, tmp_path):
+    for event in attack_events(pcap_dir=tmp_path):
+        await store.record_event(event.to_dict())
+    await store.record_event(attack_events("inc-beta-1", tenant="beta", target="203.0.113.5")[0].to_dict())
+
+    inc = await store.incident("inc-alpha-1")
+    assert inc.state == "ended" and inc.tenant == "alpha"
+    assert inc.vectors == ["syn_flood"] and inc.destinations == ["198.51.100.10"]
+    assert inc.peak_pps == 59000.0 and inc.packets_dropped == 400000 and inc.efficacy == 0.97
+    assert inc.duration_s == pytest.approx(10.0)
+    points = await store.incident_points("inc-alpha-1")
+    assert len(points) == 10  # start's 3 + update's 4 + end's full series, deduplicated by time
+    assert [e["type"] for e in await store.incident_events("inc-alpha-1")] == [
+        "ATTACK_START", "ATTACK_UPDATE", "ATTACK_END"]
+    assert (await store.pcaps("inc-alpha-1"))["dropped"]["packets"] == 12
+
+    assert [i.id for i in await store.incidents(IncidentFilter(state="active"))] == ["inc-beta-1"]
+    assert [i.id for i in await store.incidents(IncidentFilter(tenants=("alpha",)))] == ["inc-alpha-1"]
+    assert await store.incidents(IncidentFilter(tenants=())) == []
+    assert await store.incidents(IncidentFilter(vector="udp_flood")) == []
+    assert await store.incidents(IncidentFilter(since=time.time() + 60)) == []
+
+    assert await store.acknowledge("inc-alpha-1", "noc1")
+    assert not await store.acknowledge("nope", "noc1")
+    await store.annotate("inc-alpha-1", "noc1", "upstream informed")
+    assert (await store.incident("inc-alpha-1")).acknowledged_by == "noc1"
+    assert [n["text"] for n in await store.incident_notes("inc-alpha-1")] == ["upstream informed"]
+
+
+async def test_traffic_seconds_minutes_and_retention(store):
+    now = 1_800_000_000  # a fixed epoch second, a multiple of 60
+    rows = [{"time": now + i, "passed_pps": 100.0 + i, "dropped_pps": 10.0 * (i % 2), "passed_bps": 8e5,
+             "dropped_bps": 0.0} for i in range(120)]
+    assert await store.add_traffic("alpha", rows) == 120
+    assert await store.add_traffic("alpha", rows[:5]) == 5  # upsert, no duplicates
+    seconds = await store.traffic("alpha", now, now + 120, "second")
+    assert len(seconds) == 120 and seconds[3]["passed_pps"] == 103.0
+    minutes = await store.traffic("alpha", now, now + 120, "minute")
+    assert [m["time"] for m in minutes] == [now, now + 60]
+    assert minutes[0]["passed_pps"] == pytest.approx(sum(100.0 + i for i in range(60)) / 60)
+    assert minutes[0]["dropped_pps"] == pytest.approx(5.0)
+    assert await store.traffic("beta", now, now + 120, "second") == []
+    assert await store.last_traffic_time("alpha") == now + 119
+
+    removed = await store.apply_retention(now=now + 120 + SECOND_RETENTION_S - 30)
+    assert removed["seconds"] == 90 and removed["minutes"] == 0
+    assert len(await store.traffic("alpha", now, now + 120, "minute")) == 2  # minutes outlive seconds
+    removed = await store.apply_retention(now=now + 1 + MINUTE_RETENTION_S)
+    assert removed["minutes"] == 1
+
+
+async def test_report_mailings(store):
+    assert not await store.report_mailed("alpha", "2025-04")
+    await store.mark_report_mailed("alpha", "2025-04", ["noc@alpha.example"])
+    assert await store.report_mailed("alpha", "2025-04")
+
+
+async def test_bad_url_is_a_clear_error(tmp_path):
+    with pytest.raises(StoreError, match="not a database URL"):
+        await Store.open("sqlite:///relative.db")
