@@ -302,10 +302,26 @@ class Appliance:
             "unprotected": {"passed_packets": unprotected.get("passed_packets", 0),
                             "passed_pps": round(self.monitor.rates.get(UNPROTECTED, {}).get("passed_pps", 0.0), 1)},
             "policy": self.engine.status() if self.engine else None,
+            "incidents": self._incidents(),
             "notifiers": {name: s.to_public_dict() for name, s in self.notifiers.status().items()}
             if self.notifiers else {},
             "securewatch": self.securewatch_url,
         }
+
+    def _incidents(self) -> list[dict[str, Any]]:
+        """Open incidents, newest first, in the shape the status file and the demo show."""
+        if self.engine is None:
+            return []
+        out = []
+        for inc in self.engine.incidents.open.values():
+            out.append({"id": inc.id, "tenant": inc.tenant_id, "state": str(getattr(inc.state, "value", inc.state)),
+                        "destinations": sorted(inc.destinations),
+                        "vectors": {v: round(c, 2) for v, c in inc.vectors.items()},
+                        "started": inc.started_wall, "peak_pps": round(inc.peak_pps),
+                        "dropped_packets": int(inc.dropped_packets), "passed_packets": int(inc.passed_packets),
+                        "efficacy": None if inc.efficacy is None else round(inc.efficacy, 4),
+                        "rules": len(inc.rules)})
+        return sorted(out, key=lambda i: i["started"] or 0, reverse=True)
 
     # -- periodic work --------------------------------------------------------
 
