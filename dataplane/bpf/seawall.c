@@ -312,10 +312,18 @@ static __always_inline int sw_rule_admit(__u32 id, struct sw_rule *r)
     __u64 now = bpf_ktime_get_ns();
     __u64 elapsed = now - b->last_ns;
     __s64 burst = r->rate_pps / 10 + 1; /* 100 ms worth of packets */
-    if (elapsed > NSEC_PER_SEC / 1000) { /* refill at most every 1 ms: fewer writes to a shared line */
-        __s64 tokens = b->tokens + (__s64)(elapsed * r->rate_pps / NSEC_PER_SEC);
-        b->tokens = tokens > burst ? burst : tokens;
-        b->last_ns = now;
+    __u64 whole = r->rate_pps ? elapsed * r->rate_pps / NSEC_PER_SEC : 0; /* whole tokens earned */
+    if (whole > 0) {
+        __s64 tokens = b->tokens + (__s64)whole;
+        if (tokens >= burst) {
+            b->tokens = burst;
+            b->last_ns = now;
+        } else {
+            /* Advance the clock only by the time those whole tokens took: the
+             * fraction carries over, so low rates refill too. */
+            b->tokens = tokens;
+            b->last_ns += whole * NSEC_PER_SEC / r->rate_pps;
+        }
     }
     if (b->tokens <= 0)
         return 0;
