@@ -1,0 +1,66 @@
+"""The pinned sizes: bcc's Key/Leaf types (from seawall.h) against the sizes the kernel gave each map.
+
+A layout that drifted between C and what Python reads would corrupt every counter and rule silently.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import pytest
+
+_libc = ctypes.CDLL(None, use_errno=True)
+SYS_BPF = 321                  # x86_64
+BPF_OBJ_GET_INFO_BY_FD = 15
+
+
+class _MapInfo(ctypes.Structure):  # the head of struct bpf_map_info (stable UAPI)
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
+                ("name", ctypes.c_char * 16), ("_rest", ctypes.c_uint8 * 64)]
+
+
+class _InfoAttr(ctypes.Structure):
+    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
+
+
+def kernel_map_info(fd: int) -> _MapInfo:
+    info = _MapInfo()
+    attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    if _libc.syscall(SYS_BPF, BPF_OBJ_GET_INFO_BY_FD, ctypes.byref(attr), ctypes.sizeof(attr)) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return info
+
+
+PERCPU_MAPS = {"sw_addr_cache", "sw_addr_spill", "sw_tenant_stats", "sw_rule_stats"}
+MAPS = ["sw_config", "sw_prefix4", "sw_prefix6", "sw_policy", "sw_acl4", "sw_acl6", "sw_addr_cache",
+        "sw_addr_spill", "sw_tenant_stats", "sw_rule_set_index", "sw_rule_sets", "sw_rules", "sw_rule_stats",
+        "sw_rule_buckets"]
+
+
+@pytest.mark.parametrize("name", MAPS)
+def test_bcc_types_match_the_kernel_map(dataplane, name):
+    table = dataplane.bpf[name.encode()]
+    info = kernel_map_info(table.map_fd)
+    assert ctypes.sizeof(table.Key) == info.key_size
+    if name in PERCPU_MAPS:
+        # bcc's per-CPU Leaf is an array with one per-CPU value per possible CPU.
+        assert issubclass(table.Leaf, ctypes.Array) and table.Leaf._length_ == dataplane.ncpus
+        assert ctypes.sizeof(table.Leaf._type_) == info.value_size
+        assert info.value_size % 8 == 0  # else the kernel pads each CPU's value and bcc's array is misread
+    else:
+        assert ctypes.sizeof(table.Leaf) == info.value_size
+    assert table.max_entries == info.max_entries
+
+
+def test_layouts_have_the_fields_python_reads(dataplane):
+    """The fields and offsets the adapter's batch readers rely on."""
+    cache = dataplane.bpf[b"sw_addr_cache"].Leaf._type_
+    assert (cache.addr.offset, cache.tenant_idx.offset, cache.generation.offset) == (0, 16, 20)
+    assert cache.counters.offset % 8 == 0
+    stats = dataplane.bpf[b"sw_tenant_stats"].Leaf._type_
+    direction = stats._fields_[0][1]._type_
+    assert [f for f, _ in direction._fields_] == ["passed_packets", "passed_bytes", "dropped_packets",
+                                                  "dropped_bytes", "class_packets", "class_bytes", "reason_packets"]
