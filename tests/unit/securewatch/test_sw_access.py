@@ -1,0 +1,115 @@
+"""Access-control matrix: every role × every API endpoint, including guessed ids of other tenants.
+
+A tenant principal must get 404 for another tenant's objects, exactly as for ids that do not exist.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from test_sw_helpers import add_token, attack_events, service
+
+from securewatch.openapi import openapi_document
+
+ROLES = {  # principal name: (role, tenant, access)
+    "admin": ("admin", None, "write"),
+    "noc": ("noc", None, "read"),
+    "alpha_ro": ("tenant", "alpha", "read"),
+    "alpha_rw": ("tenant", "alpha", "write"),
+}
+OK, DENIED, HIDDEN, CREATED = 200, 403, 404, 201
+POLICY = {"mode": "monitor"}
+NOTE = {"text": "seen"}
+
+# (method, path, body, expected status per principal: admin, noc, alpha_ro, alpha_rw)
+MATRIX = [
+    ("GET", "/api/v1/me", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/status", None, (OK, OK, OK, OK)),
+    ("POST", "/api/v1/apply", None, (OK, DENIED, DENIED, DENIED)),
+    ("GET", "/api/v1/tenants", None, (OK, OK, OK, OK)),
+    ("POST", "/api/v1/tenants", {"id": "delta", "prefixes": ["192.0.2.128/26"]}, (CREATED, DENIED, DENIED, DENIED)),
+    ("GET", "/api/v1/tenants/alpha", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/tenants/beta", None, (OK, OK, HIDDEN, HIDDEN)),
+    ("GET", "/api/v1/tenants/nonexistent", None, (HIDDEN, HIDDEN, HIDDEN, HIDDEN)),
+    ("PUT", "/api/v1/tenants/alpha", {"prefixes": ["198.51.100.0/25"]}, (OK, DENIED, DENIED, DENIED)),
+    ("PUT", "/api/v1/tenants/beta", {"prefixes": ["203.0.113.0/24"]}, (OK, DENIED, HIDDEN, HIDDEN)),
+    ("DELETE", "/api/v1/tenants/beta", None, (OK, DENIED, HIDDEN, HIDDEN)),
+    ("GET", "/api/v1/tenants/alpha/versions", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/tenants/beta/versions", None, (OK, OK, HIDDEN, HIDDEN)),
+    ("GET", "/api/v1/tenants/alpha/policy", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/tenants/beta/policy", None, (OK, OK, HIDDEN, HIDDEN)),
+    ("PUT", "/api/v1/tenants/alpha/policy", POLICY, (OK, DENIED, DENIED, OK)),
+    ("PUT", "/api/v1/tenants/alpha/policy", {"prefixes": ["192.0.2.0/24"]}, (OK, DENIED, DENIED, DENIED)),
+    ("PUT", "/api/v1/tenants/beta/policy", POLICY, (OK, DENIED, HIDDEN, HIDDEN)),
+    ("GET", "/api/v1/tenants/alpha/traffic", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/tenants/beta/traffic", None, (OK, OK, HIDDEN, HIDDEN)),
+    ("GET", "/api/v1/tenants/alpha/reports/2025-01", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/tenants/beta/reports/2025-01", None, (OK, OK, HIDDEN, HIDDEN)),
+    ("GET", "/api/v1/incidents", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/incidents/inc-alpha-1", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/incidents/inc-beta-1", None, (OK, OK, HIDDEN, HIDDEN)),
+    ("GET", "/api/v1/incidents/inc-guessed-9", None, (HIDDEN, HIDDEN, HIDDEN, HIDDEN)),
+    ("POST", "/api/v1/incidents/inc-alpha-1/acknowledge", None, (OK, OK, DENIED, OK)),
+    ("POST", "/api/v1/incidents/inc-beta-1/acknowledge", None, (OK, OK, HIDDEN, HIDDEN)),
+    ("POST", "/api/v1/incidents/inc-alpha-1/notes", NOTE, (CREATED, CREATED, DENIED, CREATED)),
+    ("POST", "/api/v1/incidents/inc-beta-1/notes", NOTE, (CREATED, CREATED, HIDDEN, HIDDEN)),
+    ("GET", "/api/v1/incidents/inc-alpha-1/pcap/dropped", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/incidents/inc-beta-1/pcap/dropped", None, (OK, OK, HIDDEN, HIDDEN)),
+    ("GET", "/api/v1/audit", None, (OK, OK, DENIED, DENIED)),
+    ("GET", "/api/v1/openapi.json", None, (OK, OK, OK, OK)),
+]
+CASES = [(who, method, path, body, expected[i]) for method, path, body, expected in MATRIX
+         for i, who in enumerate(ROLES)]
+
+
+def test_matrix_covers_every_documented_operation():
+    covered = {(m.lower(), p.replace("inc-alpha-1", "{incident_id}").replace("inc-beta-1", "{incident_id}")
+                .replace("inc-guessed-9", "{incident_id}").replace("/dropped", "/{kind}")
+                .replace("alpha", "{tenant_id}").replace("beta", "{tenant_id}")
+                .replace("nonexistent", "{tenant_id}").replace("2025-01", "{period}"))
+               for m, p, _, _ in MATRIX}
+    documented = {(method, path) for path, ops in openapi_document()["paths"].items() for method in ops}
+    assert documented <= covered, documented - covered
+
+
+@pytest.fixture
+async def deployment(tmp_path):
+    async with service(tmp_path) as (url, store, appliance):
+        for incident, tenant, target in (("inc-alpha-1", "alpha", "198.51.100.10"),
+                                         ("inc-beta-1", "beta", "203.0.113.5")):
+            for e in attack_events(incident, tenant=tenant, target=target, pcap_dir=tmp_path):
+                await store.record_event(e.to_dict())
+        tokens = {who: await add_token(store, role, tenant, access) for who, (role, tenant, access) in ROLES.items()}
+        yield url, tokens
+
+
+@pytest.mark.parametrize(("who", "method", "path", "body", "expected"), CASES,
+                         ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in CASES])
+async def test_access(deployment, who, method, path, body, expected):
+    url, tokens = deployment
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {tokens[who]}"}) as http:
+        async with http.request(method, f"{url}{path}", json=body) as r:
+            raw = await r.read()
+            text = raw.decode(errors="replace")
+            assert r.status == expected, f"{who} {method} {path}: {r.status} {text[:300]}"
+            if expected == HIDDEN:
+                # Indistinguishable from a nonexistent id: no hint that the object exists.
+                error = (await r.json())["error"]
+                assert error in (f"no tenant {path.split('/')[4]!r}", f"no incident {path.split('/')[4]!r}"), error
+                assert "Beta Shop" not in text and "203.0.113" not in text
+            if r.status == OK and method == "GET" and path == "/api/v1/incidents" and who.startswith("alpha"):
+                assert {i["tenant"] for i in (await r.json())["incidents"]} == {"alpha"}
+            if r.status == OK and path == "/api/v1/tenants" and who.startswith("alpha"):
+                assert [t["id"] for t in (await r.json())["tenants"]] == ["alpha"]
+            if r.status == OK and path == "/api/v1/incidents" and method == "GET" and who in ("admin", "noc"):
+                assert {i["tenant"] for i in (await r.json())["incidents"]} == {"alpha", "beta"}
+
+
+async def test_tenant_filter_cannot_widen_scope(deployment):
+    url, tokens = deployment
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {tokens['alpha_ro']}"}) as http:
+        async with http.get(f"{url}/api/v1/incidents", params={"tenant": "beta"}) as r:
+            assert r.status == 200 and (await r.json())["incidents"] == []
+        for path in ("/incidents/inc-beta-1", "/tenants/beta"):  # UI pages scope the same way
+            async with http.get(f"{url}{path}") as r:
+                assert r.status == 404
