@@ -175,7 +175,7 @@ async def dashboard(request: web.Request) -> web.Response:
                      "dropped_bps": s.get("dropped_bps")})
     active = await request.app[sw.STORE].incidents(
         sw.IncidentFilter(tenants=p.visible_tenants(()), state="active", limit=50))
-    return render(request, "dashboard.html", rows=rows, active=active, status=status)
+    return render(request, "dashboard.html", rows=rows, active=active)
 
 
 async def tenants_page(request: web.Request) -> web.Response:

@@ -87,22 +87,22 @@ async def deployment(tmp_path):
                          ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in CASES])
 async def test_access(deployment, who, method, path, body, expected):
     url, tokens = deployment
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {tokens[who]}"}) as http:
-        async with http.request(method, f"{url}{path}", json=body) as r:
-            raw = await r.read()
-            text = raw.decode(errors="replace")
-            assert r.status == expected, f"{who} {method} {path}: {r.status} {text[:300]}"
-            if expected == HIDDEN:
-                # Indistinguishable from a nonexistent id: no hint that the object exists.
-                error = (await r.json())["error"]
-                assert error in (f"no tenant {path.split('/')[4]!r}", f"no incident {path.split('/')[4]!r}"), error
-                assert "Beta Shop" not in text and "203.0.113" not in text
-            if r.status == OK and method == "GET" and path == "/api/v1/incidents" and who.startswith("alpha"):
-                assert {i["tenant"] for i in (await r.json())["incidents"]} == {"alpha"}
-            if r.status == OK and path == "/api/v1/tenants" and who.startswith("alpha"):
-                assert [t["id"] for t in (await r.json())["tenants"]] == ["alpha"]
-            if r.status == OK and path == "/api/v1/incidents" and method == "GET" and who in ("admin", "noc"):
-                assert {i["tenant"] for i in (await r.json())["incidents"]} == {"alpha", "beta"}
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {tokens[who]}"}) as http, \
+            http.request(method, f"{url}{path}", json=body) as r:
+        raw = await r.read()
+        text = raw.decode(errors="replace")
+        assert r.status == expected, f"{who} {method} {path}: {r.status} {text[:300]}"
+        if expected == HIDDEN:
+            # Indistinguishable from a nonexistent id: no hint that the object exists.
+            error = (await r.json())["error"]
+            assert error in (f"no tenant {path.split('/')[4]!r}", f"no incident {path.split('/')[4]!r}"), error
+            assert "Beta Shop" not in text and "203.0.113" not in text
+        if r.status == OK and method == "GET" and path == "/api/v1/incidents" and who.startswith("alpha"):
+            assert {i["tenant"] for i in (await r.json())["incidents"]} == {"alpha"}
+        if r.status == OK and path == "/api/v1/tenants" and who.startswith("alpha"):
+            assert [t["id"] for t in (await r.json())["tenants"]] == ["alpha"]
+        if r.status == OK and path == "/api/v1/incidents" and method == "GET" and who in ("admin", "noc"):
+            assert {i["tenant"] for i in (await r.json())["incidents"]} == {"alpha", "beta"}
 
 
 async def test_tenant_filter_cannot_widen_scope(deployment):

@@ -9,7 +9,6 @@ import io
 import time
 
 import aiohttp
-import pytest
 from test_sw_helpers import add_token, add_user, attack_events, login, service
 
 from policy.events import EventBus
@@ -219,6 +218,7 @@ async def _json_entries(store):
 
 async def test_store_edits_win_over_appliance_at_start(tmp_path):
     from test_sw_helpers import TENANTS, InMemoryAppliance, running_app, settings  # noqa: PLC0415
+
     from tenants import TenantSet  # noqa: PLC0415
 
     store = await Store.open(f"sqlite:///{tmp_path}/w.db")
