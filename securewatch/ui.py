@@ -354,7 +354,7 @@ def render_report_html(app: web.Application, report: Any) -> str:
 # -- the incident timeline as inline SVG ---------------------------------------------------
 
 SVG_W, SVG_H = 760, 240          # pixels
-SVG_PAD_L, SVG_PAD_R, SVG_PAD_T, SVG_PAD_B = 64, 12, 12, 28
+SVG_PAD_L, SVG_PAD_R, SVG_PAD_T, SVG_PAD_B = 64, 12, 28, 28   # pixels; the legend sits in the top pad
 SERIES_STYLE = (("attack_pps", "#c53030", "attack"), ("dropped_pps", "#2b6cb0", "dropped"),
                 ("passed_pps", "#2f855a", "passed"))
 
@@ -382,13 +382,14 @@ def timeline_svg(points: list[dict[str, float]]) -> markupsafe.Markup:
         t = t0 + span * i / 4
         x = SVG_PAD_L + w * i / 4
         label = datetime.datetime.fromtimestamp(t, tz=datetime.UTC).strftime("%H:%M:%S")
-        parts.append(f'<text x="{x:.1f}" y="{SVG_H - 8}" text-anchor="middle">{label}</text>')
+        anchor = "start" if i == 0 else "end" if i == 4 else "middle"  # keep the end labels inside
+        parts.append(f'<text x="{x:.1f}" y="{SVG_H - 8}" text-anchor="{anchor}">{label}</text>')
     for key, colour, _ in SERIES_STYLE:
         coords = " ".join(xy(p, key) for p in points)
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{coords}"/>')
     for n, (_, colour, label) in enumerate(SERIES_STYLE):
         x = SVG_PAD_L + 10 + n * 90
-        parts.append(f'<rect x="{x}" y="{SVG_PAD_T + 2}" width="10" height="10" fill="{colour}"/>'
-                     f'<text x="{x + 14}" y="{SVG_PAD_T + 11}">{label}</text>')
+        parts.append(f'<rect x="{x}" y="4" width="10" height="10" fill="{colour}"/>'
+                     f'<text x="{x + 14}" y="13">{label}</text>')
     parts.append("</svg>")
     return markupsafe.Markup("".join(parts))
