@@ -60,6 +60,7 @@ struct sw_packet {
     __u8 l4_ok;            /* the L4 header is inside the frame and the IP length */
     __u8 traffic_class;    /* SW_TRAFFIC_CLASS_* */
     __u8 invalid;          /* 0, or SW_DROP_REASON_BAD_LENGTH / _MALFORMED for header problems */
+    __u32 frame_length;    /* bytes of a multi-buffer frame, else 0 (the linear part is the frame) */
 };
 
 static __always_inline void sw_map_v4(__u64 *out, __be32 v4)
@@ -91,6 +92,21 @@ static __always_inline __u16 sw_parse_ethernet(void **cursor, void *data_end)
     }
     *cursor = next;
     return proto;
+}
+
+/* Does the IP length fit the frame? Only when it exceeds the linear part is
+ * the whole frame measured (a helper call): a multi-buffer frame (jumbo) keeps
+ * its headers in the first buffer, and its length is recorded for counters. */
+static __always_inline int sw_ip_length_fits(struct xdp_md *ctx, struct sw_packet *p, void *data, void *l3,
+                                             void *data_end)
+{
+    if (l3 + p->ip_length <= data_end)
+        return 1;
+    __u32 frame_len = bpf_xdp_get_buff_len(ctx);
+    if ((__u64)(l3 - data) + p->ip_length > frame_len)
+        return 0;
+    p->frame_length = frame_len;
+    return 1;
 }
 
 /* Classifies by protocol, fragment state and TCP flags. */
@@ -155,7 +171,7 @@ static __always_inline void sw_parse_l4(struct sw_packet *p, void *data, void *l
     }
 }
 
-static __always_inline int sw_parse_ipv4(struct sw_packet *p, void *data, void *l3, void *data_end)
+static __always_inline int sw_parse_ipv4(struct xdp_md *ctx, struct sw_packet *p, void *data, void *l3, void *data_end)
 {
     struct iphdr *ip = l3;
     if ((void *)(ip + 1) > data_end || ip->version != 4)
@@ -166,7 +182,7 @@ static __always_inline int sw_parse_ipv4(struct sw_packet *p, void *data, void *
     p->ttl = ip->ttl;
     p->ip_length = bpf_ntohs(ip->tot_len);
     __u32 ihl = ip->ihl * 4;
-    if (ihl < sizeof(*ip) || p->ip_length < ihl || l3 + p->ip_length > data_end) {
+    if (ihl < sizeof(*ip) || p->ip_length < ihl || !sw_ip_length_fits(ctx, p, data, l3, data_end)) {
         p->invalid = SW_DROP_REASON_BAD_LENGTH;
         sw_classify(p);
         return SW_PARSE_OK;
@@ -182,7 +198,7 @@ static __always_inline int sw_parse_ipv4(struct sw_packet *p, void *data, void *
     return SW_PARSE_OK;
 }
 
-static __always_inline int sw_parse_ipv6(struct sw_packet *p, void *data, void *l3, void *data_end)
+static __always_inline int sw_parse_ipv6(struct xdp_md *ctx, struct sw_packet *p, void *data, void *l3, void *data_end)
 {
     struct ipv6hdr *ip6 = l3;
     if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
@@ -193,7 +209,7 @@ static __always_inline int sw_parse_ipv6(struct sw_packet *p, void *data, void *
     p->ttl = ip6->hop_limit;
     p->ip_length = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
     void *ip_end = l3 + p->ip_length;
-    if (ip_end > data_end) {
+    if (!sw_ip_length_fits(ctx, p, data, l3, data_end)) {
         p->invalid = SW_DROP_REASON_BAD_LENGTH;
         p->proto = ip6->nexthdr;
         sw_classify(p);
@@ -240,6 +256,10 @@ static __always_inline int sw_parse_ipv6(struct sw_packet *p, void *data, void *
             break;
         }
     }
+    /* A chain of exactly SW_MAX_IPV6_EXT_HEADERS ends on an upper-layer header. */
+    if (done == 0 && next != SW_IPPROTO_HOPOPTS && next != SW_IPPROTO_ROUTING && next != SW_IPPROTO_DSTOPTS &&
+        next != SW_IPPROTO_AH && next != SW_IPPROTO_FRAGMENT)
+        done = 2;
     p->proto = next;
     /* done == 0: more extension headers than SW_MAX_IPV6_EXT_HEADERS; the
      * packet is counted as OTHER and never looked into further. */
@@ -252,14 +272,14 @@ static __always_inline int sw_parse_ipv6(struct sw_packet *p, void *data, void *
     return SW_PARSE_OK;
 }
 
-static __always_inline int sw_parse_frame(struct sw_packet *p, void *data, void *data_end)
+static __always_inline int sw_parse_frame(struct xdp_md *ctx, struct sw_packet *p, void *data, void *data_end)
 {
     void *cursor = data;
     __u16 proto = sw_parse_ethernet(&cursor, data_end);
     if (proto == bpf_htons(SW_ETH_P_IP))
-        return sw_parse_ipv4(p, data, cursor, data_end);
+        return sw_parse_ipv4(ctx, p, data, cursor, data_end);
     if (proto == bpf_htons(SW_ETH_P_IPV6))
-        return sw_parse_ipv6(p, data, cursor, data_end);
+        return sw_parse_ipv6(ctx, p, data, cursor, data_end);
     return SW_PARSE_NOT_IP;
 }
 

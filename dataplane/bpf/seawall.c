@@ -188,13 +188,14 @@ static __always_inline void sw_addr_spill_counters(struct sw_addr_entry *e)
 static __always_inline void sw_address_refresh(struct sw_addr_entry *e, const __u64 *addr, __u32 is_v6,
                                                struct sw_config *cfg)
 {
-    if (!sw_addr_equal(e->addr, addr)) {
+    if (!sw_addr_equal(e->addr, addr) || e->is_v6 != is_v6) {
         if (e->generation)
             sw_addr_spill_counters(e);
         __builtin_memset(&e->counters, 0, sizeof(e->counters));
         __builtin_memcpy(e->addr, addr, 16);
     }
     __u32 tenant = sw_lookup_tenant(is_v6, addr, cfg->active_slot);
+    e->is_v6 = is_v6;
     e->tenant_idx = tenant;
     e->rule_count = 0;
     if (tenant != SW_NO_TENANT) {
@@ -206,11 +207,11 @@ static __always_inline void sw_address_refresh(struct sw_addr_entry *e, const __
 
 /* The cache slot of a customer-side address when it is current, else NULL
  * (the caller tail-calls the refresh program). A hit is two compares. */
-static __always_inline struct sw_addr_entry *sw_address(const __u64 *addr, struct sw_config *cfg)
+static __always_inline struct sw_addr_entry *sw_address(const __u64 *addr, __u32 is_v6, struct sw_config *cfg)
 {
     __u32 slot = sw_addr_slot(addr);
     struct sw_addr_entry *e = sw_addr_cache.lookup(&slot);
-    if (e && sw_addr_equal(e->addr, addr) && e->generation == cfg->generation)
+    if (e && sw_addr_equal(e->addr, addr) && e->generation == cfg->generation && e->is_v6 == is_v6)
         return e;
     return 0;
 }
@@ -427,12 +428,12 @@ int xdp_seawall(struct xdp_md *ctx)
     __builtin_memset(p, 0, sizeof(*p));
     *(__u16 *)v = 0;
     scratch->direction = dir;
-    if (sw_parse_frame(p, data, data_end) != SW_PARSE_OK)
+    if (sw_parse_frame(ctx, p, data, data_end) != SW_PARSE_OK)
         return sw_ports.redirect_map(egress, XDP_PASS); /* ARP, ND over non-IP, LLDP, garbage: bridged */
 
     SW_STAGE(2); /* parsed */
-    __u32 wire_len = data_end - data;
-    struct sw_addr_entry *st = sw_address(dir == SW_DIRECTION_INBOUND ? p->dst : p->src, cfg);
+    __u32 wire_len = p->frame_length ? p->frame_length : (__u32)(data_end - data);
+    struct sw_addr_entry *st = sw_address(dir == SW_DIRECTION_INBOUND ? p->dst : p->src, p->is_v6, cfg);
     if (!st) {
         sw_progs.call(ctx, SW_PROG_REFRESH);
         /* Reached only if the tail call failed (tail-call depth exhausted by
@@ -524,7 +525,7 @@ int xdp_seawall_refresh(struct xdp_md *ctx)
     if (!cfg)
         return XDP_PASS;
     struct sw_packet p = {};
-    if (sw_parse_frame(&p, data, data_end) != SW_PARSE_OK)
+    if (sw_parse_frame(ctx, &p, data, data_end) != SW_PARSE_OK)
         return XDP_PASS;
     const __u64 *addr = ctx->ingress_ifindex == cfg->external_ifindex ? p.dst : p.src;
     __u32 slot = sw_addr_slot(addr);

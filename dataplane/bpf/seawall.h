@@ -140,6 +140,7 @@ struct sw_addr_entry {
     __u8 addr[16];
     __u32 tenant_idx;          /* SW_NO_TENANT when no tenant owns it */
     __u32 generation;          /* sw_config.generation the cached fields belong to; 0 = empty slot */
+    __u32 is_v6;               /* the family: ::ffff:a.b.c.d is also a valid IPv6 address */
     __u32 rule_count;          /* rules that apply: the address's own, then the tenant-wide ones */
     __u32 rule_ids[SW_RULES_PER_TARGET];
     struct sw_addr_counters counters;
