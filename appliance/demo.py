@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import secrets
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -87,10 +89,22 @@ class LiveView:
                     parts.append(f"{service} {s['success_rate']:.1%}")
             lines += ["", "  legitimate clients, last second: " + "  ".join(parts)]
         if status.get("securewatch"):
-            lines += ["", f"  SecureWatch: {status['securewatch']}"]
+            lines += ["", f"  SecureWatch: {status['securewatch']}   {self.credentials}"]
         print("\n".join(lines), file=self.out, flush=True)
 
     _onset_offset = 0.0
+    credentials = ""
+
+
+def demo_user(appliance: ApplianceProcess) -> str:
+    """An admin account for the demo's SecureWatch, with a fresh password each run."""
+    password = secrets.token_urlsafe(12)
+    r = subprocess.run([sys.executable, "-m", "appliance.cli", "user", "add", "admin", "--role", "admin",
+                        "--config", str(appliance.config_path)], input=password + "\n", text=True,
+                       capture_output=True)
+    if r.returncode != 0:
+        return f"(could not create the demo user: {(r.stderr or r.stdout).strip()[-200:]})"
+    return f"login: admin / {password}"
 
 
 def run_demo(lab_name: str = "sw", duration: float | None = None, keep_running: bool = True,
@@ -104,6 +118,8 @@ def run_demo(lab_name: str = "sw", duration: float | None = None, keep_running: 
     config["appliance"]["state_dir"] = str(DEMO_STATE / lab_name)
     config["securewatch"] = {"listen": "127.0.0.1:8080"}
     bpffs = config["appliance"]["bpffs"]
+    for stale in (DEMO_STATE / lab_name).glob("securewatch.db*"):
+        stale.unlink()  # every demo starts with a fresh SecureWatch (and a fresh admin password)
     appliance = ApplianceProcess(config, DEMO_STATE / f"{lab_name}.toml", DEMO_STATE / f"{lab_name}.log")
     print(f"starting the appliance on {lab.external_if} <-> {lab.internal_if} "
           f"(log: {appliance.log_path}) ...", flush=True)
@@ -111,9 +127,11 @@ def run_demo(lab_name: str = "sw", duration: float | None = None, keep_running: 
     previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         appliance.start()
+        credentials = demo_user(appliance)
         t0 = time.time()
         onset = min((a.start_s for a in scenario.attacks), default=scenario.duration_s)
         view = LiveView(appliance, t0 + onset)
+        view.credentials = credentials
         view._onset_offset = onset
         run = play(scenario, lab)
         try:
@@ -125,8 +143,10 @@ def run_demo(lab_name: str = "sw", duration: float | None = None, keep_running: 
             run.stop()
         results = run.wait(30) if not stop.is_set() else None
         print(summary(scenario, view, results, t0 + onset), flush=True)
+        if view.last.get("securewatch"):
+            print(f"\nSecureWatch: {view.last['securewatch']}   {credentials}", flush=True)
         if keep_running and duration is None and view.last.get("securewatch") and not stop.is_set():
-            print(f"\nSecureWatch keeps running at {view.last['securewatch']} (Ctrl-C to stop).", flush=True)
+            print("SecureWatch keeps running (Ctrl-C to stop).", flush=True)
             stop.wait()
     finally:
         signal.signal(signal.SIGINT, previous)

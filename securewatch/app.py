@@ -27,7 +27,7 @@ from appliance.config import SecureWatchSettings
 from policy.events import Event, EventBus, EventType, Severity
 from tenants import ConfigError, Tenant, TenantSet
 
-from . import auth, ui
+from . import auth, metrics, ui
 from .auth import Principal
 from .openapi import openapi_document
 from .reports import build_report, parse_period
@@ -146,6 +146,8 @@ def create_app(settings: SecureWatchSettings, *, store: Store, bus: EventBus | N
     r.add_post("/api/v1/incidents/{incident_id}/notes", api_annotate)
     r.add_get("/api/v1/incidents/{incident_id}/pcap/{kind}", api_pcap)
     r.add_get("/api/v1/audit", api_audit)
+    r.add_get("/api/v1/notifiers", api_notifiers)
+    r.add_get("/metrics", metrics_endpoint)
     ui.add_routes(app)
     return app
 
@@ -153,7 +155,7 @@ def create_app(settings: SecureWatchSettings, *, store: Store, bus: EventBus | N
 # -- middlewares ----------------------------------------------------------------------
 
 def is_api(request: web.Request) -> bool:
-    return request.path.startswith("/api/")
+    return request.path.startswith("/api/") or request.path == "/metrics"
 
 
 @web.middleware
@@ -408,6 +410,21 @@ async def api_me(request: web.Request) -> web.Response:
 async def api_status(request: web.Request) -> web.Response:
     appliance = appliance_or_503(request)
     return web.json_response(scoped_status(appliance.status(), principal_of(request)), dumps=_dumps)
+
+
+async def api_notifiers(request: web.Request) -> web.Response:
+    """Each NOC receiver's health and backlog (admin and noc)."""
+    if not principal_of(request).sees_all:
+        raise ApiError(403, "the NOC receivers are visible to the admin and noc roles only")
+    appliance = appliance_or_503(request)
+    return web.json_response({"notifiers": appliance.status().get("notifiers") or {}}, dumps=_dumps)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """Prometheus text exposition, scoped to what the caller may read."""
+    appliance = appliance_or_503(request)
+    body = metrics.render(scoped_status(appliance.status(), principal_of(request)))
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
 async def api_apply(request: web.Request) -> web.Response:

@@ -82,6 +82,10 @@ def openapi_document() -> dict[str, Any]:
                        content="application/vnd.tcpdump.pcap", errors=("401", "404"))},
         "/api/v1/audit": {"get": _op("Audit log (admin, noc)", query=(("tenant", "tenant id"),),
                                      errors=("401", "403"))},
+        "/api/v1/notifiers": {"get": _op("Each NOC receiver's health and backlog (admin, noc)",
+                                         errors=("401", "403", "503"))},
+        "/metrics": {"get": _op("Prometheus metrics, scoped to the caller's tenants (text exposition format)",
+                                content="text/plain", errors=("401", "503"))},
     }
     return {
         "openapi": "3.0.3",

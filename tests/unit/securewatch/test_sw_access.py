@@ -56,6 +56,8 @@ MATRIX = [
     ("GET", "/api/v1/incidents/inc-alpha-1/pcap/dropped", None, (OK, OK, OK, OK)),
     ("GET", "/api/v1/incidents/inc-beta-1/pcap/dropped", None, (OK, OK, HIDDEN, HIDDEN)),
     ("GET", "/api/v1/audit", None, (OK, OK, DENIED, DENIED)),
+    ("GET", "/api/v1/notifiers", None, (OK, OK, DENIED, DENIED)),
+    ("GET", "/metrics", None, (OK, OK, OK, OK)),
     ("GET", "/api/v1/openapi.json", None, (OK, OK, OK, OK)),
 ]
 CASES = [(who, method, path, body, expected[i]) for method, path, body, expected in MATRIX

@@ -1,0 +1,93 @@
+"""Prometheus exposition of the appliance: `/metrics`.
+
+Rendered per scrape from the appliance's status (the same snapshot the REST API
+serves), scoped to what the caller may read: a tenant's token sees its own
+tenant's series only. Rates are per second over the last second.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _StatusCollector:
+    def __init__(self, status: dict[str, Any]) -> None:
+        self.status = status
+
+    def collect(self):
+        s = self.status
+        tenants = s.get("tenants") or {}
+        pps = GaugeMetricFamily("seawall_tenant_packets_per_second", "Inbound packets per second by verdict",
+                                labels=["tenant", "verdict"])
+        bps = GaugeMetricFamily("seawall_tenant_bits_per_second", "Inbound bits per second by verdict",
+                                labels=["tenant", "verdict"])
+        packets = CounterMetricFamily("seawall_tenant_packets", "Packets since the counters were created "
+                                      "(both directions) by verdict", labels=["tenant", "verdict"])
+        reasons = CounterMetricFamily("seawall_tenant_dropped_packets_by_reason", "Dropped (or, in monitor mode, "
+                                      "would-drop) packets by reason", labels=["tenant", "reason"])
+        for tid, t in tenants.items():
+            for verdict in ("passed", "dropped"):
+                pps.add_metric([tid, verdict], float(t.get(f"{verdict}_pps", 0.0)))
+                bps.add_metric([tid, verdict], float(t.get(f"{verdict}_bps", 0.0)))
+                packets.add_metric([tid, verdict], float(t.get(f"{verdict}_packets", 0)))
+            for reason, n in (t.get("drop_reasons") or {}).items():
+                reasons.add_metric([tid, reason], float(n))
+        yield from (pps, bps, packets, reasons)
+
+        incidents = s.get("incidents")
+        if incidents is not None:
+            active = GaugeMetricFamily("seawall_incidents_active", "Open incidents", labels=["tenant"])
+            per_tenant: dict[str, int] = {tid: 0 for tid in tenants}
+            for inc in incidents:
+                if inc.get("state") in ("active", "pending") and inc.get("tenant") in per_tenant:
+                    per_tenant[inc["tenant"]] += 1
+            for tid, n in per_tenant.items():
+                active.add_metric([tid], n)
+            yield active
+
+        interfaces = s.get("interfaces")
+        if interfaces is not None:
+            attached = GaugeMetricFamily("seawall_dataplane_attached", "1 when the XDP program is attached",
+                                         labels=["interface", "role", "mode"])
+            for itf in interfaces:
+                attached.add_metric([itf["name"], itf["role"], itf["mode"]], 1)
+            yield attached
+            up = GaugeMetricFamily("seawall_dataplane_up", "1 when both NICs carry the XDP bridge")
+            up.add_metric([], 1 if len(interfaces) == 2 else 0)
+            yield up
+
+        policy = s.get("policy") or {}
+        last = policy.get("last_tick") or {}
+        if last:
+            tick = GaugeMetricFamily("seawall_policy_tick_cpu_seconds", "CPU time of the last policy tick")
+            tick.add_metric([], float(last.get("cpu_ms", 0.0)) / 1000.0)
+            yield tick
+            tracked = GaugeMetricFamily("seawall_policy_tracked_destinations", "Destinations with baselines")
+            tracked.add_metric([], float(policy.get("tracked_destinations", 0)))
+            yield tracked
+            rules = GaugeMetricFamily("seawall_policy_rules_installed", "Dynamic rules in the dataplane")
+            rules.add_metric([], float(policy.get("rules_installed", 0)))
+            yield rules
+
+        notifiers = s.get("notifiers")
+        if notifiers:
+            healthy = GaugeMetricFamily("seawall_notifier_healthy", "1 when the receiver's last delivery "
+                                        "succeeded", labels=["receiver"])
+            backlog = GaugeMetricFamily("seawall_notifier_backlog", "Events waiting for the receiver",
+                                        labels=["receiver"])
+            for name, r in notifiers.items():
+                healthy.add_metric([name], 1 if r.get("healthy") else 0)
+                backlog.add_metric([name], float(r.get("backlog", 0)))
+            yield healthy
+            yield backlog
+
+
+def render(status: dict[str, Any]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_StatusCollector(status))
+    return generate_latest(registry)
