@@ -175,7 +175,13 @@ async def dashboard(request: web.Request) -> web.Response:
                      "dropped_bps": s.get("dropped_bps")})
     active = await request.app[sw.STORE].incidents(
         sw.IncidentFilter(tenants=p.visible_tenants(()), state="active", limit=50))
-    return render(request, "dashboard.html", rows=rows, active=active)
+    receivers = []
+    if p.sees_all:  # the NOC's receivers: health and backlog of each
+        for name, r in sorted((status.get("notifiers") or {}).items()):
+            receivers.append({"name": name, "kind": r.get("kind", ""), "healthy": r.get("healthy"),
+                              "backlog": r.get("backlog", 0), "delivered": r.get("delivered", 0),
+                              "last_error": r.get("last_error") or ""})
+    return render(request, "dashboard.html", rows=rows, active=active, receivers=receivers)
 
 
 async def tenants_page(request: web.Request) -> web.Response:

@@ -6,20 +6,25 @@ from __future__ import annotations
 
 import copy
 import pathlib
+import socket
 import subprocess
 import sys
 import textwrap
+import urllib.request
 import uuid
 
 import pytest
 import tomli_w
+from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.lab import Lab, lab_config
 from appliance.lab.attack import AttackProcess, AttackSpec
 from appliance.lab.capture import Capture
+from appliance.lab.nsenter import run_in_netns
 from appliance.lab.traffic import TrafficProfile, TrafficRun
 from appliance.runner import ApplianceProcess
 from dataplane.dataplane import purge
+from tests.netns.test_lab_topology import _http_get, _ping, _udp_exchange
 from tests.support import wait_until
 
 ATTACK_TIMEOUT_S = 60.0      # seconds for an attack process (bcc compiles first)
@@ -173,3 +178,43 @@ def test_restart_during_a_tcp_transfer_breaks_no_connection(lab, appliance):
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_tcp_udp_icmp_over_ipv4_and_ipv6_cross_the_xdp_bridge(lab, appliance):
+    # ARP and neighbour discovery must cross too: nothing below answers without them.
+    cli = lab.ns("cli")
+    for server in (lab.game_server, lab.server("s5"), lab.server("s8")):
+        for family, address in ((socket.AF_INET, server.ipv4), (socket.AF_INET6, server.ipv6)):
+            page = run_in_netns(cli, _http_get, family, address)
+            assert page.startswith(b"HTTP/1.1 200 OK"), (server.name, address)
+            assert run_in_netns(cli, _udp_exchange, family, address, 28960, b"GAME1") == b"ACK GAME1"
+            assert run_in_netns(cli, _ping, family, address) in (0, 129)
+
+
+def test_metrics_of_the_running_appliance_parse(lab, tmp_path, request):
+    config = appliance_config(lab, tmp_path)
+    config["securewatch"] = {"listen": "127.0.0.1:0"}
+    proc = ApplianceProcess(config, tmp_path / "seawall.toml", tmp_path / "seawall.log")
+
+    def teardown():
+        proc.stop()
+        purge(config["appliance"]["bpffs"])
+
+    request.addfinalizer(teardown)
+    proc.start()
+    url = wait_until(lambda: proc.status().get("securewatch"), timeout=10, what="SecureWatch's address")
+    token = subprocess.run([sys.executable, "-m", "appliance.cli", "token", "create", "--role", "noc",
+                            "--config", str(proc.config_path)], capture_output=True, text=True, check=True)
+    bearer = token.stdout.strip().splitlines()[-1]
+    traffic(lab, 1.0)
+
+    def scraped():
+        req = urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Bearer {bearer}"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+        packets = {(s.labels["tenant"], s.labels["verdict"]): s.value
+                   for s in families["seawall_tenant_packets"].samples}
+        return families if packets.get(("alpha", "passed"), 0) > 0 else None
+
+    families = wait_until(scraped, timeout=10, what="alpha's passed packets in /metrics")
+    assert families["seawall_dataplane_up"].samples[0].value == 1
