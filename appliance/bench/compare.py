@@ -1,0 +1,566 @@
+"""`seawall bench compare`: Seawall side by side with nftables, the Linux bridge and xdp-filter.
+
+Every figure is CPU time of the device under test per packet, measured on the
+bench of `compare_lab` (threaded NAPI kthread's CPU time over the packets it
+handled), a median over `runs` bursts with min and max. Rates are packets per
+CPU-second (1e9 / ns per packet); a ratio above 1 means Seawall does more with
+the same CPU. The filter is the same everywhere: tenant prefixes as the
+protected destinations, a deny rule (UDP from 198.19.255.0/24 source port 123:
+an NTP reflection) and a SYN rate limit on the attacked server.
+
+Parts: drop, forward, latency, scale (BPF_PROG_TEST_RUN), control plane
+(policy tick), detection (FastNetMon: not run, see DETECTION_REASON).
+Figures, never pass/fail on speed. The machine is shared: say so next to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ipaddress
+import json
+import os
+import pathlib
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+
+import structlog
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+
+from appliance.bench.compare_lab import (
+    DIRECT_SERVER,
+    THROUGH_SERVER,
+    BenchError,
+    CompareLab,
+    sh,
+)
+from appliance.lab.livegen import FrameEdits
+from appliance.lab.nsenter import run_in_netns
+
+log = structlog.get_logger()
+
+DENY_SOURCE = "198.19.255.0/24"   # the reflectors of the deny rule
+DENY_SPORT = 123                  # NTP
+SYN_RATE_PPS = 1000               # packets/s admitted by the SYN rate limit
+TENANT_SPACE = ipaddress.ip_network("198.18.0.0/15")
+TENANT_PREFIXLEN = 29             # one /29 per tenant: 16,384 fit in TENANT_SPACE
+LEGIT_SOURCE = "203.0.113.10"
+ECHO_PORT = 7007
+ECHO_TENANT_PREFIX = f"{THROUGH_SERVER}/32"
+NTP_PAYLOAD = 440                 # bytes: a monlist response entry block (IP length 468)
+SYN_SOURCES_MASK = 0xFFFF         # randomized low source bits: 198.19.0.0/16
+LATENCY_TIMEOUT_S = 0.5           # seconds before one echo counts as lost
+ECHO_READY_TIMEOUT_S = 10.0
+DETECTION_REASON = ("not measured: FastNetMon (Debian `fastnetmon`) is not installed on this machine and the "
+                    "time box of this run went to the dataplane figures")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sizes:
+    """Counts of one comparison run."""
+
+    packets: int = 2_000_000        # frames sent per burst (the DUT handles what it can)
+    runs: int = 5                   # bursts per figure: median, min, max
+    prefixes: tuple[int, ...] = (1, 10_000)
+    latency_samples: int = 3000
+    flood_pps: int = 1_000_000
+    scale_points: tuple[int, ...] = (10, 100, 1000, 10_000, 100_000)
+    scale_repeat: int = 200_000
+    control_points: tuple[int, ...] = (1000, 10_000, 100_000)
+    control_ticks: int = 10
+
+
+QUICK = Sizes(packets=100_000, runs=3, prefixes=(1, 1000), latency_samples=300, flood_pps=100_000,
+              scale_points=(10, 1000), scale_repeat=10_000, control_points=(1000,), control_ticks=3)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Figure:
+    """ns per packet over several bursts."""
+
+    samples: tuple[float, ...]
+    packets: int                    # packets the DUT handled over all bursts
+    delivered: int                  # of those, packets that reached the sink
+
+    @property
+    def median_ns(self) -> float:
+        return statistics.median(self.samples)
+
+    def as_dict(self) -> dict:
+        return {"ns_per_packet": round(self.median_ns, 1), "min_ns": round(min(self.samples), 1),
+                "max_ns": round(max(self.samples), 1), "mpps_per_cpu": round(1e3 / self.median_ns, 3),
+                "packets": self.packets, "delivered": self.delivered, "runs": len(self.samples)}
+
+
+# -- traffic ------------------------------------------------------------------------------------
+
+def tenant_prefixes(count: int) -> list[ipaddress.IPv4Network]:
+    if not 1 <= count <= 2 ** (TENANT_PREFIXLEN - TENANT_SPACE.prefixlen):
+        raise ValueError(f"prefixes: 1..{2 ** (TENANT_PREFIXLEN - TENANT_SPACE.prefixlen)}, got {count}")
+    base = int(TENANT_SPACE.network_address)
+    size = 2 ** (32 - TENANT_PREFIXLEN)
+    return [ipaddress.ip_network(f"{ipaddress.IPv4Address(base + i * size)}/{TENANT_PREFIXLEN}") for i in range(count)]
+
+
+def target_of(prefixes: list[ipaddress.IPv4Network]) -> ipaddress.IPv4Address:
+    """The attacked server: in the last prefix, so a lookup walks a full table."""
+    return prefixes[-1].network_address + 1
+
+
+def ntp_flood(target: ipaddress.IPv4Address) -> tuple[bytes, FrameEdits]:
+    frame = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+                  / IP(src="198.19.255.1", dst=str(target), ttl=57) / UDP(sport=DENY_SPORT, dport=40000)
+                  / (b"\xd7" * NTP_PAYLOAD))
+    return frame, FrameEdits(src_off=26, src_mask=0xFF, ip_csum_off=24, l4_csum_off=40, l4_pseudo=True,
+                             l4_udp=True, ipid_off=18, dport_off=36, dport_range=(1024, 64512))
+
+
+def syn_flood(target: ipaddress.IPv4Address) -> tuple[bytes, FrameEdits]:
+    frame = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+                  / IP(src="198.19.0.1", dst=str(target), ttl=57) / TCP(sport=40000, dport=443, flags="S",
+                                                                         window=64240))
+    return frame, FrameEdits(src_off=26, src_mask=SYN_SOURCES_MASK, ip_csum_off=24, l4_csum_off=50,
+                             l4_pseudo=True, ipid_off=18, sport_off=34, sport_range=(1024, 64512), seq_off=38)
+
+
+def legit_ack(target: ipaddress.IPv4Address) -> tuple[bytes, FrameEdits]:
+    frame = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+                  / IP(src=LEGIT_SOURCE, dst=str(target), ttl=60) / TCP(sport=40000, dport=443, flags="A")
+                  / (b"\x17" * 64))
+    return frame, FrameEdits()
+
+
+# -- the devices under test ---------------------------------------------------------------------
+
+def nft_rules(target: ipaddress.IPv4Address) -> str:
+    return (f"        ip daddr @tenants ip saddr {DENY_SOURCE} udp sport {DENY_SPORT} drop\n"
+            f"        ip daddr {target} tcp flags & (syn | ack) == syn limit rate over {SYN_RATE_PPS}/second drop\n")
+
+
+def nft_set(prefixes: list[ipaddress.IPv4Network]) -> str:
+    return ("    set tenants { type ipv4_addr; flags interval; elements = { "
+            + ", ".join(str(p) for p in prefixes) + " } }\n")
+
+
+@contextlib.contextmanager
+def nft_ingress(lab: CompareLab, prefixes: list[ipaddress.IPv4Network]) -> Iterator[None]:
+    table = f"{lab.tag}in"
+    script = (f"table netdev {table} {{\n{nft_set(prefixes)}"
+              f"    chain ingress {{ type filter hook ingress device \"{lab.dut_in}\" priority -500; policy accept;\n"
+              f"{nft_rules(target_of(prefixes))}    }}\n}}\n")
+    _nft_load(lab, script)
+    try:
+        yield
+    finally:
+        sh(["nft", "delete", "table", "netdev", table], check=False, netns=lab.dut_ns)
+
+
+@contextlib.contextmanager
+def linux_bridge(lab: CompareLab) -> Iterator[None]:
+    bridge = f"{lab.tag}br"
+    sh(["ip", "-n", lab.dut_ns, "link", "add", bridge, "type", "bridge"])
+    try:
+        for port in (lab.dut_in, lab.dut_out):
+            sh(["ip", "-n", lab.dut_ns, "link", "set", port, "master", bridge])
+        sh(["ip", "-n", lab.dut_ns, "link", "set", bridge, "up"])
+        yield
+    finally:
+        sh(["ip", "-n", lab.dut_ns, "link", "del", bridge], check=False)
+
+
+@contextlib.contextmanager
+def nft_bridge(lab: CompareLab, prefixes: list[ipaddress.IPv4Network]) -> Iterator[None]:
+    table = f"{lab.tag}br"
+    script = (f"table bridge {table} {{\n{nft_set(prefixes)}"
+              "    chain prerouting { type filter hook prerouting priority -300; policy accept;\n"
+              f"{nft_rules(target_of(prefixes))}    }}\n}}\n")
+    with linux_bridge(lab):
+        _nft_load(lab, script)
+        try:
+            yield
+        finally:
+            sh(["nft", "delete", "table", "bridge", table], check=False, netns=lab.dut_ns)
+
+
+def _nft_load(lab: CompareLab, script: str) -> None:
+    with tempfile.NamedTemporaryFile("w", suffix=".nft", delete=False) as handle:
+        handle.write(script)
+    try:
+        sh(["nft", "-f", handle.name], netns=lab.dut_ns)
+    finally:
+        os.unlink(handle.name)
+
+
+@contextlib.contextmanager
+def xdp_filter(lab: CompareLab) -> Iterator[None]:
+    """xdp-filter (xdp-tools), static part only: it can express 'drop UDP source port 123', no
+    source prefix with it, no destination prefixes, no rate limit."""
+    if shutil.which("xdp-filter") is None:
+        raise BenchError("xdp-filter is not installed (Debian package xdp-tools)")
+    # nsenter, not `ip netns exec`: the latter remounts /sys and hides /sys/fs/bpf, where
+    # xdp-filter pins its maps.
+    enter = ["nsenter", f"--net=/run/netns/{lab.dut_ns}", "--"]
+    sh([*enter, "xdp-filter", "load", lab.dut_in, "--mode", "native", "--features", "udp,ipv4"])
+    try:
+        sh([*enter, "xdp-filter", "port", str(DENY_SPORT), "--mode", "src", "--proto", "udp"])
+        yield
+    finally:
+        sh([*enter, "xdp-filter", "unload", lab.dut_in], check=False)
+
+
+@contextlib.contextmanager
+def seawall(lab: CompareLab, prefixes: list[ipaddress.IPv4Network], echo_tenant: bool = False) -> Iterator[None]:
+    """The real Dataplane bridging the DUT's two veths, with the tenant set and rules compiled as in production."""
+    from dataplane.api import Rule  # noqa: PLC0415
+    from dataplane.constants import RuleAction  # noqa: PLC0415
+    from dataplane.dataplane import Dataplane  # noqa: PLC0415
+    from tenants import TenantSet  # noqa: PLC0415
+    from tenants.compile import assign_indices, compile_tenant_set  # noqa: PLC0415
+
+    deny = [{"src": DENY_SOURCE, "proto": "udp", "sport": DENY_SPORT}]
+    tables = [{"id": f"t{i}", "name": f"Tenant {i}", "prefixes": [str(p)], "deny": deny}
+              for i, p in enumerate(prefixes)]
+    if echo_tenant:
+        tables.append({"id": "echo", "name": "Echo server", "prefixes": [ECHO_TENANT_PREFIX]})
+    tenant_set = TenantSet.from_dicts(tables)
+    indices = assign_indices([t.id for t in tenant_set], {})
+    dp = Dataplane()
+    try:
+        dp.apply_tenants(compile_tenant_set(tenant_set, indices))
+        target = target_of(prefixes)
+        dp.add_rule(Rule(tenant_idx=indices[f"t{len(prefixes) - 1}"], dst=target, action=RuleAction.RATE_LIMIT,
+                         proto=6, tcp_flags=(0x12, 0x02), rate_pps=SYN_RATE_PPS, comment="syn rate limit"))
+        run_in_netns(lab.dut_ns, dp.attach, lab.dut_in, lab.dut_out, "native")
+        try:
+            yield
+        finally:
+            dp.detach()
+    finally:
+        dp.close()
+
+
+@contextlib.contextmanager
+def xdp_floor(lab: CompareLab) -> Iterator[None]:
+    """`return XDP_DROP` on the DUT's ingress: the floor of any XDP filter."""
+    from bcc import BPF  # noqa: PLC0415
+
+    bpf = BPF(src_file=str(pathlib.Path(__file__).resolve().parents[2] / "dataplane" / "bpf" / "minimal.c").encode())
+    try:
+        run_in_netns(lab.dut_ns, BPF.attach_xdp, lab.dut_in, bpf.load_func(b"xdp_minimal", BPF.XDP), 0)
+        try:
+            yield
+        finally:
+            run_in_netns(lab.dut_ns, BPF.remove_xdp, lab.dut_in, 0)
+    finally:
+        bpf.cleanup()
+
+
+# -- measuring ----------------------------------------------------------------------------------
+
+def measure(lab: CompareLab, frame: bytes, edits: FrameEdits, sizes: Sizes) -> Figure:
+    """ns of DUT kthread CPU per packet the DUT received, over `sizes.runs` bursts."""
+    assert lab.generator is not None
+    samples: list[float] = []
+    handled = delivered = 0
+    lab.generator.send(frame, edits, min(sizes.packets, 20_000))   # warm caches and the address LRU
+    lab.wait_drained(lab.dut_ns, lab.dut_in)
+    for _ in range(sizes.runs):
+        cpu0, rx0 = lab.kthread_cpu_ns(), lab.rx_packets(lab.dut_ns, lab.dut_in)
+        sink0 = lab.rx_packets(lab.sink_ns, lab.sink_if)
+        lab.generator.send(frame, edits, sizes.packets)
+        rx1 = lab.wait_drained(lab.dut_ns, lab.dut_in)
+        cpu1 = lab.kthread_cpu_ns()
+        sink1 = lab.wait_drained(lab.sink_ns, lab.sink_if)
+        if rx1 - rx0 <= 0:
+            raise BenchError("the DUT received no packet from the generator")
+        samples.append((cpu1 - cpu0) / (rx1 - rx0))
+        handled += rx1 - rx0
+        delivered += sink1 - sink0
+    return Figure(tuple(samples), handled, delivered)
+
+
+def run_drop(lab: CompareLab, sizes: Sizes, progress: Callable[[str], None]) -> dict:
+    out: dict[str, dict] = {}
+    for count in sizes.prefixes:
+        prefixes = tenant_prefixes(count)
+        target = target_of(prefixes)
+        vectors = {"ntp_reflection": ntp_flood(target), "syn_flood": syn_flood(target)}
+        systems: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
+            "seawall": lambda p=prefixes: seawall(lab, p),
+            "nftables_ingress": lambda p=prefixes: nft_ingress(lab, p),
+            "nftables_bridge": lambda p=prefixes: nft_bridge(lab, p),
+            "xdp_filter": lambda: xdp_filter(lab),
+        }
+        if count == sizes.prefixes[0]:
+            systems["xdp_drop_floor"] = lambda: xdp_floor(lab)
+        row: dict[str, dict] = {}
+        for system, make in systems.items():
+            row[system] = {}
+            with make():
+                for vector, (frame, edits) in vectors.items():
+                    if system == "xdp_filter" and vector == "syn_flood":
+                        row[system][vector] = None  # xdp-filter has no rate limit
+                        continue
+                    progress(f"drop: {system}, {count:,} prefixes, {vector}")
+                    row[system][vector] = measure(lab, frame, edits, sizes).as_dict()
+        out[str(count)] = row
+    return out
+
+
+def run_forward(lab: CompareLab, sizes: Sizes, progress: Callable[[str], None]) -> dict:
+    prefixes = tenant_prefixes(sizes.prefixes[-1])
+    frame, edits = legit_ack(target_of(prefixes))
+    out = {}
+    for system, make in (("seawall", lambda: seawall(lab, prefixes)), ("linux_bridge", lambda: linux_bridge(lab)),
+                         ("linux_bridge_nftables", lambda: nft_bridge(lab, prefixes))):
+        progress(f"forward: {system}")
+        with make():
+            out[system] = measure(lab, frame, edits, sizes).as_dict()
+    return out
+
+
+# -- latency ------------------------------------------------------------------------------------
+
+ECHO_SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(2048)
+    s.sendto(data, peer)
+"""
+
+
+def rtt_samples(sock: socket.socket, server: str, count: int) -> tuple[list[float], int]:
+    """RTTs in microseconds of `count` sequential echoes; lost ones are counted, not sampled."""
+    sock.settimeout(LATENCY_TIMEOUT_S)
+    rtts: list[float] = []
+    lost = 0
+    for seq in range(count):
+        payload = seq.to_bytes(8, "big") + b"\x00" * 56
+        t0 = time.perf_counter_ns()
+        sock.sendto(payload, (server, ECHO_PORT))
+        try:
+            while True:
+                data, _ = sock.recvfrom(2048)
+                if data[:8] == payload[:8]:
+                    break
+        except TimeoutError:
+            lost += 1
+            continue
+        rtts.append((time.perf_counter_ns() - t0) / 1000)
+    return rtts, lost
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def run_latency(lab: CompareLab, sizes: Sizes, progress: Callable[[str], None]) -> dict:
+    prefixes = tenant_prefixes(sizes.prefixes[-1])
+    lab.sink_drop(False)
+    server = subprocess.Popen(["ip", "netns", "exec", lab.sink_ns, sys.executable, "-c", ECHO_SERVER,
+                               str(ECHO_PORT)], stdout=subprocess.PIPE, text=True)
+    sock = run_in_netns(lab.gen_ns, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
+    out: dict[str, dict] = {}
+    try:
+        if server.stdout is None or server.stdout.readline().strip() != "ready":
+            raise BenchError("the echo server did not start")
+        with seawall(lab, prefixes, echo_tenant=True):
+            _wait_echo(sock, THROUGH_SERVER)
+            _wait_echo(sock, DIRECT_SERVER)
+            for load in ("light", "flood"):
+                stop = None
+                if load == "flood":
+                    assert lab.generator is not None
+                    frame, edits = ntp_flood(target_of(prefixes))
+                    stop = lab.generator.start_paced(frame, edits, sizes.flood_pps)
+                    rx0, t0 = lab.rx_packets(lab.dut_ns, lab.dut_in), time.monotonic()
+                try:
+                    for path, address in (("direct", DIRECT_SERVER), ("through_seawall", THROUGH_SERVER)):
+                        progress(f"latency: {load}, {path}, {sizes.latency_samples} echoes")
+                        rtts, lost = rtt_samples(sock, address, sizes.latency_samples)
+                        out.setdefault(load, {})[path] = {
+                            "p50_us": round(percentile(rtts, 50), 1), "p99_us": round(percentile(rtts, 99), 1),
+                            "samples": len(rtts), "lost": lost}
+                finally:
+                    if stop is not None:
+                        stop.set()
+                        lab.generator.finish_paced()
+                        rate = (lab.rx_packets(lab.dut_ns, lab.dut_in) - rx0) / (time.monotonic() - t0)
+                        out[load]["flood_pps_received"] = round(rate)
+                for q in ("p50", "p99"):
+                    out[load][f"added_{q}_us"] = round(out[load]["through_seawall"][f"{q}_us"]
+                                                       - out[load]["direct"][f"{q}_us"], 1)
+    finally:
+        sock.close()
+        server.terminate()
+        server.wait(5)
+        lab.sink_drop(True)
+    return out
+
+
+def _wait_echo(sock: socket.socket, server: str) -> None:
+    deadline = time.monotonic() + ECHO_READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        rtts, _ = rtt_samples(sock, server, 1)
+        if rtts:
+            return
+    raise BenchError(f"no echo from {server} within {ECHO_READY_TIMEOUT_S}s")
+
+
+# -- scale (BPF_PROG_TEST_RUN) ------------------------------------------------------------------
+
+def run_scale(sizes: Sizes, progress: Callable[[str], None]) -> list[dict]:
+    """ns per packet of the pass and drop paths with 10..100,000 tenants (2 prefixes each) and up to
+    1,000 rules, against `return XDP_DROP`; BPF_PROG_TEST_RUN, so no NAPI or veth cost."""
+    from bcc import BPF  # noqa: PLC0415
+
+    from dataplane import bpfsys  # noqa: PLC0415
+    from dataplane.api import Range, Rule  # noqa: PLC0415
+    from dataplane.dataplane import BPF_DIR, Dataplane  # noqa: PLC0415
+    from tenants import TenantSet  # noqa: PLC0415
+    from tenants.compile import assign_indices, compile_tenant_set  # noqa: PLC0415
+
+    minimal = BPF(src_file=str(BPF_DIR / "minimal.c").encode())
+    minimal_fd = minimal.load_func(b"xdp_minimal", BPF.XDP).fd
+    out = []
+    try:
+        for count in sizes.scale_points:
+            progress(f"scale: {count:,} tenants (BPF_PROG_TEST_RUN)")
+            if count > 2 ** (32 - TENANT_SPACE.prefixlen):
+                raise ValueError(f"scale point {count} exceeds the {TENANT_SPACE} addresses")
+            v4len = 32 if count > 16384 else TENANT_PREFIXLEN
+            base = int(TENANT_SPACE.network_address)
+            step = 2 ** (32 - v4len)
+            tables = [{"id": f"t{i}", "name": f"T{i}",
+                       "prefixes": [f"{ipaddress.IPv4Address(base + i * step)}/{v4len}",
+                                    f"2001:db8:{i >> 16:x}:{i & 0xFFFF:x}::/64"]} for i in range(count)]
+            t0 = time.monotonic()
+            tenant_set = TenantSet.from_dicts(tables)
+            indices = assign_indices([t.id for t in tenant_set], {})
+            dp = Dataplane()
+            try:
+                dp.apply_tenants(compile_tenant_set(tenant_set, indices))
+                rules = min(count, 1000)
+                hosts = [ipaddress.IPv4Address(base + i * step + (0 if v4len == 32 else 1)) for i in range(count)]
+                for i in range(rules):
+                    dp.add_rule(Rule(tenant_idx=indices[f"t{i}"], dst=hosts[i], proto=17, sport=Range(123, 123)))
+                load_s = time.monotonic() - t0
+                eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+                drop = bytes(eth / IP(src="198.19.255.7", dst=str(hosts[rules // 2])) / UDP(sport=123, dport=4000)
+                             / (b"\xd7" * NTP_PAYLOAD))
+                passing = bytes(eth / IP(src=LEGIT_SOURCE, dst=str(hosts[-1])) / TCP(sport=40000, dport=443,
+                                                                                      flags="A"))
+                samples: dict[str, list[int]] = {"minimal": [], "pass": [], "drop": []}
+                for _ in range(sizes.runs):
+                    samples["minimal"].append(bpfsys.prog_test_run(minimal_fd, passing, sizes.scale_repeat)[1])
+                    samples["pass"].append(dp.test_run(passing, repeat=sizes.scale_repeat)[1])
+                    samples["drop"].append(dp.test_run(drop, repeat=sizes.scale_repeat)[1])
+                verdicts = {"pass": bpfsys.XDP_ACTION_NAMES[dp.test_run(passing)[0]],
+                            "drop": bpfsys.XDP_ACTION_NAMES[dp.test_run(drop)[0]]}
+            finally:
+                dp.close()
+            out.append({"tenants": count, "prefixes": 2 * count, "rules": rules, "load_s": round(load_s, 2),
+                        **{f"{k}_ns": statistics.median(v) for k, v in samples.items()},
+                        "min_max_ns": {k: [min(v), max(v)] for k, v in samples.items()}, "verdicts": verdicts})
+    finally:
+        minimal.cleanup()
+    return out
+
+
+# -- control plane ------------------------------------------------------------------------------
+
+CONTROL_SCRIPT = """
+import json, sys
+from policy.bench import run_benchmark
+r = run_benchmark(destinations=int(sys.argv[1]), tenants=int(sys.argv[2]), ticks=int(sys.argv[3]))
+print(json.dumps(r, default=str))
+"""
+CONTROL_MAX_DESTINATIONS = 131_072   # policy.bench's synthetic address space (198.18.0.0/15)
+
+
+def run_control(sizes: Sizes, progress: Callable[[str], None]) -> dict:
+    """One subprocess per size, so that each peak RSS is its own."""
+    out: dict[str, dict] = {}
+    for dests in sizes.control_points:
+        progress(f"control plane: {dests:,} destinations")
+        proc = subprocess.run([sys.executable, "-c", CONTROL_SCRIPT, str(dests), str(max(1, dests // 10)),
+                               str(sizes.control_ticks)], capture_output=True, text=True,
+                              cwd=pathlib.Path(__file__).resolve().parents[2])
+        if proc.returncode != 0:
+            raise BenchError(f"policy benchmark at {dests} destinations: {proc.stderr.strip()[-500:]}")
+        out[str(dests)] = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["1000000"] = {"skipped": f"policy.bench synthesizes at most {CONTROL_MAX_DESTINATIONS:,} destinations "
+                                 "(198.18.0.0/15)"}
+    return out
+
+
+# -- the whole run ------------------------------------------------------------------------------
+
+def headline(result: dict) -> dict:
+    def ratio(a: dict | None, b: dict | None) -> float | None:
+        return round(b["ns_per_packet"] / a["ns_per_packet"], 2) if a and b else None
+
+    drop = result.get("drop", {})
+    by_prefixes = {}
+    for count, row in drop.items():
+        sw = row["seawall"]
+        by_prefixes[count] = {
+            vector: {other: ratio(sw[vector], row[other].get(vector))
+                     for other in ("nftables_ingress", "nftables_bridge", "xdp_filter")}
+            for vector in ("ntp_reflection", "syn_flood")}
+    fwd = result.get("forward", {})
+    latency = result.get("latency", {})
+    return {
+        "drop_vs_nftables": {c: v["ntp_reflection"]["nftables_ingress"] for c, v in by_prefixes.items()},
+        "drop_vs_nftables_bridge": {c: v["ntp_reflection"]["nftables_bridge"] for c, v in by_prefixes.items()},
+        "drop_vs_xdp_filter": {c: v["ntp_reflection"]["xdp_filter"] for c, v in by_prefixes.items()},
+        "syn_drop_vs_nftables": {c: v["syn_flood"]["nftables_ingress"] for c, v in by_prefixes.items()},
+        "forward_vs_linux_bridge": ratio(fwd.get("seawall"), fwd.get("linux_bridge")),
+        "latency_added_us_p50": {k: v["added_p50_us"] for k, v in latency.items()},
+        "latency_added_us_p99": {k: v["added_p99_us"] for k, v in latency.items()},
+        "detection": result.get("detection"),
+    }
+
+
+def run(sizes: Sizes, out_dir: pathlib.Path, progress: Callable[[str], None],
+        parts: tuple[str, ...] = ("drop", "forward", "latency", "scale", "control")) -> dict:
+    from appliance.bench import compare_report  # noqa: PLC0415
+
+    started = time.time()
+    result: dict = {"sizes": dataclasses.asdict(sizes), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "host": {"kernel": os.uname().release, "cpus": os.cpu_count(),
+                             "note": "shared 2-vCPU VM: other engineers ran tests during the run"},
+                    "detection": {v: {"seawall_s": None, "fastnetmon_s": None} for v in ("syn_flood", "udp_flood",
+                                                                                      "ntp_reflection")},
+                    "detection_reason": DETECTION_REASON}
+    if any(p in parts for p in ("drop", "forward", "latency")):
+        lab = CompareLab()
+        try:
+            lab.up()
+            if "drop" in parts:
+                result["drop"] = run_drop(lab, sizes, progress)
+            if "forward" in parts:
+                result["forward"] = run_forward(lab, sizes, progress)
+            if "latency" in parts:
+                result["latency"] = run_latency(lab, sizes, progress)
+        finally:
+            lab.down()
+    if "scale" in parts:
+        result["scale"] = run_scale(sizes, progress)
+    if "control" in parts:
+        result["control_plane"] = run_control(sizes, progress)
+    result["elapsed_s"] = round(time.time() - started, 1)
+    result["headline"] = headline(result)
+    compare_report.write(result, out_dir)
+    return result
