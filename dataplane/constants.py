@@ -83,6 +83,15 @@ TENANT_SET_SLOTS = 2           # double-buffered tenant sets, flipped atomically
 
 IPPROTO = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
 
+# UDP source ports of amplification reflectors: replies from them reach a customer
+# address only if that address asked (stateful reflection filter).
+REFLECTION_PORTS = (17, 19, 53, 69, 111, 123, 137, 161, 389, 520, 1900, 3283, 3702, 5353, 5683, 10001, 11211)
+MAX_FLOWS = 65536               # learned requests, SYN-ACKs, challenges, validated sources (each, LRU)
+REFLECTION_WINDOW_MS = 30000    # a request admits replies from its reflector for this long, milliseconds
+SYN_RETRANSMIT_MIN_MS = 200     # a challenged SYN's retransmission counts after this, milliseconds
+SYN_RETRANSMIT_MAX_MS = 5000    # ... and before this (Linux retransmits a SYN after 1 s), milliseconds
+SYN_VALIDATED_TTL_MS = 600000   # a source that completed a handshake is trusted this long, milliseconds
+
 
 def cflags() -> list[str]:
     """The -D flags that give the C program every enumeration and limit above."""
@@ -94,7 +103,8 @@ def cflags() -> list[str]:
     for name in ("MAX_TENANTS", "MAX_PREFIXES", "MAX_ACL_PREFIXES", "ACL_ENTRIES_PER_PREFIX",
                  "MAX_RULES", "RULES_PER_TARGET", "MAX_ADDRESSES", "ADDRESS_CACHE_BITS", "PAYLOAD_MATCH_BYTES",
                  "SAMPLE_BYTES", "RINGBUF_PAGES", "MAX_VLAN_DEPTH", "MAX_IPV6_EXT_HEADERS",
-                 "NO_TENANT", "TENANT_SET_SLOTS"):
+                 "NO_TENANT", "TENANT_SET_SLOTS", "MAX_FLOWS", "REFLECTION_WINDOW_MS",
+                 "SYN_RETRANSMIT_MIN_MS", "SYN_RETRANSMIT_MAX_MS", "SYN_VALIDATED_TTL_MS"):
         flags.append(f"-DSW_{name}={globals()[name]}U")
     return flags
 

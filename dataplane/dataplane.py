@@ -144,13 +144,14 @@ class Dataplane:
         self._maps = {name: self.bpf[name.encode()] for name in (
             "sw_config", "sw_ports", "sw_prefix4", "sw_prefix6", "sw_policy", "sw_acl4", "sw_acl6",
             "sw_addr_cache", "sw_addr_spill", "sw_tenant_stats", "sw_rule_set_index", "sw_rule_sets", "sw_rules",
-            "sw_rule_stats", "sw_rule_buckets")}
+            "sw_rule_stats", "sw_rule_buckets", "sw_attack", "sw_reflection_ports")}
         self._attachments: list[Attachment] = []
         self._samples: deque[Sample] = deque(maxlen=65536)
         self._ring_open = False
         self._rules: dict[int, Rule] = {}
         self._next_set_id = 0
         self._recover_rules()
+        self._fill_reflection_ports()
         cfg = self._config()
         if cfg.generation == 0:  # a fresh (unpinned or first) program: start generations at 1
             cfg.generation = 1
@@ -364,6 +365,46 @@ class Dataplane:
     @property
     def generation(self) -> int:
         return int(self._config().generation)
+
+    # -- heuristics ------------------------------------------------------------
+
+    def _fill_reflection_ports(self) -> None:
+        words = [0] * 2048
+        for port in constants.REFLECTION_PORTS:
+            words[port >> 5] |= 1 << (port & 31)
+        table = self._maps["sw_reflection_ports"]
+        for i, word in enumerate(words):
+            if word:
+                table[table.Key(i)] = table.Leaf(word)
+
+    def set_under_attack(self, tenant_idx: int, dst: IPAddress | None, classes: Iterable[TrafficClass]) -> None:
+        """Mark a destination (or a whole tenant, dst None) as under attack in these classes.
+
+        It switches on the stateful heuristics there at once: SYN challenge and
+        validated sources for TCP_SYN, the reflection filter (policy "auto") for
+        UDP and FRAGMENT. An empty `classes` clears the mark.
+        """
+        table = self._maps["sw_attack"]
+        key = table.Key()
+        key.tenant_idx = tenant_idx
+        if dst is None:
+            key.scope = SCOPE_TENANT
+        else:
+            key.scope = SCOPE_ADDRESS
+            _fill(key.addr, _v4mapped(dst))
+        bits = 0
+        for c in classes:
+            bits |= 1 << int(c)
+        if bits:
+            leaf = table.Leaf()
+            leaf.classes = bits
+            table[key] = leaf
+        else:
+            try:
+                del table[key]
+            except KeyError:
+                pass
+        self._bump_generation()
 
     # -- rules ---------------------------------------------------------------
 

@@ -49,6 +49,7 @@ struct sw_packet {
     __u64 src[2];
     __u64 dst[2];
     __u16 payload_offset;  /* bytes from the frame start to the L4 payload (valid when l4_ok) */
+    __u16 l4_offset;       /* bytes from the frame start to the L4 header (valid when l4_ok) */
     __u32 ip_length;       /* IPv4 total length / IPv6 payload length + 40, bytes */
     __u16 sport;           /* host byte order, when l4_ok and TCP/UDP */
     __u16 dport;
@@ -144,6 +145,7 @@ static __always_inline void sw_parse_l4(struct sw_packet *p, void *data, void *l
         p->dport = bpf_ntohs(tcp->dest);
         p->tcp_flags = ((__u8 *)tcp)[13];
         p->payload_offset = (l4 + doff) - data;
+        p->l4_offset = l4 - data;
         p->l4_ok = 1;
     } else if (p->proto == SW_IPPROTO_UDP) {
         struct udphdr *udp = l4;

@@ -62,6 +62,17 @@ SW_MAP("array", __u32, struct sw_rule_set, sw_rule_sets, SW_MAX_RULES, 0);
 SW_MAP("array", __u32, struct sw_rule, sw_rules, SW_MAX_RULES, 0);
 SW_MAP("percpu_array", __u32, struct sw_rule_stats, sw_rule_stats, SW_MAX_RULES, 0);
 SW_MAP("array", __u32, struct sw_rule_bucket, sw_rule_buckets, SW_MAX_RULES, 0);
+/* Heuristics: destinations under attack, reflection ports (bitmap of 65,536
+ * bits in 2,048 words), and the LRU state they learn from both directions. */
+SW_MAP("hash", struct sw_rule_set_key, struct sw_attack_state, sw_attack, SW_MAX_RULES, 0);
+SW_MAP("array", __u32, __u32, sw_reflection_ports, 2048, 0);
+SW_MAP("lru_hash", struct sw_flow_key, __u64, sw_udp_requests, SW_MAX_FLOWS, 0);     /* -> last request, ns */
+SW_MAP("lru_hash", struct sw_flow_key, __u32, sw_synacks, SW_MAX_FLOWS, 0);          /* -> expected ack number */
+SW_MAP("lru_hash", struct sw_flow_key, __u64, sw_syn_challenges, SW_MAX_FLOWS, 0);   /* -> first SYN, ns */
+SW_MAP("lru_hash", struct sw_addr_key, __u64, sw_syn_validated, SW_MAX_FLOWS, 0);    /* -> handshake seen, ns */
+
+#define SW_MS (1000ULL * 1000ULL) /* nanoseconds per millisecond */
+
 /* Programs reached by tail call: SW_PROG_REFRESH fills an address cache slot
  * and tail-calls SW_PROG_MAIN again, which then hits the cache. */
 #define SW_PROG_MAIN 0
@@ -198,9 +209,19 @@ static __always_inline void sw_address_refresh(struct sw_addr_entry *e, const __
     e->is_v6 = is_v6;
     e->tenant_idx = tenant;
     e->rule_count = 0;
+    e->attack_classes = 0;
     if (tenant != SW_NO_TENANT) {
         sw_merge_rule_set(e, tenant, SW_SCOPE_ADDRESS, addr);
         sw_merge_rule_set(e, tenant, SW_SCOPE_TENANT, addr);
+        struct sw_rule_set_key key = {.tenant_idx = tenant, .scope = SW_SCOPE_ADDRESS};
+        __builtin_memcpy(key.addr, addr, 16);
+        struct sw_attack_state *a = sw_attack.lookup(&key);
+        if (a)
+            e->attack_classes |= a->classes;
+        struct sw_rule_set_key tkey = {.tenant_idx = tenant, .scope = SW_SCOPE_TENANT};
+        a = sw_attack.lookup(&tkey);
+        if (a)
+            e->attack_classes |= a->classes;
     }
     e->generation = cfg->generation;
 }
@@ -362,6 +383,120 @@ static __always_inline void sw_apply_rules(struct sw_addr_entry *e, struct sw_pa
     }
 }
 
+static __always_inline int sw_reflection_port(__u16 port)
+{
+    __u32 word = port >> 5;
+    __u32 *bits = sw_reflection_ports.lookup(&word);
+    return bits && (*bits >> (port & 31)) & 1;
+}
+
+static __always_inline void sw_flow(struct sw_flow_key *k, const __u64 *local, const __u64 *remote,
+                                    __u16 local_port, __u16 remote_port)
+{
+    __builtin_memcpy(k->local, local, 16);
+    __builtin_memcpy(k->remote, remote, 16);
+    k->local_port = local_port;
+    k->remote_port = remote_port;
+    k->pad = 0;
+}
+
+/* TCP sequence (seq = 1) or acknowledgement (seq = 0) number, host order. */
+static __always_inline int sw_tcp_number(struct sw_packet *p, void *data, void *data_end, int seq, __u32 *out)
+{
+    __u8 *tcp = data + (p->l4_offset & 0x3FFF);
+    if ((void *)(tcp + 12) > data_end)
+        return 0;
+    __u32 raw;
+    __builtin_memcpy(&raw, tcp + (seq ? 4 : 8), 4);
+    *out = bpf_ntohl(raw);
+    return 1;
+}
+
+/* Always-on heuristics for a destination under attack (or reflection filtering
+ * set to "always"): a drop reason, or 0. Learned state comes from the outbound
+ * direction (sw_learn_outbound) and from completed handshakes. */
+static __always_inline int sw_heuristics(struct sw_packet *p, struct sw_addr_entry *st, __u16 flags,
+                                         void *data, void *data_end)
+{
+    __u32 attack = st->attack_classes;
+    if (p->proto == SW_IPPROTO_UDP && p->l4_ok &&
+        ((flags & SW_POLICY_REFLECTION_ALWAYS) ||
+         ((flags & SW_POLICY_REFLECTION_AUTO) &&
+          (attack & ((1U << SW_TRAFFIC_CLASS_UDP) | (1U << SW_TRAFFIC_CLASS_FRAGMENT))))) &&
+        sw_reflection_port(p->sport)) {
+        struct sw_flow_key k;
+        sw_flow(&k, p->dst, p->src, 0, p->sport);
+        __u64 *asked = sw_udp_requests.lookup(&k);
+        if (!asked || bpf_ktime_get_ns() - *asked > SW_REFLECTION_WINDOW_MS * SW_MS)
+            return SW_DROP_REASON_HEURISTIC; /* a reply nobody here asked for */
+        return 0;
+    }
+    if (p->proto != SW_IPPROTO_TCP || !p->l4_ok || !(flags & SW_POLICY_SYN_PROTECTION) ||
+        !(attack & (1U << SW_TRAFFIC_CLASS_TCP_SYN)))
+        return 0;
+    __u8 tcp_flags = p->tcp_flags & (SW_TCP_SYN | SW_TCP_ACK | SW_TCP_RST);
+    if (tcp_flags == SW_TCP_ACK) {
+        /* The ACK that completes a handshake validates its source. */
+        struct sw_flow_key k;
+        sw_flow(&k, p->dst, p->src, p->dport, p->sport);
+        __u32 *expected = sw_synacks.lookup(&k);
+        __u32 ack;
+        if (expected && sw_tcp_number(p, data, data_end, 0, &ack) && ack == *expected) {
+            struct sw_addr_key src;
+            __builtin_memcpy(src.addr, p->src, 16);
+            __u64 now = bpf_ktime_get_ns();
+            sw_syn_validated.update(&src, &now);
+            sw_synacks.delete(&k);
+        }
+        return 0;
+    }
+    if (tcp_flags != SW_TCP_SYN)
+        return 0;
+    __u64 now = bpf_ktime_get_ns();
+    struct sw_addr_key src;
+    __builtin_memcpy(src.addr, p->src, 16);
+    __u64 *validated = sw_syn_validated.lookup(&src);
+    if (validated && now - *validated < SW_SYN_VALIDATED_TTL_MS * SW_MS)
+        return 0;
+    /* Unknown source: drop its first SYN; a real stack retransmits it. */
+    struct sw_flow_key k;
+    sw_flow(&k, p->dst, p->src, p->dport, p->sport);
+    __u64 *first = sw_syn_challenges.lookup(&k);
+    if (first) {
+        __u64 age = now - *first;
+        if (age >= SW_SYN_RETRANSMIT_MIN_MS * SW_MS && age <= SW_SYN_RETRANSMIT_MAX_MS * SW_MS)
+            return 0;
+        if (age < SW_SYN_RETRANSMIT_MIN_MS * SW_MS)
+            return SW_DROP_REASON_HEURISTIC; /* a burst of the same tuple is no retransmission */
+    }
+    sw_syn_challenges.update(&k, &now);
+    return SW_DROP_REASON_HEURISTIC;
+}
+
+/* What the heuristics learn from the customer side: requests to reflector
+ * ports (their replies are then admitted), SYN-ACKs (the client's ACK then
+ * validates it). Only for tenant addresses. */
+static __always_inline void sw_learn_outbound(struct sw_packet *p, void *data, void *data_end)
+{
+    if (!p->l4_ok)
+        return;
+    if (p->proto == SW_IPPROTO_UDP && sw_reflection_port(p->dport)) {
+        struct sw_flow_key k;
+        sw_flow(&k, p->src, p->dst, 0, p->dport);
+        __u64 now = bpf_ktime_get_ns();
+        sw_udp_requests.update(&k, &now);
+    } else if (p->proto == SW_IPPROTO_TCP &&
+               (p->tcp_flags & (SW_TCP_SYN | SW_TCP_ACK)) == (SW_TCP_SYN | SW_TCP_ACK)) {
+        __u32 seq;
+        if (!sw_tcp_number(p, data, data_end, 1, &seq))
+            return;
+        struct sw_flow_key k;
+        sw_flow(&k, p->src, p->dst, p->sport, p->dport);
+        __u32 expected = seq + 1;
+        sw_synacks.update(&k, &expected);
+    }
+}
+
 static __always_inline void sw_sample(struct xdp_md *ctx, struct sw_config *cfg, __u32 tenant, __u32 dir,
                                       __u32 drop, __u32 reason, __u32 wire_len)
 {
@@ -464,6 +599,14 @@ int xdp_seawall(struct xdp_md *ctx)
                     goto verdict;
                 }
             }
+            if (st->attack_classes || (flags & SW_POLICY_REFLECTION_ALWAYS)) {
+                int reason = sw_heuristics(p, st, flags, data, data_end);
+                if (reason) {
+                    v->drop = 1;
+                    v->reason = reason;
+                    goto verdict;
+                }
+            }
             if (st->rule_count)
                 sw_apply_rules(st, p, data, data_end, wire_len, v);
         verdict:
@@ -471,6 +614,9 @@ int xdp_seawall(struct xdp_md *ctx)
                 v->drop = 0; /* monitor mode: count what would be dropped, pass it */
         }
     }
+
+    if (dir == SW_DIRECTION_OUTBOUND && tenant < SW_MAX_TENANTS)
+        sw_learn_outbound(p, data, data_end);
 
     SW_STAGE(4); /* policy: lists, filters, rules */
     /* 64-bit copies: clang would otherwise re-read and re-extend the narrow

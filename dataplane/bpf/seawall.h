@@ -141,6 +141,7 @@ struct sw_addr_entry {
     __u32 tenant_idx;          /* SW_NO_TENANT when no tenant owns it */
     __u32 generation;          /* sw_config.generation the cached fields belong to; 0 = empty slot */
     __u32 is_v6;               /* the family: ::ffff:a.b.c.d is also a valid IPv6 address */
+    __u32 attack_classes;      /* bit per SW_TRAFFIC_CLASS_* under attack (set by the policy engine) */
     __u32 rule_count;          /* rules that apply: the address's own, then the tenant-wide ones */
     __u32 rule_ids[SW_RULES_PER_TARGET];
     struct sw_addr_counters counters;
@@ -209,6 +210,23 @@ struct sw_rule_stats {     /* per CPU */
 struct sw_rule_bucket {    /* shared by all CPUs; races only blur the rate slightly */
     __u64 last_ns;
     __s64 tokens;          /* packets */
+};
+
+/* Destinations under attack, per class: (tenant, scope, address) -> bit per
+ * SW_TRAFFIC_CLASS_*. Set by the policy engine; it switches on the stateful
+ * heuristics (SYN challenge, reflection filter in auto mode) for them. */
+struct sw_attack_state {
+    __u32 classes;
+};
+
+/* A flow seen from the customer side: the customer's address, the remote
+ * address and both ports. Keys of the heuristics' LRU maps. */
+struct sw_flow_key {
+    __u8 local[16];
+    __u8 remote[16];
+    __u16 local_port;      /* host byte order; 0 where it does not matter */
+    __u16 remote_port;
+    __u32 pad;
 };
 
 /* A packet copied to user space through the ring buffer. */

@@ -1,0 +1,97 @@
+"""Always-on heuristics in the XDP program: the stateful reflection filter and the SYN
+challenge with validated sources, switched on per destination by `set_under_attack`."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from dataplane.constants import Direction, DropReason, TrafficClass
+from tests.bpf import frames
+from tests.bpf.conftest import ALPHA_DST, CLEAN_SRC, XDP_DROP, XDP_REDIRECT, apply_tenant_dicts, observe, run
+from tests.support import wait_until
+
+REFLECTOR = "198.19.40.4"
+
+
+@pytest.fixture
+def attacked(dp, tenants):
+    """Marks ALPHA_DST as under attack (per test), cleared in teardown."""
+    marked = []
+
+    def mark(*classes: TrafficClass, dst: str = ALPHA_DST) -> None:
+        dp.set_under_attack(tenants["alpha"], ipaddress.ip_address(dst), classes)
+        marked.append(dst)
+
+    yield mark
+    for dst in marked:
+        dp.set_under_attack(tenants["alpha"], ipaddress.ip_address(dst), ())
+
+
+def test_reflection_replies_pass_when_nobody_is_under_attack(dp, tenants):
+    assert run(dp, frames.udp(REFLECTOR, ALPHA_DST, sport=123, dport=40001)) == XDP_REDIRECT
+
+
+def test_unrequested_reflection_replies_are_dropped_under_attack(dp, tenants, attacked):
+    attacked(TrafficClass.UDP)
+    action, sample = observe(dp, frames.udp(REFLECTOR, ALPHA_DST, sport=123, dport=40002))
+    assert action == XDP_DROP and sample.reason == DropReason.HEURISTIC
+    # Other UDP (a game client from port 40000) is not a reflection reply: untouched.
+    assert run(dp, frames.udp(CLEAN_SRC, ALPHA_DST, sport=40000, dport=28960)) == XDP_REDIRECT
+
+
+def test_a_request_from_the_server_admits_its_reflectors_reply(dp, tenants, attacked):
+    attacked(TrafficClass.UDP)
+    reply = frames.udp(REFLECTOR, ALPHA_DST, sport=53, dport=40003)
+    assert run(dp, reply) == XDP_DROP
+    # The server asks REFLECTOR (outbound, port 53): its answers now pass; other reflectors' do not.
+    assert run(dp, frames.udp(ALPHA_DST, REFLECTOR, sport=40003, dport=53), Direction.OUTBOUND) == XDP_REDIRECT
+    assert run(dp, reply) == XDP_REDIRECT
+    assert run(dp, frames.udp("198.19.40.5", ALPHA_DST, sport=53, dport=40003)) == XDP_DROP
+
+
+def test_reflection_filter_always_acts_without_an_attack(dp, tenants):
+    apply_tenant_dicts(dp, [{"id": "alpha", "name": "A", "prefixes": ["198.51.100.0/25"],
+                             "policy": {"reflection_filter": "always"}}])
+    assert run(dp, frames.udp(REFLECTOR, ALPHA_DST, sport=11211, dport=40004)) == XDP_DROP
+    assert run(dp, frames.udp(REFLECTOR, ALPHA_DST, sport=40000, dport=40004)) == XDP_REDIRECT
+
+
+def syn(src: str, sport: int) -> bytes:
+    return frames.tcp(src, ALPHA_DST, sport=sport, dport=80, flags="S")
+
+
+def test_syn_challenge_drops_the_first_syn_and_admits_the_retransmission(dp, tenants, attacked):
+    attacked(TrafficClass.TCP_SYN)
+    action, sample = observe(dp, syn("198.19.50.1", 41000))
+    assert action == XDP_DROP and sample.reason == DropReason.HEURISTIC
+    assert run(dp, syn("198.19.50.1", 41000)) == XDP_DROP      # an immediate repeat is no retransmission
+    start = time.monotonic()
+    # A real stack retransmits after about 1 s; after the 200 ms minimum the same tuple passes.
+    wait_until(lambda: time.monotonic() - start > 0.25, timeout=2, what="the retransmission interval")
+    assert run(dp, syn("198.19.50.1", 41000)) == XDP_REDIRECT
+    assert run(dp, syn("198.19.50.1", 41001)) == XDP_DROP       # a new tuple is challenged again
+
+
+def test_a_completed_handshake_validates_the_source(dp, tenants, attacked):
+    attacked(TrafficClass.TCP_SYN)
+    client, cport = "198.19.60.6", 42000
+    synack = bytes(Ether() / IP(src=ALPHA_DST, dst=client) / TCP(sport=80, dport=cport, flags="SA", seq=1000,
+                                                                   ack=1))
+    assert run(dp, synack, Direction.OUTBOUND) == XDP_REDIRECT
+    wrong = bytes(Ether() / IP(src=client, dst=ALPHA_DST) / TCP(sport=cport, dport=80, flags="A", seq=1, ack=999))
+    assert run(dp, wrong) == XDP_REDIRECT                       # ACKs pass, but this one validates nothing
+    assert run(dp, syn(client, cport + 1)) == XDP_DROP
+    right = bytes(Ether() / IP(src=client, dst=ALPHA_DST) / TCP(sport=cport, dport=80, flags="A", seq=1, ack=1001))
+    assert run(dp, right) == XDP_REDIRECT
+    assert run(dp, syn(client, cport + 2)) == XDP_REDIRECT      # validated: its new SYNs pass at once
+
+
+def test_syn_challenge_only_while_under_attack_and_per_destination(dp, tenants, attacked):
+    assert run(dp, syn("198.19.70.7", 43000)) == XDP_REDIRECT
+    attacked(TrafficClass.TCP_SYN, dst="198.51.100.11")
+    assert run(dp, syn("198.19.70.7", 43001)) == XDP_REDIRECT   # ALPHA_DST is not the one under attack
