@@ -505,6 +505,20 @@ def run_control(sizes: Sizes, progress: Callable[[str], None]) -> dict:
     return out
 
 
+def source_revision() -> str:
+    """The commit measured: SEAWALL_BENCH_REVISION (a run from an exported tree), else git, '+dirty' when the
+    dataplane has uncommitted changes."""
+    if os.environ.get("SEAWALL_BENCH_REVISION"):
+        return os.environ["SEAWALL_BENCH_REVISION"]
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return "unknown"
+    dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "dataplane", "tenants"],
+                           capture_output=True, text=True).stdout.strip()
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
 # -- the whole run ------------------------------------------------------------------------------
 
 def headline(result: dict) -> dict:
@@ -540,7 +554,8 @@ def run(sizes: Sizes, out_dir: pathlib.Path, progress: Callable[[str], None],
     started = time.time()
     result: dict = {"sizes": dataclasses.asdict(sizes), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "host": {"kernel": os.uname().release, "cpus": os.cpu_count(),
-                             "note": "shared 2-vCPU VM: other engineers ran tests during the run"},
+                             "note": "shared 2-vCPU VM: other engineers ran tests during the run",
+                             "source": source_revision()},
                     "detection": {v: {"seawall_s": None, "fastnetmon_s": None} for v in ("syn_flood", "udp_flood",
                                                                                       "ntp_reflection")},
                     "detection_reason": DETECTION_REASON}

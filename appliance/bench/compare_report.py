@@ -20,7 +20,8 @@ def _fig(cell: dict | None) -> str:
 def render_markdown(result: dict) -> str:
     sizes = result["sizes"]
     lines = ["# Seawall compared: nftables, the Linux bridge, xdp-filter", "",
-             f"Run {result['started']} on kernel {result['host']['kernel']}, {result['host']['cpus']} vCPUs. "
+             f"Run {result['started']} of {result['host'].get('source', 'unknown')} on kernel "
+             f"{result['host']['kernel']}, {result['host']['cpus']} vCPUs. "
              f"**{result['host']['note']}**; figures are medians of {sizes['runs']} bursts of "
              f"{sizes['packets']:,} frames with min-max.", "",
              "Method: generator → veth → DUT → veth → sink in three namespaces. The live-frames generator is "
