@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -120,6 +121,7 @@ class Appliance:
         self.dataplane = None
         self.engine = None
         self.notifiers = None
+        self._lifetime: contextlib.AsyncExitStack | None = None  # what stops with the process
         self.securewatch_url: str | None = None
         self.started_at = time.time()
         self._stop = asyncio.Event()
@@ -183,6 +185,7 @@ class Appliance:
         task.add_done_callback(done)
 
     async def _start_notifiers(self, stack: contextlib.AsyncExitStack) -> None:
+        self._lifetime = stack  # notifiers configured later (from SecureWatch) stop with it too
         if not self.config.notify:
             return
         from securewatch.notify.config import parse_notify_config  # noqa: PLC0415
@@ -258,6 +261,28 @@ class Appliance:
 
     def apply_tenants(self, tenant_set: TenantSet) -> None:
         self._apply(tenant_set)
+
+    def notify_config(self) -> dict[str, Any]:
+        """The raw `[notify]` table the notifiers run now (a copy; secrets included)."""
+        return copy.deepcopy(dict(self.config.notify or {}))
+
+    async def reconfigure_notifiers(self, config: dict[str, Any]) -> None:
+        """Run the notifiers of the raw `[notify]` table `config`, live. ValueError (naming the key)
+        when it is invalid: then the running notifiers are kept as they were."""
+        from securewatch.notify.config import parse_notify_config  # noqa: PLC0415
+        from securewatch.notify.manager import NotifierManager  # noqa: PLC0415
+
+        parsed = parse_notify_config(config)
+        if self.notifiers is not None:
+            await self.notifiers.reconfigure(parsed)
+        else:
+            if self._lifetime is None:
+                raise RuntimeError("the appliance is not running: notifiers start with it")
+            manager = NotifierManager(parsed, self.bus, self.state_dir / "notify")
+            await self._lifetime.enter_async_context(manager)
+            self.notifiers = manager
+        self.config = dataclasses.replace(self.config, notify=copy.deepcopy(dict(config)))
+        log.info("appliance.notifiers_reconfigured", receivers=len(parsed.receivers))
 
     def traffic_series(self, tenant_id: str, seconds: int = 300) -> list[dict[str, Any]]:
         idx = self.indices.get(tenant_id)

@@ -27,7 +27,7 @@ from appliance.config import SecureWatchSettings
 from policy.events import Event, EventBus, EventType, Severity
 from tenants import ConfigError, Tenant, TenantSet
 
-from . import auth, metrics, ui
+from . import auth, metrics, notify_admin, ui
 from .auth import Principal
 from .openapi import openapi_document
 from .reports import build_report, parse_period
@@ -149,6 +149,7 @@ def create_app(settings: SecureWatchSettings, *, store: Store, bus: EventBus | N
     r.add_get("/api/v1/notifiers", api_notifiers)
     r.add_get("/metrics", metrics_endpoint)
     ui.add_routes(app)
+    notify_admin.add_routes(app)
     return app
 
 

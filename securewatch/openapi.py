@@ -84,6 +84,13 @@ def openapi_document() -> dict[str, Any]:
                                      errors=("401", "403"))},
         "/api/v1/notifiers": {"get": _op("Each NOC receiver's health and backlog (admin, noc)",
                                          errors=("401", "403", "503"))},
+        "/api/v1/notify": {
+            "get": _op("The NOC receivers' [notify] table, every secret shown as \"********\" (admin, noc)",
+                       errors=("401", "403")),
+            "put": _op("Replace the [notify] table (admin): validated, applied to the running notifiers, stored as "
+                       "a new version; a secret given as \"********\" keeps the receiver's current value",
+                       body="#/components/schemas/Notify", errors=("400", "401", "403", "422", "502")),
+        },
         "/metrics": {"get": _op("Prometheus metrics, scoped to the caller's tenants (text exposition format)",
                                 content="text/plain", errors=("401", "503"))},
     }
@@ -108,6 +115,10 @@ def openapi_document() -> dict[str, Any]:
                     "allow": {"type": "array", "items": {"type": "object"}},
                     "deny": {"type": "array", "items": {"type": "object"}},
                     "prefixes": {"type": "array", "items": {"type": "string"}}}},
+                "Notify": {"type": "object", "description": "the [notify] table of the appliance config as JSON",
+                           "properties": {kind: {"type": "array", "items": {"type": "object"}}
+                                          for kind in ("syslog", "snmp", "email", "webhook")}
+                           | {"state_dir": {"type": "string"}}},
                 "Note": {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}},
             },
         },

@@ -110,6 +110,13 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             tenant TEXT NOT NULL, period TEXT NOT NULL, sent_at {real} NOT NULL, recipients TEXT NOT NULL,
             PRIMARY KEY (tenant, period))""",
     ]),
+    # The [notify] table as edited in SecureWatch. `data` holds the receivers' secrets as
+    # the appliance config file does; they never leave through the API or the audit log.
+    (2, "notify configuration with version history", [
+        """CREATE TABLE notify_config_versions (
+            version BIGINT PRIMARY KEY, data TEXT NOT NULL, created_at {real} NOT NULL,
+            created_by TEXT NOT NULL, action TEXT NOT NULL)""",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -374,6 +381,34 @@ class Store:
                              f"ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
             return [{"at": r[0], "actor": r[1], "action": r[2], "target": r[3], "tenant": r[4], "remote": r[5],
                      "details": json.loads(r[6])} for r in rows]
+        return await self._run(q)
+
+    # -- notify configuration ---------------------------------------------------
+
+    async def notify_config(self) -> tuple[int, dict[str, Any]] | None:
+        """The latest stored `[notify]` table (secrets included) and its version; None: never stored."""
+        def q(b: _Backend) -> tuple[int, dict[str, Any]] | None:
+            row = b.execute("SELECT version, data FROM notify_config_versions "
+                            "ORDER BY version DESC LIMIT 1").fetchone()
+            return (int(row[0]), json.loads(row[1])) if row else None
+        return await self._run(q)
+
+    async def save_notify_config(self, data: dict[str, Any], actor: str, action: str) -> int:
+        """Store `data` as the new current `[notify]` table; returns its version."""
+        def q(b: _Backend) -> int:
+            row = b.execute("SELECT MAX(version) FROM notify_config_versions").fetchone()
+            version = (row[0] or 0) + 1
+            b.execute("INSERT INTO notify_config_versions (version, data, created_at, created_by, action) "
+                      "VALUES (?, ?, ?, ?, ?)", (version, _json(data), time.time(), actor, action))
+            return version
+        return await self._run(q)
+
+    async def notify_config_versions(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Who changed the `[notify]` table when, newest first (never the data: it holds secrets)."""
+        def q(b: _Backend) -> list[dict[str, Any]]:
+            rows = b.execute("SELECT version, created_at, created_by, action FROM notify_config_versions "
+                             "ORDER BY version DESC LIMIT ?", (limit,)).fetchall()
+            return [{"version": r[0], "created_at": r[1], "created_by": r[2], "action": r[3]} for r in rows]
         return await self._run(q)
 
     # -- users, tokens, sessions ------------------------------------------------

@@ -82,6 +82,12 @@ def make_notifier(receiver: Receiver) -> Notifier:
     raise TypeError(f"no notifier for {type(receiver).__name__}")
 
 
+def _owner(receiver: Receiver) -> str:
+    """Whose events a queue holds: the receiver's kind and routing. A queue changes owner only
+    when a name is reused with other routing, and then its backlog is set aside."""
+    return f"{receiver.kind} for " + (",".join(sorted(receiver.tenants)) if receiver.tenants else "NOC")
+
+
 class _Worker:
     """Delivery for one receiver: its queue, its notifier, its health."""
 
@@ -184,7 +190,8 @@ class NotifierManager:
         self._tasks: dict[str, asyncio.Task[None]] = {}  # strong references: tasks must not vanish
         self._dispatcher: asyncio.Task[None] | None = None
         self._inbox: asyncio.Queue[Event] | None = None
-        self._stopping = asyncio.Event()
+        # Held while receivers are swapped: the dispatcher waits, events wait on the bus.
+        self._routing = asyncio.Lock()
 
     @property
     def running(self) -> bool:
@@ -193,22 +200,90 @@ class NotifierManager:
     async def start(self) -> None:
         if self.running:
             raise RuntimeError("notifier manager already started")
-        self._stopping = asyncio.Event()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         for receiver in self.config.receivers:
-            queue = DurableQueue(self.state_dir / f"{receiver.name}.sqlite")
-            owner = f"{receiver.kind} for " + (",".join(sorted(receiver.tenants)) if receiver.tenants else "NOC")
-            set_aside = queue.claim(owner)
-            if set_aside:
-                log.warning("notify.queue_reassigned", receiver=receiver.name, owner=owner, set_aside=set_aside)
-            worker = _Worker(receiver, queue, make_notifier(receiver), self.retry, self._stopping)
-            self._workers[receiver.name] = worker
-            self._spawn(f"notify:{receiver.name}", worker.run())
-            if queue.backlog:
-                log.info("notify.resume", receiver=receiver.name, backlog=queue.backlog)
+            queue = DurableQueue(self._queue_path(receiver))
+            self._start_worker(receiver, queue, make_notifier(receiver))
         self._inbox = self.bus.subscribe(BUS_SUBSCRIBER)
         self._dispatcher = self._spawn("notify:dispatch", self._dispatch())
         log.info("notify.started", receivers=len(self._workers), state_dir=str(self.state_dir))
+
+    def _queue_path(self, receiver: Receiver) -> pathlib.Path:
+        return self.state_dir / f"{receiver.name}.sqlite"
+
+    def _start_worker(self, receiver: Receiver, queue: DurableQueue, notifier: Notifier) -> None:
+        owner = _owner(receiver)
+        set_aside = queue.claim(owner)
+        if set_aside:
+            log.warning("notify.queue_reassigned", receiver=receiver.name, owner=owner, set_aside=set_aside)
+        worker = _Worker(receiver, queue, notifier, self.retry, asyncio.Event())
+        self._workers[receiver.name] = worker
+        self._spawn(f"notify:{receiver.name}", worker.run())
+        if queue.backlog:
+            log.info("notify.resume", receiver=receiver.name, backlog=queue.backlog)
+
+    async def _stop_workers(self, workers: list[_Worker]) -> None:
+        """Let each worker finish the delivery in progress (STOP_GRACE_S), then cancel it."""
+        for worker in workers:
+            worker.stopping.set()
+        tasks = [self._tasks.pop(f"notify:{w.receiver.name}") for w in workers
+                 if f"notify:{w.receiver.name}" in self._tasks]
+        _, late = await asyncio.wait(tasks, timeout=STOP_GRACE_S) if tasks else (set(), set())
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for worker in workers:
+            try:
+                await worker.notifier.close()
+            except Exception:
+                log.exception("notify.close_failed", receiver=worker.receiver.name)
+
+    async def reconfigure(self, config: NotifyConfig) -> dict[str, list[str]]:
+        """Swap the receivers for those of `config` while running, losing no queued event.
+
+        A receiver whose name and routing (kind and tenants) stay keeps its durable queue,
+        so what waits for it is delivered with its new settings; an identical receiver
+        keeps running untouched. A reused name with other routing sets its backlog aside
+        (it may be another tenant's). A removed receiver's queue file stays on disk and
+        resumes if the receiver comes back. Notifiers are built before anything stops, so
+        a config they refuse leaves the running receivers as they were.
+        Returns the receiver names by outcome: kept, restarted, added, removed.
+        """
+        if not self.running:
+            self.config = config
+            return {"kept": [], "restarted": [], "added": [r.name for r in config.receivers], "removed": []}
+        async with self._routing:
+            old = dict(self._workers)
+            wanted = {r.name: r for r in config.receivers}
+            kept = [n for n, r in wanted.items() if n in old and old[n].receiver == r]
+            restarted = [n for n in wanted if n in old and n not in kept]
+            added = [n for n in wanted if n not in old]
+            removed = [n for n in old if n not in wanted]
+            notifiers: dict[str, Notifier] = {}
+            queues: dict[str, DurableQueue] = {}
+            try:
+                for name in (*restarted, *added):
+                    notifiers[name] = make_notifier(wanted[name])
+                for name in added:
+                    queues[name] = DurableQueue(self._queue_path(wanted[name]))
+            except BaseException:
+                for queue in queues.values():
+                    queue.close()
+                raise
+            await self._stop_workers([old[n] for n in (*restarted, *removed)])
+            for name in removed:
+                old[name].queue.close()
+                del self._workers[name]
+            for name in restarted:
+                queues[name] = old[name].queue  # same name and file: what waits is delivered
+            for name in (*restarted, *added):
+                self._start_worker(wanted[name], queues[name], notifiers[name])
+            # Keep the configured order (status pages list receivers as configured).
+            self._workers = {name: self._workers[name] for name in wanted}
+            self.config = config
+        outcome = {"kept": kept, "restarted": restarted, "added": added, "removed": removed}
+        log.info("notify.reconfigured", **{k: len(v) for k, v in outcome.items()})
+        return outcome
 
     def _spawn(self, name: str, coro: Any) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -227,7 +302,9 @@ class NotifierManager:
     async def _dispatch(self) -> None:
         assert self._inbox is not None
         while True:
-            self.submit(await self._inbox.get())
+            event = await self._inbox.get()
+            async with self._routing:
+                self.submit(event)
 
     def submit(self, event: Event) -> None:
         """Route `event` and store it durably in each receiving queue, now."""
@@ -252,17 +329,8 @@ class NotifierManager:
         self.bus.unsubscribe(BUS_SUBSCRIBER)
         while not self._inbox.empty():  # events published but not yet routed: keep them
             self.submit(self._inbox.get_nowait())
-        self._stopping.set()
-        workers = [t for n, t in self._tasks.items() if n != "notify:dispatch"]
-        _, late = await asyncio.wait(workers, timeout=STOP_GRACE_S) if workers else (set(), set())
-        for task in late:
-            task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        await self._stop_workers(list(self._workers.values()))
         for worker in self._workers.values():
-            try:
-                await worker.notifier.close()
-            except Exception:
-                log.exception("notify.close_failed", receiver=worker.receiver.name)
             worker.queue.close()
         self._workers.clear()
         self._tasks.clear()

@@ -20,6 +20,7 @@ ROLES = {  # principal name: (role, tenant, access)
 OK, DENIED, HIDDEN, CREATED = 200, 403, 404, 201
 POLICY = {"mode": "monitor"}
 NOTE = {"text": "seen"}
+NOTIFY = {"syslog": [{"name": "noc-syslog", "host": "192.0.2.10", "transport": "tcp"}]}
 
 # (method, path, body, expected status per principal: admin, noc, alpha_ro, alpha_rw)
 MATRIX = [
@@ -57,6 +58,8 @@ MATRIX = [
     ("GET", "/api/v1/incidents/inc-beta-1/pcap/dropped", None, (OK, OK, HIDDEN, HIDDEN)),
     ("GET", "/api/v1/audit", None, (OK, OK, DENIED, DENIED)),
     ("GET", "/api/v1/notifiers", None, (OK, OK, DENIED, DENIED)),
+    ("GET", "/api/v1/notify", None, (OK, OK, DENIED, DENIED)),
+    ("PUT", "/api/v1/notify", NOTIFY, (OK, DENIED, DENIED, DENIED)),
     ("GET", "/metrics", None, (OK, OK, OK, OK)),
     ("GET", "/api/v1/openapi.json", None, (OK, OK, OK, OK)),
 ]

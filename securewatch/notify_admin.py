@@ -1,0 +1,316 @@
+"""NOC receivers edited by administrators: the `[notify]` table over the API and in the UI.
+
+    GET /api/v1/notify    admin, noc: the table with every secret replaced by MASK
+    PUT /api/v1/notify    admin: a full table; a secret given as MASK keeps the current value
+    GET/POST /notify      the "NOC receivers" page (noc: read-only; tenants: 404)
+
+A change is validated by `parse_notify_config` (422 naming the key), applied to the running
+notifiers through the appliance's `reconfigure_notifiers` (when there is an appliance), then
+stored as a new version, written to the audit log (receiver names and which secrets changed,
+never a secret's value) and published as POLICY_CHANGE. At start the stored table wins over
+the config file's, as it does for tenants: edits made here survive a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import tomllib
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, runtime_checkable
+
+import structlog
+import tomli_w
+from aiohttp import web
+
+from policy.events import Event, EventBus, EventType, Severity
+
+from . import app as sw
+from . import ui
+from .notify.config import KINDS, NotifyConfig, Secret, parse_notify_config
+
+log = structlog.get_logger(__name__)
+
+MASK = "********"
+# The keys of each `[[notify.<kind>]]` entry that hold secrets (a unit test checks these against
+# the parsed receivers' `Secret` fields). Webhook URLs are secrets: Slack's and Discord's carry a token.
+SECRET_KEYS: dict[str, tuple[str, ...]] = {
+    "syslog": (),
+    "snmp": ("community", "auth_key", "priv_key"),
+    "email": ("password",),
+    "webhook": ("url", "secret", "routing_key"),
+}
+TOML_FIELD = "notify_toml"
+EMPTY_TOML_HINT = """\
+# No receivers yet. For example:
+# [[notify.syslog]]
+# name = "noc-syslog"
+# host = "192.0.2.10"
+# transport = "tcp"
+"""
+
+NOTIFY_LOCK = web.AppKey("notify_lock", asyncio.Lock)
+
+
+@runtime_checkable
+class NotifyHooks(Protocol):
+    """What an appliance offers to run NOC receivers edited here."""
+
+    def notify_config(self) -> dict[str, Any]:
+        """The raw `[notify]` table the notifiers run now."""
+
+    async def reconfigure_notifiers(self, config: dict[str, Any]) -> None:
+        """Run `config` live; ValueError naming the key when invalid, running notifiers kept."""
+
+
+def add_routes(app: web.Application) -> None:
+    app[NOTIFY_LOCK] = asyncio.Lock()
+    app.cleanup_ctx.append(_sync_at_start)
+    r = app.router
+    r.add_get("/api/v1/notify", api_notify)
+    r.add_put("/api/v1/notify", api_notify_put)
+    r.add_get("/notify", notify_page)
+    r.add_post("/notify", notify_submit)
+
+
+def hooks_of(app: web.Application) -> NotifyHooks | None:
+    appliance = app[sw.APPLIANCE]
+    return appliance if isinstance(appliance, NotifyHooks) else None
+
+
+# -- masking ----------------------------------------------------------------------------
+
+def mask(table: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the raw table with every secret that is set replaced by MASK."""
+    out = copy.deepcopy(table)
+    for kind in KINDS:
+        entries = out.get(kind)
+        if not isinstance(entries, list):
+            continue
+        for entry in entries:
+            if isinstance(entry, dict):
+                for key in SECRET_KEYS[kind]:
+                    if entry.get(key) is not None:
+                        entry[key] = MASK
+    return out
+
+
+def _effective_name(kind: str, index: int, entry: dict[str, Any]) -> Any:
+    """The receiver's name as the parser gives it: its `name`, or `<kind>-<index>` when unnamed."""
+    return entry.get("name") or f"{kind}-{index}"
+
+
+def unmask(new: dict[str, Any], current: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """`new` with each MASK secret replaced by the current value of the same receiver (same kind
+    and name; an unnamed receiver is `<kind>-<index>`, so it matches by position). Returns the
+    merged table and the problems: a MASK with no current value to keep."""
+    merged = copy.deepcopy(new)
+    problems: list[str] = []
+    for kind in KINDS:
+        entries = merged.get(kind)
+        if not isinstance(entries, list):
+            continue  # the parser names the problem
+        olds = [o for o in current.get(kind) or [] if isinstance(o, dict)]
+        by_name = {_effective_name(kind, j, o): o for j, o in enumerate(olds)}
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                continue
+            old = by_name.get(_effective_name(kind, i, entry), {})
+            for key in SECRET_KEYS[kind]:
+                if entry.get(key) != MASK:
+                    continue
+                if isinstance(old.get(key), str):
+                    entry[key] = old[key]
+                else:
+                    problems.append(f"notify.{kind}[{i}].{key}: is {MASK}, but this receiver has no current "
+                                    f"value to keep (matched by name); enter the value")
+    return merged, problems
+
+
+def _without_none(value: Any) -> Any:
+    """TOML has no null: drop None values (the parser treats a missing key the same)."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value if v is not None]
+    return value
+
+
+def masked_toml(table: dict[str, Any]) -> str:
+    """The table as the `[notify]` section of an appliance config file, secrets masked."""
+    clean = _without_none(mask(table))
+    return tomli_w.dumps({"notify": clean}) if clean else EMPTY_TOML_HINT
+
+
+def _summary(old_table: dict[str, Any], new: NotifyConfig) -> dict[str, Any]:
+    """What changed, for the audit log: receiver names and secret key names, never values."""
+    try:
+        old = {r.name: r for r in parse_notify_config(old_table).receivers}
+    except ValueError:
+        old = {}
+    now = {r.name: r for r in new.receivers}
+    secrets_changed = []
+    for name, receiver in now.items():
+        before = old.get(name)
+        for key in SECRET_KEYS[receiver.kind]:
+            value = getattr(receiver, key)
+            if isinstance(value, Secret) and (before is None or getattr(before, key, None) != value):
+                secrets_changed.append(f"{name}.{key}")
+    return {"receivers": list(now), "added": [n for n in now if n not in old],
+            "removed": [n for n in old if n not in now],
+            "changed": [n for n in now if n in old and old[n] != now[n]], "secrets_changed": secrets_changed}
+
+
+# -- the shared operation ------------------------------------------------------------------
+
+async def current_table(app: web.Application) -> tuple[dict[str, Any], int | None]:
+    """The table in force (secrets included) and its stored version (None: not stored yet)."""
+    stored = await app[sw.STORE].notify_config()
+    if stored is not None:
+        return stored[1], stored[0]
+    hooks = hooks_of(app)
+    return (hooks.notify_config() if hooks is not None else {}), None
+
+
+def require_noc_or_admin(request: web.Request, *, hide: bool) -> None:
+    if not sw.principal_of(request).sees_all:
+        if hide:  # pages: a tenant sees no sign that the page exists
+            raise sw.not_found()
+        raise sw.ApiError(403, "the NOC receivers are for the admin and noc roles only")
+
+
+async def change_notify(request: web.Request, table: Any) -> dict[str, Any]:
+    """Validate, apply (when there is an appliance), store, audit and publish a new `[notify]` table.
+
+    ApiError 422 with `problems` naming the key leaves everything as it was.
+    """
+    if not isinstance(table, dict):
+        raise sw.ApiError(400, "expected a JSON object: the [notify] table",
+                          ["notify: must be a table such as {\"syslog\": [{...}]}"])
+    app = request.app
+    actor = sw.principal_of(request).name
+    async with app[NOTIFY_LOCK]:
+        current, _ = await current_table(app)
+        merged, problems = unmask(table, current)
+        if problems:
+            raise sw.ApiError(422, "invalid notify configuration", problems)
+        try:
+            parsed = parse_notify_config(merged)
+        except ValueError as exc:
+            raise sw.ApiError(422, "invalid notify configuration", [str(exc)]) from None
+        hooks = hooks_of(app)
+        applied = False
+        if hooks is not None:
+            try:
+                await hooks.reconfigure_notifiers(merged)
+            except ValueError as exc:
+                raise sw.ApiError(422, "invalid notify configuration", [str(exc)]) from None
+            except Exception as exc:
+                log.error("securewatch.notify_apply_failed", error=f"{type(exc).__name__}: {exc}")
+                raise sw.ApiError(502, f"the appliance could not apply the receivers: {type(exc).__name__}: {exc}"
+                                  ) from exc
+            applied = True
+        version = await app[sw.STORE].save_notify_config(merged, actor, "notify.update")
+        summary = _summary(current, parsed)
+    await sw.audit(request, "notify.update", target="notify", details={"version": version, "applied": applied,
+                                                                        **summary})
+    bus: EventBus | None = app[sw.BUS]
+    if bus is not None:
+        bus.publish(Event(EventType.POLICY_CHANGE, None, f"NOC receivers changed by {actor}", Severity.NOTICE,
+                          details={"version": version, "actor": actor, "receivers": summary["receivers"]}))
+    log.info("securewatch.notify_changed", version=version, applied=applied, receivers=len(parsed.receivers),
+             secrets_changed=len(summary["secrets_changed"]))
+    return {"notify": mask(merged), "version": version, "applied": applied}
+
+
+async def _sync_at_start(app: web.Application) -> AsyncIterator[None]:
+    """An empty store takes the appliance's table; otherwise the store (edits made here) wins."""
+    hooks = hooks_of(app)
+    if hooks is not None:
+        stored = await app[sw.STORE].notify_config()
+        running = hooks.notify_config()
+        if stored is None:
+            if running:
+                await app[sw.STORE].save_notify_config(running, "appliance", "import")
+                log.info("securewatch.notify_imported")
+        elif stored[1] != running:
+            try:
+                await hooks.reconfigure_notifiers(stored[1])
+                log.info("securewatch.notify_restored", version=stored[0])
+            except ValueError as exc:
+                log.error("securewatch.notify_restore_refused", version=stored[0], problem=str(exc))
+    yield
+
+
+# -- API ---------------------------------------------------------------------------------
+
+async def api_notify(request: web.Request) -> web.Response:
+    require_noc_or_admin(request, hide=False)
+    table, version = await current_table(request.app)
+    return web.json_response({"notify": mask(table), "version": version, "live": hooks_of(request.app) is not None})
+
+
+async def api_notify_put(request: web.Request) -> web.Response:
+    sw.require_admin(request)
+    return web.json_response(await change_notify(request, await sw.read_json(request)))
+
+
+# -- the page ------------------------------------------------------------------------------
+
+def _receivers(app: web.Application) -> list[dict[str, Any]] | None:
+    """Health and backlog of each running receiver; None without an appliance."""
+    appliance = app[sw.APPLIANCE]
+    if appliance is None:
+        return None
+    rows = []
+    for name, r in (appliance.status().get("notifiers") or {}).items():
+        tenants = r.get("tenants")
+        rows.append({"name": name, "kind": r.get("kind", ""), "healthy": r.get("healthy"),
+                     "running": r.get("running"), "backlog": r.get("backlog", 0),
+                     "delivered": r.get("delivered", 0), "dead_letters": r.get("dead_letters", 0),
+                     "tenants": ", ".join(tenants) if tenants else "NOC (every event)",
+                     "last_error": r.get("last_error") or ""})
+    return rows
+
+
+async def _render(request: web.Request, *, text: str | None = None, errors: list[str] | None = None,
+                  saved: dict[str, Any] | None = None, status: int = 200) -> web.Response:
+    table, version = await current_table(request.app)
+    return ui.render(request, "notify.html", status=status, toml_text=masked_toml(table) if text is None else text,
+                     field=TOML_FIELD, errors=errors or [], saved=saved, version=version,
+                     editable=sw.principal_of(request).is_admin, receivers=_receivers(request.app),
+                     versions=await request.app[sw.STORE].notify_config_versions(10))
+
+
+async def notify_page(request: web.Request) -> web.Response:
+    require_noc_or_admin(request, hide=True)
+    return await _render(request)
+
+
+def parse_toml_field(text: str) -> dict[str, Any]:
+    """The textarea: `[notify]` tables in TOML. ValueError with the line and column when not."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"TOML syntax: {exc}") from None
+    other = sorted(k for k in document if k != "notify")
+    if other:
+        raise ValueError(f"{other[0]}: only the [notify] table belongs here (e.g. [[notify.syslog]])")
+    return document.get("notify", {})
+
+
+async def notify_submit(request: web.Request) -> web.Response:
+    require_noc_or_admin(request, hide=True)
+    form = await ui.check_csrf(request)
+    sw.require_admin(request)
+    text = str(form.get(TOML_FIELD, ""))
+    try:
+        table = parse_toml_field(text)
+        result = await change_notify(request, table)
+    except ValueError as exc:
+        return await _render(request, text=text, errors=[str(exc)], status=422)
+    except sw.ApiError as exc:
+        if exc.status not in (400, 422):
+            raise
+        return await _render(request, text=text, errors=exc.problems or [exc.message], status=exc.status)
+    return await _render(request, saved=result)
