@@ -8,6 +8,7 @@ live in `bpf/seawall.h` and reach Python through bcc's `table.Key`/`table.Leaf`.
 from __future__ import annotations
 
 import enum
+import os
 
 
 class Direction(enum.IntEnum):
@@ -91,6 +92,7 @@ REFLECTION_WINDOW_MS = 30000    # a request admits replies from its reflector fo
 SYN_RETRANSMIT_MIN_MS = 200     # a challenged SYN's retransmission counts after this, milliseconds
 SYN_RETRANSMIT_MAX_MS = 5000    # ... and before this (Linux retransmits a SYN after 1 s), milliseconds
 SYN_VALIDATED_TTL_MS = 600000   # a source that completed a handshake is trusted this long, milliseconds
+BUDGET_BURST_MS = 100           # a per-destination class budget holds this much of its rate as burst, milliseconds
 
 
 def cflags() -> list[str]:
@@ -104,8 +106,11 @@ def cflags() -> list[str]:
                  "MAX_RULES", "RULES_PER_TARGET", "MAX_ADDRESSES", "ADDRESS_CACHE_BITS", "PAYLOAD_MATCH_BYTES",
                  "SAMPLE_BYTES", "RINGBUF_PAGES", "MAX_VLAN_DEPTH", "MAX_IPV6_EXT_HEADERS",
                  "NO_TENANT", "TENANT_SET_SLOTS", "MAX_FLOWS", "REFLECTION_WINDOW_MS",
-                 "SYN_RETRANSMIT_MIN_MS", "SYN_RETRANSMIT_MAX_MS", "SYN_VALIDATED_TTL_MS"):
+                 "SYN_RETRANSMIT_MIN_MS", "SYN_RETRANSMIT_MAX_MS", "SYN_VALIDATED_TTL_MS",
+                 "BUDGET_BURST_MS"):
         flags.append(f"-DSW_{name}={globals()[name]}U")
+    # Per-destination budgets live in per-CPU memory: each CPU admits its share of the rate.
+    flags.append(f"-DSW_NR_CPUS={max(os.cpu_count() or 1, 1)}U")
     return flags
 
 

@@ -64,6 +64,7 @@ POLICY_HAS_DENY = 1 << 2
 POLICY_SYN_PROTECTION = 1 << 3
 POLICY_REFLECTION_ALWAYS = 1 << 4
 POLICY_REFLECTION_AUTO = 1 << 5
+POLICY_HAS_BUDGET = 1 << 6
 MATCH_PROTO, MATCH_SPORT, MATCH_DPORT, MATCH_LENGTH = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 MATCH_TTL, MATCH_TCP_FLAGS, MATCH_PAYLOAD = 1 << 4, 1 << 5, 1 << 6
 MATCH_FRAGMENT, MATCH_NOT_FRAGMENT = 1 << 7, 1 << 8
@@ -312,6 +313,8 @@ class Dataplane:
                     flags |= POLICY_REFLECTION_ALWAYS
                 elif reflection == 1:
                     flags |= POLICY_REFLECTION_AUTO
+                if pol.syn_rate_pps or pol.udp_rate_pps or pol.icmp_rate_pps or pol.fragment_rate_pps:
+                    flags |= POLICY_HAS_BUDGET
                 leaf.flags = flags
                 leaf.syn_rate_pps = pol.syn_rate_pps
                 leaf.udp_rate_pps = pol.udp_rate_pps

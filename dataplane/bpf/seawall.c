@@ -473,6 +473,56 @@ static __always_inline int sw_heuristics(struct sw_packet *p, struct sw_addr_ent
     return SW_DROP_REASON_HEURISTIC;
 }
 
+/* Per-destination, per-class token bucket of the tenant's policy (syn_rate_pps,
+ * udp_rate_pps, icmp_rate_pps, fragment_rate_pps): acts from the first packet,
+ * no control-plane round trip. Kept per CPU in the address cache slot, each CPU
+ * admitting rate / SW_NR_CPUS (RSS spreads a flood's flows over the CPUs). */
+static __always_inline int sw_over_budget(struct sw_addr_entry *st, struct sw_policy *pol, struct sw_packet *p)
+{
+    __u32 rate;
+    int b;
+    switch (p->traffic_class) {
+    case SW_TRAFFIC_CLASS_TCP_SYN:
+        rate = pol->syn_rate_pps;
+        b = 0;
+        break;
+    case SW_TRAFFIC_CLASS_UDP:
+        rate = pol->udp_rate_pps;
+        b = 1;
+        break;
+    case SW_TRAFFIC_CLASS_ICMP:
+        rate = pol->icmp_rate_pps;
+        b = 2;
+        break;
+    case SW_TRAFFIC_CLASS_FRAGMENT:
+        rate = pol->fragment_rate_pps;
+        b = 3;
+        break;
+    default:
+        return 0;
+    }
+    if (!rate)
+        return 0;
+    __u64 per_cpu = rate / SW_NR_CPUS + 1;
+    __s64 burst = per_cpu * SW_BUDGET_BURST_MS / 1000 + 1;
+    __u64 now = bpf_ktime_get_ns();
+    __u64 whole = (now - st->budget_ns[b]) * per_cpu / NSEC_PER_SEC;
+    if (whole > 0) {
+        __s64 tokens = st->budget_tokens[b] + (__s64)whole;
+        if (tokens >= burst || st->budget_ns[b] == 0) {
+            st->budget_tokens[b] = burst;
+            st->budget_ns[b] = now;
+        } else {
+            st->budget_tokens[b] = tokens;
+            st->budget_ns[b] += whole * NSEC_PER_SEC / per_cpu;
+        }
+    }
+    if (st->budget_tokens[b] <= 0)
+        return 1;
+    st->budget_tokens[b]--;
+    return 0;
+}
+
 /* What the heuristics learn from the customer side: requests to reflector
  * ports (their replies are then admitted), SYN-ACKs (the client's ACK then
  * validates it). Only for tenant addresses. */
@@ -609,6 +659,10 @@ int xdp_seawall(struct xdp_md *ctx)
             }
             if (st->rule_count)
                 sw_apply_rules(st, p, data, data_end, wire_len, v);
+            if (!v->drop && (flags & SW_POLICY_HAS_BUDGET) && sw_over_budget(st, pol, p)) {
+                v->drop = 1;
+                v->reason = SW_DROP_REASON_HEURISTIC;
+            }
         verdict:
             if (v->drop && pol->mode == SW_TENANT_MODE_MONITOR)
                 v->drop = 0; /* monitor mode: count what would be dropped, pass it */

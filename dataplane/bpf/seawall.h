@@ -16,6 +16,7 @@
 #define SW_CLASSES SW_TRAFFIC_CLASS__COUNT
 #define SW_REASONS SW_DROP_REASON__COUNT
 #define SW_DIRS SW_DIRECTION__COUNT
+#define SW_BUDGET_CLASSES 4 /* SYN, UDP, ICMP, fragments: the classes with a per-destination budget */
 
 /* Devmap keys: the port a frame leaves on. */
 #define SW_PORT_EXTERNAL 0
@@ -28,6 +29,7 @@
 #define SW_POLICY_SYN_PROTECTION (1U << 3)
 #define SW_POLICY_REFLECTION_ALWAYS (1U << 4)
 #define SW_POLICY_REFLECTION_AUTO (1U << 5)
+#define SW_POLICY_HAS_BUDGET (1U << 6) /* some per-destination class budget is set */
 
 /* sw_rule.match: which optional fields a rule checks. */
 #define SW_MATCH_PROTO (1U << 0)
@@ -142,6 +144,8 @@ struct sw_addr_entry {
     __u32 generation;          /* sw_config.generation the cached fields belong to; 0 = empty slot */
     __u32 is_v6;               /* the family: ::ffff:a.b.c.d is also a valid IPv6 address */
     __u32 attack_classes;      /* bit per SW_TRAFFIC_CLASS_* under attack (set by the policy engine) */
+    __s32 budget_tokens[SW_BUDGET_CLASSES]; /* per-destination class budgets (SYN, UDP, ICMP, fragments), packets */
+    __u64 budget_ns[SW_BUDGET_CLASSES];     /* last refill of each budget, bpf_ktime_get_ns */
     __u32 rule_count;          /* rules that apply: the address's own, then the tenant-wide ones */
     __u32 rule_ids[SW_RULES_PER_TARGET];
     struct sw_addr_counters counters;

@@ -95,3 +95,19 @@ def test_syn_challenge_only_while_under_attack_and_per_destination(dp, tenants, 
     assert run(dp, syn("198.19.70.7", 43000)) == XDP_REDIRECT
     attacked(TrafficClass.TCP_SYN, dst="198.51.100.11")
     assert run(dp, syn("198.19.70.7", 43001)) == XDP_REDIRECT   # ALPHA_DST is not the one under attack
+
+
+def test_per_destination_class_budget_acts_from_the_first_packets(dp):
+    applied = apply_tenant_dicts(dp, [{"id": "alpha", "name": "A", "prefixes": ["198.51.100.0/25"],
+                                       "policy": {"udp_rate_pps": 2000}}])
+    before = dp.read_tenant_counters([applied["alpha"]])[applied["alpha"]]
+    flood = frames.udp("198.19.80.8", ALPHA_DST, sport=5555, dport=28960)
+    dp.test_run(flood, repeat=1000)   # 1,000 packets within microseconds: far above 2,000 pps
+    after = dp.read_tenant_counters([applied["alpha"]])[applied["alpha"]]
+    dropped = int(after.reason_packets[0, DropReason.HEURISTIC] - before.reason_packets[0, DropReason.HEURISTIC])
+    passed = int(after.passed_packets[0] - before.passed_packets[0])
+    # Each CPU's share of the rate holds 100 ms of burst: about 2000 / CPUs / 10 packets pass.
+    assert passed + dropped == 1000
+    assert 20 <= passed <= 250 and dropped >= 750, (passed, dropped)
+    # TCP to the same server has no budget set: untouched.
+    assert run(dp, frames.tcp(CLEAN_SRC, ALPHA_DST, flags="A")) == XDP_REDIRECT
