@@ -6,15 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import html
+import json
+import tomllib
 
+import aiohttp
 import pytest
 from test_notify_delivery import FAST_RETRY, HMAC_SECRET, WebhookSink, attack, free_port
+from test_sw_helpers import add_token, add_user, login, service
 
 from appliance.config import parse_config
 from appliance.service import Appliance
 from policy.events import Event, EventBus, EventType
 from securewatch import notify_admin
 from securewatch.notify import NotifierManager, parse_notify_config
+from securewatch.notify.config import EmailReceiver, SnmpReceiver, SyslogReceiver, WebhookReceiver
 from tests.support import await_until
 
 MASK = notify_admin.MASK
@@ -96,3 +103,201 @@ async def test_appliance_without_notify_starts_notifiers_when_configured(tmp_pat
         manager = appliance.notifiers
     assert not manager.running
     assert [e.message for e in sink.events("/generic")] == ["hello NOC"]
+
+
+# --- masking rules ------------------------------------------------------------------------
+
+def test_secret_keys_are_exactly_the_parsed_secret_fields():
+    """SECRET_KEYS names the raw keys; the parser wraps exactly those in `Secret`."""
+    for receiver_type in (SyslogReceiver, SnmpReceiver, EmailReceiver, WebhookReceiver):
+        kind = receiver_type.__name__.removesuffix("Receiver").lower()
+        secret_fields = {f.name for f in dataclasses.fields(receiver_type) if "Secret" in str(f.type)}
+        assert secret_fields == set(notify_admin.SECRET_KEYS[kind]), kind
+
+
+def test_unmask_matches_by_name_or_by_position_when_unnamed():
+    current = {"webhook": [{"url": "http://192.0.2.1/a", "secret": "s0"},
+                           {"name": "noc", "url": "http://192.0.2.1/b", "secret": "s1"}]}
+    new = {"webhook": [{"name": "noc", "url": MASK, "secret": "new"},   # moved to the front: by name
+                       {"url": "http://192.0.2.1/c", "secret": MASK},  # unnamed: webhook-1, nothing there
+                       {"name": "webhook-0", "url": MASK, "secret": MASK}]}
+    merged, problems = notify_admin.unmask(new, current)
+    assert merged["webhook"][0] == {"name": "noc", "url": "http://192.0.2.1/b", "secret": "new"}
+    assert merged["webhook"][2] == {"name": "webhook-0", "url": "http://192.0.2.1/a", "secret": "s0"}
+    assert problems == [f"notify.webhook[1].secret: is {MASK}, but this receiver has no current value to keep "
+                        f"(matched by name); enter the value"]
+    assert new["webhook"][0]["url"] == MASK  # the input is not modified
+
+
+# --- the API ---------------------------------------------------------------------------------
+
+SECRETS = {"community": "c0mmunity-2c", "auth_key": "v3-auth-key-1", "priv_key": "v3-priv-key-1",
+           "password": "smtp-pass-1", "url": "http://192.0.2.20/hooks/T0/B0/slack-token",
+           "secret": "hmac-secret-1", "routing_key": "pd-routing-key-1"}
+TABLE = {
+    "syslog": [{"name": "noc-syslog", "host": "192.0.2.10", "transport": "tcp", "port": 1514}],
+    "snmp": [{"name": "noc-trap", "host": "192.0.2.11", "community": SECRETS["community"]},
+             {"name": "noc-v3", "host": "192.0.2.12", "version": "3", "user": "seawall",
+              "auth_key": SECRETS["auth_key"], "priv_key": SECRETS["priv_key"]}],
+    "email": [{"name": "noc-mail", "smtp_host": "192.0.2.13", "username": "noc", "password": SECRETS["password"],
+               "from": "seawall@example.net", "to": ["noc@example.net"]}],
+    "webhook": [{"url": SECRETS["url"], "kind": "slack"},  # unnamed: webhook-0
+                {"name": "noc-hook", "url": "http://192.0.2.21/generic", "secret": SECRETS["secret"]},
+                {"name": "pd", "kind": "pagerduty", "routing_key": SECRETS["routing_key"]}],
+}
+
+
+def _leaks(text: str) -> list[str]:
+    return [name for name, value in SECRETS.items() if value in text] + (
+        ["generic url"] if "192.0.2.21/generic" in text else [])
+
+
+async def _call(http, method, url, body=None):
+    async with http.request(method, url, json=body) as r:
+        return r.status, await r.json()
+
+
+async def test_api_round_trip_masks_keeps_secrets_and_audits_without_them(tmp_path):
+    bus = EventBus()
+    changes = bus.subscribe("test")
+    async with service(tmp_path, appliance=None, bus=bus) as (url, store, _):
+        admin = {"Authorization": f"Bearer {await add_token(store, 'admin')}"}
+        noc = {"Authorization": f"Bearer {await add_token(store, 'noc')}"}
+        async with aiohttp.ClientSession(headers=admin) as http:
+            assert await _call(http, "GET", f"{url}/api/v1/notify") == (
+                200, {"notify": {}, "version": None, "live": False})
+            status, body = await _call(http, "PUT", f"{url}/api/v1/notify", TABLE)
+            assert status == 200 and body["version"] == 1 and body["applied"] is False  # central: stored only
+            assert not _leaks(json.dumps(body))
+        async with aiohttp.ClientSession(headers=noc) as http, http.get(f"{url}/api/v1/notify") as r:
+            text = await r.text()
+            shown = json.loads(text)["notify"]
+        assert r.status == 200 and not _leaks(text)
+        assert shown["snmp"][1] == {**TABLE["snmp"][1], "auth_key": MASK, "priv_key": MASK}
+        assert shown["webhook"][1] == {"name": "noc-hook", "url": MASK, "secret": MASK}
+        assert shown["syslog"] == TABLE["syslog"]  # nothing secret there
+
+        # The NOC's GET, sent back with one port and one password changed: the other secrets stay.
+        shown["syslog"][0]["port"] = 2514
+        shown["email"][0]["password"] = "smtp-pass-2"
+        async with aiohttp.ClientSession(headers=admin) as http:
+            status, body = await _call(http, "PUT", f"{url}/api/v1/notify", shown)
+            assert status == 200 and body["version"] == 2, body
+            version, stored = await store.notify_config()
+            assert version == 2 and stored["syslog"][0]["port"] == 2514
+            assert stored == {**TABLE, "syslog": [{**TABLE["syslog"][0], "port": 2514}],
+                              "email": [{**TABLE["email"][0], "password": "smtp-pass-2"}]}
+            audit_text = await (await http.get(f"{url}/api/v1/audit")).text()
+        entries = [e for e in json.loads(audit_text)["entries"] if e["action"] == "notify.update"]
+        assert [e["details"]["version"] for e in entries] == [2, 1]
+        assert entries[0]["details"]["secrets_changed"] == ["noc-mail.password"]
+        assert entries[0]["details"]["changed"] == ["noc-syslog", "noc-mail"]
+        assert set(entries[1]["details"]["secrets_changed"]) == {
+            "noc-trap.community", "noc-v3.auth_key", "noc-v3.priv_key", "noc-mail.password", "webhook-0.url",
+            "noc-hook.url", "noc-hook.secret", "pd.url", "pd.routing_key"}
+        assert not _leaks(audit_text) and "smtp-pass-2" not in audit_text
+        assert [v["action"] for v in await store.notify_config_versions()] == ["notify.update", "notify.update"]
+        published = [changes.get_nowait() for _ in range(changes.qsize())]
+        assert [(e.type, e.details["version"]) for e in published] == [(EventType.POLICY_CHANGE, 1),
+                                                                       (EventType.POLICY_CHANGE, 2)]
+
+
+async def test_api_validation_errors_name_the_key_and_change_nothing(tmp_path):
+    async with service(tmp_path, appliance=None) as (url, store, _):
+        admin = {"Authorization": f"Bearer {await add_token(store, 'admin')}"}
+        async with aiohttp.ClientSession(headers=admin) as http:
+            assert (await _call(http, "PUT", f"{url}/api/v1/notify", TABLE))[0] == 200
+            bad_port = {**TABLE, "syslog": [{**TABLE["syslog"][0], "port": 70000}]}
+            assert await _call(http, "PUT", f"{url}/api/v1/notify", bad_port) == (422, {
+                "error": "invalid notify configuration",
+                "problems": ["notify.syslog[0].port: must be an integer in 1..65535, got 70000"]})
+            renamed = {"webhook": [{"name": "renamed-hook", "url": MASK, "secret": MASK}]}
+            status, body = await _call(http, "PUT", f"{url}/api/v1/notify", renamed)
+            assert status == 422 and [p.split(":")[0] for p in body["problems"]] == [
+                "notify.webhook[0].url", "notify.webhook[0].secret"]
+            status, body = await _call(http, "PUT", f"{url}/api/v1/notify", {"pager": []})
+            assert status == 422 and body["problems"][0].startswith("notify.pager: unknown key")
+            status, body = await _call(http, "PUT", f"{url}/api/v1/notify", [1, 2])
+            assert status == 400 and "JSON object" in body["error"]
+            weak = {"snmp": [{**TABLE["snmp"][1], "auth_key": "short"}]}
+            status, body = await _call(http, "PUT", f"{url}/api/v1/notify", weak)
+            assert status == 422 and "notify.snmp[0].auth_key" in body["problems"][0] and "short" not in str(body)
+        assert (await store.notify_config())[0] == 1
+
+
+async def test_put_applies_to_the_running_notifiers_of_a_real_appliance(tmp_path, sink):
+    """SecureWatch inside the appliance: the stored table is imported at start; a PUT keeps the
+    NOC hook's queued event (same name and routing) and adds a receiver, which gets the next
+    event: the POLICY_CHANGE that announces the edit."""
+    noc_hook = _hook(sink.port, "noc-hook", "/generic")
+    config = parse_config(f'[appliance]\nstate_dir = "{tmp_path / "state"}"\n'
+                          f'[[notify.webhook]]\nname = "noc-hook"\nurl = "{noc_hook["url"]}"\n'
+                          f'secret = "{HMAC_SECRET}"\n')
+    appliance = Appliance(config)
+    async with contextlib.AsyncExitStack() as lifetime:
+        await appliance._start_notifiers(lifetime)
+        manager = appliance.notifiers
+        async with service(tmp_path, appliance=appliance, bus=appliance.bus) as (url, store, _):
+            assert await store.notify_config() == (1, {"webhook": [noc_hook]})  # imported from the file
+            appliance.bus.publish(attack("A", "alpha", EventType.ATTACK_START, "queued while down"))
+            await await_until(lambda: manager.status()["noc-hook"].consecutive_failures >= 1, what="a failed try")
+            admin = {"Authorization": f"Bearer {await add_token(store, 'admin')}"}
+            async with aiohttp.ClientSession(headers=admin) as http:
+                status, shown = await _call(http, "GET", f"{url}/api/v1/notify")
+                assert status == 200 and shown["live"] is True and shown["notify"]["webhook"][0]["url"] == MASK
+                edited = {"webhook": [{**shown["notify"]["webhook"][0], "timeout": 3.0},
+                                      _hook(sink.port, "new-hook", "/new")]}
+                status, body = await _call(http, "PUT", f"{url}/api/v1/notify", edited)
+            assert status == 200 and body["applied"] is True, body
+            assert appliance.notifiers is manager and list(manager.status()) == ["noc-hook", "new-hook"]
+            assert manager.status()["noc-hook"].backlog >= 1  # the queued event survived the swap
+            assert appliance.notify_config()["webhook"][0] == {**noc_hook, "timeout": 3.0}  # real secrets
+            await sink.up()
+            await await_until(lambda: len(sink.events("/new")) == 1 and len(sink.events("/generic")) == 2,
+                              timeout=15, what="deliveries after the edit")
+    assert [e.message for e in sink.events("/generic")] == ["queued while down",
+                                                            "NOC receivers changed by token:1:test-admin"]
+    assert [(e.type, e.message) for e in sink.events("/new")] == [
+        (EventType.POLICY_CHANGE, "NOC receivers changed by token:1:test-admin")]
+    assert sink.bad_signatures == 0
+
+
+# --- the page ----------------------------------------------------------------------------------
+
+async def test_page_admin_edits_noc_reads_tenant_sees_nothing(tmp_path):
+    async with service(tmp_path) as (url, store, _):
+        await store.save_notify_config(TABLE, "test", "seed")
+        for name, role, tenant in (("ops", "admin", None), ("watch", "noc", None), ("alice", "tenant", "alpha")):
+            await add_user(store, name, role, tenant, "write")
+        tenant_http, tenant_csrf = await login(url, "alice")
+        noc_http, noc_csrf = await login(url, "watch")
+        admin_http, csrf = await login(url, "ops")
+        async with tenant_http, noc_http, admin_http:
+            assert (await tenant_http.get(f"{url}/notify")).status == 404
+            assert (await tenant_http.post(f"{url}/notify", data={"csrf_token": tenant_csrf})).status == 404
+            assert "/notify" not in await (await tenant_http.get(f"{url}/")).text()  # no nav link
+
+            page = await (await noc_http.get(f"{url}/notify")).text()
+            assert "readonly" in page and "Save and apply" not in page and 'data-receiver="noc-syslog"' in page
+            assert not _leaks(page) and MASK in page
+            r = await noc_http.post(f"{url}/notify", data={"csrf_token": noc_csrf, "notify_toml": ""})
+            assert r.status == 403
+
+            page = await (await admin_http.get(f"{url}/notify")).text()
+            textarea = page.split('name="notify_toml"', 1)[1].split(">", 1)[1].split("</textarea>", 1)[0]
+            text = html.unescape(textarea)
+            assert tomllib.loads(text)["notify"] == notify_admin.mask(TABLE)
+
+            r = await admin_http.post(f"{url}/notify", data={"csrf_token": csrf, "notify_toml": text + "\n[oops"})
+            page = await r.text()
+            assert r.status == 422 and 'data-field="notify_toml">TOML syntax' in page
+            broken = text.replace("port = 1514", "port = 0")
+            r = await admin_http.post(f"{url}/notify", data={"csrf_token": csrf, "notify_toml": broken})
+            assert r.status == 422 and "notify.syslog[0].port: must be an integer in 1..65535" in await r.text()
+            assert (await store.notify_config())[0] == 1
+
+            r = await admin_http.post(f"{url}/notify", data={"csrf_token": csrf,
+                                                             "notify_toml": text.replace("1514", "1515")})
+            page = await r.text()
+            assert r.status == 200 and "Saved as version 2" in page and not _leaks(page)
+        assert (await store.notify_config())[1] == {**TABLE, "syslog": [{**TABLE["syslog"][0], "port": 1515}]}
