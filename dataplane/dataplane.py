@@ -9,6 +9,7 @@ batch), and packet samples. Key and leaf types come from the compiled program
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import ipaddress
@@ -147,6 +148,7 @@ class Dataplane:
             "sw_addr_cache", "sw_addr_spill", "sw_tenant_stats", "sw_rule_set_index", "sw_rule_sets", "sw_rules",
             "sw_rule_stats", "sw_rule_buckets", "sw_attack", "sw_reflection_ports")}
         self._attachments: list[Attachment] = []
+        self._link_fds: list[int] = []
         self._samples: deque[Sample] = deque(maxlen=65536)
         self._ring_open = False
         self._rules: dict[int, Rule] = {}
@@ -237,20 +239,22 @@ class Dataplane:
                 _write_mode_file(pin, attempt)
                 os.close(link_fd)
             else:
-                self._link_fds = getattr(self, "_link_fds", []) + [link_fd]
+                self._link_fds.append(link_fd)
             log.info("dataplane.attach", interface=name, mode=attempt, pinned=bool(pin))
             return Attachment(name, ifindex, attempt, pin)
         raise DataplaneError(f"cannot attach XDP to {name}: {last_error}")
 
-    def detach(self) -> None:
-        """Remove the program from both NICs (unpin and close the links)."""
-        for fd in getattr(self, "_link_fds", []):
-            try:
+    def _detach_unpinned_links(self) -> None:
+        """Links this process holds without pinning (no pin directory) go with it."""
+        for fd in self._link_fds:
+            with contextlib.suppress(OSError):
                 bpfsys.link_detach(fd)
-            except OSError:
-                pass
             os.close(fd)
         self._link_fds = []
+
+    def detach(self) -> None:
+        """Remove the program from both NICs (unpin and close the links)."""
+        self._detach_unpinned_links()
         for att in self._attachments:
             if att.pinned_link:
                 remove_pinned_link(att.pinned_link)
@@ -262,13 +266,7 @@ class Dataplane:
 
     def close(self) -> None:
         """Release this process's handles. Pinned links and maps stay: the bridge keeps running."""
-        for fd in getattr(self, "_link_fds", []):
-            try:
-                bpfsys.link_detach(fd)
-            except OSError:
-                pass
-            os.close(fd)
-        self._link_fds = []
+        self._detach_unpinned_links()
         self.bpf.cleanup()
 
     # -- tenants --------------------------------------------------------------
