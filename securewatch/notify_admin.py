@@ -136,10 +136,38 @@ def _without_none(value: Any) -> Any:
     return value
 
 
+def _toml_key(key: str) -> str:
+    return tomli_w.dumps({key: 0}).rsplit(" = ", 1)[0]
+
+
+def _toml_value(value: Any) -> str:
+    """One value on one line, as operators write it: lists and tables inline."""
+    if isinstance(value, dict):  # e.g. severity_map
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return tomli_w.dumps({"v": value}).split(" = ", 1)[1].strip()
+
+
+def _toml_line(key: str, value: Any) -> str:
+    return f"{_toml_key(key)} = {_toml_value(value)}"
+
+
 def masked_toml(table: dict[str, Any]) -> str:
-    """The table as the `[notify]` section of an appliance config file, secrets masked."""
+    """The table as the `[notify]` section of an appliance config file, secrets masked: one
+    `[[notify.<kind>]]` block per receiver, the way the configuration guide writes it."""
     clean = _without_none(mask(table))
-    return tomli_w.dumps({"notify": clean}) if clean else EMPTY_TOML_HINT
+    if not clean:
+        return EMPTY_TOML_HINT
+    blocks = []
+    plain = {k: v for k, v in clean.items() if k not in KINDS or not isinstance(v, list)}
+    if plain:
+        blocks.append("[notify]\n" + "".join(_toml_line(k, v) + "\n" for k, v in plain.items()))
+    for kind in KINDS:
+        for entry in clean.get(kind) if isinstance(clean.get(kind), list) else ():
+            if isinstance(entry, dict):
+                blocks.append(f"[[notify.{kind}]]\n" + "".join(_toml_line(k, v) + "\n" for k, v in entry.items()))
+    return "\n".join(blocks)
 
 
 def _summary(old_table: dict[str, Any], new: NotifyConfig) -> dict[str, Any]:

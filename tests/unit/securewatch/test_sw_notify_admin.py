@@ -135,7 +135,8 @@ SECRETS = {"community": "c0mmunity-2c", "auth_key": "v3-auth-key-1", "priv_key":
            "password": "smtp-pass-1", "url": "http://192.0.2.20/hooks/T0/B0/slack-token",
            "secret": "hmac-secret-1", "routing_key": "pd-routing-key-1"}
 TABLE = {
-    "syslog": [{"name": "noc-syslog", "host": "192.0.2.10", "transport": "tcp", "port": 1514}],
+    "syslog": [{"name": "noc-syslog", "host": "192.0.2.10", "transport": "tcp", "port": 1514,
+                "severity_map": {"critical": "alert"}}],
     "snmp": [{"name": "noc-trap", "host": "192.0.2.11", "community": SECRETS["community"]},
              {"name": "noc-v3", "host": "192.0.2.12", "version": "3", "user": "seawall",
               "auth_key": SECRETS["auth_key"], "priv_key": SECRETS["priv_key"]}],
