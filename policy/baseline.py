@@ -19,9 +19,15 @@ Threshold of a row and class::
     max(policy.min_pps, (mean + k·sigma) · margin / sensitivity)
 
 Warm-up: until a (row, class) has learned `warmup_s` seconds (10 minutes by
-default), no baseline-based detection happens; only the absolute floors apply
-(`max(min_pps, warmup_floor_pps[class])`), which catch the obvious floods that
-hit a brand-new address.
+default), no baseline-based detection happens; absolute floors apply instead:
+- to a row that has learned fewer than `PARTIAL_BASELINE_S` seconds, the high
+  `warmup_floor_pps` (`max(min_pps, floor)`): whatever an address the engine has
+  just met receives may be its usual traffic, so only the obvious floods count;
+- once it has learned that many seconds, the lower `onset_floor_pps`, raised (never
+  lowered) by the row's partial baseline threshold: the engine has seen the
+  address's normal traffic, so a jump from it to a flood is an onset it witnessed,
+  while an address that is simply busier than the floor keeps a threshold above its
+  own traffic.
 
 Attack seconds are not learned: every second in which a (row, class) is flagged
 as anomalous (and not cleared as benign by classification) leaves its mean,
@@ -45,13 +51,15 @@ import numpy as np
 from dataplane.constants import TrafficClass
 
 N_CLASSES = len(TrafficClass)
+PARTIAL_BASELINE_S = 3.0    # learned seconds after which a warming-up row gets the onset floors
 
 
 class EwmaBaseline:
     """Mean, variance and learned seconds for `capacity` rows × classes."""
 
     def __init__(self, capacity: int, *, half_life_s: float, warmup_s: float, k_sigma: float,
-                 margin: float, warmup_floor_pps: tuple[float, ...]) -> None:
+                 margin: float, warmup_floor_pps: tuple[float, ...],
+                 onset_floor_pps: tuple[float, ...] | None = None) -> None:
         if half_life_s <= 0:
             raise ValueError(f"baseline half-life must be positive, got {half_life_s}")
         self.half_life_s = half_life_s
@@ -59,6 +67,7 @@ class EwmaBaseline:
         self.k_sigma = k_sigma
         self.margin = margin
         self.floor = np.asarray(warmup_floor_pps, np.float64)
+        self.onset_floor = np.asarray(warmup_floor_pps if onset_floor_pps is None else onset_floor_pps, np.float64)
         self.mean = np.zeros((capacity, N_CLASSES))
         self.var = np.zeros((capacity, N_CLASSES))
         self.learned_s = np.zeros((capacity, N_CLASSES))
@@ -92,11 +101,20 @@ class EwmaBaseline:
         """(mean + k·sigma)·margin per (row, class), before policy floors and sensitivity."""
         return (self.mean[rows] + self.k_sigma * np.sqrt(self.var[rows])) * self.margin
 
+    def warmup_threshold(self, rows: np.ndarray, base: np.ndarray, min_pps: np.ndarray) -> np.ndarray:
+        """(N, C) threshold while warming up (see the module docstring).
+
+        `base` is the baseline threshold after sensitivity.
+        """
+        seen = self.learned_s[rows] >= PARTIAL_BASELINE_S
+        floor = np.where(seen, np.maximum(self.onset_floor[None, :], base), self.floor[None, :])
+        return np.maximum(min_pps[:, None], floor)
+
     def threshold(self, rows: np.ndarray, min_pps: np.ndarray, sensitivity: np.ndarray) -> np.ndarray:
         """(N, C) packets/s above which a (row, class) is anomalous."""
         base = self.baseline_threshold(rows) / sensitivity[:, None]
-        floor = np.maximum(min_pps[:, None], self.floor[None, :])
-        return np.where(self.warm(rows), np.maximum(min_pps[:, None], base), floor)
+        return np.where(self.warm(rows), np.maximum(min_pps[:, None], base),
+                        self.warmup_threshold(rows, base, min_pps))
 
     def update(self, rows: np.ndarray, pps: np.ndarray, dt: float, learn: np.ndarray,
                cap: np.ndarray | None = None) -> None:

@@ -9,8 +9,9 @@ carpet bombing):
   packet sizes those services answer with), TCP flag mix, packet-size and
   payload uniformity, source diversity, first fragments;
 - flow symmetry: share of sampled senders that the destination itself talks to
-  (outbound samples). A speed test's ACKs or a game's players come from peers the
-  server answers; spoofed floods and reflected answers do not.
+  (outbound samples), counted against the new traffic only (the baseline's share of
+  the mix may come from peers). A speed test's ACKs or a game's players come from
+  peers the server answers; spoofed floods and reflected answers do not.
 
 Without samples the sample-based evidence counts as neutral (0.5), so a vector
 backed by rates alone can reach a moderate confidence but not a high one. A rate
@@ -127,6 +128,20 @@ def _symmetric_share(f: PacketFeatures, peers: set[IPAddress]) -> float:
     return sum(1 for s in f.src if s in peers) / len(f)
 
 
+def _peer_share_of_new(symmetric: float, exs: float) -> float:
+    """How much the target's peers account for the traffic that made it anomalous.
+
+    The baseline's part of the mix (1 - excess share) is the target's usual traffic and
+    may come from peers without saying anything about the rest: only peers beyond that
+    part speak for the excess. A flood mixed into a game server's players is then judged
+    by the flood's senders, while a download's ACKs (new traffic, all from a peer) still
+    are judged benign. When there is little excess (a busy server above a warm-up floor),
+    the whole mix is what is judged, so the plain peer share weighs in by (1 - excess share).
+    """
+    of_new = float(np.clip((symmetric - (1.0 - exs)) / max(exs, 0.05), 0.0, 1.0))
+    return exs * of_new + (1.0 - exs) * symmetric
+
+
 def _score(vector: Vector, parts: list[tuple[float, float]], tclass: TrafficClass | None,
            evidence: dict[str, Any], penalty: float = 1.0) -> VectorScore:
     # parts[0] is always the magnitude: a rate barely over its threshold is weak evidence
@@ -166,16 +181,19 @@ def classify_class(ev: ClassEvidence, samples: PacketFeatures, peers: set[IPAddr
         else:
             length_share = payload_share = 0.0
             uniformity = NEUTRAL
+        peers_new = _peer_share_of_new(symmetric, exs)
         evidence.update(length_share=round(length_share, 3), payload_share=round(payload_share, 3),
-                        symmetric_share=round(symmetric, 3))
+                        symmetric_share=round(symmetric, 3), peer_share_of_new=round(peers_new, 3))
         return _score(Vector.UDP_FLOOD, [(0.45, mag), (0.35, exs), (0.2, uniformity)], tc, evidence,
-                      penalty=1.0 - 0.6 * symmetric)
+                      penalty=1.0 - 0.6 * peers_new)
     if tc == TrafficClass.TCP_SYN:
         diversity = len(set(in_class.src)) / n if n else NEUTRAL
         symmetric = _symmetric_share(in_class, peers)
-        evidence.update(source_diversity=round(diversity, 3), symmetric_share=round(symmetric, 3))
+        peers_new = _peer_share_of_new(symmetric, exs)
+        evidence.update(source_diversity=round(diversity, 3), symmetric_share=round(symmetric, 3),
+                        peer_share_of_new=round(peers_new, 3))
         return _score(Vector.SYN_FLOOD, [(0.45, mag), (0.35, exs), (0.2, diversity)], tc, evidence,
-                      penalty=1.0 - 0.5 * symmetric)
+                      penalty=1.0 - 0.5 * peers_new)
     if tc == TrafficClass.TCP_OTHER:
         flags = in_class.tcp_flags
         if n:
@@ -184,13 +202,14 @@ def classify_class(ev: ClassEvidence, samples: PacketFeatures, peers: set[IPAddr
         else:
             rst_fin = ack_only = NEUTRAL
         symmetric = _symmetric_share(in_class, peers)
+        peers_new = _peer_share_of_new(symmetric, exs)
         evidence.update(rst_fin_share=round(rst_fin, 3), ack_share=round(ack_only, 3),
-                        symmetric_share=round(symmetric, 3))
+                        symmetric_share=round(symmetric, 3), peer_share_of_new=round(peers_new, 3))
         if n and rst_fin > ack_only:
             return _score(Vector.RST_FIN_FLOOD, [(0.4, mag), (0.3, exs), (0.3, rst_fin)], tc, evidence,
-                          penalty=1.0 - symmetric)
+                          penalty=1.0 - peers_new)
         return _score(Vector.TCP_ACK_FLOOD, [(0.4, mag), (0.3, exs), (0.3, ack_only)], tc, evidence,
-                      penalty=1.0 - symmetric)
+                      penalty=1.0 - peers_new)
     if tc == TrafficClass.ICMP:
         return _score(Vector.ICMP_FLOOD, [(0.5, mag), (0.5, exs)], tc, evidence)
     if tc == TrafficClass.FRAGMENT:

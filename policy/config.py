@@ -11,7 +11,8 @@ import dataclasses
 from dataplane.constants import TrafficClass
 
 # Rates (packets/s per destination) above which a class is an attack even before a
-# baseline exists. They apply during warm-up only, when nothing else can be known.
+# baseline exists. They apply during warm-up only, when nothing else can be known: to
+# an address the engine has just met, whatever it receives may be its usual traffic.
 DEFAULT_WARMUP_FLOOR_PPS = {
     TrafficClass.TCP_SYN: 20_000,
     TrafficClass.TCP_OTHER: 150_000,
@@ -19,6 +20,21 @@ DEFAULT_WARMUP_FLOOR_PPS = {
     TrafficClass.ICMP: 10_000,
     TrafficClass.FRAGMENT: 10_000,
     TrafficClass.OTHER: 10_000,
+}
+# Lower warm-up floors (packets/s per destination) for an address whose normal traffic
+# the engine has already seen for a few seconds (see policy.baseline): the jump from
+# that traffic to a flood is an onset the engine witnessed, and the partial baseline
+# raises these floors for addresses that are simply busier. They let a fresh appliance
+# catch a 5 kpps flood at a game server (the reference scenario) seconds after it starts.
+# They only make a destination a candidate: classification still has to call it an
+# attack (legitimate bulk traffic comes from peers the server answers).
+DEFAULT_ONSET_FLOOR_PPS = {
+    TrafficClass.TCP_SYN: 5_000,
+    TrafficClass.TCP_OTHER: 10_000,
+    TrafficClass.UDP: 2_000,
+    TrafficClass.ICMP: 2_000,
+    TrafficClass.FRAGMENT: 2_000,
+    TrafficClass.OTHER: 2_000,
 }
 
 
@@ -30,6 +46,7 @@ class PolicyConfig:
     k_sigma: float = 4.0                 # standard deviations above the mean that are still normal
     margin: float = 1.5                  # headroom factor on mean + k·sigma (ramps, bursts)
     warmup_floor_pps: tuple[float, ...] = tuple(DEFAULT_WARMUP_FLOOR_PPS[c] for c in TrafficClass)
+    onset_floor_pps: tuple[float, ...] = tuple(DEFAULT_ONSET_FLOOR_PPS[c] for c in TrafficClass)
     tenant_warmup_floor_factor: float = 5.0   # a tenant's warm-up floors: this many destination floors
     forget_after_s: float = 6 * 3600.0   # seconds an address may be absent before its baseline is dropped
     # Detection and classification.
@@ -37,6 +54,8 @@ class PolicyConfig:
     carpet_min_destinations: int = 8     # elevated addresses before a tenant-wide anomaly is carpet bombing
     # Incidents.
     confirm_s: float = 2.0               # seconds a destination must stay anomalous before ATTACK_START
+    fast_confirm_confidence: float | None = 0.8   # a vector this certain starts the attack at its first
+                                                  # anomalous tick, without confirm_s (None: always confirm)
     quiet_s: float = 30.0                # seconds without anomaly before ATTACK_END (hysteresis)
     hold_down_s: float = 300.0           # seconds rules stay installed after ATTACK_END
     reattack_window_s: float = 900.0     # seconds after an end in which the same dst+vector links back
@@ -60,8 +79,11 @@ class PolicyConfig:
                 raise ValueError(f"policy config {name}: must be positive, got {getattr(self, name)}")
         if self.update_interval_s < 1.0:
             raise ValueError("policy config update_interval_s: at most one update per second (>= 1)")
-        if len(self.warmup_floor_pps) != len(TrafficClass):
-            raise ValueError(f"policy config warmup_floor_pps: needs {len(TrafficClass)} values")
+        for name in ("warmup_floor_pps", "onset_floor_pps"):
+            if len(getattr(self, name)) != len(TrafficClass):
+                raise ValueError(f"policy config {name}: needs {len(TrafficClass)} values")
+        if self.fast_confirm_confidence is not None and not 0 < self.fast_confirm_confidence <= 1:
+            raise ValueError("policy config fast_confirm_confidence: must be within (0, 1], or None")
         if not 0 <= self.min_confidence <= 1:
             raise ValueError("policy config min_confidence: must be within 0..1")
         for name in ("warmup_s", "confirm_s", "hold_down_s", "reattack_window_s", "legit_tolerance"):

@@ -88,9 +88,10 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
     known = policy.known[prow] & dest.valid
     cap = dest_baseline.baseline_threshold(dest.slots)
     warm = dest_baseline.warm(dest.slots)
-    min_pps = policy.min_pps[prow][:, None]
-    threshold = np.where(warm, np.maximum(min_pps, cap / policy.sensitivity[prow][:, None]),
-                         np.maximum(min_pps, dest_baseline.floor[None, :]))
+    min_pps = policy.min_pps[prow]
+    base = cap / policy.sensitivity[prow][:, None]
+    threshold = np.where(warm, np.maximum(min_pps[:, None], base),
+                         dest_baseline.warmup_threshold(dest.slots, base, min_pps))
     anomalous = (dest.pps > threshold) & known[:, None]
     ratio = dest.pps / np.maximum(threshold, 1.0)
     excess = np.maximum(dest.pps - dest_baseline.mean[dest.slots], 0.0)

@@ -57,7 +57,8 @@ RECENT_TICKS = 10            # ticks of samples kept for classification and sign
 PEER_TICKS = 60              # ticks of outbound samples that make a sender a known peer
 SAMPLE_DRAIN_LIMIT = 4096    # samples read per tick
 RECLASSIFY_S = 5.0           # seconds an ongoing attack's classification is reused
-WINDOW_SAMPLES = 512         # most recent samples of a target used for classification and signatures
+WINDOW_SAMPLES = 512         # most recent samples of a target and class used for classification and signatures
+N_CLASSES = len(TrafficClass)
 CARPET_DESTINATIONS_LISTED = 256   # addresses named in a carpet incident
 STATE_FILE = "baselines.npz"
 CLASS_RATE_FIELD = {TrafficClass.TCP_SYN: "syn_rate_pps", TrafficClass.UDP: "udp_rate_pps",
@@ -119,16 +120,31 @@ class _SampleWindow:
         return by_dst, by_tenant
 
     def _collect(self, key: Any, since: float, which: int) -> PacketFeatures:
+        """Up to WINDOW_SAMPLES newest samples *per traffic class* of `key`, oldest first.
+
+        Per class, so that a 200 kpps SYN flood does not crowd the 5 kpps UDP flood next to
+        it out of the window: each class's signature needs its own samples.
+        """
         parts: list[PacketFeatures] = []
-        left = WINDOW_SAMPLES
-        for entry in reversed(self.ticks):           # newest first, up to WINDOW_SAMPLES
+        left = np.full(N_CLASSES, WINDOW_SAMPLES, np.int64)
+        for entry in reversed(self.ticks):           # newest first
             t, f, index = entry[0], entry[1], entry[which]
-            if t < since or left <= 0:
+            if t < since or not left.any():
                 break
             rows = index.get(key)
-            if rows:
-                parts.append(f.subset(np.asarray(rows[-left:], np.int64)))
-                left -= min(len(rows), left)
+            if not rows:
+                continue
+            rows_arr = np.asarray(rows, np.int64)
+            classes = f.traffic_class[rows_arr]
+            keep = np.zeros(len(rows_arr), bool)
+            for c in np.unique(classes):
+                in_class = np.flatnonzero(classes == c)
+                take = int(min(left[c], len(in_class)))
+                if take:
+                    keep[in_class[-take:]] = True
+                    left[c] -= take
+            if keep.any():
+                parts.append(f.subset(rows_arr[keep]))
         return PacketFeatures.concat(parts[::-1])
 
     def for_destination(self, dst: IPAddress, since: float) -> PacketFeatures:
@@ -153,13 +169,16 @@ class PolicyEngine:
         self._wall = wall_clock
         cfg = self.config
         baseline_kw = dict(half_life_s=cfg.half_life_s, warmup_s=cfg.warmup_s, k_sigma=cfg.k_sigma,
-                           margin=cfg.margin, warmup_floor_pps=cfg.warmup_floor_pps)
+                           margin=cfg.margin, warmup_floor_pps=cfg.warmup_floor_pps,
+                           onset_floor_pps=cfg.onset_floor_pps)
         self.rates = RateTracker(forget_after_s=cfg.forget_after_s)
         self.dest_baseline = EwmaBaseline(self.rates.slots.capacity, **baseline_kw)
-        # A tenant sums many addresses: its warm-up floors are a multiple of an address's, so a
-        # busy tenant is not mistaken for a carpet bombing before its baseline exists.
+        # A tenant sums many addresses: its warm-up floors are a multiple of an address's (and it has
+        # no lower onset floors), so a busy tenant is not mistaken for a carpet bombing before its
+        # baseline exists.
         tenant_floors = tuple(f * cfg.tenant_warmup_floor_factor for f in cfg.warmup_floor_pps)
-        self.tenant_baseline = EwmaBaseline(MAX_TENANTS, **{**baseline_kw, "warmup_floor_pps": tenant_floors})
+        self.tenant_baseline = EwmaBaseline(MAX_TENANTS, **{**baseline_kw, "warmup_floor_pps": tenant_floors,
+                                                            "onset_floor_pps": tenant_floors})
         self.incidents = IncidentManager(cfg)
         self.tenants: dict[int, TenantEntry] = {}
         self.policy_table = PolicyTable({})
@@ -317,8 +336,7 @@ class PolicyEngine:
         self._keep_samples(inbound, by_dst, by_tenant, attack_mask, dest, row_of_slot)
         lap("keep_samples")
         self._write_pcaps(by_dst, by_tenant, inbound)
-        for event in events:
-            self._publish(event)
+        events = [self._publish(event) for event in events]
         if self.last_report is not None and now - self._last_save >= 300.0:   # seconds between snapshots
             self._last_save = now
             self.save_state()
@@ -609,7 +627,7 @@ class PolicyEngine:
         return pcap.summary() if pcap else None
 
     # -- events ----------------------------------------------------------------------------------
-    def _publish(self, event: Event) -> None:
+    def _publish(self, event: Event) -> Event:
         inc_pcap = self._pcaps.get(event.incident_id or "")
         if inc_pcap is not None:
             event.details["pcap"] = inc_pcap.summary()
@@ -618,6 +636,12 @@ class PolicyEngine:
             inc = next((i for i in self.incidents.open.values() if i.id == event.incident_id), None)
             if inc is not None:
                 event.details["rules"] = [r.to_dict() for r in inc.rules.values()]
+                # An attack may start at its first anomalous tick, before that tick was accounted:
+                # report the rates accounted since.
+                event = dataclasses.replace(event, pps=round(max(event.pps or 0.0, inc.peak_pps), 1),
+                                            bps=round(max(event.bps or 0.0, inc.peak_bps), 1))
+                event.details["peak_pps"] = round(inc.peak_pps, 1)
+                event.details["peak_bps"] = round(inc.peak_bps, 1)
         name = {EventType.ATTACK_START: "attack.start", EventType.ATTACK_UPDATE: "attack.update",
                 EventType.ATTACK_END: "attack.end"}.get(event.type, "policy.event")
         logger = log.warning if event.type == EventType.ATTACK_START else log.info
@@ -625,6 +649,7 @@ class PolicyEngine:
                vector=",".join(event.vectors), confidence=event.confidence, pps=event.pps, bps=event.bps,
                dropped=event.packets_dropped, efficacy=event.details.get("efficacy"))
         self.bus.publish(event)
+        return event
 
     # -- persistence -----------------------------------------------------------------------------
     def save_state(self) -> None:

@@ -7,7 +7,10 @@ attack vector, and `account()` traffic figures for every open incident; the
 manager answers with events.
 
 - Confirm: a target must be anomalous for `confirm_s` seconds in a row before
-  ATTACK_START (one noisy second is not an attack).
+  ATTACK_START (one noisy second is not an attack), unless one of its vectors is
+  classified with at least `fast_confirm_confidence` in that tick: such a vector
+  (far above its threshold, new traffic, the shape of a flood, from senders the
+  target does not talk to) starts the attack, and its mitigation, at once.
 - Update: ATTACK_UPDATE at most every `update_interval_s` (never more than once a
   second) while the incident is active.
 - Hysteresis: ATTACK_END only after `quiet_s` seconds without anomaly.
@@ -206,7 +209,10 @@ class IncidentManager:
         inc.mode = obs.mode
         if inc.state == State.PENDING:
             inc.anomalous_s += dt
-            if inc.anomalous_s >= self.config.confirm_s:
+            fast = self.config.fast_confirm_confidence
+            certain = fast is not None and any(
+                s.confidence >= fast for s in obs.scores if s.vector != Vector.MULTI_VECTOR)
+            if certain or inc.anomalous_s >= self.config.confirm_s:
                 inc.state = State.ACTIVE
                 inc.started, inc.started_wall = now, wall
                 inc.linked_incident = self._previous(inc, vectors)

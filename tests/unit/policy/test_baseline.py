@@ -16,7 +16,7 @@ UDP = int(TrafficClass.UDP)
 def model(**kw) -> EwmaBaseline:
     cfg = PolicyConfig(**kw)
     return EwmaBaseline(4, half_life_s=cfg.half_life_s, warmup_s=cfg.warmup_s, k_sigma=cfg.k_sigma,
-                        margin=cfg.margin, warmup_floor_pps=cfg.warmup_floor_pps)
+                        margin=cfg.margin, warmup_floor_pps=cfg.warmup_floor_pps, onset_floor_pps=cfg.onset_floor_pps)
 
 
 def feed(b: EwmaBaseline, values: np.ndarray, dt: float = 1.0, learn: bool = True) -> None:
@@ -35,15 +35,20 @@ def test_learns_mean_and_sigma_of_stationary_traffic():
     assert np.sqrt(b.var[0, UDP]) == pytest.approx(200, rel=0.15)
 
 
-def test_warm_up_uses_floors_only_then_the_baseline():
-    b = model()                                  # warm-up 600 s, UDP floor 60,000 pps
-    rows = np.array([0])
-    min_pps, sens = np.array([1000.0]), np.array([1.0])
-    feed(b, np.full((1, 599), 3000.0))
+def test_warm_up_uses_floors_high_at_first_then_onset_floors_raised_by_the_partial_baseline():
+    b = model()                         # warm-up 600 s; UDP floors 60,000 pps, onset 2,000; SYN 20,000, onset 5,000
+    rows = np.array([0, 1])
+    min_pps, sens = np.array([1000.0, 1000.0]), np.array([1.0, 1.0])
+    assert b.threshold(rows, min_pps, sens)[0, UDP] == 60_000          # a new address: only obvious floods
+    feed(b, np.array([[3000.0] * 2, [100.0] * 2]))
+    assert b.threshold(rows, min_pps, sens)[0, UDP] == 60_000          # too few seconds seen to know its traffic
+    feed(b, np.array([[3000.0] * 597, [100.0] * 597]))
     assert not b.warm(rows)[0, UDP]
-    assert b.threshold(rows, min_pps, sens)[0, UDP] == 60_000          # no baseline detection yet
-    assert b.threshold(rows, min_pps, sens)[0, int(TrafficClass.TCP_SYN)] == 20_000
-    feed(b, np.full((1, 1), 3000.0))
+    # A quiet address: the onset floor. A busier one keeps a threshold above its own traffic.
+    assert b.threshold(rows, min_pps, sens)[1, UDP] == 2_000
+    assert b.threshold(rows, min_pps, sens)[0, UDP] == pytest.approx(3000 * 1.5)
+    assert b.threshold(rows, min_pps, sens)[0, int(TrafficClass.TCP_SYN)] == 5_000
+    feed(b, np.array([[3000.0], [100.0]]))
     assert b.warm(rows)[0, UDP]
     assert b.threshold(rows, min_pps, sens)[0, UDP] == pytest.approx(3000 * 1.5)   # sigma 0: mean · margin
     # Other classes of the row are warm too (they learned zeros): only min_pps applies.

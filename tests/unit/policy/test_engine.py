@@ -209,17 +209,36 @@ def test_busy_tenant_during_warm_up_is_not_a_carpet(tmp_path):
     assert lab.engine.last_detection.tenant_anomalous.sum() == 0
 
 
-def test_warm_up_only_absolute_floors_apply(tmp_path):
-    lab = Lab(tmp_path, [ALPHA])
+def test_warm_up_onset_floors_catch_the_reference_attack_at_its_first_tick(tmp_path):
+    lab = Lab(tmp_path, [ALPHA], config=dataclasses.replace(FAST, warmup_s=600.0))
     game_server(lab)
-    lab.run(20)                               # still warming up (120 s)
-    lab.flow("udp-flood", 1, udp_flood_frames(GAME), 5_000, attack=True)
-    lab.run(10)
-    assert lab.events == []                   # 5.8 kpps UDP is below the 60 kpps warm-up floor
-    lab.flow("syn-flood", 1, syn_flood_frames(GAME), 200_000, attack=True)
+    lab.run(5)                                # the game server's normal traffic, seen for a few seconds
+    assert lab.events == []
+    reference_attack(lab)
+    first = lab.run(1)                        # one tick after the onset
+    (start,) = lab.of_type(EventType.ATTACK_START, first)
+    assert start.details["vector_confidence"]["syn_flood"] >= 0.8
+    assert start.details["vector_confidence"]["udp_flood"] >= 0.8
+    rules = {r.comment.split()[1]: r for r in lab.dp.rules.values()}
+    assert rules["udp_flood"].action == RuleAction.DROP and rules["udp_flood"].length.lo == 540
+    assert rules["syn_flood"].action == RuleAction.RATE_LIMIT
     lab.run(5)
-    (start,) = lab.of_type(EventType.ATTACK_START)
-    assert "syn_flood" in start.vectors and "udp_flood" not in start.vectors
+    assert flow(lab, "players").dropped == 0 and flow(lab, "udp-flood").dropped > 0
+
+
+def test_warm_up_an_address_busy_from_its_first_second_is_not_an_attack(tmp_path):
+    lab = Lab(tmp_path, [Tenant(2, "beta")])
+    # One-way queries at 3 kpps, above the UDP onset floor, from the engine's first second on:
+    # its usual traffic, not an onset the engine saw.
+    queries = [udp_frame(c, DNS, 30000 + i, 53, bytes(30)) for i, c in enumerate(clients(120))]
+    lab.flow("queries", 2, queries, 3_000)
+    lab.run(30)
+    assert lab.events == [] and lab.dp.rules == {}
+    # The same address flooded later is caught on the onset floor (still warming up).
+    lab.flow("flood", 2, udp_flood_frames(DNS, dport=53), 20_000, attack=True)
+    (start,) = lab.of_type(EventType.ATTACK_START, lab.run(1))
+    assert start.vectors[0] == "udp_flood" and start.confidence >= 0.8
+    assert flow(lab, "queries").dropped == 0
 
 
 def test_a_long_attack_is_not_learned_and_a_reattack_is_recognised(lab):

@@ -13,12 +13,14 @@ from policy.events import EventType
 from policy.incidents import IncidentManager, Observation, State
 
 DST = ipaddress.ip_address("198.51.100.10")
-CFG = PolicyConfig(confirm_s=2.0, quiet_s=10.0, hold_down_s=30.0, reattack_window_s=120.0, update_interval_s=5.0)
+CFG = PolicyConfig(confirm_s=2.0, quiet_s=10.0, hold_down_s=30.0, reattack_window_s=120.0, update_interval_s=5.0,
+                   fast_confirm_confidence=None)
 
 
-def obs(vector: Vector = Vector.SYN_FLOOD, tc: TrafficClass = TrafficClass.TCP_SYN, target=DST) -> Observation:
+def obs(vector: Vector = Vector.SYN_FLOOD, tc: TrafficClass = TrafficClass.TCP_SYN, target=DST,
+        confidence: float = 0.9) -> Observation:
     return Observation(1, "alpha", TenantMode.MITIGATE, target, (str(target),),
-                       [VectorScore(vector, 0.9, tc, {"class": tc.name.lower()}, (tc,))], {tc})
+                       [VectorScore(vector, confidence, tc, {"class": tc.name.lower()}, (tc,))], {tc})
 
 
 def run(m: IncidentManager, t0: float, t1: float, anomalous: bool, o: Observation | None = None, dt: float = 1.0):
@@ -42,6 +44,22 @@ def test_one_noisy_second_is_not_an_attack():
     assert run(m, 0, 1, True) == []
     assert run(m, 1, 3, False) == []
     assert m.open == {}
+
+
+def test_a_certain_vector_starts_at_its_first_tick_an_uncertain_one_is_confirmed():
+    m = IncidentManager(PolicyConfig(confirm_s=2.0, fast_confirm_confidence=0.8))
+    starts = [t for t, e in run(m, 0, 3, True, obs(confidence=0.85)) if e.type == EventType.ATTACK_START]
+    assert starts == [1.0]
+    other = obs(Vector.UDP_FLOOD, TrafficClass.UDP, ipaddress.ip_address("198.51.100.11"), confidence=0.79)
+    assert run(m, 3, 4, True, other) == []                     # one noisy, not certain second
+    assert run(m, 4, 5, False) == [] and m.get(1, other.target) is None
+    starts = [t for t, e in run(m, 5, 8, True, other) if e.type == EventType.ATTACK_START]
+    assert starts == [7.0]                                     # confirm_s in a row
+    # multi_vector's confidence is that of its second vector: it never counts as certain alone.
+    multi = Observation(1, "alpha", TenantMode.MITIGATE, DST, (str(DST),),
+                        [VectorScore(Vector.MULTI_VECTOR, 0.95, None, {}, ())], set())
+    m2 = IncidentManager(PolicyConfig(confirm_s=2.0, fast_confirm_confidence=0.8))
+    assert run(m2, 0, 1, True, multi) == []
 
 
 def test_start_updates_end_with_hysteresis_and_accounting():
