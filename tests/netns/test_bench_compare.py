@@ -98,7 +98,7 @@ def test_cli_json_last_line_and_cleanup(tmp_path, capsys):
         assert key in headline
     assert headline["detection"]["syn_flood"] == {"seawall_s": None, "fastnetmon_s": None}
     scale = json.loads((tmp_path / "compare.json").read_text())["scale"]
-    assert [p["tenants"] for p in scale] == list(compare.QUICK.scale_points)
+    assert [p["prefixes"] for p in scale] == list(compare.QUICK.scale_points)
     for point in scale:
         assert point["verdicts"]["drop"] == "DROP" and point["verdicts"]["pass"] in ("REDIRECT", "PASS")
         assert 0 < point["minimal_ns"] <= point["drop_ns"] and point["minimal_ns"] <= point["pass_ns"]
