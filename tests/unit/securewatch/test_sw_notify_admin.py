@@ -22,6 +22,7 @@ from policy.events import Event, EventBus, EventType
 from securewatch import notify_admin
 from securewatch.notify import NotifierManager, parse_notify_config
 from securewatch.notify.config import EmailReceiver, SnmpReceiver, SyslogReceiver, WebhookReceiver
+from securewatch.store import Store
 from tests.support import await_until
 
 MASK = notify_admin.MASK
@@ -302,3 +303,22 @@ async def test_page_admin_edits_noc_reads_tenant_sees_nothing(tmp_path):
             page = await r.text()
             assert r.status == 200 and "Saved as version 2" in page and not _leaks(page)
         assert (await store.notify_config())[1] == {**TABLE, "syslog": [{**TABLE["syslog"][0], "port": 1515}]}
+
+
+async def test_stored_receivers_win_over_the_config_file_at_start(tmp_path, sink):
+    """Edits made in SecureWatch survive an appliance restart with the old config file."""
+    await sink.up()
+    edited = {"webhook": [_hook(sink.port, "edited-hook", "/edited")]}
+    appliance = Appliance(parse_config(f'[appliance]\nstate_dir = "{tmp_path / "state"}"\n'
+                                       f'[[notify.syslog]]\nname = "file-syslog"\nhost = "127.0.0.1"\n'))
+    async with contextlib.AsyncExitStack() as lifetime:
+        await appliance._start_notifiers(lifetime)
+        assert list(appliance.notifiers.status()) == ["file-syslog"]
+        store_url = f"sqlite:///{tmp_path}/sw.db"
+        store = await Store.open(store_url)
+        await store.save_notify_config(edited, "ops", "notify.update")
+        await store.close()
+        async with service(tmp_path, database=store_url, appliance=appliance, bus=appliance.bus):
+            assert list(appliance.notifiers.status()) == ["edited-hook"] and appliance.notify_config() == edited
+            appliance.bus.publish(Event(EventType.SYSTEM, None, "after restart"))
+            await await_until(lambda: sink.events("/edited"), what="delivery to the stored receiver")
