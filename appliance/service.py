@@ -40,6 +40,59 @@ SERIES_SECONDS = 3600                  # per-second traffic kept in memory, seco
 STALE_RULE_GRACE_S = 60.0              # rules inherited from a previous process live this long, seconds
 
 
+# Which traffic classes an attack vector floods: the heuristics switched on for its destination.
+_SYN, _UDP, _ICMP, _FRAG = (TrafficClass.TCP_SYN, TrafficClass.UDP, TrafficClass.ICMP, TrafficClass.FRAGMENT)
+VECTOR_CLASSES: dict[str, tuple[TrafficClass, ...]] = {
+    "syn_flood": (_SYN,), "udp_flood": (_UDP,), "icmp_flood": (_ICMP,), "fragment_flood": (_FRAG,),
+    **{v: (_UDP, _FRAG) for v in ("dns_amplification", "ntp_amplification", "ssdp_amplification",
+                                  "memcached_amplification", "cldap_amplification", "chargen_amplification",
+                                  "other_reflection")},
+}
+
+
+class HeuristicsSwitch:
+    """Turns the dataplane's stateful heuristics on for a destination while an incident is open.
+
+    It listens to the engine's ATTACK_* events: START and UPDATE mark each
+    destination (or the whole tenant, for carpet bombing) under attack in the
+    classes its vectors flood; END clears the marks of that incident.
+    """
+
+    def __init__(self, dataplane, indices: dict[str, int]) -> None:
+        self.dataplane = dataplane
+        self.indices = indices
+        self._marks: dict[str, set[tuple[int, str | None]]] = {}
+
+    def on_event(self, event: Event) -> None:
+        if event.type not in (EventType.ATTACK_START, EventType.ATTACK_UPDATE, EventType.ATTACK_END):
+            return
+        incident = event.incident_id or ""
+        if event.type == EventType.ATTACK_END:
+            for tenant_idx, dst in self._marks.pop(incident, set()):
+                self._mark(tenant_idx, dst, ())
+            return
+        tenant_idx = self.indices.get(event.tenant or "")
+        if tenant_idx is None:
+            return
+        classes = sorted({c for v in event.vectors for c in VECTOR_CLASSES.get(v, ())})
+        if not classes:
+            return
+        targets: list[str | None] = [None] if "carpet_bombing" in event.vectors else list(event.destinations)
+        for dst in targets:
+            self._mark(tenant_idx, dst, classes)
+            self._marks.setdefault(incident, set()).add((tenant_idx, dst))
+
+    def _mark(self, tenant_idx: int, dst: str | None, classes) -> None:
+        import ipaddress  # noqa: PLC0415
+
+        try:
+            address = None if dst is None else ipaddress.ip_address(dst)
+        except ValueError:
+            return
+        self.dataplane.set_under_attack(tenant_idx, address, classes)
+        log.info("heuristics.mark", tenant_idx=tenant_idx, dst=dst, classes=[c.name.lower() for c in classes])
+
+
 def configure_logging(log_format: str = "auto") -> None:
     """structlog: JSON lines when stdout is not a terminal (or asked), readable console otherwise."""
     import sys  # noqa: PLC0415
@@ -151,6 +204,7 @@ class Appliance:
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
         self._spawn(self.engine.run(), "policy-engine")
+        self._spawn(self._heuristics_loop(), "dataplane-heuristics")
         self._spawn(self._monitor_loop(), "traffic-monitor")
         async with contextlib.AsyncExitStack() as stack:
             await self._start_notifiers(stack)
@@ -349,6 +403,23 @@ class Appliance:
         return sorted(out, key=lambda i: i["started"] or 0, reverse=True)
 
     # -- periodic work --------------------------------------------------------
+
+    async def _heuristics_loop(self) -> None:
+        """Feeds the engine's incidents to the dataplane's heuristics (see HeuristicsSwitch)."""
+        events = self.bus.subscribe("dataplane-heuristics")
+        switch = HeuristicsSwitch(self.dataplane, self.indices)
+        try:
+            while not self._stop.is_set():
+                getter = asyncio.ensure_future(events.get())
+                stopper = asyncio.ensure_future(self._stop.wait())
+                done, pending = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                for task in pending:
+                    task.cancel()
+                if getter in done:
+                    switch.indices = self.indices  # follows reloads
+                    switch.on_event(getter.result())
+        finally:
+            self.bus.unsubscribe("dataplane-heuristics")
 
     async def _monitor_loop(self) -> None:
         """Once a second: counters → rates, status file, SIGHUP reloads, stale rule expiry."""

@@ -1,0 +1,47 @@
+"""The appliance marks destinations under attack in the dataplane while incidents are open."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from appliance.service import HeuristicsSwitch
+from dataplane.constants import TrafficClass
+from policy.events import Event, EventType
+
+
+class RecordingDataplane:
+    """Records set_under_attack calls (the only dataplane call the switch makes)."""
+
+    def __init__(self) -> None:
+        self.marks: dict[tuple[int, object], tuple] = {}
+
+    def set_under_attack(self, tenant_idx, dst, classes) -> None:
+        key = (tenant_idx, dst)
+        if classes:
+            self.marks[key] = tuple(classes)
+        else:
+            self.marks.pop(key, None)
+
+
+def event(kind: EventType, vectors=(), destinations=("198.51.100.10",), tenant="alpha") -> Event:
+    return Event(kind, tenant, "test", incident_id="inc-1", vectors=tuple(vectors), destinations=destinations)
+
+
+def test_start_marks_the_flooded_classes_and_end_clears_them():
+    dp = RecordingDataplane()
+    switch = HeuristicsSwitch(dp, {"alpha": 3})
+    switch.on_event(event(EventType.ATTACK_START, ["syn_flood", "ntp_amplification"]))
+    assert dp.marks == {(3, ipaddress.ip_address("198.51.100.10")):
+                        (TrafficClass.TCP_SYN, TrafficClass.UDP, TrafficClass.FRAGMENT)}
+    switch.on_event(event(EventType.ATTACK_END))
+    assert dp.marks == {}
+
+
+def test_carpet_bombing_marks_the_whole_tenant_and_unknown_tenants_are_ignored():
+    dp = RecordingDataplane()
+    switch = HeuristicsSwitch(dp, {"alpha": 3})
+    switch.on_event(event(EventType.ATTACK_START, ["carpet_bombing", "udp_flood"], destinations=()))
+    assert dp.marks == {(3, None): (TrafficClass.UDP,)}
+    switch.on_event(event(EventType.ATTACK_START, ["udp_flood"], tenant="nobody"))
+    switch.on_event(event(EventType.POLICY_CHANGE, ["udp_flood"]))
+    assert list(dp.marks) == [(3, None)]
