@@ -44,7 +44,15 @@ from policy.config import PolicyConfig
 from policy.detect import Detection, PolicyTable, TenantEntry, detect
 from policy.events import Event, EventBus, EventType
 from policy.incidents import Incident, IncidentManager, Observation, RuleRecord, State
-from policy.packets import PacketFeatures, parse_samples
+from policy.packets import (
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    TCP_RST,
+    TCP_SYN,
+    PacketFeatures,
+    parse_samples,
+)
 from policy.pcap import IncidentPcap
 from policy.rates import DestinationRates, RateTracker, TenantRates
 from policy.signature import derive_signature
@@ -60,6 +68,7 @@ RECLASSIFY_S = 5.0           # seconds an ongoing attack's classification is reu
 WINDOW_SAMPLES = 512         # most recent samples of a target and class used for classification and signatures
 N_CLASSES = len(TrafficClass)
 CARPET_DESTINATIONS_LISTED = 256   # addresses named in a carpet incident
+LEGIT_PROBATION_TICKS = 1    # ticks a target must stay calm before its samples count as legitimate
 STATE_FILE = "baselines.npz"
 CLASS_RATE_FIELD = {TrafficClass.TCP_SYN: "syn_rate_pps", TrafficClass.UDP: "udp_rate_pps",
                     TrafficClass.ICMP: "icmp_rate_pps", TrafficClass.FRAGMENT: "fragment_rate_pps"}
@@ -187,6 +196,8 @@ class PolicyEngine:
         self._peers: collections.deque[dict[IPAddress, set[IPAddress]]] = collections.deque(maxlen=PEER_TICKS)
         self._legit: collections.OrderedDict[IPAddress, collections.deque[Sample]] = collections.OrderedDict()
         self._legit_tenant: collections.OrderedDict[int, collections.deque[Sample]] = collections.OrderedDict()
+        # Samples of the last ticks waiting to be counted as legitimate (see _keep_samples).
+        self._legit_probation: collections.deque[tuple[dict, dict]] = collections.deque(maxlen=LEGIT_PROBATION_TICKS)
         self._pcaps: dict[str, IncidentPcap] = {}
         self._rule_owner: dict[int, Incident] = {}
         # Last classification per target: (time, anomalous classes, scores).
@@ -299,7 +310,12 @@ class PolicyEngine:
         outbound = features.subset(features.direction == int(Direction.OUTBOUND))
         by_dst, by_tenant = self._window.add(now, inbound)
         peers: dict[IPAddress, set[IPAddress]] = collections.defaultdict(set)
-        for local, remote in zip(outbound.src, outbound.dst, strict=True):
+        # A SYN-ACK, a reset or an ICMP error goes to whoever sent something, spoofed or not:
+        # only other outbound packets (data, ACKs, datagrams) make the remote a peer.
+        talk = ~(((outbound.proto == PROTO_TCP) & ((outbound.tcp_flags & (TCP_SYN | TCP_RST)) != 0))
+                 | (outbound.proto == PROTO_ICMP) | (outbound.proto == PROTO_ICMPV6))
+        for i in np.flatnonzero(talk):
+            local, remote = outbound.src[i], outbound.dst[i]
             if local is not None and remote is not None:
                 peers[local].add(remote)
         self._peers.append(peers)
@@ -313,6 +329,12 @@ class PolicyEngine:
         events: list[Event] = []
         for obs in observations:
             events += self.incidents.observe(now, wall, dest.dt, obs)
+            inc = self.incidents.get(obs.tenant_idx, obs.target)
+            if inc is not None and inc.state == State.PENDING:
+                # Not certain enough to start at once: it must stay anomalous for confirm_s.
+                log.info("attack.suspect", tenant=inc.tenant_id, incident=inc.id,
+                         dst=",".join(obs.destinations[:8]), pending_s=round(inc.anomalous_s, 3),
+                         vectors={str(sc.vector): sc.confidence for sc in obs.scores})
         row_of_slot = np.full(self.rates.slots.capacity, -1, np.int64)
         row_of_slot[dest.slots] = np.arange(len(dest))
         self._account(now, wall, dest, tenants, det, row_of_slot)
@@ -571,14 +593,35 @@ class PolicyEngine:
     def _keep_samples(self, inbound: PacketFeatures, by_dst: dict[IPAddress, list[int]],
                       by_tenant: dict[int, list[int]], attack_mask: np.ndarray, dest: DestinationRates,
                       row_of_slot: np.ndarray) -> None:
-        """Remember samples of targets that are not under attack as their legitimate traffic."""
-        cfg = self.config
+        """Remember samples of targets that are not under attack as their legitimate traffic.
+
+        A tick's samples wait LEGIT_PROBATION_TICKS ticks before they count as legitimate:
+        the tick in which a flood began often carries only part of a second of it, too little
+        to cross a threshold, and those samples must not teach the signature check that the
+        flood is the server's normal traffic. A target that turns anomalous meanwhile loses them.
+        """
         hot_dsts = {inc.target for inc in self.incidents.open.values() if inc.target is not None}
         hot_tenants = {inc.tenant_idx for inc in self.incidents.open.values() if inc.target is None}
         anomalous_dsts = {dest.addresses[r] for r in np.flatnonzero(attack_mask.any(axis=1))}
-        for dst, idx in by_dst.items():
-            if dst in hot_dsts or dst in anomalous_dsts:
-                continue
+        for pending_dst, pending_tenant in self._legit_probation:
+            for dst in [d for d in pending_dst if d in hot_dsts or d in anomalous_dsts]:
+                del pending_dst[dst]
+            for t in [t for t in pending_tenant if t in hot_tenants]:
+                del pending_tenant[t]
+            for t, pairs in pending_tenant.items():
+                pending_tenant[t] = [(smp, d) for smp, d in pairs if d not in anomalous_dsts and d not in hot_dsts]
+        now_dst = {dst: [inbound.samples[i] for i in idx] for dst, idx in by_dst.items()
+                   if dst not in hot_dsts and dst not in anomalous_dsts}
+        now_tenant = {t: [(inbound.samples[i], inbound.dst[i]) for i in idx if inbound.dst[i] not in anomalous_dsts]
+                      for t, idx in by_tenant.items() if t not in hot_tenants and t in self.tenants}
+        if len(self._legit_probation) == self._legit_probation.maxlen:
+            self._commit_legit(*self._legit_probation.popleft())
+        self._legit_probation.append((now_dst, now_tenant))
+
+    def _commit_legit(self, by_dst: dict[IPAddress, list[Sample]],
+                      by_tenant: dict[int, list[tuple[Sample, IPAddress | None]]]) -> None:
+        cfg = self.config
+        for dst, samples in by_dst.items():
             store = self._legit.get(dst)
             if store is None:
                 store = collections.deque(maxlen=cfg.legit_samples_per_destination)
@@ -587,9 +630,9 @@ class PolicyEngine:
                     self._legit.popitem(last=False)
             else:
                 self._legit.move_to_end(dst)
-            store.extend(inbound.samples[i] for i in idx)
-        for t, idx in by_tenant.items():
-            if t in hot_tenants or t not in self.tenants:
+            store.extend(samples)
+        for t, pairs in by_tenant.items():
+            if t not in self.tenants:
                 continue
             store = self._legit_tenant.get(t)
             if store is None:
@@ -599,7 +642,7 @@ class PolicyEngine:
                     self._legit_tenant.popitem(last=False)
             else:
                 self._legit_tenant.move_to_end(t)
-            store.extend(inbound.samples[i] for i in idx if inbound.dst[i] not in anomalous_dsts)
+            store.extend(smp for smp, _ in pairs)
 
     def _write_pcaps(self, by_dst: dict[IPAddress, list[int]], by_tenant: dict[int, list[int]],
                      inbound: PacketFeatures) -> None:
@@ -646,7 +689,8 @@ class PolicyEngine:
                 EventType.ATTACK_END: "attack.end"}.get(event.type, "policy.event")
         logger = log.warning if event.type == EventType.ATTACK_START else log.info
         logger(name, tenant=event.tenant, incident=event.incident_id, dst=",".join(event.destinations[:8]),
-               vector=",".join(event.vectors), confidence=event.confidence, pps=event.pps, bps=event.bps,
+               vector=",".join(event.vectors), confidence=event.confidence,
+               vectors=event.details.get("vector_confidence"), pps=event.pps, bps=event.bps,
                dropped=event.packets_dropped, efficacy=event.details.get("efficacy"))
         self.bus.publish(event)
         return event
