@@ -498,6 +498,9 @@ CONTROL_SCRIPT = """
 import json, sys
 from policy.bench import run_benchmark
 r = run_benchmark(destinations=int(sys.argv[1]), tenants=int(sys.argv[2]), ticks=int(sys.argv[3]))
+# ru_maxrss of a forked child starts at the parent's RSS (kept across exec); VmHWM is this process's own.
+hwm_kib = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+r["peak_rss_mib"] = round(hwm_kib / 1024, 1)
 print(json.dumps(r, default=str))
 """
 CONTROL_MAX_DESTINATIONS = 131_072   # policy.bench's synthetic address space (198.18.0.0/15)
