@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+from appliance.commands import bench_compare
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="benchmarks (print figures and ratios)")
@@ -17,6 +19,9 @@ def register(subparsers) -> None:
     d.add_argument("--stages", action="store_true", help="also print the cost of each stage of the program")
     d.add_argument("--json", action="store_true", help="one JSON object as the last line")
     d.set_defaults(func=bench_dataplane)
+    cmp = sub.add_parser("compare", help="side by side with nftables, the Linux bridge and xdp-filter")
+    bench_compare.add_arguments(cmp)
+    cmp.set_defaults(func=bench_compare.main)
     pol = sub.add_parser("policy", help="CPU time and memory of one policy tick at scale")
     pol.add_argument("--destinations", type=int, default=100_000)
     pol.add_argument("--tenants", type=int, default=10_000)

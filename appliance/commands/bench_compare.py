@@ -1,4 +1,4 @@
-"""`seawall bench-compare`: Seawall side by side with nftables, the Linux bridge and xdp-filter.
+"""`seawall bench compare`: Seawall side by side with nftables, the Linux bridge and xdp-filter.
 
 Figures and ratios only, never pass/fail on speed. `main(args)` is what a
 `seawall bench compare` subcommand calls too.
@@ -26,9 +26,7 @@ def add_arguments(p) -> None:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("bench-compare", help="compare Seawall with nftables, the Linux bridge, xdp-filter")
-    add_arguments(p)
-    p.set_defaults(func=main)
+    """Nothing at the top level: `seawall bench compare` (appliance.commands.bench) is the command."""
 
 
 class Progress:

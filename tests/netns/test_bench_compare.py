@@ -88,7 +88,7 @@ def test_cli_json_last_line_and_cleanup(tmp_path, capsys):
     from appliance.cli import main
 
     before = namespaces()
-    rc = main(["bench-compare", "--quick", "--packets", "20000", "--runs", "1", "--parts", "scale",
+    rc = main(["bench", "compare", "--quick", "--packets", "20000", "--runs", "1", "--parts", "scale",
                "--out", str(tmp_path), "--json"])
     assert rc == 0
     out = capsys.readouterr().out.strip().splitlines()
@@ -109,7 +109,7 @@ def test_cli_json_last_line_and_cleanup(tmp_path, capsys):
 def test_bad_parts_is_a_clear_error(capsys):
     from appliance.cli import main
 
-    assert main(["bench-compare", "--parts", "drop,bogus"]) == 2
+    assert main(["bench", "compare", "--parts", "drop,bogus"]) == 2
     assert "--parts must name some of" in capsys.readouterr().err
 
 
