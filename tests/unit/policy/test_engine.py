@@ -423,3 +423,33 @@ def test_bad_arguments_are_rejected(tmp_path):
         PolicyEngine(FakeDataplane(), {}, EventBus(), tmp_path, tick=0)
     with pytest.raises(ValueError, match="non-empty"):
         PolicyEngine(FakeDataplane(), {1: ("", TenantMode.MITIGATE, TenantPolicy())}, EventBus(), tmp_path)
+
+
+def test_the_onsets_partial_second_does_not_teach_the_signature_check(tmp_path):
+    lab = Lab(tmp_path, [ALPHA], config=dataclasses.replace(FAST, warmup_s=600.0))
+    game_server(lab)
+    lab.run(5)
+    onset = lab.t
+    # The flood begins late in a tick: that tick carries 1 kpps of it, below every threshold.
+    lab.flow("udp-flood", 1, udp_flood_frames(GAME), lambda t: 1_000 if t < onset + 1 else 5_000, attack=True)
+    lab.run(1)
+    assert lab.events == []
+    (start,) = lab.of_type(EventType.ATTACK_START, lab.run(2))
+    (rule,) = lab.dp.rules.values()
+    assert rule.action == RuleAction.DROP and rule.length.lo == 540, rule
+    assert flow(lab, "players").dropped == 0
+
+
+def test_handshake_replies_to_spoofed_sources_make_no_peers(lab):
+    flood = syn_flood_frames(GAME, dport=80)
+    lab.flow("syn-flood", 1, flood, 50_000, attack=True)
+    # The server's SYN-ACKs to every spoofed source, and resets.
+    synacks = [tcp_frame(GAME, str(src), 80, 1024 + i, "SA") for i, src in enumerate(_sources(flood))]
+    lab.flow("syn-acks", 1, synacks, 50_000, direction=Direction.OUTBOUND)
+    (start,) = lab.of_type(EventType.ATTACK_START, lab.run(1))
+    assert start.details["vector_confidence"]["syn_flood"] >= 0.8
+    assert start.details["evidence"]["syn_flood"]["symmetric_share"] == 0.0
+
+
+def _sources(frames: list[bytes]) -> list[ipaddress.IPv4Address]:
+    return [ipaddress.ip_address(f[26:30]) for f in frames]     # IPv4 source, after a 14-byte Ethernet header
