@@ -11,6 +11,8 @@ until Ctrl-C (unless --duration bounds the run).
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import json
 import pathlib
 import secrets
 import signal
@@ -157,6 +159,26 @@ def run_demo(lab_name: str = "sw", duration: float | None = None, keep_running: 
     return 0
 
 
+def first_rules(log_path: pathlib.Path, since: float) -> dict[str, float]:
+    """When the engine installed its first rule per vector after `since` (the log's `rule.add` events)."""
+    first: dict[str, float] = {}
+    try:
+        lines = log_path.read_text().splitlines()
+    except OSError:
+        return first
+    for line in lines:
+        if '"rule.add"' not in line:
+            continue
+        try:
+            record = json.loads(line)
+            when = datetime.datetime.fromisoformat(record["timestamp"]).timestamp()
+        except (ValueError, KeyError):
+            continue
+        if when >= since:
+            first.setdefault(record.get("vector", "?"), when)
+    return first
+
+
 def summary(scenario: Scenario, view: LiveView, results: dict | None, onset: float) -> str:
     lines = ["", "=" * 72, f"  Summary of scenario '{scenario.name}'", "=" * 72]
     tenants = view.last.get("tenants", {})
@@ -174,10 +196,10 @@ def summary(scenario: Scenario, view: LiveView, results: dict | None, onset: flo
             if s["sent"]:
                 lines.append(f"  legitimate {service:<5} success:    {s['success_rate']:.2%} "
                              f"({s['ok']:,}/{s['sent']:,}, p99 {s.get('p99_ms') or 0:.1f} ms)")
-    if view.first_drop is not None:
-        lines.append(f"  time to first drop:           {view.first_drop - onset:.1f} s after onset "
-                     f"(1 s resolution of the live view)")
-    else:
+    for vector, installed in first_rules(view.appliance.log_path, onset).items():
+        lines.append(f"  {vector + ' rule installed:':<30}{installed - onset:.2f} s after onset "
+                     f"(drops start as the rule lands in the map)")
+    if view.first_drop is None:
         lines.append("  time to first drop:           no drop seen")
     for inc in view.incidents.values():
         vectors = ", ".join(f"{v} {c:.2f}" for v, c in inc["vectors"].items())

@@ -27,6 +27,7 @@ import numpy as np
 import structlog
 
 from appliance.config import ApplianceConfig, load_config
+from dataplane.api import Range
 from dataplane.constants import Direction, DropReason, TenantMode, TrafficClass
 from policy.events import Event, EventBus, EventType, Severity
 from tenants import ConfigError, TenantSet
@@ -78,19 +79,30 @@ class HeuristicsSwitch:
         if not classes:
             return
         targets: list[str | None] = [None] if "carpet_bombing" in event.vectors else list(event.destinations)
+        syn_ports = self._syn_ports(event)
         for dst in targets:
-            self._mark(tenant_idx, dst, classes)
+            self._mark(tenant_idx, dst, classes, syn_ports)
             self._marks.setdefault(incident, set()).add((tenant_idx, dst))
 
-    def _mark(self, tenant_idx: int, dst: str | None, classes) -> None:
+    @staticmethod
+    def _syn_ports(event: Event) -> Range | None:
+        """The destination ports of the incident's SYN rules (the SYN challenge covers only those)."""
+        ports = [r["dport"] for r in (event.details or {}).get("rules", [])
+                 if r.get("class") == "tcp_syn" and r.get("dport")]
+        if not ports:
+            return None
+        return Range(min(p[0] for p in ports), max(p[1] for p in ports))
+
+    def _mark(self, tenant_idx: int, dst: str | None, classes, syn_ports: Range | None = None) -> None:
         import ipaddress  # noqa: PLC0415
 
         try:
             address = None if dst is None else ipaddress.ip_address(dst)
         except ValueError:
             return
-        self.dataplane.set_under_attack(tenant_idx, address, classes)
-        log.info("heuristics.mark", tenant_idx=tenant_idx, dst=dst, classes=[c.name.lower() for c in classes])
+        self.dataplane.set_under_attack(tenant_idx, address, classes, syn_ports)
+        log.info("heuristics.mark", tenant_idx=tenant_idx, dst=dst, classes=[c.name.lower() for c in classes],
+                 syn_ports=None if syn_ports is None else f"{syn_ports.lo}-{syn_ports.hi}")
 
 
 def configure_logging(log_format: str = "auto") -> None:
@@ -399,7 +411,7 @@ class Appliance:
                         "started": inc.started_wall, "peak_pps": round(inc.peak_pps),
                         "dropped_packets": int(inc.dropped_packets), "passed_packets": int(inc.passed_packets),
                         "efficacy": None if inc.efficacy is None else round(inc.efficacy, 4),
-                        "rules": len(inc.rules)})
+                        "rules": [r.to_dict() for r in inc.rules.values()]})
         return sorted(out, key=lambda i: i["started"] or 0, reverse=True)
 
     # -- periodic work --------------------------------------------------------

@@ -149,7 +149,7 @@ class Dataplane:
             "sw_rule_stats", "sw_rule_buckets", "sw_attack", "sw_reflection_ports")}
         self._attachments: list[Attachment] = []
         self._link_fds: list[int] = []
-        self._samples: deque[Sample] = deque(maxlen=65536)
+        self._samples: deque[Sample] = deque(maxlen=8192)  # older samples than 2 ticks are stale
         self._ring_open = False
         self._rules: dict[int, Rule] = {}
         self._next_set_id = 0
@@ -378,12 +378,14 @@ class Dataplane:
             if word:
                 table[table.Key(i)] = table.Leaf(word)
 
-    def set_under_attack(self, tenant_idx: int, dst: IPAddress | None, classes: Iterable[TrafficClass]) -> None:
+    def set_under_attack(self, tenant_idx: int, dst: IPAddress | None, classes: Iterable[TrafficClass],
+                         syn_ports: Range | None = None) -> None:
         """Mark a destination (or a whole tenant, dst None) as under attack in these classes.
 
         It switches on the stateful heuristics there at once: SYN challenge and
-        validated sources for TCP_SYN, the reflection filter (policy "auto") for
-        UDP and FRAGMENT. An empty `classes` clears the mark.
+        validated sources for TCP_SYN (on `syn_ports` only, default every port),
+        the reflection filter (policy "auto") for UDP and FRAGMENT. An empty
+        `classes` clears the mark.
         """
         table = self._maps["sw_attack"]
         key = table.Key()
@@ -399,6 +401,7 @@ class Dataplane:
         if bits:
             leaf = table.Leaf()
             leaf.classes = bits
+            leaf.syn_port_lo, leaf.syn_port_hi = (syn_ports.lo, syn_ports.hi) if syn_ports else (0, 0xFFFF)
             table[key] = leaf
         else:
             try:

@@ -452,6 +452,12 @@ static __always_inline int sw_heuristics(struct sw_packet *p, struct sw_addr_ent
     }
     if (tcp_flags != SW_TCP_SYN)
         return 0;
+    /* Only the attacked ports: a flood on 443 must not delay new visitors on 80. */
+    struct sw_rule_set_key akey = {.tenant_idx = st->tenant_idx, .scope = SW_SCOPE_ADDRESS};
+    __builtin_memcpy(akey.addr, p->dst, 16);
+    struct sw_attack_state *a = sw_attack.lookup(&akey);
+    if (a && (p->dport < a->syn_port_lo || p->dport > a->syn_port_hi))
+        return 0;
     __u64 now = bpf_ktime_get_ns();
     struct sw_addr_key src;
     __builtin_memcpy(src.addr, p->src, 16);

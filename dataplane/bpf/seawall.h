@@ -221,6 +221,8 @@ struct sw_rule_bucket {    /* shared by all CPUs; races only blur the rate sligh
  * heuristics (SYN challenge, reflection filter in auto mode) for them. */
 struct sw_attack_state {
     __u32 classes;
+    __u16 syn_port_lo;     /* destination ports the SYN challenge covers (inclusive, host order); */
+    __u16 syn_port_hi;     /* 0-65535 when the flood's port is not known */
 };
 
 /* A flow seen from the customer side: the customer's address, the remote

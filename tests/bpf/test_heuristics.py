@@ -111,3 +111,15 @@ def test_per_destination_class_budget_acts_from_the_first_packets(dp):
     assert 20 <= passed <= 250 and dropped >= 750, (passed, dropped)
     # TCP to the same server has no budget set: untouched.
     assert run(dp, frames.tcp(CLEAN_SRC, ALPHA_DST, flags="A")) == XDP_REDIRECT
+
+
+def test_syn_challenge_covers_only_the_attacked_ports(dp, tenants):
+    from dataplane.api import Range  # noqa: PLC0415
+
+    dst = ipaddress.ip_address(ALPHA_DST)
+    dp.set_under_attack(tenants["alpha"], dst, [TrafficClass.TCP_SYN], syn_ports=Range(443, 443))
+    try:
+        assert run(dp, frames.tcp("198.19.90.9", ALPHA_DST, sport=44000, dport=443, flags="S")) == XDP_DROP
+        assert run(dp, frames.tcp("198.19.90.9", ALPHA_DST, sport=44001, dport=80, flags="S")) == XDP_REDIRECT
+    finally:
+        dp.set_under_attack(tenants["alpha"], dst, ())

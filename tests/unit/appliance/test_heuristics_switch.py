@@ -14,17 +14,20 @@ class RecordingDataplane:
 
     def __init__(self) -> None:
         self.marks: dict[tuple[int, object], tuple] = {}
+        self.ports: dict[tuple[int, object], object] = {}
 
-    def set_under_attack(self, tenant_idx, dst, classes) -> None:
+    def set_under_attack(self, tenant_idx, dst, classes, syn_ports=None) -> None:
         key = (tenant_idx, dst)
+        self.ports[key] = syn_ports
         if classes:
             self.marks[key] = tuple(classes)
         else:
             self.marks.pop(key, None)
 
 
-def event(kind: EventType, vectors=(), destinations=("198.51.100.10",), tenant="alpha") -> Event:
-    return Event(kind, tenant, "test", incident_id="inc-1", vectors=tuple(vectors), destinations=destinations)
+def event(kind: EventType, vectors=(), destinations=("198.51.100.10",), tenant="alpha", rules=()) -> Event:
+    return Event(kind, tenant, "test", incident_id="inc-1", vectors=tuple(vectors), destinations=destinations,
+                 details={"rules": list(rules)})
 
 
 def test_start_marks_the_flooded_classes_and_end_clears_them():
@@ -45,3 +48,14 @@ def test_carpet_bombing_marks_the_whole_tenant_and_unknown_tenants_are_ignored()
     switch.on_event(event(EventType.ATTACK_START, ["udp_flood"], tenant="nobody"))
     switch.on_event(event(EventType.POLICY_CHANGE, ["udp_flood"]))
     assert list(dp.marks) == [(3, None)]
+
+
+def test_the_syn_challenge_covers_the_ports_of_the_incidents_syn_rules():
+    dp = RecordingDataplane()
+    switch = HeuristicsSwitch(dp, {"alpha": 3})
+    switch.on_event(event(EventType.ATTACK_START, ["syn_flood"]))
+    key = (3, ipaddress.ip_address("198.51.100.10"))
+    assert dp.ports[key] is None                                  # port not known yet: every port
+    switch.on_event(event(EventType.ATTACK_UPDATE, ["syn_flood"],
+                          rules=[{"class": "tcp_syn", "dport": [443, 443]}, {"class": "udp", "dport": [53, 53]}]))
+    assert (dp.ports[key].lo, dp.ports[key].hi) == (443, 443)
