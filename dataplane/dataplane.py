@@ -384,7 +384,9 @@ class Dataplane:
 
         It switches on the stateful heuristics there at once: SYN challenge and
         validated sources for TCP_SYN (on `syn_ports` only, default every port),
-        the reflection filter (policy "auto") for UDP and FRAGMENT. An empty
+        connection tracking for TCP_OTHER (ACK/RST/FIN floods: after a grace
+        period that learns the server's connections, only those pass), the
+        reflection filter (policy "auto") for UDP and FRAGMENT. An empty
         `classes` clears the mark.
         """
         table = self._maps["sw_attack"]
@@ -399,8 +401,11 @@ class Dataplane:
         for c in classes:
             bits |= 1 << int(c)
         if bits:
+            current = table.get(key)
             leaf = table.Leaf()
             leaf.classes = bits
+            # The mark's age drives grace periods: a refreshed mark keeps its start.
+            leaf.since_ns = current.since_ns if current is not None else time.monotonic_ns()
             leaf.syn_port_lo, leaf.syn_port_hi = (syn_ports.lo, syn_ports.hi) if syn_ports else (0, 0xFFFF)
             table[key] = leaf
         else:

@@ -70,6 +70,7 @@ SW_MAP("lru_hash", struct sw_flow_key, __u64, sw_udp_requests, SW_MAX_FLOWS, 0);
 SW_MAP("lru_hash", struct sw_flow_key, __u32, sw_synacks, SW_MAX_FLOWS, 0);          /* -> expected ack number */
 SW_MAP("lru_hash", struct sw_flow_key, __u64, sw_syn_challenges, SW_MAX_FLOWS, 0);   /* -> first SYN, ns */
 SW_MAP("lru_hash", struct sw_addr_key, __u64, sw_syn_validated, SW_MAX_FLOWS, 0);    /* -> handshake seen, ns */
+SW_MAP("lru_hash", struct sw_flow_key, __u64, sw_connections, SW_MAX_FLOWS, 0);      /* -> server sent, ns */
 
 #define SW_MS (1000ULL * 1000ULL) /* nanoseconds per millisecond */
 
@@ -431,8 +432,25 @@ static __always_inline int sw_heuristics(struct sw_packet *p, struct sw_addr_ent
             return SW_DROP_REASON_HEURISTIC; /* a reply nobody here asked for */
         return 0;
     }
-    if (p->proto != SW_IPPROTO_TCP || !p->l4_ok || !(flags & SW_POLICY_SYN_PROTECTION) ||
-        !(attack & (1U << SW_TRAFFIC_CLASS_TCP_SYN)))
+    if (p->proto != SW_IPPROTO_TCP || !p->l4_ok)
+        return 0;
+    if ((attack & (1U << SW_TRAFFIC_CLASS_TCP_OTHER)) && !(p->tcp_flags & SW_TCP_SYN)) {
+        /* ACK, RST and FIN floods: only packets of connections the server is
+         * talking on pass, after a grace period that learns them. */
+        struct sw_flow_key k;
+        sw_flow(&k, p->dst, p->src, p->dport, p->sport);
+        __u64 *seen = sw_connections.lookup(&k);
+        __u64 now = bpf_ktime_get_ns();
+        if (seen && now - *seen < SW_CONN_IDLE_MS * SW_MS)
+            return 0;
+        struct sw_rule_set_key akey = {.tenant_idx = st->tenant_idx, .scope = SW_SCOPE_ADDRESS};
+        __builtin_memcpy(akey.addr, p->dst, 16);
+        struct sw_attack_state *a = sw_attack.lookup(&akey);
+        if (a && now - a->since_ns < SW_CONN_GRACE_MS * SW_MS)
+            return 0;
+        return SW_DROP_REASON_HEURISTIC;
+    }
+    if (!(flags & SW_POLICY_SYN_PROTECTION) || !(attack & (1U << SW_TRAFFIC_CLASS_TCP_SYN)))
         return 0;
     __u8 tcp_flags = p->tcp_flags & (SW_TCP_SYN | SW_TCP_ACK | SW_TCP_RST);
     if (tcp_flags == SW_TCP_ACK) {
@@ -532,10 +550,19 @@ static __always_inline int sw_over_budget(struct sw_addr_entry *st, struct sw_po
 /* What the heuristics learn from the customer side: requests to reflector
  * ports (their replies are then admitted), SYN-ACKs (the client's ACK then
  * validates it). Only for tenant addresses. */
-static __always_inline void sw_learn_outbound(struct sw_packet *p, void *data, void *data_end)
+static __always_inline void sw_learn_outbound(struct sw_packet *p, struct sw_addr_entry *st, void *data,
+                                              void *data_end)
 {
     if (!p->l4_ok)
         return;
+    if (p->proto == SW_IPPROTO_TCP && (st->attack_classes & (1U << SW_TRAFFIC_CLASS_TCP_OTHER)) &&
+        !(p->tcp_flags & SW_TCP_RST)) {
+        /* The server talks on this connection: its client's ACKs, FINs and RSTs belong. */
+        struct sw_flow_key k;
+        sw_flow(&k, p->src, p->dst, p->sport, p->dport);
+        __u64 now = bpf_ktime_get_ns();
+        sw_connections.update(&k, &now);
+    }
     if (p->proto == SW_IPPROTO_UDP && sw_reflection_port(p->dport)) {
         struct sw_flow_key k;
         sw_flow(&k, p->src, p->dst, 0, p->dport);
@@ -676,7 +703,7 @@ int xdp_seawall(struct xdp_md *ctx)
     }
 
     if (dir == SW_DIRECTION_OUTBOUND && tenant < SW_MAX_TENANTS)
-        sw_learn_outbound(p, data, data_end);
+        sw_learn_outbound(p, st, data, data_end);
 
     SW_STAGE(4); /* policy: lists, filters, rules */
     /* 64-bit copies: clang would otherwise re-read and re-extend the narrow

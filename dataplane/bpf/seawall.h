@@ -223,6 +223,7 @@ struct sw_attack_state {
     __u32 classes;
     __u16 syn_port_lo;     /* destination ports the SYN challenge covers (inclusive, host order); */
     __u16 syn_port_hi;     /* 0-65535 when the flood's port is not known */
+    __u64 since_ns;        /* bpf_ktime_get_ns (CLOCK_MONOTONIC) when the mark was first set */
 };
 
 /* A flow seen from the customer side: the customer's address, the remote

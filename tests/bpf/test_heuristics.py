@@ -123,3 +123,31 @@ def test_syn_challenge_covers_only_the_attacked_ports(dp, tenants):
         assert run(dp, frames.tcp("198.19.90.9", ALPHA_DST, sport=44001, dport=80, flags="S")) == XDP_REDIRECT
     finally:
         dp.set_under_attack(tenants["alpha"], dst, ())
+
+
+def age_attack_mark(dp, tenant_idx: int, dst: str, seconds: float) -> None:
+    """Backdate a mark past the learning grace period (instead of waiting 5 s)."""
+    table = dp._maps["sw_attack"]
+    for key, leaf in table.items():
+        if key.tenant_idx == tenant_idx and bytes(key.addr)[12:] == ipaddress.ip_address(dst).packed:
+            leaf.since_ns -= int(seconds * 1e9)
+            table[key] = leaf
+
+
+def test_ack_flood_passes_only_connections_the_server_talks_on(dp, tenants, attacked):
+    attacked(TrafficClass.TCP_OTHER)
+    client, cport = "198.19.99.1", 45000
+    stray = frames.tcp("198.19.99.2", ALPHA_DST, sport=45001, dport=80, flags="A")
+    assert run(dp, stray) == XDP_REDIRECT             # grace period: connections are being learned
+    # The server sends on its connection with the client: learned.
+    assert run(dp, frames.tcp(ALPHA_DST, client, sport=80, dport=cport, flags="PA"), Direction.OUTBOUND) \
+        == XDP_REDIRECT
+    age_attack_mark(dp, tenants["alpha"], ALPHA_DST, 10)
+    dp.set_under_attack(tenants["alpha"], ipaddress.ip_address(ALPHA_DST), [TrafficClass.TCP_OTHER])
+    action, sample = observe(dp, stray)
+    assert action == XDP_DROP and sample.reason == DropReason.HEURISTIC
+    assert run(dp, frames.tcp("198.19.99.3", ALPHA_DST, sport=45002, dport=80, flags="R")) == XDP_DROP
+    assert run(dp, frames.tcp(client, ALPHA_DST, sport=cport, dport=80, flags="A")) == XDP_REDIRECT
+    assert run(dp, frames.tcp(client, ALPHA_DST, sport=cport, dport=80, flags="FA")) == XDP_REDIRECT
+    # New connections still start: SYNs are not this heuristic's business.
+    assert run(dp, frames.tcp("198.19.99.4", ALPHA_DST, sport=45003, dport=80, flags="S")) == XDP_REDIRECT
