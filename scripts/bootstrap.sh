@@ -9,7 +9,7 @@ say() { printf 'bootstrap: %s\n' "$*" >&2; }
 
 APT_PACKAGES=(
   bpfcc-tools python3-bpfcc libbpf-dev clang llvm   # compile and load the XDP program
-  iproute2 ethtool tcpdump nftables xdp-tools       # lab, deployment checks, comparisons
+  iproute2 ethtool tcpdump nftables xdp-tools fastnetmon  # lab, deployment checks, comparisons
   snmptrapd snmp rsyslog rsyslog-openssl postgresql chromium  # real receivers, browser for tests
 )
 

@@ -9,7 +9,8 @@ protected destinations, a deny rule (UDP from 198.19.255.0/24 source port 123:
 an NTP reflection) and a SYN rate limit on the attacked server.
 
 Parts: drop, forward, latency, scale (BPF_PROG_TEST_RUN), control plane
-(policy tick), detection (FastNetMon: not run, see DETECTION_REASON).
+(policy tick), detection (onset to detection, Seawall vs FastNetMon: compare_detection).
+A run of some parts keeps the other parts' figures from the compare.json already in `out_dir`.
 Figures, never pass/fail on speed. The machine is shared: say so next to them.
 """
 
@@ -58,6 +59,11 @@ NTP_PAYLOAD = 440                 # bytes: a monlist response entry block (IP le
 SYN_SOURCES_MASK = 0xFFFF         # randomized low source bits: 198.19.0.0/16
 LATENCY_TIMEOUT_S = 0.5           # seconds before one echo counts as lost
 ECHO_READY_TIMEOUT_S = 10.0
+DETECTION_METHOD = ("Seconds from a flood's onset to Seawall's incident and to FastNetMon's ban callback, both "
+                    "watching the same flood: Seawall with every tenant in monitor mode (it forwards everything), "
+                    "FastNetMon mirroring the customer switch's uplink behind it (the generator's XDP frames meet "
+                    "no packet tap before that). null: not detected within 15 s. See "
+                    "appliance/bench/compare_detection.py for the thresholds and why.")
 DETECTION_REASON = ("not measured: FastNetMon (Debian `fastnetmon`) is not installed on this machine and the "
                     "time box of this run went to the dataplane figures")
 
@@ -564,6 +570,35 @@ def headline(result: dict) -> dict:
     }
 
 
+# part -> the keys of compare.json it writes
+PART_KEYS = {"drop": ("drop",), "forward": ("forward",), "latency": ("latency",), "scale": ("scale",),
+             "control": ("control_plane",), "detection": ("detection", "detection_method", "detection_reason")}
+
+
+def _carry_over(result: dict, out_dir: pathlib.Path, parts: tuple[str, ...]) -> None:
+    """Keep the figures of the parts not run now from the compare.json in `out_dir`, naming their run."""
+    previous_path = out_dir / "compare.json"
+    if not previous_path.exists():
+        return
+    try:
+        previous = json.loads(previous_path.read_text())
+    except ValueError as exc:
+        raise BenchError(f"{previous_path}: not JSON ({exc}); move it away to start afresh") from None
+    carried = dict(previous.get("carried_over", {}))
+    for part, keys in PART_KEYS.items():
+        if part in parts or not any(k in previous for k in keys):
+            carried.pop(part, None)
+            continue
+        if part == "detection" and previous.get("detection_method") is None:
+            continue   # only the placeholder of a run without FastNetMon
+        for key in keys:
+            if key in previous:
+                result[key] = previous[key]
+        carried[part] = carried.get(part, {"started": previous.get("started"), "sizes": previous.get("sizes"),
+                                           "source": previous.get("host", {}).get("source")})
+    result["carried_over"] = carried
+
+
 def run(sizes: Sizes, out_dir: pathlib.Path, progress: Callable[[str], None],
         parts: tuple[str, ...] = ("drop", "forward", "latency", "scale", "control")) -> dict:
     from appliance.bench import compare_report  # noqa: PLC0415
@@ -576,6 +611,7 @@ def run(sizes: Sizes, out_dir: pathlib.Path, progress: Callable[[str], None],
                     "detection": {v: {"seawall_s": None, "fastnetmon_s": None} for v in ("syn_flood", "udp_flood",
                                                                                       "ntp_reflection")},
                     "detection_reason": DETECTION_REASON}
+    _carry_over(result, out_dir, parts)   # before any partial write replaces compare.json
     if any(p in parts for p in ("drop", "forward", "latency")):
         lab = CompareLab()
         try:
@@ -591,6 +627,13 @@ def run(sizes: Sizes, out_dir: pathlib.Path, progress: Callable[[str], None],
         compare_report.write(result, out_dir)
     if "control" in parts:
         result["control_plane"] = run_control(sizes, progress)
+    if "detection" in parts:
+        from appliance.bench.compare_detection import run_detection  # noqa: PLC0415
+
+        measured = run_detection(progress)
+        result["detection"] = measured.pop("vectors")
+        result["detection_method"] = measured
+        result["detection_reason"] = DETECTION_METHOD
     result["elapsed_s"] = round(time.time() - started, 1)
     result["headline"] = headline(result)
     compare_report.write(result, out_dir)

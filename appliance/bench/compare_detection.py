@@ -313,8 +313,11 @@ def _attack_type(details: str) -> str | None:
 
 def run_detection(progress: Callable[[str], None], vectors: tuple[str, ...] = tuple(VECTOR_SERVERS),
                   pps: int = VECTOR_PPS, duration_s: float = VECTOR_S, reference: bool = True,
-                  lab_name: str | None = None) -> dict:
-    """Seconds from onset to detection for Seawall and FastNetMon, per vector (and the reference flood)."""
+                  lab_name: str | None = None, work_dir: pathlib.Path | None = None) -> dict:
+    """Seconds from onset to detection for Seawall and FastNetMon, per vector (and the reference flood).
+
+    Files (configs, logs, FastNetMon's callbacks) go to `work_dir`, kept, when given; else to a temporary
+    directory removed at the end."""
     from appliance.lab.attack import AttackSpec  # noqa: PLC0415
 
     unknown = [v for v in vectors if v not in VECTOR_SERVERS]
@@ -322,7 +325,8 @@ def run_detection(progress: Callable[[str], None], vectors: tuple[str, ...] = tu
         raise ValueError(f"detection vectors: unknown {unknown} (known: {', '.join(VECTOR_SERVERS)})")
     vector_legit, reference_legit = _legit_profiles()
     lab = Lab(lab_name or f"d{uuid.uuid4().hex[:6]}")
-    work = pathlib.Path(tempfile.mkdtemp(prefix="seawall-detect-"))
+    work = work_dir or pathlib.Path(tempfile.mkdtemp(prefix="seawall-detect-"))
+    work.mkdir(parents=True, exist_ok=True)
     out: dict[str, dict] = {}
     try:
         progress("detection: lab up")
@@ -347,7 +351,8 @@ def run_detection(progress: Callable[[str], None], vectors: tuple[str, ...] = tu
                          fastnetmon_s=out[REFERENCE_KEY]["fastnetmon_s"])
     finally:
         lab.down()
-        shutil.rmtree(work, ignore_errors=True)
+        if work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
     return {"vectors": out, "fastnetmon_version": _fastnetmon_version(),
             "settings": {"threshold_pps": FNM_THRESHOLD_PPS, "threshold_tcp_udp_icmp_pps": FNM_THRESHOLD_PROTO_PPS,
                          "threshold_mbps": FNM_THRESHOLD_MBPS, "average_calculation_time_s": FNM_AVERAGE_S,

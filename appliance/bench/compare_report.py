@@ -84,7 +84,29 @@ def render_markdown(result: dict) -> str:
                          f"{_rss_mib(r)} |")
         lines.append("")
     lines += ["## Detection vs FastNetMon", "", result.get("detection_reason", ""), ""]
+    method = result.get("detection_method")
+    if method:
+        settings = method.get("settings", {})
+        lines += [f"FastNetMon {method.get('fastnetmon_version', '?')}: threshold_pps "
+                  f"{settings.get('threshold_pps', '?'):,}, TCP/UDP/ICMP pps {settings.get('threshold_tcp_udp_icmp_pps', '?'):,}, "
+                  f"average_calculation_time {settings.get('average_calculation_time_s', '?')} s. Seawall: default "
+                  f"policy, tick {settings.get('seawall_tick_ms', '?')} ms. Lab vectors at "
+                  f"{settings.get('vector_pps', 0):,} pps for {settings.get('vector_s', '?')} s, each on its own server.", "",
+                  "| flood | Seawall (s after onset) | FastNetMon (s after onset) | achieved pps | FastNetMon's report |",
+                  "|---|---:|---:|---:|---|"]
+        for vector, cell in result.get("detection", {}).items():
+            lines.append(f"| {vector} | {_seconds(cell.get('seawall_s'))} | {_seconds(cell.get('fastnetmon_s'))} | "
+                         f"{cell.get('achieved_pps') or 0:,.0f} | {cell.get('fastnetmon_report') or ''} |")
+        lines.append("")
+    carried = result.get("carried_over")
+    if carried:
+        lines += ["Figures kept from earlier runs: " + "; ".join(
+            f"{part} from {c.get('started')} of {c.get('source')}" for part, c in carried.items()), ""]
     return "\n".join(lines)
+
+
+def _seconds(value: float | None) -> str:
+    return "not detected in 15 s" if value is None else f"{value:.2f}"
 
 
 def _first(r: dict, *keys: str) -> object:

@@ -11,7 +11,7 @@ import pathlib
 import sys
 import time
 
-PARTS = ("drop", "forward", "latency", "scale", "control")
+PARTS = ("drop", "forward", "latency", "scale", "control", "detection")
 DEFAULT_OUT = pathlib.Path("docs/bench")
 
 
@@ -60,6 +60,8 @@ def _expected_steps(sizes, parts: tuple[str, ...]) -> int:
         steps += len(sizes.scale_points)
     if "control" in parts:
         steps += len(sizes.control_points)
+    if "detection" in parts:
+        steps += 8   # lab up, six vectors, the reference flood
     return steps
 
 
