@@ -62,7 +62,9 @@ ECHO_READY_TIMEOUT_S = 10.0
 DETECTION_METHOD = ("Seconds from a flood's onset to Seawall's incident and to FastNetMon's ban callback, both "
                     "watching the same flood: Seawall with every tenant in monitor mode (it forwards everything), "
                     "FastNetMon mirroring the customer switch's uplink behind it (the generator's XDP frames meet "
-                    "no packet tap before that). null: not detected within 15 s. See "
+                    "no packet tap before that). null: not detected within 15 s. FastNetMon flags a host "
+                    "whose packets/s pass a fixed per-host threshold, so a flood below it goes unseen whatever "
+                    "its shape; Seawall compares each server's traffic with what it learned of that server. See "
                     "appliance/bench/compare_detection.py for the thresholds and why.")
 DETECTION_REASON = ("not measured: FastNetMon (Debian `fastnetmon`) is not installed on this machine and the "
                     "time box of this run went to the dataplane figures")

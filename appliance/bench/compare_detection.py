@@ -362,5 +362,7 @@ def run_detection(progress: Callable[[str], None], vectors: tuple[str, ...] = tu
 
 
 def _fastnetmon_version() -> str:
+    """'1.2.4' from its 'Version: 1.2.4'."""
     proc = subprocess.run([str(FASTNETMON), "--version"], capture_output=True, text=True, timeout=10)
-    return (proc.stdout or proc.stderr).strip().splitlines()[-1] if (proc.stdout or proc.stderr) else "unknown"
+    lines = (proc.stdout or proc.stderr).strip().splitlines()
+    return lines[-1].removeprefix("Version:").strip() if lines else "unknown"

@@ -87,11 +87,13 @@ def render_markdown(result: dict) -> str:
     method = result.get("detection_method")
     if method:
         settings = method.get("settings", {})
-        lines += [f"FastNetMon {method.get('fastnetmon_version', '?')}: threshold_pps "
+        lines += [f"FastNetMon {method.get('fastnetmon_version', '?')} (Debian): threshold_pps "
                   f"{settings.get('threshold_pps', '?'):,}, TCP/UDP/ICMP pps {settings.get('threshold_tcp_udp_icmp_pps', '?'):,}, "
                   f"average_calculation_time {settings.get('average_calculation_time_s', '?')} s. Seawall: default "
                   f"policy, tick {settings.get('seawall_tick_ms', '?')} ms. Lab vectors at "
                   f"{settings.get('vector_pps', 0):,} pps for {settings.get('vector_s', '?')} s, each on its own server.", "",
+                  "The reference flood: UDP 5,000 pps of 512 bytes on the game port of the game server, next to "
+                  "~800 pps of real game traffic.", "",
                   "| flood | Seawall (s after onset) | FastNetMon (s after onset) | achieved pps | FastNetMon's report |",
                   "|---|---:|---:|---:|---|"]
         for vector, cell in result.get("detection", {}).items():

@@ -47,7 +47,7 @@ def test_one_flood_seen_by_both_detectors_and_everything_cleaned_up(tmp_path):
     assert "udp" in (cell["fastnetmon_report"] or ""), cell
     assert cell["achieved_pps"] > 0
     assert result["settings"]["seawall_mode"] == "monitor"
-    assert result["fastnetmon_version"].startswith("Version")
+    assert result["fastnetmon_version"][:1].isdigit(), result["fastnetmon_version"]
     json.dumps(result)   # the compare JSON takes it as it is
 
     bans = (work / "fastnetmon" / "notify.log").read_text()
