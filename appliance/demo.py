@@ -183,14 +183,16 @@ def summary(scenario: Scenario, view: LiveView, results: dict | None, onset: flo
     lines = ["", "=" * 72, f"  Summary of scenario '{scenario.name}'", "=" * 72]
     tenants = view.last.get("tenants", {})
     dropped = sum(t["dropped_packets"] for t in tenants.values())
-    lines.append(f"  attack packets dropped:       {dropped:,}")
+    lines.append(f"  packets dropped (all reasons): {dropped:,}")
     if results:
         sent = sum((a or {}).get("transmitted", 0) for a in results["attacks"])
         requested = sum(a.pps * a.duration_s for a in scenario.attacks)
         lines.append(f"  attack packets sent:          {sent:,} (requested {requested:,.0f}; "
                      f"the generator reports what it achieved)")
+        attack_dropped = sum(i["dropped_packets"] for i in view.incidents.values())
         if sent:
-            lines.append(f"  share of attack dropped:      {min(dropped / sent, 1):.2%}")
+            lines.append(f"  attack packets dropped:       {attack_dropped:,} by incident rules "
+                         f"({min(attack_dropped / sent, 1):.2%} of sent)")
         legit = results["traffic"]["services"]
         for service, s in legit.items():
             if s["sent"]:
