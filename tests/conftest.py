@@ -64,6 +64,13 @@ def probe_browser() -> str | None:
 PROBES = {"bpf": probe_bpf, "netns": probe_netns, "browser": probe_browser}
 
 
+def skip_or_fail(reason: str) -> None:
+    """A missing capability: skipped with the reason, except under CI, where it is a failure."""
+    if IN_CI:
+        pytest.fail(f"unavailable in CI: {reason}")
+    pytest.skip(reason)
+
+
 def pytest_collection_modifyitems(config, items):
     root = pathlib.Path(__file__).parent
     for item in items:
@@ -78,6 +85,4 @@ def pytest_runtest_setup(item):
         if item.get_closest_marker(tier):
             reason = PROBES[tier]()
             if reason:
-                if IN_CI:
-                    pytest.fail(f"{tier} tier unavailable in CI: {reason}")
-                pytest.skip(reason)
+                skip_or_fail(f"{tier} tier: {reason}")

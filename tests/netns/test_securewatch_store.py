@@ -13,6 +13,8 @@ import uuid
 
 import pytest
 
+from tests.conftest import skip_or_fail
+
 _SUITE = pathlib.Path(__file__).parents[1] / "unit" / "securewatch" / "test_sw_store.py"
 _spec = importlib.util.spec_from_file_location("sw_store_suite", _SUITE)
 _suite = importlib.util.module_from_spec(_spec)
@@ -32,13 +34,13 @@ def _pg_bin(name: str) -> str:
     for candidate in (f"/usr/lib/postgresql/15/bin/{name}", shutil.which(name)):
         if candidate and os.path.exists(candidate):
             return candidate
-    pytest.skip(f"PostgreSQL's {name} is not installed (apt-get install postgresql)")
+    skip_or_fail(f"PostgreSQL's {name} is not installed (apt-get install postgresql)")
 
 
 @pytest.fixture(scope="module")
 def postgres_server():
     if os.geteuid() != 0:
-        pytest.skip("starting a throwaway PostgreSQL needs root (to run it as user postgres)")
+        skip_or_fail("starting a throwaway PostgreSQL needs root (to run it as user postgres)")
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     directory = pathlib.Path(tempfile.mkdtemp(prefix="sw-pg-"))
     shutil.chown(directory, "postgres", "postgres")
