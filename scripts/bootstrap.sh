@@ -24,6 +24,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Debian enables FastNetMon's own service; Seawall runs it only inside its
+# comparison benchmark (nothing sent anywhere), never as a system daemon.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled fastnetmon >/dev/null 2>&1; then
+  systemctl disable --now fastnetmon >/dev/null 2>&1 || true
+fi
+
 # bcc compiles against /lib/modules/$(uname -r)/build. Prefer the running
 # kernel's own headers; when Debian does not package them (custom kernels),
 # link Debian's generic amd64 headers there, which compile XDP programs fine.

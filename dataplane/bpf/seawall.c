@@ -53,7 +53,7 @@ SW_MAP("lpm_trie", struct sw_acl6_key, struct sw_acl_value, sw_acl6, SW_MAX_ACL_
 /* Per customer-side address: a per-CPU direct-mapped cache of lookups and
  * counters, and the LRU map that keeps the counters of evicted slots. */
 SW_MAP("percpu_array", __u32, struct sw_addr_entry, sw_addr_cache, 1U << SW_ADDRESS_CACHE_BITS, 0);
-SW_MAP("lru_percpu_hash", struct sw_addr_key, struct sw_addr_counters, sw_addr_spill, SW_MAX_ADDRESSES, 0);
+SW_MAP("lru_percpu_hash", struct sw_addr_key, struct sw_addr_spilled, sw_addr_spill, SW_MAX_ADDRESSES, 0);
 /* Per-tenant counters per CPU; the last entry counts traffic to no tenant. */
 SW_MAP("percpu_array", __u32, struct sw_tenant_stats, sw_tenant_stats, SW_MAX_TENANTS + 1, 0);
 /* Dynamic rules: (tenant, scope, address) -> rule set -> rules. */
@@ -178,19 +178,23 @@ static __always_inline void sw_addr_spill_counters(struct sw_addr_entry *e)
         return;
     struct sw_addr_key key;
     __builtin_memcpy(key.addr, e->addr, 16);
-    struct sw_addr_counters *spill = sw_addr_spill.lookup(&key);
+    struct sw_addr_spilled *spill = sw_addr_spill.lookup(&key);
     if (!spill) {
-        sw_addr_spill.update(&key, c);
+        struct sw_addr_spilled fresh = {};
+        __builtin_memcpy(&fresh.counters, c, sizeof(*c));
+        fresh.tenant_idx = e->tenant_idx;
+        sw_addr_spill.update(&key, &fresh);
         return;
     }
 #pragma unroll
     for (int i = 0; i < SW_CLASSES; i++) {
-        spill->packets[i] += c->packets[i];
-        spill->bytes[i] += c->bytes[i];
+        spill->counters.packets[i] += c->packets[i];
+        spill->counters.bytes[i] += c->bytes[i];
     }
-    spill->dropped_packets += c->dropped_packets;
-    spill->outbound_packets += c->outbound_packets;
-    spill->outbound_bytes += c->outbound_bytes;
+    spill->counters.dropped_packets += c->dropped_packets;
+    spill->counters.outbound_packets += c->outbound_packets;
+    spill->counters.outbound_bytes += c->outbound_bytes;
+    spill->tenant_idx = e->tenant_idx;
 }
 
 /* Fills or refreshes a cache slot: the only code that walks the prefix tries

@@ -133,6 +133,14 @@ struct sw_addr_counters {
     __u64 outbound_bytes;
 };
 
+/* Counters of an address whose cache slot was taken over, per CPU, with the
+ * tenant it belonged to when it left the cache. */
+struct sw_addr_spilled {
+    struct sw_addr_counters counters;
+    __u32 tenant_idx;
+    __u32 pad;
+};
+
 /* One slot of the per-CPU direct-mapped address cache (2^SW_ADDRESS_CACHE_BITS
  * slots, indexed by a multiplicative hash of the address). A hit costs no
  * helper call at all: the verifier inlines per-CPU array lookups. A slot taken

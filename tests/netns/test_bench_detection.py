@@ -13,8 +13,14 @@ import pytest
 
 from appliance.bench import compare
 from appliance.bench.compare_detection import FASTNETMON, run_detection
+from tests.conftest import skip_or_fail
 
-pytestmark = pytest.mark.skipif(not FASTNETMON.exists(), reason=f"{FASTNETMON} missing (Debian package fastnetmon)")
+
+
+@pytest.fixture(autouse=True)
+def fastnetmon_installed():
+    if not FASTNETMON.exists():
+        skip_or_fail(f"{FASTNETMON} missing (Debian package fastnetmon)")
 
 FLOOD_S = 3.0         # seconds: enough for one FastNetMon average (1 s) and two policy ticks
 
