@@ -16,7 +16,6 @@ from appliance.bench.compare_detection import FASTNETMON, run_detection
 from tests.conftest import skip_or_fail
 
 
-
 @pytest.fixture(autouse=True)
 def fastnetmon_installed():
     if not FASTNETMON.exists():
