@@ -8,28 +8,15 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "unit" / "securewatch"))
-import pytest  # noqa: E402
-from test_securewatch_ui import CHROMIUM_ARGS, SCREENSHOTS  # noqa: E402
 from test_sw_helpers import PASSWORD, add_user, service  # noqa: E402
 
 from securewatch.notify_admin import MASK  # noqa: E402
+from tests.browser.conftest import SCREENSHOTS  # noqa: E402
 
 HOOK_SECRET = "hmac-secret-from-the-config"
 HOOK_URL = "http://192.0.2.21/generic"
 TABLE = {"syslog": [{"name": "noc-syslog", "host": "192.0.2.10", "transport": "tcp", "port": 1514}],
          "webhook": [{"name": "noc-hook", "url": HOOK_URL, "secret": HOOK_SECRET}]}
-
-
-@pytest.fixture
-async def browser():
-    from playwright.async_api import async_playwright  # noqa: PLC0415
-
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
 
 
 async def test_admin_edits_a_receiver_and_the_secret_stays_masked(tmp_path, browser):

@@ -7,26 +7,10 @@ import pathlib
 import sys
 import time
 
-import pytest
-
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "unit" / "securewatch"))
 from test_sw_helpers import PASSWORD, add_user, attack_events, service  # noqa: E402
 
-SCREENSHOTS = pathlib.Path(__file__).parents[2] / "artifacts" / "screenshots"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
-
-
-@pytest.fixture
-async def browser():
-    from playwright.async_api import async_playwright  # noqa: PLC0415
-
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            await b.close()
+from tests.browser.conftest import SCREENSHOTS  # noqa: E402
 
 
 async def test_login_edit_policy_incident_report(tmp_path, browser):
