@@ -202,6 +202,10 @@ class Appliance:
         from policy.engine import PolicyEngine  # noqa: PLC0415
 
         external, internal = self.config.interfaces()
+        missing = [name for name in (external, internal) if not _interface_exists(name)]
+        if missing:  # before anything is compiled or pinned
+            raise ConfigError([f"[appliance] {'external' if n == external else 'internal'}: interface {n!r} "
+                               f"does not exist" for n in missing], source=self.config_path)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log.info("appliance.start", external=external, internal=internal, config=self.config_path)
         self.dataplane = Dataplane(str(self.config.appliance.bpffs), sample_every=self.sample_every)
@@ -454,6 +458,33 @@ class Appliance:
             os.replace(tmp, status_file)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 1.0)
+
+
+def _interface_exists(name: str) -> bool:
+    import socket  # noqa: PLC0415
+
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
+
+
+def appliance_paths(config_path: str) -> tuple[pathlib.Path, pathlib.Path]:
+    """(state_dir, bpffs) of a config file, even one whose tenants do not validate: an operator must
+    be able to see the status of, and detach, a dataplane whatever state the file is in."""
+    import tomllib  # noqa: PLC0415
+
+    from appliance.config import DEFAULT_BPFFS, DEFAULT_STATE_DIR  # noqa: PLC0415
+
+    try:
+        config = load_config(config_path)
+        return pathlib.Path(config.appliance.state_dir), pathlib.Path(config.appliance.bpffs)
+    except ConfigError:
+        with open(config_path, "rb") as f:
+            table = tomllib.load(f).get("appliance", {})
+        return (pathlib.Path(table.get("state_dir", DEFAULT_STATE_DIR)),
+                pathlib.Path(table.get("bpffs", DEFAULT_BPFFS)))
 
 
 def read_status(state_dir: pathlib.Path) -> dict[str, Any] | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pathlib
 import sys
 
 
@@ -14,16 +13,16 @@ def register(subparsers) -> None:
 
 
 def detach(args) -> int:
-    from appliance.config import load_config  # noqa: PLC0415
+    import tomllib  # noqa: PLC0415
+
+    from appliance.service import appliance_paths  # noqa: PLC0415
     from dataplane.dataplane import purge, remove_pinned_link  # noqa: PLC0415
-    from tenants import ConfigError  # noqa: PLC0415
 
     try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"seawall detach: {exc}", file=sys.stderr)
+        _, bpffs = appliance_paths(args.config)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        print(f"seawall detach: {args.config}: {exc}", file=sys.stderr)
         return 2
-    bpffs = pathlib.Path(config.appliance.bpffs)
     if args.purge:
         removed = purge(str(bpffs))
         print(f"removed {len(removed)} pinned objects under {bpffs}")

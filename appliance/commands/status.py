@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import sys
 import time
 
@@ -19,17 +18,16 @@ def register(subparsers) -> None:
 
 
 def status(args) -> int:
-    from appliance.config import load_config  # noqa: PLC0415
-    from appliance.service import read_status  # noqa: PLC0415
-    from tenants import ConfigError  # noqa: PLC0415
+    import tomllib  # noqa: PLC0415
+
+    from appliance.service import appliance_paths, read_status  # noqa: PLC0415
 
     try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"seawall status: {exc}", file=sys.stderr)
+        state_dir, bpffs = appliance_paths(args.config)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        print(f"seawall status: {args.config}: {exc}", file=sys.stderr)
         return 2
-    report = read_status(pathlib.Path(config.appliance.state_dir))
-    bpffs = pathlib.Path(config.appliance.bpffs)
+    report = read_status(state_dir)
     links = sorted(p.name.removeprefix("link_") for p in bpffs.glob("link_*")) if bpffs.exists() else []
     age = None if report is None else time.time() - report.get("updated", 0)
     running = report is not None and age < STALE_AFTER_S and _alive(report.get("pid"))
