@@ -22,6 +22,13 @@ def register(subparsers) -> None:
     cmp = sub.add_parser("compare", help="side by side with nftables, the Linux bridge and xdp-filter")
     bench_compare.add_arguments(cmp)
     cmp.set_defaults(func=bench_compare.main)
+    mit = sub.add_parser("mitigation", help="in-dataplane time from a flood's first packet to its first drop")
+    mit.add_argument("--vectors", default="syn,udp,icmp", help="comma-separated: syn, udp, icmp, frag")
+    mit.add_argument("--pps", type=int, default=50_000, help="flood rate, packets/s")
+    mit.add_argument("--budget", type=int, default=5_000, help="the tenant's class budget, packets/s")
+    mit.add_argument("--runs", type=int, default=3)
+    mit.add_argument("--json", action="store_true")
+    mit.set_defaults(func=bench_mitigation)
     pol = sub.add_parser("policy", help="CPU time and memory of one policy tick at scale")
     pol.add_argument("--destinations", type=int, default=100_000)
     pol.add_argument("--tenants", type=int, default=10_000)
@@ -57,4 +64,23 @@ def bench_policy(args) -> int:
         print(f"{key:<32} {value}")
     if args.json:
         print(json.dumps(result, default=str))
+    return 0
+
+
+def bench_mitigation(args) -> int:
+    from appliance.bench import mitigation  # noqa: PLC0415
+
+    vectors = tuple(v for v in args.vectors.split(",") if v)
+    unknown = [v for v in vectors if v not in mitigation.BUDGETS]
+    if unknown or args.pps < 1 or args.budget < 1 or args.runs < 1:
+        print(f"seawall bench mitigation: vectors from {', '.join(mitigation.BUDGETS)}; pps, budget, runs >= 1",
+              file=sys.stderr)
+        return 2
+    result = mitigation.run(vectors, args.pps, args.budget, args.runs, _progress)
+    print(f"flood {result['flood_pps']:,} pps against a {result['budget_pps']:,} pps per-destination budget")
+    for vector, r in result["vectors"].items():
+        per_run = ", ".join(str(f["first_drop_ms"]) for f in r["runs"])
+        print(f"  {vector:<5} first drop after {r['first_drop_ms_median']} ms (median; runs: {per_run})")
+    if args.json:
+        print(json.dumps(result))
     return 0
