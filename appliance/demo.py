@@ -191,8 +191,8 @@ def summary(scenario: Scenario, view: LiveView, results: dict | None, onset: flo
                      f"the generator reports what it achieved)")
         attack_dropped = sum(i["dropped_packets"] for i in view.incidents.values())
         if sent:
-            lines.append(f"  attack packets dropped:       {attack_dropped:,} by incident rules "
-                         f"({min(attack_dropped / sent, 1):.2%} of sent)")
+            lines.append(f"  dropped at attacked servers:  {attack_dropped:,} (the incidents' accounting; "
+                         f"{attack_dropped / sent:.2%} of what the generator sent)")
         legit = results["traffic"]["services"]
         for service, s in legit.items():
             if s["sent"]:
