@@ -34,6 +34,7 @@ from tenants.errors import ConfigError, did_you_mean, type_name
 from tenants.io import parse_toml_document, read_text
 from tenants.model import TenantSet
 
+DEFAULT_CONFIG_PATH = "/etc/seawall/seawall.toml"   # where the systemd unit and the commands look
 DEFAULT_STATE_DIR = pathlib.Path("/var/lib/seawall")
 DEFAULT_BPFFS = pathlib.Path("/sys/fs/bpf/seawall")
 LOG_FORMATS = ("auto", "json", "console")

@@ -481,10 +481,18 @@ def appliance_paths(config_path: str) -> tuple[pathlib.Path, pathlib.Path]:
         config = load_config(config_path)
         return pathlib.Path(config.appliance.state_dir), pathlib.Path(config.appliance.bpffs)
     except ConfigError:
-        with open(config_path, "rb") as f:
-            table = tomllib.load(f).get("appliance", {})
+        try:
+            with open(config_path, "rb") as f:
+                table = tomllib.load(f).get("appliance", {})
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(str(exc), source=config_path) from exc
         return (pathlib.Path(table.get("state_dir", DEFAULT_STATE_DIR)),
                 pathlib.Path(table.get("bpffs", DEFAULT_BPFFS)))
+
+
+def pinned_links(bpffs: pathlib.Path) -> list[pathlib.Path]:
+    """The XDP links pinned under `bpffs` (one per NIC the bridge is attached to)."""
+    return sorted(bpffs.glob("link_*")) if bpffs.exists() else []
 
 
 def read_status(state_dir: pathlib.Path) -> dict[str, Any] | None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from appliance.config import DEFAULT_CONFIG_PATH
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("securewatch", help="run SecureWatch alone (central server, no dataplane)")
-    p.add_argument("--config", default="/etc/seawall/seawall.toml", help="appliance TOML file")
+    p.add_argument("--config", default=DEFAULT_CONFIG_PATH, help="appliance TOML file")
     p.set_defaults(func=run)
 
 

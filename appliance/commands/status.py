@@ -7,28 +7,29 @@ import os
 import sys
 import time
 
+from appliance.config import DEFAULT_CONFIG_PATH
+
 STALE_AFTER_S = 5.0  # seconds without a status update before the control plane counts as down
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("status", help="show the interfaces, attach mode and per-tenant traffic")
-    p.add_argument("--config", default="/etc/seawall/seawall.toml", help="appliance TOML file")
+    p.add_argument("--config", default=DEFAULT_CONFIG_PATH, help="appliance TOML file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=status)
 
 
 def status(args) -> int:
-    import tomllib  # noqa: PLC0415
-
-    from appliance.service import appliance_paths, read_status  # noqa: PLC0415
+    from appliance.service import appliance_paths, pinned_links, read_status  # noqa: PLC0415
+    from tenants import ConfigError  # noqa: PLC0415
 
     try:
         state_dir, bpffs = appliance_paths(args.config)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        print(f"seawall status: {args.config}: {exc}", file=sys.stderr)
+    except ConfigError as exc:
+        print(f"seawall status: {exc}", file=sys.stderr)
         return 2
     report = read_status(state_dir)
-    links = sorted(p.name.removeprefix("link_") for p in bpffs.glob("link_*")) if bpffs.exists() else []
+    links = [p.name.removeprefix("link_") for p in pinned_links(bpffs)]
     age = None if report is None else time.time() - report.get("updated", 0)
     running = report is not None and age < STALE_AFTER_S and _alive(report.get("pid"))
     summary = {"control_plane": "running" if running else "down", "status_age_s": None if age is None else round(age, 1),

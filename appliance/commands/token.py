@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 
+from appliance.config import DEFAULT_CONFIG_PATH
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("token", help="manage SecureWatch API tokens")
@@ -17,7 +19,7 @@ def register(subparsers) -> None:
     create.add_argument("--tenant", help="the tenant id (role tenant only)")
     create.add_argument("--access", default="read", choices=("read", "write"), help="for role tenant")
     create.add_argument("--label", default="", help="what the token is for (shown in the audit log)")
-    create.add_argument("--config", default="/etc/seawall/seawall.toml", help="appliance TOML file")
+    create.add_argument("--config", default=DEFAULT_CONFIG_PATH, help="appliance TOML file")
     create.set_defaults(func=create_token)
 
 

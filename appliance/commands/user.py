@@ -10,6 +10,8 @@ import getpass
 import sys
 import time
 
+from appliance.config import DEFAULT_CONFIG_PATH
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("user", help="manage SecureWatch users")
@@ -19,7 +21,7 @@ def register(subparsers) -> None:
     add.add_argument("--role", required=True, choices=("admin", "noc", "tenant"))
     add.add_argument("--tenant", help="the tenant id (role tenant only)")
     add.add_argument("--access", default="read", choices=("read", "write"), help="for role tenant")
-    add.add_argument("--config", default="/etc/seawall/seawall.toml", help="appliance TOML file")
+    add.add_argument("--config", default=DEFAULT_CONFIG_PATH, help="appliance TOML file")
     add.set_defaults(func=add_user)
 
 
