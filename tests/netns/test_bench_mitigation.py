@@ -12,6 +12,9 @@ def test_a_syn_flood_is_cut_after_the_budgets_burst():
     budget = 2_000
     result = measure("syn", flood_pps=20_000, budget_pps=budget, duration_s=1.0)
     assert result["first_drop_ms"] is not None, result
-    # The budget admits 100 ms of its per-CPU share as burst before the first drop.
-    burst = budget // (os.cpu_count() or 1) // 10 + 2
-    assert 0 < result["passed_before_first_drop"] <= 2 * burst, result
+    # Each CPU's share of the budget holds 100 ms of burst, and frames may arrive on any CPU; while
+    # the bursts drain, the budget refills at its rate. Anything beyond that would be a leak.
+    cpus = os.cpu_count() or 1
+    burst = cpus * (budget // cpus // 10 + 2)
+    refill = budget * result["first_drop_ms"] / 1000
+    assert 0 < result["passed_before_first_drop"] <= burst + refill + cpus, result
