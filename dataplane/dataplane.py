@@ -149,7 +149,7 @@ class Dataplane:
             "sw_rule_stats", "sw_rule_buckets", "sw_attack", "sw_reflection_ports")}
         self._attachments: list[Attachment] = []
         self._link_fds: list[int] = []
-        self._address_memo: dict[bytes, IPAddress] = {}
+        self._address_memo = AddressMemo(4 * max_addresses)
         self._samples: deque[Sample] = deque(maxlen=8192)  # older samples than 2 ticks are stale
         self._ring_open = False
         self._rules: dict[int, Rule] = {}
@@ -416,6 +416,48 @@ class Dataplane:
                 pass
         self._bump_generation()
 
+    # Budget field of struct sw_policy (seawall.h) per traffic class that has a budget.
+    _BUDGET_FIELDS = {TrafficClass.TCP_SYN: "syn_rate_pps", TrafficClass.UDP: "udp_rate_pps",
+                      TrafficClass.ICMP: "icmp_rate_pps", TrafficClass.FRAGMENT: "fragment_rate_pps"}
+
+    def set_class_budgets(self, tenant_idx: int, budgets: dict[TrafficClass, int]) -> dict[TrafficClass, int]:
+        """Set per-destination class budgets (packets/s, 0 = none) of one tenant of the active set, in place.
+
+        Only the budget fields named in `budgets` (TCP_SYN, UDP, ICMP, FRAGMENT) change; the rest of
+        the tenant's policy leaf, the other tenants and the inactive slot stay as they are, and no
+        flip happens: the program reads the leaf per packet, so the new budget counts from the next
+        packet (each destination's bucket keeps its tokens, capped at the new burst). The next
+        `apply_tenants` writes the leaf anew from the compiled policy: whoever derives budgets must
+        push them again after it (the policy engine does, in `set_tenants`). A tenant in monitor
+        mode counts packets over budget (reason HEURISTIC) and passes them, as for its other drops.
+        Returns the four budgets now in the leaf. DataplaneError: the tenant is not in the active set.
+        """
+        if isinstance(tenant_idx, bool) or not isinstance(tenant_idx, int) or not 0 <= tenant_idx < MAX_TENANTS:
+            raise DataplaneError(f"tenant index {tenant_idx!r} is not within 0..{MAX_TENANTS - 1}")
+        values: dict[str, int] = {}
+        for cls, pps in budgets.items():
+            field = self._BUDGET_FIELDS.get(TrafficClass(cls))
+            if field is None:
+                raise DataplaneError(f"traffic class {TrafficClass(cls).name} has no per-destination budget "
+                                     f"(only {', '.join(c.name for c in self._BUDGET_FIELDS)})")
+            if isinstance(pps, bool) or not isinstance(pps, int) or not 0 <= pps <= 0xFFFFFFFF:
+                raise DataplaneError(f"budget of {TrafficClass(cls).name}: {pps!r} is not 0..4294967295 packets/s")
+            values[field] = pps
+        table = self._maps["sw_policy"]
+        key = table.Key(self._config().active_slot * MAX_TENANTS + tenant_idx)
+        leaf = table[key]
+        if not leaf.in_use:
+            raise DataplaneError(f"tenant index {tenant_idx} is not in the active tenant set")
+        for field, pps in values.items():
+            setattr(leaf, field, pps)
+        now = {cls: int(getattr(leaf, field)) for cls, field in self._BUDGET_FIELDS.items()}
+        if any(now.values()):
+            leaf.flags |= POLICY_HAS_BUDGET
+        else:
+            leaf.flags &= ~POLICY_HAS_BUDGET & 0xFFFF
+        table[key] = leaf
+        return now
+
     # -- rules ---------------------------------------------------------------
 
     def add_rule(self, rule: Rule) -> int:
@@ -608,76 +650,25 @@ class Dataplane:
 
     def read_destination_counters(self) -> DestinationCounters:
         """Inbound counters per customer-side address: the per-CPU cache slots
-        plus the spill map of evicted slots, merged by address (two batch reads).
-
-        An address hashes to the same slot on every CPU, so a slot whose live
-        copies all hold one address sums in place (the common case, vectorised);
-        only slots whose CPUs hold different addresses, and spilled counters,
-        are merged by address.
-        """
-        cache = self._maps["sw_addr_cache"]
-        entry = cache.Leaf._type_
+        plus the spill map of evicted slots, merged by address (two batch reads;
+        see `decode_destination_counters`)."""
         _, values, count = self._batch("sw_addr_cache")
-        words_per = ctypes.sizeof(entry) // 8
-        counters_at = entry.counters.offset // 8
-        raw = np.frombuffer(values, dtype=np.uint64).reshape(count, self.ncpus, words_per)
-        head = raw[:, :, 2]  # tenant_idx | generation << 32
-        live = ((head >> 32) != 0) & ((head & 0xFFFFFFFF) != NO_TENANT)
-        any_live = live.any(axis=1)
-        first = live.argmax(axis=1)
-        rows = np.arange(count)
-        rep = raw[rows, first, :2]
-        same = (raw[:, :, :2] == rep[:, None, :]).all(axis=2) | ~live
-        agree = same.all(axis=1) & any_live
-        summed = np.where((live & agree[:, None])[:, :, None], raw[:, :, counters_at:], 0).sum(axis=1)
-        addrs = rep[agree]
-        counters = summed[agree]
-        tenant = (raw[rows, first, 2] & 0xFFFFFFFF).astype(np.uint32)[agree]
-
-        extra_addrs, extra_counters, extra_tenants = [], [], []
-        conflict = live & ~agree[:, None]
-        if conflict.any():
-            extra_addrs.append(raw[conflict][:, :2])
-            extra_counters.append(raw[conflict][:, counters_at:])
-            extra_tenants.append((raw[conflict][:, 2] & 0xFFFFFFFF).astype(np.uint32))
         skeys, svalues, scount = self._batch("sw_addr_spill")
-        spilled = self._maps["sw_addr_spill"].Leaf._type_
-        n_counter_words = ctypes.sizeof(entry) // 8 - counters_at
-        if scount:
-            per_cpu = np.frombuffer(svalues, dtype=np.uint64).reshape(scount, self.ncpus, ctypes.sizeof(spilled) // 8)
-            extra_counters.append(per_cpu[:, :, :n_counter_words].sum(axis=1))
-            extra_addrs.append(np.frombuffer(skeys, dtype=np.uint64).reshape(scount, 2))
-            # The tenant of the last CPU that spilled it (0 words are CPUs that never did).
-            tenant_words = per_cpu[:, :, spilled.tenant_idx.offset // 8] & 0xFFFFFFFF
-            spilled_any = per_cpu[:, :, :n_counter_words].any(axis=2)
-            extra_tenants.append(np.where(spilled_any, tenant_words, NO_TENANT).min(axis=1).astype(np.uint32))
-        if extra_addrs:
-            addrs, counters, tenant = _merge_by_address(
-                addrs, counters, tenant, np.concatenate(extra_addrs), np.concatenate(extra_counters),
-                np.concatenate(extra_tenants))
-        layout = type(entry().counters)  # struct sw_addr_counters, as bcc describes it
-        n_cls = len(TrafficClass)
-        pk, by, dr = (layout.packets.offset // 8, layout.bytes.offset // 8, layout.dropped_packets.offset // 8)
-        return DestinationCounters(
-            addresses=self._addresses(np.ascontiguousarray(addrs)),
-            tenant_idx=tenant,
-            packets=counters[:, pk:pk + n_cls].copy(),
-            bytes=counters[:, by:by + n_cls].copy(),
-            dropped_packets=counters[:, dr].copy(),
-        )
+        layout = self._address_layout()
+        cache = np.frombuffer(values, dtype=np.uint64).reshape(count, self.ncpus, layout.entry_words)
+        spill_keys = np.frombuffer(skeys, dtype=np.uint64).reshape(scount, 2)
+        spill = np.frombuffer(svalues, dtype=np.uint64).reshape(scount, self.ncpus, layout.spilled_words)
+        return decode_destination_counters(cache, spill_keys, spill, layout, self._address_memo)
 
-    def _addresses(self, keys: np.ndarray) -> list[IPAddress]:
-        """Address objects for 16-byte keys, memoised: building 100k of them each tick costs ~0.2 s."""
-        memo = self._address_memo
-        if len(memo) > 4 * self.max_addresses:
-            memo.clear()
-        out = []
-        for raw in keys.view(f"S{keys.shape[1] * keys.itemsize}").ravel().tolist():
-            address = memo.get(raw)
-            if address is None:
-                address = memo[raw] = _address_from_key(raw.ljust(16, b"\0"))
-            out.append(address)
-        return out
+    def _address_layout(self) -> AddressCounterLayout:
+        entry = self._maps["sw_addr_cache"].Leaf._type_
+        spilled = self._maps["sw_addr_spill"].Leaf._type_
+        counters = type(entry().counters)  # struct sw_addr_counters, as bcc describes it
+        return AddressCounterLayout(
+            entry_words=ctypes.sizeof(entry) // 8, counters_at=entry.counters.offset // 8,
+            spilled_words=ctypes.sizeof(spilled) // 8, spilled_tenant_at=spilled.tenant_idx.offset // 8,
+            counter_words=ctypes.sizeof(counters) // 8, packets_at=counters.packets.offset // 8,
+            bytes_at=counters.bytes.offset // 8, dropped_at=counters.dropped_packets.offset // 8)
 
     # -- samples -------------------------------------------------------------
 
@@ -722,6 +713,102 @@ class Dataplane:
             self._write_config(cfg)
         action, duration, _ = bpfsys.prog_test_run(self.fn.fd, frame, repeat)
         return action, duration
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AddressCounterLayout:
+    """Where things are in the per-address maps' values, in 64-bit words (from the compiled
+    program's types; the synthetic benchmark fills in the same layout by hand)."""
+
+    entry_words: int          # struct sw_addr_entry, one cache slot of one CPU
+    counters_at: int          # its struct sw_addr_counters
+    spilled_words: int        # struct sw_addr_spilled, one spill-map value of one CPU
+    spilled_tenant_at: int    # the word holding its tenant_idx (low 32 bits)
+    counter_words: int        # struct sw_addr_counters
+    packets_at: int           # within struct sw_addr_counters: packets[classes]
+    bytes_at: int             # bytes[classes]
+    dropped_at: int           # dropped_packets
+
+
+class AddressMemo:
+    """Address objects for 16-byte map keys, built once per address: building 100k of them
+    each tick costs ~0.2 s. Forgets everything past `limit` addresses (the map's churn)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._memo: dict[bytes, IPAddress] = {}
+
+    def __len__(self) -> int:
+        return len(self._memo)
+
+    def addresses(self, keys: np.ndarray) -> list[IPAddress]:
+        memo = self._memo
+        if len(memo) > self.limit:
+            memo.clear()
+        out = []
+        for raw in keys.view(f"S{keys.shape[1] * keys.itemsize}").ravel().tolist():
+            address = memo.get(raw)
+            if address is None:
+                address = memo[raw] = _address_from_key(raw.ljust(16, b"\0"))
+            out.append(address)
+        return out
+
+
+def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill: np.ndarray,
+                                layout: AddressCounterLayout, memo: AddressMemo) -> DestinationCounters:
+    """Destination counters from the two maps' batch reads.
+
+    `cache`: (slots, CPUs, entry_words) uint64, the per-CPU direct-mapped cache;
+    `spill_keys`: (S, 2) uint64 addresses and `spill`: (S, CPUs, spilled_words) the
+    LRU spill map of evicted slots. An address hashes to the same slot on every CPU,
+    so a slot whose live copies all hold one address sums in place (the common case,
+    vectorised); only slots whose CPUs hold different addresses, and spilled
+    counters, are merged by address.
+    """
+    raw = cache
+    counters_at = layout.counters_at
+    count = raw.shape[0]
+    head = raw[:, :, 2]  # tenant_idx | generation << 32
+    live = ((head >> 32) != 0) & ((head & 0xFFFFFFFF) != NO_TENANT)
+    any_live = live.any(axis=1)
+    first = live.argmax(axis=1)
+    rows = np.arange(count)
+    rep = raw[rows, first, :2]
+    same = (raw[:, :, :2] == rep[:, None, :]).all(axis=2) | ~live
+    agree = same.all(axis=1) & any_live
+    summed = np.where((live & agree[:, None])[:, :, None], raw[:, :, counters_at:], 0).sum(axis=1)
+    addrs = rep[agree]
+    counters = summed[agree]
+    tenant = (raw[rows, first, 2] & 0xFFFFFFFF).astype(np.uint32)[agree]
+
+    extra_addrs, extra_counters, extra_tenants = [], [], []
+    conflict = live & ~agree[:, None]
+    if conflict.any():
+        extra_addrs.append(raw[conflict][:, :2])
+        extra_counters.append(raw[conflict][:, counters_at:])
+        extra_tenants.append((raw[conflict][:, 2] & 0xFFFFFFFF).astype(np.uint32))
+    n_counter_words = layout.counter_words
+    if len(spill_keys):
+        per_cpu = spill
+        extra_counters.append(per_cpu[:, :, :n_counter_words].sum(axis=1))
+        extra_addrs.append(spill_keys)
+        # The tenant of the last CPU that spilled it (0 words are CPUs that never did).
+        tenant_words = per_cpu[:, :, layout.spilled_tenant_at] & 0xFFFFFFFF
+        spilled_any = per_cpu[:, :, :n_counter_words].any(axis=2)
+        extra_tenants.append(np.where(spilled_any, tenant_words, NO_TENANT).min(axis=1).astype(np.uint32))
+    if extra_addrs:
+        addrs, counters, tenant = _merge_by_address(
+            addrs, counters[:, :n_counter_words], tenant, np.concatenate(extra_addrs),
+            np.concatenate(extra_counters)[:, :n_counter_words], np.concatenate(extra_tenants))
+    n_cls = len(TrafficClass)
+    pk, by, dr = layout.packets_at, layout.bytes_at, layout.dropped_at
+    return DestinationCounters(
+        addresses=memo.addresses(np.ascontiguousarray(addrs)),
+        tenant_idx=tenant,
+        packets=counters[:, pk:pk + n_cls].copy(),
+        bytes=counters[:, by:by + n_cls].copy(),
+        dropped_packets=counters[:, dr].copy(),
+    )
 
 
 def _merge_by_address(addrs: np.ndarray, counters: np.ndarray, tenants: np.ndarray, extra_addrs: np.ndarray,
