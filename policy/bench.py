@@ -4,17 +4,30 @@
 feeds the real `PolicyEngine` cumulative counters that grow by noisy per-class
 rates each tick (with LRU churn: a share of addresses disappears and new ones
 appear every tick) plus a stream of samples, and measures each tick's process
-CPU time and the process's peak resident memory. The counter source is a
-`DataplaneLike` generator that lives here because only the benchmark needs it.
+CPU time and the process's peak resident memory. `run_sweep()` runs it for
+several sizes, each in a fresh process so that each peak memory is its own.
+
+The counter source is a `SyntheticDataplane` that hands the engine what the
+kernel's batch reads hand `dataplane.Dataplane`, laid out as the maps are
+(struct sw_addr_entry, sw_addr_spilled, sw_tenant_stats in dataplane/bpf/seawall.h,
+two CPUs), and decodes them with the real reader's own code
+(`dataplane.dataplane.decode_destination_counters`); its tenant read builds its
+`TenantCounters` as `Dataplane.read_tenant_counters` does. So a tick's "read"
+stage costs what the real one costs in user space; the kernel's share of a batch
+read (walking the maps) is not in it. Addresses: 198.18.0.0/15 (131,072), then
+2001:db8::/32 for larger sets (documentation addresses: nothing is sent).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import pathlib
 import resource
 import statistics
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 from typing import Any
@@ -22,14 +35,59 @@ from typing import Any
 import numpy as np
 
 from dataplane.api import DestinationCounters, Rule, RuleCounters, Sample, TenantCounters
-from dataplane.constants import Direction, DropReason, TenantMode, TrafficClass
+from dataplane.constants import (
+    ADDRESS_CACHE_BITS,
+    MAX_TENANTS,
+    RULES_PER_TARGET,
+    Direction,
+    DropReason,
+    TenantMode,
+    TrafficClass,
+)
+from dataplane.dataplane import AddressCounterLayout, AddressMemo, decode_destination_counters
 from policy.config import PolicyConfig
 from policy.engine import PolicyEngine
 from policy.events import EventBus
 from tenants.policy import TenantPolicy
 
 N_CLASSES = len(TrafficClass)
-BASE_ADDRESS = int(ipaddress.IPv4Address("198.18.0.0"))   # the benchmarking range holds 131,072 addresses
+N_REASONS = len(DropReason)
+N_CPUS = 2                                                  # the appliance's CPUs (these VMs have two)
+V4_BASE = int(ipaddress.IPv4Address("198.18.0.0"))
+V4_ADDRESSES = 131_072                                      # the benchmarking range 198.18.0.0/15
+V6_BASE = int(ipaddress.IPv6Address("2001:db8::"))         # one /64 per further destination
+MAX_DESTINATIONS = 2_000_000                                # well within 2001:db8::/32's /64s; memory is the limit
+CACHE_SLOTS = 1 << ADDRESS_CACHE_BITS                       # the dataplane's per-CPU address cache
+BYTES_PER_PACKET = 400                                      # synthetic mean packet size, bytes
+DEFAULT_SWEEP = ((1_000, 1_000), (10_000, 10_000), (100_000, 10_000), (1_000_000, 10_000))
+
+
+def _address_layout() -> AddressCounterLayout:
+    """struct sw_addr_entry / sw_addr_spilled of dataplane/bpf/seawall.h, in 64-bit words."""
+    counter_words = 2 * N_CLASSES + 3          # packets[], bytes[], dropped, outbound packets and bytes
+    # addr (2), tenant_idx + generation (1), is_v6 + attack_classes (1), budget_tokens[4] (2),
+    # budget_ns[4] (4), rule_count + rule_ids[] (u32 each, padded to a word)
+    counters_at = 2 + 1 + 1 + 2 + 4 + (1 + RULES_PER_TARGET + 1) // 2
+    return AddressCounterLayout(entry_words=counters_at + counter_words, counters_at=counters_at,
+                                spilled_words=counter_words + 1, spilled_tenant_at=counter_words,
+                                counter_words=counter_words, packets_at=0, bytes_at=N_CLASSES,
+                                dropped_at=2 * N_CLASSES)
+
+
+LAYOUT = _address_layout()
+_DIR_WORDS = 4 + 2 * N_CLASSES + N_REASONS     # struct sw_direction_stats
+_T_OFFSETS = {"passed_packets": 0, "passed_bytes": 1, "dropped_packets": 2, "dropped_bytes": 3,
+              "class_packets": 4, "class_bytes": 4 + N_CLASSES, "reason_packets": 4 + 2 * N_CLASSES}
+
+
+def destination_addresses(n: int) -> tuple[list[ipaddress.IPv4Address | ipaddress.IPv6Address], np.ndarray]:
+    """`n` addresses and their 16-byte map keys ((n, 2) uint64, IPv4 stored IPv4-mapped)."""
+    n4 = min(n, V4_ADDRESSES)
+    addrs: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ipaddress.IPv4Address(V4_BASE + i)
+                                                                  for i in range(n4)]
+    addrs += [ipaddress.IPv6Address(V6_BASE + ((i + 1) << 64) + 1) for i in range(n - n4)]
+    raw = b"".join((b"\0" * 10 + b"\xff\xff" + a.packed) if a.version == 4 else a.packed for a in addrs)
+    return addrs, np.frombuffer(raw, np.uint64).reshape(n, 2).copy()
 
 
 def _udp_frame() -> bytes:
@@ -46,59 +104,121 @@ _UDP_FRAME = _udp_frame()
 
 
 class SyntheticDataplane:
-    """Cumulative counters for N destinations and T tenants, grown by random rates per tick."""
+    """Cumulative counters for N destinations and T tenants, grown by random rates per tick.
+
+    The dataplane keeps an address's counters in a per-CPU cache slot (hashed by
+    address) until another address takes the slot, which moves them to the spill map:
+    where more addresses share a slot than one, one of them (drawn each tick) holds
+    the slot and the others' counters wait in the spill map, as in the kernel.
+    """
 
     def __init__(self, destinations: int, tenants: int, churn: float, samples_per_tick: int, seed: int) -> None:
-        if not 1 <= destinations <= 131_072:
-            raise ValueError(f"benchmark: destinations must be within 1..131072, got {destinations}")
-        if not 1 <= tenants <= destinations:
-            raise ValueError(f"benchmark: tenants must be within 1..destinations, got {tenants}")
+        if not 1 <= destinations <= MAX_DESTINATIONS:
+            raise ValueError(f"benchmark: destinations must be within 1..{MAX_DESTINATIONS}, got {destinations}")
+        if not 1 <= tenants <= min(destinations, MAX_TENANTS):
+            raise ValueError(f"benchmark: tenants must be within 1..min(destinations, {MAX_TENANTS}), got {tenants}")
         self.rng = np.random.default_rng(seed)
         self.n, self.t = destinations, tenants
         self.churn = churn
         self.samples_per_tick = samples_per_tick
-        self.all_addresses = [ipaddress.IPv4Address(BASE_ADDRESS + i) for i in range(destinations)]
+        _, self.keys = destination_addresses(destinations)
+        self.memo = AddressMemo(4 * destinations)
+        # Any well-mixed hash spreads addresses over slots as the kernel's does.
+        mixed = (self.keys[:, 0] ^ self.keys[:, 1]) * np.uint64(0x9E3779B97F4A7C15)
+        self.cache_slot = (mixed >> np.uint64(64 - ADDRESS_CACHE_BITS)).astype(np.int64)
         self.tenant_of = (np.arange(destinations) % tenants).astype(np.uint32)
         # Packets/s per class: mostly small, a few busy servers; below the warm-up floors, as
         # legitimate traffic of a new address is (the floors are for floods).
         self.mean_pps = np.minimum(self.rng.lognormal(3.0, 1.5, (destinations, N_CLASSES)), 5000.0)
         self.packets = np.zeros((destinations, N_CLASSES), np.uint64)
-        self.bytes = np.zeros((destinations, N_CLASSES), np.uint64)
+        self.spilled = np.zeros((destinations, N_CLASSES), np.uint64)   # the part of `packets` in the spill map
         self.present = np.ones(destinations, bool)
+        self.resident = np.zeros(destinations, bool)
         self.t_packets = np.zeros((tenants, 2, N_CLASSES), np.uint64)
         self.rules: dict[int, Rule] = {}
         self._next_rule = 1
 
+    @property
+    def nbytes(self) -> int:
+        """Memory of the synthetic counters themselves (not the engine's)."""
+        return sum(a.nbytes for a in (self.keys, self.cache_slot, self.tenant_of, self.mean_pps, self.packets,
+                                      self.spilled, self.present, self.resident, self.t_packets))
+
     def advance(self, dt: float) -> None:
         add = self.rng.poisson(self.mean_pps * dt).astype(np.uint64)
         self.packets += add
-        self.bytes += add * np.uint64(400)
         flip = self.rng.random(self.n) < self.churn
         self.present ^= flip
         # Rows outside the LRU have no counters; a row that comes back starts from zero.
         self.packets[~self.present] = 0
-        self.bytes[~self.present] = 0
+        self.spilled[~self.present] = 0
+        # Which present address holds each cache slot this tick: a random one of those sharing it.
+        rows = np.flatnonzero(self.present)
+        order = rows[np.lexsort((self.rng.random(len(rows)), self.cache_slot[rows]))]
+        slots = self.cache_slot[order]
+        last = np.ones(len(order), bool)
+        last[:-1] = slots[1:] != slots[:-1]
+        self.resident[:] = False
+        self.resident[order[last]] = True
+        # An address without its slot has all its counters in the spill map; one that holds it
+        # keeps what was spilled before and counts the rest in the slot.
+        self.spilled[~self.resident] = self.packets[~self.resident]
         per_tenant = np.zeros((self.t, N_CLASSES), np.uint64)
         np.add.at(per_tenant, self.tenant_of, add)
         self.t_packets[:, 0, :] += per_tenant
 
     def read_destination_counters(self) -> DestinationCounters:
-        rows = np.flatnonzero(self.present)
-        return DestinationCounters(addresses=[self.all_addresses[i] for i in rows], tenant_idx=self.tenant_of[rows],
-                                   packets=self.packets[rows], bytes=self.bytes[rows],
-                                   dropped_packets=np.zeros(len(rows), np.uint64))
+        """The two batch reads of `Dataplane.read_destination_counters`, decoded by its code."""
+        lay = LAYOUT
+        half = np.uint64(2)
+        cache = np.zeros((CACHE_SLOTS, N_CPUS, lay.entry_words), np.uint64)
+        held = np.flatnonzero(self.resident)
+        slots = self.cache_slot[held]
+        cached = self.packets[held] - self.spilled[held]
+        c0 = lay.counters_at
+        for cpu, share in enumerate((cached // half, cached - cached // half)):
+            cache[slots, cpu, :2] = self.keys[held]
+            cache[slots, cpu, 2] = self.tenant_of[held].astype(np.uint64) | np.uint64(1 << 32)   # generation 1
+            cache[slots, cpu, c0 + lay.packets_at:c0 + lay.packets_at + N_CLASSES] = share
+            cache[slots, cpu, c0 + lay.bytes_at:c0 + lay.bytes_at + N_CLASSES] = share * np.uint64(BYTES_PER_PACKET)
+        out = np.flatnonzero(self.present & self.spilled.any(axis=1))
+        spill = np.zeros((len(out), N_CPUS, lay.spilled_words), np.uint64)
+        moved = self.spilled[out]
+        for cpu, share in enumerate((moved // half, moved - moved // half)):
+            spill[:, cpu, lay.packets_at:lay.packets_at + N_CLASSES] = share
+            spill[:, cpu, lay.bytes_at:lay.bytes_at + N_CLASSES] = share * np.uint64(BYTES_PER_PACKET)
+            spill[:, cpu, lay.spilled_tenant_at] = self.tenant_of[out]
+        return decode_destination_counters(cache, self.keys[out], spill, lay, self.memo)
 
     def read_tenant_counters(self) -> dict[int, TenantCounters]:
-        zeros2 = np.zeros(2, np.uint64)
-        reasons = np.zeros((2, len(DropReason)), np.uint64)
-        cp = self.t_packets.copy()
-        cb = cp * np.uint64(400)
-        passed = cp.sum(axis=2)
-        passed_b = passed * np.uint64(400)
-        return {t: TenantCounters(passed_packets=passed[t], passed_bytes=passed_b[t], dropped_packets=zeros2,
-                                  dropped_bytes=zeros2, class_packets=cp[t], class_bytes=cb[t],
-                                  reason_packets=reasons)
-                for t in range(self.t)}
+        """As `Dataplane.read_tenant_counters`: the whole per-CPU map, summed, one object per tenant."""
+        raw = np.zeros((MAX_TENANTS + 1, N_CPUS, 2 * _DIR_WORDS), np.uint64)
+        cp = self.t_packets
+        cls, cb = _T_OFFSETS["class_packets"], _T_OFFSETS["class_bytes"]
+        for d in range(2):
+            base = d * _DIR_WORDS
+            raw[:self.t, 0, base + cls:base + cls + N_CLASSES] = cp[:, d]
+            raw[:self.t, 0, base + cb:base + cb + N_CLASSES] = cp[:, d] * np.uint64(BYTES_PER_PACKET)
+            raw[:self.t, 0, base] = cp[:, d].sum(axis=1)
+            raw[:self.t, 0, base + 1] = raw[:self.t, 0, base] * np.uint64(BYTES_PER_PACKET)
+        words = raw.sum(axis=1)
+        nonzero = words.any(axis=1)
+        off = _T_OFFSETS
+        out: dict[int, TenantCounters] = {}
+        for idx in range(len(words)):
+            if not nonzero[idx]:
+                continue
+            row = words[idx].reshape(2, _DIR_WORDS)
+            out[int(idx)] = TenantCounters(
+                passed_packets=row[:, off["passed_packets"]].copy(),
+                passed_bytes=row[:, off["passed_bytes"]].copy(),
+                dropped_packets=row[:, off["dropped_packets"]].copy(),
+                dropped_bytes=row[:, off["dropped_bytes"]].copy(),
+                class_packets=row[:, cls:cls + N_CLASSES].copy(),
+                class_bytes=row[:, cb:cb + N_CLASSES].copy(),
+                reason_packets=row[:, off["reason_packets"]:off["reason_packets"] + N_REASONS].copy(),
+            )
+        return out
 
     def attack(self, rows: np.ndarray, syn_pps: float) -> None:
         """From now on, `rows` also receive a SYN flood of `syn_pps` packets/s each."""
@@ -134,8 +254,8 @@ def run_benchmark(destinations: int = 100_000, tenants: int = 10_000, ticks: int
     own CPU milliseconds without that read, per-stage CPU milliseconds, and the
     process's peak resident memory.
     """
-    if not 1 <= destinations <= 131_072:
-        raise ValueError(f"benchmark: destinations must be within 1..131072, got {destinations}")
+    if not 1 <= destinations <= MAX_DESTINATIONS:
+        raise ValueError(f"benchmark: destinations must be within 1..{MAX_DESTINATIONS}, got {destinations}")
     if ticks < 2:
         raise ValueError("benchmark: at least 2 timed ticks")
     if not 0 <= attacked <= destinations:
@@ -183,4 +303,49 @@ def run_benchmark(destinations: int = 100_000, tenants: int = 10_000, ticks: int
         "setup_cpu_s": round(build_s, 2),
         "peak_rss_mib": round(rss_kib / 1024, 1),
         "peak_rss_growth_mib": round((rss_kib - rss_before_kib) / 1024, 1),
+        # Part of the peak that is the synthetic dataplane's own counters, not the engine's.
+        "synthetic_counters_mib": round(dp.nbytes / 2**20, 1),
     }
+
+
+def run_sweep(sizes: tuple[tuple[int, int], ...] = DEFAULT_SWEEP, ticks: int = 10,
+              progress: Any = None, **kwargs: Any) -> list[dict[str, Any]]:
+    """`run_benchmark` for each (destinations, tenants), each in its own Python process so
+    that each peak resident memory belongs to that size alone."""
+    for destinations, tenants in sizes:
+        if not 1 <= destinations <= MAX_DESTINATIONS or not 1 <= tenants <= min(destinations, MAX_TENANTS):
+            raise ValueError(f"benchmark: size {destinations} destinations × {tenants} tenants is out of range "
+                             f"(destinations 1..{MAX_DESTINATIONS}, tenants 1..min(destinations, {MAX_TENANTS}))")
+    results = []
+    for destinations, tenants in sizes:
+        if progress is not None:
+            progress(f"{destinations:,} destinations, {tenants:,} tenants, {ticks} ticks")
+        args = json.dumps({"destinations": destinations, "tenants": tenants, "ticks": ticks, **kwargs})
+        proc = subprocess.run([sys.executable, "-m", "policy.bench", args], capture_output=True, text=True,
+                              check=False, cwd=pathlib.Path(__file__).resolve().parent.parent)
+        if proc.returncode != 0:
+            raise RuntimeError(f"benchmark at {destinations} destinations failed: {proc.stderr.strip()[-2000:]}")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return results
+
+
+def render_sweep(results: list[dict[str, Any]]) -> str:
+    """A Markdown table of `run_sweep` results."""
+    lines = ["| destinations | tenants | tick CPU ms (median) | max | read ms | engine ms | peak RSS MiB "
+             "| of which synthetic counters |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r['destinations']:,} | {r['tenants']:,} | {r['tick_cpu_ms_median']} | {r['tick_cpu_ms_max']} "
+                     f"| {r['stage_ms_median'].get('read', 0.0)} | {r['engine_ms_median']} | {r['peak_rss_mib']} "
+                     f"| {r['synthetic_counters_mib']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m policy.bench '{"destinations": ..., ...}'`: one run, its figures as JSON on the last line."""
+    print(json.dumps(run_benchmark(**json.loads(argv[0]))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

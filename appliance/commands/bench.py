@@ -33,6 +33,9 @@ def register(subparsers) -> None:
     pol.add_argument("--destinations", type=int, default=100_000)
     pol.add_argument("--tenants", type=int, default=10_000)
     pol.add_argument("--ticks", type=int, default=20)
+    pol.add_argument("--scale", nargs="?", const="default", metavar="D:T,...",
+                     help="sweep sizes, each in its own process (destinations:tenants pairs; "
+                          "without a value 1000:1000,10000:10000,100000:10000,1000000:10000); prints a table")
     pol.add_argument("--json", action="store_true")
     pol.set_defaults(func=bench_policy)
 
@@ -55,11 +58,39 @@ def bench_dataplane(args) -> int:
     return 0
 
 
-def bench_policy(args) -> int:
-    from policy.bench import run_benchmark  # noqa: PLC0415
+def _parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    sizes = []
+    for part in text.split(","):
+        dest, sep, tenants = part.strip().partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            sizes.append((int(dest.replace("_", "")), int(tenants.replace("_", ""))))
+        except ValueError:
+            raise ValueError(f"--scale: {part.strip()!r} is not DESTINATIONS:TENANTS") from None
+    return tuple(sizes)
 
+
+def bench_policy(args) -> int:
+    from policy.bench import DEFAULT_SWEEP, render_sweep, run_benchmark, run_sweep  # noqa: PLC0415
+
+    if args.scale is not None:
+        try:
+            sizes = DEFAULT_SWEEP if args.scale == "default" else _parse_sizes(args.scale)
+            results = run_sweep(sizes, ticks=args.ticks, progress=_progress)
+        except ValueError as exc:
+            print(f"seawall bench policy: {exc}", file=sys.stderr)
+            return 2
+        print(render_sweep(results))
+        if args.json:
+            print(json.dumps({"sweep": results}))
+        return 0
     _progress(f"{args.destinations:,} destinations, {args.tenants:,} tenants, {args.ticks} ticks")
-    result = run_benchmark(destinations=args.destinations, tenants=args.tenants, ticks=args.ticks)
+    try:
+        result = run_benchmark(destinations=args.destinations, tenants=args.tenants, ticks=args.ticks)
+    except ValueError as exc:
+        print(f"seawall bench policy: {exc}", file=sys.stderr)
+        return 2
     for key, value in result.items():
         print(f"{key:<32} {value}")
     if args.json:

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
+
+import numpy as np
 import pytest
 
-from policy.bench import run_benchmark
+from policy.bench import (
+    MAX_DESTINATIONS,
+    V4_ADDRESSES,
+    SyntheticDataplane,
+    destination_addresses,
+    render_sweep,
+    run_benchmark,
+    run_sweep,
+)
 
 
 def test_benchmark_returns_figures():
@@ -22,3 +33,50 @@ def test_benchmark_rejects_bad_sizes():
         run_benchmark(destinations=0)
     with pytest.raises(ValueError, match="timed ticks"):
         run_benchmark(destinations=10, tenants=1, ticks=1)
+
+
+def test_sweep_runs_each_size_in_its_own_process_and_renders_a_table():
+    sizes = ((400, 40), (2500, 250))
+    results = run_sweep(sizes, ticks=3, warmup_ticks=3, attacked=2, samples_per_tick=100)
+    assert [(r["destinations"], r["tenants"]) for r in results] == list(sizes)
+    for r in results:
+        assert r["events"] >= 2                              # each size saw its attack
+        assert 0 < r["tick_cpu_ms_median"] <= r["tick_cpu_ms_max"]
+        assert r["stage_ms_median"]["read"] > 0
+        assert r["peak_rss_mib"] > r["synthetic_counters_mib"] > 0
+    # More destinations, more synthetic counter memory: each process measured its own size.
+    assert results[1]["synthetic_counters_mib"] > results[0]["synthetic_counters_mib"]
+    table = render_sweep(results)
+    assert table.count("\n") == 1 + len(sizes) and "| 2,500 | 250 |" in table
+
+
+def test_sweep_rejects_bad_sizes_before_running_anything():
+    with pytest.raises(ValueError, match="out of range"):
+        run_sweep(((1000, 100), (10, 20)))                   # more tenants than destinations
+    with pytest.raises(ValueError, match="out of range"):
+        run_sweep(((MAX_DESTINATIONS + 1, 10),))
+
+
+def test_large_sets_use_ipv6_documentation_addresses_after_the_benchmarking_range():
+    addrs, keys = destination_addresses(V4_ADDRESSES + 3)
+    assert addrs[0] == ipaddress.ip_address("198.18.0.0") and addrs[V4_ADDRESSES - 1] == ipaddress.ip_address(
+        "198.19.255.255")
+    v6 = addrs[V4_ADDRESSES:]
+    assert all(a in ipaddress.ip_network("2001:db8::/32") for a in v6) and len(set(v6)) == 3
+    # Map keys: IPv4-mapped for IPv4, the address itself for IPv6 (as the dataplane stores them).
+    assert keys[0].tobytes() == b"\0" * 10 + b"\xff\xff" + bytes([198, 18, 0, 0])
+    assert keys[-1].tobytes() == addrs[-1].packed
+
+
+def test_synthetic_counters_decode_to_the_ground_truth_through_cache_and_spill():
+    dp = SyntheticDataplane(destinations=70_000, tenants=7, churn=0.0, samples_per_tick=0, seed=3)
+    for _ in range(3):
+        dp.advance(1.0)
+    read = dp.read_destination_counters()
+    assert len(read.addresses) == 70_000                     # more than the cache's slots: some spilled
+    assert dp.spilled.any() and dp.resident.sum() < 70_000
+    addrs, _ = destination_addresses(70_000)
+    row = {a: i for i, a in enumerate(addrs)}
+    order = np.array([row[a] for a in read.addresses])
+    np.testing.assert_array_equal(read.packets, dp.packets[order])
+    np.testing.assert_array_equal(read.tenant_idx, dp.tenant_of[order])
