@@ -23,7 +23,6 @@ import json
 import os
 import pathlib
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,8 +34,11 @@ import structlog
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
+from appliance.bench import echo
 from appliance.bench.compare_lab import (
     DIRECT_SERVER,
+    DUT_CPU,
+    GENERATOR_CPU,
     THROUGH_SERVER,
     BenchError,
     CompareLab,
@@ -57,8 +59,8 @@ ECHO_PORT = 7007
 ECHO_TENANT_PREFIX = f"{THROUGH_SERVER}/32"
 NTP_PAYLOAD = 440                 # bytes: a monlist response entry block (IP length 468)
 SYN_SOURCES_MASK = 0xFFFF         # randomized low source bits: 198.19.0.0/16
-LATENCY_TIMEOUT_S = 0.5           # seconds before one echo counts as lost
-ECHO_READY_TIMEOUT_S = 10.0
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+ECHO_STARTUP_S = 30.0             # seconds for the echo client's interpreter to start, on a busy machine
 DETECTION_METHOD = ("Seconds from a flood's onset to Seawall's incident and to FastNetMon's ban callback, both "
                     "watching the same flood: Seawall with every tenant in monitor mode (it forwards everything), "
                     "FastNetMon mirroring the customer switch's uplink behind it (the generator's XDP frames meet "
@@ -336,36 +338,17 @@ def run_forward(lab: CompareLab, sizes: Sizes, progress: Callable[[str], None]) 
 
 # -- latency ------------------------------------------------------------------------------------
 
-ECHO_SERVER = """
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", int(sys.argv[1])))
-print("ready", flush=True)
-while True:
-    data, peer = s.recvfrom(2048)
-    s.sendto(data, peer)
-"""
-
-
-def rtt_samples(sock: socket.socket, server: str, count: int) -> tuple[list[float], int]:
-    """RTTs in microseconds of `count` sequential echoes; lost ones are counted, not sampled."""
-    sock.settimeout(LATENCY_TIMEOUT_S)
-    rtts: list[float] = []
-    lost = 0
-    for seq in range(count):
-        payload = seq.to_bytes(8, "big") + b"\x00" * 56
-        t0 = time.perf_counter_ns()
-        sock.sendto(payload, (server, ECHO_PORT))
-        try:
-            while True:
-                data, _ = sock.recvfrom(2048)
-                if data[:8] == payload[:8]:
-                    break
-        except TimeoutError:
-            lost += 1
-            continue
-        rtts.append((time.perf_counter_ns() - t0) / 1000)
-    return rtts, lost
+ECHO_CPU = DUT_CPU                # vCPU of both echo endpoints: away from the generator's
+LATENCY_PATHS = {"direct": DIRECT_SERVER, "through_seawall": THROUGH_SERVER}
+LATENCY_METHOD = ("UDP echo (64-byte payload), sequential, from a client in the generator namespace to a server in "
+                  "the sink namespace, either over the direct veth or through the DUT's veths with Seawall "
+                  "bridging them (mitigate mode, the tenant set of the forwarding part loaded). Client and server "
+                  "are their own processes, both pinned to vCPU {cpu}; the generator (the flood) is pinned to vCPU "
+                  "{gen_cpu}. NAPI runs in softirq, as after a NIC's interrupt (the drop and forwarding parts "
+                  "use threaded NAPI to read the DUT's CPU time; its kthread wake-ups would add 10-25 us per "
+                  "echo that belong to the bench). The paths alternate in {rounds} rounds of {per_round} echoes "
+                  "each; figures are medians over the rounds (min-max), and 'added' is through minus direct "
+                  "within each round. The flood: NTP reflection, paced at {flood:,} packets/s, dropped by Seawall.")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -373,57 +356,83 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
+def _median_min_max(values: list[float]) -> tuple[float, list[float]]:
+    return round(statistics.median(values), 1), [round(min(values), 1), round(max(values), 1)]
+
+
+def latency_figures(rounds: dict[str, list[dict]]) -> dict:
+    """Per path: p50 and p99 as medians over rounds (min-max); added: through minus direct, per round."""
+    out: dict = {}
+    per_round: dict[str, dict[str, list[float]]] = {}
+    for path, samples in rounds.items():
+        if any(not r["rtts_us"] for r in samples):
+            raise BenchError(f"latency: every echo of a round on the {path} path was lost")
+        per_round[path] = {q: [percentile(r["rtts_us"], int(q[1:])) for r in samples] for q in ("p50", "p99")}
+        figures: dict = {}
+        for q, values in per_round[path].items():
+            figures[f"{q}_us"], figures[f"{q}_min_max_us"] = _median_min_max(values)
+        out[path] = {**figures, "samples": sum(len(r["rtts_us"]) for r in samples),
+                     "lost": sum(r["lost"] for r in samples)}
+    for q in ("p50", "p99"):
+        added = [t - d for t, d in zip(per_round["through_seawall"][q], per_round["direct"][q], strict=True)]
+        out[f"added_{q}_us"], out[f"added_{q}_min_max_us"] = _median_min_max(added)
+    out["rounds"] = len(rounds["direct"])
+    return out
+
+
+def _echo_rounds(lab: CompareLab, sizes: Sizes) -> dict[str, list[dict]]:
+    rounds = max(1, sizes.runs)
+    per_round = max(1, sizes.latency_samples // rounds)
+    argv = ["ip", "netns", "exec", lab.gen_ns, sys.executable, "-m", "appliance.bench.echo", "ping", str(ECHO_PORT),
+            str(ECHO_CPU), str(per_round), str(rounds), *(f"{path}={address}" for path, address in LATENCY_PATHS.items())]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO_ROOT,
+                          timeout=ECHO_STARTUP_S + echo.READY_TIMEOUT_S * len(LATENCY_PATHS)
+                          + rounds * per_round * len(LATENCY_PATHS) * echo.LOST_AFTER_S)
+    if proc.returncode != 0:
+        raise BenchError(f"echo client: {proc.stderr.strip()[-500:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def run_latency(lab: CompareLab, sizes: Sizes, progress: Callable[[str], None]) -> dict:
     prefixes = tenant_prefixes(sizes.prefixes[-1])
-    lab.sink_drop(False)
-    server = subprocess.Popen(["ip", "netns", "exec", lab.sink_ns, sys.executable, "-c", ECHO_SERVER,
-                               str(ECHO_PORT)], stdout=subprocess.PIPE, text=True)
-    sock = run_in_netns(lab.gen_ns, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
+    rounds = max(1, sizes.runs)
     out: dict[str, dict] = {}
+    lab.sink_drop(False)
+    server = subprocess.Popen(["ip", "netns", "exec", lab.sink_ns, sys.executable, "-m", "appliance.bench.echo",
+                               "serve", str(ECHO_PORT), str(ECHO_CPU)], stdout=subprocess.PIPE, text=True,
+                              cwd=REPO_ROOT)
     try:
         if server.stdout is None or server.stdout.readline().strip() != "ready":
             raise BenchError("the echo server did not start")
-        with seawall(lab, prefixes, echo_tenant=True):
-            _wait_echo(sock, THROUGH_SERVER)
-            _wait_echo(sock, DIRECT_SERVER)
+        with lab.softirq_napi(), seawall(lab, prefixes, echo_tenant=True):
             for load in ("light", "flood"):
-                stop = None
-                if load == "flood":
-                    assert lab.generator is not None
-                    frame, edits = ntp_flood(target_of(prefixes))
-                    stop = lab.generator.start_paced(frame, edits, sizes.flood_pps)
-                    rx0, t0 = lab.rx_packets(lab.dut_ns, lab.dut_in), time.monotonic()
+                progress(f"latency: {load}, {rounds} rounds of direct and through Seawall, "
+                         f"{sizes.latency_samples} echoes each")
+                if load == "light":
+                    out[load] = latency_figures(_echo_rounds(lab, sizes))
+                    continue
+                assert lab.generator is not None
+                frame, edits = ntp_flood(target_of(prefixes))
+                rx0, t0 = lab.rx_packets(lab.dut_ns, lab.dut_in), time.monotonic()
+                stop = lab.generator.start_paced(frame, edits, sizes.flood_pps)
                 try:
-                    for path, address in (("direct", DIRECT_SERVER), ("through_seawall", THROUGH_SERVER)):
-                        progress(f"latency: {load}, {path}, {sizes.latency_samples} echoes")
-                        rtts, lost = rtt_samples(sock, address, sizes.latency_samples)
-                        out.setdefault(load, {})[path] = {
-                            "p50_us": round(percentile(rtts, 50), 1), "p99_us": round(percentile(rtts, 99), 1),
-                            "samples": len(rtts), "lost": lost}
+                    out[load] = latency_figures(_echo_rounds(lab, sizes))
                 finally:
-                    if stop is not None:
-                        stop.set()
-                        lab.generator.finish_paced()
-                        rate = (lab.rx_packets(lab.dut_ns, lab.dut_in) - rx0) / (time.monotonic() - t0)
-                        out[load]["flood_pps_received"] = round(rate)
-                for q in ("p50", "p99"):
-                    out[load][f"added_{q}_us"] = round(out[load]["through_seawall"][f"{q}_us"]
-                                                       - out[load]["direct"][f"{q}_us"], 1)
+                    stop.set()
+                    lab.generator.finish_paced()
+                rate = (lab.rx_packets(lab.dut_ns, lab.dut_in) - rx0) / (time.monotonic() - t0)
+                out[load]["flood_pps_received"] = round(rate)
     finally:
-        sock.close()
         server.terminate()
         server.wait(5)
         lab.sink_drop(True)
     return out
 
 
-def _wait_echo(sock: socket.socket, server: str) -> None:
-    deadline = time.monotonic() + ECHO_READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        rtts, _ = rtt_samples(sock, server, 1)
-        if rtts:
-            return
-    raise BenchError(f"no echo from {server} within {ECHO_READY_TIMEOUT_S}s")
+def latency_method(sizes: Sizes) -> str:
+    rounds = max(1, sizes.runs)
+    return LATENCY_METHOD.format(cpu=ECHO_CPU, gen_cpu=GENERATOR_CPU, rounds=rounds,
+                                 per_round=max(1, sizes.latency_samples // rounds), flood=sizes.flood_pps)
 
 
 # -- scale (BPF_PROG_TEST_RUN) ------------------------------------------------------------------
@@ -573,7 +582,7 @@ def headline(result: dict) -> dict:
 
 
 # part -> the keys of compare.json it writes
-PART_KEYS = {"drop": ("drop",), "forward": ("forward",), "latency": ("latency",), "scale": ("scale",),
+PART_KEYS = {"drop": ("drop",), "forward": ("forward",), "latency": ("latency", "latency_method"), "scale": ("scale",),
              "control": ("control_plane",), "detection": ("detection", "detection_method", "detection_reason")}
 
 
@@ -621,6 +630,8 @@ def run(sizes: Sizes, out_dir: pathlib.Path, progress: Callable[[str], None],
             for part, function in (("drop", run_drop), ("forward", run_forward), ("latency", run_latency)):
                 if part in parts:
                     result[part] = function(lab, sizes, progress)
+                    if part == "latency":
+                        result["latency_method"] = latency_method(sizes)
                     compare_report.write(result, out_dir)   # partial results survive a later failure
         finally:
             lab.down()

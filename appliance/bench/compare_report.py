@@ -55,13 +55,13 @@ def render_markdown(result: dict) -> str:
                          f"{cell['delivered']:,} of {cell['packets']:,} |")
         lines.append("")
     if "latency" in result:
-        lines += ["## Latency added (UDP echo, µs)", "",
-                  "| load | path | p50 | p99 | samples | lost |", "|---|---|---:|---:|---:|---:|"]
+        lines += ["## Latency added (UDP echo, µs)", "", result.get("latency_method", ""), "",
+                  "| load | path | p50 [min, max] | p99 [min, max] | samples | lost |", "|---|---|---:|---:|---:|---:|"]
         for load, paths in result["latency"].items():
             for path in ("direct", "through_seawall"):
                 p = paths[path]
-                lines.append(f"| {load} | {path} | {p['p50_us']} | {p['p99_us']} | {p['samples']} | {p['lost']} |")
-            lines.append(f"| {load} | **added** | **{paths['added_p50_us']}** | **{paths['added_p99_us']}** | | |")
+                lines.append(f"| {load} | {path} | {_us(p, 'p50')} | {_us(p, 'p99')} | {p['samples']} | {p['lost']} |")
+            lines.append(f"| {load} | **added** | **{_us(paths, 'added_p50')}** | **{_us(paths, 'added_p99')}** | | |")
         flood = result["latency"].get("flood", {}).get("flood_pps_received")
         if flood:
             lines.append(f"\nFlood: NTP reflection, {flood:,} packets/s received by the DUT and dropped by Seawall.")
@@ -105,6 +105,12 @@ def render_markdown(result: dict) -> str:
         lines += ["Figures kept from earlier runs: " + "; ".join(
             f"{part} from {c.get('started')} of {c.get('source')}" for part, c in carried.items()), ""]
     return "\n".join(lines)
+
+
+def _us(cell: dict, key: str) -> str:
+    """`key`_us with its min-max over rounds when the run recorded them (runs before rounds did not)."""
+    spread = cell.get(f"{key}_min_max_us")
+    return f"{cell[f'{key}_us']} [{spread[0]}, {spread[1]}]" if spread else str(cell[f"{key}_us"])
 
 
 def _seconds(value: float | None) -> str:

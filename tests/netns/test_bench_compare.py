@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import subprocess
 
 import pytest
 
-from appliance.bench import compare
+from appliance.bench import compare, compare_lab
 from appliance.bench.compare_lab import CompareLab
 
 TINY = dataclasses.replace(compare.QUICK, packets=20_000, runs=2, prefixes=(1, 100), latency_samples=50,
@@ -65,14 +66,23 @@ def test_drop_and_forward_figures_are_sane(lab):
 
 
 def test_latency_and_report(lab, tmp_path):
+    dut_kthread = lab.dut_kthread
     latency = compare.run_latency(lab, TINY, lambda _m: None)
     for load in ("light", "flood"):
+        assert latency[load]["rounds"] == TINY.runs
         for path in ("direct", "through_seawall"):
             figures = latency[load][path]
             assert figures["samples"] >= 0.9 * TINY.latency_samples
             assert 0 < figures["p50_us"] <= figures["p99_us"] < 1e6
+            assert figures["p50_min_max_us"][0] <= figures["p50_us"] <= figures["p50_min_max_us"][1]
     assert latency["flood"]["flood_pps_received"] > 0
+    # Latency ran with NAPI in softirq; the drop and forward parts get their threaded, pinned kthreads back.
+    assert lab.napi_threaded(lab.dut_ns, lab.dut_in) and lab.napi_threaded(lab.sink_ns, lab.sink_if)
+    assert lab.dut_kthread not in (0, dut_kthread), "the kernel starts a new kthread when threading comes back"
+    assert os.sched_getaffinity(lab.dut_kthread) == {compare_lab.DUT_CPU}
+    assert lab.kthread_cpu_ns() > 0
     result = {"sizes": dataclasses.asdict(TINY), "started": "now", "latency": latency,
+              "latency_method": compare.latency_method(TINY),
               "host": {"kernel": "k", "cpus": 2, "note": "test"}, "detection": None, "detection_reason": "n/a"}
     result["headline"] = compare.headline(result)
     from appliance.bench import compare_report
@@ -80,6 +90,7 @@ def test_latency_and_report(lab, tmp_path):
     files = compare_report.write(result, tmp_path)
     assert json.loads((tmp_path / "compare.json").read_text())["headline"]["latency_added_us_p50"].keys() == {
         "light", "flood"}
+    assert "NAPI runs in softirq" in (tmp_path / "compare.md").read_text()
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert all(pathlib.Path(f).stat().st_size > 0 for f in files)
 
