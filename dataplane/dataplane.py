@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import dataclasses
 import ipaddress
+import itertools
 import os
 import pathlib
 import re
@@ -731,27 +732,41 @@ class AddressCounterLayout:
 
 
 class AddressMemo:
-    """Address objects for 16-byte map keys, built once per address: building 100k of them
-    each tick costs ~0.2 s. Forgets everything past `limit` addresses (the map's churn)."""
+    """Interned address objects for 16-byte map keys, each with a small integer id.
+
+    Building 100k ipaddress objects each tick costs ~0.2 s, so each address is built
+    once and handed out again (the same object every read, which the policy engine's
+    slot table relies on to skip hashing). The ids let a read merge rows by address
+    with numpy. Forgets everything past `limit` addresses (the map's churn).
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._memo: dict[bytes, IPAddress] = {}
+        self._ids: dict[bytes, int] = {}
+        self._objects: list[IPAddress] = []
 
     def __len__(self) -> int:
-        return len(self._memo)
+        return len(self._objects)
 
-    def addresses(self, keys: np.ndarray) -> list[IPAddress]:
-        memo = self._memo
-        if len(memo) > self.limit:
-            memo.clear()
-        out = []
-        for raw in keys.view(f"S{keys.shape[1] * keys.itemsize}").ravel().tolist():
-            address = memo.get(raw)
-            if address is None:
-                address = memo[raw] = _address_from_key(raw.ljust(16, b"\0"))
-            out.append(address)
-        return out
+    def ids(self, keys: np.ndarray) -> np.ndarray:
+        """(N,) int64 ids of (N, 2) uint64 keys; ids are valid until the next call."""
+        if len(self._objects) > self.limit:
+            self._ids.clear()
+            self._objects.clear()
+        # S16 drops trailing NUL bytes, which keeps the strings distinct (all are 16 bytes long).
+        raws = np.ascontiguousarray(keys, np.uint64).view("S16").ravel().tolist()
+        ids = np.fromiter(map(self._ids.get, raws, itertools.repeat(-1)), np.int64, len(raws))
+        for i in np.flatnonzero(ids < 0).tolist():
+            raw = raws[i]
+            known = self._ids.get(raw)   # the same new address twice in one call
+            if known is None:
+                known = self._ids[raw] = len(self._objects)
+                self._objects.append(_address_from_key(raw.ljust(16, b"\0")))
+            ids[i] = known
+        return ids
+
+    def objects(self, ids: np.ndarray) -> list[IPAddress]:
+        return list(map(self._objects.__getitem__, ids.tolist()))
 
 
 def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill: np.ndarray,
@@ -781,29 +796,30 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
     counters = summed[agree]
     tenant = (raw[rows, first, 2] & 0xFFFFFFFF).astype(np.uint32)[agree]
 
-    extra_addrs, extra_counters, extra_tenants = [], [], []
-    conflict = live & ~agree[:, None]
-    if conflict.any():
-        extra_addrs.append(raw[conflict][:, :2])
-        extra_counters.append(raw[conflict][:, counters_at:])
-        extra_tenants.append((raw[conflict][:, 2] & 0xFFFFFFFF).astype(np.uint32))
     n_counter_words = layout.counter_words
+    counters = counters[:, :n_counter_words]
+    conflict = live & ~agree[:, None]
+    conflict_rows = raw[conflict]
     if len(spill_keys):
-        per_cpu = spill
-        extra_counters.append(per_cpu[:, :, :n_counter_words].sum(axis=1))
-        extra_addrs.append(spill_keys)
+        spill_counters = spill[:, :, :n_counter_words].sum(axis=1)
         # The tenant of the last CPU that spilled it (0 words are CPUs that never did).
-        tenant_words = per_cpu[:, :, layout.spilled_tenant_at] & 0xFFFFFFFF
-        spilled_any = per_cpu[:, :, :n_counter_words].any(axis=2)
-        extra_tenants.append(np.where(spilled_any, tenant_words, NO_TENANT).min(axis=1).astype(np.uint32))
-    if extra_addrs:
-        addrs, counters, tenant = _merge_by_address(
-            addrs, counters[:, :n_counter_words], tenant, np.concatenate(extra_addrs),
-            np.concatenate(extra_counters)[:, :n_counter_words], np.concatenate(extra_tenants))
+        tenant_words = spill[:, :, layout.spilled_tenant_at] & 0xFFFFFFFF
+        spilled_any = spill[:, :, :n_counter_words].any(axis=2)
+        spill_tenants = np.where(spilled_any, tenant_words, NO_TENANT).min(axis=1).astype(np.uint32)
+    else:
+        spill_counters = np.zeros((0, n_counter_words), np.uint64)
+        spill_tenants = np.zeros(0, np.uint32)
+    ids = memo.ids(np.concatenate([addrs, conflict_rows[:, :2], spill_keys.reshape(-1, 2)]))
+    n_agree, n_conflict = len(addrs), len(conflict_rows)
+    ids, counters, tenant = _merge_by_address(
+        ids[:n_agree], counters, tenant, len(memo),
+        ids[n_agree:n_agree + n_conflict], conflict_rows[:, counters_at:counters_at + n_counter_words],
+        (conflict_rows[:, 2] & 0xFFFFFFFF).astype(np.uint32),
+        ids[n_agree + n_conflict:], spill_counters, spill_tenants)
     n_cls = len(TrafficClass)
     pk, by, dr = layout.packets_at, layout.bytes_at, layout.dropped_at
     return DestinationCounters(
-        addresses=memo.addresses(np.ascontiguousarray(addrs)),
+        addresses=memo.objects(ids),
         tenant_idx=tenant,
         packets=counters[:, pk:pk + n_cls].copy(),
         bytes=counters[:, by:by + n_cls].copy(),
@@ -811,35 +827,51 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
     )
 
 
-def _merge_by_address(addrs: np.ndarray, counters: np.ndarray, tenants: np.ndarray, extra_addrs: np.ndarray,
-                      extra_counters: np.ndarray, extra_tenants: np.ndarray):
-    """Adds rows keyed by address (two uint64 words) into the unique rows `addrs`; new addresses append.
-    A row without a tenant (spilled) takes the tenant of a cached copy of the same address."""
-    index = {a: i for i, a in enumerate(map(tuple, addrs.tolist()))}
+def _merge_by_address(ids: np.ndarray, counters: np.ndarray, tenants: np.ndarray, n_ids: int,
+                      conflict_ids: np.ndarray, conflict_counters: np.ndarray, conflict_tenants: np.ndarray,
+                      spill_ids: np.ndarray, spill_counters: np.ndarray, spill_tenants: np.ndarray):
+    """Adds rows keyed by address id into the unique rows `ids`; new addresses append.
+
+    `conflict_*` (cache slots whose CPUs hold different addresses: rare, may repeat an
+    address) are merged one by one; `spill_*` (the spill map: one row per address) at
+    once. A row without a tenant (spilled) takes the tenant of another copy of the same
+    address. `n_ids` bounds the ids (the memo's size).
+    """
+    row_of = np.full(n_ids, -1, np.int64)
+    row_of[ids] = np.arange(len(ids))
     counters = counters.copy()
     tenants = tenants.copy()
-    new_addrs, new_counters, new_tenants = [], [], []
-    for a, c, t in zip(map(tuple, extra_addrs.tolist()), extra_counters, extra_tenants, strict=True):
-        i = index.get(a)
-        if i is None:
-            index[a] = len(addrs) + len(new_addrs)
-            new_addrs.append(a)
+    new_ids, new_counters, new_tenants = [], [], []
+    for a, c, t in zip(conflict_ids.tolist(), conflict_counters, conflict_tenants.tolist(), strict=True):
+        i = int(row_of[a])
+        if i < 0:
+            row_of[a] = len(ids) + len(new_ids)
+            new_ids.append(a)
             new_counters.append(c.copy())
             new_tenants.append(t)
-        elif i < len(addrs):
+        elif i < len(ids):
             counters[i] += c
             if tenants[i] == NO_TENANT:
                 tenants[i] = t
         else:
-            j = i - len(addrs)
+            j = i - len(ids)
             new_counters[j] += c
             if new_tenants[j] == NO_TENANT:
                 new_tenants[j] = t
-    if new_addrs:
-        addrs = np.concatenate([addrs, np.array(new_addrs, dtype=np.uint64).reshape(-1, 2)])
-        counters = np.concatenate([counters, np.array(new_counters, dtype=np.uint64)])
-        tenants = np.concatenate([tenants, np.array(new_tenants, dtype=np.uint32)])
-    return addrs, counters, tenants
+    if new_ids:
+        ids = np.concatenate([ids, np.array(new_ids, np.int64)])
+        counters = np.concatenate([counters, np.array(new_counters, np.uint64).reshape(-1, counters.shape[1])])
+        tenants = np.concatenate([tenants, np.array(new_tenants, np.uint32)])
+    if len(spill_ids):
+        at = row_of[spill_ids]
+        hit = at >= 0
+        rows = at[hit]                       # distinct: the spill map holds each address once
+        counters[rows] += spill_counters[hit]
+        tenants[rows] = np.where(tenants[rows] == NO_TENANT, spill_tenants[hit], tenants[rows])
+        ids = np.concatenate([ids, spill_ids[~hit]])
+        counters = np.concatenate([counters, spill_counters[~hit]])
+        tenants = np.concatenate([tenants, spill_tenants[~hit]])
+    return ids, counters, tenants
 
 
 def _decode_rule(r, tenant_idx: int, dst: IPAddress | None) -> Rule:
