@@ -25,8 +25,9 @@ def render_markdown(result: dict) -> str:
              f"**{result['host']['note']}**; figures are medians of {sizes['runs']} bursts of "
              f"{sizes['packets']:,} frames with min-max.", "",
              "Method: generator → veth → DUT → veth → sink in three namespaces. The live-frames generator is "
-             "pinned to vCPU 0, the DUT's receive work runs in threaded NAPI pinned to vCPU 1, and a DUT's "
-             "cost is that kthread's CPU time per packet it received (`/proc/<pid>/schedstat`). "
+             "pinned to vCPU 0; for drop and forwarding the DUT's receive work runs in threaded NAPI pinned to "
+             "vCPU 1, and a DUT's cost is that kthread's CPU time per packet it received (`/proc/<pid>/schedstat`); "
+             "latency runs with NAPI in softirq (see its section). "
              "`kernel.bpf_stats_enabled` off. Cells: ns/packet (min-max) · Mpps per CPU-second.", ""]
     if "drop" in result:
         lines += ["## Drop: attack packets per CPU-second", "",
