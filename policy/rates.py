@@ -96,10 +96,20 @@ def address_key(addr: IPAddress) -> int:
 
 
 class SlotTable:
-    """Stable slot numbers for addresses, with reuse after long absence."""
+    """Stable slot numbers for addresses, with reuse after long absence.
+
+    Two indexes lead to a slot: the address's integer key, and the identity of the
+    address object last seen for it. The dataplane's reader hands out the same
+    object for an address on every read (it interns them), so a read is looked up
+    by `id()` alone, without touching each object; only objects not seen before
+    (new addresses, or a reader that builds new objects) take the key path. An id
+    stays valid because `address_of[slot]` holds that very object, so Python cannot
+    reuse the id for another object while it is indexed.
+    """
 
     def __init__(self, capacity: int = 1024) -> None:
         self.index: dict[int, int] = {}             # address_key -> slot
+        self._by_id: dict[int, int] = {}            # id(address_of[slot]) -> slot
         self.address_of: list[IPAddress | None] = [None] * capacity
         self.last_seen = np.zeros(capacity, np.float64)
         self.in_use = np.zeros(capacity, bool)
@@ -119,35 +129,42 @@ class SlotTable:
 
     def lookup(self, addresses: list[IPAddress]) -> tuple[np.ndarray, np.ndarray]:
         """Slots of `addresses` (assigning new ones) and a mask of newly assigned slots."""
-        keys = [a._ip if type(a) is _V4 else a._ip | _V6_TAG for a in addresses]
-        get = self.index.get
-        slots = np.fromiter(map(get, keys, itertools.repeat(-1)), np.int64, len(addresses))
+        slots = np.fromiter(map(self._by_id.get, map(id, addresses), itertools.repeat(-1)), np.int64,
+                            len(addresses))
         missing = np.flatnonzero(slots < 0)
         new_mask = np.zeros(len(addresses), bool)
-        for i in missing:
+        for i in missing.tolist():
             addr = addresses[i]
-            slot = self.index.get(keys[i])
-            if slot is None:   # the same address twice in one read: keep the first slot
+            key = address_key(addr)
+            slot = self.index.get(key)
+            if slot is None:
                 if not self._free:
                     self._grow()
                 slot = self._free.pop()
-                self.index[keys[i]] = slot
-                self.address_of[slot] = addr
+                self.index[key] = slot
                 self.in_use[slot] = True
                 new_mask[i] = True
+            elif self.address_of[slot] is addr:   # the same object twice in one read: keep the first slot
+                slots[i] = slot
+                continue
+            else:                                 # an equal object replaces the one indexed by identity
+                self._by_id.pop(id(self.address_of[slot]), None)
+            self.address_of[slot] = addr
+            self._by_id[id(addr)] = slot
             slots[i] = slot
         return slots, new_mask
 
     def expire(self, now: float, forget_after_s: float) -> np.ndarray:
         """Free slots not seen for `forget_after_s` seconds; returns the freed slots."""
         stale = np.flatnonzero(self.in_use & (now - self.last_seen > forget_after_s))
-        for slot in stale:
+        for slot in stale.tolist():
             addr = self.address_of[slot]
             if addr is not None:
                 self.index.pop(address_key(addr), None)
+                self._by_id.pop(id(addr), None)
             self.address_of[slot] = None
             self.in_use[slot] = False
-            self._free.append(int(slot))
+            self._free.append(slot)
         return stale
 
     def slot_of(self, addr: IPAddress) -> int | None:

@@ -115,3 +115,21 @@ def test_tenant_rates_by_direction_with_reset():
     r = rt.update_tenants(2.0, {NO_TENANT: tc(1, 1, 0), 3: tc(20, 150, 0)})     # a bad row is skipped
     assert rt.ignored_tenant_indices == 1
     assert r.pps[3, TrafficClass.UDP] == pytest.approx(20.0)
+
+
+def test_slots_follow_equal_address_objects_and_interned_ones_alike():
+    """A reader may hand out the same object every read (the dataplane's) or new equal ones."""
+    rt = RateTracker()
+    a1 = ipaddress.ip_address("198.51.100.7")
+    rt.update_destinations(0.0, counters({a1: (pk(udp=10), 0), B: (pk(udp=1), 0)}))
+    slot = rt.slots.slot_of(a1)
+    a2 = ipaddress.ip_address("198.51.100.7")             # equal, not the same object
+    assert a2 is not a1
+    r, _ = rt.update_destinations(1.0, counters({B: (pk(udp=2), 0), a2: (pk(udp=30), 0)}))
+    assert r.slots[1] == slot and by_address(r)[a2][0][TrafficClass.UDP] == pytest.approx(20.0)
+    del a1                                                 # its id may now be reused by any new object
+    fresh = [ipaddress.ip_address(f"203.0.113.{i}") for i in range(1, 200)]
+    r, _ = rt.update_destinations(2.0, counters({a: (pk(udp=1), 0) for a in fresh}))
+    assert slot not in set(r.slots.tolist()) and len(set(r.slots.tolist())) == len(fresh)
+    r, _ = rt.update_destinations(3.0, counters({a2: (pk(udp=35), 0)}))
+    assert r.slots[0] == slot and r.pps[0][TrafficClass.UDP] == pytest.approx(35.0)   # back in the LRU: fresh row
