@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import itertools
+import operator
 
 import numpy as np
 import structlog
@@ -255,22 +256,24 @@ class RateTracker:
         dt = 0.0 if priming else now - self._tenant_now
         if not priming and dt <= 0:
             raise ValueError(f"rates: time went backwards or stood still (dt={dt:.6f} s)")
-        # Index MAX_TENANTS is the dataplane's "no tenant" row (unprotected traffic): not a tenant.
-        counters = {k: v for k, v in counters.items() if k != t}
-        bad = [k for k in counters if not 0 <= k < t]
-        if bad:
-            # A tick must not fail for every tenant because of one bad row: skip it, say so.
-            self.ignored_tenant_indices += len(bad)
-            log.warning("rates.bad_tenant_index", indices=bad[:8], count=len(bad), valid=f"0..{t - 1}")
-            counters = {k: v for k, v in counters.items() if 0 <= k < t}
-        idx = np.fromiter(counters.keys(), np.int64, len(counters))
+        keys = np.fromiter(counters.keys(), np.int64, len(counters))
         values = list(counters.values())
-        current = {
-            "class_packets": np.array([c.class_packets for c in values], np.uint64).reshape(-1, 2, N_CLASSES),
-            "class_bytes": np.array([c.class_bytes for c in values], np.uint64).reshape(-1, 2, N_CLASSES),
-            "passed_packets": np.array([c.passed_packets for c in values], np.uint64).reshape(-1, 2),
-            "dropped_packets": np.array([c.dropped_packets for c in values], np.uint64).reshape(-1, 2),
-        }
+        # Index MAX_TENANTS is the dataplane's "no tenant" row (unprotected traffic): not a tenant.
+        usable = (keys >= 0) & (keys < t)
+        if not usable.all():
+            bad = keys[~usable & (keys != t)].tolist()
+            if bad:
+                # A tick must not fail for every tenant because of one bad row: skip it, say so.
+                self.ignored_tenant_indices += len(bad)
+                log.warning("rates.bad_tenant_index", indices=bad[:8], count=len(bad), valid=f"0..{t - 1}")
+            keep = np.flatnonzero(usable)
+            keys = keys[keep]
+            values = [values[i] for i in keep.tolist()]
+        idx = keys
+        # One array per field for all tenants at once (np.array over the list is the fast path).
+        current = {name: np.array(list(map(operator.attrgetter(name), values)), np.uint64).reshape(shape)
+                   for name, shape in (("class_packets", (-1, 2, N_CLASSES)), ("class_bytes", (-1, 2, N_CLASSES)),
+                                       ("passed_packets", (-1, 2)), ("dropped_packets", (-1, 2)))}
         fresh = ~self._t_present[idx]
         deltas = {}
         for name, cur in current.items():
