@@ -39,6 +39,7 @@ import structlog
 from dataplane.api import DataplaneLike, IPAddress, Rule, Sample
 from dataplane.constants import MAX_TENANTS, RULES_PER_TARGET, Direction, RuleAction, TenantMode, TrafficClass
 from policy.baseline import EwmaBaseline
+from policy.budgets import BudgetConfig, BudgetDeriver
 from policy.classify import ClassEvidence, Vector, VectorScore, classify_carpet, classify_destination
 from policy.config import PolicyConfig
 from policy.detect import Detection, PolicyTable, TenantEntry, detect
@@ -167,7 +168,7 @@ class _SampleWindow:
 class PolicyEngine:
     def __init__(self, dataplane: DataplaneLike, tenants: Mapping[int, TenantSpec], bus: EventBus,
                  state_dir: pathlib.Path, tick: float = 1.0, config: PolicyConfig | None = None,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time, budget_config: BudgetConfig | None = None) -> None:
         if tick <= 0:
             raise ValueError(f"policy engine: tick must be positive seconds, got {tick}")
         self.dataplane = dataplane
@@ -191,6 +192,9 @@ class PolicyEngine:
         self.incidents = IncidentManager(cfg)
         self.tenants: dict[int, TenantEntry] = {}
         self.policy_table = PolicyTable({})
+        # Per-destination class budgets derived from the baselines (policy *_rate_pps = 0), pushed
+        # into the dataplane (a dataplane without `set_class_budgets` gets them derived, not pushed).
+        self.budgets = BudgetDeriver(getattr(dataplane, "set_class_budgets", None), budget_config)
         self.set_tenants(tenants)
         self._window = _SampleWindow()
         self._peers: collections.deque[dict[IPAddress, set[IPAddress]]] = collections.deque(maxlen=PEER_TICKS)
@@ -228,6 +232,9 @@ class PolicyEngine:
                         self._remove_rules(inc)
                         inc.rule_classes.clear()
                         inc.mode = entry.mode
+        # A tenant-set apply wrote every policy leaf anew: the derived budgets go back in.
+        self._policies = {idx: entry.policy for idx, entry in entries.items()}
+        self.budgets.reapply(self._policies)
         if old:
             log.info("policy.tenants", tenants=len(entries))
 
@@ -353,6 +360,8 @@ class PolicyEngine:
             self._scores = {k: v for k, v in self._scores.items() if now - v[0] < RECLASSIFY_S}
         self._read_rule_counters()
         lap("incidents")
+        self._derive_budgets(now, dest, det)    # before learning: warm masks as detection saw them
+        lap("budgets")
         self._learn(dest, tenants, det, attack_mask, row_of_slot)
         lap("learn")
         self._keep_samples(inbound, by_dst, by_tenant, attack_mask, dest, row_of_slot)
@@ -561,6 +570,15 @@ class PolicyEngine:
             record = inc.rules.get(rule_id)
             if c is not None and record is not None:
                 record.matched_packets, record.dropped_packets = c.matched_packets, c.dropped_packets
+
+    def _derive_budgets(self, now: float, dest: DestinationRates, det: Detection) -> None:
+        prow = PolicyTable.rows(dest.tenant_idx)
+        self.budgets.observe(
+            now, tenant_idx=dest.tenant_idx, pps=dest.pps, valid=dest.valid, anomalous=det.anomalous,
+            threshold=det.threshold, baseline_cap=det.baseline_cap, warm=self.dest_baseline.warm(dest.slots),
+            min_pps=self.policy_table.min_pps[prow],
+            tenant_warm=lambda: self.tenant_baseline.learned_s >= self.tenant_baseline.warmup_s,
+            policies=self._policies)
 
     # -- learning and samples ------------------------------------------------------------------------
     def _learn(self, dest: DestinationRates, tenants: TenantRates, det: Detection, attack_mask: np.ndarray,

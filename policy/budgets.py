@@ -1,0 +1,226 @@
+"""Per-destination class budgets derived from the baselines (policy `*_rate_pps = 0`).
+
+The XDP program keeps a token bucket per destination address and traffic class
+(SYN, UDP, ICMP, fragments) and drops what exceeds the tenant's budget from the
+first packet, with no control-plane round trip (`dataplane/bpf/seawall.c`,
+`sw_over_budget`). A policy value above 0 is the operator's budget and always
+wins. A 0 means "derived from the baseline", by this module:
+
+Model
+-----
+Once a tenant's baselines are warm, the budget of a tenant and class is::
+
+    max(policy.min_pps, safety · max(normal peak of each destination of the tenant))
+
+(a warm destination's normal peak is never below its detection threshold, itself never
+below `min_pps`, so in practice the floor is safety · min_pps: 2,000 packets/s by default)
+
+where a destination's normal peak in the class is the higher of
+- its baseline-derived detection threshold (``max(min_pps, (mean + k·sigma)·margin
+  / sensitivity)``, see `policy.baseline`) and its baseline cap ``(mean + k·sigma)·margin``
+  (so a high sensitivity, which lowers the detection threshold below the cap, never
+  tightens a budget that drops packets unconditionally), for destinations whose
+  baseline in that class is warm, and
+- the highest rate it received in a second that was not anomalous since the previous
+  derivation, for destinations still warming up (a new server's traffic is not known
+  to its baseline yet, and must not meet a budget made from its neighbours).
+
+`safety` (2 by default) is headroom on top of a threshold that already carries the
+baseline's own margin: the budget is a ceiling against floods that grow faster than
+detection, not a detector. Because one budget applies to every destination of the
+tenant, it follows the busiest one: a tenant with one busy server and many quiet ones
+gets a budget the quiet ones never reach (the control-plane rules still protect them).
+
+A class gets a derived budget only when the tenant's own baseline and at least one of
+its destinations' baselines are past warm-up in that class; until then it has none
+(0, as before). Derivation runs every `interval_s` seconds (30 s by default, and at the
+engine's first tick, so budgets come back at once after a restart with saved baselines);
+a new value is pushed to the dataplane only when it differs from the one in force by
+more than `hysteresis` (25 %), or when a budget appears or goes. Attack seconds never
+move budgets: baselines do not learn them and anomalous seconds are not peaks.
+
+A full tenant-set apply writes every policy leaf anew from the configuration (0 for
+derived budgets): `reapply` pushes the derived values again right after it. Tenants in
+monitor mode get their budgets too: the dataplane counts what would be dropped (reason
+HEURISTIC) and passes it, as it does for their other drops.
+
+The dataplane splits a budget evenly over its CPUs (each admits rate / CPUs, with a
+100 ms burst): traffic of one destination that RSS steers to a single CPU meets only
+that share, which the safety factor covers on machines with few CPUs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import structlog
+
+from dataplane.constants import MAX_TENANTS, NO_TENANT, TrafficClass
+from tenants.policy import TenantPolicy
+
+log = structlog.get_logger("policy")
+
+# Classes with a per-destination budget in the dataplane, and their policy keys.
+BUDGET_FIELDS: dict[TrafficClass, str] = {
+    TrafficClass.TCP_SYN: "syn_rate_pps", TrafficClass.UDP: "udp_rate_pps",
+    TrafficClass.ICMP: "icmp_rate_pps", TrafficClass.FRAGMENT: "fragment_rate_pps"}
+BUDGET_CLASSES: tuple[TrafficClass, ...] = tuple(BUDGET_FIELDS)
+_COLS = np.array([int(c) for c in BUDGET_CLASSES])
+
+# Pushes {class: packets/s} (0 = no budget) for one tenant index into the dataplane.
+BudgetPush = Callable[[int, dict[TrafficClass, int]], object]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BudgetConfig:
+    interval_s: float = 30.0     # seconds between derivations
+    safety: float = 2.0          # factor on the busiest destination's normal peak
+    hysteresis: float = 0.25     # relative change before a derived budget is pushed again
+
+    def __post_init__(self) -> None:
+        if not self.interval_s > 0:
+            raise ValueError(f"budget interval_s: must be positive seconds, got {self.interval_s}")
+        if not self.safety >= 1.0:
+            raise ValueError(f"budget safety: must be at least 1 (a budget below the normal peak), got {self.safety}")
+        if not 0 <= self.hysteresis < 1:
+            raise ValueError(f"budget hysteresis: must be within 0..1, got {self.hysteresis}")
+
+
+def derive_budgets(*, tenant_idx: np.ndarray, normal_peak: np.ndarray, warm: np.ndarray,
+                   tenant_warm: np.ndarray, cold_peak: np.ndarray, policies: Mapping[int, TenantPolicy],
+                   safety: float) -> dict[int, dict[TrafficClass, int]]:
+    """Derived budgets per tenant index, for the classes whose policy value is 0.
+
+    Destination rows (N of them): `tenant_idx` (N,), `normal_peak` (N, C) packets/s (the
+    higher of detection threshold and baseline cap), `warm` (N, C) past warm-up. Per
+    tenant slot (MAX_TENANTS rows): `tenant_warm` (T, C) the tenant's own baseline is
+    warm, `cold_peak` (T, C) the highest non-anomalous rate of a warming-up destination
+    since the last derivation. A class that cannot be derived yet is 0 (no budget).
+    Classes the policy sets explicitly are left out: the configured value is in force.
+    """
+    n_cls = normal_peak.shape[1] if normal_peak.ndim == 2 else len(TrafficClass)
+    peak = np.zeros((MAX_TENANTS, n_cls))
+    n_warm = np.zeros((MAX_TENANTS, n_cls), np.int64)
+    rows = np.flatnonzero((tenant_idx != NO_TENANT) & (tenant_idx < MAX_TENANTS)) if len(tenant_idx) else []
+    if len(rows):
+        t = tenant_idx[rows].astype(np.int64)
+        w = warm[rows]
+        np.maximum.at(peak, t, np.where(w, normal_peak[rows], 0.0))
+        np.add.at(n_warm, t, w.astype(np.int64))
+    out: dict[int, dict[TrafficClass, int]] = {}
+    for idx, policy in policies.items():
+        budgets: dict[TrafficClass, int] = {}
+        for cls, field in BUDGET_FIELDS.items():
+            if getattr(policy, field):
+                continue          # the operator's value wins
+            c = int(cls)
+            if not (tenant_warm[idx, c] and n_warm[idx, c] > 0):
+                budgets[cls] = 0
+                continue
+            highest = max(float(peak[idx, c]), float(cold_peak[idx, c]))
+            budgets[cls] = int(math.ceil(max(float(policy.min_pps), safety * highest)))
+        if budgets:
+            out[idx] = budgets
+    return out
+
+
+def needs_push(current: int, derived: int, hysteresis: float) -> bool:
+    """Whether a derived budget differs enough from the one in force to be pushed."""
+    if (current == 0) != (derived == 0):
+        return True
+    return abs(derived - current) > hysteresis * current
+
+
+class BudgetDeriver:
+    """Derives the tenants' class budgets at a modest cadence and keeps the dataplane's in step.
+
+    `push` is the dataplane's `set_class_budgets` (None: derive and report only, for a
+    dataplane without per-destination budgets).
+    """
+
+    def __init__(self, push: BudgetPush | None, config: BudgetConfig | None = None) -> None:
+        self.push = push
+        self.config = config or BudgetConfig()
+        self.derived: dict[int, dict[TrafficClass, int]] = {}    # last derivation, what status shows
+        self.in_force: dict[int, dict[TrafficClass, int]] = {}   # what the dataplane holds (derived classes)
+        self._cold_peak = np.zeros((MAX_TENANTS, len(BUDGET_CLASSES)))   # packets/s, budget classes
+        self._next_at: float | None = None
+
+    def observe(self, now: float, *, tenant_idx: np.ndarray, pps: np.ndarray, valid: np.ndarray,
+                anomalous: np.ndarray, threshold: np.ndarray, baseline_cap: np.ndarray, warm: np.ndarray,
+                min_pps: np.ndarray, tenant_warm: Callable[[], np.ndarray],
+                policies: Mapping[int, TenantPolicy]) -> None:
+        """One engine tick: remember warming-up destinations' peaks; derive and push when due.
+
+        Destination rows as in `derive_budgets`, plus `pps` (N, C) this tick, `valid` (N,),
+        `anomalous` (N, C) and `min_pps` (N,) of each row's tenant. `tenant_warm()` gives the
+        (T, C) warm mask of the tenants' baselines, asked for only when a derivation is due.
+        """
+        # Only a warming-up destination whose rate could lift a budget above its tenant's floor
+        # is tracked: none once baselines are warm, few during warm-up.
+        cold_pps = pps[:, _COLS]
+        cold = (cold_pps * self.config.safety > min_pps[:, None]) & ~warm[:, _COLS] & ~anomalous[:, _COLS]
+        cold &= valid[:, None] & ((tenant_idx != NO_TENANT) & (tenant_idx < MAX_TENANTS))[:, None]
+        rows = np.flatnonzero(cold.any(axis=1))
+        if len(rows):
+            np.maximum.at(self._cold_peak, tenant_idx[rows].astype(np.int64),
+                          np.where(cold[rows], cold_pps[rows], 0.0))
+        if self._next_at is not None and now < self._next_at:
+            return
+        self._next_at = now + self.config.interval_s
+        cold_peak = np.zeros((MAX_TENANTS, pps.shape[1]))
+        cold_peak[:, _COLS] = self._cold_peak
+        derived = derive_budgets(tenant_idx=tenant_idx, normal_peak=np.maximum(threshold, baseline_cap), warm=warm,
+                                 tenant_warm=tenant_warm(), cold_peak=cold_peak, policies=policies,
+                                 safety=self.config.safety)
+        self._cold_peak[:] = 0.0
+        self.derived = derived
+        for idx, budgets in derived.items():
+            in_force = self.in_force.get(idx, {})
+            changed = {c: v for c, v in budgets.items() if needs_push(in_force.get(c, 0), v, self.config.hysteresis)}
+            if changed:
+                self._push(idx, changed, "derived")
+
+    def reapply(self, policies: Mapping[int, TenantPolicy]) -> None:
+        """After a tenant-set apply (which wrote the configured policy, 0 for derived budgets):
+        push the derived budgets in force again, except where the policy now sets a value."""
+        self.derived = {i: b for i, b in self.derived.items() if i in policies}
+        previous, self.in_force = self.in_force, {}
+        for idx, budgets in previous.items():
+            policy = policies.get(idx)
+            if policy is None:
+                continue
+            keep = {c: v for c, v in budgets.items() if v and not getattr(policy, BUDGET_FIELDS[c])}
+            if keep:
+                self._push(idx, keep, "reapplied")
+
+    def effective(self, idx: int, policy: TenantPolicy) -> dict[str, dict[str, int | str]]:
+        """Per class, the budget in force for one tenant and where it comes from."""
+        out: dict[str, dict[str, int | str]] = {}
+        for cls, field in BUDGET_FIELDS.items():
+            explicit = int(getattr(policy, field))
+            if explicit:
+                out[cls.name.lower()] = {"pps": explicit, "source": "policy"}
+            else:
+                pps = self.in_force.get(idx, {}).get(cls, 0)
+                out[cls.name.lower()] = {"pps": pps, "source": "baseline" if pps else "none (warming up)"}
+        return out
+
+    def _push(self, idx: int, budgets: dict[TrafficClass, int], why: str) -> None:
+        before = self.in_force.get(idx, {})
+        if self.push is not None:
+            try:
+                self.push(idx, dict(budgets))
+            except Exception as exc:   # the dataplane's own error type: retried at the next derivation
+                log.error("budget.push_failed", tenant_idx=idx, error=str(exc))
+                return
+        self.in_force.setdefault(idx, {}).update(budgets)
+        log.info("budget.derived", tenant_idx=idx, why=why, pushed=self.push is not None,
+                 budgets={c.name.lower(): v for c, v in budgets.items()},
+                 before={c.name.lower(): before.get(c, 0) for c in budgets})
+
+
+__all__ = ["BUDGET_CLASSES", "BUDGET_FIELDS", "BudgetConfig", "BudgetDeriver", "derive_budgets", "needs_push"]
