@@ -452,11 +452,14 @@ class Dataplane:
         for field, pps in values.items():
             setattr(leaf, field, pps)
         now = {cls: int(getattr(leaf, field)) for cls, field in self._BUDGET_FIELDS.items()}
+        flags_before = int(leaf.flags)
         if any(now.values()):
             leaf.flags |= POLICY_HAS_BUDGET
         else:
             leaf.flags &= ~POLICY_HAS_BUDGET & 0xFFFF
         table[key] = leaf
+        if leaf.flags != flags_before:
+            self._bump_generation()   # address cache slots hold a copy of the policy flags
         return now
 
     # -- rules ---------------------------------------------------------------
@@ -638,13 +641,18 @@ class Dataplane:
             if indices is None and not nonzero[idx]:
                 continue
             row = words[idx].reshape(2, dir_words)
+            class_packets = row[:, offsets["class_packets"]:offsets["class_packets"] + n_cls].copy()
+            class_bytes = row[:, offsets["class_bytes"]:offsets["class_bytes"] + n_cls].copy()
+            dropped_packets = row[:, offsets["dropped_packets"]].copy()
+            dropped_bytes = row[:, offsets["dropped_bytes"]].copy()
             out[int(idx)] = TenantCounters(
-                passed_packets=row[:, offsets["passed_packets"]].copy(),
-                passed_bytes=row[:, offsets["passed_bytes"]].copy(),
-                dropped_packets=row[:, offsets["dropped_packets"]].copy(),
-                dropped_bytes=row[:, offsets["dropped_bytes"]].copy(),
-                class_packets=row[:, offsets["class_packets"]:offsets["class_packets"] + n_cls].copy(),
-                class_bytes=row[:, offsets["class_bytes"]:offsets["class_bytes"] + n_cls].copy(),
+                # Every packet counts in its class; the program does not count passed ones separately.
+                passed_packets=class_packets.sum(axis=1) - dropped_packets,
+                passed_bytes=class_bytes.sum(axis=1) - dropped_bytes,
+                dropped_packets=dropped_packets,
+                dropped_bytes=dropped_bytes,
+                class_packets=class_packets,
+                class_bytes=class_bytes,
                 reason_packets=row[:, offsets["reason_packets"]:offsets["reason_packets"] + n_rsn].copy(),
             )
         return out

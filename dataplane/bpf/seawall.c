@@ -215,6 +215,18 @@ static __always_inline void sw_address_refresh(struct sw_addr_entry *e, const __
     e->tenant_idx = tenant;
     e->rule_count = 0;
     e->attack_classes = 0;
+    e->protected = 0;
+    e->policy_flags = 0;
+    e->policy_mode = 0;
+    if (tenant < SW_MAX_TENANTS) {
+        __u32 policy_idx = cfg->active_slot * SW_MAX_TENANTS + tenant;
+        struct sw_policy *pol = sw_policy.lookup(&policy_idx);
+        if (pol && pol->in_use) {
+            e->protected = 1;
+            e->policy_flags = pol->flags;
+            e->policy_mode = pol->mode;
+        }
+    }
     if (tenant != SW_NO_TENANT) {
         sw_merge_rule_set(e, tenant, SW_SCOPE_ADDRESS, addr);
         sw_merge_rule_set(e, tenant, SW_SCOPE_TENANT, addr);
@@ -505,8 +517,12 @@ static __always_inline int sw_heuristics(struct sw_packet *p, struct sw_addr_ent
  * udp_rate_pps, icmp_rate_pps, fragment_rate_pps): acts from the first packet,
  * no control-plane round trip. Kept per CPU in the address cache slot, each CPU
  * admitting rate / SW_NR_CPUS (RSS spreads a flood's flows over the CPUs). */
-static __always_inline int sw_over_budget(struct sw_addr_entry *st, struct sw_policy *pol, struct sw_packet *p)
+static __always_inline int sw_over_budget(struct sw_addr_entry *st, struct sw_config *cfg, struct sw_packet *p)
 {
+    __u32 policy_idx = cfg->active_slot * SW_MAX_TENANTS + st->tenant_idx;
+    struct sw_policy *pol = sw_policy.lookup(&policy_idx);
+    if (!pol)
+        return 0;
     __u32 rate;
     int b;
     switch (p->traffic_class) {
@@ -647,7 +663,13 @@ int xdp_seawall(struct xdp_md *ctx)
         return XDP_PASS;
     struct sw_packet *p = &scratch->packet;
     struct sw_verdict *v = &scratch->verdict;
-    __builtin_memset(p, 0, sizeof(*p));
+    /* Parsing writes the addresses, lengths, protocol, TTL and class of every
+     * IP packet; only the words after the addresses hold fields it sets on
+     * some paths alone (ports, offsets, flags, fragment state). */
+    __u64 *conditional = (__u64 *)&p->payload_offset;
+    conditional[0] = 0;
+    conditional[1] = 0;
+    conditional[2] = 0;
     *(__u16 *)v = 0;
     scratch->direction = dir;
     if (sw_parse_frame(ctx, p, data, data_end) != SW_PARSE_OK)
@@ -667,10 +689,8 @@ int xdp_seawall(struct xdp_md *ctx)
     SW_STAGE(3); /* address cache */
 
     if (dir == SW_DIRECTION_INBOUND && tenant < SW_MAX_TENANTS) {
-        __u32 policy_idx = cfg->active_slot * SW_MAX_TENANTS + tenant;
-        struct sw_policy *pol = sw_policy.lookup(&policy_idx);
-        if (pol && pol->in_use) {
-            __u16 flags = pol->flags;
+        if (st->protected) {
+            __u16 flags = st->policy_flags;
             if ((flags & SW_POLICY_HAS_ALLOW) && sw_acl_match(p, cfg->active_slot, SW_ACL_KIND_ALLOW, tenant))
                 goto verdict;
             if ((flags & SW_POLICY_HAS_DENY) && sw_acl_match(p, cfg->active_slot, SW_ACL_KIND_DENY, tenant)) {
@@ -696,12 +716,12 @@ int xdp_seawall(struct xdp_md *ctx)
             }
             if (st->rule_count)
                 sw_apply_rules(st, p, data, data_end, wire_len, v);
-            if (!v->drop && (flags & SW_POLICY_HAS_BUDGET) && sw_over_budget(st, pol, p)) {
+            if (!v->drop && (flags & SW_POLICY_HAS_BUDGET) && sw_over_budget(st, cfg, p)) {
                 v->drop = 1;
                 v->reason = SW_DROP_REASON_HEURISTIC;
             }
         verdict:
-            if (v->drop && pol->mode == SW_TENANT_MODE_MONITOR)
+            if (v->drop && st->policy_mode == SW_TENANT_MODE_MONITOR)
                 v->drop = 0; /* monitor mode: count what would be dropped, pass it */
         }
     }
@@ -725,9 +745,6 @@ int xdp_seawall(struct xdp_md *ctx)
         if (drop) {
             ds->dropped_packets++;
             ds->dropped_bytes += wire_len;
-        } else {
-            ds->passed_packets++;
-            ds->passed_bytes += wire_len;
         }
     }
     if (tenant != SW_NO_TENANT) {
