@@ -382,7 +382,9 @@ class Appliance:
                              "passed_pps": round(rates.get("passed_pps", 0.0), 1),
                              "dropped_pps": round(rates.get("dropped_pps", 0.0), 1),
                              "passed_bps": round(rates.get("passed_bps", 0.0), 1),
-                             "dropped_bps": round(rates.get("dropped_bps", 0.0), 1)}
+                             "dropped_bps": round(rates.get("dropped_bps", 0.0), 1),
+                             # Per-destination class budgets in force: the policy's, or derived from the baselines.
+                             "class_budgets": self.engine.budgets.effective(idx, t.policy) if self.engine else None}
         from dataplane.dataplane import UNPROTECTED  # noqa: PLC0415
 
         unprotected = self.monitor.totals.get(UNPROTECTED, {})

@@ -69,6 +69,11 @@ def _print_human(s: dict) -> None:
         for tid, t in tenants.items():
             print(f"{tid:<16} {t['mode']:<9} {t['passed_pps']:>11.0f} {t['dropped_pps']:>12.0f} "
                   f"{t['passed_packets']:>13} {t['dropped_packets']:>13}")
+        budgets = {tid: t["class_budgets"] for tid, t in tenants.items() if t.get("class_budgets")}
+        if budgets:
+            print("\nper-destination class budgets, packets/s (source: policy, baseline, or none while warming up)")
+            for tid, b in budgets.items():
+                print(f"{tid:<16} " + "  ".join(f"{cls} {v['pps']} ({v['source'].split()[0]})" for cls, v in b.items()))
     pol = s.get("policy") or {}
     if pol:
         print(f"\nincidents open: {pol.get('open_incidents', 0)}   rules installed: {pol.get('rules_installed', 0)}")
