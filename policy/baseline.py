@@ -46,12 +46,24 @@ streaming high quantile is the next step if real traffic shows heavy tails.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from dataplane.constants import TrafficClass
 
 N_CLASSES = len(TrafficClass)
 PARTIAL_BASELINE_S = 3.0    # learned seconds after which a warming-up row gets the onset floors
+
+
+@dataclasses.dataclass(slots=True)
+class BaselineRows:
+    """Copies of some rows' state, gathered once per tick for detection and learning."""
+
+    rows: np.ndarray
+    mean: np.ndarray            # (N, C)
+    var: np.ndarray             # (N, C)
+    learned_s: np.ndarray       # (N, C)
 
 
 class EwmaBaseline:
@@ -90,6 +102,10 @@ class EwmaBaseline:
         self.var[rows] = 0.0
         self.learned_s[rows] = 0.0
 
+    def gather(self, rows: np.ndarray) -> BaselineRows:
+        """The state of `rows`, read once (each fancy-indexed read of 100k rows costs milliseconds)."""
+        return BaselineRows(rows, self.mean[rows], self.var[rows], self.learned_s[rows])
+
     def sigma(self, rows: np.ndarray) -> np.ndarray:
         return np.sqrt(self.var[rows])
 
@@ -117,32 +133,40 @@ class EwmaBaseline:
                         self.warmup_threshold(rows, base, min_pps))
 
     def update(self, rows: np.ndarray, pps: np.ndarray, dt: float, learn: np.ndarray,
-               cap: np.ndarray | None = None) -> None:
+               cap: np.ndarray | None = None, gathered: BaselineRows | None = None) -> None:
         """Learn one tick of rates `pps` (N, C) for `rows` where `learn` (N, C) is True.
 
-        `cap` is `baseline_threshold(rows)` when the caller already has it (detection does).
+        `cap` is `baseline_threshold(rows)` when the caller already has it (detection does);
+        `gathered` is `gather(rows)` taken since the last change to these rows (detection's),
+        whose arrays this update then overwrites.
         """
         if dt <= 0 or not len(rows):
             return
-        mean = self.mean[rows]
-        var = self.var[rows]
-        learned = self.learned_s[rows]
+        if gathered is None:
+            gathered = self.gather(rows)
+        elif gathered.rows is not rows and not np.array_equal(gathered.rows, rows):
+            raise ValueError("baseline update: gathered state is for other rows")
+        mean, var, learned = gathered.mean, gathered.var, gathered.learned_s
         if cap is None:
             cap = self.baseline_threshold(rows)
         # A plain running average while few seconds are known (so warm-up ends with an
         # unbiased mean and variance), the EWMA weight once it is the larger one; zero
         # weight for seconds that are not learned leaves mean and variance as they are.
-        alpha = dt / (learned + dt)
+        alpha = learned + dt
+        np.divide(dt, alpha, out=alpha)
         np.maximum(alpha, 1.0 - 2.0 ** (-dt / self.half_life_s), out=alpha)
         alpha *= learn
         # Winsorise at the threshold once warm: creeping traffic moves the baseline slowly.
-        limit = np.where((learned >= self.warmup_s) & (learned > 0), np.maximum(cap, 1.0), np.inf)
-        diff = np.minimum(pps, limit)
+        diff = np.maximum(cap, 1.0)
+        np.minimum(pps, diff, out=diff)
+        np.copyto(diff, pps, where=(learned < self.warmup_s) | (learned <= 0))
         diff -= mean
         step = alpha * diff
         mean += step
-        var += step * diff
-        var *= 1.0 - alpha
+        step *= diff
+        var += step
+        np.subtract(1.0, alpha, out=alpha)
+        var *= alpha
         learned += dt * learn
         self.mean[rows] = mean
         self.var[rows] = var

@@ -596,7 +596,8 @@ class PolicyEngine:
                 slot = self.rates.slots.slot_of(inc.target)
                 if slot is not None and row_of_slot[slot] >= 0:
                     learn[row_of_slot[slot]] = False
-        self.dest_baseline.update(dest.slots, dest.pps, dest.dt, learn, cap=det.baseline_cap)
+        self.dest_baseline.update(dest.slots, dest.pps, dest.dt, learn, cap=det.baseline_cap, gathered=det.dest_state)
+        det.dest_state = None    # now overwritten by learning; and the engine keeps `det` until the next tick
         rows = self.policy_table.tenant_rows
         self.tenant_baseline.update(rows, tenants.pps[rows], tenants.dt, t_learn[rows])
 
