@@ -752,15 +752,42 @@ class AddressMemo:
         self.limit = limit
         self._ids: dict[bytes, int] = {}
         self._objects: list[IPAddress] = []
+        # The cache slots' keys and ids at the previous read: an address keeps its slot for as
+        # long as it is cached, so most slots need no dictionary lookup at all.
+        self._slot_keys = np.zeros((0, 2), np.uint64)
+        self._slot_ids = np.zeros(0, np.int64)
 
     def __len__(self) -> int:
         return len(self._objects)
 
-    def ids(self, keys: np.ndarray) -> np.ndarray:
-        """(N,) int64 ids of (N, 2) uint64 keys; ids are valid until the next call."""
+    def slot_ids(self, keys: np.ndarray, used: np.ndarray) -> np.ndarray:
+        """Ids of the cache's (slots, 2) keys where `used`, -1 elsewhere; call before `ids()`."""
         if len(self._objects) > self.limit:
-            self._ids.clear()
-            self._objects.clear()
+            self._clear()
+        out = np.full(len(keys), -1, np.int64)
+        if self._slot_keys.shape == keys.shape:
+            kept = used & (keys[:, 0] == self._slot_keys[:, 0]) & (keys[:, 1] == self._slot_keys[:, 1])
+            kept &= self._slot_ids >= 0
+            out[kept] = self._slot_ids[kept]
+            todo = used & ~kept
+        else:
+            todo = used
+        rows = np.flatnonzero(todo)
+        out[rows] = self.ids(keys[rows], clear=False)
+        self._slot_keys = keys.copy()
+        self._slot_ids = out
+        return out
+
+    def _clear(self) -> None:
+        self._ids.clear()
+        self._objects.clear()
+        self._slot_keys = np.zeros((0, 2), np.uint64)
+        self._slot_ids = np.zeros(0, np.int64)
+
+    def ids(self, keys: np.ndarray, clear: bool = True) -> np.ndarray:
+        """(N,) int64 ids of (N, 2) uint64 keys; ids are valid until a call that clears."""
+        if clear and len(self._objects) > self.limit:
+            self._clear()
         # S16 drops trailing NUL bytes, which keeps the strings distinct (all are 16 bytes long).
         raws = np.ascontiguousarray(keys, np.uint64).view("S16").ravel().tolist()
         ids = np.fromiter(map(self._ids.get, raws, itertools.repeat(-1)), np.int64, len(raws))
@@ -800,7 +827,6 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
     same = (raw[:, :, :2] == rep[:, None, :]).all(axis=2) | ~live
     agree = same.all(axis=1) & any_live
     summed = np.where((live & agree[:, None])[:, :, None], raw[:, :, counters_at:], 0).sum(axis=1)
-    addrs = rep[agree]
     counters = summed[agree]
     tenant = (raw[rows, first, 2] & 0xFFFFFFFF).astype(np.uint32)[agree]
 
@@ -817,13 +843,14 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
     else:
         spill_counters = np.zeros((0, n_counter_words), np.uint64)
         spill_tenants = np.zeros(0, np.uint32)
-    ids = memo.ids(np.concatenate([addrs, conflict_rows[:, :2], spill_keys.reshape(-1, 2)]))
-    n_agree, n_conflict = len(addrs), len(conflict_rows)
+    agree_ids = memo.slot_ids(rep, agree)[agree]
+    ids = memo.ids(np.concatenate([conflict_rows[:, :2], spill_keys.reshape(-1, 2)]), clear=False)
+    n_conflict = len(conflict_rows)
     ids, counters, tenant = _merge_by_address(
-        ids[:n_agree], counters, tenant, len(memo),
-        ids[n_agree:n_agree + n_conflict], conflict_rows[:, counters_at:counters_at + n_counter_words],
+        agree_ids, counters, tenant, len(memo),
+        ids[:n_conflict], conflict_rows[:, counters_at:counters_at + n_counter_words],
         (conflict_rows[:, 2] & 0xFFFFFFFF).astype(np.uint32),
-        ids[n_agree + n_conflict:], spill_counters, spill_tenants)
+        ids[n_conflict:], spill_counters, spill_tenants)
     n_cls = len(TrafficClass)
     pk, by, dr = layout.packets_at, layout.bytes_at, layout.dropped_at
     return DestinationCounters(
