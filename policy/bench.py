@@ -65,9 +65,10 @@ DEFAULT_SWEEP = ((1_000, 1_000), (10_000, 10_000), (100_000, 10_000), (1_000_000
 def _address_layout() -> AddressCounterLayout:
     """struct sw_addr_entry / sw_addr_spilled of dataplane/bpf/seawall.h, in 64-bit words."""
     counter_words = 2 * N_CLASSES + 3          # packets[], bytes[], dropped, outbound packets and bytes
-    # addr (2), tenant_idx + generation (1), is_v6 + attack_classes (1), budget_tokens[4] (2),
-    # budget_ns[4] (4), rule_count + rule_ids[] (u32 each, padded to a word)
-    counters_at = 2 + 1 + 1 + 2 + 4 + (1 + RULES_PER_TARGET + 1) // 2
+    # addr (2), tenant_idx + generation (1), is_v6 + attack_classes (1), policy flags, mode and
+    # protected + budget_tokens[4] (20 bytes, padded: 3), budget_ns[4] (4), rule_count + rule_ids[]
+    # (u32 each, padded to a word)
+    counters_at = 2 + 1 + 1 + 3 + 4 + (1 + RULES_PER_TARGET + 1) // 2
     return AddressCounterLayout(entry_words=counters_at + counter_words, counters_at=counters_at,
                                 spilled_words=counter_words + 1, spilled_tenant_at=counter_words,
                                 counter_words=counter_words, packets_at=0, bytes_at=N_CLASSES,
@@ -75,9 +76,9 @@ def _address_layout() -> AddressCounterLayout:
 
 
 LAYOUT = _address_layout()
-_DIR_WORDS = 4 + 2 * N_CLASSES + N_REASONS     # struct sw_direction_stats
-_T_OFFSETS = {"passed_packets": 0, "passed_bytes": 1, "dropped_packets": 2, "dropped_bytes": 3,
-              "class_packets": 4, "class_bytes": 4 + N_CLASSES, "reason_packets": 4 + 2 * N_CLASSES}
+_DIR_WORDS = 2 + 2 * N_CLASSES + N_REASONS     # struct sw_direction_stats
+_T_OFFSETS = {"dropped_packets": 0, "dropped_bytes": 1, "class_packets": 2, "class_bytes": 2 + N_CLASSES,
+              "reason_packets": 2 + 2 * N_CLASSES}
 
 
 def destination_addresses(n: int) -> tuple[list[ipaddress.IPv4Address | ipaddress.IPv6Address], np.ndarray]:
@@ -199,8 +200,6 @@ class SyntheticDataplane:
             base = d * _DIR_WORDS
             raw[:self.t, 0, base + cls:base + cls + N_CLASSES] = cp[:, d]
             raw[:self.t, 0, base + cb:base + cb + N_CLASSES] = cp[:, d] * np.uint64(BYTES_PER_PACKET)
-            raw[:self.t, 0, base] = cp[:, d].sum(axis=1)
-            raw[:self.t, 0, base + 1] = raw[:self.t, 0, base] * np.uint64(BYTES_PER_PACKET)
         words = raw.sum(axis=1)
         nonzero = words.any(axis=1)
         off = _T_OFFSETS
@@ -209,13 +208,17 @@ class SyntheticDataplane:
             if not nonzero[idx]:
                 continue
             row = words[idx].reshape(2, _DIR_WORDS)
+            class_packets = row[:, cls:cls + N_CLASSES].copy()
+            class_bytes = row[:, cb:cb + N_CLASSES].copy()
+            dropped_packets = row[:, off["dropped_packets"]].copy()
+            dropped_bytes = row[:, off["dropped_bytes"]].copy()
             out[int(idx)] = TenantCounters(
-                passed_packets=row[:, off["passed_packets"]].copy(),
-                passed_bytes=row[:, off["passed_bytes"]].copy(),
-                dropped_packets=row[:, off["dropped_packets"]].copy(),
-                dropped_bytes=row[:, off["dropped_bytes"]].copy(),
-                class_packets=row[:, cls:cls + N_CLASSES].copy(),
-                class_bytes=row[:, cb:cb + N_CLASSES].copy(),
+                passed_packets=class_packets.sum(axis=1) - dropped_packets,
+                passed_bytes=class_bytes.sum(axis=1) - dropped_bytes,
+                dropped_packets=dropped_packets,
+                dropped_bytes=dropped_bytes,
+                class_packets=class_packets,
+                class_bytes=class_bytes,
                 reason_packets=row[:, off["reason_packets"]:off["reason_packets"] + N_REASONS].copy(),
             )
         return out
