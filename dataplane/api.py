@@ -8,14 +8,13 @@ can use a small fake while the real object talks to the kernel.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
 
 from dataplane.constants import Direction, DropReason, RuleAction, TrafficClass
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from dataplane.keys import AddressView, IPAddress, address_keys
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -92,24 +91,112 @@ class TenantCounters:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class TenantCounterArrays:
+    """Cumulative counters of every tenant row at once, summed over CPUs (one batch read).
+
+    Row i is tenant index i; the dataplane's last row (index MAX_TENANTS) counts traffic to
+    no tenant. Arrays are indexed [row, direction] or [row, direction, class | reason]; the
+    reader hands out views of its buffer, so treat them as read-only. Passed counts are
+    derived (class totals minus dropped), as the program does not count them separately.
+    """
+
+    present: np.ndarray            # (R,) bool: the row has counters (a tenant that saw traffic)
+    dropped_packets: np.ndarray    # (R, 2) uint64
+    dropped_bytes: np.ndarray      # (R, 2)
+    class_packets: np.ndarray      # (R, 2, len(TrafficClass)), passed + dropped
+    class_bytes: np.ndarray        # (R, 2, len(TrafficClass))
+    reason_packets: np.ndarray     # (R, 2, len(DropReason))
+
+    def __len__(self) -> int:
+        return len(self.present)
+
+    @property
+    def passed_packets(self) -> np.ndarray:
+        """(R, 2) uint64."""
+        return _minus_floor_zero(self.class_packets.sum(axis=2, dtype=np.uint64), self.dropped_packets)
+
+    @property
+    def passed_bytes(self) -> np.ndarray:
+        return _minus_floor_zero(self.class_bytes.sum(axis=2, dtype=np.uint64), self.dropped_bytes)
+
+    def tenant(self, idx: int) -> TenantCounters:
+        """One row as a `TenantCounters` (copies)."""
+        if not 0 <= idx < len(self):
+            raise IndexError(f"tenant counters: index {idx} is not within 0..{len(self) - 1}")
+        cp, cb = self.class_packets[idx].copy(), self.class_bytes[idx].copy()
+        dp, db = self.dropped_packets[idx].copy(), self.dropped_bytes[idx].copy()
+        return TenantCounters(
+            passed_packets=_minus_floor_zero(cp.sum(axis=1, dtype=np.uint64), dp),
+            passed_bytes=_minus_floor_zero(cb.sum(axis=1, dtype=np.uint64), db),
+            dropped_packets=dp, dropped_bytes=db, class_packets=cp, class_bytes=cb,
+            reason_packets=self.reason_packets[idx].copy())
+
+    @classmethod
+    def from_mapping(cls, counters: Mapping[int, TenantCounters], rows: int) -> TenantCounterArrays:
+        """Arrays of `rows` rows from per-tenant objects (their indices must be within 0..rows-1).
+
+        Passed counts are not carried over: they are derived from the classes and drops.
+        """
+        n_cls, n_rsn = len(TrafficClass), len(DropReason)
+        out = cls(present=np.zeros(rows, bool), dropped_packets=np.zeros((rows, 2), np.uint64),
+                  dropped_bytes=np.zeros((rows, 2), np.uint64),
+                  class_packets=np.zeros((rows, 2, n_cls), np.uint64),
+                  class_bytes=np.zeros((rows, 2, n_cls), np.uint64),
+                  reason_packets=np.zeros((rows, 2, n_rsn), np.uint64))
+        for idx, c in counters.items():
+            if not 0 <= idx < rows:
+                raise IndexError(f"tenant counters: index {idx} is not within 0..{rows - 1}")
+            out.present[idx] = True
+            out.dropped_packets[idx] = c.dropped_packets
+            out.dropped_bytes[idx] = c.dropped_bytes
+            out.class_packets[idx] = c.class_packets
+            out.class_bytes[idx] = c.class_bytes
+            out.reason_packets[idx] = c.reason_packets
+        return out
+
+
+def _minus_floor_zero(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a - b for unsigned counters, 0 where b > a (the two were summed over CPUs that were
+    counting meanwhile, so a drop can show before its class count)."""
+    return np.where(a >= b, a - np.minimum(a, b), 0).astype(np.uint64)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class DestinationCounters:
     """Cumulative inbound counters per customer-side address, summed over CPUs.
 
-    Row i describes `addresses[i]`; rows appear and disappear as the LRU map
-    evicts, so rates must be computed by address, not by row.
+    Row i describes the address whose map key is `keys[i]` (16 bytes as two uint64
+    words, IPv4 as ::ffff:a.b.c.d; see `dataplane.keys`); `addresses` builds ipaddress
+    objects lazily, for the rows that are reported. Rows appear and disappear as the
+    LRU map evicts, so rates must be computed by address, not by row.
     """
 
-    addresses: list[IPAddress]
+    keys: np.ndarray               # shape (N, 2), uint64
     tenant_idx: np.ndarray         # shape (N,), uint32
     packets: np.ndarray            # shape (N, len(TrafficClass)), uint64, inbound, passed + dropped
     bytes: np.ndarray              # shape (N, len(TrafficClass)), uint64
     dropped_packets: np.ndarray    # shape (N,), uint64
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def addresses(self) -> AddressView:
+        return AddressView(self.keys)
+
+    @classmethod
+    def from_addresses(cls, addresses: Sequence[IPAddress], tenant_idx: np.ndarray, packets: np.ndarray,
+                       bytes: np.ndarray, dropped_packets: np.ndarray) -> DestinationCounters:  # noqa: A002
+        """Counters of rows named by ipaddress objects (test doubles, small sets)."""
+        return cls(keys=address_keys(addresses), tenant_idx=tenant_idx, packets=packets, bytes=bytes,
+                   dropped_packets=dropped_packets)
 
 
 class DataplaneLike(Protocol):
     """What the policy engine and SecureWatch may call on the dataplane."""
 
     def read_tenant_counters(self) -> dict[int, TenantCounters]: ...
+    def read_tenant_counter_arrays(self) -> TenantCounterArrays: ...
     def read_destination_counters(self) -> DestinationCounters: ...
     def add_rule(self, rule: Rule) -> int: ...
     def remove_rule(self, rule_id: int) -> None: ...
@@ -117,5 +204,6 @@ class DataplaneLike(Protocol):
     def drain_samples(self, limit: int = 4096) -> list[Sample]: ...
 
 
-__all__ = ["Range", "Rule", "RuleCounters", "Sample", "TenantCounters", "DestinationCounters",
+__all__ = ["Range", "Rule", "RuleCounters", "Sample", "TenantCounters", "TenantCounterArrays",
+           "DestinationCounters", "AddressView",
            "DataplaneLike", "TrafficClass", "DropReason", "Direction", "RuleAction", "IPAddress"]

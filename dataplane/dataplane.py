@@ -13,7 +13,6 @@ import contextlib
 import ctypes
 import dataclasses
 import ipaddress
-import itertools
 import os
 import pathlib
 import re
@@ -34,6 +33,7 @@ from dataplane.api import (
     Rule,
     RuleCounters,
     Sample,
+    TenantCounterArrays,
     TenantCounters,
 )
 from dataplane.constants import (
@@ -50,6 +50,7 @@ from dataplane.constants import (
     TenantMode,
     TrafficClass,
 )
+from dataplane.keys import MIN_CAPACITY, KeyIndex, unique_keys
 
 log = structlog.get_logger("seawall.dataplane")
 
@@ -624,38 +625,27 @@ class Dataplane:
     def _stats_layout(self):
         return self._maps["sw_tenant_stats"].Leaf._type_
 
-    def read_tenant_counters(self, indices: Iterable[int] | None = None) -> dict[int, TenantCounters]:
-        """Cumulative counters per tenant index (UNPROTECTED for traffic to no tenant)."""
+    def read_tenant_counter_arrays(self) -> TenantCounterArrays:
+        """Cumulative counters of every tenant row (and the UNPROTECTED row) as arrays: one batch
+        read, summed over CPUs, then views of that sum (no per-tenant objects)."""
         _, values, count = self._batch("sw_tenant_stats")
-        elem = self._stats_layout()
-        per_cpu = ctypes.sizeof(elem)
-        words = np.frombuffer(values, dtype=np.uint64).reshape(count, self.ncpus, per_cpu // 8).sum(axis=1)
-        wanted = range(count) if indices is None else indices
-        nonzero = words.any(axis=1)
-        dir_type = elem._fields_[0][1]._type_
-        offsets = {name: getattr(dir_type, name).offset // 8 for name, _ in dir_type._fields_}
-        dir_words = ctypes.sizeof(dir_type) // 8
-        n_cls, n_rsn = len(TrafficClass), len(DropReason)
-        out: dict[int, TenantCounters] = {}
-        for idx in wanted:
-            if indices is None and not nonzero[idx]:
-                continue
-            row = words[idx].reshape(2, dir_words)
-            class_packets = row[:, offsets["class_packets"]:offsets["class_packets"] + n_cls].copy()
-            class_bytes = row[:, offsets["class_bytes"]:offsets["class_bytes"] + n_cls].copy()
-            dropped_packets = row[:, offsets["dropped_packets"]].copy()
-            dropped_bytes = row[:, offsets["dropped_bytes"]].copy()
-            out[int(idx)] = TenantCounters(
-                # Every packet counts in its class; the program does not count passed ones separately.
-                passed_packets=class_packets.sum(axis=1) - dropped_packets,
-                passed_bytes=class_bytes.sum(axis=1) - dropped_bytes,
-                dropped_packets=dropped_packets,
-                dropped_bytes=dropped_bytes,
-                class_packets=class_packets,
-                class_bytes=class_bytes,
-                reason_packets=row[:, offsets["reason_packets"]:offsets["reason_packets"] + n_rsn].copy(),
-            )
-        return out
+        layout = self._tenant_stats_layout()
+        words = np.frombuffer(values, dtype=np.uint64).reshape(count, self.ncpus, 2, layout.dir_words)
+        return decode_tenant_counters(words.sum(axis=1, dtype=np.uint64), layout)
+
+    def read_tenant_counters(self, indices: Iterable[int] | None = None) -> dict[int, TenantCounters]:
+        """Cumulative counters per tenant index (UNPROTECTED for traffic to no tenant): the rows
+        in `indices`, or every row that has counters."""
+        arrays = self.read_tenant_counter_arrays()
+        wanted = np.flatnonzero(arrays.present).tolist() if indices is None else indices
+        return {int(idx): arrays.tenant(int(idx)) for idx in wanted}
+
+    def _tenant_stats_layout(self) -> TenantStatsLayout:
+        dir_type = self._stats_layout()._fields_[0][1]._type_   # struct sw_direction_stats
+        return TenantStatsLayout(
+            dir_words=ctypes.sizeof(dir_type) // 8, dropped_packets_at=dir_type.dropped_packets.offset // 8,
+            dropped_bytes_at=dir_type.dropped_bytes.offset // 8, class_packets_at=dir_type.class_packets.offset // 8,
+            class_bytes_at=dir_type.class_bytes.offset // 8, reason_packets_at=dir_type.reason_packets.offset // 8)
 
     def read_destination_counters(self) -> DestinationCounters:
         """Inbound counters per customer-side address: the per-CPU cache slots
@@ -739,30 +729,55 @@ class AddressCounterLayout:
     dropped_at: int           # dropped_packets
 
 
-class AddressMemo:
-    """Interned address objects for 16-byte map keys, each with a small integer id.
+@dataclasses.dataclass(frozen=True, slots=True)
+class TenantStatsLayout:
+    """struct sw_direction_stats in 64-bit words (struct sw_tenant_stats is two of them, one per
+    direction; from the compiled program's types, or filled in by hand by the benchmark)."""
 
-    Building 100k ipaddress objects each tick costs ~0.2 s, so each address is built
-    once and handed out again (the same object every read, which the policy engine's
-    slot table relies on to skip hashing). The ids let a read merge rows by address
-    with numpy. Forgets everything past `limit` addresses (the map's churn).
+    dir_words: int
+    dropped_packets_at: int
+    dropped_bytes_at: int
+    class_packets_at: int     # class_packets[classes]
+    class_bytes_at: int       # class_bytes[classes]
+    reason_packets_at: int    # reason_packets[reasons]
+
+
+def decode_tenant_counters(words: np.ndarray, layout: TenantStatsLayout) -> TenantCounterArrays:
+    """Tenant counters from the stats map's (rows, 2, dir_words) uint64 sum over CPUs (views)."""
+    n_cls, n_rsn = len(TrafficClass), len(DropReason)
+    cp, cb, rp = layout.class_packets_at, layout.class_bytes_at, layout.reason_packets_at
+    return TenantCounterArrays(
+        present=words.reshape(len(words), -1).any(axis=1),
+        dropped_packets=words[:, :, layout.dropped_packets_at],
+        dropped_bytes=words[:, :, layout.dropped_bytes_at],
+        class_packets=words[:, :, cp:cp + n_cls],
+        class_bytes=words[:, :, cb:cb + n_cls],
+        reason_packets=words[:, :, rp:rp + n_rsn])
+
+
+class AddressMemo:
+    """Small integer ids for 16-byte map keys, so that a read can merge rows by address with numpy.
+
+    Ids are dense (0, 1, ...) and stable across reads until the memo forgets everything past
+    `limit` addresses (the map's churn). Keys are looked up in a numpy hash (`KeyIndex`), and a
+    cache slot that still holds the address it held at the previous read keeps its id without
+    a lookup at all: an address keeps its slot for as long as it is cached.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._ids: dict[bytes, int] = {}
-        self._objects: list[IPAddress] = []
-        # The cache slots' keys and ids at the previous read: an address keeps its slot for as
-        # long as it is cached, so most slots need no dictionary lookup at all.
+        self._index = KeyIndex()
+        self._keys = np.zeros((MIN_CAPACITY, 2), np.uint64)   # key of each id
+        self._count = 0
         self._slot_keys = np.zeros((0, 2), np.uint64)
         self._slot_ids = np.zeros(0, np.int64)
 
     def __len__(self) -> int:
-        return len(self._objects)
+        return self._count
 
     def slot_ids(self, keys: np.ndarray, used: np.ndarray) -> np.ndarray:
         """Ids of the cache's (slots, 2) keys where `used`, -1 elsewhere; call before `ids()`."""
-        if len(self._objects) > self.limit:
+        if self._count > self.limit:
             self._clear()
         out = np.full(len(keys), -1, np.int64)
         if self._slot_keys.shape == keys.shape:
@@ -779,29 +794,35 @@ class AddressMemo:
         return out
 
     def _clear(self) -> None:
-        self._ids.clear()
-        self._objects.clear()
+        self._index.clear()
+        self._count = 0
         self._slot_keys = np.zeros((0, 2), np.uint64)
         self._slot_ids = np.zeros(0, np.int64)
 
     def ids(self, keys: np.ndarray, clear: bool = True) -> np.ndarray:
         """(N,) int64 ids of (N, 2) uint64 keys; ids are valid until a call that clears."""
-        if clear and len(self._objects) > self.limit:
+        if clear and self._count > self.limit:
             self._clear()
-        # S16 drops trailing NUL bytes, which keeps the strings distinct (all are 16 bytes long).
-        raws = np.ascontiguousarray(keys, np.uint64).view("S16").ravel().tolist()
-        ids = np.fromiter(map(self._ids.get, raws, itertools.repeat(-1)), np.int64, len(raws))
-        for i in np.flatnonzero(ids < 0).tolist():
-            raw = raws[i]
-            known = self._ids.get(raw)   # the same new address twice in one call
-            if known is None:
-                known = self._ids[raw] = len(self._objects)
-                self._objects.append(_address_from_key(raw.ljust(16, b"\0")))
-            ids[i] = known
+        keys = np.ascontiguousarray(keys, np.uint64).reshape(-1, 2)
+        ids = self._index.get(keys)
+        missing = np.flatnonzero(ids < 0)
+        if len(missing):
+            first, inverse = unique_keys(keys[missing])     # the same new address twice in one call
+            new_keys = keys[missing[first]]
+            new_ids = np.arange(self._count, self._count + len(first), dtype=np.int64)
+            self._index.add(new_keys, new_ids)
+            if self._count + len(first) > len(self._keys):
+                grown = np.zeros((max(2 * len(self._keys), self._count + len(first)), 2), np.uint64)
+                grown[:self._count] = self._keys[:self._count]
+                self._keys = grown
+            self._keys[self._count:self._count + len(first)] = new_keys
+            self._count += len(first)
+            ids[missing] = new_ids[inverse]
         return ids
 
-    def objects(self, ids: np.ndarray) -> list[IPAddress]:
-        return list(map(self._objects.__getitem__, ids.tolist()))
+    def keys(self, ids: np.ndarray) -> np.ndarray:
+        """(N, 2) uint64 keys of ids."""
+        return self._keys[ids]
 
 
 def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill: np.ndarray,
@@ -854,7 +875,7 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
     n_cls = len(TrafficClass)
     pk, by, dr = layout.packets_at, layout.bytes_at, layout.dropped_at
     return DestinationCounters(
-        addresses=memo.objects(ids),
+        keys=memo.keys(ids),
         tenant_idx=tenant,
         packets=counters[:, pk:pk + n_cls].copy(),
         bytes=counters[:, by:by + n_cls].copy(),

@@ -11,8 +11,8 @@ The counter source is a `SyntheticDataplane` that hands the engine what the
 kernel's batch reads hand `dataplane.Dataplane`, laid out as the maps are
 (struct sw_addr_entry, sw_addr_spilled, sw_tenant_stats in dataplane/bpf/seawall.h,
 two CPUs), and decodes them with the real reader's own code
-(`dataplane.dataplane.decode_destination_counters`); its tenant read builds its
-`TenantCounters` as `Dataplane.read_tenant_counters` does. So a tick's "read"
+(`dataplane.dataplane.decode_destination_counters`); its tenant read decodes the
+stats map's sum with `decode_tenant_counters`, as `Dataplane.read_tenant_counter_arrays` does. So a tick's "read"
 stage costs what the real one costs in user space; the kernel's share of a batch
 read (walking the maps) is not in it. Addresses: 198.18.0.0/15 (131,072), then
 2001:db8::/32 for larger sets (documentation addresses: nothing is sent).
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from dataplane.api import DestinationCounters, Rule, RuleCounters, Sample, TenantCounters
+from dataplane.api import DestinationCounters, Rule, RuleCounters, Sample, TenantCounterArrays, TenantCounters
 from dataplane.constants import (
     ADDRESS_CACHE_BITS,
     MAX_TENANTS,
@@ -44,7 +44,13 @@ from dataplane.constants import (
     TenantMode,
     TrafficClass,
 )
-from dataplane.dataplane import AddressCounterLayout, AddressMemo, decode_destination_counters
+from dataplane.dataplane import (
+    AddressCounterLayout,
+    AddressMemo,
+    TenantStatsLayout,
+    decode_destination_counters,
+    decode_tenant_counters,
+)
 from policy.config import PolicyConfig
 from policy.engine import PolicyEngine
 from policy.events import EventBus
@@ -76,9 +82,10 @@ def _address_layout() -> AddressCounterLayout:
 
 
 LAYOUT = _address_layout()
-_DIR_WORDS = 2 + 2 * N_CLASSES + N_REASONS     # struct sw_direction_stats
-_T_OFFSETS = {"dropped_packets": 0, "dropped_bytes": 1, "class_packets": 2, "class_bytes": 2 + N_CLASSES,
-              "reason_packets": 2 + 2 * N_CLASSES}
+# struct sw_direction_stats: dropped_packets, dropped_bytes, class_packets[], class_bytes[], reason_packets[]
+TENANT_LAYOUT = TenantStatsLayout(dir_words=2 + 2 * N_CLASSES + N_REASONS, dropped_packets_at=0, dropped_bytes_at=1,
+                                  class_packets_at=2, class_bytes_at=2 + N_CLASSES,
+                                  reason_packets_at=2 + 2 * N_CLASSES)
 
 
 def destination_addresses(n: int) -> tuple[list[ipaddress.IPv4Address | ipaddress.IPv6Address], np.ndarray]:
@@ -191,37 +198,19 @@ class SyntheticDataplane:
             spill[:, cpu, lay.spilled_tenant_at] = self.tenant_of[out]
         return decode_destination_counters(cache, self.keys[out], spill, lay, self.memo)
 
-    def read_tenant_counters(self) -> dict[int, TenantCounters]:
-        """As `Dataplane.read_tenant_counters`: the whole per-CPU map, summed, one object per tenant."""
-        raw = np.zeros((MAX_TENANTS + 1, N_CPUS, 2 * _DIR_WORDS), np.uint64)
+    def read_tenant_counter_arrays(self) -> TenantCounterArrays:
+        """As `Dataplane.read_tenant_counter_arrays`: the whole per-CPU map, summed, decoded by its code."""
+        lay = TENANT_LAYOUT
+        raw = np.zeros((MAX_TENANTS + 1, N_CPUS, 2, lay.dir_words), np.uint64)
         cp = self.t_packets
-        cls, cb = _T_OFFSETS["class_packets"], _T_OFFSETS["class_bytes"]
-        for d in range(2):
-            base = d * _DIR_WORDS
-            raw[:self.t, 0, base + cls:base + cls + N_CLASSES] = cp[:, d]
-            raw[:self.t, 0, base + cb:base + cb + N_CLASSES] = cp[:, d] * np.uint64(BYTES_PER_PACKET)
-        words = raw.sum(axis=1)
-        nonzero = words.any(axis=1)
-        off = _T_OFFSETS
-        out: dict[int, TenantCounters] = {}
-        for idx in range(len(words)):
-            if not nonzero[idx]:
-                continue
-            row = words[idx].reshape(2, _DIR_WORDS)
-            class_packets = row[:, cls:cls + N_CLASSES].copy()
-            class_bytes = row[:, cb:cb + N_CLASSES].copy()
-            dropped_packets = row[:, off["dropped_packets"]].copy()
-            dropped_bytes = row[:, off["dropped_bytes"]].copy()
-            out[int(idx)] = TenantCounters(
-                passed_packets=class_packets.sum(axis=1) - dropped_packets,
-                passed_bytes=class_bytes.sum(axis=1) - dropped_bytes,
-                dropped_packets=dropped_packets,
-                dropped_bytes=dropped_bytes,
-                class_packets=class_packets,
-                class_bytes=class_bytes,
-                reason_packets=row[:, off["reason_packets"]:off["reason_packets"] + N_REASONS].copy(),
-            )
-        return out
+        raw[:self.t, 0, :, lay.class_packets_at:lay.class_packets_at + N_CLASSES] = cp
+        raw[:self.t, 0, :, lay.class_bytes_at:lay.class_bytes_at + N_CLASSES] = cp * np.uint64(BYTES_PER_PACKET)
+        return decode_tenant_counters(raw.sum(axis=1, dtype=np.uint64), lay)
+
+    def read_tenant_counters(self) -> dict[int, TenantCounters]:
+        """As `Dataplane.read_tenant_counters`: one object per tenant that has counters."""
+        arrays = self.read_tenant_counter_arrays()
+        return {int(i): arrays.tenant(int(i)) for i in np.flatnonzero(arrays.present)}
 
     def attack(self, rows: np.ndarray, syn_pps: float) -> None:
         """From now on, `rows` also receive a SYN flood of `syn_pps` packets/s each."""

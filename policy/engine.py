@@ -303,7 +303,7 @@ class PolicyEngine:
 
         dp = self.dataplane
         dest_counters = dp.read_destination_counters()
-        tenant_counters = dp.read_tenant_counters()
+        tenant_counters = dp.read_tenant_counter_arrays()
         raw_samples = dp.drain_samples(SAMPLE_DRAIN_LIMIT)
         lap("read")
         dest, freed = self.rates.update_destinations(now, dest_counters)

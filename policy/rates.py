@@ -19,15 +19,14 @@ Rules for a delta over one tick (variable length `dt`, seconds):
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
-import itertools
-import operator
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import structlog
 
-from dataplane.api import DestinationCounters, IPAddress, TenantCounters
+from dataplane.api import DestinationCounters, IPAddress, TenantCounterArrays, TenantCounters
 from dataplane.constants import MAX_TENANTS, NO_TENANT, Direction, TrafficClass
+from dataplane.keys import AddressView, KeyIndex, address_keys, unique_keys
 
 log = structlog.get_logger("policy")
 
@@ -42,7 +41,7 @@ class DestinationRates:
 
     now: float
     dt: float                   # seconds since the previous read
-    addresses: list[IPAddress]
+    keys: np.ndarray            # (N, 2) uint64, the addresses' map keys (see dataplane.keys)
     slots: np.ndarray           # (N,) int64, stable slot of each address
     tenant_idx: np.ndarray      # (N,) int64, NO_TENANT where no tenant owns it
     pps: np.ndarray             # (N, C) float64, inbound packets/s per class (passed + dropped)
@@ -51,7 +50,12 @@ class DestinationRates:
     valid: np.ndarray           # (N,) bool, False on the priming read
 
     def __len__(self) -> int:
-        return len(self.addresses)
+        return len(self.keys)
+
+    @property
+    def addresses(self) -> AddressView:
+        """The rows' addresses, built as ipaddress objects only where indexed."""
+        return AddressView(self.keys)
 
 
 @dataclasses.dataclass(slots=True)
@@ -82,94 +86,80 @@ def _delta(current: np.ndarray, previous: np.ndarray, fresh: np.ndarray) -> np.n
     return delta.astype(np.float64)
 
 
-_V4 = ipaddress.IPv4Address
-_V6_TAG = 1 << 128   # keeps IPv6 keys apart from IPv4 keys
-
-
-def address_key(addr: IPAddress) -> int:
-    """A cheap dict key for an address.
-
-    Hashing ipaddress objects costs ~0.4 µs each (40 ms for 100,000 rows per tick);
-    their integer value (`_ip`, the attribute behind `int(addr)`, read directly
-    because `int()` goes through two Python-level calls) costs a tenth of that.
-    """
-    return addr._ip if type(addr) is _V4 else addr._ip | _V6_TAG
+def _keys_of(addresses: np.ndarray | Sequence[IPAddress]) -> np.ndarray:
+    if isinstance(addresses, np.ndarray):
+        return addresses.reshape(-1, 2).astype(np.uint64, copy=False)
+    if isinstance(addresses, AddressView):
+        return addresses.keys
+    return address_keys(addresses)
 
 
 class SlotTable:
-    """Stable slot numbers for addresses, with reuse after long absence.
+    """Stable slot numbers for addresses (by their map keys), with reuse after long absence.
 
-    Two indexes lead to a slot: the address's integer key, and the identity of the
-    address object last seen for it. The dataplane's reader hands out the same
-    object for an address on every read (it interns them), so a read is looked up
-    by `id()` alone, without touching each object; only objects not seen before
-    (new addresses, or a reader that builds new objects) take the key path. An id
-    stays valid because `address_of[slot]` holds that very object, so Python cannot
-    reuse the id for another object while it is indexed.
+    Every read maps all its keys to slots at once through a numpy hash (`KeyIndex`);
+    only addresses not seen before take new slots, in bulk. No ipaddress objects.
     """
 
     def __init__(self, capacity: int = 1024) -> None:
-        self.index: dict[int, int] = {}             # address_key -> slot
-        self._by_id: dict[int, int] = {}            # id(address_of[slot]) -> slot
-        self.address_of: list[IPAddress | None] = [None] * capacity
+        self.index = KeyIndex(capacity)                    # key -> slot
+        self.keys = np.zeros((capacity, 2), np.uint64)    # key of each slot in use
         self.last_seen = np.zeros(capacity, np.float64)
         self.in_use = np.zeros(capacity, bool)
-        self._free: list[int] = list(range(capacity - 1, -1, -1))
+        self._free = np.arange(capacity - 1, -1, -1, dtype=np.int64)   # a stack: the end is taken first
 
     @property
     def capacity(self) -> int:
-        return len(self.address_of)
+        return len(self.in_use)
+
+    @property
+    def address_of(self) -> AddressView:
+        """The address of each slot (meaningful where `in_use`)."""
+        return AddressView(self.keys)
 
     def _grow(self) -> None:
         old = self.capacity
         new = old * 2
-        self.address_of.extend([None] * (new - old))
+        self.keys = np.concatenate([self.keys, np.zeros((new - old, 2), np.uint64)])
         self.last_seen = np.concatenate([self.last_seen, np.zeros(new - old)])
         self.in_use = np.concatenate([self.in_use, np.zeros(new - old, bool)])
-        self._free.extend(range(new - 1, old - 1, -1))
+        self._free = np.concatenate([np.arange(new - 1, old - 1, -1, dtype=np.int64), self._free])
 
-    def lookup(self, addresses: list[IPAddress]) -> tuple[np.ndarray, np.ndarray]:
-        """Slots of `addresses` (assigning new ones) and a mask of newly assigned slots."""
-        slots = np.fromiter(map(self._by_id.get, map(id, addresses), itertools.repeat(-1)), np.int64,
-                            len(addresses))
+    def lookup(self, addresses: np.ndarray | Sequence[IPAddress]) -> tuple[np.ndarray, np.ndarray]:
+        """Slots of (N, 2) keys or of addresses (assigning new ones) and a mask of newly assigned slots
+        (an address twice in one call gets one slot, new at its first row)."""
+        keys = _keys_of(addresses)
+        slots = self.index.get(keys)
+        new_mask = np.zeros(len(keys), bool)
         missing = np.flatnonzero(slots < 0)
-        new_mask = np.zeros(len(addresses), bool)
-        for i in missing.tolist():
-            addr = addresses[i]
-            key = address_key(addr)
-            slot = self.index.get(key)
-            if slot is None:
-                if not self._free:
-                    self._grow()
-                slot = self._free.pop()
-                self.index[key] = slot
-                self.in_use[slot] = True
-                new_mask[i] = True
-            elif self.address_of[slot] is addr:   # the same object twice in one read: keep the first slot
-                slots[i] = slot
-                continue
-            else:                                 # an equal object replaces the one indexed by identity
-                self._by_id.pop(id(self.address_of[slot]), None)
-            self.address_of[slot] = addr
-            self._by_id[id(addr)] = slot
-            slots[i] = slot
+        if len(missing):
+            first, inverse = unique_keys(keys[missing])
+            while len(self._free) < len(first):
+                self._grow()
+            taken = self._free[::-1][:len(first)].copy()
+            self._free = self._free[:len(self._free) - len(first)]
+            new_keys = keys[missing[first]]
+            self.index.add(new_keys, taken)
+            self.keys[taken] = new_keys
+            self.in_use[taken] = True
+            slots[missing] = taken[inverse]
+            new_mask[missing[first]] = True
         return slots, new_mask
 
     def expire(self, now: float, forget_after_s: float) -> np.ndarray:
         """Free slots not seen for `forget_after_s` seconds; returns the freed slots."""
         stale = np.flatnonzero(self.in_use & (now - self.last_seen > forget_after_s))
-        for slot in stale.tolist():
-            addr = self.address_of[slot]
-            if addr is not None:
-                self.index.pop(address_key(addr), None)
-                self._by_id.pop(id(addr), None)
-            self.address_of[slot] = None
-            self.in_use[slot] = False
-            self._free.append(slot)
+        if len(stale):
+            self.in_use[stale] = False
+            self.keys[stale] = 0
+            self._free = np.concatenate([self._free, stale])
+            used = np.flatnonzero(self.in_use)
+            self.index.rebuild(self.keys[used], used)
         return stale
 
     def slot_of(self, addr: IPAddress) -> int | None:
-        return self.index.get(address_key(addr))
+        slot = int(self.index.get(address_keys([addr]))[0])
+        return None if slot < 0 else slot
 
 
 class RateTracker:
@@ -208,14 +198,14 @@ class RateTracker:
 
     def update_destinations(self, now: float, counters: DestinationCounters) -> tuple[DestinationRates, np.ndarray]:
         """Rates for this read, and the slots freed by expiry (their baselines must be reset)."""
-        n = len(counters.addresses)
+        n = len(counters.keys)
         packets = np.asarray(counters.packets, np.uint64).reshape(n, N_CLASSES)
         nbytes = np.asarray(counters.bytes, np.uint64).reshape(n, N_CLASSES)
         dropped = np.asarray(counters.dropped_packets, np.uint64).reshape(n)
         if counters.tenant_idx.shape != (n,):
             raise ValueError(f"destination counters: {n} addresses but tenant_idx has shape "
                              f"{counters.tenant_idx.shape}")
-        slots, _new = self.slots.lookup(counters.addresses)
+        slots, _new = self.slots.lookup(counters.keys)
         self._ensure_capacity()
         priming = self._dest_now is None
         dt = 0.0 if priming else now - self._dest_now
@@ -244,61 +234,55 @@ class RateTracker:
             freed = self.slots.expire(now, self.forget_after_s)
             self._next_expiry = now + 60.0  # seconds between expiry scans
         rates = DestinationRates(
-            now=now, dt=dt, addresses=list(counters.addresses), slots=slots,
+            now=now, dt=dt, keys=counters.keys, slots=slots,
             tenant_idx=np.asarray(counters.tenant_idx).astype(np.int64), pps=pps, byte_rate=bps,
             dropped_pps=dps, valid=np.full(n, not priming))
         self.last_destination_rates = rates
         return rates, freed
 
-    def update_tenants(self, now: float, counters: dict[int, TenantCounters]) -> TenantRates:
+    def _tenant_arrays(self, counters: Mapping[int, TenantCounters]) -> TenantCounterArrays:
+        """Per-tenant objects (tests, older readers) as arrays; rows with an index out of range are skipped."""
         t = MAX_TENANTS
+        # Index MAX_TENANTS is the dataplane's "no tenant" row (unprotected traffic): not a tenant.
+        bad = [idx for idx in counters if not 0 <= idx <= t]
+        if bad:
+            # A tick must not fail for every tenant because of one bad row: skip it, say so.
+            self.ignored_tenant_indices += len(bad)
+            log.warning("rates.bad_tenant_index", indices=bad[:8], count=len(bad), valid=f"0..{t - 1}")
+        return TenantCounterArrays.from_mapping({idx: c for idx, c in counters.items() if 0 <= idx < t}, t)
+
+    def update_tenants(self, now: float, counters: TenantCounterArrays | Mapping[int, TenantCounters]) -> TenantRates:
+        """Rates of every tenant row from one read (`Dataplane.read_tenant_counter_arrays`, or per-tenant objects)."""
+        t = MAX_TENANTS
+        if not isinstance(counters, TenantCounterArrays):
+            counters = self._tenant_arrays(counters)
         priming = self._tenant_now is None
         dt = 0.0 if priming else now - self._tenant_now
         if not priming and dt <= 0:
             raise ValueError(f"rates: time went backwards or stood still (dt={dt:.6f} s)")
-        keys = np.fromiter(counters.keys(), np.int64, len(counters))
-        values = list(counters.values())
-        # Index MAX_TENANTS is the dataplane's "no tenant" row (unprotected traffic): not a tenant.
-        usable = (keys >= 0) & (keys < t)
-        if not usable.all():
-            bad = keys[~usable & (keys != t)].tolist()
-            if bad:
-                # A tick must not fail for every tenant because of one bad row: skip it, say so.
-                self.ignored_tenant_indices += len(bad)
-                log.warning("rates.bad_tenant_index", indices=bad[:8], count=len(bad), valid=f"0..{t - 1}")
-            keep = np.flatnonzero(usable)
-            keys = keys[keep]
-            values = [values[i] for i in keep.tolist()]
-        idx = keys
-        # One array per field for all tenants at once (np.array over the list is the fast path).
-        current = {name: np.array(list(map(operator.attrgetter(name), values)), np.uint64).reshape(shape)
-                   for name, shape in (("class_packets", (-1, 2, N_CLASSES)), ("class_bytes", (-1, 2, N_CLASSES)),
-                                       ("passed_packets", (-1, 2)), ("dropped_packets", (-1, 2)))}
-        fresh = ~self._t_present[idx]
+        rows = min(len(counters), t)     # the row past the tenants (unprotected traffic) is not a tenant
+        present = np.zeros(t, bool)
+        present[:rows] = counters.present[:rows]
+        current = {"class_packets": counters.class_packets[:rows], "class_bytes": counters.class_bytes[:rows],
+                   "passed_packets": counters.passed_packets[:rows],
+                   "dropped_packets": counters.dropped_packets[:rows]}
+        fresh = ~self._t_present[:rows]
         deltas = {}
         for name, cur in current.items():
-            if priming:
-                deltas[name] = np.zeros(cur.shape)
-            else:
-                deltas[name] = _delta(cur, self._t_prev[name][idx], fresh) / dt
-            self._t_prev[name][idx] = cur
-        present = np.zeros(t, bool)
-        present[idx] = True
+            prev = self._t_prev[name]
+            out = np.zeros(prev.shape)
+            mask = present[:rows].reshape((-1,) + (1,) * (cur.ndim - 1))
+            if not priming:
+                out[:rows] = np.where(mask, _delta(cur, prev[:rows], fresh) / dt, 0.0)
+            np.copyto(prev[:rows], cur, where=mask)
+            deltas[name] = out
         self._t_present = present
         self._tenant_now = now
-
-        def dense(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-            out = np.zeros(shape)
-            out[idx] = values
-            return out
-
         cp, cb = deltas["class_packets"], deltas["class_bytes"]
         rates = TenantRates(
             now=now, dt=dt, present=present, valid=present & (not priming),
-            pps=dense(cp[:, INBOUND], (t, N_CLASSES)), byte_rate=dense(cb[:, INBOUND], (t, N_CLASSES)),
-            out_pps=dense(cp[:, OUTBOUND], (t, N_CLASSES)), out_byte_rate=dense(cb[:, OUTBOUND], (t, N_CLASSES)),
-            passed_pps=dense(deltas["passed_packets"][:, INBOUND], (t,)),
-            dropped_pps=dense(deltas["dropped_packets"][:, INBOUND], (t,)))
+            pps=cp[:, INBOUND], byte_rate=cb[:, INBOUND], out_pps=cp[:, OUTBOUND], out_byte_rate=cb[:, OUTBOUND],
+            passed_pps=deltas["passed_packets"][:, INBOUND], dropped_pps=deltas["dropped_packets"][:, INBOUND])
         self.last_tenant_rates = rates
         return rates
 

@@ -25,9 +25,11 @@ from dataplane.api import (
     Rule,
     RuleCounters,
     Sample,
+    TenantCounterArrays,
     TenantCounters,
 )
 from dataplane.constants import (
+    MAX_TENANTS,
     NO_TENANT,
     PAYLOAD_MATCH_BYTES,
     SAMPLE_BYTES,
@@ -312,12 +314,15 @@ class FakeDataplane:
     def read_tenant_counters(self) -> dict[int, TenantCounters]:
         return {idx: TenantCounters(**{k: v.copy() for k, v in c.items()}) for idx, c in self.tenant.items()}
 
+    def read_tenant_counter_arrays(self) -> TenantCounterArrays:
+        return TenantCounterArrays.from_mapping(self.read_tenant_counters(), MAX_TENANTS + 1)
+
     def read_destination_counters(self) -> DestinationCounters:
         items = list(self.dest.items())
         order = self.rng.permutation(len(items))      # row order means nothing in an LRU map
         items = [items[i] for i in order]
         n = len(items)
-        return DestinationCounters(
+        return DestinationCounters.from_addresses(
             addresses=[ipaddress.ip_address(a) for a, _ in items],
             tenant_idx=np.array([r["tenant"] if r["tenant"] is not None else NO_TENANT for _, r in items],
                                 np.uint32),

@@ -18,7 +18,7 @@ A, B, D = (ipaddress.ip_address(x) for x in ("198.51.100.1", "198.51.100.2", "20
 def counters(rows: dict) -> DestinationCounters:
     """rows: address -> (packets per class list, dropped)"""
     addrs = list(rows)
-    return DestinationCounters(
+    return DestinationCounters.from_addresses(
         addresses=addrs, tenant_idx=np.array([1] * len(addrs), np.uint32),
         packets=np.array([rows[a][0] for a in addrs], np.uint64).reshape(-1, C),
         bytes=np.array([[v * 100 for v in rows[a][0]] for a in addrs], np.uint64).reshape(-1, C),

@@ -1,0 +1,212 @@
+"""Addresses as the dataplane's maps key them, and a numpy hash index over such keys.
+
+A key is the 16-byte address in network byte order, IPv4 stored IPv4-mapped
+(::ffff:a.b.c.d), exactly as in the maps. In numpy a key is two uint64 words (the
+map's bytes read natively), so N keys are an (N, 2) uint64 array. Code that handles
+every destination each tick (the counter reader, the policy engine's slot table)
+works on these arrays; ipaddress objects are built only for the few addresses that
+are reported (`AddressView`), because building or hashing 100,000 of them costs
+tens of milliseconds a tick.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Iterator, Sequence
+from typing import overload
+
+import numpy as np
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+V4_MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"   # the first 12 bytes of an IPv4-mapped IPv6 address
+
+
+def key_bytes(address: IPAddress) -> bytes:
+    """The 16 bytes of an address's map key."""
+    return V4_MAPPED_PREFIX + address.packed if address.version == 4 else address.packed
+
+
+def address_from_key_bytes(raw: bytes) -> IPAddress:
+    if raw[:12] == V4_MAPPED_PREFIX:
+        return ipaddress.IPv4Address(raw[12:16])
+    return ipaddress.IPv6Address(raw)
+
+
+def address_keys(addresses: Iterable[IPAddress]) -> np.ndarray:
+    """(N, 2) uint64 keys of `addresses` (for tests, saved state and other small sets)."""
+    raw = b"".join(key_bytes(a) for a in addresses)
+    return np.frombuffer(raw, np.uint64).reshape(-1, 2).copy()
+
+
+def address_of_key(key: np.ndarray) -> IPAddress:
+    """The address of one (2,) uint64 key."""
+    return address_from_key_bytes(np.ascontiguousarray(key, np.uint64).tobytes())
+
+
+class AddressView(Sequence):
+    """The addresses of an (N, 2) key array, each built only when asked for.
+
+    Indexing returns an ipaddress object (a new, equal one on each access); iteration
+    builds them all, which is for tests and small sets, not for every destination of
+    a tick. Compares equal to any sequence of the same addresses.
+    """
+
+    __slots__ = ("keys",)
+
+    def __init__(self, keys: np.ndarray) -> None:
+        keys = np.asarray(keys, np.uint64)
+        if keys.ndim != 2 or keys.shape[1] != 2:
+            raise ValueError(f"address keys must have shape (N, 2), got {keys.shape}")
+        self.keys = keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @overload
+    def __getitem__(self, index: int) -> IPAddress: ...
+    @overload
+    def __getitem__(self, index: slice) -> AddressView: ...
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return AddressView(self.keys[index])
+        return address_of_key(self.keys[index])
+
+    def __iter__(self) -> Iterator[IPAddress]:
+        raw = np.ascontiguousarray(self.keys).tobytes()
+        return (address_from_key_bytes(raw[i:i + 16]) for i in range(0, len(raw), 16))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, AddressView):
+            return self.keys.shape == other.keys.shape and bool((self.keys == other.keys).all())
+        if isinstance(other, Sequence) and not isinstance(other, str | bytes):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]   # mutable contents, like a list
+
+    def __repr__(self) -> str:
+        shown = ", ".join(str(a) for a in self[:4])
+        return f"AddressView([{shown}{', ...' if len(self) > 4 else ''}], n={len(self)})"
+
+
+# Multipliers of a multiplicative hash (odd 64-bit constants with well-spread bits).
+_MIX_A = np.uint64(0x9E3779B97F4A7C15)
+_MIX_B = np.uint64(0xC2B2AE3D27D4EB4F)
+_SHIFT_MIX = np.uint64(29)
+MIN_CAPACITY = 1024          # hash buckets of an empty index
+MAX_LOAD = 0.5               # entries per bucket before the index doubles (short probe runs)
+
+
+def unique_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of (N, 2) keys: (index of each distinct key's first row, inverse (N,) int64)."""
+    n = len(keys)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    order = np.lexsort((keys[:, 1], keys[:, 0]))
+    s = keys[order]
+    starts = np.ones(n, bool)
+    starts[1:] = (s[1:, 0] != s[:-1, 0]) | (s[1:, 1] != s[:-1, 1])
+    group = np.cumsum(starts) - 1
+    inverse = np.empty(n, np.int64)
+    inverse[order] = group
+    # The first row (in input order) of each group: the minimum original index in it.
+    first = np.full(int(group[-1]) + 1, n, np.int64)
+    np.minimum.at(first, group, order)
+    return first, inverse
+
+
+class KeyIndex:
+    """A hash map from (N, 2) uint64 keys to non-negative int64 values, vectorised.
+
+    Open addressing with linear probing over numpy arrays: a lookup or an insertion of
+    N keys is a few whole-array operations per probe step, and probe runs stay short at
+    a load of at most MAX_LOAD. No deletion: owners rebuild the index (`rebuild`) when
+    they drop many keys at once.
+    """
+
+    def __init__(self, capacity: int = MIN_CAPACITY) -> None:
+        self._alloc(max(MIN_CAPACITY, 1 << int(np.ceil(np.log2(max(capacity, 1) / MAX_LOAD)))))
+        self._count = 0
+
+    def _alloc(self, buckets: int) -> None:
+        self._bits = int(buckets).bit_length() - 1
+        self._mask = np.int64(buckets - 1)
+        self._keys = np.zeros((buckets, 2), np.uint64)
+        self._values = np.full(buckets, -1, np.int64)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _bucket(self, keys: np.ndarray) -> np.ndarray:
+        h = (keys[:, 0] * _MIX_A) ^ (keys[:, 1] * _MIX_B)
+        h ^= h >> _SHIFT_MIX
+        h *= _MIX_A
+        return (h >> np.uint64(64 - self._bits)).astype(np.int64)
+
+    def get(self, keys: np.ndarray) -> np.ndarray:
+        """(N,) int64 values of `keys`, -1 where a key is absent."""
+        keys = np.asarray(keys, np.uint64).reshape(-1, 2)
+        out = np.full(len(keys), -1, np.int64)
+        if not self._count or not len(keys):
+            return out
+        todo = np.arange(len(keys))
+        pos = self._bucket(keys)
+        while len(todo):
+            value = self._values[pos]
+            stored = self._keys[pos]
+            want = keys[todo]
+            hit = (value >= 0) & (stored[:, 0] == want[:, 0]) & (stored[:, 1] == want[:, 1])
+            out[todo[hit]] = value[hit]
+            going = (value >= 0) & ~hit
+            todo, pos = todo[going], (pos[going] + 1) & self._mask
+        return out
+
+    def add(self, keys: np.ndarray, values: np.ndarray) -> None:
+        """Insert distinct keys that are not in the index yet (callers check with `get`)."""
+        keys = np.asarray(keys, np.uint64).reshape(-1, 2)
+        values = np.asarray(values, np.int64).reshape(-1)
+        if len(keys) != len(values):
+            raise ValueError(f"key index: {len(keys)} keys but {len(values)} values")
+        if (values < 0).any():
+            raise ValueError("key index: values must be non-negative")
+        if self._count + len(keys) > MAX_LOAD * len(self._values):
+            self._grow(self._count + len(keys))
+        self._insert(keys, values)
+        self._count += len(keys)
+
+    def _insert(self, keys: np.ndarray, values: np.ndarray) -> None:
+        todo = np.arange(len(keys))
+        pos = self._bucket(keys)
+        while len(todo):
+            empty = self._values[pos] < 0
+            # Several keys may claim one empty bucket: the last write wins, the others probe on.
+            self._keys[pos[empty]] = keys[todo[empty]]
+            self._values[pos[empty]] = values[todo[empty]]
+            stored = self._keys[pos]
+            want = keys[todo]
+            won = empty & (stored[:, 0] == want[:, 0]) & (stored[:, 1] == want[:, 1])
+            todo, pos = todo[~won], (pos[~won] + 1) & self._mask
+        return None
+
+    def _grow(self, entries: int) -> None:
+        old_keys, old_values = self._keys, self._values
+        buckets = len(old_values)
+        while entries > MAX_LOAD * buckets:
+            buckets *= 2
+        self._alloc(buckets)
+        used = old_values >= 0
+        self._insert(old_keys[used], old_values[used])
+
+    def rebuild(self, keys: np.ndarray, values: np.ndarray) -> None:
+        """Replace the contents with distinct `keys` → `values`."""
+        keys = np.asarray(keys, np.uint64).reshape(-1, 2)
+        self._alloc(max(MIN_CAPACITY, len(self._values) if len(keys) <= MAX_LOAD * len(self._values)
+                        else 1 << int(np.ceil(np.log2(len(keys) / MAX_LOAD)))))
+        self._count = 0
+        self.add(keys, values)
+
+    def clear(self) -> None:
+        self._alloc(MIN_CAPACITY)
+        self._count = 0
