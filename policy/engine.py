@@ -45,6 +45,8 @@ from policy.config import PolicyConfig
 from policy.detect import Detection, PolicyTable, TenantEntry, detect
 from policy.events import Event, EventBus, EventType
 from policy.incidents import Incident, IncidentManager, Observation, RuleRecord, State
+from policy.onset import candidates as onset_candidates
+from policy.onset import onset_rate
 from policy.packets import (
     PROTO_ICMP,
     PROTO_ICMPV6,
@@ -331,7 +333,11 @@ class PolicyEngine:
                      carpet_min_destinations=self.config.carpet_min_destinations)
         self.last_detection = det
         lap("detect")
-        observations, attack_mask = self._classify(now, dest, tenants, det)
+        # The destination counters are the tick's first read: their snapshot is `now`, and samples
+        # drained after it (later in the read stage) belong to the next tick's counters.
+        onset_pps = self._onset_rates(now, dest, det, inbound, by_dst)
+        lap("onset")
+        observations, attack_mask = self._classify(now, dest, tenants, det, onset_pps)
         lap("classify")
         events: list[Event] = []
         for obs in observations:
@@ -393,8 +399,44 @@ class PolicyEngine:
             return inc.first_seen
         return now
 
+    def _onset_rates(self, now: float, dest: DestinationRates, det: Detection, inbound: PacketFeatures,
+                     by_dst: dict[IPAddress, list[int]]) -> dict[tuple[int, int], float]:
+        """Rates since a flood's onset at targets with no incident yet (see `policy.onset`), by (row, class).
+
+        A (row, class) below its threshold whose rate since the onset is above it is made
+        anomalous here: the flood began late in the tick. Classification then judges these
+        rates, so the tick where a flood begins can start its incident and its rule.
+        """
+        out: dict[tuple[int, int], float] = {}
+        if not len(dest):
+            return out
+        first = [(int(r), int(c)) for r in det.anomalous_rows for c in np.flatnonzero(det.anomalous[r])]
+        rows, classes = onset_candidates(dest.pps, det.threshold, dest.pps - det.excess, dest.valid, det.anomalous)
+        added = False
+        for row, c in first + list(zip(rows.tolist(), classes.tolist(), strict=True)):
+            tidx = int(dest.tenant_idx[row])
+            dst = dest.addresses[row]
+            idx = by_dst.get(dst)
+            if not idx or tidx not in self.tenants or self.incidents.get(tidx, dst) is not None:
+                continue
+            idx_arr = np.asarray(idx, np.int64)
+            ts = inbound.timestamp_ns[idx_arr[inbound.traffic_class[idx_arr] == c]]
+            pps = float(dest.pps[row, c])
+            rate, active = onset_rate(now, dest.dt, pps, pps - float(det.excess[row, c]), ts)
+            if rate <= pps:
+                continue
+            out[(row, c)] = rate
+            if not det.anomalous[row, c] and rate > det.threshold[row, c]:
+                det.anomalous[row, c] = added = True
+                log.info("attack.onset", tenant=self.tenants[tidx].tenant_id, dst=str(dst),
+                         traffic_class=TrafficClass(c).name.lower(), tick_pps=round(pps), onset_pps=round(rate),
+                         active_s=round(active, 3), threshold_pps=round(float(det.threshold[row, c])))
+        if added:
+            det.anomalous_rows = np.flatnonzero(det.anomalous.any(axis=1))
+        return out
+
     def _classify(self, now: float, dest: DestinationRates, tenants: TenantRates,
-                  det: Detection) -> tuple[list[Observation], np.ndarray]:
+                  det: Detection, onset_pps: dict[tuple[int, int], float]) -> tuple[list[Observation], np.ndarray]:
         """Observations of attacked targets, and the (N, C) mask of classes judged attack traffic."""
         cfg = self.config
         attack_mask = np.zeros_like(det.anomalous)
@@ -414,7 +456,8 @@ class PolicyEngine:
                 # An ongoing attack with nothing new: keep its verdict instead of re-reading samples.
                 scores = cached[2]
             else:
-                classes = [ClassEvidence(c, float(dest.pps[row, c]), float(det.threshold[row, c]),
+                classes = [ClassEvidence(c, onset_pps.get((row, int(c)), float(dest.pps[row, c])),
+                                         float(det.threshold[row, c]),
                                          float(self.dest_baseline.mean[slot, c])) for c in sorted(anomalous_classes)]
                 scores = classify_destination(classes, self._window.for_destination(dst, self._since(tidx, dst, now)),
                                               self._peers_of(dst), cfg.min_confidence)

@@ -1,0 +1,109 @@
+"""A flood that begins late in a tick: its rate since the onset, from the samples' timestamps,
+lets the engine start the incident and the rule in that very tick (the lab's ACK flood)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from policy.events import EventType
+from policy.onset import MIN_ACTIVE_S, MIN_SAMPLES, candidates, onset_rate
+from tests.unit.policy.fakes import tcp_frame
+from tests.unit.policy.scenarios import FAST, Lab, Tenant, clients, spoofed, web_legit_frames
+
+WEB = "198.51.100.12"
+ALPHA = Tenant(1, "alpha")
+NS = 1_000_000_000
+
+
+def stamps(seconds: list[float]) -> np.ndarray:
+    return (np.asarray(seconds) * NS).astype(np.uint64)
+
+
+def test_a_flood_in_the_last_fifth_of_the_tick_gets_its_own_rate_back():
+    # 4,000 pps over the tick = a 20,000 pps flood during its last 0.2 s, on top of 50 pps of usual traffic.
+    ts = stamps(list(np.linspace(99.0, 100.0, 2)) + list(np.linspace(99.8, 100.0, 100)))
+    rate, active = onset_rate(100.0, 1.0, 4050.0, 50.0, ts)
+    assert 0.19 <= active <= 0.21
+    assert 18_000 <= rate <= 21_000
+
+
+def test_traffic_spread_over_the_tick_keeps_its_rate():
+    ts = stamps(list(np.linspace(99.0, 100.0, 80)))
+    rate, active = onset_rate(100.0, 1.0, 4000.0, 50.0, ts)
+    assert active > 0.95 and rate < 4300
+
+
+def test_few_samples_no_excess_and_the_extrapolation_cap():
+    late = stamps([99.999] * 50)
+    assert onset_rate(100.0, 1.0, 4000.0, 50.0, late[: MIN_SAMPLES - 1]) == (4000.0, 1.0)   # too few to place
+    assert onset_rate(100.0, 1.0, 40.0, 50.0, late) == (40.0, 1.0)                       # nothing new
+    rate, active = onset_rate(100.0, 1.0, 4000.0, 0.0, late)
+    assert active == MIN_ACTIVE_S and rate == 4000.0 / MIN_ACTIVE_S
+
+
+def test_candidates_are_near_their_threshold_and_a_jump_from_their_mean():
+    pps = np.array([[3000.0, 0.0], [3000.0, 0.0], [500.0, 0.0], [20_000.0, 0.0]])
+    threshold = np.full((4, 2), 10_000.0)
+    mean = np.array([[50.0, 0.0], [2900.0, 0.0], [10.0, 0.0], [50.0, 0.0]])
+    anomalous = np.array([[False, False], [False, False], [False, False], [True, False]])
+    rows, classes = candidates(pps, threshold, mean, np.ones(4, bool), anomalous)
+    assert rows.tolist() == [0] and classes.tolist() == [0]   # 1: its usual rate; 2: too low; 3: already anomalous
+
+
+def ack_flood_frames(dst: str, n: int = 200) -> list[bytes]:
+    rng = np.random.default_rng(5)
+    return [tcp_frame(src, dst, int(rng.integers(1024, 65535)), 80, "A", ttl=57) for src in spoofed(n, seed=23)]
+
+
+def fresh_web_server() -> callable:
+    """A web server the engine has seen for a few seconds (warming up: onset floors apply)."""
+    def build(tmp_path) -> Lab:
+        lab = Lab(tmp_path, [ALPHA], config=dataclasses.replace(FAST, warmup_s=600.0))
+        syns, acks = web_legit_frames(WEB)
+        lab.flow("web-syn", 1, syns, 10)
+        lab.flow("web-ack", 1, acks, 300)
+        lab.run(8)
+        assert lab.events == []
+        return lab
+    return build
+
+
+def run_tick_with_late_onset(lab: Lab, onset_share: float, flood_pps: float = 20_000) -> list:
+    """One tick in which a flood starts at (1 - onset_share) of the tick."""
+    t0 = lab.t
+    lab.dp.advance(t0, 1.0 - onset_share)
+    lab.flow("ack-flood", 1, ack_flood_frames(WEB), flood_pps, attack=True, sample_one_in=30,
+             max_samples_per_s=2000)
+    lab.dp.advance(t0 + 1.0 - onset_share, onset_share)
+    lab.t = t0 + 1.0
+    report = lab.engine.tick(lab.t)
+    lab.events += report.events
+    return report.events
+
+
+def test_an_ack_flood_starting_late_in_a_tick_is_caught_and_ruled_in_that_tick(tmp_path):
+    lab = fresh_web_server()(tmp_path)
+    events = run_tick_with_late_onset(lab, onset_share=0.15)      # 3,000 pps over the tick: below the 10k floor
+    (start,) = [e for e in events if e.type == EventType.ATTACK_START]
+    assert start.vectors[0] == "tcp_ack_flood" and start.confidence >= 0.8, start
+    rules = [r for r in lab.dp.rules.values() if "tcp_ack_flood" in r.comment]
+    assert rules and rules[0].dport is not None and rules[0].dport.lo == 80, rules
+    lab.run(3)
+    web = next(f for f in lab.dp.flows if f.name == "web-ack")
+    assert web.dropped == 0                                        # the visitors' own ACKs pass
+
+
+def test_the_same_rate_spread_over_the_tick_is_no_attack(tmp_path):
+    lab = fresh_web_server()(tmp_path)
+    lab.flow("bulk", 1, [tcp_frame(c, WEB, 41000 + i, 80, "A") for i, c in enumerate(clients(30, start=60))],
+             3000, sample_one_in=30)
+    assert lab.of_type(EventType.ATTACK_START, lab.run(3)) == []
+
+
+def test_samples_drained_after_the_counters_were_read_belong_to_the_next_tick():
+    # Counters read at 100.0; the drain 0.18 s later brought the flood's next 0.18 s of samples too.
+    ts = stamps(list(np.linspace(99.83, 100.0, 50)) + list(np.linspace(100.0, 100.18, 50)))
+    rate, active = onset_rate(100.0, 1.0, 3450.0, 50.0, ts)
+    assert active < 0.2 and rate > 17_000
