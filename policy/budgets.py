@@ -150,30 +150,35 @@ class BudgetDeriver:
         self._next_at: float | None = None
 
     def observe(self, now: float, *, tenant_idx: np.ndarray, pps: np.ndarray, valid: np.ndarray,
-                anomalous: np.ndarray, threshold: np.ndarray, baseline_cap: np.ndarray, warm: np.ndarray,
-                min_pps: np.ndarray, tenant_warm: Callable[[], np.ndarray],
+                anomalous: np.ndarray, threshold: np.ndarray, baseline_cap: np.ndarray,
+                warm: Callable[[np.ndarray], np.ndarray], tenant_warm: Callable[[], np.ndarray],
                 policies: Mapping[int, TenantPolicy]) -> None:
         """One engine tick: remember warming-up destinations' peaks; derive and push when due.
 
-        Destination rows as in `derive_budgets`, plus `pps` (N, C) this tick, `valid` (N,),
-        `anomalous` (N, C) and `min_pps` (N,) of each row's tenant. `tenant_warm()` gives the
-        (T, C) warm mask of the tenants' baselines, asked for only when a derivation is due.
+        Destination rows as in `derive_budgets`, plus `pps` (N, C) this tick, `valid` (N,) and
+        `anomalous` (N, C); `warm(rows)` gives the (len(rows), C) warm mask of those rows and
+        `tenant_warm()` the (T, C) mask of the tenants' baselines, asked for only when needed.
         """
-        # Only a warming-up destination whose rate could lift a budget above its tenant's floor
-        # is tracked: none once baselines are warm, few during warm-up.
+        # A derivable budget is never below safety · min_pps (see the module docstring), so only a
+        # warming-up destination above its tenant's min_pps can lift one: one pass over the budget
+        # classes finds the few, and only they are checked further.
+        floor = min((p.min_pps for p in policies.values()), default=0)
         cold_pps = pps[:, _COLS]
-        cold = (cold_pps * self.config.safety > min_pps[:, None]) & ~warm[:, _COLS] & ~anomalous[:, _COLS]
-        cold &= valid[:, None] & ((tenant_idx != NO_TENANT) & (tenant_idx < MAX_TENANTS))[:, None]
-        rows = np.flatnonzero(cold.any(axis=1))
+        rows = np.flatnonzero((cold_pps > floor).any(axis=1))
         if len(rows):
-            np.maximum.at(self._cold_peak, tenant_idx[rows].astype(np.int64),
-                          np.where(cold[rows], cold_pps[rows], 0.0))
+            t = tenant_idx[rows]
+            cold = (~warm(rows)[:, _COLS] & ~anomalous[rows][:, _COLS] & valid[rows, None]
+                    & ((t != NO_TENANT) & (t < MAX_TENANTS))[:, None])
+            hot = cold.any(axis=1)
+            if hot.any():
+                np.maximum.at(self._cold_peak, t[hot].astype(np.int64), np.where(cold[hot], cold_pps[rows[hot]], 0.0))
         if self._next_at is not None and now < self._next_at:
             return
         self._next_at = now + self.config.interval_s
         cold_peak = np.zeros((MAX_TENANTS, pps.shape[1]))
         cold_peak[:, _COLS] = self._cold_peak
-        derived = derive_budgets(tenant_idx=tenant_idx, normal_peak=np.maximum(threshold, baseline_cap), warm=warm,
+        derived = derive_budgets(tenant_idx=tenant_idx, normal_peak=np.maximum(threshold, baseline_cap),
+                                 warm=warm(np.arange(len(tenant_idx))),
                                  tenant_warm=tenant_warm(), cold_peak=cold_peak, policies=policies,
                                  safety=self.config.safety)
         self._cold_peak[:] = 0.0

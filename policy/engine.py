@@ -411,7 +411,7 @@ class PolicyEngine:
         if not len(dest):
             return out
         first = [(int(r), int(c)) for r in det.anomalous_rows for c in np.flatnonzero(det.anomalous[r])]
-        rows, classes = onset_candidates(dest.pps, det.threshold, dest.pps - det.excess, dest.valid, det.anomalous)
+        rows, classes = onset_candidates(dest.pps, det.threshold, det.excess, dest.valid, det.anomalous)
         added = False
         for row, c in first + list(zip(rows.tolist(), classes.tolist(), strict=True)):
             tidx = int(dest.tenant_idx[row])
@@ -615,11 +615,10 @@ class PolicyEngine:
                 record.matched_packets, record.dropped_packets = c.matched_packets, c.dropped_packets
 
     def _derive_budgets(self, now: float, dest: DestinationRates, det: Detection) -> None:
-        prow = PolicyTable.rows(dest.tenant_idx)
         self.budgets.observe(
             now, tenant_idx=dest.tenant_idx, pps=dest.pps, valid=dest.valid, anomalous=det.anomalous,
-            threshold=det.threshold, baseline_cap=det.baseline_cap, warm=self.dest_baseline.warm(dest.slots),
-            min_pps=self.policy_table.min_pps[prow],
+            threshold=det.threshold, baseline_cap=det.baseline_cap,
+            warm=lambda rows: self.dest_baseline.warm(dest.slots[rows]),
             tenant_warm=lambda: self.tenant_baseline.learned_s >= self.tenant_baseline.warmup_s,
             policies=self._policies)
 

@@ -125,7 +125,7 @@ def observe(deriver: BudgetDeriver, now: float, udp_pps: float, *, cap: float, w
     pps = rows([{UDP: udp_pps}])
     deriver.observe(now, tenant_idx=np.array([1]), pps=pps, valid=np.array([True]),
                     anomalous=np.full((1, C), anomalous), threshold=rows([{UDP: threshold}]),
-                    baseline_cap=rows([{UDP: cap}]), warm=np.full((1, C), warm), min_pps=np.array([1000.0]),
+                    baseline_cap=rows([{UDP: cap}]), warm=lambda r: np.full((len(r), C), warm),
                     tenant_warm=all_warm, policies=policies or {1: TenantPolicy()})
 
 
@@ -159,8 +159,9 @@ def test_attack_seconds_do_not_lift_the_cold_peak():
     observe(deriver, 2.0, 3000, cap=0, warm=False)             # its normal traffic
     deriver.observe(30.0, tenant_idx=np.array([1, 1]), pps=rows([{UDP: 0}, {UDP: 0}]), valid=np.array([True, True]),
                     anomalous=np.zeros((2, C), bool), threshold=rows([{UDP: 0}, {UDP: 0}]),
-                    baseline_cap=rows([{UDP: 1000}, {UDP: 0}]), warm=np.array([[True] * C, [False] * C]),
-                    min_pps=np.array([1000.0, 1000.0]), tenant_warm=all_warm, policies={1: TenantPolicy()})
+                    baseline_cap=rows([{UDP: 1000}, {UDP: 0}]),
+                    warm=lambda r: np.array([[True] * C, [False] * C])[r], tenant_warm=all_warm,
+                    policies={1: TenantPolicy()})
     assert push.calls[-1] == (1, {UDP: 6000})   # 2 x 3,000, not 2 x 50,000
 
 

@@ -48,7 +48,7 @@ def test_candidates_are_near_their_threshold_and_a_jump_from_their_mean():
     threshold = np.full((4, 2), 10_000.0)
     mean = np.array([[50.0, 0.0], [2900.0, 0.0], [10.0, 0.0], [50.0, 0.0]])
     anomalous = np.array([[False, False], [False, False], [False, False], [True, False]])
-    rows, classes = candidates(pps, threshold, mean, np.ones(4, bool), anomalous)
+    rows, classes = candidates(pps, threshold, np.maximum(pps - mean, 0.0), np.ones(4, bool), anomalous)
     assert rows.tolist() == [0] and classes.tolist() == [0]   # 1: its usual rate; 2: too low; 3: already anomalous
 
 
