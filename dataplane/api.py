@@ -176,6 +176,10 @@ class DestinationCounters:
     packets: np.ndarray            # shape (N, len(TrafficClass)), uint64, inbound, passed + dropped
     bytes: np.ndarray              # shape (N, len(TrafficClass)), uint64
     dropped_packets: np.ndarray    # shape (N,), uint64
+    # (N,) int64 or None: numbers the reader gives addresses, the same for an address from read to
+    # read for as long as the reader remembers it (a hint that spares a consumer a hash lookup per
+    # row; a consumer checks the key behind a remembered number, as numbers are reused after a reset)
+    ids: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.keys)

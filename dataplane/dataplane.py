@@ -832,101 +832,104 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
     `cache`: (slots, CPUs, entry_words) uint64, the per-CPU direct-mapped cache;
     `spill_keys`: (S, 2) uint64 addresses and `spill`: (S, CPUs, spilled_words) the
     LRU spill map of evicted slots. An address hashes to the same slot on every CPU,
-    so a slot whose live copies all hold one address sums in place (the common case,
-    vectorised); only slots whose CPUs hold different addresses, and spilled
-    counters, are merged by address.
+    so a slot whose live copies all hold one address sums in place (the common case);
+    slots whose CPUs hold different addresses, and spilled counters, are added by
+    address id. Rows come out ordered by the memo's id, which is stable from read to
+    read, so consecutive reads list the addresses they share in the same order.
     """
     raw = cache
-    counters_at = layout.counters_at
-    count = raw.shape[0]
-    head = raw[:, :, 2]  # tenant_idx | generation << 32
-    live = ((head >> 32) != 0) & ((head & 0xFFFFFFFF) != NO_TENANT)
+    n_cpus = raw.shape[1]
+    c0, cw = layout.counters_at, layout.counter_words
+    # The cache is tens of MB and every strided pass over it touches each slot's cache lines:
+    # few passes, no (slots, CPUs, words) temporaries.
+    head = np.ascontiguousarray(raw[:, :, 2])  # tenant_idx | generation << 32
+    filled = (head >> 32) != 0
+    live = filled & ((head & 0xFFFFFFFF) != NO_TENANT)
     any_live = live.any(axis=1)
-    first = live.argmax(axis=1)
-    rows = np.arange(count)
-    rep = raw[rows, first, :2]
-    same = (raw[:, :, :2] == rep[:, None, :]).all(axis=2) | ~live
-    agree = same.all(axis=1) & any_live
-    summed = np.where((live & agree[:, None])[:, :, None], raw[:, :, counters_at:], 0).sum(axis=1)
-    counters = summed[agree]
-    tenant = (raw[rows, first, 2] & 0xFFFFFFFF).astype(np.uint32)[agree]
+    rep = raw[:, n_cpus - 1, :2]        # the address of each slot's first live copy
+    for cpu in range(n_cpus - 2, -1, -1):
+        rep = np.where(live[:, cpu, None], raw[:, cpu, :2], rep)
+    agree = any_live.copy()
+    for cpu in range(n_cpus):
+        agree &= ((raw[:, cpu, 0] == rep[:, 0]) & (raw[:, cpu, 1] == rep[:, 1])) | ~live[:, cpu]
+    agree_rows = np.flatnonzero(agree)
+    # Sum every copy in one pass: copies never filled (generation 0) hold zeros; copies of an
+    # address without a tenant were counted but are not reported, so those few are taken out.
+    summed = raw[:, :, c0:c0 + cw].sum(axis=1, dtype=np.uint64)
+    agree_counters = summed[agree_rows]
+    unreported = filled & ~live
+    for row in np.flatnonzero(agree[agree_rows] & unreported[agree_rows].any(axis=1)):
+        for cpu in np.flatnonzero(unreported[agree_rows[row]]):
+            agree_counters[row] -= raw[agree_rows[row], cpu, c0:c0 + cw]
+    tenant_of_rep = head[:, n_cpus - 1]
+    for cpu in range(n_cpus - 2, -1, -1):
+        tenant_of_rep = np.where(live[:, cpu], head[:, cpu], tenant_of_rep)
+    agree_tenants = (tenant_of_rep[agree_rows] & 0xFFFFFFFF).astype(np.uint32)
 
-    n_counter_words = layout.counter_words
-    counters = counters[:, :n_counter_words]
     conflict = live & ~agree[:, None]
     conflict_rows = raw[conflict]
     if len(spill_keys):
-        spill_counters = spill[:, :, :n_counter_words].sum(axis=1)
-        # The tenant of the last CPU that spilled it (0 words are CPUs that never did).
+        spill_counters = spill[:, :, :cw].sum(axis=1, dtype=np.uint64)
+        # The tenant of the last CPU that spilled it; a CPU that never did holds zeros, so only rows
+        # whose CPUs' tenant words differ need a look at which CPUs spilled.
         tenant_words = spill[:, :, layout.spilled_tenant_at] & 0xFFFFFFFF
-        spilled_any = spill[:, :, :n_counter_words].any(axis=2)
-        spill_tenants = np.where(spilled_any, tenant_words, NO_TENANT).min(axis=1).astype(np.uint32)
+        spill_tenants = tenant_words[:, 0].copy()
+        differ = np.flatnonzero((tenant_words != tenant_words[:, :1]).any(axis=1))
+        if len(differ):
+            spilled = spill[differ, :, :cw].any(axis=2)
+            spill_tenants[differ] = np.where(spilled, tenant_words[differ], NO_TENANT).min(axis=1)
     else:
-        spill_counters = np.zeros((0, n_counter_words), np.uint64)
-        spill_tenants = np.zeros(0, np.uint32)
-    agree_ids = memo.slot_ids(rep, agree)[agree]
+        spill_counters = np.zeros((0, cw), np.uint64)
+        spill_tenants = np.zeros(0, np.uint64)
+    agree_ids = memo.slot_ids(rep, agree)[agree_rows]
     ids = memo.ids(np.concatenate([conflict_rows[:, :2], spill_keys.reshape(-1, 2)]), clear=False)
     n_conflict = len(conflict_rows)
     ids, counters, tenant = _merge_by_address(
-        agree_ids, counters, tenant, len(memo),
-        ids[:n_conflict], conflict_rows[:, counters_at:counters_at + n_counter_words],
-        (conflict_rows[:, 2] & 0xFFFFFFFF).astype(np.uint32),
-        ids[n_conflict:], spill_counters, spill_tenants)
+        len(memo), (agree_ids, agree_counters, agree_tenants),
+        (ids[:n_conflict], conflict_rows[:, c0:c0 + cw], conflict_rows[:, 2] & 0xFFFFFFFF),
+        (ids[n_conflict:], spill_counters, spill_tenants))
     n_cls = len(TrafficClass)
     pk, by, dr = layout.packets_at, layout.bytes_at, layout.dropped_at
     return DestinationCounters(
         keys=memo.keys(ids),
         tenant_idx=tenant,
-        packets=counters[:, pk:pk + n_cls].copy(),
-        bytes=counters[:, by:by + n_cls].copy(),
-        dropped_packets=counters[:, dr].copy(),
+        packets=counters[:, pk:pk + n_cls],
+        bytes=counters[:, by:by + n_cls],
+        dropped_packets=counters[:, dr],
+        ids=ids,
     )
 
 
-def _merge_by_address(ids: np.ndarray, counters: np.ndarray, tenants: np.ndarray, n_ids: int,
-                      conflict_ids: np.ndarray, conflict_counters: np.ndarray, conflict_tenants: np.ndarray,
-                      spill_ids: np.ndarray, spill_counters: np.ndarray, spill_tenants: np.ndarray):
-    """Adds rows keyed by address id into the unique rows `ids`; new addresses append.
+def _merge_by_address(n_ids: int, cached: tuple[np.ndarray, np.ndarray, np.ndarray],
+                      conflicts: tuple[np.ndarray, np.ndarray, np.ndarray],
+                      spilled: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One row per address id, in ascending id order, from (ids, counters, tenant) parts.
 
-    `conflict_*` (cache slots whose CPUs hold different addresses: rare, may repeat an
-    address) are merged one by one; `spill_*` (the spill map: one row per address) at
-    once. A row without a tenant (spilled) takes the tenant of another copy of the same
-    address. `n_ids` bounds the ids (the memo's size).
+    Ascending ids keep consecutive reads in one order, so the engine's per-address state
+    (slots assigned in the same order) is walked nearly in sequence, not at random.
+    `cached` (agreeing cache slots) and `spilled` (the spill map) hold each address at
+    most once each; `conflicts` (cache slots whose CPUs hold different addresses: rare)
+    may repeat one. Counters add up; the tenant comes from the cache where the address
+    is cached (a spilled copy keeps the tenant it had when it left). `n_ids` bounds the ids.
     """
-    row_of = np.full(n_ids, -1, np.int64)
+    present = np.zeros(n_ids, bool)
+    for part_ids, _, _ in (cached, conflicts, spilled):
+        present[part_ids] = True
+    ids = np.flatnonzero(present)
+    row_of = np.empty(n_ids, np.int64)
     row_of[ids] = np.arange(len(ids))
-    counters = counters.copy()
-    tenants = tenants.copy()
-    new_ids, new_counters, new_tenants = [], [], []
-    for a, c, t in zip(conflict_ids.tolist(), conflict_counters, conflict_tenants.tolist(), strict=True):
-        i = int(row_of[a])
-        if i < 0:
-            row_of[a] = len(ids) + len(new_ids)
-            new_ids.append(a)
-            new_counters.append(c.copy())
-            new_tenants.append(t)
-        elif i < len(ids):
-            counters[i] += c
-            if tenants[i] == NO_TENANT:
-                tenants[i] = t
-        else:
-            j = i - len(ids)
-            new_counters[j] += c
-            if new_tenants[j] == NO_TENANT:
-                new_tenants[j] = t
-    if new_ids:
-        ids = np.concatenate([ids, np.array(new_ids, np.int64)])
-        counters = np.concatenate([counters, np.array(new_counters, np.uint64).reshape(-1, counters.shape[1])])
-        tenants = np.concatenate([tenants, np.array(new_tenants, np.uint32)])
-    if len(spill_ids):
-        at = row_of[spill_ids]
-        hit = at >= 0
-        rows = at[hit]                       # distinct: the spill map holds each address once
-        counters[rows] += spill_counters[hit]
-        tenants[rows] = np.where(tenants[rows] == NO_TENANT, spill_tenants[hit], tenants[rows])
-        ids = np.concatenate([ids, spill_ids[~hit]])
-        counters = np.concatenate([counters, spill_counters[~hit]])
-        tenants = np.concatenate([tenants, spill_tenants[~hit]])
+    counters = np.zeros((len(ids), cached[1].shape[1]), np.uint64)
+    tenants = np.full(len(ids), NO_TENANT, np.uint32)
+    srows = row_of[spilled[0]]
+    counters[srows] = spilled[1]            # distinct rows: the spill map holds each address once
+    tenants[srows] = spilled[2]
+    if len(conflicts[0]):
+        crows = row_of[conflicts[0]]
+        np.add.at(counters, crows, conflicts[1])
+        tenants[crows] = conflicts[2]
+    rows = row_of[cached[0]]
+    counters[rows] += cached[1]
+    tenants[rows] = cached[2]
     return ids, counters, tenants
 
 

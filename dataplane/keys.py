@@ -133,14 +133,16 @@ class KeyIndex:
     def _alloc(self, buckets: int) -> None:
         self._bits = int(buckets).bit_length() - 1
         self._mask = np.int64(buckets - 1)
-        self._keys = np.zeros((buckets, 2), np.uint64)
+        # The two words of each bucket's key in separate arrays: 1-D gathers are the fast ones.
+        self._k0 = np.zeros(buckets, np.uint64)
+        self._k1 = np.zeros(buckets, np.uint64)
         self._values = np.full(buckets, -1, np.int64)
 
     def __len__(self) -> int:
         return self._count
 
-    def _bucket(self, keys: np.ndarray) -> np.ndarray:
-        h = (keys[:, 0] * _MIX_A) ^ (keys[:, 1] * _MIX_B)
+    def _bucket(self, k0: np.ndarray, k1: np.ndarray) -> np.ndarray:
+        h = (k0 * _MIX_A) ^ (k1 * _MIX_B)
         h ^= h >> _SHIFT_MIX
         h *= _MIX_A
         return (h >> np.uint64(64 - self._bits)).astype(np.int64)
@@ -148,19 +150,22 @@ class KeyIndex:
     def get(self, keys: np.ndarray) -> np.ndarray:
         """(N,) int64 values of `keys`, -1 where a key is absent."""
         keys = np.asarray(keys, np.uint64).reshape(-1, 2)
-        out = np.full(len(keys), -1, np.int64)
         if not self._count or not len(keys):
-            return out
-        todo = np.arange(len(keys))
-        pos = self._bucket(keys)
+            return np.full(len(keys), -1, np.int64)
+        k0, k1 = keys[:, 0], keys[:, 1]
+        pos = self._bucket(k0, k1)
+        value = self._values.take(pos)
+        hit = (self._k0.take(pos) == k0) & (self._k1.take(pos) == k1)
+        out = np.where(hit, value, -1)
+        going = ~hit & (value >= 0)           # an occupied bucket of another key: probe on
+        todo, pos = np.flatnonzero(going), pos[going]
         while len(todo):
-            value = self._values[pos]
-            stored = self._keys[pos]
-            want = keys[todo]
-            hit = (value >= 0) & (stored[:, 0] == want[:, 0]) & (stored[:, 1] == want[:, 1])
+            pos = (pos + 1) & self._mask
+            value = self._values.take(pos)
+            hit = (self._k0.take(pos) == k0[todo]) & (self._k1.take(pos) == k1[todo])
             out[todo[hit]] = value[hit]
-            going = (value >= 0) & ~hit
-            todo, pos = todo[going], (pos[going] + 1) & self._mask
+            going = ~hit & (value >= 0)
+            todo, pos = todo[going], pos[going]
         return out
 
     def add(self, keys: np.ndarray, values: np.ndarray) -> None:
@@ -173,31 +178,30 @@ class KeyIndex:
             raise ValueError("key index: values must be non-negative")
         if self._count + len(keys) > MAX_LOAD * len(self._values):
             self._grow(self._count + len(keys))
-        self._insert(keys, values)
+        self._insert(keys[:, 0], keys[:, 1], values)
         self._count += len(keys)
 
-    def _insert(self, keys: np.ndarray, values: np.ndarray) -> None:
-        todo = np.arange(len(keys))
-        pos = self._bucket(keys)
+    def _insert(self, k0: np.ndarray, k1: np.ndarray, values: np.ndarray) -> None:
+        todo = np.arange(len(values))
+        pos = self._bucket(k0, k1)
         while len(todo):
-            empty = self._values[pos] < 0
+            empty = self._values.take(pos) < 0
             # Several keys may claim one empty bucket: the last write wins, the others probe on.
-            self._keys[pos[empty]] = keys[todo[empty]]
-            self._values[pos[empty]] = values[todo[empty]]
-            stored = self._keys[pos]
-            want = keys[todo]
-            won = empty & (stored[:, 0] == want[:, 0]) & (stored[:, 1] == want[:, 1])
+            claim, claimant = pos[empty], todo[empty]
+            self._k0[claim] = k0[claimant]
+            self._k1[claim] = k1[claimant]
+            self._values[claim] = values[claimant]
+            won = empty & (self._k0.take(pos) == k0[todo]) & (self._k1.take(pos) == k1[todo])
             todo, pos = todo[~won], (pos[~won] + 1) & self._mask
-        return None
 
     def _grow(self, entries: int) -> None:
-        old_keys, old_values = self._keys, self._values
+        old_k0, old_k1, old_values = self._k0, self._k1, self._values
         buckets = len(old_values)
         while entries > MAX_LOAD * buckets:
             buckets *= 2
         self._alloc(buckets)
         used = old_values >= 0
-        self._insert(old_keys[used], old_values[used])
+        self._insert(old_k0[used], old_k1[used], old_values[used])
 
     def rebuild(self, keys: np.ndarray, values: np.ndarray) -> None:
         """Replace the contents with distinct `keys` → `values`."""

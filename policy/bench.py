@@ -12,9 +12,11 @@ kernel's batch reads hand `dataplane.Dataplane`, laid out as the maps are
 (struct sw_addr_entry, sw_addr_spilled, sw_tenant_stats in dataplane/bpf/seawall.h,
 two CPUs), and decodes them with the real reader's own code
 (`dataplane.dataplane.decode_destination_counters`); its tenant read decodes the
-stats map's sum with `decode_tenant_counters`, as `Dataplane.read_tenant_counter_arrays` does. So a tick's "read"
-stage costs what the real one costs in user space; the kernel's share of a batch
-read (walking the maps) is not in it. Addresses: 198.18.0.0/15 (131,072), then
+stats map's sum with `decode_tenant_counters`, as `Dataplane.read_tenant_counter_arrays` does. The map contents are
+laid out when the synthetic traffic advances, outside the tick, as the kernel
+fills its maps while it counts; so a tick's "read" stage costs what the real one
+costs in user space after its batch reads, and the kernel's share of a batch read
+(walking the maps and copying them out) is not in it. Addresses: 198.18.0.0/15 (131,072), then
 2001:db8::/32 for larger sets (documentation addresses: nothing is sent).
 """
 
@@ -145,12 +147,14 @@ class SyntheticDataplane:
         self.t_packets = np.zeros((tenants, 2, N_CLASSES), np.uint64)
         self.rules: dict[int, Rule] = {}
         self._next_rule = 1
+        self._fill_maps()
 
     @property
     def nbytes(self) -> int:
-        """Memory of the synthetic counters themselves (not the engine's)."""
+        """Memory of the synthetic counters and of their map layout (what the batch reads would copy out;
+        not the engine's)."""
         return sum(a.nbytes for a in (self.keys, self.cache_slot, self.tenant_of, self.mean_pps, self.packets,
-                                      self.spilled, self.present, self.resident, self.t_packets))
+                                      self.spilled, self.present, self.resident, self.t_packets, *self._maps))
 
     def advance(self, dt: float) -> None:
         add = self.rng.poisson(self.mean_pps * dt).astype(np.uint64)
@@ -174,9 +178,10 @@ class SyntheticDataplane:
         per_tenant = np.zeros((self.t, N_CLASSES), np.uint64)
         np.add.at(per_tenant, self.tenant_of, add)
         self.t_packets[:, 0, :] += per_tenant
+        self._fill_maps()
 
-    def read_destination_counters(self) -> DestinationCounters:
-        """The two batch reads of `Dataplane.read_destination_counters`, decoded by its code."""
+    def _fill_maps(self) -> None:
+        """Lay the counters out as the kernel's maps hold them (what a batch read copies out)."""
         lay = LAYOUT
         half = np.uint64(2)
         cache = np.zeros((CACHE_SLOTS, N_CPUS, lay.entry_words), np.uint64)
@@ -196,16 +201,22 @@ class SyntheticDataplane:
             spill[:, cpu, lay.packets_at:lay.packets_at + N_CLASSES] = share
             spill[:, cpu, lay.bytes_at:lay.bytes_at + N_CLASSES] = share * np.uint64(BYTES_PER_PACKET)
             spill[:, cpu, lay.spilled_tenant_at] = self.tenant_of[out]
-        return decode_destination_counters(cache, self.keys[out], spill, lay, self.memo)
+        t_lay = TENANT_LAYOUT
+        tenant_stats = np.zeros((MAX_TENANTS + 1, N_CPUS, 2, t_lay.dir_words), np.uint64)
+        cp = self.t_packets
+        tenant_stats[:self.t, 0, :, t_lay.class_packets_at:t_lay.class_packets_at + N_CLASSES] = cp
+        tenant_stats[:self.t, 0, :, t_lay.class_bytes_at:t_lay.class_bytes_at + N_CLASSES] = \
+            cp * np.uint64(BYTES_PER_PACKET)
+        self._maps = (cache, self.keys[out], spill, tenant_stats)
+
+    def read_destination_counters(self) -> DestinationCounters:
+        """`Dataplane.read_destination_counters` after its two batch reads: its decoding code."""
+        cache, spill_keys, spill, _ = self._maps
+        return decode_destination_counters(cache, spill_keys, spill, LAYOUT, self.memo)
 
     def read_tenant_counter_arrays(self) -> TenantCounterArrays:
-        """As `Dataplane.read_tenant_counter_arrays`: the whole per-CPU map, summed, decoded by its code."""
-        lay = TENANT_LAYOUT
-        raw = np.zeros((MAX_TENANTS + 1, N_CPUS, 2, lay.dir_words), np.uint64)
-        cp = self.t_packets
-        raw[:self.t, 0, :, lay.class_packets_at:lay.class_packets_at + N_CLASSES] = cp
-        raw[:self.t, 0, :, lay.class_bytes_at:lay.class_bytes_at + N_CLASSES] = cp * np.uint64(BYTES_PER_PACKET)
-        return decode_tenant_counters(raw.sum(axis=1, dtype=np.uint64), lay)
+        """`Dataplane.read_tenant_counter_arrays` after its batch read: the sum over CPUs, decoded by its code."""
+        return decode_tenant_counters(self._maps[3].sum(axis=1, dtype=np.uint64), TENANT_LAYOUT)
 
     def read_tenant_counters(self) -> dict[int, TenantCounters]:
         """As `Dataplane.read_tenant_counters`: one object per tenant that has counters."""

@@ -107,6 +107,9 @@ class SlotTable:
         self.last_seen = np.zeros(capacity, np.float64)
         self.in_use = np.zeros(capacity, bool)
         self._free = np.arange(capacity - 1, -1, -1, dtype=np.int64)   # a stack: the end is taken first
+        # The slot each of the reader's address ids had at the last read (see DestinationCounters.ids):
+        # the steady state maps a read to slots by this array alone, checking each key.
+        self._slot_of_reader_id = np.full(0, -1, np.int64)
 
     @property
     def capacity(self) -> int:
@@ -125,11 +128,18 @@ class SlotTable:
         self.in_use = np.concatenate([self.in_use, np.zeros(new - old, bool)])
         self._free = np.concatenate([np.arange(new - 1, old - 1, -1, dtype=np.int64), self._free])
 
-    def lookup(self, addresses: np.ndarray | Sequence[IPAddress]) -> tuple[np.ndarray, np.ndarray]:
+    def lookup(self, addresses: np.ndarray | Sequence[IPAddress],
+               reader_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Slots of (N, 2) keys or of addresses (assigning new ones) and a mask of newly assigned slots
-        (an address twice in one call gets one slot, new at its first row)."""
+        (an address twice in one call gets one slot, new at its first row). `reader_ids`: the
+        reader's numbers for the rows (`DestinationCounters.ids`), if it gives any."""
         keys = _keys_of(addresses)
-        slots = self.index.get(keys)
+        if reader_ids is not None and len(reader_ids):
+            slots = self._by_reader_id(keys, reader_ids)
+            unknown = np.flatnonzero(slots < 0)
+            slots[unknown] = self.index.get(keys[unknown])
+        else:
+            slots = self.index.get(keys)
         new_mask = np.zeros(len(keys), bool)
         missing = np.flatnonzero(slots < 0)
         if len(missing):
@@ -144,7 +154,24 @@ class SlotTable:
             self.in_use[taken] = True
             slots[missing] = taken[inverse]
             new_mask[missing[first]] = True
+        if reader_ids is not None and len(reader_ids):
+            self._slot_of_reader_id[reader_ids] = slots
         return slots, new_mask
+
+    def _by_reader_id(self, keys: np.ndarray, reader_ids: np.ndarray) -> np.ndarray:
+        """Slots remembered for the reader's ids whose slot still holds the same key; -1 elsewhere."""
+        top = int(reader_ids.max()) + 1
+        if top > len(self._slot_of_reader_id):
+            grown = np.full(max(top, 2 * len(self._slot_of_reader_id)), -1, np.int64)
+            grown[:len(self._slot_of_reader_id)] = self._slot_of_reader_id
+            self._slot_of_reader_id = grown
+        slots = self._slot_of_reader_id.take(reader_ids)
+        known = slots >= 0
+        held = slots[known]
+        # A reader that reset reuses ids, and an expired slot may hold another address now.
+        same = (self.keys[held, 0] == keys[known, 0]) & (self.keys[held, 1] == keys[known, 1]) & self.in_use[held]
+        slots[np.flatnonzero(known)[~same]] = -1
+        return slots
 
     def expire(self, now: float, forget_after_s: float) -> np.ndarray:
         """Free slots not seen for `forget_after_s` seconds; returns the freed slots."""
@@ -205,7 +232,9 @@ class RateTracker:
         if counters.tenant_idx.shape != (n,):
             raise ValueError(f"destination counters: {n} addresses but tenant_idx has shape "
                              f"{counters.tenant_idx.shape}")
-        slots, _new = self.slots.lookup(counters.keys)
+        if counters.ids is not None and counters.ids.shape != (n,):
+            raise ValueError(f"destination counters: {n} addresses but ids has shape {counters.ids.shape}")
+        slots, _new = self.slots.lookup(counters.keys, counters.ids)
         self._ensure_capacity()
         priming = self._dest_now is None
         dt = 0.0 if priming else now - self._dest_now

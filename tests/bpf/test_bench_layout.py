@@ -1,0 +1,60 @@
+"""The policy benchmark's synthetic maps against the compiled program's.
+
+`policy/bench.py` fills byte buffers laid out as the kernel's maps by hand (it must run
+without bcc), and decodes them with the reader's code. If the program's structs change
+and the benchmark's layout does not, it decodes garbage and times the wrong thing; this
+pins its layouts to bcc's types of a loaded program.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+
+import numpy as np
+
+from dataplane.constants import MAX_TENANTS, TrafficClass
+from dataplane.dataplane import decode_destination_counters, decode_tenant_counters
+from policy import bench
+from tests.bpf import frames
+from tests.bpf.conftest import ALPHA_DST, CLEAN_SRC, XDP_REDIRECT, run
+
+
+def test_bench_address_layout_is_the_programs(dp):
+    assert dp._address_layout() == bench.LAYOUT
+    assert dp._maps["sw_addr_cache"].max_entries == bench.CACHE_SLOTS
+
+
+def test_bench_tenant_stats_layout_is_the_programs(dp):
+    assert dp._tenant_stats_layout() == bench.TENANT_LAYOUT
+    stats = dp._maps["sw_tenant_stats"]
+    assert stats.max_entries == MAX_TENANTS + 1
+    assert ctypes.sizeof(stats.Leaf._type_) == 2 * bench.TENANT_LAYOUT.dir_words * 8
+
+
+def test_bench_buffers_decode_like_the_real_read(dp, tenants):
+    """One packet's counts, read through the real maps, decode the same with the bench's layouts."""
+    dst = ALPHA_DST
+    alpha = tenants["alpha"]
+    assert run(dp, frames.udp(CLEAN_SRC, dst, dport=28960)) == XDP_REDIRECT
+    _, values, count = dp._batch("sw_addr_cache")
+    skeys, svalues, scount = dp._batch("sw_addr_spill")
+    lay = bench.LAYOUT
+    cache = np.frombuffer(values, np.uint64).reshape(count, dp.ncpus, lay.entry_words)
+    spill = np.frombuffer(svalues, np.uint64).reshape(scount, dp.ncpus, lay.spilled_words)
+    memo = bench.AddressMemo(1 << 20)
+    decoded = decode_destination_counters(cache, np.frombuffer(skeys, np.uint64).reshape(scount, 2), spill, lay, memo)
+    real = dp.read_destination_counters()
+    row = list(decoded.addresses).index(ipaddress.ip_address(dst))
+    real_row = list(real.addresses).index(ipaddress.ip_address(dst))
+    assert decoded.packets[row, TrafficClass.UDP] >= 1
+    np.testing.assert_array_equal(decoded.packets[row], real.packets[real_row])
+    assert decoded.tenant_idx[row] == real.tenant_idx[real_row] == alpha
+
+    _, tvalues, tcount = dp._batch("sw_tenant_stats")
+    words = np.frombuffer(tvalues, np.uint64).reshape(tcount, dp.ncpus, 2, bench.TENANT_LAYOUT.dir_words)
+    from_bench = decode_tenant_counters(words.sum(axis=1, dtype=np.uint64), bench.TENANT_LAYOUT).tenant(alpha)
+    from_reader = dp.read_tenant_counters([alpha])[alpha]
+    for field in ("class_packets", "class_bytes", "dropped_packets", "passed_packets", "reason_packets"):
+        np.testing.assert_array_equal(getattr(from_bench, field), getattr(from_reader, field), err_msg=field)
+    assert from_bench.class_packets.sum() >= 1
