@@ -39,6 +39,9 @@ def test_a_pushed_budget_drops_above_it_and_passes_below_it(dp, tenants):
     passed, over = flood(dp, alpha, "198.51.100.72")
     # Each CPU's share of the rate holds 100 ms of burst: about 2000 / CPUs / 10 packets pass.
     assert passed + over == BURST and 20 <= passed <= 250, (passed, over)
+    # An address the program had cached before the tenant had any budget gets it too.
+    passed, over = flood(dp, alpha, "198.51.100.71")
+    assert passed <= 250 and over >= BURST - 250, (passed, over)
     assert run(dp, frames.tcp(CLEAN_SRC, "198.51.100.72", flags="A")) == XDP_REDIRECT   # other classes: no budget
     dp.set_class_budgets(alpha, {TrafficClass.UDP: 50_000_000})  # far above the burst: everything passes
     assert flood(dp, alpha, "198.51.100.73") == (BURST, 0)
