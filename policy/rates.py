@@ -31,6 +31,8 @@ from dataplane.keys import AddressView, KeyIndex, address_keys, unique_keys
 log = structlog.get_logger("policy")
 
 N_CLASSES = len(TrafficClass)
+_DEST_WORDS = 2 * N_CLASSES + 1      # a destination's packets[C], bytes[C], dropped packets
+_TENANT_WORDS = 2 * N_CLASSES + 1    # a tenant direction's class packets[C], class bytes[C], dropped packets
 INBOUND = int(Direction.INBOUND)
 OUTBOUND = int(Direction.OUTBOUND)
 
@@ -75,14 +77,13 @@ class TenantRates:
 
 
 def _delta(current: np.ndarray, previous: np.ndarray, fresh: np.ndarray) -> np.ndarray:
-    """Per-element counter delta with reset handling (uint64 in, float64 out)."""
-    current = current.astype(np.uint64, copy=False)
-    previous = previous.astype(np.uint64, copy=False)
-    grew = current >= previous
-    delta = np.where(grew, current - np.where(grew, previous, 0), current)
+    """Per-element counter delta with reset handling (uint64 in, float64 out); `fresh` marks
+    rows (first axis) whose whole current value is new."""
+    delta = current - previous                 # wraps where the counter was reset: replaced below
+    reset = current < previous
     if fresh.ndim and fresh.any():
-        shape = (-1,) + (1,) * (current.ndim - 1)
-        delta = np.where(fresh.reshape(shape), current, delta)
+        reset |= fresh.reshape((-1,) + (1,) * (current.ndim - 1))
+    np.copyto(delta, current, where=reset)
     return delta.astype(np.float64)
 
 
@@ -196,16 +197,14 @@ class RateTracker:
         self.slots = SlotTable()
         self.forget_after_s = forget_after_s
         cap = self.slots.capacity
-        self._prev_packets = np.zeros((cap, N_CLASSES), np.uint64)
-        self._prev_bytes = np.zeros((cap, N_CLASSES), np.uint64)
-        self._prev_dropped = np.zeros(cap, np.uint64)
+        # Per slot, the last read's packets[C], bytes[C] and dropped packets side by side: one
+        # gather, one delta and one scatter per tick instead of three.
+        self._prev = np.zeros((cap, _DEST_WORDS), np.uint64)
         self._present = np.zeros(cap, bool)
         self._dest_now: float | None = None
         self._next_expiry = 0.0
         t = MAX_TENANTS
-        self._t_prev = {name: np.zeros(shape, np.uint64) for name, shape in (
-            ("class_packets", (t, 2, N_CLASSES)), ("class_bytes", (t, 2, N_CLASSES)),
-            ("passed_packets", (t, 2)), ("dropped_packets", (t, 2)))}
+        self._t_prev = np.zeros((t, 2, _TENANT_WORDS), np.uint64)   # class packets[C], bytes[C], dropped
         self._t_present = np.zeros(t, bool)
         self._tenant_now: float | None = None
         self.last_destination_rates: DestinationRates | None = None
@@ -218,17 +217,16 @@ class RateTracker:
         if cap == old:
             return
         pad = cap - old
-        self._prev_packets = np.vstack([self._prev_packets, np.zeros((pad, N_CLASSES), np.uint64)])
-        self._prev_bytes = np.vstack([self._prev_bytes, np.zeros((pad, N_CLASSES), np.uint64)])
-        self._prev_dropped = np.concatenate([self._prev_dropped, np.zeros(pad, np.uint64)])
+        self._prev = np.vstack([self._prev, np.zeros((pad, _DEST_WORDS), np.uint64)])
         self._present = np.concatenate([self._present, np.zeros(pad, bool)])
 
     def update_destinations(self, now: float, counters: DestinationCounters) -> tuple[DestinationRates, np.ndarray]:
         """Rates for this read, and the slots freed by expiry (their baselines must be reset)."""
         n = len(counters.keys)
-        packets = np.asarray(counters.packets, np.uint64).reshape(n, N_CLASSES)
-        nbytes = np.asarray(counters.bytes, np.uint64).reshape(n, N_CLASSES)
-        dropped = np.asarray(counters.dropped_packets, np.uint64).reshape(n)
+        if counters.packets.shape != (n, N_CLASSES) or counters.bytes.shape != (n, N_CLASSES) \
+                or counters.dropped_packets.shape != (n,):
+            raise ValueError(f"destination counters: {n} addresses but packets, bytes, dropped_packets have shapes "
+                             f"{counters.packets.shape}, {counters.bytes.shape}, {counters.dropped_packets.shape}")
         if counters.tenant_idx.shape != (n,):
             raise ValueError(f"destination counters: {n} addresses but tenant_idx has shape "
                              f"{counters.tenant_idx.shape}")
@@ -241,19 +239,22 @@ class RateTracker:
         if not priming and dt <= 0:
             raise ValueError(f"rates: time went backwards or stood still (dt={dt:.6f} s)")
         fresh = ~self._present[slots]
+        current = np.empty((n, _DEST_WORDS), np.uint64)
+        current[:, :N_CLASSES] = counters.packets
+        current[:, N_CLASSES:2 * N_CLASSES] = counters.bytes
+        current[:, 2 * N_CLASSES] = counters.dropped_packets
         if priming:
             # Slots restored from saved state count as seen now, not at time zero.
             self.slots.last_seen[self.slots.in_use] = now
-            pps = np.zeros((n, N_CLASSES))
-            bps = np.zeros((n, N_CLASSES))
-            dps = np.zeros(n)
+            rates = np.zeros((n, _DEST_WORDS))
         else:
-            pps = _delta(packets, self._prev_packets[slots], fresh) / dt
-            bps = _delta(nbytes, self._prev_bytes[slots], fresh) / dt
-            dps = _delta(dropped, self._prev_dropped[slots], fresh) / dt
-        self._prev_packets[slots] = packets
-        self._prev_bytes[slots] = nbytes
-        self._prev_dropped[slots] = dropped
+            rates = _delta(current, self._prev[slots], fresh)
+            rates *= 1.0 / dt
+        self._prev[slots] = current
+        # Contiguous per-field arrays: detection and learning make a dozen passes over them.
+        pps = np.ascontiguousarray(rates[:, :N_CLASSES])
+        bps = np.ascontiguousarray(rates[:, N_CLASSES:2 * N_CLASSES])
+        dps = np.ascontiguousarray(rates[:, 2 * N_CLASSES])
         self._present[:] = False
         self._present[slots] = True
         self.slots.last_seen[slots] = now
@@ -292,26 +293,28 @@ class RateTracker:
         rows = min(len(counters), t)     # the row past the tenants (unprotected traffic) is not a tenant
         present = np.zeros(t, bool)
         present[:rows] = counters.present[:rows]
-        current = {"class_packets": counters.class_packets[:rows], "class_bytes": counters.class_bytes[:rows],
-                   "passed_packets": counters.passed_packets[:rows],
-                   "dropped_packets": counters.dropped_packets[:rows]}
-        fresh = ~self._t_present[:rows]
-        deltas = {}
-        for name, cur in current.items():
-            prev = self._t_prev[name]
-            out = np.zeros(prev.shape)
-            mask = present[:rows].reshape((-1,) + (1,) * (cur.ndim - 1))
-            if not priming:
-                out[:rows] = np.where(mask, _delta(cur, prev[:rows], fresh) / dt, 0.0)
-            np.copyto(prev[:rows], cur, where=mask)
-            deltas[name] = out
+        current = np.zeros((t, 2, _TENANT_WORDS), np.uint64)
+        current[:rows, :, :N_CLASSES] = counters.class_packets[:rows]
+        current[:rows, :, N_CLASSES:2 * N_CLASSES] = counters.class_bytes[:rows]
+        current[:rows, :, 2 * N_CLASSES] = counters.dropped_packets[:rows]
+        if priming:
+            d = np.zeros(current.shape)
+        else:
+            d = _delta(current, self._t_prev, ~self._t_present)
+            d *= 1.0 / dt
+            d[~present] = 0.0
+        np.copyto(self._t_prev, current, where=present[:, None, None])
         self._t_present = present
         self._tenant_now = now
-        cp, cb = deltas["class_packets"], deltas["class_bytes"]
+        pps = np.ascontiguousarray(d[:, INBOUND, :N_CLASSES])
+        dropped_pps = np.ascontiguousarray(d[:, INBOUND, 2 * N_CLASSES])
         rates = TenantRates(
-            now=now, dt=dt, present=present, valid=present & (not priming),
-            pps=cp[:, INBOUND], byte_rate=cb[:, INBOUND], out_pps=cp[:, OUTBOUND], out_byte_rate=cb[:, OUTBOUND],
-            passed_pps=deltas["passed_packets"][:, INBOUND], dropped_pps=deltas["dropped_packets"][:, INBOUND])
+            now=now, dt=dt, present=present, valid=present & (not priming), pps=pps,
+            byte_rate=np.ascontiguousarray(d[:, INBOUND, N_CLASSES:2 * N_CLASSES]),
+            out_pps=np.ascontiguousarray(d[:, OUTBOUND, :N_CLASSES]),
+            out_byte_rate=np.ascontiguousarray(d[:, OUTBOUND, N_CLASSES:2 * N_CLASSES]),
+            # Passed = every packet minus the dropped ones (the program counts no passed packets).
+            passed_pps=np.maximum(pps.sum(axis=1) - dropped_pps, 0.0), dropped_pps=dropped_pps)
         self.last_tenant_rates = rates
         return rates
 
