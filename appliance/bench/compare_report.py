@@ -75,13 +75,14 @@ def render_markdown(result: dict) -> str:
                          f"{p['pass_ns']} | {p['drop_ns']} |")
         lines.append("")
     if "control_plane" in result:
-        lines += ["## Control plane: one policy tick", "", "| destinations | tick CPU ms (median) | peak RSS MiB |",
-                  "|---:|---:|---:|"]
+        lines += ["## Control plane: one policy tick", "",
+                  "| destinations | tenants | tick CPU ms (median) | peak RSS MiB |", "|---:|---:|---:|---:|"]
         for dests, r in result["control_plane"].items():
             if "skipped" in r:
-                lines.append(f"| {int(dests):,} | {r['skipped']} | |")
+                lines.append(f"| {int(dests):,} | | {r['skipped']} | |")
                 continue
-            lines.append(f"| {int(dests):,} | {_first(r, 'cpu_ms_median', 'tick_cpu_ms_median')} | "
+            tenants = f"{r['tenants']:,}" if "tenants" in r else ""
+            lines.append(f"| {int(dests):,} | {tenants} | {_first(r, 'cpu_ms_median', 'tick_cpu_ms_median')} | "
                          f"{_rss_mib(r)} |")
         lines.append("")
     lines += ["## Detection vs FastNetMon", "", result.get("detection_reason", ""), ""]
