@@ -839,19 +839,24 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
     """
     raw = cache
     n_cpus = raw.shape[1]
-    c0, cw = layout.counters_at, layout.counter_words
+    # Only the words the result carries (packets, bytes, dropped), not the outbound ones.
+    c0 = layout.counters_at
+    cw = max(layout.packets_at, layout.bytes_at) + len(TrafficClass)
+    cw = max(cw, layout.dropped_at + 1)
     # The cache is tens of MB and every strided pass over it touches each slot's cache lines:
     # few passes, no (slots, CPUs, words) temporaries.
-    head = np.ascontiguousarray(raw[:, :, 2])  # tenant_idx | generation << 32
+    # Address and head words of every copy, copied out in one pass.
+    key_head = np.ascontiguousarray(raw[:, :, :3])
+    head = key_head[:, :, 2]  # tenant_idx | generation << 32
     filled = (head >> 32) != 0
     live = filled & ((head & 0xFFFFFFFF) != NO_TENANT)
     any_live = live.any(axis=1)
-    rep = raw[:, n_cpus - 1, :2]        # the address of each slot's first live copy
+    rep = key_head[:, n_cpus - 1, :2]        # the address of each slot's first live copy
     for cpu in range(n_cpus - 2, -1, -1):
-        rep = np.where(live[:, cpu, None], raw[:, cpu, :2], rep)
+        rep = np.where(live[:, cpu, None], key_head[:, cpu, :2], rep)
     agree = any_live.copy()
     for cpu in range(n_cpus):
-        agree &= ((raw[:, cpu, 0] == rep[:, 0]) & (raw[:, cpu, 1] == rep[:, 1])) | ~live[:, cpu]
+        agree &= ((key_head[:, cpu, 0] == rep[:, 0]) & (key_head[:, cpu, 1] == rep[:, 1])) | ~live[:, cpu]
     agree_rows = np.flatnonzero(agree)
     # Sum every copy in one pass: copies never filled (generation 0) hold zeros; copies of an
     # address without a tenant were counted but are not reported, so those few are taken out.
@@ -876,7 +881,7 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
         spill_tenants = tenant_words[:, 0].copy()
         differ = np.flatnonzero((tenant_words != tenant_words[:, :1]).any(axis=1))
         if len(differ):
-            spilled = spill[differ, :, :cw].any(axis=2)
+            spilled = spill[differ, :, :layout.counter_words].any(axis=2)
             spill_tenants[differ] = np.where(spilled, tenant_words[differ], NO_TENANT).min(axis=1)
     else:
         spill_counters = np.zeros((0, cw), np.uint64)
@@ -918,18 +923,32 @@ def _merge_by_address(n_ids: int, cached: tuple[np.ndarray, np.ndarray, np.ndarr
     ids = np.flatnonzero(present)
     row_of = np.empty(n_ids, np.int64)
     row_of[ids] = np.arange(len(ids))
-    counters = np.zeros((len(ids), cached[1].shape[1]), np.uint64)
+    counters = np.empty((len(ids), cached[1].shape[1]), np.uint64)
     tenants = np.full(len(ids), NO_TENANT, np.uint32)
-    srows = row_of[spilled[0]]
-    counters[srows] = spilled[1]            # distinct rows: the spill map holds each address once
-    tenants[srows] = spilled[2]
-    if len(conflicts[0]):
-        crows = row_of[conflicts[0]]
-        np.add.at(counters, crows, conflicts[1])
-        tenants[crows] = conflicts[2]
+    c_ids, c_counters, c_tenants = conflicts
+    if len(c_ids):
+        counters[row_of[c_ids]] = 0         # rows that only conflicting slots hold start from zero
+    # Plain scatters where one part alone holds a row; a gather-add-scatter only for addresses
+    # both in the cache and in the spill map (numpy's fancy `+=` is several times slower).
+    in_cache = np.zeros(n_ids, bool)
+    in_cache[cached[0]] = True
     rows = row_of[cached[0]]
-    counters[rows] += cached[1]
+    counters[rows] = cached[1]
     tenants[rows] = cached[2]
+    s_ids, s_counters, s_tenants = spilled
+    both = in_cache[s_ids]
+    only = ~both
+    srows = row_of[s_ids[only]]
+    counters[srows] = s_counters[only]
+    tenants[srows] = s_tenants[only]
+    brows = row_of[s_ids[both]]
+    summed = counters[brows]
+    summed += s_counters[both]
+    counters[brows] = summed
+    if len(c_ids):
+        crows = row_of[c_ids]
+        np.add.at(counters, crows, c_counters)
+        tenants[crows] = np.where(tenants[crows] == NO_TENANT, c_tenants, tenants[crows])
     return ids, counters, tenants
 
 
