@@ -290,6 +290,8 @@ static __always_inline int sw_acl_match(struct sw_packet *p, __u32 slot, __u32 k
     return 0;
 }
 
+/* The invalid-packet drop reason of a packet sw_parse_frame() parsed (sw_parse_fast()
+ * computes the same while parsing). */
 static __always_inline int sw_invalid_reason(struct sw_packet *p)
 {
     if (p->invalid)
@@ -666,14 +668,22 @@ int xdp_seawall(struct xdp_md *ctx)
     /* Parsing writes the addresses, lengths, protocol, TTL and class of every
      * IP packet; only the words after the addresses hold fields it sets on
      * some paths alone (ports, offsets, flags, fragment state). */
-    __u64 *conditional = (__u64 *)&p->payload_offset;
-    conditional[0] = 0;
-    conditional[1] = 0;
-    conditional[2] = 0;
     *(__u16 *)v = 0;
     scratch->direction = dir;
-    if (sw_parse_frame(ctx, p, data, data_end) != SW_PARSE_OK)
-        return sw_ports.redirect_map(egress, XDP_PASS); /* ARP, ND over non-IP, LLDP, garbage: bridged */
+    /* SW_NO_FAST_PARSE: a build for tests that compare the two parsers. */
+#ifdef SW_NO_FAST_PARSE
+    if (1) {
+#else
+    if (!sw_parse_fast(p, data, data_end)) {
+#endif
+        __u64 *conditional = (__u64 *)&p->payload_offset;
+        conditional[0] = 0;
+        conditional[1] = 0;
+        conditional[2] = 0;
+        if (sw_parse_frame(ctx, p, data, data_end) != SW_PARSE_OK)
+            return sw_ports.redirect_map(egress, XDP_PASS); /* ARP, ND over non-IP, LLDP, garbage: bridged */
+        p->invalid = sw_invalid_reason(p);
+    }
 
     SW_STAGE(2); /* parsed */
     __u32 wire_len = p->frame_length ? p->frame_length : (__u32)(data_end - data);
@@ -699,7 +709,7 @@ int xdp_seawall(struct xdp_md *ctx)
                 goto verdict;
             }
             if (flags & SW_POLICY_INVALID_FILTERS) {
-                int reason = sw_invalid_reason(p);
+                int reason = p->invalid;
                 if (reason) {
                     v->drop = 1;
                     v->reason = reason;
