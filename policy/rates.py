@@ -197,10 +197,12 @@ class RateTracker:
         self.slots = SlotTable()
         self.forget_after_s = forget_after_s
         cap = self.slots.capacity
-        # Per slot, the last read's packets[C], bytes[C] and dropped packets side by side: one
-        # gather, one delta and one scatter per tick instead of three.
-        self._prev = np.zeros((cap, _DEST_WORDS), np.uint64)
-        self._present = np.zeros(cap, bool)
+        # The last read's rows as it came (packets[C], bytes[C] and dropped packets side by side),
+        # and the row each slot had in it (-1: absent): a tick gathers its previous values once
+        # and keeps its own read as the next one's previous, with no scatter.
+        self._prev = np.zeros((0, _DEST_WORDS), np.uint64)
+        self._prev_slots = np.zeros(0, np.int64)
+        self._prev_row_of_slot = np.full(cap, -1, np.int64)
         self._dest_now: float | None = None
         self._next_expiry = 0.0
         t = MAX_TENANTS
@@ -213,12 +215,11 @@ class RateTracker:
 
     def _ensure_capacity(self) -> None:
         cap = self.slots.capacity
-        old = len(self._present)
+        old = len(self._prev_row_of_slot)
         if cap == old:
             return
         pad = cap - old
-        self._prev = np.vstack([self._prev, np.zeros((pad, _DEST_WORDS), np.uint64)])
-        self._present = np.concatenate([self._present, np.zeros(pad, bool)])
+        self._prev_row_of_slot = np.concatenate([self._prev_row_of_slot, np.full(pad, -1, np.int64)])
 
     def update_destinations(self, now: float, counters: DestinationCounters) -> tuple[DestinationRates, np.ndarray]:
         """Rates for this read, and the slots freed by expiry (their baselines must be reset)."""
@@ -238,7 +239,8 @@ class RateTracker:
         dt = 0.0 if priming else now - self._dest_now
         if not priming and dt <= 0:
             raise ValueError(f"rates: time went backwards or stood still (dt={dt:.6f} s)")
-        fresh = ~self._present[slots]
+        prev_rows = self._prev_row_of_slot[slots]
+        fresh = prev_rows < 0
         current = np.empty((n, _DEST_WORDS), np.uint64)
         current[:, :N_CLASSES] = counters.packets
         current[:, N_CLASSES:2 * N_CLASSES] = counters.bytes
@@ -248,15 +250,16 @@ class RateTracker:
             self.slots.last_seen[self.slots.in_use] = now
             rates = np.zeros((n, _DEST_WORDS))
         else:
-            rates = _delta(current, self._prev[slots], fresh)
+            previous = self._prev[np.maximum(prev_rows, 0)] if len(self._prev) else np.zeros_like(current)
+            rates = _delta(current, previous, fresh)
             rates *= 1.0 / dt
-        self._prev[slots] = current
+        self._prev_row_of_slot[self._prev_slots] = -1
+        self._prev_row_of_slot[slots] = np.arange(n)
+        self._prev, self._prev_slots = current, slots
         # Contiguous per-field arrays: detection and learning make a dozen passes over them.
         pps = np.ascontiguousarray(rates[:, :N_CLASSES])
         bps = np.ascontiguousarray(rates[:, N_CLASSES:2 * N_CLASSES])
         dps = np.ascontiguousarray(rates[:, 2 * N_CLASSES])
-        self._present[:] = False
-        self._present[slots] = True
         self.slots.last_seen[slots] = now
         self._dest_now = now
         freed = np.zeros(0, np.int64)
