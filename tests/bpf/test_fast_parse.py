@@ -155,7 +155,7 @@ def test_fast_and_full_parser_agree(dp, full_parser):
                                                     f"fast {outcomes[0]}, full {outcomes[1]}")
         check()
         deltas = [_delta(b, _counters(d, ids)) for b, d, ids in zip(before, both, installed, strict=True)]
-        assert seen["tcp_udp"] > 300, "the frames hardly exercised the fast parser's domain"
+        assert seen["tcp_udp"] > 100, "the random frames hardly exercised the fast parser's domain"
         assert any(k.startswith("rule") for k in deltas[0]), "no rule matched: the rules were not exercised"
         assert deltas[0] == deltas[1]
     finally:
