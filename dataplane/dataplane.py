@@ -916,6 +916,12 @@ def sum_over_cpus(per_cpu: np.ndarray) -> np.ndarray:
     return out
 
 
+def _row_view(rows: np.ndarray) -> np.ndarray:
+    """A (N, W) uint64 array as N void elements of W words (contiguous; copied if it is not)."""
+    rows = np.ascontiguousarray(rows, np.uint64)
+    return rows.view(np.dtype((np.void, rows.shape[1] * 8))).reshape(len(rows))
+
+
 def _merge_by_address(n_ids: int, cached: tuple[np.ndarray, np.ndarray, np.ndarray],
                       conflicts: tuple[np.ndarray, np.ndarray, np.ndarray],
                       spilled: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -934,8 +940,12 @@ def _merge_by_address(n_ids: int, cached: tuple[np.ndarray, np.ndarray, np.ndarr
     ids = np.flatnonzero(present)
     row_of = np.empty(n_ids, np.int64)
     row_of[ids] = np.arange(len(ids))
-    counters = np.empty((len(ids), cached[1].shape[1]), np.uint64)
+    width = cached[1].shape[1]
+    counters = np.empty((len(ids), width), np.uint64)
     tenants = np.full(len(ids), NO_TENANT, np.uint32)
+    # Whole counter rows move as single elements (one memcpy each) through void views: numpy's
+    # row-wise fancy indexing of a 2-D array is 2-3x slower.
+    rows_of = _row_view(counters)
     c_ids, c_counters, c_tenants = conflicts
     if len(c_ids):
         counters[row_of[c_ids]] = 0         # rows that only conflicting slots hold start from zero
@@ -944,18 +954,21 @@ def _merge_by_address(n_ids: int, cached: tuple[np.ndarray, np.ndarray, np.ndarr
     in_cache = np.zeros(n_ids, bool)
     in_cache[cached[0]] = True
     rows = row_of[cached[0]]
-    counters[rows] = cached[1]
+    rows_of[rows] = _row_view(cached[1])
     tenants[rows] = cached[2]
     s_ids, s_counters, s_tenants = spilled
     both = in_cache[s_ids]
-    only = ~both
-    srows = row_of[s_ids[only]]
-    counters[srows] = s_counters[only]
-    tenants[srows] = s_tenants[only]
-    brows = row_of[s_ids[both]]
-    summed = counters[brows]
-    summed += s_counters[both]
-    counters[brows] = summed
+    both_at = np.flatnonzero(both)
+    if len(both_at) < len(s_ids):
+        only_at = np.flatnonzero(~both)
+        srows = row_of[s_ids[only_at]]
+        rows_of[srows] = _row_view(s_counters).take(only_at)
+        tenants[srows] = s_tenants[only_at]
+    if len(both_at):
+        brows = row_of[s_ids[both_at]]
+        summed = np.ascontiguousarray(s_counters[both_at])
+        summed += counters[brows]
+        rows_of[brows] = _row_view(summed)
     if len(c_ids):
         crows = row_of[c_ids]
         np.add.at(counters, crows, c_counters)
