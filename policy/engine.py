@@ -116,6 +116,17 @@ def _validate_tenants(tenants: Mapping[int, TenantSpec]) -> dict[int, TenantEntr
     return out
 
 
+def _groups(keys: np.ndarray) -> list[tuple[int, list[int]]]:
+    """(first row, ascending rows) of each distinct value of `keys` (N,)."""
+    if not len(keys):
+        return []
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+    groups = np.split(order, cuts)
+    return [(int(g[0]), g.tolist()) for g in groups]
+
+
 class _SampleWindow:
     """Parsed inbound samples of the last RECENT_TICKS ticks, indexed by destination and tenant."""
 
@@ -126,10 +137,20 @@ class _SampleWindow:
     def add(self, now: float, inbound: PacketFeatures) -> tuple[dict[IPAddress, list[int]], dict[int, list[int]]]:
         by_dst: dict[IPAddress, list[int]] = collections.defaultdict(list)
         by_tenant: dict[int, list[int]] = collections.defaultdict(list)
-        for i, (d, t) in enumerate(zip(inbound.dst, inbound.tenant_idx.tolist(), strict=True)):
+        # Grouped with numpy by object identity first (the parser hands out one object per address
+        # and tick), so an address is hashed once per group, not once per sample.
+        identity = np.fromiter(map(id, inbound.dst), np.uint64, len(inbound))
+        merged = False
+        for first, rows in _groups(identity):
+            d = inbound.dst[first]
             if d is not None:
-                by_dst[d].append(i)
-            by_tenant[t].append(i)
+                merged |= d in by_dst
+                by_dst[d].extend(rows)
+        if merged:                            # equal addresses held by distinct objects: rows in order again
+            for rows in by_dst.values():
+                rows.sort()
+        for first, rows in _groups(inbound.tenant_idx):
+            by_tenant[int(inbound.tenant_idx[first])] = rows
         self.ticks.append((now, inbound, by_dst, by_tenant))
         return by_dst, by_tenant
 
