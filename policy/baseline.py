@@ -66,6 +66,31 @@ class BaselineRows:
     learned_s: np.ndarray       # (N, C)
 
 
+def _as_rows(a: np.ndarray) -> np.ndarray | None:
+    """A C-contiguous (R, C) float64 array as R void elements (a row moves as one memcpy), or None."""
+    if a.ndim != 2 or a.dtype != np.float64 or not a.flags.c_contiguous:
+        return None
+    return a.view(np.dtype((np.void, a.shape[1] * a.itemsize))).reshape(len(a))
+
+
+def _take_rows(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """`a[rows]` for integer `rows`: numpy's row-wise fancy indexing of a 2-D array is 2-3x slower."""
+    va = _as_rows(a)
+    if va is None or not isinstance(rows, np.ndarray) or rows.dtype.kind not in "iu":
+        return a[rows]
+    return va.take(rows).view(a.dtype).reshape(len(rows), a.shape[1])
+
+
+def _put_rows(a: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """`a[rows] = values` for integer `rows` (same speed-up as `_take_rows`)."""
+    va = _as_rows(a)
+    vv = _as_rows(np.ascontiguousarray(values, np.float64)) if va is not None else None
+    if vv is None or not isinstance(rows, np.ndarray) or rows.dtype.kind not in "iu" or len(vv) != len(rows):
+        a[rows] = values
+        return
+    va[rows] = vv
+
+
 class EwmaBaseline:
     """Mean, variance and learned seconds for `capacity` rows × classes."""
 
@@ -104,7 +129,8 @@ class EwmaBaseline:
 
     def gather(self, rows: np.ndarray) -> BaselineRows:
         """The state of `rows`, read once (each fancy-indexed read of 100k rows costs milliseconds)."""
-        return BaselineRows(rows, self.mean[rows], self.var[rows], self.learned_s[rows])
+        return BaselineRows(rows, _take_rows(self.mean, rows), _take_rows(self.var, rows),
+                            _take_rows(self.learned_s, rows))
 
     def sigma(self, rows: np.ndarray) -> np.ndarray:
         return np.sqrt(self.var[rows])
@@ -168,6 +194,6 @@ class EwmaBaseline:
         np.subtract(1.0, alpha, out=alpha)
         var *= alpha
         learned += dt * learn
-        self.mean[rows] = mean
-        self.var[rows] = var
-        self.learned_s[rows] = learned
+        _put_rows(self.mean, rows, mean)
+        _put_rows(self.var, rows, var)
+        _put_rows(self.learned_s, rows, learned)

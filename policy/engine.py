@@ -122,9 +122,9 @@ def _groups(keys: np.ndarray) -> list[tuple[int, list[int]]]:
         return []
     order = np.argsort(keys, kind="stable")
     ordered = keys[order]
-    cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
-    groups = np.split(order, cuts)
-    return [(int(g[0]), g.tolist()) for g in groups]
+    bounds = [0, *(np.flatnonzero(ordered[1:] != ordered[:-1]) + 1).tolist(), len(keys)]
+    rows = order.tolist()
+    return [(rows[a], rows[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 class _SampleWindow:

@@ -133,3 +133,25 @@ def test_slots_follow_equal_address_objects_and_interned_ones_alike():
     assert slot not in set(r.slots.tolist()) and len(set(r.slots.tolist())) == len(fresh)
     r, _ = rt.update_destinations(3.0, counters({a2: (pk(udp=35), 0)}))
     assert r.slots[0] == slot and r.pps[0][TrafficClass.UDP] == pytest.approx(35.0)   # back in the LRU: fresh row
+
+
+def _as_one_block(c: DestinationCounters) -> DestinationCounters:
+    """The same counters as views of one (N, packets + bytes + dropped) block, as the dataplane's reader gives them."""
+    block = np.concatenate([c.packets, c.bytes, c.dropped_packets[:, None]], axis=1).astype(np.uint64)
+    return DestinationCounters(keys=c.keys, tenant_idx=c.tenant_idx, packets=block[:, :C],
+                               bytes=block[:, C:2 * C], dropped_packets=block[:, 2 * C])
+
+
+def test_rates_from_one_counter_block_equal_rates_from_separate_arrays():
+    reads = [{A: (pk(udp=1000), 0), B: (pk(syn=50), 0)},
+             {D: (pk(udp=300), 0), B: (pk(syn=250), 10), A: (pk(udp=3000), 0)},
+             {B: (pk(syn=40), 0), D: (pk(udp=400), 7)}]
+    separate, blocked = RateTracker(), RateTracker()
+    for t, rows in enumerate(reads):
+        a, _ = separate.update_destinations(float(t), counters(rows))
+        b, _ = blocked.update_destinations(float(t), _as_one_block(counters(rows)))
+        assert by_address(a).keys() == by_address(b).keys()
+        for addr, (pps, dropped) in by_address(a).items():
+            assert by_address(b)[addr][0].tolist() == pps.tolist() and by_address(b)[addr][1] == dropped
+        assert a.byte_rate.tolist() == b.byte_rate.tolist()
+    assert blocked.last_destination_rates.pps[:, TrafficClass.TCP_SYN].tolist() == [40.0, 0.0]   # B reset: counts from zero
