@@ -1,6 +1,7 @@
 """The few bpf(2) commands bcc does not wrap the way Seawall needs them.
 
-BPF_PROG_TEST_RUN (verdicts and benchmarks), BPF_LINK_CREATE / BPF_LINK_UPDATE
+BPF_PROG_TEST_RUN (verdicts and benchmarks), BPF_MAP_CREATE and element updates
+(the inner tries of the allow/deny array of maps), BPF_LINK_CREATE / BPF_LINK_UPDATE
 and BPF_OBJ_PIN / BPF_OBJ_GET (an XDP attachment that lives in bpffs and can be
 replaced atomically by a restarted control plane), and BPF_MAP_LOOKUP_BATCH
 (reading 100k counters in one pass). The attr layouts are the kernel's stable
@@ -18,6 +19,10 @@ _libc.syscall.restype = ctypes.c_long
 
 SYS_BPF = 321  # x86_64
 
+BPF_MAP_CREATE = 0
+BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
 BPF_PROG_TEST_RUN = 10
@@ -25,6 +30,9 @@ BPF_MAP_LOOKUP_BATCH = 24
 BPF_LINK_CREATE = 28
 BPF_LINK_UPDATE = 29
 BPF_LINK_DETACH = 34
+
+BPF_MAP_TYPE_LPM_TRIE = 11
+BPF_F_NO_PREALLOC = 1 << 0
 
 BPF_XDP = 37  # enum bpf_attach_type
 XDP_FLAGS_SKB_MODE = 1 << 1
@@ -46,6 +54,57 @@ def _bpf(cmd: int, attr: ctypes.Structure, what: str) -> int:
         err = ctypes.get_errno()
         raise BpfError(err, f"{what}: {os.strerror(err)}")
     return ret
+
+
+class _MapCreateAttr(ctypes.Structure):
+    _fields_ = [("map_type", ctypes.c_uint32), ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
+                ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32), ("inner_map_fd", ctypes.c_uint32),
+                ("numa_node", ctypes.c_uint32), ("map_name", ctypes.c_char * 16), ("_rest", ctypes.c_uint64 * 8)]
+
+
+class _MapElemAttr(ctypes.Structure):
+    _fields_ = [("map_fd", ctypes.c_uint32), ("_pad", ctypes.c_uint32), ("key", ctypes.c_uint64),
+                ("value", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, flags: int = 0,
+               name: str = "") -> int:
+    """Create a map; returns its fd (the caller closes it once a map of maps holds the map)."""
+    attr = _MapCreateAttr(map_type=map_type, key_size=key_size, value_size=value_size, max_entries=max_entries,
+                          map_flags=flags, map_name=name.encode()[:15])
+    return _bpf(BPF_MAP_CREATE, attr, f"BPF_MAP_CREATE {name or map_type}")
+
+
+def map_update(map_fd: int, key: bytes, value: bytes) -> None:
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value, len(value))
+    _bpf(BPF_MAP_UPDATE_ELEM, _MapElemAttr(map_fd=map_fd, key=ctypes.addressof(k), value=ctypes.addressof(v)),
+         "BPF_MAP_UPDATE_ELEM")
+
+
+def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
+    """One element's value, or None when there is none (for a map of maps: the inner map's id)."""
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value_size)
+    attr = _MapElemAttr(map_fd=map_fd, key=ctypes.addressof(k), value=ctypes.addressof(v))
+    if _libc.syscall(SYS_BPF, BPF_MAP_LOOKUP_ELEM, ctypes.byref(attr), ctypes.sizeof(attr)) < 0:
+        err = ctypes.get_errno()
+        if err == errno.ENOENT:
+            return None
+        raise BpfError(err, f"BPF_MAP_LOOKUP_ELEM: {os.strerror(err)}")
+    return v.raw
+
+
+def map_delete(map_fd: int, key: bytes) -> bool:
+    """Delete one element; False when there was none."""
+    k = ctypes.create_string_buffer(key, len(key))
+    attr = _MapElemAttr(map_fd=map_fd, key=ctypes.addressof(k))
+    if _libc.syscall(SYS_BPF, BPF_MAP_DELETE_ELEM, ctypes.byref(attr), ctypes.sizeof(attr)) < 0:
+        err = ctypes.get_errno()
+        if err == errno.ENOENT:
+            return False
+        raise BpfError(err, f"BPF_MAP_DELETE_ELEM: {os.strerror(err)}")
+    return True
 
 
 class _TestRunAttr(ctypes.Structure):

@@ -37,6 +37,7 @@ from dataplane.api import (
     TenantCounters,
 )
 from dataplane.constants import (
+    MAX_ACL_PREFIXES,
     MAX_RULES,
     MAX_TENANTS,
     NO_TENANT,
@@ -103,6 +104,12 @@ def _address_from_key(raw: bytes) -> IPAddress:
     return ipaddress.IPv6Address(raw)
 
 
+def sw_acl_index(slot: int, kind: AclKind, tenant_idx: int) -> int:
+    """Where the allow (or deny) trie of a tenant in a tenant-set slot sits in sw_acl4 / sw_acl6
+    (the same formula as sw_acl_match() in seawall.c)."""
+    return (slot * 2 + int(kind)) * MAX_TENANTS + tenant_idx
+
+
 class Dataplane:
     """The XDP program and its maps.
 
@@ -147,6 +154,7 @@ class Dataplane:
         self.ncpus = len(get_possible_cpus())
         self._maps = {name: self.bpf[name.encode()] for name in (
             "sw_config", "sw_ports", "sw_prefix4", "sw_prefix6", "sw_policy", "sw_acl4", "sw_acl6",
+            "sw_acl4_template", "sw_acl6_template",
             "sw_addr_cache", "sw_addr_spill", "sw_tenant_stats", "sw_rule_set_index", "sw_rule_sets", "sw_rules",
             "sw_rule_stats", "sw_rule_buckets", "sw_attack", "sw_reflection_ports")}
         self._attachments: list[Attachment] = []
@@ -156,6 +164,9 @@ class Dataplane:
         self._ring_open = False
         self._rules: dict[int, Rule] = {}
         self._next_set_id = 0
+        self._acl_indices: dict[int, set[int]] = {4: set(), 6: set()}   # filled entries of sw_acl4 / sw_acl6
+        self._acl_indices_complete = self.pin_dir is None                # a fresh program's arrays are empty
+        self._test_ports_set = False
         self._recover_rules()
         self._fill_reflection_ports()
         cfg = self._config()
@@ -322,21 +333,7 @@ class Dataplane:
                 leaf.icmp_rate_pps = pol.icmp_rate_pps
                 leaf.fragment_rate_pps = pol.fragment_rate_pps
                 policy_map[policy_map.Key(target * MAX_TENANTS + idx)] = leaf
-            a4, a6 = self._maps["sw_acl4"], self._maps["sw_acl6"]
-            for acl in tables.acl:
-                trie = a4 if acl.src.version == 4 else a6
-                key = trie.Key()
-                key.prefixlen = 96 + acl.src.prefixlen
-                key.slot = target
-                key.kind = int(acl.kind)
-                key.tenant_idx = acl.tenant_idx
-                _fill(key.src, acl.src.network_address.packed)
-                leaf = trie.Leaf()
-                leaf.count = len(acl.entries)
-                for i, (proto, slo, shi, dlo, dhi) in enumerate(acl.entries):
-                    e = leaf.entries[i]
-                    e.proto, e.sport_lo, e.sport_hi, e.dport_lo, e.dport_hi = proto, slo, shi, dlo, dhi
-                trie[key] = leaf
+            self._load_acls(target, tables.acl)
         except Exception as exc:
             self._clear_slot(target)  # the running set stays untouched
             raise DataplaneError(f"cannot load the tenant set into the dataplane: {exc}") from exc
@@ -349,12 +346,54 @@ class Dataplane:
         log.info("dataplane.tenants_applied", slot=target, tenants=len(tables.policies),
                  prefixes=len(tables.prefixes), acl_keys=len(tables.acl))
 
+    def _load_acls(self, slot: int, acls) -> None:
+        """One trie of source prefixes per (kind, tenant) and family, created here and put into
+        the family's array of maps at sw_acl_index(); the array keeps it alive once our fd closes."""
+        groups: dict[tuple[int, int], list] = {}
+        for acl in acls:
+            groups.setdefault((acl.src.version, sw_acl_index(slot, acl.kind, acl.tenant_idx)), []).append(acl)
+        for (version, index), members in groups.items():
+            template = self._maps["sw_acl4_template" if version == 4 else "sw_acl6_template"]
+            fd = bpfsys.map_create(bpfsys.BPF_MAP_TYPE_LPM_TRIE, ctypes.sizeof(template.Key),
+                                   ctypes.sizeof(template.Leaf), MAX_ACL_PREFIXES, bpfsys.BPF_F_NO_PREALLOC,
+                                   name=f"sw_acl{version}_{index}")
+            try:
+                for acl in members:
+                    key = template.Key()
+                    key.prefixlen = acl.src.prefixlen
+                    _fill(key.src, acl.src.network_address.packed)
+                    leaf = template.Leaf()
+                    leaf.count = len(acl.entries)
+                    for i, (proto, slo, shi, dlo, dhi) in enumerate(acl.entries):
+                        e = leaf.entries[i]
+                        e.proto, e.sport_lo, e.sport_hi, e.dport_lo, e.dport_hi = proto, slo, shi, dlo, dhi
+                    bpfsys.map_update(fd, bytes(key), bytes(leaf))
+                outer = self._maps["sw_acl4" if version == 4 else "sw_acl6"]
+                bpfsys.map_update(outer.map_fd, bytes(ctypes.c_uint32(index)), bytes(ctypes.c_uint32(fd)))
+                self._acl_indices[version].add(index)
+            finally:
+                os.close(fd)
+
+    def _clear_acls(self, slot: int) -> None:
+        lo, hi = sw_acl_index(slot, AclKind.ALLOW, 0), sw_acl_index(slot, AclKind.DENY, MAX_TENANTS - 1) + 1
+        for version in (4, 6):
+            outer = self._maps[f"sw_acl{version}"]
+            known = self._acl_indices[version]
+            if not self._acl_indices_complete:
+                # After a restart the arrays may hold tries of an earlier run: find them once.
+                known |= {i for i in range(lo, hi) if bpfsys.map_lookup(outer.map_fd, bytes(ctypes.c_uint32(i)), 4)}
+            for index in [i for i in known if lo <= i < hi]:
+                bpfsys.map_delete(outer.map_fd, bytes(ctypes.c_uint32(index)))
+                known.discard(index)
+        self._acl_indices_complete = True
+
     def _clear_slot(self, slot: int) -> None:
-        for name in ("sw_prefix4", "sw_prefix6", "sw_acl4", "sw_acl6"):
+        for name in ("sw_prefix4", "sw_prefix6"):
             trie = self._maps[name]
             stale = [k for k in trie if k.slot == slot]
             for k in stale:
                 del trie[k]
+        self._clear_acls(slot)
         policy_map = self._maps["sw_policy"]
         base = slot * MAX_TENANTS
         _, values, count = self._batch("sw_policy")
@@ -704,10 +743,12 @@ class Dataplane:
             raise DataplaneError("test_run is for unattached dataplanes only")
         cfg = self._config()
         want = (1, 0) if direction == Direction.INBOUND else (0, 1)
-        if (cfg.external_ifindex, cfg.internal_ifindex) != want:
+        if (cfg.external_ifindex, cfg.internal_ifindex) != want or not self._test_ports_set:
+            # The devmap is not pinned: a program loaded over pinned maps starts without ports.
             ports = self._maps["sw_ports"]
             ports[ports.Key(PORT_EXTERNAL)] = ports.Leaf(1)
             ports[ports.Key(PORT_INTERNAL)] = ports.Leaf(1)
+            self._test_ports_set = True
             cfg.external_ifindex, cfg.internal_ifindex = want
             self._write_config(cfg)
         action, duration, _ = bpfsys.prog_test_run(self.fn.fd, frame, repeat)

@@ -47,9 +47,14 @@ SW_MAP("lpm_trie", struct sw_prefix4_key, struct sw_tenant_ref, sw_prefix4, SW_M
 SW_MAP("lpm_trie", struct sw_prefix6_key, struct sw_tenant_ref, sw_prefix6, SW_MAX_PREFIXES * SW_TENANT_SET_SLOTS, SW_NO_PREALLOC);
 /* Tenant policy by slot * SW_MAX_TENANTS + tenant index. */
 SW_MAP("array", __u32, struct sw_policy, sw_policy, SW_MAX_TENANTS * SW_TENANT_SET_SLOTS, 0);
-/* Allow and deny lists, per slot, kind and tenant, longest source-prefix match. */
-SW_MAP("lpm_trie", struct sw_acl4_key, struct sw_acl_value, sw_acl4, SW_MAX_ACL_PREFIXES * SW_TENANT_SET_SLOTS, SW_NO_PREALLOC);
-SW_MAP("lpm_trie", struct sw_acl6_key, struct sw_acl_value, sw_acl6, SW_MAX_ACL_PREFIXES * SW_TENANT_SET_SLOTS, SW_NO_PREALLOC);
+/* Allow and deny lists: per family, an array of maps indexed by (slot, kind,
+ * tenant) whose entries are tries of source prefixes (up to SW_MAX_ACL_PREFIXES
+ * each, allocated per entry) that the control plane creates per tenant. The two
+ * templates only give the inner maps' layout; the program never reads them. */
+BPF_F_TABLE("lpm_trie", struct sw_acl4_key, struct sw_acl_value, sw_acl4_template, SW_MAX_ACL_PREFIXES, SW_NO_PREALLOC);
+BPF_F_TABLE("lpm_trie", struct sw_acl6_key, struct sw_acl_value, sw_acl6_template, SW_MAX_ACL_PREFIXES, SW_NO_PREALLOC);
+SW_MAP("array_of_maps$sw_acl4_template", int, int, sw_acl4, SW_TENANT_SET_SLOTS * 2 * SW_MAX_TENANTS, 0);
+SW_MAP("array_of_maps$sw_acl6_template", int, int, sw_acl6, SW_TENANT_SET_SLOTS * 2 * SW_MAX_TENANTS, 0);
 /* Per customer-side address: a per-CPU direct-mapped cache of lookups and
  * counters, and the LRU map that keeps the counters of evicted slots. */
 SW_MAP("percpu_array", __u32, struct sw_addr_entry, sw_addr_cache, 1U << SW_ADDRESS_CACHE_BITS, 0);
@@ -265,14 +270,21 @@ static __always_inline int sw_ports_match(struct sw_packet *p, __u16 lo, __u16 h
 static __always_inline int sw_acl_match(struct sw_packet *p, __u32 slot, __u32 kind, __u32 tenant)
 {
     struct sw_acl_value *v;
+    __u32 index = (slot * 2 + kind) * SW_MAX_TENANTS + tenant; /* sw_acl_index() of dataplane.py */
     if (p->is_v6) {
-        struct sw_acl6_key k6 = {.prefixlen = 96 + 128, .slot = slot, .kind = kind, .tenant_idx = tenant};
+        void *trie = sw_acl6.lookup(&index);
+        if (!trie)
+            return 0;
+        struct sw_acl6_key k6 = {.prefixlen = 128};
         __builtin_memcpy(k6.src, p->src, 16);
-        v = sw_acl6.lookup(&k6);
+        v = bpf_map_lookup_elem(trie, &k6);
     } else {
-        struct sw_acl4_key k4 = {.prefixlen = 96 + 32, .slot = slot, .kind = kind, .tenant_idx = tenant};
+        void *trie = sw_acl4.lookup(&index);
+        if (!trie)
+            return 0;
+        struct sw_acl4_key k4 = {.prefixlen = 32};
         __builtin_memcpy(k4.src, (const __u8 *)p->src + 12, 4);
-        v = sw_acl4.lookup(&k4);
+        v = bpf_map_lookup_elem(trie, &k4);
     }
     if (!v)
         return 0;
