@@ -53,8 +53,8 @@ SW_MAP("array", __u32, struct sw_policy, sw_policy, SW_MAX_TENANTS * SW_TENANT_S
  * templates only give the inner maps' layout; the program never reads them. */
 BPF_F_TABLE("lpm_trie", struct sw_acl4_key, struct sw_acl_value, sw_acl4_template, SW_MAX_ACL_PREFIXES, SW_NO_PREALLOC);
 BPF_F_TABLE("lpm_trie", struct sw_acl6_key, struct sw_acl_value, sw_acl6_template, SW_MAX_ACL_PREFIXES, SW_NO_PREALLOC);
-SW_MAP("array_of_maps$sw_acl4_template", int, int, sw_acl4, SW_TENANT_SET_SLOTS * 2 * SW_MAX_TENANTS, 0);
-SW_MAP("array_of_maps$sw_acl6_template", int, int, sw_acl6, SW_TENANT_SET_SLOTS * 2 * SW_MAX_TENANTS, 0);
+SW_MAP("array_of_maps$sw_acl4_template", int, int, sw_acl4_tries, SW_TENANT_SET_SLOTS * 2 * SW_MAX_TENANTS, 0);
+SW_MAP("array_of_maps$sw_acl6_template", int, int, sw_acl6_tries, SW_TENANT_SET_SLOTS * 2 * SW_MAX_TENANTS, 0);
 /* Per customer-side address: a per-CPU direct-mapped cache of lookups and
  * counters, and the LRU map that keeps the counters of evicted slots. */
 SW_MAP("percpu_array", __u32, struct sw_addr_entry, sw_addr_cache, 1U << SW_ADDRESS_CACHE_BITS, 0);
@@ -272,14 +272,14 @@ static __always_inline int sw_acl_match(struct sw_packet *p, __u32 slot, __u32 k
     struct sw_acl_value *v;
     __u32 index = (slot * 2 + kind) * SW_MAX_TENANTS + tenant; /* sw_acl_index() of dataplane.py */
     if (p->is_v6) {
-        void *trie = sw_acl6.lookup(&index);
+        void *trie = sw_acl6_tries.lookup(&index);
         if (!trie)
             return 0;
         struct sw_acl6_key k6 = {.prefixlen = 128};
         __builtin_memcpy(k6.src, p->src, 16);
         v = bpf_map_lookup_elem(trie, &k6);
     } else {
-        void *trie = sw_acl4.lookup(&index);
+        void *trie = sw_acl4_tries.lookup(&index);
         if (!trie)
             return 0;
         struct sw_acl4_key k4 = {.prefixlen = 32};

@@ -29,7 +29,7 @@ def _frame(src: str) -> bytes:
 def _filled(dp) -> int:
     """Entries of both arrays of maps that hold a trie."""
     n = 0
-    for name in ("sw_acl4", "sw_acl6"):
+    for name in ("sw_acl4_tries", "sw_acl6_tries"):
         outer = dp.bpf[name.encode()]
         n += sum(bpfsys.map_lookup(outer.map_fd, bytes(ctypes.c_uint32(i)), 4) is not None
                  for i in range(outer.max_entries))

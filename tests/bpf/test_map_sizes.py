@@ -35,7 +35,7 @@ def kernel_map_info(fd: int) -> _MapInfo:
 
 
 PERCPU_MAPS = {"sw_addr_cache", "sw_addr_spill", "sw_tenant_stats", "sw_rule_stats"}
-MAPS = ["sw_config", "sw_prefix4", "sw_prefix6", "sw_policy", "sw_acl4", "sw_acl6", "sw_addr_cache",
+MAPS = ["sw_config", "sw_prefix4", "sw_prefix6", "sw_policy", "sw_acl4_tries", "sw_acl6_tries", "sw_addr_cache",
         "sw_addr_spill", "sw_tenant_stats", "sw_rule_set_index", "sw_rule_sets", "sw_rules", "sw_rule_stats",
         "sw_rule_buckets"]
 
