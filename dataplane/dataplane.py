@@ -875,9 +875,8 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
     LRU spill map of evicted slots. An address hashes to the same slot on every CPU,
     so a slot whose live copies all hold one address sums in place (the common case);
     slots whose CPUs hold different addresses, and spilled counters, are added by
-    address id (the memo's, stable from read to read). Rows come out in cache slot order,
-    then the spill map's order (see `_merge_by_address`): consecutive reads list the
-    addresses they share in nearly the same order.
+    address id. Rows come out ordered by the memo's id, which is stable from read to
+    read, so consecutive reads list the addresses they share in the same order.
     """
     raw = cache
     n_cpus = raw.shape[1]
@@ -967,56 +966,54 @@ def _row_view(rows: np.ndarray) -> np.ndarray:
 def _merge_by_address(n_ids: int, cached: tuple[np.ndarray, np.ndarray, np.ndarray],
                       conflicts: tuple[np.ndarray, np.ndarray, np.ndarray],
                       spilled: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One row per address id from (ids, counters, tenant) parts: the agreeing cache slots' addresses
-    first (in slot order), then addresses only in conflicting slots, then addresses only in the spill
-    map (in its order).
+    """One row per address id, in ascending id order, from (ids, counters, tenant) parts.
 
-    An address keeps its cache slot while it is cached and the spill map lists its entries in a
-    stable order, so consecutive reads list the addresses they share in nearly the same order, and
-    the engine walks its per-address state nearly in sequence; laying the parts out one after the
-    other costs sequential copies, not a scatter of every row.
-    `cached` (agreeing cache slots) and `spilled` (the spill map) hold each address at most once
-    each; `conflicts` (cache slots whose CPUs hold different addresses: rare) may repeat one.
-    Counters add up; the tenant comes from the cache where the address is cached (a spilled copy
-    keeps the tenant it had when it left). `n_ids` bounds the ids.
+    Ascending ids keep consecutive reads in one order, so the engine's per-address state
+    (slots assigned in the same order) is walked nearly in sequence, not at random.
+    `cached` (agreeing cache slots) and `spilled` (the spill map) hold each address at
+    most once each; `conflicts` (cache slots whose CPUs hold different addresses: rare)
+    may repeat one. Counters add up; the tenant comes from the cache where the address
+    is cached (a spilled copy keeps the tenant it had when it left). `n_ids` bounds the ids.
     """
-    c_ids, c_counters, c_tenants = cached
-    x_ids, x_counters, x_tenants = conflicts
-    s_ids, s_counters, s_tenants = spilled
-    row_of = np.full(n_ids, -1, np.int64)
-    n_cached = len(c_ids)
-    row_of[c_ids] = np.arange(n_cached)
-    x_new = np.unique(x_ids[row_of[x_ids] < 0]) if len(x_ids) else np.zeros(0, np.int64)
-    row_of[x_new] = np.arange(n_cached, n_cached + len(x_new))
-    n_before = n_cached + len(x_new)
-    s_rows = row_of[s_ids]
-    only_at = np.flatnonzero(s_rows < 0)
-    total = n_before + len(only_at)
-    counters = np.empty((total, c_counters.shape[1]), np.uint64)
-    tenants = np.empty(total, np.uint32)
-    counters[:n_cached] = c_counters
-    tenants[:n_cached] = c_tenants
-    counters[n_cached:n_before] = 0             # rows that only conflicting slots hold start from zero
-    tenants[n_cached:n_before] = NO_TENANT
+    present = np.zeros(n_ids, bool)
+    for part_ids, _, _ in (cached, conflicts, spilled):
+        present[part_ids] = True
+    ids = np.flatnonzero(present)
+    row_of = np.empty(n_ids, np.int64)
+    row_of[ids] = np.arange(len(ids))
+    width = cached[1].shape[1]
+    counters = np.empty((len(ids), width), np.uint64)
+    tenants = np.full(len(ids), NO_TENANT, np.uint32)
     # Whole counter rows move as single elements (one memcpy each) through void views: numpy's
     # row-wise fancy indexing of a 2-D array is 2-3x slower.
-    _row_view(counters)[n_before:] = _row_view(s_counters).take(only_at)
-    tenants[n_before:] = s_tenants[only_at]
-    # Spilled counters of addresses also in the cache: added to the cache's row; the cache's tenant
-    # stays. Of addresses only in conflicting slots: their row is still zero, the spill's tenant first.
-    also_at = np.flatnonzero(s_rows >= 0)
-    if len(also_at):
-        rows = s_rows[also_at]
-        summed = np.ascontiguousarray(s_counters[also_at])
-        summed += counters[rows]
-        _row_view(counters)[rows] = _row_view(summed)
-        conflict_only = rows >= n_cached
-        tenants[rows[conflict_only]] = s_tenants[also_at[conflict_only]]
-    if len(x_ids):
-        xrows = row_of[x_ids]
-        np.add.at(counters, xrows, x_counters)
-        tenants[xrows] = np.where(tenants[xrows] == NO_TENANT, x_tenants, tenants[xrows])
-    ids = np.concatenate([c_ids, x_new, s_ids[only_at]]).astype(np.int64, copy=False)
+    rows_of = _row_view(counters)
+    c_ids, c_counters, c_tenants = conflicts
+    if len(c_ids):
+        counters[row_of[c_ids]] = 0         # rows that only conflicting slots hold start from zero
+    # Plain scatters where one part alone holds a row; a gather-add-scatter only for addresses
+    # both in the cache and in the spill map (numpy's fancy `+=` is several times slower).
+    in_cache = np.zeros(n_ids, bool)
+    in_cache[cached[0]] = True
+    rows = row_of[cached[0]]
+    rows_of[rows] = _row_view(cached[1])
+    tenants[rows] = cached[2]
+    s_ids, s_counters, s_tenants = spilled
+    both = in_cache[s_ids]
+    both_at = np.flatnonzero(both)
+    if len(both_at) < len(s_ids):
+        only_at = np.flatnonzero(~both)
+        srows = row_of[s_ids[only_at]]
+        rows_of[srows] = _row_view(s_counters).take(only_at)
+        tenants[srows] = s_tenants[only_at]
+    if len(both_at):
+        brows = row_of[s_ids[both_at]]
+        summed = np.ascontiguousarray(s_counters[both_at])
+        summed += counters[brows]
+        rows_of[brows] = _row_view(summed)
+    if len(c_ids):
+        crows = row_of[c_ids]
+        np.add.at(counters, crows, c_counters)
+        tenants[crows] = np.where(tenants[crows] == NO_TENANT, c_tenants, tenants[crows])
     return ids, counters, tenants
 
 
