@@ -123,12 +123,20 @@ class SyntheticDataplane:
     the slot and the others' counters wait in the spill map, as in the kernel.
     """
 
-    def __init__(self, destinations: int, tenants: int, churn: float, samples_per_tick: int, seed: int) -> None:
+    def __init__(self, destinations: int, tenants: int, churn: float, samples_per_tick: int, seed: int,
+                 cpus: int = N_CPUS, slot_bits: int = ADDRESS_CACHE_BITS) -> None:
+        """`slot_bits`: addresses use only the first 2**slot_bits cache slots (fewer than the cache
+        has: more addresses share a slot and more counters are in the spill map, at a small size)."""
         if not 1 <= destinations <= MAX_DESTINATIONS:
             raise ValueError(f"benchmark: destinations must be within 1..{MAX_DESTINATIONS}, got {destinations}")
         if not 1 <= tenants <= min(destinations, MAX_TENANTS):
             raise ValueError(f"benchmark: tenants must be within 1..min(destinations, {MAX_TENANTS}), got {tenants}")
+        if cpus < 1:
+            raise ValueError(f"benchmark: cpus must be at least 1, got {cpus}")
+        if not 1 <= slot_bits <= ADDRESS_CACHE_BITS:
+            raise ValueError(f"benchmark: slot_bits must be within 1..{ADDRESS_CACHE_BITS}, got {slot_bits}")
         self.rng = np.random.default_rng(seed)
+        self.cpus = cpus
         self.n, self.t = destinations, tenants
         self.churn = churn
         self.samples_per_tick = samples_per_tick
@@ -136,7 +144,7 @@ class SyntheticDataplane:
         self.memo = AddressMemo(4 * destinations)
         # Any well-mixed hash spreads addresses over slots as the kernel's does.
         mixed = (self.keys[:, 0] ^ self.keys[:, 1]) * np.uint64(0x9E3779B97F4A7C15)
-        self.cache_slot = (mixed >> np.uint64(64 - ADDRESS_CACHE_BITS)).astype(np.int64)
+        self.cache_slot = (mixed >> np.uint64(64 - slot_bits)).astype(np.int64)
         self.tenant_of = (np.arange(destinations) % tenants).astype(np.uint32)
         # Packets/s per class: mostly small, a few busy servers; below the warm-up floors, as
         # legitimate traffic of a new address is (the floors are for floods).
@@ -184,31 +192,37 @@ class SyntheticDataplane:
     def _fill_maps(self) -> None:
         """Lay the counters out as the kernel's maps hold them (what a batch read copies out)."""
         lay = LAYOUT
-        half = np.uint64(2)
-        cache = np.zeros((CACHE_SLOTS, N_CPUS, lay.entry_words), np.uint64)
+        cache = np.zeros((CACHE_SLOTS, self.cpus, lay.entry_words), np.uint64)
         held = np.flatnonzero(self.resident)
         slots = self.cache_slot[held]
         cached = self.packets[held] - self.spilled[held]
         c0 = lay.counters_at
-        for cpu, share in enumerate((cached // half, cached - cached // half)):
+        for cpu, share in _cpu_shares(cached, self.cpus):
             cache[slots, cpu, :2] = self.keys[held]
             cache[slots, cpu, 2] = self.tenant_of[held].astype(np.uint64) | np.uint64(1 << 32)   # generation 1
             cache[slots, cpu, c0 + lay.packets_at:c0 + lay.packets_at + N_CLASSES] = share
             cache[slots, cpu, c0 + lay.bytes_at:c0 + lay.bytes_at + N_CLASSES] = share * np.uint64(BYTES_PER_PACKET)
         out = np.flatnonzero(self.present & self.spilled.any(axis=1))
-        spill = np.zeros((len(out), N_CPUS, lay.spilled_words), np.uint64)
+        spill = np.zeros((len(out), self.cpus, lay.spilled_words), np.uint64)
         moved = self.spilled[out]
-        for cpu, share in enumerate((moved // half, moved - moved // half)):
+        for cpu, share in _cpu_shares(moved, self.cpus):
             spill[:, cpu, lay.packets_at:lay.packets_at + N_CLASSES] = share
             spill[:, cpu, lay.bytes_at:lay.bytes_at + N_CLASSES] = share * np.uint64(BYTES_PER_PACKET)
             spill[:, cpu, lay.spilled_tenant_at] = self.tenant_of[out]
         t_lay = TENANT_LAYOUT
-        tenant_stats = np.zeros((MAX_TENANTS + 1, N_CPUS, 2, t_lay.dir_words), np.uint64)
+        tenant_stats = np.zeros((MAX_TENANTS + 1, self.cpus, 2, t_lay.dir_words), np.uint64)
         cp = self.t_packets
         tenant_stats[:self.t, 0, :, t_lay.class_packets_at:t_lay.class_packets_at + N_CLASSES] = cp
         tenant_stats[:self.t, 0, :, t_lay.class_bytes_at:t_lay.class_bytes_at + N_CLASSES] = \
             cp * np.uint64(BYTES_PER_PACKET)
         self._maps = (cache, self.keys[out], spill, tenant_stats)
+
+    def map_contents(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """What the maps hold now, as their batch reads return it: the address cache
+        (slots, CPUs, entry words), the spill map's keys (S, 2) and values (S, CPUs, words), and the
+        tenant stats (rows, CPUs, 2, direction words); uint64. For writing into real maps
+        (appliance/bench/policy_real.py)."""
+        return self._maps
 
     def read_destination_counters(self) -> DestinationCounters:
         """`Dataplane.read_destination_counters` after its two batch reads: its decoding code."""
@@ -244,6 +258,12 @@ class SyntheticDataplane:
         return [Sample(timestamp_ns=time.monotonic_ns(), tenant_idx=int(i % self.t), direction=Direction.INBOUND,
                        dropped=False, reason=DropReason.NONE, wire_length=len(_UDP_FRAME) + 4, data=_UDP_FRAME)
                 for i in range(n)]
+
+
+def _cpu_shares(counts: np.ndarray, cpus: int) -> list[tuple[int, np.ndarray]]:
+    """`counts` split over `cpus` CPUs (the last one takes the remainder), as (cpu, share) pairs."""
+    part = counts // np.uint64(cpus)
+    return [(cpu, part if cpu < cpus - 1 else counts - part * np.uint64(cpus - 1)) for cpu in range(cpus)]
 
 
 def run_benchmark(destinations: int = 100_000, tenants: int = 10_000, ticks: int = 20, churn: float = 0.002,

@@ -36,6 +36,10 @@ def register(subparsers) -> None:
     pol.add_argument("--scale", nargs="?", const="default", metavar="D:T,...",
                      help="sweep sizes, each in its own process (destinations:tenants pairs; "
                           "without a value 1000:1000,10000:10000,100000:10000,1000000:10000); prints a table")
+    pol.add_argument("--real", action="store_true",
+                     help="root only: on a real, unattached Dataplane whose maps hold the destinations "
+                          "(the kernel's batch reads included)")
+    pol.add_argument("--warmup-ticks", type=int, default=10, help="untimed ticks first (--real)")
     pol.add_argument("--json", action="store_true")
     pol.set_defaults(func=bench_policy)
 
@@ -74,6 +78,8 @@ def _parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
 def bench_policy(args) -> int:
     from policy.bench import DEFAULT_SWEEP, render_sweep, run_benchmark, run_sweep  # noqa: PLC0415
 
+    if args.real:
+        return _bench_policy_real(args)
     if args.scale is not None:
         try:
             sizes = DEFAULT_SWEEP if args.scale == "default" else _parse_sizes(args.scale)
@@ -95,6 +101,26 @@ def bench_policy(args) -> int:
         print(f"{key:<32} {value}")
     if args.json:
         print(json.dumps(result, default=str))
+    return 0
+
+
+def _bench_policy_real(args) -> int:
+    from appliance.bench import policy_real  # noqa: PLC0415
+
+    if args.scale is not None:
+        print("seawall bench policy: --real measures one size (--destinations, --tenants), not a --scale sweep",
+              file=sys.stderr)
+        return 2
+    try:
+        result = policy_real.run(destinations=args.destinations, tenants=args.tenants, ticks=args.ticks,
+                                 warmup_ticks=args.warmup_ticks, progress=_progress)
+    except (PermissionError, ValueError) as exc:
+        print(f"seawall bench policy --real: {exc}", file=sys.stderr)
+        return 2
+    for key, value in result.items():
+        print(f"{key:<32} {value}")
+    if args.json:
+        print(json.dumps(result))
     return 0
 
 

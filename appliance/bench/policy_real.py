@@ -1,0 +1,199 @@
+"""The policy tick against real kernel maps (root): `seawall bench policy --real`.
+
+`policy.bench` times the tick on a synthetic dataplane that hands the reader's decoding
+code buffers laid out like the maps' batch reads, so its "read" stage leaves out the
+kernel's share (walking the maps and copying them to user space). This benchmark
+measures that too: a real `Dataplane` (compiled, unattached, unpinned) with the
+benchmark's tenant set applied, whose address cache, spill map and tenant stats are
+written from user space each tick with the counters that `policy.bench.SyntheticDataplane`
+lays out (every cache slot of every CPU, the rest of the addresses in the spill map,
+as the program leaves them), then
+
+- `read_destination_counters()` + `read_tenant_counter_arrays()` timed on their own
+  (CPU and wall time: the batch reads' syscalls included), and
+- whole `PolicyEngine.tick()`s on that dataplane (the same reads inside).
+
+Writing the maps (one map update per cache slot, spilled address and tenant row) happens
+between ticks and is not timed: the kernel fills its maps as it counts. No traffic flows,
+so the ring buffer holds no samples and the samples stage costs nothing here.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import resource
+import statistics
+import struct
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from dataplane import bpfsys
+from dataplane.constants import ADDRESS_CACHE_BITS, MAX_TENANTS, TenantMode
+from dataplane.keys import unique_keys
+from policy.bench import SyntheticDataplane
+from policy.config import PolicyConfig
+from policy.events import EventBus
+from tenants.policy import TenantPolicy
+
+ADDRESS_BLOCK = 8            # addresses per tenant prefix in appliance.bench.dataplane.build_tenants (a /29)
+
+
+class _MapWriter:
+    """Writes a SyntheticDataplane's map contents into a real Dataplane's maps, changed entries only."""
+
+    def __init__(self, dp: Any) -> None:
+        self.dp = dp
+        self._cache_fd = dp._maps["sw_addr_cache"].map_fd
+        self._spill_fd = dp._maps["sw_addr_spill"].map_fd
+        self._stats_fd = dp._maps["sw_tenant_stats"].map_fd
+        self._cache: np.ndarray | None = None
+        self._stats: np.ndarray | None = None
+        self._spill_keys: set[bytes] = set()
+        self.updates = 0
+
+    def write(self, source: SyntheticDataplane) -> None:
+        cache, spill_keys, spill, stats = source.map_contents()
+        self._write_array(self._cache_fd, cache, self._cache)
+        self._cache = cache
+        self._write_array(self._stats_fd, stats, self._stats)
+        self._stats = stats
+        keys = [spill_keys[i].tobytes() for i in range(len(spill_keys))]
+        for key, row in zip(keys, spill, strict=True):
+            bpfsys.map_update(self._spill_fd, key, row.tobytes())
+        self.updates += len(keys)
+        gone = self._spill_keys.difference(keys)   # addresses that left the LRU since the last write
+        for key in gone:
+            bpfsys.map_delete(self._spill_fd, key)
+        self._spill_keys = set(keys)
+
+    def _write_array(self, fd: int, now: np.ndarray, before: np.ndarray | None) -> None:
+        flat = now.reshape(len(now), -1)
+        changed = np.arange(len(now)) if before is None else \
+            np.flatnonzero((flat != before.reshape(len(before), -1)).any(axis=1))
+        for i in changed.tolist():
+            bpfsys.map_update(fd, struct.pack("=I", i), flat[i].tobytes())
+        self.updates += len(changed)
+
+
+def _map_addresses(source: SyntheticDataplane) -> np.ndarray:
+    """(K, 2) keys of every address the maps report: live cache slots (with a tenant) and spilled ones."""
+    cache, spill_keys, _, _ = source.map_contents()
+    head = cache[:, :, 2]
+    live = ((head >> np.uint64(32)) != 0) & ((head & np.uint64(0xFFFFFFFF)) != np.uint64(0xFFFFFFFF))
+    keys = np.concatenate([cache[:, :, :2][live], spill_keys.reshape(-1, 2)])
+    first, _ = unique_keys(keys)
+    return keys[np.sort(first)]
+
+
+def _same_addresses(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether (N, 2) key arrays `a` (distinct keys) and `b` hold the same addresses, once each."""
+    if len(a) != len(b):
+        return False
+    return len(unique_keys(b)[0]) == len(b) and len(unique_keys(np.concatenate([a, b]))[0]) == len(a)
+
+
+def run(destinations: int = 100_000, tenants: int = 10_000, ticks: int = 10, warmup_ticks: int = 10,
+        churn: float = 0.002, seed: int = 1, slot_bits: int = ADDRESS_CACHE_BITS,
+        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Time the counter reads and the engine's tick on real maps; see the module docstring.
+
+    `slot_bits` below the cache's own makes addresses share fewer slots (tests: a small run
+    with a busy spill map).
+
+    Needs root (BPF maps). Returns CPU and wall milliseconds of the two reads (median, max),
+    the tick's CPU milliseconds (median, max) and stage medians, peak RSS, and whether the
+    engine saw every address in the maps at every timed tick.
+    """
+    if os.geteuid() != 0:
+        raise PermissionError("the real-map policy benchmark needs root (it loads the XDP program and "
+                              "writes its maps): run `sudo seawall bench policy --real`")
+    if not 1 <= tenants <= min(MAX_TENANTS, destinations):
+        raise ValueError(f"benchmark: tenants must be within 1..min(destinations, {MAX_TENANTS}), got {tenants}")
+    if ticks < 2 or warmup_ticks < 1:
+        raise ValueError("benchmark: at least 2 timed ticks and 1 warm-up tick")
+    # Only root gets this far: bcc and the kernel adapter are imported here, not at module load.
+    from appliance.bench.dataplane import build_tenants  # noqa: PLC0415
+    from dataplane.dataplane import Dataplane  # noqa: PLC0415
+    from policy.engine import PolicyEngine  # noqa: PLC0415
+    from tenants.compile import assign_indices, compile_tenant_set  # noqa: PLC0415
+
+    say = progress or (lambda _message: None)
+    say("compiling and loading the XDP program")
+    dp = Dataplane()
+    try:
+        say(f"applying {tenants:,} tenants")
+        tenant_set = build_tenants(tenants)
+        indices = assign_indices([t.id for t in tenant_set], {})
+        if any(indices[f"t{j}"] != j for j in range(tenants)):
+            raise RuntimeError("benchmark: tenant indices are not 0..tenants-1 in order")
+        dp.apply_tenants(compile_tenant_set(tenant_set, indices))
+        source = SyntheticDataplane(destinations, tenants, churn, samples_per_tick=0, seed=seed, cpus=dp.ncpus,
+                                    slot_bits=slot_bits)
+        writer = _MapWriter(dp)
+        say(f"writing {destinations:,} addresses into the maps")
+        writer.write(source)
+        spec = {j: (f"t{j}", TenantMode.MITIGATE, TenantPolicy()) for j in range(tenants)}
+        read_cpu: list[float] = []
+        read_wall: list[float] = []
+        tick_cpu: list[float] = []
+        stages: dict[str, list[float]] = {}
+        seen_all: list[bool] = []
+        seen_counts: list[int] = []
+        write_s: list[float] = []
+        with tempfile.TemporaryDirectory() as tmp:
+            engine = PolicyEngine(dp, spec, EventBus(), pathlib.Path(tmp), tick=1.0,
+                                  config=PolicyConfig(warmup_s=float(max(warmup_ticks - 2, 1))))
+            now = 0.0
+            for i in range(warmup_ticks + ticks):
+                if i == warmup_ticks:
+                    say(f"{ticks} timed ticks")
+                source.advance(1.0)
+                w0 = time.perf_counter()
+                writer.write(source)
+                write_s.append(time.perf_counter() - w0)
+                now += 1.0
+                timed = i >= warmup_ticks
+                if timed:
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    dp.read_destination_counters()
+                    dp.read_tenant_counter_arrays()
+                    read_cpu.append((time.process_time() - c0) * 1000.0)
+                    read_wall.append((time.perf_counter() - t0) * 1000.0)
+                report = engine.tick(now)
+                if not timed:
+                    continue
+                tick_cpu.append(report.cpu_ms)
+                for name, ms in report.timings_ms.items():
+                    stages.setdefault(name, []).append(ms)
+                expected = _map_addresses(source)
+                seen = engine.rates.last_destination_rates.keys
+                seen_counts.append(len(seen))
+                seen_all.append(_same_addresses(expected, seen))
+        rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        _, spill_keys, _, _ = source.map_contents()
+        return {
+            "destinations": destinations,
+            "tenants": tenants,
+            "ticks": ticks,
+            "cpus": dp.ncpus,
+            "addresses_in_maps": int(len(_map_addresses(source))),
+            "addresses_in_spill_map": len(spill_keys),
+            "addresses_seen_min": min(seen_counts),
+            "engine_saw_every_address": all(seen_all),
+            "read_cpu_ms_median": round(statistics.median(read_cpu), 2),
+            "read_cpu_ms_max": round(max(read_cpu), 2),
+            "read_wall_ms_median": round(statistics.median(read_wall), 2),
+            "read_wall_ms_max": round(max(read_wall), 2),
+            "tick_cpu_ms_median": round(statistics.median(tick_cpu), 2),
+            "tick_cpu_ms_max": round(max(tick_cpu), 2),
+            "stage_ms_median": {k: round(statistics.median(v), 2) for k, v in stages.items()},
+            "peak_rss_mib": round(rss_kib / 1024, 1),
+            "map_write_s_median": round(statistics.median(write_s), 2),   # untimed set-up per tick
+        }
+    finally:
+        dp.close()
