@@ -914,7 +914,7 @@ class AddressMemo:
 
     def keys(self, ids: np.ndarray) -> np.ndarray:
         """(N, 2) uint64 keys of ids."""
-        return self._keys[ids]
+        return _row_view(self._keys).take(ids).view(np.uint64).reshape(len(ids), 2)
 
 
 def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill: np.ndarray,
@@ -955,7 +955,8 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
     if 2 * len(agree_rows) < len(raw):
         agree_counters = sum_over_cpus(raw[agree_rows, :, c0:c0 + cw])   # a sparse cache: its rows only
     else:
-        agree_counters = sum_over_cpus(raw[:, :, c0:c0 + cw])[agree_rows]
+        summed = sum_over_cpus(raw[:, :, c0:c0 + cw])
+        agree_counters = _row_view(summed).take(agree_rows).view(np.uint64).reshape(len(agree_rows), cw)
     unreported = filled & ~live
     for row in np.flatnonzero(agree[agree_rows] & unreported[agree_rows].any(axis=1)):
         for cpu in np.flatnonzero(unreported[agree_rows[row]]):
