@@ -331,17 +331,19 @@ class RateTracker:
         rows = min(len(counters), t)     # the row past the tenants (unprotected traffic) is not a tenant
         present = np.zeros(t, bool)
         present[:rows] = counters.present[:rows]
-        current = np.zeros((t, 2, _TENANT_WORDS), np.uint64)
-        current[:rows, :, :N_CLASSES] = counters.class_packets[:rows]
-        current[:rows, :, N_CLASSES:2 * N_CLASSES] = counters.class_bytes[:rows]
-        current[:rows, :, 2 * N_CLASSES] = counters.dropped_packets[:rows]
-        if priming:
-            d = np.zeros(current.shape)
-        else:
-            d = _delta(current, self._t_prev, ~self._t_present)
-            d *= 1.0 / dt
-            d[~present] = 0.0
-        np.copyto(self._t_prev, current, where=present[:, None, None])
+        # Rows past the last present one have no counters: their rates stay zero and their previous
+        # values stay as they are, so only the rows up to it are computed (tenant slots fill from 0).
+        hi = int(np.flatnonzero(present)[-1]) + 1 if present.any() else 0
+        current = np.empty((hi, 2, _TENANT_WORDS), np.uint64)
+        current[:, :, :N_CLASSES] = counters.class_packets[:hi]
+        current[:, :, N_CLASSES:2 * N_CLASSES] = counters.class_bytes[:hi]
+        current[:, :, 2 * N_CLASSES] = counters.dropped_packets[:hi]
+        d = np.zeros((t, 2, _TENANT_WORDS))
+        if not priming:
+            d[:hi] = _delta(current, self._t_prev[:hi], ~self._t_present[:hi])
+            d[:hi] *= 1.0 / dt
+            d[:hi][~present[:hi]] = 0.0
+        np.copyto(self._t_prev[:hi], current, where=present[:hi, None, None])
         self._t_present = present
         self._tenant_now = now
         pps = np.ascontiguousarray(d[:, INBOUND, :N_CLASSES])
