@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import errno
 import ipaddress
 import os
 import pathlib
@@ -397,8 +396,8 @@ class Dataplane:
         self._clear_acls(slot)
         policy_map = self._maps["sw_policy"]
         base = slot * MAX_TENANTS
-        _, values, count = self._batch("sw_policy")
-        in_use = np.frombuffer(values, dtype=np.uint8).reshape(count, -1)[:, 0]
+        _, values, _ = self._batch("sw_policy")
+        in_use = values[:, 0]
         for i in np.nonzero(in_use[base:base + MAX_TENANTS])[0]:
             policy_map[policy_map.Key(base + int(i))] = policy_map.Leaf()
 
@@ -656,17 +655,12 @@ class Dataplane:
 
     # -- counters ------------------------------------------------------------
 
-    def _batch(self, name: str) -> tuple[bytes, bytes, int]:
+    def _batch(self, name: str) -> tuple[np.ndarray, np.ndarray, int]:
+        """Every element of a map: (keys, values, count) as uint8 arrays of count rows (bcc's
+        per-CPU Leaf is already the per-CPU array)."""
         table = self._maps[name]
-        key_size = ctypes.sizeof(table.Key)
-        value_size = ctypes.sizeof(table.Leaf)  # bcc's percpu Leaf is already the per-CPU array
-        return bpfsys.map_lookup_batch(table.map_fd, key_size, value_size, table.max_entries)
-
-    def _batch_arrays(self, name: str) -> tuple[np.ndarray, np.ndarray, int]:
-        """`_batch` into numpy buffers: (keys, values, count) as uint8 arrays of count rows."""
-        table = self._maps[name]
-        return lookup_batch_into_arrays(table.map_fd, ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf),
-                                        table.max_entries)
+        return bpfsys.map_lookup_batch(table.map_fd, ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf),
+                                       table.max_entries)
 
     def _stats_layout(self):
         return self._maps["sw_tenant_stats"].Leaf._type_
@@ -674,7 +668,7 @@ class Dataplane:
     def read_tenant_counter_arrays(self) -> TenantCounterArrays:
         """Cumulative counters of every tenant row (and the UNPROTECTED row) as arrays: one batch
         read, summed over CPUs, then views of that sum (no per-tenant objects)."""
-        _, values, count = self._batch_arrays("sw_tenant_stats")
+        _, values, count = self._batch("sw_tenant_stats")
         layout = self._tenant_stats_layout()
         words = values.view(np.uint64).reshape(count, self.ncpus, 2, layout.dir_words)
         return decode_tenant_counters(sum_over_cpus(words), layout)
@@ -697,8 +691,8 @@ class Dataplane:
         """Inbound counters per customer-side address: the per-CPU cache slots
         plus the spill map of evicted slots, merged by address (two batch reads;
         see `decode_destination_counters`)."""
-        _, values, count = self._batch_arrays("sw_addr_cache")
-        skeys, svalues, scount = self._batch_arrays("sw_addr_spill")
+        _, values, count = self._batch("sw_addr_cache")
+        skeys, svalues, scount = self._batch("sw_addr_spill")
         layout = self._address_layout()
         cache = values.view(np.uint64).reshape(count, self.ncpus, layout.entry_words)
         spill_keys = skeys.view(np.uint64).reshape(scount, 2)
@@ -760,50 +754,6 @@ class Dataplane:
             self._write_config(cfg)
         action, duration, _ = bpfsys.prog_test_run(self.fn.fd, frame, repeat)
         return action, duration
-
-
-BATCH_CHUNK = 8192    # elements per BPF_MAP_LOOKUP_BATCH call (doubled when a hash bucket is larger)
-
-
-def lookup_batch_into_arrays(map_fd: int, key_size: int, value_size: int, max_entries: int,
-                             chunk: int = BATCH_CHUNK) -> tuple[np.ndarray, np.ndarray, int]:
-    """Every element of a map by BPF_MAP_LOOKUP_BATCH, the kernel writing straight into two numpy
-    buffers: (keys, values, count), uint8 arrays of `count` rows of key_size / value_size bytes.
-
-    `bpfsys.map_lookup_batch` gathers chunks into byte strings: zeroed chunk buffers, then
-    three more copies of everything (31 MB for the address cache: ~48 ms against ~20 ms here).
-    Same protocol: the cursor carries on from call to call, ENOENT ends the walk, and ENOSPC
-    with nothing copied (a hash bucket larger than the chunk) doubles the chunk.
-    """
-    rows = max_entries + 1                       # one spare row: a full map still gets a call with room
-    keys = np.empty((rows, key_size), np.uint8)
-    values = np.empty((rows, value_size), np.uint8)
-    cursor_in = ctypes.create_string_buffer(max(key_size, 8))
-    cursor_out = ctypes.create_string_buffer(max(key_size, 8))
-    total = 0
-    first = True
-    while True:
-        n = min(chunk, rows - total)
-        attr = bpfsys._BatchAttr(in_batch=0 if first else ctypes.addressof(cursor_in),
-                                 out_batch=ctypes.addressof(cursor_out), keys=keys.ctypes.data + total * key_size,
-                                 values=values.ctypes.data + total * value_size, count=n, map_fd=map_fd)
-        ret = bpfsys._libc.syscall(bpfsys.SYS_BPF, bpfsys.BPF_MAP_LOOKUP_BATCH, ctypes.byref(attr),
-                                   ctypes.sizeof(attr))
-        err = ctypes.get_errno() if ret < 0 else 0
-        if ret < 0 and err == errno.ENOSPC and attr.count == 0:
-            if n < chunk or chunk >= rows:       # no room left for a larger bucket: the byte-string reader
-                k, v, count = bpfsys.map_lookup_batch(map_fd, key_size, value_size, max_entries)
-                return (np.frombuffer(k, np.uint8).reshape(count, key_size),
-                        np.frombuffer(v, np.uint8).reshape(count, value_size), count)
-            chunk *= 2
-            continue
-        if ret < 0 and err != errno.ENOENT:
-            raise bpfsys.BpfError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
-        total += attr.count
-        if ret < 0:      # ENOENT: the walk is complete
-            return keys[:total], values[:total], total
-        ctypes.memmove(cursor_in, cursor_out, len(cursor_out))
-        first = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
