@@ -165,7 +165,8 @@ class Dataplane:
         self._rules: dict[int, Rule] = {}
         self._next_set_id = 0
         self._acl_indices: dict[int, set[int]] = {4: set(), 6: set()}   # filled entries of sw_acl4_tries / sw_acl6_tries
-        self._acl_indices_complete = self.pin_dir is None                # a fresh program's arrays are empty
+        # Slots whose tries an earlier run may have left in pinned arrays (a fresh program's are empty).
+        self._acl_slots_unscanned = set(range(TENANT_SET_SLOTS)) if self.pin_dir is not None else set()
         self._test_ports_set = False
         self._recover_rules()
         self._fill_reflection_ports()
@@ -379,13 +380,13 @@ class Dataplane:
         for version in (4, 6):
             outer = self._maps[f"sw_acl{version}_tries"]
             known = self._acl_indices[version]
-            if not self._acl_indices_complete:
+            if slot in self._acl_slots_unscanned:
                 # After a restart the arrays may hold tries of an earlier run: find them once.
                 known |= {i for i in range(lo, hi) if bpfsys.map_lookup(outer.map_fd, bytes(ctypes.c_uint32(i)), 4)}
             for index in [i for i in known if lo <= i < hi]:
                 bpfsys.map_delete(outer.map_fd, bytes(ctypes.c_uint32(index)))
                 known.discard(index)
-        self._acl_indices_complete = True
+        self._acl_slots_unscanned.discard(slot)
 
     def _clear_slot(self, slot: int) -> None:
         for name in ("sw_prefix4", "sw_prefix6"):

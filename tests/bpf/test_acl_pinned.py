@@ -68,3 +68,15 @@ def test_lists_survive_a_restart_and_a_restarted_apply_replaces_them(pin_dir):
     assert _filled(second) == 0
     assert second.test_run(_frame(DENIED_SRC))[0] == XDP_REDIRECT
     second.close()
+
+    third = Dataplane(pin_dir)        # restarted with lists in both slots: a set without lists clears both
+    apply_tenant_dicts(third, STANDARD_TENANTS)
+    apply_tenant_dicts(third, STANDARD_TENANTS)
+    assert _filled(third) == 2 * lists
+    third.close()
+    fourth = Dataplane(pin_dir)
+    apply_tenant_dicts(fourth, without_lists)
+    apply_tenant_dicts(fourth, without_lists)
+    assert _filled(fourth) == 0, "tries an earlier run left in the slot active at the restart survived"
+    assert fourth.test_run(_frame(DENIED_SRC))[0] == XDP_REDIRECT
+    fourth.close()
