@@ -682,12 +682,12 @@ int xdp_seawall(struct xdp_md *ctx)
      * some paths alone (ports, offsets, flags, fragment state). */
     *(__u16 *)v = 0;
     scratch->direction = dir;
-    /* SW_NO_FAST_PARSE: a build for tests that compare the two parsers. */
 #ifdef SW_NO_FAST_PARSE
-    if (1) {
+    int parsed_fast = 0; /* a build for the test that compares the two parsers */
 #else
-    if (!sw_parse_fast(p, data, data_end)) {
+    int parsed_fast = sw_parse_fast(p, data, data_end);
 #endif
+    if (!parsed_fast) {
         __u64 *conditional = (__u64 *)&p->payload_offset;
         conditional[0] = 0;
         conditional[1] = 0;
