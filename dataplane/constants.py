@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import os
+import pathlib
 
 
 class Direction(enum.IntEnum):
@@ -72,7 +73,7 @@ MAX_ACL_PREFIXES = 16384       # allow+deny keys per family, per slot
 ACL_ENTRIES_PER_PREFIX = 8     # port/proto entries sharing one source prefix (after expansion)
 MAX_RULES = 4096               # dynamic rules installed at once
 RULES_PER_TARGET = 8           # rules attached to one destination (or tenant-wide)
-ADDRESS_CACHE_BITS = 16        # per-CPU direct-mapped address cache: 2**16 slots per CPU
+ADDRESS_CACHE_BITS = 16        # direct-mapped address cache: 2**16 slots per CPU
 MAX_ADDRESSES = 262144         # addresses whose counters outlive their cache slot (LRU spill map)
 PAYLOAD_MATCH_BYTES = 8        # leading payload bytes a rule can match
 SAMPLE_BYTES = 128             # bytes of each sampled packet copied to user space
@@ -113,7 +114,19 @@ def cflags() -> list[str]:
         flags.append(f"-DSW_{name}={globals()[name]}U")
     # Per-destination budgets live in per-CPU memory: each CPU admits its share of the rate.
     flags.append(f"-DSW_NR_CPUS={max(os.cpu_count() or 1, 1)}U")
+    flags.append(f"-DSW_CPU_REGIONS={cpu_regions()}U")
     return flags
+
+
+def cpu_regions(possible: str | None = None) -> int:
+    """How many CPU ids the kernel can hand out (highest possible CPU + 1): maps kept per CPU by
+    hand, such as the address cache, hold one region per id. `possible` is the text of
+    /sys/devices/system/cpu/possible ("0-3", "0,2-5"), read when not given."""
+    text = possible if possible is not None else pathlib.Path("/sys/devices/system/cpu/possible").read_text()
+    ids = [int(end) for part in text.strip().split(",") if part for end in part.split("-")]
+    if not ids:
+        raise ValueError(f"cannot parse the possible CPUs {text!r}")
+    return max(ids) + 1
 
 
 def _macro_prefix(enum_type: type[enum.IntEnum]) -> str:

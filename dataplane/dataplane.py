@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import dataclasses
 import ipaddress
+import mmap
 import os
 import pathlib
 import re
@@ -157,6 +158,7 @@ class Dataplane:
             "sw_acl4_template", "sw_acl6_template",
             "sw_addr_cache", "sw_addr_spill", "sw_tenant_stats", "sw_rule_set_index", "sw_rule_sets", "sw_rules",
             "sw_rule_stats", "sw_rule_buckets", "sw_attack", "sw_reflection_ports")}
+        self._map_address_cache()
         self._attachments: list[Attachment] = []
         self._link_fds: list[int] = []
         self._address_memo = AddressMemo(4 * max_addresses)
@@ -279,9 +281,27 @@ class Dataplane:
     def attachments(self) -> list[Attachment]:
         return list(self._attachments)
 
+    def _map_address_cache(self) -> None:
+        """Map the address cache into this process (read-only): a tick reads its counters in
+        memory, not through a bpf() copy. Regions are CPU ids, each 2**ADDRESS_CACHE_BITS slots."""
+        table = self._maps["sw_addr_cache"]
+        entry_bytes = ctypes.sizeof(table.Leaf)
+        self.cache_regions = table.max_entries >> constants.ADDRESS_CACHE_BITS
+        if entry_bytes % 8 or self.cache_regions << constants.ADDRESS_CACHE_BITS != table.max_entries:
+            raise DataplaneError(f"unexpected address cache layout: {table.max_entries} entries of {entry_bytes} bytes")
+        size = table.max_entries * entry_bytes
+        self._cache_mmap = mmap.mmap(table.map_fd, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE, mmap.MAP_SHARED,
+                                     mmap.PROT_READ)
+        self._cache_words = np.frombuffer(self._cache_mmap, np.uint64, count=size // 8).reshape(
+            self.cache_regions, 1 << constants.ADDRESS_CACHE_BITS, entry_bytes // 8)
+        self._cache_snapshot: np.ndarray | None = None
+
     def close(self) -> None:
         """Release this process's handles. Pinned links and maps stay: the bridge keeps running."""
         self._detach_unpinned_links()
+        self._cache_words = None
+        with contextlib.suppress(BufferError):   # a caller still holds a view: the mapping goes with it
+            self._cache_mmap.close()
         self.bpf.cleanup()
 
     # -- tenants --------------------------------------------------------------
@@ -692,17 +712,25 @@ class Dataplane:
         """Inbound counters per customer-side address: the per-CPU cache slots
         plus the spill map of evicted slots, merged by address (two batch reads;
         see `decode_destination_counters`)."""
-        _, values, count = self._batch("sw_addr_cache")
+        return decode_destination_counters(*self.address_maps(), self._address_layout(), self._address_memo)
+
+    def address_maps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The per-address maps as `decode_destination_counters` takes them: a snapshot of the
+        address cache as (slots, CPU regions, entry words) uint64 (a view of one copy of the
+        mapped memory: the counters keep moving while a tick decodes them), the spill map's
+        (S, 2) keys and its (S, 1, spilled words) values (one copy: it is shared by the CPUs)."""
+        if self._cache_snapshot is None:
+            self._cache_snapshot = np.empty_like(self._cache_words)
+        np.copyto(self._cache_snapshot, self._cache_words)
         skeys, svalues, scount = self._batch("sw_addr_spill")
         layout = self._address_layout()
-        cache = values.view(np.uint64).reshape(count, self.ncpus, layout.entry_words)
         spill_keys = skeys.view(np.uint64).reshape(scount, 2)
-        spill = svalues.view(np.uint64).reshape(scount, self.ncpus, layout.spilled_words)
-        return decode_destination_counters(cache, spill_keys, spill, layout, self._address_memo)
+        spill = svalues.view(np.uint64).reshape(scount, 1, layout.spilled_words)
+        return self._cache_snapshot.transpose(1, 0, 2), spill_keys, spill
 
     def _address_layout(self) -> AddressCounterLayout:
-        entry = self._maps["sw_addr_cache"].Leaf._type_
-        spilled = self._maps["sw_addr_spill"].Leaf._type_
+        entry = self._maps["sw_addr_cache"].Leaf
+        spilled = self._maps["sw_addr_spill"].Leaf
         counters = type(entry().counters)  # struct sw_addr_counters, as bcc describes it
         return AddressCounterLayout(
             entry_words=ctypes.sizeof(entry) // 8, counters_at=entry.counters.offset // 8,
@@ -872,9 +900,9 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
                                 layout: AddressCounterLayout, memo: AddressMemo) -> DestinationCounters:
     """Destination counters from the two maps' batch reads.
 
-    `cache`: (slots, CPUs, entry_words) uint64, the per-CPU direct-mapped cache;
-    `spill_keys`: (S, 2) uint64 addresses and `spill`: (S, CPUs, spilled_words) the
-    LRU spill map of evicted slots. An address hashes to the same slot on every CPU,
+    `cache`: (slots, CPUs, entry_words) uint64, the direct-mapped cache of each CPU;
+    `spill_keys`: (S, 2) uint64 addresses and `spill`: (S, copies, spilled_words) the
+    LRU spill map of evicted slots (the kernel's is shared by the CPUs: one copy). An address hashes to the same slot on every CPU,
     so a slot whose live copies all hold one address sums in place (the common case);
     slots whose CPUs hold different addresses, and spilled counters, are added by
     address id. Rows come out ordered by the memo's id, which is stable from read to

@@ -7,16 +7,18 @@ appear every tick) plus a stream of samples, and measures each tick's process
 CPU time and the process's peak resident memory. `run_sweep()` runs it for
 several sizes, each in a fresh process so that each peak memory is its own.
 
-The counter source is a `SyntheticDataplane` that hands the engine what the
-kernel's batch reads hand `dataplane.Dataplane`, laid out as the maps are
-(struct sw_addr_entry, sw_addr_spilled, sw_tenant_stats in dataplane/bpf/seawall.h,
-two CPUs), and decodes them with the real reader's own code
-(`dataplane.dataplane.decode_destination_counters`); its tenant read decodes the
-stats map's sum with `decode_tenant_counters`, as `Dataplane.read_tenant_counter_arrays` does. The map contents are
-laid out when the synthetic traffic advances, outside the tick, as the kernel
-fills its maps while it counts; so a tick's "read" stage costs what the real one
-costs in user space after its batch reads, and the kernel's share of a batch read
-(walking the maps and copying them out) is not in it. Addresses: 198.18.0.0/15 (131,072), then
+The counter source is a `SyntheticDataplane` that hands the engine what
+`dataplane.Dataplane` reads from the kernel, laid out as the maps are (struct
+sw_addr_entry, sw_addr_spilled, sw_tenant_stats in dataplane/bpf/seawall.h, two
+CPUs), and decodes them with the real reader's own code: it copies the address
+cache out of its memory as the real reader copies the mapped array, then runs
+`dataplane.dataplane.decode_destination_counters`; its tenant read decodes the
+stats map's sum with `decode_tenant_counters`, as `Dataplane.read_tenant_counter_arrays`
+does. The map contents are laid out when the synthetic traffic advances, outside
+the tick, as the kernel fills its maps while it counts; so a tick's "read" stage
+costs what the real one costs in user space, and the kernel's share of the batch
+reads of the spill and stats maps (walking them and copying them out) is not in it
+(`seawall bench policy --real` measures that). Addresses: 198.18.0.0/15 (131,072), then
 2001:db8::/32 for larger sets (documentation addresses: nothing is sent).
 """
 
@@ -117,7 +119,7 @@ _UDP_FRAME = _udp_frame()
 class SyntheticDataplane:
     """Cumulative counters for N destinations and T tenants, grown by random rates per tick.
 
-    The dataplane keeps an address's counters in a per-CPU cache slot (hashed by
+    The dataplane keeps an address's counters in a cache slot of its CPU (hashed by
     address) until another address takes the slot, which moves them to the spill map:
     where more addresses share a slot than one, one of them (drawn each tick) holds
     the slot and the others' counters wait in the spill map, as in the kernel.
@@ -142,6 +144,7 @@ class SyntheticDataplane:
         self.samples_per_tick = samples_per_tick
         _, self.keys = destination_addresses(destinations)
         self.memo = AddressMemo(4 * destinations)
+        self._cache_snapshot: np.ndarray | None = None    # the reader's copy of the address cache
         # Any well-mixed hash spreads addresses over slots as the kernel's does.
         mixed = (self.keys[:, 0] ^ self.keys[:, 1]) * np.uint64(0x9E3779B97F4A7C15)
         self.cache_slot = (mixed >> np.uint64(64 - slot_bits)).astype(np.int64)
@@ -192,7 +195,8 @@ class SyntheticDataplane:
     def _fill_maps(self) -> None:
         """Lay the counters out as the kernel's maps hold them (what a batch read copies out)."""
         lay = LAYOUT
-        cache = np.zeros((CACHE_SLOTS, self.cpus, lay.entry_words), np.uint64)
+        # One region of slots per CPU, as the kernel's array holds them, seen as (slots, CPUs, words).
+        cache = np.zeros((self.cpus, CACHE_SLOTS, lay.entry_words), np.uint64).transpose(1, 0, 2)
         held = np.flatnonzero(self.resident)
         slots = self.cache_slot[held]
         cached = self.packets[held] - self.spilled[held]
@@ -203,12 +207,11 @@ class SyntheticDataplane:
             cache[slots, cpu, c0 + lay.packets_at:c0 + lay.packets_at + N_CLASSES] = share
             cache[slots, cpu, c0 + lay.bytes_at:c0 + lay.bytes_at + N_CLASSES] = share * np.uint64(BYTES_PER_PACKET)
         out = np.flatnonzero(self.present & self.spilled.any(axis=1))
-        spill = np.zeros((len(out), self.cpus, lay.spilled_words), np.uint64)
+        spill = np.zeros((len(out), 1, lay.spilled_words), np.uint64)   # one copy, shared by the CPUs
         moved = self.spilled[out]
-        for cpu, share in _cpu_shares(moved, self.cpus):
-            spill[:, cpu, lay.packets_at:lay.packets_at + N_CLASSES] = share
-            spill[:, cpu, lay.bytes_at:lay.bytes_at + N_CLASSES] = share * np.uint64(BYTES_PER_PACKET)
-            spill[:, cpu, lay.spilled_tenant_at] = self.tenant_of[out]
+        spill[:, 0, lay.packets_at:lay.packets_at + N_CLASSES] = moved
+        spill[:, 0, lay.bytes_at:lay.bytes_at + N_CLASSES] = moved * np.uint64(BYTES_PER_PACKET)
+        spill[:, 0, lay.spilled_tenant_at] = self.tenant_of[out]
         t_lay = TENANT_LAYOUT
         tenant_stats = np.zeros((MAX_TENANTS + 1, self.cpus, 2, t_lay.dir_words), np.uint64)
         cp = self.t_packets
@@ -218,16 +221,20 @@ class SyntheticDataplane:
         self._maps = (cache, self.keys[out], spill, tenant_stats)
 
     def map_contents(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """What the maps hold now, as their batch reads return it: the address cache
-        (slots, CPUs, entry words), the spill map's keys (S, 2) and values (S, CPUs, words), and the
-        tenant stats (rows, CPUs, 2, direction words); uint64. For writing into real maps
-        (appliance/bench/policy_real.py)."""
+        """What the maps hold now, as the reader sees them: the address cache (slots, CPUs, entry
+        words; a view of CPU-major memory, like the kernel's array), the spill map's keys (S, 2) and
+        values (S, 1, words), and the tenant stats (rows, CPUs, 2, direction words); uint64. For
+        writing into real maps (appliance/bench/policy_real.py)."""
         return self._maps
 
     def read_destination_counters(self) -> DestinationCounters:
-        """`Dataplane.read_destination_counters` after its two batch reads: its decoding code."""
+        """`Dataplane.read_destination_counters` after its reads: its decoding code."""
         cache, spill_keys, spill, _ = self._maps
-        return decode_destination_counters(cache, spill_keys, spill, LAYOUT, self.memo)
+        if self._cache_snapshot is None:
+            self._cache_snapshot = np.empty_like(cache.transpose(1, 0, 2))
+        np.copyto(self._cache_snapshot, cache.transpose(1, 0, 2))     # CPU-major, as the kernel's array
+        return decode_destination_counters(self._cache_snapshot.transpose(1, 0, 2), spill_keys, spill, LAYOUT,
+                                           self.memo)
 
     def read_tenant_counter_arrays(self) -> TenantCounterArrays:
         """`Dataplane.read_tenant_counter_arrays` after its batch read: the sum over CPUs, decoded by its code."""

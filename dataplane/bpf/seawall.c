@@ -6,7 +6,7 @@
  * tenant by destination address and checked, in order, against the tenant's
  * allow list, deny list, invalid-packet filters and the dynamic rules of the
  * policy engine. Per-packet work is a fixed number of map lookups: the
- * per-CPU address cache holds the tenant and rule sets, so the common case never
+ * address cache (one per CPU) holds the tenant and rule sets, so the common case never
  * walks a trie or hashes into a map; cache slots refresh when
  * sw_config.generation changes.
  *
@@ -55,10 +55,15 @@ BPF_F_TABLE("lpm_trie", struct sw_acl4_key, struct sw_acl_value, sw_acl4_templat
 BPF_F_TABLE("lpm_trie", struct sw_acl6_key, struct sw_acl_value, sw_acl6_template, SW_MAX_ACL_PREFIXES, SW_NO_PREALLOC);
 SW_MAP("array_of_maps$sw_acl4_template", int, int, sw_acl4_tries, SW_TENANT_SET_SLOTS * 2 * SW_MAX_TENANTS, 0);
 SW_MAP("array_of_maps$sw_acl6_template", int, int, sw_acl6_tries, SW_TENANT_SET_SLOTS * 2 * SW_MAX_TENANTS, 0);
-/* Per customer-side address: a per-CPU direct-mapped cache of lookups and
- * counters, and the LRU map that keeps the counters of evicted slots. */
-SW_MAP("percpu_array", __u32, struct sw_addr_entry, sw_addr_cache, 1U << SW_ADDRESS_CACHE_BITS, 0);
-SW_MAP("lru_percpu_hash", struct sw_addr_key, struct sw_addr_spilled, sw_addr_spill, SW_MAX_ADDRESSES, 0);
+/* Per customer-side address: a direct-mapped cache of lookups and counters with
+ * one region of 2^SW_ADDRESS_CACHE_BITS slots per CPU id (index cpu << bits |
+ * slot), and the LRU map, shared by all CPUs, that keeps the counters of
+ * evicted slots. The cache is a plain array kept per CPU by hand rather than a
+ * per-CPU array so that user space can map it and read the counters in place:
+ * copying it through bpf() took ~23 ms a tick (16 MiB per CPU). */
+SW_MAP("array", __u32, struct sw_addr_entry, sw_addr_cache, SW_CPU_REGIONS << SW_ADDRESS_CACHE_BITS,
+       BPF_F_MMAPABLE);
+SW_MAP("lru_hash", struct sw_addr_key, struct sw_addr_spilled, sw_addr_spill, SW_MAX_ADDRESSES, 0);
 /* Per-tenant counters per CPU; the last entry counts traffic to no tenant. */
 SW_MAP("percpu_array", __u32, struct sw_tenant_stats, sw_tenant_stats, SW_MAX_TENANTS + 1, 0);
 /* Dynamic rules: (tenant, scope, address) -> rule set -> rules. */
@@ -188,17 +193,22 @@ static __always_inline void sw_addr_spill_counters(struct sw_addr_entry *e)
         struct sw_addr_spilled fresh = {};
         __builtin_memcpy(&fresh.counters, c, sizeof(*c));
         fresh.tenant_idx = e->tenant_idx;
-        sw_addr_spill.update(&key, &fresh);
-        return;
+        if (sw_addr_spill.insert(&key, &fresh) == 0)
+            return;
+        /* Another CPU spilled the same address first: add to its entry. */
+        spill = sw_addr_spill.lookup(&key);
+        if (!spill)
+            return;
     }
+    /* Shared by all CPUs: atomic adds (a spill is a cache miss, already the slow path). */
 #pragma unroll
     for (int i = 0; i < SW_CLASSES; i++) {
-        spill->counters.packets[i] += c->packets[i];
-        spill->counters.bytes[i] += c->bytes[i];
+        __sync_fetch_and_add(&spill->counters.packets[i], c->packets[i]);
+        __sync_fetch_and_add(&spill->counters.bytes[i], c->bytes[i]);
     }
-    spill->counters.dropped_packets += c->dropped_packets;
-    spill->counters.outbound_packets += c->outbound_packets;
-    spill->counters.outbound_bytes += c->outbound_bytes;
+    __sync_fetch_and_add(&spill->counters.dropped_packets, c->dropped_packets);
+    __sync_fetch_and_add(&spill->counters.outbound_packets, c->outbound_packets);
+    __sync_fetch_and_add(&spill->counters.outbound_bytes, c->outbound_bytes);
     spill->tenant_idx = e->tenant_idx;
 }
 
@@ -248,12 +258,19 @@ static __always_inline void sw_address_refresh(struct sw_addr_entry *e, const __
     e->generation = cfg->generation;
 }
 
+/* This CPU's copy of a cache slot. The verifier inlines both the CPU id and the
+ * array lookup: no helper call. */
+static __always_inline struct sw_addr_entry *sw_addr_cache_slot(__u32 slot)
+{
+    __u32 index = (bpf_get_smp_processor_id() << SW_ADDRESS_CACHE_BITS) | slot;
+    return sw_addr_cache.lookup(&index);
+}
+
 /* The cache slot of a customer-side address when it is current, else NULL
  * (the caller tail-calls the refresh program). A hit is two compares. */
 static __always_inline struct sw_addr_entry *sw_address(const __u64 *addr, __u32 is_v6, struct sw_config *cfg)
 {
-    __u32 slot = sw_addr_slot(addr);
-    struct sw_addr_entry *e = sw_addr_cache.lookup(&slot);
+    struct sw_addr_entry *e = sw_addr_cache_slot(sw_addr_slot(addr));
     if (e && sw_addr_equal(e->addr, addr) && e->generation == cfg->generation && e->is_v6 == is_v6)
         return e;
     return 0;
@@ -804,8 +821,7 @@ int xdp_seawall_refresh(struct xdp_md *ctx)
     if (sw_parse_frame(ctx, &p, data, data_end) != SW_PARSE_OK)
         return XDP_PASS;
     const __u64 *addr = ctx->ingress_ifindex == cfg->external_ifindex ? p.dst : p.src;
-    __u32 slot = sw_addr_slot(addr);
-    struct sw_addr_entry *e = sw_addr_cache.lookup(&slot);
+    struct sw_addr_entry *e = sw_addr_cache_slot(sw_addr_slot(addr));
     if (e)
         sw_address_refresh(e, addr, p.is_v6, cfg);
     sw_progs.call(ctx, SW_PROG_MAIN);

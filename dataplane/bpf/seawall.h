@@ -136,19 +136,20 @@ struct sw_addr_counters {
     __u64 outbound_bytes;
 };
 
-/* Counters of an address whose cache slot was taken over, per CPU, with the
- * tenant it belonged to when it left the cache. */
+/* Counters of an address whose cache slot was taken over (summed over the CPUs
+ * that spilled it), with the tenant it belonged to when it last left a cache. */
 struct sw_addr_spilled {
     struct sw_addr_counters counters;
     __u32 tenant_idx;
     __u32 pad;
 };
 
-/* One slot of the per-CPU direct-mapped address cache (2^SW_ADDRESS_CACHE_BITS
- * slots, indexed by a multiplicative hash of the address). A hit costs no
- * helper call at all: the verifier inlines per-CPU array lookups. A slot taken
- * over by another address first spills its counters into the LRU map
- * sw_addr_spill, so no count is lost; user space adds both. */
+/* One slot of a CPU's direct-mapped address cache (2^SW_ADDRESS_CACHE_BITS
+ * slots per CPU, indexed by a multiplicative hash of the address). A hit costs
+ * no helper call at all: the verifier inlines the CPU id and the array lookup.
+ * Only its CPU writes a slot. A slot taken over by another address first spills
+ * its counters into the LRU map sw_addr_spill, so no count is lost; user space
+ * adds both. */
 struct sw_addr_entry {
     __u8 addr[16] SW_ALIGNED(8);
     __u32 tenant_idx;          /* SW_NO_TENANT when no tenant owns it */

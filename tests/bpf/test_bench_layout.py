@@ -22,7 +22,7 @@ from tests.bpf.conftest import ALPHA_DST, CLEAN_SRC, XDP_REDIRECT, run
 
 def test_bench_address_layout_is_the_programs(dp):
     assert dp._address_layout() == bench.LAYOUT
-    assert dp._maps["sw_addr_cache"].max_entries == bench.CACHE_SLOTS
+    assert dp._maps["sw_addr_cache"].max_entries == bench.CACHE_SLOTS * dp.cache_regions
 
 
 def test_bench_tenant_stats_layout_is_the_programs(dp):
@@ -37,13 +37,12 @@ def test_bench_buffers_decode_like_the_real_read(dp, tenants):
     dst = ALPHA_DST
     alpha = tenants["alpha"]
     assert run(dp, frames.udp(CLEAN_SRC, dst, dport=28960)) == XDP_REDIRECT
-    _, values, count = dp._batch("sw_addr_cache")
-    skeys, svalues, scount = dp._batch("sw_addr_spill")
     lay = bench.LAYOUT
-    cache = np.frombuffer(values, np.uint64).reshape(count, dp.ncpus, lay.entry_words)
-    spill = np.frombuffer(svalues, np.uint64).reshape(scount, dp.ncpus, lay.spilled_words)
+    cache, spill_keys, spill = dp.address_maps()
+    assert cache.shape == (bench.CACHE_SLOTS, dp.cache_regions, lay.entry_words)
+    assert spill.shape[1:] == (1, lay.spilled_words)
     memo = bench.AddressMemo(1 << 20)
-    decoded = decode_destination_counters(cache, np.frombuffer(skeys, np.uint64).reshape(scount, 2), spill, lay, memo)
+    decoded = decode_destination_counters(cache, spill_keys, spill, lay, memo)
     real = dp.read_destination_counters()
     row = list(decoded.addresses).index(ipaddress.ip_address(dst))
     real_row = list(real.addresses).index(ipaddress.ip_address(dst))
