@@ -150,6 +150,7 @@ class Dataplane:
             if self.pin_dir and "pin" in str(exc).lower():
                 hint = f" (pinned maps under {self.pin_dir} may be from another version: `seawall detach --purge`)"
             raise DataplaneError(f"cannot load the XDP program: {exc}{hint}") from exc
+        _release_freed_heap()
         from bcc.utils import get_possible_cpus  # noqa: PLC0415
 
         self.ncpus = len(get_possible_cpus())
@@ -718,11 +719,15 @@ class Dataplane:
         """The per-address maps as `decode_destination_counters` takes them: a snapshot of the
         address cache as (slots, CPU regions, entry words) uint64 (a view of one copy of the
         mapped memory: the counters keep moving while a tick decodes them), the spill map's
-        (S, 2) keys and its (S, 1, spilled words) values (one copy: it is shared by the CPUs)."""
+        (S, 2) keys and its (S, 1, spilled words) values (one copy: it is shared by the CPUs).
+        The cache snapshot is a buffer that the next call writes again."""
+        # The spill map first: counts only ever move from a cache slot to the spill map, so a
+        # slot evicted between the two reads is missed for this read (its counts show up in the
+        # next), never counted twice as it would be the other way round.
+        skeys, svalues, scount = self._batch("sw_addr_spill")
         if self._cache_snapshot is None:
             self._cache_snapshot = np.empty_like(self._cache_words)
         np.copyto(self._cache_snapshot, self._cache_words)
-        skeys, svalues, scount = self._batch("sw_addr_spill")
         layout = self._address_layout()
         spill_keys = skeys.view(np.uint64).reshape(scount, 2)
         spill = svalues.view(np.uint64).reshape(scount, 1, layout.spilled_words)
@@ -917,7 +922,7 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
     # The cache is tens of MB and every strided pass over it touches each slot's cache lines:
     # few passes, no (slots, CPUs, words) temporaries.
     # Address and head words of every copy, copied out in one pass.
-    key_head = np.ascontiguousarray(raw[:, :, :3])
+    key_head = _leading_words(raw, 3)
     head = key_head[:, :, 2]  # tenant_idx | generation << 32
     filled = (head >> 32) != 0
     live = filled & ((head & 0xFFFFFFFF) != NO_TENANT)
@@ -986,6 +991,13 @@ def sum_over_cpus(per_cpu: np.ndarray) -> np.ndarray:
     for cpu in range(2, per_cpu.shape[1]):
         out += per_cpu[:, cpu]
     return out
+
+
+def _leading_words(raw: np.ndarray, n: int) -> np.ndarray:
+    """A contiguous copy of the first `n` words of each entry of a (slots, CPUs, words) uint64 array,
+    moved as one n-word element each: 3-4x faster than numpy's word-by-word strided copy."""
+    moved = np.ascontiguousarray(raw[:, :, :n].view(np.dtype((np.void, 8 * n))))
+    return moved.view(np.uint64).reshape(raw.shape[0], raw.shape[1], n)
 
 
 def _row_view(rows: np.ndarray) -> np.ndarray:
@@ -1071,6 +1083,16 @@ def _decode_rule(r, tenant_idx: int, dst: IPAddress | None) -> Rule:
 def _fill(array, data: bytes) -> None:
     for i, b in enumerate(data):
         array[i] = b
+
+
+def _release_freed_heap() -> None:
+    """Return the heap that a compile freed to the system. bcc's clang and LLVM free ~80 MiB
+    after compiling the program, but glibc keeps freed memory resident for reuse; the
+    appliance never compiles again, so it would stay in the process's RSS for good."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc: nothing to trim
+        pass
 
 
 def _ifindex(name: str) -> int:

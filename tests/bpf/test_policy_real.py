@@ -20,7 +20,7 @@ BPF_MAP_TYPE_HASH = 1        # enum bpf_map_type (a plain hash: many keys per ca
 EXPECTED_KEYS = {
     "destinations", "tenants", "ticks", "cpus", "addresses_in_maps", "addresses_in_spill_map", "addresses_seen_min",
     "engine_saw_every_address", "read_cpu_ms_median", "read_cpu_ms_max", "read_wall_ms_median", "read_wall_ms_max",
-    "tick_cpu_ms_median", "tick_cpu_ms_max", "stage_ms_median", "peak_rss_mib", "map_write_s_median",
+    "tick_cpu_ms_median", "tick_cpu_ms_max", "stage_ms_median", "rss_mib", "peak_rss_mib", "map_write_s_median",
 }
 
 
@@ -35,7 +35,7 @@ def test_real_policy_benchmark_small_run_sees_every_address():
     assert result["engine_saw_every_address"] is True
     assert result["addresses_seen_min"] == result["addresses_in_maps"]
     assert {"read", "rates", "detect", "learn"} <= set(result["stage_ms_median"])
-    for key in ("read_cpu_ms_median", "read_wall_ms_median", "tick_cpu_ms_median", "peak_rss_mib"):
+    for key in ("read_cpu_ms_median", "read_wall_ms_median", "tick_cpu_ms_median", "rss_mib", "peak_rss_mib"):
         assert result[key] > 0, key
     assert result["read_cpu_ms_max"] >= result["read_cpu_ms_median"]
     assert result["tick_cpu_ms_max"] >= result["tick_cpu_ms_median"]
