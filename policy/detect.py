@@ -72,7 +72,6 @@ class Detection:
     threshold: np.ndarray            # (N, C) packets/s
     baseline_cap: np.ndarray         # (N, C) (mean + k·sigma)·margin, before policy floors and sensitivity
     anomalous: np.ndarray            # (N, C) bool
-    ratio: np.ndarray                # (N, C) rate / threshold
     excess: np.ndarray               # (N, C) packets/s above the baseline mean (>= 0)
     anomalous_rows: np.ndarray       # rows with any anomalous class
     tenant_threshold: np.ndarray     # (T, C)
@@ -83,6 +82,63 @@ class Detection:
     # The destinations' baseline state as detection read it, for learning to update in place
     # (one read of 100k rows instead of two); None once learned.
     dest_state: BaselineRows | None = None
+    pps: np.ndarray | None = None                  # (N, C) the rates detected on (for `ratio`)
+    _ratio: np.ndarray | None = None
+
+    @property
+    def ratio(self) -> np.ndarray:
+        """(N, C) rate / threshold (a threshold below 1 packet/s counts as 1); computed when first asked
+        for (the tick itself never needs it)."""
+        if self._ratio is None:
+            if self.pps is None:
+                raise ValueError("detection: ratio needs the rates it was computed from")
+            ratio = np.maximum(self.threshold, 1.0)
+            np.divide(self.pps, ratio, out=ratio)
+            self._ratio = ratio
+        return self._ratio
+
+
+def _per_row(values: np.ndarray) -> np.ndarray | float:
+    """A per-row policy value as an (N, 1) column to broadcast over the classes, or as one float when
+    every row has the same value (the common case: an (N, 1) operand makes numpy loop over 6-element
+    rows, a scalar does not; the arithmetic is the same)."""
+    if len(values) and values.min() == values.max():
+        return float(values[0])
+    return values[:, None]
+
+
+# Cold elements fixed one by one while they are at most this share of all elements; past it (the first
+# minutes after a start, when every row warms up) the masked whole-array passes are cheaper.
+_SPARSE_SHARE = 0.125
+
+
+def destination_threshold(cap: np.ndarray, learned_s: np.ndarray, warm: np.ndarray, baseline: EwmaBaseline,
+                          min_pps: np.ndarray | float, sensitivity: np.ndarray | float) -> np.ndarray:
+    """(N, C) thresholds from the baseline caps, as `EwmaBaseline.threshold` computes them, written out:
+    warm: max(min_pps, base); seen: max(min_pps, onset floor, base); new: max(min_pps, floor), where
+    base = cap / sensitivity. `min_pps` and `sensitivity` per row ((N, 1)) or one float for all."""
+    threshold = cap / sensitivity
+    cold = np.flatnonzero(~warm)
+    if len(cold) > _SPARSE_SHARE * threshold.size:
+        np.maximum(threshold, baseline.onset_floor[None, :], out=threshold, where=~warm)
+        np.copyto(threshold, baseline.floor[None, :], where=~warm & (learned_s < PARTIAL_BASELINE_S))
+    elif len(cold):
+        # Warm-up rows are few once the engine runs: the same per-element arithmetic on them alone.
+        flat = threshold.reshape(-1)
+        cls = cold % N_CLASSES
+        values = np.maximum(flat[cold], baseline.onset_floor[cls])
+        new = learned_s.reshape(-1)[cold] < PARTIAL_BASELINE_S
+        values[new] = baseline.floor[cls[new]]
+        flat[cold] = values
+    np.maximum(threshold, min_pps, out=threshold)
+    return threshold
+
+
+def _tenant_rows(rows: np.ndarray) -> np.ndarray | slice:
+    """Tenant slots as a slice when they are consecutive (slots fill from 0): views, no gathers."""
+    if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows):
+        return slice(int(rows[0]), int(rows[-1]) + 1)
+    return rows
 
 
 def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBaseline,
@@ -90,30 +146,26 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
            carpet_min_destinations: int = 8) -> Detection:
     prow = PolicyTable.rows(dest.tenant_idx)
     known = policy.known[prow] & dest.valid
-    # Each (N, C) pass over 100k rows costs about a millisecond: read the baseline once, compute
-    # in place. The threshold is EwmaBaseline.threshold's, written out:
-    #   warm: max(min_pps, base); seen: max(min_pps, onset floor, base); new: max(min_pps, floor).
+    # Each (N, C) pass over 100k rows costs a quarter to a whole millisecond: read the baseline once,
+    # compute in place, no (N, 1) broadcasts where one value serves all rows.
     state = dest_baseline.gather(dest.slots)
     cap = np.sqrt(state.var)
     cap *= dest_baseline.k_sigma
     cap += state.mean
     cap *= dest_baseline.margin
     warm = state.learned_s >= dest_baseline.warmup_s
-    threshold = cap / policy.sensitivity[prow][:, None]
-    np.maximum(threshold, dest_baseline.onset_floor[None, :], out=threshold, where=~warm)
-    np.copyto(threshold, dest_baseline.floor[None, :], where=~warm & (state.learned_s < PARTIAL_BASELINE_S))
-    np.maximum(threshold, policy.min_pps[prow][:, None], out=threshold)
-    anomalous = dest.pps > threshold
-    anomalous &= known[:, None]
-    ratio = np.maximum(threshold, 1.0)
-    np.divide(dest.pps, ratio, out=ratio)
-    excess = dest.pps - state.mean
+    threshold = destination_threshold(cap, state.learned_s, warm, dest_baseline, _per_row(policy.min_pps[prow]),
+                                      _per_row(policy.sensitivity[prow]))
+    anomalous = np.greater(dest.pps, threshold)
+    if not known.all():
+        anomalous[~known] = False
+    excess = np.subtract(dest.pps, state.mean)
     np.maximum(excess, 0.0, out=excess)
     # Anomalies are rare: find them in the flat mask (`.any(axis=1)` walks the short class axis slowly).
     anomalous_rows = np.unique(np.flatnonzero(anomalous) // N_CLASSES)
 
     # Tenant arrays are dense over all slots; only the slots of configured tenants are computed.
-    t_rows = policy.tenant_rows
+    t_rows = _tenant_rows(policy.tenant_rows)
     t_threshold = np.zeros((MAX_TENANTS, N_CLASSES))
     t_anomalous = np.zeros((MAX_TENANTS, N_CLASSES), bool)
     t_excess = np.zeros((MAX_TENANTS, N_CLASSES))
@@ -122,14 +174,14 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
     t_excess[t_rows] = np.maximum(tenants.pps[t_rows] - tenant_baseline.mean[t_rows], 0.0)
 
     carpets: list[CarpetCandidate] = []
-    hot_tenants = np.flatnonzero(t_anomalous.any(axis=1))
+    hot_tenants = np.unique(np.flatnonzero(t_anomalous) // N_CLASSES)
     if len(hot_tenants):
         carpets = _carpets(dest, cap, warm, anomalous, excess, hot_tenants, t_anomalous, t_excess,
                            tenants, t_threshold, known, carpet_min_destinations)
-    return Detection(threshold=threshold, baseline_cap=cap, anomalous=anomalous, ratio=ratio, excess=excess,
+    return Detection(threshold=threshold, baseline_cap=cap, anomalous=anomalous, excess=excess,
                      anomalous_rows=anomalous_rows, tenant_threshold=t_threshold,
                      tenant_anomalous=t_anomalous, tenant_excess=t_excess, carpets=carpets, warm=warm,
-                     dest_state=state)
+                     dest_state=state, pps=dest.pps)
 
 
 def _carpets(dest: DestinationRates, cap: np.ndarray, warm: np.ndarray, anomalous: np.ndarray, excess: np.ndarray,

@@ -197,11 +197,16 @@ class SlotTable:
             grown[:len(self._slot_of_reader_id)] = self._slot_of_reader_id
             self._slot_of_reader_id = grown
         slots = self._slot_of_reader_id.take(reader_ids)
-        known = slots >= 0
-        held = slots[known]
-        # A reader that reset reuses ids, and an expired slot may hold another address now.
-        same = (self.keys[held, 0] == keys[known, 0]) & (self.keys[held, 1] == keys[known, 1]) & self.in_use[held]
-        slots[np.flatnonzero(known)[~same]] = -1
+        # A reader that reset reuses ids, and an expired slot may hold another address now. Every row
+        # is checked (a row without a remembered slot checks slot 0 and fails on `slots >= 0`): one
+        # contiguous gather of the slots' keys instead of masked column gathers.
+        held = np.maximum(slots, 0)
+        held_keys = _take_rows(self.keys, held)
+        same = np.equal(held_keys[:, 0], keys[:, 0])
+        same &= np.equal(held_keys[:, 1], keys[:, 1])
+        same &= self.in_use.take(held)
+        same &= slots >= 0
+        slots[~same] = -1
         return slots
 
     def expire(self, now: float, forget_after_s: float) -> np.ndarray:
@@ -277,21 +282,29 @@ class RateTracker:
             self.slots.last_seen[self.slots.in_use] = now
             pps, bps, dps = np.zeros((n, N_CLASSES)), np.zeros((n, N_CLASSES)), np.zeros(n)
         else:
-            previous = _take_rows(self._prev, np.maximum(prev_rows, 0)) if len(self._prev) \
-                else np.zeros_like(current)
-            # A reset counter (smaller than before) and an address new in the map count from zero.
-            reset = current < previous
-            if fresh.any():
-                reset |= fresh[:, None]
-            np.copyto(previous, 0, where=reset)
-            # Each field's delta straight into its own contiguous float array (detection and learning
-            # make a dozen passes over them): no (N, words) temporaries.
+            # One contiguous uint64 pass over the whole rows, then each field converted and scaled
+            # straight into its own contiguous float array (detection and learning make a dozen
+            # passes over them): a subtraction cast to float per field costs three times as much.
+            if len(self._prev):
+                delta = _take_rows(self._prev, np.maximum(prev_rows, 0))
+                np.subtract(current, delta, out=delta)
+            else:
+                delta = current.copy()
+            # A reset counter (smaller than before) and an address new in the map count from zero:
+            # their delta is the current value. A reset one wrapped around below zero, which leaves
+            # it above the current value (and only it); both are rare, so they are fixed by index.
+            wrapped = np.flatnonzero(np.greater(delta, current))
+            if len(wrapped):
+                delta.reshape(-1)[wrapped] = current.reshape(-1)[wrapped]
+            fresh_rows = np.flatnonzero(fresh)
+            if len(fresh_rows):
+                delta[fresh_rows] = current[fresh_rows]
+            per_s = 1.0 / dt
             pps, bps, dps = np.empty((n, N_CLASSES)), np.empty((n, N_CLASSES)), np.empty(n)
-            for out, lo, hi in ((pps, 0, N_CLASSES), (bps, N_CLASSES, 2 * N_CLASSES)):
-                np.subtract(current[:, lo:hi], previous[:, lo:hi], out=out, casting="unsafe")
-                out *= 1.0 / dt
-            np.subtract(current[:, 2 * N_CLASSES], previous[:, 2 * N_CLASSES], out=dps, casting="unsafe")
-            dps *= 1.0 / dt
+            for out, lo, hi in ((pps, 0, N_CLASSES), (bps, N_CLASSES, 2 * N_CLASSES),
+                                (dps, 2 * N_CLASSES, 2 * N_CLASSES + 1)):
+                # float64(delta) * (1 / dt), as numpy converts the uint64 operand for the float loop.
+                np.multiply(delta[:, lo:hi].reshape(out.shape), per_s, out=out)
         self._prev_row_of_slot[self._prev_slots] = -1
         self._prev_row_of_slot[slots] = np.arange(n)
         self._prev, self._prev_slots = current, slots
