@@ -82,6 +82,7 @@ class Detection:
     # The destinations' baseline state as detection read it, for learning to update in place
     # (one read of 100k rows instead of two); None once learned.
     dest_state: BaselineRows | None = None
+    dest_deviation: np.ndarray | None = None       # (N, C) rate - baseline mean, for learning; None once learned
     pps: np.ndarray | None = None                  # (N, C) the rates detected on (for `ratio`)
     _ratio: np.ndarray | None = None
 
@@ -134,7 +135,7 @@ def destination_threshold(cap: np.ndarray, learned_s: np.ndarray, warm: np.ndarr
     return threshold
 
 
-def _tenant_rows(rows: np.ndarray) -> np.ndarray | slice:
+def tenant_rows(rows: np.ndarray) -> np.ndarray | slice:
     """Tenant slots as a slice when they are consecutive (slots fill from 0): views, no gathers."""
     if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows):
         return slice(int(rows[0]), int(rows[-1]) + 1)
@@ -159,13 +160,13 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
     anomalous = np.greater(dest.pps, threshold)
     if not known.all():
         anomalous[~known] = False
-    excess = np.subtract(dest.pps, state.mean)
-    np.maximum(excess, 0.0, out=excess)
+    deviation = np.subtract(dest.pps, state.mean)     # learning's rate - mean, too
+    excess = np.maximum(deviation, 0.0)
     # Anomalies are rare: find them in the flat mask (`.any(axis=1)` walks the short class axis slowly).
     anomalous_rows = np.unique(np.flatnonzero(anomalous) // N_CLASSES)
 
     # Tenant arrays are dense over all slots; only the slots of configured tenants are computed.
-    t_rows = _tenant_rows(policy.tenant_rows)
+    t_rows = tenant_rows(policy.tenant_rows)
     t_threshold = np.zeros((MAX_TENANTS, N_CLASSES))
     t_anomalous = np.zeros((MAX_TENANTS, N_CLASSES), bool)
     t_excess = np.zeros((MAX_TENANTS, N_CLASSES))
@@ -181,7 +182,7 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
     return Detection(threshold=threshold, baseline_cap=cap, anomalous=anomalous, excess=excess,
                      anomalous_rows=anomalous_rows, tenant_threshold=t_threshold,
                      tenant_anomalous=t_anomalous, tenant_excess=t_excess, carpets=carpets, warm=warm,
-                     dest_state=state, pps=dest.pps)
+                     dest_state=state, dest_deviation=deviation, pps=dest.pps)
 
 
 def _carpets(dest: DestinationRates, cap: np.ndarray, warm: np.ndarray, anomalous: np.ndarray, excess: np.ndarray,
