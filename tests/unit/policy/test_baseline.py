@@ -90,3 +90,64 @@ def test_variable_tick_length_learns_per_second():
     feed(b, np.full((1, 120), 110.0), dt=0.5)
     assert a.mean[0, UDP] == pytest.approx(b.mean[0, UDP], rel=1e-3)
     assert a.mean[0, UDP] == pytest.approx(105.0, abs=0.2)    # one half-life: halfway to the new level
+
+
+def _random_state(rng: np.random.Generator, b: EwmaBaseline, rows: int) -> np.ndarray:
+    """Rows in every phase (new, partial, warm, past the running-average seconds) and rates of
+    which a share lies above the caps; returns the (rows, C) rates."""
+    b.resize(rows)
+    b.learned_s[:] = rng.choice([0.0, 1.0, 2.5, 5.0, 599.0, 600.0, 700.0, 5000.0], (rows, C))
+    b.mean[:] = np.where(b.learned_s > 0, rng.lognormal(3.0, 2.0, (rows, C)), 0.0)
+    b.var[:] = np.where(b.learned_s > 1, (b.mean * rng.uniform(0.0, 0.5, (rows, C))) ** 2, 0.0)
+    return b.mean * rng.choice([0.0, 0.5, 1.0, 1.2, 3.0, 50.0], (rows, C)) + rng.choice([0.0, 0.5, 7.0], (rows, C))
+
+
+def _written_out_update(b: EwmaBaseline, pps: np.ndarray, dt: float, learn: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The module docstring's update, one np.where per rule, on copies of the whole state."""
+    mean, var, learned = b.mean.copy(), b.var.copy(), b.learned_s.copy()
+    cap = (mean + b.k_sigma * np.sqrt(var)) * b.margin
+    alpha = np.where(learn, np.maximum(dt / (learned + dt), 1.0 - 2.0 ** (-dt / b.half_life_s)), 0.0)
+    x = np.where((learned >= b.warmup_s) & (learned > 0), np.minimum(pps, np.maximum(cap, 1.0)), pps)
+    d = x - mean
+    return mean + alpha * d, (var + alpha * d * d) * (1.0 - alpha), np.where(learn, learned + dt, learned)
+
+
+@pytest.mark.parametrize("not_learned_share", [0.0, 0.01, 0.6, 1.0])
+def test_update_equals_the_written_out_model_bit_for_bit_whichever_share_is_not_learned(not_learned_share):
+    # The update takes the elements not learned out by index when they are few, by a zero weight
+    # when they are many: both must be the model's arithmetic exactly, as must in-place slices.
+    rng = np.random.default_rng(7)
+    rows = 3000
+    for dt in (1.0, 0.37):
+        b = model(warmup_s=600.0)
+        pps = _random_state(rng, b, rows)
+        learn = rng.random((rows, C)) >= not_learned_share
+        want = _written_out_update(b, pps, dt, learn)
+        assert (pps > (b.mean + 4 * np.sqrt(b.var)) * 1.5).mean() > 0.2      # many clipped elements
+        sliced = model(warmup_s=600.0)
+        sliced.resize(rows)
+        sliced.mean[:], sliced.var[:], sliced.learned_s[:] = b.mean, b.var, b.learned_s
+        b.update(np.arange(rows), pps, dt, learn)
+        sliced.update(slice(0, rows), pps, dt, learn)
+        for got in (b, sliced):
+            assert np.array_equal(got.mean, want[0])
+            assert np.array_equal(got.var, want[1])
+            assert np.array_equal(got.learned_s, want[2])
+
+
+def test_update_with_the_callers_gathered_state_cap_and_deviation_equals_a_plain_update():
+    rng = np.random.default_rng(8)
+    plain, given = model(warmup_s=600.0), model(warmup_s=600.0)
+    pps = _random_state(rng, plain, 500)
+    given.resize(500)
+    given.mean[:], given.var[:], given.learned_s[:] = plain.mean, plain.var, plain.learned_s
+    rows = rng.permutation(500)[:400]
+    learn = rng.random((400, C)) > 0.05
+    plain.update(rows, pps[rows], 1.0, learn)
+    state = given.gather(rows)
+    given.update(rows, pps[rows], 1.0, learn, cap=given.baseline_threshold(rows), gathered=state,
+                 deviation=pps[rows] - state.mean)
+    for a, b in ((plain.mean, given.mean), (plain.var, given.var), (plain.learned_s, given.learned_s)):
+        assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="other rows"):
+        given.update(rows, pps[rows], 1.0, learn, gathered=given.gather(rows[::-1]))

@@ -155,3 +155,18 @@ def test_rates_from_one_counter_block_equal_rates_from_separate_arrays():
             assert by_address(b)[addr][0].tolist() == pps.tolist() and by_address(b)[addr][1] == dropped
         assert a.byte_rate.tolist() == b.byte_rate.tolist()
     assert blocked.last_destination_rates.pps[:, TrafficClass.TCP_SYN].tolist() == [40.0, 0.0]   # B reset: counts from zero
+
+
+def test_a_reset_of_one_class_counts_that_class_from_zero_and_the_others_by_difference():
+    rt = RateTracker()
+    rt.update_destinations(0.0, counters({A: (pk(udp=5000, syn=700), 9), B: (pk(udp=10), 0)}))
+    # A's UDP counter went back (the row was re-created and counted 300 since), its SYN counter grew;
+    # D is new in the map; B is unchanged.
+    r, _ = rt.update_destinations(0.5, counters({A: (pk(udp=300, syn=900), 9), B: (pk(udp=10), 0),
+                                                 D: (pk(syn=25), 4)}))
+    got = by_address(r)
+    assert got[A][0][TrafficClass.UDP] == 600.0 and got[A][0][TrafficClass.TCP_SYN] == 400.0
+    assert got[A][1] == 0.0
+    assert got[B][0].tolist() == [0.0] * C
+    assert got[D][0][TrafficClass.TCP_SYN] == 50.0 and got[D][1] == 8.0
+    assert r.byte_rate[list(r.addresses).index(A), TrafficClass.UDP] == 60_000.0
