@@ -76,17 +76,6 @@ class TenantRates:
     dropped_pps: np.ndarray     # (T,) inbound
 
 
-def _delta(current: np.ndarray, previous: np.ndarray, fresh: np.ndarray) -> np.ndarray:
-    """Per-element counter delta with reset handling (uint64 in, float64 out); `fresh` marks
-    rows (first axis) whose whole current value is new."""
-    delta = current - previous                 # wraps where the counter was reset: replaced below
-    reset = current < previous
-    if fresh.ndim and fresh.any():
-        reset |= fresh.reshape((-1,) + (1,) * (current.ndim - 1))
-    np.copyto(delta, current, where=reset)
-    return delta.astype(np.float64)
-
-
 def _counter_rows(counters: DestinationCounters) -> np.ndarray:
     """The read's (N, packets[C] + bytes[C] + dropped) uint64 rows, kept as the next tick's previous.
 
@@ -351,23 +340,36 @@ class RateTracker:
         current[:, :, :N_CLASSES] = counters.class_packets[:hi]
         current[:, :, N_CLASSES:2 * N_CLASSES] = counters.class_bytes[:hi]
         current[:, :, 2 * N_CLASSES] = counters.dropped_packets[:hi]
-        d = np.zeros((t, 2, _TENANT_WORDS))
-        if not priming:
-            d[:hi] = _delta(current, self._t_prev[:hi], ~self._t_present[:hi])
-            d[:hi] *= 1.0 / dt
-            d[:hi][~present[:hi]] = 0.0
+        # Each output's rows up to `hi` straight from the uint64 deltas (rows past it stay zero).
+        outputs = np.zeros((4, t, N_CLASSES))      # inbound pps, bytes/s, outbound pps, bytes/s
+        dropped_pps = np.zeros(t)                   # inbound
+        if not priming and hi:
+            delta = np.subtract(current, self._t_prev[:hi])
+            # A reset counter wrapped below zero (above the current value, see update_destinations),
+            # and a row absent at the previous read counts whole: the current value; an absent row
+            # has no rate.
+            wrapped = np.flatnonzero(np.greater(delta, current))
+            if len(wrapped):
+                delta.reshape(-1)[wrapped] = current.reshape(-1)[wrapped]
+            fresh = np.flatnonzero(~self._t_present[:hi])
+            delta[fresh] = current[fresh]
+            delta[~present[:hi]] = 0
+            per_s = 1.0 / dt
+            for out, direction, lo in ((0, INBOUND, 0), (1, INBOUND, N_CLASSES), (2, OUTBOUND, 0),
+                                       (3, OUTBOUND, N_CLASSES)):
+                np.multiply(delta[:, direction, lo:lo + N_CLASSES], per_s, out=outputs[out, :hi])
+            np.multiply(delta[:, INBOUND, 2 * N_CLASSES], per_s, out=dropped_pps[:hi])
         np.copyto(self._t_prev[:hi], current, where=present[:hi, None, None])
         self._t_present = present
         self._tenant_now = now
-        pps = np.ascontiguousarray(d[:, INBOUND, :N_CLASSES])
-        dropped_pps = np.ascontiguousarray(d[:, INBOUND, 2 * N_CLASSES])
+        pps = outputs[0]
+        passed_pps = np.zeros(t)
+        np.maximum(pps[:hi].sum(axis=1) - dropped_pps[:hi], 0.0, out=passed_pps[:hi])
         rates = TenantRates(
-            now=now, dt=dt, present=present, valid=present & (not priming), pps=pps,
-            byte_rate=np.ascontiguousarray(d[:, INBOUND, N_CLASSES:2 * N_CLASSES]),
-            out_pps=np.ascontiguousarray(d[:, OUTBOUND, :N_CLASSES]),
-            out_byte_rate=np.ascontiguousarray(d[:, OUTBOUND, N_CLASSES:2 * N_CLASSES]),
+            now=now, dt=dt, present=present, valid=present & (not priming), pps=pps, byte_rate=outputs[1],
+            out_pps=outputs[2], out_byte_rate=outputs[3],
             # Passed = every packet minus the dropped ones (the program counts no passed packets).
-            passed_pps=np.maximum(pps.sum(axis=1) - dropped_pps, 0.0), dropped_pps=dropped_pps)
+            passed_pps=passed_pps, dropped_pps=dropped_pps)
         self.last_tenant_rates = rates
         return rates
 

@@ -170,3 +170,23 @@ def test_a_reset_of_one_class_counts_that_class_from_zero_and_the_others_by_diff
     assert got[B][0].tolist() == [0.0] * C
     assert got[D][0][TrafficClass.TCP_SYN] == 50.0 and got[D][1] == 8.0
     assert r.byte_rate[list(r.addresses).index(A), TrafficClass.UDP] == 60_000.0
+
+
+def test_a_tenant_row_new_at_a_read_counts_whole_and_an_absent_one_has_no_rate():
+    def tc(udp: int, dropped: int = 0) -> TenantCounters:
+        cp = np.zeros((2, C), np.uint64)
+        cp[0, TrafficClass.UDP] = udp
+        return TenantCounters(passed_packets=np.array([udp - dropped, 0], np.uint64),
+                              passed_bytes=np.zeros(2, np.uint64), dropped_packets=np.array([dropped, 0], np.uint64),
+                              dropped_bytes=np.zeros(2, np.uint64), class_packets=cp, class_bytes=cp * 10,
+                              reason_packets=np.zeros((2, len(DropReason)), np.uint64))
+
+    rt = RateTracker()
+    rt.update_tenants(0.0, {0: tc(1000), 3: tc(500)})
+    r = rt.update_tenants(2.0, {0: tc(1400, dropped=100), 5: tc(40)})   # 3 gone, 5 new
+    assert r.pps[0, TrafficClass.UDP] == 200.0 and r.dropped_pps[0] == 50.0 and r.passed_pps[0] == 150.0
+    assert r.byte_rate[0, TrafficClass.UDP] == 2000.0
+    assert r.pps[5, TrafficClass.UDP] == 20.0 and r.valid[5]
+    assert r.pps[3].tolist() == [0.0] * C and not r.valid[3] and r.passed_pps[3] == 0.0
+    r = rt.update_tenants(3.0, {0: tc(1400, dropped=100), 3: tc(30), 5: tc(40)})   # 3 back: counted whole
+    assert r.pps[3, TrafficClass.UDP] == 30.0 and r.pps[5, TrafficClass.UDP] == 0.0
