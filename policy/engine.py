@@ -260,6 +260,7 @@ class PolicyEngine:
                         inc.mode = entry.mode
         # A tenant-set apply wrote every policy leaf anew: the derived budgets go back in.
         self._policies = {idx: entry.policy for idx, entry in entries.items()}
+        self._min_pps_floor = min((p.min_pps for p in self._policies.values()), default=0)
         self.budgets.reapply(self._policies)
         if old:
             log.info("policy.tenants", tenants=len(entries))
@@ -644,7 +645,7 @@ class PolicyEngine:
             threshold=det.threshold, baseline_cap=det.baseline_cap,
             warm=lambda rows: det.warm[rows],     # detection's mask: the baselines before learning
             tenant_warm=lambda: self.tenant_baseline.learned_s >= self.tenant_baseline.warmup_s,
-            policies=self._policies)
+            policies=self._policies, min_pps_floor=self._min_pps_floor)
 
     # -- learning and samples ------------------------------------------------------------------------
     def _learn(self, dest: DestinationRates, tenants: TenantRates, det: Detection, attack_mask: np.ndarray,
