@@ -32,6 +32,10 @@ class TenantEntry:
     policy: TenantPolicy
 
 
+def _shared(values: np.ndarray) -> float | None:
+    return float(values[0]) if len(values) and values.min() == values.max() else None
+
+
 class PolicyTable:
     """Per-tenant policy knobs as dense arrays; row MAX_TENANTS stands for NO_TENANT."""
 
@@ -49,6 +53,10 @@ class PolicyTable:
             self.min_tenant_pps[idx] = entry.policy.min_tenant_pps
             self.sensitivity[idx] = entry.policy.sensitivity
         self.tenant_rows = np.flatnonzero(self.known[:MAX_TENANTS])   # tenant slots in use
+        # The value every configured tenant shares (the usual case), or None: rows of known tenants
+        # then need no per-row gather.
+        self.uniform_min_pps = _shared(self.min_pps[self.tenant_rows])
+        self.uniform_sensitivity = _shared(self.sensitivity[self.tenant_rows])
 
     @staticmethod
     def rows(tenant_idx: np.ndarray) -> np.ndarray:
@@ -103,9 +111,8 @@ def _per_row(values: np.ndarray) -> np.ndarray | float:
     """A per-row policy value as an (N, 1) column to broadcast over the classes, or as one float when
     every row has the same value (the common case: an (N, 1) operand makes numpy loop over 6-element
     rows, a scalar does not; the arithmetic is the same)."""
-    if len(values) and values.min() == values.max():
-        return float(values[0])
-    return values[:, None]
+    shared = _shared(values)
+    return values[:, None] if shared is None else shared
 
 
 # Cold elements fixed one by one while they are at most this share of all elements; past it (the first
@@ -118,20 +125,28 @@ def destination_threshold(cap: np.ndarray, learned_s: np.ndarray, warm: np.ndarr
     """(N, C) thresholds from the baseline caps, as `EwmaBaseline.threshold` computes them, written out:
     warm: max(min_pps, base); seen: max(min_pps, onset floor, base); new: max(min_pps, floor), where
     base = cap / sensitivity. `min_pps` and `sensitivity` per row ((N, 1)) or one float for all."""
-    threshold = cap / sensitivity
     cold = np.flatnonzero(~warm)
-    if len(cold) > _SPARSE_SHARE * threshold.size:
+    if len(cold) > _SPARSE_SHARE * cap.size:
+        threshold = cap / sensitivity
         np.maximum(threshold, baseline.onset_floor[None, :], out=threshold, where=~warm)
         np.copyto(threshold, baseline.floor[None, :], where=~warm & (learned_s < PARTIAL_BASELINE_S))
-    elif len(cold):
-        # Warm-up rows are few once the engine runs: the same per-element arithmetic on them alone.
-        flat = threshold.reshape(-1)
-        cls = cold % N_CLASSES
-        values = np.maximum(flat[cold], baseline.onset_floor[cls])
+        np.maximum(threshold, min_pps, out=threshold)
+        return threshold
+    # The warm rows' formula over the whole array (one pass when sensitivity is 1: cap / 1 is cap),
+    # then the few warming-up elements' thresholds from their caps, by index, with the same arithmetic.
+    if isinstance(sensitivity, float) and sensitivity == 1.0:
+        threshold = np.maximum(cap, min_pps)
+    else:
+        threshold = cap / sensitivity
+        np.maximum(threshold, min_pps, out=threshold)
+    if len(cold):
+        row, cls = np.divmod(cold, N_CLASSES)
+        base = cap.reshape(-1)[cold] / (sensitivity if isinstance(sensitivity, float) else sensitivity[row, 0])
+        values = np.maximum(base, baseline.onset_floor[cls])
         new = learned_s.reshape(-1)[cold] < PARTIAL_BASELINE_S
         values[new] = baseline.floor[cls[new]]
-        flat[cold] = values
-    np.maximum(threshold, min_pps, out=threshold)
+        np.maximum(values, min_pps if isinstance(min_pps, float) else min_pps[row, 0], out=values)
+        threshold.reshape(-1)[cold] = values
     return threshold
 
 
@@ -146,7 +161,14 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
            tenant_baseline: EwmaBaseline, policy: PolicyTable, *,
            carpet_min_destinations: int = 8) -> Detection:
     prow = PolicyTable.rows(dest.tenant_idx)
-    known = policy.known[prow] & dest.valid
+    owned = policy.known[prow]
+    known = owned & dest.valid
+    # Rows all of configured tenants that share one policy value: that value, with no gathers.
+    everyone = owned.all()
+    min_pps = policy.uniform_min_pps if everyone and policy.uniform_min_pps is not None \
+        else _per_row(policy.min_pps[prow])
+    sensitivity = policy.uniform_sensitivity if everyone and policy.uniform_sensitivity is not None \
+        else _per_row(policy.sensitivity[prow])
     # Each (N, C) pass over 100k rows costs a quarter to a whole millisecond: read the baseline once,
     # compute in place, no (N, 1) broadcasts where one value serves all rows.
     state = dest_baseline.gather(dest.slots)
@@ -155,8 +177,7 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
     cap += state.mean
     cap *= dest_baseline.margin
     warm = state.learned_s >= dest_baseline.warmup_s
-    threshold = destination_threshold(cap, state.learned_s, warm, dest_baseline, _per_row(policy.min_pps[prow]),
-                                      _per_row(policy.sensitivity[prow]))
+    threshold = destination_threshold(cap, state.learned_s, warm, dest_baseline, min_pps, sensitivity)
     anomalous = np.greater(dest.pps, threshold)
     if not known.all():
         anomalous[~known] = False

@@ -528,9 +528,9 @@ class PolicyEngine:
                     pps = bps = attack = dropped = 0.0
                 else:
                     pps = float(dest.pps[row].sum())
-                    bps = float(dest.byte_rate[row].sum() * 8)
+                    bps = float(dest.byte_rate_of(row).sum() * 8)
                     attack = float(det.excess[row, cls].sum()) if cls else 0.0
-                    dropped = float(dest.dropped_pps[row])
+                    dropped = dest.dropped_pps_of(row)
             self.incidents.account(inc, now, wall, dest.dt, pps=pps, bps=bps, attack_pps=attack, dropped_pps=dropped)
 
     def _ensure_rules(self, inc: Incident, now: float, dest: DestinationRates, tenants: TenantRates,

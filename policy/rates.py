@@ -47,12 +47,51 @@ class DestinationRates:
     slots: np.ndarray           # (N,) int64, stable slot of each address
     tenant_idx: np.ndarray      # (N,) int64, NO_TENANT where no tenant owns it
     pps: np.ndarray             # (N, C) float64, inbound packets/s per class (passed + dropped)
-    byte_rate: np.ndarray       # (N, C) float64, inbound bytes/s per class
-    dropped_pps: np.ndarray     # (N,) float64
     valid: np.ndarray           # (N,) bool, False on the priming read
+    # The byte and drop rates are read for a few rows (incidents) only: they are computed from the
+    # counter deltas, (N, words) uint64 kept meanwhile, when first asked for (`byte_rate`, `dropped_pps`).
+    _deltas: np.ndarray | None = None
+    _byte_rate: np.ndarray | None = None
+    _dropped_pps: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    @property
+    def byte_rate(self) -> np.ndarray:
+        """(N, C) float64, inbound bytes/s per class."""
+        if self._byte_rate is None:
+            self._byte_rate = self._rate(N_CLASSES, 2 * N_CLASSES)
+        return self._byte_rate
+
+    @property
+    def dropped_pps(self) -> np.ndarray:
+        """(N,) float64, inbound packets/s dropped."""
+        if self._dropped_pps is None:
+            self._dropped_pps = self._rate(2 * N_CLASSES, 2 * N_CLASSES + 1).reshape(len(self))
+        return self._dropped_pps
+
+    def byte_rate_of(self, row: int) -> np.ndarray:
+        """(C,) `byte_rate[row]`, without computing the other rows."""
+        if self._byte_rate is not None or self._deltas is None:
+            return self.byte_rate[row]
+        return self._deltas[row, N_CLASSES:2 * N_CLASSES] * (1.0 / self.dt)
+
+    def dropped_pps_of(self, row: int) -> float:
+        """`dropped_pps[row]`, without computing the other rows."""
+        if self._dropped_pps is not None or self._deltas is None:
+            return float(self.dropped_pps[row])
+        return float(self._deltas[row, 2 * N_CLASSES] * (1.0 / self.dt))
+
+    def _rate(self, lo: int, hi: int) -> np.ndarray:
+        if self._deltas is None:
+            return np.zeros((len(self), hi - lo))
+        out = np.empty((len(self), hi - lo))
+        # float64(delta) * (1 / dt), as numpy converts the uint64 operand for the float loop.
+        np.multiply(self._deltas[:, lo:hi], 1.0 / self.dt, out=out)
+        if self._byte_rate is not None or self._dropped_pps is not None:
+            self._deltas = None       # both computed now (this is the second): the deltas can go
+        return out
 
     @property
     def addresses(self) -> AddressView:
@@ -269,7 +308,7 @@ class RateTracker:
         if priming:
             # Slots restored from saved state count as seen now, not at time zero.
             self.slots.last_seen[self.slots.in_use] = now
-            pps, bps, dps = np.zeros((n, N_CLASSES)), np.zeros((n, N_CLASSES)), np.zeros(n)
+            pps, delta = np.zeros((n, N_CLASSES)), None
         else:
             # One contiguous uint64 pass over the whole rows, then each field converted and scaled
             # straight into its own contiguous float array (detection and learning make a dozen
@@ -288,12 +327,9 @@ class RateTracker:
             fresh_rows = np.flatnonzero(fresh)
             if len(fresh_rows):
                 delta[fresh_rows] = current[fresh_rows]
-            per_s = 1.0 / dt
-            pps, bps, dps = np.empty((n, N_CLASSES)), np.empty((n, N_CLASSES)), np.empty(n)
-            for out, lo, hi in ((pps, 0, N_CLASSES), (bps, N_CLASSES, 2 * N_CLASSES),
-                                (dps, 2 * N_CLASSES, 2 * N_CLASSES + 1)):
-                # float64(delta) * (1 / dt), as numpy converts the uint64 operand for the float loop.
-                np.multiply(delta[:, lo:hi].reshape(out.shape), per_s, out=out)
+            # float64(delta) * (1 / dt), as numpy converts the uint64 operand for the float loop.
+            pps = np.empty((n, N_CLASSES))
+            np.multiply(delta[:, :N_CLASSES], 1.0 / dt, out=pps)
         self._prev_row_of_slot[self._prev_slots] = -1
         self._prev_row_of_slot[slots] = np.arange(n)
         self._prev, self._prev_slots = current, slots
@@ -305,8 +341,8 @@ class RateTracker:
             self._next_expiry = now + 60.0  # seconds between expiry scans
         rates = DestinationRates(
             now=now, dt=dt, keys=counters.keys, slots=slots,
-            tenant_idx=np.asarray(counters.tenant_idx).astype(np.int64), pps=pps, byte_rate=bps,
-            dropped_pps=dps, valid=np.full(n, not priming))
+            tenant_idx=np.asarray(counters.tenant_idx).astype(np.int64), pps=pps, valid=np.full(n, not priming),
+            _deltas=delta)
         self.last_destination_rates = rates
         return rates, freed
 

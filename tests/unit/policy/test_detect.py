@@ -14,10 +14,11 @@ C = len(TrafficClass)
 
 
 @pytest.mark.parametrize("cold_share", [0.0, 0.02, 0.9])
-@pytest.mark.parametrize("uniform_policy", [True, False])
-def test_destination_thresholds_equal_the_baseline_formula(cold_share, uniform_policy):
+@pytest.mark.parametrize("uniform_sensitivity", [1.0, 2.0, None])
+def test_destination_thresholds_equal_the_baseline_formula(cold_share, uniform_sensitivity):
     # Few warming-up elements are floored by index, many by masked passes; one policy for every row
-    # is applied as a float, per-row policies as a column: all must be EwmaBaseline.threshold exactly.
+    # is applied as a float (sensitivity 1 divides nothing), per-row policies as a column: all must
+    # be EwmaBaseline.threshold exactly.
     rng = np.random.default_rng(3)
     cfg = PolicyConfig()
     n = 4000
@@ -27,8 +28,9 @@ def test_destination_thresholds_equal_the_baseline_formula(cold_share, uniform_p
     b.learned_s[:] = np.where(cold, rng.choice([0.0, 1.0, 3.0, 300.0], (n, C)), cfg.warmup_s + rng.random((n, C)))
     b.mean[:] = rng.lognormal(4.0, 2.5, (n, C))
     b.var[:] = (b.mean * rng.uniform(0.0, 0.6, (n, C))) ** 2
+    uniform_policy = uniform_sensitivity is not None
     if uniform_policy:
-        min_pps, sensitivity = np.full(n, 1000.0), np.full(n, 2.0)
+        min_pps, sensitivity = np.full(n, 1000.0), np.full(n, uniform_sensitivity)
     else:
         min_pps, sensitivity = rng.choice([50.0, 1000.0], n), rng.choice([0.5, 1.0, 3.3], n)
     rows = np.arange(n)

@@ -190,3 +190,15 @@ def test_a_tenant_row_new_at_a_read_counts_whole_and_an_absent_one_has_no_rate()
     assert r.pps[3].tolist() == [0.0] * C and not r.valid[3] and r.passed_pps[3] == 0.0
     r = rt.update_tenants(3.0, {0: tc(1400, dropped=100), 3: tc(30), 5: tc(40)})   # 3 back: counted whole
     assert r.pps[3, TrafficClass.UDP] == 30.0 and r.pps[5, TrafficClass.UDP] == 0.0
+
+
+def test_one_rows_byte_and_drop_rates_equal_the_whole_arrays_computed_later():
+    def read(scale: int) -> DestinationCounters:
+        return counters({A: (pk(udp=7 * scale, syn=3 * scale), scale), B: (pk(udp=11 * scale), 2 * scale)})
+
+    rt = RateTracker()
+    rt.update_destinations(0.0, read(1))
+    r, _ = rt.update_destinations(0.3, read(1000))
+    rows = [(r.byte_rate_of(i).tolist(), r.dropped_pps_of(i)) for i in range(len(r))]
+    assert rows == [(r.byte_rate[i].tolist(), float(r.dropped_pps[i])) for i in range(len(r))]
+    assert rows[list(r.addresses).index(B)][1] == pytest.approx(1998 / 0.3)
