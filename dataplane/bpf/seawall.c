@@ -173,9 +173,11 @@ static __always_inline __u32 sw_addr_slot(const __u64 *addr)
 
 static __always_inline int sw_addr_equal(const __u8 *stored, const __u64 *addr)
 {
+    /* Cache slots keep addresses 8-byte aligned (SW_ALIGNED): two loads, not sixteen. */
+    const __u8 *aligned = __builtin_assume_aligned(stored, 8);
     __u64 a0, a1;
-    __builtin_memcpy(&a0, stored, 8);
-    __builtin_memcpy(&a1, stored + 8, 8);
+    __builtin_memcpy(&a0, aligned, 8);
+    __builtin_memcpy(&a1, aligned + 8, 8);
     return a0 == addr[0] && a1 == addr[1];
 }
 
