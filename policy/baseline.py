@@ -164,6 +164,28 @@ class EwmaBaseline:
         return np.where(self.warm(rows), np.maximum(min_pps[:, None], base),
                         self.warmup_threshold(rows, base, min_pps))
 
+    def _weights(self, learned: np.ndarray, dt: float) -> np.ndarray:
+        """max(dt / (learned + dt), EWMA weight) per element, with as few whole-array passes as the
+        learned seconds allow (fl(dt / fl(l + dt)) never grows with l, so the extremes decide)."""
+        ewma = 1.0 - 2.0 ** (-dt / self.half_life_s)
+        if dt / (float(learned.max(initial=0.0)) + dt) >= ewma:
+            # Every element is still a running average (the engine's first ~45 minutes): no maximum.
+            alpha = learned + dt
+            return np.divide(dt, alpha, out=alpha)
+        if ewma > 1e-9:
+            # Past 2·dt/ewma learned seconds the running-average weight is at most about half the
+            # EWMA's (far beyond rounding): those elements take the EWMA weight, the few younger
+            # ones (addresses new to the engine) are computed by index.
+            young = np.flatnonzero(learned < 2.0 * dt / ewma)
+            if len(young) <= _SPARSE_SHARE * learned.size:
+                alpha = np.full(learned.shape, ewma)
+                at = learned.reshape(-1)[young]
+                alpha.reshape(-1)[young] = np.maximum(dt / (at + dt), ewma)
+                return alpha
+        alpha = learned + dt
+        np.divide(dt, alpha, out=alpha)
+        return np.maximum(alpha, ewma, out=alpha)
+
     def update(self, rows: np.ndarray | slice, pps: np.ndarray, dt: float, learn: np.ndarray,
                cap: np.ndarray | None = None, gathered: BaselineRows | None = None,
                deviation: np.ndarray | None = None) -> None:
@@ -197,9 +219,7 @@ class EwmaBaseline:
         # A plain running average while few seconds are known (so warm-up ends with an
         # unbiased mean and variance), the EWMA weight once it is the larger one; zero
         # weight for seconds that are not learned leaves mean and variance as they are.
-        alpha = learned + dt
-        np.divide(dt, alpha, out=alpha)
-        np.maximum(alpha, 1.0 - 2.0 ** (-dt / self.half_life_s), out=alpha)
+        alpha = self._weights(learned, dt)
         if not sparse:
             alpha *= learn
         # Winsorise at the threshold once warm: creeping traffic moves the baseline slowly. Only an

@@ -151,3 +151,21 @@ def test_update_with_the_callers_gathered_state_cap_and_deviation_equals_a_plain
         assert np.array_equal(a, b)
     with pytest.raises(ValueError, match="other rows"):
         given.update(rows, pps[rows], 1.0, learn, gathered=given.gather(rows[::-1]))
+
+
+@pytest.mark.parametrize("young_share", [0.0, 0.02, 0.5])
+def test_update_of_long_learned_rows_equals_the_written_out_model_bit_for_bit(young_share):
+    # Rows that learned for hours take the EWMA weight without the running-average division,
+    # the few young ones by index: the model's arithmetic exactly, at any tick length.
+    rng = np.random.default_rng(9)
+    rows = 3000
+    for dt in (1.0, 0.05, 7.0):
+        b = model(warmup_s=600.0)
+        pps = _random_state(rng, b, rows)
+        b.learned_s[:] = np.where(rng.random((rows, C)) < young_share, rng.choice([0.0, 3.0, 2500.0, 4000.0, 5300.0],
+                                                                                  (rows, C)), 86_400.0)
+        learn = rng.random((rows, C)) > 0.01
+        want = _written_out_update(b, pps, dt, learn)
+        b.update(np.arange(rows), pps, dt, learn)
+        assert np.array_equal(b.mean, want[0]) and np.array_equal(b.var, want[1])
+        assert np.array_equal(b.learned_s, want[2])
