@@ -58,9 +58,12 @@ log = structlog.get_logger("seawall.dataplane")
 
 BPF_DIR = pathlib.Path(__file__).parent / "bpf"
 PROGRAM_FILE = BPF_DIR / "seawall.c"
-PROGRAM_NAME = "xdp_seawall"
-REFRESH_PROGRAM_NAME = "xdp_seawall_refresh"
-PROG_MAIN, PROG_REFRESH = 0, 1  # sw_progs slots (seawall.c)
+# Each NIC runs the program of its direction; each program tail-calls its refresh program on an
+# address cache miss (seawall.c). sw_progs slots: main programs at the direction's value, refresh
+# programs after them.
+PROGRAM_NAMES = {Direction.INBOUND: "xdp_seawall_inbound", Direction.OUTBOUND: "xdp_seawall_outbound"}
+REFRESH_PROGRAM_NAMES = {Direction.INBOUND: "xdp_seawall_refresh_inbound",
+                         Direction.OUTBOUND: "xdp_seawall_refresh_outbound"}
 
 # Flags of struct sw_policy and struct sw_rule (seawall.h).
 POLICY_INVALID_FILTERS = 1 << 0
@@ -140,11 +143,12 @@ class Dataplane:
         self.max_addresses = max_addresses
         try:
             self.bpf = BPF(src_file=str(PROGRAM_FILE).encode(), cflags=cflags)
-            self.fn = self.bpf.load_func(PROGRAM_NAME.encode(), BPF.XDP)
-            self._refresh_fn = self.bpf.load_func(REFRESH_PROGRAM_NAME.encode(), BPF.XDP)
+            self.programs = {d: self.bpf.load_func(name.encode(), BPF.XDP) for d, name in PROGRAM_NAMES.items()}
             progs = self.bpf[b"sw_progs"]
-            progs[ctypes.c_int(PROG_MAIN)] = ctypes.c_int(self.fn.fd)
-            progs[ctypes.c_int(PROG_REFRESH)] = ctypes.c_int(self._refresh_fn.fd)
+            for d, name in REFRESH_PROGRAM_NAMES.items():
+                progs[ctypes.c_int(int(d))] = ctypes.c_int(self.programs[d].fd)
+                refresh = self.bpf.load_func(name.encode(), BPF.XDP)
+                progs[ctypes.c_int(len(Direction) + int(d))] = ctypes.c_int(refresh.fd)
         except Exception as exc:  # bcc raises bare Exception on compile/load failures
             hint = ""
             if self.pin_dir and "pin" in str(exc).lower():
@@ -225,16 +229,16 @@ class Dataplane:
             raise DataplaneError("external and internal must be two different interfaces")
         ext_idx, int_idx = _ifindex(external), _ifindex(internal)
         self.set_ports(ext_idx, int_idx)
-        self._attachments = [self._attach_one(name, idx, mode) for name, idx in
-                             ((external, ext_idx), (internal, int_idx))]
+        self._attachments = [self._attach_one(name, idx, mode, self.programs[direction].fd) for name, idx, direction in
+                             ((external, ext_idx, Direction.INBOUND), (internal, int_idx, Direction.OUTBOUND))]
         return list(self._attachments)
 
-    def _attach_one(self, name: str, ifindex: int, mode: str) -> Attachment:
+    def _attach_one(self, name: str, ifindex: int, mode: str, prog_fd: int) -> Attachment:
         pin = f"{self.pin_dir}/link_{name}" if self.pin_dir else ""
         if pin and os.path.exists(pin):
             link_fd = bpfsys.obj_get(pin)
             try:
-                bpfsys.link_update(link_fd, self.fn.fd)
+                bpfsys.link_update(link_fd, prog_fd)
             finally:
                 os.close(link_fd)
             attached_mode = _read_mode_file(pin) or "native"
@@ -245,7 +249,7 @@ class Dataplane:
         for attempt in tries:
             flags = bpfsys.XDP_FLAGS_DRV_MODE if attempt == "native" else bpfsys.XDP_FLAGS_SKB_MODE
             try:
-                link_fd = bpfsys.xdp_link_create(self.fn.fd, ifindex, flags)
+                link_fd = bpfsys.xdp_link_create(prog_fd, ifindex, flags)
             except OSError as exc:
                 last_error = exc
                 if attempt == "native" and mode == "auto":
@@ -769,24 +773,21 @@ class Dataplane:
     # -- testing and benchmarks ---------------------------------------------
 
     def test_run(self, frame: bytes, direction: Direction = Direction.INBOUND, repeat: int = 1):
-        """Run the program on one frame with BPF_PROG_TEST_RUN; returns (action, ns per run).
+        """Run the program of `direction`'s NIC on one frame with BPF_PROG_TEST_RUN; returns
+        (action, ns per run).
 
-        Only for a dataplane that is not attached: the loopback device is the
-        ingress of a test run, so it stands in for the NIC of `direction`.
+        Only for a dataplane that is not attached: both ports of a test run are the
+        loopback device, where redirected frames go.
         """
         if self._attachments:
             raise DataplaneError("test_run is for unattached dataplanes only")
-        cfg = self._config()
-        want = (1, 0) if direction == Direction.INBOUND else (0, 1)
-        if (cfg.external_ifindex, cfg.internal_ifindex) != want or not self._test_ports_set:
+        if not self._test_ports_set:
             # The devmap is not pinned: a program loaded over pinned maps starts without ports.
             ports = self._maps["sw_ports"]
             ports[ports.Key(PORT_EXTERNAL)] = ports.Leaf(1)
             ports[ports.Key(PORT_INTERNAL)] = ports.Leaf(1)
             self._test_ports_set = True
-            cfg.external_ifindex, cfg.internal_ifindex = want
-            self._write_config(cfg)
-        action, duration, _ = bpfsys.prog_test_run(self.fn.fd, frame, repeat)
+        action, duration, _ = bpfsys.prog_test_run(self.programs[direction].fd, frame, repeat)
         return action, duration
 
 

@@ -84,11 +84,12 @@ SW_MAP("lru_hash", struct sw_flow_key, __u64, sw_connections, SW_MAX_FLOWS, 0); 
 
 #define SW_MS (1000ULL * 1000ULL) /* nanoseconds per millisecond */
 
-/* Programs reached by tail call: SW_PROG_REFRESH fills an address cache slot
- * and tail-calls SW_PROG_MAIN again, which then hits the cache. */
-#define SW_PROG_MAIN 0
-#define SW_PROG_REFRESH 1
-BPF_PROG_ARRAY(sw_progs, 2);
+/* The programs, one pair per direction, in the tail-call array: a port's main
+ * program tail-calls its refresh program on an address cache miss, which fills
+ * the slot and tail-calls the main program again, which then hits the cache. */
+#define SW_PROG_MAIN(dir) (dir)
+#define SW_PROG_REFRESH(dir) (SW_DIRS + (dir))
+BPF_PROG_ARRAY(sw_progs, 2 * SW_DIRS);
 /* Per-CPU scratch memory for the parsed packet and its verdict. Parsing
  * assigns constants on each path (protocol, class, fragment state, drop
  * reason); kept on the stack, the verifier would prove the rest of the program
@@ -102,8 +103,6 @@ struct sw_verdict {
 struct sw_scratch {
     struct sw_packet packet;
     struct sw_verdict verdict;
-    __u16 pad;
-    __u32 direction;
 };
 BPF_PERCPU_ARRAY(sw_scratch, struct sw_scratch, 1);
 /* Countdown to the next sampled packet, per CPU (1 entry). */
@@ -670,8 +669,14 @@ static __always_inline void sw_sample(struct xdp_md *ctx, struct sw_config *cfg,
     sw_samples.ringbuf_submit(s, 0);
 }
 
-int xdp_seawall(struct xdp_md *ctx)
+/* The program of one port: xdp_seawall_inbound runs on the external NIC,
+ * xdp_seawall_outbound on the internal one. With the direction a constant, each
+ * is compiled for its own work alone (the inbound one filters, the outbound one
+ * learns) and neither reads the ingress device (three dependent loads): ~3 ns a
+ * packet against one program that tells the NICs apart. */
+static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
 {
+    const __u32 egress = dir == SW_DIRECTION_INBOUND ? SW_PORT_INTERNAL : SW_PORT_EXTERNAL;
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
     __u32 zero = 0;
@@ -680,16 +685,6 @@ int xdp_seawall(struct xdp_md *ctx)
         return XDP_PASS;
 
     SW_STAGE(1); /* configuration read */
-    __u32 dir, egress;
-    if (ctx->ingress_ifindex == cfg->external_ifindex) {
-        dir = SW_DIRECTION_INBOUND;
-        egress = SW_PORT_INTERNAL;
-    } else if (ctx->ingress_ifindex == cfg->internal_ifindex) {
-        dir = SW_DIRECTION_OUTBOUND;
-        egress = SW_PORT_EXTERNAL;
-    } else {
-        return XDP_PASS; /* not one of our two ports */
-    }
 
     struct sw_scratch *scratch = sw_scratch.lookup(&zero);
     if (!scratch)
@@ -700,7 +695,6 @@ int xdp_seawall(struct xdp_md *ctx)
      * IP packet; only the words after the addresses hold fields it sets on
      * some paths alone (ports, offsets, flags, fragment state). */
     *(__u16 *)v = 0;
-    scratch->direction = dir;
 #ifdef SW_NO_FAST_PARSE
     int parsed_fast = 0; /* a build for the test that compares the two parsers */
 #else
@@ -720,7 +714,7 @@ int xdp_seawall(struct xdp_md *ctx)
     __u32 wire_len = p->frame_length ? p->frame_length : (__u32)(data_end - data);
     struct sw_addr_entry *st = sw_address(dir == SW_DIRECTION_INBOUND ? p->dst : p->src, p->is_v6, cfg);
     if (!st) {
-        sw_progs.call(ctx, SW_PROG_REFRESH);
+        sw_progs.call(ctx, SW_PROG_REFRESH(dir));
         /* Reached only if the tail call failed (tail-call depth exhausted by
          * a configuration changing under every pass of this packet): bridge it. */
         return sw_ports.redirect_map(egress, XDP_PASS);
@@ -773,12 +767,12 @@ int xdp_seawall(struct xdp_md *ctx)
     SW_STAGE(4); /* policy: lists, filters, rules */
     /* 64-bit copies: clang would otherwise re-read and re-extend the narrow
      * fields after the range checks below, and the verifier lose the bounds. */
-    __u64 cls = p->traffic_class, reason = v->reason, d = scratch->direction;
+    __u64 cls = p->traffic_class, reason = v->reason;
     __u32 drop = v->drop;
-    asm volatile("" : "+r"(cls), "+r"(reason), "+r"(d));
+    asm volatile("" : "+r"(cls), "+r"(reason));
     struct sw_tenant_stats *ts = sw_tenant_stats.lookup(&stats_idx);
-    if (ts && d < SW_DIRS && cls < SW_CLASSES && reason < SW_REASONS) {
-        struct sw_direction_stats *ds = &ts->dir[d];
+    if (ts && cls < SW_CLASSES && reason < SW_REASONS) {
+        struct sw_direction_stats *ds = &ts->dir[dir];
         ds->class_packets[cls]++;
         ds->class_bytes[cls] += wire_len;
         if (reason)
@@ -790,7 +784,7 @@ int xdp_seawall(struct xdp_md *ctx)
     }
     if (tenant != SW_NO_TENANT) {
         struct sw_addr_counters *c = &st->counters;
-        if (d == SW_DIRECTION_INBOUND && cls < SW_CLASSES) {
+        if (dir == SW_DIRECTION_INBOUND && cls < SW_CLASSES) {
             c->packets[cls]++;
             c->bytes[cls] += wire_len;
             if (drop)
@@ -809,9 +803,19 @@ int xdp_seawall(struct xdp_md *ctx)
     return sw_ports.redirect_map(egress, XDP_PASS);
 }
 
-/* Tail-called on an address cache miss: fills the slot, then runs the main
- * program again from the start. */
-int xdp_seawall_refresh(struct xdp_md *ctx)
+int xdp_seawall_inbound(struct xdp_md *ctx)
+{
+    return sw_port_program(ctx, SW_DIRECTION_INBOUND);
+}
+
+int xdp_seawall_outbound(struct xdp_md *ctx)
+{
+    return sw_port_program(ctx, SW_DIRECTION_OUTBOUND);
+}
+
+/* Tail-called on an address cache miss: fills the slot, then runs the port's
+ * main program again from the start. */
+static __always_inline int sw_refresh_program(struct xdp_md *ctx, const __u32 dir)
 {
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
@@ -822,10 +826,20 @@ int xdp_seawall_refresh(struct xdp_md *ctx)
     struct sw_packet p = {};
     if (sw_parse_frame(ctx, &p, data, data_end) != SW_PARSE_OK)
         return XDP_PASS;
-    const __u64 *addr = ctx->ingress_ifindex == cfg->external_ifindex ? p.dst : p.src;
+    const __u64 *addr = dir == SW_DIRECTION_INBOUND ? p.dst : p.src;
     struct sw_addr_entry *e = sw_addr_cache_slot(sw_addr_slot(addr));
     if (e)
         sw_address_refresh(e, addr, p.is_v6, cfg);
-    sw_progs.call(ctx, SW_PROG_MAIN);
+    sw_progs.call(ctx, SW_PROG_MAIN(dir));
     return XDP_PASS; /* the main program is not installed: nothing sensible to do but pass */
+}
+
+int xdp_seawall_refresh_inbound(struct xdp_md *ctx)
+{
+    return sw_refresh_program(ctx, SW_DIRECTION_INBOUND);
+}
+
+int xdp_seawall_refresh_outbound(struct xdp_md *ctx)
+{
+    return sw_refresh_program(ctx, SW_DIRECTION_OUTBOUND);
 }

@@ -51,8 +51,8 @@ def test_non_ip_frames_are_bridged_unread(dp, tenants, frame):
 def test_bridged_frames_leave_untouched(dp, tenants, direction):
     for frame in (frames.arp(), frames.tcp(CLEAN_SRC, ALPHA_DST, flags="S", payload=b"hello"),
                   frames.udp(CLEAN_SRC6, ALPHA_DST6, vlans=QINQ)):
-        run(dp, frame, direction)  # sets the ports of the direction
-        action, _, out = bpfsys.prog_test_run(dp.fn.fd, frame)
+        run(dp, frame, direction)  # sets the test ports
+        action, _, out = bpfsys.prog_test_run(dp.programs[direction].fd, frame)
         assert action == XDP_REDIRECT
         assert out == frame
 
