@@ -91,6 +91,8 @@ class Detection:
     # (one read of 100k rows instead of two); None once learned.
     dest_state: BaselineRows | None = None
     dest_deviation: np.ndarray | None = None       # (N, C) rate - baseline mean, for learning; None once learned
+    # (R, C) the tenants' (mean + k·sigma)·margin, rows `PolicyTable.tenant_rows`, for learning.
+    tenant_cap: np.ndarray | None = None
     pps: np.ndarray | None = None                  # (N, C) the rates detected on (for `ratio`)
     _ratio: np.ndarray | None = None
 
@@ -191,9 +193,17 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
     t_threshold = np.zeros((MAX_TENANTS, N_CLASSES))
     t_anomalous = np.zeros((MAX_TENANTS, N_CLASSES), bool)
     t_excess = np.zeros((MAX_TENANTS, N_CLASSES))
-    t_threshold[t_rows] = tenant_baseline.threshold(t_rows, policy.min_tenant_pps[t_rows], policy.sensitivity[t_rows])
+    # The destinations' threshold arithmetic (EwmaBaseline.threshold's, written out) on the tenants' rows.
+    t_mean, t_learned = tenant_baseline.mean[t_rows], tenant_baseline.learned_s[t_rows]
+    t_cap = np.sqrt(tenant_baseline.var[t_rows])
+    t_cap *= tenant_baseline.k_sigma
+    t_cap += t_mean
+    t_cap *= tenant_baseline.margin
+    t_threshold[t_rows] = destination_threshold(t_cap, t_learned, t_learned >= tenant_baseline.warmup_s,
+                                                tenant_baseline, _per_row(policy.min_tenant_pps[t_rows]),
+                                                _per_row(policy.sensitivity[t_rows]))
     t_anomalous[t_rows] = (tenants.pps[t_rows] > t_threshold[t_rows]) & tenants.valid[t_rows, None]
-    t_excess[t_rows] = np.maximum(tenants.pps[t_rows] - tenant_baseline.mean[t_rows], 0.0)
+    t_excess[t_rows] = np.maximum(tenants.pps[t_rows] - t_mean, 0.0)
 
     carpets: list[CarpetCandidate] = []
     hot_tenants = np.unique(np.flatnonzero(t_anomalous) // N_CLASSES)
@@ -203,7 +213,7 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
     return Detection(threshold=threshold, baseline_cap=cap, anomalous=anomalous, excess=excess,
                      anomalous_rows=anomalous_rows, tenant_threshold=t_threshold,
                      tenant_anomalous=t_anomalous, tenant_excess=t_excess, carpets=carpets, warm=warm,
-                     dest_state=state, dest_deviation=deviation, pps=dest.pps)
+                     dest_state=state, dest_deviation=deviation, tenant_cap=t_cap, pps=dest.pps)
 
 
 def _carpets(dest: DestinationRates, cap: np.ndarray, warm: np.ndarray, anomalous: np.ndarray, excess: np.ndarray,
