@@ -33,6 +33,7 @@ log = structlog.get_logger("policy")
 N_CLASSES = len(TrafficClass)
 _DEST_WORDS = 2 * N_CLASSES + 1      # a destination's packets[C], bytes[C], dropped packets
 _TENANT_WORDS = 2 * N_CLASSES + 1    # a tenant direction's class packets[C], class bytes[C], dropped packets
+_TOP_BIT = np.uint64(1 << 63)
 INBOUND = int(Direction.INBOUND)
 OUTBOUND = int(Direction.OUTBOUND)
 
@@ -193,6 +194,7 @@ class SlotTable:
         (an address twice in one call gets one slot, new at its first row). `reader_ids`: the
         reader's numbers for the rows (`DestinationCounters.ids`), if it gives any."""
         keys = _keys_of(addresses)
+        unknown = None
         if reader_ids is not None and len(reader_ids):
             slots = self._by_reader_id(keys, reader_ids)
             unknown = np.flatnonzero(slots < 0)
@@ -213,8 +215,9 @@ class SlotTable:
             self.in_use[taken] = True
             slots[missing] = taken[inverse]
             new_mask[missing[first]] = True
-        if reader_ids is not None and len(reader_ids):
-            self._slot_of_reader_id[reader_ids] = slots
+        if unknown is not None:
+            # The other rows' ids already map to their slots (that is how they were found).
+            self._slot_of_reader_id[reader_ids[unknown]] = slots[unknown]
         return slots, new_mask
 
     def _by_reader_id(self, keys: np.ndarray, reader_ids: np.ndarray) -> np.ndarray:
@@ -264,6 +267,7 @@ class RateTracker:
         # and the row each slot had in it (-1: absent): a tick gathers its previous values once
         # and keeps its own read as the next one's previous, with no scatter.
         self._prev = np.zeros((0, _DEST_WORDS), np.uint64)
+        self._prev_below_top = True       # every counter of `_prev` is below 2**63
         self._prev_slots = np.zeros(0, np.int64)
         self._prev_row_of_slot = np.full(cap, -1, np.int64)
         self._dest_now: float | None = None
@@ -305,6 +309,7 @@ class RateTracker:
         prev_rows = self._prev_row_of_slot[slots]
         fresh = prev_rows < 0
         current = _counter_rows(counters)
+        current_top = np.bitwise_or.reduce(current.reshape(-1)) & _TOP_BIT     # 0 for no rows
         if priming:
             # Slots restored from saved state count as seen now, not at time zero.
             self.slots.last_seen[self.slots.in_use] = now
@@ -318,21 +323,27 @@ class RateTracker:
                 np.subtract(current, delta, out=delta)
             else:
                 delta = current.copy()
-            # A reset counter (smaller than before) and an address new in the map count from zero:
-            # their delta is the current value. A reset one wrapped around below zero, which leaves
-            # it above the current value (and only it); both are rare, so they are fixed by index.
-            wrapped = np.flatnonzero(np.greater(delta, current))
-            if len(wrapped):
-                delta.reshape(-1)[wrapped] = current.reshape(-1)[wrapped]
+            # An address new in the map and a reset counter (smaller than before) count from zero:
+            # their delta is the current value. Both are rare, so they are fixed by index. A reset
+            # one wrapped around below zero, which leaves it above the current value (and only it;
+            # a new row's delta, the current value, never is). While every counter of this read and
+            # the previous one is below 2**63 (centuries at line rate), such a delta, and only it,
+            # has its top bit set: one reduction over the deltas rules resets out.
             fresh_rows = np.flatnonzero(fresh)
             if len(fresh_rows):
                 delta[fresh_rows] = current[fresh_rows]
+            if not (self._prev_below_top and current_top == 0
+                    and np.bitwise_or.reduce(delta.reshape(-1)) & _TOP_BIT == 0):
+                wrapped = np.flatnonzero(np.greater(delta, current))
+                if len(wrapped):
+                    delta.reshape(-1)[wrapped] = current.reshape(-1)[wrapped]
             # float64(delta) * (1 / dt), as numpy converts the uint64 operand for the float loop.
             pps = np.empty((n, N_CLASSES))
             np.multiply(delta[:, :N_CLASSES], 1.0 / dt, out=pps)
         self._prev_row_of_slot[self._prev_slots] = -1
         self._prev_row_of_slot[slots] = np.arange(n)
         self._prev, self._prev_slots = current, slots
+        self._prev_below_top = bool(current_top == 0)
         self.slots.last_seen[slots] = now
         self._dest_now = now
         freed = np.zeros(0, np.int64)
@@ -395,7 +406,10 @@ class RateTracker:
                                        (3, OUTBOUND, N_CLASSES)):
                 np.multiply(delta[:, direction, lo:lo + N_CLASSES], per_s, out=outputs[out, :hi])
             np.multiply(delta[:, INBOUND, 2 * N_CLASSES], per_s, out=dropped_pps[:hi])
-        np.copyto(self._t_prev[:hi], current, where=present[:hi, None, None])
+        if present[:hi].all():
+            self._t_prev[:hi] = current
+        else:
+            np.copyto(self._t_prev[:hi], current, where=present[:hi, None, None])
         self._t_present = present
         self._tenant_now = now
         pps = outputs[0]

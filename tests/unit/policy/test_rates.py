@@ -202,3 +202,26 @@ def test_one_rows_byte_and_drop_rates_equal_the_whole_arrays_computed_later():
     rows = [(r.byte_rate_of(i).tolist(), r.dropped_pps_of(i)) for i in range(len(r))]
     assert rows == [(r.byte_rate[i].tolist(), float(r.dropped_pps[i])) for i in range(len(r))]
     assert rows[list(r.addresses).index(B)][1] == pytest.approx(1998 / 0.3)
+
+
+def test_resets_are_found_with_counters_above_two_to_the_63():
+    # Past 2**63 a wrapped delta need not have its top bit set: every element is compared instead.
+    big = 1 << 63
+
+    def counters(rows: dict) -> DestinationCounters:      # bytes equal to packets (x100 would overflow)
+        packets = np.array([rows[a][0] for a in rows], np.uint64)
+        return DestinationCounters.from_addresses(
+            addresses=list(rows), tenant_idx=np.ones(len(rows), np.uint32), packets=packets, bytes=packets.copy(),
+            dropped_packets=np.zeros(len(rows), np.uint64))
+
+    rt = RateTracker()
+    rt.update_destinations(0.0, counters({A: (pk(udp=big + 1000, syn=10), 0), B: (pk(udp=5), 0)}))
+    r, _ = rt.update_destinations(1.0, counters({A: (pk(udp=big + 1500, syn=4), 0), B: (pk(udp=big + 5000), 0)}))
+    got = by_address(r)
+    assert got[A][0][TrafficClass.UDP] == 500.0 and got[A][0][TrafficClass.TCP_SYN] == 4.0   # SYN reset
+    assert got[B][0][TrafficClass.UDP] == float(big + 4995)
+    # B's counter was reset from above 2**63: its wrapped delta, 2**63 - 4990, has the top bit clear.
+    r, _ = rt.update_destinations(2.0, counters({A: (pk(udp=big + 1600, syn=6), 0), B: (pk(udp=10), 0)}))
+    got = by_address(r)
+    assert got[A][0][TrafficClass.UDP] == 100.0 and got[A][0][TrafficClass.TCP_SYN] == 2.0
+    assert got[B][0][TrafficClass.UDP] == 10.0
