@@ -76,8 +76,8 @@ DEFAULT_SWEEP = ((1_000, 1_000), (10_000, 10_000), (100_000, 10_000), (1_000_000
 def _address_layout() -> AddressCounterLayout:
     """struct sw_addr_entry / sw_addr_spilled of dataplane/bpf/seawall.h, in 64-bit words."""
     counter_words = 2 * N_CLASSES + 3          # packets[], bytes[], dropped, outbound packets and bytes
-    # addr (2), tenant_idx + generation (1), is_v6 + attack_classes (1), policy flags, mode and
-    # protected + budget_tokens[4] (20 bytes, padded: 3), budget_ns[4] (4), rule_count + rule_ids[]
+    # addr (2), tenant_idx + generation (1), is_v6 + attack_classes (1), policy flags and
+    # pad + budget_tokens[4] (20 bytes, padded: 3), budget_ns[4] (4), rule_count + rule_ids[]
     # (u32 each, padded to a word)
     counters_at = 2 + 1 + 1 + 3 + 4 + (1 + RULES_PER_TARGET + 1) // 2
     return AddressCounterLayout(entry_words=counters_at + counter_words, counters_at=counters_at,

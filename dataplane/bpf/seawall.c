@@ -231,17 +231,13 @@ static __always_inline void sw_address_refresh(struct sw_addr_entry *e, const __
     e->tenant_idx = tenant;
     e->rule_count = 0;
     e->attack_classes = 0;
-    e->protected = 0;
     e->policy_flags = 0;
-    e->policy_mode = 0;
     if (tenant < SW_MAX_TENANTS) {
         __u32 policy_idx = cfg->active_slot * SW_MAX_TENANTS + tenant;
         struct sw_policy *pol = sw_policy.lookup(&policy_idx);
-        if (pol && pol->in_use) {
-            e->protected = 1;
-            e->policy_flags = pol->flags;
-            e->policy_mode = pol->mode;
-        }
+        if (pol && pol->in_use)
+            e->policy_flags = pol->flags | SW_SLOT_PROTECTED |
+                              (pol->mode == SW_TENANT_MODE_MONITOR ? SW_SLOT_MONITOR : 0);
     }
     if (tenant != SW_NO_TENANT) {
         sw_merge_rule_set(e, tenant, SW_SCOPE_ADDRESS, addr);
@@ -256,6 +252,9 @@ static __always_inline void sw_address_refresh(struct sw_addr_entry *e, const __
         if (a)
             e->attack_classes |= a->classes;
     }
+    if ((e->policy_flags & (SW_POLICY_HAS_ALLOW | SW_POLICY_HAS_DENY | SW_POLICY_REFLECTION_ALWAYS)) ||
+        e->attack_classes)
+        e->policy_flags |= SW_SLOT_LISTS_OR_HEURISTICS;
     e->generation = cfg->generation;
 }
 
@@ -724,14 +723,16 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
     SW_STAGE(3); /* address cache */
 
     if (dir == SW_DIRECTION_INBOUND && tenant < SW_MAX_TENANTS) {
-        if (st->protected) {
-            __u16 flags = st->policy_flags;
-            if ((flags & SW_POLICY_HAS_ALLOW) && sw_acl_match(p, cfg->active_slot, SW_ACL_KIND_ALLOW, tenant))
-                goto verdict;
-            if ((flags & SW_POLICY_HAS_DENY) && sw_acl_match(p, cfg->active_slot, SW_ACL_KIND_DENY, tenant)) {
-                v->drop = 1;
-                v->reason = SW_DROP_REASON_DENY_LIST;
-                goto verdict;
+        __u16 flags = st->policy_flags;
+        if (flags & SW_SLOT_PROTECTED) {
+            if (flags & SW_SLOT_LISTS_OR_HEURISTICS) {
+                if ((flags & SW_POLICY_HAS_ALLOW) && sw_acl_match(p, cfg->active_slot, SW_ACL_KIND_ALLOW, tenant))
+                    goto verdict;
+                if ((flags & SW_POLICY_HAS_DENY) && sw_acl_match(p, cfg->active_slot, SW_ACL_KIND_DENY, tenant)) {
+                    v->drop = 1;
+                    v->reason = SW_DROP_REASON_DENY_LIST;
+                    goto verdict;
+                }
             }
             if (flags & SW_POLICY_INVALID_FILTERS) {
                 int reason = p->invalid;
@@ -741,7 +742,7 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
                     goto verdict;
                 }
             }
-            if (st->attack_classes || (flags & SW_POLICY_REFLECTION_ALWAYS)) {
+            if ((flags & SW_SLOT_LISTS_OR_HEURISTICS) && (st->attack_classes || (flags & SW_POLICY_REFLECTION_ALWAYS))) {
                 int reason = sw_heuristics(p, st, flags, data, data_end);
                 if (reason) {
                     v->drop = 1;
@@ -756,7 +757,7 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
                 v->reason = SW_DROP_REASON_HEURISTIC;
             }
         verdict:
-            if (v->drop && st->policy_mode == SW_TENANT_MODE_MONITOR)
+            if (flags & SW_SLOT_MONITOR)
                 v->drop = 0; /* monitor mode: count what would be dropped, pass it */
         }
     }

@@ -35,6 +35,12 @@
 #define SW_POLICY_REFLECTION_ALWAYS (1U << 4)
 #define SW_POLICY_REFLECTION_AUTO (1U << 5)
 #define SW_POLICY_HAS_BUDGET (1U << 6) /* some per-destination class budget is set */
+/* Bits the address cache adds to its copy of sw_policy.flags (sw_addr_entry.policy_flags), so
+ * that one load and one test per packet decide what the usual packet skips. */
+#define SW_SLOT_PROTECTED (1U << 13)    /* the tenant's policy is in use in the active slot */
+#define SW_SLOT_MONITOR (1U << 14)      /* ... in monitor mode: count what would be dropped, pass it */
+#define SW_SLOT_LISTS_OR_HEURISTICS (1U << 15) /* allow/deny lists, the reflection filter always on,
+                                                * or an attack mark: the checks most packets skip */
 
 /* sw_rule.match: which optional fields a rule checks. */
 #define SW_MATCH_PROTO (1U << 0)
@@ -156,9 +162,8 @@ struct sw_addr_entry {
     __u32 generation;          /* sw_config.generation the cached fields belong to; 0 = empty slot */
     __u32 is_v6;               /* the family: ::ffff:a.b.c.d is also a valid IPv6 address */
     __u32 attack_classes;      /* bit per SW_TRAFFIC_CLASS_* under attack (set by the policy engine) */
-    __u16 policy_flags;        /* the tenant's sw_policy.flags (copied: saves a lookup per packet) */
-    __u8 policy_mode;          /* the tenant's sw_policy.mode */
-    __u8 protected;            /* the tenant's policy is in use in the active slot */
+    __u16 policy_flags;        /* the tenant's sw_policy.flags plus SW_SLOT_* (saves a lookup per packet) */
+    __u16 pad;
     __s32 budget_tokens[SW_BUDGET_CLASSES]; /* per-destination class budgets (SYN, UDP, ICMP, fragments), packets */
     __u64 budget_ns[SW_BUDGET_CLASSES];     /* last refill of each budget, bpf_ktime_get_ns */
     __u32 rule_count;          /* rules that apply: the address's own, then the tenant-wide ones */
