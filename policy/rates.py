@@ -270,6 +270,12 @@ class RateTracker:
         self._prev_below_top = True       # every counter of `_prev` is below 2**63
         self._prev_slots = np.zeros(0, np.int64)
         self._prev_row_of_slot = np.full(cap, -1, np.int64)
+        # Which of the last read's rows hold a kept value rather than what was read (a read that
+        # came out low: see _settle_low_reads), and the read before it, with its rows by slot.
+        self._prev_kept = np.zeros(0, bool)
+        self._before = np.zeros((0, _DEST_WORDS), np.uint64)
+        self._before_slots = np.zeros(0, np.int64)
+        self._before_row_of_slot = np.full(cap, -1, np.int64)
         self._dest_now: float | None = None
         self._next_expiry = 0.0
         t = MAX_TENANTS
@@ -287,6 +293,7 @@ class RateTracker:
             return
         pad = cap - old
         self._prev_row_of_slot = np.concatenate([self._prev_row_of_slot, np.full(pad, -1, np.int64)])
+        self._before_row_of_slot = np.concatenate([self._before_row_of_slot, np.full(pad, -1, np.int64)])
 
     def update_destinations(self, now: float, counters: DestinationCounters) -> tuple[DestinationRates, np.ndarray]:
         """Rates for this read, and the slots freed by expiry (their baselines must be reset)."""
@@ -310,6 +317,7 @@ class RateTracker:
         fresh = prev_rows < 0
         current = _counter_rows(counters)
         current_top = np.bitwise_or.reduce(current.reshape(-1)) & _TOP_BIT     # 0 for no rows
+        kept = np.zeros(n, bool)     # rows whose next previous value is not what this read says
         if priming:
             # Slots restored from saved state count as seen now, not at time zero.
             self.slots.last_seen[self.slots.in_use] = now
@@ -323,27 +331,31 @@ class RateTracker:
                 np.subtract(current, delta, out=delta)
             else:
                 delta = current.copy()
-            # An address new in the map and a reset counter (smaller than before) count from zero:
-            # their delta is the current value. Both are rare, so they are fixed by index. A reset
-            # one wrapped around below zero, which leaves it above the current value (and only it;
-            # a new row's delta, the current value, never is). While every counter of this read and
-            # the previous one is below 2**63 (centuries at line rate), such a delta, and only it,
-            # has its top bit set: one reduction over the deltas rules resets out.
+            # Addresses new in the map and counters below their previous value are rare: settled
+            # by index (see _settle_low_reads). A counter that went down wrapped around below zero,
+            # which leaves its delta above the current value (and only its; a new row's delta is
+            # set first and never is). While every counter of this read and the previous one is
+            # below 2**63 (centuries at line rate), such a delta, and only it, has its top bit set:
+            # one reduction over the deltas rules them out.
             fresh_rows = np.flatnonzero(fresh)
             if len(fresh_rows):
-                delta[fresh_rows] = current[fresh_rows]
+                self._settle_new_rows(fresh_rows, current, delta, slots)
+            wrapped = np.zeros(0, np.int64)
             if not (self._prev_below_top and current_top == 0
                     and np.bitwise_or.reduce(delta.reshape(-1)) & _TOP_BIT == 0):
                 wrapped = np.flatnonzero(np.greater(delta, current))
-                if len(wrapped):
-                    delta.reshape(-1)[wrapped] = current.reshape(-1)[wrapped]
+            if len(wrapped):
+                current, kept = self._settle_low_reads(wrapped, current, delta, prev_rows)
             # float64(delta) * (1 / dt), as numpy converts the uint64 operand for the float loop.
             pps = np.empty((n, N_CLASSES))
             np.multiply(delta[:, :N_CLASSES], 1.0 / dt, out=pps)
+        self._before_row_of_slot[self._before_slots] = -1
+        self._before_row_of_slot[self._prev_slots] = np.arange(len(self._prev_slots))
+        self._before, self._before_slots = self._prev, self._prev_slots
         self._prev_row_of_slot[self._prev_slots] = -1
         self._prev_row_of_slot[slots] = np.arange(n)
-        self._prev, self._prev_slots = current, slots
-        self._prev_below_top = bool(current_top == 0)
+        self._prev_below_top = bool(current_top == 0) and (self._prev_below_top or not kept.any())
+        self._prev, self._prev_slots, self._prev_kept = current, slots, kept
         self.slots.last_seen[slots] = now
         self._dest_now = now
         freed = np.zeros(0, np.int64)
@@ -356,6 +368,42 @@ class RateTracker:
             _deltas=delta)
         self.last_destination_rates = rates
         return rates, freed
+
+    def _settle_new_rows(self, rows: np.ndarray, current: np.ndarray, delta: np.ndarray, slots: np.ndarray) -> None:
+        """Deltas of addresses absent from the last read (in place): their whole value, unless the
+        address was in the read before it and is not below its counters there (an address can miss
+        one read: see _settle_low_reads), which it then continues from."""
+        delta[rows] = current[rows]
+        before_rows = self._before_row_of_slot[slots[rows]]
+        back = before_rows >= 0
+        if back.any():
+            rows, before = rows[back], self._before[before_rows[back]]
+            goes_on = (current[rows] >= before).all(axis=1)
+            delta[rows[goes_on]] = current[rows[goes_on]] - before[goes_on]
+
+    def _settle_low_reads(self, wrapped: np.ndarray, current: np.ndarray, delta: np.ndarray,
+                          prev_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Counters below their previous value (`wrapped`: flat indices of their deltas): delta 0
+        (in place), and the rows to keep as the next read's previous values, with the mask of rows
+        kept at their previous values rather than at what this read says.
+
+        The reader takes the spill map before the address cache, and counts only move from a slot
+        to the spill map: a slot evicted in between is missing from that read. Its address reads
+        low once (or is absent, when it was never spilled before: `_settle_new_rows`), and its
+        counts are back at the next read. So a counter below its previous value keeps that value
+        for the next read; only when it is still below at that read was it reset (its entries
+        left the LRU), and it counts on from there. Counting a low read's whole value as one
+        tick's traffic instead would report the address's history as a flood.
+        """
+        kept = np.zeros(len(current), bool)
+        delta.reshape(-1)[wrapped] = 0
+        low = np.unique(wrapped // _DEST_WORDS)
+        first = low[~self._prev_kept[prev_rows[low]]]      # still below at a second read: a reset
+        if len(first):
+            current = current.copy()                       # the reader's block stays as it was read
+            current[first] = np.maximum(current[first], self._prev[prev_rows[first]])
+            kept[first] = True
+        return current, kept
 
     def _tenant_arrays(self, counters: Mapping[int, TenantCounters]) -> TenantCounterArrays:
         """Per-tenant objects (tests, older readers) as arrays; rows with an index out of range are skipped."""

@@ -53,13 +53,15 @@ def test_rates_follow_addresses_across_row_order_churn_and_resets():
     assert got[B][1] == pytest.approx(5.0)
     assert got[D][0][TrafficClass.UDP] == pytest.approx(150.0)
     assert r.valid.all()
-    # A is evicted; B's counters were reset (smaller than before) and count from zero.
+    # A is evicted; B reads below its previous value: no rate until a second read tells a reset from
+    # counts in flight between the reader's two maps (test_rates_read_races.py).
     r, _ = rt.update_destinations(3.0, counters({B: (pk(syn=40), 0), D: (pk(udp=400), 0)}))
     got = by_address(r)
     assert A not in got
-    assert got[B][0][TrafficClass.TCP_SYN] == pytest.approx(40.0)
+    assert got[B][0][TrafficClass.TCP_SYN] == 0.0
     assert got[D][0][TrafficClass.UDP] == pytest.approx(100.0)
-    # A comes back into the LRU: fresh row, fresh counter, same slot (its baseline survives).
+    # A comes back into the LRU below its old counters: re-created, fresh counter, same slot (its
+    # baseline survives). B is still below: it was reset, and counts on from here.
     slot_a = rt.slots.slot_of(A)
     r, _ = rt.update_destinations(3.5, counters({A: (pk(udp=20), 0), B: (pk(syn=40), 0), D: (pk(udp=400), 0)}))
     got = by_address(r)
@@ -132,7 +134,8 @@ def test_slots_follow_equal_address_objects_and_interned_ones_alike():
     r, _ = rt.update_destinations(2.0, counters({a: (pk(udp=1), 0) for a in fresh}))
     assert slot not in set(r.slots.tolist()) and len(set(r.slots.tolist())) == len(fresh)
     r, _ = rt.update_destinations(3.0, counters({a2: (pk(udp=35), 0)}))
-    assert r.slots[0] == slot and r.pps[0][TrafficClass.UDP] == pytest.approx(35.0)   # back in the LRU: fresh row
+    # Absent from one read only: it goes on from its counters of the read before (30).
+    assert r.slots[0] == slot and r.pps[0][TrafficClass.UDP] == pytest.approx(5.0)
 
 
 def _as_one_block(c: DestinationCounters) -> DestinationCounters:
@@ -154,10 +157,10 @@ def test_rates_from_one_counter_block_equal_rates_from_separate_arrays():
         for addr, (pps, dropped) in by_address(a).items():
             assert by_address(b)[addr][0].tolist() == pps.tolist() and by_address(b)[addr][1] == dropped
         assert a.byte_rate.tolist() == b.byte_rate.tolist()
-    assert blocked.last_destination_rates.pps[:, TrafficClass.TCP_SYN].tolist() == [40.0, 0.0]   # B reset: counts from zero
+    assert blocked.last_destination_rates.pps[:, TrafficClass.TCP_SYN].tolist() == [0.0, 0.0]   # B low: no rate
 
 
-def test_a_reset_of_one_class_counts_that_class_from_zero_and_the_others_by_difference():
+def test_a_class_below_its_previous_value_has_no_rate_and_the_others_count_by_difference():
     rt = RateTracker()
     rt.update_destinations(0.0, counters({A: (pk(udp=5000, syn=700), 9), B: (pk(udp=10), 0)}))
     # A's UDP counter went back (the row was re-created and counted 300 since), its SYN counter grew;
@@ -165,11 +168,16 @@ def test_a_reset_of_one_class_counts_that_class_from_zero_and_the_others_by_diff
     r, _ = rt.update_destinations(0.5, counters({A: (pk(udp=300, syn=900), 9), B: (pk(udp=10), 0),
                                                  D: (pk(syn=25), 4)}))
     got = by_address(r)
-    assert got[A][0][TrafficClass.UDP] == 600.0 and got[A][0][TrafficClass.TCP_SYN] == 400.0
+    assert got[A][0][TrafficClass.UDP] == 0.0 and got[A][0][TrafficClass.TCP_SYN] == 400.0
     assert got[A][1] == 0.0
     assert got[B][0].tolist() == [0.0] * C
     assert got[D][0][TrafficClass.TCP_SYN] == 50.0 and got[D][1] == 8.0
-    assert r.byte_rate[list(r.addresses).index(A), TrafficClass.UDP] == 60_000.0
+    assert r.byte_rate[list(r.addresses).index(A), TrafficClass.UDP] == 0.0
+    # Still below at the next read: A's UDP counter was reset, and counts on from 300.
+    rt.update_destinations(1.0, counters({A: (pk(udp=350, syn=950), 9), B: (pk(udp=10), 0), D: (pk(syn=25), 4)}))
+    r, _ = rt.update_destinations(1.5, counters({A: (pk(udp=400, syn=1000), 9), B: (pk(udp=10), 0),
+                                                 D: (pk(syn=25), 4)}))
+    assert by_address(r)[A][0][TrafficClass.UDP] == 100.0
 
 
 def test_a_tenant_row_new_at_a_read_counts_whole_and_an_absent_one_has_no_rate():
@@ -218,10 +226,15 @@ def test_resets_are_found_with_counters_above_two_to_the_63():
     rt.update_destinations(0.0, counters({A: (pk(udp=big + 1000, syn=10), 0), B: (pk(udp=5), 0)}))
     r, _ = rt.update_destinations(1.0, counters({A: (pk(udp=big + 1500, syn=4), 0), B: (pk(udp=big + 5000), 0)}))
     got = by_address(r)
-    assert got[A][0][TrafficClass.UDP] == 500.0 and got[A][0][TrafficClass.TCP_SYN] == 4.0   # SYN reset
+    assert got[A][0][TrafficClass.UDP] == 500.0 and got[A][0][TrafficClass.TCP_SYN] == 0.0   # SYN went down
     assert got[B][0][TrafficClass.UDP] == float(big + 4995)
-    # B's counter was reset from above 2**63: its wrapped delta, 2**63 - 4990, has the top bit clear.
+    # B's counter went down from above 2**63: its wrapped delta, 2**63 - 4990, has the top bit clear.
     r, _ = rt.update_destinations(2.0, counters({A: (pk(udp=big + 1600, syn=6), 0), B: (pk(udp=10), 0)}))
     got = by_address(r)
-    assert got[A][0][TrafficClass.UDP] == 100.0 and got[A][0][TrafficClass.TCP_SYN] == 2.0
-    assert got[B][0][TrafficClass.UDP] == 10.0
+    assert got[A][0][TrafficClass.UDP] == 100.0 and got[A][0][TrafficClass.TCP_SYN] == 0.0   # still down: reset
+    assert got[B][0][TrafficClass.UDP] == 0.0
+    r, _ = rt.update_destinations(3.0, counters({A: (pk(udp=big + 1700, syn=9), 0), B: (pk(udp=30), 0)}))
+    got = by_address(r)
+    assert got[A][0][TrafficClass.TCP_SYN] == 3.0 and got[B][0][TrafficClass.UDP] == 0.0     # B still down: reset
+    r, _ = rt.update_destinations(4.0, counters({A: (pk(udp=big + 1700, syn=9), 0), B: (pk(udp=50), 0)}))
+    assert by_address(r)[B][0][TrafficClass.UDP] == 20.0
