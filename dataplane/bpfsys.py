@@ -27,6 +27,7 @@ BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
+BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_TEST_RUN = 10
 BPF_MAP_LOOKUP_BATCH = 24
 BPF_LINK_CREATE = 28
@@ -174,6 +175,25 @@ def obj_pin(fd: int, path: str) -> None:
 def obj_get(path: str) -> int:
     raw = ctypes.create_string_buffer(path.encode())
     return _bpf(BPF_OBJ_GET, _ObjAttr(pathname=ctypes.addressof(raw)), f"BPF_OBJ_GET {path}")
+
+
+class MapInfo(ctypes.Structure):
+    """The head of struct bpf_map_info (stable UAPI): what the kernel made of a map."""
+
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
+                ("name", ctypes.c_char * 16), ("_rest", ctypes.c_uint8 * 64)]
+
+
+class _InfoAttr(ctypes.Structure):
+    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
+
+
+def map_info(map_fd: int) -> MapInfo:
+    info = MapInfo()
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoAttr(bpf_fd=map_fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info)),
+         "BPF_OBJ_GET_INFO_BY_FD")
+    return info
 
 
 class _BatchAttr(ctypes.Structure):

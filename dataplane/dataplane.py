@@ -163,6 +163,8 @@ class Dataplane:
             "sw_acl4_template", "sw_acl6_template",
             "sw_addr_cache", "sw_addr_spill", "sw_tenant_stats", "sw_rule_set_index", "sw_rule_sets", "sw_rules",
             "sw_rule_stats", "sw_rule_buckets", "sw_attack", "sw_reflection_ports")}
+        if self.pin_dir is not None:
+            self._check_pinned_maps()
         self._map_address_cache()
         self._attachments: list[Attachment] = []
         self._link_fds: list[int] = []
@@ -285,6 +287,27 @@ class Dataplane:
     @property
     def attachments(self) -> list[Attachment]:
         return list(self._attachments)
+
+    def _check_pinned_maps(self) -> None:
+        """Refuse maps pinned by another version. bcc reuses a map pinned at a table's path
+        whatever its layout, so after an upgrade that changed a map the program would run on
+        the old one as if it had the new layout."""
+        percpu = {5, 6, 10}   # BPF_MAP_TYPE_PERCPU_HASH, _PERCPU_ARRAY, _LRU_PERCPU_HASH: bcc's Leaf is per CPU
+        for name in sorted(os.listdir(self.pin_dir)):
+            try:
+                table = self.bpf[name.encode()]
+            except KeyError:
+                continue          # a link, or a map this version no longer has
+            leaf = table.Leaf._type_ if table.ttype in percpu else table.Leaf
+            want = (table.ttype, ctypes.sizeof(table.Key), ctypes.sizeof(leaf), table.max_entries, table.flags)
+            info = bpfsys.map_info(table.map_fd)
+            have = (info.type, info.key_size, info.value_size, info.max_entries, info.map_flags)
+            if have != want:
+                raise DataplaneError(
+                    f"the map {name} pinned under {self.pin_dir} was made by another version of Seawall "
+                    f"(type, key size, value size, entries, flags: {have}; this version needs {want}). "
+                    f"`seawall detach --purge` removes the old program and its state (the bridge stops "
+                    f"until `seawall run` attaches again)")
 
     def _map_address_cache(self) -> None:
         """Map the address cache into this process (read-only): a tick reads its counters in

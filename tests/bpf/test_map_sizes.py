@@ -6,32 +6,12 @@ A layout that drifted between C and what Python reads would corrupt every counte
 from __future__ import annotations
 
 import ctypes
-import os
 
 import pytest
 
-_libc = ctypes.CDLL(None, use_errno=True)
-SYS_BPF = 321                  # x86_64
-BPF_OBJ_GET_INFO_BY_FD = 15
+from dataplane import bpfsys
 
-
-class _MapInfo(ctypes.Structure):  # the head of struct bpf_map_info (stable UAPI)
-    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
-                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
-                ("name", ctypes.c_char * 16), ("_rest", ctypes.c_uint8 * 64)]
-
-
-class _InfoAttr(ctypes.Structure):
-    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
-
-
-def kernel_map_info(fd: int) -> _MapInfo:
-    info = _MapInfo()
-    attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
-    if _libc.syscall(SYS_BPF, BPF_OBJ_GET_INFO_BY_FD, ctypes.byref(attr), ctypes.sizeof(attr)) < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return info
+kernel_map_info = bpfsys.map_info
 
 
 PERCPU_MAPS = {"sw_tenant_stats", "sw_rule_stats"}
