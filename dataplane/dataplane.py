@@ -53,6 +53,7 @@ from dataplane.constants import (
     TrafficClass,
 )
 from dataplane.keys import MIN_CAPACITY, KeyIndex, unique_keys
+from dataplane.memory import release_freed_heap
 
 log = structlog.get_logger("seawall.dataplane")
 
@@ -154,7 +155,7 @@ class Dataplane:
             if self.pin_dir and "pin" in str(exc).lower():
                 hint = f" (pinned maps under {self.pin_dir} may be from another version: `seawall detach --purge`)"
             raise DataplaneError(f"cannot load the XDP program: {exc}{hint}") from exc
-        _release_freed_heap()
+        release_freed_heap()   # the compiler's heap: ~80 MiB that would stay resident
         from bcc.utils import get_possible_cpus  # noqa: PLC0415
 
         self.ncpus = len(get_possible_cpus())
@@ -966,9 +967,10 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
         summed = sum_over_cpus(raw[:, :, c0:c0 + cw])
         agree_counters = _row_view(summed).take(agree_rows).view(np.uint64).reshape(len(agree_rows), cw)
     unreported = filled & ~live
-    for row in np.flatnonzero(agree[agree_rows] & unreported[agree_rows].any(axis=1)):
-        for cpu in np.flatnonzero(unreported[agree_rows[row]]):
-            agree_counters[row] -= raw[agree_rows[row], cpu, c0:c0 + cw]
+    taken_out = np.flatnonzero(agree & unreported.any(axis=1))
+    for row, slot in zip(np.searchsorted(agree_rows, taken_out).tolist(), taken_out.tolist(), strict=True):
+        for cpu in np.flatnonzero(unreported[slot]):
+            agree_counters[row] -= raw[slot, cpu, c0:c0 + cw]
     tenant_of_rep = head[:, n_cpus - 1]
     for cpu in range(n_cpus - 2, -1, -1):
         tenant_of_rep = np.where(live[:, cpu], head[:, cpu], tenant_of_rep)
@@ -1107,16 +1109,6 @@ def _decode_rule(r, tenant_idx: int, dst: IPAddress | None) -> Rule:
 def _fill(array, data: bytes) -> None:
     for i, b in enumerate(data):
         array[i] = b
-
-
-def _release_freed_heap() -> None:
-    """Return the heap that a compile freed to the system. bcc's clang and LLVM free ~80 MiB
-    after compiling the program, but glibc keeps freed memory resident for reuse; the
-    appliance never compiles again, so it would stay in the process's RSS for good."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):   # not glibc: nothing to trim
-        pass
 
 
 def _ifindex(name: str) -> int:

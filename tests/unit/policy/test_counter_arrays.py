@@ -110,6 +110,8 @@ def test_reader_merges_cache_slots_conflicting_slots_and_the_spill_map_by_addres
     cache_entry(cache, 1, 0, b, 1, 30)           # the CPUs disagree: b on one, c on the other
     cache_entry(cache, 1, 1, c, 2, 40)
     cache_entry(cache, 2, 1, e, NO_TENANT, 50)   # no tenant owns e: not reported
+    cache_entry(cache, 3, 0, d, 3, 50)           # d is cached with its tenant on one CPU, and was counted
+    cache_entry(cache, 3, 1, d, NO_TENANT, 9)    # without one on the other (before its tenant came): not reported
     spill_keys = np.stack([a, c, d])
     spill = np.zeros((3, 2, LAYOUT.spilled_words), np.uint64)
     for row, (cpu, tenant, packets) in enumerate(((1, 1, 5), (0, 2, 6), (0, 3, 7))):
@@ -122,7 +124,7 @@ def test_reader_merges_cache_slots_conflicting_slots_and_the_spill_map_by_addres
         got = {str(addr): (int(out.packets[i, TrafficClass.UDP]), int(out.tenant_idx[i]), int(out.dropped_packets[i]))
                for i, addr in enumerate(out.addresses)}
         assert got == {"198.51.100.1": (125, 1, 12), "198.51.100.2": (30, 1, 3), "198.51.100.3": (46, 2, 4),
-                       "2001:db8::4": (7, 3, 0)}
+                       "2001:db8::4": (57, 3, 5)}
         assert out.ids is not None and (np.diff(out.ids) > 0).all()   # ascending reader ids
         ids_by_read.append(dict(zip(got, out.ids.tolist(), strict=True)))
     assert ids_by_read[0] == ids_by_read[1]      # an address keeps its id from read to read
