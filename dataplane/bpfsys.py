@@ -203,6 +203,24 @@ class _BatchAttr(ctypes.Structure):
                 ("elem_flags", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
 
 
+def array_lookup_range(map_fd: int, value_size: int, start: int, count: int) -> np.ndarray:
+    """Elements start .. start + count - 1 of an array map (fewer if it ends first) by one
+    BPF_MAP_LOOKUP_BATCH: (n, value_size) uint8 rows. The batch cursor is the last key read (the
+    walk goes on from the key after it), so the read begins at `start` and copies only what is
+    asked."""
+    keys = np.empty((count, 4), np.uint8)
+    values = np.empty((count, value_size), np.uint8)
+    cursor_in = ctypes.c_uint32(max(start - 1, 0))
+    cursor_out = ctypes.c_uint32(0)
+    attr = _BatchAttr(in_batch=ctypes.addressof(cursor_in) if start else 0, out_batch=ctypes.addressof(cursor_out),
+                      keys=keys.ctypes.data, values=values.ctypes.data, count=count, map_fd=map_fd)
+    ret = _libc.syscall(SYS_BPF, BPF_MAP_LOOKUP_BATCH, ctypes.byref(attr), ctypes.sizeof(attr))
+    if ret < 0 and ctypes.get_errno() != errno.ENOENT:   # ENOENT: the array ended within the range
+        err = ctypes.get_errno()
+        raise BpfError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
+    return values[:attr.count]
+
+
 def map_lookup_batch(map_fd: int, key_size: int, value_size: int, max_entries: int,
                      chunk: int = 8192) -> tuple[np.ndarray, np.ndarray, int]:
     """Every element of a hash or array map by BPF_MAP_LOOKUP_BATCH, the kernel writing straight

@@ -167,6 +167,9 @@ class Dataplane:
         if self.pin_dir is not None:
             self._check_pinned_maps()
         self._map_address_cache()
+        # Tenant stats rows worth reading: every row until a tenant set is applied (after a restart,
+        # the counters of the set in force are in the pinned map), then those of the set.
+        self._tenant_rows = MAX_TENANTS
         self._attachments: list[Attachment] = []
         self._link_fds: list[int] = []
         self._address_memo = AddressMemo(4 * max_addresses)
@@ -393,6 +396,7 @@ class Dataplane:
         cfg.active_slot = target
         cfg.generation = (cfg.generation + 1) & 0xFFFFFFFF or 1
         self._write_config(cfg)
+        self._tenant_rows = max(tables.policies, default=-1) + 1
         log.info("dataplane.tenants_applied", slot=target, tenants=len(tables.policies),
                  prefixes=len(tables.prefixes), acl_keys=len(tables.acl))
 
@@ -718,10 +722,17 @@ class Dataplane:
     def read_tenant_counter_arrays(self) -> TenantCounterArrays:
         """Cumulative counters of every tenant row (and the UNPROTECTED row) as arrays: one batch
         read, summed over CPUs, then views of that sum (no per-tenant objects)."""
-        _, values, count = self._batch("sw_tenant_stats")
+        table = self._maps["sw_tenant_stats"]
         layout = self._tenant_stats_layout()
-        words = values.view(np.uint64).reshape(count, self.ncpus, 2, layout.dir_words)
-        return decode_tenant_counters(sum_over_cpus(words), layout)
+        row_bytes = ctypes.sizeof(table.Leaf)
+        # Only the rows of the tenants in force and the UNPROTECTED row: a set of 10,000 tenants
+        # leaves 6,000 rows that no tenant uses, and copying them out cost ~3 ms a tick.
+        summed = np.zeros((table.max_entries, 2, layout.dir_words), np.uint64)
+        for start, count in ((0, self._tenant_rows), (UNPROTECTED, 1)):
+            values = bpfsys.array_lookup_range(table.map_fd, row_bytes, start, count)
+            words = values.view(np.uint64).reshape(len(values), self.ncpus, 2, layout.dir_words)
+            summed[start:start + len(values)] = sum_over_cpus(words)
+        return decode_tenant_counters(summed, layout)
 
     def read_tenant_counters(self, indices: Iterable[int] | None = None) -> dict[int, TenantCounters]:
         """Cumulative counters per tenant index (UNPROTECTED for traffic to no tenant): the rows

@@ -69,3 +69,22 @@ def test_batch_reader_reads_a_full_array_map(dp):
     assert count == table.max_entries
     assert keys.view(np.uint32).reshape(-1).tolist() == list(range(count))
     assert values.shape == (count, ctypes.sizeof(table.Leaf))
+
+
+def test_array_range_reader_reads_exactly_the_rows_asked(dp):
+    table = dp._maps["sw_tenant_stats"]
+    row = ctypes.sizeof(table.Leaf)
+    last = table.max_entries - 1
+    marked = [*range(8), *range(last - 11, last + 1)]
+    for index in marked:        # every word of a row holds the row's index + 1
+        value = np.full(row // 8, index + 1, np.uint64).tobytes()
+        bpfsys.map_update(table.map_fd, index.to_bytes(4, "little"), value)
+    try:
+        for start, count in ((0, 3), (5, 2), (last, 1), (last - 10, 10), (last - 1, 10)):
+            got = bpfsys.array_lookup_range(table.map_fd, row, start, count)
+            end = min(start + count, last + 1)
+            assert len(got) == end - start
+            assert got.view(np.uint64)[:, 0].tolist() == [i + 1 for i in range(start, end)]
+    finally:                    # the dataplane is shared with other tests: their counters start clean
+        for index in marked:
+            bpfsys.map_update(table.map_fd, index.to_bytes(4, "little"), bytes(row))
