@@ -42,7 +42,6 @@ import structlog
 from dataplane.api import DataplaneLike, IPAddress, Rule, Sample
 from dataplane.constants import MAX_TENANTS, RULES_PER_TARGET, Direction, RuleAction, TenantMode, TrafficClass
 from dataplane.keys import address_keys
-from dataplane.memory import release_freed_heap
 from policy.baseline import EwmaBaseline
 from policy.budgets import BudgetConfig, BudgetDeriver
 from policy.classify import ClassEvidence, Vector, VectorScore, classify_carpet, classify_destination
@@ -405,8 +404,6 @@ class PolicyEngine:
             self._last_save = now
             self.save_state()
         lap("publish")
-        release_freed_heap()   # the tick's temporaries (~100 MiB at 100,000 destinations): not kept resident
-        lap("release_memory")
         report = TickReport(now=now, dt=dest.dt, destinations=len(dest),
                             anomalous_destinations=len(det.anomalous_rows), carpet_tenants=len(det.carpets),
                             events=events, rules_added=added, rules_removed=removed, timings_ms=timings,
