@@ -1088,8 +1088,8 @@ def _merge_by_address(n_ids: int, cached: tuple[np.ndarray, np.ndarray, np.ndarr
         tenants[srows] = s_tenants[only_at]
     if len(both_at):
         brows = row_of[s_ids[both_at]]
-        summed = np.ascontiguousarray(s_counters[both_at])
-        summed += counters[brows]
+        summed = _row_view(s_counters).take(both_at).view(np.uint64).reshape(len(both_at), width)
+        summed += rows_of.take(brows).view(np.uint64).reshape(len(brows), width)
         rows_of[brows] = _row_view(summed)
     if len(c_ids):
         crows = row_of[c_ids]
