@@ -151,6 +151,9 @@ class Dataplane:
                 refresh = self.bpf.load_func(name.encode(), BPF.XDP)
                 progs[ctypes.c_int(len(Direction) + int(d))] = ctypes.c_int(refresh.fd)
         except Exception as exc:  # bcc raises bare Exception on compile/load failures
+            if self.pin_dir is not None and getattr(self, "bpf", None) is not None:
+                # The verifier rejects a program whose pinned map is smaller than it needs: name the map.
+                self._check_pinned_maps()
             hint = ""
             if self.pin_dir and "pin" in str(exc).lower():
                 hint = f" (pinned maps under {self.pin_dir} may be from another version: `seawall detach --purge`)"

@@ -78,8 +78,10 @@ def _address_layout() -> AddressCounterLayout:
     counter_words = 2 * N_CLASSES + 3          # packets[], bytes[], dropped, outbound packets and bytes
     # addr (2), tenant_idx + generation (1), is_v6 + attack_classes (1), policy flags and
     # pad + budget_tokens[4] (20 bytes, padded: 3), budget_ns[4] (4), rule_count + rule_ids[]
-    # (u32 each, padded to a word)
-    counters_at = 2 + 1 + 1 + 3 + 4 + (1 + RULES_PER_TARGET + 1) // 2
+    # (u32 each, padded to a word), rule briefs: rule_lo[] and rule_hi[] (a word each), rule_flags[]
+    # (a byte each, padded to a word)
+    counters_at = 2 + 1 + 1 + 3 + 4 + (1 + RULES_PER_TARGET + 1) // 2 + 2 * RULES_PER_TARGET \
+        + (RULES_PER_TARGET + 7) // 8
     return AddressCounterLayout(entry_words=counters_at + counter_words, counters_at=counters_at,
                                 spilled_words=counter_words + 1, spilled_tenant_at=counter_words,
                                 counter_words=counter_words, packets_at=0, bytes_at=N_CLASSES,

@@ -137,6 +137,52 @@ static __always_inline __u32 sw_lookup_tenant(__u32 is_v6, const __u64 *addr, __
     return ref ? ref->tenant_idx : SW_NO_TENANT;
 }
 
+/* The brief of a rule: lane minimums and maximums for sw_brief_matches(). */
+static __always_inline void sw_brief(struct sw_rule *r, __u64 *lo, __u64 *hi, __u8 *flags)
+{
+    __u16 m = r->match;
+    __u64 dlo = 0, dhi = 0xFFFF, slo = 0, shi = 0xFFFF, llo = 0, lhi = 0x1FFFF, stlo = 0, sthi = 7;
+    if (m & SW_MATCH_DPORT) {
+        dlo = r->dport_lo;
+        dhi = r->dport_hi;
+    }
+    if (m & SW_MATCH_SPORT) {
+        slo = r->sport_lo;
+        shi = r->sport_hi;
+    }
+    if (m & SW_MATCH_LENGTH) {
+        llo = r->length_lo;
+        lhi = r->length_hi;
+    }
+    /* States (sw_brief_key()): 0 whole without L4, 1 whole with L4, 2 first fragment with
+     * L4, 3 first fragment without, 4 later fragment: every condition is a range of them. */
+    if (m & (SW_MATCH_SPORT | SW_MATCH_DPORT | SW_MATCH_TCP_FLAGS | SW_MATCH_PAYLOAD)) {
+        stlo = 1;
+        sthi = 2;
+    }
+    if ((m & SW_MATCH_FRAGMENT) && stlo < 2)
+        stlo = 2;
+    if ((m & SW_MATCH_NOT_FRAGMENT) && sthi > 1)
+        sthi = 1;
+    if (stlo > sthi) { /* no packet has that state: an empty range */
+        stlo = 1;
+        sthi = 0;
+    }
+    __u64 proto = 0, proto_mask = 0;
+    if (m & SW_MATCH_PROTO) {
+        proto = r->proto;
+        proto_mask = 0xFF;
+    }
+    *lo = (dlo << SW_BRIEF_DPORT_SHIFT) | (slo << SW_BRIEF_SPORT_SHIFT) | (llo << SW_BRIEF_LENGTH_SHIFT) |
+          (stlo << SW_BRIEF_STATE_SHIFT) | (proto << SW_BRIEF_PROTO_SHIFT);
+    *hi = (dhi << SW_BRIEF_DPORT_SHIFT) | (shi << SW_BRIEF_SPORT_SHIFT) | (lhi << SW_BRIEF_LENGTH_SHIFT) |
+          (sthi << SW_BRIEF_STATE_SHIFT) | (proto_mask << SW_BRIEF_PROTO_SHIFT);
+    __u8 f = r->action & SW_BRIEF_ACTION_MASK;
+    if ((m & (SW_MATCH_TTL | SW_MATCH_TCP_FLAGS | SW_MATCH_PAYLOAD)) || r->action == SW_RULE_ACTION_RATE_LIMIT)
+        f |= SW_BRIEF_FULL;
+    *flags = f;
+}
+
 /* Appends the rules of one (tenant, scope, address) set to a cache slot. */
 static __always_inline void sw_merge_rule_set(struct sw_addr_entry *e, __u32 tenant_idx, __u32 scope,
                                               const __u64 *addr)
@@ -157,7 +203,12 @@ static __always_inline void sw_merge_rule_set(struct sw_addr_entry *e, __u32 ten
         __u32 n = e->rule_count;
         if (n >= SW_RULES_PER_TARGET)
             break;
-        e->rule_ids[n] = set->rule_ids[i];
+        __u32 id = set->rule_ids[i];
+        struct sw_rule *r = sw_rules.lookup(&id);
+        if (!r || !r->in_use)
+            continue; /* a rule being removed: it matched nothing before either */
+        sw_brief(r, &e->rule_lo[n], &e->rule_hi[n], &e->rule_flags[n]);
+        e->rule_ids[n] = id;
         e->rule_count = n + 1;
     }
 }
@@ -373,6 +424,29 @@ static __always_inline int sw_rule_matches(struct sw_rule *r, struct sw_packet *
     return 1;
 }
 
+/* The packet's lanes for sw_brief_matches(), with the guard bits set. */
+static __always_inline __u64 sw_brief_key(struct sw_packet *p)
+{
+    __u64 ports_proto = *(__u64 *)&p->sport; /* sport, dport, proto, ttl, tcp_flags, is_v6 */
+    __u64 frag_l4 = *(__u16 *)&p->fragment;  /* fragment, l4_ok */
+    __u64 k = ((frag_l4 & 0xFF) << 1) | ((frag_l4 >> 8) & 1);
+    /* fragment * 2 + l4_ok -> state: 0->0, 1->1, 2->3, 3->2, 4->4 (5 cannot happen) */
+    __u64 state = (0x442310ULL >> ((k & 7) * 4)) & 7;
+    return (((ports_proto >> 16) & 0xFFFF) << SW_BRIEF_DPORT_SHIFT) |
+           ((ports_proto & 0xFFFF) << SW_BRIEF_SPORT_SHIFT) |
+           ((__u64)(p->ip_length & 0x1FFFF) << SW_BRIEF_LENGTH_SHIFT) | (state << SW_BRIEF_STATE_SHIFT) |
+           (((ports_proto >> 32) & 0xFF) << SW_BRIEF_PROTO_SHIFT) | SW_BRIEF_GUARDS;
+}
+
+/* Every lane within [lo, hi] and the protocol equal where the rule names one: no borrow
+ * clears a guard bit. key comes from sw_brief_key(). */
+static __always_inline int sw_brief_matches(__u64 key, __u64 lo, __u64 hi)
+{
+    __u64 above = key - lo;                         /* guard set: lane >= its minimum */
+    __u64 below = (hi | SW_BRIEF_GUARDS) - (key & ~SW_BRIEF_GUARDS); /* guard set: lane <= maximum */
+    return (((above & below & SW_BRIEF_GUARDS) ^ SW_BRIEF_GUARDS) | (above & hi & SW_BRIEF_PROTO_MASK)) == 0;
+}
+
 /* Token bucket of a rate-limit rule: 1 when the packet is within the rate. */
 static __always_inline int sw_rule_admit(__u32 id, struct sw_rule *r)
 {
@@ -402,31 +476,48 @@ static __always_inline int sw_rule_admit(__u32 id, struct sw_rule *r)
 }
 
 /* Walks the rules cached for the destination; the first rule that drops or
- * admits decides (count-only rules just count). */
+ * admits decides (count-only rules just count). Each rule's brief in the slot
+ * settles protocol, ports, length and fragment state in one range test without
+ * reading the rule; only rules that also match TTL, TCP flags or payload, and
+ * rate limits, read it. */
 static __always_inline void sw_apply_rules(struct sw_addr_entry *e, struct sw_packet *p, void *data,
                                            void *data_end, __u32 wire_len, struct sw_verdict *v)
 {
+#ifndef SW_NO_RULE_BRIEFS
+    __u64 key = sw_brief_key(p);
+#endif
 #pragma unroll
     for (int i = 0; i < SW_RULES_PER_TARGET; i++) {
         if (i >= e->rule_count)
             break;
-        __u32 id = e->rule_ids[i];
-        struct sw_rule *r = sw_rules.lookup(&id);
-        if (!r || !r->in_use || !sw_rule_matches(r, p, data, data_end))
+        __u8 flags = e->rule_flags[i];
+#ifdef SW_NO_RULE_BRIEFS
+        flags |= SW_BRIEF_FULL; /* a build for the test that holds the briefs to the full matcher */
+#else
+        if (!sw_brief_matches(key, e->rule_lo[i], e->rule_hi[i]))
             continue;
+#endif
+        __u32 id = e->rule_ids[i];
+        __u8 action = flags & SW_BRIEF_ACTION_MASK;
+        struct sw_rule *r = 0;
+        if (flags & SW_BRIEF_FULL) {
+            r = sw_rules.lookup(&id);
+            if (!r || !r->in_use || !sw_rule_matches(r, p, data, data_end))
+                continue;
+        }
         struct sw_rule_stats *rs = sw_rule_stats.lookup(&id);
         if (rs) {
             rs->matched_packets++;
             rs->matched_bytes += wire_len;
         }
-        if (r->action == SW_RULE_ACTION_COUNT)
+        if (action == SW_RULE_ACTION_COUNT)
             continue;
-        if (r->action == SW_RULE_ACTION_RATE_LIMIT && sw_rule_admit(id, r))
+        if (action == SW_RULE_ACTION_RATE_LIMIT && r && sw_rule_admit(id, r))
             return; /* within the rate: pass, no further rules */
         if (rs)
             rs->dropped_packets++;
         v->drop = 1;
-        v->reason = r->action == SW_RULE_ACTION_RATE_LIMIT ? SW_DROP_REASON_RATE_LIMIT : SW_DROP_REASON_RULE;
+        v->reason = action == SW_RULE_ACTION_RATE_LIMIT ? SW_DROP_REASON_RATE_LIMIT : SW_DROP_REASON_RULE;
         return;
     }
 }

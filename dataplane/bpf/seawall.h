@@ -53,6 +53,22 @@
 #define SW_MATCH_FRAGMENT (1U << 7)     /* only fragments */
 #define SW_MATCH_NOT_FRAGMENT (1U << 8) /* only non-fragments */
 
+/* Rule briefs: the cheap checks of a rule (protocol, ports, IP length, fragment state and
+ * whether it needs the L4 header) as one range test over lanes of a 64-bit word, run
+ * without reading the rule (sw_brief_key(), sw_brief_matches()). Lanes, low bits first,
+ * each value followed by a guard bit that absorbs the borrow of the lane's subtraction: */
+#define SW_BRIEF_DPORT_SHIFT 0   /* 16 bits */
+#define SW_BRIEF_SPORT_SHIFT 17  /* 16 bits */
+#define SW_BRIEF_LENGTH_SHIFT 34 /* 17 bits: an IPv6 length reaches 65,535 + 40 */
+#define SW_BRIEF_STATE_SHIFT 52  /* 3 bits, sw_brief_key() */
+#define SW_BRIEF_PROTO_SHIFT 56  /* 8 bits: equality, no guard (the lane above all others) */
+#define SW_BRIEF_GUARDS ((1ULL << 16) | (1ULL << 33) | (1ULL << 51) | (1ULL << 55))
+#define SW_BRIEF_PROTO_MASK (0xFFULL << SW_BRIEF_PROTO_SHIFT)
+/* sw_addr_entry.rule_flags: the action, and whether the full rule must be read too (TTL,
+ * TCP flags, payload; rate limits for their bucket). */
+#define SW_BRIEF_ACTION_MASK 0x7F
+#define SW_BRIEF_FULL 0x80
+
 /* Rule sets are addressed per destination address or per whole tenant. */
 #define SW_SCOPE_ADDRESS 0
 #define SW_SCOPE_TENANT 1
@@ -168,6 +184,9 @@ struct sw_addr_entry {
     __u64 budget_ns[SW_BUDGET_CLASSES];     /* last refill of each budget, bpf_ktime_get_ns */
     __u32 rule_count;          /* rules that apply: the address's own, then the tenant-wide ones */
     __u32 rule_ids[SW_RULES_PER_TARGET];
+    __u64 rule_lo[SW_RULES_PER_TARGET];    /* rule briefs (SW_BRIEF_*), copied from sw_rules: */
+    __u64 rule_hi[SW_RULES_PER_TARGET];    /* lane minimums / maximums (proto lane: protocol, mask) */
+    __u8 rule_flags[SW_RULES_PER_TARGET];  /* action | SW_BRIEF_FULL */
     struct sw_addr_counters counters;
 };
 
