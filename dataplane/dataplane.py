@@ -753,8 +753,8 @@ class Dataplane:
             class_bytes_at=dir_type.class_bytes.offset // 8, reason_packets_at=dir_type.reason_packets.offset // 8)
 
     def read_destination_counters(self) -> DestinationCounters:
-        """Inbound counters per customer-side address: the per-CPU cache slots
-        plus the spill map of evicted slots, merged by address (two batch reads;
+        """Inbound counters per customer-side address: the address cache slots of every CPU
+        plus the spill map of evicted slots, merged by address (a copy of the mapped cache and a batch read;
         see `decode_destination_counters`)."""
         return decode_destination_counters(*self.address_maps(), self._address_layout(), self._address_memo)
 

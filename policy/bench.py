@@ -68,7 +68,7 @@ V4_BASE = int(ipaddress.IPv4Address("198.18.0.0"))
 V4_ADDRESSES = 131_072                                      # the benchmarking range 198.18.0.0/15
 V6_BASE = int(ipaddress.IPv6Address("2001:db8::"))         # one /64 per further destination
 MAX_DESTINATIONS = 2_000_000                                # well within 2001:db8::/32's /64s; memory is the limit
-CACHE_SLOTS = 1 << ADDRESS_CACHE_BITS                       # the dataplane's per-CPU address cache
+CACHE_SLOTS = 1 << ADDRESS_CACHE_BITS                       # the dataplane's address cache, per CPU
 BYTES_PER_PACKET = 400                                      # synthetic mean packet size, bytes
 DEFAULT_SWEEP = ((1_000, 1_000), (10_000, 10_000), (100_000, 10_000), (1_000_000, 10_000))
 

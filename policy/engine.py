@@ -9,10 +9,10 @@ that were not attacks → write PCAP evidence → publish events.
 `tick(now)` is synchronous and returns a `TickReport`, so tests drive the engine
 second by second with a fake dataplane; `run()` calls it on a fixed cadence
 inside the asyncio loop (a tick over 100,000 destinations and 10,000 tenants
-costs about 100 ms of CPU on the synthetic benchmark, `policy.bench`, 43 ms of it
-decoding the maps' batch reads; on real maps, `appliance.bench.policy_real`, the
-kernel's batch copies add about 65 ms; the loop waits meanwhile: the dataplane
-object is not shared across threads). Per-destination work is numpy over whole arrays keyed by the
+costs about 90 ms of CPU on real maps, `appliance.bench.policy_real`, ~65 ms of
+it reading them: the spill map's batch read, the copy of the mapped address
+cache and its decoding; the loop waits meanwhile: the dataplane object is not
+shared across threads). Per-destination work is numpy over whole arrays keyed by the
 maps' 16-byte keys; ipaddress objects exist only for reported destinations.
 The engine talks to the dataplane only through `dataplane.api.DataplaneLike`.
 

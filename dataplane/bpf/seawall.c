@@ -60,7 +60,7 @@ SW_MAP("array_of_maps$sw_acl6_template", int, int, sw_acl6_tries, SW_TENANT_SET_
  * slot), and the LRU map, shared by all CPUs, that keeps the counters of
  * evicted slots. The cache is a plain array kept per CPU by hand rather than a
  * per-CPU array so that user space can map it and read the counters in place:
- * copying it through bpf() took ~23 ms a tick (16 MiB per CPU). */
+ * copying it through bpf() took ~23 ms a tick (then 16 MiB per CPU). */
 SW_MAP("array", __u32, struct sw_addr_entry, sw_addr_cache, SW_CPU_REGIONS << SW_ADDRESS_CACHE_BITS,
        BPF_F_MMAPABLE);
 SW_MAP("lru_hash", struct sw_addr_key, struct sw_addr_spilled, sw_addr_spill, SW_MAX_ADDRESSES, 0);

@@ -1,4 +1,4 @@
-"""The per-CPU address cache: two addresses that share a slot evict each other, and their
+"""The address cache (one per CPU): two addresses that share a slot evict each other, and their
 counters survive through the spill map (user space adds both)."""
 
 from __future__ import annotations
