@@ -32,6 +32,7 @@ from tests.bpf.conftest import (
     STANDARD_TENANTS,
     UNPROTECTED_DST,
     apply_tenant_dicts,
+    dataplane_built_with,
 )
 from tests.bpf.test_fuzz import fuzz_rules
 
@@ -94,16 +95,7 @@ def grid_frames() -> list[bytes]:
 @pytest.fixture(scope="module")
 def full_parser():
     """The program built without the fast parser."""
-    from dataplane import Dataplane, constants  # noqa: PLC0415 - the bpf tier may be skipped before this
-
-    original = constants.cflags
-    constants.cflags = lambda: [*original(), "-DSW_NO_FAST_PARSE"]
-    try:
-        dp = Dataplane()
-    finally:
-        constants.cflags = original
-    yield dp
-    dp.close()
+    yield from dataplane_built_with("-DSW_NO_FAST_PARSE")
 
 
 def _counters(dp, rule_ids: list[int]) -> dict[str, np.ndarray]:

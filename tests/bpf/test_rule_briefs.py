@@ -30,6 +30,7 @@ from tests.bpf.conftest import (
     CLEAN_SRC6,
     STANDARD_TENANTS,
     apply_tenant_dicts,
+    dataplane_built_with,
 )
 
 BOUNDS = [0, 1, 52, 53, 123, 443, 1000, 28960, 65534, 65535]
@@ -121,16 +122,7 @@ def fragment_grid() -> list[bytes]:
 @pytest.fixture(scope="module")
 def full_matcher():
     """The program built without rule briefs."""
-    from dataplane import Dataplane, constants  # noqa: PLC0415 - the bpf tier may be skipped before this
-
-    original = constants.cflags
-    constants.cflags = lambda: [*original(), "-DSW_NO_RULE_BRIEFS"]
-    try:
-        dp = Dataplane()
-    finally:
-        constants.cflags = original
-    yield dp
-    dp.close()
+    yield from dataplane_built_with("-DSW_NO_RULE_BRIEFS")
 
 
 def _rule_counters(dp, ids: list[int]) -> list[tuple[int, ...]]:
