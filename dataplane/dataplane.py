@@ -724,8 +724,9 @@ class Dataplane:
         return self._maps["sw_tenant_stats"].Leaf._type_
 
     def read_tenant_counter_arrays(self) -> TenantCounterArrays:
-        """Cumulative counters of every tenant row (and the UNPROTECTED row) as arrays: one batch
-        read, summed over CPUs, then views of that sum (no per-tenant objects)."""
+        """Cumulative counters of every tenant row (and the UNPROTECTED row) as arrays: the rows of
+        the tenant set in force and the UNPROTECTED row read in two batch calls, summed over CPUs,
+        then views of that sum (no per-tenant objects; rows no tenant of the set uses are zero)."""
         table = self._maps["sw_tenant_stats"]
         layout = self._tenant_stats_layout()
         row_bytes = ctypes.sizeof(table.Leaf)
