@@ -214,14 +214,11 @@ class Dataplane:
         self._write_config(cfg)
 
     def set_ports(self, external_ifindex: int, internal_ifindex: int) -> None:
-        """Tell the program which ifindex is which NIC, and where frames leave."""
+        """Where frames leave: each NIC's program knows its own direction, so the devmap's two
+        ports are all the program needs to know of the NICs."""
         ports = self._maps["sw_ports"]
         ports[ports.Key(PORT_EXTERNAL)] = ports.Leaf(external_ifindex)
         ports[ports.Key(PORT_INTERNAL)] = ports.Leaf(internal_ifindex)
-        cfg = self._config()
-        cfg.external_ifindex = external_ifindex
-        cfg.internal_ifindex = internal_ifindex
-        self._write_config(cfg)
 
     # -- attach / detach ----------------------------------------------------
 

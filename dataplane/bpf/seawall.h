@@ -78,8 +78,6 @@
 struct sw_config {
     __u32 active_slot;     /* tenant-set slot in use (0 or 1); flipped atomically */
     __u32 generation;      /* bumped on every tenant-set or rule change; caches refresh on mismatch */
-    __u32 external_ifindex;
-    __u32 internal_ifindex;
     __u32 sample_every;    /* copy one packet in N to the sample ring per CPU; 0 = off */
     __u32 flags;           /* reserved */
 };
