@@ -25,7 +25,7 @@ from dataplane.constants import (
     TenantMode,
 )
 from tenants.errors import ConfigError
-from tenants.model import PORT_MAX, AclEntry, Network, TenantSet, network_bounds
+from tenants.model import PORT_MAX, AclEntry, Network, Tenant, TenantSet, network_bounds
 from tenants.policy import TenantPolicy
 
 # One ACL entry as the dataplane stores it: (proto, sport_lo, sport_hi, dport_lo, dport_hi).
@@ -130,19 +130,42 @@ def compile_tenant_set(tenant_set: TenantSet, indices: Mapping[str, int]) -> Com
         for kind, entries in ((AclKind.ALLOW, tenant.allow), (AclKind.DENY, tenant.deny)):
             for src, expanded in expand_acl(entries, _limit_reporter(problems, tenant.id, kind)):
                 acl.append(CompiledAcl(kind, index, src, expanded))
+    problems.extend(_total_problems(len(tenant_set), prefixes, [entry.src for entry in acl]))
+    if problems:
+        raise ConfigError(problems)
+    return CompiledTables(prefixes=prefixes, policies=policies, acl=acl)
 
+
+def capacity_problems(tenants: Sequence[Tenant]) -> list[str]:
+    """Every way `tenants` would not fit the dataplane's maps, found without compiling the whole set:
+    TenantSet validation runs this, so the config file, the API, the UI and a central server without
+    a dataplane refuse the same sets the appliance would (compile_tenant_set checks the same)."""
+    problems: list[str] = []
+    prefixes: list[tuple[Network, int]] = []
+    acl_sources: list[Network] = []
+    for tenant in tenants:
+        prefixes.extend((prefix, 0) for prefix in tenant.prefixes)
+        for kind, entries in ((AclKind.ALLOW, tenant.allow), (AclKind.DENY, tenant.deny)):
+            if entries:
+                acl_sources.extend(src for src, _ in expand_acl(entries, _limit_reporter(problems, tenant.id, kind)))
+    return problems + _total_problems(len(tenants), prefixes, acl_sources)
+
+
+def _total_problems(tenant_count: int, prefixes: Sequence[tuple[Network, int]],
+                    acl_sources: Sequence[Network]) -> list[str]:
+    problems = []
+    if tenant_count > MAX_TENANTS:
+        problems.append(f"{tenant_count} tenants exceed the dataplane's capacity of {MAX_TENANTS} tenants")
     for version in (4, 6):
         family = f"IPv{version}"
         prefix_count = sum(1 for prefix, _ in prefixes if prefix.version == version)
         if prefix_count > MAX_PREFIXES:
             problems.append(f"{prefix_count} {family} tenant prefixes exceed the dataplane's {MAX_PREFIXES}")
-        key_count = sum(1 for entry in acl if entry.src.version == version)
+        key_count = sum(1 for src in acl_sources if src.version == version)
         if key_count > MAX_ACL_PREFIXES:
             problems.append(f"{key_count} {family} allow/deny source prefixes (after expansion) exceed "
                             f"the dataplane's {MAX_ACL_PREFIXES}")
-    if problems:
-        raise ConfigError(problems)
-    return CompiledTables(prefixes=prefixes, policies=policies, acl=acl)
+    return problems
 
 
 def _compile_policy(mode: str, policy: TenantPolicy, has_allow: bool, has_deny: bool) -> CompiledPolicy:

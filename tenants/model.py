@@ -18,7 +18,7 @@ from typing import Any
 
 from dataplane.constants import IPPROTO
 from tenants.errors import ConfigError, did_you_mean, type_name
-from tenants.policy import TenantPolicy
+from tenants.policy import TenantPolicy, shown
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -34,6 +34,13 @@ PORT_MAX = 65535
 PROTO_MAX = 255
 PROTO_NAMES = {number: name for name, number in IPPROTO.items()}
 PORT_PROTOCOLS = (IPPROTO["tcp"], IPPROTO["udp"])
+NAME_MAX_CHARS = 128        # characters: a display name for pages, reports and mail subjects
+CONTACTS_MAX = 32           # addresses per tenant that get its monthly report
+ADDRESS_MAX_CHARS = 254     # characters: RFC 5321's limit on a forward path, minus the brackets
+# local-part@domain: the unquoted local parts of RFC 5322 (dot-atoms) and a DNS host name with a dot.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+CONTACT_PATTERN = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})+")
 
 
 def parse_network(value: object) -> Network:
@@ -275,6 +282,29 @@ class Tenant:
 _DEFAULT_POLICY = TenantPolicy()
 
 
+def name_problem(name: object) -> str | None:
+    """Why `name` is not a usable tenant name, or None. Names reach mail headers and pages:
+    no control characters (a CR/LF would split a mail header), bounded length."""
+    if not isinstance(name, str) or not name.strip():
+        return f"expected a non-empty string, got {type_name(name)} {shown(name)}"
+    if len(name) > NAME_MAX_CHARS:
+        return f"{len(name)} characters, at most {NAME_MAX_CHARS}"
+    if not name.isprintable():
+        return f"{shown(name)} contains control or other non-printable characters"
+    return None
+
+
+def contact_problem(contact: object) -> str | None:
+    """Why `contact` is not an e-mail address a report can be mailed to, or None."""
+    if not isinstance(contact, str):
+        return f"expected an e-mail address, got {type_name(contact)} {shown(contact)}"
+    if len(contact) > ADDRESS_MAX_CHARS:
+        return f"{len(contact)} characters, at most {ADDRESS_MAX_CHARS}"
+    if not CONTACT_PATTERN.fullmatch(contact):
+        return f"{shown(contact)} is not an e-mail address (like noc@example.com)"
+    return None
+
+
 def _tenant_label(data: dict[str, Any], position: int) -> str:
     tenant_id = data.get("id")
     if isinstance(tenant_id, str) and TENANT_ID_PATTERN.fullmatch(tenant_id):
@@ -321,8 +351,10 @@ def _parse_tenant(data: object, position: int, problems: list[str]) -> tuple[Ten
     owner = _Owner(label, tenant_id if label.startswith("tenant ") else None, position, [])
 
     name = data.get("name", tenant_id)
-    if "name" in data and (not isinstance(name, str) or not name.strip()):
-        problems.append(f"{where}name: expected a non-empty string, got {type_name(name)} {name!r}")
+    if "name" in data:
+        problem = name_problem(name)
+        if problem is not None:
+            problems.append(f"{where}name: {problem}")
 
     prefixes: list[Network] = []
     raw_prefixes = data.get("prefixes")
@@ -364,12 +396,19 @@ def _parse_tenant(data: object, position: int, problems: list[str]) -> tuple[Ten
     elif raw_policy:  # most tenants keep the defaults: skip parsing an empty table
         try:
             policy = TenantPolicy.from_dict(raw_policy)
-        except ValueError as exc:  # TenantPolicy names the key as "policy.<key>: ..."
-            problems.append(f"{where}{exc}")
+        except ConfigError as exc:  # TenantPolicy names each key as "policy.<key>: ..."
+            problems.extend(f"{where}{problem}" for problem in exc.problems)
 
     contacts = data.get("contacts", [])
-    if not isinstance(contacts, list) or not all(isinstance(c, str) and c.strip() for c in contacts):
-        problems.append(f"{where}contacts: expected an array of non-empty strings, got {contacts!r}")
+    if not isinstance(contacts, list):
+        problems.append(f"{where}contacts: expected an array of e-mail addresses, got {type_name(contacts)}")
+    elif len(contacts) > CONTACTS_MAX:
+        problems.append(f"{where}contacts: {len(contacts)} addresses, at most {CONTACTS_MAX}")
+    else:
+        for index, contact in enumerate(contacts):
+            problem = contact_problem(contact)
+            if problem is not None:
+                problems.append(f"{where}contacts[{index}]: {problem}")
 
     if len(problems) > before:
         return None, owner
@@ -396,6 +435,7 @@ class TenantSet:
             if not tenant.prefixes:
                 problems.append(f"tenant {tenant.id!r}: prefixes: empty (a tenant owns at least one prefix)")
         _check_set([_Owner.of(tenant, position) for position, tenant in enumerate(tenants)], problems)
+        problems.extend(_capacity_problems(tenants))
         if problems:
             raise ConfigError(problems)
         self._init_valid(tenants)
@@ -435,6 +475,7 @@ class TenantSet:
                 owners.append(owner)
         # Set-wide checks run over every usable id and prefix, so one pass reports everything.
         _check_set(owners, problems)
+        problems.extend(_capacity_problems(parsed))
         if problems:
             raise ConfigError(problems)
         instance = cls.__new__(cls)
@@ -489,6 +530,13 @@ class TenantSet:
     def __repr__(self) -> str:
         shown = ", ".join(self.ids[:5]) + (", ..." if len(self) > 5 else "")
         return f"TenantSet({len(self)} tenants: {shown})"
+
+
+def _capacity_problems(tenants: Sequence[Tenant]) -> list[str]:
+    """What would not fit the dataplane's maps (tenants.compile, which imports this module)."""
+    from tenants.compile import capacity_problems  # noqa: PLC0415 - import cycle
+
+    return capacity_problems(tenants)
 
 
 def _check_set(owners: Sequence[_Owner], problems: list[str]) -> None:

@@ -7,9 +7,28 @@ without tuning; operators only change what they must.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
+from tenants.errors import ConfigError
+
 REFLECTION_MODES = ("auto", "always", "off")
+SENSITIVITY_RANGE = (0.1, 10.0)   # threshold divisor: lenient .. strict
+# Packets per second. The per-class rates are __u32 fields of struct sw_policy
+# (dataplane/bpf/seawall.h): a larger number would wrap there (4294967306 -> 10 pps).
+# The detection floors use the same bound, far above any line rate (100GbE: 148.8 Mpps),
+# so that no number in a policy can silently turn detection off.
+RATE_PPS_MAX = 0xFFFFFFFF
+# Longest rendering of a refused value in a message: a 400-digit number is not worth echoing.
+SHOWN_VALUE_CHARS = 40
+
+
+def shown(value: object) -> str:
+    """repr(value), shortened when long, for error messages."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** SHOWN_VALUE_CHARS:
+        return f"a {len(str(abs(value)))}-digit number"  # str() of an int this long is still within Python's limit
+    text = repr(value)
+    return text if len(text) <= SHOWN_VALUE_CHARS else text[:SHOWN_VALUE_CHARS] + "..."
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -31,30 +50,49 @@ class TenantPolicy:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TenantPolicy:
-        """Parse a `[tenants.policy]` table; ValueError names the key at fault."""
+        """Parse a `[tenants.policy]` table; one ConfigError (a ValueError) lists every key at fault,
+        each problem starting with "policy.<key>: "."""
         known = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
+        problems: list[str] = []
         for key, raw in data.items():
             if key not in known:
-                raise ValueError(f"policy.{key}: unknown key (known: {', '.join(sorted(known))})")
-            default = known[key].default
-            if isinstance(default, bool):
-                if not isinstance(raw, bool):
-                    raise ValueError(f"policy.{key}: expected true or false, got {raw!r}")
-            elif isinstance(default, int):
-                if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
-                    raise ValueError(f"policy.{key}: expected a non-negative integer, got {raw!r}")
-            elif isinstance(default, float):
-                if isinstance(raw, bool) or not isinstance(raw, int | float):
-                    raise ValueError(f"policy.{key}: expected a number, got {raw!r}")
-                raw = float(raw)
-            values[key] = raw
-        policy = cls(**values)
-        if not 0.1 <= policy.sensitivity <= 10:
-            raise ValueError(f"policy.sensitivity: must be between 0.1 and 10, got {policy.sensitivity}")
-        if policy.reflection_filter not in REFLECTION_MODES:
-            raise ValueError(f"policy.reflection_filter: must be one of {', '.join(REFLECTION_MODES)}")
-        return policy
+                problems.append(f"policy.{key}: unknown key (known: {', '.join(sorted(known))})")
+                continue
+            problem = _check(key, known[key].default, raw)
+            if problem is not None:
+                problems.append(f"policy.{key}: {problem}")
+                continue
+            values[key] = float(raw) if isinstance(known[key].default, float) else raw
+        if problems:
+            raise ConfigError(problems)
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _check(key: str, default: object, raw: object) -> str | None:
+    """Why `raw` is not a valid value for the key whose default is `default`, or None."""
+    if isinstance(default, bool):
+        if not isinstance(raw, bool):
+            return f"expected true or false, got {shown(raw)}"
+    elif isinstance(default, int):
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+            return f"expected a non-negative integer, got {shown(raw)}"
+        if raw > RATE_PPS_MAX:
+            return (f"must be at most {RATE_PPS_MAX} packets/s (the dataplane holds 32-bit rates), "
+                    f"got {shown(raw)}")
+    elif isinstance(default, float):
+        low, high = SENSITIVITY_RANGE
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            return f"expected a number between {low} and {high:g}, got {shown(raw)}"
+        try:
+            number = float(raw)
+        except OverflowError:  # an integer too large for a float
+            number = math.inf
+        if not math.isfinite(number) or not low <= number <= high:
+            return f"must be between {low} and {high:g}, got {shown(number if math.isfinite(number) else raw)}"
+    elif key == "reflection_filter" and raw not in REFLECTION_MODES:
+        return f"must be one of {', '.join(REFLECTION_MODES)}, got {shown(raw)}"
+    return None

@@ -81,7 +81,7 @@ def tenant_tables(draw: st.DrawFn, max_tenants: int = 6) -> list[dict[str, objec
             prefixes.append(str(ipaddress.ip_network(f"2001:db8:{next(v6):x}::/48")))
         table: dict[str, object] = {
             "id": tenant_id,
-            "name": draw(st.text(min_size=1, max_size=20).filter(str.strip)),
+            "name": draw(st.text(min_size=1, max_size=20).filter(lambda s: s.strip() and s.isprintable())),
             "prefixes": prefixes,
             "mode": draw(st.sampled_from(["monitor", "mitigate"])),
         }

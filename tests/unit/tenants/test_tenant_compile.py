@@ -119,17 +119,17 @@ def test_index_mapping_must_cover_every_tenant() -> None:
 
 
 def test_too_many_entries_on_one_key_names_tenant_and_list() -> None:
+    """Refused when the set is validated (item 11 of issue 12: the dataplane's limits hold at
+    validation time, so a central server without a dataplane refuses it too), not only at compile."""
     ports = [{"proto": "udp", "dport": 1000 + 2 * i} for i in range(ACL_ENTRIES_PER_PREFIX - 1)]
-    tenant_set = TenantSet.from_dicts([{
-        "id": "alpha", "prefixes": ["198.51.100.0/24"],
-        # Seven entries for every source fit, and so does one more for 192.0.2.0/24 ...
-        "allow": [*ports, {"src": "192.0.2.0/24", "proto": "tcp"}],
-        # ... but two more for 192.0.2.0/25 (with the seven inherited from 0.0.0.0/0) do not.
-        "deny": [*ports, {"src": "192.0.2.0/25", "proto": "tcp"}, {"src": "192.0.2.0/25", "proto": "icmp"}],
-    }])
-    indices = assign_indices(tenant_set.ids, {})
     with pytest.raises(ConfigError) as info:
-        compile_tenant_set(tenant_set, indices)
+        TenantSet.from_dicts([{
+            "id": "alpha", "prefixes": ["198.51.100.0/24"],
+            # Seven entries for every source fit, and so does one more for 192.0.2.0/24 ...
+            "allow": [*ports, {"src": "192.0.2.0/24", "proto": "tcp"}],
+            # ... but two more for 192.0.2.0/25 (with the seven inherited from 0.0.0.0/0) do not.
+            "deny": [*ports, {"src": "192.0.2.0/25", "proto": "tcp"}, {"src": "192.0.2.0/25", "proto": "icmp"}],
+        }])
     assert info.value.problems == [
         f"tenant 'alpha': deny: more than {ACL_ENTRIES_PER_PREFIX} distinct entries apply to sources in "
         f"192.0.2.0/25 (counting the entries of less specific sources that cover it); the dataplane holds "
@@ -138,15 +138,15 @@ def test_too_many_entries_on_one_key_names_tenant_and_list() -> None:
 
 
 def test_too_many_acl_keys_in_one_family() -> None:
+    """The total over all tenants is refused when the set is validated (issue 12 item 11)."""
     sources = [{"src": f"198.{18 + i // 65536}.{i // 256 % 256}.{i % 256}/32"} for i in range(MAX_ACL_PREFIXES)]
-    tenant_set = TenantSet.from_dicts([{"id": "alpha", "prefixes": ["198.51.100.0/24"], "deny": sources},
-                                       {"id": "beta", "prefixes": ["203.0.113.0/24"],
-                                        "allow": [{"src": "192.0.2.0/24"}]}])
+    alpha = {"id": "alpha", "prefixes": ["198.51.100.0/24"], "deny": sources}
     with pytest.raises(ConfigError) as info:
-        compile_tenant_set(tenant_set, assign_indices(tenant_set.ids, {}))
+        TenantSet.from_dicts([alpha, {"id": "beta", "prefixes": ["203.0.113.0/24"],
+                                      "allow": [{"src": "192.0.2.0/24"}]}])
     assert info.value.problems == [f"{MAX_ACL_PREFIXES + 1} IPv4 allow/deny source prefixes (after expansion) "
                                    f"exceed the dataplane's {MAX_ACL_PREFIXES}"]
-    fits = TenantSet(tenant for tenant in tenant_set if tenant.id == "alpha")
+    fits = TenantSet.from_dicts([alpha])
     assert len(compile_tenant_set(fits, {"alpha": 0}).acl) == MAX_ACL_PREFIXES
 
 

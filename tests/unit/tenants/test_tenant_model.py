@@ -280,7 +280,7 @@ def test_other_field_types() -> None:
         "tenant 'alpha': name: expected a non-empty string, got a string ''",
         "tenant 'alpha': prefixes: expected an array of CIDR strings, got a string",
         "tenant 'alpha': policy: expected a table ([tenants.policy]), got an array",
-        "tenant 'alpha': contacts: expected an array of non-empty strings, got 'noc@example.org'",
+        "tenant 'alpha': contacts: expected an array of e-mail addresses, got a string",
     ]
 
 
