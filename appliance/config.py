@@ -14,7 +14,7 @@
     enabled = true
 
     [[tenants]]                      # see tenants.model
-    [notify]                         # kept raw; the notifiers parse it
+    [notify]                         # validated here, kept raw; the notifiers parse it again
 
 `load_config` reads the file and does nothing else: every problem in it (syntax,
 unknown keys, wrong types, bad tenants) comes back as one ConfigError naming the
@@ -121,15 +121,33 @@ def parse_config(text: str, source: str = "<string>") -> ApplianceConfig:
     notify = _section(document, "notify", problems)
 
     tenants = TenantSet()
+    tenants_known = False
     if "tenants" in document:
         try:
             tenants = TenantSet.from_dicts(document["tenants"])
+            tenants_known = True
         except ConfigError as exc:
             problems.extend(exc.problems)
+    problems.extend(_notify_problems(notify, tenants.ids if tenants_known else None))
     if problems:
         raise ConfigError(problems, source=source)
     return ApplianceConfig(appliance=appliance, securewatch=securewatch, tenants=tenants,
                            notify=copy.deepcopy(notify), source=source)
+
+
+def _notify_problems(notify: dict[str, Any], tenant_ids: tuple[str, ...] | None) -> list[str]:
+    """Every problem of the [notify] section, found when the file is read: `seawall run` and
+    `seawall securewatch` then refuse a bad receiver before they start anything. A receiver's
+    `tenants` are checked against the file's [[tenants]] when it has them."""
+    if not notify:
+        return []
+    from securewatch.notify.config import parse_notify_config  # noqa: PLC0415 - only files with [notify]
+
+    try:
+        parse_notify_config(notify, tenant_ids)
+    except ConfigError as exc:
+        return exc.problems
+    return []
 
 
 def _section(document: dict[str, Any], name: str, problems: list[str]) -> dict[str, Any]:

@@ -18,6 +18,9 @@ import tomli_w
 from tenants.errors import ConfigError, type_name
 from tenants.model import TenantSet
 
+# Bytes. A config file of 100,000 tenants with lists is a few MiB; this bound keeps a wrong
+# path (/dev/zero, a disk image) from being read into memory before anything is checked.
+MAX_CONFIG_BYTES = 8 * 1024 * 1024
 _TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
 _AT_END = "(at end of document)"
 
@@ -26,6 +29,9 @@ def parse_toml_document(text: str, source: str) -> dict[str, Any]:
     """TOML text to a dict; a syntax error becomes a ConfigError quoting the offending line."""
     try:
         return tomllib.loads(text)
+    except RecursionError:  # tomllib recurses per nesting level of arrays and inline tables
+        raise ConfigError("TOML nested too deeply (arrays or inline tables inside each other)",
+                          source=source) from None
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         position = _TOML_POSITION.search(message)
@@ -43,13 +49,19 @@ def parse_toml_document(text: str, source: str) -> dict[str, Any]:
             quoted = f"\n    {lines[line_number - 1]}\n    {' ' * (column - 1)}^"
         raise ConfigError(f"line {line_number}, column {column}: TOML syntax error: {reason}{quoted}",
                           source=source) from None
+    except ValueError as exc:  # an integer of thousands of digits: Python refuses to convert it
+        raise ConfigError(f"TOML value out of range: {exc}", source=source) from None
 
 
 def read_text(path: str | os.PathLike[str]) -> str:
     """A config file's text; an unreadable file is a ConfigError, not a traceback."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB: not a config file",
+                              source=os.fspath(path))
+        return data.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError("file not found", source=os.fspath(path)) from None
     except UnicodeDecodeError as exc:
@@ -101,6 +113,10 @@ def from_json(text: str | bytes, source: str = "<json>") -> TenantSet:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"line {exc.lineno}, column {exc.colno}: JSON syntax error: {exc.msg}",
                           source=source) from None
+    except RecursionError:
+        raise ConfigError("JSON nested too deeply", source=source) from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise ConfigError(f"JSON value out of range: {exc}", source=source) from None
     if isinstance(document, list):
         document = {"tenants": document}
     if not isinstance(document, dict):

@@ -22,10 +22,10 @@ def run(args) -> int:
 
     try:
         config = load_config(args.config)
-    except ConfigError as exc:
+        mailer = _mailer(config.notify)
+    except ConfigError as exc:  # every problem of the file at once, never a traceback
         print(f"seawall securewatch: {exc}", file=sys.stderr)
         return 2
-    mailer = _mailer(config.notify)
     try:
         asyncio.run(serve_central(config.securewatch, mailer=mailer))
     except StoreError as exc:

@@ -42,12 +42,15 @@ id = "beta"
 prefixes = ["203.0.113.0/24", "2001:db8:b::/48"]
 mode = "monitor"
 
-[notify.syslog]
-target = "127.0.0.1:5514"
+[[notify.syslog]]
+host = "127.0.0.1"
+port = 5514
 facility = "local4"
 
 [[notify.webhook]]
 url = "http://127.0.0.1:8081/hook"
+secret = "hmac-key"
+tenants = ["beta"]
 """
 
 
@@ -88,8 +91,9 @@ def test_full_file(tmp_path: pathlib.Path) -> None:
     assert (config.securewatch.listen_host, config.securewatch.listen_port) == ("::1", 9090)
     assert config.tenants.ids == ("alpha", "beta")
     assert config.tenants.find("2001:db8:b::1").mode == "monitor"
-    assert config.notify == {"syslog": {"target": "127.0.0.1:5514", "facility": "local4"},
-                             "webhook": [{"url": "http://127.0.0.1:8081/hook"}]}
+    assert config.notify == {"syslog": [{"host": "127.0.0.1", "port": 5514, "facility": "local4"}],
+                             "webhook": [{"url": "http://127.0.0.1:8081/hook", "secret": "hmac-key",
+                                          "tenants": ["beta"]}]}
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.appliance.tick_ms = 5  # type: ignore[misc]
 
@@ -97,9 +101,9 @@ def test_full_file(tmp_path: pathlib.Path) -> None:
 def test_each_load_is_independent(tmp_path: pathlib.Path) -> None:
     path = write(tmp_path, FULL)
     first, second = load_config(path), load_config(path)
-    first.notify["syslog"]["facility"] = "local7"
-    assert second.notify["syslog"]["facility"] == "local4"
-    assert load_config(path).notify["syslog"]["facility"] == "local4"
+    first.notify["syslog"][0]["facility"] = "local7"
+    assert second.notify["syslog"][0]["facility"] == "local4"
+    assert load_config(path).notify["syslog"][0]["facility"] == "local4"
 
 
 def test_other_databases() -> None:
