@@ -304,9 +304,11 @@ POLICY_KEYS = ("mode", "policy", "allow", "deny", "prefixes", "contacts")
 
 
 def merged_policy_table(tenant: Tenant, body: dict[str, Any], principal: Principal) -> dict[str, Any]:
-    unknown = [k for k in body if k not in POLICY_KEYS]
-    if unknown:
-        raise ApiError(422, "unknown keys", [f"{k}: unknown key (known: {', '.join(POLICY_KEYS)})" for k in unknown])
+    """The tenant's table with `body` applied: top-level keys sent replace the current ones, and a
+    `policy` object is merged key by key into the current policy (keys not sent keep their value;
+    send a key with its default value to reset it). Unknown keys are reported together with every
+    other problem of the result (ApiError 422)."""
+    problems = [f"{k}: unknown key (known: {', '.join(POLICY_KEYS)})" for k in body if k not in POLICY_KEYS]
     table = tenant.to_dict()
     if not principal.is_admin:
         for key in ("prefixes", "contacts"):
@@ -314,8 +316,18 @@ def merged_policy_table(tenant: Tenant, body: dict[str, Any], principal: Princip
                 raise ApiError(403, f"{key}: only an administrator changes a tenant's {key}", [
                     f"{key}: only an administrator changes a tenant's {key}"])
     for key in POLICY_KEYS:
-        if key in body:
+        if key not in body:
+            continue
+        if key == "policy" and isinstance(body[key], dict):
+            table[key] = {**table.get(key, {}), **body[key]}
+        else:
             table[key] = body[key]
+    if problems:
+        try:
+            Tenant.from_dict(table)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        raise ApiError(422, "invalid policy update", problems)
     return table
 
 
@@ -378,11 +390,38 @@ async def incident_detail(request: web.Request, incident_id: str) -> dict[str, A
     return out
 
 
+# Levels of nesting an API body may have: the deepest real one (a notify table's severity_map,
+# a tenant's ACL entry) has 4; anything far deeper is an attack on the decoder.
+MAX_JSON_DEPTH = 32
+
+
 async def read_json(request: web.Request) -> Any:
+    """The request's JSON body; 400 for anything that is not JSON an API handler can take."""
     try:
-        return await request.json()
+        body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"request body is not JSON: {exc}") from None
+    except RecursionError:  # the decoder recurses once per level of nesting
+        raise ApiError(400, f"request body is nested too deeply (at most {MAX_JSON_DEPTH} levels)") from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise ApiError(400, f"request body is not usable JSON: {exc}") from None
+    if json_depth(body) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"request body is nested too deeply (at most {MAX_JSON_DEPTH} levels)")
+    return body
+
+
+def json_depth(value: Any) -> int:
+    """Levels of nesting of a decoded JSON value (a scalar is 0), walked without recursion."""
+    deepest = 0
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth + 1)
+            stack.extend((child, depth + 1) for child in item if isinstance(child, dict | list))
+    return deepest
 
 
 def require_admin(request: web.Request) -> None:

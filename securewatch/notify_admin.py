@@ -1,7 +1,8 @@
 """NOC receivers edited by administrators: the `[notify]` table over the API and in the UI.
 
     GET /api/v1/notify    admin, noc: the table with every secret replaced by MASK
-    PUT /api/v1/notify    admin: a full table; a secret given as MASK keeps the current value
+    PUT /api/v1/notify    admin: a full table; a secret given as MASK keeps the current value,
+                          unless the change moves where that secret goes (host, port, TLS, URL)
     GET/POST /notify      the "NOC receivers" page (noc: read-only; tenants: 404)
 
 A change is validated by `parse_notify_config` (422 naming the key), applied to the running
@@ -24,6 +25,7 @@ import tomli_w
 from aiohttp import web
 
 from policy.events import Event, EventBus, EventType, Severity
+from tenants.errors import ConfigError
 
 from . import app as sw
 from . import ui
@@ -39,6 +41,15 @@ SECRET_KEYS: dict[str, tuple[str, ...]] = {
     "snmp": ("community", "auth_key", "priv_key"),
     "email": ("password",),
     "webhook": ("url", "secret", "routing_key"),
+}
+# What decides where each kind's secrets go, as parsed receiver fields. A secret kept as MASK
+# while one of these changes would be sent somewhere its owner never typed it for (an SMTP
+# password to another host, or in clear once STARTTLS is off): such a change must re-enter it.
+DESTINATION_FIELDS: dict[str, tuple[str, ...]] = {
+    "syslog": ("host", "port", "transport", "server_name", "ca_file"),
+    "snmp": ("host", "port", "version"),
+    "email": ("smtp_host", "smtp_port", "starttls", "use_tls", "ca_file"),
+    "webhook": ("url", "ca_file"),
 }
 TOML_FIELD = "notify_toml"
 EMPTY_TOML_HINT = """\
@@ -125,6 +136,35 @@ def unmask(new: dict[str, Any], current: dict[str, Any]) -> tuple[dict[str, Any]
                     problems.append(f"notify.{kind}[{i}].{key}: is {MASK}, but this receiver has no current "
                                     f"value to keep (matched by name); enter the value")
     return merged, problems
+
+
+def retargeted(new: dict[str, Any], current: dict[str, Any], parsed: NotifyConfig) -> list[str]:
+    """Problems for each secret kept as MASK in `new` (the table as sent) whose receiver's
+    destination differs from the current receiver's it was kept from. `parsed` is the merged table."""
+    problems: list[str] = []
+    for kind in KINDS:
+        entries = new.get(kind)
+        if not isinstance(entries, list):
+            continue
+        olds = [o for o in current.get(kind) or [] if isinstance(o, dict)]
+        by_name = {_effective_name(kind, j, o): o for j, o in enumerate(olds)}
+        for i, entry in enumerate(entries):
+            kept = [key for key in SECRET_KEYS[kind] if isinstance(entry, dict) and entry.get(key) == MASK]
+            old = by_name.get(_effective_name(kind, i, entry)) if kept else None
+            if old is None:
+                continue  # nothing kept (or nothing to keep: unmask reported it)
+            receiver = getattr(parsed, kind)[i]
+            try:
+                before = getattr(parse_notify_config({kind: [old]}), kind)[0]
+                changed = [f for f in DESTINATION_FIELDS[kind] if getattr(before, f) != getattr(receiver, f)]
+            except ValueError:  # a stored entry that no longer parses: nothing proves it is the same place
+                changed = list(DESTINATION_FIELDS[kind])
+            if not changed:
+                continue
+            for key in kept:
+                problems.append(f"notify.{kind}[{i}].{key}: is {MASK}, but this change moves where it goes "
+                                f"({', '.join(changed)} changed); enter the {key} again to send it there")
+    return problems
 
 
 def _without_none(value: Any) -> Any:
@@ -220,19 +260,25 @@ async def change_notify(request: web.Request, table: Any) -> dict[str, Any]:
     async with app[NOTIFY_LOCK]:
         current, _ = await current_table(app)
         merged, problems = unmask(table, current)
-        if problems:
-            raise sw.ApiError(422, "invalid notify configuration", problems)
+        tenant_ids = (await app[sw.STORE].tenant_set()).ids
         try:
-            parsed = parse_notify_config(merged)
-        except ValueError as exc:
-            raise sw.ApiError(422, "invalid notify configuration", [str(exc)]) from None
+            parsed = parse_notify_config(merged, tenant_ids)
+        except ConfigError as exc:
+            # A key already reported as a MASK without a value is not reported again for holding MASK.
+            unkept = {problem.split(": ", 1)[0] for problem in problems}
+            problems.extend(p for p in exc.problems if p.split(": ", 1)[0] not in unkept)
+        else:
+            problems.extend(retargeted(table, current, parsed))
+        if problems:  # every problem at once: missing secrets, bad keys, moved secrets
+            raise sw.ApiError(422, "invalid notify configuration", problems)
         hooks = hooks_of(app)
         applied = False
         if hooks is not None:
             try:
                 await hooks.reconfigure_notifiers(merged)
             except ValueError as exc:
-                raise sw.ApiError(422, "invalid notify configuration", [str(exc)]) from None
+                raise sw.ApiError(422, "invalid notify configuration",
+                                  exc.problems if isinstance(exc, ConfigError) else [str(exc)]) from None
             except Exception as exc:
                 log.error("securewatch.notify_apply_failed", error=f"{type(exc).__name__}: {exc}")
                 raise sw.ApiError(502, f"the appliance could not apply the receivers: {type(exc).__name__}: {exc}"
@@ -321,6 +367,10 @@ def parse_toml_field(text: str) -> dict[str, Any]:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"TOML syntax: {exc}") from None
+    except RecursionError:
+        raise ValueError("TOML nested too deeply") from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise ValueError(f"TOML value out of range: {exc}") from None
     other = sorted(k for k in document if k != "notify")
     if other:
         raise ValueError(f"{other[0]}: only the [notify] table belongs here (e.g. [[notify.syslog]])")

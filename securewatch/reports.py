@@ -19,6 +19,7 @@ from typing import Any
 from .store import IncidentFilter, Store
 
 MINUTE_S = 60  # seconds per traffic_minutes row
+PERIOD_YEARS = (1970, 9998)  # years a report period may fall in (see _check_year)
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
 _RANGE = re.compile(r"(\d{4}-\d{2}-\d{2})\.\.(\d{4}-\d{2}-\d{2})")
 
@@ -31,12 +32,14 @@ class Period:
 
 
 def parse_period(text: str) -> Period:
-    """'YYYY-MM' (a calendar month, UTC) or 'YYYY-MM-DD..YYYY-MM-DD' (inclusive days, UTC)."""
+    """'YYYY-MM' (a calendar month, UTC) or 'YYYY-MM-DD..YYYY-MM-DD' (inclusive days, UTC),
+    within the years PERIOD_YEARS; ValueError starting with "period: " otherwise."""
     m = _MONTH.fullmatch(text)
     if m:
         year, month = int(m.group(1)), int(m.group(2))
         if not 1 <= month <= 12:
             raise ValueError(f"period: month {month} is not 01..12")
+        _check_year(year)
         start = datetime.datetime(year, month, 1, tzinfo=datetime.UTC)
         days = calendar.monthrange(year, month)[1]
         return Period(text, start.timestamp(), (start + datetime.timedelta(days=days)).timestamp())
@@ -49,8 +52,17 @@ def parse_period(text: str) -> Period:
             raise ValueError(f"period: {exc}") from None
         if last < first:
             raise ValueError("period: the range ends before it starts")
+        _check_year(first.year)
+        _check_year(last.year)
         return Period(text, first.timestamp(), (last + datetime.timedelta(days=1)).timestamp())
     raise ValueError(f"period: {text!r} is not YYYY-MM or YYYY-MM-DD..YYYY-MM-DD")
+
+
+def _check_year(year: int) -> None:
+    # Nothing is recorded before the epoch, and a period ending after 9999 has no datetime end.
+    low, high = PERIOD_YEARS
+    if not low <= year <= high:
+        raise ValueError(f"period: year {year} is outside {low}..{high}")
 
 
 def previous_month(now: float) -> Period:

@@ -16,8 +16,8 @@ import jinja2
 import markupsafe
 from aiohttp import web
 
-from tenants import ConfigError
-from tenants.policy import REFLECTION_MODES, TenantPolicy
+from tenants import ConfigError, Tenant
+from tenants.policy import RATE_PPS_MAX, REFLECTION_MODES, TenantPolicy
 
 from . import app as sw
 from . import auth
@@ -253,6 +253,44 @@ def _field_of(problem: str) -> str:
     return "_general"
 
 
+def _sort_problems(problems: list[str], errors: dict[str, list[str]], general: list[str]) -> None:
+    """Tenants-package problems onto the form's fields (or the general list when about no field)."""
+    for problem in problems:
+        field = _field_of(problem)
+        short = problem.split(": ", 1)[1] if problem.startswith("tenant ") and ": " in problem else problem
+        if field == "_general":
+            general.append(problem)
+        elif short not in errors.get(field, []):
+            errors.setdefault(field, []).append(short)
+
+
+# Digits a whole-number field may have: more cannot be a valid rate (RATE_PPS_MAX has 10), and
+# int() of thousands of digits is refused by Python itself.
+_INT_FIELD_MAX_DIGITS = len(str(RATE_PPS_MAX))
+
+
+def parse_policy_form(values: dict[str, Any], errors: dict[str, list[str]]) -> dict[str, Any]:
+    """The policy fields of the form as a `policy` table; a field that is not a number gets an
+    error and is left out, so that the rest is still validated and every problem shown at once."""
+    policy: dict[str, Any] = {"reflection_filter": values["reflection_filter"]}
+    try:
+        policy["sensitivity"] = float(values["sensitivity"])
+    except ValueError:
+        errors.setdefault("sensitivity", []).append("expected a number between 0.1 and 10")
+    for k in POLICY_INT_FIELDS:
+        text = values[k].strip()
+        # isdigit() alone accepts '²' and other digits int() refuses: ASCII digits only.
+        if not (text.isascii() and text.isdigit()):
+            errors.setdefault(k, []).append("expected a whole number, 0 or more")
+        elif len(text.lstrip("0")) > _INT_FIELD_MAX_DIGITS:
+            errors.setdefault(k, []).append(f"must be at most {RATE_PPS_MAX}")
+        else:
+            policy[k] = int(text)
+    for k in POLICY_BOOL_FIELDS:
+        policy[k] = values[k]
+    return policy
+
+
 async def policy_submit(request: web.Request) -> web.Response:
     tenant = await sw.visible_tenant(request, request.match_info["tenant_id"])
     form = await check_csrf(request)
@@ -265,19 +303,7 @@ async def policy_submit(request: web.Request) -> web.Response:
                                                                  *POLICY_INT_FIELDS)}
     for k in POLICY_BOOL_FIELDS:
         values[k] = form.get(k) == "on"
-    policy: dict[str, Any] = {"reflection_filter": values["reflection_filter"]}
-    try:
-        policy["sensitivity"] = float(values["sensitivity"])
-    except ValueError:
-        errors.setdefault("sensitivity", []).append("expected a number between 0.1 and 10")
-    for k in POLICY_INT_FIELDS:
-        text = values[k].strip()
-        if not text.isdigit():
-            errors.setdefault(k, []).append("expected a whole number, 0 or more")
-        else:
-            policy[k] = int(text)
-    for k in POLICY_BOOL_FIELDS:
-        policy[k] = values[k]
+    policy = parse_policy_form(values, errors)
     body: dict[str, Any] = {"mode": values["mode"], "policy": policy,
                             "allow": parse_acl_lines(values["allow"], "allow", errors),
                             "deny": parse_acl_lines(values["deny"], "deny", errors)}
@@ -286,21 +312,20 @@ async def policy_submit(request: web.Request) -> web.Response:
     else:
         values["prefixes"] = "\n".join(str(x) for x in tenant.prefixes)
     versions = await request.app[sw.STORE].tenant_versions(tenant.id)
-    if errors:
-        return _policy_render(request, tenant, values, errors, [], versions[:10], saved=False, status=422)
     table = sw.merged_policy_table(tenant, body, p)
+    general: list[str] = []
+    if errors:
+        # The fields that parsed are still checked, so that one submission shows every problem.
+        try:
+            Tenant.from_dict(table)
+        except ConfigError as exc:
+            _sort_problems(exc.problems, errors, general)
+        return _policy_render(request, tenant, values, errors, general, versions[:10], saved=False, status=422)
     try:
         await sw.change_tenants(request, lambda s: sw.replace_tenant(s, table, must_exist=True),
                                 "policy.update", tenant.id)
     except ConfigError as exc:
-        general: list[str] = []
-        for problem in exc.problems:
-            field = _field_of(problem)
-            short = problem.split(": ", 1)[1] if problem.startswith("tenant ") and ": " in problem else problem
-            if field == "_general":
-                general.append(problem)
-            else:
-                errors.setdefault(field, []).append(short)
+        _sort_problems(exc.problems, errors, general)
         return _policy_render(request, tenant, values, errors, general, versions[:10], saved=False, status=422)
     updated = (await request.app[sw.STORE].tenant_set())[tenant.id]
     versions = await request.app[sw.STORE].tenant_versions(tenant.id)
