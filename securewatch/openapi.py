@@ -110,7 +110,9 @@ def openapi_document() -> dict[str, Any]:
                     "allow": {"type": "array", "items": {"type": "object"}},
                     "deny": {"type": "array", "items": {"type": "object"}},
                     "policy": {"type": "object"}, "contacts": {"type": "array", "items": {"type": "string"}}}},
-                "Policy": {"type": "object", "properties": {
+                "Policy": {"type": "object", "description": (
+                    "A partial update: keys not sent keep their value, and `policy` is merged key by key into "
+                    "the current policy (send a key with its default value to reset it)"), "properties": {
                     "mode": {"type": "string"}, "policy": {"type": "object"},
                     "allow": {"type": "array", "items": {"type": "object"}},
                     "deny": {"type": "array", "items": {"type": "object"}},
