@@ -16,7 +16,7 @@ import jinja2
 import markupsafe
 from aiohttp import web
 
-from tenants import ConfigError, Tenant
+from tenants import ConfigError
 from tenants.policy import RATE_PPS_MAX, REFLECTION_MODES, TenantPolicy
 
 from . import app as sw
@@ -315,9 +315,10 @@ async def policy_submit(request: web.Request) -> web.Response:
     table = sw.merged_policy_table(tenant, body, p)
     general: list[str] = []
     if errors:
-        # The fields that parsed are still checked, so that one submission shows every problem.
+        # The fields that parsed are still checked, against the whole set (overlaps, capacity),
+        # so that one submission shows every problem.
         try:
-            Tenant.from_dict(table)
+            sw.replace_tenant(await request.app[sw.STORE].tenant_set(), table, must_exist=True)
         except ConfigError as exc:
             _sort_problems(exc.problems, errors, general)
         return _policy_render(request, tenant, values, errors, general, versions[:10], saved=False, status=422)

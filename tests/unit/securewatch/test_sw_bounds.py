@@ -217,9 +217,15 @@ async def test_item14_three_independent_errors_are_three_problems_everywhere(tmp
         http, csrf = await login(url, "root")
         async with http:
             r = await http.post(f"{url}/tenants/alpha", data=_form(
-                csrf, prefixes="198.51.100.0/25", min_pps="lots", sensitivity="20", deny="src=198.18.0.0/33"))
+                csrf, prefixes="203.0.113.0/25", min_pps="lots", sensitivity="20", deny="src=198.18.0.0/33"))
             assert r.status == 422
-            assert sorted(field for field, _ in _field_errors(await r.text())) == ["deny", "min_pps", "sensitivity"]
+            page = await r.text()
+            assert sorted(field for field, _ in _field_errors(page)) == ["deny", "min_pps", "prefixes", "sensitivity"]
+            assert "203.0.113.0/24 overlaps 203.0.113.0/25 of tenant &#39;alpha&#39;" in page  # set-wide checks too
+
+            deep = "a = " + "[" * 100_000 + "]" * 100_000
+            r = await http.post(f"{url}/notify", data={"csrf_token": csrf, notify_admin.TOML_FIELD: deep})
+            assert r.status == 422 and _field_errors(await r.text()) == [(notify_admin.TOML_FIELD, "TOML nested too deeply")]
 
 
 # --- item 15: bad input is a 4xx ----------------------------------------------------------
