@@ -17,6 +17,7 @@ import markupsafe
 from aiohttp import web
 
 from tenants import ConfigError
+from tenants.model import PORT_MAX
 from tenants.policy import RATE_PPS_MAX, REFLECTION_MODES, TenantPolicy
 
 from . import app as sw
@@ -237,7 +238,10 @@ def parse_acl_lines(text: str, list_name: str, errors: dict[str, list[str]]) -> 
                     f"line {number}: {token!r} is not key=value (keys: src, proto, sport, dport)")
                 continue
             key, value = m.groups()
-            entry[key] = int(value) if key in ("sport", "dport") and value.isdigit() else value
+            # ASCII digits only ('²'.isdigit() is true, but int() refuses it); a long number stays a
+            # string for the tenants package to refuse by name, as int() refuses thousands of digits.
+            entry[key] = (int(value) if key in ("sport", "dport") and value.isascii() and value.isdigit()
+                          and len(value) <= len(str(PORT_MAX)) else value)
         out.append(entry)
     return out
 

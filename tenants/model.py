@@ -110,10 +110,10 @@ class PortRange:
             return cls(value, value)
         if isinstance(value, str):
             parts = [part.strip() for part in value.split("-")]
-            if 1 <= len(parts) <= 2 and all(part.isdigit() for part in parts):
+            if 1 <= len(parts) <= 2 and all(part.isascii() and part.isdigit() and len(part) <= 5 for part in parts):
                 numbers = [int(part) for part in parts]
                 return cls(numbers[0], numbers[-1])
-            raise ValueError(f"{value!r} is not a port or a range like '1024-65535'")
+            raise ValueError(f"{shown(value)} is not a port or a range like '1024-65535'")
         raise ValueError(f"expected a port number or a range like '1024-65535', got {type_name(value)} {value!r}")
 
     def __contains__(self, port: object) -> bool:

@@ -270,10 +270,14 @@ async def test_item15_superscript_digit_in_the_form_is_422_naming_the_field(tmp_
         await add_user(store, "carol", "tenant", "alpha", "write")
         http, csrf = await login(url, "carol")
         async with http:
-            r = await http.post(f"{url}/tenants/alpha", data=_form(csrf, min_pps="²", icmp_rate_pps="٣"))
+            r = await http.post(f"{url}/tenants/alpha", data=_form(csrf, min_pps="²", icmp_rate_pps="٣",
+                                                                    deny="proto=tcp dport=²\nproto=udp sport=" + "9" * 5000))
             assert r.status == 422
-            assert _field_errors(await r.text()) == [("min_pps", "expected a whole number, 0 or more"),
-                                                     ("icmp_rate_pps", "expected a whole number, 0 or more")]
+            assert sorted(_field_errors(await r.text())) == [
+                ("deny", "deny[0]: dport: '²' is not a port or a range like '1024-65535'"),
+                ("deny", "deny[1]: sport: '" + "9" * 39 + "... is not a port or a range like '1024-65535'"),
+                ("icmp_rate_pps", "expected a whole number, 0 or more"),
+                ("min_pps", "expected a whole number, 0 or more")]
         assert appliance.applied == []
 
 
