@@ -117,12 +117,13 @@ def _safe_next(value: str | None) -> str:
     """
     if not value or len(value) > MAX_NEXT_CHARS or not value.startswith("/"):
         return "/"
+    if any(not 0x21 <= ord(c) <= 0x7E or c == "\\" for c in value):
+        return "/"
     text = value
-    for _ in range(3):   # a proxy or a browser may decode once more
-        if any(not 0x21 <= ord(c) <= 0x7E or c == "\\" for c in text) or text.startswith("//"):
-            return "/"
+    for _ in range(3):   # and as a proxy or a server behind us might read it, decoded
         parts = urllib.parse.urlsplit(text)
-        if parts.scheme or parts.netloc:
+        if (text.startswith("//") or "\\" in text or parts.scheme or parts.netloc
+                or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)):
             return "/"
         decoded = urllib.parse.unquote(text)
         if decoded == text:

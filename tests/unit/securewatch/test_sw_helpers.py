@@ -142,4 +142,6 @@ async def login_form_token(session: aiohttp.ClientSession, url: str) -> str:
     """GET /login as a browser does: the session's jar takes the pre-session cookie; returns the form's token."""
     async with session.get(f"{url}/login") as r:
         text = await r.text()
-    return text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    form = text.split('action="/login"', 1)[1].split("</form>", 1)[0]   # not the logout form of a page
+    marker = 'name="csrf_token" value="'
+    return form.split(marker, 1)[1].split('"', 1)[0] if marker in form else ""
