@@ -128,8 +128,8 @@ def create_app(settings: SecureWatchSettings, *, store: Store, bus: EventBus | N
     app[SETTINGS] = settings
     app[BUS] = bus
     app[APPLIANCE] = appliance
-    app[LIMITER] = login_limiter or auth.LoginLimiter()
-    app[LOGIN_GATE] = login_gate or auth.VerificationGate()
+    app[LIMITER] = login_limiter if login_limiter is not None else auth.LoginLimiter()
+    app[LOGIN_GATE] = login_gate if login_gate is not None else auth.VerificationGate()
     app[TEMPLATES] = ui.template_environment()
     app[TENANT_LOCK] = asyncio.Lock()
     app[OPTIONS] = {"mailer": mailer, "pcap_root": pcap_root.resolve() if pcap_root else None,
@@ -184,6 +184,7 @@ SECURITY_HEADERS = {
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
+
 
 def is_api(request: web.Request) -> bool:
     return request.path.startswith("/api/") or request.path == "/metrics"

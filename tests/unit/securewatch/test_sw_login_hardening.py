@@ -137,7 +137,7 @@ async def test_item2_huge_user_names_are_refused_without_a_trace(tmp_path):
         assert db.stat().st_size - size_before < 64 * 1024
         # A name at the bound is an ordinary (failed) attempt.
         r = await post_login(http, url, token, "n" * auth.MAX_USERNAME_CHARS, "wrong-password")
-        assert r.status == 401
+        assert r.status == 401 and len(limiter) == 3    # its pair, source and user entries
 
 
 def test_item2_limiter_tables_stay_bounded_under_a_flood_of_names_and_sources():
@@ -151,7 +151,7 @@ def test_item2_limiter_tables_stay_bounded_under_a_flood_of_names_and_sources():
     # Expired entries go even without pressure.
     now[0] += auth.LOGIN_TRUST_S + 1
     limiter.attempt("late", "192.0.2.1")
-    assert len(limiter) <= 4 * 3
+    assert len(limiter) == 3      # the new pair, source and user
 
 
 async def test_item2_throttled_attempts_are_one_audit_row_per_key_and_window(tmp_path):
