@@ -16,6 +16,7 @@ from typing import Any
 
 import jinja2
 import markupsafe
+import structlog
 from aiohttp import web
 
 from tenants import ConfigError
@@ -24,6 +25,8 @@ from tenants.policy import REFLECTION_MODES, TenantPolicy
 from . import app as sw
 from . import auth
 from .store import Session
+
+log = structlog.get_logger(__name__)
 
 POLICY_INT_FIELDS = ("min_pps", "min_tenant_pps", "syn_rate_pps", "udp_rate_pps", "icmp_rate_pps",
                      "fragment_rate_pps")
@@ -144,7 +147,7 @@ def _login_page(request: web.Request, status: int = 200, *, username: str = "", 
                 error: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
     token, fresh = _login_csrf_token(request)
     response = render(request, "login.html", status=status, error=error, username=username, next=nxt,
-                      login_csrf=token)
+                      login_csrf=token, max_username=auth.MAX_USERNAME_CHARS)
     response.headers.update(headers or {})
     if fresh:
         # Double submit: a cross-site form can send this cookie but cannot read it to fill the field.
@@ -212,8 +215,11 @@ async def _audit_throttled(store: Any, username: str, remote: str, throttled: au
     source = auth.source_key(remote)
     actor, where = {"pair": (username or "?", source), "source": ("*", source),
                     "user": (username or "?", "*")}[throttled.limit]
-    await store.audit_count(actor, "login.throttled", target=f"limit:{throttled.limit}", remote=where,
-                            since=time.time() - auth.LOGIN_WINDOW_S)
+    count = await store.audit_count(actor, "login.throttled", target=f"limit:{throttled.limit}", remote=where,
+                                    since=time.time() - auth.LOGIN_WINDOW_S)
+    if count == 1:   # once per key and window, like the audit row: a flood must not flood the log
+        log.warning("securewatch.login_throttled", limit=throttled.limit, user=actor, source=where,
+                    retry_after_s=round(throttled.retry_after_s))
 
 
 async def logout(request: web.Request) -> web.Response:
