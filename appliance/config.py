@@ -12,6 +12,10 @@
     listen = "127.0.0.1:8080"
     database = "sqlite:////var/lib/seawall/securewatch.db"  # sqlite:/// + absolute path; default: under state_dir
     enabled = true
+    # tls_cert = "/etc/seawall/tls/cert.pem" # PEM certificate (chain); with tls_key, serve HTTPS
+    # tls_key = "/etc/seawall/tls/key.pem"   # its unencrypted PEM private key (both loaded when read)
+    trusted_proxies = ["127.0.0.1"]          # reverse proxies whose X-Forwarded-For/-Proto are believed
+    secure_cookies = false                   # force Secure cookies (automatic over HTTPS)
 
     [[tenants]]                      # see tenants.model
     [notify]                         # validated here, kept raw; the notifiers parse it again
@@ -28,6 +32,7 @@ import dataclasses
 import ipaddress
 import os
 import pathlib
+import ssl
 from typing import Any
 
 from tenants.errors import ConfigError, did_you_mean, type_name
@@ -49,7 +54,8 @@ IFNAME_MAX_BYTES = 15            # Linux IFNAMSIZ (16) minus the terminating NUL
 
 SECTIONS = ("appliance", "securewatch", "tenants", "notify")
 APPLIANCE_KEYS = ("external", "internal", "state_dir", "log_format", "tick_ms", "bpffs")
-SECUREWATCH_KEYS = ("listen", "database", "enabled")
+SECUREWATCH_KEYS = ("listen", "database", "enabled", "tls_cert", "tls_key", "trusted_proxies", "secure_cookies")
+MAX_TRUSTED_PROXIES = 64         # entries: a proxy tier, not an address list
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,6 +73,20 @@ class SecureWatchSettings:
     listen: str                   # "host:port" or "[v6]:port"; port 0 picks a free port
     database: str                 # sqlite:///PATH or postgresql://...
     enabled: bool
+    tls_cert: pathlib.Path | None = None   # PEM certificate chain; with tls_key: HTTPS
+    tls_key: pathlib.Path | None = None    # its PEM private key (unencrypted)
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # X-Forwarded-* believed from these
+    secure_cookies: bool = False           # Secure cookies even over plain HTTP (a TLS proxy in front)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None and self.tls_key is not None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context (None: plain HTTP); ssl.SSLError/OSError when the files do not load."""
+        if not self.tls:
+            return None
+        return server_ssl_context(self.tls_cert, self.tls_key)  # type: ignore[arg-type]
 
     @property
     def sqlite_path(self) -> pathlib.Path | str | None:
@@ -281,8 +301,90 @@ def _parse_securewatch(table: dict[str, Any], appliance: ApplianceSettings,
         problems.append(f"[securewatch] database: {database!r} does not name an absolute path; "
                         f"write sqlite:/// then the path, e.g. 'sqlite:////var/lib/seawall/securewatch.db'")
 
-    enabled = table.get("enabled", True)
-    if not isinstance(enabled, bool):
-        problems.append(f"[securewatch] enabled: expected true or false, got {type_name(enabled)} {enabled!r}")
-        enabled = True
-    return SecureWatchSettings(listen=listen, database=database, enabled=enabled)
+    enabled = _bool("securewatch", table, "enabled", True, problems)
+    secure_cookies = _bool("securewatch", table, "secure_cookies", False, problems)
+    tls_cert, tls_key = _tls_files(table, problems)
+    return SecureWatchSettings(listen=listen, database=database, enabled=enabled, tls_cert=tls_cert,
+                               tls_key=tls_key, trusted_proxies=_trusted_proxies(table, problems),
+                               secure_cookies=secure_cookies)
+
+
+def _bool(section: str, table: dict[str, Any], key: str, default: bool, problems: list[str]) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        problems.append(f"[{section}] {key}: expected true or false, got {type_name(value)} {value!r}")
+        return default
+    return value
+
+
+def server_ssl_context(cert: pathlib.Path, key: pathlib.Path) -> ssl.SSLContext:
+    """A TLS server context from a PEM certificate chain and its private key."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # A passphrase would be asked on the terminal of a daemon: refuse encrypted keys instead.
+    context.load_cert_chain(cert, key, password=lambda: b"")
+    return context
+
+
+def _tls_files(table: dict[str, Any], problems: list[str]) -> tuple[pathlib.Path | None, pathlib.Path | None]:
+    """[securewatch] tls_cert and tls_key: both or neither, readable, and loading as a pair, checked now."""
+    paths: dict[str, pathlib.Path | None] = {}
+    for key in ("tls_cert", "tls_key"):
+        paths[key] = None
+        if key not in table:
+            continue
+        count = len(problems)
+        path = _path("securewatch", table, key, pathlib.Path("/"), problems)
+        if len(problems) > count:
+            continue
+        try:
+            with path.open("rb") as f:
+                f.read(1)
+        except OSError as exc:
+            problems.append(f"[securewatch] {key}: cannot read {str(path)!r}: {exc.strerror}")
+            continue
+        paths[key] = path
+    cert, key = paths["tls_cert"], paths["tls_key"]
+    given = [k for k in ("tls_cert", "tls_key") if k in table]
+    if len(given) == 1:
+        other = "tls_key" if given == ["tls_cert"] else "tls_cert"
+        problems.append(f"[securewatch] {other}: required with {given[0]} (HTTPS needs the certificate "
+                        f"and its private key)")
+        return None, None
+    if cert is None or key is None:
+        return None, None
+    try:
+        ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    except ssl.SSLError as exc:
+        problems.append(f"[securewatch] tls_cert: {str(cert)!r} holds no PEM certificate ({exc.reason or exc})")
+        return None, None
+    try:
+        server_ssl_context(cert, key)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+        problems.append(f"[securewatch] tls_key: {str(key)!r} does not load as the unencrypted PEM private key "
+                        f"of {str(cert)!r} ({reason})")
+        return None, None
+    return cert, key
+
+
+def _trusted_proxies(table: dict[str, Any],
+                     problems: list[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    value = table.get("trusted_proxies", [])
+    if not isinstance(value, list):
+        problems.append(f"[securewatch] trusted_proxies: expected a list of addresses or networks, "
+                        f"got {type_name(value)} {value!r}")
+        return ()
+    if len(value) > MAX_TRUSTED_PROXIES:
+        problems.append(f"[securewatch] trusted_proxies: at most {MAX_TRUSTED_PROXIES} entries, got {len(value)}")
+        return ()
+    networks = []
+    for i, item in enumerate(value):
+        try:
+            if not isinstance(item, str):
+                raise TypeError
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except (TypeError, ValueError):
+            problems.append(f"[securewatch] trusted_proxies[{i}]: {item!r} is not an IP address or network "
+                            f"(for example '127.0.0.1' or '10.0.0.0/24')")
+    return tuple(networks)

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import ipaddress
 import json
 import pathlib
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Protocol, runtime_checkable
 
@@ -71,6 +73,7 @@ SETTINGS = web.AppKey("settings", SecureWatchSettings)
 BUS = web.AppKey("bus", object)
 APPLIANCE = web.AppKey("appliance", object)
 LIMITER = web.AppKey("login_limiter", auth.LoginLimiter)
+LOGIN_GATE = web.AppKey("login_gate", auth.VerificationGate)
 TEMPLATES = web.AppKey("templates", jinja2.Environment)
 TENANT_LOCK = web.AppKey("tenant_lock", asyncio.Lock)
 OPTIONS = web.AppKey("options", dict)
@@ -106,23 +109,32 @@ def not_found(what: str = "not found") -> ApiError:
 
 def create_app(settings: SecureWatchSettings, *, store: Store, bus: EventBus | None = None,
                appliance: ApplianceHooks | None = None, mailer: Any | None = None,
-               pcap_root: pathlib.Path | None = None, secure_cookies: bool = False) -> web.Application:
+               pcap_root: pathlib.Path | None = None, secure_cookies: bool = False,
+               login_limiter: auth.LoginLimiter | None = None,
+               login_gate: auth.VerificationGate | None = None) -> web.Application:
     """The SecureWatch application. The caller owns `store` (opens and closes it).
 
     mailer: a `securewatch.mailer.ReportMailer` to mail monthly reports to tenants' contacts.
-    pcap_root: when set, PCAP downloads are served only from files under it.
-    secure_cookies: mark the session cookie Secure (behind HTTPS).
+    pcap_root: PCAP downloads are served only from files under it; None (central mode, which
+        captures nothing itself): no PCAP is served, whatever path an incident names.
+    secure_cookies: mark cookies Secure even over plain HTTP (or set [securewatch] secure_cookies);
+        over HTTPS, direct or from a trusted proxy, they are Secure anyway.
+    login_limiter, login_gate: the login throttle and the bound on concurrent password checks
+        (defaults from securewatch.auth).
     """
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=4 * 1024 * 1024)
+    app.on_response_prepare.append(_security_headers)
     app[STORE] = store
     app[SETTINGS] = settings
     app[BUS] = bus
     app[APPLIANCE] = appliance
-    app[LIMITER] = auth.LoginLimiter()
+    app[LIMITER] = login_limiter if login_limiter is not None else auth.LoginLimiter()
+    app[LOGIN_GATE] = login_gate if login_gate is not None else auth.VerificationGate()
     app[TEMPLATES] = ui.template_environment()
     app[TENANT_LOCK] = asyncio.Lock()
     app[OPTIONS] = {"mailer": mailer, "pcap_root": pcap_root.resolve() if pcap_root else None,
-                    "secure_cookies": secure_cookies}
+                    "secure_cookies": secure_cookies or settings.secure_cookies,
+                    "trusted_proxies": settings.trusted_proxies}
     app.cleanup_ctx.append(_background)
 
     r = app.router
@@ -154,6 +166,25 @@ def create_app(settings: SecureWatchSettings, *, store: Store, bus: EventBus | N
 
 
 # -- middlewares ----------------------------------------------------------------------
+
+# Every response, pages, API, static files and errors alike. The pages carry no inline script
+# or style (CSS and JS are files under /static), so the policy allows only this origin;
+# frame-ancestors and X-Frame-Options both refuse framing (clickjacking), for old and new browsers.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                           "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                           "frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+
 
 def is_api(request: web.Request) -> bool:
     return request.path.startswith("/api/") or request.path == "/metrics"
@@ -188,7 +219,7 @@ async def auth_middleware(request: web.Request, handler: Callable[[web.Request],
     if principal is None:
         if is_api(request):
             raise ApiError(401, "authentication required: a bearer token or a session cookie")
-        raise web.HTTPFound(f"/login?next={request.rel_url.path}")
+        raise web.HTTPFound("/login?" + urllib.parse.urlencode({"next": request.rel_url.path}))
     # Cookies ride along with cross-site requests; a bearer token does not. Only the
     # cookie path needs a CSRF token (a header for the API, a form field for the UI).
     if (session is not None and request.method in UNSAFE_METHODS and is_api(request)
@@ -227,8 +258,58 @@ def principal_of(request: web.Request) -> Principal:
     return p
 
 
+def _trusted_peer(request: web.Request) -> bool:
+    """Whether the TCP peer is a configured reverse proxy (only then are X-Forwarded-* believed)."""
+    proxies = request.app[OPTIONS]["trusted_proxies"]
+    if not proxies or not request.remote:
+        return False
+    try:
+        peer = ipaddress.ip_address(request.remote)
+    except ValueError:
+        return False
+    if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
+        peer = peer.ipv4_mapped
+    return any(peer in net for net in proxies)
+
+
+def _trusted(address: str, proxies: Any) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in proxies)
+
+
 def remote_of(request: web.Request) -> str:
-    return request.remote or "unknown"
+    """The client's address: the TCP peer, or behind trusted proxies the last address in
+    X-Forwarded-For that is not one of them (earlier entries are whatever the client wrote)."""
+    peer = request.remote or "unknown"
+    if not _trusted_peer(request):
+        return peer
+    proxies = request.app[OPTIONS]["trusted_proxies"]
+    hops = [h.strip() for v in request.headers.getall("X-Forwarded-For", ()) for h in v.split(",")]
+    for hop in reversed(hops):
+        try:
+            address = str(ipaddress.ip_address(hop))
+        except ValueError:
+            return peer   # garbage in the chain: the proxy did not write it; trust nothing past it
+        if not _trusted(address, proxies):
+            return address
+    return peer
+
+
+def is_https(request: web.Request) -> bool:
+    """Whether the browser reached us over HTTPS: TLS here, or X-Forwarded-Proto from a trusted proxy."""
+    if request.secure:
+        return True
+    if not _trusted_peer(request):
+        return False
+    protos = [p.strip().lower() for v in request.headers.getall("X-Forwarded-Proto", ()) for p in v.split(",")]
+    return bool(protos) and protos[-1] == "https"
+
+
+def cookie_secure(request: web.Request) -> bool:
+    return bool(request.app[OPTIONS]["secure_cookies"]) or is_https(request)
 
 
 async def audit(request: web.Request, action: str, *, target: str | None = None, tenant: str | None = None,
@@ -645,8 +726,11 @@ async def api_pcap(request: web.Request) -> web.StreamResponse:
         raise not_found(f"no {kind!r} capture for incident {incident.id!r}")
     path = pathlib.Path(ref["path"]).resolve()
     root = request.app[OPTIONS]["pcap_root"]
-    if root is not None and not path.is_relative_to(root):
-        log.warning("securewatch.pcap_outside_root", incident=incident.id, path=str(path))
+    # Confined always: the path comes from an event, which in central mode any appliance
+    # (or anyone who can write the database) chose. No root: this server has no captures.
+    if root is None or not path.is_relative_to(root):
+        log.warning("securewatch.pcap_outside_root", incident=incident.id, path=str(path),
+                    root=str(root) if root else None)
         raise not_found("capture file is not available")
     if not path.is_file():
         raise ApiError(410, f"capture file {path.name} is no longer on disk")

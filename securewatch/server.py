@@ -23,7 +23,13 @@ log = structlog.get_logger(__name__)
 @contextlib.asynccontextmanager
 async def start_server(settings: SecureWatchSettings, *, bus: Any = None, appliance: ApplianceHooks | None = None,
                        state_dir: pathlib.Path | None = None, mailer: Any = None) -> AsyncIterator[str]:
-    """Open the store, serve the app on settings.listen, yield its base URL; close both on exit."""
+    """Open the store, serve the app on settings.listen, yield its base URL; close both on exit.
+
+    HTTPS when [securewatch] tls_cert and tls_key are set (checked when the config was read).
+    state_dir: the appliance's; PCAP downloads are confined to its pcap/ directory. Without it
+    (central mode) no PCAP is served.
+    """
+    ssl_context = settings.ssl_context()
     store = await Store.open(settings.database)
     runner: web.AppRunner | None = None
     try:
@@ -31,11 +37,13 @@ async def start_server(settings: SecureWatchSettings, *, bus: Any = None, applia
         app = create_app(settings, store=store, bus=bus, appliance=appliance, mailer=mailer, pcap_root=pcap_root)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
+        site = web.TCPSite(runner, settings.listen_host, settings.listen_port, ssl_context=ssl_context)
         await site.start()
         host, port = runner.addresses[0][:2]
-        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-        log.info("securewatch.listening", url=url, database=store.dialect)
+        scheme = "https" if ssl_context is not None else "http"
+        url = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+        log.info("securewatch.listening", url=url, database=store.dialect, tls=ssl_context is not None,
+                 trusted_proxies=[str(n) for n in settings.trusted_proxies])
         yield url
     finally:
         if runner is not None:
@@ -51,6 +59,8 @@ async def serve_central(settings: SecureWatchSettings, *, mailer: Any = None,
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    # No state_dir: a central server captures nothing, so it serves no PCAP at all (an
+    # incident's stored path is not trusted to point at a capture).
     async with start_server(settings, appliance=None, mailer=mailer) as url:
         print(f"SecureWatch listening on {url} (central server mode)", flush=True)
         await stop.wait()

@@ -541,6 +541,23 @@ class Store:
             "INSERT INTO report_mailings (tenant, period, sent_at, recipients) VALUES (?, ?, ?, ?)",
             (tenant, period, time.time(), _json(list(recipients)))))
 
+    async def audit_count(self, actor: str, action: str, *, target: str, remote: str, since: float) -> int:
+        """One more occurrence in the row of (actor, action, target, remote) written at or after
+        `since`, or a new row counting 1: repeated events cost one row per window, not one each.
+        Returns the count."""
+        def q(b: _Backend) -> int:
+            row = b.execute("SELECT id, details FROM audit_log WHERE at >= ? AND action = ? AND actor = ? "
+                            "AND target = ? AND remote = ? ORDER BY id DESC LIMIT 1",
+                            (since, action, actor, target, remote)).fetchone()
+            if row is None:
+                _audit(b, actor, action, target, None, remote, {"count": 1})
+                return 1
+            details = json.loads(row[1])
+            details["count"] = int(details.get("count", 1)) + 1
+            b.execute("UPDATE audit_log SET details = ? WHERE id = ?", (_json(details), row[0]))
+            return details["count"]
+        return await self._run(q)
+
 
 class SyncStore:
     """The store for short-lived CLI commands (user add, token create): same schema, no event loop."""

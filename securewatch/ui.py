@@ -9,11 +9,14 @@ from __future__ import annotations
 import datetime
 import html
 import re
+import secrets
 import time
+import urllib.parse
 from typing import Any
 
 import jinja2
 import markupsafe
+import structlog
 from aiohttp import web
 
 from tenants import ConfigError
@@ -23,6 +26,8 @@ from tenants.policy import RATE_PPS_MAX, REFLECTION_MODES, TenantPolicy
 from . import app as sw
 from . import auth
 from .store import Session
+
+log = structlog.get_logger(__name__)
 
 POLICY_INT_FIELDS = ("min_pps", "min_tenant_pps", "syn_rate_pps", "udp_rate_pps", "icmp_rate_pps",
                      "fragment_rate_pps")
@@ -101,13 +106,59 @@ async def check_csrf(request: web.Request) -> Any:
 
 # -- login ------------------------------------------------------------------------------
 
+LOGIN_CSRF_COOKIE = "sw_login_csrf"   # the login form's CSRF token, before there is a session
+MAX_NEXT_CHARS = 2048                 # characters of a `next` path; longer goes to the dashboard
+_URLSAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
 def _safe_next(value: str | None) -> str:
-    # Only local paths: an open redirect would let a phishing link bounce through us.
-    return value if value and value.startswith("/") and not value.startswith("//") else "/"
+    """A path on this site to go to after login; anything else becomes "/".
+
+    Only local paths: an open redirect would let a phishing link bounce through us. Browsers
+    drop tabs and newlines from a Location and read a backslash as a slash, so `/<TAB>/host`
+    and `/\\host` are other hosts to them: only printable ASCII without a backslash passes,
+    and the value must stay a plain path however many times it is percent-decoded.
+    """
+    if not value or len(value) > MAX_NEXT_CHARS or not value.startswith("/"):
+        return "/"
+    if any(not 0x21 <= ord(c) <= 0x7E or c == "\\" for c in value):
+        return "/"
+    text = value
+    for _ in range(3):   # and as a proxy or a server behind us might read it, decoded
+        parts = urllib.parse.urlsplit(text)
+        if (text.startswith("//") or "\\" in text or parts.scheme or parts.netloc
+                or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)):
+            return "/"
+        decoded = urllib.parse.unquote(text)
+        if decoded == text:
+            break
+        text = decoded
+    return value
+
+
+def _login_csrf_token(request: web.Request) -> tuple[str, bool]:
+    """The browser's login-form token (from its cookie) and whether it is new."""
+    cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    if 16 <= len(cookie) <= 64 and set(cookie) <= _URLSAFE:
+        return cookie, False
+    return auth.new_csrf_token(), True
+
+
+def _login_page(request: web.Request, status: int = 200, *, username: str = "", nxt: str = "/",
+                error: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
+    token, fresh = _login_csrf_token(request)
+    response = render(request, "login.html", status=status, error=error, username=username, next=nxt,
+                      login_csrf=token, max_username=auth.MAX_USERNAME_CHARS)
+    response.headers.update(headers or {})
+    if fresh:
+        # Double submit: a cross-site form can send this cookie but cannot read it to fill the field.
+        response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="Strict", path="/login",
+                            secure=sw.cookie_secure(request))
+    return response
 
 
 async def login_page(request: web.Request) -> web.Response:
-    return render(request, "login.html", error=None, username="", next=_safe_next(request.query.get("next")))
+    return _login_page(request, nxt=_safe_next(request.query.get("next")))
 
 
 async def login_submit(request: web.Request) -> web.Response:
@@ -115,25 +166,39 @@ async def login_submit(request: web.Request) -> web.Response:
     username = str(form.get("username", "")).strip()
     password = str(form.get("password", ""))
     nxt = _safe_next(str(form.get("next", "/")))
+    cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    if not cookie or not secrets.compare_digest(str(form.get("csrf_token", "")).encode(), cookie.encode()):
+        return _login_page(request, 403, nxt=nxt, error="The login form expired or did not come from this site; "
+                                                        "try again.")
+    # Refused before the limiter, the store or the audit log: nothing an attacker sends grows them.
+    if len(username) > auth.MAX_USERNAME_CHARS or len(password) > auth.MAX_PASSWORD_CHARS:
+        return _login_page(request, 400, nxt=nxt, error=f"User name: at most {auth.MAX_USERNAME_CHARS} characters; "
+                                                        f"password: at most {auth.MAX_PASSWORD_CHARS}.")
     remote = sw.remote_of(request)
     store = request.app[sw.STORE]
     limiter = request.app[sw.LIMITER]
-    wait = limiter.retry_after(remote, username)
-    if wait is not None:
-        await store.audit(username or "?", "login.throttled", remote=remote)
-        return render(request, "login.html", status=429, username=username, next=nxt,
-                      error=f"Too many failed attempts. Try again in {int(wait) + 1} seconds.")
-    user = await store.user(username) if username else None
-    ok = auth.verify_password(user.password_hash if user else None, password) and user is not None \
-        and not user.disabled
+    gate = request.app[sw.LOGIN_GATE]
+    # Counted as a failure now, before any await, so concurrent attempts see each other.
+    throttled = limiter.attempt(username, remote)
+    if throttled is not None:
+        await _audit_throttled(store, username, remote, throttled)
+        wait = int(throttled.retry_after_s) + 1
+        return _login_page(request, 429, username=username, nxt=nxt, headers={"Retry-After": str(wait)},
+                           error=f"Too many failed attempts. Try again in {wait} seconds.")
+    if gate.full:
+        limiter.refund(username, remote)
+        return _login_page(request, 503, username=username, nxt=nxt, headers={"Retry-After": "1"},
+                           error="Too many logins at once. Try again in a moment.")
+    async with gate.slot():
+        user = await store.user(username) if username else None
+        ok = await auth.verify_password_off_loop(user.password_hash if user else None, password)
+        ok = ok and user is not None and not user.disabled
+        if ok and auth.needs_rehash(user.password_hash):
+            await store.set_password_hash(user.name, await auth.hash_password_off_loop(password))
     if not ok:
-        limiter.failed(remote, username)
         await store.audit(username or "?", "login.failed", remote=remote)
-        return render(request, "login.html", status=401, username=username, next=nxt,
-                      error="Wrong user name or password.")
-    limiter.succeeded(username)
-    if auth.needs_rehash(user.password_hash):
-        await store.set_password_hash(user.name, auth.hash_password(password))
+        return _login_page(request, 401, username=username, nxt=nxt, error="Wrong user name or password.")
+    limiter.succeeded(username, remote)
     session_id = auth.new_session_id()
     now = time.time()
     await store.create_session(Session(auth.token_hash(session_id), user.name, auth.new_csrf_token(), now,
@@ -141,8 +206,21 @@ async def login_submit(request: web.Request) -> web.Response:
     await store.audit(user.name, "login", remote=remote)
     response = web.HTTPFound(nxt)
     response.set_cookie(sw.SESSION_COOKIE, session_id, httponly=True, samesite="Strict", path="/",
-                        max_age=auth.SESSION_LIFETIME_S, secure=request.app[sw.OPTIONS]["secure_cookies"])
+                        max_age=auth.SESSION_LIFETIME_S, secure=sw.cookie_secure(request))
+    response.del_cookie(LOGIN_CSRF_COOKIE, path="/login")
     raise response
+
+
+async def _audit_throttled(store: Any, username: str, remote: str, throttled: auth.Throttled) -> None:
+    """One `login.throttled` row per limit key and window, counting the attempts refused."""
+    source = auth.source_key(remote)
+    actor, where = {"pair": (username or "?", source), "source": ("*", source),
+                    "user": (username or "?", "*")}[throttled.limit]
+    count = await store.audit_count(actor, "login.throttled", target=f"limit:{throttled.limit}", remote=where,
+                                    since=time.time() - auth.LOGIN_WINDOW_S)
+    if count == 1:   # once per key and window, like the audit row: a flood must not flood the log
+        log.warning("securewatch.login_throttled", limit=throttled.limit, user=actor, source=where,
+                    retry_after_s=round(throttled.retry_after_s))
 
 
 async def logout(request: web.Request) -> web.Response:

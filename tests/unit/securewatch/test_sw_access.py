@@ -79,7 +79,7 @@ def test_matrix_covers_every_documented_operation():
 
 @pytest.fixture
 async def deployment(tmp_path):
-    async with service(tmp_path) as (url, store, appliance):
+    async with service(tmp_path, pcap_root=tmp_path) as (url, store, appliance):
         for incident, tenant, target in (("inc-alpha-1", "alpha", "198.51.100.10"),
                                          ("inc-beta-1", "beta", "203.0.113.5")):
             for e in attack_events(incident, tenant=tenant, target=target, pcap_dir=tmp_path):

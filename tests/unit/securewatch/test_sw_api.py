@@ -9,7 +9,7 @@ import io
 import time
 
 import aiohttp
-from test_sw_helpers import add_token, add_user, attack_events, login, service
+from test_sw_helpers import add_token, add_user, attack_events, login, login_form_token, service
 
 from policy.events import EventBus
 from securewatch.app import create_app
@@ -198,15 +198,16 @@ async def test_session_api_needs_csrf_header_and_unauthenticated_is_401(tmp_path
 async def test_login_rate_limited(tmp_path):
     async with service(tmp_path) as (url, store, _):
         await add_user(store, "ops", "admin")
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            token = await login_form_token(http, url)
             statuses = []
             for _ in range(6):
-                r = await http.post(f"{url}/login", data={"username": "ops", "password": "wrong-password"},
-                                    allow_redirects=False)
+                r = await http.post(f"{url}/login", data={"username": "ops", "password": "wrong-password",
+                                                          "csrf_token": token}, allow_redirects=False)
                 statuses.append(r.status)
             assert statuses == [401] * 5 + [429]
-            r = await http.post(f"{url}/login", data={"username": "ops", "password": "correct horse battery"},
-                                allow_redirects=False)
+            r = await http.post(f"{url}/login", data={"username": "ops", "password": "correct horse battery",
+                                                      "csrf_token": token}, allow_redirects=False)
             assert r.status == 429  # even the right password waits out the window
         _, body = await _json_entries(store)
         assert body.count("login.failed") == 5 and "login.throttled" in body

@@ -127,11 +127,21 @@ async def service(tmp_path: pathlib.Path, *, database: str | None = None, applia
 async def login(url: str, name: str, password: str = PASSWORD) -> tuple[aiohttp.ClientSession, str]:
     """A browser-like session logged in through the form; returns it and the CSRF token."""
     session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-    async with session.post(f"{url}/login", data={"username": name, "password": password, "next": "/"},
-                            allow_redirects=False) as r:
+    token = await login_form_token(session, url)
+    async with session.post(f"{url}/login", data={"username": name, "password": password, "next": "/",
+                                                   "csrf_token": token}, allow_redirects=False) as r:
         assert r.status == 302, await r.text()
     async with session.get(f"{url}/tenants") as r:
         text = await r.text()
     marker = 'name="csrf_token" value="'
     csrf = text.split(marker, 1)[1].split('"', 1)[0]
     return session, csrf
+
+
+async def login_form_token(session: aiohttp.ClientSession, url: str) -> str:
+    """GET /login as a browser does: the session's jar takes the pre-session cookie; returns the form's token."""
+    async with session.get(f"{url}/login") as r:
+        text = await r.text()
+    form = text.split('action="/login"', 1)[1].split("</form>", 1)[0]   # not the logout form of a page
+    marker = 'name="csrf_token" value="'
+    return form.split(marker, 1)[1].split('"', 1)[0] if marker in form else ""
