@@ -110,7 +110,8 @@ def shown_actor(viewer: Principal, actor: str | None, scopes: Mapping[str, tuple
     return ROLE_SHOWN.get(role, UNKNOWN_ACTOR_SHOWN)
 
 
-def _when(ts: float | None) -> str:
+def when_text(ts: float | None) -> str:
+    """Seconds since the epoch as 'YYYY-MM-DD HH:MM' UTC ('-' for none)."""
     if ts is None:
         return "-"
     return datetime.datetime.fromtimestamp(ts, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M")
@@ -118,7 +119,7 @@ def _when(ts: float | None) -> str:
 
 def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], times: Sequence[str] = ()) -> str:
     """Rows as an aligned text table (times in UTC, empty values as '-')."""
-    cells = [[(_when(r.get(c)) if c in times else ("-" if r.get(c) in (None, "") else str(r.get(c))))
+    cells = [[(when_text(r.get(c)) if c in times else ("-" if r.get(c) in (None, "") else str(r.get(c))))
               for c in columns] for r in rows]
     widths = [max([len(c.upper())] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
