@@ -6,7 +6,7 @@
     POST   /api/v1/users/{name}/enable      enable again (its tenant must exist)
     DELETE /api/v1/users/{name}             delete and end its sessions
     PUT    /api/v1/users/{name}/password    {"password"}: set it and end its sessions
-    GET    /api/v1/tokens                   the tokens, with their state (active, revoked, expired, tenant deleted)
+    GET    /api/v1/tokens                   the tokens, with their state (active, revoked, expired, no tenant)
     POST   /api/v1/tokens                   {"role", "tenant"?, "access"?, "label"?, "expires"?}: the token, once
     DELETE /api/v1/tokens/{token_id}        revoke
 

@@ -226,7 +226,7 @@ async def _authenticate(request: web.Request) -> tuple[Principal | None, Session
     if found is None:
         return None, None
     session, user, tenant_present = found
-    refusal = "disabled" if user.disabled else None if tenant_present else "tenant deleted"
+    refusal = "disabled" if user.disabled else None if tenant_present else "no tenant"
     if refusal is not None:
         log.info("securewatch.auth_refused", principal=user.name, reason=refusal)
         return None, None

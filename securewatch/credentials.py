@@ -84,7 +84,7 @@ def parse_expires(value: Any, now: float) -> float | None:
 
 
 def token_state(token: ApiToken, now: float | None = None) -> str:
-    """active | revoked | expired | tenant deleted"""
+    """active | revoked | expired | no tenant (deleted, or not yet in the store)"""
     return token.refusal(time.time() if now is None else now) or "active"
 
 

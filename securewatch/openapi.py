@@ -105,7 +105,7 @@ def openapi_document() -> dict[str, Any]:
             "put": _op("Set a user's password and end its sessions (admin)", params=user,
                        body="#/components/schemas/Password", errors=("400", "401", "403", "404", "422"))},
         "/api/v1/tokens": {
-            "get": _op("API tokens with their state: active, revoked, expired, tenant deleted (admin)"),
+            "get": _op("API tokens with their state: active, revoked, expired, no tenant (admin)"),
             "post": _op("Create an API token (admin); the token is in the answer once, only its SHA-256 is kept",
                         body="#/components/schemas/TokenNew", ok="201", errors=("400", "401", "403", "422")),
         },

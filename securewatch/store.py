@@ -172,7 +172,7 @@ class ApiToken:
         if self.expires_at is not None and self.expires_at <= now:
             return "expired"
         if self.tenant is not None and not self.tenant_present:
-            return "tenant deleted"
+            return "no tenant"
         return None
 
     def to_dict(self) -> dict[str, Any]:

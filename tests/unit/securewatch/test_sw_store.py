@@ -193,7 +193,7 @@ async def test_item4_token_expiry_tenant_presence_revoke_and_user_changes(store)
     assert (await store.token_by_hash("e0" * 32)).refusal(now) == "expired"
     assert (await store.token_by_hash("e0" * 32)).last_used is None  # a refused token is not "used"
     assert (await store.token_by_hash("e1" * 32)).refusal(now) is None
-    assert (await store.token_by_hash("e2" * 32)).refusal(now) == "tenant deleted"
+    assert (await store.token_by_hash("e2" * 32)).refusal(now) == "no tenant"
     second = (await store.tokens())[1]
     assert await store.revoke_token(second.id) and not await store.revoke_token(9999)
     assert (await store.token_by_hash("e1" * 32)).refusal(now) == "revoked"
