@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import pathlib
 import stat
 import subprocess
@@ -176,10 +175,10 @@ def _config(tmp_path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def seawall(*args: str, stdin: str = "", umask: int | None = None) -> subprocess.CompletedProcess[str]:
+def seawall(*args: str, stdin: str = "", umask: int = -1) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a child process (umask -1: inherit ours)."""
     return subprocess.run([sys.executable, "-m", "appliance.cli", *args], input=stdin, capture_output=True,
-                          text=True, timeout=60, cwd=REPO,
-                          preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
+                          text=True, timeout=60, cwd=REPO, umask=umask)
 
 
 async def test_item4_cli_token_list_revoke_and_user_list_disable_delete_passwd(tmp_path):
