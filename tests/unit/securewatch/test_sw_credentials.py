@@ -15,10 +15,13 @@ import time
 import aiohttp
 import pytest
 import structlog
-from test_sw_helpers import PASSWORD, add_token, add_user, attack_events, login, service
+from test_sw_helpers import PASSWORD, TENANTS, add_token, add_user, attack_events, login, service
 
 from securewatch import auth
+from securewatch.app import TRAFFIC_POLL_S
 from securewatch.store import Store
+from tenants import TenantSet
+from tests.support import await_until
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 BETA_TABLE = {"id": "beta", "name": "Beta Shop", "prefixes": ["203.0.113.0/24"]}
@@ -77,6 +80,25 @@ async def test_item4_deleted_tenant_token_gets_401_and_stays_dead_when_the_tenan
                 assert [(u["name"], u["state"]) for u in (await r.json())["users"]] == [("bea", "disabled")]
         actions = [e["action"] for e in await store.audit_log(tenant="beta")]
         assert "tenant.credentials_revoked" in actions and "tenant.delete" in actions
+
+
+async def test_item4_a_config_reload_that_drops_a_tenant_revokes_its_token(tmp_path):
+    """The SIGHUP path: the appliance's running set changes behind SecureWatch's back and is stored
+    by the traffic sampler (every TRAFFIC_POLL_S seconds), with the same revocation."""
+    async with service(tmp_path) as (url, store, appliance):
+        beta = await add_token(store, "tenant", "beta", "read")
+        async with aiohttp.ClientSession(headers=bearer(beta)) as http:
+            assert await _status(http, "GET", f"{url}/api/v1/tenants/beta") == 200
+            appliance.tenants = TenantSet.from_dicts(TENANTS[:1])   # what a reload of an edited file does
+            await await_until(lambda: _is_status(http, f"{url}/api/v1/me", 401), timeout=3 * TRAFFIC_POLL_S,
+                              what="the dropped tenant's token to be refused")
+        entry = (await store.audit_log(tenant="beta"))[0]
+        assert (entry["action"], entry["actor"], entry["details"]["cause"]) == (
+            "tenant.credentials_revoked", "appliance", "reload")
+
+
+async def _is_status(http: aiohttp.ClientSession, url: str, status: int) -> bool:
+    return await _status(http, "GET", url) == status
 
 
 async def test_item4_expired_tokens_and_principals_of_a_missing_tenant_are_refused(tmp_path):
