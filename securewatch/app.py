@@ -519,9 +519,14 @@ async def api_tenant_replace(request: web.Request) -> web.Response:
 async def api_tenant_delete(request: web.Request) -> web.Response:
     tenant = await visible_tenant(request, request.match_info["tenant_id"])
     require_admin(request)
+    store = request.app[STORE]
+    # Storing the set without the tenant revokes these (store._revoke_tenant_credentials): say so.
+    tokens = [t.id for t in await store.tokens() if t.tenant == tenant.id and not t.revoked]
+    users = [u.name for u in await store.users() if u.tenant == tenant.id and not u.disabled]
     applied = await _tenant_change(request, lambda s: TenantSet([t for t in s if t.id != tenant.id]),
                                    "tenant.delete", tenant.id)
-    return web.json_response({"deleted": tenant.id, "applied": applied})
+    return web.json_response({"deleted": tenant.id, "applied": applied, "revoked_tokens": tokens,
+                              "disabled_users": users})
 
 
 async def api_tenant_versions(request: web.Request) -> web.Response:

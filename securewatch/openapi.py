@@ -45,7 +45,9 @@ def openapi_document() -> dict[str, Any]:
             "get": _op("One tenant", params=tid, errors=("401", "404")),
             "put": _op("Replace a tenant (admin)", params=tid, body="#/components/schemas/Tenant",
                        errors=("400", "401", "403", "404", "422")),
-            "delete": _op("Delete a tenant (admin)", params=tid, errors=("401", "403", "404")),
+            "delete": _op("Delete a tenant (admin): revokes its API tokens, disables its users and ends their "
+                          "sessions (listed in the answer); re-creating the id brings none of them back",
+                          params=tid, errors=("401", "403", "404")),
         },
         "/api/v1/tenants/{tenant_id}/versions": {
             "get": _op("Version history of a tenant", params=tid, errors=("401", "404"))},

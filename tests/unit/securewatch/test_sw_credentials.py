@@ -58,7 +58,10 @@ async def test_item4_deleted_tenant_token_gets_401_and_stays_dead_when_the_tenan
                 assert await _status(http, method, f"{url}{path}") == 200, (method, path)
             assert await _status(bea_http, "GET", f"{url}/api/v1/me") == 200
 
-            assert await _status(admin_http, "DELETE", f"{url}/api/v1/tenants/beta") == 200
+            async with admin_http.delete(f"{url}/api/v1/tenants/beta") as r:
+                assert r.status == 200
+                deleted = await r.json()
+            assert (deleted["revoked_tokens"], deleted["disabled_users"]) == ([2], ["bea"])
             for method, path in BETA_REQUESTS:
                 assert await _status(http, method, f"{url}{path}") == 401, (method, path)
             assert await _status(bea_http, "GET", f"{url}/api/v1/me") == 401   # session ended
