@@ -225,3 +225,33 @@ async def test_item10_internal_notes_and_item18_audit_cursor(store):
     second = await store.audit_log(limit=3, before=first[-1]["id"])
     assert [e["action"] for e in second] == ["a3", "a2", "a1"]
     assert [e["action"] for e in await store.audit_log(limit=3, before=second[-1]["id"])] == ["a0"]
+
+
+async def test_item4_migration_3_brings_a_version_2_database_forward_in_place(database_url):
+    """A database from before token expiry and internal notes keeps its tokens and notes."""
+    from securewatch.store import _DIALECT, MIGRATIONS, _open_backend
+    backend = _open_backend(database_url)
+    try:
+        backend.execute(f"CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
+                        f"applied_at {_DIALECT[backend.dialect]['real']} NOT NULL)")
+        for number, description, statements in MIGRATIONS[:2]:
+            for statement in statements:
+                backend.execute(statement.format(**_DIALECT[backend.dialect]))
+            backend.execute("INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
+                            (number, description, time.time()))
+        backend.execute("INSERT INTO api_tokens (token_hash, label, role, tenant, access, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", ("ff" * 32, "old", "noc", None, "write", time.time()))
+        backend.execute("INSERT INTO incident_notes (incident_id, at, author, text) VALUES (?, ?, ?, ?)",
+                        ("inc-1", time.time(), "noc1", "from v2"))
+        backend.commit()
+    finally:
+        backend.close()
+    s = await Store.open(database_url)
+    try:
+        assert await s.schema_version() == SCHEMA_VERSION
+        token = await s.token_by_hash("ff" * 32)
+        assert (token.label, token.expires_at, token.revoked, token.refusal(time.time())) == ("old", None, False, None)
+        assert [(n["text"], n["internal"]) for n in await s.incident_notes("inc-1", internal=False)] == [
+            ("from v2", False)]
+    finally:
+        await s.close()
