@@ -59,20 +59,15 @@ async def _tenant_problems(request: web.Request, role: Any, tenant: Any) -> list
 
 def _role_fields(body: dict[str, Any]) -> tuple[Any, Any, Any, list[str]]:
     """role, tenant, access from a request body, with every problem found."""
-    role, tenant = body.get("role"), body.get("tenant") or None
-    access = body.get("access", "read") if role == "tenant" else "write"
-    problems = []
-    if not isinstance(role, str):
-        problems.append("role: required, one of admin, noc, tenant")
-        role = ""
-    if tenant is not None and not isinstance(tenant, str):
-        problems.append("tenant: expected a string")
-        tenant = None
-    if not isinstance(access, str):
-        problems.append("access: expected read or write")
-        access = ""
-    problems += [p for p in auth.validate_role(role, tenant, access) if not p.startswith("role: ''")]
-    return role, tenant, access, problems
+    role, tenant, access = body.get("role"), body.get("tenant") or None, body.get("access", "read")
+    problems = [f"{key}: expected a string" for key, value in (("role", role), ("tenant", tenant), ("access", access))
+                if value is not None and not isinstance(value, str)]
+    if role is None:
+        problems.append("role: required: admin, noc or tenant")
+    if problems:
+        return role, tenant, access, problems
+    access = access if role == "tenant" else "write"   # only a tenant's access is limited
+    return role, tenant, access, auth.validate_role(role, tenant, access)
 
 
 async def _body(request: web.Request, known: tuple[str, ...]) -> dict[str, Any]:

@@ -168,6 +168,9 @@ async def test_item4_users_and_tokens_managed_through_the_api_with_audit_rows(tm
             assert await _status(http, "POST", f"{url}/api/v1/users/ann/disable") == 409
             assert await _status(http, "DELETE", f"{url}/api/v1/users/ann") == 409
 
+            async with http.post(f"{url}/api/v1/tokens", json={"label": "x\r\ny", "expires": "soon"}) as r:
+                assert r.status == 422
+                assert [p.split(":")[0] for p in (await r.json())["problems"]] == ["role", "label", "expires"]
             async with http.post(f"{url}/api/v1/tokens", json={"role": "noc", "expires": "2020-01-01"}) as r:
                 assert r.status == 422 and (await r.json())["problems"] == ["expires: '2020-01-01' is in the past"]
             async with http.post(f"{url}/api/v1/tokens", json={"role": "tenant", "tenant": "alpha",
