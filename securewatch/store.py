@@ -8,8 +8,10 @@ written once with `?` placeholders; the PostgreSQL backend rewrites them to
 `schema_version`, so an old database is brought forward in place.
 
 What is kept: tenants (current JSON form plus every version), the audit log,
-users (argon2 hashes), API tokens (SHA-256 of the token only), browser
-sessions, incidents with their events, timeline points and notes, PCAP files
+users (argon2 hashes), API tokens (SHA-256 of the token only, with expiry and
+revocation; removing a tenant revokes its tokens, disables its users and ends
+their sessions in the same transaction), browser sessions, incidents with their
+events, timeline points and notes (some internal to the operator), PCAP files
 by reference, per-tenant traffic per second (last hour) and per minute
 (90 days), and the months whose report was mailed.
 """
