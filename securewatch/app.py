@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import ipaddress
 import json
@@ -29,11 +30,11 @@ from appliance.config import SecureWatchSettings
 from policy.events import Event, EventBus, EventType, Severity
 from tenants import ConfigError, Tenant, TenantSet
 
-from . import auth, metrics, notify_admin, ui
+from . import access_admin, auth, credentials, metrics, notify_admin, ui
 from .auth import Principal
 from .openapi import openapi_document
 from .reports import build_report, parse_period
-from .store import INCIDENT_STATES, IncidentFilter, Session, Store
+from .store import INCIDENT_STATES, IncidentFilter, Session, Store, TenantVersion
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +48,8 @@ RETENTION_EVERY_S = 60.0           # seconds between retention passes
 REPORT_CHECK_EVERY_S = 3600.0      # seconds between checks for monthly reports to mail
 MAX_TRAFFIC_SPAN_S = 90 * 24 * 3600
 MAX_NOTE_CHARS = 4000
+AUDIT_PAGE_DEFAULT = 200           # audit entries per page when the caller names no limit
+AUDIT_PAGE_MAX = 1000              # most audit entries one request returns
 ATTACK_EVENTS = (EventType.ATTACK_START, EventType.ATTACK_UPDATE, EventType.ATTACK_END)
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
@@ -162,6 +165,7 @@ def create_app(settings: SecureWatchSettings, *, store: Store, bus: EventBus | N
     r.add_get("/metrics", metrics_endpoint)
     ui.add_routes(app)
     notify_admin.add_routes(app)
+    access_admin.add_routes(app)
     return app
 
 
@@ -233,21 +237,29 @@ async def auth_middleware(request: web.Request, handler: Callable[[web.Request],
 
 
 async def _authenticate(request: web.Request) -> tuple[Principal | None, Session | None]:
+    """The caller, or None: unknown, revoked or expired tokens, disabled users and principals bound
+    to a tenant that no longer exists are all refused (a re-created tenant id is a new customer)."""
     store = request.app[STORE]
     header = request.headers.get("Authorization", "")
     if header.lower().startswith("bearer "):
         token = await store.token_by_hash(auth.token_hash(header[7:].strip()))
         if token is None:
             return None, None
-        return Principal(f"token:{token.id}:{token.label}", token.role, token.tenant, token.access, "token"), None
+        refusal = token.refusal(time.time())
+        if refusal is not None:
+            log.info("securewatch.auth_refused", principal=token.principal_name, reason=refusal)
+            return None, None
+        return Principal(token.principal_name, token.role, token.tenant, token.access, "token"), None
     cookie = request.cookies.get(SESSION_COOKIE)
     if not cookie:
         return None, None
-    session = await store.session(auth.token_hash(cookie))
-    if session is None:
+    found = await store.session_principal(auth.token_hash(cookie))
+    if found is None:
         return None, None
-    user = await store.user(session.username)
-    if user is None or user.disabled:
+    session, user, tenant_present = found
+    refusal = "disabled" if user.disabled else None if tenant_present else "no tenant"
+    if refusal is not None:
+        log.info("securewatch.auth_refused", principal=user.name, reason=refusal)
         return None, None
     return Principal(user.name, user.role, user.tenant, user.access, "session"), session
 
@@ -458,13 +470,29 @@ async def incident_filter(request: web.Request, query: Any) -> IncidentFilter:
                           since=parse_since(query.get("since")), limit=limit)
 
 
+async def shown_actors(request: web.Request, names: list[str | None]) -> dict[str | None, str | None]:
+    """How each actor name appears to the caller (see `credentials.shown_actor`)."""
+    p = principal_of(request)
+    scopes = {} if p.sees_all else await request.app[STORE].actor_scopes(n for n in names if n)
+    return {n: credentials.shown_actor(p, n, scopes) for n in names}
+
+
+async def scoped_incidents(request: web.Request, incidents: list[Any]) -> list[dict[str, Any]]:
+    """Incidents as dicts, who acknowledged them shown as the caller may see it."""
+    shown = await shown_actors(request, [i.acknowledged_by for i in incidents])
+    return [{**i.to_dict(), "acknowledged_by": shown[i.acknowledged_by]} for i in incidents]
+
+
 async def incident_detail(request: web.Request, incident_id: str) -> dict[str, Any]:
     store = request.app[STORE]
     incident = await visible_incident(request, incident_id)
-    out = incident.to_dict()
+    out = (await scoped_incidents(request, [incident]))[0]
     out["events"] = await store.incident_events(incident_id)
     out["timeline"] = await store.incident_points(incident_id)
-    out["notes"] = await store.incident_notes(incident_id)
+    # Internal notes are the operator's and the NOC's: a tenant never receives them.
+    notes = await store.incident_notes(incident_id, internal=principal_of(request).sees_all)
+    shown = await shown_actors(request, [n["author"] for n in notes])
+    out["notes"] = [{**n, "author": shown[n["author"]]} for n in notes]
     out["pcaps"] = {kind: {"packets": ref["packets"], "bytes": ref["bytes"],
                            "url": f"/api/v1/incidents/{incident_id}/pcap/{kind}"}
                     for kind, ref in (await store.pcaps(incident_id)).items()}
@@ -611,17 +639,29 @@ async def api_tenant_replace(request: web.Request) -> web.Response:
 async def api_tenant_delete(request: web.Request) -> web.Response:
     tenant = await visible_tenant(request, request.match_info["tenant_id"])
     require_admin(request)
+    store = request.app[STORE]
+    # Storing the set without the tenant revokes these (store._revoke_tenant_credentials): say so.
+    tokens = [t.id for t in await store.tokens() if t.tenant == tenant.id and not t.revoked]
+    users = [u.name for u in await store.users() if u.tenant == tenant.id and not u.disabled]
     applied = await _tenant_change(request, lambda s: TenantSet([t for t in s if t.id != tenant.id]),
                                    "tenant.delete", tenant.id)
-    return web.json_response({"deleted": tenant.id, "applied": applied})
+    return web.json_response({"deleted": tenant.id, "applied": applied, "revoked_tokens": tokens,
+                              "disabled_users": users})
 
 
 async def api_tenant_versions(request: web.Request) -> web.Response:
     tenant = await visible_tenant(request, request.match_info["tenant_id"])
-    versions = await request.app[STORE].tenant_versions(tenant.id)
+    versions = await tenant_versions_shown(request, tenant.id)
     return web.json_response({"versions": [
         {"version": v.version, "data": v.data, "created_at": v.created_at, "created_by": v.created_by,
          "action": v.action} for v in versions]})
+
+
+async def tenant_versions_shown(request: web.Request, tenant_id: str) -> list[TenantVersion]:
+    """A tenant's versions, who made each shown as the caller may see it (API and UI)."""
+    versions = await request.app[STORE].tenant_versions(tenant_id)
+    shown = await shown_actors(request, [v.created_by for v in versions])
+    return [dataclasses.replace(v, created_by=shown[v.created_by]) for v in versions]
 
 
 async def api_policy(request: web.Request) -> web.Response:
@@ -683,7 +723,7 @@ async def api_report(request: web.Request) -> web.StreamResponse:
 async def api_incidents(request: web.Request) -> web.Response:
     flt = await incident_filter(request, request.query)
     incidents = await request.app[STORE].incidents(flt)
-    return web.json_response({"incidents": [i.to_dict() for i in incidents]})
+    return web.json_response({"incidents": await scoped_incidents(request, incidents)})
 
 
 async def api_incident(request: web.Request) -> web.Response:
@@ -709,13 +749,21 @@ async def api_annotate(request: web.Request) -> web.Response:
         raise ApiError(400, "text: expected a non-empty string", ["text: expected a non-empty string"])
     if len(text) > MAX_NOTE_CHARS:
         raise ApiError(400, f"text: at most {MAX_NOTE_CHARS} characters", [f"text: at most {MAX_NOTE_CHARS} characters"])
-    await add_note(request, incident.id, incident.tenant, text.strip())
-    return web.json_response({"incident": incident.id, "text": text.strip()}, status=201)
+    internal = body.get("internal", False)
+    if not isinstance(internal, bool):
+        raise ApiError(400, "internal: expected true or false", ["internal: expected true or false"])
+    await add_note(request, incident.id, incident.tenant, text.strip(), internal=internal)
+    return web.json_response({"incident": incident.id, "text": text.strip(), "internal": internal}, status=201)
 
 
-async def add_note(request: web.Request, incident_id: str, tenant: str, text: str) -> None:
-    await request.app[STORE].annotate(incident_id, principal_of(request).name, text)
-    await audit(request, "incident.annotate", target=incident_id, tenant=tenant, details={"chars": len(text)})
+async def add_note(request: web.Request, incident_id: str, tenant: str, text: str, *, internal: bool = False) -> None:
+    """Store a note; an internal one (operator and NOC only) is never shown to the tenant."""
+    if internal and not principal_of(request).sees_all:
+        raise ApiError(403, "internal: only the operator and the NOC write internal notes",
+                       ["internal: only the operator and the NOC write internal notes"])
+    await request.app[STORE].annotate(incident_id, principal_of(request).name, text, internal=internal)
+    await audit(request, "incident.annotate", target=incident_id, tenant=tenant,
+                details={"chars": len(text), "internal": internal})
 
 
 async def api_pcap(request: web.Request) -> web.StreamResponse:
@@ -743,8 +791,30 @@ async def api_pcap(request: web.Request) -> web.StreamResponse:
 async def api_audit(request: web.Request) -> web.Response:
     if not principal_of(request).sees_all:
         raise ApiError(403, "the audit log is for administrators and the NOC")
-    entries = await request.app[STORE].audit_log(tenant=request.query.get("tenant") or None)
-    return web.json_response({"entries": entries})
+    tenant = request.query.get("tenant") or None
+    limit = _query_int(request, "limit", AUDIT_PAGE_DEFAULT, 1, AUDIT_PAGE_MAX)
+    before = _query_int(request, "before", None, 1, 2**63 - 1)
+    # One more than asked for tells whether another page follows.
+    entries = await request.app[STORE].audit_log(tenant=tenant, limit=limit + 1, before=before)
+    more = len(entries) > limit
+    entries = entries[:limit]
+    cursor = entries[-1]["id"] if more else None
+    nxt = None
+    if cursor is not None:
+        query = {"limit": str(limit), "before": str(cursor)} | ({"tenant": tenant} if tenant else {})
+        nxt = str(request.rel_url.with_query(query))
+    return web.json_response({"entries": entries, "next_before": cursor, "next": nxt})
+
+
+def _query_int(request: web.Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    text = request.query.get(name, "")
+    if text == "":
+        return default
+    # ASCII digits only ("²" is a digit to str.isdigit) and short enough for a 64-bit integer.
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or not low <= int(text) <= high:
+        raise ApiError(400, f"{name}: expected a whole number from {low} to {high}",
+                       [f"{name}: expected a whole number from {low} to {high}"])
+    return int(text)
 
 
 def _dumps(value: Any) -> str:

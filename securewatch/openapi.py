@@ -28,6 +28,7 @@ def _op(summary: str, *, params: tuple[str, ...] = (), query: tuple[tuple[str, s
 def openapi_document() -> dict[str, Any]:
     tid = ("tenant_id",)
     iid = ("incident_id",)
+    user = ("name",)
     paths: dict[str, dict[str, Any]] = {
         "/api/v1/openapi.json": {"get": _op("This document", errors=())},
         "/api/v1/me": {"get": _op("The caller's identity and role", errors=("401",))},
@@ -44,7 +45,9 @@ def openapi_document() -> dict[str, Any]:
             "get": _op("One tenant", params=tid, errors=("401", "404")),
             "put": _op("Replace a tenant (admin)", params=tid, body="#/components/schemas/Tenant",
                        errors=("400", "401", "403", "404", "422")),
-            "delete": _op("Delete a tenant (admin)", params=tid, errors=("401", "403", "404")),
+            "delete": _op("Delete a tenant (admin): revokes its API tokens, disables its users and ends their "
+                          "sessions (listed in the answer); re-creating the id brings none of them back",
+                          params=tid, errors=("401", "403", "404")),
         },
         "/api/v1/tenants/{tenant_id}/versions": {
             "get": _op("Version history of a tenant", params=tid, errors=("401", "404"))},
@@ -75,13 +78,41 @@ def openapi_document() -> dict[str, Any]:
             "post": _op("Acknowledge an incident (admin, noc, tenant write)", params=iid,
                         errors=("401", "403", "404"))},
         "/api/v1/incidents/{incident_id}/notes": {
-            "post": _op("Annotate an incident (admin, noc, tenant write)", params=iid,
+            "post": _op("Annotate an incident (admin, noc, tenant write); \"internal\": true (admin, noc) "
+                        "keeps the note from the tenant", params=iid,
                         body="#/components/schemas/Note", ok="201", errors=("400", "401", "403", "404"))},
         "/api/v1/incidents/{incident_id}/pcap/{kind}": {
             "get": _op("Download an incident's PCAP evidence (kind: dropped | passed)", params=(*iid, "kind"),
                        content="application/vnd.tcpdump.pcap", errors=("401", "404"))},
-        "/api/v1/audit": {"get": _op("Audit log (admin, noc)", query=(("tenant", "tenant id"),),
-                                     errors=("401", "403"))},
+        "/api/v1/audit": {"get": _op("Audit log (admin, noc), newest first, one page at a time: `next` is the URL "
+                                     "of the following page (null on the last)", query=(
+            ("tenant", "tenant id"), ("limit", "entries per page, 1 to 1000 (default 200)"),
+            ("before", "only entries older than this id (the previous page's next_before)")),
+                                     errors=("400", "401", "403"))},
+        "/api/v1/users": {
+            "get": _op("Users: name, role, tenant, access, state (admin)"),
+            "post": _op("Add a user (admin)", body="#/components/schemas/UserNew", ok="201",
+                        errors=("400", "401", "403", "409", "422")),
+        },
+        "/api/v1/users/{name}": {
+            "delete": _op("Delete a user and end its sessions (admin; not the last enabled admin)", params=user,
+                          errors=("401", "403", "404", "409"))},
+        "/api/v1/users/{name}/disable": {
+            "post": _op("Disable a user and end its sessions (admin; not the last enabled admin)", params=user,
+                        errors=("401", "403", "404", "409"))},
+        "/api/v1/users/{name}/enable": {
+            "post": _op("Enable a user again (admin; its tenant must exist)", params=user,
+                        errors=("401", "403", "404", "409"))},
+        "/api/v1/users/{name}/password": {
+            "put": _op("Set a user's password and end its sessions (admin)", params=user,
+                       body="#/components/schemas/Password", errors=("400", "401", "403", "404", "422"))},
+        "/api/v1/tokens": {
+            "get": _op("API tokens with their state: active, revoked, expired, no tenant (admin)"),
+            "post": _op("Create an API token (admin); the token is in the answer once, only its SHA-256 is kept",
+                        body="#/components/schemas/TokenNew", ok="201", errors=("400", "401", "403", "422")),
+        },
+        "/api/v1/tokens/{token_id}": {
+            "delete": _op("Revoke an API token (admin)", params=("token_id",), errors=("401", "403", "404"))},
         "/api/v1/notifiers": {"get": _op("Each NOC receiver's health and backlog (admin, noc)",
                                          errors=("401", "403", "503"))},
         "/api/v1/notify": {
@@ -121,7 +152,23 @@ def openapi_document() -> dict[str, Any]:
                            "properties": {kind: {"type": "array", "items": {"type": "object"}}
                                           for kind in ("syslog", "snmp", "email", "webhook")}
                            | {"state_dir": {"type": "string"}}},
-                "Note": {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}},
+                "Note": {"type": "object", "required": ["text"], "properties": {
+                    "text": {"type": "string"},
+                    "internal": {"type": "boolean", "description": "admin, noc: never shown to the tenant"}}},
+                "UserNew": {"type": "object", "required": ["name", "password", "role"], "properties": {
+                    "name": {"type": "string"}, "password": {"type": "string", "minLength": 8},
+                    "role": {"type": "string", "enum": ["admin", "noc", "tenant"]},
+                    "tenant": {"type": "string", "description": "role tenant only"},
+                    "access": {"type": "string", "enum": ["read", "write"], "description": "role tenant only"}}},
+                "Password": {"type": "object", "required": ["password"], "properties": {
+                    "password": {"type": "string", "minLength": 8}}},
+                "TokenNew": {"type": "object", "required": ["role"], "properties": {
+                    "role": {"type": "string", "enum": ["admin", "noc", "tenant"]},
+                    "tenant": {"type": "string", "description": "role tenant only"},
+                    "access": {"type": "string", "enum": ["read", "write"], "description": "role tenant only"},
+                    "label": {"type": "string", "maxLength": 100},
+                    "expires": {"description": "days from now (a number) or an ISO 8601 date; absent: never",
+                                "oneOf": [{"type": "number"}, {"type": "string"}]}}},
             },
         },
         "security": [{"bearer": []}, {"session": []}],

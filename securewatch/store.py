@@ -8,8 +8,10 @@ written once with `?` placeholders; the PostgreSQL backend rewrites them to
 `schema_version`, so an old database is brought forward in place.
 
 What is kept: tenants (current JSON form plus every version), the audit log,
-users (argon2 hashes), API tokens (SHA-256 of the token only), browser
-sessions, incidents with their events, timeline points and notes, PCAP files
+users (argon2 hashes), API tokens (SHA-256 of the token only, with expiry and
+revocation; removing a tenant revokes its tokens, disables its users and ends
+their sessions in the same transaction), browser sessions, incidents with their
+events, timeline points and notes (some internal to the operator), PCAP files
 by reference, per-tenant traffic per second (last hour) and per minute
 (90 days), and the months whose report was mailed.
 """
@@ -20,6 +22,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import json
+import os
 import pathlib
 import sqlite3
 import time
@@ -37,6 +40,10 @@ T = TypeVar("T")
 SECOND_RETENTION_S = 3600              # seconds of per-second traffic kept
 MINUTE_RETENTION_S = 90 * 24 * 3600    # seconds of per-minute traffic kept (90 days)
 SQLITE_BUSY_TIMEOUT_MS = 5000          # milliseconds SQLite waits for another writer (e.g. the CLI)
+# The database holds password and token hashes and every notifier secret in plaintext: owner only.
+SQLITE_FILE_MODE = 0o600               # the database file and its -wal/-shm companions
+SQLITE_DIR_MODE = 0o700                # a directory Seawall creates for the database
+SQLITE_COMPANIONS = ("", "-wal", "-shm", "-journal")   # suffixes of the files SQLite keeps next to it
 
 ROLES = ("admin", "noc", "tenant")
 ACCESS_LEVELS = ("read", "write")
@@ -117,6 +124,16 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             version BIGINT PRIMARY KEY, data TEXT NOT NULL, created_at {real} NOT NULL,
             created_by TEXT NOT NULL, action TEXT NOT NULL)""",
     ]),
+    # Credentials that end: a token's expiry and revocation time (deleting a tenant revokes its
+    # tokens and disables its users), and incident notes only the operator and the NOC see.
+    (3, "token expiry, revocation time, internal notes", [
+        "ALTER TABLE api_tokens ADD COLUMN expires_at {real}",
+        "ALTER TABLE api_tokens ADD COLUMN revoked_at {real}",
+        "ALTER TABLE incident_notes ADD COLUMN internal INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX api_tokens_tenant ON api_tokens (tenant)",
+        "CREATE INDEX users_tenant ON users (tenant)",
+        "CREATE INDEX sessions_username ON sessions (username)",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -141,6 +158,29 @@ class ApiToken:
     access: str
     created_at: float
     last_used: float | None
+    expires_at: float | None = None    # seconds since the epoch; None: never expires
+    revoked: bool = False
+    revoked_at: float | None = None
+    tenant_present: bool = True        # its tenant (if it has one) exists now
+
+    @property
+    def principal_name(self) -> str:
+        return f"token:{self.id}:{self.label}"
+
+    def refusal(self, now: float) -> str | None:
+        """Why this token may not authenticate now (None: it may)."""
+        if self.revoked:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        if self.tenant is not None and not self.tenant_present:
+            return "no tenant"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("tenant_present")
+        return d
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -249,7 +289,7 @@ def _open_backend(url: str) -> _Backend:
     if path is None:
         raise StoreError(f"{url!r} is not a database URL (sqlite:////ABSOLUTE/PATH or postgresql://...)")
     if isinstance(path, pathlib.Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _prepare_sqlite_file(path)
     try:
         connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level="DEFERRED")
         connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
@@ -259,6 +299,40 @@ def _open_backend(url: str) -> _Backend:
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open SQLite database {path}: {exc}") from exc
     return _Backend(connection, "sqlite")
+
+
+def _prepare_sqlite_file(path: pathlib.Path) -> None:
+    """Create the database's directory 0700 and the file 0600 when Seawall makes them, and tighten
+    a file (or its -wal/-shm) that others can read. SQLite gives -wal and -shm the file's mode."""
+    if not path.parent.exists():
+        try:
+            path.parent.mkdir(mode=SQLITE_DIR_MODE, parents=True)
+            os.chmod(path.parent, SQLITE_DIR_MODE)   # whatever the umask
+        except FileExistsError:
+            pass   # made by another process meanwhile: not ours to change
+        except OSError as exc:
+            raise StoreError(f"cannot create the database directory {path.parent}: {exc}") from exc
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, SQLITE_FILE_MODE))
+        os.chmod(path, SQLITE_FILE_MODE)
+        return   # a new, empty file is an empty SQLite database; no companions yet
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"cannot create SQLite database {path}: {exc}") from exc
+    for suffix in SQLITE_COMPANIONS:
+        file = pathlib.Path(f"{path}{suffix}")
+        try:
+            mode = file.stat().st_mode & 0o777
+        except FileNotFoundError:
+            continue
+        if mode & ~SQLITE_FILE_MODE:
+            try:
+                os.chmod(file, SQLITE_FILE_MODE)
+                log.warning("store.permissions_tightened", path=str(file), was=oct(mode),
+                            now=oct(SQLITE_FILE_MODE))
+            except OSError as exc:
+                log.warning("store.permissions_too_open", path=str(file), mode=oct(mode), error=str(exc))
 
 
 def _migrate(backend: _Backend) -> int:
@@ -374,14 +448,11 @@ class Store:
                     remote: str | None = None, details: dict[str, Any] | None = None) -> None:
         await self._run(_audit, actor, action, target, tenant, remote, details or {})
 
-    async def audit_log(self, *, tenant: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
-        def q(b: _Backend) -> list[dict[str, Any]]:
-            where, params = ("WHERE tenant = ?", [tenant]) if tenant else ("", [])
-            rows = b.execute(f"SELECT at, actor, action, target, tenant, remote, details FROM audit_log {where} "
-                             f"ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
-            return [{"at": r[0], "actor": r[1], "action": r[2], "target": r[3], "tenant": r[4], "remote": r[5],
-                     "details": json.loads(r[6])} for r in rows]
-        return await self._run(q)
+    async def audit_log(self, *, tenant: str | None = None, limit: int = 200,
+                        before: int | None = None) -> list[dict[str, Any]]:
+        """Newest first, at most `limit` entries; `before`: only entries with a smaller id (the
+        cursor of the next page is the last entry's id)."""
+        return await self._run(_audit_log, tenant, limit, before)
 
     # -- notify configuration ---------------------------------------------------
 
@@ -420,28 +491,48 @@ class Store:
         return await self._run(_get_user, name)
 
     async def users(self) -> list[User]:
-        def q(b: _Backend) -> list[User]:
-            rows = b.execute("SELECT name, password_hash, role, tenant, access, created_at, disabled FROM users "
-                             "ORDER BY name").fetchall()
-            return [User(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for r in rows]
-        return await self._run(q)
+        return await self._run(_users)
 
     async def set_password_hash(self, name: str, password_hash: str) -> None:
+        """Store a rehash of the same password (sessions stay); `change_password` ends them."""
         await self._run(lambda b: b.execute("UPDATE users SET password_hash = ? WHERE name = ?",
                                             (password_hash, name)))
 
-    async def add_token(self, token_hash: str, label: str, role: str, tenant: str | None, access: str) -> int:
-        return await self._run(_add_token, token_hash, label, role, tenant, access)
+    async def change_password(self, name: str, password_hash: str) -> bool:
+        """A new password ends the user's sessions. False: no such user."""
+        return await self._run(_change_password, name, password_hash)
+
+    async def set_user_disabled(self, name: str, disabled: bool) -> bool:
+        """Disabling ends the user's sessions. False: no such user."""
+        return await self._run(_set_user_disabled, name, disabled)
+
+    async def delete_user(self, name: str) -> bool:
+        """Delete the user and its sessions. False: no such user."""
+        return await self._run(_delete_user, name)
+
+    async def add_token(self, token_hash: str, label: str, role: str, tenant: str | None, access: str,
+                        expires_at: float | None = None) -> int:
+        return await self._run(_add_token, token_hash, label, role, tenant, access, expires_at)
+
+    async def tokens(self) -> list[ApiToken]:
+        return await self._run(_tokens)
+
+    async def revoke_token(self, token_id: int) -> bool:
+        """Revoke (the row stays, for the audit trail). False: no such token."""
+        return await self._run(_revoke_token, token_id)
 
     async def token_by_hash(self, token_hash: str) -> ApiToken | None:
-        def q(b: _Backend) -> ApiToken | None:
-            row = b.execute("SELECT id, label, role, tenant, access, created_at, last_used FROM api_tokens "
-                            "WHERE token_hash = ? AND revoked = 0", (token_hash,)).fetchone()
-            if row is None:
-                return None
-            b.execute("UPDATE api_tokens SET last_used = ? WHERE id = ?", (time.time(), row[0]))
-            return ApiToken(*row)
-        return await self._run(q)
+        """The token with this hash, revoked or expired ones included (see `ApiToken.refusal`);
+        its `last_used` is updated only when it may authenticate."""
+        return await self._run(_token_by_hash, token_hash, time.time())
+
+    async def session_principal(self, id_hash: str) -> tuple[Session, User, bool] | None:
+        """An unexpired session with its user and whether the user's tenant (if any) exists."""
+        return await self._run(_session_principal, id_hash, time.time())
+
+    async def actor_scopes(self, names: Iterable[str]) -> dict[str, tuple[str, str | None]]:
+        """(role, tenant) of each actor name that is a user or a token ("token:ID:label") now."""
+        return await self._run(_actor_scopes, sorted(set(names)))
 
     async def create_session(self, session: Session, remote: str | None) -> None:
         await self._run(lambda b: b.execute(
@@ -486,11 +577,13 @@ class Store:
                     for r in rows]
         return await self._run(q)
 
-    async def incident_notes(self, incident_id: str) -> list[dict[str, Any]]:
+    async def incident_notes(self, incident_id: str, *, internal: bool = True) -> list[dict[str, Any]]:
+        """Notes in order; internal=False leaves out the operator's and the NOC's internal notes."""
         def q(b: _Backend) -> list[dict[str, Any]]:
-            rows = b.execute("SELECT at, author, text FROM incident_notes WHERE incident_id = ? ORDER BY id",
-                             (incident_id,)).fetchall()
-            return [{"at": r[0], "author": r[1], "text": r[2]} for r in rows]
+            only_public = "" if internal else " AND internal = 0"
+            rows = b.execute(f"SELECT at, author, text, internal FROM incident_notes WHERE incident_id = ?"
+                             f"{only_public} ORDER BY id", (incident_id,)).fetchall()
+            return [{"at": r[0], "author": r[1], "text": r[2], "internal": bool(r[3])} for r in rows]
         return await self._run(q)
 
     async def acknowledge(self, incident_id: str, who: str) -> bool:
@@ -500,10 +593,10 @@ class Store:
             return cur.rowcount > 0
         return await self._run(q)
 
-    async def annotate(self, incident_id: str, who: str, text: str) -> None:
+    async def annotate(self, incident_id: str, who: str, text: str, *, internal: bool = False) -> None:
         await self._run(lambda b: b.execute(
-            "INSERT INTO incident_notes (incident_id, at, author, text) VALUES (?, ?, ?, ?)",
-            (incident_id, time.time(), who, text)))
+            "INSERT INTO incident_notes (incident_id, at, author, text, internal) VALUES (?, ?, ?, ?, ?)",
+            (incident_id, time.time(), who, text, int(internal))))
 
     async def pcaps(self, incident_id: str) -> dict[str, dict[str, Any]]:
         def q(b: _Backend) -> dict[str, dict[str, Any]]:
@@ -585,8 +678,27 @@ class SyncStore:
     def user(self, name: str) -> User | None:
         return self._run(_get_user, name)
 
-    def add_token(self, token_hash: str, label: str, role: str, tenant: str | None, access: str) -> int:
-        return self._run(_add_token, token_hash, label, role, tenant, access)
+    def users(self) -> list[User]:
+        return self._run(_users)
+
+    def change_password(self, name: str, password_hash: str) -> bool:
+        return self._run(_change_password, name, password_hash)
+
+    def set_user_disabled(self, name: str, disabled: bool) -> bool:
+        return self._run(_set_user_disabled, name, disabled)
+
+    def delete_user(self, name: str) -> bool:
+        return self._run(_delete_user, name)
+
+    def add_token(self, token_hash: str, label: str, role: str, tenant: str | None, access: str,
+                  expires_at: float | None = None) -> int:
+        return self._run(_add_token, token_hash, label, role, tenant, access, expires_at)
+
+    def tokens(self) -> list[ApiToken]:
+        return self._run(_tokens)
+
+    def revoke_token(self, token_id: int) -> bool:
+        return self._run(_revoke_token, token_id)
 
     def tenant_set(self) -> TenantSet:
         return self._run(_tenant_set)
@@ -639,8 +751,29 @@ def _save_tenant_set(b: _Backend, tenant_set: TenantSet, actor: str, action: str
         b.execute("DELETE FROM tenants WHERE id = ?", (tenant_id,))
         b.execute("INSERT INTO tenant_versions (tenant_id, version, data, created_at, created_by, action) "
                   "VALUES (?, ?, NULL, ?, ?, ?)", (tenant_id, version, now, actor, action))
+        _revoke_tenant_credentials(b, tenant_id, actor, action, now)
         changed.append(tenant_id)
     return changed
+
+
+def _revoke_tenant_credentials(b: _Backend, tenant_id: str, actor: str, action: str, now: float) -> None:
+    """A removed tenant's credentials die with it, in the same transaction: its tokens are revoked,
+    its users disabled (kept, so an administrator can see and re-enable or delete them) and their
+    sessions ended. A tenant re-created under the same id (a new customer) gets none of them back."""
+    tokens = [int(r[0]) for r in b.execute("SELECT id FROM api_tokens WHERE tenant = ? AND revoked = 0 ORDER BY id",
+                                           (tenant_id,)).fetchall()]
+    b.execute("UPDATE api_tokens SET revoked = 1, revoked_at = ? WHERE tenant = ? AND revoked = 0",
+              (now, tenant_id))
+    users = [r[0] for r in b.execute("SELECT name FROM users WHERE tenant = ? AND disabled = 0 ORDER BY name",
+                                     (tenant_id,)).fetchall()]
+    b.execute("UPDATE users SET disabled = 1 WHERE tenant = ?", (tenant_id,))
+    sessions = b.execute("DELETE FROM sessions WHERE username IN (SELECT name FROM users WHERE tenant = ?)",
+                         (tenant_id,)).rowcount
+    if tokens or users or sessions:
+        _audit(b, actor, "tenant.credentials_revoked", tenant_id, tenant_id, None,
+               {"tokens": tokens, "users": users, "sessions": sessions, "cause": action})
+        log.info("store.tenant_credentials_revoked", tenant=tenant_id, tokens=len(tokens), users=len(users),
+                 sessions=sessions, cause=action)
 
 
 def _next_version(b: _Backend, tenant_id: str) -> int:
@@ -665,16 +798,128 @@ def _add_user(b: _Backend, user: User) -> None:
 
 
 def _get_user(b: _Backend, name: str) -> User | None:
-    row = b.execute("SELECT name, password_hash, role, tenant, access, created_at, disabled FROM users "
-                    "WHERE name = ?", (name,)).fetchone()
-    return User(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6])) if row else None
+    row = b.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE name = ?", (name,)).fetchone()
+    return _user_from_row(row) if row else None
 
 
-def _add_token(b: _Backend, token_hash: str, label: str, role: str, tenant: str | None, access: str) -> int:
-    row = b.execute("INSERT INTO api_tokens (token_hash, label, role, tenant, access, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                    (token_hash, label, role, tenant, access, time.time())).fetchone()
+def _audit_log(b: _Backend, tenant: str | None, limit: int, before: int | None) -> list[dict[str, Any]]:
+    where, params = [], []
+    if tenant:
+        where.append("tenant = ?")
+        params.append(tenant)
+    if before is not None:
+        where.append("id < ?")
+        params.append(before)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    rows = b.execute(f"SELECT id, at, actor, action, target, tenant, remote, details FROM audit_log {clause} "
+                     f"ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
+    return [{"id": int(r[0]), "at": r[1], "actor": r[2], "action": r[3], "target": r[4], "tenant": r[5],
+             "remote": r[6], "details": json.loads(r[7])} for r in rows]
+
+
+_USER_COLUMNS = "name, password_hash, role, tenant, access, created_at, disabled"
+
+
+def _user_from_row(r: Sequence[Any]) -> User:
+    return User(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]))
+
+
+def _users(b: _Backend) -> list[User]:
+    return [_user_from_row(r) for r in b.execute(f"SELECT {_USER_COLUMNS} FROM users ORDER BY name").fetchall()]
+
+
+def _end_sessions(b: _Backend, name: str) -> int:
+    return b.execute("DELETE FROM sessions WHERE username = ?", (name,)).rowcount
+
+
+def _change_password(b: _Backend, name: str, password_hash: str) -> bool:
+    if b.execute("UPDATE users SET password_hash = ? WHERE name = ?", (password_hash, name)).rowcount == 0:
+        return False
+    _end_sessions(b, name)
+    return True
+
+
+def _set_user_disabled(b: _Backend, name: str, disabled: bool) -> bool:
+    if b.execute("UPDATE users SET disabled = ? WHERE name = ?", (int(disabled), name)).rowcount == 0:
+        return False
+    if disabled:
+        _end_sessions(b, name)
+    return True
+
+
+def _delete_user(b: _Backend, name: str) -> bool:
+    if b.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
+        return False
+    _end_sessions(b, name)
+    return True
+
+
+def _add_token(b: _Backend, token_hash: str, label: str, role: str, tenant: str | None, access: str,
+               expires_at: float | None = None) -> int:
+    row = b.execute("INSERT INTO api_tokens (token_hash, label, role, tenant, access, created_at, expires_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (token_hash, label, role, tenant, access, time.time(), expires_at)).fetchone()
     return int(row[0])
+
+
+# `tenant_present`: whether the token's tenant exists now (a subquery, so one round trip).
+_TOKEN_COLUMNS = ("id, label, role, tenant, access, created_at, last_used, expires_at, revoked, revoked_at, "
+                  "tenant IS NULL OR EXISTS (SELECT 1 FROM tenants WHERE tenants.id = api_tokens.tenant)")
+
+
+def _token_from_row(r: Sequence[Any]) -> ApiToken:
+    return ApiToken(int(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), r[9], bool(r[10]))
+
+
+def _tokens(b: _Backend) -> list[ApiToken]:
+    return [_token_from_row(r) for r in b.execute(f"SELECT {_TOKEN_COLUMNS} FROM api_tokens ORDER BY id").fetchall()]
+
+
+def _revoke_token(b: _Backend, token_id: int) -> bool:
+    if b.execute("SELECT 1 FROM api_tokens WHERE id = ?", (token_id,)).fetchone() is None:
+        return False
+    b.execute("UPDATE api_tokens SET revoked = 1, revoked_at = ? WHERE id = ? AND revoked = 0",
+              (time.time(), token_id))
+    return True
+
+
+def _token_by_hash(b: _Backend, token_hash: str, now: float) -> ApiToken | None:
+    row = b.execute(f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = ?", (token_hash,)).fetchone()
+    if row is None:
+        return None
+    token = _token_from_row(row)
+    if token.refusal(now) is None:
+        b.execute("UPDATE api_tokens SET last_used = ? WHERE id = ?", (now, token.id))
+    return token
+
+
+def _session_principal(b: _Backend, id_hash: str, now: float) -> tuple[Session, User, bool] | None:
+    row = b.execute("SELECT s.id_hash, s.username, s.csrf, s.created_at, s.expires_at, "
+                    + ", ".join(f"u.{c}" for c in _USER_COLUMNS.split(", "))
+                    + ", u.tenant IS NULL OR EXISTS (SELECT 1 FROM tenants WHERE tenants.id = u.tenant) "
+                    "FROM sessions s JOIN users u ON u.name = s.username WHERE s.id_hash = ? AND s.expires_at > ?",
+                    (id_hash, now)).fetchone()
+    if row is None:
+        return None
+    return Session(*row[:5]), _user_from_row(row[5:12]), bool(row[12])
+
+
+def _actor_scopes(b: _Backend, names: list[str]) -> dict[str, tuple[str, str | None]]:
+    scopes: dict[str, tuple[str, str | None]] = {}
+    token_ids = {}
+    for name in names:
+        kind, _, rest = name.partition(":")
+        if kind == "token" and rest.split(":", 1)[0].isdigit():
+            token_ids[int(rest.split(":", 1)[0])] = name
+        else:
+            row = b.execute("SELECT role, tenant FROM users WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                scopes[name] = (row[0], row[1])
+    for token_id, name in token_ids.items():
+        row = b.execute("SELECT role, tenant FROM api_tokens WHERE id = ?", (token_id,)).fetchone()
+        if row is not None:
+            scopes[name] = (row[0], row[1])
+    return scopes
 
 
 _INCIDENT_COLUMNS = ("id, tenant, state, started, ended, updated, target, vectors, destinations, confidence, "

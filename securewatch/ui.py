@@ -281,7 +281,7 @@ def _form_from_tenant(tenant: Any) -> dict[str, Any]:
 
 async def policy_page(request: web.Request) -> web.Response:
     tenant = await sw.visible_tenant(request, request.match_info["tenant_id"])
-    versions = await request.app[sw.STORE].tenant_versions(tenant.id)
+    versions = await sw.tenant_versions_shown(request, tenant.id)
     return _policy_render(request, tenant, _form_from_tenant(tenant), {}, [], versions[:10], saved=False)
 
 
@@ -393,7 +393,7 @@ async def policy_submit(request: web.Request) -> web.Response:
         body["prefixes"] = [line.strip() for line in values["prefixes"].splitlines() if line.strip()]
     else:
         values["prefixes"] = "\n".join(str(x) for x in tenant.prefixes)
-    versions = await request.app[sw.STORE].tenant_versions(tenant.id)
+    versions = await sw.tenant_versions_shown(request, tenant.id)
     table = sw.merged_policy_table(tenant, body, p)
     general: list[str] = []
     if errors:
@@ -411,7 +411,7 @@ async def policy_submit(request: web.Request) -> web.Response:
         _sort_problems(exc.problems, errors, general)
         return _policy_render(request, tenant, values, errors, general, versions[:10], saved=False, status=422)
     updated = (await request.app[sw.STORE].tenant_set())[tenant.id]
-    versions = await request.app[sw.STORE].tenant_versions(tenant.id)
+    versions = await sw.tenant_versions_shown(request, tenant.id)
     return _policy_render(request, updated, _form_from_tenant(updated), {}, [], versions[:10], saved=True)
 
 
@@ -447,7 +447,7 @@ async def incident_note(request: web.Request) -> web.Response:
     text = str(form.get("text", "")).strip()
     if not text or len(text) > sw.MAX_NOTE_CHARS:
         raise sw.ApiError(400, f"a note needs 1 to {sw.MAX_NOTE_CHARS} characters")
-    await sw.add_note(request, incident.id, incident.tenant, text)
+    await sw.add_note(request, incident.id, incident.tenant, text, internal=form.get("internal") == "on")
     raise web.HTTPFound(f"/incidents/{incident.id}")
 
 

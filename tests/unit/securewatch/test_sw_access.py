@@ -5,11 +5,14 @@ A tenant principal must get 404 for another tenant's objects, exactly as for ids
 
 from __future__ import annotations
 
+import time
+
 import aiohttp
 import pytest
 from test_sw_helpers import add_token, attack_events, service
 
 from securewatch.openapi import openapi_document
+from securewatch.store import User
 
 ROLES = {  # principal name: (role, tenant, access)
     "admin": ("admin", None, "write"),
@@ -60,6 +63,17 @@ MATRIX = [
     ("GET", "/api/v1/notifiers", None, (OK, OK, DENIED, DENIED)),
     ("GET", "/api/v1/notify", None, (OK, OK, DENIED, DENIED)),
     ("PUT", "/api/v1/notify", NOTIFY, (OK, DENIED, DENIED, DENIED)),
+    ("GET", "/api/v1/users", None, (OK, DENIED, DENIED, DENIED)),
+    ("POST", "/api/v1/users", {"name": "gina", "password": "long enough", "role": "noc"},
+     (CREATED, DENIED, DENIED, DENIED)),
+    ("POST", "/api/v1/users/frank/disable", None, (OK, DENIED, DENIED, DENIED)),
+    ("POST", "/api/v1/users/frank/enable", None, (OK, DENIED, DENIED, DENIED)),
+    ("PUT", "/api/v1/users/frank/password", {"password": "another long one"}, (OK, DENIED, DENIED, DENIED)),
+    ("DELETE", "/api/v1/users/frank", None, (OK, DENIED, DENIED, DENIED)),
+    ("GET", "/api/v1/tokens", None, (OK, DENIED, DENIED, DENIED)),
+    ("POST", "/api/v1/tokens", {"role": "tenant", "tenant": "alpha", "expires": 30},
+     (CREATED, DENIED, DENIED, DENIED)),
+    ("DELETE", "/api/v1/tokens/5", None, (OK, DENIED, DENIED, DENIED)),
     ("GET", "/metrics", None, (OK, OK, OK, OK)),
     ("GET", "/api/v1/openapi.json", None, (OK, OK, OK, OK)),
 ]
@@ -68,7 +82,8 @@ CASES = [(who, method, path, body, expected[i]) for method, path, body, expected
 
 
 def test_matrix_covers_every_documented_operation():
-    covered = {(m.lower(), p.replace("inc-alpha-1", "{incident_id}").replace("inc-beta-1", "{incident_id}")
+    covered = {(m.lower(), p.replace("/users/frank", "/users/{name}").replace("/tokens/5", "/tokens/{token_id}")
+                .replace("inc-alpha-1", "{incident_id}").replace("inc-beta-1", "{incident_id}")
                 .replace("inc-guessed-9", "{incident_id}").replace("/dropped", "/{kind}")
                 .replace("alpha", "{tenant_id}").replace("beta", "{tenant_id}")
                 .replace("nonexistent", "{tenant_id}").replace("2025-01", "{period}"))
@@ -85,6 +100,9 @@ async def deployment(tmp_path):
             for e in attack_events(incident, tenant=tenant, target=target, pcap_dir=tmp_path):
                 await store.record_event(e.to_dict())
         tokens = {who: await add_token(store, role, tenant, access) for who, (role, tenant, access) in ROLES.items()}
+        await add_token(store, "noc")  # id 5, revoked by the matrix
+        # A user to disable, enable, delete; no password hash needed (argon2 per case is slow).
+        await store.add_user(User("frank", "$argon2id$not-a-real-hash", "tenant", "alpha", "read", time.time()))
         yield url, tokens
 
 

@@ -148,3 +148,110 @@ async def test_report_mailings(store):
 async def test_bad_url_is_a_clear_error(tmp_path):
     with pytest.raises(StoreError, match="not a database URL"):
         await Store.open("sqlite:///relative.db")
+
+
+async def test_item4_removing_a_tenant_revokes_its_tokens_disables_its_users_and_ends_sessions(store):
+    """Issue 12 item 4, at the store: every path that removes a tenant (API delete, tenant-set
+    replace, a SIGHUP reload of the config) stores the set through save_tenant_set, which revokes
+    the tenant's credentials in the same transaction. Re-creating the id brings none back."""
+    from securewatch.store import Session
+    now = time.time()
+    await store.save_tenant_set(TenantSet.from_dicts(TENANTS), "alice", "seed")
+    await store.add_user(User("bea", "$argon2id$x", "tenant", "beta", "write", now))
+    await store.add_user(User("al", "$argon2id$x", "tenant", "alpha", "read", now))
+    beta_token = await store.add_token("be" * 32, "beta-ci", "tenant", "beta", "write")
+    alpha_token = await store.add_token("a1" * 32, "alpha-ci", "tenant", "alpha", "read")
+    await store.create_session(Session("sb", "bea", "c", now, now + 600), "192.0.2.1")
+    await store.create_session(Session("sa", "al", "c", now, now + 600), "192.0.2.2")
+    assert (await store.token_by_hash("be" * 32)).refusal(now) is None
+
+    alpha_only = TenantSet.from_dicts(TENANTS[:1])
+    assert await store.save_tenant_set(alpha_only, "appliance", "reload") == ["beta"]
+
+    assert (await store.token_by_hash("be" * 32)).refusal(time.time()) == "revoked"
+    assert (await store.token_by_hash("a1" * 32)).refusal(time.time()) is None
+    assert (await store.user("bea")).disabled and not (await store.user("al")).disabled
+    assert await store.session_principal("sb") is None and await store.session("sb") is None
+    assert (await store.session_principal("sa"))[1].name == "al"
+    entry = (await store.audit_log(tenant="beta"))[0]
+    assert (entry["action"], entry["actor"]) == ("tenant.credentials_revoked", "appliance")
+    assert entry["details"] == {"tokens": [beta_token], "users": ["bea"], "sessions": 1, "cause": "reload"}
+
+    await store.save_tenant_set(TenantSet.from_dicts(TENANTS), "alice", "tenant.create")  # a new customer "beta"
+    assert (await store.token_by_hash("be" * 32)).refusal(time.time()) == "revoked"
+    assert (await store.user("bea")).disabled
+    assert [(t.id, t.revoked) for t in await store.tokens()] == [(beta_token, True), (alpha_token, False)]
+
+
+async def test_item4_token_expiry_tenant_presence_revoke_and_user_changes(store):
+    from securewatch.store import Session
+    now = time.time()
+    await store.save_tenant_set(TenantSet.from_dicts(TENANTS), "alice", "seed")
+    await store.add_token("e0" * 32, "old", "noc", None, "write", expires_at=now - 1)
+    await store.add_token("e1" * 32, "new", "noc", None, "write", expires_at=now + 3600)
+    await store.add_token("e2" * 32, "gone", "tenant", "gamma", "read")
+    assert (await store.token_by_hash("e0" * 32)).refusal(now) == "expired"
+    assert (await store.token_by_hash("e0" * 32)).last_used is None  # a refused token is not "used"
+    assert (await store.token_by_hash("e1" * 32)).refusal(now) is None
+    assert (await store.token_by_hash("e2" * 32)).refusal(now) == "no tenant"
+    second = (await store.tokens())[1]
+    assert await store.revoke_token(second.id) and not await store.revoke_token(9999)
+    assert (await store.token_by_hash("e1" * 32)).refusal(now) == "revoked"
+
+    await store.add_user(User("carl", "$argon2id$x", "noc", None, "write", now))
+    await store.create_session(Session("s1", "carl", "c", now, now + 600), None)
+    assert await store.change_password("carl", "$argon2id$new")
+    assert await store.session("s1") is None and (await store.user("carl")).password_hash == "$argon2id$new"
+    await store.create_session(Session("s2", "carl", "c", now, now + 600), None)
+    assert await store.set_user_disabled("carl", True) and await store.session("s2") is None
+    assert await store.set_user_disabled("carl", False) and not (await store.user("carl")).disabled
+    await store.create_session(Session("s3", "carl", "c", now, now + 600), None)
+    assert await store.delete_user("carl") and await store.session("s3") is None
+    assert not await store.delete_user("carl") and not await store.set_user_disabled("carl", True)
+    assert await store.actor_scopes(["alice", f"token:{second.id}:new", "appliance"]) == {
+        f"token:{second.id}:new": ("noc", None)}
+
+
+async def test_item10_internal_notes_and_item18_audit_cursor(store):
+    await store.annotate("inc-1", "noc1", "customer-visible")
+    await store.annotate("inc-1", "noc1", "upstream is Acme", internal=True)
+    assert [n["internal"] for n in await store.incident_notes("inc-1")] == [False, True]
+    assert [n["text"] for n in await store.incident_notes("inc-1", internal=False)] == ["customer-visible"]
+
+    for i in range(7):
+        await store.audit("alice", f"a{i}")
+    first = await store.audit_log(limit=3)
+    assert [e["action"] for e in first] == ["a6", "a5", "a4"]
+    second = await store.audit_log(limit=3, before=first[-1]["id"])
+    assert [e["action"] for e in second] == ["a3", "a2", "a1"]
+    assert [e["action"] for e in await store.audit_log(limit=3, before=second[-1]["id"])] == ["a0"]
+
+
+async def test_item4_migration_3_brings_a_version_2_database_forward_in_place(database_url):
+    """A database from before token expiry and internal notes keeps its tokens and notes."""
+    from securewatch.store import _DIALECT, MIGRATIONS, _open_backend
+    backend = _open_backend(database_url)
+    try:
+        backend.execute(f"CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
+                        f"applied_at {_DIALECT[backend.dialect]['real']} NOT NULL)")
+        for number, description, statements in MIGRATIONS[:2]:
+            for statement in statements:
+                backend.execute(statement.format(**_DIALECT[backend.dialect]))
+            backend.execute("INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
+                            (number, description, time.time()))
+        backend.execute("INSERT INTO api_tokens (token_hash, label, role, tenant, access, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", ("ff" * 32, "old", "noc", None, "write", time.time()))
+        backend.execute("INSERT INTO incident_notes (incident_id, at, author, text) VALUES (?, ?, ?, ?)",
+                        ("inc-1", time.time(), "noc1", "from v2"))
+        backend.commit()
+    finally:
+        backend.close()
+    s = await Store.open(database_url)
+    try:
+        assert await s.schema_version() == SCHEMA_VERSION
+        token = await s.token_by_hash("ff" * 32)
+        assert (token.label, token.expires_at, token.revoked, token.refusal(time.time())) == ("old", None, False, None)
+        assert [(n["text"], n["internal"]) for n in await s.incident_notes("inc-1", internal=False)] == [
+            ("from v2", False)]
+    finally:
+        await s.close()

@@ -1,0 +1,213 @@
+"""Users and API tokens over the REST API (administrators only), as `seawall user|token` does it.
+
+    GET    /api/v1/users                    the users (never a password hash)
+    POST   /api/v1/users                    {"name", "password", "role", "tenant"?, "access"?}
+    POST   /api/v1/users/{name}/disable     disable and end its sessions
+    POST   /api/v1/users/{name}/enable      enable again (its tenant must exist)
+    DELETE /api/v1/users/{name}             delete and end its sessions
+    PUT    /api/v1/users/{name}/password    {"password"}: set it and end its sessions
+    GET    /api/v1/tokens                   the tokens, with their state (active, revoked, expired, no tenant)
+    POST   /api/v1/tokens                   {"role", "tenant"?, "access"?, "label"?, "expires"?}: the token, once
+    DELETE /api/v1/tokens/{token_id}        revoke
+
+Every change is written to the audit log. The last enabled administrator cannot be disabled
+or deleted here (the CLI, on the machine, can still do it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from . import app as sw
+from . import auth, credentials
+from .store import User
+
+log = structlog.get_logger(__name__)
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/api/v1/users", api_users)
+    r.add_post("/api/v1/users", api_user_create)
+    r.add_post("/api/v1/users/{name}/disable", api_user_disable)
+    r.add_post("/api/v1/users/{name}/enable", api_user_enable)
+    r.add_delete("/api/v1/users/{name}", api_user_delete)
+    r.add_put("/api/v1/users/{name}/password", api_user_password)
+    r.add_get("/api/v1/tokens", api_tokens)
+    r.add_post("/api/v1/tokens", api_token_create)
+    r.add_delete("/api/v1/tokens/{token_id}", api_token_revoke)
+
+
+async def _hash_password(password: Any) -> str:
+    """argon2 takes tens of milliseconds of CPU: off the event loop."""
+    if not isinstance(password, str):
+        raise ValueError("password: expected a string")
+    return await asyncio.get_running_loop().run_in_executor(None, auth.hash_password, password)
+
+
+async def _tenant_problems(request: web.Request, role: Any, tenant: Any) -> list[str]:
+    if role == "tenant" and isinstance(tenant, str) and tenant \
+            and tenant not in await request.app[sw.STORE].tenant_set():
+        return [f"tenant: no tenant {tenant!r}"]
+    return []
+
+
+def _role_fields(body: dict[str, Any]) -> tuple[Any, Any, Any, list[str]]:
+    """role, tenant, access from a request body, with every problem found."""
+    role, tenant, access = body.get("role"), body.get("tenant") or None, body.get("access", "read")
+    problems = [f"{key}: expected a string" for key, value in (("role", role), ("tenant", tenant), ("access", access))
+                if value is not None and not isinstance(value, str)]
+    if role is None:
+        problems.append("role: required: admin, noc or tenant")
+    if problems:
+        return role, tenant, access, problems
+    access = access if role == "tenant" else "write"   # only a tenant's access is limited
+    return role, tenant, access, auth.validate_role(role, tenant, access)
+
+
+async def _body(request: web.Request, known: tuple[str, ...]) -> dict[str, Any]:
+    body = await sw.read_json(request)
+    if not isinstance(body, dict):
+        raise sw.ApiError(400, "expected a JSON object with some of: " + ", ".join(known))
+    unknown = [k for k in body if k not in known]
+    if unknown:
+        raise sw.ApiError(422, "unknown keys", [f"{k}: unknown key (known: {', '.join(known)})" for k in unknown])
+    return body
+
+
+async def _user_or_404(request: web.Request) -> User:
+    user = await request.app[sw.STORE].user(request.match_info["name"])
+    if user is None:
+        raise sw.not_found(f"no user {request.match_info['name']!r}")
+    return user
+
+
+async def _refuse_last_admin(request: web.Request, user: User, what: str) -> None:
+    if user.role != "admin" or user.disabled:
+        return
+    others = [u for u in await request.app[sw.STORE].users()
+              if u.role == "admin" and not u.disabled and u.name != user.name]
+    if not others:
+        raise sw.ApiError(409, f"{user.name!r} is the last enabled administrator: {what} it with the CLI "
+                               f"(`seawall user ...`) if you mean it")
+
+
+# -- users ------------------------------------------------------------------------------
+
+async def api_users(request: web.Request) -> web.Response:
+    sw.require_admin(request)
+    return web.json_response({"users": [credentials.user_row(u) for u in await request.app[sw.STORE].users()]})
+
+
+async def api_user_create(request: web.Request) -> web.Response:
+    sw.require_admin(request)
+    body = await _body(request, ("name", "password", "role", "tenant", "access"))
+    name = body.get("name")
+    problems = credentials.user_name_problems(name)
+    role, tenant, access, role_problems = _role_fields(body)
+    problems += role_problems + await _tenant_problems(request, role, tenant)
+    password_hash = None
+    try:
+        password_hash = await _hash_password(body.get("password"))
+    except ValueError as exc:
+        problems.append(str(exc))
+    if problems or password_hash is None:
+        raise sw.ApiError(422, "invalid user", problems)
+    store = request.app[sw.STORE]
+    try:
+        await store.add_user(User(name, password_hash, role, tenant, access, time.time()))
+    except ValueError as exc:
+        raise sw.ApiError(409, str(exc), [f"name: {exc}"]) from None
+    await sw.audit(request, "user.add", target=name, tenant=tenant, details={"role": role, "access": access})
+    return web.json_response({"user": credentials.user_row(await store.user(name))}, status=201)
+
+
+async def api_user_disable(request: web.Request) -> web.Response:
+    sw.require_admin(request)
+    user = await _user_or_404(request)
+    await _refuse_last_admin(request, user, "disable")
+    await request.app[sw.STORE].set_user_disabled(user.name, True)
+    await sw.audit(request, "user.disable", target=user.name, tenant=user.tenant)
+    return web.json_response({"user": user.name, "disabled": True})
+
+
+async def api_user_enable(request: web.Request) -> web.Response:
+    sw.require_admin(request)
+    user = await _user_or_404(request)
+    if user.tenant is not None and user.tenant not in await request.app[sw.STORE].tenant_set():
+        raise sw.ApiError(409, f"tenant: no tenant {user.tenant!r}: re-create it before enabling its users",
+                          [f"tenant: no tenant {user.tenant!r}"])
+    await request.app[sw.STORE].set_user_disabled(user.name, False)
+    await sw.audit(request, "user.enable", target=user.name, tenant=user.tenant)
+    return web.json_response({"user": user.name, "disabled": False})
+
+
+async def api_user_delete(request: web.Request) -> web.Response:
+    sw.require_admin(request)
+    user = await _user_or_404(request)
+    await _refuse_last_admin(request, user, "delete")
+    await request.app[sw.STORE].delete_user(user.name)
+    await sw.audit(request, "user.delete", target=user.name, tenant=user.tenant)
+    return web.json_response({"deleted": user.name})
+
+
+async def api_user_password(request: web.Request) -> web.Response:
+    sw.require_admin(request)
+    user = await _user_or_404(request)
+    body = await _body(request, ("password",))
+    try:
+        password_hash = await _hash_password(body.get("password"))
+    except ValueError as exc:
+        raise sw.ApiError(422, "invalid password", [str(exc)]) from None
+    await request.app[sw.STORE].change_password(user.name, password_hash)
+    await sw.audit(request, "user.password", target=user.name, tenant=user.tenant)
+    return web.json_response({"user": user.name, "password_changed": True})
+
+
+# -- tokens -----------------------------------------------------------------------------
+
+async def api_tokens(request: web.Request) -> web.Response:
+    sw.require_admin(request)
+    now = time.time()
+    return web.json_response({"tokens": [credentials.token_row(t, now)
+                                         for t in await request.app[sw.STORE].tokens()]})
+
+
+async def api_token_create(request: web.Request) -> web.Response:
+    sw.require_admin(request)
+    body = await _body(request, ("role", "tenant", "access", "label", "expires"))
+    role, tenant, access, problems = _role_fields(body)
+    problems += await _tenant_problems(request, role, tenant)
+    label = body.get("label") or f"{role}{':' + tenant if tenant else ''}"
+    problems += credentials.label_problems(label)
+    now = time.time()
+    expires_at = None
+    try:
+        expires_at = credentials.parse_expires(body.get("expires"), now)
+    except ValueError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise sw.ApiError(422, "invalid token", problems)
+    token = auth.new_token()
+    store = request.app[sw.STORE]
+    token_id = await store.add_token(auth.token_hash(token), label, role, tenant, access, expires_at)
+    await sw.audit(request, "token.create", target=str(token_id), tenant=tenant,
+                   details={"role": role, "access": access, "label": label, "expires_at": expires_at})
+    row = next(credentials.token_row(t, now) for t in await store.tokens() if t.id == token_id)
+    return web.json_response({**row, "token": token}, status=201)
+
+
+async def api_token_revoke(request: web.Request) -> web.Response:
+    sw.require_admin(request)
+    text = request.match_info["token_id"]
+    # Digits only and short: ids are 64-bit integers in the database.
+    if not (text.isascii() and text.isdigit()) or len(text) > 18 or not await request.app[sw.STORE].revoke_token(int(text)):
+        raise sw.not_found(f"no token {text!r}")
+    token = next(t for t in await request.app[sw.STORE].tokens() if t.id == int(text))
+    await sw.audit(request, "token.revoke", target=text, tenant=token.tenant, details={"label": token.label})
+    return web.json_response({"revoked": int(text)})
