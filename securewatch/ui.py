@@ -198,6 +198,14 @@ async def login_submit(request: web.Request) -> web.Response:
     if not ok:
         await store.audit(username or "?", "login.failed", remote=remote)
         return _login_page(request, 401, username=username, nxt=nxt, error="Wrong user name or password.")
+    if user.tenant is not None and (await store.tenant_set()).get(user.tenant) is None:
+        # The right password, but every request of this session would be refused (its tenant is
+        # gone or not yet in SecureWatch): say so instead of looping back to this page.
+        limiter.succeeded(username, remote)
+        await store.audit(user.name, "login.refused", tenant=user.tenant, remote=remote,
+                          details={"reason": "no tenant"})
+        return _login_page(request, 401, username=username, nxt=nxt,
+                           error="This account's tenant does not exist in SecureWatch; ask the operator.")
     limiter.succeeded(username, remote)
     session_id = auth.new_session_id()
     now = time.time()

@@ -15,7 +15,16 @@ import time
 import aiohttp
 import pytest
 import structlog
-from test_sw_helpers import PASSWORD, TENANTS, add_token, add_user, attack_events, login, service
+from test_sw_helpers import (
+    PASSWORD,
+    TENANTS,
+    add_token,
+    add_user,
+    attack_events,
+    login,
+    login_form_token,
+    service,
+)
 
 from securewatch import auth
 from securewatch.app import TRAFFIC_POLL_S
@@ -45,7 +54,7 @@ BETA_REQUESTS = [("GET", "/api/v1/incidents"), ("GET", "/api/v1/incidents/inc-be
 
 
 async def test_item4_deleted_tenant_token_gets_401_and_stays_dead_when_the_tenant_is_recreated(tmp_path):
-    async with service(tmp_path) as (url, store, _appliance):
+    async with service(tmp_path, pcap_root=tmp_path) as (url, store, _appliance):
         for e in attack_events("inc-beta-1", tenant="beta", target="203.0.113.5", pcap_dir=tmp_path):
             await store.record_event(e.to_dict())
         admin = await add_token(store, "admin")
@@ -72,8 +81,9 @@ async def test_item4_deleted_tenant_token_gets_401_and_stays_dead_when_the_tenan
             for method, path in [*BETA_REQUESTS, ("PUT", "/api/v1/tenants/beta/policy")]:
                 kwargs = {"json": {"mode": "monitor"}} if method == "PUT" else {}
                 assert await _status(http, method, f"{url}{path}", **kwargs) == 401, (method, path)
-            async with bea_http.post(f"{url}/login", data={"username": "bea", "password": PASSWORD, "next": "/"},
-                                     allow_redirects=False) as r:
+            form_token = await login_form_token(bea_http, url)
+            async with bea_http.post(f"{url}/login", data={"username": "bea", "password": PASSWORD, "next": "/",
+                                                           "csrf_token": form_token}, allow_redirects=False) as r:
                 assert r.status == 401   # disabled, not silently revived
 
             async with admin_http.get(f"{url}/api/v1/tokens") as r:
@@ -118,9 +128,11 @@ async def test_item4_expired_tokens_and_principals_of_a_missing_tenant_are_refus
         await add_user(store, "gus", "tenant", "gamma", "read")
         session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
         async with session:
-            async with session.post(f"{url}/login", data={"username": "gus", "password": PASSWORD, "next": "/"},
-                                    allow_redirects=False) as r:
-                assert r.status == 302
+            form_token = await login_form_token(session, url)
+            async with session.post(f"{url}/login", data={"username": "gus", "password": PASSWORD, "next": "/",
+                                                          "csrf_token": form_token}, allow_redirects=False) as r:
+                assert r.status == 401   # refused at the door, with the reason, instead of a session that loops
+                assert "tenant does not exist" in await r.text()
             assert await _status(session, "GET", f"{url}/api/v1/me") == 401
 
 
