@@ -215,7 +215,10 @@ class Appliance:
         # Everything that can be refused is refused here, before anything is compiled, pinned or attached.
         self._notify_parsed = validate_for_run(self.config)
         external, internal = self.config.interfaces()
-        problems, warnings = await asyncio.to_thread(nics.redirect_problems, (external, internal))
+        # Generic (skb) mode hands redirected frames to the veth's ordinary transmit path, which needs no
+        # NAPI on the peer; native mode (what "auto" gets on a veth) needs it.
+        problems, warnings = ([], []) if self.attach_mode == "generic" else \
+            await asyncio.to_thread(nics.redirect_problems, (external, internal))
         for warning in warnings:
             log.warning("appliance.veth_peer_unchecked", problem=warning)
         if problems:
