@@ -69,8 +69,9 @@ def _print_human(s: dict) -> None:
     cp = s["control_plane"]
     print(f"control plane: {cp}" + ("" if cp == "running" else
                                      f" (last status {s['status_age_s']} s ago)" if s["status_age_s"] else ""))
-    print(f"forwarding:    {'yes' if s['forwarding'] else 'no'}"
-          + ("" if s["forwarding"] else f" ({s['forwarding_state']})"))
+    forwarding = s.get("forwarding", False)
+    print(f"forwarding:    {'yes' if forwarding else 'no'}"
+          + ("" if forwarding else f" ({s.get('forwarding_state', 'unknown')})"))
     if s["dataplane_attached_to"]:
         print(f"dataplane:     attached to {', '.join(s['dataplane_attached_to'])} (pinned, forwards without the control plane)")
     else:
