@@ -65,9 +65,17 @@ class VethPeer:
 
 
 def veth_peer(nic: str) -> VethPeer | None:
-    """The peer of `nic` when it is a veth, else None. OSError/NetlinkError when `nic` is missing."""
+    """The peer of `nic` when it is a veth, else None. OSError when `nic` is missing."""
     from pyroute2 import IPRoute  # noqa: PLC0415 - netlink only where a NIC is checked
+    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
 
+    try:
+        return _veth_peer(IPRoute, nic)
+    except NetlinkError as exc:  # not an OSError in pyroute2; callers handle one kind of failure
+        raise OSError(exc.code, f"{nic}: {exc}") from exc
+
+
+def _veth_peer(IPRoute, nic: str) -> VethPeer | None:  # noqa: N803 - the class, passed in
     with IPRoute() as ipr:
         (link,) = ipr.link("get", ifname=nic)
         info = link.get_attr("IFLA_LINKINFO")
@@ -93,7 +101,7 @@ def _namespace_name(ipr, netnsid: int) -> str | None:
             continue
         try:
             answer = ipr.get_netnsid(fd=fd)
-        except OSError:  # NetlinkError is an OSError: a stale mount point, say
+        except Exception:  # noqa: BLE001 - NetlinkError or OSError: not a namespace (a stale mount point)
             continue
         finally:
             os.close(fd)
@@ -136,9 +144,13 @@ class LinkState:
 def link_state(nic: str) -> LinkState:
     """`nic`'s operational state and XDP program, from rtnetlink; OSError when it is gone."""
     from pyroute2 import IPRoute  # noqa: PLC0415
+    from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415
 
-    with IPRoute() as ipr:
-        (link,) = ipr.link("get", ifname=nic)
+    try:
+        with IPRoute() as ipr:
+            (link,) = ipr.link("get", ifname=nic)
+    except NetlinkError as exc:
+        raise OSError(exc.code, f"{nic}: {exc}") from exc
     xdp_attrs = link.get_attr("IFLA_XDP")
     prog_id = (xdp_attrs.get_attr("IFLA_XDP_PROG_ID") if xdp_attrs is not None else None) or 0
     # Drivers without carrier reporting say UNKNOWN (RFC 2863) while they pass traffic.

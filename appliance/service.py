@@ -217,8 +217,12 @@ class Appliance:
         external, internal = self.config.interfaces()
         # Generic (skb) mode hands redirected frames to the veth's ordinary transmit path, which needs no
         # NAPI on the peer; native mode (what "auto" gets on a veth) needs it.
-        problems, warnings = ([], []) if self.attach_mode == "generic" else \
-            await asyncio.to_thread(nics.redirect_problems, (external, internal))
+        problems, warnings = [], []
+        if self.attach_mode != "generic":
+            try:
+                problems, warnings = await asyncio.to_thread(nics.redirect_problems, (external, internal))
+            except OSError as exc:   # a check that cannot run must not keep the bridge down
+                warnings = [f"cannot check the NICs' veth peers: {exc}"]
         for warning in warnings:
             log.warning("appliance.veth_peer_unchecked", problem=warning)
         if problems:
