@@ -127,5 +127,5 @@ def pytest_sessionfinish(session, exitstatus):
         message = "hermetic run: tests left state on the machine: " + "; ".join(
             f"{d}: {', '.join(names)}" for d, names in left.items())
         if reporter is not None:
-            reporter.write_line(message, red=True)
+            reporter.write_line("\n" + message, red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
