@@ -447,25 +447,34 @@ class Appliance:
     # -- periodic work --------------------------------------------------------
 
     async def _check_forwarding(self) -> None:
-        """Is the bridge forwarding? Asked of the kernel, not of what this process did.
+        """Is the bridge forwarding? Asked of the kernel each second, not of what this process did.
 
         Forwarding means: both NICs are up with carrier, each has an XDP program attached,
-        and the devmap names both ports. `Dataplane.attach` fills the devmap before it
-        creates the links, so a program on a NIC implies the ports it redirects to; and
-        `run` refused to start if a veth peer would drop redirected frames. Counting
-        redirected frames instead would need traffic, and an idle link would never
-        become ready. Checked every second, so a NIC that goes down shows here.
+        the devmap names both ports, and where a native program redirects to a veth, that
+        veth's peer takes the frames (GRO on or an XDP program: see appliance.nics).
+        `Dataplane.attach` fills the devmap before it creates the links, so a program on a
+        NIC implies the ports it redirects to. Counting redirected frames instead would need
+        traffic: an idle link would never become ready. Re-checked every second, so a NIC
+        losing its carrier or a peer losing GRO shows here.
         """
-        names = [a.interface for a in (self.dataplane.attachments if self.dataplane else [])]
-        if len(names) != 2:
+        attachments = self.dataplane.attachments if self.dataplane else []
+        if len(attachments) != 2:
             self.forwarding, self.forwarding_state = False, STATE_STARTING
             return
+        external, internal = attachments
+        # A native program hands redirected frames to the other NIC's peer through that peer's NAPI;
+        # a generic one goes through the ordinary transmit path, which needs nothing of the peer.
+        targets = [to.interface for source, to in ((external, internal), (internal, external))
+                   if source.mode == "native"]
+
+        def check() -> list[str]:
+            states = [nics.link_state(a.interface) for a in attachments]
+            return [p for p in (s.problem() for s in states) if p] + nics.redirect_problems(targets)[0]
+
         try:
-            states = await asyncio.to_thread(lambda: [nics.link_state(name) for name in names])
-        except OSError as exc:  # pyroute2's NetlinkError too: a NIC vanished
-            self.forwarding, self.forwarding_state = False, f"not forwarding: {exc}"
-            return
-        problems = [p for p in (s.problem() for s in states) if p]
+            problems = await asyncio.to_thread(check)
+        except OSError as exc:  # a NIC vanished
+            problems = [str(exc)]
         was = self.forwarding
         self.forwarding = not problems
         self.forwarding_state = "forwarding" if not problems else "not forwarding: " + "; ".join(problems)

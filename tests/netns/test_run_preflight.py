@@ -156,7 +156,7 @@ def test_run_refuses_a_veth_whose_peer_has_neither_gro_nor_xdp_and_says_what_to_
 
 def test_run_with_gro_on_both_peers_forwards_and_status_follows_the_links(wire):
     """Item 19's other side, and item 20's state: with GRO on the peers `seawall run` runs and
-    reports `forwarding`; a NIC losing its carrier turns it off, and back on."""
+    reports `forwarding`; a NIC losing its carrier, or a peer losing GRO, turns it off, and back on."""
     wire.up(peer_gro=True)
     proc = ApplianceProcess(wire.document(), wire.tmp / "seawall.toml", wire.tmp / "run.log")
     with proc:   # start() returns once the status says forwarding
@@ -172,6 +172,13 @@ def test_run_with_gro_on_both_peers_forwards_and_status_follows_the_links(wire):
         assert external in down["forwarding_state"], down["forwarding_state"]
         ip("-n", ns, "link", "set", PEER, "up")
         wait_until(lambda: proc.status().get("forwarding"), timeout=10, what="forwarding again")
+        internal, internal_ns = wire.nics["internal"]
+        wire.set_gro(internal_ns, False)   # now the kernel would drop what is bridged to `internal`
+        off = wait_until(lambda: (s := proc.status()).get("forwarding") is False and s, timeout=10,
+                         what="forwarding false once the peer lost GRO")
+        assert f"ip netns exec {internal_ns} ethtool -K {PEER} gro on" in off["forwarding_state"]
+        wire.set_gro(internal_ns, True)
+        wait_until(lambda: proc.status().get("forwarding"), timeout=10, what="forwarding with GRO back")
 
 
 @pytest.fixture
