@@ -174,5 +174,5 @@ def redirect_problems(nics: tuple[str, ...] | list[str]) -> tuple[list[str], lis
                             f"(`ethtool -K PEER gro on` in its namespace) or an XDP program attached")
             continue
         problems.append(f"{nic}: a veth whose peer {peer.where()} has neither GRO on nor an XDP program, so the "
-                        f"kernel would drop every frame bridged to {nic}; run `{peer.command()}` and start again")
+                        f"kernel would drop every frame bridged to {nic}; run `{peer.command()}`")
     return problems, warnings

@@ -174,7 +174,7 @@ def test_run_with_gro_on_both_peers_forwards_and_status_follows_the_links(wire):
         wait_until(lambda: proc.status().get("forwarding"), timeout=10, what="forwarding again")
         internal, internal_ns = wire.nics["internal"]
         wire.set_gro(internal_ns, False)   # now the kernel would drop what is bridged to `internal`
-        off = wait_until(lambda: (s := proc.status()).get("forwarding") is False and s, timeout=10,
+        off = wait_until(lambda: (s := proc.status()).get("forwarding") is False and s, timeout=20,
                          what="forwarding false once the peer lost GRO")
         assert f"ip netns exec {internal_ns} ethtool -K {PEER} gro on" in off["forwarding_state"]
         wire.set_gro(internal_ns, True)
