@@ -1,10 +1,14 @@
 """The running appliance: one process wiring dataplane, policy engine, notifiers and SecureWatch.
 
-`Appliance` owns the lifecycle. It loads the XDP program with pinned maps,
+`Appliance` owns the lifecycle. It first validates the whole configuration
+(`validate_for_run`: every section, notifiers included) and checks that the NICs
+can carry redirected frames (`appliance.nics`), so a bad file or a veth that would
+drop everything is refused before anything is attached. Then it loads the XDP program with pinned maps,
 attaches it to the two NICs (replacing a previous instance's program in place,
 so a restart drops nothing), applies the tenant set atomically, runs the policy
 engine, the traffic monitor and the notifiers, and hosts SecureWatch when it is
-enabled. On SIGTERM it stops the control plane and leaves the bridge forwarding
+enabled. Once the kernel shows both NICs up with the program attached it reports
+`forwarding` in its status and tells systemd READY=1 (`Type=notify`). On SIGTERM it stops the control plane and leaves the bridge forwarding
 with the last tenants and rules (a dead control plane must not cut customers
 off); `seawall detach` removes the dataplane.
 """
@@ -26,7 +30,9 @@ from typing import Any
 import numpy as np
 import structlog
 
+from appliance import nics, sdnotify
 from appliance.config import ApplianceConfig, load_config
+from dataplane import DataplaneError
 from dataplane.api import Range
 from dataplane.constants import Direction, DropReason, TenantMode, TrafficClass
 from policy.events import Event, EventBus, EventType, Severity
@@ -39,6 +45,8 @@ STATUS_FILE = "status.json"            # written every second for `seawall statu
 INDEX_FILE = "tenant-index.json"       # stable tenant index assignment
 SERIES_SECONDS = 3600                  # per-second traffic kept in memory, seconds
 STALE_RULE_GRACE_S = 60.0              # rules inherited from a previous process live this long, seconds
+STATE_STARTING = "starting: validating, compiling and attaching"   # forwarding_state before the first check
+PEER_RECHECK_S = 5.0                   # seconds between checks of the veth peers (~10 ms of CPU each, per NIC)
 
 
 # Which traffic classes an attack vector floods: the heuristics switched on for its destination.
@@ -194,6 +202,12 @@ class Appliance:
         self._reload_requested = False
         self._tasks: set[asyncio.Task] = set()
         self._stale_rules: dict[int, float] = {}
+        self._notify_parsed = None           # the [notify] table, parsed once by validate_for_run
+        self.forwarding = False              # see _check_forwarding
+        self.forwarding_state = STATE_STARTING
+        self._ready_sent = False
+        self._peer_problems: list[str] = []
+        self._peers_checked_at = -PEER_RECHECK_S
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -201,11 +215,22 @@ class Appliance:
         from dataplane import Dataplane  # noqa: PLC0415 - imports bcc
         from policy.engine import PolicyEngine  # noqa: PLC0415
 
+        # Everything that can be refused is refused here, before anything is compiled, pinned or attached.
+        self._notify_parsed = validate_for_run(self.config)
         external, internal = self.config.interfaces()
-        missing = [name for name in (external, internal) if not _interface_exists(name)]
-        if missing:  # before anything is compiled or pinned
-            raise ConfigError([f"[appliance] {'external' if n == external else 'internal'}: interface {n!r} "
-                               f"does not exist" for n in missing], source=self.config_path)
+        # Generic (skb) mode hands redirected frames to the veth's ordinary transmit path, which needs no
+        # NAPI on the peer; native mode (what "auto" gets on a veth) needs it.
+        problems, warnings = [], []
+        if self.attach_mode != "generic":
+            try:
+                problems, warnings = await asyncio.to_thread(nics.redirect_problems, (external, internal))
+            except OSError as exc:   # a check that cannot run must not keep the bridge down
+                warnings = [f"cannot check the NICs' veth peers: {exc}"]
+        for warning in warnings:
+            log.warning("appliance.veth_peer_unchecked", problem=warning)
+        if problems:
+            raise DataplaneError("\n".join(["the bridge would drop what it forwards (nothing attached; fix, "
+                                             "then start again):", *problems]))
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log.info("appliance.start", external=external, internal=internal, config=self.config_path)
         self.dataplane = Dataplane(str(self.config.appliance.bpffs), sample_every=self.sample_every)
@@ -230,6 +255,7 @@ class Appliance:
                                    details={"external": external, "internal": internal}))
             await self._stop.wait()
             log.info("appliance.stopping")
+            sdnotify.notify(STOPPING="1", STATUS="stopping; the pinned bridge keeps forwarding")
             self.engine.stop()
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.detach_on_exit:
@@ -259,10 +285,9 @@ class Appliance:
         self._lifetime = stack  # notifiers configured later (from SecureWatch) stop with it too
         if not self.config.notify:
             return
-        from securewatch.notify.config import parse_notify_config  # noqa: PLC0415
         from securewatch.notify.manager import NotifierManager  # noqa: PLC0415
 
-        notify = parse_notify_config(self.config.notify)
+        notify = self._notify_parsed or parse_notify(self.config.notify)
         self.notifiers = NotifierManager(notify, self.bus, self.state_dir / "notify")
         await stack.enter_async_context(self.notifiers)
 
@@ -392,6 +417,8 @@ class Appliance:
             "pid": os.getpid(),
             "updated": time.time(),
             "started": self.started_at,
+            "forwarding": self.forwarding,
+            "forwarding_state": self.forwarding_state,
             "interfaces": [{"name": a.interface, "ifindex": a.ifindex, "mode": a.mode,
                             "role": "external" if i == 0 else "internal", "pinned_link": a.pinned_link}
                            for i, a in enumerate(attachments)],
@@ -422,6 +449,47 @@ class Appliance:
         return sorted(out, key=lambda i: i["started"] or 0, reverse=True)
 
     # -- periodic work --------------------------------------------------------
+
+    async def _check_forwarding(self) -> None:
+        """Is the bridge forwarding? Asked of the kernel each second, not of what this process did.
+
+        Forwarding means: both NICs are up with carrier, each has an XDP program attached,
+        the devmap names both ports, and where a native program redirects to a veth, that
+        veth's peer takes the frames (GRO on or an XDP program: see appliance.nics).
+        `Dataplane.attach` fills the devmap before it creates the links, so a program on a
+        NIC implies the ports it redirects to. Counting redirected frames instead would need
+        traffic: an idle link would never become ready. Re-checked every second, so a NIC
+        losing its carrier shows within a second, a peer losing GRO within PEER_RECHECK_S.
+        """
+        attachments = self.dataplane.attachments if self.dataplane else []
+        if len(attachments) != 2:
+            self.forwarding, self.forwarding_state = False, STATE_STARTING
+            return
+        external, internal = attachments
+        # A native program hands redirected frames to the other NIC's peer through that peer's NAPI;
+        # a generic one goes through the ordinary transmit path, which needs nothing of the peer.
+        targets = [to.interface for source, to in ((external, internal), (internal, external))
+                   if source.mode == "native"]
+
+        now = time.monotonic()
+        recheck_peers = not self.forwarding or now - self._peers_checked_at >= PEER_RECHECK_S
+
+        def check() -> list[str]:
+            states = [nics.link_state(a.interface) for a in attachments]
+            if recheck_peers:
+                self._peer_problems, self._peers_checked_at = nics.redirect_problems(targets)[0], now
+            return [p for p in (s.problem() for s in states) if p] + self._peer_problems
+
+        try:
+            problems = await asyncio.to_thread(check)
+        except OSError as exc:  # a NIC vanished
+            problems = [str(exc)]
+        was = self.forwarding
+        self.forwarding = not problems
+        self.forwarding_state = "forwarding" if not problems else "not forwarding: " + "; ".join(problems)
+        if was != self.forwarding:
+            log.info("appliance.forwarding_state", forwarding=self.forwarding, state=self.forwarding_state)
+            sdnotify.notify(STATUS=self.forwarding_state)
 
     async def _heuristics_loop(self) -> None:
         """Feeds the engine's incidents to the dataplane's heuristics (see HeuristicsSwitch)."""
@@ -455,11 +523,50 @@ class Appliance:
                         self.dataplane.remove_rule(rid)
                     del self._stale_rules[rid]
                     log.info("appliance.inherited_rule_expired", rule=rid)
+            await self._check_forwarding()
             tmp = status_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(self.status(), default=str))
             os.replace(tmp, status_file)
+            if self.forwarding and not self._ready_sent:
+                # After the status file says so: whoever systemd starts next finds it forwarding.
+                self._ready_sent = sdnotify.notify(READY="1", STATUS="forwarding")
+                log.info("appliance.forwarding", ready_sent=self._ready_sent)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 1.0)
+
+
+def validate_for_run(config: ApplianceConfig):
+    """Check everything `seawall run` takes from the file before anything is attached: the two
+    NICs (configured, existing) and the notifiers. Returns the parsed notifier config (None
+    without [notify]); ConfigError lists every problem found."""
+    problems: list[str] = []
+    try:
+        external, internal = config.interfaces()
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    else:
+        problems.extend(f"[appliance] {role}: interface {name!r} does not exist"
+                        for role, name in (("external", external), ("internal", internal))
+                        if not _interface_exists(name))
+    notify = None
+    if config.notify:
+        try:
+            notify = parse_notify(config.notify)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems, source=config.source)
+    return notify
+
+
+def parse_notify(raw: dict[str, Any]):
+    """The [notify] table parsed by the notifiers' own parser; ConfigError with its problems."""
+    from securewatch.notify.config import parse_notify_config  # noqa: PLC0415
+
+    try:
+        return parse_notify_config(raw)
+    except ValueError as exc:
+        raise ConfigError(list(getattr(exc, "problems", None) or [str(exc)])) from exc
 
 
 def _interface_exists(name: str) -> bool:

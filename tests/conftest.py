@@ -3,6 +3,10 @@
 Each tier beyond unit probes its capability once. Outside CI a missing
 capability skips the tier with the reason; under CI (CI=true, root, every
 tier available) it is an error, because a skipped tier is not a pass.
+
+With SEAWALL_HERMETIC=1 (tox's netns and browser tiers, so `make test` and CI)
+the run also proves that tests keep no state on the machine: it fails when a
+test left something new in the places where stateful tools keep theirs.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
+import pwd
 import shutil
 import subprocess
 import uuid
@@ -18,6 +23,14 @@ import pytest
 
 TIERS = ("bpf", "netns", "browser")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+HERMETIC = os.environ.get("SEAWALL_HERMETIC", "").lower() in ("1", "true", "yes")
+# Where the machine's stateful tools keep state: net-snmp's persistent store, the appliance's
+# default state directory and the lab's, bpffs pins, and the user's home (chromium's ~/.pki and
+# XDG directories, ~/.snmp). Tests use temporary directories and unique pin paths instead.
+MACHINE_STATE_DIRS = (pathlib.Path("/var/lib/snmp"), pathlib.Path("/var/lib/seawall"),
+                      pathlib.Path("/run/seawall-lab"), pathlib.Path("/sys/fs/bpf"),
+                      pathlib.Path(pwd.getpwuid(os.getuid()).pw_dir))
+_STATE_BEFORE = pytest.StashKey[dict]()
 
 
 @functools.cache
@@ -86,3 +99,33 @@ def pytest_runtest_setup(item):
             reason = PROBES[tier]()
             if reason:
                 skip_or_fail(f"{tier} tier: {reason}")
+
+
+def machine_state() -> dict[str, set[str]]:
+    """The entries of each machine state directory (missing directories: none)."""
+    out = {}
+    for directory in MACHINE_STATE_DIRS:
+        try:
+            out[str(directory)] = {entry.name for entry in directory.iterdir()}
+        except OSError:
+            out[str(directory)] = set()
+    return out
+
+
+def pytest_sessionstart(session):
+    if HERMETIC:
+        session.config.stash[_STATE_BEFORE] = machine_state()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = session.config.stash.get(_STATE_BEFORE, None)
+    if before is None:
+        return
+    left = {d: sorted(names - before[d]) for d, names in machine_state().items() if names - before[d]}
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = "hermetic run: tests left state on the machine: " + "; ".join(
+            f"{d}: {', '.join(names)}" for d, names in left.items())
+        if reporter is not None:
+            reporter.write_line("\n" + message, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,4 +1,9 @@
-"""`seawall status [--json]`: interfaces, attach mode, per-tenant traffic of the running appliance."""
+"""`seawall status [--json]`: interfaces, attach mode, per-tenant traffic of the running appliance.
+
+`forwarding` (true/false) and `forwarding_state` say whether the bridge forwards now, as the
+running appliance last checked with the kernel (both NICs up, the program attached to each):
+health checks and orchestration wait for `"forwarding": true`, not for the status to exist.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +39,13 @@ def status(args) -> int:
     running = report is not None and age < STALE_AFTER_S and _alive(report.get("pid"))
     summary = {"control_plane": "running" if running else "down", "status_age_s": None if age is None else round(age, 1),
                "dataplane_attached_to": links, **(report or {"interfaces": [], "tenants": {}})}
+    if not running:  # a stale report's word on forwarding is not news
+        summary["forwarding"] = False
+        summary["forwarding_state"] = "unknown: the control plane is down" + (
+            " (the pinned bridge keeps forwarding without it)" if links else "")
+    else:
+        summary.setdefault("forwarding", False)
+        summary.setdefault("forwarding_state", "unknown")
     if args.json:
         print(json.dumps(summary, default=str))
         return 0 if running or links else 1
@@ -57,6 +69,9 @@ def _print_human(s: dict) -> None:
     cp = s["control_plane"]
     print(f"control plane: {cp}" + ("" if cp == "running" else
                                      f" (last status {s['status_age_s']} s ago)" if s["status_age_s"] else ""))
+    forwarding = s.get("forwarding", False)
+    print(f"forwarding:    {'yes' if forwarding else 'no'}"
+          + ("" if forwarding else f" ({s.get('forwarding_state', 'unknown')})"))
     if s["dataplane_attached_to"]:
         print(f"dataplane:     attached to {', '.join(s['dataplane_attached_to'])} (pinned, forwards without the control plane)")
     else:

@@ -3,6 +3,7 @@ screenshots go (test artifacts, gitignored)."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import pytest
@@ -13,12 +14,24 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync"]
 
 
+def browser_env(home: pathlib.Path) -> dict[str, str]:
+    """chromium's environment with a home of its own: besides the profile (Playwright gives each
+    launch a temporary one), chromium keeps an NSS database under ~/.pki and caches and crash
+    reports under the XDG directories; a test must neither read a previous run's nor leave its own."""
+    dirs = {"HOME": home, "XDG_CONFIG_HOME": home / ".config", "XDG_CACHE_HOME": home / ".cache",
+            "XDG_DATA_HOME": home / ".local" / "share", "XDG_STATE_HOME": home / ".local" / "state"}
+    for path in dirs.values():
+        path.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, **{name: str(path) for name, path in dirs.items()}}
+
+
 @pytest.fixture
-async def browser():
+async def browser(tmp_path_factory):
     from playwright.async_api import async_playwright  # noqa: PLC0415 - only this tier needs it
 
+    env = browser_env(tmp_path_factory.mktemp("chromium-home"))
     async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        b = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, env=env)
         try:
             yield b
         finally:

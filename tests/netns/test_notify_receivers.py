@@ -40,10 +40,10 @@ def listening(proto: str, port: int) -> bool:
 
 
 @contextlib.contextmanager
-def process(argv: list[str], log: pathlib.Path) -> Iterator[subprocess.Popen]:
+def process(argv: list[str], log: pathlib.Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
     """Run a receiver; always stop it by its pid, on failure too."""
     with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         yield proc
     finally:
@@ -206,11 +206,32 @@ async def test_rsyslog_down_and_manager_restart_lose_and_duplicate_nothing(tmp_p
 # --- net-snmp ---------------------------------------------------------------------------
 
 
-def test_seawall_mib_compiles_with_net_snmp():
+def net_snmp_env(tmp_path: pathlib.Path) -> dict[str, str]:
+    """The environment of a net-snmp tool that reads and writes nothing of the machine's.
+
+    net-snmp keeps state in its persistent directory (/var/lib/snmp: engine boots, USM
+    users, certificate indexes) and reads snmp.conf from /etc/snmp and ~/.snmp; a test
+    that shares them depends on what ran before it. SNMP_PERSISTENT_DIR moves the state
+    into a fresh directory of the test's own, SNMPCONFPATH the configuration search path
+    (to an empty one: the tools read only what their command line names)."""
+    persistent, conf = tmp_path / "snmp-persistent", tmp_path / "snmp-conf"
+    conf.mkdir(exist_ok=True)
+    return {**os.environ, "SNMP_PERSISTENT_DIR": str(persistent), "SNMPCONFPATH": str(conf)}
+
+
+def net_snmp_problems(stderr: str, tmp_path: pathlib.Path) -> list[str]:
+    """What a net-snmp tool said on stderr, except the notice of creating its fresh persistent
+    directory under `tmp_path` (its first run on any machine prints it)."""
+    return [line for line in stderr.splitlines() if line.strip()
+            and not line.startswith(f"Created directory: {tmp_path}/")]
+
+
+def test_seawall_mib_compiles_with_net_snmp(tmp_path):
     result = subprocess.run(["snmptranslate", "-M", MIB_PATH, "-m", "SEAWALL-MIB", "-On",
                              "SEAWALL-MIB::seawallAttackStart", "SEAWALL-MIB::seawallSystem",
-                             "SEAWALL-MIB::seawallPacketsDropped"], capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+                             "SEAWALL-MIB::seawallPacketsDropped"], capture_output=True, text=True, timeout=30,
+                            env=net_snmp_env(tmp_path))
+    assert result.returncode == 0 and not net_snmp_problems(result.stderr, tmp_path), result.stderr
     assert result.stdout.split() == [".1.3.6.1.4.1.32473.0.1", ".1.3.6.1.4.1.32473.0.5", ".1.3.6.1.4.1.32473.1.9"]
 
 
@@ -227,7 +248,7 @@ def snmptrapd(tmp_path) -> Iterator[tuple[int, pathlib.Path]]:
     log = tmp_path / "traps.log"
     argv = ["snmptrapd", "-f", "-n", "-C", "-c", str(conf), "-Lf", str(log), "-M", MIB_PATH, "-m", "SEAWALL-MIB",
             "-p", str(tmp_path / "snmptrapd.pid"), f"udp:127.0.0.1:{port}"]
-    with process(argv, tmp_path / "snmptrapd.out") as proc:
+    with process(argv, tmp_path / "snmptrapd.out", env=net_snmp_env(tmp_path)) as proc:
         wait_until(lambda: proc.poll() is not None or listening("u", port), what="snmptrapd listening")
         assert proc.poll() is None, (tmp_path / "snmptrapd.out").read_text()
         yield port, log
