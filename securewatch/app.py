@@ -379,11 +379,10 @@ def replace_tenant(tenant_set: TenantSet, table: dict[str, Any], *, must_exist: 
             tables.append(table)
         TenantSet.from_dicts(tables)
         raise
-    tenants = list(tenant_set)
     if exists:
-        tenants[tenant_set.ids.index(tenant_id)] = new
-    else:
-        tenants.insert(bisect.bisect(tenant_set.ids, new.id), new)
+        return tenant_set.replaced(new)
+    tenants = list(tenant_set)
+    tenants.insert(bisect.bisect(tenant_set.ids, new.id), new)
     return TenantSet(tenants)
 
 
