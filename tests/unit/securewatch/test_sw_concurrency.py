@@ -1,20 +1,27 @@
 """Issue 12 item 12: no lost updates and no create race on the tenant set, and optimistic concurrency
-(a tenant's `version`, its `ETag`, `If-Match` answered 409 when the version moved) in the API and the UI."""
+(a tenant's `version`, its `ETag`, `If-Match` answered 409 when the version moved) in the API and the UI.
+tests/netns/test_sw_concurrency_postgres.py runs them on PostgreSQL through the `database_url` fixture."""
 
 from __future__ import annotations
 
 import asyncio
 
 import aiohttp
+import pytest
 from test_sw_helpers import add_token, add_user, login, service
+
+
+@pytest.fixture
+def database_url(tmp_path):
+    return f"sqlite:///{tmp_path}/sw.db"
 
 
 async def _json(r):
     return r.status, await r.json()
 
 
-async def test_item12_ten_concurrent_creates_of_one_id_give_one_201_and_nine_409(tmp_path):
-    async with service(tmp_path) as (url, store, appliance):
+async def test_item12_ten_concurrent_creates_of_one_id_give_one_201_and_nine_409(tmp_path, database_url):
+    async with service(tmp_path, database=database_url) as (url, store, appliance):
         admin = {"Authorization": f"Bearer {await add_token(store, 'admin')}"}
         async with aiohttp.ClientSession(headers=admin) as http:
             async def create(n: int):
@@ -33,8 +40,8 @@ async def test_item12_ten_concurrent_creates_of_one_id_give_one_201_and_nine_409
         assert [v.action for v in await store.tenant_versions("gamma")] == ["tenant.create"]
 
 
-async def test_item12_concurrent_policy_puts_with_different_keys_both_kept(tmp_path):
-    async with service(tmp_path) as (url, store, appliance):
+async def test_item12_concurrent_policy_puts_with_different_keys_both_kept(tmp_path, database_url):
+    async with service(tmp_path, database=database_url) as (url, store, appliance):
         admin = {"Authorization": f"Bearer {await add_token(store, 'admin')}"}
         async with aiohttp.ClientSession(headers=admin) as http:
             for trial in range(5):
@@ -50,8 +57,8 @@ async def test_item12_concurrent_policy_puts_with_different_keys_both_kept(tmp_p
                 assert (applied.mode, [str(d) for d in applied.deny]) == (mode, [f"src=198.18.{trial}.0/24"])
 
 
-async def test_item12_get_returns_version_and_etag_and_stale_if_match_is_refused(tmp_path):
-    async with service(tmp_path) as (url, store, appliance):
+async def test_item12_get_returns_version_and_etag_and_stale_if_match_is_refused(tmp_path, database_url):
+    async with service(tmp_path, database=database_url) as (url, store, appliance):
         admin = {"Authorization": f"Bearer {await add_token(store, 'admin')}"}
         async with aiohttp.ClientSession(headers=admin) as http:
             r = await http.get(f"{url}/api/v1/tenants/alpha")
@@ -98,8 +105,8 @@ async def test_item12_get_returns_version_and_etag_and_stale_if_match_is_refused
             assert status == 400 and "If-Match" in body["error"], body
 
 
-async def test_item12_policy_form_carries_the_version_and_shows_a_conflict(tmp_path):
-    async with service(tmp_path) as (url, store, appliance):
+async def test_item12_policy_form_carries_the_version_and_shows_a_conflict(tmp_path, database_url):
+    async with service(tmp_path, database=database_url) as (url, store, appliance):
         await add_user(store, "carol", "tenant", "alpha", "write")
         admin = {"Authorization": f"Bearer {await add_token(store, 'admin')}"}
         http, csrf = await login(url, "carol")

@@ -1,6 +1,7 @@
 """Issue 12 item 17: the parsed tenant set is cached per stored version, invalidated by every save in
 this process and, through the version counter, by a save from another Store on the same database;
-a change computed from a set that another writer moved meanwhile is redone, never saved over it."""
+a change computed from a set that another writer moved meanwhile is redone, never saved over it.
+tests/netns/test_sw_concurrency_postgres.py runs them on PostgreSQL through the `database_url` fixture."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ from securewatch.store import SCHEMA_VERSION, Store, TenantSetChanged
 from tenants import ConfigError, TenantSet
 
 
+@pytest.fixture
+def database_url(tmp_path):
+    return f"sqlite:///{tmp_path}/sw.db"
+
+
 def _edited(tenant_set: TenantSet, tenant_id: str, **changes) -> TenantSet:
     tables = tenant_set.to_dicts()
     for table in tables:
@@ -24,8 +30,8 @@ def _edited(tenant_set: TenantSet, tenant_id: str, **changes) -> TenantSet:
     return TenantSet.from_dicts(tables)
 
 
-async def test_item17_tenant_set_parsed_once_per_stored_version(tmp_path):
-    store = await Store.open(f"sqlite:///{tmp_path}/sw.db")
+async def test_item17_tenant_set_parsed_once_per_stored_version(tmp_path, database_url):
+    store = await Store.open(database_url)
     try:
         await store.save_tenant_set(TenantSet.from_dicts(TENANTS), "test", "seed")
         first = await store.tenant_set()
@@ -44,8 +50,8 @@ async def test_item17_tenant_set_parsed_once_per_stored_version(tmp_path):
         await store.close()
 
 
-async def test_item17_cache_invalidated_by_a_write_from_another_store_on_the_same_file(tmp_path):
-    url = f"sqlite:///{tmp_path}/sw.db"
+async def test_item17_cache_invalidated_by_a_write_from_another_store_on_the_same_database(tmp_path, database_url):
+    url = database_url
     here, other = await Store.open(url), await Store.open(url)
     try:
         await here.save_tenant_set(TenantSet.from_dicts(TENANTS), "test", "seed")
@@ -74,14 +80,14 @@ async def test_item17_cache_invalidated_by_a_write_from_another_store_on_the_sam
         await other.close()
 
 
-async def test_item17_change_redone_when_another_process_saves_between_read_and_save(tmp_path):
+async def test_item17_change_redone_when_another_process_saves_between_read_and_save(tmp_path, database_url):
     """A real app and server; the other writer saves (through its own Store) while the change is
     being computed, the moment no in-process lock can cover."""
-    url = f"sqlite:///{tmp_path}/sw.db"
+    url = database_url
     store, other = await Store.open(url), await Store.open(url)
     try:
         await store.save_tenant_set(TenantSet.from_dicts(TENANTS), "test", "seed")
-        app = sw.create_app(settings(tmp_path), store=store, appliance=None)
+        app = sw.create_app(settings(tmp_path, database_url), store=store, appliance=None)
         loop = asyncio.get_running_loop()
         calls = []
 
