@@ -270,13 +270,13 @@ class TenantsChanged:
 
 # An entity tag as SecureWatch writes it ("7"), weak (W/"7"), or the bare number of the UI's form.
 _VERSION_TAG = re.compile(r'\s*(?:W/)?"(\d{1,18})"\s*|\s*(\d{1,18})\s*')
-AnyVersion = "*"
+ANY_VERSION = "*"
 
 
 def parse_version_tags(text: str, field: str) -> tuple[int, ...] | str:
     """An If-Match value (or the UI's version field): `*` (any version) or versions, comma-separated."""
-    if text.strip() == AnyVersion:
-        return AnyVersion
+    if text.strip() == ANY_VERSION:
+        return ANY_VERSION
     versions = []
     for part in text.split(","):
         m = _VERSION_TAG.fullmatch(part)
@@ -305,21 +305,27 @@ async def change_tenants(request: web.Request, mutate: Callable[[TenantSet], Ten
     store = app[STORE]
     actor = principal_of(request).name
     async with app[TENANT_LOCK]:
-        for attempt in range(1, TENANT_SAVE_ATTEMPTS + 1):
-            current = await store.tenant_state()
-            _check_expected(current, target, expected)
-            # Off the event loop: validating a set of 10,000 tenants takes tens of milliseconds.
-            new_set = await asyncio.to_thread(mutate, current.tenants)
-            applied = _apply(app, new_set, action, target)
-            try:
-                changed, state = await store.update_tenant_set(new_set, actor, action, base=current)
-                break
-            except TenantSetChanged:
-                log.info("securewatch.tenants_moved", action=action, target=target, attempt=attempt)
-        else:
-            with contextlib.suppress(Exception):  # put the dataplane back on what is stored
-                _apply(app, await store.tenant_set(), action, target)
-            raise ApiError(503, "the tenant set keeps changing under another writer; try again")
+        applied_unsaved = False
+        try:
+            for attempt in range(1, TENANT_SAVE_ATTEMPTS + 1):
+                current = await store.tenant_state()
+                _check_expected(current, target, expected)
+                # Off the event loop: validating a set of 10,000 tenants takes tens of milliseconds.
+                new_set = await asyncio.to_thread(mutate, current.tenants)
+                applied = applied_unsaved = _apply(app, new_set, action, target)
+                try:
+                    changed, state = await store.update_tenant_set(new_set, actor, action, base=current)
+                    applied_unsaved = False
+                    break
+                except TenantSetChanged:
+                    log.info("securewatch.tenants_moved", action=action, target=target, attempt=attempt)
+            else:
+                raise ApiError(503, "the tenant set keeps changing under another writer; try again")
+        except BaseException:
+            if applied_unsaved:  # the dataplane runs a set that was not stored: back to the stored one
+                with contextlib.suppress(Exception):
+                    _apply(app, await store.tenant_set(), action, target)
+            raise
     state = state or await store.tenant_state()
     await audit(request, action, target=target, tenant=target, details={"changed": changed, "applied": applied})
     bus: EventBus | None = app[BUS]
@@ -334,12 +340,12 @@ def _check_expected(state: TenantState, target: str, expected: tuple[int, ...] |
     if expected is None:
         return
     current = state.versions.get(target)
-    if current is not None and (expected == AnyVersion or current in expected):
+    if current is not None and (expected == ANY_VERSION or current in expected):
         return
-    seen = "any version" if expected == AnyVersion else "version " + ", ".join(str(v) for v in expected)
+    seen = "any version" if expected == ANY_VERSION else "version " + ", ".join(str(v) for v in expected)
     now = f"it is at version {current}" if current is not None else "it does not exist"
     raise ApiError(409, f"tenant {target!r} changed since {seen}: {now}; read it again and retry",
-                   [f"If-Match: tenant {target!r} is at version {current}"], version=current)
+                   [f"If-Match: {seen} of tenant {target!r}, but {now}"], version=current)
 
 
 def _apply(app: web.Application, new_set: TenantSet, action: str, target: str) -> bool:

@@ -300,12 +300,12 @@ async def policy_submit(request: web.Request) -> web.Response:
         if exc.status != 409:
             raise
         now = exc.extra.get("version")
+        conflict = exc.message if now is None else (
+            f"This tenant was changed by someone else (version {values['version']} is now version {now}) while "
+            f"you edited it. Your changes were not saved. The form shows what you entered: reload the page to "
+            f"see the saved values, or save again to replace them with yours.")
         return _policy_render(request, tenant, {**values, "version": now if now is not None else ""}, {}, [],
-                              versions[:10], saved=False, status=409, conflict=(
-                                  f"This tenant was changed by someone else (version {values['version']} is now "
-                                  f"version {now}) while you edited it. Your changes were not saved. The form "
-                                  f"shows what you entered: reload the page to see the saved values, or save "
-                                  f"again to replace them with yours."))
+                              versions[:10], saved=False, status=409, conflict=conflict)
     except ConfigError as exc:
         general: list[str] = []
         for problem in exc.problems:

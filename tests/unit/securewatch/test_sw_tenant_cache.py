@@ -10,7 +10,7 @@ import asyncio
 import aiohttp
 import pytest
 from aiohttp import web
-from test_sw_helpers import TENANTS, add_token, running_app, settings
+from test_sw_helpers import TENANTS, InMemoryAppliance, add_token, running_app, settings
 
 from securewatch import app as sw
 from securewatch.store import SCHEMA_VERSION, Store, TenantSetChanged
@@ -102,10 +102,10 @@ async def test_item17_change_redone_when_another_process_saves_between_read_and_
             done = await sw.change_tenants(request, mutate, "tenant.replace", "beta")
             return web.json_response({"version": done.state.versions["beta"]})
 
-        app.router.add_post("/test/change", change)
+        app.router.add_post("/api/v1/test/change", change)
         token = await add_token(store, "admin")
         async with running_app(app) as base, aiohttp.ClientSession() as http:
-            r = await http.post(f"{base}/test/change", headers={"Authorization": f"Bearer {token}"})
+            r = await http.post(f"{base}/api/v1/test/change", headers={"Authorization": f"Bearer {token}"})
             assert r.status == 200, await r.text()
         assert calls == ["mitigate", "monitor"]          # read again after the other save, and redone
         stored = await other.tenant_set()
@@ -127,3 +127,35 @@ def test_item17_replaced_skips_set_checks_only_when_the_prefixes_stay():
         tenant_set.replaced(moved)
     with pytest.raises(KeyError):
         tenant_set.replaced(TenantSet.from_dicts([{"id": "gamma", "prefixes": ["192.0.2.0/26"]}]).tenants[0])
+
+
+async def test_item17_change_refused_on_its_retry_leaves_the_dataplane_on_the_stored_set(tmp_path, database_url):
+    """The first attempt was applied to the dataplane, another process then saved the same tenant,
+    and the retry finds the If-Match version gone: 409, and the dataplane runs what is stored."""
+    store, other = await Store.open(database_url), await Store.open(database_url)
+    try:
+        appliance = InMemoryAppliance(TenantSet.from_dicts(TENANTS))
+        await store.save_tenant_set(appliance.tenants, "test", "seed")
+        version = await store.tenant_version("beta")
+        app = sw.create_app(settings(tmp_path, database_url), store=store, appliance=appliance)
+        loop = asyncio.get_running_loop()
+
+        def mutate(tenant_set: TenantSet) -> TenantSet:
+            edited = _edited(tenant_set, "beta", name="Beta by the CLI")
+            asyncio.run_coroutine_threadsafe(other.save_tenant_set(edited, "cli", "edit"), loop).result(10)
+            return _edited(tenant_set, "beta", name="Beta by the UI")
+
+        async def change(request: web.Request) -> web.Response:
+            await sw.change_tenants(request, mutate, "tenant.replace", "beta", expected=(version,))
+            return web.json_response({})
+
+        app.router.add_post("/api/v1/test/change", change)
+        token = await add_token(store, "admin")
+        async with running_app(app) as base, aiohttp.ClientSession() as http:
+            r = await http.post(f"{base}/api/v1/test/change", headers={"Authorization": f"Bearer {token}"})
+            assert r.status == 409 and (await r.json())["version"] == version + 1
+        assert len(appliance.applied) == 2               # the first attempt, then the stored set again
+        assert appliance.tenants["beta"].name == "Beta by the CLI" == (await store.tenant_set())["beta"].name
+    finally:
+        await store.close()
+        await other.close()
