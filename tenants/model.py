@@ -452,8 +452,14 @@ class TenantSet:
         tenants = tuple(tenant if t is old else t for t in self._tenants)
         if old.prefixes != tenant.prefixes:
             return TenantSet(tenants)
+        # The same prefixes: the sorted address index stays, only its tenant references change.
         instance = TenantSet.__new__(TenantSet)
-        instance._init_valid(tenants)
+        object.__setattr__(instance, "_tenants", tenants)
+        object.__setattr__(instance, "_by_id", {**self._by_id, tenant.id: tenant})
+        object.__setattr__(instance, "_starts", self._starts)   # never mutated after _init_valid
+        object.__setattr__(instance, "_ranges", {version: [(first, last, tenant if t is old else t)
+                                                           for first, last, t in ranges]
+                                                 for version, ranges in self._ranges.items()})
         return instance
 
     def find(self, address: str | Address) -> Tenant | None:
