@@ -325,7 +325,8 @@ class Store:
         self.url = url
         self.dialect = backend.dialect
         # The last tenant set read or saved, reused while the stored counter has not moved.
-        # Read and written on the database thread only, and set only after a commit.
+        # Used on the database thread only, and only ever holds committed data (a save's
+        # result is kept after its commit).
         self._tenants_cache: TenantState | None = None
 
     @classmethod
