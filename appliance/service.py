@@ -114,19 +114,6 @@ class HeuristicsSwitch:
                  syn_ports=None if syn_ports is None else f"{syn_ports.lo}-{syn_ports.hi}")
 
 
-def configure_logging(log_format: str = "auto") -> None:
-    """structlog: JSON lines when stdout is not a terminal (or asked), readable console otherwise."""
-    import sys  # noqa: PLC0415
-
-    json_out = log_format == "json" or (log_format == "auto" and not sys.stdout.isatty())
-    renderer = structlog.processors.JSONRenderer() if json_out else structlog.dev.ConsoleRenderer()
-    structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
-                    structlog.processors.TimeStamper(fmt="iso", utc=True),
-                    structlog.processors.format_exc_info, renderer],
-        cache_logger_on_first_use=False)
-
-
 @dataclasses.dataclass
 class TenantTraffic:
     """Per-second series of one tenant (inbound and outbound), newest last."""

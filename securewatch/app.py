@@ -11,12 +11,14 @@ mail) starts and stops with the app through `cleanup_ctx`.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import dataclasses
 import datetime
 import ipaddress
 import json
 import pathlib
+import re
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -34,7 +36,7 @@ from . import access_admin, auth, credentials, metrics, notify_admin, ui
 from .auth import Principal
 from .openapi import openapi_document
 from .reports import build_report, parse_period
-from .store import INCIDENT_STATES, IncidentFilter, Session, Store, TenantVersion
+from .store import INCIDENT_STATES, IncidentFilter, Session, Store, TenantSetChanged, TenantState, TenantVersion
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +54,7 @@ AUDIT_PAGE_DEFAULT = 200           # audit entries per page when the caller name
 AUDIT_PAGE_MAX = 1000              # most audit entries one request returns
 ATTACK_EVENTS = (EventType.ATTACK_START, EventType.ATTACK_UPDATE, EventType.ATTACK_END)
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+TENANT_SAVE_ATTEMPTS = 3           # reads of the set per change when another process saves in between
 
 
 @runtime_checkable
@@ -97,11 +100,12 @@ def api_error(status: int, message: str, problems: list[str] | None = None, **ex
 class ApiError(Exception):
     """Raised by handlers; becomes a JSON error (API) or an error page (UI)."""
 
-    def __init__(self, status: int, message: str, problems: list[str] | None = None) -> None:
+    def __init__(self, status: int, message: str, problems: list[str] | None = None, **extra: Any) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.problems = problems or []
+        self.extra = extra          # more keys of the JSON error body (e.g. the current version)
 
 
 def not_found(what: str = "not found") -> ApiError:
@@ -201,7 +205,7 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         return await handler(request)
     except ApiError as exc:
         if is_api(request):
-            return api_error(exc.status, exc.message, exc.problems)
+            return api_error(exc.status, exc.message, exc.problems, **exc.extra)
         return ui.error_page(request, exc.status, exc.message, exc.problems)
     except web.HTTPException as exc:
         if is_api(request) and exc.status >= 400:
@@ -350,47 +354,134 @@ async def visible_incident(request: web.Request, incident_id: str):
     return incident
 
 
-async def change_tenants(request: web.Request, mutate: Callable[[TenantSet], TenantSet], action: str,
-                         target: str) -> bool:
-    """Validate, apply to the dataplane (when there is one), then store a new version and audit it.
+@dataclasses.dataclass(frozen=True, slots=True)
+class TenantsChanged:
+    applied: bool                      # the dataplane took the new set (False: central mode)
+    state: TenantState                 # the stored set after the change, with versions
 
-    ConfigError (422) leaves everything as it was. Returns whether the dataplane was updated.
+
+# An entity tag as SecureWatch writes it ("7"), weak (W/"7"), or the bare number of the UI's form.
+_VERSION_TAG = re.compile(r'\s*(?:W/)?"(\d{1,18})"\s*|\s*(\d{1,18})\s*')
+ANY_VERSION = "*"
+
+
+def parse_version_tags(text: str, field: str) -> tuple[int, ...] | str:
+    """An If-Match value (or the UI's version field): `*` (any version) or versions, comma-separated."""
+    if text.strip() == ANY_VERSION:
+        return ANY_VERSION
+    versions = []
+    for part in text.split(","):
+        m = _VERSION_TAG.fullmatch(part)
+        if m is None:
+            raise ApiError(400, f'{field}: {part.strip()[:40]!r} is not a version tag (like "7", or *)',
+                           [f'{field}: expected a version tag from an ETag (like "7") or *'])
+        versions.append(int(m.group(1) or m.group(2)))
+    return tuple(versions)
+
+
+def etag(version: int) -> dict[str, str]:
+    return {"ETag": f'"{version}"'}
+
+
+async def change_tenants(request: web.Request, mutate: Callable[[TenantSet], TenantSet], action: str,
+                         target: str, *, expected: tuple[int, ...] | str | None = None) -> TenantsChanged:
+    """Read the set, mutate, validate, apply to the dataplane (when there is one), store a new
+    version and audit it: the read, the change and the save as one step under the tenant lock,
+    so no concurrent change is lost, and stored with a compare-and-set on the set's version,
+    so a change saved meanwhile by another process is read and the mutation redone.
+
+    expected: versions of `target` the caller last saw (If-Match): 409 when it is at another.
+    ConfigError (422) and ApiError from `mutate` leave everything as it was.
     """
     app = request.app
+    store = app[STORE]
+    actor = principal_of(request).name
     async with app[TENANT_LOCK]:
-        current = await app[STORE].tenant_set()
-        new_set = mutate(current)
-        appliance: ApplianceHooks | None = app[APPLIANCE]
-        applied = False
-        if appliance is not None:
-            try:
-                appliance.apply_tenants(new_set)
-            except ConfigError:
-                raise
-            except Exception as exc:
-                log.error("securewatch.apply_failed", error=str(exc), action=action, target=target)
-                raise ApiError(502, f"the appliance could not apply the change: {exc}") from exc
-            applied = True
-        changed = await app[STORE].save_tenant_set(new_set, principal_of(request).name, action)
+        applied_unsaved = False
+        try:
+            for attempt in range(1, TENANT_SAVE_ATTEMPTS + 1):
+                current = await store.tenant_state()
+                _check_expected(current, target, expected)
+                # Off the event loop: validating a set of 10,000 tenants takes tens of milliseconds.
+                new_set = await asyncio.to_thread(mutate, current.tenants)
+                applied = applied_unsaved = _apply(app, new_set, action, target)
+                try:
+                    changed, state = await store.update_tenant_set(new_set, actor, action, base=current)
+                    applied_unsaved = False
+                    break
+                except TenantSetChanged:
+                    log.info("securewatch.tenants_moved", action=action, target=target, attempt=attempt)
+            else:
+                raise ApiError(503, "the tenant set keeps changing under another writer; try again")
+        except BaseException:
+            if applied_unsaved:  # the dataplane runs a set that was not stored: back to the stored one
+                with contextlib.suppress(Exception):
+                    _apply(app, await store.tenant_set(), action, target)
+            raise
+    state = state or await store.tenant_state()
     await audit(request, action, target=target, tenant=target, details={"changed": changed, "applied": applied})
     bus: EventBus | None = app[BUS]
     if bus is not None and changed:
-        bus.publish(Event(EventType.POLICY_CHANGE, target, f"{action} {target} by {principal_of(request).name}",
-                          Severity.NOTICE, details={"changed": changed, "actor": principal_of(request).name}))
+        bus.publish(Event(EventType.POLICY_CHANGE, target, f"{action} {target} by {actor}",
+                          Severity.NOTICE, details={"changed": changed, "actor": actor}))
     log.info("securewatch.tenants_changed", action=action, target=target, changed=changed, applied=applied)
-    return applied
+    return TenantsChanged(applied, state)
+
+
+def _check_expected(state: TenantState, target: str, expected: tuple[int, ...] | str | None) -> None:
+    if expected is None:
+        return
+    current = state.versions.get(target)
+    if current is not None and (expected == ANY_VERSION or current in expected):
+        return
+    seen = "any version" if expected == ANY_VERSION else "version " + ", ".join(str(v) for v in expected)
+    now = f"it is at version {current}" if current is not None else "it does not exist"
+    raise ApiError(409, f"tenant {target!r} changed since {seen}: {now}; read it again and retry",
+                   [f"If-Match: {seen} of tenant {target!r}, but {now}"], version=current)
+
+
+def _apply(app: web.Application, new_set: TenantSet, action: str, target: str) -> bool:
+    appliance: ApplianceHooks | None = app[APPLIANCE]
+    if appliance is None:
+        return False
+    try:
+        appliance.apply_tenants(new_set)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        log.error("securewatch.apply_failed", error=str(exc), action=action, target=target)
+        raise ApiError(502, f"the appliance could not apply the change: {exc}") from exc
+    return True
 
 
 def replace_tenant(tenant_set: TenantSet, table: dict[str, Any], *, must_exist: bool) -> TenantSet:
-    tables = tenant_set.to_dicts()
-    ids = [t["id"] for t in tables]
-    if table.get("id") in ids:
-        tables[ids.index(table["id"])] = table
-    elif must_exist:
-        raise not_found(f"no tenant {table.get('id')!r}")
-    else:
-        tables.append(table)
-    return TenantSet.from_dicts(tables)
+    """`tenant_set` with the tenant `table` describes in place of the one with its id
+    (must_exist: 404 when there is none) or added in id order (not must_exist: a create,
+    409 when the id is taken)."""
+    tenant_id = table.get("id")
+    exists = isinstance(tenant_id, str) and tenant_id in tenant_set
+    if must_exist and not exists:
+        raise not_found(f"no tenant {tenant_id!r}")
+    if not must_exist and exists:
+        raise ApiError(409, f"tenant {tenant_id!r} already exists", [f"id: {tenant_id!r} is already used"])
+    try:
+        # Parse the one table, then check only the set-wide rules against the others.
+        new = TenantSet.from_dicts([table]).tenants[0]
+    except ConfigError:
+        # Report every problem at once, overlaps with the other tenants included: the slow path,
+        # taken only for bad input.
+        tables = tenant_set.to_dicts()
+        if exists:
+            tables[tenant_set.ids.index(tenant_id)] = table
+        else:
+            tables.append(table)
+        TenantSet.from_dicts(tables)
+        raise
+    if exists:
+        return tenant_set.replaced(new)
+    tenants = list(tenant_set)
+    tenants.insert(bisect.bisect(tenant_set.ids, new.id), new)
+    return TenantSet(tenants)
 
 
 POLICY_KEYS = ("mode", "policy", "allow", "deny", "prefixes", "contacts")
@@ -599,27 +690,40 @@ async def api_tenant_create(request: web.Request) -> web.Response:
     body = await read_json(request)
     if not isinstance(body, dict):
         raise ApiError(400, "expected a JSON object (one tenant)")
-    tenant_id = body.get("id")
-    if isinstance(tenant_id, str) and tenant_id in await request.app[STORE].tenant_set():
-        raise ApiError(409, f"tenant {tenant_id!r} already exists", [f"id: {tenant_id!r} is already used"])
-    applied = await _tenant_change(request, lambda s: replace_tenant(s, body, must_exist=False),
-                                   "tenant.create", str(tenant_id))
-    tenant = (await request.app[STORE].tenant_set())[tenant_id]
-    return web.json_response({"tenant": tenant.to_dict(), "applied": applied}, status=201)
+    tenant_id = str(body.get("id"))
+    # The id is checked inside the change (under the lock): of concurrent creates one wins.
+    done = await _tenant_change(request, lambda s: replace_tenant(s, body, must_exist=False),
+                                "tenant.create", tenant_id)
+    version = done.state.versions[tenant_id]
+    return web.json_response({"tenant": done.state.tenants[tenant_id].to_dict(), "version": version,
+                              "applied": done.applied}, status=201, headers=etag(version))
 
 
 async def _tenant_change(request: web.Request, mutate: Callable[[TenantSet], TenantSet], action: str,
-                         target: str) -> bool:
+                         target: str) -> TenantsChanged:
+    """change_tenants for the API: honours If-Match, answers 422 for an invalid set."""
+    header = request.headers.get("If-Match")
+    expected = parse_version_tags(header, "If-Match") if header is not None else None
     try:
-        return await change_tenants(request, mutate, action, target)
+        return await change_tenants(request, mutate, action, target, expected=expected)
     except ConfigError as exc:
         raise ApiError(422, "invalid tenant", exc.problems) from None
 
 
+async def visible_tenant_version(request: web.Request, tenant_id: str) -> tuple[Tenant, int]:
+    """visible_tenant with the tenant's version, both from one read of the set."""
+    if not principal_of(request).can_read(tenant_id):
+        raise not_found(f"no tenant {tenant_id!r}")
+    state = await request.app[STORE].tenant_state()
+    tenant = state.tenants.get(tenant_id)
+    if tenant is None:
+        raise not_found(f"no tenant {tenant_id!r}")
+    return tenant, state.versions[tenant_id]
+
+
 async def api_tenant(request: web.Request) -> web.Response:
-    tenant = await visible_tenant(request, request.match_info["tenant_id"])
-    version = await request.app[STORE].tenant_version(tenant.id)
-    return web.json_response({"tenant": tenant.to_dict(), "version": version})
+    tenant, version = await visible_tenant_version(request, request.match_info["tenant_id"])
+    return web.json_response({"tenant": tenant.to_dict(), "version": version}, headers=etag(version))
 
 
 async def api_tenant_replace(request: web.Request) -> web.Response:
@@ -630,10 +734,11 @@ async def api_tenant_replace(request: web.Request) -> web.Response:
         raise ApiError(400, "expected a JSON object (one tenant)")
     if body.setdefault("id", tenant.id) != tenant.id:
         raise ApiError(422, "id: cannot change a tenant's id", ["id: must match the URL"])
-    applied = await _tenant_change(request, lambda s: replace_tenant(s, body, must_exist=True),
-                                   "tenant.replace", tenant.id)
-    return web.json_response({"tenant": (await request.app[STORE].tenant_set())[tenant.id].to_dict(),
-                              "applied": applied})
+    done = await _tenant_change(request, lambda s: replace_tenant(s, body, must_exist=True),
+                                "tenant.replace", tenant.id)
+    version = done.state.versions[tenant.id]
+    return web.json_response({"tenant": done.state.tenants[tenant.id].to_dict(), "version": version,
+                              "applied": done.applied}, headers=etag(version))
 
 
 async def api_tenant_delete(request: web.Request) -> web.Response:
@@ -643,8 +748,8 @@ async def api_tenant_delete(request: web.Request) -> web.Response:
     # Storing the set without the tenant revokes these (store._revoke_tenant_credentials): say so.
     tokens = [t.id for t in await store.tokens() if t.tenant == tenant.id and not t.revoked]
     users = [u.name for u in await store.users() if u.tenant == tenant.id and not u.disabled]
-    applied = await _tenant_change(request, lambda s: TenantSet([t for t in s if t.id != tenant.id]),
-                                   "tenant.delete", tenant.id)
+    applied = (await _tenant_change(request, lambda s: TenantSet([t for t in s if t.id != tenant.id]),
+                                    "tenant.delete", tenant.id)).applied
     return web.json_response({"deleted": tenant.id, "applied": applied, "revoked_tokens": tokens,
                               "disabled_users": users})
 
@@ -665,8 +770,8 @@ async def tenant_versions_shown(request: web.Request, tenant_id: str) -> list[Te
 
 
 async def api_policy(request: web.Request) -> web.Response:
-    tenant = await visible_tenant(request, request.match_info["tenant_id"])
-    return web.json_response(policy_view(tenant))
+    tenant, version = await visible_tenant_version(request, request.match_info["tenant_id"])
+    return web.json_response({**policy_view(tenant), "version": version}, headers=etag(version))
 
 
 async def api_policy_put(request: web.Request) -> web.Response:
@@ -677,11 +782,21 @@ async def api_policy_put(request: web.Request) -> web.Response:
     body = await read_json(request)
     if not isinstance(body, dict):
         raise ApiError(400, "expected a JSON object with some of: " + ", ".join(POLICY_KEYS))
-    table = merged_policy_table(tenant, body, p)
-    applied = await _tenant_change(request, lambda s: replace_tenant(s, table, must_exist=True),
-                                   "policy.update", tenant.id)
-    updated = (await request.app[STORE].tenant_set())[tenant.id]
-    return web.json_response({**policy_view(updated), "applied": applied})
+    done = await _tenant_change(request, policy_update(tenant.id, body, p), "policy.update", tenant.id)
+    version = done.state.versions[tenant.id]
+    return web.json_response({**policy_view(done.state.tenants[tenant.id]), "version": version,
+                              "applied": done.applied}, headers=etag(version))
+
+
+def policy_update(tenant_id: str, body: dict[str, Any], principal: Principal) -> Callable[[TenantSet], TenantSet]:
+    """The mutation of a policy change (API and UI): `body` merged into the tenant as it is when
+    the change runs, under the lock, so a change saved meanwhile is kept, not overwritten."""
+    def mutate(tenant_set: TenantSet) -> TenantSet:
+        current = tenant_set.get(tenant_id)
+        if current is None:
+            raise not_found(f"no tenant {tenant_id!r}")
+        return replace_tenant(tenant_set, merged_policy_table(current, body, principal), must_exist=True)
+    return mutate
 
 
 async def api_traffic(request: web.Request) -> web.Response:

@@ -42,20 +42,22 @@ def openapi_document() -> dict[str, Any]:
                         errors=("400", "401", "403", "409", "422")),
         },
         "/api/v1/tenants/{tenant_id}": {
-            "get": _op("One tenant", params=tid, errors=("401", "404")),
-            "put": _op("Replace a tenant (admin)", params=tid, body="#/components/schemas/Tenant",
-                       errors=("400", "401", "403", "404", "422")),
-            "delete": _op("Delete a tenant (admin): revokes its API tokens, disables its users and ends their "
-                          "sessions (listed in the answer); re-creating the id brings none of them back",
-                          params=tid, errors=("401", "403", "404")),
+            "get": _op("One tenant and its version (also the ETag)", params=tid, errors=("401", "404")),
+            "put": _op("Replace a tenant (admin; If-Match: 409 when its version moved)", params=tid,
+                       body="#/components/schemas/Tenant", errors=("400", "401", "403", "404", "409", "422")),
+            "delete": _op("Delete a tenant (admin; If-Match: 409 when its version moved): revokes its API tokens, "
+                          "disables its users and ends their sessions (listed in the answer); re-creating the id "
+                          "brings none of them back", params=tid, errors=("400", "401", "403", "404", "409")),
         },
         "/api/v1/tenants/{tenant_id}/versions": {
             "get": _op("Version history of a tenant", params=tid, errors=("401", "404"))},
         "/api/v1/tenants/{tenant_id}/policy": {
-            "get": _op("A tenant's policy: mode, policy table, allow and deny lists, prefixes", params=tid,
-                       errors=("401", "404")),
-            "put": _op("Change a tenant's policy (admin, or the tenant with write access; prefixes: admin only)",
-                       params=tid, body="#/components/schemas/Policy", errors=("400", "401", "403", "404", "422")),
+            "get": _op("A tenant's policy: mode, policy table, allow and deny lists, prefixes, and the tenant's "
+                       "version (also the ETag)", params=tid, errors=("401", "404")),
+            "put": _op("Change a tenant's policy (admin, or the tenant with write access; prefixes: admin only; "
+                       "If-Match: 409 when the tenant's version moved)",
+                       params=tid, body="#/components/schemas/Policy",
+                       errors=("400", "401", "403", "404", "409", "422")),
         },
         "/api/v1/tenants/{tenant_id}/traffic": {
             "get": _op("Traffic series: passed and dropped per second (last hour) or per minute (90 days)",

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import pathlib
 import signal
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +15,7 @@ from aiohttp import web
 
 from appliance.config import SecureWatchSettings
 
+from .access_log import StructlogAccessLogger
 from .app import ApplianceHooks, create_app
 from .store import Store
 
@@ -35,7 +37,7 @@ async def start_server(settings: SecureWatchSettings, *, bus: Any = None, applia
     try:
         pcap_root = pathlib.Path(state_dir) / "pcap" if state_dir is not None else None
         app = create_app(settings, store=store, bus=bus, appliance=appliance, mailer=mailer, pcap_root=pcap_root)
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log_class=StructlogAccessLogger)
         await runner.setup()
         site = web.TCPSite(runner, settings.listen_host, settings.listen_port, ssl_context=ssl_context)
         await site.start()
@@ -62,5 +64,6 @@ async def serve_central(settings: SecureWatchSettings, *, mailer: Any = None,
     # No state_dir: a central server captures nothing, so it serves no PCAP at all (an
     # incident's stored path is not trusted to point at a capture).
     async with start_server(settings, appliance=None, mailer=mailer) as url:
-        print(f"SecureWatch listening on {url} (central server mode)", flush=True)
+        # stderr: stdout carries the log stream, JSON lines when log_format asks for them.
+        print(f"SecureWatch listening on {url} (central server mode)", file=sys.stderr, flush=True)
         await stop.wait()

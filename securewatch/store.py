@@ -26,7 +26,8 @@ import os
 import pathlib
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+import types
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import structlog
@@ -52,6 +53,11 @@ INCIDENT_STATES = ("active", "ended")
 
 class StoreError(RuntimeError):
     """The database cannot be opened or used (bad URL, unreachable server, newer schema)."""
+
+
+class TenantSetChanged(Exception):
+    """The stored tenant set moved past the version a change was computed from (another writer
+    saved in between); read it again and redo the change."""
 
 
 # Dialect-specific pieces of DDL, substituted into the migrations.
@@ -134,6 +140,14 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "CREATE INDEX users_tenant ON users (tenant)",
         "CREATE INDEX sessions_username ON sessions (username)",
     ]),
+    # One row counting changes to the tenant set: a reader compares it with the version of
+    # the set it has parsed instead of re-reading every tenant, and a writer moves it with a
+    # compare-and-set, so two processes on one database (a CLI, a second SecureWatch on a
+    # central PostgreSQL) never save over each other's change unseen.
+    (4, "tenant set version counter", [
+        "CREATE TABLE tenant_set_version (id INTEGER PRIMARY KEY, version BIGINT NOT NULL)",
+        "INSERT INTO tenant_set_version (id, version) VALUES (1, 0)",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -200,6 +214,16 @@ class TenantVersion:
     created_at: float
     created_by: str
     action: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TenantState:
+    """The stored tenant set as one consistent read: the set-wide change counter, the parsed
+    set (in id order) and each tenant's version (what `ETag` and `If-Match` carry)."""
+
+    version: int                       # the tenant_set_version counter this was read at
+    tenants: TenantSet
+    versions: Mapping[str, int]        # tenant id -> its version (read-only)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -374,6 +398,10 @@ class Store:
         self._executor = executor
         self.url = url
         self.dialect = backend.dialect
+        # The last tenant set read or saved, reused while the stored counter has not moved.
+        # Used on the database thread only, and only ever holds committed data (a save's
+        # result is kept after its commit).
+        self._tenants_cache: TenantState | None = None
 
     @classmethod
     async def open(cls, url: str) -> Store:
@@ -401,16 +429,19 @@ class Store:
         await loop.run_in_executor(self._executor, self._backend.close)
         self._executor.shutdown(wait=True)
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run fn(backend, *args) on the database thread as one transaction."""
+    async def _run(self, fn: Callable[..., T], *args: Any, then: Callable[[T], None] | None = None) -> T:
+        """Run fn(backend, *args) on the database thread as one transaction; then(result) runs there
+        too, after the commit."""
         def work() -> T:
             try:
                 result = fn(self._backend, *args)
                 self._backend.commit()
-                return result
             except Exception:
                 self._backend.rollback()
                 raise
+            if then is not None:
+                then(result)
+            return result
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
     # -- schema ---------------------------------------------------------------
@@ -420,13 +451,42 @@ class Store:
 
     # -- tenants --------------------------------------------------------------
 
-    async def tenant_set(self) -> TenantSet:
-        return await self._run(_tenant_set)
+    async def tenant_state(self) -> TenantState:
+        """The stored tenant set with its versions. Parsed once per stored version: a read costs one
+        query of the change counter unless the set changed (here or in another process)."""
+        return await self._run(self._cached_tenants)
 
-    async def save_tenant_set(self, tenant_set: TenantSet, actor: str, action: str) -> list[str]:
+    def _cached_tenants(self, b: _Backend) -> TenantState:
+        counter = _tenant_counter(b)
+        cached = self._tenants_cache
+        if cached is not None and cached.version == counter:
+            return cached
+        # The counter is read before the rows: should another writer commit in between, the
+        # set is tagged older than it is and merely read again next time, never the reverse.
+        state = _read_tenants(b, counter)
+        self._tenants_cache = state
+        return state
+
+    async def tenant_set(self) -> TenantSet:
+        return (await self.tenant_state()).tenants
+
+    async def save_tenant_set(self, tenant_set: TenantSet, actor: str, action: str, *,
+                              base: TenantState | None = None) -> list[str]:
         """Store `tenant_set` as the current set: new versions for every tenant added, changed or
-        removed (nothing for unchanged ones). Returns the ids that changed."""
-        return await self._run(_save_tenant_set, tenant_set, actor, action)
+        removed (nothing for unchanged ones). Returns the ids that changed.
+
+        base: the state `tenant_set` was derived from; the save then writes only the tenants that
+        differ from it, and raises TenantSetChanged if the stored set is no longer at base.version.
+        """
+        return (await self.update_tenant_set(tenant_set, actor, action, base=base))[0]
+
+    async def update_tenant_set(self, tenant_set: TenantSet, actor: str, action: str, *,
+                                base: TenantState | None = None) -> tuple[list[str], TenantState | None]:
+        """save_tenant_set, also returning the state after the save (None: read it with tenant_state)."""
+        def remember(result: tuple[list[str], TenantState | None]) -> None:
+            if result[0]:
+                self._tenants_cache = result[1]
+        return await self._run(_save_tenant_set, tenant_set, actor, action, base, then=remember)
 
     async def tenant_versions(self, tenant_id: str) -> list[TenantVersion]:
         def q(b: _Backend) -> list[TenantVersion]:
@@ -437,10 +497,7 @@ class Store:
         return await self._run(q)
 
     async def tenant_version(self, tenant_id: str) -> int | None:
-        def q(b: _Backend) -> int | None:
-            row = b.execute("SELECT version FROM tenants WHERE id = ?", (tenant_id,)).fetchone()
-            return row[0] if row else None
-        return await self._run(q)
+        return (await self.tenant_state()).versions.get(tenant_id)
 
     # -- audit ----------------------------------------------------------------
 
@@ -701,7 +758,7 @@ class SyncStore:
         return self._run(_revoke_token, token_id)
 
     def tenant_set(self) -> TenantSet:
-        return self._run(_tenant_set)
+        return self._run(lambda b: _read_tenants(b, _tenant_counter(b)).tenants)
 
     def audit(self, actor: str, action: str, *, target: str | None = None, tenant: str | None = None,
               remote: str | None = None, details: dict[str, Any] | None = None) -> None:
@@ -719,41 +776,93 @@ class SyncStore:
 
 # -- operations, run on the database thread ----------------------------------------
 
-def _tenant_set(b: _Backend) -> TenantSet:
-    rows = b.execute("SELECT data FROM tenants ORDER BY id").fetchall()
-    return TenantSet.from_dicts([json.loads(r[0]) for r in rows])
+def _tenant_counter(b: _Backend) -> int:
+    return int(b.execute("SELECT version FROM tenant_set_version WHERE id = 1").fetchone()[0])
 
 
-def _save_tenant_set(b: _Backend, tenant_set: TenantSet, actor: str, action: str) -> list[str]:
+def _read_tenants(b: _Backend, counter: int) -> TenantState:
+    # Sorted here, not by ORDER BY: PostgreSQL would order by its collation, SQLite by bytes,
+    # and a set saved in this process (sorted the same way) must equal the set read back.
+    rows = sorted(b.execute("SELECT id, version, data FROM tenants").fetchall(), key=lambda r: r[0])
+    tenant_set = TenantSet.from_dicts([json.loads(r[2]) for r in rows])
+    return TenantState(counter, tenant_set, types.MappingProxyType({r[0]: int(r[1]) for r in rows}))
+
+
+def _in_id_order(tenant_set: TenantSet) -> TenantSet:
+    ids = tenant_set.ids
+    if all(a < b for a, b in zip(ids, ids[1:], strict=False)):
+        return tenant_set
+    return TenantSet(sorted(tenant_set, key=lambda t: t.id))
+
+
+def _save_tenant_set(b: _Backend, tenant_set: TenantSet, actor: str, action: str,
+                     base: TenantState | None) -> tuple[list[str], TenantState | None]:
+    if base is None:
+        return _save_compared(b, tenant_set, actor, action), None
+    # Against a known base only the tenants that are not the very objects of the base can differ:
+    # a one-tenant change touches one row, whatever the size of the set.
+    changed = [t for t in tenant_set if base.tenants.get(t.id) is not t and base.tenants.get(t.id) != t]
+    removed = [tenant_id for tenant_id in base.versions if tenant_id not in tenant_set]
+    if not changed and not removed:
+        return [], base
+    # Compare-and-set first: it takes the write lock (SQLite) or the row lock (PostgreSQL), so
+    # the rows written below are exactly the base plus this change.
+    moved = b.execute("UPDATE tenant_set_version SET version = version + 1 WHERE id = 1 AND version = ?",
+                      (base.version,))
+    if moved.rowcount != 1:
+        raise TenantSetChanged(f"the tenant set is no longer at version {base.version}")
     now = time.time()
-    current = {r[0]: (r[1], r[2]) for r in b.execute("SELECT id, version, data FROM tenants").fetchall()}
+    versions = dict(base.versions)
+    for tenant in changed:
+        versions[tenant.id] = _write_tenant(b, tenant, tenant.id in base.versions, now, actor, action)
+    for tenant_id in removed:
+        _delete_tenant(b, tenant_id, now, actor, action)
+        del versions[tenant_id]
+    state = TenantState(base.version + 1, _in_id_order(tenant_set), types.MappingProxyType(versions))
+    return [t.id for t in changed] + removed, state
+
+
+def _save_compared(b: _Backend, tenant_set: TenantSet, actor: str, action: str) -> list[str]:
+    """Without a base: compare with every stored row (imports and reloads of whole sets)."""
+    now = time.time()
+    current = {r[0]: r[1] for r in b.execute("SELECT id, data FROM tenants").fetchall()}
     changed: list[str] = []
     wanted: dict[str, Tenant] = {t.id: t for t in tenant_set}
     for tenant_id, tenant in wanted.items():
-        data = _json(tenant.to_dict())
-        old = current.get(tenant_id)
-        if old is not None and old[1] == data:
+        if current.get(tenant_id) == _json(tenant.to_dict()):
             continue
-        version = _next_version(b, tenant_id)
-        if old is None:
-            b.execute("INSERT INTO tenants (id, version, data, updated_at, updated_by) VALUES (?, ?, ?, ?, ?)",
-                      (tenant_id, version, data, now, actor))
-        else:
-            b.execute("UPDATE tenants SET version = ?, data = ?, updated_at = ?, updated_by = ? WHERE id = ?",
-                      (version, data, now, actor, tenant_id))
-        b.execute("INSERT INTO tenant_versions (tenant_id, version, data, created_at, created_by, action) "
-                  "VALUES (?, ?, ?, ?, ?, ?)", (tenant_id, version, data, now, actor, action))
+        _write_tenant(b, tenant, tenant_id in current, now, actor, action)
         changed.append(tenant_id)
     for tenant_id in current:
-        if tenant_id in wanted:
-            continue
-        version = _next_version(b, tenant_id)
-        b.execute("DELETE FROM tenants WHERE id = ?", (tenant_id,))
-        b.execute("INSERT INTO tenant_versions (tenant_id, version, data, created_at, created_by, action) "
-                  "VALUES (?, ?, NULL, ?, ?, ?)", (tenant_id, version, now, actor, action))
-        _revoke_tenant_credentials(b, tenant_id, actor, action, now)
-        changed.append(tenant_id)
+        if tenant_id not in wanted:
+            _delete_tenant(b, tenant_id, now, actor, action)
+            changed.append(tenant_id)
+    if changed:
+        b.execute("UPDATE tenant_set_version SET version = version + 1 WHERE id = 1")
     return changed
+
+
+def _write_tenant(b: _Backend, tenant: Tenant, exists: bool, now: float, actor: str, action: str) -> int:
+    data = _json(tenant.to_dict())
+    version = _next_version(b, tenant.id)
+    if exists:
+        b.execute("UPDATE tenants SET version = ?, data = ?, updated_at = ?, updated_by = ? WHERE id = ?",
+                  (version, data, now, actor, tenant.id))
+    else:
+        b.execute("INSERT INTO tenants (id, version, data, updated_at, updated_by) VALUES (?, ?, ?, ?, ?)",
+                  (tenant.id, version, data, now, actor))
+    b.execute("INSERT INTO tenant_versions (tenant_id, version, data, created_at, created_by, action) "
+              "VALUES (?, ?, ?, ?, ?, ?)", (tenant.id, version, data, now, actor, action))
+    return version
+
+
+def _delete_tenant(b: _Backend, tenant_id: str, now: float, actor: str, action: str) -> None:
+    version = _next_version(b, tenant_id)
+    b.execute("DELETE FROM tenants WHERE id = ?", (tenant_id,))
+    b.execute("INSERT INTO tenant_versions (tenant_id, version, data, created_at, created_by, action) "
+              "VALUES (?, ?, NULL, ?, ?, ?)", (tenant_id, version, now, actor, action))
+    # Every path that removes a tenant comes here, so its credentials always die with it.
+    _revoke_tenant_credentials(b, tenant_id, actor, action, now)
 
 
 def _revoke_tenant_credentials(b: _Backend, tenant_id: str, actor: str, action: str, now: float) -> None:

@@ -288,18 +288,21 @@ def _form_from_tenant(tenant: Any) -> dict[str, Any]:
 
 
 async def policy_page(request: web.Request) -> web.Response:
-    tenant = await sw.visible_tenant(request, request.match_info["tenant_id"])
+    tenant, version = await sw.visible_tenant_version(request, request.match_info["tenant_id"])
     versions = await sw.tenant_versions_shown(request, tenant.id)
-    return _policy_render(request, tenant, _form_from_tenant(tenant), {}, [], versions[:10], saved=False)
+    return _policy_render(request, tenant, {**_form_from_tenant(tenant), "version": version}, {}, [],
+                          versions[:10], saved=False)
 
 
 def _policy_render(request: web.Request, tenant: Any, form: dict[str, Any], errors: dict[str, list[str]],
-                   general: list[str], versions: list[Any], saved: bool, status: int = 200) -> web.Response:
+                   general: list[str], versions: list[Any], saved: bool, status: int = 200,
+                   conflict: str | None = None) -> web.Response:
+    """form["version"]: the version the form was filled from, sent back to detect a concurrent save."""
     p = sw.principal_of(request)
     return render(request, "policy.html", status=status, tenant=tenant, form=form, errors=errors, general=general,
                   versions=versions, saved=saved, editable=p.can_edit_policy(tenant.id), admin=p.is_admin,
                   reflection_modes=REFLECTION_MODES, int_fields=POLICY_INT_FIELDS, bool_fields=POLICY_BOOL_FIELDS,
-                  defaults=TenantPolicy())
+                  defaults=TenantPolicy(), conflict=conflict)
 
 
 _ACL_TOKEN = re.compile(r"(\w+)=(\S+)")
@@ -393,6 +396,8 @@ async def policy_submit(request: web.Request) -> web.Response:
                                                                  *POLICY_INT_FIELDS)}
     for k in POLICY_BOOL_FIELDS:
         values[k] = form.get(k) == "on"
+    values["version"] = str(form.get("version", "")).strip()
+    expected = sw.parse_version_tags(values["version"], "version") if values["version"] else None
     policy = parse_policy_form(values, errors)
     body: dict[str, Any] = {"mode": values["mode"], "policy": policy,
                             "allow": parse_acl_lines(values["allow"], "allow", errors),
@@ -402,25 +407,36 @@ async def policy_submit(request: web.Request) -> web.Response:
     else:
         values["prefixes"] = "\n".join(str(x) for x in tenant.prefixes)
     versions = await sw.tenant_versions_shown(request, tenant.id)
-    table = sw.merged_policy_table(tenant, body, p)
     general: list[str] = []
     if errors:
         # The fields that parsed are still checked, against the whole set (overlaps, capacity),
         # so that one submission shows every problem.
+        table = sw.merged_policy_table(tenant, body, p)
         try:
             sw.replace_tenant(await request.app[sw.STORE].tenant_set(), table, must_exist=True)
         except ConfigError as exc:
             _sort_problems(exc.problems, errors, general)
         return _policy_render(request, tenant, values, errors, general, versions[:10], saved=False, status=422)
     try:
-        await sw.change_tenants(request, lambda s: sw.replace_tenant(s, table, must_exist=True),
-                                "policy.update", tenant.id)
+        done = await sw.change_tenants(request, sw.policy_update(tenant.id, body, p), "policy.update", tenant.id,
+                                       expected=expected)
+    except sw.ApiError as exc:
+        if exc.status != 409:
+            raise
+        now = exc.extra.get("version")
+        conflict = exc.message if now is None else (
+            f"This tenant was changed by someone else (version {values['version']} is now version {now}) while "
+            f"you edited it. Your changes were not saved. The form shows what you entered: reload the page to "
+            f"see the saved values, or save again to replace them with yours.")
+        return _policy_render(request, tenant, {**values, "version": now if now is not None else ""}, {}, [],
+                              versions[:10], saved=False, status=409, conflict=conflict)
     except ConfigError as exc:
         _sort_problems(exc.problems, errors, general)
         return _policy_render(request, tenant, values, errors, general, versions[:10], saved=False, status=422)
-    updated = (await request.app[sw.STORE].tenant_set())[tenant.id]
+    updated = done.state.tenants[tenant.id]
     versions = await sw.tenant_versions_shown(request, tenant.id)
-    return _policy_render(request, updated, _form_from_tenant(updated), {}, [], versions[:10], saved=True)
+    return _policy_render(request, updated, {**_form_from_tenant(updated), "version": done.state.versions[tenant.id]},
+                          {}, [], versions[:10], saved=True)
 
 
 async def incidents_page(request: web.Request) -> web.Response:

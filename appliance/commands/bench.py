@@ -1,4 +1,4 @@
-"""`seawall bench dataplane|policy`: figures and ratios, never pass/fail on speed."""
+"""`seawall bench dataplane|policy|securewatch|...`: figures and ratios, never pass/fail on speed."""
 
 from __future__ import annotations
 
@@ -42,6 +42,16 @@ def register(subparsers) -> None:
     pol.add_argument("--warmup-ticks", type=int, default=10, help="untimed ticks first (--real)")
     pol.add_argument("--json", action="store_true")
     pol.set_defaults(func=bench_policy)
+    sw = sub.add_parser("securewatch", help="tenant GET and policy PUT latency of SecureWatch at scale")
+    sw.add_argument("--tenants", type=int, default=10_000)
+    sw.add_argument("--clients", type=int, default=20, help="concurrent HTTP clients (default 20)")
+    sw.add_argument("--requests", type=int, default=2_000, help="requests in all (default 2,000)")
+    sw.add_argument("--put-every", type=int, default=20, metavar="N",
+                    help="every Nth request a policy PUT, the rest tenant GETs; 0: reads only (default 20)")
+    sw.add_argument("--time-limit", type=float, default=300.0, metavar="S",
+                    help="stop starting requests after S seconds and report what completed (default 300)")
+    sw.add_argument("--json", action="store_true")
+    sw.set_defaults(func=bench_securewatch)
 
 
 def _progress(message: str) -> None:
@@ -138,6 +148,21 @@ def bench_mitigation(args) -> int:
     for vector, r in result["vectors"].items():
         per_run = ", ".join(str(f["first_drop_ms"]) for f in r["runs"])
         print(f"  {vector:<5} first drop after {r['first_drop_ms_median']} ms (median; runs: {per_run})")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def bench_securewatch(args) -> int:
+    from appliance.bench import securewatch  # noqa: PLC0415
+
+    try:
+        result = securewatch.run(tenants=args.tenants, clients=args.clients, requests=args.requests,
+                                 put_every=args.put_every, time_limit_s=args.time_limit, progress=_progress)
+    except (ValueError, RuntimeError) as exc:
+        print(f"seawall bench securewatch: {exc}", file=sys.stderr)
+        return 2
+    print(securewatch.render(result))
     if args.json:
         print(json.dumps(result))
     return 0

@@ -25,7 +25,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from appliance.config import load_config  # noqa: PLC0415
-    from appliance.service import Appliance, configure_logging, validate_for_run  # noqa: PLC0415
+    from appliance.logging_setup import configure_logging  # noqa: PLC0415
+    from appliance.service import Appliance, validate_for_run  # noqa: PLC0415
     from dataplane import DataplaneError  # noqa: PLC0415
     from tenants import ConfigError  # noqa: PLC0415
 

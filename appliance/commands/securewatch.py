@@ -16,6 +16,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from appliance.config import load_config  # noqa: PLC0415
+    from appliance.logging_setup import configure_logging  # noqa: PLC0415
     from securewatch.server import serve_central  # noqa: PLC0415
     from securewatch.store import StoreError  # noqa: PLC0415
     from tenants import ConfigError  # noqa: PLC0415
@@ -26,6 +27,7 @@ def run(args) -> int:
     except ConfigError as exc:  # every problem of the file at once, never a traceback
         print(f"seawall securewatch: {exc}", file=sys.stderr)
         return 2
+    configure_logging(config.appliance.log_format)
     try:
         asyncio.run(serve_central(config.securewatch, mailer=mailer))
     except StoreError as exc:
