@@ -36,7 +36,15 @@ from . import access_admin, auth, credentials, metrics, notify_admin, ui
 from .auth import Principal
 from .openapi import openapi_document
 from .reports import build_report, parse_period
-from .store import INCIDENT_STATES, IncidentFilter, Session, Store, TenantSetChanged, TenantState, TenantVersion
+from .store import (
+    INCIDENT_STATES,
+    IncidentFilter,
+    Session,
+    Store,
+    TenantSetChanged,
+    TenantState,
+    TenantVersion,
+)
 
 log = structlog.get_logger(__name__)
 

@@ -487,12 +487,19 @@ class TenantSet:
 
     def replaced(self, tenant: Tenant) -> TenantSet:
         """This set with `tenant` in place of the tenant with its id (KeyError: none). With the same
-        prefixes the set-wide checks cannot change, so they are skipped (a policy edit of one
-        tenant among 10,000 costs milliseconds, not a validation of the whole set)."""
+        prefixes the overlap checks cannot change, so they are skipped (a policy edit of one
+        tenant among 10,000 costs milliseconds, not a validation of the whole set); changed
+        allow/deny lists still count the dataplane's shared totals. ConfigError: does not fit."""
         old = self[tenant.id]
         tenants = tuple(tenant if t is old else t for t in self._tenants)
         if old.prefixes != tenant.prefixes:
             return TenantSet(tenants)
+        if (old.allow, old.deny) != (tenant.allow, tenant.deny):
+            # The allow/deny keys share the dataplane's maps with every other tenant: the totals
+            # must be counted again (the overlaps, by prefix, cannot have changed).
+            problems = _capacity_problems(tenants)
+            if problems:
+                raise ConfigError(problems)
         # The same prefixes: the sorted address index stays, only its tenant references change.
         instance = TenantSet.__new__(TenantSet)
         object.__setattr__(instance, "_tenants", tenants)

@@ -32,9 +32,8 @@ def run(args) -> int:
 
     try:
         config = load_config(args.config)
-    except ConfigError as exc:
-        problems = [*exc.problems, *_notify_problems(args.config)]
-        print(f"seawall run: {ConfigError(problems, source=exc.source)}", file=sys.stderr)
+    except ConfigError as exc:  # load_config checks [notify] too: every problem of the file at once
+        print(f"seawall run: {exc}", file=sys.stderr)
         return 2
     try:
         validate_for_run(config)
@@ -53,22 +52,3 @@ def run(args) -> int:
         print(f"seawall run: {exc}", file=sys.stderr)
         return 1
 
-
-def _notify_problems(path: str) -> list[str]:
-    """The [notify] section's problems when the rest of the file was refused too, so that one
-    pass of fixes is enough; nothing when the file cannot be read as TOML at all."""
-    from appliance.service import parse_notify  # noqa: PLC0415
-    from tenants import ConfigError  # noqa: PLC0415
-    from tenants.io import parse_toml_document, read_text  # noqa: PLC0415
-
-    try:
-        notify = parse_toml_document(read_text(path), path).get("notify")
-    except (ConfigError, OSError):
-        return []
-    if not isinstance(notify, dict) or not notify:
-        return []  # a [notify] that is not a table is among the file's problems already
-    try:
-        parse_notify(notify)
-    except ConfigError as exc:
-        return exc.problems
-    return []

@@ -161,11 +161,11 @@ async def _listening_url(proc: subprocess.Popen) -> str:
 
     def first_url() -> str:
         seen = []
-        for line in proc.stdout:   # log lines come first; the URL line is printed once serving
+        for line in proc.stderr:   # the banner goes to stderr (stdout is the log), once serving
             if "SecureWatch listening on " in line:
                 return line.split("listening on ", 1)[1].split()[0]
             seen.append(line)
-        raise AssertionError(f"exited {proc.poll()} without a URL: {seen} {proc.stderr.read()}")
+        raise AssertionError(f"exited {proc.poll()} without a URL: {seen} {proc.stdout.read()}")
 
     return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, first_url), CLI_START_TIMEOUT_S)
 
