@@ -11,7 +11,6 @@ generators share it), and reports achieved against requested.
 from __future__ import annotations
 
 import dataclasses
-import json
 import socket
 import subprocess
 import threading
@@ -181,18 +180,21 @@ class Generator:
 def run_in_lab(lab_name: str, spec, on_second: Callable[[SecondReport], None] | None = None,
                stop_event: threading.Event | None = None) -> AttackResult:
     """Build the frames for `spec`, enter `<lab>-up` and send them (this thread stays in that namespace)."""
+    from appliance.lab import netlink  # noqa: PLC0415
     from appliance.lab.attack import TemplateBuilder  # noqa: PLC0415
     from appliance.lab.nsenter import enter_netns  # noqa: PLC0415
     from appliance.lab.topology import Lab, LabError  # noqa: PLC0415
 
     lab = Lab(lab_name)
     upstream = lab.ns("up")
-    probe = subprocess.run(["ip", "-n", upstream, "-j", "link", "show", lab.UPSTREAM_IF],
-                           capture_output=True, text=True)
-    if probe.returncode != 0:
+    found = []
+    if upstream in netlink.namespaces():
+        with netlink.iproute(upstream) as ipr:
+            found = ipr.get_links(ifname=lab.UPSTREAM_IF)
+    if not found:
         raise LabError(f"lab {lab_name!r} is not up (no {lab.UPSTREAM_IF} in {upstream}); "
                        f"run `seawall lab up --name {lab_name}` first")
-    source_mac = json.loads(probe.stdout)[0]["address"]
+    source_mac = found[0].get("address")
     streams = TemplateBuilder(lab, spec, source_mac=source_mac).streams()
     enter_netns(upstream)
     generator = Generator(streams, spec.pps, spec.duration, lab.UPSTREAM_IF)
