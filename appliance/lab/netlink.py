@@ -142,13 +142,13 @@ def set_offloads(namespace: str | None, ifname: str, *, tx_checksum: bool | None
         with Ethtool() as ethtool:
             current = ethtool.get_features(ifname)
             wanted: dict[str, bool] = {}
-            for name, feature in current.features.items():
-                if tx_checksum is not None and name.startswith(TX_CHECKSUM_PREFIX) and feature.available:
-                    wanted[name] = tx_checksum
+            if tx_checksum is not None:
+                wanted.update((name, tx_checksum) for name in current.features if name.startswith(TX_CHECKSUM_PREFIX))
             if gro is not None:
                 wanted[GRO_FEATURE] = gro
             for name, enable in wanted.items():
-                current.features[name].enable = enable
+                if current.features[name].available:   # the others are fixed: fine if already as wanted
+                    current.features[name].enable = enable
             ethtool.set_features(ifname, current)
             now = ethtool.get_features(ifname).features
             kept = sorted(name for name, enable in wanted.items() if now[name].enable != enable)
