@@ -225,13 +225,19 @@ class CompareLab:
             self.generator = None
         with contextlib.suppress(Exception):
             self.sink_drop(False)
+        failures = []   # "already gone" is fine; other refusals are reported after the rest is removed
         for ns in (self.gen_ns, self.dut_ns, self.sink_ns):
-            with doing(f"delete namespace {ns}"):
-                netlink.remove_namespace(ns)  # takes its veths (and their XDP programs) along
+            try:
+                with doing(f"delete namespace {ns}"):
+                    netlink.remove_namespace(ns)  # takes its veths (and their XDP programs) along
+            except BenchError as exc:
+                failures.append(str(exc))
         if self._bpf_stats_before is not None:
             # bpf_stats_enabled is a counter of users; restore what was there.
             pathlib.Path("/proc/sys/kernel/bpf_stats_enabled").write_text(self._bpf_stats_before + "\n")
             self._bpf_stats_before = None
+        if failures:
+            raise BenchError("; ".join(failures))
         log.info("compare.lab_down", tag=self.tag)
 
     # -- pieces -------------------------------------------------------------------

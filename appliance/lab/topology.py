@@ -262,17 +262,28 @@ class Lab:
     def down(self) -> None:
         """Remove everything the lab created, also after a crash."""
         self._kill_recorded_processes()
+        # "Already gone" is fine (netlink helpers); any other refusal is reported once the rest
+        # is removed, so one stuck link never leaves the namespaces behind.
+        failures: list[str] = []
         with netlink.iproute() as ipr:
             for link in self._root_links():
-                with _doing(f"delete link {link}"):
-                    netlink.delete_link(ipr, link)
+                try:
+                    with _doing(f"delete link {link}"):
+                        netlink.delete_link(ipr, link)
+                except LabError as exc:
+                    failures.append(str(exc))
         for ns in self._existing_namespaces():
-            with _doing(f"delete namespace {ns}"):
-                netlink.remove_namespace(ns)
+            try:
+                with _doing(f"delete namespace {ns}"):
+                    netlink.remove_namespace(ns)
+            except LabError as exc:
+                failures.append(str(exc))
         if self.state_dir.exists():
             for path in self.state_dir.iterdir():
                 path.unlink()
             self.state_dir.rmdir()
+        if failures:
+            raise LabError("; ".join(failures))
         log.info("lab.down", lab=self.name)
 
     def status(self) -> LabStatus:
