@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable
 
 import structlog
 
+from appliance.lab import netlink
 from appliance.lab.attack import Stream
 from appliance.lab.livegen import LiveFrameSender
 
@@ -68,15 +68,14 @@ class AttackResult:
 
 
 def xdp_xmit_counters(ifname: str) -> tuple[int, int]:
-    """(transmitted, errors) summed over the veth's tx queues, from `ethtool -S` in this namespace."""
-    out = subprocess.run(["ethtool", "-S", ifname], capture_output=True, text=True, check=True).stdout
+    """(transmitted, errors) summed over the veth's tx queues, from its driver statistics
+    (`ethtool -S`) in this thread's namespace."""
     sent = errors = 0
-    for line in out.splitlines():
-        key, _, value = line.strip().partition(":")
+    for key, value in netlink.statistics(ifname).items():
         if key.startswith("tx_queue_") and key.endswith("_xdp_xmit"):
-            sent += int(value)
+            sent += value
         elif key.startswith("tx_queue_") and key.endswith("_xdp_xmit_errors"):
-            errors += int(value)
+            errors += value
     return sent, errors
 
 
@@ -180,7 +179,6 @@ class Generator:
 def run_in_lab(lab_name: str, spec, on_second: Callable[[SecondReport], None] | None = None,
                stop_event: threading.Event | None = None) -> AttackResult:
     """Build the frames for `spec`, enter `<lab>-up` and send them (this thread stays in that namespace)."""
-    from appliance.lab import netlink  # noqa: PLC0415
     from appliance.lab.attack import TemplateBuilder  # noqa: PLC0415
     from appliance.lab.nsenter import enter_netns  # noqa: PLC0415
     from appliance.lab.topology import Lab, LabError  # noqa: PLC0415

@@ -10,7 +10,9 @@ What pyroute2 has no call for, done here without a subprocess all the same:
 - sysctls: written to /proc/sys from a thread inside the namespace (a sysctl under
   /proc/sys/net belongs to the network namespace of the thread that opens it);
 - offloads (`ethtool -K`): pyroute2's `Ethtool`, the same SIOCETHTOOL feature ioctl,
-  from a thread inside the namespace (the ioctl acts in its socket's namespace).
+  from a thread inside the namespace (the ioctl acts in its socket's namespace);
+- driver statistics (`ethtool -S`): pyroute2's `IoctlEthtool.get_statistics()`, the same
+  ioctl, as its high-level `Ethtool` has no call for them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import TypeVar
 
 from pyroute2 import IPRoute, netns
 from pyroute2.ethtool import Ethtool
+from pyroute2.ethtool.ioctl import IoctlEthtool
 from pyroute2.netlink.exceptions import NetlinkError
 
 from appliance.lab.nsenter import run_in_netns
@@ -163,3 +166,12 @@ def features(namespace: str | None, ifname: str) -> dict[str, bool]:
         with Ethtool() as ethtool:
             return {name: bool(f.enable) for name, f in ethtool.get_features(ifname).features.items()}
     return in_namespace(namespace, read)
+
+
+def statistics(ifname: str) -> dict[str, int]:
+    """`ethtool -S <ifname>` in the calling thread's namespace: the driver's counters by name."""
+    ethtool = IoctlEthtool(ifname)
+    try:
+        return {name: int(value) for name, value in ethtool.get_statistics()}
+    finally:
+        ethtool.close()

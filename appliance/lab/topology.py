@@ -21,8 +21,6 @@ Namespaces, links, addresses, routes, sysctls and offloads go through pyroute2
   (traffic.py): processes that must live inside a namespace; `ip netns exec` also mounts
   the namespace's own /sys and execs, so the recorded pid is the service itself.
 - `Lab.exec()`: any command a caller wants to run inside a lab namespace.
-- `ethtool -S` (generator.py): per-queue XDP transmit counters of a veth; pyroute2's
-  Ethtool has no statistics call.
 - The benchmarks (appliance/bench/compare*.py): `nft` (rulesets for the nftables
   baselines), `xdp-filter` and `fastnetmon` (the tools compared against, run inside the
   DUT's namespace), the echo client/server (processes inside a namespace) and

@@ -95,3 +95,15 @@ def test_teardown_tolerates_only_what_is_already_gone(namespace):
     with pytest.raises(FileNotFoundError):
         netlink.iproute(gone).__enter__()                  # never creates a namespace by accident
     assert gone not in netlink.namespaces()
+
+
+def test_driver_statistics_match_ethtool_s(namespace):
+    """The attack generator's transmit counters: pyroute2's ioctl reads what `ethtool -S` prints."""
+    with netlink.iproute(namespace) as ipr:
+        netlink.add_veth(ipr, "c0", "c1")
+    shown = subprocess.run(["ip", "netns", "exec", namespace, "ethtool", "-S", "c0"], capture_output=True,
+                           text=True, check=True).stdout
+    expected = {key.strip(): int(value) for key, _, value in
+                (line.partition(":") for line in shown.splitlines()[1:])}
+    stats = netlink.in_namespace(namespace, netlink.statistics, "c0")
+    assert stats == expected and "tx_queue_0_xdp_xmit" in stats
