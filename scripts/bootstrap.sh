@@ -50,7 +50,7 @@ if [ ! -e "/lib/modules/$kver/build/include" ]; then
   fi
 fi
 
-# The virtualenv: pinned dependencies, the project itself editable, and a .pth
+# The virtualenv: pinned dependencies, the project itself editable with its extras, and a .pth
 # that exposes only Debian's bcc package (bcc is not on PyPI).
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
@@ -62,7 +62,9 @@ want=$(cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "installing pinned Python dependencies"
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.lock
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+  # The project itself, editable, with the extras the tests and the demo use (pyproject.toml:
+  # lab, bench, test); the lock stays the constraint, so nothing moves off its pin.
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[lab,bench,test]"
   echo "$want" > "$stamp"
 fi
 .venv/bin/python scripts/link_bcc.py

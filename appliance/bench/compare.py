@@ -42,8 +42,10 @@ from appliance.bench.compare_lab import (
     THROUGH_SERVER,
     BenchError,
     CompareLab,
+    doing,
     sh,
 )
+from appliance.lab import netlink
 from appliance.lab.livegen import FrameEdits
 from appliance.lab.nsenter import run_in_netns
 
@@ -175,14 +177,17 @@ def nft_ingress(lab: CompareLab, prefixes: list[ipaddress.IPv4Network]) -> Itera
 @contextlib.contextmanager
 def linux_bridge(lab: CompareLab) -> Iterator[None]:
     bridge = f"{lab.tag}br"
-    sh(["ip", "-n", lab.dut_ns, "link", "add", bridge, "type", "bridge"])
+    with doing(f"bridge {bridge} in {lab.dut_ns}"), netlink.iproute(lab.dut_ns) as ipr:
+        ipr.link("add", ifname=bridge, kind="bridge")
     try:
-        for port in (lab.dut_in, lab.dut_out):
-            sh(["ip", "-n", lab.dut_ns, "link", "set", port, "master", bridge])
-        sh(["ip", "-n", lab.dut_ns, "link", "set", bridge, "up"])
+        with doing(f"bridge {bridge} in {lab.dut_ns}"), netlink.iproute(lab.dut_ns) as ipr:
+            for port in (lab.dut_in, lab.dut_out):
+                ipr.link("set", index=netlink.index(ipr, port), master=netlink.index(ipr, bridge))
+            netlink.set_up(ipr, bridge)
         yield
     finally:
-        sh(["ip", "-n", lab.dut_ns, "link", "del", bridge], check=False)
+        with doing(f"delete bridge {bridge} in {lab.dut_ns}"), netlink.iproute(lab.dut_ns) as ipr:
+            netlink.delete_link(ipr, bridge)
 
 
 @contextlib.contextmanager

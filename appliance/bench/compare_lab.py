@@ -21,7 +21,6 @@ belongs to the bench, not to the device under test.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import pathlib
 import queue
@@ -34,7 +33,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
+from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
 
+from appliance.lab import netlink
 from appliance.lab.livegen import FrameEdits, LiveFrameSender
 from appliance.lab.nsenter import enter_netns, run_in_netns
 
@@ -56,6 +57,11 @@ GENERATOR_JOB_TIMEOUT_S = 600.0   # seconds for one generator job (compiles bcc 
 
 class BenchError(RuntimeError):
     """The bench cannot be built or measured (missing tool, kernel refusal)."""
+
+
+def doing(what: str):
+    """Kernel refusals while doing `what` become a BenchError naming it."""
+    return netlink.explained(BenchError, what)
 
 
 def sh(argv: list[str], check: bool = True, netns: str | None = None) -> subprocess.CompletedProcess:
@@ -171,30 +177,38 @@ class CompareLab:
 
     def up(self) -> CompareLab:
         for ns in (self.gen_ns, self.dut_ns, self.sink_ns):
-            sh(["ip", "netns", "add", ns])
-            sh(["ip", "-n", ns, "link", "set", "lo", "up"])
+            with doing(f"create namespace {ns}"):
+                netlink.create_namespace(ns)
+                with netlink.iproute(ns) as ipr:
+                    netlink.set_up(ipr, "lo")
         pairs = ((self.gen_if, self.gen_ns, self.dut_in, self.dut_ns),
                  (self.dut_out, self.dut_ns, self.sink_if, self.sink_ns),
                  (self.gen_direct, self.gen_ns, self.sink_direct, self.sink_ns))
         for a, ans, b, bns in pairs:
-            sh(["ip", "link", "add", a, "netns", ans, "type", "veth", "peer", "name", b, "netns", bns])
-            for name, ns in ((a, ans), (b, bns)):
-                # GRO on: a veth takes redirected XDP frames only with NAPI (GRO or an XDP program);
-                # TX checksum off on endpoints: redirected frames carry no partial checksums.
-                sh(["ethtool", "-K", name, "gro", "on", "tx", "off"], netns=ns)
-                sh(["ip", "-n", ns, "link", "set", name, "up"])
+            with doing(f"veth {a}@{ans} - {b}@{bns}"):
+                with netlink.iproute(ans) as ipr:
+                    netlink.add_veth(ipr, a, b, bns)
+                for name, ns in ((a, ans), (b, bns)):
+                    # GRO on: a veth takes redirected XDP frames only with NAPI (GRO or an XDP program);
+                    # TX checksum off on endpoints: redirected frames carry no partial checksums.
+                    netlink.set_offloads(ns, name, gro=True, tx_checksum=False)
+                    with netlink.iproute(ns) as ipr:
+                        netlink.set_up(ipr, name)
         for name, ns, addr in ((self.gen_if, self.gen_ns, THROUGH_CLIENT), (self.sink_if, self.sink_ns, THROUGH_SERVER),
                                (self.gen_direct, self.gen_ns, DIRECT_CLIENT),
                                (self.sink_direct, self.sink_ns, DIRECT_SERVER)):
-            sh(["ip", "-n", ns, "addr", "add", f"{addr}/{LINK_PREFIXLEN}", "dev", name])
+            with doing(f"address {addr} on {name}@{ns}"), netlink.iproute(ns) as ipr:
+                ipr.addr("add", index=netlink.index(ipr, name), address=addr, prefixlen=LINK_PREFIXLEN)
         # Static neighbours: no ARP in flight while RTTs are sampled.
         for ns, dev, peer_addr, peer_dev, peer_ns in (
                 (self.gen_ns, self.gen_if, THROUGH_SERVER, self.sink_if, self.sink_ns),
                 (self.sink_ns, self.sink_if, THROUGH_CLIENT, self.gen_if, self.gen_ns),
                 (self.gen_ns, self.gen_direct, DIRECT_SERVER, self.sink_direct, self.sink_ns),
                 (self.sink_ns, self.sink_direct, DIRECT_CLIENT, self.gen_direct, self.gen_ns)):
-            sh(["ip", "-n", ns, "neigh", "replace", peer_addr, "lladdr", self.mac(peer_ns, peer_dev), "dev", dev,
-                "nud", "permanent"])
+            lladdr = self.mac(peer_ns, peer_dev)
+            with doing(f"neighbour {peer_addr} on {dev}@{ns}"), netlink.iproute(ns) as ipr:
+                ipr.neigh("replace", dst=peer_addr, lladdr=lladdr, ifindex=netlink.index(ipr, dev),
+                          state=NUD_PERMANENT)
         self._start_kthreads()
         self.sink_drop(True)
         self._bpf_stats_before = pathlib.Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
@@ -211,19 +225,31 @@ class CompareLab:
             self.generator = None
         with contextlib.suppress(Exception):
             self.sink_drop(False)
+        failures = []   # "already gone" is fine; other refusals are reported after the rest is removed
         for ns in (self.gen_ns, self.dut_ns, self.sink_ns):
-            sh(["ip", "netns", "del", ns], check=False)  # takes its veths (and their XDP programs) along
+            try:
+                with doing(f"delete namespace {ns}"):
+                    netlink.remove_namespace(ns)  # takes its veths (and their XDP programs) along
+            except BenchError as exc:
+                failures.append(str(exc))
         if self._bpf_stats_before is not None:
             # bpf_stats_enabled is a counter of users; restore what was there.
             pathlib.Path("/proc/sys/kernel/bpf_stats_enabled").write_text(self._bpf_stats_before + "\n")
             self._bpf_stats_before = None
+        if failures:
+            raise BenchError("; ".join(failures))
         log.info("compare.lab_down", tag=self.tag)
 
     # -- pieces -------------------------------------------------------------------
 
     @staticmethod
-    def mac(ns: str, dev: str) -> str:
-        return json.loads(sh(["ip", "-n", ns, "-j", "link", "show", dev]).stdout)[0]["address"]
+    def _link(ns: str, dev: str):
+        with doing(f"read link {dev}@{ns}"), netlink.iproute(ns) as ipr:
+            return ipr.link("get", index=netlink.index(ipr, dev))[0]
+
+    @classmethod
+    def mac(cls, ns: str, dev: str) -> str:
+        return cls._link(ns, dev).get("address")
 
     def _start_kthreads(self) -> None:
         self.dut_kthread = self._threaded_napi(self.dut_ns, self.dut_in, DUT_CPU)
@@ -283,8 +309,7 @@ class CompareLab:
         return int(pathlib.Path(f"/proc/{self.dut_kthread}/schedstat").read_text().split()[0])
 
     def rx_packets(self, ns: str, dev: str) -> int:
-        stats = json.loads(sh(["ip", "-n", ns, "-j", "-s", "link", "show", dev]).stdout)[0]["stats64"]
-        return int(stats["rx"]["packets"])
+        return int(self._link(ns, dev).get("IFLA_STATS64")["rx_packets"])
 
     def wait_drained(self, ns: str, dev: str) -> int:
         """Poll the receive counter until it stops moving; returns it."""

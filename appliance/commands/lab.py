@@ -64,11 +64,15 @@ def run_up(args) -> int:
 
 
 def run_down(args) -> int:
+    from appliance.lab import LabError  # noqa: PLC0415
     try:
         _lab(args).down()
     except ValueError as exc:
         print(f"seawall lab down: {exc}", file=sys.stderr)
         return 2
+    except LabError as exc:
+        print(f"seawall lab down: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

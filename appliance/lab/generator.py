@@ -11,15 +11,14 @@ generators share it), and reports achieved against requested.
 from __future__ import annotations
 
 import dataclasses
-import json
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable
 
 import structlog
 
+from appliance.lab import netlink
 from appliance.lab.attack import Stream
 from appliance.lab.livegen import LiveFrameSender
 
@@ -69,15 +68,14 @@ class AttackResult:
 
 
 def xdp_xmit_counters(ifname: str) -> tuple[int, int]:
-    """(transmitted, errors) summed over the veth's tx queues, from `ethtool -S` in this namespace."""
-    out = subprocess.run(["ethtool", "-S", ifname], capture_output=True, text=True, check=True).stdout
+    """(transmitted, errors) summed over the veth's tx queues, from its driver statistics
+    (`ethtool -S`) in this thread's namespace."""
     sent = errors = 0
-    for line in out.splitlines():
-        key, _, value = line.strip().partition(":")
+    for key, value in netlink.statistics(ifname).items():
         if key.startswith("tx_queue_") and key.endswith("_xdp_xmit"):
-            sent += int(value)
+            sent += value
         elif key.startswith("tx_queue_") and key.endswith("_xdp_xmit_errors"):
-            errors += int(value)
+            errors += value
     return sent, errors
 
 
@@ -187,12 +185,14 @@ def run_in_lab(lab_name: str, spec, on_second: Callable[[SecondReport], None] | 
 
     lab = Lab(lab_name)
     upstream = lab.ns("up")
-    probe = subprocess.run(["ip", "-n", upstream, "-j", "link", "show", lab.UPSTREAM_IF],
-                           capture_output=True, text=True)
-    if probe.returncode != 0:
+    found = []
+    if upstream in netlink.namespaces():
+        with netlink.iproute(upstream) as ipr:
+            found = ipr.get_links(ifname=lab.UPSTREAM_IF)
+    if not found:
         raise LabError(f"lab {lab_name!r} is not up (no {lab.UPSTREAM_IF} in {upstream}); "
                        f"run `seawall lab up --name {lab_name}` first")
-    source_mac = json.loads(probe.stdout)[0]["address"]
+    source_mac = found[0].get("address")
     streams = TemplateBuilder(lab, spec, source_mac=source_mac).streams()
     enter_netns(upstream)
     generator = Generator(streams, spec.pps, spec.duration, lab.UPSTREAM_IF)

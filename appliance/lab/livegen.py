@@ -23,7 +23,8 @@ import os
 import pathlib
 import platform
 import re
-import subprocess
+
+from appliance.lab import netlink
 
 HERE = pathlib.Path(__file__).parent
 BPF_PROG_TEST_RUN = 10              # bpf(2) command number
@@ -103,20 +104,19 @@ class LiveFrameSender:
         self._sys_bpf = SYS_BPF[machine]
         self._ctx = _XdpMd(ingress_ifindex=ifindex)
         self._anchor = f"lg{os.getpid()}a"
-        self._remove_stale_anchors()
-        subprocess.run(["ip", "link", "add", self._anchor, "type", "veth", "peer", "name", f"lg{os.getpid()}b"],
-                       check=True, capture_output=True)
+        # In this thread's namespace (the caller entered it): IPRoute opens its socket here.
+        with netlink.iproute() as ipr:
+            self._remove_stale_anchors(ipr)
+            netlink.add_veth(ipr, self._anchor, f"lg{os.getpid()}b")
         self._bpf.attach_xdp(self._anchor, self._bpf.load_func("livegen", BPF.XDP), XDP_FLAGS_SKB_MODE)
 
     @staticmethod
-    def _remove_stale_anchors() -> None:
+    def _remove_stale_anchors(ipr) -> None:
         """Anchors of generators that died without close() (their pid is gone)."""
-        links = subprocess.run(["ip", "-o", "link", "show", "type", "veth"], capture_output=True, text=True).stdout
-        for line in links.splitlines():
-            name = line.split(":")[1].strip().split("@")[0]
+        for name in netlink.link_names(ipr):
             match = ANCHOR_RE.match(name)
             if match and not os.path.exists(f"/proc/{match.group(1)}"):
-                subprocess.run(["ip", "link", "del", name], capture_output=True)
+                netlink.delete_link(ipr, name)
 
     def configure(self, edits: FrameEdits) -> None:
         leaf = self._config.Leaf()
@@ -159,5 +159,8 @@ class LiveFrameSender:
         try:
             self._bpf.remove_xdp(self._anchor, XDP_FLAGS_SKB_MODE)
         finally:
-            subprocess.run(["ip", "link", "del", self._anchor], capture_output=True)
-            self._bpf.cleanup()
+            try:
+                with netlink.iproute() as ipr:
+                    netlink.delete_link(ipr, self._anchor)
+            finally:
+                self._bpf.cleanup()

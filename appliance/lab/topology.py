@@ -14,22 +14,37 @@ clients' and attacker's links onto it. Without the appliance nothing crosses
 Everything the lab creates is found again by name (`down()` also cleans up after
 a crash); the only processes it kills are those whose pids it recorded in
 `/run/seawall-lab/<p>/`.
+
+Namespaces, links, addresses, routes, sysctls and offloads go through pyroute2
+(`appliance/lab/netlink.py`). What still runs as a command, and why:
+- `ip netns exec <ns> python -m appliance.lab.services` (here) and `... appliance.lab.traffic`
+  (traffic.py): processes that must live inside a namespace; `ip netns exec` also mounts
+  the namespace's own /sys and execs, so the recorded pid is the service itself.
+- `Lab.exec()`: any command a caller wants to run inside a lab namespace.
+- The benchmarks (appliance/bench/compare*.py): `nft` (rulesets for the nftables
+  baselines), `xdp-filter` and `fastnetmon` (the tools compared against, run inside the
+  DUT's namespace), the echo client/server (processes inside a namespace) and
+  `sh -c 'echo N > /sys/class/net/<dev>/threaded'` (threaded NAPI is a sysfs attribute
+  with no netlink call in pyroute2; /sys must be the namespace's own, as `ip netns exec` mounts it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import json
 import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import structlog
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+
+from appliance.lab import netlink
 
 log = structlog.get_logger(__name__)
 
@@ -163,11 +178,9 @@ class LabStatus:
         return dataclasses.asdict(self)
 
 
-def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise LabError(f"{' '.join(argv)}: {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc
+def _doing(what: str):
+    """Kernel refusals while doing `what` become a LabError naming it."""
+    return netlink.explained(LabError, what)
 
 
 class Lab:
@@ -247,23 +260,35 @@ class Lab:
     def down(self) -> None:
         """Remove everything the lab created, also after a crash."""
         self._kill_recorded_processes()
-        for link in self._root_links():
-            _run(["ip", "link", "del", link], check=False)
+        # "Already gone" is fine (netlink helpers); any other refusal is reported once the rest
+        # is removed, so one stuck link never leaves the namespaces behind.
+        failures: list[str] = []
+        with netlink.iproute() as ipr:
+            for link in self._root_links():
+                try:
+                    with _doing(f"delete link {link}"):
+                        netlink.delete_link(ipr, link)
+                except LabError as exc:
+                    failures.append(str(exc))
         for ns in self._existing_namespaces():
-            _run(["ip", "netns", "del", ns], check=False)
+            try:
+                with _doing(f"delete namespace {ns}"):
+                    netlink.remove_namespace(ns)
+            except LabError as exc:
+                failures.append(str(exc))
         if self.state_dir.exists():
             for path in self.state_dir.iterdir():
                 path.unlink()
             self.state_dir.rmdir()
+        if failures:
+            raise LabError("; ".join(failures))
         log.info("lab.down", lab=self.name)
 
     def status(self) -> LabStatus:
-        links = self._root_links()
-        xdp = {}
-        for ifname in (self.external_if, self.internal_if):
-            if ifname in links:
-                info = json.loads(_run(["ip", "-j", "-d", "link", "show", ifname]).stdout)
-                xdp[ifname] = bool(info and info[0].get("xdp"))
+        found = self._root_link_messages()
+        links = sorted(found)
+        xdp = {ifname: netlink.xdp_attached(found[ifname])
+               for ifname in (self.external_if, self.internal_if) if ifname in found}
         processes = {s.name: self._live_pid(s.name) for s in self.servers} if self.state_dir.exists() else {}
         return LabStatus(name=self.name, namespaces=self._existing_namespaces(), links=links,
                          bridge=self.bridge_if in links, xdp=xdp, processes=processes)
@@ -271,14 +296,16 @@ class Lab:
     # -- discovery by name --------------------------------------------------------
     def _existing_namespaces(self) -> list[str]:
         pattern = re.compile(rf"^{re.escape(self.name)}-{ROLE_RE}$")
-        out = _run(["ip", "-j", "netns", "list"]).stdout.strip()
-        names = [entry["name"] for entry in json.loads(out)] if out else []
-        return sorted(n for n in names if pattern.match(n))
+        return [n for n in netlink.namespaces() if pattern.match(n)]
+
+    def _root_link_messages(self) -> dict:
+        """The root-namespace links the lab owns: name -> pyroute2 ifinfmsg."""
+        wanted = {self.external_if, self.internal_if, self.bridge_if}
+        with _doing("list links"), netlink.iproute() as ipr:
+            return {link.get("ifname"): link for link in ipr.get_links() if link.get("ifname") in wanted}
 
     def _root_links(self) -> list[str]:
-        wanted = {self.external_if, self.internal_if, self.bridge_if}
-        return sorted(link["ifname"] for link in json.loads(_run(["ip", "-j", "link", "show"]).stdout)
-                      if link["ifname"] in wanted)
+        return sorted(self._root_link_messages())
 
     # -- processes --------------------------------------------------------------
     def _pid_file(self, server: str) -> pathlib.Path:
@@ -330,7 +357,8 @@ class Lab:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             for ns in self.namespaces:
-                _run(["ip", "netns", "add", ns])
+                with _doing(f"create namespace {ns}"):
+                    netlink.create_namespace(ns)
             self._build_links()
             self._configure_router()
             self._configure_hosts()
@@ -341,33 +369,34 @@ class Lab:
 
     def _build_links(self) -> None:
         up, sw = self.ns("up"), self.ns("sw")
-        # The appliance's two NICs, with their peers in the router and the customer switch.
-        _run(["ip", "link", "add", self.external_if, "type", "veth", "peer", "name", self.UPSTREAM_IF,
-              "netns", up])
-        _run(["ip", "link", "add", self.internal_if, "type", "veth", "peer", "name", self.SWITCH_UPLINK_IF,
-              "netns", sw])
-        for ifname in (self.external_if, self.internal_if):
-            # The appliance is a bump in the wire: no addresses, no IPv6 chatter of its own.
-            _run(["sysctl", "-q", "-w", f"net.ipv6.conf.{ifname}.disable_ipv6=1"])
-            self._offloads(None, ifname)
-            _run(["ip", "link", "set", ifname, "up"])
+        with _doing("build the appliance's links"), netlink.iproute() as ipr:
+            # The appliance's two NICs, with their peers in the router and the customer switch.
+            netlink.add_veth(ipr, self.external_if, self.UPSTREAM_IF, up)
+            netlink.add_veth(ipr, self.internal_if, self.SWITCH_UPLINK_IF, sw)
+            for ifname in (self.external_if, self.internal_if):
+                # The appliance is a bump in the wire: no addresses, no IPv6 chatter of its own.
+                netlink.write_sysctls(None, {f"net.ipv6.conf.{ifname}.disable_ipv6": 1})
+                self._offloads(None, ifname)
+                netlink.set_up(ipr, ifname)
         # Router links to the clients and the attacker.
-        for role in ("cli", "att"):
-            _run(["ip", "-n", up, "link", "add", role, "type", "veth", "peer", "name", self.HOST_IF,
-                  "netns", self.ns(role)])
+        with _doing(f"build the links of {up}"), netlink.iproute(up) as ipr:
+            for role in ("cli", "att"):
+                netlink.add_veth(ipr, role, self.HOST_IF, self.ns(role))
         # Customer switch: a Linux bridge with the uplink and one port per server.
-        _run(["ip", "-n", sw, "link", "add", "br0", "type", "bridge"])
-        _run(["ip", "netns", "exec", sw, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"])
-        _run(["ip", "-n", sw, "link", "set", self.SWITCH_UPLINK_IF, "master", "br0"])
-        for s in self.servers:
-            _run(["ip", "-n", sw, "link", "add", s.name, "type", "veth", "peer", "name", self.HOST_IF,
-                  "netns", s.namespace])
-            _run(["ip", "-n", sw, "link", "set", s.name, "master", "br0"])
-            _run(["ip", "-n", s.namespace, "link", "set", self.HOST_IF, "address", s.mac])
-        for ifname in ["br0", self.SWITCH_UPLINK_IF, *(s.name for s in self.servers)]:
-            if ifname != "br0":
-                self._offloads(sw, ifname)
-            _run(["ip", "-n", sw, "link", "set", ifname, "up"])
+        with _doing(f"build the switch {sw}"), netlink.iproute(sw) as ipr:
+            ipr.link("add", ifname="br0", kind="bridge")
+            netlink.write_sysctls(sw, {"net.ipv6.conf.all.disable_ipv6": 1})
+            bridge = netlink.index(ipr, "br0")
+            ipr.link("set", index=netlink.index(ipr, self.SWITCH_UPLINK_IF), master=bridge)
+            for s in self.servers:
+                netlink.add_veth(ipr, s.name, self.HOST_IF, s.namespace)
+                ipr.link("set", index=netlink.index(ipr, s.name), master=bridge)
+                with netlink.iproute(s.namespace) as host:
+                    host.link("set", index=netlink.index(host, self.HOST_IF), address=s.mac)
+            for ifname in ["br0", self.SWITCH_UPLINK_IF, *(s.name for s in self.servers)]:
+                if ifname != "br0":
+                    self._offloads(sw, ifname)
+                netlink.set_up(ipr, ifname)
 
     def _enable_xdp_receive(self) -> None:
         """Make the veths that receive redirected XDP frames take them.
@@ -378,41 +407,42 @@ class Lab:
         again once everything is up: the appliance's peers and the appliance's own NICs."""
         for ns, ifname in ((self.ns("up"), self.UPSTREAM_IF), (self.ns("sw"), self.SWITCH_UPLINK_IF),
                            (None, self.external_if), (None, self.internal_if)):
-            prefix = ["ip", "netns", "exec", ns] if ns else []
-            _run([*prefix, "ethtool", "-K", ifname, "gro", "off"])
-            _run([*prefix, "ethtool", "-K", ifname, "gro", "on"])
+            with _doing(f"switch GRO off and on again on {ifname} ({ns or 'root namespace'})"):
+                netlink.set_offloads(ns, ifname, gro=False)
+                netlink.set_offloads(ns, ifname, gro=True)
 
     @staticmethod
     def _offloads(ns: str | None, ifname: str) -> None:
         """TX checksum offload off (checksums survive XDP_REDIRECT) and GRO on (the veth then
         takes redirected XDP frames, and live frames from the generator, instead of dropping them)."""
-        prefix = ["ip", "netns", "exec", ns] if ns else []
-        _run([*prefix, "ethtool", "-K", ifname, "tx", "off", "gro", "on"])
+        netlink.set_offloads(ns, ifname, tx_checksum=False, gro=True)
 
     def _configure_router(self) -> None:
         up = self.ns("up")
-        _run(["ip", "netns", "exec", up, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
-              "net.ipv6.conf.all.forwarding=1", "net.ipv4.conf.all.rp_filter=0",
-              "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0",
-              # No duplicate address detection: link-local addresses are usable at once, so
-              # neighbour discovery works from the first packet (names are unique per namespace).
-              *(f"net.ipv6.conf.{ifname}.accept_dad=0" for ifname in (self.UPSTREAM_IF, "cli", "att"))])
-        for tenant in TENANTS:
-            plen4 = ipaddress.ip_network(tenant.ipv4).prefixlen
-            plen6 = ipaddress.ip_network(tenant.ipv6).prefixlen
-            _run(["ip", "-n", up, "addr", "add", f"{tenant.gateway4}/{plen4}", "dev", self.UPSTREAM_IF])
-            _run(["ip", "-n", up, "addr", "add", f"{tenant.gateway6}/{plen6}", "dev", self.UPSTREAM_IF,
-                  "nodad"])
-        for role, gw4, gw6 in (("cli", CLIENT_GW_V4, CLIENT_GW_V6), ("att", ATTACKER_GW_V4, ATTACKER_GW_V6)):
-            _run(["ip", "-n", up, "addr", "add", gw4, "dev", role])
-            _run(["ip", "-n", up, "addr", "add", gw6, "dev", role, "nodad"])
-        for ifname in (self.UPSTREAM_IF, "cli", "att"):
-            self._offloads(up, ifname)
-            _run(["ip", "-n", up, "link", "set", ifname, "up"])
-        _run(["ip", "-n", up, "link", "set", "lo", "up"])
-        # Replies to spoofed sources (SYN-ACKs, ICMP errors) end here instead of bouncing around.
-        _run(["ip", "-n", up, "route", "add", "blackhole", SPOOF_V4])
-        _run(["ip", "-n", up, "-6", "route", "add", "blackhole", SPOOF_V6])
+        with _doing(f"configure the router {up}"), netlink.iproute(up) as ipr:
+            netlink.write_sysctls(up, {
+                "net.ipv4.ip_forward": 1, "net.ipv6.conf.all.forwarding": 1, "net.ipv4.conf.all.rp_filter": 0,
+                "net.ipv6.conf.default.accept_dad": 0, "net.ipv6.conf.all.accept_dad": 0,
+                # No duplicate address detection: link-local addresses are usable at once, so
+                # neighbour discovery works from the first packet (names are unique per namespace).
+                **{f"net.ipv6.conf.{ifname}.accept_dad": 0 for ifname in (self.UPSTREAM_IF, "cli", "att")}})
+            upstream = netlink.index(ipr, self.UPSTREAM_IF)
+            for tenant in TENANTS:
+                plen4 = ipaddress.ip_network(tenant.ipv4).prefixlen
+                plen6 = ipaddress.ip_network(tenant.ipv6).prefixlen
+                ipr.addr("add", index=upstream, address=tenant.gateway4, prefixlen=plen4)
+                ipr.addr("add", index=upstream, address=tenant.gateway6, prefixlen=plen6, flags=IFA_F_NODAD)
+            for role, gw4, gw6 in (("cli", CLIENT_GW_V4, CLIENT_GW_V6), ("att", ATTACKER_GW_V4, ATTACKER_GW_V6)):
+                link = netlink.index(ipr, role)
+                _add_address(ipr, link, gw4)
+                _add_address(ipr, link, gw6, flags=IFA_F_NODAD)
+            for ifname in (self.UPSTREAM_IF, "cli", "att"):
+                self._offloads(up, ifname)
+                netlink.set_up(ipr, ifname)
+            netlink.set_up(ipr, "lo")
+            # Replies to spoofed sources (SYN-ACKs, ICMP errors) end here instead of bouncing around.
+            ipr.route("add", dst=SPOOF_V4, type="blackhole")
+            ipr.route("add", dst=SPOOF_V6, type="blackhole")
 
     def _configure_hosts(self) -> None:
         hosts = [("cli", CLIENT_V4, CLIENT_V6, CLIENT_GW_V4, CLIENT_GW_V6),
@@ -423,15 +453,17 @@ class Lab:
                           f"{s.ipv6}/{ipaddress.ip_network(t.ipv6).prefixlen}", t.gateway4, t.gateway6))
         for role, addr4, addr6, gw4, gw6 in hosts:
             ns = self.ns(role)
-            _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0",
-                  "net.ipv6.conf.default.accept_dad=0", f"net.ipv6.conf.{self.HOST_IF}.accept_dad=0"])
-            _run(["ip", "-n", ns, "addr", "add", addr4, "dev", self.HOST_IF])
-            _run(["ip", "-n", ns, "addr", "add", addr6, "dev", self.HOST_IF, "nodad"])
-            self._offloads(ns, self.HOST_IF)
-            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
-            _run(["ip", "-n", ns, "link", "set", self.HOST_IF, "up"])
-            _run(["ip", "-n", ns, "route", "add", "default", "via", gw4.split("/")[0]])
-            _run(["ip", "-n", ns, "-6", "route", "add", "default", "via", gw6.split("/")[0]])
+            with _doing(f"configure the host {ns}"), netlink.iproute(ns) as ipr:
+                netlink.write_sysctls(ns, {"net.ipv6.conf.all.accept_dad": 0, "net.ipv6.conf.default.accept_dad": 0,
+                                           f"net.ipv6.conf.{self.HOST_IF}.accept_dad": 0})
+                link = netlink.index(ipr, self.HOST_IF)
+                _add_address(ipr, link, addr4)
+                _add_address(ipr, link, addr6, flags=IFA_F_NODAD)
+                self._offloads(ns, self.HOST_IF)
+                netlink.set_up(ipr, "lo")
+                netlink.set_up(ipr, self.HOST_IF)
+                ipr.route("add", dst="default", gateway=gw4.split("/")[0], family=socket.AF_INET)
+                ipr.route("add", dst="default", gateway=gw6.split("/")[0], family=socket.AF_INET6)
 
     def _start_services(self) -> None:
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
@@ -459,11 +491,21 @@ class Lab:
 
     def _set_linux_bridge(self, enabled: bool) -> None:
         exists = self.bridge_if in self._root_links()
-        if enabled and not exists:
-            _run(["ip", "link", "add", self.bridge_if, "type", "bridge"])
-            _run(["sysctl", "-q", "-w", f"net.ipv6.conf.{self.bridge_if}.disable_ipv6=1"])
-            for ifname in (self.external_if, self.internal_if):
-                _run(["ip", "link", "set", ifname, "master", self.bridge_if])
-            _run(["ip", "link", "set", self.bridge_if, "up"])
-        elif not enabled and exists:
-            _run(["ip", "link", "del", self.bridge_if])
+        if enabled == exists:
+            return
+        with _doing(f"{'add' if enabled else 'delete'} the bridge {self.bridge_if}"), netlink.iproute() as ipr:
+            if enabled:
+                ipr.link("add", ifname=self.bridge_if, kind="bridge")
+                netlink.write_sysctls(None, {f"net.ipv6.conf.{self.bridge_if}.disable_ipv6": 1})
+                bridge = netlink.index(ipr, self.bridge_if)
+                for ifname in (self.external_if, self.internal_if):
+                    ipr.link("set", index=netlink.index(ipr, ifname), master=bridge)
+                netlink.set_up(ipr, self.bridge_if)
+            else:
+                netlink.delete_link(ipr, self.bridge_if)
+
+
+def _add_address(ipr, index: int, cidr: str, flags: int = 0) -> None:
+    """`ip addr add <cidr> dev <index> [nodad]`."""
+    address, _, prefixlen = cidr.partition("/")
+    ipr.addr("add", index=index, address=address, prefixlen=int(prefixlen), **({"flags": flags} if flags else {}))
