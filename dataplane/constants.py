@@ -69,6 +69,40 @@ class AclKind(enum.IntEnum):
     DENY = 1
 
 
+class EtherType(enum.IntEnum):
+    """Ethernet types both parsers (the program's and the sample parser's) read (SW_ETH_P_*)."""
+
+    IP = 0x0800
+    IPV6 = 0x86DD
+    VLAN = 0x8100    # 802.1Q
+    QINQ = 0x88A8    # 802.1ad
+
+
+class IpProto(enum.IntEnum):
+    """IP protocol numbers both parsers read, IPv6 extension headers included (SW_IPPROTO_*)."""
+
+    HOPOPTS = 0
+    ICMP = 1
+    TCP = 6
+    UDP = 17
+    ROUTING = 43
+    FRAGMENT = 44
+    AH = 51
+    ICMPV6 = 58
+    DSTOPTS = 60
+
+
+class TcpFlag(enum.IntFlag):
+    """TCP header flags (SW_TCP_*)."""
+
+    FIN = 0x01
+    SYN = 0x02
+    RST = 0x04
+    PSH = 0x08
+    ACK = 0x10
+    URG = 0x20
+
+
 class ReflectionFilter(enum.IntEnum):
     """`policy.reflection_filter` as the dataplane applies it (policy flags REFLECTION_*)."""
 
@@ -151,7 +185,8 @@ MAX_IPV6_EXT_HEADERS = 6       # extension headers walked before giving up (coun
 NO_TENANT = 0xFFFFFFFF         # tenant index meaning "no tenant owns this address"
 TENANT_SET_SLOTS = 2           # double-buffered tenant sets, flipped atomically
 
-IPPROTO = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
+IPPROTO = {"icmp": int(IpProto.ICMP), "tcp": int(IpProto.TCP), "udp": int(IpProto.UDP),
+           "icmpv6": int(IpProto.ICMPV6)}   # protocol names of the tenant configuration
 
 # UDP source ports of amplification reflectors: replies from them reach a customer
 # address only if that address asked (stateful reflection filter).
@@ -167,7 +202,9 @@ CONN_IDLE_MS = 120000           # a learned connection is forgotten after this l
 
 
 # Macro prefixes of the flag sets (the C names they have always had).
-_FLAG_PREFIXES: dict[type[enum.IntFlag], str] = {PolicyFlag: "SW_POLICY", RuleMatch: "SW_MATCH"}
+_FLAG_PREFIXES: dict[type[enum.IntFlag], str] = {PolicyFlag: "SW_POLICY", RuleMatch: "SW_MATCH", TcpFlag: "SW_TCP"}
+# ... and of the enumerations whose C names are not SW_<TYPE_IN_SNAKE_CASE>.
+_ENUM_PREFIXES: dict[type[enum.IntEnum], str] = {EtherType: "SW_ETH_P", IpProto: "SW_IPPROTO"}
 _NO_BUDGET_SLOT = 0xF   # SW_BUDGET_SLOT_OF_CLASS nibble of a class without a budget
 
 
@@ -184,8 +221,9 @@ def budget_slot_of_class() -> int:
 def cflags() -> list[str]:
     """The -D flags that give the C program every enumeration, flag and limit above."""
     flags: list[str] = []
-    for enum_type in (Direction, TrafficClass, DropReason, Verdict, RuleAction, TenantMode, AclKind, Scope, Port):
-        prefix = _macro_prefix(enum_type)
+    for enum_type in (Direction, TrafficClass, DropReason, Verdict, RuleAction, TenantMode, AclKind, Scope, Port,
+                      EtherType, IpProto):
+        prefix = _ENUM_PREFIXES.get(enum_type) or _macro_prefix(enum_type)
         flags += [f"-D{prefix}_{member.name}={int(member)}" for member in enum_type]
         flags.append(f"-D{prefix}__COUNT={len(enum_type)}")
     for flag_type, prefix in _FLAG_PREFIXES.items():

@@ -20,25 +20,25 @@ import struct
 import numpy as np
 
 from dataplane.api import IPAddress, Rule, Sample
-from dataplane.constants import PAYLOAD_MATCH_BYTES, Direction, TrafficClass
+from dataplane.constants import PAYLOAD_MATCH_BYTES, Direction, EtherType, IpProto, TcpFlag, TrafficClass
 
-ETH_P_IPV4 = 0x0800
-ETH_P_IPV6 = 0x86DD
-VLAN_ETHERTYPES = (0x8100, 0x88A8)
-IPV6_EXT_HEADERS = {0, 43, 60, 51}   # hop-by-hop, routing, destination options, AH
-IPV6_FRAGMENT_HEADER = 44
+ETH_P_IPV4 = int(EtherType.IP)
+ETH_P_IPV6 = int(EtherType.IPV6)
+VLAN_ETHERTYPES = (int(EtherType.VLAN), int(EtherType.QINQ))
+IPV6_EXT_HEADERS = {int(IpProto.HOPOPTS), int(IpProto.ROUTING), int(IpProto.DSTOPTS), int(IpProto.AH)}
+IPV6_FRAGMENT_HEADER = int(IpProto.FRAGMENT)
 IPV6_HEADER_BYTES = 40               # fixed IPv6 header; Rule.length = payload length + 40
 
-TCP_FIN = 0x01
-TCP_SYN = 0x02
-TCP_RST = 0x04
-TCP_PSH = 0x08
-TCP_ACK = 0x10
+TCP_FIN = int(TcpFlag.FIN)
+TCP_SYN = int(TcpFlag.SYN)
+TCP_RST = int(TcpFlag.RST)
+TCP_PSH = int(TcpFlag.PSH)
+TCP_ACK = int(TcpFlag.ACK)
 
-PROTO_TCP = 6
-PROTO_UDP = 17
-PROTO_ICMP = 1
-PROTO_ICMPV6 = 58
+PROTO_TCP = int(IpProto.TCP)
+PROTO_UDP = int(IpProto.UDP)
+PROTO_ICMP = int(IpProto.ICMP)
+PROTO_ICMPV6 = int(IpProto.ICMPV6)
 
 NO_PORT = -1                         # port columns of packets without an L4 header
 ICMP_HEADER_BYTES = 4                # type, code, checksum: the program's payload starts after them
@@ -186,7 +186,7 @@ def parse_frame(data: bytes) -> tuple | None:
                     l4_present = False
                     break
                 nxt, hdr_len = data[off], data[off + 1]
-                off += (hdr_len + 2) * 4 if proto == 51 else (hdr_len + 1) * 8
+                off += (hdr_len + 2) * 4 if proto == IpProto.AH else (hdr_len + 1) * 8
                 proto = nxt
             else:
                 break

@@ -12,14 +12,24 @@ import pathlib
 import re
 
 from dataplane import constants
-from dataplane.constants import BUDGET_CLASSES, BUDGET_FIELDS, PolicyFlag, RuleMatch, TrafficClass
+from dataplane.constants import (
+    BUDGET_CLASSES,
+    BUDGET_FIELDS,
+    EtherType,
+    IpProto,
+    PolicyFlag,
+    RuleMatch,
+    TcpFlag,
+    TrafficClass,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 C_SOURCES = sorted((ROOT / "dataplane" / "bpf").glob("*.[ch]"))
 PACKAGES = ("dataplane", "policy", "tenants", "appliance", "securewatch")
 # Macro families that are shared with Python: they must come from cflags(), never from a #define.
 SHARED_PREFIXES = ("SW_POLICY_", "SW_MATCH_", "SW_SCOPE_", "SW_PORT_", "SW_BUDGET_", "SW_TRAFFIC_CLASS_",
-                   "SW_DROP_REASON_", "SW_DIRECTION_", "SW_RULE_ACTION_", "SW_TENANT_MODE_", "SW_ACL_KIND_")
+                   "SW_DROP_REASON_", "SW_DIRECTION_", "SW_RULE_ACTION_", "SW_TENANT_MODE_", "SW_ACL_KIND_",
+                   "SW_ETH_P_", "SW_IPPROTO_", "SW_TCP_")
 
 
 def _cflag_names() -> dict[str, str]:
@@ -92,16 +102,22 @@ def test_the_class_to_budget_field_mapping_is_written_only_in_constants():
     assert not found, "the class -> budget field mapping is written again:\n" + "\n".join(found)
 
 
-def test_no_python_module_but_constants_assigns_a_flag_of_the_program():
-    """Names of the program's flags and keys (POLICY_*, MATCH_*, SCOPE_*, PORT_*, NO_RULE_SET) bound to numbers."""
+def test_no_python_module_but_constants_binds_a_number_of_the_program():
+    """Names of the program's flags, keys and header numbers (POLICY_*, MATCH_*, SCOPE_*, PORT_*,
+    NO_RULE_SET; TCP_*, PROTO_*, ETH_P_* of the sample parser) bound to a number literal."""
     names_of_c = {f"POLICY_{m.name}" for m in PolicyFlag} | {f"MATCH_{m.name}" for m in RuleMatch} | {
-        "SCOPE_ADDRESS", "SCOPE_TENANT", "PORT_EXTERNAL", "PORT_INTERNAL", "NO_RULE_SET"}
+        "SCOPE_ADDRESS", "SCOPE_TENANT", "PORT_EXTERNAL", "PORT_INTERNAL", "NO_RULE_SET"} | {
+        f"TCP_{m.name}" for m in TcpFlag} | {f"PROTO_{m.name}" for m in IpProto} | {
+        f"ETH_P_{m.name}" for m in EtherType} | {"ETH_P_IPV4", "VLAN_ETHERTYPES", "IPV6_EXT_HEADERS",
+                                                 "IPV6_FRAGMENT_HEADER", "IPPROTO"}
     found = []
     for path, tree in _python_sources():
         if path == ROOT / "dataplane" / "constants.py":
             continue
         for node in ast.walk(tree):
-            if isinstance(node, ast.Assign):
+            literal = isinstance(node, ast.Assign) and any(
+                isinstance(v, ast.Constant) and type(v.value) is int for v in ast.walk(node.value))
+            if literal:
                 names = [t for target in node.targets for t in ast.walk(target) if isinstance(t, ast.Name)]
                 for name in names:
                     if name.id.lstrip("_") in names_of_c:
