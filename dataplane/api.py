@@ -203,7 +203,7 @@ class DestinationCounters:
 class DataplaneLike(Protocol):
     """What the policy engine and SecureWatch may call on the dataplane: every method the engine
     calls, so a dataplane that lacks one fails the type check, not a tick
-    (tests/unit/policy/test_engine.py checks that the engine calls nothing else)."""
+    (tests/unit/policy/test_engine_interfaces.py checks that the engine calls nothing else)."""
 
     def read_tenant_counters(self) -> dict[int, TenantCounters]: ...
     def read_tenant_counter_arrays(self) -> TenantCounterArrays: ...

@@ -25,6 +25,9 @@ KNOWN: set[tuple[str, str]] = {
     ("tests/unit/securewatch/test_sw_notify_admin.py", "_start_notifiers"),
     ("tests/netns/test_bench_detection.py", "_carry_over"),
     ("tests/unit/appliance/test_status_budgets.py", "_print_human"),
+    ("tests/unit/appliance/test_forwarding_readiness.py", "_print_human"),
+    ("tests/unit/securewatch/test_sw_store.py", "_DIALECT"),
+    ("tests/unit/securewatch/test_sw_store.py", "_open_backend"),
     ("tests/unit/tenants/test_tenant_model.py", "_tenants"),   # asserts that assigning it raises
 }
 
@@ -37,17 +40,24 @@ def _private(name: str) -> bool:
     return name not in PUBLIC_UNDERSCORE
 
 
-def findings(path: pathlib.Path, rel: str) -> list[tuple[int, str, str]]:
+def _test_module(module: str, test_modules: set[str]) -> bool:
+    """`tests.*`, or a test file imported by its bare name (pytest puts test directories on sys.path)."""
+    first = module.split(".")[0]
+    return first == "tests" or first in test_modules
+
+
+def findings(path: pathlib.Path, rel: str, test_modules: set[str] = frozenset()) -> list[tuple[int, str, str]]:
     tree = ast.parse(path.read_text(), filename=rel)
-    test_helpers: set[str] = {"self", "cls"}   # names bound to tests.* modules or objects
+    test_helpers: set[str] = {"self", "cls"}   # names bound to test modules or their objects
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tests":
+        if isinstance(node, ast.ImportFrom) and _test_module(node.module or "", test_modules):
             test_helpers |= {a.asname or a.name for a in node.names}
         elif isinstance(node, ast.Import):
-            test_helpers |= {(a.asname or a.name).split(".")[0] for a in node.names if a.name.startswith("tests")}
+            test_helpers |= {(a.asname or a.name).split(".")[0] for a in node.names
+                             if _test_module(a.name, test_modules)}
     out = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] != "tests":
+        if isinstance(node, ast.ImportFrom) and not _test_module(node.module or "", test_modules):
             for alias in node.names:
                 if _private(alias.name):
                     out.append((node.lineno, alias.name, f"imports {alias.name} from {node.module}"))
@@ -60,9 +70,11 @@ def findings(path: pathlib.Path, rel: str) -> list[tuple[int, str, str]]:
 
 def main(root: pathlib.Path) -> int:
     bad = []
-    for path in sorted((root / "tests").rglob("*.py")):
+    paths = sorted((root / "tests").rglob("*.py"))
+    test_modules = {path.stem for path in paths}
+    for path in paths:
         rel = path.relative_to(root).as_posix()
-        for line, name, what in findings(path, rel):
+        for line, name, what in findings(path, rel, test_modules):
             if (rel, name) not in KNOWN:
                 bad.append(f"{rel}:{line}: {what} (a private name of a product package: use a public API "
                            f"or a test helper such as dataplane.testing)")

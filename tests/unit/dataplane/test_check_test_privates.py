@@ -43,6 +43,13 @@ def test_lint_passes_public_apis_test_helpers_and_ctypes_names(tmp_path):
     assert result.returncode == 0, result.stdout
 
 
+def test_lint_passes_helpers_of_sibling_test_files(tmp_path):
+    _write(tmp_path, "from test_y import _Sink\n")
+    (tmp_path / "tests" / "test_y.py").write_text("class _Sink: pass\n")
+    result = _run(tmp_path)
+    assert result.returncode == 0, result.stdout
+
+
 def test_the_repository_passes():
     result = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout
