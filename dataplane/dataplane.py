@@ -69,22 +69,26 @@ class Dataplane:
         self.programs = self.program.programs
         self.ncpus = self.program.ncpus
         maps = self.program.maps
-        self.reader = CounterReader(
-            stats=self.program.map_ref("sw_tenant_stats"), cache=self.program.map_ref("sw_addr_cache"),
-            spill=self.program.map_ref("sw_addr_spill"), ncpus=self.ncpus,
-            address=address_layout(maps["sw_addr_cache"].Leaf, maps["sw_addr_spill"].Leaf),
-            tenant=tenant_stats_layout(maps["sw_tenant_stats"].Leaf._type_),
-            memo_limit=4 * max_addresses)
-        self.cache_regions = self.reader.cache_regions
-        self.tables = Tables(maps, self.program.map_ref("sw_policy"), pinned=self.pin_dir is not None)
-        self.ring = SampleRing(self.bpf)
-        self.tables.recover_rules()
-        self.tables.fill_reflection_ports()
-        cfg = self.tables.config()
-        if cfg.generation == 0:  # a fresh (unpinned or first) program: start generations at 1
-            cfg.generation = 1
-        cfg.sample_every = sample_every
-        self.tables.write_config(cfg)
+        try:
+            self.reader = CounterReader(
+                stats=self.program.map_ref("sw_tenant_stats"), cache=self.program.map_ref("sw_addr_cache"),
+                spill=self.program.map_ref("sw_addr_spill"), ncpus=self.ncpus,
+                address=address_layout(maps["sw_addr_cache"].Leaf, maps["sw_addr_spill"].Leaf),
+                tenant=tenant_stats_layout(maps["sw_tenant_stats"].Leaf._type_),
+                memo_limit=4 * max_addresses)
+            self.cache_regions = self.reader.cache_regions
+            self.tables = Tables(maps, self.program.map_ref("sw_policy"), pinned=self.pin_dir is not None)
+            self.ring = SampleRing(self.bpf)
+            self.tables.recover_rules()
+            self.tables.fill_reflection_ports()
+            cfg = self.tables.config()
+            if cfg.generation == 0:  # a fresh (unpinned or first) program: start generations at 1
+                cfg.generation = 1
+            cfg.sample_every = sample_every
+            self.tables.write_config(cfg)
+        except BaseException:
+            self.program.close()   # the loaded program goes with the failed adapter
+            raise
 
     # -- configuration and attachment ------------------------------------------
 
