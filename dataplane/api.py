@@ -17,6 +17,10 @@ from dataplane.constants import Direction, DropReason, RuleAction, TrafficClass
 from dataplane.keys import AddressView, IPAddress, address_keys
 
 
+class DataplaneError(RuntimeError):
+    """The kernel refused something: compile, load, attach, or a map update."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Range:
     """Inclusive range of an unsigned field; (0, 0xFFFF) for ports means any."""
@@ -197,7 +201,9 @@ class DestinationCounters:
 
 
 class DataplaneLike(Protocol):
-    """What the policy engine and SecureWatch may call on the dataplane."""
+    """What the policy engine and SecureWatch may call on the dataplane: every method the engine
+    calls, so a dataplane that lacks one fails the type check, not a tick
+    (tests/unit/policy/test_engine_interfaces.py checks that the engine calls nothing else)."""
 
     def read_tenant_counters(self) -> dict[int, TenantCounters]: ...
     def read_tenant_counter_arrays(self) -> TenantCounterArrays: ...
@@ -206,8 +212,9 @@ class DataplaneLike(Protocol):
     def remove_rule(self, rule_id: int) -> None: ...
     def read_rule_counters(self) -> dict[int, RuleCounters]: ...
     def drain_samples(self, limit: int = 4096) -> list[Sample]: ...
+    def set_class_budgets(self, tenant_idx: int, budgets: dict[TrafficClass, int]) -> dict[TrafficClass, int]: ...
 
 
-__all__ = ["Range", "Rule", "RuleCounters", "Sample", "TenantCounters", "TenantCounterArrays",
+__all__ = ["DataplaneError", "Range", "Rule", "RuleCounters", "Sample", "TenantCounters", "TenantCounterArrays",
            "DestinationCounters", "AddressView",
            "DataplaneLike", "TrafficClass", "DropReason", "Direction", "RuleAction", "IPAddress"]

@@ -1,8 +1,11 @@
 """Enumerations and limits shared by the XDP program and Python: the one source of truth.
 
 Every value here reaches the C compile as a `-D` macro (see `cflags()`), so the
-program and the control plane can never disagree. Struct layouts, by contrast,
-live in `bpf/seawall.h` and reach Python through bcc's `table.Key`/`table.Leaf`.
+program and the control plane can never disagree: enumerations as SW_<TYPE>_<MEMBER>
+(and SW_<TYPE>__COUNT), flag sets (IntFlag) as SW_<PREFIX>_<MEMBER> unsigned bits,
+limits as SW_<NAME>. The C sources define none of these names themselves (a unit test
+checks). Struct layouts, by contrast, live in `bpf/seawall.h` and reach Python through
+bcc's `table.Key`/`table.Leaf`.
 """
 
 from __future__ import annotations
@@ -66,6 +69,105 @@ class AclKind(enum.IntEnum):
     DENY = 1
 
 
+class EtherType(enum.IntEnum):
+    """Ethernet types both parsers (the program's and the sample parser's) read (SW_ETH_P_*)."""
+
+    IP = 0x0800
+    IPV6 = 0x86DD
+    VLAN = 0x8100    # 802.1Q
+    QINQ = 0x88A8    # 802.1ad
+
+
+class IpProto(enum.IntEnum):
+    """IP protocol numbers both parsers read, IPv6 extension headers included (SW_IPPROTO_*)."""
+
+    HOPOPTS = 0
+    ICMP = 1
+    TCP = 6
+    UDP = 17
+    ROUTING = 43
+    FRAGMENT = 44
+    AH = 51
+    ICMPV6 = 58
+    DSTOPTS = 60
+
+
+class TcpFlag(enum.IntFlag):
+    """TCP header flags (SW_TCP_*)."""
+
+    FIN = 0x01
+    SYN = 0x02
+    RST = 0x04
+    PSH = 0x08
+    ACK = 0x10
+    URG = 0x20
+
+
+class ReflectionFilter(enum.IntEnum):
+    """`policy.reflection_filter` as the dataplane applies it (policy flags REFLECTION_*)."""
+
+    OFF = 0
+    AUTO = 1     # only while the tenant is under attack
+    ALWAYS = 2
+
+
+class Scope(enum.IntEnum):
+    """What a rule set or an attack mark is keyed by (struct sw_rule_set_key.scope)."""
+
+    ADDRESS = 0   # one destination address
+    TENANT = 1    # every address of the tenant
+
+
+class Port(enum.IntEnum):
+    """Devmap keys (sw_ports): the port a frame leaves on."""
+
+    EXTERNAL = 0
+    INTERNAL = 1
+
+
+class PolicyFlag(enum.IntFlag):
+    """struct sw_policy.flags (16 bits), and the bits the address cache adds to its copy of
+    them (sw_addr_entry.policy_flags) so that one load and one test per packet decide what the
+    usual packet skips."""
+
+    INVALID_FILTERS = 1 << 0
+    HAS_ALLOW = 1 << 1
+    HAS_DENY = 1 << 2
+    SYN_PROTECTION = 1 << 3
+    REFLECTION_ALWAYS = 1 << 4
+    REFLECTION_AUTO = 1 << 5
+    HAS_BUDGET = 1 << 6                  # some per-destination class budget is set
+    SLOT_PROTECTED = 1 << 13             # cache only: the tenant's policy is in use in the active slot
+    SLOT_MONITOR = 1 << 14               # cache only: ... in monitor mode (count what would drop, pass it)
+    SLOT_LISTS_OR_HEURISTICS = 1 << 15   # cache only: lists, reflection always on, or an attack mark
+
+
+class RuleMatch(enum.IntFlag):
+    """struct sw_rule.match: which optional fields a rule checks."""
+
+    PROTO = 1 << 0
+    SPORT = 1 << 1
+    DPORT = 1 << 2
+    LENGTH = 1 << 3
+    TTL = 1 << 4
+    TCP_FLAGS = 1 << 5
+    PAYLOAD = 1 << 6
+    FRAGMENT = 1 << 7        # only fragments
+    NOT_FRAGMENT = 1 << 8    # only non-fragments
+
+
+# Traffic classes with a per-destination budget, in the order of their slots in struct
+# sw_policy.rate_pps[] and sw_addr_entry.budget_*[] (the program finds a class's slot through
+# SW_BUDGET_SLOT_OF_CLASS), each with the tenant policy field that sets it, packets/s.
+BUDGET_FIELDS: dict[TrafficClass, str] = {
+    TrafficClass.TCP_SYN: "syn_rate_pps",
+    TrafficClass.UDP: "udp_rate_pps",
+    TrafficClass.ICMP: "icmp_rate_pps",
+    TrafficClass.FRAGMENT: "fragment_rate_pps",
+}
+BUDGET_CLASSES: tuple[TrafficClass, ...] = tuple(BUDGET_FIELDS)
+
+
 # Limits. Sizes are entries unless a unit is given.
 MAX_TENANTS = 16384            # tenant slots; indices are stable for a tenant's lifetime
 MAX_PREFIXES = 65536           # per address family, per tenant-set slot
@@ -83,7 +185,8 @@ MAX_IPV6_EXT_HEADERS = 6       # extension headers walked before giving up (coun
 NO_TENANT = 0xFFFFFFFF         # tenant index meaning "no tenant owns this address"
 TENANT_SET_SLOTS = 2           # double-buffered tenant sets, flipped atomically
 
-IPPROTO = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58}
+IPPROTO = {"icmp": int(IpProto.ICMP), "tcp": int(IpProto.TCP), "udp": int(IpProto.UDP),
+           "icmpv6": int(IpProto.ICMPV6)}   # protocol names of the tenant configuration
 
 # UDP source ports of amplification reflectors: replies from them reach a customer
 # address only if that address asked (stateful reflection filter).
@@ -98,13 +201,35 @@ CONN_GRACE_MS = 5000            # after an ACK/RST/FIN flood starts, connections
 CONN_IDLE_MS = 120000           # a learned connection is forgotten after this long without server traffic, ms
 
 
+# Macro prefixes of the flag sets (the C names they have always had).
+_FLAG_PREFIXES: dict[type[enum.IntFlag], str] = {PolicyFlag: "SW_POLICY", RuleMatch: "SW_MATCH", TcpFlag: "SW_TCP"}
+# ... and of the enumerations whose C names are not SW_<TYPE_IN_SNAKE_CASE>.
+_ENUM_PREFIXES: dict[type[enum.IntEnum], str] = {EtherType: "SW_ETH_P", IpProto: "SW_IPPROTO"}
+_NO_BUDGET_SLOT = 0xF   # SW_BUDGET_SLOT_OF_CLASS nibble of a class without a budget
+
+
+def budget_slot_of_class() -> int:
+    """SW_BUDGET_SLOT_OF_CLASS: 4 bits per traffic class (class c at bits 4c..4c+3), its slot in
+    BUDGET_CLASSES or 0xF, so the program finds a class's budget with a shift and a mask."""
+    table = 0
+    for cls in TrafficClass:
+        slot = BUDGET_CLASSES.index(cls) if cls in BUDGET_CLASSES else _NO_BUDGET_SLOT
+        table |= slot << (4 * int(cls))
+    return table
+
+
 def cflags() -> list[str]:
-    """The -D flags that give the C program every enumeration and limit above."""
+    """The -D flags that give the C program every enumeration, flag and limit above."""
     flags: list[str] = []
-    for enum_type in (Direction, TrafficClass, DropReason, Verdict, RuleAction, TenantMode, AclKind):
-        prefix = _macro_prefix(enum_type)
+    for enum_type in (Direction, TrafficClass, DropReason, Verdict, RuleAction, TenantMode, AclKind, Scope, Port,
+                      EtherType, IpProto):
+        prefix = _ENUM_PREFIXES.get(enum_type) or _macro_prefix(enum_type)
         flags += [f"-D{prefix}_{member.name}={int(member)}" for member in enum_type]
         flags.append(f"-D{prefix}__COUNT={len(enum_type)}")
+    for flag_type, prefix in _FLAG_PREFIXES.items():
+        flags += [f"-D{prefix}_{member.name}={int(member)}U" for member in flag_type]
+    flags.append(f"-DSW_BUDGET_CLASSES={len(BUDGET_CLASSES)}U")
+    flags.append(f"-DSW_BUDGET_SLOT_OF_CLASS={budget_slot_of_class():#x}U")
     for name in ("MAX_TENANTS", "MAX_PREFIXES", "MAX_ACL_PREFIXES", "ACL_ENTRIES_PER_PREFIX",
                  "MAX_RULES", "RULES_PER_TARGET", "MAX_ADDRESSES", "ADDRESS_CACHE_BITS", "PAYLOAD_MATCH_BYTES",
                  "SAMPLE_BYTES", "RINGBUF_PAGES", "MAX_VLAN_DEPTH", "MAX_IPV6_EXT_HEADERS",

@@ -58,16 +58,13 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import structlog
 
-from dataplane.constants import MAX_TENANTS, NO_TENANT, TrafficClass
+from dataplane.constants import BUDGET_CLASSES, BUDGET_FIELDS, MAX_TENANTS, NO_TENANT, TrafficClass
 from tenants.policy import TenantPolicy
 
 log = structlog.get_logger("policy")
 
-# Classes with a per-destination budget in the dataplane, and their policy keys.
-BUDGET_FIELDS: dict[TrafficClass, str] = {
-    TrafficClass.TCP_SYN: "syn_rate_pps", TrafficClass.UDP: "udp_rate_pps",
-    TrafficClass.ICMP: "icmp_rate_pps", TrafficClass.FRAGMENT: "fragment_rate_pps"}
-BUDGET_CLASSES: tuple[TrafficClass, ...] = tuple(BUDGET_FIELDS)
+# Classes with a per-destination budget in the dataplane, and their policy keys: BUDGET_CLASSES and
+# BUDGET_FIELDS of dataplane.constants (re-exported here).
 _COLS = np.array([int(c) for c in BUDGET_CLASSES])
 
 # Pushes {class: packets/s} (0 = no budget) for one tenant index into the dataplane.

@@ -40,7 +40,15 @@ import numpy as np
 import structlog
 
 from dataplane.api import DataplaneLike, IPAddress, Rule, Sample
-from dataplane.constants import MAX_TENANTS, RULES_PER_TARGET, Direction, RuleAction, TenantMode, TrafficClass
+from dataplane.constants import (
+    BUDGET_FIELDS,
+    MAX_TENANTS,
+    RULES_PER_TARGET,
+    Direction,
+    RuleAction,
+    TenantMode,
+    TrafficClass,
+)
 from dataplane.keys import address_keys
 from policy.baseline import EwmaBaseline
 from policy.budgets import BudgetConfig, BudgetDeriver
@@ -77,8 +85,6 @@ N_CLASSES = len(TrafficClass)
 CARPET_DESTINATIONS_LISTED = 256   # addresses named in a carpet incident
 LEGIT_PROBATION_TICKS = 1    # ticks a target must stay calm before its samples count as legitimate
 STATE_FILE = "baselines.npz"
-CLASS_RATE_FIELD = {TrafficClass.TCP_SYN: "syn_rate_pps", TrafficClass.UDP: "udp_rate_pps",
-                    TrafficClass.ICMP: "icmp_rate_pps", TrafficClass.FRAGMENT: "fragment_rate_pps"}
 
 
 @dataclasses.dataclass(slots=True)
@@ -220,8 +226,8 @@ class PolicyEngine:
         self.tenants: dict[int, TenantEntry] = {}
         self.policy_table = PolicyTable({})
         # Per-destination class budgets derived from the baselines (policy *_rate_pps = 0), pushed
-        # into the dataplane (a dataplane without `set_class_budgets` gets them derived, not pushed).
-        self.budgets = BudgetDeriver(getattr(dataplane, "set_class_budgets", None), budget_config)
+        # into the dataplane.
+        self.budgets = BudgetDeriver(dataplane.set_class_budgets, budget_config)
         self.set_tenants(tenants)
         self._window = _SampleWindow()
         self._peers: collections.deque[dict[IPAddress, set[IPAddress]]] = collections.deque(maxlen=PEER_TICKS)
@@ -308,13 +314,6 @@ class PolicyEngine:
 
     def stop(self) -> None:
         self._stop.set()
-
-    def remove_all_rules(self) -> list[int]:
-        """Remove every rule the engine installed (shutdown of the dataplane's owner)."""
-        removed = []
-        for inc in list(self.incidents.open.values()):
-            removed += self._remove_rules(inc)
-        return removed
 
     # -- one tick --------------------------------------------------------------------------------
     def tick(self, now: float | None = None) -> TickReport:
@@ -568,7 +567,7 @@ class PolicyEngine:
             waited = now - (inc.started if inc.started is not None else now)
             if in_class < cfg.min_signature_samples and (waited < cfg.signature_wait_s or tc in upgradable):
                 continue           # more samples may arrive; a fallback rule after signature_wait_s
-            per_class_rate = getattr(entry.policy, CLASS_RATE_FIELD[tc], 0) if tc in CLASS_RATE_FIELD else 0
+            per_class_rate = getattr(entry.policy, BUDGET_FIELDS[tc], 0) if tc in BUDGET_FIELDS else 0
             rate_limit = per_class_rate or max(cfg.rate_limit_floor_pps, float(base_thr[c]))
             attack_share = (pps_row[c] - mean_row[c]) / pps_row[c] if pps_row[c] > 0 else 1.0
             vector = inc.class_vectors.get(tc, str(Vector.CARPET_BOMBING if inc.target is None else "unknown"))
@@ -776,10 +775,6 @@ class PolicyEngine:
             except OSError as exc:
                 log.error("pcap.write_failed", incident=inc.id, error=str(exc))
 
-    def pcap_files(self, incident_id: str) -> dict[str, dict[str, int | str]] | None:
-        pcap = self._pcaps.get(incident_id)
-        return pcap.summary() if pcap else None
-
     # -- events ----------------------------------------------------------------------------------
     def _publish(self, event: Event) -> Event:
         inc_pcap = self._pcaps.get(event.incident_id or "")
@@ -839,8 +834,7 @@ class PolicyEngine:
         except (OSError, ValueError, KeyError) as exc:
             log.error("policy.state_load_failed", path=str(path), error=str(exc))
             return
-        slots, _ = self.rates.slots.lookup(addresses)
-        self.rates._ensure_capacity()
+        slots = self.rates.assign_slots(addresses)
         self.dest_baseline.resize(self.rates.slots.capacity)
         self.dest_baseline.mean[slots], self.dest_baseline.var[slots] = mean, var
         self.dest_baseline.learned_s[slots] = learned

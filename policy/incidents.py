@@ -175,9 +175,6 @@ class IncidentManager:
     def active(self) -> list[Incident]:
         return [i for i in self.open.values() if i.state == State.ACTIVE]
 
-    def with_rules(self) -> list[Incident]:
-        return [i for i in self.open.values() if i.rules]
-
     def get(self, tenant_idx: int, target: IPAddress | None) -> Incident | None:
         return self.open.get((tenant_idx, target))
 

@@ -7,7 +7,8 @@ on numpy columns.
 
 `match_rule` mirrors the dataplane's rule semantics (see `dataplane.api.Rule`)
 so that a signature can be checked against legitimate samples before it is
-installed.
+installed; the bpf tier fuzzes it against the XDP program (tests/bpf/test_fuzz.py),
+which is the truth where the two differ.
 """
 
 from __future__ import annotations
@@ -19,27 +20,28 @@ import struct
 import numpy as np
 
 from dataplane.api import IPAddress, Rule, Sample
-from dataplane.constants import PAYLOAD_MATCH_BYTES, Direction, TrafficClass
+from dataplane.constants import PAYLOAD_MATCH_BYTES, Direction, EtherType, IpProto, TcpFlag, TrafficClass
 
-ETH_P_IPV4 = 0x0800
-ETH_P_IPV6 = 0x86DD
-VLAN_ETHERTYPES = (0x8100, 0x88A8)
-IPV6_EXT_HEADERS = {0, 43, 60, 51}   # hop-by-hop, routing, destination options, AH
-IPV6_FRAGMENT_HEADER = 44
+ETH_P_IPV4 = int(EtherType.IP)
+ETH_P_IPV6 = int(EtherType.IPV6)
+VLAN_ETHERTYPES = (int(EtherType.VLAN), int(EtherType.QINQ))
+IPV6_EXT_HEADERS = {int(IpProto.HOPOPTS), int(IpProto.ROUTING), int(IpProto.DSTOPTS), int(IpProto.AH)}
+IPV6_FRAGMENT_HEADER = int(IpProto.FRAGMENT)
 IPV6_HEADER_BYTES = 40               # fixed IPv6 header; Rule.length = payload length + 40
 
-TCP_FIN = 0x01
-TCP_SYN = 0x02
-TCP_RST = 0x04
-TCP_PSH = 0x08
-TCP_ACK = 0x10
+TCP_FIN = int(TcpFlag.FIN)
+TCP_SYN = int(TcpFlag.SYN)
+TCP_RST = int(TcpFlag.RST)
+TCP_PSH = int(TcpFlag.PSH)
+TCP_ACK = int(TcpFlag.ACK)
 
-PROTO_TCP = 6
-PROTO_UDP = 17
-PROTO_ICMP = 1
-PROTO_ICMPV6 = 58
+PROTO_TCP = int(IpProto.TCP)
+PROTO_UDP = int(IpProto.UDP)
+PROTO_ICMP = int(IpProto.ICMP)
+PROTO_ICMPV6 = int(IpProto.ICMPV6)
 
 NO_PORT = -1                         # port columns of packets without an L4 header
+ICMP_HEADER_BYTES = 4                # type, code, checksum: the program's payload starts after them
 
 
 @dataclasses.dataclass(slots=True)
@@ -48,9 +50,11 @@ class PacketFeatures:
 
     `ip_len` follows `Rule.length` (IPv4 total length, IPv6 payload length + 40).
     `sport`/`dport` are NO_PORT where the packet carries no TCP/UDP header (ICMP,
-    non-first fragments, unparsable). `payload` holds the first
-    PAYLOAD_MATCH_BYTES bytes of the L4 payload, zero padded; `payload_len` says
-    how many of them the sample really captured.
+    non-first fragments, unparsable). `l4_ok` says that the TCP, UDP or ICMP header
+    was captured (the program's l4_ok: its rules match ports, flags and payload only
+    then, and see ICMP's ports as 0). `payload` holds the first PAYLOAD_MATCH_BYTES
+    bytes of the L4 payload (after the 4-byte ICMP header for ICMP), zero padded;
+    `payload_len` says how many of them the sample really captured.
     """
 
     src: list[IPAddress | None]
@@ -71,6 +75,7 @@ class PacketFeatures:
     traffic_class: np.ndarray   # int8, TrafficClass
     payload: np.ndarray         # uint8 (N, PAYLOAD_MATCH_BYTES)
     payload_len: np.ndarray     # int16, captured payload bytes (0..PAYLOAD_MATCH_BYTES)
+    l4_ok: np.ndarray           # bool: the TCP, UDP or ICMP header is in the sample
     samples: list[Sample]
 
     def __len__(self) -> int:
@@ -126,8 +131,8 @@ def classify_fields(proto: int, flags: int, fragment: bool) -> TrafficClass:
     return TrafficClass.OTHER
 
 
-def _parse_one(data: bytes) -> tuple | None:
-    """(src, dst, proto, ip_len, ttl, sport, dport, flags, fragment, payload) or None."""
+def parse_frame(data: bytes) -> tuple | None:
+    """(src, dst, proto, ip_len, ttl, sport, dport, flags, fragment, payload, l4_ok) or None."""
     n = len(data)
     if n < 14:
         return None
@@ -181,7 +186,7 @@ def _parse_one(data: bytes) -> tuple | None:
                     l4_present = False
                     break
                 nxt, hdr_len = data[off], data[off + 1]
-                off += (hdr_len + 2) * 4 if proto == 51 else (hdr_len + 1) * 8
+                off += (hdr_len + 2) * 4 if proto == IpProto.AH else (hdr_len + 1) * 8
                 proto = nxt
             else:
                 break
@@ -190,16 +195,22 @@ def _parse_one(data: bytes) -> tuple | None:
     sport = dport = NO_PORT
     flags = 0
     payload = b""
+    l4_ok = False
     if l4_present:
         if proto == PROTO_TCP and n >= off + 14:
             sport, dport = struct.unpack_from("!HH", data, off)
             flags = data[off + 13]
             doff = (data[off + 12] >> 4) * 4
             payload = data[off + doff:off + doff + PAYLOAD_MATCH_BYTES] if doff >= 20 else b""
+            l4_ok = True
         elif proto == PROTO_UDP and n >= off + 4:
             sport, dport = struct.unpack_from("!HH", data, off)
             payload = data[off + 8:off + 8 + PAYLOAD_MATCH_BYTES]
-    return src, dst, proto, ip_len, ttl, sport, dport, flags, fragment, payload
+            l4_ok = True
+        elif proto in (PROTO_ICMP, PROTO_ICMPV6) and n >= off + ICMP_HEADER_BYTES:
+            payload = data[off + ICMP_HEADER_BYTES:off + ICMP_HEADER_BYTES + PAYLOAD_MATCH_BYTES]
+            l4_ok = True
+    return src, dst, proto, ip_len, ttl, sport, dport, flags, fragment, payload, l4_ok
 
 
 # The vectorised path reads this many leading bytes of each frame: Ethernet (14), IPv4 with
@@ -211,7 +222,7 @@ def parse_samples(samples: list[Sample]) -> PacketFeatures:
     """Parse every sample; unparsable frames keep a row with parsed=False.
 
     Untagged IPv4 frames (nearly every sample) are parsed column-wise with numpy over a
-    zero-padded byte matrix; VLAN-tagged, IPv6 and other frames go through `_parse_one`
+    zero-padded byte matrix; VLAN-tagged, IPv6 and other frames go through `parse_frame`
     frame by frame. Both paths give the same fields (a unit test holds them to it).
     """
     n = len(samples)
@@ -228,20 +239,22 @@ def parse_samples(samples: list[Sample]) -> PacketFeatures:
     tclass = np.full(n, int(TrafficClass.OTHER), np.int8)
     payload = np.zeros((n, PAYLOAD_MATCH_BYTES), np.uint8)
     payload_len = np.zeros(n, np.int16)
-    cols = (parsed, proto, ip_len, ttl, sport, dport, flags, fragment, tclass, payload, payload_len)
+    l4_ok = np.zeros(n, bool)
+    cols = (parsed, proto, ip_len, ttl, sport, dport, flags, fragment, tclass, payload, payload_len, l4_ok)
     frames = [s.data for s in samples]
     slow = _parse_ipv4_columns(frames, src, dst, cols) if n else np.zeros(0, np.int64)
     for i in slow.tolist():
-        fields = _parse_one(frames[i])
+        fields = parse_frame(frames[i])
         if fields is None:
             continue
-        s, d, p, length, t, sp, dp, fl, frag, pl = fields
+        s, d, p, length, t, sp, dp, fl, frag, pl, l4 = fields
         src[i], dst[i] = s, d
         parsed[i] = True
         proto[i], ip_len[i], ttl[i], sport[i], dport[i], flags[i], fragment[i] = p, length, t, sp, dp, fl, frag
         tclass[i] = classify_fields(p, fl, frag)
         payload[i, :len(pl)] = np.frombuffer(pl, np.uint8)
         payload_len[i] = len(pl)
+        l4_ok[i] = l4
     meta = np.array([(int(s.direction), s.dropped, s.tenant_idx, s.timestamp_ns, s.wire_length) for s in samples],
                     np.uint64).reshape(n, 5)
     return PacketFeatures(
@@ -250,16 +263,16 @@ def parse_samples(samples: list[Sample]) -> PacketFeatures:
         tenant_idx=meta[:, 2].astype(np.uint32), timestamp_ns=meta[:, 3].copy(),
         wire_length=meta[:, 4].astype(np.int32),
         proto=proto, ip_len=ip_len, ttl=ttl, sport=sport, dport=dport, tcp_flags=flags,
-        fragment=fragment, traffic_class=tclass, payload=payload, payload_len=payload_len,
+        fragment=fragment, traffic_class=tclass, payload=payload, payload_len=payload_len, l4_ok=l4_ok,
         samples=list(samples),
     )
 
 
 def _parse_ipv4_columns(frames: list[bytes], src: list[IPAddress | None], dst: list[IPAddress | None],
                         cols: tuple[np.ndarray, ...]) -> np.ndarray:
-    """Fill the columns of untagged IPv4 frames with whole-array operations, as `_parse_one`
-    would; returns the rows left for `_parse_one` (other frames)."""
-    parsed, proto, ip_len, ttl, sport, dport, flags, fragment, tclass, payload, payload_len = cols
+    """Fill the columns of untagged IPv4 frames with whole-array operations, as `parse_frame`
+    would; returns the rows left for `parse_frame` (other frames)."""
+    parsed, proto, ip_len, ttl, sport, dport, flags, fragment, tclass, payload, payload_len, l4_ok = cols
     n = len(frames)
     length = np.fromiter(map(len, frames), np.int64, n)
     span = _FAST_SPAN
@@ -291,7 +304,9 @@ def _parse_ipv4_columns(frames: list[bytes], src: list[IPAddress | None], dst: l
     first = frag_offset == 0
     tcp = first & (p == PROTO_TCP) & (nr >= off + 14)
     udp = first & (p == PROTO_UDP) & (nr >= off + 4)
+    icmp = first & ((p == PROTO_ICMP) | (p == PROTO_ICMPV6)) & (nr >= off + ICMP_HEADER_BYTES)
     ports = tcp | udp
+    l4_ok[rows] = ports | icmp
     sp = (byte(off) << 8) | byte(off + 1)
     dp = (byte(off + 2) << 8) | byte(off + 3)
     sport[rows] = np.where(ports, sp, NO_PORT)
@@ -299,8 +314,8 @@ def _parse_ipv4_columns(frames: list[bytes], src: list[IPAddress | None], dst: l
     fl = np.where(tcp, byte(off + 13), 0)
     flags[rows] = fl
     doff = (byte(off + 12) >> 4) * 4
-    start = np.where(tcp, off + doff, off + 8)
-    has_payload = (tcp & (doff >= 20)) | udp
+    start = np.where(tcp, off + doff, np.where(icmp, off + ICMP_HEADER_BYTES, off + 8))
+    has_payload = (tcp & (doff >= 20)) | udp | icmp
     plen = np.where(has_payload, np.clip(nr - start, 0, PAYLOAD_MATCH_BYTES), 0)
     payload_len[rows] = plen
     k = np.arange(PAYLOAD_MATCH_BYTES)
@@ -330,8 +345,10 @@ def _parse_ipv4_columns(frames: list[bytes], src: list[IPAddress | None], dst: l
 def match_rule(rule: Rule, f: PacketFeatures, *, inbound_only: bool = True) -> np.ndarray:
     """Which rows the rule would match (boolean array), by the dataplane's semantics.
 
-    Port, flag and payload conditions never match packets without that header
-    (for example later fragments), as in the XDP program.
+    Port, flag and payload conditions match only packets whose TCP, UDP or ICMP header
+    the program parsed (`l4_ok`; never later fragments); ICMP has ports 0 there. TCP flags
+    compare under the mask on both sides, as the program stores value & mask. An empty
+    payload checks nothing, as the program installs no payload match for it.
     """
     m = f.parsed.copy()
     if inbound_only:
@@ -341,25 +358,29 @@ def match_rule(rule: Rule, f: PacketFeatures, *, inbound_only: bool = True) -> n
         m &= np.fromiter((d == rule.dst for d in f.dst), bool, len(f))
     if rule.proto is not None:
         m &= f.proto == rule.proto
+    if rule.sport is not None or rule.dport is not None:
+        m &= f.l4_ok
     if rule.sport is not None:
-        m &= (f.sport >= rule.sport.lo) & (f.sport <= rule.sport.hi)
+        sport = np.where(f.sport == NO_PORT, 0, f.sport)    # ICMP: the program's ports are 0
+        m &= (sport >= rule.sport.lo) & (sport <= rule.sport.hi)
     if rule.dport is not None:
-        m &= (f.dport >= rule.dport.lo) & (f.dport <= rule.dport.hi)
+        dport = np.where(f.dport == NO_PORT, 0, f.dport)
+        m &= (dport >= rule.dport.lo) & (dport <= rule.dport.hi)
     if rule.length is not None:
         m &= (f.ip_len >= rule.length.lo) & (f.ip_len <= rule.length.hi)
     if rule.ttl is not None:
         m &= (f.ttl >= rule.ttl.lo) & (f.ttl <= rule.ttl.hi)
     if rule.tcp_flags is not None:
         mask, value = rule.tcp_flags
-        m &= (f.proto == PROTO_TCP) & ((f.tcp_flags & mask) == value)
+        m &= f.l4_ok & (f.proto == PROTO_TCP) & ((f.tcp_flags & mask) == (value & mask))
     if rule.fragments is not None:
         m &= f.fragment == rule.fragments
-    if rule.payload is not None:
+    if rule.payload:
         want = np.frombuffer(rule.payload, np.uint8)
         mask_bytes = rule.payload_mask if rule.payload_mask is not None else b"\xff" * len(rule.payload)
         mask = np.frombuffer(mask_bytes, np.uint8)
         k = len(want)
         # The XDP program compares 8 bytes and needs them all inside the frame.
-        m &= f.payload_len >= PAYLOAD_MATCH_BYTES
+        m &= f.l4_ok & (f.payload_len >= PAYLOAD_MATCH_BYTES)
         m &= np.all((f.payload[:, :k] & mask) == (want & mask), axis=1)
     return m

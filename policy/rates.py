@@ -286,6 +286,13 @@ class RateTracker:
         self.ignored_tenant_indices = 0      # tenant counter rows skipped for an index out of range
         self.last_tenant_rates: TenantRates | None = None
 
+    def assign_slots(self, addresses) -> np.ndarray:
+        """Slots of these addresses (ipaddress objects or (N, 2) uint64 keys), assigning new ones
+        where needed, with the tracker's per-slot arrays grown to match (restoring saved state)."""
+        slots, _ = self.slots.lookup(addresses)
+        self._ensure_capacity()
+        return slots
+
     def _ensure_capacity(self) -> None:
         cap = self.slots.capacity
         old = len(self._prev_row_of_slot)

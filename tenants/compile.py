@@ -12,7 +12,6 @@ answer to "does any entry match?" unchanged while saving the per-key slots.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -22,6 +21,7 @@ from dataplane.constants import (
     MAX_PREFIXES,
     MAX_TENANTS,
     AclKind,
+    ReflectionFilter,  # `policy.reflection_filter` as the dataplane reads it
     TenantMode,
 )
 from tenants.errors import ConfigError
@@ -34,14 +34,6 @@ AclTuple = tuple[int, int, int, int, int]
 ANY_PROTO = 0
 ANY_ENTRY: AclTuple = (ANY_PROTO, 0, PORT_MAX, 0, PORT_MAX)
 WILDCARD_SOURCES: dict[int, Network] = {4: ipaddress.IPv4Network("0.0.0.0/0"), 6: ipaddress.IPv6Network("::/0")}
-
-
-class ReflectionFilter(enum.IntEnum):
-    """`policy.reflection_filter` as the dataplane reads it."""
-
-    OFF = 0
-    AUTO = 1     # only while the tenant is under attack
-    ALWAYS = 2
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -520,10 +520,10 @@ CONTROL_MAX_TENANTS = 10_000   # the issue's scale: 10,000 tenants once there ar
 
 
 def run_control(sizes: Sizes, progress: Callable[[str], None]) -> dict:
-    """Policy tick CPU and peak memory per size (policy.bench.run_sweep: one process per size,
+    """Policy tick CPU and peak memory per size (appliance.bench.policy.run_sweep: one process per size,
     so that each peak RSS is that size's own); tenants are a tenth of the destinations, at most
     10,000."""
-    from policy.bench import run_sweep  # noqa: PLC0415 (numpy-heavy; only this part needs it)
+    from appliance.bench.policy import run_sweep  # noqa: PLC0415 (numpy-heavy; only this part needs it)
 
     points = tuple((d, min(CONTROL_MAX_TENANTS, max(1, d // 10))) for d in sizes.control_points)
     results = run_sweep(points, ticks=sizes.control_ticks, progress=progress)

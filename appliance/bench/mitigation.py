@@ -17,11 +17,14 @@ from collections.abc import Callable
 
 from appliance.lab import Lab, lab_config
 from appliance.lab.attack import AttackProcess, AttackSpec
-from dataplane.constants import Direction
+from dataplane.constants import BUDGET_FIELDS, Direction, TrafficClass
 from tenants import TenantSet
 from tenants.compile import assign_indices, compile_tenant_set
 
-BUDGETS = {"syn": "syn_rate_pps", "udp": "udp_rate_pps", "icmp": "icmp_rate_pps", "frag": "fragment_rate_pps"}
+# --vectors names -> the traffic class of its flood, whose budget field the run sets
+VECTOR_CLASSES = {"syn": TrafficClass.TCP_SYN, "udp": TrafficClass.UDP, "icmp": TrafficClass.ICMP,
+                  "frag": TrafficClass.FRAGMENT}
+BUDGETS = {vector: BUDGET_FIELDS[cls] for vector, cls in VECTOR_CLASSES.items()}
 SPOOF_PREFIX = bytes([198, 18])   # first two bytes of the generator's default spoofed sources (198.18.0.0/15)
 
 

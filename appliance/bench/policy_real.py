@@ -1,11 +1,11 @@
 """The policy tick against real kernel maps (root): `seawall bench policy --real`.
 
-`policy.bench` times the tick on a synthetic dataplane that hands the reader's decoding
+`appliance.bench.policy` times the tick on a synthetic dataplane that hands the reader's decoding
 code the maps' contents laid out as the kernel keeps them, so its "read" stage leaves out
 the kernel's share (walking the hash maps and copying them to user space). This benchmark
 measures that too: a real `Dataplane` (compiled, unattached, unpinned) with the
 benchmark's tenant set applied, whose address cache, spill map and tenant stats are
-written each tick with the counters that `policy.bench.SyntheticDataplane` lays out
+written each tick with the counters that `appliance.bench.policy.SyntheticDataplane` lays out
 (every cache slot of every CPU, the rest of the addresses in the spill map, as the
 program leaves them), then
 
@@ -40,10 +40,10 @@ from typing import Any
 
 import numpy as np
 
+from appliance.bench.policy import SyntheticDataplane
 from dataplane import bpfsys
 from dataplane.constants import ADDRESS_CACHE_BITS, MAX_TENANTS, TenantMode
 from dataplane.keys import unique_keys
-from policy.bench import SyntheticDataplane
 from policy.config import PolicyConfig
 from policy.events import EventBus
 from tenants.policy import TenantPolicy
@@ -56,14 +56,16 @@ class _MapWriter:
 
     def __init__(self, dp: Any) -> None:
         self.dp = dp
-        cache = dp._maps["sw_addr_cache"]
+        from dataplane import testing  # noqa: PLC0415 - the maps themselves: dataplane.testing hands them out
+
+        cache = testing.table(dp, "sw_addr_cache")
         size = cache.max_entries * ctypes.sizeof(cache.Leaf)
         # The cache is a memory-mapped array: written in place, one region per CPU, as the program does.
         self._cache_mmap = mmap.mmap(cache.map_fd, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE)
         self._cache_regions = np.frombuffer(self._cache_mmap, np.uint64, count=size // 8).reshape(
             dp.cache_regions, -1, ctypes.sizeof(cache.Leaf) // 8)
-        self._spill_fd = dp._maps["sw_addr_spill"].map_fd
-        self._stats_fd = dp._maps["sw_tenant_stats"].map_fd
+        self._spill_fd = testing.table(dp, "sw_addr_spill").map_fd
+        self._stats_fd = testing.table(dp, "sw_tenant_stats").map_fd
         self._stats: np.ndarray | None = None
         self._spill_keys: set[bytes] = set()
         self.updates = 0

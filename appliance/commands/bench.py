@@ -86,7 +86,7 @@ def _parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
 
 
 def bench_policy(args) -> int:
-    from policy.bench import DEFAULT_SWEEP, render_sweep, run_benchmark, run_sweep  # noqa: PLC0415
+    from appliance.bench.policy import DEFAULT_SWEEP, render_sweep, run_benchmark, run_sweep  # noqa: PLC0415
 
     if args.real:
         return _bench_policy_real(args)

@@ -1,33 +1,15 @@
 /* Seawall: kernel-only packet parsing helpers.
  *
  * One helper per header layer; each checks bounds against data_end before
- * reading and reports what it found in struct sw_packet. Nothing here is
- * shared with user space.
+ * reading and reports what it found in struct sw_packet. The structs here are
+ * kernel-only; the header numbers come from dataplane/constants.py.
  */
 #ifndef SEAWALL_PARSING_H
 #define SEAWALL_PARSING_H
 
-#define SW_ETH_P_IP 0x0800
-#define SW_ETH_P_IPV6 0x86DD
-#define SW_ETH_P_8021Q 0x8100
-#define SW_ETH_P_8021AD 0x88A8
-
-#define SW_IPPROTO_HOPOPTS 0
-#define SW_IPPROTO_ICMP 1
-#define SW_IPPROTO_TCP 6
-#define SW_IPPROTO_UDP 17
-#define SW_IPPROTO_ROUTING 43
-#define SW_IPPROTO_FRAGMENT 44
-#define SW_IPPROTO_AH 51
-#define SW_IPPROTO_ICMPV6 58
-#define SW_IPPROTO_DSTOPTS 60
-
-#define SW_TCP_FIN 0x01
-#define SW_TCP_SYN 0x02
-#define SW_TCP_RST 0x04
-#define SW_TCP_PSH 0x08
-#define SW_TCP_ACK 0x10
-#define SW_TCP_URG 0x20
+/* Ethernet types (SW_ETH_P_IP, _IPV6, _VLAN, _QINQ), IP protocol numbers (SW_IPPROTO_*) and
+ * TCP flags (SW_TCP_*) come from dataplane/constants.py (cflags()): the sample parser in
+ * policy/packets.py reads the same headers with the same numbers. */
 
 /* What parse_frame() reports. */
 enum sw_parse_result {
@@ -84,7 +66,7 @@ static __always_inline __u16 sw_parse_ethernet(void **cursor, void *data_end)
     void *next = eth + 1;
 #pragma unroll
     for (int i = 0; i < SW_MAX_VLAN_DEPTH; i++) {
-        if (proto != bpf_htons(SW_ETH_P_8021Q) && proto != bpf_htons(SW_ETH_P_8021AD))
+        if (proto != bpf_htons(SW_ETH_P_VLAN) && proto != bpf_htons(SW_ETH_P_QINQ))
             break;
         struct vlan_hdr *vlan = next;
         if ((void *)(vlan + 1) > data_end)

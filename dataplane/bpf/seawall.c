@@ -235,8 +235,11 @@ static __always_inline int sw_addr_equal(const __u8 *stored, const __u64 *addr)
 static __always_inline void sw_addr_spill_counters(struct sw_addr_entry *e)
 {
     struct sw_addr_counters *c = &e->counters;
-    if (e->tenant_idx == SW_NO_TENANT || (c->dropped_packets == 0 && c->outbound_packets == 0 &&
-        c->packets[0] + c->packets[1] + c->packets[2] + c->packets[3] + c->packets[4] + c->packets[5] == 0))
+    __u64 inbound = 0;
+#pragma unroll
+    for (int i = 0; i < SW_CLASSES; i++)
+        inbound += c->packets[i];
+    if (e->tenant_idx == SW_NO_TENANT || (c->dropped_packets == 0 && c->outbound_packets == 0 && inbound == 0))
         return;
     struct sw_addr_key key;
     __builtin_memcpy(key.addr, e->addr, 16);
@@ -287,8 +290,8 @@ static __always_inline void sw_address_refresh(struct sw_addr_entry *e, const __
         __u32 policy_idx = cfg->active_slot * SW_MAX_TENANTS + tenant;
         struct sw_policy *pol = sw_policy.lookup(&policy_idx);
         if (pol && pol->in_use)
-            e->policy_flags = pol->flags | SW_SLOT_PROTECTED |
-                              (pol->mode == SW_TENANT_MODE_MONITOR ? SW_SLOT_MONITOR : 0);
+            e->policy_flags = pol->flags | SW_POLICY_SLOT_PROTECTED |
+                              (pol->mode == SW_TENANT_MODE_MONITOR ? SW_POLICY_SLOT_MONITOR : 0);
     }
     if (tenant != SW_NO_TENANT) {
         sw_merge_rule_set(e, tenant, SW_SCOPE_ADDRESS, addr);
@@ -305,7 +308,7 @@ static __always_inline void sw_address_refresh(struct sw_addr_entry *e, const __
     }
     if ((e->policy_flags & (SW_POLICY_HAS_ALLOW | SW_POLICY_HAS_DENY | SW_POLICY_REFLECTION_ALWAYS)) ||
         e->attack_classes)
-        e->policy_flags |= SW_SLOT_LISTS_OR_HEURISTICS;
+        e->policy_flags |= SW_POLICY_SLOT_LISTS_OR_HEURISTICS;
     e->generation = cfg->generation;
 }
 
@@ -635,8 +638,8 @@ static __always_inline int sw_heuristics(struct sw_packet *p, struct sw_addr_ent
     return SW_DROP_REASON_HEURISTIC;
 }
 
-/* Per-destination, per-class token bucket of the tenant's policy (syn_rate_pps,
- * udp_rate_pps, icmp_rate_pps, fragment_rate_pps): acts from the first packet,
+/* Per-destination, per-class token bucket of the tenant's policy (sw_policy.rate_pps[], one
+ * slot per class with a budget: SW_BUDGET_SLOT_OF_CLASS): acts from the first packet,
  * no control-plane round trip. Kept per CPU in the address cache slot, each CPU
  * admitting rate / SW_NR_CPUS (RSS spreads a flood's flows over the CPUs). */
 static __always_inline int sw_over_budget(struct sw_addr_entry *st, struct sw_config *cfg, struct sw_packet *p)
@@ -645,28 +648,10 @@ static __always_inline int sw_over_budget(struct sw_addr_entry *st, struct sw_co
     struct sw_policy *pol = sw_policy.lookup(&policy_idx);
     if (!pol)
         return 0;
-    __u32 rate;
-    int b;
-    switch (p->traffic_class) {
-    case SW_TRAFFIC_CLASS_TCP_SYN:
-        rate = pol->syn_rate_pps;
-        b = 0;
-        break;
-    case SW_TRAFFIC_CLASS_UDP:
-        rate = pol->udp_rate_pps;
-        b = 1;
-        break;
-    case SW_TRAFFIC_CLASS_ICMP:
-        rate = pol->icmp_rate_pps;
-        b = 2;
-        break;
-    case SW_TRAFFIC_CLASS_FRAGMENT:
-        rate = pol->fragment_rate_pps;
-        b = 3;
-        break;
-    default:
+    __u32 b = (SW_BUDGET_SLOT_OF_CLASS >> (4 * (p->traffic_class & 7))) & 0xF;
+    if (b >= SW_BUDGET_CLASSES)
         return 0;
-    }
+    __u32 rate = pol->rate_pps[b];
     if (!rate)
         return 0;
     __u64 per_cpu = rate / SW_NR_CPUS + 1;
@@ -815,8 +800,8 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
 
     if (dir == SW_DIRECTION_INBOUND && tenant < SW_MAX_TENANTS) {
         __u16 flags = st->policy_flags;
-        if (flags & SW_SLOT_PROTECTED) {
-            if (flags & SW_SLOT_LISTS_OR_HEURISTICS) {
+        if (flags & SW_POLICY_SLOT_PROTECTED) {
+            if (flags & SW_POLICY_SLOT_LISTS_OR_HEURISTICS) {
                 if ((flags & SW_POLICY_HAS_ALLOW) && sw_acl_match(p, cfg->active_slot, SW_ACL_KIND_ALLOW, tenant))
                     goto verdict;
                 if ((flags & SW_POLICY_HAS_DENY) && sw_acl_match(p, cfg->active_slot, SW_ACL_KIND_DENY, tenant)) {
@@ -833,7 +818,7 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
                     goto verdict;
                 }
             }
-            if ((flags & SW_SLOT_LISTS_OR_HEURISTICS) && (st->attack_classes || (flags & SW_POLICY_REFLECTION_ALWAYS))) {
+            if ((flags & SW_POLICY_SLOT_LISTS_OR_HEURISTICS) && (st->attack_classes || (flags & SW_POLICY_REFLECTION_ALWAYS))) {
                 int reason = sw_heuristics(p, st, flags, data, data_end);
                 if (reason) {
                     v->drop = 1;
@@ -848,7 +833,7 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
                 v->reason = SW_DROP_REASON_HEURISTIC;
             }
         verdict:
-            if (flags & SW_SLOT_MONITOR)
+            if (flags & SW_POLICY_SLOT_MONITOR)
                 v->drop = 0; /* monitor mode: count what would be dropped, pass it */
         }
     }

@@ -14,6 +14,8 @@
 #endif
 
 #define SW_CLASSES SW_TRAFFIC_CLASS__COUNT
+/* SW_BUDGET_SLOT_OF_CLASS holds 4 bits per class in 32 bits. */
+_Static_assert(SW_CLASSES <= 8, "SW_BUDGET_SLOT_OF_CLASS has room for 8 classes");
 #define SW_REASONS SW_DROP_REASON__COUNT
 #define SW_DIRS SW_DIRECTION__COUNT
 /* Byte arrays that the program reads or writes as whole 32- or 64-bit words
@@ -21,37 +23,15 @@
  * are unaligned and splits every such copy into single-byte loads and stores:
  * about 45 instructions per 16-byte address compare. No offset moves. */
 #define SW_ALIGNED(bytes) __attribute__((aligned(bytes)))
-#define SW_BUDGET_CLASSES 4 /* SYN, UDP, ICMP, fragments: the classes with a per-destination budget */
 
-/* Devmap keys: the port a frame leaves on. */
-#define SW_PORT_EXTERNAL 0
-#define SW_PORT_INTERNAL 1
-
-/* sw_policy.flags */
-#define SW_POLICY_INVALID_FILTERS (1U << 0)
-#define SW_POLICY_HAS_ALLOW (1U << 1)
-#define SW_POLICY_HAS_DENY (1U << 2)
-#define SW_POLICY_SYN_PROTECTION (1U << 3)
-#define SW_POLICY_REFLECTION_ALWAYS (1U << 4)
-#define SW_POLICY_REFLECTION_AUTO (1U << 5)
-#define SW_POLICY_HAS_BUDGET (1U << 6) /* some per-destination class budget is set */
-/* Bits the address cache adds to its copy of sw_policy.flags (sw_addr_entry.policy_flags), so
- * that one load and one test per packet decide what the usual packet skips. */
-#define SW_SLOT_PROTECTED (1U << 13)    /* the tenant's policy is in use in the active slot */
-#define SW_SLOT_MONITOR (1U << 14)      /* ... in monitor mode: count what would be dropped, pass it */
-#define SW_SLOT_LISTS_OR_HEURISTICS (1U << 15) /* allow/deny lists, the reflection filter always on,
-                                                * or an attack mark: the checks most packets skip */
-
-/* sw_rule.match: which optional fields a rule checks. */
-#define SW_MATCH_PROTO (1U << 0)
-#define SW_MATCH_SPORT (1U << 1)
-#define SW_MATCH_DPORT (1U << 2)
-#define SW_MATCH_LENGTH (1U << 3)
-#define SW_MATCH_TTL (1U << 4)
-#define SW_MATCH_TCP_FLAGS (1U << 5)
-#define SW_MATCH_PAYLOAD (1U << 6)
-#define SW_MATCH_FRAGMENT (1U << 7)     /* only fragments */
-#define SW_MATCH_NOT_FRAGMENT (1U << 8) /* only non-fragments */
+/* From dataplane/constants.py (cflags()), never defined here:
+ *   SW_PORT_EXTERNAL, SW_PORT_INTERNAL          devmap keys: the port a frame leaves on
+ *   SW_POLICY_*                                 sw_policy.flags; SW_POLICY_SLOT_* are the bits the
+ *                                               address cache adds to its copy (sw_addr_entry.policy_flags)
+ *   SW_MATCH_*                                  sw_rule.match: which optional fields a rule checks
+ *   SW_SCOPE_ADDRESS, SW_SCOPE_TENANT           what a rule set or an attack mark is keyed by
+ *   SW_BUDGET_CLASSES, SW_BUDGET_SLOT_OF_CLASS  classes with a per-destination budget; 4 bits per
+ *                                               class: its slot in the budget arrays, 0xF for none */
 
 /* Rule briefs: the cheap checks of a rule (protocol, ports, IP length, fragment state and
  * whether it needs the L4 header) as one range test over lanes of a 64-bit word, run
@@ -68,11 +48,6 @@
  * TCP flags, payload; rate limits for their bucket). */
 #define SW_BRIEF_ACTION_MASK 0x7F
 #define SW_BRIEF_FULL 0x80
-
-/* Rule sets are addressed per destination address or per whole tenant. */
-#define SW_SCOPE_ADDRESS 0
-#define SW_SCOPE_TENANT 1
-#define SW_NO_RULE_SET 0xFFFFFFFFU
 
 /* Global settings, one entry (key 0). Written by the control plane only. */
 struct sw_config {
@@ -105,10 +80,8 @@ struct sw_policy {
     __u8 in_use;
     __u8 mode;             /* SW_TENANT_MODE_* */
     __u16 flags;           /* SW_POLICY_* */
-    __u32 syn_rate_pps;    /* per-destination budgets for the heuristics; 0 = off */
-    __u32 udp_rate_pps;
-    __u32 icmp_rate_pps;
-    __u32 fragment_rate_pps;
+    __u32 rate_pps[SW_BUDGET_CLASSES]; /* per-destination class budgets (slot per SW_BUDGET_SLOT_OF_CLASS),
+                                        * packets/s; 0 = off */
 };
 
 /* Allow/deny lists: one small longest-prefix-match trie of source prefixes per
@@ -176,9 +149,9 @@ struct sw_addr_entry {
     __u32 generation;          /* sw_config.generation the cached fields belong to; 0 = empty slot */
     __u32 is_v6;               /* the family: ::ffff:a.b.c.d is also a valid IPv6 address */
     __u32 attack_classes;      /* bit per SW_TRAFFIC_CLASS_* under attack (set by the policy engine) */
-    __u16 policy_flags;        /* the tenant's sw_policy.flags plus SW_SLOT_* (saves a lookup per packet) */
+    __u16 policy_flags;        /* the tenant's sw_policy.flags plus SW_POLICY_SLOT_* (saves a lookup per packet) */
     __u16 pad;
-    __s32 budget_tokens[SW_BUDGET_CLASSES]; /* per-destination class budgets (SYN, UDP, ICMP, fragments), packets */
+    __s32 budget_tokens[SW_BUDGET_CLASSES]; /* per-destination class budgets (as sw_policy.rate_pps), packets */
     __u64 budget_ns[SW_BUDGET_CLASSES];     /* last refill of each budget, bpf_ktime_get_ns */
     __u32 rule_count;          /* rules that apply: the address's own, then the tenant-wide ones */
     __u32 rule_ids[SW_RULES_PER_TARGET];

@@ -95,14 +95,9 @@ def apply_tenant_dicts(dp, tables: list[dict[str, object]], previous: dict[str, 
 def dataplane_built_with(*defines: str) -> Iterator:
     """A Dataplane compiled with extra -D flags: the test builds that hold a fast path to the code
     it shortcuts (-DSW_NO_FAST_PARSE, -DSW_NO_RULE_BRIEFS). Yields it and closes it."""
-    from dataplane import Dataplane, constants  # noqa: PLC0415 - the bpf tier may be skipped before this
+    from dataplane import Dataplane  # noqa: PLC0415 - the bpf tier may be skipped before this
 
-    original = constants.cflags
-    constants.cflags = lambda: [*original(), *defines]
-    try:
-        dp = Dataplane()
-    finally:
-        constants.cflags = original
+    dp = Dataplane(defines=defines)
     yield dp
     dp.close()
 

@@ -1,9 +1,9 @@
-"""The policy benchmark's synthetic maps against the compiled program's.
+"""The reader's static layouts (what the synthetic policy benchmark fills) against the compiled program's.
 
-`policy/bench.py` fills byte buffers laid out as the kernel's maps by hand (it must run
-without bcc), and decodes them with the reader's code. If the program's structs change
-and the benchmark's layout does not, it decodes garbage and times the wrong thing; this
-pins its layouts to bcc's types of a loaded program.
+`appliance/bench/policy.py` fills byte buffers laid out as the kernel's maps at the offsets of
+`dataplane.reader.ADDRESS_LAYOUT` and `TENANT_LAYOUT` (it must run without bcc), and decodes
+them with the reader's code. If the program's structs change and those layouts do not, it
+decodes garbage and times the wrong thing; this pins them to bcc's types of a loaded program.
 """
 
 from __future__ import annotations
@@ -13,23 +13,22 @@ import ipaddress
 
 import numpy as np
 
+from dataplane import reader, testing
 from dataplane.constants import MAX_TENANTS, TrafficClass
-from dataplane.dataplane import decode_destination_counters, decode_tenant_counters
-from policy import bench
 from tests.bpf import frames
 from tests.bpf.conftest import ALPHA_DST, CLEAN_SRC, XDP_REDIRECT, run
 
 
 def test_bench_address_layout_is_the_programs(dp):
-    assert dp._address_layout() == bench.LAYOUT
-    assert dp._maps["sw_addr_cache"].max_entries == bench.CACHE_SLOTS * dp.cache_regions
+    assert testing.address_layout(dp) == reader.ADDRESS_LAYOUT
+    assert testing.table(dp, "sw_addr_cache").max_entries == reader.CACHE_SLOTS * dp.cache_regions
 
 
 def test_bench_tenant_stats_layout_is_the_programs(dp):
-    assert dp._tenant_stats_layout() == bench.TENANT_LAYOUT
-    stats = dp._maps["sw_tenant_stats"]
+    assert testing.tenant_stats_layout(dp) == reader.TENANT_LAYOUT
+    stats = testing.table(dp, "sw_tenant_stats")
     assert stats.max_entries == MAX_TENANTS + 1
-    assert ctypes.sizeof(stats.Leaf._type_) == 2 * bench.TENANT_LAYOUT.dir_words * 8
+    assert ctypes.sizeof(stats.Leaf._type_) == 2 * reader.TENANT_LAYOUT.dir_words * 8
 
 
 def test_bench_buffers_decode_like_the_real_read(dp, tenants):
@@ -37,12 +36,12 @@ def test_bench_buffers_decode_like_the_real_read(dp, tenants):
     dst = ALPHA_DST
     alpha = tenants["alpha"]
     assert run(dp, frames.udp(CLEAN_SRC, dst, dport=28960)) == XDP_REDIRECT
-    lay = bench.LAYOUT
+    lay = reader.ADDRESS_LAYOUT
     cache, spill_keys, spill = dp.address_maps()
-    assert cache.shape == (bench.CACHE_SLOTS, dp.cache_regions, lay.entry_words)
+    assert cache.shape == (reader.CACHE_SLOTS, dp.cache_regions, lay.entry_words)
     assert spill.shape[1:] == (1, lay.spilled_words)
-    memo = bench.AddressMemo(1 << 20)
-    decoded = decode_destination_counters(cache, spill_keys, spill, lay, memo)
+    memo = reader.AddressMemo(1 << 20)
+    decoded = reader.decode_destination_counters(cache, spill_keys, spill, lay, memo)
     real = dp.read_destination_counters()
     row = list(decoded.addresses).index(ipaddress.ip_address(dst))
     real_row = list(real.addresses).index(ipaddress.ip_address(dst))
@@ -50,9 +49,9 @@ def test_bench_buffers_decode_like_the_real_read(dp, tenants):
     np.testing.assert_array_equal(decoded.packets[row], real.packets[real_row])
     assert decoded.tenant_idx[row] == real.tenant_idx[real_row] == alpha
 
-    _, tvalues, tcount = dp._batch("sw_tenant_stats")
-    words = np.frombuffer(tvalues, np.uint64).reshape(tcount, dp.ncpus, 2, bench.TENANT_LAYOUT.dir_words)
-    from_bench = decode_tenant_counters(words.sum(axis=1, dtype=np.uint64), bench.TENANT_LAYOUT).tenant(alpha)
+    _, tvalues, tcount = testing.read_map(dp, "sw_tenant_stats")
+    words = np.frombuffer(tvalues, np.uint64).reshape(tcount, dp.ncpus, 2, reader.TENANT_LAYOUT.dir_words)
+    from_bench = reader.decode_tenant_counters(words.sum(axis=1, dtype=np.uint64), reader.TENANT_LAYOUT).tenant(alpha)
     from_reader = dp.read_tenant_counters([alpha])[alpha]
     for field in ("class_packets", "class_bytes", "dropped_packets", "passed_packets", "reason_packets"):
         np.testing.assert_array_equal(getattr(from_bench, field), getattr(from_reader, field), err_msg=field)

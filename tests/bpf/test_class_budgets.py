@@ -87,3 +87,38 @@ def test_bad_budgets_are_rejected(dp, tenants):
         dp.set_class_budgets(4000, {TrafficClass.UDP: 100})
     with pytest.raises(DataplaneError, match="within"):
         dp.set_class_budgets(1 << 20, {TrafficClass.UDP: 100})
+
+
+# One frame of each class with a budget (fragments: a first fragment of a UDP datagram).
+CLASS_FRAMES = {
+    TrafficClass.TCP_SYN: lambda dst: frames.tcp("198.19.80.9", dst, sport=5556, dport=443, flags="S"),
+    TrafficClass.UDP: lambda dst: frames.udp("198.19.80.9", dst, sport=5556, dport=28960),
+    TrafficClass.ICMP: lambda dst: frames.icmp("198.19.80.9", dst),
+    TrafficClass.FRAGMENT: lambda dst: frames.udp("198.19.80.9", dst, sport=5556, dport=28960, flags="MF"),
+}
+
+
+def over_budget(dp, tenant_idx: int, frame: bytes, n: int = BURST) -> int:
+    before = tenant_counters(dp, tenant_idx)
+    dp.test_run(frame, repeat=n)
+    after = tenant_counters(dp, tenant_idx)
+    return int(after.reason_packets[0, DropReason.HEURISTIC] - before.reason_packets[0, DropReason.HEURISTIC])
+
+
+def test_each_class_budget_limits_its_own_class_only(dp, tenants):
+    """Python writes a class's budget at its slot in constants.BUDGET_CLASSES, the program finds it
+    through SW_BUDGET_SLOT_OF_CLASS: a budget of one class drops that class and no other."""
+    from dataplane.constants import BUDGET_CLASSES  # noqa: PLC0415
+
+    alpha = tenants["alpha"]
+    assert set(CLASS_FRAMES) == set(BUDGET_CLASSES)
+    for i, budgeted in enumerate(BUDGET_CLASSES):
+        dst = f"198.51.100.{90 + i}"   # a fresh address: its own buckets
+        dp.set_class_budgets(alpha, {c: (2000 if c == budgeted else 0) for c in BUDGET_CLASSES})
+        for cls, frame in CLASS_FRAMES.items():
+            over = over_budget(dp, alpha, frame(dst))
+            if cls == budgeted:
+                assert over >= BURST - 250, (budgeted.name, cls.name, over)
+            else:
+                assert over == 0, (budgeted.name, cls.name, over)
+    dp.set_class_budgets(alpha, dict.fromkeys(BUDGET_CLASSES, 0))

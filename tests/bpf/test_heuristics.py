@@ -127,7 +127,9 @@ def test_syn_challenge_covers_only_the_attacked_ports(dp, tenants):
 
 def age_attack_mark(dp, tenant_idx: int, dst: str, seconds: float) -> None:
     """Backdate a mark past the learning grace period (instead of waiting 5 s)."""
-    table = dp._maps["sw_attack"]
+    from dataplane import testing  # noqa: PLC0415 - the bpf tier imports the adapter only when it runs
+
+    table = testing.table(dp, "sw_attack")
     for key, leaf in table.items():
         if key.tenant_idx == tenant_idx and bytes(key.addr)[12:] == ipaddress.ip_address(dst).packed:
             leaf.since_ns -= int(seconds * 1e9)

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from appliance.bench import policy_real
-from dataplane import bpfsys
+from dataplane import bpfsys, testing
 
 BPF_MAP_TYPE_HASH = 1        # enum bpf_map_type (a plain hash: many keys per call, a cursor between calls)
 EXPECTED_KEYS = {
@@ -64,7 +64,7 @@ def test_batch_reader_reads_a_hash_map_across_chunks(dp):
 
 
 def test_batch_reader_reads_a_full_array_map(dp):
-    table = dp._maps["sw_tenant_stats"]
+    table = testing.table(dp, "sw_tenant_stats")
     keys, values, count = bpfsys.map_lookup_batch(table.map_fd, 4, ctypes.sizeof(table.Leaf), table.max_entries)
     assert count == table.max_entries
     assert keys.view(np.uint32).reshape(-1).tolist() == list(range(count))
@@ -72,7 +72,7 @@ def test_batch_reader_reads_a_full_array_map(dp):
 
 
 def test_array_range_reader_reads_exactly_the_rows_asked(dp):
-    table = dp._maps["sw_tenant_stats"]
+    table = testing.table(dp, "sw_tenant_stats")
     row = ctypes.sizeof(table.Leaf)
     last = table.max_entries - 1
     marked = [*range(8), *range(last - 11, last + 1)]

@@ -194,6 +194,7 @@ class FakeDataplane:
         del self.tenant[NO_TENANT]
         self._match_cache: dict[tuple[int, int], list[int | None]] = {}
         self.rule_log: list[tuple[str, int, Rule]] = []
+        self.class_budgets: dict[int, dict[TrafficClass, int]] = {}
 
     # traffic -------------------------------------------------------------------------------------
     def add_flow(self, flow: Flow) -> Flow:
@@ -353,6 +354,11 @@ class FakeDataplane:
     def read_rule_counters(self) -> dict[int, RuleCounters]:
         return {rid: RuleCounters(matched_packets=c[0], matched_bytes=0, dropped_packets=c[1])
                 for rid, c in self.rule_counters.items()}
+
+    def set_class_budgets(self, tenant_idx: int, budgets: dict[TrafficClass, int]) -> dict[TrafficClass, int]:
+        """Recorded, not enforced: the fake counts no per-destination budget (tests/bpf checks the program's)."""
+        self.class_budgets.setdefault(tenant_idx, {}).update(budgets)
+        return dict(self.class_budgets[tenant_idx])
 
     def drain_samples(self, limit: int = 4096) -> list[Sample]:
         out, self.samples = self.samples[:limit], self.samples[limit:]

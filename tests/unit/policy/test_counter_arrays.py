@@ -10,9 +10,9 @@ import pytest
 
 from dataplane.api import DestinationCounters, TenantCounterArrays, TenantCounters
 from dataplane.constants import NO_TENANT, DropReason, TrafficClass
-from dataplane.dataplane import AddressMemo, decode_destination_counters
 from dataplane.keys import AddressView, KeyIndex, address_keys, unique_keys
-from policy.bench import LAYOUT
+from dataplane.reader import ADDRESS_LAYOUT as LAYOUT
+from dataplane.reader import AddressMemo, decode_destination_counters
 from policy.rates import RateTracker
 
 C = len(TrafficClass)

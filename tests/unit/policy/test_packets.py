@@ -12,7 +12,7 @@ from scapy.packet import Raw
 
 from dataplane.api import Range, Rule, Sample
 from dataplane.constants import Direction, DropReason, TrafficClass
-from policy.packets import NO_PORT, _parse_one, classify_fields, match_rule, parse_samples
+from policy.packets import NO_PORT, classify_fields, match_rule, parse_frame, parse_samples
 from tests.unit.policy.fakes import fragment_frame, icmp_frame, syn_frame, tcp_frame, udp_frame
 
 
@@ -100,30 +100,32 @@ def test_payload_rules_need_eight_payload_bytes_like_the_xdp_program():
 
 
 def _frame_by_frame(frames: list[bytes]) -> dict[str, list]:
-    """The columns `_parse_one` gives frame by frame (the reference of the vectorised IPv4 path)."""
+    """The columns `parse_frame` gives frame by frame (the reference of the vectorised IPv4 path)."""
     cols: dict[str, list] = {k: [] for k in ("parsed", "src", "dst", "proto", "ip_len", "ttl", "sport", "dport",
-                                             "tcp_flags", "fragment", "traffic_class", "payload", "payload_len")}
+                                             "tcp_flags", "fragment", "traffic_class", "payload", "payload_len",
+                                             "l4_ok")}
     for data in frames:
-        fields = _parse_one(data)
+        fields = parse_frame(data)
         if fields is None:
             for k, v in (("parsed", False), ("src", None), ("dst", None), ("proto", -1), ("ip_len", 0), ("ttl", 0),
                          ("sport", NO_PORT), ("dport", NO_PORT), ("tcp_flags", 0), ("fragment", False),
-                         ("traffic_class", int(TrafficClass.OTHER)), ("payload", b"\0" * 8), ("payload_len", 0)):
+                         ("traffic_class", int(TrafficClass.OTHER)), ("payload", b"\0" * 8), ("payload_len", 0),
+                         ("l4_ok", False)):
                 cols[k].append(v)
             continue
-        s, d, p, length, t, sp, dp, fl, frag, pl = fields
+        s, d, p, length, t, sp, dp, fl, frag, pl, l4 = fields
         for k, v in (("parsed", True), ("src", s), ("dst", d), ("proto", p), ("ip_len", length), ("ttl", t),
                      ("sport", sp), ("dport", dp), ("tcp_flags", fl), ("fragment", frag),
                      ("traffic_class", int(classify_fields(p, fl, frag))), ("payload", pl.ljust(8, b"\0")),
-                     ("payload_len", len(pl))):
+                     ("payload_len", len(pl)), ("l4_ok", l4)):
             cols[k].append(v)
     return cols
 
 
 def test_vectorised_ipv4_parse_matches_frame_by_frame_parse():
-    """Every column of parse_samples equals `_parse_one`'s on IPv4 frames of every shape the
+    """Every column of parse_samples equals `parse_frame`'s on IPv4 frames of every shape the
     vectorised path handles (options, fragments, TCP data offsets, truncation, odd protocols)
-    mixed with frames it leaves to `_parse_one` (VLAN, IPv6, ARP, garbage)."""
+    mixed with frames it leaves to `parse_frame` (VLAN, IPv6, ARP, garbage)."""
     rng = np.random.default_rng(7)
     bases = [
         udp_frame("198.18.0.1", "198.51.100.10", 53, 4444, b"\x12\x34abcdefgh"),
@@ -163,3 +165,26 @@ def test_vectorised_ipv4_parse_matches_frame_by_frame_parse():
         mismatched = [i for i, (g, w) in enumerate(zip(got, expected, strict=True)) if g != w]
         assert not mismatched, f"{name}: frame {mismatched[0]} {frames[mismatched[0]].hex()}: " \
                                f"{got[mismatched[0]]} != {expected[mismatched[0]]}"
+
+
+def test_match_rule_compares_tcp_flags_under_the_mask_as_the_program_does():
+    """The program stores value & mask (Dataplane encodes it so): a value bit outside the mask
+    never keeps a rule from matching (found by tests/bpf/test_fuzz.py's match_rule fuzz)."""
+    f = parse_samples([sample(syn_frame("198.18.0.1", "198.51.100.10", 1234, 80))])
+    assert match_rule(Rule(tenant_idx=1, dst=None, tcp_flags=(0x02, 0x12)), f).tolist() == [True]
+    assert match_rule(Rule(tenant_idx=1, dst=None, tcp_flags=(0x12, 0x12)), f).tolist() == [False]
+
+
+def test_match_rule_sees_icmp_ports_as_zero_and_its_payload_after_the_header():
+    """The program parses ICMP's 4-byte header (l4_ok), its ports are 0 and its payload follows."""
+    f = parse_samples([sample(icmp_frame("198.18.0.7", "198.51.100.10"))])
+    assert f.l4_ok.tolist() == [True]
+    assert match_rule(Rule(tenant_idx=1, dst=None, dport=Range(0, 0)), f).tolist() == [True]
+    assert match_rule(Rule(tenant_idx=1, dst=None, sport=Range(1, 65535)), f).tolist() == [False]
+    later = parse_samples([sample(fragment_frame("198.18.0.6", "198.51.100.10", offset=185))])
+    assert match_rule(Rule(tenant_idx=1, dst=None, dport=Range(0, 65535)), later).tolist() == [False]
+
+
+def test_match_rule_treats_an_empty_payload_as_no_payload_match():
+    f = parse_samples([sample(syn_frame("198.18.0.1", "198.51.100.10", 1234, 80))])
+    assert match_rule(Rule(tenant_idx=1, dst=None, payload=b""), f).tolist() == [True]

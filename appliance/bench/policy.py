@@ -10,10 +10,11 @@ several sizes, each in a fresh process so that each peak memory is its own.
 The counter source is a `SyntheticDataplane` that hands the engine what
 `dataplane.Dataplane` reads from the kernel, laid out as the maps are (struct
 sw_addr_entry, sw_addr_spilled, sw_tenant_stats in dataplane/bpf/seawall.h, two
-CPUs), and decodes them with the real reader's own code: it copies the address
-cache out of its memory as the real reader copies the mapped array, then runs
-`dataplane.dataplane.decode_destination_counters`; its tenant read decodes the
-stats map's sum with `decode_tenant_counters`, as `Dataplane.read_tenant_counter_arrays`
+CPUs, at the offsets of the reader's `ADDRESS_LAYOUT` and `TENANT_LAYOUT`), and
+decodes them with the real reader's own code: it copies the address cache out of
+its memory as the real reader copies the mapped array, then runs
+`dataplane.reader.decode_destination_counters`; its tenant read decodes the stats
+map's sum with `decode_tenant_counters`, as `CounterReader.read_tenant_counter_arrays`
 does. The map contents are laid out when the synthetic traffic advances, outside
 the tick, as the kernel fills its maps while it counts; so a tick's "read" stage
 costs what the real one costs in user space, and the kernel's share of the batch
@@ -42,16 +43,16 @@ from dataplane.api import DestinationCounters, Rule, RuleCounters, Sample, Tenan
 from dataplane.constants import (
     ADDRESS_CACHE_BITS,
     MAX_TENANTS,
-    RULES_PER_TARGET,
     Direction,
     DropReason,
     TenantMode,
     TrafficClass,
 )
-from dataplane.dataplane import (
-    AddressCounterLayout,
+from dataplane.reader import (
+    ADDRESS_LAYOUT,
+    CACHE_SLOTS,
+    TENANT_LAYOUT,
     AddressMemo,
-    TenantStatsLayout,
     decode_destination_counters,
     decode_tenant_counters,
     sum_over_cpus,
@@ -68,31 +69,11 @@ V4_BASE = int(ipaddress.IPv4Address("198.18.0.0"))
 V4_ADDRESSES = 131_072                                      # the benchmarking range 198.18.0.0/15
 V6_BASE = int(ipaddress.IPv6Address("2001:db8::"))         # one /64 per further destination
 MAX_DESTINATIONS = 2_000_000                                # well within 2001:db8::/32's /64s; memory is the limit
-CACHE_SLOTS = 1 << ADDRESS_CACHE_BITS                       # the dataplane's address cache, per CPU
 BYTES_PER_PACKET = 400                                      # synthetic mean packet size, bytes
 DEFAULT_SWEEP = ((1_000, 1_000), (10_000, 10_000), (100_000, 10_000), (1_000_000, 10_000))
 
 
-def _address_layout() -> AddressCounterLayout:
-    """struct sw_addr_entry / sw_addr_spilled of dataplane/bpf/seawall.h, in 64-bit words."""
-    counter_words = 2 * N_CLASSES + 3          # packets[], bytes[], dropped, outbound packets and bytes
-    # addr (2), tenant_idx + generation (1), is_v6 + attack_classes (1), policy flags and
-    # pad + budget_tokens[4] (20 bytes, padded: 3), budget_ns[4] (4), rule_count + rule_ids[]
-    # (u32 each, padded to a word), rule briefs: rule_lo[] and rule_hi[] (a word each), rule_flags[]
-    # (a byte each, padded to a word)
-    counters_at = 2 + 1 + 1 + 3 + 4 + (1 + RULES_PER_TARGET + 1) // 2 + 2 * RULES_PER_TARGET \
-        + (RULES_PER_TARGET + 7) // 8
-    return AddressCounterLayout(entry_words=counters_at + counter_words, counters_at=counters_at,
-                                spilled_words=counter_words + 1, spilled_tenant_at=counter_words,
-                                counter_words=counter_words, packets_at=0, bytes_at=N_CLASSES,
-                                dropped_at=2 * N_CLASSES)
-
-
-LAYOUT = _address_layout()
-# struct sw_direction_stats: dropped_packets, dropped_bytes, class_packets[], class_bytes[], reason_packets[]
-TENANT_LAYOUT = TenantStatsLayout(dir_words=2 + 2 * N_CLASSES + N_REASONS, dropped_packets_at=0, dropped_bytes_at=1,
-                                  class_packets_at=2, class_bytes_at=2 + N_CLASSES,
-                                  reason_packets_at=2 + 2 * N_CLASSES)
+LAYOUT = ADDRESS_LAYOUT   # the per-address maps' layout (the reader's; pinned to the program's in tests/bpf)
 
 
 def destination_addresses(n: int) -> tuple[list[ipaddress.IPv4Address | ipaddress.IPv6Address], np.ndarray]:
@@ -147,6 +128,7 @@ class SyntheticDataplane:
         _, self.keys = destination_addresses(destinations)
         self.memo = AddressMemo(4 * destinations)
         self._cache_snapshot: np.ndarray | None = None    # the reader's copy of the address cache
+        self.class_budgets: dict[int, dict[TrafficClass, int]] = {}
         # Any well-mixed hash spreads addresses over slots as the kernel's does.
         mixed = (self.keys[:, 0] ^ self.keys[:, 1]) * np.uint64(0x9E3779B97F4A7C15)
         self.cache_slot = (mixed >> np.uint64(64 - slot_bits)).astype(np.int64)
@@ -204,8 +186,9 @@ class SyntheticDataplane:
         cached = self.packets[held] - self.spilled[held]
         c0 = lay.counters_at
         for cpu, share in _cpu_shares(cached, self.cpus):
-            cache[slots, cpu, :2] = self.keys[held]
-            cache[slots, cpu, 2] = self.tenant_of[held].astype(np.uint64) | np.uint64(1 << 32)   # generation 1
+            cache[slots, cpu, lay.addr_at:lay.addr_at + 2] = self.keys[held]
+            cache[slots, cpu, lay.head_at] = (self.tenant_of[held].astype(np.uint64) << np.uint64(lay.tenant_shift)) \
+                | np.uint64(1 << lay.generation_shift)   # generation 1
             cache[slots, cpu, c0 + lay.packets_at:c0 + lay.packets_at + N_CLASSES] = share
             cache[slots, cpu, c0 + lay.bytes_at:c0 + lay.bytes_at + N_CLASSES] = share * np.uint64(BYTES_PER_PACKET)
         out = np.flatnonzero(self.present & self.spilled.any(axis=1))
@@ -261,6 +244,11 @@ class SyntheticDataplane:
 
     def read_rule_counters(self) -> dict[int, RuleCounters]:
         return {rid: RuleCounters(0, 0, 0) for rid in self.rules}
+
+    def set_class_budgets(self, tenant_idx: int, budgets: dict[TrafficClass, int]) -> dict[TrafficClass, int]:
+        """Kept, not enforced: the synthetic traffic does not react to budgets."""
+        self.class_budgets.setdefault(tenant_idx, {}).update(budgets)
+        return dict(self.class_budgets[tenant_idx])
 
     def drain_samples(self, limit: int = 4096) -> list[Sample]:
         n = min(limit, self.samples_per_tick)
@@ -354,7 +342,7 @@ def run_sweep(sizes: tuple[tuple[int, int], ...] = DEFAULT_SWEEP, ticks: int = 1
         if progress is not None:
             progress(f"{destinations:,} destinations, {tenants:,} tenants, {ticks} ticks")
         args = json.dumps({"destinations": destinations, "tenants": tenants, "ticks": ticks, **kwargs})
-        proc = subprocess.run([sys.executable, "-m", "policy.bench", args], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "appliance.bench.policy", args], capture_output=True, text=True,
                               check=False, cwd=pathlib.Path(__file__).resolve().parent.parent)
         if proc.returncode != 0:
             raise RuntimeError(f"benchmark at {destinations} destinations failed: {proc.stderr.strip()[-2000:]}")
@@ -375,7 +363,7 @@ def render_sweep(results: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m policy.bench '{"destinations": ..., ...}'`: one run, its figures as JSON on the last line."""
+    """`python -m appliance.bench.policy '{"destinations": ..., ...}'`: one run, its figures as JSON on the last line."""
     print(json.dumps(run_benchmark(**json.loads(argv[0]))))
     return 0
 

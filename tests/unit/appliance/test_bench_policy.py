@@ -7,7 +7,7 @@ import ipaddress
 import numpy as np
 import pytest
 
-from policy.bench import (
+from appliance.bench.policy import (
     MAX_DESTINATIONS,
     V4_ADDRESSES,
     SyntheticDataplane,

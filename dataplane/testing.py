@@ -1,0 +1,37 @@
+"""What tests and benchmarks may look at inside a loaded `Dataplane`, beyond its adapter methods.
+
+The adapter's methods are the interface; a test that checks what the program wrote into a
+map, or pins a layout, needs the maps themselves. It takes them from here rather than from
+the facade's parts, so a change of those parts changes this module, not the tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dataplane.dataplane import Dataplane
+from dataplane.reader import AddressCounterLayout, TenantStatsLayout, read_all
+
+
+def table(dp: Dataplane, name: str):
+    """bcc's table object of one of the program's maps (`dataplane.loader.MAP_NAMES`)."""
+    return dp.program.maps[name]
+
+
+def read_map(dp: Dataplane, name: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """Every element of a map in one batch read: (keys, values, count) as uint8 arrays of count rows
+    (a per-CPU map's value row holds every CPU's copy)."""
+    return read_all(dp.program.map_ref(name))
+
+
+def address_layout(dp: Dataplane) -> AddressCounterLayout:
+    """The per-address maps' layout as the reader took it from the compiled program."""
+    return dp.reader.address_layout
+
+
+def tenant_stats_layout(dp: Dataplane) -> TenantStatsLayout:
+    """The tenant stats map's layout as the reader took it from the compiled program."""
+    return dp.reader.tenant_layout
+
+
+__all__ = ["address_layout", "read_map", "table", "tenant_stats_layout"]
