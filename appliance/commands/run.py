@@ -33,7 +33,8 @@ def run(args) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:  # load_config checks [notify] too: every problem of the file at once
-        print(f"seawall run: {exc}", file=sys.stderr)
+        problems = [*exc.problems, *_missing_nics(args.config)]
+        print(f"seawall run: {ConfigError(problems, source=exc.source)}", file=sys.stderr)
         return 2
     try:
         validate_for_run(config)
@@ -52,3 +53,26 @@ def run(args) -> int:
         print(f"seawall run: {exc}", file=sys.stderr)
         return 1
 
+
+def _missing_nics(path: str) -> list[str]:
+    """The NICs named in [appliance] that do not exist, when the rest of the file was refused, so
+    that one pass of fixes is enough (validate_for_run says the same once the file loads)."""
+    import socket  # noqa: PLC0415
+
+    from tenants import ConfigError  # noqa: PLC0415
+    from tenants.io import parse_toml_document, read_text  # noqa: PLC0415
+
+    try:
+        section = parse_toml_document(read_text(path), path).get("appliance")
+    except (ConfigError, OSError):
+        return []
+    problems = []
+    for role in ("external", "internal"):
+        name = section.get(role) if isinstance(section, dict) else None
+        if not isinstance(name, str) or not name:
+            continue   # a missing or mistyped name is among the file's problems already
+        try:
+            socket.if_nametoindex(name)
+        except OSError:
+            problems.append(f"[appliance] {role}: interface {name!r} does not exist")
+    return problems

@@ -137,7 +137,9 @@ def test_run_lists_every_problem_of_the_file_and_the_notifiers_at_once(wire):
     config.write_text(text)
     result = seawall_run(config, wire.tmp / "run.log")
     assert result.returncode == 2
-    assert "2 problems" in result.stderr and "does not exist" in result.stderr and "notify.webhook[0].url" in result.stderr
+    # The webhook's two problems (scheme, missing secret) and the missing NIC, in one answer.
+    assert "3 problems" in result.stderr and "does not exist" in result.stderr, result.stderr
+    assert "notify.webhook[0].url" in result.stderr and "notify.webhook[0].secret" in result.stderr
     assert wire.xdp_programs()[wire.nics["external"][0]] == 0
 
 
