@@ -17,13 +17,13 @@ import textwrap
 
 import aiohttp
 import pytest
-from test_notify_delivery import HMAC_SECRET, WebhookSink, free_port
-from test_sw_helpers import add_token, service
+from test_notify_delivery import HMAC_SECRET
+from test_sw_helpers import TENANTS, InMemoryAppliance, add_token, service
 
 from appliance.config import parse_config
-from appliance.service import Appliance
+from securewatch.notify import parse_notify_config
 from securewatch.settings import parse_settings
-from tenants import ConfigError
+from tenants import ConfigError, TenantSet
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 CHECKER = REPO / "scripts" / "check_imports.py"
@@ -127,33 +127,37 @@ def test_config_file_reports_the_securewatch_settings_problems_of_securewatch_se
 
 # --- one versioned-configuration workflow ----------------------------------------------------
 
-@pytest.fixture
-async def sink():
-    s = WebhookSink(free_port())
-    yield s
-    await s.down()
+class NotifyingAppliance(InMemoryAppliance):
+    """The test double of the appliance process, with the NOC receivers' hooks: what it runs is
+    what it was last given, after the same validation the real one does."""
+
+    def __init__(self, table: dict) -> None:
+        super().__init__(TenantSet.from_dicts(TENANTS))
+        self.table = table
+
+    def notify_config(self) -> dict:
+        return self.table
+
+    async def reconfigure_notifiers(self, config: dict) -> None:
+        parse_notify_config(config)
+        self.table = config
 
 
-async def test_notify_change_applied_but_not_stored_is_put_back(tmp_path, sink):
+async def test_notify_change_applied_but_not_stored_is_put_back(tmp_path):
     """The database refuses the new version after the running notifiers took it: the appliance
     runs the stored table again, as it does for the tenant set (the same service runs both)."""
-    hook = {"name": "noc-hook", "url": f"http://127.0.0.1:{sink.port}/generic", "secret": HMAC_SECRET}
-    config = parse_config(f'[appliance]\nstate_dir = "{tmp_path / "state"}"\n'
-                          f'[[notify.webhook]]\nname = "noc-hook"\nurl = "{hook["url"]}"\nsecret = "{HMAC_SECRET}"\n')
-    appliance = Appliance(config)
-    async with contextlib.AsyncExitStack() as lifetime:
-        await appliance._start_notifiers(lifetime)
-        async with service(tmp_path, appliance=appliance, bus=appliance.bus) as (url, store, _):
-            assert await store.notify_config() == (1, {"webhook": [hook]})  # imported at start
-            with contextlib.closing(sqlite3.connect(tmp_path / "sw.db")) as db:
-                db.execute("CREATE TRIGGER refuse BEFORE INSERT ON notify_config_versions "
-                           "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
-                db.commit()
-            admin = {"Authorization": f"Bearer {await add_token(store, 'admin')}"}
-            added = {"name": "new-hook", "url": f"http://127.0.0.1:{sink.port}/new", "secret": HMAC_SECRET}
-            async with aiohttp.ClientSession(headers=admin) as http:
-                r = await http.put(f"{url}/api/v1/notify", json={"webhook": [hook, added]})
-                assert r.status == 500
-            assert await store.notify_config() == (1, {"webhook": [hook]})
-            assert appliance.notify_config() == {"webhook": [hook]}
-            assert list(appliance.notifiers.status()) == ["noc-hook"]
+    hook = {"name": "noc-hook", "url": "http://192.0.2.10/generic", "secret": HMAC_SECRET}
+    appliance = NotifyingAppliance({"webhook": [hook]})
+    async with service(tmp_path, appliance=appliance) as (url, store, _):
+        assert await store.notify_config() == (1, {"webhook": [hook]})  # imported at start
+        with contextlib.closing(sqlite3.connect(tmp_path / "sw.db")) as db:
+            db.execute("CREATE TRIGGER refuse BEFORE INSERT ON notify_config_versions "
+                       "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+            db.commit()
+        admin = {"Authorization": f"Bearer {await add_token(store, 'admin')}"}
+        added = {"name": "new-hook", "url": "http://192.0.2.10/new", "secret": HMAC_SECRET}
+        async with aiohttp.ClientSession(headers=admin) as http:
+            r = await http.put(f"{url}/api/v1/notify", json={"webhook": [hook, added]})
+            assert r.status == 500
+        assert await store.notify_config() == (1, {"webhook": [hook]})
+        assert appliance.notify_config() == {"webhook": [hook]}
