@@ -33,18 +33,8 @@ import os
 import pathlib
 from typing import Any
 
-from securewatch.settings import (
-    DATABASE_SCHEMES,
-    DEFAULT_LISTEN,
-    MAX_TRUSTED_PROXIES,
-    SQLITE_MEMORY,
-    SQLITE_SCHEME,
-    SecureWatchSettings,
-    parse_settings,
-    server_ssl_context,
-    sqlite_path,
-)
-from securewatch.settings import KEYS as SECUREWATCH_KEYS
+# [securewatch] is SecureWatch's own table: its settings, keys and checks are in securewatch.settings.
+from securewatch.settings import SecureWatchSettings, parse_settings
 from tenants.errors import ConfigError, did_you_mean, type_name
 from tenants.io import parse_toml_document, read_text
 from tenants.model import TenantSet
@@ -60,11 +50,6 @@ IFNAME_MAX_BYTES = 15            # Linux IFNAMSIZ (16) minus the terminating NUL
 
 SECTIONS = ("appliance", "securewatch", "tenants", "notify")
 APPLIANCE_KEYS = ("external", "internal", "state_dir", "log_format", "tick_ms", "bpffs")
-# [securewatch] is SecureWatch's own: its settings, keys and checks are in securewatch.settings
-# (re-exported here for the callers of this module).
-__all__ = ["DATABASE_SCHEMES", "DEFAULT_LISTEN", "MAX_TRUSTED_PROXIES", "SECUREWATCH_KEYS", "SQLITE_MEMORY",
-           "SQLITE_SCHEME", "ApplianceConfig", "ApplianceSettings", "SecureWatchSettings", "load_config",
-           "parse_config", "server_ssl_context", "sqlite_path"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

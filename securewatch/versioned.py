@@ -67,9 +67,10 @@ class VersionedConfig(abc.ABC):
         """What is stored now, with its versions: what a change starts from."""
 
     def check_expected(self, current: Any, target: str, expected: Any) -> None:
-        """ApiError 409 when `target` is no longer at a version the caller saw (If-Match)."""
+        """ApiError 409 when `target` is no longer at a version the caller saw (If-Match).
+        A configuration saved whole, without per-target versions, takes no `expected`."""
         if expected is not None:
-            raise ApiError(428, f"{self.noun}: If-Match is not supported here")
+            raise TypeError(f"the {self.noun} has no versions to check If-Match against")
 
     @abc.abstractmethod
     async def validate(self, app: web.Application, current: Any, change: Any) -> Any:
