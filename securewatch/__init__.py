@@ -1,0 +1,17 @@
+"""SecureWatch: the web service of the appliance (or of a fleet, as a central server).
+
+Where things are, in the order imports run (each module imports only those above it):
+
+    settings       the [securewatch] table: SecureWatchSettings, parsed and checked here
+    store          the database (SQLite or PostgreSQL): tenants with versions, incidents, users, audit
+    auth, credentials  principals, roles, passwords, tokens, sessions, login throttling
+    context        app keys, ApiError, the caller (principal_of, remote_of, audit), what it may see
+    versioned      one workflow for versioned configuration: validate, apply, store, audit, publish
+    incidents      incident listing, detail, acknowledging and notes, for the API and the UI alike
+    ui, api, notify_admin, access_admin   the routes: pages, REST API, NOC receivers, users and tokens
+    app            create_app (middlewares, routes) and the background work
+    server         serving the app inside the appliance or alone (central mode)
+
+Nothing here imports `appliance/`: the appliance passes its settings and hooks in
+(scripts/check_imports.py checks both rules in the lint tier).
+"""

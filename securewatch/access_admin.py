@@ -23,8 +23,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from . import app as sw
 from . import auth, credentials
+from .context import STORE, ApiError, audit, not_found, read_json, require_admin
 from .store import User
 
 log = structlog.get_logger(__name__)
@@ -52,7 +52,7 @@ async def _hash_password(password: Any) -> str:
 
 async def _tenant_problems(request: web.Request, role: Any, tenant: Any) -> list[str]:
     if role == "tenant" and isinstance(tenant, str) and tenant \
-            and tenant not in await request.app[sw.STORE].tenant_set():
+            and tenant not in await request.app[STORE].tenant_set():
         return [f"tenant: no tenant {tenant!r}"]
     return []
 
@@ -71,41 +71,41 @@ def _role_fields(body: dict[str, Any]) -> tuple[Any, Any, Any, list[str]]:
 
 
 async def _body(request: web.Request, known: tuple[str, ...]) -> dict[str, Any]:
-    body = await sw.read_json(request)
+    body = await read_json(request)
     if not isinstance(body, dict):
-        raise sw.ApiError(400, "expected a JSON object with some of: " + ", ".join(known))
+        raise ApiError(400, "expected a JSON object with some of: " + ", ".join(known))
     unknown = [k for k in body if k not in known]
     if unknown:
-        raise sw.ApiError(422, "unknown keys", [f"{k}: unknown key (known: {', '.join(known)})" for k in unknown])
+        raise ApiError(422, "unknown keys", [f"{k}: unknown key (known: {', '.join(known)})" for k in unknown])
     return body
 
 
 async def _user_or_404(request: web.Request) -> User:
-    user = await request.app[sw.STORE].user(request.match_info["name"])
+    user = await request.app[STORE].user(request.match_info["name"])
     if user is None:
-        raise sw.not_found(f"no user {request.match_info['name']!r}")
+        raise not_found(f"no user {request.match_info['name']!r}")
     return user
 
 
 async def _refuse_last_admin(request: web.Request, user: User, what: str) -> None:
     if user.role != "admin" or user.disabled:
         return
-    others = [u for u in await request.app[sw.STORE].users()
+    others = [u for u in await request.app[STORE].users()
               if u.role == "admin" and not u.disabled and u.name != user.name]
     if not others:
-        raise sw.ApiError(409, f"{user.name!r} is the last enabled administrator: {what} it with the CLI "
+        raise ApiError(409, f"{user.name!r} is the last enabled administrator: {what} it with the CLI "
                                f"(`seawall user ...`) if you mean it")
 
 
 # -- users ------------------------------------------------------------------------------
 
 async def api_users(request: web.Request) -> web.Response:
-    sw.require_admin(request)
-    return web.json_response({"users": [credentials.user_row(u) for u in await request.app[sw.STORE].users()]})
+    require_admin(request)
+    return web.json_response({"users": [credentials.user_row(u) for u in await request.app[STORE].users()]})
 
 
 async def api_user_create(request: web.Request) -> web.Response:
-    sw.require_admin(request)
+    require_admin(request)
     body = await _body(request, ("name", "password", "role", "tenant", "access"))
     name = body.get("name")
     problems = credentials.user_name_problems(name)
@@ -117,69 +117,69 @@ async def api_user_create(request: web.Request) -> web.Response:
     except ValueError as exc:
         problems.append(str(exc))
     if problems or password_hash is None:
-        raise sw.ApiError(422, "invalid user", problems)
-    store = request.app[sw.STORE]
+        raise ApiError(422, "invalid user", problems)
+    store = request.app[STORE]
     try:
         await store.add_user(User(name, password_hash, role, tenant, access, time.time()))
     except ValueError as exc:
-        raise sw.ApiError(409, str(exc), [f"name: {exc}"]) from None
-    await sw.audit(request, "user.add", target=name, tenant=tenant, details={"role": role, "access": access})
+        raise ApiError(409, str(exc), [f"name: {exc}"]) from None
+    await audit(request, "user.add", target=name, tenant=tenant, details={"role": role, "access": access})
     return web.json_response({"user": credentials.user_row(await store.user(name))}, status=201)
 
 
 async def api_user_disable(request: web.Request) -> web.Response:
-    sw.require_admin(request)
+    require_admin(request)
     user = await _user_or_404(request)
     await _refuse_last_admin(request, user, "disable")
-    await request.app[sw.STORE].set_user_disabled(user.name, True)
-    await sw.audit(request, "user.disable", target=user.name, tenant=user.tenant)
+    await request.app[STORE].set_user_disabled(user.name, True)
+    await audit(request, "user.disable", target=user.name, tenant=user.tenant)
     return web.json_response({"user": user.name, "disabled": True})
 
 
 async def api_user_enable(request: web.Request) -> web.Response:
-    sw.require_admin(request)
+    require_admin(request)
     user = await _user_or_404(request)
-    if user.tenant is not None and user.tenant not in await request.app[sw.STORE].tenant_set():
-        raise sw.ApiError(409, f"tenant: no tenant {user.tenant!r}: re-create it before enabling its users",
+    if user.tenant is not None and user.tenant not in await request.app[STORE].tenant_set():
+        raise ApiError(409, f"tenant: no tenant {user.tenant!r}: re-create it before enabling its users",
                           [f"tenant: no tenant {user.tenant!r}"])
-    await request.app[sw.STORE].set_user_disabled(user.name, False)
-    await sw.audit(request, "user.enable", target=user.name, tenant=user.tenant)
+    await request.app[STORE].set_user_disabled(user.name, False)
+    await audit(request, "user.enable", target=user.name, tenant=user.tenant)
     return web.json_response({"user": user.name, "disabled": False})
 
 
 async def api_user_delete(request: web.Request) -> web.Response:
-    sw.require_admin(request)
+    require_admin(request)
     user = await _user_or_404(request)
     await _refuse_last_admin(request, user, "delete")
-    await request.app[sw.STORE].delete_user(user.name)
-    await sw.audit(request, "user.delete", target=user.name, tenant=user.tenant)
+    await request.app[STORE].delete_user(user.name)
+    await audit(request, "user.delete", target=user.name, tenant=user.tenant)
     return web.json_response({"deleted": user.name})
 
 
 async def api_user_password(request: web.Request) -> web.Response:
-    sw.require_admin(request)
+    require_admin(request)
     user = await _user_or_404(request)
     body = await _body(request, ("password",))
     try:
         password_hash = await _hash_password(body.get("password"))
     except ValueError as exc:
-        raise sw.ApiError(422, "invalid password", [str(exc)]) from None
-    await request.app[sw.STORE].change_password(user.name, password_hash)
-    await sw.audit(request, "user.password", target=user.name, tenant=user.tenant)
+        raise ApiError(422, "invalid password", [str(exc)]) from None
+    await request.app[STORE].change_password(user.name, password_hash)
+    await audit(request, "user.password", target=user.name, tenant=user.tenant)
     return web.json_response({"user": user.name, "password_changed": True})
 
 
 # -- tokens -----------------------------------------------------------------------------
 
 async def api_tokens(request: web.Request) -> web.Response:
-    sw.require_admin(request)
+    require_admin(request)
     now = time.time()
     return web.json_response({"tokens": [credentials.token_row(t, now)
-                                         for t in await request.app[sw.STORE].tokens()]})
+                                         for t in await request.app[STORE].tokens()]})
 
 
 async def api_token_create(request: web.Request) -> web.Response:
-    sw.require_admin(request)
+    require_admin(request)
     body = await _body(request, ("role", "tenant", "access", "label", "expires"))
     role, tenant, access, problems = _role_fields(body)
     problems += await _tenant_problems(request, role, tenant)
@@ -192,22 +192,22 @@ async def api_token_create(request: web.Request) -> web.Response:
     except ValueError as exc:
         problems.append(str(exc))
     if problems:
-        raise sw.ApiError(422, "invalid token", problems)
+        raise ApiError(422, "invalid token", problems)
     token = auth.new_token()
-    store = request.app[sw.STORE]
+    store = request.app[STORE]
     token_id = await store.add_token(auth.token_hash(token), label, role, tenant, access, expires_at)
-    await sw.audit(request, "token.create", target=str(token_id), tenant=tenant,
+    await audit(request, "token.create", target=str(token_id), tenant=tenant,
                    details={"role": role, "access": access, "label": label, "expires_at": expires_at})
     row = next(credentials.token_row(t, now) for t in await store.tokens() if t.id == token_id)
     return web.json_response({**row, "token": token}, status=201)
 
 
 async def api_token_revoke(request: web.Request) -> web.Response:
-    sw.require_admin(request)
+    require_admin(request)
     text = request.match_info["token_id"]
     # Digits only and short: ids are 64-bit integers in the database.
-    if not (text.isascii() and text.isdigit()) or len(text) > 18 or not await request.app[sw.STORE].revoke_token(int(text)):
-        raise sw.not_found(f"no token {text!r}")
-    token = next(t for t in await request.app[sw.STORE].tokens() if t.id == int(text))
-    await sw.audit(request, "token.revoke", target=text, tenant=token.tenant, details={"label": token.label})
+    if not (text.isascii() and text.isdigit()) or len(text) > 18 or not await request.app[STORE].revoke_token(int(text)):
+        raise not_found(f"no token {text!r}")
+    token = next(t for t in await request.app[STORE].tokens() if t.id == int(text))
+    await audit(request, "token.revoke", target=text, tenant=token.tenant, details={"label": token.label})
     return web.json_response({"revoked": int(text)})

@@ -13,7 +13,7 @@ import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from .app import PRINCIPAL
+from .context import PRINCIPAL
 
 log = structlog.get_logger("securewatch.access")
 

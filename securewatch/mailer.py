@@ -20,6 +20,7 @@ import structlog
 
 from .reports import Period, build_report, previous_month
 from .store import Store
+from .ui import template_environment
 
 if TYPE_CHECKING:
     from tenants import Tenant
@@ -51,8 +52,6 @@ class ReportMailer:
         """Mail one tenant's report for `period` unless already mailed; True when sent now."""
         if not tenant.contacts or await store.report_mailed(tenant.id, period.label):
             return False
-        from .ui import template_environment  # noqa: PLC0415 - avoid an import cycle
-
         report = await build_report(store, tenant.id, tenant.name, period, now)
         html = template_environment().get_template("report.html").render(r=report, summary=report.summary)
         s = report.summary

@@ -5,31 +5,43 @@
                           unless the change moves where that secret goes (host, port, TLS, URL)
     GET/POST /notify      the "NOC receivers" page (noc: read-only; tenants: 404)
 
-A change is validated by `parse_notify_config` (422 naming the key), applied to the running
+A change goes through the versioned configuration service (`versioned.change_config`, as the
+tenant set's do): validated by `parse_notify_config` (422 naming the key), applied to the running
 notifiers through the appliance's `reconfigure_notifiers` (when there is an appliance), then
 stored as a new version, written to the audit log (receiver names and which secrets changed,
 never a secret's value) and published as POLICY_CHANGE. At start the stored table wins over
-the config file's, as it does for tenants: edits made here survive a restart.
+the config file's, as it does for tenants (`versioned.sync_at_start`): edits made here survive
+a restart. `NotifyReceivers` is how the service does each step for this table.
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
+import dataclasses
 import tomllib
-from collections.abc import AsyncIterator
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
 import tomli_w
 from aiohttp import web
 
-from policy.events import Event, EventBus, EventType, Severity
+from policy.events import Event, EventType, Severity
 from tenants.errors import ConfigError
 
-from . import app as sw
 from . import ui
+from .context import (
+    APPLIANCE,
+    NOTIFY_LOCK,
+    STORE,
+    ApiError,
+    check_csrf,
+    not_found,
+    principal_of,
+    read_json,
+    require_admin,
+)
 from .notify.config import KINDS, NotifyConfig, Secret, parse_notify_config
+from .versioned import VersionedConfig, change_config
 
 log = structlog.get_logger(__name__)
 
@@ -60,8 +72,6 @@ EMPTY_TOML_HINT = """\
 # transport = "tcp"
 """
 
-NOTIFY_LOCK = web.AppKey("notify_lock", asyncio.Lock)
-
 
 @runtime_checkable
 class NotifyHooks(Protocol):
@@ -75,8 +85,6 @@ class NotifyHooks(Protocol):
 
 
 def add_routes(app: web.Application) -> None:
-    app[NOTIFY_LOCK] = asyncio.Lock()
-    app.cleanup_ctx.append(_sync_at_start)
     r = app.router
     r.add_get("/api/v1/notify", api_notify)
     r.add_put("/api/v1/notify", api_notify_put)
@@ -85,7 +93,7 @@ def add_routes(app: web.Application) -> None:
 
 
 def hooks_of(app: web.Application) -> NotifyHooks | None:
-    appliance = app[sw.APPLIANCE]
+    appliance = app[APPLIANCE]
     return appliance if isinstance(appliance, NotifyHooks) else None
 
 
@@ -233,7 +241,7 @@ def _summary(old_table: dict[str, Any], new: NotifyConfig) -> dict[str, Any]:
 
 async def current_table(app: web.Application) -> tuple[dict[str, Any], int | None]:
     """The table in force (secrets included) and its stored version (None: not stored yet)."""
-    stored = await app[sw.STORE].notify_config()
+    stored = await app[STORE].notify_config()
     if stored is not None:
         return stored[1], stored[0]
     hooks = hooks_of(app)
@@ -241,26 +249,48 @@ async def current_table(app: web.Application) -> tuple[dict[str, Any], int | Non
 
 
 def require_noc_or_admin(request: web.Request, *, hide: bool) -> None:
-    if not sw.principal_of(request).sees_all:
+    if not principal_of(request).sees_all:
         if hide:  # pages: a tenant sees no sign that the page exists
-            raise sw.not_found()
-        raise sw.ApiError(403, "the NOC receivers are for the admin and noc roles only")
+            raise not_found()
+        raise ApiError(403, "the NOC receivers are for the admin and noc roles only")
 
 
-async def change_notify(request: web.Request, table: Any) -> dict[str, Any]:
-    """Validate, apply (when there is an appliance), store, audit and publish a new `[notify]` table.
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Proposed:
+    table: dict[str, Any]              # as it will be stored and run: secrets kept from the current one
+    parsed: NotifyConfig
 
-    ApiError 422 with `problems` naming the key leaves everything as it was.
-    """
-    if not isinstance(table, dict):
-        raise sw.ApiError(400, "expected a JSON object: the [notify] table",
-                          ["notify: must be a table such as {\"syslog\": [{...}]}"])
-    app = request.app
-    actor = sw.principal_of(request).name
-    async with app[NOTIFY_LOCK]:
-        current, _ = await current_table(app)
-        merged, problems = unmask(table, current)
-        tenant_ids = (await app[sw.STORE].tenant_set()).ids
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NotifyChanged:
+    table: dict[str, Any]              # stored (secrets included: never send it as is)
+    version: int
+    applied: bool                      # the running notifiers took it (False: no appliance here)
+    receivers: int
+    summary: dict[str, Any]            # what changed, without secret values (see _summary)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"notify": mask(self.table), "version": self.version, "applied": self.applied}
+
+
+class NotifyReceivers(VersionedConfig):
+    """The `[notify]` table for the versioned configuration service: no If-Match (one table, saved
+    whole), secrets sent as MASK keep their current value."""
+
+    name = "notify"
+    noun = "[notify] table"
+    lock = NOTIFY_LOCK
+
+    async def read(self, app: web.Application) -> dict[str, Any]:
+        return (await current_table(app))[0]
+
+    async def validate(self, app: web.Application, current: dict[str, Any], change: Any) -> _Proposed:
+        if not isinstance(change, dict):
+            raise ApiError(400, "expected a JSON object: the [notify] table",
+                           ["notify: must be a table such as {\"syslog\": [{...}]}"])
+        merged, problems = unmask(change, current)
+        tenant_ids = (await app[STORE].tenant_set()).ids
+        parsed = None
         try:
             parsed = parse_notify_config(merged, tenant_ids)
         except ConfigError as exc:
@@ -268,52 +298,78 @@ async def change_notify(request: web.Request, table: Any) -> dict[str, Any]:
             unkept = {problem.split(": ", 1)[0] for problem in problems}
             problems.extend(p for p in exc.problems if p.split(": ", 1)[0] not in unkept)
         else:
-            problems.extend(retargeted(table, current, parsed))
-        if problems:  # every problem at once: missing secrets, bad keys, moved secrets
-            raise sw.ApiError(422, "invalid notify configuration", problems)
+            problems.extend(retargeted(change, current, parsed))
+        if problems or parsed is None:  # every problem at once: missing secrets, bad keys, moved secrets
+            raise ApiError(422, "invalid notify configuration", problems)
+        return _Proposed(merged, parsed)
+
+    async def apply(self, app: web.Application, proposed: _Proposed, action: str, target: str) -> bool:
+        return await self._run(app, proposed.table)
+
+    async def restore(self, app: web.Application, action: str, target: str) -> None:
+        await self._run(app, (await current_table(app))[0])
+
+    @staticmethod
+    async def _run(app: web.Application, table: dict[str, Any]) -> bool:
         hooks = hooks_of(app)
-        applied = False
-        if hooks is not None:
-            try:
-                await hooks.reconfigure_notifiers(merged)
-            except ValueError as exc:
-                raise sw.ApiError(422, "invalid notify configuration",
-                                  exc.problems if isinstance(exc, ConfigError) else [str(exc)]) from None
-            except Exception as exc:
-                log.error("securewatch.notify_apply_failed", error=f"{type(exc).__name__}: {exc}")
-                raise sw.ApiError(502, f"the appliance could not apply the receivers: {type(exc).__name__}: {exc}"
-                                  ) from exc
-            applied = True
-        version = await app[sw.STORE].save_notify_config(merged, actor, "notify.update")
-        summary = _summary(current, parsed)
-    await sw.audit(request, "notify.update", target="notify", details={"version": version, "applied": applied,
-                                                                        **summary})
-    bus: EventBus | None = app[sw.BUS]
-    if bus is not None:
-        bus.publish(Event(EventType.POLICY_CHANGE, None, f"NOC receivers changed by {actor}", Severity.NOTICE,
-                          details={"version": version, "actor": actor, "receivers": summary["receivers"]}))
-    log.info("securewatch.notify_changed", version=version, applied=applied, receivers=len(parsed.receivers),
-             secrets_changed=len(summary["secrets_changed"]))
-    return {"notify": mask(merged), "version": version, "applied": applied}
+        if hooks is None:
+            return False
+        try:
+            await hooks.reconfigure_notifiers(table)
+        except ValueError as exc:
+            raise ApiError(422, "invalid notify configuration",
+                           exc.problems if isinstance(exc, ConfigError) else [str(exc)]) from None
+        except Exception as exc:
+            log.error("securewatch.notify_apply_failed", error=f"{type(exc).__name__}: {exc}")
+            raise ApiError(502, f"the appliance could not apply the receivers: {type(exc).__name__}: {exc}"
+                           ) from exc
+        return True
+
+    async def save(self, app: web.Application, proposed: _Proposed, current: dict[str, Any], actor: str,
+                   action: str, applied: bool) -> NotifyChanged:
+        version = await app[STORE].save_notify_config(proposed.table, actor, action)
+        return NotifyChanged(proposed.table, version, applied, len(proposed.parsed.receivers),
+                             _summary(current, proposed.parsed))
+
+    def audit_entry(self, outcome: NotifyChanged, target: str) -> tuple[str | None, dict[str, Any]]:
+        return None, {"version": outcome.version, "applied": outcome.applied, **outcome.summary}
+
+    def event(self, outcome: NotifyChanged, actor: str, action: str, target: str) -> Event | None:
+        return Event(EventType.POLICY_CHANGE, None, f"NOC receivers changed by {actor}", Severity.NOTICE,
+                     details={"version": outcome.version, "actor": actor, "receivers": outcome.summary["receivers"]})
+
+    def log_fields(self, outcome: NotifyChanged, action: str, target: str) -> dict[str, Any]:
+        return {"version": outcome.version, "applied": outcome.applied, "receivers": outcome.receivers,
+                "secrets_changed": len(outcome.summary["secrets_changed"])}
+
+    def running(self, app: web.Application) -> dict[str, Any] | None:
+        hooks = hooks_of(app)
+        return hooks.notify_config() if hooks is not None else None
+
+    async def stored(self, app: web.Application) -> tuple[dict[str, Any], int | None] | None:
+        stored = await app[STORE].notify_config()
+        return (stored[1], stored[0]) if stored is not None else None
+
+    async def import_running(self, app: web.Application, running: dict[str, Any]) -> None:
+        await app[STORE].save_notify_config(running, "appliance", "import")
+
+    async def run_stored(self, app: web.Application, stored: dict[str, Any]) -> None:
+        hooks = hooks_of(app)
+        assert hooks is not None  # running() found them
+        await hooks.reconfigure_notifiers(stored)
+
+    def sync_fields(self, value: dict[str, Any], version: int | None, error: Exception | None) -> dict[str, Any]:
+        fields: dict[str, Any] = {"version": version} if version is not None else {}
+        return fields | ({"problem": str(error)} if error is not None else {})
 
 
-async def _sync_at_start(app: web.Application) -> AsyncIterator[None]:
-    """An empty store takes the appliance's table; otherwise the store (edits made here) wins."""
-    hooks = hooks_of(app)
-    if hooks is not None:
-        stored = await app[sw.STORE].notify_config()
-        running = hooks.notify_config()
-        if stored is None:
-            if running:
-                await app[sw.STORE].save_notify_config(running, "appliance", "import")
-                log.info("securewatch.notify_imported")
-        elif stored[1] != running:
-            try:
-                await hooks.reconfigure_notifiers(stored[1])
-                log.info("securewatch.notify_restored", version=stored[0])
-            except ValueError as exc:
-                log.error("securewatch.notify_restore_refused", version=stored[0], problem=str(exc))
-    yield
+async def change_notify(request: web.Request, table: Any) -> dict[str, Any]:
+    """Validate, apply (when there is an appliance), store, audit and publish a new `[notify]` table.
+
+    ApiError 422 with `problems` naming the key leaves everything as it was.
+    """
+    outcome = await change_config(request, NotifyReceivers(), table, action="notify.update", target="notify")
+    return outcome.to_dict()
 
 
 # -- API ---------------------------------------------------------------------------------
@@ -325,15 +381,15 @@ async def api_notify(request: web.Request) -> web.Response:
 
 
 async def api_notify_put(request: web.Request) -> web.Response:
-    sw.require_admin(request)
-    return web.json_response(await change_notify(request, await sw.read_json(request)))
+    require_admin(request)
+    return web.json_response(await change_notify(request, await read_json(request)))
 
 
 # -- the page ------------------------------------------------------------------------------
 
 def _receivers(app: web.Application) -> list[dict[str, Any]] | None:
     """Health and backlog of each running receiver; None without an appliance."""
-    appliance = app[sw.APPLIANCE]
+    appliance = app[APPLIANCE]
     if appliance is None:
         return None
     rows = []
@@ -352,8 +408,8 @@ async def _render(request: web.Request, *, text: str | None = None, errors: list
     table, version = await current_table(request.app)
     return ui.render(request, "notify.html", status=status, toml_text=masked_toml(table) if text is None else text,
                      field=TOML_FIELD, errors=errors or [], saved=saved, version=version,
-                     editable=sw.principal_of(request).is_admin, receivers=_receivers(request.app),
-                     versions=await request.app[sw.STORE].notify_config_versions(10))
+                     editable=principal_of(request).is_admin, receivers=_receivers(request.app),
+                     versions=await request.app[STORE].notify_config_versions(10))
 
 
 async def notify_page(request: web.Request) -> web.Response:
@@ -379,15 +435,15 @@ def parse_toml_field(text: str) -> dict[str, Any]:
 
 async def notify_submit(request: web.Request) -> web.Response:
     require_noc_or_admin(request, hide=True)
-    form = await ui.check_csrf(request)
-    sw.require_admin(request)
+    form = await check_csrf(request)
+    require_admin(request)
     text = str(form.get(TOML_FIELD, ""))
     try:
         table = parse_toml_field(text)
         result = await change_notify(request, table)
     except ValueError as exc:
         return await _render(request, text=text, errors=[str(exc)], status=422)
-    except sw.ApiError as exc:
+    except ApiError as exc:
         if exc.status not in (400, 422):
             raise
         return await _render(request, text=text, errors=exc.problems or [exc.message], status=exc.status)

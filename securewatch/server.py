@@ -13,10 +13,10 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from appliance.config import SecureWatchSettings
-
 from .access_log import StructlogAccessLogger
-from .app import ApplianceHooks, create_app
+from .app import create_app
+from .context import ApplianceHooks
+from .settings import SecureWatchSettings
 from .store import Store
 
 log = structlog.get_logger(__name__)

@@ -34,6 +34,8 @@ import structlog
 
 from tenants import Tenant, TenantSet
 
+from .settings import sqlite_path
+
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
@@ -299,8 +301,6 @@ class _Backend:
 
 
 def _open_backend(url: str) -> _Backend:
-    from appliance.config import sqlite_path  # noqa: PLC0415 - avoid a cycle at import time
-
     if url.startswith(("postgresql://", "postgres://")):
         import psycopg  # noqa: PLC0415 - only fleets need it loaded
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import html
+import pathlib
 import re
 import secrets
 import time
@@ -23,11 +24,35 @@ from tenants import ConfigError
 from tenants.model import PORT_MAX
 from tenants.policy import RATE_PPS_MAX, REFLECTION_MODES, TenantPolicy
 
-from . import app as sw
 from . import auth
-from .store import Session
+from .context import (
+    APPLIANCE,
+    LIMITER,
+    LOGIN_GATE,
+    PRINCIPAL,
+    SESSION,
+    SESSION_COOKIE,
+    STORE,
+    TEMPLATES,
+    ApiError,
+    audit,
+    check_csrf,
+    cookie_secure,
+    parse_version_tags,
+    principal_of,
+    remote_of,
+    scoped_status,
+    tenant_versions_shown,
+    visible_tenant,
+    visible_tenant_version,
+)
+from .incidents import MAX_NOTE_CHARS, acknowledge, add_note, handled_incident, incident_detail, incident_list
+from .store import IncidentFilter, Session
+from .versioned import change_tenants, merged_policy_table, policy_update, replace_tenant
 
 log = structlog.get_logger(__name__)
+
+PACKAGE_DIR = pathlib.Path(__file__).parent
 
 POLICY_INT_FIELDS = ("min_pps", "min_tenant_pps", "syn_rate_pps", "udp_rate_pps", "icmp_rate_pps",
                      "fragment_rate_pps")
@@ -81,27 +106,19 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/incidents/{incident_id}/acknowledge", incident_acknowledge)
     r.add_post("/incidents/{incident_id}/notes", incident_note)
     r.add_get("/reports", reports_page)
-    r.add_static("/static", sw.PACKAGE_DIR / "static", name="static")
+    r.add_static("/static", PACKAGE_DIR / "static", name="static")
 
 
 def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
-    session: Session | None = request.get(sw.SESSION)
-    text = request.app[sw.TEMPLATES].get_template(template).render(
-        principal=request.get(sw.PRINCIPAL), csrf=session.csrf if session else "", path=request.path,
-        central=request.app[sw.APPLIANCE] is None, **context)
+    session: Session | None = request.get(SESSION)
+    text = request.app[TEMPLATES].get_template(template).render(
+        principal=request.get(PRINCIPAL), csrf=session.csrf if session else "", path=request.path,
+        central=request.app[APPLIANCE] is None, **context)
     return web.Response(text=text, status=status, content_type="text/html")
 
 
 def error_page(request: web.Request, status: int, message: str, problems: list[str]) -> web.Response:
     return render(request, "error.html", status=status, status_code=status, message=message, problems=problems)
-
-
-async def check_csrf(request: web.Request) -> Any:
-    form = await request.post()
-    session: Session | None = request.get(sw.SESSION)
-    if session is None or form.get("csrf_token") != session.csrf:
-        raise sw.ApiError(403, "the form expired or did not come from this site; reload the page and try again")
-    return form
 
 
 # -- login ------------------------------------------------------------------------------
@@ -153,7 +170,7 @@ def _login_page(request: web.Request, status: int = 200, *, username: str = "", 
     if fresh:
         # Double submit: a cross-site form can send this cookie but cannot read it to fill the field.
         response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="Strict", path="/login",
-                            secure=sw.cookie_secure(request))
+                            secure=cookie_secure(request))
     return response
 
 
@@ -174,10 +191,10 @@ async def login_submit(request: web.Request) -> web.Response:
     if len(username) > auth.MAX_USERNAME_CHARS or len(password) > auth.MAX_PASSWORD_CHARS:
         return _login_page(request, 400, nxt=nxt, error=f"User name: at most {auth.MAX_USERNAME_CHARS} characters; "
                                                         f"password: at most {auth.MAX_PASSWORD_CHARS}.")
-    remote = sw.remote_of(request)
-    store = request.app[sw.STORE]
-    limiter = request.app[sw.LIMITER]
-    gate = request.app[sw.LOGIN_GATE]
+    remote = remote_of(request)
+    store = request.app[STORE]
+    limiter = request.app[LIMITER]
+    gate = request.app[LOGIN_GATE]
     # Counted as a failure now, before any await, so concurrent attempts see each other.
     throttled = limiter.attempt(username, remote)
     if throttled is not None:
@@ -213,8 +230,8 @@ async def login_submit(request: web.Request) -> web.Response:
                                        now + auth.SESSION_LIFETIME_S), remote)
     await store.audit(user.name, "login", remote=remote)
     response = web.HTTPFound(nxt)
-    response.set_cookie(sw.SESSION_COOKIE, session_id, httponly=True, samesite="Strict", path="/",
-                        max_age=auth.SESSION_LIFETIME_S, secure=sw.cookie_secure(request))
+    response.set_cookie(SESSION_COOKIE, session_id, httponly=True, samesite="Strict", path="/",
+                        max_age=auth.SESSION_LIFETIME_S, secure=cookie_secure(request))
     response.del_cookie(LOGIN_CSRF_COOKIE, path="/login")
     raise response
 
@@ -233,35 +250,35 @@ async def _audit_throttled(store: Any, username: str, remote: str, throttled: au
 
 async def logout(request: web.Request) -> web.Response:
     await check_csrf(request)
-    session: Session | None = request.get(sw.SESSION)
+    session: Session | None = request.get(SESSION)
     if session is not None:
-        await request.app[sw.STORE].delete_session(session.id_hash)
-        await sw.audit(request, "logout")
+        await request.app[STORE].delete_session(session.id_hash)
+        await audit(request, "logout")
     response = web.HTTPFound("/login")
-    response.del_cookie(sw.SESSION_COOKIE, path="/")
+    response.del_cookie(SESSION_COOKIE, path="/")
     raise response
 
 
 # -- pages ------------------------------------------------------------------------------
 
 async def _visible_tenants(request: web.Request) -> list[Any]:
-    p = sw.principal_of(request)
-    return [t for t in await request.app[sw.STORE].tenant_set() if p.can_read(t.id)]
+    p = principal_of(request)
+    return [t for t in await request.app[STORE].tenant_set() if p.can_read(t.id)]
 
 
 async def dashboard(request: web.Request) -> web.Response:
-    p = sw.principal_of(request)
+    p = principal_of(request)
     tenants = await _visible_tenants(request)
-    appliance = request.app[sw.APPLIANCE]
-    status = sw.scoped_status(appliance.status(), p) if appliance is not None else {"tenants": {}}
+    appliance = request.app[APPLIANCE]
+    status = scoped_status(appliance.status(), p) if appliance is not None else {"tenants": {}}
     rows = []
     for t in tenants:
         s = (status.get("tenants") or {}).get(t.id, {})
         rows.append({"id": t.id, "name": t.name, "mode": t.mode, "passed_pps": s.get("passed_pps"),
                      "dropped_pps": s.get("dropped_pps"), "passed_bps": s.get("passed_bps"),
                      "dropped_bps": s.get("dropped_bps")})
-    active = await request.app[sw.STORE].incidents(
-        sw.IncidentFilter(tenants=p.visible_tenants(()), state="active", limit=50))
+    active = await request.app[STORE].incidents(
+        IncidentFilter(tenants=p.visible_tenants(()), state="active", limit=50))
     receivers = []
     if p.sees_all:  # the NOC's receivers: health and backlog of each
         for name, r in sorted((status.get("notifiers") or {}).items()):
@@ -288,8 +305,8 @@ def _form_from_tenant(tenant: Any) -> dict[str, Any]:
 
 
 async def policy_page(request: web.Request) -> web.Response:
-    tenant, version = await sw.visible_tenant_version(request, request.match_info["tenant_id"])
-    versions = await sw.tenant_versions_shown(request, tenant.id)
+    tenant, version = await visible_tenant_version(request, request.match_info["tenant_id"])
+    versions = await tenant_versions_shown(request, tenant.id)
     return _policy_render(request, tenant, {**_form_from_tenant(tenant), "version": version}, {}, [],
                           versions[:10], saved=False)
 
@@ -298,7 +315,7 @@ def _policy_render(request: web.Request, tenant: Any, form: dict[str, Any], erro
                    general: list[str], versions: list[Any], saved: bool, status: int = 200,
                    conflict: str | None = None) -> web.Response:
     """form["version"]: the version the form was filled from, sent back to detect a concurrent save."""
-    p = sw.principal_of(request)
+    p = principal_of(request)
     return render(request, "policy.html", status=status, tenant=tenant, form=form, errors=errors, general=general,
                   versions=versions, saved=saved, editable=p.can_edit_policy(tenant.id), admin=p.is_admin,
                   reflection_modes=REFLECTION_MODES, int_fields=POLICY_INT_FIELDS, bool_fields=POLICY_BOOL_FIELDS,
@@ -385,11 +402,11 @@ def parse_policy_form(values: dict[str, Any], errors: dict[str, list[str]]) -> d
 
 
 async def policy_submit(request: web.Request) -> web.Response:
-    tenant = await sw.visible_tenant(request, request.match_info["tenant_id"])
+    tenant = await visible_tenant(request, request.match_info["tenant_id"])
     form = await check_csrf(request)
-    p = sw.principal_of(request)
+    p = principal_of(request)
     if not p.can_edit_policy(tenant.id):
-        raise sw.ApiError(403, "you may read this tenant's policy but not change it")
+        raise ApiError(403, "you may read this tenant's policy but not change it")
     errors: dict[str, list[str]] = {}
     values: dict[str, Any] = {k: str(form.get(k, "")) for k in ("prefixes", "mode", "allow", "deny",
                                                                  "sensitivity", "reflection_filter",
@@ -397,7 +414,7 @@ async def policy_submit(request: web.Request) -> web.Response:
     for k in POLICY_BOOL_FIELDS:
         values[k] = form.get(k) == "on"
     values["version"] = str(form.get("version", "")).strip()
-    expected = sw.parse_version_tags(values["version"], "version") if values["version"] else None
+    expected = parse_version_tags(values["version"], "version") if values["version"] else None
     policy = parse_policy_form(values, errors)
     body: dict[str, Any] = {"mode": values["mode"], "policy": policy,
                             "allow": parse_acl_lines(values["allow"], "allow", errors),
@@ -406,21 +423,21 @@ async def policy_submit(request: web.Request) -> web.Response:
         body["prefixes"] = [line.strip() for line in values["prefixes"].splitlines() if line.strip()]
     else:
         values["prefixes"] = "\n".join(str(x) for x in tenant.prefixes)
-    versions = await sw.tenant_versions_shown(request, tenant.id)
+    versions = await tenant_versions_shown(request, tenant.id)
     general: list[str] = []
     if errors:
         # The fields that parsed are still checked, against the whole set (overlaps, capacity),
         # so that one submission shows every problem.
-        table = sw.merged_policy_table(tenant, body, p)
+        table = merged_policy_table(tenant, body, p)
         try:
-            sw.replace_tenant(await request.app[sw.STORE].tenant_set(), table, must_exist=True)
+            replace_tenant(await request.app[STORE].tenant_set(), table, must_exist=True)
         except ConfigError as exc:
             _sort_problems(exc.problems, errors, general)
         return _policy_render(request, tenant, values, errors, general, versions[:10], saved=False, status=422)
     try:
-        done = await sw.change_tenants(request, sw.policy_update(tenant.id, body, p), "policy.update", tenant.id,
+        done = await change_tenants(request, policy_update(tenant.id, body, p), "policy.update", tenant.id,
                                        expected=expected)
-    except sw.ApiError as exc:
+    except ApiError as exc:
         if exc.status != 409:
             raise
         now = exc.extra.get("version")
@@ -434,44 +451,36 @@ async def policy_submit(request: web.Request) -> web.Response:
         _sort_problems(exc.problems, errors, general)
         return _policy_render(request, tenant, values, errors, general, versions[:10], saved=False, status=422)
     updated = done.state.tenants[tenant.id]
-    versions = await sw.tenant_versions_shown(request, tenant.id)
+    versions = await tenant_versions_shown(request, tenant.id)
     return _policy_render(request, updated, {**_form_from_tenant(updated), "version": done.state.versions[tenant.id]},
                           {}, [], versions[:10], saved=True)
 
 
 async def incidents_page(request: web.Request) -> web.Response:
-    flt = await sw.incident_filter(request, request.query)
-    incidents = await request.app[sw.STORE].incidents(flt)
+    incidents = await incident_list(request)
     tenants = await _visible_tenants(request)
     return render(request, "incidents.html", incidents=incidents, tenants=tenants, query=request.query)
 
 
 async def incident_page(request: web.Request) -> web.Response:
-    detail = await sw.incident_detail(request, request.match_info["incident_id"])
+    detail = await incident_detail(request, request.match_info["incident_id"])
     svg = timeline_svg(detail["timeline"])
-    can_handle = sw.principal_of(request).can_handle_incident(detail["tenant"])
+    can_handle = principal_of(request).can_handle_incident(detail["tenant"])
     return render(request, "incident.html", inc=detail, svg=svg, can_handle=can_handle)
 
 
 async def incident_acknowledge(request: web.Request) -> web.Response:
-    incident = await sw.visible_incident(request, request.match_info["incident_id"])
-    await check_csrf(request)
-    if not sw.principal_of(request).can_handle_incident(incident.tenant):
-        raise sw.ApiError(403, "you may read this incident but not acknowledge it")
-    await request.app[sw.STORE].acknowledge(incident.id, sw.principal_of(request).name)
-    await sw.audit(request, "incident.acknowledge", target=incident.id, tenant=incident.tenant)
+    incident, _ = await handled_incident(request, request.match_info["incident_id"], "acknowledge", form=True)
+    await acknowledge(request, incident)
     raise web.HTTPFound(f"/incidents/{incident.id}")
 
 
 async def incident_note(request: web.Request) -> web.Response:
-    incident = await sw.visible_incident(request, request.match_info["incident_id"])
-    form = await check_csrf(request)
-    if not sw.principal_of(request).can_handle_incident(incident.tenant):
-        raise sw.ApiError(403, "you may read this incident but not annotate it")
+    incident, form = await handled_incident(request, request.match_info["incident_id"], "annotate", form=True)
     text = str(form.get("text", "")).strip()
-    if not text or len(text) > sw.MAX_NOTE_CHARS:
-        raise sw.ApiError(400, f"a note needs 1 to {sw.MAX_NOTE_CHARS} characters")
-    await sw.add_note(request, incident.id, incident.tenant, text, internal=form.get("internal") == "on")
+    if not text or len(text) > MAX_NOTE_CHARS:
+        raise ApiError(400, f"a note needs 1 to {MAX_NOTE_CHARS} characters")
+    await add_note(request, incident.id, incident.tenant, text, internal=form.get("internal") == "on")
     raise web.HTTPFound(f"/incidents/{incident.id}")
 
 
@@ -486,7 +495,7 @@ async def reports_page(request: web.Request) -> web.Response:
 
 
 def render_report_html(app: web.Application, report: Any) -> str:
-    return app[sw.TEMPLATES].get_template("report.html").render(r=report, summary=report.summary)
+    return app[TEMPLATES].get_template("report.html").render(r=report, summary=report.summary)
 
 
 # -- the incident timeline as inline SVG ---------------------------------------------------

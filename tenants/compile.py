@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from dataplane.constants import (
     ACL_ENTRIES_PER_PREFIX,
@@ -24,9 +25,12 @@ from dataplane.constants import (
     ReflectionFilter,  # `policy.reflection_filter` as the dataplane reads it
     TenantMode,
 )
+from tenants.addresses import PORT_MAX, Network, network_bounds
 from tenants.errors import ConfigError
-from tenants.model import PORT_MAX, AclEntry, Network, Tenant, TenantSet, network_bounds
 from tenants.policy import TenantPolicy
+
+if TYPE_CHECKING:  # the model imports this module (capacity_problems): only its types here
+    from tenants.model import AclEntry, Tenant, TenantSet
 
 # One ACL entry as the dataplane stores it: (proto, sport_lo, sport_hi, dport_lo, dport_hi).
 # proto 0 means any protocol; 0..65535 means any port.

@@ -17,11 +17,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from dataplane.constants import IPPROTO
+from tenants.addresses import PORT_MAX, Address, Network, network_bounds
+from tenants.compile import capacity_problems
 from tenants.errors import ConfigError, did_you_mean, type_name
 from tenants.policy import TenantPolicy, shown
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 TENANT_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 TENANT_ID_RULE = "lowercase letters, digits, '-' and '_', starting with a letter or digit, at most 63 characters"
@@ -30,7 +29,6 @@ DEFAULT_MODE = "mitigate"
 TENANT_KEYS = ("id", "name", "prefixes", "mode", "allow", "deny", "policy", "contacts")
 ACL_KEYS = ("src", "proto", "sport", "dport")
 ACL_LISTS = ("allow", "deny")
-PORT_MAX = 65535
 PROTO_MAX = 255
 PROTO_NAMES = {number: name for name, number in IPPROTO.items()}
 PORT_PROTOCOLS = (IPPROTO["tcp"], IPPROTO["udp"])
@@ -75,12 +73,6 @@ def parse_network(value: object) -> Network:
     if value_int & host_bits:
         raise ValueError(f"{text} has host bits set (did you mean {network}?)")
     return network
-
-
-def network_bounds(network: Network) -> tuple[int, int]:
-    """First and last address of a network as integers (cheaper than broadcast_address)."""
-    first = int(network.network_address)
-    return first, first + (1 << (network.max_prefixlen - network.prefixlen)) - 1
 
 
 def parse_address(value: str | Address) -> Address:
@@ -558,9 +550,7 @@ class TenantSet:
 
 
 def _capacity_problems(tenants: Sequence[Tenant]) -> list[str]:
-    """What would not fit the dataplane's maps (tenants.compile, which imports this module)."""
-    from tenants.compile import capacity_problems  # noqa: PLC0415 - import cycle
-
+    """What would not fit the dataplane's maps."""
     return capacity_problems(tenants)
 
 

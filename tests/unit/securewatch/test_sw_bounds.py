@@ -18,7 +18,7 @@ from test_sw_helpers import add_token, add_user, login, service
 
 from dataplane.constants import MAX_ACL_PREFIXES
 from securewatch import notify_admin
-from securewatch.app import MAX_JSON_DEPTH, json_depth
+from securewatch.context import MAX_JSON_DEPTH, json_depth
 from securewatch.mailer import ReportMailer
 from securewatch.store import Store
 from tenants import Tenant, TenantSet, parse_network

@@ -10,10 +10,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from appliance.config import SecureWatchSettings
 from policy.events import Event, EventType
 from securewatch import auth
 from securewatch.app import create_app
+from securewatch.settings import SecureWatchSettings
 from securewatch.store import Store, User
 from tenants import TenantSet
 

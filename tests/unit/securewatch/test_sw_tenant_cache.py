@@ -13,6 +13,7 @@ from aiohttp import web
 from test_sw_helpers import TENANTS, InMemoryAppliance, add_token, running_app, settings
 
 from securewatch import app as sw
+from securewatch import versioned
 from securewatch.store import SCHEMA_VERSION, Store, TenantSetChanged
 from tenants import ConfigError, TenantSet
 
@@ -40,7 +41,7 @@ async def test_item17_tenant_set_parsed_once_per_stored_version(tmp_path, databa
         assert state.tenants is first and dict(state.versions) == {"alpha": 1, "beta": 1}
 
         # A save here replaces the cache with the saved set (in id order) and its versions.
-        edited = sw.replace_tenant(first, {**first["beta"].to_dict(), "mode": "mitigate"}, must_exist=True)
+        edited = versioned.replace_tenant(first, {**first["beta"].to_dict(), "mode": "mitigate"}, must_exist=True)
         assert await store.save_tenant_set(edited, "test", "edit", base=state) == ["beta"]
         after = await store.tenant_state()
         assert after.version == state.version + 1 and after.tenants == edited
@@ -99,7 +100,7 @@ async def test_item17_change_redone_when_another_process_saves_between_read_and_
             return _edited(tenant_set, "beta", name="Beta")
 
         async def change(request: web.Request) -> web.Response:
-            done = await sw.change_tenants(request, mutate, "tenant.replace", "beta")
+            done = await versioned.change_tenants(request, mutate, "tenant.replace", "beta")
             return web.json_response({"version": done.state.versions["beta"]})
 
         app.router.add_post("/api/v1/test/change", change)
@@ -146,7 +147,7 @@ async def test_item17_change_refused_on_its_retry_leaves_the_dataplane_on_the_st
             return _edited(tenant_set, "beta", name="Beta by the UI")
 
         async def change(request: web.Request) -> web.Response:
-            await sw.change_tenants(request, mutate, "tenant.replace", "beta", expected=(version,))
+            await versioned.change_tenants(request, mutate, "tenant.replace", "beta", expected=(version,))
             return web.json_response({})
 
         app.router.add_post("/api/v1/test/change", change)

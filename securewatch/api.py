@@ -1,0 +1,342 @@
+"""The REST API under /api/v1 (and /metrics): JSON in, JSON out, scoped to the caller.
+
+The routes are listed in `add_routes`; `openapi.py` describes them. Errors are `ApiError`s,
+turned into JSON by the app's error middleware. Tenant changes go through the versioned
+configuration service (`versioned.change_tenants`), as the UI's do; incidents through `incidents`.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from tenants import ConfigError, Tenant, TenantSet
+
+from . import metrics, ui
+from .context import (
+    OPTIONS,
+    STORE,
+    ApiError,
+    appliance_or_503,
+    audit,
+    etag,
+    not_found,
+    parse_version_tags,
+    principal_of,
+    read_json,
+    require_admin,
+    scoped_status,
+    tenant_versions_shown,
+    visible_incident,
+    visible_tenant,
+    visible_tenant_version,
+)
+from .incidents import (
+    MAX_NOTE_CHARS,
+    acknowledge,
+    add_note,
+    handled_incident,
+    incident_detail,
+    incident_list,
+    scoped_incidents,
+)
+from .openapi import openapi_document
+from .reports import build_report, parse_period
+from .versioned import POLICY_KEYS, TenantsChanged, change_tenants, policy_update, replace_tenant
+
+log = structlog.get_logger(__name__)
+
+MAX_TRAFFIC_SPAN_S = 90 * 24 * 3600
+AUDIT_PAGE_DEFAULT = 200           # audit entries per page when the caller names no limit
+AUDIT_PAGE_MAX = 1000              # most audit entries one request returns
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/api/v1/openapi.json", api_openapi)
+    r.add_get("/api/v1/me", api_me)
+    r.add_get("/api/v1/status", api_status)
+    r.add_post("/api/v1/apply", api_apply)
+    r.add_get("/api/v1/tenants", api_tenants)
+    r.add_post("/api/v1/tenants", api_tenant_create)
+    r.add_get("/api/v1/tenants/{tenant_id}", api_tenant)
+    r.add_put("/api/v1/tenants/{tenant_id}", api_tenant_replace)
+    r.add_delete("/api/v1/tenants/{tenant_id}", api_tenant_delete)
+    r.add_get("/api/v1/tenants/{tenant_id}/versions", api_tenant_versions)
+    r.add_get("/api/v1/tenants/{tenant_id}/policy", api_policy)
+    r.add_put("/api/v1/tenants/{tenant_id}/policy", api_policy_put)
+    r.add_get("/api/v1/tenants/{tenant_id}/traffic", api_traffic)
+    r.add_get("/api/v1/tenants/{tenant_id}/reports/{period}", api_report)
+    r.add_get("/api/v1/incidents", api_incidents)
+    r.add_get("/api/v1/incidents/{incident_id}", api_incident)
+    r.add_post("/api/v1/incidents/{incident_id}/acknowledge", api_acknowledge)
+    r.add_post("/api/v1/incidents/{incident_id}/notes", api_annotate)
+    r.add_get("/api/v1/incidents/{incident_id}/pcap/{kind}", api_pcap)
+    r.add_get("/api/v1/audit", api_audit)
+    r.add_get("/api/v1/notifiers", api_notifiers)
+    r.add_get("/metrics", metrics_endpoint)
+
+
+async def api_openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+async def api_me(request: web.Request) -> web.Response:
+    p = principal_of(request)
+    return web.json_response({"name": p.name, "role": p.role, "tenant": p.tenant, "access": p.access, "via": p.via})
+
+
+async def api_status(request: web.Request) -> web.Response:
+    appliance = appliance_or_503(request)
+    return web.json_response(scoped_status(appliance.status(), principal_of(request)), dumps=_dumps)
+
+
+async def api_notifiers(request: web.Request) -> web.Response:
+    """Each NOC receiver's health and backlog (admin and noc)."""
+    if not principal_of(request).sees_all:
+        raise ApiError(403, "the NOC receivers are visible to the admin and noc roles only")
+    appliance = appliance_or_503(request)
+    return web.json_response({"notifiers": appliance.status().get("notifiers") or {}}, dumps=_dumps)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """Prometheus text exposition, scoped to what the caller may read."""
+    appliance = appliance_or_503(request)
+    body = metrics.render(scoped_status(appliance.status(), principal_of(request)))
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+
+async def api_apply(request: web.Request) -> web.Response:
+    require_admin(request)
+    appliance = appliance_or_503(request)
+    tenant_set = await request.app[STORE].tenant_set()
+    try:
+        appliance.apply_tenants(tenant_set)
+    except ConfigError as exc:
+        raise ApiError(422, "the stored tenant set was refused", exc.problems) from None
+    await audit(request, "tenants.apply", details={"tenants": len(tenant_set)})
+    return web.json_response({"applied": len(tenant_set)})
+
+
+async def api_tenants(request: web.Request) -> web.Response:
+    p = principal_of(request)
+    tenant_set = await request.app[STORE].tenant_set()
+    return web.json_response({"tenants": [t.to_dict() for t in tenant_set if p.can_read(t.id)]})
+
+
+async def api_tenant_create(request: web.Request) -> web.Response:
+    require_admin(request)
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "expected a JSON object (one tenant)")
+    tenant_id = str(body.get("id"))
+    # The id is checked inside the change (under the lock): of concurrent creates one wins.
+    done = await _tenant_change(request, lambda s: replace_tenant(s, body, must_exist=False),
+                                "tenant.create", tenant_id)
+    version = done.state.versions[tenant_id]
+    return web.json_response({"tenant": done.state.tenants[tenant_id].to_dict(), "version": version,
+                              "applied": done.applied}, status=201, headers=etag(version))
+
+
+async def _tenant_change(request: web.Request, mutate: Callable[[TenantSet], TenantSet], action: str,
+                         target: str) -> TenantsChanged:
+    """change_tenants for the API: honours If-Match, answers 422 for an invalid set."""
+    header = request.headers.get("If-Match")
+    expected = parse_version_tags(header, "If-Match") if header is not None else None
+    try:
+        return await change_tenants(request, mutate, action, target, expected=expected)
+    except ConfigError as exc:
+        raise ApiError(422, "invalid tenant", exc.problems) from None
+
+
+async def api_tenant(request: web.Request) -> web.Response:
+    tenant, version = await visible_tenant_version(request, request.match_info["tenant_id"])
+    return web.json_response({"tenant": tenant.to_dict(), "version": version}, headers=etag(version))
+
+
+async def api_tenant_replace(request: web.Request) -> web.Response:
+    tenant = await visible_tenant(request, request.match_info["tenant_id"])
+    require_admin(request)
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "expected a JSON object (one tenant)")
+    if body.setdefault("id", tenant.id) != tenant.id:
+        raise ApiError(422, "id: cannot change a tenant's id", ["id: must match the URL"])
+    done = await _tenant_change(request, lambda s: replace_tenant(s, body, must_exist=True),
+                                "tenant.replace", tenant.id)
+    version = done.state.versions[tenant.id]
+    return web.json_response({"tenant": done.state.tenants[tenant.id].to_dict(), "version": version,
+                              "applied": done.applied}, headers=etag(version))
+
+
+async def api_tenant_delete(request: web.Request) -> web.Response:
+    tenant = await visible_tenant(request, request.match_info["tenant_id"])
+    require_admin(request)
+    store = request.app[STORE]
+    # Storing the set without the tenant revokes these (store._revoke_tenant_credentials): say so.
+    tokens = [t.id for t in await store.tokens() if t.tenant == tenant.id and not t.revoked]
+    users = [u.name for u in await store.users() if u.tenant == tenant.id and not u.disabled]
+    applied = (await _tenant_change(request, lambda s: TenantSet([t for t in s if t.id != tenant.id]),
+                                    "tenant.delete", tenant.id)).applied
+    return web.json_response({"deleted": tenant.id, "applied": applied, "revoked_tokens": tokens,
+                              "disabled_users": users})
+
+
+async def api_tenant_versions(request: web.Request) -> web.Response:
+    tenant = await visible_tenant(request, request.match_info["tenant_id"])
+    versions = await tenant_versions_shown(request, tenant.id)
+    return web.json_response({"versions": [
+        {"version": v.version, "data": v.data, "created_at": v.created_at, "created_by": v.created_by,
+         "action": v.action} for v in versions]})
+
+
+async def api_policy(request: web.Request) -> web.Response:
+    tenant, version = await visible_tenant_version(request, request.match_info["tenant_id"])
+    return web.json_response({**policy_view(tenant), "version": version}, headers=etag(version))
+
+
+async def api_policy_put(request: web.Request) -> web.Response:
+    tenant = await visible_tenant(request, request.match_info["tenant_id"])
+    p = principal_of(request)
+    if not p.can_edit_policy(tenant.id):
+        raise ApiError(403, "you may read this tenant's policy but not change it")
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "expected a JSON object with some of: " + ", ".join(POLICY_KEYS))
+    done = await _tenant_change(request, policy_update(tenant.id, body, p), "policy.update", tenant.id)
+    version = done.state.versions[tenant.id]
+    return web.json_response({**policy_view(done.state.tenants[tenant.id]), "version": version,
+                              "applied": done.applied}, headers=etag(version))
+
+
+async def api_traffic(request: web.Request) -> web.Response:
+    tenant = await visible_tenant(request, request.match_info["tenant_id"])
+    try:
+        seconds = int(request.query.get("seconds", 300))
+    except ValueError:
+        raise ApiError(400, "seconds: expected an integer") from None
+    if not 1 <= seconds <= MAX_TRAFFIC_SPAN_S:
+        raise ApiError(400, f"seconds: must be between 1 and {MAX_TRAFFIC_SPAN_S}")
+    resolution = request.query.get("resolution") or ("second" if seconds <= 3600 else "minute")
+    if resolution not in ("second", "minute"):
+        raise ApiError(400, f"resolution: {resolution!r} is not 'second' or 'minute'")
+    now = time.time()
+    rows = await request.app[STORE].traffic(tenant.id, now - seconds, now + 1, resolution)
+    return web.json_response({"tenant": tenant.id, "resolution": resolution, "series": rows})
+
+
+async def api_report(request: web.Request) -> web.StreamResponse:
+    tenant = await visible_tenant(request, request.match_info["tenant_id"])
+    try:
+        period = parse_period(request.match_info["period"])
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "csv", "html"):
+        raise ApiError(400, f"format: {fmt!r} is not json, csv or html")
+    report = await build_report(request.app[STORE], tenant.id, tenant.name, period, time.time())
+    filename = f"seawall-report-{tenant.id}-{period.label}.{fmt}"
+    disposition = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    if fmt == "csv":
+        return web.Response(text=report.to_csv(), content_type="text/csv", headers=disposition)
+    if fmt == "html":
+        html = ui.render_report_html(request.app, report)
+        return web.Response(text=html, content_type="text/html")
+    return web.json_response(report.to_dict(), headers=disposition if "download" in request.query else None)
+
+
+async def api_incidents(request: web.Request) -> web.Response:
+    incidents = await incident_list(request)
+    return web.json_response({"incidents": await scoped_incidents(request, incidents)})
+
+
+async def api_incident(request: web.Request) -> web.Response:
+    return web.json_response(await incident_detail(request, request.match_info["incident_id"]))
+
+
+async def api_acknowledge(request: web.Request) -> web.Response:
+    incident, _ = await handled_incident(request, request.match_info["incident_id"], "acknowledge", form=False)
+    await acknowledge(request, incident)
+    return web.json_response({"acknowledged": incident.id, "by": principal_of(request).name})
+
+
+async def api_annotate(request: web.Request) -> web.Response:
+    incident, _ = await handled_incident(request, request.match_info["incident_id"], "annotate", form=False)
+    body = await read_json(request)
+    text = body.get("text") if isinstance(body, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(400, "text: expected a non-empty string", ["text: expected a non-empty string"])
+    if len(text) > MAX_NOTE_CHARS:
+        raise ApiError(400, f"text: at most {MAX_NOTE_CHARS} characters", [f"text: at most {MAX_NOTE_CHARS} characters"])
+    internal = body.get("internal", False)
+    if not isinstance(internal, bool):
+        raise ApiError(400, "internal: expected true or false", ["internal: expected true or false"])
+    await add_note(request, incident.id, incident.tenant, text.strip(), internal=internal)
+    return web.json_response({"incident": incident.id, "text": text.strip(), "internal": internal}, status=201)
+
+
+async def api_pcap(request: web.Request) -> web.StreamResponse:
+    incident = await visible_incident(request, request.match_info["incident_id"])
+    kind = request.match_info["kind"]
+    ref = (await request.app[STORE].pcaps(incident.id)).get(kind)
+    if ref is None:
+        raise not_found(f"no {kind!r} capture for incident {incident.id!r}")
+    path = pathlib.Path(ref["path"]).resolve()
+    root = request.app[OPTIONS]["pcap_root"]
+    # Confined always: the path comes from an event, which in central mode any appliance
+    # (or anyone who can write the database) chose. No root: this server has no captures.
+    if root is None or not path.is_relative_to(root):
+        log.warning("securewatch.pcap_outside_root", incident=incident.id, path=str(path),
+                    root=str(root) if root else None)
+        raise not_found("capture file is not available")
+    if not path.is_file():
+        raise ApiError(410, f"capture file {path.name} is no longer on disk")
+    await audit(request, "incident.pcap_download", target=incident.id, tenant=incident.tenant, details={"kind": kind})
+    return web.FileResponse(path, headers={
+        "Content-Type": "application/vnd.tcpdump.pcap",
+        "Content-Disposition": f'attachment; filename="{incident.id}-{kind}.pcap"'})
+
+
+async def api_audit(request: web.Request) -> web.Response:
+    if not principal_of(request).sees_all:
+        raise ApiError(403, "the audit log is for administrators and the NOC")
+    tenant = request.query.get("tenant") or None
+    limit = _query_int(request, "limit", AUDIT_PAGE_DEFAULT, 1, AUDIT_PAGE_MAX)
+    before = _query_int(request, "before", None, 1, 2**63 - 1)
+    # One more than asked for tells whether another page follows.
+    entries = await request.app[STORE].audit_log(tenant=tenant, limit=limit + 1, before=before)
+    more = len(entries) > limit
+    entries = entries[:limit]
+    cursor = entries[-1]["id"] if more else None
+    nxt = None
+    if cursor is not None:
+        query = {"limit": str(limit), "before": str(cursor)} | ({"tenant": tenant} if tenant else {})
+        nxt = str(request.rel_url.with_query(query))
+    return web.json_response({"entries": entries, "next_before": cursor, "next": nxt})
+
+
+def _query_int(request: web.Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    text = request.query.get(name, "")
+    if text == "":
+        return default
+    # ASCII digits only ("²" is a digit to str.isdigit) and short enough for a 64-bit integer.
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or not low <= int(text) <= high:
+        raise ApiError(400, f"{name}: expected a whole number from {low} to {high}",
+                       [f"{name}: expected a whole number from {low} to {high}"])
+    return int(text)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+def policy_view(tenant: Tenant) -> dict[str, Any]:
+    return {"tenant": tenant.id, "mode": tenant.mode, "prefixes": [str(p) for p in tenant.prefixes],
+            "policy": tenant.policy.to_dict(), "allow": [a.to_dict() for a in tenant.allow],
+            "deny": [d.to_dict() for d in tenant.deny], "contacts": list(tenant.contacts)}
