@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import structlog
 
 from tenants import Tenant, TenantSet
+from tenants.model import tidy_legacy_fields
 
 from .settings import sqlite_path
 
@@ -42,6 +43,7 @@ T = TypeVar("T")
 
 SECOND_RETENTION_S = 3600              # seconds of per-second traffic kept
 MINUTE_RETENTION_S = 90 * 24 * 3600    # seconds of per-minute traffic kept (90 days)
+UPGRADE_ACTOR = "seawall-upgrade"      # who a data migration's changes are recorded as
 SQLITE_BUSY_TIMEOUT_MS = 5000          # milliseconds SQLite waits for another writer (e.g. the CLI)
 # The database holds password and token hashes and every notifier secret in plaintext: owner only.
 SQLITE_FILE_MODE = 0o600               # the database file and its -wal/-shm companions
@@ -70,7 +72,7 @@ _DIALECT = {
 }
 
 # Numbered migrations. Never edit one that has shipped: append a new one.
-MIGRATIONS: list[tuple[int, str, list[str]]] = [
+MIGRATIONS: list[tuple[int, str, list[str | Callable[[_Backend], None]]]] = [
     (1, "initial schema", [
         """CREATE TABLE tenants (
             id TEXT PRIMARY KEY, version BIGINT NOT NULL, data TEXT NOT NULL,
@@ -149,6 +151,12 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (4, "tenant set version counter", [
         "CREATE TABLE tenant_set_version (id INTEGER PRIMARY KEY, version BIGINT NOT NULL)",
         "INSERT INTO tenant_set_version (id, version) VALUES (1, 0)",
+    ]),
+    # Names and contacts are checked since this version: a tenant stored before with a CR/LF in
+    # its name or a contact that is no address would make the whole stored set unreadable. Such
+    # fields are tidied in a new version (the original stays in the history), with an audit row.
+    (5, "tenant names and contacts tidied to the checks of this version", [
+        lambda b: _tidy_legacy_tenants(b),
     ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -374,7 +382,10 @@ def _migrate(backend: _Backend) -> int:
             continue
         try:
             for statement in statements:
-                backend.execute(statement.format(**_DIALECT[backend.dialect]))
+                if callable(statement):   # a data migration, run on the same transaction
+                    statement(backend)
+                else:
+                    backend.execute(statement.format(**_DIALECT[backend.dialect]))
             backend.execute("INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
                             (number, description, time.time()))
             backend.commit()
@@ -883,6 +894,28 @@ def _revoke_tenant_credentials(b: _Backend, tenant_id: str, actor: str, action: 
                {"tokens": tokens, "users": users, "sessions": sessions, "cause": action})
         log.info("store.tenant_credentials_revoked", tenant=tenant_id, tokens=len(tokens), users=len(users),
                  sessions=sessions, cause=action)
+
+
+def _tidy_legacy_tenants(b: _Backend) -> None:
+    """Migration 5: each stored tenant whose name or contacts this version would refuse gets a
+    new version with them tidied (tenants.model.tidy_legacy_fields), audited as an upgrade."""
+    now = time.time()
+    changed = 0
+    for tenant_id, text in b.execute("SELECT id, data FROM tenants ORDER BY id").fetchall():
+        tidy, changes = tidy_legacy_fields(json.loads(text))
+        if not changes:
+            continue
+        data = _json(tidy)
+        version = _next_version(b, tenant_id)
+        b.execute("UPDATE tenants SET version = ?, data = ?, updated_at = ?, updated_by = ? WHERE id = ?",
+                  (version, data, now, UPGRADE_ACTOR, tenant_id))
+        b.execute("INSERT INTO tenant_versions (tenant_id, version, data, created_at, created_by, action) "
+                  "VALUES (?, ?, ?, ?, ?, ?)", (tenant_id, version, data, now, UPGRADE_ACTOR, "upgrade"))
+        _audit(b, UPGRADE_ACTOR, "tenant.upgrade", tenant_id, tenant_id, None, {"changes": changes})
+        log.warning("store.tenant_tidied", tenant=tenant_id, changes=changes)
+        changed += 1
+    if changed:
+        b.execute("UPDATE tenant_set_version SET version = version + 1 WHERE id = 1")
 
 
 def _next_version(b: _Backend, tenant_id: str) -> int:

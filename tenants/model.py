@@ -297,6 +297,38 @@ def contact_problem(contact: object) -> str | None:
     return None
 
 
+def tidy_legacy_fields(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A stored tenant table from before names and contacts were checked, made acceptable:
+    control characters in the name become spaces and the name is cut to NAME_MAX_CHARS (the id
+    when nothing is left); a contact written as 'Name <address>' keeps its address, one that is
+    no address is dropped, and at most CONTACTS_MAX remain. Returns the table and what changed
+    (empty: nothing to do). The store keeps the original in the tenant's version history."""
+    tidy = dict(data)
+    changes: list[str] = []
+    name = data.get("name")
+    if isinstance(name, str) and name_problem(name) is not None:
+        cleaned = " ".join("".join(c if c.isprintable() else " " for c in name).split())[:NAME_MAX_CHARS]
+        tidy["name"] = cleaned or str(data.get("id", ""))
+        changes.append(f"name: {shown(name)} -> {shown(tidy['name'])}")
+    contacts = data.get("contacts")
+    if isinstance(contacts, list):
+        kept: list[str] = []
+        for contact in contacts:
+            address = contact
+            if isinstance(contact, str) and contact_problem(contact) is not None:
+                inner = re.search(r"<([^<>]+)>", contact)
+                address = inner.group(1).strip() if inner else None
+            if isinstance(address, str) and contact_problem(address) is None and len(kept) < CONTACTS_MAX:
+                if address != contact:
+                    changes.append(f"contacts: {shown(contact)} -> {shown(address)}")
+                kept.append(address)
+            else:
+                changes.append(f"contacts: {shown(contact)} dropped (not an e-mail address, or over "
+                               f"{CONTACTS_MAX})")
+        tidy["contacts"] = kept
+    return (tidy, changes) if changes else (data, [])
+
+
 def _tenant_label(data: dict[str, Any], position: int) -> str:
     tenant_id = data.get("id")
     if isinstance(tenant_id, str) and TENANT_ID_PATTERN.fullmatch(tenant_id):

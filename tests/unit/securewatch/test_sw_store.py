@@ -255,3 +255,50 @@ async def test_item4_migration_3_brings_a_version_2_database_forward_in_place(da
             ("from v2", False)]
     finally:
         await s.close()
+
+
+def _raw_connection(database_url: str):
+    """A plain DB-API connection to the test database (what an older Seawall left behind)."""
+    if database_url.startswith(("postgresql://", "postgres://")):
+        import psycopg  # noqa: PLC0415 - only the PostgreSQL run needs it
+
+        return psycopg.connect(database_url), "%s"
+    import sqlite3  # noqa: PLC0415
+
+    from securewatch.settings import sqlite_path  # noqa: PLC0415
+
+    return sqlite3.connect(str(sqlite_path(database_url))), "?"
+
+
+async def test_migration_5_tidies_names_and_contacts_an_older_version_stored(database_url):
+    """Names and contacts are checked since schema 5: a tenant stored before with a CR/LF name and
+    contacts that are no addresses must not make the whole stored set unreadable after the upgrade."""
+    import json  # noqa: PLC0415
+
+    s = await Store.open(database_url)
+    try:
+        await s.save_tenant_set(TenantSet.from_dicts(TENANTS), "test", "seed")
+    finally:
+        await s.close()
+    legacy = {"id": "alpha", "name": "Alpha\r\nBcc: everyone@example.com", "prefixes": ["198.51.100.0/25"],
+              "contacts": ["NOC team", "Ops <ops@example.com>", "noc@example.com"]}
+    connection, mark = _raw_connection(database_url)
+    try:
+        cursor = connection.cursor()
+        cursor.execute(f"UPDATE tenants SET data = {mark} WHERE id = {mark}", (json.dumps(legacy), "alpha"))
+        cursor.execute(f"DELETE FROM schema_version WHERE version >= {mark}", (5,))   # as schema 4 left it
+        connection.commit()
+    finally:
+        connection.close()
+    s = await Store.open(database_url)
+    try:
+        alpha = (await s.tenant_set())["alpha"]
+        assert alpha.name == "Alpha Bcc: everyone@example.com"
+        assert alpha.contacts == ("ops@example.com", "noc@example.com")
+        newest = (await s.tenant_versions("alpha"))[0]
+        assert (newest.created_by, newest.action) == ("seawall-upgrade", "upgrade")
+        entry = next(e for e in await s.audit_log() if e["action"] == "tenant.upgrade")
+        assert entry["target"] == "alpha" and len(entry["details"]["changes"]) == 3
+        assert (await s.tenant_set())["beta"] == TenantSet.from_dicts(TENANTS)["beta"]   # untouched
+    finally:
+        await s.close()
