@@ -367,8 +367,18 @@ def _prepare_sqlite_file(path: pathlib.Path) -> None:
                 log.warning("store.permissions_too_open", path=str(file), mode=oct(mode), error=str(exc))
 
 
-def _migrate(backend: _Backend) -> int:
-    """Apply pending migrations; returns the schema version now in place."""
+def create_schema(url: str, up_to: int) -> None:
+    """Bring the database at `url` to schema `up_to` and no further: what an older Seawall left
+    behind, for upgrade tests and for rehearsing an upgrade on a copy."""
+    backend = _open_backend(url)
+    try:
+        _migrate(backend, up_to)
+    finally:
+        backend.close()
+
+
+def _migrate(backend: _Backend, up_to: int = SCHEMA_VERSION) -> int:
+    """Apply pending migrations up to `up_to`; returns the schema version now in place."""
     backend.execute(f"CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
                     f"description TEXT NOT NULL, applied_at {_DIALECT[backend.dialect]['real']} NOT NULL)")
     backend.commit()
@@ -378,7 +388,7 @@ def _migrate(backend: _Backend) -> int:
         raise StoreError(f"database schema version {current} is newer than this program's {SCHEMA_VERSION}; "
                          f"upgrade Seawall")
     for number, description, statements in MIGRATIONS:
-        if number <= current:
+        if number <= current or number > up_to:
             continue
         try:
             for statement in statements:

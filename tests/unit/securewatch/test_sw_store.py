@@ -16,6 +16,7 @@ from securewatch.store import (
     Store,
     StoreError,
     User,
+    create_schema,
 )
 from tenants import TenantSet
 
@@ -229,23 +230,17 @@ async def test_item10_internal_notes_and_item18_audit_cursor(store):
 
 async def test_item4_migration_3_brings_a_version_2_database_forward_in_place(database_url):
     """A database from before token expiry and internal notes keeps its tokens and notes."""
-    from securewatch.store import _DIALECT, MIGRATIONS, _open_backend
-    backend = _open_backend(database_url)
+    create_schema(database_url, up_to=2)
+    connection, mark = _raw_connection(database_url)
     try:
-        backend.execute(f"CREATE TABLE schema_version (version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
-                        f"applied_at {_DIALECT[backend.dialect]['real']} NOT NULL)")
-        for number, description, statements in MIGRATIONS[:2]:
-            for statement in statements:
-                backend.execute(statement.format(**_DIALECT[backend.dialect]))
-            backend.execute("INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
-                            (number, description, time.time()))
-        backend.execute("INSERT INTO api_tokens (token_hash, label, role, tenant, access, created_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?)", ("ff" * 32, "old", "noc", None, "write", time.time()))
-        backend.execute("INSERT INTO incident_notes (incident_id, at, author, text) VALUES (?, ?, ?, ?)",
-                        ("inc-1", time.time(), "noc1", "from v2"))
-        backend.commit()
+        cursor = connection.cursor()
+        cursor.execute(f"INSERT INTO api_tokens (token_hash, label, role, tenant, access, created_at) "
+                       f"VALUES ({', '.join([mark] * 6)})", ("ff" * 32, "old", "noc", None, "write", time.time()))
+        cursor.execute(f"INSERT INTO incident_notes (incident_id, at, author, text) VALUES ({', '.join([mark] * 4)})",
+                       ("inc-1", time.time(), "noc1", "from v2"))
+        connection.commit()
     finally:
-        backend.close()
+        connection.close()
     s = await Store.open(database_url)
     try:
         assert await s.schema_version() == SCHEMA_VERSION
