@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from appliance.service import HeuristicsSwitch
+from policy.heuristics import HeuristicsSwitch
 from dataplane.constants import TrafficClass
 from policy.events import Event, EventType
 
