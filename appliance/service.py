@@ -30,7 +30,7 @@ import os
 import pathlib
 import signal
 import time
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import structlog
@@ -55,6 +55,10 @@ from securewatch.status_types import (
 )
 from tenants import ConfigError, TenantSet
 from tenants.compile import assign_indices, compile_tenant_set
+
+if TYPE_CHECKING:
+    from dataplane.api import DataplaneLike
+    from policy.engine import PolicyEngine
 
 log = structlog.get_logger("seawall.appliance")
 
@@ -173,7 +177,6 @@ class Appliance:
 
     async def run(self) -> int:
         from dataplane import Dataplane  # noqa: PLC0415 - imports bcc
-        from policy.engine import PolicyEngine  # noqa: PLC0415
 
         # Everything that can be refused is refused here, before anything is compiled, pinned or attached.
         self._notify_parsed = validate_for_run(self.config)
@@ -199,9 +202,7 @@ class Appliance:
         self.dataplane.attach(external, internal, self.attach_mode)
         now = time.monotonic()
         self._stale_rules = {rid: now + STALE_RULE_GRACE_S for rid in self.dataplane.installed_rules()}
-        self.engine = PolicyEngine(self.dataplane, self._engine_tenants(), self.bus, self.state_dir / "policy",
-                                   tick=self.config.appliance.tick_ms / 1000.0,
-                                   on_tenant_traffic=self.monitor.record)
+        self.engine = self.policy_engine(self.dataplane)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
@@ -229,6 +230,14 @@ class Appliance:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def policy_engine(self, dataplane: DataplaneLike) -> PolicyEngine:
+        """The policy engine over `dataplane` for the tenants applied, publishing its tenant traffic
+        to `monitor` (the status's and the series' only source of tenant rates)."""
+        from policy.engine import PolicyEngine  # noqa: PLC0415
+
+        return PolicyEngine(dataplane, self._engine_tenants(), self.bus, self.state_dir / "policy",
+                            tick=self.config.appliance.tick_ms / 1000.0, on_tenant_traffic=self.monitor.record)
 
     def _spawn(self, coro, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
