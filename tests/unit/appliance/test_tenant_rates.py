@@ -131,6 +131,7 @@ def test_the_status_is_the_typed_structure_and_seawall_status_prints_its_keys(ap
     assert set(status["unprotected"]) == set(UnprotectedStatus.__annotations__)
     assert set(appliance.traffic_series("alpha")[0]) == set(TrafficSecond.__annotations__)
     assert status["policy"]["last_tick"]["now"] == 11.0
+    json.dumps(status)      # JSON values only: the serialiser's fallback to str() is for nothing here
     # The status file, written by its one serialiser, read back by `seawall status --json`: the same keys
     # and values (plus the command's own), the control plane running (this process wrote it just now).
     appliance.state_dir.mkdir(parents=True, exist_ok=True)
