@@ -119,8 +119,15 @@ class TrafficMonitor:
         if not rows:
             return {tid: _no_traffic() for tid in indices}
         c, r, at = traffic.counters, traffic.rates, np.array(rows, np.int64)
+        dropped = (c.dropped_packets[at], c.dropped_bytes[at])                      # (rows, directions)
+        # Passed = every packet minus the dropped ones, per direction (as TenantCounterArrays.passed_*),
+        # for the tenants' rows only.
+        passed = [np.where(total >= d, total - d, 0) for total, d in
+                  ((c.class_packets[at].sum(axis=2, dtype=np.uint64), dropped[0]),
+                   (c.class_bytes[at].sum(axis=2, dtype=np.uint64), dropped[1]))]
+        totals = (passed[0], dropped[0], passed[1], dropped[1])                     # in _TOTALS' order
         per_row = [dict(zip(_TOTALS + _RATES, values, strict=True)) for values in zip(
-            *(getattr(c, name).sum(axis=1)[at].tolist() for name in _TOTALS),
+            *(t.sum(axis=1).tolist() for t in totals),
             *(np.round(getattr(r, name)[at], 1).tolist() for name in _RATES), strict=True)]
         reasons = c.reason_packets[at].sum(axis=1)        # (rows, reasons), both directions
         for i, figures in enumerate(per_row):
@@ -133,7 +140,8 @@ class TrafficMonitor:
         traffic = self.latest
         if traffic is None or len(traffic.counters) <= UNPROTECTED:
             return {"passed_packets": 0, "passed_pps": 0.0}
-        return {"passed_packets": int(traffic.counters.passed_packets[UNPROTECTED].sum()),
+        row = traffic.counters.tenant(UNPROTECTED)      # that row alone
+        return {"passed_packets": int(row.passed_packets.sum()),
                 "passed_pps": round(traffic.rates.unprotected_passed_pps, 1)}
 
 
