@@ -452,7 +452,10 @@ class RateTracker:
         return TenantCounterArrays.from_mapping({idx: c for idx, c in counters.items() if 0 <= idx <= t}, t + 1)
 
     def update_tenants(self, now: float, counters: TenantCounterArrays | Mapping[int, TenantCounters]) -> TenantRates:
-        """Rates of every tenant row from one read (`Dataplane.read_tenant_counter_arrays`, or per-tenant objects)."""
+        """Rates of every tenant row from one read (`Dataplane.read_tenant_counter_arrays`, or per-tenant objects).
+
+        The one definition of a tenant's rates (the status, its series and SecureWatch show these):
+        passed = every packet (or byte) of the direction minus the dropped ones, floored at 0."""
         t = MAX_TENANTS
         if not isinstance(counters, TenantCounterArrays):
             counters = self._tenant_arrays(counters)
@@ -538,7 +541,8 @@ def _tenant_deltas(current: np.ndarray, prev: np.ndarray, was_present: np.ndarra
     wrapped = np.flatnonzero(np.greater(delta, current))
     if len(wrapped):
         delta.reshape(-1)[wrapped] = current.reshape(-1)[wrapped]
-    delta[np.flatnonzero(~was_present)] = current[np.flatnonzero(~was_present)]
+    fresh = np.flatnonzero(~was_present)
+    delta[fresh] = current[fresh]
     delta[~present] = 0
     return delta
 
