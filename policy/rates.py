@@ -120,10 +120,32 @@ class TenantRates:
     out_byte_rate: np.ndarray   # (T, C)
     passed_pps: np.ndarray      # (T,) inbound
     dropped_pps: np.ndarray     # (T,) inbound
-    passed_bps: np.ndarray      # (T,) inbound bits/s
-    dropped_bps: np.ndarray     # (T,) inbound bits/s
-    out_passed_pps: np.ndarray  # (T,) outbound packets/s passed
+    dropped_byte_rate: np.ndarray   # (T,) inbound bytes/s dropped
+    out_dropped_pps: np.ndarray     # (T,) outbound packets/s dropped
     unprotected_passed_pps: float = 0.0   # inbound packets/s passed to no tenant (the UNPROTECTED row)
+    # What only the status and its series read (not detection) is computed when first asked for,
+    # outside the tick: `passed_bps`, `dropped_bps`, `out_passed_pps`.
+    _passed_bps: np.ndarray | None = None
+    _out_passed_pps: np.ndarray | None = None
+
+    @property
+    def passed_bps(self) -> np.ndarray:
+        """(T,) inbound bits/s passed: every byte minus the dropped ones, floored at 0."""
+        if self._passed_bps is None:
+            self._passed_bps = 8.0 * np.maximum(self.byte_rate.sum(axis=1) - self.dropped_byte_rate, 0.0)
+        return self._passed_bps
+
+    @property
+    def dropped_bps(self) -> np.ndarray:
+        """(T,) inbound bits/s dropped."""
+        return 8.0 * self.dropped_byte_rate
+
+    @property
+    def out_passed_pps(self) -> np.ndarray:
+        """(T,) outbound packets/s passed: every packet minus the dropped ones, floored at 0."""
+        if self._out_passed_pps is None:
+            self._out_passed_pps = np.maximum(self.out_pps.sum(axis=1) - self.out_dropped_pps, 0.0)
+        return self._out_passed_pps
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -490,17 +512,13 @@ class RateTracker:
         unprotected_pps = self._unprotected_passed_pps(counters, per_s)
         self._tenant_now = now
         pps = outputs[0]
-        # Passed = every packet minus the dropped ones (the program counts no passed packets), per
-        # direction, in packets and in bits.
-        passed = np.zeros((3, t))
-        np.maximum(pps[:hi].sum(axis=1) - drops[0, :hi], 0.0, out=passed[0, :hi])
-        np.maximum(outputs[1, :hi].sum(axis=1) - drops[1, :hi], 0.0, out=passed[1, :hi])
-        passed[1, :hi] *= 8
-        np.maximum(outputs[2, :hi].sum(axis=1) - drops[2, :hi], 0.0, out=passed[2, :hi])
+        passed_pps = np.zeros(t)
+        np.maximum(pps[:hi].sum(axis=1) - drops[0, :hi], 0.0, out=passed_pps[:hi])
         rates = TenantRates(
             now=now, dt=dt, present=present, valid=present & (not priming), pps=pps, byte_rate=outputs[1],
-            out_pps=outputs[2], out_byte_rate=outputs[3], passed_pps=passed[0], dropped_pps=drops[0],
-            passed_bps=passed[1], dropped_bps=drops[1] * 8, out_passed_pps=passed[2],
+            out_pps=outputs[2], out_byte_rate=outputs[3],
+            # Passed = every packet minus the dropped ones (the program counts no passed packets).
+            passed_pps=passed_pps, dropped_pps=drops[0], dropped_byte_rate=drops[1], out_dropped_pps=drops[2],
             unprotected_passed_pps=unprotected_pps)
         self.last_tenant_rates = rates
         return rates
