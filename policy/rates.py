@@ -120,13 +120,30 @@ class TenantRates:
     out_byte_rate: np.ndarray   # (T, C)
     passed_pps: np.ndarray      # (T,) inbound
     dropped_pps: np.ndarray     # (T,) inbound
-    dropped_byte_rate: np.ndarray   # (T,) inbound bytes/s dropped
-    out_dropped_pps: np.ndarray     # (T,) outbound packets/s dropped
     unprotected_passed_pps: float = 0.0   # inbound packets/s passed to no tenant (the UNPROTECTED row)
     # What only the status and its series read (not detection) is computed when first asked for,
-    # outside the tick: `passed_bps`, `dropped_bps`, `out_passed_pps`.
+    # outside the tick, from the tick's counter deltas ((rows, 2, words) uint64 of the rows up to
+    # the last present one): `passed_bps`, `dropped_bps`, `out_passed_pps`.
+    _deltas: np.ndarray | None = None
     _passed_bps: np.ndarray | None = None
     _out_passed_pps: np.ndarray | None = None
+
+    def _per_s(self, direction: int, word: int) -> np.ndarray:
+        """(T,) one counter word's rate."""
+        out = np.zeros(len(self.present))
+        if self._deltas is not None and self.dt > 0:
+            np.multiply(self._deltas[:, direction, word], 1.0 / self.dt, out=out[:len(self._deltas)])
+        return out
+
+    @property
+    def dropped_byte_rate(self) -> np.ndarray:
+        """(T,) inbound bytes/s dropped."""
+        return self._per_s(INBOUND, _T_DROPPED_BYTES)
+
+    @property
+    def out_dropped_pps(self) -> np.ndarray:
+        """(T,) outbound packets/s dropped."""
+        return self._per_s(OUTBOUND, _T_DROPPED_PACKETS)
 
     @property
     def passed_bps(self) -> np.ndarray:
@@ -494,16 +511,15 @@ class RateTracker:
         current = _tenant_words(counters, slice(0, hi))
         # Each output's rows up to `hi` straight from the uint64 deltas (rows past it stay zero).
         outputs = np.zeros((4, t, N_CLASSES))      # inbound pps, bytes/s, outbound pps, bytes/s
-        drops = np.zeros((3, t))                    # inbound packets/s, inbound bytes/s, outbound packets/s
+        dropped_pps = np.zeros(t)                   # inbound
         per_s = 0.0 if priming else 1.0 / dt
+        delta = None
         if not priming and hi:
             delta = _tenant_deltas(current, self._t_prev[:hi], self._t_present[:hi], present[:hi])
             for out, direction, lo in ((0, INBOUND, 0), (1, INBOUND, N_CLASSES), (2, OUTBOUND, 0),
                                        (3, OUTBOUND, N_CLASSES)):
                 np.multiply(delta[:, direction, lo:lo + N_CLASSES], per_s, out=outputs[out, :hi])
-            for out, direction, word in ((0, INBOUND, _T_DROPPED_PACKETS), (1, INBOUND, _T_DROPPED_BYTES),
-                                         (2, OUTBOUND, _T_DROPPED_PACKETS)):
-                np.multiply(delta[:, direction, word], per_s, out=drops[out, :hi])
+            np.multiply(delta[:, INBOUND, _T_DROPPED_PACKETS], per_s, out=dropped_pps[:hi])
         if present[:hi].all():
             self._t_prev[:hi] = current
         else:
@@ -513,13 +529,12 @@ class RateTracker:
         self._tenant_now = now
         pps = outputs[0]
         passed_pps = np.zeros(t)
-        np.maximum(pps[:hi].sum(axis=1) - drops[0, :hi], 0.0, out=passed_pps[:hi])
+        np.maximum(pps[:hi].sum(axis=1) - dropped_pps[:hi], 0.0, out=passed_pps[:hi])
         rates = TenantRates(
             now=now, dt=dt, present=present, valid=present & (not priming), pps=pps, byte_rate=outputs[1],
             out_pps=outputs[2], out_byte_rate=outputs[3],
             # Passed = every packet minus the dropped ones (the program counts no passed packets).
-            passed_pps=passed_pps, dropped_pps=drops[0], dropped_byte_rate=drops[1], out_dropped_pps=drops[2],
-            unprotected_passed_pps=unprotected_pps)
+            passed_pps=passed_pps, dropped_pps=dropped_pps, unprotected_passed_pps=unprotected_pps, _deltas=delta)
         self.last_tenant_rates = rates
         return rates
 
