@@ -11,6 +11,11 @@ enabled. Once the kernel shows both NICs up with the program attached it reports
 `forwarding` in its status and tells systemd READY=1 (`Type=notify`). On SIGTERM it stops the control plane and leaves the bridge forwarding
 with the last tenants and rules (a dead control plane must not cut customers
 off); `seawall detach` removes the dataplane.
+
+Tenant traffic comes from the policy engine, which reads the counters once per tick and
+publishes the counters with their rates (`policy.rates.TenantTraffic`); `TrafficMonitor`
+keeps what it publishes for the status (`securewatch.status_types.ApplianceStatus`, written
+to the status file once a second) and the per-second series SecureWatch samples.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import os
 import pathlib
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import structlog
@@ -33,135 +38,115 @@ import structlog
 from appliance import nics, sdnotify
 from appliance.config import ApplianceConfig, load_config
 from dataplane import DataplaneError
-from dataplane.api import Range
-from dataplane.constants import Direction, DropReason, TenantMode, TrafficClass
+from dataplane.constants import DropReason, TenantMode
+from dataplane.reader import UNPROTECTED
 from policy.events import Event, EventBus, EventType, Severity
+from policy.heuristics import HeuristicsSwitch
+from policy.rates import TenantTraffic
+from securewatch.status_types import (
+    ApplianceStatus,
+    IncidentStatus,
+    PolicyStatus,
+    TenantStatus,
+    TrafficSecond,
+    UnprotectedStatus,
+    dump_status,
+    parse_status,
+)
 from tenants import ConfigError, TenantSet
 from tenants.compile import assign_indices, compile_tenant_set
+
+if TYPE_CHECKING:
+    from dataplane.api import DataplaneLike
+    from policy.engine import PolicyEngine
 
 log = structlog.get_logger("seawall.appliance")
 
 STATUS_FILE = "status.json"            # written every second for `seawall status`
 INDEX_FILE = "tenant-index.json"       # stable tenant index assignment
-SERIES_SECONDS = 3600                  # per-second traffic kept in memory, seconds
+SERIES_SECONDS = 3600                  # rows of per-tick traffic kept in memory (an hour at 1 s ticks)
 STALE_RULE_GRACE_S = 60.0              # rules inherited from a previous process live this long, seconds
 STATE_STARTING = "starting: validating, compiling and attaching"   # forwarding_state before the first check
 PEER_RECHECK_S = 5.0                   # seconds between checks of the veth peers (~10 ms of CPU each, per NIC)
 
 
-# Which traffic classes an attack vector floods: the heuristics switched on for its destination.
-_SYN, _UDP, _ICMP, _FRAG = (TrafficClass.TCP_SYN, TrafficClass.UDP, TrafficClass.ICMP, TrafficClass.FRAGMENT)
-VECTOR_CLASSES: dict[str, tuple[TrafficClass, ...]] = {
-    "syn_flood": (_SYN,), "udp_flood": (_UDP,), "icmp_flood": (_ICMP,), "fragment_flood": (_FRAG,),
-    "tcp_ack_flood": (TrafficClass.TCP_OTHER,), "rst_fin_flood": (TrafficClass.TCP_OTHER,),
-    **{v: (_UDP, _FRAG) for v in ("dns_amplification", "ntp_amplification", "ssdp_amplification",
-                                  "memcached_amplification", "cldap_amplification", "chargen_amplification",
-                                  "other_reflection")},
-}
-
-
-class HeuristicsSwitch:
-    """Turns the dataplane's stateful heuristics on for a destination while an incident is open.
-
-    It listens to the engine's ATTACK_* events: START and UPDATE mark each
-    destination (or the whole tenant, for carpet bombing) under attack in the
-    classes its vectors flood; END clears the marks of that incident.
-    """
-
-    def __init__(self, dataplane, indices: dict[str, int]) -> None:
-        self.dataplane = dataplane
-        self.indices = indices
-        self._marks: dict[str, set[tuple[int, str | None]]] = {}
-
-    def on_event(self, event: Event) -> None:
-        if event.type not in (EventType.ATTACK_START, EventType.ATTACK_UPDATE, EventType.ATTACK_END):
-            return
-        incident = event.incident_id or ""
-        if event.type == EventType.ATTACK_END:
-            for tenant_idx, dst in self._marks.pop(incident, set()):
-                self._mark(tenant_idx, dst, ())
-            return
-        tenant_idx = self.indices.get(event.tenant or "")
-        if tenant_idx is None:
-            return
-        classes = sorted({c for v in event.vectors for c in VECTOR_CLASSES.get(v, ())})
-        if not classes:
-            return
-        targets: list[str | None] = [None] if "carpet_bombing" in event.vectors else list(event.destinations)
-        syn_ports = self._syn_ports(event)
-        for dst in targets:
-            self._mark(tenant_idx, dst, classes, syn_ports)
-            self._marks.setdefault(incident, set()).add((tenant_idx, dst))
-
-    @staticmethod
-    def _syn_ports(event: Event) -> Range | None:
-        """The destination ports of the incident's SYN rules (the SYN challenge covers only those)."""
-        ports = [r["dport"] for r in (event.details or {}).get("rules", [])
-                 if r.get("class") == "tcp_syn" and r.get("dport")]
-        if not ports:
-            return None
-        return Range(min(p[0] for p in ports), max(p[1] for p in ports))
-
-    def _mark(self, tenant_idx: int, dst: str | None, classes, syn_ports: Range | None = None) -> None:
-        import ipaddress  # noqa: PLC0415
-
-        try:
-            address = None if dst is None else ipaddress.ip_address(dst)
-        except ValueError:
-            return
-        self.dataplane.set_under_attack(tenant_idx, address, classes, syn_ports)
-        log.info("heuristics.mark", tenant_idx=tenant_idx, dst=dst, classes=[c.name.lower() for c in classes],
-                 syn_ports=None if syn_ports is None else f"{syn_ports.lo}-{syn_ports.hi}")
+SERIES_KEYS = ("passed_pps", "dropped_pps", "passed_bps", "dropped_bps", "outbound_pps")   # of TrafficSecond
+_TOTALS = ("passed_packets", "dropped_packets", "passed_bytes", "dropped_bytes")
+_RATES = ("passed_pps", "dropped_pps", "passed_bps", "dropped_bps")
 
 
 @dataclasses.dataclass
-class TenantTraffic:
-    """Per-second series of one tenant (inbound and outbound), newest last."""
+class TenantSeries:
+    """Per-tick rates of one tenant (the `TrafficSecond` keys but time), newest last."""
 
     times: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=SERIES_SECONDS))
     rows: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=SERIES_SECONDS))
 
 
 class TrafficMonitor:
-    """Reads the per-tenant counters every second and keeps rates and a one-hour series."""
+    """The tenant traffic the policy engine publishes: the last tick's, and an hour of rates per tenant.
+
+    It reads no counters: `record` is the engine's `on_tenant_traffic`, called once per tick
+    (1 s at the default `tick_ms`, so the series is per second). Rates are the engine's
+    (`policy.rates`: a reset counter or a row new in the map counts what it holds now).
+    """
 
     def __init__(self) -> None:
-        self._last: dict[int, Any] = {}
-        self._last_at: float | None = None
-        self.rates: dict[int, dict[str, float]] = {}
-        self.series: dict[int, TenantTraffic] = collections.defaultdict(TenantTraffic)
-        self.totals: dict[int, dict[str, Any]] = {}
+        self.latest: TenantTraffic | None = None
+        self.series: dict[int, TenantSeries] = collections.defaultdict(TenantSeries)
 
-    def sample(self, counters: dict[int, Any], now: float, wall: float) -> None:
-        dt = None if self._last_at is None else max(now - self._last_at, 1e-3)
-        for idx, c in counters.items():
-            inbound = int(Direction.INBOUND)
-            self.totals[idx] = {
-                "passed_packets": int(c.passed_packets.sum()), "dropped_packets": int(c.dropped_packets.sum()),
-                "passed_bytes": int(c.passed_bytes.sum()), "dropped_bytes": int(c.dropped_bytes.sum()),
-                "inbound_passed_packets": int(c.passed_packets[inbound]),
-                "inbound_dropped_packets": int(c.dropped_packets[inbound]),
-                "drop_reasons": {r.name.lower(): int(c.reason_packets[:, r].sum()) for r in DropReason if r
-                                 and c.reason_packets[:, r].sum()},
-                "classes": {t.name.lower(): int(c.class_packets[inbound, t]) for t in TrafficClass},
-            }
-            prev = self._last.get(idx)
-            if dt is None or prev is None:
-                continue
-            delta = {
-                "passed_pps": (c.passed_packets - prev.passed_packets).astype(np.int64)[inbound] / dt,
-                "dropped_pps": (c.dropped_packets - prev.dropped_packets).astype(np.int64)[inbound] / dt,
-                "passed_bps": 8 * (c.passed_bytes - prev.passed_bytes).astype(np.int64)[inbound] / dt,
-                "dropped_bps": 8 * (c.dropped_bytes - prev.dropped_bytes).astype(np.int64)[inbound] / dt,
-                "outbound_pps": (c.passed_packets - prev.passed_packets).astype(np.int64)[1] / dt,
-            }
-            rates = {k: max(float(v), 0.0) for k, v in delta.items()}
-            self.rates[idx] = rates
+    def record(self, traffic: TenantTraffic) -> None:
+        self.latest = traffic
+        r = traffic.rates
+        rows = np.flatnonzero(r.valid)       # tenants with counters at this read; none at the priming read
+        columns = (r.passed_pps, r.dropped_pps, r.passed_bps, r.dropped_bps, r.out_passed_pps)
+        for idx, *values in zip(rows.tolist(), *(c[rows].tolist() for c in columns), strict=True):
             series = self.series[idx]
-            series.times.append(wall)
-            series.rows.append(rates)
-        self._last = counters
-        self._last_at = now
+            series.times.append(traffic.wall)
+            series.rows.append(dict(zip(SERIES_KEYS, values, strict=True)))
+
+    def series_of(self, idx: int, seconds: int) -> list[TrafficSecond]:
+        series = self.series.get(idx)
+        if series is None:
+            return []
+        pairs = list(zip(series.times, series.rows, strict=True))[-seconds:] if seconds > 0 else []
+        return [{"time": t, **row} for t, row in pairs]  # type: ignore[typeddict-item]
+
+    def tenant_traffic(self, indices: dict[str, int]) -> dict[str, dict[str, Any]]:
+        """The traffic part of each tenant's `TenantStatus` (totals and rounded rates), by tenant id."""
+        traffic = self.latest
+        rows = sorted({i for i in indices.values() if traffic is not None and 0 <= i < len(traffic.rates.present)})
+        if not rows:
+            return {tid: _no_traffic() for tid in indices}
+        c, r, at = traffic.counters, traffic.rates, np.array(rows, np.int64)
+        dropped = (c.dropped_packets[at], c.dropped_bytes[at])                      # (rows, directions)
+        # Passed = every packet minus the dropped ones, per direction (as TenantCounterArrays.passed_*),
+        # for the tenants' rows only.
+        passed = [np.where(total >= d, total - d, 0) for total, d in
+                  ((c.class_packets[at].sum(axis=2, dtype=np.uint64), dropped[0]),
+                   (c.class_bytes[at].sum(axis=2, dtype=np.uint64), dropped[1]))]
+        totals = (passed[0], dropped[0], passed[1], dropped[1])                     # in _TOTALS' order
+        per_row = [dict(zip(_TOTALS + _RATES, values, strict=True)) for values in zip(
+            *(t.sum(axis=1).tolist() for t in totals),
+            *(np.round(getattr(r, name)[at], 1).tolist() for name in _RATES), strict=True)]
+        reasons = c.reason_packets[at].sum(axis=1)        # (rows, reasons), both directions
+        for i, figures in enumerate(per_row):
+            figures["drop_reasons"] = {reason.name.lower(): int(reasons[i, reason]) for reason in DropReason
+                                       if reason and reasons[i, reason]}
+        by_idx = dict(zip(rows, per_row, strict=True))
+        return {tid: by_idx.get(idx) or _no_traffic() for tid, idx in indices.items()}
+
+    def unprotected(self) -> UnprotectedStatus:
+        traffic = self.latest
+        if traffic is None or len(traffic.counters) <= UNPROTECTED:
+            return {"passed_packets": 0, "passed_pps": 0.0}
+        row = traffic.counters.tenant(UNPROTECTED)      # that row alone
+        return {"passed_packets": int(row.passed_packets.sum()),
+                "passed_pps": round(traffic.rates.unprotected_passed_pps, 1)}
+
+
+def _no_traffic() -> dict[str, Any]:
+    return {**dict.fromkeys(_TOTALS, 0), **dict.fromkeys(_RATES, 0.0), "drop_reasons": {}}
 
 
 class Appliance:
@@ -200,7 +185,6 @@ class Appliance:
 
     async def run(self) -> int:
         from dataplane import Dataplane  # noqa: PLC0415 - imports bcc
-        from policy.engine import PolicyEngine  # noqa: PLC0415
 
         # Everything that can be refused is refused here, before anything is compiled, pinned or attached.
         self._notify_parsed = validate_for_run(self.config)
@@ -226,8 +210,7 @@ class Appliance:
         self.dataplane.attach(external, internal, self.attach_mode)
         now = time.monotonic()
         self._stale_rules = {rid: now + STALE_RULE_GRACE_S for rid in self.dataplane.installed_rules()}
-        self.engine = PolicyEngine(self.dataplane, self._engine_tenants(), self.bus, self.state_dir / "policy",
-                                   tick=self.config.appliance.tick_ms / 1000.0)
+        self.engine = self.policy_engine(self.dataplane)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
@@ -236,7 +219,7 @@ class Appliance:
         self._spawn(self._heuristics_loop(), "dataplane-heuristics")
         self._spawn(self._monitor_loop(), "traffic-monitor")
         async with contextlib.AsyncExitStack() as stack:
-            await self._start_notifiers(stack)
+            await self.start_notifiers(stack)
             await self._start_securewatch(stack)
             self.bus.publish(Event(EventType.SYSTEM, None, "appliance started", Severity.NOTICE,
                                    details={"external": external, "internal": internal}))
@@ -256,6 +239,14 @@ class Appliance:
     def stop(self) -> None:
         self._stop.set()
 
+    def policy_engine(self, dataplane: DataplaneLike) -> PolicyEngine:
+        """The policy engine over `dataplane` for the tenants applied, publishing its tenant traffic
+        to `monitor` (the status's and the series' only source of tenant rates)."""
+        from policy.engine import PolicyEngine  # noqa: PLC0415
+
+        return PolicyEngine(dataplane, self._engine_tenants(), self.bus, self.state_dir / "policy",
+                            tick=self.config.appliance.tick_ms / 1000.0, on_tenant_traffic=self.monitor.record)
+
     def _spawn(self, coro, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
@@ -268,7 +259,7 @@ class Appliance:
 
         task.add_done_callback(done)
 
-    async def _start_notifiers(self, stack: contextlib.AsyncExitStack) -> None:
+    async def start_notifiers(self, stack: contextlib.AsyncExitStack) -> None:
         self._lifetime = stack  # notifiers configured later (from SecureWatch) stop with it too
         if not self.config.notify:
             return
@@ -367,39 +358,21 @@ class Appliance:
         self.config = dataclasses.replace(self.config, notify=copy.deepcopy(dict(config)))
         log.info("appliance.notifiers_reconfigured", receivers=len(parsed.receivers))
 
-    def traffic_series(self, tenant_id: str, seconds: int = 300) -> list[dict[str, Any]]:
+    def traffic_series(self, tenant_id: str, seconds: int = 300) -> list[TrafficSecond]:
         idx = self.indices.get(tenant_id)
-        if idx is None:
-            return []
-        series = self.monitor.series.get(idx)
-        if series is None:
-            return []
-        pairs = list(zip(series.times, series.rows, strict=True))[-seconds:]
-        return [{"time": t, **row} for t, row in pairs]
+        return [] if idx is None else self.monitor.series_of(idx, seconds)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ApplianceStatus:
         attachments = self.dataplane.attachments if self.dataplane else []
-        tenants = {}
+        traffic = self.monitor.tenant_traffic({t.id: self.indices[t.id] for t in self.tenants})
+        tenants: dict[str, TenantStatus] = {}
         for t in self.tenants:
             idx = self.indices[t.id]
-            totals = self.monitor.totals.get(idx, {})
-            rates = self.monitor.rates.get(idx, {})
-            tenants[t.id] = {"name": t.name, "mode": t.mode, "index": idx,
-                             "prefixes": [str(p) for p in t.prefixes],
-                             "passed_packets": totals.get("passed_packets", 0),
-                             "dropped_packets": totals.get("dropped_packets", 0),
-                             "passed_bytes": totals.get("passed_bytes", 0),
-                             "dropped_bytes": totals.get("dropped_bytes", 0),
-                             "drop_reasons": totals.get("drop_reasons", {}),
-                             "passed_pps": round(rates.get("passed_pps", 0.0), 1),
-                             "dropped_pps": round(rates.get("dropped_pps", 0.0), 1),
-                             "passed_bps": round(rates.get("passed_bps", 0.0), 1),
-                             "dropped_bps": round(rates.get("dropped_bps", 0.0), 1),
-                             # Per-destination class budgets in force: the policy's, or derived from the baselines.
-                             "class_budgets": self.engine.budgets.effective(idx, t.policy) if self.engine else None}
-        from dataplane.dataplane import UNPROTECTED  # noqa: PLC0415
-
-        unprotected = self.monitor.totals.get(UNPROTECTED, {})
+            tenants[t.id] = cast(TenantStatus, {
+                "name": t.name, "mode": t.mode, "index": idx, "prefixes": [str(p) for p in t.prefixes],
+                **traffic[t.id],
+                # Per-destination class budgets in force: the policy's, or derived from the baselines.
+                "class_budgets": self.engine.budgets.effective(idx, t.policy) if self.engine else None})
         return {
             "pid": os.getpid(),
             "updated": time.time(),
@@ -411,20 +384,19 @@ class Appliance:
                            for i, a in enumerate(attachments)],
             "bpffs": str(self.config.appliance.bpffs),
             "tenants": tenants,
-            "unprotected": {"passed_packets": unprotected.get("passed_packets", 0),
-                            "passed_pps": round(self.monitor.rates.get(UNPROTECTED, {}).get("passed_pps", 0.0), 1)},
-            "policy": self.engine.status() if self.engine else None,
+            "unprotected": self.monitor.unprotected(),
+            "policy": cast(PolicyStatus, self.engine.status()) if self.engine else None,
             "incidents": self._incidents(),
             "notifiers": {name: s.to_public_dict() for name, s in self.notifiers.status().items()}
             if self.notifiers else {},
             "securewatch": self.securewatch_url,
         }
 
-    def _incidents(self) -> list[dict[str, Any]]:
+    def _incidents(self) -> list[IncidentStatus]:
         """Open incidents, newest first, in the shape the status file and the demo show."""
         if self.engine is None:
             return []
-        out = []
+        out: list[IncidentStatus] = []
         for inc in self.engine.incidents.open.values():
             out.append({"id": inc.id, "tenant": inc.tenant_id, "state": str(getattr(inc.state, "value", inc.state)),
                         "destinations": sorted(inc.destinations),
@@ -496,14 +468,13 @@ class Appliance:
             self.bus.unsubscribe("dataplane-heuristics")
 
     async def _monitor_loop(self) -> None:
-        """Once a second: counters → rates, status file, SIGHUP reloads, stale rule expiry."""
+        """Once a second: status file (from the engine's last tick), SIGHUP reloads, stale rule expiry."""
         status_file = self.state_dir / STATUS_FILE
         while not self._stop.is_set():
             if self._reload_requested:
                 self._reload_requested = False
                 self.reload()
             now = time.monotonic()
-            self.monitor.sample(self.dataplane.read_tenant_counters(), now, time.time())
             for rid, deadline in list(self._stale_rules.items()):
                 if now >= deadline:
                     with contextlib.suppress(KeyError):
@@ -512,7 +483,7 @@ class Appliance:
                     log.info("appliance.inherited_rule_expired", rule=rid)
             await self._check_forwarding()
             tmp = status_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.status(), default=str))
+            tmp.write_text(dump_status(self.status()))
             os.replace(tmp, status_file)
             if self.forwarding and not self._ready_sent:
                 # After the status file says so: whoever systemd starts next finds it forwarding.
@@ -591,8 +562,9 @@ def pinned_links(bpffs: pathlib.Path) -> list[pathlib.Path]:
     return sorted(bpffs.glob("link_*")) if bpffs.exists() else []
 
 
-def read_status(state_dir: pathlib.Path) -> dict[str, Any] | None:
+def read_status(state_dir: pathlib.Path) -> ApplianceStatus | None:
+    """The status file the running (or last) appliance wrote; None when there is none or it is unreadable."""
     try:
-        return json.loads((state_dir / STATUS_FILE).read_text())
+        return parse_status((state_dir / STATUS_FILE).read_text())
     except (OSError, ValueError):
         return None

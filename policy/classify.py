@@ -50,6 +50,24 @@ class Vector(enum.StrEnum):
     MULTI_VECTOR = "multi_vector"
 
 
+# Which traffic classes each vector floods: the dataplane's stateful heuristics switched on for
+# its destination while its incident is open (`policy.heuristics.HeuristicsSwitch`). Carpet
+# bombing and multi-vector attacks flood what their component vectors do; other protocols
+# (OTHER_FLOOD) have no heuristic.
+VECTOR_CLASSES: dict[Vector, tuple[TrafficClass, ...]] = {
+    Vector.SYN_FLOOD: (TrafficClass.TCP_SYN,),
+    Vector.UDP_FLOOD: (TrafficClass.UDP,),
+    Vector.ICMP_FLOOD: (TrafficClass.ICMP,),
+    Vector.FRAGMENT_FLOOD: (TrafficClass.FRAGMENT,),
+    Vector.TCP_ACK_FLOOD: (TrafficClass.TCP_OTHER,),
+    Vector.RST_FIN_FLOOD: (TrafficClass.TCP_OTHER,),
+    # Reflected answers: UDP datagrams, and the fragments of the large ones.
+    **{v: (TrafficClass.UDP, TrafficClass.FRAGMENT)
+       for v in (Vector.DNS_AMPLIFICATION, Vector.NTP_AMPLIFICATION, Vector.SSDP_AMPLIFICATION,
+                 Vector.MEMCACHED_AMPLIFICATION, Vector.CLDAP_AMPLIFICATION, Vector.CHARGEN_AMPLIFICATION,
+                 Vector.OTHER_REFLECTION)},
+}
+
 # Reflection source ports → (vector, IP length in bytes that the service's answers usually exceed).
 REFLECTION_PORTS: dict[int, tuple[Vector, int]] = {
     53: (Vector.DNS_AMPLIFICATION, 300),

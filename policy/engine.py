@@ -20,6 +20,10 @@ Baselines are saved to `state_dir/baselines.npz` every 5 minutes and when `run()
 ends, and loaded at start, so a restart does not begin a new warm-up. PCAP
 evidence goes to `state_dir/pcap/`.
 
+Each tick publishes its tenants' traffic (`policy.rates.TenantTraffic`: the read and its
+rates) as `tenant_traffic` and to the `on_tenant_traffic` callback: the appliance's status,
+per-second series and SecureWatch read tenant rates from there, never from the counters.
+
 Rules carry the incident id and vector in their comment; in monitor mode they
 are installed with action COUNT. With `auto_mitigation` off no rule is installed.
 """
@@ -69,7 +73,7 @@ from policy.packets import (
     parse_samples,
 )
 from policy.pcap import IncidentPcap
-from policy.rates import DestinationRates, RateTracker, TenantRates
+from policy.rates import DestinationRates, RateTracker, TenantRates, TenantTraffic
 from policy.signature import derive_signature
 from tenants.policy import TenantPolicy
 
@@ -201,7 +205,8 @@ class _SampleWindow:
 class PolicyEngine:
     def __init__(self, dataplane: DataplaneLike, tenants: Mapping[int, TenantSpec], bus: EventBus,
                  state_dir: pathlib.Path, tick: float = 1.0, config: PolicyConfig | None = None,
-                 wall_clock: Callable[[], float] = time.time, budget_config: BudgetConfig | None = None) -> None:
+                 wall_clock: Callable[[], float] = time.time, budget_config: BudgetConfig | None = None,
+                 on_tenant_traffic: Callable[[TenantTraffic], None] | None = None) -> None:
         if tick <= 0:
             raise ValueError(f"policy engine: tick must be positive seconds, got {tick}")
         self.dataplane = dataplane
@@ -243,6 +248,8 @@ class PolicyEngine:
         self._last_save = 0.0
         self.last_report: TickReport | None = None
         self.last_detection: Detection | None = None
+        self.tenant_traffic: TenantTraffic | None = None     # the last tick's (see the module docstring)
+        self._on_tenant_traffic = on_tenant_traffic
         self.load_state()
 
     # -- tenants ---------------------------------------------------------------------------------
@@ -338,6 +345,7 @@ class PolicyEngine:
         if len(freed):
             self.dest_baseline.reset(freed)
         tenants = self.rates.update_tenants(now, tenant_counters)
+        self.tenant_traffic = TenantTraffic(wall=wall, counters=tenant_counters, rates=tenants)
         lap("rates")
         features = parse_samples(raw_samples)
         inbound = features.subset(features.direction == int(Direction.INBOUND))
@@ -408,6 +416,12 @@ class PolicyEngine:
                             events=events, rules_added=added, rules_removed=removed, timings_ms=timings,
                             cpu_ms=round((time.process_time() - cpu0) * 1000.0, 3))
         self.last_report = report
+        if self._on_tenant_traffic is not None:
+            # After the tick's own timing: what a reader does with the figures is not the tick's cost.
+            try:
+                self._on_tenant_traffic(self.tenant_traffic)
+            except Exception:
+                log.exception("policy.tenant_traffic_reader_failed")
         return report
 
     # -- classification ----------------------------------------------------------------------------

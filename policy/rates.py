@@ -14,6 +14,10 @@ Rules for a delta over one tick (variable length `dt`, seconds):
   counter arrived during this tick (delta = current value);
 - a counter smaller than before was reset (map re-created, row re-inserted), so the
   delta is the current value.
+
+Tenant rates are computed here and nowhere else: the engine publishes each tick's
+`TenantTraffic` (the read's cumulative counters with these rates), and the appliance's
+status file, its per-second series and SecureWatch read that publication.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ log = structlog.get_logger("policy")
 
 N_CLASSES = len(TrafficClass)
 _DEST_WORDS = 2 * N_CLASSES + 1      # a destination's packets[C], bytes[C], dropped packets
-_TENANT_WORDS = 2 * N_CLASSES + 1    # a tenant direction's class packets[C], class bytes[C], dropped packets
+# A tenant direction's class packets[C], class bytes[C], dropped packets, dropped bytes.
+_TENANT_WORDS = 2 * N_CLASSES + 2
+_T_DROPPED_PACKETS, _T_DROPPED_BYTES = 2 * N_CLASSES, 2 * N_CLASSES + 1
 _TOP_BIT = np.uint64(1 << 63)
 INBOUND = int(Direction.INBOUND)
 OUTBOUND = int(Direction.OUTBOUND)
@@ -114,6 +120,64 @@ class TenantRates:
     out_byte_rate: np.ndarray   # (T, C)
     passed_pps: np.ndarray      # (T,) inbound
     dropped_pps: np.ndarray     # (T,) inbound
+    unprotected_passed_pps: float = 0.0   # inbound packets/s passed to no tenant (the UNPROTECTED row)
+    # What only the status and its series read (not detection) is computed when first asked for,
+    # outside the tick, from the tick's counter deltas ((rows, 2, words) uint64 of the rows up to
+    # the last present one): `passed_bps`, `dropped_bps`, `out_passed_pps`.
+    _deltas: np.ndarray | None = None
+    _passed_bps: np.ndarray | None = None
+    _out_passed_pps: np.ndarray | None = None
+
+    def _per_s(self, direction: int, word: int) -> np.ndarray:
+        """(T,) one counter word's rate."""
+        out = np.zeros(len(self.present))
+        if self._deltas is not None and self.dt > 0:
+            np.multiply(self._deltas[:, direction, word], 1.0 / self.dt, out=out[:len(self._deltas)])
+        return out
+
+    @property
+    def dropped_byte_rate(self) -> np.ndarray:
+        """(T,) inbound bytes/s dropped."""
+        return self._per_s(INBOUND, _T_DROPPED_BYTES)
+
+    @property
+    def out_dropped_pps(self) -> np.ndarray:
+        """(T,) outbound packets/s dropped."""
+        return self._per_s(OUTBOUND, _T_DROPPED_PACKETS)
+
+    @property
+    def passed_bps(self) -> np.ndarray:
+        """(T,) inbound bits/s passed: every byte minus the dropped ones, floored at 0."""
+        if self._passed_bps is None:
+            self._passed_bps = 8.0 * np.maximum(self.byte_rate.sum(axis=1) - self.dropped_byte_rate, 0.0)
+        return self._passed_bps
+
+    @property
+    def dropped_bps(self) -> np.ndarray:
+        """(T,) inbound bits/s dropped."""
+        return 8.0 * self.dropped_byte_rate
+
+    @property
+    def out_passed_pps(self) -> np.ndarray:
+        """(T,) outbound packets/s passed: every packet minus the dropped ones, floored at 0."""
+        if self._out_passed_pps is None:
+            self._out_passed_pps = np.maximum(self.out_pps.sum(axis=1) - self.out_dropped_pps, 0.0)
+        return self._out_passed_pps
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TenantTraffic:
+    """What the engine publishes each tick about its tenants: the read and the rates made of it.
+
+    `counters` is that tick's read (cumulative since each row was created: the status's
+    totals), `rates` its rates (`RateTracker.update_tenants`: the one definition of a tenant's
+    passed and dropped packets and bits per second). `wall` is the read's time, seconds since
+    the epoch.
+    """
+
+    wall: float
+    counters: TenantCounterArrays
+    rates: TenantRates
 
 
 def _counter_rows(counters: DestinationCounters) -> np.ndarray:
@@ -281,6 +345,8 @@ class RateTracker:
         t = MAX_TENANTS
         self._t_prev = np.zeros((t, 2, _TENANT_WORDS), np.uint64)   # class packets[C], bytes[C], dropped
         self._t_present = np.zeros(t, bool)
+        self._u_prev = np.zeros((2, _TENANT_WORDS), np.uint64)      # the UNPROTECTED row's
+        self._u_present = False
         self._tenant_now: float | None = None
         self.last_destination_rates: DestinationRates | None = None
         self.ignored_tenant_indices = 0      # tenant counter rows skipped for an index out of range
@@ -415,16 +481,20 @@ class RateTracker:
     def _tenant_arrays(self, counters: Mapping[int, TenantCounters]) -> TenantCounterArrays:
         """Per-tenant objects (tests, older readers) as arrays; rows with an index out of range are skipped."""
         t = MAX_TENANTS
-        # Index MAX_TENANTS is the dataplane's "no tenant" row (unprotected traffic): not a tenant.
+        # Index MAX_TENANTS is the dataplane's "no tenant" row (unprotected traffic): not a tenant, kept as
+        # the last row (its passed rate is `TenantRates.unprotected_passed_pps`).
         bad = [idx for idx in counters if not 0 <= idx <= t]
         if bad:
             # A tick must not fail for every tenant because of one bad row: skip it, say so.
             self.ignored_tenant_indices += len(bad)
             log.warning("rates.bad_tenant_index", indices=bad[:8], count=len(bad), valid=f"0..{t - 1}")
-        return TenantCounterArrays.from_mapping({idx: c for idx, c in counters.items() if 0 <= idx < t}, t)
+        return TenantCounterArrays.from_mapping({idx: c for idx, c in counters.items() if 0 <= idx <= t}, t + 1)
 
     def update_tenants(self, now: float, counters: TenantCounterArrays | Mapping[int, TenantCounters]) -> TenantRates:
-        """Rates of every tenant row from one read (`Dataplane.read_tenant_counter_arrays`, or per-tenant objects)."""
+        """Rates of every tenant row from one read (`Dataplane.read_tenant_counter_arrays`, or per-tenant objects).
+
+        The one definition of a tenant's rates (the status, its series and SecureWatch show these):
+        passed = every packet (or byte) of the direction minus the dropped ones, floored at 0."""
         t = MAX_TENANTS
         if not isinstance(counters, TenantCounterArrays):
             counters = self._tenant_arrays(counters)
@@ -438,34 +508,24 @@ class RateTracker:
         # Rows past the last present one have no counters: their rates stay zero and their previous
         # values stay as they are, so only the rows up to it are computed (tenant slots fill from 0).
         hi = int(np.flatnonzero(present)[-1]) + 1 if present.any() else 0
-        current = np.empty((hi, 2, _TENANT_WORDS), np.uint64)
-        current[:, :, :N_CLASSES] = counters.class_packets[:hi]
-        current[:, :, N_CLASSES:2 * N_CLASSES] = counters.class_bytes[:hi]
-        current[:, :, 2 * N_CLASSES] = counters.dropped_packets[:hi]
+        current = _tenant_words(counters, slice(0, hi))
         # Each output's rows up to `hi` straight from the uint64 deltas (rows past it stay zero).
         outputs = np.zeros((4, t, N_CLASSES))      # inbound pps, bytes/s, outbound pps, bytes/s
         dropped_pps = np.zeros(t)                   # inbound
+        per_s = 0.0 if priming else 1.0 / dt
+        delta = None
         if not priming and hi:
-            delta = np.subtract(current, self._t_prev[:hi])
-            # A reset counter wrapped below zero (above the current value, see update_destinations),
-            # and a row absent at the previous read counts whole: the current value; an absent row
-            # has no rate.
-            wrapped = np.flatnonzero(np.greater(delta, current))
-            if len(wrapped):
-                delta.reshape(-1)[wrapped] = current.reshape(-1)[wrapped]
-            fresh = np.flatnonzero(~self._t_present[:hi])
-            delta[fresh] = current[fresh]
-            delta[~present[:hi]] = 0
-            per_s = 1.0 / dt
+            delta = _tenant_deltas(current, self._t_prev[:hi], self._t_present[:hi], present[:hi])
             for out, direction, lo in ((0, INBOUND, 0), (1, INBOUND, N_CLASSES), (2, OUTBOUND, 0),
                                        (3, OUTBOUND, N_CLASSES)):
                 np.multiply(delta[:, direction, lo:lo + N_CLASSES], per_s, out=outputs[out, :hi])
-            np.multiply(delta[:, INBOUND, 2 * N_CLASSES], per_s, out=dropped_pps[:hi])
+            np.multiply(delta[:, INBOUND, _T_DROPPED_PACKETS], per_s, out=dropped_pps[:hi])
         if present[:hi].all():
             self._t_prev[:hi] = current
         else:
             np.copyto(self._t_prev[:hi], current, where=present[:hi, None, None])
         self._t_present = present
+        unprotected_pps = self._unprotected_passed_pps(counters, per_s)
         self._tenant_now = now
         pps = outputs[0]
         passed_pps = np.zeros(t)
@@ -474,9 +534,50 @@ class RateTracker:
             now=now, dt=dt, present=present, valid=present & (not priming), pps=pps, byte_rate=outputs[1],
             out_pps=outputs[2], out_byte_rate=outputs[3],
             # Passed = every packet minus the dropped ones (the program counts no passed packets).
-            passed_pps=passed_pps, dropped_pps=dropped_pps)
+            passed_pps=passed_pps, dropped_pps=dropped_pps, unprotected_passed_pps=unprotected_pps, _deltas=delta)
         self.last_tenant_rates = rates
         return rates
+
+    def _unprotected_passed_pps(self, counters: TenantCounterArrays, per_s: float) -> float:
+        """Inbound packets/s passed to no tenant (the row past the tenants), by the tenant rows' rules."""
+        row = MAX_TENANTS
+        present = len(counters) > row and bool(counters.present[row])
+        if not present:
+            self._u_present = False
+            return 0.0
+        current = _tenant_words(counters, slice(row, row + 1))
+        out = 0.0
+        if per_s:
+            delta = _tenant_deltas(current, self._u_prev[None], np.array([self._u_present]), np.array([True]))[0]
+            out = max(float(delta[INBOUND, :N_CLASSES].sum()) - float(delta[INBOUND, _T_DROPPED_PACKETS]), 0.0) * per_s
+        self._u_prev[:] = current[0]
+        self._u_present = True
+        return out
+
+
+def _tenant_words(counters: TenantCounterArrays, rows: slice) -> np.ndarray:
+    """(R, 2, _TENANT_WORDS) uint64 of the read's `rows`."""
+    n = len(range(*rows.indices(len(counters))))
+    current = np.empty((n, 2, _TENANT_WORDS), np.uint64)
+    current[:, :, :N_CLASSES] = counters.class_packets[rows]
+    current[:, :, N_CLASSES:2 * N_CLASSES] = counters.class_bytes[rows]
+    current[:, :, _T_DROPPED_PACKETS] = counters.dropped_packets[rows]
+    current[:, :, _T_DROPPED_BYTES] = counters.dropped_bytes[rows]
+    return current
+
+
+def _tenant_deltas(current: np.ndarray, prev: np.ndarray, was_present: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Counts of one tick per tenant row (uint64, the shape of `current`). A reset counter wrapped
+    below zero (above the current value, see update_destinations), and a row absent at the
+    previous read counts whole: the current value; an absent row has no rate."""
+    delta = np.subtract(current, prev)
+    wrapped = np.flatnonzero(np.greater(delta, current))
+    if len(wrapped):
+        delta.reshape(-1)[wrapped] = current.reshape(-1)[wrapped]
+    fresh = np.flatnonzero(~was_present)
+    delta[fresh] = current[fresh]
+    delta[~present] = 0
+    return delta
 
 
 def owned(tenant_idx: np.ndarray) -> np.ndarray:

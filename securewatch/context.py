@@ -27,6 +27,7 @@ from tenants import Tenant, TenantSet
 from . import auth, credentials
 from .auth import Principal
 from .settings import SecureWatchSettings
+from .status_types import ApplianceStatus, TenantScopedStatus, TrafficSecond
 from .store import Incident, Session, Store, TenantVersion
 
 SESSION_COOKIE = "sw_session"
@@ -37,7 +38,7 @@ CSRF_HEADER = "X-CSRF-Token"
 class ApplianceHooks(Protocol):
     """What the running appliance process offers SecureWatch."""
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> ApplianceStatus:
         """Interfaces, attach mode, per-tenant counters and rates ({"tenants": {id: {...}}, ...})."""
 
     def apply_tenants(self, tenant_set: TenantSet) -> None:
@@ -46,7 +47,7 @@ class ApplianceHooks(Protocol):
     def current_tenants(self) -> TenantSet:
         """The tenant set the dataplane runs now."""
 
-    def traffic_series(self, tenant_id: str, seconds: int) -> list[dict[str, Any]]:
+    def traffic_series(self, tenant_id: str, seconds: int) -> list[TrafficSecond]:
         """Per-second rows {"time", "passed_pps", "dropped_pps", "passed_bps", "dropped_bps"}, oldest first."""
 
 
@@ -220,7 +221,7 @@ async def shown_actors(request: web.Request, names: list[str | None]) -> dict[st
     return {n: credentials.shown_actor(p, n, scopes) for n in names}
 
 
-def scoped_status(status: dict[str, Any], principal: Principal) -> dict[str, Any]:
+def scoped_status(status: ApplianceStatus, principal: Principal) -> ApplianceStatus | TenantScopedStatus:
     if principal.sees_all:
         return status
     own = {tid: t for tid, t in (status.get("tenants") or {}).items() if principal.can_read(tid)}

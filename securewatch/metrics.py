@@ -2,7 +2,7 @@
 
 Rendered per scrape from the appliance's status (the same snapshot the REST API
 serves), scoped to what the caller may read: a tenant's token sees its own
-tenant's series only. Rates are per second over the last second.
+tenant's series only. Rates are per second over the policy engine's last tick (1 s by default).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .status_types import ApplianceStatus, TenantScopedStatus
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -87,7 +89,7 @@ class _StatusCollector:
             yield backlog
 
 
-def render(status: dict[str, Any]) -> bytes:
+def render(status: ApplianceStatus | TenantScopedStatus) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_StatusCollector(status))
     return generate_latest(registry)

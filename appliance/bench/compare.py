@@ -577,7 +577,7 @@ PART_KEYS = {"drop": ("drop",), "forward": ("forward",), "latency": ("latency", 
              "control": ("control_plane",), "detection": ("detection", "detection_method", "detection_reason")}
 
 
-def _carry_over(result: dict, out_dir: pathlib.Path, parts: tuple[str, ...]) -> None:
+def carry_over(result: dict, out_dir: pathlib.Path, parts: tuple[str, ...]) -> None:
     """Keep the figures of the parts not run now from the compare.json in `out_dir`, naming their run."""
     previous_path = out_dir / "compare.json"
     if not previous_path.exists():
@@ -613,7 +613,7 @@ def run(sizes: Sizes, out_dir: pathlib.Path, progress: Callable[[str], None],
                     "detection": {v: {"seawall_s": None, "fastnetmon_s": None} for v in ("syn_flood", "udp_flood",
                                                                                       "ntp_reflection")},
                     "detection_reason": DETECTION_REASON}
-    _carry_over(result, out_dir, parts)   # before any partial write replaces compare.json
+    carry_over(result, out_dir, parts)   # before any partial write replaces compare.json
     if any(p in parts for p in ("drop", "forward", "latency")):
         lab = CompareLab()
         try:

@@ -3,6 +3,9 @@
 `forwarding` (true/false) and `forwarding_state` say whether the bridge forwards now, as the
 running appliance last checked with the kernel (both NICs up, the program attached to each):
 health checks and orchestration wait for `"forwarding": true`, not for the status to exist.
+
+The report is the appliance's status file (`securewatch.status_types.ApplianceStatus`, keys
+unchanged) with what this command adds (`StatusSummary`); `render_human` is the text form.
 """
 
 from __future__ import annotations
@@ -11,8 +14,40 @@ import json
 import os
 import sys
 import time
+from typing import Any, NotRequired, TypedDict, cast
 
 from appliance.config import DEFAULT_CONFIG_PATH
+from securewatch.status_types import (
+    ApplianceStatus,
+    IncidentStatus,
+    InterfaceStatus,
+    PolicyStatus,
+    TenantStatus,
+    UnprotectedStatus,
+)
+
+
+class StatusSummary(TypedDict):
+    """What `seawall status --json` prints: the appliance's last `ApplianceStatus` (the keys
+    marked NotRequired are absent when it never wrote one) with what this command adds."""
+
+    control_plane: str                    # "running", or "down" when the status is stale or its process gone
+    status_age_s: float | None            # seconds since the appliance last wrote the status
+    dataplane_attached_to: list[str]      # NICs with a pinned XDP link (that forwards without the control plane)
+    forwarding: bool                      # False whenever the control plane is down
+    forwarding_state: str
+    interfaces: list[InterfaceStatus]
+    tenants: dict[str, TenantStatus]
+    pid: NotRequired[int]
+    updated: NotRequired[float]
+    started: NotRequired[float]
+    bpffs: NotRequired[str]
+    unprotected: NotRequired[UnprotectedStatus]
+    policy: NotRequired[PolicyStatus | None]
+    incidents: NotRequired[list[IncidentStatus]]
+    notifiers: NotRequired[dict[str, dict[str, Any]]]
+    securewatch: NotRequired[str | None]
+
 
 STALE_AFTER_S = 5.0  # seconds without a status update before the control plane counts as down
 
@@ -35,10 +70,22 @@ def status(args) -> int:
         return 2
     report = read_status(state_dir)
     links = [p.name.removeprefix("link_") for p in pinned_links(bpffs)]
-    age = None if report is None else time.time() - report.get("updated", 0)
-    running = report is not None and age < STALE_AFTER_S and _alive(report.get("pid"))
-    summary = {"control_plane": "running" if running else "down", "status_age_s": None if age is None else round(age, 1),
-               "dataplane_attached_to": links, **(report or {"interfaces": [], "tenants": {}})}
+    summary = summarize(report, links, time.time())
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        print(render_human(summary))
+    return 0 if summary["control_plane"] == "running" or links else 1
+
+
+def summarize(report: ApplianceStatus | None, links: list[str], now: float) -> StatusSummary:
+    """The command's report from the last status file (`report`, None without one), the NICs with a
+    pinned link and the time now (seconds since the epoch)."""
+    age = None if report is None else now - report.get("updated", 0)
+    running = report is not None and age is not None and age < STALE_AFTER_S and _alive(report.get("pid"))
+    summary = cast(StatusSummary, {
+        "control_plane": "running" if running else "down", "status_age_s": None if age is None else round(age, 1),
+        "dataplane_attached_to": links, **(report or {"interfaces": [], "tenants": {}})})
     if not running:  # a stale report's word on forwarding is not news
         summary["forwarding"] = False
         summary["forwarding_state"] = "unknown: the control plane is down" + (
@@ -46,11 +93,7 @@ def status(args) -> int:
     else:
         summary.setdefault("forwarding", False)
         summary.setdefault("forwarding_state", "unknown")
-    if args.json:
-        print(json.dumps(summary, default=str))
-        return 0 if running or links else 1
-    _print_human(summary)
-    return 0 if running or links else 1
+    return summary
 
 
 def _alive(pid) -> bool:
@@ -65,32 +108,36 @@ def _alive(pid) -> bool:
     return True
 
 
-def _print_human(s: dict) -> None:
+def render_human(s: StatusSummary) -> str:
+    """The summary as `seawall status` prints it without --json (several lines, no trailing newline)."""
+    lines: list[str] = []
+    line = lines.append
     cp = s["control_plane"]
-    print(f"control plane: {cp}" + ("" if cp == "running" else
+    line(f"control plane: {cp}" + ("" if cp == "running" else
                                      f" (last status {s['status_age_s']} s ago)" if s["status_age_s"] else ""))
     forwarding = s.get("forwarding", False)
-    print(f"forwarding:    {'yes' if forwarding else 'no'}"
+    line(f"forwarding:    {'yes' if forwarding else 'no'}"
           + ("" if forwarding else f" ({s.get('forwarding_state', 'unknown')})"))
     if s["dataplane_attached_to"]:
-        print(f"dataplane:     attached to {', '.join(s['dataplane_attached_to'])} (pinned, forwards without the control plane)")
+        line(f"dataplane:     attached to {', '.join(s['dataplane_attached_to'])} (pinned, forwards without the control plane)")
     else:
-        print("dataplane:     not attached")
+        line("dataplane:     not attached")
     for itf in s.get("interfaces", []):
-        print(f"  {itf['role']:<9} {itf['name']:<16} ifindex {itf['ifindex']:<5} XDP {itf['mode']}")
+        line(f"  {itf['role']:<9} {itf['name']:<16} ifindex {itf['ifindex']:<5} XDP {itf['mode']}")
     tenants = s.get("tenants", {})
     if tenants:
-        print(f"\n{'tenant':<16} {'mode':<9} {'passed pps':>11} {'dropped pps':>12} {'passed pkts':>13} {'dropped pkts':>13}")
+        line(f"\n{'tenant':<16} {'mode':<9} {'passed pps':>11} {'dropped pps':>12} {'passed pkts':>13} {'dropped pkts':>13}")
         for tid, t in tenants.items():
-            print(f"{tid:<16} {t['mode']:<9} {t['passed_pps']:>11.0f} {t['dropped_pps']:>12.0f} "
+            line(f"{tid:<16} {t['mode']:<9} {t['passed_pps']:>11.0f} {t['dropped_pps']:>12.0f} "
                   f"{t['passed_packets']:>13} {t['dropped_packets']:>13}")
         budgets = {tid: t["class_budgets"] for tid, t in tenants.items() if t.get("class_budgets")}
         if budgets:
-            print("\nper-destination class budgets, packets/s (source: policy, baseline, or none while warming up)")
+            line("\nper-destination class budgets, packets/s (source: policy, baseline, or none while warming up)")
             for tid, b in budgets.items():
-                print(f"{tid:<16} " + "  ".join(f"{cls} {v['pps']} ({v['source'].split()[0]})" for cls, v in b.items()))
+                line(f"{tid:<16} " + "  ".join(f"{cls} {v['pps']} ({v['source'].split()[0]})" for cls, v in b.items()))
     pol = s.get("policy") or {}
     if pol:
-        print(f"\nincidents open: {pol.get('open_incidents', 0)}   rules installed: {pol.get('rules_installed', 0)}")
+        line(f"\nincidents open: {pol.get('open_incidents', 0)}   rules installed: {pol.get('rules_installed', 0)}")
     if s.get("securewatch"):
-        print(f"SecureWatch:   {s['securewatch']}")
+        line(f"SecureWatch:   {s['securewatch']}")
+    return "\n".join(lines)

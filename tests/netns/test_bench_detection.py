@@ -72,7 +72,7 @@ def test_a_detection_only_run_keeps_the_other_parts_figures(tmp_path):
                 "detection_reason": "not measured"}
     (tmp_path / "compare.json").write_text(json.dumps(previous))
     result = {"detection": {"udp": {"seawall_s": 0.5, "fastnetmon_s": 0.6}}}
-    compare._carry_over(result, tmp_path, ("detection",))
+    compare.carry_over(result, tmp_path, ("detection",))
     assert result["scale"] == previous["scale"] and result["drop"] == previous["drop"]
     assert result["detection"] == {"udp": {"seawall_s": 0.5, "fastnetmon_s": 0.6}}
     assert set(result["carried_over"]) == {"drop", "scale"}
@@ -80,4 +80,4 @@ def test_a_detection_only_run_keeps_the_other_parts_figures(tmp_path):
 
     (tmp_path / "compare.json").write_text("{not json")
     with pytest.raises(compare.BenchError, match="not JSON"):
-        compare._carry_over({}, tmp_path, ("detection",))
+        compare.carry_over({}, tmp_path, ("detection",))

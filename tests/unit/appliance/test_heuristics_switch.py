@@ -1,12 +1,13 @@
-"""The appliance marks destinations under attack in the dataplane while incidents are open."""
+"""The policy marks destinations under attack in the dataplane while incidents are open (policy.heuristics)."""
 
 from __future__ import annotations
 
 import ipaddress
 
-from appliance.service import HeuristicsSwitch
 from dataplane.constants import TrafficClass
+from policy.classify import VECTOR_CLASSES, Vector
 from policy.events import Event, EventType
+from policy.heuristics import HeuristicsSwitch
 
 
 class RecordingDataplane:
@@ -59,3 +60,11 @@ def test_the_syn_challenge_covers_the_ports_of_the_incidents_syn_rules():
     switch.on_event(event(EventType.ATTACK_UPDATE, ["syn_flood"],
                           rules=[{"class": "tcp_syn", "dport": [443, 443]}, {"class": "udp", "dport": [53, 53]}]))
     assert (dp.ports[key].lo, dp.ports[key].hi) == (443, 443)
+
+
+def test_every_vector_of_one_protocol_names_the_classes_it_floods():
+    """Issue 13 item 4: the vector → traffic class mapping sits beside the vectors (policy.classify),
+    keyed by them; only vectors made of others, or of protocols with no heuristic, have none."""
+    assert all(isinstance(v, Vector) and classes for v, classes in VECTOR_CLASSES.items())
+    assert set(Vector) - set(VECTOR_CLASSES) == {Vector.OTHER_FLOOD, Vector.CARPET_BOMBING, Vector.MULTI_VECTOR}
+    assert VECTOR_CLASSES["ntp_amplification"] == (TrafficClass.UDP, TrafficClass.FRAGMENT)   # events carry strings

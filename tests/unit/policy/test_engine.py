@@ -453,3 +453,26 @@ def test_handshake_replies_to_spoofed_sources_make_no_peers(lab):
 
 def _sources(frames: list[bytes]) -> list[ipaddress.IPv4Address]:
     return [ipaddress.ip_address(f[26:30]) for f in frames]     # IPv4 source, after a 14-byte Ethernet header
+
+
+def test_each_tick_publishes_its_tenant_traffic_and_a_failing_reader_does_not_stop_it(lab, tmp_path):
+    """Issue 13 item 4: the engine publishes the tenants' counters and rates of every tick (the
+    appliance's status and series read them there); a reader that raises is logged, the tick goes on."""
+    seen = []
+    engine = PolicyEngine(lab.dp, {1: ("alpha", TenantMode.MITIGATE, TenantPolicy())}, lab.bus, tmp_path / "pub",
+                          on_tenant_traffic=seen.append)
+    for _ in range(3):
+        lab.dp.advance(lab.t, 1.0)
+        lab.t += 1.0
+        engine.tick(lab.t)
+    assert len(seen) == 3 and seen[-1] is engine.tenant_traffic
+    assert seen[-1].rates is engine.last_rates[1] and seen[-1].counters.present[1]
+    assert seen[-1].rates.out_passed_pps[1] > 600 and seen[-1].rates.passed_pps[1] > 600
+
+    def broken(traffic) -> None:
+        raise RuntimeError("reader bug")
+
+    failing = PolicyEngine(lab.dp, {1: ("alpha", TenantMode.MITIGATE, TenantPolicy())}, lab.bus, tmp_path / "f",
+                           on_tenant_traffic=broken)
+    failing.tick(lab.t)
+    assert failing.tick(lab.t + 1.0).dt == 1.0 and failing.tenant_traffic is not None

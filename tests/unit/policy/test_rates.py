@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dataplane.api import DestinationCounters, TenantCounters
-from dataplane.constants import NO_TENANT, DropReason, TrafficClass
+from dataplane.constants import MAX_TENANTS, NO_TENANT, DropReason, TrafficClass
 from policy.rates import RateTracker
 
 C = len(TrafficClass)
@@ -238,3 +238,31 @@ def test_resets_are_found_with_counters_above_two_to_the_63():
     assert got[A][0][TrafficClass.TCP_SYN] == 3.0 and got[B][0][TrafficClass.UDP] == 0.0     # B still down: reset
     r, _ = rt.update_destinations(4.0, counters({A: (pk(udp=big + 1700, syn=9), 0), B: (pk(udp=50), 0)}))
     assert by_address(r)[B][0][TrafficClass.UDP] == 20.0
+
+
+def test_tenant_bits_outbound_passed_and_unprotected_rates_follow_resets():
+    """Issue 13 item 4: the one definition of a tenant's passed and dropped packets and bits per second
+    (every packet minus the dropped ones), outbound passed packets, and the row of no tenant."""
+    def tc(inb: int, out: int, dropped: int, size: int = 100) -> TenantCounters:
+        cp = np.zeros((2, C), np.uint64)
+        cp[0, TrafficClass.UDP], cp[1, TrafficClass.UDP] = inb, out
+        return TenantCounters(passed_packets=np.array([inb - dropped, out], np.uint64),
+                              passed_bytes=np.array([(inb - dropped) * size, out * size], np.uint64),
+                              dropped_packets=np.array([dropped, 0], np.uint64),
+                              dropped_bytes=np.array([dropped * size, 0], np.uint64), class_packets=cp,
+                              class_bytes=cp * size, reason_packets=np.zeros((2, len(DropReason)), np.uint64))
+
+    rt = RateTracker()
+    r = rt.update_tenants(0.0, {3: tc(100, 50, 10), MAX_TENANTS: tc(40, 0, 0)})
+    assert r.unprotected_passed_pps == 0.0 and r.passed_bps.max() == 0.0          # priming
+    r = rt.update_tenants(0.5, {3: tc(600, 150, 110), MAX_TENANTS: tc(90, 0, 0)})
+    assert (r.passed_pps[3], r.dropped_pps[3]) == (800.0, 200.0)
+    assert (r.passed_bps[3], r.dropped_bps[3]) == (8 * 80_000.0, 8 * 20_000.0)
+    assert r.out_passed_pps[3] == 200.0 and r.unprotected_passed_pps == 100.0
+    # Both rows were reset: what they hold now is this tick's.
+    r = rt.update_tenants(1.5, {3: tc(30, 10, 10), MAX_TENANTS: tc(5, 0, 0)})
+    assert (r.passed_pps[3], r.dropped_bps[3], r.out_passed_pps[3]) == (20.0, 8 * 1_000.0, 10.0)
+    assert r.unprotected_passed_pps == 5.0
+    # The row of no tenant absent, then back: counted whole, as a tenant row.
+    assert rt.update_tenants(2.0, {3: tc(30, 10, 10)}).unprotected_passed_pps == 0.0
+    assert rt.update_tenants(2.5, {3: tc(30, 10, 10), MAX_TENANTS: tc(7, 0, 0)}).unprotected_passed_pps == 14.0

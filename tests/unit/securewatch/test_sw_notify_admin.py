@@ -91,7 +91,7 @@ async def test_appliance_without_notify_starts_notifiers_when_configured(tmp_pat
     await sink.up()
     appliance = Appliance(parse_config(f'[appliance]\nstate_dir = "{tmp_path}"\n'))
     async with contextlib.AsyncExitStack() as lifetime:
-        await appliance._start_notifiers(lifetime)  # the appliance's own start-up step
+        await appliance.start_notifiers(lifetime)  # the appliance's own start-up step
         assert appliance.notifiers is None and appliance.notify_config() == {}
         with pytest.raises(ValueError, match=r"notify\.webhook\[0\]\.url"):
             await appliance.reconfigure_notifiers({"webhook": [{"name": "x", "url": "ftp://h/", "secret": "s"}]})
@@ -237,7 +237,7 @@ async def test_put_applies_to_the_running_notifiers_of_a_real_appliance(tmp_path
                           f'secret = "{HMAC_SECRET}"\n')
     appliance = Appliance(config)
     async with contextlib.AsyncExitStack() as lifetime:
-        await appliance._start_notifiers(lifetime)
+        await appliance.start_notifiers(lifetime)
         manager = appliance.notifiers
         async with service(tmp_path, appliance=appliance, bus=appliance.bus) as (url, store, _):
             assert await store.notify_config() == (1, {"webhook": [noc_hook]})  # imported from the file
@@ -312,7 +312,7 @@ async def test_stored_receivers_win_over_the_config_file_at_start(tmp_path, sink
     appliance = Appliance(parse_config(f'[appliance]\nstate_dir = "{tmp_path / "state"}"\n'
                                        f'[[notify.syslog]]\nname = "file-syslog"\nhost = "127.0.0.1"\n'))
     async with contextlib.AsyncExitStack() as lifetime:
-        await appliance._start_notifiers(lifetime)
+        await appliance.start_notifiers(lifetime)
         assert list(appliance.notifiers.status()) == ["file-syslog"]
         store_url = f"sqlite:///{tmp_path}/sw.db"
         store = await Store.open(store_url)

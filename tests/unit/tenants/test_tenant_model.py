@@ -142,7 +142,10 @@ def test_lookup_by_id_and_order() -> None:
 def test_tenant_set_is_immutable() -> None:
     tenant_set = TenantSet.from_dicts([{"id": "alpha", "prefixes": ["198.51.100.0/24"]}])
     with pytest.raises(AttributeError, match="immutable"):
-        tenant_set._tenants = ()  # type: ignore[misc]
+        tenant_set.tenants = ()  # type: ignore[misc]
+    with pytest.raises(AttributeError, match="immutable"):
+        tenant_set.extra = "a new attribute"  # type: ignore[attr-defined]
+    assert tenant_set.ids == ("alpha",)
     with pytest.raises(AttributeError):
         tenant_set["alpha"].mode = "monitor"  # type: ignore[misc]
     assert isinstance(tenant_set.tenants, tuple)
