@@ -54,6 +54,7 @@ _SYN, _UDP, _ICMP, _FRAG = (TrafficClass.TCP_SYN, TrafficClass.UDP, TrafficClass
 VECTOR_CLASSES: dict[str, tuple[TrafficClass, ...]] = {
     "syn_flood": (_SYN,), "udp_flood": (_UDP,), "icmp_flood": (_ICMP,), "fragment_flood": (_FRAG,),
     "tcp_ack_flood": (TrafficClass.TCP_OTHER,), "rst_fin_flood": (TrafficClass.TCP_OTHER,),
+    "tcp_synack_reflection": (TrafficClass.TCP_OTHER,),   # issue 20: SYN-ACKs checked against the servers' SYNs
     **{v: (_UDP, _FRAG) for v in ("dns_amplification", "ntp_amplification", "ssdp_amplification",
                                   "memcached_amplification", "cldap_amplification", "chargen_amplification",
                                   "other_reflection")},

@@ -77,6 +77,7 @@ log = structlog.get_logger("policy")
 
 TenantSpec = tuple[str, TenantMode, TenantPolicy]
 RECENT_TICKS = 10            # ticks of samples kept for classification and signatures
+CARPET_PEER_ROWS = 64        # elevated addresses of a carpet whose peers speak for a flash crowd (issue 20)
 PEER_TICKS = 60              # ticks of outbound samples that make a sender a known peer
 SAMPLE_DRAIN_LIMIT = 4096    # samples read per tick
 RECLASSIFY_S = 5.0           # seconds an ongoing attack's classification is reused
@@ -500,9 +501,10 @@ class PolicyEngine:
             t = cand.tenant_idx
             classes = [ClassEvidence(c, float(tenants.pps[t, c]), float(det.tenant_threshold[t, c]),
                                      float(self.tenant_baseline.mean[t, c])) for c in cand.classes]
+            peers = set().union(*(self._peers_of(dest.addresses[r]) for r in cand.elevated_rows[:CARPET_PEER_ROWS]))
             scores = classify_carpet(classes, self._window.for_tenant(t, self._since(t, None, now)),
                                      len(cand.elevated_rows), cand.top_share,
-                                     cfg.carpet_min_destinations, cfg.min_confidence)
+                                     cfg.carpet_min_destinations, cfg.min_confidence, peers=peers)
             if not scores:
                 continue
             top = cand.elevated_rows[np.argsort(-dest.pps[cand.elevated_rows].sum(axis=1))]
