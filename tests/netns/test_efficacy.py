@@ -2,7 +2,10 @@
 reaches the servers from 8 s after onset, and what the legitimate clients lose meanwhile.
 
 One lab and one appliance (default policy, fresh state) serve every row; each row hits its own
-server or prefix, carpets last on their tenant so no rule of theirs helps another row. Every row
+server or prefix, carpets last on their tenant so no rule of theirs helps another row. As in the
+issue, the reflection and random-port rows hit servers with no legitimate traffic of the flood's
+kind (the game server sees no TCP, web servers no UDP: the clients send no DNS here), so the
+engine has no legitimate samples to check a header signature against. Every row
 runs at ATTACK_PPS for ATTACK_S (shortened from the issue's 22 s to bound the tier's runtime); the
 table is printed row by row (`-s`). Targets: <= 1 % through after 8 s, legitimate TCP 100 %,
 legitimate UDP >= 99.9 %."""
@@ -28,7 +31,7 @@ MEASURE_FROM_S = 8.0         # seconds after onset from which the flood should b
 MAX_THROUGH = 0.01           # share of the flood that may reach the servers after MEASURE_FROM_S
 RAMP_S = 10.0                # seconds from 0 to ATTACK_PPS (the generator's 60 s ramp, shortened)
 PULSE = (2.0, 2.0)           # seconds on, seconds off
-LEGIT = TrafficProfile(game_pps=200, http_rps=10, dns_qps=20)
+LEGIT = TrafficProfile(game_pps=200, http_rps=10, dns_qps=0)   # game UDP to s1, HTTP to every web server
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +47,7 @@ def _rows(lab: Lab) -> dict[str, Row]:
     alpha = ("s1", "s2", "s3")
     beta = ("s4", "s5", "s6")
     return {
-        "synack": Row(AttackSpec("synack", server("s7"), pps=ATTACK_PPS, duration=ATTACK_S), ("s7",)),
+        "synack": Row(AttackSpec("synack", server("s1"), pps=ATTACK_PPS, duration=ATTACK_S), ("s1",)),
         "udp-random": Row(AttackSpec("udp-random", server("s8"), pps=ATTACK_PPS, duration=ATTACK_S), ("s8",)),
         "pulse": Row(AttackSpec("udp", server("s2"), pps=ATTACK_PPS, duration=ATTACK_S, pulse=PULSE), ("s2",)),
         "ramp": Row(AttackSpec("udp", server("s5"), pps=ATTACK_PPS, duration=ATTACK_S, ramp=RAMP_S), ("s5",)),
@@ -105,9 +108,10 @@ def test_efficacy_row(lab, appliance, name, request):
     sent_after = sent_between(summary["per_second"], start, summary["elapsed_s"])
     reached = sum(c.matched for c in captures)
     results = legit.wait(60)
+    # Legitimate traffic to every server: a rule too wide for one row would show elsewhere too.
     tcp_sent = tcp_ok = udp_sent = udp_ok = 0
-    for server in row.servers:
-        for service, stats in results["servers"].get(server, {}).items():
+    for stats_of in results["servers"].values():
+        for service, stats in stats_of.items():
             if service == "http":
                 tcp_sent, tcp_ok = tcp_sent + stats["sent"], tcp_ok + stats["ok"]
             else:
