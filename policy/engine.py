@@ -221,8 +221,11 @@ class PolicyEngine:
         # no lower onset floors), so a busy tenant is not mistaken for a carpet bombing before its
         # baseline exists.
         tenant_floors = tuple(f * cfg.tenant_warmup_floor_factor for f in cfg.warmup_floor_pps)
+        # Onset floors as the destinations have them (issue 20): a tenant whose normal traffic the engine
+        # has seen is judged against that, not against the floor for tenants it has just met.
+        tenant_onset = tuple(f * cfg.tenant_warmup_floor_factor for f in cfg.onset_floor_pps)
         self.tenant_baseline = EwmaBaseline(MAX_TENANTS, **{**baseline_kw, "warmup_floor_pps": tenant_floors,
-                                                            "onset_floor_pps": tenant_floors})
+                                                            "onset_floor_pps": tenant_onset})
         self.incidents = IncidentManager(cfg)
         self.tenants: dict[int, TenantEntry] = {}
         self.policy_table = PolicyTable({})
@@ -664,6 +667,9 @@ class PolicyEngine:
                 learn[np.ix_(np.flatnonzero(dest.tenant_idx == inc.tenant_idx), cls)] = False
             else:
                 targets.append(inc.target)
+                # An attack on one address is no part of its tenant's norm either (issue 20: a pulse
+                # wave's edges would otherwise lift the tenant's threshold above a later carpet).
+                t_learn[inc.tenant_idx, [int(c) for c in inc.classes]] = False
         if targets:
             # The attacked addresses' slots in one lookup (one per incident costs ~25 µs each).
             slots = self.rates.slots.index.get(address_keys(targets))

@@ -11,11 +11,12 @@ import ipaddress
 from dataplane.api import Sample
 from dataplane.constants import Direction, DropReason, TrafficClass
 from policy.classify import ClassEvidence, Vector, classify_carpet
+from policy.config import PolicyConfig
 from policy.events import EventType
 from policy.packets import parse_samples
 from tenants.policy import TenantPolicy
 from tests.unit.policy.fakes import tcp_frame, udp_frame
-from tests.unit.policy.scenarios import FAST, Lab, Tenant, clients, spoofed
+from tests.unit.policy.scenarios import FAST, Lab, Tenant, clients, spoofed, udp_flood_frames
 
 GAMMA = Tenant(3, "gamma")
 SERVERS = [f"192.0.2.{i}" for i in range(1, 11)]
@@ -103,3 +104,47 @@ def test_tenant_doubling_over_an_hour_is_no_incident(tmp_path):
             f.pps = base / len(SERVERS) * (1.0 + (minute + 1) / 60.0)
         lab.run(60, dt=5.0)
     assert lab.events == []
+
+
+def fresh_game_tenant(tmp_path) -> Lab:
+    """A fresh appliance with production settings (10 min warm-up) that has seen 30 s of a game
+    server's traffic: what the netns efficacy rows meet."""
+    lab = Lab(tmp_path, [GAMMA], config=PolicyConfig())
+    players = clients(20)
+    lab.flow("players", GAMMA.idx, [udp_frame(c, SERVERS[0], 40000 + i, 28960, bytes(64))
+                                    for i, c in enumerate(players)], 200)
+    lab.flow("answers", GAMMA.idx, [udp_frame(SERVERS[0], c, 28960, 40000 + i, bytes(64))
+                                    for i, c in enumerate(players)], 200, direction=Direction.OUTBOUND)
+    lab.run(30)
+    return lab
+
+
+def carpet_flow(lab: Lab, pps: float = 20_000) -> None:
+    targets = [str(a) for a in CARPET.hosts()]
+    frames = [udp_frame(s, d, 1024 + i, 5000 + i, bytes(484))
+              for i, (s, d) in enumerate(zip(spoofed(len(targets)), targets, strict=True))]
+    lab.flow("carpet", GAMMA.idx, frames, pps, attack=True, sample_one_in=20, max_samples_per_s=800)
+
+
+def test_carpet_in_a_fresh_appliance_is_caught_on_the_tenants_onset_floor(tmp_path):
+    # Before: a tenant in warm-up kept the floor for tenants the engine has just met (300 kpps of UDP)
+    # even after seeing its traffic, where its destinations get the onset floor.
+    lab = fresh_game_tenant(tmp_path)
+    carpet_flow(lab)
+    (start,) = lab.of_type(EventType.ATTACK_START, lab.run(2))
+    assert "carpet_bombing" in start.vectors and start.details["target"] is None
+
+
+def test_an_attack_on_one_address_does_not_lift_its_tenants_threshold(tmp_path):
+    lab = fresh_game_tenant(tmp_path)
+    start = lab.t
+    # A pulse wave (2 s on, 2 s off) at one server: its edges were learned into the tenant's baseline.
+    lab.flow("pulse", GAMMA.idx, udp_flood_frames(SERVERS[1]),
+             lambda t: 20_000.0 if int(t - start) % 4 < 2 else 0.0, attack=True)
+    lab.run(14)
+    lab.dp.remove_flow("pulse")
+    lab.run(20)
+    assert lab.engine.tenant_baseline.mean[GAMMA.idx, TrafficClass.UDP] < 400     # the players' 200 pps
+    carpet_flow(lab)
+    starts = lab.of_type(EventType.ATTACK_START, lab.run(2))
+    assert any("carpet_bombing" in s.vectors for s in starts), [s.vectors for s in starts]
