@@ -50,7 +50,8 @@ LENGTH_RANGE_SPAN = 64     # bytes: widest length range used as a signature fiel
 TTL_RANGE_SPAN = 12        # hops: widest TTL range used as a signature field
 TTL_SLACK = 2              # hops added on both sides of an observed TTL range
 MIN_PAYLOAD_BYTES = 2      # constant leading payload bytes worth matching on
-MIN_TTL_EVIDENCE_SAMPLES = 20   # legitimate samples (any class) before a TTL band alone may carry a drop rule
+MIN_TTL_EVIDENCE_SAMPLES = 10   # legitimate samples (any class) before a TTL band alone may carry a drop rule
+                                # (a quiet server under a 1-in-64 sampling collects a few a minute)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

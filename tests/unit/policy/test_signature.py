@@ -146,3 +146,10 @@ def test_random_flood_without_any_legitimate_sample_gets_a_rate_limit():
     attack = features((random_udp_flood(), 500))
     sig = derive(TrafficClass.UDP, attack, features(), share=0.99)
     assert sig.kind == "rate_limit"
+
+
+def test_too_few_legitimate_samples_are_no_evidence_for_a_ttl_band():
+    attack = features((random_udp_flood(), 500))
+    few = visitors(ttl=63)[:5]
+    sig = derive(TrafficClass.UDP, attack, features((few, len(few))), share=0.99)
+    assert sig.kind == "rate_limit"
