@@ -22,7 +22,13 @@ from appliance.lab import Lab
 from appliance.lab.attack import AttackSpec
 from appliance.lab.topology import SPOOF_V4, SPOOF_V6
 from appliance.lab.traffic import TrafficProfile, TrafficRun
-from tests.netns.test_policy_reference import ATTACK_TIMEOUT_S, TimedAttack, TimedCapture, start_appliance
+from tests.netns.test_policy_reference import (
+    ATTACK_TIMEOUT_S,
+    TimedAttack,
+    TimedCapture,
+    rule_adds,
+    start_appliance,
+)
 from tests.support import wait_until
 
 ATTACK_PPS = 20_000          # packets/s, the issue's rate
@@ -117,9 +123,21 @@ def test_efficacy_row(lab, appliance, name, request):
             else:
                 udp_sent, udp_ok = udp_sent + stats["sent"], udp_ok + stats["ok"]
     through = reached / sent_after if sent_after else 0.0
+    # The first rule for this row's target (the tenant, dst None, for a carpet) after the onset.
+    scope = None if "/" in row.spec.target else row.spec.target
+    rules = [r for r in rule_adds_all(appliance) if r["at"] >= attack.onset - 1.0 and r.get("dst") == scope]
+    first = f"{rules[0]['at'] - attack.onset:.2f} s ({rules[0]['kind']}: {rules[0]['rule']})" if rules else "none"
     print(f"\n| {name} | {row.spec.vector} -> {row.spec.target} | {100 * through:.1f} % ({reached}/{sent_after:.0f})"
-          f" | TCP {tcp_ok}/{tcp_sent} | UDP {udp_ok}/{udp_sent} |")
+          f" | TCP {tcp_ok}/{tcp_sent} | UDP {udp_ok}/{udp_sent} | first rule {first} |")
     assert sent_after > 0.2 * ATTACK_PPS, (summary, start)
     assert through <= MAX_THROUGH, f"{name}: {reached}/{sent_after:.0f} reached the servers after {MEASURE_FROM_S} s"
     assert tcp_sent > 0 and tcp_ok == tcp_sent, results["servers"]
     assert udp_ok >= 0.999 * udp_sent, results["servers"]
+
+
+def rule_adds_all(appliance) -> list[dict]:
+    """Every `rule.add` record of the appliance, oldest first (`rule_adds` filters by vector)."""
+    records: list[dict] = []
+    for vector in ("udp_flood", "tcp_synack_reflection", "tcp_ack_flood", "carpet_bombing"):
+        records += rule_adds(appliance, vector)
+    return sorted(records, key=lambda r: r["at"])
