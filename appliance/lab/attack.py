@@ -34,7 +34,13 @@ ATTACKER_SOURCE_V6 = "2001:db8:fffe::10"
 REFLECTION_PORTS = {"dns": 53, "ntp": 123, "ssdp": 1900, "memcached": 11211, "cldap": 389, "chargen": 19}
 RANDOM_SIZES = 16                 # distinct datagram sizes a udp-random stream rotates through
 RANDOM_SIZE_RANGE = (64, MTU)     # bytes (IP datagram) of those sizes: never fragmented
-TCP_REFLECTOR_PORT = 443          # source port of reflected SYN-ACKs (an HTTPS server answering spoofed SYNs)
+TCP_REFLECTOR_PORTS = (80, 443)   # source ports of reflected SYN-ACKs (web servers answering spoofed SYNs)
+# What differs between the reflectors of a SYN-ACK reflection: their stacks' options (so the
+# length: 44, 52 and 60 bytes) and their distance (the TTL left: Linux 64 and Windows 128 minus hops).
+REFLECTOR_OPTIONS = ([("MSS", 1460)],
+                     [("MSS", 1460), ("SAckOK", b""), ("WScale", 7)],
+                     [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 1)), ("WScale", 7)])
+REFLECTOR_TTLS = (46, 51, 57, 109, 115, 121)
 VECTORS = ("syn", "ack", "rst", "synack", "udp", "udp-random", *REFLECTION_PORTS, "icmp", "frag", "carpet",
            "multi")
 MULTI_DEFAULT = ("syn", "udp", "dns", "ntp", "icmp")
@@ -333,7 +339,7 @@ class TemplateBuilder:
         # (the ports the attacker put in its spoofed SYNs); the others target a service.
         reflected = vector == "synack"
         dport = self.spec.dport or (40000 if reflected else HTTP_PORT)
-        sport = self.spec.sport or (TCP_REFLECTOR_PORT if reflected else 40000)
+        sport = self.spec.sport or 40000
         variants = {"syn": [("S", [("MSS", 1460), ("SAckOK", b""), ("WScale", 7)])],
                     "ack": [("A", [])],
                     "rst": [("R", []), ("FA", [])],
@@ -341,12 +347,16 @@ class TemplateBuilder:
         streams = []
         for flags, options in variants:
             frames = []
-            for dst, server in self.targets:
-                l3 = self._ip(dst)
-                packet = l3 / TCP(sport=sport, dport=dport, flags=flags, seq=1, ack=0 if "A" not in flags else 1,
-                                  window=64240, options=options)
-                packet = self._pad(packet, 0)
-                frames.append(bytes(self._eth(server) / packet))
+            # Reflected: one template per reflector kind (port, options, distance), rotated through.
+            kinds = ([(p, o, t) for p in ((self.spec.sport,) if self.spec.sport else TCP_REFLECTOR_PORTS)
+                      for o in REFLECTOR_OPTIONS for t in REFLECTOR_TTLS] if reflected else [(sport, options, 57)])
+            for port, opts, ttl in kinds:
+                for dst, server in self.targets:
+                    l3 = self._ip(dst, ttl=ttl)
+                    packet = l3 / TCP(sport=port, dport=dport, flags=flags, seq=1,
+                                      ack=0 if "A" not in flags else 1, window=64240, options=opts)
+                    packet = self._pad(packet, 0)
+                    frames.append(bytes(self._eth(server) / packet))
             edits = _frame_edits(frames[0], self.version, "tcp", spoof=self.spoof_bits > 0,
                                  spoof_bits=self.spoof_bits,
                                  random_sport=None if self.spec.sport or reflected else EPHEMERAL_PORTS,

@@ -11,7 +11,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from appliance.lab import Lab
-from appliance.lab.attack import RANDOM_SIZES, TCP_REFLECTOR_PORT, AttackSpec, build_streams
+from appliance.lab.attack import RANDOM_SIZES, TCP_REFLECTOR_PORTS, AttackSpec, build_streams
 from appliance.lab.generator import full_rate_seconds
 
 LAB = Lab("unit")
@@ -20,8 +20,11 @@ LAB = Lab("unit")
 def test_synack_reflection_comes_from_a_service_port_to_random_client_ports():
     server = LAB.server("s7")
     (stream,) = build_streams(LAB, AttackSpec("synack", server.ipv4))
-    tcp = Ether(stream.frames[0])[TCP]
-    assert tcp.flags == "SA" and tcp.sport == TCP_REFLECTOR_PORT
+    packets = [Ether(f) for f in stream.frames]
+    assert all(p[TCP].flags == "SA" for p in packets)
+    assert {p[TCP].sport for p in packets} == set(TCP_REFLECTOR_PORTS)
+    # Many reflectors: no single length or TTL band for a header signature to key on.
+    assert len({p[IP].len for p in packets}) == 3 and max(p[IP].ttl for p in packets) > 100
     assert stream.edits.dport_off and stream.edits.dport_range[0] >= 1024   # the victim's "client" ports
     assert not stream.edits.sport_off                                        # the reflector's port stays
 
