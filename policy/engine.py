@@ -550,6 +550,7 @@ class PolicyEngine:
         if not todo:
             return [], []
         since = self._since(inc.tenant_idx, inc.target, now)
+        tenant_legit = None      # for a destination: its tenant's clients, TTL evidence (issue 20, item 3)
         if inc.target is None:
             attack = self._window.for_tenant(inc.tenant_idx, since)
             legit = parse_samples(list(self._legit_tenant.get(inc.tenant_idx, ())))
@@ -558,6 +559,7 @@ class PolicyEngine:
         else:
             attack = self._window.for_destination(inc.target, since)
             legit = parse_samples(list(self._legit.get(inc.target, ())))
+            tenant_legit = parse_samples(list(self._legit_tenant.get(inc.tenant_idx, ())))
             slot = self.rates.slots.slot_of(inc.target)
             row = row_of_slot[slot] if slot is not None else -1
             if row < 0:
@@ -579,7 +581,7 @@ class PolicyEngine:
             sig = derive_signature(tenant_idx=inc.tenant_idx, dst=inc.target, traffic_class=tc, attack=attack,
                                    legit=legit, attack_share=float(attack_share), rate_limit_pps=rate_limit,
                                    min_samples=cfg.min_signature_samples, legit_tolerance=cfg.legit_tolerance,
-                                   comment=f"{inc.id} {vector}")
+                                   comment=f"{inc.id} {vector}", ttl_evidence=tenant_legit)
             rule = sig.rule
             if entry.mode == TenantMode.MONITOR:
                 rule = dataclasses.replace(rule, action=RuleAction.COUNT)

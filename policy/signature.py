@@ -95,8 +95,12 @@ def _rate_limit_rule(tenant_idx: int, dst: IPAddress | None, tc: TrafficClass, a
 
 def derive_signature(*, tenant_idx: int, dst: IPAddress | None, traffic_class: TrafficClass,
                      attack: PacketFeatures, legit: PacketFeatures, attack_share: float, rate_limit_pps: float,
-                     min_samples: int = 20, legit_tolerance: float = 0.01, comment: str = "") -> Signature:
-    """The narrowest rule for one attacked class of one target (dst None: tenant-wide)."""
+                     min_samples: int = 20, legit_tolerance: float = 0.01, comment: str = "",
+                     ttl_evidence: PacketFeatures | None = None) -> Signature:
+    """The narrowest rule for one attacked class of one target (dst None: tenant-wide).
+
+    `ttl_evidence`: legitimate samples of the target's tenant, which show where its real clients
+    sit when the target itself has too few samples to say (used for the TTL band only)."""
     tc = traffic_class
     a = attack.subset(attack.traffic_class == int(tc))
     legit_in_class = legit.subset(legit.traffic_class == int(tc))
@@ -175,7 +179,8 @@ def derive_signature(*, tenant_idx: int, dst: IPAddress | None, traffic_class: T
             return fallback(f"the best signature also matches {legit_hits:.1%} of legitimate samples", coverage)
         return Signature(rule, "drop", coverage, legit_hits, "header signature spares every legitimate sample")
     if not strong:
-        band = _ttl_band_apart(fields.get("ttl"), legit, legit_tolerance)
+        evidence = legit if len(legit) >= MIN_TTL_EVIDENCE_SAMPLES or ttl_evidence is None else ttl_evidence
+        band = _ttl_band_apart(fields.get("ttl"), evidence, legit_tolerance)
         if band is not None:
             return Signature(rule, "drop", coverage, float("nan"), band)
         return fallback("no legitimate samples to check against and no field that legitimate traffic lacks",
@@ -195,7 +200,7 @@ def _ttl_band_apart(ttl: Range | None, legit: PacketFeatures, legit_tolerance: f
     if inside > legit_tolerance:
         return None
     return (f"no legitimate samples of the class; TTL band {ttl.lo}-{ttl.hi} apart from all "
-            f"{len(legit)} legitimate samples of the target")
+            f"{len(legit)} legitimate samples of the target (or its tenant)")
 
 
 def _payload_match(a: PacketFeatures, payload: bytes, mask: bytes) -> np.ndarray:

@@ -153,3 +153,11 @@ def test_too_few_legitimate_samples_are_no_evidence_for_a_ttl_band():
     few = visitors(ttl=63)[:5]
     sig = derive(TrafficClass.UDP, attack, features((few, len(few))), share=0.99)
     assert sig.kind == "rate_limit"
+
+
+def test_a_quiet_target_borrows_its_tenants_clients_as_ttl_evidence():
+    attack = features((random_udp_flood(), 500))
+    sig = derive_signature(tenant_idx=1, dst=DST, traffic_class=TrafficClass.UDP, attack=attack,
+                           legit=features((visitors(ttl=63)[:3], 3)), attack_share=0.99, rate_limit_pps=500.0,
+                           ttl_evidence=features((visitors(ttl=63), 100)))
+    assert sig.kind == "drop" and sig.rule.ttl is not None and "tenant" in sig.reason
