@@ -199,6 +199,7 @@ SYN_VALIDATED_TTL_MS = 600000   # a source that completed a handshake is trusted
 BUDGET_BURST_MS = 100           # a per-destination class budget holds this much of its rate as burst, milliseconds
 CONN_GRACE_MS = 5000            # after an ACK/RST/FIN flood starts, connections are learned this long first, ms
 CONN_IDLE_MS = 120000           # a learned connection is forgotten after this long without server traffic, ms
+TCP_OPEN_WINDOW_MS = 10000      # a server's SYN admits the peer's SYN-ACK this long (retransmits renew it), ms
 
 
 # Macro prefixes of the flag sets (the C names they have always had).
@@ -235,7 +236,7 @@ def cflags() -> list[str]:
                  "SAMPLE_BYTES", "RINGBUF_PAGES", "MAX_VLAN_DEPTH", "MAX_IPV6_EXT_HEADERS",
                  "NO_TENANT", "TENANT_SET_SLOTS", "MAX_FLOWS", "REFLECTION_WINDOW_MS",
                  "SYN_RETRANSMIT_MIN_MS", "SYN_RETRANSMIT_MAX_MS", "SYN_VALIDATED_TTL_MS",
-                 "BUDGET_BURST_MS", "CONN_GRACE_MS", "CONN_IDLE_MS"):
+                 "BUDGET_BURST_MS", "CONN_GRACE_MS", "CONN_IDLE_MS", "TCP_OPEN_WINDOW_MS"):
         flags.append(f"-DSW_{name}={globals()[name]}U")
     # Per-destination budgets live in per-CPU memory: each CPU admits its share of the rate.
     flags.append(f"-DSW_NR_CPUS={max(os.cpu_count() or 1, 1)}U")

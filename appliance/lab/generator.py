@@ -79,12 +79,31 @@ def xdp_xmit_counters(ifname: str) -> tuple[int, int]:
     return sent, errors
 
 
-class Generator:
-    """Sends `streams` out of `ifname` at `pps` in total (split by stream weight) for `duration` s."""
+def full_rate_seconds(elapsed: float, pulse: tuple[float, float] | None = None,
+                      ramp: float | None = None) -> float:
+    """Seconds at full rate that fit into `elapsed` seconds of a shaped attack: frames owed by then
+    are this times the rate. A pulse wave sends at full rate for `on` s, then nothing for `off` s,
+    repeated; a ramp rises linearly from 0 to the full rate over `ramp` s, then holds it."""
+    if pulse is not None:
+        on, off = pulse
+        periods, into = divmod(elapsed, on + off)
+        return periods * on + min(into, on)
+    if ramp is not None:
+        if elapsed < ramp:
+            return elapsed * elapsed / (2.0 * ramp)
+        return ramp / 2.0 + (elapsed - ramp)
+    return elapsed
 
-    def __init__(self, streams: list[Stream], pps: int, duration: float, ifname: str):
+
+class Generator:
+    """Sends `streams` out of `ifname` at `pps` in total (split by stream weight) for `duration` s,
+    shaped as a pulse wave or a ramp when asked (`full_rate_seconds`)."""
+
+    def __init__(self, streams: list[Stream], pps: int, duration: float, ifname: str, *,
+                 pulse: tuple[float, float] | None = None, ramp: float | None = None):
         if not streams:
             raise ValueError("no streams to send")
+        self.pulse, self.ramp = pulse, ramp
         self.streams = streams
         self.pps = pps
         self.duration = duration
@@ -118,11 +137,12 @@ class Generator:
             elapsed = min(now - start, self.duration)
             if elapsed >= self.duration or self.stop_event.is_set():
                 final = True
+            shaped = full_rate_seconds(elapsed, self.pulse, self.ramp)
             for index, stream in enumerate(self.streams):
                 if self.pps == 0:
                     due = UNPACED_BATCH if not final else 0
                 else:
-                    due = int(rates[index] * elapsed) - owed[index]
+                    due = int(rates[index] * shaped) - owed[index]
                     backlog_cap = max(1, int(rates[index] * MAX_BACKLOG_S))
                     if due > backlog_cap and not final:
                         skipped += due - backlog_cap
@@ -195,7 +215,7 @@ def run_in_lab(lab_name: str, spec, on_second: Callable[[SecondReport], None] | 
     source_mac = found[0].get("address")
     streams = TemplateBuilder(lab, spec, source_mac=source_mac).streams()
     enter_netns(upstream)
-    generator = Generator(streams, spec.pps, spec.duration, lab.UPSTREAM_IF)
+    generator = Generator(streams, spec.pps, spec.duration, lab.UPSTREAM_IF, pulse=spec.pulse, ramp=spec.ramp)
     if stop_event is not None:
         generator.stop_event = stop_event
     return generator.run(on_second)

@@ -575,6 +575,19 @@ static __always_inline int sw_heuristics(struct sw_packet *p, struct sw_addr_ent
     }
     if (p->proto != SW_IPPROTO_TCP || !p->l4_ok)
         return 0;
+    if ((p->tcp_flags & (SW_TCP_SYN | SW_TCP_ACK)) == (SW_TCP_SYN | SW_TCP_ACK) &&
+        ((flags & SW_POLICY_REFLECTION_ALWAYS) ||
+         ((flags & SW_POLICY_REFLECTION_AUTO) && (attack & (1U << SW_TRAFFIC_CLASS_TCP_OTHER))))) {
+        /* SYN-ACK reflection: a SYN-ACK answers a SYN; a server here must have sent it
+         * (sw_learn_outbound records every outbound SYN), else it was someone else's
+         * spoofed SYN that a reflector answered towards us. By state, not by rate. */
+        struct sw_flow_key k;
+        sw_flow(&k, p->dst, p->src, p->dport, p->sport);
+        __u64 *opened = sw_connections.lookup(&k);
+        if (!opened || bpf_ktime_get_ns() - *opened > SW_TCP_OPEN_WINDOW_MS * SW_MS)
+            return SW_DROP_REASON_HEURISTIC;
+        return 0;
+    }
     if ((attack & (1U << SW_TRAFFIC_CLASS_TCP_OTHER)) && !(p->tcp_flags & SW_TCP_SYN)) {
         /* ACK, RST and FIN floods: only packets of connections the server is
          * talking on pass, after a grace period that learns them. */
@@ -682,9 +695,13 @@ static __always_inline void sw_learn_outbound(struct sw_packet *p, struct sw_add
 {
     if (!p->l4_ok)
         return;
-    if (p->proto == SW_IPPROTO_TCP && (st->attack_classes & (1U << SW_TRAFFIC_CLASS_TCP_OTHER)) &&
-        !(p->tcp_flags & SW_TCP_RST)) {
-        /* The server talks on this connection: its client's ACKs, FINs and RSTs belong. */
+    if (p->proto == SW_IPPROTO_TCP && !(p->tcp_flags & SW_TCP_RST) &&
+        ((st->attack_classes & (1U << SW_TRAFFIC_CLASS_TCP_OTHER)) ||
+         (p->tcp_flags & (SW_TCP_SYN | SW_TCP_ACK)) == SW_TCP_SYN)) {
+        /* The server talks on this connection: its client's ACKs, FINs and RSTs belong.
+         * Its own SYNs are recorded always (rare next to the traffic it serves): the
+         * SYN-ACK and RST/ACK answering them pass the reflection check from the first
+         * packet of an attack, with no grace period. */
         struct sw_flow_key k;
         sw_flow(&k, p->src, p->dst, p->sport, p->dport);
         __u64 now = bpf_ktime_get_ns();

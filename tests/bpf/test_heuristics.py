@@ -153,3 +153,59 @@ def test_ack_flood_passes_only_connections_the_server_talks_on(dp, tenants, atta
     assert run(dp, frames.tcp(client, ALPHA_DST, sport=cport, dport=80, flags="FA")) == XDP_REDIRECT
     # New connections still start: SYNs are not this heuristic's business.
     assert run(dp, frames.tcp("198.19.99.4", ALPHA_DST, sport=45003, dport=80, flags="S")) == XDP_REDIRECT
+
+
+# -- issue 20, item 2: SYN-ACK and other out-of-state TCP reflection, dropped by state -----------------
+
+def synack(src: str, sport: int, dport: int) -> bytes:
+    return frames.tcp(src, ALPHA_DST, sport=sport, dport=dport, flags="SA")
+
+
+def test_synack_reflection_is_dropped_by_state_from_the_attacks_onset(dp, tenants, attacked):
+    reflector = "198.19.91.1"
+    assert run(dp, synack(reflector, 443, 46000)) == XDP_REDIRECT     # no attack, reflection "auto": untouched
+    attacked(TrafficClass.TCP_OTHER)
+    # No grace period: no server here sent the SYN this SYN-ACK answers.
+    action, sample = observe(dp, synack(reflector, 443, 46001))
+    assert action == XDP_DROP and sample.reason == DropReason.HEURISTIC
+    # A connection the server opens itself: its SYN-ACK passes, a reflector's on another port does not.
+    peer = "198.19.91.2"
+    assert run(dp, frames.tcp(ALPHA_DST, peer, sport=46002, dport=443, flags="S"), Direction.OUTBOUND) \
+        == XDP_REDIRECT
+    assert run(dp, synack(peer, 443, 46002)) == XDP_REDIRECT
+    assert run(dp, synack(peer, 443, 46003)) == XDP_DROP
+    assert run(dp, synack(peer, 80, 46002)) == XDP_DROP
+
+
+def test_rst_ack_answers_pass_only_for_syns_the_server_sent(dp, tenants, attacked):
+    # The server's SYN before the attack is known: it is recorded whether or not anything is attacked.
+    peer, port = "198.19.92.2", 47000
+    assert run(dp, frames.tcp(ALPHA_DST, peer, sport=port, dport=25, flags="S"), Direction.OUTBOUND) \
+        == XDP_REDIRECT
+    attacked(TrafficClass.TCP_OTHER)
+    age_attack_mark(dp, tenants["alpha"], ALPHA_DST, 10)                # past the grace period
+    dp.set_under_attack(tenants["alpha"], ipaddress.ip_address(ALPHA_DST), [TrafficClass.TCP_OTHER])
+    assert run(dp, frames.tcp(peer, ALPHA_DST, sport=25, dport=port, flags="RA")) == XDP_REDIRECT   # refused: belongs
+    action, sample = observe(dp, frames.tcp("198.19.92.3", ALPHA_DST, sport=25, dport=port + 1, flags="RA"))
+    assert action == XDP_DROP and sample.reason == DropReason.HEURISTIC
+
+
+def test_synack_reflection_filter_always_acts_without_an_attack(dp, tenants):
+    apply_tenant_dicts(dp, [{"id": "alpha", "name": "A", "prefixes": ["198.51.100.0/25"],
+                             "policy": {"reflection_filter": "always"}}])
+    assert run(dp, synack("198.19.93.1", 443, 48000)) == XDP_DROP
+    assert run(dp, frames.tcp(ALPHA_DST, "198.19.93.2", sport=48001, dport=443, flags="S"), Direction.OUTBOUND) \
+        == XDP_REDIRECT
+    assert run(dp, synack("198.19.93.2", 443, 48001)) == XDP_REDIRECT
+    # Other TCP is no reflection: untouched without an attack.
+    assert run(dp, frames.tcp("198.19.93.3", ALPHA_DST, sport=48002, dport=80, flags="A")) == XDP_REDIRECT
+
+
+def test_synack_reflection_filter_off_leaves_synacks_alone(dp, tenants):
+    applied = apply_tenant_dicts(dp, [{"id": "alpha", "name": "A", "prefixes": ["198.51.100.0/25"],
+                                       "policy": {"reflection_filter": "off"}}])
+    dp.set_under_attack(applied["alpha"], ipaddress.ip_address(ALPHA_DST), [TrafficClass.TCP_OTHER])
+    try:
+        assert run(dp, synack("198.19.94.1", 443, 49000)) == XDP_REDIRECT
+    finally:
+        dp.set_under_attack(applied["alpha"], ipaddress.ip_address(ALPHA_DST), ())

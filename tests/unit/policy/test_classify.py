@@ -68,6 +68,22 @@ def test_rst_fin_flood(flags):
     assert v == Vector.RST_FIN_FLOOD and conf >= 0.8
 
 
+def test_synack_reflection_is_its_own_vector():
+    """Issue 20, item 2: SYN-ACKs to a server that sent no SYN are reflection, not an ACK flood."""
+    frames = [tcp_frame(s, DST, 443, 1024 + i, "SA") for i, s in enumerate(spoofed(200))]
+    v, conf = top(classify_destination([flood(TrafficClass.TCP_OTHER)], features((frames, 300)), set(),
+                                       MIN_CONFIDENCE))
+    assert v == Vector.TCP_SYNACK_REFLECTION and conf >= 0.8
+
+
+def test_synack_answers_from_the_servers_own_peers_are_no_reflection():
+    peers = spoofed(20)
+    frames = [tcp_frame(s, DST, 443, 1024 + i, "SA") for i, s in enumerate(peers)]
+    scores = classify_destination([flood(TrafficClass.TCP_OTHER, mean=90_000)], features((frames, 300)),
+                                  {ipaddress.ip_address(p) for p in peers}, MIN_CONFIDENCE)
+    assert all(s.vector != Vector.TCP_SYNACK_REFLECTION for s in scores), scores
+
+
 def test_udp_flood():
     v, conf = top(classify_destination([flood(TrafficClass.UDP)], features((udp_flood_frames(DST), 300)), set(),
                                        MIN_CONFIDENCE))

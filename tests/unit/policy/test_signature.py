@@ -110,3 +110,54 @@ def test_tenant_wide_rule_for_carpet_bombing_keeps_a_narrowing_field():
                            legit=features(), attack_share=0.95, rate_limit_pps=1000, comment="carpet")
     assert sig.rule.dst is None
     assert sig.kind == "drop" and sig.rule.sport == Range(123, 123)
+
+
+# -- issue 20, item 3: floods without a fixed port or length ------------------------------------------
+
+def random_udp_flood(n: int = 300, ttl: int = 57) -> list[bytes]:
+    rnd = np.random.default_rng(20)
+    return [udp_frame(src, GAME, int(rnd.integers(1024, 65536)), int(rnd.integers(1, 65536)),
+                      rnd.bytes(int(rnd.integers(40, 1400))), ttl=ttl + int(rnd.integers(0, 2)))
+            for src in spoofed(n)]
+
+
+def visitors(ttl: int) -> list[bytes]:
+    return [tcp_frame(f"192.0.2.{10 + i}", GAME, 40000 + i, 80, "A", ttl=ttl) for i in range(40)]
+
+
+def test_random_port_and_size_flood_is_dropped_by_its_ttl_band_when_real_clients_sit_elsewhere():
+    attack = features((random_udp_flood(), 500))
+    sig = derive(TrafficClass.UDP, attack, features((visitors(ttl=63), 200)), share=0.99)
+    rule = sig.rule
+    assert sig.kind == "drop" and rule.action == RuleAction.DROP, sig.reason
+    assert rule.proto == 17 and rule.ttl is not None and rule.ttl.lo <= 57 and rule.ttl.hi < 63
+    assert rule.dport is None and rule.length is None and rule.payload is None
+    assert match_rule(rule, features((random_udp_flood(), 300))).all()
+    assert not match_rule(rule, features((visitors(ttl=63), 40))).any()
+
+
+def test_random_flood_in_the_real_clients_ttl_band_gets_a_rate_limit():
+    attack = features((random_udp_flood(ttl=62), 500))
+    sig = derive(TrafficClass.UDP, attack, features((visitors(ttl=63), 200)), share=0.99)
+    assert sig.kind == "rate_limit"
+
+
+def test_random_flood_without_any_legitimate_sample_gets_a_rate_limit():
+    attack = features((random_udp_flood(), 500))
+    sig = derive(TrafficClass.UDP, attack, features(), share=0.99)
+    assert sig.kind == "rate_limit"
+
+
+def test_too_few_legitimate_samples_are_no_evidence_for_a_ttl_band():
+    attack = features((random_udp_flood(), 500))
+    few = visitors(ttl=63)[:5]
+    sig = derive(TrafficClass.UDP, attack, features((few, len(few))), share=0.99)
+    assert sig.kind == "rate_limit"
+
+
+def test_a_quiet_target_borrows_its_tenants_clients_as_ttl_evidence():
+    attack = features((random_udp_flood(), 500))
+    sig = derive_signature(tenant_idx=1, dst=DST, traffic_class=TrafficClass.UDP, attack=attack,
+                           legit=features((visitors(ttl=63)[:3], 3)), attack_share=0.99, rate_limit_pps=500.0,
+                           ttl_evidence=features((visitors(ttl=63), 100)))
+    assert sig.kind == "drop" and sig.rule.ttl is not None and "tenant" in sig.reason
