@@ -33,3 +33,17 @@ async def await_until(predicate: Callable[[], Awaitable[object] | object], timeo
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
         await asyncio.sleep(interval)  # poll interval
+
+
+def started_lab(request, tag: str):
+    """A namespace lab with a unique name (`tag` and 6 hex digits), taken down when the
+    requesting fixture scope ends, also when a test fails or the set-up fails halfway
+    (netns tier; the lab is imported here so that the unit tier never loads it)."""
+    import uuid  # noqa: PLC0415
+
+    from appliance.lab import Lab  # noqa: PLC0415 - netns tier only
+
+    lab = Lab(f"{tag}{uuid.uuid4().hex[:6]}")
+    request.addfinalizer(lab.down)
+    lab.up()
+    return lab

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import urllib.request
-import uuid
 
 import pytest
 import tomli_w
@@ -38,14 +37,6 @@ def appliance_config(lab: Lab, tmp: pathlib.Path) -> dict:
     config["appliance"]["tick_ms"] = 1000
     config["securewatch"] = {"enabled": False}
     return config
-
-
-@pytest.fixture
-def lab(request):
-    lab = Lab(f"b{uuid.uuid4().hex[:6]}")
-    request.addfinalizer(lab.down)
-    lab.up()
-    return lab
 
 
 @pytest.fixture

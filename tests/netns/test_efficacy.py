@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import uuid
 
 import pytest
 
@@ -29,7 +28,7 @@ from tests.netns.test_policy_reference import (
     rule_adds,
     start_appliance,
 )
-from tests.support import wait_until
+from tests.support import started_lab, wait_until
 
 ATTACK_PPS = 20_000          # packets/s, the rate
 ATTACK_S = 14.0              # seconds per row: 8 s to mitigate, 6 s measured
@@ -68,10 +67,7 @@ ROW_NAMES = ("synack", "udp-random", "pulse", "ramp", "carpet", "carpet-v6")
 
 @pytest.fixture(scope="module")
 def lab(request):
-    lab = Lab(f"e{uuid.uuid4().hex[:6]}")
-    request.addfinalizer(lab.down)
-    lab.up()
-    return lab
+    return started_lab(request, "e")
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,6 @@ import datetime
 import json
 import pathlib
 import time
-import uuid
-
-import pytest
 
 from appliance.lab import Lab, lab_config
 from appliance.lab.attack import AttackProcess, AttackSpec
@@ -30,14 +27,6 @@ ATTACK_S = 12.0           # seconds of attack
 SYN_PPS = 50_000          # lower than the demo's 200 kpps: this VM has 2 vCPUs for everything
 UDP_PPS = 5_000
 UDP_SIZE = 512            # bytes per IP datagram (the reference scenario's)
-
-
-@pytest.fixture
-def lab(request):
-    lab = Lab(f"r{uuid.uuid4().hex[:6]}")
-    request.addfinalizer(lab.down)
-    lab.up()
-    return lab
 
 
 def test_reference_scenario_both_vectors_caught_in_a_fresh_appliance(lab, tmp_path, request):

@@ -5,11 +5,8 @@ serve every vector; each vector hits its own server, so no incident carries over
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
-from appliance.lab import Lab
 from appliance.lab.attack import AttackSpec
 from appliance.lab.topology import SPOOF_V4
 from appliance.lab.traffic import TrafficProfile, TrafficRun
@@ -21,7 +18,7 @@ from tests.netns.test_policy_reference import (
     start_appliance,
     wait_for_incident,
 )
-from tests.support import wait_until
+from tests.support import started_lab, wait_until
 
 ATTACK_PPS = 20_000
 ATTACK_S = 6.0
@@ -47,10 +44,7 @@ VECTORS = {
 
 @pytest.fixture(scope="module")
 def lab(request):
-    lab = Lab(f"v{uuid.uuid4().hex[:6]}")
-    request.addfinalizer(lab.down)
-    lab.up()
-    return lab
+    return started_lab(request, "v")
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import uuid
 import pytest
 import tomli_w
 
-from appliance.lab import Lab, lab_config
+from appliance.lab import lab_config
 from appliance.lab.nsenter import run_in_netns
 from appliance.nics import link_state
 from appliance.runner import ApplianceProcess
@@ -181,14 +181,6 @@ def test_run_with_gro_on_both_peers_forwards_and_status_follows_the_links(wire):
         assert f"ip netns exec {internal_ns} ethtool -K {PEER} gro on" in off["forwarding_state"]
         wire.set_gro(internal_ns, True)
         wait_until(lambda: proc.status().get("forwarding"), timeout=10, what="forwarding with GRO back")
-
-
-@pytest.fixture
-def lab(request):
-    lab = Lab(f"r{uuid.uuid4().hex[:6]}")
-    request.addfinalizer(lab.down)
-    lab.up()
-    return lab
 
 
 def test_systemd_ready_comes_once_forwarding_and_the_first_tcp_connection_succeeds(lab, tmp_path, request):
