@@ -575,12 +575,23 @@ static __always_inline int sw_heuristics(struct sw_packet *p, struct sw_addr_ent
     }
     if (p->proto != SW_IPPROTO_TCP || !p->l4_ok)
         return 0;
-    if ((p->tcp_flags & (SW_TCP_SYN | SW_TCP_ACK)) == (SW_TCP_SYN | SW_TCP_ACK) &&
-        ((flags & SW_POLICY_REFLECTION_ALWAYS) ||
-         ((flags & SW_POLICY_REFLECTION_AUTO) && (attack & (1U << SW_TRAFFIC_CLASS_TCP_OTHER))))) {
-        /* SYN-ACK reflection: a SYN-ACK answers a SYN; a server here must have sent it
-         * (sw_learn_outbound records every outbound SYN), else it was someone else's
-         * spoofed SYN that a reflector answered towards us. By state, not by rate. */
+    int answer = 0; /* a SYN-ACK, or an RST/ACK refusing a SYN, to check against the servers' SYNs */
+    if ((p->tcp_flags & (SW_TCP_SYN | SW_TCP_ACK)) == (SW_TCP_SYN | SW_TCP_ACK)) {
+        answer = (flags & SW_POLICY_REFLECTION_ALWAYS) ||
+                 ((flags & SW_POLICY_REFLECTION_AUTO) && (attack & (1U << SW_TRAFFIC_CLASS_TCP_OTHER)));
+    } else if ((p->tcp_flags & (SW_TCP_RST | SW_TCP_ACK)) == (SW_TCP_RST | SW_TCP_ACK) &&
+               (flags & SW_POLICY_REFLECTION_ALWAYS)) {
+        /* Only with "always" (under "auto", the ACK/RST/FIN incident path below). A reset refusing
+         * a SYN carries sequence number 0 (RFC 793 answers a segment without ACK with SEQ=0);
+         * one closing a connection carries its sender's next sequence number, and outside an
+         * incident nothing here records the connections clients open: those pass as before. */
+        __u32 seq;
+        answer = sw_tcp_number(p, data, data_end, 1, &seq) && seq == 0;
+    }
+    if (answer) {
+        /* SYN-ACK and RST/ACK reflection: either answers a SYN; a server here must have
+         * sent it (sw_learn_outbound records every outbound SYN), else it was someone
+         * else's spoofed SYN that a reflector answered towards us. By state, not by rate. */
         struct sw_flow_key k;
         sw_flow(&k, p->dst, p->src, p->dport, p->sport);
         __u64 *opened = sw_connections.lookup(&k);

@@ -209,3 +209,31 @@ def test_synack_reflection_filter_off_leaves_synacks_alone(dp, tenants):
         assert run(dp, synack("198.19.94.1", 443, 49000)) == XDP_REDIRECT
     finally:
         dp.set_under_attack(applied["alpha"], ipaddress.ip_address(ALPHA_DST), ())
+
+
+def rstack(src: str, sport: int, dport: int, seq: int = 0) -> bytes:
+    """An RST/ACK towards ALPHA_DST; sequence number 0 is how a stack refuses a SYN."""
+    return bytes(Ether() / IP(src=src, dst=ALPHA_DST) / TCP(sport=sport, dport=dport, flags="RA", seq=seq,
+                                                             ack=1))
+
+
+def test_rst_ack_reflection_filter_always_acts_without_an_attack(dp, tenants):
+    apply_tenant_dicts(dp, [{"id": "alpha", "name": "A", "prefixes": ["198.51.100.0/25"],
+                             "policy": {"reflection_filter": "always"}}])
+    action, sample = observe(dp, rstack("198.19.95.1", 25, 50000))
+    assert action == XDP_DROP and sample.reason == DropReason.HEURISTIC
+    # The server's own SYN: the refusal answering it passes; the same peer on another port does not.
+    peer = "198.19.95.2"
+    assert run(dp, frames.tcp(ALPHA_DST, peer, sport=50001, dport=25, flags="S"), Direction.OUTBOUND) \
+        == XDP_REDIRECT
+    assert run(dp, rstack(peer, 25, 50001)) == XDP_REDIRECT
+    assert run(dp, rstack(peer, 25, 50002)) == XDP_DROP
+    # A client aborting a connection it opened (its own sequence number, not 0) is no answer to a SYN.
+    assert run(dp, rstack("198.19.95.3", 50003, 80, seq=0x5EA11)) == XDP_REDIRECT
+
+
+@pytest.mark.parametrize("mode", ["off", "auto"])
+def test_rst_ack_reflection_passes_without_always_and_without_an_attack(dp, tenants, mode):
+    apply_tenant_dicts(dp, [{"id": "alpha", "name": "A", "prefixes": ["198.51.100.0/25"],
+                             "policy": {"reflection_filter": mode}}])
+    assert run(dp, rstack("198.19.96.1", 25, 51000)) == XDP_REDIRECT
