@@ -27,8 +27,7 @@ from tests.netns.test_lab_topology import _http_get, _ping, _udp_exchange
 from tests.support import wait_until
 
 ATTACK_TIMEOUT_S = 60.0      # seconds for an attack process (bcc compiles first)
-TRANSFER_BYTES = 24 * 1024 * 1024
-TRANSFER_RATE = 4 * 1024 * 1024  # bytes/s: the transfer spans the restart
+TRANSFER_RATE = 4 * 1024 * 1024  # bytes/s: a steady stream that keeps flowing through the restart
 
 
 def appliance_config(lab: Lab, tmp: pathlib.Path) -> dict:
@@ -117,19 +116,22 @@ def test_reload_with_a_bad_file_keeps_the_running_set(lab, appliance, tmp_path):
 
 
 SERVER = textwrap.dedent("""
-    import socket, sys, time
-    total, rate = int(sys.argv[1]), int(sys.argv[2])
+    import select, socket, sys, time
+    rate = int(sys.argv[1])
     srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("0.0.0.0", 9000)); srv.listen(1)
     print("listening", flush=True)
     conn, _ = srv.accept()
     chunk, sent, start = b"x" * 65536, 0, time.monotonic()
-    while sent < total:
+    # Stream until the test says the restart is over (a line on stdin); between chunks, wait for
+    # that line at most until the next chunk is due, which holds the stream at `rate`.
+    while True:
         conn.sendall(chunk); sent += len(chunk)
-        ahead = sent / rate - (time.monotonic() - start)
-        if ahead > 0:
-            time.sleep(ahead)  # pacing, so the transfer lasts long enough to span a restart
+        due = max(0.0, sent / rate - (time.monotonic() - start))
+        if select.select([sys.stdin], [], [], due)[0]:
+            break
     conn.close()
+    print("sent", sent, flush=True)
 """)
 
 CLIENT = textwrap.dedent("""
@@ -149,21 +151,25 @@ CLIENT = textwrap.dedent("""
 def test_restart_during_a_tcp_transfer_breaks_no_connection(lab, appliance):
     server = lab.server("s2")
     srv = subprocess.Popen(["ip", "netns", "exec", server.namespace, sys.executable, "-c", SERVER,
-                            str(TRANSFER_BYTES), str(TRANSFER_RATE)], stdout=subprocess.PIPE, text=True)
+                            str(TRANSFER_RATE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     cli = None
     try:
         assert srv.stdout.readline().strip() == "listening"
         cli = subprocess.Popen(["ip", "netns", "exec", lab.ns("cli"), sys.executable, "-c", CLIENT, server.ipv4],
                                stdout=subprocess.PIPE, text=True)
         first = int(cli.stdout.readline())
-        assert 0 < first < TRANSFER_BYTES
+        assert first > 0
         # Restart the control plane mid-transfer: the pinned bridge forwards meanwhile, and the new
-        # process replaces the program in place.
+        # process replaces the program in place. The stream ends only once the restart is over.
         appliance.stop()
         appliance.start()
+        srv.stdin.write("restarted\n")
+        srv.stdin.flush()
+        sent = srv.stdout.readline().split()
         lines = cli.communicate(timeout=60)[0].split()
         assert cli.returncode == 0
-        assert lines[-2:] == ["done", str(TRANSFER_BYTES)]
+        assert sent[0] == "sent" and int(sent[1]) > first
+        assert lines[-2:] == ["done", sent[1]]
     finally:
         for p in (srv, cli):
             if p is not None and p.poll() is None:

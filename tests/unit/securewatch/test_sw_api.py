@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import time
@@ -232,4 +231,3 @@ async def test_store_edits_win_over_appliance_at_start(tmp_path):
             assert appliance.tenants == edited
     finally:
         await store.close()
-    await asyncio.sleep(0)  # one loop turn, not a wait: closed transports finish before the loop closes

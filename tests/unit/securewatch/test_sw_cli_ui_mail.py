@@ -3,7 +3,6 @@ monthly report mailed to a real SMTP server (aiosmtpd)."""
 
 from __future__ import annotations
 
-import asyncio
 import email
 import email.policy
 import os
@@ -178,7 +177,6 @@ async def test_report_mail_failure_is_retried_later(tmp_path):
         assert not await store.report_mailed("alpha", previous_month(time.time()).label)
     finally:
         await store.close()
-    await asyncio.sleep(0)  # one loop turn, not a wait: closed transports finish before the loop closes
 
 
 class socket_closed_port:  # noqa: N801 - used as a context manager
