@@ -166,6 +166,9 @@ BUDGET_FIELDS: dict[TrafficClass, str] = {
     TrafficClass.FRAGMENT: "fragment_rate_pps",
 }
 BUDGET_CLASSES: tuple[TrafficClass, ...] = tuple(BUDGET_FIELDS)
+# packets/s: the largest class rate the dataplane holds (sw_policy.rate_pps[] are __u32; a larger
+# number would wrap, 4294967306 -> 10 pps). Tenant policy numbers are bounded by it.
+RATE_PPS_MAX = 0xFFFFFFFF
 
 
 # Limits. Sizes are entries unless a unit is given.

@@ -7,7 +7,6 @@ through a hand-written layout; every flag and number comes from `dataplane.const
 from __future__ import annotations
 
 import ctypes
-import ipaddress
 import os
 import time
 from collections.abc import Iterable
@@ -24,6 +23,7 @@ from dataplane.constants import (
     MAX_RULES,
     MAX_TENANTS,
     PAYLOAD_MATCH_BYTES,
+    RATE_PPS_MAX,
     RULES_PER_TARGET,
     TENANT_SET_SLOTS,
     AclKind,
@@ -34,6 +34,7 @@ from dataplane.constants import (
     Scope,
     TrafficClass,
 )
+from dataplane.keys import address_from_key_bytes, key_bytes
 from dataplane.reader import MapRef, read_all
 
 log = structlog.get_logger("seawall.dataplane")
@@ -41,18 +42,6 @@ log = structlog.get_logger("seawall.dataplane")
 # The policy flags of each reflection filter mode.
 _REFLECTION_FLAGS = {ReflectionFilter.OFF: PolicyFlag(0), ReflectionFilter.AUTO: PolicyFlag.REFLECTION_AUTO,
                      ReflectionFilter.ALWAYS: PolicyFlag.REFLECTION_ALWAYS}
-
-
-def _v4mapped(address: IPAddress) -> bytes:
-    if address.version == 4:
-        return b"\0" * 10 + b"\xff\xff" + address.packed
-    return address.packed
-
-
-def _address_from_key(raw: bytes) -> IPAddress:
-    if raw[:12] == b"\0" * 10 + b"\xff\xff":
-        return ipaddress.IPv4Address(raw[12:16])
-    return ipaddress.IPv6Address(raw)
 
 
 def sw_acl_index(slot: int, kind: AclKind, tenant_idx: int) -> int:
@@ -243,7 +232,7 @@ class Tables:
             key.scope = Scope.TENANT
         else:
             key.scope = Scope.ADDRESS
-            _fill(key.addr, _v4mapped(dst))
+            _fill(key.addr, key_bytes(dst))
         bits = 0
         for c in classes:
             bits |= 1 << int(c)
@@ -282,8 +271,8 @@ class Tables:
             if cls not in BUDGET_CLASSES:
                 raise DataplaneError(f"traffic class {cls.name} has no per-destination budget "
                                      f"(only {', '.join(c.name for c in BUDGET_CLASSES)})")
-            if isinstance(pps, bool) or not isinstance(pps, int) or not 0 <= pps <= 0xFFFFFFFF:
-                raise DataplaneError(f"budget of {cls.name}: {pps!r} is not 0..4294967295 packets/s")
+            if isinstance(pps, bool) or not isinstance(pps, int) or not 0 <= pps <= RATE_PPS_MAX:
+                raise DataplaneError(f"budget of {cls.name}: {pps!r} is not 0..{RATE_PPS_MAX} packets/s")
             values[BUDGET_CLASSES.index(cls)] = pps
         table = self.maps["sw_policy"]
         key = table.Key(self.config().active_slot * MAX_TENANTS + tenant_idx)
@@ -360,7 +349,7 @@ class Tables:
             key.scope = Scope.TENANT
         else:
             key.scope = Scope.ADDRESS
-            _fill(key.addr, _v4mapped(rule.dst))
+            _fill(key.addr, key_bytes(rule.dst))
         return key
 
     def _rule_set_ids(self, key) -> list[int]:
@@ -444,7 +433,7 @@ class Tables:
         for key, set_id in index.items():
             max_set = max(max_set, set_id.value)
             rule_set = sets[ctypes.c_uint32(set_id.value)]
-            dst = None if key.scope == Scope.TENANT else _address_from_key(bytes(key.addr))
+            dst = None if key.scope == Scope.TENANT else address_from_key_bytes(bytes(key.addr))
             for i in range(rule_set.count):
                 rid = int(rule_set.rule_ids[i])
                 self._rules[rid] = _decode_rule(rules[ctypes.c_uint32(rid)], key.tenant_idx, dst)

@@ -74,7 +74,7 @@ from policy.packets import (
 )
 from policy.pcap import IncidentPcap
 from policy.rates import DestinationRates, RateTracker, TenantRates, TenantTraffic
-from policy.signature import derive_signature
+from policy.signature import MIN_TTL_EVIDENCE_SAMPLES, derive_signature
 from tenants.policy import TenantPolicy
 
 log = structlog.get_logger("policy")
@@ -573,7 +573,8 @@ class PolicyEngine:
         else:
             attack = self._window.for_destination(inc.target, since)
             legit = parse_samples(list(self._legit.get(inc.target, ())))
-            tenant_legit = parse_samples(list(self._legit_tenant.get(inc.tenant_idx, ())))
+            if len(legit) < MIN_TTL_EVIDENCE_SAMPLES:   # only then does the signature consult the tenant's
+                tenant_legit = parse_samples(list(self._legit_tenant.get(inc.tenant_idx, ())))
             slot = self.rates.slots.slot_of(inc.target)
             row = row_of_slot[slot] if slot is not None else -1
             if row < 0:

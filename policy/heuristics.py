@@ -16,7 +16,7 @@ import structlog
 
 from dataplane.api import IPAddress, Range
 from dataplane.constants import TrafficClass
-from policy.classify import VECTOR_CLASSES
+from policy.classify import VECTOR_CLASSES, Vector
 from policy.events import Event, EventType
 
 log = structlog.get_logger("policy")
@@ -57,7 +57,7 @@ class HeuristicsSwitch:
         classes = sorted({c for v in event.vectors for c in VECTOR_CLASSES.get(v, ())})
         if not classes:
             return
-        targets: list[str | None] = [None] if "carpet_bombing" in event.vectors else list(event.destinations)
+        targets: list[str | None] = [None] if Vector.CARPET_BOMBING in event.vectors else list(event.destinations)
         syn_ports = self._syn_ports(event)
         for dst in targets:
             self._mark(tenant_idx, dst, classes, syn_ports)

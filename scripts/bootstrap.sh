@@ -11,6 +11,7 @@ APT_PACKAGES=(
   bpfcc-tools python3-bpfcc libbpf-dev clang llvm   # compile and load the XDP program
   iproute2 ethtool tcpdump nftables xdp-tools fastnetmon  # lab, deployment checks, comparisons
   snmptrapd snmp rsyslog rsyslog-openssl postgresql chromium  # real receivers, browser for tests
+  openssl                                                   # test certificates for SecureWatch's HTTPS
 )
 
 missing=()

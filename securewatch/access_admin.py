@@ -16,7 +16,6 @@ or deleted here (the CLI, on the machine, can still do it).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -44,10 +43,10 @@ def add_routes(app: web.Application) -> None:
 
 
 async def _hash_password(password: Any) -> str:
-    """argon2 takes tens of milliseconds of CPU: off the event loop."""
+    """A password from a JSON body, hashed off the event loop (argon2 takes tens of milliseconds)."""
     if not isinstance(password, str):
         raise ValueError("password: expected a string")
-    return await asyncio.get_running_loop().run_in_executor(None, auth.hash_password, password)
+    return await auth.hash_password_off_loop(password)
 
 
 async def _tenant_problems(request: web.Request, role: Any, tenant: Any) -> list[str]:
@@ -66,7 +65,7 @@ def _role_fields(body: dict[str, Any]) -> tuple[Any, Any, Any, list[str]]:
         problems.append("role: required: admin, noc or tenant")
     if problems:
         return role, tenant, access, problems
-    access = access if role == "tenant" else "write"   # only a tenant's access is limited
+    access = credentials.effective_access(role, access)
     return role, tenant, access, auth.validate_role(role, tenant, access)
 
 
@@ -183,7 +182,7 @@ async def api_token_create(request: web.Request) -> web.Response:
     body = await _body(request, ("role", "tenant", "access", "label", "expires"))
     role, tenant, access, problems = _role_fields(body)
     problems += await _tenant_problems(request, role, tenant)
-    label = body.get("label") or f"{role}{':' + tenant if tenant else ''}"
+    label = body.get("label") or credentials.default_label(role, tenant)
     problems += credentials.label_problems(label)
     now = time.time()
     expires_at = None
@@ -198,16 +197,16 @@ async def api_token_create(request: web.Request) -> web.Response:
     token_id = await store.add_token(auth.token_hash(token), label, role, tenant, access, expires_at)
     await audit(request, "token.create", target=str(token_id), tenant=tenant,
                    details={"role": role, "access": access, "label": label, "expires_at": expires_at})
-    row = next(credentials.token_row(t, now) for t in await store.tokens() if t.id == token_id)
+    row = credentials.token_row(await store.token(token_id), now)
     return web.json_response({**row, "token": token}, status=201)
 
 
 async def api_token_revoke(request: web.Request) -> web.Response:
     require_admin(request)
     text = request.match_info["token_id"]
-    # Digits only and short: ids are 64-bit integers in the database.
-    if not (text.isascii() and text.isdigit()) or len(text) > 18 or not await request.app[STORE].revoke_token(int(text)):
+    token_id = credentials.parse_token_id(text)
+    if token_id is None or not await request.app[STORE].revoke_token(token_id):
         raise not_found(f"no token {text!r}")
-    token = next(t for t in await request.app[STORE].tokens() if t.id == int(text))
+    token = await request.app[STORE].token(token_id)
     await audit(request, "token.revoke", target=text, tenant=token.tenant, details={"label": token.label})
     return web.json_response({"revoked": int(text)})

@@ -37,6 +37,21 @@ def user_name_problems(name: Any) -> list[str]:
     return []
 
 
+def effective_access(role: str, access: str) -> str:
+    """Only a tenant's access is limited: every other role writes what it may see."""
+    return access if role == "tenant" else "write"
+
+
+def default_label(role: str, tenant: str | None) -> str:
+    return f"{role}:{tenant}" if tenant else role
+
+
+def parse_token_id(text: str) -> int | None:
+    """A token id as typed in a URL or on the command line; None when it cannot be one (ids are
+    64-bit integers in the database: digits only, and short)."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+
+
 def label_problems(label: Any) -> list[str]:
     if not isinstance(label, str):
         return ["label: expected a string"]

@@ -595,6 +595,9 @@ class Store:
     async def tokens(self) -> list[ApiToken]:
         return await self._run(_tokens)
 
+    async def token(self, token_id: int) -> ApiToken | None:
+        return await self._run(_token, token_id)
+
     async def revoke_token(self, token_id: int) -> bool:
         """Revoke (the row stays, for the audit trail). False: no such token."""
         return await self._run(_revoke_token, token_id)
@@ -774,6 +777,9 @@ class SyncStore:
 
     def tokens(self) -> list[ApiToken]:
         return self._run(_tokens)
+
+    def token(self, token_id: int) -> ApiToken | None:
+        return self._run(_token, token_id)
 
     def revoke_token(self, token_id: int) -> bool:
         return self._run(_revoke_token, token_id)
@@ -1025,6 +1031,11 @@ def _token_from_row(r: Sequence[Any]) -> ApiToken:
 
 def _tokens(b: _Backend) -> list[ApiToken]:
     return [_token_from_row(r) for r in b.execute(f"SELECT {_TOKEN_COLUMNS} FROM api_tokens ORDER BY id").fetchall()]
+
+
+def _token(b: _Backend, token_id: int) -> ApiToken | None:
+    row = b.execute(f"SELECT {_TOKEN_COLUMNS} FROM api_tokens WHERE id = ?", (token_id,)).fetchone()
+    return _token_from_row(row) if row else None
 
 
 def _revoke_token(b: _Backend, token_id: int) -> bool:

@@ -459,7 +459,7 @@ class TenantSet:
             if not tenant.prefixes:
                 problems.append(f"tenant {tenant.id!r}: prefixes: empty (a tenant owns at least one prefix)")
         _check_set([_Owner.of(tenant, position) for position, tenant in enumerate(tenants)], problems)
-        problems.extend(_capacity_problems(tenants))
+        problems.extend(capacity_problems(tenants))
         if problems:
             raise ConfigError(problems)
         self._init_valid(tenants)
@@ -499,7 +499,7 @@ class TenantSet:
                 owners.append(owner)
         # Set-wide checks run over every usable id and prefix, so one pass reports everything.
         _check_set(owners, problems)
-        problems.extend(_capacity_problems(parsed))
+        problems.extend(capacity_problems(parsed))
         if problems:
             raise ConfigError(problems)
         instance = cls.__new__(cls)
@@ -521,7 +521,7 @@ class TenantSet:
         if (old.allow, old.deny) != (tenant.allow, tenant.deny):
             # The allow/deny keys share the dataplane's maps with every other tenant: the totals
             # must be counted again (the overlaps, by prefix, cannot have changed).
-            problems = _capacity_problems(tenants)
+            problems = capacity_problems(tenants)
             if problems:
                 raise ConfigError(problems)
         # The same prefixes: the sorted address index stays, only its tenant references change.
@@ -579,11 +579,6 @@ class TenantSet:
     def __repr__(self) -> str:
         shown = ", ".join(self.ids[:5]) + (", ..." if len(self) > 5 else "")
         return f"TenantSet({len(self)} tenants: {shown})"
-
-
-def _capacity_problems(tenants: Sequence[Tenant]) -> list[str]:
-    """What would not fit the dataplane's maps."""
-    return capacity_problems(tenants)
 
 
 def _check_set(owners: Sequence[_Owner], problems: list[str]) -> None:

@@ -10,15 +10,15 @@ import dataclasses
 import math
 from typing import Any
 
+from dataplane.constants import RATE_PPS_MAX
 from tenants.errors import ConfigError
+
+# RATE_PPS_MAX (packets/s) bounds the per-class rates, which the dataplane holds as __u32, and the
+# detection floors too: far above any line rate (100GbE: 148.8 Mpps), so that no number in a
+# policy can silently turn detection off.
 
 REFLECTION_MODES = ("auto", "always", "off")
 SENSITIVITY_RANGE = (0.1, 10.0)   # threshold divisor: lenient .. strict
-# Packets per second. The per-class rates are __u32 fields of struct sw_policy
-# (dataplane/bpf/seawall.h): a larger number would wrap there (4294967306 -> 10 pps).
-# The detection floors use the same bound, far above any line rate (100GbE: 148.8 Mpps),
-# so that no number in a policy can silently turn detection off.
-RATE_PPS_MAX = 0xFFFFFFFF
 # Longest rendering of a refused value in a message: a 400-digit number is not worth echoing.
 SHOWN_VALUE_CHARS = 40
 

@@ -83,8 +83,8 @@ def create_token(args) -> int:
 def _create(args) -> int:
     from securewatch import auth, credentials  # noqa: PLC0415
 
-    access = args.access if args.role == "tenant" else "write"
-    label = args.label or f"{args.role}{':' + args.tenant if args.tenant else ''}"
+    access = credentials.effective_access(args.role, args.access)
+    label = args.label or credentials.default_label(args.role, args.tenant)
     problems = auth.validate_role(args.role, args.tenant, access) + credentials.label_problems(label)
     expires_at = None
     try:
@@ -128,13 +128,16 @@ def revoke_token(args) -> int:
 
 
 def _revoke(args) -> int:
+    from securewatch import credentials  # noqa: PLC0415
+
     text = args.id
-    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+    token_id = credentials.parse_token_id(text)
+    if token_id is None:
         raise _Refused(f"id: {text!r} is not a token id (a whole number, see `seawall token list`)")
     with open_store(args.config) as (_config, store):
-        if not store.revoke_token(int(text)):
+        if not store.revoke_token(token_id):
             raise _Refused(f"id: no token {text}")
-        token = next(t for t in store.tokens() if t.id == int(text))
+        token = store.token(token_id)
         store.audit("cli", "token.revoke", target=text, tenant=token.tenant, details={"label": token.label})
     print(f"token {text} ({token.label}) revoked")
     return 0

@@ -76,7 +76,7 @@ def _add(args) -> int:
     from securewatch.store import User  # noqa: PLC0415
 
     tenant = args.tenant
-    access = args.access if args.role == "tenant" else "write"
+    access = credentials.effective_access(args.role, args.access)
     problems = credentials.user_name_problems(args.name) + auth.validate_role(args.role, tenant, access)
     if problems:
         raise _Refused("; ".join(problems))
