@@ -58,7 +58,7 @@ from policy.baseline import EwmaBaseline
 from policy.budgets import BudgetConfig, BudgetDeriver
 from policy.classify import ClassEvidence, Vector, VectorScore, classify_carpet, classify_destination
 from policy.config import PolicyConfig
-from policy.detect import Detection, PolicyTable, TenantEntry, detect, tenant_rows
+from policy.detect import ELEVATED_FLOOR_PPS, Detection, PolicyTable, TenantEntry, detect, tenant_rows
 from policy.events import Event, EventBus, EventType
 from policy.incidents import Incident, IncidentManager, Observation, RuleRecord, State
 from policy.onset import candidates as onset_candidates
@@ -88,7 +88,8 @@ RECLASSIFY_S = 5.0           # seconds an ongoing attack's classification is reu
 WINDOW_SAMPLES = 512         # most recent samples of a target and class used for classification and signatures
 N_CLASSES = len(TrafficClass)
 CARPET_DESTINATIONS_LISTED = 256   # addresses named in a carpet incident
-LEGIT_PROBATION_TICKS = 1    # ticks a target must stay calm before its samples count as legitimate
+LEGIT_PROBATION_TICKS = 3    # ticks a target must stay calm before its samples count as legitimate
+                             # (a ramp crosses from its normal band to the threshold within a few)
 STATE_FILE = "baselines.npz"
 
 
@@ -407,7 +408,7 @@ class PolicyEngine:
         lap("budgets")
         self._learn(dest, tenants, det, attack_mask, row_of_slot)
         lap("learn")
-        self._keep_samples(inbound, by_dst, by_tenant, attack_mask, dest, row_of_slot)
+        self._keep_samples(inbound, by_dst, by_tenant, attack_mask, dest, tenants, det, row_of_slot)
         lap("keep_samples")
         self._write_pcaps(by_dst, by_tenant, inbound)
         events = [self._publish(event) for event in events]
@@ -723,38 +724,82 @@ class PolicyEngine:
 
     def _keep_samples(self, inbound: PacketFeatures, by_dst: dict[IPAddress, list[int]],
                       by_tenant: dict[int, list[int]], attack_mask: np.ndarray, dest: DestinationRates,
-                      row_of_slot: np.ndarray) -> None:
+                      tenants: TenantRates, det: Detection, row_of_slot: np.ndarray) -> None:
         """Remember samples of targets that are not under attack as their legitimate traffic.
 
         A tick's samples wait LEGIT_PROBATION_TICKS ticks before they count as legitimate:
         the tick in which a flood began often carries only part of a second of it, too little
         to cross a threshold, and those samples must not teach the signature check that the
         flood is the server's normal traffic. A target that turns anomalous meanwhile loses them.
+        Samples of a class that a target (or its tenant) receives above its normal band
+        (`_elevated`) never count: a slow ramp spends many seconds there before it crosses the
+        threshold, and its head taught the signature check that the flood was legitimate (issue 20:
+        the 60 s ramp kept a rate-limit fallback).
         """
         hot_dsts = {inc.target for inc in self.incidents.open.values() if inc.target is not None}
         hot_tenants = {inc.tenant_idx for inc in self.incidents.open.values() if inc.target is None}
         # Attacked rows from the flat mask (`.any(axis=1)` over 100k rows walks the class axis slowly).
         anomalous_dsts = {dest.addresses[r] for r in np.unique(np.flatnonzero(attack_mask) // attack_mask.shape[1])}
         blocked = hot_dsts | anomalous_dsts
+        pending_dsts = {d for pending_dst, _ in self._legit_probation for d in pending_dst}
+        elevated, t_elevated = self._elevated(dest, tenants, det, row_of_slot, set(by_dst) | pending_dsts)
+        tenant_of = inbound.tenant_idx
         for pending_dst, pending_tenant in self._legit_probation:
             for dst in [d for d in pending_dst if d in blocked]:
                 del pending_dst[dst]
             for t in [t for t in pending_tenant if t in hot_tenants]:
                 del pending_tenant[t]
-            if blocked:       # else nothing to take out (and hashing each sample's address is not free)
-                for t, pairs in pending_tenant.items():
-                    pending_tenant[t] = [(smp, d) for smp, d in pairs if d not in blocked]
-        now_dst = {dst: [inbound.samples[i] for i in idx] for dst, idx in by_dst.items()
-                   if dst not in hot_dsts and dst not in anomalous_dsts}
-        now_tenant = {t: [(inbound.samples[i], inbound.dst[i]) for i in idx
-                          if not anomalous_dsts or inbound.dst[i] not in anomalous_dsts]
+            if elevated:
+                for dst, pairs in pending_dst.items():
+                    pending_dst[dst] = [(smp, c) for smp, c in pairs if (dst, c) not in elevated]
+            if blocked or elevated or t_elevated:   # else nothing to take out (hashing addresses is not free)
+                for t, triples in pending_tenant.items():
+                    pending_tenant[t] = [(smp, d, c) for smp, d, c in triples
+                                         if d not in blocked and (d, c) not in elevated and (t, c) not in t_elevated]
+        classes = inbound.traffic_class
+        now_dst = {dst: [(inbound.samples[i], int(classes[i])) for i in idx
+                         if (dst, int(classes[i])) not in elevated and (int(tenant_of[i]), int(classes[i])) not in t_elevated]
+                   for dst, idx in by_dst.items() if dst not in hot_dsts and dst not in anomalous_dsts}
+        now_tenant = {t: [(inbound.samples[i], inbound.dst[i], int(classes[i])) for i in idx
+                          if (t, int(classes[i])) not in t_elevated
+                          and (not anomalous_dsts or inbound.dst[i] not in anomalous_dsts)
+                          and (not elevated or (inbound.dst[i], int(classes[i])) not in elevated)]
                       for t, idx in by_tenant.items() if t not in hot_tenants and t in self.tenants}
+        # A destination of a tenant under a carpet is attacked too, though not on its own.
+        now_dst = {d: v for d, v in now_dst.items() if v and int(tenant_of[by_dst[d][0]]) not in hot_tenants}
         if len(self._legit_probation) == self._legit_probation.maxlen:
             self._commit_legit(*self._legit_probation.popleft())
         self._legit_probation.append((now_dst, now_tenant))
 
-    def _commit_legit(self, by_dst: dict[IPAddress, list[Sample]],
-                      by_tenant: dict[int, list[tuple[Sample, IPAddress | None]]]) -> None:
+    def _elevated(self, dest: DestinationRates, tenants: TenantRates, det: Detection, row_of_slot: np.ndarray,
+                  addresses: set[IPAddress]) -> tuple[set[tuple[IPAddress, int]], set[tuple[int, int]]]:
+        """(address, class) of `addresses` and (tenant, class) pairs whose rate this tick is above their
+        normal band: the baseline's (mean + k·sigma)·margin, and at least ELEVATED_FLOOR_PPS. Looked up
+        for the sampled addresses only (a whole-array pass over 100k rows costs a millisecond)."""
+        out: set[tuple[IPAddress, int]] = set()
+        if addresses and len(dest):
+            listed = list(addresses)
+            slots = self.rates.slots.index.get(address_keys(listed))
+            ok = slots >= 0
+            rows = np.full(len(listed), -1, np.int64)
+            rows[ok] = row_of_slot[slots[ok]]
+            have = np.flatnonzero(rows >= 0)
+            if len(have):
+                r = rows[have]
+                hot = dest.pps[r] > np.maximum(det.baseline_cap[r], ELEVATED_FLOOR_PPS)
+                for i, c in zip(*np.nonzero(hot), strict=True):
+                    out.add((listed[have[i]], int(c)))
+        t_out: set[tuple[int, int]] = set()
+        if det.tenant_cap is not None:
+            t_rows = self.policy_table.tenant_rows
+            if det.tenant_cap.shape == (len(t_rows), N_CLASSES):
+                hot = (tenants.pps[t_rows] > np.maximum(det.tenant_cap, ELEVATED_FLOOR_PPS)) & tenants.valid[t_rows, None]
+                for i, c in zip(*np.nonzero(hot), strict=True):
+                    t_out.add((int(t_rows[i]), int(c)))
+        return out, t_out
+
+    def _commit_legit(self, by_dst: dict[IPAddress, list[tuple[Sample, int]]],
+                      by_tenant: dict[int, list[tuple[Sample, IPAddress | None, int]]]) -> None:
         cfg = self.config
         for dst, samples in by_dst.items():
             store = self._legit.get(dst)
@@ -765,7 +810,7 @@ class PolicyEngine:
                     self._legit.popitem(last=False)
             else:
                 self._legit.move_to_end(dst)
-            store.extend(samples)
+            store.extend(smp for smp, _ in samples)
         for t, pairs in by_tenant.items():
             if t not in self.tenants:
                 continue
@@ -777,7 +822,7 @@ class PolicyEngine:
                     self._legit_tenant.popitem(last=False)
             else:
                 self._legit_tenant.move_to_end(t)
-            store.extend(smp for smp, _ in pairs)
+            store.extend(smp for smp, _, _ in pairs)
 
     def _write_pcaps(self, by_dst: dict[IPAddress, list[int]], by_tenant: dict[int, list[int]],
                      inbound: PacketFeatures) -> None:
