@@ -243,6 +243,13 @@ class PolicyEngine:
         self._peers: collections.deque[dict[IPAddress, set[IPAddress]]] = collections.deque(maxlen=PEER_TICKS)
         self._legit: collections.OrderedDict[IPAddress, collections.deque[Sample]] = collections.OrderedDict()
         self._legit_tenant: collections.OrderedDict[int, collections.deque[Sample]] = collections.OrderedDict()
+        # Inbound samples from the servers' peers (remotes they sent data to) while their target is under
+        # attack: real clients, the only legitimate samples a tenant under a carpet still gets. TTL
+        # evidence for rules only (see _ensure_rules).
+        self._peer_legit: collections.OrderedDict[int, collections.deque[Sample]] = collections.OrderedDict()
+        # Legitimate samples kept per tenant so far (its own, its destinations' and its peers'): a
+        # fallback for want of them is derived again only when this moved.
+        self._evidence_added: collections.Counter[int] = collections.Counter()
         # Samples of the last ticks waiting to be counted as legitimate (see _keep_samples).
         self._legit_probation: collections.deque[tuple[dict, dict]] = collections.deque(maxlen=LEGIT_PROBATION_TICKS)
         self._pcaps: dict[str, IncidentPcap] = {}
@@ -560,22 +567,34 @@ class PolicyEngine:
         if entry is None or not entry.policy.auto_mitigation:
             return [], []
         cfg = self.config
-        upgradable = {TrafficClass[r.traffic_class.upper()]: rid for rid, r in inc.rules.items() if r.needs_samples}
-        todo = sorted((inc.classes - inc.rule_classes) | set(upgradable))
+        upgradable = {TrafficClass[r.traffic_class.upper()]: rid for rid, r in inc.rules.items()
+                      if r.needs_samples or r.needs_evidence}
+        evidence_n = self._evidence_added[inc.tenant_idx]
+        # A fallback for want of legitimate samples is derived again once new ones arrived (issue 20:
+        # a tenant with few clients kept its rate limit for the whole attack), not every tick.
+        stale = {tc for tc, rid in upgradable.items()
+                 if not inc.rules[rid].needs_samples and inc.rules[rid].evidence_seen == evidence_n}
+        todo = sorted(((inc.classes - inc.rule_classes) | set(upgradable)) - stale)
         if not todo:
             return [], []
         since = self._since(inc.tenant_idx, inc.target, now)
-        tenant_legit = None      # for a destination: its tenant's clients, TTL evidence (issue 20, item 3)
+        # The tenant's clients and the peers its servers answer: TTL evidence when the target has too
+        # few legitimate samples of its own (issue 20, item 3).
+        tenant_legit = None
         if inc.target is None:
             attack = self._window.for_tenant(inc.tenant_idx, since)
             legit = parse_samples(list(self._legit_tenant.get(inc.tenant_idx, ())))
+            if len(legit) < MIN_TTL_EVIDENCE_SAMPLES:
+                tenant_legit = parse_samples([*self._legit_tenant.get(inc.tenant_idx, ()),
+                                              *self._peer_legit.get(inc.tenant_idx, ())])
             pps_row, mean_row = tenants.pps[inc.tenant_idx], self.tenant_baseline.mean[inc.tenant_idx]
             base_thr = self.tenant_baseline.baseline_threshold(np.array([inc.tenant_idx]))[0]
         else:
             attack = self._window.for_destination(inc.target, since)
             legit = parse_samples(list(self._legit.get(inc.target, ())))
             if len(legit) < MIN_TTL_EVIDENCE_SAMPLES:   # only then does the signature consult the tenant's
-                tenant_legit = parse_samples(list(self._legit_tenant.get(inc.tenant_idx, ())))
+                tenant_legit = parse_samples([*self._legit_tenant.get(inc.tenant_idx, ()),
+                                              *self._peer_legit.get(inc.tenant_idx, ())])
             slot = self.rates.slots.slot_of(inc.target)
             row = row_of_slot[slot] if slot is not None else -1
             if row < 0:
@@ -604,7 +623,9 @@ class PolicyEngine:
             inc.rule_classes.add(tc)
             replaces = upgradable.get(tc)
             if replaces is not None and sig.kind != "drop":
-                inc.rules[replaces].needs_samples = sig.needs_samples   # still no header signature
+                record = inc.rules[replaces]                            # still no header signature
+                record.needs_samples, record.needs_evidence = sig.needs_samples, sig.needs_evidence
+                record.evidence_seen = evidence_n
                 continue
             if len(inc.rules) >= RULES_PER_TARGET + (replaces is not None):
                 log.warning("rule.limit", tenant=inc.tenant_id, incident=inc.id, limit=RULES_PER_TARGET)
@@ -615,7 +636,7 @@ class PolicyEngine:
                 log.error("rule.add_failed", tenant=inc.tenant_id, incident=inc.id, vector=vector, error=str(exc))
                 continue
             inc.rules[rule_id] = RuleRecord(rule_id, rule, vector, tc.name.lower(), sig.kind, sig.reason,
-                                            sig.needs_samples)
+                                            sig.needs_samples, sig.needs_evidence, evidence_n)
             if replaces is not None:
                 # Enough samples now: the header signature takes over from the rate-limit fallback
                 # (added first, so the attack never meets an empty rule set in between).
@@ -765,11 +786,40 @@ class PolicyEngine:
                           and (not anomalous_dsts or inbound.dst[i] not in anomalous_dsts)
                           and (not elevated or (inbound.dst[i], int(classes[i])) not in elevated)]
                       for t, idx in by_tenant.items() if t not in hot_tenants and t in self.tenants}
+        self._keep_peer_samples(inbound, by_tenant, blocked, hot_tenants)
         # A destination of a tenant under a carpet is attacked too, though not on its own.
         now_dst = {d: v for d, v in now_dst.items() if v and int(tenant_of[by_dst[d][0]]) not in hot_tenants}
         if len(self._legit_probation) == self._legit_probation.maxlen:
             self._commit_legit(*self._legit_probation.popleft())
         self._legit_probation.append((now_dst, now_tenant))
+
+    def _keep_peer_samples(self, inbound: PacketFeatures, by_tenant: dict[int, list[int]],
+                           blocked: set[IPAddress], hot_tenants: set[int]) -> None:
+        """Keep the attacked targets' samples from their servers' peers, for tenants with a rule that waits
+        for legitimate samples: a spoofed flood does not come from the remotes a server talks to."""
+        waiting = {inc.tenant_idx for inc in self.incidents.open.values()
+                   if any(r.needs_evidence for r in inc.rules.values())}
+        for t in waiting:
+            peers_of: dict[IPAddress, set[IPAddress]] = {}
+            kept = []
+            for i in by_tenant.get(t, ()):
+                d, src = inbound.dst[i], inbound.src[i]
+                if d is None or src is None or not (t in hot_tenants or d in blocked):
+                    continue                      # not attacked: it joins the legitimate samples anyway
+                peers = peers_of.get(d)
+                if peers is None:
+                    peers = peers_of[d] = self._peers_of(d)
+                if src in peers:
+                    kept.append(inbound.samples[i])
+            if not kept:
+                continue
+            store = self._peer_legit.get(t)
+            if store is None:
+                store = self._peer_legit[t] = collections.deque(maxlen=self.config.legit_samples_per_destination * 2)
+                if len(self._peer_legit) > self.config.legit_sample_tenants:
+                    self._peer_legit.popitem(last=False)
+            store.extend(kept)
+            self._evidence_added[t] += len(kept)
 
     def _elevated(self, dest: DestinationRates, tenants: TenantRates, det: Detection, row_of_slot: np.ndarray,
                   addresses: set[IPAddress]) -> tuple[set[tuple[IPAddress, int]], set[tuple[int, int]]]:
@@ -823,6 +873,7 @@ class PolicyEngine:
             else:
                 self._legit_tenant.move_to_end(t)
             store.extend(smp for smp, _, _ in pairs)
+            self._evidence_added[t] += len(pairs)
 
     def _write_pcaps(self, by_dst: dict[IPAddress, list[int]], by_tenant: dict[int, list[int]],
                      inbound: PacketFeatures) -> None:
