@@ -57,7 +57,7 @@ from dataplane.keys import address_keys
 from policy.baseline import EwmaBaseline
 from policy.budgets import BudgetConfig, BudgetDeriver
 from policy.classify import ClassEvidence, Vector, VectorScore, classify_carpet, classify_destination
-from policy.config import PolicyConfig
+from policy.config import PolicyConfig, floors_for_link
 from policy.detect import ELEVATED_FLOOR_PPS, Detection, PolicyTable, TenantEntry, detect, tenant_rows
 from policy.events import Event, EventBus, EventType
 from policy.incidents import Incident, IncidentManager, Observation, RuleRecord, State
@@ -267,7 +267,9 @@ class PolicyEngine:
     # -- tenants ---------------------------------------------------------------------------------
     def set_tenants(self, tenants: Mapping[int, TenantSpec]) -> None:
         """Replace the tenant table (validated first; on error nothing changes)."""
-        entries = _validate_tenants(tenants)
+        # Floors left at their defaults follow the link (issue 20); the rest of the engine reads them here.
+        entries = {idx: dataclasses.replace(e, policy=floors_for_link(e.policy, self.config.uplink_bps))
+                   for idx, e in _validate_tenants(tenants).items()}
         table = PolicyTable(entries)
         old = self.tenants
         self.tenants, self.policy_table = entries, table
