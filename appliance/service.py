@@ -310,7 +310,7 @@ class Appliance:
 
     def _engine_tenants(self) -> dict[int, tuple[str, TenantMode, Any]]:
         return {self.indices[t.id]: (t.id, TenantMode.MONITOR if t.mode == "monitor" else TenantMode.MITIGATE,
-                                     t.policy) for t in self.tenants}
+                                     t.policy, t.prefixes) for t in self.tenants}
 
     def _request_reload(self) -> None:
         self._reload_requested = True

@@ -73,13 +73,15 @@ from policy.packets import (
     parse_samples,
 )
 from policy.pcap import IncidentPcap
+from policy.prefixes import PrefixAggregates, PrefixDetection
 from policy.rates import DestinationRates, RateTracker, TenantRates, TenantTraffic
 from policy.signature import MIN_TTL_EVIDENCE_SAMPLES, derive_signature
 from tenants.policy import TenantPolicy
 
 log = structlog.get_logger("policy")
 
-TenantSpec = tuple[str, TenantMode, TenantPolicy]
+# (tenant id, mode, policy[, prefixes]): a tenant with several prefixes gets per-prefix aggregates too
+TenantSpec = tuple
 RECENT_TICKS = 10            # ticks of samples kept for classification and signatures
 CARPET_PEER_ROWS = 64        # elevated addresses of a carpet whose peers speak for a flash crowd (issue 20)
 PEER_TICKS = 60              # ticks of outbound samples that make a sender a known peer
@@ -115,9 +117,16 @@ def _validate_tenants(tenants: Mapping[int, TenantSpec]) -> dict[int, TenantEntr
         if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < MAX_TENANTS:
             raise ValueError(f"tenants: index {idx!r} is not an integer within 0..{MAX_TENANTS - 1}")
         try:
-            tenant_id, mode, policy = spec
+            tenant_id, mode, policy, *rest = spec
         except (TypeError, ValueError):
-            raise ValueError(f"tenants[{idx}]: expected (tenant id, mode, TenantPolicy), got {spec!r}") from None
+            raise ValueError(f"tenants[{idx}]: expected (tenant id, mode, TenantPolicy[, prefixes]), "
+                             f"got {spec!r}") from None
+        if len(rest) > 1:
+            raise ValueError(f"tenants[{idx}]: expected (tenant id, mode, TenantPolicy[, prefixes]), got {spec!r}")
+        try:
+            prefixes = tuple(ipaddress.ip_network(p) for p in (rest[0] if rest else ()))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"tenants[{idx}]: prefixes: {exc}") from None
         if not isinstance(tenant_id, str) or not tenant_id:
             raise ValueError(f"tenants[{idx}]: tenant id must be a non-empty string, got {tenant_id!r}")
         try:
@@ -126,7 +135,7 @@ def _validate_tenants(tenants: Mapping[int, TenantSpec]) -> dict[int, TenantEntr
             raise ValueError(f"tenant {tenant_id}: mode {mode!r} is not a TenantMode") from None
         if not isinstance(policy, TenantPolicy):
             raise ValueError(f"tenant {tenant_id}: policy must be a TenantPolicy, got {type(policy).__name__}")
-        out[idx] = TenantEntry(tenant_id, mode, policy)
+        out[idx] = TenantEntry(tenant_id, mode, policy, prefixes)
     return out
 
 
@@ -232,6 +241,9 @@ class PolicyEngine:
         tenant_onset = tuple(f * cfg.tenant_warmup_floor_factor for f in cfg.onset_floor_pps)
         self.tenant_baseline = EwmaBaseline(MAX_TENANTS, **{**baseline_kw, "warmup_floor_pps": tenant_floors,
                                                             "onset_floor_pps": tenant_onset})
+        # Tenants with several prefixes: each prefix's aggregate against its own baseline (issue 20).
+        self.prefixes = PrefixAggregates({**baseline_kw, "warmup_floor_pps": tenant_floors,
+                                          "onset_floor_pps": tenant_onset})
         self.incidents = IncidentManager(cfg)
         self.tenants: dict[int, TenantEntry] = {}
         self.policy_table = PolicyTable({})
@@ -273,6 +285,7 @@ class PolicyEngine:
         table = PolicyTable(entries)
         old = self.tenants
         self.tenants, self.policy_table = entries, table
+        self.prefixes.configure(entries)
         for idx in set(old) - set(entries):
             for inc in self.incidents.close_tenant(idx):
                 self._remove_rules(inc)
@@ -358,6 +371,7 @@ class PolicyEngine:
         self.dest_baseline.resize(self.rates.slots.capacity)
         if len(freed):
             self.dest_baseline.reset(freed)
+            self.prefixes.forget(freed)
         tenants = self.rates.update_tenants(now, tenant_counters)
         self.tenant_traffic = TenantTraffic(wall=wall, counters=tenant_counters, rates=tenants)
         lap("rates")
@@ -379,6 +393,7 @@ class PolicyEngine:
         det = detect(dest, tenants, self.dest_baseline, self.tenant_baseline, self.policy_table,
                      carpet_min_destinations=self.config.carpet_min_destinations)
         self.last_detection = det
+        prefix_found = self._detect_prefixes(dest, det)
         lap("detect")
         # The destination counters are the tick's first read: their snapshot is `now`, and samples
         # drained after it (later in the read stage) belong to the next tick's counters.
@@ -415,7 +430,7 @@ class PolicyEngine:
         lap("incidents")
         self._derive_budgets(now, dest, det)    # before learning: warm masks as detection saw them
         lap("budgets")
-        self._learn(dest, tenants, det, attack_mask, row_of_slot)
+        self._learn(dest, tenants, det, attack_mask, row_of_slot, prefix_found)
         lap("learn")
         self._keep_samples(inbound, by_dst, by_tenant, attack_mask, dest, tenants, det, row_of_slot)
         lap("keep_samples")
@@ -437,6 +452,27 @@ class PolicyEngine:
             except Exception:
                 log.exception("policy.tenant_traffic_reader_failed")
         return report
+
+    def _detect_prefixes(self, dest: DestinationRates, det: Detection) -> PrefixDetection | None:
+        """Per-prefix aggregates of tenants with several prefixes; their carpets join `det.carpets` (a
+        tenant already a carpet as a whole keeps one candidate, named after the prefix when one shows it)."""
+        if not self.prefixes.networks or not len(dest):
+            return None
+        table = self.policy_table
+        found = self.prefixes.detect(dest, self.prefixes.rows_of(dest), det.baseline_cap, det.warm, det.anomalous,
+                                     det.excess, table.min_tenant_pps, table.sensitivity,
+                                     self.config.carpet_min_destinations)
+        if found is None or not found.carpets:
+            return found
+        whole = {c.tenant_idx: i for i, c in enumerate(det.carpets)}
+        for cand in found.carpets:
+            at = whole.get(cand.tenant_idx)
+            if at is None:
+                det.carpets.append(cand)
+                whole[cand.tenant_idx] = len(det.carpets) - 1
+            elif det.carpets[at].prefix is None:
+                det.carpets[at].prefix = cand.prefix
+        return found
 
     # -- classification ----------------------------------------------------------------------------
     def _peers_of(self, addr: IPAddress) -> set[IPAddress]:
@@ -526,14 +562,24 @@ class PolicyEngine:
             if entry is None:
                 continue
             t = cand.tenant_idx
-            classes = [ClassEvidence(c, float(tenants.pps[t, c]), float(det.tenant_threshold[t, c]),
-                                     float(self.tenant_baseline.mean[t, c])) for c in cand.classes]
+            mean = self.tenant_baseline.mean[t] if cand.mean is None else cand.mean
+            classes = [ClassEvidence(c, float(cand.tenant_pps[c]), float(cand.tenant_threshold[c]), float(mean[c]))
+                       for c in cand.classes]
             peers = set().union(*(self._peers_of(dest.addresses[r]) for r in cand.elevated_rows[:CARPET_PEER_ROWS]))
-            scores = classify_carpet(classes, self._window.for_tenant(t, self._since(t, None, now)),
-                                     len(cand.elevated_rows), cand.top_share,
+            samples = self._window.for_tenant(t, self._since(t, None, now))
+            if cand.prefix is not None:
+                # The prefix's own samples: its evidence names the part of that prefix the carpet covers.
+                net = ipaddress.ip_network(cand.prefix)
+                samples = samples.subset(np.fromiter((d is not None and d.version == net.version and d in net
+                                                      for d in samples.dst), bool, len(samples)))
+            scores = classify_carpet(classes, samples, len(cand.elevated_rows), cand.top_share,
                                      cfg.carpet_min_destinations, cfg.min_confidence, peers=peers)
             if not scores:
                 continue
+            if cand.prefix is not None:
+                for score in scores:
+                    if score.vector == Vector.CARPET_BOMBING:
+                        score.evidence["tenant_prefix"] = cand.prefix
             top = cand.elevated_rows[np.argsort(-dest.pps[cand.elevated_rows].sum(axis=1))]
             names = tuple(str(dest.addresses[r]) for r in top[:CARPET_DESTINATIONS_LISTED])
             observations.append(Observation(t, entry.tenant_id, entry.mode, None, names, scores, set(cand.classes)))
@@ -695,7 +741,7 @@ class PolicyEngine:
 
     # -- learning and samples ------------------------------------------------------------------------
     def _learn(self, dest: DestinationRates, tenants: TenantRates, det: Detection, attack_mask: np.ndarray,
-               row_of_slot: np.ndarray) -> None:
+               row_of_slot: np.ndarray, prefix_found: PrefixDetection | None = None) -> None:
         learn = self._learn_mask(dest, det, attack_mask)
         t_learn = tenants.valid[:, None] & ~det.tenant_anomalous
         targets = []
@@ -723,6 +769,8 @@ class PolicyEngine:
         rows = tenant_rows(self.policy_table.tenant_rows)
         t_cap = det.tenant_cap if det.tenant_cap is not None and det.tenant_cap.shape == t_learn[rows].shape else None
         self.tenant_baseline.update(rows, tenants.pps[rows], tenants.dt, t_learn[rows], cap=t_cap)
+        if prefix_found is not None:
+            self.prefixes.learn(prefix_found, tenants.dt, np.vstack([t_learn, np.zeros((1, N_CLASSES), bool)]))
 
     @staticmethod
     def _learn_mask(dest: DestinationRates, det: Detection, attack_mask: np.ndarray) -> np.ndarray:
