@@ -86,6 +86,7 @@ RECENT_TICKS = 10            # ticks of samples kept for classification and sign
 CARPET_PEER_ROWS = 64        # elevated addresses of a carpet whose peers speak for a flash crowd (issue 20)
 PEER_TICKS = 60              # ticks of outbound samples that make a sender a known peer
 SAMPLE_DRAIN_LIMIT = 4096    # samples read per tick
+ANSWERED_MIN_SAMPLES = 20   # inbound samples since an onset before its answered share is judged
 RECLASSIFY_S = 5.0           # seconds an ongoing attack's classification is reused
 WINDOW_SAMPLES = 512         # most recent samples of a target and class used for classification and signatures
 N_CLASSES = len(TrafficClass)
@@ -253,6 +254,9 @@ class PolicyEngine:
         self.set_tenants(tenants)
         self._window = _SampleWindow()
         self._peers: collections.deque[dict[IPAddress, set[IPAddress]]] = collections.deque(maxlen=PEER_TICKS)
+        # Per tick: (time, talk samples by local address, inbound samples by destination), see _answered.
+        self._answers: collections.deque[tuple[float, collections.Counter, dict[IPAddress, int]]] = \
+            collections.deque(maxlen=PEER_TICKS)
         self._legit: collections.OrderedDict[IPAddress, collections.deque[Sample]] = collections.OrderedDict()
         self._legit_tenant: collections.OrderedDict[int, collections.deque[Sample]] = collections.OrderedDict()
         # Inbound samples from the servers' peers (remotes they sent data to) while their target is under
@@ -389,6 +393,10 @@ class PolicyEngine:
             if local is not None and remote is not None:
                 peers[local].add(remote)
         self._peers.append(peers)
+        # Sample counts per address: what each server sends that is not a handshake or refusal, and what
+        # it receives; the growth of the one against the other says whether new traffic is answered.
+        talk_n = collections.Counter(outbound.src[i] for i in np.flatnonzero(talk))
+        self._answers.append((now, talk_n, {d: len(rows) for d, rows in by_dst.items()}))
         lap("samples")
         det = detect(dest, tenants, self.dest_baseline, self.tenant_baseline, self.policy_table,
                      carpet_min_destinations=self.config.carpet_min_destinations)
@@ -481,6 +489,27 @@ class PolicyEngine:
             out |= tick.get(addr, set())
         return out
 
+    def _answered(self, dst: IPAddress, since: float) -> float:
+        """Share of the new inbound traffic of `dst` (since `since`, against the ticks before) that its
+        answers grew with, from sample counts (the dataplane samples both directions alike).
+
+        A flash crowd is answered: the server sends data to every new client, while its peers are
+        learned one sampled packet at a time, too slowly for the crowd's first seconds. A spoofed
+        flood is not: its packets draw at most handshake replies and resets, which are not counted."""
+        before_in = before_out = now_in = now_out = 0
+        n_before = n_now = 0
+        for t, talk_n, in_n in self._answers:
+            if t >= since:
+                now_in, now_out, n_now = now_in + in_n.get(dst, 0), now_out + talk_n.get(dst, 0), n_now + 1
+            else:
+                before_in, before_out = before_in + in_n.get(dst, 0), before_out + talk_n.get(dst, 0)
+                n_before += 1
+        if not n_now or now_in < ANSWERED_MIN_SAMPLES:
+            return 0.0
+        grown_in = now_in / n_now - (before_in / n_before if n_before else 0.0)
+        grown_out = now_out / n_now - (before_out / n_before if n_before else 0.0)
+        return float(np.clip(grown_out / grown_in, 0.0, 1.0)) if grown_in > 0 else 0.0
+
     def _since(self, tenant_idx: int, target: IPAddress | None, now: float) -> float:
         """Start of the current anomaly of a target: samples before it are its normal traffic."""
         inc = self.incidents.get(tenant_idx, target)
@@ -548,8 +577,10 @@ class PolicyEngine:
                 classes = [ClassEvidence(c, onset_pps.get((row, int(c)), float(dest.pps[row, c])),
                                          float(det.threshold[row, c]),
                                          float(self.dest_baseline.mean[slot, c])) for c in sorted(anomalous_classes)]
-                scores = classify_destination(classes, self._window.for_destination(dst, self._since(tidx, dst, now)),
-                                              self._peers_of(dst), cfg.min_confidence)
+                since = self._since(tidx, dst, now)
+                scores = classify_destination(classes, self._window.for_destination(dst, since),
+                                              self._peers_of(dst), cfg.min_confidence,
+                                              answered=self._answered(dst, since))
                 self._scores[(tidx, dst)] = (now, anomalous_classes, scores)
             attack_classes = {c for s in scores for c in s.classes}
             for c in attack_classes:

@@ -11,7 +11,7 @@ from dataplane.constants import Direction, RuleAction
 from policy.config import PolicyConfig
 from policy.events import EventType
 from tests.unit.policy.fakes import Flow, tcp_frame, udp_frame
-from tests.unit.policy.scenarios import Lab, Tenant, clients, spoofed
+from tests.unit.policy.scenarios import FAST, Lab, Tenant, clients, spoofed
 
 BETA = Tenant(2, "beta")
 WEB = ["198.51.100.138", "198.51.100.139", "198.51.100.140"]   # beta's web servers, as in the lab
@@ -126,3 +126,74 @@ def test_carpet_over_a_sparse_tenant_is_refined_from_its_servers_peers(tmp_path)
     assert rule.action == RuleAction.DROP and rule.dst is None and rule.ttl is not None
     assert through <= MAX_THROUGH, through
     assert all(f.dropped == 0 for f in lab.dp.flows if not f.attack)
+
+
+# -- look-alikes that must stay quiet (issue 20, item 4) --------------------------------------------
+
+def test_flash_crowd_of_real_clients_at_one_server_is_no_incident(tmp_path):
+    # The per-address path: a web server's visitors jump 25-fold, far above min_pps, from clients it
+    # answers (new connections: SYNs, then ACKs and requests).
+    lab = Lab(tmp_path, [BETA], config=FAST)
+    server = WEB[0]
+    regulars = clients(50, start=10)
+    lab.flow("visits", BETA.idx, [tcp_frame(c, server, 40000 + i, 443, "A", ttl=50 + i % 30)
+                                  for i, c in enumerate(regulars)], 200)
+    lab.flow("answers", BETA.idx, [tcp_frame(server, c, 443, 40000 + i, "PA", bytes(1000))
+                                   for i, c in enumerate(regulars)], 200, direction=Direction.OUTBOUND)
+    lab.run(FAST.warmup_s + 60)
+    assert lab.events == []
+    crowd = clients(240, base="192.0.2.", start=1) + clients(240, base="203.0.113.", start=1)
+    lab.flow("crowd-syn", BETA.idx, [tcp_frame(c, server, 50000 + i, 443, "S", ttl=40 + i % 60,
+                                               options=[("MSS", 1460)]) for i, c in enumerate(crowd)], 300)
+    lab.flow("crowd-synack", BETA.idx, [tcp_frame(server, c, 443, 50000 + i, "SA") for i, c in enumerate(crowd)],
+             300, direction=Direction.OUTBOUND)
+    lab.flow("crowd", BETA.idx, [tcp_frame(c, server, 50000 + i, 443, "A" if i % 3 else "PA",
+                                           b"" if i % 3 else b"GET / HTTP/1.1\r\n", ttl=40 + i % 60)
+                                 for i, c in enumerate(crowd)], 5_000)
+    lab.flow("crowd-answers", BETA.idx, [tcp_frame(server, c, 443, 50000 + i, "PA", bytes(1200))
+                                         for i, c in enumerate(crowd)], 5_000, direction=Direction.OUTBOUND)
+    reports = len(lab.reports)
+    lab.run(60)
+    assert lab.of_type(EventType.ATTACK_START) == [] and lab.dp.rules == {}
+    assert any(r.anomalous_destinations for r in lab.reports[reports:])    # unusual indeed, and judged benign
+
+
+def test_ack_flood_at_a_server_that_sends_much_is_still_caught(tmp_path):
+    # The answered share counts what the server's answers grew by: a download in progress does not
+    # speak for spoofed ACKs that arrive meanwhile.
+    lab = Lab(tmp_path, [BETA], config=FAST)
+    server, client = WEB[0], "203.0.113.77"
+    lab.flow("acks", BETA.idx, [tcp_frame(client, server, 50123, 8080, "A")], 10_000)
+    lab.flow("data", BETA.idx, [tcp_frame(server, client, 8080, 50123, "A", bytes(1448))], 20_000,
+             direction=Direction.OUTBOUND)
+    lab.run(FAST.warmup_s + 60)
+    assert lab.events == []
+    lab.flow("flood", BETA.idx, [tcp_frame(src, server, 1024 + i, 8080, "A", ttl=57) for i, src in enumerate(spoofed(200))],
+             30_000, attack=True)
+    lab.run(5)
+    (start,) = lab.of_type(EventType.ATTACK_START)
+    assert start.vectors[0] == "tcp_ack_flood", start.vectors
+
+
+def test_busy_tenant_doubling_over_an_hour_is_no_incident_at_any_level(tmp_path):
+    # Production time constants (30 min half-life, 10 min warm-up). Unlike the quiet tenant of
+    # test_carpet_baseline, each server here is above min_pps, so its own baseline decides, and the
+    # tenant has two prefixes, so the prefix baselines are judged too.
+    config = PolicyConfig()
+    lab = Lab(tmp_path, [], config=config)
+    lab.engine.set_tenants({BETA.idx: ("beta", BETA.mode, BETA.policy, ("198.51.100.128/25", "2001:db8:b::/48"))})
+    players = clients(40)
+    start = lab.t + config.warmup_s + 60
+
+    def doubling(t: float) -> float:          # 2,000 pps per server, then twice that over an hour
+        return 2_000.0 * (1.0 + min(max(t - start, 0.0) / 3600.0, 1.0))
+
+    for i, server in enumerate(WEB):
+        lab.flow(f"game{i}", BETA.idx, [udp_frame(c, server, 30000 + j, 28960, bytes(60 + j % 90), ttl=50 + j % 40)
+                                        for j, c in enumerate(players)], doubling, sample_one_in=2000)
+        lab.flow(f"game-out{i}", BETA.idx, [udp_frame(server, c, 28960, 30000 + j, bytes(300))
+                                            for j, c in enumerate(players)], doubling,
+                 direction=Direction.OUTBOUND, sample_one_in=2000)
+    lab.run(config.warmup_s + 60 + 3600 + 300, dt=5.0)
+    assert lab.events == []
+    assert lab.engine.prefixes.networks            # the prefix baselines took part
