@@ -8,8 +8,8 @@ and time constants), is judged against it as the tenant is, and a carpet found t
 prefix. Tenants with one prefix need nothing here: their aggregate is the prefix's.
 
 The prefix of a destination is looked up once per slot (slots are stable while the address is
-tracked) and only for addresses of tenants with several prefixes; everything per tick is numpy
-over those rows. Prefix baselines live in memory: after a restart they warm up again (the tenant's
+tracked), on the maps' 16-byte keys with numpy (masked key = network key), only for addresses of
+tenants with several prefixes; everything per tick is numpy over the rows. Prefix baselines live in memory: after a restart they warm up again (the tenant's
 persisted baseline and onset floors guard the meantime).
 """
 
@@ -22,6 +22,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from dataplane.constants import MAX_TENANTS, TrafficClass
+from dataplane.keys import address_keys
 from policy.baseline import EwmaBaseline
 from policy.detect import CarpetCandidate, TenantEntry, destination_threshold, group_carpets
 from policy.rates import DestinationRates
@@ -30,6 +31,14 @@ N_CLASSES = len(TrafficClass)
 UNSET = -1                   # slot whose prefix was not looked up yet
 NO_PREFIX = -2               # slot of an address outside every multi-prefix tenant
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _groups(values: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(index of the first, indices) of each distinct value of `values`."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    bounds = [0, *(np.flatnonzero(ordered[1:] != ordered[:-1]) + 1).tolist(), len(values)]
+    return [(int(order[a]), order[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 @dataclasses.dataclass(slots=True)
@@ -50,7 +59,8 @@ class PrefixAggregates:
         self.baseline = EwmaBaseline(0, **baseline_kw)
         self._tenant = np.zeros(0, np.int64)                  # (P,) tenant index of each prefix row
         self._multi = np.zeros(MAX_TENANTS + 1, bool)         # tenants with several prefixes
-        self._by_tenant: dict[int, list[tuple[int, Network]]] = {}
+        # Per tenant with several prefixes: (prefix row, network key (2,), mask (2,)) on the maps' keys.
+        self._by_tenant: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
         self._prefix_of_slot = np.full(0, UNSET, np.int64)
 
     def configure(self, entries: Mapping[int, TenantEntry]) -> None:
@@ -71,7 +81,9 @@ class PrefixAggregates:
         self._multi[self._tenant] = True
         self._by_tenant = {}
         for row, (idx, net) in enumerate(networks):
-            self._by_tenant.setdefault(idx, []).append((row, net))
+            mask = (b"\xff" * 12 + net.netmask.packed) if net.version == 4 else net.netmask.packed
+            self._by_tenant.setdefault(idx, []).append(
+                (row, address_keys([net.network_address])[0], np.frombuffer(mask, np.uint64).copy()))
         self._prefix_of_slot[:] = UNSET
 
     def forget(self, slots: np.ndarray) -> None:
@@ -95,10 +107,14 @@ class PrefixAggregates:
             tenant = np.minimum(dest.tenant_idx[new], MAX_TENANTS)
             outside = ~self._multi[tenant]
             prefix[new[outside]] = NO_PREFIX
-            for row in new[~outside]:
-                address = dest.addresses[int(row)]
-                prefix[row] = next((p for p, net in self._by_tenant[int(dest.tenant_idx[row])]
-                                    if address.version == net.version and address in net), NO_PREFIX)
+            inside = new[~outside]
+            prefix[inside] = NO_PREFIX
+            for first, members in _groups(dest.tenant_idx[inside]):
+                rows = inside[members]
+                keys = dest.keys[rows]
+                for p, value, mask in self._by_tenant[int(dest.tenant_idx[inside[first]])]:
+                    hit = ((keys & mask) == value).all(axis=1) & (prefix[rows] == NO_PREFIX)
+                    prefix[rows[hit]] = p
             self._prefix_of_slot[dest.slots[new]] = prefix[new]
         return np.where(prefix < 0, n_prefixes, prefix)
 

@@ -70,3 +70,22 @@ def test_bad_prefixes_are_rejected(tmp_path):
     lab = Lab(tmp_path, [])
     with pytest.raises(ValueError, match="prefixes"):
         lab.engine.set_tenants({3: ("gamma", TenantMode.MITIGATE, TenantPolicy(), ("not a prefix",))})
+
+
+def test_each_address_is_counted_in_its_own_prefix(tmp_path):
+    lab = Lab(tmp_path, [])
+    lab.engine.set_tenants({3: ("gamma", TenantMode.MITIGATE, TenantPolicy(),
+                                ("192.0.2.0/25", "2001:db8:c::/48", "192.0.2.128/26"))})
+    rates = {"192.0.2.5": 1000, "192.0.2.130": 2000, "2001:db8:c::9": 4000, "2001:db8:c:ffff::1": 8000,
+             "192.0.2.250": 16000}
+    for address, pps in rates.items():
+        src = "2001:db8:ff::9" if ":" in address else "203.0.113.9"
+        lab.flow(address, 3, [udp_frame(src, address, 4000, 53, bytes(40))], pps)
+    lab.run(3)
+    dest, _ = lab.engine.last_rates
+    found = lab.engine.prefixes.detect(dest, lab.engine.prefixes.rows_of(dest), lab.engine.last_detection.baseline_cap,
+                                       lab.engine.last_detection.warm, lab.engine.last_detection.anomalous,
+                                       lab.engine.last_detection.excess, lab.engine.policy_table.min_tenant_pps,
+                                       lab.engine.policy_table.sensitivity, 8)
+    # 192.0.2.250 lies in none of the three prefixes (the /26 ends at .191).
+    assert found.pps.sum(axis=1).tolist() == pytest.approx([1000, 12000, 2000], rel=0.1)
