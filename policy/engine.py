@@ -37,7 +37,7 @@ import ipaddress
 import math
 import pathlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -81,7 +81,8 @@ from tenants.policy import TenantPolicy
 log = structlog.get_logger("policy")
 
 # (tenant id, mode, policy[, prefixes]): a tenant with several prefixes gets per-prefix aggregates too
-TenantSpec = tuple
+TenantSpec = (tuple[str, TenantMode, TenantPolicy]
+              | tuple[str, TenantMode, TenantPolicy, Sequence[str | ipaddress.IPv4Network | ipaddress.IPv6Network]])
 RECENT_TICKS = 10            # ticks of samples kept for classification and signatures
 CARPET_PEER_ROWS = 64        # elevated addresses of a carpet whose peers speak for a flash crowd (issue 20)
 PEER_TICKS = 60              # ticks of outbound samples that make a sender a known peer
