@@ -1017,7 +1017,8 @@ class PolicyEngine:
                     fh, addresses=np.array([str(slots.address_of[s]) for s in used], dtype=object).astype(str),
                     mean=self.dest_baseline.mean[used], var=self.dest_baseline.var[used],
                     learned=self.dest_baseline.learned_s[used], t_mean=self.tenant_baseline.mean,
-                    t_var=self.tenant_baseline.var, t_learned=self.tenant_baseline.learned_s)
+                    t_var=self.tenant_baseline.var, t_learned=self.tenant_baseline.learned_s,
+                    **self.prefixes.state())
             tmp.replace(self.state_dir / STATE_FILE)
         except OSError as exc:
             log.error("policy.state_save_failed", path=str(self.state_dir), error=str(exc))
@@ -1034,6 +1035,9 @@ class PolicyEngine:
                 n_cls = len(TrafficClass)
                 if mean.shape != (len(addresses), n_cls) or t_mean.shape != (MAX_TENANTS, n_cls):
                     raise ValueError("array shapes do not match this version")
+                # Prefix baselines (issue 20) are absent from files written before them.
+                prefix_state = (data["p_keys"].tolist(), data["p_mean"], data["p_var"], data["p_learned"]) \
+                    if "p_keys" in data.files else None
         except (OSError, ValueError, KeyError) as exc:
             log.error("policy.state_load_failed", path=str(path), error=str(exc))
             return
@@ -1043,7 +1047,13 @@ class PolicyEngine:
         self.dest_baseline.learned_s[slots] = learned
         self.tenant_baseline.mean[:], self.tenant_baseline.var[:] = t_mean, t_var
         self.tenant_baseline.learned_s[:] = t_learned
-        log.info("policy.state_loaded", destinations=len(addresses))
+        prefixes = 0
+        if prefix_state is not None:
+            try:
+                prefixes = self.prefixes.restore(*prefix_state)
+            except ValueError as exc:
+                log.error("policy.state_load_failed", path=str(path), error=str(exc))
+        log.info("policy.state_loaded", destinations=len(addresses), prefixes=prefixes)
 
 
 def _rule_text(rule: Rule) -> str:

@@ -9,8 +9,9 @@ prefix. Tenants with one prefix need nothing here: their aggregate is the prefix
 
 The prefix of a destination is looked up once per slot (slots are stable while the address is
 tracked), on the maps' 16-byte keys with numpy (masked key = network key), only for addresses of
-tenants with several prefixes; everything per tick is numpy over the rows. Prefix baselines live in memory: after a restart they warm up again (the tenant's
-persisted baseline and onset floors guard the meantime).
+tenants with several prefixes; everything per tick is numpy over the rows. Prefix baselines are
+saved with the others (`state` / `restore`, keyed by tenant index and prefix), so a restart does
+not begin a new warm-up.
 """
 
 from __future__ import annotations
@@ -85,6 +86,27 @@ class PrefixAggregates:
             self._by_tenant.setdefault(idx, []).append(
                 (row, address_keys([net.network_address])[0], np.frombuffer(mask, np.uint64).copy()))
         self._prefix_of_slot[:] = UNSET
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The baselines as arrays for `np.savez`, each row keyed "tenant-index prefix"."""
+        keys = np.array([f"{idx} {net}" for idx, net in self.networks], dtype=object).astype(str) \
+            if self.networks else np.zeros(0, str)
+        b = self.baseline
+        return {"p_keys": keys, "p_mean": b.mean, "p_var": b.var, "p_learned": b.learned_s}
+
+    def restore(self, keys: list[str], mean: np.ndarray, var: np.ndarray, learned: np.ndarray) -> int:
+        """Load saved rows into the prefixes configured now (others are dropped); returns how many."""
+        if mean.shape != (len(keys), N_CLASSES) or var.shape != mean.shape or learned.shape != mean.shape:
+            raise ValueError("prefix baseline arrays do not match their keys")
+        saved = {key: i for i, key in enumerate(keys)}
+        loaded = 0
+        for row, (idx, net) in enumerate(self.networks):
+            i = saved.get(f"{idx} {net}")
+            if i is not None:
+                self.baseline.mean[row], self.baseline.var[row] = mean[i], var[i]
+                self.baseline.learned_s[row] = learned[i]
+                loaded += 1
+        return loaded
 
     def forget(self, slots: np.ndarray) -> None:
         """Slots freed for other addresses: look their prefix up again."""

@@ -9,6 +9,7 @@ import ipaddress
 import pytest
 
 from dataplane.constants import Direction, TenantMode
+from policy.engine import PolicyEngine
 from policy.events import EventType
 from tenants.policy import TenantPolicy
 from tests.unit.policy.fakes import udp_frame
@@ -89,3 +90,18 @@ def test_each_address_is_counted_in_its_own_prefix(tmp_path):
                                        lab.engine.policy_table.sensitivity, 8)
     # 192.0.2.250 lies in none of the three prefixes (the /26 ends at .191).
     assert found.pps.sum(axis=1).tolist() == pytest.approx([1000, 12000, 2000], rel=0.1)
+
+
+def test_prefix_baselines_survive_a_restart(tmp_path):
+    lab = two_prefix_tenant(tmp_path)
+    lab.engine.save_state()
+    spec = {3: ("gamma", TenantMode.MITIGATE, TenantPolicy(), (str(BUSY), str(QUIET)))}
+    again = PolicyEngine(lab.dp, spec, lab.bus, tmp_path, config=FAST)
+    assert again.prefixes.networks == lab.engine.prefixes.networks
+    assert again.prefixes.baseline.mean == pytest.approx(lab.engine.prefixes.baseline.mean)
+    assert (again.prefixes.baseline.learned_s >= FAST.warmup_s).any()
+    # A prefix the tenant no longer has is dropped; a new one starts its warm-up.
+    moved = PolicyEngine(lab.dp, {3: ("gamma", TenantMode.MITIGATE, TenantPolicy(), (str(BUSY), "192.0.2.128/26"))},
+                         lab.bus, tmp_path, config=FAST)
+    assert moved.prefixes.baseline.mean[0] == pytest.approx(lab.engine.prefixes.baseline.mean[0])
+    assert not moved.prefixes.baseline.learned_s[1].any()
