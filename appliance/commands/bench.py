@@ -11,7 +11,7 @@ from appliance.commands import bench_compare
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="benchmarks (print figures and ratios)")
     sub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
-    d = sub.add_parser("dataplane", help="ns per packet against a minimal XDP program (BPF_PROG_TEST_RUN)")
+    d = sub.add_parser("dataplane", help="ns per packet against a minimal XDP program, xdp-filter and a bare bridge (BPF_PROG_TEST_RUN)")
     d.add_argument("--tenants", type=int, default=10_000)
     d.add_argument("--rules", type=int, default=1_000)
     d.add_argument("--repeat", type=int, default=1_000_000, help="repeats per measurement (default 1,000,000)")
