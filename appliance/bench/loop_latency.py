@@ -120,7 +120,8 @@ async def _measure(engine: PolicyEngine, bus: EventBus, mode: str, base: str, to
     async def notifier() -> None:
         while True:
             event = await inbox.get()
-            delays_ms.append(1000.0 * (time.monotonic() - event.details["due"]))
+            if "due" in event.details:   # the timer's, not one of the engine's own events
+                delays_ms.append(1000.0 * (time.monotonic() - event.details["due"]))
 
     async def publisher() -> None:
         due = time.monotonic()
@@ -144,6 +145,8 @@ async def _measure(engine: PolicyEngine, bus: EventBus, mode: str, base: str, to
     engine.stop()
     await ticking
     for task in tasks:
+        if task.done() and task.exception() is not None:
+            raise task.exception()
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     bus.unsubscribe("bench-notifier")
@@ -159,12 +162,16 @@ def run(sizes: tuple[int, ...] = (100_000, 1_000_000), tenants: int = 10_000, se
     if seconds <= 0 or interval_ms <= 0:
         raise ValueError("seconds and interval_ms must be positive")
     # The synthetic counters make the engine see (and log) attacks; the figures are the point here.
+    logging_config = structlog.get_config()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     results = []
-    for destinations in sizes:
-        progress(f"{destinations:,} destinations, {tenants:,} tenants: building the synthetic dataplane")
-        results.append(asyncio.run(_size(destinations, tenants, seconds, interval_ms / 1000.0, warmup_ticks,
-                                         progress)))
+    try:
+        for destinations in sizes:
+            progress(f"{destinations:,} destinations, {tenants:,} tenants: building the synthetic dataplane")
+            results.append(asyncio.run(_size(destinations, tenants, seconds, interval_ms / 1000.0, warmup_ticks,
+                                             progress)))
+    finally:
+        structlog.configure(**logging_config)
     return {"cpu": cpu_model(), "cpus": os.cpu_count(), "seconds": seconds, "interval_ms": interval_ms,
             "sizes": results}
 

@@ -13,8 +13,8 @@ def test_both_modes_tick_and_report_api_and_notifier_figures():
     for mode in loop_latency.MODES:
         r = size[mode]
         assert r["ticked"], mode
-        assert r["api"]["count"] > 0 and r["api"]["errors"] == 0, r
-        assert r["notifier_delay"]["count"] > 0, r
+        assert r["api"]["count"] > 0 and r["api"]["errors"] == 0, (mode, r)
+        assert r["notifier_delay"]["count"] > 0, (mode, r)
         assert r["api"]["p99_ms"] >= r["api"]["p50_ms"] > 0
     text = loop_latency.render(result)
     assert "in-loop" in text and "worker" in text and "2,000" in text
