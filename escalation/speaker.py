@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import getpass
 import json
 import os
@@ -53,6 +54,7 @@ STATE_DOWN = "down"
 _STATES = {"up": STATE_ESTABLISHED, "established": STATE_ESTABLISHED, "connected": STATE_CONNECT,
            "down": STATE_DOWN, "idle": STATE_CONNECT, "active": STATE_CONNECT, "connect": STATE_CONNECT,
            "opensent": STATE_CONNECT, "openconfirm": STATE_CONNECT}
+PR_SET_PDEATHSIG = 1                # prctl(2): the signal a child gets when its parent dies
 # A row of `show neighbor summary`: peer, AS, up/down time, state, ...
 _SUMMARY_ROW = re.compile(r"^(\S+)\s+(\d+)\s+(\S+)\s+([a-z]+)\b")
 
@@ -84,6 +86,13 @@ def exabgp_config(bgp: BgpSettings, socket_path: pathlib.Path) -> str:
                   "    api { processes [ seawall ]; neighbor-changes; }",
                   "}"]
     return "\n".join(lines) + "\n"
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when Seawall dies, however it dies. ExaBGP then closes
+    its sessions, and the peers withdraw what Seawall announced: no route outlives a crash."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def local_address(bgp: BgpSettings, peer: PeerSettings) -> str:
@@ -166,7 +175,8 @@ class Speaker:
             self._log_file = open(self.run_dir / "exabgp.log", "ab")  # noqa: SIM115 - lives with the speaker
         self.proc = await asyncio.create_subprocess_exec(
             exabgp_command(), str(self.run_dir / "exabgp.conf"), env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=self._log_file, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+            stdout=self._log_file, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent)
         for address in self._peer_state:
             self._set_state(address, STATE_CONNECT)
         log.info("bgp.speaker_started", pid=self.proc.pid, peers=list(self._peer_state))

@@ -107,3 +107,35 @@ def test_flood_escalates_to_flowspec_at_the_peer_survives_a_speaker_kill_and_a_c
     assert proc.stop() == 0
     wait_until(lambda: not peer.flow4() and not peer.flow6() and not peer.unicast4(), timeout=15, interval=0.2,
                what="nothing announced after the clean stop")
+
+
+def test_a_crash_of_seawall_run_leaves_nothing_announced(lab, peer, tmp_path, request):
+    config = config_for(lab, tmp_path)
+    proc = ApplianceProcess(config, tmp_path / "seawall.toml", tmp_path / "seawall.log")
+
+    def teardown():
+        proc.stop()
+        purge(config["appliance"]["bpffs"])
+
+    request.addfinalizer(teardown)
+    proc.start()
+    TrafficRun(lab, 4.0, LEGIT).start().wait(60)
+    server = lab.server("s2")                        # alpha's first web server
+    attack = AttackProcess(lab, AttackSpec("ntp", server.ipv4, pps=ATTACK_PPS, duration=ATTACK_S))
+    request.addfinalizer(attack.kill)
+    attack.start()
+    wait_until(lambda: any(r.startswith(f"flow4 {{ dst {server.ipv4}/32;") for r in peer.flow4()), timeout=60,
+               interval=0.2, what="the flood's FlowSpec route at BIRD")
+    speaker_pid = proc.status()["bgp"]["speaker"]["pid"]
+    os.kill(proc.proc.pid, signal.SIGKILL)           # no clean stop: the control plane is gone at once
+    proc.proc.wait(10)
+    wait_until(lambda: not peer.flow4(), timeout=15, interval=0.2, what="the peer to drop Seawall's routes")
+
+    def speaker_gone() -> bool:
+        try:
+            os.kill(speaker_pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_until(speaker_gone, timeout=15, interval=0.2, what="ExaBGP to exit with seawall run")
