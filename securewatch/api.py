@@ -16,11 +16,10 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from escalation.routes import KINDS as ESCALATION_KINDS
-from escalation.routes import Refused
 from tenants import ConfigError, Tenant, TenantSet
 
 from . import metrics, ui
+from .bgp import bgp_of, escalate, escalation_target, scoped_bgp, withdraw
 from .context import (
     OPTIONS,
     STORE,
@@ -308,56 +307,17 @@ async def api_pcap(request: web.Request) -> web.StreamResponse:
         "Content-Disposition": f'attachment; filename="{incident.id}-{kind}.pcap"'})
 
 
-def bgp_of(request: web.Request) -> dict[str, Any]:
-    """The appliance's BGP escalation status; 404 when it has no [bgp] section."""
-    appliance = appliance_or_503(request)
-    bgp = appliance.bgp_status() if hasattr(appliance, "bgp_status") else None
-    if bgp is None:
-        raise ApiError(404, "BGP escalation is not configured on this appliance (no [bgp] section)")
-    return bgp
-
-
-def scoped_bgp(bgp: dict[str, Any], principal: Any) -> dict[str, Any]:
-    """Everything for the admin and noc roles; a tenant sees its own announcements only."""
-    if principal.sees_all:
-        return bgp
-    return {"announcements": [a for a in bgp.get("announcements") or [] if principal.can_read(a["tenant"])]}
-
-
 async def api_bgp(request: web.Request) -> web.Response:
     """Sessions and announcements upstream (admin, noc); a tenant's own announcements."""
     return web.json_response(scoped_bgp(bgp_of(request), principal_of(request)), dumps=_dumps)
 
 
-async def _escalation_target(request: web.Request) -> tuple[Any, Any]:
-    incident = await visible_incident(request, request.match_info["incident_id"])
-    if not principal_of(request).sees_all:
-        raise ApiError(403, "only the admin and noc roles announce or withdraw routes upstream")
-    bgp_of(request)
-    return incident, appliance_or_503(request)
-
-
 async def api_escalate(request: web.Request) -> web.Response:
     """Announce FlowSpec ({"kind": "flowspec"}) or RTBH ({"kind": "rtbh"}) for an open incident."""
-    incident, appliance = await _escalation_target(request)
+    incident, _ = await escalation_target(request, form=False)
     body = await read_json(request)
     kind = body.get("kind") if isinstance(body, dict) else None
-    if kind not in ESCALATION_KINDS:
-        problem = f"kind: must be one of {', '.join(ESCALATION_KINDS)}, got {kind!r}"
-        raise ApiError(400, problem, [problem])
-    actor = principal_of(request).name
-    try:
-        changes = appliance.escalate(incident.id, kind, actor)
-    except LookupError:
-        raise ApiError(409, f"incident {incident.id!r} is not open: only an open incident is escalated") from None
-    except Refused as exc:
-        raise ApiError(409, str(exc), [str(exc)]) from None
-    await audit(request, "incident.escalate", target=incident.id, tenant=incident.tenant,
-                details={"kind": kind, "changes": [{"action": c["action"], "match": c["match"], "why": c["why"]}
-                                                   for c in changes]})
-    refused = [c["why"] for c in changes if c["action"] == "refuse"]
-    if refused and not any(c["action"] == "announce" for c in changes):
-        raise ApiError(409, f"refused: {refused[0]}", refused, changes=changes)
+    changes = await escalate(request, incident, kind)
     announced = any(c["action"] == "announce" for c in changes)
     return web.json_response({"incident": incident.id, "kind": kind, "changes": changes},
                              status=201 if announced else 200, dumps=_dumps)
@@ -365,14 +325,8 @@ async def api_escalate(request: web.Request) -> web.Response:
 
 async def api_withdraw(request: web.Request) -> web.Response:
     """Withdraw every route announced for the incident (the ladder leaves it alone after)."""
-    incident, appliance = await _escalation_target(request)
-    try:
-        changes = appliance.withdraw_escalation(incident.id, principal_of(request).name)
-    except Refused as exc:
-        raise ApiError(409, str(exc), [str(exc)]) from None
-    await audit(request, "incident.withdraw", target=incident.id, tenant=incident.tenant,
-                details={"changes": [{"kind": c["kind"], "match": c["match"]} for c in changes]})
-    return web.json_response({"incident": incident.id, "changes": changes}, dumps=_dumps)
+    incident, _ = await escalation_target(request, form=False)
+    return web.json_response({"incident": incident.id, "changes": await withdraw(request, incident)}, dumps=_dumps)
 
 
 async def api_audit(request: web.Request) -> web.Response:

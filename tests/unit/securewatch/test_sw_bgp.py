@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import aiohttp
-from test_sw_helpers import add_token, attack_events, service
+from test_sw_helpers import add_token, add_user, attack_events, login, service
 
 from securewatch import metrics
 from tenants import Tenant
@@ -97,3 +97,44 @@ def test_metrics_export_session_state_announcements_and_speaker_restarts():
     assert "seawall_bgp_speaker_restarts_total 2.0" in text
     assert "seawall_bgp_announcements_refused_total 1.0" in text
     assert "seawall_bgp" not in metrics.render({"tenants": {}}).decode()
+
+
+async def test_incident_page_shows_announcements_and_lets_the_noc_announce_and_withdraw(tmp_path):
+    async with service(tmp_path) as (url, store, appliance):
+        await seeded(store)
+        await add_user(store, "nina", "noc")
+        await add_user(store, "tina", "tenant", "alpha", "write")
+        noc, csrf = await login(url, "nina")
+        try:
+            async with noc.get(f"{url}/incidents/inc-alpha-1") as r:
+                page = await r.text()
+            assert "Upstream (BGP)" in page and "Nothing announced upstream" in page
+            async with noc.post(f"{url}/incidents/inc-alpha-1/escalate", data={"kind": "flowspec", "csrf_token": csrf},
+                                allow_redirects=False) as r:
+                assert r.status == 302
+            async with noc.get(f"{url}/incidents/inc-alpha-1") as r:
+                page = await r.text()
+            assert "<code>198.51.100.10/32</code>" in page and "manual" in page and "Withdraw all" in page
+        finally:
+            await noc.close()
+
+        tenant, tcsrf = await login(url, "tina")
+        try:
+            async with tenant.get(f"{url}/incidents/inc-alpha-1") as r:
+                page = await r.text()
+            assert "<code>198.51.100.10/32</code>" in page and "Announce FlowSpec" not in page
+            async with tenant.post(f"{url}/incidents/inc-alpha-1/withdraw", data={"csrf_token": tcsrf},
+                                   allow_redirects=False) as r:
+                assert r.status == 403
+        finally:
+            await tenant.close()
+        assert len(appliance.ladder.announcements) == 1
+
+        noc, csrf = await login(url, "nina")
+        try:
+            async with noc.post(f"{url}/incidents/inc-alpha-1/withdraw", data={"csrf_token": csrf},
+                                allow_redirects=False) as r:
+                assert r.status == 302
+            assert appliance.ladder.announcements == {}
+        finally:
+            await noc.close()
