@@ -17,6 +17,7 @@ import uuid
 
 import pytest
 
+from appliance.lab.bgp_peer import APPLIANCE, LOCAL_AS, PEER, PEER_AS, BirdPeer
 from dataplane.api import Range, Rule
 from escalation.config import BgpSettings, EscalationSettings, PeerSettings
 from escalation.controller import Escalation
@@ -24,7 +25,6 @@ from escalation.ladder import ANNOUNCE, REFUSE, IncidentView
 from escalation.routes import FLOWSPEC, RTBH
 from escalation.speaker import STATE_ESTABLISHED
 from tenants import Tenant
-from tests.netns.bird_peer import APPLIANCE, LOCAL_AS, PEER, PEER_AS, BirdPeer
 from tests.support import await_until
 
 UPLINK = 1_000_000                 # bits/s

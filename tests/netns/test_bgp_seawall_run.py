@@ -20,10 +20,10 @@ import pytest
 
 from appliance.lab import lab_config
 from appliance.lab.attack import AttackProcess, AttackSpec
+from appliance.lab.bgp_peer import APPLIANCE, LOCAL_AS, PEER, PEER_AS, BirdPeer
 from appliance.lab.traffic import TrafficProfile, TrafficRun
 from appliance.runner import ApplianceProcess
 from dataplane.dataplane import purge
-from tests.netns.bird_peer import APPLIANCE, LOCAL_AS, PEER, PEER_AS, BirdPeer
 from tests.support import wait_until
 
 UPLINK_BPS = 10_000_000       # bits/s: the lab's flood (20 kpps of ~470-byte NTP replies, ~75 Mbit/s) fills it

@@ -1,6 +1,6 @@
-"""An independent BGP peer for the escalation tests: BIRD 2 in its own namespace.
+"""The lab's upstream BGP router: BIRD 2 in its own namespace (lab scaffolding, not product).
 
-    with BirdPeer("bgpab12cd", tmp_path) as peer:   # namespace, veth to the root namespace, BIRD
+    with BirdPeer("swbab12cd", tmp_path) as peer:   # namespace, veth to the root namespace, BIRD
         peer.flow4()                                # `birdc show route table flowtab4 all`, parsed
         peer.unicast4()                             # master4: the RTBH routes with their communities
 
@@ -8,7 +8,7 @@ The appliance's end of the management link (`APPLIANCE`) is in the root namespac
 `seawall run` and its ExaBGP live. BIRD keeps its config, socket and log in the test's temporary
 directory; it is started in the foreground and stopped by its pid; the namespace and the veth
 go on every exit path. BIRD decodes what ExaBGP encodes: the check is made by another
-implementation than the one that announced.
+implementation than the one that announced. Used by the netns tests and `seawall bench escalation`.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import pathlib
 import re
 import signal
 import subprocess
-
-from tests.support import wait_until
+import time
 
 APPLIANCE = "192.0.2.249"          # the appliance's management address (/30 with the peer)
 PEER = "192.0.2.250"
 PREFIX_LEN = 30
 LOCAL_AS = 64512                   # the appliance's AS in the tests
 PEER_AS = 64500
+READY_TIMEOUT_S = 15.0             # seconds for BIRD to answer on its control socket
 
 _ROUTE_HEAD = re.compile(r"^(flow[46] \{.*?\}|\S+/\d+)\s+")
 
@@ -73,8 +73,12 @@ protocol bgp seawall {{
         self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, "bird", "-f", "-c", str(conf),
                                       "-s", str(self.socket)], stdout=subprocess.DEVNULL,
                                      stderr=open(self.dir / "bird.stderr", "wb"))  # noqa: SIM115
-        wait_until(lambda: self.socket.exists() and "ready" in self.birdc("show status"), 15,
-                   what="BIRD to answer on its socket")
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not (self.socket.exists() and "ready" in self.birdc("show status")):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"BIRD did not answer on {self.socket}: "
+                                   f"{(self.dir / 'bird.stderr').read_text()[-500:]}")
+            time.sleep(0.05)  # poll interval while BIRD starts
         return self
 
     def down(self) -> None:
