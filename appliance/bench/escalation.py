@@ -7,7 +7,11 @@ FlowSpec table until the route for that server is there. The onset is the genera
 per-second record arrives one second after its first frame. Figures only, never pass/fail.
 
 What it does not measure (issue 14, item 8, second figure): the flood gone from the upstream link
-needs a lab router that enforces the FlowSpec routes it receives, which the lab does not have yet.
+needs a lab router that enforces the FlowSpec routes it receives. The lab's attack generator
+transmits its frames with XDP (live frames, `appliance.lab.livegen`) straight onto the router's
+link to the appliance, past the router's qdiscs and netfilter hooks, so neither tc shaping nor an
+nftables translation of the received routes on the router sees the flood; that needs the
+generator to send through the router's forward path, or an XDP enforcer on that link.
 """
 
 from __future__ import annotations
