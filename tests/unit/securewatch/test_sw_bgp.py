@@ -5,8 +5,10 @@ from __future__ import annotations
 import aiohttp
 from test_sw_helpers import add_token, add_user, attack_events, login, service
 
+from policy.events import Event, EventBus, EventType, Severity
 from securewatch import metrics
 from tenants import Tenant
+from tests.support import await_until
 
 
 async def _json(r: aiohttp.ClientResponse):
@@ -138,3 +140,21 @@ async def test_incident_page_shows_announcements_and_lets_the_noc_announce_and_w
             assert appliance.ladder.announcements == {}
         finally:
             await noc.close()
+
+
+async def test_escalation_events_join_the_incidents_events_without_changing_it(tmp_path):
+    bus = EventBus()
+    async with service(tmp_path, bus=bus) as (url, store, _):
+        await seeded(store)
+        before = await store.incident("inc-alpha-1")
+        bus.publish(Event(EventType.ESCALATION, "alpha", "announced FlowSpec rule for 198.51.100.10/32 by nina",
+                          Severity.WARNING, incident_id="inc-alpha-1", destinations=("198.51.100.10/32",),
+                          details={"action": "announce", "kind": "flowspec"}))
+
+        async def stored():
+            return [e for e in await store.incident_events("inc-alpha-1") if e["type"] == "ESCALATION"]
+
+        [event] = await await_until(stored, what="the ESCALATION event stored")
+        assert event["message"].startswith("announced FlowSpec") and event["escalation"]["kind"] == "flowspec"
+        after = await store.incident("inc-alpha-1")
+        assert (after.state, after.ended, after.vectors) == (before.state, before.ended, before.vectors)
