@@ -10,6 +10,7 @@
     rtbh = true                         # announce RTBH host routes to this peer
     rtbh_communities = ["65535:666"]    # default; providers often want their own as well
     # local_address = "192.0.2.1"       # this end of the session (default: router_id for an IPv4 peer)
+    # rtbh_next_hop6 = "2001:db8::1"    # next hop of IPv6 RTBH routes: this end's IPv6 address on the link
     [escalation]
     uplink_bps = 10_000_000_000         # capacity of the external link, bits/s
     flowspec_at = 0.7                   # announce FlowSpec when inbound traffic reaches this share of uplink_bps
@@ -41,7 +42,7 @@ MAX_ANNOUNCEMENTS_LIMIT = 100000      # routes: beyond that no edge router takes
 MAX_PEERS = 16                        # BGP sessions; an appliance has one or two upstream routers
 
 BGP_KEYS = ("local_as", "router_id", "peers")
-PEER_KEYS = ("address", "peer_as", "flowspec", "rtbh", "rtbh_communities", "local_address")
+PEER_KEYS = ("address", "peer_as", "flowspec", "rtbh", "rtbh_communities", "local_address", "rtbh_next_hop6")
 ESCALATION_KEYS = ("uplink_bps", "flowspec_at", "hold_down_s", "max_announcements")
 
 
@@ -53,6 +54,7 @@ class PeerSettings:
     rtbh: bool = False
     rtbh_communities: tuple[str, ...] = (BLACKHOLE_COMMUNITY,)
     local_address: str | None = None    # None: the router id (IPv4 peers)
+    rtbh_next_hop6: str | None = None   # IPv6 RTBH next hop; None: the IPv4-mapped router id
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -116,7 +118,7 @@ def _address(where: str, value: Any, problems: list[str], version: int | None = 
     except ValueError:
         address = None
     if address is None or (version is not None and address.version != version):
-        kind = "an IPv4 address" if version == 4 else "an IP address"
+        kind = {4: "an IPv4 address", 6: "an IPv6 address"}.get(version or 0, "an IP address")
         problems.append(f"{where}: {value!r} is not {kind}")
         return None
     return str(address)
@@ -185,10 +187,14 @@ def _parse_peer(where: str, raw: dict[str, Any], problems: list[str]) -> PeerSet
         local_address = _address(f"{where} local_address", raw["local_address"], problems)
     elif address is not None and ":" in address:
         problems.append(f"{where} local_address: required for an IPv6 peer (the default is router_id, IPv4)")
+    next_hop6 = None
+    if "rtbh_next_hop6" in raw:
+        next_hop6 = _address(f"{where} rtbh_next_hop6", raw["rtbh_next_hop6"], problems, version=6)
     if len(problems) > before:
         return None
     return PeerSettings(address=address, peer_as=peer_as, flowspec=flowspec, rtbh=rtbh,  # type: ignore[arg-type]
-                        rtbh_communities=tuple(dict.fromkeys(communities)), local_address=local_address)
+                        rtbh_communities=tuple(dict.fromkeys(communities)), local_address=local_address,
+                        rtbh_next_hop6=next_hop6)
 
 
 def parse_escalation(table: Any, problems: list[str]) -> EscalationSettings:

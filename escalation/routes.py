@@ -104,10 +104,11 @@ class BlackholeRoute:
     def key(self) -> str:
         return f"{RTBH} {self.destination}"
 
-    def exabgp_nlri(self, communities: Iterable[str], router_id: str) -> str:
-        # next-hop self names an IPv4 session's own address, which an IPv6 route cannot carry:
-        # the IPv4-mapped router id instead (the peer keys on the community, not the next hop).
-        hop = "self" if self.destination.version == 4 else f"::ffff:{router_id}"
+    def exabgp_nlri(self, communities: Iterable[str], router_id: str, next_hop6: str | None = None) -> str:
+        # next-hop self names an IPv4 session's own address, which an IPv6 route cannot carry: the
+        # peer's rtbh_next_hop6 (this end's IPv6 address on the link, which a router such as BIRD
+        # needs to accept the route), else the IPv4-mapped router id.
+        hop = "self" if self.destination.version == 4 else (next_hop6 or f"::ffff:{router_id}")
         return f"route {self.destination} next-hop {hop} community [ {' '.join(communities)} ]"
 
     def to_dict(self) -> dict[str, Any]:

@@ -287,7 +287,7 @@ class Speaker:
             if not (peer.flowspec if route.kind == FLOWSPEC else peer.rtbh):
                 continue
             if isinstance(route, BlackholeRoute):
-                nlri = route.exabgp_nlri(peer.rtbh_communities, self.bgp.router_id)
+                nlri = route.exabgp_nlri(peer.rtbh_communities, self.bgp.router_id, peer.rtbh_next_hop6)
             else:
                 nlri = route.exabgp_nlri()
             self._send(f"neighbor {peer.address} {verb} {nlri}")

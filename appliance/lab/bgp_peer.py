@@ -22,6 +22,8 @@ import time
 
 APPLIANCE = "192.0.2.249"          # the appliance's management address (/30 with the peer)
 PEER = "192.0.2.250"
+APPLIANCE6 = "2001:db8:ffff:fff0::1"   # the same link's IPv6 addresses (IPv6 RTBH next hop)
+PEER6 = "2001:db8:ffff:fff0::2"
 PREFIX_LEN = 30
 LOCAL_AS = 64512                   # the appliance's AS in the tests
 PEER_AS = 64500
@@ -48,8 +50,10 @@ class BirdPeer:
         _ip("link", "add", self.veth_root, "type", "veth", "peer", "name", self.veth_peer)
         _ip("link", "set", self.veth_peer, "netns", self.ns)
         _ip("addr", "add", f"{APPLIANCE}/{PREFIX_LEN}", "dev", self.veth_root)
+        _ip("addr", "add", f"{APPLIANCE6}/64", "dev", self.veth_root, "nodad")
         _ip("link", "set", self.veth_root, "up")
         _ip("-n", self.ns, "addr", "add", f"{PEER}/{PREFIX_LEN}", "dev", self.veth_peer)
+        _ip("-n", self.ns, "addr", "add", f"{PEER6}/64", "dev", self.veth_peer, "nodad")
         _ip("-n", self.ns, "link", "set", self.veth_peer, "up")
         _ip("-n", self.ns, "link", "set", "lo", "up")
         conf = self.dir / "bird.conf"
@@ -132,3 +136,6 @@ protocol bgp seawall {{
 
     def unicast4(self) -> dict[str, str]:
         return self.routes("master4")
+
+    def unicast6(self) -> dict[str, str]:
+        return self.routes("master6")

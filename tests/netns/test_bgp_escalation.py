@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from appliance.lab.bgp_peer import APPLIANCE, LOCAL_AS, PEER, PEER_AS, BirdPeer
+from appliance.lab.bgp_peer import APPLIANCE, APPLIANCE6, LOCAL_AS, PEER, PEER_AS, BirdPeer
 from dataplane.api import Range, Rule
 from escalation.config import BgpSettings, EscalationSettings, PeerSettings
 from escalation.controller import Escalation
@@ -30,6 +30,7 @@ from tests.support import await_until
 UPLINK = 1_000_000                 # bits/s
 FULL = 0.9 * UPLINK
 HOLD = 4.0                         # seconds: a short hold-down for the test
+CAP = 4                            # max_announcements: room for the first test's four routes
 
 TENANTS = {t.id: t for t in (
     Tenant.from_dict({"id": "alpha", "name": "alpha", "prefixes": ["203.0.113.0/26", "2001:db8:1::/48"],
@@ -40,7 +41,7 @@ TENANTS = {t.id: t for t in (
 def bgp_settings() -> BgpSettings:
     return BgpSettings(LOCAL_AS, APPLIANCE, (PeerSettings(PEER, PEER_AS, flowspec=True, rtbh=True,
                                                           rtbh_communities=("65535:666", "64500:666"),
-                                                          local_address=APPLIANCE),))
+                                                          local_address=APPLIANCE, rtbh_next_hop6=APPLIANCE6),))
 
 
 def udp_incident(iid: str, tenant: str, address: str, active: bool = True) -> IncidentView:
@@ -57,7 +58,7 @@ def peer(tmp_path):
 @pytest.fixture
 async def escalation(tmp_path, peer):
     esc = Escalation(bgp_settings(), EscalationSettings(uplink_bps=UPLINK, flowspec_at=0.7, hold_down_s=HOLD,
-                                                        max_announcements=3), tmp_path / "run")
+                                                        max_announcements=CAP), tmp_path / "run")
     await esc.start()
     try:
         await await_until(peer.established, 30, 0.2, what="BGP session with BIRD")
@@ -82,10 +83,15 @@ async def test_flowspec_v4_v6_and_rtbh_reach_the_peer_with_their_components(esca
     unicast = await await_until(lambda: peer.unicast4(), 15, 0.2, what="RTBH route at BIRD")
     assert list(unicast) == ["203.0.113.5/32"]
     assert "BGP.community: (65535,666) (64500,666)" in unicast["203.0.113.5/32"]
+    [rtbh6] = escalation.escalate(v6, TENANTS["alpha"], RTBH, "noc")
+    assert rtbh6.action == ANNOUNCE
+    unicast6 = await await_until(lambda: peer.unicast6(), 15, 0.2, what="IPv6 RTBH route at BIRD")
+    assert list(unicast6) == ["2001:db8:1::5/128"]
+    assert "BGP.community: (65535,666) (64500,666)" in unicast6["2001:db8:1::5/128"]
 
     status = escalation.status()
     assert status["peers"][0]["state"] == STATE_ESTABLISHED and status["peers"][0]["peer_as"] == PEER_AS
-    assert sorted(a["kind"] for a in status["announcements"]) == [FLOWSPEC, FLOWSPEC, RTBH]
+    assert sorted(a["kind"] for a in status["announcements"]) == [FLOWSPEC, FLOWSPEC, RTBH, RTBH]
 
 
 async def test_nothing_for_a_monitor_tenant_or_outside_the_tenant_prefixes(escalation, peer):
@@ -132,17 +138,17 @@ async def test_session_reestablished_and_reannounced_after_the_speaker_is_killed
 
 
 async def test_cap_holds_at_the_peer(escalation, peer):
-    incs = [udp_incident(f"inc-c{n}", "alpha", f"203.0.113.{20 + n}") for n in range(5)]
+    incs = [udp_incident(f"inc-c{n}", "alpha", f"203.0.113.{20 + n}") for n in range(CAP + 2)]
     changes = escalation.step(time.monotonic(), FULL, incs, TENANTS)
-    assert [c.action for c in changes] == [ANNOUNCE] * 3 + [REFUSE] * 2
-    await await_until(lambda: len(peer.flow4()) == 3, 15, 0.2, what="three routes at BIRD")
+    assert [c.action for c in changes] == [ANNOUNCE] * CAP + [REFUSE] * 2
+    await await_until(lambda: len(peer.flow4()) == CAP, 15, 0.2, what="the cap's number of routes at BIRD")
     await asyncio.sleep(0)  # let anything queued behind them reach the socket
     escalation.step(time.monotonic(), FULL, incs, TENANTS)
     marker = udp_incident("inc-x", "alpha", "203.0.113.40")
     escalation.withdraw("inc-c0", "noc")               # room for one: the marker takes it
     escalation.step(time.monotonic(), FULL, [marker], TENANTS)
     await await_until(lambda: any("203.0.113.40" in r for r in peer.flow4()), 15, 0.2, what="the marker route")
-    assert len(peer.flow4()) == 3
+    assert len(peer.flow4()) == CAP
 
 
 async def test_clean_stop_leaves_nothing_announced(tmp_path, peer):

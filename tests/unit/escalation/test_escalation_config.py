@@ -67,6 +67,7 @@ def test_without_bgp_nothing_escalates_and_communities_default_to_blackhole():
     (("max_announcements = 1000", "max_announcements = 1000\nflowspec_when = 0.5"), "[escalation] flowspec_when"),
     (("local_as = 64512", "local_as = 64512\nlocal_asn = 1"), "[bgp] local_asn"),
     (("peer_as = 64500", "peer_as = 64500\npassword = 'x'"), "[bgp] peers[0] password"),
+    (("peer_as = 64500", "peer_as = 64500\nrtbh_next_hop6 = '192.0.2.1'"), "[bgp] peers[0] rtbh_next_hop6"),
 ])
 def test_bad_values_are_refused_with_the_key_named(edit, named):
     old, new = edit

@@ -99,5 +99,7 @@ def test_rtbh_host_route_with_each_peers_communities():
     v6 = blackhole_for("2001:db8:1::5", V6)
     assert v6.exabgp_nlri(["65535:666"], "192.0.2.1") == \
         "route 2001:db8:1::5/128 next-hop ::ffff:192.0.2.1 community [ 65535:666 ]"
+    assert v6.exabgp_nlri(["65535:666"], "192.0.2.1", "2001:db8:ffff::1") == \
+        "route 2001:db8:1::5/128 next-hop 2001:db8:ffff::1 community [ 65535:666 ]"
     with pytest.raises(Refused):
         blackhole_for("198.51.100.1", V4)
