@@ -9,6 +9,8 @@ bus as an ESCALATION event, so syslog, SNMP, email and webhooks carry it like AT
 
 from __future__ import annotations
 
+import json
+import os
 import pathlib
 import time
 from collections.abc import Mapping, Sequence
@@ -27,6 +29,7 @@ from .speaker import STATE_ESTABLISHED, Speaker
 log = structlog.get_logger("seawall.bgp")
 
 _SEVERITY = {ANNOUNCE: Severity.WARNING, WITHDRAW: Severity.NOTICE, REFUSE: Severity.WARNING}
+SAVED = "announcements.json"    # under the run directory: what is announced, for the next process
 
 
 class Escalation:
@@ -37,31 +40,63 @@ class Escalation:
         self.bus = bus
         self.ladder = Ladder(bgp, settings)
         self.speaker = Speaker(bgp, run_dir, on_state=self._session_changed)
+        self.saved_path = pathlib.Path(run_dir) / SAVED
         self.inbound_bps: float | None = None
 
     async def start(self) -> None:
+        """Start the speaker with the routes a previous process announced, if it stopped (or died)
+        less than `hold_down_s` ago: an attack still going on keeps its routes through a restart."""
+        for ann in self.ladder.restore(self.saved_announcements(), time.monotonic()):
+            self.speaker.announce(ann.route)
+            log.info("bgp.announcement_restored", kind=ann.kind, match=ann.route.to_dict(), incident=ann.incident)
         await self.speaker.start()
+
+    def saved_announcements(self) -> list[dict[str, Any]]:
+        try:
+            saved = json.loads(self.saved_path.read_text())
+        except (OSError, ValueError):
+            return []
+        if not isinstance(saved, dict) or time.time() - float(saved.get("saved_at", 0)) > self.settings.hold_down_s:
+            return []
+        return list(saved.get("announcements") or [])
+
+    def save(self) -> None:
+        """Written each step while anything is announced (and when it changes), so a restart after a
+        crash finds it fresh; a clean stop keeps the last table for the next start."""
+        tmp = self.saved_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"saved_at": time.time(), "announcements": [
+            a.to_dict() for a in self.ladder.announcements.values()]}))
+        os.replace(tmp, self.saved_path)
 
     async def stop(self) -> None:
         """Withdraw everything (events included), then stop the speaker: nothing stays announced."""
+        if self.ladder.announcements:
+            self.save()
         self._carry_out(self.ladder.withdraw_all("Seawall is stopping"))
         await self.speaker.stop()
 
     def step(self, now: float, inbound_bps: float | None, incidents: Sequence[IncidentView],
              tenants: Mapping[str, Tenant]) -> list[Change]:
         self.inbound_bps = inbound_bps
-        return self._carry_out(self.ladder.tick(now, inbound_bps, incidents, tenants))
+        changes = self._carry_out(self.ladder.tick(now, inbound_bps, incidents, tenants))
+        if self.ladder.announcements or changes:
+            self.save()
+        return changes
 
     def escalate(self, incident: IncidentView, tenant: Tenant, kind: str, actor: str) -> list[Change]:
         """Refused (its message says why) when it cannot be made; a refusal of some routes
         (the cap) comes back among the changes."""
-        return self._carry_out(self.ladder.escalate(incident, tenant, kind, actor, time.monotonic()))
+        changes = self._carry_out(self.ladder.escalate(incident, tenant, kind, actor, time.monotonic()))
+        self.save()
+        return changes
 
     def withdraw(self, incident_id: str, actor: str) -> list[Change]:
         changes = self.ladder.withdraw(incident_id, actor)
         if not changes:
             raise Refused(f"incident {incident_id!r} has nothing announced")
-        return self._carry_out(changes)
+        changes = self._carry_out(changes)
+        self.save()
+        return changes
 
     def _carry_out(self, changes: list[Change]) -> list[Change]:
         for change in changes:

@@ -30,7 +30,7 @@ from dataplane.api import Rule
 from tenants import Tenant
 
 from .config import BgpSettings, EscalationSettings
-from .routes import FLOWSPEC, KINDS, RTBH, Refused, Route, blackhole_for, flowspec_for_rule
+from .routes import FLOWSPEC, KINDS, RTBH, Refused, Route, blackhole_for, flowspec_for_rule, route_from_dict
 
 AUTO = "auto"
 MANUAL = "manual"
@@ -180,6 +180,23 @@ class Ladder:
             track.operator_withdrew = True
         return self._withdraw_incident(incident_id, "withdrawn by an operator", actor)
 
+    def restore(self, saved: Sequence[dict[str, Any]], now: float) -> list[Announcement]:
+        """The announcements of a previous process (`Announcement.to_dict()` forms), taken over as
+        they were: each is kept `hold_down_s` from now, or for as long as an open incident of this
+        process asks for the same route (it then becomes that incident's). Returns those taken."""
+        taken = []
+        for item in saved:
+            ann = Announcement(item["kind"], route_from_dict(item["kind"], item["match"]), item["incident"],
+                               item["tenant"], float(item["since"]), item["reason"])
+            if ann.key in self.announcements or len(self.announcements) >= self.settings.max_announcements:
+                continue
+            self.announcements[ann.key] = ann
+            track = self._tracks.setdefault(ann.incident, _Track(ann.tenant, ended_at=now))
+            if ann.kind == FLOWSPEC:
+                track.flowspec_since = now
+            taken.append(ann)
+        return taken
+
     def withdraw_all(self, why: str) -> list[Change]:
         changes = [Change(WITHDRAW, a, why) for a in self.announcements.values()]
         self.announcements.clear()
@@ -189,7 +206,13 @@ class Ladder:
     # -- internals --------------------------------------------------------------------
 
     def _add(self, inc: IncidentView, route: Route, reason: str, wall: float, actor: str | None) -> Change | None:
-        if route.key in self.announcements:
+        held = self.announcements.get(route.key)
+        if held is not None:
+            owner = self._tracks.get(held.incident)
+            if held.incident != inc.id and (owner is None or owner.ended_at is not None):
+                # An ended (or a previous process's) incident's route that this open incident
+                # needs too: it stays announced and follows this incident's life from now on.
+                self.announcements[route.key] = dataclasses.replace(held, incident=inc.id, tenant=inc.tenant)
             return None
         ann = Announcement(route.kind, route, inc.id, inc.tenant, wall, reason)
         if len(self.announcements) >= self.settings.max_announcements:

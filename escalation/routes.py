@@ -118,6 +118,23 @@ class BlackholeRoute:
 Route = FlowSpecRoute | BlackholeRoute
 
 
+def route_from_dict(kind: str, match: dict[str, Any]) -> Route:
+    """A route back from its `to_dict()` form (the announcements saved across restarts)."""
+    destination = ipaddress.ip_network(match["destination"])
+    if kind == RTBH:
+        return BlackholeRoute(destination)
+
+    def rng(key: str) -> Range | None:
+        value = match.get(key)
+        return None if value is None else Range(int(value[0]), int(value[1]))
+
+    flags = match.get("tcp_flags")
+    return FlowSpecRoute(destination=destination, protocol=match.get("protocol"), source_port=rng("source_port"),
+                         destination_port=rng("destination_port"), packet_length=rng("packet_length"),
+                         fragment=match.get("fragment"), tcp_flags=(int(flags[0]), int(flags[1])) if flags else None,
+                         rate_bytes=int(match.get("rate_bytes") or 0), omitted=tuple(match.get("omitted") or ()))
+
+
 def _range_text(r: Range) -> str:
     return f"={r.lo}" if r.lo == r.hi else f">={r.lo}&<={r.hi}"
 

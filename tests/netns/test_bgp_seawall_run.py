@@ -29,7 +29,7 @@ from tests.support import wait_until
 UPLINK_BPS = 10_000_000       # bits/s: the lab's flood (20 kpps of ~470-byte NTP replies, ~75 Mbit/s) fills it
 ATTACK_PPS = 20_000
 ATTACK_S = 60.0               # seconds at most; killed once the test has what it needs
-HOLD_DOWN_S = 8.0             # seconds
+HOLD_DOWN_S = 30.0            # seconds: longer than a restart of seawall run
 LEGIT = TrafficProfile(game_pps=200, http_rps=10, dns_qps=50)
 
 
@@ -109,7 +109,8 @@ def test_flood_escalates_to_flowspec_at_the_peer_survives_a_speaker_kill_and_a_c
                what="nothing announced after the clean stop")
 
 
-def test_a_crash_of_seawall_run_leaves_nothing_announced(lab, peer, tmp_path, request):
+def test_a_crash_of_seawall_run_leaves_nothing_announced_and_a_restart_announces_again(
+        lab, peer, tmp_path, request):
     config = config_for(lab, tmp_path)
     proc = ApplianceProcess(config, tmp_path / "seawall.toml", tmp_path / "seawall.log")
 
@@ -139,3 +140,10 @@ def test_a_crash_of_seawall_run_leaves_nothing_announced(lab, peer, tmp_path, re
         return False
 
     wait_until(speaker_gone, timeout=15, interval=0.2, what="ExaBGP to exit with seawall run")
+
+    # The flood goes on: a new `seawall run` announces again what the crashed one had announced
+    # (saved under state_dir/bgp), before its own engine has found the attack again.
+    proc.start()
+    wait_until(lambda: any(r.startswith(f"flow4 {{ dst {server.ipv4}/32;") for r in peer.flow4()), timeout=20,
+               interval=0.2, what="the route announced again by the restarted seawall run")
+    assert "bgp.announcement_restored" in (tmp_path / "seawall.log").read_text()

@@ -4,6 +4,7 @@ the notifiers carry like ATTACK_START; the speaker is not started here (its rout
 from __future__ import annotations
 
 import ipaddress
+import json
 
 from dataplane.api import Range, Rule
 from escalation.config import BgpSettings, EscalationSettings, PeerSettings
@@ -37,3 +38,19 @@ def test_announce_withdraw_and_refusal_are_published_as_escalation_events(tmp_pa
     assert withdraw.details["actor"] == "noc-alice" and "noc-alice" in withdraw.message
     assert esc.speaker.routes == {}
     assert EventType.ESCALATION in NOTIFICATION_OIDS      # SNMP has a trap for it
+
+
+def test_announcements_are_saved_for_the_next_process_while_fresh(tmp_path):
+    settings = EscalationSettings(uplink_bps=1000, hold_down_s=10)
+    bgp = BgpSettings(64512, "192.0.2.1", (PeerSettings("192.0.2.2", 64500),))
+    esc = Escalation(bgp, settings, tmp_path)
+    inc = IncidentView("i1", "alpha", True, ("203.0.113.1",),
+                       (Rule(0, ipaddress.ip_address("203.0.113.1"), proto=17, dport=Range(53, 53)),))
+    esc.step(0.0, 900.0, [inc], {"alpha": ALPHA})
+    nxt = Escalation(bgp, settings, tmp_path)
+    [saved] = nxt.saved_announcements()
+    assert (saved["kind"], saved["incident"], saved["match"]["destination"]) == ("flowspec", "i1", "203.0.113.1/32")
+    stale = json.loads(esc.saved_path.read_text())
+    stale["saved_at"] -= settings.hold_down_s + 1
+    esc.saved_path.write_text(json.dumps(stale))
+    assert nxt.saved_announcements() == []                       # older than the hold-down: over by now

@@ -156,3 +156,20 @@ def test_withdraw_all_at_stop_empties_the_table():
     lad.tick(0, FULL, [incident("i1", "alpha", "203.0.113.5")], TENANTS)
     assert actions(lad.withdraw_all("stopping")) == [(WITHDRAW, FLOWSPEC)]
     assert lad.announcements == {}
+
+
+def test_a_previous_process_routes_are_kept_for_the_hold_down_or_taken_over_by_an_open_incident():
+    old = ladder()
+    old.tick(0, FULL, [incident("old-1", "alpha", "203.0.113.5"), incident("old-2", "alpha", "203.0.113.6")],
+             TENANTS)
+    saved = [a.to_dict() for a in old.announcements.values()]
+    lad = ladder()
+    taken = lad.restore(saved, now=1000)
+    assert sorted(a.key for a in taken) == sorted(old.announcements)
+    again = incident("new-1", "alpha", "203.0.113.5")                 # the attack on .5 goes on
+    assert lad.tick(1001, FULL, [again], TENANTS) == []               # same route: nothing new announced
+    changes = lad.tick(1000 + HOLD, FULL, [again], TENANTS)
+    assert actions(changes) == [(WITHDRAW, FLOWSPEC)]                 # .6's attack is over
+    assert str(changes[0].announcement.route.destination) == "203.0.113.6/32"
+    [kept] = lad.announcements.values()
+    assert (kept.incident, str(kept.route.destination)) == ("new-1", "203.0.113.5/32")
