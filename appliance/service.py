@@ -439,10 +439,12 @@ class Appliance:
         if self.engine is None:
             return []
         # RTBH is a host route: only an incident with one attacked address (not a carpet) has one.
+        # The dicts are copied (list() of a dict is atomic under the GIL) before they are walked:
+        # an engine ticking in another thread may change them meanwhile.
         return [IncidentView(inc.id, inc.tenant_id, inc.state == State.ACTIVE,
                              (str(inc.target),) if inc.target is not None else (),
-                             tuple(r.rule for r in inc.rules.values()))
-                for inc in self.engine.incidents.open.values()]
+                             tuple(r.rule for r in list(inc.rules.values())))
+                for inc in list(self.engine.incidents.open.values())]
 
     def _escalate(self) -> None:
         if self.escalation is None:
