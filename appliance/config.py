@@ -19,6 +19,7 @@
 
     [[tenants]]                      # see tenants.model
     [notify]                         # validated here, kept raw; the notifiers parse it again
+    # [bgp], [[bgp.peers]], [escalation]: upstream escalation, parsed and checked by escalation.config
 
 `load_config` reads the file and does nothing else: every problem in it (syntax,
 unknown keys, wrong types, bad tenants) comes back as one ConfigError naming the
@@ -34,6 +35,7 @@ import pathlib
 from typing import Any
 
 # [securewatch] is SecureWatch's own table: its settings, keys and checks are in securewatch.settings.
+from escalation.config import BgpSettings, EscalationSettings, parse_bgp, parse_escalation
 from securewatch.settings import SecureWatchSettings, parse_settings
 from tenants.errors import ConfigError, did_you_mean, type_name
 from tenants.io import parse_toml_document, read_text
@@ -48,7 +50,7 @@ DEFAULT_TICK_MS = 1000           # milliseconds between policy engine ticks
 TICK_MS_RANGE = (100, 10000)     # milliseconds: faster starves the CPU, slower reacts too late
 IFNAME_MAX_BYTES = 15            # Linux IFNAMSIZ (16) minus the terminating NUL
 
-SECTIONS = ("appliance", "securewatch", "tenants", "notify")
+SECTIONS = ("appliance", "securewatch", "tenants", "notify", "bgp", "escalation")
 APPLIANCE_KEYS = ("external", "internal", "state_dir", "log_format", "tick_ms", "bpffs")
 
 
@@ -69,6 +71,8 @@ class ApplianceConfig:
     tenants: TenantSet
     notify: dict[str, Any]        # the raw [notify] table (a private copy)
     source: str | None = None     # the file it came from
+    bgp: BgpSettings | None = None                 # None: no [bgp], nothing escalates
+    escalation: EscalationSettings = dataclasses.field(default_factory=EscalationSettings)
 
     def interfaces(self) -> tuple[str, str]:
         """(external, internal) NIC names; ConfigError when either is not configured."""
@@ -99,6 +103,8 @@ def parse_config(text: str, source: str = "<string>") -> ApplianceConfig:
     appliance = _parse_appliance(_section(document, "appliance", problems), problems)
     securewatch = parse_settings(_section(document, "securewatch", problems), appliance.state_dir, problems)
     notify = _section(document, "notify", problems)
+    bgp = parse_bgp(document.get("bgp"), problems)
+    escalation = parse_escalation(document.get("escalation"), problems)
 
     tenants = TenantSet()
     tenants_known = False
@@ -112,7 +118,7 @@ def parse_config(text: str, source: str = "<string>") -> ApplianceConfig:
     if problems:
         raise ConfigError(problems, source=source)
     return ApplianceConfig(appliance=appliance, securewatch=securewatch, tenants=tenants,
-                           notify=copy.deepcopy(notify), source=source)
+                           notify=copy.deepcopy(notify), source=source, bgp=bgp, escalation=escalation)
 
 
 def _notify_problems(notify: dict[str, Any], tenant_ids: tuple[str, ...] | None) -> list[str]:

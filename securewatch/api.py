@@ -19,6 +19,7 @@ from aiohttp import web
 from tenants import ConfigError, Tenant, TenantSet
 
 from . import metrics, ui
+from .bgp import bgp_of, escalate, escalation_target, scoped_bgp, withdraw
 from .context import (
     OPTIONS,
     STORE,
@@ -78,6 +79,9 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/api/v1/incidents/{incident_id}/acknowledge", api_acknowledge)
     r.add_post("/api/v1/incidents/{incident_id}/notes", api_annotate)
     r.add_get("/api/v1/incidents/{incident_id}/pcap/{kind}", api_pcap)
+    r.add_post("/api/v1/incidents/{incident_id}/escalate", api_escalate)
+    r.add_delete("/api/v1/incidents/{incident_id}/escalate", api_withdraw)
+    r.add_get("/api/v1/bgp", api_bgp)
     r.add_get("/api/v1/audit", api_audit)
     r.add_get("/api/v1/notifiers", api_notifiers)
     r.add_get("/metrics", metrics_endpoint)
@@ -301,6 +305,28 @@ async def api_pcap(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={
         "Content-Type": "application/vnd.tcpdump.pcap",
         "Content-Disposition": f'attachment; filename="{incident.id}-{kind}.pcap"'})
+
+
+async def api_bgp(request: web.Request) -> web.Response:
+    """Sessions and announcements upstream (admin, noc); a tenant's own announcements."""
+    return web.json_response(scoped_bgp(bgp_of(request), principal_of(request)), dumps=_dumps)
+
+
+async def api_escalate(request: web.Request) -> web.Response:
+    """Announce FlowSpec ({"kind": "flowspec"}) or RTBH ({"kind": "rtbh"}) for an open incident."""
+    incident, _ = await escalation_target(request, form=False)
+    body = await read_json(request)
+    kind = body.get("kind") if isinstance(body, dict) else None
+    changes = await escalate(request, incident, kind)
+    announced = any(c["action"] == "announce" for c in changes)
+    return web.json_response({"incident": incident.id, "kind": kind, "changes": changes},
+                             status=201 if announced else 200, dumps=_dumps)
+
+
+async def api_withdraw(request: web.Request) -> web.Response:
+    """Withdraw every route announced for the incident (the ladder leaves it alone after)."""
+    incident, _ = await escalation_target(request, form=False)
+    return web.json_response({"incident": incident.id, "changes": await withdraw(request, incident)}, dumps=_dumps)
 
 
 async def api_audit(request: web.Request) -> web.Response:

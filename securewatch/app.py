@@ -264,6 +264,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 async def ingest_event(store: Store, event: Event) -> None:
     if event.type in ATTACK_EVENTS and event.incident_id and event.tenant:
         await store.record_event(event.to_dict())
+    elif event.type is EventType.ESCALATION and event.incident_id:
+        await store.record_escalation(event.to_dict())
 
 
 async def _ingest(store: Store, inbox: asyncio.Queue[Event]) -> None:

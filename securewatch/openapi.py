@@ -86,6 +86,14 @@ def openapi_document() -> dict[str, Any]:
         "/api/v1/incidents/{incident_id}/pcap/{kind}": {
             "get": _op("Download an incident's PCAP evidence (kind: dropped | passed)", params=(*iid, "kind"),
                        content="application/vnd.tcpdump.pcap", errors=("401", "404"))},
+        "/api/v1/incidents/{incident_id}/escalate": {
+            "post": _op("Announce a FlowSpec rule or an RTBH host route upstream for an open incident (admin, noc); "
+                        "RTBH only for a tenant with escalate_rtbh", params=iid,
+                        body="#/components/schemas/Escalate", ok="201", errors=("400", "401", "403", "404", "409")),
+            "delete": _op("Withdraw every route announced for the incident (admin, noc)", params=iid,
+                          errors=("401", "403", "404", "409"))},
+        "/api/v1/bgp": {"get": _op("BGP sessions and announcements upstream (admin, noc); a tenant sees its own "
+                                   "announcements", errors=("401", "404", "503"))},
         "/api/v1/audit": {"get": _op("Audit log (admin, noc), newest first, one page at a time: `next` is the URL "
                                      "of the following page (null on the last)", query=(
             ("tenant", "tenant id"), ("limit", "entries per page, 1 to 1000 (default 200)"),
@@ -154,6 +162,8 @@ def openapi_document() -> dict[str, Any]:
                            "properties": {kind: {"type": "array", "items": {"type": "object"}}
                                           for kind in ("syslog", "snmp", "email", "webhook")}
                            | {"state_dir": {"type": "string"}}},
+                "Escalate": {"type": "object", "required": ["kind"], "properties": {
+                    "kind": {"type": "string", "enum": ["flowspec", "rtbh"]}}},
                 "Note": {"type": "object", "required": ["text"], "properties": {
                     "text": {"type": "string"},
                     "internal": {"type": "boolean", "description": "admin, noc: never shown to the tenant"}}},

@@ -636,6 +636,15 @@ class Store:
         """Fold one ATTACK_* event (its `to_dict()` form) into its incident."""
         await self._run(_record_event, event)
 
+    async def record_escalation(self, event: dict[str, Any]) -> None:
+        """One ESCALATION event (announce, withdraw, refusal upstream) into its incident's events,
+        leaving the incident itself as it is (issue 14)."""
+        await self._run(lambda b: b.execute(
+            "INSERT INTO incident_events (incident_id, sequence, type, at, message, data) VALUES (?, ?, ?, ?, ?, ?)",
+            (event["incident_id"], int(event.get("sequence") or 0), event["type"],
+             float(event.get("timestamp") or time.time()), event.get("message") or "",
+             _json({"severity": event.get("severity"), "escalation": event.get("details") or {}}))))
+
     async def incidents(self, flt: IncidentFilter) -> list[Incident]:
         return await self._run(_incidents, flt)
 

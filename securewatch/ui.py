@@ -24,7 +24,7 @@ from tenants import ConfigError
 from tenants.model import PORT_MAX
 from tenants.policy import RATE_PPS_MAX, REFLECTION_MODES, TenantPolicy
 
-from . import auth
+from . import auth, bgp
 from .context import (
     APPLIANCE,
     LIMITER,
@@ -105,6 +105,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/incidents/{incident_id}", incident_page)
     r.add_post("/incidents/{incident_id}/acknowledge", incident_acknowledge)
     r.add_post("/incidents/{incident_id}/notes", incident_note)
+    r.add_post("/incidents/{incident_id}/escalate", incident_escalate)
+    r.add_post("/incidents/{incident_id}/withdraw", incident_withdraw)
     r.add_get("/reports", reports_page)
     r.add_static("/static", PACKAGE_DIR / "static", name="static")
 
@@ -466,7 +468,21 @@ async def incident_page(request: web.Request) -> web.Response:
     detail = await incident_detail(request, request.match_info["incident_id"])
     svg = timeline_svg(detail["timeline"])
     can_handle = principal_of(request).can_handle_incident(detail["tenant"])
-    return render(request, "incident.html", inc=detail, svg=svg, can_handle=can_handle)
+    return render(request, "incident.html", inc=detail, svg=svg, can_handle=can_handle,
+                  announcements=bgp.incident_announcements(request, detail["id"]))
+
+
+async def incident_escalate(request: web.Request) -> web.Response:
+    """The incident page's announce buttons (admin, noc): FlowSpec or RTBH upstream."""
+    incident, form = await bgp.escalation_target(request, form=True)
+    await bgp.escalate(request, incident, form.get("kind"))
+    raise web.HTTPFound(f"/incidents/{incident.id}")
+
+
+async def incident_withdraw(request: web.Request) -> web.Response:
+    incident, _ = await bgp.escalation_target(request, form=True)
+    await bgp.withdraw(request, incident)
+    raise web.HTTPFound(f"/incidents/{incident.id}")
 
 
 async def incident_acknowledge(request: web.Request) -> web.Response:

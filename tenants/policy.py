@@ -50,6 +50,10 @@ class TenantPolicy:
     udp_rate_pps: int = 0
     icmp_rate_pps: int = 0
     fragment_rate_pps: int = 0
+    # Upstream escalation (escalation/, only with a [bgp] section): FlowSpec for this tenant's
+    # attacks; a blackhole (RTBH) drops everything to the address, so only a tenant that agreed gets one.
+    escalate_flowspec: bool = True
+    escalate_rtbh: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TenantPolicy:

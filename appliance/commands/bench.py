@@ -48,6 +48,11 @@ def register(subparsers) -> None:
     pol.add_argument("--seconds", type=float, default=15.0, help="seconds per mode (--loop-latency)")
     pol.add_argument("--json", action="store_true")
     pol.set_defaults(func=bench_policy)
+    esc = sub.add_parser("escalation", help="time from a flood's first packet to its FlowSpec route at a BGP peer")
+    esc.add_argument("--runs", type=int, default=3, help="floods, one per server of tenant alpha; the median is reported")
+    esc.add_argument("--pps", type=int, default=20_000, help="flood rate, packets/s (NTP replies, ~470 bytes)")
+    esc.add_argument("--json", action="store_true")
+    esc.set_defaults(func=bench_escalation)
     sw = sub.add_parser("securewatch", help="tenant GET and policy PUT latency of SecureWatch at scale")
     sw.add_argument("--tenants", type=int, default=10_000)
     sw.add_argument("--clients", type=int, default=20, help="concurrent HTTP clients (default 20)")
@@ -171,6 +176,21 @@ def bench_mitigation(args) -> int:
     for vector, r in result["vectors"].items():
         per_run = ", ".join(str(f["first_drop_ms"]) for f in r["runs"])
         print(f"  {vector:<5} first drop after {r['first_drop_ms_median']} ms (median; runs: {per_run})")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def bench_escalation(args) -> int:
+    from appliance.bench import escalation  # noqa: PLC0415
+
+    if args.runs < 1 or args.pps < 1:
+        print("seawall bench escalation: --runs and --pps must be >= 1", file=sys.stderr)
+        return 2
+    result = escalation.run(args.runs, args.pps, _progress)
+    per_run = ", ".join(f"{r['route_s']}" for r in result["runs"])
+    print(f"flood {result['pps']:,} pps over a {result['uplink_bps'] / 1e6:g} Mbit/s uplink: FlowSpec route at the "
+          f"peer {result['route_s_median']} s after the first packet (median; runs: {per_run} s)")
     if args.json:
         print(json.dumps(result))
     return 0

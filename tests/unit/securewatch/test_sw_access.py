@@ -20,7 +20,7 @@ ROLES = {  # principal name: (role, tenant, access)
     "alpha_ro": ("tenant", "alpha", "read"),
     "alpha_rw": ("tenant", "alpha", "write"),
 }
-OK, DENIED, HIDDEN, CREATED = 200, 403, 404, 201
+OK, DENIED, HIDDEN, CREATED, CONFLICT = 200, 403, 404, 201, 409
 POLICY = {"mode": "monitor"}
 NOTE = {"text": "seen"}
 NOTIFY = {"syslog": [{"name": "noc-syslog", "host": "192.0.2.10", "transport": "tcp"}]}
@@ -59,6 +59,11 @@ MATRIX = [
     ("POST", "/api/v1/incidents/inc-beta-1/notes", NOTE, (CREATED, CREATED, HIDDEN, HIDDEN)),
     ("GET", "/api/v1/incidents/inc-alpha-1/pcap/dropped", None, (OK, OK, OK, OK)),
     ("GET", "/api/v1/incidents/inc-beta-1/pcap/dropped", None, (OK, OK, HIDDEN, HIDDEN)),
+    ("POST", "/api/v1/incidents/inc-alpha-1/escalate", {"kind": "flowspec"}, (CREATED, CREATED, DENIED, DENIED)),
+    ("POST", "/api/v1/incidents/inc-beta-1/escalate", {"kind": "flowspec"}, (CONFLICT, CONFLICT, HIDDEN, HIDDEN)),
+    ("DELETE", "/api/v1/incidents/inc-alpha-1/escalate", None, (CONFLICT, CONFLICT, DENIED, DENIED)),
+    ("DELETE", "/api/v1/incidents/inc-beta-1/escalate", None, (CONFLICT, CONFLICT, HIDDEN, HIDDEN)),
+    ("GET", "/api/v1/bgp", None, (OK, OK, OK, OK)),
     ("GET", "/api/v1/audit", None, (OK, OK, DENIED, DENIED)),
     ("GET", "/api/v1/notifiers", None, (OK, OK, DENIED, DENIED)),
     ("GET", "/api/v1/notify", None, (OK, OK, DENIED, DENIED)),

@@ -95,7 +95,7 @@ def test_check_imports_reports_an_import_of_the_appliance_from_a_lower_layer(tmp
     })
     assert checker().problems(root, ("appliance", "tenants", "securewatch")) == [
         "layer: securewatch/store.py:2: securewatch.store imports appliance.config; "
-        "dataplane, policy, tenants, securewatch never import appliance"]
+        "dataplane, policy, tenants, securewatch, escalation never import appliance"]
 
 
 def test_check_imports_skips_type_checking_imports_and_resolves_relative_ones(tmp_path):
