@@ -247,12 +247,10 @@ class Appliance:
         to `monitor` (the status's and the series' only source of tenant rates)."""
         from policy.engine import PolicyConfig, PolicyEngine  # noqa: PLC0415
 
-        # `[escalation] uplink_bps` (issue 14) scales the default detection floors (issue 20); read
-        # optionally: the key is absent from configs parsed without the escalation table.
-        uplink_bps = getattr(getattr(self.config, "escalation", None), "uplink_bps", None)
+        # `[escalation] uplink_bps` scales the default detection floors (None: the fixed defaults).
         return PolicyEngine(dataplane, self._engine_tenants(), self.bus, self.state_dir / "policy",
                             tick=self.config.appliance.tick_ms / 1000.0, on_tenant_traffic=self.monitor.record,
-                            config=PolicyConfig(uplink_bps=uplink_bps))
+                            config=PolicyConfig(uplink_bps=self.config.escalation.uplink_bps))
 
     def _spawn(self, coro, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
