@@ -32,6 +32,7 @@ from policy.events import Event, EventBus, EventType, Severity
 from tenants import ConfigError, Tenant, TenantSet
 
 from .auth import Principal
+from .changes import tenant_set_diff
 from .context import (
     ANY_VERSION,
     APPLIANCE,
@@ -191,6 +192,7 @@ class TenantsChanged:
     applied: bool                      # the dataplane took the new set (False: central mode)
     state: TenantState                 # the stored set after the change, with versions
     changed: tuple[str, ...] = ()      # ids of the tenants that got a new version
+    diff: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)   # changes.tenant_set_diff
 
 
 class TenantConfig(VersionedConfig):
@@ -241,10 +243,12 @@ class TenantConfig(VersionedConfig):
                    action: str, applied: bool) -> TenantsChanged:
         store = app[STORE]
         changed, state = await store.update_tenant_set(proposed, actor, action, base=current)
-        return TenantsChanged(applied, state or await store.tenant_state(), tuple(changed))
+        return TenantsChanged(applied, state or await store.tenant_state(), tuple(changed),
+                              tenant_set_diff(current.tenants, proposed, changed))
 
     def audit_entry(self, outcome: TenantsChanged, target: str) -> tuple[str | None, dict[str, Any]]:
-        return target, {"changed": list(outcome.changed), "applied": outcome.applied}
+        # Per tenant, every field that changed with its old and new value.
+        return target, {"changed": outcome.diff, "applied": outcome.applied}
 
     def event(self, outcome: TenantsChanged, actor: str, action: str, target: str) -> Event | None:
         if not outcome.changed:

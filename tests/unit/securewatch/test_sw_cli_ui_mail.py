@@ -107,7 +107,7 @@ async def test_policy_form_shows_field_errors_and_applies(tmp_path):
             assert appliance.tenants["alpha"].mode == "mitigate"  # nothing applied
             form["sensitivity"] = "2.5"
             r = await http.post(f"{url}/tenants/alpha", data=form)
-            assert r.status == 200 and "Saved and applied." in await r.text()
+            assert r.status == 200 and "and applied to the dataplane." in await r.text()
             alpha = appliance.tenants["alpha"]
             assert (alpha.mode, alpha.policy.sensitivity, alpha.policy.min_pps) == ("monitor", 2.5, 2000)
             assert str(alpha.deny[0]) == "src=198.18.0.0/15 proto=tcp dport=80"
