@@ -27,6 +27,23 @@ window.SeawallFormat = (function () {
       if (!isNaN(d)) el.textContent = localTime(d);
     }
   }
-  document.addEventListener("DOMContentLoaded", () => localiseTimes(document));
-  return {rate, number, localTime, localiseTimes};
+  // A card whose table is wider than a phone scrolls sideways (securewatch.css); keyboard users
+  // reach that scroll only if the card can take the focus, so such cards become named regions.
+  function markScrollers() {
+    for (const card of document.querySelectorAll(".card")) {
+      const scrolls = card.scrollWidth > card.clientWidth + 1;
+      if (scrolls && !card.hasAttribute("tabindex")) {
+        const heading = card.querySelector("h1, h2");
+        card.setAttribute("tabindex", "0");
+        card.setAttribute("role", "region");
+        card.setAttribute("aria-label", (heading ? heading.textContent.trim() : "table") + " (scrolls sideways)");
+        card.dataset.scrollRegion = "1";
+      } else if (!scrolls && card.dataset.scrollRegion) {
+        for (const a of ["tabindex", "role", "aria-label", "data-scroll-region"]) card.removeAttribute(a);
+      }
+    }
+  }
+  document.addEventListener("DOMContentLoaded", () => { localiseTimes(document); markScrollers(); });
+  window.addEventListener("resize", markScrollers);
+  return {rate, number, localTime, localiseTimes, markScrollers};
 })();
