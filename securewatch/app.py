@@ -8,7 +8,8 @@ Background work (event ingestion, traffic sampling, retention, monthly report
 mail) starts and stops with the app through `cleanup_ctx`.
 
 The routes live in their modules: `api` (REST API under /api/v1), `ui` (the web pages),
-`notify_admin` (NOC receivers), `access_admin` (users and tokens). They import `context`
+`notify_admin` (NOC receivers), `access_admin` (users and tokens), `admin_ui` (the
+administration and audit pages). They import `context`
 (app keys, errors, the caller) and never this module.
 """
 
@@ -28,7 +29,7 @@ from aiohttp import web
 from policy.events import Event, EventBus, EventType
 from tenants import TenantSet
 
-from . import access_admin, api, auth, notify_admin, ui
+from . import access_admin, admin_ui, api, auth, notify_admin, ui
 from .auth import Principal
 from .changes import tenant_set_diff
 from .context import (
@@ -106,6 +107,7 @@ def create_app(settings: SecureWatchSettings, *, store: Store, bus: EventBus | N
     ui.add_routes(app)
     notify_admin.add_routes(app)
     access_admin.add_routes(app)
+    admin_ui.add_routes(app)
     return app
 
 

@@ -526,11 +526,12 @@ class Store:
                     remote: str | None = None, details: dict[str, Any] | None = None) -> None:
         await self._run(_audit, actor, action, target, tenant, remote, details or {})
 
-    async def audit_log(self, *, tenant: str | None = None, limit: int = 200,
-                        before: int | None = None) -> list[dict[str, Any]]:
+    async def audit_log(self, *, tenant: str | None = None, limit: int = 200, before: int | None = None,
+                        actor: str | None = None, action: str | None = None) -> list[dict[str, Any]]:
         """Newest first, at most `limit` entries; `before`: only entries with a smaller id (the
-        cursor of the next page is the last entry's id)."""
-        return await self._run(_audit_log, tenant, limit, before)
+        cursor of the next page is the last entry's id); `actor`: that actor's; `action`: actions
+        that start with it ("tenant." finds every tenant change)."""
+        return await self._run(_audit_log, tenant, limit, before, actor, action)
 
     # -- notify configuration ---------------------------------------------------
 
@@ -583,6 +584,11 @@ class Store:
     async def set_user_disabled(self, name: str, disabled: bool) -> bool:
         """Disabling ends the user's sessions. False: no such user."""
         return await self._run(_set_user_disabled, name, disabled)
+
+    async def set_user_scope(self, name: str, role: str, tenant: str | None, access: str) -> bool:
+        """A new role, tenant or access ends the user's sessions (they carry the old scope).
+        False: no such user."""
+        return await self._run(_set_user_scope, name, role, tenant, access)
 
     async def delete_user(self, name: str) -> bool:
         """Delete the user and its sessions. False: no such user."""
@@ -960,8 +966,16 @@ def _get_user(b: _Backend, name: str) -> User | None:
     return _user_from_row(row) if row else None
 
 
-def _audit_log(b: _Backend, tenant: str | None, limit: int, before: int | None) -> list[dict[str, Any]]:
+def _audit_log(b: _Backend, tenant: str | None, limit: int, before: int | None, actor: str | None = None,
+               action: str | None = None) -> list[dict[str, Any]]:
     where, params = [], []
+    if actor:
+        where.append("actor = ?")
+        params.append(actor)
+    if action:
+        # A prefix match without LIKE's wildcards (an action holds no % or _ to escape that way).
+        where.append("substr(action, 1, ?) = ?")
+        params.extend([len(action), action])
     if tenant:
         where.append("tenant = ?")
         params.append(tenant)
@@ -1002,6 +1016,14 @@ def _set_user_disabled(b: _Backend, name: str, disabled: bool) -> bool:
         return False
     if disabled:
         _end_sessions(b, name)
+    return True
+
+
+def _set_user_scope(b: _Backend, name: str, role: str, tenant: str | None, access: str) -> bool:
+    if b.execute("UPDATE users SET role = ?, tenant = ?, access = ? WHERE name = ?",
+                 (role, tenant, access, name)).rowcount == 0:
+        return False
+    _end_sessions(b, name)
     return True
 
 

@@ -247,8 +247,10 @@ class TenantConfig(VersionedConfig):
                               tenant_set_diff(current.tenants, proposed, changed))
 
     def audit_entry(self, outcome: TenantsChanged, target: str) -> tuple[str | None, dict[str, Any]]:
-        # Per tenant, every field that changed with its old and new value.
-        return target, {"changed": outcome.diff, "applied": outcome.applied}
+        # Per tenant, every field that changed with its old and new value, and the version it is at
+        # now (the audit page offers a rollback to the one before).
+        versions = {tid: outcome.state.versions[tid] for tid in outcome.changed if tid in outcome.state.versions}
+        return target, {"changed": outcome.diff, "applied": outcome.applied, "versions": versions}
 
     def event(self, outcome: TenantsChanged, actor: str, action: str, target: str) -> Event | None:
         if not outcome.changed:
@@ -362,3 +364,25 @@ def policy_update(tenant_id: str, body: dict[str, Any], principal: Principal) ->
             raise not_found(f"no tenant {tenant_id!r}")
         return replace_tenant(tenant_set, merged_policy_table(current, body, principal), must_exist=True)
     return mutate
+
+
+async def rollback_tenant(request: web.Request, tenant_id: str, version: Any) -> TenantsChanged:
+    """Put tenant `tenant_id` back as it was at `version` (admin), as a new version: the API's
+    POST /api/v1/tenants/{id}/rollback and the admin pages' buttons. A deleted tenant comes back;
+    a version that is a deletion removes it. The old table is validated against today's set
+    (an overlap with a tenant created since is a ConfigError)."""
+    if not principal_of(request).is_admin:
+        raise ApiError(403, "only an administrator may do this")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ApiError(422, "version: expected a whole number from 1", ["version: expected a whole number from 1"])
+    versions = await request.app[STORE].tenant_versions(tenant_id)
+    found = next((v for v in versions if v.version == version), None)
+    if found is None:
+        raise not_found(f"tenant {tenant_id!r} has no version {version}")
+    table = found.data
+
+    def mutate(tenant_set: TenantSet) -> TenantSet:
+        if table is None:
+            return TenantSet([t for t in tenant_set if t.id != tenant_id])
+        return replace_tenant(tenant_set, table, must_exist=tenant_id in tenant_set)
+    return await change_tenants(request, mutate, "tenant.rollback", tenant_id)
