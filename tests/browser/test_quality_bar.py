@@ -14,7 +14,7 @@ import time
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "unit" / "securewatch"))
-from test_sw_helpers import PASSWORD, add_user, attack_events, service  # noqa: E402
+from test_sw_helpers import PASSWORD, add_token, add_user, attack_events, service  # noqa: E402
 
 from tests.browser.conftest import SCREENSHOTS  # noqa: E402
 
@@ -24,7 +24,8 @@ PHONE, DESKTOP = 390, 1280          # CSS pixels: an iPhone 12-15's width, a lap
 BLOCKING = ("serious", "critical")  # axe impacts that fail the bar
 # Pages each role may open (the admin's include the NOC receivers); "/no-such-page" is the 404.
 COMMON = ["/", "/tenants", "/tenants/alpha", "/incidents", "/incidents/inc-alpha-1", "/reports", "/no-such-page"]
-PAGES = {"ops": [*COMMON, "/notify"], "nina": [*COMMON, "/notify"], "carol": COMMON}
+ADMIN = ["/admin/tenants", "/admin/tenants/alpha", "/admin/users", "/admin/tokens"]
+PAGES = {"ops": [*COMMON, "/notify", "/audit", *ADMIN], "nina": [*COMMON, "/notify", "/audit"], "carol": COMMON}
 ROLES = {"ops": ("admin", None), "nina": ("noc", None), "carol": ("tenant", "alpha")}
 
 AXE_RUN = """async () => {
@@ -74,6 +75,10 @@ async def test_item16_every_page_fits_a_phone_and_passes_axe(tmp_path, browser, 
     async with service(tmp_path, pcap_root=tmp_path) as (url, store, _):
         role, tenant = ROLES[user]
         await add_user(store, user, role, tenant, "write")
+        await add_user(store, "frank", "tenant", "beta", "read")          # rows on the users page
+        await add_token(store, "tenant", "alpha")                        # and on the tokens page
+        await store.audit("ops", "policy.update", target="alpha", tenant="alpha", details={
+            "changed": {"alpha": {"policy.sensitivity": {"old": 1.0, "new": 3.0}}}, "versions": {"alpha": 2}})
         for e in attack_events(t0=time.time() - 300, pcap_dir=tmp_path):
             await store.record_event(e.to_dict())
         problems: list[str] = []
