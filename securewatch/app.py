@@ -29,7 +29,7 @@ from aiohttp import web
 from policy.events import Event, EventBus, EventType
 from tenants import TenantSet
 
-from . import access_admin, admin_ui, api, auth, notify_admin, ui
+from . import access_admin, admin_ui, api, auth, notify_admin, policy_templates, ui
 from .auth import Principal
 from .changes import tenant_set_diff
 from .context import (
@@ -108,6 +108,7 @@ def create_app(settings: SecureWatchSettings, *, store: Store, bus: EventBus | N
     notify_admin.add_routes(app)
     access_admin.add_routes(app)
     admin_ui.add_routes(app)
+    policy_templates.add_routes(app)
     return app
 
 

@@ -122,6 +122,20 @@ def openapi_document() -> dict[str, Any]:
         },
         "/api/v1/tokens/{token_id}": {
             "delete": _op("Revoke an API token (admin)", params=("token_id",), errors=("401", "403", "404"))},
+        "/api/v1/templates": {"get": _op("Policy templates with their followers (admin, noc: all; a tenant: the one "
+                                          "its tenant follows)")},
+        "/api/v1/templates/{name}": {
+            "get": _op("One policy template and its followers", params=("name",), errors=("401", "404")),
+            "put": _op("Create or replace a policy template ({\"policy\": {...}}; admin): every tenant that follows it "
+                       "gets the new values, keeping its overrides", params=("name",),
+                       errors=("400", "401", "403", "422")),
+            "delete": _op("Delete a policy template (admin; 409 while a tenant follows it)", params=("name",),
+                          errors=("401", "403", "404", "409"))},
+        "/api/v1/tenants/{tenant_id}/template": {
+            "get": _op("The template a tenant follows, its overrides and the keys it inherits", params=tid,
+                       errors=("401", "404")),
+            "put": _op("Make a tenant follow a template ({\"template\": name, \"overrides\": {...}}) or none "
+                       "({\"template\": null}; admin)", params=tid, errors=("400", "401", "403", "404", "422"))},
         "/api/v1/notifiers": {"get": _op("Each NOC receiver's health and backlog (admin, noc)",
                                          errors=("401", "403", "503"))},
         "/api/v1/notify": {

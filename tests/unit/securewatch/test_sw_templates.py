@@ -1,0 +1,110 @@
+"""Issue 16, item 4 (policy templates), on a real loopback server with real SQLite: a named set
+of policy values that many tenants follow; editing it updates them all (applied to the dataplane
+and versioned like any tenant change) while each tenant keeps the keys it overrides; the same
+validation as a tenant's policy; a tenant sees only the template it follows; store migration 6."""
+
+from __future__ import annotations
+
+import aiohttp
+from test_sw_helpers import add_token, service
+
+from securewatch.store import SCHEMA_VERSION, Store, create_schema
+
+
+async def _put(http, url, path, body):
+    r = await http.put(url + path, json=body)
+    return r.status, await r.json()
+
+
+async def test_item16_editing_a_template_updates_every_follower_and_keeps_overrides(tmp_path):
+    async with service(tmp_path) as (url, store, appliance):
+        admin = {"Authorization": f"Bearer {await add_token(store, 'admin')}"}
+        async with aiohttp.ClientSession(headers=admin) as http:
+            status, body = await _put(http, url, "/api/v1/templates/hosting",
+                                      {"policy": {"sensitivity": 2.0, "min_pps": 5000}})
+            assert status == 200 and body["version"] == 1 and body["followers_changed"] == {}
+            for tenant, overrides in (("alpha", {}), ("beta", {"min_pps": 800})):
+                status, body = await _put(http, url, f"/api/v1/tenants/{tenant}/template",
+                                          {"template": "hosting", "overrides": overrides})
+                assert status == 200 and body["template"] == "hosting" and body["overrides"] == overrides, body
+            assert appliance.tenants["alpha"].policy.min_pps == 5000 and appliance.tenants["beta"].policy.min_pps == 800
+            # A key set on the tenant's own policy becomes an override by differing from the template.
+            await http.put(f"{url}/api/v1/tenants/alpha/policy", json={"policy": {"syn_protection": False}})
+
+            status, body = await _put(http, url, "/api/v1/templates/hosting",
+                                      {"policy": {"sensitivity": 4.0, "min_pps": 6000, "udp_rate_pps": 90000}})
+            assert status == 200 and body["version"] == 2 and body["applied"] is True
+            assert body["followers_changed"]["beta"] == {
+                "policy.sensitivity": {"old": 2.0, "new": 4.0},
+                "policy.udp_rate_pps": {"old": 0, "new": 90000}}
+            alpha, beta = appliance.tenants["alpha"].policy, appliance.tenants["beta"].policy
+            assert (alpha.sensitivity, alpha.min_pps, alpha.udp_rate_pps, alpha.syn_protection) == (4.0, 6000, 90000, False)
+            assert (beta.sensitivity, beta.min_pps, beta.udp_rate_pps) == (4.0, 800, 90000)
+            view = await (await http.get(f"{url}/api/v1/tenants/alpha/template")).json()
+            assert view["overrides"] == {"syn_protection": False} and "sensitivity" in view["inherited"]
+
+            # Set back to the template's value, a key follows the template again.
+            await http.put(f"{url}/api/v1/tenants/beta/policy", json={"policy": {"min_pps": 6000}})
+            await _put(http, url, "/api/v1/templates/hosting", {"policy": {"sensitivity": 4.0, "min_pps": 7000}})
+            assert appliance.tenants["beta"].policy.min_pps == 7000
+            assert appliance.tenants["beta"].policy.udp_rate_pps == 0   # dropped from the template: the default
+
+            audit = (await (await http.get(f"{url}/api/v1/audit", params={"action": "template."})).json())["entries"]
+            assert [e["action"] for e in audit[:2]] == ["template.update", "template.apply"]
+            assert audit[0]["details"]["changed"] == {"policy.min_pps": {"old": 6000, "new": 7000},
+                                                      "policy.udp_rate_pps": {"old": 90000, "new": None}}
+            versions = (await (await http.get(f"{url}/api/v1/tenants/beta/versions")).json())["versions"]
+            assert versions[0]["action"] == "template.apply"
+
+
+async def test_item16_template_values_meet_the_policy_validation(tmp_path):
+    async with service(tmp_path) as (url, store, appliance):
+        admin = {"Authorization": f"Bearer {await add_token(store, 'admin')}"}
+        async with aiohttp.ClientSession(headers=admin) as http:
+            status, body = await _put(http, url, "/api/v1/templates/Bad Name",
+                                      {"policy": {"sensitivity": 50, "colour": "red"}})
+            assert status == 422
+            assert body["problems"][0].startswith("name: 'Bad Name' is not a template name")
+            assert any(p.startswith("policy.sensitivity: must be between 0.1 and 10") for p in body["problems"])
+            assert any(p.startswith("policy.colour: unknown key") for p in body["problems"])
+            await _put(http, url, "/api/v1/templates/t1", {"policy": {"sensitivity": 2.0}})
+            status, body = await _put(http, url, "/api/v1/tenants/alpha/template",
+                                      {"template": "t1", "overrides": {"min_pps": -1}})
+            assert status == 422 and body["problems"][0].startswith("overrides.min_pps: expected a non-negative")
+            status, body = await _put(http, url, "/api/v1/tenants/alpha/template", {"template": "nope"})
+            assert status == 422 and body["problems"] == ["template: no template 'nope'"]
+            assert appliance.tenants["alpha"].policy.sensitivity == 1.0       # nothing applied
+
+            await _put(http, url, "/api/v1/tenants/alpha/template", {"template": "t1"})
+            r = await http.delete(f"{url}/api/v1/templates/t1")
+            assert r.status == 409 and "followed by alpha" in (await r.json())["error"]
+            status, body = await _put(http, url, "/api/v1/tenants/alpha/template", {"template": None})
+            assert status == 200 and body["template"] is None
+            assert appliance.tenants["alpha"].policy.sensitivity == 2.0       # leaving keeps the values
+            assert (await http.delete(f"{url}/api/v1/templates/t1")).status == 200
+
+
+async def test_item16_a_tenant_sees_only_the_template_it_follows(tmp_path):
+    async with service(tmp_path) as (url, store, _):
+        await store.save_policy_template("gold", {"sensitivity": 3.0}, "test")
+        await store.save_policy_template("silver", {"sensitivity": 2.0}, "test")
+        await store.set_template_link("alpha", "gold")
+        await store.set_template_link("beta", "gold")
+        tenant = {"Authorization": f"Bearer {await add_token(store, 'tenant', 'alpha')}"}
+        async with aiohttp.ClientSession(headers=tenant) as http:
+            body = await (await http.get(f"{url}/api/v1/templates")).json()
+            assert [(t["name"], t["followers"]) for t in body["templates"]] == [("gold", ["alpha"])]
+            assert (await http.get(f"{url}/api/v1/templates/silver")).status == 404
+
+
+async def test_item16_store_migration_6_adds_templates_to_an_existing_database(tmp_path):
+    url = f"sqlite:///{tmp_path}/old.db"
+    create_schema(url, 5)
+    store = await Store.open(url)
+    try:
+        assert await store.schema_version() == SCHEMA_VERSION == 6
+        assert await store.policy_templates() == {} and await store.template_links() == {}
+        assert await store.save_policy_template("gold", {"sensitivity": 3.0}, "test") == 1
+        assert (await store.policy_templates())["gold"]["policy"] == {"sensitivity": 3.0}
+    finally:
+        await store.close()
