@@ -3,6 +3,8 @@
     /admin/tenants               tenants: create; each: rename, contacts, prefixes, delete, history, rollback
     /admin/users                 users: add, change role/tenant/access, reset password, disable/enable, delete
     /admin/tokens                API tokens with last use: create (shown once), revoke
+    /admin/templates             policy templates: create, edit (followers follow), delete; a tenant's
+                                 page chooses the template it follows
     /audit                       the audit log with filters, the field-level diff and one-click rollback
 
 The pages change nothing themselves: every form becomes the body the REST API would get and goes
@@ -22,7 +24,7 @@ from aiohttp import web
 from tenants import ConfigError, TenantSet
 from tenants.model import MODES
 
-from . import access_admin, credentials
+from . import access_admin, credentials, policy_templates
 from .api import audit_page_of
 from .context import STORE, ApiError, check_csrf, not_found, principal_of, require_admin
 from .store import ACCESS_LEVELS, ROLES
@@ -49,6 +51,10 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/admin/tokens", tokens_page)
     r.add_post("/admin/tokens", token_create)
     r.add_post("/admin/tokens/{token_id}/revoke", token_revoke)
+    r.add_get("/admin/templates", templates_page)
+    r.add_post("/admin/templates", template_save)
+    r.add_post("/admin/templates/{name}/delete", template_delete)
+    r.add_post("/admin/tenants/{tenant_id}/template", tenant_follow)
     r.add_get("/audit", audit_log_page)
 
 
@@ -103,9 +109,11 @@ async def tenant_page(request: web.Request, *, status: int = 200, form: dict[str
                 "contacts": "\n".join(tenant.contacts)}
     if notice is None and request.query.get("created"):
         notice = f"Created tenant {tenant_id} (version {state.versions.get(tenant_id)})."
+    templates = await request.app[STORE].policy_templates()
+    following = await policy_templates.tenant_template_view(request, tenant_id) if tenant is not None else None
     return render(request, "admin/tenant.html", status=status, tenant_id=tenant_id, tenant=tenant,
                   version=state.versions.get(tenant_id), form=form or {}, versions=versions,
-                  problems=problems or [], notice=notice)
+                  problems=problems or [], notice=notice, templates=sorted(templates), following=following)
 
 
 async def tenant_update(request: web.Request) -> web.Response:
@@ -277,5 +285,104 @@ async def audit_log_page(request: web.Request) -> web.Response:
         raise ApiError(403, "the audit log is for administrators and the NOC")
     page = await audit_page_of(request)
     tenant_ids = (await request.app[STORE].tenant_state()).tenants.ids
-    return render(request, "audit.html", entries=page.entries, next=page.next, filters=page.filters,
+    entries = [{**e, "groups": diff_groups(e["details"].get("changed"))} for e in page.entries]
+    return render(request, "audit.html", entries=entries, next=page.next, filters=page.filters,
                   tenant_ids=tenant_ids, can_rollback=p.is_admin)
+
+
+def _is_field_diff(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(d, dict) and set(d) == {"old", "new"} for d in value.values())
+
+
+def diff_groups(changed: Any) -> list[tuple[str | None, dict[str, Any]]] | None:
+    """An audit row's "changed" as (tenant id or None, {field: {old, new}}) groups: tenant-set
+    changes hold one diff per tenant, user and template changes one diff; None for older rows
+    (a list of names) and rows without a diff."""
+    if _is_field_diff(changed) and changed:
+        return [(None, changed)]
+    if isinstance(changed, dict) and changed and all(_is_field_diff(v) for v in changed.values()):
+        return [(key, fields) for key, fields in changed.items()]
+    return None
+
+
+# -- policy templates ----------------------------------------------------------------------
+
+POLICY_FIELDS = tuple(policy_templates.DEFAULTS)   # every policy key, in the policy's order
+
+
+def template_values_from_form(posted: Any) -> dict[str, Any]:
+    """The keys a template form sets (an empty field leaves the key to the default), as the JSON
+    body would carry them: numbers as numbers, flags as true/false; anything else is passed on
+    as typed for the policy validation to name."""
+    values: dict[str, Any] = {}
+    for key in POLICY_FIELDS:
+        text = str(posted.get(key, "")).strip()
+        if not text:
+            continue
+        default = policy_templates.DEFAULTS[key]
+        if isinstance(default, bool):
+            values[key] = {"true": True, "false": False}.get(text, text)
+        elif isinstance(default, int) and text.isascii() and text.isdigit() and len(text) <= 18:
+            values[key] = int(text)
+        elif isinstance(default, float):
+            try:
+                values[key] = float(text)
+            except ValueError:
+                values[key] = text
+        else:
+            values[key] = text
+    return values
+
+
+async def templates_page(request: web.Request, *, status: int = 200, problems: list[str] | None = None,
+                         notice: str | None = None, form: dict[str, str] | None = None) -> web.Response:
+    require_admin(request)
+    templates = await policy_templates.visible_templates(request)
+    return render(request, "admin/templates.html", status=status, templates=list(templates.values()),
+                  fields=POLICY_FIELDS, defaults=policy_templates.DEFAULTS, problems=problems or [], notice=notice,
+                  form=form or {"name": ""})
+
+
+async def template_save(request: web.Request) -> web.Response:
+    posted = await _admin_form(request)
+    name = str(posted.get("name", "")).strip()
+    form = {"name": name, **{k: str(posted.get(k, "")) for k in POLICY_FIELDS}}
+    try:
+        version, done = await policy_templates.save_template(request, name, template_values_from_form(posted))
+    except ApiError as exc:
+        if exc.status == 403:
+            raise
+        return await templates_page(request, status=exc.status, problems=exc.problems or [exc.message], form=form)
+    followers = sorted(done.changed) if done is not None else []
+    applied = "" if done is None else " and applied" if done.applied else " (not applied: no dataplane here)"
+    return await templates_page(request, notice=f"Saved template {name} as version {version}" + (
+        f"; updated {', '.join(followers)}{applied}." if followers else "; no follower changed."))
+
+
+async def template_delete(request: web.Request) -> web.Response:
+    await _admin_form(request)
+    name = request.match_info["name"]
+    try:
+        await policy_templates.delete_template(request, name)
+    except ApiError as exc:
+        if exc.status in (403, 404):
+            raise
+        return await templates_page(request, status=exc.status, problems=exc.problems or [exc.message])
+    return await templates_page(request, notice=f"Deleted template {name}.")
+
+
+async def tenant_follow(request: web.Request) -> web.Response:
+    posted = await _admin_form(request)
+    tenant_id = request.match_info["tenant_id"]
+    name = str(posted.get("template", "")).strip() or None
+    try:
+        done = await policy_templates.follow(request, tenant_id, name)
+    except ConfigError as exc:
+        return await tenant_page(request, status=422, problems=exc.problems)
+    except ApiError as exc:
+        if exc.status in (403, 404) and not exc.problems:
+            raise
+        return await tenant_page(request, status=exc.status, problems=exc.problems or [exc.message])
+    if name is None:
+        return await tenant_page(request, notice="Follows no template now; its policy values stay as they are.")
+    return await tenant_page(request, notice=f"Follows template {name}. " + change_outcome(done, tenant_id))

@@ -63,6 +63,24 @@ async def test_item16_admin_workflows_then_noc_and_tenant_views(tmp_path, browse
         await page.wait_for_selector("#notice:has-text('Rolled back to version 1')")
         assert appliance.tenants["gamma"].name == "Gamma"
 
+        await page.click("nav.subnav >> text=Policy templates")
+        create = page.locator("#template-create")
+        await create.locator("input[name=name]").fill("hosting")
+        await create.locator("input[name=sensitivity]").fill("3")
+        await create.locator("button").click()
+        await page.wait_for_selector("#notice:has-text('Saved template hosting as version 1')")
+        await page.goto(f"{url}/admin/tenants/gamma")
+        await page.select_option("#tenant-template select[name=template]", "hosting")
+        await page.locator("#tenant-template button").click()
+        await page.wait_for_selector("#notice:has-text('Follows template hosting')")
+        assert appliance.tenants["gamma"].policy.sensitivity == 3.0
+        await page.click("nav.subnav >> text=Policy templates")
+        await page.locator("form[data-template=hosting] input[name=sensitivity]").fill("5")
+        await page.locator("form[data-template=hosting] button:has-text('Save template')").click()
+        await page.wait_for_selector("#notice:has-text('updated gamma and applied')")
+        assert appliance.tenants["gamma"].policy.sensitivity == 5.0
+        await page.screenshot(path=str(SCREENSHOTS / "admin-templates.png"), full_page=True)
+
         await page.click("nav.subnav >> text=Users")
         add = page.locator("#user-add")
         await add.locator("input[name=name]").fill("carol")

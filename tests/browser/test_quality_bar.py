@@ -24,7 +24,7 @@ PHONE, DESKTOP = 390, 1280          # CSS pixels: an iPhone 12-15's width, a lap
 BLOCKING = ("serious", "critical")  # axe impacts that fail the bar
 # Pages each role may open (the admin's include the NOC receivers); "/no-such-page" is the 404.
 COMMON = ["/", "/tenants", "/tenants/alpha", "/incidents", "/incidents/inc-alpha-1", "/reports", "/no-such-page"]
-ADMIN = ["/admin/tenants", "/admin/tenants/alpha", "/admin/users", "/admin/tokens"]
+ADMIN = ["/admin/tenants", "/admin/tenants/alpha", "/admin/users", "/admin/tokens", "/admin/templates"]
 PAGES = {"ops": [*COMMON, "/notify", "/audit", *ADMIN], "nina": [*COMMON, "/notify", "/audit"], "carol": COMMON}
 ROLES = {"ops": ("admin", None), "nina": ("noc", None), "carol": ("tenant", "alpha")}
 
@@ -77,6 +77,8 @@ async def test_item16_every_page_fits_a_phone_and_passes_axe(tmp_path, browser, 
         await add_user(store, user, role, tenant, "write")
         await add_user(store, "frank", "tenant", "beta", "read")          # rows on the users page
         await add_token(store, "tenant", "alpha")                        # and on the tokens page
+        await store.save_policy_template("hosting", {"sensitivity": 2.0}, "ops")   # a template, followed
+        await store.set_template_link("alpha", "hosting")
         await store.audit("ops", "policy.update", target="alpha", tenant="alpha", details={
             "changed": {"alpha": {"policy.sensitivity": {"old": 1.0, "new": 3.0}}}, "versions": {"alpha": 2}})
         for e in attack_events(t0=time.time() - 300, pcap_dir=tmp_path):

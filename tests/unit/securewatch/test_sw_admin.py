@@ -12,10 +12,11 @@ import aiohttp
 import pytest
 from test_sw_helpers import PASSWORD, add_token, add_user, login, service
 
-ADMIN_PAGES = ("/admin/tenants", "/admin/tenants/alpha", "/admin/users", "/admin/tokens")
+ADMIN_PAGES = ("/admin/tenants", "/admin/tenants/alpha", "/admin/users", "/admin/tokens", "/admin/templates")
 ADMIN_POSTS = ("/admin/tenants", "/admin/tenants/alpha", "/admin/tenants/alpha/delete",
                "/admin/tenants/alpha/rollback", "/admin/users", "/admin/users/ops", "/admin/tokens",
-               "/admin/tokens/1/revoke")
+               "/admin/tokens/1/revoke", "/admin/templates", "/admin/templates/gold/delete",
+               "/admin/tenants/alpha/template")
 
 
 def notice(page: str) -> str:
@@ -229,6 +230,8 @@ async def test_item16_noc_and_tenants_cannot_administer(tmp_path, who):
         await add_user(store, "nina", "noc")
         await add_user(store, "carol", "tenant", "alpha", "write")
         await add_token(store, "tenant", "beta")
+        await store.save_policy_template("gold", {"sensitivity": 3.0}, "test")   # followed by beta only
+        await store.set_template_link("beta", "gold")
         http, csrf = await login(url, who)
         async with http:
             async with http.get(f"{url}/") as r:
@@ -248,6 +251,7 @@ async def test_item16_noc_and_tenants_cannot_administer(tmp_path, who):
                     assert "tenant.create" not in await r.text()
         assert set(appliance.tenants.ids) == {"alpha", "beta"} and await store.user("ops") is not None
         assert [t.revoked for t in await store.tokens()] == [False]
+        assert list(await store.policy_templates()) == ["gold"] and await store.template_links() == {"beta": "gold"}
 
 
 async def test_item16_admin_pages_need_a_login(tmp_path):

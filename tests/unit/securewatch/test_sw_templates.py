@@ -6,7 +6,8 @@ validation as a tenant's policy; a tenant sees only the template it follows; sto
 from __future__ import annotations
 
 import aiohttp
-from test_sw_helpers import add_token, service
+from test_sw_admin import notice, problems
+from test_sw_helpers import add_token, add_user, login, service
 
 from securewatch.store import SCHEMA_VERSION, Store, create_schema
 
@@ -108,3 +109,40 @@ async def test_item16_store_migration_6_adds_templates_to_an_existing_database(t
         assert (await store.policy_templates())["gold"]["policy"] == {"sensitivity": 3.0}
     finally:
         await store.close()
+
+
+async def test_item16_admin_manages_templates_in_the_ui(tmp_path):
+    async with service(tmp_path) as (url, store, appliance):
+        await add_user(store, "ops", "admin")
+        http, csrf = await login(url, "ops")
+        async with http:
+            r = await http.post(f"{url}/admin/templates", data={"csrf_token": csrf, "name": "hosting",
+                                                                 "sensitivity": "50", "min_pps": "lots"})
+            page = await r.text()
+            assert r.status == 422 and 'value="lots"' in page
+            assert any(p.startswith("policy.sensitivity: must be between") for p in problems(page))
+            assert any(p.startswith("policy.min_pps: expected a non-negative integer") for p in problems(page))
+            r = await http.post(f"{url}/admin/templates", data={"csrf_token": csrf, "name": "hosting",
+                                                                 "sensitivity": "2", "syn_protection": "false"})
+            assert notice(await r.text()) == "Saved template hosting as version 1; no follower changed."
+
+            r = await http.post(f"{url}/admin/tenants/beta/template", data={"csrf_token": csrf, "template": "hosting"})
+            page = await r.text()
+            assert notice(page) == "Follows template hosting. Saved as version 2 and applied to the dataplane."
+            assert "Follows <b>hosting</b>" in page
+            assert (appliance.tenants["beta"].policy.sensitivity, appliance.tenants["beta"].policy.syn_protection) == (
+                2.0, False)
+            r = await http.post(f"{url}/admin/templates", data={"csrf_token": csrf, "name": "hosting",
+                                                                 "sensitivity": "6", "syn_protection": "false"})
+            assert notice(await r.text()) == "Saved template hosting as version 2; updated beta and applied."
+            assert appliance.tenants["beta"].policy.sensitivity == 6.0
+            async with http.get(f"{url}/audit", params={"action": "template."}) as r:   # both shapes of diff
+                page = await r.text()
+            assert r.status == 200 and "<b>beta</b>" in page and "Roll back to version 2" in page
+            assert '<th scope="row">policy.sensitivity</th><td class="old"><code>2.0</code></td>' in page
+            r = await http.post(f"{url}/admin/templates/hosting/delete", data={"csrf_token": csrf})
+            assert r.status == 409 and "followed by beta" in problems(await r.text())[0]
+            r = await http.post(f"{url}/admin/tenants/beta/template", data={"csrf_token": csrf, "template": ""})
+            assert notice(await r.text()).startswith("Follows no template now")
+            r = await http.post(f"{url}/admin/templates/hosting/delete", data={"csrf_token": csrf})
+            assert notice(await r.text()) == "Deleted template hosting."
