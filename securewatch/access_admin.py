@@ -116,8 +116,10 @@ async def create_user(request: web.Request, body: dict[str, Any]) -> dict[str, A
         await store.add_user(User(name, password_hash, role, tenant, access, time.time()))
     except ValueError as exc:
         raise ApiError(409, str(exc), [f"name: {exc}"]) from None
-    await audit(request, "user.add", target=name, tenant=tenant, details={"role": role, "access": access})
-    return credentials.user_row(await store.user(name))
+    row = credentials.user_row(await store.user(name))
+    await audit(request, "user.add", target=name, tenant=tenant, details={
+        "role": role, "access": access, "changed": field_diff(None, row)})
+    return row
 
 
 async def change_user(request: web.Request, name: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -201,9 +203,11 @@ async def create_token(request: web.Request, body: dict[str, Any]) -> dict[str, 
     token = auth.new_token()
     store = request.app[STORE]
     token_id = await store.add_token(auth.token_hash(token), label, role, tenant, access, expires_at)
+    row = credentials.token_row(await store.token(token_id), now)
     await audit(request, "token.create", target=str(token_id), tenant=tenant,
-                details={"role": role, "access": access, "label": label, "expires_at": expires_at})
-    return {**credentials.token_row(await store.token(token_id), now), "token": token}
+                details={"role": role, "access": access, "label": label, "expires_at": expires_at,
+                         "changed": field_diff(None, row)})
+    return {**row, "token": token}
 
 
 async def revoke_token(request: web.Request, text: str) -> int:
@@ -212,7 +216,8 @@ async def revoke_token(request: web.Request, text: str) -> int:
     if token_id is None or not await request.app[STORE].revoke_token(token_id):
         raise not_found(f"no token {text!r}")
     token = await request.app[STORE].token(token_id)
-    await audit(request, "token.revoke", target=text, tenant=token.tenant, details={"label": token.label})
+    await audit(request, "token.revoke", target=text, tenant=token.tenant,
+                details={"label": token.label, "changed": {"revoked": {"old": False, "new": True}}})
     return token_id
 
 

@@ -285,7 +285,9 @@ async def audit_log_page(request: web.Request) -> web.Response:
         raise ApiError(403, "the audit log is for administrators and the NOC")
     page = await audit_page_of(request)
     tenant_ids = (await request.app[STORE].tenant_state()).tenants.ids
-    entries = [{**e, "groups": diff_groups(e["details"].get("changed"))} for e in page.entries]
+    # The NOC receivers' rows keep "changed" as names and carry their diff under "diff".
+    entries = [{**e, "groups": diff_groups(e["details"].get("diff") or e["details"].get("changed"))}
+               for e in page.entries]
     return render(request, "audit.html", entries=entries, next=page.next, filters=page.filters,
                   tenant_ids=tenant_ids, can_rollback=p.is_admin)
 

@@ -83,6 +83,24 @@ async def test_item16_api_rolls_a_tenant_back_and_brings_a_deleted_one_back(tmp_
                 ("tenant.rollback", {"alpha": 3})]
 
 
+async def test_item16_user_and_token_changes_are_audited_with_their_diff(tmp_path):
+    async with service(tmp_path) as (url, store, _):
+        admin = {"Authorization": f"Bearer {await add_token(store, 'admin')}"}
+        async with aiohttp.ClientSession(headers=admin) as http:
+            await http.post(f"{url}/api/v1/users", json={"name": "gina", "password": "long enough", "role": "noc"})
+            r = await http.post(f"{url}/api/v1/tokens", json={"role": "tenant", "tenant": "alpha", "label": "graf"})
+            token_id = (await r.json())["id"]
+            await http.delete(f"{url}/api/v1/tokens/{token_id}")
+            await http.post(f"{url}/api/v1/users/gina/disable")
+            entries = (await (await http.get(f"{url}/api/v1/audit")).json())["entries"]
+            changed = {e["action"]: e["details"]["changed"] for e in entries[:4]}
+            assert changed["user.add"]["role"] == {"old": None, "new": "noc"}
+            assert changed["token.create"]["label"] == {"old": None, "new": "graf"}
+            assert changed["token.revoke"] == {"revoked": {"old": False, "new": True}}
+            assert changed["user.disable"] == {"disabled": {"old": False, "new": True}}
+            assert "password_hash" not in str(entries) and "swt_" not in str(entries)
+
+
 async def test_item16_api_audit_filters_by_actor_and_action_prefix(tmp_path):
     async with service(tmp_path) as (url, store, _):
         admin = {"Authorization": f"Bearer {await add_token(store, 'admin')}"}
