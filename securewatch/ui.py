@@ -312,19 +312,21 @@ def _form_from_tenant(tenant: Any) -> dict[str, Any]:
 async def policy_page(request: web.Request) -> web.Response:
     tenant, version = await visible_tenant_version(request, request.match_info["tenant_id"])
     versions = await tenant_versions_shown(request, tenant.id)
+    following = (await request.app[STORE].template_links()).get(tenant.id)
     return _policy_render(request, tenant, {**_form_from_tenant(tenant), "version": version}, {}, [],
-                          versions[:10], saved=None)
+                          versions[:10], saved=None, following=following)
 
 
 def _policy_render(request: web.Request, tenant: Any, form: dict[str, Any], errors: dict[str, list[str]],
                    general: list[str], versions: list[Any], saved: str | None, status: int = 200,
-                   conflict: str | None = None) -> web.Response:
-    """form["version"]: the version the form was filled from, sent back to detect a concurrent save."""
+                   conflict: str | None = None, following: str | None = None) -> web.Response:
+    """form["version"]: the version the form was filled from, sent back to detect a concurrent save.
+    following: the policy template the tenant follows (securewatch.policy_templates), if any."""
     p = principal_of(request)
     return render(request, "policy.html", status=status, tenant=tenant, form=form, errors=errors, general=general,
                   versions=versions, saved=saved, editable=p.can_edit_policy(tenant.id), admin=p.is_admin,
                   reflection_modes=REFLECTION_MODES, int_fields=POLICY_INT_FIELDS, bool_fields=POLICY_BOOL_FIELDS,
-                  defaults=TenantPolicy(), conflict=conflict)
+                  defaults=TenantPolicy(), conflict=conflict, following=following)
 
 
 _ACL_TOKEN = re.compile(r"(\w+)=(\S+)")
@@ -457,8 +459,9 @@ async def policy_submit(request: web.Request) -> web.Response:
         return _policy_render(request, tenant, values, errors, general, versions[:10], saved=None, status=422)
     updated = done.state.tenants[tenant.id]
     versions = await tenant_versions_shown(request, tenant.id)
+    following = (await request.app[STORE].template_links()).get(tenant.id)
     return _policy_render(request, updated, {**_form_from_tenant(updated), "version": done.state.versions[tenant.id]},
-                          {}, [], versions[:10], saved=change_outcome(done, tenant.id))
+                          {}, [], versions[:10], saved=change_outcome(done, tenant.id), following=following)
 
 
 def change_outcome(done: Any, tenant_id: str) -> str:

@@ -146,3 +146,16 @@ async def test_item16_admin_manages_templates_in_the_ui(tmp_path):
             assert notice(await r.text()).startswith("Follows no template now")
             r = await http.post(f"{url}/admin/templates/hosting/delete", data={"csrf_token": csrf})
             assert notice(await r.text()) == "Deleted template hosting."
+
+
+async def test_item16_the_policy_page_says_which_template_a_tenant_follows(tmp_path):
+    async with service(tmp_path) as (url, store, _):
+        await store.save_policy_template("hosting", {"sensitivity": 2.0}, "test")
+        await store.set_template_link("alpha", "hosting")
+        await add_user(store, "carol", "tenant", "alpha", "write")
+        await add_user(store, "bob", "tenant", "beta", "write")
+        for who, tenant, shown in (("carol", "alpha", True), ("bob", "beta", False)):
+            http, _ = await login(url, who)
+            async with http, http.get(f"{url}/tenants/{tenant}") as r:
+                page = await r.text()
+            assert ('follows the policy template <b>hosting</b>' in page) is shown, who
