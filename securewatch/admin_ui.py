@@ -23,6 +23,7 @@ from aiohttp import web
 
 from tenants import ConfigError, TenantSet
 from tenants.model import MODES
+from tenants.templates import DEFAULTS
 
 from . import access_admin, credentials, policy_templates
 from .api import audit_page_of
@@ -309,7 +310,7 @@ def diff_groups(changed: Any) -> list[tuple[str | None, dict[str, Any]]] | None:
 
 # -- policy templates ----------------------------------------------------------------------
 
-POLICY_FIELDS = tuple(policy_templates.DEFAULTS)   # every policy key, in the policy's order
+POLICY_FIELDS = tuple(DEFAULTS)   # every policy key, in the policy's order
 
 
 def template_values_from_form(posted: Any) -> dict[str, Any]:
@@ -321,7 +322,7 @@ def template_values_from_form(posted: Any) -> dict[str, Any]:
         text = str(posted.get(key, "")).strip()
         if not text:
             continue
-        default = policy_templates.DEFAULTS[key]
+        default = DEFAULTS[key]
         if isinstance(default, bool):
             values[key] = {"true": True, "false": False}.get(text, text)
         elif isinstance(default, int) and text.isascii() and text.isdigit() and len(text) <= 18:
@@ -341,7 +342,7 @@ async def templates_page(request: web.Request, *, status: int = 200, problems: l
     require_admin(request)
     templates = await policy_templates.visible_templates(request)
     return render(request, "admin/templates.html", status=status, templates=list(templates.values()),
-                  fields=POLICY_FIELDS, defaults=policy_templates.DEFAULTS, problems=problems or [], notice=notice,
+                  fields=POLICY_FIELDS, defaults=DEFAULTS, problems=problems or [], notice=notice,
                   form=form or {"name": ""})
 
 

@@ -19,24 +19,19 @@ back to the template's value follows the template again. The same validation as 
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import structlog
 from aiohttp import web
 
 from tenants import ConfigError, TenantSet
-from tenants.policy import TenantPolicy
+from tenants.templates import followed, name_problems, overrides_of, parse_values
 
 from .changes import field_diff
 from .context import STORE, ApiError, audit, not_found, principal_of, read_json, require_admin, visible_tenant
 from .versioned import TenantsChanged, change_tenants, replace_tenant
 
 log = structlog.get_logger(__name__)
-
-TEMPLATE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-TEMPLATE_NAME_RULE = "lowercase letters, digits, '-' and '_', starting with a letter or digit, at most 63 characters"
-DEFAULTS = TenantPolicy().to_dict()
 
 
 def add_routes(app: web.Application) -> None:
@@ -49,38 +44,7 @@ def add_routes(app: web.Application) -> None:
     r.add_put("/api/v1/tenants/{tenant_id}/template", api_tenant_template_put)
 
 
-# -- the rules (pure) ---------------------------------------------------------------------
-
-def name_problems(name: Any) -> list[str]:
-    if not isinstance(name, str) or not TEMPLATE_NAME.fullmatch(name):
-        return [f"name: {name!r} is not a template name ({TEMPLATE_NAME_RULE})"]
-    return []
-
-
-def parse_values(policy: Any) -> dict[str, Any]:
-    """A template's values: some keys of a tenant's policy table, checked as one (ConfigError
-    naming every key at fault, as "policy.<key>: ...")."""
-    if not isinstance(policy, dict):
-        raise ConfigError(["policy: expected a table of policy keys"])
-    parsed = TenantPolicy.from_dict(policy).to_dict()
-    return {key: parsed[key] for key in policy}
-
-
-def given(template: dict[str, Any] | None) -> dict[str, Any]:
-    """Every policy key as a follower of `template` gets it (the template's value, else the default)."""
-    return {**DEFAULTS, **(template or {})}
-
-
-def overrides_of(policy: dict[str, Any], template: dict[str, Any] | None) -> dict[str, Any]:
-    """The keys of a tenant's full policy that differ from what the template gives."""
-    base = given(template)
-    return {key: value for key, value in policy.items() if base.get(key) != value}
-
-
-def followed(template: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """The full policy of a follower: the template's values with the tenant's overrides on top."""
-    return {**given(template), **overrides}
-
+# -- the rules are tenants.templates' (shared with the config file) -------------------------
 
 def rewrite_followers(tenant_set: TenantSet, followers: list[str], old: dict[str, Any] | None,
                       new: dict[str, Any]) -> TenantSet:
