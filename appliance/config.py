@@ -41,7 +41,7 @@ from securewatch.settings import SecureWatchSettings, parse_settings
 from tenants.errors import ConfigError, did_you_mean, type_name
 from tenants.io import parse_toml_document, read_text
 from tenants.model import TenantSet
-from tenants.templates import resolve_tenant_tables
+from tenants.templates import parse_values, resolve_tenant_tables
 
 DEFAULT_CONFIG_PATH = "/etc/seawall/seawall.toml"   # where the systemd unit and the commands look
 DEFAULT_STATE_DIR = pathlib.Path("/var/lib/seawall")
@@ -76,6 +76,7 @@ class ApplianceConfig:
     # Which tenant follows which [templates.NAME] (tenants.templates); `tenants` already holds
     # each follower's resolved policy.
     template_links: dict[str, str] = dataclasses.field(default_factory=dict)
+    templates: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)   # name: policy keys
 
     def interfaces(self) -> tuple[str, str]:
         """(external, internal) NIC names; ConfigError when either is not configured."""
@@ -111,6 +112,8 @@ def parse_config(text: str, source: str = "<string>") -> ApplianceConfig:
     tenants_known = False
     tables, template_links, template_problems = resolve_tenant_tables(document.get("tenants", []),
                                                                        document.get("templates", {}))
+    templates = {name: parse_values(values) for name, values in document.get("templates", {}).items()
+                 } if not template_problems and isinstance(document.get("templates", {}), dict) else {}
     problems.extend(template_problems)
     if "tenants" in document:
         try:
@@ -122,7 +125,8 @@ def parse_config(text: str, source: str = "<string>") -> ApplianceConfig:
     if problems:
         raise ConfigError(problems, source=source)
     return ApplianceConfig(appliance=appliance, securewatch=securewatch, tenants=tenants,
-                           notify=copy.deepcopy(notify), source=source, template_links=template_links)
+                           notify=copy.deepcopy(notify), source=source, template_links=template_links,
+                           templates=templates)
 
 
 def _notify_problems(notify: dict[str, Any], tenant_ids: tuple[str, ...] | None) -> list[str]:

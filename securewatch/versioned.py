@@ -270,7 +270,19 @@ class TenantConfig(VersionedConfig):
         return (stored, None) if len(stored) else None
 
     async def import_running(self, app: web.Application, running: TenantSet) -> None:
-        await app[STORE].save_tenant_set(running, "appliance", "import")
+        store = app[STORE]
+        await store.save_tenant_set(running, "appliance", "import")
+        # The config file's policy templates and their followers come along (an appliance that
+        # offers them: appliance.service.Appliance.policy_templates); followers already run the
+        # resolved policy, so only the templates and the links are stored.
+        offered = getattr(app[APPLIANCE], "policy_templates", None)
+        if callable(offered) and not await store.policy_templates():
+            templates, links = offered()
+            for name, values in sorted(templates.items()):
+                await store.save_policy_template(name, values, "appliance")
+            for tenant_id, name in sorted(links.items()):
+                if tenant_id in running and name in templates:
+                    await store.set_template_link(tenant_id, name)
 
     async def run_stored(self, app: web.Application, stored: TenantSet) -> None:
         app[APPLIANCE].apply_tenants(stored)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import aiohttp
 from test_sw_admin import notice, problems
-from test_sw_helpers import add_token, add_user, login, service
+from test_sw_helpers import TENANTS, InMemoryAppliance, add_token, add_user, login, service
 
 from securewatch.store import SCHEMA_VERSION, Store, create_schema
+from tenants import TenantSet
 
 
 async def _put(http, url, path, body):
@@ -159,3 +160,21 @@ async def test_item16_the_policy_page_says_which_template_a_tenant_follows(tmp_p
             async with http, http.get(f"{url}/tenants/{tenant}") as r:
                 page = await r.text()
             assert ('follows the policy template <b>hosting</b>' in page) is shown, who
+
+
+class ApplianceWithTemplates(InMemoryAppliance):
+    """The appliance side as appliance.service offers it: the config file's templates and links."""
+
+    def policy_templates(self):
+        return {"hosting": {"sensitivity": 2.0}}, {"alpha": "hosting", "gone": "hosting"}
+
+
+async def test_item16_the_config_files_templates_are_imported_with_the_tenants(tmp_path):
+    appliance = ApplianceWithTemplates(TenantSet.from_dicts(TENANTS))
+    async with service(tmp_path, appliance=appliance) as (url, store, _):
+        assert (await store.policy_templates())["hosting"]["policy"] == {"sensitivity": 2.0}
+        assert await store.template_links() == {"alpha": "hosting"}   # only tenants that exist
+        admin = {"Authorization": f"Bearer {await add_token(store, 'admin')}"}
+        async with aiohttp.ClientSession(headers=admin) as http:
+            body = await (await http.get(f"{url}/api/v1/templates")).json()
+            assert [(t["name"], t["followers"]) for t in body["templates"]] == [("hosting", ["alpha"])]
