@@ -277,3 +277,17 @@ async def test_item16_admin_pages_need_a_login(tmp_path):
         for path in (*ADMIN_PAGES, "/audit"):
             async with http.get(url + path, allow_redirects=False) as r:
                 assert r.status == 302 and r.headers["Location"].startswith("/login?next="), path
+
+
+async def test_item16_audit_page_offers_rollback_only_for_tenant_set_changes(tmp_path):
+    async with service(tmp_path) as (url, store, _):
+        await add_user(store, "ops", "admin")
+        await store.audit("ops", "notify.update", details={
+            "changed": ["noc-syslog"], "diff": {"syslog.noc-syslog": {"port": {"old": 1514, "new": 2514}}}})
+        await store.audit("appliance", "tenants.reload", tenant=None, details={
+            "changed": {"alpha": {"mode": {"old": "mitigate", "new": "monitor"}}}})
+        http, _ = await login(url, "ops")
+        async with http, http.get(f"{url}/audit") as r:
+            page = await r.text()
+        assert r.status == 200 and "<b>syslog.noc-syslog</b>" in page and "<code>2514</code>" in page
+        assert "/admin/tenants/syslog" not in page and "/admin/tenants/alpha/rollback" not in page
