@@ -160,6 +160,8 @@ async def test_monthly_report_mailed_once_to_contacts(tmp_path):
         assert rcpt == ["noc@alpha.example"]
         msg = email.message_from_bytes(content, policy=email.policy.default)
         assert msg["Subject"] == f"Seawall DDoS report {period.label}: Alpha Hosting, 1 attacks"
+        text = msg.get_body(preferencelist=("plain",)).get_content()
+        assert "Peak: 59.0 kpps\r\nPackets dropped: 400,000\r\n" in text   # issue 16: as the pages format
         attachment = next(msg.iter_attachments())
         assert attachment.get_filename().endswith(".csv") and b"inc-alpha-1" in attachment.get_content().encode()
     finally:
