@@ -358,6 +358,11 @@ class Appliance:
     def apply_tenants(self, tenant_set: TenantSet) -> None:
         self._apply(tenant_set)
 
+    def policy_templates(self) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """The config file's [templates.NAME] and which tenant follows which (SecureWatch imports
+        them with the tenants into an empty store)."""
+        return dict(self.config.templates), dict(self.config.template_links)
+
     def notify_config(self) -> dict[str, Any]:
         """The raw `[notify]` table the notifiers run now (a copy; secrets included)."""
         return copy.deepcopy(dict(self.config.notify or {}))

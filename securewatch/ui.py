@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import html
+import http
 import pathlib
 import re
 import secrets
@@ -24,7 +25,7 @@ from tenants import ConfigError
 from tenants.model import PORT_MAX
 from tenants.policy import RATE_PPS_MAX, REFLECTION_MODES, TenantPolicy
 
-from . import auth, bgp
+from . import auth, bgp, formatting
 from .context import (
     APPLIANCE,
     LIMITER,
@@ -62,34 +63,13 @@ POLICY_BOOL_FIELDS = ("auto_mitigation", "invalid_filters", "syn_protection")
 def template_environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("securewatch", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined)
-    env.filters["utc"] = _utc
-    env.filters["rate"] = _rate
-    env.filters["duration"] = _duration
-    env.filters["percent"] = lambda v: "–" if v is None else f"{100 * float(v):.1f} %"
+    # Every page formats through securewatch.formatting (and static/format.js in the browser).
+    env.filters["utc"] = formatting.moment
+    env.filters["rate"] = formatting.rate
+    env.filters["num"] = formatting.number
+    env.filters["duration"] = formatting.duration
+    env.filters["percent"] = formatting.percent
     return env
-
-
-def _utc(ts: float | None) -> str:
-    if ts is None:
-        return "–"
-    return datetime.datetime.fromtimestamp(ts, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _rate(value: float | None, unit: str = "pps") -> str:
-    if value is None:
-        return "–"
-    v = float(value)
-    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(v) >= factor:
-            return f"{v / factor:.1f} {prefix}{unit}"
-    return f"{v:.0f} {unit}"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    s = int(seconds)
-    return f"{s // 3600} h {s % 3600 // 60} min" if s >= 3600 else f"{s // 60} min {s % 60} s" if s >= 60 else f"{s} s"
 
 
 def add_routes(app: web.Application) -> None:
@@ -108,7 +88,19 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/incidents/{incident_id}/escalate", incident_escalate)
     r.add_post("/incidents/{incident_id}/withdraw", incident_withdraw)
     r.add_get("/reports", reports_page)
-    r.add_static("/static", PACKAGE_DIR / "static", name="static")
+    r.add_get("/static/{path:.+}", static_file, name="static")
+
+
+STATIC_DIR = (PACKAGE_DIR / "static").resolve()
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """A file under static/ (CSS, scripts, vendored libraries). A missing one is an ApiError, so
+    that a person gets the styled 404 page (aiohttp's static route answers an empty 404)."""
+    path = (STATIC_DIR / request.match_info["path"]).resolve()
+    if not path.is_relative_to(STATIC_DIR) or not path.is_file():
+        raise ApiError(404, "There is no file at this address.")
+    return web.FileResponse(path)
 
 
 def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
@@ -119,8 +111,21 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
     return web.Response(text=text, status=status, content_type="text/html")
 
 
+# What the heading of an error page says, by status; others get the reason phrase.
+ERROR_TITLES = {400: "Bad request", 403: "Not allowed", 404: "Page not found", 405: "Not available this way",
+                409: "Conflict", 413: "Too large", 422: "Not valid", 500: "Something went wrong",
+                502: "The appliance did not answer", 503: "Not available here"}
+
+
 def error_page(request: web.Request, status: int, message: str, problems: list[str]) -> web.Response:
-    return render(request, "error.html", status=status, status_code=status, message=message, problems=problems)
+    """Every error a person sees in the UI (a failed check, an unknown address, a crash): the site's
+    layout, what went wrong and the way back, never aiohttp's bare text."""
+    try:
+        title = ERROR_TITLES.get(status) or http.HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    return render(request, "error.html", status=status, status_code=status, title=title, message=message,
+                  problems=problems)
 
 
 # -- login ------------------------------------------------------------------------------
@@ -309,19 +314,21 @@ def _form_from_tenant(tenant: Any) -> dict[str, Any]:
 async def policy_page(request: web.Request) -> web.Response:
     tenant, version = await visible_tenant_version(request, request.match_info["tenant_id"])
     versions = await tenant_versions_shown(request, tenant.id)
+    following = (await request.app[STORE].template_links()).get(tenant.id)
     return _policy_render(request, tenant, {**_form_from_tenant(tenant), "version": version}, {}, [],
-                          versions[:10], saved=False)
+                          versions[:10], saved=None, following=following)
 
 
 def _policy_render(request: web.Request, tenant: Any, form: dict[str, Any], errors: dict[str, list[str]],
-                   general: list[str], versions: list[Any], saved: bool, status: int = 200,
-                   conflict: str | None = None) -> web.Response:
-    """form["version"]: the version the form was filled from, sent back to detect a concurrent save."""
+                   general: list[str], versions: list[Any], saved: str | None, status: int = 200,
+                   conflict: str | None = None, following: str | None = None) -> web.Response:
+    """form["version"]: the version the form was filled from, sent back to detect a concurrent save.
+    following: the policy template the tenant follows (securewatch.policy_templates), if any."""
     p = principal_of(request)
     return render(request, "policy.html", status=status, tenant=tenant, form=form, errors=errors, general=general,
                   versions=versions, saved=saved, editable=p.can_edit_policy(tenant.id), admin=p.is_admin,
                   reflection_modes=REFLECTION_MODES, int_fields=POLICY_INT_FIELDS, bool_fields=POLICY_BOOL_FIELDS,
-                  defaults=TenantPolicy(), conflict=conflict)
+                  defaults=TenantPolicy(), conflict=conflict, following=following)
 
 
 _ACL_TOKEN = re.compile(r"(\w+)=(\S+)")
@@ -435,7 +442,7 @@ async def policy_submit(request: web.Request) -> web.Response:
             replace_tenant(await request.app[STORE].tenant_set(), table, must_exist=True)
         except ConfigError as exc:
             _sort_problems(exc.problems, errors, general)
-        return _policy_render(request, tenant, values, errors, general, versions[:10], saved=False, status=422)
+        return _policy_render(request, tenant, values, errors, general, versions[:10], saved=None, status=422)
     try:
         done = await change_tenants(request, policy_update(tenant.id, body, p), "policy.update", tenant.id,
                                        expected=expected)
@@ -448,14 +455,30 @@ async def policy_submit(request: web.Request) -> web.Response:
             f"you edited it. Your changes were not saved. The form shows what you entered: reload the page to "
             f"see the saved values, or save again to replace them with yours.")
         return _policy_render(request, tenant, {**values, "version": now if now is not None else ""}, {}, [],
-                              versions[:10], saved=False, status=409, conflict=conflict)
+                              versions[:10], saved=None, status=409, conflict=conflict)
     except ConfigError as exc:
         _sort_problems(exc.problems, errors, general)
-        return _policy_render(request, tenant, values, errors, general, versions[:10], saved=False, status=422)
+        return _policy_render(request, tenant, values, errors, general, versions[:10], saved=None, status=422)
     updated = done.state.tenants[tenant.id]
     versions = await tenant_versions_shown(request, tenant.id)
+    following = (await request.app[STORE].template_links()).get(tenant.id)
     return _policy_render(request, updated, {**_form_from_tenant(updated), "version": done.state.versions[tenant.id]},
-                          {}, [], versions[:10], saved=True)
+                          {}, [], versions[:10], saved=change_outcome(done, tenant.id), following=following)
+
+
+def change_outcome(done: Any, tenant_id: str) -> str:
+    """What a save of the tenant set really did, in words: stored or not, applied or not."""
+    version = done.state.versions.get(tenant_id)
+    if not done.changed:
+        return f"Nothing to save: this is what version {version} already holds."
+    if tenant_id not in done.state.versions:
+        saved = f"Deleted tenant {tenant_id}"
+    else:
+        saved = f"Saved as version {version}"
+    if done.applied:
+        return f"{saved} and applied to the dataplane."
+    return (f"{saved}. Not applied: this server has no dataplane (central server mode); "
+            f"the change is stored here only.")
 
 
 async def incidents_page(request: web.Request) -> web.Response:
@@ -540,7 +563,7 @@ def timeline_svg(points: list[dict[str, float]]) -> markupsafe.Markup:
         y = SVG_PAD_T + h * i / 4
         value = top * (1 - i / 4)
         parts.append(f'<line x1="{SVG_PAD_L}" y1="{y:.1f}" x2="{SVG_W - SVG_PAD_R}" y2="{y:.1f}" class="grid"/>')
-        parts.append(f'<text x="{SVG_PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{html.escape(_rate(value))}</text>')
+        parts.append(f'<text x="{SVG_PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{html.escape(formatting.rate(value))}</text>')
     for i in range(5):
         t = t0 + span * i / 4
         x = SVG_PAD_L + w * i / 4

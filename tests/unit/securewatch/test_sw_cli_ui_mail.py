@@ -107,7 +107,7 @@ async def test_policy_form_shows_field_errors_and_applies(tmp_path):
             assert appliance.tenants["alpha"].mode == "mitigate"  # nothing applied
             form["sensitivity"] = "2.5"
             r = await http.post(f"{url}/tenants/alpha", data=form)
-            assert r.status == 200 and "Saved and applied." in await r.text()
+            assert r.status == 200 and "and applied to the dataplane." in await r.text()
             alpha = appliance.tenants["alpha"]
             assert (alpha.mode, alpha.policy.sensitivity, alpha.policy.min_pps) == ("monitor", 2.5, 2000)
             assert str(alpha.deny[0]) == "src=198.18.0.0/15 proto=tcp dport=80"
@@ -160,6 +160,8 @@ async def test_monthly_report_mailed_once_to_contacts(tmp_path):
         assert rcpt == ["noc@alpha.example"]
         msg = email.message_from_bytes(content, policy=email.policy.default)
         assert msg["Subject"] == f"Seawall DDoS report {period.label}: Alpha Hosting, 1 attacks"
+        text = msg.get_body(preferencelist=("plain",)).get_content()
+        assert "Peak: 59.0 kpps\r\nPackets dropped: 400,000\r\n" in text   # issue 16: as the pages format
         attachment = next(msg.iter_attachments())
         assert attachment.get_filename().endswith(".csv") and b"inc-alpha-1" in attachment.get_content().encode()
     finally:

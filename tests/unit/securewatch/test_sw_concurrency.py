@@ -135,6 +135,6 @@ async def test_item12_policy_form_carries_the_version_and_shows_a_conflict(tmp_p
             form["deny"] = "src=198.18.0.0/15"
             r = await http.post(f"{url}/tenants/alpha", data=form)
             page = await r.text()
-            assert r.status == 200 and "Saved and applied." in page
+            assert r.status == 200 and "and applied to the dataplane." in page
             assert f'name="version" value="{version + 2}"' in page
             assert appliance.tenants["alpha"].mode == "monitor"

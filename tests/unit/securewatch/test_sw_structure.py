@@ -28,7 +28,7 @@ from tenants import ConfigError, TenantSet
 REPO = pathlib.Path(__file__).resolve().parents[3]
 CHECKER = REPO / "scripts" / "check_imports.py"
 ROUTE_MODULES = ("securewatch.api", "securewatch.ui", "securewatch.notify_admin", "securewatch.access_admin",
-                 "securewatch.access_log")
+                 "securewatch.access_log", "securewatch.admin_ui", "securewatch.policy_templates")
 
 
 def checker():
