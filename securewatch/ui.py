@@ -57,7 +57,7 @@ PACKAGE_DIR = pathlib.Path(__file__).parent
 
 POLICY_INT_FIELDS = ("min_pps", "min_tenant_pps", "syn_rate_pps", "udp_rate_pps", "icmp_rate_pps",
                      "fragment_rate_pps")
-POLICY_BOOL_FIELDS = ("auto_mitigation", "invalid_filters", "syn_protection")
+POLICY_BOOL_FIELDS = ("auto_mitigation", "invalid_filters", "syn_protection", "escalate_flowspec", "escalate_rtbh")
 
 
 def template_environment() -> jinja2.Environment:

@@ -95,7 +95,8 @@ async def test_policy_form_shows_field_errors_and_applies(tmp_path):
             form = {"csrf_token": csrf, "prefixes": "192.0.2.0/24", "mode": "monitor", "sensitivity": "20",
                     "min_pps": "lots", "min_tenant_pps": "20000", "syn_rate_pps": "0", "udp_rate_pps": "0",
                     "icmp_rate_pps": "0", "fragment_rate_pps": "0", "reflection_filter": "auto",
-                    "auto_mitigation": "on", "allow": "", "deny": "src=198.18.0.0/15 proto=tcp dport=80"}
+                    "auto_mitigation": "on", "escalate_rtbh": "on", "allow": "",
+                    "deny": "src=198.18.0.0/15 proto=tcp dport=80"}
             r = await http.post(f"{url}/tenants/alpha", data=form)
             page = await r.text()
             assert r.status == 422
@@ -113,6 +114,8 @@ async def test_policy_form_shows_field_errors_and_applies(tmp_path):
             assert str(alpha.deny[0]) == "src=198.18.0.0/15 proto=tcp dport=80"
             assert [str(p) for p in alpha.prefixes] == ["198.51.100.0/25"]  # a tenant cannot move its prefixes
             assert not alpha.policy.syn_protection  # unchecked box
+            # The upstream escalation switches are on the form too (issue 14): RTBH agreed, FlowSpec not.
+            assert alpha.policy.escalate_rtbh and not alpha.policy.escalate_flowspec
             for path in ("/", "/tenants", "/incidents", "/reports"):
                 assert (await http.get(f"{url}{path}")).status == 200
 
