@@ -597,7 +597,7 @@ static __always_inline struct sw_token_bucket *sw_synack_bucket_of(struct sw_add
     struct sw_token_bucket *b = sw_synack_buckets.lookup(dst);
     if (b)
         return b;
-    struct sw_token_bucket fresh = {.last_ns = now, .tokens = SW_SYNACK_RATE_PPS * SW_SYNACK_BURST_MS / 1000 + 1};
+    struct sw_token_bucket fresh = {.last_ns = now, .tokens = (__u64)SW_SYNACK_RATE_PPS * SW_SYNACK_BURST_MS / 1000 + 1};
     sw_synack_buckets.update(dst, &fresh);
     return sw_synack_buckets.lookup(dst);
 }
