@@ -319,3 +319,14 @@ def test_cookies_cover_only_the_attacked_ports(dp, tenants):
         assert run(dp, syn(new_source(False), ALPHA_DST, sport=49001, dport=80)) == XDP_REDIRECT
     finally:
         dp.set_under_attack(tenants["alpha"], dst, ())
+
+
+def test_synauth_layouts_are_pinned(dp):
+    """The LRU values Python and the tests read: one lookup per SYN holds validation and bucket."""
+    from dataplane import testing  # noqa: PLC0415
+
+    source = testing.table(dp, "sw_syn_sources").Leaf
+    bucket = testing.table(dp, "sw_synack_buckets").Leaf
+    assert ctypes.sizeof(source) == 24 and ctypes.sizeof(bucket) == 16
+    assert (source.validated_ns.offset, source.bucket.offset) == (0, 8)
+    assert (bucket.last_ns.offset, bucket.tokens.offset) == (0, 8)
