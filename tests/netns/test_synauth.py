@@ -44,7 +44,7 @@ CONNECT_DEADLINE_S = 3.0      # a new client must get its first HTTP response wi
 MAX_FLOOD_AT_SERVER = 0.001   # fraction of the flood allowed to reach the server
 XDP_PASS_SOURCE = "int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }"
 
-_client_hosts = iter(range(20, 127))   # host parts of 192.0.2.0/25 / 2001:db8:ffff::/64 for clients
+CLIENT_HOSTS = range(20, 127)  # host parts of 192.0.2.0/25 and 2001:db8:ffff::/64 for extra clients
 
 
 @dataclasses.dataclass
@@ -86,8 +86,7 @@ def bridge(lab, request):
     return dp, indices
 
 
-def add_client_address(lab: Lab, v6: bool) -> str:
-    host = next(_client_hosts)
+def add_client_address(lab: Lab, v6: bool, host: int) -> str:
     address = f"2001:db8:ffff::{host:x}" if v6 else f"192.0.2.{host}"
     with netlink.iproute(lab.ns("cli")) as ipr:
         from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD  # noqa: PLC0415
@@ -176,8 +175,9 @@ def test_new_and_returning_clients_connect_during_a_spoofed_syn_flood(lab, bridg
     server = lab.server("s2")
     target = server.ipv6 if v6 else server.ipv4
     dp.set_under_attack(indices["alpha"], ipaddress.ip_address(target), [TrafficClass.TCP_SYN])
-    returning = [add_client_address(lab, v6) for _ in range(RETURNING_CLIENTS)]
-    new = [add_client_address(lab, v6) for _ in range(NEW_CLIENTS)]
+    hosts = iter(CLIENT_HOSTS)   # each test has its own lab: addresses are new to its bridge
+    returning = [add_client_address(lab, v6, next(hosts)) for _ in range(RETURNING_CLIENTS)]
+    new = [add_client_address(lab, v6, next(hosts)) for _ in range(NEW_CLIENTS)]
     # Before the flood: the returning clients connect once (and are validated by their cookie).
     quiet = [fetch(lab, source, target) for source in returning]
     assert all(a.ok for a in quiet), quiet
