@@ -15,7 +15,6 @@ import ctypes
 import dataclasses
 import errno
 import ipaddress
-import os
 import random
 import socket
 import statistics
@@ -31,7 +30,6 @@ from appliance.lab.capture import Capture
 from appliance.lab.generator import Generator
 from appliance.lab.livegen import FrameEdits
 from appliance.lab.nsenter import enter_netns, run_in_netns
-from dataplane import bpfsys
 from dataplane.constants import SynAuthStat, TrafficClass
 from tests.support import wait_until
 
@@ -42,9 +40,8 @@ NEW_CLIENTS = 40              # connections from never-seen addresses per scenar
 RETURNING_CLIENTS = 10        # connections from addresses validated before the flood
 CONNECT_DEADLINE_S = 3.0      # a new client must get its first HTTP response within this
 MAX_FLOOD_AT_SERVER = 0.001   # fraction of the flood allowed to reach the server
-# On the router's upstream veth (the peer of the bridge's external NIC). Any XDP program there makes
-# the bridge's XDP_TX frames arrive at once (veth wakes a peer's NAPI for XDP_TX only then; GRO is
-# not enough). It also drops the SYN-ACKs addressed to the spoofed ranges, as the internet would
+# On the router's upstream veth (the peer of the bridge's external NIC), in place of the lab's XDP_PASS
+# program (any XDP program there makes the bridge's XDP_TX frames arrive at once). It also drops the SYN-ACKs addressed to the spoofed ranges, as the internet would
 # never deliver them: routed to the lab's blackhole instead, 20,000 a second cost the router
 # namespace the CPU time the real clients' packets need on this shared 2-core machine.
 UPSTREAM_XDP_SOURCE = r"""
@@ -109,8 +106,8 @@ def bridge(lab, request):
     wake = BPF(text=UPSTREAM_XDP_SOURCE)
     request.addfinalizer(wake.cleanup)
     fn = wake.load_func(b"xdp_upstream", BPF.XDP)
-    link = run_in_netns(lab.ns("up"), lambda: bpfsys.xdp_link_create(fn.fd, socket.if_nametoindex(lab.UPSTREAM_IF), 0))
-    request.addfinalizer(lambda: os.close(link))
+    with netlink.iproute(lab.ns("up")) as ipr:   # replaces the lab's own XDP_PASS program there
+        ipr.link("set", index=netlink.index(ipr, lab.UPSTREAM_IF), xdp_fd=fn.fd)
     return dp, indices
 
 
