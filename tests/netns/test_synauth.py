@@ -30,7 +30,7 @@ from appliance.lab.capture import Capture
 from appliance.lab.generator import Generator
 from appliance.lab.livegen import FrameEdits
 from appliance.lab.nsenter import enter_netns, run_in_netns
-from dataplane.constants import SynAuthStat, TrafficClass
+from dataplane.constants import DropReason, SynAuthStat, TrafficClass
 from tests.support import wait_until
 
 FLOOD_PPS = 40_000            # packets/s, the reference flood
@@ -76,6 +76,7 @@ class Attempt:
     ok: bool
     seconds: float
     tries: int
+    stage: str = ""         # where the last try ended: "connect", "recv" (for a report of failures)
 
 
 @pytest.fixture
@@ -126,13 +127,16 @@ def fetch(lab: Lab, source: str, server: str, deadline_s: float = CONNECT_DEADLI
     family = socket.AF_INET6 if ":" in server else socket.AF_INET
     start = time.monotonic()
     tries = 0
+    stage = "connect"
     while (left := deadline_s - (time.monotonic() - start)) > 0:
         tries += 1
+        stage = "connect"
         sock = run_in_netns(lab.ns("cli"), socket.socket, family, socket.SOCK_STREAM)
         try:
             sock.settimeout(left)
             sock.bind((source, 0))
             sock.connect((server, 80))
+            stage = f"recv (port {sock.getsockname()[1]})"
             sock.sendall(f"GET / HTTP/1.0\r\nHost: {server}\r\n\r\n".encode())
             if sock.recv(16).startswith(b"HTTP/"):
                 return Attempt(True, time.monotonic() - start, tries)
@@ -144,7 +148,7 @@ def fetch(lab: Lab, source: str, server: str, deadline_s: float = CONNECT_DEADLI
             continue  # the bridge reset the handshake it validated: the next SYN passes
         finally:
             sock.close()
-    return Attempt(False, time.monotonic() - start, tries)
+    return Attempt(False, time.monotonic() - start, tries, stage)
 
 
 def replay_streams(lab: Lab, server, v6: bool, source_mac: str) -> list[Stream]:
@@ -223,6 +227,7 @@ def test_new_and_returning_clients_connect_during_a_spoofed_syn_flood(lab, bridg
     spoofed = "src net 2001:db8:5f00::/40" if v6 else "src net 198.18.0.0/15"
     capture = Capture(server.namespace, lab.HOST_IF, f"tcp and {spoofed}", keep=0).start()
     stats_before = synauth_stats(dp)
+    tenant_before = dp.read_tenant_counters([indices["alpha"]])[indices["alpha"]]
     answered = synacks_sent(dp)
     flood = Flood(lab, streams)
     flood.start()
@@ -235,6 +240,10 @@ def test_new_and_returning_clients_connect_during_a_spoofed_syn_flood(lab, bridg
     flood.join(FLOOD_S + 30)
     capture.stop()
     stats_after = synauth_stats(dp)
+    tenant_after = dp.read_tenant_counters([indices["alpha"]])[indices["alpha"]]
+    reasons = {DropReason(r).name: int(tenant_after.reason_packets[0, r] - tenant_before.reason_packets[0, r])
+               for r in range(len(DropReason))
+               if tenant_after.reason_packets[0, r] != tenant_before.reason_packets[0, r]}
     assert flood.error is None, flood.error
     sent = flood.result.transmitted
     new_ok = [a for a in during_new if a.ok]
@@ -252,6 +261,8 @@ def test_new_and_returning_clients_connect_during_a_spoofed_syn_flood(lab, bridg
         "server_syn_recv": pending_syn_recv,
         "failed": [dataclasses.astuple(a) for a in during_new if not a.ok],
         "bridge": {k: stats_after[k] - stats_before[k] for k in stats_after if stats_after[k] != stats_before[k]},
+        "inbound_reasons": reasons,
+        "inbound_packets": int(tenant_after.class_packets[0].sum() - tenant_before.class_packets[0].sum()),
         "bridge_ext_errors": {k: v for k, v in netlink.statistics(lab.external_if).items()
                               if v and ("drop" in k or "err" in k)},
     }
