@@ -226,6 +226,15 @@ def test_new_and_returning_clients_connect_during_a_spoofed_syn_flood(lab, bridg
         streams = TemplateBuilder(lab, spec, source_mac=source_mac).streams()
     spoofed = "src net 2001:db8:5f00::/40" if v6 else "src net 198.18.0.0/15"
     capture = Capture(server.namespace, lab.HOST_IF, f"tcp and {spoofed}", keep=0).start()
+    # Where a real client's packets get lost, if they do: its SYNs at the server, and the server's
+    # SYN-ACKs at the client (the bridge's cookie SYN-ACKs announce SYNACK_WINDOW; Linux does not).
+    clients = "2001:db8:ffff::/64" if v6 else "192.0.2.0/25"
+    syn_at_server = Capture(server.namespace, lab.HOST_IF,
+                            f"tcp and src net {clients} and tcp[13] & 0x12 == 0x02" if not v6
+                            else f"tcp and src net {clients} and ip6[40+13] & 0x12 == 0x02", keep=0).start()
+    synack_at_client = Capture(lab.ns("cli"), lab.HOST_IF,
+                               "tcp and tcp[13] & 0x12 == 0x12 and tcp[14:2] != 65535" if not v6
+                               else "tcp and ip6[40+13] & 0x12 == 0x12 and ip6[40+14:2] != 65535", keep=0).start()
     stats_before = synauth_stats(dp)
     tenant_before = dp.read_tenant_counters([indices["alpha"]])[indices["alpha"]]
     answered = synacks_sent(dp)
@@ -239,6 +248,8 @@ def test_new_and_returning_clients_connect_during_a_spoofed_syn_flood(lab, bridg
     pending_syn_recv = syn_recv(lab, server)
     flood.join(FLOOD_S + 30)
     capture.stop()
+    syn_at_server.stop()
+    synack_at_client.stop()
     stats_after = synauth_stats(dp)
     tenant_after = dp.read_tenant_counters([indices["alpha"]])[indices["alpha"]]
     reasons = {DropReason(r).name: int(tenant_after.reason_packets[0, r] - tenant_before.reason_packets[0, r])
@@ -262,6 +273,7 @@ def test_new_and_returning_clients_connect_during_a_spoofed_syn_flood(lab, bridg
         "failed": [dataclasses.astuple(a) for a in during_new if not a.ok],
         "bridge": {k: stats_after[k] - stats_before[k] for k in stats_after if stats_after[k] != stats_before[k]},
         "inbound_reasons": reasons,
+        "client_syns_at_server": syn_at_server.matched, "server_synacks_at_client": synack_at_client.matched,
         "inbound_packets": int(tenant_after.class_packets[0].sum() - tenant_before.class_packets[0].sum()),
         "bridge_ext_errors": {k: v for k, v in netlink.statistics(lab.external_if).items()
                               if v and ("drop" in k or "err" in k)},
