@@ -232,6 +232,9 @@ def test_new_and_returning_clients_connect_during_a_spoofed_syn_flood(lab, bridg
     syn_at_server = Capture(server.namespace, lab.HOST_IF,
                             f"tcp and src net {clients} and tcp[13] & 0x12 == 0x02" if not v6
                             else f"tcp and src net {clients} and ip6[40+13] & 0x12 == 0x02", keep=0).start()
+    syn_at_switch = Capture(lab.ns("sw"), lab.SWITCH_UPLINK_IF,
+                            f"tcp and src net {clients} and tcp[13] & 0x12 == 0x02" if not v6
+                            else f"tcp and src net {clients} and ip6[40+13] & 0x12 == 0x02", keep=0).start()
     synack_at_client = Capture(lab.ns("cli"), lab.HOST_IF,
                                "tcp and tcp[13] & 0x12 == 0x12 and tcp[14:2] != 65535" if not v6
                                else "tcp and ip6[40+13] & 0x12 == 0x12 and ip6[40+14:2] != 65535", keep=0).start()
@@ -249,6 +252,7 @@ def test_new_and_returning_clients_connect_during_a_spoofed_syn_flood(lab, bridg
     flood.join(FLOOD_S + 30)
     capture.stop()
     syn_at_server.stop()
+    syn_at_switch.stop()
     synack_at_client.stop()
     stats_after = synauth_stats(dp)
     tenant_after = dp.read_tenant_counters([indices["alpha"]])[indices["alpha"]]
@@ -273,7 +277,7 @@ def test_new_and_returning_clients_connect_during_a_spoofed_syn_flood(lab, bridg
         "failed": [dataclasses.astuple(a) for a in during_new if not a.ok],
         "bridge": {k: stats_after[k] - stats_before[k] for k in stats_after if stats_after[k] != stats_before[k]},
         "inbound_reasons": reasons,
-        "client_syns_at_server": syn_at_server.matched, "server_synacks_at_client": synack_at_client.matched,
+        "client_syns_at_switch": syn_at_switch.matched, "client_syns_at_server": syn_at_server.matched, "server_synacks_at_client": synack_at_client.matched,
         "inbound_packets": int(tenant_after.class_packets[0].sum() - tenant_before.class_packets[0].sum()),
         "bridge_ext_errors": {k: v for k, v in netlink.statistics(lab.external_if).items()
                               if v and ("drop" in k or "err" in k)},
