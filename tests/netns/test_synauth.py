@@ -77,6 +77,7 @@ class Attempt:
     seconds: float
     tries: int
     stage: str = ""         # where the last try ended: "connect", "recv" (for a report of failures)
+    ports: tuple = ()       # the source port of each try
 
 
 @pytest.fixture
@@ -128,6 +129,7 @@ def fetch(lab: Lab, source: str, server: str, deadline_s: float = CONNECT_DEADLI
     start = time.monotonic()
     tries = 0
     stage = "connect"
+    ports: list[int] = []
     while (left := deadline_s - (time.monotonic() - start)) > 0:
         tries += 1
         stage = "connect"
@@ -135,11 +137,12 @@ def fetch(lab: Lab, source: str, server: str, deadline_s: float = CONNECT_DEADLI
         try:
             sock.settimeout(left)
             sock.bind((source, 0))
+            ports.append(sock.getsockname()[1])
             sock.connect((server, 80))
             stage = f"recv (port {sock.getsockname()[1]})"
             sock.sendall(f"GET / HTTP/1.0\r\nHost: {server}\r\n\r\n".encode())
             if sock.recv(16).startswith(b"HTTP/"):
-                return Attempt(True, time.monotonic() - start, tries)
+                return Attempt(True, time.monotonic() - start, tries, "", tuple(ports))
         except TimeoutError:
             break
         except OSError as exc:
@@ -148,7 +151,7 @@ def fetch(lab: Lab, source: str, server: str, deadline_s: float = CONNECT_DEADLI
             continue  # the bridge reset the handshake it validated: the next SYN passes
         finally:
             sock.close()
-    return Attempt(False, time.monotonic() - start, tries, stage)
+    return Attempt(False, time.monotonic() - start, tries, stage, tuple(ports))
 
 
 def replay_streams(lab: Lab, server, v6: bool, source_mac: str) -> list[Stream]:
@@ -275,6 +278,7 @@ def test_new_and_returning_clients_connect_during_a_spoofed_syn_flood(lab, bridg
         "quiet_returning_median_ms": round(statistics.median(a.seconds for a in quiet_returning) * 1000, 2),
         "server_syn_recv": pending_syn_recv,
         "failed": [dataclasses.astuple(a) for a in during_new if not a.ok],
+        "ok_port_reused": sum(1 for a in during_new if a.ok and len(set(a.ports)) < len(a.ports)),
         "bridge": {k: stats_after[k] - stats_before[k] for k in stats_after if stats_after[k] != stats_before[k]},
         "inbound_reasons": reasons,
         "client_syns_at_switch": syn_at_switch.matched, "client_syns_at_server": syn_at_server.matched, "server_synacks_at_client": synack_at_client.matched,
