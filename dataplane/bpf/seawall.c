@@ -78,9 +78,13 @@ SW_MAP("hash", struct sw_rule_set_key, struct sw_attack_state, sw_attack, SW_MAX
 SW_MAP("array", __u32, __u32, sw_reflection_ports, 2048, 0);
 SW_MAP("lru_hash", struct sw_flow_key, __u64, sw_udp_requests, SW_MAX_FLOWS, 0);     /* -> last request, ns */
 SW_MAP("lru_hash", struct sw_flow_key, __u32, sw_synacks, SW_MAX_FLOWS, 0);          /* -> expected ack number */
-SW_MAP("lru_hash", struct sw_flow_key, __u64, sw_syn_challenges, SW_MAX_FLOWS, 0);   /* -> first SYN, ns */
-SW_MAP("lru_hash", struct sw_addr_key, __u64, sw_syn_validated, SW_MAX_FLOWS, 0);    /* -> handshake seen, ns */
 SW_MAP("lru_hash", struct sw_flow_key, __u64, sw_connections, SW_MAX_FLOWS, 0);      /* -> server sent, ns */
+/* SYN authentication (synauth.h): validated sources with their own SYN budget, cookie SYN-ACK
+ * budgets per protected destination (key: the server) and appliance-wide, counters per CPU. */
+SW_MAP("lru_hash", struct sw_addr_key, struct sw_syn_source, sw_syn_sources, SW_MAX_FLOWS, 0);
+SW_MAP("lru_hash", struct sw_addr_key, struct sw_token_bucket, sw_synack_buckets, SW_MAX_FLOWS, 0);
+BPF_ARRAY(sw_synack_global, struct sw_token_bucket, 1);
+BPF_PERCPU_ARRAY(sw_synauth_stats, __u64, SW_SYN_AUTH_STAT__COUNT);
 
 #define SW_MS (1000ULL * 1000ULL) /* nanoseconds per millisecond */
 
@@ -89,7 +93,8 @@ SW_MAP("lru_hash", struct sw_flow_key, __u64, sw_connections, SW_MAX_FLOWS, 0); 
  * the slot and tail-calls the main program again, which then hits the cache. */
 #define SW_PROG_MAIN(dir) (dir)
 #define SW_PROG_REFRESH(dir) (SW_DIRS + (dir))
-BPF_PROG_ARRAY(sw_progs, 2 * SW_DIRS);
+#define SW_PROG_SYNAUTH (2 * SW_DIRS) /* answers a SYN or a cookie ACK itself (synauth.h) */
+BPF_PROG_ARRAY(sw_progs, 2 * SW_DIRS + 1);
 /* Per-CPU scratch memory for the parsed packet and its verdict. Parsing
  * assigns constants on each path (protocol, class, fragment state, drop
  * reason); kept on the stack, the verifier would prove the rest of the program
@@ -554,6 +559,51 @@ static __always_inline int sw_tcp_number(struct sw_packet *p, void *data, void *
     return 1;
 }
 
+/* Map access for synauth.h (bcc rewrites map calls in this file only). */
+static __always_inline void sw_synauth_count(__u32 stat)
+{
+    __u64 *c = sw_synauth_stats.lookup(&stat);
+    if (c)
+        (*c)++;
+}
+static __always_inline struct sw_syn_source *sw_syn_source_of(struct sw_addr_key *src)
+{
+    return sw_syn_sources.lookup(src);
+}
+static __always_inline void sw_syn_source_set(struct sw_addr_key *src, struct sw_syn_source *s)
+{
+    sw_syn_sources.update(src, s);
+}
+static __always_inline struct sw_attack_state *sw_attack_of(struct sw_rule_set_key *k)
+{
+    return sw_attack.lookup(k);
+}
+static __always_inline __u32 *sw_synack_expected(struct sw_flow_key *k)
+{
+    return sw_synacks.lookup(k);
+}
+static __always_inline void sw_synack_forget(struct sw_flow_key *k)
+{
+    sw_synacks.delete(k);
+}
+static __always_inline struct sw_token_bucket *sw_synack_global_bucket(void)
+{
+    __u32 zero = 0;
+    return sw_synack_global.lookup(&zero);
+}
+/* A destination's SYN-ACK bucket, created full (SW_SYNACK_RATE_PPS) on its first SYN. */
+static __always_inline struct sw_token_bucket *sw_synack_bucket_of(struct sw_addr_key *dst, __u64 now)
+{
+    struct sw_token_bucket *b = sw_synack_buckets.lookup(dst);
+    if (b)
+        return b;
+    struct sw_token_bucket fresh = {.last_ns = now, .tokens = (__u64)SW_SYNACK_RATE_PPS * SW_SYNACK_BURST_MS / 1000 + 1};
+    sw_synack_buckets.update(dst, &fresh);
+    return sw_synack_buckets.lookup(dst);
+}
+
+#include "synauth.h"
+
 /* Always-on heuristics for a destination under attack (or reflection filtering
  * set to "always"): a drop reason, or 0. Learned state comes from the outbound
  * direction (sw_learn_outbound) and from completed handshakes. */
@@ -617,49 +667,7 @@ static __always_inline int sw_heuristics(struct sw_packet *p, struct sw_addr_ent
     }
     if (!(flags & SW_POLICY_SYN_PROTECTION) || !(attack & (1U << SW_TRAFFIC_CLASS_TCP_SYN)))
         return 0;
-    __u8 tcp_flags = p->tcp_flags & (SW_TCP_SYN | SW_TCP_ACK | SW_TCP_RST);
-    if (tcp_flags == SW_TCP_ACK) {
-        /* The ACK that completes a handshake validates its source. */
-        struct sw_flow_key k;
-        sw_flow(&k, p->dst, p->src, p->dport, p->sport);
-        __u32 *expected = sw_synacks.lookup(&k);
-        __u32 ack;
-        if (expected && sw_tcp_number(p, data, data_end, 0, &ack) && ack == *expected) {
-            struct sw_addr_key src;
-            __builtin_memcpy(src.addr, p->src, 16);
-            __u64 now = bpf_ktime_get_ns();
-            sw_syn_validated.update(&src, &now);
-            sw_synacks.delete(&k);
-        }
-        return 0;
-    }
-    if (tcp_flags != SW_TCP_SYN)
-        return 0;
-    /* Only the attacked ports: a flood on 443 must not delay new visitors on 80. */
-    struct sw_rule_set_key akey = {.tenant_idx = st->tenant_idx, .scope = SW_SCOPE_ADDRESS};
-    __builtin_memcpy(akey.addr, p->dst, 16);
-    struct sw_attack_state *a = sw_attack.lookup(&akey);
-    if (a && (p->dport < a->syn_port_lo || p->dport > a->syn_port_hi))
-        return 0;
-    __u64 now = bpf_ktime_get_ns();
-    struct sw_addr_key src;
-    __builtin_memcpy(src.addr, p->src, 16);
-    __u64 *validated = sw_syn_validated.lookup(&src);
-    if (validated && now - *validated < SW_SYN_VALIDATED_TTL_MS * SW_MS)
-        return 0;
-    /* Unknown source: drop its first SYN; a real stack retransmits it. */
-    struct sw_flow_key k;
-    sw_flow(&k, p->dst, p->src, p->dport, p->sport);
-    __u64 *first = sw_syn_challenges.lookup(&k);
-    if (first) {
-        __u64 age = now - *first;
-        if (age >= SW_SYN_RETRANSMIT_MIN_MS * SW_MS && age <= SW_SYN_RETRANSMIT_MAX_MS * SW_MS)
-            return 0;
-        if (age < SW_SYN_RETRANSMIT_MIN_MS * SW_MS)
-            return SW_DROP_REASON_HEURISTIC; /* a burst of the same tuple is no retransmission */
-    }
-    sw_syn_challenges.update(&k, &now);
-    return SW_DROP_REASON_HEURISTIC;
+    return sw_synauth(p, st, data, data_end); /* cookies, validated sources: synauth.h */
 }
 
 /* Per-destination, per-class token bucket of the tenant's policy (sw_policy.rate_pps[], one
@@ -848,6 +856,8 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
             }
             if ((flags & SW_POLICY_SLOT_LISTS_OR_HEURISTICS) && (st->attack_classes || (flags & SW_POLICY_REFLECTION_ALWAYS))) {
                 int reason = sw_heuristics(p, st, flags, data, data_end);
+                if (reason == SW_SYNAUTH_BYPASS)
+                    goto verdict; /* a validated source's SYN: not the flood's shared limits */
                 if (reason) {
                     v->drop = 1;
                     v->reason = reason;
@@ -903,8 +913,11 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
     if (cfg->sample_every)
         sw_sample(ctx, cfg, tenant, dir, drop, reason, wire_len);
 
-    if (drop)
+    if (drop) {
+        if (dir == SW_DIRECTION_INBOUND && reason == SW_DROP_REASON_SYN_COOKIE)
+            sw_progs.call(ctx, SW_PROG_SYNAUTH); /* the bridge answers (synauth.h) */
         return XDP_DROP;
+    }
     return sw_ports.redirect_map(egress, XDP_PASS);
 }
 
@@ -947,4 +960,9 @@ int xdp_seawall_refresh_inbound(struct xdp_md *ctx)
 int xdp_seawall_refresh_outbound(struct xdp_md *ctx)
 {
     return sw_refresh_program(ctx, SW_DIRECTION_OUTBOUND);
+}
+
+int xdp_seawall_synauth(struct xdp_md *ctx)
+{
+    return sw_synauth_program(ctx);
 }

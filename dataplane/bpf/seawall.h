@@ -259,4 +259,18 @@ struct sw_sample {
     __u8 data[SW_SAMPLE_BYTES];
 };
 
+/* SYN authentication (synauth.h). */
+/* A token bucket shared by every CPU: races only blur the rate a little. */
+struct sw_token_bucket {
+    __u64 last_ns;         /* last refill, bpf_ktime_get_ns */
+    __s64 tokens;
+};
+
+/* A validated source: when its cookie (or its handshake with the server) proved it, and its
+ * own SYN budget, in one LRU value so that a SYN costs one lookup. */
+struct sw_syn_source {
+    __u64 validated_ns;    /* bpf_ktime_get_ns */
+    struct sw_token_bucket bucket;
+};
+
 #endif /* SEAWALL_H */

@@ -1,0 +1,332 @@
+"""SYN authentication (issue 19, dataplane/bpf/synauth.h) through BPF_PROG_TEST_RUN on the real
+program: for a destination under SYN attack the bridge answers unknown sources' SYNs with cookie
+SYN-ACKs (XDP_TX), a returning ACK with a valid cookie validates its source (and is answered with
+a reset: reset-and-retry), forged ACKs validate nothing, validated sources bypass the shared SYN
+limits but meet their own, and the SYN-ACKs the bridge sends stay within their budgets.
+
+The cookies come from the kernel's own helpers: a cookie SYN-ACK is checked by answering it the
+way the client's stack would and seeing the kernel accept that ACK."""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import itertools
+import time
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from dataplane import constants
+from dataplane.api import Range, Rule
+from dataplane.constants import DropReason, RuleAction, SynAuthStat, TcpFlag, TrafficClass
+from tests.bpf import frames
+from tests.bpf.conftest import ALPHA_DST, ALPHA_DST6, BETA_DST, XDP_DROP, XDP_REDIRECT, XDP_TX, observe, run
+
+XDP_TX_ACTION = XDP_TX
+# The MSS values a cookie can carry (the kernel's tables, docs/design/syn-cookies.md).
+COOKIE_MSS_V4 = (536, 1300, 1440, 1460)
+COOKIE_MSS_V6 = (1220, 1420, 1440, 8940)
+LINUX_OPTIONS = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (12345, 0)), ("NOP", None), ("WScale", 7)]
+
+_sources = itertools.count(1)
+
+
+def new_source(v6: bool) -> str:
+    """A source address no other test used (validation is per source and outlives a test)."""
+    n = next(_sources)
+    return f"2001:db8:19::{n:x}" if v6 else f"198.19.{100 + n // 250}.{n % 250 + 1}"
+
+
+def dst_of(v6: bool) -> str:
+    return ALPHA_DST6 if v6 else ALPHA_DST
+
+
+def l3(src: str, dst: str):
+    return IPv6(src=src, dst=dst) if ":" in dst else IP(src=src, dst=dst)
+
+
+def syn(src: str, dst: str, sport: int = 40000, dport: int = 80, seq: int = 1000, options=None) -> bytes:
+    tcp = TCP(sport=sport, dport=dport, flags="S", seq=seq, window=64240, options=options or [])
+    return bytes(Ether(src=frames.MAC_EXTERNAL, dst=frames.MAC_INTERNAL) / l3(src, dst) / tcp)
+
+
+def ack(src: str, dst: str, sport: int, seq: int, ack_no: int, dport: int = 80, flags: str = "A",
+        payload: bytes = b"") -> bytes:
+    tcp = TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack_no, window=502)
+    return bytes(Ether(src=frames.MAC_EXTERNAL, dst=frames.MAC_INTERNAL) / l3(src, dst) / tcp / Raw(payload))
+
+
+def run_frame(dp, frame: bytes) -> tuple[int, bytes]:
+    from dataplane import testing  # noqa: PLC0415 - the bpf tier imports the adapter only when it runs
+
+    return testing.run_frame(dp, frame)
+
+
+def stats(dp) -> dict[SynAuthStat, int]:
+    from dataplane import testing  # noqa: PLC0415
+
+    table = testing.table(dp, "sw_synauth_stats")
+    return {s: int(sum(table[ctypes.c_int(int(s))])) for s in SynAuthStat}
+
+
+def stat_delta(before: dict, after: dict) -> dict[SynAuthStat, int]:
+    return {s: after[s] - before[s] for s in SynAuthStat if after[s] != before[s]}
+
+
+@pytest.fixture
+def syn_attack(dp, tenants):
+    """ALPHA_DST and ALPHA_DST6 under SYN attack (all ports) for the test."""
+    marked = [ALPHA_DST, ALPHA_DST6]
+    for dst in marked:
+        dp.set_under_attack(tenants["alpha"], ipaddress.ip_address(dst), [TrafficClass.TCP_SYN])
+    yield
+    for dst in marked:
+        dp.set_under_attack(tenants["alpha"], ipaddress.ip_address(dst), ())
+
+
+def cookie_synack(dp, src: str, dst: str, sport: int, seq: int = 1000, options=None) -> TCP:
+    action, out = run_frame(dp, syn(src, dst, sport=sport, seq=seq, options=options))
+    assert action == XDP_TX, f"a SYN of an unknown source is answered by the bridge (action {action})"
+    return Ether(out)[TCP]
+
+
+def complete(dp, src: str, dst: str, sport: int, seq: int = 1000) -> int:
+    """The client's side of the cookie handshake: the SYN, then the ACK its stack sends. Returns the
+    action on the ACK."""
+    reply = cookie_synack(dp, src, dst, sport, seq=seq)
+    return run_frame(dp, ack(src, dst, sport, seq=seq + 1, ack_no=reply.seq + 1))[0]
+
+
+def is_validated(dp, src: str, dst: str) -> bool:
+    """A validated source's SYN passes to the server; anyone else's is answered by the bridge."""
+    action = run(dp, syn(src, dst, sport=65000))
+    assert action in (XDP_TX, XDP_REDIRECT), action
+    return action == XDP_REDIRECT
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("options", [[], LINUX_OPTIONS, [("MSS", 8960)]], ids=["no-options", "linux", "jumbo"])
+def test_cookie_synack_is_a_correct_reply_to_the_syn(dp, syn_attack, v6, options):
+    src, dst = new_source(v6), dst_of(v6)
+    before = stats(dp)
+    frame = syn(src, dst, sport=41000, seq=0xFFFFFFFF, options=options)   # ack wraps around to 0
+    action, out = run_frame(dp, frame)
+    assert action == XDP_TX
+    reply = Ether(out)
+    sent = Ether(frame)
+    assert (reply.src, reply.dst) == (sent.dst, sent.src)
+    ip = reply[IPv6] if v6 else reply[IP]
+    assert (ip.src, ip.dst) == (dst, src)
+    tcp = reply[TCP]
+    assert (tcp.sport, tcp.dport) == (80, 41000)
+    assert tcp.flags == "SA"
+    assert tcp.ack == 0                                   # client seq + 1, modulo 2^32
+    assert tcp.window == constants.SYNACK_WINDOW
+    assert tcp.dataofs == 6 and tcp.options == [("MSS", tcp.options[0][1])]
+    mss = tcp.options[0][1]
+    table = COOKIE_MSS_V6 if v6 else COOKIE_MSS_V4
+    requested = dict(options).get("MSS")
+    assert mss in table and (requested is None or mss <= max(requested, table[0]))
+    if v6:
+        assert ip.plen == 24 and ip.hlim == constants.SYNACK_TTL and len(out) == 14 + 40 + 24
+    else:
+        assert ip.len == 44 and ip.ttl == constants.SYNACK_TTL and len(out) == 14 + 20 + 24
+        # Checksums as scapy computes them from scratch.
+        fresh = IP(bytes(ip))
+        del fresh.chksum
+        assert IP(bytes(fresh)).chksum == ip.chksum
+    rebuilt = (IPv6 if v6 else IP)(bytes(ip))
+    del rebuilt[TCP].chksum
+    assert (IPv6 if v6 else IP)(bytes(rebuilt))[TCP].chksum == tcp.chksum
+    assert stat_delta(before, stats(dp)) == {SynAuthStat.SYNACK_SENT: 1}
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_a_valid_cookie_ack_validates_the_source_and_resets_the_half_open_connection(dp, syn_attack, v6):
+    src, dst = new_source(v6), dst_of(v6)
+    reply = cookie_synack(dp, src, dst, sport=42000, seq=5000)
+    assert not is_validated(dp, src, dst)                 # a SYN-ACK alone proves nothing
+    before = stats(dp)
+    dp.drain_samples()
+    action, sample = observe(dp, ack(src, dst, 42000, seq=5001, ack_no=reply.seq + 1))
+    dp.set_sample_every(0)
+    assert action == XDP_TX and sample.reason == DropReason.SYN_COOKIE   # never reaches the server
+    after = stats(dp)
+    assert stat_delta(before, after) == {SynAuthStat.COOKIE_VALID: 1, SynAuthStat.RST_SENT: 1}
+    assert is_validated(dp, src, dst)                     # its next SYN goes straight to the server
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_the_reset_after_a_cookie_ack_is_acceptable_to_the_client(dp, syn_attack, v6):
+    src, dst = new_source(v6), dst_of(v6)
+    reply = cookie_synack(dp, src, dst, sport=42100, seq=7000)
+    action, out = run_frame(dp, ack(src, dst, 42100, seq=7001, ack_no=reply.seq + 1))
+    assert action == XDP_TX
+    rst = Ether(out)
+    ip = rst[IPv6] if v6 else rst[IP]
+    assert (ip.src, ip.dst) == (dst, src)
+    assert rst[TCP].flags == "R" and (rst[TCP].sport, rst[TCP].dport) == (80, 42100)
+    assert rst[TCP].seq == (reply.seq + 1) & 0xFFFFFFFF   # exactly the client's rcv_nxt
+    rebuilt = (IPv6 if v6 else IP)(bytes(ip))
+    del rebuilt[TCP].chksum
+    assert (IPv6 if v6 else IP)(bytes(rebuilt))[TCP].chksum == rst[TCP].chksum
+
+
+def forged_acks(src: str, dst: str, sport: int, cookie: int, v6: bool) -> dict[str, bytes]:
+    """ACKs that must not validate `src` (or anyone) although `cookie` is its SYN-ACK's seq."""
+    good = cookie + 1
+    other = new_source(v6)
+    return {
+        "random ack": ack(src, dst, sport, seq=1001, ack_no=(good ^ 0x5A5A5A5A) & 0xFFFFFFFF),
+        "ack + 4": ack(src, dst, sport, seq=1001, ack_no=(good + 4) & 0xFFFFFFFF),
+        "ack - 5": ack(src, dst, sport, seq=1001, ack_no=(good - 5) & 0xFFFFFFFF),
+        "ack + 2^24 (cookie age)": ack(src, dst, sport, seq=1001, ack_no=(good + (1 << 24)) & 0xFFFFFFFF),
+        "seq + 4": ack(src, dst, sport, seq=1005, ack_no=good),
+        "another source port": ack(src, dst, sport + 1, seq=1001, ack_no=good),
+        "another destination port": ack(src, dst, sport, seq=1001, ack_no=good, dport=81),
+        "another source address": ack(other, dst, sport, seq=1001, ack_no=good),
+        "ACK+FIN": ack(src, dst, sport, seq=1001, ack_no=good, flags="FA"),
+        "ACK+RST": ack(src, dst, sport, seq=1001, ack_no=good, flags="RA"),
+        "ACK+SYN": ack(src, dst, sport, seq=1001, ack_no=good, flags="SA"),
+        "ACK with payload": ack(src, dst, sport, seq=1001, ack_no=good, payload=b"GET / HTTP/1.1\r\n"),
+        "truncated TCP header": ack(src, dst, sport, seq=1001, ack_no=good)[: (14 + (40 if v6 else 20) + 16)],
+    }
+
+
+FORGED = ("random ack", "ack + 4", "ack - 5", "ack + 2^24 (cookie age)", "seq + 4", "another source port",
+          "another destination port", "another source address", "ACK+FIN", "ACK+RST", "ACK+SYN", "ACK with payload",
+          "truncated TCP header")
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_forged_and_malformed_acks_validate_nothing_and_are_not_dropped_for_the_cookie(dp, syn_attack, v6):
+    dst = dst_of(v6)
+    for name in FORGED:
+        src = new_source(v6)
+        reply = cookie_synack(dp, src, dst, sport=43000, seq=1000)
+        frame = forged_acks(src, dst, 43000, reply.seq, v6)[name]
+        before = stats(dp)
+        dp.drain_samples()
+        action, sample = observe(dp, frame)
+        dp.set_sample_every(0)                            # only this frame is sampled
+        after = stats(dp)
+        assert action != XDP_TX, name
+        assert SynAuthStat.COOKIE_VALID not in stat_delta(before, after), name
+        # Never dropped because of the cookie: whatever the usual checks say (a truncated header
+        # is MALFORMED, ACK+SYN is a SYN-ACK nobody asked for and passes, like other ACKs).
+        if action == XDP_DROP:
+            assert sample.reason != DropReason.SYN_COOKIE, name
+        assert not is_validated(dp, src, dst), name
+
+
+def test_ipv4_options_are_no_way_around_the_cookie(dp, syn_attack):
+    from scapy.layers.inet import IPOption_NOP  # noqa: PLC0415
+
+    src = new_source(False)
+    frame = bytes(Ether() / IP(src=src, dst=ALPHA_DST, options=[IPOption_NOP()] * 4) /
+                  TCP(sport=44000, dport=80, flags="S"))
+    before = stats(dp)
+    action = run(dp, frame)
+    assert action == XDP_DROP                             # no cookie possible: dropped, counted
+    assert stat_delta(before, stats(dp)) == {SynAuthStat.INELIGIBLE: 1}
+
+
+def test_a_validated_source_bypasses_the_shared_syn_limits_but_meets_its_own(dp, tenants, syn_attack, rules):
+    src, dst = new_source(False), ALPHA_DST
+    assert complete(dp, src, dst, sport=45000) == XDP_TX
+    # The engine's shared SYN rule at 1 pps, already spent by the flood.
+    rules.add(Rule(tenant_idx=tenants["alpha"], dst=ipaddress.ip_address(dst), action=RuleAction.RATE_LIMIT,
+                   proto=6, tcp_flags=(int(TcpFlag.SYN | TcpFlag.ACK), int(TcpFlag.SYN)), rate_pps=1))
+    other = new_source(False)
+    assert complete(dp, other, dst, sport=45001) == XDP_TX
+    dp.test_run(syn(other, dst, sport=45002), repeat=50)  # another validated source spends the rule
+    assert run(dp, syn(src, dst, sport=45003)) == XDP_REDIRECT
+    # Its own limit: SYN_SOURCE_BURST at once, then SYN_SOURCE_PPS.
+    before = stats(dp)
+    start = time.monotonic()
+    dp.test_run(syn(src, dst, sport=45004), repeat=constants.SYN_SOURCE_BURST + 100)
+    elapsed = time.monotonic() - start
+    delta = stat_delta(before, stats(dp))
+    admitted = delta.get(SynAuthStat.VALIDATED_SYN, 0)
+    refill = int(elapsed * constants.SYN_SOURCE_PPS) + 1
+    assert constants.SYN_SOURCE_BURST - 1 - refill <= admitted <= constants.SYN_SOURCE_BURST + refill, delta
+    assert delta[SynAuthStat.SOURCE_OVER_LIMIT] == constants.SYN_SOURCE_BURST + 100 - admitted
+
+
+def set_bucket(dp, table_name: str, key, tokens: int) -> None:
+    """Give a SYN-ACK bucket `tokens` and a last refill in the future: it does not refill."""
+    from dataplane import testing  # noqa: PLC0415
+
+    table = testing.table(dp, table_name)
+    leaf = table.Leaf()
+    leaf.last_ns = time.monotonic_ns() + 60 * 10**9
+    leaf.tokens = tokens
+    table[key] = leaf
+
+
+def test_the_synack_budget_per_destination_holds(dp, tenants, syn_attack):
+    from dataplane import testing  # noqa: PLC0415
+
+    table = testing.table(dp, "sw_synack_buckets")
+    key = table.Key()
+    mapped = b"\0" * 10 + b"\xff\xff" + ipaddress.ip_address(ALPHA_DST).packed   # as the program keys IPv4
+    ctypes.memmove(key.addr, mapped, 16)
+    set_bucket(dp, "sw_synack_buckets", key, 3)
+    try:
+        before = stats(dp)
+        actions = [run(dp, syn(new_source(False), ALPHA_DST, sport=46000)) for _ in range(6)]
+        assert actions == [XDP_TX] * 3 + [XDP_DROP] * 3
+        assert stat_delta(before, stats(dp)) == {SynAuthStat.SYNACK_SENT: 3, SynAuthStat.SYNACK_BUDGET: 3}
+        # Another destination has its own budget.
+        assert run(dp, syn(new_source(False), "198.51.100.11", sport=46001)) == XDP_REDIRECT  # not under attack
+        assert run(dp, syn(new_source(True), ALPHA_DST6, sport=46002)) == XDP_TX
+    finally:
+        del table[key]
+
+
+def test_the_appliance_wide_synack_budget_holds(dp, tenants, syn_attack):
+    from dataplane import testing  # noqa: PLC0415
+
+    table = testing.table(dp, "sw_synack_global")
+    key = ctypes.c_int(0)
+    saved = table[key]
+    set_bucket(dp, "sw_synack_global", key, 2)
+    try:
+        actions = [run(dp, syn(new_source(i % 2 == 1), dst_of(i % 2 == 1), sport=47000)) for i in range(4)]
+        assert actions == [XDP_TX] * 2 + [XDP_DROP] * 2      # across both destinations
+    finally:
+        saved.last_ns = 0
+        table[key] = saved
+
+
+def test_monitor_mode_never_answers(dp, tenants):
+    dp.set_under_attack(tenants["beta"], ipaddress.ip_address(BETA_DST), [TrafficClass.TCP_SYN])
+    try:
+        assert run(dp, syn(new_source(False), BETA_DST, sport=48000)) == XDP_REDIRECT
+    finally:
+        dp.set_under_attack(tenants["beta"], ipaddress.ip_address(BETA_DST), ())
+
+
+def test_cookies_cover_only_the_attacked_ports(dp, tenants):
+    dst = ipaddress.ip_address(ALPHA_DST)
+    dp.set_under_attack(tenants["alpha"], dst, [TrafficClass.TCP_SYN], syn_ports=Range(443, 443))
+    try:
+        assert run(dp, syn(new_source(False), ALPHA_DST, sport=49000, dport=443)) == XDP_TX
+        assert run(dp, syn(new_source(False), ALPHA_DST, sport=49001, dport=80)) == XDP_REDIRECT
+    finally:
+        dp.set_under_attack(tenants["alpha"], dst, ())
+
+
+def test_synauth_layouts_are_pinned(dp):
+    """The LRU values Python and the tests read: one lookup per SYN holds validation and bucket."""
+    from dataplane import testing  # noqa: PLC0415
+
+    source = testing.table(dp, "sw_syn_sources").Leaf
+    bucket = testing.table(dp, "sw_synack_buckets").Leaf
+    assert ctypes.sizeof(source) == 24 and ctypes.sizeof(bucket) == 16
+    assert (source.validated_ns.offset, source.bucket.offset) == (0, 8)
+    assert (bucket.last_ns.offset, bucket.tokens.offset) == (0, 8)
