@@ -62,6 +62,13 @@ class SynAuthStat(enum.IntEnum):
     SOURCE_OVER_LIMIT = 6   # SYNs of validated sources dropped over their own per-source limit
     INELIGIBLE = 7          # SYNs that cannot take a cookie (IPv4 options, IPv6 extension headers): dropped
     GEN_ERROR = 8           # the kernel's cookie helper failed (counted, dropped)
+    SPLICE_SYN = 9          # cookie ACKs turned into the client's SYN to the server (a splice opened)
+    SPLICE_OPEN = 10        # servers' SYN-ACKs of splices turned into the client's window update
+    SPLICE_ACK_TO_SERVER = 11  # servers' retransmitted SYN-ACKs answered by the bridge (XDP_TX inside)
+    SPLICE_SERVER_RST = 12  # servers' resets of a splice in SYN_SENT, translated to the client
+    SPLICE_EARLY_DROP = 13  # client segments of a splice before the server answered: dropped
+    SPLICE_SYN_RETRY = 14   # SYNs sent again to a server that had not answered (on the client's probe)
+    SPLICE_BAD_SYNACK = 15  # SYN-ACKs of a splice's tuple that do not answer its SYN: dropped
 
 
 class Verdict(enum.IntEnum):
@@ -153,6 +160,7 @@ class PolicyFlag(enum.IntFlag):
     REFLECTION_ALWAYS = 1 << 4
     REFLECTION_AUTO = 1 << 5
     HAS_BUDGET = 1 << 6                  # some per-destination class budget is set
+    SYN_RESET = 1 << 7                   # syn_auth = "reset": a valid cookie ACK is reset (else spliced)
     SLOT_PROTECTED = 1 << 13             # cache only: the tenant's policy is in use in the active slot
     SLOT_MONITOR = 1 << 14               # cache only: ... in monitor mode (count what would drop, pass it)
     SLOT_LISTS_OR_HEURISTICS = 1 << 15   # cache only: lists, reflection always on, or an attack mark
@@ -226,6 +234,13 @@ SYNACK_GLOBAL_PPS = 1000000     # cookie SYN-ACKs of the whole appliance, SYN-AC
 SYNACK_BURST_MS = 100           # a SYN-ACK budget holds this much of its rate as burst, milliseconds
 SYNACK_TTL = 64                 # TTL / hop limit of the SYN-ACKs and resets the bridge writes, hops
 SYNACK_WINDOW = 65535           # receive window of the cookie SYN-ACK, bytes (no window scaling: the cookie cannot carry it)
+# The splice (syn_auth = "splice"): after a valid cookie ACK the bridge sends the client's SYN to the server
+# and translates sequence numbers for the connection's life (sw_splices, pinned).
+MAX_SPLICES = 131072            # spliced connections at once, entries (LRU: an evicted one breaks)
+SPLICE_IDLE_MS = 7875000        # a destination translates splices until this long after its last spliced
+                                # packet, ms (Linux keepalive gives up after 7,200 s + 9 x 75 s)
+SPLICE_TOUCH_MS = 1000          # ... and that time is written at most this often, ms (one shared word)
+SPLICE_SYN_RETRY_MS = 200       # a client's probe this long after the SYN to a silent server resends it, ms
 
 
 # Macro prefixes of the flag sets (the C names they have always had).
@@ -263,7 +278,8 @@ def cflags() -> list[str]:
                  "NO_TENANT", "TENANT_SET_SLOTS", "MAX_FLOWS", "REFLECTION_WINDOW_MS",
                  "SYN_VALIDATED_TTL_MS", "BUDGET_BURST_MS", "CONN_GRACE_MS", "CONN_IDLE_MS", "TCP_OPEN_WINDOW_MS",
                  "SYN_SOURCE_PPS", "SYN_SOURCE_BURST",
-                 "SYNACK_RATE_PPS", "SYNACK_GLOBAL_PPS", "SYNACK_BURST_MS", "SYNACK_TTL", "SYNACK_WINDOW"):
+                 "SYNACK_RATE_PPS", "SYNACK_GLOBAL_PPS", "SYNACK_BURST_MS", "SYNACK_TTL", "SYNACK_WINDOW",
+                 "MAX_SPLICES", "SPLICE_IDLE_MS", "SPLICE_TOUCH_MS", "SPLICE_SYN_RETRY_MS"):
         flags.append(f"-DSW_{name}={globals()[name]}U")
     # Per-destination budgets live in per-CPU memory: each CPU admits its share of the rate.
     flags.append(f"-DSW_NR_CPUS={max(os.cpu_count() or 1, 1)}U")

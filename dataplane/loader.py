@@ -35,13 +35,17 @@ PROGRAM_FILE = BPF_DIR / "seawall.c"
 # programs after them.
 PROGRAM_NAMES = {Direction.INBOUND: "xdp_seawall_inbound", Direction.OUTBOUND: "xdp_seawall_outbound"}
 SYNAUTH_PROGRAM_NAME = "xdp_seawall_synauth"
+# The programs that translate a spliced connection's packets (synauth.h), after the SYN-auth one.
+SPLICE_PROGRAM_NAMES = {Direction.INBOUND: "xdp_seawall_splice_inbound",
+                        Direction.OUTBOUND: "xdp_seawall_splice_outbound"}
 REFRESH_PROGRAM_NAMES = {Direction.INBOUND: "xdp_seawall_refresh_inbound",
                          Direction.OUTBOUND: "xdp_seawall_refresh_outbound"}
 # The maps Python reads or writes.
 MAP_NAMES = ("sw_config", "sw_ports", "sw_prefix4", "sw_prefix6", "sw_policy", "sw_acl4_tries", "sw_acl6_tries",
              "sw_acl4_template", "sw_acl6_template", "sw_addr_cache", "sw_addr_spill", "sw_tenant_stats",
              "sw_rule_set_index", "sw_rule_sets", "sw_rules", "sw_rule_stats", "sw_rule_buckets", "sw_attack",
-             "sw_reflection_ports", "sw_syn_sources", "sw_synack_buckets", "sw_synack_global", "sw_synauth_stats")
+             "sw_reflection_ports", "sw_syn_sources", "sw_synack_buckets", "sw_synack_global", "sw_synauth_stats",
+             "sw_splices", "sw_splice_dests", "sw_splice_gate")
 # BPF_MAP_TYPE_PERCPU_HASH, _PERCPU_ARRAY, _LRU_PERCPU_HASH: bcc's Leaf is the per-CPU array
 PERCPU_MAP_TYPES = frozenset({5, 6, 10})
 
@@ -91,6 +95,9 @@ class Program:
             # The program that answers SYNs and cookie ACKs itself (synauth.h), after both pairs.
             self.synauth = self.bpf.load_func(SYNAUTH_PROGRAM_NAME.encode(), BPF.XDP)
             progs[ctypes.c_int(2 * len(Direction))] = ctypes.c_int(self.synauth.fd)
+            for d, name in SPLICE_PROGRAM_NAMES.items():
+                splice = self.bpf.load_func(name.encode(), BPF.XDP)
+                progs[ctypes.c_int(2 * len(Direction) + 1 + int(d))] = ctypes.c_int(splice.fd)
         except Exception as exc:  # bcc raises bare Exception on compile/load failures
             if pin_dir is not None and self.bpf is not None:
                 # The verifier rejects a program whose pinned map is smaller than it needs: name the map.

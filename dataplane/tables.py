@@ -120,6 +120,8 @@ class Tables:
                     flags |= PolicyFlag.HAS_DENY
                 if pol.syn_protection:
                     flags |= PolicyFlag.SYN_PROTECTION
+                if pol.syn_reset:
+                    flags |= PolicyFlag.SYN_RESET
                 flags |= _REFLECTION_FLAGS[ReflectionFilter(pol.reflection)]
                 rates = [int(getattr(pol, field)) for field in BUDGET_FIELDS.values()]
                 if any(rates):

@@ -85,6 +85,14 @@ SW_MAP("lru_hash", struct sw_addr_key, struct sw_syn_source, sw_syn_sources, SW_
 SW_MAP("lru_hash", struct sw_addr_key, struct sw_token_bucket, sw_synack_buckets, SW_MAX_FLOWS, 0);
 BPF_ARRAY(sw_synack_global, struct sw_token_bucket, 1);
 BPF_PERCPU_ARRAY(sw_synauth_stats, __u64, SW_SYN_AUTH_STAT__COUNT);
+/* The splice (synauth.h): the flows, per server address the last spliced packet (ns; a
+ * destination stays "splice active" while its flows talk, attack mark or not), and one word
+ * that is non-zero once anything was spliced, so that an appliance that never spliced pays one
+ * array load per TCP packet and nothing more. Pinned: a spliced connection must survive a
+ * restart of the control plane. */
+SW_MAP("lru_hash", struct sw_flow_key, struct sw_splice, sw_splices, SW_MAX_SPLICES, 0);
+SW_MAP("lru_hash", struct sw_addr_key, __u64, sw_splice_dests, SW_MAX_FLOWS, 0);
+SW_MAP("array", __u32, __u64, sw_splice_gate, 1, 0);
 
 #define SW_MS (1000ULL * 1000ULL) /* nanoseconds per millisecond */
 
@@ -94,7 +102,8 @@ BPF_PERCPU_ARRAY(sw_synauth_stats, __u64, SW_SYN_AUTH_STAT__COUNT);
 #define SW_PROG_MAIN(dir) (dir)
 #define SW_PROG_REFRESH(dir) (SW_DIRS + (dir))
 #define SW_PROG_SYNAUTH (2 * SW_DIRS) /* answers a SYN or a cookie ACK itself (synauth.h) */
-BPF_PROG_ARRAY(sw_progs, 2 * SW_DIRS + 1);
+#define SW_PROG_SPLICE(dir) (2 * SW_DIRS + 1 + (dir)) /* translates a spliced flow's packet (synauth.h) */
+BPF_PROG_ARRAY(sw_progs, 3 * SW_DIRS + 1);
 /* Per-CPU scratch memory for the parsed packet and its verdict. Parsing
  * assigns constants on each path (protocol, class, fragment state, drop
  * reason); kept on the stack, the verifier would prove the rest of the program
@@ -103,6 +112,8 @@ BPF_PROG_ARRAY(sw_progs, 2 * SW_DIRS + 1);
 struct sw_verdict {
     __u8 drop;
     __u8 reason;
+    __u8 splice;   /* a packet of a spliced connection: SW_PROG_SPLICE translates and sends it */
+    __u8 syn_reset; /* for SW_PROG_SYNAUTH: the tenant's syn_auth is "reset" (else "splice") */
 };
 
 struct sw_scratch {
@@ -602,6 +613,72 @@ static __always_inline struct sw_token_bucket *sw_synack_bucket_of(struct sw_add
     return sw_synack_buckets.lookup(dst);
 }
 
+static __always_inline struct sw_scratch *sw_scratch_of(void)
+{
+    __u32 zero = 0;
+    return sw_scratch.lookup(&zero);
+}
+static __always_inline int sw_redirect(__u32 port)
+{
+    return sw_ports.redirect_map(port, XDP_DROP);
+}
+static __always_inline struct sw_splice *sw_splice_of(struct sw_flow_key *k)
+{
+    return sw_splices.lookup(k);
+}
+static __always_inline void sw_splice_set(struct sw_flow_key *k, struct sw_splice *s)
+{
+    sw_splices.update(k, s);
+}
+static __always_inline void sw_splice_forget(struct sw_flow_key *k)
+{
+    sw_splices.delete(k);
+}
+/* A new splice towards `server`: the destination is splice active, and the gate opens. */
+static __always_inline void sw_splice_dest_open(const __u64 *server, __u64 now)
+{
+    struct sw_addr_key d;
+    __builtin_memcpy(d.addr, server, 16);
+    sw_splice_dests.update(&d, &now);
+    __u32 zero = 0;
+    __u64 *gate = sw_splice_gate.lookup(&zero);
+    if (gate && !*gate)
+        *gate = 1;
+}
+
+/* Is this TCP packet one of a spliced connection (server: the tenant's side)? Then it skips
+ * every check (its source proved itself) and SW_PROG_SPLICE translates it. Independent of the
+ * attack mark: a connection spliced during an attack lives on after it. A client's new SYN on
+ * the tuple ends the splice: that connection goes straight to the server. */
+static __always_inline int sw_spliced(struct sw_packet *p, const __u64 *server, const __u64 *client,
+                                      __u16 server_port, __u16 client_port, const __u32 dir)
+{
+    __u32 zero = 0;
+    __u64 *gate = sw_splice_gate.lookup(&zero);
+    if (!gate || !*gate || p->proto != SW_IPPROTO_TCP || !p->l4_ok)
+        return 0;
+    struct sw_addr_key d;
+    __builtin_memcpy(d.addr, server, 16);
+    __u64 *last = sw_splice_dests.lookup(&d);
+    if (!last)
+        return 0;
+    __u64 now = bpf_ktime_get_ns();
+    if (now - *last > SW_SPLICE_IDLE_MS * SW_MS)
+        return 0;
+    struct sw_flow_key k;
+    sw_flow(&k, server, client, server_port, client_port);
+    struct sw_splice *s = sw_splices.lookup(&k);
+    if (!s)
+        return 0;
+    if (dir == SW_DIRECTION_INBOUND && (p->tcp_flags & (SW_TCP_SYN | SW_TCP_ACK)) == SW_TCP_SYN) {
+        sw_splices.delete(&k);
+        return 0;
+    }
+    if (now - *last > SW_SPLICE_TOUCH_MS * SW_MS)
+        *last = now;
+    return 1;
+}
+
 #include "synauth.h"
 
 /* Always-on heuristics for a destination under attack (or reflection filtering
@@ -805,7 +882,7 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
     /* Parsing writes the addresses, lengths, protocol, TTL and class of every
      * IP packet; only the words after the addresses hold fields it sets on
      * some paths alone (ports, offsets, flags, fragment state). */
-    *(__u16 *)v = 0;
+    *(__u32 *)v = 0;
 #ifdef SW_NO_FAST_PARSE
     int parsed_fast = 0; /* a build for the test that compares the two parsers */
 #else
@@ -836,7 +913,10 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
 
     if (dir == SW_DIRECTION_INBOUND && tenant < SW_MAX_TENANTS) {
         __u16 flags = st->policy_flags;
-        if (flags & SW_POLICY_SLOT_PROTECTED) {
+        v->syn_reset = !!(flags & SW_POLICY_SYN_RESET);
+        if (sw_spliced(p, p->dst, p->src, p->dport, p->sport, dir)) {
+            v->splice = 1;
+        } else if (flags & SW_POLICY_SLOT_PROTECTED) {
             if (flags & SW_POLICY_SLOT_LISTS_OR_HEURISTICS) {
                 if ((flags & SW_POLICY_HAS_ALLOW) && sw_acl_match(p, cfg->active_slot, SW_ACL_KIND_ALLOW, tenant))
                     goto verdict;
@@ -876,8 +956,10 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
         }
     }
 
-    if (dir == SW_DIRECTION_OUTBOUND && tenant < SW_MAX_TENANTS)
+    if (dir == SW_DIRECTION_OUTBOUND && tenant < SW_MAX_TENANTS) {
+        v->splice = sw_spliced(p, p->src, p->dst, p->sport, p->dport, dir);
         sw_learn_outbound(p, st, data, data_end);
+    }
 
     SW_STAGE(4); /* policy: lists, filters, rules */
     /* 64-bit copies: clang would otherwise re-read and re-extend the narrow
@@ -917,6 +999,10 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
         if (dir == SW_DIRECTION_INBOUND && reason == SW_DROP_REASON_SYN_COOKIE)
             sw_progs.call(ctx, SW_PROG_SYNAUTH); /* the bridge answers (synauth.h) */
         return XDP_DROP;
+    }
+    if (v->splice) {
+        sw_progs.call(ctx, SW_PROG_SPLICE(dir));
+        return XDP_DROP; /* untranslated, it would only confuse both ends */
     }
     return sw_ports.redirect_map(egress, XDP_PASS);
 }
@@ -965,4 +1051,14 @@ int xdp_seawall_refresh_outbound(struct xdp_md *ctx)
 int xdp_seawall_synauth(struct xdp_md *ctx)
 {
     return sw_synauth_program(ctx);
+}
+
+int xdp_seawall_splice_inbound(struct xdp_md *ctx)
+{
+    return sw_splice_program(ctx, SW_DIRECTION_INBOUND);
+}
+
+int xdp_seawall_splice_outbound(struct xdp_md *ctx)
+{
+    return sw_splice_program(ctx, SW_DIRECTION_OUTBOUND);
 }

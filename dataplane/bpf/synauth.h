@@ -7,17 +7,28 @@
  * the external NIC). A spoofed source never sees that SYN-ACK, so it cannot answer it. A real
  * client's ACK carries the cookie back (ack = cookie + 1); bpf_tcp_raw_check_syncookie_* proves
  * it, and the source is validated for SW_SYN_VALIDATED_TTL_MS. The server never saw that
- * handshake, so the bridge resets the client's half of it (reset-and-retry): the client's next
- * SYN passes at once, without challenge and without the shared SYN rule or budget, under the
- * source's own limit (SW_SYN_SOURCE_PPS). The splice (the bridge opening the connection to the
- * server and translating sequence numbers) is the design note's preferred completion; it is
- * not implemented yet.
+ * handshake; what follows is the tenant's syn_auth:
+ *   - "splice" (default): the cookie SYN-ACK announced a zero window, so the client holds its data.
+ *     The bridge recovers the MSS the cookie encodes (probing the check), records the flow in
+ *     sw_splices and rewrites the ACK into the client's SYN (MSS option only) to the server. The
+ *     server's SYN-ACK becomes the client's window update; the client's first data segment then
+ *     completes the server's handshake. For the connection's life the bridge adds
+ *     delta = server ISN - cookie to the client's ack numbers and subtracts it from the server's
+ *     sequence numbers, with incremental checksum updates (SW_PROG_SPLICE, both directions). The
+ *     spliced connection has no window scaling, SACK or timestamps: the cookie carries none.
+ *   - "reset": the bridge resets the client's half of it (reset-and-retry); the retry passes.
+ * Either way later SYNs of the source pass at once, without cookies and without the shared SYN
+ * rule or budget, under the source's own limit (SW_SYN_SOURCE_PPS).
  *
- * Cost on the usual path: nothing. sw_heuristics() runs only for destinations with an attack
+ * Cost on the usual path: one array load per TCP packet (the splice gate, sw_spliced) until the
+ * first splice; then one hash lookup (sw_splice_dests) per TCP packet to a tenant address, and
+ * for splice-active destinations one flow lookup. sw_heuristics() runs only for destinations with an attack
  * mark, and reaches sw_synauth() only for TCP under a SYN mark with SYN protection on. The
- * rewrite of a SYN into a SYN-ACK (or of an ACK into a reset) is a separate program,
- * tail-called at the end of the port program (SW_PROG_SYNAUTH): its stack copy, helper calls and
- * tail adjustment stay out of the main program's verifier state.
+ * rewrites (SYN into SYN-ACK, ACK into SYN or reset, splice translation) are separate programs,
+ * tail-called at the end of the port program (SW_PROG_SYNAUTH, SW_PROG_SPLICE): their stack
+ * copies, helper calls and tail adjustments stay out of the main program's verifier state. The
+ * port program itself only looks spliced flows up (sw_spliced), behind a gate that is closed
+ * until the first splice.
  *
  * Included by seawall.c after its helpers (sw_flow, sw_tcp_number, sw_parse_ethernet) and the
  * accessors of the maps (sw_syn_source_of, sw_synack_bucket_of, ...): bcc rewrites map calls in
@@ -33,6 +44,10 @@
 #define SW_SYNAUTH_SYNACK_TCP_LEN 24
 #define SW_SYNAUTH_RST_TCP_LEN 20
 #define SW_SYNAUTH_MAX_VLAN_BYTES (4 * SW_MAX_VLAN_DEPTH) /* bytes of tags before the IP header */
+/* Bound of a spliced packet's TCP header offset for the verifier: Ethernet, tags, IPv6 and
+ * SW_MAX_IPV6_EXT_HEADERS extension headers of at most 2,048 bytes each is far more than any
+ * frame; 1,024 bytes covers every header chain a real stack sends. */
+#define SW_SPLICE_MAX_L4_OFFSET 1024
 
 /* Takes a token if there is one. rate per second, burst in tokens (<= rate). A bucket whose
  * last refill lies in the future (tests set one) does not refill. */
@@ -204,13 +219,15 @@ static __always_inline __u16 sw_synauth_fold(__u64 sum)
             (acc) += ((const __u32 *)(ptr))[_i];                   \
     } while (0)
 
-/* Turns the IPv4 header around for a reply of tcp_len bytes (checksum included); returns the
- * pseudo-header sum of the TCP checksum. */
-static __always_inline __u64 sw_synauth_reply_ipv4(struct iphdr *ip, __u32 tcp_len)
+/* The IPv4 header of a segment of tcp_len bytes the bridge writes (checksum included), turned
+ * around when `swap` (a reply); returns the pseudo-header sum of the TCP checksum. */
+static __always_inline __u64 sw_synauth_ipv4(struct iphdr *ip, __u32 tcp_len, int swap)
 {
-    __be32 s = ip->saddr;
-    ip->saddr = ip->daddr;
-    ip->daddr = s;
+    if (swap) {
+        __be32 s = ip->saddr;
+        ip->saddr = ip->daddr;
+        ip->daddr = s;
+    }
     ip->tos = 0;
     ip->tot_len = bpf_htons(sizeof(*ip) + tcp_len);
     ip->id = 0;
@@ -223,11 +240,13 @@ static __always_inline __u64 sw_synauth_reply_ipv4(struct iphdr *ip, __u32 tcp_l
     return (__u64)ip->saddr + ip->daddr + bpf_htons(SW_IPPROTO_TCP) + bpf_htons(tcp_len);
 }
 
-static __always_inline __u64 sw_synauth_reply_ipv6(struct ipv6hdr *ip6, __u32 tcp_len)
+static __always_inline __u64 sw_synauth_ipv6(struct ipv6hdr *ip6, __u32 tcp_len, int swap)
 {
-    struct in6_addr s = ip6->saddr;
-    ip6->saddr = ip6->daddr;
-    ip6->daddr = s;
+    if (swap) {
+        struct in6_addr s = ip6->saddr;
+        ip6->saddr = ip6->daddr;
+        ip6->daddr = s;
+    }
     ip6->payload_len = bpf_htons(tcp_len);
     ip6->hop_limit = SW_SYNACK_TTL;
     __u64 sum = 0;
@@ -235,11 +254,89 @@ static __always_inline __u64 sw_synauth_reply_ipv6(struct ipv6hdr *ip6, __u32 tc
     return sum + bpf_htonl(tcp_len) + bpf_htonl(SW_IPPROTO_TCP);
 }
 
-/* SW_PROG_SYNAUTH: tail-called by the inbound program for a packet it marked
- * SW_DROP_REASON_SYN_COOKIE (already counted there). A SYN becomes the cookie SYN-ACK, a cookie
- * ACK the reset of the client's half-open connection; both leave by XDP_TX on the external NIC.
- * Anything it cannot answer is dropped, as the port program would have. */
-static __always_inline int sw_synauth_program(struct xdp_md *ctx)
+/* The MSS a cookie's table index stands for (the kernel's tables, docs/design/syn-cookies.md). */
+static __always_inline __u16 sw_splice_mss(__u32 is_v6, __u32 index)
+{
+    if (is_v6)
+        return index == 0 ? 1220 : index == 1 ? 1420 : index == 2 ? 1440 : 8940;
+    return index == 0 ? 536 : index == 1 ? 1300 : index == 2 ? 1440 : 1460;
+}
+
+/* What the bridge writes in place of the frame: a TCP segment without payload, with one option
+ * (MSS) when mss is non-zero. `swap` turns it around (a reply, XDP_TX); otherwise it keeps its
+ * addresses, ports and MACs (it continues in the frame's direction). l3_off: the IP header's
+ * offset, of an IPv4 header without options or an IPv6 header without extension headers.
+ * 0, or -1 when the frame cannot take it. */
+static __always_inline int sw_synauth_write(struct xdp_md *ctx, __u64 l3_off, __u32 is_v6, int swap, __u32 seq,
+                                            __u32 ack, __u8 flags, __u16 window, __u16 mss)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    if (l3_off > ETH_HLEN + SW_SYNAUTH_MAX_VLAN_BYTES)
+        return -1;
+    __u32 tcp_len = mss ? SW_SYNAUTH_SYNACK_TCP_LEN : SW_SYNAUTH_RST_TCP_LEN;
+    __u32 l4_off = l3_off + (is_v6 ? 40 : 20);
+    /* The frame becomes exactly this segment: grow a SYN without options, shrink anything longer. */
+    int delta = (int)(l4_off + tcp_len) - (int)(data_end - data);
+    if (delta && bpf_xdp_adjust_tail(ctx, delta))
+        return -1;
+    data = (void *)(long)ctx->data;
+    data_end = (void *)(long)ctx->data_end;
+    void *l3 = data + l3_off;
+    if (data + ETH_HLEN > data_end)
+        return -1;
+    if (swap) {
+        struct ethhdr *eth = data;
+        __u8 mac[ETH_ALEN];
+        __builtin_memcpy(mac, eth->h_source, ETH_ALEN);
+        __builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+        __builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+    }
+    __u64 sum;
+    struct tcphdr *tcp;
+    if (is_v6) {
+        if (l3 + 40 + SW_SYNAUTH_RST_TCP_LEN > data_end)
+            return -1;
+        sum = sw_synauth_ipv6(l3, tcp_len, swap);
+        tcp = l3 + 40;
+    } else {
+        if (l3 + 20 + SW_SYNAUTH_RST_TCP_LEN > data_end)
+            return -1;
+        sum = sw_synauth_ipv4(l3, tcp_len, swap);
+        tcp = l3 + 20;
+    }
+    if (swap) {
+        __be16 port = tcp->source;
+        tcp->source = tcp->dest;
+        tcp->dest = port;
+    }
+    tcp->seq = bpf_htonl(seq);
+    tcp->ack_seq = bpf_htonl(ack);
+    ((__u8 *)tcp)[12] = (tcp_len / 4) << 4;
+    ((__u8 *)tcp)[13] = flags;
+    tcp->window = bpf_htons(window);
+    tcp->check = 0;
+    tcp->urg_ptr = 0;
+    if (mss) {
+        if ((void *)tcp + SW_SYNAUTH_SYNACK_TCP_LEN > data_end)
+            return -1;
+        __u8 *opt = (__u8 *)(tcp + 1);
+        opt[0] = 2; /* TCPOPT_MSS, the only option a cookie carries */
+        opt[1] = 4;
+        opt[2] = mss >> 8;
+        opt[3] = mss & 0xFF;
+        SW_SYNAUTH_SUM_WORDS(tcp, SW_SYNAUTH_SYNACK_TCP_LEN / 4, sum);
+    } else {
+        SW_SYNAUTH_SUM_WORDS(tcp, SW_SYNAUTH_RST_TCP_LEN / 4, sum);
+    }
+    tcp->check = ~sw_synauth_fold(sum);
+    return 0;
+}
+
+/* The IP header of the frame in front of the program, if the bridge can write a segment over
+ * it (IPv4 without options, not a fragment; IPv6 without extension headers; TCP): its offset,
+ * and the family in *is_v6. -1 otherwise. */
+static __always_inline __s64 sw_synauth_l3_of(struct xdp_md *ctx, __u32 *is_v6)
 {
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
@@ -248,32 +345,113 @@ static __always_inline int sw_synauth_program(struct xdp_md *ctx)
     __u64 l3_off = cursor - data;
     asm volatile("" : "+r"(l3_off));
     if (l3_off > ETH_HLEN + SW_SYNAUTH_MAX_VLAN_BYTES)
-        return XDP_DROP;
-    __u32 is_v6;
+        return -1;
     void *l3 = data + l3_off;
     if (proto == bpf_htons(SW_ETH_P_IP)) {
         struct iphdr *ip = l3;
-        if ((void *)(ip + 1) > data_end)
-            return XDP_DROP;
-        if (ip->ihl != 5 || ip->protocol != SW_IPPROTO_TCP || (ip->frag_off & bpf_htons(0x3FFF))) {
-            sw_synauth_count(SW_SYN_AUTH_STAT_INELIGIBLE);
-            return XDP_DROP;
-        }
-        is_v6 = 0;
+        if ((void *)(ip + 1) > data_end || ip->ihl != 5 || ip->protocol != SW_IPPROTO_TCP ||
+            (ip->frag_off & bpf_htons(0x3FFF)))
+            return -1;
+        *is_v6 = 0;
     } else if (proto == bpf_htons(SW_ETH_P_IPV6)) {
         struct ipv6hdr *ip6 = l3;
-        if ((void *)(ip6 + 1) > data_end)
-            return XDP_DROP;
-        if (ip6->nexthdr != SW_IPPROTO_TCP) {
-            sw_synauth_count(SW_SYN_AUTH_STAT_INELIGIBLE);
-            return XDP_DROP;
-        }
-        is_v6 = 1;
+        if ((void *)(ip6 + 1) > data_end || ip6->nexthdr != SW_IPPROTO_TCP)
+            return -1;
+        *is_v6 = 1;
     } else {
+        return -1;
+    }
+    return l3_off;
+}
+
+/* 32-bit field `field` of a TCP header set to `value` (network order) with the checksum updated
+ * incrementally (RFC 1624): the payload is not read again. */
+static __always_inline void sw_splice_set32(struct tcphdr *tcp, __be32 *field, __be32 value)
+{
+    __be32 old = *field;
+    *field = value;
+    __u64 sum = (__u16)~tcp->check;
+    sum += (__u32)~old;
+    sum += value;
+    tcp->check = ~sw_synauth_fold(sum);
+}
+
+/* A valid cookie ACK in splice mode: recover the MSS the cookie encodes, record the splice,
+ * and turn the ACK into the client's SYN to the server (MSS only: the cookie carries nothing
+ * else, so the spliced connection runs without window scaling, SACK and timestamps). */
+static __always_inline int sw_splice_open(struct xdp_md *ctx, struct sw_packet *p, __u64 l3_off, __u32 is_v6)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    if (l3_off > ETH_HLEN + SW_SYNAUTH_MAX_VLAN_BYTES)
+        return XDP_DROP;
+    void *l3 = data + l3_off;
+    struct tcphdr probe;
+    if (is_v6) {
+        if (l3 + 40 + sizeof(probe) > data_end)
+            return XDP_DROP;
+        __builtin_memcpy(&probe, l3 + 40, sizeof(probe));
+    } else {
+        if (l3 + 20 + sizeof(probe) > data_end)
+            return XDP_DROP;
+        __builtin_memcpy(&probe, l3 + 20, sizeof(probe));
+    }
+    /* The check accepts the ack lowered by 1..index, where index (0..3) is the cookie's MSS
+     * table index, and returns nothing else: the largest offset that still passes is it. */
+    __u32 ack = bpf_ntohl(probe.ack_seq);
+    __u32 index = 0;
+#pragma unroll
+    for (int d = 1; d <= 3; d++) {
+        probe.ack_seq = bpf_htonl(ack - d);
+        long r;
+        if (is_v6) {
+            r = bpf_tcp_raw_check_syncookie_ipv6(l3, &probe);
+        } else {
+            r = bpf_tcp_raw_check_syncookie_ipv4(l3, &probe);
+            asm volatile("" : "+r"(r)); /* no sinking into an indirect call, as in sw_synauth_cookie_ack */
+        }
+        if (r != 0)
+            break;
+        index = d;
+    }
+    __u64 now = bpf_ktime_get_ns();
+    struct sw_splice sp = {.client_isn = bpf_ntohl(probe.seq) - 1, .cookie = ack - 1,
+                           .client_window = bpf_ntohs(probe.window), .state = SW_SPLICE_SYN_SENT,
+                           .mss_index = index, .syn_ns = now};
+    struct sw_flow_key k;
+    sw_flow(&k, p->dst, p->src, p->dport, p->sport);
+    sw_splice_set(&k, &sp);
+    sw_splice_dest_open(p->dst, now);
+    if (sw_synauth_write(ctx, l3_off, is_v6, 0, sp.client_isn, 0, SW_TCP_SYN, sp.client_window,
+                         sw_splice_mss(is_v6, index)))
+        return XDP_DROP;
+    sw_synauth_count(SW_SYN_AUTH_STAT_SPLICE_SYN);
+    return sw_redirect(SW_PORT_INTERNAL);
+}
+
+/* SW_PROG_SYNAUTH: tail-called by the inbound program for a packet it marked
+ * SW_DROP_REASON_SYN_COOKIE (already counted there). A SYN becomes the cookie SYN-ACK (XDP_TX);
+ * a cookie ACK becomes the client's SYN to the server (splice) or the reset of the client's
+ * half-open connection (syn_auth = "reset", XDP_TX). Anything it cannot answer is dropped, as
+ * the port program would have. */
+static __always_inline int sw_synauth_program(struct xdp_md *ctx)
+{
+    struct sw_scratch *scratch = sw_scratch_of();
+    if (!scratch)
+        return XDP_DROP;
+    __u32 is_v6 = 0;
+    __s64 l3 = sw_synauth_l3_of(ctx, &is_v6);
+    if (l3 < 0) {
+        sw_synauth_count(SW_SYN_AUTH_STAT_INELIGIBLE);
         return XDP_DROP;
     }
-    __u32 ip_len = is_v6 ? 40 : 20;
-    __u32 l4_off = l3_off + ip_len;
+    __u64 l3_off = l3;
+    asm volatile("" : "+r"(l3_off));
+    if (l3_off > ETH_HLEN + SW_SYNAUTH_MAX_VLAN_BYTES)
+        return XDP_DROP;
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    __u32 l4_off = l3_off + (is_v6 ? 40 : 20);
     struct tcphdr *tcp = data + l4_off;
     if ((void *)(tcp + 1) > data_end)
         return XDP_DROP;
@@ -283,98 +461,144 @@ static __always_inline int sw_synauth_program(struct xdp_md *ctx)
     if (flags == (SW_TCP_SYN | SW_TCP_ACK))
         flags = SW_TCP_SYN;
 #endif
-    __u32 reply_len, seq, ack;
-    __u16 mss = 0;
-    if (flags == SW_TCP_SYN) {
-        /* The helper wants the TCP header with its options as one block of doff * 4 bytes; a
-         * packet pointer would need 60 readable bytes after it, which a short SYN lacks: copy. */
-        __u8 th[60] = {};
-        __u32 th_len = tcp->doff * 4; /* at most 60: one comparison (not clang's fused range
-                                       * check, which loses the bound) proves it non-zero */
-        if (th_len < 20 || bpf_xdp_load_bytes(ctx, l4_off, th, th_len))
+    int splice = !scratch->verdict.syn_reset;
+    if (flags == SW_TCP_ACK) {
+        if (splice)
+            return sw_splice_open(ctx, &scratch->packet, l3_off, is_v6);
+        /* Reset-and-retry: seq exactly what the client expects next, so it is accepted. */
+        if (sw_synauth_write(ctx, l3_off, is_v6, 1, bpf_ntohl(tcp->ack_seq), 0, SW_TCP_RST, 0, 0))
             return XDP_DROP;
-        __s64 r;
-        if (is_v6) {
-            if (l3 + 40 > data_end)
-                return XDP_DROP;
-            r = bpf_tcp_raw_gen_syncookie_ipv6(l3, (struct tcphdr *)th, th_len);
-        } else {
-            if (l3 + 20 > data_end)
-                return XDP_DROP;
-            r = bpf_tcp_raw_gen_syncookie_ipv4(l3, (struct tcphdr *)th, th_len);
-            asm volatile("" : "+r"(r)); /* no sinking into an indirect call, as in sw_synauth_cookie_ack */
-        }
-        if (r < 0) {
-            sw_synauth_count(SW_SYN_AUTH_STAT_GEN_ERROR);
-            return XDP_DROP;
-        }
-        seq = (__u32)r;
-        ack = bpf_ntohl(((struct tcphdr *)th)->seq) + 1;
-        mss = (__u16)(r >> 32);
-        reply_len = SW_SYNAUTH_SYNACK_TCP_LEN;
-    } else if (flags == SW_TCP_ACK) {
-        seq = bpf_ntohl(tcp->ack_seq); /* exactly what the client expects next: accepted */
-        ack = 0;
-        reply_len = SW_SYNAUTH_RST_TCP_LEN;
-    } else {
-        return XDP_DROP;
-    }
-    /* The frame becomes exactly the reply: grow a SYN without options, shrink anything longer. */
-    int delta = (int)(l4_off + reply_len) - (int)(data_end - data);
-    if (delta && bpf_xdp_adjust_tail(ctx, delta))
-        return XDP_DROP;
-    data = (void *)(long)ctx->data;
-    data_end = (void *)(long)ctx->data_end;
-    l3 = data + l3_off;
-    if (data + ETH_HLEN > data_end)
-        return XDP_DROP;
-    struct ethhdr *eth = data;
-    __u8 mac[ETH_ALEN];
-    __builtin_memcpy(mac, eth->h_source, ETH_ALEN);
-    __builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
-    __builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
-    __u64 sum;
-    if (is_v6) {
-        if (l3 + 40 + SW_SYNAUTH_RST_TCP_LEN > data_end)
-            return XDP_DROP;
-        sum = sw_synauth_reply_ipv6(l3, reply_len);
-        tcp = l3 + 40;
-    } else {
-        if (l3 + 20 + SW_SYNAUTH_RST_TCP_LEN > data_end)
-            return XDP_DROP;
-        sum = sw_synauth_reply_ipv4(l3, reply_len);
-        tcp = l3 + 20;
-    }
-    __be16 port = tcp->source;
-    tcp->source = tcp->dest;
-    tcp->dest = port;
-    tcp->seq = bpf_htonl(seq);
-    tcp->ack_seq = bpf_htonl(ack);
-    tcp->check = 0;
-    tcp->urg_ptr = 0;
-    if (reply_len == SW_SYNAUTH_SYNACK_TCP_LEN) {
-        if ((void *)tcp + SW_SYNAUTH_SYNACK_TCP_LEN > data_end)
-            return XDP_DROP;
-        ((__u8 *)tcp)[12] = (SW_SYNAUTH_SYNACK_TCP_LEN / 4) << 4;
-        ((__u8 *)tcp)[13] = SW_TCP_SYN | SW_TCP_ACK;
-        tcp->window = bpf_htons(SW_SYNACK_WINDOW);
-        __u8 *opt = (__u8 *)(tcp + 1);
-        opt[0] = 2; /* TCPOPT_MSS, the only option the cookie carries */
-        opt[1] = 4;
-        opt[2] = mss >> 8;
-        opt[3] = mss & 0xFF;
-        SW_SYNAUTH_SUM_WORDS(tcp, SW_SYNAUTH_SYNACK_TCP_LEN / 4, sum);
-        tcp->check = ~sw_synauth_fold(sum);
-        sw_synauth_count(SW_SYN_AUTH_STAT_SYNACK_SENT);
-    } else {
-        ((__u8 *)tcp)[12] = (SW_SYNAUTH_RST_TCP_LEN / 4) << 4;
-        ((__u8 *)tcp)[13] = SW_TCP_RST;
-        tcp->window = 0;
-        SW_SYNAUTH_SUM_WORDS(tcp, SW_SYNAUTH_RST_TCP_LEN / 4, sum);
-        tcp->check = ~sw_synauth_fold(sum);
         sw_synauth_count(SW_SYN_AUTH_STAT_RST_SENT);
+        return XDP_TX;
     }
+    if (flags != SW_TCP_SYN)
+        return XDP_DROP;
+    /* The helper wants the TCP header with its options as one block of doff * 4 bytes; a
+     * packet pointer would need 60 readable bytes after it, which a short SYN lacks: copy. */
+    __u8 th[60] = {};
+    __u32 th_len = tcp->doff * 4; /* at most 60: one comparison (not clang's fused range
+                                   * check, which loses the bound) proves it non-zero */
+    if (th_len < 20 || bpf_xdp_load_bytes(ctx, l4_off, th, th_len))
+        return XDP_DROP;
+    void *ip = data + l3_off;
+    __s64 r;
+    if (is_v6) {
+        if (ip + 40 > data_end)
+            return XDP_DROP;
+        r = bpf_tcp_raw_gen_syncookie_ipv6(ip, (struct tcphdr *)th, th_len);
+    } else {
+        if (ip + 20 > data_end)
+            return XDP_DROP;
+        r = bpf_tcp_raw_gen_syncookie_ipv4(ip, (struct tcphdr *)th, th_len);
+        asm volatile("" : "+r"(r)); /* no sinking into an indirect call, as in sw_synauth_cookie_ack */
+    }
+    if (r < 0) {
+        sw_synauth_count(SW_SYN_AUTH_STAT_GEN_ERROR);
+        return XDP_DROP;
+    }
+    /* Splice: a zero window holds the client's data until the server has answered (the
+     * server's SYN-ACK becomes the window update, sw_splice_program). */
+    if (sw_synauth_write(ctx, l3_off, is_v6, 1, (__u32)r, bpf_ntohl(((struct tcphdr *)th)->seq) + 1,
+                         SW_TCP_SYN | SW_TCP_ACK, splice ? 0 : SW_SYNACK_WINDOW, (__u16)(r >> 32)))
+        return XDP_DROP;
+    sw_synauth_count(SW_SYN_AUTH_STAT_SYNACK_SENT);
     return XDP_TX;
+}
+
+/* SW_PROG_SPLICE(dir): a packet of a spliced connection (sw_spliced). Inbound (client to
+ * server): ack += delta; before the server answered, the client's segments are dropped (its
+ * probe resends the SYN to a silent server). Outbound (server to client): the server's SYN-ACK
+ * becomes the client's window update (the client's first data segment then completes the
+ * server's handshake; a retransmitted SYN-ACK, which means the server missed that, is answered
+ * with the handshake's ACK by XDP_TX inside); a reset of the SYN is put into the client's
+ * numbering; everything else gets seq -= delta. */
+static __always_inline int sw_splice_program(struct xdp_md *ctx, const __u32 dir)
+{
+    struct sw_scratch *scratch = sw_scratch_of();
+    if (!scratch)
+        return XDP_DROP;
+    struct sw_packet *p = &scratch->packet;
+    struct sw_flow_key k;
+    if (dir == SW_DIRECTION_INBOUND)
+        sw_flow(&k, p->dst, p->src, p->dport, p->sport);
+    else
+        sw_flow(&k, p->src, p->dst, p->sport, p->dport);
+    struct sw_splice *s = sw_splice_of(&k);
+    if (!s)
+        return XDP_DROP; /* evicted since the port program saw it */
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    __u64 l4_off = p->l4_offset;
+    asm volatile("" : "+r"(l4_off));
+    if (l4_off > SW_SPLICE_MAX_L4_OFFSET)
+        return XDP_DROP;
+    struct tcphdr *tcp = data + l4_off;
+    if ((void *)(tcp + 1) > data_end)
+        return XDP_DROP;
+    __u8 flags = ((__u8 *)tcp)[13] & (SW_TCP_FIN | SW_TCP_SYN | SW_TCP_RST | SW_TCP_ACK);
+    if (dir == SW_DIRECTION_INBOUND) {
+        if (s->state != SW_SPLICE_OPEN) {
+            __u64 now = bpf_ktime_get_ns();
+            if (flags == SW_TCP_ACK && bpf_ntohl(tcp->ack_seq) == s->cookie + 1 &&
+                now - s->syn_ns >= SW_SPLICE_SYN_RETRY_MS * SW_MS) {
+                __u32 is_v6 = 0;
+                __s64 l3 = sw_synauth_l3_of(ctx, &is_v6);
+                if (l3 < 0)
+                    return XDP_DROP;
+                s->syn_ns = now;
+                if (sw_synauth_write(ctx, l3, is_v6, 0, s->client_isn, 0, SW_TCP_SYN, s->client_window,
+                                     sw_splice_mss(is_v6, s->mss_index)))
+                    return XDP_DROP;
+                sw_synauth_count(SW_SYN_AUTH_STAT_SPLICE_SYN_RETRY);
+                return sw_redirect(SW_PORT_INTERNAL);
+            }
+            sw_synauth_count(SW_SYN_AUTH_STAT_SPLICE_EARLY_DROP);
+            return XDP_DROP;
+        }
+        if (flags & SW_TCP_ACK)
+            sw_splice_set32(tcp, &tcp->ack_seq, bpf_htonl(bpf_ntohl(tcp->ack_seq) + s->delta));
+        return sw_redirect(SW_PORT_INTERNAL);
+    }
+    if ((flags & (SW_TCP_SYN | SW_TCP_ACK | SW_TCP_RST)) == (SW_TCP_SYN | SW_TCP_ACK)) {
+        if (bpf_ntohl(tcp->ack_seq) != s->client_isn + 1) {
+            sw_synauth_count(SW_SYN_AUTH_STAT_SPLICE_BAD_SYNACK);
+            return XDP_DROP;
+        }
+        __u32 server_isn = bpf_ntohl(tcp->seq);
+        __u16 window = bpf_ntohs(tcp->window);
+        int retransmitted = s->state == SW_SPLICE_OPEN;
+        s->delta = server_isn - s->cookie;
+        s->state = SW_SPLICE_OPEN;
+        __u32 is_v6 = 0;
+        __s64 l3 = sw_synauth_l3_of(ctx, &is_v6);
+        if (l3 < 0)
+            return XDP_DROP;
+        if (retransmitted) {
+            if (sw_synauth_write(ctx, l3, is_v6, 1, s->client_isn + 1, server_isn + 1, SW_TCP_ACK,
+                                 s->client_window, 0))
+                return XDP_DROP;
+            sw_synauth_count(SW_SYN_AUTH_STAT_SPLICE_ACK_TO_SERVER);
+            return XDP_TX;
+        }
+        if (sw_synauth_write(ctx, l3, is_v6, 0, s->cookie + 1, s->client_isn + 1, SW_TCP_ACK, window, 0))
+            return XDP_DROP;
+        sw_synauth_count(SW_SYN_AUTH_STAT_SPLICE_OPEN);
+        return sw_redirect(SW_PORT_EXTERNAL);
+    }
+    if (s->state != SW_SPLICE_OPEN) {
+        if (!(flags & SW_TCP_RST)) {
+            sw_synauth_count(SW_SYN_AUTH_STAT_SPLICE_BAD_SYNACK);
+            return XDP_DROP;
+        }
+        /* The server refused the SYN: the client, established with the bridge, must hear it
+         * at the sequence number it expects next. The splice ends. */
+        sw_splice_set32(tcp, &tcp->seq, bpf_htonl(s->cookie + 1));
+        sw_splice_forget(&k);
+        sw_synauth_count(SW_SYN_AUTH_STAT_SPLICE_SERVER_RST);
+        return sw_redirect(SW_PORT_EXTERNAL);
+    }
+    sw_splice_set32(tcp, &tcp->seq, bpf_htonl(bpf_ntohl(tcp->seq) - s->delta));
+    return sw_redirect(SW_PORT_EXTERNAL);
 }
 
 #endif /* SEAWALL_SYNAUTH_H */

@@ -1,14 +1,17 @@
 """SYN authentication (issue 19, dataplane/bpf/synauth.h) through BPF_PROG_TEST_RUN on the real
 program: for a destination under SYN attack the bridge answers unknown sources' SYNs with cookie
-SYN-ACKs (XDP_TX), a returning ACK with a valid cookie validates its source (and is answered with
-a reset: reset-and-retry), forged ACKs validate nothing, validated sources bypass the shared SYN
-limits but meet their own, and the SYN-ACKs the bridge sends stay within their budgets.
+SYN-ACKs (XDP_TX), a returning ACK with a valid cookie validates its source and is either spliced
+(syn_auth = "splice", the default: the bridge sends the client's SYN to the server and translates
+sequence numbers for the connection's life) or answered with a reset (syn_auth = "reset"), forged
+ACKs validate nothing, validated sources bypass the shared SYN limits but meet their own, and the
+SYN-ACKs the bridge sends stay within their budgets.
 
 The cookies come from the kernel's own helpers: a cookie SYN-ACK is checked by answering it the
 way the client's stack would and seeing the kernel accept that ACK."""
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import ipaddress
 import itertools
@@ -22,9 +25,20 @@ from scapy.packet import Raw
 
 from dataplane import constants
 from dataplane.api import Range, Rule
-from dataplane.constants import DropReason, RuleAction, SynAuthStat, TcpFlag, TrafficClass
+from dataplane.constants import Direction, DropReason, RuleAction, SynAuthStat, TcpFlag, TrafficClass
 from tests.bpf import frames
-from tests.bpf.conftest import ALPHA_DST, ALPHA_DST6, BETA_DST, XDP_DROP, XDP_REDIRECT, XDP_TX, observe, run
+from tests.bpf.conftest import (
+    ALPHA_DST,
+    ALPHA_DST6,
+    BETA_DST,
+    STANDARD_TENANTS,
+    XDP_DROP,
+    XDP_REDIRECT,
+    XDP_TX,
+    apply_tenant_dicts,
+    observe,
+    run,
+)
 
 XDP_TX_ACTION = XDP_TX
 # The MSS values a cookie can carry (the kernel's tables, docs/design/syn-cookies.md).
@@ -60,10 +74,10 @@ def ack(src: str, dst: str, sport: int, seq: int, ack_no: int, dport: int = 80, 
     return bytes(Ether(src=frames.MAC_EXTERNAL, dst=frames.MAC_INTERNAL) / l3(src, dst) / tcp / Raw(payload))
 
 
-def run_frame(dp, frame: bytes) -> tuple[int, bytes]:
+def run_frame(dp, frame: bytes, direction: Direction = Direction.INBOUND) -> tuple[int, bytes]:
     from dataplane import testing  # noqa: PLC0415 - the bpf tier imports the adapter only when it runs
 
-    return testing.run_frame(dp, frame)
+    return testing.run_frame(dp, frame, direction)
 
 
 def stats(dp) -> dict[SynAuthStat, int]:
@@ -88,6 +102,24 @@ def syn_attack(dp, tenants):
         dp.set_under_attack(tenants["alpha"], ipaddress.ip_address(dst), ())
 
 
+@pytest.fixture
+def reset_mode(dp, syn_attack):
+    """Tenant alpha with syn_auth = "reset" (the standard set otherwise) for the test."""
+    tables = copy.deepcopy(STANDARD_TENANTS)
+    tables[0]["policy"] = {"syn_auth": "reset"}
+    yield apply_tenant_dicts(dp, tables)
+    apply_tenant_dicts(dp, STANDARD_TENANTS)
+
+
+@pytest.fixture(params=["splice", "reset"])
+def syn_mode(request, dp, syn_attack):
+    """Each syn_auth mode with cookies, for tenant alpha under SYN attack."""
+    tables = copy.deepcopy(STANDARD_TENANTS)
+    tables[0]["policy"] = {"syn_auth": request.param}
+    yield apply_tenant_dicts(dp, tables)
+    apply_tenant_dicts(dp, STANDARD_TENANTS)
+
+
 def cookie_synack(dp, src: str, dst: str, sport: int, seq: int = 1000, options=None) -> TCP:
     action, out = run_frame(dp, syn(src, dst, sport=sport, seq=seq, options=options))
     assert action == XDP_TX, f"a SYN of an unknown source is answered by the bridge (action {action})"
@@ -96,7 +128,7 @@ def cookie_synack(dp, src: str, dst: str, sport: int, seq: int = 1000, options=N
 
 def complete(dp, src: str, dst: str, sport: int, seq: int = 1000) -> int:
     """The client's side of the cookie handshake: the SYN, then the ACK its stack sends. Returns the
-    action on the ACK."""
+    action on the ACK (XDP_REDIRECT: spliced to the server; XDP_TX: reset)."""
     reply = cookie_synack(dp, src, dst, sport, seq=seq)
     return run_frame(dp, ack(src, dst, sport, seq=seq + 1, ack_no=reply.seq + 1))[0]
 
@@ -125,7 +157,7 @@ def test_cookie_synack_is_a_correct_reply_to_the_syn(dp, syn_attack, v6, options
     assert (tcp.sport, tcp.dport) == (80, 41000)
     assert tcp.flags == "SA"
     assert tcp.ack == 0                                   # client seq + 1, modulo 2^32
-    assert tcp.window == constants.SYNACK_WINDOW
+    assert tcp.window == 0                                # splice: no data before the server answered
     assert tcp.dataofs == 6 and tcp.options == [("MSS", tcp.options[0][1])]
     mss = tcp.options[0][1]
     table = COOKIE_MSS_V6 if v6 else COOKIE_MSS_V4
@@ -146,7 +178,7 @@ def test_cookie_synack_is_a_correct_reply_to_the_syn(dp, syn_attack, v6, options
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
-def test_a_valid_cookie_ack_validates_the_source_and_resets_the_half_open_connection(dp, syn_attack, v6):
+def test_a_valid_cookie_ack_validates_the_source_and_resets_the_half_open_connection(dp, reset_mode, v6):
     src, dst = new_source(v6), dst_of(v6)
     reply = cookie_synack(dp, src, dst, sport=42000, seq=5000)
     assert not is_validated(dp, src, dst)                 # a SYN-ACK alone proves nothing
@@ -161,9 +193,10 @@ def test_a_valid_cookie_ack_validates_the_source_and_resets_the_half_open_connec
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
-def test_the_reset_after_a_cookie_ack_is_acceptable_to_the_client(dp, syn_attack, v6):
+def test_the_reset_after_a_cookie_ack_is_acceptable_to_the_client(dp, reset_mode, v6):
     src, dst = new_source(v6), dst_of(v6)
     reply = cookie_synack(dp, src, dst, sport=42100, seq=7000)
+    assert reply.window == constants.SYNACK_WINDOW        # reset mode: the usual window
     action, out = run_frame(dp, ack(src, dst, 42100, seq=7001, ack_no=reply.seq + 1))
     assert action == XDP_TX
     rst = Ether(out)
@@ -203,7 +236,7 @@ FORGED = ("random ack", "ack + 4", "ack - 5", "ack + 2^24 (cookie age)", "seq + 
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
-def test_forged_and_malformed_acks_validate_nothing_and_are_not_dropped_for_the_cookie(dp, syn_attack, v6):
+def test_forged_and_malformed_acks_validate_nothing_and_are_not_dropped_for_the_cookie(dp, syn_mode, v6):
     dst = dst_of(v6)
     for name in FORGED:
         src = new_source(v6)
@@ -215,7 +248,7 @@ def test_forged_and_malformed_acks_validate_nothing_and_are_not_dropped_for_the_
         dp.set_sample_every(0)                            # only this frame is sampled
         after = stats(dp)
         assert action != XDP_TX, name
-        assert SynAuthStat.COOKIE_VALID not in stat_delta(before, after), name
+        assert not {SynAuthStat.COOKIE_VALID, SynAuthStat.SPLICE_SYN} & set(stat_delta(before, after)), name
         # Never dropped because of the cookie: whatever the usual checks say (a truncated header
         # is MALFORMED, ACK+SYN is a SYN-ACK nobody asked for and passes, like other ACKs).
         if action == XDP_DROP:
@@ -237,12 +270,12 @@ def test_ipv4_options_are_no_way_around_the_cookie(dp, syn_attack):
 
 def test_a_validated_source_bypasses_the_shared_syn_limits_but_meets_its_own(dp, tenants, syn_attack, rules):
     src, dst = new_source(False), ALPHA_DST
-    assert complete(dp, src, dst, sport=45000) == XDP_TX
+    assert complete(dp, src, dst, sport=45000) == XDP_REDIRECT
     # The engine's shared SYN rule at 1 pps, already spent by the flood.
     rules.add(Rule(tenant_idx=tenants["alpha"], dst=ipaddress.ip_address(dst), action=RuleAction.RATE_LIMIT,
                    proto=6, tcp_flags=(int(TcpFlag.SYN | TcpFlag.ACK), int(TcpFlag.SYN)), rate_pps=1))
     other = new_source(False)
-    assert complete(dp, other, dst, sport=45001) == XDP_TX
+    assert complete(dp, other, dst, sport=45001) == XDP_REDIRECT
     dp.test_run(syn(other, dst, sport=45002), repeat=50)  # another validated source spends the rule
     assert run(dp, syn(src, dst, sport=45003)) == XDP_REDIRECT
     # Its own limit: SYN_SOURCE_BURST at once, then SYN_SOURCE_PPS.
@@ -330,3 +363,4 @@ def test_synauth_layouts_are_pinned(dp):
     assert ctypes.sizeof(source) == 24 and ctypes.sizeof(bucket) == 16
     assert (source.validated_ns.offset, source.bucket.offset) == (0, 8)
     assert (bucket.last_ns.offset, bucket.tokens.offset) == (0, 8)
+
