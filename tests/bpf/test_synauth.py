@@ -18,6 +18,8 @@ import itertools
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
@@ -364,3 +366,240 @@ def test_synauth_layouts_are_pinned(dp):
     assert (source.validated_ns.offset, source.bucket.offset) == (0, 8)
     assert (bucket.last_ns.offset, bucket.tokens.offset) == (0, 8)
 
+
+# --- The splice (syn_auth = "splice", the default) --------------------------------------------
+
+MOD = 1 << 32
+
+
+def server_segment(server: str, client: str, cport: int, seq: int, ack_no: int, flags: str = "A",
+                   payload: bytes = b"", window: int = 29200, sport: int = 80) -> bytes:
+    """What the server sends towards a client (the outbound program's input)."""
+    tcp = TCP(sport=sport, dport=cport, flags=flags, seq=seq % MOD, ack=ack_no % MOD, window=window)
+    return bytes(Ether(src=frames.MAC_INTERNAL, dst=frames.MAC_EXTERNAL) / l3(server, client) / tcp / Raw(payload))
+
+
+def client_segment(client: str, server: str, sport: int, seq: int, ack_no: int, flags: str = "A",
+                   payload: bytes = b"") -> bytes:
+    return ack(client, server, sport, seq=seq % MOD, ack_no=ack_no % MOD, flags=flags, payload=payload)
+
+
+def assert_checksums(frame: bytes) -> None:
+    """IP (IPv4) and TCP checksums as scapy computes them from scratch."""
+    packet = Ether(frame)
+    ip = packet[IPv6] if IPv6 in packet else packet[IP]
+    fresh = ip.__class__(bytes(ip))
+    if IP in packet:
+        del fresh.chksum
+    del fresh[TCP].chksum
+    again = ip.__class__(bytes(fresh))
+    if IP in packet:
+        assert again.chksum == ip.chksum, "IPv4 header checksum"
+    assert again[TCP].chksum == ip[TCP].chksum, "TCP checksum"
+
+
+class Splice:
+    """One spliced connection driven through the real program, with the reference model of its
+    numbering: the client numbers the bridge's side from the cookie, the server from its ISN."""
+
+    def __init__(self, dp, v6: bool, client_isn: int, server_isn: int, sport: int = 50000,
+                 mss: int | None = None) -> None:
+        self.dp, self.v6 = dp, v6
+        self.client, self.server, self.sport = new_source(v6), dst_of(v6), sport
+        self.client_isn, self.server_isn = client_isn % MOD, server_isn % MOD
+        options = [("MSS", mss)] if mss else []
+        self.cookie = cookie_synack(dp, self.client, self.server, sport, seq=self.client_isn, options=options).seq
+        action, out = run_frame(dp, client_segment(self.client, self.server, sport, self.client_isn + 1,
+                                                   self.cookie + 1))
+        assert action == XDP_REDIRECT, f"the cookie ACK goes to the server as the client's SYN ({action})"
+        self.syn = Ether(out)
+        assert_checksums(out)
+
+    @property
+    def delta(self) -> int:
+        return (self.server_isn - self.cookie) % MOD
+
+    def server_answers(self, window: int = 29200) -> Ether:
+        action, out = run_frame(self.dp, server_segment(self.server, self.client, self.sport, self.server_isn,
+                                                        self.client_isn + 1, flags="SA", window=window),
+                                Direction.OUTBOUND)
+        assert action == XDP_REDIRECT, action
+        assert_checksums(out)
+        return Ether(out)
+
+    # The reference model: what each side must see.
+    def to_server(self, seq: int, ack_no: int) -> tuple[int, int]:
+        return seq % MOD, (ack_no + self.delta) % MOD
+
+    def to_client(self, seq: int, ack_no: int) -> tuple[int, int]:
+        return (seq - self.delta) % MOD, ack_no % MOD
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_a_cookie_ack_becomes_the_clients_syn_to_the_server(dp, syn_attack, v6):
+    before = stats(dp)
+    s = Splice(dp, v6, client_isn=0xFFFFFFFF, server_isn=77)        # client ISN + 1 wraps to 0
+    sent = s.syn
+    ip = sent[IPv6] if v6 else sent[IP]
+    assert (sent.src, sent.dst) == (frames.MAC_EXTERNAL, frames.MAC_INTERNAL)   # onwards, not back
+    assert (ip.src, ip.dst) == (s.client, s.server)
+    tcp = sent[TCP]
+    assert (tcp.sport, tcp.dport, str(tcp.flags), tcp.seq, tcp.ack) == (s.sport, 80, "S", 0xFFFFFFFF, 0)
+    assert tcp.window == 502                                       # the client's, from its ACK
+    assert tcp.options == [("MSS", 536 if not v6 else 1220)]       # MSS only: no wscale, SACK, timestamps
+    assert len(tcp.payload) == 0
+    assert stat_delta(before, stats(dp)) == {SynAuthStat.SYNACK_SENT: 1, SynAuthStat.COOKIE_VALID: 1,
+                                             SynAuthStat.SPLICE_SYN: 1}
+    assert is_validated(dp, s.client, s.server)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_the_servers_synack_becomes_the_clients_window_update(dp, syn_attack, v6):
+    s = Splice(dp, v6, client_isn=1000, server_isn=0xFFFFFFF0)
+    before = stats(dp)
+    update = s.server_answers(window=12345)
+    ip = update[IPv6] if v6 else update[IP]
+    assert (ip.src, ip.dst) == (s.server, s.client)
+    tcp = update[TCP]
+    assert str(tcp.flags) == "A" and tcp.options == [] and len(tcp.payload) == 0
+    assert (tcp.seq, tcp.ack, tcp.window) == ((s.cookie + 1) % MOD, 1001, 12345)
+    assert stat_delta(before, stats(dp)) == {SynAuthStat.SPLICE_OPEN: 1}
+    # A retransmitted SYN-ACK means the server missed the handshake's ACK: the bridge sends it.
+    action, out = run_frame(dp, server_segment(s.server, s.client, s.sport, s.server_isn, 1001, flags="SA"),
+                            Direction.OUTBOUND)
+    assert action == XDP_TX
+    assert_checksums(out)
+    back = Ether(out)
+    ip = back[IPv6] if v6 else back[IP]
+    assert (back.src, back.dst) == (frames.MAC_EXTERNAL, frames.MAC_INTERNAL)
+    assert (ip.src, ip.dst, back[TCP].dport) == (s.client, s.server, 80)
+    assert (str(back[TCP].flags), back[TCP].seq, back[TCP].ack) == ("A", 1001, (s.server_isn + 1) % MOD)
+
+
+_isn = st.integers(0, MOD - 1)
+_near_wrap = st.integers(MOD - 3000, MOD - 1)
+_segments = st.lists(st.tuples(st.booleans(), st.integers(0, 1400), st.sampled_from(["A", "PA", "FA", "RA"])),
+                     min_size=1, max_size=6)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(v6=st.booleans(), client_isn=st.one_of(_isn, _near_wrap), server_isn=st.one_of(_isn, _near_wrap),
+       segments=_segments, data=st.data())
+def test_splice_translation_matches_the_reference_model(dp, syn_attack, v6, client_isn, server_isn, segments, data):
+    """Random ISNs (also just below 2^32, so that numbers wrap inside the connection), payloads and
+    both directions: every translated segment carries exactly the reference model's numbers,
+    payload and valid checksums."""
+    s = Splice(dp, v6, client_isn, server_isn, sport=data.draw(st.integers(1024, 65535)))
+    s.server_answers()
+    client_next, server_next = (s.client_isn + 1) % MOD, (s.server_isn + 1) % MOD   # each side's own numbers
+    client_view_of_server = (s.cookie + 1) % MOD
+    for from_client, length, flags in segments:
+        payload = data.draw(st.binary(min_size=length, max_size=length))
+        if from_client:
+            frame = client_segment(s.client, s.server, s.sport, client_next, client_view_of_server, flags, payload)
+            action, out = run_frame(dp, frame)
+            expected = s.to_server(client_next, client_view_of_server)
+            client_next = (client_next + length) % MOD
+        else:
+            frame = server_segment(s.server, s.client, s.sport, server_next, client_next, flags, payload)
+            action, out = run_frame(dp, frame, Direction.OUTBOUND)
+            expected = s.to_client(server_next, client_next)
+            server_next = (server_next + length) % MOD
+            client_view_of_server = (client_view_of_server + length) % MOD
+        assert action == XDP_REDIRECT
+        assert_checksums(out)
+        got, sent = Ether(out), Ether(frame)
+        assert (got[TCP].seq, got[TCP].ack) == expected
+        assert bytes(got[TCP].payload) == payload
+        # Nothing else changes: addresses, ports, flags, window, length, MACs.
+        for layer in (TCP,):
+            for field in ("sport", "dport", "flags", "window", "dataofs"):
+                assert getattr(got[layer], field) == getattr(sent[layer], field), field
+        assert (got.src, got.dst) == (sent.src, sent.dst) and len(out) == len(frame)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_the_splice_recovers_the_mss_the_cookie_carries(dp, syn_attack, v6):
+    table = COOKIE_MSS_V6 if v6 else COOKIE_MSS_V4
+    for mss in table:
+        s = Splice(dp, v6, client_isn=4242, server_isn=99, mss=mss, sport=51000 + mss % 1000)
+        assert s.syn[TCP].options == [("MSS", mss)], (mss, s.syn[TCP].options)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_early_client_segments_are_dropped_and_a_probe_resends_the_syn(dp, syn_attack, v6):
+    from dataplane import testing  # noqa: PLC0415
+
+    s = Splice(dp, v6, client_isn=3000, server_isn=5)
+    before = stats(dp)
+    early = client_segment(s.client, s.server, s.sport, 3001, s.cookie + 1, "PA", b"GET / HTTP/1.0\r\n\r\n")
+    assert run(dp, early) == XDP_DROP
+    probe = client_segment(s.client, s.server, s.sport, 3000, s.cookie + 1)   # a zero-window probe
+    assert run(dp, probe) == XDP_DROP                                         # the SYN went out just now
+    assert stat_delta(before, stats(dp)) == {SynAuthStat.SPLICE_EARLY_DROP: 2}
+    # SPLICE_SYN_RETRY_MS later (the SYN's time moved back instead of waiting) the probe resends it.
+    table = testing.table(dp, "sw_splices")
+    (key, leaf), = [(k, v) for k, v in table.items() if v.cookie == s.cookie]
+    leaf.syn_ns = 0
+    table[key] = leaf
+    action, out = run_frame(dp, probe)
+    assert action == XDP_REDIRECT
+    assert_checksums(out)
+    again = Ether(out)[TCP]
+    assert (str(again.flags), again.seq, again.options) == ("S", 3000, s.syn[TCP].options)
+    assert stat_delta(before, stats(dp))[SynAuthStat.SPLICE_SYN_RETRY] == 1
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_a_server_reset_of_the_spliced_syn_reaches_the_client_in_its_numbering(dp, syn_attack, v6):
+    s = Splice(dp, v6, client_isn=0xFFFFFFFF, server_isn=0)
+    before = stats(dp)
+    refusal = server_segment(s.server, s.client, s.sport, 0, 0, flags="RA", window=0)   # closed port: seq 0
+    action, out = run_frame(dp, refusal, Direction.OUTBOUND)
+    assert action == XDP_REDIRECT
+    assert_checksums(out)
+    rst = Ether(out)[TCP]
+    assert (str(rst.flags), rst.seq, rst.ack) == ("RA", (s.cookie + 1) % MOD, 0)   # exactly the client's rcv_nxt
+    assert stat_delta(before, stats(dp)) == {SynAuthStat.SPLICE_SERVER_RST: 1}
+    # The splice is over: the client's next segment is no longer translated (nor early-dropped).
+    before = stats(dp)
+    run(dp, client_segment(s.client, s.server, s.sport, 0, s.cookie + 1))
+    assert SynAuthStat.SPLICE_EARLY_DROP not in stat_delta(before, stats(dp))
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_a_synack_that_does_not_answer_the_spliced_syn_is_dropped(dp, syn_attack, v6):
+    s = Splice(dp, v6, client_isn=600, server_isn=700)
+    before = stats(dp)
+    wrong = server_segment(s.server, s.client, s.sport, 700, 602, flags="SA")
+    assert run(dp, wrong, Direction.OUTBOUND) == XDP_DROP
+    assert stat_delta(before, stats(dp)) == {SynAuthStat.SPLICE_BAD_SYNACK: 1}
+    s.server_answers()                                             # the real answer still opens it
+
+
+def test_a_spliced_connection_outlives_the_attack_mark(dp, tenants, syn_attack):
+    s = Splice(dp, False, client_isn=10, server_isn=20)
+    s.server_answers()
+    dp.set_under_attack(tenants["alpha"], ipaddress.ip_address(ALPHA_DST), ())
+    action, out = run_frame(dp, client_segment(s.client, s.server, s.sport, 11, s.cookie + 1, "PA", b"x"))
+    assert action == XDP_REDIRECT and Ether(out)[TCP].ack == 21
+    action, out = run_frame(dp, server_segment(s.server, s.client, s.sport, 21, 12, "PA", b"y"), Direction.OUTBOUND)
+    assert action == XDP_REDIRECT and Ether(out)[TCP].seq == (s.cookie + 1) % MOD
+
+
+def test_a_new_syn_on_a_spliced_tuple_ends_the_splice(dp, syn_attack):
+    s = Splice(dp, False, client_isn=10, server_isn=20)
+    s.server_answers()
+    action, out = run_frame(dp, syn(s.client, s.server, sport=s.sport, seq=999))
+    assert action == XDP_REDIRECT and Ether(out)[TCP].seq == 999     # a validated source's SYN, untouched
+    action, out = run_frame(dp, client_segment(s.client, s.server, s.sport, 1000, 5000))
+    assert action == XDP_REDIRECT and Ether(out)[TCP].ack == 5000      # no longer translated
+
+
+def test_the_splice_layout_is_pinned(dp):
+    from dataplane import testing  # noqa: PLC0415
+
+    leaf = testing.table(dp, "sw_splices").Leaf
+    assert ctypes.sizeof(leaf) == 24
+    assert [getattr(leaf, f).offset for f in ("delta", "client_isn", "cookie", "client_window", "state",
+                                              "mss_index", "syn_ns")] == [0, 4, 8, 12, 14, 15, 16]
