@@ -12,7 +12,15 @@ SW_SYNAUTH_BENCH (the answering program takes its own SYN-ACK for the SYN again)
 - ack_forged: a pure ACK with a wrong cookie through the inbound program (checked, then bridged);
 - ack_valid: a valid cookie ACK through the inbound program (check, validation), one repetition per
   source (a validated source's next ACK takes another path), median over many sources;
-- syn_validated: a validated source's SYN (its own bucket, past the shared limits, bridged).
+- syn_validated: a validated source's SYN (its own bucket, past the shared limits, bridged);
+- splice_in / splice_out: a data segment of a spliced connection through the inbound program
+  (flow found, ack += delta, checksum updated, tail call, redirect) and the outbound one (seq -= delta);
+  each repetition shifts the number again, which costs the same;
+- pass_spliced: the pass path once anything was spliced (the gate open: one sw_splice_dests lookup
+  per TCP packet to a tenant address), next to `pass` with the gate closed;
+- syn_main_spliced: syn_main at a destination with live splices (the gate open, the destination
+  splice active: a flow lookup for every TCP packet to it). Every other path runs with the gate
+  closed, as on an appliance that has not spliced yet.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from collections.abc import Callable
 
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
+from scapy.packet import Raw
 
 from appliance.bench.dataplane import build_tenants, frames
 from dataplane import bpfsys, constants
@@ -68,6 +77,15 @@ def _ack(src: str, dst: str, ack_no: int, sport: int = 40000) -> bytes:
     return bytes(_eth() / IP(src=src, dst=dst) / TCP(sport=sport, dport=443, flags="A", seq=1001, ack=ack_no))
 
 
+def _segment(src: str, dst: str, sport: int, dport: int, seq: int, ack_no: int, flags: str = "PA",
+             payload: bytes = b"") -> bytes:
+    return bytes(_eth() / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack_no) /
+                 Raw(payload))
+
+
+SPLICE_PAYLOAD = b"x" * 100      # bytes of each spliced data segment measured
+
+
 def run(tenants: int = 10_000, repeat: int = 1_000_000, runs: int = 5,
         progress: Callable[[str], None] = lambda _m: None) -> dict:
     from bcc import BPF  # noqa: PLC0415
@@ -93,12 +111,37 @@ def run(tenants: int = 10_000, repeat: int = 1_000_000, runs: int = 5,
     checks = {"syn_answer": bpfsys.XDP_ACTION_NAMES[action],
               "syn_validated": bpfsys.XDP_ACTION_NAMES[dp.test_run(_syn("192.0.2.77", target, 40001))[0]],
               "ack_forged": bpfsys.XDP_ACTION_NAMES[dp.test_run(_ack("192.0.2.78", target, cookie ^ 0x5A5A))[0]]}
+    # A spliced connection (the cookie ACK becomes the SYN, the server's SYN-ACK the window update).
+    client, cport = "192.0.2.88", 40100
+    _, out = testing.run_frame(dp, _syn(client, target, cport))
+    splice_cookie = Ether(out)[TCP].seq
+    checks["splice_syn"] = bpfsys.XDP_ACTION_NAMES[testing.run_frame(dp, _ack(client, target, splice_cookie + 1,
+                                                                              cport))[0]]
+    synack = _segment(target, client, 443, cport, 5000, 1001, flags="SA")
+    checks["splice_open"] = bpfsys.XDP_ACTION_NAMES[testing.run_frame(dp, synack, constants.Direction.OUTBOUND)[0]]
+    splice_in = _segment(client, target, cport, 443, 1001, splice_cookie + 1, payload=SPLICE_PAYLOAD)
+    splice_out = _segment(target, client, 443, cport, 5001, 1101, payload=SPLICE_PAYLOAD)
+    checks["splice_in"] = bpfsys.XDP_ACTION_NAMES[dp.test_run(splice_in)[0]]
+    checks["splice_out"] = bpfsys.XDP_ACTION_NAMES[dp.test_run(splice_out, constants.Direction.OUTBOUND)[0]]
+    gate = testing.table(dp, "sw_splice_gate")
     samples: dict[str, list[int]] = {name: [] for name in ("minimal", "pass", "drop", "syn_main", "syn_answer",
-                                                           "ack_forged", "syn_validated")}
+                                                           "ack_forged", "syn_validated", "splice_in", "splice_out",
+                                                           "pass_spliced", "syn_main_spliced")}
     for r in range(runs):
         progress(f"run {r + 1}/{runs}: {repeat} repeats per path")
         samples["minimal"].append(bpfsys.prog_test_run(minimal_fd, pkts["pass"], repeat)[1])
+        gate[ctypes.c_int(0)] = gate.Leaf(0)       # as before any splice
         samples["pass"].append(dp.test_run(pkts["pass"], repeat=repeat)[1])
+        gate[ctypes.c_int(0)] = gate.Leaf(1)
+        samples["pass_spliced"].append(dp.test_run(pkts["pass"], repeat=repeat)[1])
+        samples["splice_in"].append(dp.test_run(splice_in, repeat=repeat)[1])
+        samples["splice_out"].append(dp.test_run(splice_out, constants.Direction.OUTBOUND, repeat=repeat)[1])
+        del progs[slot]
+        try:
+            samples["syn_main_spliced"].append(dp.test_run(_syn("198.18.1.4", target), repeat=repeat)[1])
+        finally:
+            progs[slot] = ctypes.c_int(answer_fd)
+        gate[ctypes.c_int(0)] = gate.Leaf(0)
         samples["drop"].append(dp.test_run(pkts["drop"], repeat=repeat)[1])
         samples["syn_answer"].append(bpfsys.prog_test_run(answer_fd, _syn("198.18.1.1", target), repeat)[1])
         samples["ack_forged"].append(dp.test_run(_ack("198.18.1.2", target, cookie ^ 0x5A5A), repeat=repeat)[1])
@@ -143,7 +186,7 @@ def render(result: dict) -> str:
         f"Seawall SYN authentication, BPF_PROG_TEST_RUN, {result['repeat']:,} repeats x {result['runs']} runs "
         f"(median), {result['tenants']:,} tenants",
         "",
-        f"{'path':<44} {'ns/packet':>10}",
+        f"{'path':<48} {'ns/packet':>10}",
     ]
     rows = [("minimal (XDP_DROP floor)", "minimal_ns"), ("pass (ACK to a tenant, no attack)", "pass_ns"),
             ("drop (rule)", "drop_ns"),
@@ -153,7 +196,11 @@ def render(result: dict) -> str:
             ("ACK with a forged cookie (checked, bridged)", "ack_forged_ns"),
             ("ACK with a valid cookie (1 repeat; median)", "ack_valid_ns"),
             ("  minimal at 1 repeat, for comparison", "ack_valid_minimal_ns"),
-            ("SYN of a validated source (bridged)", "syn_validated_ns")]
+            ("SYN of a validated source (bridged)", "syn_validated_ns"),
+            ("splice: client segment (ack += delta)", "splice_in_ns"),
+            ("splice: server segment (seq -= delta)", "splice_out_ns"),
+            ("pass once anything was spliced (gate open)", "pass_spliced_ns"),
+            ("SYN, unknown source, splice-active dst: inbound", "syn_main_spliced_ns")]
     for label, key in rows:
-        lines.append(f"{label:<44} {result[key]:>10}")
+        lines.append(f"{label:<48} {result[key]:>10}")
     return "\n".join(lines)
