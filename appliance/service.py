@@ -390,6 +390,8 @@ class Appliance:
             "notifiers": {name: s.to_public_dict() for name, s in self.notifiers.status().items()}
             if self.notifiers else {},
             "securewatch": self.securewatch_url,
+            # SYN authentication's counters (cookie SYN-ACKs, validations, splices), appliance-wide.
+            "synauth": self.dataplane.read_synauth_stats() if self.dataplane else {},
         }
 
     def _incidents(self) -> list[IncidentStatus]:

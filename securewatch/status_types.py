@@ -104,6 +104,7 @@ class ApplianceStatus(TypedDict):
     incidents: list[IncidentStatus]                 # open ones, newest first
     notifiers: dict[str, dict[str, Any]]            # `ReceiverStatus.to_public_dict()` by receiver name
     securewatch: str | None                         # SecureWatch's URL when it runs
+    synauth: NotRequired[dict[str, int]]            # `Dataplane.read_synauth_stats()` (absent in older files)
 
 
 class TenantScopedStatus(TypedDict):

@@ -603,3 +603,13 @@ def test_the_splice_layout_is_pinned(dp):
     assert ctypes.sizeof(leaf) == 24
     assert [getattr(leaf, f).offset for f in ("delta", "client_isn", "cookie", "client_window", "state",
                                               "mss_index", "syn_ns")] == [0, 4, 8, 12, 14, 15, 16]
+
+
+def test_read_synauth_stats_reports_the_counters_by_name(dp, syn_attack):
+    """What `seawall status` and `/metrics` show (appliance.service puts it in the status)."""
+    before = dp.read_synauth_stats()
+    assert set(before) == {s.name.lower() for s in SynAuthStat}
+    Splice(dp, False, client_isn=1, server_isn=2, sport=52000)
+    after = dp.read_synauth_stats()
+    assert {k: after[k] - before[k] for k in after if after[k] != before[k]} == {
+        "synack_sent": 1, "cookie_valid": 1, "splice_syn": 1}
