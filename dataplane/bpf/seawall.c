@@ -114,6 +114,10 @@ struct sw_verdict {
     __u8 reason;
     __u8 splice;   /* a packet of a spliced connection: SW_PROG_SPLICE translates and sends it */
     __u8 syn_reset; /* for SW_PROG_SYNAUTH: the tenant's syn_auth is "reset" (else "splice") */
+    /* Set with splice: the flow's state and delta as the port program found them, so that
+     * SW_PROG_SPLICE translates an open flow's segment without a second lookup. */
+    __u32 splice_state;
+    __u32 splice_delta;
 };
 
 struct sw_scratch {
@@ -650,8 +654,8 @@ static __always_inline void sw_splice_dest_open(const __u64 *server, __u64 now)
  * every check (its source proved itself) and SW_PROG_SPLICE translates it. Independent of the
  * attack mark: a connection spliced during an attack lives on after it. A client's new SYN on
  * the tuple ends the splice: that connection goes straight to the server. */
-static __always_inline int sw_spliced(struct sw_packet *p, const __u64 *server, const __u64 *client,
-                                      __u16 server_port, __u16 client_port, const __u32 dir)
+static __always_inline int sw_spliced(struct sw_packet *p, struct sw_verdict *v, const __u64 *server,
+                                      const __u64 *client, __u16 server_port, __u16 client_port, const __u32 dir)
 {
     __u32 zero = 0;
     __u64 *gate = sw_splice_gate.lookup(&zero);
@@ -676,6 +680,8 @@ static __always_inline int sw_spliced(struct sw_packet *p, const __u64 *server, 
     }
     if (now - *last > SW_SPLICE_TOUCH_MS * SW_MS)
         *last = now;
+    v->splice_state = s->state;
+    v->splice_delta = s->delta;
     return 1;
 }
 
@@ -914,7 +920,7 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
     if (dir == SW_DIRECTION_INBOUND && tenant < SW_MAX_TENANTS) {
         __u16 flags = st->policy_flags;
         v->syn_reset = !!(flags & SW_POLICY_SYN_RESET);
-        if (sw_spliced(p, p->dst, p->src, p->dport, p->sport, dir)) {
+        if (sw_spliced(p, v, p->dst, p->src, p->dport, p->sport, dir)) {
             v->splice = 1;
         } else if (flags & SW_POLICY_SLOT_PROTECTED) {
             if (flags & SW_POLICY_SLOT_LISTS_OR_HEURISTICS) {
@@ -957,7 +963,7 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
     }
 
     if (dir == SW_DIRECTION_OUTBOUND && tenant < SW_MAX_TENANTS) {
-        v->splice = sw_spliced(p, p->src, p->dst, p->sport, p->dport, dir);
+        v->splice = sw_spliced(p, v, p->src, p->dst, p->sport, p->dport, dir);
         sw_learn_outbound(p, st, data, data_end);
     }
 

@@ -518,14 +518,6 @@ static __always_inline int sw_splice_program(struct xdp_md *ctx, const __u32 dir
     if (!scratch)
         return XDP_DROP;
     struct sw_packet *p = &scratch->packet;
-    struct sw_flow_key k;
-    if (dir == SW_DIRECTION_INBOUND)
-        sw_flow(&k, p->dst, p->src, p->dport, p->sport);
-    else
-        sw_flow(&k, p->src, p->dst, p->sport, p->dport);
-    struct sw_splice *s = sw_splice_of(&k);
-    if (!s)
-        return XDP_DROP; /* evicted since the port program saw it */
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
     __u64 l4_off = p->l4_offset;
@@ -536,6 +528,25 @@ static __always_inline int sw_splice_program(struct xdp_md *ctx, const __u32 dir
     if ((void *)(tcp + 1) > data_end)
         return XDP_DROP;
     __u8 flags = ((__u8 *)tcp)[13] & (SW_TCP_FIN | SW_TCP_SYN | SW_TCP_RST | SW_TCP_ACK);
+    /* The usual segment of an open flow: the port program's lookup gave the delta. */
+    if (scratch->verdict.splice_state == SW_SPLICE_OPEN && !(flags & SW_TCP_SYN)) {
+        __u32 delta = scratch->verdict.splice_delta;
+        if (dir == SW_DIRECTION_INBOUND) {
+            if (flags & SW_TCP_ACK)
+                sw_splice_set32(tcp, &tcp->ack_seq, bpf_htonl(bpf_ntohl(tcp->ack_seq) + delta));
+            return sw_redirect(SW_PORT_INTERNAL);
+        }
+        sw_splice_set32(tcp, &tcp->seq, bpf_htonl(bpf_ntohl(tcp->seq) - delta));
+        return sw_redirect(SW_PORT_EXTERNAL);
+    }
+    struct sw_flow_key k;
+    if (dir == SW_DIRECTION_INBOUND)
+        sw_flow(&k, p->dst, p->src, p->dport, p->sport);
+    else
+        sw_flow(&k, p->src, p->dst, p->sport, p->dport);
+    struct sw_splice *s = sw_splice_of(&k);
+    if (!s)
+        return XDP_DROP; /* evicted since the port program saw it */
     if (dir == SW_DIRECTION_INBOUND) {
         if (s->state != SW_SPLICE_OPEN) {
             __u64 now = bpf_ktime_get_ns();
