@@ -418,6 +418,8 @@ class Appliance:
             if self.notifiers else {},
             "securewatch": self.securewatch_url,
             "bgp": self.escalation.status() if self.escalation is not None else None,
+            # SYN authentication's counters (cookie SYN-ACKs, validations, splices), appliance-wide.
+            "synauth": self.dataplane.read_synauth_stats() if self.dataplane else {},
         }
 
     def _incidents(self) -> list[IncidentStatus]:

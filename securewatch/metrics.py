@@ -76,6 +76,14 @@ class _StatusCollector:
             rules.add_metric([], float(policy.get("rules_installed", 0)))
             yield rules
 
+        synauth = s.get("synauth")
+        if synauth:  # appliance-wide: absent from a tenant's scoped status
+            events = CounterMetricFamily("seawall_synauth_events", "SYN authentication (cookies, splices) by "
+                                         "event, appliance-wide", labels=["event"])
+            for name, n in synauth.items():
+                events.add_metric([name], float(n))
+            yield events
+
         notifiers = s.get("notifiers")
         if notifiers:
             healthy = GaugeMetricFamily("seawall_notifier_healthy", "1 when the receiver's last delivery "

@@ -134,6 +134,7 @@ class ApplianceStatus(TypedDict):
     notifiers: dict[str, dict[str, Any]]            # `ReceiverStatus.to_public_dict()` by receiver name
     securewatch: str | None                         # SecureWatch's URL when it runs
     bgp: NotRequired[BgpStatus | None]              # None without [bgp]
+    synauth: NotRequired[dict[str, int]]            # `Dataplane.read_synauth_stats()` (absent in older files)
 
 
 class TenantScopedStatus(TypedDict):

@@ -355,7 +355,10 @@ def merged_policy_table(tenant: Tenant, body: dict[str, Any], principal: Princip
         if key not in body:
             continue
         if key == "policy" and isinstance(body[key], dict):
-            table[key] = {**table.get(key, {}), **body[key]}
+            current = dict(table.get(key, {}))
+            if "syn_protection" in body[key] and "syn_auth" not in body[key]:
+                current.pop("syn_auth", None)  # the old name of syn_auth (tenants.policy) replaces it
+            table[key] = {**current, **body[key]}
         else:
             table[key] = body[key]
     if problems:

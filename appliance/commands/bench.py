@@ -19,6 +19,12 @@ def register(subparsers) -> None:
     d.add_argument("--stages", action="store_true", help="also print the cost of each stage of the program")
     d.add_argument("--json", action="store_true", help="one JSON object as the last line")
     d.set_defaults(func=bench_dataplane)
+    sa = sub.add_parser("synauth", help="ns per packet of SYN authentication (cookies) next to pass and drop")
+    sa.add_argument("--tenants", type=int, default=10_000)
+    sa.add_argument("--repeat", type=int, default=1_000_000, help="repeats per measurement (default 1,000,000)")
+    sa.add_argument("--runs", type=int, default=5, help="measurements per path; the median is reported")
+    sa.add_argument("--json", action="store_true", help="one JSON object as the last line")
+    sa.set_defaults(func=bench_synauth)
     cmp = sub.add_parser("compare", help="side by side with nftables, the Linux bridge and xdp-filter")
     bench_compare.add_arguments(cmp)
     cmp.set_defaults(func=bench_compare.main)
@@ -78,6 +84,19 @@ def bench_dataplane(args) -> int:
         return 2
     result = dataplane.run(args.tenants, args.rules, args.repeat, args.runs, args.stages, _progress)
     print(dataplane.render(result))
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def bench_synauth(args) -> int:
+    from appliance.bench import synauth  # noqa: PLC0415
+
+    if args.tenants < 1 or args.repeat < 1 or args.runs < 1:
+        print("seawall bench synauth: need tenants, repeat and runs >= 1", file=sys.stderr)
+        return 2
+    result = synauth.run(args.tenants, args.repeat, args.runs, _progress)
+    print(synauth.render(result))
     if args.json:
         print(json.dumps(result))
     return 0

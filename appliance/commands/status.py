@@ -49,6 +49,7 @@ class StatusSummary(TypedDict):
     notifiers: NotRequired[dict[str, dict[str, Any]]]
     securewatch: NotRequired[str | None]
     bgp: NotRequired[BgpStatus | None]
+    synauth: NotRequired[dict[str, int]]
 
 
 STALE_AFTER_S = 5.0  # seconds without a status update before the control plane counts as down
@@ -137,6 +138,9 @@ def render_human(s: StatusSummary) -> str:
             line("\nper-destination class budgets, packets/s (source: policy, baseline, or none while warming up)")
             for tid, b in budgets.items():
                 line(f"{tid:<16} " + "  ".join(f"{cls} {v['pps']} ({v['source'].split()[0]})" for cls, v in b.items()))
+    synauth = {name: n for name, n in (s.get("synauth") or {}).items() if n}
+    if synauth:
+        line("\nSYN authentication: " + "  ".join(f"{name} {n}" for name, n in synauth.items()))
     pol = s.get("policy") or {}
     if pol:
         line(f"\nincidents open: {pol.get('open_incidents', 0)}   rules installed: {pol.get('rules_installed', 0)}")

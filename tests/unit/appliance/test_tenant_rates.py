@@ -43,6 +43,9 @@ class CountingDataplane(FakeDataplane):
         self.tenant_reads = 0
         self.attachments: list = []     # attached to no NIC
 
+    def read_synauth_stats(self) -> dict[str, int]:
+        return {}                       # no SYN attack here
+
     def read_tenant_counter_arrays(self):
         self.tenant_reads += 1
         return TenantCounterArrays.from_mapping(FakeDataplane.read_tenant_counters(self), MAX_TENANTS + 1)
