@@ -23,7 +23,7 @@ from aiohttp import web
 
 from tenants import ConfigError
 from tenants.model import PORT_MAX
-from tenants.policy import RATE_PPS_MAX, REFLECTION_MODES, TenantPolicy
+from tenants.policy import RATE_PPS_MAX, REFLECTION_MODES, SYN_AUTH_MODES, TenantPolicy
 
 from . import auth, bgp, formatting
 from .context import (
@@ -57,7 +57,9 @@ PACKAGE_DIR = pathlib.Path(__file__).parent
 
 POLICY_INT_FIELDS = ("min_pps", "min_tenant_pps", "syn_rate_pps", "udp_rate_pps", "icmp_rate_pps",
                      "fragment_rate_pps")
-POLICY_BOOL_FIELDS = ("auto_mitigation", "invalid_filters", "syn_protection", "escalate_flowspec", "escalate_rtbh")
+POLICY_BOOL_FIELDS = ("auto_mitigation", "invalid_filters", "escalate_flowspec", "escalate_rtbh")
+# Fields chosen from a list: the form offers exactly the values tenants.policy accepts.
+POLICY_CHOICE_FIELDS = {"reflection_filter": REFLECTION_MODES, "syn_auth": SYN_AUTH_MODES}
 
 
 def template_environment() -> jinja2.Environment:
@@ -307,7 +309,7 @@ def _form_from_tenant(tenant: Any) -> dict[str, Any]:
     pol = tenant.policy
     return {"prefixes": "\n".join(str(p) for p in tenant.prefixes), "mode": tenant.mode,
             "allow": _acl_lines(tenant.allow), "deny": _acl_lines(tenant.deny),
-            **{k: getattr(pol, k) for k in ("sensitivity", "reflection_filter", *POLICY_INT_FIELDS,
+            **{k: getattr(pol, k) for k in ("sensitivity", *POLICY_CHOICE_FIELDS, *POLICY_INT_FIELDS,
                                             *POLICY_BOOL_FIELDS)}}
 
 
@@ -327,7 +329,7 @@ def _policy_render(request: web.Request, tenant: Any, form: dict[str, Any], erro
     p = principal_of(request)
     return render(request, "policy.html", status=status, tenant=tenant, form=form, errors=errors, general=general,
                   versions=versions, saved=saved, editable=p.can_edit_policy(tenant.id), admin=p.is_admin,
-                  reflection_modes=REFLECTION_MODES, int_fields=POLICY_INT_FIELDS, bool_fields=POLICY_BOOL_FIELDS,
+                  reflection_modes=REFLECTION_MODES, syn_auth_modes=SYN_AUTH_MODES, int_fields=POLICY_INT_FIELDS, bool_fields=POLICY_BOOL_FIELDS,
                   defaults=TenantPolicy(), conflict=conflict, following=following)
 
 
@@ -391,7 +393,7 @@ _INT_FIELD_MAX_DIGITS = len(str(RATE_PPS_MAX))
 def parse_policy_form(values: dict[str, Any], errors: dict[str, list[str]]) -> dict[str, Any]:
     """The policy fields of the form as a `policy` table; a field that is not a number gets an
     error and is left out, so that the rest is still validated and every problem shown at once."""
-    policy: dict[str, Any] = {"reflection_filter": values["reflection_filter"]}
+    policy: dict[str, Any] = {k: values[k] for k in POLICY_CHOICE_FIELDS}
     try:
         policy["sensitivity"] = float(values["sensitivity"])
     except ValueError:
@@ -418,7 +420,7 @@ async def policy_submit(request: web.Request) -> web.Response:
         raise ApiError(403, "you may read this tenant's policy but not change it")
     errors: dict[str, list[str]] = {}
     values: dict[str, Any] = {k: str(form.get(k, "")) for k in ("prefixes", "mode", "allow", "deny",
-                                                                 "sensitivity", "reflection_filter",
+                                                                 "sensitivity", *POLICY_CHOICE_FIELDS,
                                                                  *POLICY_INT_FIELDS)}
     for k in POLICY_BOOL_FIELDS:
         values[k] = form.get(k) == "on"

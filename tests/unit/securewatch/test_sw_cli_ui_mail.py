@@ -94,7 +94,7 @@ async def test_policy_form_shows_field_errors_and_applies(tmp_path):
         async with http:
             form = {"csrf_token": csrf, "prefixes": "192.0.2.0/24", "mode": "monitor", "sensitivity": "20",
                     "min_pps": "lots", "min_tenant_pps": "20000", "syn_rate_pps": "0", "udp_rate_pps": "0",
-                    "icmp_rate_pps": "0", "fragment_rate_pps": "0", "reflection_filter": "auto",
+                    "icmp_rate_pps": "0", "fragment_rate_pps": "0", "reflection_filter": "auto", "syn_auth": "reset",
                     "auto_mitigation": "on", "escalate_rtbh": "on", "allow": "",
                     "deny": "src=198.18.0.0/15 proto=tcp dport=80"}
             r = await http.post(f"{url}/tenants/alpha", data=form)
@@ -113,7 +113,7 @@ async def test_policy_form_shows_field_errors_and_applies(tmp_path):
             assert (alpha.mode, alpha.policy.sensitivity, alpha.policy.min_pps) == ("monitor", 2.5, 2000)
             assert str(alpha.deny[0]) == "src=198.18.0.0/15 proto=tcp dport=80"
             assert [str(p) for p in alpha.prefixes] == ["198.51.100.0/25"]  # a tenant cannot move its prefixes
-            assert not alpha.policy.syn_protection  # unchecked box
+            assert alpha.policy.syn_auth == "reset"  # the select's choice, not a checkbox's on/off
             # The upstream escalation switches are on the form too (issue 14): RTBH agreed, FlowSpec not.
             assert alpha.policy.escalate_rtbh and not alpha.policy.escalate_flowspec
             for path in ("/", "/tenants", "/incidents", "/reports"):

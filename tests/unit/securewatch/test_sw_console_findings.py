@@ -19,7 +19,7 @@ def policy_form(csrf: str, **overrides: str) -> dict[str, str]:
     """The policy page's form as a browser posts it, filled with the default policy."""
     defaults = TenantPolicy()
     form = {"csrf_token": csrf, "prefixes": "198.51.100.0/25", "mode": "mitigate", "allow": "", "deny": "",
-            "sensitivity": str(defaults.sensitivity), "reflection_filter": defaults.reflection_filter,
+            "sensitivity": str(defaults.sensitivity), "reflection_filter": defaults.reflection_filter, "syn_auth": defaults.syn_auth,
             **{k: str(getattr(defaults, k)) for k in POLICY_INT_FIELDS},
             **{k: "on" for k in POLICY_BOOL_FIELDS if getattr(defaults, k)}}
     form.update(overrides)

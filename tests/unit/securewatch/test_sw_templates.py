@@ -43,7 +43,7 @@ async def test_item16_editing_a_template_updates_every_follower_and_keeps_overri
             assert (alpha.sensitivity, alpha.min_pps, alpha.udp_rate_pps, alpha.syn_protection) == (4.0, 6000, 90000, False)
             assert (beta.sensitivity, beta.min_pps, beta.udp_rate_pps) == (4.0, 800, 90000)
             view = await (await http.get(f"{url}/api/v1/tenants/alpha/template")).json()
-            assert view["overrides"] == {"syn_protection": False} and "sensitivity" in view["inherited"]
+            assert view["overrides"] == {"syn_auth": "off"} and "sensitivity" in view["inherited"]
 
             # Set back to the template's value, a key follows the template again.
             await http.put(f"{url}/api/v1/tenants/beta/policy", json={"policy": {"min_pps": 6000}})
@@ -124,17 +124,17 @@ async def test_item16_admin_manages_templates_in_the_ui(tmp_path):
             assert any(p.startswith("policy.sensitivity: must be between") for p in problems(page))
             assert any(p.startswith("policy.min_pps: expected a non-negative integer") for p in problems(page))
             r = await http.post(f"{url}/admin/templates", data={"csrf_token": csrf, "name": "hosting",
-                                                                 "sensitivity": "2", "syn_protection": "false"})
+                                                                 "sensitivity": "2", "syn_auth": "off"})
             assert notice(await r.text()) == "Saved template hosting as version 1; no follower changed."
 
             r = await http.post(f"{url}/admin/tenants/beta/template", data={"csrf_token": csrf, "template": "hosting"})
             page = await r.text()
             assert notice(page) == "Follows template hosting. Saved as version 2 and applied to the dataplane."
             assert "Follows <b>hosting</b>" in page
-            assert (appliance.tenants["beta"].policy.sensitivity, appliance.tenants["beta"].policy.syn_protection) == (
-                2.0, False)
+            assert (appliance.tenants["beta"].policy.sensitivity, appliance.tenants["beta"].policy.syn_auth) == (
+                2.0, "off")
             r = await http.post(f"{url}/admin/templates", data={"csrf_token": csrf, "name": "hosting",
-                                                                 "sensitivity": "6", "syn_protection": "false"})
+                                                                 "sensitivity": "6", "syn_auth": "off"})
             assert notice(await r.text()) == "Saved template hosting as version 2; updated beta and applied."
             assert appliance.tenants["beta"].policy.sensitivity == 6.0
             async with http.get(f"{url}/audit", params={"action": "template."}) as r:   # both shapes of diff
