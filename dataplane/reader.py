@@ -388,8 +388,10 @@ class CounterReader:
     sw_addr_spill). Built by `dataplane.Dataplane` from the loaded program's maps and layouts."""
 
     def __init__(self, *, stats: MapRef, cache: MapRef, spill: MapRef, ncpus: int,
-                 address: AddressCounterLayout, tenant: TenantStatsLayout, memo_limit: int) -> None:
+                 address: AddressCounterLayout, tenant: TenantStatsLayout, memo_limit: int,
+                 cache_bits: int = ADDRESS_CACHE_BITS) -> None:
         self.stats, self.cache, self.spill = stats, cache, spill
+        self.cache_bits = cache_bits       # log2 of the address cache's slots per CPU region
         self.ncpus = ncpus
         self.address_layout = address
         self.tenant_layout = tenant
@@ -401,16 +403,16 @@ class CounterReader:
 
     def _map_address_cache(self) -> None:
         """Map the address cache into this process (read-only): a tick reads its counters in
-        memory, not through a bpf() copy. Regions are CPU ids, each 2**ADDRESS_CACHE_BITS slots."""
-        entry_bytes, entries = self.cache.value_bytes, self.cache.max_entries
-        self.cache_regions = entries >> ADDRESS_CACHE_BITS
-        if entry_bytes % 8 or self.cache_regions << ADDRESS_CACHE_BITS != entries:
+        memory, not through a bpf() copy. Regions are CPU ids, each 2**cache_bits slots."""
+        entry_bytes, entries, bits = self.cache.value_bytes, self.cache.max_entries, self.cache_bits
+        self.cache_regions = entries >> bits
+        if entry_bytes % 8 or not self.cache_regions or self.cache_regions << bits != entries:
             raise DataplaneError(f"unexpected address cache layout: {entries} entries of {entry_bytes} bytes")
         size = entries * entry_bytes
         self._cache_mmap = mmap.mmap(self.cache.fd, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE, mmap.MAP_SHARED,
                                      mmap.PROT_READ)
         self._cache_words: np.ndarray | None = np.frombuffer(self._cache_mmap, np.uint64, count=size // 8).reshape(
-            self.cache_regions, 1 << ADDRESS_CACHE_BITS, entry_bytes // 8)
+            self.cache_regions, 1 << bits, entry_bytes // 8)
         self._cache_snapshot: np.ndarray | None = None
 
     def close(self) -> None:

@@ -42,7 +42,7 @@ import numpy as np
 
 from appliance.bench.policy import SyntheticDataplane
 from dataplane import bpfsys
-from dataplane.constants import ADDRESS_CACHE_BITS, MAX_TENANTS, TenantMode
+from dataplane.constants import ADDRESS_CACHE_BITS, MAX_ADDRESSES, MAX_TENANTS, TenantMode
 from dataplane.keys import unique_keys
 from policy.config import PolicyConfig
 from policy.events import EventBus
@@ -207,7 +207,9 @@ def run(destinations: int = 100_000, tenants: int = 10_000, ticks: int = 10, war
 
     say = progress or (lambda _message: None)
     say("compiling and loading the XDP program")
-    dp = Dataplane()
+    # The spill map sized for the run ([appliance] max_addresses), a quarter above the destinations: the
+    # LRU starts evicting a little before it is full, and an evicted address is one the engine never sees.
+    dp = Dataplane(max_addresses=min(max(MAX_ADDRESSES, destinations + destinations // 4), 16 * 1024 * 1024))
     traffic: _TrafficProcess | None = None
     try:
         say(f"applying {tenants:,} tenants")

@@ -56,3 +56,19 @@ def test_bench_buffers_decode_like_the_real_read(dp, tenants):
     for field in ("class_packets", "class_bytes", "dropped_packets", "passed_packets", "reason_packets"):
         np.testing.assert_array_equal(getattr(from_bench, field), getattr(from_reader, field), err_msg=field)
     assert from_bench.class_packets.sum() >= 1
+
+
+def test_issue18_address_cache_sized_by_bits_is_read_through():
+    """A program built with a smaller cache (dataplane.sizing's -D flag) maps 2**bits slots per CPU id, and
+    what a packet counts there reads back through the reader."""
+    from dataplane.dataplane import Dataplane  # noqa: PLC0415 - a second compile, only in this test
+
+    small = Dataplane(address_cache_bits=12, max_addresses=4096)
+    try:
+        assert testing.table(small, "sw_addr_cache").max_entries == small.cache_regions << 12
+        assert testing.table(small, "sw_addr_spill").max_entries == 4096
+        cache, _, _ = small.address_maps()
+        assert cache.shape[:2] == (1 << 12, small.cache_regions)
+        assert small.read_destination_counters().keys.shape == (0, 2)
+    finally:
+        small.close()
