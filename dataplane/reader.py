@@ -30,6 +30,7 @@ from dataplane.constants import (
 from dataplane.keys import MIN_CAPACITY, KeyIndex, unique_keys
 
 UNPROTECTED = MAX_TENANTS  # stats row of traffic to no tenant
+LISTED_SAMPLE = 32         # keys of a listed map between two looked up to align it with its previous list
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -93,6 +94,9 @@ class AddressMemo:
         self._count = 0
         self._slot_keys = np.zeros((0, 2), np.uint64)
         self._slot_ids = np.zeros(0, np.int64)
+        # The spill map's keys at the previous read, in the order the kernel listed them, and their ids.
+        self._listed_keys = np.zeros((0, 2), np.uint64)
+        self._listed_ids = np.zeros(0, np.int64)
 
     def __len__(self) -> int:
         return self._count
@@ -120,6 +124,48 @@ class AddressMemo:
         self._count = 0
         self._slot_keys = np.zeros((0, 2), np.uint64)
         self._slot_ids = np.zeros(0, np.int64)
+        self._listed_keys = np.zeros((0, 2), np.uint64)
+        self._listed_ids = np.zeros(0, np.int64)
+
+    def listed_ids(self, keys: np.ndarray, others: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ids of `others` and of `keys`, a hash map's (N, 2) keys in the order its batch read lists them
+        (the spill map), as `ids(concatenate([others, keys]))` gives them, bit for bit.
+
+        A hash map lists its keys bucket by bucket, so from one read to the next the list keeps its
+        order, shifted by the keys added and removed before each point. Instead of hashing every key
+        (a million keys cost ~70 ms a read, mostly cache misses in the index), every LISTED_SAMPLE-th
+        key is looked up, gives the shift at that point, and the keys between two samples are checked
+        against the previous list at the shifts on either side; only keys that match neither, and new
+        keys, are looked up in the index. A key matched this way is the same key as in the previous
+        list, so it has the id it had there: the result is the lookup's, whatever the kernel's order.
+        Call after `slot_ids` (which clears the memo when it is full), before `ids`.
+        """
+        keys = np.ascontiguousarray(keys, np.uint64).reshape(-1, 2)
+        others = np.ascontiguousarray(others, np.uint64).reshape(-1, 2)
+        n, prev = len(keys), self._listed_keys
+        out = np.full(n, -1, np.int64)
+        if n >= 2 * LISTED_SAMPLE and len(prev):
+            # Where each known id sat in the previous list (-1: not listed then).
+            at_prev = np.full(self._count, -1, np.int64)
+            at_prev[self._listed_ids] = np.arange(len(prev))
+            sample = np.arange(0, n, LISTED_SAMPLE)
+            found = self._index.get(keys[sample])
+            shift = np.where(found >= 0, at_prev.take(np.maximum(found, 0)) - sample, 0)
+            shift[(found < 0) | (at_prev.take(np.maximum(found, 0)) < 0)] = 0
+            block = np.arange(n) // LISTED_SAMPLE
+            for side in (shift, np.append(shift[1:], shift[-1])):   # the shift before and after each key
+                todo = np.flatnonzero(out < 0)
+                where = todo + side.take(block.take(todo))
+                inside = (where >= 0) & (where < len(prev))
+                todo, where = todo[inside], where[inside]
+                same = (prev[where, 0] == keys[todo, 0]) & (prev[where, 1] == keys[todo, 1])
+                out[todo[same]] = self._listed_ids.take(where[same])
+        left = np.flatnonzero(out < 0)
+        looked = self.ids(np.concatenate([others, keys[left]]), clear=False)
+        out[left] = looked[len(others):]
+        self._listed_keys = keys.copy()
+        self._listed_ids = out.copy()
+        return looked[:len(others)], out
 
     def ids(self, keys: np.ndarray, clear: bool = True) -> np.ndarray:
         """(N,) int64 ids of (N, 2) uint64 keys; ids are valid until a call that clears."""
@@ -214,12 +260,11 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
         spill_counters = np.zeros((0, cw), np.uint64)
         spill_tenants = np.zeros(0, np.uint64)
     agree_ids = memo.slot_ids(rep, agree)[agree_rows]
-    ids = memo.ids(np.concatenate([conflict_rows[:, a:a + 2], spill_keys.reshape(-1, 2)]), clear=False)
-    n_conflict = len(conflict_rows)
+    conflict_ids, spill_ids = memo.listed_ids(spill_keys, conflict_rows[:, a:a + 2])
     ids, counters, tenant = _merge_by_address(
         len(memo), (agree_ids, agree_counters, agree_tenants),
-        (ids[:n_conflict], conflict_rows[:, c0:c0 + cw], _word32(conflict_rows[:, h], layout.tenant_shift)),
-        (ids[n_conflict:], spill_counters, spill_tenants))
+        (conflict_ids, conflict_rows[:, c0:c0 + cw], _word32(conflict_rows[:, h], layout.tenant_shift)),
+        (spill_ids, spill_counters, spill_tenants))
     n_cls = len(TrafficClass)
     pk, by, dr = layout.packets_at, layout.bytes_at, layout.dropped_at
     return DestinationCounters(
