@@ -422,9 +422,10 @@ class MapRef:
     max_entries: int
 
 
-def read_all(ref: MapRef) -> tuple[np.ndarray, np.ndarray, int]:
-    """Every element of a map: (keys, values, count) as uint8 arrays of count rows."""
-    return bpfsys.map_lookup_batch(ref.fd, ref.key_bytes, ref.value_bytes, ref.max_entries)
+def read_all(ref: MapRef, buffers: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Every element of a map: (keys, values, count) as uint8 arrays of count rows (views of `buffers`,
+    when given: see `bpfsys.map_lookup_batch`)."""
+    return bpfsys.map_lookup_batch(ref.fd, ref.key_bytes, ref.value_bytes, ref.max_entries, buffers=buffers)
 
 
 class CounterReader:
@@ -444,6 +445,7 @@ class CounterReader:
         # the counters of the set in force are in the pinned map), then those of the set.
         self.tenant_rows = MAX_TENANTS
         self._address_memo = AddressMemo(memo_limit)
+        self._spill_buffers: tuple[np.ndarray, np.ndarray] | None = None   # the spill map's batch reads, reused
         self._map_address_cache()
 
     def _map_address_cache(self) -> None:
@@ -463,6 +465,7 @@ class CounterReader:
     def close(self) -> None:
         self._cache_words = None
         self._cache_snapshot = None
+        self._spill_buffers = None
         try:
             self._cache_mmap.close()
         except BufferError:   # a caller still holds a view: the mapping goes with it
@@ -493,11 +496,15 @@ class CounterReader:
         address cache as (slots, CPU regions, entry words) uint64 (a view of one copy of the
         mapped memory: the counters keep moving while a tick decodes them), the spill map's
         (S, 2) keys and its (S, 1, spilled words) values (one copy: it is shared by the CPUs).
-        The cache snapshot is a buffer that the next call writes again."""
+        The cache snapshot and the spill map's arrays are buffers that the next call writes again."""
         # The spill map first: counts only ever move from a cache slot to the spill map, so a
         # slot evicted between the two reads is missed for this read (its counts show up in the
         # next), never counted twice as it would be the other way round.
-        skeys, svalues, scount = read_all(self.spill)
+        if self._spill_buffers is None:
+            rows = self.spill.max_entries + 1
+            self._spill_buffers = (np.empty((rows, self.spill.key_bytes), np.uint8),
+                                   np.empty((rows, self.spill.value_bytes), np.uint8))
+        skeys, svalues, scount = read_all(self.spill, self._spill_buffers)
         if self._cache_words is None:
             raise DataplaneError("the counter reader is closed")
         if self._cache_snapshot is None:
