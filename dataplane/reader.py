@@ -247,7 +247,13 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
     conflict = live & ~agree[:, None]
     conflict_rows = raw[conflict]
     if len(spill_keys):
-        spill_counters = sum_over_cpus(spill[:, :, :cw])
+        if spill.shape[1] == 1 and spill.flags.c_contiguous:
+            # The kernel's one shared copy: each row's leading counter words moved straight from the
+            # read's buffer (a million spilled addresses are ~100 MB of counters; a copy and a gather
+            # of them first cost ~270 ms a read at 1,000,000 destinations).
+            spill_counters = _leading_rows(spill.reshape(len(spill), -1), cw)
+        else:
+            spill_counters = _row_view(sum_over_cpus(spill[:, :, :cw]))
         # The tenant of the last CPU that spilled it; a CPU that never did holds zeros, so only rows
         # whose CPUs' tenant words differ need a look at which CPUs spilled.
         tenant_words = spill[:, :, layout.spilled_tenant_at] & 0xFFFFFFFF
@@ -257,7 +263,7 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
             spilled = spill[differ, :, :layout.counter_words].any(axis=2)
             spill_tenants[differ] = np.where(spilled, tenant_words[differ], NO_TENANT).min(axis=1)
     else:
-        spill_counters = np.zeros((0, cw), np.uint64)
+        spill_counters = _row_view(np.zeros((0, cw), np.uint64))
         spill_tenants = np.zeros(0, np.uint64)
     agree_ids = memo.slot_ids(rep, agree)[agree_rows]
     conflict_ids, spill_ids = memo.listed_ids(spill_keys, conflict_rows[:, a:a + 2])
@@ -304,6 +310,14 @@ def _row_view(rows: np.ndarray) -> np.ndarray:
     return rows.view(np.dtype((np.void, rows.shape[1] * 8))).reshape(len(rows))
 
 
+def _leading_rows(rows: np.ndarray, n: int) -> np.ndarray:
+    """The first `n` words of each row of a C-contiguous (N, W) uint64 array as N void elements of
+    `n` words, in place (a strided view: no copy)."""
+    padded = np.dtype({"names": ["r"], "formats": [np.dtype((np.void, 8 * n))], "offsets": [0],
+                       "itemsize": rows.shape[1] * 8})
+    return rows.view(padded).reshape(len(rows))["r"]
+
+
 def _merge_by_address(n_ids: int, cached: tuple[np.ndarray, np.ndarray, np.ndarray],
                       conflicts: tuple[np.ndarray, np.ndarray, np.ndarray],
                       spilled: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -315,6 +329,7 @@ def _merge_by_address(n_ids: int, cached: tuple[np.ndarray, np.ndarray, np.ndarr
     most once each; `conflicts` (cache slots whose CPUs hold different addresses: rare)
     may repeat one. Counters add up; the tenant comes from the cache where the address
     is cached (a spilled copy keeps the tenant it had when it left). `n_ids` bounds the ids.
+    The spilled counters are (S,) void rows of the counters' width (`_row_view`, `_leading_rows`).
     """
     present = np.zeros(n_ids, bool)
     for part_ids, _, _ in (cached, conflicts, spilled):
@@ -331,26 +346,28 @@ def _merge_by_address(n_ids: int, cached: tuple[np.ndarray, np.ndarray, np.ndarr
     c_ids, c_counters, c_tenants = conflicts
     if len(c_ids):
         counters[row_of[c_ids]] = 0         # rows that only conflicting slots hold start from zero
-    # Plain scatters where one part alone holds a row; a gather-add-scatter only for addresses
-    # both in the cache and in the spill map (numpy's fancy `+=` is several times slower).
-    in_cache = np.zeros(n_ids, bool)
-    in_cache[cached[0]] = True
-    rows = row_of[cached[0]]
-    rows_of[rows] = _row_view(cached[1])
-    tenants[rows] = cached[2]
+    # Every spilled row scattered first, straight from the read (the spill map holds most addresses at
+    # scale); then the cached rows: plain scatters where the cache alone holds the address, a
+    # gather-add-scatter for those in both (numpy's fancy `+=` is several times slower).
     s_ids, s_counters, s_tenants = spilled
-    both = in_cache[s_ids]
+    srows = row_of[s_ids]
+    rows_of[srows] = s_counters
+    tenants[srows] = s_tenants
+    in_spill = np.zeros(n_ids, bool)
+    in_spill[s_ids] = True
+    c_rows = row_of[cached[0]]
+    both = in_spill[cached[0]]
     both_at = np.flatnonzero(both)
-    if len(both_at) < len(s_ids):
+    cached_rows = _row_view(cached[1])
+    if len(both_at) < len(c_rows):
         only_at = np.flatnonzero(~both)
-        srows = row_of[s_ids[only_at]]
-        rows_of[srows] = _row_view(s_counters).take(only_at)
-        tenants[srows] = s_tenants[only_at]
+        rows_of[c_rows[only_at]] = cached_rows.take(only_at)
     if len(both_at):
-        brows = row_of[s_ids[both_at]]
-        summed = _row_view(s_counters).take(both_at).view(np.uint64).reshape(len(both_at), width)
+        brows = c_rows[both_at]
+        summed = cached_rows.take(both_at).view(np.uint64).reshape(len(both_at), width)
         summed += rows_of.take(brows).view(np.uint64).reshape(len(brows), width)
         rows_of[brows] = _row_view(summed)
+    tenants[c_rows] = cached[2]
     if len(c_ids):
         crows = row_of[c_ids]
         np.add.at(counters, crows, c_counters)
