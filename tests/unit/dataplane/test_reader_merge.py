@@ -1,6 +1,6 @@
 """Issue 18 item 2: the destination decode on random maps, bit for bit against summing every copy by address,
-and its one-copy and several-copy spill paths against each other: the reference any faster decode of the
-spill map must keep (a strided in-place variant was tried and measured no faster at 1,000,000 addresses)."""
+and its one-copy spill path (counters scattered straight from the read's buffer) against the several-copy
+one (summed into a new array first, as every spill read was before)."""
 
 from __future__ import annotations
 
