@@ -7,6 +7,8 @@
     log_format = "auto"              # auto | json | console
     tick_ms = 1000                   # policy engine tick, milliseconds
     bpffs = "/sys/fs/bpf/seawall"    # where maps are pinned
+    address_cache_mib = 64           # kernel memory of the address cache, all CPUs together, MiB
+    max_addresses = 262144           # customer addresses counted (the spill map's entries)
 
     [securewatch]                    # parsed and checked by securewatch.settings
     listen = "127.0.0.1:8080"
@@ -37,8 +39,10 @@ import os
 import pathlib
 from typing import Any
 
-# [securewatch] is SecureWatch's own table: its settings, keys and checks are in securewatch.settings.
+from dataplane import sizing
 from escalation.config import BgpSettings, EscalationSettings, parse_bgp, parse_escalation
+
+# [securewatch] is SecureWatch's own table: its settings, keys and checks are in securewatch.settings.
 from securewatch.settings import SecureWatchSettings, parse_settings
 from tenants.errors import ConfigError, did_you_mean, type_name
 from tenants.io import parse_toml_document, read_text
@@ -55,7 +59,9 @@ TICK_MS_RANGE = (100, 10000)     # milliseconds: faster starves the CPU, slower 
 IFNAME_MAX_BYTES = 15            # Linux IFNAMSIZ (16) minus the terminating NUL
 
 SECTIONS = ("appliance", "securewatch", "templates", "tenants", "notify", "bgp", "escalation")
-APPLIANCE_KEYS = ("external", "internal", "state_dir", "log_format", "tick_ms", "bpffs")
+APPLIANCE_KEYS = ("external", "internal", "state_dir", "log_format", "tick_ms", "bpffs", "address_cache_mib",
+                  "max_addresses")
+ADDRESS_CACHE_MIB_RANGE = (1, 65536)   # MiB; dataplane.sizing turns it into slots per CPU
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -66,6 +72,12 @@ class ApplianceSettings:
     log_format: str               # one of LOG_FORMATS
     tick_ms: int                  # milliseconds
     bpffs: pathlib.Path
+    address_cache_mib: int = sizing.DEFAULT_CACHE_MIB          # MiB, all CPU regions together
+    max_addresses: int = sizing.DEFAULT_MAX_ADDRESSES          # spill map entries
+
+    def address_cache_bits(self, regions: int | None = None) -> int:
+        """log2 of the address cache's slots per CPU region on this box (`dataplane.sizing`)."""
+        return sizing.address_cache_bits(self.address_cache_mib, regions)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -200,6 +212,19 @@ def _interface(table: dict[str, Any], key: str, problems: list[str]) -> str | No
     return name
 
 
+def _whole_number(table: dict[str, Any], key: str, default: int, bounds: tuple[int, int],
+                  problems: list[str]) -> int:
+    value = table.get(key, default)
+    low, high = bounds
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.append(f"[appliance] {key}: expected an integer, got {type_name(value)} {value!r}")
+        return default
+    if not low <= value <= high:
+        problems.append(f"[appliance] {key}: must be between {low} and {high}, got {value}")
+        return default
+    return value
+
+
 def _parse_appliance(table: dict[str, Any], problems: list[str]) -> ApplianceSettings:
     _unknown_keys("appliance", table, APPLIANCE_KEYS, problems)
     external = _interface(table, "external", problems)
@@ -224,8 +249,11 @@ def _parse_appliance(table: dict[str, Any], problems: list[str]) -> ApplianceSet
         problems.append(f"[appliance] tick_ms: must be between {low} and {high} milliseconds, got {tick_ms}")
         tick_ms = DEFAULT_TICK_MS
 
+    sizes = {key: _whole_number(table, key, default, bounds, problems) for key, default, bounds in (
+        ("address_cache_mib", sizing.DEFAULT_CACHE_MIB, ADDRESS_CACHE_MIB_RANGE),
+        ("max_addresses", sizing.DEFAULT_MAX_ADDRESSES, sizing.MAX_ADDRESSES_RANGE))}
     return ApplianceSettings(
-        external=external, internal=internal,
+        external=external, internal=internal, **sizes,
         state_dir=_path("appliance", table, "state_dir", DEFAULT_STATE_DIR, problems),
         log_format=log_format, tick_ms=tick_ms,
         bpffs=_path("appliance", table, "bpffs", DEFAULT_BPFFS, problems),

@@ -206,7 +206,11 @@ class Appliance:
                                              "then start again):", *problems]))
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log.info("appliance.start", external=external, internal=internal, config=self.config_path)
-        self.dataplane = Dataplane(str(self.config.appliance.bpffs), sample_every=self.sample_every)
+        settings = self.config.appliance
+        # The per-address maps sized by the configuration and this box's CPU ids (dataplane.sizing).
+        self.dataplane = Dataplane(str(settings.bpffs), sample_every=self.sample_every,
+                                   max_addresses=settings.max_addresses,
+                                   address_cache_bits=settings.address_cache_bits())
         # Tenants first, then attach: the program never filters with an empty set after a restart.
         self._apply(self.config.tenants)
         self.dataplane.attach(external, internal, self.attach_mode)

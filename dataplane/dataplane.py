@@ -59,13 +59,16 @@ class Dataplane:
     object). `sample_every`: one packet in N per CPU goes to the sample ring
     (0 = off). `max_addresses`: size of the per-address LRU. `defines`: extra
     -D flags for test builds of the program (-DSW_NO_FAST_PARSE, ...).
+    `address_cache_bits`: log2 of the address cache's slots per CPU region (the
+    appliance passes `dataplane.sizing.address_cache_bits` of its configuration).
     """
 
     def __init__(self, pin_dir: str | os.PathLike | None = None, *, sample_every: int = 0,
-                 max_addresses: int = constants.MAX_ADDRESSES, defines: Sequence[str] = ()) -> None:
+                 max_addresses: int = constants.MAX_ADDRESSES, defines: Sequence[str] = (),
+                 address_cache_bits: int = constants.ADDRESS_CACHE_BITS) -> None:
         self.pin_dir = str(pin_dir) if pin_dir is not None else None
         self.max_addresses = max_addresses
-        self.program = Program(self.pin_dir, max_addresses, defines)
+        self.program = Program(self.pin_dir, max_addresses, defines, address_cache_bits)
         self.bpf = self.program.bpf
         self.programs = self.program.programs
         self.ncpus = self.program.ncpus
@@ -76,7 +79,7 @@ class Dataplane:
                 spill=self.program.map_ref("sw_addr_spill"), ncpus=self.ncpus,
                 address=address_layout(maps["sw_addr_cache"].Leaf, maps["sw_addr_spill"].Leaf),
                 tenant=tenant_stats_layout(maps["sw_tenant_stats"].Leaf._type_),
-                memo_limit=4 * max_addresses)
+                memo_limit=4 * max_addresses, cache_bits=address_cache_bits)
             self.cache_regions = self.reader.cache_regions
             self.tables = Tables(maps, self.program.map_ref("sw_policy"), pinned=self.pin_dir is not None)
             self.ring = SampleRing(self.bpf)

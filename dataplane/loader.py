@@ -25,6 +25,7 @@ from dataplane.api import DataplaneError
 from dataplane.constants import Direction, Port
 from dataplane.memory import release_compiler_code, release_freed_heap
 from dataplane.reader import MapRef
+from dataplane.sizing import MAX_CACHE_BITS, MIN_CACHE_BITS
 
 log = structlog.get_logger("seawall.dataplane")
 
@@ -65,10 +66,12 @@ class Program:
 
     `pin_dir`: a bpffs directory where maps and links persist across restarts (None: nothing
     outlives the object). `max_addresses`: size of the per-address LRU. `defines`: extra -D
-    flags (test builds, such as -DSW_NO_FAST_PARSE).
+    flags (test builds, such as -DSW_NO_FAST_PARSE). `cache_bits`: log2 of the address cache's
+    slots per CPU region (`dataplane.sizing.address_cache_bits`).
     """
 
-    def __init__(self, pin_dir: str | None, max_addresses: int, defines: Sequence[str] = ()) -> None:
+    def __init__(self, pin_dir: str | None, max_addresses: int, defines: Sequence[str] = (),
+                 cache_bits: int = constants.ADDRESS_CACHE_BITS) -> None:
         from bcc import BPF  # noqa: PLC0415 - only the kernel adapter imports bcc
 
         self.pin_dir = pin_dir
@@ -78,6 +81,12 @@ class Program:
                 raise DataplaneError(f"max_addresses {max_addresses} is outside 1024..16777216")
             cflags = [f for f in cflags if not f.startswith("-DSW_MAX_ADDRESSES=")]
             cflags.append(f"-DSW_MAX_ADDRESSES={int(max_addresses)}U")
+        if cache_bits != constants.ADDRESS_CACHE_BITS:
+            if not MIN_CACHE_BITS <= cache_bits <= MAX_CACHE_BITS:
+                raise DataplaneError(f"address cache bits {cache_bits} is outside {MIN_CACHE_BITS}..{MAX_CACHE_BITS}")
+            cflags = [f for f in cflags if not f.startswith("-DSW_ADDRESS_CACHE_BITS=")]
+            cflags.append(f"-DSW_ADDRESS_CACHE_BITS={int(cache_bits)}U")
+        self.cache_bits = cache_bits
         if pin_dir is not None:
             if not _SAFE_PATH.match(pin_dir):
                 raise DataplaneError(f"pin directory {pin_dir!r} must be an absolute path of plain characters")

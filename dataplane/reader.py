@@ -30,6 +30,7 @@ from dataplane.constants import (
 from dataplane.keys import MIN_CAPACITY, KeyIndex, unique_keys
 
 UNPROTECTED = MAX_TENANTS  # stats row of traffic to no tenant
+LISTED_SAMPLE = 32         # keys of a listed map between two looked up to align it with its previous list
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -93,6 +94,9 @@ class AddressMemo:
         self._count = 0
         self._slot_keys = np.zeros((0, 2), np.uint64)
         self._slot_ids = np.zeros(0, np.int64)
+        # The spill map's keys at the previous read, in the order the kernel listed them, and their ids.
+        self._listed_keys = np.zeros((0, 2), np.uint64)
+        self._listed_ids = np.zeros(0, np.int64)
 
     def __len__(self) -> int:
         return self._count
@@ -120,6 +124,48 @@ class AddressMemo:
         self._count = 0
         self._slot_keys = np.zeros((0, 2), np.uint64)
         self._slot_ids = np.zeros(0, np.int64)
+        self._listed_keys = np.zeros((0, 2), np.uint64)
+        self._listed_ids = np.zeros(0, np.int64)
+
+    def listed_ids(self, keys: np.ndarray, others: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Ids of `others` and of `keys`, a hash map's (N, 2) keys in the order its batch read lists them
+        (the spill map), as `ids(concatenate([others, keys]))` gives them, bit for bit.
+
+        A hash map lists its keys bucket by bucket, so from one read to the next the list keeps its
+        order, shifted by the keys added and removed before each point. Instead of hashing every key
+        (a million keys cost ~70 ms a read, mostly cache misses in the index), every LISTED_SAMPLE-th
+        key is looked up, gives the shift at that point, and the keys between two samples are checked
+        against the previous list at the shifts on either side; only keys that match neither, and new
+        keys, are looked up in the index. A key matched this way is the same key as in the previous
+        list, so it has the id it had there: the result is the lookup's, whatever the kernel's order.
+        Call after `slot_ids` (which clears the memo when it is full), before `ids`.
+        """
+        keys = np.ascontiguousarray(keys, np.uint64).reshape(-1, 2)
+        others = np.ascontiguousarray(others, np.uint64).reshape(-1, 2)
+        n, prev = len(keys), self._listed_keys
+        out = np.full(n, -1, np.int64)
+        if n >= 2 * LISTED_SAMPLE and len(prev):
+            # Where each known id sat in the previous list (-1: not listed then).
+            at_prev = np.full(self._count, -1, np.int64)
+            at_prev[self._listed_ids] = np.arange(len(prev))
+            sample = np.arange(0, n, LISTED_SAMPLE)
+            found = self._index.get(keys[sample])
+            shift = np.where(found >= 0, at_prev.take(np.maximum(found, 0)) - sample, 0)
+            shift[(found < 0) | (at_prev.take(np.maximum(found, 0)) < 0)] = 0
+            block = np.arange(n) // LISTED_SAMPLE
+            for side in (shift, np.append(shift[1:], shift[-1])):   # the shift before and after each key
+                todo = np.flatnonzero(out < 0)
+                where = todo + side.take(block.take(todo))
+                inside = (where >= 0) & (where < len(prev))
+                todo, where = todo[inside], where[inside]
+                same = (prev[where, 0] == keys[todo, 0]) & (prev[where, 1] == keys[todo, 1])
+                out[todo[same]] = self._listed_ids.take(where[same])
+        left = np.flatnonzero(out < 0)
+        looked = self.ids(np.concatenate([others, keys[left]]), clear=False)
+        out[left] = looked[len(others):]
+        self._listed_keys = keys.copy()
+        self._listed_ids = out.copy()
+        return looked[:len(others)], out
 
     def ids(self, keys: np.ndarray, clear: bool = True) -> np.ndarray:
         """(N,) int64 ids of (N, 2) uint64 keys; ids are valid until a call that clears."""
@@ -201,7 +247,13 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
     conflict = live & ~agree[:, None]
     conflict_rows = raw[conflict]
     if len(spill_keys):
-        spill_counters = sum_over_cpus(spill[:, :, :cw])
+        if spill.shape[1] == 1 and spill.flags.c_contiguous:
+            # The kernel's one shared copy: each row's leading counter words moved straight from the
+            # read's buffer (a million spilled addresses are ~100 MB of counters; a copy and a gather
+            # of them first cost ~270 ms a read at 1,000,000 destinations).
+            spill_counters = _leading_rows(spill.reshape(len(spill), -1), cw)
+        else:
+            spill_counters = _row_view(sum_over_cpus(spill[:, :, :cw]))
         # The tenant of the last CPU that spilled it; a CPU that never did holds zeros, so only rows
         # whose CPUs' tenant words differ need a look at which CPUs spilled.
         tenant_words = spill[:, :, layout.spilled_tenant_at] & 0xFFFFFFFF
@@ -211,15 +263,14 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
             spilled = spill[differ, :, :layout.counter_words].any(axis=2)
             spill_tenants[differ] = np.where(spilled, tenant_words[differ], NO_TENANT).min(axis=1)
     else:
-        spill_counters = np.zeros((0, cw), np.uint64)
+        spill_counters = _row_view(np.zeros((0, cw), np.uint64))
         spill_tenants = np.zeros(0, np.uint64)
     agree_ids = memo.slot_ids(rep, agree)[agree_rows]
-    ids = memo.ids(np.concatenate([conflict_rows[:, a:a + 2], spill_keys.reshape(-1, 2)]), clear=False)
-    n_conflict = len(conflict_rows)
+    conflict_ids, spill_ids = memo.listed_ids(spill_keys, conflict_rows[:, a:a + 2])
     ids, counters, tenant = _merge_by_address(
         len(memo), (agree_ids, agree_counters, agree_tenants),
-        (ids[:n_conflict], conflict_rows[:, c0:c0 + cw], _word32(conflict_rows[:, h], layout.tenant_shift)),
-        (ids[n_conflict:], spill_counters, spill_tenants))
+        (conflict_ids, conflict_rows[:, c0:c0 + cw], _word32(conflict_rows[:, h], layout.tenant_shift)),
+        (spill_ids, spill_counters, spill_tenants))
     n_cls = len(TrafficClass)
     pk, by, dr = layout.packets_at, layout.bytes_at, layout.dropped_at
     return DestinationCounters(
@@ -259,6 +310,14 @@ def _row_view(rows: np.ndarray) -> np.ndarray:
     return rows.view(np.dtype((np.void, rows.shape[1] * 8))).reshape(len(rows))
 
 
+def _leading_rows(rows: np.ndarray, n: int) -> np.ndarray:
+    """The first `n` words of each row of a C-contiguous (N, W) uint64 array as N void elements of
+    `n` words, in place (a strided view: no copy)."""
+    padded = np.dtype({"names": ["r"], "formats": [np.dtype((np.void, 8 * n))], "offsets": [0],
+                       "itemsize": rows.shape[1] * 8})
+    return rows.view(padded).reshape(len(rows))["r"]
+
+
 def _merge_by_address(n_ids: int, cached: tuple[np.ndarray, np.ndarray, np.ndarray],
                       conflicts: tuple[np.ndarray, np.ndarray, np.ndarray],
                       spilled: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -270,6 +329,7 @@ def _merge_by_address(n_ids: int, cached: tuple[np.ndarray, np.ndarray, np.ndarr
     most once each; `conflicts` (cache slots whose CPUs hold different addresses: rare)
     may repeat one. Counters add up; the tenant comes from the cache where the address
     is cached (a spilled copy keeps the tenant it had when it left). `n_ids` bounds the ids.
+    The spilled counters are (S,) void rows of the counters' width (`_row_view`, `_leading_rows`).
     """
     present = np.zeros(n_ids, bool)
     for part_ids, _, _ in (cached, conflicts, spilled):
@@ -286,26 +346,28 @@ def _merge_by_address(n_ids: int, cached: tuple[np.ndarray, np.ndarray, np.ndarr
     c_ids, c_counters, c_tenants = conflicts
     if len(c_ids):
         counters[row_of[c_ids]] = 0         # rows that only conflicting slots hold start from zero
-    # Plain scatters where one part alone holds a row; a gather-add-scatter only for addresses
-    # both in the cache and in the spill map (numpy's fancy `+=` is several times slower).
-    in_cache = np.zeros(n_ids, bool)
-    in_cache[cached[0]] = True
-    rows = row_of[cached[0]]
-    rows_of[rows] = _row_view(cached[1])
-    tenants[rows] = cached[2]
+    # Every spilled row scattered first, straight from the read (the spill map holds most addresses at
+    # scale); then the cached rows: plain scatters where the cache alone holds the address, a
+    # gather-add-scatter for those in both (numpy's fancy `+=` is several times slower).
     s_ids, s_counters, s_tenants = spilled
-    both = in_cache[s_ids]
+    srows = row_of[s_ids]
+    rows_of[srows] = s_counters
+    tenants[srows] = s_tenants
+    in_spill = np.zeros(n_ids, bool)
+    in_spill[s_ids] = True
+    c_rows = row_of[cached[0]]
+    both = in_spill[cached[0]]
     both_at = np.flatnonzero(both)
-    if len(both_at) < len(s_ids):
+    cached_rows = _row_view(cached[1])
+    if len(both_at) < len(c_rows):
         only_at = np.flatnonzero(~both)
-        srows = row_of[s_ids[only_at]]
-        rows_of[srows] = _row_view(s_counters).take(only_at)
-        tenants[srows] = s_tenants[only_at]
+        rows_of[c_rows[only_at]] = cached_rows.take(only_at)
     if len(both_at):
-        brows = row_of[s_ids[both_at]]
-        summed = _row_view(s_counters).take(both_at).view(np.uint64).reshape(len(both_at), width)
+        brows = c_rows[both_at]
+        summed = cached_rows.take(both_at).view(np.uint64).reshape(len(both_at), width)
         summed += rows_of.take(brows).view(np.uint64).reshape(len(brows), width)
         rows_of[brows] = _row_view(summed)
+    tenants[c_rows] = cached[2]
     if len(c_ids):
         crows = row_of[c_ids]
         np.add.at(counters, crows, c_counters)
@@ -377,9 +439,10 @@ class MapRef:
     max_entries: int
 
 
-def read_all(ref: MapRef) -> tuple[np.ndarray, np.ndarray, int]:
-    """Every element of a map: (keys, values, count) as uint8 arrays of count rows."""
-    return bpfsys.map_lookup_batch(ref.fd, ref.key_bytes, ref.value_bytes, ref.max_entries)
+def read_all(ref: MapRef, buffers: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Every element of a map: (keys, values, count) as uint8 arrays of count rows (views of `buffers`,
+    when given: see `bpfsys.map_lookup_batch`)."""
+    return bpfsys.map_lookup_batch(ref.fd, ref.key_bytes, ref.value_bytes, ref.max_entries, buffers=buffers)
 
 
 class CounterReader:
@@ -388,8 +451,10 @@ class CounterReader:
     sw_addr_spill). Built by `dataplane.Dataplane` from the loaded program's maps and layouts."""
 
     def __init__(self, *, stats: MapRef, cache: MapRef, spill: MapRef, ncpus: int,
-                 address: AddressCounterLayout, tenant: TenantStatsLayout, memo_limit: int) -> None:
+                 address: AddressCounterLayout, tenant: TenantStatsLayout, memo_limit: int,
+                 cache_bits: int = ADDRESS_CACHE_BITS) -> None:
         self.stats, self.cache, self.spill = stats, cache, spill
+        self.cache_bits = cache_bits       # log2 of the address cache's slots per CPU region
         self.ncpus = ncpus
         self.address_layout = address
         self.tenant_layout = tenant
@@ -397,25 +462,27 @@ class CounterReader:
         # the counters of the set in force are in the pinned map), then those of the set.
         self.tenant_rows = MAX_TENANTS
         self._address_memo = AddressMemo(memo_limit)
+        self._spill_buffers: tuple[np.ndarray, np.ndarray] | None = None   # the spill map's batch reads, reused
         self._map_address_cache()
 
     def _map_address_cache(self) -> None:
         """Map the address cache into this process (read-only): a tick reads its counters in
-        memory, not through a bpf() copy. Regions are CPU ids, each 2**ADDRESS_CACHE_BITS slots."""
-        entry_bytes, entries = self.cache.value_bytes, self.cache.max_entries
-        self.cache_regions = entries >> ADDRESS_CACHE_BITS
-        if entry_bytes % 8 or self.cache_regions << ADDRESS_CACHE_BITS != entries:
+        memory, not through a bpf() copy. Regions are CPU ids, each 2**cache_bits slots."""
+        entry_bytes, entries, bits = self.cache.value_bytes, self.cache.max_entries, self.cache_bits
+        self.cache_regions = entries >> bits
+        if entry_bytes % 8 or not self.cache_regions or self.cache_regions << bits != entries:
             raise DataplaneError(f"unexpected address cache layout: {entries} entries of {entry_bytes} bytes")
         size = entries * entry_bytes
         self._cache_mmap = mmap.mmap(self.cache.fd, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE, mmap.MAP_SHARED,
                                      mmap.PROT_READ)
         self._cache_words: np.ndarray | None = np.frombuffer(self._cache_mmap, np.uint64, count=size // 8).reshape(
-            self.cache_regions, 1 << ADDRESS_CACHE_BITS, entry_bytes // 8)
+            self.cache_regions, 1 << bits, entry_bytes // 8)
         self._cache_snapshot: np.ndarray | None = None
 
     def close(self) -> None:
         self._cache_words = None
         self._cache_snapshot = None
+        self._spill_buffers = None
         try:
             self._cache_mmap.close()
         except BufferError:   # a caller still holds a view: the mapping goes with it
@@ -446,11 +513,15 @@ class CounterReader:
         address cache as (slots, CPU regions, entry words) uint64 (a view of one copy of the
         mapped memory: the counters keep moving while a tick decodes them), the spill map's
         (S, 2) keys and its (S, 1, spilled words) values (one copy: it is shared by the CPUs).
-        The cache snapshot is a buffer that the next call writes again."""
+        The cache snapshot and the spill map's arrays are buffers that the next call writes again."""
         # The spill map first: counts only ever move from a cache slot to the spill map, so a
         # slot evicted between the two reads is missed for this read (its counts show up in the
         # next), never counted twice as it would be the other way round.
-        skeys, svalues, scount = read_all(self.spill)
+        if self._spill_buffers is None:
+            rows = self.spill.max_entries + 1
+            self._spill_buffers = (np.empty((rows, self.spill.key_bytes), np.uint8),
+                                   np.empty((rows, self.spill.value_bytes), np.uint8))
+        skeys, svalues, scount = read_all(self.spill, self._spill_buffers)
         if self._cache_words is None:
             raise DataplaneError("the counter reader is closed")
         if self._cache_snapshot is None:

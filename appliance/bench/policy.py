@@ -86,6 +86,31 @@ def destination_addresses(n: int) -> tuple[list[ipaddress.IPv4Address | ipaddres
     return addrs, np.frombuffer(raw, np.uint64).reshape(n, 2).copy()
 
 
+def prefix_blocks(destinations: int, tenants: int) -> tuple[int, int]:
+    """Addresses per tenant prefix, v4 and v6 (v6: /64s), when tenants own prefixes: the largest powers of
+    two that give every tenant a block of each family's addresses (`destination_addresses`)."""
+    n4 = min(destinations, V4_ADDRESSES)
+    n6 = destinations - n4
+    return 1 << max((n4 // tenants).bit_length() - 1, 0), 1 << max(((n6 + 1) // tenants).bit_length() - 1, 0)
+
+
+def tenant_prefixes(j: int, blocks: tuple[int, int]) -> tuple[ipaddress.IPv4Network, ipaddress.IPv6Network]:
+    """Tenant j's v4 and v6 prefix: the j-th aligned block of each family."""
+    block4, block6 = blocks
+    return (ipaddress.IPv4Network((V4_BASE + j * block4, 32 - (block4.bit_length() - 1))),
+            ipaddress.IPv6Network((V6_BASE + ((j * block6) << 64), 64 - (block6.bit_length() - 1))))
+
+
+def synthetic_tenant_spec(destinations: int, tenants: int, prefixes: bool) -> dict[int, tuple]:
+    """The engine's tenant spec for the synthetic tenants: each mitigating with the default policy, and with
+    `prefixes` its v4 and v6 prefix (the addresses `SyntheticDataplane(prefixes=True)` gives it)."""
+    if not prefixes:
+        return {t: (f"tenant-{t}", TenantMode.MITIGATE, TenantPolicy()) for t in range(tenants)}
+    blocks = prefix_blocks(destinations, tenants)
+    return {t: (f"tenant-{t}", TenantMode.MITIGATE, TenantPolicy(), tenant_prefixes(t, blocks))
+            for t in range(tenants)}
+
+
 def _udp_frame() -> bytes:
     """One inbound UDP frame (203.0.113.1:12345 → 198.18.0.1:28960, 26 payload bytes)."""
     payload = b"\x00" * 26
@@ -109,9 +134,12 @@ class SyntheticDataplane:
     """
 
     def __init__(self, destinations: int, tenants: int, churn: float, samples_per_tick: int, seed: int,
-                 cpus: int = N_CPUS, slot_bits: int = ADDRESS_CACHE_BITS) -> None:
+                 cpus: int = N_CPUS, slot_bits: int = ADDRESS_CACHE_BITS, prefixes: bool = False) -> None:
         """`slot_bits`: addresses use only the first 2**slot_bits cache slots (fewer than the cache
-        has: more addresses share a slot and more counters are in the spill map, at a small size)."""
+        has: more addresses share a slot and more counters are in the spill map, at a small size).
+        `prefixes`: every tenant owns a v4 and a v6 prefix (`tenant_prefixes`) holding its addresses,
+        so that the engine keeps per-prefix aggregates for each (policy.prefixes); otherwise tenants
+        take addresses round robin and have no prefixes."""
         if not 1 <= destinations <= MAX_DESTINATIONS:
             raise ValueError(f"benchmark: destinations must be within 1..{MAX_DESTINATIONS}, got {destinations}")
         if not 1 <= tenants <= min(destinations, MAX_TENANTS):
@@ -133,6 +161,9 @@ class SyntheticDataplane:
         mixed = (self.keys[:, 0] ^ self.keys[:, 1]) * np.uint64(0x9E3779B97F4A7C15)
         self.cache_slot = (mixed >> np.uint64(64 - slot_bits)).astype(np.int64)
         self.tenant_of = (np.arange(destinations) % tenants).astype(np.uint32)
+        self.prefixes = prefixes
+        if prefixes:
+            self._own_prefixes()
         # Packets/s per class: mostly small, a few busy servers; below the warm-up floors, as
         # legitimate traffic of a new address is (the floors are for floods).
         self.mean_pps = np.minimum(self.rng.lognormal(3.0, 1.5, (destinations, N_CLASSES)), 5000.0)
@@ -144,6 +175,18 @@ class SyntheticDataplane:
         self.rules: dict[int, Rule] = {}
         self._next_rule = 1
         self._fill_maps()
+
+    def _own_prefixes(self) -> None:
+        """Tenant j's addresses: the j-th block of each family (`prefix_blocks`); addresses past the
+        blocks stay round robin, outside every prefix."""
+        n4 = min(self.n, V4_ADDRESSES)
+        block4, block6 = prefix_blocks(self.n, self.t)
+        i4 = np.arange(n4)
+        owned4 = i4 < block4 * self.t
+        self.tenant_of[:n4][owned4] = (i4[owned4] // block4).astype(np.uint32)
+        net6 = np.arange(self.n - n4) + 1           # v6 address i is in /64 number i + 1
+        owned6 = net6 < block6 * self.t
+        self.tenant_of[n4:][owned6] = (net6[owned6] // block6).astype(np.uint32)
 
     @property
     def nbytes(self) -> int:
@@ -265,7 +308,7 @@ def _cpu_shares(counts: np.ndarray, cpus: int) -> list[tuple[int, np.ndarray]]:
 
 def run_benchmark(destinations: int = 100_000, tenants: int = 10_000, ticks: int = 20, churn: float = 0.002,
                   samples_per_tick: int = 2000, attacked: int = 20, warmup_ticks: int = 10,
-                  seed: int = 1) -> dict[str, Any]:
+                  seed: int = 1, prefixes: bool = False) -> dict[str, Any]:
     """Time `ticks` engine ticks after `warmup_ticks` untimed ones.
 
     Halfway through the timed ticks, `attacked` destinations start receiving a SYN
@@ -283,8 +326,8 @@ def run_benchmark(destinations: int = 100_000, tenants: int = 10_000, ticks: int
         raise ValueError(f"benchmark: attacked must be within 0..{destinations}")
     rss_before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     build0 = time.process_time()
-    dp = SyntheticDataplane(destinations, tenants, churn, samples_per_tick, seed)
-    spec = {t: (f"tenant-{t}", TenantMode.MITIGATE, TenantPolicy()) for t in range(tenants)}
+    dp = SyntheticDataplane(destinations, tenants, churn, samples_per_tick, seed, prefixes=prefixes)
+    spec = synthetic_tenant_spec(destinations, tenants, prefixes)
     cpu_ms: list[float] = []
     engine_ms: list[float] = []
     stages: dict[str, list[float]] = {}
@@ -312,6 +355,7 @@ def run_benchmark(destinations: int = 100_000, tenants: int = 10_000, ticks: int
     return {
         "destinations": destinations,
         "tenants": tenants,
+        "tenant_prefixes": 2 if prefixes else 0,
         "ticks": ticks,
         "samples_per_tick": samples_per_tick,
         "attacked_destinations": attacked,

@@ -40,13 +40,12 @@ from typing import Any
 
 import numpy as np
 
-from appliance.bench.policy import SyntheticDataplane
+from appliance.bench.policy import SyntheticDataplane, synthetic_tenant_spec
 from dataplane import bpfsys
-from dataplane.constants import ADDRESS_CACHE_BITS, MAX_TENANTS, TenantMode
+from dataplane.constants import ADDRESS_CACHE_BITS, MAX_ADDRESSES, MAX_TENANTS
 from dataplane.keys import unique_keys
 from policy.config import PolicyConfig
 from policy.events import EventBus
-from tenants.policy import TenantPolicy
 
 ADDRESS_BLOCK = 8            # addresses per tenant prefix in appliance.bench.dataplane.build_tenants (a /29)
 
@@ -102,14 +101,15 @@ class _TrafficProcess:
     `seawall run`'s. Every `advance()` answers with the write's seconds, the addresses now in
     the maps ((K, 2) keys) and how many of them are in the spill map."""
 
-    def __init__(self, dp: Any, destinations: int, tenants: int, churn: float, seed: int, slot_bits: int) -> None:
+    def __init__(self, dp: Any, destinations: int, tenants: int, churn: float, seed: int, slot_bits: int,
+                 prefixes: bool) -> None:
         self._conn, child = multiprocessing.Pipe()
         self.pid = os.fork()
         if self.pid == 0:   # the child: never returns
             self._conn.close()
             status = 1
             try:
-                _serve_traffic(child, dp, destinations, tenants, churn, seed, slot_bits)
+                _serve_traffic(child, dp, destinations, tenants, churn, seed, slot_bits, prefixes)
                 status = 0
             except BaseException:   # anything: tell the parent, then leave without running its cleanup
                 with contextlib.suppress(Exception):
@@ -141,9 +141,9 @@ class _TrafficProcess:
 
 
 def _serve_traffic(conn: Any, dp: Any, destinations: int, tenants: int, churn: float, seed: int,
-                   slot_bits: int) -> None:
+                   slot_bits: int, prefixes: bool) -> None:
     source = SyntheticDataplane(destinations, tenants, churn, samples_per_tick=0, seed=seed, cpus=dp.ncpus,
-                                slot_bits=slot_bits)
+                                slot_bits=slot_bits, prefixes=prefixes)
     writer = _MapWriter(dp)
     writer.write(source)
     conn.send(("ok", None))
@@ -181,12 +181,14 @@ def _same_addresses(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def run(destinations: int = 100_000, tenants: int = 10_000, ticks: int = 10, warmup_ticks: int = 10,
-        churn: float = 0.002, seed: int = 1, slot_bits: int = ADDRESS_CACHE_BITS,
+        churn: float = 0.002, seed: int = 1, slot_bits: int = ADDRESS_CACHE_BITS, prefixes: bool = False,
         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Time the counter reads and the engine's tick on real maps; see the module docstring.
 
     `slot_bits` below the cache's own makes addresses share fewer slots (tests: a small run
-    with a busy spill map).
+    with a busy spill map). `prefixes`: the engine's tenants each own a v4 and a v6 prefix holding
+    their addresses (`SyntheticDataplane.tenant_prefixes`), so the tick includes the per-prefix
+    aggregates of policy.prefixes.
 
     Needs root (BPF maps). Returns CPU and wall milliseconds of the two reads (median, max),
     the tick's CPU milliseconds (median, max) and stage medians, peak RSS, and whether the
@@ -207,7 +209,9 @@ def run(destinations: int = 100_000, tenants: int = 10_000, ticks: int = 10, war
 
     say = progress or (lambda _message: None)
     say("compiling and loading the XDP program")
-    dp = Dataplane()
+    # The spill map sized for the run ([appliance] max_addresses), a quarter above the destinations: the
+    # LRU starts evicting a little before it is full, and an evicted address is one the engine never sees.
+    dp = Dataplane(max_addresses=min(max(MAX_ADDRESSES, destinations + destinations // 4), 16 * 1024 * 1024))
     traffic: _TrafficProcess | None = None
     try:
         say(f"applying {tenants:,} tenants")
@@ -217,8 +221,8 @@ def run(destinations: int = 100_000, tenants: int = 10_000, ticks: int = 10, war
             raise RuntimeError("benchmark: tenant indices are not 0..tenants-1 in order")
         dp.apply_tenants(compile_tenant_set(tenant_set, indices))
         say(f"writing {destinations:,} addresses into the maps")
-        traffic = _TrafficProcess(dp, destinations, tenants, churn, seed, slot_bits)
-        spec = {j: (f"t{j}", TenantMode.MITIGATE, TenantPolicy()) for j in range(tenants)}
+        traffic = _TrafficProcess(dp, destinations, tenants, churn, seed, slot_bits, prefixes)
+        spec = synthetic_tenant_spec(destinations, tenants, prefixes)   # as the traffic process lays them out
         read_cpu: list[float] = []
         read_wall: list[float] = []
         tick_cpu: list[float] = []
@@ -256,6 +260,7 @@ def run(destinations: int = 100_000, tenants: int = 10_000, ticks: int = 10, war
         return {
             "destinations": destinations,
             "tenants": tenants,
+            "tenant_prefixes": 2 if prefixes else 0,
             "ticks": ticks,
             "cpus": dp.ncpus,
             "addresses_in_maps": int(len(expected)),

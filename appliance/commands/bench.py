@@ -45,6 +45,8 @@ def register(subparsers) -> None:
     pol.add_argument("--real", action="store_true",
                      help="root only: on a real, unattached Dataplane whose maps hold the destinations "
                           "(the kernel's batch reads included)")
+    pol.add_argument("--prefixes", action="store_true",
+                     help="every tenant owns a v4 and a v6 prefix holding its addresses (per-prefix aggregates)")
     pol.add_argument("--warmup-ticks", type=int, default=10, help="untimed ticks first (--real)")
     pol.add_argument("--loop-latency", action="store_true",
                      help="SecureWatch API latency and notifier delay while ticks run (--sizes), ticking on "
@@ -135,7 +137,8 @@ def bench_policy(args) -> int:
         return 0
     _progress(f"{args.destinations:,} destinations, {args.tenants:,} tenants, {args.ticks} ticks")
     try:
-        result = run_benchmark(destinations=args.destinations, tenants=args.tenants, ticks=args.ticks)
+        result = run_benchmark(destinations=args.destinations, tenants=args.tenants, ticks=args.ticks,
+                               prefixes=args.prefixes)
     except ValueError as exc:
         print(f"seawall bench policy: {exc}", file=sys.stderr)
         return 2
@@ -170,7 +173,7 @@ def _bench_policy_real(args) -> int:
         return 2
     try:
         result = policy_real.run(destinations=args.destinations, tenants=args.tenants, ticks=args.ticks,
-                                 warmup_ticks=args.warmup_ticks, progress=_progress)
+                                 warmup_ticks=args.warmup_ticks, prefixes=args.prefixes, progress=_progress)
     except (PermissionError, ValueError) as exc:
         print(f"seawall bench policy --real: {exc}", file=sys.stderr)
         return 2

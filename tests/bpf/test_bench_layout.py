@@ -56,3 +56,35 @@ def test_bench_buffers_decode_like_the_real_read(dp, tenants):
     for field in ("class_packets", "class_bytes", "dropped_packets", "passed_packets", "reason_packets"):
         np.testing.assert_array_equal(getattr(from_bench, field), getattr(from_reader, field), err_msg=field)
     assert from_bench.class_packets.sum() >= 1
+
+
+def test_issue18_address_cache_sized_by_bits_is_read_through():
+    """A program built with a smaller cache (dataplane.sizing's -D flag) maps 2**bits slots per CPU id, and
+    what a packet counts there reads back through the reader."""
+    from dataplane.dataplane import Dataplane  # noqa: PLC0415 - a second compile, only in this test
+
+    small = Dataplane(address_cache_bits=12, max_addresses=4096)
+    try:
+        assert testing.table(small, "sw_addr_cache").max_entries == small.cache_regions << 12
+        assert testing.table(small, "sw_addr_spill").max_entries == 4096
+        cache, _, _ = small.address_maps()
+        assert cache.shape[:2] == (1 << 12, small.cache_regions)
+        assert small.read_destination_counters().keys.shape == (0, 2)
+    finally:
+        small.close()
+
+
+def test_issue18_spill_reads_reuse_their_buffers(dp):
+    """The spill map's batch reads write into the same buffers every tick (no fresh pages to fault in),
+    and what they decode to is unchanged by the reuse."""
+    assert run(dp, frames.udp(CLEAN_SRC, ALPHA_DST, dport=28960)) == XDP_REDIRECT
+    _, keys1, spill1 = dp.address_maps()
+    first = dp.read_destination_counters()
+    _, keys2, spill2 = dp.address_maps()
+    second = dp.read_destination_counters()
+    # The first rows of one buffer (even when no row was read: both views start where it starts); while
+    # the first read's views are alive, a new buffer could not be there.
+    assert spill1.__array_interface__["data"][0] == spill2.__array_interface__["data"][0]
+    assert keys1.__array_interface__["data"][0] == keys2.__array_interface__["data"][0]
+    for field in ("keys", "tenant_idx", "packets", "bytes", "dropped_packets"):
+        np.testing.assert_array_equal(getattr(first, field), getattr(second, field), err_msg=field)

@@ -18,7 +18,8 @@ from dataplane import bpfsys, testing
 
 BPF_MAP_TYPE_HASH = 1        # enum bpf_map_type (a plain hash: many keys per call, a cursor between calls)
 EXPECTED_KEYS = {
-    "destinations", "tenants", "ticks", "cpus", "addresses_in_maps", "addresses_in_spill_map", "addresses_seen_min",
+    "destinations", "tenants", "tenant_prefixes", "ticks", "cpus", "addresses_in_maps", "addresses_in_spill_map",
+    "addresses_seen_min",
     "engine_saw_every_address", "read_cpu_ms_median", "read_cpu_ms_max", "read_wall_ms_median", "read_wall_ms_max",
     "tick_cpu_ms_median", "tick_cpu_ms_max", "stage_ms_median", "rss_mib", "peak_rss_mib", "map_write_s_median",
 }

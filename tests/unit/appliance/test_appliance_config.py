@@ -79,6 +79,26 @@ def test_empty_file_gives_every_default(tmp_path: pathlib.Path) -> None:
     assert (config.securewatch.listen_host, config.securewatch.listen_port) == ("127.0.0.1", 8080)
 
 
+def test_issue18_address_maps_sized_by_configuration(tmp_path: pathlib.Path) -> None:
+    config = load_config(write(tmp_path, "[appliance]\naddress_cache_mib = 400\nmax_addresses = 1048576\n"))
+    assert (config.appliance.address_cache_mib, config.appliance.max_addresses) == (400, 1048576)
+    assert config.appliance.address_cache_bits(regions=2) == 19       # 2 x 2**19 slots x 384 bytes = 384 MiB
+    assert config.appliance.address_cache_bits(regions=64) == 14
+    defaults = load_config(write(tmp_path, "")).appliance
+    assert (defaults.address_cache_mib, defaults.max_addresses) == (64, 262144)
+    assert defaults.address_cache_bits(regions=64) == 11             # 64 x 2**11 x 384 bytes = 48 MiB, not 1.5 GiB
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("[appliance]\naddress_cache_mib = 0", "[appliance] address_cache_mib: must be between 1 and 65536, got 0"),
+    ("[appliance]\naddress_cache_mib = 1.5", "[appliance] address_cache_mib: expected an integer, got a float 1.5"),
+    ("[appliance]\nmax_addresses = 100", "[appliance] max_addresses: must be between 1024 and 16777216, got 100"),
+    ("[appliance]\nmax_addresses = true", "[appliance] max_addresses: expected an integer, got a boolean True"),
+])
+def test_issue18_address_map_sizes_rejected_by_name(text: str, problem: str) -> None:
+    assert problems_of(text) == [problem]
+
+
 def test_full_file(tmp_path: pathlib.Path) -> None:
     config = load_config(write(tmp_path, FULL))
     assert config.appliance == ApplianceSettings(

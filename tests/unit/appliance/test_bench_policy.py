@@ -15,6 +15,7 @@ from appliance.bench.policy import (
     render_sweep,
     run_benchmark,
     run_sweep,
+    synthetic_tenant_spec,
 )
 
 
@@ -26,6 +27,28 @@ def test_benchmark_returns_figures():
     assert figures["events"] >= 3                      # the attacked destinations were reported
     assert figures["tick_cpu_ms_median"] > 0 and figures["peak_rss_mib"] > 0
     assert {"read", "rates", "detect", "learn"} <= set(figures["stage_ms_median"])
+
+
+def test_issue18_bench_tenants_with_a_v4_and_a_v6_prefix_own_their_addresses():
+    # 131,072 v4 addresses, then one /64 each: 300 tenants get 256 v4 addresses and 8 /64s each.
+    n, t = V4_ADDRESSES + 3000, 300
+    dp = SyntheticDataplane(n, t, 0.0, 0, 1, prefixes=True)
+    spec = synthetic_tenant_spec(n, t, prefixes=True)
+    addresses, _ = destination_addresses(n)
+    owned = 0
+    for i, address in enumerate(addresses):
+        tenant = int(dp.tenant_of[i])
+        nets = spec[tenant][3]
+        assert [net.version for net in nets] == [4, 6]
+        inside = [net for net in nets if address in net]
+        owned += bool(inside)
+        for other in (tenant - 1, tenant + 1):      # prefixes never overlap a neighbour's addresses
+            if 0 <= other < t:
+                assert not any(address in net for net in spec[other][3])
+    assert owned >= 0.5 * n         # power-of-two blocks: the remainder past the last block is round robin
+    figures = run_benchmark(destinations=3000, tenants=300, ticks=2, warmup_ticks=3, attacked=0,
+                            samples_per_tick=0, prefixes=True)
+    assert figures["tenant_prefixes"] == 2 and figures["tick_cpu_ms_median"] > 0
 
 
 def test_benchmark_rejects_bad_sizes():

@@ -1,0 +1,91 @@
+"""Issue 18 item 2: the destination decode on random maps, bit for bit against summing every copy by address,
+and its one-copy spill path (counters scattered straight from the read's buffer) against the several-copy
+one (summed into a new array first, as every spill read was before)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dataplane.constants import NO_TENANT, TrafficClass
+from dataplane.reader import ADDRESS_LAYOUT as LAY
+from dataplane.reader import AddressMemo, decode_destination_counters
+
+C = len(TrafficClass)
+CW = 2 * C + 1     # packets, bytes, dropped
+
+
+def random_maps(rng: np.random.Generator, slots: int, cpus: int, n_spill: int, overlap: int):
+    """A cache of `slots` x `cpus` with empty, unreported (no tenant) and conflicting copies, and a spill map of
+    `n_spill` addresses, `overlap` of them also cached."""
+    pool = rng.integers(1, 2**62, (slots + slots * cpus + n_spill, 2), dtype=np.uint64)
+    fresh = slots + slots * cpus        # the spill map's own addresses start here
+    cache = np.zeros((slots, cpus, LAY.entry_words), np.uint64)
+    for s in range(slots):
+        base_key = pool[s]
+        for cpu in range(cpus):
+            kind = rng.random()
+            if kind < 0.15:
+                continue                                    # never filled (generation 0)
+            key = base_key if kind < 0.9 else pool[slots + s * cpus + cpu]   # a few conflicting copies
+            tenant = NO_TENANT if rng.random() < 0.05 else int(rng.integers(0, 50))
+            cache[s, cpu, LAY.addr_at:LAY.addr_at + 2] = key
+            cache[s, cpu, LAY.head_at] = (np.uint64(tenant) << np.uint64(LAY.tenant_shift)) | \
+                (np.uint64(1) << np.uint64(LAY.generation_shift))
+            cache[s, cpu, LAY.counters_at:LAY.counters_at + CW] = rng.integers(0, 1000, CW, dtype=np.uint64)
+    spill_keys = np.concatenate([pool[:overlap], pool[fresh:fresh + n_spill - overlap]])
+    spill = np.zeros((n_spill, 1, LAY.spilled_words), np.uint64)
+    spill[:, 0, :CW] = rng.integers(1, 1000, (n_spill, CW), dtype=np.uint64)
+    spill[:, 0, LAY.spilled_tenant_at] = rng.integers(0, 50, n_spill, dtype=np.uint64)
+    return cache, spill_keys, spill
+
+
+def brute_force(cache: np.ndarray, spill_keys: np.ndarray, spill: np.ndarray) -> dict[bytes, np.ndarray]:
+    """Counters per address: every live cache copy (a tenant set) plus every spill copy, summed."""
+    out: dict[bytes, np.ndarray] = {}
+    for s in range(cache.shape[0]):
+        for cpu in range(cache.shape[1]):
+            head = int(cache[s, cpu, LAY.head_at])
+            tenant, generation = (head >> LAY.tenant_shift) & 0xFFFFFFFF, (head >> LAY.generation_shift) & 0xFFFFFFFF
+            if generation and tenant != NO_TENANT:
+                key = cache[s, cpu, LAY.addr_at:LAY.addr_at + 2].tobytes()
+                out[key] = out.get(key, np.zeros(CW, np.uint64)) + cache[s, cpu, LAY.counters_at:LAY.counters_at + CW]
+    for key, row in zip(spill_keys, spill, strict=True):
+        k = key.tobytes()
+        out[k] = out.get(k, np.zeros(CW, np.uint64)) + row[:, :CW].sum(axis=0, dtype=np.uint64)
+    return out
+
+
+def rows_of(counters) -> dict[bytes, np.ndarray]:
+    block = np.concatenate([counters.packets, counters.bytes, counters.dropped_packets[:, None]], axis=1)
+    return {counters.keys[i].tobytes(): block[i] for i in range(len(counters.keys))}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+@pytest.mark.parametrize(("slots", "cpus", "n_spill", "overlap"), [(64, 2, 300, 0), (64, 3, 200, 20), (8, 1, 50, 4),
+                                                                    (32, 2, 0, 0)])
+def test_issue18_decode_matches_summing_every_copy(seed, slots, cpus, n_spill, overlap):
+    rng = np.random.default_rng(seed)
+    cache, spill_keys, spill = random_maps(rng, slots, cpus, n_spill, overlap)
+    view = cache.copy().transpose(1, 0, 2).copy().transpose(1, 0, 2)    # CPU-major memory, as the kernel's
+    fast = decode_destination_counters(view, spill_keys, spill, LAY, AddressMemo(1 << 20))
+    expected = brute_force(cache, spill_keys, spill)
+    got = rows_of(fast)
+    assert got.keys() == expected.keys()
+    for key, row in expected.items():
+        np.testing.assert_array_equal(got[key], row)
+    # Ascending ids, one row per address.
+    assert (np.diff(fast.ids) > 0).all()
+    # The copying path (several copies of the spill map: summed first) agrees bit for bit, tenants included.
+    two = np.zeros((n_spill, 2, LAY.spilled_words), np.uint64)
+    two[:, 0] = spill[:, 0]
+    two[:, 1, LAY.spilled_tenant_at] = spill[:, 0, LAY.spilled_tenant_at]
+    slow = decode_destination_counters(view, spill_keys, two, LAY, AddressMemo(1 << 20))
+    for field in ("keys", "tenant_idx", "packets", "bytes", "dropped_packets", "ids"):
+        np.testing.assert_array_equal(getattr(fast, field), getattr(slow, field), err_msg=field)
+    # A spilled address not cached keeps the tenant it was spilled with.
+    cached = {cache[s, c, LAY.addr_at:LAY.addr_at + 2].tobytes() for s in range(slots) for c in range(cpus)}
+    tenant_of = {fast.keys[i].tobytes(): int(fast.tenant_idx[i]) for i in range(len(fast.keys))}
+    for key, row in zip(spill_keys, spill, strict=True):
+        if key.tobytes() not in cached:
+            assert tenant_of[key.tobytes()] == int(row[0, LAY.spilled_tenant_at])
