@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from tenants.errors import ConfigError
-from tenants.policy import TenantPolicy
+from tenants.policy import SYN_AUTH_ALIAS, TenantPolicy
 
 TEMPLATE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 TEMPLATE_NAME_RULE = "lowercase letters, digits, '-' and '_', starting with a letter or digit, at most 63 characters"
@@ -39,7 +39,9 @@ def parse_values(policy: Any, where: str = "policy") -> dict[str, Any]:
         if where == "policy":
             raise
         raise ConfigError([p.replace("policy.", f"{where}.", 1) for p in exc.problems]) from None
-    return {key: parsed[key] for key in policy}
+    # The old `syn_protection` key is stored as what it means (syn_auth), as a tenant's policy is.
+    keys = ("syn_auth" if key == SYN_AUTH_ALIAS else key for key in policy)
+    return {key: parsed[key] for key in keys}
 
 
 def given(template: dict[str, Any] | None) -> dict[str, Any]:

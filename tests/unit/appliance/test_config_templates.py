@@ -34,7 +34,7 @@ def test_item16_config_file_tenants_follow_a_template_with_their_own_keys_on_top
     assert (alpha.sensitivity, alpha.min_pps, alpha.syn_protection) == (2.0, 800, False)
     assert (beta.sensitivity, beta.min_pps, beta.syn_protection) == (1.0, 1000, True)
     assert config.template_links == {"alpha": "hosting"}
-    assert config.templates == {"hosting": {"sensitivity": 2.0, "min_pps": 5000, "syn_protection": False}}
+    assert config.templates == {"hosting": {"sensitivity": 2.0, "min_pps": 5000, "syn_auth": "off"}}
     # The same rule SecureWatch applies when a tenant follows the template through the API.
     template = parse_values({"sensitivity": 2.0, "min_pps": 5000, "syn_protection": False})
     assert alpha.to_dict() == followed(template, {"min_pps": 800})
