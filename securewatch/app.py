@@ -50,6 +50,7 @@ from .context import (
     api_error,
     is_api,
 )
+from .series import SeriesRetention
 from .settings import SecureWatchSettings
 from .store import Session, Store
 from .versioned import TenantConfig, VersionedConfig, sync_at_start
@@ -243,7 +244,7 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         background.spawn("securewatch:ingest", _ingest(store, inbox))
     if appliance is not None:
         background.spawn("securewatch:traffic", _sample_traffic(app, store, appliance))
-    background.spawn("securewatch:retention", _retention(store))
+    background.spawn("securewatch:retention", _retention(store, app[SETTINGS].retention))
     mailer = app[OPTIONS]["mailer"]
     if mailer is not None:
         background.spawn("securewatch:monthly-reports", _monthly_reports(store, mailer))
@@ -302,10 +303,10 @@ async def _sample_traffic(app: web.Application, store: Store, appliance: Applian
         await asyncio.sleep(TRAFFIC_POLL_S)  # the sampling period, not a wait for an outcome
 
 
-async def _retention(store: Store) -> None:
+async def _retention(store: Store, retention: SeriesRetention) -> None:
     while True:
         try:
-            removed = await store.apply_retention()
+            removed = await store.apply_retention(retention=retention)
             if any(removed.values()):
                 log.debug("securewatch.retention", **removed)
         except Exception:
