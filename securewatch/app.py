@@ -28,7 +28,7 @@ from aiohttp import web
 from policy.events import Event, EventBus, EventType
 from tenants import TenantSet
 
-from . import access_admin, api, auth, notify_admin, ui
+from . import access_admin, api, auth, live, notify_admin, ui
 from .auth import Principal
 from .context import (
     APPLIANCE,
@@ -104,6 +104,7 @@ def create_app(settings: SecureWatchSettings, *, store: Store, bus: EventBus | N
 
     api.add_routes(app)
     ui.add_routes(app)
+    live.add_routes(app)
     notify_admin.add_routes(app)
     access_admin.add_routes(app)
     return app

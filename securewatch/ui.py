@@ -25,6 +25,7 @@ from tenants.model import PORT_MAX
 from tenants.policy import RATE_PPS_MAX, REFLECTION_MODES, TenantPolicy
 
 from . import auth
+from .charts import UPLOT
 from .context import (
     APPLIANCE,
     LIMITER,
@@ -41,13 +42,12 @@ from .context import (
     parse_version_tags,
     principal_of,
     remote_of,
-    scoped_status,
     tenant_versions_shown,
     visible_tenant,
     visible_tenant_version,
 )
 from .incidents import MAX_NOTE_CHARS, acknowledge, add_note, handled_incident, incident_detail, incident_list
-from .store import IncidentFilter, Session
+from .store import Session
 from .versioned import change_tenants, merged_policy_table, policy_update, replace_tenant
 
 log = structlog.get_logger(__name__)
@@ -65,6 +65,7 @@ def template_environment() -> jinja2.Environment:
     env.filters["utc"] = _utc
     env.filters["rate"] = _rate
     env.filters["duration"] = _duration
+    env.globals["uplot"] = UPLOT
     env.filters["percent"] = lambda v: "–" if v is None else f"{100 * float(v):.1f} %"
     return env
 
@@ -97,7 +98,6 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/login", login_page)
     r.add_post("/login", login_submit)
     r.add_post("/logout", logout)
-    r.add_get("/", dashboard)
     r.add_get("/tenants", tenants_page)
     r.add_get("/tenants/{tenant_id}", policy_page)
     r.add_post("/tenants/{tenant_id}", policy_submit)
@@ -264,28 +264,6 @@ async def logout(request: web.Request) -> web.Response:
 async def _visible_tenants(request: web.Request) -> list[Any]:
     p = principal_of(request)
     return [t for t in await request.app[STORE].tenant_set() if p.can_read(t.id)]
-
-
-async def dashboard(request: web.Request) -> web.Response:
-    p = principal_of(request)
-    tenants = await _visible_tenants(request)
-    appliance = request.app[APPLIANCE]
-    status = scoped_status(appliance.status(), p) if appliance is not None else {"tenants": {}}
-    rows = []
-    for t in tenants:
-        s = (status.get("tenants") or {}).get(t.id, {})
-        rows.append({"id": t.id, "name": t.name, "mode": t.mode, "passed_pps": s.get("passed_pps"),
-                     "dropped_pps": s.get("dropped_pps"), "passed_bps": s.get("passed_bps"),
-                     "dropped_bps": s.get("dropped_bps")})
-    active = await request.app[STORE].incidents(
-        IncidentFilter(tenants=p.visible_tenants(()), state="active", limit=50))
-    receivers = []
-    if p.sees_all:  # the NOC's receivers: health and backlog of each
-        for name, r in sorted((status.get("notifiers") or {}).items()):
-            receivers.append({"name": name, "kind": r.get("kind", ""), "healthy": r.get("healthy"),
-                              "backlog": r.get("backlog", 0), "delivered": r.get("delivered", 0),
-                              "last_error": r.get("last_error") or ""})
-    return render(request, "dashboard.html", rows=rows, active=active, receivers=receivers)
 
 
 async def tenants_page(request: web.Request) -> web.Response:

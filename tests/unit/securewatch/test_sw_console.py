@@ -3,16 +3,22 @@ per-destination series, retention settings, and who may read which series."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import pathlib
 import re
+import time
 
+import aiohttp
 import pytest
+from test_sw_helpers import TENANTS, InMemoryAppliance, add_token, attack_events, service
 
 from securewatch import series
 from securewatch.series import RANGES, SeriesRetention
 from securewatch.settings import parse_settings
 from securewatch.store import Store
+from tenants import TenantSet
 
 STATIC = pathlib.Path(__file__).resolve().parents[3] / "securewatch" / "static"
 UPLOT = STATIC / "vendor" / "uplot"
@@ -140,3 +146,107 @@ async def test_item3_destination_rows_must_carry_every_class(store):
         await store.run(series.add_destination_seconds, [{"tenant": "a", "address": "192.0.2.1", "time": 1,
                                                           "pps": [1, 2], "mean": [0] * 6, "sigma": [0] * 6,
                                                           "threshold": [0] * 6}])
+
+
+# -- item 2: the live dashboard's endpoints ------------------------------------------------------------
+
+async def _get(http, url, token):
+    async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as r:
+        return r.status, (await r.json() if r.content_type == "application/json" else await r.text())
+
+
+async def _first_events(http, url, token, n):
+    """The first `n` events of a live stream, parsed (the stream itself runs until closed)."""
+    got = []
+    async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as r:
+        assert r.status == 200 and r.content_type == "text/event-stream"
+        buffer = ""
+        while len(got) < n:
+            buffer += (await asyncio.wait_for(r.content.readany(), 10)).decode()
+            while "\n\n" in buffer:
+                block, buffer = buffer.split("\n\n", 1)
+                lines = dict(line.split(": ", 1) for line in block.splitlines())
+                assert lines["event"] == "tick"
+                got.append(json.loads(lines["data"]))
+    return got
+
+
+async def test_item2_console_tenants_search_sort_paging_on_the_server(tmp_path):
+    many = [{"id": f"t{i:04d}", "name": f"Customer {i}", "prefixes": [f"10.{i // 256}.{i % 256}.0/24"]}
+            for i in range(600)]
+    appliance = InMemoryAppliance(TenantSet.from_dicts(TENANTS + many))
+    # Traffic grows with the number, drops shrink with it; alpha and beta are idle.
+    appliance.rates = {f"t{i:04d}": (float(i), (600 - i) / 100) for i in range(600)}
+    appliance.rates.update(alpha=(0.0, 0.0), beta=(0.0, 0.0))
+    async with service(tmp_path, appliance=appliance) as (url, store, _):
+        await store.save_tenant_set(appliance.tenants, "test", "seed")
+        admin = await add_token(store, "admin")
+        async with aiohttp.ClientSession() as http:
+            status, body = await _get(http, f"{url}/api/v1/console/tenants?sort=traffic&per_page=10&page=2", admin)
+            assert status == 200 and body["total"] == 602 and body["pages"] == 61
+            assert [r["id"] for r in body["rows"]][:2] == ["t0589", "t0588"]   # busiest first, second page
+            status, body = await _get(http, f"{url}/api/v1/console/tenants?sort=drops&per_page=3", admin)
+            assert [r["id"] for r in body["rows"]] == ["t0000", "t0001", "t0002"]
+            status, body = await _get(http, f"{url}/api/v1/console/tenants?q=10.2.7.9", admin)  # by address
+            assert [r["id"] for r in body["rows"]] == ["t0519"]
+            status, body = await _get(http, f"{url}/api/v1/console/tenants?q=customer 42&sort=name", admin)
+            assert [r["id"] for r in body["rows"]][:2] == ["t0042", "t0420"]
+            status, body = await _get(http, f"{url}/api/v1/console/tenants?sort=size", admin)
+            assert status == 400 and "sort" in body["error"]
+            status, body = await _get(http, f"{url}/api/v1/console/tenants?per_page=0", admin)
+            assert status == 400 and "per_page" in body["error"]
+
+
+async def test_item2_access_tenant_user_sees_only_its_own_series_rows_and_stream(tmp_path):
+    async with service(tmp_path) as (url, store, appliance):
+        now = time.time()
+        for tid, pps in (("alpha", 100.0), ("beta", 999.0)):
+            await store.add_traffic(tid, [_second(now - 5 + i, pps, 1) for i in range(3)])
+            appliance.series[tid] = [_second(now - 2 + i, pps, 1) for i in range(3)]
+        await add_incident(store, "inc-beta-1", "beta")
+        mine = await add_token(store, "tenant", "alpha")
+        async with aiohttp.ClientSession() as http:
+            status, body = await _get(http, f"{url}/api/v1/console/tenants", mine)
+            assert [r["id"] for r in body["rows"]] == ["alpha"] and body["total"] == 1
+            status, body = await _get(http, f"{url}/api/v1/tenants/alpha/series?range=5m", mine)
+            assert status == 200 and set(body["passed_pps"]) == {100.0}
+            for rng in ("5m", "1h", "24h", "30d"):
+                status, body = await _get(http, f"{url}/api/v1/tenants/beta/series?range={rng}", mine)
+                assert status == 404, rng
+            status, _ = await _get(http, f"{url}/api/v1/tenants/beta/live?events=1", mine)
+            assert status == 404
+            (event,) = await _first_events(http, f"{url}/api/v1/tenants/alpha/live?ids=alpha,beta", mine, 1)
+            assert set(event["rows"]) == {"alpha"} and event["active"] == []
+            assert {p["passed_pps"] for p in event["points"]} == {100.0}
+            status, page = await _get(http, f"{url}/", mine)
+            assert status == 200 and "beta" not in page.replace("Beta", "")
+
+
+async def test_item2_live_stream_sends_new_seconds_once_and_the_active_incidents(tmp_path):
+    async with service(tmp_path) as (url, store, appliance):
+        now = time.time()
+        appliance.series["alpha"] = [_second(now - 3 + i, 10.0 * i, 0) for i in range(3)]
+        await add_incident(store, "inc-alpha-9", "alpha")
+        noc = await add_token(store, "noc")
+        async with aiohttp.ClientSession() as http, http.get(
+                f"{url}/api/v1/tenants/alpha/live?ids=alpha,beta", headers={"Authorization": f"Bearer {noc}"}) as r:
+            first = await _read_event(r)
+            assert [p["passed_pps"] for p in first["points"]] == [0.0, 10.0, 20.0]
+            assert set(first["rows"]) == {"alpha", "beta"} and first["rows"]["beta"]["passed_pps"] == 1200.0
+            assert [i["id"] for i in first["active"]] == ["inc-alpha-9"]
+            appliance.series["alpha"].append(_second(now + 1, 30.0, 5))   # the engine's next tick
+            second = await _read_event(r)
+            assert [p["passed_pps"] for p in second["points"]] == [30.0]   # only what is new
+
+
+async def _read_event(response):
+    block = b""
+    while b"\n\n" not in block:
+        block += await asyncio.wait_for(response.content.readuntil(b"\n\n"), 10)
+    lines = dict(line.split(": ", 1) for line in block.decode().strip().splitlines())
+    return json.loads(lines["data"])
+
+
+async def add_incident(store, incident_id, tenant):
+    start = attack_events(incident_id=incident_id, tenant=tenant, t0=time.time() - 30)[0]
+    await store.record_event(start.to_dict())

@@ -31,12 +31,17 @@ class InMemoryAppliance:
         self.tenants = tenant_set
         self.applied: list[TenantSet] = []
         self.series: dict[str, list[dict[str, Any]]] = {}
+        self.rates: dict[str, tuple[float, float]] = {}   # tenant -> (passed, dropped) pps; default 1200, 35
 
     def status(self) -> dict[str, Any]:
         return {"updated": time.time(), "interfaces": [{"name": "ext0", "mode": "native", "role": "external"}],
-                "tenants": {t.id: {"name": t.name, "mode": t.mode, "passed_pps": 1200.0, "dropped_pps": 35.0,
-                                   "passed_bps": 9.6e6, "dropped_bps": 2.8e5} for t in self.tenants},
+                "tenants": {t.id: self._rates(t) for t in self.tenants},
                 "notifiers": {"noc-syslog": {"tenants": None}}}
+
+    def _rates(self, t: Any) -> dict[str, Any]:
+        passed, dropped = self.rates.get(t.id, (1200.0, 35.0))
+        return {"name": t.name, "mode": t.mode, "passed_pps": passed, "dropped_pps": dropped,
+                "passed_bps": passed * 8000, "dropped_bps": dropped * 8000}
 
     def apply_tenants(self, tenant_set: TenantSet) -> None:
         TenantSet(tenant_set.tenants)  # the appliance validates again (raises ConfigError)
