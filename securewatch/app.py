@@ -28,7 +28,7 @@ from aiohttp import web
 from policy.events import Event, EventBus, EventType
 from tenants import TenantSet
 
-from . import access_admin, api, auth, live, notify_admin, ui
+from . import access_admin, api, auth, live, notify_admin, servers, ui
 from .auth import Principal
 from .context import (
     APPLIANCE,
@@ -105,6 +105,7 @@ def create_app(settings: SecureWatchSettings, *, store: Store, bus: EventBus | N
     api.add_routes(app)
     ui.add_routes(app)
     live.add_routes(app)
+    servers.add_routes(app)
     notify_admin.add_routes(app)
     access_admin.add_routes(app)
     return app
@@ -245,6 +246,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         background.spawn("securewatch:ingest", _ingest(store, inbox))
     if appliance is not None:
         background.spawn("securewatch:traffic", _sample_traffic(app, store, appliance))
+        if isinstance(appliance, servers.DestinationHooks):
+            background.spawn("securewatch:destinations", servers.sample_destinations(store, appliance))
     background.spawn("securewatch:retention", _retention(store, app[SETTINGS].retention))
     mailer = app[OPTIONS]["mailer"]
     if mailer is not None:

@@ -145,6 +145,14 @@ def openapi_document() -> dict[str, Any]:
                    ("after", "newest second already shown (seconds since the epoch)"),
                    ("events", "end after this many events (default: until the client goes)")),
             content="text/event-stream", errors=("400", "401", "404"))},
+        "/api/v1/tenants/{tenant_id}/servers": {"get": _op(
+            "The tenant's servers (destination addresses) seen in the last 24 h, busiest first, with their load "
+            "(busiest class over its threshold)", params=tid, errors=("401", "404"))},
+        "/api/v1/tenants/{tenant_id}/servers/{address}": {"get": _op(
+            "One server: packets/s by class with the learned baseline (mean, k·σ) and the threshold in force, "
+            "how far from triggering, its incidents", params=(*tid, "address"),
+            query=(("range", "5m, 1h (seconds where stored), 24h, 7d (minute averages)"),),
+            errors=("400", "401", "404"))},
     })
     return {
         "openapi": "3.0.3",

@@ -81,6 +81,10 @@ MATRIX = [
     ("GET", "/api/v1/tenants/beta/series?range=30d", None, (OK, OK, HIDDEN, HIDDEN)),
     ("GET", "/api/v1/tenants/alpha/live?events=1", None, (OK, OK, OK, OK)),
     ("GET", "/api/v1/tenants/beta/live?events=1", None, (OK, OK, HIDDEN, HIDDEN)),
+    ("GET", "/api/v1/tenants/alpha/servers", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/tenants/beta/servers", None, (OK, OK, HIDDEN, HIDDEN)),
+    ("GET", "/api/v1/tenants/alpha/servers/198.51.100.10", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/tenants/beta/servers/203.0.113.5", None, (OK, OK, HIDDEN, HIDDEN)),
     ("GET", "/api/v1/openapi.json", None, (OK, OK, OK, OK)),
 ]
 CASES = [(who, method, path, body, expected[i]) for method, path, body, expected in MATRIX
@@ -92,7 +96,8 @@ def test_matrix_covers_every_documented_operation():
                 .replace("inc-alpha-1", "{incident_id}").replace("inc-beta-1", "{incident_id}")
                 .replace("inc-guessed-9", "{incident_id}").replace("/dropped", "/{kind}")
                 .replace("alpha", "{tenant_id}").replace("beta", "{tenant_id}")
-                .replace("nonexistent", "{tenant_id}").replace("2025-01", "{period}"))
+                .replace("nonexistent", "{tenant_id}")
+                .replace("198.51.100.10", "{address}").replace("203.0.113.5", "{address}").replace("2025-01", "{period}"))
                for m, p, _, _ in MATRIX}
     documented = {(method, path) for path, ops in openapi_document()["paths"].items() for method in ops}
     assert documented <= covered, documented - covered

@@ -19,6 +19,7 @@ from securewatch.series import RANGES, SeriesRetention
 from securewatch.settings import parse_settings
 from securewatch.store import Store
 from tenants import TenantSet
+from tests.support import await_until
 
 STATIC = pathlib.Path(__file__).resolve().parents[3] / "securewatch" / "static"
 UPLOT = STATIC / "vendor" / "uplot"
@@ -250,3 +251,58 @@ async def _read_event(response):
 async def add_incident(store, incident_id, tenant):
     start = attack_events(incident_id=incident_id, tenant=tenant, t0=time.time() - 30)[0]
     await store.record_event(start.to_dict())
+
+
+# -- item 3: the per-server view ---------------------------------------------------------------------
+
+def _server_row(tenant, address, t, udp, threshold=600.0, **extra):
+    return {"tenant": tenant, "address": address, "time": t, "pps": [5, 20, udp, 0, 0, 0], "dropped_pps": 0.0,
+            "mean": [5, 20, 300, 0, 0, 0], "sigma": [2, 5, 90, 0, 0, 0],
+            "threshold": [50, 100, threshold, 50, 50, 50], **extra}
+
+
+async def test_item3_server_view_baseline_band_threshold_load_and_incidents(tmp_path):
+    async with service(tmp_path) as (url, store, appliance):
+        now = int(time.time())
+        appliance.destination_rows = (
+            [_server_row("alpha", "198.51.100.10", now - 3 + i, 300.0 + 100 * i) for i in range(3)]
+            + [_server_row("alpha", "198.51.100.20", now // 60 * 60 - 60, 40.0, samples=60, max_pps=70.0)]
+            + [_server_row("beta", "203.0.113.5", now - 1, 900.0)])
+        await store.record_event(attack_events(t0=now - 30, target="198.51.100.10")[0].to_dict())
+        noc = await add_token(store, "noc")
+        async with aiohttp.ClientSession() as http:
+            # Stored by the background copy from the appliance (polled every few seconds).
+            async def both_stored():
+                return len((await _get(http, f"{url}/api/v1/tenants/alpha/servers", noc))[1]["servers"]) == 2
+            await await_until(both_stored, what="the appliance's server rows stored")
+            status, body = await _get(http, f"{url}/api/v1/tenants/alpha/servers/198.51.100.10?range=5m", noc)
+            assert status == 200 and body["resolution"] == "second" and body["pps"]["udp"] == [300, 400, 500]
+            now_udp = next(c for c in body["current"]["classes"] if c["class"] == "udp")
+            assert (now_udp["band_low"], now_udp["band_high"], now_udp["threshold"]) == (210, 390, 600)
+            assert now_udp["headroom_pps"] == 100 and body["current"]["load"] == round(500 / 600, 3)
+            assert body["current"]["closest_class"] == "udp"
+            assert [i["id"] for i in body["incidents"]] == ["inc-alpha-1"]
+            status, body = await _get(http, f"{url}/api/v1/tenants/alpha/servers/198.51.100.20?range=5m", noc)
+            assert body["resolution"] == "minute" and body["pps"]["udp"] == [40] and body["incidents"] == []
+            status, page = await _get(http, f"{url}/tenants/alpha/servers/198.51.100.10", noc)
+            assert status == 200 and "83%" in page and 'id="server-chart"' in page and "inc-alpha-1" in page
+
+
+async def test_item3_access_server_view_only_for_the_tenants_own_addresses(tmp_path):
+    async with service(tmp_path) as (url, store, appliance):
+        now = int(time.time())
+        await store.run(series.add_destination_seconds, [_server_row("beta", "203.0.113.5", now, 900.0)])
+        mine = await add_token(store, "tenant", "alpha")
+        admin = await add_token(store, "admin")
+        async with aiohttp.ClientSession() as http:
+            for path in ("/api/v1/tenants/beta/servers/203.0.113.5", "/tenants/beta/servers/203.0.113.5",
+                         "/api/v1/tenants/beta/servers", "/tenants/beta/servers",
+                         # beta's address under alpha's name: not alpha's, so no series at all
+                         "/api/v1/tenants/alpha/servers/203.0.113.5", "/api/v1/tenants/alpha/servers/not-an-ip"):
+                status, body = await _get(http, f"{url}{path}", mine)
+                assert status == 404, path
+                assert "900" not in str(body), path
+            status, body = await _get(http, f"{url}/api/v1/tenants/alpha/servers/203.0.113.5", admin)
+            assert status == 404    # an admin too: the address is not alpha's
+            status, body = await _get(http, f"{url}/api/v1/tenants/beta/servers/203.0.113.5?range=1y", admin)
+            assert status == 400 and "range" in body["error"]

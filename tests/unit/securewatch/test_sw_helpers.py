@@ -31,6 +31,7 @@ class InMemoryAppliance:
         self.tenants = tenant_set
         self.applied: list[TenantSet] = []
         self.series: dict[str, list[dict[str, Any]]] = {}
+        self.destination_rows: list[dict[str, Any]] = []
         self.rates: dict[str, tuple[float, float]] = {}   # tenant -> (passed, dropped) pps; default 1200, 35
 
     def status(self) -> dict[str, Any]:
@@ -53,6 +54,13 @@ class InMemoryAppliance:
 
     def traffic_series(self, tenant_id: str, seconds: int) -> list[dict[str, Any]]:
         return self.series.get(tenant_id, [])[-seconds:]
+
+    # The per-server view's hooks (securewatch.servers.DestinationHooks): rows as appliance.destinations makes them.
+    def destination_seconds(self, after: float) -> list[dict[str, Any]]:
+        return [r for r in self.destination_rows if r["time"] > after and "samples" not in r]
+
+    def destination_minutes(self, after: float) -> list[dict[str, Any]]:
+        return [r for r in self.destination_rows if r["time"] > after and "samples" in r]
 
 
 def settings(tmp_path: pathlib.Path, database: str | None = None) -> SecureWatchSettings:
