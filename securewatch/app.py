@@ -28,7 +28,7 @@ from aiohttp import web
 from policy.events import Event, EventBus, EventType
 from tenants import TenantSet
 
-from . import access_admin, api, auth, live, notify_admin, servers, ui
+from . import access_admin, api, auth, live, notify_admin, servers, talkers, ui
 from .auth import Principal
 from .context import (
     APPLIANCE,
@@ -106,6 +106,7 @@ def create_app(settings: SecureWatchSettings, *, store: Store, bus: EventBus | N
     ui.add_routes(app)
     live.add_routes(app)
     servers.add_routes(app)
+    talkers.add_routes(app)
     notify_admin.add_routes(app)
     access_admin.add_routes(app)
     return app

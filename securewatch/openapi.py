@@ -153,6 +153,9 @@ def openapi_document() -> dict[str, Any]:
             "how far from triggering, its incidents", params=(*tid, "address"),
             query=(("range", "5m, 1h (seconds where stored), 24h, 7d (minute averages)"),),
             errors=("400", "401", "404"))},
+        "/api/v1/incidents/{incident_id}/talkers": {"get": _op(
+            "Attack anatomy from the incident's sampled packets (dropped and passed): top sources and /24 or "
+            "/48, top ports, protocol and TCP-flag mix, packet sizes", params=iid, errors=("401", "404"))},
     })
     return {
         "openapi": "3.0.3",

@@ -7,7 +7,6 @@ show a tenant the principal may not read (the same scoping as the API).
 from __future__ import annotations
 
 import datetime
-import html
 import pathlib
 import re
 import secrets
@@ -16,7 +15,6 @@ import urllib.parse
 from typing import Any
 
 import jinja2
-import markupsafe
 import structlog
 from aiohttp import web
 
@@ -24,7 +22,7 @@ from tenants import ConfigError
 from tenants.model import PORT_MAX
 from tenants.policy import RATE_PPS_MAX, REFLECTION_MODES, TenantPolicy
 
-from . import auth
+from . import auth, talkers
 from .charts import UPLOT
 from .context import (
     APPLIANCE,
@@ -442,9 +440,11 @@ async def incidents_page(request: web.Request) -> web.Response:
 
 async def incident_page(request: web.Request) -> web.Response:
     detail = await incident_detail(request, request.match_info["incident_id"])
-    svg = timeline_svg(detail["timeline"])
     can_handle = principal_of(request).can_handle_incident(detail["tenant"])
-    return render(request, "incident.html", inc=detail, svg=svg, can_handle=can_handle)
+    rules = [{**r, "text": talkers.rule_text(r), "action_text": talkers.action_text(r)}
+             for r in detail["details"].get("rules", [])]
+    anatomy = await talkers.anatomy_of(request, detail["id"])
+    return render(request, "incident.html", inc=detail, rules=rules, anatomy=anatomy, can_handle=can_handle)
 
 
 async def incident_acknowledge(request: web.Request) -> web.Response:
@@ -474,47 +474,3 @@ async def reports_page(request: web.Request) -> web.Response:
 
 def render_report_html(app: web.Application, report: Any) -> str:
     return app[TEMPLATES].get_template("report.html").render(r=report, summary=report.summary)
-
-
-# -- the incident timeline as inline SVG ---------------------------------------------------
-
-SVG_W, SVG_H = 760, 240          # pixels
-SVG_PAD_L, SVG_PAD_R, SVG_PAD_T, SVG_PAD_B = 64, 12, 28, 28   # pixels; the legend sits in the top pad
-SERIES_STYLE = (("attack_pps", "#c53030", "attack"), ("dropped_pps", "#2b6cb0", "dropped"),
-                ("passed_pps", "#2f855a", "passed"))
-
-
-def timeline_svg(points: list[dict[str, float]]) -> markupsafe.Markup:
-    """Attack, dropped and passed packets per second over the incident, drawn here, no JS."""
-    if len(points) < 2:
-        return markupsafe.Markup('<p class="muted">Not enough timeline points yet.</p>')
-    t0, t1 = points[0]["t"], points[-1]["t"]
-    span = max(t1 - t0, 1.0)
-    top = max(max(p.get(k, 0.0) for k, _, _ in SERIES_STYLE) for p in points) or 1.0
-    w, h = SVG_W - SVG_PAD_L - SVG_PAD_R, SVG_H - SVG_PAD_T - SVG_PAD_B
-
-    def xy(p: dict[str, float], key: str) -> str:
-        return f"{SVG_PAD_L + (p['t'] - t0) / span * w:.1f},{SVG_PAD_T + h - p.get(key, 0.0) / top * h:.1f}"
-
-    parts = [f'<svg class="timeline" viewBox="0 0 {SVG_W} {SVG_H}" role="img" '
-             f'aria-label="packets per second over the incident" xmlns="http://www.w3.org/2000/svg">']
-    for i in range(5):
-        y = SVG_PAD_T + h * i / 4
-        value = top * (1 - i / 4)
-        parts.append(f'<line x1="{SVG_PAD_L}" y1="{y:.1f}" x2="{SVG_W - SVG_PAD_R}" y2="{y:.1f}" class="grid"/>')
-        parts.append(f'<text x="{SVG_PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{html.escape(_rate(value))}</text>')
-    for i in range(5):
-        t = t0 + span * i / 4
-        x = SVG_PAD_L + w * i / 4
-        label = datetime.datetime.fromtimestamp(t, tz=datetime.UTC).strftime("%H:%M:%S")
-        anchor = "start" if i == 0 else "end" if i == 4 else "middle"  # keep the end labels inside
-        parts.append(f'<text x="{x:.1f}" y="{SVG_H - 8}" text-anchor="{anchor}">{label}</text>')
-    for key, colour, _ in SERIES_STYLE:
-        coords = " ".join(xy(p, key) for p in points)
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{coords}"/>')
-    for n, (_, colour, label) in enumerate(SERIES_STYLE):
-        x = SVG_PAD_L + 10 + n * 90
-        parts.append(f'<rect x="{x}" y="4" width="10" height="10" fill="{colour}"/>'
-                     f'<text x="{x + 14}" y="13">{label}</text>')
-    parts.append("</svg>")
-    return markupsafe.Markup("".join(parts))

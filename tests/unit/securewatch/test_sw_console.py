@@ -306,3 +306,60 @@ async def test_item3_access_server_view_only_for_the_tenants_own_addresses(tmp_p
             assert status == 404    # an admin too: the address is not alpha's
             status, body = await _get(http, f"{url}/api/v1/tenants/beta/servers/203.0.113.5?range=1y", admin)
             assert status == 400 and "range" in body["error"]
+
+
+# -- item 4: the incident page: rules in operator language, attack anatomy, the chart ------------------
+
+def test_item4_rules_in_operator_language():
+    from securewatch.talkers import action_text, rule_text  # noqa: PLC0415
+
+    udp = {"proto": 17, "sport": None, "dport": [28960, 28960], "length": [512, 512], "ttl": [55, 59],
+           "tcp_flags": None, "payload": "00000000ffffffff2a", "payload_mask": None, "action": "drop"}
+    assert rule_text(udp) == "UDP dst port 28960, length 512, TTL 55–59, payload 00000000ffffffff…"
+    syn = {"proto": 6, "dst": "198.51.100.10", "dport": [443, 443], "tcp_flags": [0x12, 0x02],
+           "action": "rate_limit", "rate_pps": 1500}
+    assert rule_text(syn) == "TCP to 198.51.100.10, dst port 443, flags SYN no ACK"
+    assert action_text(syn) == "rate-limit to 1,500 pps"
+    assert rule_text({"proto": "tcp", "tcp_flags": ["SYN"], "sport": [1024, 65535]}) == \
+        "TCP src ports 1024–65535, flags SYN"
+    assert rule_text({"fragments": True}) == "fragments only"
+    assert rule_text({"proto": 1, "dst": "192.0.2.1"}) == "ICMP to 192.0.2.1"
+
+
+async def test_item4_incident_anatomy_from_sampled_packets_and_chart(tmp_path):
+    from scapy.layers.l2 import Ether  # noqa: PLC0415
+    from scapy.utils import wrpcap  # noqa: PLC0415
+
+    from tests.unit.policy.fakes import syn_frame, udp_frame  # noqa: PLC0415
+
+    frames = ([Ether(syn_frame(f"198.18.0.{i % 2}", "198.51.100.10", 1024 + i, 443)) for i in range(30)]
+              + [Ether(udp_frame("198.18.7.7", "198.51.100.10", 53, 28960, b"\0" * 500)) for _ in range(10)])
+    capture = tmp_path / "inc-alpha-1-dropped.pcap"
+    wrpcap(str(capture), frames)   # the engine's capture format: libpcap, Ethernet
+    async with service(tmp_path, pcap_root=tmp_path) as (url, store, _):
+        for event in attack_events(t0=time.time() - 60)[:2]:   # started, updated: still active
+            event.details["rules"] = [{"rule_id": 3, "vector": "udp_flood", "proto": 17, "dport": [28960, 28960],
+                                       "length": [528, 528], "ttl": [55, 59], "sport": None, "tcp_flags": None,
+                                       "payload": None, "action": "drop", "dropped_packets": 123456}]
+            event.details["pcap"] = {"dropped": {"path": str(capture), "packets": 40, "bytes": 1}}
+            await store.record_event(event.to_dict())
+        noc = await add_token(store, "noc")
+        async with aiohttp.ClientSession() as http:
+            status, body = await _get(http, f"{url}/api/v1/incidents/inc-alpha-1/talkers", noc)
+            dropped = body["dropped"]
+            assert status == 200 and dropped["samples"] == 40
+            assert dropped["sources"][:2] == [{"key": "198.18.0.0", "samples": 15, "share": 0.375},
+                                              {"key": "198.18.0.1", "samples": 15, "share": 0.375}]
+            assert dropped["networks"][:2] == [{"key": "198.18.0.0/24", "samples": 30, "share": 0.75},
+                                               {"key": "198.18.7.0/24", "samples": 10, "share": 0.25}]
+            assert {e["key"]: e["samples"] for e in dropped["destination_ports"]} == {"TCP 443": 30, "UDP 28960": 10}
+            assert {e["key"]: e["samples"] for e in dropped["protocols"]} == {"TCP": 30, "UDP": 10}
+            assert dropped["tcp_flags"] == [{"key": "SYN", "samples": 30, "share": 0.75}]
+            sizes = {e["key"]: e["samples"] for e in dropped["sizes"]}
+            syn_size = len(bytes(frames[0]))
+            assert sizes == {f"≤ {64 if syn_size <= 64 else 128}": 30, "≤ 1024": 10}   # 542-byte UDP frames
+            status, page = await _get(http, f"{url}/incidents/inc-alpha-1", noc)
+            assert "UDP dst port 28960, length 528, TTL 55–59" in page and "123,456" in page
+            assert "None" not in page and "[28960, 28960]" not in page     # no Python reprs
+            assert 'id="incident-chart"' in page and "<svg" not in page and "uPlot-1.6.32" in page
+            assert 'data-list="networks"' in page and "198.18.0.0/24" in page
