@@ -156,6 +156,9 @@ def openapi_document() -> dict[str, Any]:
         "/api/v1/incidents/{incident_id}/talkers": {"get": _op(
             "Attack anatomy from the incident's sampled packets (dropped and passed): top sources and /24 or "
             "/48, top ports, protocol and TCP-flag mix, packet sizes", params=iid, errors=("401", "404"))},
+        "/api/v1/tenants/{tenant_id}/talkers": {"get": _op(
+            "A tenant's attack anatomy over its most recent incidents (at most 20) of the last `days`", params=tid,
+            query=(("days", "1 to 366, default 30"),), errors=("400", "401", "404"))},
     })
     return {
         "openapi": "3.0.3",

@@ -1,4 +1,4 @@
-"""Attack anatomy from an incident's sampled packets: top sources and their /24 (IPv4) or /48 (IPv6),
+"""Attack anatomy from an incident's (or a tenant's incidents') sampled packets: top sources and their /24 (IPv4) or /48 (IPv6),
 top source and destination ports, protocol and TCP-flag mix, packet-size histogram.
 
 The engine writes the packets it sampled during an incident to two PCAP files (`policy.pcap`:
@@ -19,11 +19,13 @@ import collections
 import ipaddress
 import pathlib
 import struct
+import time
 from typing import Any
 
 from aiohttp import web
 
-from .context import OPTIONS, STORE, visible_incident
+from .context import OPTIONS, STORE, ApiError, visible_incident, visible_tenant
+from .store import IncidentFilter
 
 MAX_PACKETS = 200_000          # records read from one capture (the engine's files are bounded too)
 TOP = 10                       # entries of each top list
@@ -109,6 +111,11 @@ def _frame(t: _Tally, frame: bytes, wire_length: int) -> None:
 def read_capture(path: pathlib.Path) -> dict[str, Any]:
     """The anatomy of one PCAP file; ValueError when it is not a libpcap file."""
     tally = _Tally()
+    _read_into(tally, path)
+    return tally.to_dict()
+
+
+def _read_into(tally: _Tally, path: pathlib.Path) -> None:
     with path.open("rb") as f:
         header = f.read(_PCAP_HEADER)
         order = _MAGICS.get(header[:4])
@@ -123,39 +130,62 @@ def read_capture(path: pathlib.Path) -> dict[str, Any]:
             if len(frame) < captured:
                 break
             _frame(tally, frame, wire)
-    return tally.to_dict()
 
 
-def incident_anatomy(pcaps: dict[str, dict[str, Any]], root: pathlib.Path | None) -> dict[str, Any]:
-    """{"dropped": anatomy, "passed": anatomy} of the captures under `root` that are readable."""
-    out: dict[str, Any] = {}
+def incident_anatomy(*pcap_sets: dict[str, dict[str, Any]], root: pathlib.Path | None) -> dict[str, Any]:
+    """{"dropped": anatomy, "passed": anatomy} of the captures under `root` that are readable, summed
+    over every set given (one incident's, or a tenant's incidents')."""
+    tallies: dict[str, _Tally] = {}
     if root is None:
-        return out
-    for kind, ref in sorted(pcaps.items()):
-        path = pathlib.Path(ref["path"]).resolve()
-        if not path.is_relative_to(root) or not path.is_file():   # the same confinement as the download
-            continue
-        try:
-            out[kind] = read_capture(path)
-        except (OSError, ValueError):
-            continue
-    return out
+        return {}
+    for pcaps in pcap_sets:
+        for kind, ref in sorted(pcaps.items()):
+            path = pathlib.Path(ref["path"]).resolve()
+            if not path.is_relative_to(root) or not path.is_file():   # the same confinement as the download
+                continue
+            tally = tallies.setdefault(kind, _Tally())
+            try:
+                _read_into(tally, path)
+            except (OSError, ValueError):
+                continue
+    return {kind: t.to_dict() for kind, t in tallies.items() if t.samples}
+
+
+TENANT_INCIDENTS = 20          # most recent incidents whose captures make a tenant's anatomy
+TENANT_SPAN_DAYS = 30          # default look-back of a tenant's anatomy, days
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/incidents/{incident_id}/talkers", api_talkers)
+    app.router.add_get("/api/v1/tenants/{tenant_id}/talkers", api_tenant_talkers)
 
 
 async def anatomy_of(request: web.Request, incident_id: str) -> dict[str, Any]:
     """The anatomy of an incident the caller may read (404 otherwise), read off the event loop."""
     incident = await visible_incident(request, incident_id)
     pcaps = await request.app[STORE].pcaps(incident.id)
-    return await asyncio.to_thread(incident_anatomy, pcaps, request.app[OPTIONS]["pcap_root"])
+    return await asyncio.to_thread(lambda: incident_anatomy(pcaps, root=request.app[OPTIONS]["pcap_root"]))
 
 
 async def api_talkers(request: web.Request) -> web.Response:
     incident_id = request.match_info["incident_id"]
     return web.json_response({"incident": incident_id, **await anatomy_of(request, incident_id)})
+
+
+async def api_tenant_talkers(request: web.Request) -> web.Response:
+    """A tenant's attack anatomy: the captures of its most recent incidents over `days`."""
+    tenant = await visible_tenant(request, request.match_info["tenant_id"])
+    text = request.query.get("days", str(TENANT_SPAN_DAYS))
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 366:
+        raise ApiError(400, "days: expected a whole number between 1 and 366",
+                       ["days: expected a whole number between 1 and 366"])
+    store = request.app[STORE]
+    incidents = await store.incidents(IncidentFilter(tenant=tenant.id, since=time.time() - int(text) * 86400,
+                                                     limit=TENANT_INCIDENTS))
+    pcap_sets = [await store.pcaps(i.id) for i in incidents]
+    anatomy = await asyncio.to_thread(lambda: incident_anatomy(*pcap_sets, root=request.app[OPTIONS]["pcap_root"]))
+    return web.json_response({"tenant": tenant.id, "days": int(text), "incidents": [i.id for i in incidents],
+                              **anatomy})
 
 
 # -- rules in operator language ---------------------------------------------------------------------

@@ -83,6 +83,8 @@ MATRIX = [
     ("GET", "/api/v1/tenants/beta/live?events=1", None, (OK, OK, HIDDEN, HIDDEN)),
     ("GET", "/api/v1/incidents/inc-alpha-1/talkers", None, (OK, OK, OK, OK)),
     ("GET", "/api/v1/incidents/inc-beta-1/talkers", None, (OK, OK, HIDDEN, HIDDEN)),
+    ("GET", "/api/v1/tenants/alpha/talkers", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/tenants/beta/talkers", None, (OK, OK, HIDDEN, HIDDEN)),
     ("GET", "/api/v1/tenants/alpha/servers", None, (OK, OK, OK, OK)),
     ("GET", "/api/v1/tenants/beta/servers", None, (OK, OK, HIDDEN, HIDDEN)),
     ("GET", "/api/v1/tenants/alpha/servers/198.51.100.10", None, (OK, OK, OK, OK)),

@@ -363,3 +363,10 @@ async def test_item4_incident_anatomy_from_sampled_packets_and_chart(tmp_path):
             assert "None" not in page and "[28960, 28960]" not in page     # no Python reprs
             assert 'id="incident-chart"' in page and "<svg" not in page and "uPlot-1.6.32" in page
             assert 'data-list="networks"' in page and "198.18.0.0/24" in page
+            # Per tenant: the same captures summed over the tenant's recent incidents; none for beta.
+            status, body = await _get(http, f"{url}/api/v1/tenants/alpha/talkers?days=7", noc)
+            assert body["incidents"] == ["inc-alpha-1"] and body["dropped"]["samples"] == 40
+            status, body = await _get(http, f"{url}/api/v1/tenants/beta/talkers", noc)
+            assert status == 200 and body["incidents"] == [] and "dropped" not in body
+            status, body = await _get(http, f"{url}/api/v1/tenants/alpha/talkers?days=0", noc)
+            assert status == 400 and "days" in body["error"]
