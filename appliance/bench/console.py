@@ -113,6 +113,43 @@ async def measure(base: str, token: str, tenants: int, repeat: int = 5) -> dict[
     return out
 
 
+async def live_latency(base: str, token: str, database: str, samples: int = 5) -> dict[str, Any]:
+    """Seconds from a tenant second being stored to its arrival in an open event stream (central mode:
+    the stream reads the store each second; on an appliance it reads the engine's series the same way)."""
+    import aiohttp  # noqa: PLC0415
+
+    path = database.removeprefix("sqlite:///")
+    tenant = "t00002"
+    delays = []
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http, \
+            http.get(f"{base}/api/v1/tenants/{tenant}/live?after={time.time():.0f}") as stream:
+        if stream.status != 200:
+            raise RuntimeError(f"live stream of {tenant}: HTTP {stream.status}")
+        buffer = b""
+        for _ in range(samples):
+            t = int(time.time()) + 1
+            await asyncio.sleep(max(0.0, t - time.time()))   # the next whole second, the engine's cadence
+            db = sqlite3.connect(path, timeout=5)
+            try:
+                db.execute("INSERT OR REPLACE INTO traffic_seconds VALUES (?, ?, 1, 2, 3, 4)", (tenant, t))
+                db.commit()
+            finally:
+                db.close()
+            stored = time.perf_counter()
+            while True:
+                chunk = await asyncio.wait_for(stream.content.readany(), 10)   # seconds: a tick is due each one
+                if not chunk:
+                    raise RuntimeError("live stream ended")
+                buffer += chunk
+                if f'"time":{t}.0'.encode() in buffer or f'"time":{t},'.encode() in buffer:
+                    delays.append(time.perf_counter() - stored)
+                    buffer = b""
+                    break
+    delays.sort()
+    return {"samples": len(delays), "median_ms": round(1000 * delays[len(delays) // 2]),
+            "max_ms": round(1000 * delays[-1])}
+
+
 async def _storage() -> dict[str, Any]:
     from securewatch.store import Store  # noqa: PLC0415
 
@@ -154,6 +191,10 @@ def render(result: dict[str, Any]) -> list[str]:
     for name, r in result["requests"].items():
         out.append(f"  {name:<42} {r['median_ms']:>8.1f} ms (max {r['max_ms']:.1f})  {r['bytes']:>9,} bytes"
                    + (f"  HTTP {r['status']}" if r["status"] != 200 else ""))
+    if "live" in result:
+        live = result["live"]
+        out.append(f"  live update, stored second to the browser's event stream: median {live['median_ms']:,} ms, "
+                   f"max {live['max_ms']:,} ms ({live['samples']} samples; the stream ticks each second)")
     s = result["storage"]
     rows = ", ".join(f"{k} {v:,}" for k, v in s["rows_per_tenant_day"].items())
     out.append(f"  storage per tenant per day: {s['bytes_in_use_per_tenant_day']:,} bytes in use after retention "

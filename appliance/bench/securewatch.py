@@ -178,6 +178,7 @@ def run(tenants: int = 10_000, clients: int = 20, requests: int = 2_000, put_eve
                 result = asyncio.run(_drive(base, token, tenants, clients, requests, put_every, time_limit_s, seed))
                 progress("console pages and series")
                 pages = asyncio.run(console.measure(base, token, tenants, CONSOLE_REPEAT))
+                live = asyncio.run(console.live_latency(base, token, database))
             finally:
                 server.terminate()
                 try:
@@ -188,7 +189,8 @@ def run(tenants: int = 10_000, clients: int = 20, requests: int = 2_000, put_eve
     progress("storage per tenant per day")
     return {"tenants": tenants, "clients": clients, "requests": requests, "put_every": put_every,
             "cpu": cpu_model(), "cpus": os.cpu_count(), "load_1min_before": round(load, 2), **result,
-            "console": {"seeded": seeded, "repeat": CONSOLE_REPEAT, "requests": pages, "storage": console.storage()}}
+            "console": {"seeded": seeded, "repeat": CONSOLE_REPEAT, "requests": pages, "live": live,
+                        "storage": console.storage()}}
 
 
 def render(result: dict) -> str:

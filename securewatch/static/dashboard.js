@@ -41,7 +41,9 @@
   function append(points) {
     if (range !== "5m" || !data || !points.length) return;
     for (const p of points) {
-      data[0].push(Math.floor(p.time));
+      const t = Math.floor(p.time);
+      if (data[0].length && t <= data[0][data[0].length - 1]) continue;   // already drawn (from the store)
+      data[0].push(t);
       KEYS.forEach((k, i) => data[i + 1].push(p[k]));
     }
     const cut = data[0][data[0].length - 1] - span;
