@@ -27,8 +27,11 @@ window.SW = (function () {
     return {scale: unit, side: side, size: axisSize, stroke: stroke,
             values: (u, splits) => splits.map(v => rate(v, unit)), grid: {show: side === 3}};
   }
+  // Whole seconds and up: an incident of a few seconds must not get ticks at ":32.500".
+  const TIME_INCRS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200,
+                      86400, 172800, 604800, 2592000];
   function timeAxis() {
-    return {stroke: "currentColor"};
+    return {stroke: "currentColor", incrs: TIME_INCRS, space: 60};
   }
   function series(label, unit, colour, opts) {
     return Object.assign({label: label, scale: unit, stroke: colour, width: 2,
