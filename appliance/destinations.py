@@ -162,8 +162,11 @@ class DestinationRecorder:
 
     # -- reading (SecureWatch) -------------------------------------------------------------------
 
+    # The engine may tick in a worker thread while SecureWatch reads on the event loop: each reader
+    # copies the deque with one C-level call (atomic under the GIL) before iterating it; the lists
+    # in it are never changed once appended.
     def seconds_after(self, after: float) -> list[dict[str, Any]]:
-        return [r for tick in self._seconds if tick and tick[0]["time"] > after for r in tick]
+        return [r for tick in list(self._seconds) if tick and tick[0]["time"] > after for r in tick]
 
     def minutes_after(self, after: float) -> list[dict[str, Any]]:
-        return [r for minute in self._minutes if minute and minute[0]["time"] > after for r in minute]
+        return [r for minute in list(self._minutes) if minute and minute[0]["time"] > after for r in minute]
