@@ -244,15 +244,22 @@ class Appliance:
     def policy_engine(self, dataplane: DataplaneLike) -> PolicyEngine:
         """The policy engine over `dataplane` for the tenants applied, publishing its tenant traffic
         to `monitor` (the status's and the series' only source of tenant rates)."""
-        from policy.engine import PolicyEngine  # noqa: PLC0415
+        from policy.engine import PolicyConfig, PolicyEngine  # noqa: PLC0415
 
+        # `[escalation] uplink_bps` (issue 14) scales the default detection floors (issue 20); read
+        # optionally: the key is absent from configs parsed without the escalation table.
+        uplink_bps = getattr(getattr(self.config, "escalation", None), "uplink_bps", None)
         return PolicyEngine(dataplane, self._engine_tenants(), self.bus, self.state_dir / "policy",
-                            tick=self.config.appliance.tick_ms / 1000.0, on_tenant_traffic=self._after_tick)
+                            tick=self.config.appliance.tick_ms / 1000.0, on_tenant_traffic=self._after_tick,
+                            config=PolicyConfig(uplink_bps=uplink_bps))
 
     def _after_tick(self, traffic: TenantTraffic) -> None:
+        """The engine's tick callback (on the loop, after the tick): tenant rates, then the per-server
+        rows, read from the engine under its lock (no tick may replace them meanwhile)."""
         self.monitor.record(traffic)
         if self.engine is not None:
-            self.destinations.record(self.engine, traffic.wall)
+            with self._engine_lock():
+                self.destinations.record(self.engine, traffic.wall)
 
     def _spawn(self, coro, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -302,7 +309,8 @@ class Appliance:
         indices = assign_indices([t.id for t in tenant_set], previous)
         tables = compile_tenant_set(tenant_set, indices)
         fresh = [idx for tid, idx in indices.items() if previous.get(tid) != idx]
-        self.dataplane.apply_tenants(tables, reset_stats=fresh)
+        with self._engine_lock():
+            self.dataplane.apply_tenants(tables, reset_stats=fresh)
         tmp = self._index_file().with_suffix(".tmp")
         tmp.write_text(json.dumps(indices, indent=1, sort_keys=True))
         os.replace(tmp, self._index_file())
@@ -311,9 +319,14 @@ class Appliance:
             self.engine.set_tenants(self._engine_tenants())
         log.info("appliance.tenants_applied", tenants=len(tenant_set))
 
+    def _engine_lock(self) -> contextlib.AbstractContextManager:
+        """The engine's tick lock (see policy.engine): held around changes to the dataplane made
+        from the event loop, so that none lands in the middle of a tick's reads and rule changes."""
+        return self.engine.lock if self.engine is not None else contextlib.nullcontext()
+
     def _engine_tenants(self) -> dict[int, tuple[str, TenantMode, Any]]:
         return {self.indices[t.id]: (t.id, TenantMode.MONITOR if t.mode == "monitor" else TenantMode.MITIGATE,
-                                     t.policy) for t in self.tenants}
+                                     t.policy, t.prefixes) for t in self.tenants}
 
     def _request_reload(self) -> None:
         self._reload_requested = True
@@ -412,14 +425,16 @@ class Appliance:
         if self.engine is None:
             return []
         out: list[IncidentStatus] = []
-        for inc in self.engine.incidents.open.values():
+        # The engine ticks in a worker thread: copy each container with one C-level call (atomic under
+        # the GIL) before iterating it, rather than wait for the tick's lock on the event loop.
+        for inc in list(self.engine.incidents.open.values()):
             out.append({"id": inc.id, "tenant": inc.tenant_id, "state": str(getattr(inc.state, "value", inc.state)),
                         "destinations": sorted(inc.destinations),
-                        "vectors": {v: round(c, 2) for v, c in inc.vectors.items()},
+                        "vectors": {v: round(c, 2) for v, c in dict(inc.vectors).items()},
                         "started": inc.started_wall, "peak_pps": round(inc.peak_pps),
                         "dropped_packets": int(inc.dropped_packets), "passed_packets": int(inc.passed_packets),
                         "efficacy": None if inc.efficacy is None else round(inc.efficacy, 4),
-                        "rules": [r.to_dict() for r in inc.rules.values()]})
+                        "rules": [r.to_dict() for r in list(inc.rules.values())]})
         return sorted(out, key=lambda i: i["started"] or 0, reverse=True)
 
     # -- periodic work --------------------------------------------------------
@@ -478,7 +493,8 @@ class Appliance:
                     task.cancel()
                 if getter in done:
                     switch.indices = self.indices  # follows reloads
-                    switch.on_event(getter.result())
+                    with self._engine_lock():
+                        switch.on_event(getter.result())
         finally:
             self.bus.unsubscribe("dataplane-heuristics")
 
@@ -492,7 +508,7 @@ class Appliance:
             now = time.monotonic()
             for rid, deadline in list(self._stale_rules.items()):
                 if now >= deadline:
-                    with contextlib.suppress(KeyError):
+                    with contextlib.suppress(KeyError), self._engine_lock():
                         self.dataplane.remove_rule(rid)
                     del self._stale_rules[rid]
                     log.info("appliance.inherited_rule_expired", rule=rid)

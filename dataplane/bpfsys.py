@@ -27,6 +27,7 @@ BPF_MAP_UPDATE_ELEM = 2
 BPF_MAP_DELETE_ELEM = 3
 BPF_OBJ_PIN = 6
 BPF_OBJ_GET = 7
+BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_TEST_RUN = 10
 BPF_MAP_LOOKUP_BATCH = 24
@@ -175,6 +176,15 @@ def obj_pin(fd: int, path: str) -> None:
 def obj_get(path: str) -> int:
     raw = ctypes.create_string_buffer(path.encode())
     return _bpf(BPF_OBJ_GET, _ObjAttr(pathname=ctypes.addressof(raw)), f"BPF_OBJ_GET {path}")
+
+
+class _GetIdAttr(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_uint32), ("next_id", ctypes.c_uint32), ("open_flags", ctypes.c_uint32)]
+
+
+def prog_get_fd_by_id(prog_id: int) -> int:
+    """An fd for a loaded program known by its id (e.g. one another tool attached)."""
+    return _bpf(BPF_PROG_GET_FD_BY_ID, _GetIdAttr(id=prog_id), f"BPF_PROG_GET_FD_BY_ID {prog_id}")
 
 
 class MapInfo(ctypes.Structure):

@@ -172,8 +172,17 @@ def _score(vector: Vector, parts: list[tuple[float, float]], tclass: TrafficClas
     return VectorScore(vector, round(float(np.clip(confidence, 0.0, 1.0)), 3), tclass, evidence)
 
 
-def classify_class(ev: ClassEvidence, samples: PacketFeatures, peers: set[IPAddress]) -> VectorScore:
-    """The most likely vector behind one anomalous class, from inbound samples to that target."""
+# Classes whose answered share speaks for the traffic: TCP, where spoofed packets draw only
+# handshake replies and resets (a spoofed UDP query is answered like a real one).
+ANSWERED_CLASSES = frozenset({TrafficClass.TCP_SYN, TrafficClass.TCP_OTHER})
+
+
+def classify_class(ev: ClassEvidence, samples: PacketFeatures, peers: set[IPAddress],
+                   answered: float = 0.0) -> VectorScore:
+    """The most likely vector behind one anomalous class, from inbound samples to that target.
+
+    `answered`: the share of the target's new inbound traffic that its own outbound data grew with
+    (`PolicyEngine._answered`): a TCP crowd the server answers is no flood whatever peers are known."""
     mag = _magnitude(ev.pps, ev.threshold)
     exs = _excess_share(ev)
     tc = ev.traffic_class
@@ -210,9 +219,9 @@ def classify_class(ev: ClassEvidence, samples: PacketFeatures, peers: set[IPAddr
     if tc == TrafficClass.TCP_SYN:
         diversity = len(set(in_class.src)) / n if n else NEUTRAL
         symmetric = _symmetric_share(in_class, peers)
-        peers_new = _peer_share_of_new(symmetric, exs)
+        peers_new = max(_peer_share_of_new(symmetric, exs), answered)
         evidence.update(source_diversity=round(diversity, 3), symmetric_share=round(symmetric, 3),
-                        peer_share_of_new=round(peers_new, 3))
+                        peer_share_of_new=round(peers_new, 3), answered_share=round(answered, 3))
         return _score(Vector.SYN_FLOOD, [(0.45, mag), (0.35, exs), (0.2, diversity)], tc, evidence,
                       penalty=1.0 - 0.5 * peers_new)
     if tc == TrafficClass.TCP_OTHER:
@@ -224,10 +233,10 @@ def classify_class(ev: ClassEvidence, samples: PacketFeatures, peers: set[IPAddr
         else:
             rst_fin = ack_only = synack = NEUTRAL
         symmetric = _symmetric_share(in_class, peers)
-        peers_new = _peer_share_of_new(symmetric, exs)
+        peers_new = max(_peer_share_of_new(symmetric, exs), answered)
         evidence.update(rst_fin_share=round(rst_fin, 3), ack_share=round(ack_only, 3),
-                        synack_share=round(synack, 3),
-                        symmetric_share=round(symmetric, 3), peer_share_of_new=round(peers_new, 3))
+                        synack_share=round(synack, 3), symmetric_share=round(symmetric, 3),
+                        peer_share_of_new=round(peers_new, 3), answered_share=round(answered, 3))
         if n and synack > max(rst_fin, ack_only):
             # Answers to SYNs the destination's servers did not send: reflected off third parties.
             return _score(Vector.TCP_SYNACK_REFLECTION, [(0.4, mag), (0.3, exs), (0.3, synack)], tc, evidence,
@@ -245,7 +254,7 @@ def classify_class(ev: ClassEvidence, samples: PacketFeatures, peers: set[IPAddr
 
 
 def classify_destination(classes: list[ClassEvidence], samples: PacketFeatures, peers: set[IPAddress],
-                         min_confidence: float) -> list[VectorScore]:
+                         min_confidence: float, answered: float = 0.0) -> list[VectorScore]:
     """Vectors (confidence >= min_confidence) for one destination's anomalous classes, best first.
 
     One vector may cover several classes (a reflection arrives as UDP and as
@@ -255,7 +264,7 @@ def classify_destination(classes: list[ClassEvidence], samples: PacketFeatures, 
     best: dict[Vector, VectorScore] = {}
     covered: dict[Vector, set[TrafficClass]] = {}
     for ev in classes:
-        score = classify_class(ev, samples, peers)
+        score = classify_class(ev, samples, peers, answered if ev.traffic_class in ANSWERED_CLASSES else 0.0)
         if score.confidence < min_confidence:
             continue
         covered.setdefault(score.vector, set()).add(ev.traffic_class)

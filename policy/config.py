@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from dataplane.constants import TrafficClass
+from tenants.policy import TenantPolicy
 
 # Rates (packets/s per destination) above which a class is an attack even before a
 # baseline exists. They apply during warm-up only, when nothing else can be known: to
@@ -36,6 +37,39 @@ DEFAULT_ONSET_FLOOR_PPS = {
     TrafficClass.FRAGMENT: 2_000,
     TrafficClass.OTHER: 2_000,
 }
+
+
+# Detection floors that follow the link (issue 20): with `[escalation] uplink_bps` configured, a tenant
+# whose policy leaves `min_pps` / `min_tenant_pps` at their defaults gets these per Gbit/s of uplink
+# instead. At 10 Gbit/s they are the fixed defaults (1,000 and 500 packets/s); a 100 Gbit/s edge sees
+# ten times the background of stray packets per address, a 1 Gbit/s edge a tenth of it. At a 1,000-byte
+# mean packet, 100 packets/s per Gbit/s is 0.08 % of the link's packet rate.
+MIN_PPS_PER_GBPS = 100.0          # packets/s per destination and class, per Gbit/s of uplink
+MIN_TENANT_PPS_PER_GBPS = 50.0    # packets/s per tenant and class, per Gbit/s of uplink
+LOWEST_LINK_FLOOR_PPS = 300       # packets/s: no link-derived floor is lower (a slow link still sees scans)
+UPLINK_BPS_MAX = 10 ** 15         # bits/s: far above any link, as [escalation] uplink_bps accepts
+
+
+def link_floors(uplink_bps: int) -> tuple[int, int]:
+    """(min_pps, min_tenant_pps) defaults for an uplink of `uplink_bps` bits/s."""
+    gbps = uplink_bps / 1e9
+    return (max(LOWEST_LINK_FLOOR_PPS, round(MIN_PPS_PER_GBPS * gbps)),
+            max(LOWEST_LINK_FLOOR_PPS, round(MIN_TENANT_PPS_PER_GBPS * gbps)))
+
+
+def floors_for_link(policy: TenantPolicy, uplink_bps: int | None) -> TenantPolicy:
+    """`policy` with the floors it leaves at their defaults scaled to the link (no uplink: unchanged).
+    A value the operator set to anything but the default is kept as it is."""
+    if uplink_bps is None:
+        return policy
+    defaults = TenantPolicy()
+    min_pps, min_tenant_pps = link_floors(uplink_bps)
+    changes = {}
+    if policy.min_pps == defaults.min_pps:
+        changes["min_pps"] = min_pps
+    if policy.min_tenant_pps == defaults.min_tenant_pps:
+        changes["min_tenant_pps"] = min_tenant_pps
+    return dataclasses.replace(policy, **changes) if changes else policy
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -71,6 +105,9 @@ class PolicyConfig:
     legit_sample_tenants: int = 1024        # tenants whose legitimate samples are kept (LRU), for carpet rules
     attack_samples_per_incident: int = 1024
     pcap_max_bytes: int = 8 * 1024 * 1024   # bytes per PCAP file
+    # The external link's capacity, bits/s (`[escalation] uplink_bps`): scales the default detection
+    # floors (see `link_floors`); None keeps the fixed defaults of `TenantPolicy`.
+    uplink_bps: int | None = None
 
     def __post_init__(self) -> None:
         positive = ("half_life_s", "k_sigma", "margin", "quiet_s", "update_interval_s")
@@ -86,6 +123,10 @@ class PolicyConfig:
             raise ValueError("policy config fast_confirm_confidence: must be within (0, 1], or None")
         if not 0 <= self.min_confidence <= 1:
             raise ValueError("policy config min_confidence: must be within 0..1")
+        if self.uplink_bps is not None and (isinstance(self.uplink_bps, bool) or not isinstance(self.uplink_bps, int)
+                                            or not 1 <= self.uplink_bps <= UPLINK_BPS_MAX):
+            raise ValueError(f"policy config uplink_bps: must be an integer 1..{UPLINK_BPS_MAX} bits/s or None, "
+                             f"got {self.uplink_bps!r}")
         for name in ("warmup_s", "confirm_s", "hold_down_s", "reattack_window_s", "legit_tolerance"):
             if getattr(self, name) < 0:
                 raise ValueError(f"policy config {name}: must not be negative")

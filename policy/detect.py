@@ -12,6 +12,7 @@ below its own threshold while the prefix as a whole is flooded.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 
 import numpy as np
 
@@ -30,6 +31,7 @@ class TenantEntry:
     tenant_id: str
     mode: TenantMode
     policy: TenantPolicy
+    prefixes: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()   # its own aggregates when several
 
 
 def _shared(values: np.ndarray) -> float | None:
@@ -73,6 +75,8 @@ class CarpetCandidate:
     tenant_excess: float             # packets/s above the tenant's baseline mean, anomalous classes
     elevated_rows: np.ndarray        # destination rows (this tick) elevated in those classes
     top_share: float                 # largest single destination's share of the excess
+    prefix: str | None = None        # the tenant's prefix whose own aggregate showed it (policy.prefixes)
+    mean: np.ndarray | None = None   # (C,) that prefix's baseline mean (None: the tenant's)
 
 
 @dataclasses.dataclass(slots=True)
@@ -208,19 +212,23 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
     carpets: list[CarpetCandidate] = []
     hot_tenants = np.unique(np.flatnonzero(t_anomalous) // N_CLASSES)
     if len(hot_tenants):
-        carpets = _carpets(dest, cap, warm, anomalous, excess, hot_tenants, t_anomalous, t_excess,
-                           tenants, t_threshold, known, carpet_min_destinations)
+        carpets = group_carpets(dest, np.where(known, dest.tenant_idx, MAX_TENANTS), MAX_TENANTS, cap, warm,
+                                anomalous, excess, hot_tenants, t_anomalous, t_excess, tenants.pps, t_threshold,
+                                carpet_min_destinations)
     return Detection(threshold=threshold, baseline_cap=cap, anomalous=anomalous, excess=excess,
                      anomalous_rows=anomalous_rows, tenant_threshold=t_threshold,
                      tenant_anomalous=t_anomalous, tenant_excess=t_excess, carpets=carpets, warm=warm,
                      dest_state=state, dest_deviation=deviation, tenant_cap=t_cap, pps=dest.pps)
 
 
-def _carpets(dest: DestinationRates, cap: np.ndarray, warm: np.ndarray, anomalous: np.ndarray, excess: np.ndarray,
-             hot_tenants: np.ndarray, t_anomalous: np.ndarray, t_excess: np.ndarray, tenants: TenantRates,
-             t_threshold: np.ndarray, known: np.ndarray, min_destinations: int) -> list[CarpetCandidate]:
-    tidx = np.where(known, dest.tenant_idx, MAX_TENANTS)
-    hot = np.zeros(MAX_TENANTS + 1, bool)       # a lookup table: one gather instead of np.isin's sort
+def group_carpets(dest: DestinationRates, tidx: np.ndarray, n_groups: int, cap: np.ndarray, warm: np.ndarray,
+                  anomalous: np.ndarray, excess: np.ndarray, hot_tenants: np.ndarray, t_anomalous: np.ndarray,
+                  t_excess: np.ndarray, t_pps: np.ndarray, t_threshold: np.ndarray,
+                  min_destinations: int) -> list[CarpetCandidate]:
+    """Carpet candidates among groups of destinations: the tenants (`tidx` the rows' tenant, n_groups
+    MAX_TENANTS for none), or the prefixes of tenants with several (`policy.prefixes`). The group
+    arrays (`t_*`) are indexed by group; `hot_tenants` are the groups with an anomalous class."""
+    hot = np.zeros(n_groups + 1, bool)       # a lookup table: one gather instead of np.isin's sort
     hot[hot_tenants] = True
     in_hot = hot[tidx]
     rows = np.flatnonzero(in_hot)
@@ -229,10 +237,10 @@ def _carpets(dest: DestinationRates, cap: np.ndarray, warm: np.ndarray, anomalou
     sub_t = tidx[rows]
     normal_cap = np.where(warm[rows], cap[rows], 0.0)
     elevated = dest.pps[rows] > np.maximum(normal_cap, ELEVATED_FLOOR_PPS)   # (R, C)
-    explained = np.zeros((MAX_TENANTS + 1, N_CLASSES))
+    explained = np.zeros((n_groups + 1, N_CLASSES))
     for c in range(N_CLASSES):
         explained[:, c] = np.bincount(sub_t, weights=np.where(anomalous[rows, c], excess[rows, c], 0.0),
-                                      minlength=MAX_TENANTS + 1)
+                                      minlength=n_groups + 1)
     out: list[CarpetCandidate] = []
     for t in hot_tenants:
         classes = []
@@ -251,7 +259,7 @@ def _carpets(dest: DestinationRates, cap: np.ndarray, warm: np.ndarray, anomalou
         per_dest = excess[elevated_rows][:, cls_idx].sum(axis=1) if len(elevated_rows) else np.zeros(0)
         total = float(t_excess[t, cls_idx].sum())
         top_share = float(per_dest.max() / total) if len(per_dest) and total > 0 else 1.0
-        out.append(CarpetCandidate(tenant_idx=int(t), classes=classes, tenant_pps=tenants.pps[t].copy(),
+        out.append(CarpetCandidate(tenant_idx=int(t), classes=classes, tenant_pps=t_pps[t].copy(),
                                    tenant_threshold=t_threshold[t].copy(), tenant_excess=total,
                                    elevated_rows=elevated_rows, top_share=min(top_share, 1.0)))
     return out

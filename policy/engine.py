@@ -7,12 +7,15 @@ classes → remove rules whose hold-down ended → learn baselines from the seco
 that were not attacks → write PCAP evidence → publish events.
 
 `tick(now)` is synchronous and returns a `TickReport`, so tests drive the engine
-second by second with a fake dataplane; `run()` calls it on a fixed cadence
-inside the asyncio loop (a tick over 100,000 destinations and 10,000 tenants
-costs about 90 ms of CPU on real maps, `appliance.bench.policy_real`, ~65 ms of
-it reading them: the spill map's batch read, the copy of the mapped address
-cache and its decoding; the loop waits meanwhile: the dataplane object is not
-shared across threads). Per-destination work is numpy over whole arrays keyed by the
+second by second with a fake dataplane. `run()` ticks on a fixed cadence in a worker
+thread of its own, so that a tick (about 90 ms of CPU at 100,000 destinations and
+10,000 tenants on real maps, over 500 ms at a million) never stalls the event loop that
+serves SecureWatch, the notifiers and BGP: the batch reads and numpy release the GIL,
+and the interpreter hands the loop the GIL every switch interval (5 ms) meanwhile.
+The tick's results are delivered on the loop afterwards (events to the bus, tenant
+traffic to `on_tenant_traffic`), exactly as `tick()` delivers them. `lock` is held by a
+tick; whoever changes the engine's or the dataplane's state from the loop (tenant sets,
+attack marks, rule expiry) holds it too, and waits for at most one tick. Per-destination work is numpy over whole arrays keyed by the
 maps' 16-byte keys; ipaddress objects exist only for reported destinations.
 The engine talks to the dataplane only through `dataplane.api.DataplaneLike`.
 
@@ -36,8 +39,10 @@ import dataclasses
 import ipaddress
 import math
 import pathlib
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -57,8 +62,8 @@ from dataplane.keys import address_keys
 from policy.baseline import EwmaBaseline
 from policy.budgets import BudgetConfig, BudgetDeriver
 from policy.classify import ClassEvidence, Vector, VectorScore, classify_carpet, classify_destination
-from policy.config import PolicyConfig
-from policy.detect import Detection, PolicyTable, TenantEntry, detect, tenant_rows
+from policy.config import PolicyConfig, floors_for_link
+from policy.detect import ELEVATED_FLOOR_PPS, Detection, PolicyTable, TenantEntry, detect, tenant_rows
 from policy.events import Event, EventBus, EventType
 from policy.incidents import Incident, IncidentManager, Observation, RuleRecord, State
 from policy.onset import candidates as onset_candidates
@@ -73,22 +78,27 @@ from policy.packets import (
     parse_samples,
 )
 from policy.pcap import IncidentPcap
+from policy.prefixes import PrefixAggregates, PrefixDetection
 from policy.rates import DestinationRates, RateTracker, TenantRates, TenantTraffic
 from policy.signature import MIN_TTL_EVIDENCE_SAMPLES, derive_signature
 from tenants.policy import TenantPolicy
 
 log = structlog.get_logger("policy")
 
-TenantSpec = tuple[str, TenantMode, TenantPolicy]
+# (tenant id, mode, policy[, prefixes]): a tenant with several prefixes gets per-prefix aggregates too
+TenantSpec = (tuple[str, TenantMode, TenantPolicy]
+              | tuple[str, TenantMode, TenantPolicy, Sequence[str | ipaddress.IPv4Network | ipaddress.IPv6Network]])
 RECENT_TICKS = 10            # ticks of samples kept for classification and signatures
 CARPET_PEER_ROWS = 64        # elevated addresses of a carpet whose peers speak for a flash crowd (issue 20)
 PEER_TICKS = 60              # ticks of outbound samples that make a sender a known peer
 SAMPLE_DRAIN_LIMIT = 4096    # samples read per tick
+ANSWERED_MIN_SAMPLES = 20   # inbound samples since an onset before its answered share is judged
 RECLASSIFY_S = 5.0           # seconds an ongoing attack's classification is reused
 WINDOW_SAMPLES = 512         # most recent samples of a target and class used for classification and signatures
 N_CLASSES = len(TrafficClass)
 CARPET_DESTINATIONS_LISTED = 256   # addresses named in a carpet incident
-LEGIT_PROBATION_TICKS = 1    # ticks a target must stay calm before its samples count as legitimate
+LEGIT_PROBATION_TICKS = 3    # ticks a target must stay calm before its samples count as legitimate
+                             # (a ramp crosses from its normal band to the threshold within a few)
 STATE_FILE = "baselines.npz"
 
 
@@ -114,9 +124,16 @@ def _validate_tenants(tenants: Mapping[int, TenantSpec]) -> dict[int, TenantEntr
         if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < MAX_TENANTS:
             raise ValueError(f"tenants: index {idx!r} is not an integer within 0..{MAX_TENANTS - 1}")
         try:
-            tenant_id, mode, policy = spec
+            tenant_id, mode, policy, *rest = spec
         except (TypeError, ValueError):
-            raise ValueError(f"tenants[{idx}]: expected (tenant id, mode, TenantPolicy), got {spec!r}") from None
+            raise ValueError(f"tenants[{idx}]: expected (tenant id, mode, TenantPolicy[, prefixes]), "
+                             f"got {spec!r}") from None
+        if len(rest) > 1:
+            raise ValueError(f"tenants[{idx}]: expected (tenant id, mode, TenantPolicy[, prefixes]), got {spec!r}")
+        try:
+            prefixes = tuple(ipaddress.ip_network(p) for p in (rest[0] if rest else ()))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"tenants[{idx}]: prefixes: {exc}") from None
         if not isinstance(tenant_id, str) or not tenant_id:
             raise ValueError(f"tenants[{idx}]: tenant id must be a non-empty string, got {tenant_id!r}")
         try:
@@ -125,7 +142,7 @@ def _validate_tenants(tenants: Mapping[int, TenantSpec]) -> dict[int, TenantEntr
             raise ValueError(f"tenant {tenant_id}: mode {mode!r} is not a TenantMode") from None
         if not isinstance(policy, TenantPolicy):
             raise ValueError(f"tenant {tenant_id}: policy must be a TenantPolicy, got {type(policy).__name__}")
-        out[idx] = TenantEntry(tenant_id, mode, policy)
+        out[idx] = TenantEntry(tenant_id, mode, policy, prefixes)
     return out
 
 
@@ -210,6 +227,9 @@ class PolicyEngine:
                  on_tenant_traffic: Callable[[TenantTraffic], None] | None = None) -> None:
         if tick <= 0:
             raise ValueError(f"policy engine: tick must be positive seconds, got {tick}")
+        # Held by a tick, and by changes of the engine's or the dataplane's state made from
+        # outside it (see the module docstring); reentrant: set_tenants is also called within.
+        self.lock = threading.RLock()
         self.dataplane = dataplane
         self.bus = bus
         self.state_dir = pathlib.Path(state_dir)
@@ -231,6 +251,9 @@ class PolicyEngine:
         tenant_onset = tuple(f * cfg.tenant_warmup_floor_factor for f in cfg.onset_floor_pps)
         self.tenant_baseline = EwmaBaseline(MAX_TENANTS, **{**baseline_kw, "warmup_floor_pps": tenant_floors,
                                                             "onset_floor_pps": tenant_onset})
+        # Tenants with several prefixes: each prefix's aggregate against its own baseline (issue 20).
+        self.prefixes = PrefixAggregates({**baseline_kw, "warmup_floor_pps": tenant_floors,
+                                          "onset_floor_pps": tenant_onset})
         self.incidents = IncidentManager(cfg)
         self.tenants: dict[int, TenantEntry] = {}
         self.policy_table = PolicyTable({})
@@ -240,8 +263,18 @@ class PolicyEngine:
         self.set_tenants(tenants)
         self._window = _SampleWindow()
         self._peers: collections.deque[dict[IPAddress, set[IPAddress]]] = collections.deque(maxlen=PEER_TICKS)
+        # Per tick: (time, talk samples by local address, inbound samples by destination), see _answered.
+        self._answers: collections.deque[tuple[float, collections.Counter, dict[IPAddress, int]]] = \
+            collections.deque(maxlen=PEER_TICKS)
         self._legit: collections.OrderedDict[IPAddress, collections.deque[Sample]] = collections.OrderedDict()
         self._legit_tenant: collections.OrderedDict[int, collections.deque[Sample]] = collections.OrderedDict()
+        # Inbound samples from the servers' peers (remotes they sent data to) while their target is under
+        # attack: real clients, the only legitimate samples a tenant under a carpet still gets. TTL
+        # evidence for rules only (see _ensure_rules).
+        self._peer_legit: collections.OrderedDict[int, collections.deque[Sample]] = collections.OrderedDict()
+        # Legitimate samples kept per tenant so far (its own, its destinations' and its peers'): a
+        # fallback for want of them is derived again only when this moved.
+        self._evidence_added: collections.Counter[int] = collections.Counter()
         # Samples of the last ticks waiting to be counted as legitimate (see _keep_samples).
         self._legit_probation: collections.deque[tuple[dict, dict]] = collections.deque(maxlen=LEGIT_PROBATION_TICKS)
         self._pcaps: dict[str, IncidentPcap] = {}
@@ -259,10 +292,17 @@ class PolicyEngine:
     # -- tenants ---------------------------------------------------------------------------------
     def set_tenants(self, tenants: Mapping[int, TenantSpec]) -> None:
         """Replace the tenant table (validated first; on error nothing changes)."""
-        entries = _validate_tenants(tenants)
+        # Floors left at their defaults follow the link (issue 20); the rest of the engine reads them here.
+        entries = {idx: dataclasses.replace(e, policy=floors_for_link(e.policy, self.config.uplink_bps))
+                   for idx, e in _validate_tenants(tenants).items()}
+        with self.lock:
+            self._set_validated_tenants(entries)
+
+    def _set_validated_tenants(self, entries) -> None:
         table = PolicyTable(entries)
         old = self.tenants
         self.tenants, self.policy_table = entries, table
+        self.prefixes.configure(entries)
         for idx in set(old) - set(entries):
             for inc in self.incidents.close_tenant(idx):
                 self._remove_rules(inc)
@@ -293,7 +333,8 @@ class PolicyEngine:
         return {
             "tick_s": self.tick_s,
             "tracked_destinations": len(self.rates.slots.index),
-            "open_incidents": sum(1 for i in self.incidents.open.values() if i.state == State.ACTIVE),
+            # list(): one C-level copy, safe while a tick in the worker thread changes the dict
+            "open_incidents": sum(1 for i in list(self.incidents.open.values()) if i.state == State.ACTIVE),
             "rules_installed": len(self._rule_owner),
             "last_tick": None if report is None else {
                 "now": report.now, "dt": report.dt, "destinations": report.destinations,
@@ -305,13 +346,17 @@ class PolicyEngine:
     async def run(self) -> None:
         """Tick every `tick` seconds until `stop()`; a failing tick is logged and the loop goes on."""
         self._stop.clear()
+        loop = asyncio.get_running_loop()
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-tick")
         next_at = time.monotonic()
         try:
             while not self._stop.is_set():
                 try:
-                    self.tick()
+                    report = await loop.run_in_executor(worker, self._compute_tick, None)
                 except Exception:
                     log.exception("policy.tick_failed")
+                else:
+                    self._deliver(report)
                 next_at += self.tick_s
                 delay = next_at - time.monotonic()
                 if delay < 0:          # overran: start the next tick now, do not try to catch up
@@ -321,6 +366,7 @@ class PolicyEngine:
                 except TimeoutError:
                     pass
         finally:
+            worker.shutdown(wait=True)   # a tick under way finishes first: a thread cannot be cancelled
             self.save_state()
 
     def stop(self) -> None:
@@ -328,6 +374,27 @@ class PolicyEngine:
 
     # -- one tick --------------------------------------------------------------------------------
     def tick(self, now: float | None = None) -> TickReport:
+        """One tick, its results delivered (events published, tenant traffic handed on) before it returns."""
+        report = self._compute_tick(now)
+        self._deliver(report)
+        return report
+
+    def _deliver(self, report: TickReport) -> None:
+        """On the event loop's thread when `run()` ticks: the bus and the traffic readers are the loop's."""
+        for event in report.events:
+            self.bus.publish(event)
+        if self._on_tenant_traffic is not None and self.tenant_traffic is not None:
+            # After the tick's own timing: what a reader does with the figures is not the tick's cost.
+            try:
+                self._on_tenant_traffic(self.tenant_traffic)
+            except Exception:
+                log.exception("policy.tenant_traffic_reader_failed")
+
+    def _compute_tick(self, now: float | None) -> TickReport:
+        with self.lock:
+            return self._tick_locked(now)
+
+    def _tick_locked(self, now: float | None) -> TickReport:
         now = time.monotonic() if now is None else float(now)
         wall = self._wall()
         cpu0 = stage = time.process_time()
@@ -348,6 +415,7 @@ class PolicyEngine:
         self.dest_baseline.resize(self.rates.slots.capacity)
         if len(freed):
             self.dest_baseline.reset(freed)
+            self.prefixes.forget(freed)
         tenants = self.rates.update_tenants(now, tenant_counters)
         self.tenant_traffic = TenantTraffic(wall=wall, counters=tenant_counters, rates=tenants)
         lap("rates")
@@ -365,10 +433,15 @@ class PolicyEngine:
             if local is not None and remote is not None:
                 peers[local].add(remote)
         self._peers.append(peers)
+        # Sample counts per address: what each server sends that is not a handshake or refusal, and what
+        # it receives; the growth of the one against the other says whether new traffic is answered.
+        talk_n = collections.Counter(outbound.src[i] for i in np.flatnonzero(talk))
+        self._answers.append((now, talk_n, {d: len(rows) for d, rows in by_dst.items()}))
         lap("samples")
         det = detect(dest, tenants, self.dest_baseline, self.tenant_baseline, self.policy_table,
                      carpet_min_destinations=self.config.carpet_min_destinations)
         self.last_detection = det
+        prefix_found = self._detect_prefixes(dest, det)
         lap("detect")
         # The destination counters are the tick's first read: their snapshot is `now`, and samples
         # drained after it (later in the read stage) belong to the next tick's counters.
@@ -405,12 +478,12 @@ class PolicyEngine:
         lap("incidents")
         self._derive_budgets(now, dest, det)    # before learning: warm masks as detection saw them
         lap("budgets")
-        self._learn(dest, tenants, det, attack_mask, row_of_slot)
+        self._learn(dest, tenants, det, attack_mask, row_of_slot, prefix_found)
         lap("learn")
-        self._keep_samples(inbound, by_dst, by_tenant, attack_mask, dest, row_of_slot)
+        self._keep_samples(inbound, by_dst, by_tenant, attack_mask, dest, tenants, det, row_of_slot)
         lap("keep_samples")
         self._write_pcaps(by_dst, by_tenant, inbound)
-        events = [self._publish(event) for event in events]
+        events = [self._describe(event) for event in events]
         if self.last_report is not None and now - self._last_save >= 300.0:   # seconds between snapshots
             self._last_save = now
             self.save_state()
@@ -420,13 +493,28 @@ class PolicyEngine:
                             events=events, rules_added=added, rules_removed=removed, timings_ms=timings,
                             cpu_ms=round((time.process_time() - cpu0) * 1000.0, 3))
         self.last_report = report
-        if self._on_tenant_traffic is not None:
-            # After the tick's own timing: what a reader does with the figures is not the tick's cost.
-            try:
-                self._on_tenant_traffic(self.tenant_traffic)
-            except Exception:
-                log.exception("policy.tenant_traffic_reader_failed")
         return report
+
+    def _detect_prefixes(self, dest: DestinationRates, det: Detection) -> PrefixDetection | None:
+        """Per-prefix aggregates of tenants with several prefixes; their carpets join `det.carpets` (a
+        tenant already a carpet as a whole keeps one candidate, named after the prefix when one shows it)."""
+        if not self.prefixes.networks or not len(dest):
+            return None
+        table = self.policy_table
+        found = self.prefixes.detect(dest, self.prefixes.rows_of(dest), det.baseline_cap, det.warm, det.anomalous,
+                                     det.excess, table.min_tenant_pps, table.sensitivity,
+                                     self.config.carpet_min_destinations)
+        if found is None or not found.carpets:
+            return found
+        whole = {c.tenant_idx: i for i, c in enumerate(det.carpets)}
+        for cand in found.carpets:
+            at = whole.get(cand.tenant_idx)
+            if at is None:
+                det.carpets.append(cand)
+                whole[cand.tenant_idx] = len(det.carpets) - 1
+            elif det.carpets[at].prefix is None:
+                det.carpets[at].prefix = cand.prefix
+        return found
 
     # -- classification ----------------------------------------------------------------------------
     def _peers_of(self, addr: IPAddress) -> set[IPAddress]:
@@ -434,6 +522,27 @@ class PolicyEngine:
         for tick in self._peers:
             out |= tick.get(addr, set())
         return out
+
+    def _answered(self, dst: IPAddress, since: float) -> float:
+        """Share of the new inbound traffic of `dst` (since `since`, against the ticks before) that its
+        answers grew with, from sample counts (the dataplane samples both directions alike).
+
+        A flash crowd is answered: the server sends data to every new client, while its peers are
+        learned one sampled packet at a time, too slowly for the crowd's first seconds. A spoofed
+        flood is not: its packets draw at most handshake replies and resets, which are not counted."""
+        before_in = before_out = now_in = now_out = 0
+        n_before = n_now = 0
+        for t, talk_n, in_n in self._answers:
+            if t >= since:
+                now_in, now_out, n_now = now_in + in_n.get(dst, 0), now_out + talk_n.get(dst, 0), n_now + 1
+            else:
+                before_in, before_out = before_in + in_n.get(dst, 0), before_out + talk_n.get(dst, 0)
+                n_before += 1
+        if not n_now or now_in < ANSWERED_MIN_SAMPLES:
+            return 0.0
+        grown_in = now_in / n_now - (before_in / n_before if n_before else 0.0)
+        grown_out = now_out / n_now - (before_out / n_before if n_before else 0.0)
+        return float(np.clip(grown_out / grown_in, 0.0, 1.0)) if grown_in > 0 else 0.0
 
     def _since(self, tenant_idx: int, target: IPAddress | None, now: float) -> float:
         """Start of the current anomaly of a target: samples before it are its normal traffic."""
@@ -502,8 +611,10 @@ class PolicyEngine:
                 classes = [ClassEvidence(c, onset_pps.get((row, int(c)), float(dest.pps[row, c])),
                                          float(det.threshold[row, c]),
                                          float(self.dest_baseline.mean[slot, c])) for c in sorted(anomalous_classes)]
-                scores = classify_destination(classes, self._window.for_destination(dst, self._since(tidx, dst, now)),
-                                              self._peers_of(dst), cfg.min_confidence)
+                since = self._since(tidx, dst, now)
+                scores = classify_destination(classes, self._window.for_destination(dst, since),
+                                              self._peers_of(dst), cfg.min_confidence,
+                                              answered=self._answered(dst, since))
                 self._scores[(tidx, dst)] = (now, anomalous_classes, scores)
             attack_classes = {c for s in scores for c in s.classes}
             for c in attack_classes:
@@ -516,14 +627,24 @@ class PolicyEngine:
             if entry is None:
                 continue
             t = cand.tenant_idx
-            classes = [ClassEvidence(c, float(tenants.pps[t, c]), float(det.tenant_threshold[t, c]),
-                                     float(self.tenant_baseline.mean[t, c])) for c in cand.classes]
+            mean = self.tenant_baseline.mean[t] if cand.mean is None else cand.mean
+            classes = [ClassEvidence(c, float(cand.tenant_pps[c]), float(cand.tenant_threshold[c]), float(mean[c]))
+                       for c in cand.classes]
             peers = set().union(*(self._peers_of(dest.addresses[r]) for r in cand.elevated_rows[:CARPET_PEER_ROWS]))
-            scores = classify_carpet(classes, self._window.for_tenant(t, self._since(t, None, now)),
-                                     len(cand.elevated_rows), cand.top_share,
+            samples = self._window.for_tenant(t, self._since(t, None, now))
+            if cand.prefix is not None:
+                # The prefix's own samples: its evidence names the part of that prefix the carpet covers.
+                net = ipaddress.ip_network(cand.prefix)
+                samples = samples.subset(np.fromiter((d is not None and d.version == net.version and d in net
+                                                      for d in samples.dst), bool, len(samples)))
+            scores = classify_carpet(classes, samples, len(cand.elevated_rows), cand.top_share,
                                      cfg.carpet_min_destinations, cfg.min_confidence, peers=peers)
             if not scores:
                 continue
+            if cand.prefix is not None:
+                for score in scores:
+                    if score.vector == Vector.CARPET_BOMBING:
+                        score.evidence["tenant_prefix"] = cand.prefix
             top = cand.elevated_rows[np.argsort(-dest.pps[cand.elevated_rows].sum(axis=1))]
             names = tuple(str(dest.addresses[r]) for r in top[:CARPET_DESTINATIONS_LISTED])
             observations.append(Observation(t, entry.tenant_id, entry.mode, None, names, scores, set(cand.classes)))
@@ -559,22 +680,34 @@ class PolicyEngine:
         if entry is None or not entry.policy.auto_mitigation:
             return [], []
         cfg = self.config
-        upgradable = {TrafficClass[r.traffic_class.upper()]: rid for rid, r in inc.rules.items() if r.needs_samples}
-        todo = sorted((inc.classes - inc.rule_classes) | set(upgradable))
+        upgradable = {TrafficClass[r.traffic_class.upper()]: rid for rid, r in inc.rules.items()
+                      if r.needs_samples or r.needs_evidence}
+        evidence_n = self._evidence_added[inc.tenant_idx]
+        # A fallback for want of legitimate samples is derived again once new ones arrived (issue 20:
+        # a tenant with few clients kept its rate limit for the whole attack), not every tick.
+        stale = {tc for tc, rid in upgradable.items()
+                 if not inc.rules[rid].needs_samples and inc.rules[rid].evidence_seen == evidence_n}
+        todo = sorted(((inc.classes - inc.rule_classes) | set(upgradable)) - stale)
         if not todo:
             return [], []
         since = self._since(inc.tenant_idx, inc.target, now)
-        tenant_legit = None      # for a destination: its tenant's clients, TTL evidence (issue 20, item 3)
+        # The tenant's clients and the peers its servers answer: TTL evidence when the target has too
+        # few legitimate samples of its own (issue 20, item 3).
+        tenant_legit = None
         if inc.target is None:
             attack = self._window.for_tenant(inc.tenant_idx, since)
             legit = parse_samples(list(self._legit_tenant.get(inc.tenant_idx, ())))
+            if len(legit) < MIN_TTL_EVIDENCE_SAMPLES:
+                tenant_legit = parse_samples([*self._legit_tenant.get(inc.tenant_idx, ()),
+                                              *self._peer_legit.get(inc.tenant_idx, ())])
             pps_row, mean_row = tenants.pps[inc.tenant_idx], self.tenant_baseline.mean[inc.tenant_idx]
             base_thr = self.tenant_baseline.baseline_threshold(np.array([inc.tenant_idx]))[0]
         else:
             attack = self._window.for_destination(inc.target, since)
             legit = parse_samples(list(self._legit.get(inc.target, ())))
             if len(legit) < MIN_TTL_EVIDENCE_SAMPLES:   # only then does the signature consult the tenant's
-                tenant_legit = parse_samples(list(self._legit_tenant.get(inc.tenant_idx, ())))
+                tenant_legit = parse_samples([*self._legit_tenant.get(inc.tenant_idx, ()),
+                                              *self._peer_legit.get(inc.tenant_idx, ())])
             slot = self.rates.slots.slot_of(inc.target)
             row = row_of_slot[slot] if slot is not None else -1
             if row < 0:
@@ -603,7 +736,9 @@ class PolicyEngine:
             inc.rule_classes.add(tc)
             replaces = upgradable.get(tc)
             if replaces is not None and sig.kind != "drop":
-                inc.rules[replaces].needs_samples = sig.needs_samples   # still no header signature
+                record = inc.rules[replaces]                            # still no header signature
+                record.needs_samples, record.needs_evidence = sig.needs_samples, sig.needs_evidence
+                record.evidence_seen = evidence_n
                 continue
             if len(inc.rules) >= RULES_PER_TARGET + (replaces is not None):
                 log.warning("rule.limit", tenant=inc.tenant_id, incident=inc.id, limit=RULES_PER_TARGET)
@@ -614,7 +749,7 @@ class PolicyEngine:
                 log.error("rule.add_failed", tenant=inc.tenant_id, incident=inc.id, vector=vector, error=str(exc))
                 continue
             inc.rules[rule_id] = RuleRecord(rule_id, rule, vector, tc.name.lower(), sig.kind, sig.reason,
-                                            sig.needs_samples)
+                                            sig.needs_samples, sig.needs_evidence, evidence_n)
             if replaces is not None:
                 # Enough samples now: the header signature takes over from the rate-limit fallback
                 # (added first, so the attack never meets an empty rule set in between).
@@ -671,7 +806,7 @@ class PolicyEngine:
 
     # -- learning and samples ------------------------------------------------------------------------
     def _learn(self, dest: DestinationRates, tenants: TenantRates, det: Detection, attack_mask: np.ndarray,
-               row_of_slot: np.ndarray) -> None:
+               row_of_slot: np.ndarray, prefix_found: PrefixDetection | None = None) -> None:
         learn = self._learn_mask(dest, det, attack_mask)
         t_learn = tenants.valid[:, None] & ~det.tenant_anomalous
         targets = []
@@ -699,6 +834,8 @@ class PolicyEngine:
         rows = tenant_rows(self.policy_table.tenant_rows)
         t_cap = det.tenant_cap if det.tenant_cap is not None and det.tenant_cap.shape == t_learn[rows].shape else None
         self.tenant_baseline.update(rows, tenants.pps[rows], tenants.dt, t_learn[rows], cap=t_cap)
+        if prefix_found is not None:
+            self.prefixes.learn(prefix_found, tenants.dt, np.vstack([t_learn, np.zeros((1, N_CLASSES), bool)]))
 
     @staticmethod
     def _learn_mask(dest: DestinationRates, det: Detection, attack_mask: np.ndarray) -> np.ndarray:
@@ -723,38 +860,111 @@ class PolicyEngine:
 
     def _keep_samples(self, inbound: PacketFeatures, by_dst: dict[IPAddress, list[int]],
                       by_tenant: dict[int, list[int]], attack_mask: np.ndarray, dest: DestinationRates,
-                      row_of_slot: np.ndarray) -> None:
+                      tenants: TenantRates, det: Detection, row_of_slot: np.ndarray) -> None:
         """Remember samples of targets that are not under attack as their legitimate traffic.
 
         A tick's samples wait LEGIT_PROBATION_TICKS ticks before they count as legitimate:
         the tick in which a flood began often carries only part of a second of it, too little
         to cross a threshold, and those samples must not teach the signature check that the
         flood is the server's normal traffic. A target that turns anomalous meanwhile loses them.
+        Samples of a class that a target (or its tenant) receives above its normal band
+        (`_elevated`) never count: a slow ramp spends many seconds there before it crosses the
+        threshold, and its head taught the signature check that the flood was legitimate (issue 20:
+        the 60 s ramp kept a rate-limit fallback).
         """
         hot_dsts = {inc.target for inc in self.incidents.open.values() if inc.target is not None}
         hot_tenants = {inc.tenant_idx for inc in self.incidents.open.values() if inc.target is None}
         # Attacked rows from the flat mask (`.any(axis=1)` over 100k rows walks the class axis slowly).
         anomalous_dsts = {dest.addresses[r] for r in np.unique(np.flatnonzero(attack_mask) // attack_mask.shape[1])}
         blocked = hot_dsts | anomalous_dsts
+        pending_dsts = {d for pending_dst, _ in self._legit_probation for d in pending_dst}
+        elevated, t_elevated = self._elevated(dest, tenants, det, row_of_slot, set(by_dst) | pending_dsts)
+        tenant_of = inbound.tenant_idx
         for pending_dst, pending_tenant in self._legit_probation:
             for dst in [d for d in pending_dst if d in blocked]:
                 del pending_dst[dst]
             for t in [t for t in pending_tenant if t in hot_tenants]:
                 del pending_tenant[t]
-            if blocked:       # else nothing to take out (and hashing each sample's address is not free)
-                for t, pairs in pending_tenant.items():
-                    pending_tenant[t] = [(smp, d) for smp, d in pairs if d not in blocked]
-        now_dst = {dst: [inbound.samples[i] for i in idx] for dst, idx in by_dst.items()
-                   if dst not in hot_dsts and dst not in anomalous_dsts}
-        now_tenant = {t: [(inbound.samples[i], inbound.dst[i]) for i in idx
-                          if not anomalous_dsts or inbound.dst[i] not in anomalous_dsts]
+            if elevated:
+                for dst, pairs in pending_dst.items():
+                    pending_dst[dst] = [(smp, c) for smp, c in pairs if (dst, c) not in elevated]
+            if blocked or elevated or t_elevated:   # else nothing to take out (hashing addresses is not free)
+                for t, triples in pending_tenant.items():
+                    pending_tenant[t] = [(smp, d, c) for smp, d, c in triples
+                                         if d not in blocked and (d, c) not in elevated and (t, c) not in t_elevated]
+        classes = inbound.traffic_class
+        now_dst = {dst: [(inbound.samples[i], int(classes[i])) for i in idx
+                         if (dst, int(classes[i])) not in elevated and (int(tenant_of[i]), int(classes[i])) not in t_elevated]
+                   for dst, idx in by_dst.items() if dst not in hot_dsts and dst not in anomalous_dsts}
+        now_tenant = {t: [(inbound.samples[i], inbound.dst[i], int(classes[i])) for i in idx
+                          if (t, int(classes[i])) not in t_elevated
+                          and (not anomalous_dsts or inbound.dst[i] not in anomalous_dsts)
+                          and (not elevated or (inbound.dst[i], int(classes[i])) not in elevated)]
                       for t, idx in by_tenant.items() if t not in hot_tenants and t in self.tenants}
+        self._keep_peer_samples(inbound, by_tenant, blocked, hot_tenants)
+        # A destination of a tenant under a carpet is attacked too, though not on its own.
+        now_dst = {d: v for d, v in now_dst.items() if v and int(tenant_of[by_dst[d][0]]) not in hot_tenants}
         if len(self._legit_probation) == self._legit_probation.maxlen:
             self._commit_legit(*self._legit_probation.popleft())
         self._legit_probation.append((now_dst, now_tenant))
 
-    def _commit_legit(self, by_dst: dict[IPAddress, list[Sample]],
-                      by_tenant: dict[int, list[tuple[Sample, IPAddress | None]]]) -> None:
+    def _keep_peer_samples(self, inbound: PacketFeatures, by_tenant: dict[int, list[int]],
+                           blocked: set[IPAddress], hot_tenants: set[int]) -> None:
+        """Keep the attacked targets' samples from their servers' peers, for tenants with a rule that waits
+        for legitimate samples: a spoofed flood does not come from the remotes a server talks to."""
+        waiting = {inc.tenant_idx for inc in self.incidents.open.values()
+                   if any(r.needs_evidence for r in inc.rules.values())}
+        for t in waiting:
+            peers_of: dict[IPAddress, set[IPAddress]] = {}
+            kept = []
+            for i in by_tenant.get(t, ()):
+                d, src = inbound.dst[i], inbound.src[i]
+                if d is None or src is None or not (t in hot_tenants or d in blocked):
+                    continue                      # not attacked: it joins the legitimate samples anyway
+                peers = peers_of.get(d)
+                if peers is None:
+                    peers = peers_of[d] = self._peers_of(d)
+                if src in peers:
+                    kept.append(inbound.samples[i])
+            if not kept:
+                continue
+            store = self._peer_legit.get(t)
+            if store is None:
+                store = self._peer_legit[t] = collections.deque(maxlen=self.config.legit_samples_per_destination * 2)
+                if len(self._peer_legit) > self.config.legit_sample_tenants:
+                    self._peer_legit.popitem(last=False)
+            store.extend(kept)
+            self._evidence_added[t] += len(kept)
+
+    def _elevated(self, dest: DestinationRates, tenants: TenantRates, det: Detection, row_of_slot: np.ndarray,
+                  addresses: set[IPAddress]) -> tuple[set[tuple[IPAddress, int]], set[tuple[int, int]]]:
+        """(address, class) of `addresses` and (tenant, class) pairs whose rate this tick is above their
+        normal band: the baseline's (mean + k·sigma)·margin, and at least ELEVATED_FLOOR_PPS. Looked up
+        for the sampled addresses only (a whole-array pass over 100k rows costs a millisecond)."""
+        out: set[tuple[IPAddress, int]] = set()
+        if addresses and len(dest):
+            listed = list(addresses)
+            slots = self.rates.slots.index.get(address_keys(listed))
+            ok = slots >= 0
+            rows = np.full(len(listed), -1, np.int64)
+            rows[ok] = row_of_slot[slots[ok]]
+            have = np.flatnonzero(rows >= 0)
+            if len(have):
+                r = rows[have]
+                hot = dest.pps[r] > np.maximum(det.baseline_cap[r], ELEVATED_FLOOR_PPS)
+                for i, c in zip(*np.nonzero(hot), strict=True):
+                    out.add((listed[have[i]], int(c)))
+        t_out: set[tuple[int, int]] = set()
+        if det.tenant_cap is not None:
+            t_rows = self.policy_table.tenant_rows
+            if det.tenant_cap.shape == (len(t_rows), N_CLASSES):
+                hot = (tenants.pps[t_rows] > np.maximum(det.tenant_cap, ELEVATED_FLOOR_PPS)) & tenants.valid[t_rows, None]
+                for i, c in zip(*np.nonzero(hot), strict=True):
+                    t_out.add((int(t_rows[i]), int(c)))
+        return out, t_out
+
+    def _commit_legit(self, by_dst: dict[IPAddress, list[tuple[Sample, int]]],
+                      by_tenant: dict[int, list[tuple[Sample, IPAddress | None, int]]]) -> None:
         cfg = self.config
         for dst, samples in by_dst.items():
             store = self._legit.get(dst)
@@ -765,7 +975,7 @@ class PolicyEngine:
                     self._legit.popitem(last=False)
             else:
                 self._legit.move_to_end(dst)
-            store.extend(samples)
+            store.extend(smp for smp, _ in samples)
         for t, pairs in by_tenant.items():
             if t not in self.tenants:
                 continue
@@ -777,7 +987,8 @@ class PolicyEngine:
                     self._legit_tenant.popitem(last=False)
             else:
                 self._legit_tenant.move_to_end(t)
-            store.extend(smp for smp, _ in pairs)
+            store.extend(smp for smp, _, _ in pairs)
+            self._evidence_added[t] += len(pairs)
 
     def _write_pcaps(self, by_dst: dict[IPAddress, list[int]], by_tenant: dict[int, list[int]],
                      inbound: PacketFeatures) -> None:
@@ -801,7 +1012,8 @@ class PolicyEngine:
                 log.error("pcap.write_failed", incident=inc.id, error=str(exc))
 
     # -- events ----------------------------------------------------------------------------------
-    def _publish(self, event: Event) -> Event:
+    def _describe(self, event: Event) -> Event:
+        """The event with the incident's evidence and rules added, logged; `_deliver` publishes it."""
         inc_pcap = self._pcaps.get(event.incident_id or "")
         if inc_pcap is not None:
             event.details["pcap"] = inc_pcap.summary()
@@ -823,12 +1035,15 @@ class PolicyEngine:
                vector=",".join(event.vectors), confidence=event.confidence,
                vectors=event.details.get("vector_confidence"), pps=event.pps, bps=event.bps,
                dropped=event.packets_dropped, efficacy=event.details.get("efficacy"))
-        self.bus.publish(event)
         return event
 
     # -- persistence -----------------------------------------------------------------------------
     def save_state(self) -> None:
         """Write baselines to state_dir so a restart does not begin a new warm-up."""
+        with self.lock:
+            self._save_state_locked()
+
+    def _save_state_locked(self) -> None:
         slots = self.rates.slots
         used = np.flatnonzero(slots.in_use)
         try:
@@ -839,7 +1054,8 @@ class PolicyEngine:
                     fh, addresses=np.array([str(slots.address_of[s]) for s in used], dtype=object).astype(str),
                     mean=self.dest_baseline.mean[used], var=self.dest_baseline.var[used],
                     learned=self.dest_baseline.learned_s[used], t_mean=self.tenant_baseline.mean,
-                    t_var=self.tenant_baseline.var, t_learned=self.tenant_baseline.learned_s)
+                    t_var=self.tenant_baseline.var, t_learned=self.tenant_baseline.learned_s,
+                    **self.prefixes.state())
             tmp.replace(self.state_dir / STATE_FILE)
         except OSError as exc:
             log.error("policy.state_save_failed", path=str(self.state_dir), error=str(exc))
@@ -856,6 +1072,9 @@ class PolicyEngine:
                 n_cls = len(TrafficClass)
                 if mean.shape != (len(addresses), n_cls) or t_mean.shape != (MAX_TENANTS, n_cls):
                     raise ValueError("array shapes do not match this version")
+                # Prefix baselines (issue 20) are absent from files written before them.
+                prefix_state = (data["p_keys"].tolist(), data["p_mean"], data["p_var"], data["p_learned"]) \
+                    if "p_keys" in data.files else None
         except (OSError, ValueError, KeyError) as exc:
             log.error("policy.state_load_failed", path=str(path), error=str(exc))
             return
@@ -865,7 +1084,13 @@ class PolicyEngine:
         self.dest_baseline.learned_s[slots] = learned
         self.tenant_baseline.mean[:], self.tenant_baseline.var[:] = t_mean, t_var
         self.tenant_baseline.learned_s[:] = t_learned
-        log.info("policy.state_loaded", destinations=len(addresses))
+        prefixes = 0
+        if prefix_state is not None:
+            try:
+                prefixes = self.prefixes.restore(*prefix_state)
+            except ValueError as exc:
+                log.error("policy.state_load_failed", path=str(path), error=str(exc))
+        log.info("policy.state_loaded", destinations=len(addresses), prefixes=prefixes)
 
 
 def _rule_text(rule: Rule) -> str:

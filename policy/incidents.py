@@ -71,6 +71,8 @@ class RuleRecord:
     kind: str          # drop | rate_limit
     reason: str
     needs_samples: bool = False   # a rate-limit fallback to replace once enough samples arrived
+    needs_evidence: bool = False  # ... once enough legitimate samples show where real clients sit
+    evidence_seen: int = 0        # the engine's count of legitimate samples when it was last derived
     matched_packets: int = 0
     dropped_packets: int = 0
 

@@ -62,6 +62,9 @@ class Signature:
     legit_matches: float      # share of legitimate samples the rule matches (nan: none known)
     reason: str
     needs_samples: bool = False   # a fallback for want of samples: worth deriving again later
+    # A fallback for want of legitimate samples to place the attack's TTL band against: worth deriving
+    # again when more arrive (issue 20: a tenant with few clients kept the rate limit for good).
+    needs_evidence: bool = False
 
 
 def _class_base(tc: TrafficClass, a: PacketFeatures) -> dict:
@@ -109,9 +112,10 @@ def derive_signature(*, tenant_idx: int, dst: IPAddress | None, traffic_class: T
     # A rate limit still spares other services of the target when the attack aims at one port.
     narrow: dict = {}
 
-    def fallback(reason: str, coverage: float = float("nan"), needs_samples: bool = False) -> Signature:
+    def fallback(reason: str, coverage: float = float("nan"), needs_samples: bool = False,
+                 needs_evidence: bool = False) -> Signature:
         rule = _rate_limit_rule(tenant_idx, dst, tc, a, fallback_rate, comment, narrow)
-        return Signature(rule, "rate_limit", coverage, float("nan"), reason, needs_samples)
+        return Signature(rule, "rate_limit", coverage, float("nan"), reason, needs_samples, needs_evidence)
 
     if len(a) < min_samples:
         return fallback(f"{len(a)} attack samples, {min_samples} needed for a header signature",
@@ -183,8 +187,11 @@ def derive_signature(*, tenant_idx: int, dst: IPAddress | None, traffic_class: T
         band = _ttl_band_apart(fields.get("ttl"), evidence, legit_tolerance)
         if band is not None:
             return Signature(rule, "drop", coverage, float("nan"), band)
-        return fallback("no legitimate samples to check against and no field that legitimate traffic lacks",
-                        coverage)
+        short = len(evidence) < MIN_TTL_EVIDENCE_SAMPLES
+        return fallback("no legitimate samples to check against and no field that legitimate traffic lacks"
+                        + (f" ({len(evidence)} legitimate samples, {MIN_TTL_EVIDENCE_SAMPLES} needed to place the "
+                           "TTL band)" if short and "ttl" in fields else ""),
+                        coverage, needs_evidence=short and "ttl" in fields)
     return Signature(rule, "drop", coverage, float("nan"), f"no legitimate samples; separated by {', '.join(strong)}")
 
 

@@ -8,7 +8,13 @@ hits all of them alike:
 - minimal: `return XDP_DROP`, the floor (includes BPF_PROG_TEST_RUN's own loop);
 - pass: a TCP ACK to a tenant server with no rules: looked up, checked, counted, bridged;
 - drop: a UDP flood packet to a server with a rule matching proto, port and length: dropped by the rule;
-- unprotected: a packet to no tenant: looked up and bridged.
+- unprotected: a packet to no tenant: looked up and bridged;
+- xdp_filter: xdp-tools' xdp-filter on the drop frame, with a rule that drops its port;
+- bare_bridge: a program that only checks the Ethernet header and redirects, on the pass frame.
+
+The ratios to the minimal program depend on the CPU's fixed call cost; the ratios to
+xdp-filter and to the bare bridge (`appliance/bench/peers.py`) are the ones that hold across
+CPUs.
 
 With `stages`, the program is rebuilt with -DSW_PROFILE_STOP=n for each stage
 marker, and the cost of each stage is printed as the difference.
@@ -23,6 +29,7 @@ from collections.abc import Callable
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
+from appliance.bench import peers
 from dataplane import bpfsys, constants
 from dataplane.api import Range, Rule
 from dataplane.dataplane import BPF_DIR, Dataplane
@@ -33,6 +40,7 @@ STAGES = {1: "configuration read", 2: "parse", 3: "address cache", 4: "policy (l
           5: "counters"}
 GAME_PORT = 28960
 FLOOD_PAYLOAD = 512  # bytes of UDP payload: IP length 540
+PATHS = ("minimal", "pass", "drop", "unprotected", "xdp_filter", "bare_bridge")
 
 
 def build_tenants(count: int) -> TenantSet:
@@ -82,21 +90,28 @@ def run(tenants: int = 10_000, rules: int = 1_000, repeat: int = 1_000_000, runs
     minimal_fd = minimal.load_func(b"xdp_minimal", BPF.XDP).fd
     pkts = frames(ts, rules)
     verdicts = {name: bpfsys.XDP_ACTION_NAMES[dp.test_run(frame)[0]] for name, frame in pkts.items()}
-    samples: dict[str, list[int]] = {"minimal": [], "pass": [], "drop": [], "unprotected": []}
-    for r in range(runs):
-        progress(f"run {r + 1}/{runs}: {repeat} repeats per path")
-        samples["minimal"].append(bpfsys.prog_test_run(minimal_fd, pkts["pass"], repeat)[1])
-        for name, frame in pkts.items():
-            samples[name].append(dp.test_run(frame, repeat=repeat)[1])
+    samples: dict[str, list[int]] = {name: [] for name in PATHS}
+    progress("loading xdp-tools' xdp-filter (drop rule on the flood's port) and the bare bridge")
+    with peers.xdp_filter_dropping_udp_port(GAME_PORT) as xdp_filter_fd, peers.bare_bridge() as bare_fd:
+        verdicts["xdp_filter"] = bpfsys.XDP_ACTION_NAMES[bpfsys.prog_test_run(xdp_filter_fd, pkts["drop"])[0]]
+        verdicts["bare_bridge"] = bpfsys.XDP_ACTION_NAMES[bpfsys.prog_test_run(bare_fd, pkts["pass"])[0]]
+        for r in range(runs):
+            progress(f"run {r + 1}/{runs}: {repeat} repeats per path")
+            samples["minimal"].append(bpfsys.prog_test_run(minimal_fd, pkts["pass"], repeat)[1])
+            for name, frame in pkts.items():
+                samples[name].append(dp.test_run(frame, repeat=repeat)[1])
+            samples["xdp_filter"].append(bpfsys.prog_test_run(xdp_filter_fd, pkts["drop"], repeat)[1])
+            samples["bare_bridge"].append(bpfsys.prog_test_run(bare_fd, pkts["pass"], repeat)[1])
     dp.close()
     minimal.cleanup()
     med = {name: statistics.median(v) for name, v in samples.items()}
     result = {
         "tenants": tenants, "prefixes": 2 * tenants, "rules": rules, "repeat": repeat, "runs": runs,
-        "minimal_ns": med["minimal"], "pass_ns": med["pass"], "drop_ns": med["drop"],
-        "unprotected_ns": med["unprotected"],
+        **{f"{name}_ns": med[name] for name in PATHS},
         "pass_ratio": round(med["pass"] / med["minimal"], 2), "drop_ratio": round(med["drop"] / med["minimal"], 2),
         "unprotected_ratio": round(med["unprotected"] / med["minimal"], 2),
+        "drop_vs_xdp_filter": round(med["xdp_filter"] / med["drop"], 2),
+        "pass_vs_bare_bridge": round(med["pass"] / med["bare_bridge"], 2),
         "min_max_ns": {name: [min(v), max(v)] for name, v in samples.items()},
         "verdicts": verdicts,
     }
@@ -131,6 +146,15 @@ def render(result: dict) -> str:
         lo, hi = result["min_max_ns"][name]
         verdict = result["verdicts"].get(name, "DROP")
         lines.append(f"{name:<13} {ns:>10} {ratio:>10} {f'{lo}-{hi}':>12}  {verdict}")
+    lines.append("(x minimal depends on the CPU's fixed cost of calling a BPF program; the ratios below do not)")
+    lines += ["", f"{'yardstick':<13} {'ns/packet':>10} {'':>10} {'min-max ns':>12}  verdict"]
+    for name, label in (("xdp_filter", "xdp-filter"), ("bare_bridge", "bare bridge")):
+        lo, hi = result["min_max_ns"][name]
+        lines.append(f"{label:<13} {result[f'{name}_ns']:>10} {'':>10} {f'{lo}-{hi}':>12}  {result['verdicts'][name]}")
+    lines += ["",
+              f"drop_vs_xdp_filter  {result['drop_vs_xdp_filter']:.2f}  (xdp-filter's drop ns / Seawall's; "
+              "above 1: Seawall drops cheaper)",
+              f"pass_vs_bare_bridge {result['pass_vs_bare_bridge']:.2f}  (Seawall's pass ns / a bare bridge's)"]
     if "stages" in result:
         lines += ["", "cumulative ns at each stage marker (pass / drop):"]
         for label, v in result["stages"].items():

@@ -11,7 +11,7 @@ from appliance.commands import bench_compare
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="benchmarks (print figures and ratios)")
     sub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
-    d = sub.add_parser("dataplane", help="ns per packet against a minimal XDP program (BPF_PROG_TEST_RUN)")
+    d = sub.add_parser("dataplane", help="ns per packet against a minimal XDP program, xdp-filter and a bare bridge (BPF_PROG_TEST_RUN)")
     d.add_argument("--tenants", type=int, default=10_000)
     d.add_argument("--rules", type=int, default=1_000)
     d.add_argument("--repeat", type=int, default=1_000_000, help="repeats per measurement (default 1,000,000)")
@@ -40,6 +40,12 @@ def register(subparsers) -> None:
                      help="root only: on a real, unattached Dataplane whose maps hold the destinations "
                           "(the kernel's batch reads included)")
     pol.add_argument("--warmup-ticks", type=int, default=10, help="untimed ticks first (--real)")
+    pol.add_argument("--loop-latency", action="store_true",
+                     help="SecureWatch API latency and notifier delay while ticks run (--sizes), ticking on "
+                          "the event loop vs in the engine's worker thread")
+    pol.add_argument("--sizes", default="100000,1000000", metavar="D,...",
+                     help="destination counts for --loop-latency (default 100000,1000000)")
+    pol.add_argument("--seconds", type=float, default=15.0, help="seconds per mode (--loop-latency)")
     pol.add_argument("--json", action="store_true")
     pol.set_defaults(func=bench_policy)
     sw = sub.add_parser("securewatch", help="tenant GET and policy PUT latency of SecureWatch at scale")
@@ -90,6 +96,8 @@ def bench_policy(args) -> int:
 
     if args.real:
         return _bench_policy_real(args)
+    if args.loop_latency:
+        return _bench_loop_latency(args)
     if args.scale is not None:
         try:
             sizes = DEFAULT_SWEEP if args.scale == "default" else _parse_sizes(args.scale)
@@ -111,6 +119,21 @@ def bench_policy(args) -> int:
         print(f"{key:<32} {value}")
     if args.json:
         print(json.dumps(result, default=str))
+    return 0
+
+
+def _bench_loop_latency(args) -> int:
+    from appliance.bench import loop_latency  # noqa: PLC0415
+
+    try:
+        sizes = tuple(int(v) for v in args.sizes.split(","))
+        result = loop_latency.run(sizes=sizes, tenants=args.tenants, seconds=args.seconds, progress=_progress)
+    except ValueError as exc:   # a size that is not a number, or one the synthetic dataplane refuses
+        print(f"seawall bench policy --loop-latency: {exc}", file=sys.stderr)
+        return 2
+    print(loop_latency.render(result))
+    if args.json:
+        print(json.dumps(result))
     return 0
 
 

@@ -1,19 +1,24 @@
 /* Live-frames attack generator (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES).
  *
- * The kernel runs this program once per repeat on a fresh copy of the template
- * frame; the program varies the fields a real flood varies (spoofed source,
- * ports, IP id, TCP sequence), fixes the checksums incrementally (RFC 1624) and
- * redirects the frame out of the egress interface read from the config map.
- * Nothing here is spliced from Python: every value lives in `livegen_cfg`.
+ * The kernel runs this program once per repeat on a page of its page pool. It
+ * does not copy the template into a recycled page again, so the program first
+ * restores the frame from `livegen_template` (see livegen.h), then varies the
+ * fields a real flood varies (spoofed source, ports, IP id, TCP sequence), fixes
+ * the checksums incrementally (RFC 1624) and redirects the frame out of the
+ * egress interface read from the config map. Nothing here is spliced from
+ * Python: every value lives in `livegen_cfg` and `livegen_template`.
  */
 #include <uapi/linux/bpf.h>
 #include "livegen.h"
+
+#define LIVEGEN_META_BYTES 4  /* bytes of XDP metadata; a multiple of 4, as bpf_xdp_adjust_meta requires */
 
 #ifndef LIVEGEN_OFFSET_MASK
 #define LIVEGEN_OFFSET_MASK 0xff  /* bytes: rewritten fields lie in the first 256 bytes of a frame */
 #endif
 
 BPF_ARRAY(livegen_cfg, struct livegen_config, 1);
+BPF_ARRAY(livegen_template, struct livegen_template, 1);
 BPF_PERCPU_ARRAY(livegen_frames, u64, 1);  /* frames the program handed to bpf_redirect */
 
 static __always_inline __u16 csum_replace16(__u16 csum, __u16 old, __u16 new)
@@ -49,15 +54,30 @@ int livegen(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	__u32 zero = 0;
 	struct livegen_config *cfg = livegen_cfg.lookup(&zero);
+	struct livegen_template *tmpl = livegen_template.lookup(&zero);
 	__u16 *ip_csum = NULL, *l4_csum = NULL;
 	__u64 *frames;
+	__u32 len;
 
-	if (!cfg)
+	if (!cfg || !tmpl)
 		return XDP_ABORTED;
 	/* Only test runs come in on the egress interface; frames reaching the anchor veth
 	 * (see livegen.py) pass untouched. */
 	if (ctx->ingress_ifindex != cfg->egress_ifindex)
 		return XDP_PASS;
+	/* A recycled page holds what the last program along the way left in it (livegen.h). The
+	 * length is 1..LIVEGEN_TEMPLATE_BYTES by construction, as the verifier wants it (a length of
+	 * 0 becomes the whole array, longer than any frame: the helper refuses it). */
+	len = ((tmpl->len - 1) & (LIVEGEN_TEMPLATE_BYTES - 1)) + 1;
+	if (bpf_xdp_store_bytes(ctx, 0, tmpl->bytes, len))
+		return XDP_ABORTED;
+	/* The kernel rebuilds the frame it sends (length, headroom) from the context only when the
+	 * program moved a context pointer; otherwise it keeps what the page's last user left, e.g.
+	 * the length of a SYN-ACK a receiver shortened in place. Four bytes of metadata move one. */
+	if (bpf_xdp_adjust_meta(ctx, -(int)LIVEGEN_META_BYTES))
+		return XDP_ABORTED;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
 	if (cfg->ip_csum_off) {
 		ip_csum = data + (cfg->ip_csum_off & LIVEGEN_OFFSET_MASK);
 		if ((void *)(ip_csum + 1) > data_end)

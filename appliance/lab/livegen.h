@@ -26,4 +26,20 @@ struct livegen_config {
 	__u16 pad;
 };
 
+#define LIVEGEN_TEMPLATE_BYTES 4096  /* bytes: a power of two above livegen.py's MAX_LIVE_FRAME_BYTES */
+
+/* The template frame itself, written by Python before each test run that sends it. The kernel
+ * copies the template into a page only when its page pool allocates that page; a page that comes
+ * back during the run (its frame dropped further on) is reused with whatever the last program
+ * wrote into it, e.g. a SYN-ACK the appliance built in place and sent back by XDP_TX, and with
+ * that frame's length. The program therefore restores the whole frame from here before it edits
+ * it, and moves data_meta so that the kernel takes the length from the context again. Without
+ * this the lab's random SYN flood sent the appliance's own SYN-ACKs (source MAC: the server's)
+ * through to the customer switch, which then learnt the server's MAC on its uplink. */
+struct livegen_template {
+	__u32 len;             /* bytes of `bytes` in use */
+	__u32 pad;
+	__u8 bytes[LIVEGEN_TEMPLATE_BYTES];
+};
+
 #endif

@@ -3,9 +3,13 @@
 `LiveFrameSender` compiles `livegen.c` with bcc, fills its config map and calls
 the bpf syscall directly (ctypes) with BPF_F_TEST_XDP_LIVE_FRAMES, so the kernel
 runs the program `repeat` times on the template frame and transmits every
-redirected copy out of the egress interface (kernel 5.18+). The calling thread
-must already be in the network namespace that owns `ifindex`: the kernel looks
-the ingress device up in the caller's namespace.
+redirected copy out of the egress interface (kernel 5.18+). The kernel copies the
+template only into new pages of its page pool; a page that returns during the run
+(the receiver dropped the frame, or rewrote it and sent it on) is reused as it is,
+so the template also goes into the `livegen_template` map and the program restores
+each frame from there first. The calling thread must already be in the network
+namespace that owns `ifindex`: the kernel looks the ingress device up in the
+caller's namespace.
 
 Anchor: a test run with repeat > 1 swaps the program into the kernel's XDP
 dispatcher and back, two synchronize_rcu() calls, ~20-30 ms per call (measured
@@ -96,6 +100,8 @@ class LiveFrameSender:
         self._bpf = BPF(src_file=str(HERE / "livegen.c"), cflags=[f"-I{HERE}"])
         self._prog_fd = self._bpf.load_func("livegen", BPF.XDP).fd
         self._config = self._bpf["livegen_cfg"]
+        self._template = self._bpf["livegen_template"]
+        self._template_frame: bytes | None = None   # what the map holds now
         self._frames = self._bpf["livegen_frames"]
         self._libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         machine = platform.machine()
@@ -139,6 +145,12 @@ class LiveFrameSender:
         """Run the program `repeat` times on `frame`; returns the kernel's duration in ns per frame."""
         if len(frame) > MAX_LIVE_FRAME_BYTES:
             raise ValueError(f"frame of {len(frame)} bytes exceeds {MAX_LIVE_FRAME_BYTES} (live frames)")
+        if frame != self._template_frame:
+            leaf = self._template.Leaf()
+            leaf.len = len(frame)
+            ctypes.memmove(leaf.bytes, frame, len(frame))
+            self._template[self._template.Key(0)] = leaf
+            self._template_frame = frame
         buf = ctypes.create_string_buffer(frame, len(frame))
         self._ctx.data_end = len(frame)
         attr = _TestRunAttr(

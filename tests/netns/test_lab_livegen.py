@@ -1,0 +1,129 @@
+"""The live-frames generator sends its template frame every time, also when a receiver rewrote
+earlier frames in place (issue 19: the random SYN flood's lost clients).
+
+The kernel copies the template into a page only when the test run's page pool allocates the page.
+A frame that a receiver rewrites and sends back (the appliance answers a SYN with a SYN-ACK built
+in place, XDP_TX), and that is then dropped, returns its page to that pool while the run goes on;
+the page is reused as it is, and so is the frame length the receiver left in it unless the
+program moves a context pointer. Before the generator restored each frame from its template, it sent
+those SYN-ACKs out again as "flood" frames: source MAC the lab server's, so the customer switch
+learnt the server's MAC on its uplink and dropped real clients' SYNs to it (same port)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from appliance.lab import netlink
+from appliance.lab.livegen import FrameEdits, LiveFrameSender
+from appliance.lab.nsenter import enter_netns
+
+GENERATOR_MAC = "02:00:00:00:00:01"
+RECEIVER_MAC = "02:00:00:00:00:02"
+FRAMES = 20_000        # in one test run: far more than the page pool's pages, so pages are reused
+TRIM = 4               # bytes the receiver cuts off its answer (a SYN's options are longer than its SYN-ACK's)
+# On the receiving veth: count frames as the generator built them (source MAC GENERATOR_MAC),
+# earlier answers (source MAC RECEIVER_MAC) and frames of another length than the template, then
+# answer in place as the appliance's SYN authentication does (swap the MACs, shorten the frame,
+# XDP_TX). The veths' own frames (IPv6 router solicitations) pass uncounted.
+RECEIVER_XDP = r"""
+#include <linux/if_ether.h>
+BPF_ARRAY(seen, u64, 3);   /* 0: the template's MACs, 1: an earlier answer's, 2: not the template's length */
+BPF_ARRAY(template_len, u32, 1);
+int xdp_answer_in_place(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    u32 zero = 0, key;
+    u32 *len = template_len.lookup(&zero);
+    u64 *count;
+    if ((void *)(eth + 1) > end || !len)
+        return XDP_PASS;
+    if (eth->h_source[0] != 0x02 || eth->h_source[1] || eth->h_source[2] || eth->h_source[3] ||
+        eth->h_source[4] || (eth->h_source[5] != 0x01 && eth->h_source[5] != 0x02))
+        return XDP_PASS;
+    key = eth->h_source[5] == 0x02;
+    count = seen.lookup(&key);
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    key = 2;
+    count = seen.lookup(&key);
+    if (count && end - data != *len)
+        __sync_fetch_and_add(count, 1);
+    unsigned char mac[ETH_ALEN];
+    __builtin_memcpy(mac, eth->h_source, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+    __builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+    if (bpf_xdp_adjust_tail(ctx, -TRIM))
+        return XDP_DROP;
+    return XDP_TX;
+}
+int xdp_drop(struct xdp_md *ctx)
+{
+    return XDP_DROP;   /* the answers end here: their pages go back to the generator's pool */
+}
+"""
+
+
+@pytest.fixture
+def namespace():
+    name = f"tlg{uuid.uuid4().hex[:6]}"
+    netlink.create_namespace(name)
+    yield name
+    netlink.remove_namespace(name)
+
+
+def template_frame() -> bytes:
+    from scapy.layers.inet import IP, TCP  # noqa: PLC0415
+    from scapy.layers.l2 import Ether  # noqa: PLC0415
+
+    return bytes(Ether(src=GENERATOR_MAC, dst=RECEIVER_MAC) / IP(src="198.18.0.1", dst="198.51.100.11")
+                 / TCP(sport=40000, dport=80, flags="S", seq=1,
+                       options=[("MSS", 1460), ("SAckOK", b""), ("WScale", 7)]))
+
+
+def test_generator_sends_the_template_again_after_a_receiver_rewrote_a_frame_in_place(namespace):
+    from bcc import BPF  # noqa: PLC0415 - the netns tier imports bcc only when it runs
+
+    receiver = BPF(text=RECEIVER_XDP, cflags=[f"-DTRIM={TRIM}"])
+    try:
+        lengths = receiver["template_len"]
+        lengths[lengths.Key(0)] = lengths.Leaf(len(template_frame()))
+        with netlink.iproute(namespace) as ipr:
+            netlink.add_veth(ipr, "gen", "rcv")
+            for ifname, function in (("rcv", "xdp_answer_in_place"), ("gen", "xdp_drop")):
+                ipr.link("set", index=netlink.index(ipr, ifname),
+                         xdp_fd=receiver.load_func(function.encode(), BPF.XDP).fd)
+                netlink.set_up(ipr, ifname)
+            gen = netlink.index(ipr, "gen")
+        outcome: dict = {}
+
+        def send() -> None:
+            try:
+                enter_netns(namespace)
+                sender = LiveFrameSender(gen)
+                try:
+                    sender.configure(FrameEdits())
+                    sender.send(template_frame(), FRAMES)
+                    outcome["sent"] = sender.frames_redirected()
+                finally:
+                    sender.close()
+            except BaseException as exc:  # re-raised below
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=send, name="livegen-test", daemon=True)
+        thread.start()
+        thread.join(120)   # bcc compiles the generator first
+        assert not thread.is_alive(), "generator did not finish"
+        if "error" in outcome:
+            raise outcome["error"]
+        seen = receiver["seen"]
+        as_built, rewritten, resized = (int(seen[seen.Key(k)].value) for k in (0, 1, 2))
+        assert outcome["sent"] == FRAMES
+        assert rewritten == 0, f"{rewritten} of {as_built + rewritten} frames were earlier answers sent again"
+        assert resized == 0, f"{resized} of {as_built + rewritten} frames had an earlier answer's length"
+        assert as_built > 0.9 * FRAMES, (as_built, FRAMES)
+    finally:
+        receiver.cleanup()
