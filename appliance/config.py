@@ -17,8 +17,12 @@
     trusted_proxies = ["127.0.0.1"]          # reverse proxies whose X-Forwarded-For/-Proto are believed
     secure_cookies = false                   # force Secure cookies (automatic over HTTPS)
 
-    [[tenants]]                      # see tenants.model
+    [templates.hosting]              # a policy template: some keys of a tenant's [tenants.policy]
+    sensitivity = 2.0
+    [[tenants]]                      # see tenants.model; template = "hosting" follows a template,
+                                     # the tenant's own [tenants.policy] keys override it
     [notify]                         # validated here, kept raw; the notifiers parse it again
+    # [bgp], [[bgp.peers]], [escalation]: upstream escalation, parsed and checked by escalation.config
 
 `load_config` reads the file and does nothing else: every problem in it (syntax,
 unknown keys, wrong types, bad tenants) comes back as one ConfigError naming the
@@ -34,10 +38,12 @@ import pathlib
 from typing import Any
 
 # [securewatch] is SecureWatch's own table: its settings, keys and checks are in securewatch.settings.
+from escalation.config import BgpSettings, EscalationSettings, parse_bgp, parse_escalation
 from securewatch.settings import SecureWatchSettings, parse_settings
 from tenants.errors import ConfigError, did_you_mean, type_name
 from tenants.io import parse_toml_document, read_text
 from tenants.model import TenantSet
+from tenants.templates import parse_values, resolve_tenant_tables
 
 DEFAULT_CONFIG_PATH = "/etc/seawall/seawall.toml"   # where the systemd unit and the commands look
 DEFAULT_STATE_DIR = pathlib.Path("/var/lib/seawall")
@@ -48,7 +54,7 @@ DEFAULT_TICK_MS = 1000           # milliseconds between policy engine ticks
 TICK_MS_RANGE = (100, 10000)     # milliseconds: faster starves the CPU, slower reacts too late
 IFNAME_MAX_BYTES = 15            # Linux IFNAMSIZ (16) minus the terminating NUL
 
-SECTIONS = ("appliance", "securewatch", "tenants", "notify")
+SECTIONS = ("appliance", "securewatch", "templates", "tenants", "notify", "bgp", "escalation")
 APPLIANCE_KEYS = ("external", "internal", "state_dir", "log_format", "tick_ms", "bpffs")
 
 
@@ -69,6 +75,12 @@ class ApplianceConfig:
     tenants: TenantSet
     notify: dict[str, Any]        # the raw [notify] table (a private copy)
     source: str | None = None     # the file it came from
+    bgp: BgpSettings | None = None                 # None: no [bgp], nothing escalates
+    escalation: EscalationSettings = dataclasses.field(default_factory=EscalationSettings)
+    # Which tenant follows which [templates.NAME] (tenants.templates); `tenants` already holds
+    # each follower's resolved policy.
+    template_links: dict[str, str] = dataclasses.field(default_factory=dict)
+    templates: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)   # name: policy keys
 
     def interfaces(self) -> tuple[str, str]:
         """(external, internal) NIC names; ConfigError when either is not configured."""
@@ -99,12 +111,19 @@ def parse_config(text: str, source: str = "<string>") -> ApplianceConfig:
     appliance = _parse_appliance(_section(document, "appliance", problems), problems)
     securewatch = parse_settings(_section(document, "securewatch", problems), appliance.state_dir, problems)
     notify = _section(document, "notify", problems)
+    bgp = parse_bgp(document.get("bgp"), problems)
+    escalation = parse_escalation(document.get("escalation"), problems)
 
     tenants = TenantSet()
     tenants_known = False
+    tables, template_links, template_problems = resolve_tenant_tables(document.get("tenants", []),
+                                                                       document.get("templates", {}))
+    templates = {name: parse_values(values) for name, values in document.get("templates", {}).items()
+                 } if not template_problems and isinstance(document.get("templates", {}), dict) else {}
+    problems.extend(template_problems)
     if "tenants" in document:
         try:
-            tenants = TenantSet.from_dicts(document["tenants"])
+            tenants = TenantSet.from_dicts(tables)
             tenants_known = True
         except ConfigError as exc:
             problems.extend(exc.problems)
@@ -112,7 +131,8 @@ def parse_config(text: str, source: str = "<string>") -> ApplianceConfig:
     if problems:
         raise ConfigError(problems, source=source)
     return ApplianceConfig(appliance=appliance, securewatch=securewatch, tenants=tenants,
-                           notify=copy.deepcopy(notify), source=source)
+                           notify=copy.deepcopy(notify), source=source, bgp=bgp, escalation=escalation,
+                           template_links=template_links, templates=templates)
 
 
 def _notify_problems(notify: dict[str, Any], tenant_ids: tuple[str, ...] | None) -> list[str]:

@@ -59,6 +59,7 @@ from tenants.compile import assign_indices, compile_tenant_set
 
 if TYPE_CHECKING:
     from dataplane.api import DataplaneLike
+    from escalation.controller import Escalation
     from policy.engine import PolicyEngine
 
 log = structlog.get_logger("seawall.appliance")
@@ -169,6 +170,7 @@ class Appliance:
         self.dataplane = None
         self.engine = None
         self.notifiers = None
+        self.escalation: Escalation | None = None   # with [bgp]: the ladder and the BGP speaker
         self._lifetime: contextlib.AsyncExitStack | None = None  # what stops with the process
         self.securewatch_url: str | None = None
         self.started_at = time.time()
@@ -222,6 +224,7 @@ class Appliance:
         self._spawn(self._monitor_loop(), "traffic-monitor")
         async with contextlib.AsyncExitStack() as stack:
             await self.start_notifiers(stack)
+            await self._start_escalation(stack)
             await self._start_securewatch(stack)
             self.bus.publish(Event(EventType.SYSTEM, None, "appliance started", Severity.NOTICE,
                                    details={"external": external, "internal": internal}))
@@ -246,12 +249,10 @@ class Appliance:
         to `monitor` (the status's and the series' only source of tenant rates)."""
         from policy.engine import PolicyConfig, PolicyEngine  # noqa: PLC0415
 
-        # `[escalation] uplink_bps` (issue 14) scales the default detection floors (issue 20); read
-        # optionally: the key is absent from configs parsed without the escalation table.
-        uplink_bps = getattr(getattr(self.config, "escalation", None), "uplink_bps", None)
+        # `[escalation] uplink_bps` scales the default detection floors (None: the fixed defaults).
         return PolicyEngine(dataplane, self._engine_tenants(), self.bus, self.state_dir / "policy",
                             tick=self.config.appliance.tick_ms / 1000.0, on_tenant_traffic=self._after_tick,
-                            config=PolicyConfig(uplink_bps=uplink_bps))
+                            config=PolicyConfig(uplink_bps=self.config.escalation.uplink_bps))
 
     def _after_tick(self, traffic: TenantTraffic) -> None:
         """The engine's tick callback (on the loop, after the tick): tenant rates, then the per-server
@@ -282,6 +283,17 @@ class Appliance:
         notify = self._notify_parsed or parse_notify(self.config.notify)
         self.notifiers = NotifierManager(notify, self.bus, self.state_dir / "notify")
         await stack.enter_async_context(self.notifiers)
+
+    async def _start_escalation(self, stack: contextlib.AsyncExitStack) -> None:
+        """With [bgp]: start the BGP speaker; at exit (before the notifiers stop, so the events of
+        the last withdraws reach them) withdraw everything and stop it."""
+        if self.config.bgp is None:
+            return
+        from escalation.controller import Escalation  # noqa: PLC0415 - only with [bgp]
+
+        self.escalation = Escalation(self.config.bgp, self.config.escalation, self.state_dir / "bgp", self.bus)
+        await self.escalation.start()
+        stack.push_async_callback(self.escalation.stop)
 
     async def _start_securewatch(self, stack: contextlib.AsyncExitStack) -> None:
         settings = self.config.securewatch
@@ -356,6 +368,11 @@ class Appliance:
     def apply_tenants(self, tenant_set: TenantSet) -> None:
         self._apply(tenant_set)
 
+    def policy_templates(self) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+        """The config file's [templates.NAME] and which tenant follows which (SecureWatch imports
+        them with the tenants into an empty store)."""
+        return dict(self.config.templates), dict(self.config.template_links)
+
     def notify_config(self) -> dict[str, Any]:
         """The raw `[notify]` table the notifiers run now (a copy; secrets included)."""
         return copy.deepcopy(dict(self.config.notify or {}))
@@ -418,6 +435,9 @@ class Appliance:
             "notifiers": {name: s.to_public_dict() for name, s in self.notifiers.status().items()}
             if self.notifiers else {},
             "securewatch": self.securewatch_url,
+            "bgp": self.escalation.status() if self.escalation is not None else None,
+            # SYN authentication's counters (cookie SYN-ACKs, validations, splices), appliance-wide.
+            "synauth": self.dataplane.read_synauth_stats() if self.dataplane else {},
         }
 
     def _incidents(self) -> list[IncidentStatus]:
@@ -436,6 +456,60 @@ class Appliance:
                         "efficacy": None if inc.efficacy is None else round(inc.efficacy, 4),
                         "rules": [r.to_dict() for r in list(inc.rules.values())]})
         return sorted(out, key=lambda i: i["started"] or 0, reverse=True)
+
+    # -- escalation (issue 14) ------------------------------------------------------
+
+    def inbound_bps(self) -> float | None:
+        """Bits/s arriving on the external link at the engine's last tick (every tenant's inbound)."""
+        traffic = self.monitor.latest
+        if traffic is None:
+            return None
+        r = traffic.rates
+        return float(r.byte_rate[r.valid].sum()) * 8.0
+
+    def _incident_views(self) -> list[Any]:
+        from escalation.ladder import IncidentView  # noqa: PLC0415 - only with [bgp]
+        from policy.incidents import State  # noqa: PLC0415
+
+        if self.engine is None:
+            return []
+        # RTBH is a host route: only an incident with one attacked address (not a carpet) has one.
+        # The dicts are copied (list() of a dict is atomic under the GIL) before they are walked:
+        # an engine ticking in another thread may change them meanwhile.
+        return [IncidentView(inc.id, inc.tenant_id, inc.state == State.ACTIVE,
+                             (str(inc.target),) if inc.target is not None else (),
+                             tuple(r.rule for r in list(inc.rules.values())))
+                for inc in list(self.engine.incidents.open.values())]
+
+    def _escalate(self) -> None:
+        if self.escalation is None:
+            return
+        self.escalation.step(time.monotonic(), self.inbound_bps(), self._incident_views(),
+                             {t.id: t for t in self.tenants})
+
+    def bgp_status(self) -> dict[str, Any] | None:
+        """The `bgp` part of the status (None without [bgp])."""
+        return self.escalation.status() if self.escalation is not None else None
+
+    def escalate(self, incident_id: str, kind: str, actor: str) -> list[dict[str, Any]]:
+        """An operator's announcement for an open incident. LookupError: no such open incident;
+        escalation.routes.Refused (a ValueError) with the reason when it cannot be made."""
+        from escalation.routes import Refused  # noqa: PLC0415
+
+        if self.escalation is None:
+            raise Refused("no [bgp] section in the configuration: nothing can be announced")
+        view = next((v for v in self._incident_views() if v.id == incident_id), None)
+        tenant = self.tenants.get(view.tenant) if view is not None else None
+        if view is None or tenant is None:
+            raise LookupError(f"no open incident {incident_id!r}")
+        return [_change_dict(c) for c in self.escalation.escalate(view, tenant, kind, actor)]
+
+    def withdraw_escalation(self, incident_id: str, actor: str) -> list[dict[str, Any]]:
+        from escalation.routes import Refused  # noqa: PLC0415
+
+        if self.escalation is None:
+            raise Refused("no [bgp] section in the configuration: nothing is announced")
+        return [_change_dict(c) for c in self.escalation.withdraw(incident_id, actor)]
 
     # -- periodic work --------------------------------------------------------
 
@@ -513,6 +587,7 @@ class Appliance:
                     del self._stale_rules[rid]
                     log.info("appliance.inherited_rule_expired", rule=rid)
             await self._check_forwarding()
+            self._escalate()
             tmp = status_file.with_suffix(".tmp")
             tmp.write_text(dump_status(self.status()))
             os.replace(tmp, status_file)
@@ -522,6 +597,10 @@ class Appliance:
                 log.info("appliance.forwarding", ready_sent=self._ready_sent)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 1.0)
+
+
+def _change_dict(change: Any) -> dict[str, Any]:
+    return {"action": change.action, "why": change.why, **change.announcement.to_dict()}
 
 
 def validate_for_run(config: ApplianceConfig):
@@ -537,6 +616,13 @@ def validate_for_run(config: ApplianceConfig):
         problems.extend(f"[appliance] {role}: interface {name!r} does not exist"
                         for role, name in (("external", external), ("internal", internal))
                         if not _interface_exists(name))
+    if config.bgp is not None:
+        from escalation.speaker import exabgp_command  # noqa: PLC0415
+
+        try:
+            exabgp_command()
+        except FileNotFoundError as exc:
+            problems.append(f"[bgp]: {exc}")
     notify = None
     if config.notify:
         try:

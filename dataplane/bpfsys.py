@@ -60,6 +60,29 @@ def _bpf(cmd: int, attr: ctypes.Structure, what: str) -> int:
     return ret
 
 
+BPF_PROG_LOAD = 5
+BPF_PROG_TYPE_XDP = 6
+# mov r0, XDP_PASS; exit: the smallest XDP program, for veth peers that must merely have one.
+_XDP_PASS_INSNS = bytes.fromhex("b700000002000000" "9500000000000000")
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32), ("insns", ctypes.c_uint64),
+                ("license", ctypes.c_uint64), ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
+                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32),
+                ("prog_name", ctypes.c_char * 16), ("prog_ifindex", ctypes.c_uint32),
+                ("expected_attach_type", ctypes.c_uint32)]
+
+
+def prog_load_xdp_pass() -> int:
+    """Load an XDP program that passes every frame; returns its fd (the caller closes it)."""
+    insns = ctypes.create_string_buffer(_XDP_PASS_INSNS, len(_XDP_PASS_INSNS))
+    license_ = ctypes.create_string_buffer(b"GPL")
+    attr = _ProgLoadAttr(prog_type=BPF_PROG_TYPE_XDP, insn_cnt=len(_XDP_PASS_INSNS) // 8,
+                         insns=ctypes.addressof(insns), license=ctypes.addressof(license_), prog_name=b"xdp_pass")
+    return _bpf(BPF_PROG_LOAD, attr, "BPF_PROG_LOAD(xdp_pass)")
+
+
 class _MapCreateAttr(ctypes.Structure):
     _fields_ = [("map_type", ctypes.c_uint32), ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
                 ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32), ("inner_map_fd", ctypes.c_uint32),

@@ -46,6 +46,29 @@ class DropReason(enum.IntEnum):
     RATE_LIMIT = 7      # a dynamic rule with action rate-limit, over its rate
     HEURISTIC = 8       # always-on heuristics (SYN, reflection, per-class buckets)
     MALFORMED = 9       # a header that claims more bytes than the frame holds
+    SYN_COOKIE = 10     # answered by the bridge itself (cookie SYN-ACK to a SYN, reset to a cookie ACK, XDP_TX):
+                        # never reaches the server (bpf/synauth.h)
+
+
+class SynAuthStat(enum.IntEnum):
+    """Counters of SYN authentication (sw_synauth_stats, per CPU, appliance-wide; bpf/synauth.h)."""
+
+    SYNACK_SENT = 0         # cookie SYN-ACKs the bridge sent (XDP_TX)
+    SYNACK_BUDGET = 1       # SYNs dropped because a SYN-ACK budget (per destination or appliance-wide) was spent
+    COOKIE_VALID = 2        # ACKs whose cookie validated their source
+    COOKIE_INVALID = 3      # pure ACKs of unknown sources without a valid cookie (passed on to the usual checks)
+    RST_SENT = 4            # resets the bridge sent after a valid cookie ACK (reset-and-retry)
+    VALIDATED_SYN = 5       # SYNs of validated sources, past their own limit, bypassing the shared SYN limits
+    SOURCE_OVER_LIMIT = 6   # SYNs of validated sources dropped over their own per-source limit
+    INELIGIBLE = 7          # SYNs that cannot take a cookie (IPv4 options, IPv6 extension headers): dropped
+    GEN_ERROR = 8           # the kernel's cookie helper failed (counted, dropped)
+    SPLICE_SYN = 9          # cookie ACKs turned into the client's SYN to the server (a splice opened)
+    SPLICE_OPEN = 10        # servers' SYN-ACKs of splices turned into the client's window update
+    SPLICE_ACK_TO_SERVER = 11  # servers' retransmitted SYN-ACKs answered by the bridge (XDP_TX inside)
+    SPLICE_SERVER_RST = 12  # servers' resets of a splice in SYN_SENT, translated to the client
+    SPLICE_EARLY_DROP = 13  # client segments of a splice before the server answered: dropped
+    SPLICE_SYN_RETRY = 14   # SYNs sent again to a server that had not answered (on the client's probe)
+    SPLICE_BAD_SYNACK = 15  # SYN-ACKs of a splice's tuple that do not answer its SYN: dropped
 
 
 class Verdict(enum.IntEnum):
@@ -137,6 +160,7 @@ class PolicyFlag(enum.IntFlag):
     REFLECTION_ALWAYS = 1 << 4
     REFLECTION_AUTO = 1 << 5
     HAS_BUDGET = 1 << 6                  # some per-destination class budget is set
+    SYN_RESET = 1 << 7                   # syn_auth = "reset": a valid cookie ACK is reset (else spliced)
     SLOT_PROTECTED = 1 << 13             # cache only: the tenant's policy is in use in the active slot
     SLOT_MONITOR = 1 << 14               # cache only: ... in monitor mode (count what would drop, pass it)
     SLOT_LISTS_OR_HEURISTICS = 1 << 15   # cache only: lists, reflection always on, or an attack mark
@@ -194,15 +218,29 @@ IPPROTO = {"icmp": int(IpProto.ICMP), "tcp": int(IpProto.TCP), "udp": int(IpProt
 # UDP source ports of amplification reflectors: replies from them reach a customer
 # address only if that address asked (stateful reflection filter).
 REFLECTION_PORTS = (17, 19, 53, 69, 111, 123, 137, 161, 389, 520, 1900, 3283, 3702, 5353, 5683, 10001, 11211)
-MAX_FLOWS = 65536               # learned requests, SYN-ACKs, challenges, validated sources (each, LRU)
+MAX_FLOWS = 65536               # learned requests, SYN-ACKs, validated sources, SYN-ACK budgets (each, LRU)
 REFLECTION_WINDOW_MS = 30000    # a request admits replies from its reflector for this long, milliseconds
-SYN_RETRANSMIT_MIN_MS = 200     # a challenged SYN's retransmission counts after this, milliseconds
-SYN_RETRANSMIT_MAX_MS = 5000    # ... and before this (Linux retransmits a SYN after 1 s), milliseconds
-SYN_VALIDATED_TTL_MS = 600000   # a source that completed a handshake is trusted this long, milliseconds
+SYN_VALIDATED_TTL_MS = 600000   # a source that returned a cookie or completed a handshake is trusted this long, ms
 BUDGET_BURST_MS = 100           # a per-destination class budget holds this much of its rate as burst, milliseconds
 CONN_GRACE_MS = 5000            # after an ACK/RST/FIN flood starts, connections are learned this long first, ms
 CONN_IDLE_MS = 120000           # a learned connection is forgotten after this long without server traffic, ms
 TCP_OPEN_WINDOW_MS = 10000      # a server's SYN admits the peer's SYN-ACK this long (retransmits renew it), ms
+# SYN authentication (bpf/synauth.h, docs/design/syn-cookies.md): under a SYN attack the bridge answers unknown
+# sources' SYNs with cookie SYN-ACKs; a valid cookie ACK validates the source for SYN_VALIDATED_TTL_MS.
+SYN_SOURCE_PPS = 100            # a validated source's own SYN limit, SYN/s (a browser opens <= 6 per host; CGNAT more)
+SYN_SOURCE_BURST = 200          # ... and its burst, SYNs (2 s of the rate)
+SYNACK_RATE_PPS = 20000         # cookie SYN-ACKs per protected destination, SYN-ACK/s (never a reflector)
+SYNACK_GLOBAL_PPS = 1000000     # cookie SYN-ACKs of the whole appliance, SYN-ACK/s (1:1 with the SYNs causing them)
+SYNACK_BURST_MS = 100           # a SYN-ACK budget holds this much of its rate as burst, milliseconds
+SYNACK_TTL = 64                 # TTL / hop limit of the SYN-ACKs and resets the bridge writes, hops
+SYNACK_WINDOW = 65535           # receive window of the cookie SYN-ACK, bytes (no window scaling: the cookie cannot carry it)
+# The splice (syn_auth = "splice"): after a valid cookie ACK the bridge sends the client's SYN to the server
+# and translates sequence numbers for the connection's life (sw_splices, pinned).
+MAX_SPLICES = 131072            # spliced connections at once, entries (LRU: an evicted one breaks)
+SPLICE_IDLE_MS = 7875000        # a destination translates splices until this long after its last spliced
+                                # packet, ms (Linux keepalive gives up after 7,200 s + 9 x 75 s)
+SPLICE_TOUCH_MS = 1000          # ... and that time is written at most this often, ms (one shared word)
+SPLICE_SYN_RETRY_MS = 200       # a client's probe this long after the SYN to a silent server resends it, ms
 
 
 # Macro prefixes of the flag sets (the C names they have always had).
@@ -225,7 +263,7 @@ def budget_slot_of_class() -> int:
 def cflags() -> list[str]:
     """The -D flags that give the C program every enumeration, flag and limit above."""
     flags: list[str] = []
-    for enum_type in (Direction, TrafficClass, DropReason, Verdict, RuleAction, TenantMode, AclKind, Scope, Port,
+    for enum_type in (Direction, TrafficClass, DropReason, SynAuthStat, Verdict, RuleAction, TenantMode, AclKind, Scope, Port,
                       EtherType, IpProto):
         prefix = _ENUM_PREFIXES.get(enum_type) or _macro_prefix(enum_type)
         flags += [f"-D{prefix}_{member.name}={int(member)}" for member in enum_type]
@@ -238,8 +276,10 @@ def cflags() -> list[str]:
                  "MAX_RULES", "RULES_PER_TARGET", "MAX_ADDRESSES", "ADDRESS_CACHE_BITS", "PAYLOAD_MATCH_BYTES",
                  "SAMPLE_BYTES", "RINGBUF_PAGES", "MAX_VLAN_DEPTH", "MAX_IPV6_EXT_HEADERS",
                  "NO_TENANT", "TENANT_SET_SLOTS", "MAX_FLOWS", "REFLECTION_WINDOW_MS",
-                 "SYN_RETRANSMIT_MIN_MS", "SYN_RETRANSMIT_MAX_MS", "SYN_VALIDATED_TTL_MS",
-                 "BUDGET_BURST_MS", "CONN_GRACE_MS", "CONN_IDLE_MS", "TCP_OPEN_WINDOW_MS"):
+                 "SYN_VALIDATED_TTL_MS", "BUDGET_BURST_MS", "CONN_GRACE_MS", "CONN_IDLE_MS", "TCP_OPEN_WINDOW_MS",
+                 "SYN_SOURCE_PPS", "SYN_SOURCE_BURST",
+                 "SYNACK_RATE_PPS", "SYNACK_GLOBAL_PPS", "SYNACK_BURST_MS", "SYNACK_TTL", "SYNACK_WINDOW",
+                 "MAX_SPLICES", "SPLICE_IDLE_MS", "SPLICE_TOUCH_MS", "SPLICE_SYN_RETRY_MS"):
         flags.append(f"-DSW_{name}={globals()[name]}U")
     # Per-destination budgets live in per-CPU memory: each CPU admits its share of the rate.
     flags.append(f"-DSW_NR_CPUS={max(os.cpu_count() or 1, 1)}U")

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Iterable, Sequence
 
@@ -32,7 +33,7 @@ from dataplane.api import (
     TenantCounterArrays,
     TenantCounters,
 )
-from dataplane.constants import TENANT_SET_SLOTS, AclKind, Direction, TenantMode, TrafficClass
+from dataplane.constants import TENANT_SET_SLOTS, AclKind, Direction, SynAuthStat, TenantMode, TrafficClass
 from dataplane.loader import BPF_DIR, PROGRAM_FILE, Attachment, Program, purge, remove_pinned_link
 from dataplane.reader import (
     UNPROTECTED,
@@ -175,6 +176,12 @@ class Dataplane:
         arrays = self.reader.read_tenant_counter_arrays()
         wanted = np.flatnonzero(arrays.present).tolist() if indices is None else indices
         return {int(idx): arrays.tenant(int(idx)) for idx in wanted}
+
+    def read_synauth_stats(self) -> dict[str, int]:
+        """SYN authentication's cumulative counters (sw_synauth_stats, summed over the CPUs), by
+        the lower-case name of `constants.SynAuthStat`."""
+        table = self.program.maps["sw_synauth_stats"]
+        return {stat.name.lower(): int(sum(table[ctypes.c_int(int(stat))])) for stat in SynAuthStat}
 
     def read_destination_counters(self) -> DestinationCounters:
         """Inbound counters per customer-side address (see `CounterReader.read_destination_counters`)."""

@@ -34,13 +34,18 @@ PROGRAM_FILE = BPF_DIR / "seawall.c"
 # address cache miss (seawall.c). sw_progs slots: main programs at the direction's value, refresh
 # programs after them.
 PROGRAM_NAMES = {Direction.INBOUND: "xdp_seawall_inbound", Direction.OUTBOUND: "xdp_seawall_outbound"}
+SYNAUTH_PROGRAM_NAME = "xdp_seawall_synauth"
+# The programs that translate a spliced connection's packets (synauth.h), after the SYN-auth one.
+SPLICE_PROGRAM_NAMES = {Direction.INBOUND: "xdp_seawall_splice_inbound",
+                        Direction.OUTBOUND: "xdp_seawall_splice_outbound"}
 REFRESH_PROGRAM_NAMES = {Direction.INBOUND: "xdp_seawall_refresh_inbound",
                          Direction.OUTBOUND: "xdp_seawall_refresh_outbound"}
 # The maps Python reads or writes.
 MAP_NAMES = ("sw_config", "sw_ports", "sw_prefix4", "sw_prefix6", "sw_policy", "sw_acl4_tries", "sw_acl6_tries",
              "sw_acl4_template", "sw_acl6_template", "sw_addr_cache", "sw_addr_spill", "sw_tenant_stats",
              "sw_rule_set_index", "sw_rule_sets", "sw_rules", "sw_rule_stats", "sw_rule_buckets", "sw_attack",
-             "sw_reflection_ports")
+             "sw_reflection_ports", "sw_syn_sources", "sw_synack_buckets", "sw_synack_global", "sw_synauth_stats",
+             "sw_splices", "sw_splice_dests", "sw_splice_gate")
 # BPF_MAP_TYPE_PERCPU_HASH, _PERCPU_ARRAY, _LRU_PERCPU_HASH: bcc's Leaf is the per-CPU array
 PERCPU_MAP_TYPES = frozenset({5, 6, 10})
 
@@ -87,6 +92,12 @@ class Program:
                 progs[ctypes.c_int(int(d))] = ctypes.c_int(self.programs[d].fd)
                 refresh = self.bpf.load_func(name.encode(), BPF.XDP)
                 progs[ctypes.c_int(len(Direction) + int(d))] = ctypes.c_int(refresh.fd)
+            # The program that answers SYNs and cookie ACKs itself (synauth.h), after both pairs.
+            self.synauth = self.bpf.load_func(SYNAUTH_PROGRAM_NAME.encode(), BPF.XDP)
+            progs[ctypes.c_int(2 * len(Direction))] = ctypes.c_int(self.synauth.fd)
+            for d, name in SPLICE_PROGRAM_NAMES.items():
+                splice = self.bpf.load_func(name.encode(), BPF.XDP)
+                progs[ctypes.c_int(2 * len(Direction) + 1 + int(d))] = ctypes.c_int(splice.fd)
         except Exception as exc:  # bcc raises bare Exception on compile/load failures
             if pin_dir is not None and self.bpf is not None:
                 # The verifier rejects a program whose pinned map is smaller than it needs: name the map.
@@ -203,12 +214,23 @@ class Program:
         """BPF_PROG_TEST_RUN of `direction`'s program on one frame (see `Dataplane.test_run`)."""
         if self._attachments:
             raise DataplaneError("test_run is for unattached dataplanes only")
+        self._ensure_test_ports()
+        action, duration, _ = bpfsys.prog_test_run(self.programs[direction].fd, frame, repeat)
+        return action, duration
+
+    def _ensure_test_ports(self) -> None:
         if not self._test_ports_set:
             # The devmap is not pinned: a program loaded over pinned maps starts without ports.
             self.set_ports(1, 1)
             self._test_ports_set = True
-        action, duration, _ = bpfsys.prog_test_run(self.programs[direction].fd, frame, repeat)
-        return action, duration
+
+    def test_run_frame(self, frame: bytes, direction: Direction = Direction.INBOUND) -> tuple[int, bytes]:
+        """BPF_PROG_TEST_RUN once: (XDP action, the frame as the program left it)."""
+        if self._attachments:
+            raise DataplaneError("test_run is for unattached dataplanes only")
+        self._ensure_test_ports()
+        action, _, out = bpfsys.prog_test_run(self.programs[direction].fd, frame, 1)
+        return action, out
 
     def map_ref(self, name: str) -> MapRef:
         """A map as `dataplane.reader` reads it (bcc's per-CPU Leaf is already the per-CPU array)."""

@@ -120,6 +120,8 @@ class Tables:
                     flags |= PolicyFlag.HAS_DENY
                 if pol.syn_protection:
                     flags |= PolicyFlag.SYN_PROTECTION
+                if pol.syn_reset:
+                    flags |= PolicyFlag.SYN_RESET
                 flags |= _REFLECTION_FLAGS[ReflectionFilter(pol.reflection)]
                 rates = [int(getattr(pol, field)) for field in BUDGET_FIELDS.values()]
                 if any(rates):
@@ -218,8 +220,9 @@ class Tables:
                          syn_ports: Range | None = None) -> None:
         """Mark a destination (or a whole tenant, dst None) as under attack in these classes.
 
-        It switches on the stateful heuristics there at once: SYN challenge and
-        validated sources for TCP_SYN (on `syn_ports` only, default every port),
+        It switches on the stateful heuristics there at once: SYN authentication
+        (cookie SYN-ACKs from the bridge, validated sources; bpf/synauth.h) for TCP_SYN
+        (on `syn_ports` only, default every port),
         connection tracking for TCP_OTHER (ACK/RST/FIN floods: after a grace
         period that learns the server's connections, only those pass), the
         reflection filter (policy "auto") for UDP and FRAGMENT. An empty

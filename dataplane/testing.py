@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dataplane.constants import Direction
 from dataplane.dataplane import Dataplane
 from dataplane.reader import AddressCounterLayout, TenantStatsLayout, read_all
 
@@ -16,6 +17,11 @@ from dataplane.reader import AddressCounterLayout, TenantStatsLayout, read_all
 def table(dp: Dataplane, name: str):
     """bcc's table object of one of the program's maps (`dataplane.loader.MAP_NAMES`)."""
     return dp.program.maps[name]
+
+
+def run_frame(dp: Dataplane, frame: bytes, direction: Direction = Direction.INBOUND) -> tuple[int, bytes]:
+    """(XDP action, the frame as the program left it): what an XDP_TX reply looks like on the wire."""
+    return dp.program.test_run_frame(frame, direction)
 
 
 def read_map(dp: Dataplane, name: str) -> tuple[np.ndarray, np.ndarray, int]:
@@ -34,4 +40,4 @@ def tenant_stats_layout(dp: Dataplane) -> TenantStatsLayout:
     return dp.reader.tenant_layout
 
 
-__all__ = ["address_layout", "read_map", "table", "tenant_stats_layout"]
+__all__ = ["address_layout", "read_map", "run_frame", "table", "tenant_stats_layout"]

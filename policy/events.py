@@ -21,6 +21,7 @@ class EventType(enum.StrEnum):
     ATTACK_END = "ATTACK_END"
     POLICY_CHANGE = "POLICY_CHANGE"
     SYSTEM = "SYSTEM"
+    ESCALATION = "ESCALATION"     # a FlowSpec or RTBH route announced, withdrawn or refused (escalation/)
 
 
 class Severity(enum.StrEnum):

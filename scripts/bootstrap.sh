@@ -12,6 +12,7 @@ APT_PACKAGES=(
   iproute2 ethtool tcpdump nftables xdp-tools fastnetmon  # lab, deployment checks, comparisons
   snmptrapd snmp rsyslog rsyslog-openssl postgresql chromium  # real receivers, browser for tests
   openssl                                                   # test certificates for SecureWatch's HTTPS
+  bird2                    # the independent BGP peer of the escalation tests (ExaBGP, Seawall's speaker, is pinned in requirements.lock)
 )
 
 missing=()
@@ -29,6 +30,10 @@ fi
 # comparison benchmark (nothing sent anywhere), never as a system daemon.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled fastnetmon >/dev/null 2>&1; then
   systemctl disable --now fastnetmon >/dev/null 2>&1 || true
+fi
+# Likewise BIRD: the escalation tests run their own BIRD in a namespace; no system daemon.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled bird >/dev/null 2>&1; then
+  systemctl disable --now bird >/dev/null 2>&1 || true
 fi
 
 # bcc compiles against /lib/modules/$(uname -r)/build. Prefer the running

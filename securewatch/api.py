@@ -7,6 +7,7 @@ configuration service (`versioned.change_tenants`), as the UI's do; incidents th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import time
@@ -19,6 +20,7 @@ from aiohttp import web
 from tenants import ConfigError, Tenant, TenantSet
 
 from . import metrics, ui
+from .bgp import bgp_of, escalate, escalation_target, scoped_bgp, withdraw
 from .context import (
     OPTIONS,
     STORE,
@@ -48,13 +50,22 @@ from .incidents import (
 )
 from .openapi import openapi_document
 from .reports import build_report, parse_period
-from .versioned import POLICY_KEYS, TenantsChanged, change_tenants, policy_update, replace_tenant
+from .versioned import (
+    POLICY_KEYS,
+    TenantsChanged,
+    change_tenants,
+    policy_update,
+    replace_tenant,
+    rollback_tenant,
+)
 
 log = structlog.get_logger(__name__)
 
 MAX_TRAFFIC_SPAN_S = 90 * 24 * 3600
 AUDIT_PAGE_DEFAULT = 200           # audit entries per page when the caller names no limit
 AUDIT_PAGE_MAX = 1000              # most audit entries one request returns
+AUDIT_FILTERS = ("tenant", "actor", "action")   # query keys that narrow the audit log (action: a prefix)
+AUDIT_FILTER_MAX_CHARS = 200       # characters of one filter value
 
 
 def add_routes(app: web.Application) -> None:
@@ -69,6 +80,7 @@ def add_routes(app: web.Application) -> None:
     r.add_put("/api/v1/tenants/{tenant_id}", api_tenant_replace)
     r.add_delete("/api/v1/tenants/{tenant_id}", api_tenant_delete)
     r.add_get("/api/v1/tenants/{tenant_id}/versions", api_tenant_versions)
+    r.add_post("/api/v1/tenants/{tenant_id}/rollback", api_tenant_rollback)
     r.add_get("/api/v1/tenants/{tenant_id}/policy", api_policy)
     r.add_put("/api/v1/tenants/{tenant_id}/policy", api_policy_put)
     r.add_get("/api/v1/tenants/{tenant_id}/traffic", api_traffic)
@@ -78,6 +90,9 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/api/v1/incidents/{incident_id}/acknowledge", api_acknowledge)
     r.add_post("/api/v1/incidents/{incident_id}/notes", api_annotate)
     r.add_get("/api/v1/incidents/{incident_id}/pcap/{kind}", api_pcap)
+    r.add_post("/api/v1/incidents/{incident_id}/escalate", api_escalate)
+    r.add_delete("/api/v1/incidents/{incident_id}/escalate", api_withdraw)
+    r.add_get("/api/v1/bgp", api_bgp)
     r.add_get("/api/v1/audit", api_audit)
     r.add_get("/api/v1/notifiers", api_notifiers)
     r.add_get("/metrics", metrics_endpoint)
@@ -196,6 +211,24 @@ async def api_tenant_versions(request: web.Request) -> web.Response:
          "action": v.action} for v in versions]})
 
 
+async def api_tenant_rollback(request: web.Request) -> web.Response:
+    """{"version": N}: the tenant as it was at version N, stored as a new version (admin)."""
+    tenant_id = request.match_info["tenant_id"]
+    if not principal_of(request).is_admin:
+        await visible_tenant(request, tenant_id)   # another tenant's: 404, as if it did not exist
+    require_admin(request)  # the administrator may bring back a deleted tenant, so no visible_tenant
+    body = await read_json(request)
+    version = body.get("version") if isinstance(body, dict) else None
+    try:
+        done = await rollback_tenant(request, tenant_id, version)
+    except ConfigError as exc:
+        raise ApiError(422, f"version {version} of tenant {tenant_id!r} is not valid today", exc.problems) from None
+    tenant = done.state.tenants.get(tenant_id)
+    return web.json_response({"tenant": tenant.to_dict() if tenant else None,
+                              "version": done.state.versions.get(tenant_id), "applied": done.applied,
+                              "changed": done.diff.get(tenant_id, {})})
+
+
 async def api_policy(request: web.Request) -> web.Response:
     tenant, version = await visible_tenant_version(request, request.match_info["tenant_id"])
     return web.json_response({**policy_view(tenant), "version": version}, headers=etag(version))
@@ -303,22 +336,64 @@ async def api_pcap(request: web.Request) -> web.StreamResponse:
         "Content-Disposition": f'attachment; filename="{incident.id}-{kind}.pcap"'})
 
 
+async def api_bgp(request: web.Request) -> web.Response:
+    """Sessions and announcements upstream (admin, noc); a tenant's own announcements."""
+    return web.json_response(scoped_bgp(bgp_of(request), principal_of(request)), dumps=_dumps)
+
+
+async def api_escalate(request: web.Request) -> web.Response:
+    """Announce FlowSpec ({"kind": "flowspec"}) or RTBH ({"kind": "rtbh"}) for an open incident."""
+    incident, _ = await escalation_target(request, form=False)
+    body = await read_json(request)
+    kind = body.get("kind") if isinstance(body, dict) else None
+    changes = await escalate(request, incident, kind)
+    announced = any(c["action"] == "announce" for c in changes)
+    return web.json_response({"incident": incident.id, "kind": kind, "changes": changes},
+                             status=201 if announced else 200, dumps=_dumps)
+
+
+async def api_withdraw(request: web.Request) -> web.Response:
+    """Withdraw every route announced for the incident (the ladder leaves it alone after)."""
+    incident, _ = await escalation_target(request, form=False)
+    return web.json_response({"incident": incident.id, "changes": await withdraw(request, incident)}, dumps=_dumps)
+
+
 async def api_audit(request: web.Request) -> web.Response:
     if not principal_of(request).sees_all:
         raise ApiError(403, "the audit log is for administrators and the NOC")
-    tenant = request.query.get("tenant") or None
+    page = await audit_page_of(request)
+    return web.json_response({"entries": page.entries, "next_before": page.next_before, "next": page.next})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditPage:
+    entries: list[dict[str, Any]]
+    next_before: int | None             # the cursor of the next page (None: this is the last)
+    next: str | None                    # the URL of the next page
+    filters: dict[str, str]
+
+
+async def audit_page_of(request: web.Request) -> AuditPage:
+    """One page of the audit log as the query asks (tenant, actor, action prefix, limit, before):
+    the API's GET /api/v1/audit and the audit page read it the same way."""
+    filters = {k: request.query.get(k, "").strip() for k in AUDIT_FILTERS}
+    for key, value in filters.items():
+        if len(value) > AUDIT_FILTER_MAX_CHARS:
+            raise ApiError(400, f"{key}: at most {AUDIT_FILTER_MAX_CHARS} characters",
+                           [f"{key}: at most {AUDIT_FILTER_MAX_CHARS} characters"])
     limit = _query_int(request, "limit", AUDIT_PAGE_DEFAULT, 1, AUDIT_PAGE_MAX)
     before = _query_int(request, "before", None, 1, 2**63 - 1)
     # One more than asked for tells whether another page follows.
-    entries = await request.app[STORE].audit_log(tenant=tenant, limit=limit + 1, before=before)
+    entries = await request.app[STORE].audit_log(tenant=filters["tenant"] or None, limit=limit + 1, before=before,
+                                                 actor=filters["actor"] or None, action=filters["action"] or None)
     more = len(entries) > limit
     entries = entries[:limit]
     cursor = entries[-1]["id"] if more else None
     nxt = None
     if cursor is not None:
-        query = {"limit": str(limit), "before": str(cursor)} | ({"tenant": tenant} if tenant else {})
+        query = {"limit": str(limit), "before": str(cursor)} | {k: v for k, v in filters.items() if v}
         nxt = str(request.rel_url.with_query(query))
-    return web.json_response({"entries": entries, "next_before": cursor, "next": nxt})
+    return AuditPage(entries, cursor, nxt, filters)
 
 
 def _query_int(request: web.Request, name: str, default: int | None, low: int, high: int) -> int | None:

@@ -8,7 +8,8 @@ Background work (event ingestion, traffic sampling, retention, monthly report
 mail) starts and stops with the app through `cleanup_ctx`.
 
 The routes live in their modules: `api` (REST API under /api/v1), `ui` (the web pages),
-`notify_admin` (NOC receivers), `access_admin` (users and tokens). They import `context`
+`notify_admin` (NOC receivers), `access_admin` (users and tokens), `admin_ui` (the
+administration and audit pages). They import `context`
 (app keys, errors, the caller) and never this module.
 """
 
@@ -28,8 +29,9 @@ from aiohttp import web
 from policy.events import Event, EventBus, EventType
 from tenants import TenantSet
 
-from . import access_admin, api, auth, live, notify_admin, servers, talkers, ui
+from . import access_admin, admin_ui, api, auth, live, notify_admin, policy_templates, servers, talkers, ui
 from .auth import Principal
+from .changes import tenant_set_diff
 from .context import (
     APPLIANCE,
     BUS,
@@ -109,6 +111,8 @@ def create_app(settings: SecureWatchSettings, *, store: Store, bus: EventBus | N
     talkers.add_routes(app)
     notify_admin.add_routes(app)
     access_admin.add_routes(app)
+    admin_ui.add_routes(app)
+    policy_templates.add_routes(app)
     return app
 
 
@@ -143,9 +147,23 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
             return api_error(exc.status, exc.message, exc.problems, **exc.extra)
         return ui.error_page(request, exc.status, exc.message, exc.problems)
     except web.HTTPException as exc:
-        if is_api(request) and exc.status >= 400:
+        if exc.status < 400:
+            raise
+        if is_api(request):
             return api_error(exc.status, exc.reason)
-        raise
+        response = ui.error_page(request, exc.status, _ERROR_MESSAGES.get(exc.status, exc.reason), [])
+        response.headers.update({k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")})
+        return response
+    except Exception:
+        # A bug, not bad input: logged with its traceback; the caller learns only that it failed.
+        log.exception("securewatch.request_failed", method=request.method, path=request.path)
+        if is_api(request):
+            return api_error(500, "internal error; the server log has the details")
+        return ui.error_page(request, 500, "The server failed to answer this request; the log has the details.", [])
+
+
+# Error pages for what aiohttp raises itself (an unknown address, a method a route does not take).
+_ERROR_MESSAGES = {404: "There is no page at this address.", 405: "This page does not take that kind of request."}
 
 
 PUBLIC_PATHS = ("/login", "/api/v1/openapi.json")
@@ -270,6 +288,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
 async def ingest_event(store: Store, event: Event) -> None:
     if event.type in ATTACK_EVENTS and event.incident_id and event.tenant:
         await store.record_event(event.to_dict())
+    elif event.type is EventType.ESCALATION and event.incident_id:
+        await store.record_escalation(event.to_dict())
 
 
 async def _ingest(store: Store, inbox: asyncio.Queue[Event]) -> None:
@@ -291,9 +311,11 @@ async def _sample_traffic(app: web.Application, store: Store, appliance: Applian
             if last_running is not None and running != last_running:
                 # Changed behind our back (SIGHUP reload of the config file): record it.
                 async with app[TENANT_LOCK]:
-                    if running != await store.tenant_set():
+                    stored = await store.tenant_set()
+                    if running != stored:
                         changed = await store.save_tenant_set(running, "appliance", "reload")
-                        await store.audit("appliance", "tenants.reload", details={"changed": changed})
+                        await store.audit("appliance", "tenants.reload",
+                                          details={"changed": tenant_set_diff(stored, running, changed)})
             last_running = running
             for tenant in running:
                 rows = appliance.traffic_series(tenant.id, TRAFFIC_FETCH_S)

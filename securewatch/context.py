@@ -50,6 +50,17 @@ class ApplianceHooks(Protocol):
     def traffic_series(self, tenant_id: str, seconds: int) -> list[TrafficSecond]:
         """Per-second rows {"time", "passed_pps", "dropped_pps", "passed_bps", "dropped_bps"}, oldest first."""
 
+    # Upstream escalation (issue 14); an appliance without these has no [bgp] (the API answers 404).
+    def bgp_status(self) -> dict[str, Any] | None:
+        """The status's `bgp` (peers, announcements, speaker), None without a [bgp] section."""
+
+    def escalate(self, incident_id: str, kind: str, actor: str) -> list[dict[str, Any]]:
+        """Announce `kind` (flowspec | rtbh) for an open incident: the changes made (announce, or refuse
+        with `why`). LookupError: no such open incident; escalation.routes.Refused: cannot be made."""
+
+    def withdraw_escalation(self, incident_id: str, actor: str) -> list[dict[str, Any]]:
+        """Withdraw every route of the incident; escalation.routes.Refused when none is announced."""
+
 
 STORE = web.AppKey("store", Store)
 SETTINGS = web.AppKey("settings", SecureWatchSettings)

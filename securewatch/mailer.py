@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import aiosmtplib
 import structlog
 
+from . import formatting
 from .reports import Period, build_report, previous_month
 from .store import Store
 from .ui import template_environment
@@ -63,8 +64,9 @@ class ReportMailer:
         msg["Message-ID"] = email.utils.make_msgid(idstring=f"report-{tenant.id}-{period.label}",
                                                    domain="seawall.invalid")
         msg.set_content(f"DDoS protection report for {tenant.name} ({tenant.id}), {period.label}\n\n"
-                        f"Attacks: {s['attacks']}\nPeak: {s['peak_pps']:.0f} pps\n"
-                        f"Packets dropped: {s['packets_dropped']}\n\nThe full report is attached (HTML and CSV).\n")
+                        f"Attacks: {formatting.number(s['attacks'])}\nPeak: {formatting.rate(s['peak_pps'])}\n"
+                        f"Packets dropped: {formatting.number(s['packets_dropped'])}\n\n"
+                        f"The full report is attached (HTML and CSV).\n")
         msg.add_alternative(html, subtype="html")
         msg.add_attachment(report.to_csv().encode(), maintype="text", subtype="csv",
                            filename=f"seawall-report-{tenant.id}-{period.label}.csv")

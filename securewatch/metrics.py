@@ -76,6 +76,14 @@ class _StatusCollector:
             rules.add_metric([], float(policy.get("rules_installed", 0)))
             yield rules
 
+        synauth = s.get("synauth")
+        if synauth:  # appliance-wide: absent from a tenant's scoped status
+            events = CounterMetricFamily("seawall_synauth_events", "SYN authentication (cookies, splices) by "
+                                         "event, appliance-wide", labels=["event"])
+            for name, n in synauth.items():
+                events.add_metric([name], float(n))
+            yield events
+
         notifiers = s.get("notifiers")
         if notifiers:
             healthy = GaugeMetricFamily("seawall_notifier_healthy", "1 when the receiver's last delivery "
@@ -87,6 +95,35 @@ class _StatusCollector:
                 backlog.add_metric([name], float(r.get("backlog", 0)))
             yield healthy
             yield backlog
+
+        if s.get("bgp"):
+            yield from _bgp_metrics(s["bgp"])
+
+
+def _bgp_metrics(bgp: dict[str, Any]):
+    """Upstream escalation: session state per peer, announcements by kind, the speaker's health."""
+    up = GaugeMetricFamily("seawall_bgp_session_up", "1 when the BGP session with the peer is established",
+                           labels=["peer", "state"])
+    for peer in bgp.get("peers") or []:
+        up.add_metric([peer["address"], peer["state"]], 1 if peer["state"] == "established" else 0)
+    yield up
+    announced = GaugeMetricFamily("seawall_bgp_announcements", "Routes announced upstream", labels=["kind"])
+    kinds = [a["kind"] for a in bgp.get("announcements") or []]
+    for kind in ("flowspec", "rtbh"):
+        announced.add_metric([kind], kinds.count(kind))
+    yield announced
+    speaker = bgp.get("speaker") or {}
+    running = GaugeMetricFamily("seawall_bgp_speaker_running", "1 while the BGP speaker process runs")
+    running.add_metric([], 1 if speaker.get("running") else 0)
+    yield running
+    restarts = CounterMetricFamily("seawall_bgp_speaker_restarts", "Times the BGP speaker died and was "
+                                   "started again")
+    restarts.add_metric([], float(speaker.get("restarts", 0)))
+    yield restarts
+    refused = CounterMetricFamily("seawall_bgp_announcements_refused", "Announcements refused (the cap, "
+                                  "outside the tenant's prefixes)")
+    refused.add_metric([], float(bgp.get("refused", 0)))
+    yield refused
 
 
 def render(status: ApplianceStatus | TenantScopedStatus) -> bytes:

@@ -29,6 +29,7 @@ from policy.events import Event, EventType, Severity
 from tenants.errors import ConfigError
 
 from . import ui
+from .changes import field_diff
 from .context import (
     APPLIANCE,
     NOTIFY_LOCK,
@@ -218,8 +219,24 @@ def masked_toml(table: dict[str, Any]) -> str:
     return "\n".join(blocks)
 
 
-def _summary(old_table: dict[str, Any], new: NotifyConfig) -> dict[str, Any]:
-    """What changed, for the audit log: receiver names and secret key names, never values."""
+def _receivers_by_name(table: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each receiver's table, secrets masked, under "<kind>.<name>"."""
+    out = {}
+    for kind in KINDS:
+        entries = mask(table).get(kind)
+        for index, entry in enumerate(entries if isinstance(entries, list) else ()):
+            if isinstance(entry, dict):
+                out[f"{kind}.{_effective_name(kind, index, entry)}"] = entry
+    return out
+
+
+def _summary(old_table: dict[str, Any], new: NotifyConfig, new_table: dict[str, Any]) -> dict[str, Any]:
+    """What changed, for the audit log: receiver names and secret key names, never values, and
+    `diff`, the field-level diff per receiver with secrets masked (a changed secret is named in
+    `secrets_changed`, its value never written)."""
+    before, after = _receivers_by_name(old_table), _receivers_by_name(new_table)
+    diff = {name: fields for name in sorted(before.keys() | after.keys())
+            if (fields := field_diff(before.get(name), after.get(name)))}
     try:
         old = {r.name: r for r in parse_notify_config(old_table).receivers}
     except ValueError:
@@ -234,7 +251,8 @@ def _summary(old_table: dict[str, Any], new: NotifyConfig) -> dict[str, Any]:
                 secrets_changed.append(f"{name}.{key}")
     return {"receivers": list(now), "added": [n for n in now if n not in old],
             "removed": [n for n in old if n not in now],
-            "changed": [n for n in now if n in old and old[n] != now[n]], "secrets_changed": secrets_changed}
+            "changed": [n for n in now if n in old and old[n] != now[n]], "secrets_changed": secrets_changed,
+            "diff": diff}
 
 
 # -- the shared operation ------------------------------------------------------------------
@@ -329,7 +347,7 @@ class NotifyReceivers(VersionedConfig):
                    action: str, applied: bool) -> NotifyChanged:
         version = await app[STORE].save_notify_config(proposed.table, actor, action)
         return NotifyChanged(proposed.table, version, applied, len(proposed.parsed.receivers),
-                             _summary(current, proposed.parsed))
+                             _summary(current, proposed.parsed, proposed.table))
 
     def audit_entry(self, outcome: NotifyChanged, target: str) -> tuple[str | None, dict[str, Any]]:
         return None, {"version": outcome.version, "applied": outcome.applied, **outcome.summary}

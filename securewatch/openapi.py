@@ -49,6 +49,9 @@ def openapi_document() -> dict[str, Any]:
                           "disables its users and ends their sessions (listed in the answer); re-creating the id "
                           "brings none of them back", params=tid, errors=("400", "401", "403", "404", "409")),
         },
+        "/api/v1/tenants/{tenant_id}/rollback": {
+            "post": _op("Put a tenant back as it was at a version ({\"version\": N}; admin), stored as a new version; "
+                        "a deleted tenant comes back", params=tid, errors=("400", "401", "403", "404", "422"))},
         "/api/v1/tenants/{tenant_id}/versions": {
             "get": _op("Version history of a tenant", params=tid, errors=("401", "404"))},
         "/api/v1/tenants/{tenant_id}/policy": {
@@ -86,9 +89,18 @@ def openapi_document() -> dict[str, Any]:
         "/api/v1/incidents/{incident_id}/pcap/{kind}": {
             "get": _op("Download an incident's PCAP evidence (kind: dropped | passed)", params=(*iid, "kind"),
                        content="application/vnd.tcpdump.pcap", errors=("401", "404"))},
+        "/api/v1/incidents/{incident_id}/escalate": {
+            "post": _op("Announce a FlowSpec rule or an RTBH host route upstream for an open incident (admin, noc); "
+                        "RTBH only for a tenant with escalate_rtbh", params=iid,
+                        body="#/components/schemas/Escalate", ok="201", errors=("400", "401", "403", "404", "409")),
+            "delete": _op("Withdraw every route announced for the incident (admin, noc)", params=iid,
+                          errors=("401", "403", "404", "409"))},
+        "/api/v1/bgp": {"get": _op("BGP sessions and announcements upstream (admin, noc); a tenant sees its own "
+                                   "announcements", errors=("401", "404", "503"))},
         "/api/v1/audit": {"get": _op("Audit log (admin, noc), newest first, one page at a time: `next` is the URL "
                                      "of the following page (null on the last)", query=(
-            ("tenant", "tenant id"), ("limit", "entries per page, 1 to 1000 (default 200)"),
+            ("tenant", "tenant id"), ("actor", "who did it"), ("action", "actions starting with this"),
+            ("limit", "entries per page, 1 to 1000 (default 200)"),
             ("before", "only entries older than this id (the previous page's next_before)")),
                                      errors=("400", "401", "403"))},
         "/api/v1/users": {
@@ -97,6 +109,9 @@ def openapi_document() -> dict[str, Any]:
                         errors=("400", "401", "403", "409", "422")),
         },
         "/api/v1/users/{name}": {
+            "patch": _op("Change a user's role, tenant or access and end its sessions (admin; not the last enabled "
+                         "admin's role)", params=user, body="#/components/schemas/UserScope",
+                         errors=("400", "401", "403", "404", "409", "422")),
             "delete": _op("Delete a user and end its sessions (admin; not the last enabled admin)", params=user,
                           errors=("401", "403", "404", "409"))},
         "/api/v1/users/{name}/disable": {
@@ -115,6 +130,20 @@ def openapi_document() -> dict[str, Any]:
         },
         "/api/v1/tokens/{token_id}": {
             "delete": _op("Revoke an API token (admin)", params=("token_id",), errors=("401", "403", "404"))},
+        "/api/v1/templates": {"get": _op("Policy templates with their followers (admin, noc: all; a tenant: the one "
+                                          "its tenant follows)")},
+        "/api/v1/templates/{name}": {
+            "get": _op("One policy template and its followers", params=("name",), errors=("401", "404")),
+            "put": _op("Create or replace a policy template ({\"policy\": {...}}; admin): every tenant that follows it "
+                       "gets the new values, keeping its overrides", params=("name",),
+                       errors=("400", "401", "403", "422")),
+            "delete": _op("Delete a policy template (admin; 409 while a tenant follows it)", params=("name",),
+                          errors=("401", "403", "404", "409"))},
+        "/api/v1/tenants/{tenant_id}/template": {
+            "get": _op("The template a tenant follows, its overrides and the keys it inherits", params=tid,
+                       errors=("401", "404")),
+            "put": _op("Make a tenant follow a template ({\"template\": name, \"overrides\": {...}}) or none "
+                       "({\"template\": null}; admin)", params=tid, errors=("400", "401", "403", "404", "422"))},
         "/api/v1/notifiers": {"get": _op("Each NOC receiver's health and backlog (admin, noc)",
                                          errors=("401", "403", "503"))},
         "/api/v1/notify": {
@@ -187,11 +216,17 @@ def openapi_document() -> dict[str, Any]:
                            "properties": {kind: {"type": "array", "items": {"type": "object"}}
                                           for kind in ("syslog", "snmp", "email", "webhook")}
                            | {"state_dir": {"type": "string"}}},
+                "Escalate": {"type": "object", "required": ["kind"], "properties": {
+                    "kind": {"type": "string", "enum": ["flowspec", "rtbh"]}}},
                 "Note": {"type": "object", "required": ["text"], "properties": {
                     "text": {"type": "string"},
                     "internal": {"type": "boolean", "description": "admin, noc: never shown to the tenant"}}},
                 "UserNew": {"type": "object", "required": ["name", "password", "role"], "properties": {
                     "name": {"type": "string"}, "password": {"type": "string", "minLength": 8},
+                    "role": {"type": "string", "enum": ["admin", "noc", "tenant"]},
+                    "tenant": {"type": "string", "description": "role tenant only"},
+                    "access": {"type": "string", "enum": ["read", "write"], "description": "role tenant only"}}},
+                "UserScope": {"type": "object", "properties": {
                     "role": {"type": "string", "enum": ["admin", "noc", "tenant"]},
                     "tenant": {"type": "string", "description": "role tenant only"},
                     "access": {"type": "string", "enum": ["read", "write"], "description": "role tenant only"}}},

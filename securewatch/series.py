@@ -1,6 +1,6 @@
 """Time series for the live console: tenant traffic rollups and per-destination (per-server) series.
 
-What is stored (schema migration 6, `store.MIGRATIONS`):
+What is stored (schema migration 7, `store.MIGRATIONS`):
 
     traffic_seconds / traffic_minutes   per tenant, from migration 1 (second rows, minute averages)
     traffic_hours                       per tenant, hour averages weighted by the seconds behind them
@@ -76,7 +76,7 @@ class SeriesRetention:
 SERIES_KEYS = tuple(f.name for f in dataclasses.fields(SeriesRetention))
 
 
-# -- schema (migration 6) --------------------------------------------------------------------
+# -- schema (migration 7) --------------------------------------------------------------------
 
 # IF NOT EXISTS: a database rewound to an older schema by hand (upgrade rehearsals, tests) keeps
 # these tables; running the migration again must not fail on them.

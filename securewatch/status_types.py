@@ -90,6 +90,35 @@ class IncidentStatus(TypedDict):
     rules: list[dict[str, Any]]  # `policy.incidents.RuleRecord.to_dict()` each
 
 
+class BgpPeerStatus(TypedDict):
+    address: str
+    peer_as: int
+    state: str                   # idle (no speaker) | connect | established | down (speaker died)
+    uptime_s: float              # seconds the session has been established, 0 otherwise
+
+
+class BgpAnnouncementStatus(TypedDict):
+    kind: str                    # flowspec | rtbh
+    match: dict[str, Any]        # destination, and for FlowSpec protocol, ports, length, flags, action
+    incident: str
+    tenant: str
+    since: float                 # seconds since the epoch
+    reason: str                  # auto | manual
+
+
+class BgpStatus(TypedDict):
+    """Upstream escalation (escalation/), present with a [bgp] section."""
+
+    peers: list[BgpPeerStatus]
+    announcements: list[BgpAnnouncementStatus]
+    speaker: dict[str, Any]      # running, pid, restarts (times it died and was started again), last_exit
+    refused: int                 # announcements refused (cap, outside the tenant's prefixes), total
+    inbound_bps: float | None    # the external link's inbound bits/s at the last step
+    uplink_bps: int | None
+    flowspec_at: float
+    max_announcements: int
+
+
 class ApplianceStatus(TypedDict):
     pid: int
     updated: float               # seconds since the epoch
@@ -104,6 +133,8 @@ class ApplianceStatus(TypedDict):
     incidents: list[IncidentStatus]                 # open ones, newest first
     notifiers: dict[str, dict[str, Any]]            # `ReceiverStatus.to_public_dict()` by receiver name
     securewatch: str | None                         # SecureWatch's URL when it runs
+    bgp: NotRequired[BgpStatus | None]              # None without [bgp]
+    synauth: NotRequired[dict[str, int]]            # `Dataplane.read_synauth_stats()` (absent in older files)
 
 
 class TenantScopedStatus(TypedDict):
@@ -137,6 +168,6 @@ def parse_status(text: str) -> ApplianceStatus:
     return value  # type: ignore[return-value]  # written by dump_status; readers use .get for old files
 
 
-__all__ = ["ApplianceStatus", "ClassBudget", "IncidentStatus", "InterfaceStatus", "PolicyStatus", "PolicyTick",
+__all__ = ["ApplianceStatus", "BgpAnnouncementStatus", "BgpPeerStatus", "BgpStatus", "ClassBudget", "IncidentStatus", "InterfaceStatus", "PolicyStatus", "PolicyTick",
            "TenantScopedStatus", "TenantStatus", "TrafficSecond", "UnprotectedStatus", "dump_status",
            "parse_status"]

@@ -160,10 +160,20 @@ MIGRATIONS: list[tuple[int, str, list[str | Callable[[_Backend], None]]]] = [
     # fields are tidied in a new version (the original stays in the history), with an audit row.
     (5, "tenant names and contacts tidied to the checks of this version", [
         lambda b: _tidy_legacy_tenants(b),
+    ]),    # Policy templates (issue 16): a named set of policy values, and which tenants follow one.
+    # A follower's own policy stays in its tenant row (what the dataplane runs); editing the
+    # template rewrites the followers' rows through the tenant-set workflow.
+    (6, "policy templates and the tenants that follow them", [
+        """CREATE TABLE policy_templates (
+            name TEXT PRIMARY KEY, data TEXT NOT NULL, version BIGINT NOT NULL,
+            updated_at {real} NOT NULL, updated_by TEXT NOT NULL)""",
+        """CREATE TABLE tenant_templates (
+            tenant_id TEXT PRIMARY KEY, template TEXT NOT NULL)""",
+        "CREATE INDEX tenant_templates_template ON tenant_templates (template)",
     ]),
     # The live console (issue 16): tenant hour rollups for the 30-day chart, and per-destination
     # series (per-second for attacked and top-N destinations, minute rollups for the rest).
-    (6, "hour rollups and per-destination series", series.MIGRATION),
+    (7, "hour rollups and per-destination series", series.MIGRATION),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -537,11 +547,53 @@ class Store:
                     remote: str | None = None, details: dict[str, Any] | None = None) -> None:
         await self._run(_audit, actor, action, target, tenant, remote, details or {})
 
-    async def audit_log(self, *, tenant: str | None = None, limit: int = 200,
-                        before: int | None = None) -> list[dict[str, Any]]:
+    async def audit_log(self, *, tenant: str | None = None, limit: int = 200, before: int | None = None,
+                        actor: str | None = None, action: str | None = None) -> list[dict[str, Any]]:
         """Newest first, at most `limit` entries; `before`: only entries with a smaller id (the
-        cursor of the next page is the last entry's id)."""
-        return await self._run(_audit_log, tenant, limit, before)
+        cursor of the next page is the last entry's id); `actor`: that actor's; `action`: actions
+        that start with it ("tenant." finds every tenant change)."""
+        return await self._run(_audit_log, tenant, limit, before, actor, action)
+
+    # -- policy templates ---------------------------------------------------------
+
+    async def policy_templates(self) -> dict[str, dict[str, Any]]:
+        """{name: {"policy": {...}, "version", "updated_at", "updated_by"}}, by name."""
+        def q(b: _Backend) -> dict[str, dict[str, Any]]:
+            rows = b.execute("SELECT name, data, version, updated_at, updated_by FROM policy_templates "
+                             "ORDER BY name").fetchall()
+            return {r[0]: {"policy": json.loads(r[1]), "version": int(r[2]), "updated_at": r[3],
+                           "updated_by": r[4]} for r in rows}
+        return await self._run(q)
+
+    async def save_policy_template(self, name: str, policy: dict[str, Any], actor: str) -> int:
+        """Create or replace a template; its new version."""
+        def q(b: _Backend) -> int:
+            row = b.execute("SELECT version FROM policy_templates WHERE name = ?", (name,)).fetchone()
+            version = (int(row[0]) if row else 0) + 1
+            if row:
+                b.execute("UPDATE policy_templates SET data = ?, version = ?, updated_at = ?, updated_by = ? "
+                          "WHERE name = ?", (_json(policy), version, time.time(), actor, name))
+            else:
+                b.execute("INSERT INTO policy_templates (name, data, version, updated_at, updated_by) "
+                          "VALUES (?, ?, ?, ?, ?)", (name, _json(policy), version, time.time(), actor))
+            return version
+        return await self._run(q)
+
+    async def delete_policy_template(self, name: str) -> bool:
+        return await self._run(lambda b: b.execute("DELETE FROM policy_templates WHERE name = ?",
+                                                   (name,)).rowcount > 0)
+
+    async def template_links(self) -> dict[str, str]:
+        """{tenant id: template name} for every tenant that follows a template."""
+        return await self._run(lambda b: {r[0]: r[1] for r in b.execute(
+            "SELECT tenant_id, template FROM tenant_templates ORDER BY tenant_id").fetchall()})
+
+    async def set_template_link(self, tenant_id: str, template: str | None) -> None:
+        def q(b: _Backend) -> None:
+            b.execute("DELETE FROM tenant_templates WHERE tenant_id = ?", (tenant_id,))
+            if template is not None:
+                b.execute("INSERT INTO tenant_templates (tenant_id, template) VALUES (?, ?)", (tenant_id, template))
+        await self._run(q)
 
     # -- notify configuration ---------------------------------------------------
 
@@ -595,6 +647,11 @@ class Store:
         """Disabling ends the user's sessions. False: no such user."""
         return await self._run(_set_user_disabled, name, disabled)
 
+    async def set_user_scope(self, name: str, role: str, tenant: str | None, access: str) -> bool:
+        """A new role, tenant or access ends the user's sessions (they carry the old scope).
+        False: no such user."""
+        return await self._run(_set_user_scope, name, role, tenant, access)
+
     async def delete_user(self, name: str) -> bool:
         """Delete the user and its sessions. False: no such user."""
         return await self._run(_delete_user, name)
@@ -646,6 +703,15 @@ class Store:
     async def record_event(self, event: dict[str, Any]) -> None:
         """Fold one ATTACK_* event (its `to_dict()` form) into its incident."""
         await self._run(_record_event, event)
+
+    async def record_escalation(self, event: dict[str, Any]) -> None:
+        """One ESCALATION event (announce, withdraw, refusal upstream) into its incident's events,
+        leaving the incident itself as it is (issue 14)."""
+        await self._run(lambda b: b.execute(
+            "INSERT INTO incident_events (incident_id, sequence, type, at, message, data) VALUES (?, ?, ?, ?, ?, ?)",
+            (event["incident_id"], int(event.get("sequence") or 0), event["type"],
+             float(event.get("timestamp") or time.time()), event.get("message") or "",
+             _json({"severity": event.get("severity"), "escalation": event.get("details") or {}}))))
 
     async def incidents(self, flt: IncidentFilter) -> list[Incident]:
         return await self._run(_incidents, flt)
@@ -901,8 +967,10 @@ def _delete_tenant(b: _Backend, tenant_id: str, now: float, actor: str, action: 
     b.execute("DELETE FROM tenants WHERE id = ?", (tenant_id,))
     b.execute("INSERT INTO tenant_versions (tenant_id, version, data, created_at, created_by, action) "
               "VALUES (?, ?, NULL, ?, ?, ?)", (tenant_id, version, now, actor, action))
-    # Every path that removes a tenant comes here, so its credentials always die with it.
+    # Every path that removes a tenant comes here, so its credentials always die with it, and it
+    # stops following a template (a tenant re-created under the id starts on its own).
     _revoke_tenant_credentials(b, tenant_id, actor, action, now)
+    b.execute("DELETE FROM tenant_templates WHERE tenant_id = ?", (tenant_id,))
 
 
 def _revoke_tenant_credentials(b: _Backend, tenant_id: str, actor: str, action: str, now: float) -> None:
@@ -973,8 +1041,16 @@ def _get_user(b: _Backend, name: str) -> User | None:
     return _user_from_row(row) if row else None
 
 
-def _audit_log(b: _Backend, tenant: str | None, limit: int, before: int | None) -> list[dict[str, Any]]:
+def _audit_log(b: _Backend, tenant: str | None, limit: int, before: int | None, actor: str | None = None,
+               action: str | None = None) -> list[dict[str, Any]]:
     where, params = [], []
+    if actor:
+        where.append("actor = ?")
+        params.append(actor)
+    if action:
+        # A prefix match without LIKE's wildcards (an action holds no % or _ to escape that way).
+        where.append("substr(action, 1, ?) = ?")
+        params.extend([len(action), action])
     if tenant:
         where.append("tenant = ?")
         params.append(tenant)
@@ -1015,6 +1091,14 @@ def _set_user_disabled(b: _Backend, name: str, disabled: bool) -> bool:
         return False
     if disabled:
         _end_sessions(b, name)
+    return True
+
+
+def _set_user_scope(b: _Backend, name: str, role: str, tenant: str | None, access: str) -> bool:
+    if b.execute("UPDATE users SET role = ?, tenant = ?, access = ? WHERE name = ?",
+                 (role, tenant, access, name)).rowcount == 0:
+        return False
+    _end_sessions(b, name)
     return True
 
 

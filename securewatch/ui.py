@@ -7,6 +7,7 @@ show a tenant the principal may not read (the same scoping as the API).
 from __future__ import annotations
 
 import datetime
+import http
 import pathlib
 import re
 import secrets
@@ -20,9 +21,9 @@ from aiohttp import web
 
 from tenants import ConfigError
 from tenants.model import PORT_MAX
-from tenants.policy import RATE_PPS_MAX, REFLECTION_MODES, TenantPolicy
+from tenants.policy import RATE_PPS_MAX, REFLECTION_MODES, SYN_AUTH_MODES, TenantPolicy
 
-from . import auth, talkers
+from . import auth, bgp, formatting, talkers
 from .charts import UPLOT
 from .context import (
     APPLIANCE,
@@ -54,41 +55,22 @@ PACKAGE_DIR = pathlib.Path(__file__).parent
 
 POLICY_INT_FIELDS = ("min_pps", "min_tenant_pps", "syn_rate_pps", "udp_rate_pps", "icmp_rate_pps",
                      "fragment_rate_pps")
-POLICY_BOOL_FIELDS = ("auto_mitigation", "invalid_filters", "syn_protection")
+POLICY_BOOL_FIELDS = ("auto_mitigation", "invalid_filters", "escalate_flowspec", "escalate_rtbh")
+# Fields chosen from a list: the form offers exactly the values tenants.policy accepts.
+POLICY_CHOICE_FIELDS = {"reflection_filter": REFLECTION_MODES, "syn_auth": SYN_AUTH_MODES}
 
 
 def template_environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("securewatch", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined)
-    env.filters["utc"] = _utc
-    env.filters["rate"] = _rate
-    env.filters["duration"] = _duration
+    # Every page formats through securewatch.formatting (and static/format.js in the browser).
+    env.filters["utc"] = formatting.moment
+    env.filters["rate"] = formatting.rate
+    env.filters["num"] = formatting.number
+    env.filters["duration"] = formatting.duration
+    env.filters["percent"] = formatting.percent
     env.globals["uplot"] = UPLOT
-    env.filters["percent"] = lambda v: "–" if v is None else f"{100 * float(v):.1f} %"
     return env
-
-
-def _utc(ts: float | None) -> str:
-    if ts is None:
-        return "–"
-    return datetime.datetime.fromtimestamp(ts, tz=datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _rate(value: float | None, unit: str = "pps") -> str:
-    if value is None:
-        return "–"
-    v = float(value)
-    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(v) >= factor:
-            return f"{v / factor:.1f} {prefix}{unit}"
-    return f"{v:.0f} {unit}"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    s = int(seconds)
-    return f"{s // 3600} h {s % 3600 // 60} min" if s >= 3600 else f"{s // 60} min {s % 60} s" if s >= 60 else f"{s} s"
 
 
 def add_routes(app: web.Application) -> None:
@@ -103,8 +85,22 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/incidents/{incident_id}", incident_page)
     r.add_post("/incidents/{incident_id}/acknowledge", incident_acknowledge)
     r.add_post("/incidents/{incident_id}/notes", incident_note)
+    r.add_post("/incidents/{incident_id}/escalate", incident_escalate)
+    r.add_post("/incidents/{incident_id}/withdraw", incident_withdraw)
     r.add_get("/reports", reports_page)
-    r.add_static("/static", PACKAGE_DIR / "static", name="static")
+    r.add_get("/static/{path:.+}", static_file, name="static")
+
+
+STATIC_DIR = (PACKAGE_DIR / "static").resolve()
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """A file under static/ (CSS, scripts, vendored libraries). A missing one is an ApiError, so
+    that a person gets the styled 404 page (aiohttp's static route answers an empty 404)."""
+    path = (STATIC_DIR / request.match_info["path"]).resolve()
+    if not path.is_relative_to(STATIC_DIR) or not path.is_file():
+        raise ApiError(404, "There is no file at this address.")
+    return web.FileResponse(path)
 
 
 def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
@@ -115,8 +111,21 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
     return web.Response(text=text, status=status, content_type="text/html")
 
 
+# What the heading of an error page says, by status; others get the reason phrase.
+ERROR_TITLES = {400: "Bad request", 403: "Not allowed", 404: "Page not found", 405: "Not available this way",
+                409: "Conflict", 413: "Too large", 422: "Not valid", 500: "Something went wrong",
+                502: "The appliance did not answer", 503: "Not available here"}
+
+
 def error_page(request: web.Request, status: int, message: str, problems: list[str]) -> web.Response:
-    return render(request, "error.html", status=status, status_code=status, message=message, problems=problems)
+    """Every error a person sees in the UI (a failed check, an unknown address, a crash): the site's
+    layout, what went wrong and the way back, never aiohttp's bare text."""
+    try:
+        title = ERROR_TITLES.get(status) or http.HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    return render(request, "error.html", status=status, status_code=status, title=title, message=message,
+                  problems=problems)
 
 
 # -- login ------------------------------------------------------------------------------
@@ -276,26 +285,28 @@ def _form_from_tenant(tenant: Any) -> dict[str, Any]:
     pol = tenant.policy
     return {"prefixes": "\n".join(str(p) for p in tenant.prefixes), "mode": tenant.mode,
             "allow": _acl_lines(tenant.allow), "deny": _acl_lines(tenant.deny),
-            **{k: getattr(pol, k) for k in ("sensitivity", "reflection_filter", *POLICY_INT_FIELDS,
+            **{k: getattr(pol, k) for k in ("sensitivity", *POLICY_CHOICE_FIELDS, *POLICY_INT_FIELDS,
                                             *POLICY_BOOL_FIELDS)}}
 
 
 async def policy_page(request: web.Request) -> web.Response:
     tenant, version = await visible_tenant_version(request, request.match_info["tenant_id"])
     versions = await tenant_versions_shown(request, tenant.id)
+    following = (await request.app[STORE].template_links()).get(tenant.id)
     return _policy_render(request, tenant, {**_form_from_tenant(tenant), "version": version}, {}, [],
-                          versions[:10], saved=False)
+                          versions[:10], saved=None, following=following)
 
 
 def _policy_render(request: web.Request, tenant: Any, form: dict[str, Any], errors: dict[str, list[str]],
-                   general: list[str], versions: list[Any], saved: bool, status: int = 200,
-                   conflict: str | None = None) -> web.Response:
-    """form["version"]: the version the form was filled from, sent back to detect a concurrent save."""
+                   general: list[str], versions: list[Any], saved: str | None, status: int = 200,
+                   conflict: str | None = None, following: str | None = None) -> web.Response:
+    """form["version"]: the version the form was filled from, sent back to detect a concurrent save.
+    following: the policy template the tenant follows (securewatch.policy_templates), if any."""
     p = principal_of(request)
     return render(request, "policy.html", status=status, tenant=tenant, form=form, errors=errors, general=general,
                   versions=versions, saved=saved, editable=p.can_edit_policy(tenant.id), admin=p.is_admin,
-                  reflection_modes=REFLECTION_MODES, int_fields=POLICY_INT_FIELDS, bool_fields=POLICY_BOOL_FIELDS,
-                  defaults=TenantPolicy(), conflict=conflict)
+                  reflection_modes=REFLECTION_MODES, syn_auth_modes=SYN_AUTH_MODES, int_fields=POLICY_INT_FIELDS, bool_fields=POLICY_BOOL_FIELDS,
+                  defaults=TenantPolicy(), conflict=conflict, following=following)
 
 
 _ACL_TOKEN = re.compile(r"(\w+)=(\S+)")
@@ -358,7 +369,7 @@ _INT_FIELD_MAX_DIGITS = len(str(RATE_PPS_MAX))
 def parse_policy_form(values: dict[str, Any], errors: dict[str, list[str]]) -> dict[str, Any]:
     """The policy fields of the form as a `policy` table; a field that is not a number gets an
     error and is left out, so that the rest is still validated and every problem shown at once."""
-    policy: dict[str, Any] = {"reflection_filter": values["reflection_filter"]}
+    policy: dict[str, Any] = {k: values[k] for k in POLICY_CHOICE_FIELDS}
     try:
         policy["sensitivity"] = float(values["sensitivity"])
     except ValueError:
@@ -385,7 +396,7 @@ async def policy_submit(request: web.Request) -> web.Response:
         raise ApiError(403, "you may read this tenant's policy but not change it")
     errors: dict[str, list[str]] = {}
     values: dict[str, Any] = {k: str(form.get(k, "")) for k in ("prefixes", "mode", "allow", "deny",
-                                                                 "sensitivity", "reflection_filter",
+                                                                 "sensitivity", *POLICY_CHOICE_FIELDS,
                                                                  *POLICY_INT_FIELDS)}
     for k in POLICY_BOOL_FIELDS:
         values[k] = form.get(k) == "on"
@@ -409,7 +420,7 @@ async def policy_submit(request: web.Request) -> web.Response:
             replace_tenant(await request.app[STORE].tenant_set(), table, must_exist=True)
         except ConfigError as exc:
             _sort_problems(exc.problems, errors, general)
-        return _policy_render(request, tenant, values, errors, general, versions[:10], saved=False, status=422)
+        return _policy_render(request, tenant, values, errors, general, versions[:10], saved=None, status=422)
     try:
         done = await change_tenants(request, policy_update(tenant.id, body, p), "policy.update", tenant.id,
                                        expected=expected)
@@ -422,14 +433,30 @@ async def policy_submit(request: web.Request) -> web.Response:
             f"you edited it. Your changes were not saved. The form shows what you entered: reload the page to "
             f"see the saved values, or save again to replace them with yours.")
         return _policy_render(request, tenant, {**values, "version": now if now is not None else ""}, {}, [],
-                              versions[:10], saved=False, status=409, conflict=conflict)
+                              versions[:10], saved=None, status=409, conflict=conflict)
     except ConfigError as exc:
         _sort_problems(exc.problems, errors, general)
-        return _policy_render(request, tenant, values, errors, general, versions[:10], saved=False, status=422)
+        return _policy_render(request, tenant, values, errors, general, versions[:10], saved=None, status=422)
     updated = done.state.tenants[tenant.id]
     versions = await tenant_versions_shown(request, tenant.id)
+    following = (await request.app[STORE].template_links()).get(tenant.id)
     return _policy_render(request, updated, {**_form_from_tenant(updated), "version": done.state.versions[tenant.id]},
-                          {}, [], versions[:10], saved=True)
+                          {}, [], versions[:10], saved=change_outcome(done, tenant.id), following=following)
+
+
+def change_outcome(done: Any, tenant_id: str) -> str:
+    """What a save of the tenant set really did, in words: stored or not, applied or not."""
+    version = done.state.versions.get(tenant_id)
+    if not done.changed:
+        return f"Nothing to save: this is what version {version} already holds."
+    if tenant_id not in done.state.versions:
+        saved = f"Deleted tenant {tenant_id}"
+    else:
+        saved = f"Saved as version {version}"
+    if done.applied:
+        return f"{saved} and applied to the dataplane."
+    return (f"{saved}. Not applied: this server has no dataplane (central server mode); "
+            f"the change is stored here only.")
 
 
 async def incidents_page(request: web.Request) -> web.Response:
@@ -444,7 +471,21 @@ async def incident_page(request: web.Request) -> web.Response:
     rules = [{**r, "text": talkers.rule_text(r), "action_text": talkers.action_text(r)}
              for r in detail["details"].get("rules", [])]
     anatomy = await talkers.anatomy_of(request, detail["id"])
-    return render(request, "incident.html", inc=detail, rules=rules, anatomy=anatomy, can_handle=can_handle)
+    return render(request, "incident.html", inc=detail, rules=rules, anatomy=anatomy, can_handle=can_handle,
+                  announcements=bgp.incident_announcements(request, detail["id"]))
+
+
+async def incident_escalate(request: web.Request) -> web.Response:
+    """The incident page's announce buttons (admin, noc): FlowSpec or RTBH upstream."""
+    incident, form = await bgp.escalation_target(request, form=True)
+    await bgp.escalate(request, incident, form.get("kind"))
+    raise web.HTTPFound(f"/incidents/{incident.id}")
+
+
+async def incident_withdraw(request: web.Request) -> web.Response:
+    incident, _ = await bgp.escalation_target(request, form=True)
+    await bgp.withdraw(request, incident)
+    raise web.HTTPFound(f"/incidents/{incident.id}")
 
 
 async def incident_acknowledge(request: web.Request) -> web.Response:

@@ -32,6 +32,7 @@ from policy.events import Event, EventBus, EventType, Severity
 from tenants import ConfigError, Tenant, TenantSet
 
 from .auth import Principal
+from .changes import tenant_set_diff
 from .context import (
     ANY_VERSION,
     APPLIANCE,
@@ -191,6 +192,7 @@ class TenantsChanged:
     applied: bool                      # the dataplane took the new set (False: central mode)
     state: TenantState                 # the stored set after the change, with versions
     changed: tuple[str, ...] = ()      # ids of the tenants that got a new version
+    diff: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)   # changes.tenant_set_diff
 
 
 class TenantConfig(VersionedConfig):
@@ -241,10 +243,14 @@ class TenantConfig(VersionedConfig):
                    action: str, applied: bool) -> TenantsChanged:
         store = app[STORE]
         changed, state = await store.update_tenant_set(proposed, actor, action, base=current)
-        return TenantsChanged(applied, state or await store.tenant_state(), tuple(changed))
+        return TenantsChanged(applied, state or await store.tenant_state(), tuple(changed),
+                              tenant_set_diff(current.tenants, proposed, changed))
 
     def audit_entry(self, outcome: TenantsChanged, target: str) -> tuple[str | None, dict[str, Any]]:
-        return target, {"changed": list(outcome.changed), "applied": outcome.applied}
+        # Per tenant, every field that changed with its old and new value, and the version it is at
+        # now (the audit page offers a rollback to the one before).
+        versions = {tid: outcome.state.versions[tid] for tid in outcome.changed if tid in outcome.state.versions}
+        return target, {"changed": outcome.diff, "applied": outcome.applied, "versions": versions}
 
     def event(self, outcome: TenantsChanged, actor: str, action: str, target: str) -> Event | None:
         if not outcome.changed:
@@ -264,7 +270,19 @@ class TenantConfig(VersionedConfig):
         return (stored, None) if len(stored) else None
 
     async def import_running(self, app: web.Application, running: TenantSet) -> None:
-        await app[STORE].save_tenant_set(running, "appliance", "import")
+        store = app[STORE]
+        await store.save_tenant_set(running, "appliance", "import")
+        # The config file's policy templates and their followers come along (an appliance that
+        # offers them: appliance.service.Appliance.policy_templates); followers already run the
+        # resolved policy, so only the templates and the links are stored.
+        offered = getattr(app[APPLIANCE], "policy_templates", None)
+        if callable(offered) and not await store.policy_templates():
+            templates, links = offered()
+            for name, values in sorted(templates.items()):
+                await store.save_policy_template(name, values, "appliance")
+            for tenant_id, name in sorted(links.items()):
+                if tenant_id in running and name in templates:
+                    await store.set_template_link(tenant_id, name)
 
     async def run_stored(self, app: web.Application, stored: TenantSet) -> None:
         app[APPLIANCE].apply_tenants(stored)
@@ -337,7 +355,10 @@ def merged_policy_table(tenant: Tenant, body: dict[str, Any], principal: Princip
         if key not in body:
             continue
         if key == "policy" and isinstance(body[key], dict):
-            table[key] = {**table.get(key, {}), **body[key]}
+            current = dict(table.get(key, {}))
+            if "syn_protection" in body[key] and "syn_auth" not in body[key]:
+                current.pop("syn_auth", None)  # the old name of syn_auth (tenants.policy) replaces it
+            table[key] = {**current, **body[key]}
         else:
             table[key] = body[key]
     if problems:
@@ -358,3 +379,25 @@ def policy_update(tenant_id: str, body: dict[str, Any], principal: Principal) ->
             raise not_found(f"no tenant {tenant_id!r}")
         return replace_tenant(tenant_set, merged_policy_table(current, body, principal), must_exist=True)
     return mutate
+
+
+async def rollback_tenant(request: web.Request, tenant_id: str, version: Any) -> TenantsChanged:
+    """Put tenant `tenant_id` back as it was at `version` (admin), as a new version: the API's
+    POST /api/v1/tenants/{id}/rollback and the admin pages' buttons. A deleted tenant comes back;
+    a version that is a deletion removes it. The old table is validated against today's set
+    (an overlap with a tenant created since is a ConfigError)."""
+    if not principal_of(request).is_admin:
+        raise ApiError(403, "only an administrator may do this")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ApiError(422, "version: expected a whole number from 1", ["version: expected a whole number from 1"])
+    versions = await request.app[STORE].tenant_versions(tenant_id)
+    found = next((v for v in versions if v.version == version), None)
+    if found is None:
+        raise not_found(f"tenant {tenant_id!r} has no version {version}")
+    table = found.data
+
+    def mutate(tenant_set: TenantSet) -> TenantSet:
+        if table is None:
+            return TenantSet([t for t in tenant_set if t.id != tenant_id])
+        return replace_tenant(tenant_set, table, must_exist=tenant_id in tenant_set)
+    return await change_tenants(request, mutate, "tenant.rollback", tenant_id)

@@ -54,6 +54,7 @@ class CompiledPolicy:
     udp_rate_pps: int
     icmp_rate_pps: int
     fragment_rate_pps: int
+    syn_reset: bool = False     # syn_auth = "reset": a valid cookie ACK is reset instead of spliced
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -182,6 +183,7 @@ def _compile_policy(mode: str, policy: TenantPolicy, has_allow: bool, has_deny: 
         udp_rate_pps=policy.udp_rate_pps,
         icmp_rate_pps=policy.icmp_rate_pps,
         fragment_rate_pps=policy.fragment_rate_pps,
+        syn_reset=policy.syn_auth == "reset",
     )
 
 

@@ -18,6 +18,13 @@ from tenants.errors import ConfigError
 # policy can silently turn detection off.
 
 REFLECTION_MODES = ("auto", "always", "off")
+# SYN authentication during SYN floods (dataplane/bpf/synauth.h, docs/design/syn-cookies.md): the
+# bridge answers unknown sources' SYNs with cookies; a valid cookie ACK then either opens the
+# connection to the server on the client's behalf ("splice", no error, one extra LAN round trip) or
+# is reset so that the client's retry passes ("reset": the application's first connect() fails).
+SYN_AUTH_MODES = ("splice", "reset", "off")
+# The old boolean key, kept as an alias of syn_auth: true -> "splice", false -> "off".
+SYN_AUTH_ALIAS = "syn_protection"
 SENSITIVITY_RANGE = (0.1, 10.0)   # threshold divisor: lenient .. strict
 # Longest rendering of a refused value in a message: a 400-digit number is not worth echoing.
 SHOWN_VALUE_CHARS = 40
@@ -44,12 +51,16 @@ class TenantPolicy:
     auto_mitigation: bool = True      # install rules by itself (otherwise: incidents only)
     # Always-on heuristics in the XDP program.
     invalid_filters: bool = True      # drop packets no stack sends (flags, land, port 0, lengths)
-    syn_protection: bool = True       # validated-source admission during SYN floods
+    syn_auth: str = "splice"          # SYN cookies during SYN floods, then: splice | reset | off
     reflection_filter: str = "auto"   # auto: while under attack; always; off
     syn_rate_pps: int = 0             # per destination token bucket; 0 = derived from the baseline
     udp_rate_pps: int = 0
     icmp_rate_pps: int = 0
     fragment_rate_pps: int = 0
+    # Upstream escalation (escalation/, only with a [bgp] section): FlowSpec for this tenant's
+    # attacks; a blackhole (RTBH) drops everything to the address, so only a tenant that agreed gets one.
+    escalate_flowspec: bool = True
+    escalate_rtbh: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TenantPolicy:
@@ -58,6 +69,16 @@ class TenantPolicy:
         known = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         problems: list[str] = []
+        data = dict(data)
+        if SYN_AUTH_ALIAS in data:
+            alias = data.pop(SYN_AUTH_ALIAS)
+            if not isinstance(alias, bool):
+                problems.append(f"policy.{SYN_AUTH_ALIAS}: expected true or false, got {shown(alias)}")
+            elif "syn_auth" not in data:
+                data["syn_auth"] = "splice" if alias else "off"
+            elif data["syn_auth"] in SYN_AUTH_MODES and (data["syn_auth"] != "off") != alias:
+                problems.append(f"policy.{SYN_AUTH_ALIAS}: {str(alias).lower()} contradicts policy.syn_auth = "
+                                f"{data['syn_auth']!r} (syn_protection is the old name of syn_auth: set one)")
         for key, raw in data.items():
             if key not in known:
                 problems.append(f"policy.{key}: unknown key (known: {', '.join(sorted(known))})")
@@ -73,6 +94,11 @@ class TenantPolicy:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def syn_protection(self) -> bool:
+        """The old boolean view of syn_auth: cookies of either completion are on."""
+        return self.syn_auth != "off"
 
 
 def _check(key: str, default: object, raw: object) -> str | None:
@@ -98,4 +124,6 @@ def _check(key: str, default: object, raw: object) -> str | None:
             return f"must be between {low} and {high:g}, got {shown(number if math.isfinite(number) else raw)}"
     elif key == "reflection_filter" and raw not in REFLECTION_MODES:
         return f"must be one of {', '.join(REFLECTION_MODES)}, got {shown(raw)}"
+    elif key == "syn_auth" and raw not in SYN_AUTH_MODES:
+        return f"must be one of {', '.join(SYN_AUTH_MODES)}, got {shown(raw)}"
     return None

@@ -19,6 +19,12 @@ def register(subparsers) -> None:
     d.add_argument("--stages", action="store_true", help="also print the cost of each stage of the program")
     d.add_argument("--json", action="store_true", help="one JSON object as the last line")
     d.set_defaults(func=bench_dataplane)
+    sa = sub.add_parser("synauth", help="ns per packet of SYN authentication (cookies) next to pass and drop")
+    sa.add_argument("--tenants", type=int, default=10_000)
+    sa.add_argument("--repeat", type=int, default=1_000_000, help="repeats per measurement (default 1,000,000)")
+    sa.add_argument("--runs", type=int, default=5, help="measurements per path; the median is reported")
+    sa.add_argument("--json", action="store_true", help="one JSON object as the last line")
+    sa.set_defaults(func=bench_synauth)
     cmp = sub.add_parser("compare", help="side by side with nftables, the Linux bridge and xdp-filter")
     bench_compare.add_arguments(cmp)
     cmp.set_defaults(func=bench_compare.main)
@@ -48,6 +54,11 @@ def register(subparsers) -> None:
     pol.add_argument("--seconds", type=float, default=15.0, help="seconds per mode (--loop-latency)")
     pol.add_argument("--json", action="store_true")
     pol.set_defaults(func=bench_policy)
+    esc = sub.add_parser("escalation", help="time from a flood's first packet to its FlowSpec route at a BGP peer")
+    esc.add_argument("--runs", type=int, default=3, help="floods, one per server of tenant alpha; the median is reported")
+    esc.add_argument("--pps", type=int, default=20_000, help="flood rate, packets/s (NTP replies, ~470 bytes)")
+    esc.add_argument("--json", action="store_true")
+    esc.set_defaults(func=bench_escalation)
     sw = sub.add_parser("securewatch", help="tenant GET and policy PUT latency of SecureWatch at scale")
     sw.add_argument("--tenants", type=int, default=10_000)
     sw.add_argument("--clients", type=int, default=20, help="concurrent HTTP clients (default 20)")
@@ -73,6 +84,19 @@ def bench_dataplane(args) -> int:
         return 2
     result = dataplane.run(args.tenants, args.rules, args.repeat, args.runs, args.stages, _progress)
     print(dataplane.render(result))
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def bench_synauth(args) -> int:
+    from appliance.bench import synauth  # noqa: PLC0415
+
+    if args.tenants < 1 or args.repeat < 1 or args.runs < 1:
+        print("seawall bench synauth: need tenants, repeat and runs >= 1", file=sys.stderr)
+        return 2
+    result = synauth.run(args.tenants, args.repeat, args.runs, _progress)
+    print(synauth.render(result))
     if args.json:
         print(json.dumps(result))
     return 0
@@ -171,6 +195,21 @@ def bench_mitigation(args) -> int:
     for vector, r in result["vectors"].items():
         per_run = ", ".join(str(f["first_drop_ms"]) for f in r["runs"])
         print(f"  {vector:<5} first drop after {r['first_drop_ms_median']} ms (median; runs: {per_run})")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def bench_escalation(args) -> int:
+    from appliance.bench import escalation  # noqa: PLC0415
+
+    if args.runs < 1 or args.pps < 1:
+        print("seawall bench escalation: --runs and --pps must be >= 1", file=sys.stderr)
+        return 2
+    result = escalation.run(args.runs, args.pps, _progress)
+    per_run = ", ".join(f"{r['route_s']}" for r in result["runs"])
+    print(f"flood {result['pps']:,} pps over a {result['uplink_bps'] / 1e6:g} Mbit/s uplink: FlowSpec route at the "
+          f"peer {result['route_s_median']} s after the first packet (median; runs: {per_run} s)")
     if args.json:
         print(json.dumps(result))
     return 0

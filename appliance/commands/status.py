@@ -19,6 +19,7 @@ from typing import Any, NotRequired, TypedDict, cast
 from appliance.config import DEFAULT_CONFIG_PATH
 from securewatch.status_types import (
     ApplianceStatus,
+    BgpStatus,
     IncidentStatus,
     InterfaceStatus,
     PolicyStatus,
@@ -47,6 +48,8 @@ class StatusSummary(TypedDict):
     incidents: NotRequired[list[IncidentStatus]]
     notifiers: NotRequired[dict[str, dict[str, Any]]]
     securewatch: NotRequired[str | None]
+    bgp: NotRequired[BgpStatus | None]
+    synauth: NotRequired[dict[str, int]]
 
 
 STALE_AFTER_S = 5.0  # seconds without a status update before the control plane counts as down
@@ -135,9 +138,20 @@ def render_human(s: StatusSummary) -> str:
             line("\nper-destination class budgets, packets/s (source: policy, baseline, or none while warming up)")
             for tid, b in budgets.items():
                 line(f"{tid:<16} " + "  ".join(f"{cls} {v['pps']} ({v['source'].split()[0]})" for cls, v in b.items()))
+    synauth = {name: n for name, n in (s.get("synauth") or {}).items() if n}
+    if synauth:
+        line("\nSYN authentication: " + "  ".join(f"{name} {n}" for name, n in synauth.items()))
     pol = s.get("policy") or {}
     if pol:
         line(f"\nincidents open: {pol.get('open_incidents', 0)}   rules installed: {pol.get('rules_installed', 0)}")
+    bgp = s.get("bgp")
+    if bgp:
+        for peer in bgp["peers"]:
+            line(f"BGP peer:      {peer['address']} AS{peer['peer_as']} {peer['state']}"
+                 + (f" for {peer['uptime_s']:.0f} s" if peer["uptime_s"] else ""))
+        kinds = [a["kind"] for a in bgp["announcements"]]
+        line(f"announced:     {kinds.count('flowspec')} FlowSpec, {kinds.count('rtbh')} RTBH"
+             f" (speaker restarts: {bgp['speaker'].get('restarts', 0)})")
     if s.get("securewatch"):
         line(f"SecureWatch:   {s['securewatch']}")
     return "\n".join(lines)

@@ -103,6 +103,17 @@ def add_veth(ipr: IPRoute, ifname: str, peer: str, peer_namespace: str | None = 
     ipr.link("add", ifname=ifname, kind="veth", peer=spec)
 
 
+def attach_xdp_pass(ipr: IPRoute, ifname: str) -> None:
+    """Attach (through netlink, so it stays after this process) an XDP program that passes every frame."""
+    from dataplane import bpfsys  # noqa: PLC0415
+
+    fd = bpfsys.prog_load_xdp_pass()
+    try:
+        ipr.link("set", index=index(ipr, ifname), xdp_fd=fd)
+    finally:
+        os.close(fd)
+
+
 def set_up(ipr: IPRoute, ifname: str) -> None:
     ipr.link("set", index=index(ipr, ifname), state="up")
 

@@ -78,9 +78,21 @@ SW_MAP("hash", struct sw_rule_set_key, struct sw_attack_state, sw_attack, SW_MAX
 SW_MAP("array", __u32, __u32, sw_reflection_ports, 2048, 0);
 SW_MAP("lru_hash", struct sw_flow_key, __u64, sw_udp_requests, SW_MAX_FLOWS, 0);     /* -> last request, ns */
 SW_MAP("lru_hash", struct sw_flow_key, __u32, sw_synacks, SW_MAX_FLOWS, 0);          /* -> expected ack number */
-SW_MAP("lru_hash", struct sw_flow_key, __u64, sw_syn_challenges, SW_MAX_FLOWS, 0);   /* -> first SYN, ns */
-SW_MAP("lru_hash", struct sw_addr_key, __u64, sw_syn_validated, SW_MAX_FLOWS, 0);    /* -> handshake seen, ns */
 SW_MAP("lru_hash", struct sw_flow_key, __u64, sw_connections, SW_MAX_FLOWS, 0);      /* -> server sent, ns */
+/* SYN authentication (synauth.h): validated sources with their own SYN budget, cookie SYN-ACK
+ * budgets per protected destination (key: the server) and appliance-wide, counters per CPU. */
+SW_MAP("lru_hash", struct sw_addr_key, struct sw_syn_source, sw_syn_sources, SW_MAX_FLOWS, 0);
+SW_MAP("lru_hash", struct sw_addr_key, struct sw_token_bucket, sw_synack_buckets, SW_MAX_FLOWS, 0);
+BPF_ARRAY(sw_synack_global, struct sw_token_bucket, 1);
+BPF_PERCPU_ARRAY(sw_synauth_stats, __u64, SW_SYN_AUTH_STAT__COUNT);
+/* The splice (synauth.h): the flows, per server address the last spliced packet (ns; a
+ * destination stays "splice active" while its flows talk, attack mark or not), and one word
+ * that is non-zero once anything was spliced, so that an appliance that never spliced pays one
+ * array load per TCP packet and nothing more. Pinned: a spliced connection must survive a
+ * restart of the control plane. */
+SW_MAP("lru_hash", struct sw_flow_key, struct sw_splice, sw_splices, SW_MAX_SPLICES, 0);
+SW_MAP("lru_hash", struct sw_addr_key, __u64, sw_splice_dests, SW_MAX_FLOWS, 0);
+SW_MAP("array", __u32, __u64, sw_splice_gate, 1, 0);
 
 #define SW_MS (1000ULL * 1000ULL) /* nanoseconds per millisecond */
 
@@ -89,7 +101,9 @@ SW_MAP("lru_hash", struct sw_flow_key, __u64, sw_connections, SW_MAX_FLOWS, 0); 
  * the slot and tail-calls the main program again, which then hits the cache. */
 #define SW_PROG_MAIN(dir) (dir)
 #define SW_PROG_REFRESH(dir) (SW_DIRS + (dir))
-BPF_PROG_ARRAY(sw_progs, 2 * SW_DIRS);
+#define SW_PROG_SYNAUTH (2 * SW_DIRS) /* answers a SYN or a cookie ACK itself (synauth.h) */
+#define SW_PROG_SPLICE(dir) (2 * SW_DIRS + 1 + (dir)) /* translates a spliced flow's packet (synauth.h) */
+BPF_PROG_ARRAY(sw_progs, 3 * SW_DIRS + 1);
 /* Per-CPU scratch memory for the parsed packet and its verdict. Parsing
  * assigns constants on each path (protocol, class, fragment state, drop
  * reason); kept on the stack, the verifier would prove the rest of the program
@@ -98,6 +112,12 @@ BPF_PROG_ARRAY(sw_progs, 2 * SW_DIRS);
 struct sw_verdict {
     __u8 drop;
     __u8 reason;
+    __u8 splice;   /* a packet of a spliced connection: SW_PROG_SPLICE translates and sends it */
+    __u8 syn_reset; /* for SW_PROG_SYNAUTH: the tenant's syn_auth is "reset" (else "splice") */
+    /* Set with splice: the flow's state and delta as the port program found them, so that
+     * SW_PROG_SPLICE translates an open flow's segment without a second lookup. */
+    __u32 splice_state;
+    __u32 splice_delta;
 };
 
 struct sw_scratch {
@@ -554,6 +574,119 @@ static __always_inline int sw_tcp_number(struct sw_packet *p, void *data, void *
     return 1;
 }
 
+/* Map access for synauth.h (bcc rewrites map calls in this file only). */
+static __always_inline void sw_synauth_count(__u32 stat)
+{
+    __u64 *c = sw_synauth_stats.lookup(&stat);
+    if (c)
+        (*c)++;
+}
+static __always_inline struct sw_syn_source *sw_syn_source_of(struct sw_addr_key *src)
+{
+    return sw_syn_sources.lookup(src);
+}
+static __always_inline void sw_syn_source_set(struct sw_addr_key *src, struct sw_syn_source *s)
+{
+    sw_syn_sources.update(src, s);
+}
+static __always_inline struct sw_attack_state *sw_attack_of(struct sw_rule_set_key *k)
+{
+    return sw_attack.lookup(k);
+}
+static __always_inline __u32 *sw_synack_expected(struct sw_flow_key *k)
+{
+    return sw_synacks.lookup(k);
+}
+static __always_inline void sw_synack_forget(struct sw_flow_key *k)
+{
+    sw_synacks.delete(k);
+}
+static __always_inline struct sw_token_bucket *sw_synack_global_bucket(void)
+{
+    __u32 zero = 0;
+    return sw_synack_global.lookup(&zero);
+}
+/* A destination's SYN-ACK bucket, created full (SW_SYNACK_RATE_PPS) on its first SYN. */
+static __always_inline struct sw_token_bucket *sw_synack_bucket_of(struct sw_addr_key *dst, __u64 now)
+{
+    struct sw_token_bucket *b = sw_synack_buckets.lookup(dst);
+    if (b)
+        return b;
+    struct sw_token_bucket fresh = {.last_ns = now, .tokens = (__u64)SW_SYNACK_RATE_PPS * SW_SYNACK_BURST_MS / 1000 + 1};
+    sw_synack_buckets.update(dst, &fresh);
+    return sw_synack_buckets.lookup(dst);
+}
+
+static __always_inline struct sw_scratch *sw_scratch_of(void)
+{
+    __u32 zero = 0;
+    return sw_scratch.lookup(&zero);
+}
+static __always_inline int sw_redirect(__u32 port)
+{
+    return sw_ports.redirect_map(port, XDP_DROP);
+}
+static __always_inline struct sw_splice *sw_splice_of(struct sw_flow_key *k)
+{
+    return sw_splices.lookup(k);
+}
+static __always_inline void sw_splice_set(struct sw_flow_key *k, struct sw_splice *s)
+{
+    sw_splices.update(k, s);
+}
+static __always_inline void sw_splice_forget(struct sw_flow_key *k)
+{
+    sw_splices.delete(k);
+}
+/* A new splice towards `server`: the destination is splice active, and the gate opens. */
+static __always_inline void sw_splice_dest_open(const __u64 *server, __u64 now)
+{
+    struct sw_addr_key d;
+    __builtin_memcpy(d.addr, server, 16);
+    sw_splice_dests.update(&d, &now);
+    __u32 zero = 0;
+    __u64 *gate = sw_splice_gate.lookup(&zero);
+    if (gate && !*gate)
+        *gate = 1;
+}
+
+/* Is this TCP packet one of a spliced connection (server: the tenant's side)? Then it skips
+ * every check (its source proved itself) and SW_PROG_SPLICE translates it. Independent of the
+ * attack mark: a connection spliced during an attack lives on after it. A client's new SYN on
+ * the tuple ends the splice: that connection goes straight to the server. */
+static __always_inline int sw_spliced(struct sw_packet *p, struct sw_verdict *v, const __u64 *server,
+                                      const __u64 *client, __u16 server_port, __u16 client_port, const __u32 dir)
+{
+    __u32 zero = 0;
+    __u64 *gate = sw_splice_gate.lookup(&zero);
+    if (!gate || !*gate || p->proto != SW_IPPROTO_TCP || !p->l4_ok)
+        return 0;
+    struct sw_addr_key d;
+    __builtin_memcpy(d.addr, server, 16);
+    __u64 *last = sw_splice_dests.lookup(&d);
+    if (!last)
+        return 0;
+    __u64 now = bpf_ktime_get_ns();
+    if (now - *last > SW_SPLICE_IDLE_MS * SW_MS)
+        return 0;
+    struct sw_flow_key k;
+    sw_flow(&k, server, client, server_port, client_port);
+    struct sw_splice *s = sw_splices.lookup(&k);
+    if (!s)
+        return 0;
+    if (dir == SW_DIRECTION_INBOUND && (p->tcp_flags & (SW_TCP_SYN | SW_TCP_ACK)) == SW_TCP_SYN) {
+        sw_splices.delete(&k);
+        return 0;
+    }
+    if (now - *last > SW_SPLICE_TOUCH_MS * SW_MS)
+        *last = now;
+    v->splice_state = s->state;
+    v->splice_delta = s->delta;
+    return 1;
+}
+
+#include "synauth.h"
+
 /* Always-on heuristics for a destination under attack (or reflection filtering
  * set to "always"): a drop reason, or 0. Learned state comes from the outbound
  * direction (sw_learn_outbound) and from completed handshakes. */
@@ -617,49 +750,7 @@ static __always_inline int sw_heuristics(struct sw_packet *p, struct sw_addr_ent
     }
     if (!(flags & SW_POLICY_SYN_PROTECTION) || !(attack & (1U << SW_TRAFFIC_CLASS_TCP_SYN)))
         return 0;
-    __u8 tcp_flags = p->tcp_flags & (SW_TCP_SYN | SW_TCP_ACK | SW_TCP_RST);
-    if (tcp_flags == SW_TCP_ACK) {
-        /* The ACK that completes a handshake validates its source. */
-        struct sw_flow_key k;
-        sw_flow(&k, p->dst, p->src, p->dport, p->sport);
-        __u32 *expected = sw_synacks.lookup(&k);
-        __u32 ack;
-        if (expected && sw_tcp_number(p, data, data_end, 0, &ack) && ack == *expected) {
-            struct sw_addr_key src;
-            __builtin_memcpy(src.addr, p->src, 16);
-            __u64 now = bpf_ktime_get_ns();
-            sw_syn_validated.update(&src, &now);
-            sw_synacks.delete(&k);
-        }
-        return 0;
-    }
-    if (tcp_flags != SW_TCP_SYN)
-        return 0;
-    /* Only the attacked ports: a flood on 443 must not delay new visitors on 80. */
-    struct sw_rule_set_key akey = {.tenant_idx = st->tenant_idx, .scope = SW_SCOPE_ADDRESS};
-    __builtin_memcpy(akey.addr, p->dst, 16);
-    struct sw_attack_state *a = sw_attack.lookup(&akey);
-    if (a && (p->dport < a->syn_port_lo || p->dport > a->syn_port_hi))
-        return 0;
-    __u64 now = bpf_ktime_get_ns();
-    struct sw_addr_key src;
-    __builtin_memcpy(src.addr, p->src, 16);
-    __u64 *validated = sw_syn_validated.lookup(&src);
-    if (validated && now - *validated < SW_SYN_VALIDATED_TTL_MS * SW_MS)
-        return 0;
-    /* Unknown source: drop its first SYN; a real stack retransmits it. */
-    struct sw_flow_key k;
-    sw_flow(&k, p->dst, p->src, p->dport, p->sport);
-    __u64 *first = sw_syn_challenges.lookup(&k);
-    if (first) {
-        __u64 age = now - *first;
-        if (age >= SW_SYN_RETRANSMIT_MIN_MS * SW_MS && age <= SW_SYN_RETRANSMIT_MAX_MS * SW_MS)
-            return 0;
-        if (age < SW_SYN_RETRANSMIT_MIN_MS * SW_MS)
-            return SW_DROP_REASON_HEURISTIC; /* a burst of the same tuple is no retransmission */
-    }
-    sw_syn_challenges.update(&k, &now);
-    return SW_DROP_REASON_HEURISTIC;
+    return sw_synauth(p, st, data, data_end); /* cookies, validated sources: synauth.h */
 }
 
 /* Per-destination, per-class token bucket of the tenant's policy (sw_policy.rate_pps[], one
@@ -797,7 +888,7 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
     /* Parsing writes the addresses, lengths, protocol, TTL and class of every
      * IP packet; only the words after the addresses hold fields it sets on
      * some paths alone (ports, offsets, flags, fragment state). */
-    *(__u16 *)v = 0;
+    *(__u32 *)v = 0;
 #ifdef SW_NO_FAST_PARSE
     int parsed_fast = 0; /* a build for the test that compares the two parsers */
 #else
@@ -828,7 +919,10 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
 
     if (dir == SW_DIRECTION_INBOUND && tenant < SW_MAX_TENANTS) {
         __u16 flags = st->policy_flags;
-        if (flags & SW_POLICY_SLOT_PROTECTED) {
+        v->syn_reset = !!(flags & SW_POLICY_SYN_RESET);
+        if (sw_spliced(p, v, p->dst, p->src, p->dport, p->sport, dir)) {
+            v->splice = 1;
+        } else if (flags & SW_POLICY_SLOT_PROTECTED) {
             if (flags & SW_POLICY_SLOT_LISTS_OR_HEURISTICS) {
                 if ((flags & SW_POLICY_HAS_ALLOW) && sw_acl_match(p, cfg->active_slot, SW_ACL_KIND_ALLOW, tenant))
                     goto verdict;
@@ -848,6 +942,8 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
             }
             if ((flags & SW_POLICY_SLOT_LISTS_OR_HEURISTICS) && (st->attack_classes || (flags & SW_POLICY_REFLECTION_ALWAYS))) {
                 int reason = sw_heuristics(p, st, flags, data, data_end);
+                if (reason == SW_SYNAUTH_BYPASS)
+                    goto verdict; /* a validated source's SYN: not the flood's shared limits */
                 if (reason) {
                     v->drop = 1;
                     v->reason = reason;
@@ -866,8 +962,10 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
         }
     }
 
-    if (dir == SW_DIRECTION_OUTBOUND && tenant < SW_MAX_TENANTS)
+    if (dir == SW_DIRECTION_OUTBOUND && tenant < SW_MAX_TENANTS) {
+        v->splice = sw_spliced(p, v, p->src, p->dst, p->sport, p->dport, dir);
         sw_learn_outbound(p, st, data, data_end);
+    }
 
     SW_STAGE(4); /* policy: lists, filters, rules */
     /* 64-bit copies: clang would otherwise re-read and re-extend the narrow
@@ -903,8 +1001,15 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
     if (cfg->sample_every)
         sw_sample(ctx, cfg, tenant, dir, drop, reason, wire_len);
 
-    if (drop)
+    if (drop) {
+        if (dir == SW_DIRECTION_INBOUND && reason == SW_DROP_REASON_SYN_COOKIE)
+            sw_progs.call(ctx, SW_PROG_SYNAUTH); /* the bridge answers (synauth.h) */
         return XDP_DROP;
+    }
+    if (v->splice) {
+        sw_progs.call(ctx, SW_PROG_SPLICE(dir));
+        return XDP_DROP; /* untranslated, it would only confuse both ends */
+    }
     return sw_ports.redirect_map(egress, XDP_PASS);
 }
 
@@ -947,4 +1052,19 @@ int xdp_seawall_refresh_inbound(struct xdp_md *ctx)
 int xdp_seawall_refresh_outbound(struct xdp_md *ctx)
 {
     return sw_refresh_program(ctx, SW_DIRECTION_OUTBOUND);
+}
+
+int xdp_seawall_synauth(struct xdp_md *ctx)
+{
+    return sw_synauth_program(ctx);
+}
+
+int xdp_seawall_splice_inbound(struct xdp_md *ctx)
+{
+    return sw_splice_program(ctx, SW_DIRECTION_INBOUND);
+}
+
+int xdp_seawall_splice_outbound(struct xdp_md *ctx)
+{
+    return sw_splice_program(ctx, SW_DIRECTION_OUTBOUND);
 }

@@ -259,4 +259,34 @@ struct sw_sample {
     __u8 data[SW_SAMPLE_BYTES];
 };
 
+/* SYN authentication (synauth.h). */
+/* A token bucket shared by every CPU: races only blur the rate a little. */
+struct sw_token_bucket {
+    __u64 last_ns;         /* last refill, bpf_ktime_get_ns */
+    __s64 tokens;
+};
+
+/* A validated source: when its cookie (or its handshake with the server) proved it, and its
+ * own SYN budget, in one LRU value so that a SYN costs one lookup. */
+struct sw_syn_source {
+    __u64 validated_ns;    /* bpf_ktime_get_ns */
+    struct sw_token_bucket bucket;
+};
+
+/* A spliced connection (syn_auth = "splice", synauth.h), keyed by sw_flow_key with the server
+ * local. The client numbers the bridge's side from the cookie; the server from its own ISN:
+ * delta = server ISN - cookie is added to the client's ack numbers and subtracted from the
+ * server's sequence numbers for the connection's life. */
+#define SW_SPLICE_SYN_SENT 1   /* the client's SYN went to the server, its SYN-ACK not seen yet */
+#define SW_SPLICE_OPEN 2
+struct sw_splice {
+    __u32 delta;           /* server ISN - cookie (valid in SW_SPLICE_OPEN) */
+    __u32 client_isn;
+    __u32 cookie;          /* the ISN of the bridge's SYN-ACK, as the client saw it */
+    __u16 client_window;   /* the cookie ACK's window, bytes (no scaling on a splice) */
+    __u8 state;            /* SW_SPLICE_* */
+    __u8 mss_index;        /* the cookie's MSS table index (0..3), recovered by probing */
+    __u64 syn_ns;          /* when the SYN last went to the server, bpf_ktime_get_ns */
+};
+
 #endif /* SEAWALL_H */

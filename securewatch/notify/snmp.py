@@ -54,6 +54,7 @@ NOTIFICATION_OIDS: dict[EventType, tuple[int, ...]] = {
     EventType.ATTACK_END: (*SEAWALL_MIB, 0, 3),     # seawallAttackEnd
     EventType.POLICY_CHANGE: (*SEAWALL_MIB, 0, 4),  # seawallPolicyChange
     EventType.SYSTEM: (*SEAWALL_MIB, 0, 5),         # seawallSystem
+    EventType.ESCALATION: (*SEAWALL_MIB, 0, 6),     # seawallEscalation
 }
 # Varbind name -> OID, in the order of the notifications' OBJECTS clause.
 VARBIND_OIDS: dict[str, tuple[int, ...]] = {

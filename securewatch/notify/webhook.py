@@ -34,7 +34,7 @@ _DISCORD_COLOUR = {Severity.INFO: 0x2B6CB0, Severity.NOTICE: 0x2F855A, Severity.
                    Severity.CRITICAL: 0xC53030}
 _SLACK_EMOJI = {EventType.ATTACK_START: ":rotating_light:", EventType.ATTACK_UPDATE: ":warning:",
                 EventType.ATTACK_END: ":white_check_mark:", EventType.POLICY_CHANGE: ":gear:",
-                EventType.SYSTEM: ":information_source:"}
+                EventType.SYSTEM: ":information_source:", EventType.ESCALATION: ":satellite_antenna:"}
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

@@ -14,10 +14,10 @@ from dataplane import bpfsys
 kernel_map_info = bpfsys.map_info
 
 
-PERCPU_MAPS = {"sw_tenant_stats", "sw_rule_stats"}
+PERCPU_MAPS = {"sw_tenant_stats", "sw_rule_stats", "sw_synauth_stats"}
 MAPS = ["sw_config", "sw_prefix4", "sw_prefix6", "sw_policy", "sw_acl4_tries", "sw_acl6_tries", "sw_addr_cache",
         "sw_addr_spill", "sw_tenant_stats", "sw_rule_set_index", "sw_rule_sets", "sw_rules", "sw_rule_stats",
-        "sw_rule_buckets"]
+        "sw_rule_buckets", "sw_syn_sources", "sw_synack_buckets", "sw_synack_global", "sw_synauth_stats"]
 
 
 @pytest.mark.parametrize("name", MAPS)

@@ -45,7 +45,7 @@ async def test_login_edit_policy_incident_report(tmp_path, browser):
         await page.select_option("select[name=mode]", "mitigate")
         await page.fill("textarea[name=deny]", "src=198.18.0.0/15 proto=udp dport=53")
         await page.click("text=Save and apply")
-        await page.wait_for_selector("text=Saved and applied.")
+        await page.wait_for_selector("#saved:has-text('applied to the dataplane')")
         beta = appliance.tenants["beta"]
         assert (beta.mode, beta.policy.sensitivity, str(beta.deny[0])) == (
             "mitigate", 3.0, "src=198.18.0.0/15 proto=udp dport=53")

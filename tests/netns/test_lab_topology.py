@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from appliance.lab import Lab
+from appliance.lab import Lab, netlink
 from appliance.lab.nsenter import run_in_netns
 from appliance.lab.traffic import TrafficProfile, TrafficRun, dns_query
 from tests.support import wait_until
@@ -67,6 +67,14 @@ def test_up_is_idempotent_and_down_leaves_nothing(lab):
     assert leftovers(lab) == {"namespaces": [], "links": [], "processes": [], "state": False}
     for pid in pids.values():
         assert not pathlib.Path(f"/proc/{pid}").exists()
+
+
+def test_the_routers_upstream_veth_has_an_xdp_program_for_the_bridges_replies(lab):
+    """The bridge answers SYNs with XDP_TX (issue 19); a veth hands XDP_TX frames to its peer at once
+    only when the peer has an XDP program: the router's upstream veth gets one that passes all."""
+    lab.up()
+    with netlink.iproute(lab.ns("up")) as ipr:
+        assert netlink.xdp_attached(ipr.get_links(ifname=lab.UPSTREAM_IF)[0])
 
 
 def test_down_cleans_up_after_a_crash(lab):

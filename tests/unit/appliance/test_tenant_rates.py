@@ -28,6 +28,7 @@ from securewatch.status_types import (
     dump_status,
 )
 from tenants import TenantSet
+from tenants.policy import TenantPolicy
 from tests.unit.policy.fakes import FakeDataplane
 
 IN, OUT = int(Direction.INBOUND), int(Direction.OUTBOUND)
@@ -41,6 +42,9 @@ class CountingDataplane(FakeDataplane):
         super().__init__()
         self.tenant_reads = 0
         self.attachments: list = []     # attached to no NIC
+
+    def read_synauth_stats(self) -> dict[str, int]:
+        return {}                       # no SYN attack here
 
     def read_tenant_counter_arrays(self):
         self.tenant_reads += 1
@@ -154,3 +158,17 @@ def test_a_status_file_that_is_not_an_object_is_no_status(tmp_path):
     assert read_status(tmp_path) is None
     (tmp_path / STATUS_FILE).write_text("{truncated")
     assert read_status(tmp_path) is None
+
+
+def test_the_uplink_in_the_config_file_scales_the_engines_floors(tmp_path):
+    """`[escalation] uplink_bps` reaches the policy engine: 1 Gbit/s gives the 300 pps floor."""
+    config = parse_config(f'[appliance]\nstate_dir = "{tmp_path / "state"}"\nbpffs = "{tmp_path / "bpffs"}"\n'
+                          '[escalation]\nuplink_bps = 1_000_000_000\n')
+    app = Appliance(config)
+    app.tenants = TenantSet.from_dicts([{"id": "alpha", "prefixes": ["198.51.100.0/24"]}])
+    app.indices = {"alpha": 0}
+    app.dataplane = CountingDataplane()
+    engine = app.policy_engine(app.dataplane)
+    assert engine.config.uplink_bps == 1_000_000_000
+    (entry,) = engine.tenants.values()
+    assert entry.policy.min_pps < TenantPolicy().min_pps

@@ -20,7 +20,7 @@ ROLES = {  # principal name: (role, tenant, access)
     "alpha_ro": ("tenant", "alpha", "read"),
     "alpha_rw": ("tenant", "alpha", "write"),
 }
-OK, DENIED, HIDDEN, CREATED = 200, 403, 404, 201
+OK, DENIED, HIDDEN, CREATED, CONFLICT = 200, 403, 404, 201, 409
 POLICY = {"mode": "monitor"}
 NOTE = {"text": "seen"}
 NOTIFY = {"syslog": [{"name": "noc-syslog", "host": "192.0.2.10", "transport": "tcp"}]}
@@ -39,6 +39,8 @@ MATRIX = [
     ("PUT", "/api/v1/tenants/beta", {"prefixes": ["203.0.113.0/24"]}, (OK, DENIED, HIDDEN, HIDDEN)),
     ("DELETE", "/api/v1/tenants/beta", None, (OK, DENIED, HIDDEN, HIDDEN)),
     ("GET", "/api/v1/tenants/alpha/versions", None, (OK, OK, OK, OK)),
+    ("POST", "/api/v1/tenants/alpha/rollback", {"version": 1}, (OK, DENIED, DENIED, DENIED)),
+    ("POST", "/api/v1/tenants/beta/rollback", {"version": 1}, (OK, DENIED, HIDDEN, HIDDEN)),
     ("GET", "/api/v1/tenants/beta/versions", None, (OK, OK, HIDDEN, HIDDEN)),
     ("GET", "/api/v1/tenants/alpha/policy", None, (OK, OK, OK, OK)),
     ("GET", "/api/v1/tenants/beta/policy", None, (OK, OK, HIDDEN, HIDDEN)),
@@ -59,6 +61,11 @@ MATRIX = [
     ("POST", "/api/v1/incidents/inc-beta-1/notes", NOTE, (CREATED, CREATED, HIDDEN, HIDDEN)),
     ("GET", "/api/v1/incidents/inc-alpha-1/pcap/dropped", None, (OK, OK, OK, OK)),
     ("GET", "/api/v1/incidents/inc-beta-1/pcap/dropped", None, (OK, OK, HIDDEN, HIDDEN)),
+    ("POST", "/api/v1/incidents/inc-alpha-1/escalate", {"kind": "flowspec"}, (CREATED, CREATED, DENIED, DENIED)),
+    ("POST", "/api/v1/incidents/inc-beta-1/escalate", {"kind": "flowspec"}, (CONFLICT, CONFLICT, HIDDEN, HIDDEN)),
+    ("DELETE", "/api/v1/incidents/inc-alpha-1/escalate", None, (CONFLICT, CONFLICT, DENIED, DENIED)),
+    ("DELETE", "/api/v1/incidents/inc-beta-1/escalate", None, (CONFLICT, CONFLICT, HIDDEN, HIDDEN)),
+    ("GET", "/api/v1/bgp", None, (OK, OK, OK, OK)),
     ("GET", "/api/v1/audit", None, (OK, OK, DENIED, DENIED)),
     ("GET", "/api/v1/notifiers", None, (OK, OK, DENIED, DENIED)),
     ("GET", "/api/v1/notify", None, (OK, OK, DENIED, DENIED)),
@@ -69,11 +76,21 @@ MATRIX = [
     ("POST", "/api/v1/users/frank/disable", None, (OK, DENIED, DENIED, DENIED)),
     ("POST", "/api/v1/users/frank/enable", None, (OK, DENIED, DENIED, DENIED)),
     ("PUT", "/api/v1/users/frank/password", {"password": "another long one"}, (OK, DENIED, DENIED, DENIED)),
+    ("PATCH", "/api/v1/users/frank", {"access": "write"}, (OK, DENIED, DENIED, DENIED)),
     ("DELETE", "/api/v1/users/frank", None, (OK, DENIED, DENIED, DENIED)),
     ("GET", "/api/v1/tokens", None, (OK, DENIED, DENIED, DENIED)),
     ("POST", "/api/v1/tokens", {"role": "tenant", "tenant": "alpha", "expires": 30},
      (CREATED, DENIED, DENIED, DENIED)),
     ("DELETE", "/api/v1/tokens/5", None, (OK, DENIED, DENIED, DENIED)),
+    ("GET", "/api/v1/templates", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/templates/strict", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/templates/lenient", None, (OK, OK, HIDDEN, HIDDEN)),
+    ("PUT", "/api/v1/templates/strict", {"policy": {"sensitivity": 5}}, (OK, DENIED, DENIED, DENIED)),
+    ("DELETE", "/api/v1/templates/lenient", None, (OK, DENIED, DENIED, DENIED)),
+    ("GET", "/api/v1/tenants/alpha/template", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/tenants/beta/template", None, (OK, OK, HIDDEN, HIDDEN)),
+    ("PUT", "/api/v1/tenants/alpha/template", {"template": None}, (OK, DENIED, DENIED, DENIED)),
+    ("PUT", "/api/v1/tenants/beta/template", {"template": "strict"}, (OK, DENIED, HIDDEN, HIDDEN)),
     ("GET", "/metrics", None, (OK, OK, OK, OK)),
     # The live console (issue 16): a tenant never reads another tenant's series or stream.
     ("GET", "/api/v1/console/tenants", None, (OK, OK, OK, OK)),
@@ -100,8 +117,9 @@ def test_matrix_covers_every_documented_operation():
                 .replace("inc-alpha-1", "{incident_id}").replace("inc-beta-1", "{incident_id}")
                 .replace("inc-guessed-9", "{incident_id}").replace("/dropped", "/{kind}")
                 .replace("alpha", "{tenant_id}").replace("beta", "{tenant_id}")
-                .replace("nonexistent", "{tenant_id}")
-                .replace("198.51.100.10", "{address}").replace("203.0.113.5", "{address}").replace("2025-01", "{period}"))
+                .replace("nonexistent", "{tenant_id}").replace("2025-01", "{period}")
+                .replace("198.51.100.10", "{address}").replace("203.0.113.5", "{address}")
+                .replace("/templates/strict", "/templates/{name}").replace("/templates/lenient", "/templates/{name}"))
                for m, p, _, _ in MATRIX}
     documented = {(method, path) for path, ops in openapi_document()["paths"].items() for method in ops}
     assert documented <= covered, documented - covered
@@ -118,6 +136,10 @@ async def deployment(tmp_path):
         await add_token(store, "noc")  # id 5, revoked by the matrix
         # A user to disable, enable, delete; no password hash needed (argon2 per case is slow).
         await store.add_user(User("frank", "$argon2id$not-a-real-hash", "tenant", "alpha", "read", time.time()))
+        # Templates: alpha follows "strict"; "lenient" is followed by no one (beta follows none).
+        await store.save_policy_template("strict", {"sensitivity": 3.0}, "test")
+        await store.save_policy_template("lenient", {"sensitivity": 0.5}, "test")
+        await store.set_template_link("alpha", "strict")
         yield url, tokens
 
 
@@ -133,7 +155,8 @@ async def test_access(deployment, who, method, path, body, expected):
         if expected == HIDDEN:
             # Indistinguishable from a nonexistent id: no hint that the object exists.
             error = (await r.json())["error"]
-            assert error in (f"no tenant {path.split('/')[4]!r}", f"no incident {path.split('/')[4]!r}"), error
+            assert error in (f"no tenant {path.split('/')[4]!r}", f"no incident {path.split('/')[4]!r}",
+                             f"no template {path.split('/')[4]!r}"), error
             assert "Beta Shop" not in text and "203.0.113" not in text
         if r.status == OK and method == "GET" and path == "/api/v1/incidents" and who.startswith("alpha"):
             assert {i["tenant"] for i in (await r.json())["incidents"]} == {"alpha"}

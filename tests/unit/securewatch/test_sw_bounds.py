@@ -159,7 +159,7 @@ async def test_item11_central_server_refuses_more_acl_entries_than_the_dataplane
 def _form(csrf: str, **fields: str) -> dict[str, str]:
     form = {"csrf_token": csrf, "mode": "mitigate", "sensitivity": "1", "min_pps": "1000",
             "min_tenant_pps": "20000", "syn_rate_pps": "0", "udp_rate_pps": "0", "icmp_rate_pps": "0",
-            "fragment_rate_pps": "0", "reflection_filter": "auto", "invalid_filters": "on", "syn_protection": "on",
+            "fragment_rate_pps": "0", "reflection_filter": "auto", "invalid_filters": "on", "syn_auth": "splice",
             "auto_mitigation": "on", "allow": "", "deny": ""}
     form.update(fields)
     return form

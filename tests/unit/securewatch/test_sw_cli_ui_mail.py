@@ -94,8 +94,9 @@ async def test_policy_form_shows_field_errors_and_applies(tmp_path):
         async with http:
             form = {"csrf_token": csrf, "prefixes": "192.0.2.0/24", "mode": "monitor", "sensitivity": "20",
                     "min_pps": "lots", "min_tenant_pps": "20000", "syn_rate_pps": "0", "udp_rate_pps": "0",
-                    "icmp_rate_pps": "0", "fragment_rate_pps": "0", "reflection_filter": "auto",
-                    "auto_mitigation": "on", "allow": "", "deny": "src=198.18.0.0/15 proto=tcp dport=80"}
+                    "icmp_rate_pps": "0", "fragment_rate_pps": "0", "reflection_filter": "auto", "syn_auth": "reset",
+                    "auto_mitigation": "on", "escalate_rtbh": "on", "allow": "",
+                    "deny": "src=198.18.0.0/15 proto=tcp dport=80"}
             r = await http.post(f"{url}/tenants/alpha", data=form)
             page = await r.text()
             assert r.status == 422
@@ -107,12 +108,14 @@ async def test_policy_form_shows_field_errors_and_applies(tmp_path):
             assert appliance.tenants["alpha"].mode == "mitigate"  # nothing applied
             form["sensitivity"] = "2.5"
             r = await http.post(f"{url}/tenants/alpha", data=form)
-            assert r.status == 200 and "Saved and applied." in await r.text()
+            assert r.status == 200 and "and applied to the dataplane." in await r.text()
             alpha = appliance.tenants["alpha"]
             assert (alpha.mode, alpha.policy.sensitivity, alpha.policy.min_pps) == ("monitor", 2.5, 2000)
             assert str(alpha.deny[0]) == "src=198.18.0.0/15 proto=tcp dport=80"
             assert [str(p) for p in alpha.prefixes] == ["198.51.100.0/25"]  # a tenant cannot move its prefixes
-            assert not alpha.policy.syn_protection  # unchecked box
+            assert alpha.policy.syn_auth == "reset"  # the select's choice, not a checkbox's on/off
+            # The upstream escalation switches are on the form too (issue 14): RTBH agreed, FlowSpec not.
+            assert alpha.policy.escalate_rtbh and not alpha.policy.escalate_flowspec
             for path in ("/", "/tenants", "/incidents", "/reports"):
                 assert (await http.get(f"{url}{path}")).status == 200
 
@@ -161,6 +164,8 @@ async def test_monthly_report_mailed_once_to_contacts(tmp_path):
         assert rcpt == ["noc@alpha.example"]
         msg = email.message_from_bytes(content, policy=email.policy.default)
         assert msg["Subject"] == f"Seawall DDoS report {period.label}: Alpha Hosting, 1 attacks"
+        text = msg.get_body(preferencelist=("plain",)).get_content()
+        assert "Peak: 59.0 kpps\r\nPackets dropped: 400,000\r\n" in text   # issue 16: as the pages format
         attachment = next(msg.iter_attachments())
         assert attachment.get_filename().endswith(".csv") and b"inc-alpha-1" in attachment.get_content().encode()
     finally:

@@ -117,7 +117,7 @@ async def test_item12_policy_form_carries_the_version_and_shows_a_conflict(tmp_p
             form = {"csrf_token": csrf, "version": str(version), "prefixes": "", "mode": "monitor",
                     "sensitivity": "1", "min_pps": "1000", "min_tenant_pps": "20000", "syn_rate_pps": "0",
                     "udp_rate_pps": "0", "icmp_rate_pps": "0", "fragment_rate_pps": "0",
-                    "reflection_filter": "auto", "auto_mitigation": "on", "allow": "", "deny": ""}
+                    "reflection_filter": "auto", "syn_auth": "splice", "auto_mitigation": "on", "allow": "", "deny": ""}
 
             # Someone else saves while carol has the form open.
             r = await api.put(f"{url}/api/v1/tenants/alpha/policy", json={"deny": [{"src": "198.18.0.0/15"}]})
@@ -135,6 +135,6 @@ async def test_item12_policy_form_carries_the_version_and_shows_a_conflict(tmp_p
             form["deny"] = "src=198.18.0.0/15"
             r = await http.post(f"{url}/tenants/alpha", data=form)
             page = await r.text()
-            assert r.status == 200 and "Saved and applied." in page
+            assert r.status == 200 and "and applied to the dataplane." in page
             assert f'name="version" value="{version + 2}"' in page
             assert appliance.tenants["alpha"].mode == "monitor"

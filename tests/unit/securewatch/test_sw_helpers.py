@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import pathlib
 import time
 from typing import Any
@@ -10,6 +11,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from dataplane.api import Rule
+from escalation.config import BgpSettings, EscalationSettings, PeerSettings
+from escalation.ladder import IncidentView, Ladder
+from escalation.routes import Refused
 from policy.events import Event, EventType
 from securewatch import auth
 from securewatch.app import create_app
@@ -25,7 +30,10 @@ PASSWORD = "correct horse battery"
 
 
 class InMemoryAppliance:
-    """A test double of the appliance process (the ApplianceHooks side), not of SecureWatch."""
+    """A test double of the appliance process (the ApplianceHooks side), not of SecureWatch.
+
+    Its upstream escalation is the real ladder (escalation.ladder) without a speaker, over the
+    incidents in `open_incidents` (each attack_events incident, open, with a UDP rule)."""
 
     def __init__(self, tenant_set: TenantSet) -> None:
         self.tenants = tenant_set
@@ -33,6 +41,30 @@ class InMemoryAppliance:
         self.series: dict[str, list[dict[str, Any]]] = {}
         self.destination_rows: list[dict[str, Any]] = []
         self.rates: dict[str, tuple[float, float]] = {}   # tenant -> (passed, dropped) pps; default 1200, 35
+        self.ladder = Ladder(BgpSettings(64512, "192.0.2.1", (PeerSettings("192.0.2.2", 64500, rtbh=True),)),
+                             EscalationSettings(uplink_bps=10**9, max_announcements=2))
+        self.open_incidents = {iid: IncidentView(iid, tenant, True, (target,),
+                                                 (Rule(0, ipaddress.ip_address(target), proto=17),))
+                               for iid, tenant, target in (("inc-alpha-1", "alpha", "198.51.100.10"),
+                                                           ("inc-beta-1", "beta", "203.0.113.5"))}
+
+    def bgp_status(self) -> dict[str, Any]:
+        return {"peers": [{"address": "192.0.2.2", "peer_as": 64500, "state": "established", "uptime_s": 5.0}],
+                "announcements": [a.to_dict() for a in self.ladder.announcements.values()],
+                "speaker": {"running": True, "restarts": 0}, "refused": self.ladder.refused}
+
+    def escalate(self, incident_id: str, kind: str, actor: str) -> list[dict[str, Any]]:
+        view = self.open_incidents.get(incident_id)
+        if view is None:
+            raise LookupError(incident_id)
+        changes = self.ladder.escalate(view, self.tenants.get(view.tenant), kind, actor, time.monotonic())
+        return [{"action": c.action, "why": c.why, **c.announcement.to_dict()} for c in changes]
+
+    def withdraw_escalation(self, incident_id: str, actor: str) -> list[dict[str, Any]]:
+        changes = self.ladder.withdraw(incident_id, actor)
+        if not changes:
+            raise Refused(f"incident {incident_id!r} has nothing announced")
+        return [{"action": c.action, "why": c.why, **c.announcement.to_dict()} for c in changes]
 
     def status(self) -> dict[str, Any]:
         return {"updated": time.time(), "interfaces": [{"name": "ext0", "mode": "native", "role": "external"}],

@@ -194,6 +194,9 @@ async def test_api_round_trip_masks_keeps_secrets_and_audits_without_them(tmp_pa
         assert [e["details"]["version"] for e in entries] == [2, 1]
         assert entries[0]["details"]["secrets_changed"] == ["noc-mail.password"]
         assert entries[0]["details"]["changed"] == ["noc-syslog", "noc-mail"]
+        # Issue 16: the field-level diff, secrets masked (the changed password is only named above).
+        assert entries[0]["details"]["diff"] == {"syslog.noc-syslog": {"port": {"old": TABLE["syslog"][0].get("port"),
+                                                                                "new": 2514}}}
         assert set(entries[1]["details"]["secrets_changed"]) == {
             "noc-trap.community", "noc-v3.auth_key", "noc-v3.priv_key", "noc-mail.password", "webhook-0.url",
             "noc-hook.url", "noc-hook.secret", "pd.url", "pd.routing_key"}

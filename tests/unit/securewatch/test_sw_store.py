@@ -282,6 +282,8 @@ async def test_migration_5_tidies_names_and_contacts_an_older_version_stored(dat
         cursor = connection.cursor()
         cursor.execute(f"UPDATE tenants SET data = {mark} WHERE id = {mark}", (json.dumps(legacy), "alpha"))
         cursor.execute(f"DELETE FROM schema_version WHERE version >= {mark}", (5,))   # as schema 4 left it
+        for table in ("tenant_templates", "policy_templates"):   # migration 6's, not there at schema 4
+            cursor.execute(f"DROP TABLE {table}")
         connection.commit()
     finally:
         connection.close()

@@ -28,7 +28,7 @@ from tenants import ConfigError, TenantSet
 REPO = pathlib.Path(__file__).resolve().parents[3]
 CHECKER = REPO / "scripts" / "check_imports.py"
 ROUTE_MODULES = ("securewatch.api", "securewatch.ui", "securewatch.notify_admin", "securewatch.access_admin",
-                 "securewatch.access_log")
+                 "securewatch.access_log", "securewatch.admin_ui", "securewatch.policy_templates")
 
 
 def checker():
@@ -95,7 +95,7 @@ def test_check_imports_reports_an_import_of_the_appliance_from_a_lower_layer(tmp
     })
     assert checker().problems(root, ("appliance", "tenants", "securewatch")) == [
         "layer: securewatch/store.py:2: securewatch.store imports appliance.config; "
-        "dataplane, policy, tenants, securewatch never import appliance"]
+        "dataplane, policy, tenants, securewatch, escalation never import appliance"]
 
 
 def test_check_imports_skips_type_checking_imports_and_resolves_relative_ones(tmp_path):

@@ -57,7 +57,7 @@ policies = st.fixed_dictionaries({}, optional={
     "sensitivity": st.sampled_from([0.5, 2.5, 10.0]),
     "min_pps": st.integers(1, 10**6).filter(lambda pps: pps != 1000),
     "auto_mitigation": st.just(False),
-    "syn_protection": st.just(False),
+    "syn_auth": st.sampled_from(["reset", "off"]),
     "reflection_filter": st.sampled_from([mode for mode in REFLECTION_MODES if mode != "auto"]),
     "udp_rate_pps": st.integers(1, 10**6),
 })

@@ -1,0 +1,31 @@
+"""`seawall status` and `/metrics` show SYN authentication's counters (issue 19), from the status's
+`synauth` (`Dataplane.read_synauth_stats()`)."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from appliance.commands.status import render_human
+from securewatch import metrics
+
+SYNAUTH = {"synack_sent": 161935, "synack_budget": 0, "cookie_valid": 40, "splice_syn": 40, "splice_open": 40}
+
+
+def _summary(**extra) -> dict:
+    return {"control_plane": "running", "status_age_s": 0.2, "dataplane_attached_to": [], "tenants": {}, **extra}
+
+
+def test_status_prints_the_nonzero_synauth_counters():
+    out = render_human(_summary(synauth=SYNAUTH))
+    line = next(x for x in out.splitlines() if x.startswith("SYN authentication:"))
+    assert "synack_sent 161935" in line and "splice_open 40" in line and "synack_budget" not in line
+    assert "SYN authentication" not in render_human(_summary())          # an older status file: nothing
+
+
+def test_metrics_carry_the_synauth_counters():
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render(_summary(synauth=SYNAUTH)).decode())}
+    samples = {s.labels["event"]: s.value for s in families["seawall_synauth_events"].samples
+               if s.name.endswith("_total")}
+    assert samples == {name: float(n) for name, n in SYNAUTH.items()}
+    assert "seawall_synauth_events" not in {f.name for f in text_string_to_metric_families(
+        metrics.render(_summary()).decode())}
