@@ -37,6 +37,7 @@ import structlog
 
 from appliance import nics, sdnotify
 from appliance.config import ApplianceConfig, load_config
+from appliance.destinations import DestinationRecorder
 from dataplane import DataplaneError
 from dataplane.constants import DropReason, TenantMode
 from dataplane.reader import UNPROTECTED
@@ -163,6 +164,7 @@ class Appliance:
         self.state_dir = pathlib.Path(config.appliance.state_dir)
         self.bus = EventBus()
         self.monitor = TrafficMonitor()
+        self.destinations = DestinationRecorder()   # per-server series for SecureWatch (issue 16)
         self.tenants: TenantSet = TenantSet()
         self.indices: dict[str, int] = {}
         self.dataplane = None
@@ -253,8 +255,16 @@ class Appliance:
 
         # `[escalation] uplink_bps` scales the default detection floors (None: the fixed defaults).
         return PolicyEngine(dataplane, self._engine_tenants(), self.bus, self.state_dir / "policy",
-                            tick=self.config.appliance.tick_ms / 1000.0, on_tenant_traffic=self.monitor.record,
+                            tick=self.config.appliance.tick_ms / 1000.0, on_tenant_traffic=self._after_tick,
                             config=PolicyConfig(uplink_bps=self.config.escalation.uplink_bps))
+
+    def _after_tick(self, traffic: TenantTraffic) -> None:
+        """The engine's tick callback (on the loop, after the tick): tenant rates, then the per-server
+        rows, read from the engine under its lock (no tick may replace them meanwhile)."""
+        self.monitor.record(traffic)
+        if self.engine is not None:
+            with self._engine_lock():
+                self.destinations.record(self.engine, traffic.wall)
 
     def _spawn(self, coro, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -392,6 +402,14 @@ class Appliance:
     def traffic_series(self, tenant_id: str, seconds: int = 300) -> list[TrafficSecond]:
         idx = self.indices.get(tenant_id)
         return [] if idx is None else self.monitor.series_of(idx, seconds)
+
+    def destination_seconds(self, after: float) -> list[dict[str, Any]]:
+        """Per-second rows of attacked and top-N destinations newer than `after` (appliance.destinations)."""
+        return self.destinations.seconds_after(after)
+
+    def destination_minutes(self, after: float) -> list[dict[str, Any]]:
+        """Minute rollups of every destination with traffic, of minutes after `after`."""
+        return self.destinations.minutes_after(after)
 
     def status(self) -> ApplianceStatus:
         attachments = self.dataplane.attachments if self.dataplane else []

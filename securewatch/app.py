@@ -29,7 +29,7 @@ from aiohttp import web
 from policy.events import Event, EventBus, EventType
 from tenants import TenantSet
 
-from . import access_admin, admin_ui, api, auth, notify_admin, policy_templates, ui
+from . import access_admin, admin_ui, api, auth, live, notify_admin, policy_templates, servers, talkers, ui
 from .auth import Principal
 from .changes import tenant_set_diff
 from .context import (
@@ -52,6 +52,7 @@ from .context import (
     api_error,
     is_api,
 )
+from .series import SeriesRetention
 from .settings import SecureWatchSettings
 from .store import Session, Store
 from .versioned import TenantConfig, VersionedConfig, sync_at_start
@@ -105,6 +106,9 @@ def create_app(settings: SecureWatchSettings, *, store: Store, bus: EventBus | N
 
     api.add_routes(app)
     ui.add_routes(app)
+    live.add_routes(app)
+    servers.add_routes(app)
+    talkers.add_routes(app)
     notify_admin.add_routes(app)
     access_admin.add_routes(app)
     admin_ui.add_routes(app)
@@ -261,7 +265,9 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         background.spawn("securewatch:ingest", _ingest(store, inbox))
     if appliance is not None:
         background.spawn("securewatch:traffic", _sample_traffic(app, store, appliance))
-    background.spawn("securewatch:retention", _retention(store))
+        if isinstance(appliance, servers.DestinationHooks):
+            background.spawn("securewatch:destinations", servers.sample_destinations(store, appliance))
+    background.spawn("securewatch:retention", _retention(store, app[SETTINGS].retention))
     mailer = app[OPTIONS]["mailer"]
     if mailer is not None:
         background.spawn("securewatch:monthly-reports", _monthly_reports(store, mailer))
@@ -324,10 +330,10 @@ async def _sample_traffic(app: web.Application, store: Store, appliance: Applian
         await asyncio.sleep(TRAFFIC_POLL_S)  # the sampling period, not a wait for an outcome
 
 
-async def _retention(store: Store) -> None:
+async def _retention(store: Store, retention: SeriesRetention) -> None:
     while True:
         try:
-            removed = await store.apply_retention()
+            removed = await store.apply_retention(retention=retention)
             if any(removed.values()):
                 log.debug("securewatch.retention", **removed)
         except Exception:

@@ -156,6 +156,39 @@ def openapi_document() -> dict[str, Any]:
         "/metrics": {"get": _op("Prometheus metrics, scoped to the caller's tenants (text exposition format)",
                                 content="text/plain", errors=("401", "503"))},
     }
+    # The live console (live.py and servers.py, issue 16).
+    paths.update({
+        "/api/v1/console/tenants": {"get": _op(
+            "One page of the caller's tenants with current traffic and active incidents, searched and sorted on "
+            "the server", query=(("q", "id, name or an address inside the tenant's prefixes"),
+                                 ("sort", "traffic (default), drops or name"), ("page", "1, 2, ..."),
+                                 ("per_page", "1 to 500, default 50")), errors=("400", "401"))},
+        "/api/v1/tenants/{tenant_id}/series": {"get": _op(
+            "A tenant's passed and dropped packets/s and bits/s, columnar (time, passed_pps, ...)", params=tid,
+            query=(("range", "5m (seconds), 1h or 24h (minute averages), 30d (hour averages)"),),
+            errors=("400", "401", "404"))},
+        "/api/v1/tenants/{tenant_id}/live": {"get": _op(
+            "Server-sent events, one `tick` a second: the tenant's new seconds, the listed tenants' current rates, "
+            "the active incidents", params=tid,
+            query=(("ids", "tenants of the table, comma-separated (at most 200)"),
+                   ("after", "newest second already shown (seconds since the epoch)"),
+                   ("events", "end after this many events (default: until the client goes)")),
+            content="text/event-stream", errors=("400", "401", "404"))},
+        "/api/v1/tenants/{tenant_id}/servers": {"get": _op(
+            "The tenant's servers (destination addresses) seen in the last 24 h, busiest first, with their load "
+            "(busiest class over its threshold)", params=tid, errors=("401", "404"))},
+        "/api/v1/tenants/{tenant_id}/servers/{address}": {"get": _op(
+            "One server: packets/s by class with the learned baseline (mean, k·σ) and the threshold in force, "
+            "how far from triggering, its incidents", params=(*tid, "address"),
+            query=(("range", "5m, 1h (seconds where stored), 24h, 7d (minute averages)"),),
+            errors=("400", "401", "404"))},
+        "/api/v1/incidents/{incident_id}/talkers": {"get": _op(
+            "Attack anatomy from the incident's sampled packets (dropped and passed): top sources and /24 or "
+            "/48, top ports, protocol and TCP-flag mix, packet sizes", params=iid, errors=("401", "404"))},
+        "/api/v1/tenants/{tenant_id}/talkers": {"get": _op(
+            "A tenant's attack anatomy over its most recent incidents (at most 20) of the last `days`", params=tid,
+            query=(("days", "1 to 366, default 30"),), errors=("400", "401", "404"))},
+    })
     return {
         "openapi": "3.0.3",
         "info": {"title": "Seawall SecureWatch API", "version": "1"},

@@ -8,6 +8,12 @@
     # tls_key = "/etc/seawall/tls/key.pem"   # its unencrypted PEM private key (both loaded when read)
     trusted_proxies = ["127.0.0.1"]          # reverse proxies whose X-Forwarded-For/-Proto are believed
     secure_cookies = false                   # force Secure cookies (automatic over HTTPS)
+    # How long the console's series are kept (defaults shown; securewatch.series.SeriesRetention):
+    traffic_second_retention_s = 3600        # tenant per-second rows (the 5-minute chart)
+    traffic_minute_retention_days = 90       # tenant minute rollups (the 24-hour chart, reports)
+    traffic_hour_retention_days = 400        # tenant hour rollups (the 30-day chart)
+    destination_second_retention_s = 21600   # per-second rows of attacked and top-N destinations
+    destination_minute_retention_days = 30   # minute rollups of every destination with traffic
 
 The validation lives here, beside what it validates; `appliance.config` hands this table to
 `parse_settings` with its problem list, so the config file still reports every problem of
@@ -24,13 +30,15 @@ from typing import Any
 
 from tenants.errors import did_you_mean, type_name
 
+from .series import SERIES_KEYS, SeriesRetention
+
 SECTION = "securewatch"
 DEFAULT_LISTEN = "127.0.0.1:8080"
 SQLITE_SCHEME = "sqlite:///"
 SQLITE_MEMORY = ":memory:"
 DATABASE_SCHEMES = (SQLITE_SCHEME, "postgresql://", "postgres://")
 DATABASE_FILE = "securewatch.db"   # the default database's file name, under the appliance's state_dir
-KEYS = ("listen", "database", "enabled", "tls_cert", "tls_key", "trusted_proxies", "secure_cookies")
+KEYS = ("listen", "database", "enabled", "tls_cert", "tls_key", "trusted_proxies", "secure_cookies", *SERIES_KEYS)
 MAX_TRUSTED_PROXIES = 64         # entries: a proxy tier, not an address list
 
 
@@ -43,6 +51,7 @@ class SecureWatchSettings:
     tls_key: pathlib.Path | None = None    # its PEM private key (unencrypted)
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # X-Forwarded-* believed from these
     secure_cookies: bool = False           # Secure cookies even over plain HTTP (a TLS proxy in front)
+    retention: SeriesRetention = SeriesRetention()   # how long the console's series are kept
 
     @property
     def tls(self) -> bool:
@@ -135,7 +144,23 @@ def parse_settings(table: dict[str, Any], state_dir: pathlib.Path, problems: lis
     tls_cert, tls_key = _tls_files(table, problems)
     return SecureWatchSettings(listen=listen, database=database, enabled=enabled, tls_cert=tls_cert,
                                tls_key=tls_key, trusted_proxies=_trusted_proxies(table, problems),
-                               secure_cookies=secure_cookies)
+                               secure_cookies=secure_cookies, retention=_retention(table, problems))
+
+
+def _retention(table: dict[str, Any], problems: list[str]) -> SeriesRetention:
+    values: dict[str, int] = {}
+    for key in SERIES_KEYS:
+        if key not in table:
+            continue
+        value = table[key]
+        lo, hi = SeriesRetention.BOUNDS[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"[{SECTION}] {key}: expected a whole number, got {type_name(value)} {value!r}")
+        elif not lo <= value <= hi:
+            problems.append(f"[{SECTION}] {key}: must be between {lo} and {hi}, got {value}")
+        else:
+            values[key] = value
+    return SeriesRetention(**values)
 
 
 def _string(table: dict[str, Any], key: str, default: str | None, problems: list[str]) -> str | None:

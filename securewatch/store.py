@@ -12,8 +12,9 @@ users (argon2 hashes), API tokens (SHA-256 of the token only, with expiry and
 revocation; removing a tenant revokes its tokens, disables its users and ends
 their sessions in the same transaction), browser sessions, incidents with their
 events, timeline points and notes (some internal to the operator), PCAP files
-by reference, per-tenant traffic per second (last hour) and per minute
-(90 days), and the months whose report was mailed.
+by reference, per-tenant traffic per second (last hour), per minute (90 days)
+and per hour (400 days), per-destination series (`series.py`; every span set by
+`series.SeriesRetention`), and the months whose report was mailed.
 """
 
 from __future__ import annotations
@@ -35,14 +36,16 @@ import structlog
 from tenants import Tenant, TenantSet
 from tenants.model import tidy_legacy_fields
 
+from . import series
 from .settings import sqlite_path
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-SECOND_RETENTION_S = 3600              # seconds of per-second traffic kept
-MINUTE_RETENTION_S = 90 * 24 * 3600    # seconds of per-minute traffic kept (90 days)
+# The default retention (the [securewatch] *_retention_* keys change it: series.SeriesRetention).
+SECOND_RETENTION_S = series.SeriesRetention().traffic_second_retention_s            # seconds
+MINUTE_RETENTION_S = series.SeriesRetention().traffic_minute_retention_days * 86400 # seconds (90 days)
 UPGRADE_ACTOR = "seawall-upgrade"      # who a data migration's changes are recorded as
 SQLITE_BUSY_TIMEOUT_MS = 5000          # milliseconds SQLite waits for another writer (e.g. the CLI)
 # The database holds password and token hashes and every notifier secret in plaintext: owner only.
@@ -168,6 +171,9 @@ MIGRATIONS: list[tuple[int, str, list[str | Callable[[_Backend], None]]]] = [
             tenant_id TEXT PRIMARY KEY, template TEXT NOT NULL)""",
         "CREATE INDEX tenant_templates_template ON tenant_templates (template)",
     ]),
+    # The live console (issue 16): tenant hour rollups for the 30-day chart, and per-destination
+    # series (per-second for attacked and top-N destinations, minute rollups for the rest).
+    (7, "hour rollups and per-destination series", series.MIGRATION),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -459,6 +465,11 @@ class Store:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._backend.close)
         self._executor.shutdown(wait=True)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(backend, *args) on the database thread as one transaction: for the queries of sibling
+        modules that own their tables (`series`)."""
+        return await self._run(fn, *args)
 
     async def _run(self, fn: Callable[..., T], *args: Any, then: Callable[[T], None] | None = None) -> T:
         """Run fn(backend, *args) on the database thread as one transaction; then(result) runs there
@@ -767,8 +778,10 @@ class Store:
         return await self._run(lambda b: b.execute("SELECT MAX(t) FROM traffic_seconds WHERE tenant = ?",
                                                    (tenant,)).fetchone()[0])
 
-    async def apply_retention(self, now: float | None = None) -> dict[str, int]:
-        return await self._run(_retention, time.time() if now is None else now)
+    async def apply_retention(self, now: float | None = None,
+                              retention: series.SeriesRetention | None = None) -> dict[str, int]:
+        return await self._run(_retention, time.time() if now is None else now,
+                               retention or series.SeriesRetention())
 
     # -- report mailings ----------------------------------------------------------
 
@@ -1285,6 +1298,7 @@ def _add_traffic(b: _Backend, tenant: str, rows: list[dict[str, Any]]) -> int:
                   "dropped_pps = excluded.dropped_pps, passed_bps = excluded.passed_bps, "
                   "dropped_bps = excluded.dropped_bps, max_dropped_pps = excluded.max_dropped_pps, "
                   "samples = excluded.samples", (minute, tenant, minute, minute + 60))
+    series.roll_hours(b, tenant, minutes)
     return len(values)
 
 
@@ -1297,8 +1311,7 @@ def _traffic(b: _Backend, tenant: str, since: float, until: float, resolution: s
     return [{"time": r[0], **dict(zip(_TRAFFIC_KEYS, r[1:], strict=True))} for r in rows]
 
 
-def _retention(b: _Backend, now: float) -> dict[str, int]:
-    seconds = b.execute("DELETE FROM traffic_seconds WHERE t < ?", (int(now - SECOND_RETENTION_S),)).rowcount
-    minutes = b.execute("DELETE FROM traffic_minutes WHERE t < ?", (int(now - MINUTE_RETENTION_S),)).rowcount
-    sessions = b.execute("DELETE FROM sessions WHERE expires_at < ?", (now,)).rowcount
-    return {"seconds": seconds, "minutes": minutes, "sessions": sessions}
+def _retention(b: _Backend, now: float, retention: series.SeriesRetention) -> dict[str, int]:
+    removed = series.apply_retention(b, now, retention)
+    removed["sessions"] = b.execute("DELETE FROM sessions WHERE expires_at < ?", (now,)).rowcount
+    return removed

@@ -7,7 +7,6 @@ show a tenant the principal may not read (the same scoping as the API).
 from __future__ import annotations
 
 import datetime
-import html
 import http
 import pathlib
 import re
@@ -17,7 +16,6 @@ import urllib.parse
 from typing import Any
 
 import jinja2
-import markupsafe
 import structlog
 from aiohttp import web
 
@@ -25,7 +23,8 @@ from tenants import ConfigError
 from tenants.model import PORT_MAX
 from tenants.policy import RATE_PPS_MAX, REFLECTION_MODES, SYN_AUTH_MODES, TenantPolicy
 
-from . import auth, bgp, formatting
+from . import auth, bgp, formatting, talkers
+from .charts import UPLOT
 from .context import (
     APPLIANCE,
     LIMITER,
@@ -42,13 +41,12 @@ from .context import (
     parse_version_tags,
     principal_of,
     remote_of,
-    scoped_status,
     tenant_versions_shown,
     visible_tenant,
     visible_tenant_version,
 )
 from .incidents import MAX_NOTE_CHARS, acknowledge, add_note, handled_incident, incident_detail, incident_list
-from .store import IncidentFilter, Session
+from .store import Session
 from .versioned import change_tenants, merged_policy_table, policy_update, replace_tenant
 
 log = structlog.get_logger(__name__)
@@ -71,6 +69,7 @@ def template_environment() -> jinja2.Environment:
     env.filters["num"] = formatting.number
     env.filters["duration"] = formatting.duration
     env.filters["percent"] = formatting.percent
+    env.globals["uplot"] = UPLOT
     return env
 
 
@@ -79,7 +78,6 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/login", login_page)
     r.add_post("/login", login_submit)
     r.add_post("/logout", logout)
-    r.add_get("/", dashboard)
     r.add_get("/tenants", tenants_page)
     r.add_get("/tenants/{tenant_id}", policy_page)
     r.add_post("/tenants/{tenant_id}", policy_submit)
@@ -273,28 +271,6 @@ async def logout(request: web.Request) -> web.Response:
 async def _visible_tenants(request: web.Request) -> list[Any]:
     p = principal_of(request)
     return [t for t in await request.app[STORE].tenant_set() if p.can_read(t.id)]
-
-
-async def dashboard(request: web.Request) -> web.Response:
-    p = principal_of(request)
-    tenants = await _visible_tenants(request)
-    appliance = request.app[APPLIANCE]
-    status = scoped_status(appliance.status(), p) if appliance is not None else {"tenants": {}}
-    rows = []
-    for t in tenants:
-        s = (status.get("tenants") or {}).get(t.id, {})
-        rows.append({"id": t.id, "name": t.name, "mode": t.mode, "passed_pps": s.get("passed_pps"),
-                     "dropped_pps": s.get("dropped_pps"), "passed_bps": s.get("passed_bps"),
-                     "dropped_bps": s.get("dropped_bps")})
-    active = await request.app[STORE].incidents(
-        IncidentFilter(tenants=p.visible_tenants(()), state="active", limit=50))
-    receivers = []
-    if p.sees_all:  # the NOC's receivers: health and backlog of each
-        for name, r in sorted((status.get("notifiers") or {}).items()):
-            receivers.append({"name": name, "kind": r.get("kind", ""), "healthy": r.get("healthy"),
-                              "backlog": r.get("backlog", 0), "delivered": r.get("delivered", 0),
-                              "last_error": r.get("last_error") or ""})
-    return render(request, "dashboard.html", rows=rows, active=active, receivers=receivers)
 
 
 async def tenants_page(request: web.Request) -> web.Response:
@@ -491,9 +467,11 @@ async def incidents_page(request: web.Request) -> web.Response:
 
 async def incident_page(request: web.Request) -> web.Response:
     detail = await incident_detail(request, request.match_info["incident_id"])
-    svg = timeline_svg(detail["timeline"])
     can_handle = principal_of(request).can_handle_incident(detail["tenant"])
-    return render(request, "incident.html", inc=detail, svg=svg, can_handle=can_handle,
+    rules = [{**r, "text": talkers.rule_text(r), "action_text": talkers.action_text(r)}
+             for r in detail["details"].get("rules", [])]
+    anatomy = await talkers.anatomy_of(request, detail["id"])
+    return render(request, "incident.html", inc=detail, rules=rules, anatomy=anatomy, can_handle=can_handle,
                   announcements=bgp.incident_announcements(request, detail["id"]))
 
 
@@ -537,47 +515,3 @@ async def reports_page(request: web.Request) -> web.Response:
 
 def render_report_html(app: web.Application, report: Any) -> str:
     return app[TEMPLATES].get_template("report.html").render(r=report, summary=report.summary)
-
-
-# -- the incident timeline as inline SVG ---------------------------------------------------
-
-SVG_W, SVG_H = 760, 240          # pixels
-SVG_PAD_L, SVG_PAD_R, SVG_PAD_T, SVG_PAD_B = 64, 12, 28, 28   # pixels; the legend sits in the top pad
-SERIES_STYLE = (("attack_pps", "#c53030", "attack"), ("dropped_pps", "#2b6cb0", "dropped"),
-                ("passed_pps", "#2f855a", "passed"))
-
-
-def timeline_svg(points: list[dict[str, float]]) -> markupsafe.Markup:
-    """Attack, dropped and passed packets per second over the incident, drawn here, no JS."""
-    if len(points) < 2:
-        return markupsafe.Markup('<p class="muted">Not enough timeline points yet.</p>')
-    t0, t1 = points[0]["t"], points[-1]["t"]
-    span = max(t1 - t0, 1.0)
-    top = max(max(p.get(k, 0.0) for k, _, _ in SERIES_STYLE) for p in points) or 1.0
-    w, h = SVG_W - SVG_PAD_L - SVG_PAD_R, SVG_H - SVG_PAD_T - SVG_PAD_B
-
-    def xy(p: dict[str, float], key: str) -> str:
-        return f"{SVG_PAD_L + (p['t'] - t0) / span * w:.1f},{SVG_PAD_T + h - p.get(key, 0.0) / top * h:.1f}"
-
-    parts = [f'<svg class="timeline" viewBox="0 0 {SVG_W} {SVG_H}" role="img" '
-             f'aria-label="packets per second over the incident" xmlns="http://www.w3.org/2000/svg">']
-    for i in range(5):
-        y = SVG_PAD_T + h * i / 4
-        value = top * (1 - i / 4)
-        parts.append(f'<line x1="{SVG_PAD_L}" y1="{y:.1f}" x2="{SVG_W - SVG_PAD_R}" y2="{y:.1f}" class="grid"/>')
-        parts.append(f'<text x="{SVG_PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{html.escape(formatting.rate(value))}</text>')
-    for i in range(5):
-        t = t0 + span * i / 4
-        x = SVG_PAD_L + w * i / 4
-        label = datetime.datetime.fromtimestamp(t, tz=datetime.UTC).strftime("%H:%M:%S")
-        anchor = "start" if i == 0 else "end" if i == 4 else "middle"  # keep the end labels inside
-        parts.append(f'<text x="{x:.1f}" y="{SVG_H - 8}" text-anchor="{anchor}">{label}</text>')
-    for key, colour, _ in SERIES_STYLE:
-        coords = " ".join(xy(p, key) for p in points)
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{coords}"/>')
-    for n, (_, colour, label) in enumerate(SERIES_STYLE):
-        x = SVG_PAD_L + 10 + n * 90
-        parts.append(f'<rect x="{x}" y="4" width="10" height="10" fill="{colour}"/>'
-                     f'<text x="{x + 14}" y="13">{label}</text>')
-    parts.append("</svg>")
-    return markupsafe.Markup("".join(parts))

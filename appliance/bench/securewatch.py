@@ -5,7 +5,8 @@ A temporary SQLite database gets `tenants` tenants and an admin token; the real
 process drives `clients` concurrent HTTP clients through `requests` requests,
 mostly `GET /api/v1/tenants/{id}` of random tenants, every `put_every`-th a
 `PUT /api/v1/tenants/{id}/policy`. Figures only: latency percentiles per kind
-and throughput, never a pass or fail.
+and throughput, never a pass or fail. Then the live console's figures (`console.py`): dashboard
+and per-server render time and payload with 30 days of rollups, storage per tenant per day.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from appliance.bench import console
+
 REQUEST_TIMEOUT_S = 60.0          # seconds one request may take before it counts as an error
 STARTUP_TIMEOUT_S = 60.0          # seconds the server may take to answer its first request
 POLL_S = 0.1                      # seconds between startup probes
+CONSOLE_REPEAT = 5                # fetches of each console page or series (the median is shown)
 
 
 def cpu_model() -> str:
@@ -141,6 +145,8 @@ def run(tenants: int = 10_000, clients: int = 20, requests: int = 2_000, put_eve
         database = f"sqlite:///{directory}/sw.db"
         progress(f"seeding {tenants:,} tenants into {database}")
         token = asyncio.run(_seed(database, tenants))
+        progress(f"seeding {console.HOUR_DAYS} days of hour rollups for {tenants:,} tenants and the charted series")
+        seeded = console.seed(database, tenants)
         port = _free_port()
         config = directory / "seawall.toml"
         config.write_text(f'[appliance]\nstate_dir = "{directory}"\nlog_format = "json"\n'
@@ -170,6 +176,9 @@ def run(tenants: int = 10_000, clients: int = 20, requests: int = 2_000, put_eve
                 load = os.getloadavg()[0]
                 progress(f"{clients} clients, {requests:,} requests (every {put_every}th a policy PUT)")
                 result = asyncio.run(_drive(base, token, tenants, clients, requests, put_every, time_limit_s, seed))
+                progress("console pages and series")
+                pages = asyncio.run(console.measure(base, token, tenants, CONSOLE_REPEAT))
+                live = asyncio.run(console.live_latency(base, token, database))
             finally:
                 server.terminate()
                 try:
@@ -177,8 +186,11 @@ def run(tenants: int = 10_000, clients: int = 20, requests: int = 2_000, put_eve
                 except subprocess.TimeoutExpired:
                     server.kill()
                     server.wait()
+    progress("storage per tenant per day")
     return {"tenants": tenants, "clients": clients, "requests": requests, "put_every": put_every,
-            "cpu": cpu_model(), "cpus": os.cpu_count(), "load_1min_before": round(load, 2), **result}
+            "cpu": cpu_model(), "cpus": os.cpu_count(), "load_1min_before": round(load, 2), **result,
+            "console": {"seeded": seeded, "repeat": CONSOLE_REPEAT, "requests": pages, "live": live,
+                        "storage": console.storage()}}
 
 
 def render(result: dict) -> str:
@@ -193,4 +205,6 @@ def render(result: dict) -> str:
            f"  completed {result['completed']:,} in {result['elapsed_s']} s: {result['throughput_rps']} requests/s"
            + (f"; not started (time limit): {result['not_started']:,}" if result["not_started"] else "")
            + (f"; errors: {result['errors']}" if result["errors"] else "")]
+    if "console" in result:
+        out += console.render(result["console"])
     return "\n".join(out)

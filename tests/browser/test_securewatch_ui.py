@@ -31,6 +31,7 @@ async def test_login_edit_policy_incident_report(tmp_path, browser):
         await page.click("button[type=submit]")
         await page.wait_for_selector("#traffic tr[data-tenant=alpha]")
         await page.wait_for_function("document.getElementById('updated').textContent.includes('updated')")
+        await page.wait_for_selector("#chart canvas")
         await page.screenshot(path=str(SCREENSHOTS / "dashboard.png"), full_page=True)
 
         await page.click("text=Tenants")
@@ -52,7 +53,7 @@ async def test_login_edit_policy_incident_report(tmp_path, browser):
 
         await page.click("header >> text=Incidents")
         await page.click("text=inc-alpha-1")
-        await page.wait_for_selector("svg.timeline polyline")
+        await page.wait_for_selector("#incident-chart canvas")
         assert "syn_flood" in await page.inner_text("main")
         await page.screenshot(path=str(SCREENSHOTS / "incident.png"), full_page=True)
         async with page.expect_download() as pcap:

@@ -92,6 +92,20 @@ MATRIX = [
     ("PUT", "/api/v1/tenants/alpha/template", {"template": None}, (OK, DENIED, DENIED, DENIED)),
     ("PUT", "/api/v1/tenants/beta/template", {"template": "strict"}, (OK, DENIED, HIDDEN, HIDDEN)),
     ("GET", "/metrics", None, (OK, OK, OK, OK)),
+    # The live console (issue 16): a tenant never reads another tenant's series or stream.
+    ("GET", "/api/v1/console/tenants", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/tenants/alpha/series", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/tenants/beta/series?range=30d", None, (OK, OK, HIDDEN, HIDDEN)),
+    ("GET", "/api/v1/tenants/alpha/live?events=1", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/tenants/beta/live?events=1", None, (OK, OK, HIDDEN, HIDDEN)),
+    ("GET", "/api/v1/incidents/inc-alpha-1/talkers", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/incidents/inc-beta-1/talkers", None, (OK, OK, HIDDEN, HIDDEN)),
+    ("GET", "/api/v1/tenants/alpha/talkers", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/tenants/beta/talkers", None, (OK, OK, HIDDEN, HIDDEN)),
+    ("GET", "/api/v1/tenants/alpha/servers", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/tenants/beta/servers", None, (OK, OK, HIDDEN, HIDDEN)),
+    ("GET", "/api/v1/tenants/alpha/servers/198.51.100.10", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/tenants/beta/servers/203.0.113.5", None, (OK, OK, HIDDEN, HIDDEN)),
     ("GET", "/api/v1/openapi.json", None, (OK, OK, OK, OK)),
 ]
 CASES = [(who, method, path, body, expected[i]) for method, path, body, expected in MATRIX
@@ -99,11 +113,12 @@ CASES = [(who, method, path, body, expected[i]) for method, path, body, expected
 
 
 def test_matrix_covers_every_documented_operation():
-    covered = {(m.lower(), p.replace("/users/frank", "/users/{name}").replace("/tokens/5", "/tokens/{token_id}")
+    covered = {(m.lower(), p.split("?")[0].replace("/users/frank", "/users/{name}").replace("/tokens/5", "/tokens/{token_id}")
                 .replace("inc-alpha-1", "{incident_id}").replace("inc-beta-1", "{incident_id}")
                 .replace("inc-guessed-9", "{incident_id}").replace("/dropped", "/{kind}")
                 .replace("alpha", "{tenant_id}").replace("beta", "{tenant_id}")
                 .replace("nonexistent", "{tenant_id}").replace("2025-01", "{period}")
+                .replace("198.51.100.10", "{address}").replace("203.0.113.5", "{address}")
                 .replace("/templates/strict", "/templates/{name}").replace("/templates/lenient", "/templates/{name}"))
                for m, p, _, _ in MATRIX}
     documented = {(method, path) for path, ops in openapi_document()["paths"].items() for method in ops}

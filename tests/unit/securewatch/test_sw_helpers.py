@@ -39,6 +39,8 @@ class InMemoryAppliance:
         self.tenants = tenant_set
         self.applied: list[TenantSet] = []
         self.series: dict[str, list[dict[str, Any]]] = {}
+        self.destination_rows: list[dict[str, Any]] = []
+        self.rates: dict[str, tuple[float, float]] = {}   # tenant -> (passed, dropped) pps; default 1200, 35
         self.ladder = Ladder(BgpSettings(64512, "192.0.2.1", (PeerSettings("192.0.2.2", 64500, rtbh=True),)),
                              EscalationSettings(uplink_bps=10**9, max_announcements=2))
         self.open_incidents = {iid: IncidentView(iid, tenant, True, (target,),
@@ -66,9 +68,13 @@ class InMemoryAppliance:
 
     def status(self) -> dict[str, Any]:
         return {"updated": time.time(), "interfaces": [{"name": "ext0", "mode": "native", "role": "external"}],
-                "tenants": {t.id: {"name": t.name, "mode": t.mode, "passed_pps": 1200.0, "dropped_pps": 35.0,
-                                   "passed_bps": 9.6e6, "dropped_bps": 2.8e5} for t in self.tenants},
+                "tenants": {t.id: self._rates(t) for t in self.tenants},
                 "notifiers": {"noc-syslog": {"tenants": None}}}
+
+    def _rates(self, t: Any) -> dict[str, Any]:
+        passed, dropped = self.rates.get(t.id, (1200.0, 35.0))
+        return {"name": t.name, "mode": t.mode, "passed_pps": passed, "dropped_pps": dropped,
+                "passed_bps": passed * 8000, "dropped_bps": dropped * 8000}
 
     def apply_tenants(self, tenant_set: TenantSet) -> None:
         TenantSet(tenant_set.tenants)  # the appliance validates again (raises ConfigError)
@@ -80,6 +86,13 @@ class InMemoryAppliance:
 
     def traffic_series(self, tenant_id: str, seconds: int) -> list[dict[str, Any]]:
         return self.series.get(tenant_id, [])[-seconds:]
+
+    # The per-server view's hooks (securewatch.servers.DestinationHooks): rows as appliance.destinations makes them.
+    def destination_seconds(self, after: float) -> list[dict[str, Any]]:
+        return [r for r in self.destination_rows if r["time"] > after and "samples" not in r]
+
+    def destination_minutes(self, after: float) -> list[dict[str, Any]]:
+        return [r for r in self.destination_rows if r["time"] > after and "samples" in r]
 
 
 def settings(tmp_path: pathlib.Path, database: str | None = None) -> SecureWatchSettings:

@@ -299,3 +299,30 @@ async def test_migration_5_tidies_names_and_contacts_an_older_version_stored(dat
         assert (await s.tenant_set())["beta"] == TenantSet.from_dicts(TENANTS)["beta"]   # untouched
     finally:
         await s.close()
+
+
+async def test_item16_console_series_on_this_backend(store):
+    """The console's series queries (securewatch.series) on each backend: hour rollups, the current
+    second per tenant, per-destination rows and their listing, retention by setting."""
+    from securewatch import series  # noqa: PLC0415
+
+    t0 = 1_800_000_000 // 3600 * 3600
+    await store.add_traffic("alpha", [{"time": t0 + i, "passed_pps": 100.0 * (1 + i // 60), "dropped_pps": 1.0,
+                                       "passed_bps": 8e5, "dropped_bps": 8e3} for i in range(90)])
+    hours = await store.run(series.tenant_series, "alpha", series.RANGES["30d"], t0 + 100)
+    assert hours["time"] == [t0] and hours["passed_pps"] == [round((60 * 100 + 30 * 200) / 90, 1)]
+    latest = await store.run(series.latest_tenant_rates, t0)
+    assert latest["alpha"]["time"] == t0 + 89 and latest["alpha"]["passed_pps"] == 200.0
+    row = {"tenant": "alpha", "address": "198.51.100.10", "pps": [1, 2, 300, 0, 0, 0], "dropped_pps": 0,
+           "mean": [1, 2, 250, 0, 0, 0], "sigma": [1, 1, 30, 0, 0, 0], "threshold": [50, 50, 400, 50, 50, 50]}
+    await store.run(series.add_destination_seconds, [{**row, "time": t0 + 10}, {**row, "time": t0 + 11}])
+    await store.run(series.add_destination_seconds, [{**row, "time": t0 + 11, "dropped_pps": 5}])   # upsert
+    await store.run(series.add_destination_minutes, [{**row, "address": "198.51.100.11", "time": t0,
+                                                      "samples": 60, "max_pps": 400}])
+    got = await store.run(series.destination_series, "alpha", "198.51.100.10", series.DESTINATION_RANGES["1h"],
+                          t0 + 20)
+    assert got["time"] == [t0 + 10, t0 + 11] and got["dropped_pps"] == [0.0, 5.0] and got["pps"]["udp"] == [300, 300]
+    listed = await store.run(series.tenant_destinations, "alpha", t0 - 60, 10)
+    assert [d["address"] for d in listed] == ["198.51.100.10", "198.51.100.11"] and listed[0]["load"] == 0.75
+    removed = await store.apply_retention(now=t0 + 90 * 86400 + 3600 * 2)
+    assert removed["minutes"] == 2 and removed["destination_seconds"] == 2 and removed["hours"] == 0
