@@ -470,28 +470,42 @@ static __always_inline int sw_brief_matches(__u64 key, __u64 lo, __u64 hi)
     return (((above & below & SW_BRIEF_GUARDS) ^ SW_BRIEF_GUARDS) | (above & hi & SW_BRIEF_PROTO_MASK)) == 0;
 }
 
+/* Refills a token bucket shared by the CPUs (races only blur the rate a little): rate in tokens
+ * per second, burst in tokens. The clock advances only by the time the whole tokens earned took,
+ * so the fraction carries over and low rates refill too; a full second (or more) refills any
+ * bucket outright, which also keeps elapsed * rate from overflowing. A bucket whose last refill
+ * lies in the future (tests set one), or whose rate is 0, does not refill. */
+static __always_inline void sw_bucket_refill(__u64 *last_ns, __s64 *tokens, __u64 now, __u64 rate, __s64 burst)
+{
+    if (now <= *last_ns || rate == 0)
+        return;
+    __u64 elapsed = now - *last_ns;
+    if (elapsed >= NSEC_PER_SEC) {
+        *tokens = burst;
+        *last_ns = now;
+        return;
+    }
+    __u64 whole = elapsed * rate / NSEC_PER_SEC; /* whole tokens earned */
+    if (whole == 0)
+        return;
+    __s64 refilled = *tokens + (__s64)whole;
+    if (refilled >= burst) {
+        *tokens = burst;
+        *last_ns = now;
+    } else {
+        *tokens = refilled;
+        *last_ns += whole * NSEC_PER_SEC / rate;
+    }
+}
+
 /* Token bucket of a rate-limit rule: 1 when the packet is within the rate. */
 static __always_inline int sw_rule_admit(__u32 id, struct sw_rule *r)
 {
     struct sw_rule_bucket *b = sw_rule_buckets.lookup(&id);
     if (!b)
         return 1;
-    __u64 now = bpf_ktime_get_ns();
-    __u64 elapsed = now - b->last_ns;
-    __s64 burst = r->rate_pps / 10 + 1; /* 100 ms worth of packets */
-    __u64 whole = r->rate_pps ? elapsed * r->rate_pps / NSEC_PER_SEC : 0; /* whole tokens earned */
-    if (whole > 0) {
-        __s64 tokens = b->tokens + (__s64)whole;
-        if (tokens >= burst) {
-            b->tokens = burst;
-            b->last_ns = now;
-        } else {
-            /* Advance the clock only by the time those whole tokens took: the
-             * fraction carries over, so low rates refill too. */
-            b->tokens = tokens;
-            b->last_ns += whole * NSEC_PER_SEC / r->rate_pps;
-        }
-    }
+    sw_bucket_refill(&b->last_ns, &b->tokens, bpf_ktime_get_ns(), r->rate_pps,
+                     r->rate_pps / 10 + 1 /* 100 ms worth of packets */);
     if (b->tokens <= 0)
         return 0;
     __sync_fetch_and_add(&b->tokens, -1);

@@ -49,29 +49,10 @@
  * frame; 1,024 bytes covers every header chain a real stack sends. */
 #define SW_SPLICE_MAX_L4_OFFSET 1024
 
-/* Takes a token if there is one. rate per second, burst in tokens (<= rate). A bucket whose
- * last refill lies in the future (tests set one) does not refill. */
+/* Takes a token if there is one (sw_bucket_refill: rate per second, burst in tokens <= rate). */
 static __always_inline int sw_synauth_take(struct sw_token_bucket *b, __u64 now, __u64 rate, __s64 burst)
 {
-    if (now > b->last_ns) {
-        __u64 elapsed = now - b->last_ns;
-        if (elapsed >= NSEC_PER_SEC) { /* a full second refills any bucket (and avoids overflow) */
-            b->tokens = burst;
-            b->last_ns = now;
-        } else {
-            __u64 whole = elapsed * rate / NSEC_PER_SEC;
-            if (whole > 0) {
-                __s64 tokens = b->tokens + (__s64)whole;
-                if (tokens >= burst) {
-                    b->tokens = burst;
-                    b->last_ns = now;
-                } else {
-                    b->tokens = tokens;
-                    b->last_ns += whole * NSEC_PER_SEC / rate;
-                }
-            }
-        }
-    }
+    sw_bucket_refill(&b->last_ns, &b->tokens, now, rate, burst);
     if (b->tokens <= 0)
         return 0;
     b->tokens--;
