@@ -27,7 +27,6 @@ import sys
 import time
 from collections import defaultdict
 
-from appliance.lab import netlink
 from appliance.lab.jsonlines import JsonLinesProcess
 from appliance.lab.topology import CLIENT_V4, CLIENT_V6, DNS_PORT, GAME_PORT, HTTP_PORT, Lab, Server
 
@@ -189,9 +188,7 @@ async def run_clients(servers: list[Server], duration: float, profile: TrafficPr
     addresses = _NewAddresses()
     if game is not None and profile.new_clients_per_s > 0:
         def send_new() -> None:
-            source = addresses.take()
-            target = game.ipv4 if ":" not in source else game.ipv6
-            spawn(_new_client(recorder, addresses, game.name, source, target), f"new-tcp-{source}")
+            spawn(_new_client(recorder, addresses, game), "new-tcp")
         clients.append(_paced(profile.new_clients_per_s, duration, send_new, stop))
     # Requests are answered (or failed) within this many seconds of being sent.
     answer_s = max(profile.timeout_s, NEW_CLIENT_DEADLINE_S if profile.new_clients_per_s > 0 else 0.0)
@@ -247,7 +244,7 @@ async def run_clients(servers: list[Server], duration: float, profile: TrafficPr
     await asyncio.gather(*tasks, return_exceptions=True)
     for transport in transports:
         transport.close()
-    addresses.remove_all()
+    await addresses.remove_all()
     return {"type": "summary", "duration_s": round(time.monotonic() - recorder.start, 3),
             "started_at": round(recorder.started_at, 3),
             **recorder.report(recorder.totals)}
@@ -269,51 +266,58 @@ async def _http_get(recorder: _Recorder, server: str, address: str, timeout_s: f
 
 
 class _NewAddresses:
-    """Source addresses never used before in this run, added to `<p>-cli`'s interface one by one."""
+    """Source addresses never used before in this run, added to `<p>-cli`'s interface one by one.
+
+    With `ip` in a subprocess: pyroute2's IPRoute runs its own asyncio loop and cannot be used
+    from inside this one."""
 
     def __init__(self):
         self.v4 = iter(NEW_CLIENT_V4_HOSTS)
         self.count = 0
         self.added: set[str] = set()
 
-    def take(self) -> str:
+    def next_address(self) -> str:
         # Alternate families like the HTTP clients; IPv6 alone once the /25 is used up.
         self.count += 1
         host = next(self.v4, None) if self.count % 2 else None
         if host is not None:
-            address, prefixlen = str(ipaddress.ip_interface(CLIENT_V4).network[host]), 25
-        else:
-            address = str(ipaddress.ip_interface(CLIENT_V6).network[NEW_CLIENT_V6_FIRST + self.count])
-            prefixlen = 64
-        with netlink.iproute() as ipr:
-            from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD  # noqa: PLC0415
+            return f"{ipaddress.ip_interface(CLIENT_V4).network[host]}/25"
+        return f"{ipaddress.ip_interface(CLIENT_V6).network[NEW_CLIENT_V6_FIRST + self.count]}/64"
 
-            # No duplicate address detection: the address must be usable at once.
-            ipr.addr("add", index=netlink.index(ipr, Lab.HOST_IF), address=address, prefixlen=prefixlen,
-                     flags=IFA_F_NODAD if prefixlen == 64 else 0)
-        self.added.add(address)
-        return address
+    async def take(self) -> str:
+        """A new address, usable at once (no duplicate address detection); returns it without length."""
+        interface = self.next_address()
+        argv = ["ip", "addr", "add", interface, "dev", Lab.HOST_IF] + (["nodad"] if ":" in interface else [])
+        await _ip(argv)
+        self.added.add(interface)
+        return interface.split("/")[0]
 
-    def remove(self, address: str) -> None:
-        if address not in self.added:
-            return
-        self.added.discard(address)
-        with netlink.iproute() as ipr:
+    async def remove(self, address: str) -> None:
+        for interface in [i for i in self.added if i.split("/")[0] == address]:
+            self.added.discard(interface)
             try:
-                ipr.addr("del", index=netlink.index(ipr, Lab.HOST_IF), address=address,
-                         prefixlen=64 if ":" in address else 25)
-            except Exception:   # noqa: BLE001 - already gone with the interface; nothing to clean
-                pass
+                await _ip(["ip", "addr", "del", interface, "dev", Lab.HOST_IF])
+            except OSError:
+                pass   # gone already; nothing left to clean
 
-    def remove_all(self) -> None:
-        for address in list(self.added):
-            self.remove(address)
+    async def remove_all(self) -> None:
+        for interface in list(self.added):
+            await self.remove(interface.split("/")[0])
 
 
-async def _new_client(recorder: _Recorder, addresses: _NewAddresses, server: str, source: str,
-                      target: str) -> None:
-    """One first visit: connect from `source` (new), GET, a 200 within NEW_CLIENT_DEADLINE_S; no retry."""
-    second, sent_at = recorder.sent("new-tcp", server)
+async def _ip(argv: list[str]) -> None:
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise OSError(f"{' '.join(argv)}: {err.decode().strip()}")
+
+
+async def _new_client(recorder: _Recorder, addresses: _NewAddresses, server: Server) -> None:
+    """One first visit: connect from a new address, GET, a 200 within NEW_CLIENT_DEADLINE_S; no retry."""
+    source = await addresses.take()
+    target = server.ipv6 if ":" in source else server.ipv4
+    second, sent_at = recorder.sent("new-tcp", server.name)
     writer = None
     try:
         async with asyncio.timeout(NEW_CLIENT_DEADLINE_S):
@@ -322,13 +326,13 @@ async def _new_client(recorder: _Recorder, addresses: _NewAddresses, server: str
             await writer.drain()
             status = await reader.readline()
         if status.startswith(b"HTTP/1.1 200 "):
-            recorder.ok("new-tcp", server, second, sent_at)
+            recorder.ok("new-tcp", server.name, second, sent_at)
     except (TimeoutError, OSError):
         pass   # counted as sent, not ok
     finally:
         if writer is not None:
             writer.close()
-        addresses.remove(source)
+        await addresses.remove(source)
 
 
 def split_by_windows(seconds: list[dict], started_at: float, windows: list[tuple[float, float]]) -> dict:
