@@ -12,7 +12,7 @@ import pytest
 from appliance.lab import TENANTS, Lab, lab_config
 from appliance.lab.scenario import REFERENCE, load_scenario, parse_scenario
 from appliance.lab.services import dns_answer
-from appliance.lab.traffic import TrafficProfile, dns_query, split_by_windows
+from appliance.lab.traffic import TrafficProfile, _NewAddresses, dns_query, split_by_windows
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[3] / "appliance" / "examples" / "lab.toml"
 DOC_RANGES = [ipaddress.ip_network(n) for n in
@@ -128,3 +128,14 @@ def test_issue19_outcomes_split_by_the_seconds_an_attack_was_sending():
     split = split_by_windows(seconds, 1000.0, [(1002.2, 1004.9)])
     assert split["during"]["new-tcp"] == {"sent": 6, "ok": 5, "success_rate": 0.8333}
     assert split["outside"]["new-tcp"] == {"sent": 6, "ok": 6, "success_rate": 1.0}
+
+
+def test_issue19_new_client_addresses_are_never_reused_and_stay_in_the_client_ranges():
+    pool = _NewAddresses()
+    taken = [pool.next_address() for _ in range(400)]    # more than the /25 holds: IPv6 takes over
+    assert len(set(taken)) == len(taken)
+    for interface in taken:
+        address = ipaddress.ip_interface(interface)
+        assert address.network in (ipaddress.ip_network("192.0.2.0/25"), ipaddress.ip_network("2001:db8:ffff::/64"))
+        assert str(address.ip) not in ("192.0.2.10", "192.0.2.1", "2001:db8:ffff::10", "2001:db8:ffff::1")
+    assert sum(":" not in i for i in taken) == len(range(11, 127))
