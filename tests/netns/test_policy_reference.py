@@ -29,7 +29,6 @@ UDP_PPS = 5_000
 UDP_SIZE = 512            # bytes per IP datagram (the reference scenario's)
 NEW_CLIENTS_PER_S = 2     # connections/s from never-seen addresses to the game server's web port (reference)
 MIN_NEW_CLIENT_SUCCESS = 0.95   # issue 19: new clients connect during the SYN flood (within 3 s)
-SYN_RTO_MS = 1000         # ms, Linux's initial SYN retransmission timeout: a first SYN lost costs this much
 
 
 def test_reference_scenario_both_vectors_caught_in_a_fresh_appliance(lab, tmp_path, request):
@@ -80,9 +79,8 @@ def test_reference_scenario_both_vectors_caught_in_a_fresh_appliance(lab, tmp_pa
     during = split_by_windows(legit.seconds, summary["started_at"], [(syn.onset, syn.ended)])["during"]["new-tcp"]
     assert during["sent"] >= NEW_CLIENTS_PER_S * (ATTACK_S - 3), during
     assert during["success_rate"] >= MIN_NEW_CLIENT_SUCCESS, (during, new_tcp)
-    # ... at the first SYN: the SYN cookies answer it (with syn_auth "off" the flood's rule drops some
-    # first SYNs and the p99 is one retransmission, > 1 s).
-    assert new_tcp["p99_ms"] < SYN_RTO_MS, new_tcp
+    # At 50 kpps the game server's own kernel copes too: this passes with syn_auth "off" as well
+    # (seen 40/40); test_synauth.py is the test that tells the splice from its absence.
     status = appliance.status()
     for other in ("beta", "gamma"):
         assert status["tenants"][other]["dropped_packets"] == 0, status["tenants"][other]
