@@ -85,7 +85,7 @@ class LiveView:
                          f"peak {inc['peak_pps']:,} pps  dropped {inc['dropped_packets']:,}  efficacy {eff}")
         if legit:
             parts = []
-            for service in ("http", "game", "dns"):
+            for service in ("http", "game", "dns", "new-tcp"):
                 s = legit["services"].get(service)
                 if s and s["sent"]:
                     parts.append(f"{service} {s['success_rate']:.1%}")
@@ -196,8 +196,13 @@ def summary(scenario: Scenario, view: LiveView, results: dict | None, onset: flo
         legit = results["traffic"]["services"]
         for service, s in legit.items():
             if s["sent"]:
-                lines.append(f"  legitimate {service:<5} success:    {s['success_rate']:.2%} "
+                lines.append(f"  {f'legitimate {service} success:':<30}{s['success_rate']:.2%} "
                              f"({s['ok']:,}/{s['sent']:,}, p99 {s.get('p99_ms') or 0:.1f} ms)")
+        split = results.get("legit_split") or {}
+        for where, label in (("during", "during attacks"), ("outside", "outside attacks")):
+            s = split.get(where, {}).get("new-tcp")
+            if s and s["sent"]:
+                lines.append(f"  {f'  new-tcp {label}:':<30}{s['success_rate']:.2%} ({s['ok']:,}/{s['sent']:,})")
     for vector, installed in first_rules(view.appliance.log_path, onset).items():
         lines.append(f"  {vector + ' rule installed:':<30}{installed - onset:.2f} s after onset "
                      f"(drops start as the rule lands in the map)")

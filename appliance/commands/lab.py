@@ -107,7 +107,7 @@ def run_traffic(args) -> int:
     try:
         lab = _lab(args)
         run = TrafficRun(lab, args.duration, TrafficProfile(args.game_pps, args.http_rps, args.dns_qps,
-                                                            args.timeout))
+                                                            args.timeout, args.new_clients_per_s))
     except ValueError as exc:
         print(f"seawall lab traffic: {exc}", file=sys.stderr)
         return 2

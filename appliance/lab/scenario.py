@@ -11,12 +11,13 @@ import dataclasses
 import ipaddress
 import pathlib
 import threading
+import time
 import tomllib
 from typing import Any
 
 from appliance.lab.attack import VECTORS, AttackProcess, AttackSpec
 from appliance.lab.topology import Lab
-from appliance.lab.traffic import TrafficProfile, TrafficRun
+from appliance.lab.traffic import TrafficProfile, TrafficRun, split_by_windows
 
 SCENARIO_DIR = pathlib.Path(__file__).resolve().parent.parent / "scenarios"
 REFERENCE = SCENARIO_DIR / "reference.toml"
@@ -83,7 +84,9 @@ def parse_scenario(data: dict[str, Any]) -> Scenario:
         game_pps=float(_take(legit_table, "legit", "game_pps", number, defaults.game_pps)),
         http_rps=float(_take(legit_table, "legit", "http_rps", number, defaults.http_rps)),
         dns_qps=float(_take(legit_table, "legit", "dns_qps", number, defaults.dns_qps)),
-        timeout_s=float(_take(legit_table, "legit", "timeout_s", number, defaults.timeout_s)))
+        timeout_s=float(_take(legit_table, "legit", "timeout_s", number, defaults.timeout_s)),
+        new_clients_per_s=float(_take(legit_table, "legit", "new_clients_per_s", number,
+                                      defaults.new_clients_per_s)))
     try:
         legit.validate()
     except ValueError as exc:
@@ -129,6 +132,10 @@ class ScenarioRun:
         self.specs = [attack.spec(lab) for attack in scenario.attacks]   # validate all before starting
         self.traffic = TrafficRun(lab, scenario.duration_s, scenario.legit)
         self.attacks: list[AttackProcess | None] = [None] * len(self.specs)
+        # Wall-clock [first frame, last record] of each attack that sent: the generator compiles
+        # first, so its frames start seconds after start_s; its first per-second record comes 1 s
+        # after its first frame.
+        self.windows: list[list[float]] = []
         self._timers: list[threading.Timer] = []
         self._lock = threading.Lock()
         self._stopped = False
@@ -146,13 +153,28 @@ class ScenarioRun:
     def _start_attack(self, index: int, spec: AttackSpec) -> None:
         with self._lock:
             if not self._stopped:
-                self.attacks[index] = AttackProcess(self.lab, spec).start()
+                attack = AttackProcess(self.lab, spec)
+                window: list[float] = []
+
+                def on_record(record: dict, window=window) -> None:
+                    if record.get("type") == "second":
+                        now = time.time()
+                        if not window:
+                            window += [now - 1.0, now]
+                            self.windows.append(window)
+                        window[1] = now
+                attack.on_record = on_record
+                self.attacks[index] = attack.start()
 
     def wait(self, timeout: float | None = None) -> dict:
         traffic = self.traffic.wait(timeout)
         for timer in self._timers:
             timer.join()
-        return {"traffic": traffic, "attacks": [a.wait(timeout) if a else None for a in self.attacks]}
+        attacks = [a.wait(timeout) if a else None for a in self.attacks]
+        # Legitimate outcomes while any attack was sending vs the rest of the run (sent/ok per service).
+        split = split_by_windows(self.traffic.seconds, traffic["started_at"],
+                                 [(start, end) for start, end in self.windows]) if "started_at" in traffic else None
+        return {"traffic": traffic, "attacks": attacks, "legit_split": split}
 
     def stop(self) -> None:
         with self._lock:

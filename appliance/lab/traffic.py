@@ -1,10 +1,16 @@
-"""Steady legitimate clients from `<p>-cli`: HTTP, game UDP and DNS, with success rate and latency.
+"""Steady legitimate clients from `<p>-cli`: HTTP, game UDP, DNS and new TCP clients, with success rate and latency.
 
 `TrafficRun(lab, duration, profile).start()` runs the clients in a child process
 inside `<p>-cli` (`python -m appliance.lab.traffic`), which prints one JSON line
 per second (per service and per server: sent, ok, success rate, p50/p99 latency)
 and a summary line at the end. A request counts in the second it was sent; it
 succeeds when its answer arrives within `timeout_s`.
+
+The "new-tcp" service is the first visit of a client never seen before: each
+connection to the game server's web port comes from a source address added to
+`<p>-cli` for it alone (removed afterwards), one plain connect and GET within
+NEW_CLIENT_DEADLINE_S, no retry. Returning clients (the "http" service) come from
+the client's fixed address; a SYN flood's mitigation must let both through.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import ipaddress
 import json
 import math
 import signal
@@ -21,11 +28,17 @@ import time
 from collections import defaultdict
 
 from appliance.lab.jsonlines import JsonLinesProcess
-from appliance.lab.topology import DNS_PORT, GAME_PORT, HTTP_PORT, Lab, Server
+from appliance.lab.topology import CLIENT_V4, CLIENT_V6, DNS_PORT, GAME_PORT, HTTP_PORT, Lab, Server
 
 TICK_S = 0.01                 # seconds between game sends (the rate is held on average)
 GAME_PAYLOAD_BYTES = 64       # bytes of a game datagram (sequence, timestamp, padding)
-SERVICES = ("http", "game", "dns")
+SERVICES = ("http", "game", "dns", "new-tcp")
+NEW_CLIENT_DEADLINE_S = 3.0   # seconds for a new client's connect + first response (the issue's bound)
+MAX_NEW_CLIENTS_PER_S = 50.0  # connections/s; each adds and removes an address in <p>-cli
+# Host parts for new clients: IPv4 from the client's /25 above its own .10 (a pool of 116),
+# IPv6 from the client's /64 starting at ::1:0 (beyond any test's hand-picked hosts).
+NEW_CLIENT_V4_HOSTS = range(11, 127)
+NEW_CLIENT_V6_FIRST = 0x10000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -34,11 +47,15 @@ class TrafficProfile:
     http_rps: float = 4.0     # GET requests/s to each web server (alternating IPv4 and IPv6)
     dns_qps: float = 4.0      # A queries/s to each server
     timeout_s: float = 1.0    # seconds after which an unanswered request has failed
+    new_clients_per_s: float = 0.0   # connections/s to the game server's web port, each from a new address
 
     def validate(self) -> None:
         for name in ("game_pps", "http_rps", "dns_qps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.new_clients_per_s <= MAX_NEW_CLIENTS_PER_S:
+            raise ValueError(f"new_clients_per_s must be 0..{MAX_NEW_CLIENTS_PER_S:g} connections/s, "
+                             f"got {self.new_clients_per_s}")
         if not 0.05 <= self.timeout_s <= 30:
             raise ValueError(f"timeout_s must be 0.05..30 seconds, got {self.timeout_s}")
 
@@ -58,6 +75,7 @@ class _Recorder:
 
     def __init__(self):
         self.start = time.monotonic()
+        self.started_at = time.time()   # wall clock of second 0, to place seconds against attacks
         # second -> (service, server) -> [sent, latencies]
         self.buckets: dict[int, dict[tuple[str, str], list]] = defaultdict(
             lambda: defaultdict(lambda: [0, []]))
@@ -167,6 +185,14 @@ async def run_clients(servers: list[Server], duration: float, profile: TrafficPr
             game_transport.sendto(b"GAME" + struct.pack("!Q", n) + padding)
         clients.append(_paced(profile.game_pps, duration, send_game, stop))
 
+    addresses = _NewAddresses()
+    if game is not None and profile.new_clients_per_s > 0:
+        def send_new() -> None:
+            spawn(_new_client(recorder, addresses, game), "new-tcp")
+        clients.append(_paced(profile.new_clients_per_s, duration, send_new, stop))
+    # Requests are answered (or failed) within this many seconds of being sent.
+    answer_s = max(profile.timeout_s, NEW_CLIENT_DEADLINE_S if profile.new_clients_per_s > 0 else 0.0)
+
     for server in servers:
         transport, dns = await loop.create_datagram_endpoint(
             lambda s=server: _DnsClient(recorder, s.name, profile.timeout_s), remote_addr=(server.ipv4, DNS_PORT))
@@ -198,7 +224,7 @@ async def run_clients(servers: list[Server], duration: float, profile: TrafficPr
     async def reporter() -> None:
         while not stop.is_set():
             # A second is complete once its last request has had `timeout_s` to be answered.
-            complete = int(time.monotonic() - recorder.start - profile.timeout_s)
+            complete = int(time.monotonic() - recorder.start - answer_s)
             flush(min(complete, int(duration)))
             await asyncio.sleep(0.1)
 
@@ -207,7 +233,7 @@ async def run_clients(servers: list[Server], duration: float, profile: TrafficPr
     sending_s = min(time.monotonic() - recorder.start, duration)   # shorter when interrupted
     if not stop.is_set():
         try:
-            await asyncio.wait_for(stop.wait(), profile.timeout_s)   # late answers still count
+            await asyncio.wait_for(stop.wait(), answer_s)   # late answers still count
         except TimeoutError:
             pass
     stop.set()
@@ -215,9 +241,12 @@ async def run_clients(servers: list[Server], duration: float, profile: TrafficPr
     flush(math.ceil(sending_s))
     for task in list(tasks):
         task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     for transport in transports:
         transport.close()
+    await addresses.remove_all()
     return {"type": "summary", "duration_s": round(time.monotonic() - recorder.start, 3),
+            "started_at": round(recorder.started_at, 3),
             **recorder.report(recorder.totals)}
 
 
@@ -236,6 +265,92 @@ async def _http_get(recorder: _Recorder, server: str, address: str, timeout_s: f
         pass   # counted as sent, not ok
 
 
+class _NewAddresses:
+    """Source addresses never used before in this run, added to `<p>-cli`'s interface one by one.
+
+    With `ip` in a subprocess: pyroute2's IPRoute runs its own asyncio loop and cannot be used
+    from inside this one."""
+
+    def __init__(self):
+        self.v4 = iter(NEW_CLIENT_V4_HOSTS)
+        self.count = 0
+        self.added: set[str] = set()
+
+    def next_address(self) -> str:
+        # Alternate families like the HTTP clients; IPv6 alone once the /25 is used up.
+        self.count += 1
+        host = next(self.v4, None) if self.count % 2 else None
+        if host is not None:
+            return f"{ipaddress.ip_interface(CLIENT_V4).network[host]}/25"
+        return f"{ipaddress.ip_interface(CLIENT_V6).network[NEW_CLIENT_V6_FIRST + self.count]}/64"
+
+    async def take(self) -> str:
+        """A new address, usable at once (no duplicate address detection); returns it without length."""
+        interface = self.next_address()
+        argv = ["ip", "addr", "add", interface, "dev", Lab.HOST_IF] + (["nodad"] if ":" in interface else [])
+        await _ip(argv)
+        self.added.add(interface)
+        return interface.split("/")[0]
+
+    async def remove(self, address: str) -> None:
+        for interface in [i for i in self.added if i.split("/")[0] == address]:
+            self.added.discard(interface)
+            try:
+                await _ip(["ip", "addr", "del", interface, "dev", Lab.HOST_IF])
+            except OSError:
+                pass   # gone already; nothing left to clean
+
+    async def remove_all(self) -> None:
+        for interface in list(self.added):
+            await self.remove(interface.split("/")[0])
+
+
+async def _ip(argv: list[str]) -> None:
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise OSError(f"{' '.join(argv)}: {err.decode().strip()}")
+
+
+async def _new_client(recorder: _Recorder, addresses: _NewAddresses, server: Server) -> None:
+    """One first visit: connect from a new address, GET, a 200 within NEW_CLIENT_DEADLINE_S; no retry."""
+    source = await addresses.take()
+    target = server.ipv6 if ":" in source else server.ipv4
+    second, sent_at = recorder.sent("new-tcp", server.name)
+    writer = None
+    try:
+        async with asyncio.timeout(NEW_CLIENT_DEADLINE_S):
+            reader, writer = await asyncio.open_connection(target, HTTP_PORT, local_addr=(source, 0))
+            writer.write(f"GET / HTTP/1.1\r\nHost: {target}\r\nUser-Agent: seawall-lab-new\r\n\r\n".encode())
+            await writer.drain()
+            status = await reader.readline()
+        if status.startswith(b"HTTP/1.1 200 "):
+            recorder.ok("new-tcp", server.name, second, sent_at)
+    except (TimeoutError, OSError):
+        pass   # counted as sent, not ok
+    finally:
+        if writer is not None:
+            writer.close()
+        await addresses.remove(source)
+
+
+def split_by_windows(seconds: list[dict], started_at: float, windows: list[tuple[float, float]]) -> dict:
+    """Per service, sent/ok/success_rate of the per-second records whose middle lies in one of `windows`
+    (wall-clock start, end) ("during") or in none ("outside"); p50/p99 only exist for the whole run."""
+    out: dict[str, dict[str, list[int]]] = {"during": defaultdict(lambda: [0, 0]),
+                                            "outside": defaultdict(lambda: [0, 0])}
+    for record in seconds:
+        middle = started_at + record["second"] - 0.5
+        where = "during" if any(start <= middle < end for start, end in windows) else "outside"
+        for service, stats in record["services"].items():
+            out[where][service][0] += stats["sent"]
+            out[where][service][1] += stats["ok"]
+    return {where: {service: {"sent": sent, "ok": ok, "success_rate": round(ok / sent, 4) if sent else None}
+                    for service, (sent, ok) in sorted(cells.items())}
+            for where, cells in out.items()}
+
+
 class TrafficRun(JsonLinesProcess):
     """Legitimate clients in `<p>-cli` as a child process; `seconds` and `summary` are their JSON records."""
 
@@ -248,7 +363,8 @@ class TrafficRun(JsonLinesProcess):
         argv = ["ip", "netns", "exec", lab.ns("cli"), sys.executable, "-m", "appliance.lab.traffic",
                 "--lab", lab.name, "--duration", str(duration), "--game-pps", str(profile.game_pps),
                 "--http-rps", str(profile.http_rps), "--dns-qps", str(profile.dns_qps),
-                "--timeout", str(profile.timeout_s), "--json"]
+                "--timeout", str(profile.timeout_s), "--new-clients-per-s", str(profile.new_clients_per_s),
+                "--json"]
         super().__init__(argv, name="traffic")
 
 
@@ -272,6 +388,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http-rps", type=float, default=defaults.http_rps, help="HTTP GETs/s per web server")
     parser.add_argument("--dns-qps", type=float, default=defaults.dns_qps, help="DNS queries/s per server")
     parser.add_argument("--timeout", type=float, default=defaults.timeout_s, help="seconds per request")
+    parser.add_argument("--new-clients-per-s", type=float, default=defaults.new_clients_per_s,
+                        help="TCP connections/s to the game server's web port, each from a new source address")
     parser.add_argument("--json", action="store_true", help="JSON lines; the last line is the summary")
 
 
@@ -281,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lab", default="sw")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    profile = TrafficProfile(args.game_pps, args.http_rps, args.dns_qps, args.timeout)
+    profile = TrafficProfile(args.game_pps, args.http_rps, args.dns_qps, args.timeout, args.new_clients_per_s)
 
     def emit(record: dict) -> None:
         print(json.dumps(record) if args.json else format_second(record), flush=True)

@@ -173,10 +173,11 @@ def test_without_the_bridge_nothing_crosses_the_appliance(lab):
 
 def test_traffic_reports_success_and_latency_per_service_and_server(lab):
     lab.up(linux_bridge=True)
-    run = TrafficRun(lab, duration=2, profile=TrafficProfile(game_pps=200, http_rps=2, dns_qps=2)).start()
+    run = TrafficRun(lab, duration=2, profile=TrafficProfile(game_pps=200, http_rps=2, dns_qps=2,
+                                                             new_clients_per_s=4)).start()
     summary = run.wait(timeout=30)
     assert [s["second"] for s in run.seconds] == [1, 2]
-    for service in ("http", "game", "dns"):
+    for service in ("http", "game", "dns", "new-tcp"):
         stats = summary["services"][service]
         assert stats["sent"] > 0 and stats["success_rate"] == 1.0, (service, stats)
         assert 0 < stats["p50_ms"] <= stats["p99_ms"]
@@ -184,6 +185,14 @@ def test_traffic_reports_success_and_latency_per_service_and_server(lab):
     assert set(summary["servers"]) == {s.name for s in lab.servers}
     assert "game" in summary["servers"][lab.game_server.name]
     assert "http" in summary["servers"]["s4"]
+    # Issue 19: the new clients (a fresh address each) reach the game server's web port, and their
+    # addresses are gone from the client namespace afterwards.
+    assert summary["services"]["new-tcp"]["sent"] == pytest.approx(8, abs=1)
+    assert set(summary["servers"][lab.game_server.name]) >= {"game", "new-tcp"}
+    out = subprocess.run(["ip", "-n", lab.ns("cli"), "-j", "addr", "show", "dev", lab.HOST_IF], check=True,
+                         capture_output=True, text=True).stdout
+    globals_ = {a["local"] for link in json.loads(out) for a in link["addr_info"] if a.get("scope") == "global"}
+    assert globals_ == {"192.0.2.10", "2001:db8:ffff::10"}
 
 
 def test_traffic_reports_failures_when_nothing_crosses(lab):

@@ -12,7 +12,7 @@ import pytest
 from appliance.lab import TENANTS, Lab, lab_config
 from appliance.lab.scenario import REFERENCE, load_scenario, parse_scenario
 from appliance.lab.services import dns_answer
-from appliance.lab.traffic import dns_query
+from appliance.lab.traffic import TrafficProfile, _NewAddresses, dns_query, split_by_windows
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[3] / "appliance" / "examples" / "lab.toml"
 DOC_RANGES = [ipaddress.ip_network(n) for n in
@@ -92,3 +92,50 @@ def test_dns_service_answers_a_and_aaaa_and_ignores_garbage():
         ipaddress.IPv6Address("2001:db8:a::10").packed)
     assert dns_answer(b"\x00" * 5, "198.51.100.10", "2001:db8:a::10") is None
     assert dns_answer(answer, "198.51.100.10", "2001:db8:a::10") is None   # responses are not answered
+
+
+# -- issue 19: new TCP clients (a new source address each) in the lab's legitimate traffic ----------
+
+def test_issue19_reference_scenario_has_new_clients_at_the_attacked_web_port():
+    assert load_scenario(REFERENCE).legit.new_clients_per_s == 2
+
+
+@pytest.mark.parametrize("value,message", [
+    (-1, "legit: new_clients_per_s must be 0..50"),
+    (51, "legit: new_clients_per_s must be 0..50"),
+    ("two", "legit.new_clients_per_s: expected"),
+    (True, "legit.new_clients_per_s: expected"),
+])
+def test_issue19_bad_new_clients_per_s_names_the_key(value, message):
+    with pytest.raises(ValueError, match=message):
+        parse_scenario({"scenario": {"name": "x", "duration_s": 10}, "legit": {"new_clients_per_s": value}})
+
+
+def test_issue19_traffic_profile_validates_new_clients_per_s():
+    TrafficProfile(new_clients_per_s=0).validate()
+    TrafficProfile(new_clients_per_s=2.5).validate()
+    with pytest.raises(ValueError, match="new_clients_per_s"):
+        TrafficProfile(new_clients_per_s=-0.5).validate()
+
+
+def test_issue19_outcomes_split_by_the_seconds_an_attack_was_sending():
+    def second(n, sent, ok):
+        return {"type": "second", "second": n, "services": {"new-tcp": {"sent": sent, "ok": ok}}}
+    # Traffic started at t=1000; the attack sent from 1002.2 to 1004.9: the records of seconds 3, 4
+    # and 5 (middles 1002.5, 1003.5, 1004.5) are during it, seconds 1, 2 and 6 outside.
+    seconds = [second(1, 2, 2), second(2, 2, 2), second(3, 2, 1), second(4, 2, 2), second(5, 2, 2),
+               second(6, 2, 2)]
+    split = split_by_windows(seconds, 1000.0, [(1002.2, 1004.9)])
+    assert split["during"]["new-tcp"] == {"sent": 6, "ok": 5, "success_rate": 0.8333}
+    assert split["outside"]["new-tcp"] == {"sent": 6, "ok": 6, "success_rate": 1.0}
+
+
+def test_issue19_new_client_addresses_are_never_reused_and_stay_in_the_client_ranges():
+    pool = _NewAddresses()
+    taken = [pool.next_address() for _ in range(400)]    # more than the /25 holds: IPv6 takes over
+    assert len(set(taken)) == len(taken)
+    for interface in taken:
+        address = ipaddress.ip_interface(interface)
+        assert address.network in (ipaddress.ip_network("192.0.2.0/25"), ipaddress.ip_network("2001:db8:ffff::/64"))
+        assert str(address.ip) not in ("192.0.2.10", "192.0.2.1", "2001:db8:ffff::10", "2001:db8:ffff::1")
+    assert sum(":" not in i for i in taken) == len(range(11, 127))
