@@ -80,6 +80,9 @@ def parse_scenario(data: dict[str, Any]) -> Scenario:
         raise ValueError("scenario.duration_s: must be > 0")
     legit_table = data.get("legit", {})
     defaults = TrafficProfile()
+    extra = set(legit_table) - {f.name for f in dataclasses.fields(TrafficProfile)}
+    if extra:   # a misspelt key would otherwise quietly mean its default
+        raise ValueError(f"legit: unknown keys {', '.join(sorted(extra))}")
     legit = TrafficProfile(
         game_pps=float(_take(legit_table, "legit", "game_pps", number, defaults.game_pps)),
         http_rps=float(_take(legit_table, "legit", "http_rps", number, defaults.http_rps)),

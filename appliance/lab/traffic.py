@@ -185,7 +185,7 @@ async def run_clients(servers: list[Server], duration: float, profile: TrafficPr
             game_transport.sendto(b"GAME" + struct.pack("!Q", n) + padding)
         clients.append(_paced(profile.game_pps, duration, send_game, stop))
 
-    addresses = _NewAddresses()
+    addresses = NewClientAddresses()
     if game is not None and profile.new_clients_per_s > 0:
         def send_new() -> None:
             spawn(_new_client(recorder, addresses, game), "new-tcp")
@@ -265,7 +265,7 @@ async def _http_get(recorder: _Recorder, server: str, address: str, timeout_s: f
         pass   # counted as sent, not ok
 
 
-class _NewAddresses:
+class NewClientAddresses:
     """Source addresses never used before in this run, added to `<p>-cli`'s interface one by one.
 
     With `ip` in a subprocess: pyroute2's IPRoute runs its own asyncio loop and cannot be used
@@ -313,7 +313,7 @@ async def _ip(argv: list[str]) -> None:
         raise OSError(f"{' '.join(argv)}: {err.decode().strip()}")
 
 
-async def _new_client(recorder: _Recorder, addresses: _NewAddresses, server: Server) -> None:
+async def _new_client(recorder: _Recorder, addresses: NewClientAddresses, server: Server) -> None:
     """One first visit: connect from a new address, GET, a 200 within NEW_CLIENT_DEADLINE_S; no retry."""
     source = await addresses.take()
     target = server.ipv6 if ":" in source else server.ipv4

@@ -12,7 +12,7 @@ import pytest
 from appliance.lab import TENANTS, Lab, lab_config
 from appliance.lab.scenario import REFERENCE, load_scenario, parse_scenario
 from appliance.lab.services import dns_answer
-from appliance.lab.traffic import TrafficProfile, _NewAddresses, dns_query, split_by_windows
+from appliance.lab.traffic import NewClientAddresses, TrafficProfile, dns_query, split_by_windows
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[3] / "appliance" / "examples" / "lab.toml"
 DOC_RANGES = [ipaddress.ip_network(n) for n in
@@ -111,6 +111,11 @@ def test_issue19_bad_new_clients_per_s_names_the_key(value, message):
         parse_scenario({"scenario": {"name": "x", "duration_s": 10}, "legit": {"new_clients_per_s": value}})
 
 
+def test_a_misspelt_legit_key_is_refused_not_taken_as_its_default():
+    with pytest.raises(ValueError, match="legit: unknown keys new_client_per_s"):
+        parse_scenario({"scenario": {"name": "x", "duration_s": 10}, "legit": {"new_client_per_s": 2}})
+
+
 def test_issue19_traffic_profile_validates_new_clients_per_s():
     TrafficProfile(new_clients_per_s=0).validate()
     TrafficProfile(new_clients_per_s=2.5).validate()
@@ -131,7 +136,7 @@ def test_issue19_outcomes_split_by_the_seconds_an_attack_was_sending():
 
 
 def test_issue19_new_client_addresses_are_never_reused_and_stay_in_the_client_ranges():
-    pool = _NewAddresses()
+    pool = NewClientAddresses()
     taken = [pool.next_address() for _ in range(400)]    # more than the /25 holds: IPv6 takes over
     assert len(set(taken)) == len(taken)
     for interface in taken:
