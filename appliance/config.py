@@ -44,7 +44,7 @@ from escalation.config import BgpSettings, EscalationSettings, parse_bgp, parse_
 
 # [securewatch] is SecureWatch's own table: its settings, keys and checks are in securewatch.settings.
 from securewatch.settings import SecureWatchSettings, parse_settings
-from tenants.errors import ConfigError, did_you_mean, type_name
+from tenants.errors import ConfigError, did_you_mean, type_name, whole_number
 from tenants.io import parse_toml_document, read_text
 from tenants.model import TenantSet
 from tenants.templates import parse_values, resolve_tenant_tables
@@ -214,15 +214,8 @@ def _interface(table: dict[str, Any], key: str, problems: list[str]) -> str | No
 
 def _whole_number(table: dict[str, Any], key: str, default: int, bounds: tuple[int, int],
                   problems: list[str]) -> int:
-    value = table.get(key, default)
-    low, high = bounds
-    if isinstance(value, bool) or not isinstance(value, int):
-        problems.append(f"[appliance] {key}: expected an integer, got {type_name(value)} {value!r}")
-        return default
-    if not low <= value <= high:
-        problems.append(f"[appliance] {key}: must be between {low} and {high}, got {value}")
-        return default
-    return value
+    checked = whole_number(f"[appliance] {key}", table.get(key, default), *bounds, problems)
+    return default if checked is None else checked
 
 
 def _parse_appliance(table: dict[str, Any], problems: list[str]) -> ApplianceSettings:

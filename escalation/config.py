@@ -29,7 +29,7 @@ import ipaddress
 import math
 from typing import Any
 
-from tenants.errors import ConfigError, did_you_mean, type_name
+from tenants.errors import ConfigError, did_you_mean, type_name, whole_number
 
 AS_RANGE = (1, 4294967295)            # 4-octet AS numbers (RFC 6793); 0 is reserved (RFC 7607)
 COMMUNITY_PART_MAX = 65535            # each half of a standard community "ASN:value" is 16 bits
@@ -81,16 +81,6 @@ def _unknown(section: str, table: dict[str, Any], known: tuple[str, ...], proble
     problems.extend(f"[{section}] {key}: unknown key{did_you_mean(key, known)}" for key in table if key not in known)
 
 
-def _integer(where: str, value: Any, low: int, high: int, problems: list[str], what: str = "") -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        problems.append(f"{where}: expected an integer{what}, got {type_name(value)} {value!r}")
-        return None
-    if not low <= value <= high:
-        problems.append(f"{where}: must be between {low} and {high}{what}, got {value}")
-        return None
-    return value
-
-
 def _bool(where: str, value: Any, problems: list[str]) -> bool | None:
     if not isinstance(value, bool):
         problems.append(f"{where}: expected true or false, got {type_name(value)} {value!r}")
@@ -136,7 +126,7 @@ def parse_bgp(table: Any, problems: list[str]) -> BgpSettings | None:
     for key in ("local_as", "router_id"):
         if key not in table:
             problems.append(f"[bgp] {key}: required")
-    local_as = _integer("[bgp] local_as", table.get("local_as", 1), *AS_RANGE, problems, " (an AS number)")
+    local_as = whole_number("[bgp] local_as", table.get("local_as", 1), *AS_RANGE, problems, " (an AS number)")
     router_id = _address("[bgp] router_id", table.get("router_id", "0.0.0.0"), problems, version=4)
     raw_peers = table.get("peers", [])
     peers: list[PeerSettings] = []
@@ -168,7 +158,7 @@ def _parse_peer(where: str, raw: dict[str, Any], problems: list[str]) -> PeerSet
         if key not in raw:
             problems.append(f"{where} {key}: required")
     address = _address(f"{where} address", raw.get("address", "0.0.0.0"), problems)
-    peer_as = _integer(f"{where} peer_as", raw.get("peer_as", 1), *AS_RANGE, problems, " (an AS number)")
+    peer_as = whole_number(f"{where} peer_as", raw.get("peer_as", 1), *AS_RANGE, problems, " (an AS number)")
     flowspec = _bool(f"{where} flowspec", raw.get("flowspec", True), problems)
     rtbh = _bool(f"{where} rtbh", raw.get("rtbh", False), problems)
     communities: list[str] = []
@@ -207,7 +197,7 @@ def parse_escalation(table: Any, problems: list[str]) -> EscalationSettings:
     _unknown("escalation", table, ESCALATION_KEYS, problems)
     uplink = None
     if "uplink_bps" in table:
-        uplink = _integer("[escalation] uplink_bps", table["uplink_bps"], 1, 10 ** 15, problems, " bits/s")
+        uplink = whole_number("[escalation] uplink_bps", table["uplink_bps"], 1, 10 ** 15, problems, " bits/s")
     share = table.get("flowspec_at", DEFAULT_FLOWSPEC_AT)
     if isinstance(share, bool) or not isinstance(share, int | float) or not math.isfinite(share) \
             or not 0 < share <= 1:
@@ -219,7 +209,7 @@ def parse_escalation(table: Any, problems: list[str]) -> EscalationSettings:
             or not low <= hold <= high:
         problems.append(f"[escalation] hold_down_s: must be between {low:g} and {high:g} seconds, got {hold!r}")
         hold = DEFAULT_HOLD_DOWN_S
-    cap = _integer("[escalation] max_announcements", table.get("max_announcements", DEFAULT_MAX_ANNOUNCEMENTS),
+    cap = whole_number("[escalation] max_announcements", table.get("max_announcements", DEFAULT_MAX_ANNOUNCEMENTS),
                    1, MAX_ANNOUNCEMENTS_LIMIT, problems)
     return EscalationSettings(uplink_bps=uplink, flowspec_at=float(share), hold_down_s=float(hold),
                               max_announcements=cap or DEFAULT_MAX_ANNOUNCEMENTS)

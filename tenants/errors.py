@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 # Problems printed by str(error); the rest are summarised so a file with
 # thousands of mistakes still yields a readable message. `problems` keeps all.
@@ -64,3 +65,15 @@ def type_name(value: object) -> str:
     if isinstance(value, list | tuple):
         return "an array"
     return type(value).__name__
+
+
+def whole_number(where: str, value: Any, low: int, high: int, problems: list[str], unit: str = "") -> int | None:
+    """`value` when it is an integer within [low, high]; otherwise None, with the problem named
+    `where` appended (`unit`, e.g. " bits/s", follows the numbers in the message)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.append(f"{where}: expected an integer{unit}, got {type_name(value)} {value!r}")
+        return None
+    if not low <= value <= high:
+        problems.append(f"{where}: must be between {low} and {high}{unit}, got {value}")
+        return None
+    return value
