@@ -8,7 +8,6 @@ through `seawall run` with a real flood.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import signal
@@ -142,7 +141,6 @@ async def test_cap_holds_at_the_peer(escalation, peer):
     changes = escalation.step(time.monotonic(), FULL, incs, TENANTS)
     assert [c.action for c in changes] == [ANNOUNCE] * CAP + [REFUSE] * 2
     await await_until(lambda: len(peer.flow4()) == CAP, 15, 0.2, what="the cap's number of routes at BIRD")
-    await asyncio.sleep(0)  # let anything queued behind them reach the socket
     escalation.step(time.monotonic(), FULL, incs, TENANTS)
     marker = udp_incident("inc-x", "alpha", "203.0.113.40")
     escalation.withdraw("inc-c0", "noc")               # room for one: the marker takes it
