@@ -77,31 +77,41 @@ def _progress(message: str) -> None:
     print(f"... {message}", file=sys.stderr, flush=True)
 
 
+def _refused(command: str, problem: object) -> int:
+    """Bad arguments (or a run the benchmark refuses): the reason on stderr, exit status 2."""
+    print(f"{command}: {problem}", file=sys.stderr)
+    return 2
+
+
+def _show(text: str, result: object, as_json: bool) -> int:
+    """The figures for a reader, then (with --json) the result as one JSON object on the last line."""
+    print(text)
+    if as_json:
+        print(json.dumps(result, default=str))
+    return 0
+
+
+def _key_values(result: dict) -> str:
+    return "\n".join(f"{key:<32} {value}" for key, value in result.items())
+
+
 def bench_dataplane(args) -> int:
     from appliance.bench import dataplane  # noqa: PLC0415
 
     if args.tenants < 1 or not 0 <= args.rules <= min(args.tenants, 4096) or args.repeat < 1 or args.runs < 1:
-        print("seawall bench dataplane: need tenants >= 1, 0 <= rules <= min(tenants, 4096), repeat and runs >= 1",
-              file=sys.stderr)
-        return 2
+        return _refused("seawall bench dataplane",
+                        "need tenants >= 1, 0 <= rules <= min(tenants, 4096), repeat and runs >= 1")
     result = dataplane.run(args.tenants, args.rules, args.repeat, args.runs, args.stages, _progress)
-    print(dataplane.render(result))
-    if args.json:
-        print(json.dumps(result))
-    return 0
+    return _show(dataplane.render(result), result, args.json)
 
 
 def bench_synauth(args) -> int:
     from appliance.bench import synauth  # noqa: PLC0415
 
     if args.tenants < 1 or args.repeat < 1 or args.runs < 1:
-        print("seawall bench synauth: need tenants, repeat and runs >= 1", file=sys.stderr)
-        return 2
+        return _refused("seawall bench synauth", "need tenants, repeat and runs >= 1")
     result = synauth.run(args.tenants, args.repeat, args.runs, _progress)
-    print(synauth.render(result))
-    if args.json:
-        print(json.dumps(result))
-    return 0
+    return _show(synauth.render(result), result, args.json)
 
 
 def _parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
@@ -129,24 +139,15 @@ def bench_policy(args) -> int:
             sizes = DEFAULT_SWEEP if args.scale == "default" else _parse_sizes(args.scale)
             results = run_sweep(sizes, ticks=args.ticks, progress=_progress)
         except ValueError as exc:
-            print(f"seawall bench policy: {exc}", file=sys.stderr)
-            return 2
-        print(render_sweep(results))
-        if args.json:
-            print(json.dumps({"sweep": results}))
-        return 0
+            return _refused("seawall bench policy", exc)
+        return _show(render_sweep(results), {"sweep": results}, args.json)
     _progress(f"{args.destinations:,} destinations, {args.tenants:,} tenants, {args.ticks} ticks")
     try:
         result = run_benchmark(destinations=args.destinations, tenants=args.tenants, ticks=args.ticks,
                                prefixes=args.prefixes)
     except ValueError as exc:
-        print(f"seawall bench policy: {exc}", file=sys.stderr)
-        return 2
-    for key, value in result.items():
-        print(f"{key:<32} {value}")
-    if args.json:
-        print(json.dumps(result, default=str))
-    return 0
+        return _refused("seawall bench policy", exc)
+    return _show(_key_values(result), result, args.json)
 
 
 def _bench_loop_latency(args) -> int:
@@ -156,32 +157,22 @@ def _bench_loop_latency(args) -> int:
         sizes = tuple(int(v) for v in args.sizes.split(","))
         result = loop_latency.run(sizes=sizes, tenants=args.tenants, seconds=args.seconds, progress=_progress)
     except ValueError as exc:   # a size that is not a number, or one the synthetic dataplane refuses
-        print(f"seawall bench policy --loop-latency: {exc}", file=sys.stderr)
-        return 2
-    print(loop_latency.render(result))
-    if args.json:
-        print(json.dumps(result))
-    return 0
+        return _refused("seawall bench policy --loop-latency", exc)
+    return _show(loop_latency.render(result), result, args.json)
 
 
 def _bench_policy_real(args) -> int:
     from appliance.bench import policy_real  # noqa: PLC0415
 
     if args.scale is not None:
-        print("seawall bench policy: --real measures one size (--destinations, --tenants), not a --scale sweep",
-              file=sys.stderr)
-        return 2
+        return _refused("seawall bench policy",
+                        "--real measures one size (--destinations, --tenants), not a --scale sweep")
     try:
         result = policy_real.run(destinations=args.destinations, tenants=args.tenants, ticks=args.ticks,
                                  warmup_ticks=args.warmup_ticks, prefixes=args.prefixes, progress=_progress)
     except (PermissionError, ValueError) as exc:
-        print(f"seawall bench policy --real: {exc}", file=sys.stderr)
-        return 2
-    for key, value in result.items():
-        print(f"{key:<32} {value}")
-    if args.json:
-        print(json.dumps(result))
-    return 0
+        return _refused("seawall bench policy --real", exc)
+    return _show(_key_values(result), result, args.json)
 
 
 def bench_mitigation(args) -> int:
@@ -190,32 +181,26 @@ def bench_mitigation(args) -> int:
     vectors = tuple(v for v in args.vectors.split(",") if v)
     unknown = [v for v in vectors if v not in mitigation.BUDGETS]
     if unknown or args.pps < 1 or args.budget < 1 or args.runs < 1:
-        print(f"seawall bench mitigation: vectors from {', '.join(mitigation.BUDGETS)}; pps, budget, runs >= 1",
-              file=sys.stderr)
-        return 2
+        return _refused("seawall bench mitigation",
+                        f"vectors from {', '.join(mitigation.BUDGETS)}; pps, budget, runs >= 1")
     result = mitigation.run(vectors, args.pps, args.budget, args.runs, _progress)
-    print(f"flood {result['flood_pps']:,} pps against a {result['budget_pps']:,} pps per-destination budget")
+    lines = [f"flood {result['flood_pps']:,} pps against a {result['budget_pps']:,} pps per-destination budget"]
     for vector, r in result["vectors"].items():
         per_run = ", ".join(str(f["first_drop_ms"]) for f in r["runs"])
-        print(f"  {vector:<5} first drop after {r['first_drop_ms_median']} ms (median; runs: {per_run})")
-    if args.json:
-        print(json.dumps(result))
-    return 0
+        lines.append(f"  {vector:<5} first drop after {r['first_drop_ms_median']} ms (median; runs: {per_run})")
+    return _show("\n".join(lines), result, args.json)
 
 
 def bench_escalation(args) -> int:
     from appliance.bench import escalation  # noqa: PLC0415
 
     if args.runs < 1 or args.pps < 1:
-        print("seawall bench escalation: --runs and --pps must be >= 1", file=sys.stderr)
-        return 2
+        return _refused("seawall bench escalation", "--runs and --pps must be >= 1")
     result = escalation.run(args.runs, args.pps, _progress)
     per_run = ", ".join(f"{r['route_s']}" for r in result["runs"])
-    print(f"flood {result['pps']:,} pps over a {result['uplink_bps'] / 1e6:g} Mbit/s uplink: FlowSpec route at the "
-          f"peer {result['route_s_median']} s after the first packet (median; runs: {per_run} s)")
-    if args.json:
-        print(json.dumps(result))
-    return 0
+    return _show(f"flood {result['pps']:,} pps over a {result['uplink_bps'] / 1e6:g} Mbit/s uplink: FlowSpec route "
+                 f"at the peer {result['route_s_median']} s after the first packet (median; runs: {per_run} s)",
+                 result, args.json)
 
 
 def bench_securewatch(args) -> int:
@@ -225,9 +210,5 @@ def bench_securewatch(args) -> int:
         result = securewatch.run(tenants=args.tenants, clients=args.clients, requests=args.requests,
                                  put_every=args.put_every, time_limit_s=args.time_limit, progress=_progress)
     except (ValueError, RuntimeError) as exc:
-        print(f"seawall bench securewatch: {exc}", file=sys.stderr)
-        return 2
-    print(securewatch.render(result))
-    if args.json:
-        print(json.dumps(result))
-    return 0
+        return _refused("seawall bench securewatch", exc)
+    return _show(securewatch.render(result), result, args.json)
