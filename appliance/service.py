@@ -439,7 +439,7 @@ class Appliance:
             "notifiers": {name: s.to_public_dict() for name, s in self.notifiers.status().items()}
             if self.notifiers else {},
             "securewatch": self.securewatch_url,
-            "bgp": self.escalation.status() if self.escalation is not None else None,
+            "bgp": self.bgp_status(),
             # SYN authentication's counters (cookie SYN-ACKs, validations, splices), appliance-wide.
             "synauth": self.dataplane.read_synauth_stats() if self.dataplane else {},
         }

@@ -25,7 +25,7 @@ from dataplane.api import DataplaneError
 from dataplane.constants import Direction, Port
 from dataplane.memory import release_compiler_code, release_freed_heap
 from dataplane.reader import MapRef
-from dataplane.sizing import MAX_CACHE_BITS, MIN_CACHE_BITS
+from dataplane.sizing import MAX_ADDRESSES_RANGE, MAX_CACHE_BITS, MIN_CACHE_BITS
 
 log = structlog.get_logger("seawall.dataplane")
 
@@ -77,8 +77,9 @@ class Program:
         self.pin_dir = pin_dir
         cflags = [*constants.cflags(), *defines, f"-I{BPF_DIR}"]
         if max_addresses != constants.MAX_ADDRESSES:
-            if not 1024 <= max_addresses <= 16 * 1024 * 1024:
-                raise DataplaneError(f"max_addresses {max_addresses} is outside 1024..16777216")
+            low, high = MAX_ADDRESSES_RANGE
+            if not low <= max_addresses <= high:
+                raise DataplaneError(f"max_addresses {max_addresses} is outside {low}..{high}")
             cflags = [f for f in cflags if not f.startswith("-DSW_MAX_ADDRESSES=")]
             cflags.append(f"-DSW_MAX_ADDRESSES={int(max_addresses)}U")
         if cache_bits != constants.ADDRESS_CACHE_BITS:

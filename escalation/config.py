@@ -29,6 +29,7 @@ import ipaddress
 import math
 from typing import Any
 
+from escalation.routes import FLOWSPEC
 from tenants.errors import ConfigError, did_you_mean, type_name, whole_number
 
 AS_RANGE = (1, 4294967295)            # 4-octet AS numbers (RFC 6793); 0 is reserved (RFC 7607)
@@ -55,6 +56,10 @@ class PeerSettings:
     rtbh_communities: tuple[str, ...] = (BLACKHOLE_COMMUNITY,)
     local_address: str | None = None    # None: the router id (IPv4 peers)
     rtbh_next_hop6: str | None = None   # IPv6 RTBH next hop; None: the IPv4-mapped router id
+
+    def takes(self, kind: str) -> bool:
+        """Whether this peer is to receive announcements of `kind` (flowspec or rtbh)."""
+        return self.flowspec if kind == FLOWSPEC else self.rtbh
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

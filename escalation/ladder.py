@@ -105,7 +105,7 @@ class Ladder:
         return [a for a in self.announcements.values() if a.incident == incident_id]
 
     def peers_for(self, kind: str) -> list[str]:
-        return [p.address for p in self.bgp.peers if (p.flowspec if kind == FLOWSPEC else p.rtbh)]
+        return [p.address for p in self.bgp.peers if p.takes(kind)]
 
     # -- the automatic ladder ---------------------------------------------------
 

@@ -38,7 +38,7 @@ from typing import Any
 import structlog
 
 from .config import BgpSettings, PeerSettings
-from .routes import FLOWSPEC, BlackholeRoute, Route
+from .routes import BlackholeRoute, Route
 
 log = structlog.get_logger("seawall.bgp")
 
@@ -284,7 +284,7 @@ class Speaker:
 
     def _command(self, verb: str, route: Route) -> None:
         for peer in self.bgp.peers:
-            if not (peer.flowspec if route.kind == FLOWSPEC else peer.rtbh):
+            if not peer.takes(route.kind):
                 continue
             if isinstance(route, BlackholeRoute):
                 nlri = route.exabgp_nlri(peer.rtbh_communities, self.bgp.router_id, peer.rtbh_next_hop6)

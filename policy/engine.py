@@ -691,29 +691,26 @@ class PolicyEngine:
         if not todo:
             return [], []
         since = self._since(inc.tenant_idx, inc.target, now)
-        # The tenant's clients and the peers its servers answer: TTL evidence when the target has too
-        # few legitimate samples of its own (issue 20, item 3).
-        tenant_legit = None
         if inc.target is None:
             attack = self._window.for_tenant(inc.tenant_idx, since)
             legit = parse_samples(list(self._legit_tenant.get(inc.tenant_idx, ())))
-            if len(legit) < MIN_TTL_EVIDENCE_SAMPLES:
-                tenant_legit = parse_samples([*self._legit_tenant.get(inc.tenant_idx, ()),
-                                              *self._peer_legit.get(inc.tenant_idx, ())])
             pps_row, mean_row = tenants.pps[inc.tenant_idx], self.tenant_baseline.mean[inc.tenant_idx]
             base_thr = self.tenant_baseline.baseline_threshold(np.array([inc.tenant_idx]))[0]
         else:
             attack = self._window.for_destination(inc.target, since)
             legit = parse_samples(list(self._legit.get(inc.target, ())))
-            if len(legit) < MIN_TTL_EVIDENCE_SAMPLES:   # only then does the signature consult the tenant's
-                tenant_legit = parse_samples([*self._legit_tenant.get(inc.tenant_idx, ()),
-                                              *self._peer_legit.get(inc.tenant_idx, ())])
             slot = self.rates.slots.slot_of(inc.target)
             row = row_of_slot[slot] if slot is not None else -1
             if row < 0:
                 return [], []
             pps_row, mean_row = dest.pps[row], self.dest_baseline.mean[slot]
             base_thr = self.dest_baseline.baseline_threshold(np.array([slot]))[0]
+        # The tenant's clients and the peers its servers answer: TTL evidence when the target has too
+        # few legitimate samples of its own (issue 20, item 3); only then does the signature read them.
+        tenant_legit = None
+        if len(legit) < MIN_TTL_EVIDENCE_SAMPLES:
+            tenant_legit = parse_samples([*self._legit_tenant.get(inc.tenant_idx, ()),
+                                          *self._peer_legit.get(inc.tenant_idx, ())])
         added: list[int] = []
         removed: list[int] = []
         for tc in todo:

@@ -156,8 +156,9 @@ class PrefixAggregates:
             pps[:, c] = np.bincount(rows, weights=np.where(valid, dest.pps[:, c], 0.0), minlength=n_prefixes + 1)
         pps = pps[:n_prefixes]
         b = self.baseline
-        p_cap = (b.mean + b.k_sigma * np.sqrt(b.var)) * b.margin
-        threshold = destination_threshold(p_cap, b.learned_s, b.learned_s >= b.warmup_s, b,
+        every = np.arange(n_prefixes)
+        p_cap = b.baseline_threshold(every)
+        threshold = destination_threshold(p_cap, b.learned_s, b.warm(every), b,
                                           min_tenant_pps[self._tenant][:, None],
                                           sensitivity[self._tenant][:, None])
         p_anomalous = (pps > threshold) & bool(dest.valid.any())

@@ -31,6 +31,7 @@ from .context import (
     not_found,
     parse_version_tags,
     principal_of,
+    query_int,
     read_json,
     require_admin,
     scoped_status,
@@ -381,8 +382,8 @@ async def audit_page_of(request: web.Request) -> AuditPage:
         if len(value) > AUDIT_FILTER_MAX_CHARS:
             raise ApiError(400, f"{key}: at most {AUDIT_FILTER_MAX_CHARS} characters",
                            [f"{key}: at most {AUDIT_FILTER_MAX_CHARS} characters"])
-    limit = _query_int(request, "limit", AUDIT_PAGE_DEFAULT, 1, AUDIT_PAGE_MAX)
-    before = _query_int(request, "before", None, 1, 2**63 - 1)
+    limit = query_int(request, "limit", AUDIT_PAGE_DEFAULT, 1, AUDIT_PAGE_MAX)
+    before = query_int(request, "before", None, 1, 2**63 - 1)
     # One more than asked for tells whether another page follows.
     entries = await request.app[STORE].audit_log(tenant=filters["tenant"] or None, limit=limit + 1, before=before,
                                                  actor=filters["actor"] or None, action=filters["action"] or None)
@@ -394,17 +395,6 @@ async def audit_page_of(request: web.Request) -> AuditPage:
         query = {"limit": str(limit), "before": str(cursor)} | {k: v for k, v in filters.items() if v}
         nxt = str(request.rel_url.with_query(query))
     return AuditPage(entries, cursor, nxt, filters)
-
-
-def _query_int(request: web.Request, name: str, default: int | None, low: int, high: int) -> int | None:
-    text = request.query.get(name, "")
-    if text == "":
-        return default
-    # ASCII digits only ("²" is a digit to str.isdigit) and short enough for a 64-bit integer.
-    if not (text.isascii() and text.isdigit()) or len(text) > 19 or not low <= int(text) <= high:
-        raise ApiError(400, f"{name}: expected a whole number from {low} to {high}",
-                       [f"{name}: expected a whole number from {low} to {high}"])
-    return int(text)
 
 
 def _dumps(value: Any) -> str:

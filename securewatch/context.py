@@ -305,3 +305,16 @@ async def tenant_versions_shown(request: web.Request, tenant_id: str) -> list[Te
     versions = await request.app[STORE].tenant_versions(tenant_id)
     shown = await shown_actors(request, [v.created_by for v in versions])
     return [dataclasses.replace(v, created_by=shown[v.created_by]) for v in versions]
+
+
+def query_int(request: web.Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    """A whole-number query parameter within [low, high] (`default` when absent or empty); 400 otherwise."""
+    text = request.query.get(name, "")
+    if text == "":
+        return default
+    # ASCII digits only ("²" is a digit to str.isdigit) and short enough for a 64-bit integer: int() of
+    # thousands of digits is refused by Python itself.
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or not low <= int(text) <= high:
+        raise ApiError(400, f"{name}: expected a whole number from {low} to {high}",
+                       [f"{name}: expected a whole number from {low} to {high}"])
+    return int(text)

@@ -32,6 +32,7 @@ from .context import (
     STORE,
     ApiError,
     principal_of,
+    query_int,
     scoped_status,
     visible_tenant,
 )
@@ -67,16 +68,6 @@ async def _stop_streams(app: web.Application) -> None:
 
 # -- the tenant table ---------------------------------------------------------------------------
 
-def _query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    text = request.query.get(name)
-    if text is None or text == "":
-        return default
-    if not (text.isascii() and text.isdigit()) or not lo <= int(text) <= hi:
-        raise ApiError(400, f"{name}: expected a whole number between {lo} and {hi}",
-                       [f"{name}: expected a whole number between {lo} and {hi}"])
-    return int(text)
-
-
 async def current_rates(request: web.Request) -> dict[str, dict[str, Any]]:
     """Each readable tenant's current rates: the appliance's last tick, or the newest stored second."""
     p = principal_of(request)
@@ -105,8 +96,8 @@ async def tenant_page(request: web.Request) -> dict[str, Any]:
     sort = request.query.get("sort") or "traffic"
     if sort not in SORTS:
         raise ApiError(400, f"sort: {sort!r} is not one of {', '.join(SORTS)}", [f"sort: one of {', '.join(SORTS)}"])
-    per_page = _query_int(request, "per_page", PER_PAGE_DEFAULT, 1, PER_PAGE_MAX)
-    page = _query_int(request, "page", 1, 1, 10**6)
+    per_page = query_int(request, "per_page", PER_PAGE_DEFAULT, 1, PER_PAGE_MAX)
+    page = query_int(request, "page", 1, 1, 10**6)
     tenants = [t for t in await request.app[STORE].tenant_set() if p.can_read(t.id)]
     if q:
         tenants = [t for t in tenants if _matches(t, q)]
@@ -181,7 +172,7 @@ async def live_tick(request: web.Request, tenant_id: str, ids: list[str], after:
 async def api_live(request: web.Request) -> web.StreamResponse:
     p = principal_of(request)
     tenant_id = (await visible_tenant(request, request.match_info["tenant_id"])).id
-    events = _query_int(request, "events", 0, 0, 10**9)   # 0: until the client goes away
+    events = query_int(request, "events", 0, 0, 10**9)   # 0: until the client goes away
     ids = [i for i in dict.fromkeys(request.query.get("ids", "").split(",")) if i and p.can_read(i)][:LIVE_MAX_IDS]
     try:
         after = float(request.query.get("after") or 0.0)

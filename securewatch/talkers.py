@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .context import OPTIONS, STORE, ApiError, visible_incident, visible_tenant
+from .context import OPTIONS, STORE, query_int, visible_incident, visible_tenant
 from .store import IncidentFilter
 
 MAX_PACKETS = 200_000          # records read from one capture (the engine's files are bounded too)
@@ -108,13 +108,6 @@ def _frame(t: _Tally, frame: bytes, wire_length: int) -> None:
             t.flags[_flags(frame[ports_at + 13])] += 1
 
 
-def read_capture(path: pathlib.Path) -> dict[str, Any]:
-    """The anatomy of one PCAP file; ValueError when it is not a libpcap file."""
-    tally = _Tally()
-    _read_into(tally, path)
-    return tally.to_dict()
-
-
 def _read_into(tally: _Tally, path: pathlib.Path) -> None:
     with path.open("rb") as f:
         header = f.read(_PCAP_HEADER)
@@ -175,16 +168,13 @@ async def api_talkers(request: web.Request) -> web.Response:
 async def api_tenant_talkers(request: web.Request) -> web.Response:
     """A tenant's attack anatomy: the captures of its most recent incidents over `days`."""
     tenant = await visible_tenant(request, request.match_info["tenant_id"])
-    text = request.query.get("days", str(TENANT_SPAN_DAYS))
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 366:
-        raise ApiError(400, "days: expected a whole number between 1 and 366",
-                       ["days: expected a whole number between 1 and 366"])
+    days = query_int(request, "days", TENANT_SPAN_DAYS, 1, 366)
     store = request.app[STORE]
-    incidents = await store.incidents(IncidentFilter(tenant=tenant.id, since=time.time() - int(text) * 86400,
+    incidents = await store.incidents(IncidentFilter(tenant=tenant.id, since=time.time() - days * 86400,
                                                      limit=TENANT_INCIDENTS))
     pcap_sets = [await store.pcaps(i.id) for i in incidents]
     anatomy = await asyncio.to_thread(lambda: incident_anatomy(*pcap_sets, root=request.app[OPTIONS]["pcap_root"]))
-    return web.json_response({"tenant": tenant.id, "days": int(text), "incidents": [i.id for i in incidents],
+    return web.json_response({"tenant": tenant.id, "days": days, "incidents": [i.id for i in incidents],
                               **anatomy})
 
 

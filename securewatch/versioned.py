@@ -44,6 +44,7 @@ from .context import (
     audit,
     not_found,
     principal_of,
+    require_admin,
 )
 from .store import TenantSetChanged, TenantState
 
@@ -386,8 +387,7 @@ async def rollback_tenant(request: web.Request, tenant_id: str, version: Any) ->
     POST /api/v1/tenants/{id}/rollback and the admin pages' buttons. A deleted tenant comes back;
     a version that is a deletion removes it. The old table is validated against today's set
     (an overlap with a tenant created since is a ConfigError)."""
-    if not principal_of(request).is_admin:
-        raise ApiError(403, "only an administrator may do this")
+    require_admin(request)
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ApiError(422, "version: expected a whole number from 1", ["version: expected a whole number from 1"])
     versions = await request.app[STORE].tenant_versions(tenant_id)

@@ -11,14 +11,14 @@ template's value follows the template again.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from tenants.errors import ConfigError
+from tenants.model import TENANT_ID_PATTERN, TENANT_ID_RULE
 from tenants.policy import SYN_AUTH_ALIAS, TenantPolicy
 
-TEMPLATE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-TEMPLATE_NAME_RULE = "lowercase letters, digits, '-' and '_', starting with a letter or digit, at most 63 characters"
+# Template names follow the rule of tenant ids.
+TEMPLATE_NAME, TEMPLATE_NAME_RULE = TENANT_ID_PATTERN, TENANT_ID_RULE
 DEFAULTS = TenantPolicy().to_dict()
 
 

@@ -620,13 +620,15 @@ static __always_inline struct sw_token_bucket *sw_synack_global_bucket(void)
     __u32 zero = 0;
     return sw_synack_global.lookup(&zero);
 }
+/* Tokens of a full SYN-ACK bucket: SW_SYNACK_BURST_MS of its rate, in 64 bits (no overflow). */
+#define SW_SYNACK_BURST(rate) ((__s64)((__u64)(rate) * SW_SYNACK_BURST_MS / 1000) + 1) /* 64-bit: no overflow */
 /* A destination's SYN-ACK bucket, created full (SW_SYNACK_RATE_PPS) on its first SYN. */
 static __always_inline struct sw_token_bucket *sw_synack_bucket_of(struct sw_addr_key *dst, __u64 now)
 {
     struct sw_token_bucket *b = sw_synack_buckets.lookup(dst);
     if (b)
         return b;
-    struct sw_token_bucket fresh = {.last_ns = now, .tokens = (__u64)SW_SYNACK_RATE_PPS * SW_SYNACK_BURST_MS / 1000 + 1};
+    struct sw_token_bucket fresh = {.last_ns = now, .tokens = SW_SYNACK_BURST(SW_SYNACK_RATE_PPS)};
     sw_synack_buckets.update(dst, &fresh);
     return sw_synack_buckets.lookup(dst);
 }

@@ -59,7 +59,6 @@ static __always_inline int sw_synauth_take(struct sw_token_bucket *b, __u64 now,
     return 1;
 }
 
-#define SW_SYNACK_BURST(rate) ((__s64)((__u64)(rate) * SW_SYNACK_BURST_MS / 1000) + 1) /* 64-bit: no overflow */
 
 static __always_inline void sw_synauth_validate(const __u64 *addr, __u64 now)
 {

@@ -196,6 +196,9 @@ async def test_item2_console_tenants_search_sort_paging_on_the_server(tmp_path):
             assert status == 400 and "sort" in body["error"]
             status, body = await _get(http, f"{url}/api/v1/console/tenants?per_page=0", admin)
             assert status == 400 and "per_page" in body["error"]
+            # More digits than Python's int() takes: still the caller's error, not the server's.
+            status, body = await _get(http, f"{url}/api/v1/console/tenants?page={'9' * 5000}", admin)
+            assert status == 400 and "page" in body["error"]
 
 
 async def test_item2_access_tenant_user_sees_only_its_own_series_rows_and_stream(tmp_path):
