@@ -200,6 +200,63 @@ class DestinationCounters:
                    dropped_packets=dropped_packets)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class FlowCounters:
+    """Connection accounting (issue 15) for the destinations of protected tenants, summed over CPUs.
+
+    One row per tracked key: per destination (`sources` is None) or per (destination, source)
+    pair. Counters are cumulative since the row entered its LRU map (rates by key, as for
+    `DestinationCounters`: rows come and go as the map evicts); `established` is a gauge.
+    """
+
+    keys: np.ndarray               # (N, 2) uint64: the destination's 16-byte key (see dataplane.keys)
+    sources: np.ndarray | None     # (N, 2) uint64: the source's key, or None for per-destination rows
+    tenant_idx: np.ndarray         # (N,) uint32
+    new_connections: np.ndarray    # (N,) uint64: handshakes completed (SYN, SYN-ACK, then the client's ACK)
+    established: np.ndarray        # (N,) int64: connections open now (completed, not yet FIN/RST)
+    http_requests: np.ndarray      # (N,) uint64: client segments starting an HTTP/1.x request line
+    tls_hellos: np.ndarray         # (N,) uint64: client segments carrying a TLS ClientHello
+    bytes_to_server: np.ndarray    # (N,) uint64: TCP payload bytes, client -> server
+    bytes_to_client: np.ndarray    # (N,) uint64: TCP payload bytes, server -> client
+    evictions: int = 0             # rows the LRU map pushed out since load (the cap was reached)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def addresses(self) -> AddressView:
+        return AddressView(self.keys)
+
+    @property
+    def source_addresses(self) -> AddressView | None:
+        return None if self.sources is None else AddressView(self.sources)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SourceLimit:
+    """Per-source connection limits (issue 15) for one attacked destination and port of a tenant:
+    each source may open `new_per_s` connections a second (burst `new_burst`) and hold
+    `max_concurrent` at once; beyond them its SYNs are dropped."""
+
+    tenant_idx: int
+    dst: IPAddress
+    dport: int | None              # None: every port of the destination
+    new_per_s: int
+    new_burst: int
+    max_concurrent: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BlockedSource:
+    """A source on a tenant's dynamic block list (issue 15): every packet from it to the tenant is
+    dropped until `expires_ns` (CLOCK_MONOTONIC)."""
+
+    tenant_idx: int
+    src: IPAddress
+    expires_ns: int
+    reason: str                    # kept in Python (the map holds only the expiry): shown in status, UI, API
+
+
 class DataplaneLike(Protocol):
     """What the policy engine and SecureWatch may call on the dataplane: every method the engine
     calls, so a dataplane that lacks one fails the type check, not a tick
@@ -216,5 +273,5 @@ class DataplaneLike(Protocol):
 
 
 __all__ = ["DataplaneError", "Range", "Rule", "RuleCounters", "Sample", "TenantCounters", "TenantCounterArrays",
-           "DestinationCounters", "AddressView",
+           "DestinationCounters", "AddressView", "FlowCounters", "SourceLimit", "BlockedSource",
            "DataplaneLike", "TrafficClass", "DropReason", "Direction", "RuleAction", "IPAddress"]
