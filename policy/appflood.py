@@ -10,11 +10,11 @@ turns them into rates once a tick.
 
 Per server (a protected destination address)
 --------------------------------------------
-Six metrics, each with its own EWMA baseline (`policy.baseline.EwmaBaseline`, the volumetric
+Seven metrics, each with its own EWMA baseline (`policy.baseline.EwmaBaseline`, the volumetric
 classes' machinery: same half-life, warm-up, k·sigma and margin, attack seconds not learned):
-new connections/s, established connections, HTTP requests/s, TLS hellos/s, and client and
-server payload bytes per connection (the tick's bytes over the connections that carried them,
-max(established, new)). The first four are triggers: one above
+new connections/s, established connections, HTTP requests/s, TLS hellos/s, client and server
+payload bytes/s per connection (over the connections that carried them, max(established,
+new/s)), and client bytes per TLS handshake. The first four are triggers: one above
 ``max(floor, (mean + k·sigma)·margin)`` (the floor times `warmup_factor` during warm-up) makes
 the server a candidate. The byte metrics are shape evidence only.
 
@@ -29,17 +29,18 @@ form the server's known-good set (the `known_good_per_server` most recently seen
 Vectors (confidence 0..1; each a gate times rate evidence)
 ----------------------------------------------------------
 Rate evidence: ``(0.45·magnitude + 0.35·excess share + 0.2·source share)·(0.6 + 0.4·magnitude)``
-(as in `policy.classify`), where the source share is the part of the excess carried by sources
-above the normal per-source rate. Gates:
-- `http_flood`: requests/s anomalous; gate = the source share itself. A flood needs each bot to
-  ask far more than a client does, or it needs so many bots that it is a crowd.
+(as in `policy.classify`), where the source share is the part of the excess that sources above
+the per-source limit (normal rate × `limit_multiplier`) carry. Ratios that say what the new
+connections do are taken over the excess (what is above the baseline's means), since the usual
+clients go on as before. Gates:
+- `http_flood`: requests/s anomalous; gate = the source share of requests itself.
 - `tls_flood`: hellos/s anomalous; gate = little client data after the hello (client bytes per
-  connection beyond a hello, against the baseline's).
-- `slowloris`: established anomalous; gate = tiny client bytes per connection (under
-  `SLOW_BYTES_PER_CONN_S`) × few requests per open connection × connections that did start a
-  request (recent requests per new connection).
-- `tcp_connection_flood`: new connections/s or established anomalous; gate = connections without
-  requests (1 − recent requests-and-hellos per new connection, over `STARTS_PER_CONN`).
+  handshake beyond `HELLO_BYTES`, against the baseline's).
+- `slowloris`: established anomalous; gate = the extra connections carry tiny client bytes
+  (under `SLOW_BYTES_PER_CONN_S` each) × few requests (under `FEW_REQUESTS_PER_CONN_S` each) ×
+  the new connections did start requests (short averages, `STARTS_PER_CONN`).
+- `tcp_connection_flood`: new connections/s or established anomalous; gate = the new connections
+  start no requests or TLS sessions (1 − the slowloris' last factor).
 
 Flash crowd vs flood
 --------------------
@@ -522,12 +523,11 @@ class AppFloodDetector:
         n_sources = len(view.src) if view is not None else 0
 
         def source_share(m: int, metric_total: float, metric_mean: float) -> float:
-            """Share of the excess of a metric carried by sources above their normal rate (beyond it)."""
+            """Share of the excess of a metric that sources above the per-source limit carry."""
             if view is None:
                 return NEUTRAL
             col = view.rates[:, m]
-            above = col > limits[m]
-            carried = float(np.sum(col[above] - normal[m]))
+            carried = min(float(np.sum(col[col > limits[m]])), metric_total - metric_mean)
             return float(np.clip(carried / max(metric_total - metric_mean, 1e-9), 0.0, 1.0))
 
         def top_share(m: int) -> float:
