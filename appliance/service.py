@@ -421,7 +421,8 @@ class Appliance:
                 "name": t.name, "mode": t.mode, "index": idx, "prefixes": [str(p) for p in t.prefixes],
                 **traffic[t.id],
                 # Per-destination class budgets in force: the policy's, or derived from the baselines.
-                "class_budgets": self.engine.budgets.effective(idx, t.policy) if self.engine else None})
+                "class_budgets": self.engine.budgets.effective(idx, t.policy) if self.engine else None,
+                **self._blocked_sources(idx)})
         return {
             "pid": os.getpid(),
             "updated": time.time(),
@@ -443,6 +444,14 @@ class Appliance:
             # SYN authentication's counters (cookie SYN-ACKs, validations, splices), appliance-wide.
             "synauth": self.dataplane.read_synauth_stats() if self.dataplane else {},
         }
+
+    def _blocked_sources(self, idx: int) -> dict[str, Any]:
+        """A tenant's dynamic block list (issue 15) as the policy engine keeps it, reasons included."""
+        if self.engine is None:
+            return {"blocked_sources": [], "blocked_sources_total": 0}
+        flood = self.engine.appflood
+        return {"blocked_sources": flood.blocked_sources(idx, time.monotonic(), time.time()),
+                "blocked_sources_total": flood.blocked_count(idx)}
 
     def _incidents(self) -> list[IncidentStatus]:
         """Open incidents, newest first, in the shape the status file and the demo show."""

@@ -741,6 +741,17 @@ class AppFloodDetector:
             log.warning("appflood.block", sources=len(new), tenants=sorted({b.tenant_idx for b in new}),
                         first=str(new[0].src), reason=new[0].reason)
 
+    def blocked_sources(self, tenant_idx: int, now: float, wall: float, limit: int = 256) -> list[dict[str, Any]]:
+        """The newest `limit` entries of a tenant's block list: source, reason and expiry (seconds since the
+        epoch, from the monotonic `now` and the wall clock `wall` read together). Safe to call from another
+        thread while a tick runs (copied with one C-level call first)."""
+        listed = list((self.blocked.get(tenant_idx) or {}).values())[-limit:]
+        return [{"src": str(b.src), "reason": b.reason, "expires": round(wall + b.expires_ns / 1e9 - now, 1)}
+                for b in reversed(listed) if b.expires_ns / 1e9 > now]
+
+    def blocked_count(self, tenant_idx: int) -> int:
+        return len(self.blocked.get(tenant_idx) or ())
+
     def status(self) -> dict[str, Any]:
         return {"servers": len(self.servers), "limits": len(self.limits),
                 "blocked_sources": sum(len(v) for v in self.blocked.values()), "counters": dict(self.counters),
