@@ -78,8 +78,8 @@ import numpy as np
 import structlog
 
 from dataplane.api import BlockedSource, FlowCounters, IPAddress, SourceLimit
-from dataplane.constants import TenantMode
-from dataplane.keys import address_of_key, key_bytes
+from dataplane.constants import MAX_TENANTS, TenantMode
+from dataplane.keys import KeyIndex, address_keys, address_of_key
 from policy.baseline import EwmaBaseline
 from policy.classify import APP_VECTORS, Vector, VectorScore
 from policy.incidents import State
@@ -133,7 +133,7 @@ class AppFloodConfig:
     source_interval_s: float = 10.0    # seconds between per-source reads in peacetime
     source_quantile: float = 0.99      # of the per-source distribution: a normal client's rate
     source_min_weight: float = 50.0    # source observations before a server's own distribution is used
-    known_good_per_server: int = 1024  # sources remembered as well-behaved per server (most recent)
+    max_known_good: int = 65536        # (server, source) pairs remembered as well-behaved (oldest replaced)
     top_sources: int = 10              # sources named in an incident
     # Mitigation.
     limit_multiplier: float = 3.0      # per-source limit = normal per-source rate × this
@@ -152,7 +152,7 @@ class AppFloodConfig:
                      "burst_s", "block_factor", "block_ttl_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"appflood config {name}: must be positive, got {getattr(self, name)}")
-        for name in ("max_servers", "known_good_per_server", "max_blocked_per_tenant", "max_blocked", "max_limits",
+        for name in ("max_servers", "max_known_good", "max_blocked_per_tenant", "max_blocked", "max_limits",
                      "limit_floor_new_per_s", "limit_floor_concurrent", "top_sources"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -172,9 +172,26 @@ class AppFloodConfig:
 
 # -- counters to increments --------------------------------------------------------------------------
 
-def _void(keys: np.ndarray) -> np.ndarray:
-    keys = np.ascontiguousarray(keys, np.uint64)
-    return keys.view(np.dtype((np.void, keys.shape[1] * 8))).reshape(len(keys))
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _fmix(x: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser (a bijection that spreads every input bit)."""
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xFF51AFD7ED558CCD)
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xC4CEB9FE1A85EC53)
+    return x ^ (x >> np.uint64(33))
+
+
+def pair_keys(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """(N, 2) uint64 keys of (destination, source) pairs: the 256 bits of both addresses folded into 128.
+    Two pairs share a key with a chance of about N² / 2**128 (then one is taken for the other)."""
+    dst = np.asarray(dst, np.uint64).reshape(-1, 2)
+    src = np.asarray(src, np.uint64).reshape(-1, 2)
+    with np.errstate(over="ignore"):
+        return np.stack([dst[:, 0] ^ _fmix(src[:, 0] ^ (dst[:, 1] * _MIX)),
+                         dst[:, 1] ^ _fmix(src[:, 1] ^ (dst[:, 0] * _MIX) ^ _MIX)], axis=1)
 
 
 class _Increments:
@@ -184,21 +201,19 @@ class _Increments:
     all it holds. Rows absent now are forgotten, as the map forgot them."""
 
     def __init__(self, width: int) -> None:
-        self.keys = np.empty(0, np.dtype((np.void, 16)))
+        self.index = KeyIndex()
         self.values = np.zeros((0, width), np.uint64)
 
     def update(self, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
         cur = np.asarray(values, np.uint64)
-        v = _void(keys) if len(keys) else np.empty(0, np.dtype((np.void, max(keys.shape[1], 1) * 8)))
         prev = np.zeros_like(cur)
-        if len(self.keys) and len(v) and self.keys.dtype == v.dtype:
-            at = np.searchsorted(self.keys, v)
-            at_c = np.minimum(at, len(self.keys) - 1)
-            hit = (at < len(self.keys)) & (self.keys[at_c] == v)
-            prev[hit] = self.values[at_c[hit]]
+        if len(self.values) and len(keys):
+            at = self.index.get(keys)
+            hit = at >= 0
+            prev[hit] = self.values[at[hit]]
         gained = np.where(cur >= prev, cur - np.minimum(cur, prev), cur).astype(np.float64)
-        order = np.argsort(v, kind="stable")
-        self.keys, self.values = v[order], cur[order]
+        self.index.rebuild(keys, np.arange(len(keys)))
+        self.values = cur.copy()
         return gained
 
 
@@ -209,54 +224,126 @@ def _bins(values: np.ndarray) -> np.ndarray:
     return np.clip(np.floor((logs - LOG_LOW) * BINS_PER_DECADE), 0, N_BINS - 1).astype(np.int64)
 
 
-def _bin_top(b: int) -> float:
-    return float(10.0 ** (LOG_LOW + (b + 1) / BINS_PER_DECADE))
+class _KnownGood:
+    """(server, source) pairs seen completing handshakes and behaving in peacetime: a ring of `capacity`
+    pair keys (the oldest replaced first) with a hash index over it, rebuilt when pairs are added."""
 
+    def __init__(self, capacity: int) -> None:
+        self.keys = np.zeros((capacity, 2), np.uint64)
+        self.filled = 0
+        self.next = 0
+        self.index = KeyIndex()
 
-@dataclasses.dataclass(slots=True)
-class _Server:
-    key: bytes                              # the destination's map key
-    row: int
-    tenant_idx: int
-    dst: IPAddress
-    hist: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((len(SOURCE_METRICS), N_BINS)))
-    weight: float = 0.0                     # decayed source observations in `hist`
-    known_good: collections.OrderedDict = dataclasses.field(default_factory=collections.OrderedDict)
-    recent: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(2))   # new/s, requests/s (short)
-    dports: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=256))
-    lines: collections.deque = dataclasses.field(default_factory=lambda: collections.deque(maxlen=256))
-    sources: dict[str, Any] | None = None   # the last per-source read of this server (see _SourceView)
-    candidate: bool = False
+    def __len__(self) -> int:
+        return self.filled
 
-    def normal(self, cfg: AppFloodConfig) -> np.ndarray:
-        """The normal per-source rates (p-quantile of each per-source metric)."""
-        if self.weight < cfg.source_min_weight:
-            return np.array(DEFAULT_SOURCE_NORMAL)
-        out = np.empty(len(SOURCE_METRICS))
-        for m in range(len(SOURCE_METRICS)):
-            cum = np.cumsum(self.hist[m])
-            b = int(np.searchsorted(cum, cfg.source_quantile * cum[-1]))
-            out[m] = _bin_top(min(b, N_BINS - 1))
-        return out
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        at = self.index.get(keys)
+        ok = at >= 0
+        ok[ok] = (self.keys[at[ok]] == keys[ok]).all(axis=1)
+        return ok
 
-    def limits(self, cfg: AppFloodConfig) -> np.ndarray:
-        """Per-source limits: new connections/s, requests/s, open connections."""
-        normal = self.normal(cfg) * cfg.limit_multiplier
-        return np.maximum(normal, (cfg.limit_floor_new_per_s, cfg.limit_floor_requests_per_s,
-                                   cfg.limit_floor_concurrent))
+    def add(self, keys: np.ndarray) -> None:
+        new = keys[~self.contains(keys)][-len(self.keys):]
+        if not len(new):
+            return
+        slots = (self.next + np.arange(len(new))) % len(self.keys)
+        self.keys[slots] = new
+        self.next = int(slots[-1] + 1) % len(self.keys)
+        self.filled = min(self.filled + len(new), len(self.keys))
+        self.index.rebuild(self.keys[:self.filled], np.arange(self.filled))
 
 
 @dataclasses.dataclass(slots=True)
 class _SourceView:
-    """One server's sources in the last per-source read."""
+    """One server's sources in the last per-source read (while it is a candidate)."""
 
-    src: list[IPAddress]
+    keys: np.ndarray           # (N, 2) the sources' address keys
+    pairs: np.ndarray          # (N, 2) the (server, source) pair keys
     rates: np.ndarray          # (N, 3): new/s, requests/s, open connections
     client_bytes: np.ndarray   # (N,) client bytes/s
 
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class _Servers:
+    """Per-server state in rows of arrays, found by the destination's map key; the least recently
+    active servers make room when all rows are taken."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.index = KeyIndex(capacity)
+        self.keys = np.zeros((capacity, 2), np.uint64)
+        self.tenant = np.zeros(capacity, np.int64)
+        self.used = np.zeros(capacity, bool)
+        self.last = np.zeros(capacity)
+        self.recent = np.zeros((capacity, 2))          # short averages: new connections/s, requests/s
+        self.hist = np.zeros((capacity, len(SOURCE_METRICS), N_BINS), np.float32)
+        self.weight = np.zeros(capacity)               # decayed source observations in `hist`
+        self.candidate = np.zeros(capacity, bool)
+        self.sources: dict[int, _SourceView] = {}      # rows read per source while candidates
+        self.dports: dict[int, collections.deque] = {}  # sampled TCP destination ports of candidates
+        self.lines: dict[int, collections.deque] = {}   # sampled request lines of candidates
+
+    def __len__(self) -> int:
+        return int(self.used.sum())
+
+    def rows(self, keys: np.ndarray, tenant: np.ndarray, now: float) -> tuple[np.ndarray, np.ndarray]:
+        """(row of each key, -1 where none could be had; rows freed for them, whose state was reset)."""
+        rows = self.index.get(keys)
+        missing = np.flatnonzero(rows < 0)
+        freed = np.zeros(0, np.int64)
+        if len(missing):
+            free = np.flatnonzero(~self.used)
+            short = len(missing) - len(free)
+            if short > 0:
+                busy = np.flatnonzero(self.used)
+                keep = np.zeros(self.capacity, bool)
+                keep[rows[rows >= 0]] = True                 # active now: never pushed out for another
+                candidates = busy[~keep[busy]]
+                freed = candidates[np.argsort(self.last[candidates], kind="stable")[:short]]
+                self._reset(freed)
+                free = np.concatenate([free, freed])
+            take = min(len(missing), len(free))
+            missing, new_rows = missing[:take], free[:take]
+            self.keys[new_rows] = keys[missing]
+            self.tenant[new_rows] = tenant[missing]
+            self.used[new_rows] = True
+            rows[missing] = new_rows
+            live = np.flatnonzero(self.used)
+            self.index.rebuild(self.keys[live], live)
+        self.last[rows[rows >= 0]] = now
+        return rows, freed
+
+    def _reset(self, rows: np.ndarray) -> None:
+        self.used[rows] = False
+        self.recent[rows] = 0.0
+        self.hist[rows] = 0.0
+        self.weight[rows] = 0.0
+        self.candidate[rows] = False
+        for r in rows.tolist():
+            self.sources.pop(r, None)
+            self.dports.pop(r, None)
+            self.lines.pop(r, None)
+
+    def normal(self, rows: np.ndarray, cfg: AppFloodConfig) -> np.ndarray:
+        """(N, 3) normal per-source rates of `rows`: the `source_quantile` of each per-source metric (the
+        top of its histogram bin), or DEFAULT_SOURCE_NORMAL before `source_min_weight` observations."""
+        cum = np.cumsum(self.hist[rows], axis=2, dtype=np.float64)
+        first = np.minimum((cum < cfg.source_quantile * cum[:, :, -1:]).sum(axis=2), N_BINS - 1)
+        out = 10.0 ** (LOG_LOW + (first + 1) / BINS_PER_DECADE)
+        out[self.weight[rows] < cfg.source_min_weight] = DEFAULT_SOURCE_NORMAL
+        return out
+
+    def limits(self, rows: np.ndarray, cfg: AppFloodConfig) -> np.ndarray:
+        """(N, 3) per-source limits: new connections/s, requests/s, open connections."""
+        return np.maximum(self.normal(rows, cfg) * cfg.limit_multiplier,
+                          (cfg.limit_floor_new_per_s, cfg.limit_floor_requests_per_s, cfg.limit_floor_concurrent))
+
 
 class _MetricBaseline(EwmaBaseline):
-    """`EwmaBaseline` over the six server metrics instead of the traffic classes."""
+    """`EwmaBaseline` over the server metrics instead of the traffic classes."""
 
     def __init__(self, capacity: int, **kw: Any) -> None:
         super().__init__(1, **kw)
@@ -345,12 +432,13 @@ class AppFloodDetector:
         floors = tuple(cfg.floors * cfg.warmup_factor)
         self.baseline = _MetricBaseline(cfg.max_servers, half_life_s=cfg.half_life_s, warmup_s=cfg.warmup_s,
                                         k_sigma=cfg.k_sigma, margin=cfg.margin, warmup_floor_pps=floors)
-        self.servers: collections.OrderedDict[bytes, _Server] = collections.OrderedDict()   # by dst key, LRU
-        self._free_rows = list(range(cfg.max_servers - 1, -1, -1))
+        self.servers = _Servers(cfg.max_servers)
+        self.known_good = _KnownGood(cfg.max_known_good)
         self._dst_counts = _Increments(5)
         self._pair_counts = _Increments(5)
         self._last_source_read: float | None = None
         self._last_read: float | None = None
+        self._sensitivity: tuple[int, np.ndarray] | None = None
         self.limits: collections.OrderedDict[tuple[int, IPAddress, int | None], _LimitEntry] = \
             collections.OrderedDict()
         self.blocked: dict[int, collections.OrderedDict[IPAddress, BlockedSource]] = {}
@@ -363,19 +451,14 @@ class AppFloodDetector:
         self.last_findings: list[AppFinding] = []
 
     # -- reading ------------------------------------------------------------------------------------
-    def _server(self, key: bytes, tenant_idx: int, dst_key: np.ndarray) -> _Server:
-        srv = self.servers.get(key)
-        if srv is not None:
-            self.servers.move_to_end(key)
-            return srv
-        if not self._free_rows:
-            _, old = self.servers.popitem(last=False)
-            self.baseline.reset(np.array([old.row]))
-            self._free_rows.append(old.row)
-            self.counters["servers_forgotten"] += 1
-        srv = _Server(key, self._free_rows.pop(), int(tenant_idx), address_of_key(dst_key))
-        self.servers[key] = srv
-        return srv
+    def _sensitivities(self, tenants: Mapping[int, Any]) -> np.ndarray:
+        """Each tenant index's policy sensitivity (1 where none), built once per tenant table."""
+        if self._sensitivity is None or self._sensitivity[0] != id(tenants):
+            sens = np.ones(MAX_TENANTS + 1)
+            for idx, entry in tenants.items():
+                sens[idx] = float(getattr(getattr(entry, "policy", None), "sensitivity", 1.0))
+            self._sensitivity = (id(tenants), sens)
+        return self._sensitivity[1]
 
     def observe(self, now: float, dataplane: Any, tenants: Mapping[int, Any], inbound: PacketFeatures | None = None,
                 by_dst: Mapping[IPAddress, list[int]] | None = None,
@@ -387,29 +470,33 @@ class AppFloodDetector:
         cfg = self.config
         dt = 0.0 if self._last_read is None else now - self._last_read
         self._last_read = now
+        self.last_findings = []
         fc: FlowCounters = dataplane.read_flow_counters()
         if fc.sources is not None:
             raise ValueError("read_flow_counters(): per-destination rows expected, got per-source rows")
         if fc.evictions:
             self.counters["flow_rows_evicted"] = int(fc.evictions)
+        keys = np.asarray(fc.keys, np.uint64).reshape(-1, 2)
         cum = np.stack([fc.new_connections, fc.http_requests, fc.tls_hellos, fc.bytes_to_server,
                         fc.bytes_to_client], axis=1) if len(fc) else np.zeros((0, 5), np.uint64)
-        gained = self._dst_counts.update(fc.keys.reshape(-1, 2), cum)
+        gained = self._dst_counts.update(keys, cum)
         if dt <= 0 or not len(fc):
             return []
-        keep = np.isin(fc.tenant_idx, np.fromiter(tenants, np.int64, len(tenants)))
-        idx = np.flatnonzero(keep & ((gained.sum(axis=1) > 0) | (fc.established > 0)))
+        tenant_idx = np.asarray(fc.tenant_idx, np.int64)
+        known = np.zeros(MAX_TENANTS + 1, bool)
+        known[[t for t in tenants if 0 <= t <= MAX_TENANTS]] = True
+        est_all = np.maximum(np.asarray(fc.established, np.float64), 0.0)
+        idx = np.flatnonzero(known[np.minimum(tenant_idx, MAX_TENANTS)] & ((gained.sum(axis=1) > 0) | (est_all > 0)))
+        rows, freed = self.servers.rows(keys[idx], tenant_idx[idx], now)
+        if len(freed):
+            self.baseline.reset(freed)
+            self.counters["servers_forgotten"] += len(freed)
+        have = rows >= 0
+        idx, rows = idx[have], rows[have]
         if not len(idx):
-            self.last_findings = []
             return []
-        rows = np.empty(len(idx), np.int64)
-        servers: list[_Server] = []
-        for i, r in enumerate(idx):
-            srv = self._server(fc.keys[r].tobytes(), fc.tenant_idx[r], fc.keys[r])
-            rows[i] = srv.row
-            servers.append(srv)
         g = gained[idx]
-        est = np.maximum(fc.established[idx].astype(np.float64), 0.0)
+        est = est_all[idx]
         # The connections that carried the tick's bytes: those open now, or (churned within the tick)
         # those opened in it; bytes per connection are then per second, whatever the tick's length.
         conns = np.maximum(np.maximum(est, g[:, 0] / dt), 1.0)
@@ -418,109 +505,123 @@ class AppFloodDetector:
         # Short averages of new connections/s and requests-and-hellos/s: whether the new connections
         # start requests is a ratio over a few seconds (held connections open over many).
         w = 1.0 - 2.0 ** (-dt / RECENT_HALF_LIFE_S)
-        for i, srv in enumerate(servers):
-            srv.recent += w * (np.array([values[i, NEW], values[i, REQ] + values[i, TLS]]) - srv.recent)
-        sens = np.array([getattr(getattr(tenants.get(s.tenant_idx), "policy", None), "sensitivity", 1.0)
-                         for s in servers])
-        base = self.baseline.baseline_threshold(rows) / sens[:, None]
+        srv = self.servers
+        recent = srv.recent[rows]
+        recent += w * (np.stack([values[:, NEW], values[:, REQ] + values[:, TLS]], axis=1) - recent)
+        srv.recent[rows] = recent
+        sens = self._sensitivities(tenants)[np.minimum(tenant_idx[idx], MAX_TENANTS)]
+        cap = self.baseline.baseline_threshold(rows)
         warm = self.baseline.warm(rows)
         floors = cfg.floors[None, :]
-        thr = np.where(warm, np.maximum(floors, base), floors * cfg.warmup_factor)
-        over = values[:, TRIGGERS] > thr[:, TRIGGERS]
-        candidate = over.any(axis=1)
-        attacked_set = set(attacked)
-        hot = candidate | np.array([(s.tenant_idx, s.dst) in attacked_set for s in servers])
-        for srv, c in zip(servers, candidate, strict=True):
-            srv.candidate = bool(c)
-        if inbound is not None and by_dst:
-            self._keep_samples(servers, inbound, by_dst)
+        thr = np.where(warm, np.maximum(floors, cap / sens[:, None]), floors * cfg.warmup_factor)
+        candidate = (values[:, TRIGGERS] > thr[:, TRIGGERS]).any(axis=1)
+        hot = candidate.copy()
+        attacked = list(attacked)
+        if attacked:
+            at = srv.index.get(address_keys([d for _, d in attacked]))
+            hot |= np.isin(rows, at[at >= 0])
+        srv.candidate[rows] = candidate
+        for r in [r for r in srv.sources if not srv.candidate[r]]:
+            del srv.sources[r]
+        if inbound is not None and by_dst and candidate.any():
+            self._keep_samples(rows[candidate], inbound, by_dst)
         # Per-source figures: every tick while a server is a candidate, else every source_interval_s.
         if hot.any() or self._last_source_read is None or now - self._last_source_read >= cfg.source_interval_s:
-            self._read_sources(now, dataplane, servers, hot)
-        learn = ~np.zeros_like(values, bool)
+            self._read_sources(now, dataplane, rows[hot])
+        learn = np.ones_like(values, bool)
         learn[hot] = False
-        self.baseline.update(rows, values, dt, learn, cap=self.baseline.baseline_threshold(rows))
+        self.baseline.update(rows, values, dt, learn, cap=cap)
         findings = []
         for i in np.flatnonzero(candidate):
-            scores = self._classify(servers[i], values[i], thr[i], self.baseline.mean[rows[i]], float(g[i, 3] / dt))
+            r = int(rows[i])
+            scores = self._classify(r, values[i], thr[i], self.baseline.mean[r], float(g[i, 3] / dt))
             if scores:
-                findings.append(AppFinding(servers[i].tenant_idx, servers[i].dst, scores))
+                findings.append(AppFinding(int(srv.tenant[r]), address_of_key(srv.keys[r]), scores))
         self.last_findings = findings
         return findings
 
-    def _keep_samples(self, servers: list[_Server], inbound: PacketFeatures,
-                      by_dst: Mapping[IPAddress, list[int]]) -> None:
-        for srv in servers:
-            for i in by_dst.get(srv.dst, ()):
+    def _keep_samples(self, rows: np.ndarray, inbound: PacketFeatures, by_dst: Mapping[IPAddress, list[int]]) -> None:
+        srv = self.servers
+        for r in rows.tolist():
+            sampled = by_dst.get(address_of_key(srv.keys[r]))
+            if not sampled:
+                continue
+            dports = srv.dports.setdefault(r, collections.deque(maxlen=256))
+            lines = srv.lines.setdefault(r, collections.deque(maxlen=256))
+            for i in sampled:
                 if inbound.proto[i] != PROTO_TCP or inbound.dport[i] < 0:
                     continue
-                if srv.candidate:
-                    srv.dports.append(int(inbound.dport[i]))
+                dports.append(int(inbound.dport[i]))
                 if inbound.payload_len[i] > 0:
                     line = request_line(inbound.samples[i].data)
                     if line is not None:
-                        srv.lines.append((srv.candidate, line))
+                        lines.append(line)
 
-    def _read_sources(self, now: float, dataplane: Any, servers: list[_Server], hot: np.ndarray) -> None:
+    def _read_sources(self, now: float, dataplane: Any, hot_rows: np.ndarray) -> None:
         cfg = self.config
+        srv = self.servers
         sdt = (now - self._last_source_read) if self._last_source_read is not None else 0.0
         self._last_source_read = now
         pc: FlowCounters = dataplane.read_flow_counters(per_source=True)
         if pc.sources is None:
             raise ValueError("read_flow_counters(per_source=True): per-source rows expected")
-        keys = np.hstack([pc.keys.reshape(-1, 2), pc.sources.reshape(-1, 2)]) if len(pc) \
-            else np.zeros((0, 4), np.uint64)
+        dst_keys = np.asarray(pc.keys, np.uint64).reshape(-1, 2)
+        src_keys = np.asarray(pc.sources, np.uint64).reshape(-1, 2)
+        pairs = pair_keys(dst_keys, src_keys)
         cum = np.stack([pc.new_connections, pc.http_requests, pc.tls_hellos, pc.bytes_to_server,
                         pc.bytes_to_client], axis=1) if len(pc) else np.zeros((0, 5), np.uint64)
-        gained = self._pair_counts.update(keys, cum)
-        for srv in servers:
-            srv.sources = None
+        gained = self._pair_counts.update(pairs, cum)
         if sdt <= 0 or not len(pc):
             return
-        by_key = {srv.key: (srv, h) for srv, h in zip(servers, hot, strict=True)}
-        dst_void = _void(pc.keys.reshape(-1, 2))
+        rows = srv.index.get(dst_keys)
+        est = np.maximum(np.asarray(pc.established, np.float64), 0.0)
+        rates = np.stack([gained[:, 0] / sdt, (gained[:, 1] + gained[:, 2]) / sdt, est], axis=1)
+        active = (rows >= 0) & (rates > 0).any(axis=1)
+        is_hot = np.zeros(srv.capacity, bool)
+        is_hot[hot_rows] = True
+        hot = active & is_hot[np.maximum(rows, 0)]
+        calm = active & ~hot
+        # Candidates: their sources as they are now, for classification and mitigation.
+        if hot.any():
+            at = np.flatnonzero(hot)
+            at = at[np.argsort(rows[at], kind="stable")]
+            bounds = np.flatnonzero(np.diff(rows[at])) + 1
+            for part in np.split(at, bounds):
+                srv.sources[int(rows[part[0]])] = _SourceView(src_keys[part], pairs[part], rates[part],
+                                                              gained[part, 3] / sdt)
+        if not calm.any():
+            return
+        # Peacetime: the per-source distributions (decayed per server as its sources are read) and the
+        # known-good pairs: completed handshakes, sent data, stayed within the limits.
+        at = np.flatnonzero(calm)
+        r = rows[at]
+        touched = np.unique(r)
         decay = 2.0 ** (-sdt / cfg.half_life_s)
-        for d in np.unique(dst_void):
-            found = by_key.get(bytes(d.tobytes()))
-            if found is None:
-                continue
-            srv, is_hot = found
-            at = np.flatnonzero(dst_void == d)
-            g = gained[at]
-            est = np.maximum(pc.established[at].astype(np.float64), 0.0)
-            rates = np.stack([g[:, 0] / sdt, (g[:, 1] + g[:, 2]) / sdt, est], axis=1)
-            active = (rates > 0).any(axis=1)
-            at, rates, g = at[active], rates[active], g[active]
-            if not len(at):
-                continue
-            view = _SourceView([address_of_key(pc.sources[a]) for a in at], rates, g[:, 3] / sdt)
-            srv.sources = view
-            if is_hot:
-                continue
-            # Peacetime: the per-source distribution and the known-good set.
-            srv.hist *= decay
-            srv.weight = srv.weight * decay + len(at)
-            for m in range(len(SOURCE_METRICS)):
-                srv.hist[m] += np.bincount(_bins(rates[:, m]), minlength=N_BINS)
-            limits = srv.limits(cfg)
-            behaved = ((g[:, 0] > 0) | (rates[:, S_EST] > 0)) & (g[:, 3] > 0) & (rates <= limits).all(axis=1)
-            for i in np.flatnonzero(behaved):
-                src = view.src[i]
-                srv.known_good[src] = now
-                srv.known_good.move_to_end(src)
-            while len(srv.known_good) > cfg.known_good_per_server:
-                srv.known_good.popitem(last=False)
+        srv.hist[touched] *= np.float32(decay)
+        srv.weight[touched] *= decay
+        for m in range(len(SOURCE_METRICS)):
+            flat = r * N_BINS + _bins(rates[at, m])
+            srv.hist[:, m, :] += np.bincount(flat, minlength=srv.capacity * N_BINS).reshape(
+                srv.capacity, N_BINS).astype(np.float32)
+        srv.weight += np.bincount(r, minlength=srv.capacity)
+        limits = srv.limits(touched, cfg)
+        row_limit = np.zeros((srv.capacity, len(SOURCE_METRICS)))
+        row_limit[touched] = limits
+        behaved = (((gained[at, 0] > 0) | (est[at] > 0)) & (gained[at, 3] > 0)
+                   & (rates[at] <= row_limit[r]).all(axis=1))
+        self.known_good.add(pairs[at[behaved]])
 
     # -- classification ------------------------------------------------------------------------------
-    def _classify(self, srv: _Server, values: np.ndarray, thr: np.ndarray, mean: np.ndarray,
+    def _classify(self, row: int, values: np.ndarray, thr: np.ndarray, mean: np.ndarray,
                   client_bytes: float) -> list[VectorScore]:
         """Scores of one candidate server: `values` its metrics this tick, `thr` their thresholds, `mean` the
         baseline's means, `client_bytes` what its clients sent this tick (bytes/s)."""
         cfg = self.config
-        view = srv.sources
-        normal = srv.normal(cfg)
-        limits = srv.limits(cfg)
-        n_sources = len(view.src) if view is not None else 0
+        srv = self.servers
+        view = srv.sources.get(row)
+        normal = srv.normal(np.array([row]), cfg)[0]
+        limits = srv.limits(np.array([row]), cfg)[0]
+        n_sources = len(view) if view is not None else 0
 
         def source_share(m: int, metric_total: float, metric_mean: float) -> float:
             """Share of the excess of a metric that sources above the per-source limit carry."""
@@ -531,7 +632,7 @@ class AppFloodDetector:
             return float(np.clip(carried / max(metric_total - metric_mean, 1e-9), 0.0, 1.0))
 
         def top_share(m: int) -> float:
-            if view is None or not len(view.src):
+            if not n_sources:
                 return 0.0
             col = view.rates[:, m]
             total = float(col.sum())
@@ -542,8 +643,8 @@ class AppFloodDetector:
         # Do the new connections beyond the baseline start requests (or TLS sessions)? Judged on the
         # excess only: the server's usual clients keep asking whatever the flood does. Once a flood
         # of held connections stops opening new ones there is nothing to judge (neutral).
-        ex_new = srv.recent[0] - mean[NEW]
-        ex_req = srv.recent[1] - mean[REQ] - mean[TLS]
+        ex_new = srv.recent[row, 0] - mean[NEW]
+        ex_req = srv.recent[row, 1] - mean[REQ] - mean[TLS]
         starts = float(np.clip(ex_req / ex_new / STARTS_PER_CONN, 0.0, 1.0)) \
             if ex_new >= max(1.0, 0.05 * mean[NEW]) else NEUTRAL
         scores: list[VectorScore] = []
@@ -551,9 +652,9 @@ class AppFloodDetector:
             SOURCE_METRICS, normal, strict=True)}, **{k: round(float(v), 1) for k, v in zip(METRICS, values,
                                                                                         strict=True)},
                   "baseline": {k: round(float(v), 1) for k, v in zip(METRICS, mean, strict=True)}}
-
         server_of = {S_NEW: (values[NEW], mean[NEW]), S_REQ: (req_total, mean[REQ] + mean[TLS]),
                      S_EST: (values[EST], mean[EST])}
+        lines = list(srv.lines.get(row, ()))
 
         def add(vector: Vector, gate: float, metric: int, src_metric: int, shape: str) -> None:
             share = source_share(src_metric, *server_of[src_metric])
@@ -572,7 +673,6 @@ class AppFloodDetector:
                 n_above = int(np.count_nonzero(view.rates[:, src_metric] > limits[src_metric]))
                 parts.append(f"{n_sources:,} sources, {n_above:,} above a normal client's "
                              f"{_n(normal[src_metric])}{'' if src_metric == S_EST else '/s'}")
-            lines = [line for cand, line in srv.lines if cand]
             if vector == Vector.HTTP_FLOOD and len(lines) >= REQUEST_LINE_MIN_SAMPLES:
                 line, k = collections.Counter(lines).most_common(1)[0]
                 parts.append(f"{100 * k / len(lines):.0f} % of requests `{line}`")
@@ -613,10 +713,10 @@ class AppFloodDetector:
         return scores
 
     def _top(self, view: _SourceView | None, m: int) -> list[dict[str, Any]]:
-        if view is None or not len(view.src):
+        if view is None or not len(view):
             return []
         order = np.argsort(-view.rates[:, m], kind="stable")[:self.config.top_sources]
-        return [{"src": str(view.src[i]), "new_per_s": round(float(view.rates[i, S_NEW]), 2),
+        return [{"src": str(address_of_key(view.keys[i])), "new_per_s": round(float(view.rates[i, S_NEW]), 2),
                  "requests_per_s": round(float(view.rates[i, S_REQ]), 2),
                  "established": int(view.rates[i, S_EST]),
                  "client_bytes_per_s": round(float(view.client_bytes[i]), 1)} for i in order]
@@ -626,6 +726,7 @@ class AppFloodDetector:
         """Limits for the open incidents (active or in hold-down) with application-layer vectors of tenants
         that mitigate, and block-list entries while they are active; every other limit is withdrawn."""
         cfg = self.config
+        srv = self.servers
         wanted: dict[tuple[int, IPAddress, int | None], tuple[SourceLimit, str]] = {}
         blocks: list[BlockedSource] = []
         for inc in incidents:
@@ -637,12 +738,12 @@ class AppFloodDetector:
             entry = tenants.get(inc.tenant_idx)
             if entry is None or entry.mode != TenantMode.MITIGATE or not entry.policy.auto_mitigation:
                 continue
-            srv = self.servers.get(key_bytes(inc.target))
-            if srv is None:
+            row = int(srv.index.get(address_keys([inc.target]))[0])
+            if row < 0:
                 continue
             vector = max(vectors, key=lambda v: inc.vectors[v])
-            lim = srv.limits(cfg)
-            dports = collections.Counter(srv.dports).most_common(1)
+            lim = srv.limits(np.array([row]), cfg)[0]
+            dports = collections.Counter(srv.dports.get(row, ())).most_common(1)
             dport = dports[0][0] if dports else None
             new = max(cfg.limit_floor_new_per_s, math.ceil(lim[S_NEW]))
             limit = SourceLimit(tenant_idx=inc.tenant_idx, dst=inc.target, dport=dport, new_per_s=new,
@@ -650,33 +751,37 @@ class AppFloodDetector:
                                 max_concurrent=max(cfg.limit_floor_concurrent, math.ceil(lim[S_EST])))
             wanted[(inc.tenant_idx, inc.target, dport)] = (limit, vector)
             if inc.state == State.ACTIVE:
-                blocks += self._offenders(now, srv, inc.tenant_idx, vector, lim)
+                blocks += self._offenders(now, row, inc.tenant_idx, inc.target, vector, lim)
         self._apply_limits(now, dataplane, wanted)
         self._expire_blocks(now)
         if blocks:
             self._block(dataplane, blocks)
 
-    def _offenders(self, now: float, srv: _Server, tenant_idx: int, vector: str, lim: np.ndarray) -> list[BlockedSource]:
-        view = srv.sources
+    def _offenders(self, now: float, row: int, tenant_idx: int, dst: IPAddress, vector: str,
+                   lim: np.ndarray) -> list[BlockedSource]:
+        view = self.servers.sources.get(row)
         if view is None:
             return []
         cfg = self.config
-        far = view.rates > lim[None, :] * cfg.block_factor
+        far = np.flatnonzero((view.rates > lim[None, :] * cfg.block_factor).any(axis=1))
+        if not len(far):
+            return []
+        good = self.known_good.contains(view.pairs[far])
+        if good.any():
+            self.counters["known_good_spared"] += int(good.sum())
         listed = self.blocked.get(tenant_idx, {})
-        out = []
+        normal = self.servers.normal(np.array([row]), cfg)[0]
         expires = int((now + cfg.block_ttl_s) * 1e9)
-        for i in np.flatnonzero(far.any(axis=1)):
-            src = view.src[i]
+        out = []
+        for i in far[~good].tolist():
+            src = address_of_key(view.keys[i])
             if src in listed or (tenant_idx, src) in self._evicted:
-                continue
-            if src in srv.known_good:
-                self.counters["known_good_spared"] += 1
                 continue
             m = int(np.argmax(view.rates[i] / (lim * cfg.block_factor)))
             unit = "" if m == S_EST else "/s"
             reason = (f"{vector}: {SOURCE_METRICS[m].replace('_per_s', '').replace('_', ' ')} "
-                      f"{_n(view.rates[i, m])}{unit} to {srv.dst} vs limit {_n(lim[m])}{unit} "
-                      f"(normal client {_n(srv.normal(cfg)[m])}{unit} × {cfg.limit_multiplier:g})")
+                      f"{_n(view.rates[i, m])}{unit} to {dst} vs limit {_n(lim[m])}{unit} "
+                      f"(normal client {_n(normal[m])}{unit} × {cfg.limit_multiplier:g})")
             out.append(BlockedSource(tenant_idx=tenant_idx, src=src, expires_ns=expires, reason=reason))
         return out
 
@@ -753,7 +858,7 @@ class AppFloodDetector:
         return len(self.blocked.get(tenant_idx) or ())
 
     def status(self) -> dict[str, Any]:
-        return {"servers": len(self.servers), "limits": len(self.limits),
+        return {"servers": len(self.servers), "known_good": len(self.known_good), "limits": len(self.limits),
                 "blocked_sources": sum(len(v) for v in self.blocked.values()), "counters": dict(self.counters),
                 "disabled": self.disabled}
 
