@@ -528,15 +528,19 @@ class AppFloodDetector:
         # Per-source figures: every tick while a server is a candidate, else every source_interval_s.
         if hot.any() or self._last_source_read is None or now - self._last_source_read >= cfg.source_interval_s:
             self._read_sources(now, dataplane, rows[hot])
-        learn = np.ones_like(values, bool)
-        learn[hot] = False
-        self.baseline.update(rows, values, dt, learn, cap=cap)
         findings = []
+        # Seconds of an attack are not learned; a candidate with no vector (a flash crowd) is, winsorised at
+        # its threshold as the volumetric baselines learn benign anomalies: a lasting step up becomes the norm
+        # at the margin's pace instead of staying a candidate for ever.
+        learn = np.ones_like(values, bool)
+        learn[hot & ~candidate] = False
         for i in np.flatnonzero(candidate):
             r = int(rows[i])
             scores = self._classify(r, values[i], thr[i], self.baseline.mean[r], float(g[i, 3] / dt))
             if scores:
                 findings.append(AppFinding(int(srv.tenant[r]), address_of_key(srv.keys[r]), scores))
+                learn[i] = False
+        self.baseline.update(rows, values, dt, learn, cap=cap)
         self.last_findings = findings
         return findings
 

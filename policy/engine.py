@@ -453,8 +453,9 @@ class PolicyEngine:
         onset_pps = self._onset_rates(now, dest, det, inbound, by_dst)
         lap("onset")
         observations, attack_mask = self._classify(now, dest, tenants, det, onset_pps)
-        observations = self._app_observations(now, inbound, by_dst, observations)
         lap("classify")
+        observations = self._app_observations(now, inbound, by_dst, observations)
+        lap("appflood")
         events: list[Event] = []
         for obs in observations:
             events += self.incidents.observe(now, wall, dest.dt, obs)
