@@ -441,6 +441,8 @@ class AppFloodDetector:
         self._sensitivity: tuple[int, np.ndarray] | None = None
         self.limits: collections.OrderedDict[tuple[int, IPAddress, int | None], _LimitEntry] = \
             collections.OrderedDict()
+        self._limits_unsent = False
+        self._limits_capped: set[tuple[int, IPAddress, int | None]] = set()
         self.blocked: dict[int, collections.OrderedDict[IPAddress, BlockedSource]] = {}
         # Entries the caps pushed out, until they would have expired: not blocked again meanwhile (else a
         # full list would swap its oldest entries for the next tick's offenders every tick). Bounded as
@@ -758,6 +760,7 @@ class AppFloodDetector:
                 blocks += self._offenders(now, row, inc.tenant_idx, inc.target, vector, lim)
         self._apply_limits(now, dataplane, wanted)
         self._expire_blocks(now)
+        self._unblock_tenants(dataplane, tenants)
         if blocks:
             self._block(dataplane, blocks)
 
@@ -791,14 +794,17 @@ class AppFloodDetector:
 
     def _apply_limits(self, now: float, dataplane: Any, wanted: Mapping[tuple, tuple[SourceLimit, str]]) -> None:
         cfg = self.config
-        changed = False
+        changed = self._limits_unsent
+        # A limit the cap pushed out stays out while its incident lasts (else the full set would swap
+        # its oldest limit for the next one every tick).
+        self._limits_capped &= set(wanted)
         for key in [k for k in self.limits if k not in wanted]:
             entry = self.limits.pop(key)
             log.info("appflood.limit_withdrawn", tenant_idx=key[0], dst=str(key[1]), dport=key[2], vector=entry.vector)
             changed = True
         for key, (limit, vector) in wanted.items():
             old = self.limits.get(key)
-            if old is not None and old.limit == limit:
+            if (old is not None and old.limit == limit) or key in self._limits_capped:
                 continue
             if old is None:
                 log.info("appflood.limit", tenant_idx=limit.tenant_idx, dst=str(limit.dst), dport=limit.dport,
@@ -807,10 +813,14 @@ class AppFloodDetector:
             changed = True
         while len(self.limits) > cfg.max_limits:
             key, _ = self.limits.popitem(last=False)
+            self._limits_capped.add(key)
             self.counters["limits_evicted"] += 1
             log.warning("appflood.limit_cap", tenant_idx=key[0], dst=str(key[1]), cap=cfg.max_limits)
         if changed:
+            # Sent again next tick if the dataplane refuses them now.
+            self._limits_unsent = True
             dataplane.set_source_limits([e.limit for e in self.limits.values()])
+            self._limits_unsent = False
 
     def _expire_blocks(self, now: float) -> None:
         now_ns = int(now * 1e9)
@@ -821,6 +831,18 @@ class AppFloodDetector:
                 del self.blocked[t]
         while self._evicted and next(iter(self._evicted.values())) <= now_ns:
             self._evicted.popitem(last=False)
+
+    def _unblock_tenants(self, dataplane: Any, tenants: Mapping[int, Any]) -> None:
+        """Tenants gone, in monitor mode or without auto-mitigation keep no blocked sources."""
+        for t in list(self.blocked):
+            entry = tenants.get(t)
+            if entry is not None and entry.mode == TenantMode.MITIGATE and entry.policy.auto_mitigation:
+                continue
+            for src in list(self.blocked[t]):
+                dataplane.unblock_source(t, src)
+                del self.blocked[t][src]
+            del self.blocked[t]
+            log.info("appflood.unblocked_tenant", tenant_idx=t)
 
     def _block(self, dataplane: Any, entries: Sequence[BlockedSource]) -> None:
         cfg = self.config
@@ -837,18 +859,26 @@ class AppFloodDetector:
             total -= 1
         evicted = {(e.tenant_idx, e.src) for e in evict}
         new = [b for b in entries if (b.tenant_idx, b.src) not in evicted]
+        offered = {(b.tenant_idx, b.src) for b in entries}
         for e in evict:
             self.counters["blocks_evicted"] += 1
             self._evicted[(e.tenant_idx, e.src)] = e.expires_ns
             if len(self._evicted) > cfg.max_blocked:
                 self._evicted.popitem(last=False)
-            if e not in entries:
+            if (e.tenant_idx, e.src) not in offered:       # already in the dataplane: take it out
                 dataplane.unblock_source(e.tenant_idx, e.src)
-        if new:
+        if not new:
+            return
+        try:
             dataplane.block_sources(new)
-            self.counters["blocks_added"] += len(new)
-            log.warning("appflood.block", sources=len(new), tenants=sorted({b.tenant_idx for b in new}),
-                        first=str(new[0].src), reason=new[0].reason)
+        except Exception:
+            # Not on the list then: the next tick finds the same sources and offers them again.
+            for b in new:
+                self.blocked.get(b.tenant_idx, {}).pop(b.src, None)
+            raise
+        self.counters["blocks_added"] += len(new)
+        log.warning("appflood.block", sources=len(new), tenants=sorted({b.tenant_idx for b in new}),
+                    first=str(new[0].src), reason=new[0].reason)
 
     def blocked_sources(self, tenant_idx: int, now: float, wall: float, limit: int = 256) -> list[dict[str, Any]]:
         """The newest `limit` entries of a tenant's block list: source, reason and expiry (seconds since the

@@ -27,6 +27,7 @@ from scapy.packet import Raw
 
 from dataplane.api import (
     BlockedSource,
+    DataplaneError,
     DestinationCounters,
     FlowCounters,
     Rule,
@@ -231,6 +232,7 @@ class FakeDataplane:
         self.limit_log: list[list[SourceLimit]] = []
         self.blocked: dict[tuple[int, str], BlockedSource] = {}
         self.flow_reads: list[bool] = []            # per_source of each read_flow_counters call
+        self.refuse_limits = 0                      # set_source_limits calls to refuse, as a full map would
 
     # traffic -------------------------------------------------------------------------------------
     def add_flow(self, flow: Flow) -> Flow:
@@ -432,6 +434,9 @@ class FakeDataplane:
             bytes_to_client=totals[:, 4])
 
     def set_source_limits(self, limits) -> None:
+        if self.refuse_limits:
+            self.refuse_limits -= 1
+            raise DataplaneError("source limits: map update refused")
         self.source_limits = list(limits)
         self.limit_log.append(list(limits))
 

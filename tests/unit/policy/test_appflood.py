@@ -271,3 +271,41 @@ def test_server_cap_forgets_the_least_recently_active_and_counts(tmp_path):
     assert detector.counters["servers_forgotten"] == 1
     rows = detector.servers.index.get(address_keys([ipaddress.ip_address("198.51.100.30")]))
     assert rows[0] < 0, "the least recently active server made room"
+
+
+def test_switching_to_monitor_mode_withdraws_limits_and_unblocks(tmp_path):
+    lab = warm_lab(tmp_path)
+    lab.dp.add_conns(ConnTraffic("heavy", 1, WEB, bots(30), new_per_s=2.0, established=4.0, http_per_s=300.0,
+                                 client_bytes_per_s=90_000.0))
+    lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(1000, start=100), new_per_s=1.0, established=4.0,
+                                 http_per_s=40.0, client_bytes_per_s=12_000.0))
+    lab.run(4)
+    assert lab.dp.source_limits and len(lab.dp.blocked) == 30
+    lab.engine.set_tenants({1: ("alpha", TenantMode.MONITOR, TenantPolicy())})
+    lab.run(2)
+    assert lab.dp.source_limits == [] and lab.dp.blocked == {}
+    assert lab.engine.incidents.active(), "the incident goes on, in monitor mode"
+
+
+def test_refused_limits_are_sent_again_next_tick(tmp_path):
+    lab = warm_lab(tmp_path)
+    lab.dp.refuse_limits = 1
+    lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(1000), new_per_s=20.0))
+    with structlog.testing.capture_logs() as logs:
+        lab.run(6)
+    assert any(e["event"] == "appflood.mitigate_failed" for e in logs)
+    assert len(lab.dp.source_limits) == 1
+
+
+def test_a_full_limit_set_does_not_churn(tmp_path):
+    cfg = AppFloodConfig(half_life_s=300.0, warmup_s=60.0, source_interval_s=5.0, max_limits=1)
+    other = "198.51.100.21"
+    lab = Lab(tmp_path, [Tenant(1, "alpha")], appflood_config=cfg)
+    lab.dp.add_conns(ConnTraffic("clients", 1, WEB, CLIENTS, **NORMAL))
+    lab.dp.add_conns(ConnTraffic("clients2", 1, other, clients(100, base="192.0.2.", start=1), **NORMAL))
+    lab.run(120)
+    lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(1000), new_per_s=20.0))
+    lab.dp.add_conns(ConnTraffic("bots2", 1, other, bots(1000, start=1000), new_per_s=20.0))
+    lab.run(10)
+    assert lab.engine.appflood.counters["limits_evicted"] == 1
+    assert len(lab.dp.limit_log) <= 3, "a limit set written once (and again only when a limit changes)"
