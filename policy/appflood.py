@@ -449,7 +449,7 @@ class AppFloodDetector:
         self._pair_counts = _Increments(5)
         self._last_source_read: float | None = None
         self._last_read: float | None = None
-        self._sensitivity: tuple[int, np.ndarray] | None = None
+        self._sensitivity: tuple[int, np.ndarray, np.ndarray] | None = None
         self.limits: collections.OrderedDict[tuple[int, IPAddress, int | None], _LimitEntry] = \
             collections.OrderedDict()
         self._limits_unsent = False
@@ -464,14 +464,17 @@ class AppFloodDetector:
         self.last_findings: list[AppFinding] = []
 
     # -- reading ------------------------------------------------------------------------------------
-    def _sensitivities(self, tenants: Mapping[int, Any]) -> np.ndarray:
-        """Each tenant index's policy sensitivity (1 where none), built once per tenant table."""
+    def _tenant_table(self, tenants: Mapping[int, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """(whether each tenant index is in the table, its policy sensitivity), built once per table."""
         if self._sensitivity is None or self._sensitivity[0] != id(tenants):
+            known = np.zeros(MAX_TENANTS + 1, bool)
             sens = np.ones(MAX_TENANTS + 1)
             for idx, entry in tenants.items():
-                sens[idx] = float(getattr(getattr(entry, "policy", None), "sensitivity", 1.0))
-            self._sensitivity = (id(tenants), sens)
-        return self._sensitivity[1]
+                if 0 <= idx <= MAX_TENANTS:
+                    known[idx] = True
+                    sens[idx] = float(getattr(getattr(entry, "policy", None), "sensitivity", 1.0))
+            self._sensitivity = (id(tenants), known, sens)
+        return self._sensitivity[1], self._sensitivity[2]
 
     def observe(self, now: float, dataplane: Any, tenants: Mapping[int, Any], inbound: PacketFeatures | None = None,
                 by_dst: Mapping[IPAddress, list[int]] | None = None,
@@ -496,8 +499,7 @@ class AppFloodDetector:
         if dt <= 0 or not len(fc):
             return []
         tenant_idx = np.asarray(fc.tenant_idx, np.int64)
-        known = np.zeros(MAX_TENANTS + 1, bool)
-        known[[t for t in tenants if 0 <= t <= MAX_TENANTS]] = True
+        known, sensitivity = self._tenant_table(tenants)
         est_all = np.maximum(np.asarray(fc.established, np.float64), 0.0)
         idx = np.flatnonzero(known[np.minimum(tenant_idx, MAX_TENANTS)] & ((gained.sum(axis=1) > 0) | (est_all > 0)))
         rows, freed = self.servers.rows(keys[idx], tenant_idx[idx], now)
@@ -522,7 +524,7 @@ class AppFloodDetector:
         recent = srv.recent[rows]
         recent += w * (np.stack([values[:, NEW], values[:, REQ] + values[:, TLS]], axis=1) - recent)
         srv.recent[rows] = recent
-        sens = self._sensitivities(tenants)[np.minimum(tenant_idx[idx], MAX_TENANTS)]
+        sens = sensitivity[np.minimum(tenant_idx[idx], MAX_TENANTS)]
         cap = self.baseline.baseline_threshold(rows)
         warm = self.baseline.warm(rows)
         floors = cfg.floors[None, :]

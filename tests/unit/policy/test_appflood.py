@@ -309,3 +309,17 @@ def test_a_full_limit_set_does_not_churn(tmp_path):
     lab.run(10)
     assert lab.engine.appflood.counters["limits_evicted"] == 1
     assert len(lab.dp.limit_log) <= 3, "a limit set written once (and again only when a limit changes)"
+
+
+def test_ipv6_server_http_flood(tmp_path):
+    server = "2001:db8::80"
+    lab = Lab(tmp_path, [Tenant(1, "alpha")], appflood_config=APP_FAST)
+    lab.dp.add_conns(ConnTraffic("clients", 1, server, [f"2001:db8:1::{i:x}" for i in range(1, 151)], **NORMAL))
+    lab.run(120)
+    lab.dp.add_conns(ConnTraffic("bots", 1, server, [f"2001:db8:bad::{i:x}" for i in range(1, 1001)],
+                                 new_per_s=2.0, established=4.0, http_per_s=300.0, client_bytes_per_s=90_000.0))
+    events = lab.run(5)
+    assert app_vectors(starts(lab, events)).get("http_flood", 0) >= 0.8
+    blocked = lab.dp.read_blocked_sources()
+    assert len(blocked) == 1000 and all(str(b.src).startswith("2001:db8:bad::") for b in blocked)
+    assert str(lab.dp.source_limits[0].dst) == server
