@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import math
 
+import numpy as np
 import pytest
 import structlog.testing
 
@@ -323,3 +324,29 @@ def test_ipv6_server_http_flood(tmp_path):
     blocked = lab.dp.read_blocked_sources()
     assert len(blocked) == 1000 and all(str(b.src).startswith("2001:db8:bad::") for b in blocked)
     assert str(lab.dp.source_limits[0].dst) == server
+
+
+def test_counters_of_a_row_the_map_evicted_and_made_anew_count_from_zero():
+    """Rates come from cumulative LRU rows: a row that vanished and came back smaller gained what it
+    holds (not a negative or wrapped difference); a row seen for the first time gained all it holds."""
+    from policy.appflood import _Increments
+
+    keys = address_keys([ipaddress.ip_address(a) for a in ("198.51.100.1", "198.51.100.2")])
+    inc = _Increments(1)
+    assert inc.update(keys, np.array([[10], [5]], np.uint64)).tolist() == [[10.0], [5.0]]
+    assert inc.update(keys, np.array([[15], [7]], np.uint64)).tolist() == [[5.0], [2.0]]
+    assert inc.update(keys[::-1], np.array([[3], [16]], np.uint64)).tolist() == [[3.0], [1.0]]
+
+
+def test_request_line_behind_a_vlan_tag_and_over_ipv6():
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Dot1Q, Ether
+    from scapy.packet import Raw
+
+    v4 = bytes(Ether() / Dot1Q(vlan=7) / IP(src="198.18.0.1", dst=WEB) / TCP(dport=80, flags="PA")
+               / Raw(b"HEAD /health HTTP/1.1\r\n"))
+    v6 = bytes(Ether() / IPv6(src="2001:db8::1", dst="2001:db8::80") / TCP(dport=80, flags="PA")
+               / Raw(b"GET /index.html HTTP/1.1\r\n"))
+    assert request_line(v4) == "HEAD /health" and request_line(v6) == "GET /index.html"
+    assert request_line(v4[:30]) is None
