@@ -205,7 +205,7 @@ def pair_keys(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
                          dst[:, 1] ^ _fmix(src[:, 1] ^ (dst[:, 0] * _MIX) ^ _MIX)], axis=1)
 
 
-class _Increments:
+class CounterIncrements:
     """Cumulative counters by key (rows of an LRU map) → what each row gained since the last read.
 
     A row absent from the last read, or whose counters went down (evicted and entered again), gained
@@ -445,8 +445,8 @@ class AppFloodDetector:
                                         k_sigma=cfg.k_sigma, margin=cfg.margin, warmup_floor_pps=floors)
         self.servers = _Servers(cfg.max_servers)
         self.known_good = _KnownGood(cfg.max_known_good)
-        self._dst_counts = _Increments(5)
-        self._pair_counts = _Increments(5)
+        self._dst_counts = CounterIncrements(5)
+        self._pair_counts = CounterIncrements(5)
         self._last_source_read: float | None = None
         self._last_read: float | None = None
         self._sensitivity: tuple[int, np.ndarray, np.ndarray] | None = None
@@ -910,4 +910,4 @@ class AppFloodDetector:
                 "disabled": self.disabled}
 
 
-__all__ = ["AppFloodConfig", "AppFloodDetector", "AppFinding", "request_line", "METRICS"]
+__all__ = ["AppFloodConfig", "AppFloodDetector", "AppFinding", "CounterIncrements", "request_line", "pair_keys", "METRICS"]

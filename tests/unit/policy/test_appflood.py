@@ -329,10 +329,10 @@ def test_ipv6_server_http_flood(tmp_path):
 def test_counters_of_a_row_the_map_evicted_and_made_anew_count_from_zero():
     """Rates come from cumulative LRU rows: a row that vanished and came back smaller gained what it
     holds (not a negative or wrapped difference); a row seen for the first time gained all it holds."""
-    from policy.appflood import _Increments
+    from policy.appflood import CounterIncrements
 
     keys = address_keys([ipaddress.ip_address(a) for a in ("198.51.100.1", "198.51.100.2")])
-    inc = _Increments(1)
+    inc = CounterIncrements(1)
     assert inc.update(keys, np.array([[10], [5]], np.uint64)).tolist() == [[10.0], [5.0]]
     assert inc.update(keys, np.array([[15], [7]], np.uint64)).tolist() == [[5.0], [2.0]]
     assert inc.update(keys[::-1], np.array([[3], [16]], np.uint64)).tolist() == [[3.0], [1.0]]
