@@ -257,8 +257,11 @@ class PolicyEngine:
         self.prefixes = PrefixAggregates({**baseline_kw, "warmup_floor_pps": tenant_floors,
                                           "onset_floor_pps": tenant_onset})
         self.incidents = IncidentManager(cfg)
-        # Application-layer and connection floods (issue 15): per-server flow baselines and per-source limits.
-        self.appflood = AppFloodDetector(appflood_config)
+        # Application-layer and connection floods (issue 15): per-server flow baselines and per-source limits,
+        # learning at the pace of the volumetric baselines unless given their own configuration.
+        self.appflood = AppFloodDetector(appflood_config or AppFloodConfig(
+            half_life_s=cfg.half_life_s, warmup_s=cfg.warmup_s, k_sigma=cfg.k_sigma, margin=cfg.margin,
+            min_confidence=cfg.min_confidence))
         self.tenants: dict[int, TenantEntry] = {}
         self.policy_table = PolicyTable({})
         # Per-destination class budgets derived from the baselines (policy *_rate_pps = 0), pushed

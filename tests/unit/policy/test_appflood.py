@@ -350,3 +350,10 @@ def test_request_line_behind_a_vlan_tag_and_over_ipv6():
                / Raw(b"GET /index.html HTTP/1.1\r\n"))
     assert request_line(v4) == "HEAD /health" and request_line(v6) == "GET /index.html"
     assert request_line(v4[:30]) is None
+
+
+def test_without_its_own_configuration_the_detector_learns_at_the_engines_pace(tmp_path):
+    lab = Lab(tmp_path, [Tenant(1, "alpha")])
+    cfg, engine_cfg = lab.engine.appflood.config, lab.engine.config
+    assert (cfg.half_life_s, cfg.warmup_s, cfg.k_sigma, cfg.margin, cfg.min_confidence) == (
+        engine_cfg.half_life_s, engine_cfg.warmup_s, engine_cfg.k_sigma, engine_cfg.margin, engine_cfg.min_confidence)
