@@ -357,3 +357,22 @@ def test_without_its_own_configuration_the_detector_learns_at_the_engines_pace(t
     cfg, engine_cfg = lab.engine.appflood.config, lab.engine.config
     assert (cfg.half_life_s, cfg.warmup_s, cfg.k_sigma, cfg.margin, cfg.min_confidence) == (
         engine_cfg.half_life_s, engine_cfg.warmup_s, engine_cfg.k_sigma, engine_cfg.margin, engine_cfg.min_confidence)
+
+
+@pytest.mark.parametrize("shape", ["flood", "crowd"])
+def test_before_warm_up_the_floors_and_a_default_client_decide(tmp_path, shape):
+    """A fresh appliance (10 s of clients, warm-up 60 s): the warm-up floors (10 × the floors) make the
+    server a candidate, DEFAULT_SOURCE_NORMAL stands for a normal client; a crowd is still no attack."""
+    lab = warm_lab(tmp_path, seconds=10)
+    if shape == "flood":
+        lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(1000), new_per_s=1.0, established=4.0, http_per_s=40.0,
+                                     client_bytes_per_s=12_000.0))
+    else:
+        lab.dp.add_conns(ConnTraffic("crowd", 1, WEB, bots(1000, start=4096), **NORMAL))
+    events = lab.run(5)
+    vectors = app_vectors(starts(lab, events))
+    assert lab.engine.appflood.servers.candidate.any()
+    if shape == "flood":
+        assert vectors.get("http_flood", 0) >= 0.8, vectors
+    else:
+        assert not vectors, vectors
