@@ -3,11 +3,12 @@
     with BirdPeer("swbab12cd", tmp_path) as peer:   # namespace, veth to the root namespace, BIRD
         peer.flow4()                                # `birdc show route table flowtab4 all`, parsed
         peer.unicast4()                             # master4: the RTBH routes with their communities
+    BirdPeer("swbab12cd", tmp_path, netns="sw-up")  # BIRD in a namespace that exists (the lab's router)
 
 The appliance's end of the management link (`APPLIANCE`) is in the root namespace, where
 `seawall run` and its ExaBGP live. BIRD keeps its config, socket and log in the test's temporary
-directory; it is started in the foreground and stopped by its pid; the namespace and the veth
-go on every exit path. BIRD decodes what ExaBGP encodes: the check is made by another
+directory; it is started in the foreground and stopped by its pid; the namespace (unless it was
+given: then only BIRD and the veth are ours) and the veth go on every exit path. BIRD decodes what ExaBGP encodes: the check is made by another
 implementation than the one that announced. Used by the netns tests and `seawall bench escalation`.
 """
 
@@ -37,8 +38,9 @@ def _ip(*argv: str) -> None:
 
 
 class BirdPeer:
-    def __init__(self, name: str, workdir: pathlib.Path) -> None:
-        self.ns = name
+    def __init__(self, name: str, workdir: pathlib.Path, netns: str | None = None) -> None:
+        self.ns = netns or name
+        self.own_ns = netns is None
         self.veth_root, self.veth_peer = f"{name}a", f"{name}b"
         self.dir = pathlib.Path(workdir) / "bird"
         self.socket = self.dir / "bird.ctl"
@@ -46,7 +48,8 @@ class BirdPeer:
 
     def up(self) -> BirdPeer:
         self.dir.mkdir(parents=True, exist_ok=True)
-        _ip("netns", "add", self.ns)
+        if self.own_ns:
+            _ip("netns", "add", self.ns)
         _ip("link", "add", self.veth_root, "type", "veth", "peer", "name", self.veth_peer)
         _ip("link", "set", self.veth_peer, "netns", self.ns)
         _ip("addr", "add", f"{APPLIANCE}/{PREFIX_LEN}", "dev", self.veth_root)
@@ -95,8 +98,9 @@ protocol bgp seawall {{
                 self.proc.wait(5)
         with contextlib.suppress(subprocess.CalledProcessError):
             _ip("link", "del", self.veth_root)
-        with contextlib.suppress(subprocess.CalledProcessError):
-            _ip("netns", "del", self.ns)
+        if self.own_ns:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _ip("netns", "del", self.ns)
 
     def __enter__(self) -> BirdPeer:
         try:
