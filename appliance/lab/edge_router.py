@@ -65,11 +65,16 @@ class FlowRule:
 
 
 def _ranges(text: str, high: int) -> list[tuple[int, int]]:
-    """BIRD's numeric component value ("80", ">= 1024 && <= 2048", "53, 123") as inclusive ranges."""
+    """BIRD's numeric component value ("80", ">= 1024 && <= 2048", "1024..2048", "53, 123", "53 || 123")
+    as inclusive ranges."""
     out = []
-    for alternative in text.split(","):
+    for alternative in re.split(r",|\|\|", text):
         lo, hi = 0, high
         for term in alternative.split("&&"):
+            span = re.fullmatch(r"\s*(\d+)\.\.(\d+)\s*", term)
+            if span:
+                lo, hi = max(lo, int(span.group(1))), min(hi, int(span.group(2)))
+                continue
             m = _TERM.match(term.strip())
             if not m:
                 raise Untranslatable(f"numeric term {term.strip()!r}")
