@@ -15,6 +15,7 @@ implementation than the one that announced. Used by the netns tests and `seawall
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import pathlib
 import re
 import signal
@@ -26,6 +27,7 @@ PEER = "192.0.2.250"
 APPLIANCE6 = "2001:db8:ffff:fff0::1"   # the same link's IPv6 addresses (IPv6 RTBH next hop)
 PEER6 = "2001:db8:ffff:fff0::2"
 PREFIX_LEN = 30
+LINK_STRIDE = 4                    # addresses per management link: a second peer (link=1) is the /30 below
 LOCAL_AS = 64512                   # the appliance's AS in the tests
 PEER_AS = 64500
 READY_TIMEOUT_S = 15.0             # seconds for BIRD to answer on its control socket
@@ -38,9 +40,16 @@ def _ip(*argv: str) -> None:
 
 
 class BirdPeer:
-    def __init__(self, name: str, workdir: pathlib.Path, netns: str | None = None) -> None:
+    def __init__(self, name: str, workdir: pathlib.Path, netns: str | None = None, *, link: int = 0,
+                 peer_as: int = PEER_AS) -> None:
         self.ns = netns or name
         self.own_ns = netns is None
+        # link 0 is the module's addresses; link N the N-th /30 (and /64) below them: several peers at once.
+        self.appliance = str(ipaddress.ip_address(APPLIANCE) - LINK_STRIDE * link)
+        self.address = str(ipaddress.ip_address(PEER) - LINK_STRIDE * link)
+        self.appliance6 = str(ipaddress.ip_address(APPLIANCE6) + (link << 64))
+        self.address6 = str(ipaddress.ip_address(PEER6) + (link << 64))
+        self.peer_as = peer_as
         self.veth_root, self.veth_peer = f"{name}a", f"{name}b"
         self.dir = pathlib.Path(workdir) / "bird"
         self.socket = self.dir / "bird.ctl"
@@ -52,23 +61,23 @@ class BirdPeer:
             _ip("netns", "add", self.ns)
         _ip("link", "add", self.veth_root, "type", "veth", "peer", "name", self.veth_peer)
         _ip("link", "set", self.veth_peer, "netns", self.ns)
-        _ip("addr", "add", f"{APPLIANCE}/{PREFIX_LEN}", "dev", self.veth_root)
-        _ip("addr", "add", f"{APPLIANCE6}/64", "dev", self.veth_root, "nodad")
+        _ip("addr", "add", f"{self.appliance}/{PREFIX_LEN}", "dev", self.veth_root)
+        _ip("addr", "add", f"{self.appliance6}/64", "dev", self.veth_root, "nodad")
         _ip("link", "set", self.veth_root, "up")
-        _ip("-n", self.ns, "addr", "add", f"{PEER}/{PREFIX_LEN}", "dev", self.veth_peer)
-        _ip("-n", self.ns, "addr", "add", f"{PEER6}/64", "dev", self.veth_peer, "nodad")
+        _ip("-n", self.ns, "addr", "add", f"{self.address}/{PREFIX_LEN}", "dev", self.veth_peer)
+        _ip("-n", self.ns, "addr", "add", f"{self.address6}/64", "dev", self.veth_peer, "nodad")
         _ip("-n", self.ns, "link", "set", self.veth_peer, "up")
         _ip("-n", self.ns, "link", "set", "lo", "up")
         conf = self.dir / "bird.conf"
         conf.write_text(f"""
-router id {PEER};
+router id {self.address};
 log "{self.dir / 'bird.log'}" all;
 flow4 table flowtab4;
 flow6 table flowtab6;
 protocol device {{}}
 protocol bgp seawall {{
-  local {PEER} as {PEER_AS};
-  neighbor {APPLIANCE} as {LOCAL_AS};
+  local {self.address} as {self.peer_as};
+  neighbor {self.appliance} as {LOCAL_AS};
   connect retry time 1;
   error wait time 1, 2;
   ipv4 {{ import all; export none; }};

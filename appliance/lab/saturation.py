@@ -108,7 +108,7 @@ def figures(target: str, vector: str, window: tuple[float, float], *, events: li
         blackholed = {server_of[host]} if rtbh is not None and host in server_of else set()
         out.legit_before = _success(legit_seconds, legit_started_at, onset - 10.0, onset)
         gone_at = onset + out.flood_gone_s if out.flood_gone_s is not None else end
-        out.legit_saturated = _success(legit_seconds, legit_started_at, onset + 1.0, gone_at - 1.0)
+        out.legit_saturated = _success(legit_seconds, legit_started_at, onset, gone_at)
         out.legit_after = _success(legit_seconds, legit_started_at, gone_at + SETTLE_S, end, exclude=blackholed)
         if blackholed:
             out.blackholed_server_after = _success(legit_seconds, legit_started_at, gone_at + SETTLE_S, end,
@@ -130,21 +130,21 @@ def lines(figs: list[AttackFigures], hold_down_s: float | None) -> list[str]:
     for f in figs:
         out.append(f"    {f.vector} flood at {f.target}: offered {f.peak_flood_bps / 1e6:.1f} Mbit/s to a "
                    f"{f.uplink_bps / 1e6:.1f} Mbit/s uplink (shaper dropping {f.peak_drops_pps:,.0f} pps)")
-        out.append(f"      {'FlowSpec route at the router (BIRD):':<42}{_s(f.flowspec_s)} after onset")
-        out.append(f"      {'FlowSpec rule enforced (nftables):':<42}"
+        out.append(f"      {'FlowSpec route at the router (BIRD):':<50}{_s(f.flowspec_s)} after onset")
+        out.append(f"      {'FlowSpec rule enforced (nftables):':<50}"
                    f"{_s(f.enforced_s, 'not enforced (no room at the router)')}" + (" after onset" if f.enforced_s
                                                                                    is not None else ""))
         if f.rtbh_s is not None:
-            out.append(f"      {'RTBH blackhole at the router:':<42}{f.rtbh_s:.2f} s after onset "
+            out.append(f"      {'RTBH blackhole at the router:':<50}{f.rtbh_s:.2f} s after onset "
                        f"(FlowSpec was not enough; the tenant agreed)")
-        out.append(f"      {'flood gone from the uplink:':<42}{_s(f.flood_gone_s)}" +
+        out.append(f"      {'flood gone from the uplink:':<50}{_s(f.flood_gone_s)}" +
                    (" after onset" if f.flood_gone_s is not None else ""))
-        out.append(f"      {'legitimate success before / link full / after:':<42}{_pct(f.legit_before)} / "
+        out.append(f"      {'legitimate success before / link full / after:':<50}{_pct(f.legit_before)} / "
                    f"{_pct(f.legit_saturated)} / {_pct(f.legit_after)}")
         if f.blackholed_server_after is not None:
-            out.append(f"      {'  to the blackholed server after RTBH:':<42}{_pct(f.blackholed_server_after)} "
+            out.append(f"      {'  to the blackholed server after RTBH:':<50}{_pct(f.blackholed_server_after)} "
                        f"(RTBH drops everything to the address)")
         hold = f" (hold_down_s {hold_down_s:g} after the engine ended the incident)" if hold_down_s else ""
-        out.append(f"      {'withdrawn:':<42}{_s(f.withdrawn_s, 'still announced at the end of the run')}"
+        out.append(f"      {'withdrawn:':<50}{_s(f.withdrawn_s, 'still announced at the end of the run')}"
                    + (f" after the attack's end{hold}" if f.withdrawn_s is not None else ""))
     return out
