@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from appliance.lab.scenario import SCENARIO_DIR, known_scenarios, load_scenario, parse_scenario, scenario_path
@@ -48,3 +52,10 @@ def test_bad_upstream_tables_are_refused_with_the_key(table, message):
     with pytest.raises(ValueError) as exc:
         parse_scenario(data)
     assert message in str(exc.value)
+
+
+def test_seawall_demo_refuses_an_unknown_scenario_before_building_anything():
+    r = subprocess.run([sys.executable, "-m", "appliance.cli", "demo", "--scenario", "saturaton", "--lab", "zz"],
+                       capture_output=True, text=True, timeout=60, env={**os.environ})
+    assert r.returncode == 2
+    assert "did you mean 'saturation'" in r.stderr and "reference, saturation" in r.stderr
