@@ -268,7 +268,12 @@ class EdgeRouterAgent:
                     self.refused[route] = str(exc)
                     self._event("refused", "flowspec", route, why=str(exc))
                     continue
-                out = self._nft(f"add rule inet {TABLE} {CHAIN} {rule.nft}\n", echo=True)
+                try:
+                    out = self._nft(f"add rule inet {TABLE} {CHAIN} {rule.nft}\n", echo=True)
+                except OSError as exc:    # nft refused the rule: reported, never half-installed
+                    self.refused[route] = str(exc)
+                    self._event("refused", "flowspec", route, why=str(exc))
+                    continue
                 handle = int(re.search(r"# handle (\d+)", out).group(1))
                 self.rules[route] = (rule, handle)
                 self._event("install", "flowspec", route, nft=rule.nft)
