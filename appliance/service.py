@@ -359,6 +359,10 @@ class Appliance:
             return False
         try:
             config = load_config(self.config_path)
+            if config.bgp is not None:
+                from escalation.speaker import exabgp_command  # noqa: PLC0415
+
+                exabgp_command()      # FileNotFoundError (refused, nothing applied) when ExaBGP is missing
             self._apply(config.tenants)
         except (ConfigError, OSError, RuntimeError) as exc:
             log.error("appliance.reload_rejected", error=str(exc), kept_tenants=len(self.tenants))
@@ -367,7 +371,11 @@ class Appliance:
         self.config = dataclasses.replace(self.config, tenants=config.tenants)
         self.bus.publish(Event(EventType.POLICY_CHANGE, None, "tenant set reloaded from the config file",
                                Severity.NOTICE, details={"tenants": len(config.tenants)}))
-        await self._reload_escalation(config.bgp, config.escalation)
+        try:
+            await self._reload_escalation(config.bgp, config.escalation)
+        except (OSError, RuntimeError) as exc:   # the speaker could not be (re)started: said, not fatal
+            log.error("appliance.reload_escalation_failed", error=str(exc))
+            self.bus.publish(Event(EventType.SYSTEM, None, f"[bgp] reload failed: {exc}", Severity.WARNING))
         return True
 
     async def _reload_escalation(self, bgp: Any, settings: Any) -> None:
