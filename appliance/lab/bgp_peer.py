@@ -15,6 +15,7 @@ implementation than the one that announced. Used by the netns tests and `seawall
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import ipaddress
 import pathlib
 import re
@@ -33,6 +34,15 @@ PEER_AS = 64500
 READY_TIMEOUT_S = 15.0             # seconds for BIRD to answer on its control socket
 
 _ROUTE_HEAD = re.compile(r"^(flow[46] \{.*?\}|\S+/\d+)\s+")
+
+
+PR_SET_PDEATHSIG = 1               # prctl(2): the signal a child gets when its parent dies
+
+
+def _die_with_parent() -> None:
+    """In BIRD's process before exec: SIGTERM when whoever started it dies, however it dies (a
+    demo or test killed outright leaves no BIRD behind, holding the lab's router namespace)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def _ip(*argv: str) -> None:
@@ -88,7 +98,8 @@ protocol bgp seawall {{
 """)
         self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, "bird", "-f", "-c", str(conf),
                                       "-s", str(self.socket)], stdout=subprocess.DEVNULL,
-                                     stderr=open(self.dir / "bird.stderr", "wb"))  # noqa: SIM115
+                                     stderr=open(self.dir / "bird.stderr", "wb"),  # noqa: SIM115
+                                     preexec_fn=_die_with_parent)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not (self.socket.exists() and "ready" in self.birdc("show status")):
             if self.proc.poll() is not None or time.monotonic() > deadline:
