@@ -476,7 +476,7 @@ async def incident_page(request: web.Request) -> web.Response:
              for r in detail["details"].get("rules", [])]
     anatomy = await talkers.anatomy_of(request, detail["id"])
     return render(request, "incident.html", inc=detail, rules=rules, anatomy=anatomy, can_handle=can_handle,
-                  announcements=bgp.incident_announcements(request, detail["id"]))
+                  announcements=bgp.incident_announcements(request, detail["id"]), sessions=bgp.bgp_sessions(request))
 
 
 async def incident_escalate(request: web.Request) -> web.Response:
