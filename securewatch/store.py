@@ -36,7 +36,7 @@ import structlog
 from tenants import Tenant, TenantSet
 from tenants.model import tidy_legacy_fields
 
-from . import series
+from . import fleet_store, series
 from .settings import sqlite_path
 
 log = structlog.get_logger(__name__)
@@ -174,6 +174,9 @@ MIGRATIONS: list[tuple[int, str, list[str | Callable[[_Backend], None]]]] = [
     # The live console (issue 16): tenant hour rollups for the 30-day chart, and per-destination
     # series (per-second for attacked and top-N destinations, minute rollups for the rest).
     (7, "hour rollups and per-destination series", series.MIGRATION),
+    # The fleet (issue 17): enrolled sites, ingested batches (the dedup key), per-site series,
+    # and the site of an incident that came from a site's appliance.
+    (8, "fleet sites, batches and per-site series", fleet_store.MIGRATION),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -823,6 +826,10 @@ class SyncStore:
             self._backend.close()
             raise
 
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(backend, *args) as one transaction: for sibling modules' tables (`fleet_store`)."""
+        return self._run(fn, *args)
+
     def _run(self, fn: Callable[..., T], *args: Any) -> T:
         try:
             result = fn(self._backend, *args)
@@ -1191,6 +1198,12 @@ def _incident_from_row(r: Sequence[Any]) -> Incident:
                     vectors=json.loads(r[7]), destinations=json.loads(r[8]), confidence=r[9], peak_pps=r[10],
                     peak_bps=r[11], packets_dropped=int(r[12]), efficacy=r[13], details=json.loads(r[14]),
                     acknowledged_by=r[15], acknowledged_at=r[16])
+
+
+def record_event_in(b: _Backend, e: dict[str, Any]) -> None:
+    """Store one incident event on `b`'s open transaction (the fleet ingest stores a batch's
+    events in the same transaction as its dedup row)."""
+    _record_event(b, e)
 
 
 def _record_event(b: _Backend, e: dict[str, Any]) -> None:
