@@ -236,8 +236,6 @@ class FleetAgent:
     async def start(self) -> None:
         if self.bus is not None:
             self._inbox = self.bus.subscribe(BUS_SUBSCRIBER)
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
-                                              headers={"Authorization": f"Bearer {self._token}"})
         for name, coro in (("collect", self._collect_loop()), ("send", self._send_loop()),
                            ("sync", self._sync_loop())):
             task = asyncio.get_running_loop().create_task(coro, name=f"fleet:{name}")
@@ -323,7 +321,9 @@ class FleetAgent:
     # -- send --------------------------------------------------------------------------------
 
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
-        assert self._session is not None
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+                                                  headers={"Authorization": f"Bearer {self._token}"})
         async with self._session.post(self.settings.central + path, json=body,
                                       ssl=client_ssl_context(self.settings)) as response:
             if response.status != 200:

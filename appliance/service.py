@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import structlog
 
-from appliance import nics, sdnotify
+from appliance import fleet_agent, nics, sdnotify
 from appliance.config import ApplianceConfig, load_config
 from appliance.destinations import DestinationRecorder
 from dataplane import DataplaneError
@@ -58,6 +58,7 @@ from tenants import ConfigError, TenantSet
 from tenants.compile import assign_indices, compile_tenant_set
 
 if TYPE_CHECKING:
+    from appliance.fleet_agent import FleetAgent
     from dataplane.api import DataplaneLike
     from escalation.controller import Escalation
     from policy.engine import PolicyEngine
@@ -171,6 +172,7 @@ class Appliance:
         self.engine = None
         self.notifiers = None
         self.escalation: Escalation | None = None   # with [bgp]: the ladder and the BGP speaker
+        self.fleet: FleetAgent | None = None        # with [fleet]: telemetry up, tenant sets down
         self._lifetime: contextlib.AsyncExitStack | None = None  # what stops with the process
         self.securewatch_url: str | None = None
         self.started_at = time.time()
@@ -192,6 +194,7 @@ class Appliance:
 
         # Everything that can be refused is refused here, before anything is compiled, pinned or attached.
         self._notify_parsed = validate_for_run(self.config)
+        fleet_token = self.config.fleet.token() if self.config.fleet is not None else None   # ConfigError: refused
         external, internal = self.config.interfaces()
         # Generic (skb) mode hands redirected frames to the veth's ordinary transmit path, which needs no
         # NAPI on the peer; native mode (what "auto" gets on a veth) needs it.
@@ -214,7 +217,9 @@ class Appliance:
                                    max_addresses=settings.max_addresses,
                                    address_cache_bits=settings.address_cache_bits())
         # Tenants first, then attach: the program never filters with an empty set after a restart.
-        self._apply(self.config.tenants)
+        # In a fleet, the last set taken from the central server (it may be unreachable now).
+        saved = fleet_agent.saved_config(self.state_dir) if self.config.fleet is not None else None
+        self._apply(saved[1] if saved is not None else self.config.tenants)
         self.dataplane.attach(external, internal, self.attach_mode)
         now = time.monotonic()
         self._stale_rules = {rid: now + STALE_RULE_GRACE_S for rid in self.dataplane.installed_rules()}
@@ -230,6 +235,9 @@ class Appliance:
             await self.start_notifiers(stack)
             await self._start_escalation(stack)
             await self._start_securewatch(stack)
+            if self.config.fleet is not None:
+                self.fleet = await stack.enter_async_context(
+                    fleet_agent.FleetAgent(self.config.fleet, fleet_token, self, self.bus, self.state_dir))
             self.bus.publish(Event(EventType.SYSTEM, None, "appliance started", Severity.NOTICE,
                                    details={"external": external, "internal": internal}))
             await self._stop.wait()
@@ -442,6 +450,7 @@ class Appliance:
             "bgp": self.bgp_status(),
             # SYN authentication's counters (cookie SYN-ACKs, validations, splices), appliance-wide.
             "synauth": self.dataplane.read_synauth_stats() if self.dataplane else {},
+            "fleet": self.fleet.status() if self.fleet is not None else None,
         }
 
     def _incidents(self) -> list[IncidentStatus]:

@@ -29,7 +29,19 @@ from aiohttp import web
 from policy.events import Event, EventBus, EventType
 from tenants import TenantSet
 
-from . import access_admin, admin_ui, api, auth, fleet, live, notify_admin, policy_templates, servers, talkers, ui
+from . import (
+    access_admin,
+    admin_ui,
+    api,
+    auth,
+    fleet,
+    live,
+    notify_admin,
+    policy_templates,
+    servers,
+    talkers,
+    ui,
+)
 from .auth import Principal
 from .changes import tenant_set_diff
 from .context import (

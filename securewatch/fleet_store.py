@@ -50,9 +50,17 @@ MIGRATION = [
         pps {real} NOT NULL, dropped_pps {real} NOT NULL, data TEXT NOT NULL,
         PRIMARY KEY (site, tenant, address, t))""",
     "CREATE INDEX IF NOT EXISTS fleet_destination_seconds_t ON fleet_destination_seconds (t)",
-    "ALTER TABLE incidents ADD COLUMN site TEXT",
+    lambda b: _add_incident_site(b),
     "CREATE INDEX IF NOT EXISTS incidents_site ON incidents (site)",
 ]
+
+
+def _add_incident_site(b: Any) -> None:
+    """incidents.site, unless a database rewound to an older schema by hand still has it."""
+    if b.dialect == "postgresql":
+        b.execute("ALTER TABLE incidents ADD COLUMN IF NOT EXISTS site TEXT")
+    elif "site" not in [r[1] for r in b.execute("PRAGMA table_info(incidents)").fetchall()]:
+        b.execute("ALTER TABLE incidents ADD COLUMN site TEXT")
 
 TRAFFIC_COLUMNS = ("tenant", "t", "passed_pps", "dropped_pps", "passed_bps", "dropped_bps")
 SITE_RULE = TENANT_ID_RULE
