@@ -102,7 +102,8 @@ class FleetQueue:
 
     def append(self, batch: dict[str, Any]) -> int:
         """Queue one batch; returns its sequence number. Drops the oldest batches past the bounds."""
-        body = zlib.compress(json.dumps(batch, separators=(",", ":")).encode(), 6)
+        # default=str: an event's details may hold values JSON has no type for (numpy scalars, paths).
+        body = zlib.compress(json.dumps(batch, separators=(",", ":"), default=str).encode(), 6)
         with self._db:
             seq = self._db.execute("INSERT INTO batches (created, size, body) VALUES (?, ?, ?)",
                                    (time.time(), len(body), body)).lastrowid

@@ -224,7 +224,7 @@ async def api_traffic(request: web.Request) -> web.Response:
     seconds = query_int(request, "seconds", 300, 1, TRAFFIC_SPAN_MAX_S)
     now = time.time()
     rows = await request.app[STORE].run(
-        lambda b: fleet_store.traffic(b, now - seconds, now + 1, site=_site_filter(request),
+        lambda b: fleet_store.traffic(b, now - seconds, site=_site_filter(request),
                                       tenant=request.query.get("tenant") or None))
     return web.json_response({"rows": rows})
 

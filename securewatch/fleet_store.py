@@ -222,7 +222,8 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
             duplicates += 1
             continue
         last_time = float(batch["time"])
-        traffic.extend((site, *row) for row in batch.get("traffic") or ())
+        # Whole seconds: the appliance's rows carry its tick's read time, a fraction of a second in.
+        traffic.extend((site, row[0], int(row[1]), *row[2:]) for row in batch.get("traffic") or ())
         for d in batch.get("destinations") or ():
             destinations.append((site, d["tenant"], d["address"], int(d["time"]), float(sum(d.get("pps") or ())),
                                  float(d.get("dropped_pps") or 0.0), json.dumps(d, separators=(",", ":"))))
@@ -281,10 +282,14 @@ def current_traffic(b: Any, since: float, site: str | None = None) -> dict[str, 
     return newest
 
 
-def traffic(b: Any, since: float, until: float, *, site: str | None = None,
+def traffic(b: Any, since: float, until: float | None = None, *, site: str | None = None,
             tenant: str | None = None) -> list[dict[str, Any]]:
-    """Per-second rows, oldest first, optionally of one site and/or tenant."""
-    where, params = ["t >= ?", "t < ?"], [int(since), int(until)]
+    """Per-second rows, oldest first, optionally of one site and/or tenant. until None: no bound
+    (a site whose clock runs ahead sends seconds that are still to come here)."""
+    where, params = ["t >= ?"], [int(since)]
+    if until is not None:
+        where.append("t < ?")
+        params.append(int(until))
     for column, value in (("site", site), ("tenant", tenant)):
         if value is not None:
             where.append(f"{column} = ?")

@@ -33,7 +33,8 @@ def batch(seq: int, t: float, tenant: str = "alpha", incident: str | None = None
         events.append({"type": "ATTACK_START", "incident_id": incident, "tenant": tenant, "timestamp": t,
                        "message": "udp flood", "vectors": ["udp_flood"], "destinations": ["198.51.100.10"],
                        "details": {"started": t, "target": "198.51.100.10"}, "pps": 50000.0})
-    return {"seq": seq, "time": t, "traffic": [[tenant, int(t), 1000.0, 20.0, 8e6, 1.6e5]],
+    # The time of a traffic row as the appliance sends it: its tick's read, a fraction of a second in.
+    return {"seq": seq, "time": t, "traffic": [[tenant, t + 0.43, 1000.0, 20.0, 8e6, 1.6e5]],
             "destinations": [{"tenant": tenant, "address": "198.51.100.10", "time": int(t), "pps": [1, 2, 3, 4, 5, 6],
                               "dropped_pps": 2.0}], "events": events}
 
