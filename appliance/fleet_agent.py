@@ -280,9 +280,13 @@ class FleetAgent:
 
     def _batch(self) -> dict[str, Any] | None:
         traffic = []
+        now = self.clock()
         for tenant in self.appliance.current_tenants():
-            after = self._last_seen.get(tenant.id, 0.0)
-            rows = [r for r in self.appliance.traffic_series(tenant.id, SERIES_WINDOW_S) if float(r["time"]) > after]
+            after = self._last_seen.get(tenant.id)
+            # Only the seconds since the last batch (and one of slack): a second each, usually.
+            window = SERIES_WINDOW_S if after is None else max(2, min(SERIES_WINDOW_S, int(now - after) + 2))
+            after = 0.0 if after is None else after
+            rows = [r for r in self.appliance.traffic_series(tenant.id, window) if float(r["time"]) > after]
             for r in rows:
                 traffic.append([tenant.id, float(r["time"]), float(r["passed_pps"]), float(r["dropped_pps"]),
                                 float(r["passed_bps"]), float(r["dropped_bps"])])
@@ -298,7 +302,7 @@ class FleetAgent:
                 events.append(event.to_dict())
         if not (traffic or destinations or events):
             return None
-        return {"site": self.site, "time": self.clock(), "traffic": traffic, "destinations": destinations,
+        return {"site": self.site, "time": now, "traffic": traffic, "destinations": destinations,
                 "events": events}
 
     async def collect(self) -> int | None:
