@@ -74,7 +74,8 @@ def openapi_document() -> dict[str, Any]:
         "/api/v1/incidents": {
             "get": _op("Incidents visible to the caller", query=(
                 ("tenant", "tenant id"), ("state", "active | ended"), ("vector", "attack vector"),
-                ("since", "seconds since the epoch or ISO 8601"), ("limit", "at most this many (default 200)")),
+                ("since", "seconds since the epoch or ISO 8601"), ("limit", "at most this many (default 200)"),
+                ("site", "a fleet site's incidents only (central server)")),
                 errors=("400", "401"))},
         "/api/v1/incidents/{incident_id}": {
             "get": _op("An incident with its events, timeline, notes and PCAP files", params=iid,

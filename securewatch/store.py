@@ -294,6 +294,7 @@ class IncidentFilter:
     since: float | None = None         # seconds since the epoch: incidents updated at or after
     until: float | None = None         # started before
     limit: int = 200
+    site: str | None = None            # a fleet site's incidents only (central server)
 
 
 class _Backend:
@@ -1270,6 +1271,9 @@ def _incidents(b: _Backend, flt: IncidentFilter, incident_id: str | None = None)
     if flt.state is not None:
         where.append("state = ?")
         params.append(flt.state)
+    if flt.site is not None:
+        where.append("site = ?")
+        params.append(flt.site)
     if flt.since is not None:
         where.append("updated >= ?")
         params.append(flt.since)

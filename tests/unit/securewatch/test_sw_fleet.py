@@ -175,6 +175,13 @@ async def test_fleet_page_and_api_show_sites_filterable_by_site(tmp_path, databa
                 assert {row["site"] for row in (await r.json())["rows"]} == {"ams1"}
             async with http.get(f"{url}/api/v1/fleet/sites", params={"site": "Bad Site"}) as r:
                 assert r.status == 400 and "site:" in (await r.json())["error"]
+            async with http.get(f"{url}/api/v1/incidents", params={"site": "ams1"}) as r:
+                assert [i["id"] for i in (await r.json())["incidents"]] == ["ams1:ams1-inc"]
+            async with http.get(f"{url}/incidents", params={"site": "fra1"}) as r:
+                page = await r.text()
+            assert "fra1:fra1-inc" in page and "ams1:ams1-inc" not in page
+            async with http.get(f"{url}/api/v1/incidents", params={"site": "AMS"}) as r:
+                assert r.status == 400
             async with http.get(f"{url}/fleet", params={"site": "ams1"}) as r:
                 page = await r.text()
             assert r.status == 200 and 'data-site="ams1"' in page and 'data-site="fra1"' not in page
