@@ -183,6 +183,24 @@ class CentralRefused(Exception):
         self.status = status
 
 
+def fleet_problems(settings: FleetSettings) -> list[str]:
+    """What `seawall run` refuses before it starts: a token file it cannot read, a ca_file that
+    holds no certificate. Each problem names its key."""
+    problems = []
+    try:
+        settings.token()
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if settings.ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=str(settings.ca_file))
+        except ssl.SSLError as exc:   # an OSError too: caught first
+            problems.append(f"[fleet] ca_file: {str(settings.ca_file)!r} holds no PEM certificate ({exc.reason or exc})")
+        except OSError as exc:
+            problems.append(f"[fleet] ca_file: cannot read {str(settings.ca_file)!r}: {exc.strerror}")
+    return problems
+
+
 def client_ssl_context(settings: FleetSettings) -> ssl.SSLContext | bool:
     """TLS for the central server: its certificate checked against ca_file, else the system's CAs."""
     if not settings.central.startswith("https://"):

@@ -641,6 +641,8 @@ def validate_for_run(config: ApplianceConfig):
             exabgp_command()
         except FileNotFoundError as exc:
             problems.append(f"[bgp]: {exc}")
+    if config.fleet is not None:
+        problems.extend(fleet_agent.fleet_problems(config.fleet))
     notify = None
     if config.notify:
         try:

@@ -292,3 +292,16 @@ def test_fleet_queue_bound_and_drops_are_in_metrics(tmp_path):
     assert "seawall_fleet_queue_dropped_batches_total 3.0" in text
     assert "seawall_fleet_queue_batches 2.0" in text and "seawall_fleet_queue_max_batches 2.0" in text
     assert "seawall_fleet_sent_batches_total 4.0" in text and "seawall_fleet_config_version 7.0" in text
+
+
+def test_seawall_run_refuses_an_unreadable_token_file_and_a_bad_ca_file_naming_the_keys(tmp_path):
+    from appliance.service import validate_for_run  # noqa: PLC0415
+
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    config = parse_config(FLEET.replace("/etc/seawall/fleet.token", str(tmp_path / "none"))
+                          .replace("/etc/seawall/central-ca.pem", str(tmp_path / "ca.pem")))
+    with pytest.raises(ConfigError) as caught:
+        validate_for_run(config)
+    problems = caught.value.problems
+    assert any(p.startswith("[fleet] token_file: cannot read") for p in problems), problems
+    assert any(p.startswith("[fleet] ca_file:") and "no PEM certificate" in p for p in problems), problems
