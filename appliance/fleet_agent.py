@@ -58,6 +58,7 @@ BATCH_EVERY_S = 1.0                      # seconds between batches (the engine's
 SYNC_EVERY_S = 5.0                       # seconds between configuration checks with the central server
 SEND_MAX_BATCHES = 120                   # batches per request: two minutes of backlog
 SEND_MAX_BYTES = 3 << 20                 # bytes of JSON per request (the server takes 4 MiB)
+REFUSED_AS_DATA = (413, 422)             # statuses that refuse the batches sent, not the site or the link
 RETRY_FIRST_S = 1.0                      # seconds before the first retry after a failed send
 RETRY_MAX_S = 30.0                       # seconds between retries at most
 REQUEST_TIMEOUT_S = 30.0                 # seconds one request may take
@@ -122,15 +123,15 @@ class FleetQueue:
         return int(seq)
 
     def oldest(self, max_batches: int, max_bytes: int) -> list[dict[str, Any]]:
-        """The oldest queued batches (each with its "seq"), at most `max_batches` and about `max_bytes`
-        of compressed data, but always the oldest one."""
+        """The oldest queued batches (each with its "seq"), at most `max_batches` and `max_bytes` of
+        JSON as sent (uncompressed: what the server's request limit counts), but always the oldest one."""
         out, total = [], 0
-        for seq, size, body in self._db.execute("SELECT seq, size, body FROM batches ORDER BY seq LIMIT ?",
-                                                (max_batches,)):
-            if out and total + size > max_bytes:
+        for seq, body in self._db.execute("SELECT seq, body FROM batches ORDER BY seq LIMIT ?", (max_batches,)):
+            raw = zlib.decompress(body)
+            if out and total + len(raw) > max_bytes:
                 break
-            total += size
-            out.append({"seq": seq, **json.loads(zlib.decompress(body))})
+            total += len(raw)
+            out.append({"seq": seq, **json.loads(raw)})
         return out
 
     def ack(self, up_to: int) -> int:
@@ -347,7 +348,10 @@ class FleetAgent:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
                                                   headers={"Authorization": f"Bearer {self._token}"})
-        async with self._session.post(self.settings.central + path, json=body,
+        # Compact JSON: the queue's budget per request (SEND_MAX_BYTES) is counted the same way.
+        data = json.dumps(body, separators=(",", ":"), default=str)
+        async with self._session.post(self.settings.central + path, data=data,
+                                      headers={"Content-Type": "application/json"},
                                       ssl=client_ssl_context(self.settings)) as response:
             if response.status != 200:
                 text = await response.text()
@@ -366,9 +370,10 @@ class FleetAgent:
             answer = await self._post("/api/v1/fleet/site/ingest",
                                       {"site": self.site, "queue": self.queue.id, "batches": batches})
         except CentralRefused as exc:
-            if exc.status != 422 or len(batches) > 1:
+            if exc.status not in REFUSED_AS_DATA or len(batches) > 1:
                 raise
-            # One batch the server will never take (a bug on one side): drop it, or it blocks the rest.
+            # One batch the server will never take (malformed, or too large for one request: a bug
+            # on one side): drop it, or it blocks the rest.
             await self._in_queue(self.queue.ack, batches[0]["seq"])
             self.rejected_batches += 1
             log.error("fleet.batch_rejected", seq=batches[0]["seq"], error=str(exc))
@@ -401,7 +406,7 @@ class FleetAgent:
                     await asyncio.wait_for(self._queued.wait(), self.batch_every_s)
                 continue
             except CentralRefused as exc:
-                if exc.status == 422:
+                if exc.status in REFUSED_AS_DATA:
                     max_batches = 1   # find the one batch it refuses
                 self._failed(exc)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:

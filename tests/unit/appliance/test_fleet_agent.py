@@ -305,3 +305,23 @@ def test_seawall_run_refuses_an_unreadable_token_file_and_a_bad_ca_file_naming_t
     problems = caught.value.problems
     assert any(p.startswith("[fleet] token_file: cannot read") for p in problems), problems
     assert any(p.startswith("[fleet] ca_file:") and "no PEM certificate" in p for p in problems), problems
+
+
+async def test_fleet_backlog_is_sent_within_the_servers_request_limit(tmp_path):
+    """Queued batches compress well: a request is bounded by their JSON as sent (what the
+    server's 4 MiB limit counts), or a backfill of big batches is refused (413) forever."""
+    async with central(tmp_path) as (url, store):
+        token = await enrolled(store)
+        agent = agent_for(url, token, LabAppliance(), tmp_path / "state")
+        try:
+            t0 = int(time.time()) - 100
+            for s in range(8):   # ~1 MiB of JSON each, a few KiB compressed
+                agent.queue.append({"site": "ams1", "time": float(t0 + s), "destinations": [], "events": [],
+                                    "traffic": [[f"t{i:05d}", t0 + s, 1000.0, 0.0, 8e6, 0.0] for i in range(15000)]})
+            sent = 0
+            while batches := await agent.send_once():
+                sent += batches
+            assert sent == 8 and agent.status()["queue"]["batches"] == 0
+            assert len(await rows_at_central(store)) == 8 * 15000
+        finally:
+            await agent.stop()
