@@ -198,3 +198,19 @@ async def test_fleet_tenant_traffic_is_the_sum_over_sites_and_a_retry_adds_nothi
             assert status == 200
         [row] = await store.traffic("alpha", t - 1, t + 2, "second")
         assert (row["passed_pps"], row["dropped_pps"]) == (2000.0, 40.0)   # both sites, each once
+
+
+@pytest.mark.parametrize("row", [
+    ["alpha", 1.0, 1.0, 1.0, 1.0], ["alpha", 1.0, 1.0, 1.0, 1.0, True], [7, 1.0, 1.0, 1.0, 1.0, 1.0],
+    ["alpha", 1.0, float("nan"), 1.0, 1.0, 1.0], ["alpha", 1.0, float("inf"), 1.0, float("-inf"), 1.0],
+    ["alpha", "1", 1.0, 1.0, 1.0, 1.0], {"tenant": "alpha"},
+])
+def test_fleet_traffic_row_check_refuses_what_is_not_six_finite_fields(row):
+    from securewatch.context import ApiError  # noqa: PLC0415
+    from securewatch.fleet import check_batches  # noqa: PLC0415
+
+    good = ["alpha", 1.0, 2, 3.0, 4.0, 5.0]
+    assert check_batches({"queue": "q", "batches": [{"seq": 1, "time": 1.0, "traffic": [good]}]})[0] == "q"
+    with pytest.raises(ApiError) as caught:
+        check_batches({"queue": "q", "batches": [{"seq": 1, "time": 1.0, "traffic": [good, row]}]})
+    assert caught.value.status == 422 and caught.value.problems[0].startswith("batches[0].traffic[1]:")
