@@ -8,9 +8,10 @@ What is stored (schema migration 8, `store.MIGRATIONS`):
     fleet_batches               one row per batch ingested, keyed (site, queue, seq): a retried
                                 batch finds its row and is skipped, so it is stored once; holds the
                                 appliance's own time and the central receipt time (clock skew)
-    fleet_traffic_seconds       per site, per tenant, per second: passed/dropped pps and bps; each
-                                site's second is also added into the tenant's own `traffic_seconds`
-                                row, so the dashboard and the 5-minute chart show the whole fleet
+    fleet_traffic_seconds       per site, per tenant, per second: passed/dropped pps and bps (written
+                                with COPY alone: adding each site's second into the tenant's own
+                                `traffic_seconds` row as well, an upsert per tenant per site-second,
+                                cut PostgreSQL's ingest from 27 to 5 site-seconds/s at 10,000 tenants)
     fleet_destination_seconds   per site, per destination, per second: total and dropped pps, and
                                 the row as the appliance sent it (class arrays, baseline, threshold)
     incidents.site              the site whose appliance saw the incident (NULL: this box's own)
@@ -232,7 +233,7 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
         for event in batch.get("events") or ():
             _record_site_event(b, site, event, record_event)
             events += 1
-    _write_traffic(b, traffic)
+    _write_rows(b, "fleet_traffic_seconds", ("site", *TRAFFIC_COLUMNS), traffic)
     _write_rows(b, "fleet_destination_seconds",
                 ("site", "tenant", "address", "t", "pps", "dropped_pps", "data"), destinations)
     record_contact(b, site, now, last_time, None, None, None)
@@ -264,39 +265,6 @@ def _write_rows(b: Any, table: str, columns: Sequence[str], rows: list[tuple[Any
         return
     b.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
                   f"ON CONFLICT DO NOTHING", rows)
-
-
-# The fleet-wide tenant series: each site's seconds added into the central server's own per-tenant
-# rows (`traffic_seconds`, what the dashboard's current traffic and the 5-minute chart read), so a
-# tenant announced at two sites shows the sum. Adding is right because a batch is stored once.
-_ADD_TO_TENANT_SECONDS = ("INSERT INTO traffic_seconds (tenant, t, passed_pps, dropped_pps, passed_bps, dropped_bps) "
-                          "{source} ON CONFLICT (tenant, t) DO UPDATE SET "
-                          "passed_pps = traffic_seconds.passed_pps + excluded.passed_pps, "
-                          "dropped_pps = traffic_seconds.dropped_pps + excluded.dropped_pps, "
-                          "passed_bps = traffic_seconds.passed_bps + excluded.passed_bps, "
-                          "dropped_bps = traffic_seconds.dropped_bps + excluded.dropped_bps")
-
-
-def _write_traffic(b: Any, rows: list[tuple[Any, ...]]) -> None:
-    """A request's per-site seconds: into fleet_traffic_seconds, and added into traffic_seconds.
-    PostgreSQL: one COPY into a transaction-local table, then two set-based statements."""
-    if not rows:
-        return
-    columns = ("site", *TRAFFIC_COLUMNS)
-    if b.dialect == "postgresql":
-        b.execute("CREATE TEMP TABLE IF NOT EXISTS fleet_incoming (site TEXT, tenant TEXT, t BIGINT, "
-                  "passed_pps DOUBLE PRECISION, dropped_pps DOUBLE PRECISION, passed_bps DOUBLE PRECISION, "
-                  "dropped_bps DOUBLE PRECISION) ON COMMIT DELETE ROWS")
-        _write_rows(b, "fleet_incoming", columns, rows)
-        b.execute(f"INSERT INTO fleet_traffic_seconds ({', '.join(columns)}) SELECT {', '.join(columns)} "
-                  f"FROM fleet_incoming ON CONFLICT DO NOTHING")
-        b.execute(_ADD_TO_TENANT_SECONDS.format(
-            source="SELECT tenant, t, SUM(passed_pps), SUM(dropped_pps), SUM(passed_bps), SUM(dropped_bps) "
-                   "FROM fleet_incoming GROUP BY tenant, t"))
-        return
-    _write_rows(b, "fleet_traffic_seconds", columns, rows)
-    # One row per (tenant, t) per site: a request holds one site's, so no two rows share a key here.
-    b.executemany(_ADD_TO_TENANT_SECONDS.format(source="VALUES (?, ?, ?, ?, ?, ?)"), [row[1:] for row in rows])
 
 
 # -- reading --------------------------------------------------------------------------------------

@@ -188,18 +188,6 @@ async def test_fleet_page_and_api_show_sites_filterable_by_site(tmp_path, databa
             assert "ams1:ams1-inc" in page and "fra1:fra1-inc" not in page
 
 
-async def test_fleet_tenant_traffic_is_the_sum_over_sites_and_a_retry_adds_nothing(tmp_path, database_url):
-    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
-        ams, fra = await enroll(store, "ams1"), await enroll(store, "fra1")
-        t = float(int(time.time()))
-        for token, site in ((ams, "ams1"), (fra, "fra1"), (ams, "ams1")):   # ams1's batch sent twice
-            status, _ = await post(url, "/api/v1/fleet/site/ingest", token,
-                                   {"site": site, "queue": "q", "batches": [batch(1, t)]})
-            assert status == 200
-        [row] = await store.traffic("alpha", t - 1, t + 2, "second")
-        assert (row["passed_pps"], row["dropped_pps"]) == (2000.0, 40.0)   # both sites, each once
-
-
 @pytest.mark.parametrize("row", [
     ["alpha", 1.0, 1.0, 1.0, 1.0], ["alpha", 1.0, 1.0, 1.0, 1.0, True], [7, 1.0, 1.0, 1.0, 1.0, 1.0],
     ["alpha", 1.0, float("nan"), 1.0, 1.0, 1.0], ["alpha", 1.0, float("inf"), 1.0, float("-inf"), 1.0],
