@@ -25,6 +25,7 @@ import collections
 import contextlib
 import copy
 import dataclasses
+import itertools
 import json
 import os
 import pathlib
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import structlog
 
-from appliance import nics, sdnotify
+from appliance import fleet_agent, nics, sdnotify
 from appliance.config import ApplianceConfig, load_config
 from appliance.destinations import DestinationRecorder
 from dataplane import DataplaneError
@@ -58,6 +59,7 @@ from tenants import ConfigError, TenantSet
 from tenants.compile import assign_indices, compile_tenant_set
 
 if TYPE_CHECKING:
+    from appliance.fleet_agent import FleetAgent
     from dataplane.api import DataplaneLike
     from escalation.controller import Escalation
     from policy.engine import PolicyEngine
@@ -109,9 +111,13 @@ class TrafficMonitor:
 
     def series_of(self, idx: int, seconds: int) -> list[TrafficSecond]:
         series = self.series.get(idx)
-        if series is None:
+        if series is None or seconds <= 0:
             return []
-        pairs = list(zip(series.times, series.rows, strict=True))[-seconds:] if seconds > 0 else []
+        # From the newest end: the fleet agent asks each tenant's last second or two every second,
+        # and copying an hour of rows per tenant for that cost ~10,000x more.
+        n = min(seconds, len(series.times))
+        pairs = list(zip(itertools.islice(reversed(series.times), n), itertools.islice(reversed(series.rows), n),
+                         strict=True))[::-1]
         return [{"time": t, **row} for t, row in pairs]  # type: ignore[typeddict-item]
 
     def tenant_traffic(self, indices: dict[str, int]) -> dict[str, dict[str, Any]]:
@@ -171,6 +177,7 @@ class Appliance:
         self.engine = None
         self.notifiers = None
         self.escalation: Escalation | None = None   # with [bgp]: the ladder and the BGP speaker
+        self.fleet: FleetAgent | None = None        # with [fleet]: telemetry up, tenant sets down
         self._lifetime: contextlib.AsyncExitStack | None = None  # what stops with the process
         self.securewatch_url: str | None = None
         self.started_at = time.time()
@@ -192,6 +199,7 @@ class Appliance:
 
         # Everything that can be refused is refused here, before anything is compiled, pinned or attached.
         self._notify_parsed = validate_for_run(self.config)
+        fleet_token = self.config.fleet.token() if self.config.fleet is not None else None   # ConfigError: refused
         external, internal = self.config.interfaces()
         # Generic (skb) mode hands redirected frames to the veth's ordinary transmit path, which needs no
         # NAPI on the peer; native mode (what "auto" gets on a veth) needs it.
@@ -214,7 +222,9 @@ class Appliance:
                                    max_addresses=settings.max_addresses,
                                    address_cache_bits=settings.address_cache_bits())
         # Tenants first, then attach: the program never filters with an empty set after a restart.
-        self._apply(self.config.tenants)
+        # In a fleet, the last set taken from the central server (it may be unreachable now).
+        saved = fleet_agent.saved_config(self.state_dir) if self.config.fleet is not None else None
+        self._apply(saved[1] if saved is not None else self.config.tenants)
         self.dataplane.attach(external, internal, self.attach_mode)
         now = time.monotonic()
         self._stale_rules = {rid: now + STALE_RULE_GRACE_S for rid in self.dataplane.installed_rules()}
@@ -230,6 +240,9 @@ class Appliance:
             await self.start_notifiers(stack)
             await self._start_escalation(stack)
             await self._start_securewatch(stack)
+            if self.config.fleet is not None:
+                self.fleet = await stack.enter_async_context(
+                    fleet_agent.FleetAgent(self.config.fleet, fleet_token, self, self.bus, self.state_dir))
             self.bus.publish(Event(EventType.SYSTEM, None, "appliance started", Severity.NOTICE,
                                    details={"external": external, "internal": internal}))
             await self._stop.wait()
@@ -486,6 +499,7 @@ class Appliance:
             "bgp": self.bgp_status(),
             # SYN authentication's counters (cookie SYN-ACKs, validations, splices), appliance-wide.
             "synauth": self.dataplane.read_synauth_stats() if self.dataplane else {},
+            "fleet": self.fleet.status() if self.fleet is not None else None,
         }
 
     def _blocked_sources(self, idx: int) -> dict[str, Any]:
@@ -679,6 +693,8 @@ def validate_for_run(config: ApplianceConfig):
             exabgp_command()
         except FileNotFoundError as exc:
             problems.append(f"[bgp]: {exc}")
+    if config.fleet is not None:
+        problems.extend(fleet_agent.fleet_problems(config.fleet))
     notify = None
     if config.notify:
         try:

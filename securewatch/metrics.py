@@ -126,6 +126,37 @@ class _StatusCollector:
 
         if s.get("bgp"):
             yield from _bgp_metrics(s["bgp"])
+        if s.get("fleet"):
+            yield from _fleet_metrics(s["fleet"])
+
+
+def _fleet_metrics(fleet: dict[str, Any]):
+    """The fleet agent's queue to the central server: its bound, what it holds, what it dropped."""
+    queue = fleet.get("queue") or {}
+    for name, key, help_text in (
+            ("seawall_fleet_queue_batches", "batches", "Batches queued on disk for the central server"),
+            ("seawall_fleet_queue_bytes", "bytes", "Bytes (compressed) queued on disk for the central server"),
+            ("seawall_fleet_queue_max_bytes", "max_bytes", "The queue's bound in bytes; past it the oldest "
+                                                             "batches are dropped"),
+            ("seawall_fleet_queue_max_batches", "max_batches", "The queue's bound in batches"),
+            ("seawall_fleet_queue_oldest_age_seconds", "oldest_age_s", "Age of the oldest queued batch")):
+        gauge = GaugeMetricFamily(name, help_text)
+        gauge.add_metric([], float(queue.get(key) or 0))
+        yield gauge
+    for name, value, help_text in (
+            ("seawall_fleet_queue_dropped_batches", queue.get("dropped_batches"),
+             "Batches dropped, oldest first, because the queue was full"),
+            ("seawall_fleet_sent_batches", fleet.get("sent_batches"), "Batches the central server acknowledged"),
+            ("seawall_fleet_rejected_batches", fleet.get("rejected_batches"),
+             "Batches the central server refused as invalid (dropped)")):
+        counter = CounterMetricFamily(name, help_text)
+        counter.add_metric([], float(value or 0))
+        yield counter
+    version = GaugeMetricFamily("seawall_fleet_config_version", "The central configuration version in force "
+                                "(-1: none taken yet)")
+    running = fleet.get("running_version")
+    version.add_metric([], float(running if running is not None else -1))
+    yield version
 
 
 def _bgp_metrics(bgp: dict[str, Any]):

@@ -142,6 +142,7 @@ class ApplianceStatus(TypedDict):
     securewatch: str | None                         # SecureWatch's URL when it runs
     bgp: NotRequired[BgpStatus | None]              # None without [bgp]
     synauth: NotRequired[dict[str, int]]            # `Dataplane.read_synauth_stats()` (absent in older files)
+    fleet: NotRequired[dict[str, Any] | None]       # `appliance.fleet_agent.FleetAgent.status()`; None without [fleet]
 
 
 class TenantScopedStatus(TypedDict):

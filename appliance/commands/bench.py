@@ -72,6 +72,17 @@ def register(subparsers) -> None:
                     help="stop starting requests after S seconds and report what completed (default 300)")
     sw.add_argument("--json", action="store_true")
     sw.set_defaults(func=bench_securewatch)
+    fl = sub.add_parser("fleet", help="central SecureWatch: ingest rate, CPU and memory, tick-to-central delay, "
+                                      "backfill rate")
+    fl.add_argument("--sites", type=int, default=20, help="simulated sites sending at once (default 20)")
+    fl.add_argument("--tenants", type=int, default=10_000, help="tenants per site (default 10,000)")
+    fl.add_argument("--seconds", type=int, default=30, help="seconds of backlog each site sends (default 30)")
+    fl.add_argument("--live-s", type=int, default=10, help="seconds of the tick-to-central measurement")
+    fl.add_argument("--outage-s", type=int, default=3600, help="seconds of outage backfilled (default 3600)")
+    fl.add_argument("--backfill-tenants", type=int, default=1_000, help="tenants of the backfilling site")
+    fl.add_argument("--database", help="the central database (an empty postgresql://...; default: temporary SQLite)")
+    fl.add_argument("--json", action="store_true")
+    fl.set_defaults(func=bench_fleet)
 
 
 def _progress(message: str) -> None:
@@ -215,3 +226,15 @@ def bench_securewatch(args) -> int:
     except (ValueError, RuntimeError) as exc:
         return _refused("seawall bench securewatch", exc)
     return _show(securewatch.render(result), result, args.json)
+
+
+def bench_fleet(args) -> int:
+    from appliance.bench import fleet  # noqa: PLC0415
+
+    try:
+        result = fleet.run(sites=args.sites, tenants=args.tenants, seconds=args.seconds, live_s=args.live_s,
+                           outage_s=args.outage_s, backfill_tenants=args.backfill_tenants, database=args.database,
+                           progress=_progress)
+    except (ValueError, RuntimeError) as exc:
+        return _refused("seawall bench fleet", exc)
+    return _show(fleet.render(result), result, args.json)

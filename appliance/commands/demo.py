@@ -14,6 +14,8 @@ def register(subparsers) -> None:
     p.add_argument("--scenario", default=None,
                    help="a scenario name (a file of appliance/scenarios/: reference, saturation, ...) or the path "
                         "of a scenario TOML (default: reference)")
+    p.add_argument("--fleet", action="store_true",
+                   help="two sites (two labs, two appliances) and one central SecureWatch (issue 17)")
     p.set_defaults(func=demo)
 
 
@@ -29,6 +31,10 @@ def demo(args) -> int:
         except (ValueError, OSError) as exc:
             print(f"seawall demo: --scenario: {exc}", file=sys.stderr)
             return 2
+    if args.fleet:
+        from appliance.fleet_demo import run_fleet_demo  # noqa: PLC0415
+
+        return run_fleet_demo(args.duration, scenario_path=args.scenario)
     from appliance.demo import run_demo  # noqa: PLC0415 - loads bcc: only once the arguments are good
 
     return run_demo(args.lab, args.duration, scenario_path=args.scenario)
