@@ -36,7 +36,7 @@ import structlog
 from tenants import Tenant, TenantSet
 from tenants.model import tidy_legacy_fields
 
-from . import series
+from . import reports_config, series
 from .settings import sqlite_path
 
 log = structlog.get_logger(__name__)
@@ -174,6 +174,8 @@ MIGRATIONS: list[tuple[int, str, list[str | Callable[[_Backend], None]]]] = [
     # The live console (issue 16): tenant hour rollups for the 30-day chart, and per-destination
     # series (per-second for attacked and top-N destinations, minute rollups for the rest).
     (7, "hour rollups and per-destination series", series.MIGRATION),
+    # Customer reports (issue 16): the branding saved in the UI/API, and the monthly mail schedule.
+    (8, "report branding and scheduled report deliveries", reports_config.MIGRATION),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
