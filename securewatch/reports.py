@@ -260,13 +260,13 @@ _CHART_KEYS = ("passed_pps", "dropped_pps", "passed_bps", "dropped_bps")
 
 
 def _columns(rows: list[dict[str, float]]) -> dict[str, list[float]]:
-    return {"time": [r["t"] for r in rows], **{k: [r[k] for r in rows] for k in _CHART_KEYS}}
+    return {"time": [r["time"] for r in rows], **{k: [r[k] for r in rows] for k in _CHART_KEYS}}
 
 
 def _hours(b: Any, tenant: str, start: float, end: float) -> dict[str, list[float]]:
     rows = b.execute("SELECT t, passed_pps, dropped_pps, passed_bps, dropped_bps FROM traffic_hours "
                      "WHERE tenant = ? AND t >= ? AND t < ? ORDER BY t", (tenant, int(start), int(end))).fetchall()
-    return _columns([dict(zip(("t", *_CHART_KEYS), (float(v) for v in r), strict=True)) for r in rows])
+    return _columns([dict(zip(("time", *_CHART_KEYS), (float(v) for v in r), strict=True)) for r in rows])
 
 
 def _servers(b: Any, tenant: str, start: float, end: float, limit: int) -> list[dict[str, Any]]:
