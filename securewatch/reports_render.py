@@ -154,8 +154,9 @@ class PdfRenderer:
         args = [str(self.executable), "--headless", "--disable-gpu", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--disable-extensions", "--mute-audio",
-                # The document is self-contained: any name lookup is a mistake, so none resolves.
-                "--host-resolver-rules=MAP * ~NOTFOUND", "--blink-settings=scriptEnabled=false",
+                # The document is self-contained: any name lookup is a mistake, so none resolves. (Scripts
+                # are not turned off: headless printing then writes no file; the document has none.)
+                "--host-resolver-rules=MAP * ~NOTFOUND",
                 f"--user-data-dir={tmp / 'profile'}", "--no-pdf-header-footer", f"--print-to-pdf={target}",
                 source.as_uri()]
         if os.geteuid() == 0:
