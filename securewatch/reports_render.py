@@ -101,7 +101,8 @@ def svg_chart(times: Sequence[float], series: Sequence[tuple[str, Sequence[float
         v = top * i / Y_TICKS
         parts.append(f'<line x1="{PAD_L}" x2="{CHART_W - PAD_R}" y1="{y(v):.1f}" y2="{y(v):.1f}" class="grid"/>'
                      f'<text x="{PAD_L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{esc(formatting.rate(v, unit))}</text>')
-    fmt = "%d %b %H:%M" if span > 86400 else "%H:%M"
+    # An attack of seconds needs seconds on its axis; a month needs days.
+    fmt = "%d %b %H:%M" if span > 86400 else "%H:%M" if span > 3600 else "%H:%M:%S"
     for i in range(X_TICKS):
         t = t0 + span * i / (X_TICKS - 1)
         label = datetime.datetime.fromtimestamp(t, tz=datetime.UTC).strftime(fmt)
