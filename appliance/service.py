@@ -297,7 +297,11 @@ class Appliance:
 
         self.escalation = Escalation(self.config.bgp, self.config.escalation, self.state_dir / "bgp", self.bus)
         await self.escalation.start()
-        stack.push_async_callback(self.escalation.stop)
+        stack.push_async_callback(self._stop_escalation)   # whichever is running then (reloads change it)
+
+    async def _stop_escalation(self) -> None:
+        if self.escalation is not None:
+            await self.escalation.stop()
 
     async def _start_securewatch(self, stack: contextlib.AsyncExitStack) -> None:
         settings = self.config.securewatch
@@ -351,13 +355,18 @@ class Appliance:
     def _request_reload(self) -> None:
         self._reload_requested = True
 
-    def reload(self) -> bool:
-        """SIGHUP: re-read the config file and apply its tenants; a bad file changes nothing."""
+    async def reload(self) -> bool:
+        """SIGHUP: re-read the config file; apply its tenants, then its [bgp] and [escalation]. A bad
+        file (every section is validated first, each problem naming its key) changes nothing."""
         if not self.config_path:
             log.warning("appliance.reload_skipped", reason="no config file")
             return False
         try:
             config = load_config(self.config_path)
+            if config.bgp is not None:
+                from escalation.speaker import exabgp_command  # noqa: PLC0415
+
+                exabgp_command()      # FileNotFoundError (refused, nothing applied) when ExaBGP is missing
             self._apply(config.tenants)
         except (ConfigError, OSError, RuntimeError) as exc:
             log.error("appliance.reload_rejected", error=str(exc), kept_tenants=len(self.tenants))
@@ -366,7 +375,41 @@ class Appliance:
         self.config = dataclasses.replace(self.config, tenants=config.tenants)
         self.bus.publish(Event(EventType.POLICY_CHANGE, None, "tenant set reloaded from the config file",
                                Severity.NOTICE, details={"tenants": len(config.tenants)}))
+        try:
+            await self._reload_escalation(config.bgp, config.escalation)
+        except (OSError, RuntimeError) as exc:   # the speaker could not be (re)started: said, not fatal
+            log.error("appliance.reload_escalation_failed", error=str(exc))
+            self.bus.publish(Event(EventType.SYSTEM, None, f"[bgp] reload failed: {exc}", Severity.WARNING))
         return True
+
+    async def _reload_escalation(self, bgp: Any, settings: Any) -> None:
+        """[bgp] and [escalation] from a reloaded (valid) file: the speaker started, stopped or
+        reconfigured; announcements kept where a peer still takes them (escalation.controller).
+        `[escalation] uplink_bps` also scaled the engine's detection floors at start: that part
+        waits for the next start (logged)."""
+        if bgp == self.config.bgp and settings == self.config.escalation:
+            return
+        if settings.uplink_bps != self.config.escalation.uplink_bps:
+            log.warning("appliance.reload_partial", key="[escalation] uplink_bps",
+                        applied="escalation decisions", pending="detection floors (at the next start)")
+        if bgp is None:
+            await self._stop_escalation()
+            if self.escalation is not None:
+                # Removed on purpose: no later start may take its routes back up (controller.SAVED).
+                self.escalation.saved_path.unlink(missing_ok=True)
+            self.escalation = None
+        elif self.escalation is None:
+            from escalation.controller import Escalation  # noqa: PLC0415 - only with [bgp]
+
+            self.escalation = Escalation(bgp, settings, self.state_dir / "bgp", self.bus)
+            await self.escalation.start()
+        else:
+            await self.escalation.reconfigure(bgp, settings)
+        self.config = dataclasses.replace(self.config, bgp=bgp, escalation=settings)
+        log.info("appliance.escalation_reloaded", bgp=bgp is not None,
+                 peers=[p.address for p in bgp.peers] if bgp is not None else [])
+        self.bus.publish(Event(EventType.POLICY_CHANGE, None, "[bgp] and [escalation] reloaded from the config file",
+                               Severity.NOTICE, details={"peers": [p.address for p in bgp.peers] if bgp else []}))
 
     # -- ApplianceHooks (SecureWatch) -----------------------------------------
 
@@ -425,7 +468,8 @@ class Appliance:
                 "name": t.name, "mode": t.mode, "index": idx, "prefixes": [str(p) for p in t.prefixes],
                 **traffic[t.id],
                 # Per-destination class budgets in force: the policy's, or derived from the baselines.
-                "class_budgets": self.engine.budgets.effective(idx, t.policy) if self.engine else None})
+                "class_budgets": self.engine.budgets.effective(idx, t.policy) if self.engine else None,
+                **self._blocked_sources(idx)})
         return {
             "pid": os.getpid(),
             "updated": time.time(),
@@ -447,6 +491,14 @@ class Appliance:
             # SYN authentication's counters (cookie SYN-ACKs, validations, splices), appliance-wide.
             "synauth": self.dataplane.read_synauth_stats() if self.dataplane else {},
         }
+
+    def _blocked_sources(self, idx: int) -> dict[str, Any]:
+        """A tenant's dynamic block list (issue 15) as the policy engine keeps it, reasons included."""
+        if self.engine is None:
+            return {"blocked_sources": [], "blocked_sources_total": 0}
+        flood = self.engine.appflood
+        return {"blocked_sources": flood.blocked_sources(idx, time.monotonic(), time.time()),
+                "blocked_sources_total": flood.blocked_count(idx)}
 
     def _incidents(self) -> list[IncidentStatus]:
         """Open incidents, newest first, in the shape the status file and the demo show."""
@@ -586,7 +638,7 @@ class Appliance:
         while not self._stop.is_set():
             if self._reload_requested:
                 self._reload_requested = False
-                self.reload()
+                await self.reload()
             now = time.monotonic()
             for rid, deadline in list(self._stale_rules.items()):
                 if now >= deadline:

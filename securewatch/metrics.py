@@ -40,6 +40,11 @@ class _StatusCollector:
             for reason, n in (t.get("drop_reasons") or {}).items():
                 reasons.add_metric([tid, reason], float(n))
         yield from (pps, bps, packets, reasons)
+        blocked = GaugeMetricFamily("seawall_tenant_blocked_sources", "Sources on the tenant's dynamic block list "
+                                    "(application-layer floods)", labels=["tenant"])
+        for tid, t in tenants.items():
+            blocked.add_metric([tid], float(t.get("blocked_sources_total", 0)))
+        yield blocked
 
         incidents = s.get("incidents")
         if incidents is not None:
@@ -51,6 +56,17 @@ class _StatusCollector:
             for tid, n in per_tenant.items():
                 active.add_metric([tid], n)
             yield active
+            by_vector = GaugeMetricFamily("seawall_incidents_active_by_vector", "Open incidents by attack vector "
+                                          "(an incident counts once for each of its vectors)",
+                                          labels=["tenant", "vector"])
+            counts: dict[tuple[str, str], int] = {}
+            for inc in incidents:
+                if inc.get("state") in ("active", "pending") and inc.get("tenant") in per_tenant:
+                    for vector in inc.get("vectors") or {}:
+                        counts[(inc["tenant"], vector)] = counts.get((inc["tenant"], vector), 0) + 1
+            for (tid, vector), n in sorted(counts.items()):
+                by_vector.add_metric([tid, vector], n)
+            yield by_vector
 
         interfaces = s.get("interfaces")
         if interfaces is not None:
@@ -75,6 +91,18 @@ class _StatusCollector:
             rules = GaugeMetricFamily("seawall_policy_rules_installed", "Dynamic rules in the dataplane")
             rules.add_metric([], float(policy.get("rules_installed", 0)))
             yield rules
+            flood = policy.get("appflood") or {}
+            if flood:
+                limits = GaugeMetricFamily("seawall_appflood_source_limits", "Per-source connection limits installed "
+                                           "for attacked servers")
+                limits.add_metric([], float(flood.get("limits", 0)))
+                yield limits
+                events = CounterMetricFamily("seawall_appflood_events", "Application-layer mitigation events: "
+                                             "entries the caps evicted, known-good sources spared, sources blocked",
+                                             labels=["event"])
+                for name, n in sorted((flood.get("counters") or {}).items()):
+                    events.add_metric([name], float(n))
+                yield events
 
         synauth = s.get("synauth")
         if synauth:  # appliance-wide: absent from a tenant's scoped status

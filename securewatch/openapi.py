@@ -67,6 +67,9 @@ def openapi_document() -> dict[str, Any]:
                        params=tid, query=(("seconds", "how far back, seconds (default 300)"),
                                           ("resolution", "second | minute (default: by span)")),
                        errors=("400", "401", "404"))},
+        "/api/v1/tenants/{tenant_id}/blocked-sources": {
+            "get": _op("The tenant's dynamic block list (application-layer floods): each source with the reason "
+                       "and expiry, newest first, and the total", params=tid, errors=("401", "404", "503"))},
         "/api/v1/tenants/{tenant_id}/reports/{period}": {
             "get": _op("A tenant's report for a period (YYYY-MM or YYYY-MM-DD..YYYY-MM-DD); pdf: 503 without "
                        "[securewatch.reports] pdf_renderer",

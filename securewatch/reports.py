@@ -169,6 +169,12 @@ TALKER_INCIDENTS = 50         # most recent incidents of the period whose captur
 MAX_POINT_GAP_S = 60.0        # seconds one incident point may stand for when counting packets passed
 
 
+def _explanation(incident: Any) -> str | None:
+    """What was seen, for the application-layer vectors that say it (issue 15): the first vector's."""
+    said = (incident.details or {}).get("explanations") or {}
+    return next((said[v] for v in incident.vectors if v in said), None)
+
+
 async def build_report(store: Store, tenant_id: str, tenant_name: str, period: Period, now: float,
                        pcap_root: pathlib.Path | None = None) -> Report:
     """The report of one tenant over `period`. pcap_root: where the engine's captures live (the top
@@ -185,7 +191,7 @@ async def build_report(store: Store, tenant_id: str, tenant_name: str, period: P
                         "confidence": i.confidence, "mitigation_s": _mitigation_s(i.started, points),
                         "packets_passed": _packets_passed(points),
                         "rules": [rule_text(r) for r in (i.details.get("rules") or []) if isinstance(r, dict)],
-                        "chart": _attack_chart(points)})
+                        "chart": _attack_chart(points), "explanation": _explanation(i)})
     vectors: collections.Counter[str] = collections.Counter(v for i in incidents for v in i.vectors)
     by_target: dict[str, dict[str, Any]] = {}
     for i in incidents:

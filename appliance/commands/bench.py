@@ -56,7 +56,8 @@ def register(subparsers) -> None:
     pol.add_argument("--seconds", type=float, default=15.0, help="seconds per mode (--loop-latency)")
     pol.add_argument("--json", action="store_true")
     pol.set_defaults(func=bench_policy)
-    esc = sub.add_parser("escalation", help="time from a flood's first packet to its FlowSpec route at a BGP peer")
+    esc = sub.add_parser("escalation", help="time from a flood's first packet to its FlowSpec route at a BGP peer "
+                                                 "and to the flood gone from the upstream link")
     esc.add_argument("--runs", type=int, default=3, help="floods, one per server of tenant alpha; the median is reported")
     esc.add_argument("--pps", type=int, default=20_000, help="flood rate, packets/s (NTP replies, ~470 bytes)")
     esc.add_argument("--json", action="store_true")
@@ -198,8 +199,10 @@ def bench_escalation(args) -> int:
         return _refused("seawall bench escalation", "--runs and --pps must be >= 1")
     result = escalation.run(args.runs, args.pps, _progress)
     per_run = ", ".join(f"{r['route_s']}" for r in result["runs"])
+    gone = ", ".join(f"{r['gone_s']}" for r in result["runs"])
     return _show(f"flood {result['pps']:,} pps over a {result['uplink_bps'] / 1e6:g} Mbit/s uplink: FlowSpec route "
-                 f"at the peer {result['route_s_median']} s after the first packet (median; runs: {per_run} s)",
+                 f"at the peer {result['route_s_median']} s after the first packet (median; runs: {per_run} s); "
+                 f"flood gone from the uplink after {result['gone_s_median']} s (median; runs: {gone} s)",
                  result, args.json)
 
 

@@ -49,6 +49,8 @@ MATRIX = [
     ("PUT", "/api/v1/tenants/beta/policy", POLICY, (OK, DENIED, HIDDEN, HIDDEN)),
     ("GET", "/api/v1/tenants/alpha/traffic", None, (OK, OK, OK, OK)),
     ("GET", "/api/v1/tenants/beta/traffic", None, (OK, OK, HIDDEN, HIDDEN)),
+    ("GET", "/api/v1/tenants/alpha/blocked-sources", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/tenants/beta/blocked-sources", None, (OK, OK, HIDDEN, HIDDEN)),
     ("GET", "/api/v1/tenants/alpha/reports/2025-01", None, (OK, OK, OK, OK)),
     ("GET", "/api/v1/tenants/beta/reports/2025-01", None, (OK, OK, HIDDEN, HIDDEN)),
     ("GET", "/api/v1/reports/branding", None, (OK, OK, DENIED, DENIED)),
