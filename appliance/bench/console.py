@@ -191,7 +191,6 @@ async def _tick_to_browser(seconds: float) -> dict[str, Any]:
     from aiohttp import web  # noqa: PLC0415
 
     from appliance.bench.policy import SyntheticDataplane  # noqa: PLC0415
-    from appliance.bench.securewatch import percentile  # noqa: PLC0415
     from appliance.service import TrafficMonitor  # noqa: PLC0415
     from dataplane.constants import TenantMode  # noqa: PLC0415
     from policy.config import PolicyConfig  # noqa: PLC0415
@@ -263,8 +262,12 @@ async def _tick_to_browser(seconds: float) -> dict[str, Any]:
             await store.close()
     if not delays:
         raise RuntimeError("no tick reached the live stream")
-    ms = [1000.0 * d for d in delays]
-    return {"samples": len(ms), "p50_ms": round(percentile(ms, 0.50)), "p99_ms": round(percentile(ms, 0.99)),
+    ms = sorted(1000.0 * d for d in delays)
+
+    def percentile(fraction: float) -> float:   # nearest rank, as appliance.bench.securewatch (which imports this)
+        return ms[min(len(ms) - 1, max(0, int(fraction * len(ms) + 0.999999) - 1))]
+
+    return {"samples": len(ms), "p50_ms": round(percentile(0.50)), "p99_ms": round(percentile(0.99)),
             "max_ms": round(max(ms)), "tenants": TICK_TENANTS, "destinations": TICK_DESTINATIONS}
 
 
