@@ -325,8 +325,12 @@ class Appliance:
         except ImportError:
             log.warning("appliance.securewatch_unavailable", reason="securewatch.server not installed")
             return
+        from securewatch.mailer import report_mailer  # noqa: PLC0415
+
+        # Monthly customer reports through the first [[notify.email]] receiver (none: no report mail).
+        mailer = report_mailer(self._notify_parsed, settings.reports, pcap_root=(self.state_dir / "pcap").resolve())
         self.securewatch_url = await stack.enter_async_context(
-            start_server(settings, bus=self.bus, appliance=self, state_dir=self.state_dir))
+            start_server(settings, bus=self.bus, appliance=self, state_dir=self.state_dir, mailer=mailer))
         log.info("appliance.securewatch", url=self.securewatch_url)
 
     # -- tenants --------------------------------------------------------------

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from tenants import ConfigError, Tenant, TenantSet
 
-from . import metrics, ui
+from . import metrics
 from .bgp import bgp_of, escalate, escalation_target, scoped_bgp, withdraw
 from .context import (
     OPTIONS,
@@ -50,7 +50,6 @@ from .incidents import (
     scoped_incidents,
 )
 from .openapi import openapi_document
-from .reports import build_report, parse_period
 from .versioned import (
     POLICY_KEYS,
     TenantsChanged,
@@ -85,7 +84,6 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/tenants/{tenant_id}/policy", api_policy)
     r.add_put("/api/v1/tenants/{tenant_id}/policy", api_policy_put)
     r.add_get("/api/v1/tenants/{tenant_id}/traffic", api_traffic)
-    r.add_get("/api/v1/tenants/{tenant_id}/reports/{period}", api_report)
     r.add_get("/api/v1/tenants/{tenant_id}/blocked-sources", api_blocked_sources)
     r.add_get("/api/v1/incidents", api_incidents)
     r.add_get("/api/v1/incidents/{incident_id}", api_incident)
@@ -272,26 +270,6 @@ async def api_blocked_sources(request: web.Request) -> web.Response:
     entry = (appliance_or_503(request).status().get("tenants") or {}).get(tenant.id) or {}
     return web.json_response({"tenant": tenant.id, "blocked_sources": entry.get("blocked_sources", []),
                               "total": entry.get("blocked_sources_total", 0)})
-
-
-async def api_report(request: web.Request) -> web.StreamResponse:
-    tenant = await visible_tenant(request, request.match_info["tenant_id"])
-    try:
-        period = parse_period(request.match_info["period"])
-    except ValueError as exc:
-        raise ApiError(400, str(exc)) from None
-    fmt = request.query.get("format", "json")
-    if fmt not in ("json", "csv", "html"):
-        raise ApiError(400, f"format: {fmt!r} is not json, csv or html")
-    report = await build_report(request.app[STORE], tenant.id, tenant.name, period, time.time())
-    filename = f"seawall-report-{tenant.id}-{period.label}.{fmt}"
-    disposition = {"Content-Disposition": f'attachment; filename="{filename}"'}
-    if fmt == "csv":
-        return web.Response(text=report.to_csv(), content_type="text/csv", headers=disposition)
-    if fmt == "html":
-        html = ui.render_report_html(request.app, report)
-        return web.Response(text=html, content_type="text/html")
-    return web.json_response(report.to_dict(), headers=disposition if "download" in request.query else None)
 
 
 async def api_incidents(request: web.Request) -> web.Response:

@@ -38,6 +38,7 @@ from . import (
     live,
     notify_admin,
     policy_templates,
+    reports_web,
     servers,
     talkers,
     ui,
@@ -75,7 +76,7 @@ BUS_SUBSCRIBER = "securewatch"
 TRAFFIC_POLL_S = 5.0               # seconds between reads of the appliance's per-second series
 TRAFFIC_FETCH_S = 120              # seconds of series fetched per poll (covers a missed poll or two)
 RETENTION_EVERY_S = 60.0           # seconds between retention passes
-REPORT_CHECK_EVERY_S = 3600.0      # seconds between checks for monthly reports to mail
+REPORT_CHECK_EVERY_S = 60.0        # seconds between checks for report mail due (a new month, retries)
 ATTACK_EVENTS = (EventType.ATTACK_START, EventType.ATTACK_UPDATE, EventType.ATTACK_END)
 UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 # The versioned configurations, synced with the appliance at start in this order.
@@ -126,6 +127,7 @@ def create_app(settings: SecureWatchSettings, *, store: Store, bus: EventBus | N
     admin_ui.add_routes(app)
     policy_templates.add_routes(app)
     fleet.add_routes(app)
+    reports_web.add_routes(app)
     return app
 
 

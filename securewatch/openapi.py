@@ -71,9 +71,25 @@ def openapi_document() -> dict[str, Any]:
             "get": _op("The tenant's dynamic block list (application-layer floods): each source with the reason "
                        "and expiry, newest first, and the total", params=tid, errors=("401", "404", "503"))},
         "/api/v1/tenants/{tenant_id}/reports/{period}": {
-            "get": _op("A tenant's report for a period (YYYY-MM or YYYY-MM-DD..YYYY-MM-DD)",
-                       params=(*tid, "period"), query=(("format", "json | csv | html"),),
-                       errors=("400", "401", "404"))},
+            "get": _op("A tenant's report for a period (YYYY-MM or YYYY-MM-DD..YYYY-MM-DD); pdf: 503 without "
+                       "[securewatch.reports] pdf_renderer",
+                       params=(*tid, "period"), query=(("format", "json | csv | html | pdf"),
+                                                       ("download", "json, html: as an attachment")),
+                       errors=("400", "401", "404", "503"))},
+        "/api/v1/reports/branding": {
+            "get": _op("The reports' branding: operator_name, logo (data: URI), primary_colour, accent_colour "
+                       "(admin, noc)"),
+            "put": _op("Change the reports' branding (admin): any of operator_name, logo (data:image/png;base64,... "
+                       "or data:image/jpeg;base64,...; null removes it), primary_colour, accent_colour (#rrggbb)",
+                       errors=("400", "401", "403", "422")),
+            "delete": _op("Forget the branding saved here: back to the config file's (admin)")},
+        "/api/v1/reports/mailings": {
+            "get": _op("Scheduled report mail, one row per tenant and month with its state (pending, sent, failed, "
+                       "cancelled), attempts and last error; a tenant sees its own",
+                       query=(("limit", "at most this many (default 200)"),), errors=("400", "401"))},
+        "/api/v1/reports/mailings/{tenant_id}/{period}/retry": {
+            "post": _op("Send a failed or cancelled report mail again, now (admin)", params=(*tid, "period"),
+                        errors=("400", "401", "403", "404", "409"))},
         "/api/v1/incidents": {
             "get": _op("Incidents visible to the caller", query=(
                 ("tenant", "tenant id"), ("state", "active | ended"), ("vector", "attack vector"),

@@ -1,22 +1,29 @@
-"""Per-tenant reports for a period: attacks, traffic summary, most targeted servers.
+"""Per-tenant reports for a period: what a customer reads to learn what happened to its network.
 
-One `Report` object is built from the store and rendered three ways: JSON
-(`to_dict`), CSV (`to_csv`, one section per table) and printable HTML (the
-`report.html` template of the web UI).
+One `Report` object is built from the store: the traffic over the period (passed and dropped, a
+chart), each attack with its vectors, peak size, duration, time to mitigate, what was dropped and
+what got through, the rules that dropped it and its own chart, the servers that were attacked or
+busiest (per-server highlights) and the sources and ports of the attack traffic (top talkers,
+from the engine's sampled packets). It is rendered as JSON (`to_dict`), CSV (`to_csv`, one
+section per table) and as one self-contained HTML document that is also printed to PDF
+(`reports_render`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import collections
 import csv
 import dataclasses
 import datetime
 import io
+import pathlib
 import re
 from typing import Any
 
 from .store import IncidentFilter, Store
+from .talkers import incident_anatomy, rule_text
 
 MINUTE_S = 60  # seconds per traffic_minutes row
 PERIOD_YEARS = (1970, 9998)  # years a report period may fall in (see _check_year)
@@ -86,10 +93,14 @@ class Report:
     vectors: dict[str, int]
     targets: list[dict[str, Any]]
     traffic: dict[str, float]
+    chart: dict[str, list[float]] = dataclasses.field(default_factory=dict)   # the period's traffic, columnar
+    servers: list[dict[str, Any]] = dataclasses.field(default_factory=list)   # per-server highlights
+    talkers: dict[str, Any] = dataclasses.field(default_factory=dict)         # attack anatomy (dropped samples)
 
     @property
     def summary(self) -> dict[str, Any]:
         efficacies = [a["efficacy"] for a in self.attacks if a["efficacy"] is not None]
+        mitigations = sorted(a["mitigation_s"] for a in self.attacks if a["mitigation_s"] is not None)
         return {
             "attacks": len(self.attacks),
             "peak_pps": max((a["peak_pps"] for a in self.attacks), default=0.0),
@@ -97,6 +108,9 @@ class Report:
             "longest_s": max((a["duration_s"] for a in self.attacks), default=0.0),
             "total_attack_s": round(sum(a["duration_s"] for a in self.attacks), 1),
             "packets_dropped": sum(a["packets_dropped"] for a in self.attacks),
+            "packets_passed_during_attacks": sum(a["packets_passed"] for a in self.attacks),
+            "median_mitigation_s": mitigations[len(mitigations) // 2] if mitigations else None,
+            "slowest_mitigation_s": mitigations[-1] if mitigations else None,
             "mean_efficacy": round(sum(efficacies) / len(efficacies), 4) if efficacies else None,
         }
 
@@ -104,7 +118,8 @@ class Report:
         return {"tenant": self.tenant, "tenant_name": self.tenant_name, "period": self.period.label,
                 "start": self.period.start, "end": self.period.end, "generated": self.generated,
                 "summary": self.summary, "vectors": self.vectors, "attacks": self.attacks,
-                "targets": self.targets, "traffic": self.traffic}
+                "targets": self.targets, "traffic": self.traffic, "chart": self.chart, "servers": self.servers,
+                "talkers": self.talkers}
 
     def to_csv(self) -> str:
         out = io.StringIO()
@@ -116,15 +131,25 @@ class Report:
         w.writerow(["summary", *("" if v is None else v for v in self.summary.values())])
         w.writerow([])
         w.writerow(["attack", "incident", "started_utc", "duration_s", "vectors", "peak_pps", "peak_bps",
-                    "packets_dropped", "efficacy", "target"])
+                    "packets_dropped", "efficacy", "target", "mitigation_s", "packets_passed"])
         for a in self.attacks:
             w.writerow(["attack", a["id"], _utc(a["started"]), a["duration_s"], " ".join(a["vectors"]),
                         a["peak_pps"], a["peak_bps"], a["packets_dropped"],
-                        "" if a["efficacy"] is None else a["efficacy"], a["target"] or ""])
+                        "" if a["efficacy"] is None else a["efficacy"], a["target"] or "",
+                        "" if a["mitigation_s"] is None else a["mitigation_s"], a["packets_passed"]])
         w.writerow([])
         w.writerow(["target", "address", "attacks", "peak_pps"])
         for t in self.targets:
             w.writerow(["target", t["address"], t["attacks"], t["peak_pps"]])
+        w.writerow([])
+        w.writerow(["server", "address", "peak_pps", "peak_dropped_pps", "attacks"])
+        for srv in self.servers:
+            w.writerow(["server", srv["address"], srv["peak_pps"], srv["peak_dropped_pps"], srv["attacks"]])
+        w.writerow([])
+        w.writerow(["talker", "kind", "key", "samples", "share"])
+        for kind in ("sources", "networks", "source_ports", "destination_ports"):
+            for entry in self.talkers.get(kind, []):
+                w.writerow(["talker", kind, entry["key"], entry["samples"], entry["share"]])
         w.writerow([])
         w.writerow(["traffic", *self.traffic.keys()])
         w.writerow(["traffic", *self.traffic.values()])
@@ -138,20 +163,35 @@ def _utc(ts: float) -> str:
 TOP_TARGETS = 10  # servers listed under "most targeted"
 
 
+ATTACK_CHART_POINTS = 240     # points of an attack's chart (its per-second series, bucketed by maximum)
+PERIOD_CHART_MINUTES_UP_TO = 2 * 86400   # seconds: periods up to this are charted per minute, longer per hour
+TALKER_INCIDENTS = 50         # most recent incidents of the period whose captures make the top talkers
+MAX_POINT_GAP_S = 60.0        # seconds one incident point may stand for when counting packets passed
+
+
 def _explanation(incident: Any) -> str | None:
     """What was seen, for the application-layer vectors that say it (issue 15): the first vector's."""
     said = (incident.details or {}).get("explanations") or {}
     return next((said[v] for v in incident.vectors if v in said), None)
 
 
-async def build_report(store: Store, tenant_id: str, tenant_name: str, period: Period, now: float) -> Report:
+async def build_report(store: Store, tenant_id: str, tenant_name: str, period: Period, now: float,
+                       pcap_root: pathlib.Path | None = None) -> Report:
+    """The report of one tenant over `period`. pcap_root: where the engine's captures live (the top
+    talkers are read from them); None (central mode, no captures here): no top talkers."""
     incidents = await store.incidents(IncidentFilter(tenant=tenant_id, until=period.end, limit=100000))
     incidents = [i for i in incidents if (i.ended if i.ended is not None else i.updated) >= period.start]
     incidents.sort(key=lambda i: i.started)
-    attacks = [{"id": i.id, "started": i.started, "ended": i.ended, "duration_s": round(i.duration_s, 1),
-                "vectors": i.vectors, "peak_pps": i.peak_pps, "peak_bps": i.peak_bps,
-                "packets_dropped": i.packets_dropped, "efficacy": i.efficacy, "target": i.target,
-                "confidence": i.confidence, "explanation": _explanation(i)} for i in incidents]
+    attacks = []
+    for i in incidents:
+        points = await store.incident_points(i.id)
+        attacks.append({"id": i.id, "started": i.started, "ended": i.ended, "duration_s": round(i.duration_s, 1),
+                        "vectors": i.vectors, "peak_pps": i.peak_pps, "peak_bps": i.peak_bps,
+                        "packets_dropped": i.packets_dropped, "efficacy": i.efficacy, "target": i.target,
+                        "confidence": i.confidence, "mitigation_s": _mitigation_s(i.started, points),
+                        "packets_passed": _packets_passed(points),
+                        "rules": [rule_text(r) for r in (i.details.get("rules") or []) if isinstance(r, dict)],
+                        "chart": _attack_chart(points), "explanation": _explanation(i)})
     vectors: collections.Counter[str] = collections.Counter(v for i in incidents for v in i.vectors)
     by_target: dict[str, dict[str, Any]] = {}
     for i in incidents:
@@ -170,6 +210,75 @@ async def build_report(store: Store, tenant_id: str, tenant_name: str, period: P
         "mean_passed_pps": round(sum(m["passed_pps"] for m in minutes) / len(minutes), 1) if minutes else 0.0,
         "peak_minute_passed_pps": round(max((m["passed_pps"] for m in minutes), default=0.0), 1),
         "peak_minute_dropped_pps": round(max((m["dropped_pps"] for m in minutes), default=0.0), 1),
+        "peak_minute_passed_bps": round(max((m["passed_bps"] for m in minutes), default=0.0), 1),
+        "peak_minute_dropped_bps": round(max((m["dropped_bps"] for m in minutes), default=0.0), 1),
     }
+    if period.end - period.start <= PERIOD_CHART_MINUTES_UP_TO:
+        chart = _columns(minutes)
+    else:
+        chart = await store.run(_hours, tenant_id, period.start, period.end)
+    servers = await store.run(_servers, tenant_id, period.start, period.end, TOP_TARGETS)
+    for srv in servers:
+        srv["attacks"] = by_target.get(srv["address"], {}).get("attacks", 0)
+    talkers: dict[str, Any] = {}
+    if pcap_root is not None and incidents:
+        pcap_sets = [await store.pcaps(i.id) for i in incidents[-TALKER_INCIDENTS:]]
+        anatomy = await asyncio.to_thread(incident_anatomy, *pcap_sets, root=pcap_root)
+        talkers = anatomy.get("dropped", {})
     return Report(tenant=tenant_id, tenant_name=tenant_name, period=period, generated=now, attacks=attacks,
-                  vectors=dict(vectors.most_common()), targets=targets, traffic=traffic)
+                  vectors=dict(vectors.most_common()), targets=targets, traffic=traffic, chart=chart,
+                  servers=servers, talkers=talkers)
+
+
+def _mitigation_s(started: float, points: list[dict[str, float]]) -> float | None:
+    """Seconds from the attack's start to the first second with traffic dropped (None: nothing was)."""
+    first = next((p["t"] for p in points if p["dropped_pps"] > 0), None)
+    return None if first is None else round(max(0.0, first - started), 1)
+
+
+def _packets_passed(points: list[dict[str, float]]) -> int:
+    """Packets that got through during the attack: each point's passed rate over the seconds to the next."""
+    total = 0.0
+    for here, after in zip(points, points[1:], strict=False):
+        total += here["passed_pps"] * min(after["t"] - here["t"], MAX_POINT_GAP_S)
+    if points:
+        total += points[-1]["passed_pps"]       # the last point stands for its own second
+    return round(total)
+
+
+def _attack_chart(points: list[dict[str, float]]) -> dict[str, list[float]]:
+    """At most ATTACK_CHART_POINTS points: the per-second series bucketed, keeping each bucket's maximum
+    (a peak must not be averaged away in the customer's chart)."""
+    keys = ("attack_pps", "dropped_pps", "passed_pps")
+    out: dict[str, list[float]] = {"time": [], **{k: [] for k in keys}}
+    if not points:
+        return out
+    size = -(-len(points) // ATTACK_CHART_POINTS)
+    for i in range(0, len(points), size):
+        bucket = points[i:i + size]
+        out["time"].append(bucket[0]["t"])
+        for k in keys:
+            out[k].append(max(p[k] for p in bucket))
+    return out
+
+
+_CHART_KEYS = ("passed_pps", "dropped_pps", "passed_bps", "dropped_bps")
+
+
+def _columns(rows: list[dict[str, float]]) -> dict[str, list[float]]:
+    return {"time": [r["time"] for r in rows], **{k: [r[k] for r in rows] for k in _CHART_KEYS}}
+
+
+def _hours(b: Any, tenant: str, start: float, end: float) -> dict[str, list[float]]:
+    rows = b.execute("SELECT t, passed_pps, dropped_pps, passed_bps, dropped_bps FROM traffic_hours "
+                     "WHERE tenant = ? AND t >= ? AND t < ? ORDER BY t", (tenant, int(start), int(end))).fetchall()
+    return _columns([dict(zip(("time", *_CHART_KEYS), (float(v) for v in r), strict=True)) for r in rows])
+
+
+def _servers(b: Any, tenant: str, start: float, end: float, limit: int) -> list[dict[str, Any]]:
+    """The tenant's busiest destinations of the period by their peak second (minute rollups keep it)."""
+    rows = b.execute("SELECT address, MAX(max_pps), MAX(dropped_pps) FROM destination_minutes "
+                     "WHERE tenant = ? AND t >= ? AND t < ? GROUP BY address ORDER BY MAX(max_pps) DESC, address "
+                     "LIMIT ?", (tenant, int(start), int(end), limit)).fetchall()
+    return [{"address": r[0], "peak_pps": round(float(r[1]), 1), "peak_dropped_pps": round(float(r[2]), 1)}
+            for r in rows]

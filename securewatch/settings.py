@@ -14,6 +14,7 @@
     traffic_hour_retention_days = 400        # tenant hour rollups (the 30-day chart)
     destination_second_retention_s = 21600   # per-second rows of attacked and top-N destinations
     destination_minute_retention_days = 30   # minute rollups of every destination with traffic
+    # [securewatch.reports]: customer report branding and mail schedule (securewatch/reports_config.py)
 
 The validation lives here, beside what it validates; `appliance.config` hands this table to
 `parse_settings` with its problem list, so the config file still reports every problem of
@@ -30,6 +31,7 @@ from typing import Any
 
 from tenants.errors import did_you_mean, type_name
 
+from .reports_config import ReportSettings, parse_report_settings
 from .series import SERIES_KEYS, SeriesRetention
 
 SECTION = "securewatch"
@@ -38,7 +40,8 @@ SQLITE_SCHEME = "sqlite:///"
 SQLITE_MEMORY = ":memory:"
 DATABASE_SCHEMES = (SQLITE_SCHEME, "postgresql://", "postgres://")
 DATABASE_FILE = "securewatch.db"   # the default database's file name, under the appliance's state_dir
-KEYS = ("listen", "database", "enabled", "tls_cert", "tls_key", "trusted_proxies", "secure_cookies", *SERIES_KEYS)
+KEYS = ("listen", "database", "enabled", "tls_cert", "tls_key", "trusted_proxies", "secure_cookies", *SERIES_KEYS,
+        "reports")
 MAX_TRUSTED_PROXIES = 64         # entries: a proxy tier, not an address list
 
 
@@ -52,6 +55,7 @@ class SecureWatchSettings:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # X-Forwarded-* believed from these
     secure_cookies: bool = False           # Secure cookies even over plain HTTP (a TLS proxy in front)
     retention: SeriesRetention = SeriesRetention()   # how long the console's series are kept
+    reports: ReportSettings = ReportSettings()       # [securewatch.reports]: branding, mail day, PDF
 
     @property
     def tls(self) -> bool:
@@ -144,7 +148,8 @@ def parse_settings(table: dict[str, Any], state_dir: pathlib.Path, problems: lis
     tls_cert, tls_key = _tls_files(table, problems)
     return SecureWatchSettings(listen=listen, database=database, enabled=enabled, tls_cert=tls_cert,
                                tls_key=tls_key, trusted_proxies=_trusted_proxies(table, problems),
-                               secure_cookies=secure_cookies, retention=_retention(table, problems))
+                               secure_cookies=secure_cookies, retention=_retention(table, problems),
+                               reports=parse_report_settings(table.get("reports"), problems))
 
 
 def _retention(table: dict[str, Any], problems: list[str]) -> SeriesRetention:

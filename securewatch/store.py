@@ -36,7 +36,7 @@ import structlog
 from tenants import Tenant, TenantSet
 from tenants.model import tidy_legacy_fields
 
-from . import fleet_store, series
+from . import fleet_store, reports_config, series
 from .settings import sqlite_path
 
 log = structlog.get_logger(__name__)
@@ -177,6 +177,8 @@ MIGRATIONS: list[tuple[int, str, list[str | Callable[[_Backend], None]]]] = [
     # The fleet (issue 17): enrolled sites, ingested batches (the dedup key), per-site series,
     # and the site of an incident that came from a site's appliance.
     (8, "fleet sites, batches and per-site series", fleet_store.MIGRATION),
+    # Customer reports (issue 16): the branding saved in the UI/API, and the monthly mail schedule.
+    (9, "report branding and scheduled report deliveries", reports_config.MIGRATION),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -6,7 +6,6 @@ show a tenant the principal may not read (the same scoping as the API).
 
 from __future__ import annotations
 
-import datetime
 import http
 import pathlib
 import re
@@ -87,7 +86,6 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/incidents/{incident_id}/notes", incident_note)
     r.add_post("/incidents/{incident_id}/escalate", incident_escalate)
     r.add_post("/incidents/{incident_id}/withdraw", incident_withdraw)
-    r.add_get("/reports", reports_page)
     r.add_get("/static/{path:.+}", static_file, name="static")
 
 
@@ -507,15 +505,3 @@ async def incident_note(request: web.Request) -> web.Response:
     raise web.HTTPFound(f"/incidents/{incident.id}")
 
 
-async def reports_page(request: web.Request) -> web.Response:
-    today = datetime.datetime.now(tz=datetime.UTC)
-    months = []
-    year, month = today.year, today.month
-    for _ in range(6):
-        months.append(f"{year:04d}-{month:02d}")
-        year, month = (year, month - 1) if month > 1 else (year - 1, 12)
-    return render(request, "reports.html", tenants=await _visible_tenants(request), months=months)
-
-
-def render_report_html(app: web.Application, report: Any) -> str:
-    return app[TEMPLATES].get_template("report.html").render(r=report, summary=report.summary)

@@ -186,11 +186,13 @@ def run(tenants: int = 10_000, clients: int = 20, requests: int = 2_000, put_eve
                 except subprocess.TimeoutExpired:
                     server.kill()
                     server.wait()
+    progress("live update latency from the engine's tick")
+    tick = console.tick_to_browser()
     progress("storage per tenant per day")
     return {"tenants": tenants, "clients": clients, "requests": requests, "put_every": put_every,
             "cpu": cpu_model(), "cpus": os.cpu_count(), "load_1min_before": round(load, 2), **result,
             "console": {"seeded": seeded, "repeat": CONSOLE_REPEAT, "requests": pages, "live": live,
-                        "storage": console.storage()}}
+                        "tick": tick, "storage": console.storage()}}
 
 
 def render(result: dict) -> str:

@@ -23,7 +23,7 @@ def run(args) -> int:
 
     try:
         config = load_config(args.config)
-        mailer = _mailer(config.notify)
+        mailer = _mailer(config.notify, config.securewatch.reports)
     except ConfigError as exc:  # every problem of the file at once, never a traceback
         print(f"seawall securewatch: {exc}", file=sys.stderr)
         return 2
@@ -39,12 +39,11 @@ def run(args) -> int:
     return 0
 
 
-def _mailer(notify: dict):
-    """Monthly report mail reuses the first [[notify.email]] receiver's SMTP settings, if any."""
+def _mailer(notify: dict, reports):
+    """Monthly report mail goes through the first [[notify.email]] receiver's server, if any."""
     if not notify:
         return None
-    from securewatch.mailer import ReportMailer  # noqa: PLC0415
-    from securewatch.notify import EmailReceiver, parse_notify_config  # noqa: PLC0415
+    from securewatch.mailer import report_mailer  # noqa: PLC0415
+    from securewatch.notify import parse_notify_config  # noqa: PLC0415
 
-    receivers = [r for r in parse_notify_config(notify).receivers if isinstance(r, EmailReceiver)]
-    return ReportMailer.from_receiver(receivers[0]) if receivers else None
+    return report_mailer(parse_notify_config(notify), reports)

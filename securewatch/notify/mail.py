@@ -7,6 +7,7 @@ import datetime
 import email.message
 import email.utils
 import ssl
+from collections.abc import Sequence
 
 import aiosmtplib
 import jinja2
@@ -52,23 +53,27 @@ class EmailNotifier:
         self.name = receiver.name
 
     async def send(self, event: Event, delivery_id: str) -> None:
-        r = self.receiver
-        message = render_email(event, r, delivery_id)
-        tls_context = ssl.create_default_context(cafile=r.ca_file) if (r.starttls or r.use_tls) else None
-        try:
-            await aiosmtplib.send(
-                message, sender=r.sender, recipients=list(r.to), hostname=r.smtp_host, port=r.smtp_port,
-                username=r.username, password=r.password.reveal() if r.password else None,
-                start_tls=r.starttls, use_tls=r.use_tls, tls_context=tls_context, timeout=r.timeout_s)
-        except aiosmtplib.SMTPResponseException as exc:
-            # 5xx is the server's final word on this message (bad recipient, refused
-            # content); 4xx is "try later". Authentication failures are a config matter
-            # an operator fixes, so keep those queued rather than throw events away.
-            permanent = 500 <= exc.code < 600 and not isinstance(exc, aiosmtplib.SMTPAuthenticationError)
-            raise NotifierError(f"smtp {r.smtp_host}:{r.smtp_port}: {exc.code} {exc.message}",
-                                permanent=permanent) from exc
-        except (aiosmtplib.SMTPException, OSError, ssl.SSLError, TimeoutError) as exc:
-            raise NotifierError(f"smtp {r.smtp_host}:{r.smtp_port}: {type(exc).__name__}: {exc}") from exc
+        await send_message(self.receiver, render_email(event, self.receiver, delivery_id), self.receiver.to)
 
     async def close(self) -> None:
         """Nothing to release: one connection per message (alerts are rare)."""
+
+
+async def send_message(r: EmailReceiver, message: email.message.EmailMessage, recipients: Sequence[str]) -> None:
+    """One message through the receiver's SMTP server, or NotifierError (permanent: the server
+    refused it for good). Events use it, and so do the tenants' monthly reports (securewatch.mailer)."""
+    tls_context = ssl.create_default_context(cafile=r.ca_file) if (r.starttls or r.use_tls) else None
+    try:
+        await aiosmtplib.send(
+            message, sender=r.sender, recipients=list(recipients), hostname=r.smtp_host, port=r.smtp_port,
+            username=r.username, password=r.password.reveal() if r.password else None,
+            start_tls=r.starttls, use_tls=r.use_tls, tls_context=tls_context, timeout=r.timeout_s)
+    except aiosmtplib.SMTPResponseException as exc:
+        # 5xx is the server's final word on this message (bad recipient, refused
+        # content); 4xx is "try later". Authentication failures are a config matter
+        # an operator fixes, so keep those queued rather than throw events away.
+        permanent = 500 <= exc.code < 600 and not isinstance(exc, aiosmtplib.SMTPAuthenticationError)
+        raise NotifierError(f"smtp {r.smtp_host}:{r.smtp_port}: {exc.code} {exc.message}",
+                            permanent=permanent) from exc
+    except (aiosmtplib.SMTPException, OSError, ssl.SSLError, TimeoutError) as exc:
+        raise NotifierError(f"smtp {r.smtp_host}:{r.smtp_port}: {type(exc).__name__}: {exc}") from exc

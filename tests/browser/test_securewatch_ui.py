@@ -71,4 +71,4 @@ async def test_login_edit_policy_incident_report(tmp_path, browser):
         assert "inc-alpha-1" in (await download.path()).read_text()
         await page.goto(f"{url}/api/v1/tenants/alpha/reports/{month}?format=html")
         await page.screenshot(path=str(SCREENSHOTS / "report.png"), full_page=True)
-        assert "Most targeted servers" in await page.inner_text("body")
+        assert "Most attacked" in await page.inner_text("body")

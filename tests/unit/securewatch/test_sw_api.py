@@ -141,7 +141,7 @@ async def test_traffic_sampled_from_appliance_and_reports(tmp_path, monkeypatch)
             attack_rows = [row for row in rows if row[:1] == ["attack"]]
             assert [row[1] for row in attack_rows] == ["incident", "inc-alpha-1"]
             r = await http.get(f"{url}/api/v1/tenants/alpha/reports/{month}", params={"format": "html"})
-            assert "Most targeted servers" in await r.text()
+            assert "Most attacked" in await r.text()
             assert (await http.get(f"{url}/api/v1/tenants/alpha/reports/2025-13")).status == 400
             _, status = await _json(await http.get(f"{url}/api/v1/status"))
             assert list(status["tenants"]) == ["alpha"] and "notifiers" not in status  # scoped

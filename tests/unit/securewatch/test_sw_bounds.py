@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 import structlog
 from aiosmtpd.controller import Controller
-from test_sw_cli_ui_mail import _Sink, socket_closed_port
+from test_sw_cli_ui_mail import _Sink, mail_receiver, socket_closed_port
 from test_sw_helpers import add_token, add_user, login, service
 
 from dataplane.constants import MAX_ACL_PREFIXES
@@ -307,7 +307,7 @@ async def test_item16_one_tenants_mail_failure_does_not_stop_the_others(tmp_path
         tenants = [Tenant("alpha", "Alpha\r\nBcc: victim@example.com", (parse_network("198.51.100.0/25"),),
                           contacts=("noc@alpha.example",)),
                    Tenant("beta", "Beta Shop", (parse_network("203.0.113.0/24"),), contacts=("noc@beta.example",))]
-        mailer = ReportMailer(smtp_host="127.0.0.1", smtp_port=port, sender="securewatch@seawall.example")
+        mailer = ReportMailer(mail_receiver(port))
         with structlog.testing.capture_logs() as logs:
             assert await mailer.send_due_reports(store, time.time(), tenants=TenantSet(tenants)) == 1
         assert [rcpt for rcpt, _ in sink.messages] == [["noc@beta.example"]]

@@ -16,6 +16,7 @@ from aiosmtpd.controller import Controller
 from test_sw_helpers import TENANTS, add_user, attack_events, login, service
 
 from securewatch.mailer import ReportMailer
+from securewatch.notify import parse_notify_config
 from securewatch.reports import previous_month
 from securewatch.store import Store
 from tenants import TenantSet
@@ -156,17 +157,16 @@ async def test_monthly_report_mailed_once_to_contacts(tmp_path):
         period = previous_month(now)
         for e in attack_events(t0=period.start + 3600):
             await store.record_event(e.to_dict())
-        mailer = ReportMailer(smtp_host="127.0.0.1", smtp_port=port,
-                              sender="securewatch@seawall.example")
+        mailer = ReportMailer(mail_receiver(port))
         assert await mailer.send_due_reports(store, now) == 1  # beta has no contacts
         assert await mailer.send_due_reports(store, now) == 0  # already mailed this period
         (rcpt, content), = sink.messages
         assert rcpt == ["noc@alpha.example"]
         msg = email.message_from_bytes(content, policy=email.policy.default)
-        assert msg["Subject"] == f"Seawall DDoS report {period.label}: Alpha Hosting, 1 attacks"
+        assert msg["Subject"].strip() == f"Seawall DDoS protection: DDoS report {period.label} for Alpha Hosting, 1 attacks"
         text = msg.get_body(preferencelist=("plain",)).get_content()
         assert "Peak: 59.0 kpps\r\nPackets dropped: 400,000\r\n" in text   # issue 16: as the pages format
-        attachment = next(msg.iter_attachments())
+        attachment, = msg.iter_attachments()   # no PDF without a pdf_renderer
         assert attachment.get_filename().endswith(".csv") and b"inc-alpha-1" in attachment.get_content().encode()
     finally:
         await store.close()
@@ -178,11 +178,18 @@ async def test_report_mail_failure_is_retried_later(tmp_path):
     try:
         await store.save_tenant_set(TenantSet.from_dicts(TENANTS), "test", "seed")
         with socket_closed_port() as port:
-            mailer = ReportMailer(smtp_host="127.0.0.1", smtp_port=port, sender="sw@seawall.example", timeout_s=5)
+            mailer = ReportMailer(mail_receiver(port))
             assert await mailer.send_due_reports(store) == 0
         assert not await store.report_mailed("alpha", previous_month(time.time()).label)
     finally:
         await store.close()
+
+
+def mail_receiver(port):
+    """The [[notify.email]] receiver whose server the report mail goes through."""
+    return parse_notify_config({"email": [{"name": "reports", "smtp_host": "127.0.0.1", "smtp_port": port,
+                                           "from": "securewatch@seawall.example", "to": ["noc@op.example"],
+                                           "starttls": False, "timeout": 5}]}).receivers[0]
 
 
 class socket_closed_port:  # noqa: N801 - used as a context manager
