@@ -1,4 +1,4 @@
-"""The report tables (schema migration 8, `reports_config.MIGRATION`): the branding saved through
+"""The report tables (schema migration 9, `reports_config.MIGRATION`): the branding saved through
 the API or UI, and one delivery row per tenant and month for the scheduled mail.
 
 The functions take the store and run their SQL on its database thread (`Store.run`).
