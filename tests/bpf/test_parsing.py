@@ -17,7 +17,6 @@ from scapy.packet import Raw
 from dataplane import bpfsys
 from dataplane.constants import MAX_IPV6_EXT_HEADERS, NO_TENANT, Direction, DropReason, TrafficClass
 from tests.bpf import frames
-from tests.bpf.reference_model import bad_tcp_flags
 from tests.bpf.conftest import (
     ALPHA_DST,
     ALPHA_DST6,
@@ -28,6 +27,7 @@ from tests.bpf.conftest import (
     observe,
     run,
 )
+from tests.bpf.reference_model import bad_tcp_flags
 
 QINQ = ((frames.ETH_P_8021AD, 100), (frames.ETH_P_8021Q, 10))
 DOUBLE_8021Q = ((frames.ETH_P_8021Q, 100), (frames.ETH_P_8021Q, 10))
