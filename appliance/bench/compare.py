@@ -231,7 +231,7 @@ def xdp_filter(lab: CompareLab) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def seawall(lab: CompareLab, prefixes: list[ipaddress.IPv4Network], echo_tenant: bool = False) -> Iterator[None]:
+def seawall(lab: CompareLab, prefixes: list[ipaddress.IPv4Network], echo_tenant: bool = False) -> Iterator:
     """The real Dataplane bridging the DUT's two veths, with the tenant set and rules compiled as in production."""
     from dataplane.api import Rule  # noqa: PLC0415
     from dataplane.constants import RuleAction  # noqa: PLC0415
@@ -254,7 +254,7 @@ def seawall(lab: CompareLab, prefixes: list[ipaddress.IPv4Network], echo_tenant:
                          proto=6, tcp_flags=(0x12, 0x02), rate_pps=SYN_RATE_PPS, comment="syn rate limit"))
         run_in_netns(lab.dut_ns, dp.attach, lab.dut_in, lab.dut_out, "native")
         try:
-            yield
+            yield dp
         finally:
             dp.detach()
     finally:
@@ -339,6 +339,86 @@ def run_forward(lab: CompareLab, sizes: Sizes, progress: Callable[[str], None]) 
         with make():
             out[system] = measure(lab, frame, edits, sizes).as_dict()
     return out
+
+
+# -- multi-queue --------------------------------------------------------------------------------
+
+MULTIQUEUE_METHOD = ("The forwarding part's traffic (TCP ACKs to a tenant server, {prefixes:,} tenant prefixes loaded, "
+                     "bridged by Seawall) on veths with {queues} receive and transmit queues, the DUT's receive work "
+                     "in one threaded-NAPI kthread per queue, kthread i pinned to vCPU i. A veth picks the receive "
+                     "queue of an XDP frame by the sending CPU (smp_processor_id() modulo the queues), so 'one core' "
+                     "is one generator (vCPU 0: every frame on one queue) and 'two cores' one generator per vCPU, "
+                     "each filling its own queue, as RSS spreads flows on a NIC. Per core: packets the program "
+                     "counted on that vCPU (its per-CPU tenant counters) over the CPU time of the kthread pinned "
+                     "there. The generators share the same two vCPUs, so total packets/s is the per-core rate "
+                     "times the cores (CPU time, not wall time); scaling = total with two cores / with one.")
+
+
+def packets_per_cpu(dp, tenant_idx: int) -> list[int]:
+    """Inbound packets the program counted for one tenant, per CPU (its per-CPU tenant counters)."""
+    from dataplane import testing  # noqa: PLC0415
+    from dataplane.constants import Direction  # noqa: PLC0415
+
+    table = testing.table(dp, "sw_tenant_stats")
+    return [int(sum(leaf.dir[Direction.INBOUND].class_packets)) for leaf in table[table.Key(tenant_idx)]]
+
+
+def measure_spread(lab: CompareLab, dp, tenant_idx: int, frame: bytes, edits: FrameEdits, sizes: Sizes,
+                   senders: int) -> dict:
+    """ns of DUT CPU per packet on each vCPU, with `senders` generators (one per vCPU) sending at once."""
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    generators = lab.generators[:senders]
+    per_sender = max(1, sizes.packets // senders)
+    with ThreadPoolExecutor(max_workers=senders) as pool:
+        def burst(count: int) -> None:
+            for f in [pool.submit(g.send, frame, edits, count) for g in generators]:
+                f.result()
+            lab.wait_drained(lab.dut_ns, lab.dut_in)
+        burst(min(per_sender, 20_000))   # warm caches and the address cache slots of every CPU
+        samples: dict[int, list[float]] = {cpu: [] for cpu in lab.dut_kthreads}
+        packets: dict[int, int] = dict.fromkeys(lab.dut_kthreads, 0)
+        for _ in range(sizes.runs):
+            cpu0, pk0 = lab.kthread_cpu_ns_by_cpu(), packets_per_cpu(dp, tenant_idx)
+            burst(per_sender)
+            cpu1, pk1 = lab.kthread_cpu_ns_by_cpu(), packets_per_cpu(dp, tenant_idx)
+            for cpu in lab.dut_kthreads:
+                handled = pk1[cpu] - pk0[cpu]
+                packets[cpu] += handled
+                if handled > 0:
+                    samples[cpu].append((cpu1[cpu] - cpu0[cpu]) / handled)
+    cores = {}
+    for cpu, values in samples.items():
+        if values:
+            ns = statistics.median(values)
+            cores[str(cpu)] = {"ns_per_packet": round(ns, 1), "mpps_per_core": round(1e3 / ns, 3),
+                               "packets": packets[cpu], "runs": len(values)}
+    if not cores:
+        raise BenchError("the DUT's program counted no packet on any vCPU")
+    return {"cores": cores, "total_mpps": round(sum(c["mpps_per_core"] for c in cores.values()), 3)}
+
+
+def run_multiqueue(sizes: Sizes, progress: Callable[[str], None], queues: int = 2) -> dict:
+    """Seawall forwarding with its receive work on one, then on `queues`, vCPUs (see MULTIQUEUE_METHOD)."""
+    from tenants.compile import assign_indices  # noqa: PLC0415
+
+    prefixes = tenant_prefixes(sizes.prefixes[-1])
+    frame, edits = legit_ack(target_of(prefixes))
+    tenant_idx = assign_indices([f"t{i}" for i in range(len(prefixes))], {})[f"t{len(prefixes) - 1}"]
+    lab = CompareLab(queues=queues)
+    try:
+        progress(f"multi-queue: lab with {queues} queues per veth")
+        lab.up()
+        with seawall(lab, prefixes) as dp:
+            progress("multi-queue: one core")
+            one = measure_spread(lab, dp, tenant_idx, frame, edits, sizes, senders=1)
+            progress(f"multi-queue: {queues} cores")
+            spread = measure_spread(lab, dp, tenant_idx, frame, edits, sizes, senders=queues)
+    finally:
+        lab.down()
+    return {"queues": queues, "prefixes": len(prefixes), "one_core": one, "all_cores": spread,
+            "scaling": round(spread["total_mpps"] / one["total_mpps"], 2),
+            "method": MULTIQUEUE_METHOD.format(prefixes=len(prefixes), queues=queues)}
 
 
 # -- latency ------------------------------------------------------------------------------------
@@ -573,8 +653,9 @@ def headline(result: dict) -> dict:
 
 
 # part -> the keys of compare.json it writes
-PART_KEYS = {"drop": ("drop",), "forward": ("forward",), "latency": ("latency", "latency_method"), "scale": ("scale",),
-             "control": ("control_plane",), "detection": ("detection", "detection_method", "detection_reason")}
+PART_KEYS = {"drop": ("drop",), "forward": ("forward",), "latency": ("latency", "latency_method"),
+             "multiqueue": ("multiqueue",), "scale": ("scale",), "control": ("control_plane",),
+             "detection": ("detection", "detection_method", "detection_reason")}
 
 
 def carry_over(result: dict, out_dir: pathlib.Path, parts: tuple[str, ...]) -> None:
@@ -626,6 +707,9 @@ def run(sizes: Sizes, out_dir: pathlib.Path, progress: Callable[[str], None],
                     compare_report.write(result, out_dir)   # partial results survive a later failure
         finally:
             lab.down()
+    if "multiqueue" in parts:
+        result["multiqueue"] = run_multiqueue(sizes, progress)
+        compare_report.write(result, out_dir)
     if "scale" in parts:
         result["scale"] = run_scale(sizes, progress)
         compare_report.write(result, out_dir)

@@ -12,6 +12,14 @@ sink's receive work (XDP_DROP) runs in its own threaded-NAPI kthread on GENERATO
 real-time priority, so it is never charged to the DUT and never starved by the generator.
 The direct link joins the latency endpoints without the DUT, for the baseline RTT.
 
+With `queues` > 1 (the multi-queue part) the generator's and the sink's veths get that many
+receive and transmit queues, and there is one generator per vCPU. A veth picks the receive
+queue of an XDP-redirected frame (the generator's, the DUT's bridge's) by the CPU that sends
+it (veth_xdp_xmit(): smp_processor_id() % real_num_rx_queues), not by a flow hash; only skbs
+from the stack are spread by their flow (their queue mapping). So what spreads the DUT's
+receive work over queues here is sending from several CPUs, as a multi-queue NIC's RSS spreads
+flows; each queue's NAPI then runs in its own threaded-NAPI kthread, one pinned per vCPU.
+
 Latency is measured with NAPI in softirq instead (`softirq_napi()`, the kernel's default and
 what a NIC does after its interrupt): a threaded-NAPI kthread costs a wake-up per veth hop,
 often on the other vCPU (an IPI, a VM exit), which measured 10-25 us of RTT here that
@@ -159,7 +167,10 @@ class Generator:
 class CompareLab:
     """Namespaces, veths, threaded NAPI and pinning; everything removed by down()."""
 
-    def __init__(self, tag: str | None = None) -> None:
+    def __init__(self, tag: str | None = None, queues: int = 1) -> None:
+        if not 1 <= queues <= (os.cpu_count() or 1):
+            raise ValueError(f"queues {queues}: 1 to the number of CPUs ({os.cpu_count()})")
+        self.queues = queues
         self.tag = tag or f"sc{uuid.uuid4().hex[:5]}"
         if len(self.tag) > 10:
             raise ValueError(f"tag {self.tag!r}: at most 10 characters (interface names)")
@@ -169,6 +180,8 @@ class CompareLab:
         self.gen_direct, self.sink_direct = f"{t}gl", f"{t}sl"
         self._sink_bpf = None
         self.generator: Generator | None = None
+        self.generators: list[Generator] = []   # one per queue, generators[i] on vCPU i (queues > 1)
+        self.dut_kthreads: dict[int, int] = {}  # vCPU -> pid of a DUT receive kthread pinned there
         self.dut_kthread = 0
         self.sink_kthread = 0
         self._bpf_stats_before: str | None = None
@@ -185,9 +198,15 @@ class CompareLab:
                  (self.dut_out, self.dut_ns, self.sink_if, self.sink_ns),
                  (self.gen_direct, self.gen_ns, self.sink_direct, self.sink_ns))
         for a, ans, b, bns in pairs:
-            with doing(f"veth {a}@{ans} - {b}@{bns}"):
+            queues = self.queues if a != self.gen_direct else 1
+            with doing(f"veth {a}@{ans} - {b}@{bns} ({queues} queues)"):
                 with netlink.iproute(ans) as ipr:
-                    netlink.add_veth(ipr, a, b, bns)
+                    if queues == 1:
+                        netlink.add_veth(ipr, a, b, bns)
+                    else:
+                        ipr.link("add", ifname=a, kind="veth", num_rx_queues=queues, num_tx_queues=queues,
+                                 peer={"ifname": b, "net_ns_fd": bns, "num_rx_queues": queues,
+                                       "num_tx_queues": queues})
                 for name, ns in ((a, ans), (b, bns)):
                     # GRO on: a veth takes redirected XDP frames only with NAPI (GRO or an XDP program);
                     # TX checksum off on endpoints: redirected frames carry no partial checksums.
@@ -214,15 +233,17 @@ class CompareLab:
         self._bpf_stats_before = pathlib.Path("/proc/sys/kernel/bpf_stats_enabled").read_text().strip()
         pathlib.Path("/proc/sys/kernel/bpf_stats_enabled").write_text("0\n")
         self.generator = Generator(self.gen_ns, self.gen_if)
+        self.generators = [self.generator] + [Generator(self.gen_ns, self.gen_if, cpu=c) for c in range(1, self.queues)]
         log.info("compare.lab_up", tag=self.tag, dut_kthread=self.dut_kthread, sink_kthread=self.sink_kthread)
         return self
 
     def down(self) -> None:
         """Remove everything up() made; safe on a half-built lab."""
-        if self.generator is not None:
+        for generator in self.generators or ([self.generator] if self.generator else []):
             with contextlib.suppress(Exception):
-                self.generator.close()
-            self.generator = None
+                generator.close()
+        self.generator = None
+        self.generators = []
         with contextlib.suppress(Exception):
             self.sink_drop(False)
         failures = []   # "already gone" is fine; other refusals are reported after the rest is removed
@@ -252,11 +273,23 @@ class CompareLab:
         return cls._link(ns, dev).get("address")
 
     def _start_kthreads(self) -> None:
-        self.dut_kthread = self._threaded_napi(self.dut_ns, self.dut_in, DUT_CPU)
-        self.sink_kthread = self._threaded_napi(self.sink_ns, self.sink_if, GENERATOR_CPU)
+        if self.queues == 1:
+            self.dut_kthread = self._threaded_napi(self.dut_ns, self.dut_in, DUT_CPU)
+            self.dut_kthreads = {DUT_CPU: self.dut_kthread}
+            self.sink_kthread = self._threaded_napi(self.sink_ns, self.sink_if, GENERATOR_CPU)
+            sinks = [self.sink_kthread]
+        else:
+            # One kthread per receive queue; which queue a kthread serves does not matter: each
+            # is pinned to its own vCPU, and the program's per-CPU counters tell its packets.
+            pids = self._threaded_napis(self.dut_ns, self.dut_in, self.queues)
+            self.dut_kthreads = {cpu: pid for cpu, pid in enumerate(pids)}
+            self.dut_kthread = pids[DUT_CPU % len(pids)]
+            sinks = self._threaded_napis(self.sink_ns, self.sink_if, self.queues)
+            self.sink_kthread = sinks[0]
         # Real-time priority: the sink preempts the busy generator as soon as frames wait, so its
         # 256-frame ring never overflows (failed redirects would cost the DUT less than forwarding).
-        os.sched_setscheduler(self.sink_kthread, os.SCHED_FIFO, os.sched_param(SINK_RT_PRIORITY))
+        for pid in sinks:
+            os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(SINK_RT_PRIORITY))
 
     @contextlib.contextmanager
     def softirq_napi(self) -> Iterator[None]:
@@ -288,6 +321,32 @@ class CompareLab:
                             return pid
             time.sleep(0.02)  # poll interval
         raise BenchError(f"no threaded NAPI kthread for {dev} (kernel too old for /sys/class/net/*/threaded?)")
+
+    def _threaded_napis(self, ns: str, dev: str, count: int) -> list[int]:
+        """Threaded NAPI on every receive queue of `dev`: the `count` kthreads, kthread i pinned to vCPU i."""
+        sh(["sh", "-c", f"echo 1 > /sys/class/net/{dev}/threaded"], netns=ns)
+        prefix = f"napi/{dev}-"[:15]
+        deadline = time.monotonic() + KTHREAD_TIMEOUT_S
+        pids: list[int] = []
+        while time.monotonic() < deadline:
+            pids = []
+            for proc in pathlib.Path("/proc").iterdir():
+                if proc.name.isdigit():
+                    with contextlib.suppress(OSError):
+                        if (proc / "comm").read_text().strip().startswith(prefix):
+                            pids.append(int(proc.name))
+            if len(pids) >= count:
+                pids = sorted(pids)[:count]
+                for cpu, pid in enumerate(pids):
+                    os.sched_setaffinity(pid, {cpu})
+                return pids
+            time.sleep(0.02)  # poll interval
+        raise BenchError(f"{dev}: {len(pids)} threaded NAPI kthreads, expected one per queue ({count})")
+
+    def kthread_cpu_ns_by_cpu(self) -> dict[int, int]:
+        """CPU time (ns) of each DUT receive kthread, by the vCPU it is pinned to."""
+        return {cpu: int(pathlib.Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+                for cpu, pid in self.dut_kthreads.items()}
 
     def sink_drop(self, on: bool) -> None:
         """XDP_DROP on the sink (benchmarks) or nothing (latency: the echo server must get its packets)."""

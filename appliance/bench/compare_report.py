@@ -55,6 +55,16 @@ def render_markdown(result: dict) -> str:
             lines.append(f"| {SYSTEM_LABELS.get(system, system)} | {_fig(cell)} | "
                          f"{cell['delivered']:,} of {cell['packets']:,} |")
         lines.append("")
+    if "multiqueue" in result:
+        mq = result["multiqueue"]
+        lines += ["## Multi-queue: Seawall forwarding on one and on two vCPUs", "", mq.get("method", ""), "",
+                  "| cores | vCPU | ns/packet | Mpps per core | packets |", "|---:|---:|---:|---:|---:|"]
+        for label, key in (("1", "one_core"), (str(mq["queues"]), "all_cores")):
+            for cpu, cell in mq[key]["cores"].items():
+                lines.append(f"| {label} | {cpu} | {cell['ns_per_packet']} | {cell['mpps_per_core']} | "
+                             f"{cell['packets']:,} |")
+            lines.append(f"| {label} | total | | **{mq[key]['total_mpps']}** | |")
+        lines += ["", f"Scaling from one to {mq['queues']} cores: **{mq['scaling']}×**.", ""]
     if "latency" in result:
         lines += ["## Latency added (UDP echo, µs)", "", result.get("latency_method", ""), "",
                   "| load | path | p50 [min, max] | p99 [min, max] | samples | lost |", "|---|---|---:|---:|---:|---:|"]

@@ -11,7 +11,7 @@ import pathlib
 import sys
 import time
 
-PARTS = ("drop", "forward", "latency", "scale", "control", "detection")
+PARTS = ("drop", "forward", "latency", "multiqueue", "scale", "control", "detection")
 DEFAULT_OUT = pathlib.Path("docs/bench")
 
 
@@ -56,6 +56,8 @@ def _expected_steps(sizes, parts: tuple[str, ...]) -> int:
         steps += 3
     if "latency" in parts:
         steps += 4
+    if "multiqueue" in parts:
+        steps += 3
     if "scale" in parts:
         steps += len(sizes.scale_points)
     if "control" in parts:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import itertools
 import os
 import pathlib
 import platform
@@ -36,7 +37,8 @@ BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 LIVE_BATCH_FRAMES = 64              # frames per kernel batch (NAPI_POLL_WEIGHT; kernel max 256)
 MAX_LIVE_FRAME_BYTES = 3500         # bytes: one page minus XDP head/tailroom; no multi-buffer in live mode
 XDP_FLAGS_SKB_MODE = 1 << 1
-ANCHOR_RE = re.compile(r"^lg(\d+)a$")
+ANCHOR_RE = re.compile(r"^lg(\d+)a\d*$")
+_ANCHOR_SERIAL = itertools.count()   # anchor veths of this process
 SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 
 
@@ -109,11 +111,13 @@ class LiveFrameSender:
             raise OSError(f"bpf syscall number unknown for {machine}")
         self._sys_bpf = SYS_BPF[machine]
         self._ctx = _XdpMd(ingress_ifindex=ifindex)
-        self._anchor = f"lg{os.getpid()}a"
+        # Numbered per sender: a process may run one per CPU (the multi-queue bench).
+        serial = next(_ANCHOR_SERIAL)
+        self._anchor = f"lg{os.getpid()}a{serial}"
         # In this thread's namespace (the caller entered it): IPRoute opens its socket here.
         with netlink.iproute() as ipr:
             self._remove_stale_anchors(ipr)
-            netlink.add_veth(ipr, self._anchor, f"lg{os.getpid()}b")
+            netlink.add_veth(ipr, self._anchor, f"lg{os.getpid()}b{serial}")
         self._bpf.attach_xdp(self._anchor, self._bpf.load_func("livegen", BPF.XDP), XDP_FLAGS_SKB_MODE)
 
     @staticmethod

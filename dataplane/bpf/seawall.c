@@ -673,9 +673,11 @@ static __always_inline void sw_splice_dest_open(const __u64 *server, __u64 now)
 static __always_inline int sw_spliced(struct sw_packet *p, struct sw_verdict *v, const __u64 *server,
                                       const __u64 *client, __u16 server_port, __u16 client_port, const __u32 dir)
 {
+    if (p->proto != SW_IPPROTO_TCP || !p->l4_ok)
+        return 0; /* before the gate: a UDP packet pays no lookup */
     __u32 zero = 0;
     __u64 *gate = sw_splice_gate.lookup(&zero);
-    if (!gate || !*gate || p->proto != SW_IPPROTO_TCP || !p->l4_ok)
+    if (!gate || !*gate)
         return 0;
     struct sw_addr_key d;
     __builtin_memcpy(d.addr, server, 16);
@@ -921,7 +923,8 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
     }
 
     SW_STAGE(2); /* parsed */
-    __u32 wire_len = p->frame_length ? p->frame_length : (__u32)(data_end - data);
+    /* A frame the fast parser took is one buffer: no need to read frame_length back. */
+    __u32 wire_len = !parsed_fast && p->frame_length ? p->frame_length : (__u32)(data_end - data);
     struct sw_addr_entry *st = sw_address(dir == SW_DIRECTION_INBOUND ? p->dst : p->src, p->is_v6, cfg);
     if (!st) {
         sw_progs.call(ctx, SW_PROG_REFRESH(dir));
@@ -935,7 +938,6 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
 
     if (dir == SW_DIRECTION_INBOUND && tenant < SW_MAX_TENANTS) {
         __u16 flags = st->policy_flags;
-        v->syn_reset = !!(flags & SW_POLICY_SYN_RESET);
         if (sw_spliced(p, v, p->dst, p->src, p->dport, p->sport, dir)) {
             v->splice = 1;
         } else if (flags & SW_POLICY_SLOT_PROTECTED) {
@@ -1018,8 +1020,11 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
         sw_sample(ctx, cfg, tenant, dir, drop, reason, wire_len);
 
     if (drop) {
-        if (dir == SW_DIRECTION_INBOUND && reason == SW_DROP_REASON_SYN_COOKIE)
+        if (dir == SW_DIRECTION_INBOUND && reason == SW_DROP_REASON_SYN_COOKIE) {
+            /* Set here, not for every packet: only the SYN authentication program reads it. */
+            v->syn_reset = !!(st->policy_flags & SW_POLICY_SYN_RESET);
             sw_progs.call(ctx, SW_PROG_SYNAUTH); /* the bridge answers (synauth.h) */
+        }
         return XDP_DROP;
     }
     if (v->splice) {

@@ -133,3 +133,23 @@ def test_down_removes_everything_after_a_failure():
     finally:
         lab.down()
     assert lab.gen_ns not in namespaces() and lab.dut_ns not in namespaces()
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="the multi-queue part needs two vCPUs")
+def test_multiqueue_spreads_the_receive_work_over_both_vcpus():
+    """Issue 18 item 4: with two queues and a generator per vCPU, the program runs on both vCPUs
+    (its per-CPU counters both move), with one generator on one only; the figures are sane."""
+    before = namespaces()
+    result = compare.run_multiqueue(TINY, lambda _m: None)
+    one, both = result["one_core"]["cores"], result["all_cores"]["cores"]
+    assert len(one) == 1, f"one sender, one queue: the work ran on {sorted(one)}"
+    assert set(both) == {"0", "1"}, f"two senders, two queues: the work ran on {sorted(both)}"
+    handled = sum(c["packets"] for c in both.values())
+    for cpu, cell in both.items():
+        assert cell["packets"] >= 0.2 * handled, f"vCPU {cpu} handled {cell['packets']} of {handled}"
+    for cell in (*one.values(), *both.values()):
+        assert SANE_NS[0] < cell["ns_per_packet"] < SANE_NS[1]
+        assert cell["mpps_per_core"] == pytest.approx(1e3 / cell["ns_per_packet"], rel=0.01)
+    assert result["scaling"] == pytest.approx(result["all_cores"]["total_mpps"] / result["one_core"]["total_mpps"],
+                                              rel=0.01)
+    assert namespaces() == before
