@@ -5,5 +5,6 @@ Modules: `rates` (counter deltas by address), `baseline` (EWMA per second),
 `detect` (per destination and per tenant, carpet bombing), `classify` (vectors
 with confidence), `signature` (narrowest rule), `incidents` (start/update/end,
 hold-down), `pcap` (evidence), `packets` (sample parsing, rule matching),
-`config` (engine knobs), `bench` (timing at appliance scale), `events` (bus).
+`config` (engine knobs), `bench` (timing at appliance scale), `events` (bus), `heap` (the
+tick's large arrays reuse the last tick's memory).
 """

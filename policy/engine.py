@@ -66,6 +66,7 @@ from policy.classify import ClassEvidence, Vector, VectorScore, classify_carpet,
 from policy.config import PolicyConfig, floors_for_link
 from policy.detect import ELEVATED_FLOOR_PPS, Detection, PolicyTable, TenantEntry, detect, tenant_rows
 from policy.events import Event, EventBus, EventType
+from policy.heap import keep_freed_arrays
 from policy.incidents import Incident, IncidentManager, Observation, RuleRecord, State
 from policy.onset import candidates as onset_candidates
 from policy.onset import onset_rate
@@ -229,6 +230,9 @@ class PolicyEngine:
                  appflood_config: AppFloodConfig | None = None) -> None:
         if tick <= 0:
             raise ValueError(f"policy engine: tick must be positive seconds, got {tick}")
+        # Before run() starts the worker thread: the tick's large arrays reuse the last tick's memory
+        # instead of fresh mappings (policy.heap; the figures at a million destinations are there).
+        keep_freed_arrays()
         # Held by a tick, and by changes of the engine's or the dataplane's state made from
         # outside it (see the module docstring); reentrant: set_tenants is also called within.
         self.lock = threading.RLock()

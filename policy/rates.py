@@ -335,7 +335,8 @@ class RateTracker:
         self._prev_slots = np.zeros(0, np.int64)
         self._prev_row_of_slot = np.full(cap, -1, np.int64)
         # Which of the last read's rows hold a kept value rather than what was read (a read that
-        # came out low: see _settle_low_reads), and the read before it, with its rows by slot.
+        # came out low: see _settle_low_reads), and the rows of the read before it whose addresses the
+        # last read missed, with their rows by slot.
         self._prev_kept = np.zeros(0, bool)
         self._before = np.zeros((0, _DEST_WORDS), np.uint64)
         self._before_slots = np.zeros(0, np.int64)
@@ -422,11 +423,16 @@ class RateTracker:
             # float64(delta) * (1 / dt), as numpy converts the uint64 operand for the float loop.
             pps = np.empty((n, N_CLASSES))
             np.multiply(delta[:, :N_CLASSES], 1.0 / dt, out=pps)
-        self._before_row_of_slot[self._before_slots] = -1
-        self._before_row_of_slot[self._prev_slots] = np.arange(len(self._prev_slots))
-        self._before, self._before_slots = self._prev, self._prev_slots
-        self._prev_row_of_slot[self._prev_slots] = -1
+        outgoing, outgoing_slots = self._prev, self._prev_slots
+        self._prev_row_of_slot[outgoing_slots] = -1
         self._prev_row_of_slot[slots] = np.arange(n)
+        # The read before the next one's previous is looked at only for addresses that the next read
+        # has and this one missed (_settle_new_rows): of the outgoing read, only the rows of addresses
+        # absent from this one are kept (the churn: a few thousand rows, not ~100 MB at a million).
+        missed = np.flatnonzero(self._prev_row_of_slot.take(outgoing_slots) < 0)
+        self._before_row_of_slot[self._before_slots] = -1
+        self._before, self._before_slots = outgoing[missed], outgoing_slots[missed]
+        self._before_row_of_slot[self._before_slots] = np.arange(len(missed))
         self._prev_below_top = bool(current_top == 0) and (self._prev_below_top or not kept.any())
         self._prev, self._prev_slots, self._prev_kept = current, slots, kept
         self.slots.last_seen[slots] = now
