@@ -198,11 +198,17 @@ def summary(scenario: Scenario, view: LiveView, results: dict | None, onset: flo
             if s["sent"]:
                 lines.append(f"  {f'legitimate {service} success:':<30}{s['success_rate']:.2%} "
                              f"({s['ok']:,}/{s['sent']:,}, p99 {s.get('p99_ms') or 0:.1f} ms)")
+        for attack in results["attacks"]:   # the botnet's vectors: connections, not frames
+            if attack and "unit" in attack:
+                lines.append(f"  {attack['vector'] + ':':<30}{attack['achieved_rate']:,.1f} {attack['unit']}/s "
+                             f"from {attack['bots']:,} bots ({attack.get('connected', 0):,} handshakes completed)")
         split = results.get("legit_split") or {}
-        for where, label in (("during", "during attacks"), ("outside", "outside attacks")):
-            s = split.get(where, {}).get("new-tcp")
-            if s and s["sent"]:
-                lines.append(f"  {f'  new-tcp {label}:':<30}{s['success_rate']:.2%} ({s['ok']:,}/{s['sent']:,})")
+        for service in ("new-tcp", "browse", "browse-tls"):
+            for where, label in (("during", "during attacks"), ("outside", "outside attacks")):
+                s = split.get(where, {}).get(service)
+                if s and s["sent"]:
+                    lines.append(f"  {f'  {service} {label}:':<30}{s['success_rate']:.2%} "
+                                 f"({s['ok']:,}/{s['sent']:,})")
     for vector, installed in first_rules(view.appliance.log_path, onset).items():
         lines.append(f"  {vector + ' rule installed:':<30}{installed - onset:.2f} s after onset "
                      f"(drops start as the rule lands in the map)")

@@ -44,8 +44,9 @@ REFLECTOR_OPTIONS = ([("MSS", 1460)],
 REFLECTOR_TTLS = (46, 51, 57, 109, 115, 121)
 # Frame vectors (spoofed or reflected, sent by the live-frames generator), then the botnet's modes
 # (real sources completing handshakes, sockets from `<p>-att`: appliance/lab/botnet.py).
-VECTORS = ("syn", "ack", "rst", "synack", "udp", "udp-random", *REFLECTION_PORTS, "icmp", "frag", "carpet",
-           "multi", *BOTNET_VECTORS)
+FRAME_VECTORS = ("syn", "ack", "rst", "synack", "udp", "udp-random", *REFLECTION_PORTS, "icmp", "frag", "carpet",
+                 "multi")
+VECTORS = (*FRAME_VECTORS, *BOTNET_VECTORS)
 MULTI_DEFAULT = ("syn", "udp", "dns", "ntp", "icmp")
 
 
@@ -104,7 +105,7 @@ class AttackSpec:
         if self.pulse is not None and self.ramp is not None:
             raise ValueError("--pulse and --ramp cannot be combined")
         if self.vector == "multi":
-            bad = [v for v in self.vectors if v not in VECTORS or v in ("multi", "carpet", *BOTNET_VECTORS)]
+            bad = [v for v in self.vectors if v not in FRAME_VECTORS or v in ("multi", "carpet")]
             if bad or not self.vectors:
                 raise ValueError(f"multi: bad sub-vectors {bad or 'none'}")
         try:

@@ -226,7 +226,9 @@ class Lab:
     HOST_IF = "eth0"         # in cli, att and every server namespace
 
     def server(self, key: str) -> Server:
-        """A server by short name ("s1"), role ("game"), or address."""
+        """A server by short name ("s1"), role ("game"), address, or "shop" (the server with real limits)."""
+        if key == "shop":
+            key = SHOP_SERVER
         for s in self.servers:
             if key in (s.name, s.ipv4, s.ipv6, s.namespace):
                 return s
