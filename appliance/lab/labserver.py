@@ -136,6 +136,11 @@ class Shop:
         self._started = time.time()
 
     @property
+    def bound(self) -> list[tuple[str, int]]:
+        """(address, port) of every listening socket (port 0 asked for a free one)."""
+        return [listener.getsockname()[:2] for listener in self._listeners]
+
+    @property
     def gauges(self) -> dict:
         return {"active_connections": self.active, "waiting_requests": self.waiting, "busy_workers": self.busy}
 
