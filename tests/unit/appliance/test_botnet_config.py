@@ -142,3 +142,27 @@ def test_issue15_latency_percentiles_in_bounded_memory():
     assert latencies.percentile(0.5) == 51.0
     assert latencies.percentile(1.0) == float(Latencies.CAP_MS)
     assert len(latencies.buckets) == Latencies.CAP_MS + 1
+
+
+def test_issue15_demo_summary_reports_the_botnet_and_the_browsers_during_and_outside_attacks(tmp_path):
+    from appliance.demo import LiveView, summary  # noqa: PLC0415
+    from appliance.lab import lab_config  # noqa: PLC0415
+    from appliance.runner import ApplianceProcess  # noqa: PLC0415
+
+    config = lab_config("ut")
+    config["appliance"]["state_dir"] = str(tmp_path / "state")
+    view = LiveView(ApplianceProcess(config, tmp_path / "seawall.toml", tmp_path / "seawall.log"), attack_onset=0.0)
+    stats = {"sent": 450, "ok": 338, "success_rate": 0.7511, "p50_ms": 50.0, "p99_ms": 339.9}
+    results = {
+        "traffic": {"services": {"browse-tls": stats}},
+        "attacks": [{"type": "summary", "vector": "http-flood", "unit": "requests", "achieved_rate": 2681.2,
+                     "bots": 2000, "connected": 41775}],
+        "legit_split": {"during": {"browse": {"sent": 200, "ok": 24, "success_rate": 0.12}},
+                        "outside": {"browse": {"sent": 250, "ok": 249, "success_rate": 0.996}}},
+    }
+    lines = summary(load_scenario(SCENARIO_DIR / "botnet.toml"), view, results, onset=0.0).splitlines()
+    assert not any("attack packets sent" in line for line in lines)   # no frames in a botnet scenario
+    assert "  legitimate browse-tls success: 75.11% (338/450, p99 339.9 ms)" in lines
+    assert "  http-flood:                   2,681.2 requests/s from 2,000 bots (41,775 handshakes completed)" in lines
+    assert "    browse during attacks:      12.00% (24/200)" in lines
+    assert "    browse outside attacks:     99.60% (249/250)" in lines
