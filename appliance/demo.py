@@ -187,8 +187,9 @@ def summary(scenario: Scenario, view: LiveView, results: dict | None, onset: flo
     if results:
         sent = sum((a or {}).get("transmitted", 0) for a in results["attacks"])
         requested = sum(a.pps * a.duration_s for a in scenario.attacks)
-        lines.append(f"  attack packets sent:          {sent:,} (requested {requested:,.0f}; "
-                     f"the generator reports what it achieved)")
+        if sent or requested:   # frame vectors only (a botnet's summary follows the legitimate lines)
+            lines.append(f"  attack packets sent:          {sent:,} (requested {requested:,.0f}; "
+                         f"the generator reports what it achieved)")
         attack_dropped = sum(i["dropped_packets"] for i in view.incidents.values())
         if sent:
             lines.append(f"  dropped at attacked servers:  {attack_dropped:,} (the incidents' accounting; "
@@ -196,13 +197,20 @@ def summary(scenario: Scenario, view: LiveView, results: dict | None, onset: flo
         legit = results["traffic"]["services"]
         for service, s in legit.items():
             if s["sent"]:
-                lines.append(f"  {f'legitimate {service} success:':<30}{s['success_rate']:.2%} "
+                label = f"legitimate {service} success:"
+                lines.append(f"  {label:<{max(30, len(label) + 1)}}{s['success_rate']:.2%} "
                              f"({s['ok']:,}/{s['sent']:,}, p99 {s.get('p99_ms') or 0:.1f} ms)")
+        for attack in results["attacks"]:   # the botnet's vectors: connections, not frames
+            if attack and "unit" in attack:
+                lines.append(f"  {attack['vector'] + ':':<30}{attack['achieved_rate']:,.1f} {attack['unit']}/s "
+                             f"from {attack['bots']:,} bots ({attack.get('connected', 0):,} handshakes completed)")
         split = results.get("legit_split") or {}
-        for where, label in (("during", "during attacks"), ("outside", "outside attacks")):
-            s = split.get(where, {}).get("new-tcp")
-            if s and s["sent"]:
-                lines.append(f"  {f'  new-tcp {label}:':<30}{s['success_rate']:.2%} ({s['ok']:,}/{s['sent']:,})")
+        for service in ("new-tcp", "browse", "browse-tls"):
+            for where, label in (("during", "during attacks"), ("outside", "outside attacks")):
+                s = split.get(where, {}).get(service)
+                if s and s["sent"]:
+                    lines.append(f"  {f'  {service} {label}:':<30}{s['success_rate']:.2%} "
+                                 f"({s['ok']:,}/{s['sent']:,})")
     for vector, installed in first_rules(view.appliance.log_path, onset).items():
         lines.append(f"  {vector + ' rule installed:':<30}{installed - onset:.2f} s after onset "
                      f"(drops start as the rule lands in the map)")
