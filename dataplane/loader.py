@@ -75,7 +75,9 @@ class Program:
         from bcc import BPF  # noqa: PLC0415 - only the kernel adapter imports bcc
 
         self.pin_dir = pin_dir
-        cflags = [*constants.cflags(), *defines, f"-I{BPF_DIR}"]
+        # A -D in `defines` replaces the constants' default of that name (sizes from the configuration).
+        replaced = {d.partition("=")[0] for d in defines}
+        cflags = [*(f for f in constants.cflags() if f.partition("=")[0] not in replaced), *defines, f"-I{BPF_DIR}"]
         if max_addresses != constants.MAX_ADDRESSES:
             low, high = MAX_ADDRESSES_RANGE
             if not low <= max_addresses <= high:

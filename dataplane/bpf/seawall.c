@@ -702,6 +702,23 @@ static __always_inline int sw_spliced(struct sw_packet *p, struct sw_verdict *v,
 }
 
 #include "synauth.h"
+#include "flows.h"
+
+/* Map access for flows.h (bcc rewrites map calls in this file only). */
+static __always_inline struct sw_flow_conn *sw_flow_conn_of(struct sw_flow_key *k) { return sw_flow_conns.lookup(k); }
+static __always_inline int sw_flow_conn_new(struct sw_flow_key *k, struct sw_flow_conn *c) { return sw_flow_conns.insert(k, c); }
+static __always_inline int sw_flow_conn_forget(struct sw_flow_key *k) { return sw_flow_conns.delete(k); }
+static __always_inline struct sw_flow_counts *sw_flow_dest_of(struct sw_addr_key *k) { return sw_flow_dests.lookup(k); }
+static __always_inline int sw_flow_dest_new(struct sw_addr_key *k, struct sw_flow_counts *c) { return sw_flow_dests.insert(k, c); }
+static __always_inline struct sw_flow_counts *sw_flow_pair_of(struct sw_flow_pair_key *k) { return sw_flow_pairs.lookup(k); }
+static __always_inline int sw_flow_pair_new(struct sw_flow_pair_key *k, struct sw_flow_counts *c) { return sw_flow_pairs.insert(k, c); }
+static __always_inline struct sw_source_limit *sw_source_limit_of(struct sw_limit_key *k) { return sw_source_limits.lookup(k); }
+static __always_inline struct sw_token_bucket *sw_limit_bucket_of(struct sw_flow_key *k) { return sw_limit_buckets.lookup(k); }
+static __always_inline int sw_limit_bucket_new(struct sw_flow_key *k, struct sw_token_bucket *b) { return sw_limit_buckets.insert(k, b); }
+static __always_inline __u64 *sw_blocked_until(struct sw_block_key *k) { return sw_blocked.lookup(k); }
+static __always_inline __u32 *sw_flow_gate_word(void) { __u32 zero = 0; return sw_flow_gate.lookup(&zero); }
+static __always_inline __u32 *sw_flow_pending_slot(__u32 index) { return sw_flow_pending.lookup(&index); }
+static __always_inline void sw_flow_count(__u32 stat) { __u64 *c = sw_flow_stats.lookup(&stat); if (c) (*c)++; }
 
 /* Always-on heuristics for a destination under attack (or reflection filtering
  * set to "always"): a drop reason, or 0. Learned state comes from the outbound
@@ -956,6 +973,10 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
                     goto verdict;
                 }
             }
+            if ((v->reason = sw_flows_admit(p, tenant))) { /* block list, per-source limits: flows.h */
+                v->drop = 1;
+                goto verdict;
+            }
             if ((flags & SW_POLICY_SLOT_LISTS_OR_HEURISTICS) && (st->attack_classes || (flags & SW_POLICY_REFLECTION_ALWAYS))) {
                 int reason = sw_heuristics(p, st, flags, data, data_end);
                 if (reason == SW_SYNAUTH_BYPASS)
@@ -984,6 +1005,9 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
     }
 
     SW_STAGE(4); /* policy: lists, filters, rules */
+    if (!v->drop && tenant < SW_MAX_TENANTS && (st->policy_flags & SW_POLICY_SLOT_PROTECTED) &&
+        p->proto == SW_IPPROTO_TCP && p->l4_ok)
+        sw_flows_account(p, tenant, data, data_end, dir); /* what the server sees: flows.h */
     /* 64-bit copies: clang would otherwise re-read and re-extend the narrow
      * fields after the range checks below, and the verifier lose the bounds. */
     __u64 cls = p->traffic_class, reason = v->reason;
