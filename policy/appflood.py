@@ -89,7 +89,7 @@ import numpy as np
 import structlog
 
 from dataplane.api import BlockedSource, FlowCounters, IPAddress, SourceLimit
-from dataplane.constants import MAX_TENANTS, TenantMode
+from dataplane.constants import BLOCKED_SOURCES_MAX, MAX_TENANTS, SOURCE_LIMITS_MAX, TenantMode
 from dataplane.keys import KeyIndex, address_keys, address_of_key
 from policy.baseline import EwmaBaseline
 from policy.classify import APP_VECTORS, Vector, VectorScore
@@ -155,8 +155,10 @@ class AppFloodConfig:
     block_factor: float = 5.0          # a source above a limit × this is blocked
     block_ttl_s: float = 600.0         # seconds a blocked source stays blocked
     max_blocked_per_tenant: int = 4096  # entries of one tenant's block list
-    max_blocked: int = 65536           # entries of all block lists
-    max_limits: int = 1024             # per-source limits installed at once
+    # The dataplane's caps are the ceiling of these two (`for_dataplane`: its blocked_sources_max and
+    # source_limits_max); the defaults are the dataplane's defaults.
+    max_blocked: int = BLOCKED_SOURCES_MAX   # entries of all block lists
+    max_limits: int = SOURCE_LIMITS_MAX      # per-source limits installed at once
 
     def __post_init__(self) -> None:
         for name in ("half_life_s", "k_sigma", "margin", "warmup_factor", "source_interval_s", "limit_multiplier",
@@ -172,6 +174,31 @@ class AppFloodConfig:
             raise ValueError("appflood config source_quantile: must be within (0, 1)")
         if not 0 <= self.min_confidence <= 1:
             raise ValueError("appflood config min_confidence: must be within 0..1")
+        if self.max_blocked_per_tenant > self.max_blocked:
+            raise ValueError(f"appflood config max_blocked_per_tenant: {self.max_blocked_per_tenant} exceeds "
+                             f"max_blocked ({self.max_blocked})")
+
+    @classmethod
+    def for_dataplane(cls, sizes: Any = None, **knobs: Any) -> AppFloodConfig:
+        """The configuration given by `knobs` (field names; the defaults for the rest) with its caps at the
+        dataplane's map sizes `sizes` (`dataplane.sizing.FlowSizes`; None: the defaults): max_limits is its
+        source_limits_max and max_blocked its blocked_sources_max unless set lower (higher is an error: the
+        dataplane would refuse the limits, or drop entries the detector believes listed)."""
+        caps = {"max_limits": ("source_limits_max", SOURCE_LIMITS_MAX),
+                "max_blocked": ("blocked_sources_max", BLOCKED_SOURCES_MAX)}
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        for key in knobs:
+            if key not in names:
+                raise ValueError(f"appflood config {key}: unknown key (known: {', '.join(names)})")
+        for key, (size_name, default) in caps.items():
+            cap = getattr(sizes, size_name, default) if sizes is not None else default
+            if key not in knobs:
+                knobs[key] = cap
+            elif isinstance(knobs[key], int) and knobs[key] > cap:
+                raise ValueError(f"appflood config {key}: {knobs[key]} exceeds the dataplane's {size_name} ({cap})")
+        if "max_blocked_per_tenant" not in knobs and isinstance(knobs["max_blocked"], int):
+            knobs["max_blocked_per_tenant"] = min(names["max_blocked_per_tenant"].default, knobs["max_blocked"])
+        return cls(**knobs)
 
     @property
     def floors(self) -> np.ndarray:
