@@ -674,12 +674,17 @@ class AppFloodDetector:
         limits = srv.limits(np.array([row]), cfg)[0]
         n_sources = len(view) if view is not None else 0
 
-        def source_share(m: int, metric_total: float, metric_mean: float) -> float:
-            """Share of the excess of a metric that sources above the per-source limit carry."""
+        def source_share(m: int, metric_total: float, metric_mean: float, shaped: np.ndarray | None = None) -> float:
+            """Share of the excess of a metric that sources above the per-source limit carry, or sources whose
+            connections do what the flood's do (`shaped`: a bot of a connection flood holds one connection, as a
+            client does; what it carries tells it)."""
             if view is None:
                 return NEUTRAL
             col = view.rates[:, m]
-            carried = min(float(np.sum(col[col > limits[m]])), metric_total - metric_mean)
+            sel = col > limits[m]
+            if shaped is not None:
+                sel |= shaped
+            carried = min(float(np.sum(col[sel])), metric_total - metric_mean)
             return float(np.clip(carried / max(metric_total - metric_mean, 1e-9), 0.0, 1.0))
 
         def top_share(m: int) -> float:
@@ -708,7 +713,8 @@ class AppFloodDetector:
         lines = list(srv.lines.get(row, ()))
 
         def add(vector: Vector, gate: float, metric: int, src_metric: int, shape: str) -> None:
-            share = source_share(src_metric, *server_of[src_metric])
+            share = source_share(src_metric, *server_of[src_metric],
+                                 self._flood_shape(vector, view) if view is not None else None)
             rate = _rate_evidence(values[metric], thr[metric], mean[metric], share)
             if vector == Vector.HTTP_FLOOD:
                 gate = share if view is not None else NEUTRAL
@@ -802,7 +808,10 @@ class AppFloodDetector:
                                 max_concurrent=max(cfg.limit_floor_concurrent, math.ceil(lim[S_EST])))
             wanted[(inc.tenant_idx, inc.target, dport)] = (limit, vector)
             if inc.state == State.ACTIVE:
-                blocks += self._offenders(now, row, inc.tenant_idx, inc.target, vector, lim)
+                # Every application-layer vector the incident has seen at this server: one flood may follow
+                # another within the incident, and each has its own shape.
+                blocks += self._offenders(now, row, inc.tenant_idx, inc.target, vector, lim,
+                                          sorted(vectors, key=lambda v: -inc.vectors[v]))
         self._apply_limits(now, dataplane, wanted)
         self._expire_blocks(now)
         self._unblock_tenants(dataplane, tenants)
@@ -810,16 +819,21 @@ class AppFloodDetector:
             self._block(dataplane, blocks)
 
     def _offenders(self, now: float, row: int, tenant_idx: int, dst: IPAddress, vector: str,
-                   lim: np.ndarray) -> list[BlockedSource]:
+                   lim: np.ndarray, shapes: Sequence[str] = ()) -> list[BlockedSource]:
         """Sources to block while `vector` is active at `row`: those above `block_factor` times a limit, and
         those doing what the flood does (`_flood_shape`: a connection-flood bot holds one connection, as a
-        browser does, and only its shape tells), unless known-good (kept: counted as spared)."""
+        browser does, and only its shape tells) of `vector` or any of `shapes`, unless known-good (kept: counted as
+        spared)."""
         view = self.servers.sources.get(row)
         if view is None:
             return []
         cfg = self.config
         over = (view.rates > lim[None, :] * cfg.block_factor).any(axis=1)
-        suspect = np.flatnonzero(over | self._flood_shape(vector, view))
+        shape_of = np.full(len(view), -1)
+        kinds = list(dict.fromkeys([vector, *shapes]))
+        for k, v in reversed(list(enumerate(kinds))):
+            shape_of[self._flood_shape(v, view)] = k
+        suspect = np.flatnonzero(over | (shape_of >= 0))
         if not len(suspect):
             return []
         good = self.known_good.contains(view.pairs[suspect])
@@ -840,7 +854,8 @@ class AppFloodDetector:
                           f"{_n(view.rates[i, m])}{unit} to {dst} vs limit {_n(lim[m])}{unit} "
                           f"(normal client {_n(normal[m])}{unit} × {cfg.limit_multiplier:g})")
             else:
-                reason = f"{vector}: {self._shape_reason(vector, view, i)} to {dst}"
+                shape = kinds[shape_of[i]]
+                reason = f"{shape}: {self._shape_reason(shape, view, i)} to {dst}"
             out.append(BlockedSource(tenant_idx=tenant_idx, src=src, expires_ns=expires, reason=reason))
         return out
 

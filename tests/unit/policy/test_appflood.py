@@ -242,11 +242,33 @@ def test_issue15_bots_below_every_limit_are_blocked_by_what_they_do(tmp_path, ve
     lab.run(6)
     vectors = app_vectors(starts(lab) + lab.of_type(EventType.ATTACK_UPDATE))
     assert max(vectors, key=vectors.get) == vector, vectors
+    # The sources doing what the flood does carry its excess: the per-source evidence of the confidence.
+    assert vectors[vector] >= 0.8, vectors
     blocked = {str(b.src): b for b in lab.dp.read_blocked_sources()}
     assert len(blocked) >= 0.95 * 4000 and not set(blocked) & set(CLIENTS)
     reason = blocked[bots(1)[0]].reason
     assert reason.startswith(vector) and ("client bytes each" if vector == "tls_flood" else "open connections") \
         in reason
+
+
+def test_issue15_a_flood_after_another_in_one_incident_is_blocked_by_its_own_shape(tmp_path):
+    """An HTTP flood, then a TLS flood at the same server while the incident is open (the lab's netns run:
+    the incident's strongest vector stayed http_flood, and the TLS bots, below every limit, went free)."""
+    lab = warm_lab(tmp_path)
+    lim = lab.engine.appflood.servers.limits(lab.engine.appflood.servers.index.get(address_keys([ipaddress.ip_address(WEB)])),
+                                             APP_FAST)[0]
+    lab.dp.add_conns(ConnTraffic("http-bots", 1, WEB, bots(500), new_per_s=1.0, established=4.0,
+                                 http_per_s=lim[1] * 3, client_bytes_per_s=20_000.0))
+    lab.run(5)
+    assert app_vectors(starts(lab)).get("http_flood", 0) >= 0.8
+    lab.dp.stop_conns("http-bots")
+    lab.dp.add_conns(ConnTraffic("tls-bots", 1, WEB, bots(4000, start=1000), new_per_s=0.5, tls_per_s=0.5,
+                                 client_bytes_per_s=0.5 * 517.0, server_bytes_per_s=0.5 * 4000.0))
+    lab.run(5)
+    assert len(lab.engine.incidents.active()) == 1
+    blocked = {str(b.src): b for b in lab.dp.read_blocked_sources()}
+    assert set(bots(4000, start=1000)) <= set(blocked)
+    assert blocked[bots(1, start=1000)[0]].reason.startswith("tls_flood: ")
 
 
 def test_monitor_mode_tenant_gets_the_incident_but_no_limits_or_blocks(tmp_path):
