@@ -9,6 +9,11 @@
     bpffs = "/sys/fs/bpf/seawall"    # where maps are pinned
     address_cache_mib = 64           # kernel memory of the address cache, all CPUs together, MiB
     max_addresses = 262144           # customer addresses counted (the spill map's entries)
+    flow_table_entries = 131072      # TCP connections of protected destinations tracked at once (issue 15)
+    flow_destination_entries = 65536 # destinations with connection counters
+    flow_source_entries = 131072     # (destination, source) rows, and per-source limit buckets
+    blocked_sources_max = 65536      # dynamic block list entries, all tenants (the oldest go first)
+    source_limits_max = 1024         # per-source limit entries (destination and port)
 
     [securewatch]                    # parsed and checked by securewatch.settings
     listen = "127.0.0.1:8080"
@@ -39,7 +44,7 @@ import os
 import pathlib
 from typing import Any
 
-from dataplane import sizing
+from dataplane import constants, sizing
 from escalation.config import BgpSettings, EscalationSettings, parse_bgp, parse_escalation
 
 # [securewatch] is SecureWatch's own table: its settings, keys and checks are in securewatch.settings.
@@ -60,7 +65,7 @@ IFNAME_MAX_BYTES = 15            # Linux IFNAMSIZ (16) minus the terminating NUL
 
 SECTIONS = ("appliance", "securewatch", "templates", "tenants", "notify", "bgp", "escalation")
 APPLIANCE_KEYS = ("external", "internal", "state_dir", "log_format", "tick_ms", "bpffs", "address_cache_mib",
-                  "max_addresses")
+                  "max_addresses", *sizing.FLOW_SIZE_KEYS)
 ADDRESS_CACHE_MIB_RANGE = (1, 65536)   # MiB; dataplane.sizing turns it into slots per CPU
 
 
@@ -74,6 +79,7 @@ class ApplianceSettings:
     bpffs: pathlib.Path
     address_cache_mib: int = sizing.DEFAULT_CACHE_MIB          # MiB, all CPU regions together
     max_addresses: int = sizing.DEFAULT_MAX_ADDRESSES          # spill map entries
+    flow_sizes: sizing.FlowSizes = sizing.FlowSizes()          # connection accounting's maps, entries
 
     def address_cache_bits(self, regions: int | None = None) -> int:
         """log2 of the address cache's slots per CPU region on this box (`dataplane.sizing`)."""
@@ -245,8 +251,11 @@ def _parse_appliance(table: dict[str, Any], problems: list[str]) -> ApplianceSet
     sizes = {key: _whole_number(table, key, default, bounds, problems) for key, default, bounds in (
         ("address_cache_mib", sizing.DEFAULT_CACHE_MIB, ADDRESS_CACHE_MIB_RANGE),
         ("max_addresses", sizing.DEFAULT_MAX_ADDRESSES, sizing.MAX_ADDRESSES_RANGE))}
+    flow_sizes = sizing.FlowSizes(**{
+        key: _whole_number(table, key, getattr(constants, name), bounds, problems)
+        for key, (name, bounds) in sizing.FLOW_SIZE_KEYS.items()})
     return ApplianceSettings(
-        external=external, internal=internal, **sizes,
+        external=external, internal=internal, **sizes, flow_sizes=flow_sizes,
         state_dir=_path("appliance", table, "state_dir", DEFAULT_STATE_DIR, problems),
         log_format=log_format, tick_ms=tick_ms,
         bpffs=_path("appliance", table, "bpffs", DEFAULT_BPFFS, problems),

@@ -212,7 +212,8 @@ class Appliance:
         # The per-address maps sized by the configuration and this box's CPU ids (dataplane.sizing).
         self.dataplane = Dataplane(str(settings.bpffs), sample_every=self.sample_every,
                                    max_addresses=settings.max_addresses,
-                                   address_cache_bits=settings.address_cache_bits())
+                                   address_cache_bits=settings.address_cache_bits(),
+                                   flow_sizes=settings.flow_sizes)
         # Tenants first, then attach: the program never filters with an empty set after a restart.
         self._apply(self.config.tenants)
         self.dataplane.attach(external, internal, self.attach_mode)

@@ -716,7 +716,6 @@ static __always_inline struct sw_source_limit *sw_source_limit_of(struct sw_limi
 static __always_inline struct sw_token_bucket *sw_limit_bucket_of(struct sw_flow_key *k) { return sw_limit_buckets.lookup(k); }
 static __always_inline int sw_limit_bucket_new(struct sw_flow_key *k, struct sw_token_bucket *b) { return sw_limit_buckets.insert(k, b); }
 static __always_inline __u64 *sw_blocked_until(struct sw_block_key *k) { return sw_blocked.lookup(k); }
-static __always_inline __u32 *sw_flow_gate_word(void) { __u32 zero = 0; return sw_flow_gate.lookup(&zero); }
 static __always_inline __u32 *sw_flow_pending_slot(__u32 index) { return sw_flow_pending.lookup(&index); }
 static __always_inline void sw_flow_count(__u32 stat) { __u64 *c = sw_flow_stats.lookup(&stat); if (c) (*c)++; }
 
@@ -973,10 +972,12 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
                     goto verdict;
                 }
             }
-            if ((v->reason = sw_flows_admit(p, tenant))) { /* block list, per-source limits: flows.h */
+#ifndef XNOADMIT
+            if ((v->reason = sw_flows_admit(p, tenant, cfg))) { /* block list, per-source limits: flows.h */
                 v->drop = 1;
                 goto verdict;
             }
+#endif
             if ((flags & SW_POLICY_SLOT_LISTS_OR_HEURISTICS) && (st->attack_classes || (flags & SW_POLICY_REFLECTION_ALWAYS))) {
                 int reason = sw_heuristics(p, st, flags, data, data_end);
                 if (reason == SW_SYNAUTH_BYPASS)
@@ -1005,9 +1006,6 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
     }
 
     SW_STAGE(4); /* policy: lists, filters, rules */
-    if (!v->drop && tenant < SW_MAX_TENANTS && (st->policy_flags & SW_POLICY_SLOT_PROTECTED) &&
-        p->proto == SW_IPPROTO_TCP && p->l4_ok)
-        sw_flows_account(p, tenant, data, data_end, dir); /* what the server sees: flows.h */
     /* 64-bit copies: clang would otherwise re-read and re-extend the narrow
      * fields after the range checks below, and the verifier lose the bounds. */
     __u64 cls = p->traffic_class, reason = v->reason;
@@ -1038,6 +1036,11 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
         }
     }
     SW_STAGE(5); /* counters */
+#ifndef XNOACCOUNT
+    if (!drop && cls <= SW_TRAFFIC_CLASS_TCP_OTHER && tenant < SW_MAX_TENANTS &&
+        (st->policy_flags & SW_POLICY_SLOT_PROTECTED))
+        sw_flows_account(ctx, p, tenant, wire_len, dir); /* what the server sees: flows.h */
+#endif
     if (cfg->sample_every)
         sw_sample(ctx, cfg, tenant, dir, drop, reason, wire_len);
 
