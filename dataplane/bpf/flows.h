@@ -2,8 +2,8 @@
  * docs/design/connection-accounting.md).
  *
  * Only TCP to and from the addresses of protected tenants. What is counted is what the server
- * sees (the port program calls sw_flows_account() with the final verdict, after monitor mode
- * and for spliced flows too, synauth.h):
+ * sees (the port program asks sw_flows_wanted() with the final verdict, after monitor mode and
+ * for spliced flows too, synauth.h, and tail-calls SW_PROG_FLOWS, sw_flows_track(), when so):
  *   - sw_flow_conns, an LRU map keyed by the flow (server local), follows each connection
  *     from the client's SYN through the server's SYN-ACK to the client's ACK (a new connection)
  *     and to the first FIN or RST (closed: the entry goes), with its payload bytes per direction;
@@ -12,9 +12,9 @@
  *     lines and TLS ClientHellos the clients sent, payload bytes per direction.
  * A connection adds its bytes to the two rows in batches (SW_FLOW_FLUSH_BYTES, or at a
  * request, a hello, the handshake's end or the close), so a segment in mid-connection costs
- * one lookup, not three. A pure ACK (the most common packet) costs no lookup unless it may end
- * a handshake: the server's SYN-ACK leaves a tag in sw_flow_pending, an array the ACK reads
- * inline.
+ * one lookup, not three. A pure ACK (the most common packet) costs no lookup and no tail call
+ * unless it may end a handshake: the server's SYN-ACK leaves a tag in sw_flow_pending, an array
+ * the ACK reads inline.
  *
  * Mitigation, both behind gate bits in sw_config.flags (SW_FLOW_GATE_*) that user space sets
  * when a list has entries (empty lists cost one load per packet of a protected tenant):
@@ -251,7 +251,7 @@ static __always_inline void sw_flow_close(struct sw_flow_key *k, struct sw_flow_
         sw_flow_flush(server, client, tenant, -1, 0, ds, dc);
 }
 
-/* The port program calls sw_flows_account() for the TCP classes alone, with one comparison. */
+/* The port program asks sw_flows_wanted() for the TCP classes alone, with one comparison. */
 _Static_assert(SW_TRAFFIC_CLASS_TCP_SYN <= 1 && SW_TRAFFIC_CLASS_TCP_OTHER <= 1, "TCP classes come first");
 
 /* Is this pure ACK the client's end of a handshake the server answered? Its SYN-ACK left the
@@ -266,15 +266,17 @@ static __always_inline int sw_flow_ends_handshake(struct sw_packet *p)
     return 1;
 }
 
-/* Everything but the usual pure ACK (sw_flows_account): a SYN, the server's SYN-ACK, a segment
- * with payload, a FIN or RST, a handshake's last ACK. (bcc loads no BPF-to-BPF calls: inlined.) */
-static __always_inline void sw_flows_track(struct xdp_md *ctx, struct sw_packet *p, __u32 tenant, __u32 wire_len,
-                                           const __u32 dir)
+/* Everything but the usual pure ACK (sw_flows_wanted): a SYN, the server's SYN-ACK, a segment
+ * with payload, a FIN or RST, a handshake's last ACK. Runs in a program of its own
+ * (SW_PROG_FLOWS, tail-called): inlined into the port program, its register needs cost every
+ * packet ~3 ns. */
+static __always_inline void sw_flows_track(struct xdp_md *ctx, struct sw_packet *p, __u32 tenant, const __u32 dir)
 {
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
     if (!p->l4_ok)
         return;
+    __u32 wire_len = p->frame_length ? p->frame_length : (__u32)(data_end - data);
     const int inbound = dir == SW_DIRECTION_INBOUND;
     const __u64 *server = inbound ? p->dst : p->src;
     const __u64 *client = inbound ? p->src : p->dst;
@@ -316,8 +318,10 @@ static __always_inline void sw_flows_track(struct xdp_md *ctx, struct sw_packet 
     }
     __u32 len = sw_flow_payload_len(p, data, data_end, wire_len);
     __u32 closing = flags & (SW_TCP_FIN | SW_TCP_RST);
-    if (!len && !closing && (!inbound || !sw_flow_ends_handshake(p)))
-        return; /* a frame padded to Ethernet's minimum, no payload after all */
+    /* A pure ACK in a frame padded to Ethernet's minimum: sw_flows_wanted() could not tell it
+     * from data, so it checks the handshake's tag here (a short frame's ACK was checked there). */
+    if (!len && !closing && wire_len > p->payload_offset && (!inbound || !sw_flow_ends_handshake(p)))
+        return;
     struct sw_flow_conn *conn = sw_flow_conn_of(&k);
     if (!conn)
         return; /* opened before the program was loaded, or evicted: not counted */
@@ -356,18 +360,17 @@ static __always_inline void sw_flows_track(struct xdp_md *ctx, struct sw_packet 
     }
 }
 
-/* Accounting of one TCP segment that reaches its side (verdict pass or splice) of a protected
- * tenant's address; dir: who sent it (inbound: the client, outbound: the server). The usual
- * packet, an ACK without payload, costs a few instructions: only a client's ACK hashes its flow
- * (sw_flow_ends_handshake); the rest goes to sw_flows_track(). */
-static __always_inline void sw_flows_account(struct xdp_md *ctx, struct sw_packet *p, __u32 tenant, __u32 wire_len,
-                                             const __u32 dir)
+/* Does a TCP segment that reaches its side (verdict pass or splice) of a protected tenant's
+ * address need connection accounting (SW_PROG_FLOWS)? dir: who sent it (inbound: the client,
+ * outbound: the server). The usual packet, an ACK without payload, is settled with a few
+ * instructions: only a client's ACK hashes its flow, to see whether it ends a handshake. */
+static __always_inline int sw_flows_wanted(struct sw_packet *p, __u32 wire_len, const __u32 dir)
 {
     /* (Without an L4 header, flags and payload offset are 0: sw_flows_track() checks l4_ok.) */
     if (!(p->tcp_flags & (SW_TCP_SYN | SW_TCP_FIN | SW_TCP_RST)) && wire_len <= p->payload_offset &&
         (dir == SW_DIRECTION_OUTBOUND || !sw_flow_ends_handshake(p)))
-        return;
-    sw_flows_track(ctx, p, tenant, wire_len, dir);
+        return 0;
+    return 1;
 }
 
 /* Block list and per-source limits for an inbound packet of a protected tenant: a drop reason
