@@ -9,11 +9,11 @@
     bpffs = "/sys/fs/bpf/seawall"    # where maps are pinned
     address_cache_mib = 64           # kernel memory of the address cache, all CPUs together, MiB
     max_addresses = 262144           # customer addresses counted (the spill map's entries)
-    flow_table_entries = 131072      # connection accounting (issue 15, dataplane.sizing.FlowSizes), entries:
-    flow_destination_entries = 65536 #   connections tracked, destinations and (destination, source) rows
-    flow_source_entries = 131072     #   with counters, the dynamic block list (all tenants) and the
-    blocked_sources_max = 65536      #   per-source limits; the detector's caps are these two
-    source_limits_max = 1024
+    flow_table_entries = 131072      # TCP connections of protected destinations tracked at once (issue 15)
+    flow_destination_entries = 65536 # destinations with connection counters
+    flow_source_entries = 131072     # (destination, source) rows, and per-source limit buckets
+    blocked_sources_max = 65536      # dynamic block list entries, all tenants (the oldest go first)
+    source_limits_max = 1024         # per-source limit entries (destination and port)
 
     [securewatch]                    # parsed and checked by securewatch.settings
     listen = "127.0.0.1:8080"
@@ -81,8 +81,7 @@ class ApplianceSettings:
     bpffs: pathlib.Path
     address_cache_mib: int = sizing.DEFAULT_CACHE_MIB          # MiB, all CPU regions together
     max_addresses: int = sizing.DEFAULT_MAX_ADDRESSES          # spill map entries
-    # Connection accounting's maps (flow_table_entries, ..., source_limits_max; issue 15), entries.
-    flow_sizes: sizing.FlowSizes = dataclasses.field(default_factory=sizing.FlowSizes)
+    flow_sizes: sizing.FlowSizes = sizing.FlowSizes()          # connection accounting's maps, entries
 
     def address_cache_bits(self, regions: int | None = None) -> int:
         """log2 of the address cache's slots per CPU region on this box (`dataplane.sizing`)."""
@@ -231,10 +230,6 @@ def _whole_number(table: dict[str, Any], key: str, default: int, bounds: tuple[i
     return default if checked is None else checked
 
 
-def _flow_default(key: str) -> int:
-    return getattr(constants, sizing.FLOW_SIZE_KEYS[key][0])
-
-
 def _parse_appflood(table: dict[str, Any], sizes: sizing.FlowSizes, problems: list[str]) -> dict[str, Any]:
     """[appflood]: the detector's knobs, checked by the detector's own configuration (its caps against the
     dataplane's map sizes); the table as given when it is valid."""
@@ -284,10 +279,11 @@ def _parse_appliance(table: dict[str, Any], problems: list[str]) -> ApplianceSet
     sizes = {key: _whole_number(table, key, default, bounds, problems) for key, default, bounds in (
         ("address_cache_mib", sizing.DEFAULT_CACHE_MIB, ADDRESS_CACHE_MIB_RANGE),
         ("max_addresses", sizing.DEFAULT_MAX_ADDRESSES, sizing.MAX_ADDRESSES_RANGE))}
-    flow = {key: _whole_number(table, key, _flow_default(key), bounds, problems)
-            for key, (_, bounds) in sizing.FLOW_SIZE_KEYS.items()}
+    flow_sizes = sizing.FlowSizes(**{
+        key: _whole_number(table, key, getattr(constants, name), bounds, problems)
+        for key, (name, bounds) in sizing.FLOW_SIZE_KEYS.items()})
     return ApplianceSettings(
-        external=external, internal=internal, **sizes, flow_sizes=sizing.FlowSizes(**flow),
+        external=external, internal=internal, **sizes, flow_sizes=flow_sizes,
         state_dir=_path("appliance", table, "state_dir", DEFAULT_STATE_DIR, problems),
         log_format=log_format, tick_ms=tick_ms,
         bpffs=_path("appliance", table, "bpffs", DEFAULT_BPFFS, problems),

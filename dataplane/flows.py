@@ -4,7 +4,7 @@ bpf/flows.h, read and written for `dataplane.Dataplane` (docs/design/connection-
 The program counts; this side decodes the counter maps (layouts from bcc's `table.Leaf`, never
 written down here), keeps the block list's reasons and its cap (the kernel map holds only each
 entry's expiry; the oldest entries go first when the cap is reached), replaces the set of
-per-source limits as a whole, and opens or closes the gate word that spares packets the lookups
+per-source limits as a whole, and opens or closes the gate bits (sw_config.flags) that spare packets the lookups
 of empty lists.
 """
 
@@ -29,7 +29,7 @@ log = structlog.get_logger("seawall.dataplane")
 
 # The maps of bpf/flows.h that this side reads or writes.
 MAP_NAMES = ("sw_flow_conns", "sw_flow_dests", "sw_flow_pairs", "sw_source_limits", "sw_limit_buckets", "sw_blocked",
-             "sw_flow_gate", "sw_flow_stats")
+             "sw_flow_stats", "sw_config")
 U32_MAX = 0xFFFFFFFF
 RESTORED_REASON = "restored after a restart (reason not kept)"
 
@@ -231,8 +231,11 @@ class Flows:
 
     def _write_gate(self) -> None:
         bits = (FlowGate.BLOCKED if self._blocked else FlowGate(0)) | (FlowGate.LIMITS if self._limits else FlowGate(0))
-        table = self.maps["sw_flow_gate"]
-        table[table.Key(0)] = table.Leaf(int(bits))
+        # sw_config.flags (its other fields belong to `dataplane.tables.Tables`: read, change one, write).
+        table = self.maps["sw_config"]
+        cfg = table[table.Key(0)]
+        cfg.flags = int(bits)
+        table[table.Key(0)] = cfg
 
     def _recover(self) -> None:
         """Pinned maps outlive the process: take over the block list (its reasons were in the old process)

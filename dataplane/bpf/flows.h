@@ -2,8 +2,8 @@
  * docs/design/connection-accounting.md).
  *
  * Only TCP to and from the addresses of protected tenants. What is counted is what the server
- * sees (the port program calls sw_flows_account() with the final verdict, after monitor mode
- * and for spliced flows too, synauth.h):
+ * sees (the port program asks sw_flows_wanted() with the final verdict, after monitor mode and
+ * for spliced flows too, synauth.h, and tail-calls SW_PROG_FLOWS, sw_flows_track(), when so):
  *   - sw_flow_conns, an LRU map keyed by the flow (server local), follows each connection
  *     from the client's SYN through the server's SYN-ACK to the client's ACK (a new connection)
  *     and to the first FIN or RST (closed: the entry goes), with its payload bytes per direction;
@@ -12,12 +12,12 @@
  *     lines and TLS ClientHellos the clients sent, payload bytes per direction.
  * A connection adds its bytes to the two rows in batches (SW_FLOW_FLUSH_BYTES, or at a
  * request, a hello, the handshake's end or the close), so a segment in mid-connection costs
- * one lookup, not three. A pure ACK (the most common packet) costs no lookup unless it may end
- * a handshake: the server's SYN-ACK leaves a tag in sw_flow_pending, an array the ACK reads
- * inline.
+ * one lookup, not three. A pure ACK (the most common packet) costs no lookup and no tail call
+ * unless it may end a handshake: the server's SYN-ACK leaves a tag in sw_flow_pending, an array
+ * the ACK reads inline.
  *
- * Mitigation, both behind one gate word that user space sets when it has entries (an empty
- * list costs one array load per packet of a protected tenant):
+ * Mitigation, both behind gate bits in sw_config.flags (SW_FLOW_GATE_*) that user space sets
+ * when a list has entries (empty lists cost one load per packet of a protected tenant):
  *   - sw_blocked: (tenant, source) -> expiry, ns; every inbound packet of the source to the
  *     tenant is dropped until then (SW_DROP_REASON_BLOCKED). Python caps it (oldest go first).
  *   - sw_source_limits: (tenant, destination, port or 0) -> limits on the inbound SYNs of each
@@ -31,7 +31,7 @@
 #define SEAWALL_FLOWS_H
 
 /* From dataplane/constants.py (cflags()): SW_FLOW_STATE_* (connection states), SW_FLOW_STAT_*
- * (sw_flow_stats indices), SW_FLOW_GATE_* (sw_flow_gate bits), SW_FLOW_TABLE_ENTRIES,
+ * (sw_flow_stats indices), SW_FLOW_GATE_* (sw_config.flags bits), SW_FLOW_TABLE_ENTRIES,
  * SW_FLOW_DESTINATION_ENTRIES, SW_FLOW_SOURCE_ENTRIES, SW_BLOCKED_SOURCES_MAX,
  * SW_SOURCE_LIMITS_MAX, SW_FLOW_FLUSH_BYTES, SW_FLOW_PENDING_BITS. */
 
@@ -93,7 +93,6 @@ SW_MAP("hash", struct sw_limit_key, struct sw_source_limit, sw_source_limits, SW
 /* Key: the destination local, the source remote, local_port the limit's port (0: all). */
 SW_MAP("lru_hash", struct sw_flow_key, struct sw_token_bucket, sw_limit_buckets, SW_FLOW_SOURCE_ENTRIES, 0);
 SW_MAP("hash", struct sw_block_key, __u64, sw_blocked, SW_BLOCKED_SOURCES_MAX, 0);
-SW_MAP("array", __u32, __u32, sw_flow_gate, 1, 0);
 /* Tags of handshakes waiting for the client's ACK (sw_flow_tag()); 0 = none. Not pinned: a
  * lost tag only delays counting a handshake to the client's first data segment. */
 BPF_ARRAY(sw_flow_pending, __u32, 1U << SW_FLOW_PENDING_BITS);
@@ -111,26 +110,25 @@ static __always_inline struct sw_source_limit *sw_source_limit_of(struct sw_limi
 static __always_inline struct sw_token_bucket *sw_limit_bucket_of(struct sw_flow_key *k);
 static __always_inline int sw_limit_bucket_new(struct sw_flow_key *k, struct sw_token_bucket *b);
 static __always_inline __u64 *sw_blocked_until(struct sw_block_key *k);
-static __always_inline __u32 *sw_flow_gate_word(void);
 static __always_inline __u32 *sw_flow_pending_slot(__u32 index);
 static __always_inline void sw_flow_count(__u32 stat);
 
 /* The tag of a handshake in sw_flow_pending: a multiplicative hash of the flow; the slot is
  * its top SW_FLOW_PENDING_BITS bits, the tag the whole hash with bit 0 set (never 0). */
-static __always_inline __u32 sw_flow_tag(const __u64 *server, const __u64 *client, __u16 server_port,
-                                         __u16 client_port)
+static __always_inline __u32 sw_flow_tag(const __u64 *client, __u16 client_port)
 {
-    __u64 x = server[0] ^ server[1] ^ ((client[0] ^ client[1]) * 0x9E3779B97F4A7C15ULL) ^
-              ((__u64)server_port << 16 | client_port);
+    /* The client's address and port alone: an ACK's cheapest hash (flows of two servers with the
+     * same client and port share a slot: the later SYN-ACK wins, the other's ACK is missed, and its
+     * handshake counts at its first data segment, FIN or RST instead). */
+    __u64 x = client[1] ^ client[0] ^ client_port;
     return ((__u32)(x ^ (x >> 32)) * 0x9E3779B1U) | 1;
 }
 
 /* Bytes of TCP payload, from the IP length (a frame padded to Ethernet's minimum carries
  * trailing bytes that are not payload). Read only when the frame has bytes after the TCP header. */
-static __always_inline __u32 sw_flow_payload_len(struct sw_packet *p, void *data, void *data_end)
+static __always_inline __u32 sw_flow_payload_len(struct sw_packet *p, void *data, void *data_end, __u32 wire_len)
 {
-    __u64 linear = data_end - data;
-    if (linear <= p->payload_offset && !p->frame_length)
+    if (wire_len <= p->payload_offset)
         return 0;
     /* The IP header's offset: Ethernet and its tags (as sw_parse_ethernet() walked them). */
     __u32 l3 = ETH_HLEN;
@@ -253,39 +251,57 @@ static __always_inline void sw_flow_close(struct sw_flow_key *k, struct sw_flow_
         sw_flow_flush(server, client, tenant, -1, 0, ds, dc);
 }
 
-/* Accounting of one TCP segment that reaches its side (verdict pass or splice) of a protected
- * tenant's address. dir: who sent it (inbound: the client, outbound: the server). */
-static __always_inline void sw_flows_account(struct sw_packet *p, __u32 tenant, void *data, void *data_end,
-                                             const __u32 dir)
+/* The port program asks sw_flows_wanted() for the TCP classes alone, with one comparison. */
+_Static_assert(SW_TRAFFIC_CLASS_TCP_SYN <= 1 && SW_TRAFFIC_CLASS_TCP_OTHER <= 1, "TCP classes come first");
+
+/* Is this pure ACK the client's end of a handshake the server answered? Its SYN-ACK left the
+ * flow's tag (the slot is cleared: one ACK ends a handshake). */
+static __always_inline int sw_flow_ends_handshake(struct sw_packet *p)
 {
-    const __u64 *server = dir == SW_DIRECTION_INBOUND ? p->dst : p->src;
-    const __u64 *client = dir == SW_DIRECTION_INBOUND ? p->src : p->dst;
-    __u16 server_port = dir == SW_DIRECTION_INBOUND ? p->dport : p->sport;
-    __u16 client_port = dir == SW_DIRECTION_INBOUND ? p->sport : p->dport;
+    __u32 tag = sw_flow_tag(p->src, p->sport);
+    __u32 *pending = sw_flow_pending_slot(tag >> (32 - SW_FLOW_PENDING_BITS));
+    if (!pending || *pending != tag)
+        return 0;
+    *pending = 0;
+    return 1;
+}
+
+/* Everything but the usual pure ACK (sw_flows_wanted): a SYN, the server's SYN-ACK, a segment
+ * with payload, a FIN or RST, a handshake's last ACK. Runs in a program of its own
+ * (SW_PROG_FLOWS, tail-called): inlined into the port program, its register needs cost every
+ * packet ~3 ns. */
+static __always_inline void sw_flows_track(struct xdp_md *ctx, struct sw_packet *p, __u32 tenant, const __u32 dir)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    if (!p->l4_ok)
+        return;
+    __u32 wire_len = p->frame_length ? p->frame_length : (__u32)(data_end - data);
+    const int inbound = dir == SW_DIRECTION_INBOUND;
+    const __u64 *server = inbound ? p->dst : p->src;
+    const __u64 *client = inbound ? p->src : p->dst;
+    __u16 server_port = inbound ? p->dport : p->sport;
+    __u16 client_port = inbound ? p->sport : p->dport;
     __u8 flags = p->tcp_flags;
     __u8 syn_ack = flags & (SW_TCP_SYN | SW_TCP_ACK);
     struct sw_flow_key k;
-    if (dir == SW_DIRECTION_INBOUND && syn_ack == SW_TCP_SYN) {
+    sw_flow(&k, server, client, server_port, client_port);
+    if (inbound && syn_ack == SW_TCP_SYN) {
         /* A client's SYN: a connection begins (a retransmission or a reused tuple starts over). */
-        sw_flow(&k, server, client, server_port, client_port);
-        struct sw_flow_conn fresh = {.state = SW_FLOW_STATE_SYN, .tenant_idx = tenant};
         struct sw_flow_conn *conn = sw_flow_conn_of(&k);
         if (conn) {
-            if (conn->state == SW_FLOW_STATE_ESTABLISHED)
-                sw_flow_close(&k, conn, server, client); /* the old connection is gone */
-            else
+            if (conn->state != SW_FLOW_STATE_ESTABLISHED)
                 return;
+            sw_flow_close(&k, conn, server, client); /* the old connection is gone */
         }
+        struct sw_flow_conn fresh = {.state = SW_FLOW_STATE_SYN, .tenant_idx = tenant};
         if (sw_flow_conn_new(&k, &fresh) == 0)
             sw_flow_count(SW_FLOW_STAT_CONNECTIONS_OPENED);
         return;
     }
-    __u32 tag = sw_flow_tag(server, client, server_port, client_port);
-    __u32 *pending = sw_flow_pending_slot(tag >> (32 - SW_FLOW_PENDING_BITS));
-    if (dir == SW_DIRECTION_OUTBOUND && syn_ack == (SW_TCP_SYN | SW_TCP_ACK)) {
+    if (!inbound && syn_ack == (SW_TCP_SYN | SW_TCP_ACK)) {
         /* The server answers. Under a splice (synauth.h) the server's SYN came from the bridge,
          * never through here: its SYN-ACK begins the entry. */
-        sw_flow(&k, server, client, server_port, client_port);
         struct sw_flow_conn *conn = sw_flow_conn_of(&k);
         if (!conn) {
             struct sw_flow_conn fresh = {.state = SW_FLOW_STATE_SYN_ACK, .tenant_idx = tenant};
@@ -294,25 +310,24 @@ static __always_inline void sw_flows_account(struct sw_packet *p, __u32 tenant, 
         } else if (conn->state == SW_FLOW_STATE_SYN) {
             conn->state = SW_FLOW_STATE_SYN_ACK;
         }
+        __u32 tag = sw_flow_tag(client, client_port);
+        __u32 *pending = sw_flow_pending_slot(tag >> (32 - SW_FLOW_PENDING_BITS));
         if (pending)
             *pending = tag;
         return;
     }
-    __u32 len = sw_flow_payload_len(p, data, data_end);
+    __u32 len = sw_flow_payload_len(p, data, data_end, wire_len);
     __u32 closing = flags & (SW_TCP_FIN | SW_TCP_RST);
-    if (!len && !closing) {
-        /* A pure ACK matters only as the end of a handshake: the server's SYN-ACK left its tag. */
-        if (dir == SW_DIRECTION_OUTBOUND || !pending || *pending != tag)
-            return;
-        *pending = 0;
-    }
-    sw_flow(&k, server, client, server_port, client_port);
+    /* A pure ACK in a frame padded to Ethernet's minimum: sw_flows_wanted() could not tell it
+     * from data, so it checks the handshake's tag here (a short frame's ACK was checked there). */
+    if (!len && !closing && wire_len > p->payload_offset && (!inbound || !sw_flow_ends_handshake(p)))
+        return;
     struct sw_flow_conn *conn = sw_flow_conn_of(&k);
     if (!conn)
         return; /* opened before the program was loaded, or evicted: not counted */
     __s64 opened = 0;
     if (conn->state != SW_FLOW_STATE_ESTABLISHED) {
-        if (conn->state == SW_FLOW_STATE_SYN_ACK && dir == SW_DIRECTION_INBOUND && (flags & SW_TCP_ACK) &&
+        if (conn->state == SW_FLOW_STATE_SYN_ACK && inbound && (flags & SW_TCP_ACK) &&
             !(flags & (SW_TCP_SYN | SW_TCP_RST))) {
             conn->state = SW_FLOW_STATE_ESTABLISHED; /* the client's ACK: the server's handshake is done */
             opened = 1;
@@ -323,22 +338,17 @@ static __always_inline void sw_flows_account(struct sw_packet *p, __u32 tenant, 
         }
     }
     __u32 kind = 0;
-    if (dir == SW_DIRECTION_INBOUND) {
+    if (inbound) {
         conn->to_server += len;
         if (len)
             kind = sw_flow_payload_kind(p, data, data_end);
     } else {
         conn->to_client += len;
     }
-    if (opened && closing) {
-        /* Opened and closed in one segment (an ACK with FIN): count both. */
-        sw_flow_flush(server, client, conn->tenant_idx, 1, kind, 0, 0);
-        sw_flow_close(&k, conn, server, client);
-        return;
-    }
     if (closing) {
-        if (kind)
-            sw_flow_flush(server, client, conn->tenant_idx, 0, kind, 0, 0);
+        /* Opened and closed in one segment (an ACK with FIN) counts both. */
+        if (opened || kind)
+            sw_flow_flush(server, client, conn->tenant_idx, opened, kind, 0, 0);
         sw_flow_close(&k, conn, server, client);
         return;
     }
@@ -350,14 +360,26 @@ static __always_inline void sw_flows_account(struct sw_packet *p, __u32 tenant, 
     }
 }
 
-/* Block list and per-source limits for an inbound packet of a protected tenant: a drop reason
- * or 0. Behind the gate word: nothing to check costs one array load. */
-static __always_inline int sw_flows_admit(struct sw_packet *p, __u32 tenant)
+/* Does a TCP segment that reaches its side (verdict pass or splice) of a protected tenant's
+ * address need connection accounting (SW_PROG_FLOWS)? dir: who sent it (inbound: the client,
+ * outbound: the server). The usual packet, an ACK without payload, is settled with a few
+ * instructions: only a client's ACK hashes its flow, to see whether it ends a handshake. */
+static __always_inline int sw_flows_wanted(struct sw_packet *p, __u32 wire_len, const __u32 dir)
 {
-    __u32 *gate = sw_flow_gate_word();
-    if (!gate || !*gate)
+    /* (Without an L4 header, flags and payload offset are 0: sw_flows_track() checks l4_ok.) */
+    if (!(p->tcp_flags & (SW_TCP_SYN | SW_TCP_FIN | SW_TCP_RST)) && wire_len <= p->payload_offset &&
+        (dir == SW_DIRECTION_OUTBOUND || !sw_flow_ends_handshake(p)))
         return 0;
-    __u32 bits = *gate;
+    return 1;
+}
+
+/* Block list and per-source limits for an inbound packet of a protected tenant: a drop reason
+ * or 0. Behind the gate bits: nothing to check costs one load of the configuration. */
+static __always_inline int sw_flows_admit(struct sw_packet *p, __u32 tenant, struct sw_config *cfg)
+{
+    __u32 bits = cfg->flags; /* SW_FLOW_GATE_*: the configuration is at hand, a map lookup is not */
+    if (!bits)
+        return 0;
     __u64 now = 0;
     if (bits & SW_FLOW_GATE_BLOCKED) {
         struct sw_block_key bk = {.tenant_idx = tenant};
