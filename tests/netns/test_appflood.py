@@ -41,6 +41,9 @@ MITIGATED_S = 8.0        # seconds measured with the rule in, from SETTLE_S afte
 SETTLE_S = 2.0           # seconds after the rule before measuring (connections from before it drain)
 MONITOR_RAMP_S = 4.0     # seconds after the switch to monitor before measuring (the flood takes the shop again)
 PROCESS_TIMEOUT_S = 60.0
+CROWD_S = 15.0           # seconds of flash crowd
+CROWD_RATE = 30.0        # new clients/s (each 2 pages of 3 requests: ~10 times the browsers' requests)
+BROWSERS = ("browse", "browse-tls")
 MIN_CONFIDENCE = 0.8
 MIN_LEGIT_MITIGATED = 0.99
 MAX_BOT_SHARE = 0.05
@@ -179,6 +182,33 @@ def _timed(process: AttackProcess) -> dict:
 
     process.on_record = record
     return clock
+
+
+def test_issue15_flash_crowd_is_not_classified_and_loses_nothing(lab, appliance, record_property, request):
+    """First in the module: no incident of a flood is open yet. A crowd of new addresses, each browsing a
+    few pages, with gamma mitigating: no incident, no limit, no block, every request answered."""
+    shop = lab.shop_server.ipv4
+    appliance.set_gamma_mode("mitigate")
+    browsers = TrafficRun(lab, CROWD_S + 4.0, BROWSE).start()
+    request.addfinalizer(browsers.kill)
+    wait_until(lambda: len(browsers.seconds) >= 2, timeout=30, what="the browsers' first seconds")
+    crowd = AttackProcess(lab, AttackSpec("flash-crowd", shop, duration=CROWD_S, rate=CROWD_RATE))
+    request.addfinalizer(crowd.kill)
+    summary = crowd.start().wait(PROCESS_TIMEOUT_S + CROWD_S)
+    legit = browsers.wait(PROCESS_TIMEOUT_S)
+    success = sum(legit["services"][s]["ok"] for s in BROWSERS) / max(1, sum(legit["services"][s]["sent"]
+                                                                               for s in BROWSERS))
+    incidents = appliance.proc.status().get("incidents", [])
+    figures = {"clients": summary["clients"], "crowd_success": summary["success_rate"], "legit_success": success,
+               "incidents": [i["vectors"] for i in incidents]}
+    print(f"\nflash_crowd: {json.dumps(figures)}")
+    for key, value in figures.items():
+        record_property(key, value)
+    assert summary["clients"] >= 0.8 * CROWD_S * CROWD_RATE
+    assert incidents == [], incidents
+    assert not appliance.log("appflood.block") and not appliance.log("appflood.limit")
+    assert summary.get("request_failed", 0) == 0 and summary["success_rate"] == 1.0, summary
+    assert success >= MIN_LEGIT_MITIGATED, figures
 
 
 @pytest.mark.parametrize("name", list(VECTORS))
