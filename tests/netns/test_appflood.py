@@ -220,8 +220,9 @@ def test_issue15_flash_crowd_is_not_classified_and_loses_nothing(lab, appliance,
 # Known gaps, measured on 2026-12-05 (README): each slowloris bot gets one connection through before its
 # connection shows the flood's shape (its request line, then nothing the dataplane flushes), and the shop
 # holds it until its 10 s header timeout, so 800 bots keep its 256 slots busy for ~20 s after the first
-# blocks (browsers 17 % with the rule, 0 % without); the connection flood after it was classified as
-# slowloris (0.96), not tcp_connection_flood. Strict: they fail loudly once fixed.
+# blocks (browsers 17 % with the rule, 0 % without); the connection flood (before it, after the HTTP flood
+# in the same incident) was classified as slowloris (0.96), not tcp_connection_flood. Strict: they fail
+# loudly once fixed.
 HELD_GAP = "held connections of bots blocked after their first connection are freed only at the shop's timeouts"
 
 
