@@ -148,7 +148,7 @@ class MonitorHalves:
             for edge, at in (("m1", half), ("u0", half + MONITOR_RAMP_S), ("u1", end)):
                 if now >= at and (i, edge) not in self.snapshots:
                     self.snapshots[(i, edge)] = (now, read_stats(self.lab.shop_stats))
-            mitigated = first_mitigation(self.appliance.log_path, start - 1.0, self.target(a))
+            mitigated = first_mitigation(self.appliance.log_path, start - 1.0, self.target(a), end)
             if mitigated is not None and now >= mitigated + SETTLE_S and (i, "m0") not in self.snapshots:
                 self.snapshots[(i, "m0")] = (now, read_stats(self.lab.shop_stats))
         for tenant in {t["id"] for t in self.config["tenants"]}:
@@ -170,7 +170,7 @@ class MonitorHalves:
         for i, a in enumerate(self.floods):
             onset = self.t0 + a.start_s
             target = self.target(a)
-            mitigated = first_mitigation(self.appliance.log_path, onset - 1.0, target)
+            mitigated = first_mitigation(self.appliance.log_path, onset - 1.0, target, onset + a.duration_s)
             edges = {k[1]: v for k, v in self.snapshots.items() if k[0] == i}
             row: dict[str, Any] = {"vector": a.vector, "time_to_mitigate_s": None if mitigated is None
                                    else round(mitigated - onset, 1)}
@@ -201,8 +201,9 @@ def _from(prefix: ipaddress.IPv4Network, stats: dict) -> int:
     return sum(row[0] + row[1] for source, row in stats["sources"].items() if ipaddress.ip_address(source) in prefix)
 
 
-def first_mitigation(log_path: pathlib.Path, since: float, dst: str) -> float | None:
-    """When the engine first put a per-source limit on `dst` or a source on a block list after `since`."""
+def first_mitigation(log_path: pathlib.Path, since: float, dst: str, until: float | None = None) -> float | None:
+    """When the engine first put a per-source limit on `dst` or a source on a block list after `since` (and
+    before `until`: a later flood's blocks are not this one's)."""
     try:
         lines = log_path.read_text(errors="replace").splitlines()
     except OSError:
@@ -215,6 +216,8 @@ def first_mitigation(log_path: pathlib.Path, since: float, dst: str) -> float | 
             when = datetime.datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
         except (ValueError, KeyError):
             continue
+        if until is not None and when > until:
+            return None
         if when >= since and (record["event"] == "appflood.block" or record.get("dst") == dst):
             return when
     return None

@@ -44,6 +44,7 @@ def test_issue15_demo_summary_has_a_row_per_botnet_flood_with_and_without_mitiga
     onset = 1_796_464_800.0     # 2026-12-05T10:00:00Z
     assert first_mitigation(appliance.log_path, onset, "203.0.113.10") == onset + 3.5
     assert first_mitigation(appliance.log_path, onset + 5, "203.0.113.10") is None
+    assert first_mitigation(appliance.log_path, onset, "203.0.113.10", until=onset + 3) is None   # a later flood's
     rows = [{"vector": "http-flood", "time_to_mitigate_s": 3.5, "legit_with": 1.0, "legit_without": 0.4123,
              "bot_share_through": 0.012},
             {"vector": "slowloris", "time_to_mitigate_s": None, "legit_with": None, "legit_without": 0.5,
