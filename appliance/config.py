@@ -9,6 +9,11 @@
     bpffs = "/sys/fs/bpf/seawall"    # where maps are pinned
     address_cache_mib = 64           # kernel memory of the address cache, all CPUs together, MiB
     max_addresses = 262144           # customer addresses counted (the spill map's entries)
+    flow_table_entries = 131072      # TCP connections of protected destinations tracked at once (issue 15)
+    flow_destination_entries = 65536 # destinations with connection counters
+    flow_source_entries = 131072     # (destination, source) rows, and per-source limit buckets
+    blocked_sources_max = 65536      # dynamic block list entries, all tenants (the oldest go first)
+    source_limits_max = 1024         # per-source limit entries (destination and port)
 
     [securewatch]                    # parsed and checked by securewatch.settings
     listen = "127.0.0.1:8080"
@@ -30,6 +35,8 @@
     token_file = "/etc/seawall/fleet.token"        # the token `seawall fleet enroll SITE` printed
     ca_file = "/etc/seawall/central-ca.pem"        # optional: verify the central server's certificate
     # [bgp], [[bgp.peers]], [escalation]: upstream escalation, parsed and checked by escalation.config
+    [appflood]                       # application-layer flood detection: policy.appflood.AppFloodConfig's
+    warmup_s = 600                   # keys (seconds, floors, per-source limits, caps), checked by it
 
 `load_config` reads the file and does nothing else: every problem in it (syntax,
 unknown keys, wrong types, bad tenants) comes back as one ConfigError naming the
@@ -44,7 +51,7 @@ import os
 import pathlib
 from typing import Any
 
-from dataplane import sizing
+from dataplane import constants, sizing
 from escalation.config import BgpSettings, EscalationSettings, parse_bgp, parse_escalation
 
 # [securewatch] is SecureWatch's own table: its settings, keys and checks are in securewatch.settings.
@@ -63,11 +70,11 @@ DEFAULT_TICK_MS = 1000           # milliseconds between policy engine ticks
 TICK_MS_RANGE = (100, 10000)     # milliseconds: faster starves the CPU, slower reacts too late
 IFNAME_MAX_BYTES = 15            # Linux IFNAMSIZ (16) minus the terminating NUL
 
-SECTIONS = ("appliance", "securewatch", "templates", "tenants", "notify", "bgp", "escalation", "fleet")
+SECTIONS = ("appliance", "securewatch", "templates", "tenants", "notify", "bgp", "escalation", "fleet", "appflood")
 FLEET_KEYS = ("central", "site", "token_file", "ca_file")
 FLEET_SCHEMES = ("https://", "http://")   # http:// only for a central server on this host (tests, a lab)
 APPLIANCE_KEYS = ("external", "internal", "state_dir", "log_format", "tick_ms", "bpffs", "address_cache_mib",
-                  "max_addresses")
+                  "max_addresses", *sizing.FLOW_SIZE_KEYS)
 ADDRESS_CACHE_MIB_RANGE = (1, 65536)   # MiB; dataplane.sizing turns it into slots per CPU
 
 
@@ -81,6 +88,7 @@ class ApplianceSettings:
     bpffs: pathlib.Path
     address_cache_mib: int = sizing.DEFAULT_CACHE_MIB          # MiB, all CPU regions together
     max_addresses: int = sizing.DEFAULT_MAX_ADDRESSES          # spill map entries
+    flow_sizes: sizing.FlowSizes = sizing.FlowSizes()          # connection accounting's maps, entries
 
     def address_cache_bits(self, regions: int | None = None) -> int:
         """log2 of the address cache's slots per CPU region on this box (`dataplane.sizing`)."""
@@ -121,6 +129,9 @@ class ApplianceConfig:
     template_links: dict[str, str] = dataclasses.field(default_factory=dict)
     templates: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)   # name: policy keys
     fleet: FleetSettings | None = None             # None: no [fleet], the appliance stands alone
+    # [appflood]: knobs of the application-layer flood detector (policy.appflood.AppFloodConfig's field
+    # names), validated; the engine's defaults for the rest.
+    appflood: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def interfaces(self) -> tuple[str, str]:
         """(external, internal) NIC names; ConfigError when either is not configured."""
@@ -154,6 +165,7 @@ def parse_config(text: str, source: str = "<string>") -> ApplianceConfig:
     bgp = parse_bgp(document.get("bgp"), problems)
     escalation = parse_escalation(document.get("escalation"), problems)
     fleet = _parse_fleet(document["fleet"], problems) if "fleet" in document else None
+    appflood = _parse_appflood(_section(document, "appflood", problems), appliance.flow_sizes, problems)
 
     tenants = TenantSet()
     tenants_known = False
@@ -173,7 +185,7 @@ def parse_config(text: str, source: str = "<string>") -> ApplianceConfig:
         raise ConfigError(problems, source=source)
     return ApplianceConfig(appliance=appliance, securewatch=securewatch, tenants=tenants,
                            notify=copy.deepcopy(notify), source=source, bgp=bgp, escalation=escalation,
-                           template_links=template_links, templates=templates, fleet=fleet)
+                           template_links=template_links, templates=templates, fleet=fleet, appflood=appflood)
 
 
 def _notify_problems(notify: dict[str, Any], tenant_ids: tuple[str, ...] | None) -> list[str]:
@@ -247,6 +259,28 @@ def _whole_number(table: dict[str, Any], key: str, default: int, bounds: tuple[i
     return default if checked is None else checked
 
 
+def _parse_appflood(table: dict[str, Any], sizes: sizing.FlowSizes, problems: list[str]) -> dict[str, Any]:
+    """[appflood]: the detector's knobs, checked by the detector's own configuration (its caps against the
+    dataplane's map sizes); the table as given when it is valid."""
+    if not table:
+        return {}
+    from policy.appflood import AppFloodConfig  # noqa: PLC0415 - numpy, only when the section is there
+
+    known = [f.name for f in dataclasses.fields(AppFloodConfig)]
+    _unknown_keys("appflood", table, tuple(known), problems)
+    knobs = {k: v for k, v in table.items() if k in known}
+    for key, value in knobs.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(f"[appflood] {key}: expected a number, got {type_name(value)} {value!r}")
+            return {}
+    try:
+        AppFloodConfig.for_dataplane(sizes, **knobs)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"[appflood] {str(exc).removeprefix('appflood config ')}")
+        return {}
+    return dict(knobs)
+
+
 def _parse_appliance(table: dict[str, Any], problems: list[str]) -> ApplianceSettings:
     _unknown_keys("appliance", table, APPLIANCE_KEYS, problems)
     external = _interface(table, "external", problems)
@@ -274,8 +308,11 @@ def _parse_appliance(table: dict[str, Any], problems: list[str]) -> ApplianceSet
     sizes = {key: _whole_number(table, key, default, bounds, problems) for key, default, bounds in (
         ("address_cache_mib", sizing.DEFAULT_CACHE_MIB, ADDRESS_CACHE_MIB_RANGE),
         ("max_addresses", sizing.DEFAULT_MAX_ADDRESSES, sizing.MAX_ADDRESSES_RANGE))}
+    flow_sizes = sizing.FlowSizes(**{
+        key: _whole_number(table, key, getattr(constants, name), bounds, problems)
+        for key, (name, bounds) in sizing.FLOW_SIZE_KEYS.items()})
     return ApplianceSettings(
-        external=external, internal=internal, **sizes,
+        external=external, internal=internal, **sizes, flow_sizes=flow_sizes,
         state_dir=_path("appliance", table, "state_dir", DEFAULT_STATE_DIR, problems),
         log_format=log_format, tick_ms=tick_ms,
         bpffs=_path("appliance", table, "bpffs", DEFAULT_BPFFS, problems),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import ipaddress
 import json
 import pathlib
 import secrets
@@ -28,14 +29,28 @@ import threading
 import time
 from typing import Any
 
+import tomli_w
+
 from appliance.lab import Lab, lab_config, saturation
+from appliance.lab.botnet import BotnetPlan
+from appliance.lab.labserver import read_stats
 from appliance.lab.scenario import REFERENCE, Scenario, ScenarioRun, load_scenario, play
+from appliance.lab.traffic import split_by_windows
 from appliance.lab.upstream import Upstream
 from appliance.runner import ApplianceProcess
 from dataplane.dataplane import purge
 
 DEMO_STATE = pathlib.Path("/var/lib/seawall/demo")
 VIEW_INTERVAL_S = 1.0  # seconds between live-view refreshes
+FLOODS = ("http-flood", "conn-flood", "slowloris", "tls-flood")   # botnet vectors that are attacks
+SETTLE_S = 2.0         # seconds after the first limit or block before the mitigated figures count
+MONITOR_RAMP_S = 4.0   # seconds after the switch to monitor mode before the unmitigated figures count
+BROWSERS = ("browse", "browse-tls")   # the people browsing the shop
+# [appflood] for a lab scenario with botnet floods: the detector learns as on a real box, only faster (a lab
+# has a minute of peacetime, not an hour), and the floor of open connections lies below the shop's table
+# (256 connections and 128 in its accept queue; the default 1,000 is for servers with real tables).
+LAB_APPFLOOD = {"warmup_s": 15.0, "half_life_s": 300.0, "source_interval_s": 2.0, "source_min_weight": 40.0,
+                "block_ttl_s": 120.0, "min_established": 200.0}
 
 
 def bounded(scenario: Scenario, duration: float | None) -> Scenario:
@@ -121,6 +136,135 @@ class LiveView:
     upstream: Upstream | None = None
 
 
+class MonitorHalves:
+    """Botnet floods in a scenario (`seawall demo --scenario botnet`): each is mitigated in its first half
+    and only monitored in its second (the target's tenant switched by SIGHUP, same run, same bots), so
+    the summary can say what mitigation changes: the browsers' success with and without, how much of
+    the bots' traffic still reaches the shop, and the time from onset to the first limit or block."""
+
+    def __init__(self, scenario: Scenario, lab: Lab, appliance: ApplianceProcess, config: dict, t0: float) -> None:
+        self.lab, self.appliance, self.config, self.t0 = lab, appliance, config, t0
+        self.floods = [a for a in scenario.attacks if a.vector in FLOODS]
+        self.mode: dict[str, str] = {}
+        self.snapshots: dict[tuple[int, str], tuple[float, dict | None]] = {}
+
+    def tenant_of(self, address: str) -> str | None:
+        ip = ipaddress.ip_address(address)
+        for t in self.config["tenants"]:
+            if any(ip in ipaddress.ip_network(p) for p in t["prefixes"]):
+                return t["id"]
+        return None
+
+    def target(self, attack) -> str:
+        return attack.spec(self.lab).target
+
+    def step(self, now: float) -> None:
+        """Once a second: the mode each flood's tenant should have now, and the shop's counters at each
+        phase's edges."""
+        wanted: dict[str, str] = {}
+        for i, a in enumerate(self.floods):
+            start, half, end = (self.t0 + a.start_s, self.t0 + a.start_s + a.duration_s / 2,
+                                self.t0 + a.start_s + a.duration_s)
+            tenant = self.tenant_of(self.target(a))
+            if tenant and start - 1.0 <= now < end:
+                wanted[tenant] = "mitigate" if now < half else "monitor"
+            for edge, at in (("m1", half), ("u0", half + MONITOR_RAMP_S), ("u1", end)):
+                if now >= at and (i, edge) not in self.snapshots:
+                    self.snapshots[(i, edge)] = (now, read_stats(self.lab.shop_stats))
+            mitigated = first_mitigation(self.appliance.log_path, start - 1.0, self.target(a), end)
+            if mitigated is not None and now >= mitigated + SETTLE_S and (i, "m0") not in self.snapshots:
+                self.snapshots[(i, "m0")] = (now, read_stats(self.lab.shop_stats))
+        for tenant in {t["id"] for t in self.config["tenants"]}:
+            mode = wanted.get(tenant, "mitigate")
+            if self.mode.get(tenant, "mitigate") != mode:
+                self.set_mode(tenant, mode)
+
+    def set_mode(self, tenant: str, mode: str) -> None:
+        for t in self.config["tenants"]:
+            if t["id"] == tenant:
+                t["mode"] = mode
+        self.appliance.config_path.write_text(tomli_w.dumps(self.config))
+        self.appliance.reload()
+        self.mode[tenant] = mode
+
+    def figures(self, traffic: dict | None, traffic_seconds: list[dict]) -> list[dict]:
+        """Per flood: legit success with and without mitigation, bot share through, time to mitigate."""
+        out = []
+        for i, a in enumerate(self.floods):
+            onset = self.t0 + a.start_s
+            target = self.target(a)
+            mitigated = first_mitigation(self.appliance.log_path, onset - 1.0, target, onset + a.duration_s)
+            edges = {k[1]: v for k, v in self.snapshots.items() if k[0] == i}
+            row: dict[str, Any] = {"vector": a.vector, "time_to_mitigate_s": None if mitigated is None
+                                   else round(mitigated - onset, 1)}
+            windows = {"with": ("m0", "m1"), "without": ("u0", "u1")}
+            prefix = ipaddress.ip_network(str(BotnetPlan(a.vector, target, sources=a.sources).routed_prefix))
+            reach: dict[str, float | None] = {}
+            for label, (lo, hi) in windows.items():
+                row[f"legit_{label}"] = None
+                reach[label] = None
+                if lo not in edges or hi not in edges:
+                    continue
+                (t_lo, s_lo), (t_hi, s_hi) = edges[lo], edges[hi]
+                if traffic and "started_at" in traffic:
+                    split = split_by_windows(traffic_seconds, traffic["started_at"], [(t_lo, t_hi)])["during"]
+                    sent = sum(split.get(s, {}).get("sent", 0) for s in BROWSERS)
+                    ok = sum(split.get(s, {}).get("ok", 0) for s in BROWSERS)
+                    row[f"legit_{label}"] = round(ok / sent, 4) if sent else None
+                if s_lo and s_hi and t_hi > t_lo:
+                    reach[label] = (_from(prefix, s_hi) - _from(prefix, s_lo)) / (t_hi - t_lo)
+            row["bot_share_through"] = (round(reach["with"] / reach["without"], 4)
+                                        if reach["with"] is not None and reach["without"] else None)
+            out.append(row)
+        return out
+
+
+def _from(prefix: ipaddress.IPv4Network, stats: dict) -> int:
+    """Connections and requests the shop counted from `prefix`."""
+    return sum(row[0] + row[1] for source, row in stats["sources"].items() if ipaddress.ip_address(source) in prefix)
+
+
+def first_mitigation(log_path: pathlib.Path, since: float, dst: str, until: float | None = None) -> float | None:
+    """When the engine first put a per-source limit on `dst` or a source on a block list after `since` (and
+    before `until`: a later flood's blocks are not this one's)."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if '"appflood.limit"' not in line and '"appflood.block"' not in line:
+            continue
+        try:
+            record = json.loads(line)
+            when = datetime.datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
+        except (ValueError, KeyError):
+            continue
+        if until is not None and when > until:
+            return None
+        if when >= since and (record["event"] == "appflood.block" or record.get("dst") == dst):
+            return when
+    return None
+
+
+def botnet_lines(rows: list[dict]) -> list[str]:
+    """The summary's table of botnet floods (MonitorHalves.figures)."""
+    if not rows:
+        return []
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
+    lines = ["", "  botnet floods (first half mitigated, second half monitor mode):",
+             f"  {'vector':<12}{'legit with':>12}{'legit without':>15}{'bots through':>14}{'time to mitigate':>18}"]
+    for r in rows:
+        ttm = "-" if r["time_to_mitigate_s"] is None else f"{r['time_to_mitigate_s']:.1f} s"
+        lines.append(f"  {r['vector']:<12}{pct(r['legit_with']):>12}{pct(r['legit_without']):>15}"
+                     f"{pct(r['bot_share_through']):>14}{ttm:>18}")
+    lines.append("  (bots through: the bots' connections and requests reaching the shop per second, with "
+                 "mitigation, as a share of without)")
+    return lines
+
+
 def demo_user(appliance: ApplianceProcess) -> str:
     """An admin account for the demo's SecureWatch, with a fresh password each run."""
     password = secrets.token_urlsafe(12)
@@ -142,6 +286,8 @@ def run_demo(lab_name: str = "sw", duration: float | None = None, keep_running: 
     config = lab_config(lab_name)
     config["appliance"]["state_dir"] = str(DEMO_STATE / lab_name)
     config["securewatch"] = {"listen": "127.0.0.1:8080"}
+    if any(a.vector in FLOODS for a in scenario.attacks):
+        config["appflood"] = dict(LAB_APPFLOOD)
     bpffs = config["appliance"]["bpffs"]
     upstream = None
     if scenario.upstream is not None:
@@ -171,16 +317,20 @@ def run_demo(lab_name: str = "sw", duration: float | None = None, keep_running: 
         view.credentials = credentials
         view._onset_offset = onset
         view.upstream = upstream
+        halves = MonitorHalves(scenario, lab, appliance, config, t0)
         run = play(scenario, lab)
         try:
             while not stop.is_set() and time.time() - t0 < scenario.duration_s + 2:
                 seconds = run.traffic.seconds if hasattr(run.traffic, "seconds") else []
                 view.refresh(time.time(), seconds[-1] if seconds else None)
+                if halves.floods:
+                    halves.step(time.time())
                 stop.wait(VIEW_INTERVAL_S)
         finally:
             run.stop()
         results = run.wait(30) if not stop.is_set() else None
-        print(summary(scenario, view, results, t0 + onset), flush=True)
+        botnet = halves.figures(results["traffic"] if results else None, run.traffic.seconds) if halves.floods else []
+        print(summary(scenario, view, results, t0 + onset, botnet), flush=True)
         if upstream is not None:
             figs = upstream_figures(scenario, run, upstream, results)
             print("\n".join(saturation.lines(figs, (scenario.escalation or {}).get("hold_down_s"))), flush=True)
@@ -248,7 +398,8 @@ def first_rules(log_path: pathlib.Path, since: float) -> dict[str, float]:
     return first
 
 
-def summary(scenario: Scenario, view: LiveView, results: dict | None, onset: float) -> str:
+def summary(scenario: Scenario, view: LiveView, results: dict | None, onset: float,
+            botnet: list[dict] | None = None) -> str:
     lines = ["", "=" * 72, f"  Summary of scenario '{scenario.name}'", "=" * 72]
     tenants = view.last.get("tenants", {})
     dropped = sum(t["dropped_packets"] for t in tenants.values())
@@ -256,8 +407,9 @@ def summary(scenario: Scenario, view: LiveView, results: dict | None, onset: flo
     if results:
         sent = sum((a or {}).get("transmitted", 0) for a in results["attacks"])
         requested = sum(a.pps * a.duration_s for a in scenario.attacks)
-        lines.append(f"  attack packets sent:          {sent:,} (requested {requested:,.0f}; "
-                     f"the generator reports what it achieved)")
+        if sent or requested:   # frame vectors only (a botnet's summary follows the legitimate lines)
+            lines.append(f"  attack packets sent:          {sent:,} (requested {requested:,.0f}; "
+                         f"the generator reports what it achieved)")
         attack_dropped = sum(i["dropped_packets"] for i in view.incidents.values())
         if sent:
             lines.append(f"  dropped at attacked servers:  {attack_dropped:,} (the incidents' accounting; "
@@ -265,13 +417,21 @@ def summary(scenario: Scenario, view: LiveView, results: dict | None, onset: flo
         legit = results["traffic"]["services"]
         for service, s in legit.items():
             if s["sent"]:
-                lines.append(f"  {f'legitimate {service} success:':<30}{s['success_rate']:.2%} "
+                label = f"legitimate {service} success:"
+                lines.append(f"  {label:<{max(30, len(label) + 1)}}{s['success_rate']:.2%} "
                              f"({s['ok']:,}/{s['sent']:,}, p99 {s.get('p99_ms') or 0:.1f} ms)")
+        for attack in results["attacks"]:   # the botnet's vectors: connections, not frames
+            if attack and "unit" in attack:
+                lines.append(f"  {attack['vector'] + ':':<30}{attack['achieved_rate']:,.1f} {attack['unit']}/s "
+                             f"from {attack['bots']:,} bots ({attack.get('connected', 0):,} handshakes completed)")
         split = results.get("legit_split") or {}
-        for where, label in (("during", "during attacks"), ("outside", "outside attacks")):
-            s = split.get(where, {}).get("new-tcp")
-            if s and s["sent"]:
-                lines.append(f"  {f'  new-tcp {label}:':<30}{s['success_rate']:.2%} ({s['ok']:,}/{s['sent']:,})")
+        for service in ("new-tcp", "browse", "browse-tls"):
+            for where, label in (("during", "during attacks"), ("outside", "outside attacks")):
+                s = split.get(where, {}).get(service)
+                if s and s["sent"]:
+                    lines.append(f"  {f'  {service} {label}:':<30}{s['success_rate']:.2%} "
+                                 f"({s['ok']:,}/{s['sent']:,})")
+    lines += botnet_lines(botnet or [])
     for vector, installed in first_rules(view.appliance.log_path, onset).items():
         lines.append(f"  {vector + ' rule installed:':<30}{installed - onset:.2f} s after onset "
                      f"(drops start as the rule lands in the map)")

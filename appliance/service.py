@@ -220,7 +220,8 @@ class Appliance:
         # The per-address maps sized by the configuration and this box's CPU ids (dataplane.sizing).
         self.dataplane = Dataplane(str(settings.bpffs), sample_every=self.sample_every,
                                    max_addresses=settings.max_addresses,
-                                   address_cache_bits=settings.address_cache_bits())
+                                   address_cache_bits=settings.address_cache_bits(),
+                                   flow_sizes=settings.flow_sizes)
         # Tenants first, then attach: the program never filters with an empty set after a restart.
         # In a fleet, the last set taken from the central server (it may be unreachable now).
         saved = fleet_agent.saved_config(self.state_dir) if self.config.fleet is not None else None
@@ -264,12 +265,19 @@ class Appliance:
     def policy_engine(self, dataplane: DataplaneLike) -> PolicyEngine:
         """The policy engine over `dataplane` for the tenants applied, publishing its tenant traffic
         to `monitor` (the status's and the series' only source of tenant rates)."""
+        from policy.appflood import AppFloodConfig  # noqa: PLC0415
         from policy.engine import PolicyConfig, PolicyEngine  # noqa: PLC0415
 
         # `[escalation] uplink_bps` scales the default detection floors (None: the fixed defaults).
+        policy = PolicyConfig(uplink_bps=self.config.escalation.uplink_bps)
+        # Application-layer floods (issue 15): the volumetric baselines' pace unless [appflood] says
+        # otherwise, caps at the dataplane's map sizes ([appliance] source_limits_max, blocked_sources_max).
+        appflood = AppFloodConfig.for_dataplane(self.config.appliance.flow_sizes, **{
+            "half_life_s": policy.half_life_s, "warmup_s": policy.warmup_s, "k_sigma": policy.k_sigma,
+            "margin": policy.margin, "min_confidence": policy.min_confidence, **self.config.appflood})
         return PolicyEngine(dataplane, self._engine_tenants(), self.bus, self.state_dir / "policy",
                             tick=self.config.appliance.tick_ms / 1000.0, on_tenant_traffic=self._after_tick,
-                            config=PolicyConfig(uplink_bps=self.config.escalation.uplink_bps))
+                            config=policy, appflood_config=appflood)
 
     def _after_tick(self, traffic: TenantTraffic) -> None:
         """The engine's tick callback (on the loop, after the tick): tenant rates, then the per-server

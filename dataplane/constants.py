@@ -48,6 +48,8 @@ class DropReason(enum.IntEnum):
     MALFORMED = 9       # a header that claims more bytes than the frame holds
     SYN_COOKIE = 10     # answered by the bridge itself (cookie SYN-ACK to a SYN, reset to a cookie ACK, XDP_TX):
                         # never reaches the server (bpf/synauth.h)
+    SOURCE_LIMIT = 11   # a SYN over its source's limit on new or open connections (bpf/flows.h)
+    BLOCKED = 12        # from a source on the tenant's dynamic block list (bpf/flows.h)
 
 
 class SynAuthStat(enum.IntEnum):
@@ -69,6 +71,34 @@ class SynAuthStat(enum.IntEnum):
     SPLICE_EARLY_DROP = 13  # client segments of a splice before the server answered: dropped
     SPLICE_SYN_RETRY = 14   # SYNs sent again to a server that had not answered (on the client's probe)
     SPLICE_BAD_SYNACK = 15  # SYN-ACKs of a splice's tuple that do not answer its SYN: dropped
+
+
+class FlowStat(enum.IntEnum):
+    """Counters of connection accounting and its limits (sw_flow_stats, per CPU, appliance-wide;
+    bpf/flows.h). Rows made minus rows present (minus connections closed) are the LRU's evictions."""
+
+    CONNECTIONS_OPENED = 0        # entries made in sw_flow_conns (a client's SYN, or a splice's SYN-ACK)
+    CONNECTIONS_CLOSED = 1        # entries removed by a FIN or RST
+    DESTINATION_ROWS = 2          # rows made in sw_flow_dests
+    SOURCE_ROWS = 3               # rows made in sw_flow_pairs
+    LIMIT_RATE_DROPS = 4          # SYNs over their source's new-connection rate (monitor mode: would drop)
+    LIMIT_CONCURRENT_DROPS = 5    # SYNs of a source already holding max_concurrent connections
+    BLOCK_DROPS = 6               # packets of blocked sources
+
+
+class FlowState(enum.IntEnum):
+    """struct sw_flow_conn.state: where a tracked connection's handshake is (bpf/flows.h)."""
+
+    SYN = 1           # the client's SYN reached the server
+    SYN_ACK = 2       # the server answered
+    ESTABLISHED = 3   # the client's ACK completed the server's handshake
+
+
+class FlowGate(enum.IntFlag):
+    """sw_flow_gate: which of the mitigation maps hold entries, so that empty ones cost no lookup."""
+
+    BLOCKED = 1 << 0   # sw_blocked
+    LIMITS = 1 << 1    # sw_source_limits
 
 
 class Verdict(enum.IntEnum):
@@ -241,10 +271,21 @@ SPLICE_IDLE_MS = 7875000        # a destination translates splices until this lo
                                 # packet, ms (Linux keepalive gives up after 7,200 s + 9 x 75 s)
 SPLICE_TOUCH_MS = 1000          # ... and that time is written at most this often, ms (one shared word)
 SPLICE_SYN_RETRY_MS = 200       # a client's probe this long after the SYN to a silent server resends it, ms
+# Connection accounting, per-source limits and the block list (bpf/flows.h, docs/design/connection-accounting.md).
+# The sizes are defaults of [appliance] keys (dataplane.sizing.FlowSizes), entries; LRU maps unless said.
+FLOW_TABLE_ENTRIES = 131072     # connections tracked at once (flow_table_entries): ~14 MiB of kernel memory
+FLOW_DESTINATION_ENTRIES = 65536  # destinations with counters (flow_destination_entries)
+FLOW_SOURCE_ENTRIES = 131072    # (destination, source) rows, and as many per-source limit buckets (flow_source_entries)
+BLOCKED_SOURCES_MAX = 65536     # (tenant, source) entries of the dynamic block list (blocked_sources_max; a hash
+                                # map that user space keeps below its cap, dropping the oldest)
+SOURCE_LIMITS_MAX = 1024        # (tenant, destination, port) limit entries (source_limits_max; a hash map)
+FLOW_FLUSH_BYTES = 16384        # a connection adds its bytes to its rows once this many accumulated, bytes
+FLOW_PENDING_BITS = 16          # handshakes awaiting the client's ACK: 2**16 tag slots (256 KiB), log2
 
 
 # Macro prefixes of the flag sets (the C names they have always had).
-_FLAG_PREFIXES: dict[type[enum.IntFlag], str] = {PolicyFlag: "SW_POLICY", RuleMatch: "SW_MATCH", TcpFlag: "SW_TCP"}
+_FLAG_PREFIXES: dict[type[enum.IntFlag], str] = {PolicyFlag: "SW_POLICY", RuleMatch: "SW_MATCH", TcpFlag: "SW_TCP",
+                                                 FlowGate: "SW_FLOW_GATE"}
 # ... and of the enumerations whose C names are not SW_<TYPE_IN_SNAKE_CASE>.
 _ENUM_PREFIXES: dict[type[enum.IntEnum], str] = {EtherType: "SW_ETH_P", IpProto: "SW_IPPROTO"}
 _NO_BUDGET_SLOT = 0xF   # SW_BUDGET_SLOT_OF_CLASS nibble of a class without a budget
@@ -263,7 +304,7 @@ def budget_slot_of_class() -> int:
 def cflags() -> list[str]:
     """The -D flags that give the C program every enumeration, flag and limit above."""
     flags: list[str] = []
-    for enum_type in (Direction, TrafficClass, DropReason, SynAuthStat, Verdict, RuleAction, TenantMode, AclKind, Scope, Port,
+    for enum_type in (Direction, TrafficClass, DropReason, SynAuthStat, FlowStat, FlowState, Verdict, RuleAction, TenantMode, AclKind, Scope, Port,
                       EtherType, IpProto):
         prefix = _ENUM_PREFIXES.get(enum_type) or _macro_prefix(enum_type)
         flags += [f"-D{prefix}_{member.name}={int(member)}" for member in enum_type]
@@ -279,7 +320,9 @@ def cflags() -> list[str]:
                  "SYN_VALIDATED_TTL_MS", "BUDGET_BURST_MS", "CONN_GRACE_MS", "CONN_IDLE_MS", "TCP_OPEN_WINDOW_MS",
                  "SYN_SOURCE_PPS", "SYN_SOURCE_BURST",
                  "SYNACK_RATE_PPS", "SYNACK_GLOBAL_PPS", "SYNACK_BURST_MS", "SYNACK_TTL", "SYNACK_WINDOW",
-                 "MAX_SPLICES", "SPLICE_IDLE_MS", "SPLICE_TOUCH_MS", "SPLICE_SYN_RETRY_MS"):
+                 "MAX_SPLICES", "SPLICE_IDLE_MS", "SPLICE_TOUCH_MS", "SPLICE_SYN_RETRY_MS",
+                 "FLOW_TABLE_ENTRIES", "FLOW_DESTINATION_ENTRIES", "FLOW_SOURCE_ENTRIES", "BLOCKED_SOURCES_MAX",
+                 "SOURCE_LIMITS_MAX", "FLOW_FLUSH_BYTES", "FLOW_PENDING_BITS"):
         flags.append(f"-DSW_{name}={globals()[name]}U")
     # Per-destination budgets live in per-CPU memory: each CPU admits its share of the rate.
     flags.append(f"-DSW_NR_CPUS={max(os.cpu_count() or 1, 1)}U")

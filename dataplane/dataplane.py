@@ -5,7 +5,8 @@
 - `dataplane.tables.Tables`: every map write: tenant sets (applied atomically through a
   double-buffered slot), heuristics and per-destination budgets, dynamic rules;
 - `dataplane.reader.CounterReader`: counters read in batch and decoded without bcc;
-- `dataplane.ring.SampleRing`: packet samples.
+- `dataplane.ring.SampleRing`: packet samples;
+- `dataplane.flows.Flows`: connection accounting, per-source limits and the block list (issue 15).
 
 `policy/`, `securewatch/` and `appliance/` use this object only (the engine through
 `dataplane.api.DataplaneLike`); tests that look at the maps themselves go through
@@ -23,17 +24,21 @@ import numpy as np
 
 from dataplane import constants
 from dataplane.api import (
+    BlockedSource,
     DataplaneError,
     DestinationCounters,
+    FlowCounters,
     IPAddress,
     Range,
     Rule,
     RuleCounters,
     Sample,
+    SourceLimit,
     TenantCounterArrays,
     TenantCounters,
 )
 from dataplane.constants import TENANT_SET_SLOTS, AclKind, Direction, SynAuthStat, TenantMode, TrafficClass
+from dataplane.flows import Flows
 from dataplane.loader import BPF_DIR, PROGRAM_FILE, Attachment, Program, purge, remove_pinned_link
 from dataplane.reader import (
     UNPROTECTED,
@@ -48,6 +53,7 @@ from dataplane.reader import (
     tenant_stats_layout,
 )
 from dataplane.ring import SampleRing
+from dataplane.sizing import FlowSizes
 from dataplane.tables import Tables, sw_acl_index
 
 
@@ -61,14 +67,16 @@ class Dataplane:
     -D flags for test builds of the program (-DSW_NO_FAST_PARSE, ...).
     `address_cache_bits`: log2 of the address cache's slots per CPU region (the
     appliance passes `dataplane.sizing.address_cache_bits` of its configuration).
+    `flow_sizes`: the connection-accounting maps' sizes (`[appliance]` flow_table_entries, ...).
     """
 
     def __init__(self, pin_dir: str | os.PathLike | None = None, *, sample_every: int = 0,
                  max_addresses: int = constants.MAX_ADDRESSES, defines: Sequence[str] = (),
-                 address_cache_bits: int = constants.ADDRESS_CACHE_BITS) -> None:
+                 address_cache_bits: int = constants.ADDRESS_CACHE_BITS, flow_sizes: FlowSizes | None = None) -> None:
         self.pin_dir = str(pin_dir) if pin_dir is not None else None
         self.max_addresses = max_addresses
-        self.program = Program(self.pin_dir, max_addresses, defines, address_cache_bits)
+        self.flow_sizes = flow_sizes or FlowSizes()
+        self.program = Program(self.pin_dir, max_addresses, [*self.flow_sizes.cflags(), *defines], address_cache_bits)
         self.bpf = self.program.bpf
         self.programs = self.program.programs
         self.ncpus = self.program.ncpus
@@ -83,6 +91,7 @@ class Dataplane:
             self.cache_regions = self.reader.cache_regions
             self.tables = Tables(maps, self.program.map_ref("sw_policy"), pinned=self.pin_dir is not None)
             self.ring = SampleRing(self.bpf)
+            self.flows = Flows(self.bpf, self.flow_sizes)
             self.tables.recover_rules()
             self.tables.fill_reflection_ports()
             cfg = self.tables.config()
@@ -193,6 +202,33 @@ class Dataplane:
     def address_maps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The per-address maps as `decode_destination_counters` takes them (see `CounterReader.address_maps`)."""
         return self.reader.address_maps()
+
+    # -- connection accounting, per-source limits, block list (issue 15) ----------------
+
+    def read_flow_counters(self, per_source: bool = False) -> FlowCounters:
+        """Connection accounting of the protected tenants' destinations, per destination or per
+        (destination, source) pair (see `api.FlowCounters`, `Flows.read_flow_counters`)."""
+        return self.flows.read_flow_counters(per_source)
+
+    def set_source_limits(self, limits: Sequence[SourceLimit]) -> None:
+        """Replace the whole set of per-source limits; DataplaneError beyond source_limits_max."""
+        self.flows.set_source_limits(limits)
+
+    def block_sources(self, entries: Sequence[BlockedSource]) -> int:
+        """Add or refresh block list entries; returns how many the list holds now (at
+        blocked_sources_max the oldest go: `read_flow_cap_counters()["blocked_sources_evicted"]`)."""
+        return self.flows.block_sources(entries)
+
+    def unblock_source(self, tenant_idx: int, src: IPAddress) -> None:
+        self.flows.unblock_source(tenant_idx, src)
+
+    def read_blocked_sources(self) -> list[BlockedSource]:
+        """The block list without expired entries, oldest first, with the reasons."""
+        return self.flows.read_blocked_sources()
+
+    def read_flow_cap_counters(self) -> dict[str, int]:
+        """Evictions at the caps and drops of the limits and the block list since load (see `Flows`)."""
+        return self.flows.read_flow_cap_counters()
 
     def drain_samples(self, limit: int = 4096) -> list[Sample]:
         """Sampled packets since the last call (at most `limit`; the rest wait)."""

@@ -39,6 +39,8 @@ SYNAUTH_PROGRAM_NAME = "xdp_seawall_synauth"
 # The programs that translate a spliced connection's packets (synauth.h), after the SYN-auth one.
 SPLICE_PROGRAM_NAMES = {Direction.INBOUND: "xdp_seawall_splice_inbound",
                         Direction.OUTBOUND: "xdp_seawall_splice_outbound"}
+# The programs of connection accounting (flows.h), after the splice ones.
+FLOWS_PROGRAM_NAMES = {Direction.INBOUND: "xdp_seawall_flows_inbound", Direction.OUTBOUND: "xdp_seawall_flows_outbound"}
 REFRESH_PROGRAM_NAMES = {Direction.INBOUND: "xdp_seawall_refresh_inbound",
                          Direction.OUTBOUND: "xdp_seawall_refresh_outbound"}
 # The maps Python reads or writes.
@@ -75,7 +77,9 @@ class Program:
         from bcc import BPF  # noqa: PLC0415 - only the kernel adapter imports bcc
 
         self.pin_dir = pin_dir
-        cflags = [*constants.cflags(), *defines, f"-I{BPF_DIR}"]
+        # A -D in `defines` replaces the constants' default of that name (sizes from the configuration).
+        replaced = {d.partition("=")[0] for d in defines}
+        cflags = [*(f for f in constants.cflags() if f.partition("=")[0] not in replaced), *defines, f"-I{BPF_DIR}"]
         if max_addresses != constants.MAX_ADDRESSES:
             low, high = MAX_ADDRESSES_RANGE
             if not low <= max_addresses <= high:
@@ -108,6 +112,9 @@ class Program:
             for d, name in SPLICE_PROGRAM_NAMES.items():
                 splice = self.bpf.load_func(name.encode(), BPF.XDP)
                 progs[ctypes.c_int(2 * len(Direction) + 1 + int(d))] = ctypes.c_int(splice.fd)
+            for d, name in FLOWS_PROGRAM_NAMES.items():
+                flows = self.bpf.load_func(name.encode(), BPF.XDP)
+                progs[ctypes.c_int(3 * len(Direction) + 1 + int(d))] = ctypes.c_int(flows.fd)
         except Exception as exc:  # bcc raises bare Exception on compile/load failures
             if pin_dir is not None and self.bpf is not None:
                 # The verifier rejects a program whose pinned map is smaller than it needs: name the map.

@@ -13,6 +13,9 @@ addresses evicted from a cache slot, so it holds every address the box should co
 
 from __future__ import annotations
 
+import dataclasses
+
+from dataplane import constants
 from dataplane.constants import ADDRESS_CACHE_BITS, MAX_ADDRESSES, cpu_regions
 
 MIN_CACHE_BITS = 10              # 1,024 slots per CPU id: below it nearly everything spills
@@ -20,6 +23,39 @@ MAX_CACHE_BITS = 20              # 1,048,576 slots per CPU id (the slot hash's 3
 DEFAULT_CACHE_MIB = 64           # MiB of kernel memory for the cache: 2**16 slots per region up to 2 CPU ids
 MAX_ADDRESSES_RANGE = (1024, 16 * 1024 * 1024)   # spill map entries the loader accepts
 DEFAULT_MAX_ADDRESSES = MAX_ADDRESSES
+
+
+# Connection accounting and its limits (bpf/flows.h): [appliance] key -> (constants name of its default and
+# C macro, accepted range in entries). The lower bounds keep a map useful; the upper ones its kernel memory
+# within a few GiB (a tracked connection costs ~110 bytes, a row ~120).
+FLOW_SIZE_KEYS: dict[str, tuple[str, tuple[int, int]]] = {
+    "flow_table_entries": ("FLOW_TABLE_ENTRIES", (1024, 16 * 1024 * 1024)),
+    "flow_destination_entries": ("FLOW_DESTINATION_ENTRIES", (256, 4 * 1024 * 1024)),
+    "flow_source_entries": ("FLOW_SOURCE_ENTRIES", (1024, 16 * 1024 * 1024)),
+    "blocked_sources_max": ("BLOCKED_SOURCES_MAX", (16, 4 * 1024 * 1024)),
+    "source_limits_max": ("SOURCE_LIMITS_MAX", (1, 65536)),
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FlowSizes:
+    """Sizes of the connection-accounting maps, entries (`[appliance]` keys of the same names)."""
+
+    flow_table_entries: int = constants.FLOW_TABLE_ENTRIES
+    flow_destination_entries: int = constants.FLOW_DESTINATION_ENTRIES
+    flow_source_entries: int = constants.FLOW_SOURCE_ENTRIES
+    blocked_sources_max: int = constants.BLOCKED_SOURCES_MAX
+    source_limits_max: int = constants.SOURCE_LIMITS_MAX
+
+    def __post_init__(self) -> None:
+        for key, (_, (low, high)) in FLOW_SIZE_KEYS.items():
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{key}: must be an integer between {low} and {high} entries, got {value!r}")
+
+    def cflags(self) -> list[str]:
+        """The -D flags that size the maps (they replace the constants' defaults)."""
+        return [f"-DSW_{name}={getattr(self, key)}U" for key, (name, _) in FLOW_SIZE_KEYS.items()]
 
 
 def entry_bytes() -> int:
@@ -48,5 +84,6 @@ def cache_bytes(bits: int, regions: int, slot_bytes: int | None = None) -> int:
     return regions * (entry_bytes() if slot_bytes is None else slot_bytes) << bits
 
 
-__all__ = ["ADDRESS_CACHE_BITS", "DEFAULT_CACHE_MIB", "DEFAULT_MAX_ADDRESSES", "MAX_ADDRESSES_RANGE",
+__all__ = ["ADDRESS_CACHE_BITS", "DEFAULT_CACHE_MIB", "DEFAULT_MAX_ADDRESSES", "FLOW_SIZE_KEYS", "MAX_ADDRESSES_RANGE",
+           "FlowSizes",
            "MAX_CACHE_BITS", "MIN_CACHE_BITS", "address_cache_bits", "cache_bytes", "entry_bytes"]

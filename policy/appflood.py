@@ -67,8 +67,9 @@ Mitigation (tenants in mitigate mode with auto_mitigation; monitor mode: inciden
   every port). Withdrawn when the incident ends and its hold-down is over (as its rules are: limits
   that starve a flood of handshakes make it look over, and it would return the moment they went).
 - A `BlockedSource` with TTL `block_ttl_s` and a reason for each source above `block_factor` times
-  a limit (connections, requests or open connections), unless it is in the server's known-good
-  set (counted as spared).
+  a limit (connections, requests or open connections), or doing what the flood does (connection
+  floods and slowloris: open connections without requests or client bytes; TLS floods: hellos with
+  nothing after them), unless it is in the server's known-good set (counted as spared).
 - Caps: at most `max_limits` limits and `max_blocked_per_tenant` / `max_blocked` blocked sources;
   when full, the oldest entry goes, stays out while its incident lasts (no churn), and `counters`
   says how many went.
@@ -89,7 +90,7 @@ import numpy as np
 import structlog
 
 from dataplane.api import BlockedSource, FlowCounters, IPAddress, SourceLimit
-from dataplane.constants import MAX_TENANTS, TenantMode
+from dataplane.constants import BLOCKED_SOURCES_MAX, MAX_TENANTS, SOURCE_LIMITS_MAX, TenantMode
 from dataplane.keys import KeyIndex, address_keys, address_of_key
 from policy.baseline import EwmaBaseline
 from policy.classify import APP_VECTORS, Vector, VectorScore
@@ -152,11 +153,16 @@ class AppFloodConfig:
     limit_floor_concurrent: int = 20   # open connections a limit admits at least
     limit_floor_requests_per_s: float = 10.0   # requests/s a source may send before it can be blocked
     burst_s: float = 2.0               # seconds of new connections a source may open at once
-    block_factor: float = 5.0          # a source above a limit × this is blocked
+    # A source (not known-good) above a limit × this is blocked. 1: the limit is already 3 (limit_multiplier)
+    # times a normal client's p99; a botnet spreads its load (in the lab 60 bots sent 12 requests/s each
+    # against a limit of 10), so a higher factor lets most bots through.
+    block_factor: float = 1.0
     block_ttl_s: float = 600.0         # seconds a blocked source stays blocked
     max_blocked_per_tenant: int = 4096  # entries of one tenant's block list
-    max_blocked: int = 65536           # entries of all block lists
-    max_limits: int = 1024             # per-source limits installed at once
+    # The dataplane's caps are the ceiling of these two (`for_dataplane`: its blocked_sources_max and
+    # source_limits_max); the defaults are the dataplane's defaults.
+    max_blocked: int = BLOCKED_SOURCES_MAX   # entries of all block lists
+    max_limits: int = SOURCE_LIMITS_MAX      # per-source limits installed at once
 
     def __post_init__(self) -> None:
         for name in ("half_life_s", "k_sigma", "margin", "warmup_factor", "source_interval_s", "limit_multiplier",
@@ -172,6 +178,31 @@ class AppFloodConfig:
             raise ValueError("appflood config source_quantile: must be within (0, 1)")
         if not 0 <= self.min_confidence <= 1:
             raise ValueError("appflood config min_confidence: must be within 0..1")
+        if self.max_blocked_per_tenant > self.max_blocked:
+            raise ValueError(f"appflood config max_blocked_per_tenant: {self.max_blocked_per_tenant} exceeds "
+                             f"max_blocked ({self.max_blocked})")
+
+    @classmethod
+    def for_dataplane(cls, sizes: Any = None, **knobs: Any) -> AppFloodConfig:
+        """The configuration given by `knobs` (field names; the defaults for the rest) with its caps at the
+        dataplane's map sizes `sizes` (`dataplane.sizing.FlowSizes`; None: the defaults): max_limits is its
+        source_limits_max and max_blocked its blocked_sources_max unless set lower (higher is an error: the
+        dataplane would refuse the limits, or drop entries the detector believes listed)."""
+        caps = {"max_limits": ("source_limits_max", SOURCE_LIMITS_MAX),
+                "max_blocked": ("blocked_sources_max", BLOCKED_SOURCES_MAX)}
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        for key in knobs:
+            if key not in names:
+                raise ValueError(f"appflood config {key}: unknown key (known: {', '.join(names)})")
+        for key, (size_name, default) in caps.items():
+            cap = getattr(sizes, size_name, default) if sizes is not None else default
+            if key not in knobs:
+                knobs[key] = cap
+            elif isinstance(knobs[key], int) and knobs[key] > cap:
+                raise ValueError(f"appflood config {key}: {knobs[key]} exceeds the dataplane's {size_name} ({cap})")
+        if "max_blocked_per_tenant" not in knobs and isinstance(knobs["max_blocked"], int):
+            knobs["max_blocked_per_tenant"] = min(names["max_blocked_per_tenant"].default, knobs["max_blocked"])
+        return cls(**knobs)
 
     @property
     def floors(self) -> np.ndarray:
@@ -273,6 +304,7 @@ class _SourceView:
     pairs: np.ndarray          # (N, 2) the (server, source) pair keys
     rates: np.ndarray          # (N, 3): new/s, requests/s, open connections
     client_bytes: np.ndarray   # (N,) client bytes/s
+    hellos: np.ndarray         # (N,) TLS ClientHellos/s (also in the requests/s)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -607,7 +639,7 @@ class AppFloodDetector:
             bounds = np.flatnonzero(np.diff(rows[at])) + 1
             for part in np.split(at, bounds):
                 srv.sources[int(rows[part[0]])] = _SourceView(src_keys[part], pairs[part], rates[part],
-                                                              gained[part, 3] / sdt)
+                                                              gained[part, 3] / sdt, gained[part, 2] / sdt)
         if not calm.any():
             return
         # Peacetime: the per-source distributions (decayed per server as its sources are read) and the
@@ -642,12 +674,17 @@ class AppFloodDetector:
         limits = srv.limits(np.array([row]), cfg)[0]
         n_sources = len(view) if view is not None else 0
 
-        def source_share(m: int, metric_total: float, metric_mean: float) -> float:
-            """Share of the excess of a metric that sources above the per-source limit carry."""
+        def source_share(m: int, metric_total: float, metric_mean: float, shaped: np.ndarray | None = None) -> float:
+            """Share of the excess of a metric that sources above the per-source limit carry, or sources whose
+            connections do what the flood's do (`shaped`: a bot of a connection flood holds one connection, as a
+            client does; what it carries tells it)."""
             if view is None:
                 return NEUTRAL
             col = view.rates[:, m]
-            carried = min(float(np.sum(col[col > limits[m]])), metric_total - metric_mean)
+            sel = col > limits[m]
+            if shaped is not None:
+                sel |= shaped
+            carried = min(float(np.sum(col[sel])), metric_total - metric_mean)
             return float(np.clip(carried / max(metric_total - metric_mean, 1e-9), 0.0, 1.0))
 
         def top_share(m: int) -> float:
@@ -676,7 +713,8 @@ class AppFloodDetector:
         lines = list(srv.lines.get(row, ()))
 
         def add(vector: Vector, gate: float, metric: int, src_metric: int, shape: str) -> None:
-            share = source_share(src_metric, *server_of[src_metric])
+            share = source_share(src_metric, *server_of[src_metric],
+                                 self._flood_shape(vector, view) if view is not None else None)
             rate = _rate_evidence(values[metric], thr[metric], mean[metric], share)
             if vector == Vector.HTTP_FLOOD:
                 gate = share if view is not None else NEUTRAL
@@ -770,7 +808,10 @@ class AppFloodDetector:
                                 max_concurrent=max(cfg.limit_floor_concurrent, math.ceil(lim[S_EST])))
             wanted[(inc.tenant_idx, inc.target, dport)] = (limit, vector)
             if inc.state == State.ACTIVE:
-                blocks += self._offenders(now, row, inc.tenant_idx, inc.target, vector, lim)
+                # Every application-layer vector the incident has seen at this server: one flood may follow
+                # another within the incident, and each has its own shape.
+                blocks += self._offenders(now, row, inc.tenant_idx, inc.target, vector, lim,
+                                          sorted(vectors, key=lambda v: -inc.vectors[v]))
         self._apply_limits(now, dataplane, wanted)
         self._expire_blocks(now)
         self._unblock_tenants(dataplane, tenants)
@@ -778,32 +819,67 @@ class AppFloodDetector:
             self._block(dataplane, blocks)
 
     def _offenders(self, now: float, row: int, tenant_idx: int, dst: IPAddress, vector: str,
-                   lim: np.ndarray) -> list[BlockedSource]:
+                   lim: np.ndarray, shapes: Sequence[str] = ()) -> list[BlockedSource]:
+        """Sources to block while `vector` is active at `row`: those above `block_factor` times a limit, and
+        those doing what the flood does (`_flood_shape`: a connection-flood bot holds one connection, as a
+        browser does, and only its shape tells) of `vector` or any of `shapes`, unless known-good (kept: counted as
+        spared)."""
         view = self.servers.sources.get(row)
         if view is None:
             return []
         cfg = self.config
-        far = np.flatnonzero((view.rates > lim[None, :] * cfg.block_factor).any(axis=1))
-        if not len(far):
+        over = (view.rates > lim[None, :] * cfg.block_factor).any(axis=1)
+        shape_of = np.full(len(view), -1)
+        kinds = list(dict.fromkeys([vector, *shapes]))
+        for k, v in reversed(list(enumerate(kinds))):
+            shape_of[self._flood_shape(v, view)] = k
+        suspect = np.flatnonzero(over | (shape_of >= 0))
+        if not len(suspect):
             return []
-        good = self.known_good.contains(view.pairs[far])
+        good = self.known_good.contains(view.pairs[suspect])
         if good.any():
             self.counters["known_good_spared"] += int(good.sum())
         listed = self.blocked.get(tenant_idx, {})
         normal = self.servers.normal(np.array([row]), cfg)[0]
         expires = int((now + cfg.block_ttl_s) * 1e9)
         out = []
-        for i in far[~good].tolist():
+        for i in suspect[~good].tolist():
             src = address_of_key(view.keys[i])
             if src in listed or (tenant_idx, src) in self._evicted:
                 continue
-            m = int(np.argmax(view.rates[i] / (lim * cfg.block_factor)))
-            unit = "" if m == S_EST else "/s"
-            reason = (f"{vector}: {SOURCE_METRICS[m].replace('_per_s', '').replace('_', ' ')} "
-                      f"{_n(view.rates[i, m])}{unit} to {dst} vs limit {_n(lim[m])}{unit} "
-                      f"(normal client {_n(normal[m])}{unit} × {cfg.limit_multiplier:g})")
+            if over[i]:
+                m = int(np.argmax(view.rates[i] / lim))
+                unit = "" if m == S_EST else "/s"
+                reason = (f"{vector}: {SOURCE_METRICS[m].replace('_per_s', '').replace('_', ' ')} "
+                          f"{_n(view.rates[i, m])}{unit} to {dst} vs limit {_n(lim[m])}{unit} "
+                          f"(normal client {_n(normal[m])}{unit} × {cfg.limit_multiplier:g})")
+            else:
+                shape = kinds[shape_of[i]]
+                reason = f"{shape}: {self._shape_reason(shape, view, i)} to {dst}"
             out.append(BlockedSource(tenant_idx=tenant_idx, src=src, expires_ns=expires, reason=reason))
         return out
+
+    @staticmethod
+    def _flood_shape(vector: str, view: _SourceView) -> np.ndarray:
+        """Per source: does it do what the flood does? Held connections carrying no requests and almost no
+        client bytes (connection floods, slowloris: what the server's own clients never do for long), or
+        TLS handshakes with nothing after the hello (a TLS flood). HTTP floods have no such shape: their
+        requests are a browser's; only the rate tells."""
+        conns = np.maximum(np.maximum(view.rates[:, S_EST], view.rates[:, S_NEW]), 1.0)
+        if vector in (Vector.TCP_CONNECTION_FLOOD, Vector.SLOWLORIS):
+            return ((view.rates[:, S_EST] >= 1) & (view.client_bytes / conns < SLOW_BYTES_PER_CONN_S)
+                    & (view.rates[:, S_REQ] / conns < FEW_REQUESTS_PER_CONN_S))
+        if vector == Vector.TLS_FLOOD:
+            return (view.hellos > 0) & (view.client_bytes / np.maximum(view.hellos, 1e-9) <= HELLO_BYTES)
+        return np.zeros(len(view), bool)
+
+    @staticmethod
+    def _shape_reason(vector: str, view: _SourceView, i: int) -> str:
+        if vector == Vector.TLS_FLOOD:
+            return (f"{view.hellos[i]:.2g} TLS hellos/s with {_n(view.client_bytes[i] / max(view.hellos[i], 1e-9))} "
+                    f"client bytes each (a hello and nothing after)")
+        return (f"{int(view.rates[i, S_EST])} open connections with {_n(view.client_bytes[i])} client bytes/s and "
+                f"{view.rates[i, S_REQ]:.2g} requests/s")
 
     def _apply_limits(self, now: float, dataplane: Any, wanted: Mapping[tuple, tuple[SourceLimit, str]]) -> None:
         cfg = self.config

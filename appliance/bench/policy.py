@@ -39,7 +39,18 @@ from typing import Any
 
 import numpy as np
 
-from dataplane.api import DestinationCounters, Rule, RuleCounters, Sample, TenantCounterArrays, TenantCounters
+from dataplane.api import (
+    BlockedSource,
+    DestinationCounters,
+    FlowCounters,
+    IPAddress,
+    Rule,
+    RuleCounters,
+    Sample,
+    SourceLimit,
+    TenantCounterArrays,
+    TenantCounters,
+)
 from dataplane.constants import (
     ADDRESS_CACHE_BITS,
     MAX_TENANTS,
@@ -57,6 +68,7 @@ from dataplane.reader import (
     decode_tenant_counters,
     sum_over_cpus,
 )
+from dataplane.sizing import FlowSizes
 from policy.config import PolicyConfig
 from policy.engine import PolicyEngine
 from policy.events import EventBus
@@ -73,6 +85,13 @@ BYTES_PER_PACKET = 400                                      # synthetic mean pac
 DEFAULT_SWEEP = ((1_000, 1_000), (10_000, 10_000), (100_000, 10_000), (1_000_000, 10_000))
 
 
+# Connection accounting (issue 15): every destination is a TCP server with new connections, requests and
+# bytes at these mean rates, and this many clients of each are in the (destination, source) map (as many
+# as its default size holds), so that a tick reads and judges what the real maps would give it.
+FLOW_NEW_PER_S = 5.0          # handshakes/s per destination
+FLOW_REQUESTS_PER_CONN = 3.0  # HTTP requests per connection
+FLOW_BYTES_PER_REQUEST = (400, 4000)   # client -> server, server -> client, bytes
+SOURCES_PER_DESTINATION = 2
 LAYOUT = ADDRESS_LAYOUT   # the per-address maps' layout (the reader's; pinned to the program's in tests/bpf)
 
 
@@ -175,6 +194,7 @@ class SyntheticDataplane:
         self.rules: dict[int, Rule] = {}
         self._next_rule = 1
         self._fill_maps()
+        self._init_flows(seed)
 
     def _own_prefixes(self) -> None:
         """Tenant j's addresses: the j-th block of each family (`prefix_blocks`); addresses past the
@@ -218,6 +238,7 @@ class SyntheticDataplane:
         np.add.at(per_tenant, self.tenant_of, add)
         self.t_packets[:, 0, :] += per_tenant
         self._fill_maps()
+        self._advance_flows(dt)
 
     def _fill_maps(self) -> None:
         """Lay the counters out as the kernel's maps hold them (what a batch read copies out)."""
@@ -272,6 +293,62 @@ class SyntheticDataplane:
         """As `Dataplane.read_tenant_counters`: one object per tenant that has counters."""
         arrays = self.read_tenant_counter_arrays()
         return {int(i): arrays.tenant(int(i)) for i in np.flatnonzero(arrays.present)}
+
+    # -- connection accounting (issue 15): the engine's application-layer detector runs on these -----
+    def _init_flows(self, seed: int) -> None:
+        # Its own random stream: the counters' draws stay what they were without connection accounting.
+        self.flow_rng = np.random.default_rng(seed + 1)
+        self.flow_sizes = FlowSizes()
+        self.flow_new = np.zeros(self.n, np.uint64)
+        pairs = min(self.n * SOURCES_PER_DESTINATION, self.flow_sizes.flow_source_entries)
+        self.pair_dst = np.arange(pairs) % self.n
+        # Client addresses of 2001:db8:ffff::/48 (documentation addresses, never sent to).
+        self.pair_src = np.zeros((pairs, 2), np.uint64)
+        self.pair_src[:, 0] = np.uint64(0x20010DB8FFFF0000).byteswap()
+        self.pair_src[:, 1] = (np.arange(pairs, dtype=np.uint64) + np.uint64(1)).byteswap()
+        self.pair_new = np.zeros(pairs, np.uint64)
+        self.source_limits: list[SourceLimit] = []
+        self.blocked: dict[tuple[int, IPAddress], BlockedSource] = {}
+
+    def _advance_flows(self, dt: float) -> None:
+        add = self.flow_rng.poisson(FLOW_NEW_PER_S * dt, self.n).astype(np.uint64)
+        add[~self.present] = 0
+        self.flow_new[~self.present] = 0
+        self.flow_new += add
+        self.pair_new += self.flow_rng.poisson(FLOW_NEW_PER_S * dt / SOURCES_PER_DESTINATION,
+                                          len(self.pair_new)).astype(np.uint64)
+
+    def _flow_counters(self, new: np.ndarray, keys: np.ndarray, tenants: np.ndarray,
+                       sources: np.ndarray | None) -> FlowCounters:
+        requests = (new.astype(np.float64) * FLOW_REQUESTS_PER_CONN).astype(np.uint64)
+        up, down = FLOW_BYTES_PER_REQUEST
+        return FlowCounters(keys=keys, sources=sources, tenant_idx=tenants, new_connections=new,
+                            established=np.minimum(new, 3).astype(np.int64), http_requests=requests,
+                            tls_hellos=np.zeros(len(new), np.uint64), bytes_to_server=requests * np.uint64(up),
+                            bytes_to_client=requests * np.uint64(down))
+
+    def read_flow_counters(self, per_source: bool = False) -> FlowCounters:
+        """As `Dataplane.read_flow_counters`: cumulative rows per present destination, or per (destination,
+        client) pair."""
+        if per_source:
+            d = self.pair_dst
+            return self._flow_counters(self.pair_new.copy(), self.keys[d], self.tenant_of[d], self.pair_src)
+        rows = np.flatnonzero(self.present)
+        return self._flow_counters(self.flow_new[rows], self.keys[rows], self.tenant_of[rows], None)
+
+    def set_source_limits(self, limits) -> None:
+        """Kept, not enforced (the synthetic traffic does not react to limits)."""
+        self.source_limits = list(limits)
+
+    def block_sources(self, entries) -> int:
+        self.blocked.update({(e.tenant_idx, e.src): e for e in entries})
+        return len(self.blocked)
+
+    def unblock_source(self, tenant_idx: int, src: IPAddress) -> None:
+        self.blocked.pop((tenant_idx, src), None)
+
+    def read_blocked_sources(self) -> list[BlockedSource]:
+        return list(self.blocked.values())
 
     def attack(self, rows: np.ndarray, syn_pps: float) -> None:
         """From now on, `rows` also receive a SYN flood of `syn_pps` packets/s each."""
@@ -370,6 +447,9 @@ def run_benchmark(destinations: int = 100_000, tenants: int = 10_000, ticks: int
         "peak_rss_growth_mib": round((rss_kib - rss_before_kib) / 1024, 1),
         # Part of the peak that is the synthetic dataplane's own counters, not the engine's.
         "synthetic_counters_mib": round(dp.nbytes / 2**20, 1),
+        # The application-layer detector ran in every tick (None), or why it switched itself off.
+        "appflood_disabled": engine.appflood.disabled,
+        "appflood_servers": len(engine.appflood.servers),
     }
 
 

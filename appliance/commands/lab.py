@@ -108,7 +108,8 @@ def run_traffic(args) -> int:
     try:
         lab = _lab(args)
         run = TrafficRun(lab, args.duration, TrafficProfile(args.game_pps, args.http_rps, args.dns_qps,
-                                                            args.timeout, args.new_clients_per_s))
+                                                            args.timeout, args.new_clients_per_s,
+                                                            args.browse_rps))
     except ValueError as exc:
         print(f"seawall lab traffic: {exc}", file=sys.stderr)
         return 2

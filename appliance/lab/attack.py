@@ -16,6 +16,7 @@ import itertools
 import struct
 import sys
 
+from appliance.lab.botnet import BOTNET_VECTORS, DEFAULT_BOTS, BotnetPlan
 from appliance.lab.jsonlines import JsonLinesProcess
 from appliance.lab.livegen import FrameEdits
 from appliance.lab.topology import GAME_PORT, HTTP_PORT, SPOOF_V4, SPOOF_V6, TENANTS, Lab, Server
@@ -41,8 +42,11 @@ REFLECTOR_OPTIONS = ([("MSS", 1460)],
                      [("MSS", 1460), ("SAckOK", b""), ("WScale", 7)],
                      [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 1)), ("WScale", 7)])
 REFLECTOR_TTLS = (46, 51, 57, 109, 115, 121)
-VECTORS = ("syn", "ack", "rst", "synack", "udp", "udp-random", *REFLECTION_PORTS, "icmp", "frag", "carpet",
-           "multi")
+# Frame vectors (spoofed or reflected, sent by the live-frames generator), then the botnet's modes
+# (real sources completing handshakes, sockets from `<p>-att`: appliance/lab/botnet.py).
+FRAME_VECTORS = ("syn", "ack", "rst", "synack", "udp", "udp-random", *REFLECTION_PORTS, "icmp", "frag", "carpet",
+                 "multi")
+VECTORS = (*FRAME_VECTORS, *BOTNET_VECTORS)
 MULTI_DEFAULT = ("syn", "udp", "dns", "ntp", "icmp")
 
 
@@ -61,10 +65,30 @@ class AttackSpec:
     vectors: tuple[str, ...] = MULTI_DEFAULT   # for "multi"
     pulse: tuple[float, float] | None = None   # (on, off) seconds: a pulse wave; None = steady
     ramp: float | None = None       # seconds from 0 to --pps (linear), then steady; None = full rate at once
+    bots: int | None = None         # botnet: sources; None = DEFAULT_BOTS
+    rate: float | None = None       # botnet: requests, connections, handshakes or clients per second
+    sources: str | None = None      # botnet: CIDR of the bots' addresses
+
+    def botnet_plan(self) -> BotnetPlan:
+        return BotnetPlan(mode=self.vector, target=self.target, duration=self.duration,
+                          bots=DEFAULT_BOTS if self.bots is None else self.bots, rate=self.rate,
+                          port=self.dport, sources=self.sources)
 
     def validate(self) -> None:
         if self.vector not in VECTORS:
             raise ValueError(f"unknown vector {self.vector!r} (known: {', '.join(VECTORS)})")
+        if self.vector in BOTNET_VECTORS:
+            # Real sources, real handshakes: nothing of a frame to shape or spoof.
+            for flag, value in (("sport", self.sport), ("size", self.size), ("spoof", self.spoof),
+                                ("pulse", self.pulse), ("ramp", self.ramp)):
+                if value is not None:
+                    raise ValueError(f"--{flag} does not apply to {self.vector} (bots are real sources; "
+                                     f"use --bots, --rate, --sources)")
+            self.botnet_plan().validate()
+            return
+        for flag, value in (("bots", self.bots), ("rate", self.rate), ("sources", self.sources)):
+            if value is not None:
+                raise ValueError(f"--{flag} applies to the botnet vectors only ({', '.join(BOTNET_VECTORS)})")
         if self.pps < 0:
             raise ValueError(f"--pps must be >= 0, got {self.pps}")
         if self.duration <= 0:
@@ -81,7 +105,7 @@ class AttackSpec:
         if self.pulse is not None and self.ramp is not None:
             raise ValueError("--pulse and --ramp cannot be combined")
         if self.vector == "multi":
-            bad = [v for v in self.vectors if v not in VECTORS or v in ("multi", "carpet")]
+            bad = [v for v in self.vectors if v not in FRAME_VECTORS or v in ("multi", "carpet")]
             if bad or not self.vectors:
                 raise ValueError(f"multi: bad sub-vectors {bad or 'none'}")
         try:
@@ -260,6 +284,8 @@ class TemplateBuilder:
 
     def __init__(self, lab: Lab, spec: AttackSpec, source_mac: str = "02:53:57:00:ff:01"):
         spec.validate()
+        if spec.vector in BOTNET_VECTORS:
+            raise ValueError(f"{spec.vector} is sent by the botnet's sockets, not as frames (appliance/lab/botnet.py)")
         self.lab, self.spec, self.source_mac = lab, spec, source_mac
         self.network = ipaddress.ip_network(spec.target, strict=False)
         self.version = self.network.version
@@ -490,7 +516,8 @@ def build_streams(lab: Lab, spec: AttackSpec) -> list[Stream]:
 
 
 class AttackProcess(JsonLinesProcess):
-    """A `seawall attack ... --json` child process (the generator enters `<p>-up`; the caller stays put).
+    """A `seawall attack ... --json` child process (the generator enters `<p>-up`, a botnet `<p>-att`;
+    the caller stays put).
 
     `start()`, then `wait()` for the generator's JSON summary; `seconds` fills with
     per-second reports while it runs; `stop()` ends it early and still returns the summary.
@@ -502,7 +529,8 @@ class AttackProcess(JsonLinesProcess):
         argv = [sys.executable, "-m", "appliance.cli", "attack", spec.vector, "--target", spec.target,
                 "--pps", str(spec.pps), "--duration", str(spec.duration), "--lab", lab.name, "--json"]
         for flag, value in (("--dport", spec.dport), ("--sport", spec.sport), ("--size", spec.size),
-                            ("--spoof", spec.spoof)):
+                            ("--spoof", spec.spoof), ("--bots", spec.bots), ("--rate", spec.rate),
+                            ("--sources", spec.sources)):
             if value is not None:
                 argv += [flag, str(value)]
         if spec.vector == "multi":

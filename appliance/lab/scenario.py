@@ -22,6 +22,7 @@ import tomllib
 from typing import Any
 
 from appliance.lab.attack import VECTORS, AttackProcess, AttackSpec
+from appliance.lab.botnet import BOTNET_VECTORS
 from appliance.lab.topology import TENANTS, Lab
 from appliance.lab.traffic import TrafficProfile, TrafficRun, split_by_windows
 from appliance.lab.upstream import DEFAULT_INTERNET_BPS, RoutedAttack
@@ -38,11 +39,14 @@ class ScenarioAttack:
     target: str               # server role/short name, address or prefix
     start_s: float
     duration_s: float
-    pps: int
+    pps: int = 0              # frame vectors only
     dport: int | None = None
     sport: int | None = None
     size: int | None = None
     spoof: str | None = None
+    bots: int | None = None   # botnet vectors only (appliance/lab/botnet.py): sources, per second, CIDR
+    rate: float | None = None
+    sources: str | None = None
 
     def spec(self, lab: Lab) -> AttackSpec:
         """The generator's spec, with a server role or name resolved to that server's IPv4 address."""
@@ -52,7 +56,8 @@ class ScenarioAttack:
         except ValueError:
             target = lab.server(self.target).ipv4
         spec = AttackSpec(vector=self.vector, target=target, pps=self.pps, duration=self.duration_s,
-                          dport=self.dport, sport=self.sport, size=self.size, spoof=self.spoof)
+                          dport=self.dport, sport=self.sport, size=self.size, spoof=self.spoof,
+                          bots=self.bots, rate=self.rate, sources=self.sources)
         spec.validate()
         return spec
 
@@ -110,7 +115,8 @@ def parse_scenario(data: dict[str, Any]) -> Scenario:
         dns_qps=float(_take(legit_table, "legit", "dns_qps", number, defaults.dns_qps)),
         timeout_s=float(_take(legit_table, "legit", "timeout_s", number, defaults.timeout_s)),
         new_clients_per_s=float(_take(legit_table, "legit", "new_clients_per_s", number,
-                                      defaults.new_clients_per_s)))
+                                      defaults.new_clients_per_s)),
+        browse_rps=float(_take(legit_table, "legit", "browse_rps", number, defaults.browse_rps)))
     try:
         legit.validate()
     except ValueError as exc:
@@ -122,15 +128,31 @@ def parse_scenario(data: dict[str, Any]) -> Scenario:
         extra = set(table) - known
         if extra:
             raise ValueError(f"{where}: unknown keys {', '.join(sorted(extra))}")
+        vector = _take(table, where, "vector", str)
+        if vector not in VECTORS:
+            raise ValueError(f"{where}.vector: unknown {vector!r} (known: {', '.join(VECTORS)})")
+        # Frames have a packet rate; a botnet has bots and a rate of requests, connections or clients.
+        botnet = vector in BOTNET_VECTORS
+        foreign = sorted(set(table) & ({"pps", "sport", "size", "spoof"} if botnet else {"bots", "rate", "sources"}))
+        if foreign:
+            raise ValueError(f"{where}: {', '.join(foreign)} do not apply to {vector} "
+                             f"({'use bots, rate, sources' if botnet else 'botnet vectors only'})")
+        rate = _take(table, where, "rate", number, None)
         attack = ScenarioAttack(
-            vector=_take(table, where, "vector", str), target=_take(table, where, "target", str),
+            vector=vector, target=_take(table, where, "target", str),
             start_s=float(_take(table, where, "start_s", number, 0)),
             duration_s=float(_take(table, where, "duration_s", number)),
-            pps=_take(table, where, "pps", int),
+            pps=0 if botnet else _take(table, where, "pps", int),
             dport=_take(table, where, "dport", int, None), sport=_take(table, where, "sport", int, None),
-            size=_take(table, where, "size", int, None), spoof=_take(table, where, "spoof", str, None))
-        if attack.vector not in VECTORS:
-            raise ValueError(f"{where}.vector: unknown {attack.vector!r} (known: {', '.join(VECTORS)})")
+            size=_take(table, where, "size", int, None), spoof=_take(table, where, "spoof", str, None),
+            bots=_take(table, where, "bots", int, None), rate=None if rate is None else float(rate),
+            sources=_take(table, where, "sources", str, None))
+        if botnet:
+            try:   # the target may name a server (resolved at play()): check everything else now
+                AttackSpec(vector=vector, target="203.0.113.10", duration=attack.duration_s, dport=attack.dport,
+                           bots=attack.bots, rate=attack.rate, sources=attack.sources).validate()
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
         if attack.start_s < 0 or attack.start_s + attack.duration_s > duration:
             raise ValueError(f"{where}: start_s + duration_s must lie within scenario.duration_s ({duration})")
         attacks.append(attack)

@@ -3,6 +3,8 @@
 - HTTP on TCP 80: answers every GET with a small page naming the server.
 - Game on UDP 28960: answers each datagram with "ACK " + the datagram (the client matches sequence numbers).
 - DNS on UDP 53: answers A and AAAA queries for any name with the server's own address.
+- The shop (one web server, `--shop-cert`): HTTP on 80 and HTTPS on 443 by the bounded server
+  of `appliance.lab.labserver` instead of the plain HTTP above.
 
 Started by `Lab.up()` as `python -m appliance.lab.services ...`; it writes the ready
 file once every socket is bound and exits cleanly on SIGTERM.
@@ -99,14 +101,22 @@ def _http_handler(server_name: str, tenant: str):
     return handle
 
 
-async def serve(name: str, tenant: str, ipv4: str, ipv6: str, ready_file: pathlib.Path | None) -> None:
+async def serve(name: str, tenant: str, ipv4: str, ipv6: str, ready_file: pathlib.Path | None,
+                shop: dict | None = None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     handler = _http_handler(name, tenant)
-    servers = [await asyncio.start_server(handler, host, HTTP_PORT, limit=MAX_HTTP_HEADER_BYTES, backlog=1024)
-               for host in (ipv4, ipv6)]
+    servers = []
+    web = None
+    if shop is not None:
+        from appliance.lab.labserver import Shop, ShopLimits  # noqa: PLC0415 - the shop server only
+        web = Shop([ipv4, ipv6], ShopLimits(), greeting=f"{name} ({tenant}) says hello", **shop)
+        await web.start()
+    else:
+        servers = [await asyncio.start_server(handler, host, HTTP_PORT, limit=MAX_HTTP_HEADER_BYTES, backlog=1024)
+                   for host in (ipv4, ipv6)]
     transports = []
     for host in (ipv4, ipv6):
         transport, _ = await loop.create_datagram_endpoint(_Game, local_addr=(host, GAME_PORT))
@@ -118,6 +128,8 @@ async def serve(name: str, tenant: str, ipv4: str, ipv6: str, ready_file: pathli
     await stop.wait()
     for server in servers:
         server.close()
+    if web is not None:
+        await web.close()
     for transport in transports:
         transport.close()
 
@@ -130,8 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ipv4", required=True)
     parser.add_argument("--ipv6", required=True)
     parser.add_argument("--ready-file", type=pathlib.Path)
+    parser.add_argument("--shop-cert", type=pathlib.Path, help="serve the shop (HTTP and HTTPS) with this certificate")
+    parser.add_argument("--shop-key", type=pathlib.Path)
+    parser.add_argument("--shop-stats", type=pathlib.Path, help="the shop's stats file (JSON)")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.name, args.tenant, args.ipv4, args.ipv6, args.ready_file))
+    shop = ({"cert": args.shop_cert, "key": args.shop_key, "stats_file": args.shop_stats}
+            if args.shop_cert else None)
+    asyncio.run(serve(args.name, args.tenant, args.ipv4, args.ipv6, args.ready_file, shop))
     return 0
 
 

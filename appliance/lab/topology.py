@@ -56,6 +56,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 # Services every server runs (see appliance/lab/services.py).
 HTTP_PORT = 80
+HTTPS_PORT = 443   # the shop's TLS endpoint (appliance/lab/labserver.py)
 GAME_PORT = 28960
 DNS_PORT = 53
 
@@ -66,6 +67,11 @@ CLIENT_V4, CLIENT_GW_V4 = "192.0.2.10/25", "192.0.2.1/25"
 CLIENT_V6, CLIENT_GW_V6 = "2001:db8:ffff::10/64", "2001:db8:ffff::1/64"
 ATTACKER_V4, ATTACKER_GW_V4 = "192.0.2.130/25", "192.0.2.129/25"
 ATTACKER_V6, ATTACKER_GW_V6 = "2001:db8:fffe::10/64", "2001:db8:fffe::1/64"
+
+# The shop: the web server whose HTTP and HTTPS are served with real limits (workers, connection
+# table, a TLS certificate made at lab start) for the application-layer floods of the botnet.
+SHOP_SERVER = "s7"
+SHOP_NAME = "shop.gamma.example"
 
 # Roles of the namespaces a lab creates ("<p>-<role>"); servers are "s<N>".
 FIXED_ROLES = ("up", "sw", "cli", "att")
@@ -220,7 +226,9 @@ class Lab:
     HOST_IF = "eth0"         # in cli, att and every server namespace
 
     def server(self, key: str) -> Server:
-        """A server by short name ("s1"), role ("game"), or address."""
+        """A server by short name ("s1"), role ("game"), address, or "shop" (the server with real limits)."""
+        if key == "shop":
+            key = SHOP_SERVER
         for s in self.servers:
             if key in (s.name, s.ipv4, s.ipv6, s.namespace):
                 return s
@@ -232,6 +240,20 @@ class Lab:
     @property
     def game_server(self) -> Server:
         return self.server("game")
+
+    @property
+    def shop_server(self) -> Server:
+        return self.server(SHOP_SERVER)
+
+    @property
+    def shop_cert(self) -> pathlib.Path:
+        """The shop's certificate (PEM), made at lab start; clients verify the shop against it."""
+        return self.state_dir / f"{SHOP_NAME}.crt"
+
+    @property
+    def shop_stats(self) -> pathlib.Path:
+        """What reached the shop (JSON, appliance/lab/labserver.py), rewritten while it runs."""
+        return self.state_dir / f"{SHOP_SERVER}.shop.json"
 
     def exec(self, role: str, *argv: str, check: bool = True, timeout: float | None = None
              ) -> subprocess.CompletedProcess:
@@ -470,14 +492,21 @@ class Lab:
                 ipr.route("add", dst="default", gateway=gw6.split("/")[0], family=socket.AF_INET6)
 
     def _start_services(self) -> None:
+        from appliance.lab.labserver import make_certificate  # noqa: PLC0415
+
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        shop = self.shop_server
+        cert, key = make_certificate(self.state_dir, SHOP_NAME, [shop.ipv4, shop.ipv6])
         for s in self.servers:
+            extra = (["--shop-cert", str(cert), "--shop-key", str(key), "--shop-stats", str(self.shop_stats)]
+                     if s is shop else [])
             logfile = open(self.state_dir / f"{s.name}.log", "ab")  # noqa: SIM115 - handed to the child
             with logfile:
                 proc = subprocess.Popen(
                     ["ip", "netns", "exec", s.namespace, sys.executable, "-m", "appliance.lab.services",
                      "--lab-namespace", s.namespace, "--name", s.name, "--tenant", s.tenant,
-                     "--ipv4", s.ipv4, "--ipv6", s.ipv6, "--ready-file", str(self.state_dir / f"{s.name}.ready")],
+                     "--ipv4", s.ipv4, "--ipv6", s.ipv6, "--ready-file", str(self.state_dir / f"{s.name}.ready"),
+                     *extra],
                     stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT, env=env,
                     start_new_session=True)
             # `ip netns exec` execs the command, so this pid is the service process itself.

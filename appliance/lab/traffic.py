@@ -11,6 +11,11 @@ connection to the game server's web port comes from a source address added to
 `<p>-cli` for it alone (removed afterwards), one plain connect and GET within
 NEW_CLIENT_DEADLINE_S, no retry. Returning clients (the "http" service) come from
 the client's fixed address; a SYN flood's mitigation must let both through.
+
+The "browse" and "browse-tls" services are people browsing the shop (the web server with
+real limits, appliance/lab/labserver.py) while a botnet attacks it: BROWSERS addresses of
+`<p>-cli` (added for the run) take turns, each page a new connection over HTTP or, every
+other one, HTTPS verified against the certificate the lab made at its start.
 """
 
 from __future__ import annotations
@@ -21,24 +26,39 @@ import dataclasses
 import ipaddress
 import json
 import math
+import pathlib
 import signal
+import ssl
 import struct
 import sys
 import time
 from collections import defaultdict
 
 from appliance.lab.jsonlines import JsonLinesProcess
-from appliance.lab.topology import CLIENT_V4, CLIENT_V6, DNS_PORT, GAME_PORT, HTTP_PORT, Lab, Server
+from appliance.lab.topology import (
+    CLIENT_V4,
+    CLIENT_V6,
+    DNS_PORT,
+    GAME_PORT,
+    HTTP_PORT,
+    HTTPS_PORT,
+    SHOP_SERVER,
+    Lab,
+    Server,
+)
 
 TICK_S = 0.01                 # seconds between game sends (the rate is held on average)
 GAME_PAYLOAD_BYTES = 64       # bytes of a game datagram (sequence, timestamp, padding)
-SERVICES = ("http", "game", "dns", "new-tcp")
+SERVICES = ("http", "game", "dns", "new-tcp", "browse", "browse-tls")
 NEW_CLIENT_DEADLINE_S = 3.0   # seconds for a new client's connect + first response (the issue's bound)
 MAX_NEW_CLIENTS_PER_S = 50.0  # connections/s; each adds and removes an address in <p>-cli
 # Host parts for new clients: IPv4 from the client's /25 above its own .10 (a pool of 116),
 # IPv6 from the client's /64 starting at ::1:0 (beyond any test's hand-picked hosts).
 NEW_CLIENT_V4_HOSTS = range(11, 127)
 NEW_CLIENT_V6_FIRST = 0x10000
+# The shop's browsers: the host parts below the client's own .10 (the gateway is .1).
+BROWSER_V4_HOSTS = range(2, 10)
+MAX_BROWSE_RPS = 200.0        # pages/s in total: people browsing, not a load test
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -48,6 +68,7 @@ class TrafficProfile:
     dns_qps: float = 4.0      # A queries/s to each server
     timeout_s: float = 1.0    # seconds after which an unanswered request has failed
     new_clients_per_s: float = 0.0   # connections/s to the game server's web port, each from a new address
+    browse_rps: float = 0.0   # pages/s in total to the shop from its browsers (every other one HTTPS)
 
     def validate(self) -> None:
         for name in ("game_pps", "http_rps", "dns_qps"):
@@ -56,6 +77,8 @@ class TrafficProfile:
         if not 0 <= self.new_clients_per_s <= MAX_NEW_CLIENTS_PER_S:
             raise ValueError(f"new_clients_per_s must be 0..{MAX_NEW_CLIENTS_PER_S:g} connections/s, "
                              f"got {self.new_clients_per_s}")
+        if not 0 <= self.browse_rps <= MAX_BROWSE_RPS:
+            raise ValueError(f"browse_rps must be 0..{MAX_BROWSE_RPS:g} pages/s, got {self.browse_rps}")
         if not 0.05 <= self.timeout_s <= 30:
             raise ValueError(f"timeout_s must be 0.05..30 seconds, got {self.timeout_s}")
 
@@ -154,8 +177,10 @@ async def _paced(rate: float, duration: float, action, stop: asyncio.Event) -> N
         await asyncio.sleep(min(TICK_S, 1.0 / rate))
 
 
-async def run_clients(servers: list[Server], duration: float, profile: TrafficProfile, emit) -> dict:
-    """Run every client for `duration` s; `emit(record)` gets each per-second record; returns the summary."""
+async def run_clients(servers: list[Server], duration: float, profile: TrafficProfile, emit,
+                      shop_cert: pathlib.Path | None = None) -> dict:
+    """Run every client for `duration` s; `emit(record)` gets each per-second record; returns the summary.
+    `shop_cert`: the certificate the "browse-tls" clients verify the shop against."""
     profile.validate()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -190,6 +215,19 @@ async def run_clients(servers: list[Server], duration: float, profile: TrafficPr
         def send_new() -> None:
             spawn(_new_client(recorder, addresses, game), "new-tcp")
         clients.append(_paced(profile.new_clients_per_s, duration, send_new, stop))
+    browsers = BrowserAddresses()
+    shop = next((s for s in servers if s.name == SHOP_SERVER), None)
+    if shop is not None and profile.browse_rps > 0:
+        context = ssl.create_default_context(cafile=shop_cert) if shop_cert else None
+        await browsers.add()
+        pages = iter(range(1 << 62))
+
+        def send_browse() -> None:
+            page = next(pages)
+            tls = context is not None and page % 2 == 1
+            spawn(_browse(recorder, browsers.hosts[page % len(browsers.hosts)], shop, context if tls else None,
+                          profile.timeout_s), "browse")
+        clients.append(_paced(profile.browse_rps, duration, send_browse, stop))
     # Requests are answered (or failed) within this many seconds of being sent.
     answer_s = max(profile.timeout_s, NEW_CLIENT_DEADLINE_S if profile.new_clients_per_s > 0 else 0.0)
 
@@ -245,6 +283,7 @@ async def run_clients(servers: list[Server], duration: float, profile: TrafficPr
     for transport in transports:
         transport.close()
     await addresses.remove_all()
+    await browsers.remove()
     return {"type": "summary", "duration_s": round(time.monotonic() - recorder.start, 3),
             "started_at": round(recorder.started_at, 3),
             **recorder.report(recorder.totals)}
@@ -263,6 +302,54 @@ async def _http_get(recorder: _Recorder, server: str, address: str, timeout_s: f
             recorder.ok("http", server, second, sent_at)
     except (TimeoutError, OSError):
         pass   # counted as sent, not ok
+
+
+async def _browse(recorder: _Recorder, source: str, server: Server, context: ssl.SSLContext | None,
+                  timeout_s: float) -> None:
+    """One page of the shop on a new connection from `source`: a 200 and the whole page in time."""
+    service = "browse-tls" if context else "browse"
+    second, sent_at = recorder.sent(service, server.name)
+    writer = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(
+                server.ipv4, HTTPS_PORT if context else HTTP_PORT, local_addr=(source, 0), ssl=context,
+                server_hostname=server.ipv4 if context else None)
+            writer.write(f"GET / HTTP/1.1\r\nHost: {server.ipv4}\r\nUser-Agent: seawall-lab-browser\r\n"
+                         f"Connection: close\r\n\r\n".encode())
+            await writer.drain()
+            response = await reader.read()
+        if response.startswith(b"HTTP/1.1 200 "):
+            recorder.ok(service, server.name, second, sent_at)
+    except (TimeoutError, OSError):
+        pass   # counted as sent, not ok (ssl.SSLError is an OSError)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+class BrowserAddresses:
+    """The browsers' addresses in `<p>-cli` (BROWSER_V4_HOSTS of the client's /25), for one run."""
+
+    def __init__(self):
+        network = ipaddress.ip_interface(CLIENT_V4).network
+        self.hosts = [str(network[h]) for h in BROWSER_V4_HOSTS]
+        self.added: list[str] = []
+
+    async def add(self) -> None:
+        for host in self.hosts:
+            await _ip(["ip", "addr", "replace", f"{host}/{ipaddress.ip_interface(CLIENT_V4).network.prefixlen}",
+                       "dev", Lab.HOST_IF])
+            self.added.append(host)
+
+    async def remove(self) -> None:
+        prefixlen = ipaddress.ip_interface(CLIENT_V4).network.prefixlen
+        for host in self.added:
+            try:
+                await _ip(["ip", "addr", "del", f"{host}/{prefixlen}", "dev", Lab.HOST_IF])
+            except OSError:
+                pass   # gone already; nothing left to clean
+        self.added.clear()
 
 
 class NewClientAddresses:
@@ -364,7 +451,7 @@ class TrafficRun(JsonLinesProcess):
                 "--lab", lab.name, "--duration", str(duration), "--game-pps", str(profile.game_pps),
                 "--http-rps", str(profile.http_rps), "--dns-qps", str(profile.dns_qps),
                 "--timeout", str(profile.timeout_s), "--new-clients-per-s", str(profile.new_clients_per_s),
-                "--json"]
+                "--browse-rps", str(profile.browse_rps), "--json"]
         super().__init__(argv, name="traffic")
 
 
@@ -390,6 +477,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=defaults.timeout_s, help="seconds per request")
     parser.add_argument("--new-clients-per-s", type=float, default=defaults.new_clients_per_s,
                         help="TCP connections/s to the game server's web port, each from a new source address")
+    parser.add_argument("--browse-rps", type=float, default=defaults.browse_rps,
+                        help="pages/s in total to the shop (s7) from its browsers, every other one HTTPS")
     parser.add_argument("--json", action="store_true", help="JSON lines; the last line is the summary")
 
 
@@ -399,13 +488,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lab", default="sw")
     add_arguments(parser)
     args = parser.parse_args(argv)
-    profile = TrafficProfile(args.game_pps, args.http_rps, args.dns_qps, args.timeout, args.new_clients_per_s)
+    profile = TrafficProfile(args.game_pps, args.http_rps, args.dns_qps, args.timeout, args.new_clients_per_s,
+                             args.browse_rps)
 
     def emit(record: dict) -> None:
         print(json.dumps(record) if args.json else format_second(record), flush=True)
 
     try:
-        summary = asyncio.run(run_clients(list(Lab(args.lab).servers), args.duration, profile, emit))
+        lab = Lab(args.lab)
+        cert = lab.shop_cert if lab.shop_cert.exists() else None
+        summary = asyncio.run(run_clients(list(lab.servers), args.duration, profile, emit, cert))
     except ValueError as exc:
         print(f"traffic: {exc}", file=sys.stderr)
         return 2

@@ -103,7 +103,8 @@ SW_MAP("array", __u32, __u64, sw_splice_gate, 1, 0);
 #define SW_PROG_REFRESH(dir) (SW_DIRS + (dir))
 #define SW_PROG_SYNAUTH (2 * SW_DIRS) /* answers a SYN or a cookie ACK itself (synauth.h) */
 #define SW_PROG_SPLICE(dir) (2 * SW_DIRS + 1 + (dir)) /* translates a spliced flow's packet (synauth.h) */
-BPF_PROG_ARRAY(sw_progs, 3 * SW_DIRS + 1);
+#define SW_PROG_FLOWS(dir) (3 * SW_DIRS + 1 + (dir)) /* connection accounting of a segment, then on (flows.h) */
+BPF_PROG_ARRAY(sw_progs, 4 * SW_DIRS + 1);
 /* Per-CPU scratch memory for the parsed packet and its verdict. Parsing
  * assigns constants on each path (protocol, class, fragment state, drop
  * reason); kept on the stack, the verifier would prove the rest of the program
@@ -118,6 +119,7 @@ struct sw_verdict {
      * SW_PROG_SPLICE translates an open flow's segment without a second lookup. */
     __u32 splice_state;
     __u32 splice_delta;
+    __u32 flows_tenant; /* for SW_PROG_FLOWS: the tenant of the protected address (set with the call) */
 };
 
 struct sw_scratch {
@@ -704,6 +706,22 @@ static __always_inline int sw_spliced(struct sw_packet *p, struct sw_verdict *v,
 }
 
 #include "synauth.h"
+#include "flows.h"
+
+/* Map access for flows.h (bcc rewrites map calls in this file only). */
+static __always_inline struct sw_flow_conn *sw_flow_conn_of(struct sw_flow_key *k) { return sw_flow_conns.lookup(k); }
+static __always_inline int sw_flow_conn_new(struct sw_flow_key *k, struct sw_flow_conn *c) { return sw_flow_conns.insert(k, c); }
+static __always_inline int sw_flow_conn_forget(struct sw_flow_key *k) { return sw_flow_conns.delete(k); }
+static __always_inline struct sw_flow_counts *sw_flow_dest_of(struct sw_addr_key *k) { return sw_flow_dests.lookup(k); }
+static __always_inline int sw_flow_dest_new(struct sw_addr_key *k, struct sw_flow_counts *c) { return sw_flow_dests.insert(k, c); }
+static __always_inline struct sw_flow_counts *sw_flow_pair_of(struct sw_flow_pair_key *k) { return sw_flow_pairs.lookup(k); }
+static __always_inline int sw_flow_pair_new(struct sw_flow_pair_key *k, struct sw_flow_counts *c) { return sw_flow_pairs.insert(k, c); }
+static __always_inline struct sw_source_limit *sw_source_limit_of(struct sw_limit_key *k) { return sw_source_limits.lookup(k); }
+static __always_inline struct sw_token_bucket *sw_limit_bucket_of(struct sw_flow_key *k) { return sw_limit_buckets.lookup(k); }
+static __always_inline int sw_limit_bucket_new(struct sw_flow_key *k, struct sw_token_bucket *b) { return sw_limit_buckets.insert(k, b); }
+static __always_inline __u64 *sw_blocked_until(struct sw_block_key *k) { return sw_blocked.lookup(k); }
+static __always_inline __u32 *sw_flow_pending_slot(__u32 index) { return sw_flow_pending.lookup(&index); }
+static __always_inline void sw_flow_count(__u32 stat) { __u64 *c = sw_flow_stats.lookup(&stat); if (c) (*c)++; }
 
 /* Always-on heuristics for a destination under attack (or reflection filtering
  * set to "always"): a drop reason, or 0. Learned state comes from the outbound
@@ -958,6 +976,10 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
                     goto verdict;
                 }
             }
+            if ((v->reason = sw_flows_admit(p, tenant, cfg))) { /* block list, per-source limits: flows.h */
+                v->drop = 1;
+                goto verdict;
+            }
             if ((flags & SW_POLICY_SLOT_LISTS_OR_HEURISTICS) && (st->attack_classes || (flags & SW_POLICY_REFLECTION_ALWAYS))) {
                 int reason = sw_heuristics(p, st, flags, data, data_end);
                 if (reason == SW_SYNAUTH_BYPASS)
@@ -1016,6 +1038,9 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
         }
     }
     SW_STAGE(5); /* counters */
+    /* Connection accounting of what the server sees (flows.h): the usual pure ACK is settled here. */
+    int flows = !drop && cls <= SW_TRAFFIC_CLASS_TCP_OTHER && tenant < SW_MAX_TENANTS &&
+                (st->policy_flags & SW_POLICY_SLOT_PROTECTED) && sw_flows_wanted(p, wire_len, dir);
     if (cfg->sample_every)
         sw_sample(ctx, cfg, tenant, dir, drop, reason, wire_len);
 
@@ -1026,6 +1051,10 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
             sw_progs.call(ctx, SW_PROG_SYNAUTH); /* the bridge answers (synauth.h) */
         }
         return XDP_DROP;
+    }
+    if (flows) {
+        v->flows_tenant = tenant;
+        sw_progs.call(ctx, SW_PROG_FLOWS(dir)); /* accounts, then splices or forwards */
     }
     if (v->splice) {
         sw_progs.call(ctx, SW_PROG_SPLICE(dir));
@@ -1088,4 +1117,29 @@ int xdp_seawall_splice_inbound(struct xdp_md *ctx)
 int xdp_seawall_splice_outbound(struct xdp_md *ctx)
 {
     return sw_splice_program(ctx, SW_DIRECTION_OUTBOUND);
+}
+
+/* SW_PROG_FLOWS(dir): connection accounting of a segment the port program passed (flows.h), then
+ * what the port program would have done: the splice translation or the redirect. */
+static __always_inline int sw_flows_program(struct xdp_md *ctx, const __u32 dir)
+{
+    struct sw_scratch *scratch = sw_scratch_of();
+    if (!scratch)
+        return XDP_DROP;
+    sw_flows_track(ctx, &scratch->packet, scratch->verdict.flows_tenant, dir);
+    if (scratch->verdict.splice) {
+        sw_progs.call(ctx, SW_PROG_SPLICE(dir));
+        return XDP_DROP;
+    }
+    return sw_ports.redirect_map(dir == SW_DIRECTION_INBOUND ? SW_PORT_INTERNAL : SW_PORT_EXTERNAL, XDP_PASS);
+}
+
+int xdp_seawall_flows_inbound(struct xdp_md *ctx)
+{
+    return sw_flows_program(ctx, SW_DIRECTION_INBOUND);
+}
+
+int xdp_seawall_flows_outbound(struct xdp_md *ctx)
+{
+    return sw_flows_program(ctx, SW_DIRECTION_OUTBOUND);
 }

@@ -54,7 +54,7 @@ struct sw_config {
     __u32 active_slot;     /* tenant-set slot in use (0 or 1); flipped atomically */
     __u32 generation;      /* bumped on every tenant-set or rule change; caches refresh on mismatch */
     __u32 sample_every;    /* copy one packet in N to the sample ring per CPU; 0 = off */
-    __u32 flags;           /* reserved */
+    __u32 flags;           /* SW_FLOW_GATE_*: the block list, per-source limits hold entries (flows.h) */
 };
 
 /* Destination-prefix tries: (slot, address) -> tenant. prefixlen counts the

@@ -56,9 +56,12 @@ def test_lab_runs_commands_only_to_start_processes_inside_namespaces(tmp_path, m
     finally:
         lab.down()
     calls = log.read_text().splitlines() if log.exists() else []
+    shop = (f" --shop-cert {lab.shop_cert} --shop-key {lab.shop_cert.with_suffix('.key')} "
+            f"--shop-stats {lab.shop_stats}")   # the shop's HTTPS (issue 15)
     assert sorted(calls) == sorted(f"ip netns exec {s.namespace} {sys.executable} -m appliance.lab.services "
                                    f"--lab-namespace {s.namespace} --name {s.name} --tenant {s.tenant} "
                                    f"--ipv4 {s.ipv4} --ipv6 {s.ipv6} --ready-file {lab.state_dir / s.name}.ready"
+                                   + (shop if s == lab.shop_server else "")
                                    for s in lab.servers)
     assert lab.name not in " ".join(netlink.namespaces())
 

@@ -18,6 +18,7 @@ from appliance.config import (
     load_config,
     parse_config,
 )
+from dataplane.sizing import FlowSizes
 from tenants import ConfigError, TenantSet
 
 FULL = """\
@@ -144,7 +145,7 @@ def test_interfaces_are_required_to_run() -> None:
 def test_unknown_keys_suggest_the_closest_known_key() -> None:
     assert problems_of('verbose = true\n[appliance]\nextrenal = "eth0"\ntick = 100\n[securewatch]\n'
                        'listen_port = 1\n[securwatch]\n[[tenant]]\nid = "a"\n') == [
-        "verbose: unknown top-level key (known: appliance, bgp, escalation, fleet, notify, securewatch, templates, tenants)",
+        "verbose: unknown top-level key (known: appflood, appliance, bgp, escalation, fleet, notify, securewatch, templates, tenants)",
         "securwatch: unknown top-level section (did you mean 'securewatch'?)",
         "tenant: unknown top-level section (did you mean 'tenants'?)",
         "[appliance] extrenal: unknown key (did you mean 'external'?)",
@@ -245,3 +246,28 @@ def test_the_shipped_example_is_valid() -> None:
     config = parse_config(example)
     assert config.interfaces() == ("eth0", "eth1")
     assert config.securewatch.database == "sqlite:////var/lib/seawall/securewatch.db"
+
+
+def test_issue15_flow_accounting_maps_sized_by_configuration(tmp_path: pathlib.Path) -> None:
+    config = load_config(write(tmp_path, "[appliance]\nflow_table_entries = 4096\nflow_destination_entries = 512\n"
+                                         "flow_source_entries = 8192\nblocked_sources_max = 100\nsource_limits_max = 8\n"))
+    assert config.appliance.flow_sizes == FlowSizes(flow_table_entries=4096, flow_destination_entries=512,
+                                                    flow_source_entries=8192, blocked_sources_max=100,
+                                                    source_limits_max=8)
+    assert "-DSW_BLOCKED_SOURCES_MAX=100U" in config.appliance.flow_sizes.cflags()
+    defaults = load_config(write(tmp_path, "")).appliance.flow_sizes
+    assert (defaults.flow_table_entries, defaults.flow_destination_entries, defaults.flow_source_entries,
+            defaults.blocked_sources_max, defaults.source_limits_max) == (131072, 65536, 131072, 65536, 1024)
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("[appliance]\nflow_table_entries = 10", "[appliance] flow_table_entries: must be between 1024 and 16777216, got 10"),
+    ("[appliance]\nflow_source_entries = 1.5",
+     "[appliance] flow_source_entries: expected an integer, got a float 1.5"),
+    ("[appliance]\nblocked_sources_max = true", "[appliance] blocked_sources_max: expected an integer, got a boolean True"),
+    ("[appliance]\nsource_limits_max = 0", "[appliance] source_limits_max: must be between 1 and 65536, got 0"),
+    ("[appliance]\nflow_destination_entries = 99999999",
+     "[appliance] flow_destination_entries: must be between 256 and 4194304, got 99999999"),
+])
+def test_issue15_flow_accounting_sizes_rejected_by_name(text: str, problem: str) -> None:
+    assert problems_of(text) == [problem]

@@ -13,8 +13,8 @@ from scapy.layers.l2 import Ether
 
 from appliance.lab import Lab
 from appliance.lab.attack import (
+    FRAME_VECTORS,
     REFLECTION_PORTS,
-    VECTORS,
     AttackSpec,
     build_streams,
     chargen_response,
@@ -36,7 +36,7 @@ def streams(vector: str, target: str | None = None, **kwargs):
     return build_streams(LAB, AttackSpec(vector, target, **kwargs))
 
 
-@pytest.mark.parametrize("vector", VECTORS)
+@pytest.mark.parametrize("vector", FRAME_VECTORS)
 def test_every_vector_addresses_a_tenant_server_from_spoofed_sources(vector):
     built = streams(vector)
     assert built and all(s.frames for s in built)

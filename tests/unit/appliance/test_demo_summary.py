@@ -29,3 +29,29 @@ def test_issue19_demo_summary_reports_new_tcp_clients_during_and_outside_the_att
     assert "  legitimate http success:      100.00% (10/10, p99 5.0 ms)" in lines
     assert "    new-tcp during attacks:     97.37% (37/38)" in lines
     assert "    new-tcp outside attacks:    100.00% (22/22)" in lines
+
+
+def test_issue15_demo_summary_has_a_row_per_botnet_flood_with_and_without_mitigation(tmp_path):
+    from appliance.demo import botnet_lines, first_mitigation  # noqa: PLC0415
+
+    config = lab_config("ut")
+    config["appliance"]["state_dir"] = str(tmp_path / "state")
+    appliance = ApplianceProcess(config, tmp_path / "seawall.toml", tmp_path / "seawall.log")   # not started
+    appliance.log_path.write_text(
+        '{"event": "appflood.limit", "dst": "203.0.113.99", "timestamp": "2026-12-05T10:00:01Z"}\n'
+        '{"event": "appflood.limit", "dst": "203.0.113.10", "timestamp": "2026-12-05T10:00:03.5Z"}\n'
+        '{"event": "appflood.block", "first": "198.18.0.1", "timestamp": "2026-12-05T10:00:04Z"}\n')
+    onset = 1_796_464_800.0     # 2026-12-05T10:00:00Z
+    assert first_mitigation(appliance.log_path, onset, "203.0.113.10") == onset + 3.5
+    assert first_mitigation(appliance.log_path, onset + 5, "203.0.113.10") is None
+    assert first_mitigation(appliance.log_path, onset, "203.0.113.10", until=onset + 3) is None   # a later flood's
+    rows = [{"vector": "http-flood", "time_to_mitigate_s": 3.5, "legit_with": 1.0, "legit_without": 0.4123,
+             "bot_share_through": 0.012},
+            {"vector": "slowloris", "time_to_mitigate_s": None, "legit_with": None, "legit_without": 0.5,
+             "bot_share_through": None}]
+    view = LiveView(appliance, attack_onset=0.0)
+    lines = summary(load_scenario(), view, None, onset=0.0, botnet=rows).splitlines()
+    assert "  vector        legit with  legit without  bots through  time to mitigate" in lines
+    assert "  http-flood        100.0%          41.2%          1.2%             3.5 s" in lines
+    assert "  slowloris              -          50.0%             -                 -" in lines
+    assert botnet_lines([]) == []

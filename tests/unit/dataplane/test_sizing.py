@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from dataplane import sizing
+from dataplane import constants, sizing
 from dataplane.constants import ADDRESS_CACHE_BITS
 
 
@@ -32,3 +34,22 @@ def test_issue18_cache_bits_clamped_and_checked():
     for bad in (0, -1, 1.5, True, "64"):
         with pytest.raises(ValueError, match="address_cache_mib"):
             sizing.address_cache_bits(bad, 2)   # type: ignore[arg-type]
+
+
+def test_issue15_flow_sizes_default_to_the_constants_and_reach_c_as_replacing_flags():
+    sizes = sizing.FlowSizes()
+    defaults = {flag.partition("=")[0]: flag for flag in constants.cflags()}
+    for flag in sizes.cflags():
+        name = flag.partition("=")[0]
+        assert defaults[name] == flag          # same name and value as the constants' default
+    assert set(sizing.FLOW_SIZE_KEYS) == {f.name for f in dataclasses.fields(sizing.FlowSizes)}
+    assert sizing.FlowSizes(source_limits_max=5).cflags()[-1] == "-DSW_SOURCE_LIMITS_MAX=5U"
+
+
+@pytest.mark.parametrize("field", ["flow_table_entries", "flow_destination_entries", "flow_source_entries",
+                                   "blocked_sources_max", "source_limits_max"])
+def test_issue15_flow_sizes_out_of_range_name_the_key(field):
+    with pytest.raises(ValueError, match=field):
+        sizing.FlowSizes(**{field: 0})
+    with pytest.raises(ValueError, match=field):
+        sizing.FlowSizes(**{field: True})

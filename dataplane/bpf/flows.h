@@ -1,0 +1,443 @@
+/* Seawall: connection accounting, per-source limits and the dynamic block list (issue 15;
+ * docs/design/connection-accounting.md).
+ *
+ * Only TCP to and from the addresses of protected tenants. What is counted is what the server
+ * sees (the port program asks sw_flows_wanted() with the final verdict, after monitor mode and
+ * for spliced flows too, synauth.h, and tail-calls SW_PROG_FLOWS, sw_flows_track(), when so):
+ *   - sw_flow_conns, an LRU map keyed by the flow (server local), follows each connection
+ *     from the client's SYN through the server's SYN-ACK to the client's ACK (a new connection)
+ *     and to the first FIN or RST (closed: the entry goes), with its payload bytes per direction;
+ *   - sw_flow_dests (per destination) and sw_flow_pairs (per destination and source), LRU maps
+ *     of cumulative counters: handshakes completed, connections open now, HTTP/1.x request
+ *     lines and TLS ClientHellos the clients sent, payload bytes per direction.
+ * A connection adds its bytes to the two rows in batches (SW_FLOW_FLUSH_BYTES, or at a
+ * request, a hello, the handshake's end or the close), so a segment in mid-connection costs
+ * one lookup, not three. A pure ACK (the most common packet) costs no lookup and no tail call
+ * unless it may end a handshake: the server's SYN-ACK leaves a tag in sw_flow_pending, an array
+ * the ACK reads inline.
+ *
+ * Mitigation, both behind gate bits in sw_config.flags (SW_FLOW_GATE_*) that user space sets
+ * when a list has entries (empty lists cost one load per packet of a protected tenant):
+ *   - sw_blocked: (tenant, source) -> expiry, ns; every inbound packet of the source to the
+ *     tenant is dropped until then (SW_DROP_REASON_BLOCKED). Python caps it (oldest go first).
+ *   - sw_source_limits: (tenant, destination, port or 0) -> limits on the inbound SYNs of each
+ *     source: a token bucket of new connections (sw_limit_buckets, LRU, per source) and a
+ *     ceiling on the source's open connections to the destination (its sw_flow_pairs gauge).
+ *
+ * bcc rewrites map calls in seawall.c only: the maps are declared here, and seawall.c defines
+ * the accessors declared below right after including this file.
+ */
+#ifndef SEAWALL_FLOWS_H
+#define SEAWALL_FLOWS_H
+
+/* From dataplane/constants.py (cflags()): SW_FLOW_STATE_* (connection states), SW_FLOW_STAT_*
+ * (sw_flow_stats indices), SW_FLOW_GATE_* (sw_config.flags bits), SW_FLOW_TABLE_ENTRIES,
+ * SW_FLOW_DESTINATION_ENTRIES, SW_FLOW_SOURCE_ENTRIES, SW_BLOCKED_SOURCES_MAX,
+ * SW_SOURCE_LIMITS_MAX, SW_FLOW_FLUSH_BYTES, SW_FLOW_PENDING_BITS. */
+
+/* A tracked connection (sw_flow_conns, key: struct sw_flow_key with the server local). */
+struct sw_flow_conn {
+    __u64 to_server;       /* TCP payload bytes, client -> server, while established */
+    __u64 to_client;       /* ... server -> client */
+    __u64 flushed_server;  /* of to_server, bytes already added to the destination and pair rows */
+    __u64 flushed_client;
+    __u32 state;           /* SW_FLOW_STATE_* */
+    __u32 tenant_idx;
+};
+
+/* Per (destination, source) row key (sw_flow_pairs). */
+struct sw_flow_pair_key {
+    __u8 dst[16] SW_ALIGNED(8);
+    __u8 src[16] SW_ALIGNED(8);
+};
+
+/* Cumulative counters of a destination or a (destination, source) pair, shared by the CPUs
+ * (atomic adds). */
+struct sw_flow_counts {
+    __u64 new_connections; /* handshakes completed */
+    __s64 established;     /* gauge: completed, not yet closed */
+    __u64 http_requests;   /* client segments starting an HTTP/1.x request line */
+    __u64 tls_hellos;      /* client segments carrying a TLS ClientHello */
+    __u64 bytes_to_server; /* TCP payload bytes */
+    __u64 bytes_to_client;
+    __u32 tenant_idx;
+    __u32 pad;
+};
+
+/* Per-source limits of an attacked destination and port (sw_source_limits). */
+struct sw_limit_key {
+    __u32 tenant_idx;
+    __u16 dport;           /* host byte order; 0 = every port of the destination */
+    __u16 pad;
+    __u8 dst[16] SW_ALIGNED(8);
+};
+
+struct sw_source_limit {
+    __u32 new_per_s;       /* new connections (SYNs) a source may open a second; 0 = no rate limit */
+    __u32 new_burst;       /* ... and its burst, SYNs */
+    __u32 max_concurrent;  /* open connections a source may hold to the destination; 0 = no ceiling */
+    __u32 pad;
+};
+
+/* A tenant's blocked source (sw_blocked). */
+struct sw_block_key {
+    __u32 tenant_idx;
+    __u32 pad;
+    __u8 src[16] SW_ALIGNED(8);
+};
+
+SW_MAP("lru_hash", struct sw_flow_key, struct sw_flow_conn, sw_flow_conns, SW_FLOW_TABLE_ENTRIES, 0);
+SW_MAP("lru_hash", struct sw_addr_key, struct sw_flow_counts, sw_flow_dests, SW_FLOW_DESTINATION_ENTRIES, 0);
+SW_MAP("lru_hash", struct sw_flow_pair_key, struct sw_flow_counts, sw_flow_pairs, SW_FLOW_SOURCE_ENTRIES, 0);
+SW_MAP("hash", struct sw_limit_key, struct sw_source_limit, sw_source_limits, SW_SOURCE_LIMITS_MAX, 0);
+/* Key: the destination local, the source remote, local_port the limit's port (0: all). */
+SW_MAP("lru_hash", struct sw_flow_key, struct sw_token_bucket, sw_limit_buckets, SW_FLOW_SOURCE_ENTRIES, 0);
+SW_MAP("hash", struct sw_block_key, __u64, sw_blocked, SW_BLOCKED_SOURCES_MAX, 0);
+/* Tags of handshakes waiting for the client's ACK (sw_flow_tag()); 0 = none. Not pinned: a
+ * lost tag only delays counting a handshake to the client's first data segment. */
+BPF_ARRAY(sw_flow_pending, __u32, 1U << SW_FLOW_PENDING_BITS);
+BPF_PERCPU_ARRAY(sw_flow_stats, __u64, SW_FLOW_STAT__COUNT);
+
+/* Map access, defined in seawall.c. */
+static __always_inline struct sw_flow_conn *sw_flow_conn_of(struct sw_flow_key *k);
+static __always_inline int sw_flow_conn_new(struct sw_flow_key *k, struct sw_flow_conn *c);
+static __always_inline int sw_flow_conn_forget(struct sw_flow_key *k);
+static __always_inline struct sw_flow_counts *sw_flow_dest_of(struct sw_addr_key *k);
+static __always_inline int sw_flow_dest_new(struct sw_addr_key *k, struct sw_flow_counts *c);
+static __always_inline struct sw_flow_counts *sw_flow_pair_of(struct sw_flow_pair_key *k);
+static __always_inline int sw_flow_pair_new(struct sw_flow_pair_key *k, struct sw_flow_counts *c);
+static __always_inline struct sw_source_limit *sw_source_limit_of(struct sw_limit_key *k);
+static __always_inline struct sw_token_bucket *sw_limit_bucket_of(struct sw_flow_key *k);
+static __always_inline int sw_limit_bucket_new(struct sw_flow_key *k, struct sw_token_bucket *b);
+static __always_inline __u64 *sw_blocked_until(struct sw_block_key *k);
+static __always_inline __u32 *sw_flow_pending_slot(__u32 index);
+static __always_inline void sw_flow_count(__u32 stat);
+
+/* The tag of a handshake in sw_flow_pending: a multiplicative hash of the flow; the slot is
+ * its top SW_FLOW_PENDING_BITS bits, the tag the whole hash with bit 0 set (never 0). */
+static __always_inline __u32 sw_flow_tag(const __u64 *client, __u16 client_port)
+{
+    /* The client's address and port alone: an ACK's cheapest hash (flows of two servers with the
+     * same client and port share a slot: the later SYN-ACK wins, the other's ACK is missed, and its
+     * handshake counts at its first data segment, FIN or RST instead). */
+    __u64 x = client[1] ^ client[0] ^ client_port;
+    return ((__u32)(x ^ (x >> 32)) * 0x9E3779B1U) | 1;
+}
+
+/* Bytes of TCP payload, from the IP length (a frame padded to Ethernet's minimum carries
+ * trailing bytes that are not payload). Read only when the frame has bytes after the TCP header. */
+static __always_inline __u32 sw_flow_payload_len(struct sw_packet *p, void *data, void *data_end, __u32 wire_len)
+{
+    if (wire_len <= p->payload_offset)
+        return 0;
+    /* The IP header's offset: Ethernet and its tags (as sw_parse_ethernet() walked them). */
+    __u32 l3 = ETH_HLEN;
+#pragma unroll
+    for (int i = 0; i < SW_MAX_VLAN_DEPTH; i++) {
+        __u8 *type = data + l3 - 2;
+        if ((void *)(type + 2) > data_end)
+            return 0;
+        __u16 proto = type[0] << 8 | type[1];
+        if (proto != SW_ETH_P_VLAN && proto != SW_ETH_P_QINQ)
+            break;
+        l3 += 4;
+    }
+    __u32 end = l3 + p->ip_length;
+    return end > p->payload_offset ? end - p->payload_offset : 0;
+}
+
+/* Little-endian word of the first n bytes of a string, and its mask. */
+#define SW_FLOW_MASK(n) ((n) >= 8 ? ~0ULL : ((1ULL << (8 * (n))) - 1))
+#define SW_FLOW_WORD(a, b, c, d, e, f, g, h) \
+    ((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24 | (__u64)(e) << 32 | \
+     (__u64)(f) << 40 | (__u64)(g) << 48 | (__u64)(h) << 56)
+#define SW_FLOW_IS(w, n, word) (((w) & SW_FLOW_MASK(n)) == (word))
+#define SW_FLOW_HTTP 1
+#define SW_FLOW_TLS 2
+
+/* What a client segment's payload starts: an HTTP/1.x request line (method, then a space),
+ * a TLS ClientHello (record type 22, version 3.x, handshake type 1), or neither (0). The
+ * shortest of these is 6 bytes; fewer are never a request start. */
+static __always_inline int sw_flow_payload_kind(struct sw_packet *p, void *data, void *data_end)
+{
+    __u8 *pl = data + (p->payload_offset & 0x3FFF);
+    __u64 w;
+    if ((void *)(pl + 8) <= data_end) {
+        __builtin_memcpy(&w, pl, 8);
+    } else if ((void *)(pl + 6) <= data_end) {
+        w = 0;
+        __builtin_memcpy(&w, pl, 6);
+    } else {
+        return 0;
+    }
+    __u8 first = w & 0xFF;
+    if (first == 0x16)
+        return ((w >> 8) & 0xFF) == 0x03 && ((w >> 16) & 0xF0) == 0 && ((w >> 40) & 0xFF) == 1 ? SW_FLOW_TLS : 0;
+    if (first < 'C' || first > 'T')
+        return 0;
+    if (SW_FLOW_IS(w, 4, SW_FLOW_WORD('G', 'E', 'T', ' ', 0, 0, 0, 0)) ||
+        SW_FLOW_IS(w, 4, SW_FLOW_WORD('P', 'U', 'T', ' ', 0, 0, 0, 0)) ||
+        SW_FLOW_IS(w, 5, SW_FLOW_WORD('P', 'O', 'S', 'T', ' ', 0, 0, 0)) ||
+        SW_FLOW_IS(w, 5, SW_FLOW_WORD('H', 'E', 'A', 'D', ' ', 0, 0, 0)) ||
+        SW_FLOW_IS(w, 6, SW_FLOW_WORD('P', 'A', 'T', 'C', 'H', ' ', 0, 0)) ||
+        SW_FLOW_IS(w, 6, SW_FLOW_WORD('T', 'R', 'A', 'C', 'E', ' ', 0, 0)) ||
+        SW_FLOW_IS(w, 7, SW_FLOW_WORD('D', 'E', 'L', 'E', 'T', 'E', ' ', 0)) ||
+        SW_FLOW_IS(w, 8, SW_FLOW_WORD('O', 'P', 'T', 'I', 'O', 'N', 'S', ' ')) ||
+        SW_FLOW_IS(w, 8, SW_FLOW_WORD('C', 'O', 'N', 'N', 'E', 'C', 'T', ' ')))
+        return SW_FLOW_HTTP;
+    return 0;
+}
+
+static __always_inline void sw_flow_counts_add(struct sw_flow_counts *c, __s64 opened, __u32 kind, __u64 to_server,
+                                               __u64 to_client)
+{
+    if (opened > 0)
+        __sync_fetch_and_add(&c->new_connections, 1);
+    if (opened)
+        __sync_fetch_and_add(&c->established, opened);
+    if (kind == SW_FLOW_HTTP)
+        __sync_fetch_and_add(&c->http_requests, 1);
+    else if (kind == SW_FLOW_TLS)
+        __sync_fetch_and_add(&c->tls_hellos, 1);
+    if (to_server)
+        __sync_fetch_and_add(&c->bytes_to_server, to_server);
+    if (to_client)
+        __sync_fetch_and_add(&c->bytes_to_client, to_client);
+}
+
+/* Adds a connection's news to its destination's and its pair's rows (created on first use):
+ * opened +1 (the handshake completed), -1 (it closed) or 0, the kind of a request segment, and
+ * the bytes not yet added. */
+static __always_inline void sw_flow_flush(const __u64 *server, const __u64 *client, __u32 tenant, __s64 opened,
+                                          __u32 kind, __u64 to_server, __u64 to_client)
+{
+    struct sw_addr_key dk;
+    __builtin_memcpy(dk.addr, server, 16);
+    struct sw_flow_counts *c = sw_flow_dest_of(&dk);
+    if (!c) {
+        struct sw_flow_counts fresh = {.tenant_idx = tenant};
+        if (sw_flow_dest_new(&dk, &fresh) == 0)
+            sw_flow_count(SW_FLOW_STAT_DESTINATION_ROWS);
+        c = sw_flow_dest_of(&dk);
+    }
+    if (c)
+        sw_flow_counts_add(c, opened, kind, to_server, to_client);
+    struct sw_flow_pair_key pk;
+    __builtin_memcpy(pk.dst, server, 16);
+    __builtin_memcpy(pk.src, client, 16);
+    c = sw_flow_pair_of(&pk);
+    if (!c) {
+        struct sw_flow_counts fresh = {.tenant_idx = tenant};
+        if (sw_flow_pair_new(&pk, &fresh) == 0)
+            sw_flow_count(SW_FLOW_STAT_SOURCE_ROWS);
+        c = sw_flow_pair_of(&pk);
+    }
+    if (c)
+        sw_flow_counts_add(c, opened, kind, to_server, to_client);
+}
+
+/* The connection ends (FIN or RST from either side): its entry goes, and if it was open, the
+ * gauges drop. Only the CPU whose delete succeeds accounts for it. */
+static __always_inline void sw_flow_close(struct sw_flow_key *k, struct sw_flow_conn *conn, const __u64 *server,
+                                          const __u64 *client)
+{
+    __u32 was_open = conn->state == SW_FLOW_STATE_ESTABLISHED;
+    __u32 tenant = conn->tenant_idx;
+    __u64 ds = conn->to_server - conn->flushed_server, dc = conn->to_client - conn->flushed_client;
+    if (sw_flow_conn_forget(k) != 0)
+        return;
+    sw_flow_count(SW_FLOW_STAT_CONNECTIONS_CLOSED);
+    if (was_open)
+        sw_flow_flush(server, client, tenant, -1, 0, ds, dc);
+}
+
+/* The port program asks sw_flows_wanted() for the TCP classes alone, with one comparison. */
+_Static_assert(SW_TRAFFIC_CLASS_TCP_SYN <= 1 && SW_TRAFFIC_CLASS_TCP_OTHER <= 1, "TCP classes come first");
+
+/* Is this pure ACK the client's end of a handshake the server answered? Its SYN-ACK left the
+ * flow's tag (the slot is cleared: one ACK ends a handshake). */
+static __always_inline int sw_flow_ends_handshake(struct sw_packet *p)
+{
+    __u32 tag = sw_flow_tag(p->src, p->sport);
+    __u32 *pending = sw_flow_pending_slot(tag >> (32 - SW_FLOW_PENDING_BITS));
+    if (!pending || *pending != tag)
+        return 0;
+    *pending = 0;
+    return 1;
+}
+
+/* Everything but the usual pure ACK (sw_flows_wanted): a SYN, the server's SYN-ACK, a segment
+ * with payload, a FIN or RST, a handshake's last ACK. Runs in a program of its own
+ * (SW_PROG_FLOWS, tail-called): inlined into the port program, its register needs cost every
+ * packet ~3 ns. */
+static __always_inline void sw_flows_track(struct xdp_md *ctx, struct sw_packet *p, __u32 tenant, const __u32 dir)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    if (!p->l4_ok)
+        return;
+    __u32 wire_len = p->frame_length ? p->frame_length : (__u32)(data_end - data);
+    const int inbound = dir == SW_DIRECTION_INBOUND;
+    const __u64 *server = inbound ? p->dst : p->src;
+    const __u64 *client = inbound ? p->src : p->dst;
+    __u16 server_port = inbound ? p->dport : p->sport;
+    __u16 client_port = inbound ? p->sport : p->dport;
+    __u8 flags = p->tcp_flags;
+    __u8 syn_ack = flags & (SW_TCP_SYN | SW_TCP_ACK);
+    struct sw_flow_key k;
+    sw_flow(&k, server, client, server_port, client_port);
+    if (inbound && syn_ack == SW_TCP_SYN) {
+        /* A client's SYN: a connection begins (a retransmission or a reused tuple starts over). */
+        struct sw_flow_conn *conn = sw_flow_conn_of(&k);
+        if (conn) {
+            if (conn->state != SW_FLOW_STATE_ESTABLISHED)
+                return;
+            sw_flow_close(&k, conn, server, client); /* the old connection is gone */
+        }
+        struct sw_flow_conn fresh = {.state = SW_FLOW_STATE_SYN, .tenant_idx = tenant};
+        if (sw_flow_conn_new(&k, &fresh) == 0)
+            sw_flow_count(SW_FLOW_STAT_CONNECTIONS_OPENED);
+        return;
+    }
+    if (!inbound && syn_ack == (SW_TCP_SYN | SW_TCP_ACK)) {
+        /* The server answers. Under a splice (synauth.h) the server's SYN came from the bridge,
+         * never through here: its SYN-ACK begins the entry. */
+        struct sw_flow_conn *conn = sw_flow_conn_of(&k);
+        if (!conn) {
+            struct sw_flow_conn fresh = {.state = SW_FLOW_STATE_SYN_ACK, .tenant_idx = tenant};
+            if (sw_flow_conn_new(&k, &fresh) == 0)
+                sw_flow_count(SW_FLOW_STAT_CONNECTIONS_OPENED);
+        } else if (conn->state == SW_FLOW_STATE_SYN) {
+            conn->state = SW_FLOW_STATE_SYN_ACK;
+        }
+        __u32 tag = sw_flow_tag(client, client_port);
+        __u32 *pending = sw_flow_pending_slot(tag >> (32 - SW_FLOW_PENDING_BITS));
+        if (pending)
+            *pending = tag;
+        return;
+    }
+    __u32 len = sw_flow_payload_len(p, data, data_end, wire_len);
+    __u32 closing = flags & (SW_TCP_FIN | SW_TCP_RST);
+    /* A pure ACK in a frame padded to Ethernet's minimum: sw_flows_wanted() could not tell it
+     * from data, so it checks the handshake's tag here (a short frame's ACK was checked there). */
+    if (!len && !closing && wire_len > p->payload_offset && (!inbound || !sw_flow_ends_handshake(p)))
+        return;
+    struct sw_flow_conn *conn = sw_flow_conn_of(&k);
+    if (!conn)
+        return; /* opened before the program was loaded, or evicted: not counted */
+    __s64 opened = 0;
+    if (conn->state != SW_FLOW_STATE_ESTABLISHED) {
+        if (conn->state == SW_FLOW_STATE_SYN_ACK && inbound && (flags & SW_TCP_ACK) &&
+            !(flags & (SW_TCP_SYN | SW_TCP_RST))) {
+            conn->state = SW_FLOW_STATE_ESTABLISHED; /* the client's ACK: the server's handshake is done */
+            opened = 1;
+        } else {
+            if (flags & SW_TCP_RST)
+                sw_flow_close(&k, conn, server, client); /* refused or aborted before it opened */
+            return;
+        }
+    }
+    __u32 kind = 0;
+    if (inbound) {
+        conn->to_server += len;
+        if (len)
+            kind = sw_flow_payload_kind(p, data, data_end);
+    } else {
+        conn->to_client += len;
+    }
+    if (closing) {
+        /* Opened and closed in one segment (an ACK with FIN) counts both. */
+        if (opened || kind)
+            sw_flow_flush(server, client, conn->tenant_idx, opened, kind, 0, 0);
+        sw_flow_close(&k, conn, server, client);
+        return;
+    }
+    __u64 ds = conn->to_server - conn->flushed_server, dc = conn->to_client - conn->flushed_client;
+    if (opened || kind || ds + dc >= SW_FLOW_FLUSH_BYTES) {
+        conn->flushed_server = conn->to_server;
+        conn->flushed_client = conn->to_client;
+        sw_flow_flush(server, client, conn->tenant_idx, opened, kind, ds, dc);
+    }
+}
+
+/* Does a TCP segment that reaches its side (verdict pass or splice) of a protected tenant's
+ * address need connection accounting (SW_PROG_FLOWS)? dir: who sent it (inbound: the client,
+ * outbound: the server). The usual packet, an ACK without payload, is settled with a few
+ * instructions: only a client's ACK hashes its flow, to see whether it ends a handshake. */
+static __always_inline int sw_flows_wanted(struct sw_packet *p, __u32 wire_len, const __u32 dir)
+{
+    /* (Without an L4 header, flags and payload offset are 0: sw_flows_track() checks l4_ok.) */
+    if (!(p->tcp_flags & (SW_TCP_SYN | SW_TCP_FIN | SW_TCP_RST)) && wire_len <= p->payload_offset &&
+        (dir == SW_DIRECTION_OUTBOUND || !sw_flow_ends_handshake(p)))
+        return 0;
+    return 1;
+}
+
+/* Block list and per-source limits for an inbound packet of a protected tenant: a drop reason
+ * or 0. Behind the gate bits: nothing to check costs one load of the configuration. */
+static __always_inline int sw_flows_admit(struct sw_packet *p, __u32 tenant, struct sw_config *cfg)
+{
+    __u32 bits = cfg->flags; /* SW_FLOW_GATE_*: the configuration is at hand, a map lookup is not */
+    if (!bits)
+        return 0;
+    __u64 now = 0;
+    if (bits & SW_FLOW_GATE_BLOCKED) {
+        struct sw_block_key bk = {.tenant_idx = tenant};
+        __builtin_memcpy(bk.src, p->src, 16);
+        __u64 *until = sw_blocked_until(&bk);
+        if (until) {
+            now = bpf_ktime_get_ns();
+            if (now < *until) {
+                sw_flow_count(SW_FLOW_STAT_BLOCK_DROPS);
+                return SW_DROP_REASON_BLOCKED;
+            }
+        }
+    }
+    if (!(bits & SW_FLOW_GATE_LIMITS) || p->proto != SW_IPPROTO_TCP || !p->l4_ok ||
+        (p->tcp_flags & (SW_TCP_SYN | SW_TCP_ACK)) != SW_TCP_SYN)
+        return 0;
+    struct sw_limit_key lk = {.tenant_idx = tenant, .dport = p->dport};
+    __builtin_memcpy(lk.dst, p->dst, 16);
+    struct sw_source_limit *lim = sw_source_limit_of(&lk);
+    if (!lim) {
+        lk.dport = 0;
+        lim = sw_source_limit_of(&lk);
+        if (!lim)
+            return 0;
+    }
+    __u32 ceiling = lim->max_concurrent, rate = lim->new_per_s;
+    __s64 burst = lim->new_burst ? lim->new_burst : 1;
+    if (ceiling) {
+        struct sw_flow_pair_key pk;
+        __builtin_memcpy(pk.dst, p->dst, 16);
+        __builtin_memcpy(pk.src, p->src, 16);
+        struct sw_flow_counts *c = sw_flow_pair_of(&pk);
+        if (c && c->established >= (__s64)ceiling) {
+            sw_flow_count(SW_FLOW_STAT_LIMIT_CONCURRENT_DROPS);
+            return SW_DROP_REASON_SOURCE_LIMIT;
+        }
+    }
+    if (!rate)
+        return 0;
+    if (!now)
+        now = bpf_ktime_get_ns();
+    struct sw_flow_key bk;
+    sw_flow(&bk, p->dst, p->src, lk.dport, 0);
+    struct sw_token_bucket *b = sw_limit_bucket_of(&bk);
+    if (!b) {
+        struct sw_token_bucket fresh = {.last_ns = now, .tokens = burst};
+        sw_limit_bucket_new(&bk, &fresh);
+        b = sw_limit_bucket_of(&bk);
+        if (!b)
+            return 0;
+    }
+    sw_bucket_refill(&b->last_ns, &b->tokens, now, rate, burst);
+    if (b->tokens <= 0) {
+        sw_flow_count(SW_FLOW_STAT_LIMIT_RATE_DROPS);
+        return SW_DROP_REASON_SOURCE_LIMIT;
+    }
+    __sync_fetch_and_add(&b->tokens, -1);
+    return 0;
+}
+
+#endif /* SEAWALL_FLOWS_H */

@@ -1,0 +1,259 @@
+"""Connection accounting, per-source limits and the dynamic block list (issue 15): the maps of
+bpf/flows.h, read and written for `dataplane.Dataplane` (docs/design/connection-accounting.md).
+
+The program counts; this side decodes the counter maps (layouts from bcc's `table.Leaf`, never
+written down here), keeps the block list's reasons and its cap (the kernel map holds only each
+entry's expiry; the oldest entries go first when the cap is reached), replaces the set of
+per-source limits as a whole, and opens or closes the gate bits (sw_config.flags) that spare packets the lookups
+of empty lists.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import structlog
+
+from dataplane import bpfsys
+from dataplane.api import BlockedSource, DataplaneError, FlowCounters, IPAddress, SourceLimit
+from dataplane.constants import MAX_TENANTS, FlowGate, FlowStat
+from dataplane.keys import address_from_key_bytes, key_bytes
+from dataplane.reader import MapRef, read_all
+from dataplane.sizing import FlowSizes
+
+log = structlog.get_logger("seawall.dataplane")
+
+# The maps of bpf/flows.h that this side reads or writes.
+MAP_NAMES = ("sw_flow_conns", "sw_flow_dests", "sw_flow_pairs", "sw_source_limits", "sw_limit_buckets", "sw_blocked",
+             "sw_flow_stats", "sw_config")
+U32_MAX = 0xFFFFFFFF
+RESTORED_REASON = "restored after a restart (reason not kept)"
+
+
+def _map_ref(table) -> MapRef:
+    return MapRef(fd=table.map_fd, key_bytes=ctypes.sizeof(table.Key), value_bytes=ctypes.sizeof(table.Leaf),
+                  max_entries=table.max_entries)
+
+
+def _address(value: object, what: str) -> IPAddress:
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return value
+    raise DataplaneError(f"{what}: expected an IPv4 or IPv6 address, got {value!r}")
+
+
+def _whole(value: object, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise DataplaneError(f"{what}: expected an integer within {low}..{high}, got {value!r}")
+    return value
+
+
+class Flows:
+    """The maps of bpf/flows.h in a loaded program (`bpf`: bcc's BPF object), sized by `sizes`."""
+
+    def __init__(self, bpf, sizes: FlowSizes) -> None:
+        self.sizes = sizes
+        self.maps = {name: bpf[name.encode()] for name in MAP_NAMES}
+        counts = self.maps["sw_flow_dests"].Leaf
+        # Field offsets of struct sw_flow_counts, in 64-bit words (the layout comes from the program).
+        self._words = {name: getattr(counts, name).offset // 8 for name in (
+            "new_connections", "established", "http_requests", "tls_hellos", "bytes_to_server", "bytes_to_client")}
+        self._tenant_at = counts.tenant_idx.offset
+        self._blocked: dict[tuple[int, bytes], BlockedSource] = {}   # oldest (least recently set) first
+        self._limits: dict[tuple[int, bytes, int], SourceLimit] = {}
+        self._blocked_evicted = 0
+        # Rows that pinned maps kept from an earlier run: evictions count from this load on, and the
+        # program's counter of rows made (not pinned) starts at 0.
+        self._rows_at_load = {name: self._present(name) for name in ("sw_flow_conns", "sw_flow_dests", "sw_flow_pairs")}
+        self._recover()
+
+    # -- counters ------------------------------------------------------------------
+
+    def _stats(self) -> dict[FlowStat, int]:
+        table = self.maps["sw_flow_stats"]
+        return {stat: int(sum(table[ctypes.c_int(int(stat))])) for stat in FlowStat}
+
+    def _present(self, name: str) -> int:
+        return read_all(_map_ref(self.maps[name]))[2]
+
+    def _evicted(self, made: int, closed: int, name: str, present: int | None = None) -> int:
+        present = self._present(name) if present is None else present
+        return max(0, self._rows_at_load[name] + made - closed - present)
+
+    def read_flow_counters(self, per_source: bool = False) -> FlowCounters:
+        """Cumulative counters per destination, or per (destination, source) pair with `per_source`
+        (see `api.FlowCounters`); `evictions`: rows of that map the LRU pushed out since load."""
+        name = "sw_flow_pairs" if per_source else "sw_flow_dests"
+        keys, values, n = read_all(_map_ref(self.maps[name]))
+        keys, values = keys[:n], values[:n]
+        key_words = np.ascontiguousarray(keys).view(np.uint64).reshape(n, keys.shape[1] // 8)
+        words = np.ascontiguousarray(values).view(np.uint64).reshape(n, values.shape[1] // 8)
+        tenants = np.ascontiguousarray(values[:, self._tenant_at:self._tenant_at + 4]).view(np.uint32).reshape(n)
+        w = self._words
+        stats = self._stats()
+        made = stats[FlowStat.SOURCE_ROWS if per_source else FlowStat.DESTINATION_ROWS]
+        # A gauge can dip below 0 when its row was evicted while connections were open, then made anew.
+        established = np.maximum(words[:, w["established"]].view(np.int64), 0)
+        return FlowCounters(
+            keys=key_words[:, :2].copy(), sources=key_words[:, 2:4].copy() if per_source else None,
+            tenant_idx=tenants.copy(), new_connections=words[:, w["new_connections"]].copy(),
+            established=established, http_requests=words[:, w["http_requests"]].copy(),
+            tls_hellos=words[:, w["tls_hellos"]].copy(), bytes_to_server=words[:, w["bytes_to_server"]].copy(),
+            bytes_to_client=words[:, w["bytes_to_client"]].copy(),
+            evictions=self._evicted(made, 0, name, present=n))
+
+    def read_flow_cap_counters(self) -> dict[str, int]:
+        """What the caps cost since load: rows the LRU maps pushed out (connections tracked, destination
+        rows, (destination, source) rows), block list entries dropped as the oldest at its cap, and the
+        packets the limits and the list dropped (monitor mode: would have dropped)."""
+        stats = self._stats()
+        connections = self._evicted(stats[FlowStat.CONNECTIONS_OPENED], stats[FlowStat.CONNECTIONS_CLOSED],
+                                    "sw_flow_conns")
+        destinations = self._evicted(stats[FlowStat.DESTINATION_ROWS], 0, "sw_flow_dests")
+        sources = self._evicted(stats[FlowStat.SOURCE_ROWS], 0, "sw_flow_pairs")
+        rate, concurrent = stats[FlowStat.LIMIT_RATE_DROPS], stats[FlowStat.LIMIT_CONCURRENT_DROPS]
+        return {"connections_evicted": connections, "destination_rows_evicted": destinations,
+                "source_rows_evicted": sources, "flow_rows_evicted": destinations + sources,
+                "blocked_sources_evicted": self._blocked_evicted, "limit_rate_drops": rate,
+                "limit_concurrent_drops": concurrent, "limit_drops": rate + concurrent,
+                "block_drops": stats[FlowStat.BLOCK_DROPS]}
+
+    # -- per-source limits ------------------------------------------------------------
+
+    def set_source_limits(self, limits: Sequence[SourceLimit]) -> None:
+        """Replace the whole set of per-source limits (validated first: on an error nothing changes)."""
+        cap = self.sizes.source_limits_max
+        if len(limits) > cap:
+            raise DataplaneError(f"{len(limits)} per-source limits exceed source_limits_max ({cap})")
+        table = self.maps["sw_source_limits"]
+        wanted: dict[tuple[int, bytes, int], tuple[SourceLimit, object, object]] = {}
+        for limit in limits:
+            what = f"source limit {limit.tenant_idx}/{limit.dst}"
+            tenant = _whole(limit.tenant_idx, f"{what}: tenant_idx", 0, MAX_TENANTS - 1)
+            dst = key_bytes(_address(limit.dst, f"{what}: dst"))
+            port = 0 if limit.dport is None else _whole(limit.dport, f"{what}: dport", 1, 0xFFFF)
+            key = table.Key()
+            key.tenant_idx, key.dport = tenant, port
+            ctypes.memmove(key.dst, dst, 16)
+            leaf = table.Leaf()
+            leaf.new_per_s = _whole(limit.new_per_s, f"{what}: new_per_s", 0, U32_MAX)
+            leaf.new_burst = _whole(limit.new_burst, f"{what}: new_burst", 0, U32_MAX)
+            leaf.max_concurrent = _whole(limit.max_concurrent, f"{what}: max_concurrent", 0, U32_MAX)
+            if (tenant, dst, port) in wanted:
+                raise DataplaneError(f"{what}: port {limit.dport} is given twice")
+            wanted[(tenant, dst, port)] = (limit, key, leaf)
+        try:
+            for _, key, leaf in wanted.values():
+                table[key] = leaf
+        except Exception as exc:
+            raise DataplaneError(f"cannot write the per-source limits: {exc}") from exc
+        for stale in set(self._limits) - set(wanted):
+            tenant, dst, port = stale
+            key = table.Key()
+            key.tenant_idx, key.dport = tenant, port
+            ctypes.memmove(key.dst, dst, 16)
+            bpfsys.map_delete(table.map_fd, bytes(key))
+        self._limits = {k: limit for k, (limit, _, _) in wanted.items()}
+        self._write_gate()
+        log.info("dataplane.source_limits", entries=len(self._limits))
+
+    def source_limits(self) -> list[SourceLimit]:
+        return list(self._limits.values())
+
+    # -- block list -----------------------------------------------------------------------
+
+    def _block_key(self, tenant: int, src: bytes):
+        table = self.maps["sw_blocked"]
+        key = table.Key()
+        key.tenant_idx = tenant
+        ctypes.memmove(key.src, src, 16)
+        return key
+
+    def block_sources(self, entries: Sequence[BlockedSource]) -> int:
+        """Add or refresh entries (a refreshed entry takes its new expiry and reason and counts as the
+        newest); at blocked_sources_max the oldest go, counted in `blocked_sources_evicted`. Returns
+        how many entries the list holds now."""
+        checked = []
+        for entry in entries:
+            what = f"blocked source {entry.src}"
+            tenant = _whole(entry.tenant_idx, f"{what}: tenant_idx", 0, MAX_TENANTS - 1)
+            src = key_bytes(_address(entry.src, f"{what}: src"))
+            _whole(entry.expires_ns, f"{what}: expires_ns", 1, (1 << 64) - 1)
+            if not isinstance(entry.reason, str):
+                raise DataplaneError(f"{what}: reason must be text, got {entry.reason!r}")
+            checked.append(((tenant, src), entry))
+        now = time.monotonic_ns()
+        self._prune(now)
+        for key, entry in checked:
+            self._blocked.pop(key, None)
+            if entry.expires_ns > now:
+                self._blocked[key] = entry
+        over = len(self._blocked) - self.sizes.blocked_sources_max
+        table = self.maps["sw_blocked"]
+        if over > 0:
+            for key in list(self._blocked)[:over]:
+                del self._blocked[key]
+                bpfsys.map_delete(table.map_fd, bytes(self._block_key(*key)))
+            self._blocked_evicted += over
+            log.warning("dataplane.blocked_sources_cap", evicted=over, cap=self.sizes.blocked_sources_max)
+        for key, entry in checked:
+            if self._blocked.get(key) is entry:
+                table[self._block_key(*key)] = table.Leaf(entry.expires_ns)
+        self._write_gate()
+        return len(self._blocked)
+
+    def unblock_source(self, tenant_idx: int, src: IPAddress) -> None:
+        """Take a source off a tenant's list (nothing happens if it is not on it)."""
+        tenant = _whole(tenant_idx, "unblock: tenant_idx", 0, MAX_TENANTS - 1)
+        key = (tenant, key_bytes(_address(src, "unblock: src")))
+        if self._blocked.pop(key, None) is not None:
+            bpfsys.map_delete(self.maps["sw_blocked"].map_fd, bytes(self._block_key(*key)))
+            self._write_gate()
+
+    def read_blocked_sources(self) -> list[BlockedSource]:
+        """Entries not yet expired, oldest first (expired ones leave the map here)."""
+        self._prune(time.monotonic_ns())
+        return list(self._blocked.values())
+
+    def _prune(self, now: int) -> None:
+        expired = [key for key, entry in self._blocked.items() if entry.expires_ns <= now]
+        fd = self.maps["sw_blocked"].map_fd
+        for key in expired:
+            del self._blocked[key]
+            bpfsys.map_delete(fd, bytes(self._block_key(*key)))
+        if expired:
+            self._write_gate()
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _write_gate(self) -> None:
+        bits = (FlowGate.BLOCKED if self._blocked else FlowGate(0)) | (FlowGate.LIMITS if self._limits else FlowGate(0))
+        # sw_config.flags (its other fields belong to `dataplane.tables.Tables`: read, change one, write).
+        table = self.maps["sw_config"]
+        cfg = table[table.Key(0)]
+        cfg.flags = int(bits)
+        table[table.Key(0)] = cfg
+
+    def _recover(self) -> None:
+        """Pinned maps outlive the process: take over the block list (its reasons were in the old process)
+        and the limits an earlier run left, so that the next replacement removes them."""
+        blocked = self.maps["sw_blocked"]
+        for key, leaf in blocked.items():
+            src = bytes(key.src)
+            self._blocked[(int(key.tenant_idx), src)] = BlockedSource(
+                tenant_idx=int(key.tenant_idx), src=address_from_key_bytes(src), expires_ns=int(leaf.value),
+                reason=RESTORED_REASON)
+        limits = self.maps["sw_source_limits"]
+        for key, leaf in limits.items():
+            dst = bytes(key.dst)
+            self._limits[(int(key.tenant_idx), dst, int(key.dport))] = SourceLimit(
+                tenant_idx=int(key.tenant_idx), dst=address_from_key_bytes(dst), dport=int(key.dport) or None,
+                new_per_s=int(leaf.new_per_s), new_burst=int(leaf.new_burst), max_concurrent=int(leaf.max_concurrent))
+        self._prune(time.monotonic_ns())
+        self._write_gate()
+
+
+__all__ = ["MAP_NAMES", "RESTORED_REASON", "Flows"]

@@ -1,0 +1,298 @@
+"""Issue 15, item 5: application-layer floods from real bots through the appliance, monitor vs mitigate
+in the same run.
+
+One lab, one `seawall run` (its real dataplane with connection accounting), the shop (gamma's web
+server with real limits, appliance/lab/labserver.py) as the target, people browsing it throughout.
+For each vector one botnet run: it starts with gamma mitigating, and the appliance must classify
+it (confidence >= 0.8) and put its rule in (per-source limits, block list); from then on the
+browsers' success on the shop is the "with mitigation" figure (>= 99 %) and the share of the bots'
+requests or connections that still reach the shop the leak (<= 5 %). Then gamma is switched to
+monitor mode (SIGHUP, same run, same bots): the limits and the block list go, and the browsers'
+success is the "without mitigation" figure (recorded, not asserted). Each vector's bots come from
+their own /21 of 198.18.0.0/15, so a previous vector's block list entries never touch them. The
+flash crowd (new addresses, a few requests each) is classified as nothing and loses nothing.
+
+Figures go to `record_property` and stdout (`-s`), timings too; assertions are on correctness only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import time
+
+import pytest
+import tomli_w
+
+from appliance.demo import LAB_APPFLOOD
+from appliance.lab import Lab, lab_config
+from appliance.lab.attack import AttackProcess, AttackSpec
+from appliance.lab.labserver import read_stats
+from appliance.lab.traffic import TrafficProfile, TrafficRun, split_by_windows
+from appliance.runner import ApplianceProcess
+from dataplane.dataplane import purge
+from tests.support import started_lab, wait_until
+
+BROWSE = TrafficProfile(game_pps=0, http_rps=0, dns_qps=0, browse_rps=20)   # pages/s to the shop, half HTTPS
+WARM_S = 30.0            # seconds of browsing before the first vector: the shop's and its clients' baselines
+ATTACK_S = 36.0          # seconds of each botnet run (mitigated part, then the monitored part)
+MITIGATED_S = 8.0        # seconds measured with the rule in, from SETTLE_S after it
+SETTLE_S = 2.0           # seconds after the rule before measuring (requests from before it drain)
+# ... and for floods whose connections the shop holds: blocked bots send nothing more, and the shop frees
+# what they hold at its own timeouts (10 s for a request's headers or a TLS handshake; a bridge that drops
+# packets does not reset connections).
+HELD_SETTLE_S = 12.0
+MONITOR_RAMP_S = 4.0     # seconds after the switch to monitor before measuring (the flood takes the shop again)
+PROCESS_TIMEOUT_S = 60.0
+CROWD_S = 15.0           # seconds of flash crowd
+CROWD_RATE = 30.0        # new clients/s (each 2 pages of 3 requests: ~10 times the browsers' requests)
+BROWSERS = ("browse", "browse-tls")
+MIN_CONFIDENCE = 0.8
+MIN_LEGIT_MITIGATED = 0.99
+MAX_BOT_SHARE = 0.05
+# Learning as the appliance does, only faster (a lab has a minute, not an hour), the floor of open
+# connections below the shop's table: the demo's settings for botnet scenarios.
+APPFLOOD = LAB_APPFLOOD
+
+
+@dataclasses.dataclass(frozen=True)
+class Vector:
+    mode: str           # `seawall attack` mode
+    expected: str       # classification
+    bots: int
+    rate: float         # actions/s
+    sources: str        # the bots' own prefix
+    reach_columns: tuple[int, ...]   # the shop's per-source stats: 0 connections, 1 requests
+    sent_keys: tuple[str, ...]       # the bots' counters of what they sent (the same things)
+    settle_s: float = SETTLE_S
+
+
+VECTORS = {
+    # Requests on kept-alive connections, and the connections for them.
+    "http_flood": Vector("http-flood", "http_flood", 200, 3000.0, "198.18.0.0/21", (0, 1), ("attempted", "requests")),
+    "tcp_connection_flood": Vector("conn-flood", "tcp_connection_flood", 800, 800.0, "198.18.8.0/21", (0,),
+                                   ("attempted",), HELD_SETTLE_S),
+    "slowloris": Vector("slowloris", "slowloris", 800, 400.0, "198.18.16.0/21", (0,), ("attempted",), HELD_SETTLE_S),
+    "tls_flood": Vector("tls-flood", "tls_flood", 400, 1500.0, "198.18.24.0/21", (0,), ("attempted",),
+                        HELD_SETTLE_S),
+}
+RESULTS: dict[str, dict] = {}
+
+
+@pytest.fixture(scope="module")
+def lab(request):
+    return started_lab(request, "a")
+
+
+class Appliance:
+    """`seawall run` on the lab with gamma's mode switchable by SIGHUP."""
+
+    def __init__(self, lab: Lab, tmp, request):
+        self.config = lab_config(lab.name)
+        self.config["appliance"]["state_dir"] = str(tmp / "state")
+        self.config["appliance"]["tick_ms"] = 1000
+        self.config["securewatch"] = {"enabled": False}
+        self.config["appflood"] = dict(APPFLOOD)
+        self.proc = ApplianceProcess(self.config, tmp / "seawall.toml", tmp / "seawall.log")
+
+        def teardown():
+            self.proc.stop()
+            purge(self.config["appliance"]["bpffs"])
+
+        request.addfinalizer(teardown)
+        self.proc.start()
+
+    def log(self, event: str) -> list[dict]:
+        out = []
+        for line in self.proc.log_path.read_text(errors="replace").splitlines():
+            if f'"{event}"' not in line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def set_gamma_mode(self, mode: str) -> None:
+        applied = len(self.log("appliance.tenants_applied"))
+        for tenant in self.config["tenants"]:
+            if tenant["id"] == "gamma":
+                tenant["mode"] = mode
+        self.proc.config_path.write_text(tomli_w.dumps(self.config))
+        self.proc.reload()
+        wait_until(lambda: len(self.log("appliance.tenants_applied")) > applied, timeout=10,
+                   what=f"gamma in {mode} mode")
+
+    def appflood_status(self) -> dict:
+        return ((self.proc.status().get("policy") or {}).get("appflood")) or {}
+
+    def incident(self, dst: str, vector: str) -> dict | None:
+        for inc in self.proc.status().get("incidents", []):
+            if dst in inc["destinations"] and inc["vectors"].get(vector, 0) >= MIN_CONFIDENCE:
+                return inc
+        return None
+
+
+@pytest.fixture(scope="module")
+def appliance(lab, tmp_path_factory, request):
+    app = Appliance(lab, tmp_path_factory.mktemp("appflood"), request)
+    # The shop's clients and their normal behaviour: per-server baselines and per-source distributions.
+    TrafficRun(lab, WARM_S, BROWSE).start().wait(WARM_S + PROCESS_TIMEOUT_S)
+    return app
+
+
+def _in(prefix: str, stats: dict, columns: tuple[int, ...]) -> int:
+    net = ipaddress.ip_network(prefix)
+    return sum(row[c] for source, row in stats["sources"].items() if ipaddress.ip_address(source) in net
+               for c in columns)
+
+
+def _bots_sent(seconds: list[dict], keys: tuple[str, ...], start: float, end: float, onset: float) -> int:
+    """What the bots sent in the seconds whose middle lies within (start, end) (wall clock)."""
+    return sum(r.get(k, 0) for r in seconds if start <= onset + r["second"] - 0.5 < end for k in keys)
+
+
+def _legit(browsers: TrafficRun, window: tuple[float, float]) -> dict:
+    split = split_by_windows(browsers.seconds, browsers.summary["started_at"], [window])["during"]
+    sent = sum(split.get(s, {}).get("sent", 0) for s in ("browse", "browse-tls"))
+    ok = sum(split.get(s, {}).get("ok", 0) for s in ("browse", "browse-tls"))
+    return {"sent": sent, "ok": ok, "success": ok / sent if sent else None}
+
+
+def _mitigated_at(app: Appliance, v: Vector, dst: str, after: float) -> float | None:
+    """Wall clock of the first block list entry for the vector's bots, or of the first limit on `dst`."""
+    net = ipaddress.ip_network(v.sources)
+    times = []
+    for rec in app.log("appflood.block"):
+        if ipaddress.ip_address(rec.get("first", "0.0.0.0")) in net:
+            times.append(_epoch(rec))
+    times += [_epoch(rec) for rec in app.log("appflood.limit") if rec.get("dst") == dst]
+    times = [t for t in times if t >= after]
+    return min(times) if times else None
+
+
+def _epoch(record: dict) -> float:
+    import datetime  # noqa: PLC0415
+
+    return datetime.datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
+def _timed(process: AttackProcess) -> dict:
+    """The process's onset (wall clock of its first second: the first record's arrival less 1 s)."""
+    clock = {"onset": None}
+
+    def record(rec: dict) -> None:
+        if rec.get("type") == "second" and clock["onset"] is None:
+            clock["onset"] = time.time() - 1.0
+
+    process.on_record = record
+    return clock
+
+
+def test_issue15_flash_crowd_is_not_classified_and_loses_nothing(lab, appliance, record_property, request):
+    """First in the module: no incident of a flood is open yet. A crowd of new addresses, each browsing a
+    few pages, with gamma mitigating: no incident, no limit, no block, every request answered."""
+    shop = lab.shop_server.ipv4
+    appliance.set_gamma_mode("mitigate")
+    browsers = TrafficRun(lab, CROWD_S + 4.0, BROWSE).start()
+    request.addfinalizer(browsers.kill)
+    wait_until(lambda: len(browsers.seconds) >= 2, timeout=30, what="the browsers' first seconds")
+    crowd = AttackProcess(lab, AttackSpec("flash-crowd", shop, duration=CROWD_S, rate=CROWD_RATE))
+    request.addfinalizer(crowd.kill)
+    summary = crowd.start().wait(PROCESS_TIMEOUT_S + CROWD_S)
+    legit = browsers.wait(PROCESS_TIMEOUT_S)
+    success = sum(legit["services"][s]["ok"] for s in BROWSERS) / max(1, sum(legit["services"][s]["sent"]
+                                                                               for s in BROWSERS))
+    incidents = appliance.proc.status().get("incidents", [])
+    figures = {"clients": summary["clients"], "crowd_success": summary["success_rate"], "legit_success": success,
+               "incidents": [i["vectors"] for i in incidents]}
+    print(f"\nflash_crowd: {json.dumps(figures)}")
+    for key, value in figures.items():
+        record_property(key, value)
+    assert summary["clients"] >= 0.8 * CROWD_S * CROWD_RATE
+    assert incidents == [], incidents
+    assert not appliance.log("appflood.block") and not appliance.log("appflood.limit")
+    assert summary.get("request_failed", 0) == 0 and summary["success_rate"] == 1.0, summary
+    assert success >= MIN_LEGIT_MITIGATED, figures
+
+
+# Known gaps, measured on 2026-12-05 (README): each slowloris bot gets one connection through before its
+# connection shows the flood's shape (its request line, then nothing the dataplane flushes), and the shop
+# holds it until its 10 s header timeout, so 800 bots keep its 256 slots busy for ~20 s after the first
+# blocks (browsers 17 % with the rule, 0 % without); the connection flood (before it, after the HTTP flood
+# in the same incident) was classified as slowloris (0.96), not tcp_connection_flood. Strict: they fail
+# loudly once fixed.
+HELD_GAP = "held connections of bots blocked after their first connection are freed only at the shop's timeouts"
+
+
+@pytest.mark.parametrize("name", [
+    "http_flood",
+    pytest.param("tcp_connection_flood", marks=pytest.mark.xfail(strict=True, reason="classified as slowloris; "
+                                                                 + HELD_GAP)),
+    pytest.param("slowloris", marks=pytest.mark.xfail(strict=True, reason=HELD_GAP)),
+    "tls_flood",
+])
+def test_issue15_vector_mitigated_spares_the_browsers_and_monitor_mode_does_not(lab, appliance, name,
+                                                                               record_property, request):
+    v = VECTORS[name]
+    shop = lab.shop_server.ipv4
+    appliance.set_gamma_mode("mitigate")
+    wait_until(lambda: (s := read_stats(lab.shop_stats)) and s["active_connections"] < 20 and s, timeout=30,
+               what="the shop without the last run's connections")
+    browsers = TrafficRun(lab, ATTACK_S + 6.0, BROWSE).start()
+    request.addfinalizer(browsers.kill)
+    wait_until(lambda: len(browsers.seconds) >= 2, timeout=30, what="the browsers' first seconds")
+    attack = AttackProcess(lab, AttackSpec(v.mode, shop, duration=ATTACK_S, bots=v.bots, rate=v.rate,
+                                           sources=v.sources))
+    clock = _timed(attack)
+    request.addfinalizer(attack.kill)
+    attack.start()
+    wait_until(lambda: clock["onset"] is not None, timeout=PROCESS_TIMEOUT_S, what=f"the {v.mode} bots' first second")
+    onset = clock["onset"]
+
+    try:
+        incident = wait_until(lambda: appliance.incident(shop, v.expected), timeout=15.0, interval=0.2,
+                              what=f"{v.expected} at {shop} (confidence >= {MIN_CONFIDENCE})")
+    except AssertionError:
+        print(f"\n{name}: incidents {json.dumps(appliance.proc.status().get('incidents', []))[:3000]}")
+        raise
+    classified = time.time()
+    mitigated = wait_until(lambda: _mitigated_at(appliance, v, shop, onset - 1.0), timeout=10, interval=0.2,
+                           what=f"a limit or block list entry for the {v.mode} bots")
+    m0 = max(mitigated, classified) + v.settle_s
+    wait_until(lambda: time.time() >= m0, timeout=v.settle_s + 5, interval=0.1, what="the rule's settling")
+    stats_m0 = read_stats(lab.shop_stats)
+    wait_until(lambda: time.time() >= m0 + MITIGATED_S, timeout=MITIGATED_S + 5, interval=0.1,
+               what="the mitigated window")
+    stats_m1 = read_stats(lab.shop_stats)
+    m1 = time.time()
+    status = appliance.appflood_status()
+    appliance.set_gamma_mode("monitor")
+    u0 = time.time()
+    summary = attack.wait(PROCESS_TIMEOUT_S + ATTACK_S)
+    browsers.wait(PROCESS_TIMEOUT_S)
+    end = onset + summary["elapsed_s"]
+    with_m = _legit(browsers, (m0, m1))
+    without = _legit(browsers, (u0 + MONITOR_RAMP_S, end))
+    # What the bots sent in the mitigated window against what of it the shop saw from their prefix.
+    sent_after = _bots_sent(attack.seconds, v.sent_keys, m0, m1, onset)
+    reached = _in(v.sources, stats_m1, v.reach_columns) - _in(v.sources, stats_m0, v.reach_columns)
+    share = reached / sent_after if sent_after else 0.0
+    figures = {
+        "vector": name, "bots": summary["bots"], "achieved_rate": summary["achieved_rate"], "unit": summary["unit"],
+        "confidence": incident["vectors"][v.expected], "classified_after_s": round(classified - onset, 1),
+        "mitigated_after_s": round(mitigated - onset, 1),
+        "legit_success_mitigated": with_m["success"], "legit_success_monitor": without["success"],
+        "legit_sent": [with_m["sent"], without["sent"]], "bots_sent_after_rule": sent_after,
+        "bots_reached_after_rule": reached, "bot_share_after_rule": round(share, 4),
+        "appflood": {k: status.get(k) for k in ("limits", "blocked_sources", "counters")},
+    }
+    RESULTS[name] = figures
+    print(f"\n{name}: {json.dumps(figures)}")
+    for key, value in figures.items():
+        record_property(key, value)
+    assert with_m["sent"] >= BROWSE.browse_rps * MITIGATED_S * 0.7, with_m
+    assert with_m["success"] >= MIN_LEGIT_MITIGATED, figures
+    assert sent_after > 0, figures                  # the bots kept trying while the rule was in
+    assert share <= MAX_BOT_SHARE, figures
