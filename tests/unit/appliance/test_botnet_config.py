@@ -53,6 +53,7 @@ def test_issue15_flash_crowd_comes_from_other_addresses_than_the_bots():
     ({"sources": "bogus"}, "--sources 'bogus': not a prefix"),
     ({"target": "203.0.113.0/24"}, "a botnet attacks one IPv4 address"),
     ({"target": "2001:db8:c::10"}, "the lab's bots are IPv4"),
+    ({"target": "192.0.2.10"}, "--target 192.0.2.10 is not inside a lab tenant prefix"),
     ({"port": 70000}, "--dport must be 1..65535"),
 ])
 def test_issue15_bad_botnet_options_name_the_option(changes, message):
