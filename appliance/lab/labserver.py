@@ -316,6 +316,15 @@ class Shop:
         os.replace(temporary, self.stats_file)
 
 
+def counts_from(stats: dict, prefix: str) -> dict[str, int]:
+    """Connections, requests and TLS handshakes the shop counted from the sources in `prefix` (the
+    bots', say: what of a botnet still reached the server), and how many such sources it saw."""
+    network = ipaddress.ip_network(prefix)
+    rows = [row for source, row in stats["sources"].items() if ipaddress.ip_address(source) in network]
+    return {"sources": len(rows), **{key: sum(row[column] for row in rows)
+                                      for column, key in enumerate(("connections", "requests", "tls_handshakes"))}}
+
+
 def read_stats(path: pathlib.Path) -> dict | None:
     """The shop's last stats file, or None before the first write."""
     with contextlib.suppress(FileNotFoundError, ValueError):
