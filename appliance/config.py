@@ -24,6 +24,11 @@
     [[tenants]]                      # see tenants.model; template = "hosting" follows a template,
                                      # the tenant's own [tenants.policy] keys override it
     [notify]                         # validated here, kept raw; the notifiers parse it again
+    [fleet]                          # join a central SecureWatch (appliance.fleet_agent); exactly these keys
+    central = "https://central.example.net:8443"
+    site = "ams1"                    # [a-z0-9][a-z0-9_-]{0,62}, unique in the fleet
+    token_file = "/etc/seawall/fleet.token"        # the token `seawall fleet enroll SITE` printed
+    ca_file = "/etc/seawall/central-ca.pem"        # optional: verify the central server's certificate
     # [bgp], [[bgp.peers]], [escalation]: upstream escalation, parsed and checked by escalation.config
 
 `load_config` reads the file and does nothing else: every problem in it (syntax,
@@ -46,7 +51,7 @@ from escalation.config import BgpSettings, EscalationSettings, parse_bgp, parse_
 from securewatch.settings import SecureWatchSettings, parse_settings
 from tenants.errors import ConfigError, did_you_mean, type_name, whole_number
 from tenants.io import parse_toml_document, read_text
-from tenants.model import TenantSet
+from tenants.model import TENANT_ID_PATTERN, TENANT_ID_RULE, TenantSet
 from tenants.templates import parse_values, resolve_tenant_tables
 
 DEFAULT_CONFIG_PATH = "/etc/seawall/seawall.toml"   # where the systemd unit and the commands look
@@ -58,7 +63,9 @@ DEFAULT_TICK_MS = 1000           # milliseconds between policy engine ticks
 TICK_MS_RANGE = (100, 10000)     # milliseconds: faster starves the CPU, slower reacts too late
 IFNAME_MAX_BYTES = 15            # Linux IFNAMSIZ (16) minus the terminating NUL
 
-SECTIONS = ("appliance", "securewatch", "templates", "tenants", "notify", "bgp", "escalation")
+SECTIONS = ("appliance", "securewatch", "templates", "tenants", "notify", "bgp", "escalation", "fleet")
+FLEET_KEYS = ("central", "site", "token_file", "ca_file")
+FLEET_SCHEMES = ("https://", "http://")   # http:// only for a central server on this host (tests, a lab)
 APPLIANCE_KEYS = ("external", "internal", "state_dir", "log_format", "tick_ms", "bpffs", "address_cache_mib",
                   "max_addresses")
 ADDRESS_CACHE_MIB_RANGE = (1, 65536)   # MiB; dataplane.sizing turns it into slots per CPU
@@ -81,6 +88,26 @@ class ApplianceSettings:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class FleetSettings:
+    """`[fleet]`: the central SecureWatch this appliance reports to and takes its tenants from."""
+
+    central: str                  # base URL, https://host:port
+    site: str                     # this appliance's site name in the fleet
+    token_file: pathlib.Path      # holds the site's token (read at start; the token never sits in this file)
+    ca_file: pathlib.Path | None = None   # PEM CA bundle for the central server's certificate; None: the system's
+
+    def token(self) -> str:
+        """The site's token from token_file; ConfigError naming the key when it cannot be read."""
+        try:
+            token = self.token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError([f"[fleet] token_file: cannot read {str(self.token_file)!r}: {exc.strerror}"]) from None
+        if not token:
+            raise ConfigError([f"[fleet] token_file: {str(self.token_file)!r} is empty"])
+        return token
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ApplianceConfig:
     appliance: ApplianceSettings
     securewatch: SecureWatchSettings
@@ -93,6 +120,7 @@ class ApplianceConfig:
     # each follower's resolved policy.
     template_links: dict[str, str] = dataclasses.field(default_factory=dict)
     templates: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)   # name: policy keys
+    fleet: FleetSettings | None = None             # None: no [fleet], the appliance stands alone
 
     def interfaces(self) -> tuple[str, str]:
         """(external, internal) NIC names; ConfigError when either is not configured."""
@@ -125,6 +153,7 @@ def parse_config(text: str, source: str = "<string>") -> ApplianceConfig:
     notify = _section(document, "notify", problems)
     bgp = parse_bgp(document.get("bgp"), problems)
     escalation = parse_escalation(document.get("escalation"), problems)
+    fleet = _parse_fleet(document["fleet"], problems) if "fleet" in document else None
 
     tenants = TenantSet()
     tenants_known = False
@@ -144,7 +173,7 @@ def parse_config(text: str, source: str = "<string>") -> ApplianceConfig:
         raise ConfigError(problems, source=source)
     return ApplianceConfig(appliance=appliance, securewatch=securewatch, tenants=tenants,
                            notify=copy.deepcopy(notify), source=source, bgp=bgp, escalation=escalation,
-                           template_links=template_links, templates=templates)
+                           template_links=template_links, templates=templates, fleet=fleet)
 
 
 def _notify_problems(notify: dict[str, Any], tenant_ids: tuple[str, ...] | None) -> list[str]:
@@ -251,3 +280,38 @@ def _parse_appliance(table: dict[str, Any], problems: list[str]) -> ApplianceSet
         log_format=log_format, tick_ms=tick_ms,
         bpffs=_path("appliance", table, "bpffs", DEFAULT_BPFFS, problems),
     )
+
+
+def _parse_fleet(table: Any, problems: list[str]) -> FleetSettings | None:
+    """`[fleet]`: central, site and token_file required, ca_file optional; each problem names its key."""
+    if not isinstance(table, dict):
+        problems.append(f"[fleet]: expected a table, got {type_name(table)}")
+        return None
+    before = len(problems)
+    _unknown_keys("fleet", table, FLEET_KEYS, problems)
+    for key in ("central", "site", "token_file"):
+        if key not in table:
+            problems.append(f"[fleet] {key}: required to join a fleet")
+    central = _string("fleet", table, "central", None, problems)
+    if central is not None:
+        host = central.partition("://")[2].split("/", 1)[0]
+        if not central.startswith(FLEET_SCHEMES) or not host or any(c.isspace() for c in central):
+            problems.append(f"[fleet] central: {central!r} is not the central server's URL "
+                            f"(like 'https://central.example.net:8443')")
+    site = _string("fleet", table, "site", None, problems)
+    if site is not None and not TENANT_ID_PATTERN.fullmatch(site):
+        problems.append(f"[fleet] site: {site!r} is not a site name ({TENANT_ID_RULE})")
+    paths = {}
+    for key in ("token_file", "ca_file"):
+        if key in table:
+            value = _string("fleet", table, key, None, problems)
+            if value is not None:
+                path = pathlib.Path(value)
+                if not value.strip() or not path.is_absolute():
+                    problems.append(f"[fleet] {key}: {value!r} is not an absolute path")
+                else:
+                    paths[key] = path
+    if len(problems) > before:
+        return None
+    return FleetSettings(central=central.rstrip("/"), site=site, token_file=paths["token_file"],  # type: ignore[union-attr]
+                         ca_file=paths.get("ca_file"))

@@ -6,6 +6,12 @@ SYN flood and a low-volume UDP flood at the game server) with a live view, and
 ends with a summary: attack packets dropped, legitimate success rate, time to
 mitigate. With SecureWatch available it prints its address and keeps running
 until Ctrl-C (unless --duration bounds the run).
+
+`--scenario NAME` plays appliance/scenarios/NAME.toml (or a path). A scenario with an
+`[upstream]` table (saturation) runs on the lab's upstream mode: a shaped uplink, floods
+from behind the upstream router, BIRD 2 and the lab's edge-router agent there, and the
+appliance configured to escalate to it ([bgp], the scenario's [escalation]); the summary
+then gives the escalation figures measured at the router (`appliance.lab.saturation`).
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ import threading
 import time
 from typing import Any
 
-from appliance.lab import Lab, lab_config
-from appliance.lab.scenario import Scenario, load_scenario, play
+from appliance.lab import Lab, lab_config, saturation
+from appliance.lab.scenario import REFERENCE, Scenario, ScenarioRun, load_scenario, play
+from appliance.lab.upstream import Upstream
 from appliance.runner import ApplianceProcess
 from dataplane.dataplane import purge
 
@@ -83,6 +90,21 @@ class LiveView:
             eff = "-" if inc["efficacy"] is None else f"{inc['efficacy']:.1%}"
             lines.append(f"    {inc['tenant']:<8} {','.join(inc['destinations'])[:40]:<40} {vectors}  "
                          f"peak {inc['peak_pps']:,} pps  dropped {inc['dropped_packets']:,}  efficacy {eff}")
+        if self.upstream is not None and self.upstream.samples:
+            rates = self.upstream.rates()[-4:]      # the last second of samples
+            if rates:
+                mean = {k: sum(r[k] for r in rates) / len(rates) for k in ("flood_bps", "sent_bps", "dropped_pps")}
+                lines += ["", f"  uplink {self.upstream.uplink_bps / 1e6:.0f} Mbit/s: carrying {mean['sent_bps'] / 1e6:5.1f}"
+                          f" Mbit/s, flood offered {mean['flood_bps'] / 1e6:5.1f} Mbit/s, queue dropping "
+                          f"{mean['dropped_pps']:,.0f} pps"]
+            bgp = status.get("bgp") or {}
+            for ann in bgp.get("announcements", [])[:4]:
+                lines.append(f"    announced {ann['kind']:<8} {ann['match'].get('destination')} ({ann['reason']}, "
+                             f"incident {ann['incident']})")
+            agent = self.upstream.agent
+            if agent is not None:
+                lines.append(f"    router enforces: {len(agent.installed())} FlowSpec rule(s), "
+                             f"{len(agent.blackholes)} blackhole route(s), {len(agent.pending)} waiting for room")
         if legit:
             parts = []
             for service in ("http", "game", "dns", "new-tcp"):
@@ -96,6 +118,7 @@ class LiveView:
 
     _onset_offset = 0.0
     credentials = ""
+    upstream: Upstream | None = None
 
 
 def demo_user(appliance: ApplianceProcess) -> str:
@@ -111,7 +134,7 @@ def demo_user(appliance: ApplianceProcess) -> str:
 
 def run_demo(lab_name: str = "sw", duration: float | None = None, keep_running: bool = True,
              scenario_path: str | None = None) -> int:
-    scenario = bounded(load_scenario(scenario_path) if scenario_path else load_scenario(), duration)
+    scenario = bounded(load_scenario(scenario_path or REFERENCE), duration)
     lab = Lab(lab_name)
     print(f"building the lab '{lab_name}' ...", flush=True)
     lab.up()
@@ -120,6 +143,18 @@ def run_demo(lab_name: str = "sw", duration: float | None = None, keep_running: 
     config["appliance"]["state_dir"] = str(DEMO_STATE / lab_name)
     config["securewatch"] = {"listen": "127.0.0.1:8080"}
     bpffs = config["appliance"]["bpffs"]
+    upstream = None
+    if scenario.upstream is not None:
+        spec = scenario.upstream
+        print(f"upstream router: uplink shaped to {spec.uplink_bps / 1e6:g} Mbit/s, BIRD 2 and the lab's "
+              f"edge-router agent ...", flush=True)
+        try:
+            upstream = Upstream(lab, spec.uplink_bps, DEMO_STATE / f"{lab_name}-upstream", internet_bps=spec.internet_bps,
+                                flowspec_capacity=spec.flowspec_capacity).up()
+        except BaseException:
+            lab.down()
+            raise
+        upstream_config(config, scenario, upstream)
     for stale in (DEMO_STATE / lab_name).glob("securewatch.db*"):
         stale.unlink()  # every demo starts with a fresh SecureWatch (and a fresh admin password)
     appliance = ApplianceProcess(config, DEMO_STATE / f"{lab_name}.toml", DEMO_STATE / f"{lab_name}.log")
@@ -135,6 +170,7 @@ def run_demo(lab_name: str = "sw", duration: float | None = None, keep_running: 
         view = LiveView(appliance, t0 + onset)
         view.credentials = credentials
         view._onset_offset = onset
+        view.upstream = upstream
         run = play(scenario, lab)
         try:
             while not stop.is_set() and time.time() - t0 < scenario.duration_s + 2:
@@ -145,6 +181,9 @@ def run_demo(lab_name: str = "sw", duration: float | None = None, keep_running: 
             run.stop()
         results = run.wait(30) if not stop.is_set() else None
         print(summary(scenario, view, results, t0 + onset), flush=True)
+        if upstream is not None:
+            figs = upstream_figures(scenario, run, upstream, results)
+            print("\n".join(saturation.lines(figs, (scenario.escalation or {}).get("hold_down_s"))), flush=True)
         if view.last.get("securewatch"):
             print(f"\nSecureWatch: {view.last['securewatch']}   {credentials}", flush=True)
         if keep_running and duration is None and view.last.get("securewatch") and not stop.is_set():
@@ -154,9 +193,39 @@ def run_demo(lab_name: str = "sw", duration: float | None = None, keep_running: 
         signal.signal(signal.SIGINT, previous)
         appliance.stop()
         purge(bpffs)
+        if upstream is not None:
+            upstream.down()
         lab.down()
         print("lab removed.", flush=True)
     return 0
+
+
+def upstream_config(config: dict, scenario: Scenario, upstream: Upstream) -> None:
+    """The appliance's [bgp] (a session with the router's BIRD), [escalation] and the tenants' consent to RTBH."""
+    assert scenario.upstream is not None
+    config["bgp"] = upstream.bgp_config()
+    config["escalation"] = dict(scenario.escalation or {"uplink_bps": scenario.upstream.uplink_bps})
+    for tenant in config["tenants"]:
+        if tenant["id"] in scenario.upstream.rtbh_tenants:
+            tenant.setdefault("policy", {})["escalate_rtbh"] = True
+
+
+def upstream_figures(scenario: Scenario, run: ScenarioRun, upstream: Upstream,
+                     results: dict | None) -> list[saturation.AttackFigures]:
+    """The escalation figures of each attack that sent (`appliance.lab.saturation`)."""
+    traffic = (results or {}).get("traffic") or {}
+    events = list(upstream.agent.events) if upstream.agent is not None else []
+    server_of = {s.ipv4: s.name for s in run.lab.servers}
+    figs = []
+    for index, attack in enumerate(scenario.attacks):
+        window = run.attack_windows.get(index)
+        if window is None:
+            continue
+        figs.append(saturation.figures(run.specs[index].target, attack.vector, (window[0], window[1]), events=events,
+                                       rates=upstream.rates(), uplink_bps=upstream.uplink_bps,
+                                       legit_seconds=run.traffic.seconds, legit_started_at=traffic.get("started_at"),
+                                       server_of=server_of))
+    return figs
 
 
 def first_rules(log_path: pathlib.Path, since: float) -> dict[str, float]:

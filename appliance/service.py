@@ -25,6 +25,7 @@ import collections
 import contextlib
 import copy
 import dataclasses
+import itertools
 import json
 import os
 import pathlib
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import structlog
 
-from appliance import nics, sdnotify
+from appliance import fleet_agent, nics, sdnotify
 from appliance.config import ApplianceConfig, load_config
 from appliance.destinations import DestinationRecorder
 from dataplane import DataplaneError
@@ -58,6 +59,7 @@ from tenants import ConfigError, TenantSet
 from tenants.compile import assign_indices, compile_tenant_set
 
 if TYPE_CHECKING:
+    from appliance.fleet_agent import FleetAgent
     from dataplane.api import DataplaneLike
     from escalation.controller import Escalation
     from policy.engine import PolicyEngine
@@ -109,9 +111,13 @@ class TrafficMonitor:
 
     def series_of(self, idx: int, seconds: int) -> list[TrafficSecond]:
         series = self.series.get(idx)
-        if series is None:
+        if series is None or seconds <= 0:
             return []
-        pairs = list(zip(series.times, series.rows, strict=True))[-seconds:] if seconds > 0 else []
+        # From the newest end: the fleet agent asks each tenant's last second or two every second,
+        # and copying an hour of rows per tenant for that cost ~10,000x more.
+        n = min(seconds, len(series.times))
+        pairs = list(zip(itertools.islice(reversed(series.times), n), itertools.islice(reversed(series.rows), n),
+                         strict=True))[::-1]
         return [{"time": t, **row} for t, row in pairs]  # type: ignore[typeddict-item]
 
     def tenant_traffic(self, indices: dict[str, int]) -> dict[str, dict[str, Any]]:
@@ -171,6 +177,7 @@ class Appliance:
         self.engine = None
         self.notifiers = None
         self.escalation: Escalation | None = None   # with [bgp]: the ladder and the BGP speaker
+        self.fleet: FleetAgent | None = None        # with [fleet]: telemetry up, tenant sets down
         self._lifetime: contextlib.AsyncExitStack | None = None  # what stops with the process
         self.securewatch_url: str | None = None
         self.started_at = time.time()
@@ -192,6 +199,7 @@ class Appliance:
 
         # Everything that can be refused is refused here, before anything is compiled, pinned or attached.
         self._notify_parsed = validate_for_run(self.config)
+        fleet_token = self.config.fleet.token() if self.config.fleet is not None else None   # ConfigError: refused
         external, internal = self.config.interfaces()
         # Generic (skb) mode hands redirected frames to the veth's ordinary transmit path, which needs no
         # NAPI on the peer; native mode (what "auto" gets on a veth) needs it.
@@ -214,7 +222,9 @@ class Appliance:
                                    max_addresses=settings.max_addresses,
                                    address_cache_bits=settings.address_cache_bits())
         # Tenants first, then attach: the program never filters with an empty set after a restart.
-        self._apply(self.config.tenants)
+        # In a fleet, the last set taken from the central server (it may be unreachable now).
+        saved = fleet_agent.saved_config(self.state_dir) if self.config.fleet is not None else None
+        self._apply(saved[1] if saved is not None else self.config.tenants)
         self.dataplane.attach(external, internal, self.attach_mode)
         now = time.monotonic()
         self._stale_rules = {rid: now + STALE_RULE_GRACE_S for rid in self.dataplane.installed_rules()}
@@ -230,6 +240,9 @@ class Appliance:
             await self.start_notifiers(stack)
             await self._start_escalation(stack)
             await self._start_securewatch(stack)
+            if self.config.fleet is not None:
+                self.fleet = await stack.enter_async_context(
+                    fleet_agent.FleetAgent(self.config.fleet, fleet_token, self, self.bus, self.state_dir))
             self.bus.publish(Event(EventType.SYSTEM, None, "appliance started", Severity.NOTICE,
                                    details={"external": external, "internal": internal}))
             await self._stop.wait()
@@ -297,7 +310,11 @@ class Appliance:
 
         self.escalation = Escalation(self.config.bgp, self.config.escalation, self.state_dir / "bgp", self.bus)
         await self.escalation.start()
-        stack.push_async_callback(self.escalation.stop)
+        stack.push_async_callback(self._stop_escalation)   # whichever is running then (reloads change it)
+
+    async def _stop_escalation(self) -> None:
+        if self.escalation is not None:
+            await self.escalation.stop()
 
     async def _start_securewatch(self, stack: contextlib.AsyncExitStack) -> None:
         settings = self.config.securewatch
@@ -347,13 +364,18 @@ class Appliance:
     def _request_reload(self) -> None:
         self._reload_requested = True
 
-    def reload(self) -> bool:
-        """SIGHUP: re-read the config file and apply its tenants; a bad file changes nothing."""
+    async def reload(self) -> bool:
+        """SIGHUP: re-read the config file; apply its tenants, then its [bgp] and [escalation]. A bad
+        file (every section is validated first, each problem naming its key) changes nothing."""
         if not self.config_path:
             log.warning("appliance.reload_skipped", reason="no config file")
             return False
         try:
             config = load_config(self.config_path)
+            if config.bgp is not None:
+                from escalation.speaker import exabgp_command  # noqa: PLC0415
+
+                exabgp_command()      # FileNotFoundError (refused, nothing applied) when ExaBGP is missing
             self._apply(config.tenants)
         except (ConfigError, OSError, RuntimeError) as exc:
             log.error("appliance.reload_rejected", error=str(exc), kept_tenants=len(self.tenants))
@@ -362,7 +384,41 @@ class Appliance:
         self.config = dataclasses.replace(self.config, tenants=config.tenants)
         self.bus.publish(Event(EventType.POLICY_CHANGE, None, "tenant set reloaded from the config file",
                                Severity.NOTICE, details={"tenants": len(config.tenants)}))
+        try:
+            await self._reload_escalation(config.bgp, config.escalation)
+        except (OSError, RuntimeError) as exc:   # the speaker could not be (re)started: said, not fatal
+            log.error("appliance.reload_escalation_failed", error=str(exc))
+            self.bus.publish(Event(EventType.SYSTEM, None, f"[bgp] reload failed: {exc}", Severity.WARNING))
         return True
+
+    async def _reload_escalation(self, bgp: Any, settings: Any) -> None:
+        """[bgp] and [escalation] from a reloaded (valid) file: the speaker started, stopped or
+        reconfigured; announcements kept where a peer still takes them (escalation.controller).
+        `[escalation] uplink_bps` also scaled the engine's detection floors at start: that part
+        waits for the next start (logged)."""
+        if bgp == self.config.bgp and settings == self.config.escalation:
+            return
+        if settings.uplink_bps != self.config.escalation.uplink_bps:
+            log.warning("appliance.reload_partial", key="[escalation] uplink_bps",
+                        applied="escalation decisions", pending="detection floors (at the next start)")
+        if bgp is None:
+            await self._stop_escalation()
+            if self.escalation is not None:
+                # Removed on purpose: no later start may take its routes back up (controller.SAVED).
+                self.escalation.saved_path.unlink(missing_ok=True)
+            self.escalation = None
+        elif self.escalation is None:
+            from escalation.controller import Escalation  # noqa: PLC0415 - only with [bgp]
+
+            self.escalation = Escalation(bgp, settings, self.state_dir / "bgp", self.bus)
+            await self.escalation.start()
+        else:
+            await self.escalation.reconfigure(bgp, settings)
+        self.config = dataclasses.replace(self.config, bgp=bgp, escalation=settings)
+        log.info("appliance.escalation_reloaded", bgp=bgp is not None,
+                 peers=[p.address for p in bgp.peers] if bgp is not None else [])
+        self.bus.publish(Event(EventType.POLICY_CHANGE, None, "[bgp] and [escalation] reloaded from the config file",
+                               Severity.NOTICE, details={"peers": [p.address for p in bgp.peers] if bgp else []}))
 
     # -- ApplianceHooks (SecureWatch) -----------------------------------------
 
@@ -421,7 +477,8 @@ class Appliance:
                 "name": t.name, "mode": t.mode, "index": idx, "prefixes": [str(p) for p in t.prefixes],
                 **traffic[t.id],
                 # Per-destination class budgets in force: the policy's, or derived from the baselines.
-                "class_budgets": self.engine.budgets.effective(idx, t.policy) if self.engine else None})
+                "class_budgets": self.engine.budgets.effective(idx, t.policy) if self.engine else None,
+                **self._blocked_sources(idx)})
         return {
             "pid": os.getpid(),
             "updated": time.time(),
@@ -442,7 +499,16 @@ class Appliance:
             "bgp": self.bgp_status(),
             # SYN authentication's counters (cookie SYN-ACKs, validations, splices), appliance-wide.
             "synauth": self.dataplane.read_synauth_stats() if self.dataplane else {},
+            "fleet": self.fleet.status() if self.fleet is not None else None,
         }
+
+    def _blocked_sources(self, idx: int) -> dict[str, Any]:
+        """A tenant's dynamic block list (issue 15) as the policy engine keeps it, reasons included."""
+        if self.engine is None:
+            return {"blocked_sources": [], "blocked_sources_total": 0}
+        flood = self.engine.appflood
+        return {"blocked_sources": flood.blocked_sources(idx, time.monotonic(), time.time()),
+                "blocked_sources_total": flood.blocked_count(idx)}
 
     def _incidents(self) -> list[IncidentStatus]:
         """Open incidents, newest first, in the shape the status file and the demo show."""
@@ -582,7 +648,7 @@ class Appliance:
         while not self._stop.is_set():
             if self._reload_requested:
                 self._reload_requested = False
-                self.reload()
+                await self.reload()
             now = time.monotonic()
             for rid, deadline in list(self._stale_rules.items()):
                 if now >= deadline:
@@ -627,6 +693,8 @@ def validate_for_run(config: ApplianceConfig):
             exabgp_command()
         except FileNotFoundError as exc:
             problems.append(f"[bgp]: {exc}")
+    if config.fleet is not None:
+        problems.extend(fleet_agent.fleet_problems(config.fleet))
     notify = None
     if config.notify:
         try:

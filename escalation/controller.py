@@ -75,6 +75,18 @@ class Escalation:
         self._carry_out(self.ladder.withdraw_all("Seawall is stopping"))
         await self.speaker.stop()
 
+    async def reconfigure(self, bgp: BgpSettings, settings: EscalationSettings) -> list[Change]:
+        """A reload's new [bgp] and [escalation] (validated by the caller): announcements are kept,
+        except those no peer takes any more or beyond a lowered cap (withdrawn, with events); a
+        changed [bgp] restarts the speaker, which announces what is kept again to the new peers."""
+        changes = self._carry_out(self.ladder.reconfigure(bgp, settings))
+        self.bgp, self.settings = bgp, settings
+        restarted = await self.speaker.reconfigure(bgp)
+        log.info("bgp.reconfigured", withdrawn=len(changes), speaker_restarted=restarted,
+                 kept=len(self.ladder.announcements))
+        self.save()
+        return changes
+
     def step(self, now: float, inbound_bps: float | None, incidents: Sequence[IncidentView],
              tenants: Mapping[str, Tenant]) -> list[Change]:
         self.inbound_bps = inbound_bps

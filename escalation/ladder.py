@@ -197,6 +197,24 @@ class Ladder:
             taken.append(ann)
         return taken
 
+    def reconfigure(self, bgp: BgpSettings, settings: EscalationSettings) -> list[Change]:
+        """New [bgp] and [escalation] settings (a reload): what is announced stays, except routes of a
+        kind no peer takes any more and, when `max_announcements` shrank, the newest beyond it."""
+        self.bgp, self.settings = bgp, settings
+        changes = []
+        for ann in list(self.announcements.values()):
+            if not self.peers_for(ann.kind):
+                del self.announcements[ann.key]
+                changes.append(Change(WITHDRAW, ann, f"no BGP peer takes {ann.kind} announcements after the reload"))
+        excess = len(self.announcements) - settings.max_announcements
+        if excess > 0:
+            newest = sorted(self.announcements.values(), key=lambda a: a.since, reverse=True)[:excess]
+            for ann in newest:
+                del self.announcements[ann.key]
+                changes.append(Change(WITHDRAW, ann, f"max_announcements lowered to {settings.max_announcements} "
+                                                     f"by the reload"))
+        return changes
+
     def withdraw_all(self, why: str) -> list[Change]:
         changes = [Change(WITHDRAW, a, why) for a in self.announcements.values()]
         self.announcements.clear()

@@ -166,6 +166,31 @@ class Speaker:
             self._log_file.close()
         log.info("bgp.speaker_stopped", withdrawn=len(self.routes))
 
+    async def reconfigure(self, bgp: BgpSettings) -> bool:
+        """New [bgp] settings (a reload): ExaBGP restarted with the new configuration, without a
+        withdraw first. Sessions drop for a moment (the peers drop Seawall's routes meanwhile, as
+        after a crash); when the new ExaBGP connects, every route is announced again to each peer
+        of the new configuration that takes its kind. Unchanged settings: nothing happens (False)."""
+        if bgp == self.bgp:
+            return False
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        await self._terminate()
+        old = set(self._peer_state)
+        self.bgp = bgp
+        for address in old - {p.address for p in bgp.peers}:
+            self._set_state(address, STATE_IDLE)
+            del self._peer_state[address]
+        for peer in bgp.peers:
+            self._peer_state.setdefault(peer.address, STATE_IDLE)
+        (self.run_dir / "exabgp.conf").write_text(exabgp_config(bgp, self.socket_path))
+        log.info("bgp.speaker_reconfigured", peers=[p.address for p in bgp.peers], routes=len(self.routes))
+        await self._spawn()
+        self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), name="bgp-speaker")
+        return True
+
     async def _spawn(self) -> None:
         env = {**os.environ,
                "exabgp.daemon.daemonize": "false", "exabgp.daemon.user": getpass.getuser(),

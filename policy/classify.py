@@ -50,6 +50,17 @@ class Vector(enum.StrEnum):
     OTHER_FLOOD = "other_flood"          # protocols other than TCP/UDP/ICMP (GRE, ESP, ...)
     CARPET_BOMBING = "carpet_bombing"
     MULTI_VECTOR = "multi_vector"
+    # Application-layer and connection floods from real sources (issue 15), classified per server from
+    # connection accounting by `policy.appflood`, not from a traffic class.
+    HTTP_FLOOD = "http_flood"
+    TCP_CONNECTION_FLOOD = "tcp_connection_flood"
+    SLOWLORIS = "slowloris"
+    TLS_FLOOD = "tls_flood"
+
+
+# Vectors mitigated by per-source limits and the block list (policy.appflood), not by header rules.
+APP_VECTORS = frozenset({str(Vector.HTTP_FLOOD), str(Vector.TCP_CONNECTION_FLOOD), str(Vector.SLOWLORIS),
+                         str(Vector.TLS_FLOOD)})
 
 
 # Which traffic classes each vector floods: the dataplane's stateful heuristics switched on for

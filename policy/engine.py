@@ -59,6 +59,7 @@ from dataplane.constants import (
     TrafficClass,
 )
 from dataplane.keys import address_keys
+from policy.appflood import AppFloodConfig, AppFloodDetector
 from policy.baseline import EwmaBaseline
 from policy.budgets import BudgetConfig, BudgetDeriver
 from policy.classify import ClassEvidence, Vector, VectorScore, classify_carpet, classify_destination
@@ -224,7 +225,8 @@ class PolicyEngine:
     def __init__(self, dataplane: DataplaneLike, tenants: Mapping[int, TenantSpec], bus: EventBus,
                  state_dir: pathlib.Path, tick: float = 1.0, config: PolicyConfig | None = None,
                  wall_clock: Callable[[], float] = time.time, budget_config: BudgetConfig | None = None,
-                 on_tenant_traffic: Callable[[TenantTraffic], None] | None = None) -> None:
+                 on_tenant_traffic: Callable[[TenantTraffic], None] | None = None,
+                 appflood_config: AppFloodConfig | None = None) -> None:
         if tick <= 0:
             raise ValueError(f"policy engine: tick must be positive seconds, got {tick}")
         # Held by a tick, and by changes of the engine's or the dataplane's state made from
@@ -255,6 +257,11 @@ class PolicyEngine:
         self.prefixes = PrefixAggregates({**baseline_kw, "warmup_floor_pps": tenant_floors,
                                           "onset_floor_pps": tenant_onset})
         self.incidents = IncidentManager(cfg)
+        # Application-layer and connection floods (issue 15): per-server flow baselines and per-source limits,
+        # learning at the pace of the volumetric baselines unless given their own configuration.
+        self.appflood = AppFloodDetector(appflood_config or AppFloodConfig(
+            half_life_s=cfg.half_life_s, warmup_s=cfg.warmup_s, k_sigma=cfg.k_sigma, margin=cfg.margin,
+            min_confidence=cfg.min_confidence))
         self.tenants: dict[int, TenantEntry] = {}
         self.policy_table = PolicyTable({})
         # Per-destination class budgets derived from the baselines (policy *_rate_pps = 0), pushed
@@ -336,6 +343,7 @@ class PolicyEngine:
             # list(): one C-level copy, safe while a tick in the worker thread changes the dict
             "open_incidents": sum(1 for i in list(self.incidents.open.values()) if i.state == State.ACTIVE),
             "rules_installed": len(self._rule_owner),
+            "appflood": self.appflood.status(),
             "last_tick": None if report is None else {
                 "now": report.now, "dt": report.dt, "destinations": report.destinations,
                 "anomalous_destinations": report.anomalous_destinations, "carpet_tenants": report.carpet_tenants,
@@ -449,6 +457,8 @@ class PolicyEngine:
         lap("onset")
         observations, attack_mask = self._classify(now, dest, tenants, det, onset_pps)
         lap("classify")
+        observations = self._app_observations(now, inbound, by_dst, observations)
+        lap("appflood")
         events: list[Event] = []
         for obs in observations:
             events += self.incidents.observe(now, wall, dest.dt, obs)
@@ -472,6 +482,7 @@ class PolicyEngine:
         for inc in released:
             removed += self._remove_rules(inc)
             self._pcaps.pop(inc.id, None)
+        self._app_mitigate(now)
         if len(self._scores) > 4 * max(len(self.incidents.open), 256):
             self._scores = {k: v for k, v in self._scores.items() if now - v[0] < RECLASSIFY_S}
         self._read_rule_counters()
@@ -494,6 +505,43 @@ class PolicyEngine:
                             cpu_ms=round((time.process_time() - cpu0) * 1000.0, 3))
         self.last_report = report
         return report
+
+    def _app_observations(self, now: float, inbound: PacketFeatures, by_dst: dict[IPAddress, list[int]],
+                          observations: list[Observation]) -> list[Observation]:
+        """`observations` with the application-layer vectors of `policy.appflood` joined in (a target's
+        volumetric and application-layer vectors are one incident). A dataplane without flow accounting
+        switches the detector off once; any other failure costs this tick's findings, never the tick."""
+        if self.appflood.disabled is not None:
+            return observations
+        attacked = [(i.tenant_idx, i.target) for i in self.incidents.open.values()
+                    if i.target is not None and i.state in (State.PENDING, State.ACTIVE)]
+        try:
+            findings = self.appflood.observe(now, self.dataplane, self.tenants, inbound, by_dst, attacked)
+        except AttributeError as exc:
+            self.appflood.disabled = str(exc)
+            log.warning("appflood.disabled", reason=str(exc))
+            return observations
+        except Exception:
+            log.exception("appflood.observe_failed")
+            return observations
+        by_target = {(o.tenant_idx, o.target): o for o in observations}
+        for f in findings:
+            entry = self.tenants.get(f.tenant_idx)
+            obs = by_target.get((f.tenant_idx, f.dst))
+            if obs is not None:
+                obs.scores = [*obs.scores, *f.scores]      # a new list: the volumetric one may be cached
+            elif entry is not None:
+                observations.append(Observation(f.tenant_idx, entry.tenant_id, entry.mode, f.dst, (str(f.dst),),
+                                                f.scores, set()))
+        return observations
+
+    def _app_mitigate(self, now: float) -> None:
+        if self.appflood.disabled is not None:
+            return
+        try:
+            self.appflood.mitigate(now, self.dataplane, list(self.incidents.open.values()), self.tenants)
+        except Exception:
+            log.exception("appflood.mitigate_failed")
 
     def _detect_prefixes(self, dest: DestinationRates, det: Detection) -> PrefixDetection | None:
         """Per-prefix aggregates of tenants with several prefixes; their carpets join `det.carpets` (a

@@ -58,6 +58,18 @@ class Event:
     timestamp: float = dataclasses.field(default_factory=time.time)  # seconds since the epoch
     sequence: int = dataclasses.field(default_factory=lambda: next(_sequence))
 
+    @property
+    def explanation(self) -> str | None:
+        """What was seen, in words, for the best-scored vector that has it (the application-layer
+        vectors of issue 15), else None."""
+        said = self.details.get("explanations") or {}
+        return next((said[v] for v in self.vectors if v in said), None)
+
+    @property
+    def top_sources(self) -> list[str]:
+        """Addresses of the sources that carried the most of an application-layer flood."""
+        return [str(s.get("src")) for s in self.details.get("top_sources") or [] if isinstance(s, dict)]
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["type"] = str(self.type)

@@ -136,6 +136,10 @@ class Incident:
     reopened: int = 0
     linked_incident: str | None = None
     changed: bool = False                   # vectors or rules changed since the last event
+    # Application-layer vectors (issue 15): a sentence per vector saying what was seen, and the sources
+    # that carried the most of the best-scored one.
+    explanations: dict[str, str] = dataclasses.field(default_factory=dict)
+    top_sources: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def target_key(self) -> tuple[int, IPAddress | None]:
@@ -156,6 +160,10 @@ class Incident:
                 self.changed = True
             self.vectors[name] = max(self.vectors.get(name, 0.0), score.confidence)
             self.evidence[name] = score.evidence
+            if "explanation" in score.evidence:
+                self.explanations[name] = score.evidence["explanation"]
+                if score.confidence >= max(self.vectors.values()) and score.evidence.get("top_sources"):
+                    self.top_sources = score.evidence["top_sources"]
             if score.vector not in (Vector.MULTI_VECTOR, Vector.CARPET_BOMBING):
                 for tc in score.classes:
                     self.class_vectors.setdefault(tc, name)
@@ -285,6 +293,9 @@ class IncidentManager:
         points = list(inc.series) if full_series else list(inc.series)[-inc.unsent_points:] if inc.unsent_points else []
         target = str(inc.target) if inc.target is not None else f"tenant {inc.tenant_id}"
         vectors = tuple(sorted(inc.vectors, key=lambda v: -inc.vectors[v]))
+        # What was seen, for the feeds that carry only the message (syslog, traps, chat): the best-scored
+        # vector's explanation, where it has one.
+        said = next((inc.explanations[v] for v in vectors if v in inc.explanations), None)
         if etype == EventType.ATTACK_START:
             verb = "reopened" if inc.reopened else "started"
             message = f"attack {verb} on {target}: {', '.join(vectors)}"
@@ -295,6 +306,8 @@ class IncidentManager:
         else:
             message = f"attack on {target} ended: {', '.join(vectors)}"
             severity = Severity.NOTICE
+        if said is not None:
+            message += f" ({said})"
         peak_interval = inc.peak_pps if full_series else inc.interval_peak_pps
         peak_interval_bps = inc.peak_bps if full_series else inc.interval_peak_bps
         details = {
@@ -316,6 +329,8 @@ class IncidentManager:
             "duration_s": round((inc.ended if inc.ended is not None else now) - (inc.started or now), 1),
             "reopened": inc.reopened,
             "linked_incident": inc.linked_incident,
+            "explanations": dict(inc.explanations),
+            "top_sources": list(inc.top_sources),
         }
         inc.unsent_points = 0
         inc.interval_peak_pps = inc.interval_peak_bps = 0.0

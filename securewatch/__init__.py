@@ -3,6 +3,7 @@
 Where things are, in the order imports run (each module imports only those above it):
 
     series         the console's series tables (rollups, per-destination rows) and their retention
+    fleet_store    the central server's fleet tables: sites and their tokens, ingested batches, per-site series
     settings       the [securewatch] table: SecureWatchSettings, parsed and checked here
     store          the database (SQLite or PostgreSQL): tenants with versions, incidents, users, audit
     auth, credentials  principals, roles, passwords, tokens, sessions, login throttling
@@ -13,6 +14,7 @@ Where things are, in the order imports run (each module imports only those above
     talkers        attack anatomy from an incident's captures; rules in operator language
     ui, api, notify_admin, access_admin   the routes: pages, REST API, NOC receivers, users and tokens
     live, servers  the live dashboard (server-sent events) and the per-server view
+    fleet          the central server's fleet routes: site sync and ingest, the fleet page and API
     app            create_app (middlewares, routes) and the background work
     server         serving the app inside the appliance or alone (central mode)
 

@@ -86,6 +86,7 @@ def add_routes(app: web.Application) -> None:
     r.add_put("/api/v1/tenants/{tenant_id}/policy", api_policy_put)
     r.add_get("/api/v1/tenants/{tenant_id}/traffic", api_traffic)
     r.add_get("/api/v1/tenants/{tenant_id}/reports/{period}", api_report)
+    r.add_get("/api/v1/tenants/{tenant_id}/blocked-sources", api_blocked_sources)
     r.add_get("/api/v1/incidents", api_incidents)
     r.add_get("/api/v1/incidents/{incident_id}", api_incident)
     r.add_post("/api/v1/incidents/{incident_id}/acknowledge", api_acknowledge)
@@ -263,6 +264,14 @@ async def api_traffic(request: web.Request) -> web.Response:
     now = time.time()
     rows = await request.app[STORE].traffic(tenant.id, now - seconds, now + 1, resolution)
     return web.json_response({"tenant": tenant.id, "resolution": resolution, "series": rows})
+
+
+async def api_blocked_sources(request: web.Request) -> web.Response:
+    """The tenant's dynamic block list (issue 15) with the reason per source; 404 for another tenant's."""
+    tenant = await visible_tenant(request, request.match_info["tenant_id"])
+    entry = (appliance_or_503(request).status().get("tenants") or {}).get(tenant.id) or {}
+    return web.json_response({"tenant": tenant.id, "blocked_sources": entry.get("blocked_sources", []),
+                              "total": entry.get("blocked_sources_total", 0)})
 
 
 async def api_report(request: web.Request) -> web.StreamResponse:

@@ -29,7 +29,19 @@ from aiohttp import web
 from policy.events import Event, EventBus, EventType
 from tenants import TenantSet
 
-from . import access_admin, admin_ui, api, auth, live, notify_admin, policy_templates, servers, talkers, ui
+from . import (
+    access_admin,
+    admin_ui,
+    api,
+    auth,
+    fleet,
+    live,
+    notify_admin,
+    policy_templates,
+    servers,
+    talkers,
+    ui,
+)
 from .auth import Principal
 from .changes import tenant_set_diff
 from .context import (
@@ -113,6 +125,7 @@ def create_app(settings: SecureWatchSettings, *, store: Store, bus: EventBus | N
     access_admin.add_routes(app)
     admin_ui.add_routes(app)
     policy_templates.add_routes(app)
+    fleet.add_routes(app)
     return app
 
 
@@ -175,7 +188,8 @@ async def auth_middleware(request: web.Request, handler: Callable[[web.Request],
     principal, session = await _authenticate(request)
     request[PRINCIPAL] = principal
     request[SESSION] = session
-    if request.path in PUBLIC_PATHS or request.path.startswith("/static/"):
+    # A fleet site's requests carry its own token, checked by `fleet` (not a user's or an API token).
+    if request.path in PUBLIC_PATHS or request.path.startswith(("/static/", fleet.SITE_PREFIX)):
         return await handler(request)
     if principal is None:
         if is_api(request):

@@ -43,6 +43,16 @@ def incident_announcements(request: web.Request, incident_id: str) -> list[dict[
     return [a for a in bgp.get("announcements") or [] if a["incident"] == incident_id]
 
 
+def bgp_sessions(request: web.Request) -> dict[str, Any] | None:
+    """The BGP sessions and the speaker's state for the incident page (None: no [bgp]); admin and
+    noc only: a tenant is not shown the provider's routers."""
+    appliance = request.app[APPLIANCE]
+    bgp = appliance.bgp_status() if appliance is not None and hasattr(appliance, "bgp_status") else None
+    if bgp is None or not principal_of(request).sees_all:
+        return None
+    return {"peers": bgp.get("peers") or [], "speaker": bgp.get("speaker") or {}}
+
+
 async def escalation_target(request: web.Request, *, form: bool) -> tuple[Incident, Any]:
     """The incident (404 unless the caller may read it) and, for a page, its posted form (CSRF
     checked); 403 unless admin or noc; 404 when the appliance has no [bgp]."""

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from .context import STORE, ApiError, audit, check_csrf, principal_of, shown_actors, visible_incident
+from .fleet_store import site_problem
 from .store import INCIDENT_STATES, Incident, IncidentFilter
 
 MAX_NOTE_CHARS = 4000
@@ -48,8 +49,11 @@ async def incident_filter(request: web.Request, query: Any) -> IncidentFilter:
     if not 1 <= limit <= INCIDENT_PAGE_MAX:
         raise ApiError(400, f"limit: must be between 1 and {INCIDENT_PAGE_MAX}")
     visible = p.visible_tenants(())
+    site = query.get("site") or None
+    if site is not None and site_problem(site) is not None:
+        raise ApiError(400, f"site: {site_problem(site)}")
     return IncidentFilter(tenant=tenant, tenants=visible, state=state, vector=query.get("vector") or None,
-                          since=parse_since(query.get("since")), limit=limit)
+                          since=parse_since(query.get("since")), limit=limit, site=site)
 
 
 async def incident_list(request: web.Request) -> list[Incident]:

@@ -40,6 +40,11 @@ class _StatusCollector:
             for reason, n in (t.get("drop_reasons") or {}).items():
                 reasons.add_metric([tid, reason], float(n))
         yield from (pps, bps, packets, reasons)
+        blocked = GaugeMetricFamily("seawall_tenant_blocked_sources", "Sources on the tenant's dynamic block list "
+                                    "(application-layer floods)", labels=["tenant"])
+        for tid, t in tenants.items():
+            blocked.add_metric([tid], float(t.get("blocked_sources_total", 0)))
+        yield blocked
 
         incidents = s.get("incidents")
         if incidents is not None:
@@ -51,6 +56,17 @@ class _StatusCollector:
             for tid, n in per_tenant.items():
                 active.add_metric([tid], n)
             yield active
+            by_vector = GaugeMetricFamily("seawall_incidents_active_by_vector", "Open incidents by attack vector "
+                                          "(an incident counts once for each of its vectors)",
+                                          labels=["tenant", "vector"])
+            counts: dict[tuple[str, str], int] = {}
+            for inc in incidents:
+                if inc.get("state") in ("active", "pending") and inc.get("tenant") in per_tenant:
+                    for vector in inc.get("vectors") or {}:
+                        counts[(inc["tenant"], vector)] = counts.get((inc["tenant"], vector), 0) + 1
+            for (tid, vector), n in sorted(counts.items()):
+                by_vector.add_metric([tid, vector], n)
+            yield by_vector
 
         interfaces = s.get("interfaces")
         if interfaces is not None:
@@ -75,6 +91,18 @@ class _StatusCollector:
             rules = GaugeMetricFamily("seawall_policy_rules_installed", "Dynamic rules in the dataplane")
             rules.add_metric([], float(policy.get("rules_installed", 0)))
             yield rules
+            flood = policy.get("appflood") or {}
+            if flood:
+                limits = GaugeMetricFamily("seawall_appflood_source_limits", "Per-source connection limits installed "
+                                           "for attacked servers")
+                limits.add_metric([], float(flood.get("limits", 0)))
+                yield limits
+                events = CounterMetricFamily("seawall_appflood_events", "Application-layer mitigation events: "
+                                             "entries the caps evicted, known-good sources spared, sources blocked",
+                                             labels=["event"])
+                for name, n in sorted((flood.get("counters") or {}).items()):
+                    events.add_metric([name], float(n))
+                yield events
 
         synauth = s.get("synauth")
         if synauth:  # appliance-wide: absent from a tenant's scoped status
@@ -98,6 +126,37 @@ class _StatusCollector:
 
         if s.get("bgp"):
             yield from _bgp_metrics(s["bgp"])
+        if s.get("fleet"):
+            yield from _fleet_metrics(s["fleet"])
+
+
+def _fleet_metrics(fleet: dict[str, Any]):
+    """The fleet agent's queue to the central server: its bound, what it holds, what it dropped."""
+    queue = fleet.get("queue") or {}
+    for name, key, help_text in (
+            ("seawall_fleet_queue_batches", "batches", "Batches queued on disk for the central server"),
+            ("seawall_fleet_queue_bytes", "bytes", "Bytes (compressed) queued on disk for the central server"),
+            ("seawall_fleet_queue_max_bytes", "max_bytes", "The queue's bound in bytes; past it the oldest "
+                                                             "batches are dropped"),
+            ("seawall_fleet_queue_max_batches", "max_batches", "The queue's bound in batches"),
+            ("seawall_fleet_queue_oldest_age_seconds", "oldest_age_s", "Age of the oldest queued batch")):
+        gauge = GaugeMetricFamily(name, help_text)
+        gauge.add_metric([], float(queue.get(key) or 0))
+        yield gauge
+    for name, value, help_text in (
+            ("seawall_fleet_queue_dropped_batches", queue.get("dropped_batches"),
+             "Batches dropped, oldest first, because the queue was full"),
+            ("seawall_fleet_sent_batches", fleet.get("sent_batches"), "Batches the central server acknowledged"),
+            ("seawall_fleet_rejected_batches", fleet.get("rejected_batches"),
+             "Batches the central server refused as invalid (dropped)")):
+        counter = CounterMetricFamily(name, help_text)
+        counter.add_metric([], float(value or 0))
+        yield counter
+    version = GaugeMetricFamily("seawall_fleet_config_version", "The central configuration version in force "
+                                "(-1: none taken yet)")
+    running = fleet.get("running_version")
+    version.add_metric([], float(running if running is not None else -1))
+    yield version
 
 
 def _bgp_metrics(bgp: dict[str, Any]):

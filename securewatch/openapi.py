@@ -67,6 +67,9 @@ def openapi_document() -> dict[str, Any]:
                        params=tid, query=(("seconds", "how far back, seconds (default 300)"),
                                           ("resolution", "second | minute (default: by span)")),
                        errors=("400", "401", "404"))},
+        "/api/v1/tenants/{tenant_id}/blocked-sources": {
+            "get": _op("The tenant's dynamic block list (application-layer floods): each source with the reason "
+                       "and expiry, newest first, and the total", params=tid, errors=("401", "404", "503"))},
         "/api/v1/tenants/{tenant_id}/reports/{period}": {
             "get": _op("A tenant's report for a period (YYYY-MM or YYYY-MM-DD..YYYY-MM-DD)",
                        params=(*tid, "period"), query=(("format", "json | csv | html"),),
@@ -74,7 +77,8 @@ def openapi_document() -> dict[str, Any]:
         "/api/v1/incidents": {
             "get": _op("Incidents visible to the caller", query=(
                 ("tenant", "tenant id"), ("state", "active | ended"), ("vector", "attack vector"),
-                ("since", "seconds since the epoch or ISO 8601"), ("limit", "at most this many (default 200)")),
+                ("since", "seconds since the epoch or ISO 8601"), ("limit", "at most this many (default 200)"),
+                ("site", "a fleet site's incidents only (central server)")),
                 errors=("400", "401"))},
         "/api/v1/incidents/{incident_id}": {
             "get": _op("An incident with its events, timeline, notes and PCAP files", params=iid,
@@ -189,6 +193,27 @@ def openapi_document() -> dict[str, Any]:
             "A tenant's attack anatomy over its most recent incidents (at most 20) of the last `days`", params=tid,
             query=(("days", "1 to 366, default 30"),), errors=("400", "401", "404"))},
     })
+    # The fleet (fleet.py, issue 17): the site-facing pair takes a site's token, not a user's.
+    site_only = ("401", "403", "422")
+    paths.update({
+        "/api/v1/fleet/site/sync": {"post": _op(
+            "A site reports the configuration version it runs and its backlog; the answer has the newest "
+            "version and, when the site runs another, the tenant set for that site (site token)",
+            errors=site_only)},
+        "/api/v1/fleet/site/ingest": {"post": _op(
+            "A site's queued batches (per-second tenant rows, destination rows, incident events), in order; "
+            "stored once per (site, queue, seq), acknowledged by seq (site token)", errors=site_only)},
+        "/api/v1/fleet/sites": {"get": _op(
+            "The fleet's sites: state, last contact, clock skew, version in force, lagging, backlog, current "
+            "traffic (admin, noc)", query=(("site", "one site only"),), errors=("400", "401", "403"))},
+        "/api/v1/fleet/traffic": {"get": _op(
+            "Per-site, per-tenant seconds (admin, noc)", query=(
+                ("site", "one site only"), ("tenant", "one tenant only"), ("seconds", "1 to 3600, default 300")),
+            errors=("400", "401", "403"))},
+        "/api/v1/fleet/incidents": {"get": _op(
+            "Incidents that came from sites, newest first (admin, noc)", query=(("site", "one site only"),),
+            errors=("400", "401", "403"))},
+    })
     return {
         "openapi": "3.0.3",
         "info": {"title": "Seawall SecureWatch API", "version": "1"},
@@ -204,7 +229,9 @@ def openapi_document() -> dict[str, Any]:
                     "mode": {"type": "string", "enum": ["monitor", "mitigate"]},
                     "allow": {"type": "array", "items": {"type": "object"}},
                     "deny": {"type": "array", "items": {"type": "object"}},
-                    "policy": {"type": "object"}, "contacts": {"type": "array", "items": {"type": "string"}}}},
+                    "policy": {"type": "object"}, "contacts": {"type": "array", "items": {"type": "string"}},
+                    "sites": {"type": "array", "items": {"type": "string"},
+                              "description": "fleet sites that run this tenant; absent or empty: every site"}}},
                 "Policy": {"type": "object", "description": (
                     "A partial update: keys not sent keep their value, and `policy` is merged key by key into "
                     "the current policy (send a key with its default value to reset it)"), "properties": {

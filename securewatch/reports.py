@@ -138,6 +138,12 @@ def _utc(ts: float) -> str:
 TOP_TARGETS = 10  # servers listed under "most targeted"
 
 
+def _explanation(incident: Any) -> str | None:
+    """What was seen, for the application-layer vectors that say it (issue 15): the first vector's."""
+    said = (incident.details or {}).get("explanations") or {}
+    return next((said[v] for v in incident.vectors if v in said), None)
+
+
 async def build_report(store: Store, tenant_id: str, tenant_name: str, period: Period, now: float) -> Report:
     incidents = await store.incidents(IncidentFilter(tenant=tenant_id, until=period.end, limit=100000))
     incidents = [i for i in incidents if (i.ended if i.ended is not None else i.updated) >= period.start]
@@ -145,7 +151,7 @@ async def build_report(store: Store, tenant_id: str, tenant_name: str, period: P
     attacks = [{"id": i.id, "started": i.started, "ended": i.ended, "duration_s": round(i.duration_s, 1),
                 "vectors": i.vectors, "peak_pps": i.peak_pps, "peak_bps": i.peak_bps,
                 "packets_dropped": i.packets_dropped, "efficacy": i.efficacy, "target": i.target,
-                "confidence": i.confidence} for i in incidents]
+                "confidence": i.confidence, "explanation": _explanation(i)} for i in incidents]
     vectors: collections.Counter[str] = collections.Counter(v for i in incidents for v in i.vectors)
     by_target: dict[str, dict[str, Any]] = {}
     for i in incidents:

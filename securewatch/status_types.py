@@ -41,6 +41,10 @@ class TenantStatus(TypedDict):
     passed_bps: float                             # inbound, bits/s
     dropped_bps: float
     class_budgets: dict[str, ClassBudget] | None  # by traffic class; None without a policy engine
+    # The dynamic block list (issue 15): the newest entries (src, reason, expires: seconds since the
+    # epoch), and how many there are in all.
+    blocked_sources: list[dict[str, Any]]
+    blocked_sources_total: int
 
 
 class InterfaceStatus(TypedDict):
@@ -73,6 +77,9 @@ class PolicyStatus(TypedDict):
     tracked_destinations: int
     open_incidents: int
     rules_installed: int
+    # Application-layer floods (policy.appflood.AppFloodDetector.status): servers with flow baselines,
+    # per-source limits and blocked sources now, counters (limits_evicted, blocks_evicted, ...).
+    appflood: dict[str, Any]
     last_tick: PolicyTick | None
 
 
@@ -135,6 +142,7 @@ class ApplianceStatus(TypedDict):
     securewatch: str | None                         # SecureWatch's URL when it runs
     bgp: NotRequired[BgpStatus | None]              # None without [bgp]
     synauth: NotRequired[dict[str, int]]            # `Dataplane.read_synauth_stats()` (absent in older files)
+    fleet: NotRequired[dict[str, Any] | None]       # `appliance.fleet_agent.FleetAgent.status()`; None without [fleet]
 
 
 class TenantScopedStatus(TypedDict):

@@ -36,7 +36,7 @@ import structlog
 from tenants import Tenant, TenantSet
 from tenants.model import tidy_legacy_fields
 
-from . import series
+from . import fleet_store, series
 from .settings import sqlite_path
 
 log = structlog.get_logger(__name__)
@@ -174,6 +174,9 @@ MIGRATIONS: list[tuple[int, str, list[str | Callable[[_Backend], None]]]] = [
     # The live console (issue 16): tenant hour rollups for the 30-day chart, and per-destination
     # series (per-second for attacked and top-N destinations, minute rollups for the rest).
     (7, "hour rollups and per-destination series", series.MIGRATION),
+    # The fleet (issue 17): enrolled sites, ingested batches (the dedup key), per-site series,
+    # and the site of an incident that came from a site's appliance.
+    (8, "fleet sites, batches and per-site series", fleet_store.MIGRATION),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -291,6 +294,7 @@ class IncidentFilter:
     since: float | None = None         # seconds since the epoch: incidents updated at or after
     until: float | None = None         # started before
     limit: int = 200
+    site: str | None = None            # a fleet site's incidents only (central server)
 
 
 class _Backend:
@@ -823,6 +827,10 @@ class SyncStore:
             self._backend.close()
             raise
 
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(backend, *args) as one transaction: for sibling modules' tables (`fleet_store`)."""
+        return self._run(fn, *args)
+
     def _run(self, fn: Callable[..., T], *args: Any) -> T:
         try:
             result = fn(self._backend, *args)
@@ -1193,6 +1201,12 @@ def _incident_from_row(r: Sequence[Any]) -> Incident:
                     acknowledged_by=r[15], acknowledged_at=r[16])
 
 
+def record_event_in(b: _Backend, e: dict[str, Any]) -> None:
+    """Store one incident event on `b`'s open transaction (the fleet ingest stores a batch's
+    events in the same transaction as its dedup row)."""
+    _record_event(b, e)
+
+
 def _record_event(b: _Backend, e: dict[str, Any]) -> None:
     incident_id = e["incident_id"]
     details = dict(e.get("details") or {})
@@ -1257,6 +1271,9 @@ def _incidents(b: _Backend, flt: IncidentFilter, incident_id: str | None = None)
     if flt.state is not None:
         where.append("state = ?")
         params.append(flt.state)
+    if flt.site is not None:
+        where.append("site = ?")
+        params.append(flt.site)
     if flt.since is not None:
         where.append("updated >= ?")
         params.append(flt.since)

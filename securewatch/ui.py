@@ -303,7 +303,11 @@ def _policy_render(request: web.Request, tenant: Any, form: dict[str, Any], erro
     """form["version"]: the version the form was filled from, sent back to detect a concurrent save.
     following: the policy template the tenant follows (securewatch.policy_templates), if any."""
     p = principal_of(request)
+    appliance = request.app[APPLIANCE]
+    # The dynamic block list (issue 15) of a tenant this appliance protects (none on a central server).
+    blocked = ((appliance.status().get("tenants") or {}).get(tenant.id) or {}) if appliance is not None else {}
     return render(request, "policy.html", status=status, tenant=tenant, form=form, errors=errors, general=general,
+                  blocked=blocked.get("blocked_sources", []), blocked_total=blocked.get("blocked_sources_total", 0),
                   versions=versions, saved=saved, editable=p.can_edit_policy(tenant.id), admin=p.is_admin,
                   reflection_modes=REFLECTION_MODES, syn_auth_modes=SYN_AUTH_MODES, int_fields=POLICY_INT_FIELDS, bool_fields=POLICY_BOOL_FIELDS,
                   defaults=TenantPolicy(), conflict=conflict, following=following)
@@ -472,7 +476,7 @@ async def incident_page(request: web.Request) -> web.Response:
              for r in detail["details"].get("rules", [])]
     anatomy = await talkers.anatomy_of(request, detail["id"])
     return render(request, "incident.html", inc=detail, rules=rules, anatomy=anatomy, can_handle=can_handle,
-                  announcements=bgp.incident_announcements(request, detail["id"]))
+                  announcements=bgp.incident_announcements(request, detail["id"]), sessions=bgp.bgp_sessions(request))
 
 
 async def incident_escalate(request: web.Request) -> web.Response:

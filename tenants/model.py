@@ -26,7 +26,10 @@ TENANT_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 TENANT_ID_RULE = "lowercase letters, digits, '-' and '_', starting with a letter or digit, at most 63 characters"
 MODES = ("monitor", "mitigate")
 DEFAULT_MODE = "mitigate"
-TENANT_KEYS = ("id", "name", "prefixes", "mode", "allow", "deny", "policy", "contacts")
+TENANT_KEYS = ("id", "name", "prefixes", "mode", "allow", "deny", "policy", "contacts", "sites")
+# A fleet site's name (`[fleet] site` of an appliance): the tenant id's rule, so it is safe in paths and labels.
+SITE_PATTERN = TENANT_ID_PATTERN
+SITES_MAX = 256             # sites one tenant can be restricted to (a fleet is tens of sites)
 ACL_KEYS = ("src", "proto", "sport", "dport")
 ACL_LISTS = ("allow", "deny")
 PROTO_MAX = 255
@@ -229,10 +232,11 @@ class Tenant:
     deny: tuple[AclEntry, ...] = ()
     policy: TenantPolicy = dataclasses.field(default_factory=TenantPolicy)
     contacts: tuple[str, ...] = ()
+    sites: tuple[str, ...] = ()        # fleet sites whose appliances run this tenant; empty: every site
 
     def __post_init__(self) -> None:
         # Accept lists from programmatic callers but store tuples, so a Tenant stays immutable.
-        for field in ("prefixes", "allow", "deny", "contacts"):
+        for field in ("prefixes", "allow", "deny", "contacts", "sites"):
             value = getattr(self, field)
             if not isinstance(value, tuple):
                 object.__setattr__(self, field, tuple(value))
@@ -264,7 +268,13 @@ class Tenant:
             out["policy"] = policy
         if self.contacts:
             out["contacts"] = list(self.contacts)
+        if self.sites:
+            out["sites"] = list(self.sites)
         return out
+
+    def runs_at(self, site: str) -> bool:
+        """Whether the appliance of fleet site `site` runs this tenant (no `sites`: every site does)."""
+        return not self.sites or site in self.sites
 
     def owns(self, address: str | Address) -> bool:
         addr = parse_address(address)
@@ -284,6 +294,21 @@ def name_problem(name: object) -> str | None:
     if not name.isprintable():
         return f"{shown(name)} contains control or other non-printable characters"
     return None
+
+
+def sites_problems(sites: object) -> list[str]:
+    """Problems of a tenant's `sites` list, each after the key ("[1]: ..." or ": ..."); [] when fine."""
+    if not isinstance(sites, list):
+        return [f": expected an array of site names (like [\"ams1\", \"fra1\"]), got {type_name(sites)}"]
+    if len(sites) > SITES_MAX:
+        return [f": {len(sites)} sites, at most {SITES_MAX}"]
+    problems = []
+    for index, site in enumerate(sites):
+        if not isinstance(site, str) or not SITE_PATTERN.fullmatch(site):
+            problems.append(f"[{index}]: {site!r} is not a site name ({TENANT_ID_RULE})")
+        elif site in sites[:index]:
+            problems.append(f"[{index}]: {site!r} is listed twice")
+    return problems
 
 
 def contact_problem(contact: object) -> str | None:
@@ -434,11 +459,15 @@ def _parse_tenant(data: object, position: int, problems: list[str]) -> tuple[Ten
             if problem is not None:
                 problems.append(f"{where}contacts[{index}]: {problem}")
 
+    sites = data.get("sites", [])
+    for problem in sites_problems(sites):
+        problems.append(f"{where}sites{problem}")
+
     if len(problems) > before:
         return None, owner
     tenant = Tenant(id=tenant_id, name=name, prefixes=tuple(prefixes), mode=mode,
                     allow=tuple(lists["allow"]), deny=tuple(lists["deny"]), policy=policy,
-                    contacts=tuple(contacts))
+                    contacts=tuple(contacts), sites=tuple(sites))
     return tenant, owner
 
 

@@ -56,7 +56,8 @@ def register(subparsers) -> None:
     pol.add_argument("--seconds", type=float, default=15.0, help="seconds per mode (--loop-latency)")
     pol.add_argument("--json", action="store_true")
     pol.set_defaults(func=bench_policy)
-    esc = sub.add_parser("escalation", help="time from a flood's first packet to its FlowSpec route at a BGP peer")
+    esc = sub.add_parser("escalation", help="time from a flood's first packet to its FlowSpec route at a BGP peer "
+                                                 "and to the flood gone from the upstream link")
     esc.add_argument("--runs", type=int, default=3, help="floods, one per server of tenant alpha; the median is reported")
     esc.add_argument("--pps", type=int, default=20_000, help="flood rate, packets/s (NTP replies, ~470 bytes)")
     esc.add_argument("--json", action="store_true")
@@ -71,6 +72,17 @@ def register(subparsers) -> None:
                     help="stop starting requests after S seconds and report what completed (default 300)")
     sw.add_argument("--json", action="store_true")
     sw.set_defaults(func=bench_securewatch)
+    fl = sub.add_parser("fleet", help="central SecureWatch: ingest rate, CPU and memory, tick-to-central delay, "
+                                      "backfill rate")
+    fl.add_argument("--sites", type=int, default=20, help="simulated sites sending at once (default 20)")
+    fl.add_argument("--tenants", type=int, default=10_000, help="tenants per site (default 10,000)")
+    fl.add_argument("--seconds", type=int, default=30, help="seconds of backlog each site sends (default 30)")
+    fl.add_argument("--live-s", type=int, default=10, help="seconds of the tick-to-central measurement")
+    fl.add_argument("--outage-s", type=int, default=3600, help="seconds of outage backfilled (default 3600)")
+    fl.add_argument("--backfill-tenants", type=int, default=1_000, help="tenants of the backfilling site")
+    fl.add_argument("--database", help="the central database (an empty postgresql://...; default: temporary SQLite)")
+    fl.add_argument("--json", action="store_true")
+    fl.set_defaults(func=bench_fleet)
 
 
 def _progress(message: str) -> None:
@@ -198,8 +210,10 @@ def bench_escalation(args) -> int:
         return _refused("seawall bench escalation", "--runs and --pps must be >= 1")
     result = escalation.run(args.runs, args.pps, _progress)
     per_run = ", ".join(f"{r['route_s']}" for r in result["runs"])
+    gone = ", ".join(f"{r['gone_s']}" for r in result["runs"])
     return _show(f"flood {result['pps']:,} pps over a {result['uplink_bps'] / 1e6:g} Mbit/s uplink: FlowSpec route "
-                 f"at the peer {result['route_s_median']} s after the first packet (median; runs: {per_run} s)",
+                 f"at the peer {result['route_s_median']} s after the first packet (median; runs: {per_run} s); "
+                 f"flood gone from the uplink after {result['gone_s_median']} s (median; runs: {gone} s)",
                  result, args.json)
 
 
@@ -212,3 +226,15 @@ def bench_securewatch(args) -> int:
     except (ValueError, RuntimeError) as exc:
         return _refused("seawall bench securewatch", exc)
     return _show(securewatch.render(result), result, args.json)
+
+
+def bench_fleet(args) -> int:
+    from appliance.bench import fleet  # noqa: PLC0415
+
+    try:
+        result = fleet.run(sites=args.sites, tenants=args.tenants, seconds=args.seconds, live_s=args.live_s,
+                           outage_s=args.outage_s, backfill_tenants=args.backfill_tenants, database=args.database,
+                           progress=_progress)
+    except (ValueError, RuntimeError) as exc:
+        return _refused("seawall bench fleet", exc)
+    return _show(fleet.render(result), result, args.json)

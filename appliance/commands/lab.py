@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     traffic.set_defaults(func=run_traffic)
     action("config", "print the appliance config (TOML) for this lab").set_defaults(func=run_config)
     play = action("play", "play a scenario: legitimate traffic plus attacks on a timeline")
-    play.add_argument("--scenario", help="scenario TOML (default: appliance/scenarios/reference.toml)")
+    play.add_argument("--scenario", help="scenario name (a file of appliance/scenarios/) or TOML path "
+                                         "(default: reference)")
     play.add_argument("--json", action="store_true", help="JSON lines; the last line is the summary")
     play.set_defaults(func=run_play)
 
@@ -147,6 +148,9 @@ def run_play(args) -> int:
     try:
         lab = _lab(args)
         scenario = load_scenario(args.scenario or REFERENCE)
+        if scenario.upstream is not None:     # its floods need the upstream router and an appliance escalating
+            raise ValueError(f"scenario {scenario.name!r} runs on the lab's upstream mode: "
+                             f"`seawall demo --scenario {scenario.name}` plays it")
         run = play(scenario, lab)
     except ValueError as exc:
         print(f"seawall lab play: {exc}", file=sys.stderr)

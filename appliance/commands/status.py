@@ -53,6 +53,7 @@ class StatusSummary(TypedDict):
 
 
 STALE_AFTER_S = 5.0  # seconds without a status update before the control plane counts as down
+BLOCKED_SHOWN = 20   # blocked sources printed per tenant (the rest: --json, the API)
 
 
 def register(subparsers) -> None:
@@ -138,6 +139,16 @@ def render_human(s: StatusSummary) -> str:
             line("\nper-destination class budgets, packets/s (source: policy, baseline, or none while warming up)")
             for tid, b in budgets.items():
                 line(f"{tid:<16} " + "  ".join(f"{cls} {v['pps']} ({v['source'].split()[0]})" for cls, v in b.items()))
+    blocked = {tid: t for tid, t in tenants.items() if t.get("blocked_sources")}
+    if blocked:
+        line("\nblocked sources (application-layer floods), newest first")
+        for tid, t in blocked.items():
+            shown = t["blocked_sources"]
+            for b in shown[:BLOCKED_SHOWN]:
+                line(f"{tid:<16} {b['src']:<39} {b['reason']}")
+            total = t.get("blocked_sources_total", len(shown))
+            if total > min(len(shown), BLOCKED_SHOWN):
+                line(f"{tid:<16} ... {total} in all (seawall status --json, or the API's blocked-sources)")
     synauth = {name: n for name, n in (s.get("synauth") or {}).items() if n}
     if synauth:
         line("\nSYN authentication: " + "  ".join(f"{name} {n}" for name, n in synauth.items()))

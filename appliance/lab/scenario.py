@@ -1,13 +1,19 @@
 """Scenarios: attacks and legitimate traffic on a timeline, loaded from TOML into typed objects.
 
-`load_scenario(path)` parses and validates (ValueError names the table and key);
-`play(scenario, lab)` starts the legitimate clients at once and each attack at its
-`start_s`, every one as its own child process, and returns a `ScenarioRun`.
+`load_scenario(name_or_path)` parses and validates (ValueError names the table and key); a bare
+name is a file of appliance/scenarios/ (`known_scenarios()`). `play(scenario, lab)` starts the
+legitimate clients at once and each attack at its `start_s`, every one as its own child process,
+and returns a `ScenarioRun`.
+
+A scenario with an `[upstream]` table runs on the lab's upstream mode (`appliance.lab.upstream`):
+its attacks come from behind the upstream router, whose uplink is shaped to `uplink_bps`, and the
+router speaks BGP with the appliance; its `[escalation]` table is the appliance's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import pathlib
 import threading
@@ -17,11 +23,14 @@ from typing import Any
 
 from appliance.lab.attack import VECTORS, AttackProcess, AttackSpec
 from appliance.lab.botnet import BOTNET_VECTORS
-from appliance.lab.topology import Lab
+from appliance.lab.topology import TENANTS, Lab
 from appliance.lab.traffic import TrafficProfile, TrafficRun, split_by_windows
+from appliance.lab.upstream import DEFAULT_INTERNET_BPS, RoutedAttack
+from tenants.errors import did_you_mean
 
 SCENARIO_DIR = pathlib.Path(__file__).resolve().parent.parent / "scenarios"
 REFERENCE = SCENARIO_DIR / "reference.toml"
+UPSTREAM_KEYS = ("uplink_bps", "internet_bps", "flowspec_capacity", "rtbh_tenants")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -54,12 +63,24 @@ class ScenarioAttack:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class UpstreamSpec:
+    """The `[upstream]` table: the lab's upstream router and its uplink."""
+
+    uplink_bps: int                          # bits/s: tc shaping of the router's link to the appliance
+    internet_bps: int = DEFAULT_INTERNET_BPS   # bits/s: the attacker's link (paces the flood)
+    flowspec_capacity: int | None = None     # FlowSpec rules the router holds (None: no limit)
+    rtbh_tenants: tuple[str, ...] = ()       # tenants that agreed to blackholing (escalate_rtbh = true)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
     description: str
     duration_s: float
     legit: TrafficProfile
     attacks: tuple[ScenarioAttack, ...]
+    upstream: UpstreamSpec | None = None
+    escalation: dict[str, Any] | None = None   # the appliance's [escalation] table (upstream mode)
 
 
 def _take(table: dict[str, Any], where: str, key: str, kind: type | tuple, default: Any = ...) -> Any:
@@ -74,7 +95,7 @@ def _take(table: dict[str, Any], where: str, key: str, kind: type | tuple, defau
 
 
 def parse_scenario(data: dict[str, Any]) -> Scenario:
-    unknown = set(data) - {"scenario", "legit", "attacks"}
+    unknown = set(data) - {"scenario", "legit", "attacks", "upstream", "escalation"}
     if unknown:
         raise ValueError(f"unknown tables: {', '.join(sorted(unknown))}")
     head = data.get("scenario", {})
@@ -135,12 +156,69 @@ def parse_scenario(data: dict[str, Any]) -> Scenario:
         if attack.start_s < 0 or attack.start_s + attack.duration_s > duration:
             raise ValueError(f"{where}: start_s + duration_s must lie within scenario.duration_s ({duration})")
         attacks.append(attack)
+    upstream = _upstream(data["upstream"]) if "upstream" in data else None
+    if upstream is not None and any(a.vector in BOTNET_VECTORS for a in attacks):
+        raise ValueError("attacks: the botnet's vectors run from the lab's attacker host, not behind the "
+                         "upstream router; keep them out of an [upstream] scenario")
+    escalation = None
+    if "escalation" in data:
+        if upstream is None:
+            raise ValueError("escalation: needs an [upstream] table (the router the appliance escalates to)")
+        from escalation.config import parse_escalation  # noqa: PLC0415
+
+        escalation = {"uplink_bps": upstream.uplink_bps, **data["escalation"]}
+        problems: list[str] = []
+        parse_escalation(escalation, problems)
+        if problems:
+            raise ValueError("; ".join(problems))
     return Scenario(name=name, description=_take(head, "scenario", "description", str, ""),
-                    duration_s=duration, legit=legit, attacks=tuple(attacks))
+                    duration_s=duration, legit=legit, attacks=tuple(attacks), upstream=upstream,
+                    escalation=escalation)
+
+
+def _upstream(table: Any) -> UpstreamSpec:
+    if not isinstance(table, dict):
+        raise ValueError("upstream: expected a table")
+    for key in table:
+        if key not in UPSTREAM_KEYS:
+            raise ValueError(f"upstream.{key}: unknown key{did_you_mean(key, UPSTREAM_KEYS)}")
+    uplink = _take(table, "upstream", "uplink_bps", int)
+    internet = _take(table, "upstream", "internet_bps", int, DEFAULT_INTERNET_BPS)
+    if uplink <= 0 or internet <= 0:
+        raise ValueError("upstream: uplink_bps and internet_bps must be > 0 bits/s")
+    capacity = _take(table, "upstream", "flowspec_capacity", int, None)
+    if capacity is not None and capacity < 1:
+        raise ValueError(f"upstream.flowspec_capacity: must be >= 1 rules, got {capacity}")
+    rtbh = _take(table, "upstream", "rtbh_tenants", list, [])
+    known = [t.id for t in TENANTS]
+    for tenant in rtbh:
+        if tenant not in known:
+            raise ValueError(f"upstream.rtbh_tenants: unknown tenant {tenant!r} (lab tenants: {', '.join(known)})")
+    return UpstreamSpec(uplink_bps=uplink, internet_bps=internet, flowspec_capacity=capacity,
+                        rtbh_tenants=tuple(rtbh))
+
+
+def known_scenarios() -> list[str]:
+    """The names `load_scenario` takes without a path: the files of appliance/scenarios/."""
+    return sorted(p.stem for p in SCENARIO_DIR.glob("*.toml"))
+
+
+def scenario_path(name_or_path: str | pathlib.Path) -> pathlib.Path:
+    """A bare name ("saturation") is appliance/scenarios/NAME.toml; anything else is a path."""
+    text = str(name_or_path)
+    if "/" in text or text.endswith(".toml") or pathlib.Path(text).exists():
+        return pathlib.Path(text)
+    candidate = SCENARIO_DIR / f"{text}.toml"
+    if candidate.exists():
+        return candidate
+    close = difflib.get_close_matches(text, known_scenarios(), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"unknown scenario {text!r}{hint}: known scenarios are {', '.join(known_scenarios())}, "
+                     f"or give the path of a scenario TOML file")
 
 
 def load_scenario(path: str | pathlib.Path = REFERENCE) -> Scenario:
-    path = pathlib.Path(path)
+    path = scenario_path(path)
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
@@ -161,6 +239,7 @@ class ScenarioRun:
         # first, so its frames start seconds after start_s; its first per-second record comes 1 s
         # after its first frame.
         self.windows: list[list[float]] = []
+        self.attack_windows: dict[int, list[float]] = {}   # attack index -> its window (as in `windows`)
         self._timers: list[threading.Timer] = []
         self._lock = threading.Lock()
         self._stopped = False
@@ -178,7 +257,7 @@ class ScenarioRun:
     def _start_attack(self, index: int, spec: AttackSpec) -> None:
         with self._lock:
             if not self._stopped:
-                attack = AttackProcess(self.lab, spec)
+                attack = (RoutedAttack if self.scenario.upstream else AttackProcess)(self.lab, spec)
                 window: list[float] = []
 
                 def on_record(record: dict, window=window) -> None:
@@ -187,6 +266,7 @@ class ScenarioRun:
                         if not window:
                             window += [now - 1.0, now]
                             self.windows.append(window)
+                            self.attack_windows[index] = window
                         window[1] = now
                 attack.on_record = on_record
                 self.attacks[index] = attack.start()

@@ -51,6 +51,8 @@ def structured_data(event: Event, delivery_id: str | None = None) -> str:
         params.append(("dst", ",".join(event.destinations)))
     if event.vectors:
         params.append(("vector", ",".join(event.vectors)))
+    if event.explanation:
+        params.append(("explanation", event.explanation))
     if event.confidence is not None:
         params.append(("confidence", f"{event.confidence:.2f}"))
     if event.pps is not None:

@@ -70,6 +70,10 @@ def _facts(event: Event) -> list[tuple[str, str]]:
         facts.append(("Destinations", ", ".join(event.destinations)))
     if event.vectors:
         facts.append(("Vectors", ", ".join(event.vectors)))
+    if event.explanation:
+        facts.append(("Explanation", event.explanation))
+    if event.top_sources:
+        facts.append(("Top sources", ", ".join(event.top_sources)))
     if event.confidence is not None:
         facts.append(("Confidence", f"{event.confidence:.0%}"))
     if event.pps is not None:

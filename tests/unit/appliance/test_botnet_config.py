@@ -167,3 +167,10 @@ def test_issue15_demo_summary_reports_the_botnet_and_the_browsers_during_and_out
     assert "  http-flood:                   2,681.2 requests/s from 2,000 bots (41,775 handshakes completed)" in lines
     assert "    browse during attacks:      12.00% (24/200)" in lines
     assert "    browse outside attacks:     99.60% (249/250)" in lines
+
+
+def test_issue15_botnet_vectors_are_refused_in_an_upstream_scenario():
+    data = _scenario({"vector": "http-flood"})
+    data["upstream"] = {"uplink_bps": 100_000_000}
+    with pytest.raises(ValueError, match="botnet's vectors run from the lab's attacker host"):
+        parse_scenario(data)

@@ -6,6 +6,11 @@
 the installed rules (parsed with scapy, independently of policy.packets), counted
 per destination, tenant, class and rule exactly like the XDP program counts them,
 and a bounded share is sampled.
+
+Connection accounting (issue 15) is given as `ConnTraffic`: what each of a set of
+sources does to one server, per second; `advance` adds it to cumulative per-source
+and per-destination counters, read back as `FlowCounters`. Source limits and the
+block list are stored as given (the bpf tier checks that the program enforces them).
 """
 
 from __future__ import annotations
@@ -21,10 +26,14 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
 from dataplane.api import (
+    BlockedSource,
+    DataplaneError,
     DestinationCounters,
+    FlowCounters,
     Rule,
     RuleCounters,
     Sample,
+    SourceLimit,
     TenantCounterArrays,
     TenantCounters,
 )
@@ -38,6 +47,7 @@ from dataplane.constants import (
     RuleAction,
     TrafficClass,
 )
+from dataplane.keys import address_keys
 
 N_CLASSES = len(TrafficClass)
 N_REASONS = len(DropReason)
@@ -179,6 +189,28 @@ class Flow:
         return float(self.pps(t) if callable(self.pps) else self.pps)
 
 
+@dataclasses.dataclass
+class ConnTraffic:
+    """Every source of `sources` does this to `dst`, per second (established: open connections now)."""
+
+    name: str
+    tenant_idx: int
+    dst: str
+    sources: list[str]
+    new_per_s: float = 0.0
+    established: float = 0.0
+    http_per_s: float = 0.0
+    tls_per_s: float = 0.0
+    client_bytes_per_s: float = 0.0
+    server_bytes_per_s: float = 0.0
+    # Cumulative counters per source: new, http, tls, client bytes, server bytes.
+    totals: np.ndarray | None = None
+
+    def per_second(self) -> np.ndarray:
+        return np.array([self.new_per_s, self.http_per_s, self.tls_per_s, self.client_bytes_per_s,
+                         self.server_bytes_per_s])
+
+
 class FakeDataplane:
     def __init__(self, seed: int = 1) -> None:
         self.rng = np.random.default_rng(seed)
@@ -195,6 +227,12 @@ class FakeDataplane:
         self._match_cache: dict[tuple[int, int], list[int | None]] = {}
         self.rule_log: list[tuple[str, int, Rule]] = []
         self.class_budgets: dict[int, dict[TrafficClass, int]] = {}
+        self.conns: dict[str, ConnTraffic] = {}
+        self.source_limits: list[SourceLimit] = []
+        self.limit_log: list[list[SourceLimit]] = []
+        self.blocked: dict[tuple[int, str], BlockedSource] = {}
+        self.flow_reads: list[bool] = []            # per_source of each read_flow_counters call
+        self.refuse_limits = 0                      # set_source_limits calls to refuse, as a full map would
 
     # traffic -------------------------------------------------------------------------------------
     def add_flow(self, flow: Flow) -> Flow:
@@ -205,6 +243,19 @@ class FakeDataplane:
         flow.rows_by_local = {a: np.array([i for i, f in enumerate(flow.fields) if f.local == a]) for a in locals_}
         self.flows.append(flow)
         return flow
+
+    def add_conns(self, traffic: ConnTraffic) -> ConnTraffic:
+        old = self.conns.get(traffic.name)
+        traffic.totals = old.totals if old is not None and old.sources == traffic.sources \
+            else np.zeros((len(traffic.sources), 5))
+        self.conns[traffic.name] = traffic
+        return traffic
+
+    def stop_conns(self, name: str) -> None:
+        """The sources go quiet; their rows stay in the map (with their counts) until evicted."""
+        c = self.conns[name]
+        self.add_conns(dataclasses.replace(c, new_per_s=0.0, established=0.0, http_per_s=0.0, tls_per_s=0.0,
+                                           client_bytes_per_s=0.0, server_bytes_per_s=0.0))
 
     def remove_flow(self, name: str) -> None:
         self.flows = [f for f in self.flows if f.name != name]
@@ -243,6 +294,8 @@ class FakeDataplane:
 
     def advance(self, t: float, dt: float = 1.0) -> None:
         """Deliver the traffic of the interval (t, t + dt]."""
+        for c in self.conns.values():
+            c.totals += c.per_second()[None, :] * dt
         budgets = {rid: r.rate_pps * dt for rid, r in self.rules.items() if r.action == RuleAction.RATE_LIMIT}
         for flow in self.flows:
             mean = flow.rate(t) * dt
@@ -359,6 +412,44 @@ class FakeDataplane:
         """Recorded, not enforced: the fake counts no per-destination budget (tests/bpf checks the program's)."""
         self.class_budgets.setdefault(tenant_idx, {}).update(budgets)
         return dict(self.class_budgets[tenant_idx])
+
+    def read_flow_counters(self, per_source: bool = False) -> FlowCounters:
+        self.flow_reads.append(per_source)
+        rows: dict[tuple[str, str | None], list] = {}
+        for c in self.conns.values():
+            for i, src in enumerate(c.sources):
+                key = (c.dst, src if per_source else None)
+                row = rows.setdefault(key, [c.tenant_idx, np.zeros(5), 0.0])
+                row[1] += c.totals[i]
+                row[2] += c.established
+        keys = list(rows)
+        n = len(keys)
+        totals = np.array([r[1] for r in rows.values()]).reshape(n, 5).astype(np.uint64)
+        return FlowCounters(
+            keys=address_keys([ipaddress.ip_address(d) for d, _ in keys]).reshape(n, 2),
+            sources=address_keys([ipaddress.ip_address(s) for _, s in keys]).reshape(n, 2) if per_source else None,
+            tenant_idx=np.array([r[0] for r in rows.values()], np.uint32),
+            new_connections=totals[:, 0], established=np.array([r[2] for r in rows.values()], np.int64),
+            http_requests=totals[:, 1], tls_hellos=totals[:, 2], bytes_to_server=totals[:, 3],
+            bytes_to_client=totals[:, 4])
+
+    def set_source_limits(self, limits) -> None:
+        if self.refuse_limits:
+            self.refuse_limits -= 1
+            raise DataplaneError("source limits: map update refused")
+        self.source_limits = list(limits)
+        self.limit_log.append(list(limits))
+
+    def block_sources(self, entries) -> int:
+        for b in entries:
+            self.blocked[(b.tenant_idx, str(b.src))] = b
+        return len(entries)
+
+    def unblock_source(self, tenant_idx: int, src) -> None:
+        self.blocked.pop((tenant_idx, str(src)), None)
+
+    def read_blocked_sources(self) -> list[BlockedSource]:
+        return list(self.blocked.values())
 
     def drain_samples(self, limit: int = 4096) -> list[Sample]:
         out, self.samples = self.samples[:limit], self.samples[limit:]

@@ -8,6 +8,7 @@ import pathlib
 import random
 
 from dataplane.constants import Direction, TenantMode
+from policy.appflood import AppFloodConfig
 from policy.config import PolicyConfig
 from policy.engine import PolicyEngine, TickReport
 from policy.events import Event, EventBus, EventType
@@ -98,13 +99,14 @@ class Lab:
     """A FakeDataplane, an engine and a bus, run one tick per `dt` seconds of simulated time."""
 
     def __init__(self, state_dir: pathlib.Path, tenants: list[Tenant], config: PolicyConfig = FAST,
-                 seed: int = 1) -> None:
+                 seed: int = 1, appflood_config: AppFloodConfig | None = None) -> None:
         self.dp = FakeDataplane(seed=seed)
         self.bus = EventBus()
         self.queue = self.bus.subscribe("test")
         self.t = 1000.0
         self.engine = PolicyEngine(self.dp, {t.idx: (t.tenant_id, t.mode, t.policy) for t in tenants}, self.bus,
-                                   state_dir, tick=1.0, config=config, wall_clock=lambda: 1.7e9 + self.t)
+                                   state_dir, tick=1.0, config=config, wall_clock=lambda: 1.7e9 + self.t,
+                                   appflood_config=appflood_config)
         self.events: list[Event] = []
         self.reports: list[TickReport] = []
         self.engine.tick(self.t)   # prime the rates

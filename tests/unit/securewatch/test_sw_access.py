@@ -20,7 +20,7 @@ ROLES = {  # principal name: (role, tenant, access)
     "alpha_ro": ("tenant", "alpha", "read"),
     "alpha_rw": ("tenant", "alpha", "write"),
 }
-OK, DENIED, HIDDEN, CREATED, CONFLICT = 200, 403, 404, 201, 409
+OK, DENIED, HIDDEN, CREATED, CONFLICT, UNAUTHENTICATED = 200, 403, 404, 201, 409, 401
 POLICY = {"mode": "monitor"}
 NOTE = {"text": "seen"}
 NOTIFY = {"syslog": [{"name": "noc-syslog", "host": "192.0.2.10", "transport": "tcp"}]}
@@ -49,6 +49,8 @@ MATRIX = [
     ("PUT", "/api/v1/tenants/beta/policy", POLICY, (OK, DENIED, HIDDEN, HIDDEN)),
     ("GET", "/api/v1/tenants/alpha/traffic", None, (OK, OK, OK, OK)),
     ("GET", "/api/v1/tenants/beta/traffic", None, (OK, OK, HIDDEN, HIDDEN)),
+    ("GET", "/api/v1/tenants/alpha/blocked-sources", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/tenants/beta/blocked-sources", None, (OK, OK, HIDDEN, HIDDEN)),
     ("GET", "/api/v1/tenants/alpha/reports/2025-01", None, (OK, OK, OK, OK)),
     ("GET", "/api/v1/tenants/beta/reports/2025-01", None, (OK, OK, HIDDEN, HIDDEN)),
     ("GET", "/api/v1/incidents", None, (OK, OK, OK, OK)),
@@ -107,6 +109,12 @@ MATRIX = [
     ("GET", "/api/v1/tenants/alpha/servers/198.51.100.10", None, (OK, OK, OK, OK)),
     ("GET", "/api/v1/tenants/beta/servers/203.0.113.5", None, (OK, OK, HIDDEN, HIDDEN)),
     ("GET", "/api/v1/openapi.json", None, (OK, OK, OK, OK)),
+    # The fleet (issue 17): the NOC's views; the site paths take a site's token and no user's.
+    ("GET", "/api/v1/fleet/sites", None, (OK, OK, DENIED, DENIED)),
+    ("GET", "/api/v1/fleet/traffic", None, (OK, OK, DENIED, DENIED)),
+    ("GET", "/api/v1/fleet/incidents", None, (OK, OK, DENIED, DENIED)),
+    ("POST", "/api/v1/fleet/site/sync", {"site": "ams1"}, (UNAUTHENTICATED,) * 4),
+    ("POST", "/api/v1/fleet/site/ingest", {"site": "ams1"}, (UNAUTHENTICATED,) * 4),
 ]
 CASES = [(who, method, path, body, expected[i]) for method, path, body, expected in MATRIX
          for i, who in enumerate(ROLES)]

@@ -111,6 +111,8 @@ async def test_incident_page_shows_announcements_and_lets_the_noc_announce_and_w
             async with noc.get(f"{url}/incidents/inc-alpha-1") as r:
                 page = await r.text()
             assert "Upstream (BGP)" in page and "Nothing announced upstream" in page
+            # Item 1: the session state (and the speaker's) is on the page for the NOC.
+            assert 'id="bgp-sessions"' in page and "192.0.2.2 (AS64500) established, up 5 s" in page
             async with noc.post(f"{url}/incidents/inc-alpha-1/escalate", data={"kind": "flowspec", "csrf_token": csrf},
                                 allow_redirects=False) as r:
                 assert r.status == 302
@@ -125,6 +127,7 @@ async def test_incident_page_shows_announcements_and_lets_the_noc_announce_and_w
             async with tenant.get(f"{url}/incidents/inc-alpha-1") as r:
                 page = await r.text()
             assert "<code>198.51.100.10/32</code>" in page and "Announce FlowSpec" not in page
+            assert "bgp-sessions" not in page and "192.0.2.2" not in page     # the provider's routers: NOC only
             async with tenant.post(f"{url}/incidents/inc-alpha-1/withdraw", data={"csrf_token": tcsrf},
                                    allow_redirects=False) as r:
                 assert r.status == 403

@@ -1,0 +1,459 @@
+"""The appliance's side of the fleet (issue 17): telemetry up, configuration down, never in the way.
+
+    agent = FleetAgent(config.fleet, token, appliance, bus, state_dir)
+    async with agent: ...          # three named tasks: collect, send, sync
+
+- **collect** (every `batch_every_s`, 1 s): the tenants' per-second rows newer than the last sent,
+  the per-destination rows (attacked and top-N destinations), and the incident events from the
+  bus, tagged with the site and the appliance's own time, appended as one batch to the queue.
+- **send**: the oldest queued batches, in order, over HTTPS to the central server
+  (`securewatch.fleet`); a batch leaves the queue only when the central server acknowledged it
+  (stored in the same transaction as its dedup row), so a retry after a lost answer is stored once.
+  When the link or the server is down it retries with a backoff of 1 s doubling to 30 s; when it is
+  back the backlog goes up oldest first (a backfill), `SEND_MAX_BATCHES` per request.
+- **sync** (every `sync_every_s`): reports the configuration version it runs and its backlog, and
+  takes the newest tenant set for this site when there is one: validated whole and applied at once
+  (`apply_tenants`, all or nothing; a bad set keeps the running one), then saved under the state
+  directory so that a restart filters with it from its first packet, without the central server.
+  Central wins: a set changed locally (SIGHUP, the local SecureWatch) is put back to the central
+  one at the next sync.
+
+The queue (`FleetQueue`) is a SQLite file, `STATE_DIR/fleet/queue.db`, bounded by
+`QUEUE_MAX_BYTES` of compressed batches and `QUEUE_MAX_BATCHES` batches; when either would be
+passed the oldest batches are dropped first (the newest data is the most useful after a long
+outage) and counted (`seawall_fleet_queue_dropped_batches` in /metrics). Nothing here is awaited
+by the policy engine or the dataplane: mitigation runs whatever happens to the central server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import os
+import pathlib
+import sqlite3
+import ssl
+import time
+import uuid
+import zlib
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import aiohttp
+import structlog
+
+from appliance.config import FleetSettings
+from policy.events import Event, EventBus, EventType
+from tenants import ConfigError, TenantSet
+
+log = structlog.get_logger("seawall.fleet")
+
+QUEUE_FILE = "queue.db"
+CONFIG_FILE = "central-config.json"      # the last tenant set taken from the central server
+QUEUE_MAX_BYTES = 1 << 30                # bytes of compressed batches kept (about 2 h at 10,000 tenants)
+QUEUE_MAX_BATCHES = 7 * 86400            # batches kept: a week at one a second (small fleets)
+BATCH_EVERY_S = 1.0                      # seconds between batches (the engine's tick at the default tick_ms)
+SYNC_EVERY_S = 5.0                       # seconds between configuration checks with the central server
+SEND_MAX_BATCHES = 120                   # batches per request: two minutes of backlog
+SEND_MAX_BYTES = 3 << 20                 # bytes of JSON per request (the server takes 4 MiB)
+REFUSED_AS_DATA = (413, 422)             # statuses that refuse the batches sent, not the site or the link
+RETRY_FIRST_S = 1.0                      # seconds before the first retry after a failed send
+RETRY_MAX_S = 30.0                       # seconds between retries at most
+REQUEST_TIMEOUT_S = 30.0                 # seconds one request may take
+SERIES_WINDOW_S = 120                    # seconds of each tenant's in-memory series read per batch
+ATTACK_EVENTS = (EventType.ATTACK_START, EventType.ATTACK_UPDATE, EventType.ATTACK_END)
+BUS_SUBSCRIBER = "fleet"
+
+
+class FleetHooks(Protocol):
+    """What the agent needs of the appliance (`appliance.service.Appliance` offers it)."""
+
+    def current_tenants(self) -> TenantSet: ...
+    def apply_tenants(self, tenant_set: TenantSet) -> None: ...
+    def traffic_series(self, tenant_id: str, seconds: int) -> list[Any]: ...
+    def destination_seconds(self, after: float) -> list[dict[str, Any]]: ...
+
+
+# -- the durable queue ----------------------------------------------------------------------------
+
+class FleetQueue:
+    """Batches waiting for the central server, oldest first, in a SQLite file; synchronous (the
+    agent calls it on a worker thread of its own)."""
+
+    def __init__(self, path: pathlib.Path, *, max_bytes: int = QUEUE_MAX_BYTES,
+                 max_batches: int = QUEUE_MAX_BATCHES) -> None:
+        self.max_bytes, self.max_batches = max_bytes, max_batches
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode = WAL")
+        # NORMAL under WAL: a committed batch survives the process dying; a power cut may lose the last.
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        with self._db:
+            self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            # AUTOINCREMENT: a sequence number is never reused, even after the newest batch was sent.
+            self._db.execute("CREATE TABLE IF NOT EXISTS batches (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+                             "created REAL NOT NULL, size INTEGER NOT NULL, body BLOB NOT NULL)")
+            # The queue's id: with the sequence numbers, the central server's dedup key. A new queue
+            # file (lost, deleted) gets a new id, so its numbers starting again are not taken for retries.
+            self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('id', ?)", (uuid.uuid4().hex,))
+            self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped', '0')")
+        self.id = self._db.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0]
+
+    def append(self, batch: dict[str, Any]) -> int:
+        """Queue one batch; returns its sequence number. Drops the oldest batches past the bounds."""
+        # default=str: an event's details may hold values JSON has no type for (numpy scalars, paths).
+        body = zlib.compress(json.dumps(batch, separators=(",", ":"), default=str).encode(), 6)
+        with self._db:
+            seq = self._db.execute("INSERT INTO batches (created, size, body) VALUES (?, ?, ?)",
+                                   (time.time(), len(body), body)).lastrowid
+            count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM batches").fetchone()
+            dropped = 0
+            while count > self.max_batches or size > self.max_bytes:
+                oldest = self._db.execute("SELECT seq, size FROM batches ORDER BY seq LIMIT 1").fetchone()
+                if oldest is None or oldest[0] == seq:
+                    break   # never drop the batch just added: one batch over the bound is kept
+                self._db.execute("DELETE FROM batches WHERE seq = ?", (oldest[0],))
+                count, size, dropped = count - 1, size - oldest[1], dropped + 1
+            if dropped:
+                self._db.execute("UPDATE meta SET value = CAST(CAST(value AS INTEGER) + ? AS TEXT) "
+                                 "WHERE key = 'dropped'", (dropped,))
+                log.warning("fleet.queue_dropped", batches=dropped, kept=count, bytes=size)
+        return int(seq)
+
+    def oldest(self, max_batches: int, max_bytes: int) -> list[dict[str, Any]]:
+        """The oldest queued batches (each with its "seq"), at most `max_batches` and `max_bytes` of
+        JSON as sent (uncompressed: what the server's request limit counts), but always the oldest one."""
+        out, total = [], 0
+        for seq, body in self._db.execute("SELECT seq, body FROM batches ORDER BY seq LIMIT ?", (max_batches,)):
+            raw = zlib.decompress(body)
+            if out and total + len(raw) > max_bytes:
+                break
+            total += len(raw)
+            out.append({"seq": seq, **json.loads(raw)})
+        return out
+
+    def ack(self, up_to: int) -> int:
+        """Forget the batches up to sequence `up_to` (the central server stored them)."""
+        with self._db:
+            return self._db.execute("DELETE FROM batches WHERE seq <= ?", (up_to,)).rowcount
+
+    def stats(self) -> dict[str, Any]:
+        count, size, oldest = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created) FROM batches").fetchone()
+        dropped = int(self._db.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()[0])
+        return {"batches": int(count), "bytes": int(size), "dropped_batches": dropped,
+                "oldest_age_s": round(time.time() - oldest, 1) if oldest else 0.0,
+                "max_bytes": self.max_bytes, "max_batches": self.max_batches}
+
+    def close(self) -> None:
+        self._db.close()
+
+
+# -- the saved configuration ----------------------------------------------------------------------
+
+def saved_config(state_dir: pathlib.Path) -> tuple[int, TenantSet] | None:
+    """(version, tenant set) last taken from the central server, or None (none yet, or unreadable:
+    then the config file's tenants run until the central server is reached)."""
+    path = pathlib.Path(state_dir) / "fleet" / CONFIG_FILE
+    try:
+        data = json.loads(path.read_text())
+        return int(data["version"]), TenantSet.from_dicts(data["tenants"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:
+        log.error("fleet.saved_config_unusable", path=str(path), error=str(exc))
+        return None
+
+
+def _save_config(state_dir: pathlib.Path, version: int, tenants: list[dict[str, Any]]) -> None:
+    path = pathlib.Path(state_dir) / "fleet" / CONFIG_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"version": version, "tenants": tenants}))
+    os.replace(tmp, path)
+
+
+# -- the agent ------------------------------------------------------------------------------------
+
+class CentralRefused(Exception):
+    """The central server answered with an error status (refused the token, the data)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+
+
+def fleet_problems(settings: FleetSettings) -> list[str]:
+    """What `seawall run` refuses before it starts: a token file it cannot read, a ca_file that
+    holds no certificate. Each problem names its key."""
+    problems = []
+    try:
+        settings.token()
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if settings.ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=str(settings.ca_file))
+        except ssl.SSLError as exc:   # an OSError too: caught first
+            problems.append(f"[fleet] ca_file: {str(settings.ca_file)!r} holds no PEM certificate ({exc.reason or exc})")
+        except OSError as exc:
+            problems.append(f"[fleet] ca_file: cannot read {str(settings.ca_file)!r}: {exc.strerror}")
+    return problems
+
+
+def client_ssl_context(settings: FleetSettings) -> ssl.SSLContext | bool:
+    """TLS for the central server: its certificate checked against ca_file, else the system's CAs."""
+    if not settings.central.startswith("https://"):
+        return False
+    context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class FleetAgent:
+    """Collects, queues and sends telemetry; takes configuration. Start and stop with `async with`."""
+
+    def __init__(self, settings: FleetSettings, token: str, appliance: FleetHooks, bus: EventBus | None,
+                 state_dir: pathlib.Path, *, batch_every_s: float = BATCH_EVERY_S, sync_every_s: float = SYNC_EVERY_S,
+                 queue_max_bytes: int = QUEUE_MAX_BYTES, queue_max_batches: int = QUEUE_MAX_BATCHES,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.site = settings.site
+        self._token = token
+        self.appliance = appliance
+        self.bus = bus
+        self.state_dir = pathlib.Path(state_dir)
+        self.batch_every_s, self.sync_every_s = batch_every_s, sync_every_s
+        self.clock = clock
+        # One thread owns the queue's SQLite connection: the loop never waits on the disk.
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-queue")
+        self.queue = FleetQueue(self.state_dir / "fleet" / QUEUE_FILE, max_bytes=queue_max_bytes,
+                                max_batches=queue_max_batches)
+        saved = saved_config(self.state_dir)
+        self.version: int | None = saved[0] if saved else None     # the central version this appliance runs
+        self.applied: TenantSet | None = saved[1] if saved else None
+        self.central_version: int | None = None
+        self.sent_batches = 0
+        self.rejected_batches = 0
+        self.last_sent: float | None = None      # when the central server last acknowledged a batch
+        self.last_error: str | None = None
+        self._last_seen: dict[str, float] = {}   # tenant -> time of the newest row queued
+        self._last_destination = 0.0
+        self._inbox: asyncio.Queue[Event] | None = None
+        self._queued = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._stats: dict[str, Any] = self.queue.stats()
+
+    async def __aenter__(self) -> FleetAgent:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if self.bus is not None:
+            self._inbox = self.bus.subscribe(BUS_SUBSCRIBER)
+        for name, coro in (("collect", self._collect_loop()), ("send", self._send_loop()),
+                           ("sync", self._sync_loop())):
+            task = asyncio.get_running_loop().create_task(coro, name=f"fleet:{name}")
+            task.add_done_callback(self._done)
+            self._tasks.append(task)
+        log.info("fleet.started", central=self.settings.central, site=self.site, queue=self.queue.id,
+                 running_version=self.version, backlog=self._stats["batches"])
+
+    @staticmethod
+    def _done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("fleet.task_failed", task=task.get_name(), error=repr(task.exception()),
+                      exc_info=task.exception())
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        with contextlib.suppress(Exception):
+            await self.collect()   # what arrived since the last batch: queued, sent after the restart
+        if self.bus is not None and self._inbox is not None:
+            self.bus.unsubscribe(BUS_SUBSCRIBER)
+        if self._session is not None:
+            await self._session.close()
+        await self._in_queue(self.queue.close)
+        self._executor.shutdown(wait=True)
+        log.info("fleet.stopped", backlog=self._stats["batches"])
+
+    async def _in_queue(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def status(self) -> dict[str, Any]:
+        """The status's `fleet` (and the /metrics of the queue)."""
+        return {"central": self.settings.central, "site": self.site, "queue": dict(self._stats),
+                "sent_batches": self.sent_batches, "rejected_batches": self.rejected_batches,
+                "running_version": self.version, "central_version": self.central_version,
+                "last_sent": self.last_sent, "last_error": self.last_error}
+
+    # -- collect ----------------------------------------------------------------------------
+
+    def _batch(self) -> dict[str, Any] | None:
+        traffic = []
+        now = self.clock()
+        for tenant in self.appliance.current_tenants():
+            after = self._last_seen.get(tenant.id)
+            # Only the seconds since the last batch (and one of slack): a second each, usually.
+            window = SERIES_WINDOW_S if after is None else max(2, min(SERIES_WINDOW_S, int(now - after) + 2))
+            after = 0.0 if after is None else after
+            rows = [r for r in self.appliance.traffic_series(tenant.id, window) if float(r["time"]) > after]
+            for r in rows:
+                traffic.append([tenant.id, float(r["time"]), float(r["passed_pps"]), float(r["dropped_pps"]),
+                                float(r["passed_bps"]), float(r["dropped_bps"])])
+            if rows:
+                self._last_seen[tenant.id] = float(rows[-1]["time"])
+        destinations = self.appliance.destination_seconds(self._last_destination)
+        if destinations:
+            self._last_destination = max(float(d["time"]) for d in destinations)
+        events = []
+        while self._inbox is not None and not self._inbox.empty():
+            event = self._inbox.get_nowait()
+            if event.type in ATTACK_EVENTS and event.incident_id and event.tenant:
+                events.append(event.to_dict())
+        if not (traffic or destinations or events):
+            return None
+        return {"site": self.site, "time": now, "traffic": traffic, "destinations": destinations,
+                "events": events}
+
+    async def collect(self) -> int | None:
+        """Queue one batch of what is new; its sequence number (None: nothing new)."""
+        batch = self._batch()
+        if batch is None:
+            return None
+        seq = await self._in_queue(self.queue.append, batch)
+        self._stats = await self._in_queue(self.queue.stats)
+        self._queued.set()
+        return seq
+
+    async def _collect_loop(self) -> None:
+        while True:
+            try:
+                await self.collect()
+            except Exception:
+                log.exception("fleet.collect_failed")
+            await asyncio.sleep(self.batch_every_s)   # the batching period, not a wait for an outcome
+
+    # -- send --------------------------------------------------------------------------------
+
+    async def _post(self, path: str, body: dict[str, Any]) -> Any:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+                                                  headers={"Authorization": f"Bearer {self._token}"})
+        # Compact JSON: the queue's budget per request (SEND_MAX_BYTES) is counted the same way.
+        data = json.dumps(body, separators=(",", ":"), default=str)
+        async with self._session.post(self.settings.central + path, data=data,
+                                      headers={"Content-Type": "application/json"},
+                                      ssl=client_ssl_context(self.settings)) as response:
+            if response.status != 200:
+                text = await response.text()
+                with contextlib.suppress(ValueError):
+                    text = json.loads(text).get("error", text)
+                raise CentralRefused(response.status, str(text)[:300])
+            return await response.json()
+
+    async def send_once(self, max_batches: int = SEND_MAX_BATCHES) -> int:
+        """Send the oldest queued batches once; the number acknowledged (0: the queue is empty).
+        Raises aiohttp.ClientError, TimeoutError or CentralRefused when not delivered."""
+        batches = await self._in_queue(self.queue.oldest, max_batches, SEND_MAX_BYTES)
+        if not batches:
+            return 0
+        try:
+            answer = await self._post("/api/v1/fleet/site/ingest",
+                                      {"site": self.site, "queue": self.queue.id, "batches": batches})
+        except CentralRefused as exc:
+            if exc.status not in REFUSED_AS_DATA or len(batches) > 1:
+                raise
+            # One batch the server will never take (malformed, or too large for one request: a bug
+            # on one side): drop it, or it blocks the rest.
+            await self._in_queue(self.queue.ack, batches[0]["seq"])
+            self.rejected_batches += 1
+            log.error("fleet.batch_rejected", seq=batches[0]["seq"], error=str(exc))
+            return 0
+        acked = [int(s) for s in answer.get("acked", [])]
+        sent = [b["seq"] for b in batches]
+        if acked != sent:
+            raise CentralRefused(502, f"acknowledged {acked[:5]}... for {sent[:5]}...")
+        await self._in_queue(self.queue.ack, sent[-1])
+        self._stats = await self._in_queue(self.queue.stats)
+        self.sent_batches += len(sent)
+        self.last_sent = self.clock()
+        if answer.get("duplicates"):
+            log.info("fleet.retry_deduplicated", batches=answer["duplicates"])
+        return len(sent)
+
+    async def _send_loop(self) -> None:
+        delay = RETRY_FIRST_S
+        max_batches = SEND_MAX_BATCHES
+        while True:
+            try:
+                sent = await self.send_once(max_batches)
+                if sent:
+                    if self.last_error is not None:
+                        log.info("fleet.link_restored", backlog=self._stats["batches"])
+                    self.last_error, delay, max_batches = None, RETRY_FIRST_S, SEND_MAX_BATCHES
+                    continue   # more backlog, or nothing: the empty check is cheap
+                self._queued.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._queued.wait(), self.batch_every_s)
+                continue
+            except CentralRefused as exc:
+                if exc.status in REFUSED_AS_DATA:
+                    max_batches = 1   # find the one batch it refuses
+                self._failed(exc)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                self._failed(exc)
+            await asyncio.sleep(delay)   # the retry backoff
+            delay = min(delay * 2, RETRY_MAX_S)
+
+    def _failed(self, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}"[:300]
+        if error != self.last_error:
+            log.warning("fleet.send_failed", error=error, backlog=self._stats["batches"])
+        self.last_error = error
+
+    # -- sync --------------------------------------------------------------------------------
+
+    async def sync_once(self) -> bool:
+        """Report the version run and take a newer tenant set; True when one was applied."""
+        answer = await self._post("/api/v1/fleet/site/sync", {
+            "site": self.site, "time": self.clock(), "running_version": self.version,
+            "backlog": self._stats["batches"],
+            "status": {"queue": self._stats, "tenants": len(self.appliance.current_tenants()),
+                       "sent_batches": self.sent_batches}})
+        version = int(answer["version"])
+        self.central_version = version
+        if "tenants" in answer and version > 0:   # version 0: the central server holds no tenant set yet
+            tables = answer["tenants"]
+            try:
+                tenant_set = await asyncio.to_thread(TenantSet.from_dicts, tables)
+                self.appliance.apply_tenants(tenant_set)
+            except ConfigError as exc:
+                log.error("fleet.config_refused", version=version, problems=exc.problems[:10])
+                return False
+            await asyncio.to_thread(_save_config, self.state_dir, version, tables)
+            self.version, self.applied = version, tenant_set
+            log.info("fleet.config_applied", version=version, tenants=len(tenant_set))
+            return True
+        if self.applied is not None and self.appliance.current_tenants() != self.applied:
+            self.appliance.apply_tenants(self.applied)   # changed here behind the fleet's back: central wins
+            log.info("fleet.config_restored", version=self.version, tenants=len(self.applied))
+            return True
+        return False
+
+    async def _sync_loop(self) -> None:
+        while True:
+            try:
+                if await self.sync_once():
+                    await self.sync_once()   # report the version now in force at once
+            except (CentralRefused, aiohttp.ClientError, TimeoutError, OSError, KeyError, ValueError) as exc:
+                self._failed(exc)
+            await asyncio.sleep(self.sync_every_s)   # the polling period

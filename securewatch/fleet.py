@@ -1,0 +1,282 @@
+"""The central server's side of the fleet (issue 17): what sites send and fetch, what the NOC sees.
+
+Site-facing (a site's token, from `seawall fleet enroll SITE`, as `Authorization: Bearer`):
+
+    POST /api/v1/fleet/site/sync     {"site", "time", "running_version", "backlog", "status"}
+                                     -> {"version", "tenants"?}: the tenant set for this site when
+                                        the site does not run the newest version yet
+    POST /api/v1/fleet/site/ingest   {"site", "queue", "batches": [{"seq", "time", "traffic",
+                                     "destinations", "events"}]} -> {"acked": [seq...], "duplicates"}
+
+A site's token authenticates that site only: a body naming another site is refused (403), and a
+revoked or unknown token is refused (401) from its next request on (the token is looked up on
+every request, nothing is cached). These paths bypass the user login (`app.auth_middleware`).
+
+The configuration a site gets is the central tenant set (its version is the set's change counter,
+`store.TenantState.version`), less the tenants whose `sites` leave this site out. The site applies
+it atomically (the appliance's `apply_tenants`: all or nothing) and reports the version it runs.
+
+Operator-facing (admin and NOC):
+
+    GET /fleet                       sites, health, last contact, version in force, lagging flag,
+                                     current traffic; ?site=NAME narrows to one site
+    GET /api/v1/fleet/sites          the same as JSON
+    GET /api/v1/fleet/traffic        ?site=&tenant=&seconds=  per-site, per-tenant seconds
+    GET /api/v1/fleet/incidents      ?site=  incidents that came from sites
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from . import auth, fleet_store
+from .context import SETTINGS, STORE, ApiError, principal_of, query_int, read_json
+from .store import record_event_in
+from .ui import render
+
+log = structlog.get_logger(__name__)
+
+SITE_PREFIX = "/api/v1/fleet/site/"   # paths a site's token opens (and nothing else does)
+MAX_BATCHES = 600                     # batches per ingest request: ten minutes at one a second
+MAX_ROWS_PER_BATCH = 200_000          # traffic + destination rows + events in one batch
+QUEUE_ID_MAX = 64                     # characters of a queue id (the appliance makes a 32-hex one)
+CURRENT_SPAN_S = 30                   # seconds back that "current traffic" looks for a site's newest second
+TRAFFIC_SPAN_MAX_S = 3600             # seconds of per-site rows one API call returns at most
+INCIDENTS_SHOWN = 100
+RETENTION_EVERY_S = 60.0              # seconds between deletions of expired fleet rows
+INCIDENT_EVENT_TYPES = ("ATTACK_START", "ATTACK_UPDATE", "ATTACK_END")
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post(SITE_PREFIX + "sync", site_sync)
+    r.add_post(SITE_PREFIX + "ingest", site_ingest)
+    r.add_get("/fleet", fleet_page)
+    r.add_get("/api/v1/fleet/sites", api_sites)
+    r.add_get("/api/v1/fleet/traffic", api_traffic)
+    r.add_get("/api/v1/fleet/incidents", api_incidents)
+    app.cleanup_ctx.append(_retention)
+
+
+# -- the site's side ------------------------------------------------------------------------------
+
+async def authenticated_site(request: web.Request) -> str:
+    """The site whose token the request carries; 401 for none, an unknown or a revoked one."""
+    header = request.headers.get("Authorization", "")
+    if not header.lower().startswith("bearer "):
+        raise ApiError(401, "a site's token is required (Authorization: Bearer ..., from `seawall fleet enroll`)")
+    found = await request.app[STORE].run(fleet_store.site_by_token, auth.token_hash(header[7:].strip()))
+    if found is None:
+        log.info("fleet.auth_refused", remote=request.remote)
+        raise ApiError(401, "unknown or revoked site token")
+    return found.site
+
+
+def _own_site(body: Any, site: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ApiError(400, "expected a JSON object")
+    claimed = body.get("site")
+    if claimed != site:
+        raise ApiError(403, f"site: this token belongs to site {site!r}; it cannot write the data of {claimed!r}")
+    return body
+
+
+def _number(value: Any, field: str, problems: list[str]) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        problems.append(f"{field}: expected a number, got {value!r}"[:200])
+        return None
+    return float(value)
+
+
+async def site_sync(request: web.Request) -> web.Response:
+    site = await authenticated_site(request)
+    body = _own_site(await read_json(request), site)
+    problems: list[str] = []
+    appliance_time = _number(body.get("time"), "time", problems)
+    running = body.get("running_version")
+    if running is not None and (isinstance(running, bool) or not isinstance(running, int) or running < 0):
+        problems.append(f"running_version: expected a whole number or null, got {running!r}"[:200])
+    backlog = body.get("backlog", 0)
+    if isinstance(backlog, bool) or not isinstance(backlog, int) or backlog < 0:
+        problems.append(f"backlog: expected a whole number, got {backlog!r}"[:200])
+    status = body.get("status", {})
+    if not isinstance(status, dict):
+        problems.append("status: expected an object")
+    if problems:
+        raise ApiError(422, "the sync request is not valid", problems)
+    store = request.app[STORE]
+    state = await store.tenant_state()
+    await store.run(fleet_store.record_contact, site, time.time(), appliance_time, running, backlog, status)
+    answer: dict[str, Any] = {"version": state.version}
+    if running != state.version:
+        answer["tenants"] = [t.to_dict() for t in state.tenants if t.runs_at(site)]
+    return web.json_response(answer)
+
+
+def check_batches(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """(queue, batches) of an ingest body; ApiError 422 naming every problem."""
+    problems: list[str] = []
+    queue = body.get("queue")
+    if not isinstance(queue, str) or not 0 < len(queue) <= QUEUE_ID_MAX:
+        problems.append(f"queue: expected the queue's id (1-{QUEUE_ID_MAX} characters)")
+    batches = body.get("batches")
+    if not isinstance(batches, list) or not 0 < len(batches) <= MAX_BATCHES:
+        problems.append(f"batches: expected an array of 1 to {MAX_BATCHES} batches")
+        batches = []
+    for i, batch in enumerate(batches):
+        where = f"batches[{i}]"
+        if not isinstance(batch, dict):
+            problems.append(f"{where}: expected an object")
+            continue
+        seq = batch.get("seq")
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+            problems.append(f"{where}.seq: expected a whole number from 1")
+        _number(batch.get("time"), f"{where}.time", problems)
+        traffic, destinations, events = (batch.get(k, []) for k in ("traffic", "destinations", "events"))
+        if not all(isinstance(x, list) for x in (traffic, destinations, events)):
+            problems.append(f"{where}: traffic, destinations and events must be arrays")
+            continue
+        if len(traffic) + len(destinations) + len(events) > MAX_ROWS_PER_BATCH:
+            problems.append(f"{where}: more than {MAX_ROWS_PER_BATCH} rows")
+            continue
+        j = _bad_traffic_row(traffic)
+        if j is not None:
+            problems.append(f"{where}.traffic[{j}]: expected [tenant, time, passed_pps, dropped_pps, "
+                            f"passed_bps, dropped_bps]")
+        for j, row in enumerate(destinations):
+            if not (isinstance(row, dict) and isinstance(row.get("tenant"), str) and isinstance(row.get("address"), str)
+                    and isinstance(row.get("time"), int | float) and isinstance(row.get("pps", []), list)):
+                problems.append(f"{where}.destinations[{j}]: expected a destination row (tenant, address, time, pps)")
+                break
+        for j, event in enumerate(events):
+            if not (isinstance(event, dict) and event.get("type") in INCIDENT_EVENT_TYPES
+                    and isinstance(event.get("incident_id"), str) and isinstance(event.get("tenant"), str)
+                    and isinstance(event.get("details", {}), dict)):
+                problems.append(f"{where}.events[{j}]: expected an incident event (type, incident_id, tenant)")
+                break
+        if len(problems) > 20:   # enough to see what is wrong
+            break
+    if problems:
+        raise ApiError(422, "the batches are not valid; none was stored", problems)
+    return queue, batches  # type: ignore[return-value]
+
+
+_NUMBER_TYPES = (int, float)   # exactly: bool is an int subclass and no number here
+
+
+def _bad_traffic_row(rows: list[Any]) -> int | None:
+    """Index of the first traffic row that is not [tenant, time, 4 finite numbers] (None: all are).
+    Written for speed: a request carries up to millions of rows, checked on the event loop."""
+    numbers = _NUMBER_TYPES
+    for j, row in enumerate(rows):
+        if type(row) is not list or len(row) != 6 or type(row[0]) is not str:
+            return j
+        _, t, a, b, c, d = row
+        if (type(t) not in numbers or type(a) not in numbers or type(b) not in numbers or type(c) not in numbers
+                or type(d) not in numbers or not math.isfinite(t + a + b + c + d)):   # a NaN or inf makes the sum one
+            return j
+    return None
+
+
+async def site_ingest(request: web.Request) -> web.Response:
+    site = await authenticated_site(request)
+    body = _own_site(await read_json(request), site)
+    queue, batches = check_batches(body)
+    received = time.time()
+    result = await request.app[STORE].run(fleet_store.ingest, site, queue, batches, received, record_event_in)
+    log.debug("fleet.ingested", site=site, batches=len(batches), duplicates=result.duplicates,
+              traffic_rows=result.traffic_rows, events=result.events)
+    return web.json_response({"acked": result.acked, "duplicates": result.duplicates})
+
+
+# -- the operator's side --------------------------------------------------------------------------
+
+def _require_noc(request: web.Request) -> None:
+    if principal_of(request).role not in ("admin", "noc"):
+        raise ApiError(403, "only an administrator or the NOC may see the fleet")
+
+
+def _site_filter(request: web.Request) -> str | None:
+    site = request.query.get("site") or None
+    if site is not None and fleet_store.site_problem(site) is not None:
+        raise ApiError(400, f"site: {fleet_store.site_problem(site)}")
+    return site
+
+
+async def fleet_view(request: web.Request, site: str | None) -> list[dict[str, Any]]:
+    """Each site's health with its current traffic, in site order."""
+    store = request.app[STORE]
+    now = time.time()
+    state = await store.tenant_state()
+    sites = await store.run(fleet_store.sites)
+    current = await store.run(fleet_store.current_traffic, now - CURRENT_SPAN_S, site)
+    rows = []
+    for s in sites:
+        if site is not None and s.site != site:
+            continue
+        row = s.health(now, state.version)
+        row["traffic"] = current.get(s.site)
+        rows.append(row)
+    return rows
+
+
+async def api_sites(request: web.Request) -> web.Response:
+    _require_noc(request)
+    return web.json_response({"sites": await fleet_view(request, _site_filter(request))})
+
+
+async def api_traffic(request: web.Request) -> web.Response:
+    _require_noc(request)
+    seconds = query_int(request, "seconds", 300, 1, TRAFFIC_SPAN_MAX_S)
+    now = time.time()
+    rows = await request.app[STORE].run(
+        lambda b: fleet_store.traffic(b, now - seconds, site=_site_filter(request),
+                                      tenant=request.query.get("tenant") or None))
+    return web.json_response({"rows": rows})
+
+
+async def api_incidents(request: web.Request) -> web.Response:
+    _require_noc(request)
+    site = _site_filter(request)
+    return web.json_response({"incidents": await request.app[STORE].run(fleet_store.incidents, site,
+                                                                         INCIDENTS_SHOWN)})
+
+
+async def fleet_page(request: web.Request) -> web.Response:
+    _require_noc(request)
+    site = _site_filter(request)
+    store = request.app[STORE]
+    sites = await fleet_view(request, site)
+    names = [s.site for s in await store.run(fleet_store.sites)]
+    incidents = await store.run(fleet_store.incidents, site, INCIDENTS_SHOWN)
+    return render(request, "fleet.html", sites=sites, site=site, names=names, incidents=incidents,
+                  version=(await store.tenant_state()).version)
+
+
+# -- retention ------------------------------------------------------------------------------------
+
+async def _retention(app: web.Application) -> AsyncIterator[None]:
+    async def loop() -> None:
+        while True:
+            try:
+                await app[STORE].run(fleet_store.apply_retention, time.time(),
+                                     app[SETTINGS].retention.traffic_second_retention_s)
+            except Exception:
+                log.exception("fleet.retention_failed")
+            await asyncio.sleep(RETENTION_EVERY_S)   # the period, not a wait for an outcome
+
+    task = asyncio.get_running_loop().create_task(loop(), name="securewatch:fleet-retention")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

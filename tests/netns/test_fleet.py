@@ -1,0 +1,258 @@
+"""Issue 17 on the lab: one central SecureWatch on a real PostgreSQL (a throwaway cluster, as
+test_securewatch_store.py starts it) serving HTTPS itself, and two appliances (`seawall run`), each
+bridging its own lab's pair of NICs, joined with [fleet].
+
+- a tenant set created centrally reaches both dataplanes (a tenant restricted to one site only there);
+- a flood at one site is an incident at the central server with that site, the other site has none;
+- the central server stopped during the flood: both sites keep mitigating and queue on disk; after
+  it returns everything they saw arrives, in order, once;
+- a site's token cannot write another site's data; a revoked site is refused.
+
+Also runs the central fleet API suite (tests/unit/securewatch/test_sw_fleet.py) on PostgreSQL,
+where ingest uses COPY.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+import tomli_w
+
+from appliance.lab import lab_config
+from appliance.lab.attack import AttackProcess, AttackSpec
+from appliance.lab.traffic import TrafficProfile, TrafficRun
+from appliance.runner import ApplianceProcess
+from dataplane.dataplane import purge
+from tests.netns.test_securewatch_store import PG_PORT, postgres_server  # noqa: F401 - the fixture, reused
+from tests.support import started_lab, wait_until
+
+_SUITE = pathlib.Path(__file__).parents[1] / "unit" / "securewatch" / "test_sw_fleet.py"
+sys.path.insert(0, str(_SUITE.parent))  # the suite imports its helpers module
+_spec = importlib.util.spec_from_file_location("sw_fleet_suite", _SUITE)
+_suite = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_suite)
+# The suite's tests, collected here; `database_url` below points them at PostgreSQL.
+globals().update({name: obj for name, obj in vars(_suite).items() if name.startswith("test_")})
+
+ATTACK_PPS = 20_000
+ATTACK_S = 60.0               # seconds at most; killed once the test has what it needs
+LEGIT = TrafficProfile(game_pps=200, http_rps=10, dns_qps=50)
+CENTRAL_START_S = 30.0        # seconds for `seawall securewatch` to listen (PostgreSQL migrations first)
+
+
+def _database(server: pathlib.Path) -> str:
+    import psycopg  # noqa: PLC0415
+
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"postgresql://seawall@/postgres?host={server}&port={PG_PORT}", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"postgresql://seawall@/{name}?host={server}&port={PG_PORT}"
+
+
+@pytest.fixture
+def database_url(postgres_server):  # noqa: F811
+    return _database(postgres_server)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _self_signed(directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    cert, key = directory / "central.pem", directory / "central.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    "/CN=central.seawall.test", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+def _cli(*args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "appliance.cli", *args], capture_output=True, text=True,
+                         timeout=60, env={**os.environ})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+class Central:
+    """`seawall securewatch --config central.toml` (central server mode, HTTPS) as a child process."""
+
+    def __init__(self, tmp: pathlib.Path, database: str) -> None:
+        self.port = _free_port()
+        self.cert, key = _self_signed(tmp)
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.config = tmp / "central.toml"
+        self.config.write_text(tomli_w.dumps({
+            "appliance": {"state_dir": str(tmp / "central-state"), "log_format": "json"},
+            "securewatch": {"listen": f"127.0.0.1:{self.port}", "database": database,
+                            "tls_cert": str(self.cert), "tls_key": str(key)}}))
+        self.log = tmp / "central.log"
+        self.proc: subprocess.Popen | None = None
+        self.context = ssl.create_default_context(cafile=str(self.cert))
+
+    def start(self) -> Central:
+        log = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "securewatch", "--config",
+                                      str(self.config)], stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+        wait_until(lambda: self.proc.poll() is not None or "central server mode" in self.log.read_text(),
+                   timeout=CENTRAL_START_S, interval=0.1, what="the central server listening")
+        assert self.proc.poll() is None, self.log.read_text()[-2000:]
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+    def request(self, method: str, path: str, token: str, body: object = None) -> tuple[int, dict]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"{self.url}{path}", data=data, method=method,
+                                     headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10, context=self.context) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+
+def _enroll(central: Central, site: str, tmp: pathlib.Path) -> tuple[str, pathlib.Path]:
+    token = _cli("fleet", "enroll", site, "--config", str(central.config)).strip().splitlines()[-1]
+    path = tmp / f"{site}.token"
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token, path
+
+
+def _appliance_config(lab, tmp: pathlib.Path, central: Central, site: str, token_file: pathlib.Path) -> dict:
+    config = lab_config(lab.name)
+    config["appliance"]["state_dir"] = str(tmp / f"state-{site}")
+    config["appliance"]["tick_ms"] = 1000
+    config["securewatch"] = {"enabled": False}
+    config["tenants"] = [t for t in config["tenants"] if t["id"] == "alpha"]   # the rest comes from central
+    config["fleet"] = {"central": central.url, "site": site, "token_file": str(token_file),
+                       "ca_file": str(central.cert)}
+    return config
+
+
+def _query(database: str, sql: str, *params) -> list[tuple]:
+    import psycopg  # noqa: PLC0415
+
+    with psycopg.connect(database) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def test_fleet_two_sites_one_central_postgresql(request, tmp_path, postgres_server):  # noqa: F811
+    database = _database(postgres_server)
+    central = Central(tmp_path, database)
+    request.addfinalizer(central.stop)
+    central.start()
+    admin = _cli("token", "create", "--role", "admin", "--config", str(central.config)).strip().splitlines()[-1]
+    tokens = {site: _enroll(central, site, tmp_path) for site in ("ams1", "fra1")}
+
+    labs = {"ams1": started_lab(request, "fa"), "fra1": started_lab(request, "fb")}
+    procs = {}
+    for site, lab in labs.items():
+        config = _appliance_config(lab, tmp_path, central, site, tokens[site][1])
+        proc = ApplianceProcess(config, tmp_path / f"{site}.toml", tmp_path / f"{site}.log")
+
+        def teardown(proc=proc, bpffs=config["appliance"]["bpffs"]):
+            proc.stop()
+            purge(bpffs)
+
+        request.addfinalizer(teardown)
+        procs[site] = proc.launch()   # both compile at once
+    for proc in procs.values():
+        wait_until(lambda proc=proc: (proc.status().get("pid") == proc.proc.pid and proc.status().get("forwarding"))
+                   or proc.proc.poll() is not None, timeout=90, interval=0.2, what="seawall run forwarding")
+        assert proc.proc.poll() is None, proc.log_path.read_text()[-2000:]
+
+    # A tenant set created centrally reaches both dataplanes; beta is for ams1 only.
+    lab_tenants = {t["id"]: t for t in lab_config("fa")["tenants"]}
+    for tid in ("alpha", "beta", "gamma"):
+        table = {**lab_tenants[tid], **({"sites": ["ams1"]} if tid == "beta" else {})}
+        status, answer = central.request("POST", "/api/v1/tenants", admin, table)
+        assert status == 201, answer
+    expected = {"ams1": ["alpha", "beta", "gamma"], "fra1": ["alpha", "gamma"]}
+    for site, proc in procs.items():
+        wait_until(lambda proc=proc, site=site: sorted(proc.status().get("tenants", {})) == expected[site],
+                   timeout=20, interval=0.2, what=f"the central tenant set in {site}'s dataplane")
+
+    def sites() -> dict:
+        return {s["site"]: s for s in central.request("GET", "/api/v1/fleet/sites", admin)[1]["sites"]}
+
+    wait_until(lambda: all(not s["lagging"] and s["state"] == "reporting" for s in sites().values()),
+               timeout=20, interval=0.2, what="both sites reporting the version in force")
+
+    # A site's token cannot write another site's data; a revoked site is refused.
+    body = {"site": "fra1", "queue": "x", "batches": [{"seq": 1, "time": time.time(), "traffic": [
+        ["alpha", int(time.time()), 1.0, 0.0, 8.0, 0.0]]}]}
+    assert central.request("POST", "/api/v1/fleet/site/ingest", tokens["ams1"][0], body)[0] == 403
+    lon_token, _ = _enroll(central, "lon1", tmp_path)
+    assert central.request("POST", "/api/v1/fleet/site/ingest", lon_token, {**body, "site": "lon1"})[0] == 200
+    _cli("fleet", "revoke", "lon1", "--config", str(central.config))
+    assert central.request("POST", "/api/v1/fleet/site/ingest", lon_token, {**body, "site": "lon1"})[0] == 401
+
+    # A flood at ams1: an incident at the central server with its site; fra1 sees none.
+    lab = labs["ams1"]
+    TrafficRun(lab, 4.0, LEGIT).start().wait(60)
+    server = lab.server("s1")                        # alpha's game server
+    attack = AttackProcess(lab, AttackSpec("ntp", server.ipv4, pps=ATTACK_PPS, duration=ATTACK_S))
+    request.addfinalizer(attack.kill)
+    attack.start()
+    incidents = wait_until(lambda: central.request("GET", "/api/v1/fleet/incidents", admin)[1]["incidents"],
+                           timeout=40, interval=0.5, what="the flood's incident at the central server")
+    assert {(i["site"], i["tenant"]) for i in incidents} == {("ams1", "alpha")}
+
+    # The central server goes down during the flood: both sites keep mitigating and queue.
+    central.stop()
+    down_at = time.time()
+    dropped_before = procs["ams1"].status()["tenants"]["alpha"]["dropped_packets"]
+    # fra1's customers meanwhile: served through its bridge as before (an idle site has nothing to send).
+    summary = TrafficRun(labs["fra1"], 4.0, LEGIT).start().wait(60)
+    for service in ("http", "game", "dns"):
+        assert summary["services"][service]["ok"] == summary["services"][service]["sent"] > 0, summary
+    wait_until(lambda: all(p.status()["fleet"]["queue"]["batches"] >= 3 for p in procs.values()),
+               timeout=20, interval=0.2, what="both sites queueing while the central server is down")
+    assert procs["ams1"].status()["tenants"]["alpha"]["dropped_packets"] > dropped_before   # still dropping
+    assert all(p.status()["forwarding"] for p in procs.values())
+    attack.kill()
+    up_at = time.time()
+    central.start()
+    wait_until(lambda: all(p.status()["fleet"]["queue"]["batches"] == 0 for p in procs.values()),
+               timeout=30, interval=0.2, what="both backlogs delivered")
+
+    # Everything seen while the central server was down arrived, once.
+    for site in ("ams1", "fra1"):
+        seconds = [r[0] for r in _query(database, "SELECT t FROM fleet_traffic_seconds WHERE site = %s AND "
+                                        "tenant = 'alpha' AND t >= %s AND t < %s ORDER BY t", site,
+                                        int(down_at) + 1, int(up_at))]
+        assert seconds and seconds == sorted(set(seconds)), (site, seconds)
+        assert len(seconds) >= int(up_at) - int(down_at) - 3, (site, seconds, down_at, up_at)
+        # One stored batch per batch the site had acknowledged: no retry was stored twice.
+        wait_until(lambda site=site: _query(database, "SELECT COUNT(*) FROM fleet_batches WHERE site = %s",
+                                            site)[0][0] == procs[site].status()["fleet"]["sent_batches"],
+                   timeout=5, interval=0.2, what=f"{site}'s stored batches to match what it sent")
+    dropped = _query(database, "SELECT MAX(dropped_pps) FROM fleet_traffic_seconds WHERE site = 'ams1' AND "
+                     "tenant = 'alpha' AND t >= %s AND t < %s", int(down_at), int(up_at))[0][0]
+    assert dropped and dropped > ATTACK_PPS / 4   # the flood being dropped while central was away
+    assert _query(database, "SELECT COUNT(*) FROM incidents WHERE site = 'fra1'")[0][0] == 0

@@ -1,0 +1,327 @@
+"""The appliance's fleet agent (issue 17): [fleet] config, the durable bounded queue, and the agent
+against a real central SecureWatch (aiohttp over TCP, SQLite): telemetry up in order and once,
+backfill after the central server was down, the central tenant set applied and reported."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pathlib
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from appliance import fleet_agent
+from appliance.config import parse_config
+from appliance.fleet_agent import FleetAgent, FleetQueue
+from policy.events import Event, EventBus, EventType, Severity
+from securewatch import auth, fleet_store
+from securewatch.app import create_app
+from securewatch.settings import SecureWatchSettings
+from securewatch.store import Store
+from tenants import ConfigError, TenantSet
+
+FLEET = """
+[fleet]
+central = "https://central.example.net:8443"
+site = "ams1"
+token_file = "/etc/seawall/fleet.token"
+ca_file = "/etc/seawall/central-ca.pem"
+"""
+
+
+# -- [fleet] ---------------------------------------------------------------------------------------
+
+def test_fleet_config_takes_exactly_the_four_keys():
+    fleet = parse_config(FLEET).fleet
+    assert (fleet.central, fleet.site, str(fleet.token_file), str(fleet.ca_file)) == (
+        "https://central.example.net:8443", "ams1", "/etc/seawall/fleet.token", "/etc/seawall/central-ca.pem")
+    assert parse_config("").fleet is None
+    assert parse_config(FLEET.replace('ca_file = "/etc/seawall/central-ca.pem"\n', "")).fleet.ca_file is None
+
+
+@pytest.mark.parametrize(("edit", "problem"), [
+    (("site = \"ams1\"", "site = \"AMS-1\""), "[fleet] site: 'AMS-1' is not a site name"),
+    (("site = \"ams1\"", "site = 7"), "[fleet] site: expected a string"),
+    (("site = \"ams1\"\n", ""), "[fleet] site: required"),
+    (("https://central.example.net:8443", "central.example.net"), "[fleet] central: 'central.example.net' is not"),
+    (("/etc/seawall/fleet.token", "fleet.token"), "[fleet] token_file: 'fleet.token' is not an absolute path"),
+    (("ca_file", "ca_fil"), "[fleet] ca_fil: unknown key"),
+    (("ca_file = \"/etc/seawall/central-ca.pem\"", "ca_file = \"\""), "[fleet] ca_file: '' is not an absolute path"),
+])
+def test_fleet_config_problems_name_the_key(edit, problem):
+    with pytest.raises(ConfigError) as caught:
+        parse_config(FLEET.replace(*edit))
+    assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems
+
+
+def test_fleet_token_file_unreadable_or_empty_names_the_key(tmp_path):
+    fleet = parse_config(FLEET.replace("/etc/seawall/fleet.token", str(tmp_path / "missing"))).fleet
+    with pytest.raises(ConfigError, match=r"\[fleet\] token_file: cannot read"):
+        fleet.token()
+    (tmp_path / "missing").write_text("\n")
+    with pytest.raises(ConfigError, match=r"\[fleet\] token_file: .* is empty"):
+        fleet.token()
+    (tmp_path / "missing").write_text("swt_abc\n")
+    assert fleet.token() == "swt_abc"
+
+
+# -- the queue -------------------------------------------------------------------------------------
+
+def test_fleet_queue_is_durable_ordered_and_drops_oldest_first_counted(tmp_path):
+    path = tmp_path / "fleet" / "queue.db"
+    queue = FleetQueue(path, max_batches=3)
+    seqs = [queue.append({"time": float(i), "traffic": [["alpha", i, 1.0, 0.0, 8.0, 0.0]]}) for i in range(5)]
+    assert seqs == [1, 2, 3, 4, 5]
+    stats = queue.stats()
+    assert (stats["batches"], stats["dropped_batches"]) == (3, 2)
+    assert [b["seq"] for b in queue.oldest(10, 1 << 20)] == [3, 4, 5]     # the oldest two went first
+    queue_id = queue.id
+    queue.close()
+    reopened = FleetQueue(path, max_batches=3)                             # a restart: nothing lost
+    assert reopened.id == queue_id and [b["time"] for b in reopened.oldest(10, 1 << 20)] == [2.0, 3.0, 4.0]
+    assert reopened.ack(4) == 2 and [b["seq"] for b in reopened.oldest(10, 1 << 20)] == [5]
+    assert reopened.append({"time": 9.0}) == 6                             # numbers are never reused
+    assert reopened.stats()["dropped_batches"] == 2
+    reopened.close()
+
+
+def test_fleet_queue_byte_bound_keeps_the_newest(tmp_path):
+    queue = FleetQueue(tmp_path / "q.db", max_bytes=2000)
+    for i in range(50):
+        queue.append({"time": float(i), "noise": [i * 7919 % 104729 for _ in range(1)] * 100 + [str(i) * 50]})
+    stats = queue.stats()
+    assert stats["bytes"] <= 2000 and stats["dropped_batches"] == 50 - stats["batches"] > 0
+    assert queue.oldest(100, 1 << 20)[-1]["time"] == 49.0
+    queue.close()
+
+
+# -- the agent against a real central server -------------------------------------------------------
+
+class LabAppliance:
+    """A test double of the appliance process (FleetHooks): a tenant set and a per-second series."""
+
+    def __init__(self) -> None:
+        self.tenants = TenantSet.from_dicts([{"id": "alpha", "prefixes": ["198.51.100.0/25"]}])
+        self.rows: list[dict[str, Any]] = []
+        self.applied: list[TenantSet] = []
+
+    def tick(self, t: float) -> None:
+        self.rows.append({"time": t, "passed_pps": 1000.0, "dropped_pps": 50.0, "passed_bps": 8e6,
+                          "dropped_bps": 4e5})
+
+    def current_tenants(self) -> TenantSet:
+        return self.tenants
+
+    def apply_tenants(self, tenant_set: TenantSet) -> None:
+        self.tenants = TenantSet(tenant_set.tenants)
+        self.applied.append(tenant_set)
+
+    def traffic_series(self, tenant_id: str, seconds: int) -> list[dict[str, Any]]:
+        return list(self.rows[-seconds:]) if tenant_id in self.tenants else []
+
+    def destination_seconds(self, after: float) -> list[dict[str, Any]]:
+        return []
+
+
+@contextlib.asynccontextmanager
+async def central(tmp_path: pathlib.Path, port: int = 0):
+    """A central SecureWatch (no dataplane) on 127.0.0.1; yields (url, store)."""
+    settings = SecureWatchSettings(listen=f"127.0.0.1:{port}", database=f"sqlite:///{tmp_path}/central.db",
+                                   enabled=True)
+    store = await Store.open(settings.database)
+    runner = web.AppRunner(create_app(settings, store=store))
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        await site.start()
+        host, bound = runner.addresses[0][:2]
+        yield f"http://{host}:{bound}", store
+    finally:
+        await runner.cleanup()
+        await store.close()
+
+
+async def enrolled(store: Store, site: str = "ams1") -> str:
+    token = auth.new_token()
+    await store.run(fleet_store.enroll, site, auth.token_hash(token), "test", time.time())
+    return token
+
+
+def agent_for(url: str, token: str, appliance: LabAppliance, state_dir: pathlib.Path, bus=None, **kw) -> FleetAgent:
+    settings = parse_config(f'[fleet]\ncentral = "{url}"\nsite = "ams1"\ntoken_file = "/nonexistent"\n').fleet
+    return FleetAgent(settings, token, appliance, bus, state_dir, **kw)
+
+
+async def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)   # polling interval, bounded by the deadline
+
+
+async def rows_at_central(store: Store) -> list[tuple]:
+    return await store.run(lambda b: b.execute(
+        "SELECT site, tenant, t FROM fleet_traffic_seconds ORDER BY t").fetchall())
+
+
+async def test_fleet_agent_sends_in_order_and_backfills_once_after_central_outage(tmp_path):
+    appliance = LabAppliance()
+    bus = EventBus()
+    async with central(tmp_path) as (url, store):
+        token = await enrolled(store)
+        port = int(url.rsplit(":", 1)[1])
+    agent = agent_for(url, token, appliance, tmp_path / "state", bus=bus)
+    await agent.start()
+    try:
+        t0 = float(int(time.time()))
+        # The central server is down: the appliance goes on; every second is queued on disk.
+        for i in range(30):
+            appliance.tick(t0 + i)
+            if i == 10:
+                bus.publish(Event(EventType.ATTACK_START, "alpha", "udp flood", Severity.CRITICAL,
+                                  incident_id="inc-1", timestamp=t0 + i))
+            await agent.collect()
+        with pytest.raises(OSError):   # aiohttp's ClientConnectorError is an OSError
+            await agent.send_once()
+        assert agent.status()["queue"]["batches"] == 30
+        async with central(tmp_path, port) as (_, store):
+            # The loops send the backlog oldest first; poll until it is all there.
+            rows = await wait_for(lambda: _all_rows(store, 30), what="the backlog at central")
+            assert [r[2] for r in rows] == [int(t0) + i for i in range(30)]
+            assert {r[0] for r in rows} == {"ams1"}
+            assert (await store.incident("ams1:inc-1")).tenant == "alpha"
+            await wait_for(lambda: _empty(agent), what="the queue drained")
+            assert agent.sent_batches == 30
+    finally:
+        await agent.stop()
+
+
+async def _all_rows(store: Store, n: int):
+    rows = await rows_at_central(store)
+    return rows if len(rows) >= n else None
+
+
+async def _empty(agent: FleetAgent) -> bool:
+    return agent.status()["queue"]["batches"] == 0
+
+
+async def test_fleet_agent_retry_after_a_lost_answer_is_stored_once(tmp_path):
+    appliance = LabAppliance()
+    async with central(tmp_path) as (url, store):
+        token = await enrolled(store)
+        agent = agent_for(url, token, appliance, tmp_path / "state")
+        try:
+            appliance.tick(time.time())
+            await agent.collect()
+            batches = agent.queue.oldest(10, 1 << 20)
+            # Delivered, but the answer never came back: the batch is still queued and sent again.
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http, \
+                    http.post(f"{url}/api/v1/fleet/site/ingest",
+                              json={"site": "ams1", "queue": agent.queue.id, "batches": batches}) as r:
+                assert r.status == 200
+            assert await agent.send_once() == 1
+            assert len(await rows_at_central(store)) == 1
+            assert (await store.run(fleet_store.batch_counts)) == {"ams1": 1}
+        finally:
+            await agent.stop()
+
+
+async def test_fleet_agent_applies_the_central_tenant_set_and_keeps_it_across_restarts(tmp_path):
+    appliance = LabAppliance()
+    state = tmp_path / "state"
+    async with central(tmp_path) as (url, store):
+        token = await enrolled(store)
+        agent = agent_for(url, token, appliance, state)
+        try:
+            assert not await agent.sync_once()      # version 0: nothing stored centrally, the file's set runs
+            assert appliance.applied == []
+            await store.save_tenant_set(TenantSet.from_dicts([
+                {"id": "alpha", "prefixes": ["198.51.100.0/25"]},
+                {"id": "gamma", "prefixes": ["192.0.2.0/24"], "sites": ["ams1"]},
+                {"id": "delta", "prefixes": ["203.0.113.0/24"], "sites": ["fra1"]}]), "noc", "create")
+            version = (await store.tenant_state()).version
+            assert await agent.sync_once()
+            assert appliance.tenants.ids == ("alpha", "gamma") and agent.version == version
+            await agent.sync_once()                 # reports what it runs
+            site = (await store.run(fleet_store.sites))[0]
+            assert site.running_version == version and not site.health(time.time(), version)["lagging"]
+            # Changed locally behind the fleet's back: central wins at the next sync.
+            appliance.apply_tenants(TenantSet.from_dicts([{"id": "local", "prefixes": ["192.0.2.0/25"]}]))
+            assert await agent.sync_once() and appliance.tenants.ids == ("alpha", "gamma")
+        finally:
+            await agent.stop()
+    # Restarted without the central server: the last central set is there to filter with.
+    saved = fleet_agent.saved_config(state)
+    assert saved is not None and saved[0] == version and saved[1].ids == ("alpha", "gamma")
+
+
+async def test_fleet_agent_refused_token_keeps_the_data_queued(tmp_path):
+    appliance = LabAppliance()
+    async with central(tmp_path) as (url, store):
+        token = await enrolled(store)
+        await store.run(fleet_store.revoke, "ams1", "test", time.time())
+        agent = agent_for(url, token, appliance, tmp_path / "state")
+        try:
+            appliance.tick(time.time())
+            await agent.collect()
+            with pytest.raises(fleet_agent.CentralRefused) as caught:
+                await agent.send_once()
+            assert caught.value.status == 401
+            assert agent.status()["queue"]["batches"] == 1 and await rows_at_central(store) == []
+        finally:
+            await agent.stop()
+
+
+def test_fleet_queue_bound_and_drops_are_in_metrics(tmp_path):
+    from securewatch import metrics  # noqa: PLC0415
+
+    queue = FleetQueue(tmp_path / "q.db", max_batches=2)
+    for i in range(5):
+        queue.append({"time": float(i)})
+    text = metrics.render({"tenants": {}, "fleet": {"queue": queue.stats(), "sent_batches": 4,
+                                                    "rejected_batches": 0, "running_version": 7}}).decode()
+    queue.close()
+    assert "seawall_fleet_queue_dropped_batches_total 3.0" in text
+    assert "seawall_fleet_queue_batches 2.0" in text and "seawall_fleet_queue_max_batches 2.0" in text
+    assert "seawall_fleet_sent_batches_total 4.0" in text and "seawall_fleet_config_version 7.0" in text
+
+
+def test_seawall_run_refuses_an_unreadable_token_file_and_a_bad_ca_file_naming_the_keys(tmp_path):
+    from appliance.service import validate_for_run  # noqa: PLC0415
+
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    config = parse_config(FLEET.replace("/etc/seawall/fleet.token", str(tmp_path / "none"))
+                          .replace("/etc/seawall/central-ca.pem", str(tmp_path / "ca.pem")))
+    with pytest.raises(ConfigError) as caught:
+        validate_for_run(config)
+    problems = caught.value.problems
+    assert any(p.startswith("[fleet] token_file: cannot read") for p in problems), problems
+    assert any(p.startswith("[fleet] ca_file:") and "no PEM certificate" in p for p in problems), problems
+
+
+async def test_fleet_backlog_is_sent_within_the_servers_request_limit(tmp_path):
+    """Queued batches compress well: a request is bounded by their JSON as sent (what the
+    server's 4 MiB limit counts), or a backfill of big batches is refused (413) forever."""
+    async with central(tmp_path) as (url, store):
+        token = await enrolled(store)
+        agent = agent_for(url, token, LabAppliance(), tmp_path / "state")
+        try:
+            t0 = int(time.time()) - 100
+            for s in range(8):   # ~1 MiB of JSON each, a few KiB compressed
+                agent.queue.append({"site": "ams1", "time": float(t0 + s), "destinations": [], "events": [],
+                                    "traffic": [[f"t{i:05d}", t0 + s, 1000.0, 0.0, 8e6, 0.0] for i in range(15000)]})
+            sent = 0
+            while batches := await agent.send_once():
+                sent += batches
+            assert sent == 8 and agent.status()["queue"]["batches"] == 0
+            assert len(await rows_at_central(store)) == 8 * 15000
+        finally:
+            await agent.stop()

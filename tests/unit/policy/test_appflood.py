@@ -1,0 +1,378 @@
+"""Issue 15, items 2 and 3 (engine side): application-layer and connection floods classified per server
+from connection accounting, told from a flash crowd by per-source behaviour, and mitigated with
+per-source limits derived from the server's normal clients and a bounded block list.
+
+Every scenario runs through the engine (`Lab`): a web server with 150 clients learns its baselines in
+peacetime, then bots (198.18.0.0/15) or a crowd of new clients arrive. The clients each open 2
+connections/s, keep 6 open and send 4 HTTP requests and 1 TLS hello a second with 3,000 client bytes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+
+import numpy as np
+import pytest
+import structlog.testing
+
+from dataplane.constants import TenantMode
+from dataplane.keys import address_keys
+from policy.appflood import AppFloodConfig, AppFloodDetector, request_line
+from policy.detect import TenantEntry
+from policy.events import EventType
+from tenants.policy import TenantPolicy
+from tests.unit.policy.fakes import ConnTraffic, FakeDataplane, tcp_frame
+from tests.unit.policy.scenarios import WEB, Lab, Tenant, clients
+
+APP_FAST = AppFloodConfig(half_life_s=300.0, warmup_s=60.0, source_interval_s=5.0)
+CLIENTS = clients(150)
+NORMAL = dict(new_per_s=2.0, established=6.0, http_per_s=4.0, tls_per_s=1.0, client_bytes_per_s=3000.0,
+              server_bytes_per_s=50_000.0)
+
+
+@pytest.fixture(autouse=True)
+def no_swallowed_failures():
+    """The engine logs and survives a failing application-layer step: here that must fail the test."""
+    with structlog.testing.capture_logs() as logs:
+        yield
+    failed = [e for e in logs if e["event"] in ("appflood.observe_failed", "appflood.mitigate_failed",
+                                                "appflood.disabled")]
+    assert not failed, failed
+
+
+def bots(n: int, start: int = 0) -> list[str]:
+    return [f"198.18.{(start + i) // 256}.{(start + i) % 256}" for i in range(n)]
+
+
+def warm_lab(tmp_path, mode: TenantMode = TenantMode.MITIGATE, config: AppFloodConfig = APP_FAST,
+             seconds: float = 120.0) -> Lab:
+    lab = Lab(tmp_path, [Tenant(1, "alpha", mode)], appflood_config=config)
+    lab.dp.add_conns(ConnTraffic("clients", 1, WEB, CLIENTS, **NORMAL))
+    lab.run(seconds)
+    assert not lab.of_type(EventType.ATTACK_START), "peacetime must be calm"
+    return lab
+
+
+def starts(lab: Lab, events=None):
+    return lab.of_type(EventType.ATTACK_START, events)
+
+
+def app_vectors(events) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for e in events:
+        for v, c in e.details["vector_confidence"].items():
+            out[v] = max(out.get(v, 0.0), c)
+    return out
+
+
+# -- classification -------------------------------------------------------------------------------------
+
+def test_http_flood_is_classified_with_high_confidence_and_an_explanation(tmp_path):
+    lab = warm_lab(tmp_path)
+    lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(1000), new_per_s=1.0, established=4.0, http_per_s=40.0,
+                                 client_bytes_per_s=12_000.0))
+    # Sampled request lines of the flood name its URL in the explanation.
+    lab.flow("bot-requests", 1, [tcp_frame(b, WEB, 40000 + i, 80, "PA", payload=b"GET /search?q=x HTTP/1.1\r\n")
+                                 for i, b in enumerate(bots(50))], 2000, attack=True)
+    events = lab.run(5)
+    start = starts(lab, events)
+    assert start, "an HTTP flood must start an incident"
+    vectors = app_vectors(start)
+    assert vectors.get("http_flood", 0) >= 0.8, vectors
+    assert max(vectors, key=vectors.get) == "http_flood"
+    assert "tcp_connection_flood" not in vectors and "slowloris" not in vectors and "tls_flood" not in vectors
+    explanation = start[0].details["explanations"]["http_flood"]
+    assert "requests" in explanation and "vs baseline" in explanation and "1,150 sources" in explanation
+    assert "% of requests `GET /search?q=x`" in explanation
+    assert "top 10 sources carry" in explanation
+    top = start[0].details["top_sources"]
+    assert len(top) == 10 and all(t["src"].startswith("198.18.") for t in top)
+
+
+def test_tcp_connection_flood_churned_without_requests(tmp_path):
+    lab = warm_lab(tmp_path)
+    lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(1000), new_per_s=20.0))
+    events = lab.run(6)
+    vectors = app_vectors(starts(lab, events) + lab.of_type(EventType.ATTACK_UPDATE, events))
+    assert vectors.get("tcp_connection_flood", 0) >= 0.8, vectors
+    assert "http_flood" not in vectors and "slowloris" not in vectors and "tls_flood" not in vectors
+    assert "new connections" in lab.engine.incidents.active()[0].explanations["tcp_connection_flood"]
+
+
+def test_tcp_connection_flood_held_open_without_requests(tmp_path):
+    lab = warm_lab(tmp_path)
+    lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(1000), new_per_s=0.5, established=50.0))
+    events = lab.run(6)
+    vectors = app_vectors(starts(lab, events))
+    assert vectors.get("tcp_connection_flood", 0) >= 0.8, vectors
+    assert "slowloris" not in vectors and "http_flood" not in vectors
+
+
+def test_slowloris_many_idle_connections_that_started_requests(tmp_path):
+    lab = warm_lab(tmp_path)
+    # Each bot holds 40 connections, opens one every 5 s, starts a request on each and then trickles
+    # a header line now and then (60 bytes/s over its 40 connections).
+    lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(500), new_per_s=0.2, established=40.0, http_per_s=0.2,
+                                 client_bytes_per_s=60.0))
+    events = lab.run(6)
+    vectors = app_vectors(starts(lab, events))
+    assert vectors.get("slowloris", 0) >= 0.8, vectors
+    assert max(vectors, key=vectors.get) == "slowloris"
+    assert "http_flood" not in vectors and "tls_flood" not in vectors
+    assert "established connections" in starts(lab, events)[0].details["explanations"]["slowloris"]
+
+
+def test_tls_flood_hellos_with_no_data_after(tmp_path):
+    lab = warm_lab(tmp_path)
+    lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(1000), new_per_s=10.0, tls_per_s=10.0,
+                                 client_bytes_per_s=10 * 520.0, server_bytes_per_s=10 * 4000.0))
+    events = lab.run(5)
+    vectors = app_vectors(starts(lab, events))
+    assert vectors.get("tls_flood", 0) >= 0.8, vectors
+    assert max(vectors, key=vectors.get) == "tls_flood"
+    assert "tcp_connection_flood" not in vectors and "http_flood" not in vectors
+    assert "client bytes per handshake" in starts(lab, events)[0].details["explanations"]["tls_flood"]
+
+
+def test_flash_crowd_of_normal_clients_is_not_an_attack(tmp_path):
+    """Seven times the requests, connections and hellos, from 1,000 new sources that each behave as the
+    server's clients do: every total is far above its threshold, no vector is reported."""
+    lab = warm_lab(tmp_path)
+    lab.dp.add_conns(ConnTraffic("crowd", 1, WEB, bots(1000, start=4096), **NORMAL))
+    events = lab.run(5)
+    # The totals are candidates: it is the per-source behaviour that clears them.
+    assert lab.engine.appflood.servers.candidate.any()
+    events += lab.run(35)
+    assert not starts(lab, events), app_vectors(starts(lab, events))
+    assert not lab.dp.source_limits and not lab.dp.blocked
+
+
+def test_the_same_totals_from_sources_far_above_a_normal_client_are_a_flood(tmp_path):
+    """The flash crowd's request total, from 100 sources instead of 1,000: the per-source rate, not the
+    total, makes it a flood."""
+    lab = warm_lab(tmp_path)
+    lab.dp.add_conns(ConnTraffic("few", 1, WEB, bots(100), new_per_s=2.0, established=6.0, http_per_s=40.0,
+                                 tls_per_s=10.0, client_bytes_per_s=30_000.0))
+    events = lab.run(5)
+    assert app_vectors(starts(lab, events)).get("http_flood", 0) >= 0.8
+
+
+# -- mitigation -----------------------------------------------------------------------------------------
+
+def test_limits_are_derived_from_the_normal_clients_and_withdrawn_after_the_incident(tmp_path):
+    lab = warm_lab(tmp_path)
+    lab.flow("bot-syns", 1, [tcp_frame(b, WEB, 40000, 443, "S") for b in bots(20)], 50, attack=True)
+    lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(1000), new_per_s=20.0))
+    lab.run(6)
+    assert len(lab.dp.source_limits) == 1
+    limit = lab.dp.source_limits[0]
+    assert (limit.tenant_idx, str(limit.dst), limit.dport) == (1, WEB, 443)
+    # A client opens 2 connections/s and keeps 6 open; the limit is the p99 (a histogram bin: within a
+    # factor 10 ** (1/8)) times the multiplier, above the floors (5/s, 20).
+    assert 2 * 3 <= limit.new_per_s <= math.ceil(2 * 3 * 10 ** (1 / 8)) + 1
+    assert limit.new_burst == math.ceil(limit.new_per_s * APP_FAST.burst_s)
+    assert 6 * 3 <= limit.max_concurrent <= math.ceil(6 * 3 * 10 ** (1 / 8)) + 1
+    lab.dp.stop_conns("bots")
+    lab.dp.remove_flow("bot-syns")
+    events = lab.run(lab.engine.config.quiet_s + 2)
+    assert lab.of_type(EventType.ATTACK_END, events)
+    assert lab.dp.source_limits, "limits stay through the hold-down, as rules do"
+    lab.run(lab.engine.config.hold_down_s + 2)
+    assert lab.dp.source_limits == [] and lab.engine.appflood.limits == {}
+
+
+def test_sources_far_above_the_limit_are_blocked_with_a_reason_and_known_good_ones_are_kept(tmp_path):
+    lab = warm_lab(tmp_path)
+    good = CLIENTS[0]                 # a client since peacetime that now reloads hard (a NAT, an office)
+    lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(1000), new_per_s=1.0, established=4.0, http_per_s=40.0,
+                                 client_bytes_per_s=12_000.0))
+    lab.dp.add_conns(ConnTraffic("heavy", 1, WEB, bots(50, start=2000), new_per_s=2.0, established=4.0,
+                                 http_per_s=300.0, client_bytes_per_s=90_000.0))
+    lab.dp.add_conns(ConnTraffic("clients", 1, WEB, CLIENTS[1:], **NORMAL))
+    lab.dp.add_conns(ConnTraffic("good", 1, WEB, [good], **{**NORMAL, "http_per_s": 300.0}))
+    lab.run(6)
+    blocked = {str(b.src): b for b in lab.dp.read_blocked_sources()}
+    assert set(blocked) == set(bots(50, start=2000)), "the heavy bots only: 40 requests/s is limited, not blocked"
+    reason = blocked[bots(1, start=2000)[0]].reason
+    assert reason.startswith("http_flood: requests 300/s") and "vs limit" in reason
+    assert all(b.expires_ns == pytest.approx((lab.t + APP_FAST.block_ttl_s) * 1e9, abs=10e9)
+               for b in blocked.values())
+    assert good not in blocked
+    assert lab.engine.appflood.counters["known_good_spared"] >= 1
+
+
+def test_monitor_mode_tenant_gets_the_incident_but_no_limits_or_blocks(tmp_path):
+    lab = warm_lab(tmp_path, mode=TenantMode.MONITOR)
+    lab.dp.add_conns(ConnTraffic("heavy", 1, WEB, bots(200), new_per_s=60.0, http_per_s=300.0,
+                                 client_bytes_per_s=90_000.0))
+    events = lab.run(6)
+    assert starts(lab, events) and starts(lab, events)[0].details["monitor"]
+    assert lab.dp.limit_log == [] and lab.dp.blocked == {}
+
+
+def test_block_list_cap_evicts_the_oldest_and_counts(tmp_path):
+    cfg = AppFloodConfig(half_life_s=300.0, warmup_s=60.0, source_interval_s=5.0, max_blocked_per_tenant=30)
+    lab = warm_lab(tmp_path, config=cfg)
+    lab.dp.add_conns(ConnTraffic("heavy", 1, WEB, bots(100), new_per_s=2.0, established=4.0, http_per_s=300.0,
+                                 client_bytes_per_s=90_000.0))
+    lab.run(5)
+    assert len(lab.dp.read_blocked_sources()) == 30
+    assert lab.engine.appflood.counters["blocks_evicted"] == 70
+    assert sum(len(v) for v in lab.engine.appflood.blocked.values()) == 30
+
+
+def test_limit_cap_keeps_the_newest_and_counts(tmp_path):
+    cfg = AppFloodConfig(half_life_s=300.0, warmup_s=60.0, source_interval_s=5.0, max_limits=1)
+    other = "198.51.100.21"
+    lab = Lab(tmp_path, [Tenant(1, "alpha")], appflood_config=cfg)
+    lab.dp.add_conns(ConnTraffic("clients", 1, WEB, CLIENTS, **NORMAL))
+    lab.dp.add_conns(ConnTraffic("clients2", 1, other, clients(100, base="192.0.2.", start=1), **NORMAL))
+    lab.run(120)
+    lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(1000), new_per_s=20.0))
+    lab.dp.add_conns(ConnTraffic("bots2", 1, other, bots(1000, start=1000), new_per_s=20.0))
+    lab.run(6)
+    assert len(lab.dp.source_limits) == 1
+    assert lab.engine.appflood.counters["limits_evicted"] >= 1
+
+
+# -- pieces ---------------------------------------------------------------------------------------------
+
+def test_request_line_from_a_sampled_frame():
+    assert request_line(tcp_frame("198.18.0.1", WEB, 40000, 80, "PA", payload=b"POST /login HTTP/1.1\r\n")) \
+        == "POST /login"
+    assert request_line(tcp_frame("198.18.0.1", WEB, 40000, 443, "PA", payload=b"\x16\x03\x01\x02\x00")) is None
+
+
+def test_config_rejects_bad_values_naming_the_field():
+    with pytest.raises(ValueError, match="limit_multiplier"):
+        AppFloodConfig(limit_multiplier=0)
+    with pytest.raises(ValueError, match="max_blocked_per_tenant"):
+        AppFloodConfig(max_blocked_per_tenant=0)
+
+
+def test_per_source_reads_are_periodic_in_peacetime(tmp_path):
+    lab = warm_lab(tmp_path, seconds=30)
+    reads = lab.dp.flow_reads
+    assert reads.count(True) <= 30 / APP_FAST.source_interval_s + 1 and reads.count(False) >= 30
+    assert isinstance(lab.engine.appflood, AppFloodDetector)
+
+
+def test_server_cap_forgets_the_least_recently_active_and_counts(tmp_path):
+    dp = FakeDataplane()
+    detector = AppFloodDetector(AppFloodConfig(max_servers=2))
+    tenants = {1: TenantEntry("alpha", TenantMode.MITIGATE, TenantPolicy(), ())}
+    for i, dst in enumerate(("198.51.100.30", "198.51.100.31", "198.51.100.32")):
+        dp.add_conns(ConnTraffic(f"c{i}", 1, dst, CLIENTS[:5], **NORMAL))
+        for t in range(3):
+            dp.advance(10.0 * i + t)
+            detector.observe(10.0 * i + t + 1, dp, tenants)
+        dp.stop_conns(f"c{i}")
+    assert len(detector.servers) == 2
+    assert detector.counters["servers_forgotten"] == 1
+    rows = detector.servers.index.get(address_keys([ipaddress.ip_address("198.51.100.30")]))
+    assert rows[0] < 0, "the least recently active server made room"
+
+
+def test_switching_to_monitor_mode_withdraws_limits_and_unblocks(tmp_path):
+    lab = warm_lab(tmp_path)
+    lab.dp.add_conns(ConnTraffic("heavy", 1, WEB, bots(30), new_per_s=2.0, established=4.0, http_per_s=300.0,
+                                 client_bytes_per_s=90_000.0))
+    lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(1000, start=100), new_per_s=1.0, established=4.0,
+                                 http_per_s=40.0, client_bytes_per_s=12_000.0))
+    lab.run(4)
+    assert lab.dp.source_limits and len(lab.dp.blocked) == 30
+    lab.engine.set_tenants({1: ("alpha", TenantMode.MONITOR, TenantPolicy())})
+    lab.run(2)
+    assert lab.dp.source_limits == [] and lab.dp.blocked == {}
+    assert lab.engine.incidents.active(), "the incident goes on, in monitor mode"
+
+
+def test_refused_limits_are_sent_again_next_tick(tmp_path):
+    lab = warm_lab(tmp_path)
+    lab.dp.refuse_limits = 1
+    lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(1000), new_per_s=20.0))
+    with structlog.testing.capture_logs() as logs:
+        lab.run(6)
+    assert any(e["event"] == "appflood.mitigate_failed" for e in logs)
+    assert len(lab.dp.source_limits) == 1
+
+
+def test_a_full_limit_set_does_not_churn(tmp_path):
+    cfg = AppFloodConfig(half_life_s=300.0, warmup_s=60.0, source_interval_s=5.0, max_limits=1)
+    other = "198.51.100.21"
+    lab = Lab(tmp_path, [Tenant(1, "alpha")], appflood_config=cfg)
+    lab.dp.add_conns(ConnTraffic("clients", 1, WEB, CLIENTS, **NORMAL))
+    lab.dp.add_conns(ConnTraffic("clients2", 1, other, clients(100, base="192.0.2.", start=1), **NORMAL))
+    lab.run(120)
+    lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(1000), new_per_s=20.0))
+    lab.dp.add_conns(ConnTraffic("bots2", 1, other, bots(1000, start=1000), new_per_s=20.0))
+    lab.run(10)
+    assert lab.engine.appflood.counters["limits_evicted"] == 1
+    assert len(lab.dp.limit_log) <= 3, "a limit set written once (and again only when a limit changes)"
+
+
+def test_ipv6_server_http_flood(tmp_path):
+    server = "2001:db8::80"
+    lab = Lab(tmp_path, [Tenant(1, "alpha")], appflood_config=APP_FAST)
+    lab.dp.add_conns(ConnTraffic("clients", 1, server, [f"2001:db8:1::{i:x}" for i in range(1, 151)], **NORMAL))
+    lab.run(120)
+    lab.dp.add_conns(ConnTraffic("bots", 1, server, [f"2001:db8:bad::{i:x}" for i in range(1, 1001)],
+                                 new_per_s=2.0, established=4.0, http_per_s=300.0, client_bytes_per_s=90_000.0))
+    events = lab.run(5)
+    assert app_vectors(starts(lab, events)).get("http_flood", 0) >= 0.8
+    blocked = lab.dp.read_blocked_sources()
+    assert len(blocked) == 1000 and all(str(b.src).startswith("2001:db8:bad::") for b in blocked)
+    assert str(lab.dp.source_limits[0].dst) == server
+
+
+def test_counters_of_a_row_the_map_evicted_and_made_anew_count_from_zero():
+    """Rates come from cumulative LRU rows: a row that vanished and came back smaller gained what it
+    holds (not a negative or wrapped difference); a row seen for the first time gained all it holds."""
+    from policy.appflood import CounterIncrements
+
+    keys = address_keys([ipaddress.ip_address(a) for a in ("198.51.100.1", "198.51.100.2")])
+    inc = CounterIncrements(1)
+    assert inc.update(keys, np.array([[10], [5]], np.uint64)).tolist() == [[10.0], [5.0]]
+    assert inc.update(keys, np.array([[15], [7]], np.uint64)).tolist() == [[5.0], [2.0]]
+    assert inc.update(keys[::-1], np.array([[3], [16]], np.uint64)).tolist() == [[3.0], [1.0]]
+
+
+def test_request_line_behind_a_vlan_tag_and_over_ipv6():
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Dot1Q, Ether
+    from scapy.packet import Raw
+
+    v4 = bytes(Ether() / Dot1Q(vlan=7) / IP(src="198.18.0.1", dst=WEB) / TCP(dport=80, flags="PA")
+               / Raw(b"HEAD /health HTTP/1.1\r\n"))
+    v6 = bytes(Ether() / IPv6(src="2001:db8::1", dst="2001:db8::80") / TCP(dport=80, flags="PA")
+               / Raw(b"GET /index.html HTTP/1.1\r\n"))
+    assert request_line(v4) == "HEAD /health" and request_line(v6) == "GET /index.html"
+    assert request_line(v4[:30]) is None
+
+
+def test_without_its_own_configuration_the_detector_learns_at_the_engines_pace(tmp_path):
+    lab = Lab(tmp_path, [Tenant(1, "alpha")])
+    cfg, engine_cfg = lab.engine.appflood.config, lab.engine.config
+    assert (cfg.half_life_s, cfg.warmup_s, cfg.k_sigma, cfg.margin, cfg.min_confidence) == (
+        engine_cfg.half_life_s, engine_cfg.warmup_s, engine_cfg.k_sigma, engine_cfg.margin, engine_cfg.min_confidence)
+
+
+@pytest.mark.parametrize("shape", ["flood", "crowd"])
+def test_before_warm_up_the_floors_and_a_default_client_decide(tmp_path, shape):
+    """A fresh appliance (10 s of clients, warm-up 60 s): the warm-up floors (10 × the floors) make the
+    server a candidate, DEFAULT_SOURCE_NORMAL stands for a normal client; a crowd is still no attack."""
+    lab = warm_lab(tmp_path, seconds=10)
+    if shape == "flood":
+        lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(1000), new_per_s=1.0, established=4.0, http_per_s=40.0,
+                                     client_bytes_per_s=12_000.0))
+    else:
+        lab.dp.add_conns(ConnTraffic("crowd", 1, WEB, bots(1000, start=4096), **NORMAL))
+    events = lab.run(5)
+    vectors = app_vectors(starts(lab, events))
+    assert lab.engine.appflood.servers.candidate.any()
+    if shape == "flood":
+        assert vectors.get("http_flood", 0) >= 0.8, vectors
+    else:
+        assert not vectors, vectors

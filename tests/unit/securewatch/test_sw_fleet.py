@@ -1,0 +1,204 @@
+"""The central server's fleet API (issue 17): site tokens, ingest with dedup, configuration down.
+
+A real SecureWatch on SQLite served over TCP; the site's requests are plain HTTP clients. The
+same tests run on a real PostgreSQL in tests/netns/test_fleet.py (the `database_url` fixture)."""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+import pytest
+from test_sw_helpers import add_token, service
+
+from securewatch import auth, fleet_store
+from securewatch.store import Store
+from tenants import TenantSet
+
+
+@pytest.fixture
+def database_url(tmp_path):
+    return f"sqlite:///{tmp_path}/central.db"
+
+
+async def enroll(store: Store, site: str) -> str:
+    token = auth.new_token()
+    await store.run(fleet_store.enroll, site, auth.token_hash(token), "test", time.time())
+    return token
+
+
+def batch(seq: int, t: float, tenant: str = "alpha", incident: str | None = None) -> dict:
+    events = []
+    if incident is not None:
+        events.append({"type": "ATTACK_START", "incident_id": incident, "tenant": tenant, "timestamp": t,
+                       "message": "udp flood", "vectors": ["udp_flood"], "destinations": ["198.51.100.10"],
+                       "details": {"started": t, "target": "198.51.100.10"}, "pps": 50000.0})
+    # The time of a traffic row as the appliance sends it: its tick's read, a fraction of a second in.
+    return {"seq": seq, "time": t, "traffic": [[tenant, t + 0.43, 1000.0, 20.0, 8e6, 1.6e5]],
+            "destinations": [{"tenant": tenant, "address": "198.51.100.10", "time": int(t), "pps": [1, 2, 3, 4, 5, 6],
+                              "dropped_pps": 2.0}], "events": events}
+
+
+async def post(url: str, path: str, token: str | None, body: dict) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession(headers=headers) as http, http.post(f"{url}{path}", json=body) as r:
+        return r.status, await r.json()
+
+
+async def count(store: Store, sql: str, *params) -> int:
+    return await store.run(lambda b: b.execute(sql, params).fetchone()[0])
+
+
+async def test_fleet_ingest_stores_a_retried_batch_once_with_site_and_receipt_time(tmp_path, database_url):
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        token = await enroll(store, "ams1")
+        skewed = time.time() - 120.0   # the appliance's clock is two minutes behind
+        body = {"site": "ams1", "queue": "q1", "batches": [batch(1, skewed), batch(2, skewed + 1, incident="i-1")]}
+        status, answer = await post(url, "/api/v1/fleet/site/ingest", token, body)
+        assert status == 200, answer
+        assert answer == {"acked": [1, 2], "duplicates": 0}
+        # The answer was lost: the site sends the same two again, plus the next one.
+        body["batches"].append(batch(3, skewed + 2))
+        status, answer = await post(url, "/api/v1/fleet/site/ingest", token, body)
+        assert answer == {"acked": [1, 2, 3], "duplicates": 2}
+        assert await count(store, "SELECT COUNT(*) FROM fleet_batches WHERE site = ?", "ams1") == 3
+        assert await count(store, "SELECT COUNT(*) FROM fleet_traffic_seconds WHERE site = ?", "ams1") == 3
+        assert await count(store, "SELECT COUNT(*) FROM fleet_destination_seconds WHERE site = ?", "ams1") == 3
+        assert await count(store, "SELECT COUNT(*) FROM incident_events WHERE incident_id = ?", "ams1:i-1") == 1
+        received = await store.run(lambda b: b.execute(
+            "SELECT MIN(received_at), MAX(appliance_time) FROM fleet_batches").fetchone())
+        assert received[0] - received[1] > 100   # receipt time is central's own, the appliance's time is kept
+        incident = await store.incident("ams1:i-1")
+        assert incident is not None and incident.tenant == "alpha" and incident.details["site"] == "ams1"
+        assert (await store.run(fleet_store.incidents, "ams1", 10))[0]["site"] == "ams1"
+
+
+async def test_fleet_site_token_cannot_write_another_sites_data(tmp_path, database_url):
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        ams = await enroll(store, "ams1")
+        await enroll(store, "fra1")
+        body = {"site": "fra1", "queue": "q1", "batches": [batch(1, time.time())]}
+        status, answer = await post(url, "/api/v1/fleet/site/ingest", ams, body)
+        assert status == 403 and "ams1" in answer["error"] and "fra1" in answer["error"]
+        status, _ = await post(url, "/api/v1/fleet/site/sync", ams, {"site": "fra1", "time": time.time()})
+        assert status == 403
+        assert await count(store, "SELECT COUNT(*) FROM fleet_batches") == 0
+        # A user's API token (even an admin's) is no site token.
+        admin = await add_token(store, "admin")
+        status, _ = await post(url, "/api/v1/fleet/site/ingest", admin, {**body, "site": "ams1"})
+        assert status == 401
+        status, _ = await post(url, "/api/v1/fleet/site/ingest", None, {**body, "site": "ams1"})
+        assert status == 401
+
+
+async def test_fleet_revoked_site_is_refused_at_once(tmp_path, database_url):
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        token = await enroll(store, "ams1")
+        sync = {"site": "ams1", "time": time.time(), "running_version": None}
+        assert (await post(url, "/api/v1/fleet/site/sync", token, sync))[0] == 200
+        assert await store.run(fleet_store.revoke, "ams1", "test", time.time())
+        status, answer = await post(url, "/api/v1/fleet/site/sync", token, sync)
+        assert status == 401 and "revoked" in answer["error"]
+        body = {"site": "ams1", "queue": "q1", "batches": [batch(1, time.time())]}
+        assert (await post(url, "/api/v1/fleet/site/ingest", token, body))[0] == 401
+        # Enrolled again: a new token works, the old one stays refused.
+        fresh = await enroll(store, "ams1")
+        assert (await post(url, "/api/v1/fleet/site/ingest", fresh, body))[0] == 200
+        assert (await post(url, "/api/v1/fleet/site/ingest", token, body))[0] == 401
+
+
+async def test_fleet_enroll_refuses_bad_names_and_a_second_token(tmp_path, database_url):
+    store = await Store.open(database_url)
+    try:
+        await enroll(store, "ams1")
+        with pytest.raises(ValueError, match="enrolled already"):
+            await enroll(store, "ams1")
+        with pytest.raises(ValueError, match="site: 'AMS 1' is not a site name"):
+            await enroll(store, "AMS 1")
+        hashes = await store.run(lambda b: [r[0] for r in b.execute("SELECT token_hash FROM fleet_sites").fetchall()])
+        assert len(hashes[0]) == 64   # the SHA-256, never the token
+    finally:
+        await store.close()
+
+
+async def test_fleet_sync_sends_the_tenant_set_for_the_site_and_records_the_version(tmp_path, database_url):
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        tenants = TenantSet.from_dicts([
+            {"id": "alpha", "prefixes": ["198.51.100.0/25"]},
+            {"id": "beta", "prefixes": ["203.0.113.0/24"], "sites": ["fra1"]}])
+        await store.save_tenant_set(tenants, "test", "seed2")
+        version = (await store.tenant_state()).version
+        token = await enroll(store, "ams1")
+        status, answer = await post(url, "/api/v1/fleet/site/sync", token,
+                                    {"site": "ams1", "time": time.time(), "running_version": None, "backlog": 7})
+        assert status == 200 and answer["version"] == version
+        assert [t["id"] for t in answer["tenants"]] == ["alpha"]    # beta runs at fra1 only
+        sites = {s.site: s.health(time.time(), version) for s in await store.run(fleet_store.sites)}
+        assert sites["ams1"]["lagging"] and sites["ams1"]["backlog"] == 7
+        status, answer = await post(url, "/api/v1/fleet/site/sync", token,
+                                    {"site": "ams1", "time": time.time(), "running_version": version})
+        assert answer == {"version": version}    # up to date: no set sent
+        sites = {s.site: s.health(time.time(), version) for s in await store.run(fleet_store.sites)}
+        assert not sites["ams1"]["lagging"] and sites["ams1"]["running_version"] == version
+        assert sites["ams1"]["state"] == "reporting"
+
+
+async def test_fleet_ingest_refuses_malformed_batches_naming_the_field(tmp_path, database_url):
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        token = await enroll(store, "ams1")
+        bad = batch(1, time.time())
+        bad["traffic"] = [["alpha", "yesterday", 1, 2, 3, 4]]
+        status, answer = await post(url, "/api/v1/fleet/site/ingest", token,
+                                    {"site": "ams1", "queue": "q1", "batches": [batch(2, time.time()), bad]})
+        assert status == 422 and answer["problems"][0].startswith("batches[1].traffic[0]:")
+        assert await count(store, "SELECT COUNT(*) FROM fleet_batches") == 0   # none of the request stored
+
+
+async def test_fleet_page_and_api_show_sites_filterable_by_site(tmp_path, database_url):
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        ams, fra = await enroll(store, "ams1"), await enroll(store, "fra1")
+        now = time.time()
+        for token, site in ((ams, "ams1"), (fra, "fra1")):
+            await post(url, "/api/v1/fleet/site/ingest", token, {"site": site, "queue": "q", "batches": [
+                batch(1, now, incident=f"{site}-inc")]})
+        admin = await add_token(store, "noc")
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {admin}"}) as http:
+            async with http.get(f"{url}/api/v1/fleet/sites") as r:
+                sites = (await r.json())["sites"]
+            assert [s["site"] for s in sites] == ["ams1", "fra1"]
+            assert sites[0]["traffic"]["passed_pps"] == 1000.0 and sites[0]["state"] == "reporting"
+            async with http.get(f"{url}/api/v1/fleet/sites", params={"site": "fra1"}) as r:
+                assert [s["site"] for s in (await r.json())["sites"]] == ["fra1"]
+            async with http.get(f"{url}/api/v1/fleet/incidents", params={"site": "fra1"}) as r:
+                assert [i["id"] for i in (await r.json())["incidents"]] == ["fra1:fra1-inc"]
+            async with http.get(f"{url}/api/v1/fleet/traffic", params={"site": "ams1"}) as r:
+                assert {row["site"] for row in (await r.json())["rows"]} == {"ams1"}
+            async with http.get(f"{url}/api/v1/fleet/sites", params={"site": "Bad Site"}) as r:
+                assert r.status == 400 and "site:" in (await r.json())["error"]
+            async with http.get(f"{url}/api/v1/incidents", params={"site": "ams1"}) as r:
+                assert [i["id"] for i in (await r.json())["incidents"]] == ["ams1:ams1-inc"]
+            async with http.get(f"{url}/incidents", params={"site": "fra1"}) as r:
+                page = await r.text()
+            assert "fra1:fra1-inc" in page and "ams1:ams1-inc" not in page
+            async with http.get(f"{url}/api/v1/incidents", params={"site": "AMS"}) as r:
+                assert r.status == 400
+            async with http.get(f"{url}/fleet", params={"site": "ams1"}) as r:
+                page = await r.text()
+            assert r.status == 200 and 'data-site="ams1"' in page and 'data-site="fra1"' not in page
+            assert "ams1:ams1-inc" in page and "fra1:fra1-inc" not in page
+
+
+@pytest.mark.parametrize("row", [
+    ["alpha", 1.0, 1.0, 1.0, 1.0], ["alpha", 1.0, 1.0, 1.0, 1.0, True], [7, 1.0, 1.0, 1.0, 1.0, 1.0],
+    ["alpha", 1.0, float("nan"), 1.0, 1.0, 1.0], ["alpha", 1.0, float("inf"), 1.0, float("-inf"), 1.0],
+    ["alpha", "1", 1.0, 1.0, 1.0, 1.0], {"tenant": "alpha"},
+])
+def test_fleet_traffic_row_check_refuses_what_is_not_six_finite_fields(row):
+    from securewatch.context import ApiError  # noqa: PLC0415
+    from securewatch.fleet import check_batches  # noqa: PLC0415
+
+    good = ["alpha", 1.0, 2, 3.0, 4.0, 5.0]
+    assert check_batches({"queue": "q", "batches": [{"seq": 1, "time": 1.0, "traffic": [good]}]})[0] == "q"
+    with pytest.raises(ApiError) as caught:
+        check_batches({"queue": "q", "batches": [{"seq": 1, "time": 1.0, "traffic": [good, row]}]})
+    assert caught.value.status == 422 and caught.value.problems[0].startswith("batches[0].traffic[1]:")
