@@ -43,8 +43,6 @@ from collections import defaultdict
 
 import structlog
 
-from appliance.lab.topology import HTTP_PORT, HTTPS_PORT
-
 log = structlog.get_logger(__name__)
 
 STATS_INTERVAL_S = 0.25         # seconds between writes of the stats file (when something changed)
@@ -118,9 +116,9 @@ class _Stats:
 class Shop:
     """The server: `await start()`, then `close()`; `gauges` say how full each limit is."""
 
-    def __init__(self, addresses: list[str], limits: ShopLimits, cert: pathlib.Path | None = None,
-                 key: pathlib.Path | None = None, stats_file: pathlib.Path | None = None,
-                 http_port: int = HTTP_PORT, https_port: int = HTTPS_PORT, greeting: str = "Gamma Shop"):
+    def __init__(self, addresses: list[str], limits: ShopLimits, *, http_port: int, https_port: int,
+                 cert: pathlib.Path | None = None, key: pathlib.Path | None = None,
+                 stats_file: pathlib.Path | None = None, greeting: str = "Gamma Shop"):
         limits.validate()
         self.addresses, self.limits = addresses, limits
         self.page = page(greeting)
@@ -314,6 +312,15 @@ class Shop:
         temporary = self.stats_file.with_suffix(".tmp")
         temporary.write_text(json.dumps(data))
         os.replace(temporary, self.stats_file)
+
+
+def counts_from(stats: dict, prefix: str) -> dict[str, int]:
+    """Connections, requests and TLS handshakes the shop counted from the sources in `prefix` (the
+    bots', say: what of a botnet still reached the server), and how many such sources it saw."""
+    network = ipaddress.ip_network(prefix)
+    rows = [row for source, row in stats["sources"].items() if ipaddress.ip_address(source) in network]
+    return {"sources": len(rows), **{key: sum(row[column] for row in rows)
+                                      for column, key in enumerate(("connections", "requests", "tls_handshakes"))}}
 
 
 def read_stats(path: pathlib.Path) -> dict | None:

@@ -157,6 +157,9 @@ def parse_scenario(data: dict[str, Any]) -> Scenario:
             raise ValueError(f"{where}: start_s + duration_s must lie within scenario.duration_s ({duration})")
         attacks.append(attack)
     upstream = _upstream(data["upstream"]) if "upstream" in data else None
+    if upstream is not None and any(a.vector in BOTNET_VECTORS for a in attacks):
+        raise ValueError("attacks: the botnet's vectors run from the lab's attacker host, not behind the "
+                         "upstream router; keep them out of an [upstream] scenario")
     escalation = None
     if "escalation" in data:
         if upstream is None:

@@ -20,7 +20,7 @@ import signal
 import socket
 import struct
 
-from appliance.lab.topology import DNS_PORT, GAME_PORT, HTTP_PORT
+from appliance.lab.topology import DNS_PORT, GAME_PORT, HTTP_PORT, HTTPS_PORT
 
 DNS_TTL_S = 60                  # seconds, the TTL of every answer
 HTTP_READ_TIMEOUT_S = 5.0       # seconds a client may take to send its request headers
@@ -112,7 +112,8 @@ async def serve(name: str, tenant: str, ipv4: str, ipv6: str, ready_file: pathli
     web = None
     if shop is not None:
         from appliance.lab.labserver import Shop, ShopLimits  # noqa: PLC0415 - the shop server only
-        web = Shop([ipv4, ipv6], ShopLimits(), greeting=f"{name} ({tenant}) says hello", **shop)
+        web = Shop([ipv4, ipv6], ShopLimits(), http_port=HTTP_PORT, https_port=HTTPS_PORT,
+                   greeting=f"{name} ({tenant}) says hello", **shop)
         await web.start()
     else:
         servers = [await asyncio.start_server(handler, host, HTTP_PORT, limit=MAX_HTTP_HEADER_BYTES, backlog=1024)

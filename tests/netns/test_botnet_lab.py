@@ -16,13 +16,13 @@ import pytest
 from appliance.lab import Lab
 from appliance.lab.attack import AttackProcess, AttackSpec
 from appliance.lab.botnet import BotnetPlan
-from appliance.lab.labserver import ShopLimits, read_stats
+from appliance.lab.labserver import ShopLimits, counts_from, read_stats
 from appliance.lab.traffic import TrafficProfile, TrafficRun
 from tests.support import wait_until
 
 LEGIT_S = 2.0            # seconds of browsing measured while the attack runs
 ATTACK_S = 5.0           # seconds of attack: its ramp-up, the browsers' start, LEGIT_S and their answers
-BROWSE = TrafficProfile(game_pps=0, http_rps=0, dns_qps=0, browse_rps=20)   # pages/s, half HTTPS
+BROWSE = TrafficProfile(game_pps=0, http_rps=0, dns_qps=0, browse_rps=40)   # pages/s, half HTTPS
 PROCESS_TIMEOUT_S = 30.0
 DEGRADED_BELOW = 0.8     # the browsers' success during a flood on the unprotected shop stays below this
 LIMITS = ShopLimits()    # the shop's limits (the lab starts it with the defaults)
@@ -36,16 +36,10 @@ def lab(request):
     return lab
 
 
-def _from(prefix: ipaddress.IPv4Network, stats: dict, column: int) -> int:
-    """Connections (0), requests (1) or TLS handshakes (2) the shop counted from `prefix`."""
-    return sum(row[column] for source, row in stats["sources"].items()
-               if ipaddress.ip_address(source) in prefix)
-
-
-def _legit_success(summary: dict) -> float:
-    cells = [summary["services"][s] for s in ("browse", "browse-tls")]
+def _legit_success(summary: dict, services: tuple[str, ...] = ("browse", "browse-tls")) -> float:
+    cells = [summary["services"][s] for s in services]
     sent = sum(c["sent"] for c in cells)
-    assert sent >= BROWSE.browse_rps * LEGIT_S * 0.8, cells   # the browsers really browsed
+    assert sent >= BROWSE.browse_rps * LEGIT_S * 0.8 * len(services) / 2, cells   # the browsers really browsed
     return sum(c["ok"] for c in cells) / sent
 
 
@@ -73,18 +67,20 @@ def _under_attack(lab: Lab, vector: str, **options) -> tuple[dict, dict, dict, d
 def test_issue15_botnet_vector_completes_handshakes_and_degrades_the_unprotected_shop(lab, vector,
                                                                                      record_property):
     bots, legit, before, after = _under_attack(lab, vector)
-    success = _legit_success(legit)
+    # A TLS handshake flood hits the TLS endpoint: its clients are the ones it locks out (HTTP on the
+    # same server keeps a turn of the event loop between two handshakes, unless the VM is busy).
+    success = _legit_success(legit, ("browse-tls",) if vector == "tls-flood" else ("browse", "browse-tls"))
     record_property("legit_success_without_mitigation", round(success, 4))
     print(f"\n{vector}: legitimate success without mitigation {success:.1%} "
           f"({bots['achieved_rate']:,.0f} {bots['unit']}/s from {bots['bots']:,} bots)")
     prefix = BotnetPlan(vector, lab.shop_server.ipv4).routed_prefix
     # Real handshakes: the bots' connects completed, and the shop accepted connections from their addresses.
     assert bots["connected"] > 0 and bots["sources"] == str(prefix)
-    from_bots = _from(prefix, after, 0) - _from(prefix, before, 0)
-    assert from_bots > 0
-    assert len([s for s in after["sources"] if ipaddress.ip_address(s) in prefix]) > 100   # many real sources
+    was, now = counts_from(before, str(prefix)), counts_from(after, str(prefix))
+    assert now["connections"] > was["connections"]
+    assert now["sources"] > 100   # many real sources
     if vector == "http-flood":
-        assert bots["responses_ok"] > 0 and _from(prefix, after, 1) - _from(prefix, before, 1) > 1000
+        assert bots["responses_ok"] > 0 and now["requests"] - was["requests"] > 1000
         assert after["totals"].get("rejected_busy", 0) > before["totals"].get("rejected_busy", 0)   # 503s
     elif vector in ("conn-flood", "slowloris"):
         assert bots["connected"] >= LIMITS.max_connections    # the whole table, held

@@ -53,6 +53,7 @@ def test_issue15_flash_crowd_comes_from_other_addresses_than_the_bots():
     ({"sources": "bogus"}, "--sources 'bogus': not a prefix"),
     ({"target": "203.0.113.0/24"}, "a botnet attacks one IPv4 address"),
     ({"target": "2001:db8:c::10"}, "the lab's bots are IPv4"),
+    ({"target": "192.0.2.10"}, "--target 192.0.2.10 is not inside a lab tenant prefix"),
     ({"port": 70000}, "--dport must be 1..65535"),
 ])
 def test_issue15_bad_botnet_options_name_the_option(changes, message):
@@ -166,3 +167,10 @@ def test_issue15_demo_summary_reports_the_botnet_and_the_browsers_during_and_out
     assert "  http-flood:                   2,681.2 requests/s from 2,000 bots (41,775 handshakes completed)" in lines
     assert "    browse during attacks:      12.00% (24/200)" in lines
     assert "    browse outside attacks:     99.60% (249/250)" in lines
+
+
+def test_issue15_botnet_vectors_are_refused_in_an_upstream_scenario():
+    data = _scenario({"vector": "http-flood"})
+    data["upstream"] = {"uplink_bps": 100_000_000}
+    with pytest.raises(ValueError, match="botnet's vectors run from the lab's attacker host"):
+        parse_scenario(data)

@@ -10,7 +10,7 @@ import ssl
 
 import pytest
 
-from appliance.lab.labserver import Shop, ShopLimits, make_certificate, read_stats
+from appliance.lab.labserver import Shop, ShopLimits, counts_from, make_certificate, read_stats
 from tests.support import await_until
 
 LOOPBACK = "127.0.0.1"
@@ -98,6 +98,8 @@ async def test_issue15_tls_endpoint_has_a_real_certificate_and_counts_per_source
     data = json.loads(stats.read_text())
     assert data["sources"][LOOPBACK] == [3, 2, 1]   # connections, requests, TLS handshakes
     assert data["totals"]["tls_failed"] == 1
+    assert counts_from(data, "127.0.0.0/8") == {"sources": 1, "connections": 3, "requests": 2, "tls_handshakes": 1}
+    assert counts_from(data, "198.18.0.0/15") == {"sources": 0, "connections": 0, "requests": 0, "tls_handshakes": 0}
 
 
 async def test_issue15_shop_keeps_a_connection_alive_only_when_asked_so_plain_clients_see_the_end(shop):
