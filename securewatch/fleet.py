@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import math
 import time
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -46,7 +47,7 @@ from aiohttp import web
 
 from . import auth, fleet_store
 from .context import SETTINGS, STORE, ApiError, principal_of, query_int, read_json
-from .store import record_event_in
+from .store import Store, record_event_in
 from .ui import render
 
 log = structlog.get_logger(__name__)
@@ -60,6 +61,12 @@ TRAFFIC_SPAN_MAX_S = 3600             # seconds of per-site rows one API call re
 INCIDENTS_SHOWN = 100
 RETENTION_EVERY_S = 60.0              # seconds between deletions of expired fleet rows
 INCIDENT_EVENT_TYPES = ("ATTACK_START", "ATTACK_UPDATE", "ATTACK_END")
+# PostgreSQL connections (each with its own thread) that take ingests, besides the store's own:
+# with one, the database works on one site's COPY at a time, one core, whatever the number of
+# sites sending. A site always gets the same one (its requests come one after another anyway).
+INGEST_CONNECTIONS = 3
+
+INGEST_STORES = web.AppKey("fleet_ingest_stores", list)
 
 
 def add_routes(app: web.Application) -> None:
@@ -71,6 +78,29 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/fleet/traffic", api_traffic)
     r.add_get("/api/v1/fleet/incidents", api_incidents)
     app.cleanup_ctx.append(_retention)
+    app.cleanup_ctx.append(_ingest_stores)
+
+
+async def _ingest_stores(app: web.Application) -> AsyncIterator[None]:
+    """INGEST_CONNECTIONS stores of the central database on PostgreSQL; none on SQLite, whose one
+    writer at a time gains nothing from more (ingest then uses the store itself)."""
+    store = app[STORE]
+    stores: list[Store] = []
+    app[INGEST_STORES] = stores
+    try:
+        if store.dialect == "postgresql":
+            for _ in range(INGEST_CONNECTIONS):
+                stores.append(await Store.open(store.url))
+        yield
+    finally:
+        for extra in stores:
+            await extra.close()
+
+
+def ingest_store(app: web.Application, site: str) -> Store:
+    """The store that takes `site`'s ingests: the same one for a site, spread over the sites."""
+    stores = app[INGEST_STORES]
+    return stores[zlib.crc32(site.encode()) % len(stores)] if stores else app[STORE]
 
 
 # -- the site's side ------------------------------------------------------------------------------
@@ -238,7 +268,8 @@ async def site_ingest(request: web.Request) -> web.Response:
     body = _own_site(await read_json(request), site)
     queue, batches = check_batches(body)
     received = time.time()
-    result = await request.app[STORE].run(fleet_store.ingest, site, queue, batches, received, record_event_in)
+    result = await ingest_store(request.app, site).run(fleet_store.ingest, site, queue, batches, received,
+                                                        record_event_in)
     log.debug("fleet.ingested", site=site, batches=len(batches), duplicates=result.duplicates,
               traffic_rows=result.traffic_rows, events=result.events)
     return web.json_response({"acked": result.acked, "duplicates": result.duplicates})
