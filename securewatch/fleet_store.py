@@ -266,11 +266,20 @@ def _write_rows(b: Any, table: str, columns: Sequence[str], rows: list[tuple[Any
     if not rows:
         return
     if b.dialect == "postgresql":
-        cursor = b.connection.cursor()
-        with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-        return
+        import psycopg  # noqa: PLC0415 - only a PostgreSQL store gets here
+
+        # COPY has no ON CONFLICT: a second already stored (an appliance whose two ticks fell in
+        # one second sends it in two batches) fails it, and the batch would be refused on every
+        # retry. Then the request's rows go again as inserts that skip what is there.
+        try:
+            # transaction(): a savepoint, so that the failed COPY alone is undone.
+            with (b.connection.transaction(),
+                  b.connection.cursor().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy):
+                for row in rows:
+                    copy.write_row(row)
+            return
+        except psycopg.errors.UniqueViolation:
+            pass
     b.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
                   f"ON CONFLICT DO NOTHING", rows)
 

@@ -257,3 +257,22 @@ def test_fleet_traffic_columns_check_names_the_bad_column_and_value(change, prob
     with pytest.raises(ApiError) as caught:
         check_batches(body(columns))
     assert caught.value.status == 422 and caught.value.problems[0].startswith(problem), caught.value.problems
+
+
+async def test_fleet_ingest_keeps_the_first_of_a_second_sent_again_in_a_later_batch(tmp_path, database_url):
+    """An appliance whose two ticks fell in one second sends that second in two batches: the
+    second batch is stored (its other rows too) and the first row of the second is kept. On
+    PostgreSQL, COPY refused it, and the site's queue stuck on that batch with HTTP 500."""
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        token = await enroll(store, "ams1")
+        t = float(int(time.time()) - 10)
+        first = {"seq": 1, "time": t, "traffic_columns": columns_of([["alpha", t + 0.2, 1.0, 0.0, 8.0, 0.0]])}
+        again = {"seq": 2, "time": t + 1, "traffic_columns": columns_of(
+            [["alpha", t + 0.9, 2.0, 0.0, 16.0, 0.0], ["beta", t + 0.9, 3.0, 0.0, 24.0, 0.0]])}
+        for body in (first, again):
+            status, answer = await post(url, "/api/v1/fleet/site/ingest", token,
+                                        {"site": "ams1", "queue": "q1", "batches": [body]})
+            assert status == 200, answer
+        rows = await store.run(lambda b: fleet_store.traffic(b, t - 1, site="ams1"))
+        assert [(r["tenant"], r["time"], r["passed_pps"]) for r in rows] == [("alpha", int(t), 1.0),
+                                                                             ("beta", int(t), 3.0)]
