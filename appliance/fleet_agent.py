@@ -57,6 +57,7 @@ QUEUE_MAX_BATCHES = 7 * 86400            # batches kept: a week at one a second 
 BATCH_EVERY_S = 1.0                      # seconds between batches (the engine's tick at the default tick_ms)
 SYNC_EVERY_S = 5.0                       # seconds between configuration checks with the central server
 SEND_MAX_BATCHES = 120                   # batches per request: two minutes of backlog
+TRAFFIC_FIELDS = ("tenant", "time", "passed_pps", "dropped_pps", "passed_bps", "dropped_bps")   # a batch's columns
 SEND_MAX_BYTES = 3 << 20                 # bytes of JSON per request (the server takes 4 MiB)
 REFUSED_AS_DATA = (413, 422)             # statuses that refuse the batches sent, not the site or the link
 RETRY_FIRST_S = 1.0                      # seconds before the first retry after a failed send
@@ -298,7 +299,12 @@ class FleetAgent:
     # -- collect ----------------------------------------------------------------------------
 
     def _batch(self) -> dict[str, Any] | None:
-        traffic = []
+        # Columns, not rows (`securewatch.fleet`'s "traffic_columns"): a third of the decoding on
+        # the central server, which takes every site's seconds.
+        columns: dict[str, list[Any]] = {field: [] for field in TRAFFIC_FIELDS}
+        tenant_ids, times = columns["tenant"], columns["time"]
+        passed_pps, dropped_pps = columns["passed_pps"], columns["dropped_pps"]
+        passed_bps, dropped_bps = columns["passed_bps"], columns["dropped_bps"]
         now = self.clock()
         for tenant in self.appliance.current_tenants():
             after = self._last_seen.get(tenant.id)
@@ -307,8 +313,12 @@ class FleetAgent:
             after = 0.0 if after is None else after
             rows = [r for r in self.appliance.traffic_series(tenant.id, window) if float(r["time"]) > after]
             for r in rows:
-                traffic.append([tenant.id, float(r["time"]), float(r["passed_pps"]), float(r["dropped_pps"]),
-                                float(r["passed_bps"]), float(r["dropped_bps"])])
+                tenant_ids.append(tenant.id)
+                times.append(float(r["time"]))
+                passed_pps.append(float(r["passed_pps"]))
+                dropped_pps.append(float(r["dropped_pps"]))
+                passed_bps.append(float(r["passed_bps"]))
+                dropped_bps.append(float(r["dropped_bps"]))
             if rows:
                 self._last_seen[tenant.id] = float(rows[-1]["time"])
         destinations = self.appliance.destination_seconds(self._last_destination)
@@ -319,9 +329,9 @@ class FleetAgent:
             event = self._inbox.get_nowait()
             if event.type in ATTACK_EVENTS and event.incident_id and event.tenant:
                 events.append(event.to_dict())
-        if not (traffic or destinations or events):
+        if not (tenant_ids or destinations or events):
             return None
-        return {"site": self.site, "time": now, "traffic": traffic, "destinations": destinations,
+        return {"site": self.site, "time": now, "traffic_columns": columns, "destinations": destinations,
                 "events": events}
 
     async def collect(self) -> int | None:

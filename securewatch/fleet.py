@@ -5,8 +5,15 @@ Site-facing (a site's token, from `seawall fleet enroll SITE`, as `Authorization
     POST /api/v1/fleet/site/sync     {"site", "time", "running_version", "backlog", "status"}
                                      -> {"version", "tenants"?}: the tenant set for this site when
                                         the site does not run the newest version yet
-    POST /api/v1/fleet/site/ingest   {"site", "queue", "batches": [{"seq", "time", "traffic",
+    POST /api/v1/fleet/site/ingest   {"site", "queue", "batches": [{"seq", "time", "traffic_columns",
                                      "destinations", "events"}]} -> {"acked": [seq...], "duplicates"}
+
+A batch's traffic comes as columns, `"traffic_columns": {"tenant": [...], "time": [...],
+"passed_pps": [...], "dropped_pps": [...], "passed_bps": [...], "dropped_bps": [...]}` (one array
+per field, all of one length): decoding 10,000 rows that way takes a third of the time of 10,000
+row arrays (measured), and each column is checked at once. The row form of the first fleet
+version, `"traffic": [[tenant, time, passed_pps, dropped_pps, passed_bps, dropped_bps], ...]`,
+is still taken: an appliance's queue may hold batches written before the upgrade.
 
 A site's token authenticates that site only: a body naming another site is refused (403), and a
 revoked or unknown token is refused (401) from its next request on (the token is looked up on
@@ -31,6 +38,7 @@ import asyncio
 import contextlib
 import math
 import time
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,7 +47,7 @@ from aiohttp import web
 
 from . import auth, fleet_store
 from .context import SETTINGS, STORE, ApiError, principal_of, query_int, read_json
-from .store import record_event_in
+from .store import Store, record_event_in
 from .ui import render
 
 log = structlog.get_logger(__name__)
@@ -53,6 +61,12 @@ TRAFFIC_SPAN_MAX_S = 3600             # seconds of per-site rows one API call re
 INCIDENTS_SHOWN = 100
 RETENTION_EVERY_S = 60.0              # seconds between deletions of expired fleet rows
 INCIDENT_EVENT_TYPES = ("ATTACK_START", "ATTACK_UPDATE", "ATTACK_END")
+# PostgreSQL connections (each with its own thread) that take ingests, besides the store's own:
+# with one, the database works on one site's COPY at a time, one core, whatever the number of
+# sites sending. A site always gets the same one (its requests come one after another anyway).
+INGEST_CONNECTIONS = 3
+
+INGEST_STORES = web.AppKey("fleet_ingest_stores", list)
 
 
 def add_routes(app: web.Application) -> None:
@@ -64,6 +78,29 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/fleet/traffic", api_traffic)
     r.add_get("/api/v1/fleet/incidents", api_incidents)
     app.cleanup_ctx.append(_retention)
+    app.cleanup_ctx.append(_ingest_stores)
+
+
+async def _ingest_stores(app: web.Application) -> AsyncIterator[None]:
+    """INGEST_CONNECTIONS stores of the central database on PostgreSQL; none on SQLite, whose one
+    writer at a time gains nothing from more (ingest then uses the store itself)."""
+    store = app[STORE]
+    stores: list[Store] = []
+    app[INGEST_STORES] = stores
+    try:
+        if store.dialect == "postgresql":
+            for _ in range(INGEST_CONNECTIONS):
+                stores.append(await Store.open(store.url))
+        yield
+    finally:
+        for extra in stores:
+            await extra.close()
+
+
+def ingest_store(app: web.Application, site: str) -> Store:
+    """The store that takes `site`'s ingests: the same one for a site, spread over the sites."""
+    stores = app[INGEST_STORES]
+    return stores[zlib.crc32(site.encode()) % len(stores)] if stores else app[STORE]
 
 
 # -- the site's side ------------------------------------------------------------------------------
@@ -144,7 +181,15 @@ def check_batches(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         if not all(isinstance(x, list) for x in (traffic, destinations, events)):
             problems.append(f"{where}: traffic, destinations and events must be arrays")
             continue
-        if len(traffic) + len(destinations) + len(events) > MAX_ROWS_PER_BATCH:
+        columns = batch.get("traffic_columns")
+        column_rows = 0
+        if columns is not None:
+            problem = _bad_traffic_columns(columns)
+            if problem is not None:
+                problems.append(f"{where}.traffic_columns{problem}")
+                continue
+            column_rows = len(columns["tenant"])
+        if len(traffic) + column_rows + len(destinations) + len(events) > MAX_ROWS_PER_BATCH:
             problems.append(f"{where}: more than {MAX_ROWS_PER_BATCH} rows")
             continue
         j = _bad_traffic_row(traffic)
@@ -186,12 +231,45 @@ def _bad_traffic_row(rows: list[Any]) -> int | None:
     return None
 
 
+_TRAFFIC_FIELDS = ("tenant", "time", "passed_pps", "dropped_pps", "passed_bps", "dropped_bps")
+_NUMBER_TYPE_SET = frozenset(_NUMBER_TYPES)
+
+
+def _bad_traffic_columns(columns: Any) -> str | None:
+    """What is wrong with a batch's `traffic_columns` (None: nothing), as the rest of a problem's
+    text after "batches[i].traffic_columns". Each column is checked whole (its set of element types,
+    the sum of its numbers), element by element only to name the first bad one."""
+    if type(columns) is not dict or set(columns) != set(_TRAFFIC_FIELDS):
+        return f": expected an object of the arrays {', '.join(_TRAFFIC_FIELDS)}"
+    length = None
+    for field in _TRAFFIC_FIELDS:
+        column = columns[field]
+        if type(column) is not list:
+            return f".{field}: expected an array"
+        if length is None:
+            length = len(column)
+        elif len(column) != length:
+            return f".{field}: {len(column)} values where tenant has {length}"
+        if field == "tenant":
+            if column and set(map(type, column)) != {str}:
+                return f".tenant[{next(j for j, v in enumerate(column) if type(v) is not str)}]: expected a string"
+            continue
+        # A NaN or an infinity makes the sum one; so may finite numbers near the float limit, which
+        # the element-wise pass below then lets through.
+        if column and (not set(map(type, column)) <= _NUMBER_TYPE_SET or not math.isfinite(sum(column))):
+            for j, v in enumerate(column):
+                if type(v) not in _NUMBER_TYPE_SET or not math.isfinite(v):
+                    return f".{field}[{j}]: expected a finite number, got {v!r}"[:200]
+    return None
+
+
 async def site_ingest(request: web.Request) -> web.Response:
     site = await authenticated_site(request)
     body = _own_site(await read_json(request), site)
     queue, batches = check_batches(body)
     received = time.time()
-    result = await request.app[STORE].run(fleet_store.ingest, site, queue, batches, received, record_event_in)
+    result = await ingest_store(request.app, site).run(fleet_store.ingest, site, queue, batches, received,
+                                                        record_event_in)
     log.debug("fleet.ingested", site=site, batches=len(batches), duplicates=result.duplicates,
               traffic_rows=result.traffic_rows, events=result.events)
     return web.json_response({"acked": result.acked, "duplicates": result.duplicates})

@@ -28,6 +28,7 @@ transaction per call). Ingest is batched: PostgreSQL gets `COPY`, SQLite `execut
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -216,7 +217,10 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
     last_time = None
     for batch in batches:
         seq = int(batch["seq"])
-        items = len(batch.get("traffic") or ()) + len(batch.get("destinations") or ()) + len(batch.get("events") or ())
+        columns = batch.get("traffic_columns")
+        column_rows = len(columns["tenant"]) if columns else 0
+        items = (len(batch.get("traffic") or ()) + column_rows + len(batch.get("destinations") or ())
+                 + len(batch.get("events") or ()))
         fresh = b.execute("INSERT INTO fleet_batches (site, queue, seq, appliance_time, received_at, items) "
                           "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (site, queue, seq) DO NOTHING",
                           (site, queue, seq, float(batch["time"]), now, items)).rowcount
@@ -227,6 +231,10 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
         last_time = float(batch["time"])
         # Whole seconds: the appliance's rows carry its tick's read time, a fraction of a second in.
         traffic.extend((site, row[0], int(row[1]), *row[2:]) for row in batch.get("traffic") or ())
+        if column_rows:
+            traffic.extend(zip(itertools.repeat(site, column_rows), columns["tenant"], map(int, columns["time"]),
+                               columns["passed_pps"], columns["dropped_pps"], columns["passed_bps"],
+                               columns["dropped_bps"], strict=False))
         for d in batch.get("destinations") or ():
             destinations.append((site, d["tenant"], d["address"], int(d["time"]), float(sum(d.get("pps") or ())),
                                  float(d.get("dropped_pps") or 0.0), json.dumps(d, separators=(",", ":"))))
@@ -258,11 +266,20 @@ def _write_rows(b: Any, table: str, columns: Sequence[str], rows: list[tuple[Any
     if not rows:
         return
     if b.dialect == "postgresql":
-        cursor = b.connection.cursor()
-        with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-        return
+        import psycopg  # noqa: PLC0415 - only a PostgreSQL store gets here
+
+        # COPY has no ON CONFLICT: a second already stored (an appliance whose two ticks fell in
+        # one second sends it in two batches) fails it, and the batch would be refused on every
+        # retry. Then the request's rows go again as inserts that skip what is there.
+        try:
+            # transaction(): a savepoint, so that the failed COPY alone is undone.
+            with (b.connection.transaction(),
+                  b.connection.cursor().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy):
+                for row in rows:
+                    copy.write_row(row)
+            return
+        except psycopg.errors.UniqueViolation:
+            pass
     b.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
                   f"ON CONFLICT DO NOTHING", rows)
 

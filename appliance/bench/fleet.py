@@ -69,13 +69,20 @@ def _rows(tenants: int, t: int) -> list[list[Any]]:
     return [[f"t{i:05d}", t, 1000.0 + i % 97, float(i % 7), 8e6 + i, 5600.0 * (i % 7)] for i in range(tenants)]
 
 
+def _columns(tenants: int, t: int) -> dict[str, list[Any]]:
+    """The same rows as the agent sends them: a batch's "traffic_columns"."""
+    from appliance.fleet_agent import TRAFFIC_FIELDS  # noqa: PLC0415
+
+    return dict(zip(TRAFFIC_FIELDS, (list(c) for c in zip(*_rows(tenants, t), strict=True)), strict=True))
+
+
 async def _ingest(base: str, tokens: dict[str, str], tenants: int, seconds: int) -> dict[str, Any]:
     import aiohttp  # noqa: PLC0415
 
     from appliance import fleet_agent  # noqa: PLC0415
 
     t0 = int(time.time()) - seconds
-    per_request = max(1, fleet_agent.SEND_MAX_BYTES // max(1, len(json.dumps(_rows(tenants, t0)))))
+    per_request = max(1, fleet_agent.SEND_MAX_BYTES // max(1, len(json.dumps(_columns(tenants, t0)))))
     errors: list[str] = []
 
     async def site(name: str, token: str, http: aiohttp.ClientSession) -> None:
@@ -84,7 +91,7 @@ async def _ingest(base: str, tokens: dict[str, str], tenants: int, seconds: int)
             batches = []
             for _ in range(min(per_request, seconds - seq)):
                 seq += 1
-                batches.append({"seq": seq, "time": float(t0 + seq), "traffic": _rows(tenants, t0 + seq)})
+                batches.append({"seq": seq, "time": float(t0 + seq), "traffic_columns": _columns(tenants, t0 + seq)})
             async with http.post(f"{base}/api/v1/fleet/site/ingest", headers={"Authorization": f"Bearer {token}"},
                                  json={"site": name, "queue": "bench", "batches": batches}) as r:
                 if r.status != 200:
@@ -175,7 +182,7 @@ async def _backfill(base: str, token: str, tenants: int, outage_s: int, state: p
     t0 = int(time.time()) - outage_s
     progress(f"queueing {outage_s:,} s of {tenants:,} tenants on disk (the outage)")
     for s in range(outage_s):
-        agent.queue.append({"site": "backfill", "time": float(t0 + s), "traffic": _rows(tenants, t0 + s),
+        agent.queue.append({"site": "backfill", "time": float(t0 + s), "traffic_columns": _columns(tenants, t0 + s),
                             "destinations": [], "events": []})
     queued = agent.queue.stats()
     progress(f"backfilling {queued['batches']:,} batches ({queued['bytes'] / 2**20:.1f} MiB compressed)")

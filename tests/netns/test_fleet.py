@@ -161,6 +161,38 @@ def _query(database: str, sql: str, *params) -> list[tuple]:
         return conn.execute(sql, params).fetchall()
 
 
+async def test_fleet_ingest_on_postgresql_spreads_sites_over_connections_and_keeps_dedup(tmp_path,
+                                                                                         database_url):
+    """Gap 1 of issue 17 (ingest rate): on PostgreSQL ingests run on INGEST_CONNECTIONS connections
+    of their own (the database's work of several sites on more than one core), and every site's
+    batches, each sent twice at once, are still stored once."""
+    import asyncio  # noqa: PLC0415
+
+    from securewatch import fleet  # noqa: PLC0415
+
+    sites = [f"s{i}" for i in range(6)]
+    async with _suite.service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        tokens = {site: await _suite.enroll(store, site) for site in sites}
+        connections = _query(database_url, "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                           "AND pid <> pg_backend_pid()")[0][0]
+        assert connections >= 1 + fleet.INGEST_CONNECTIONS   # the store's own and the ingest ones
+        t = float(int(time.time()) - 60)
+
+        def body(site: str) -> dict:
+            return {"site": site, "queue": "q", "batches": [
+                {"seq": s + 1, "time": t + s, "traffic_columns": _suite.columns_of(
+                    [[f"t{i:03d}", t + s, 1.0, 0.0, 8.0, 0.0] for i in range(200)])} for s in range(3)]}
+
+        answers = await asyncio.gather(*(_suite.post(url, "/api/v1/fleet/site/ingest", tokens[site], body(site))
+                                         for site in sites for _ in range(2)))
+        assert all(status == 200 for status, _ in answers), answers
+        assert sorted(a["duplicates"] for _, a in answers) == [0] * 6 + [3] * 6
+    assert _query(database_url, "SELECT site, COUNT(*) FROM fleet_batches GROUP BY site ORDER BY site") == [
+        (site, 3) for site in sites]
+    assert _query(database_url, "SELECT site, COUNT(*) FROM fleet_traffic_seconds GROUP BY site ORDER BY site") == [
+        (site, 600) for site in sites]
+
+
 def test_fleet_two_sites_one_central_postgresql(request, tmp_path, postgres_server):  # noqa: F811
     database = _database(postgres_server)
     central = Central(tmp_path, database)

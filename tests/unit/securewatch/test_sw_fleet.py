@@ -202,3 +202,77 @@ def test_fleet_traffic_row_check_refuses_what_is_not_six_finite_fields(row):
     with pytest.raises(ApiError) as caught:
         check_batches({"queue": "q", "batches": [{"seq": 1, "time": 1.0, "traffic": [good, row]}]})
     assert caught.value.status == 422 and caught.value.problems[0].startswith("batches[0].traffic[1]:")
+
+
+def columns_of(rows: list[list]) -> dict[str, list]:
+    """Traffic rows as a batch's "traffic_columns" (what the agent sends since the columnar form)."""
+    fields = ("tenant", "time", "passed_pps", "dropped_pps", "passed_bps", "dropped_bps")
+    return {field: [row[i] for row in rows] for i, field in enumerate(fields)}
+
+
+async def test_fleet_ingest_takes_traffic_columns_and_the_older_rows_alike(tmp_path, database_url):
+    """Gap 1 of issue 17 (ingest rate): the columnar batch is stored as its rows would be, the row
+    form of batches queued before the upgrade still is, and a retried columnar batch is stored once."""
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        token = await enroll(store, "ams1")
+        t = float(int(time.time()) - 10)
+        columnar = {"seq": 2, "time": t + 1, "traffic_columns": columns_of(
+            [["alpha", t + 1.43, 1000.0, 20.0, 8e6, 1.6e5], ["beta", t + 1.43, 7, 0, 56, 0]])}
+        body = {"site": "ams1", "queue": "q1", "batches": [batch(1, t), columnar]}
+        status, answer = await post(url, "/api/v1/fleet/site/ingest", token, body)
+        assert status == 200 and answer == {"acked": [1, 2], "duplicates": 0}, answer
+        status, answer = await post(url, "/api/v1/fleet/site/ingest", token, body)
+        assert answer == {"acked": [1, 2], "duplicates": 2}
+        rows = await store.run(lambda b: fleet_store.traffic(b, t - 1, site="ams1"))
+        assert [(r["tenant"], r["time"], r["passed_pps"], r["dropped_bps"]) for r in rows] == [
+            ("alpha", int(t), 1000.0, 1.6e5), ("alpha", int(t) + 1, 1000.0, 1.6e5), ("beta", int(t) + 1, 7.0, 0.0)]
+        items = await store.run(lambda b: b.execute("SELECT items FROM fleet_batches WHERE seq = 2").fetchone()[0])
+        assert items == 2
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    (lambda c: c.pop("dropped_bps"), "batches[0].traffic_columns: expected an object of the arrays"),
+    (lambda c: c.update(extra=[]), "batches[0].traffic_columns: expected an object of the arrays"),
+    (lambda c: c.update(time=1.0), "batches[0].traffic_columns.time: expected an array"),
+    (lambda c: c["passed_bps"].pop(), "batches[0].traffic_columns.passed_bps: 1 values where tenant has 2"),
+    (lambda c: c["tenant"].__setitem__(1, 7), "batches[0].traffic_columns.tenant[1]: expected a string"),
+    (lambda c: c["time"].__setitem__(1, "1"), "batches[0].traffic_columns.time[1]: expected a finite number"),
+    (lambda c: c["passed_pps"].__setitem__(0, True), "batches[0].traffic_columns.passed_pps[0]: expected a finite"),
+    (lambda c: c["dropped_pps"].__setitem__(1, float("nan")), "batches[0].traffic_columns.dropped_pps[1]: expected"),
+    (lambda c: c["dropped_bps"].__setitem__(0, float("-inf")), "batches[0].traffic_columns.dropped_bps[0]: expected"),
+])
+def test_fleet_traffic_columns_check_names_the_bad_column_and_value(change, problem):
+    from securewatch.context import ApiError  # noqa: PLC0415
+    from securewatch.fleet import check_batches  # noqa: PLC0415
+
+    def body(columns):
+        return {"queue": "q", "batches": [{"seq": 1, "time": 1.0, "traffic_columns": columns}]}
+
+    good = [["alpha", 1.0, 2, 3.0, 4.0, 5.0], ["beta", 1.0, 2, 3.0, 4.0, 5.0]]
+    assert check_batches(body(columns_of(good)))[0] == "q"
+    # Finite numbers whose sum overflows are still numbers: the column-wide sum only picks the slow path.
+    assert check_batches(body(columns_of([["a", 1.0, 1e308, 1e308, 1.0, 1.0], ["b", 1.0, 1e308, 1e308, 1.0, 1.0]])))
+    columns = columns_of(good)
+    change(columns)
+    with pytest.raises(ApiError) as caught:
+        check_batches(body(columns))
+    assert caught.value.status == 422 and caught.value.problems[0].startswith(problem), caught.value.problems
+
+
+async def test_fleet_ingest_keeps_the_first_of_a_second_sent_again_in_a_later_batch(tmp_path, database_url):
+    """An appliance whose two ticks fell in one second sends that second in two batches: the
+    second batch is stored (its other rows too) and the first row of the second is kept. On
+    PostgreSQL, COPY refused it, and the site's queue stuck on that batch with HTTP 500."""
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        token = await enroll(store, "ams1")
+        t = float(int(time.time()) - 10)
+        first = {"seq": 1, "time": t, "traffic_columns": columns_of([["alpha", t + 0.2, 1.0, 0.0, 8.0, 0.0]])}
+        again = {"seq": 2, "time": t + 1, "traffic_columns": columns_of(
+            [["alpha", t + 0.9, 2.0, 0.0, 16.0, 0.0], ["beta", t + 0.9, 3.0, 0.0, 24.0, 0.0]])}
+        for body in (first, again):
+            status, answer = await post(url, "/api/v1/fleet/site/ingest", token,
+                                        {"site": "ams1", "queue": "q1", "batches": [body]})
+            assert status == 200, answer
+        rows = await store.run(lambda b: fleet_store.traffic(b, t - 1, site="ams1"))
+        assert [(r["tenant"], r["time"], r["passed_pps"]) for r in rows] == [("alpha", int(t), 1.0),
+                                                                             ("beta", int(t), 3.0)]
