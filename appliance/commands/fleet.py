@@ -10,13 +10,10 @@ revoked site is enrolled again with a new token. Every change is in the audit lo
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
 import time
-from collections.abc import Iterator
-from typing import Any
 
+from appliance.commands.token import _Refused, _run, open_store
 from appliance.config import DEFAULT_CONFIG_PATH
 
 
@@ -34,38 +31,8 @@ def register(subparsers) -> None:
         parser.set_defaults(func=func)
 
 
-class _Refused(Exception):
-    """A problem to print (prefixed with the command) and exit 2 for."""
-
-
-@contextlib.contextmanager
-def _store(config_path: str) -> Iterator[Any]:
-    from appliance.config import load_config  # noqa: PLC0415
-    from securewatch.store import Store, StoreError  # noqa: PLC0415
-    from tenants import ConfigError  # noqa: PLC0415
-
-    try:
-        store = Store.open_sync(load_config(config_path).securewatch.database)
-    except (ConfigError, StoreError) as exc:
-        raise _Refused(str(exc)) from None
-    try:
-        yield store
-    except StoreError as exc:
-        raise _Refused(str(exc)) from None
-    finally:
-        store.close()
-
-
-def _run(command: str, fn, args) -> int:
-    try:
-        return fn(args)
-    except _Refused as exc:
-        print(f"seawall fleet {command}: {exc}", file=sys.stderr)
-        return 2
-
-
 def enroll_site(args) -> int:
-    return _run("enroll", _enroll, args)
+    return _run("fleet enroll", _enroll, args)
 
 
 def _enroll(args) -> int:
@@ -75,7 +42,7 @@ def _enroll(args) -> int:
     if problem is not None:
         raise _Refused(f"site: {problem}")
     token = auth.new_token()
-    with _store(args.config) as store:
+    with open_store(args.config) as (_config, store):
         try:
             store.run(fleet_store.enroll, args.site, auth.token_hash(token), "cli", time.time())
         except ValueError as exc:
@@ -86,13 +53,13 @@ def _enroll(args) -> int:
 
 
 def revoke_site(args) -> int:
-    return _run("revoke", _revoke, args)
+    return _run("fleet revoke", _revoke, args)
 
 
 def _revoke(args) -> int:
     from securewatch import fleet_store  # noqa: PLC0415
 
-    with _store(args.config) as store:
+    with open_store(args.config) as (_config, store):
         if not store.run(fleet_store.revoke, args.site, "cli", time.time()):
             raise _Refused(f"site: no enrolled site {args.site!r} (see `seawall fleet list`)")
     print(f"site {args.site} revoked; its token is refused from now on")
@@ -100,13 +67,13 @@ def _revoke(args) -> int:
 
 
 def list_sites(args) -> int:
-    return _run("list", _list, args)
+    return _run("fleet list", _list, args)
 
 
 def _list(args) -> int:
     from securewatch import fleet_store  # noqa: PLC0415
 
-    with _store(args.config) as store:
+    with open_store(args.config) as (_config, store):
         version = store.run(fleet_store.central_version)
         rows = [s.health(time.time(), version) for s in store.run(fleet_store.sites)]
     for row in rows:
