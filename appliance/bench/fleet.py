@@ -38,9 +38,8 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from appliance.bench.securewatch import cpu_model
+from appliance.bench.securewatch import cpu_model, serving
 
-STARTUP_TIMEOUT_S = 60.0      # seconds the central server may take to answer its first request
 POLL_S = 0.05                 # seconds between polls of the central API (tick-to-central delay)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")   # /proc/PID/stat's time unit, per second
 
@@ -203,7 +202,6 @@ def run(sites: int = 20, tenants: int = 10_000, seconds: int = 30, live_s: int =
         progress: Callable[[str], None] = lambda _m: None) -> dict:
     if min(sites, tenants, seconds, live_s, outage_s, backfill_tenants) < 1:
         raise ValueError("sites, tenants, seconds, live-s, outage-s and backfill-tenants must be >= 1")
-    import aiohttp  # noqa: PLC0415
 
     from securewatch import auth, fleet_store  # noqa: PLC0415
     from securewatch.store import Store  # noqa: PLC0415
@@ -227,22 +225,7 @@ def run(sites: int = 20, tenants: int = 10_000, seconds: int = 30, live_s: int =
             server = subprocess.Popen([sys.executable, "-m", "appliance.cli", "securewatch", "--config", str(config)],
                                       stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
         try:
-            async def up() -> None:
-                deadline = time.monotonic() + STARTUP_TIMEOUT_S
-                async with aiohttp.ClientSession() as http:
-                    while True:
-                        try:
-                            async with http.get(f"{base}/api/v1/openapi.json") as r:
-                                if r.status == 200:
-                                    return
-                        except aiohttp.ClientError:
-                            pass
-                        if server.poll() is not None or time.monotonic() > deadline:
-                            raise RuntimeError(f"securewatch did not start: "
-                                               f"{(directory / 'central.log').read_text()[-2000:]}")
-                        await asyncio.sleep(0.1)   # poll interval of the startup probe
-
-            asyncio.run(up())
+            asyncio.run(serving(base, server, directory / "central.log"))
             progress(f"ingest: {sites} sites x {seconds} s x {tenants:,} tenants into {database.split(':')[0]}")
             cpu0, self0 = _cpu_s(server.pid), resource.getrusage(resource.RUSAGE_SELF)
             ingest = asyncio.run(_ingest(base, {n: tokens[n] for n in names[:sites]}, tenants, seconds))

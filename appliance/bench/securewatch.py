@@ -32,6 +32,25 @@ POLL_S = 0.1                      # seconds between startup probes
 CONSOLE_REPEAT = 5                # fetches of each console page or series (the median is shown)
 
 
+async def serving(base: str, server: subprocess.Popen, log_path: pathlib.Path) -> None:
+    """Returns once the `seawall securewatch` process `server` answers on `base`; RuntimeError with the
+    tail of its log when it exits first or takes longer than STARTUP_TIMEOUT_S."""
+    import aiohttp  # noqa: PLC0415
+
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    async with aiohttp.ClientSession() as http:
+        while True:
+            try:
+                async with http.get(f"{base}/api/v1/openapi.json") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"securewatch did not start: {log_path.read_text()[-2000:]}")
+            await asyncio.sleep(POLL_S)  # poll interval of the startup probe
+
+
 def cpu_model() -> str:
     try:
         for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
@@ -138,7 +157,6 @@ def run(tenants: int = 10_000, clients: int = 20, requests: int = 2_000, put_eve
         time_limit_s: float = 300.0, seed: int = 1, progress: Callable[[str], None] = lambda _m: None) -> dict:
     if clients < 1 or requests < 1 or put_every < 0 or time_limit_s <= 0:
         raise ValueError("clients and requests >= 1, put_every >= 0 (0: reads only), time_limit > 0")
-    import aiohttp  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="seawall-bench-sw-") as tmp:
         directory = pathlib.Path(tmp)
@@ -158,21 +176,7 @@ def run(tenants: int = 10_000, clients: int = 20, requests: int = 2_000, put_eve
             try:
                 progress(f"serving with `seawall securewatch` (pid {server.pid}) on {base}")
 
-                async def up() -> None:
-                    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-                    async with aiohttp.ClientSession() as http:
-                        while True:
-                            try:
-                                async with http.get(f"{base}/api/v1/openapi.json") as r:
-                                    if r.status == 200:
-                                        return
-                            except aiohttp.ClientError:
-                                pass
-                            if server.poll() is not None or time.monotonic() > deadline:
-                                raise RuntimeError(f"securewatch did not start: {(directory / 'server.log').read_text()[-2000:]}")
-                            await asyncio.sleep(POLL_S)  # poll interval of the startup probe
-
-                asyncio.run(up())
+                asyncio.run(serving(base, server, directory / "server.log"))
                 load = os.getloadavg()[0]
                 progress(f"{clients} clients, {requests:,} requests (every {put_every}th a policy PUT)")
                 result = asyncio.run(_drive(base, token, tenants, clients, requests, put_every, time_limit_s, seed))
