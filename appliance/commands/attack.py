@@ -47,6 +47,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _stop_on_signals() -> tuple[threading.Event, dict]:
+    """An event SIGINT and SIGTERM set (the generators stop at their next second and still report),
+    and the handlers they replaced, for `_restore`."""
+    stop = threading.Event()
+    return stop, {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
 def run(args: argparse.Namespace) -> int:
     from appliance.lab import LabError, logs_to_stderr  # noqa: PLC0415
     from appliance.lab.generator import run_in_lab  # noqa: PLC0415 - bcc loads only when attacking
@@ -64,8 +76,7 @@ def run(args: argparse.Namespace) -> int:
                       pulse=pulse, ramp=args.ramp, bots=args.bots, rate=args.rate, sources=args.sources)
     if args.vector in BOTNET_VECTORS:
         return _botnet(args, spec)
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop, previous = _stop_on_signals()
 
     def progress(report) -> None:
         if args.json:
@@ -83,8 +94,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"seawall attack: {exc}", file=sys.stderr)
         return 1
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _restore(previous)
     if args.json:
         print(json.dumps(result.to_dict()), flush=True)
     else:
@@ -106,8 +116,7 @@ def _botnet(args: argparse.Namespace, spec: AttackSpec) -> int:
         print(f"seawall attack: {exc}", file=sys.stderr)
         return 2
     unit = UNITS[plan.mode]
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop, previous = _stop_on_signals()
 
     def progress(record: dict) -> None:
         if args.json:
@@ -123,8 +132,7 @@ def _botnet(args: argparse.Namespace, spec: AttackSpec) -> int:
         print(f"seawall attack: {exc}", file=sys.stderr)
         return 1
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _restore(previous)
     if args.json:
         print(json.dumps(result), flush=True)
     else:
