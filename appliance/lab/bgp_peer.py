@@ -18,10 +18,11 @@ import contextlib
 import ctypes
 import ipaddress
 import pathlib
-import re
 import signal
 import subprocess
 import time
+
+from appliance.lab.edge_router import parse_routes
 
 APPLIANCE = "192.0.2.249"          # the appliance's management address (/30 with the peer)
 PEER = "192.0.2.250"
@@ -32,9 +33,6 @@ LINK_STRIDE = 4                    # addresses per management link: a second pee
 LOCAL_AS = 64512                   # the appliance's AS in the tests
 PEER_AS = 64500
 READY_TIMEOUT_S = 15.0             # seconds for BIRD to answer on its control socket
-
-_ROUTE_HEAD = re.compile(r"^(flow[46] \{.*?\}|\S+/\d+)\s+")
-
 
 PR_SET_PDEATHSIG = 1               # prctl(2): the signal a child gets when its parent dies
 
@@ -141,16 +139,7 @@ protocol bgp seawall {{
 
     def routes(self, table: str) -> dict[str, str]:
         """route (BIRD's rendering of the NLRI) -> its block of attributes."""
-        out: dict[str, str] = {}
-        current = None
-        for line in self.birdc(f"show route table {table} all").splitlines():
-            head = _ROUTE_HEAD.match(line)
-            if head:
-                current = head.group(1)
-                out[current] = line
-            elif current is not None and line.startswith(("\t", " ")):
-                out[current] += "\n" + line
-        return out
+        return parse_routes(self.birdc(f"show route table {table} all"))
 
     def flow4(self) -> dict[str, str]:
         return self.routes("flowtab4")
