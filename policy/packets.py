@@ -41,6 +41,8 @@ PROTO_ICMP = int(IpProto.ICMP)
 PROTO_ICMPV6 = int(IpProto.ICMPV6)
 
 NO_PORT = -1                         # port columns of packets without an L4 header
+TCP_HEADER_BYTES = 20               # without options
+UDP_HEADER_BYTES = 8
 ICMP_HEADER_BYTES = 4                # type, code, checksum: the program's payload starts after them
 
 
@@ -131,9 +133,15 @@ def classify_fields(proto: int, flags: int, fragment: bool) -> TrafficClass:
     return TrafficClass.OTHER
 
 
-def parse_frame(data: bytes) -> tuple | None:
-    """(src, dst, proto, ip_len, ttl, sport, dport, flags, fragment, payload, l4_ok) or None."""
+def parse_frame(data: bytes, wire_length: int | None = None) -> tuple | None:
+    """(src, dst, proto, ip_len, ttl, sport, dport, flags, fragment, payload, l4_ok) or None.
+
+    `data` may be a snapshot of a longer frame of `wire_length` bytes (default: all of it).
+    As in the program, the L4 header counts only inside the IP length, and only when the
+    IP length fits the frame on the wire: a truncated packet has no ports, flags or payload.
+    """
     n = len(data)
+    wire = n if wire_length is None else wire_length
     if n < 14:
         return None
     off = 12
@@ -160,8 +168,9 @@ def parse_frame(data: bytes) -> tuple | None:
         frag_offset = frag & 0x1FFF
         more_fragments = bool(frag & 0x2000)
         fragment = more_fragments or frag_offset != 0
-        l4_present = frag_offset == 0
         ip_len = total_len
+        ip_end = off + total_len
+        l4_present = frag_offset == 0 and total_len >= ihl and ip_end <= wire
         off += ihl
     elif ethertype == ETH_P_IPV6:
         if n < off + 40:
@@ -170,10 +179,12 @@ def parse_frame(data: bytes) -> tuple | None:
         src = _address(data[off + 8:off + 24])
         dst = _address(data[off + 24:off + 40])
         ip_len = payload_len + IPV6_HEADER_BYTES
+        ip_end = off + ip_len
+        l4_present = ip_end <= wire
         off += 40
-        for _ in range(6):
+        for _ in range(6 if l4_present else 0):
             if proto == IPV6_FRAGMENT_HEADER:
-                if n < off + 8:
+                if n < off + 8 or off + 8 > ip_end:
                     l4_present = False
                     break
                 nxt, _res, frag = struct.unpack_from("!BBH", data, off)
@@ -188,6 +199,9 @@ def parse_frame(data: bytes) -> tuple | None:
                 nxt, hdr_len = data[off], data[off + 1]
                 off += (hdr_len + 2) * 4 if proto == IpProto.AH else (hdr_len + 1) * 8
                 proto = nxt
+                if off > ip_end:
+                    l4_present = False
+                    break
             else:
                 break
     else:
@@ -197,20 +211,30 @@ def parse_frame(data: bytes) -> tuple | None:
     payload = b""
     l4_ok = False
     if l4_present:
-        if proto == PROTO_TCP and n >= off + 14:
+        # The program's header checks (sw_parse_l4): a header or a length that runs past the
+        # IP length makes the packet BAD_LENGTH or MALFORMED, and leaves its L4 unparsed.
+        if (proto == PROTO_TCP and n >= off + 14 and off + TCP_HEADER_BYTES <= ip_end
+                and (doff := (data[off + 12] >> 4) * 4) >= TCP_HEADER_BYTES and off + doff <= ip_end):
             sport, dport = struct.unpack_from("!HH", data, off)
             flags = data[off + 13]
-            doff = (data[off + 12] >> 4) * 4
-            payload = data[off + doff:off + doff + PAYLOAD_MATCH_BYTES] if doff >= 20 else b""
+            payload = data[off + doff:off + doff + PAYLOAD_MATCH_BYTES]
             l4_ok = True
-        elif proto == PROTO_UDP and n >= off + 4:
+        elif (proto == PROTO_UDP and n >= off + 4 and off + UDP_HEADER_BYTES <= ip_end
+              and (n < off + 6 or _udp_length_ok(struct.unpack_from("!H", data, off + 4)[0], off, ip_end,
+                                                 fragment))):
             sport, dport = struct.unpack_from("!HH", data, off)
             payload = data[off + 8:off + 8 + PAYLOAD_MATCH_BYTES]
             l4_ok = True
-        elif proto in (PROTO_ICMP, PROTO_ICMPV6) and n >= off + ICMP_HEADER_BYTES:
+        elif proto in (PROTO_ICMP, PROTO_ICMPV6) and n >= off + ICMP_HEADER_BYTES and off + ICMP_HEADER_BYTES <= ip_end:
             payload = data[off + ICMP_HEADER_BYTES:off + ICMP_HEADER_BYTES + PAYLOAD_MATCH_BYTES]
             l4_ok = True
     return src, dst, proto, ip_len, ttl, sport, dport, flags, fragment, payload, l4_ok
+
+
+def _udp_length_ok(ulen: int, off: int, ip_end: int, fragment: bool) -> bool:
+    """The UDP length covers its header and, unless a first fragment (which carries only part of
+    the datagram), stays inside the IP length."""
+    return ulen >= UDP_HEADER_BYTES and (fragment or off + ulen <= ip_end)
 
 
 # The vectorised path reads this many leading bytes of each frame: Ethernet (14), IPv4 with
@@ -242,9 +266,10 @@ def parse_samples(samples: list[Sample]) -> PacketFeatures:
     l4_ok = np.zeros(n, bool)
     cols = (parsed, proto, ip_len, ttl, sport, dport, flags, fragment, tclass, payload, payload_len, l4_ok)
     frames = [s.data for s in samples]
-    slow = _parse_ipv4_columns(frames, src, dst, cols) if n else np.zeros(0, np.int64)
+    wire = [s.wire_length for s in samples]
+    slow = _parse_ipv4_columns(frames, wire, src, dst, cols) if n else np.zeros(0, np.int64)
     for i in slow.tolist():
-        fields = parse_frame(frames[i])
+        fields = parse_frame(frames[i], wire[i])
         if fields is None:
             continue
         s, d, p, length, t, sp, dp, fl, frag, pl, l4 = fields
@@ -268,7 +293,7 @@ def parse_samples(samples: list[Sample]) -> PacketFeatures:
     )
 
 
-def _parse_ipv4_columns(frames: list[bytes], src: list[IPAddress | None], dst: list[IPAddress | None],
+def _parse_ipv4_columns(frames: list[bytes], wire_lengths: list[int], src: list[IPAddress | None], dst: list[IPAddress | None],
                         cols: tuple[np.ndarray, ...]) -> np.ndarray:
     """Fill the columns of untagged IPv4 frames with whole-array operations, as `parse_frame`
     would; returns the rows left for `parse_frame` (other frames)."""
@@ -293,7 +318,10 @@ def _parse_ipv4_columns(frames: list[bytes], src: list[IPAddress | None], dst: l
     off = 14 + ihl[rows]
     parsed[rows] = True
     proto[rows] = p
-    ip_len[rows] = (r[:, 16] << 8) | r[:, 17]
+    total = (r[:, 16] << 8) | r[:, 17]
+    ip_len[rows] = total
+    ip_end = 14 + total
+    fits = (total >= ihl[rows]) & (ip_end <= np.asarray(wire_lengths, np.int64)[rows])
     ttl[rows] = r[:, 22]
     fragment[rows] = is_fragment
     at = np.arange(len(rows))
@@ -301,10 +329,15 @@ def _parse_ipv4_columns(frames: list[bytes], src: list[IPAddress | None], dst: l
     def byte(k: np.ndarray) -> np.ndarray:
         return r[at, np.minimum(k, span - 1)]
 
-    first = frag_offset == 0
-    tcp = first & (p == PROTO_TCP) & (nr >= off + 14)
-    udp = first & (p == PROTO_UDP) & (nr >= off + 4)
-    icmp = first & ((p == PROTO_ICMP) | (p == PROTO_ICMPV6)) & (nr >= off + ICMP_HEADER_BYTES)
+    first = (frag_offset == 0) & fits
+    doff = (byte(off + 12) >> 4) * 4
+    ulen = (byte(off + 4) << 8) | byte(off + 5)
+    tcp = (first & (p == PROTO_TCP) & (nr >= off + 14) & (off + TCP_HEADER_BYTES <= ip_end)
+           & (doff >= TCP_HEADER_BYTES) & (off + doff <= ip_end))
+    udp = (first & (p == PROTO_UDP) & (nr >= off + 4) & (off + UDP_HEADER_BYTES <= ip_end)
+           & ((nr < off + 6) | ((ulen >= UDP_HEADER_BYTES) & (is_fragment | (off + ulen <= ip_end)))))
+    icmp = (first & ((p == PROTO_ICMP) | (p == PROTO_ICMPV6)) & (nr >= off + ICMP_HEADER_BYTES)
+            & (off + ICMP_HEADER_BYTES <= ip_end))
     ports = tcp | udp
     l4_ok[rows] = ports | icmp
     sp = (byte(off) << 8) | byte(off + 1)
@@ -313,9 +346,8 @@ def _parse_ipv4_columns(frames: list[bytes], src: list[IPAddress | None], dst: l
     dport[rows] = np.where(ports, dp, NO_PORT)
     fl = np.where(tcp, byte(off + 13), 0)
     flags[rows] = fl
-    doff = (byte(off + 12) >> 4) * 4
     start = np.where(tcp, off + doff, np.where(icmp, off + ICMP_HEADER_BYTES, off + 8))
-    has_payload = (tcp & (doff >= 20)) | udp | icmp
+    has_payload = tcp | udp | icmp
     plen = np.where(has_payload, np.clip(nr - start, 0, PAYLOAD_MATCH_BYTES), 0)
     payload_len[rows] = plen
     k = np.arange(PAYLOAD_MATCH_BYTES)

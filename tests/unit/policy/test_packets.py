@@ -11,7 +11,7 @@ from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
 from dataplane.api import Range, Rule, Sample
-from dataplane.constants import Direction, DropReason, TrafficClass
+from dataplane.constants import Direction, DropReason, RuleAction, TrafficClass
 from policy.packets import NO_PORT, classify_fields, match_rule, parse_frame, parse_samples
 from tests.unit.policy.fakes import fragment_frame, icmp_frame, syn_frame, tcp_frame, udp_frame
 
@@ -105,7 +105,7 @@ def _frame_by_frame(frames: list[bytes]) -> dict[str, list]:
                                              "tcp_flags", "fragment", "traffic_class", "payload", "payload_len",
                                              "l4_ok")}
     for data in frames:
-        fields = parse_frame(data)
+        fields = parse_frame(data, len(data) + 4)     # the wire length `sample` records
         if fields is None:
             for k, v in (("parsed", False), ("src", None), ("dst", None), ("proto", -1), ("ip_len", 0), ("ttl", 0),
                          ("sport", NO_PORT), ("dport", NO_PORT), ("tcp_flags", 0), ("fragment", False),
@@ -188,3 +188,51 @@ def test_match_rule_sees_icmp_ports_as_zero_and_its_payload_after_the_header():
 def test_match_rule_treats_an_empty_payload_as_no_payload_match():
     f = parse_samples([sample(syn_frame("198.18.0.1", "198.51.100.10", 1234, 80))])
     assert match_rule(Rule(tenant_idx=1, dst=None, payload=b""), f).tolist() == [True]
+
+
+# The frame tests/bpf/test_fuzz.py's match_rule fuzz found: QinQ, IPv4 total length 296, cut after a
+# 20-byte TCP header (ports 0, no flags). The program parses no L4 header of an IP packet longer than
+# its frame (BAD_LENGTH), so no port rule matches it.
+TRUNCATED_QINQ_TCP = bytes.fromhex("020000000002020000000001810000008100000008004500012800010000010652c9c633640acb"
+                                   "0071c80000000000000000000000005000200028de0000")
+
+
+def _exact(frame: bytes, wire_length: int) -> Sample:
+    return Sample(timestamp_ns=1, tenant_idx=2, direction=Direction.INBOUND, dropped=False,
+                  reason=DropReason.NONE, wire_length=wire_length, data=frame[:128])
+
+
+def test_match_rule_sees_no_ports_in_a_packet_whose_ip_length_exceeds_the_frame():
+    untagged = TRUNCATED_QINQ_TCP[:12] + TRUNCATED_QINQ_TCP[20:]      # the same packet on the vectorised path
+    whole = untagged[:16] + (40).to_bytes(2, "big") + untagged[18:]   # total length 40: fits its frame
+    frames = [TRUNCATED_QINQ_TCP, untagged, whole]
+    f = parse_samples([_exact(fr, len(fr)) for fr in frames])
+    assert f.parsed.all() and f.ip_len.tolist() == [296, 296, 40]
+    assert f.l4_ok.tolist() == [False, False, True]
+    assert f.dport.tolist() == [NO_PORT, NO_PORT, 0]
+    rule = Rule(tenant_idx=2, dst=None, action=RuleAction.COUNT, dport=Range(0, 0))
+    assert match_rule(rule, f).tolist() == [False, False, True]
+    # A sample is a snapshot: what counts is the frame on the wire, which may hold all 296 bytes.
+    on_wire = parse_samples([_exact(fr, 22 + 296) for fr in frames[:1]] + [_exact(frames[1], 14 + 296)])
+    assert on_wire.l4_ok.tolist() == [True, True] and match_rule(rule, on_wire).tolist() == [True, True]
+
+
+def test_match_rule_sees_no_ports_behind_l4_lengths_the_program_rejects():
+    """TCP data offset below 20 or past the IP length, UDP length below 8 or past the IP length:
+    the program's sw_parse_l4 leaves such packets without ports (BAD_LENGTH)."""
+    tcp = bytes(Ether() / IP(src="198.18.0.1", dst="203.0.113.200") / TCP(sport=7, dport=80, flags="A"))
+    bad_doff = bytearray(tcp)
+    bad_doff[14 + 20 + 12] = 0x40                      # 16 bytes
+    long_doff = bytearray(tcp)
+    long_doff[14 + 20 + 12] = 0x60                     # 24 bytes, the IP length ends after 20
+    udp = bytes(Ether() / IP(src="198.18.0.1", dst="203.0.113.200") / UDP(sport=7, dport=80) / Raw(b"x" * 8))
+    short_ulen = bytearray(udp)
+    short_ulen[14 + 20 + 4:14 + 20 + 6] = (4).to_bytes(2, "big")
+    long_ulen = bytearray(udp)
+    long_ulen[14 + 20 + 4:14 + 20 + 6] = (17).to_bytes(2, "big")
+    frames = [tcp, bytes(bad_doff), bytes(long_doff), udp, bytes(short_ulen), bytes(long_ulen)]
+    vlan = [fr[:12] + b"\x81\x00\x00\x2a" + fr[12:] for fr in frames]   # and the frame-by-frame path
+    f = parse_samples([_exact(fr, len(fr)) for fr in frames + vlan])
+    assert f.l4_ok.tolist() == [True, False, False, True, False, False] * 2
+    assert match_rule(Rule(tenant_idx=2, dst=None, dport=Range(80, 80)), f).tolist() == \
+        [True, False, False, True, False, False] * 2
