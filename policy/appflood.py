@@ -126,6 +126,10 @@ NEUTRAL = 0.5                   # source share when no per-source figures exist
 HTTP_METHODS = (b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE")
 
 
+U32_MAX = 0xFFFFFFFF                 # the dataplane's per-source limit fields are u32
+MAX_BLOCK_TTL_S = 10 * 365 * 86400   # seconds (ten years): a block's expiry stays far inside u64 nanoseconds
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class AppFloodConfig:
     # Baselines (as policy.config.PolicyConfig's; see policy.baseline).
@@ -165,6 +169,11 @@ class AppFloodConfig:
     max_limits: int = SOURCE_LIMITS_MAX      # per-source limits installed at once
 
     def __post_init__(self) -> None:
+        # TOML reads nan and inf: a nan floor would switch detection off without a word.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and (not math.isfinite(value) or value < 0):
+                raise ValueError(f"appflood config {f.name}: must be a finite number >= 0, got {value!r}")
         for name in ("half_life_s", "k_sigma", "margin", "warmup_factor", "source_interval_s", "limit_multiplier",
                      "burst_s", "block_factor", "block_ttl_s"):
             if not getattr(self, name) > 0:
@@ -174,6 +183,12 @@ class AppFloodConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"appflood config {name}: must be a positive integer, got {value!r}")
+        # The dataplane holds the limits as u32 and a block's expiry as u64 nanoseconds.
+        for name in ("limit_floor_new_per_s", "limit_floor_concurrent"):
+            if getattr(self, name) > U32_MAX:
+                raise ValueError(f"appflood config {name}: at most {U32_MAX:,}, got {getattr(self, name):,}")
+        if self.block_ttl_s > MAX_BLOCK_TTL_S:
+            raise ValueError(f"appflood config block_ttl_s: at most {MAX_BLOCK_TTL_S:,} s, got {self.block_ttl_s:,}")
         if not 0 < self.source_quantile < 1:
             raise ValueError("appflood config source_quantile: must be within (0, 1)")
         if not 0 <= self.min_confidence <= 1:

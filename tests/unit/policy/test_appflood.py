@@ -320,6 +320,19 @@ def test_config_rejects_bad_values_naming_the_field():
         AppFloodConfig(max_blocked_per_tenant=0)
 
 
+@pytest.mark.parametrize(("knobs", "field"), [
+    ({"min_requests_per_s": float("nan")}, "min_requests_per_s"),     # TOML reads nan: detection would go silent
+    ({"warmup_s": float("inf")}, "warmup_s"),
+    ({"min_established": -1.0}, "min_established"),
+    ({"limit_floor_new_per_s": 2**32}, "limit_floor_new_per_s"),      # the dataplane's limit fields are u32
+    ({"limit_floor_concurrent": 2**40}, "limit_floor_concurrent"),
+    ({"block_ttl_s": 1e12}, "block_ttl_s"),                           # expiry past u64 nanoseconds
+])
+def test_config_refuses_numbers_the_detector_or_dataplane_cannot_use(knobs, field):
+    with pytest.raises(ValueError, match=field):
+        AppFloodConfig(**knobs)
+
+
 def test_per_source_reads_are_periodic_in_peacetime(tmp_path):
     lab = warm_lab(tmp_path, seconds=30)
     reads = lab.dp.flow_reads
