@@ -496,7 +496,7 @@ class AppFloodDetector:
         self._pair_counts = CounterIncrements(5)
         self._last_source_read: float | None = None
         self._last_read: float | None = None
-        self._sensitivity: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._sensitivity: tuple[Mapping[int, Any], np.ndarray, np.ndarray] | None = None
         self.limits: collections.OrderedDict[tuple[int, IPAddress, int | None], _LimitEntry] = \
             collections.OrderedDict()
         self._limits_unsent = False
@@ -513,14 +513,15 @@ class AppFloodDetector:
     # -- reading ------------------------------------------------------------------------------------
     def _tenant_table(self, tenants: Mapping[int, Any]) -> tuple[np.ndarray, np.ndarray]:
         """(whether each tenant index is in the table, its policy sensitivity), built once per table."""
-        if self._sensitivity is None or self._sensitivity[0] != id(tenants):
+        # Compared by identity, not by id(): an id is reused once the old table is freed.
+        if self._sensitivity is None or self._sensitivity[0] is not tenants:
             known = np.zeros(MAX_TENANTS + 1, bool)
             sens = np.ones(MAX_TENANTS + 1)
             for idx, entry in tenants.items():
                 if 0 <= idx <= MAX_TENANTS:
                     known[idx] = True
                     sens[idx] = float(getattr(getattr(entry, "policy", None), "sensitivity", 1.0))
-            self._sensitivity = (id(tenants), known, sens)
+            self._sensitivity = (tenants, known, sens)
         return self._sensitivity[1], self._sensitivity[2]
 
     def observe(self, now: float, dataplane: Any, tenants: Mapping[int, Any], inbound: PacketFeatures | None = None,
@@ -996,8 +997,9 @@ class AppFloodDetector:
         return len(self.blocked.get(tenant_idx) or ())
 
     def status(self) -> dict[str, Any]:
+        """Safe to call from another thread while a tick runs (the block lists copied with one C-level call)."""
         return {"servers": len(self.servers), "known_good": len(self.known_good), "limits": len(self.limits),
-                "blocked_sources": sum(len(v) for v in self.blocked.values()), "counters": dict(self.counters),
+                "blocked_sources": sum(len(v) for v in list(self.blocked.values())), "counters": dict(self.counters),
                 "disabled": self.disabled}
 
 
