@@ -522,6 +522,11 @@ class PolicyEngine:
         try:
             findings = self.appflood.observe(now, self.dataplane, self.tenants, inbound, by_dst, attacked)
         except AttributeError as exc:
+            if hasattr(self.dataplane, "read_flow_counters"):
+                # The dataplane has flow accounting: a failure, not a missing feature. Switching off here
+                # would leave the installed limits and blocks in the kernel for good.
+                log.exception("appflood.observe_failed")
+                return observations
             self.appflood.disabled = str(exc)
             log.warning("appflood.disabled", reason=str(exc))
             return observations
