@@ -203,9 +203,12 @@ def check_batches(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
                 break
         for j, event in enumerate(events):
             if not (isinstance(event, dict) and event.get("type") in INCIDENT_EVENT_TYPES
-                    and isinstance(event.get("incident_id"), str) and isinstance(event.get("tenant"), str)
-                    and isinstance(event.get("details", {}), dict)):
+                    and isinstance(event.get("incident_id"), str) and isinstance(event.get("tenant"), str)):
                 problems.append(f"{where}.events[{j}]: expected an incident event (type, incident_id, tenant)")
+                break
+            problem = _bad_event(event)
+            if problem is not None:
+                problems.append(f"{where}.events[{j}].{problem}"[:200])
                 break
         if len(problems) > 20:   # enough to see what is wrong
             break
@@ -215,6 +218,58 @@ def check_batches(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
 
 
 _NUMBER_TYPES = (int, float)   # exactly: bool is an int subclass and no number here
+
+
+def _finite(value: Any) -> bool:
+    return type(value) in _NUMBER_TYPES and math.isfinite(value)
+
+
+def _strings(value: Any) -> bool:
+    return type(value) is list and all(type(v) is str for v in value)
+
+
+# An event's optional fields and what each must be when present (None allowed for all): what
+# store._record_event, the reports (_explanation) and incident.html take without failing.
+_EVENT_NUMBERS = ("timestamp", "pps", "bps", "confidence")
+_DETAIL_NUMBERS = ("started", "ended", "peak_pps", "peak_bps", "efficacy")
+
+
+def _bad_event(event: dict[str, Any]) -> str | None:
+    """What is wrong with an incident event's optional fields (None: nothing), as "field: problem"."""
+    for field in ("vectors", "destinations"):
+        if event.get(field) is not None and not _strings(event[field]):
+            return f"{field}: expected an array of strings"
+    for field in _EVENT_NUMBERS:
+        if event.get(field) is not None and not _finite(event[field]):
+            return f"{field}: expected a finite number, got {event[field]!r}"
+    for field in ("message", "severity"):
+        if event.get(field) is not None and type(event[field]) is not str:
+            return f"{field}: expected a string"
+    details = event.get("details")
+    if details is None:
+        return None
+    if type(details) is not dict:
+        return "details: expected an object"
+    for field in _DETAIL_NUMBERS:
+        if details.get(field) is not None and not _finite(details[field]):
+            return f"details.{field}: expected a finite number, got {details[field]!r}"
+    if details.get("target") is not None and type(details["target"]) is not str:
+        return "details.target: expected a string"
+    explanations = details.get("explanations")
+    if explanations is not None and not (type(explanations) is dict
+                                         and all(type(v) is str for v in explanations.values())):
+        return "details.explanations: expected an object of strings (vector -> what was seen)"
+    series = details.get("series")
+    if series is not None and not (type(series) is list and all(
+            type(p) is dict and _finite(p.get("t")) and all(_finite(v) for k, v in p.items() if k != "t")
+            for p in series)):
+        return "details.series: expected an array of points (t and finite numbers)"
+    pcap = details.get("pcap")
+    if pcap is not None and type(pcap) is not dict:
+        return "details.pcap: expected an object"
+    if details.get("rules") is not None and type(details["rules"]) is not list:
+        return "details.rules: expected an array"
+    return None
 
 
 def _bad_traffic_row(rows: list[Any]) -> int | None:
@@ -268,8 +323,13 @@ async def site_ingest(request: web.Request) -> web.Response:
     body = _own_site(await read_json(request), site)
     queue, batches = check_batches(body)
     received = time.time()
+    # Only the tenants the central set gives this site (as site_sync sends them) may be written.
+    state = await request.app[STORE].tenant_state()
+    tenants = frozenset(t.id for t in state.tenants if t.runs_at(site))
     result = await ingest_store(request.app, site).run(fleet_store.ingest, site, queue, batches, received,
-                                                        record_event_in)
+                                                        record_event_in, tenants)
+    if result.foreign:
+        log.warning("fleet.foreign_tenant_skipped", site=site, rows=result.foreign)
     log.debug("fleet.ingested", site=site, batches=len(batches), duplicates=result.duplicates,
               traffic_rows=result.traffic_rows, events=result.events)
     return web.json_response({"acked": result.acked, "duplicates": result.duplicates})

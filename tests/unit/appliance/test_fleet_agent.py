@@ -145,7 +145,11 @@ async def central(tmp_path: pathlib.Path, port: int = 0):
         await store.close()
 
 
-async def enrolled(store: Store, site: str = "ams1") -> str:
+async def enrolled(store: Store, site: str = "ams1", *, seed: bool = True) -> str:
+    """A site's token; with no central tenant set yet (and `seed`), the lab appliance's alpha
+    (central stores a site's data of the tenants its set gives the site only)."""
+    if seed and not (await store.tenant_state()).tenants:
+        await store.save_tenant_set(LabAppliance().tenants, "test", "seed")
     token = auth.new_token()
     await store.run(fleet_store.enroll, site, auth.token_hash(token), "test", time.time())
     return token
@@ -238,7 +242,7 @@ async def test_fleet_agent_applies_the_central_tenant_set_and_keeps_it_across_re
     appliance = LabAppliance()
     state = tmp_path / "state"
     async with central(tmp_path) as (url, store):
-        token = await enrolled(store)
+        token = await enrolled(store, seed=False)
         agent = agent_for(url, token, appliance, state)
         try:
             assert not await agent.sync_once()      # version 0: nothing stored centrally, the file's set runs
@@ -311,13 +315,18 @@ async def test_fleet_backlog_is_sent_within_the_servers_request_limit(tmp_path):
     """Queued batches compress well: a request is bounded by their JSON as sent (what the
     server's 4 MiB limit counts), or a backfill of big batches is refused (413) forever."""
     async with central(tmp_path) as (url, store):
+        # 40 tenants x 375 seconds a batch: 15,000 rows of distinct (tenant, second), all of
+        # tenants the central set gives the site, within the hour of per-second retention.
+        await store.save_tenant_set(TenantSet.from_dicts(
+            [{"id": f"t{i:05d}", "prefixes": [f"2001:db8:{i:x}::/48"]} for i in range(40)]), "test", "seed")
         token = await enrolled(store)
         agent = agent_for(url, token, LabAppliance(), tmp_path / "state")
         try:
-            t0 = int(time.time()) - 100
+            t0 = int(time.time()) - 3100
             for s in range(8):   # ~1 MiB of JSON each, a few KiB compressed
                 agent.queue.append({"site": "ams1", "time": float(t0 + s), "destinations": [], "events": [],
-                                    "traffic": [[f"t{i:05d}", t0 + s, 1000.0, 0.0, 8e6, 0.0] for i in range(15000)]})
+                                    "traffic": [[f"t{i:05d}", t0 + s * 375 + k, 1000.0, 0.0, 8e6, 0.0]
+                                                for k in range(375) for i in range(40)]})
             sent = 0
             while batches := await agent.send_once():
                 sent += batches
