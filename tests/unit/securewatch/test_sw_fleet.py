@@ -5,6 +5,7 @@ same tests run on a real PostgreSQL in tests/netns/test_fleet.py (the `database_
 
 from __future__ import annotations
 
+import json
 import time
 
 import aiohttp
@@ -336,3 +337,77 @@ def test_fleet_event_check_names_the_bad_field(change, problem):
     with pytest.raises(ApiError) as caught:
         check_batches({"queue": "q", "batches": [good]})
     assert caught.value.status == 422 and caught.value.problems[0].startswith(problem), caught.value.problems
+
+
+async def post_text(url: str, path: str, token: str, text: str) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession(headers=headers) as http, http.post(f"{url}{path}", data=text) as r:
+        return r.status, await r.json()
+
+
+def _set(path: tuple, value):
+    def change(b):
+        target = b
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    return change
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    (_set(("seq",), 2**63), "batches[0].seq"),
+    (_set(("time",), 1e300), "batches[0].time"),
+    (_set(("traffic", 0, 1), 1e300), "batches[0].traffic[0]"),
+    (_set(("destinations", 0, "time"), 2**64), "batches[0].destinations[0]"),
+    (_set(("destinations", 0, "pps"), [1, "x"]), "batches[0].destinations[0]"),
+    (_set(("destinations", 0, "dropped_pps"), "x"), "batches[0].destinations[0]"),
+    (_set(("events", 0, "sequence"), 2**64), "batches[0].events[0].sequence"),
+    (_set(("events", 0, "packets_dropped"), 2**63), "batches[0].events[0].packets_dropped"),
+    (_set(("events", 0, "timestamp"), 1e300), "batches[0].events[0].timestamp"),
+    (_set(("events", 0, "details", "started"), -1e300), "batches[0].events[0].details.started"),
+])
+async def test_fleet_ingest_refuses_numbers_the_database_cannot_hold_with_422(tmp_path, database_url, change, field):
+    """Issue 17 review, item 2: such a number made the store fail (500), and the site sent the
+    batch again forever (it drops a batch on 413/422 only)."""
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        token = await enroll(store, "ams1")
+        bad = batch(1, time.time(), incident="i-1")
+        change(bad)
+        status, answer = await post(url, "/api/v1/fleet/site/ingest", token,
+                                    {"site": "ams1", "queue": "q1", "batches": [bad]})
+        assert status == 422 and answer["problems"][0].startswith(field), answer
+        assert await count(store, "SELECT COUNT(*) FROM fleet_batches") == 0
+
+
+async def test_fleet_sync_and_ingest_refuse_nan_infinity_and_huge_counts_with_422(tmp_path, database_url):
+    """Issue 17 review, item 2: NaN/Infinity (which Python's json reads) and integers past BIGINT."""
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        token = await enroll(store, "ams1")
+        for field, value in (("backlog", 2**64), ("running_version", 2**63), ("time", 1e300)):
+            status, answer = await post(url, "/api/v1/fleet/site/sync", token,
+                                        {"site": "ams1", "time": time.time(), field: value})
+            assert status == 422 and answer["problems"][0].startswith(f"{field}:"), answer
+        status, answer = await post_text(url, "/api/v1/fleet/site/sync", token,
+                                         '{"site": "ams1", "time": 1.0, "status": {"load": NaN}}')
+        assert status == 422 and "NaN" in answer["error"], answer
+        text = json.dumps({"site": "ams1", "queue": "q1", "batches": [batch(1, time.time())]})
+        status, answer = await post_text(url, "/api/v1/fleet/site/ingest", token,
+                                         text.replace("1000.0", "Infinity"))
+        assert status == 422 and "Infinity" in answer["error"], answer
+        assert await count(store, "SELECT COUNT(*) FROM fleet_batches") == 0
+
+
+async def test_fleet_store_refusing_a_value_is_a_422_not_a_500(tmp_path, database_url):
+    """Issue 17 review, item 2, the last guard: what the checks let through and the database
+    cannot hold (here SQLite and an integer past 64 bits) answers 422, so the site drops it."""
+    from securewatch.context import ApiError  # noqa: PLC0415
+    from securewatch.fleet import _refused_by_store  # noqa: PLC0415
+
+    store = await Store.open(database_url)
+    try:
+        await enroll(store, "ams1")
+        with pytest.raises(ApiError) as caught, _refused_by_store("ams1"):
+            await store.run(fleet_store.record_contact, "ams1", time.time(), None, None, 2**64, None)
+        assert caught.value.status == 422
+    finally:
+        await store.close()
