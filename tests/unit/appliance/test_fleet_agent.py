@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import pathlib
 import time
+import zlib
 from typing import Any
 
 import aiohttp
@@ -332,5 +334,37 @@ async def test_fleet_backlog_is_sent_within_the_servers_request_limit(tmp_path):
                 sent += batches
             assert sent == 8 and agent.status()["queue"]["batches"] == 0
             assert len(await rows_at_central(store)) == 8 * 15000
+        finally:
+            await agent.stop()
+
+
+async def test_fleet_agent_sends_no_nan_and_drops_a_queued_nan_batch(tmp_path):
+    """Issue 17 review, item 2: the agent wrote NaN/Infinity into its JSON, which central refuses;
+    a value JSON cannot carry becomes null, and a batch queued with one before is dropped alone."""
+    async with central(tmp_path) as (url, store):
+        token = await enrolled(store)
+        agent = agent_for(url, token, LabAppliance(), tmp_path / "state")
+        try:
+            t = float(int(time.time()) - 5)
+            event = {"type": "ATTACK_START", "incident_id": "inc-nan", "tenant": "alpha", "timestamp": t,
+                     "details": {"score": float("nan"), "started": t}}
+            agent.queue.append({"site": "ams1", "time": t, "destinations": [], "events": [event],
+                                "traffic": [["alpha", t, 1.0, 0.0, 8.0, 0.0]]})
+            assert await agent.send_once() == 1
+            incident = await store.incident("ams1:inc-nan")
+            assert incident is not None and incident.details["score"] is None
+            # A batch queued by an agent before the fix: NaN in its stored JSON.
+            raw = zlib.compress(json.dumps({"site": "ams1", "time": t + 1, "destinations": [], "events": [],
+                                            "traffic": [["alpha", t + 1, float("inf"), 0.0, 8.0, 0.0]]}).encode())
+            with agent.queue._db:
+                agent.queue._db.execute("INSERT INTO batches (created, size, body) VALUES (?, ?, ?)",
+                                        (time.time(), len(raw), raw))
+            agent.queue.append({"site": "ams1", "time": t + 2, "destinations": [], "events": [],
+                                "traffic": [["alpha", t + 2, 1.0, 0.0, 8.0, 0.0]]})
+            with pytest.raises(fleet_agent.CentralRefused):
+                await agent.send_once()
+            assert await agent.send_once(1) == 0 and agent.rejected_batches == 1   # the NaN one dropped alone
+            assert await agent.send_once() == 1
+            assert [r[2] for r in await rows_at_central(store)] == [int(t), int(t) + 2]
         finally:
             await agent.stop()
