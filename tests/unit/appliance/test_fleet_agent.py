@@ -60,6 +60,23 @@ def test_fleet_config_problems_name_the_key(edit, problem):
     assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems
 
 
+@pytest.mark.parametrize("central", ["http://central.example.net:8443", "http://192.0.2.10:8443",
+                                     "http://[2001:db8::1]:8443", "http://localhost.example.net",
+                                     "http://128.0.0.1:8443"])
+def test_fleet_config_refuses_http_central_off_this_host(central):
+    """Issue 17 review, item 3: the token and the tenant set went in clear text to any host."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(FLEET.replace("https://central.example.net:8443", central))
+    assert any(p.startswith("[fleet] central:") and "http://" in p for p in caught.value.problems), \
+        caught.value.problems
+
+
+@pytest.mark.parametrize("central", ["http://127.0.0.1:8443", "http://127.8.9.10", "http://[::1]:8443",
+                                     "http://localhost:8443", "https://central.example.net:8443"])
+def test_fleet_config_takes_http_central_on_loopback_only(central):
+    assert parse_config(FLEET.replace("https://central.example.net:8443", central)).fleet.central == central
+
+
 def test_fleet_token_file_unreadable_or_empty_names_the_key(tmp_path):
     fleet = parse_config(FLEET.replace("/etc/seawall/fleet.token", str(tmp_path / "missing"))).fleet
     with pytest.raises(ConfigError, match=r"\[fleet\] token_file: cannot read"):
