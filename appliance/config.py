@@ -47,8 +47,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import ipaddress
 import os
 import pathlib
+import urllib.parse
 from typing import Any
 
 from dataplane import constants, sizing
@@ -72,6 +74,22 @@ IFNAME_MAX_BYTES = 15            # Linux IFNAMSIZ (16) minus the terminating NUL
 
 SECTIONS = ("appliance", "securewatch", "templates", "tenants", "notify", "bgp", "escalation", "fleet", "appflood")
 FLEET_KEYS = ("central", "site", "token_file", "ca_file")
+def _loopback_host(url: str) -> bool:
+    """Whether `url`'s host is this machine: localhost, 127.0.0.0/8 or ::1."""
+    try:
+        host = urllib.parse.urlsplit(url).hostname
+    except ValueError:
+        return False
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 FLEET_SCHEMES = ("https://", "http://")   # http:// only for a central server on this host (tests, a lab)
 APPLIANCE_KEYS = ("external", "internal", "state_dir", "log_format", "tick_ms", "bpffs", "address_cache_mib",
                   "max_addresses", *sizing.FLOW_SIZE_KEYS)
@@ -335,6 +353,10 @@ def _parse_fleet(table: Any, problems: list[str]) -> FleetSettings | None:
         if not central.startswith(FLEET_SCHEMES) or not host or any(c.isspace() for c in central):
             problems.append(f"[fleet] central: {central!r} is not the central server's URL "
                             f"(like 'https://central.example.net:8443')")
+        elif central.startswith("http://") and not _loopback_host(central):
+            # The site's token and the tenant set go over this link: in clear text only on this host.
+            problems.append(f"[fleet] central: {central!r}: http:// is for a central server on this host only "
+                            f"(127.0.0.0/8, ::1, localhost); use https://")
     site = _string("fleet", table, "site", None, problems)
     if site is not None and not TENANT_ID_PATTERN.fullmatch(site):
         problems.append(f"[fleet] site: {site!r} is not a site name ({TENANT_ID_RULE})")

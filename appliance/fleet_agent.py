@@ -31,6 +31,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
+import math
 import os
 import pathlib
 import sqlite3
@@ -105,7 +106,14 @@ class FleetQueue:
     def append(self, batch: dict[str, Any]) -> int:
         """Queue one batch; returns its sequence number. Drops the oldest batches past the bounds."""
         # default=str: an event's details may hold values JSON has no type for (numpy scalars, paths).
-        body = zlib.compress(json.dumps(batch, separators=(",", ":"), default=str).encode(), 6)
+        # allow_nan=False: NaN and Infinity are no JSON; central refuses them. Such a value becomes
+        # null, which central refuses by name where it needs a number, and stores elsewhere.
+        try:
+            text = json.dumps(batch, separators=(",", ":"), default=str, allow_nan=False)
+        except ValueError:
+            log.warning("fleet.non_finite_number_nulled")
+            text = json.dumps(_finite_only(batch), separators=(",", ":"), default=str, allow_nan=False)
+        body = zlib.compress(text.encode(), 6)
         with self._db:
             seq = self._db.execute("INSERT INTO batches (created, size, body) VALUES (?, ?, ?)",
                                    (time.time(), len(body), body)).lastrowid
@@ -176,6 +184,17 @@ def _save_config(state_dir: pathlib.Path, version: int, tenants: list[dict[str, 
 
 
 # -- the agent ------------------------------------------------------------------------------------
+
+def _finite_only(value: Any) -> Any:
+    """`value` with every NaN and infinity (no JSON numbers) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_only(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_only(v) for v in value]
+    return value
+
 
 class CentralRefused(Exception):
     """The central server answered with an error status (refused the token, the data)."""
@@ -359,7 +378,12 @@ class FleetAgent:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
                                                   headers={"Authorization": f"Bearer {self._token}"})
         # Compact JSON: the queue's budget per request (SEND_MAX_BYTES) is counted the same way.
-        data = json.dumps(body, separators=(",", ":"), default=str)
+        try:
+            data = json.dumps(body, separators=(",", ":"), default=str, allow_nan=False)
+        except ValueError as exc:
+            # A batch queued before allow_nan=False held a NaN: refused as central would (422),
+            # so that send_once drops that one batch rather than the loop failing on it forever.
+            raise CentralRefused(422, f"not JSON: {exc}") from None
         async with self._session.post(self.settings.central + path, data=data,
                                       headers={"Content-Type": "application/json"},
                                       ssl=client_ssl_context(self.settings)) as response:

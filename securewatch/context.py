@@ -271,10 +271,10 @@ def etag(version: int) -> dict[str, str]:
 MAX_JSON_DEPTH = 32
 
 
-async def read_json(request: web.Request) -> Any:
+async def read_json(request: web.Request, loads: Any = json.loads) -> Any:
     """The request's JSON body; 400 for anything that is not JSON an API handler can take."""
     try:
-        body = await request.json()
+        body = await request.json(loads=loads)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"request body is not JSON: {exc}") from None
     except RecursionError:  # the decoder recurses once per level of nesting

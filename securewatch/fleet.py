@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import math
 import time
 import zlib
@@ -67,6 +69,27 @@ INCIDENT_EVENT_TYPES = ("ATTACK_START", "ATTACK_UPDATE", "ATTACK_END")
 INGEST_CONNECTIONS = 3
 
 INGEST_STORES = web.AppKey("fleet_ingest_stores", list)
+
+# What the database holds (issue 17 review, item 2): a number outside these made the store fail
+# with a 500, and the site sent the same batch again forever (it drops one on 413/422 only).
+INT_MAX = 2**63 - 1        # BIGINT: sequence numbers, versions, counts
+TIME_MAX_S = 2.0**53       # seconds either side of the epoch: exact in a double, whole in a BIGINT
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ApiError(422, f"request body: {name} is no JSON number (numbers must be finite)")
+
+
+# A site's body: NaN and Infinity (Python's json takes them) are refused, not stored.
+_strict_loads = functools.partial(json.loads, parse_constant=_refuse_constant)
+
+
+def _whole(value: Any, low: int = 0) -> bool:
+    return type(value) is int and low <= value <= INT_MAX
+
+
+def _time(value: Any) -> bool:
+    return type(value) in _NUMBER_TYPES and math.isfinite(value) and -TIME_MAX_S <= value <= TIME_MAX_S
 
 
 def add_routes(app: web.Application) -> None:
@@ -127,23 +150,24 @@ def _own_site(body: Any, site: str) -> dict[str, Any]:
 
 
 def _number(value: Any, field: str, problems: list[str]) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        problems.append(f"{field}: expected a number, got {value!r}"[:200])
+    """A time in seconds: a finite number within ±2**53."""
+    if not _time(value):
+        problems.append(f"{field}: expected a time in seconds (a number within ±2**53), got {value!r}"[:200])
         return None
     return float(value)
 
 
 async def site_sync(request: web.Request) -> web.Response:
     site = await authenticated_site(request)
-    body = _own_site(await read_json(request), site)
+    body = _own_site(await read_json(request, _strict_loads), site)
     problems: list[str] = []
     appliance_time = _number(body.get("time"), "time", problems)
     running = body.get("running_version")
-    if running is not None and (isinstance(running, bool) or not isinstance(running, int) or running < 0):
-        problems.append(f"running_version: expected a whole number or null, got {running!r}"[:200])
+    if running is not None and not _whole(running):
+        problems.append(f"running_version: expected a whole number (0 to 2**63-1) or null, got {running!r}"[:200])
     backlog = body.get("backlog", 0)
-    if isinstance(backlog, bool) or not isinstance(backlog, int) or backlog < 0:
-        problems.append(f"backlog: expected a whole number, got {backlog!r}"[:200])
+    if not _whole(backlog):
+        problems.append(f"backlog: expected a whole number (0 to 2**63-1), got {backlog!r}"[:200])
     status = body.get("status", {})
     if not isinstance(status, dict):
         problems.append("status: expected an object")
@@ -151,7 +175,8 @@ async def site_sync(request: web.Request) -> web.Response:
         raise ApiError(422, "the sync request is not valid", problems)
     store = request.app[STORE]
     state = await store.tenant_state()
-    await store.run(fleet_store.record_contact, site, time.time(), appliance_time, running, backlog, status)
+    with _refused_by_store(site):
+        await store.run(fleet_store.record_contact, site, time.time(), appliance_time, running, backlog, status)
     answer: dict[str, Any] = {"version": state.version}
     if running != state.version:
         answer["tenants"] = [t.to_dict() for t in state.tenants if t.runs_at(site)]
@@ -174,8 +199,8 @@ def check_batches(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
             problems.append(f"{where}: expected an object")
             continue
         seq = batch.get("seq")
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
-            problems.append(f"{where}.seq: expected a whole number from 1")
+        if not _whole(seq, 1):
+            problems.append(f"{where}.seq: expected a whole number from 1 to 2**63-1")
         _number(batch.get("time"), f"{where}.time", problems)
         traffic, destinations, events = (batch.get(k, []) for k in ("traffic", "destinations", "events"))
         if not all(isinstance(x, list) for x in (traffic, destinations, events)):
@@ -198,14 +223,19 @@ def check_batches(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
                             f"passed_bps, dropped_bps]")
         for j, row in enumerate(destinations):
             if not (isinstance(row, dict) and isinstance(row.get("tenant"), str) and isinstance(row.get("address"), str)
-                    and isinstance(row.get("time"), int | float) and isinstance(row.get("pps", []), list)):
-                problems.append(f"{where}.destinations[{j}]: expected a destination row (tenant, address, time, pps)")
+                    and _time(row.get("time")) and _strings_or_numbers(row.get("pps", []))
+                    and (row.get("dropped_pps") is None or _finite(row["dropped_pps"]))):
+                problems.append(f"{where}.destinations[{j}]: expected a destination row (tenant, address, time "
+                                f"within ±2**53, pps an array of finite numbers, dropped_pps a finite number)")
                 break
         for j, event in enumerate(events):
             if not (isinstance(event, dict) and event.get("type") in INCIDENT_EVENT_TYPES
-                    and isinstance(event.get("incident_id"), str) and isinstance(event.get("tenant"), str)
-                    and isinstance(event.get("details", {}), dict)):
+                    and isinstance(event.get("incident_id"), str) and isinstance(event.get("tenant"), str)):
                 problems.append(f"{where}.events[{j}]: expected an incident event (type, incident_id, tenant)")
+                break
+            problem = _bad_event(event)
+            if problem is not None:
+                problems.append(f"{where}.events[{j}].{problem}"[:200])
                 break
         if len(problems) > 20:   # enough to see what is wrong
             break
@@ -217,6 +247,71 @@ def check_batches(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
 _NUMBER_TYPES = (int, float)   # exactly: bool is an int subclass and no number here
 
 
+def _finite(value: Any) -> bool:
+    return type(value) in _NUMBER_TYPES and math.isfinite(value)
+
+
+def _strings(value: Any) -> bool:
+    return type(value) is list and all(type(v) is str for v in value)
+
+
+def _strings_or_numbers(value: Any) -> bool:
+    """An array of finite numbers (a destination's per-second pps)."""
+    return type(value) is list and all(_finite(v) for v in value)
+
+
+# An event's optional fields and what each must be when present (None allowed for all): what
+# store._record_event, the reports (_explanation) and incident.html take without failing.
+_EVENT_NUMBERS = ("timestamp", "pps", "bps", "confidence")
+_DETAIL_NUMBERS = ("started", "ended", "peak_pps", "peak_bps", "efficacy")
+
+
+def _bad_event(event: dict[str, Any]) -> str | None:
+    """What is wrong with an incident event's optional fields (None: nothing), as "field: problem"."""
+    for field in ("vectors", "destinations"):
+        if event.get(field) is not None and not _strings(event[field]):
+            return f"{field}: expected an array of strings"
+    for field in _EVENT_NUMBERS:
+        if event.get(field) is not None and not _finite(event[field]):
+            return f"{field}: expected a finite number, got {event[field]!r}"
+    if event.get("timestamp") is not None and not _time(event["timestamp"]):
+        return f"timestamp: expected a time within ±2**53 s, got {event['timestamp']!r}"
+    for field in ("sequence", "packets_dropped"):
+        if event.get(field) is not None and not _whole(event[field]):
+            return f"{field}: expected a whole number (0 to 2**63-1), got {event[field]!r}"
+    for field in ("message", "severity"):
+        if event.get(field) is not None and type(event[field]) is not str:
+            return f"{field}: expected a string"
+    details = event.get("details")
+    if details is None:
+        return None
+    if type(details) is not dict:
+        return "details: expected an object"
+    for field in _DETAIL_NUMBERS:
+        if details.get(field) is not None and not _finite(details[field]):
+            return f"details.{field}: expected a finite number, got {details[field]!r}"
+    for field in ("started", "ended"):
+        if details.get(field) is not None and not _time(details[field]):
+            return f"details.{field}: expected a time within ±2**53 s, got {details[field]!r}"
+    if details.get("target") is not None and type(details["target"]) is not str:
+        return "details.target: expected a string"
+    explanations = details.get("explanations")
+    if explanations is not None and not (type(explanations) is dict
+                                         and all(type(v) is str for v in explanations.values())):
+        return "details.explanations: expected an object of strings (vector -> what was seen)"
+    series = details.get("series")
+    if series is not None and not (type(series) is list and all(
+            type(p) is dict and _time(p.get("t")) and all(_finite(v) for k, v in p.items() if k != "t")
+            for p in series)):
+        return "details.series: expected an array of points (t and finite numbers)"
+    pcap = details.get("pcap")
+    if pcap is not None and type(pcap) is not dict:
+        return "details.pcap: expected an object"
+    if details.get("rules") is not None and type(details["rules"]) is not list:
+        return "details.rules: expected an array"
+    return None
+
+
 def _bad_traffic_row(rows: list[Any]) -> int | None:
     """Index of the first traffic row that is not [tenant, time, 4 finite numbers] (None: all are).
     Written for speed: a request carries up to millions of rows, checked on the event loop."""
@@ -226,7 +321,8 @@ def _bad_traffic_row(rows: list[Any]) -> int | None:
             return j
         _, t, a, b, c, d = row
         if (type(t) not in numbers or type(a) not in numbers or type(b) not in numbers or type(c) not in numbers
-                or type(d) not in numbers or not math.isfinite(t + a + b + c + d)):   # a NaN or inf makes the sum one
+                or type(d) not in numbers or not math.isfinite(t + a + b + c + d)   # a NaN or inf makes the sum one
+                or not -TIME_MAX_S <= t <= TIME_MAX_S):
             return j
     return None
 
@@ -260,16 +356,45 @@ def _bad_traffic_columns(columns: Any) -> str | None:
             for j, v in enumerate(column):
                 if type(v) not in _NUMBER_TYPE_SET or not math.isfinite(v):
                     return f".{field}[{j}]: expected a finite number, got {v!r}"[:200]
+        if field == "time" and column and not (min(column) >= -TIME_MAX_S and max(column) <= TIME_MAX_S):
+            j = next(j for j, v in enumerate(column) if not -TIME_MAX_S <= v <= TIME_MAX_S)
+            return f".time[{j}]: expected a time within ±2**53 s, got {column[j]!r}"[:200]
     return None
+
+
+def _data_errors() -> tuple[type[BaseException], ...]:
+    """What a store raises for a value it cannot hold (psycopg's DataError only where installed)."""
+    try:
+        import psycopg  # noqa: PLC0415 - a SQLite-only central need not have it
+    except ImportError:
+        return (OverflowError, ValueError)
+    return (psycopg.DataError, OverflowError, ValueError)
+
+
+@contextlib.contextmanager
+def _refused_by_store(site: str) -> Any:
+    """A value the checks let through and the database refuses: 422 (the site drops the batch),
+    not a 500 that it retries forever."""
+    try:
+        yield
+    except _data_errors() as exc:
+        log.warning("fleet.refused_by_store", site=site, error=str(exc)[:300])
+        raise ApiError(422, f"the database refused a value of the request: {exc}"[:300]) from None
 
 
 async def site_ingest(request: web.Request) -> web.Response:
     site = await authenticated_site(request)
-    body = _own_site(await read_json(request), site)
+    body = _own_site(await read_json(request, _strict_loads), site)
     queue, batches = check_batches(body)
     received = time.time()
-    result = await ingest_store(request.app, site).run(fleet_store.ingest, site, queue, batches, received,
-                                                        record_event_in)
+    # Only the tenants the central set gives this site (as site_sync sends them) may be written.
+    state = await request.app[STORE].tenant_state()
+    tenants = frozenset(t.id for t in state.tenants if t.runs_at(site))
+    with _refused_by_store(site):
+        result = await ingest_store(request.app, site).run(fleet_store.ingest, site, queue, batches, received,
+                                                            record_event_in, tenants)
+    if result.foreign:
+        log.warning("fleet.foreign_tenant_skipped", site=site, rows=result.foreign)
     log.debug("fleet.ingested", site=site, batches=len(batches), duplicates=result.duplicates,
               traffic_rows=result.traffic_rows, events=result.events)
     return web.json_response({"acked": result.acked, "duplicates": result.duplicates})

@@ -202,18 +202,24 @@ class Ingested:
     traffic_rows: int
     destination_rows: int
     events: int
+    foreign: int = 0          # rows and events skipped: of tenants the central set does not give the site
 
 
 def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now: float,
-           record_event: Callable[[Any, dict[str, Any]], None]) -> Ingested:
+           record_event: Callable[[Any, dict[str, Any]], None], tenants: frozenset[str] | None = None) -> Ingested:
     """Store `batches` (already checked by `fleet.check_batches`) of `site`'s queue `queue`, in one
     transaction. A batch whose (site, queue, seq) is stored already is skipped: a retry after a
-    lost answer, or a backfill overlapping what arrived, is stored once."""
+    lost answer, or a backfill overlapping what arrived, is stored once.
+
+    tenants: the tenants the central set assigns to `site`; rows and events of any other tenant are
+    skipped and counted (`Ingested.foreign`): a site's token must not write another's customers' data.
+    None: no restriction (callers that checked already)."""
     acked: list[int] = []
     duplicates = 0
     traffic: list[tuple[Any, ...]] = []
     destinations: list[tuple[Any, ...]] = []
     events = 0
+    foreign = 0
     last_time = None
     for batch in batches:
         seq = int(batch["seq"])
@@ -230,22 +236,33 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
             continue
         last_time = float(batch["time"])
         # Whole seconds: the appliance's rows carry its tick's read time, a fraction of a second in.
-        traffic.extend((site, row[0], int(row[1]), *row[2:]) for row in batch.get("traffic") or ())
+        rows = [(site, row[0], int(row[1]), *row[2:]) for row in batch.get("traffic") or ()]
         if column_rows:
-            traffic.extend(zip(itertools.repeat(site, column_rows), columns["tenant"], map(int, columns["time"]),
-                               columns["passed_pps"], columns["dropped_pps"], columns["passed_bps"],
-                               columns["dropped_bps"], strict=False))
+            rows.extend(zip(itertools.repeat(site, column_rows), columns["tenant"], map(int, columns["time"]),
+                            columns["passed_pps"], columns["dropped_pps"], columns["passed_bps"],
+                            columns["dropped_bps"], strict=False))
+        if tenants is not None:
+            kept = [row for row in rows if row[1] in tenants]
+            foreign += len(rows) - len(kept)
+            rows = kept
+        traffic.extend(rows)
         for d in batch.get("destinations") or ():
+            if tenants is not None and d["tenant"] not in tenants:
+                foreign += 1
+                continue
             destinations.append((site, d["tenant"], d["address"], int(d["time"]), float(sum(d.get("pps") or ())),
                                  float(d.get("dropped_pps") or 0.0), json.dumps(d, separators=(",", ":"))))
         for event in batch.get("events") or ():
+            if tenants is not None and event["tenant"] not in tenants:
+                foreign += 1
+                continue
             _record_site_event(b, site, event, record_event)
             events += 1
     _write_rows(b, "fleet_traffic_seconds", ("site", *TRAFFIC_COLUMNS), traffic)
     _write_rows(b, "fleet_destination_seconds",
                 ("site", "tenant", "address", "t", "pps", "dropped_pps", "data"), destinations)
     record_contact(b, site, now, last_time, None, None, None)
-    return Ingested(acked, duplicates, len(traffic), len(destinations), events)
+    return Ingested(acked, duplicates, len(traffic), len(destinations), events, foreign)
 
 
 def _record_site_event(b: Any, site: str, event: dict[str, Any], record_event: Callable[[Any, dict[str, Any]], None]

@@ -30,6 +30,7 @@ log = structlog.get_logger(__name__)
 
 PDF_TIMEOUT_S = 60.0          # seconds one PDF may take to print before chromium is stopped
 PDF_CONCURRENCY = 1           # PDFs printed at once: chromium takes a core while it prints
+PDF_WAITING_MAX = 4           # PDFs waiting for the gate at most; one more is refused (503), not queued
 PASSED_COLOUR = "#2f855a"     # passed traffic in every chart (4.5:1 on white)
 ATTACK_COLOUR = "#4a5568"     # an attack's total rate, drawn dashed
 
@@ -134,6 +135,7 @@ class PdfRenderer:
         self.executable = executable
         self.timeout_s = timeout_s
         self._gate = asyncio.Semaphore(PDF_CONCURRENCY)
+        self._waiting = 0   # requests waiting for the gate (not the one printing)
 
     @property
     def available(self) -> bool:
@@ -142,9 +144,25 @@ class PdfRenderer:
     async def render(self, html: str) -> bytes:
         if self.executable is None:
             raise PdfError("PDF reports need [securewatch.reports] pdf_renderer (a chromium executable)")
-        async with self._gate:
+        # Without a bound, requests queue behind the one-at-a-time gate without end (each holding its
+        # report in memory); past a few, the client is better told to try again later.
+        if self._gate.locked() and self._waiting >= PDF_WAITING_MAX:
+            raise PdfError(f"busy: {self._waiting} PDFs are waiting to be printed already; try again later")
+        self._waiting += 1
+        try:
+            await self._gate.acquire()
+        finally:
+            self._waiting -= 1
+        try:
             with tempfile.TemporaryDirectory(prefix="seawall-report-") as tmp:
                 return await self._print(pathlib.Path(tmp), html)
+        finally:
+            self._gate.release()
+
+    @property
+    def waiting(self) -> int:
+        """PDFs waiting for their turn to print."""
+        return self._waiting
 
     async def _print(self, tmp: pathlib.Path, html: str) -> bytes:
         source, target = tmp / "report.html", tmp / "report.pdf"

@@ -124,7 +124,7 @@ class _Hooks:
     def current_tenants(self):
         return self.tenants
 
-    def apply_tenants(self, tenant_set) -> None:   # the bench's central server holds no tenant set
+    def apply_tenants(self, tenant_set) -> None:   # the central set is the bench's own tenants
         pass
 
     def traffic_series(self, tenant_id: str, seconds: int) -> list[dict[str, float]]:
@@ -205,6 +205,8 @@ def run(sites: int = 20, tenants: int = 10_000, seconds: int = 30, live_s: int =
 
     from securewatch import auth, fleet_store  # noqa: PLC0415
     from securewatch.store import Store  # noqa: PLC0415
+    from securewatch.store import _save_tenant_set as save_tenant_set_in  # noqa: PLC0415
+    from tenants import TenantSet  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="seawall-bench-fleet-") as tmp:
         directory = pathlib.Path(tmp)
@@ -212,7 +214,11 @@ def run(sites: int = 20, tenants: int = 10_000, seconds: int = 30, live_s: int =
         names = [f"s{i:02d}" for i in range(sites)] + ["live", "backfill"]
         tokens = {name: auth.new_token() for name in names}
         admin = auth.new_token()
+        # Central stores a site's rows of the tenants its set gives the site only: the bench's tenants.
+        tenant_set = TenantSet.from_dicts([{"id": f"t{i:05d}", "prefixes": [f"2001:db8:{i:x}::/48"]}
+                                           for i in range(max(tenants, backfill_tenants))])
         with Store.open_sync(database) as store:
+            store.run(save_tenant_set_in, tenant_set, "bench", "seed", None)
             for name, token in tokens.items():
                 store.run(fleet_store.enroll, name, auth.token_hash(token), "bench", time.time())
             store.add_token(auth.token_hash(admin), "bench", "admin", None, "write", None)

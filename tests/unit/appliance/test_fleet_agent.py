@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import pathlib
 import time
+import zlib
 from typing import Any
 
 import aiohttp
@@ -56,6 +58,23 @@ def test_fleet_config_problems_name_the_key(edit, problem):
     with pytest.raises(ConfigError) as caught:
         parse_config(FLEET.replace(*edit))
     assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems
+
+
+@pytest.mark.parametrize("central", ["http://central.example.net:8443", "http://192.0.2.10:8443",
+                                     "http://[2001:db8::1]:8443", "http://localhost.example.net",
+                                     "http://128.0.0.1:8443"])
+def test_fleet_config_refuses_http_central_off_this_host(central):
+    """Issue 17 review, item 3: the token and the tenant set went in clear text to any host."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(FLEET.replace("https://central.example.net:8443", central))
+    assert any(p.startswith("[fleet] central:") and "http://" in p for p in caught.value.problems), \
+        caught.value.problems
+
+
+@pytest.mark.parametrize("central", ["http://127.0.0.1:8443", "http://127.8.9.10", "http://[::1]:8443",
+                                     "http://localhost:8443", "https://central.example.net:8443"])
+def test_fleet_config_takes_http_central_on_loopback_only(central):
+    assert parse_config(FLEET.replace("https://central.example.net:8443", central)).fleet.central == central
 
 
 def test_fleet_token_file_unreadable_or_empty_names_the_key(tmp_path):
@@ -145,7 +164,11 @@ async def central(tmp_path: pathlib.Path, port: int = 0):
         await store.close()
 
 
-async def enrolled(store: Store, site: str = "ams1") -> str:
+async def enrolled(store: Store, site: str = "ams1", *, seed: bool = True) -> str:
+    """A site's token; with no central tenant set yet (and `seed`), the lab appliance's alpha
+    (central stores a site's data of the tenants its set gives the site only)."""
+    if seed and not (await store.tenant_state()).tenants:
+        await store.save_tenant_set(LabAppliance().tenants, "test", "seed")
     token = auth.new_token()
     await store.run(fleet_store.enroll, site, auth.token_hash(token), "test", time.time())
     return token
@@ -238,7 +261,7 @@ async def test_fleet_agent_applies_the_central_tenant_set_and_keeps_it_across_re
     appliance = LabAppliance()
     state = tmp_path / "state"
     async with central(tmp_path) as (url, store):
-        token = await enrolled(store)
+        token = await enrolled(store, seed=False)
         agent = agent_for(url, token, appliance, state)
         try:
             assert not await agent.sync_once()      # version 0: nothing stored centrally, the file's set runs
@@ -311,17 +334,54 @@ async def test_fleet_backlog_is_sent_within_the_servers_request_limit(tmp_path):
     """Queued batches compress well: a request is bounded by their JSON as sent (what the
     server's 4 MiB limit counts), or a backfill of big batches is refused (413) forever."""
     async with central(tmp_path) as (url, store):
+        # 40 tenants x 375 seconds a batch: 15,000 rows of distinct (tenant, second), all of
+        # tenants the central set gives the site, within the hour of per-second retention.
+        await store.save_tenant_set(TenantSet.from_dicts(
+            [{"id": f"t{i:05d}", "prefixes": [f"2001:db8:{i:x}::/48"]} for i in range(40)]), "test", "seed")
         token = await enrolled(store)
         agent = agent_for(url, token, LabAppliance(), tmp_path / "state")
         try:
-            t0 = int(time.time()) - 100
+            t0 = int(time.time()) - 3100
             for s in range(8):   # ~1 MiB of JSON each, a few KiB compressed
                 agent.queue.append({"site": "ams1", "time": float(t0 + s), "destinations": [], "events": [],
-                                    "traffic": [[f"t{i:05d}", t0 + s, 1000.0, 0.0, 8e6, 0.0] for i in range(15000)]})
+                                    "traffic": [[f"t{i:05d}", t0 + s * 375 + k, 1000.0, 0.0, 8e6, 0.0]
+                                                for k in range(375) for i in range(40)]})
             sent = 0
             while batches := await agent.send_once():
                 sent += batches
             assert sent == 8 and agent.status()["queue"]["batches"] == 0
             assert len(await rows_at_central(store)) == 8 * 15000
+        finally:
+            await agent.stop()
+
+
+async def test_fleet_agent_sends_no_nan_and_drops_a_queued_nan_batch(tmp_path):
+    """Issue 17 review, item 2: the agent wrote NaN/Infinity into its JSON, which central refuses;
+    a value JSON cannot carry becomes null, and a batch queued with one before is dropped alone."""
+    async with central(tmp_path) as (url, store):
+        token = await enrolled(store)
+        agent = agent_for(url, token, LabAppliance(), tmp_path / "state")
+        try:
+            t = float(int(time.time()) - 5)
+            event = {"type": "ATTACK_START", "incident_id": "inc-nan", "tenant": "alpha", "timestamp": t,
+                     "details": {"score": float("nan"), "started": t}}
+            agent.queue.append({"site": "ams1", "time": t, "destinations": [], "events": [event],
+                                "traffic": [["alpha", t, 1.0, 0.0, 8.0, 0.0]]})
+            assert await agent.send_once() == 1
+            incident = await store.incident("ams1:inc-nan")
+            assert incident is not None and incident.details["score"] is None
+            # A batch queued by an agent before the fix: NaN in its stored JSON.
+            raw = zlib.compress(json.dumps({"site": "ams1", "time": t + 1, "destinations": [], "events": [],
+                                            "traffic": [["alpha", t + 1, float("inf"), 0.0, 8.0, 0.0]]}).encode())
+            with agent.queue._db:
+                agent.queue._db.execute("INSERT INTO batches (created, size, body) VALUES (?, ?, ?)",
+                                        (time.time(), len(raw), raw))
+            agent.queue.append({"site": "ams1", "time": t + 2, "destinations": [], "events": [],
+                                "traffic": [["alpha", t + 2, 1.0, 0.0, 8.0, 0.0]]})
+            with pytest.raises(fleet_agent.CentralRefused):
+                await agent.send_once()
+            assert await agent.send_once(1) == 0 and agent.rejected_batches == 1   # the NaN one dropped alone
+            assert await agent.send_once() == 1
+            assert [r[2] for r in await rows_at_central(store)] == [int(t), int(t) + 2]
         finally:
             await agent.stop()

@@ -5,6 +5,7 @@ same tests run on a real PostgreSQL in tests/netns/test_fleet.py (the `database_
 
 from __future__ import annotations
 
+import json
 import time
 
 import aiohttp
@@ -21,7 +22,14 @@ def database_url(tmp_path):
     return f"sqlite:///{tmp_path}/central.db"
 
 
+CENTRAL_TENANTS = [{"id": "alpha", "prefixes": ["198.51.100.0/25"]}, {"id": "beta", "prefixes": ["203.0.113.0/24"]}]
+
+
 async def enroll(store: Store, site: str) -> str:
+    """A site's token; with no central tenant set yet, one of alpha and beta (run at every site):
+    a site may write the data of the tenants the central set gives it only."""
+    if not (await store.tenant_state()).tenants:
+        await store.save_tenant_set(TenantSet.from_dicts(CENTRAL_TENANTS), "test", "seed")
     token = auth.new_token()
     await store.run(fleet_store.enroll, site, auth.token_hash(token), "test", time.time())
     return token
@@ -276,3 +284,130 @@ async def test_fleet_ingest_keeps_the_first_of_a_second_sent_again_in_a_later_ba
         rows = await store.run(lambda b: fleet_store.traffic(b, t - 1, site="ams1"))
         assert [(r["tenant"], r["time"], r["passed_pps"]) for r in rows] == [("alpha", int(t), 1.0),
                                                                              ("beta", int(t), 3.0)]
+
+
+async def test_fleet_ingest_skips_tenants_the_central_set_does_not_give_the_site(tmp_path, database_url):
+    """Issue 17 review, item 1: a site's token wrote traffic and incidents of any tenant, also one
+    that runs at another site only or that central does not know at all."""
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        await store.save_tenant_set(TenantSet.from_dicts([
+            {"id": "alpha", "prefixes": ["198.51.100.0/25"]},
+            {"id": "beta", "prefixes": ["203.0.113.0/24"], "sites": ["fra1"]}]), "test", "seed")
+        token = await enroll(store, "ams1")
+        t = float(int(time.time()) - 10)
+        body = {"site": "ams1", "queue": "q1", "batches": [
+            batch(1, t, incident="i-1"), batch(2, t + 1, tenant="beta", incident="i-2"),
+            batch(3, t + 2, tenant="nobody", incident="i-3"),
+            {"seq": 4, "time": t + 3, "traffic_columns": columns_of(
+                [["alpha", t + 3.1, 1.0, 0.0, 8.0, 0.0], ["beta", t + 3.1, 2.0, 0.0, 16.0, 0.0]])}]}
+        status, answer = await post(url, "/api/v1/fleet/site/ingest", token, body)
+        assert status == 200 and answer == {"acked": [1, 2, 3, 4], "duplicates": 0}, answer
+        rows = await store.run(lambda b: fleet_store.traffic(b, t - 1, site="ams1"))
+        assert {r["tenant"] for r in rows} == {"alpha"} and len(rows) == 2
+        assert await count(store, "SELECT COUNT(*) FROM fleet_destination_seconds WHERE tenant <> 'alpha'") == 0
+        assert await count(store, "SELECT COUNT(*) FROM incidents") == 1
+        assert await store.incident("ams1:i-2") is None and await store.incident("ams1:i-3") is None
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    (lambda e: e.update(vectors="udp_flood"), "batches[0].events[0].vectors: expected an array of strings"),
+    (lambda e: e.update(vectors=[7]), "batches[0].events[0].vectors: expected an array of strings"),
+    (lambda e: e.update(destinations=[{}]), "batches[0].events[0].destinations: expected an array of strings"),
+    (lambda e: e.update(details=[]), "batches[0].events[0].details: expected an object"),
+    (lambda e: e["details"].update(explanations=["x"]), "batches[0].events[0].details.explanations: expected"),
+    (lambda e: e["details"].update(explanations={"udp_flood": 7}), "batches[0].events[0].details.explanations:"),
+    (lambda e: e["details"].update(started="now"), "batches[0].events[0].details.started: expected a finite"),
+    (lambda e: e["details"].update(series=[{"t": "x"}]), "batches[0].events[0].details.series: expected"),
+    (lambda e: e["details"].update(pcap=[]), "batches[0].events[0].details.pcap: expected an object"),
+    (lambda e: e["details"].update(target=7), "batches[0].events[0].details.target: expected a string"),
+    (lambda e: e.update(pps="many"), "batches[0].events[0].pps: expected a finite number"),
+    (lambda e: e.update(message=7), "batches[0].events[0].message: expected a string"),
+])
+def test_fleet_event_check_names_the_bad_field(change, problem):
+    """Issue 17 review, item 1: an event of the wrong shape (vectors a string, explanations a list)
+    was stored, and broke the reports' explanation and the incident page of that tenant."""
+    from securewatch.context import ApiError  # noqa: PLC0415
+    from securewatch.fleet import check_batches  # noqa: PLC0415
+
+    good = batch(1, 1000.0, incident="i-1")
+    good["events"][0]["details"]["explanations"] = {"udp_flood": "what was seen"}
+    good["events"][0]["details"]["series"] = [{"t": 1000.0, "pps": 5.0}]
+    assert check_batches({"queue": "q", "batches": [good]})[0] == "q"
+    change(good["events"][0])
+    with pytest.raises(ApiError) as caught:
+        check_batches({"queue": "q", "batches": [good]})
+    assert caught.value.status == 422 and caught.value.problems[0].startswith(problem), caught.value.problems
+
+
+async def post_text(url: str, path: str, token: str, text: str) -> tuple[int, dict]:
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession(headers=headers) as http, http.post(f"{url}{path}", data=text) as r:
+        return r.status, await r.json()
+
+
+def _set(path: tuple, value):
+    def change(b):
+        target = b
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    return change
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    (_set(("seq",), 2**63), "batches[0].seq"),
+    (_set(("time",), 1e300), "batches[0].time"),
+    (_set(("traffic", 0, 1), 1e300), "batches[0].traffic[0]"),
+    (_set(("destinations", 0, "time"), 2**64), "batches[0].destinations[0]"),
+    (_set(("destinations", 0, "pps"), [1, "x"]), "batches[0].destinations[0]"),
+    (_set(("destinations", 0, "dropped_pps"), "x"), "batches[0].destinations[0]"),
+    (_set(("events", 0, "sequence"), 2**64), "batches[0].events[0].sequence"),
+    (_set(("events", 0, "packets_dropped"), 2**63), "batches[0].events[0].packets_dropped"),
+    (_set(("events", 0, "timestamp"), 1e300), "batches[0].events[0].timestamp"),
+    (_set(("events", 0, "details", "started"), -1e300), "batches[0].events[0].details.started"),
+])
+async def test_fleet_ingest_refuses_numbers_the_database_cannot_hold_with_422(tmp_path, database_url, change, field):
+    """Issue 17 review, item 2: such a number made the store fail (500), and the site sent the
+    batch again forever (it drops a batch on 413/422 only)."""
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        token = await enroll(store, "ams1")
+        bad = batch(1, time.time(), incident="i-1")
+        change(bad)
+        status, answer = await post(url, "/api/v1/fleet/site/ingest", token,
+                                    {"site": "ams1", "queue": "q1", "batches": [bad]})
+        assert status == 422 and answer["problems"][0].startswith(field), answer
+        assert await count(store, "SELECT COUNT(*) FROM fleet_batches") == 0
+
+
+async def test_fleet_sync_and_ingest_refuse_nan_infinity_and_huge_counts_with_422(tmp_path, database_url):
+    """Issue 17 review, item 2: NaN/Infinity (which Python's json reads) and integers past BIGINT."""
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        token = await enroll(store, "ams1")
+        for field, value in (("backlog", 2**64), ("running_version", 2**63), ("time", 1e300)):
+            status, answer = await post(url, "/api/v1/fleet/site/sync", token,
+                                        {"site": "ams1", "time": time.time(), field: value})
+            assert status == 422 and answer["problems"][0].startswith(f"{field}:"), answer
+        status, answer = await post_text(url, "/api/v1/fleet/site/sync", token,
+                                         '{"site": "ams1", "time": 1.0, "status": {"load": NaN}}')
+        assert status == 422 and "NaN" in answer["error"], answer
+        text = json.dumps({"site": "ams1", "queue": "q1", "batches": [batch(1, time.time())]})
+        status, answer = await post_text(url, "/api/v1/fleet/site/ingest", token,
+                                         text.replace("1000.0", "Infinity"))
+        assert status == 422 and "Infinity" in answer["error"], answer
+        assert await count(store, "SELECT COUNT(*) FROM fleet_batches") == 0
+
+
+async def test_fleet_store_refusing_a_value_is_a_422_not_a_500(tmp_path, database_url):
+    """Issue 17 review, item 2, the last guard: what the checks let through and the database
+    cannot hold (here SQLite and an integer past 64 bits) answers 422, so the site drops it."""
+    from securewatch.context import ApiError  # noqa: PLC0415
+    from securewatch.fleet import _refused_by_store  # noqa: PLC0415
+
+    store = await Store.open(database_url)
+    try:
+        await enroll(store, "ams1")
+        with pytest.raises(ApiError) as caught, _refused_by_store("ams1"):
+            await store.run(fleet_store.record_contact, "ams1", time.time(), None, None, 2**64, None)
+        assert caught.value.status == 422
+    finally:
+        await store.close()
