@@ -175,7 +175,7 @@ async def site_sync(request: web.Request) -> web.Response:
         raise ApiError(422, "the sync request is not valid", problems)
     store = request.app[STORE]
     state = await store.tenant_state()
-    with _refused_by_store(site):
+    with refused_by_store(site):
         await store.run(fleet_store.record_contact, site, time.time(), appliance_time, running, backlog, status)
     answer: dict[str, Any] = {"version": state.version}
     if running != state.version:
@@ -372,7 +372,7 @@ def _data_errors() -> tuple[type[BaseException], ...]:
 
 
 @contextlib.contextmanager
-def _refused_by_store(site: str) -> Any:
+def refused_by_store(site: str) -> Any:
     """A value the checks let through and the database refuses: 422 (the site drops the batch),
     not a 500 that it retries forever."""
     try:
@@ -390,7 +390,7 @@ async def site_ingest(request: web.Request) -> web.Response:
     # Only the tenants the central set gives this site (as site_sync sends them) may be written.
     state = await request.app[STORE].tenant_state()
     tenants = frozenset(t.id for t in state.tenants if t.runs_at(site))
-    with _refused_by_store(site):
+    with refused_by_store(site):
         result = await ingest_store(request.app, site).run(fleet_store.ingest, site, queue, batches, received,
                                                             record_event_in, tenants)
     if result.foreign:

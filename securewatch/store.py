@@ -833,6 +833,10 @@ class SyncStore:
         """fn(backend, *args) as one transaction: for sibling modules' tables (`fleet_store`)."""
         return self._run(fn, *args)
 
+    def save_tenant_set(self, tenant_set: TenantSet, actor: str, action: str) -> list[str]:
+        """`Store.save_tenant_set` without an event loop: the tenant ids whose rows changed."""
+        return self._run(_save_tenant_set, tenant_set, actor, action, None)[0]
+
     def _run(self, fn: Callable[..., T], *args: Any) -> T:
         try:
             result = fn(self._backend, *args)

@@ -205,7 +205,6 @@ def run(sites: int = 20, tenants: int = 10_000, seconds: int = 30, live_s: int =
 
     from securewatch import auth, fleet_store  # noqa: PLC0415
     from securewatch.store import Store  # noqa: PLC0415
-    from securewatch.store import _save_tenant_set as save_tenant_set_in  # noqa: PLC0415
     from tenants import TenantSet  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="seawall-bench-fleet-") as tmp:
@@ -218,7 +217,7 @@ def run(sites: int = 20, tenants: int = 10_000, seconds: int = 30, live_s: int =
         tenant_set = TenantSet.from_dicts([{"id": f"t{i:05d}", "prefixes": [f"2001:db8:{i:x}::/48"]}
                                            for i in range(max(tenants, backfill_tenants))])
         with Store.open_sync(database) as store:
-            store.run(save_tenant_set_in, tenant_set, "bench", "seed", None)
+            store.save_tenant_set(tenant_set, "bench", "seed")
             for name, token in tokens.items():
                 store.run(fleet_store.enroll, name, auth.token_hash(token), "bench", time.time())
             store.add_token(auth.token_hash(admin), "bench", "admin", None, "write", None)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import pathlib
+import sqlite3
 import time
 import zlib
 from typing import Any
@@ -373,9 +374,9 @@ async def test_fleet_agent_sends_no_nan_and_drops_a_queued_nan_batch(tmp_path):
             # A batch queued by an agent before the fix: NaN in its stored JSON.
             raw = zlib.compress(json.dumps({"site": "ams1", "time": t + 1, "destinations": [], "events": [],
                                             "traffic": [["alpha", t + 1, float("inf"), 0.0, 8.0, 0.0]]}).encode())
-            with agent.queue._db:
-                agent.queue._db.execute("INSERT INTO batches (created, size, body) VALUES (?, ?, ?)",
-                                        (time.time(), len(raw), raw))
+            # Written through a connection of the test's own to the queue file (WAL: the agent sees it).
+            with contextlib.closing(sqlite3.connect(tmp_path / "state" / "fleet" / "queue.db")) as db, db:
+                db.execute("INSERT INTO batches (created, size, body) VALUES (?, ?, ?)", (time.time(), len(raw), raw))
             agent.queue.append({"site": "ams1", "time": t + 2, "destinations": [], "events": [],
                                 "traffic": [["alpha", t + 2, 1.0, 0.0, 8.0, 0.0]]})
             with pytest.raises(fleet_agent.CentralRefused):

@@ -401,12 +401,12 @@ async def test_fleet_store_refusing_a_value_is_a_422_not_a_500(tmp_path, databas
     """Issue 17 review, item 2, the last guard: what the checks let through and the database
     cannot hold (here SQLite and an integer past 64 bits) answers 422, so the site drops it."""
     from securewatch.context import ApiError  # noqa: PLC0415
-    from securewatch.fleet import _refused_by_store  # noqa: PLC0415
+    from securewatch.fleet import refused_by_store  # noqa: PLC0415
 
     store = await Store.open(database_url)
     try:
         await enroll(store, "ams1")
-        with pytest.raises(ApiError) as caught, _refused_by_store("ams1"):
+        with pytest.raises(ApiError) as caught, refused_by_store("ams1"):
             await store.run(fleet_store.record_contact, "ams1", time.time(), None, None, 2**64, None)
         assert caught.value.status == 422
     finally:
