@@ -119,10 +119,12 @@ async def test_incident_chart_hover_values_and_rules_in_words(tmp_path, browser)
         page = await login(browser, url, "ops")
         await page.goto(f"{url}/incidents/inc-alpha-1")
         await page.wait_for_selector("#incident-chart canvas")
+        # The mouse moves in the viewport's coordinates: the chart must be in view (the page above it grew).
+        await page.locator("#incident-chart").scroll_into_view_if_needed()
         box = await page.locator("#incident-chart .u-over").bounding_box()
         await page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         values = await page.eval_on_selector_all("#incident-chart .u-legend .u-value",
                                                  "vs => vs.map(v => v.textContent)")
-        assert any(v.endswith("kpps") for v in values) and any(v.endswith("bps") for v in values)
+        assert any(v.endswith("kpps") for v in values) and any(v.endswith("bps") for v in values), values
         assert "TCP to 198.51.100.10" in await page.inner_text("#rules")
         await page.screenshot(path=str(SCREENSHOTS / "console-incident.png"), full_page=True)

@@ -169,9 +169,13 @@ async def test_fleet_ingest_on_postgresql_spreads_sites_over_connections_and_kee
     import asyncio  # noqa: PLC0415
 
     from securewatch import fleet  # noqa: PLC0415
+    from tenants import TenantSet  # noqa: PLC0415
 
     sites = [f"s{i}" for i in range(6)]
     async with _suite.service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        # The 200 tenants the batches carry, in the central set (a site writes only its own tenants' data).
+        await store.save_tenant_set(TenantSet.from_dicts(
+            [{"id": f"t{i:03d}", "prefixes": [f"198.51.100.{i}/32"]} for i in range(200)]), "test", "seed")
         tokens = {site: await _suite.enroll(store, site) for site in sites}
         connections = _query(database_url, "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
                                            "AND pid <> pg_backend_pid()")[0][0]
