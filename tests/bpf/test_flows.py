@@ -21,6 +21,7 @@ from dataplane.api import BlockedSource, DataplaneError, SourceLimit
 from dataplane.constants import FLOW_FLUSH_BYTES, Direction, DropReason, FlowState, TcpFlag
 from tests.bpf import frames
 from tests.bpf.conftest import ALPHA_DST, ALPHA_DST6, BETA_DST, XDP_DROP, XDP_REDIRECT, run, tenant_counters
+from tests.support import wait_until
 
 FIN, SYN, RST, PSH, ACK = (int(TcpFlag.FIN), int(TcpFlag.SYN), int(TcpFlag.RST), int(TcpFlag.PSH),
                            int(TcpFlag.ACK))
@@ -344,13 +345,6 @@ def test_source_limits_are_replaced_as_a_whole_and_refused_beyond_the_cap(limits
 
 # -- block list -------------------------------------------------------------------------------------------
 
-def wait_until(predicate, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
 def test_block_list_drops_a_source_until_its_ttl_then_forgets_it(dp, tenants):
     src, src6 = ipaddress.ip_address("198.19.40.1"), ipaddress.ip_address("2001:db8:5::40")
     alpha = tenants["alpha"]
@@ -368,7 +362,8 @@ def test_block_list_drops_a_source_until_its_ttl_then_forgets_it(dp, tenants):
     assert after.reason_packets[0, DropReason.BLOCKED] - before.reason_packets[0, DropReason.BLOCKED] == 2
     # Another tenant's addresses: the list is per tenant.
     assert run(dp, frames.tcp(str(src), "203.0.113.201", dport=80, flags="A")) == XDP_REDIRECT
-    wait_until(lambda: run(dp, frames.tcp(str(src), ALPHA_DST, dport=80, flags="A")) == XDP_REDIRECT, timeout_s=10)
+    wait_until(lambda: run(dp, frames.tcp(str(src), ALPHA_DST, dport=80, flags="A")) == XDP_REDIRECT, timeout=10,
+               what="the block to expire")
     assert time.monotonic_ns() >= expires
     assert src not in {b.src for b in dp.read_blocked_sources()}
     dp.unblock_source(alpha, src6)
