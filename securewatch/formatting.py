@@ -11,7 +11,9 @@ The browser side (static/format.js) formats live values the same way.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 
+import jinja2
 import markupsafe
 
 NONE_SHOWN = "–"                          # what a missing value shows as
@@ -65,3 +67,13 @@ def duration(seconds: float | None) -> str:
 
 def percent(value: float | None) -> str:
     return NONE_SHOWN if value is None else f"{100 * float(value):.1f} %"
+
+
+def template_environment(times: Callable[..., object]) -> jinja2.Environment:
+    """The package's templates with the number filters every page and document shares; `times`
+    renders the `utc` filter (the console's `moment`, which format.js localises, or a document's
+    fixed `utc_text`)."""
+    env = jinja2.Environment(loader=jinja2.PackageLoader("securewatch", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    env.filters.update(utc=times, rate=rate, num=number, duration=duration, percent=percent)
+    return env

@@ -36,14 +36,8 @@ ATTACK_COLOUR = "#4a5568"     # an attack's total rate, drawn dashed
 
 
 def report_environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.PackageLoader("securewatch", "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined)
     # Times as UTC text (a document is read anywhere, and format.js does not run in it).
-    env.filters["utc"] = formatting.utc_text
-    env.filters["rate"] = formatting.rate
-    env.filters["num"] = formatting.number
-    env.filters["duration"] = formatting.duration
-    env.filters["percent"] = formatting.percent
+    env = formatting.template_environment(formatting.utc_text)
     env.globals["chart"] = svg_chart
     env.globals["PASSED"] = PASSED_COLOUR
     env.globals["ATTACK"] = ATTACK_COLOUR

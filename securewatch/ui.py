@@ -60,14 +60,8 @@ POLICY_CHOICE_FIELDS = {"reflection_filter": REFLECTION_MODES, "syn_auth": SYN_A
 
 
 def template_environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.PackageLoader("securewatch", "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined)
     # Every page formats through securewatch.formatting (and static/format.js in the browser).
-    env.filters["utc"] = formatting.moment
-    env.filters["rate"] = formatting.rate
-    env.filters["num"] = formatting.number
-    env.filters["duration"] = formatting.duration
-    env.filters["percent"] = formatting.percent
+    env = formatting.template_environment(formatting.moment)
     env.globals["uplot"] = UPLOT
     return env
 
