@@ -28,26 +28,17 @@ import os
 import pathlib
 import random
 import resource
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import types
 from collections.abc import Callable
 from typing import Any
 
-from appliance.bench.securewatch import cpu_model, serving
+from appliance.bench.securewatch import cpu_model, securewatch_process
 
 POLL_S = 0.05                 # seconds between polls of the central API (tick-to-central delay)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")   # /proc/PID/stat's time unit, per second
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cpu_s(pid: int) -> float:
@@ -221,16 +212,7 @@ def run(sites: int = 20, tenants: int = 10_000, seconds: int = 30, live_s: int =
             for name, token in tokens.items():
                 store.run(fleet_store.enroll, name, auth.token_hash(token), "bench", time.time())
             store.add_token(auth.token_hash(admin), "bench", "admin", None, "write", None)
-        port = _free_port()
-        config = directory / "central.toml"
-        config.write_text(f'[appliance]\nstate_dir = "{directory}"\nlog_format = "json"\n'
-                          f'[securewatch]\nlisten = "127.0.0.1:{port}"\ndatabase = "{database}"\n')
-        base = f"http://127.0.0.1:{port}"
-        with open(directory / "central.log", "wb") as log:
-            server = subprocess.Popen([sys.executable, "-m", "appliance.cli", "securewatch", "--config", str(config)],
-                                      stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-        try:
-            asyncio.run(serving(base, server, directory / "central.log"))
+        with securewatch_process(directory, database, "central") as (server, base):
             progress(f"ingest: {sites} sites x {seconds} s x {tenants:,} tenants into {database.split(':')[0]}")
             cpu0, self0 = _cpu_s(server.pid), resource.getrusage(resource.RUSAGE_SELF)
             ingest = asyncio.run(_ingest(base, {n: tokens[n] for n in names[:sites]}, tenants, seconds))
@@ -244,13 +226,6 @@ def run(sites: int = 20, tenants: int = 10_000, seconds: int = 30, live_s: int =
             backfill = asyncio.run(_backfill(base, tokens["backfill"], backfill_tenants, outage_s, directory,
                                              progress))
             memory = _memory_mib(server.pid)
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
     return {"cpu": cpu_model(), "cpus": os.cpu_count(), "database": database.split(":")[0], "sites": sites,
             "tenants": tenants, "ingest": ingest, "tick_to_central": live, "backfill": backfill,
             "central_memory_end": memory}

@@ -12,6 +12,7 @@ and per-server render time and payload with 30 days of rollups, storage per tena
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pathlib
 import platform
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from appliance.bench import console
@@ -49,6 +50,32 @@ async def serving(base: str, server: subprocess.Popen, log_path: pathlib.Path) -
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"securewatch did not start: {log_path.read_text()[-2000:]}")
             await asyncio.sleep(POLL_S)  # poll interval of the startup probe
+
+
+@contextlib.contextmanager
+def securewatch_process(directory: pathlib.Path, database: str, name: str = "seawall") -> Iterator[
+        tuple[subprocess.Popen, str]]:
+    """A `seawall securewatch` process on `database` and a free loopback port, its config and log
+    (`NAME.toml`, `NAME.log`) in `directory`: yields (the process, its base URL) once it answers,
+    and stops it on leaving."""
+    port = _free_port()
+    config = directory / f"{name}.toml"
+    config.write_text(f'[appliance]\nstate_dir = "{directory}"\nlog_format = "json"\n'
+                      f'[securewatch]\nlisten = "127.0.0.1:{port}"\ndatabase = "{database}"\n')
+    base = f"http://127.0.0.1:{port}"
+    with open(directory / f"{name}.log", "wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "appliance.cli", "securewatch", "--config", str(config)],
+                                  stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    try:
+        asyncio.run(serving(base, server, directory / f"{name}.log"))
+        yield server, base
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def cpu_model() -> str:
@@ -165,31 +192,14 @@ def run(tenants: int = 10_000, clients: int = 20, requests: int = 2_000, put_eve
         token = asyncio.run(_seed(database, tenants))
         progress(f"seeding {console.HOUR_DAYS} days of hour rollups for {tenants:,} tenants and the charted series")
         seeded = console.seed(database, tenants)
-        port = _free_port()
-        config = directory / "seawall.toml"
-        config.write_text(f'[appliance]\nstate_dir = "{directory}"\nlog_format = "json"\n'
-                          f'[securewatch]\nlisten = "127.0.0.1:{port}"\ndatabase = "{database}"\n')
-        base = f"http://127.0.0.1:{port}"
-        with open(directory / "server.log", "wb") as server_log:
-            server = subprocess.Popen([sys.executable, "-m", "appliance.cli", "securewatch", "--config", str(config)],
-                                      stdout=server_log, stderr=subprocess.STDOUT, env=os.environ.copy())
-            try:
-                progress(f"serving with `seawall securewatch` (pid {server.pid}) on {base}")
-
-                asyncio.run(serving(base, server, directory / "server.log"))
-                load = os.getloadavg()[0]
-                progress(f"{clients} clients, {requests:,} requests (every {put_every}th a policy PUT)")
-                result = asyncio.run(_drive(base, token, tenants, clients, requests, put_every, time_limit_s, seed))
-                progress("console pages and series")
-                pages = asyncio.run(console.measure(base, token, tenants, CONSOLE_REPEAT))
-                live = asyncio.run(console.live_latency(base, token, database))
-            finally:
-                server.terminate()
-                try:
-                    server.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-                    server.wait()
+        with securewatch_process(directory, database) as (server, base):
+            progress(f"serving with `seawall securewatch` (pid {server.pid}) on {base}")
+            load = os.getloadavg()[0]
+            progress(f"{clients} clients, {requests:,} requests (every {put_every}th a policy PUT)")
+            result = asyncio.run(_drive(base, token, tenants, clients, requests, put_every, time_limit_s, seed))
+            progress("console pages and series")
+            pages = asyncio.run(console.measure(base, token, tenants, CONSOLE_REPEAT))
+            live = asyncio.run(console.live_latency(base, token, database))
     progress("live update latency from the engine's tick")
     tick = console.tick_to_browser()
     progress("storage per tenant per day")
