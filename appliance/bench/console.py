@@ -85,9 +85,10 @@ def _seed_rows(path: str, tenants: int, now: int) -> dict[str, int]:
         db.close()
 
 
-def seed(url: str, tenants: int) -> dict[str, int]:
-    """Seed the series into the bench database at `url` (sqlite:///PATH, schema already created)."""
-    return _seed_rows(url.removeprefix("sqlite:///"), tenants, int(time.time()))
+def seed(url: str, tenants: int, now: int | None = None) -> dict[str, int]:
+    """Seed the series into the bench database at `url` (sqlite:///PATH, schema already created),
+    ending at `now` (epoch seconds; default the current second)."""
+    return _seed_rows(url.removeprefix("sqlite:///"), tenants, int(time.time()) if now is None else now)
 
 
 async def measure(base: str, token: str, tenants: int, repeat: int = 5) -> dict[str, Any]:
