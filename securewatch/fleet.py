@@ -475,9 +475,7 @@ async def fleet_view(request: web.Request, site: str | None) -> list[dict[str, A
     for s in sites:
         if site is not None and s.site != site:
             continue
-        row = s.health(now, state.version)
-        row["versions"] = fleet_config.versions_view(row, central, reported.get(s.site, {}))
-        row["lagging"] = any(v["lagging"] for v in row["versions"].values())
+        row = fleet_config.with_versions(s.health(now, state.version), central, reported.get(s.site, {}))
         row["traffic"] = current.get(s.site)
         rows.append(row)
     return rows

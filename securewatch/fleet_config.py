@@ -132,3 +132,17 @@ def versions_view(health: dict[str, Any], central: dict[str, int], reported: dic
                      "lagging": health["state"] != "revoked" and central[kind] > 0 and running != central[kind],
                      "error": reported.get(kind, {}).get("error")}
     return out
+
+
+def central_versions(b: Any) -> dict[str, int]:
+    """The version of each document in force centrally (the tenant set's is the store's counter)."""
+    tenants = int(b.execute("SELECT version FROM tenant_set_version WHERE id = 1").fetchone()[0])
+    return {"tenants": tenants, **{kind: v for kind, (v, _) in central_documents(b).items()}}
+
+
+def with_versions(health: dict[str, Any], central: dict[str, int], reported: dict[str, dict[str, Any]]
+                  ) -> dict[str, Any]:
+    """A site's health row (`fleet_store.Site.health`) with `versions` per document, and `lagging`
+    when any document lags."""
+    versions = versions_view(health, central, reported)
+    return {**health, "versions": versions, "lagging": any(v["lagging"] for v in versions.values())}

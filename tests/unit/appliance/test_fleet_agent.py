@@ -502,3 +502,35 @@ async def _async(value: Any) -> Any:
 async def _not_lagging(url: str, noc: str) -> dict[str, Any] | None:
     site = (await sites_view(url, noc))["ams1"]
     return site if not site["lagging"] else None
+
+
+async def test_seawall_fleet_list_shows_each_documents_version_and_the_lagging_site(tmp_path):
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from securewatch import fleet_config  # noqa: PLC0415
+
+    database = f"sqlite:///{tmp_path}/central.db"
+    config = tmp_path / "central.toml"
+    config.write_text(f'[appliance]\nstate_dir = "{tmp_path}/state"\n[securewatch]\ndatabase = "{database}"\n')
+    store = await Store.open(database)
+    try:
+        await enrolled(store, "ams1")
+        await enrolled(store, "fra1")
+        await store.save_policy_template("strict", {"udp_rate_pps": 5000}, "noc")
+        await store.save_notify_config(CENTRAL_NOTIFY, "noc", "notify.update")
+        templates = (await store.run(fleet_config.central_versions))["templates"]
+        version = (await store.tenant_state()).version
+        for site, notify in (("ams1", 1), ("fra1", None)):
+            await store.run(fleet_store.record_contact, site, time.time(), time.time(), version, 0, {})
+            await store.run(fleet_config.record_site_versions, site, {"templates": templates, "notify": notify}, {})
+    finally:
+        await store.close()
+    out = subprocess.run([sys.executable, "-m", "appliance.cli", "fleet", "list", "--json", "--config", str(config)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = {r["site"]: r for r in json.loads(out.stdout)}
+    assert (rows["ams1"]["templates_version"], rows["ams1"]["notify_version"], rows["ams1"]["lagging"]) == (
+        templates, 1, False)
+    assert rows["fra1"]["notify_version"] is None and rows["fra1"]["lagging"]
+    assert rows["fra1"]["versions"]["notify"] == {"running": None, "central": 1, "lagging": True, "error": None}
