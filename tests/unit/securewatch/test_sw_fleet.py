@@ -541,6 +541,11 @@ async def test_fleet_tenant_seen_at_two_sites_gets_one_view_and_one_report_summi
         status, view = await get(url, "/api/v1/fleet/tenants/alpha/traffic", noc, seconds="600")
         assert status == 200 and sorted(view["sites"]) == ["ams1", "fra1"]
         assert [r["passed_pps"] for r in view["series"]] == [1500.0, 1000.0]
+        # The live console's charts: seconds (5 min) and minutes (1 h) summed alike.
+        status, chart = await get(url, "/api/v1/tenants/alpha/series", noc, range="5m")
+        assert status == 200 and (chart["time"], chart["passed_pps"]) == ([int(t), int(t) + 1], [1500.0, 1000.0])
+        status, chart = await get(url, "/api/v1/tenants/alpha/series", noc, range="1h")
+        assert (chart["time"], chart["passed_pps"]) == ([int(t)], [1250.0])
         status, view = await get(url, "/api/v1/fleet/tenants/alpha/destinations", noc, seconds="600")
         assert [(d["address"], d["time"], d["pps"], d["sites"]) for d in view["destinations"]] == [
             ("198.51.100.10", int(t), 41.0, ["ams1", "fra1"]), ("198.51.100.10", int(t) + 1, 10.0, ["ams1"])]
