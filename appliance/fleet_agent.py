@@ -19,7 +19,8 @@
   central server. Central wins: a set changed locally (SIGHUP, the local SecureWatch) is put back
   to the central one at the next sync.
   The central receivers run next to this site's own (its config file's `[notify]`), which are
-  never sent up nor replaced: a central receiver with the name of a local one is refused, whole.
+  never sent up nor replaced: a central receiver with the name of a local one is refused, whole;
+  receivers changed here (the local SecureWatch) become the site's own, the central ones put back.
 
 The queue (`FleetQueue`) is a SQLite file, `STATE_DIR/fleet/queue.db`, bounded by
 `QUEUE_MAX_BYTES` of compressed batches and `QUEUE_MAX_BATCHES` batches; when either would be
@@ -566,7 +567,34 @@ class FleetAgent:
         for kind in DOCUMENT_FILES:
             if kind in answer and self.central_versions.get(kind, 0) > 0:
                 applied = await self._take_document(kind, self.central_versions[kind], answer[kind]) or applied
+        if "notify" not in answer:
+            applied = await self._notify_restored() or applied
         return applied
+
+    async def _notify_restored(self) -> bool:
+        """The central receivers back next to the site's own after the site's receivers were changed
+        here (the local SecureWatch's NOC receivers page runs its table alone): what runs now, less
+        the central receivers, is the site's own from now on. True when they were put back."""
+        central = self.documents.get("notify")
+        notify_config = getattr(self.appliance, "notify_config", None)
+        reconfigure = getattr(self.appliance, "reconfigure_notifiers", None)
+        if not isinstance(central, dict) or not callable(notify_config) or reconfigure is None:
+            return False
+        running = notify_config()
+        if running == merged_notify(self._local_notify, central):
+            return False
+        theirs = {(kind, e.get("name")) for kind, entries in central.items() if isinstance(entries, list)
+                  for e in entries if isinstance(e, dict)}
+        local = {kind: [e for e in entries if not (isinstance(e, dict) and (kind, e.get("name")) in theirs)]
+                 if isinstance(entries, list) else entries for kind, entries in running.items()}
+        try:
+            await reconfigure(merged_notify(local, central))
+        except (ConfigError, ValueError, RuntimeError) as exc:
+            log.error("fleet.notify_restore_refused", version=self.versions["notify"], error=str(exc)[:300])
+            return False
+        self._local_notify = local
+        log.info("fleet.notify_restored", version=self.versions["notify"])
+        return True
 
     async def _take_tenants(self, version: int, tables: Any) -> bool:
         try:

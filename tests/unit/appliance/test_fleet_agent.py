@@ -456,6 +456,12 @@ async def test_fleet_agent_runs_central_templates_and_receivers_next_to_its_own_
                            what="the template change at the site")
             site = await wait_for(lambda: _not_lagging(url, noc), what="the new templates version reported")
             assert site["versions"]["templates"]["running"] == 2 == agent.status()["running_versions"]["templates"]
+            # The site's receivers changed here (its local NOC receivers page runs its table alone):
+            # the edit is kept as the site's own and the central receivers come back next to it.
+            edited = {"syslog": [{"name": "pop-syslog", "host": "192.0.2.11", "transport": "udp"}]}
+            await appliance.reconfigure_notifiers(edited)
+            await wait_for(lambda: _async(appliance.notify == {**edited, **CENTRAL_NOTIFY}),
+                           what="the central receivers back next to the edited local one")
         finally:
             await agent.stop()
     # Restarted while the central server is down: the last central documents run from the start.
