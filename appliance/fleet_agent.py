@@ -11,12 +11,16 @@
   (stored in the same transaction as its dedup row), so a retry after a lost answer is stored once.
   When the link or the server is down it retries with a backoff of 1 s doubling to 30 s; when it is
   back the backlog goes up oldest first (a backfill), `SEND_MAX_BATCHES` per request.
-- **sync** (every `sync_every_s`): reports the configuration version it runs and its backlog, and
-  takes the newest tenant set for this site when there is one: validated whole and applied at once
-  (`apply_tenants`, all or nothing; a bad set keeps the running one), then saved under the state
-  directory so that a restart filters with it from its first packet, without the central server.
-  Central wins: a set changed locally (SIGHUP, the local SecureWatch) is put back to the central
-  one at the next sync.
+- **sync** (every `sync_every_s`): reports the version it runs of each configuration document
+  (`securewatch.fleet_config`: the tenant set, the policy templates, the NOC receivers), why it
+  refused one, and its backlog, and takes the newest of each document for this site when there is
+  one: validated whole and applied at once (a bad one keeps the running one and is reported), then
+  saved under the state directory so that a restart runs it from its first packet, without the
+  central server. Central wins: a set changed locally (SIGHUP, the local SecureWatch) is put back
+  to the central one at the next sync.
+  The central receivers run next to this site's own (its config file's `[notify]`), which are
+  never sent up nor replaced: a central receiver with the name of a local one is refused, whole;
+  receivers changed here (the local SecureWatch) become the site's own, the central ones put back.
 
 The queue (`FleetQueue`) is a SQLite file, `STATE_DIR/fleet/queue.db`, bounded by
 `QUEUE_MAX_BYTES` of compressed batches and `QUEUE_MAX_BATCHES` batches; when either would be
@@ -48,11 +52,14 @@ import structlog
 from appliance.config import FleetSettings
 from policy.events import Event, EventBus, EventType
 from tenants import ConfigError, TenantSet
+from tenants.templates import name_problems, parse_values
 
 log = structlog.get_logger("seawall.fleet")
 
 QUEUE_FILE = "queue.db"
 CONFIG_FILE = "central-config.json"      # the last tenant set taken from the central server
+# The other documents taken from the central server, each with its version (securewatch.fleet_config).
+DOCUMENT_FILES = {"templates": "central-templates.json", "notify": "central-notify.json"}
 QUEUE_MAX_BYTES = 1 << 30                # bytes of compressed batches kept (about 2 h at 10,000 tenants)
 QUEUE_MAX_BATCHES = 7 * 86400            # batches kept: a week at one a second (small fleets)
 BATCH_EVERY_S = 1.0                      # seconds between batches (the engine's tick at the default tick_ms)
@@ -76,6 +83,10 @@ class FleetHooks(Protocol):
     def apply_tenants(self, tenant_set: TenantSet) -> None: ...
     def traffic_series(self, tenant_id: str, seconds: int) -> list[Any]: ...
     def destination_seconds(self, after: float) -> list[dict[str, Any]]: ...
+
+    # For the documents besides the tenant set (an appliance without them refuses those, reported):
+    #   apply_policy_templates(templates: {name: values}, links: {tenant: name}) -> None
+    #   notify_config() -> the raw [notify] table running;  async reconfigure_notifiers(table) -> None
 
 
 # -- the durable queue ----------------------------------------------------------------------------
@@ -183,6 +194,62 @@ def _save_config(state_dir: pathlib.Path, version: int, tenants: list[dict[str, 
     os.replace(tmp, path)
 
 
+def saved_document(state_dir: pathlib.Path, kind: str) -> tuple[int, Any] | None:
+    """(version, document) of `kind` ("templates", "notify") last taken from the central server."""
+    path = pathlib.Path(state_dir) / "fleet" / DOCUMENT_FILES[kind]
+    try:
+        data = json.loads(path.read_text())
+        return int(data["version"]), data["document"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.error("fleet.saved_document_unusable", path=str(path), error=str(exc))
+        return None
+
+
+def _save_document(state_dir: pathlib.Path, kind: str, version: int, document: Any) -> None:
+    """Written atomically, readable by this user only: the receivers' document holds their secrets."""
+    path = pathlib.Path(state_dir) / "fleet" / DOCUMENT_FILES[kind]
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"version": version, "document": document}, f)
+    os.replace(tmp, path)
+
+
+def checked_templates(document: Any) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """(templates, links) of a templates document; ConfigError naming every problem."""
+    if not (isinstance(document, dict) and isinstance(document.get("templates"), dict)
+            and isinstance(document.get("links"), dict)):
+        raise ConfigError(["templates: expected {\"templates\": {name: policy}, \"links\": {tenant: name}}"])
+    problems: list[str] = []
+    templates: dict[str, dict[str, Any]] = {}
+    for name, values in document["templates"].items():
+        problems += name_problems(name, f"templates.{name}")
+        try:
+            templates[name] = parse_values(values, f"templates.{name}")
+        except ConfigError as exc:
+            problems += exc.problems
+    for tenant, name in document["links"].items():
+        if name not in document["templates"]:
+            problems.append(f"links.{tenant}: no template {name!r}")
+    if problems:
+        raise ConfigError(problems)
+    return templates, dict(document["links"])
+
+
+def merged_notify(local: dict[str, Any], central: dict[str, Any]) -> dict[str, Any]:
+    """This site's own receivers with the central ones after them, kind by kind. Where queues live
+    (`state_dir`) stays the site's. A name used by both is refused by the parser, whole."""
+    merged = dict(local)
+    for kind, entries in central.items():
+        if kind == "state_dir":
+            continue
+        mine = local.get(kind, [])
+        merged[kind] = [*mine, *entries] if isinstance(mine, list) and isinstance(entries, list) else entries
+    return merged
+
+
 # -- the agent ------------------------------------------------------------------------------------
 
 def _finite_only(value: Any) -> Any:
@@ -254,6 +321,17 @@ class FleetAgent:
         self.version: int | None = saved[0] if saved else None     # the central version this appliance runs
         self.applied: TenantSet | None = saved[1] if saved else None
         self.central_version: int | None = None
+        # The templates and the receivers from the central server: version and document of each.
+        self.versions: dict[str, int | None] = {}
+        self.documents: dict[str, Any] = {}
+        for kind in DOCUMENT_FILES:
+            found = saved_document(self.state_dir, kind)
+            self.versions[kind], self.documents[kind] = found if found else (None, None)
+        self.central_versions: dict[str, int] = {}
+        self.config_errors: dict[str, str] = {}   # document -> why the newest one was refused
+        # This site's own receivers (its config file's [notify]), before any central one joins them.
+        notify_config = getattr(appliance, "notify_config", None)
+        self._local_notify: dict[str, Any] = notify_config() if callable(notify_config) else {}
         self.sent_batches = 0
         self.rejected_batches = 0
         self.last_sent: float | None = None      # when the central server last acknowledged a batch
@@ -274,6 +352,14 @@ class FleetAgent:
         await self.stop()
 
     async def start(self) -> None:
+        # What was last taken from the central server runs from now on, without waiting for it.
+        for kind, document in self.documents.items():
+            if document is not None:
+                try:
+                    await self._run_document(kind, document)
+                except (ConfigError, ValueError, RuntimeError) as exc:
+                    log.error("fleet.saved_document_refused", document=kind, version=self.versions[kind],
+                              error=str(exc)[:300])
         if self.bus is not None:
             self._inbox = self.bus.subscribe(BUS_SUBSCRIBER)
         for name, coro in (("collect", self._collect_loop()), ("send", self._send_loop()),
@@ -313,6 +399,8 @@ class FleetAgent:
         return {"central": self.settings.central, "site": self.site, "queue": dict(self._stats),
                 "sent_batches": self.sent_batches, "rejected_batches": self.rejected_batches,
                 "running_version": self.version, "central_version": self.central_version,
+                "running_versions": {"tenants": self.version, **self.versions},
+                "central_versions": dict(self.central_versions), "config_errors": dict(self.config_errors),
                 "last_sent": self.last_sent, "last_error": self.last_error}
 
     # -- collect ----------------------------------------------------------------------------
@@ -457,31 +545,100 @@ class FleetAgent:
     # -- sync --------------------------------------------------------------------------------
 
     async def sync_once(self) -> bool:
-        """Report the version run and take a newer tenant set; True when one was applied."""
+        """Report the versions run and take newer documents; True when one was applied."""
         answer = await self._post("/api/v1/fleet/site/sync", {
             "site": self.site, "time": self.clock(), "running_version": self.version,
+            "running_versions": dict(self.versions), "config_errors": dict(self.config_errors),
             "backlog": self._stats["batches"],
             "status": {"queue": self._stats, "tenants": len(self.appliance.current_tenants()),
+                       "local_receivers": sum(len(v) for v in self._local_notify.values()
+                                              if isinstance(v, list)),
                        "sent_batches": self.sent_batches}})
         version = int(answer["version"])
         self.central_version = version
+        self.central_versions = {k: int(v) for k, v in answer.get("versions", {"tenants": version}).items()}
+        applied = False
         if "tenants" in answer and version > 0:   # version 0: the central server holds no tenant set yet
-            tables = answer["tenants"]
-            try:
-                tenant_set = await asyncio.to_thread(TenantSet.from_dicts, tables)
-                self.appliance.apply_tenants(tenant_set)
-            except ConfigError as exc:
-                log.error("fleet.config_refused", version=version, problems=exc.problems[:10])
-                return False
-            await asyncio.to_thread(_save_config, self.state_dir, version, tables)
-            self.version, self.applied = version, tenant_set
-            log.info("fleet.config_applied", version=version, tenants=len(tenant_set))
-            return True
-        if self.applied is not None and self.appliance.current_tenants() != self.applied:
+            applied = await self._take_tenants(version, answer["tenants"])
+        elif self.applied is not None and self.appliance.current_tenants() != self.applied:
             self.appliance.apply_tenants(self.applied)   # changed here behind the fleet's back: central wins
             log.info("fleet.config_restored", version=self.version, tenants=len(self.applied))
-            return True
-        return False
+            applied = True
+        for kind in DOCUMENT_FILES:
+            if kind in answer and self.central_versions.get(kind, 0) > 0:
+                applied = await self._take_document(kind, self.central_versions[kind], answer[kind]) or applied
+        if "notify" not in answer:
+            applied = await self._notify_restored() or applied
+        return applied
+
+    async def _notify_restored(self) -> bool:
+        """The central receivers back next to the site's own after the site's receivers were changed
+        here (the local SecureWatch's NOC receivers page runs its table alone): what runs now, less
+        the central receivers, is the site's own from now on. True when they were put back."""
+        central = self.documents.get("notify")
+        notify_config = getattr(self.appliance, "notify_config", None)
+        reconfigure = getattr(self.appliance, "reconfigure_notifiers", None)
+        if not isinstance(central, dict) or not callable(notify_config) or reconfigure is None:
+            return False
+        running = notify_config()
+        if running == merged_notify(self._local_notify, central):
+            return False
+        theirs = {(kind, e.get("name")) for kind, entries in central.items() if isinstance(entries, list)
+                  for e in entries if isinstance(e, dict)}
+        local = {kind: [e for e in entries if not (isinstance(e, dict) and (kind, e.get("name")) in theirs)]
+                 if isinstance(entries, list) else entries for kind, entries in running.items()}
+        try:
+            await reconfigure(merged_notify(local, central))
+        except (ConfigError, ValueError, RuntimeError) as exc:
+            log.error("fleet.notify_restore_refused", version=self.versions["notify"], error=str(exc)[:300])
+            return False
+        self._local_notify = local
+        log.info("fleet.notify_restored", version=self.versions["notify"])
+        return True
+
+    async def _take_tenants(self, version: int, tables: Any) -> bool:
+        try:
+            tenant_set = await asyncio.to_thread(TenantSet.from_dicts, tables)
+            self.appliance.apply_tenants(tenant_set)
+        except ConfigError as exc:
+            log.error("fleet.config_refused", version=version, problems=exc.problems[:10])
+            self.config_errors["tenants"] = f"version {version}: " + "; ".join(exc.problems[:5])
+            return False
+        await asyncio.to_thread(_save_config, self.state_dir, version, tables)
+        self.version, self.applied = version, tenant_set
+        self.config_errors.pop("tenants", None)
+        log.info("fleet.config_applied", version=version, tenants=len(tenant_set))
+        return True
+
+    async def _run_document(self, kind: str, document: Any) -> None:
+        """Run one document on the appliance, whole or not at all; ConfigError/ValueError when refused."""
+        if kind == "templates":
+            templates, links = checked_templates(document)
+            apply = getattr(self.appliance, "apply_policy_templates", None)
+            if apply is None:
+                raise ConfigError(["templates: this appliance cannot run policy templates from the centre"])
+            apply(templates, links)
+            return
+        if not isinstance(document, dict):
+            raise ConfigError(["notify: expected the [notify] table"])
+        reconfigure = getattr(self.appliance, "reconfigure_notifiers", None)
+        if reconfigure is None:
+            raise ConfigError(["notify: this appliance cannot run NOC receivers from the centre"])
+        await reconfigure(merged_notify(self._local_notify, document))
+
+    async def _take_document(self, kind: str, version: int, document: Any) -> bool:
+        try:
+            await self._run_document(kind, document)
+        except (ConfigError, ValueError, RuntimeError) as exc:
+            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            log.error("fleet.document_refused", document=kind, version=version, problems=problems[:10])
+            self.config_errors[kind] = f"version {version}: " + "; ".join(problems[:5])
+            return False
+        await asyncio.to_thread(_save_document, self.state_dir, kind, version, document)
+        self.versions[kind], self.documents[kind] = version, document
+        self.config_errors.pop(kind, None)
+        log.info("fleet.document_applied", document=kind, version=version)
+        return True
 
     async def _sync_loop(self) -> None:
         while True:

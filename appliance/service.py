@@ -445,6 +445,12 @@ class Appliance:
         them with the tenants into an empty store)."""
         return dict(self.config.templates), dict(self.config.template_links)
 
+    def apply_policy_templates(self, templates: dict[str, dict[str, Any]], links: dict[str, str]) -> None:
+        """A fleet's central templates and which of this site's tenants follows which (the agent
+        checked them): what `policy_templates` offers from now on. The followers' policies come
+        resolved in the tenant set, so the dataplane has nothing to change here."""
+        self.config = dataclasses.replace(self.config, templates=dict(templates), template_links=dict(links))
+
     def notify_config(self) -> dict[str, Any]:
         """The raw `[notify]` table the notifiers run now (a copy; secrets included)."""
         return copy.deepcopy(dict(self.config.notify or {}))

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from tenants import ConfigError, Tenant, TenantSet
 
-from . import metrics
+from . import fleet_store, metrics
 from .bgp import bgp_of, escalate, escalation_target, scoped_bgp, withdraw
 from .context import (
     OPTIONS,
@@ -259,9 +259,13 @@ async def api_traffic(request: web.Request) -> web.Response:
     resolution = request.query.get("resolution") or ("second" if seconds <= 3600 else "minute")
     if resolution not in ("second", "minute"):
         raise ApiError(400, f"resolution: {resolution!r} is not 'second' or 'minute'")
+    # A fleet's central server: the tenant's seconds summed over the sites, or one site's (?site=).
+    site = request.query.get("site") or None
+    if site is not None and fleet_store.site_problem(site) is not None:
+        raise ApiError(400, f"site: {fleet_store.site_problem(site)}")
     now = time.time()
-    rows = await request.app[STORE].traffic(tenant.id, now - seconds, now + 1, resolution)
-    return web.json_response({"tenant": tenant.id, "resolution": resolution, "series": rows})
+    rows = await request.app[STORE].traffic(tenant.id, now - seconds, now + 1, resolution, site=site)
+    return web.json_response({"tenant": tenant.id, "resolution": resolution, "site": site, "series": rows})
 
 
 async def api_blocked_sources(request: web.Request) -> web.Response:

@@ -2,9 +2,14 @@
 
 Site-facing (a site's token, from `seawall fleet enroll SITE`, as `Authorization: Bearer`):
 
-    POST /api/v1/fleet/site/sync     {"site", "time", "running_version", "backlog", "status"}
-                                     -> {"version", "tenants"?}: the tenant set for this site when
-                                        the site does not run the newest version yet
+    POST /api/v1/fleet/site/sync     {"site", "time", "running_version", "backlog", "status",
+                                      "running_versions"?: {"templates", "notify"},
+                                      "config_errors"?: {document: why it was refused}}
+                                     -> {"version", "tenants"?, "versions"?, "templates"?, "notify"?}:
+                                        the tenant set for this site when the site does not run the
+                                        newest version yet; with running_versions, the version of
+                                        each document and each one the site does not run yet
+                                        (`fleet_config`: what flows down, what does not, and why)
     POST /api/v1/fleet/site/ingest   {"site", "queue", "batches": [{"seq", "time", "traffic_columns",
                                      "destinations", "events"}]} -> {"acked": [seq...], "duplicates"}
 
@@ -30,6 +35,13 @@ Operator-facing (admin and NOC):
     GET /api/v1/fleet/sites          the same as JSON
     GET /api/v1/fleet/traffic        ?site=&tenant=&seconds=  per-site, per-tenant seconds
     GET /api/v1/fleet/incidents      ?site=  incidents that came from sites
+    GET /api/v1/fleet/tenants/{id}/traffic       ?site=&seconds=  the tenant's seconds summed over the
+                                                 sites ("series") and each site's ("sites")
+    GET /api/v1/fleet/tenants/{id}/destinations  ?site=&seconds=  its per-destination seconds merged
+
+A tenant's own views (/api/v1/tenants/{id}/traffic, the console, the reports) read its traffic
+summed over the sites too (`fleet_tenant`), with ?site= for one site's; an incident lists the
+incidents of other sites linked to it (`fleet_tenant.linked_incidents`).
 """
 
 from __future__ import annotations
@@ -47,8 +59,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from . import auth, fleet_store
-from .context import SETTINGS, STORE, ApiError, principal_of, query_int, read_json
+from . import auth, fleet_config, fleet_store, fleet_tenant
+from .context import SETTINGS, STORE, ApiError, principal_of, query_int, read_json, visible_tenant
 from .store import Store, record_event_in
 from .ui import render
 
@@ -63,6 +75,7 @@ TRAFFIC_SPAN_MAX_S = 3600             # seconds of per-site rows one API call re
 INCIDENTS_SHOWN = 100
 RETENTION_EVERY_S = 60.0              # seconds between deletions of expired fleet rows
 INCIDENT_EVENT_TYPES = ("ATTACK_START", "ATTACK_UPDATE", "ATTACK_END")
+DOWN_DOCUMENTS = ("templates", "notify")   # what flows down besides the tenant set (fleet_config)
 # PostgreSQL connections (each with its own thread) that take ingests, besides the store's own:
 # with one, the database works on one site's COPY at a time, one core, whatever the number of
 # sites sending. A site always gets the same one (its requests come one after another anyway).
@@ -100,6 +113,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/fleet/sites", api_sites)
     r.add_get("/api/v1/fleet/traffic", api_traffic)
     r.add_get("/api/v1/fleet/incidents", api_incidents)
+    r.add_get("/api/v1/fleet/tenants/{tenant_id}/traffic", api_tenant_traffic)
+    r.add_get("/api/v1/fleet/tenants/{tenant_id}/destinations", api_tenant_destinations)
     app.cleanup_ctx.append(_retention)
     app.cleanup_ctx.append(_ingest_stores)
 
@@ -171,15 +186,41 @@ async def site_sync(request: web.Request) -> web.Response:
     status = body.get("status", {})
     if not isinstance(status, dict):
         problems.append("status: expected an object")
+    # An agent that runs the templates and the receivers from the centre says which versions it
+    # runs (an older one does not, and gets the tenant set alone, as before).
+    running_versions = body.get("running_versions")
+    if running_versions is not None and not (
+            isinstance(running_versions, dict) and set(running_versions) <= set(DOWN_DOCUMENTS)
+            and all(v is None or _whole(v) for v in running_versions.values())):
+        problems.append(f"running_versions: expected an object of {', '.join(DOWN_DOCUMENTS)} to a whole "
+                        f"number or null")
+    errors = body.get("config_errors", {})
+    if not (isinstance(errors, dict) and set(errors) <= set(fleet_config.KINDS)
+            and all(isinstance(v, str) for v in errors.values())):
+        problems.append(f"config_errors: expected an object of {', '.join(fleet_config.KINDS)} to a string")
     if problems:
         raise ApiError(422, "the sync request is not valid", problems)
     store = request.app[STORE]
     state = await store.tenant_state()
+    documents = await store.run(fleet_config.central_documents) if running_versions is not None else {}
+    reported = {"tenants": running, **(running_versions or {})}
+
+    def record(b: Any) -> None:
+        fleet_store.record_contact(b, site, time.time(), appliance_time, running, backlog, status)
+        fleet_config.record_site_versions(b, site, reported, errors)
+
     with refused_by_store(site):
-        await store.run(fleet_store.record_contact, site, time.time(), appliance_time, running, backlog, status)
+        await store.run(record)
     answer: dict[str, Any] = {"version": state.version}
+    site_tenants = [t for t in state.tenants if t.runs_at(site)]
     if running != state.version:
-        answer["tenants"] = [t.to_dict() for t in state.tenants if t.runs_at(site)]
+        answer["tenants"] = [t.to_dict() for t in site_tenants]
+    if running_versions is not None:
+        answer["versions"] = {"tenants": state.version, **{kind: v for kind, (v, _) in documents.items()}}
+        ids = frozenset(t.id for t in site_tenants)
+        for kind, (version, document) in documents.items():
+            if version > 0 and running_versions.get(kind) != version:
+                answer[kind] = fleet_config.for_site(kind, document, ids)
     return web.json_response(answer)
 
 
@@ -414,18 +455,27 @@ def _site_filter(request: web.Request) -> str | None:
     return site
 
 
+async def central_versions(store: Store) -> dict[str, int]:
+    """The version of each configuration document in force centrally (what sites should run)."""
+    documents = await store.run(fleet_config.central_documents)
+    return {"tenants": (await store.tenant_state()).version, **{kind: v for kind, (v, _) in documents.items()}}
+
+
 async def fleet_view(request: web.Request, site: str | None) -> list[dict[str, Any]]:
-    """Each site's health with its current traffic, in site order."""
+    """Each site's health with its current traffic and the version of each configuration document
+    it runs against the central one (`versions`; `lagging` when any lags), in site order."""
     store = request.app[STORE]
     now = time.time()
     state = await store.tenant_state()
     sites = await store.run(fleet_store.sites)
     current = await store.run(fleet_store.current_traffic, now - CURRENT_SPAN_S, site)
+    central = await central_versions(store)
+    reported = await store.run(fleet_config.site_versions)
     rows = []
     for s in sites:
         if site is not None and s.site != site:
             continue
-        row = s.health(now, state.version)
+        row = fleet_config.with_versions(s.health(now, state.version), central, reported.get(s.site, {}))
         row["traffic"] = current.get(s.site)
         rows.append(row)
     return rows
@@ -446,6 +496,28 @@ async def api_traffic(request: web.Request) -> web.Response:
     return web.json_response({"rows": rows})
 
 
+async def api_tenant_traffic(request: web.Request) -> web.Response:
+    """One tenant's seconds summed over the sites (`series`), with each site's own (`sites`);
+    ?site= narrows both to one site. A tenant's user sees its own tenant's."""
+    tenant = await visible_tenant(request, request.match_info["tenant_id"])
+    seconds = query_int(request, "seconds", 300, 1, TRAFFIC_SPAN_MAX_S)
+    site = _site_filter(request)
+    now = time.time()
+    per_site = await request.app[STORE].run(fleet_tenant.site_seconds, tenant.id, now - seconds, now + 1, site)
+    return web.json_response({"tenant": tenant.id, "site": site, "series": fleet_tenant.summed(per_site.values()),
+                              "sites": per_site})
+
+
+async def api_tenant_destinations(request: web.Request) -> web.Response:
+    """One tenant's per-destination seconds merged over the sites (?site=: one site's)."""
+    tenant = await visible_tenant(request, request.match_info["tenant_id"])
+    seconds = query_int(request, "seconds", 300, 1, TRAFFIC_SPAN_MAX_S)
+    site = _site_filter(request)
+    now = time.time()
+    rows = await request.app[STORE].run(fleet_tenant.destination_seconds, tenant.id, now - seconds, now + 1, site)
+    return web.json_response({"tenant": tenant.id, "site": site, "destinations": rows})
+
+
 async def api_incidents(request: web.Request) -> web.Response:
     _require_noc(request)
     site = _site_filter(request)
@@ -461,7 +533,7 @@ async def fleet_page(request: web.Request) -> web.Response:
     names = [s.site for s in await store.run(fleet_store.sites)]
     incidents = await store.run(fleet_store.incidents, site, INCIDENTS_SHOWN)
     return render(request, "fleet.html", sites=sites, site=site, names=names, incidents=incidents,
-                  version=(await store.tenant_state()).version)
+                  in_force=await central_versions(store))
 
 
 # -- retention ------------------------------------------------------------------------------------

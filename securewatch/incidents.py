@@ -13,6 +13,7 @@ from aiohttp import web
 
 from .context import STORE, ApiError, audit, check_csrf, principal_of, shown_actors, visible_incident
 from .fleet_store import site_problem
+from .fleet_tenant import linked_incidents
 from .store import INCIDENT_STATES, Incident, IncidentFilter
 
 MAX_NOTE_CHARS = 4000
@@ -80,6 +81,8 @@ async def incident_detail(request: web.Request, incident_id: str) -> dict[str, A
     out["pcaps"] = {kind: {"packets": ref["packets"], "bytes": ref["bytes"],
                            "url": f"/api/v1/incidents/{incident_id}/pcap/{kind}"}
                     for kind, ref in (await store.pcaps(incident_id)).items()}
+    # The same attack seen at other sites: their incidents, linked (fleet_tenant: why two, not one).
+    out["linked"] = await store.run(linked_incidents, incident_id)
     return out
 
 

@@ -63,9 +63,11 @@ def openapi_document() -> dict[str, Any]:
                        errors=("400", "401", "403", "404", "409", "422")),
         },
         "/api/v1/tenants/{tenant_id}/traffic": {
-            "get": _op("Traffic series: passed and dropped per second (last hour) or per minute (90 days)",
+            "get": _op("Traffic series: passed and dropped per second (last hour) or per minute (90 days); "
+                       "on a fleet's central server summed over the sites",
                        params=tid, query=(("seconds", "how far back, seconds (default 300)"),
-                                          ("resolution", "second | minute (default: by span)")),
+                                          ("resolution", "second | minute (default: by span)"),
+                                          ("site", "a fleet site's traffic only (central server)")),
                        errors=("400", "401", "404"))},
         "/api/v1/tenants/{tenant_id}/blocked-sources": {
             "get": _op("The tenant's dynamic block list (application-layer floods): each source with the reason "
@@ -74,7 +76,9 @@ def openapi_document() -> dict[str, Any]:
             "get": _op("A tenant's report for a period (YYYY-MM or YYYY-MM-DD..YYYY-MM-DD); pdf: 503 without "
                        "[securewatch.reports] pdf_renderer",
                        params=(*tid, "period"), query=(("format", "json | csv | html | pdf"),
-                                                       ("download", "json, html: as an attachment")),
+                                                       ("download", "json, html: as an attachment"),
+                                                       ("site", "a fleet site's part only (central server; "
+                                                                "default: every site summed)")),
                        errors=("400", "401", "404", "503"))},
         "/api/v1/reports/branding": {
             "get": _op("The reports' branding: operator_name, logo (data: URI), primary_colour, accent_colour "
@@ -97,7 +101,8 @@ def openapi_document() -> dict[str, Any]:
                 ("site", "a fleet site's incidents only (central server)")),
                 errors=("400", "401"))},
         "/api/v1/incidents/{incident_id}": {
-            "get": _op("An incident with its events, timeline, notes and PCAP files", params=iid,
+            "get": _op("An incident with its events, timeline, notes, PCAP files and the incidents of other "
+                       "fleet sites linked to it (same tenant, overlapping, a shared destination)", params=iid,
                        errors=("401", "404"))},
         "/api/v1/incidents/{incident_id}/acknowledge": {
             "post": _op("Acknowledge an incident (admin, noc, tenant write)", params=iid,
@@ -213,14 +218,15 @@ def openapi_document() -> dict[str, Any]:
     site_only = ("401", "403", "422")
     paths.update({
         "/api/v1/fleet/site/sync": {"post": _op(
-            "A site reports the configuration version it runs and its backlog; the answer has the newest "
-            "version and, when the site runs another, the tenant set for that site (site token)",
+            "A site reports the configuration versions it runs (tenant set, templates, NOC receivers), why it "
+            "refused one, and its backlog; the answer has the newest versions and each document the site "
+            "does not run yet, for that site (site token)",
             errors=site_only)},
         "/api/v1/fleet/site/ingest": {"post": _op(
             "A site's queued batches (per-second tenant rows, destination rows, incident events), in order; "
             "stored once per (site, queue, seq), acknowledged by seq (site token)", errors=site_only)},
         "/api/v1/fleet/sites": {"get": _op(
-            "The fleet's sites: state, last contact, clock skew, version in force, lagging, backlog, current "
+            "The fleet's sites: state, last contact, clock skew, versions in force per document, lagging, backlog, current "
             "traffic (admin, noc)", query=(("site", "one site only"),), errors=("400", "401", "403"))},
         "/api/v1/fleet/traffic": {"get": _op(
             "Per-site, per-tenant seconds (admin, noc)", query=(
@@ -229,6 +235,13 @@ def openapi_document() -> dict[str, Any]:
         "/api/v1/fleet/incidents": {"get": _op(
             "Incidents that came from sites, newest first (admin, noc)", query=(("site", "one site only"),),
             errors=("400", "401", "403"))},
+        "/api/v1/fleet/tenants/{tenant_id}/traffic": {"get": _op(
+            "A tenant's seconds summed over the sites (series) and each site's (sites)", params=tid, query=(
+                ("site", "one site only"), ("seconds", "1 to 3600, default 300")), errors=("400", "401", "404"))},
+        "/api/v1/fleet/tenants/{tenant_id}/destinations": {"get": _op(
+            "A tenant's per-destination seconds merged over the sites (pps summed per address and second)",
+            params=tid, query=(("site", "one site only"), ("seconds", "1 to 3600, default 300")),
+            errors=("400", "401", "404"))},
     })
     return {
         "openapi": "3.0.3",

@@ -22,6 +22,7 @@ import pathlib
 import re
 from typing import Any
 
+from . import fleet_tenant
 from .store import IncidentFilter, Store
 from .talkers import incident_anatomy, rule_text
 
@@ -96,6 +97,7 @@ class Report:
     chart: dict[str, list[float]] = dataclasses.field(default_factory=dict)   # the period's traffic, columnar
     servers: list[dict[str, Any]] = dataclasses.field(default_factory=list)   # per-server highlights
     talkers: dict[str, Any] = dataclasses.field(default_factory=dict)         # attack anatomy (dropped samples)
+    site: str | None = None            # a fleet's site the report is narrowed to (None: every site summed)
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -119,7 +121,7 @@ class Report:
                 "start": self.period.start, "end": self.period.end, "generated": self.generated,
                 "summary": self.summary, "vectors": self.vectors, "attacks": self.attacks,
                 "targets": self.targets, "traffic": self.traffic, "chart": self.chart, "servers": self.servers,
-                "talkers": self.talkers}
+                "talkers": self.talkers, "site": self.site}
 
     def to_csv(self) -> str:
         out = io.StringIO()
@@ -176,10 +178,14 @@ def _explanation(incident: Any) -> str | None:
 
 
 async def build_report(store: Store, tenant_id: str, tenant_name: str, period: Period, now: float,
-                       pcap_root: pathlib.Path | None = None) -> Report:
+                       pcap_root: pathlib.Path | None = None, site: str | None = None) -> Report:
     """The report of one tenant over `period`. pcap_root: where the engine's captures live (the top
-    talkers are read from them); None (central mode, no captures here): no top talkers."""
-    incidents = await store.incidents(IncidentFilter(tenant=tenant_id, until=period.end, limit=100000))
+    talkers are read from them); None (central mode, no captures here): no top talkers.
+
+    On a fleet's central server the traffic and the servers are every site's summed (one report
+    for a tenant seen at two sites, `fleet_tenant`), the attacks each site's incidents; `site`
+    narrows all three to that site's."""
+    incidents = await store.incidents(IncidentFilter(tenant=tenant_id, until=period.end, limit=100000, site=site))
     incidents = [i for i in incidents if (i.ended if i.ended is not None else i.updated) >= period.start]
     incidents.sort(key=lambda i: i.started)
     attacks = []
@@ -200,7 +206,7 @@ async def build_report(store: Store, tenant_id: str, tenant_name: str, period: P
             entry["attacks"] += 1
             entry["peak_pps"] = max(entry["peak_pps"], i.peak_pps)
     targets = sorted(by_target.values(), key=lambda t: (-t["attacks"], -t["peak_pps"], t["address"]))[:TOP_TARGETS]
-    minutes = await store.traffic(tenant_id, period.start, period.end, "minute")
+    minutes = await store.traffic(tenant_id, period.start, period.end, "minute", site=site)
     traffic = {
         "minutes_with_data": len(minutes),
         "passed_packets": round(sum(m["passed_pps"] for m in minutes) * MINUTE_S),
@@ -217,7 +223,19 @@ async def build_report(store: Store, tenant_id: str, tenant_name: str, period: P
         chart = _columns(minutes)
     else:
         chart = await store.run(_hours, tenant_id, period.start, period.end)
-    servers = await store.run(_servers, tenant_id, period.start, period.end, TOP_TARGETS)
+        if not chart["time"] and minutes:   # a central server: no hour rollups of its own, the sites' minutes
+            chart = _columns(minutes)
+    servers = [] if site is not None else await store.run(_servers, tenant_id, period.start, period.end, TOP_TARGETS)
+    fleet_servers = await store.run(fleet_tenant.busiest_destinations, tenant_id, period.start, period.end,
+                                    TOP_TARGETS, site)
+    if fleet_servers:
+        by_address = {s["address"]: s for s in servers}
+        for srv in fleet_servers:
+            own = by_address.get(srv["address"])
+            by_address[srv["address"]] = srv if own is None else {
+                "address": srv["address"], "peak_pps": max(own["peak_pps"], srv["peak_pps"]),
+                "peak_dropped_pps": max(own["peak_dropped_pps"], srv["peak_dropped_pps"])}
+        servers = sorted(by_address.values(), key=lambda s: (-s["peak_pps"], s["address"]))[:TOP_TARGETS]
     for srv in servers:
         srv["attacks"] = by_target.get(srv["address"], {}).get("attacks", 0)
     talkers: dict[str, Any] = {}
@@ -227,7 +245,7 @@ async def build_report(store: Store, tenant_id: str, tenant_name: str, period: P
         talkers = anatomy.get("dropped", {})
     return Report(tenant=tenant_id, tenant_name=tenant_name, period=period, generated=now, attacks=attacks,
                   vectors=dict(vectors.most_common()), targets=targets, traffic=traffic, chart=chart,
-                  servers=servers, talkers=talkers)
+                  servers=servers, talkers=talkers, site=site)
 
 
 def _mitigation_s(started: float, points: list[dict[str, float]]) -> float | None:

@@ -36,6 +36,7 @@ from .context import (
     require_admin,
     visible_tenant,
 )
+from .fleet_store import site_problem
 from .reports import build_report, parse_period
 from .reports_config import Branding, parse_branding
 from .reports_render import (
@@ -93,8 +94,11 @@ async def api_report(request: web.Request) -> web.StreamResponse:
     renderer = request.app[PDF_RENDERER]
     if fmt == "pdf" and not renderer.available:
         raise ApiError(503, "format: PDF reports need [securewatch.reports] pdf_renderer (a chromium executable)")
+    site = request.query.get("site") or None   # a fleet's central server: one site's part (None: all summed)
+    if site is not None and site_problem(site) is not None:
+        raise ApiError(400, f"site: {site_problem(site)}")
     report = await build_report(request.app[STORE], tenant.id, tenant.name, period, time.time(),
-                                pcap_root=request.app[OPTIONS]["pcap_root"])
+                                pcap_root=request.app[OPTIONS]["pcap_root"], site=site)
     disposition = {"Content-Disposition": f'attachment; filename="{report_filename(report, fmt)}"'}
     if fmt == "csv":
         return web.Response(text=report.to_csv(), content_type="text/csv", headers=disposition)

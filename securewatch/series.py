@@ -27,6 +27,8 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from . import fleet_tenant
+
 CLASSES = ("tcp_syn", "tcp_other", "udp", "icmp", "fragment", "other")   # dataplane TrafficClass order
 TRAFFIC_KEYS = ("passed_pps", "dropped_pps", "passed_bps", "dropped_bps")
 SECONDS_PER_DAY = 86400
@@ -126,6 +128,11 @@ def tenant_series(b: Any, tenant: str, rng: Range, now: float) -> dict[str, Any]
     since = int(now) - rng.span_s
     rows = b.execute(f"SELECT t, passed_pps, dropped_pps, passed_bps, dropped_bps FROM {_TABLE[rng.table]} "
                      f"WHERE tenant = ? AND t > ? AND t <= ? ORDER BY t", (tenant, since, int(now) + 1)).fetchall()
+    if rng.table in ("second", "minute"):
+        # A fleet's central server: the sites' seconds summed (fleet_tenant; no hour rollups of them yet).
+        own = [{"time": r[0], **dict(zip(TRAFFIC_KEYS, r[1:], strict=True))} for r in rows]
+        merged = fleet_tenant.with_sites(b, own, tenant, since + 1, int(now) + 2, rng.table)
+        rows = [(r["time"], *(r[k] for k in TRAFFIC_KEYS)) for r in merged]
     out: dict[str, Any] = {"time": [int(r[0]) for r in rows]}
     for i, key in enumerate(TRAFFIC_KEYS, 1):
         out[key] = [round(float(r[i]), 1) for r in rows]

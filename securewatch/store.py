@@ -36,7 +36,7 @@ import structlog
 from tenants import Tenant, TenantSet
 from tenants.model import tidy_legacy_fields
 
-from . import fleet_store, reports_config, series
+from . import fleet_config, fleet_store, fleet_tenant, reports_config, series
 from .settings import sqlite_path
 
 log = structlog.get_logger(__name__)
@@ -179,6 +179,8 @@ MIGRATIONS: list[tuple[int, str, list[str | Callable[[_Backend], None]]]] = [
     (8, "fleet sites, batches and per-site series", fleet_store.MIGRATION),
     # Customer reports (issue 16): the branding saved in the UI/API, and the monthly mail schedule.
     (9, "report branding and scheduled report deliveries", reports_config.MIGRATION),
+    # The fleet (issue 17): versions of the policy templates and NOC receivers each site runs.
+    (11, "fleet: versions of the templates and notify settings each site runs", fleet_config.MIGRATION),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -776,9 +778,11 @@ class Store:
         refresh the per-minute roll-up of the minutes they touch. Returns rows written."""
         return await self._run(_add_traffic, tenant, list(rows))
 
-    async def traffic(self, tenant: str, since: float, until: float, resolution: str) -> list[dict[str, float]]:
-        """Per-second ("second") or per-minute ("minute") series in [since, until)."""
-        return await self._run(_traffic, tenant, since, until, resolution)
+    async def traffic(self, tenant: str, since: float, until: float, resolution: str, *,
+                      site: str | None = None) -> list[dict[str, float]]:
+        """Per-second ("second") or per-minute ("minute") series in [since, until): this box's own
+        rows and the fleet's sites' summed (`fleet_tenant.with_sites`); `site`: that site's only."""
+        return await self._run(_traffic, tenant, since, until, resolution, site)
 
     async def last_traffic_time(self, tenant: str) -> float | None:
         return await self._run(lambda b: b.execute("SELECT MAX(t) FROM traffic_seconds WHERE tenant = ?",
@@ -1325,13 +1329,16 @@ def _add_traffic(b: _Backend, tenant: str, rows: list[dict[str, Any]]) -> int:
     return len(values)
 
 
-def _traffic(b: _Backend, tenant: str, since: float, until: float, resolution: str) -> list[dict[str, float]]:
+def _traffic(b: _Backend, tenant: str, since: float, until: float, resolution: str,
+             site: str | None = None) -> list[dict[str, float]]:
     if resolution not in ("second", "minute"):
         raise ValueError(f"resolution must be 'second' or 'minute', got {resolution!r}")
     table = "traffic_seconds" if resolution == "second" else "traffic_minutes"
-    rows = b.execute(f"SELECT t, passed_pps, dropped_pps, passed_bps, dropped_bps FROM {table} "
-                     f"WHERE tenant = ? AND t >= ? AND t < ? ORDER BY t", (tenant, since, until)).fetchall()
-    return [{"time": r[0], **dict(zip(_TRAFFIC_KEYS, r[1:], strict=True))} for r in rows]
+    rows = [] if site is not None else b.execute(
+        f"SELECT t, passed_pps, dropped_pps, passed_bps, dropped_bps FROM {table} "
+        f"WHERE tenant = ? AND t >= ? AND t < ? ORDER BY t", (tenant, since, until)).fetchall()
+    own = [{"time": r[0], **dict(zip(_TRAFFIC_KEYS, r[1:], strict=True))} for r in rows]
+    return fleet_tenant.with_sites(b, own, tenant, since, until, resolution, site)
 
 
 def _retention(b: _Backend, now: float, retention: series.SeriesRetention) -> dict[str, int]:

@@ -71,17 +71,23 @@ def list_sites(args) -> int:
 
 
 def _list(args) -> int:
-    from securewatch import fleet_store  # noqa: PLC0415
+    from securewatch import fleet_config, fleet_store  # noqa: PLC0415
 
     with open_store(args.config) as (_config, store):
-        version = store.run(fleet_store.central_version)
-        rows = [s.health(time.time(), version) for s in store.run(fleet_store.sites)]
+        central = store.run(fleet_config.central_versions)
+        reported = store.run(fleet_config.site_versions)
+        rows = [fleet_config.with_versions(s.health(time.time(), central["tenants"]), central, reported.get(s.site, {}))
+                for s in store.run(fleet_store.sites)]
     for row in rows:
         row.pop("status", None)
+        # The templates' and the NOC receivers' versions the site runs (the tenant set's: running_version).
+        row["templates_version"] = row["versions"]["templates"]["running"]
+        row["notify_version"] = row["versions"]["notify"]["running"]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    columns = ("site", "state", "contact_age_s", "running_version", "lagging", "backlog", "clock_skew_s")
+    columns = ("site", "state", "contact_age_s", "running_version", "templates_version", "notify_version",
+               "lagging", "backlog", "clock_skew_s")
     table = [columns] + [tuple("-" if row[c] is None else str(row[c]) for c in columns) for row in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
     for r in table:

@@ -3,6 +3,8 @@ test_securewatch_store.py starts it) serving HTTPS itself, and two appliances (`
 bridging its own lab's pair of NICs, joined with [fleet].
 
 - a tenant set created centrally reaches both dataplanes (a tenant restricted to one site only there);
+- a policy template created and changed centrally reaches both dataplanes, and both sites report
+  the templates' version;
 - a flood at one site is an incident at the central server with that site, the other site has none;
 - the central server stopped during the flood: both sites keep mitigating and queue on disk; after
   it returns everything they saw arrives, in order, once;
@@ -233,11 +235,25 @@ def test_fleet_two_sites_one_central_postgresql(request, tmp_path, postgres_serv
         wait_until(lambda proc=proc, site=site: sorted(proc.status().get("tenants", {})) == expected[site],
                    timeout=20, interval=0.2, what=f"the central tenant set in {site}'s dataplane")
 
+    # A policy template created, followed and then changed centrally reaches both dataplanes' policy.
+    for path, body in (("/api/v1/templates/fleet-strict", {"policy": {"icmp_rate_pps": 777}}),
+                       ("/api/v1/tenants/gamma/template", {"template": "fleet-strict"}),
+                       ("/api/v1/templates/fleet-strict", {"policy": {"icmp_rate_pps": 888}})):
+        status, answer = central.request("PUT", path, admin, body)
+        assert status == 200, answer
+    for site, proc in procs.items():
+        wait_until(lambda proc=proc: ((proc.status()["tenants"].get("gamma") or {}).get("class_budgets") or {}).get(
+            "icmp") == {"pps": 888, "source": "policy"}, timeout=20, interval=0.2,
+            what=f"the template change in {site}'s dataplane")
+
     def sites() -> dict:
         return {s["site"]: s for s in central.request("GET", "/api/v1/fleet/sites", admin)[1]["sites"]}
 
+    # Not lagging: each site runs the central tenant set, templates and receivers' versions.
     wait_until(lambda: all(not s["lagging"] and s["state"] == "reporting" for s in sites().values()),
-               timeout=20, interval=0.2, what="both sites reporting the version in force")
+               timeout=20, interval=0.2, what="both sites reporting the versions in force")
+    assert all(s["versions"]["templates"]["running"] == s["versions"]["templates"]["central"] > 0
+               for s in sites().values())
 
     # A site's token cannot write another site's data; a revoked site is refused.
     body = {"site": "fra1", "queue": "x", "batches": [{"seq": 1, "time": time.time(), "traffic": [

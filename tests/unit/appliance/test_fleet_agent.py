@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import pathlib
 import sqlite3
@@ -23,6 +24,7 @@ from appliance.fleet_agent import FleetAgent, FleetQueue
 from policy.events import Event, EventBus, EventType, Severity
 from securewatch import auth, fleet_store
 from securewatch.app import create_app
+from securewatch.notify.config import parse_notify_config
 from securewatch.settings import SecureWatchSettings
 from securewatch.store import Store
 from tenants import ConfigError, TenantSet
@@ -122,12 +124,25 @@ def test_fleet_queue_byte_bound_keeps_the_newest(tmp_path):
 # -- the agent against a real central server -------------------------------------------------------
 
 class LabAppliance:
-    """A test double of the appliance process (FleetHooks): a tenant set and a per-second series."""
+    """A test double of the appliance process (FleetHooks): a tenant set, a per-second series, policy
+    templates and NOC receivers (checked by the notifiers' own parser, as the appliance does)."""
 
-    def __init__(self) -> None:
+    def __init__(self, notify: dict[str, Any] | None = None) -> None:
         self.tenants = TenantSet.from_dicts([{"id": "alpha", "prefixes": ["198.51.100.0/25"]}])
         self.rows: list[dict[str, Any]] = []
         self.applied: list[TenantSet] = []
+        self.templates: tuple[dict[str, Any], dict[str, str]] = ({}, {})
+        self.notify = copy.deepcopy(notify or {})
+
+    def apply_policy_templates(self, templates: dict[str, Any], links: dict[str, str]) -> None:
+        self.templates = (templates, links)
+
+    def notify_config(self) -> dict[str, Any]:
+        return copy.deepcopy(self.notify)
+
+    async def reconfigure_notifiers(self, config: dict[str, Any]) -> None:
+        parse_notify_config(config)   # ConfigError naming the key: the running receivers kept
+        self.notify = copy.deepcopy(config)
 
     def tick(self, t: float) -> None:
         self.rows.append({"time": t, "passed_pps": 1000.0, "dropped_pps": 50.0, "passed_bps": 8e6,
@@ -386,3 +401,142 @@ async def test_fleet_agent_sends_no_nan_and_drops_a_queued_nan_batch(tmp_path):
             assert [r[2] for r in await rows_at_central(store)] == [int(t), int(t) + 2]
         finally:
             await agent.stop()
+
+
+# -- issue 17 item 2: templates and NOC receivers from the central server -------------------------
+
+LOCAL_NOTIFY = {"syslog": [{"name": "pop-syslog", "host": "192.0.2.10", "transport": "udp"}]}
+CENTRAL_NOTIFY = {"webhook": [{"name": "noc-hook", "url": "https://hooks.example.net/seawall", "kind": "generic",
+                               "secret": "hmac-SECRET"}]}
+
+
+async def sites_view(url: str, token: str) -> dict[str, dict[str, Any]]:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http, \
+            http.get(f"{url}/api/v1/fleet/sites") as r:
+        assert r.status == 200
+        return {s["site"]: s for s in (await r.json())["sites"]}
+
+
+async def noc_token(store: Store) -> str:
+    token = auth.new_token()
+    await store.add_token(auth.token_hash(token), "test-noc", "noc", None, "write")
+    return token
+
+
+async def test_fleet_agent_runs_central_templates_and_receivers_next_to_its_own_and_keeps_them(tmp_path):
+    """The agent's loop takes the central templates (with its own tenants' links) and receivers,
+    runs the receivers next to the site's own, reports the versions (the fleet view: none lags),
+    takes a template change, and after a restart runs them without the central server."""
+    appliance = LabAppliance(LOCAL_NOTIFY)
+    state = tmp_path / "state"
+    async with central(tmp_path) as (url, store):
+        await store.save_tenant_set(TenantSet.from_dicts([
+            {"id": "alpha", "prefixes": ["198.51.100.0/25"]},
+            {"id": "gamma", "prefixes": ["192.0.2.0/24"], "sites": ["fra1"]}]), "noc", "create")
+        await store.save_policy_template("strict", {"udp_rate_pps": 5000}, "noc")
+        await store.set_template_link("alpha", "strict")
+        await store.set_template_link("gamma", "strict")
+        await store.save_notify_config(CENTRAL_NOTIFY, "noc", "notify.update")
+        token, noc = await enrolled(store), await noc_token(store)
+        port = int(url.rsplit(":", 1)[1])
+        agent = agent_for(url, token, appliance, state, sync_every_s=0.05)
+        await agent.start()
+        try:
+            await wait_for(lambda: _async(appliance.templates[0] != {}), what="the central templates applied")
+            assert appliance.templates == ({"strict": {"udp_rate_pps": 5000}}, {"alpha": "strict"})   # gamma: fra1's
+            await wait_for(lambda: _async("webhook" in appliance.notify), what="the central receivers running")
+            assert appliance.notify == {**LOCAL_NOTIFY, **CENTRAL_NOTIFY}   # the site's own kept
+            saved = state / "fleet" / fleet_agent.DOCUMENT_FILES["notify"]
+            assert saved.stat().st_mode & 0o777 == 0o600   # it holds the receivers' secrets
+            site = await wait_for(lambda: _not_lagging(url, noc), what="the versions reported")
+            assert {k: v["running"] for k, v in site["versions"].items()} == {
+                "tenants": (await store.tenant_state()).version, "templates": 1, "notify": 1}
+            await store.save_policy_template("strict", {"udp_rate_pps": 6000}, "noc")   # changed centrally
+            await wait_for(lambda: _async(appliance.templates[0] == {"strict": {"udp_rate_pps": 6000}}),
+                           what="the template change at the site")
+            site = await wait_for(lambda: _not_lagging(url, noc), what="the new templates version reported")
+            assert site["versions"]["templates"]["running"] == 2 == agent.status()["running_versions"]["templates"]
+            # The site's receivers changed here (its local NOC receivers page runs its table alone):
+            # the edit is kept as the site's own and the central receivers come back next to it.
+            edited = {"syslog": [{"name": "pop-syslog", "host": "192.0.2.11", "transport": "udp"}]}
+            await appliance.reconfigure_notifiers(edited)
+            await wait_for(lambda: _async(appliance.notify == {**edited, **CENTRAL_NOTIFY}),
+                           what="the central receivers back next to the edited local one")
+        finally:
+            await agent.stop()
+    # Restarted while the central server is down: the last central documents run from the start.
+    restarted = LabAppliance(LOCAL_NOTIFY)
+    agent = agent_for(f"http://127.0.0.1:{port}", token, restarted, state, sync_every_s=3600)
+    await agent.start()
+    try:
+        assert restarted.templates == ({"strict": {"udp_rate_pps": 6000}}, {"alpha": "strict"})
+        assert restarted.notify == {**LOCAL_NOTIFY, **CENTRAL_NOTIFY}
+    finally:
+        await agent.stop()
+
+
+async def test_fleet_agent_refuses_a_central_document_whole_and_reports_why(tmp_path):
+    """A central receiver named as one of the site's own: the document is refused whole (the site's
+    receivers run as they were), the reason reaches the fleet view, and the site shows as lagging."""
+    appliance = LabAppliance(LOCAL_NOTIFY)
+    async with central(tmp_path) as (url, store):
+        clash = {"syslog": [{"name": "pop-syslog", "host": "192.0.2.99", "transport": "udp"}], **CENTRAL_NOTIFY}
+        await store.save_notify_config(clash, "noc", "notify.update")
+        token, noc = await enrolled(store), await noc_token(store)
+        agent = agent_for(url, token, appliance, tmp_path / "state")
+        try:
+            await agent.sync_once()   # takes the tenant set, refuses the receivers
+            assert appliance.notify == LOCAL_NOTIFY and agent.versions["notify"] is None
+            assert "already used" in agent.status()["config_errors"]["notify"]
+            await agent.sync_once()   # reports the refusal
+            notify = (await sites_view(url, noc))["ams1"]["versions"]["notify"]
+            assert notify["lagging"] and notify["central"] == 1 and "already used" in notify["error"]
+            # Fixed centrally: taken at the next sync, the refusal forgotten.
+            await store.save_notify_config(CENTRAL_NOTIFY, "noc", "notify.update")
+            assert await agent.sync_once() and appliance.notify == {**LOCAL_NOTIFY, **CENTRAL_NOTIFY}
+            await agent.sync_once()
+            notify = (await sites_view(url, noc))["ams1"]["versions"]["notify"]
+            assert notify == {"running": 2, "central": 2, "lagging": False, "error": None}
+        finally:
+            await agent.stop()
+
+
+async def _async(value: Any) -> Any:
+    return value
+
+
+async def _not_lagging(url: str, noc: str) -> dict[str, Any] | None:
+    site = (await sites_view(url, noc))["ams1"]
+    return site if not site["lagging"] else None
+
+
+async def test_seawall_fleet_list_shows_each_documents_version_and_the_lagging_site(tmp_path):
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from securewatch import fleet_config  # noqa: PLC0415
+
+    database = f"sqlite:///{tmp_path}/central.db"
+    config = tmp_path / "central.toml"
+    config.write_text(f'[appliance]\nstate_dir = "{tmp_path}/state"\n[securewatch]\ndatabase = "{database}"\n')
+    store = await Store.open(database)
+    try:
+        await enrolled(store, "ams1")
+        await enrolled(store, "fra1")
+        await store.save_policy_template("strict", {"udp_rate_pps": 5000}, "noc")
+        await store.save_notify_config(CENTRAL_NOTIFY, "noc", "notify.update")
+        templates = (await store.run(fleet_config.central_versions))["templates"]
+        version = (await store.tenant_state()).version
+        for site, notify in (("ams1", 1), ("fra1", None)):
+            await store.run(fleet_store.record_contact, site, time.time(), time.time(), version, 0, {})
+            await store.run(fleet_config.record_site_versions, site, {"templates": templates, "notify": notify}, {})
+    finally:
+        await store.close()
+    out = subprocess.run([sys.executable, "-m", "appliance.cli", "fleet", "list", "--json", "--config", str(config)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = {r["site"]: r for r in json.loads(out.stdout)}
+    assert (rows["ams1"]["templates_version"], rows["ams1"]["notify_version"], rows["ams1"]["lagging"]) == (
+        templates, 1, False)
+    assert rows["fra1"]["notify_version"] is None and rows["fra1"]["lagging"]
+    assert rows["fra1"]["versions"]["notify"] == {"running": None, "central": 1, "lagging": True, "error": None}

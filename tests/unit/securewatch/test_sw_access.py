@@ -119,6 +119,11 @@ MATRIX = [
     ("GET", "/api/v1/fleet/sites", None, (OK, OK, DENIED, DENIED)),
     ("GET", "/api/v1/fleet/traffic", None, (OK, OK, DENIED, DENIED)),
     ("GET", "/api/v1/fleet/incidents", None, (OK, OK, DENIED, DENIED)),
+    # A tenant across the sites (issue 17, item 3): its own tenant's, as its other views.
+    ("GET", "/api/v1/fleet/tenants/alpha/traffic", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/fleet/tenants/beta/traffic", None, (OK, OK, HIDDEN, HIDDEN)),
+    ("GET", "/api/v1/fleet/tenants/alpha/destinations", None, (OK, OK, OK, OK)),
+    ("GET", "/api/v1/fleet/tenants/beta/destinations", None, (OK, OK, HIDDEN, HIDDEN)),
     ("POST", "/api/v1/fleet/site/sync", {"site": "ams1"}, (UNAUTHENTICATED,) * 4),
     ("POST", "/api/v1/fleet/site/ingest", {"site": "ams1"}, (UNAUTHENTICATED,) * 4),
 ]
@@ -169,8 +174,8 @@ async def test_access(deployment, who, method, path, body, expected):
         if expected == HIDDEN:
             # Indistinguishable from a nonexistent id: no hint that the object exists.
             error = (await r.json())["error"]
-            assert error in (f"no tenant {path.split('/')[4]!r}", f"no incident {path.split('/')[4]!r}",
-                             f"no template {path.split('/')[4]!r}"), error
+            name = path.split("/")[5 if path.startswith("/api/v1/fleet/") else 4]   # the object's id
+            assert error in (f"no tenant {name!r}", f"no incident {name!r}", f"no template {name!r}"), error
             assert "Beta Shop" not in text and "203.0.113" not in text
         if r.status == OK and method == "GET" and path == "/api/v1/incidents" and who.startswith("alpha"):
             assert {i["tenant"] for i in (await r.json())["incidents"]} == {"alpha"}

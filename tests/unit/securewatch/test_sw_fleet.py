@@ -411,3 +411,185 @@ async def test_fleet_store_refusing_a_value_is_a_422_not_a_500(tmp_path, databas
         assert caught.value.status == 422
     finally:
         await store.close()
+
+
+# -- issue 17 item 2: the templates and the NOC receivers flow down, versioned ---------------------
+
+CENTRAL_NOTIFY = {"webhook": [{"name": "noc-hook", "url": "https://hooks.example.net/seawall", "kind": "generic",
+                               "secret": "hmac-SECRET"}]}
+
+
+async def test_fleet_sync_sends_templates_and_receivers_versioned_to_a_site_behind(tmp_path, database_url):
+    """The site gets each document it does not run yet, at its version: the templates with the
+    links of its own tenants only, the central receivers with their secrets (the site sends the
+    alerts); the templates' version moves once per change, whoever made it."""
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        await store.save_tenant_set(TenantSet.from_dicts([
+            {"id": "alpha", "prefixes": ["198.51.100.0/25"]},
+            {"id": "beta", "prefixes": ["203.0.113.0/24"], "sites": ["fra1"]}]), "test", "seed")
+        version = (await store.tenant_state()).version
+        token = await enroll(store, "ams1")
+
+        async def sync(running: dict | None) -> dict:
+            body = {"site": "ams1", "time": time.time(), "running_version": version}
+            status, answer = await post(url, "/api/v1/fleet/site/sync", token,
+                                        body if running is None else {**body, "running_versions": running})
+            assert status == 200, answer
+            return answer
+
+        answer = await sync({})
+        assert answer == {"version": version, "versions": {"tenants": version, "templates": 0, "notify": 0}}
+        await store.save_policy_template("strict", {"udp_rate_pps": 5000}, "noc")
+        await store.set_template_link("alpha", "strict")
+        await store.set_template_link("beta", "strict")
+        await store.save_notify_config(CENTRAL_NOTIFY, "noc", "notify.update")
+        answer = await sync({"templates": None, "notify": None})
+        assert answer["versions"] == {"tenants": version, "templates": 1, "notify": 1}
+        assert answer["templates"] == {"templates": {"strict": {"udp_rate_pps": 5000}}, "links": {"alpha": "strict"}}
+        assert answer["notify"] == CENTRAL_NOTIFY
+        # Up to date: nothing sent, and reading does not count a change.
+        answer = await sync({"templates": 1, "notify": 1})
+        assert "templates" not in answer and "notify" not in answer and answer["versions"]["templates"] == 1
+        await store.save_policy_template("strict", {"udp_rate_pps": 6000}, "noc")
+        answer = await sync({"templates": 1, "notify": 1})
+        assert answer["versions"]["templates"] == 2 and "notify" not in answer
+        assert answer["templates"]["templates"] == {"strict": {"udp_rate_pps": 6000}}
+        # An agent of the first fleet version (no running_versions): the tenant set alone, as before.
+        assert await sync(None) == {"version": version}
+
+
+async def test_fleet_page_shows_each_documents_version_per_site_and_flags_the_lagging_one(tmp_path, database_url):
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        ams, fra = await enroll(store, "ams1"), await enroll(store, "fra1")
+        version = (await store.tenant_state()).version
+        await store.save_policy_template("strict", {"udp_rate_pps": 5000}, "noc")
+        await store.save_notify_config(CENTRAL_NOTIFY, "noc", "notify.update")
+        refusal = "version 1: notify.webhook[0].name: 'noc-hook' is already used by webhook"
+        for token, site, notify, errors in ((ams, "ams1", 1, {}), (fra, "fra1", None, {"notify": refusal})):
+            status, answer = await post(url, "/api/v1/fleet/site/sync", token, {
+                "site": site, "time": time.time(), "running_version": version,
+                "running_versions": {"templates": 1, "notify": notify}, "config_errors": errors})
+            assert status == 200, answer
+        noc = await add_token(store, "noc")
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {noc}"}) as http:
+            async with http.get(f"{url}/api/v1/fleet/sites") as r:
+                sites = {s["site"]: s for s in (await r.json())["sites"]}
+            async with http.get(f"{url}/fleet") as r:
+                page = await r.text()
+        assert not sites["ams1"]["lagging"]
+        assert sites["ams1"]["versions"] == {
+            "tenants": {"running": version, "central": version, "lagging": False, "error": None},
+            "templates": {"running": 1, "central": 1, "lagging": False, "error": None},
+            "notify": {"running": 1, "central": 1, "lagging": False, "error": None}}
+        assert sites["fra1"]["lagging"] and sites["fra1"]["versions"]["notify"] == {
+            "running": None, "central": 1, "lagging": True, "error": refusal}
+        assert not sites["fra1"]["versions"]["templates"]["lagging"]
+        fra_row = page.split('data-site="fra1"', 1)[1].split("</tr>", 1)[0]
+        notify_cell = fra_row.split('data-kind="notify"', 1)[1].split("</td>", 1)[0]
+        assert "lagging" in notify_cell and "refused:" in notify_cell
+        ams_row = page.split('data-site="ams1"', 1)[1].split("</tr>", 1)[0]
+        assert "lagging" not in ams_row
+        assert "templates 1" in page and "NOC receivers 1" in page
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("running_versions", {"policy": 1}), ("running_versions", {"notify": -1}), ("running_versions", [1]),
+    ("config_errors", {"notify": 7}), ("config_errors", {"bgp": "x"}),
+])
+async def test_fleet_sync_refuses_bad_document_versions_naming_the_field(tmp_path, database_url, field, value):
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        token = await enroll(store, "ams1")
+        status, answer = await post(url, "/api/v1/fleet/site/sync", token,
+                                    {"site": "ams1", "time": time.time(), field: value})
+        assert status == 422 and answer["problems"][0].startswith(f"{field}:"), answer
+
+
+# -- issue 17 item 3: a tenant across sites, one view and one report; incidents linked -------------
+
+async def get(url: str, path: str, token: str, **params) -> tuple[int, dict]:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http, \
+            http.get(f"{url}{path}", params=params) as r:
+        return r.status, await r.json()
+
+
+def _at(seq: int, t: float, passed_pps: float, pps: list[float], incident: str | None = None) -> dict:
+    """A batch of alpha's second `t`: `passed_pps`, and 198.51.100.10 at `pps` (summed per second)."""
+    b = batch(seq, t, incident=incident)
+    b["traffic"] = [["alpha", t + 0.43, passed_pps, 20.0, passed_pps * 8000, 1.6e5]]
+    b["destinations"][0]["pps"] = pps
+    return b
+
+
+async def test_fleet_tenant_seen_at_two_sites_gets_one_view_and_one_report_summing_both(tmp_path, database_url):
+    """The tenant's traffic (its own API, the fleet API), per-destination series and report on the
+    central server sum both sites by second; ?site= narrows each to one site."""
+    import datetime  # noqa: PLC0415
+
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        ams, fra = await enroll(store, "ams1"), await enroll(store, "fra1")
+        t = float(int(time.time()) // 60 * 60 - 120)   # a whole minute, two minutes ago
+        await post(url, "/api/v1/fleet/site/ingest", ams, {"site": "ams1", "queue": "q", "batches": [
+            _at(1, t, 1000.0, [10.0, 11.0]), _at(2, t + 1, 1000.0, [10.0])]})
+        await post(url, "/api/v1/fleet/site/ingest", fra, {"site": "fra1", "queue": "q", "batches": [
+            _at(1, t, 500.0, [20.0])]})
+        noc = await add_token(store, "noc")
+        status, view = await get(url, "/api/v1/tenants/alpha/traffic", noc, seconds="600")
+        assert status == 200, view
+        assert [(r["time"], r["passed_pps"], r["sites"]) for r in view["series"]] == [(t, 1500.0, 2), (t + 1, 1000.0, 1)]
+        status, view = await get(url, "/api/v1/tenants/alpha/traffic", noc, seconds="600", site="fra1")
+        assert [(r["time"], r["passed_pps"]) for r in view["series"]] == [(t, 500.0)] and view["site"] == "fra1"
+        status, view = await get(url, "/api/v1/fleet/tenants/alpha/traffic", noc, seconds="600")
+        assert status == 200 and sorted(view["sites"]) == ["ams1", "fra1"]
+        assert [r["passed_pps"] for r in view["series"]] == [1500.0, 1000.0]
+        # The live console's charts: seconds (5 min) and minutes (1 h) summed alike.
+        status, chart = await get(url, "/api/v1/tenants/alpha/series", noc, range="5m")
+        assert status == 200 and (chart["time"], chart["passed_pps"]) == ([int(t), int(t) + 1], [1500.0, 1000.0])
+        status, chart = await get(url, "/api/v1/tenants/alpha/series", noc, range="1h")
+        assert (chart["time"], chart["passed_pps"]) == ([int(t)], [1250.0])
+        status, view = await get(url, "/api/v1/fleet/tenants/alpha/destinations", noc, seconds="600")
+        assert [(d["address"], d["time"], d["pps"], d["sites"]) for d in view["destinations"]] == [
+            ("198.51.100.10", int(t), 41.0, ["ams1", "fra1"]), ("198.51.100.10", int(t) + 1, 10.0, ["ams1"])]
+        day = datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d")
+        status, report = await get(url, f"/api/v1/tenants/alpha/reports/{day}..{day}", noc)
+        assert status == 200, report
+        # One minute with two seconds: 1500 and 1000 pps summed over the sites, their mean for the minute.
+        assert report["traffic"]["minutes_with_data"] == 1 and report["traffic"]["mean_passed_pps"] == 1250.0
+        assert report["servers"] == [{"address": "198.51.100.10", "peak_pps": 41.0, "peak_dropped_pps": 4.0,
+                                      "attacks": 0}]
+        status, report = await get(url, f"/api/v1/tenants/alpha/reports/{day}..{day}", noc, site="fra1")
+        assert report["site"] == "fra1" and report["traffic"]["mean_passed_pps"] == 500.0
+        assert report["servers"][0]["peak_pps"] == 20.0
+        # The tenant's own user sees its aggregated view; another tenant's is not there for it.
+        alpha = await add_token(store, "tenant", "alpha")
+        status, view = await get(url, "/api/v1/fleet/tenants/alpha/traffic", alpha, seconds="600")
+        assert status == 200 and len(view["series"]) == 2
+        assert (await get(url, "/api/v1/fleet/tenants/beta/traffic", alpha))[0] == 404
+        assert (await get(url, "/api/v1/tenants/alpha/traffic", noc, site="AMS 1"))[0] == 400
+
+
+async def test_fleet_attack_seen_at_two_sites_is_two_incidents_linked(tmp_path, database_url):
+    """Same tenant, overlapping in time, the same destination: linked both ways, in the API and on
+    the incident page; an incident at another time, or of another destination, is not linked."""
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        ams, fra = await enroll(store, "ams1"), await enroll(store, "fra1")
+        t = time.time() - 600
+        await post(url, "/api/v1/fleet/site/ingest", ams, {"site": "ams1", "queue": "q", "batches": [
+            batch(1, t, incident="i-1")]})
+        other = batch(2, t + 5, incident="i-other")
+        other["events"][0]["destinations"] = ["198.51.100.99"]
+        late = batch(3, t + 3600, incident="i-late")
+        await post(url, "/api/v1/fleet/site/ingest", fra, {"site": "fra1", "queue": "q", "batches": [
+            batch(1, t + 20, incident="i-9"), other, late]})
+        noc = await add_token(store, "noc")
+        status, incident = await get(url, "/api/v1/incidents/ams1:i-1", noc)
+        assert status == 200, incident
+        assert [(i["id"], i["site"], i["destinations"]) for i in incident["linked"]] == [
+            ("fra1:i-9", "fra1", ["198.51.100.10"])]
+        status, incident = await get(url, "/api/v1/incidents/fra1:i-9", noc)
+        assert [i["id"] for i in incident["linked"]] == ["ams1:i-1"]
+        assert (await get(url, "/api/v1/incidents/fra1:i-late", noc))[1]["linked"] == []
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {noc}"}) as http, \
+                http.get(f"{url}/incidents/ams1:i-1") as r:
+            page = await r.text()
+        linked = page.split('id="linked-incidents"', 1)[1].split("</dd>", 1)[0]
+        assert 'href="/incidents/fra1:i-9"' in linked and "fra1:i-other" not in linked

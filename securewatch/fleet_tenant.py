@@ -1,0 +1,161 @@
+"""A tenant across the fleet's sites (issue 17, item 3): one traffic view, one report, linked incidents.
+
+A tenant whose prefixes are announced at two sites is seen by two appliances, each sending its own
+per-second counters and per-destination rows (`fleet_store`). The tenant's views and reports on
+the central server read them summed:
+
+- **per-second tenant counters** are summed by second over the sites (a site that sent nothing for
+  a second adds nothing to it); a minute is the mean of its summed seconds, as `traffic_minutes`
+  holds a box's own;
+- **per-destination series** are merged by (address, second): the pps of a server seen at both
+  sites is the sum of both sites' figures;
+- `site=NAME` narrows either to one site (the NOC looking at one edge).
+
+The box's own rows (`traffic_seconds`: an appliance with its own SecureWatch) are added to the
+sites' sum, so the same functions serve an appliance (no site rows) and the central server (no
+own rows). Each site is read through its own key range ((site, tenant, t) leads the tables'
+primary keys), never by scanning a time range of every tenant.
+
+**Incidents across sites are two incidents, linked** (not one incident with two site legs): each
+appliance decides on its own, with its own baselines, start, end, rules and evidence, and the
+central server stores what each decided (`SITE:ID`). A merged incident would be a lifecycle no
+appliance ran: when does it end, whose rules does it show, which acknowledgement counts? Links are
+computed when the incident is read, from what is stored, so a leg that arrives late (a site's
+backfill after an outage) is linked as soon as it is there, without rewriting anything. Two
+incidents of different sites are linked when they are of the same tenant, overlap in time (with
+`LINK_SLACK_S` either side: the sites' clocks and detection delays differ), and share an attacked
+destination or, when either names none, a vector.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from . import fleet_store
+
+TRAFFIC_KEYS = ("passed_pps", "dropped_pps", "passed_bps", "dropped_bps")
+MINUTE_S = 60                  # seconds per minute row
+LINK_SLACK_S = 60.0            # seconds either side within which two sites' incidents still overlap
+LINKED_MAX = 20                # linked incidents listed with one incident
+
+
+def _sites(b: Any, site: str | None) -> list[str]:
+    return [site] if site is not None else [s.site for s in fleet_store.sites(b)]
+
+
+def site_seconds(b: Any, tenant: str, since: float, until: float, site: str | None = None
+                 ) -> dict[str, list[dict[str, Any]]]:
+    """{site: the tenant's per-second rows of that site, oldest first} (sites with none left out)."""
+    out = {}
+    for name in _sites(b, site):
+        rows = fleet_store.traffic(b, since, until, site=name, tenant=tenant)
+        if rows:
+            out[name] = rows
+    return out
+
+
+def summed(rows_of_sites: Iterable[Iterable[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Rows of several sources summed by their "time" (each row: TRAFFIC_KEYS), oldest first, each
+    with the number of sources that had the second."""
+    by_time: dict[float, dict[str, Any]] = {}
+    for rows in rows_of_sites:
+        for r in rows:
+            into = by_time.get(r["time"])
+            if into is None:
+                by_time[r["time"]] = {"time": r["time"], **{k: float(r[k]) for k in TRAFFIC_KEYS}, "sites": 1}
+            else:
+                for k in TRAFFIC_KEYS:
+                    into[k] += float(r[k])
+                into["sites"] += 1
+    return [by_time[t] for t in sorted(by_time)]
+
+
+def minutes(seconds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-second rows as minute rows: the mean of each minute's seconds (a box's traffic_minutes)."""
+    buckets: dict[int, list[dict[str, Any]]] = {}
+    for r in seconds:
+        buckets.setdefault(int(r["time"]) // MINUTE_S * MINUTE_S, []).append(r)
+    return [{"time": float(t), **{k: sum(r[k] for r in rows) / len(rows) for k in TRAFFIC_KEYS}}
+            for t, rows in sorted(buckets.items())]
+
+
+def with_sites(b: Any, own: list[dict[str, Any]], tenant: str, since: float, until: float, resolution: str,
+               site: str | None = None) -> list[dict[str, Any]]:
+    """The tenant's series: the box's own rows (`own`, at `resolution`) and every site's (or `site`'s)
+    summed by time. Own rows alone when no site sent any (the common case on an appliance)."""
+    per_site = site_seconds(b, tenant, since, until, site)
+    if not per_site:
+        return own
+    fleet = summed(per_site.values())
+    if resolution == "minute":
+        fleet = minutes(fleet)
+    if not own:
+        return fleet
+    return [{k: v for k, v in r.items() if k != "sites"} for r in summed([own, fleet])]
+
+
+def destination_seconds(b: Any, tenant: str, since: float, until: float, site: str | None = None
+                        ) -> list[dict[str, Any]]:
+    """The tenant's per-destination seconds merged over the sites: one row per (address, second)
+    with the summed pps and dropped pps and the sites that saw it, by address then time."""
+    merged: dict[tuple[str, int], dict[str, Any]] = {}
+    for name in _sites(b, site):
+        rows = b.execute("SELECT address, t, pps, dropped_pps FROM fleet_destination_seconds "
+                         "WHERE site = ? AND tenant = ? AND t >= ? AND t < ?",
+                         (name, tenant, int(since), int(until))).fetchall()
+        for address, t, pps, dropped in rows:
+            into = merged.setdefault((address, int(t)), {"address": address, "time": int(t), "pps": 0.0,
+                                                         "dropped_pps": 0.0, "sites": []})
+            into["pps"] += float(pps)
+            into["dropped_pps"] += float(dropped)
+            into["sites"].append(name)
+    return [merged[k] for k in sorted(merged)]
+
+
+def busiest_destinations(b: Any, tenant: str, since: float, until: float, limit: int, site: str | None = None
+                         ) -> list[dict[str, Any]]:
+    """The tenant's destinations by their peak merged second (the report's servers), busiest first."""
+    peaks: dict[str, dict[str, Any]] = {}
+    for r in destination_seconds(b, tenant, since, until, site):
+        peak = peaks.setdefault(r["address"], {"address": r["address"], "peak_pps": 0.0, "peak_dropped_pps": 0.0})
+        peak["peak_pps"] = max(peak["peak_pps"], r["pps"])
+        peak["peak_dropped_pps"] = max(peak["peak_dropped_pps"], r["dropped_pps"])
+    ranked = sorted(peaks.values(), key=lambda p: (-p["peak_pps"], p["address"]))[:limit]
+    return [{**p, "peak_pps": round(p["peak_pps"], 1), "peak_dropped_pps": round(p["peak_dropped_pps"], 1)}
+            for p in ranked]
+
+
+def linked_incidents(b: Any, incident_id: str) -> list[dict[str, Any]]:
+    """The incidents of other sites linked to `incident_id` (see the module's docstring), each with
+    why: the destinations or vectors shared. [] for an incident of no site."""
+    row = b.execute("SELECT site, tenant, started, ended, updated, vectors, destinations FROM incidents WHERE id = ?",
+                    (incident_id,)).fetchone()
+    if row is None or row[0] is None:
+        return []
+    site, tenant, started, ended, updated = row[0], row[1], float(row[2]), row[3], float(row[4])
+    vectors, destinations = set(json.loads(row[5])), set(json.loads(row[6]))
+    end = float(ended) if ended is not None else updated
+    candidates = b.execute(
+        "SELECT id, site, state, started, ended, updated, vectors, destinations FROM incidents "
+        "WHERE tenant = ? AND site IS NOT NULL AND site <> ? AND started <= ? ORDER BY started",
+        (tenant, site, end + LINK_SLACK_S)).fetchall()
+    out = []
+    for other_id, other_site, state, o_started, o_ended, o_updated, o_vectors, o_destinations in candidates:
+        o_end = float(o_ended) if o_ended is not None else float(o_updated)
+        if o_end < started - LINK_SLACK_S:
+            continue
+        shared_destinations = sorted(destinations & set(json.loads(o_destinations)))
+        shared_vectors = sorted(vectors & set(json.loads(o_vectors)))
+        if shared_destinations:
+            why = {"destinations": shared_destinations}
+        elif (not destinations or not json.loads(o_destinations)) and shared_vectors:
+            why = {"vectors": shared_vectors}
+        else:
+            continue
+        out.append({"id": other_id, "site": other_site, "state": state, "started": float(o_started),
+                    "ended": None if o_ended is None else float(o_ended), **why})
+        if len(out) >= LINKED_MAX:
+            break
+    return out
