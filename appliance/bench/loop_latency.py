@@ -12,7 +12,9 @@ each way of ticking, interleaved:
 
 it measures, for `seconds` of ticking,
 - API latency: a separate process (its own interpreter and GIL) sends `GET
-  /api/v1/tenants/{id}` one after another every `interval_ms`, and reports each latency;
+  /api/v1/tenants/{id}` one after another every `interval_ms`, and reports each latency; a
+  request the stalled loop leaves unanswered for `client_timeout_s` counts as a timeout, and its
+  time waited (a lower bound) joins the latencies: a stall is a figure, not a failure;
 - notifier delivery delay: an event due every `interval_ms` is published on the loop by a
   timer and received by a bus subscriber; the delay is receipt minus due time (what a
   notifier's queue, an SMTP conversation or a BGP keepalive waits meanwhile).
@@ -48,8 +50,9 @@ from tenants.policy import TenantPolicy
 
 MODES = ("in-loop", "worker")
 API_TENANTS = 100            # tenants SecureWatch serves (the engine's tenant count is separate)
-CLIENT_TIMEOUT_S = 30.0      # seconds one request may take before the client counts it as an error
-STARTUP_TIMEOUT_S = 30.0     # seconds the in-process server may take to answer
+CLIENT_TIMEOUT_S = 30.0      # seconds one request may take before the client gives up on it (a timeout)
+STARTUP_TIMEOUT_S = 30.0     # seconds the in-process server may take to answer, before any tick runs
+READY = "ready"              # the client's first line: the server answered, the measuring starts
 
 
 class _CountingDataplane(SyntheticDataplane):
@@ -112,7 +115,7 @@ async def _in_loop_ticks(engine: PolicyEngine, stop: asyncio.Event) -> None:
 
 
 async def _measure(engine: PolicyEngine, bus: EventBus, mode: str, base: str, token: str, seconds: float,
-                   interval_s: float) -> dict[str, Any]:
+                   interval_s: float, client_timeout_s: float = CLIENT_TIMEOUT_S) -> dict[str, Any]:
     inbox = bus.subscribe("bench-notifier")
     delays_ms: list[float] = []
     stop = asyncio.Event()
@@ -131,15 +134,22 @@ async def _measure(engine: PolicyEngine, bus: EventBus, mode: str, base: str, to
             bus.publish(Event(type=EventType.SYSTEM, tenant=None, message="bench", severity=Severity.INFO,
                               details={"due": due}))
 
+    # The client first waits until the server answers, on a loop no tick stalls yet; the ticking
+    # starts when it says it is measuring.
+    client = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "appliance.bench.loop_latency", "--client", base, token, str(seconds),
+        str(interval_s), str(client_timeout_s), stdout=subprocess.PIPE, env=os.environ.copy())
+    assert client.stdout is not None
+    first = (await client.stdout.readline()).decode().strip()
+    if first != READY:
+        await client.wait()
+        raise RuntimeError(f"benchmark: the API client did not start (exit status {client.returncode}): {first!r}")
     ticks_before = engine.last_report.now if engine.last_report else None
     if mode == "worker":
         ticking = asyncio.create_task(engine.run(), name="bench-engine-worker")
     else:
         ticking = asyncio.create_task(_in_loop_ticks(engine, stop), name="bench-engine-in-loop")
     tasks = [asyncio.create_task(notifier()), asyncio.create_task(publisher())]
-    client = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "appliance.bench.loop_latency", "--client", base, token, str(seconds),
-        str(interval_s), stdout=subprocess.PIPE, env=os.environ.copy())
     out, _ = await client.communicate()
     stop.set()
     engine.stop()
@@ -150,17 +160,21 @@ async def _measure(engine: PolicyEngine, bus: EventBus, mode: str, base: str, to
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     bus.unsubscribe("bench-notifier")
-    api = json.loads(out.decode().strip().splitlines()[-1])
-    return {"api": _summary(api["latencies_ms"]) | {"errors": api["errors"]},
+    lines = out.decode().strip().splitlines()
+    if client.returncode != 0 or not lines:
+        raise RuntimeError(f"benchmark: the API client failed (exit status {client.returncode})")
+    api = json.loads(lines[-1])
+    return {"api": _summary(api["latencies_ms"]) | {"errors": api["errors"], "timeouts": api["timeouts"]},
             "notifier_delay": _summary(delays_ms),
             "ticked": ticks_before != (engine.last_report.now if engine.last_report else None)}
 
 
 def run(sizes: tuple[int, ...] = (100_000, 1_000_000), tenants: int = 10_000, seconds: float = 15.0,
-        interval_ms: float = 20.0, warmup_ticks: int = 5,
+        interval_ms: float = 20.0, warmup_ticks: int = 5, client_timeout_s: float = CLIENT_TIMEOUT_S,
         progress: Callable[[str], None] = lambda _m: None) -> dict[str, Any]:
-    if seconds <= 0 or interval_ms <= 0:
-        raise ValueError("seconds and interval_ms must be positive")
+    """`client_timeout_s`: seconds the API client waits for one answer before counting a timeout."""
+    if seconds <= 0 or interval_ms <= 0 or client_timeout_s <= 0:
+        raise ValueError("seconds, interval_ms and client_timeout_s must be positive")
     # The synthetic counters make the engine see (and log) attacks; the figures are the point here.
     logging_config = structlog.get_config()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
@@ -169,15 +183,15 @@ def run(sizes: tuple[int, ...] = (100_000, 1_000_000), tenants: int = 10_000, se
         for destinations in sizes:
             progress(f"{destinations:,} destinations, {tenants:,} tenants: building the synthetic dataplane")
             results.append(asyncio.run(_size(destinations, tenants, seconds, interval_ms / 1000.0, warmup_ticks,
-                                             progress)))
+                                             client_timeout_s, progress)))
     finally:
         structlog.configure(**logging_config)
     return {"cpu": cpu_model(), "cpus": os.cpu_count(), "seconds": seconds, "interval_ms": interval_ms,
-            "sizes": results}
+            "client_timeout_s": client_timeout_s, "sizes": results}
 
 
 async def _size(destinations: int, tenants: int, seconds: float, interval_s: float, warmup_ticks: int,
-                progress: Callable[[str], None]) -> dict[str, Any]:
+                client_timeout_s: float, progress: Callable[[str], None]) -> dict[str, Any]:
     dp = _CountingDataplane(destinations, tenants, churn=0.002, samples_per_tick=2000, seed=1)
     bus = EventBus()
     spec = {t: (f"tenant-{t}", TenantMode.MITIGATE, TenantPolicy()) for t in range(tenants)}
@@ -192,7 +206,7 @@ async def _size(destinations: int, tenants: int, seconds: float, interval_s: flo
             out: dict[str, Any] = {"destinations": destinations, "tenants": tenants}
             for mode in MODES:
                 progress(f"{destinations:,} destinations: {mode}, {seconds:g} s")
-                out[mode] = await _measure(engine, bus, mode, base, token, seconds, interval_s)
+                out[mode] = await _measure(engine, bus, mode, base, token, seconds, interval_s, client_timeout_s)
             cpu = [r.cpu_ms for r in [engine.last_report] if r is not None]
             out["tick_cpu_ms_last"] = cpu[0] if cpu else None
             return out
@@ -212,38 +226,47 @@ def render(result: dict[str, Any]) -> str:
             api, note = r["api"], r["notifier_delay"]
             lines.append(f"{size['destinations']:>12,} {mode:<8} {api['p50_ms']:>9} {api['p99_ms']:>9} "
                          f"{api['max_ms']:>9} {note['p99_ms']:>11} {note['max_ms']:>11}"
+                         + (f"  timeouts {api['timeouts']} (>= {result['client_timeout_s']:g} s each)"
+                            if api["timeouts"] else "")
                          + (f"  errors {api['errors']}" if api["errors"] else ""))
         lines.append(f"{'':>12} last tick: {size['tick_cpu_ms_last']} ms CPU")
     return "\n".join(lines)
 
 
-async def _client(base: str, token: str, seconds: float, interval_s: float) -> dict[str, Any]:
+async def _client(base: str, token: str, seconds: float, interval_s: float,
+                  timeout_s: float = CLIENT_TIMEOUT_S) -> dict[str, Any]:
     import aiohttp  # noqa: PLC0415
 
     latencies: list[float] = []
-    errors = 0
-    timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S)
-    async with aiohttp.ClientSession(timeout=timeout, headers={"Authorization": f"Bearer {token}"}) as http:
+    errors = timeouts = 0
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:   # the server is up before the measuring starts
+        probe = aiohttp.ClientTimeout(total=STARTUP_TIMEOUT_S)
+        while True:   # the server is up before the measuring (and the parent's ticking) starts
             try:
-                async with http.get(f"{base}/api/v1/tenants/t00000") as r:
+                async with http.get(f"{base}/api/v1/tenants/t00000", timeout=probe) as r:
                     if r.status == 200:
                         break
-            except aiohttp.ClientError:
+            except (aiohttp.ClientError, TimeoutError):
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError("SecureWatch did not answer")
             await asyncio.sleep(interval_s)   # startup probe interval
+        print(READY, flush=True)
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
         end = time.monotonic() + seconds
         n = 0
         while time.monotonic() < end:
             started = time.perf_counter()
             try:
-                async with http.get(f"{base}/api/v1/tenants/t{n % API_TENANTS:05d}") as r:
+                async with http.get(f"{base}/api/v1/tenants/t{n % API_TENANTS:05d}", timeout=timeout) as r:
                     await r.read()
                     ok = r.status == 200
-            except (aiohttp.ClientError, TimeoutError):
+            except TimeoutError:     # the loop stalled past the timeout: a measured wait, not an error
+                timeouts += 1
+                ok = True
+            except aiohttp.ClientError:
                 ok = False
             elapsed = time.perf_counter() - started
             if ok:
@@ -252,8 +275,9 @@ async def _client(base: str, token: str, seconds: float, interval_s: float) -> d
                 errors += 1
             n += 1
             await asyncio.sleep(max(0.0, interval_s - elapsed))   # the request pace
-    return {"latencies_ms": latencies, "errors": errors}
+    return {"latencies_ms": latencies, "errors": errors, "timeouts": timeouts}
 
 
-if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "--client":
-    print(json.dumps(asyncio.run(_client(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])))))
+if __name__ == "__main__" and len(sys.argv) == 7 and sys.argv[1] == "--client":
+    print(json.dumps(asyncio.run(_client(sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]),
+                                         float(sys.argv[6])))))
