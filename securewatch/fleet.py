@@ -61,7 +61,8 @@ QUEUE_ID_MAX = 64                     # characters of a queue id (the appliance 
 CURRENT_SPAN_S = 30                   # seconds back that "current traffic" looks for a site's newest second
 TRAFFIC_SPAN_MAX_S = 3600             # seconds of per-site rows one API call returns at most
 INCIDENTS_SHOWN = 100
-RETENTION_EVERY_S = 60.0              # seconds between deletions of expired fleet rows
+RETENTION_EVERY_S = 60.0              # seconds between drops of expired fleet partitions (rows on SQLite)
+ROLLUP_EVERY_S = 10.0                 # seconds between rollups of the minutes and hours that ended
 INCIDENT_EVENT_TYPES = ("ATTACK_START", "ATTACK_UPDATE", "ATTACK_END")
 # PostgreSQL connections (each with its own thread) that take ingests, besides the store's own:
 # with one, the database works on one site's COPY at a time, one core, whatever the number of
@@ -467,19 +468,34 @@ async def fleet_page(request: web.Request) -> web.Response:
 # -- retention ------------------------------------------------------------------------------------
 
 async def _retention(app: web.Application) -> AsyncIterator[None]:
-    async def loop() -> None:
-        while True:
-            try:
-                await app[STORE].run(fleet_store.apply_retention, time.time(),
-                                     app[SETTINGS].retention.traffic_second_retention_s)
-            except Exception:
-                log.exception("fleet.retention_failed")
-            await asyncio.sleep(RETENTION_EVERY_S)   # the period, not a wait for an outcome
+    """Rollups every ROLLUP_EVERY_S, partitions made ahead and expired series dropped every
+    RETENTION_EVERY_S. On PostgreSQL on a connection of their own: a pass of rollups unnests each
+    site-minute's seconds, which would hold up the UI's queries on the store's connection. The
+    partitions are made before the server takes requests (ingest stores only what has one)."""
+    store = app[STORE]
+    retention = app[SETTINGS].retention
+    own = await Store.open(store.url) if store.dialect == "postgresql" else None
+    worker = own or store
+    await worker.run(fleet_store.apply_retention, time.time(), retention)
 
-    task = asyncio.get_running_loop().create_task(loop(), name="securewatch:fleet-retention")
+    async def loop() -> None:
+        last_retention = time.monotonic()
+        while True:
+            await asyncio.sleep(ROLLUP_EVERY_S)   # the period, not a wait for an outcome
+            try:
+                await worker.run(fleet_store.rollup, time.time(), retention)
+                if time.monotonic() - last_retention >= RETENTION_EVERY_S:
+                    last_retention = time.monotonic()
+                    await worker.run(fleet_store.apply_retention, time.time(), retention)
+            except Exception:
+                log.exception("fleet.maintenance_failed")
+
+    task = asyncio.get_running_loop().create_task(loop(), name="securewatch:fleet-maintenance")
     try:
         yield
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if own is not None:
+            await own.close()

@@ -64,13 +64,21 @@ class SeriesRetention:
     traffic_hour_retention_days: int = 400               # tenant hour rollups: the 30-day chart, a year back
     destination_second_retention_s: int = 6 * 3600       # per-second rows of attacked and top-N destinations
     destination_minute_retention_days: int = 30          # minute rollups of every destination with traffic
+    # A fleet's central server (securewatch.fleet_store): per-site series, kept in partitions of an
+    # hour (seconds), a day (minutes) and 30 days (hours), each dropped whole once past retention.
+    fleet_second_retention_s: int = 3600                 # per-site, per-tenant seconds and destination seconds
+    fleet_minute_retention_days: int = 30                # per-site, per-tenant minute rollups
+    fleet_hour_retention_days: int = 400                 # per-site, per-tenant hour rollups
 
     # Bounds of each key (inclusive), in its own unit.
     BOUNDS = {"traffic_second_retention_s": (300, 7 * SECONDS_PER_DAY),
               "traffic_minute_retention_days": (2, 3650),
               "traffic_hour_retention_days": (31, 3650),
               "destination_second_retention_s": (300, 7 * SECONDS_PER_DAY),
-              "destination_minute_retention_days": (1, 3650)}
+              "destination_minute_retention_days": (1, 3650),
+              "fleet_second_retention_s": (600, 7 * SECONDS_PER_DAY),
+              "fleet_minute_retention_days": (1, 3650),
+              "fleet_hour_retention_days": (31, 3650)}
 
 
 SERIES_KEYS = tuple(f.name for f in dataclasses.fields(SeriesRetention))
