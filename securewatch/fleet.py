@@ -28,7 +28,8 @@ Operator-facing (admin and NOC):
     GET /fleet                       sites, health, last contact, version in force, lagging flag,
                                      current traffic; ?site=NAME narrows to one site
     GET /api/v1/fleet/sites          the same as JSON
-    GET /api/v1/fleet/traffic        ?site=&tenant=&seconds=  per-site, per-tenant seconds
+    GET /api/v1/fleet/traffic        ?site=&tenant=&seconds=&resolution=  per-site, per-tenant seconds
+                                     (resolution=second), or the minute or hour rollups for longer spans
     GET /api/v1/fleet/incidents      ?site=  incidents that came from sites
 """
 
@@ -60,6 +61,7 @@ MAX_ROWS_PER_BATCH = 200_000          # traffic + destination rows + events in o
 QUEUE_ID_MAX = 64                     # characters of a queue id (the appliance makes a 32-hex one)
 CURRENT_SPAN_S = 30                   # seconds back that "current traffic" looks for a site's newest second
 TRAFFIC_SPAN_MAX_S = 3600             # seconds of per-site rows one API call returns at most
+ROLLUP_SPAN_MAX_S = {"minute": 7 * 86400, "hour": 400 * 86400}   # seconds back one rollup request reaches
 INCIDENTS_SHOWN = 100
 RETENTION_EVERY_S = 60.0              # seconds between drops of expired fleet partitions (rows on SQLite)
 ROLLUP_EVERY_S = 10.0                 # seconds between rollups of the minutes and hours that ended
@@ -438,12 +440,21 @@ async def api_sites(request: web.Request) -> web.Response:
 
 
 async def api_traffic(request: web.Request) -> web.Response:
+    """?resolution=second (default; up to TRAFFIC_SPAN_MAX_S back), minute or hour (the rollups:
+    mean pps and bps per row, maxima, samples; up to ROLLUP_SPAN_MAX_S back)."""
     _require_noc(request)
-    seconds = query_int(request, "seconds", 300, 1, TRAFFIC_SPAN_MAX_S)
+    resolution = request.query.get("resolution", "second")
+    if resolution not in ("second", *fleet_store.RESOLUTIONS):
+        raise ApiError(400, f"resolution: expected second, minute or hour, got {resolution!r}"[:200])
+    span_max = TRAFFIC_SPAN_MAX_S if resolution == "second" else ROLLUP_SPAN_MAX_S[resolution]
+    seconds = query_int(request, "seconds", 300, 1, span_max)
     now = time.time()
-    rows = await request.app[STORE].run(
-        lambda b: fleet_store.traffic(b, now - seconds, site=_site_filter(request),
-                                      tenant=request.query.get("tenant") or None))
+    site, tenant = _site_filter(request), request.query.get("tenant") or None
+    if resolution == "second":
+        rows = await request.app[STORE].run(lambda b: fleet_store.traffic(b, now - seconds, site=site, tenant=tenant))
+    else:
+        rows = await request.app[STORE].run(lambda b: fleet_store.series(b, resolution, now - seconds, site=site,
+                                                                         tenant=tenant))
     return web.json_response({"rows": rows})
 
 
