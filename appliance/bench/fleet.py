@@ -84,9 +84,10 @@ PG_BIN = "/usr/lib/postgresql/15/bin"   # Debian's PostgreSQL 15 server programs
 
 
 @contextlib.contextmanager
-def throwaway_postgresql(directory: pathlib.Path) -> Iterator[str]:
-    """A PostgreSQL cluster of its own under `directory` (initdb and pg_ctl as user postgres, Debian's
-    defaults, a Unix socket only), its URL; stopped and removed on leaving. Needs root."""
+def throwaway_postgresql() -> Iterator[str]:
+    """A PostgreSQL cluster of its own in a new directory owned by user postgres (initdb and pg_ctl
+    as that user, Debian's defaults, a Unix socket only), its URL; stopped and removed on leaving.
+    Needs root."""
     if os.geteuid() != 0:
         raise RuntimeError("--postgres starts a PostgreSQL cluster as user postgres: run as root")
     binaries = [os.path.join(PG_BIN, n) if os.path.exists(os.path.join(PG_BIN, n)) else shutil.which(n)
@@ -94,19 +95,21 @@ def throwaway_postgresql(directory: pathlib.Path) -> Iterator[str]:
     if not all(binaries):
         raise RuntimeError("--postgres needs PostgreSQL's initdb and pg_ctl (apt-get install postgresql)")
     initdb, pg_ctl = binaries
-    home = directory / "postgresql"
-    home.mkdir()
+    home = pathlib.Path(tempfile.mkdtemp(prefix="seawall-bench-pg-"))   # 0700: its owner must be postgres
     shutil.chown(home, "postgres", "postgres")
     as_postgres = ["runuser", "-u", "postgres", "--"]
     data = home / "data"
     try:
-        subprocess.run([*as_postgres, initdb, "-D", str(data), "-A", "trust", "-U", "seawall"], check=True,
-                       capture_output=True)
-        subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-l", str(home / "log"), "-w", "-o",
-                        f"-k {home} -c listen_addresses=''", "start"], check=True, capture_output=True)
+        for command in ([initdb, "-D", str(data), "-A", "trust", "-U", "seawall"],
+                        [pg_ctl, "-D", str(data), "-l", str(home / "log"), "-w", "-o",
+                         f"-k {home} -c listen_addresses=''", "start"]):
+            done = subprocess.run([*as_postgres, *command], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"{os.path.basename(command[0])} failed: {(done.stderr or done.stdout).strip()[:300]}")
         yield f"postgresql://seawall@/postgres?host={home}"
     finally:
         subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _rows(tenants: int, t: int) -> list[list[Any]]:
@@ -282,7 +285,7 @@ def run(sites: int = 20, tenants: int = 10_000, seconds: int = 30, live_s: int =
         directory = pathlib.Path(tmp)
         if postgres:
             progress("starting a throwaway PostgreSQL cluster")
-            database = stack.enter_context(throwaway_postgresql(directory))
+            database = stack.enter_context(throwaway_postgresql())
         database = database or f"sqlite:///{directory}/central.db"
         names = [f"s{i:02d}" for i in range(sites)] + ["live", "backfill"]
         tokens = {name: auth.new_token() for name in names}
