@@ -24,8 +24,9 @@ How the per-second traffic is laid out differs by database (migration 10):
   dropped_pps[], passed_bps[], dropped_bps[], the four totals, tenant count)`, and
   `fleet_traffic_seconds` is a view that unnests it into the per-tenant rows above. A row per
   tenant-second was 200,000 rows/s at 20 sites x 10,000 tenants, and PostgreSQL's per-row work
-  (tuple, primary key entry, WAL record) held ingest to 13 site-seconds/s on the 2-vCPU VM; one
-  row per site-second is 20 rows/s (measured: README, "Fleet ingest"). The per-second tables
+  (tuple, primary key entry, WAL record) took 0.78 of the 2-vCPU VM's cores at 20.8 site-seconds/s;
+  one row per site-second is 20 rows/s: 0.11 cores at 49.5 site-seconds/s (README, "Fleet
+  ingest"). The per-second tables
   (`fleet_site_seconds`, `fleet_destination_seconds`) are range-partitioned by `t`, an hour a
   partition, the rollups a day (minutes) and 30 days (hours) a partition; partitions are made
   ahead (`maintain_partitions`) and dropped whole once past retention, not deleted row by row.
