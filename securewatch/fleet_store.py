@@ -106,7 +106,7 @@ MINUTE_S = 60
 HOUR_S = 3600
 ROLLUP_GRACE_S = 5                   # seconds after a minute ends before it is rolled up (the agent's batching)
 CLAIM_CHUNK = 200                    # batches' dedup rows per INSERT (6 parameters each)
-ROLLUPS_PER_PASS = 400               # (site, minute) or (site, hour) keys rolled up per call: bounded work
+ROLLUPS_PER_PASS = 60                # keys rolled up per call: about 20 s of the database at 10,000 tenants (0.34 s each)
 
 _SUMS = ("sum_passed_pps", "sum_dropped_pps", "sum_passed_bps", "sum_dropped_bps")
 _ROLLUP_COLUMNS = f"{', '.join(_SUMS)}, max_passed_pps, max_dropped_pps, samples"
