@@ -33,7 +33,8 @@ Operator-facing (admin and NOC):
     GET /fleet                       sites, health, last contact, version in force, lagging flag,
                                      current traffic; ?site=NAME narrows to one site
     GET /api/v1/fleet/sites          the same as JSON
-    GET /api/v1/fleet/traffic        ?site=&tenant=&seconds=  per-site, per-tenant seconds
+    GET /api/v1/fleet/traffic        ?site=&tenant=&seconds=&resolution=  per-site, per-tenant seconds
+                                     (resolution=second), or the minute or hour rollups for longer spans
     GET /api/v1/fleet/incidents      ?site=  incidents that came from sites
     GET /api/v1/fleet/tenants/{id}/traffic       ?site=&seconds=  the tenant's seconds summed over the
                                                  sites ("series") and each site's ("sites")
@@ -72,8 +73,10 @@ MAX_ROWS_PER_BATCH = 200_000          # traffic + destination rows + events in o
 QUEUE_ID_MAX = 64                     # characters of a queue id (the appliance makes a 32-hex one)
 CURRENT_SPAN_S = 30                   # seconds back that "current traffic" looks for a site's newest second
 TRAFFIC_SPAN_MAX_S = 3600             # seconds of per-site rows one API call returns at most
+ROLLUP_SPAN_MAX_S = {"minute": 7 * 86400, "hour": 400 * 86400}   # seconds back one rollup request reaches
 INCIDENTS_SHOWN = 100
-RETENTION_EVERY_S = 60.0              # seconds between deletions of expired fleet rows
+RETENTION_EVERY_S = 60.0              # seconds between drops of expired fleet partitions (rows on SQLite)
+ROLLUP_EVERY_S = 10.0                 # seconds between rollups of the minutes and hours that ended
 INCIDENT_EVENT_TYPES = ("ATTACK_START", "ATTACK_UPDATE", "ATTACK_END")
 DOWN_DOCUMENTS = ("templates", "notify")   # what flows down besides the tenant set (fleet_config)
 # PostgreSQL connections (each with its own thread) that take ingests, besides the store's own:
@@ -487,12 +490,21 @@ async def api_sites(request: web.Request) -> web.Response:
 
 
 async def api_traffic(request: web.Request) -> web.Response:
+    """?resolution=second (default; up to TRAFFIC_SPAN_MAX_S back), minute or hour (the rollups:
+    mean pps and bps per row, maxima, samples; up to ROLLUP_SPAN_MAX_S back)."""
     _require_noc(request)
-    seconds = query_int(request, "seconds", 300, 1, TRAFFIC_SPAN_MAX_S)
+    resolution = request.query.get("resolution", "second")
+    if resolution not in ("second", *fleet_store.RESOLUTIONS):
+        raise ApiError(400, f"resolution: expected second, minute or hour, got {resolution!r}"[:200])
+    span_max = TRAFFIC_SPAN_MAX_S if resolution == "second" else ROLLUP_SPAN_MAX_S[resolution]
+    seconds = query_int(request, "seconds", 300, 1, span_max)
     now = time.time()
-    rows = await request.app[STORE].run(
-        lambda b: fleet_store.traffic(b, now - seconds, site=_site_filter(request),
-                                      tenant=request.query.get("tenant") or None))
+    site, tenant = _site_filter(request), request.query.get("tenant") or None
+    if resolution == "second":
+        rows = await request.app[STORE].run(lambda b: fleet_store.traffic(b, now - seconds, site=site, tenant=tenant))
+    else:
+        rows = await request.app[STORE].run(lambda b: fleet_store.series(b, resolution, now - seconds, site=site,
+                                                                         tenant=tenant))
     return web.json_response({"rows": rows})
 
 
@@ -539,19 +551,34 @@ async def fleet_page(request: web.Request) -> web.Response:
 # -- retention ------------------------------------------------------------------------------------
 
 async def _retention(app: web.Application) -> AsyncIterator[None]:
-    async def loop() -> None:
-        while True:
-            try:
-                await app[STORE].run(fleet_store.apply_retention, time.time(),
-                                     app[SETTINGS].retention.traffic_second_retention_s)
-            except Exception:
-                log.exception("fleet.retention_failed")
-            await asyncio.sleep(RETENTION_EVERY_S)   # the period, not a wait for an outcome
+    """Rollups every ROLLUP_EVERY_S, partitions made ahead and expired series dropped every
+    RETENTION_EVERY_S. On PostgreSQL on a connection of their own: a pass of rollups unnests each
+    site-minute's seconds, which would hold up the UI's queries on the store's connection. The
+    partitions are made before the server takes requests (ingest stores only what has one)."""
+    store = app[STORE]
+    retention = app[SETTINGS].retention
+    own = await Store.open(store.url) if store.dialect == "postgresql" else None
+    worker = own or store
+    await worker.run(fleet_store.apply_retention, time.time(), retention)
 
-    task = asyncio.get_running_loop().create_task(loop(), name="securewatch:fleet-retention")
+    async def loop() -> None:
+        last_retention = time.monotonic()
+        while True:
+            await asyncio.sleep(ROLLUP_EVERY_S)   # the period, not a wait for an outcome
+            try:
+                await worker.run(fleet_store.rollup, time.time(), retention)
+                if time.monotonic() - last_retention >= RETENTION_EVERY_S:
+                    last_retention = time.monotonic()
+                    await worker.run(fleet_store.apply_retention, time.time(), retention)
+            except Exception:
+                log.exception("fleet.maintenance_failed")
+
+    task = asyncio.get_running_loop().create_task(loop(), name="securewatch:fleet-maintenance")
     try:
         yield
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if own is not None:
+            await own.close()

@@ -1,6 +1,6 @@
 """The central server's fleet tables: enrolled sites, ingested batches, per-site series.
 
-What is stored (schema migration 8, `store.MIGRATIONS`):
+What is stored (schema migration 8, `store.MIGRATIONS`; the series re-laid by migration 10):
 
     fleet_sites                 one row per site: the SHA-256 of its token (the token itself is
                                 shown once, by `seawall fleet enroll`), revocation, last contact,
@@ -8,13 +8,35 @@ What is stored (schema migration 8, `store.MIGRATIONS`):
     fleet_batches               one row per batch ingested, keyed (site, queue, seq): a retried
                                 batch finds its row and is skipped, so it is stored once; holds the
                                 appliance's own time and the central receipt time (clock skew)
-    fleet_traffic_seconds       per site, per tenant, per second: passed/dropped pps and bps (written
-                                with COPY alone: adding each site's second into the tenant's own
-                                `traffic_seconds` row as well, an upsert per tenant per site-second,
-                                cut PostgreSQL's ingest from 27 to 5 site-seconds/s at 10,000 tenants)
+    fleet_traffic_seconds       per site, per tenant, per second: passed/dropped pps and bps
     fleet_destination_seconds   per site, per destination, per second: total and dropped pps, and
                                 the row as the appliance sent it (class arrays, baseline, threshold)
+    fleet_traffic_minutes       per site, per tenant, per minute / per hour: the SUMS of the
+    fleet_traffic_hours         seconds' pps and bps (divide by `samples`, the seconds behind the
+                                row, for the mean), their maxima, and `samples`
+    fleet_rollup_pending        (level, site, t): a minute or hour that got new seconds and is to
+                                be rolled up (again); a backfilled second re-marks its minute
     incidents.site              the site whose appliance saw the incident (NULL: this box's own)
+
+How the per-second traffic is laid out differs by database (migration 10):
+
+* **PostgreSQL**: one row per site-second, `fleet_site_seconds (site, t, tenants[], passed_pps[],
+  dropped_pps[], passed_bps[], dropped_bps[], the four totals, tenant count)`, and
+  `fleet_traffic_seconds` is a view that unnests it into the per-tenant rows above. A row per
+  tenant-second was 200,000 rows/s at 20 sites x 10,000 tenants, and PostgreSQL's per-row work
+  (tuple, primary key entry, WAL record) took 0.78 of the 2-vCPU VM's cores at 20.8 site-seconds/s;
+  one row per site-second is 20 rows/s: 0.11 cores at 49.5 site-seconds/s (README, "Fleet
+  ingest"). The per-second tables
+  (`fleet_site_seconds`, `fleet_destination_seconds`) are range-partitioned by `t`, an hour a
+  partition, the rollups a day (minutes) and 30 days (hours) a partition; partitions are made
+  ahead (`maintain_partitions`) and dropped whole once past retention, not deleted row by row.
+  A row outside the partitions made (older than retention, or a site clock far ahead) is not
+  stored and is counted (`Ingested.outside`).
+* **SQLite** (a small central server, and the tests): plain per-tenant tables with DELETE-based
+  retention; the same rollups.
+
+Reading a tenant's seconds from the PostgreSQL layout unnests each site-second, so the views read
+seconds for short spans only and the rollups for longer ones (`series`).
 
 An incident seen at two sites is two incidents, one per site, each with its site: each appliance
 decides on its own (its own baselines, its own start and end), so one merged lifecycle would be
@@ -30,10 +52,16 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import struct
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from tenants.model import SITE_PATTERN, TENANT_ID_RULE
+
+from .series import SeriesRetention
 
 MIGRATION = [
     """CREATE TABLE IF NOT EXISTS fleet_sites (
@@ -65,6 +93,146 @@ def _add_incident_site(b: Any) -> None:
         b.execute("ALTER TABLE incidents ADD COLUMN IF NOT EXISTS site TEXT")
     elif "site" not in [r[1] for r in b.execute("PRAGMA table_info(incidents)").fetchall()]:
         b.execute("ALTER TABLE incidents ADD COLUMN site TEXT")
+
+# -- migration 10: time-partitioned series, rollups -------------------------------------------
+
+# Partition spans (seconds): a partition is dropped whole when all of it is past retention, so the
+# span is the granularity of retention too.
+SECOND_PARTITION_S = 3600            # per-second tables: an hour (720 million tenant-seconds at 20 x 10,000)
+MINUTE_PARTITION_S = 86400           # minute rollups: a day
+HOUR_PARTITION_S = 30 * 86400        # hour rollups: 30 days
+PARTITIONS_AHEAD_S = 3 * 3600        # made this far ahead of now: a site clock ahead by less is stored
+MINUTE_S = 60
+HOUR_S = 3600
+ROLLUP_GRACE_S = 5                   # seconds after a minute ends before it is rolled up (the agent's batching)
+CLAIM_CHUNK = 200                    # batches' dedup rows per INSERT (6 parameters each)
+ROLLUPS_PER_PASS = 60                # keys rolled up per call: about 20 s of the database at 10,000 tenants (0.34 s each)
+
+_SUMS = ("sum_passed_pps", "sum_dropped_pps", "sum_passed_bps", "sum_dropped_bps")
+_ROLLUP_COLUMNS = f"{', '.join(_SUMS)}, max_passed_pps, max_dropped_pps, samples"
+
+
+def _rollup_table(name: str) -> str:
+    return (f"CREATE TABLE IF NOT EXISTS {name} (site TEXT NOT NULL, tenant TEXT NOT NULL, t BIGINT NOT NULL, "
+            f"{', '.join(f'{c} {{real}} NOT NULL' for c in _SUMS)}, max_passed_pps {{real}} NOT NULL, "
+            f"max_dropped_pps {{real}} NOT NULL, samples BIGINT NOT NULL, PRIMARY KEY (site, tenant, t))")
+
+
+def _partitioned(b: Any) -> None:
+    """PostgreSQL: the per-second tables become range-partitioned by t, the traffic one a row per
+    site-second (see the module text), and their rows move over; the rollups are partitioned too.
+    SQLite keeps its plain tables and gets plain rollups."""
+    if b.dialect != "postgresql":
+        for table in ("fleet_traffic_minutes", "fleet_traffic_hours"):
+            b.execute(_rollup_table(table).format(real="REAL"))
+            b.execute(f"CREATE INDEX IF NOT EXISTS {table}_t ON {table} (t)")
+        return
+    real = "DOUBLE PRECISION"
+    b.execute("ALTER TABLE fleet_traffic_seconds RENAME TO fleet_traffic_seconds_v8")
+    b.execute("ALTER TABLE fleet_destination_seconds RENAME TO fleet_destination_seconds_v8")
+    b.execute(f"""CREATE TABLE fleet_site_seconds (site TEXT NOT NULL, t BIGINT NOT NULL, tenants TEXT[] NOT NULL,
+        passed_pps {real}[] NOT NULL, dropped_pps {real}[] NOT NULL, passed_bps {real}[] NOT NULL,
+        dropped_bps {real}[] NOT NULL, total_passed_pps {real} NOT NULL, total_dropped_pps {real} NOT NULL,
+        total_passed_bps {real} NOT NULL, total_dropped_bps {real} NOT NULL, tenant_count INTEGER NOT NULL,
+        PRIMARY KEY (site, t)) PARTITION BY RANGE (t)""")
+    _lz4(b, "fleet_site_seconds", ("tenants", "passed_pps", "dropped_pps", "passed_bps", "dropped_bps"))
+    b.execute("""CREATE VIEW fleet_traffic_seconds AS
+        SELECT s.site, u.tenant, s.t, u.passed_pps, u.dropped_pps, u.passed_bps, u.dropped_bps
+        FROM fleet_site_seconds s CROSS JOIN LATERAL
+             unnest(s.tenants, s.passed_pps, s.dropped_pps, s.passed_bps, s.dropped_bps)
+             AS u(tenant, passed_pps, dropped_pps, passed_bps, dropped_bps)""")
+    b.execute(f"""CREATE TABLE fleet_destination_seconds (
+        site TEXT NOT NULL, tenant TEXT NOT NULL, address TEXT NOT NULL, t BIGINT NOT NULL,
+        pps {real} NOT NULL, dropped_pps {real} NOT NULL, data TEXT NOT NULL,
+        PRIMARY KEY (site, tenant, address, t)) PARTITION BY RANGE (t)""")
+    for table in ("fleet_traffic_minutes", "fleet_traffic_hours"):
+        b.execute(_rollup_table(table).format(real=real) + " PARTITION BY RANGE (t)")
+    maintain_partitions(b, time.time(), SeriesRetention())
+    low, high = partition_window(b, "fleet_site_seconds")
+    b.execute(f"""INSERT INTO fleet_site_seconds SELECT site, t, array_agg(tenant ORDER BY tenant),
+        array_agg(passed_pps ORDER BY tenant), array_agg(dropped_pps ORDER BY tenant),
+        array_agg(passed_bps ORDER BY tenant), array_agg(dropped_bps ORDER BY tenant), SUM(passed_pps),
+        SUM(dropped_pps), SUM(passed_bps), SUM(dropped_bps), COUNT(*)
+        FROM fleet_traffic_seconds_v8 WHERE t >= {low} AND t < {high} GROUP BY site, t""")
+    low, high = partition_window(b, "fleet_destination_seconds")
+    b.execute(f"INSERT INTO fleet_destination_seconds SELECT * FROM fleet_destination_seconds_v8 "
+              f"WHERE t >= {low} AND t < {high}")
+    b.execute("INSERT INTO fleet_rollup_pending (level, site, t) SELECT DISTINCT 'minute', site, t - MOD(t, 60) "
+              "FROM fleet_traffic_seconds")
+    b.execute("DROP TABLE fleet_traffic_seconds_v8")
+    b.execute("DROP TABLE fleet_destination_seconds_v8")
+
+
+def _lz4(b: Any, table: str, columns: Sequence[str]) -> None:
+    """Compress the arrays with lz4 where the server has it (Debian's does): PostgreSQL's own pglz
+    took most of the database's time per site-second (measured). Without it, pglz stays."""
+    import psycopg  # noqa: PLC0415 - only a PostgreSQL store gets here
+
+    try:
+        with b.connection.transaction():   # a savepoint: a server built without lz4 refuses it
+            for column in columns:
+                b.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET COMPRESSION lz4")
+    except psycopg.errors.FeatureNotSupported:
+        pass
+
+
+MIGRATION_10 = [
+    """CREATE TABLE IF NOT EXISTS fleet_rollup_pending (level TEXT NOT NULL, site TEXT NOT NULL, t BIGINT NOT NULL,
+        PRIMARY KEY (level, site, t))""",
+    lambda b: _partitioned(b),
+]
+
+# (partitioned table, partition span in seconds, how long it is kept: from the retention settings)
+PARTITIONED: tuple[tuple[str, int, Callable[[SeriesRetention], int]], ...] = (
+    ("fleet_site_seconds", SECOND_PARTITION_S, lambda r: r.fleet_second_retention_s),
+    ("fleet_destination_seconds", SECOND_PARTITION_S, lambda r: r.fleet_second_retention_s),
+    ("fleet_traffic_minutes", MINUTE_PARTITION_S, lambda r: r.fleet_minute_retention_days * 86400),
+    ("fleet_traffic_hours", HOUR_PARTITION_S, lambda r: r.fleet_hour_retention_days * 86400),
+)
+
+
+def partitions(b: Any, table: str) -> list[int]:
+    """The start times of `table`'s partitions (named TABLE_pSTART by `maintain_partitions`), oldest first."""
+    rows = b.execute("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                     "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = ?", (table,)).fetchall()
+    prefix = f"{table}_p"
+    return sorted(int(r[0][len(prefix):]) for r in rows if r[0].startswith(prefix))
+
+
+def partition_window(b: Any, table: str) -> tuple[int, int]:
+    """[low, high): the times `table`'s partitions take (they are contiguous); (0, 0) when none."""
+    span = next(s for name, s, _ in PARTITIONED if name == table)
+    starts = partitions(b, table)
+    return (starts[0], starts[-1] + span) if starts else (0, 0)
+
+
+def maintain_partitions(b: Any, now: float, retention: SeriesRetention,
+                        tables: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
+    """PostgreSQL: make the partitions from retention's start to PARTITIONS_AHEAD_S ahead of `now`
+    and drop those wholly past retention (a DROP, not row deletions). {table: {created, dropped}}."""
+    # An ingest holds its partitioned tables' locks for its transaction; a DROP waiting behind it
+    # would queue every later ingest behind itself. Better to give up and try again next pass.
+    b.execute("SET LOCAL lock_timeout = '2s'")
+    done: dict[str, dict[str, int]] = {}
+    for table, span, keep in PARTITIONED:
+        if tables is not None and table not in tables:
+            continue
+        oldest = int(now - keep(retention)) // span * span   # the partition holding the oldest second kept
+        newest = int(now + PARTITIONS_AHEAD_S) // span * span
+        existing = set(partitions(b, table))
+        created = dropped = 0
+        for start in range(oldest, newest + span, span):
+            if start not in existing:
+                b.execute(f"CREATE TABLE IF NOT EXISTS {table}_p{start} PARTITION OF {table} "
+                          f"FOR VALUES FROM ({start}) TO ({start + span})")
+                created += 1
+        for start in sorted(existing):
+            if start < oldest:
+                b.execute(f"DROP TABLE {table}_p{start}")
+                dropped += 1
+        done[table] = {"created": created, "dropped": dropped}
+    return done
+
 
 TRAFFIC_COLUMNS = ("tenant", "t", "passed_pps", "dropped_pps", "passed_bps", "dropped_bps")
 SITE_RULE = TENANT_ID_RULE
@@ -203,6 +371,61 @@ class Ingested:
     destination_rows: int
     events: int
     foreign: int = 0          # rows and events skipped: of tenants the central set does not give the site
+    outside: int = 0          # rows skipped: outside the partitions made (past retention, or a clock far ahead)
+
+
+# One site-second of traffic: (t, tenants, passed_pps, dropped_pps, passed_bps, dropped_bps), columns.
+_Second = tuple[int, list[str], list[float], list[float], list[float], list[float]]
+
+
+def _seconds_of(batch: dict[str, Any]) -> list[_Second]:
+    """A batch's traffic as one column set per whole second (the appliance's rows carry its tick's
+    read time, a fraction of a second in). A batch is nearly always one second: then the columns
+    are taken as they came, without a pass over the rows."""
+    columns = batch.get("traffic_columns")
+    rows = batch.get("traffic") or ()
+    if columns and not rows:
+        times = columns["time"]
+        if not times:
+            return []
+        tenants, values = columns["tenant"], [columns[k] for k in TRAFFIC_COLUMNS[2:]]
+        if int(min(times)) == int(max(times)):
+            return [(int(times[0]), tenants, *values)]  # type: ignore[list-item]
+        rows = list(zip(tenants, times, *values, strict=True))
+    elif columns:
+        rows = [*rows, *zip(columns["tenant"], columns["time"],
+                            *(columns[k] for k in TRAFFIC_COLUMNS[2:]), strict=True)]
+    by_second: dict[int, list[Any]] = {}
+    for row in rows:
+        by_second.setdefault(int(row[1]), []).append(row)
+    return [(t, *(list(c) for c in zip(*((r[0], *r[2:6]) for r in group), strict=True)))  # type: ignore[misc]
+            for t, group in by_second.items()]
+
+
+def _keep(second: _Second, keep: list[int]) -> _Second:
+    return (second[0], *([column[i] for i in keep] for column in second[1:]))  # type: ignore[return-value]
+
+
+def _claim(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now: float) -> set[int]:
+    """Insert the batches' dedup rows; the sequence numbers that were not there yet (to store)."""
+    fresh: set[int] = set()
+    for chunk in _chunks(batches, CLAIM_CHUNK):
+        values, params = [], []
+        for batch in chunk:
+            columns = batch.get("traffic_columns")
+            items = (len(batch.get("traffic") or ()) + (len(columns["tenant"]) if columns else 0)
+                     + len(batch.get("destinations") or ()) + len(batch.get("events") or ()))
+            values.append("(?, ?, ?, ?, ?, ?)")
+            params.extend((site, queue, int(batch["seq"]), float(batch["time"]), now, items))
+        rows = b.execute(f"INSERT INTO fleet_batches (site, queue, seq, appliance_time, received_at, items) "
+                         f"VALUES {', '.join(values)} ON CONFLICT (site, queue, seq) DO NOTHING RETURNING seq",
+                         params).fetchall()
+        fresh.update(int(r[0]) for r in rows)
+    return fresh
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now: float,
@@ -214,43 +437,52 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
     tenants: the tenants the central set assigns to `site`; rows and events of any other tenant are
     skipped and counted (`Ingested.foreign`): a site's token must not write another's customers' data.
     None: no restriction (callers that checked already)."""
-    acked: list[int] = []
-    duplicates = 0
-    traffic: list[tuple[Any, ...]] = []
+    postgres = b.dialect == "postgresql"
+    acked = [int(batch["seq"]) for batch in batches]
+    fresh = _claim(b, site, queue, batches, now)
+    seconds_window = partition_window(b, "fleet_site_seconds") if postgres else None
+    destination_window = partition_window(b, "fleet_destination_seconds") if postgres else None
+    stored: set[int] = set()
+    duplicates = traffic_rows = events = foreign = outside = 0
+    site_seconds: list[_Second] = []
     destinations: list[tuple[Any, ...]] = []
-    events = 0
-    foreign = 0
+    minutes: set[int] = set()
     last_time = None
     for batch in batches:
         seq = int(batch["seq"])
-        columns = batch.get("traffic_columns")
-        column_rows = len(columns["tenant"]) if columns else 0
-        items = (len(batch.get("traffic") or ()) + column_rows + len(batch.get("destinations") or ())
-                 + len(batch.get("events") or ()))
-        fresh = b.execute("INSERT INTO fleet_batches (site, queue, seq, appliance_time, received_at, items) "
-                          "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (site, queue, seq) DO NOTHING",
-                          (site, queue, seq, float(batch["time"]), now, items)).rowcount
-        acked.append(seq)
-        if not fresh:
+        if seq not in fresh or seq in stored:   # stored before, or twice in this request
             duplicates += 1
             continue
+        stored.add(seq)
         last_time = float(batch["time"])
-        # Whole seconds: the appliance's rows carry its tick's read time, a fraction of a second in.
-        rows = [(site, row[0], int(row[1]), *row[2:]) for row in batch.get("traffic") or ()]
-        if column_rows:
-            rows.extend(zip(itertools.repeat(site, column_rows), columns["tenant"], map(int, columns["time"]),
-                            columns["passed_pps"], columns["dropped_pps"], columns["passed_bps"],
-                            columns["dropped_bps"], strict=False))
-        if tenants is not None:
-            kept = [row for row in rows if row[1] in tenants]
-            foreign += len(rows) - len(kept)
-            rows = kept
-        traffic.extend(rows)
+        for second in _seconds_of(batch):
+            names = second[1]
+            if tenants is not None and not tenants.issuperset(names):
+                keep = [i for i, name in enumerate(names) if name in tenants]
+                foreign += len(names) - len(keep)
+                second = _keep(second, keep)
+            if len(set(second[1])) != len(second[1]):   # a tenant twice in a second: the first counts
+                first: dict[str, int] = {}
+                for i, name in enumerate(second[1]):
+                    first.setdefault(name, i)
+                second = _keep(second, sorted(first.values()))
+            if not second[1]:
+                continue
+            if seconds_window is not None and not seconds_window[0] <= second[0] < seconds_window[1]:
+                outside += len(second[1])
+                continue
+            site_seconds.append(second)
+            traffic_rows += len(second[1])
+            minutes.add(second[0] // MINUTE_S * MINUTE_S)
         for d in batch.get("destinations") or ():
             if tenants is not None and d["tenant"] not in tenants:
                 foreign += 1
                 continue
-            destinations.append((site, d["tenant"], d["address"], int(d["time"]), float(sum(d.get("pps") or ())),
+            t = int(d["time"])
+            if destination_window is not None and not destination_window[0] <= t < destination_window[1]:
+                outside += 1
+                continue
+            destinations.append((site, d["tenant"], d["address"], t, float(sum(d.get("pps") or ())),
                                  float(d.get("dropped_pps") or 0.0), json.dumps(d, separators=(",", ":"))))
         for event in batch.get("events") or ():
             if tenants is not None and event["tenant"] not in tenants:
@@ -258,11 +490,110 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
                 continue
             _record_site_event(b, site, event, record_event)
             events += 1
-    _write_rows(b, "fleet_traffic_seconds", ("site", *TRAFFIC_COLUMNS), traffic)
+    if postgres:
+        _write_site_seconds(b, site, site_seconds)
+    else:
+        _write_rows(b, "fleet_traffic_seconds", ("site", *TRAFFIC_COLUMNS), [
+            row for t, *columns in site_seconds for row in zip(itertools.repeat(site), columns[0],
+                                                                 itertools.repeat(t), *columns[1:])])
     _write_rows(b, "fleet_destination_seconds",
                 ("site", "tenant", "address", "t", "pps", "dropped_pps", "data"), destinations)
+    if minutes:
+        mark_pending(b, "minute", site, minutes)
     record_contact(b, site, now, last_time, None, None, None)
-    return Ingested(acked, duplicates, len(traffic), len(destinations), events, foreign)
+    return Ingested(acked, duplicates, traffic_rows, len(destinations), events, foreign, outside)
+
+
+def mark_pending(b: Any, level: str, site: str, starts: set[int]) -> None:
+    """The minutes (or hours) starting at `starts` got new data: to be rolled up (again)."""
+    b.executemany("INSERT INTO fleet_rollup_pending (level, site, t) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                  [(level, site, t) for t in sorted(starts)])
+
+
+_SITE_SECOND_COLUMNS = ("site", "t", "tenants", "passed_pps", "dropped_pps", "passed_bps", "dropped_bps",
+                        "total_passed_pps", "total_dropped_pps", "total_passed_bps", "total_dropped_bps",
+                        "tenant_count")
+
+
+def _site_second_row(site: str, second: _Second) -> tuple[Any, ...]:
+    t, names, *values = second
+    return (site, t, names, *values, *(float(sum(v)) for v in values), len(names))
+
+
+# PostgreSQL's binary COPY format (the server's "COPY ... FORMAT BINARY" documentation): a header,
+# per row a field count and length-prefixed fields, a trailer. Arrays: dimensions, element type,
+# then length-prefixed elements. Written here because psycopg builds arrays element by element in
+# Python: 100 ms per site-second of 10,000 tenants (profiled), the whole ingest budget at 20 sites.
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+_FLOAT8_OID, _TEXT_OID = 701, 25
+_FLOAT_ELEMENT = np.dtype([("length", ">i4"), ("value", ">f8")])
+
+
+def _field(data: bytes) -> bytes:
+    return struct.pack(">i", len(data)) + data
+
+
+def _float_array(values: Sequence[float]) -> bytes:
+    elements = np.empty(len(values), dtype=_FLOAT_ELEMENT)
+    elements["length"] = 8
+    elements["value"] = values
+    return _field(struct.pack(">iiiii", 1, 0, _FLOAT8_OID, len(values), 1) + elements.tobytes())
+
+
+def _text_array(values: Sequence[str]) -> bytes:
+    encoded = [v.encode() for v in values]
+    pack = struct.Struct(">i").pack
+    return _field(struct.pack(">iiiii", 1, 0, _TEXT_OID, len(values), 1)
+                  + b"".join(pack(len(e)) + e for e in encoded))
+
+
+def _binary_site_second(site: str, second: _Second) -> bytes:
+    t, names, *values = second
+    totals = [float(sum(v)) for v in values]
+    return b"".join((struct.pack(">h", len(_SITE_SECOND_COLUMNS)), _field(site.encode()), _field(struct.pack(">q", t)),
+                     _text_array(names), *(_float_array(v) for v in values),
+                     *(_field(struct.pack(">d", total)) for total in totals), _field(struct.pack(">i", len(names)))))
+
+
+def _write_site_seconds(b: Any, site: str, seconds: list[_Second]) -> None:
+    """PostgreSQL: each site-second as one row, all in one binary COPY. A second stored already (an
+    appliance whose two ticks fell in one second sends it in two batches) fails the COPY, which
+    has no ON CONFLICT: then the seconds go one by one, merged into what is there (its tenants
+    keep their first values, tenants new to the second are added)."""
+    if not seconds:
+        return
+    import psycopg  # noqa: PLC0415 - only a PostgreSQL store gets here
+
+    try:
+        # transaction(): a savepoint, so that the failed COPY alone is undone.
+        with (b.connection.transaction(),
+              b.connection.cursor().copy(f"COPY fleet_site_seconds ({', '.join(_SITE_SECOND_COLUMNS)}) "
+                                         f"FROM STDIN (FORMAT BINARY)") as copy):
+            copy.write(_COPY_HEADER)
+            for second in seconds:
+                copy.write(_binary_site_second(site, second))
+            copy.write(_COPY_TRAILER)
+        return
+    except psycopg.errors.UniqueViolation:
+        pass
+    for second in seconds:
+        row = b.execute("SELECT tenants, passed_pps, dropped_pps, passed_bps, dropped_bps FROM fleet_site_seconds "
+                        "WHERE site = ? AND t = ? FOR UPDATE", (site, second[0])).fetchone()
+        if row is None:
+            b.execute(f"INSERT INTO fleet_site_seconds ({', '.join(_SITE_SECOND_COLUMNS)}) "
+                      f"VALUES ({', '.join('?' * len(_SITE_SECOND_COLUMNS))})", _site_second_row(site, second))
+            continue
+        have = set(row[0])
+        new = [i for i, name in enumerate(second[1]) if name not in have]
+        if not new:
+            continue
+        merged = (second[0], *(list(old) + [column[i] for i in new]
+                               for old, column in zip(row, second[1:], strict=True)))
+        b.execute("UPDATE fleet_site_seconds SET tenants = ?, passed_pps = ?, dropped_pps = ?, passed_bps = ?, "
+                  "dropped_bps = ?, total_passed_pps = ?, total_dropped_pps = ?, total_passed_bps = ?, "
+                  "total_dropped_bps = ?, tenant_count = ? WHERE site = ? AND t = ?",
+                  (*_site_second_row(site, merged)[2:], site, second[0]))
 
 
 def _record_site_event(b: Any, site: str, event: dict[str, Any], record_event: Callable[[Any, dict[str, Any]], None]
@@ -309,10 +640,14 @@ def current_traffic(b: Any, since: float, site: str | None = None) -> dict[str, 
     if site is not None:
         where += " AND site = ?"
         params.append(site)
-    rows = b.execute(f"SELECT site, t, SUM(passed_pps), SUM(dropped_pps), SUM(passed_bps), SUM(dropped_bps), "
-                     f"COUNT(*) FROM fleet_traffic_seconds {where} GROUP BY site, t", params).fetchall()
+    if b.dialect == "postgresql":   # the site-second row carries its sums
+        sql = (f"SELECT site, t, total_passed_pps, total_dropped_pps, total_passed_bps, total_dropped_bps, "
+               f"tenant_count FROM fleet_site_seconds {where}")
+    else:
+        sql = (f"SELECT site, t, SUM(passed_pps), SUM(dropped_pps), SUM(passed_bps), SUM(dropped_bps), "
+               f"COUNT(*) FROM fleet_traffic_seconds {where} GROUP BY site, t")
     newest: dict[str, dict[str, float]] = {}
-    for r in rows:
+    for r in b.execute(sql, params).fetchall():
         if r[0] not in newest or r[1] > newest[r[0]]["time"]:
             newest[r[0]] = {"time": r[1], "passed_pps": r[2], "dropped_pps": r[3], "passed_bps": r[4],
                             "dropped_bps": r[5], "tenants": r[6]}
@@ -327,13 +662,23 @@ def traffic(b: Any, since: float, until: float | None = None, *, site: str | Non
     if until is not None:
         where.append("t < ?")
         params.append(int(until))
-    for column, value in (("site", site), ("tenant", tenant)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    rows = b.execute(f"SELECT site, tenant, t, passed_pps, dropped_pps, passed_bps, dropped_bps "
-                     f"FROM fleet_traffic_seconds WHERE {' AND '.join(where)} ORDER BY t, site, tenant",
-                     params).fetchall()
+    if site is not None:
+        where.append("site = ?")
+        params.append(site)
+    if tenant is not None and b.dialect == "postgresql":
+        # One tenant: its place in each site-second's array, then its four values, instead of
+        # unnesting all 10,000 (the view): 57 against 191 ms for a site-minute (measured).
+        rows = b.execute(f"SELECT site, ?, t, passed_pps[i], dropped_pps[i], passed_bps[i], dropped_bps[i] FROM ("
+                         f"SELECT site, t, array_position(tenants, ?::text) AS i, passed_pps, dropped_pps, "
+                         f"passed_bps, dropped_bps FROM fleet_site_seconds WHERE {' AND '.join(where)}) s "
+                         f"WHERE i IS NOT NULL ORDER BY t, site", (tenant, tenant, *params)).fetchall()
+    else:
+        if tenant is not None:
+            where.append("tenant = ?")
+            params.append(tenant)
+        rows = b.execute(f"SELECT site, tenant, t, passed_pps, dropped_pps, passed_bps, dropped_bps "
+                         f"FROM fleet_traffic_seconds WHERE {' AND '.join(where)} ORDER BY t, site, tenant",
+                         params).fetchall()
     return [{"site": r[0], "tenant": r[1], "time": r[2], "passed_pps": r[3], "dropped_pps": r[4],
              "passed_bps": r[5], "dropped_bps": r[6]} for r in rows]
 
@@ -355,12 +700,86 @@ def batch_counts(b: Any) -> dict[str, int]:
     return {r[0]: int(r[1]) for r in b.execute("SELECT site, COUNT(*) FROM fleet_batches GROUP BY site").fetchall()}
 
 
-def apply_retention(b: Any, now: float, second_retention_s: int) -> dict[str, int]:
-    cutoff = int(now - second_retention_s)
-    return {
-        "fleet_traffic_seconds": b.execute("DELETE FROM fleet_traffic_seconds WHERE t < ?", (cutoff,)).rowcount,
-        "fleet_destination_seconds": b.execute("DELETE FROM fleet_destination_seconds WHERE t < ?",
-                                               (cutoff,)).rowcount,
-        "fleet_batches": b.execute("DELETE FROM fleet_batches WHERE received_at < ?",
-                                   (now - BATCHES_KEPT_S,)).rowcount,
-    }
+# -- rollups --------------------------------------------------------------------------------------
+
+RESOLUTIONS = {"minute": ("fleet_traffic_minutes", MINUTE_S), "hour": ("fleet_traffic_hours", HOUR_S)}
+
+
+def series(b: Any, resolution: str, since: float, until: float | None = None, *, site: str | None = None,
+           tenant: str | None = None) -> list[dict[str, Any]]:
+    """Minute or hour rows from the rollups, oldest first: the mean pps and bps over the seconds
+    behind each row (`samples`), the maxima, optionally of one site and/or tenant. For spans
+    longer than a few minutes: the seconds of a tenant cost a pass over each site-second."""
+    table, step = RESOLUTIONS[resolution]
+    where, params = ["t >= ?"], [int(since) // step * step]
+    if until is not None:
+        where.append("t < ?")
+        params.append(int(until))
+    for column, value in (("site", site), ("tenant", tenant)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    rows = b.execute(f"SELECT site, tenant, t, {_ROLLUP_COLUMNS} FROM {table} WHERE {' AND '.join(where)} "
+                     f"ORDER BY t, site, tenant", params).fetchall()
+    return [{"site": r[0], "tenant": r[1], "time": r[2], "passed_pps": r[3] / r[9], "dropped_pps": r[4] / r[9],
+             "passed_bps": r[5] / r[9], "dropped_bps": r[6] / r[9], "max_passed_pps": r[7],
+             "max_dropped_pps": r[8], "samples": r[9]} for r in rows]
+
+
+def rollup(b: Any, now: float, retention: SeriesRetention, limit: int = ROLLUPS_PER_PASS) -> dict[str, int]:
+    """Roll up the pending minutes that have ended (ROLLUP_GRACE_S ago) from the seconds, then the
+    pending hours that have ended from the minutes. Each is recomputed whole (delete, insert the
+    sums), so a minute that got a backfilled second after its first rollup ends up equal to the
+    sums of all its seconds. A minute whose seconds are past retention is left as it is."""
+    done = {"minute": 0, "hour": 0}
+    postgres = b.dialect == "postgresql"
+    for level, source, step in (("minute", "fleet_traffic_seconds", MINUTE_S),
+                                ("hour", "fleet_traffic_minutes", HOUR_S)):
+        table = RESOLUTIONS[level][0]
+        keep_from = now - (retention.fleet_second_retention_s if level == "minute"
+                           else retention.fleet_minute_retention_days * 86400)
+        window = partition_window(b, table) if postgres else None
+        pending = b.execute("SELECT site, t FROM fleet_rollup_pending WHERE level = ? AND t <= ? ORDER BY t LIMIT ?",
+                            (level, int(now) - step - ROLLUP_GRACE_S, limit)).fetchall()
+        hours: dict[str, set[int]] = {}
+        for site, start in pending:
+            b.execute("DELETE FROM fleet_rollup_pending WHERE level = ? AND site = ? AND t = ?", (level, site, start))
+            if start + step <= keep_from or (window is not None and not window[0] <= start < window[1]):
+                continue   # its source rows are gone, or there is no partition for it: keep what is there
+            b.execute(f"DELETE FROM {table} WHERE site = ? AND t = ?", (site, start))
+            if level == "minute":
+                select = ("SUM(passed_pps), SUM(dropped_pps), SUM(passed_bps), SUM(dropped_bps), MAX(passed_pps), "
+                          "MAX(dropped_pps), COUNT(*)")
+            else:
+                select = (f"{', '.join(f'SUM({c})' for c in _SUMS)}, MAX(max_passed_pps), MAX(max_dropped_pps), "
+                          f"SUM(samples)")
+            b.execute(f"INSERT INTO {table} (site, tenant, t, {_ROLLUP_COLUMNS}) SELECT site, tenant, ?, {select} "
+                      f"FROM {source} WHERE site = ? AND t >= ? AND t < ? GROUP BY site, tenant",
+                      (start, site, start, start + step))
+            done[level] += 1
+            if level == "minute":
+                hours.setdefault(site, set()).add(start // HOUR_S * HOUR_S)
+        for site, starts in hours.items():
+            mark_pending(b, "hour", site, starts)
+    return done
+
+
+# -- retention ------------------------------------------------------------------------------------
+
+def apply_retention(b: Any, now: float, retention: SeriesRetention) -> dict[str, int]:
+    """Expired series and dedup rows. PostgreSQL drops whole partitions (`maintain_partitions`,
+    which also makes the ones ahead): what is counted there is partitions; SQLite deletes rows."""
+    removed: dict[str, int] = {}
+    if b.dialect == "postgresql":
+        for table, changes in maintain_partitions(b, now, retention).items():
+            removed[f"{table}_partitions"] = changes["dropped"]
+    else:
+        day = 86400
+        for table, keep in (("fleet_traffic_seconds", retention.fleet_second_retention_s),
+                            ("fleet_destination_seconds", retention.fleet_second_retention_s),
+                            ("fleet_traffic_minutes", retention.fleet_minute_retention_days * day),
+                            ("fleet_traffic_hours", retention.fleet_hour_retention_days * day)):
+            removed[table] = b.execute(f"DELETE FROM {table} WHERE t < ?", (int(now - keep),)).rowcount
+    removed["fleet_batches"] = b.execute("DELETE FROM fleet_batches WHERE received_at < ?",
+                                         (now - BATCHES_KEPT_S,)).rowcount
+    return removed

@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from . import series
+from . import fleet_tenant, series
 from .context import (
     APPLIANCE,
     STORE,
@@ -138,7 +138,7 @@ async def api_tenant_series(request: web.Request) -> web.Response:
     if rng is None:
         raise ApiError(400, f"range: {name!r} is not one of {', '.join(series.RANGES)}",
                        [f"range: one of {', '.join(series.RANGES)}"])
-    data = await request.app[STORE].run(series.tenant_series, tenant.id, rng, time.time())
+    data = await request.app[STORE].run(series.tenant_series, tenant.id, rng, time.time(), fleet_tenant.with_sites)
     return web.json_response({"tenant": tenant.id, "range": rng.name, "resolution": rng.table,
                               "step_s": rng.step_s, "span_s": rng.span_s, **data})
 

@@ -229,8 +229,10 @@ def openapi_document() -> dict[str, Any]:
             "The fleet's sites: state, last contact, clock skew, versions in force per document, lagging, backlog, current "
             "traffic (admin, noc)", query=(("site", "one site only"),), errors=("400", "401", "403"))},
         "/api/v1/fleet/traffic": {"get": _op(
-            "Per-site, per-tenant seconds (admin, noc)", query=(
-                ("site", "one site only"), ("tenant", "one tenant only"), ("seconds", "1 to 3600, default 300")),
+            "Per-site, per-tenant seconds, or minute or hour rollups (admin, noc)", query=(
+                ("site", "one site only"), ("tenant", "one tenant only"),
+                ("resolution", "second (default), minute or hour (the rollups: means, maxima, samples)"),
+                ("seconds", "how far back: up to 3600 (second), 604800 (minute), 34560000 (hour); default 300")),
             errors=("400", "401", "403"))},
         "/api/v1/fleet/incidents": {"get": _op(
             "Incidents that came from sites, newest first (admin, noc)", query=(("site", "one site only"),),

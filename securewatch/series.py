@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
-
-from . import fleet_tenant
 
 CLASSES = ("tcp_syn", "tcp_other", "udp", "icmp", "fragment", "other")   # dataplane TrafficClass order
 TRAFFIC_KEYS = ("passed_pps", "dropped_pps", "passed_bps", "dropped_bps")
@@ -66,13 +64,21 @@ class SeriesRetention:
     traffic_hour_retention_days: int = 400               # tenant hour rollups: the 30-day chart, a year back
     destination_second_retention_s: int = 6 * 3600       # per-second rows of attacked and top-N destinations
     destination_minute_retention_days: int = 30          # minute rollups of every destination with traffic
+    # A fleet's central server (securewatch.fleet_store): per-site series, kept in partitions of an
+    # hour (seconds), a day (minutes) and 30 days (hours), each dropped whole once past retention.
+    fleet_second_retention_s: int = 3600                 # per-site, per-tenant seconds and destination seconds
+    fleet_minute_retention_days: int = 30                # per-site, per-tenant minute rollups
+    fleet_hour_retention_days: int = 400                 # per-site, per-tenant hour rollups
 
     # Bounds of each key (inclusive), in its own unit.
     BOUNDS = {"traffic_second_retention_s": (300, 7 * SECONDS_PER_DAY),
               "traffic_minute_retention_days": (2, 3650),
               "traffic_hour_retention_days": (31, 3650),
               "destination_second_retention_s": (300, 7 * SECONDS_PER_DAY),
-              "destination_minute_retention_days": (1, 3650)}
+              "destination_minute_retention_days": (1, 3650),
+              "fleet_second_retention_s": (600, 7 * SECONDS_PER_DAY),
+              "fleet_minute_retention_days": (1, 3650),
+              "fleet_hour_retention_days": (31, 3650)}
 
 
 SERIES_KEYS = tuple(f.name for f in dataclasses.fields(SeriesRetention))
@@ -123,15 +129,18 @@ def roll_hours(b: Any, tenant: str, minutes: Iterable[int]) -> None:
 _TABLE = {"second": "traffic_seconds", "minute": "traffic_minutes", "hour": "traffic_hours"}
 
 
-def tenant_series(b: Any, tenant: str, rng: Range, now: float) -> dict[str, Any]:
-    """A tenant's series over `rng` up to `now`, columnar (what uPlot draws): {"time": [...], key: [...]}."""
+def tenant_series(b: Any, tenant: str, rng: Range, now: float,
+                  with_sites: Callable[..., list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """A tenant's series over `rng` up to `now`, columnar (what uPlot draws): {"time": [...], key: [...]}.
+    On a fleet's central server `with_sites` (fleet_tenant.with_sites, passed in by the caller:
+    fleet_tenant reads fleet_store, which sizes its partitions by this module's SeriesRetention)
+    adds the sites' seconds to the second and minute resolutions (no per-site hour rollups here yet)."""
     since = int(now) - rng.span_s
     rows = b.execute(f"SELECT t, passed_pps, dropped_pps, passed_bps, dropped_bps FROM {_TABLE[rng.table]} "
                      f"WHERE tenant = ? AND t > ? AND t <= ? ORDER BY t", (tenant, since, int(now) + 1)).fetchall()
-    if rng.table in ("second", "minute"):
-        # A fleet's central server: the sites' seconds summed (fleet_tenant; no hour rollups of them yet).
+    if with_sites is not None and rng.table in ("second", "minute"):
         own = [{"time": r[0], **dict(zip(TRAFFIC_KEYS, r[1:], strict=True))} for r in rows]
-        merged = fleet_tenant.with_sites(b, own, tenant, since + 1, int(now) + 2, rng.table)
+        merged = with_sites(b, own, tenant, since + 1, int(now) + 2, rng.table)
         rows = [(r["time"], *(r[k] for k in TRAFFIC_KEYS)) for r in merged]
     out: dict[str, Any] = {"time": [int(r[0]) for r in rows]}
     for i, key in enumerate(TRAFFIC_KEYS, 1):

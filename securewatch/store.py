@@ -179,6 +179,9 @@ MIGRATIONS: list[tuple[int, str, list[str | Callable[[_Backend], None]]]] = [
     (8, "fleet sites, batches and per-site series", fleet_store.MIGRATION),
     # Customer reports (issue 16): the branding saved in the UI/API, and the monthly mail schedule.
     (9, "report branding and scheduled report deliveries", reports_config.MIGRATION),
+    # The fleet at scale (issue 17, item 5): on PostgreSQL the per-site series become
+    # time-partitioned (traffic a row per site-second); per-site minute and hour rollups.
+    (10, "fleet series partitioned by time, minute and hour rollups", fleet_store.MIGRATION_10),
     # The fleet (issue 17): versions of the policy templates and NOC receivers each site runs.
     (11, "fleet: versions of the templates and notify settings each site runs", fleet_config.MIGRATION),
 ]

@@ -1,7 +1,8 @@
 """`seawall bench fleet` (issue 17): what one central SecureWatch takes from a fleet. Figures only.
 
 The real `seawall securewatch` (central mode, its own process) serves a fresh database (a temporary
-SQLite file, or `--database postgresql://...`, which should be empty). Then, from this process:
+SQLite file; `--postgres`: a throwaway PostgreSQL cluster the bench starts with Debian's defaults,
+as root; or `--database postgresql://...`, which should be empty). Then, from this process:
 
 1. **Ingest.** `sites` simulated sites, each holding `seconds` seconds of backlog for `tenants`
    tenants (one traffic row per tenant per second), send as the agent does (`/api/v1/fleet/site/ingest`,
@@ -23,16 +24,19 @@ The load generator shares the machine with the server: its own CPU is reported t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pathlib
 import random
 import resource
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from appliance.bench.securewatch import cpu_model, securewatch_process
@@ -46,6 +50,27 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS     # utime + stime
 
 
+def _database_cpu_s() -> float:
+    """CPU seconds of the PostgreSQL server processes (user postgres) still running: the ingest
+    connections live through the ingest phase, so the difference over it is the database's work."""
+    import pwd  # noqa: PLC0415
+
+    try:
+        uid = pwd.getpwnam("postgres").pw_uid
+    except KeyError:
+        return 0.0
+    total = 0.0
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid == uid:
+                total += _cpu_s(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError):
+            continue   # ended meanwhile
+    return total
+
+
 def _memory_mib(pid: int) -> dict[str, float]:
     out = {}
     for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -53,6 +78,38 @@ def _memory_mib(pid: int) -> dict[str, float]:
         if key in ("VmRSS", "VmHWM"):
             out[{"VmRSS": "rss_mib", "VmHWM": "peak_rss_mib"}[key]] = round(int(value.split()[0]) / 1024, 1)
     return out
+
+
+PG_BIN = "/usr/lib/postgresql/15/bin"   # Debian's PostgreSQL 15 server programs
+
+
+@contextlib.contextmanager
+def throwaway_postgresql() -> Iterator[str]:
+    """A PostgreSQL cluster of its own in a new directory owned by user postgres (initdb and pg_ctl
+    as that user, Debian's defaults, a Unix socket only), its URL; stopped and removed on leaving.
+    Needs root."""
+    if os.geteuid() != 0:
+        raise RuntimeError("--postgres starts a PostgreSQL cluster as user postgres: run as root")
+    binaries = [os.path.join(PG_BIN, n) if os.path.exists(os.path.join(PG_BIN, n)) else shutil.which(n)
+                for n in ("initdb", "pg_ctl")]
+    if not all(binaries):
+        raise RuntimeError("--postgres needs PostgreSQL's initdb and pg_ctl (apt-get install postgresql)")
+    initdb, pg_ctl = binaries
+    home = pathlib.Path(tempfile.mkdtemp(prefix="seawall-bench-pg-"))   # 0700: its owner must be postgres
+    shutil.chown(home, "postgres", "postgres")
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    data = home / "data"
+    try:
+        for command in ([initdb, "-D", str(data), "-A", "trust", "-U", "seawall"],
+                        [pg_ctl, "-D", str(data), "-l", str(home / "log"), "-w", "-o",
+                         f"-k {home} -c listen_addresses=''", "start"]):
+            done = subprocess.run([*as_postgres, *command], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"{os.path.basename(command[0])} failed: {(done.stderr or done.stdout).strip()[:300]}")
+        yield f"postgresql://seawall@/postgres?host={home}"
+    finally:
+        subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _rows(tenants: int, t: int) -> list[list[Any]]:
@@ -66,24 +123,48 @@ def _columns(tenants: int, t: int) -> dict[str, list[Any]]:
     return dict(zip(TRAFFIC_FIELDS, (list(c) for c in zip(*_rows(tenants, t), strict=True)), strict=True))
 
 
+class _Bodies:
+    """The ingest requests' bodies, as JSON text made from the parts that do not change: a batch
+    differs from the next in its seq and time only. The load generator shares the two vCPUs with
+    the server; encoding 10,000-row batches with json.dumps in the timed window took it 0.7 of a
+    core (measured), which the server then did not get."""
+
+    def __init__(self, tenants: int, t: int) -> None:
+        from appliance.fleet_agent import TRAFFIC_FIELDS  # noqa: PLC0415
+
+        columns = _columns(tenants, t)
+        self.tenants = tenants
+        self.fixed = ",".join(f'"{field}":{json.dumps(columns[field], separators=(",", ":"))}'
+                              for field in TRAFFIC_FIELDS if field != "time")
+
+    def batch(self, seq: int, t: int) -> str:
+        times = ",".join([f"{t}.43"] * self.tenants)   # the tick's read, a fraction of a second in
+        return f'{{"seq":{seq},"time":{t}.0,"traffic_columns":{{"time":[{times}],{self.fixed}}}}}'
+
+    def body(self, site: str, batches: list[str]) -> bytes:
+        return f'{{"site":"{site}","queue":"bench","batches":[{",".join(batches)}]}}'.encode()
+
+
 async def _ingest(base: str, tokens: dict[str, str], tenants: int, seconds: int) -> dict[str, Any]:
     import aiohttp  # noqa: PLC0415
 
     from appliance import fleet_agent  # noqa: PLC0415
 
     t0 = int(time.time()) - seconds
-    per_request = max(1, fleet_agent.SEND_MAX_BYTES // max(1, len(json.dumps(_columns(tenants, t0)))))
+    bodies = _Bodies(tenants, t0)
+    per_request = max(1, fleet_agent.SEND_MAX_BYTES // max(1, len(bodies.batch(1, t0))))
     errors: list[str] = []
 
     async def site(name: str, token: str, http: aiohttp.ClientSession) -> None:
         seq = 0
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         while seq < seconds:
             batches = []
             for _ in range(min(per_request, seconds - seq)):
                 seq += 1
-                batches.append({"seq": seq, "time": float(t0 + seq), "traffic_columns": _columns(tenants, t0 + seq)})
-            async with http.post(f"{base}/api/v1/fleet/site/ingest", headers={"Authorization": f"Bearer {token}"},
-                                 json={"site": name, "queue": "bench", "batches": batches}) as r:
+                batches.append(bodies.batch(seq, t0 + seq))
+            async with http.post(f"{base}/api/v1/fleet/site/ingest", headers=headers,
+                                 data=bodies.body(name, batches)) as r:
                 if r.status != 200:
                     errors.append(f"{name}: HTTP {r.status} {(await r.text())[:200]}")
                     return
@@ -189,7 +270,7 @@ async def _backfill(base: str, token: str, tenants: int, outage_s: int, state: p
 
 
 def run(sites: int = 20, tenants: int = 10_000, seconds: int = 30, live_s: int = 10, outage_s: int = 3600,
-        backfill_tenants: int = 1_000, database: str | None = None,
+        backfill_tenants: int = 1_000, database: str | None = None, postgres: bool = False,
         progress: Callable[[str], None] = lambda _m: None) -> dict:
     if min(sites, tenants, seconds, live_s, outage_s, backfill_tenants) < 1:
         raise ValueError("sites, tenants, seconds, live-s, outage-s and backfill-tenants must be >= 1")
@@ -198,8 +279,13 @@ def run(sites: int = 20, tenants: int = 10_000, seconds: int = 30, live_s: int =
     from securewatch.store import Store  # noqa: PLC0415
     from tenants import TenantSet  # noqa: PLC0415
 
-    with tempfile.TemporaryDirectory(prefix="seawall-bench-fleet-") as tmp:
+    if postgres and database:
+        raise ValueError("--postgres starts its own database: leave out --database")
+    with tempfile.TemporaryDirectory(prefix="seawall-bench-fleet-") as tmp, contextlib.ExitStack() as stack:
         directory = pathlib.Path(tmp)
+        if postgres:
+            progress("starting a throwaway PostgreSQL cluster")
+            database = stack.enter_context(throwaway_postgresql())
         database = database or f"sqlite:///{directory}/central.db"
         names = [f"s{i:02d}" for i in range(sites)] + ["live", "backfill"]
         tokens = {name: auth.new_token() for name in names}
@@ -215,9 +301,12 @@ def run(sites: int = 20, tenants: int = 10_000, seconds: int = 30, live_s: int =
         with securewatch_process(directory, database, "central") as (server, base):
             progress(f"ingest: {sites} sites x {seconds} s x {tenants:,} tenants into {database.split(':')[0]}")
             cpu0, self0 = _cpu_s(server.pid), resource.getrusage(resource.RUSAGE_SELF)
+            db0 = _database_cpu_s() if database.startswith("postgres") else 0.0
             ingest = asyncio.run(_ingest(base, {n: tokens[n] for n in names[:sites]}, tenants, seconds))
             cpu1, self1 = _cpu_s(server.pid), resource.getrusage(resource.RUSAGE_SELF)
             ingest["central_cpu_cores"] = round((cpu1 - cpu0) / ingest["elapsed_s"], 2)
+            if database.startswith("postgres"):
+                ingest["database_cpu_cores"] = round((_database_cpu_s() - db0) / ingest["elapsed_s"], 2)
             ingest["generator_cpu_cores"] = round((self1.ru_utime + self1.ru_stime - self0.ru_utime
                                                    - self0.ru_stime) / ingest["elapsed_s"], 2)
             ingest.update(_memory_mib(server.pid))
@@ -240,7 +329,8 @@ def render(r: dict) -> str:
         f"{i['batches_per_request']} batches per request)",
         f"  real time needs {r['sites']} site-seconds/s: {'kept up' if i['site_seconds_per_s'] >= r['sites'] else 'fell behind'}",
         f"  central CPU {i['central_cpu_cores']} cores, RSS {i.get('rss_mib')} MiB (peak {i.get('peak_rss_mib')} MiB); "
-        f"load generator {i['generator_cpu_cores']} cores on the same machine",
+        + (f"PostgreSQL {i['database_cpu_cores']} cores; " if "database_cpu_cores" in i else "")
+        + f"load generator {i['generator_cpu_cores']} cores on the same machine",
         f"tick to central API: median {live['median_ms']} ms, max {live['max_ms']} ms over {live['samples']} s "
         f"(batches every {live['batch_every_s']} s)",
         f"backfill after {b['outage_s']:,} s of outage ({b['tenants']:,} tenants, {b['queued_mib']} MiB queued): "

@@ -81,6 +81,8 @@ def register(subparsers) -> None:
     fl.add_argument("--outage-s", type=int, default=3600, help="seconds of outage backfilled (default 3600)")
     fl.add_argument("--backfill-tenants", type=int, default=1_000, help="tenants of the backfilling site")
     fl.add_argument("--database", help="the central database (an empty postgresql://...; default: temporary SQLite)")
+    fl.add_argument("--postgres", action="store_true",
+                    help="start a throwaway PostgreSQL cluster for the central database (root)")
     fl.add_argument("--json", action="store_true")
     fl.set_defaults(func=bench_fleet)
 
@@ -234,7 +236,7 @@ def bench_fleet(args) -> int:
     try:
         result = fleet.run(sites=args.sites, tenants=args.tenants, seconds=args.seconds, live_s=args.live_s,
                            outage_s=args.outage_s, backfill_tenants=args.backfill_tenants, database=args.database,
-                           progress=_progress)
+                           postgres=args.postgres, progress=_progress)
     except (ValueError, RuntimeError) as exc:
         return _refused("seawall bench fleet", exc)
     return _show(fleet.render(result), result, args.json)

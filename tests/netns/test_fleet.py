@@ -199,6 +199,76 @@ async def test_fleet_ingest_on_postgresql_spreads_sites_over_connections_and_kee
         (site, 600) for site in sites]
 
 
+def test_item5_fleet_partitions_made_ahead_dropped_past_retention_dedup_across_them(database_url):
+    """Issue 17 item 5 on PostgreSQL: the per-second tables are range-partitioned by hour, made from
+    retention's start to PARTITIONS_AHEAD_S ahead; rows outside them are counted, not stored; a
+    batch retried after its seconds' partition moved on is still stored once; retention drops the
+    expired partitions whole (their rows go with them), and makes the new ones ahead."""
+    from securewatch import auth, fleet_store  # noqa: PLC0415
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+    from securewatch.store import Store  # noqa: PLC0415
+
+    hour = fleet_store.SECOND_PARTITION_S
+    with Store.open_sync(database_url) as store:
+        now = int(time.time())
+        store.run(fleet_store.enroll, "ams1", auth.token_hash(auth.new_token()), "test", now)
+        starts = store.run(fleet_store.partitions, "fleet_site_seconds")
+        assert starts == list(range((now - 3600) // hour * hour, (now + fleet_store.PARTITIONS_AHEAD_S) // hour * hour
+                                    + 1, hour))
+        assert store.run(fleet_store.partitions, "fleet_destination_seconds") == starts
+        assert len(store.run(fleet_store.partitions, "fleet_traffic_minutes")) >= 30    # a day each, 30 days back
+
+        def send(seq_times, now_=now):
+            batches = [{"seq": seq, "time": float(t), "traffic_columns": _suite.columns_of(
+                [["alpha", t + 0.5, 10.0, 1.0, 80.0, 8.0], ["beta", t + 0.5, 20.0, 2.0, 160.0, 16.0]]),
+                "destinations": [{"tenant": "alpha", "address": "198.51.100.10", "time": t, "pps": [1, 2, 3, 4, 5, 6],
+                                  "dropped_pps": 1.0}]} for seq, t in seq_times]
+            return store.run(fleet_store.ingest, "ams1", "q", batches, now_, lambda b, e: None, None)
+
+        # Two seconds either side of an hour boundary (two partitions), one far past retention,
+        # one further ahead than the partitions reach.
+        boundary = now // hour * hour
+        result = send([(1, boundary - 1), (2, boundary), (3, now - 10 * 86400), (4, now + 86400)])
+        assert (result.traffic_rows, result.destination_rows, result.outside) == (4, 2, 4 + 2)
+        assert send([(1, boundary - 1), (2, boundary)]).duplicates == 2
+        assert _query(database_url, "SELECT t, COUNT(*) FROM fleet_traffic_seconds GROUP BY t ORDER BY t") == [
+            (boundary - 1, 2), (boundary, 2)]
+        assert _query(database_url, "SELECT tableoid::regclass::text FROM fleet_site_seconds ORDER BY t") == [
+            (f"fleet_site_seconds_p{boundary - hour}",), (f"fleet_site_seconds_p{boundary}",)]
+        # An hour on (retention 1 h) the partition of boundary - 1 is past retention: dropped.
+        later = boundary + hour + 60
+        removed = store.run(fleet_store.apply_retention, later, SeriesRetention())
+        assert removed["fleet_site_seconds_partitions"] >= 1
+        assert _query(database_url, "SELECT DISTINCT t FROM fleet_traffic_seconds") == [(boundary,)]
+        assert store.run(fleet_store.partitions, "fleet_site_seconds")[0] == (later - 3600) // hour * hour
+        assert store.run(fleet_store.partitions, "fleet_site_seconds")[-1] == (
+            (later + fleet_store.PARTITIONS_AHEAD_S) // hour * hour)
+        assert send([(1, boundary - 1)], later).duplicates == 1   # the dedup rows outlive the partition
+
+
+def test_item5_fleet_migration_moves_per_tenant_rows_into_site_seconds(tmp_path, database_url):
+    """A central database at schema 9 (a row per tenant-second) upgrades to the partitioned layout
+    with every row within retention readable as before, and its minutes pending a rollup."""
+    from securewatch import fleet_store  # noqa: PLC0415
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+    from securewatch.store import Store, create_schema  # noqa: PLC0415
+
+    create_schema(database_url, 9)
+    t = int(time.time()) - 120
+    rows = [("ams1", tenant, t + s, 1.0 + s, 0.5, 8.0, 4.0) for s in range(3) for tenant in ("beta", "alpha")]
+    rows.append(("ams1", "alpha", t - 30 * 86400, 1.0, 0.0, 8.0, 0.0))   # past retention: not moved
+    import psycopg  # noqa: PLC0415
+
+    with psycopg.connect(database_url) as conn:
+        conn.cursor().executemany("INSERT INTO fleet_traffic_seconds VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
+    with Store.open_sync(database_url) as store:
+        moved = store.run(lambda b: fleet_store.traffic(b, t - 86400 * 60))
+        assert [(r["tenant"], r["time"], r["passed_pps"]) for r in moved] == [
+            (tenant, t + s, 1.0 + s) for s in range(3) for tenant in ("alpha", "beta")]
+        assert store.run(fleet_store.current_traffic, t)["ams1"]["passed_pps"] == 6.0
+        assert store.run(fleet_store.rollup, time.time() + 300, SeriesRetention())["minute"] >= 1
+
+
 def test_fleet_two_sites_one_central_postgresql(request, tmp_path, postgres_server):  # noqa: F811
     database = _database(postgres_server)
     central = Central(tmp_path, database)

@@ -593,3 +593,123 @@ async def test_fleet_attack_seen_at_two_sites_is_two_incidents_linked(tmp_path, 
             page = await r.text()
         linked = page.split('id="linked-incidents"', 1)[1].split("</dd>", 1)[0]
         assert 'href="/incidents/fra1:i-9"' in linked and "fra1:i-other" not in linked
+# -- item 5 (scale): rollups, retention, partitions ----------------------------------------------
+
+def _ingest_seconds(store: Store, site: str, queue: str, seqs_and_times: list[tuple[int, int]], tenants=("alpha",),
+                    passed=lambda t, i: float(t % 97 + i)) -> object:
+    """Batches of one second each straight into the store (what site_ingest does after its checks)."""
+    batches = [{"seq": seq, "time": float(t), "traffic_columns": columns_of(
+        [[name, t + 0.25, passed(t, i), 1.0, 8 * passed(t, i), 8.0] for i, name in enumerate(tenants)])}
+        for seq, t in seqs_and_times]
+    return store.run(fleet_store.ingest, site, queue, batches, time.time(), lambda b, e: None, None)
+
+
+async def _sums(store: Store, site: str, start: int, end: int) -> dict[str, tuple]:
+    rows = await store.run(lambda b: b.execute(
+        "SELECT tenant, SUM(passed_pps), SUM(dropped_pps), SUM(passed_bps), MAX(passed_pps), COUNT(*) "
+        "FROM fleet_traffic_seconds WHERE site = ? AND t >= ? AND t < ? GROUP BY tenant", (site, start, end)).fetchall())
+    return {r[0]: tuple(round(float(v), 6) for v in r[1:]) for r in rows}
+
+
+def _rollup_sums(rows: list[dict]) -> dict[str, tuple]:
+    out: dict[str, tuple] = {}
+    for r in rows:
+        n = r["samples"]
+        old = out.get(r["tenant"], (0.0, 0.0, 0.0, 0.0, 0))
+        out[r["tenant"]] = (old[0] + r["passed_pps"] * n, old[1] + r["dropped_pps"] * n, old[2] + r["passed_bps"] * n,
+                            max(old[3], r["max_passed_pps"]), old[4] + n)
+    return {tenant: tuple(round(float(v), 6) for v in sums) for tenant, sums in out.items()}
+
+
+async def test_item5_fleet_minute_and_hour_rollups_equal_the_sums_of_the_seconds(tmp_path, database_url):
+    """Issue 17 item 5: the per-site minute and hour rollups hold the sums (and maxima, and the
+    number of seconds) of the seconds behind them; a second backfilled after its minute was rolled
+    up makes the minute and its hour be rolled up again, and they still equal the seconds."""
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
+        await enroll(store, "ams1")
+        now = int(time.time())
+        hour = now // 3600 * 3600 - 3600      # the last full hour: its minutes span two partitions' worth
+        seconds = [t for t in range(hour + 3540, hour + 3660) if t % 7]   # across the hour's end, with gaps
+        await _ingest_seconds(store, "ams1", "q", list(enumerate(seconds, 1)), tenants=("alpha", "beta"))
+        rolled = await store.run(fleet_store.rollup, now + 7200, SeriesRetention(fleet_second_retention_s=3 * 3600))
+        assert rolled == {"minute": 2, "hour": 2}   # the two minutes, then the two hours they fall in
+        rolled = await store.run(fleet_store.rollup, now + 7200, SeriesRetention(fleet_second_retention_s=3 * 3600))
+        assert rolled == {"minute": 0, "hour": 0}   # nothing new
+        for start in (hour + 3540, hour + 3600):
+            minute = await store.run(lambda b, s=start: fleet_store.series(b, "minute", s, s + 60, site="ams1"))
+            assert _rollup_sums(minute) == await _sums(store, "ams1", start, start + 60)
+        hours = await store.run(lambda b: fleet_store.series(b, "hour", hour, hour + 7200, site="ams1"))
+        assert [r["time"] for r in hours] == [hour, hour, hour + 3600, hour + 3600]
+        assert _rollup_sums([r for r in hours if r["time"] == hour]) == await _sums(store, "ams1", hour, hour + 3600)
+        # A backfilled second (t % 7 == 0 was missing) of the first minute arrives late.
+        late = next(t for t in range(hour + 3540, hour + 3600) if t % 7 == 0)
+        await _ingest_seconds(store, "ams1", "q", [(10_000, late)], tenants=("alpha", "beta"),
+                              passed=lambda t, i: 5000.0)
+        for _ in range(2):
+            await store.run(fleet_store.rollup, now + 7200, SeriesRetention(fleet_second_retention_s=3 * 3600))
+        minute = await store.run(lambda b: fleet_store.series(b, "minute", hour + 3540, hour + 3600, site="ams1"))
+        expected = await _sums(store, "ams1", hour + 3540, hour + 3600)
+        assert _rollup_sums(minute) == expected and expected["alpha"][3] == 5000.0
+        hours = await store.run(lambda b: fleet_store.series(b, "hour", hour, hour + 3600, site="ams1"))
+        assert _rollup_sums(hours) == await _sums(store, "ams1", hour, hour + 3600)
+
+
+async def test_item5_fleet_traffic_api_reads_the_rollups_for_long_spans(tmp_path, database_url):
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        await enroll(store, "ams1")
+        start = int(time.time()) // 60 * 60 - 600
+        await _ingest_seconds(store, "ams1", "q", [(i + 1, start + i) for i in range(120)])
+        await store.run(fleet_store.rollup, time.time(), SeriesRetention())
+        admin = await add_token(store, "noc")
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {admin}"}) as http:
+            async with http.get(f"{url}/api/v1/fleet/traffic", params={
+                    "site": "ams1", "tenant": "alpha", "seconds": "86400", "resolution": "minute"}) as r:
+                rows = (await r.json())["rows"]
+            assert [(row["time"], row["samples"]) for row in rows] == [(start, 60), (start + 60, 60)]
+            async with http.get(f"{url}/api/v1/fleet/traffic", params={"resolution": "week"}) as r:
+                assert r.status == 400 and "resolution:" in (await r.json())["error"]
+            async with http.get(f"{url}/api/v1/fleet/traffic", params={"seconds": "86400"}) as r:
+                assert r.status == 400   # seconds are for short spans only
+
+
+async def test_item5_fleet_retention_removes_expired_seconds_and_rollups(tmp_path, database_url):
+    """Expired per-second rows and rollups go (PostgreSQL: their partitions are dropped whole;
+    SQLite: rows are deleted); what is within retention stays, and a retried batch is still
+    recognised after the rows it brought are gone (the dedup rows are kept longer)."""
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
+        await enroll(store, "ams1")
+        now = int(time.time())
+        await _ingest_seconds(store, "ams1", "q", [(1, now - 1800), (2, now - 10)])
+        retention = SeriesRetention(fleet_second_retention_s=3600)
+        await store.run(fleet_store.rollup, now + 600, retention)
+        assert len(await store.run(lambda b: fleet_store.series(b, "minute", now - 7200, site="ams1"))) == 2
+        await store.run(fleet_store.apply_retention, now + 2 * 3600 + 1, retention)
+        assert await count(store, "SELECT COUNT(*) FROM fleet_traffic_seconds") == 0
+        assert len(await store.run(lambda b: fleet_store.series(b, "minute", now - 7200, site="ams1"))) == 2
+        again = await _ingest_seconds(store, "ams1", "q", [(1, now - 1800)])
+        assert again.duplicates == 1
+        await store.run(fleet_store.apply_retention, now + 31 * 86400 + 1, retention)
+        assert await store.run(lambda b: fleet_store.series(b, "minute", 0, site="ams1")) == []
+        assert len(await store.run(lambda b: fleet_store.series(b, "hour", 0, site="ams1"))) == 1
+
+
+def test_item5_fleet_retention_keys_have_documented_defaults_and_named_errors(tmp_path):
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+    from securewatch.settings import parse_settings  # noqa: PLC0415
+
+    problems: list[str] = []
+    s = parse_settings({}, tmp_path, problems)
+    assert not problems and (s.retention.fleet_second_retention_s, s.retention.fleet_minute_retention_days,
+                             s.retention.fleet_hour_retention_days) == (3600, 30, 400) == (
+        SeriesRetention().fleet_second_retention_s, 30, 400)
+    s = parse_settings({"fleet_second_retention_s": 7200, "fleet_hour_retention_days": 31}, tmp_path, problems)
+    assert not problems and s.retention.fleet_second_retention_s == 7200
+    parse_settings({"fleet_second_retention_s": 60, "fleet_minute_retention_days": "7"}, tmp_path, problems)
+    assert problems == ["[securewatch] fleet_second_retention_s: must be between 600 and 604800, got 60",
+                        "[securewatch] fleet_minute_retention_days: expected a whole number, got a string '7'"]
