@@ -924,6 +924,7 @@ static __always_inline int sw_pass_plain(struct xdp_md *ctx, struct sw_config *c
         if (!gate || *gate)
             return -1;
     }
+    SW_STAGE(4); /* policy: the short path's checks */
     __u64 cls = p->traffic_class;
     asm volatile("" : "+r"(cls)); /* as the full path: a 64-bit copy keeps the bound for the verifier */
     /* A protected slot holds a tenant's index, below SW_MAX_TENANTS: the slot's field is the key. */
@@ -935,6 +936,7 @@ static __always_inline int sw_pass_plain(struct xdp_md *ctx, struct sw_config *c
     ds->class_bytes[cls] += wire_len;
     st->counters.packets[cls]++;
     st->counters.bytes[cls] += wire_len;
+    SW_STAGE(5); /* counters */
     int flows = cls <= SW_TRAFFIC_CLASS_TCP_OTHER && sw_flows_wanted(p, wire_len, dir);
     if (cfg->sample_every)
         sw_sample(ctx, cfg, st->tenant_idx, dir, 0, SW_DROP_REASON_NONE, wire_len);
