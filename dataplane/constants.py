@@ -191,6 +191,8 @@ class PolicyFlag(enum.IntFlag):
     REFLECTION_AUTO = 1 << 5
     HAS_BUDGET = 1 << 6                  # some per-destination class budget is set
     SYN_RESET = 1 << 7                   # syn_auth = "reset": a valid cookie ACK is reset (else spliced)
+    SLOT_PLAIN = 1 << 12                 # cache only: protected, enforcing, and nothing but the invalid-packet
+                                         # filters to check (no list, heuristic, rule or budget): the short path
     SLOT_PROTECTED = 1 << 13             # cache only: the tenant's policy is in use in the active slot
     SLOT_MONITOR = 1 << 14               # cache only: ... in monitor mode (count what would drop, pass it)
     SLOT_LISTS_OR_HEURISTICS = 1 << 15   # cache only: lists, reflection always on, or an attack mark
