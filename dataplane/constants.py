@@ -85,6 +85,7 @@ class FlowStat(enum.IntEnum):
     LIMIT_CONCURRENT_DROPS = 5    # SYNs of a source already holding max_concurrent connections
     BLOCK_DROPS = 6               # packets of blocked sources
     BLOCK_RESETS = 7              # segments of blocked sources sent on to the server as a reset of its connection
+    ACCOUNTING_CALLS = 8          # segments that paid the accounting program's tail call (SW_PROG_FLOWS)
 
 
 class FlowState(enum.IntEnum):

@@ -114,7 +114,8 @@ class Flows:
         """What the caps cost since load: rows the LRU maps pushed out (connections tracked, destination
         rows, (destination, source) rows), block list entries dropped as the oldest at its cap, the
         packets the limits and the list dropped (monitor mode: would have dropped), and the blocked
-        sources' segments sent on to their servers as resets of the connections (`block_resets`)."""
+        sources' segments sent on to their servers as resets of the connections (`block_resets`); and the
+        segments that paid the accounting program's tail call (`accounting_calls`, what it costs)."""
         stats = self._stats()
         connections = self._evicted(stats[FlowStat.CONNECTIONS_OPENED], stats[FlowStat.CONNECTIONS_CLOSED],
                                     "sw_flow_conns")
@@ -125,7 +126,8 @@ class Flows:
                 "source_rows_evicted": sources, "flow_rows_evicted": destinations + sources,
                 "blocked_sources_evicted": self._blocked_evicted, "limit_rate_drops": rate,
                 "limit_concurrent_drops": concurrent, "limit_drops": rate + concurrent,
-                "block_drops": stats[FlowStat.BLOCK_DROPS], "block_resets": stats[FlowStat.BLOCK_RESETS]}
+                "block_drops": stats[FlowStat.BLOCK_DROPS], "block_resets": stats[FlowStat.BLOCK_RESETS],
+                "accounting_calls": stats[FlowStat.ACCOUNTING_CALLS]}
 
     # -- per-source limits ------------------------------------------------------------
 

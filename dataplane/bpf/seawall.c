@@ -1137,6 +1137,7 @@ static __always_inline int sw_flows_program(struct xdp_md *ctx, const __u32 dir)
     struct sw_scratch *scratch = sw_scratch_of();
     if (!scratch)
         return XDP_DROP;
+    sw_flow_count(SW_FLOW_STAT_ACCOUNTING_CALLS);
     sw_flows_track(ctx, &scratch->packet, scratch->verdict.flows_tenant, dir);
     if (scratch->verdict.splice) {
         sw_progs.call(ctx, SW_PROG_SPLICE(dir));
