@@ -28,7 +28,7 @@ from dataplane.sizing import FlowSizes
 log = structlog.get_logger("seawall.dataplane")
 
 # The maps of bpf/flows.h that this side reads or writes.
-MAP_NAMES = ("sw_flow_conns", "sw_flow_dests", "sw_flow_pairs", "sw_source_limits", "sw_limit_buckets", "sw_blocked",
+MAP_NAMES = ("sw_flow_conns", "sw_flow_handshakes", "sw_flow_dests", "sw_flow_pairs", "sw_source_limits", "sw_limit_buckets", "sw_blocked",
              "sw_flow_stats", "sw_config")
 U32_MAX = 0xFFFFFFFF
 RESTORED_REASON = "restored after a restart (reason not kept)"
@@ -69,7 +69,8 @@ class Flows:
         self._next_expiry = 0   # monotonic ns of the earliest block's end (0: find out; NEVER: no block)
         # Rows that pinned maps kept from an earlier run: evictions count from this load on, and the
         # program's counter of rows made (not pinned) starts at 0.
-        self._rows_at_load = {name: self._present(name) for name in ("sw_flow_conns", "sw_flow_dests", "sw_flow_pairs")}
+        self._rows_at_load = {name: self._present(name) for name in ("sw_flow_conns", "sw_flow_handshakes",
+                                                                        "sw_flow_dests", "sw_flow_pairs")}
         self._recover()
 
     # -- counters ------------------------------------------------------------------
@@ -119,10 +120,13 @@ class Flows:
         stats = self._stats()
         connections = self._evicted(stats[FlowStat.CONNECTIONS_OPENED], stats[FlowStat.CONNECTIONS_CLOSED],
                                     "sw_flow_conns")
+        handshakes = self._evicted(stats[FlowStat.HANDSHAKES_STARTED], stats[FlowStat.HANDSHAKES_ENDED],
+                                   "sw_flow_handshakes")
         destinations = self._evicted(stats[FlowStat.DESTINATION_ROWS], 0, "sw_flow_dests")
         sources = self._evicted(stats[FlowStat.SOURCE_ROWS], 0, "sw_flow_pairs")
         rate, concurrent = stats[FlowStat.LIMIT_RATE_DROPS], stats[FlowStat.LIMIT_CONCURRENT_DROPS]
-        return {"connections_evicted": connections, "destination_rows_evicted": destinations,
+        return {"connections_evicted": connections, "handshakes_evicted": handshakes,
+                "destination_rows_evicted": destinations,
                 "source_rows_evicted": sources, "flow_rows_evicted": destinations + sources,
                 "blocked_sources_evicted": self._blocked_evicted, "limit_rate_drops": rate,
                 "limit_concurrent_drops": concurrent, "limit_drops": rate + concurrent,

@@ -48,6 +48,12 @@ struct sw_flow_conn {
     __u32 pad;
 };
 
+/* A handshake in progress (sw_flow_handshakes, key as sw_flow_conns): SW_FLOW_STATE_SYN or SYN_ACK. */
+struct sw_flow_handshake {
+    __u32 state;
+    __u32 tenant_idx;
+};
+
 /* Per (destination, source) row key (sw_flow_pairs). */
 struct sw_flow_pair_key {
     __u8 dst[16] SW_ALIGNED(8);
@@ -90,6 +96,8 @@ struct sw_block_key {
 };
 
 SW_MAP("lru_hash", struct sw_flow_key, struct sw_flow_conn, sw_flow_conns, SW_FLOW_TABLE_ENTRIES, 0);
+/* Handshakes apart from the connections: unanswered SYNs (a flood's) push out only each other. */
+SW_MAP("lru_hash", struct sw_flow_key, struct sw_flow_handshake, sw_flow_handshakes, SW_FLOW_HANDSHAKE_ENTRIES, 0);
 SW_MAP("lru_hash", struct sw_addr_key, struct sw_flow_counts, sw_flow_dests, SW_FLOW_DESTINATION_ENTRIES, 0);
 SW_MAP("lru_hash", struct sw_flow_pair_key, struct sw_flow_counts, sw_flow_pairs, SW_FLOW_SOURCE_ENTRIES, 0);
 SW_MAP("hash", struct sw_limit_key, struct sw_source_limit, sw_source_limits, SW_SOURCE_LIMITS_MAX, 0);
@@ -105,6 +113,9 @@ BPF_PERCPU_ARRAY(sw_flow_stats, __u64, SW_FLOW_STAT__COUNT);
 static __always_inline struct sw_flow_conn *sw_flow_conn_of(struct sw_flow_key *k);
 static __always_inline int sw_flow_conn_new(struct sw_flow_key *k, struct sw_flow_conn *c);
 static __always_inline int sw_flow_conn_forget(struct sw_flow_key *k);
+static __always_inline struct sw_flow_handshake *sw_flow_handshake_of(struct sw_flow_key *k);
+static __always_inline int sw_flow_handshake_new(struct sw_flow_key *k, struct sw_flow_handshake *h);
+static __always_inline int sw_flow_handshake_forget(struct sw_flow_key *k);
 static __always_inline struct sw_flow_counts *sw_flow_dest_of(struct sw_addr_key *k);
 static __always_inline int sw_flow_dest_new(struct sw_addr_key *k, struct sw_flow_counts *c);
 static __always_inline struct sw_flow_counts *sw_flow_pair_of(struct sw_flow_pair_key *k);
@@ -323,26 +334,23 @@ static __always_inline void sw_flows_track(struct xdp_md *ctx, struct sw_packet 
     if (inbound && syn_ack == SW_TCP_SYN) {
         /* A client's SYN: a connection begins (a retransmission or a reused tuple starts over). */
         struct sw_flow_conn *conn = sw_flow_conn_of(&k);
-        if (conn) {
-            if (conn->state != SW_FLOW_STATE_ESTABLISHED && conn->state != SW_FLOW_STATE_RESET)
-                return;
-            sw_flow_close(&k, conn, server, client); /* the old connection is gone */
-        }
-        struct sw_flow_conn fresh = {.state = SW_FLOW_STATE_SYN, .tenant_idx = tenant};
-        if (sw_flow_conn_new(&k, &fresh) == 0)
-            sw_flow_count(SW_FLOW_STAT_CONNECTIONS_OPENED);
+        if (conn)
+            sw_flow_close(&k, conn, server, client); /* a reused tuple: the old connection is gone */
+        struct sw_flow_handshake fresh = {.state = SW_FLOW_STATE_SYN, .tenant_idx = tenant};
+        if (sw_flow_handshake_new(&k, &fresh) == 0) /* a retransmitted SYN changes nothing */
+            sw_flow_count(SW_FLOW_STAT_HANDSHAKES_STARTED);
         return;
     }
     if (!inbound && syn_ack == (SW_TCP_SYN | SW_TCP_ACK)) {
         /* The server answers. Under a splice (synauth.h) the server's SYN came from the bridge,
          * never through here: its SYN-ACK begins the entry. */
-        struct sw_flow_conn *conn = sw_flow_conn_of(&k);
-        if (!conn) {
-            struct sw_flow_conn fresh = {.state = SW_FLOW_STATE_SYN_ACK, .tenant_idx = tenant};
-            if (sw_flow_conn_new(&k, &fresh) == 0)
-                sw_flow_count(SW_FLOW_STAT_CONNECTIONS_OPENED);
-        } else if (conn->state == SW_FLOW_STATE_SYN) {
-            conn->state = SW_FLOW_STATE_SYN_ACK;
+        struct sw_flow_handshake *h = sw_flow_handshake_of(&k);
+        if (!h) {
+            struct sw_flow_handshake fresh = {.state = SW_FLOW_STATE_SYN_ACK, .tenant_idx = tenant};
+            if (!sw_flow_conn_of(&k) && sw_flow_handshake_new(&k, &fresh) == 0)
+                sw_flow_count(SW_FLOW_STAT_HANDSHAKES_STARTED);
+        } else if (h->state == SW_FLOW_STATE_SYN) {
+            h->state = SW_FLOW_STATE_SYN_ACK;
         }
         __u32 tag = sw_flow_tag(client, client_port);
         __u32 *pending = sw_flow_pending_slot(tag >> (32 - SW_FLOW_PENDING_BITS));
@@ -359,22 +367,34 @@ static __always_inline void sw_flows_track(struct xdp_md *ctx, struct sw_packet 
         (!inbound || (!sw_flow_padding(p, wire_len, data, data_end) && !sw_flow_ends_handshake(p))))
         return;
     struct sw_flow_conn *conn = sw_flow_conn_of(&k);
-    if (!conn)
-        return; /* opened before the program was loaded, or evicted: not counted */
     __s64 opened = 0;
-    if (conn->state != SW_FLOW_STATE_ESTABLISHED) {
-        if (conn->state == SW_FLOW_STATE_SYN_ACK && inbound && (flags & SW_TCP_ACK) &&
+    if (!conn) {
+        struct sw_flow_handshake *h = sw_flow_handshake_of(&k);
+        if (!h)
+            return; /* opened before the program was loaded, or evicted: not counted */
+        if (h->state == SW_FLOW_STATE_SYN_ACK && inbound && (flags & SW_TCP_ACK) &&
             !(flags & (SW_TCP_SYN | SW_TCP_RST))) {
-            /* The client's ACK: the server's handshake is done (counted by one CPU). */
-            if (__sync_val_compare_and_swap(&conn->state, SW_FLOW_STATE_SYN_ACK, SW_FLOW_STATE_ESTABLISHED) !=
-                SW_FLOW_STATE_SYN_ACK)
+            /* The client's ACK: the server's handshake is done; the CPU whose delete succeeds moves it
+             * to the connections. */
+            struct sw_flow_conn fresh = {.state = SW_FLOW_STATE_ESTABLISHED, .tenant_idx = h->tenant_idx};
+            if (sw_flow_handshake_forget(&k) != 0)
+                return;
+            sw_flow_count(SW_FLOW_STAT_HANDSHAKES_ENDED);
+            if (sw_flow_conn_new(&k, &fresh) == 0)
+                sw_flow_count(SW_FLOW_STAT_CONNECTIONS_OPENED);
+            conn = sw_flow_conn_of(&k);
+            if (!conn)
                 return;
             opened = 1;
         } else {
-            if (flags & SW_TCP_RST)
-                sw_flow_close(&k, conn, server, client); /* refused or aborted before it opened */
+            if ((flags & SW_TCP_RST) && sw_flow_handshake_forget(&k) == 0)
+                sw_flow_count(SW_FLOW_STAT_HANDSHAKES_ENDED); /* refused or aborted before it opened */
             return;
         }
+    } else if (conn->state != SW_FLOW_STATE_ESTABLISHED) {
+        if (flags & SW_TCP_RST)
+            sw_flow_close(&k, conn, server, client); /* reset by the bridge (a blocked source): the server's RST ends it */
+        return;
     }
     __u32 kind = 0;
     __u64 pending;

@@ -713,6 +713,9 @@ static __always_inline int sw_spliced(struct sw_packet *p, struct sw_verdict *v,
 static __always_inline struct sw_flow_conn *sw_flow_conn_of(struct sw_flow_key *k) { return sw_flow_conns.lookup(k); }
 static __always_inline int sw_flow_conn_new(struct sw_flow_key *k, struct sw_flow_conn *c) { return sw_flow_conns.insert(k, c); }
 static __always_inline int sw_flow_conn_forget(struct sw_flow_key *k) { return sw_flow_conns.delete(k); }
+static __always_inline struct sw_flow_handshake *sw_flow_handshake_of(struct sw_flow_key *k) { return sw_flow_handshakes.lookup(k); }
+static __always_inline int sw_flow_handshake_new(struct sw_flow_key *k, struct sw_flow_handshake *h) { return sw_flow_handshakes.insert(k, h); }
+static __always_inline int sw_flow_handshake_forget(struct sw_flow_key *k) { return sw_flow_handshakes.delete(k); }
 static __always_inline struct sw_flow_counts *sw_flow_dest_of(struct sw_addr_key *k) { return sw_flow_dests.lookup(k); }
 static __always_inline int sw_flow_dest_new(struct sw_addr_key *k, struct sw_flow_counts *c) { return sw_flow_dests.insert(k, c); }
 static __always_inline struct sw_flow_counts *sw_flow_pair_of(struct sw_flow_pair_key *k) { return sw_flow_pairs.lookup(k); }
