@@ -10,6 +10,7 @@
     address_cache_mib = 64           # kernel memory of the address cache, all CPUs together, MiB
     max_addresses = 262144           # customer addresses counted (the spill map's entries)
     flow_table_entries = 131072      # TCP connections of protected destinations tracked at once (issue 15)
+    flow_handshake_entries = 65536   # their handshakes in progress (kept apart: a SYN flood cannot push out connections)
     flow_destination_entries = 65536 # destinations with connection counters
     flow_source_entries = 131072     # (destination, source) rows, and per-source limit buckets
     blocked_sources_max = 65536      # dynamic block list entries, all tenants (the oldest go first)

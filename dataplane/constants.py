@@ -77,13 +77,17 @@ class FlowStat(enum.IntEnum):
     """Counters of connection accounting and its limits (sw_flow_stats, per CPU, appliance-wide;
     bpf/flows.h). Rows made minus rows present (minus connections closed) are the LRU's evictions."""
 
-    CONNECTIONS_OPENED = 0        # entries made in sw_flow_conns (a client's SYN, or a splice's SYN-ACK)
+    CONNECTIONS_OPENED = 0        # entries made in sw_flow_conns (a handshake completed)
     CONNECTIONS_CLOSED = 1        # entries removed by a FIN or RST
     DESTINATION_ROWS = 2          # rows made in sw_flow_dests
     SOURCE_ROWS = 3               # rows made in sw_flow_pairs
     LIMIT_RATE_DROPS = 4          # SYNs over their source's new-connection rate (monitor mode: would drop)
     LIMIT_CONCURRENT_DROPS = 5    # SYNs of a source already holding max_concurrent connections
     BLOCK_DROPS = 6               # packets of blocked sources
+    BLOCK_RESETS = 7              # segments of blocked sources sent on to the server as a reset of its connection
+    ACCOUNTING_CALLS = 8          # segments that paid the accounting program's tail call (SW_PROG_FLOWS)
+    HANDSHAKES_STARTED = 9        # entries made in sw_flow_handshakes (a client's SYN, or a splice's SYN-ACK)
+    HANDSHAKES_ENDED = 10         # ... removed: completed (the connection moves to sw_flow_conns) or refused
 
 
 class FlowState(enum.IntEnum):
@@ -92,6 +96,7 @@ class FlowState(enum.IntEnum):
     SYN = 1           # the client's SYN reached the server
     SYN_ACK = 2       # the server answered
     ESTABLISHED = 3   # the client's ACK completed the server's handshake
+    RESET = 4         # no longer open: the bridge reset it (a blocked source), or it is closing
 
 
 class FlowGate(enum.IntFlag):
@@ -276,6 +281,8 @@ SPLICE_SYN_RETRY_MS = 200       # a client's probe this long after the SYN to a 
 # Connection accounting, per-source limits and the block list (bpf/flows.h, docs/design/connection-accounting.md).
 # The sizes are defaults of [appliance] keys (dataplane.sizing.FlowSizes), entries; LRU maps unless said.
 FLOW_TABLE_ENTRIES = 131072     # connections tracked at once (flow_table_entries): ~14 MiB of kernel memory
+FLOW_HANDSHAKE_ENTRIES = 65536  # handshakes awaiting the server's SYN-ACK or the client's ACK (flow_handshake_entries),
+                                # apart from the connections so that a SYN flood cannot push those out: ~5 MiB
 FLOW_DESTINATION_ENTRIES = 65536  # destinations with counters (flow_destination_entries)
 FLOW_SOURCE_ENTRIES = 131072    # (destination, source) rows, and as many per-source limit buckets (flow_source_entries)
 BLOCKED_SOURCES_MAX = 65536     # (tenant, source) entries of the dynamic block list (blocked_sources_max; a hash
@@ -323,7 +330,7 @@ def cflags() -> list[str]:
                  "SYN_SOURCE_PPS", "SYN_SOURCE_BURST",
                  "SYNACK_RATE_PPS", "SYNACK_GLOBAL_PPS", "SYNACK_BURST_MS", "SYNACK_TTL", "SYNACK_WINDOW",
                  "MAX_SPLICES", "SPLICE_IDLE_MS", "SPLICE_TOUCH_MS", "SPLICE_SYN_RETRY_MS",
-                 "FLOW_TABLE_ENTRIES", "FLOW_DESTINATION_ENTRIES", "FLOW_SOURCE_ENTRIES", "BLOCKED_SOURCES_MAX",
+                 "FLOW_TABLE_ENTRIES", "FLOW_HANDSHAKE_ENTRIES", "FLOW_DESTINATION_ENTRIES", "FLOW_SOURCE_ENTRIES", "BLOCKED_SOURCES_MAX",
                  "SOURCE_LIMITS_MAX", "FLOW_FLUSH_BYTES", "FLOW_PENDING_BITS"):
         flags.append(f"-DSW_{name}={globals()[name]}U")
     # Per-destination budgets live in per-CPU memory: each CPU admits its share of the rate.

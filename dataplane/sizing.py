@@ -30,6 +30,7 @@ DEFAULT_MAX_ADDRESSES = MAX_ADDRESSES
 # within a few GiB (a tracked connection costs ~110 bytes, a row ~120).
 FLOW_SIZE_KEYS: dict[str, tuple[str, tuple[int, int]]] = {
     "flow_table_entries": ("FLOW_TABLE_ENTRIES", (1024, 16 * 1024 * 1024)),
+    "flow_handshake_entries": ("FLOW_HANDSHAKE_ENTRIES", (1024, 16 * 1024 * 1024)),
     "flow_destination_entries": ("FLOW_DESTINATION_ENTRIES", (256, 4 * 1024 * 1024)),
     "flow_source_entries": ("FLOW_SOURCE_ENTRIES", (1024, 16 * 1024 * 1024)),
     "blocked_sources_max": ("BLOCKED_SOURCES_MAX", (16, 4 * 1024 * 1024)),
@@ -42,6 +43,7 @@ class FlowSizes:
     """Sizes of the connection-accounting maps, entries (`[appliance]` keys of the same names)."""
 
     flow_table_entries: int = constants.FLOW_TABLE_ENTRIES
+    flow_handshake_entries: int = constants.FLOW_HANDSHAKE_ENTRIES
     flow_destination_entries: int = constants.FLOW_DESTINATION_ENTRIES
     flow_source_entries: int = constants.FLOW_SOURCE_ENTRIES
     blocked_sources_max: int = constants.BLOCKED_SOURCES_MAX

@@ -389,3 +389,61 @@ def test_block_list_refuses_bad_entries_naming_the_field(dp, tenants):
         dp.block_sources([BlockedSource(-1, ipaddress.ip_address("198.19.42.1"), time.monotonic_ns() + 10**9, "x")])
     with pytest.raises(DataplaneError, match="src"):
         dp.block_sources([BlockedSource(0, "198.19.42.1", time.monotonic_ns() + 10**9, "x")])  # type: ignore[arg-type]
+
+
+# -- what pays the accounting program -----------------------------------------------------------------------
+
+def test_flow_accounting_settles_padded_pure_acks_without_the_accounting_program(dp, tenants):
+    """A pure ACK in a 60-byte frame (Ethernet padding, IP length 40) changes no accounting state: like a
+    54-byte one it costs no tail call; a 1-byte segment in a 60-byte frame does (it is payload)."""
+    lab = Lab(dp)
+    server, client = "198.51.100.28", "198.19.28.1"
+    lab.handshake(server, client, 80, 41010)
+
+    def calls() -> int:
+        return dp.read_flow_cap_counters()["accounting_calls"]
+
+    before = calls()
+    lab.send(Direction.INBOUND, server, client, 80, 41010, ACK, pad=6)
+    lab.send(Direction.OUTBOUND, server, client, 80, 41010, ACK, pad=6)
+    lab.send(Direction.INBOUND, server, client, 80, 41010, ACK)
+    assert calls() - before == 0
+    lab.send(Direction.INBOUND, server, client, 80, 41010, PSH | ACK, b"x", pad=5)
+    assert calls() - before == 1
+    lab.send(Direction.INBOUND, server, client, 80, 41010, FIN | ACK)
+    assert rows(dp, True)[(server, client)].bytes_to_server == 1
+    assert_matches_model(lab, [server])
+
+
+def test_flow_accounting_adds_each_byte_once_when_both_ports_flush_at_once(dp, tenants):
+    """The two ports' programs run on different CPUs and flush the same connection's bytes into the same
+    rows: run both directions' data segments concurrently on two CPUs, many times; every byte is counted
+    exactly once."""
+    import os  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    lab = Lab(dp)
+    server, client = "198.51.100.29", "198.19.29.1"
+    lab.handshake(server, client, 80, 41011)
+    size, repeat, rounds = 1400, 2000, 20
+    inbound = frames.tcp(client, server, sport=41011, dport=80, flags="A", payload=b"y" * size)
+    outbound = frames.tcp(server, client, sport=80, dport=41011, flags="A", payload=b"z" * size)
+
+    def hammer(cpu: int, frame: bytes, direction: Direction) -> None:
+        os.sched_setaffinity(0, {cpu})
+        for _ in range(rounds):
+            dp.test_run(frame, direction, repeat)
+
+    threads = [threading.Thread(target=hammer, args=(cpus[0], inbound, Direction.INBOUND)),
+               threading.Thread(target=hammer, args=(cpus[1], outbound, Direction.OUTBOUND))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    os.sched_setaffinity(0, set(cpus))
+    run(dp, frames.tcp(client, server, sport=41011, dport=80, flags="FA"))
+    got = rows(dp, True)[(server, client)]
+    assert (got.bytes_to_server, got.bytes_to_client, got.established) == (size * repeat * rounds,) * 2 + (0,)
