@@ -312,10 +312,12 @@ def _until(when: float, what: str) -> None:
 def report(request, line: str) -> None:
     """A line on the terminal, also without `-s` (the figures are what this module is for)."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(line)
-    else:
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
         print(line)
+        return
+    with capture.global_and_fixture_disabled():   # else captured, and shown only for a failing test
+        reporter.write_line(line)
 
 
 @pytest.fixture(scope="module", autouse=True)
