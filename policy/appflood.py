@@ -45,10 +45,10 @@ clients go on as before. Gates:
 - `tls_flood`: hellos/s anomalous; gate = little client data after the hello (client bytes per
   handshake beyond `HELLO_BYTES`, against the baseline's).
 - `slowloris`: established anomalous; gate = the connections did start requests. Per source when
-  sources hold the excess connections (`_held`: open connections carrying almost nothing either way
-  now, whose requests were never answered over the pair's life): the share of their connections
-  that started a request (request lines or hellos per handshake, `STARTS_PER_CONN`, over the
-  pair's life). Else from the totals: the extra connections carry tiny client bytes (under
+  the sources are read: the share of the excess connections that sources hold (`_held`: open
+  connections carrying almost nothing either way now, whose requests were never answered over the
+  pair's life) × the share of their connections that started a request (request lines or hellos
+  per handshake, `STARTS_PER_CONN`, over the pair's life). Else from the totals: the extra connections carry tiny client bytes (under
   `SLOW_BYTES_PER_CONN_S` each) × few requests (under `FEW_REQUESTS_PER_CONN_S` each) × the new
   connections start requests (short averages of the excess).
 - `tcp_connection_flood`: new connections/s or established anomalous; gate = 1 − that share (the
@@ -813,12 +813,14 @@ class AppFloodDetector:
             held_conns = float(view.rates[held, S_EST].sum()) if held is not None else 0.0
             shape = (f"{_n(ex_est)} connections more than usual carry {_n(bytes_per)} client bytes/s and "
                      f"{per_conn:.2g} requests/s each")
-            if held_conns >= 0.5 * ex_est:
+            if view is not None:
                 # The sources holding the excess say per connection what the totals say on average (and
                 # the totals also carry the opening burst's request lines): their share that started a
-                # request decides.
-                gate = starts
-                shape += f"; {_held_text(view, held, src_starts)}"
+                # request decides, times the share of the excess they hold. Open connections whose
+                # requests were answered (a TLS flood's handshakes the server still holds) are no slowloris.
+                gate = starts * float(np.clip(held_conns / ex_est, 0.0, 1.0))
+                if held_conns:
+                    shape += f"; {_held_text(view, held, src_starts)}"
             else:
                 gate = tiny * few * starts
             add(Vector.SLOWLORIS, gate, EST, S_EST, shape)

@@ -538,3 +538,19 @@ def test_before_warm_up_the_floors_and_a_default_client_decide(tmp_path, shape):
         assert vectors.get("http_flood", 0) >= 0.8, vectors
     else:
         assert not vectors, vectors
+
+
+def test_issue15_tls_flood_whose_handshakes_the_server_holds_is_not_also_slowloris(tmp_path):
+    """The lab's TLS flood (tests/netns/test_appflood.py reached slowloris 0.79 beside tls_flood 1.0): the
+    server holds the bots' handshakes open, so the open connections rise with little client data each; but
+    no source holds connections that were never answered (each got the server's first flight)."""
+    lab = warm_lab(tmp_path)
+    lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(2000), new_per_s=4.0, established=1.0, tls_per_s=4.0,
+                                 client_bytes_per_s=4 * 517.0, server_bytes_per_s=4 * 4000.0))
+    events = lab.run(3)
+    # Blocked: each bot's last handshake stays open at the server (its FIN dropped) and carries nothing.
+    lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(2000), established=1.0))
+    events += lab.run(6)
+    vectors = app_vectors(starts(lab, events) + lab.of_type(EventType.ATTACK_UPDATE, events))
+    assert vectors.get("tls_flood", 0) >= 0.8, vectors
+    assert "slowloris" not in vectors and "tcp_connection_flood" not in vectors, vectors
