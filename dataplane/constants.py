@@ -84,6 +84,7 @@ class FlowStat(enum.IntEnum):
     LIMIT_RATE_DROPS = 4          # SYNs over their source's new-connection rate (monitor mode: would drop)
     LIMIT_CONCURRENT_DROPS = 5    # SYNs of a source already holding max_concurrent connections
     BLOCK_DROPS = 6               # packets of blocked sources
+    BLOCK_RESETS = 7              # segments of blocked sources sent on to the server as a reset of its connection
 
 
 class FlowState(enum.IntEnum):
@@ -92,6 +93,7 @@ class FlowState(enum.IntEnum):
     SYN = 1           # the client's SYN reached the server
     SYN_ACK = 2       # the server answered
     ESTABLISHED = 3   # the client's ACK completed the server's handshake
+    RESET = 4         # no longer open: the bridge reset it (a blocked source), or it is closing
 
 
 class FlowGate(enum.IntFlag):

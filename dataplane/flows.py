@@ -32,6 +32,7 @@ MAP_NAMES = ("sw_flow_conns", "sw_flow_dests", "sw_flow_pairs", "sw_source_limit
              "sw_flow_stats", "sw_config")
 U32_MAX = 0xFFFFFFFF
 RESTORED_REASON = "restored after a restart (reason not kept)"
+NEVER = 1 << 64   # past any monotonic time, ns
 
 
 def _map_ref(table) -> MapRef:
@@ -65,6 +66,7 @@ class Flows:
         self._blocked: dict[tuple[int, bytes], BlockedSource] = {}   # oldest (least recently set) first
         self._limits: dict[tuple[int, bytes, int], SourceLimit] = {}
         self._blocked_evicted = 0
+        self._next_expiry = 0   # monotonic ns of the earliest block's end (0: find out; NEVER: no block)
         # Rows that pinned maps kept from an earlier run: evictions count from this load on, and the
         # program's counter of rows made (not pinned) starts at 0.
         self._rows_at_load = {name: self._present(name) for name in ("sw_flow_conns", "sw_flow_dests", "sw_flow_pairs")}
@@ -86,6 +88,9 @@ class Flows:
     def read_flow_counters(self, per_source: bool = False) -> FlowCounters:
         """Cumulative counters per destination, or per (destination, source) pair with `per_source`
         (see `api.FlowCounters`); `evictions`: rows of that map the LRU pushed out since load."""
+        # The engine reads these every interval: expired blocks leave here too, and the gate closes
+        # when none is left (else every packet of a protected tenant kept paying the list's lookup).
+        self._prune(time.monotonic_ns())
         name = "sw_flow_pairs" if per_source else "sw_flow_dests"
         keys, values, n = read_all(_map_ref(self.maps[name]))
         keys, values = keys[:n], values[:n]
@@ -107,8 +112,9 @@ class Flows:
 
     def read_flow_cap_counters(self) -> dict[str, int]:
         """What the caps cost since load: rows the LRU maps pushed out (connections tracked, destination
-        rows, (destination, source) rows), block list entries dropped as the oldest at its cap, and the
-        packets the limits and the list dropped (monitor mode: would have dropped)."""
+        rows, (destination, source) rows), block list entries dropped as the oldest at its cap, the
+        packets the limits and the list dropped (monitor mode: would have dropped), and the blocked
+        sources' segments sent on to their servers as resets of the connections (`block_resets`)."""
         stats = self._stats()
         connections = self._evicted(stats[FlowStat.CONNECTIONS_OPENED], stats[FlowStat.CONNECTIONS_CLOSED],
                                     "sw_flow_conns")
@@ -119,7 +125,7 @@ class Flows:
                 "source_rows_evicted": sources, "flow_rows_evicted": destinations + sources,
                 "blocked_sources_evicted": self._blocked_evicted, "limit_rate_drops": rate,
                 "limit_concurrent_drops": concurrent, "limit_drops": rate + concurrent,
-                "block_drops": stats[FlowStat.BLOCK_DROPS]}
+                "block_drops": stats[FlowStat.BLOCK_DROPS], "block_resets": stats[FlowStat.BLOCK_RESETS]}
 
     # -- per-source limits ------------------------------------------------------------
 
@@ -191,6 +197,7 @@ class Flows:
             self._blocked.pop(key, None)
             if entry.expires_ns > now:
                 self._blocked[key] = entry
+                self._next_expiry = min(self._next_expiry, entry.expires_ns)
         over = len(self._blocked) - self.sizes.blocked_sources_max
         table = self.maps["sw_blocked"]
         if over > 0:
@@ -219,11 +226,14 @@ class Flows:
         return list(self._blocked.values())
 
     def _prune(self, now: int) -> None:
+        if self._next_expiry > now:
+            return  # nothing expired yet: no walk over the list on every read
         expired = [key for key, entry in self._blocked.items() if entry.expires_ns <= now]
         fd = self.maps["sw_blocked"].map_fd
         for key in expired:
             del self._blocked[key]
             bpfsys.map_delete(fd, bytes(self._block_key(*key)))
+        self._next_expiry = min((entry.expires_ns for entry in self._blocked.values()), default=NEVER)
         if expired:
             self._write_gate()
 

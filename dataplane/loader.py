@@ -39,8 +39,10 @@ SYNAUTH_PROGRAM_NAME = "xdp_seawall_synauth"
 # The programs that translate a spliced connection's packets (synauth.h), after the SYN-auth one.
 SPLICE_PROGRAM_NAMES = {Direction.INBOUND: "xdp_seawall_splice_inbound",
                         Direction.OUTBOUND: "xdp_seawall_splice_outbound"}
-# The programs of connection accounting (flows.h), after the splice ones.
+# The programs of connection accounting (flows.h), after the splice ones, and the one that resets a blocked
+# source's connections after them.
 FLOWS_PROGRAM_NAMES = {Direction.INBOUND: "xdp_seawall_flows_inbound", Direction.OUTBOUND: "xdp_seawall_flows_outbound"}
+BLOCK_RESET_PROGRAM_NAME = "xdp_seawall_block_reset"
 REFRESH_PROGRAM_NAMES = {Direction.INBOUND: "xdp_seawall_refresh_inbound",
                          Direction.OUTBOUND: "xdp_seawall_refresh_outbound"}
 # The maps Python reads or writes.
@@ -115,6 +117,9 @@ class Program:
             for d, name in FLOWS_PROGRAM_NAMES.items():
                 flows = self.bpf.load_func(name.encode(), BPF.XDP)
                 progs[ctypes.c_int(3 * len(Direction) + 1 + int(d))] = ctypes.c_int(flows.fd)
+            # A blocked source's segment turned into a reset of the server's connection (flows.h).
+            reset = self.bpf.load_func(BLOCK_RESET_PROGRAM_NAME.encode(), BPF.XDP)
+            progs[ctypes.c_int(4 * len(Direction) + 1)] = ctypes.c_int(reset.fd)
         except Exception as exc:  # bcc raises bare Exception on compile/load failures
             if pin_dir is not None and self.bpf is not None:
                 # The verifier rejects a program whose pinned map is smaller than it needs: name the map.

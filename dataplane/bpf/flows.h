@@ -37,12 +37,15 @@
 
 /* A tracked connection (sw_flow_conns, key: struct sw_flow_key with the server local). */
 struct sw_flow_conn {
-    __u64 to_server;       /* TCP payload bytes, client -> server, while established */
-    __u64 to_client;       /* ... server -> client */
-    __u64 flushed_server;  /* of to_server, bytes already added to the destination and pair rows */
-    __u64 flushed_client;
-    __u32 state;           /* SW_FLOW_STATE_* */
+    /* TCP payload bytes while established not yet added to the destination and pair rows, client ->
+     * server and server -> client. The two ports run on different CPUs: every change is atomic, and
+     * a flush takes the bytes with an exchange, so no byte is added twice or lost (sw_flow_take). */
+    __u64 to_server;
+    __u64 to_client;
+    __u64 state;           /* SW_FLOW_STATE_*; leaving ESTABLISHED is a compare-and-swap (one CPU; the
+                            * program's atomics are 64-bit only) */
     __u32 tenant_idx;
+    __u32 pad;
 };
 
 /* Per (destination, source) row key (sw_flow_pairs). */
@@ -110,6 +113,7 @@ static __always_inline struct sw_source_limit *sw_source_limit_of(struct sw_limi
 static __always_inline struct sw_token_bucket *sw_limit_bucket_of(struct sw_flow_key *k);
 static __always_inline int sw_limit_bucket_new(struct sw_flow_key *k, struct sw_token_bucket *b);
 static __always_inline __u64 *sw_blocked_until(struct sw_block_key *k);
+static __always_inline int sw_blocked_forget(struct sw_block_key *k);
 static __always_inline __u32 *sw_flow_pending_slot(__u32 index);
 static __always_inline void sw_flow_count(__u32 stat);
 
@@ -144,6 +148,22 @@ static __always_inline __u32 sw_flow_payload_len(struct sw_packet *p, void *data
     }
     __u32 end = l3 + p->ip_length;
     return end > p->payload_offset ? end - p->payload_offset : 0;
+}
+
+/* Frames up to this long may carry Ethernet padding after a segment without payload: 60 bytes is
+ * Ethernet's minimum without the FCS; 64 leaves room for one that keeps it. */
+#define SW_FLOW_PADDED_MAX 64
+
+/* Are the bytes after the TCP header of a short untagged frame only the padding of a frame below
+ * Ethernet's minimum (a pure ACK over IPv4 is 54 bytes, padded to 60)? Its IP header is at
+ * ETH_HLEN, so the IP length tells; a tagged or longer frame is left to sw_flows_track(). */
+static __always_inline int sw_flow_padding(struct sw_packet *p, __u32 wire_len, void *data, void *data_end)
+{
+    if (wire_len > SW_FLOW_PADDED_MAX || data + ETH_HLEN > data_end)
+        return 0;
+    __u16 type = *(__u16 *)(data + 12);
+    return (type == bpf_htons(SW_ETH_P_IP) || type == bpf_htons(SW_ETH_P_IPV6)) &&
+           ETH_HLEN + p->ip_length <= p->payload_offset;
 }
 
 /* Little-endian word of the first n bytes of a string, and its mask. */
@@ -236,19 +256,33 @@ static __always_inline void sw_flow_flush(const __u64 *server, const __u64 *clie
         sw_flow_counts_add(c, opened, kind, to_server, to_client);
 }
 
+/* Takes a connection's bytes not yet in its rows (an exchange: the other port's CPU may add or
+ * take at the same time). */
+static __always_inline __u64 sw_flow_take(__u64 *unflushed)
+{
+    return __sync_lock_test_and_set(unflushed, 0);
+}
+
+/* Moves a connection out of ESTABLISHED (to `state`): 1 for the one CPU that did it, which then
+ * owns the gauges' decrement. */
+static __always_inline int sw_flow_leave_established(struct sw_flow_conn *conn, __u64 state)
+{
+    return __sync_val_compare_and_swap(&conn->state, SW_FLOW_STATE_ESTABLISHED, state) == SW_FLOW_STATE_ESTABLISHED;
+}
+
 /* The connection ends (FIN or RST from either side): its entry goes, and if it was open, the
- * gauges drop. Only the CPU whose delete succeeds accounts for it. */
+ * gauges drop (once: the CPU that moved it out of ESTABLISHED) with the bytes not yet added. The
+ * bytes are taken before the delete: a deleted element may be reused at once. */
 static __always_inline void sw_flow_close(struct sw_flow_key *k, struct sw_flow_conn *conn, const __u64 *server,
                                           const __u64 *client)
 {
-    __u32 was_open = conn->state == SW_FLOW_STATE_ESTABLISHED;
     __u32 tenant = conn->tenant_idx;
-    __u64 ds = conn->to_server - conn->flushed_server, dc = conn->to_client - conn->flushed_client;
-    if (sw_flow_conn_forget(k) != 0)
-        return;
-    sw_flow_count(SW_FLOW_STAT_CONNECTIONS_CLOSED);
-    if (was_open)
-        sw_flow_flush(server, client, tenant, -1, 0, ds, dc);
+    __s64 closed = sw_flow_leave_established(conn, SW_FLOW_STATE_RESET) ? -1 : 0;
+    __u64 ds = sw_flow_take(&conn->to_server), dc = sw_flow_take(&conn->to_client);
+    if (sw_flow_conn_forget(k) == 0)
+        sw_flow_count(SW_FLOW_STAT_CONNECTIONS_CLOSED);
+    if (closed || ds || dc)
+        sw_flow_flush(server, client, tenant, closed, 0, ds, dc);
 }
 
 /* The port program asks sw_flows_wanted() for the TCP classes alone, with one comparison. */
@@ -290,7 +324,7 @@ static __always_inline void sw_flows_track(struct xdp_md *ctx, struct sw_packet 
         /* A client's SYN: a connection begins (a retransmission or a reused tuple starts over). */
         struct sw_flow_conn *conn = sw_flow_conn_of(&k);
         if (conn) {
-            if (conn->state != SW_FLOW_STATE_ESTABLISHED)
+            if (conn->state != SW_FLOW_STATE_ESTABLISHED && conn->state != SW_FLOW_STATE_RESET)
                 return;
             sw_flow_close(&k, conn, server, client); /* the old connection is gone */
         }
@@ -318,9 +352,11 @@ static __always_inline void sw_flows_track(struct xdp_md *ctx, struct sw_packet 
     }
     __u32 len = sw_flow_payload_len(p, data, data_end, wire_len);
     __u32 closing = flags & (SW_TCP_FIN | SW_TCP_RST);
-    /* A pure ACK in a frame padded to Ethernet's minimum: sw_flows_wanted() could not tell it
-     * from data, so it checks the handshake's tag here (a short frame's ACK was checked there). */
-    if (!len && !closing && wire_len > p->payload_offset && (!inbound || !sw_flow_ends_handshake(p)))
+    /* A pure ACK with bytes after its header that sw_flows_wanted() could not tell from payload
+     * (tagged, or longer than a padded frame): its handshake's tag is checked here. An untagged
+     * padded one's was checked there, as a short frame's. */
+    if (!len && !closing && wire_len > p->payload_offset &&
+        (!inbound || (!sw_flow_padding(p, wire_len, data, data_end) && !sw_flow_ends_handshake(p))))
         return;
     struct sw_flow_conn *conn = sw_flow_conn_of(&k);
     if (!conn)
@@ -329,7 +365,10 @@ static __always_inline void sw_flows_track(struct xdp_md *ctx, struct sw_packet 
     if (conn->state != SW_FLOW_STATE_ESTABLISHED) {
         if (conn->state == SW_FLOW_STATE_SYN_ACK && inbound && (flags & SW_TCP_ACK) &&
             !(flags & (SW_TCP_SYN | SW_TCP_RST))) {
-            conn->state = SW_FLOW_STATE_ESTABLISHED; /* the client's ACK: the server's handshake is done */
+            /* The client's ACK: the server's handshake is done (counted by one CPU). */
+            if (__sync_val_compare_and_swap(&conn->state, SW_FLOW_STATE_SYN_ACK, SW_FLOW_STATE_ESTABLISHED) !=
+                SW_FLOW_STATE_SYN_ACK)
+                return;
             opened = 1;
         } else {
             if (flags & SW_TCP_RST)
@@ -338,12 +377,13 @@ static __always_inline void sw_flows_track(struct xdp_md *ctx, struct sw_packet 
         }
     }
     __u32 kind = 0;
+    __u64 pending;
     if (inbound) {
-        conn->to_server += len;
+        pending = __sync_fetch_and_add(&conn->to_server, len) + len + conn->to_client;
         if (len)
             kind = sw_flow_payload_kind(p, data, data_end);
     } else {
-        conn->to_client += len;
+        pending = __sync_fetch_and_add(&conn->to_client, len) + len + conn->to_server;
     }
     if (closing) {
         /* Opened and closed in one segment (an ACK with FIN) counts both. */
@@ -352,10 +392,8 @@ static __always_inline void sw_flows_track(struct xdp_md *ctx, struct sw_packet 
         sw_flow_close(&k, conn, server, client);
         return;
     }
-    __u64 ds = conn->to_server - conn->flushed_server, dc = conn->to_client - conn->flushed_client;
-    if (opened || kind || ds + dc >= SW_FLOW_FLUSH_BYTES) {
-        conn->flushed_server = conn->to_server;
-        conn->flushed_client = conn->to_client;
+    if (opened || kind || pending >= SW_FLOW_FLUSH_BYTES) {
+        __u64 ds = sw_flow_take(&conn->to_server), dc = sw_flow_take(&conn->to_client);
         sw_flow_flush(server, client, conn->tenant_idx, opened, kind, ds, dc);
     }
 }
@@ -364,38 +402,82 @@ static __always_inline void sw_flows_track(struct xdp_md *ctx, struct sw_packet 
  * address need connection accounting (SW_PROG_FLOWS)? dir: who sent it (inbound: the client,
  * outbound: the server). The usual packet, an ACK without payload, is settled with a few
  * instructions: only a client's ACK hashes its flow, to see whether it ends a handshake. */
-static __always_inline int sw_flows_wanted(struct sw_packet *p, __u32 wire_len, const __u32 dir)
+static __always_inline int sw_flows_wanted(struct sw_packet *p, __u32 wire_len, const __u32 dir, void *data,
+                                           void *data_end)
 {
     /* (Without an L4 header, flags and payload offset are 0: sw_flows_track() checks l4_ok.) */
-    if (!(p->tcp_flags & (SW_TCP_SYN | SW_TCP_FIN | SW_TCP_RST)) && wire_len <= p->payload_offset &&
-        (dir == SW_DIRECTION_OUTBOUND || !sw_flow_ends_handshake(p)))
-        return 0;
-    return 1;
+    if (p->tcp_flags & (SW_TCP_SYN | SW_TCP_FIN | SW_TCP_RST))
+        return 1;
+    if (wire_len > p->payload_offset && !sw_flow_padding(p, wire_len, data, data_end))
+        return 1;
+    return dir == SW_DIRECTION_INBOUND && sw_flow_ends_handshake(p);
 }
 
-/* Block list and per-source limits for an inbound packet of a protected tenant: a drop reason
- * or 0. Behind the gate bits: nothing to check costs one load of the configuration. */
+/* The block list for an inbound packet of a protected tenant: SW_DROP_REASON_BLOCKED or 0.
+ * Checked first, before the splice (a blocked source's spliced connections go too). Behind its
+ * gate bit: an empty list costs one load of the configuration. */
+static __always_inline int sw_flows_blocked(struct sw_packet *p, __u32 tenant, struct sw_config *cfg)
+{
+    if (!(cfg->flags & SW_FLOW_GATE_BLOCKED)) /* the configuration is at hand, a map lookup is not */
+        return 0;
+    struct sw_block_key bk = {.tenant_idx = tenant};
+    __builtin_memcpy(bk.src, p->src, 16);
+    __u64 *until = sw_blocked_until(&bk);
+    if (!until)
+        return 0;
+    if (bpf_ktime_get_ns() < *until) {
+        sw_flow_count(SW_FLOW_STAT_BLOCK_DROPS);
+        return SW_DROP_REASON_BLOCKED;
+    }
+    /* Expired: the entry goes now (user space closes the gate when none is left, Flows._prune). */
+    sw_blocked_forget(&bk);
+    return 0;
+}
+
+/* A TCP segment (not a SYN) of a blocked source, dropped by the inbound program: if the server
+ * holds the connection (sw_flow_conns), the segment goes on to it as a reset of that connection
+ * instead (its sequence number, RST, no payload, checksums written anew), so the server frees the
+ * slot a bot holds (slowloris, connection floods) at the bot's next segment. The connection's
+ * entry stays, in SW_FLOW_STATE_RESET, so that later segments reset it again should one reset be
+ * lost; its gauges dropped with the first. Anything else is dropped: the server holds nothing. */
+static __always_inline int sw_flows_block_reset(struct xdp_md *ctx, struct sw_packet *p)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    if (!p->l4_ok || p->proto != SW_IPPROTO_TCP || (p->tcp_flags & SW_TCP_SYN))
+        return XDP_DROP;
+    struct sw_flow_key k;
+    sw_flow(&k, p->dst, p->src, p->dport, p->sport);
+    struct sw_flow_conn *conn = sw_flow_conn_of(&k);
+    __u32 seq, is_v6;
+    if (!conn || !sw_tcp_number(p, data, data_end, 1, &seq))
+        return XDP_DROP;
+    __s64 l3_off = sw_synauth_l3_of(ctx, &is_v6);
+    if (l3_off < 0)
+        return XDP_DROP;
+    if (sw_flow_leave_established(conn, SW_FLOW_STATE_RESET)) {
+        __u64 ds = sw_flow_take(&conn->to_server), dc = sw_flow_take(&conn->to_client);
+        sw_flow_flush(p->dst, p->src, conn->tenant_idx, -1, 0, ds, dc);
+    } else {
+        conn->state = SW_FLOW_STATE_RESET; /* a handshake the server has pending: it goes too */
+    }
+    /* RST without ACK: the server checks only the sequence number, and a spliced connection's
+     * acknowledgment numbers (synauth.h) need no translation. */
+    if (sw_synauth_write(ctx, l3_off, is_v6, 0, seq, 0, SW_TCP_RST, 0, 0))
+        return XDP_DROP;
+    sw_flow_count(SW_FLOW_STAT_BLOCK_RESETS);
+    return sw_redirect(SW_PORT_INTERNAL);
+}
+
+/* Per-source limits for an inbound packet of a protected tenant: a drop reason or 0. Behind the
+ * gate bit: nothing to check costs one load of the configuration. */
 static __always_inline int sw_flows_admit(struct sw_packet *p, __u32 tenant, struct sw_config *cfg)
 {
-    __u32 bits = cfg->flags; /* SW_FLOW_GATE_*: the configuration is at hand, a map lookup is not */
-    if (!bits)
-        return 0;
-    __u64 now = 0;
-    if (bits & SW_FLOW_GATE_BLOCKED) {
-        struct sw_block_key bk = {.tenant_idx = tenant};
-        __builtin_memcpy(bk.src, p->src, 16);
-        __u64 *until = sw_blocked_until(&bk);
-        if (until) {
-            now = bpf_ktime_get_ns();
-            if (now < *until) {
-                sw_flow_count(SW_FLOW_STAT_BLOCK_DROPS);
-                return SW_DROP_REASON_BLOCKED;
-            }
-        }
-    }
+    __u32 bits = cfg->flags; /* SW_FLOW_GATE_* */
     if (!(bits & SW_FLOW_GATE_LIMITS) || p->proto != SW_IPPROTO_TCP || !p->l4_ok ||
         (p->tcp_flags & (SW_TCP_SYN | SW_TCP_ACK)) != SW_TCP_SYN)
         return 0;
+    __u64 now = 0;
     struct sw_limit_key lk = {.tenant_idx = tenant, .dport = p->dport};
     __builtin_memcpy(lk.dst, p->dst, 16);
     struct sw_source_limit *lim = sw_source_limit_of(&lk);

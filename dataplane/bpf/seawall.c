@@ -104,7 +104,8 @@ SW_MAP("array", __u32, __u64, sw_splice_gate, 1, 0);
 #define SW_PROG_SYNAUTH (2 * SW_DIRS) /* answers a SYN or a cookie ACK itself (synauth.h) */
 #define SW_PROG_SPLICE(dir) (2 * SW_DIRS + 1 + (dir)) /* translates a spliced flow's packet (synauth.h) */
 #define SW_PROG_FLOWS(dir) (3 * SW_DIRS + 1 + (dir)) /* connection accounting of a segment, then on (flows.h) */
-BPF_PROG_ARRAY(sw_progs, 4 * SW_DIRS + 1);
+#define SW_PROG_BLOCK_RESET (4 * SW_DIRS + 1) /* a blocked source's segment becomes a reset to the server (flows.h) */
+BPF_PROG_ARRAY(sw_progs, 4 * SW_DIRS + 2);
 /* Per-CPU scratch memory for the parsed packet and its verdict. Parsing
  * assigns constants on each path (protocol, class, fragment state, drop
  * reason); kept on the stack, the verifier would prove the rest of the program
@@ -720,6 +721,7 @@ static __always_inline struct sw_source_limit *sw_source_limit_of(struct sw_limi
 static __always_inline struct sw_token_bucket *sw_limit_bucket_of(struct sw_flow_key *k) { return sw_limit_buckets.lookup(k); }
 static __always_inline int sw_limit_bucket_new(struct sw_flow_key *k, struct sw_token_bucket *b) { return sw_limit_buckets.insert(k, b); }
 static __always_inline __u64 *sw_blocked_until(struct sw_block_key *k) { return sw_blocked.lookup(k); }
+static __always_inline int sw_blocked_forget(struct sw_block_key *k) { return sw_blocked.delete(k); }
 static __always_inline __u32 *sw_flow_pending_slot(__u32 index) { return sw_flow_pending.lookup(&index); }
 static __always_inline void sw_flow_count(__u32 stat) { __u64 *c = sw_flow_stats.lookup(&stat); if (c) (*c)++; }
 
@@ -956,7 +958,14 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
 
     if (dir == SW_DIRECTION_INBOUND && tenant < SW_MAX_TENANTS) {
         __u16 flags = st->policy_flags;
-        if (sw_spliced(p, v, p->dst, p->src, p->dport, p->sport, dir)) {
+        /* The block list before the splice: a blocked source's spliced connections go too (flows.h). */
+        int blocked = (flags & SW_POLICY_SLOT_PROTECTED) ? sw_flows_blocked(p, tenant, cfg) : 0;
+        if (blocked) {
+            v->reason = blocked;
+            v->drop = !(flags & SW_POLICY_SLOT_MONITOR);
+            if (!v->drop) /* monitor mode: counted, and on as it would have gone */
+                v->splice = sw_spliced(p, v, p->dst, p->src, p->dport, p->sport, dir);
+        } else if (sw_spliced(p, v, p->dst, p->src, p->dport, p->sport, dir)) {
             v->splice = 1;
         } else if (flags & SW_POLICY_SLOT_PROTECTED) {
             if (flags & SW_POLICY_SLOT_LISTS_OR_HEURISTICS) {
@@ -976,7 +985,7 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
                     goto verdict;
                 }
             }
-            if ((v->reason = sw_flows_admit(p, tenant, cfg))) { /* block list, per-source limits: flows.h */
+            if ((v->reason = sw_flows_admit(p, tenant, cfg))) { /* per-source limits: flows.h */
                 v->drop = 1;
                 goto verdict;
             }
@@ -1040,7 +1049,7 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
     SW_STAGE(5); /* counters */
     /* Connection accounting of what the server sees (flows.h): the usual pure ACK is settled here. */
     int flows = !drop && cls <= SW_TRAFFIC_CLASS_TCP_OTHER && tenant < SW_MAX_TENANTS &&
-                (st->policy_flags & SW_POLICY_SLOT_PROTECTED) && sw_flows_wanted(p, wire_len, dir);
+                (st->policy_flags & SW_POLICY_SLOT_PROTECTED) && sw_flows_wanted(p, wire_len, dir, data, data_end);
     if (cfg->sample_every)
         sw_sample(ctx, cfg, tenant, dir, drop, reason, wire_len);
 
@@ -1050,6 +1059,8 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
             v->syn_reset = !!(st->policy_flags & SW_POLICY_SYN_RESET);
             sw_progs.call(ctx, SW_PROG_SYNAUTH); /* the bridge answers (synauth.h) */
         }
+        if (dir == SW_DIRECTION_INBOUND && reason == SW_DROP_REASON_BLOCKED && cls == SW_TRAFFIC_CLASS_TCP_OTHER)
+            sw_progs.call(ctx, SW_PROG_BLOCK_RESET); /* the server lets the connection go (flows.h) */
         return XDP_DROP;
     }
     if (flows) {
@@ -1142,4 +1153,15 @@ int xdp_seawall_flows_inbound(struct xdp_md *ctx)
 int xdp_seawall_flows_outbound(struct xdp_md *ctx)
 {
     return sw_flows_program(ctx, SW_DIRECTION_OUTBOUND);
+}
+
+/* SW_PROG_BLOCK_RESET: a TCP segment (not a SYN) of a blocked source that the inbound program
+ * dropped (reason SW_DROP_REASON_BLOCKED, counted there) goes on to the server as a reset of its
+ * connection (flows.h, sw_flows_block_reset), or is dropped. */
+int xdp_seawall_block_reset(struct xdp_md *ctx)
+{
+    struct sw_scratch *scratch = sw_scratch_of();
+    if (!scratch)
+        return XDP_DROP;
+    return sw_flows_block_reset(ctx, &scratch->packet);
 }
