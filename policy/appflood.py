@@ -44,11 +44,18 @@ clients go on as before. Gates:
 - `http_flood`: requests/s anomalous; gate = the source share of requests itself.
 - `tls_flood`: hellos/s anomalous; gate = little client data after the hello (client bytes per
   handshake beyond `HELLO_BYTES`, against the baseline's).
-- `slowloris`: established anomalous; gate = the extra connections carry tiny client bytes
-  (under `SLOW_BYTES_PER_CONN_S` each) × few requests (under `FEW_REQUESTS_PER_CONN_S` each) ×
-  the new connections did start requests (short averages, `STARTS_PER_CONN`).
-- `tcp_connection_flood`: new connections/s or established anomalous; gate = the new connections
-  start no requests or TLS sessions (1 − the slowloris' last factor).
+- `slowloris`: established anomalous; gate = the connections did start requests. Per source when
+  the sources are read: the share of the excess connections that sources hold (`_held`: open
+  connections carrying almost nothing either way now, whose requests were never answered over the
+  pair's life) × the share of their connections that started a request (request lines or hellos
+  per handshake, `STARTS_PER_CONN`, over the pair's life). Else from the totals: the extra connections carry tiny client bytes (under
+  `SLOW_BYTES_PER_CONN_S` each) × few requests (under `FEW_REQUESTS_PER_CONN_S` each) × the new
+  connections start requests (short averages of the excess).
+- `tcp_connection_flood`: new connections/s or established anomalous; gate = 1 − that share (the
+  held sources' and those opening connections above the limit; the short averages without them).
+  Per source because a held connection does nothing within a tick and an HTTP flood just before
+  leaves its requests in the server's short averages (the lab's connection flood was called
+  slowloris so).
 
 Flash crowd vs flood
 --------------------
@@ -68,8 +75,10 @@ Mitigation (tenants in mitigate mode with auto_mitigation; monitor mode: inciden
   that starve a flood of handshakes make it look over, and it would return the moment they went).
 - A `BlockedSource` with TTL `block_ttl_s` and a reason for each source above `block_factor` times
   a limit (connections, requests or open connections), or doing what the flood does (connection
-  floods and slowloris: open connections without requests or client bytes; TLS floods: hellos with
-  nothing after them), unless it is in the server's known-good set (counted as spared).
+  floods and slowloris: `_held` connections, whichever of the two; TLS floods: hellos with nothing
+  after them), unless it is in the server's known-good set (counted as spared). An idle keep-alive
+  client, an SSE stream or a websocket is not held: its requests were answered (`RESPONSE_BYTES`
+  per request), or the server sends to it now.
 - Caps: at most `max_limits` limits and `max_blocked_per_tenant` / `max_blocked` blocked sources;
   when full, the oldest entry goes, stays out while its incident lasts (no churn), and `counters`
   says how many went.
@@ -115,6 +124,10 @@ DEFAULT_SOURCE_NORMAL = (2.0, 5.0, 8.0)
 BINS_PER_DECADE = 8
 LOG_LOW = -2.0
 N_BINS = 6 * BINS_PER_DECADE
+# Columns of _SourceView.life (the pairs' cumulative counters).
+L_NEW, L_REQ, L_TLS, L_UP, L_DOWN = range(5)
+RESPONSE_BYTES = 64.0           # server bytes per request or hello from which a source's requests were answered
+                                # (a status line and a few headers; a TLS server's first flight is thousands)
 HELLO_BYTES = 600.0             # bytes: a ClientHello with its TCP segment's payload, about 250-600
 SLOW_BYTES_PER_CONN_S = 50.0    # client bytes/s per open connection below which a connection is idle
 STARTS_PER_CONN = 0.5           # requests or hellos per new connection from which connections "do something"
@@ -320,6 +333,10 @@ class _SourceView:
     rates: np.ndarray          # (N, 3): new/s, requests/s, open connections
     client_bytes: np.ndarray   # (N,) client bytes/s
     hellos: np.ndarray         # (N,) TLS ClientHellos/s (also in the requests/s)
+    server_bytes: np.ndarray   # (N,) server bytes/s
+    # (N, 5) what the pair did since its row entered the map: handshakes, request lines, hellos, client
+    # bytes, server bytes. A held connection does nothing within a read; its whole life tells what it is.
+    life: np.ndarray
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -459,6 +476,15 @@ def _below(value: float, limit: float) -> float:
 def _rate_evidence(value: float, threshold: float, mean: float, source_share: float) -> float:
     mag = _magnitude(value, threshold)
     return (0.45 * mag + 0.35 * _excess(value, mean) + 0.2 * source_share) * (0.6 + 0.4 * mag)
+
+
+def _held_text(view: _SourceView, held: np.ndarray, src_starts: tuple[float, int, float] | None) -> str:
+    if src_starts is None:
+        return ""
+    share, n_src, _ = src_starts
+    conns = int(view.rates[held, S_EST].sum())
+    return (f"{n_src:,} sources hold {conns:,} connections with nothing answered or open them above the limit; "
+            f"{100 * share:.0f} % of their connections started a request")
 
 
 def _n(x: float) -> str:
@@ -655,7 +681,8 @@ class AppFloodDetector:
             bounds = np.flatnonzero(np.diff(rows[at])) + 1
             for part in np.split(at, bounds):
                 srv.sources[int(rows[part[0]])] = _SourceView(src_keys[part], pairs[part], rates[part],
-                                                              gained[part, 3] / sdt, gained[part, 2] / sdt)
+                                                              gained[part, 3] / sdt, gained[part, 2] / sdt,
+                                                              gained[part, 4] / sdt, cum[part].astype(np.float64))
         if not calm.any():
             return
         # Peacetime: the per-source distributions (decayed per server as its sources are read) and the
@@ -719,6 +746,15 @@ class AppFloodDetector:
         ex_req = srv.recent[row, 1] - mean[REQ] - mean[TLS]
         starts = float(np.clip(ex_req / ex_new / STARTS_PER_CONN, 0.0, 1.0)) \
             if ex_new >= max(1.0, 0.05 * mean[NEW]) else NEUTRAL
+        # The same question asked of the sources that do what a connection flood or slowloris does (hold
+        # connections that carry nothing and got no answer, or open connections above the limit): did
+        # their connections, over the pairs' whole life, start requests? A held connection does nothing
+        # within a tick, so the server's recent ratio sees only what opens now, and the usual clients or
+        # an HTTP flood just before blur it; the bots' own counters do not.
+        held = self._held(view) if view is not None else None
+        src_starts = self._source_starts(view, held, limits) if view is not None else None
+        if src_starts is not None:
+            starts = src_starts[0]
         scores: list[VectorScore] = []
         common = {"sources": n_sources, "normal_source": {k: round(float(v), 2) for k, v in zip(
             SOURCE_METRICS, normal, strict=True)}, **{k: round(float(v), 1) for k, v in zip(METRICS, values,
@@ -774,14 +810,27 @@ class AppFloodDetector:
             per_conn = max(req_total - mean[REQ] - mean[TLS], 0.0) / ex_est
             tiny = _below(bytes_per, SLOW_BYTES_PER_CONN_S)
             few = _below(per_conn, FEW_REQUESTS_PER_CONN_S)
-            add(Vector.SLOWLORIS, tiny * few * starts, EST, S_EST,
-                f"{_n(ex_est)} connections more than usual carry {_n(bytes_per)} client bytes/s and "
-                f"{per_conn:.2g} requests/s each")
+            held_conns = float(view.rates[held, S_EST].sum()) if held is not None else 0.0
+            shape = (f"{_n(ex_est)} connections more than usual carry {_n(bytes_per)} client bytes/s and "
+                     f"{per_conn:.2g} requests/s each")
+            if view is not None:
+                # The sources holding the excess say per connection what the totals say on average (and
+                # the totals also carry the opening burst's request lines): their share that started a
+                # request decides, times the share of the excess they hold. Open connections whose
+                # requests were answered (a TLS flood's handshakes the server still holds) are no slowloris.
+                gate = starts * float(np.clip(held_conns / ex_est, 0.0, 1.0))
+                if held_conns:
+                    shape += f"; {_held_text(view, held, src_starts)}"
+            else:
+                gate = tiny * few * starts
+            add(Vector.SLOWLORIS, gate, EST, S_EST, shape)
         if values[NEW] > thr[NEW] or est_hot:
             metric = NEW if values[NEW] / max(thr[NEW], 1e-9) >= values[EST] / max(thr[EST], 1e-9) else EST
             per_new = max(ex_req, 0.0) / ex_new if ex_new >= 1.0 else float("nan")
-            add(Vector.TCP_CONNECTION_FLOOD, 1.0 - starts, metric, S_NEW if metric == NEW else S_EST,
-                f"{per_new:.2g} requests per new connection" if per_new == per_new else "")
+            shape = f"{per_new:.2g} requests per new connection" if per_new == per_new else ""
+            if src_starts is not None:
+                shape = "; ".join(p for p in (shape, _held_text(view, held, src_starts)) if p)
+            add(Vector.TCP_CONNECTION_FLOOD, 1.0 - starts, metric, S_NEW if metric == NEW else S_EST, shape)
         scores.sort(key=lambda s: -s.confidence)
         return scores
 
@@ -847,6 +896,11 @@ class AppFloodDetector:
         over = (view.rates > lim[None, :] * cfg.block_factor).any(axis=1)
         shape_of = np.full(len(view), -1)
         kinds = list(dict.fromkeys([vector, *shapes]))
+        # Connections held with nothing answered are the bots' whether they started a request or not: a
+        # connection flood and slowloris each block both shapes (under their own names in the reason).
+        held_kinds = (Vector.TCP_CONNECTION_FLOOD, Vector.SLOWLORIS)
+        if any(k in held_kinds for k in kinds):
+            kinds = list(dict.fromkeys([*kinds, *held_kinds]))
         for k, v in reversed(list(enumerate(kinds))):
             shape_of[self._flood_shape(v, view)] = k
         suspect = np.flatnonzero(over | (shape_of >= 0))
@@ -876,15 +930,45 @@ class AppFloodDetector:
         return out
 
     @staticmethod
-    def _flood_shape(vector: str, view: _SourceView) -> np.ndarray:
-        """Per source: does it do what the flood does? Held connections carrying no requests and almost no
-        client bytes (connection floods, slowloris: what the server's own clients never do for long), or
-        TLS handshakes with nothing after the hello (a TLS flood). HTTP floods have no such shape: their
-        requests are a browser's; only the rate tells."""
+    def _held(view: _SourceView) -> np.ndarray:
+        """Per source: holds connections that carry nothing and were never answered (connection floods,
+        slowloris). Open connections with almost no client bytes or requests now are not enough: an idle
+        keep-alive client, an SSE stream or a websocket looks the same within a read. What sets them apart
+        is the server's side: their requests were answered (`RESPONSE_BYTES` per request or hello, over the
+        pair's life: a slowloris request never ends, a connection flood asks nothing), and a stream
+        receives bytes now."""
         conns = np.maximum(np.maximum(view.rates[:, S_EST], view.rates[:, S_NEW]), 1.0)
+        asked = view.life[:, L_REQ] + view.life[:, L_TLS]
+        answered = view.life[:, L_DOWN] >= RESPONSE_BYTES * np.maximum(asked, 1.0)
+        return ((view.rates[:, S_EST] >= 1) & (view.client_bytes / conns < SLOW_BYTES_PER_CONN_S)
+                & (view.rates[:, S_REQ] / conns < FEW_REQUESTS_PER_CONN_S)
+                & (view.server_bytes / conns < SLOW_BYTES_PER_CONN_S) & ~answered)
+
+    @staticmethod
+    def _started(view: _SourceView) -> np.ndarray:
+        """Per source, 0..1: did its connections start requests or TLS sessions (over the pair's life)?"""
+        asked = view.life[:, L_REQ] + view.life[:, L_TLS]
+        opened = np.maximum(view.life[:, L_NEW], 1.0)
+        return np.clip(asked / opened / STARTS_PER_CONN, 0.0, 1.0)
+
+    def _source_starts(self, view: _SourceView, held: np.ndarray, limits: np.ndarray) -> tuple[float, int, float] | None:
+        """(share of their connections that started requests, sources, connections) over the sources that
+        hold connections (`held`) or open them above the limit; None when there are none."""
+        churn = ~held & (view.rates[:, S_NEW] > limits[S_NEW])
+        weight = np.where(held, view.rates[:, S_EST], 0.0) + np.where(churn, view.rates[:, S_NEW], 0.0)
+        total = float(weight.sum())
+        if total <= 0:
+            return None
+        return float((weight * self._started(view)).sum() / total), int(np.count_nonzero(held | churn)), total
+
+    def _flood_shape(self, vector: str, view: _SourceView) -> np.ndarray:
+        """Per source: does it do what the flood does? Held connections carrying nothing and never answered
+        (`_held`; slowloris: they started requests, `_started`; a connection flood: they did not), or TLS
+        handshakes with nothing after the hello (a TLS flood). HTTP floods have no such shape: their
+        requests are a browser's; only the rate tells."""
         if vector in (Vector.TCP_CONNECTION_FLOOD, Vector.SLOWLORIS):
-            return ((view.rates[:, S_EST] >= 1) & (view.client_bytes / conns < SLOW_BYTES_PER_CONN_S)
-                    & (view.rates[:, S_REQ] / conns < FEW_REQUESTS_PER_CONN_S))
+            started = self._started(view) >= 0.5
+            return self._held(view) & (started if vector == Vector.SLOWLORIS else ~started)
         if vector == Vector.TLS_FLOOD:
             return (view.hellos > 0) & (view.client_bytes / np.maximum(view.hellos, 1e-9) <= HELLO_BYTES)
         return np.zeros(len(view), bool)
@@ -894,8 +978,10 @@ class AppFloodDetector:
         if vector == Vector.TLS_FLOOD:
             return (f"{view.hellos[i]:.2g} TLS hellos/s with {_n(view.client_bytes[i] / max(view.hellos[i], 1e-9))} "
                     f"client bytes each (a hello and nothing after)")
+        asked = int(view.life[i, L_REQ] + view.life[i, L_TLS])
         return (f"{int(view.rates[i, S_EST])} open connections with {_n(view.client_bytes[i])} client bytes/s and "
-                f"{view.rates[i, S_REQ]:.2g} requests/s")
+                f"{view.rates[i, S_REQ]:.2g} requests/s, {asked} requests started in {int(view.life[i, L_NEW])} "
+                f"connections and {_n(view.life[i, L_DOWN])} bytes answered")
 
     def _apply_limits(self, now: float, dataplane: Any, wanted: Mapping[tuple, tuple[SourceLimit, str]]) -> None:
         cfg = self.config

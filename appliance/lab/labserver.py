@@ -23,7 +23,9 @@ and it counts what reached it per source (the "what got through" half of the eff
   worker: a handshake flood takes the CPU every other connection needs.
 
 Every `STATS_INTERVAL_S` the counters go to a JSON file (`stats_file`): totals, the connection
-table and queue, and per source address connections, requests and TLS handshakes.
+table and queue, and per source address connections, requests, TLS handshakes and request or
+header lines received (what of a slowloris still reaches the server: its lines, not new
+connections).
 """
 
 from __future__ import annotations
@@ -99,8 +101,8 @@ class _Stats:
 
     def __init__(self):
         self.totals: dict[str, int] = defaultdict(int)
-        self.sources: dict[str, list[int]] = {}   # address -> [connections, requests, tls handshakes]
-        self.other = [0, 0, 0]
+        self.sources: dict[str, list[int]] = {}   # address -> [connections, requests, tls handshakes, lines]
+        self.other = [0, 0, 0, 0]
         self.changed = True
 
     def count(self, key: str, source: str | None = None, column: int | None = None) -> None:
@@ -109,7 +111,7 @@ class _Stats:
         if source is not None and column is not None:
             row = self.sources.get(source)
             if row is None:
-                row = self.sources[source] = [0, 0, 0] if len(self.sources) < MAX_SOURCES else self.other
+                row = self.sources[source] = [0, 0, 0, 0] if len(self.sources) < MAX_SOURCES else self.other
             row[column] += 1
 
 
@@ -212,7 +214,7 @@ class Shop:
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             timeout = self.limits.header_timeout_s
             while True:
-                request = await self._read_request(reader, timeout)
+                request = await self._read_request(reader, timeout, source)
                 if request is None:
                     return
                 keep = await self._answer(writer, source, *request)
@@ -229,7 +231,7 @@ class Shop:
             self.active -= 1
             self._table.release()
 
-    async def _read_request(self, reader: asyncio.StreamReader, timeout: float
+    async def _read_request(self, reader: asyncio.StreamReader, timeout: float, source: str
                             ) -> tuple[str, bool] | None:
         """(method, keep-alive) of the next request, or None when the client went or stalled.
 
@@ -252,6 +254,7 @@ class Shop:
                     continue  # a stray empty line before a request is tolerated (RFC 9112 2.2)
                 break
             lines.append(line)
+            self.stats.count("lines", source, 3)
             timeout = self.limits.header_timeout_s
             if len(lines) > MAX_HEADER_LINES:
                 self.stats.count("bad_requests")
@@ -315,12 +318,14 @@ class Shop:
 
 
 def counts_from(stats: dict, prefix: str) -> dict[str, int]:
-    """Connections, requests and TLS handshakes the shop counted from the sources in `prefix` (the
-    bots', say: what of a botnet still reached the server), and how many such sources it saw."""
+    """Connections, requests, TLS handshakes and request or header lines the shop counted from the
+    sources in `prefix` (the bots', say: what of a botnet still reached the server), and how many such
+    sources it saw."""
     network = ipaddress.ip_network(prefix)
     rows = [row for source, row in stats["sources"].items() if ipaddress.ip_address(source) in network]
     return {"sources": len(rows), **{key: sum(row[column] for row in rows)
-                                      for column, key in enumerate(("connections", "requests", "tls_handshakes"))}}
+                                      for column, key in enumerate(("connections", "requests", "tls_handshakes",
+                                                                    "lines"))}}
 
 
 def read_stats(path: pathlib.Path) -> dict | None:

@@ -87,6 +87,8 @@ async def test_issue15_header_lines_now_and_then_hold_a_connection_that_silence_
         await slow.drain()
     assert closed == b""   # closed by the server
     assert server.active == 1 and server.stats.totals["idle_timeouts"] == 1
+    # Each line that reached the server counts for its source (a slowloris' leak is its lines).
+    assert server.stats.sources[LOOPBACK][3] >= 2 + n - 1 and server.stats.sources[LOOPBACK][1] == 0
     slow.close()
 
 
@@ -103,10 +105,12 @@ async def test_issue15_tls_endpoint_has_a_real_certificate_and_counts_per_source
     await await_until(lambda: (read_stats(stats) or {}).get("totals", {}).get("requests") == 2, timeout=5,
                       what="the stats file")
     data = json.loads(stats.read_text())
-    assert data["sources"][LOOPBACK] == [3, 2, 1]   # connections, requests, TLS handshakes
+    assert data["sources"][LOOPBACK] == [3, 2, 1, 6]   # connections, requests, TLS handshakes, lines (3 a GET)
     assert data["totals"]["tls_failed"] == 1
-    assert counts_from(data, "127.0.0.0/8") == {"sources": 1, "connections": 3, "requests": 2, "tls_handshakes": 1}
-    assert counts_from(data, "198.18.0.0/15") == {"sources": 0, "connections": 0, "requests": 0, "tls_handshakes": 0}
+    assert counts_from(data, "127.0.0.0/8") == {"sources": 1, "connections": 3, "requests": 2, "tls_handshakes": 1,
+                                                "lines": 6}
+    assert counts_from(data, "198.18.0.0/15") == {"sources": 0, "connections": 0, "requests": 0, "tls_handshakes": 0,
+                                                  "lines": 0}
 
 
 async def test_issue15_shop_keeps_a_connection_alive_only_when_asked_so_plain_clients_see_the_end(shop):

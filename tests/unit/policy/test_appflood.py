@@ -19,7 +19,7 @@ import structlog.testing
 
 from dataplane.constants import TenantMode
 from dataplane.keys import address_keys
-from policy.appflood import AppFloodConfig, AppFloodDetector, request_line
+from policy.appflood import AppFloodConfig, AppFloodDetector, pair_keys, request_line
 from policy.detect import TenantEntry
 from policy.events import EventType
 from tenants.policy import TenantPolicy
@@ -53,6 +53,17 @@ def warm_lab(tmp_path, mode: TenantMode = TenantMode.MITIGATE, config: AppFloodC
     lab.run(seconds)
     assert not lab.of_type(EventType.ATTACK_START), "peacetime must be calm"
     return lab
+
+
+def held_since_before(traffic: ConnTraffic, opened: float, requests: float = 0.0,
+                      answered_bytes: float = 0.0) -> ConnTraffic:
+    """`traffic` whose sources opened `opened` connections each (and started `requests` requests on them,
+    answered with `answered_bytes` server bytes) before the test's window: their pair rows count the
+    handshakes of the connections they hold."""
+    traffic.totals[:, 0] += opened
+    traffic.totals[:, 1] += requests
+    traffic.totals[:, 4] += answered_bytes
+    return traffic
 
 
 def starts(lab: Lab, events=None):
@@ -114,14 +125,83 @@ def test_slowloris_many_idle_connections_that_started_requests(tmp_path):
     lab = warm_lab(tmp_path)
     # Each bot holds 40 connections, opens one every 5 s, starts a request on each and then trickles
     # a header line now and then (60 bytes/s over its 40 connections).
-    lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(500), new_per_s=0.2, established=40.0, http_per_s=0.2,
-                                 client_bytes_per_s=60.0))
+    held_since_before(lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(500), new_per_s=0.2, established=40.0,
+                                                   http_per_s=0.2, client_bytes_per_s=60.0)), 40, 40)
     events = lab.run(6)
     vectors = app_vectors(starts(lab, events))
     assert vectors.get("slowloris", 0) >= 0.8, vectors
     assert max(vectors, key=vectors.get) == "slowloris"
     assert "http_flood" not in vectors and "tls_flood" not in vectors
     assert "established connections" in starts(lab, events)[0].details["explanations"]["slowloris"]
+
+
+@pytest.mark.parametrize(("vector", "other", "history"), [
+    ("tcp_connection_flood", "slowloris", (1, 0)),      # connected, then not a byte
+    ("slowloris", "tcp_connection_flood", (1, 1)),      # connected, a request line, then a header now and then
+])
+def test_issue15_held_connections_after_an_http_flood_are_told_apart_by_what_each_source_started(
+        tmp_path, vector, other, history):
+    """Issue 15 item 1 (the lab's run: a connection flood right after an HTTP flood, in one incident, was
+    classified slowloris 0.96): the server's recent requests per new connection still carried the HTTP
+    flood's; the bots' own pairs say whether their connections started requests."""
+    lab = warm_lab(tmp_path)
+    lim = lab.engine.appflood.servers.limits(
+        lab.engine.appflood.servers.index.get(address_keys([ipaddress.ip_address(WEB)])), APP_FAST)[0]
+    lab.dp.add_conns(ConnTraffic("http-bots", 1, WEB, bots(500), new_per_s=1.0, established=4.0,
+                                 http_per_s=lim[1] * 3, client_bytes_per_s=20_000.0, server_bytes_per_s=200_000.0))
+    lab.run(5)
+    assert app_vectors(starts(lab)).get("http_flood", 0) >= 0.8
+    lab.dp.stop_conns("http-bots")
+    t0 = lab.t
+    # 4,000 bots each holding a connection, new ones now and then.
+    held_since_before(lab.dp.add_conns(ConnTraffic("held", 1, WEB, bots(4000, start=1000), new_per_s=0.1,
+                                                   established=1.0, http_per_s=0.1 * history[1],
+                                                   client_bytes_per_s=2.0 * history[1])), *history)
+    events = lab.run(4)
+    assert len(lab.engine.incidents.active()) == 1
+    vectors = app_vectors(lab.of_type(EventType.ATTACK_UPDATE, events) + starts(lab, events))
+    assert vectors.get(vector, 0) >= 0.8, vectors
+    assert vectors.get(other, 0) < 0.5, vectors
+    explanation = lab.engine.incidents.active()[0].explanations[vector]
+    assert "established connections" in explanation and "vs baseline" in explanation
+    assert f"{100 * history[1]} % of their connections started a request" in explanation, explanation
+    blocked = {str(b.src): b for b in lab.dp.read_blocked_sources()}
+    assert set(bots(4000, start=1000)) <= set(blocked), lab.t - t0
+    assert blocked[bots(1, start=1000)[0]].reason.startswith(vector)
+
+
+@pytest.mark.parametrize(("vector", "started"), [("tcp_connection_flood", 0), ("slowloris", 1)])
+def test_issue15_idle_keepalive_sse_and_websocket_clients_are_not_held_connection_bots(tmp_path, vector, started):
+    """Issue 15 item 2: during a connection flood or slowloris at the server, new clients (not known-good:
+    they came during the attack) that hold a connection carrying nothing now look like the bots within a
+    read. Their requests were answered (an idle keep-alive connection after its pages, a websocket after
+    its 101), or the server streams to them (SSE): not blocked. The bots are."""
+    lab = warm_lab(tmp_path)
+    held_since_before(lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(3000), new_per_s=0.02, established=1.0,
+                                                   http_per_s=0.02 * started, client_bytes_per_s=2.0 * started)),
+                      1, started)
+    keepalive = clients(30, base="192.0.2.", start=10)
+    sse = clients(30, base="192.0.2.", start=50)
+    websocket = clients(30, base="192.0.2.", start=90)
+    # Pages fetched before going idle: 3 requests, 30 KB of answers, 2 connections still open.
+    held_since_before(lab.dp.add_conns(ConnTraffic("keepalive", 1, WEB, keepalive, established=2.0)), 2, 3, 30_000)
+    # One request for the event stream, answered with its head; then events, 40 bytes/s.
+    held_since_before(lab.dp.add_conns(ConnTraffic("sse", 1, WEB, sse, established=1.0, server_bytes_per_s=40.0)),
+                      1, 1, 200)
+    # The upgrade request answered with 101 Switching Protocols, then quiet both ways (a ping a minute).
+    held_since_before(lab.dp.add_conns(ConnTraffic("websocket", 1, WEB, websocket, established=1.0)), 1, 1, 150)
+    lab.run(6)
+    vectors = app_vectors(starts(lab) + lab.of_type(EventType.ATTACK_UPDATE))
+    assert vectors.get(vector, 0) >= 0.8, vectors
+    blocked = {str(b.src) for b in lab.dp.read_blocked_sources()}
+    assert set(bots(3000)) <= blocked
+    for name, group in (("keepalive", keepalive), ("sse", sse), ("websocket", websocket)):
+        assert not set(group) & blocked, f"{name} clients blocked: {sorted(set(group) & blocked)[:5]}"
+    # Not spared as known-good: the shape itself tells them apart.
+    known = lab.engine.appflood.known_good
+    legit = [ipaddress.ip_address(a) for a in keepalive + sse + websocket]
+    pairs = pair_keys(address_keys([ipaddress.ip_address(WEB)] * len(legit)), address_keys(legit))
+    assert len(known) and not known.contains(pairs).any()
 
 
 def test_tls_flood_hellos_with_no_data_after(tmp_path):
@@ -224,21 +304,21 @@ def test_issue15_lab_botnet_spreading_its_load_is_blocked_at_the_limit_and_known
     assert lab.engine.appflood.counters["known_good_spared"] >= 1
 
 
-@pytest.mark.parametrize(("vector", "bot"), [
+@pytest.mark.parametrize(("vector", "bot", "history"), [
     # A connection-flood bot of the lab holds one connection and sends nothing (a browser holds one too).
-    ("tcp_connection_flood", dict(new_per_s=0.1, established=2.0)),
+    ("tcp_connection_flood", dict(new_per_s=0.1, established=2.0), (2, 0)),
     # A slowloris bot: one connection, its request started, header lines trickling (bytes only at the close).
-    ("slowloris", dict(new_per_s=0.02, established=2.0, http_per_s=0.02, client_bytes_per_s=2.0)),
+    ("slowloris", dict(new_per_s=0.02, established=2.0, http_per_s=0.02, client_bytes_per_s=2.0), (2, 2)),
     # A TLS flood bot: a hello and nothing after it, under a browser's handshake rate.
     ("tls_flood", dict(new_per_s=0.5, tls_per_s=0.5, client_bytes_per_s=0.5 * 517.0,
-                       server_bytes_per_s=0.5 * 4000.0)),
+                       server_bytes_per_s=0.5 * 4000.0), (0, 0)),
 ])
-def test_issue15_bots_below_every_limit_are_blocked_by_what_they_do(tmp_path, vector, bot):
+def test_issue15_bots_below_every_limit_are_blocked_by_what_they_do(tmp_path, vector, bot, history):
     """Per-source rates cannot tell these bots from a client; what their connections carry can. The
     flood's other sources (the server's clients, known-good) are kept."""
     lab = warm_lab(tmp_path)
     # The flood: many bots, each below every limit.
-    lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(4000), **bot))
+    held_since_before(lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(4000), **bot)), *history)
     lab.run(6)
     vectors = app_vectors(starts(lab) + lab.of_type(EventType.ATTACK_UPDATE))
     assert max(vectors, key=vectors.get) == vector, vectors
@@ -458,3 +538,19 @@ def test_before_warm_up_the_floors_and_a_default_client_decide(tmp_path, shape):
         assert vectors.get("http_flood", 0) >= 0.8, vectors
     else:
         assert not vectors, vectors
+
+
+def test_issue15_tls_flood_whose_handshakes_the_server_holds_is_not_also_slowloris(tmp_path):
+    """The lab's TLS flood (tests/netns/test_appflood.py reached slowloris 0.79 beside tls_flood 1.0): the
+    server holds the bots' handshakes open, so the open connections rise with little client data each; but
+    no source holds connections that were never answered (each got the server's first flight)."""
+    lab = warm_lab(tmp_path)
+    lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(2000), new_per_s=4.0, established=1.0, tls_per_s=4.0,
+                                 client_bytes_per_s=4 * 517.0, server_bytes_per_s=4 * 4000.0))
+    events = lab.run(3)
+    # Blocked: each bot's last handshake stays open at the server (its FIN dropped) and carries nothing.
+    lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(2000), established=1.0))
+    events += lab.run(6)
+    vectors = app_vectors(starts(lab, events) + lab.of_type(EventType.ATTACK_UPDATE, events))
+    assert vectors.get("tls_flood", 0) >= 0.8, vectors
+    assert "slowloris" not in vectors and "tcp_connection_flood" not in vectors, vectors
