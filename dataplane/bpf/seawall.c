@@ -942,7 +942,10 @@ static __always_inline int sw_pass_plain(struct xdp_md *ctx, struct sw_config *c
     st->counters.packets[cls]++;
     st->counters.bytes[cls] += wire_len;
     SW_STAGE(5); /* counters */
-    int flows = cls <= SW_TRAFFIC_CLASS_TCP_OTHER && sw_flows_wanted(p, wire_len, dir);
+    /* The frame's bounds for sw_flows_wanted()'s look at a short frame's padding. */
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    int flows = cls <= SW_TRAFFIC_CLASS_TCP_OTHER && sw_flows_wanted(p, wire_len, dir, data, data_end);
     if (cfg->sample_every)
         sw_sample(ctx, cfg, st->tenant_idx, dir, 0, SW_DROP_REASON_NONE, wire_len);
     if (flows) {
