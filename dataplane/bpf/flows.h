@@ -124,7 +124,6 @@ static __always_inline struct sw_source_limit *sw_source_limit_of(struct sw_limi
 static __always_inline struct sw_token_bucket *sw_limit_bucket_of(struct sw_flow_key *k);
 static __always_inline int sw_limit_bucket_new(struct sw_flow_key *k, struct sw_token_bucket *b);
 static __always_inline __u64 *sw_blocked_until(struct sw_block_key *k);
-static __always_inline int sw_blocked_forget(struct sw_block_key *k);
 static __always_inline __u32 *sw_flow_pending_slot(__u32 index);
 static __always_inline void sw_flow_count(__u32 stat);
 
@@ -449,8 +448,9 @@ static __always_inline int sw_flows_blocked(struct sw_packet *p, __u32 tenant, s
         sw_flow_count(SW_FLOW_STAT_BLOCK_DROPS);
         return SW_DROP_REASON_BLOCKED;
     }
-    /* Expired: the entry goes now (user space closes the gate when none is left, Flows._prune). */
-    sw_blocked_forget(&bk);
+    /* Expired: user space removes the entry and closes the gate when none is left (Flows._prune,
+     * every engine tick). Not deleted here: a block user space renewed between this lookup and a
+     * delete would be lost while the list still shows it. */
     return 0;
 }
 
@@ -475,11 +475,19 @@ static __always_inline int sw_flows_block_reset(struct xdp_md *ctx, struct sw_pa
     __s64 l3_off = sw_synauth_l3_of(ctx, &is_v6);
     if (l3_off < 0)
         return XDP_DROP;
-    if (sw_flow_leave_established(conn, SW_FLOW_STATE_RESET)) {
+    int left = sw_flow_leave_established(conn, SW_FLOW_STATE_RESET);
+    if (!left) {
+        /* A handshake the server has pending goes too, by compare-and-swap from the state seen:
+         * should another CPU complete the open meanwhile, the open is left (its gauge counted
+         * down) instead of overwritten, which would keep `established` one too high. */
+        __u64 seen = conn->state;
+        if (seen == SW_FLOW_STATE_ESTABLISHED ||
+            __sync_val_compare_and_swap(&conn->state, seen, SW_FLOW_STATE_RESET) != seen)
+            left = sw_flow_leave_established(conn, SW_FLOW_STATE_RESET);
+    }
+    if (left) {
         __u64 ds = sw_flow_take(&conn->to_server), dc = sw_flow_take(&conn->to_client);
         sw_flow_flush(p->dst, p->src, conn->tenant_idx, -1, 0, ds, dc);
-    } else {
-        conn->state = SW_FLOW_STATE_RESET; /* a handshake the server has pending: it goes too */
     }
     /* RST without ACK: the server checks only the sequence number, and a spliced connection's
      * acknowledgment numbers (synauth.h) need no translation. */

@@ -727,7 +727,6 @@ static __always_inline struct sw_source_limit *sw_source_limit_of(struct sw_limi
 static __always_inline struct sw_token_bucket *sw_limit_bucket_of(struct sw_flow_key *k) { return sw_limit_buckets.lookup(k); }
 static __always_inline int sw_limit_bucket_new(struct sw_flow_key *k, struct sw_token_bucket *b) { return sw_limit_buckets.insert(k, b); }
 static __always_inline __u64 *sw_blocked_until(struct sw_block_key *k) { return sw_blocked.lookup(k); }
-static __always_inline int sw_blocked_forget(struct sw_block_key *k) { return sw_blocked.delete(k); }
 static __always_inline __u32 *sw_flow_pending_slot(__u32 index) { return sw_flow_pending.lookup(&index); }
 static __always_inline void sw_flow_count(__u32 stat) { __u64 *c = sw_flow_stats.lookup(&stat); if (c) (*c)++; }
 
