@@ -4,9 +4,16 @@ A tenant whose prefixes are announced at two sites is seen by two appliances, ea
 per-second counters and per-destination rows (`fleet_store`). The tenant's views and reports on
 the central server read them summed:
 
-- **per-second tenant counters** are summed by second over the sites (a site that sent nothing for
-  a second adds nothing to it); a minute is the mean of its summed seconds, as `traffic_minutes`
-  holds a box's own;
+- **per-second tenant counters** are summed by second over the sites; a minute is the sum over
+  the sites of each site's own mean of that minute (as `traffic_minutes` holds a box's own), so a
+  site that sent 30 of a minute's 60 seconds counts at its rate, not at half of it;
+- **the newest edge waits for the sites** (`complete`): the sites send their seconds a batch at a
+  time and one lags another by a few seconds (a retry, a slow link), so the summed series ends at
+  the oldest of the reporting sites' newest seconds: a second some site has not sent yet would
+  show as a dip by that site's share. A site whose newest second trails the freshest site's by
+  more than `EDGE_WAIT_S` is taken as stopped (down, cut off, or no longer carrying the tenant)
+  and does not hold the edge back: the sum then shows the sites that report, and the fleet page
+  flags the silent one;
 - **per-destination series** are merged by (address, second): the pps of a server seen at both
   sites is the sum of both sites' figures;
 - `site=NAME` narrows either to one site (the NOC looking at one edge).
@@ -39,6 +46,10 @@ TRAFFIC_KEYS = ("passed_pps", "dropped_pps", "passed_bps", "dropped_bps")
 MINUTE_S = 60                  # seconds per minute row
 LINK_SLACK_S = 60.0            # seconds either side within which two sites' incidents still overlap
 LINKED_MAX = 20                # linked incidents listed with one incident
+# Seconds a site's newest second may trail the freshest site's and still hold the summed series'
+# newest edge back: above the agent's longest retry pause (30 s) plus a batch, below what a live
+# chart may stand still for while a site is gone.
+EDGE_WAIT_S = 60.0
 
 
 def _sites(b: Any, site: str | None) -> list[str]:
@@ -54,6 +65,17 @@ def site_seconds(b: Any, tenant: str, since: float, until: float, site: str | No
         if rows:
             out[name] = rows
     return out
+
+
+def complete(per_site: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """`per_site` ({site: rows oldest first}) cut at the newest second every reporting site has
+    sent (see the module's docstring): what may be summed without a partial newest edge."""
+    newest = [rows[-1]["time"] for rows in per_site.values() if rows]
+    if len(newest) < 2:
+        return per_site
+    freshest = max(newest)
+    edge = min(t for t in newest if t >= freshest - EDGE_WAIT_S)
+    return {site: [r for r in rows if r["time"] <= edge] for site, rows in per_site.items()}
 
 
 def summed(rows_of_sites: Iterable[Iterable[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -85,12 +107,13 @@ def with_sites(b: Any, own: list[dict[str, Any]], tenant: str, since: float, unt
                site: str | None = None) -> list[dict[str, Any]]:
     """The tenant's series: the box's own rows (`own`, at `resolution`) and every site's (or `site`'s)
     summed by time. Own rows alone when no site sent any (the common case on an appliance)."""
-    per_site = site_seconds(b, tenant, since, until, site)
+    per_site = complete(site_seconds(b, tenant, since, until, site))
     if not per_site:
         return own
-    fleet = summed(per_site.values())
     if resolution == "minute":
-        fleet = minutes(fleet)
+        fleet = summed(minutes(rows) for rows in per_site.values())   # each site's own mean, summed
+    else:
+        fleet = summed(per_site.values())
     if not own:
         return fleet
     return [{k: v for k, v in r.items() if k != "sites"} for r in summed([own, fleet])]

@@ -458,6 +458,39 @@ async def test_fleet_sync_sends_templates_and_receivers_versioned_to_a_site_behi
         assert await sync(None) == {"version": version}
 
 
+async def test_fleet_sync_sends_a_tenants_receivers_only_to_the_sites_that_carry_it(tmp_path, database_url):
+    """Issue 17 review, item 1: a receiver routed to tenants (their webhook secret, their Slack
+    URL) reaches only the sites that carry one of them, with its `tenants` narrowed to those; the
+    NOC's receivers reach every site."""
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        await store.save_tenant_set(TenantSet.from_dicts([
+            {"id": "alpha", "prefixes": ["198.51.100.0/25"]},
+            {"id": "beta", "prefixes": ["203.0.113.0/24"], "sites": ["fra1"]}]), "test", "seed")
+        version = (await store.tenant_state()).version
+        tokens = {"ams1": await enroll(store, "ams1"), "fra1": await enroll(store, "fra1")}
+        noc_hook = CENTRAL_NOTIFY["webhook"][0]
+        beta_hook = {"name": "beta-hook", "url": "https://hooks.example.net/beta", "kind": "generic",
+                     "secret": "beta-SECRET", "tenants": ["beta"]}
+        both_hook = {"name": "both-hook", "url": "https://hooks.example.net/both", "kind": "generic",
+                     "tenants": ["alpha", "beta"]}
+        beta_slack = {"name": "beta-slack", "url": "https://hooks.slack.example.net/beta-SLACK", "kind": "slack",
+                      "tenants": "beta"}
+        await store.save_notify_config({"webhook": [noc_hook, beta_hook, both_hook, beta_slack]}, "noc",
+                                       "notify.update")
+
+        async def sync(site: str) -> dict:
+            status, answer = await post(url, "/api/v1/fleet/site/sync", tokens[site], {
+                "site": site, "time": time.time(), "running_version": version, "running_versions": {"notify": None}})
+            assert status == 200, answer
+            return answer
+
+        ams, fra = await sync("ams1"), await sync("fra1")
+        assert ams["versions"]["notify"] == fra["versions"]["notify"] == 1
+        assert ams["notify"] == {"webhook": [noc_hook, {**both_hook, "tenants": ["alpha"]}]}
+        assert "beta-SECRET" not in json.dumps(ams) and "beta-SLACK" not in json.dumps(ams)
+        assert fra["notify"] == {"webhook": [noc_hook, beta_hook, both_hook, {**beta_slack, "tenants": ["beta"]}]}
+
+
 async def test_fleet_page_shows_each_documents_version_per_site_and_flags_the_lagging_one(tmp_path, database_url):
     async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
         ams, fra = await enroll(store, "ams1"), await enroll(store, "fra1")
@@ -535,25 +568,27 @@ async def test_fleet_tenant_seen_at_two_sites_gets_one_view_and_one_report_summi
         noc = await add_token(store, "noc")
         status, view = await get(url, "/api/v1/tenants/alpha/traffic", noc, seconds="600")
         assert status == 200, view
-        assert [(r["time"], r["passed_pps"], r["sites"]) for r in view["series"]] == [(t, 1500.0, 2), (t + 1, 1000.0, 1)]
+        # fra1 has not sent t + 1 yet: the sum ends at t rather than dipping to ams1's share (review item 2).
+        assert [(r["time"], r["passed_pps"], r["sites"]) for r in view["series"]] == [(t, 1500.0, 2)]
         status, view = await get(url, "/api/v1/tenants/alpha/traffic", noc, seconds="600", site="fra1")
         assert [(r["time"], r["passed_pps"]) for r in view["series"]] == [(t, 500.0)] and view["site"] == "fra1"
         status, view = await get(url, "/api/v1/fleet/tenants/alpha/traffic", noc, seconds="600")
         assert status == 200 and sorted(view["sites"]) == ["ams1", "fra1"]
-        assert [r["passed_pps"] for r in view["series"]] == [1500.0, 1000.0]
+        assert [r["passed_pps"] for r in view["series"]] == [1500.0]
+        assert [r["time"] for r in view["sites"]["ams1"]] == [t, t + 1]   # each site's own: all it sent
         # The live console's charts: seconds (5 min) and minutes (1 h) summed alike.
         status, chart = await get(url, "/api/v1/tenants/alpha/series", noc, range="5m")
-        assert status == 200 and (chart["time"], chart["passed_pps"]) == ([int(t), int(t) + 1], [1500.0, 1000.0])
+        assert status == 200 and (chart["time"], chart["passed_pps"]) == ([int(t)], [1500.0])
         status, chart = await get(url, "/api/v1/tenants/alpha/series", noc, range="1h")
-        assert (chart["time"], chart["passed_pps"]) == ([int(t)], [1250.0])
+        assert (chart["time"], chart["passed_pps"]) == ([int(t)], [1500.0])
         status, view = await get(url, "/api/v1/fleet/tenants/alpha/destinations", noc, seconds="600")
         assert [(d["address"], d["time"], d["pps"], d["sites"]) for d in view["destinations"]] == [
             ("198.51.100.10", int(t), 41.0, ["ams1", "fra1"]), ("198.51.100.10", int(t) + 1, 10.0, ["ams1"])]
         day = datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d")
         status, report = await get(url, f"/api/v1/tenants/alpha/reports/{day}..{day}", noc)
         assert status == 200, report
-        # One minute with two seconds: 1500 and 1000 pps summed over the sites, their mean for the minute.
-        assert report["traffic"]["minutes_with_data"] == 1 and report["traffic"]["mean_passed_pps"] == 1250.0
+        # One minute: each site's mean over the seconds every site has sent (t), summed.
+        assert report["traffic"]["minutes_with_data"] == 1 and report["traffic"]["mean_passed_pps"] == 1500.0
         assert report["servers"] == [{"address": "198.51.100.10", "peak_pps": 41.0, "peak_dropped_pps": 4.0,
                                       "attacks": 0}]
         status, report = await get(url, f"/api/v1/tenants/alpha/reports/{day}..{day}", noc, site="fra1")
@@ -562,9 +597,44 @@ async def test_fleet_tenant_seen_at_two_sites_gets_one_view_and_one_report_summi
         # The tenant's own user sees its aggregated view; another tenant's is not there for it.
         alpha = await add_token(store, "tenant", "alpha")
         status, view = await get(url, "/api/v1/fleet/tenants/alpha/traffic", alpha, seconds="600")
-        assert status == 200 and len(view["series"]) == 2
+        assert status == 200 and len(view["series"]) == 1
         assert (await get(url, "/api/v1/fleet/tenants/beta/traffic", alpha))[0] == 404
         assert (await get(url, "/api/v1/tenants/alpha/traffic", noc, site="AMS 1"))[0] == 400
+
+
+async def test_fleet_tenant_sum_never_dips_for_a_site_that_lags_or_sent_part_of_a_minute(tmp_path, database_url):
+    """Issue 17 review, item 2: ams1 sends a whole minute at 1000 pps and two seconds more, fra1
+    half of that minute at 500 pps (from second 30 on) and one second more. A minute is the sum of
+    each site's own mean (1000 + 500, not the mean of per-second sums, 1250); the seconds end at
+    the newest second both have sent (t + 60), not at ams1's alone; a site silent for longer than
+    fleet_tenant.EDGE_WAIT_S does not hold the edge back."""
+    from securewatch import fleet_tenant  # noqa: PLC0415
+
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        ams, fra = await enroll(store, "ams1"), await enroll(store, "fra1")
+        t = float(int(time.time()) // 60 * 60 - 180)   # a whole minute, three minutes ago
+        await post(url, "/api/v1/fleet/site/ingest", ams, {"site": "ams1", "queue": "q", "batches": [
+            _at(i + 1, t + i, 1000.0, [10.0]) for i in range(62)]})
+        await post(url, "/api/v1/fleet/site/ingest", fra, {"site": "fra1", "queue": "q", "batches": [
+            _at(i + 1, t + 30 + i, 500.0, [10.0]) for i in range(31)]})
+        noc = await add_token(store, "noc")
+        status, view = await get(url, "/api/v1/fleet/tenants/alpha/traffic", noc, seconds="600")
+        assert status == 200, view
+        assert [(r["time"], r["passed_pps"]) for r in view["series"][-2:]] == [(t + 59, 1500.0), (t + 60, 1500.0)]
+        status, view = await get(url, "/api/v1/tenants/alpha/traffic", noc, seconds="600")
+        assert view["series"][-1]["time"] == t + 60 and view["series"][-1]["passed_pps"] == 1500.0
+        status, chart = await get(url, "/api/v1/tenants/alpha/series", noc, range="5m")
+        assert chart["time"][-1] == int(t) + 60 and chart["passed_pps"][-1] == 1500.0
+        status, chart = await get(url, "/api/v1/tenants/alpha/series", noc, range="1h")
+        assert (chart["time"], chart["passed_pps"]) == ([int(t), int(t) + 60], [1500.0, 1500.0])
+        minutes = await store.traffic("alpha", t - 60, t + 600, "minute")
+        assert [(m["time"], m["passed_pps"]) for m in minutes] == [(t, 1500.0), (t + 60, 1500.0)]
+        # fra1 goes silent: once ams1 is more than EDGE_WAIT_S ahead, the sum shows ams1 alone.
+        late = int(fleet_tenant.EDGE_WAIT_S) + 2
+        await post(url, "/api/v1/fleet/site/ingest", ams, {"site": "ams1", "queue": "q", "batches": [
+            _at(63 + i, t + 62 + i, 1000.0, [10.0]) for i in range(late)]})
+        status, view = await get(url, "/api/v1/fleet/tenants/alpha/traffic", noc, seconds="600")
+        assert [(r["time"], r["passed_pps"], r["sites"]) for r in view["series"][-1:]] == [(t + 61 + late, 1000.0, 1)]
 
 
 async def test_fleet_attack_seen_at_two_sites_is_two_incidents_linked(tmp_path, database_url):
