@@ -31,7 +31,8 @@ computed when the incident is read, from what is stored, so a leg that arrives l
 backfill after an outage) is linked as soon as it is there, without rewriting anything. Two
 incidents of different sites are linked when they are of the same tenant, overlap in time (with
 `LINK_SLACK_S` either side: the sites' clocks and detection delays differ), and share an attacked
-destination or, when either names none, a vector.
+destination or, when either names none, a vector (`link_reason`). A report counts linked
+incidents as one attack with a leg per incident (`attack_groups`, `reports.build_report`).
 """
 
 from __future__ import annotations
@@ -150,6 +151,55 @@ def busiest_destinations(b: Any, tenant: str, since: float, until: float, limit:
             for p in ranked]
 
 
+# An incident as the linking rule sees it: (site, started, end or last update, vectors, destinations).
+Leg = tuple[str | None, float, float, set[str], set[str]]
+
+
+def link_reason(one: Leg, other: Leg) -> dict[str, list[str]] | None:
+    """Why two incidents of one tenant are linked (see the module's docstring): {"destinations":
+    the shared ones} or {"vectors": the shared ones}; None when they are not (the same site, or no
+    site: a box's own incidents are never linked)."""
+    site, started, end, vectors, destinations = one
+    o_site, o_started, o_end, o_vectors, o_destinations = other
+    if site is None or o_site is None or site == o_site:
+        return None
+    if o_started > end + LINK_SLACK_S or o_end < started - LINK_SLACK_S:
+        return None
+    shared_destinations = sorted(destinations & o_destinations)
+    if shared_destinations:
+        return {"destinations": shared_destinations}
+    shared_vectors = sorted(vectors & o_vectors)
+    if (not destinations or not o_destinations) and shared_vectors:
+        return {"vectors": shared_vectors}
+    return None
+
+
+def attack_groups(incidents: list[Any]) -> list[list[Any]]:
+    """One tenant's incidents (`store.Incident`) grouped into attacks: the incidents linked to each
+    other, directly or through another leg, are one attack seen at several sites (a report counts
+    it once). Each group oldest first; the groups by their first leg's start."""
+    legs = [(i.details.get("site") if isinstance(i.details, dict) else None, float(i.started),
+             float(i.ended if i.ended is not None else i.updated), set(i.vectors), set(i.destinations))
+            for i in incidents]
+    parent = list(range(len(incidents)))
+
+    def root(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for a in range(len(incidents)):
+        for b in range(a + 1, len(incidents)):
+            if link_reason(legs[a], legs[b]) is not None:
+                parent[root(b)] = root(a)
+    groups: dict[int, list[Any]] = {}
+    for k, incident in enumerate(incidents):
+        groups.setdefault(root(k), []).append(incident)
+    ordered = [sorted(g, key=lambda i: (i.started, i.id)) for g in groups.values()]
+    return sorted(ordered, key=lambda g: (g[0].started, g[0].id))
+
+
 def linked_incidents(b: Any, incident_id: str) -> list[dict[str, Any]]:
     """The incidents of other sites linked to `incident_id` (see the module's docstring), each with
     why: the destinations or vectors shared. [] for an incident of no site."""
@@ -167,15 +217,10 @@ def linked_incidents(b: Any, incident_id: str) -> list[dict[str, Any]]:
     out = []
     for other_id, other_site, state, o_started, o_ended, o_updated, o_vectors, o_destinations in candidates:
         o_end = float(o_ended) if o_ended is not None else float(o_updated)
-        if o_end < started - LINK_SLACK_S:
-            continue
-        shared_destinations = sorted(destinations & set(json.loads(o_destinations)))
-        shared_vectors = sorted(vectors & set(json.loads(o_vectors)))
-        if shared_destinations:
-            why = {"destinations": shared_destinations}
-        elif (not destinations or not json.loads(o_destinations)) and shared_vectors:
-            why = {"vectors": shared_vectors}
-        else:
+        why = link_reason((site, started, end, vectors, destinations),
+                          (other_site, float(o_started), o_end, set(json.loads(o_vectors)),
+                           set(json.loads(o_destinations))))
+        if why is None:
             continue
         out.append({"id": other_id, "site": other_site, "state": state, "started": float(o_started),
                     "ended": None if o_ended is None else float(o_ended), **why})

@@ -663,3 +663,52 @@ async def test_fleet_attack_seen_at_two_sites_is_two_incidents_linked(tmp_path, 
             page = await r.text()
         linked = page.split('id="linked-incidents"', 1)[1].split("</dd>", 1)[0]
         assert 'href="/incidents/fra1:i-9"' in linked and "fra1:i-other" not in linked
+
+
+async def test_fleet_report_counts_an_attack_seen_at_two_sites_once_with_its_site_legs(tmp_path, database_url):
+    """Issue 17 review, item 3: the two linked incidents of one attack (ams1 and fra1, the same
+    destination, overlapping) are one attack of the report with a leg per site, in JSON, CSV and
+    HTML, and count once in the summary, the vectors and the attacked targets; an incident of
+    another destination stays an attack of its own."""
+    import csv  # noqa: PLC0415
+    import datetime  # noqa: PLC0415
+    import io  # noqa: PLC0415
+
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        ams, fra = await enroll(store, "ams1"), await enroll(store, "fra1")
+        t = time.time() - 600
+        await post(url, "/api/v1/fleet/site/ingest", ams, {"site": "ams1", "queue": "q", "batches": [
+            batch(1, t, incident="i-1")]})
+        other = batch(2, t + 5, incident="i-other")
+        other["events"][0]["destinations"] = ["198.51.100.99"]
+        other["events"][0]["details"]["target"] = "198.51.100.99"
+        await post(url, "/api/v1/fleet/site/ingest", fra, {"site": "fra1", "queue": "q", "batches": [
+            batch(1, t + 20, incident="i-9"), other]})
+        noc = await add_token(store, "noc")
+        days = [datetime.datetime.fromtimestamp(x, datetime.UTC).strftime("%Y-%m-%d") for x in (t - 86400, t + 60)]
+        path = f"/api/v1/tenants/alpha/reports/{days[0]}..{days[1]}"
+        status, report = await get(url, path, noc)
+        assert status == 200, report
+        assert report["summary"]["attacks"] == 2 and report["vectors"] == {"udp_flood": 2}
+        linked, alone = report["attacks"]
+        assert (linked["id"], linked["sites"]) == ("ams1:i-1", ["ams1", "fra1"])
+        assert [(leg["id"], leg["site"]) for leg in linked["legs"]] == [("ams1:i-1", "ams1"), ("fra1:i-9", "fra1")]
+        assert linked["packets_dropped"] == sum(leg["packets_dropped"] for leg in linked["legs"])
+        assert linked["peak_pps"] == max(leg["peak_pps"] for leg in linked["legs"]) > 0
+        assert (alone["id"], alone["sites"], alone["legs"]) == ("fra1:i-other", ["fra1"], [])
+        assert {x["address"]: x["attacks"] for x in report["targets"]} == {"198.51.100.10": 1, "198.51.100.99": 1}
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {noc}"}) as http:
+            async with http.get(f"{url}{path}", params={"format": "csv"}) as r:
+                assert r.status == 200
+                rows = list(csv.reader(io.StringIO(await r.text())))
+            async with http.get(f"{url}{path}", params={"format": "html"}) as r:
+                assert r.status == 200
+                html = await r.text()
+        assert [(row[1], row[-1]) for row in rows if row and row[0] == "attack" and row[1] != "incident"] == [
+            ("ams1:i-1", "ams1 fra1"), ("fra1:i-other", "fra1")]
+        assert [row[1:4] for row in rows if row and row[0] == "attack_leg" and row[1] != "attack"] == [
+            ["ams1:i-1", "ams1:i-1", "ams1"], ["ams1:i-1", "fra1:i-9", "fra1"]]
+        assert "seen at ams1, fra1" in html and "incident fra1:i-9" in html
+        # Narrowed to one site, each site's incidents are its attacks again.
+        status, report = await get(url, path, noc, site="fra1")
+        assert [a["id"] for a in report["attacks"]] == ["fra1:i-other", "fra1:i-9"]
