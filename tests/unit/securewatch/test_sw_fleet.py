@@ -676,14 +676,23 @@ async def test_fleet_report_counts_an_attack_seen_at_two_sites_once_with_its_sit
 
     async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
         ams, fra = await enroll(store, "ams1"), await enroll(store, "fra1")
-        t = time.time() - 600
+        t = float(int(time.time()) - 600)
+
+        def leg(seq: int, at: float, incident: str, dropping_from: float) -> dict:
+            # 40,000 pps at the site for 5 s, dropped from `dropping_from` on.
+            b = batch(seq, at, incident=incident)
+            b["events"][0]["details"]["series"] = [
+                {"t": at + i, "pps": 40000.0, "bps": 3e8, "attack_pps": 39000.0, "passed_pps": 1000.0,
+                 "dropped_pps": 30000.0 if at + i >= dropping_from else 0.0} for i in range(5)]
+            return b
+
         await post(url, "/api/v1/fleet/site/ingest", ams, {"site": "ams1", "queue": "q", "batches": [
-            batch(1, t, incident="i-1")]})
+            leg(1, t, "i-1", t + 3)]})
         other = batch(2, t + 5, incident="i-other")
         other["events"][0]["destinations"] = ["198.51.100.99"]
         other["events"][0]["details"]["target"] = "198.51.100.99"
         await post(url, "/api/v1/fleet/site/ingest", fra, {"site": "fra1", "queue": "q", "batches": [
-            batch(1, t + 20, incident="i-9"), other]})
+            leg(1, t + 2, "i-9", t + 2), other]})
         noc = await add_token(store, "noc")
         days = [datetime.datetime.fromtimestamp(x, datetime.UTC).strftime("%Y-%m-%d") for x in (t - 86400, t + 60)]
         path = f"/api/v1/tenants/alpha/reports/{days[0]}..{days[1]}"
@@ -694,7 +703,10 @@ async def test_fleet_report_counts_an_attack_seen_at_two_sites_once_with_its_sit
         assert (linked["id"], linked["sites"]) == ("ams1:i-1", ["ams1", "fra1"])
         assert [(leg["id"], leg["site"]) for leg in linked["legs"]] == [("ams1:i-1", "ams1"), ("fra1:i-9", "fra1")]
         assert linked["packets_dropped"] == sum(leg["packets_dropped"] for leg in linked["legs"])
-        assert linked["peak_pps"] == max(leg["peak_pps"] for leg in linked["legs"]) > 0
+        # Seconds t+2..t+4 carry both sites' 40,000 pps; fra1 dropped from its first second (t+2).
+        assert linked["peak_pps"] == 80000.0 > max(leg["peak_pps"] for leg in linked["legs"])
+        assert (linked["mitigation_s"], [leg["mitigation_s"] for leg in linked["legs"]]) == (2.0, [3.0, 0.0])
+        assert max(linked["chart"]["attack_pps"]) == 78000.0
         assert (alone["id"], alone["sites"], alone["legs"]) == ("fra1:i-other", ["fra1"], [])
         assert {x["address"]: x["attacks"] for x in report["targets"]} == {"198.51.100.10": 1, "198.51.100.99": 1}
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {noc}"}) as http:
@@ -711,4 +723,4 @@ async def test_fleet_report_counts_an_attack_seen_at_two_sites_once_with_its_sit
         assert "seen at ams1, fra1" in html and "incident fra1:i-9" in html
         # Narrowed to one site, each site's incidents are its attacks again.
         status, report = await get(url, path, noc, site="fra1")
-        assert [a["id"] for a in report["attacks"]] == ["fra1:i-other", "fra1:i-9"]
+        assert [a["id"] for a in report["attacks"]] == ["fra1:i-9", "fra1:i-other"]
