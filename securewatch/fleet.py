@@ -516,7 +516,7 @@ async def api_tenant_traffic(request: web.Request) -> web.Response:
     site = _site_filter(request)
     now = time.time()
     per_site = await request.app[STORE].run(fleet_tenant.site_seconds, tenant.id, now - seconds, now + 1, site)
-    return web.json_response({"tenant": tenant.id, "site": site, "series": fleet_tenant.summed(per_site.values()),
+    return web.json_response({"tenant": tenant.id, "site": site, "series": fleet_tenant.summed(fleet_tenant.complete(per_site).values()),
                               "sites": per_site})
 
 

@@ -9,8 +9,12 @@ runs (and why it refused one), per document.
                 site's tenants only; its version is a counter that moves whenever the document's
                 digest changes (whoever changed it: the API, the admin pages, a CLI on the same
                 database), so no writer of the template tables has to remember to count
-    notify      the central `[notify]` table as stored by the NOC receivers page; its version is
-                that table's own (`notify_config_versions`). 0: none stored, a site runs its own.
+    notify      the central `[notify]` table as stored by the NOC receivers page, less the receivers
+                routed (`tenants`) only to tenants the site does not carry, the others' `tenants`
+                narrowed to the site's; its version is that table's own
+                (`notify_config_versions`), so a change that concerns none of a site's tenants
+                still moves it there (the content sent is filtered all the same). 0: none stored,
+                a site runs its own.
 
 Version 0 of a document means "nothing central": a site then keeps what its config file gives.
 
@@ -20,7 +24,8 @@ tokens and TLS key, and the receivers of its own config file's `[notify]` (a PoP
 or NMS, with their secrets): the site runs those next to the central receivers, and reports only
 how many it has, never their contents. The central receivers' secrets (SMTP passwords, SNMP
 communities, webhook URLs) do flow down, to an enrolled, unrevoked site only, over its
-authenticated link: the site sends the alerts, so it must hold them; it keeps them in a file
+authenticated link, and a tenant's receivers only to the sites that carry that tenant: the site
+sends the alerts, so it must hold them; it keeps them in a file
 only root can read.
 
 Stored (schema migration 11, `store.MIGRATIONS`):
@@ -92,12 +97,39 @@ def central_documents(b: Any) -> dict[str, tuple[int, Any]]:
 
 
 def for_site(kind: str, document: Any, site_tenants: frozenset[str]) -> Any:
-    """What of `document` a site gets: the links of its own tenants only (the others' are none of
-    its business, as their tenants are not)."""
+    """What of `document` a site gets: the links of its own tenants only, and of the receivers the
+    NOC's (no `tenants`) and those of its own tenants, each narrowed to them. The others' are none
+    of its business, as their tenants are not: a customer's webhook secret or Slack URL must not
+    reach a site that customer is kept off with `sites`."""
     if kind == "templates":
         return {"templates": document["templates"],
                 "links": {t: n for t, n in document["links"].items() if t in site_tenants}}
+    if kind == "notify":
+        return notify_for_site(document, site_tenants)
     return document
+
+
+def notify_for_site(document: dict[str, Any], site_tenants: frozenset[str]) -> dict[str, Any]:
+    """The `[notify]` table less the receivers routed only to tenants the site does not carry;
+    a receiver routed to some of its tenants keeps only those in its `tenants`."""
+    out: dict[str, Any] = {}
+    for key, entries in document.items():
+        if not isinstance(entries, list):      # state_dir; every receiver kind is an array of tables
+            out[key] = entries
+            continue
+        kept = []
+        for entry in entries:
+            routed = entry.get("tenants") if isinstance(entry, dict) else None
+            if routed is None:
+                kept.append(entry)             # the NOC's receiver: every event, every site
+                continue
+            # the stored table accepts one tenant as a bare string, as the config file does
+            names = [routed] if isinstance(routed, str) else routed if isinstance(routed, list) else []
+            carried = [t for t in names if t in site_tenants]
+            if carried:
+                kept.append({**entry, "tenants": carried})
+        out[key] = kept
+    return out
 
 
 def record_site_versions(b: Any, site: str, running: dict[str, int | None], errors: dict[str, str]) -> None:

@@ -4,9 +4,16 @@ A tenant whose prefixes are announced at two sites is seen by two appliances, ea
 per-second counters and per-destination rows (`fleet_store`). The tenant's views and reports on
 the central server read them summed:
 
-- **per-second tenant counters** are summed by second over the sites (a site that sent nothing for
-  a second adds nothing to it); a minute is the mean of its summed seconds, as `traffic_minutes`
-  holds a box's own;
+- **per-second tenant counters** are summed by second over the sites; a minute is the sum over
+  the sites of each site's own mean of that minute (as `traffic_minutes` holds a box's own), so a
+  site that sent 30 of a minute's 60 seconds counts at its rate, not at half of it;
+- **the newest edge waits for the sites** (`complete`): the sites send their seconds a batch at a
+  time and one lags another by a few seconds (a retry, a slow link), so the summed series ends at
+  the oldest of the reporting sites' newest seconds: a second some site has not sent yet would
+  show as a dip by that site's share. A site whose newest second trails the freshest site's by
+  more than `EDGE_WAIT_S` is taken as stopped (down, cut off, or no longer carrying the tenant)
+  and does not hold the edge back: the sum then shows the sites that report, and the fleet page
+  flags the silent one;
 - **per-destination series** are merged by (address, second): the pps of a server seen at both
   sites is the sum of both sites' figures;
 - `site=NAME` narrows either to one site (the NOC looking at one edge).
@@ -24,7 +31,8 @@ computed when the incident is read, from what is stored, so a leg that arrives l
 backfill after an outage) is linked as soon as it is there, without rewriting anything. Two
 incidents of different sites are linked when they are of the same tenant, overlap in time (with
 `LINK_SLACK_S` either side: the sites' clocks and detection delays differ), and share an attacked
-destination or, when either names none, a vector.
+destination or, when either names none, a vector (`link_reason`). A report counts linked
+incidents as one attack with a leg per incident (`attack_groups`, `reports.build_report`).
 """
 
 from __future__ import annotations
@@ -39,6 +47,10 @@ TRAFFIC_KEYS = ("passed_pps", "dropped_pps", "passed_bps", "dropped_bps")
 MINUTE_S = 60                  # seconds per minute row
 LINK_SLACK_S = 60.0            # seconds either side within which two sites' incidents still overlap
 LINKED_MAX = 20                # linked incidents listed with one incident
+# Seconds a site's newest second may trail the freshest site's and still hold the summed series'
+# newest edge back: above the agent's longest retry pause (30 s) plus a batch, below what a live
+# chart may stand still for while a site is gone.
+EDGE_WAIT_S = 60.0
 
 
 def _sites(b: Any, site: str | None) -> list[str]:
@@ -54,6 +66,17 @@ def site_seconds(b: Any, tenant: str, since: float, until: float, site: str | No
         if rows:
             out[name] = rows
     return out
+
+
+def complete(per_site: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """`per_site` ({site: rows oldest first}) cut at the newest second every reporting site has
+    sent (see the module's docstring): what may be summed without a partial newest edge."""
+    newest = [rows[-1]["time"] for rows in per_site.values() if rows]
+    if len(newest) < 2:
+        return per_site
+    freshest = max(newest)
+    edge = min(t for t in newest if t >= freshest - EDGE_WAIT_S)
+    return {site: [r for r in rows if r["time"] <= edge] for site, rows in per_site.items()}
 
 
 def summed(rows_of_sites: Iterable[Iterable[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -85,12 +108,13 @@ def with_sites(b: Any, own: list[dict[str, Any]], tenant: str, since: float, unt
                site: str | None = None) -> list[dict[str, Any]]:
     """The tenant's series: the box's own rows (`own`, at `resolution`) and every site's (or `site`'s)
     summed by time. Own rows alone when no site sent any (the common case on an appliance)."""
-    per_site = site_seconds(b, tenant, since, until, site)
+    per_site = complete(site_seconds(b, tenant, since, until, site))
     if not per_site:
         return own
-    fleet = summed(per_site.values())
     if resolution == "minute":
-        fleet = minutes(fleet)
+        fleet = summed(minutes(rows) for rows in per_site.values())   # each site's own mean, summed
+    else:
+        fleet = summed(per_site.values())
     if not own:
         return fleet
     return [{k: v for k, v in r.items() if k != "sites"} for r in summed([own, fleet])]
@@ -127,6 +151,55 @@ def busiest_destinations(b: Any, tenant: str, since: float, until: float, limit:
             for p in ranked]
 
 
+# An incident as the linking rule sees it: (site, started, end or last update, vectors, destinations).
+Leg = tuple[str | None, float, float, set[str], set[str]]
+
+
+def link_reason(one: Leg, other: Leg) -> dict[str, list[str]] | None:
+    """Why two incidents of one tenant are linked (see the module's docstring): {"destinations":
+    the shared ones} or {"vectors": the shared ones}; None when they are not (the same site, or no
+    site: a box's own incidents are never linked)."""
+    site, started, end, vectors, destinations = one
+    o_site, o_started, o_end, o_vectors, o_destinations = other
+    if site is None or o_site is None or site == o_site:
+        return None
+    if o_started > end + LINK_SLACK_S or o_end < started - LINK_SLACK_S:
+        return None
+    shared_destinations = sorted(destinations & o_destinations)
+    if shared_destinations:
+        return {"destinations": shared_destinations}
+    shared_vectors = sorted(vectors & o_vectors)
+    if (not destinations or not o_destinations) and shared_vectors:
+        return {"vectors": shared_vectors}
+    return None
+
+
+def attack_groups(incidents: list[Any]) -> list[list[Any]]:
+    """One tenant's incidents (`store.Incident`) grouped into attacks: the incidents linked to each
+    other, directly or through another leg, are one attack seen at several sites (a report counts
+    it once). Each group oldest first; the groups by their first leg's start."""
+    legs = [(i.details.get("site") if isinstance(i.details, dict) else None, float(i.started),
+             float(i.ended if i.ended is not None else i.updated), set(i.vectors), set(i.destinations))
+            for i in incidents]
+    parent = list(range(len(incidents)))
+
+    def root(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for a in range(len(incidents)):
+        for b in range(a + 1, len(incidents)):
+            if link_reason(legs[a], legs[b]) is not None:
+                parent[root(b)] = root(a)
+    groups: dict[int, list[Any]] = {}
+    for k, incident in enumerate(incidents):
+        groups.setdefault(root(k), []).append(incident)
+    ordered = [sorted(g, key=lambda i: (i.started, i.id)) for g in groups.values()]
+    return sorted(ordered, key=lambda g: (g[0].started, g[0].id))
+
+
 def linked_incidents(b: Any, incident_id: str) -> list[dict[str, Any]]:
     """The incidents of other sites linked to `incident_id` (see the module's docstring), each with
     why: the destinations or vectors shared. [] for an incident of no site."""
@@ -144,15 +217,10 @@ def linked_incidents(b: Any, incident_id: str) -> list[dict[str, Any]]:
     out = []
     for other_id, other_site, state, o_started, o_ended, o_updated, o_vectors, o_destinations in candidates:
         o_end = float(o_ended) if o_ended is not None else float(o_updated)
-        if o_end < started - LINK_SLACK_S:
-            continue
-        shared_destinations = sorted(destinations & set(json.loads(o_destinations)))
-        shared_vectors = sorted(vectors & set(json.loads(o_vectors)))
-        if shared_destinations:
-            why = {"destinations": shared_destinations}
-        elif (not destinations or not json.loads(o_destinations)) and shared_vectors:
-            why = {"vectors": shared_vectors}
-        else:
+        why = link_reason((site, started, end, vectors, destinations),
+                          (other_site, float(o_started), o_end, set(json.loads(o_vectors)),
+                           set(json.loads(o_destinations))))
+        if why is None:
             continue
         out.append({"id": other_id, "site": other_site, "state": state, "started": float(o_started),
                     "ended": None if o_ended is None else float(o_ended), **why})

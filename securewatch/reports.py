@@ -133,12 +133,19 @@ class Report:
         w.writerow(["summary", *("" if v is None else v for v in self.summary.values())])
         w.writerow([])
         w.writerow(["attack", "incident", "started_utc", "duration_s", "vectors", "peak_pps", "peak_bps",
-                    "packets_dropped", "efficacy", "target", "mitigation_s", "packets_passed"])
+                    "packets_dropped", "efficacy", "target", "mitigation_s", "packets_passed", "sites"])
         for a in self.attacks:
-            w.writerow(["attack", a["id"], _utc(a["started"]), a["duration_s"], " ".join(a["vectors"]),
-                        a["peak_pps"], a["peak_bps"], a["packets_dropped"],
-                        "" if a["efficacy"] is None else a["efficacy"], a["target"] or "",
-                        "" if a["mitigation_s"] is None else a["mitigation_s"], a["packets_passed"]])
+            w.writerow(["attack", *_attack_cells(a), " ".join(a["sites"])])
+        if any(a["legs"] for a in self.attacks):
+            # An attack seen at several sites: one row per site's incident, under the attack's id.
+            w.writerow([])
+            w.writerow(["attack_leg", "attack", "incident", "site", "started_utc", "duration_s", "vectors",
+                        "peak_pps", "peak_bps", "packets_dropped", "efficacy", "target", "mitigation_s",
+                        "packets_passed"])
+            for a in self.attacks:
+                for leg in a["legs"]:
+                    cells = _attack_cells(leg)
+                    w.writerow(["attack_leg", a["id"], cells[0], leg["site"] or "", *cells[1:]])
         w.writerow([])
         w.writerow(["target", "address", "attacks", "peak_pps"])
         for t in self.targets:
@@ -156,6 +163,12 @@ class Report:
         w.writerow(["traffic", *self.traffic.keys()])
         w.writerow(["traffic", *self.traffic.values()])
         return out.getvalue()
+
+
+def _attack_cells(a: dict[str, Any]) -> list[Any]:
+    return [a["id"], _utc(a["started"]), a["duration_s"], " ".join(a["vectors"]), a["peak_pps"], a["peak_bps"],
+            a["packets_dropped"], "" if a["efficacy"] is None else a["efficacy"], a["target"] or "",
+            "" if a["mitigation_s"] is None else a["mitigation_s"], a["packets_passed"]]
 
 
 def _utc(ts: float) -> str:
@@ -183,28 +196,24 @@ async def build_report(store: Store, tenant_id: str, tenant_name: str, period: P
     talkers are read from them); None (central mode, no captures here): no top talkers.
 
     On a fleet's central server the traffic and the servers are every site's summed (one report
-    for a tenant seen at two sites, `fleet_tenant`), the attacks each site's incidents; `site`
-    narrows all three to that site's."""
+    for a tenant seen at two sites, `fleet_tenant`), an attack seen at several sites one attack
+    with a leg per site's incident (`sites`, `legs`); `site` narrows all three to that site's."""
     incidents = await store.incidents(IncidentFilter(tenant=tenant_id, until=period.end, limit=100000, site=site))
     incidents = [i for i in incidents if (i.ended if i.ended is not None else i.updated) >= period.start]
     incidents.sort(key=lambda i: i.started)
-    attacks = []
-    for i in incidents:
-        points = await store.incident_points(i.id)
-        attacks.append({"id": i.id, "started": i.started, "ended": i.ended, "duration_s": round(i.duration_s, 1),
-                        "vectors": i.vectors, "peak_pps": i.peak_pps, "peak_bps": i.peak_bps,
-                        "packets_dropped": i.packets_dropped, "efficacy": i.efficacy, "target": i.target,
-                        "confidence": i.confidence, "mitigation_s": _mitigation_s(i.started, points),
-                        "packets_passed": _packets_passed(points),
-                        "rules": [rule_text(r) for r in (i.details.get("rules") or []) if isinstance(r, dict)],
-                        "chart": _attack_chart(points), "explanation": _explanation(i)})
-    vectors: collections.Counter[str] = collections.Counter(v for i in incidents for v in i.vectors)
+    # An attack seen at several sites is one attack with a leg per site's incident (the incidents
+    # linked as on the incident page, fleet_tenant.attack_groups): counted once, here and per target.
+    points = {i.id: await store.incident_points(i.id) for i in incidents}
+    groups = fleet_tenant.attack_groups(incidents)
+    attacks = [_attack(group, points) for group in groups]
+    vectors: collections.Counter[str] = collections.Counter(v for a in attacks for v in a["vectors"])
     by_target: dict[str, dict[str, Any]] = {}
-    for i in incidents:
-        for dst in i.destinations or ([i.target] if i.target else []):
+    for group, attack in zip(groups, attacks, strict=True):
+        hit = dict.fromkeys(d for i in group for d in (i.destinations or ([i.target] if i.target else [])))
+        for dst in hit:
             entry = by_target.setdefault(dst, {"address": dst, "attacks": 0, "peak_pps": 0.0})
             entry["attacks"] += 1
-            entry["peak_pps"] = max(entry["peak_pps"], i.peak_pps)
+            entry["peak_pps"] = max(entry["peak_pps"], attack["peak_pps"])
     targets = sorted(by_target.values(), key=lambda t: (-t["attacks"], -t["peak_pps"], t["address"]))[:TOP_TARGETS]
     minutes = await store.traffic(tenant_id, period.start, period.end, "minute", site=site)
     traffic = {
@@ -246,6 +255,74 @@ async def build_report(store: Store, tenant_id: str, tenant_name: str, period: P
     return Report(tenant=tenant_id, tenant_name=tenant_name, period=period, generated=now, attacks=attacks,
                   vectors=dict(vectors.most_common()), targets=targets, traffic=traffic, chart=chart,
                   servers=servers, talkers=talkers, site=site)
+
+
+def _leg(i: Any, points: list[dict[str, float]]) -> dict[str, Any]:
+    """One incident as a report's attack (or as one site's leg of it)."""
+    return {"id": i.id, "site": (i.details or {}).get("site"), "started": i.started, "ended": i.ended,
+            "duration_s": round(i.duration_s, 1), "vectors": i.vectors, "peak_pps": i.peak_pps,
+            "peak_bps": i.peak_bps, "packets_dropped": i.packets_dropped, "efficacy": i.efficacy,
+            "target": i.target, "confidence": i.confidence, "mitigation_s": _mitigation_s(i.started, points),
+            "packets_passed": _packets_passed(points)}
+
+
+LEG_KEYS = ("id", "site", "started", "ended", "duration_s", "vectors", "peak_pps", "peak_bps", "packets_dropped",
+            "efficacy", "target", "mitigation_s", "packets_passed")   # what an attack lists of each of its legs
+
+
+def _attack(group: list[Any], points: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
+    """The report's attack of linked incidents (`group`, oldest first; one incident: that one's
+    figures). Several legs: from the first start to the last end, the peak of the sites' per-second
+    sums, the packets of all legs, `sites` and `legs` (each leg's own figures)."""
+    first = group[0]
+    legs = [_leg(i, points[i.id]) for i in group]
+    rules = dict.fromkeys(rule_text(r) for i in group for r in (i.details.get("rules") or []) if isinstance(r, dict))
+    sites = sorted({leg["site"] for leg in legs if leg["site"] is not None})
+    if len(group) == 1:
+        only = points[first.id]
+        return {**legs[0], "sites": sites, "legs": [], "rules": list(rules), "chart": _attack_chart(only),
+                "explanation": _explanation(first)}
+    merged = _summed_points(points[i.id] for i in group)
+    ends = [i.ended for i in group]
+    end = max(i.ended if i.ended is not None else i.updated for i in group)
+    return {"id": first.id, "site": None, "started": first.started,
+            "ended": None if None in ends else max(e for e in ends if e is not None),
+            "duration_s": round(max(0.0, end - first.started), 1),
+            "vectors": list(dict.fromkeys(v for i in group for v in i.vectors)),
+            "peak_pps": max(max(i.peak_pps for i in group), max((p["pps"] for p in merged), default=0.0)),
+            "peak_bps": max(max(i.peak_bps for i in group), max((p["bps"] for p in merged), default=0.0)),
+            "packets_dropped": sum(i.packets_dropped for i in group), "efficacy": _efficacy(group),
+            "target": next((i.target for i in group if i.target), None),
+            "confidence": max((i.confidence for i in group if i.confidence is not None), default=None),
+            "mitigation_s": _mitigation_s(first.started, merged),
+            "packets_passed": sum(leg["packets_passed"] for leg in legs),
+            "sites": sites, "legs": [{k: leg[k] for k in LEG_KEYS} for leg in legs], "rules": list(rules),
+            "chart": _attack_chart(merged), "explanation": next((e for e in map(_explanation, group) if e), None)}
+
+
+_POINT_KEYS = ("pps", "bps", "attack_pps", "dropped_pps", "passed_pps")
+
+
+def _summed_points(legs: Any) -> list[dict[str, float]]:
+    """Incident points of several sites summed by second (their times are each site's reading)."""
+    by_second: dict[int, dict[str, float]] = {}
+    for points in legs:
+        for p in points:
+            into = by_second.setdefault(int(p["t"]), {"t": float(int(p["t"])), **dict.fromkeys(_POINT_KEYS, 0.0)})
+            for k in _POINT_KEYS:
+                into[k] += float(p[k] or 0.0)
+    return [by_second[t] for t in sorted(by_second)]
+
+
+def _efficacy(group: list[Any]) -> float | None:
+    """The share of the attack's packets dropped over all legs: each leg's attack packets are its
+    dropped packets over its efficacy; the plain mean where a leg dropped nothing to weigh by."""
+    known = [i for i in group if i.efficacy is not None]
+    if not known:
+        return None
+    if all(i.efficacy > 0 and i.packets_dropped > 0 for i in known):
+        return round(sum(i.packets_dropped for i in known) / sum(i.packets_dropped / i.efficacy for i in known), 4)
+    return round(sum(i.efficacy for i in known) / len(known), 4)
 
 
 def _mitigation_s(started: float, points: list[dict[str, float]]) -> float | None:

@@ -458,6 +458,39 @@ async def test_fleet_sync_sends_templates_and_receivers_versioned_to_a_site_behi
         assert await sync(None) == {"version": version}
 
 
+async def test_fleet_sync_sends_a_tenants_receivers_only_to_the_sites_that_carry_it(tmp_path, database_url):
+    """Issue 17 review, item 1: a receiver routed to tenants (their webhook secret, their Slack
+    URL) reaches only the sites that carry one of them, with its `tenants` narrowed to those; the
+    NOC's receivers reach every site."""
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        await store.save_tenant_set(TenantSet.from_dicts([
+            {"id": "alpha", "prefixes": ["198.51.100.0/25"]},
+            {"id": "beta", "prefixes": ["203.0.113.0/24"], "sites": ["fra1"]}]), "test", "seed")
+        version = (await store.tenant_state()).version
+        tokens = {"ams1": await enroll(store, "ams1"), "fra1": await enroll(store, "fra1")}
+        noc_hook = CENTRAL_NOTIFY["webhook"][0]
+        beta_hook = {"name": "beta-hook", "url": "https://hooks.example.net/beta", "kind": "generic",
+                     "secret": "beta-SECRET", "tenants": ["beta"]}
+        both_hook = {"name": "both-hook", "url": "https://hooks.example.net/both", "kind": "generic",
+                     "tenants": ["alpha", "beta"]}
+        beta_slack = {"name": "beta-slack", "url": "https://hooks.slack.example.net/beta-SLACK", "kind": "slack",
+                      "tenants": "beta"}
+        await store.save_notify_config({"webhook": [noc_hook, beta_hook, both_hook, beta_slack]}, "noc",
+                                       "notify.update")
+
+        async def sync(site: str) -> dict:
+            status, answer = await post(url, "/api/v1/fleet/site/sync", tokens[site], {
+                "site": site, "time": time.time(), "running_version": version, "running_versions": {"notify": None}})
+            assert status == 200, answer
+            return answer
+
+        ams, fra = await sync("ams1"), await sync("fra1")
+        assert ams["versions"]["notify"] == fra["versions"]["notify"] == 1
+        assert ams["notify"] == {"webhook": [noc_hook, {**both_hook, "tenants": ["alpha"]}]}
+        assert "beta-SECRET" not in json.dumps(ams) and "beta-SLACK" not in json.dumps(ams)
+        assert fra["notify"] == {"webhook": [noc_hook, beta_hook, both_hook, {**beta_slack, "tenants": ["beta"]}]}
+
+
 async def test_fleet_page_shows_each_documents_version_per_site_and_flags_the_lagging_one(tmp_path, database_url):
     async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
         ams, fra = await enroll(store, "ams1"), await enroll(store, "fra1")
@@ -535,25 +568,27 @@ async def test_fleet_tenant_seen_at_two_sites_gets_one_view_and_one_report_summi
         noc = await add_token(store, "noc")
         status, view = await get(url, "/api/v1/tenants/alpha/traffic", noc, seconds="600")
         assert status == 200, view
-        assert [(r["time"], r["passed_pps"], r["sites"]) for r in view["series"]] == [(t, 1500.0, 2), (t + 1, 1000.0, 1)]
+        # fra1 has not sent t + 1 yet: the sum ends at t rather than dipping to ams1's share (review item 2).
+        assert [(r["time"], r["passed_pps"], r["sites"]) for r in view["series"]] == [(t, 1500.0, 2)]
         status, view = await get(url, "/api/v1/tenants/alpha/traffic", noc, seconds="600", site="fra1")
         assert [(r["time"], r["passed_pps"]) for r in view["series"]] == [(t, 500.0)] and view["site"] == "fra1"
         status, view = await get(url, "/api/v1/fleet/tenants/alpha/traffic", noc, seconds="600")
         assert status == 200 and sorted(view["sites"]) == ["ams1", "fra1"]
-        assert [r["passed_pps"] for r in view["series"]] == [1500.0, 1000.0]
+        assert [r["passed_pps"] for r in view["series"]] == [1500.0]
+        assert [r["time"] for r in view["sites"]["ams1"]] == [t, t + 1]   # each site's own: all it sent
         # The live console's charts: seconds (5 min) and minutes (1 h) summed alike.
         status, chart = await get(url, "/api/v1/tenants/alpha/series", noc, range="5m")
-        assert status == 200 and (chart["time"], chart["passed_pps"]) == ([int(t), int(t) + 1], [1500.0, 1000.0])
+        assert status == 200 and (chart["time"], chart["passed_pps"]) == ([int(t)], [1500.0])
         status, chart = await get(url, "/api/v1/tenants/alpha/series", noc, range="1h")
-        assert (chart["time"], chart["passed_pps"]) == ([int(t)], [1250.0])
+        assert (chart["time"], chart["passed_pps"]) == ([int(t)], [1500.0])
         status, view = await get(url, "/api/v1/fleet/tenants/alpha/destinations", noc, seconds="600")
         assert [(d["address"], d["time"], d["pps"], d["sites"]) for d in view["destinations"]] == [
             ("198.51.100.10", int(t), 41.0, ["ams1", "fra1"]), ("198.51.100.10", int(t) + 1, 10.0, ["ams1"])]
         day = datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d")
         status, report = await get(url, f"/api/v1/tenants/alpha/reports/{day}..{day}", noc)
         assert status == 200, report
-        # One minute with two seconds: 1500 and 1000 pps summed over the sites, their mean for the minute.
-        assert report["traffic"]["minutes_with_data"] == 1 and report["traffic"]["mean_passed_pps"] == 1250.0
+        # One minute: each site's mean over the seconds every site has sent (t), summed.
+        assert report["traffic"]["minutes_with_data"] == 1 and report["traffic"]["mean_passed_pps"] == 1500.0
         assert report["servers"] == [{"address": "198.51.100.10", "peak_pps": 41.0, "peak_dropped_pps": 4.0,
                                       "attacks": 0}]
         status, report = await get(url, f"/api/v1/tenants/alpha/reports/{day}..{day}", noc, site="fra1")
@@ -562,9 +597,44 @@ async def test_fleet_tenant_seen_at_two_sites_gets_one_view_and_one_report_summi
         # The tenant's own user sees its aggregated view; another tenant's is not there for it.
         alpha = await add_token(store, "tenant", "alpha")
         status, view = await get(url, "/api/v1/fleet/tenants/alpha/traffic", alpha, seconds="600")
-        assert status == 200 and len(view["series"]) == 2
+        assert status == 200 and len(view["series"]) == 1
         assert (await get(url, "/api/v1/fleet/tenants/beta/traffic", alpha))[0] == 404
         assert (await get(url, "/api/v1/tenants/alpha/traffic", noc, site="AMS 1"))[0] == 400
+
+
+async def test_fleet_tenant_sum_never_dips_for_a_site_that_lags_or_sent_part_of_a_minute(tmp_path, database_url):
+    """Issue 17 review, item 2: ams1 sends a whole minute at 1000 pps and two seconds more, fra1
+    half of that minute at 500 pps (from second 30 on) and one second more. A minute is the sum of
+    each site's own mean (1000 + 500, not the mean of per-second sums, 1250); the seconds end at
+    the newest second both have sent (t + 60), not at ams1's alone; a site silent for longer than
+    fleet_tenant.EDGE_WAIT_S does not hold the edge back."""
+    from securewatch import fleet_tenant  # noqa: PLC0415
+
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        ams, fra = await enroll(store, "ams1"), await enroll(store, "fra1")
+        t = float(int(time.time()) // 60 * 60 - 180)   # a whole minute, three minutes ago
+        await post(url, "/api/v1/fleet/site/ingest", ams, {"site": "ams1", "queue": "q", "batches": [
+            _at(i + 1, t + i, 1000.0, [10.0]) for i in range(62)]})
+        await post(url, "/api/v1/fleet/site/ingest", fra, {"site": "fra1", "queue": "q", "batches": [
+            _at(i + 1, t + 30 + i, 500.0, [10.0]) for i in range(31)]})
+        noc = await add_token(store, "noc")
+        status, view = await get(url, "/api/v1/fleet/tenants/alpha/traffic", noc, seconds="600")
+        assert status == 200, view
+        assert [(r["time"], r["passed_pps"]) for r in view["series"][-2:]] == [(t + 59, 1500.0), (t + 60, 1500.0)]
+        status, view = await get(url, "/api/v1/tenants/alpha/traffic", noc, seconds="600")
+        assert view["series"][-1]["time"] == t + 60 and view["series"][-1]["passed_pps"] == 1500.0
+        status, chart = await get(url, "/api/v1/tenants/alpha/series", noc, range="5m")
+        assert chart["time"][-1] == int(t) + 60 and chart["passed_pps"][-1] == 1500.0
+        status, chart = await get(url, "/api/v1/tenants/alpha/series", noc, range="1h")
+        assert (chart["time"], chart["passed_pps"]) == ([int(t), int(t) + 60], [1500.0, 1500.0])
+        minutes = await store.traffic("alpha", t - 60, t + 600, "minute")
+        assert [(m["time"], m["passed_pps"]) for m in minutes] == [(t, 1500.0), (t + 60, 1500.0)]
+        # fra1 goes silent: once ams1 is more than EDGE_WAIT_S ahead, the sum shows ams1 alone.
+        late = int(fleet_tenant.EDGE_WAIT_S) + 2
+        await post(url, "/api/v1/fleet/site/ingest", ams, {"site": "ams1", "queue": "q", "batches": [
+            _at(63 + i, t + 62 + i, 1000.0, [10.0]) for i in range(late)]})
+        status, view = await get(url, "/api/v1/fleet/tenants/alpha/traffic", noc, seconds="600")
+        assert [(r["time"], r["passed_pps"], r["sites"]) for r in view["series"][-1:]] == [(t + 61 + late, 1000.0, 1)]
 
 
 async def test_fleet_attack_seen_at_two_sites_is_two_incidents_linked(tmp_path, database_url):
@@ -713,3 +783,64 @@ def test_item5_fleet_retention_keys_have_documented_defaults_and_named_errors(tm
     parse_settings({"fleet_second_retention_s": 60, "fleet_minute_retention_days": "7"}, tmp_path, problems)
     assert problems == ["[securewatch] fleet_second_retention_s: must be between 600 and 604800, got 60",
                         "[securewatch] fleet_minute_retention_days: expected a whole number, got a string '7'"]
+
+
+async def test_fleet_report_counts_an_attack_seen_at_two_sites_once_with_its_site_legs(tmp_path, database_url):
+    """Issue 17 review, item 3: the two linked incidents of one attack (ams1 and fra1, the same
+    destination, overlapping) are one attack of the report with a leg per site, in JSON, CSV and
+    HTML, and count once in the summary, the vectors and the attacked targets; an incident of
+    another destination stays an attack of its own."""
+    import csv  # noqa: PLC0415
+    import datetime  # noqa: PLC0415
+    import io  # noqa: PLC0415
+
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        ams, fra = await enroll(store, "ams1"), await enroll(store, "fra1")
+        t = float(int(time.time()) - 600)
+
+        def leg(seq: int, at: float, incident: str, dropping_from: float) -> dict:
+            # 40,000 pps at the site for 5 s, dropped from `dropping_from` on.
+            b = batch(seq, at, incident=incident)
+            b["events"][0]["details"]["series"] = [
+                {"t": at + i, "pps": 40000.0, "bps": 3e8, "attack_pps": 39000.0, "passed_pps": 1000.0,
+                 "dropped_pps": 30000.0 if at + i >= dropping_from else 0.0} for i in range(5)]
+            return b
+
+        await post(url, "/api/v1/fleet/site/ingest", ams, {"site": "ams1", "queue": "q", "batches": [
+            leg(1, t, "i-1", t + 3)]})
+        other = batch(2, t + 5, incident="i-other")
+        other["events"][0]["destinations"] = ["198.51.100.99"]
+        other["events"][0]["details"]["target"] = "198.51.100.99"
+        await post(url, "/api/v1/fleet/site/ingest", fra, {"site": "fra1", "queue": "q", "batches": [
+            leg(1, t + 2, "i-9", t + 2), other]})
+        noc = await add_token(store, "noc")
+        days = [datetime.datetime.fromtimestamp(x, datetime.UTC).strftime("%Y-%m-%d") for x in (t - 86400, t + 60)]
+        path = f"/api/v1/tenants/alpha/reports/{days[0]}..{days[1]}"
+        status, report = await get(url, path, noc)
+        assert status == 200, report
+        assert report["summary"]["attacks"] == 2 and report["vectors"] == {"udp_flood": 2}
+        linked, alone = report["attacks"]
+        assert (linked["id"], linked["sites"]) == ("ams1:i-1", ["ams1", "fra1"])
+        assert [(leg["id"], leg["site"]) for leg in linked["legs"]] == [("ams1:i-1", "ams1"), ("fra1:i-9", "fra1")]
+        assert linked["packets_dropped"] == sum(leg["packets_dropped"] for leg in linked["legs"])
+        # Seconds t+2..t+4 carry both sites' 40,000 pps; fra1 dropped from its first second (t+2).
+        assert linked["peak_pps"] == 80000.0 > max(leg["peak_pps"] for leg in linked["legs"])
+        assert (linked["mitigation_s"], [leg["mitigation_s"] for leg in linked["legs"]]) == (2.0, [3.0, 0.0])
+        assert max(linked["chart"]["attack_pps"]) == 78000.0
+        assert (alone["id"], alone["sites"], alone["legs"]) == ("fra1:i-other", ["fra1"], [])
+        assert {x["address"]: x["attacks"] for x in report["targets"]} == {"198.51.100.10": 1, "198.51.100.99": 1}
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {noc}"}) as http:
+            async with http.get(f"{url}{path}", params={"format": "csv"}) as r:
+                assert r.status == 200
+                rows = list(csv.reader(io.StringIO(await r.text())))
+            async with http.get(f"{url}{path}", params={"format": "html"}) as r:
+                assert r.status == 200
+                html = await r.text()
+        assert [(row[1], row[-1]) for row in rows if row and row[0] == "attack" and row[1] != "incident"] == [
+            ("ams1:i-1", "ams1 fra1"), ("fra1:i-other", "fra1")]
+        assert [row[1:4] for row in rows if row and row[0] == "attack_leg" and row[1] != "attack"] == [
+            ["ams1:i-1", "ams1:i-1", "ams1"], ["ams1:i-1", "fra1:i-9", "fra1"]]
+        assert "seen at ams1, fra1" in html and "incident fra1:i-9" in html
+        # Narrowed to one site, each site's incidents are its attacks again.
+        status, report = await get(url, path, noc, site="fra1")
+        assert [a["id"] for a in report["attacks"]] == ["fra1:i-9", "fra1:i-other"]
