@@ -754,7 +754,10 @@ async def test_item5_fleet_retention_removes_expired_seconds_and_rollups(tmp_pat
 
     async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
         await enroll(store, "ams1")
-        now = int(time.time())
+        # Both seconds in one hour that has ended by the rollup at now + 600, whatever the minute the
+        # test runs in: "now" is minute 55 of the current hour (at most 55 minutes ahead, well inside
+        # the partitions made 3 hours ahead).
+        now = int(time.time()) // 3600 * 3600 + 3300
         await _ingest_seconds(store, "ams1", "q", [(1, now - 1800), (2, now - 10)])
         retention = SeriesRetention(fleet_second_retention_s=3600)
         await store.run(fleet_store.rollup, now + 600, retention)
