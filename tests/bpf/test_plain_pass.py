@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,8 +21,8 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from dataplane.api import Range, Rule
-from dataplane.constants import Direction, PolicyFlag, TrafficClass
+from dataplane.api import BlockedSource, Range, Rule
+from dataplane.constants import Direction, DropReason, PolicyFlag, TrafficClass
 from tests.bpf.conftest import (
     ALPHA_DST,
     ALPHA_DST6,
@@ -33,10 +34,12 @@ from tests.bpf.conftest import (
     GAMMA_DST6,
     STANDARD_TENANTS,
     UNPROTECTED_DST,
+    XDP_DROP,
     XDP_REDIRECT,
     apply_tenant_dicts,
     dataplane_built_with,
     run,
+    tenant_counters,
 )
 from tests.bpf.test_address_cache import slot_of
 from tests.bpf.test_fast_parse import _counters, _delta, ipv4_frames
@@ -191,3 +194,25 @@ def test_plain_and_full_pass_path_agree(short_path, full_path):
             d.drain_samples(limit=1 << 20)
             for rid in ids:
                 d.remove_rule(rid)
+
+
+def test_a_blocked_source_is_dropped_at_a_plain_slot(dp):
+    """The short path leaves to the full one while the block list holds anything (the gate bit in
+    the configuration): a blocked source's segment to an address whose slot is plain is dropped as
+    BLOCKED, and passes again once unblocked. (The agreement test above runs with no block, so it
+    cannot see the short path skip the list.)"""
+    applied = apply_tenant_dicts(dp, TENANTS)
+    bot = "198.19.91.7"
+    frame = bytes(ETH / IP(src=bot, dst=DELTA_DST) / TCP(sport=40001, dport=80, flags="A"))
+    assert run(dp, frame) == XDP_REDIRECT
+    assert slot_flags(dp, DELTA_DST) & int(PolicyFlag.SLOT_PLAIN), "delta's slot is plain"
+    block = BlockedSource(applied["delta"], ipaddress.ip_address(bot), time.monotonic_ns() + 3600 * 10**9, "test")
+    dp.block_sources([block])
+    try:
+        before = tenant_counters(dp, applied["delta"]).reason_packets[0, DropReason.BLOCKED]
+        assert slot_flags(dp, DELTA_DST) & int(PolicyFlag.SLOT_PLAIN), "the block is not in the slot"
+        assert run(dp, frame) == XDP_DROP
+        assert tenant_counters(dp, applied["delta"]).reason_packets[0, DropReason.BLOCKED] - before == 1
+    finally:
+        dp.unblock_source(applied["delta"], ipaddress.ip_address(bot))
+    assert run(dp, frame) == XDP_REDIRECT
