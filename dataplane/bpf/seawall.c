@@ -297,6 +297,11 @@ static __always_inline void sw_addr_spill_counters(struct sw_addr_entry *e)
 static __always_inline void sw_address_refresh(struct sw_addr_entry *e, const __u64 *addr, __u32 is_v6,
                                                struct sw_config *cfg)
 {
+    /* The generation is read before anything it guards: should user space change a rule, a policy
+     * or the tenant set (and then bump it) while this refresh runs, the slot keeps the older
+     * generation and the next packet refreshes it again, instead of stamping what it read as new. */
+    __u64 generation = *(volatile __typeof__(cfg->generation) *)&cfg->generation;
+    asm volatile("" ::: "memory");
     if (!sw_addr_equal(e->addr, addr) || e->is_v6 != is_v6) {
         if (e->generation)
             sw_addr_spill_counters(e);
@@ -335,7 +340,7 @@ static __always_inline void sw_address_refresh(struct sw_addr_entry *e, const __
     if ((e->policy_flags & (SW_POLICY_SLOT_PROTECTED | SW_POLICY_SLOT_MONITOR | SW_POLICY_SLOT_LISTS_OR_HEURISTICS |
                             SW_POLICY_HAS_BUDGET)) == SW_POLICY_SLOT_PROTECTED && e->rule_count == 0)
         e->policy_flags |= SW_POLICY_SLOT_PLAIN; /* sw_pass_plain() may take its packets */
-    e->generation = cfg->generation;
+    e->generation = generation;
 }
 
 /* This CPU's copy of a cache slot. The verifier inlines both the CPU id and the
