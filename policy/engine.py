@@ -472,8 +472,10 @@ class PolicyEngine:
                 log.info("attack.suspect", tenant=inc.tenant_id, incident=inc.id,
                          dst=",".join(obs.destinations[:8]), pending_s=round(inc.anomalous_s, 3),
                          vectors={str(sc.vector): sc.confidence for sc in obs.scores})
-        row_of_slot = np.full(self.rates.slots.capacity, -1, np.int64)
-        row_of_slot[dest.slots] = np.arange(len(dest))
+        row_of_slot = self.rates.rows_by_slot()
+        if len(row_of_slot) != self.rates.slots.capacity:     # slots assigned since the read
+            row_of_slot = np.full(self.rates.slots.capacity, -1, np.int64)
+            row_of_slot[dest.slots] = np.arange(len(dest))
         self._account(now, wall, dest, tenants, det, row_of_slot)
         added: list[int] = []
         removed: list[int] = []
