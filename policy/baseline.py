@@ -194,7 +194,7 @@ class EwmaBaseline:
         `cap` is `baseline_threshold(rows)` when the caller already has it (detection does);
         `gathered` is `gather(rows)` taken since the last change to these rows (detection's),
         whose arrays this update then overwrites; `deviation` is `pps - gathered.mean` when the
-        caller has it (detection's), which this update overwrites too. `rows` may be a slice
+        caller has it (detection's), which this update only reads. `rows` may be a slice
         (consecutive rows: the state is updated in place, with no gathers).
         """
         n_rows = len(range(*rows.indices(self.capacity))) if isinstance(rows, slice) else len(rows)
@@ -226,17 +226,27 @@ class EwmaBaseline:
         # element above its cap can be clipped (to max(cap, 1)): found in one pass, clipped by index.
         if deviation is None or deviation.shape != pps.shape or not deviation.flags.c_contiguous:
             deviation = np.subtract(pps, mean)
+        # The clipped elements' own steps are computed by index after the whole-array ones (the same
+        # arithmetic on the same operands), so `deviation` stays rate - mean: detection keeps it.
         diff = deviation
         over = np.flatnonzero(np.greater(pps, cap))
+        clipped = None
         if len(over):
             at = learned.reshape(-1)[over]
             clip = np.maximum(cap.reshape(-1)[over], 1.0)
             over_warm = (pps.reshape(-1)[over] > clip) & (at >= self.warmup_s) & (at > 0)
             over, clip = over[over_warm], clip[over_warm]
-            diff.reshape(-1)[over] = clip - mean.reshape(-1)[over]
+            if len(over):
+                old_mean = mean.reshape(-1)[over]
+                d = clip - old_mean
+                clipped = (over, old_mean, d, alpha.reshape(-1)[over] * d)
         step = alpha * diff
         mean += step
         step *= diff
+        if clipped is not None:
+            over, old_mean, d, m_step = clipped
+            mean.reshape(-1)[over] = old_mean + m_step
+            step.reshape(-1)[over] = m_step * d
         var += step
         np.subtract(1.0, alpha, out=alpha)
         var *= alpha

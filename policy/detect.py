@@ -16,7 +16,7 @@ import ipaddress
 
 import numpy as np
 
-from dataplane.constants import MAX_TENANTS, NO_TENANT, TenantMode, TrafficClass
+from dataplane.constants import MAX_TENANTS, TenantMode, TrafficClass
 from policy.baseline import PARTIAL_BASELINE_S, BaselineRows, EwmaBaseline
 from policy.rates import DestinationRates, TenantRates
 from tenants.policy import TenantPolicy
@@ -62,8 +62,10 @@ class PolicyTable:
 
     @staticmethod
     def rows(tenant_idx: np.ndarray) -> np.ndarray:
-        """Policy rows for tenant indices (NO_TENANT → the sentinel row)."""
-        return np.where(tenant_idx == NO_TENANT, MAX_TENANTS, np.minimum(tenant_idx, MAX_TENANTS))
+        """Policy rows for tenant indices (NO_TENANT → the sentinel row). NO_TENANT is above every
+        slot, so the clamp to the sentinel row maps it there too (one pass, not three, over a million
+        rows)."""
+        return np.minimum(tenant_idx, MAX_TENANTS)
 
 
 @dataclasses.dataclass(slots=True)
@@ -84,7 +86,9 @@ class Detection:
     threshold: np.ndarray            # (N, C) packets/s
     baseline_cap: np.ndarray         # (N, C) (mean + k·sigma)·margin, before policy floors and sensitivity
     anomalous: np.ndarray            # (N, C) bool
-    excess: np.ndarray               # (N, C) packets/s above the baseline mean (>= 0)
+    # (N, C) packets/s rate - baseline mean; `excess` is its positive part, made when first asked for
+    # (a tick without carpets or prefixes needs it at a few rows only: `excess_at`).
+    deviation: np.ndarray
     anomalous_rows: np.ndarray       # rows with any anomalous class
     tenant_threshold: np.ndarray     # (T, C)
     tenant_anomalous: np.ndarray     # (T, C) bool
@@ -99,6 +103,20 @@ class Detection:
     tenant_cap: np.ndarray | None = None
     pps: np.ndarray | None = None                  # (N, C) the rates detected on (for `ratio`)
     _ratio: np.ndarray | None = None
+    _excess: np.ndarray | None = None
+
+    @property
+    def excess(self) -> np.ndarray:
+        """(N, C) packets/s above the baseline mean (>= 0)."""
+        if self._excess is None:
+            self._excess = np.maximum(self.deviation, 0.0)
+        return self._excess
+
+    def excess_at(self, rows, classes) -> np.ndarray:
+        """`excess[rows, classes]` without making the whole array (the same elementwise maximum)."""
+        if self._excess is not None:
+            return self._excess[rows, classes]
+        return np.maximum(self.deviation[rows, classes], 0.0)
 
     @property
     def ratio(self) -> np.ndarray:
@@ -187,8 +205,7 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
     anomalous = np.greater(dest.pps, threshold)
     if not known.all():
         anomalous[~known] = False
-    deviation = np.subtract(dest.pps, state.mean)     # learning's rate - mean, too
-    excess = np.maximum(deviation, 0.0)
+    deviation = np.subtract(dest.pps, state.mean)     # learning's rate - mean, too (it only reads it)
     # Anomalies are rare: find them in the flat mask (`.any(axis=1)` walks the short class axis slowly).
     anomalous_rows = np.unique(np.flatnonzero(anomalous) // N_CLASSES)
 
@@ -210,15 +227,17 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
     t_excess[t_rows] = np.maximum(tenants.pps[t_rows] - t_mean, 0.0)
 
     carpets: list[CarpetCandidate] = []
+    excess = None
     hot_tenants = np.unique(np.flatnonzero(t_anomalous) // N_CLASSES)
     if len(hot_tenants):
+        excess = np.maximum(deviation, 0.0)
         carpets = group_carpets(dest, np.where(known, dest.tenant_idx, MAX_TENANTS), MAX_TENANTS, cap, warm,
                                 anomalous, excess, hot_tenants, t_anomalous, t_excess, tenants.pps, t_threshold,
                                 carpet_min_destinations)
-    return Detection(threshold=threshold, baseline_cap=cap, anomalous=anomalous, excess=excess,
+    return Detection(threshold=threshold, baseline_cap=cap, anomalous=anomalous, deviation=deviation,
                      anomalous_rows=anomalous_rows, tenant_threshold=t_threshold,
                      tenant_anomalous=t_anomalous, tenant_excess=t_excess, carpets=carpets, warm=warm,
-                     dest_state=state, dest_deviation=deviation, tenant_cap=t_cap, pps=dest.pps)
+                     dest_state=state, dest_deviation=deviation, tenant_cap=t_cap, pps=dest.pps, _excess=excess)
 
 
 def group_carpets(dest: DestinationRates, tidx: np.ndarray, n_groups: int, cap: np.ndarray, warm: np.ndarray,

@@ -472,8 +472,10 @@ class PolicyEngine:
                 log.info("attack.suspect", tenant=inc.tenant_id, incident=inc.id,
                          dst=",".join(obs.destinations[:8]), pending_s=round(inc.anomalous_s, 3),
                          vectors={str(sc.vector): sc.confidence for sc in obs.scores})
-        row_of_slot = np.full(self.rates.slots.capacity, -1, np.int64)
-        row_of_slot[dest.slots] = np.arange(len(dest))
+        row_of_slot = self.rates.rows_by_slot()
+        if len(row_of_slot) != self.rates.slots.capacity:     # slots assigned since the read
+            row_of_slot = np.full(self.rates.slots.capacity, -1, np.int64)
+            row_of_slot[dest.slots] = np.arange(len(dest))
         self._account(now, wall, dest, tenants, det, row_of_slot)
         added: list[int] = []
         removed: list[int] = []
@@ -620,7 +622,7 @@ class PolicyEngine:
         if not len(dest):
             return out
         first = [(int(r), int(c)) for r in det.anomalous_rows for c in np.flatnonzero(det.anomalous[r])]
-        rows, classes = onset_candidates(dest.pps, det.threshold, det.excess, dest.valid, det.anomalous)
+        rows, classes = onset_candidates(dest.pps, det.threshold, det.deviation, dest.valid, det.anomalous)
         added = False
         for row, c in first + list(zip(rows.tolist(), classes.tolist(), strict=True)):
             tidx = int(dest.tenant_idx[row])
@@ -631,7 +633,7 @@ class PolicyEngine:
             idx_arr = np.asarray(idx, np.int64)
             ts = inbound.timestamp_ns[idx_arr[inbound.traffic_class[idx_arr] == c]]
             pps = float(dest.pps[row, c])
-            rate, active = onset_rate(now, dest.dt, pps, pps - float(det.excess[row, c]), ts)
+            rate, active = onset_rate(now, dest.dt, pps, pps - float(det.excess_at(row, c)), ts)
             if rate <= pps:
                 continue
             out[(row, c)] = rate
@@ -726,7 +728,7 @@ class PolicyEngine:
                 else:
                     pps = float(dest.pps[row].sum())
                     bps = float(dest.byte_rate_of(row).sum() * 8)
-                    attack = float(det.excess[row, cls].sum()) if cls else 0.0
+                    attack = float(det.excess_at(row, cls).sum()) if cls else 0.0
                     dropped = dest.dropped_pps_of(row)
             self.incidents.account(inc, now, wall, dest.dt, pps=pps, bps=bps, attack_pps=attack, dropped_pps=dropped)
 
@@ -883,7 +885,8 @@ class PolicyEngine:
             learn[target_rows[target_rows >= 0]] = False
         self.dest_baseline.update(dest.slots, dest.pps, dest.dt, learn, cap=det.baseline_cap, gathered=det.dest_state,
                                   deviation=det.dest_deviation)
-        # Now overwritten by learning; and the engine keeps `det` until the next tick.
+        # The state now overwritten by learning; and the engine keeps `det` until the next tick
+        # (`det.deviation`, which learning only reads, stays: `det.excess` is made from it).
         det.dest_state = det.dest_deviation = None
         rows = tenant_rows(self.policy_table.tenant_rows)
         t_cap = det.tenant_cap if det.tenant_cap is not None and det.tenant_cap.shape == t_learn[rows].shape else None

@@ -62,9 +62,10 @@ def onset_rate(end: float, dt: float, pps: float, mean: float, timestamps_ns: np
 def candidates(pps: np.ndarray, threshold: np.ndarray, excess: np.ndarray, valid: np.ndarray,
                anomalous: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(rows, classes) below their threshold whose rate could be the sliver of a flood's onset:
-    JUMP times the baseline mean (`excess` = rate - mean, >= 0) and at least MIN_SHARE of the
-    threshold; at most MAX_CANDIDATES, highest rate / threshold first. The jump test comes
-    first: it is one pass over (N, C) and leaves few pairs for the rest."""
+    JUMP times the baseline mean (`excess` = rate - mean, or its positive part: compared with a
+    bound >= 0, both pick the same pairs) and at least MIN_SHARE of the threshold; at most
+    MAX_CANDIDATES, highest rate / threshold first. The jump test comes first: it is one pass
+    over (N, C) and leaves few pairs for the rest."""
     jump = excess > pps * (1.0 - 1.0 / JUMP)
     rows, classes = np.divmod(np.flatnonzero(jump), pps.shape[1])   # flat: a 2-D nonzero costs twice as much
     keep = (pps[rows, classes] > MIN_SHARE * threshold[rows, classes]) & ~anomalous[rows, classes] & valid[rows]

@@ -369,6 +369,14 @@ class RateTracker:
         self._prev_row_of_slot = np.concatenate([self._prev_row_of_slot, np.full(pad, -1, np.int64)])
         self._before_row_of_slot = np.concatenate([self._before_row_of_slot, np.full(pad, -1, np.int64)])
 
+    def rows_by_slot(self) -> np.ndarray:
+        """(capacity,) each slot's row in the last destination read, -1 for slots absent from it: the
+        tracker's own table, read-only (the engine needs it every tick; building it again is a fill and
+        a scatter of 8 MB at a million destinations). The next read rewrites it in place."""
+        view = self._prev_row_of_slot.view()
+        view.flags.writeable = False
+        return view
+
     def update_destinations(self, now: float, counters: DestinationCounters) -> tuple[DestinationRates, np.ndarray]:
         """Rates for this read, and the slots freed by expiry (their baselines must be reset)."""
         n = len(counters.keys)

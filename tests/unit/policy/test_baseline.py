@@ -153,6 +153,27 @@ def test_update_with_the_callers_gathered_state_cap_and_deviation_equals_a_plain
         given.update(rows, pps[rows], 1.0, learn, gathered=given.gather(rows[::-1]))
 
 
+def test_update_only_reads_the_callers_deviation_for_a_tick_at_a_million_destinations():
+    # Issue 18 item 2: detection keeps `rate - mean` for the tick's excess instead of a second (N, C)
+    # array, so learning must not write its winsorised values into it; the learned state is the
+    # written-out model's bit for bit all the same.
+    rng = np.random.default_rng(10)
+    b = model(warmup_s=600.0)
+    pps = _random_state(rng, b, 2000)
+    rows = np.arange(2000)
+    learn = rng.random((2000, C)) > 0.05
+    want = _written_out_update(b, pps, 1.0, learn)
+    state = b.gather(rows)
+    cap = b.baseline_threshold(rows)
+    deviation = pps - state.mean
+    before = deviation.copy()
+    assert ((pps > np.maximum(cap, 1.0)) & (b.learned_s >= b.warmup_s)).sum() > 100     # many clipped
+    b.update(rows, pps, 1.0, learn, cap=cap, gathered=state, deviation=deviation)
+    assert np.array_equal(deviation, before)
+    assert np.array_equal(b.mean, want[0]) and np.array_equal(b.var, want[1])
+    assert np.array_equal(b.learned_s, want[2])
+
+
 @pytest.mark.parametrize("young_share", [0.0, 0.02, 0.5])
 def test_update_of_long_learned_rows_equals_the_written_out_model_bit_for_bit(young_share):
     # Rows that learned for hours take the EWMA weight without the running-average division,

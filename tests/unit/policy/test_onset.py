@@ -52,6 +52,22 @@ def test_candidates_are_near_their_threshold_and_a_jump_from_their_mean():
     assert rows.tolist() == [0] and classes.tolist() == [0]   # 1: its usual rate; 2: too low; 3: already anomalous
 
 
+def test_candidates_from_rate_minus_mean_are_those_from_the_excess():
+    # Issue 18 item 2: the engine passes detection's rate - mean (no (N, C) excess array each tick);
+    # against a bound >= 0 its negative elements and their zero excess pick the same pairs.
+    rng = np.random.default_rng(3)
+    pps = rng.choice([0.0, 10.0, 900.0, 5000.0], (5000, 6))
+    mean = rng.choice([0.0, 5.0, 100.0, 4000.0, 9000.0], (5000, 6))
+    threshold = rng.choice([1.0, 1000.0, 8000.0], (5000, 6))
+    anomalous, valid = rng.random((5000, 6)) < 0.01, rng.random(5000) < 0.9
+    deviation = pps - mean
+    assert (deviation < 0).any() and (deviation == 0).any()
+    want = candidates(pps, threshold, np.maximum(deviation, 0.0), valid, anomalous)
+    got = candidates(pps, threshold, deviation, valid, anomalous)
+    assert len(want[0]) > 100
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
 def ack_flood_frames(dst: str, n: int = 200) -> list[bytes]:
     rng = np.random.default_rng(5)
     return [tcp_frame(src, dst, int(rng.integers(1024, 65535)), 80, "A", ttl=57) for src in spoofed(n, seed=23)]

@@ -70,6 +70,24 @@ def test_rates_follow_addresses_across_row_order_churn_and_resets():
     assert got[B][0].sum() == 0
 
 
+def test_rows_by_slot_is_each_slot_row_of_the_last_read_across_churn_and_growth():
+    # Issue 18 item 2: the engine takes the tracker's slot -> row table instead of building its own
+    # each tick; it must be exactly that table after reordering, eviction, new addresses and growth.
+    rt = RateTracker()
+    rng = np.random.default_rng(4)
+    pool = [ipaddress.ip_address(f"198.51.100.{i}") for i in range(1, 200)] + \
+        [ipaddress.ip_address(f"2001:db8::{i:x}") for i in range(1, 3000)]
+    for t in range(6):
+        present = [pool[i] for i in rng.permutation(len(pool))[:rng.integers(50, len(pool))]]
+        r, _ = rt.update_destinations(float(t), counters({a: (pk(udp=10 * t), 0) for a in present}))
+        want = np.full(rt.slots.capacity, -1, np.int64)
+        want[r.slots] = np.arange(len(r))
+        got = rt.rows_by_slot()
+        assert np.array_equal(got, want)
+        with pytest.raises(ValueError):
+            got[0] = 1
+
+
 def test_slots_expire_after_long_absence_and_are_reused():
     rt = RateTracker(forget_after_s=100.0)
     rt.update_destinations(0.0, counters({A: (pk(udp=1), 0)}))
