@@ -1,0 +1,46 @@
+"""The central database's side of a site's incident evidence (`fleet_evidence`): no imports from
+the web layer, so that the store's migrations can name it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+EVIDENCE_MAX_BYTES = 8 * 1024 * 1024   # bytes per PCAP file: the appliance's own cap (pcap_max_bytes)
+EVIDENCE_KINDS = ("dropped", "passed")  # the two files `policy.pcap.IncidentPcap` writes
+
+MIGRATION = [
+    """CREATE TABLE IF NOT EXISTS fleet_evidence (
+        incident_id TEXT NOT NULL, kind TEXT NOT NULL, site TEXT NOT NULL, sha256 TEXT NOT NULL,
+        bytes BIGINT NOT NULL, received_at {real} NOT NULL, data {blob} NOT NULL,
+        PRIMARY KEY (incident_id, kind))""",
+]
+
+
+def store_evidence(b: Any, incident_id: str, kind: str, site: str, sha256: str, data: bytes) -> str:
+    """'unknown' (no such incident), 'duplicate' (this very file is stored) or 'stored'."""
+    if b.execute("SELECT 1 FROM incidents WHERE id = ?", (incident_id,)).fetchone() is None:
+        return "unknown"
+    row = b.execute("SELECT sha256 FROM fleet_evidence WHERE incident_id = ? AND kind = ?",
+                    (incident_id, kind)).fetchone()
+    if row is not None and row[0] == sha256:
+        return "duplicate"
+    # A newer file of the same kind (the capture grew after a first upload) replaces the older one.
+    b.execute("INSERT INTO fleet_evidence (incident_id, kind, site, sha256, bytes, received_at, data) "
+              "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (incident_id, kind) DO UPDATE SET "
+              "site = excluded.site, sha256 = excluded.sha256, bytes = excluded.bytes, "
+              "received_at = excluded.received_at, data = excluded.data",
+              (incident_id, kind, site, sha256, len(data), time.time(), data))
+    return "stored"
+
+
+def site_pcap(b: Any, incident_id: str, kind: str) -> bytes | None:
+    row = b.execute("SELECT data FROM fleet_evidence WHERE incident_id = ? AND kind = ?",
+                    (incident_id, kind)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def site_pcap_kinds(b: Any, incident_id: str) -> dict[str, dict[str, Any]]:
+    rows = b.execute("SELECT kind, bytes, sha256, received_at FROM fleet_evidence WHERE incident_id = ? "
+                     "ORDER BY kind", (incident_id,)).fetchall()
+    return {r[0]: {"bytes": int(r[1]), "sha256": r[2], "received_at": r[3]} for r in rows}
