@@ -44,3 +44,10 @@ def site_pcap_kinds(b: Any, incident_id: str) -> dict[str, dict[str, Any]]:
     rows = b.execute("SELECT kind, bytes, sha256, received_at FROM fleet_evidence WHERE incident_id = ? "
                      "ORDER BY kind", (incident_id,)).fetchall()
     return {r[0]: {"bytes": int(r[1]), "sha256": r[2], "received_at": r[3]} for r in rows}
+
+
+def site_pcap_files(b: Any, incident_id: str) -> dict[str, bytes]:
+    """kind -> file of the captures uploaded for `incident_id` (none for a local incident)."""
+    rows = b.execute("SELECT kind, data FROM fleet_evidence WHERE incident_id = ? ORDER BY kind",
+                     (incident_id,)).fetchall()
+    return {r[0]: bytes(r[1]) for r in rows}

@@ -7,6 +7,7 @@ A real central SecureWatch (aiohttp over TCP, SQLite) and a real agent, as in te
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import pathlib
 import struct
 import time
@@ -21,6 +22,13 @@ from securewatch.store import Store, record_event_in
 from tenants import TenantSet
 
 EVIDENCE = "/api/v1/fleet/site/evidence"
+
+
+def udp_frame(source: str) -> bytes:
+    """An Ethernet frame of a UDP datagram from `source` (198.18.0.0/15) to 198.51.100.10 port 53."""
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, 64, 17, 0, ipaddress.IPv4Address(source).packed,
+                     ipaddress.IPv4Address("198.51.100.10").packed)
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + struct.pack("!HHHH", 40000, 53, 8, 0)
 
 
 def lab_pcap(path: pathlib.Path, payload: bytes) -> bytes:
@@ -56,12 +64,12 @@ async def upload(url: str, token: str, data: bytes, **params: str) -> tuple[int,
         return r.status, await r.json()
 
 
-async def test_item3_incident_pcap_arrives_once_after_central_outage_and_keeps_tenant_access(tmp_path):
+async def test_item3_incident_pcap_and_samples_arrive_once_after_central_outage_and_keep_tenant_access(tmp_path):
     appliance = LabAppliance()
     bus = EventBus()
     state = tmp_path / "state"
-    dropped = lab_pcap(state / "pcap" / "inc-1-dropped.pcap", b"\x00" * 60)
-    passed = lab_pcap(state / "pcap" / "inc-1-passed.pcap", b"\x01" * 90)
+    dropped = lab_pcap(state / "pcap" / "inc-1-dropped.pcap", udp_frame("198.18.0.7"))
+    passed = lab_pcap(state / "pcap" / "inc-1-passed.pcap", udp_frame("198.18.0.9"))
     pcap = {"dropped": {"path": str(state / "pcap" / "inc-1-dropped.pcap"), "packets": 1, "bytes": len(dropped)},
             "passed": {"path": str(state / "pcap" / "inc-1-passed.pcap"), "packets": 1, "bytes": len(passed)}}
     async with central(tmp_path) as (url, store):
@@ -98,6 +106,18 @@ async def test_item3_incident_pcap_arrives_once_after_central_outage_and_keeps_t
                 200, passed)
             status, _ = await download(url, await user_token(store, "tenant", "beta"), "ams1:inc-1", "dropped")
             assert status == 404
+
+            # Item 2: the samples in those files are the central incident's anatomy, as a local one's.
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {noc}"}) as http:
+                async with http.get(f"{url}/api/v1/incidents/ams1:inc-1/talkers") as r:
+                    assert r.status == 200
+                    anatomy = await r.json()
+                async with http.get(f"{url}/incidents/ams1:inc-1") as r:
+                    assert r.status == 200
+                    page = await r.text()
+            assert anatomy["dropped"]["sources"][0]["key"] == "198.18.0.7"
+            assert anatomy["passed"]["sources"][0]["key"] == "198.18.0.9"
+            assert "198.18.0.7" in page and "UDP 53" in page
     finally:
         await agent.stop()
 
