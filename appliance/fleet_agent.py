@@ -119,6 +119,10 @@ class FleetQueue:
             self._db.execute("CREATE TABLE IF NOT EXISTS evidence (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                              "after_seq INTEGER NOT NULL, incident TEXT NOT NULL, kind TEXT NOT NULL, "
                              "path TEXT NOT NULL, UNIQUE (incident, kind))")
+            # The BGP announcements and withdrawals of this site's incidents, after the batch queued
+            # before them (after_seq), so that central knows the incident when they arrive.
+            self._db.execute("CREATE TABLE IF NOT EXISTS announcements (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                             "after_seq INTEGER NOT NULL, body TEXT NOT NULL)")
         self.id = self._db.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0]
 
     def append(self, batch: dict[str, Any]) -> int:
@@ -185,6 +189,24 @@ class FleetQueue:
     def evidence_done(self, evidence_id: int) -> None:
         with self._db:
             self._db.execute("DELETE FROM evidence WHERE id = ?", (evidence_id,))
+
+    def add_announcements(self, items: list[dict[str, Any]]) -> None:
+        """Queue announcements to send after the newest batch queued so far (the incident's)."""
+        with self._db:
+            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'batches'").fetchone()
+            self._db.executemany("INSERT INTO announcements (after_seq, body) VALUES (?, ?)",
+                                 [(row[0] if row else 0, json.dumps(a, default=str)) for a in items])
+
+    def due_announcements(self, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        """The oldest queued announcements whose batch was acknowledged: (id, announcement)."""
+        rows = self._db.execute(
+            "SELECT id, body FROM announcements WHERE after_seq < "
+            "COALESCE((SELECT MIN(seq) FROM batches), 9223372036854775807) ORDER BY id LIMIT ?", (limit,)).fetchall()
+        return [(int(r[0]), json.loads(r[1])) for r in rows]
+
+    def announcements_done(self, up_to: int) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM announcements WHERE id <= ?", (up_to,))
 
     def evidence_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM evidence").fetchone()[0])
@@ -368,6 +390,7 @@ class FleetAgent:
         self.last_error: str | None = None
         self._last_seen: dict[str, float] = {}   # tenant -> time of the newest row queued
         self._last_destination = 0.0
+        self._announcements: list[dict[str, Any]] = []   # BGP changes taken off the bus, not yet queued
         self._inbox: asyncio.Queue[Event] | None = None
         self._queued = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -466,6 +489,8 @@ class FleetAgent:
             event = self._inbox.get_nowait()
             if event.type in ATTACK_EVENTS and event.incident_id and event.tenant:
                 events.append(event.to_dict())
+            elif event.type == EventType.ESCALATION and event.incident_id and event.tenant:
+                self._announcements.append(fleet_evidence.announcement(event, self.appliance))
         if not (tenant_ids or destinations or events):
             return None
         return {"site": self.site, "time": now, "traffic_columns": columns, "destinations": destinations,
@@ -475,13 +500,21 @@ class FleetAgent:
         """Queue one batch of what is new; its sequence number (None: nothing new)."""
         batch = self._batch()
         if batch is None:
+            await self._queue_announcements()
             return None
         seq = await self._in_queue(self.queue.append, batch)
+        await self._queue_announcements()
         for incident, kind, path in fleet_evidence.pcap_files(batch["events"]):
             await self._in_queue(self.queue.add_evidence, seq, incident, kind, path)
         self._stats = await self._in_queue(self.queue.stats)
         self._queued.set()
         return seq
+
+    async def _queue_announcements(self) -> None:
+        if self._announcements:
+            items, self._announcements = self._announcements, []
+            await self._in_queue(self.queue.add_announcements, items)
+            self._queued.set()
 
     async def _collect_loop(self) -> None:
         while True:
@@ -548,6 +581,22 @@ class FleetAgent:
             log.info("fleet.retry_deduplicated", batches=answer["duplicates"])
         return len(sent)
 
+    async def send_announcements_once(self) -> bool:
+        """Send the oldest announcements due; True when some left the queue (stored, or dropped as
+        refused data), False when none is due. Raises as send_once when not delivered."""
+        due = await self._in_queue(self.queue.due_announcements, fleet_evidence.SEND_MAX_ANNOUNCEMENTS)
+        if not due:
+            return False
+        try:
+            await self._post(fleet_evidence.ANNOUNCEMENTS_PATH,
+                             {"site": self.site, "announcements": [a for _, a in due]})
+        except CentralRefused as exc:
+            if exc.status not in REFUSED_AS_DATA:
+                raise
+            log.error("fleet.announcements_rejected", count=len(due), error=str(exc))
+        await self._in_queue(self.queue.announcements_done, due[-1][0])
+        return True
+
     async def send_evidence_once(self) -> bool:
         """Send the oldest PCAP file due (`appliance.fleet_evidence`); True when one left the queue
         (sent, or dropped as refused data), False when none is due. Raises aiohttp.ClientError,
@@ -585,6 +634,8 @@ class FleetAgent:
                         log.info("fleet.link_restored", backlog=self._stats["batches"])
                     self.last_error, delay, max_batches = None, RETRY_FIRST_S, SEND_MAX_BATCHES
                     continue   # more backlog, or nothing: the empty check is cheap
+                if await self.send_announcements_once():
+                    continue
                 if await self.send_evidence_once():
                     continue   # one file a turn: batches queued meanwhile go first
                 self._queued.clear()

@@ -1,5 +1,8 @@
 """An incident's evidence up to the central server (issue 17, item 3): its PCAP files.
 
+Its BGP announcements and withdrawals (ESCALATION events) are queued the same way, after the
+newest batch, and sent as JSON to `POST /api/v1/fleet/site/announcements` with the peers' state.
+
 When an incident ends (ATTACK_END: its files are final) the agent queues each of its PCAP files
 (`details.pcap`, `policy.pcap.IncidentPcap`) in the queue's `evidence` table next to the batch
 that carried the event, so that a central outage or a restart loses nothing. A file goes up (`FleetAgent.send_evidence_once`) once
@@ -21,11 +24,15 @@ from typing import Any
 
 import structlog
 
+from policy.events import Event
+
 log = structlog.get_logger("seawall.fleet")
 
 EVIDENCE_PATH = "/api/v1/fleet/site/evidence"
 EVIDENCE_MAX_BYTES = 8 * 1024 * 1024   # bytes per PCAP file sent: the central server's limit too
 DROPPED_AS_DATA = (404, 413, 422)      # refusals of this one file, not of the site or the link
+ANNOUNCEMENTS_PATH = "/api/v1/fleet/site/announcements"
+SEND_MAX_ANNOUNCEMENTS = 500           # announcements per request (central takes 1,000)
 
 
 def pcap_files(events: list[dict[str, Any]]) -> Iterator[tuple[str, str, str]]:
@@ -52,3 +59,16 @@ def read_file(path: str) -> bytes | None:
     except OSError as exc:
         log.error("fleet.evidence_unreadable", path=path, error=str(exc))
         return None
+
+
+def announcement(event: Event, appliance: Any) -> dict[str, Any]:
+    """An escalation event (`escalation.controller`'s ESCALATION) as central takes it
+    (`securewatch.fleet_evidence`), with the state of the BGP peers at that moment."""
+    details = event.details or {}
+    status = appliance.bgp_status() if callable(getattr(appliance, "bgp_status", None)) else None
+    peers = [{"address": str(p.get("address")), "state": str(p.get("state"))}
+             for p in (status or {}).get("peers") or []]
+    return {"incident_id": event.incident_id, "tenant": event.tenant, "at": event.timestamp,
+            "action": details.get("action"), "kind": details.get("kind"), "match": details.get("match") or {},
+            "reason": details.get("reason"), "actor": details.get("actor"), "why": event.message,
+            "peers": peers}

@@ -21,21 +21,29 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
 import structlog
 from aiohttp import web
 
-from .context import STORE, ApiError
-from .fleet import authenticated_site
-from .fleet_evidence_store import EVIDENCE_KINDS, EVIDENCE_MAX_BYTES, store_evidence
+from .context import STORE, ApiError, read_json
+from .fleet import _own_site, _strict_loads, _time, authenticated_site
+from .fleet_evidence_store import EVIDENCE_KINDS, EVIDENCE_MAX_BYTES, store_announcements, store_evidence
 
 log = structlog.get_logger(__name__)
 
 EVIDENCE_PATH = "/api/v1/fleet/site/evidence"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
+ANNOUNCEMENTS_PATH = "/api/v1/fleet/site/announcements"
+MAX_ANNOUNCEMENTS = 1000               # announcements per request (the agent sends at most 500)
+ACTIONS = ("announce", "withdraw", "refuse")   # escalation.ladder's changes
+ROUTE_KINDS = ("flowspec", "rtbh")
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post(EVIDENCE_PATH, site_evidence)
+    app.router.add_post(ANNOUNCEMENTS_PATH, site_announcements)
 
 
 async def site_evidence(request: web.Request) -> web.Response:
@@ -67,3 +75,44 @@ async def site_evidence(request: web.Request) -> web.Response:
     log.info("fleet.evidence_received", site=site, incident=incident_id, kind=kind, bytes=len(data),
              duplicate=outcome == "duplicate")
     return web.json_response({"stored": outcome == "stored", "duplicate": outcome == "duplicate"})
+
+
+def _bad_announcement(a: Any) -> str | None:
+    """What is wrong with one announcement, as "field: problem" (None: nothing)."""
+    if not isinstance(a, dict):
+        return "expected an object"
+    for field in ("incident_id", "tenant"):
+        if not isinstance(a.get(field), str) or not a[field] or ":" in a[field]:
+            return f"{field}: expected the appliance's id (a string without ':')"
+    if not _time(a.get("at")):
+        return f"at: expected a time in seconds, got {a.get('at')!r}"
+    if a.get("action") not in ACTIONS:
+        return f"action: expected one of {', '.join(ACTIONS)}, got {a.get('action')!r}"
+    if a.get("kind") not in ROUTE_KINDS:
+        return f"kind: expected one of {', '.join(ROUTE_KINDS)}, got {a.get('kind')!r}"
+    if not isinstance(a.get("match"), dict) or not isinstance(a["match"].get("destination"), str):
+        return "match: expected an object with a destination"
+    peers = a.get("peers", [])
+    if not (isinstance(peers, list) and all(isinstance(p, dict) and isinstance(p.get("address"), str)
+                                            and isinstance(p.get("state"), str) for p in peers)):
+        return "peers: expected an array of {address, state}"
+    for field in ("reason", "actor", "why"):
+        if a.get(field) is not None and not isinstance(a[field], str):
+            return f"{field}: expected a string"
+    return None
+
+
+async def site_announcements(request: web.Request) -> web.Response:
+    """A site's BGP announcements and withdrawals (issue 17, item 3), each of one of its incidents."""
+    site = await authenticated_site(request)
+    body = _own_site(await read_json(request, _strict_loads), site)
+    items = body.get("announcements")
+    if not isinstance(items, list) or len(items) > MAX_ANNOUNCEMENTS:
+        raise ApiError(422, f"announcements: expected an array of at most {MAX_ANNOUNCEMENTS}")
+    for i, a in enumerate(items):
+        problem = _bad_announcement(a)
+        if problem:
+            raise ApiError(422, f"announcements[{i}].{problem}"[:200])
+    stored, skipped = await request.app[STORE].run(store_announcements, site, items)
+    log.info("fleet.announcements_received", site=site, stored=stored, skipped=skipped)
+    return web.json_response({"stored": stored, "skipped": skipped})

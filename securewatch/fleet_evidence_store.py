@@ -3,6 +3,7 @@ the web layer, so that the store's migrations can name it."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -14,6 +15,11 @@ MIGRATION = [
         incident_id TEXT NOT NULL, kind TEXT NOT NULL, site TEXT NOT NULL, sha256 TEXT NOT NULL,
         bytes BIGINT NOT NULL, received_at {real} NOT NULL, data {blob} NOT NULL,
         PRIMARY KEY (incident_id, kind))""",
+    # A site's BGP announcements and withdrawals, each once: a retry sends the same (time, action, route).
+    """CREATE TABLE IF NOT EXISTS fleet_announcements (
+        incident_id TEXT NOT NULL, site TEXT NOT NULL, at {real} NOT NULL, action TEXT NOT NULL,
+        kind TEXT NOT NULL, route TEXT NOT NULL, tenant TEXT NOT NULL, data TEXT NOT NULL,
+        PRIMARY KEY (incident_id, at, action, kind, route))""",
 ]
 
 
@@ -51,3 +57,31 @@ def site_pcap_files(b: Any, incident_id: str) -> dict[str, bytes]:
     rows = b.execute("SELECT kind, data FROM fleet_evidence WHERE incident_id = ? ORDER BY kind",
                      (incident_id,)).fetchall()
     return {r[0]: bytes(r[1]) for r in rows}
+
+
+def store_announcements(b: Any, site: str, items: list[dict[str, Any]]) -> tuple[int, int]:
+    """Store `site`'s announcements (checked) under its incidents ("SITE:ID"); (stored, skipped):
+    skipped are retries already stored and those of incidents central does not know."""
+    stored = skipped = 0
+    for a in items:
+        incident_id = f"{site}:{a['incident_id']}"
+        if b.execute("SELECT 1 FROM incidents WHERE id = ?", (incident_id,)).fetchone() is None:
+            skipped += 1
+            continue
+        route = json.dumps(a["match"], sort_keys=True, separators=(",", ":"))
+        cur = b.execute("INSERT INTO fleet_announcements (incident_id, site, at, action, kind, route, tenant, data) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                        (incident_id, site, float(a["at"]), a["action"], a["kind"], route, a["tenant"],
+                         json.dumps(a, separators=(",", ":"))))
+        if cur.rowcount > 0:
+            stored += 1
+        else:
+            skipped += 1
+    return stored, skipped
+
+
+def site_announcements(b: Any, incident_id: str) -> list[dict[str, Any]]:
+    """The announcements and withdrawals a site sent for one of its incidents, oldest first."""
+    rows = b.execute("SELECT site, data FROM fleet_announcements WHERE incident_id = ? ORDER BY at, action",
+                     (incident_id,)).fetchall()
+    return [{**json.loads(r[1]), "site": r[0]} for r in rows]

@@ -232,6 +232,10 @@ def openapi_document() -> dict[str, Any]:
             query=(("site", "the token's site"), ("incident", "the appliance's incident id"),
                    ("kind", "dropped | passed"), ("sha256", "the file's SHA-256, 64 lowercase hex digits")),
             errors=("401", "403", "404", "413", "422"))},
+        "/api/v1/fleet/site/announcements": {"post": _op(
+            "A site's BGP announcements and withdrawals for its incidents (time, action, kind, route, peers' "
+            "state), sent after the batch that carried the incident; each stored once (site token)",
+            errors=site_only)},
         "/api/v1/fleet/sites": {"get": _op(
             "The fleet's sites: state, last contact, clock skew, versions in force per document, lagging, backlog, current "
             "traffic (admin, noc)", query=(("site", "one site only"),), errors=("400", "401", "403"))},

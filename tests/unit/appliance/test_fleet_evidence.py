@@ -168,3 +168,103 @@ async def test_item3_oversize_evidence_is_refused_naming_the_limit(tmp_path):
 
 def test_item3_agent_and_central_share_one_per_file_cap():
     assert fleet_evidence.EVIDENCE_MAX_BYTES == fleet_evidence_store.EVIDENCE_MAX_BYTES
+
+
+class EscalatingAppliance(LabAppliance):
+    """The lab appliance with a [bgp] section: one upstream session, established."""
+
+    def bgp_status(self) -> dict:
+        return {"peers": [{"address": "192.0.2.1", "peer_as": 64500, "state": "established", "uptime_s": 12.0}],
+                "announcements": [], "speaker": {"running": True}}
+
+
+def escalation(action: str, at: float) -> Event:
+    """An `escalation.controller` change as it is published on the bus."""
+    match = {"destination": "198.51.100.10/32", "protocol": 17, "protocol_name": "UDP", "source_port": None,
+             "destination_port": [[53, 53]], "packet_length": None, "fragment": None, "tcp_flags": None,
+             "action": "discard", "rate_bytes": 0, "omitted": []}
+    return Event(EventType.ESCALATION, "alpha", f"{action} FlowSpec rule for 198.51.100.10/32: over the uplink",
+                 Severity.WARNING, incident_id="inc-1", destinations=("198.51.100.10/32",), timestamp=at,
+                 details={"action": action, "kind": "flowspec", "match": match, "reason": "uplink",
+                          "actor": None, "peers": ["192.0.2.1"]})
+
+
+async def test_item3_bgp_announcements_go_up_tagged_with_the_site_once_after_an_outage(tmp_path):
+    appliance = EscalatingAppliance()
+    bus = EventBus()
+    async with central(tmp_path) as (url, store):
+        await store.save_tenant_set(TenantSet.from_dicts([{"id": "alpha", "prefixes": ["198.51.100.0/25"]},
+                                                          {"id": "beta", "prefixes": ["203.0.113.0/24"]}]),
+                                    "test", "seed")
+        token = await enrolled(store)
+        port = int(url.rsplit(":", 1)[1])
+    agent = agent_for(url, token, appliance, tmp_path / "state", bus=bus)
+    await agent.start()
+    try:
+        t0 = time.time()
+        bus.publish(Event(EventType.ATTACK_START, "alpha", "udp flood", Severity.CRITICAL,
+                          incident_id="inc-1", timestamp=t0))
+        bus.publish(escalation("announce", t0 + 1))
+        bus.publish(escalation("withdraw", t0 + 9))
+        await agent.collect()
+        async with central(tmp_path, port) as (_, store):
+            noc = await user_token(store, "noc")
+            detail = await wait_for(lambda: _announced(url, noc, 2), what="the announcements at central")
+            shown = [(a["site"], a["action"], a["kind"], a["match"]["destination"], a["at"], a["peers"])
+                     for a in detail["site_announcements"]]
+            peers = [{"address": "192.0.2.1", "state": "established"}]
+            assert shown == [("ams1", "announce", "flowspec", "198.51.100.10/32", t0 + 1, peers),
+                             ("ams1", "withdraw", "flowspec", "198.51.100.10/32", t0 + 9, peers)]
+            # Sent again (its answer lost): stored once.
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http, \
+                    http.post(f"{url}/api/v1/fleet/site/announcements",
+                              json={"site": "ams1", "announcements": [
+                                  {k: v for k, v in a.items() if k != "site"}
+                                  for a in detail["site_announcements"]]}) as r:
+                assert r.status == 200 and (await r.json()) == {"stored": 0, "skipped": 2}
+            assert len((await _detail(url, noc))["site_announcements"]) == 2
+            # The tenant sees its announcements, not the provider's routers; another tenant nothing.
+            own = await _detail(url, await user_token(store, "tenant", "alpha"))
+            assert [a["action"] for a in own["site_announcements"]] == ["announce", "withdraw"]
+            assert all("peers" not in a for a in own["site_announcements"])
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {noc}"}) as http, \
+                    http.get(f"{url}/incidents/ams1:inc-1") as r:
+                page = await r.text()
+            assert 'id="site-upstream"' in page and "192.0.2.1 established" in page
+            beta = await user_token(store, "tenant", "beta")
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {beta}"}) as http, \
+                    http.get(f"{url}/api/v1/incidents/ams1:inc-1") as r:
+                assert r.status == 404
+    finally:
+        await agent.stop()
+
+
+async def _detail(url: str, token: str) -> dict:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http, \
+            http.get(f"{url}/api/v1/incidents/ams1:inc-1") as r:
+        return await r.json() if r.status == 200 else {}
+
+
+async def _announced(url: str, token: str, n: int) -> dict | None:
+    detail = await _detail(url, token)
+    return detail if len(detail.get("site_announcements") or []) >= n else None
+
+
+async def test_item3_a_site_cannot_write_announcements_for_another_site(tmp_path):
+    async with central(tmp_path) as (url, store):
+        await enrolled(store, "ams1")
+        fra1 = await enrolled(store, "fra1")
+        await _incident_of(store, "ams1", "inc-1")
+        item = {"incident_id": "inc-1", "tenant": "alpha", "at": time.time(), "action": "announce",
+                "kind": "rtbh", "match": {"destination": "198.51.100.10/32"}, "peers": []}
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {fra1}"}) as http:
+            async with http.post(f"{url}/api/v1/fleet/site/announcements",
+                                 json={"site": "ams1", "announcements": [item]}) as r:
+                assert r.status == 403
+            async with http.post(f"{url}/api/v1/fleet/site/announcements",
+                                 json={"site": "fra1", "announcements": [{**item, "kind": "blackhole"}]}) as r:
+                assert r.status == 422 and (await r.json())["error"].startswith("announcements[0].kind:")
+            async with http.post(f"{url}/api/v1/fleet/site/announcements",
+                                 json={"site": "fra1", "announcements": [item]}) as r:
+                assert (r.status, await r.json()) == (200, {"stored": 0, "skipped": 1})
+        assert await store.run(lambda b: b.execute("SELECT COUNT(*) FROM fleet_announcements").fetchone()[0]) == 0
