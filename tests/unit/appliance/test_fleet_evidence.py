@@ -268,3 +268,24 @@ async def test_item3_a_site_cannot_write_announcements_for_another_site(tmp_path
                                  json={"site": "fra1", "announcements": [item]}) as r:
                 assert (r.status, await r.json()) == (200, {"stored": 0, "skipped": 1})
         assert await store.run(lambda b: b.execute("SELECT COUNT(*) FROM fleet_announcements").fetchone()[0]) == 0
+
+
+async def test_item3_agent_drops_a_file_over_the_cap_not_retrying_it_and_sends_the_rest(tmp_path):
+    appliance = LabAppliance()
+    bus = EventBus()
+    state = tmp_path / "state"
+    big = state / "pcap" / "inc-2-dropped.pcap"
+    lab_pcap(big, udp_frame("198.18.0.7"))
+    with big.open("ab") as f:
+        f.truncate(fleet_evidence.EVIDENCE_MAX_BYTES + 1)
+    passed = lab_pcap(state / "pcap" / "inc-2-passed.pcap", udp_frame("198.18.0.9"))
+    pcap = {"dropped": {"path": str(big)}, "passed": {"path": str(state / "pcap" / "inc-2-passed.pcap")}}
+    async with central(tmp_path) as (url, store):
+        token = await enrolled(store)
+        async with agent_for(url, token, appliance, state, bus=bus) as agent:
+            bus.publish(Event(EventType.ATTACK_START, "alpha", "udp flood", Severity.CRITICAL, incident_id="inc-2"))
+            bus.publish(Event(EventType.ATTACK_END, "alpha", "ended", Severity.INFO, incident_id="inc-2",
+                              details={"pcap": pcap}))
+            await agent.collect()
+            await wait_for(lambda: _no_evidence(agent), what="the evidence queue drained")
+            assert await stored_evidence(store) == [("ams1:inc-2", "passed", "ams1", len(passed))]
