@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -49,6 +50,7 @@ from typing import Any, Protocol
 import aiohttp
 import structlog
 
+from appliance import fleet_evidence
 from appliance.config import FleetSettings
 from policy.events import Event, EventBus, EventType
 from tenants import ConfigError, TenantSet
@@ -112,6 +114,15 @@ class FleetQueue:
             # file (lost, deleted) gets a new id, so its numbers starting again are not taken for retries.
             self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('id', ?)", (uuid.uuid4().hex,))
             self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped', '0')")
+            # An ended incident's PCAP files (`appliance.fleet_evidence`), sent once the batch that
+            # carried the incident (after_seq) was acknowledged.
+            self._db.execute("CREATE TABLE IF NOT EXISTS evidence (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                             "after_seq INTEGER NOT NULL, incident TEXT NOT NULL, kind TEXT NOT NULL, "
+                             "path TEXT NOT NULL, UNIQUE (incident, kind))")
+            # The BGP announcements and withdrawals of this site's incidents, after the batch queued
+            # before them (after_seq), so that central knows the incident when they arrive.
+            self._db.execute("CREATE TABLE IF NOT EXISTS announcements (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                             "after_seq INTEGER NOT NULL, body TEXT NOT NULL)")
         self.id = self._db.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0]
 
     def append(self, batch: dict[str, Any]) -> int:
@@ -158,6 +169,47 @@ class FleetQueue:
         """Forget the batches up to sequence `up_to` (the central server stored them)."""
         with self._db:
             return self._db.execute("DELETE FROM batches WHERE seq <= ?", (up_to,)).rowcount
+
+    def add_evidence(self, after_seq: int, incident: str, kind: str, path: str) -> None:
+        """Queue a PCAP file to send after batch `after_seq`; a second for the same (incident,
+        kind) replaces the first (the newer file is what there is)."""
+        with self._db:
+            self._db.execute("INSERT INTO evidence (after_seq, incident, kind, path) VALUES (?, ?, ?, ?) "
+                             "ON CONFLICT (incident, kind) DO UPDATE SET after_seq = excluded.after_seq, "
+                             "path = excluded.path", (after_seq, incident, kind, path))
+
+    def next_evidence(self) -> tuple[int, str, str, str] | None:
+        """The oldest queued file whose incident's batch was acknowledged (no batch at or before
+        its after_seq is queued): (id, incident, kind, path)."""
+        row = self._db.execute(
+            "SELECT id, incident, kind, path FROM evidence WHERE after_seq < "
+            "COALESCE((SELECT MIN(seq) FROM batches), 9223372036854775807) ORDER BY id LIMIT 1").fetchone()
+        return None if row is None else (int(row[0]), row[1], row[2], row[3])
+
+    def evidence_done(self, evidence_id: int) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM evidence WHERE id = ?", (evidence_id,))
+
+    def add_announcements(self, items: list[dict[str, Any]]) -> None:
+        """Queue announcements to send after the newest batch queued so far (the incident's)."""
+        with self._db:
+            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'batches'").fetchone()
+            self._db.executemany("INSERT INTO announcements (after_seq, body) VALUES (?, ?)",
+                                 [(row[0] if row else 0, json.dumps(a, default=str)) for a in items])
+
+    def due_announcements(self, limit: int) -> list[tuple[int, dict[str, Any]]]:
+        """The oldest queued announcements whose batch was acknowledged: (id, announcement)."""
+        rows = self._db.execute(
+            "SELECT id, body FROM announcements WHERE after_seq < "
+            "COALESCE((SELECT MIN(seq) FROM batches), 9223372036854775807) ORDER BY id LIMIT ?", (limit,)).fetchall()
+        return [(int(r[0]), json.loads(r[1])) for r in rows]
+
+    def announcements_done(self, up_to: int) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM announcements WHERE id <= ?", (up_to,))
+
+    def evidence_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM evidence").fetchone()[0])
 
     def stats(self) -> dict[str, Any]:
         count, size, oldest = self._db.execute(
@@ -338,6 +390,7 @@ class FleetAgent:
         self.last_error: str | None = None
         self._last_seen: dict[str, float] = {}   # tenant -> time of the newest row queued
         self._last_destination = 0.0
+        self._announcements: list[dict[str, Any]] = []   # BGP changes taken off the bus, not yet queued
         self._inbox: asyncio.Queue[Event] | None = None
         self._queued = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -436,6 +489,8 @@ class FleetAgent:
             event = self._inbox.get_nowait()
             if event.type in ATTACK_EVENTS and event.incident_id and event.tenant:
                 events.append(event.to_dict())
+            elif event.type == EventType.ESCALATION and event.incident_id and event.tenant:
+                self._announcements.append(fleet_evidence.announcement(event, self.appliance))
         if not (tenant_ids or destinations or events):
             return None
         return {"site": self.site, "time": now, "traffic_columns": columns, "destinations": destinations,
@@ -445,11 +500,21 @@ class FleetAgent:
         """Queue one batch of what is new; its sequence number (None: nothing new)."""
         batch = self._batch()
         if batch is None:
+            await self._queue_announcements()
             return None
         seq = await self._in_queue(self.queue.append, batch)
+        await self._queue_announcements()
+        for incident, kind, path in fleet_evidence.pcap_files(batch["events"]):
+            await self._in_queue(self.queue.add_evidence, seq, incident, kind, path)
         self._stats = await self._in_queue(self.queue.stats)
         self._queued.set()
         return seq
+
+    async def _queue_announcements(self) -> None:
+        if self._announcements:
+            items, self._announcements = self._announcements, []
+            await self._in_queue(self.queue.add_announcements, items)
+            self._queued.set()
 
     async def _collect_loop(self) -> None:
         while True:
@@ -461,10 +526,14 @@ class FleetAgent:
 
     # -- send --------------------------------------------------------------------------------
 
-    async def _post(self, path: str, body: dict[str, Any]) -> Any:
+    def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
                                                   headers={"Authorization": f"Bearer {self._token}"})
+        return self._session
+
+    async def _post(self, path: str, body: dict[str, Any]) -> Any:
+        self.session()
         # Compact JSON: the queue's budget per request (SEND_MAX_BYTES) is counted the same way.
         try:
             data = json.dumps(body, separators=(",", ":"), default=str, allow_nan=False)
@@ -512,6 +581,48 @@ class FleetAgent:
             log.info("fleet.retry_deduplicated", batches=answer["duplicates"])
         return len(sent)
 
+    async def send_announcements_once(self) -> bool:
+        """Send the oldest announcements due; True when some left the queue (stored, or dropped as
+        refused data), False when none is due. Raises as send_once when not delivered."""
+        due = await self._in_queue(self.queue.due_announcements, fleet_evidence.SEND_MAX_ANNOUNCEMENTS)
+        if not due:
+            return False
+        try:
+            await self._post(fleet_evidence.ANNOUNCEMENTS_PATH,
+                             {"site": self.site, "announcements": [a for _, a in due]})
+        except CentralRefused as exc:
+            if exc.status not in REFUSED_AS_DATA:
+                raise
+            log.error("fleet.announcements_rejected", count=len(due), error=str(exc))
+        await self._in_queue(self.queue.announcements_done, due[-1][0])
+        return True
+
+    async def send_evidence_once(self) -> bool:
+        """Send the oldest PCAP file due (`appliance.fleet_evidence`); True when one left the queue
+        (sent, or dropped as refused data), False when none is due. Raises aiohttp.ClientError,
+        TimeoutError or CentralRefused when not delivered (it stays queued)."""
+        due = await self._in_queue(self.queue.next_evidence)
+        if due is None:
+            return False
+        evidence_id, incident, kind, path = due
+        data = await self._in_queue(fleet_evidence.read_file, path)
+        if data is not None:
+            params = {"site": self.site, "incident": incident, "kind": kind,
+                      "sha256": hashlib.sha256(data).hexdigest()}
+            async with self.session().post(self.settings.central + fleet_evidence.EVIDENCE_PATH, params=params,
+                                           data=data, headers={"Content-Type": "application/vnd.tcpdump.pcap"},
+                                           ssl=client_ssl_context(self.settings)) as response:
+                text = await response.text()
+                if response.status in fleet_evidence.DROPPED_AS_DATA:
+                    log.error("fleet.evidence_rejected", incident=incident, kind=kind, status=response.status,
+                              error=text[:300])
+                elif response.status != 200:
+                    raise CentralRefused(response.status, text[:300])
+                else:
+                    log.info("fleet.evidence_sent", incident=incident, kind=kind, bytes=len(data))
+        await self._in_queue(self.queue.evidence_done, evidence_id)
+        return True
+
     async def _send_loop(self) -> None:
         delay = RETRY_FIRST_S
         max_batches = SEND_MAX_BATCHES
@@ -523,6 +634,10 @@ class FleetAgent:
                         log.info("fleet.link_restored", backlog=self._stats["batches"])
                     self.last_error, delay, max_batches = None, RETRY_FIRST_S, SEND_MAX_BATCHES
                     continue   # more backlog, or nothing: the empty check is cheap
+                if await self.send_announcements_once():
+                    continue
+                if await self.send_evidence_once():
+                    continue   # one file a turn: batches queued meanwhile go first
                 self._queued.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._queued.wait(), self.batch_every_s)

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from tenants import ConfigError, Tenant, TenantSet
 
-from . import fleet_store, metrics
+from . import fleet_evidence_store, fleet_store, metrics
 from .bgp import bgp_of, escalate, escalation_target, scoped_bgp, withdraw
 from .context import (
     OPTIONS,
@@ -309,6 +309,14 @@ async def api_annotate(request: web.Request) -> web.Response:
 async def api_pcap(request: web.Request) -> web.StreamResponse:
     incident = await visible_incident(request, request.match_info["incident_id"])
     kind = request.match_info["kind"]
+    # A site's incident: its agent uploaded the file (`fleet_evidence`); same rules as a local one.
+    data = await request.app[STORE].run(fleet_evidence_store.site_pcap, incident.id, kind)
+    if data is not None:
+        await audit(request, "incident.pcap_download", target=incident.id, tenant=incident.tenant,
+                    details={"kind": kind})
+        return web.Response(body=data, headers={
+            "Content-Type": "application/vnd.tcpdump.pcap",
+            "Content-Disposition": f'attachment; filename="{incident.id.replace(":", "-")}-{kind}.pcap"'})
     ref = (await request.app[STORE].pcaps(incident.id)).get(kind)
     if ref is None:
         raise not_found(f"no {kind!r} capture for incident {incident.id!r}")

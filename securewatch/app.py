@@ -35,6 +35,7 @@ from . import (
     api,
     auth,
     fleet,
+    fleet_evidence,
     live,
     notify_admin,
     policy_templates,
@@ -127,6 +128,7 @@ def create_app(settings: SecureWatchSettings, *, store: Store, bus: EventBus | N
     admin_ui.add_routes(app)
     policy_templates.add_routes(app)
     fleet.add_routes(app)
+    fleet_evidence.add_routes(app)
     reports_web.add_routes(app)
     return app
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import fleet_evidence_store
 from .context import STORE, ApiError, audit, check_csrf, principal_of, shown_actors, visible_incident
 from .fleet_store import site_problem
 from .fleet_tenant import linked_incidents
@@ -83,6 +84,12 @@ async def incident_detail(request: web.Request, incident_id: str) -> dict[str, A
                     for kind, ref in (await store.pcaps(incident_id)).items()}
     # The same attack seen at other sites: their incidents, linked (fleet_tenant: why two, not one).
     out["linked"] = await store.run(linked_incidents, incident_id)
+    # A site's incident: the BGP announcements its appliance made for it (issue 17, item 3).
+    # Its peers (the provider's routers) for admin and noc only, as on a local incident's page.
+    announcements = await store.run(fleet_evidence_store.site_announcements, incident_id)
+    if not principal_of(request).sees_all:
+        announcements = [{k: v for k, v in a.items() if k != "peers"} for a in announcements]
+    out["site_announcements"] = announcements
     return out
 
 

@@ -112,7 +112,8 @@ def openapi_document() -> dict[str, Any]:
                         "keeps the note from the tenant", params=iid,
                         body="#/components/schemas/Note", ok="201", errors=("400", "401", "403", "404"))},
         "/api/v1/incidents/{incident_id}/pcap/{kind}": {
-            "get": _op("Download an incident's PCAP evidence (kind: dropped | passed)", params=(*iid, "kind"),
+            "get": _op("Download an incident's PCAP evidence (kind: dropped | passed); a site's incident (SITE:ID) "
+                       "serves the file its agent uploaded", params=(*iid, "kind"),
                        content="application/vnd.tcpdump.pcap", errors=("401", "404"))},
         "/api/v1/incidents/{incident_id}/escalate": {
             "post": _op("Announce a FlowSpec rule or an RTBH host route upstream for an open incident (admin, noc); "
@@ -225,6 +226,16 @@ def openapi_document() -> dict[str, Any]:
         "/api/v1/fleet/site/ingest": {"post": _op(
             "A site's queued batches (per-second tenant rows, destination rows, incident events), in order; "
             "stored once per (site, queue, seq), acknowledged by seq (site token)", errors=site_only)},
+        "/api/v1/fleet/site/evidence": {"post": _op(
+            "A site's incident PCAP file (the raw file as the body, at most 8 MiB), sent after the batch that "
+            "carried the incident; stored once per (site, incident, kind, sha256) (site token)",
+            query=(("site", "the token's site"), ("incident", "the appliance's incident id"),
+                   ("kind", "dropped | passed"), ("sha256", "the file's SHA-256, 64 lowercase hex digits")),
+            errors=("401", "403", "404", "413", "422"))},
+        "/api/v1/fleet/site/announcements": {"post": _op(
+            "A site's BGP announcements and withdrawals for its incidents (time, action, kind, route, peers' "
+            "state), sent after the batch that carried the incident; each stored once (site token)",
+            errors=site_only)},
         "/api/v1/fleet/sites": {"get": _op(
             "The fleet's sites: state, last contact, clock skew, versions in force per document, lagging, backlog, current "
             "traffic (admin, noc)", query=(("site", "one site only"),), errors=("400", "401", "403"))},

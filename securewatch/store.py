@@ -36,7 +36,7 @@ import structlog
 from tenants import Tenant, TenantSet
 from tenants.model import tidy_legacy_fields
 
-from . import fleet_config, fleet_store, fleet_tenant, reports_config, series
+from . import fleet_config, fleet_evidence_store, fleet_store, fleet_tenant, reports_config, series
 from .settings import sqlite_path
 
 log = structlog.get_logger(__name__)
@@ -184,6 +184,8 @@ MIGRATIONS: list[tuple[int, str, list[str | Callable[[_Backend], None]]]] = [
     (10, "fleet series partitioned by time, minute and hour rollups", fleet_store.MIGRATION_10),
     # The fleet (issue 17): versions of the policy templates and NOC receivers each site runs.
     (11, "fleet: versions of the templates and notify settings each site runs", fleet_config.MIGRATION),
+    # The fleet (issue 17, item 3): the PCAP files of a site's incidents, uploaded by its agent.
+    (12, "fleet: incident evidence (PCAP) from the sites", fleet_evidence_store.MIGRATION),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import io
 import ipaddress
 import pathlib
 import struct
 import time
-from typing import Any
+from typing import Any, BinaryIO
 
 from aiohttp import web
 
+from . import fleet_evidence_store
 from .context import OPTIONS, STORE, query_int, visible_incident, visible_tenant
 from .store import IncidentFilter
 
@@ -110,19 +112,35 @@ def _frame(t: _Tally, frame: bytes, wire_length: int) -> None:
 
 def _read_into(tally: _Tally, path: pathlib.Path) -> None:
     with path.open("rb") as f:
-        header = f.read(_PCAP_HEADER)
-        order = _MAGICS.get(header[:4])
-        if order is None or len(header) < _PCAP_HEADER:
-            raise ValueError(f"{path.name} is not a libpcap capture")
-        for _ in range(MAX_PACKETS):
-            record = f.read(_RECORD)
-            if len(record) < _RECORD:
-                break
-            _, _, captured, wire = struct.unpack(order + "IIII", record)
-            frame = f.read(captured)
-            if len(frame) < captured:
-                break
-            _frame(tally, frame, wire)
+        _tally_capture(tally, f, path.name)
+
+
+def _tally_capture(tally: _Tally, f: BinaryIO, name: str) -> None:
+    header = f.read(_PCAP_HEADER)
+    order = _MAGICS.get(header[:4])
+    if order is None or len(header) < _PCAP_HEADER:
+        raise ValueError(f"{name} is not a libpcap capture")
+    for _ in range(MAX_PACKETS):
+        record = f.read(_RECORD)
+        if len(record) < _RECORD:
+            break
+        _, _, captured, wire = struct.unpack(order + "IIII", record)
+        frame = f.read(captured)
+        if len(frame) < captured:
+            break
+        _frame(tally, frame, wire)
+
+
+def uploaded_anatomy(files: dict[str, bytes]) -> dict[str, Any]:
+    """The anatomy of a site incident's captures its agent uploaded (`fleet_evidence`), kind -> file."""
+    tallies: dict[str, _Tally] = {}
+    for kind, data in sorted(files.items()):
+        tally = tallies.setdefault(kind, _Tally())
+        try:
+            _tally_capture(tally, io.BytesIO(data), f"{kind}.pcap")
+        except ValueError:
+            continue
+    return {kind: t.to_dict() for kind, t in tallies.items() if t.samples}
 
 
 def incident_anatomy(*pcap_sets: dict[str, dict[str, Any]], root: pathlib.Path | None) -> dict[str, Any]:
@@ -156,6 +174,10 @@ def add_routes(app: web.Application) -> None:
 async def anatomy_of(request: web.Request, incident_id: str) -> dict[str, Any]:
     """The anatomy of an incident the caller may read (404 otherwise), read off the event loop."""
     incident = await visible_incident(request, incident_id)
+    # A site's incident: the samples its agent uploaded with the PCAP files (issue 17, item 3).
+    uploaded = await request.app[STORE].run(fleet_evidence_store.site_pcap_files, incident.id)
+    if uploaded:
+        return await asyncio.to_thread(uploaded_anatomy, uploaded)
     pcaps = await request.app[STORE].pcaps(incident.id)
     return await asyncio.to_thread(lambda: incident_anatomy(pcaps, root=request.app[OPTIONS]["pcap_root"]))
 

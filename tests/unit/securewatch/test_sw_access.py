@@ -126,6 +126,8 @@ MATRIX = [
     ("GET", "/api/v1/fleet/tenants/beta/destinations", None, (OK, OK, HIDDEN, HIDDEN)),
     ("POST", "/api/v1/fleet/site/sync", {"site": "ams1"}, (UNAUTHENTICATED,) * 4),
     ("POST", "/api/v1/fleet/site/ingest", {"site": "ams1"}, (UNAUTHENTICATED,) * 4),
+    ("POST", "/api/v1/fleet/site/evidence?site=ams1&incident=inc-1&kind=dropped", None, (UNAUTHENTICATED,) * 4),
+    ("POST", "/api/v1/fleet/site/announcements", {"site": "ams1"}, (UNAUTHENTICATED,) * 4),
 ]
 CASES = [(who, method, path, body, expected[i]) for method, path, body, expected in MATRIX
          for i, who in enumerate(ROLES)]
