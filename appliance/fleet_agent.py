@@ -440,11 +440,12 @@ class FleetAgent:
             self.bus.unsubscribe(BUS_SUBSCRIBER)
         if self._session is not None:
             await self._session.close()
-        await self._in_queue(self.queue.close)
+        await self.in_queue(self.queue.close)
         self._executor.shutdown(wait=True)
         log.info("fleet.stopped", backlog=self._stats["batches"])
 
-    async def _in_queue(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def in_queue(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)` on the queue's own thread (its SQLite connection lives there)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def status(self) -> dict[str, Any]:
@@ -502,18 +503,18 @@ class FleetAgent:
         if batch is None:
             await self._queue_announcements()
             return None
-        seq = await self._in_queue(self.queue.append, batch)
+        seq = await self.in_queue(self.queue.append, batch)
         await self._queue_announcements()
         for incident, kind, path in fleet_evidence.pcap_files(batch["events"]):
-            await self._in_queue(self.queue.add_evidence, seq, incident, kind, path)
-        self._stats = await self._in_queue(self.queue.stats)
+            await self.in_queue(self.queue.add_evidence, seq, incident, kind, path)
+        self._stats = await self.in_queue(self.queue.stats)
         self._queued.set()
         return seq
 
     async def _queue_announcements(self) -> None:
         if self._announcements:
             items, self._announcements = self._announcements, []
-            await self._in_queue(self.queue.add_announcements, items)
+            await self.in_queue(self.queue.add_announcements, items)
             self._queued.set()
 
     async def _collect_loop(self) -> None:
@@ -554,7 +555,7 @@ class FleetAgent:
     async def send_once(self, max_batches: int = SEND_MAX_BATCHES) -> int:
         """Send the oldest queued batches once; the number acknowledged (0: the queue is empty).
         Raises aiohttp.ClientError, TimeoutError or CentralRefused when not delivered."""
-        batches = await self._in_queue(self.queue.oldest, max_batches, SEND_MAX_BYTES)
+        batches = await self.in_queue(self.queue.oldest, max_batches, SEND_MAX_BYTES)
         if not batches:
             return 0
         try:
@@ -565,7 +566,7 @@ class FleetAgent:
                 raise
             # One batch the server will never take (malformed, or too large for one request: a bug
             # on one side): drop it, or it blocks the rest.
-            await self._in_queue(self.queue.ack, batches[0]["seq"])
+            await self.in_queue(self.queue.ack, batches[0]["seq"])
             self.rejected_batches += 1
             log.error("fleet.batch_rejected", seq=batches[0]["seq"], error=str(exc))
             return 0
@@ -573,8 +574,8 @@ class FleetAgent:
         sent = [b["seq"] for b in batches]
         if acked != sent:
             raise CentralRefused(502, f"acknowledged {acked[:5]}... for {sent[:5]}...")
-        await self._in_queue(self.queue.ack, sent[-1])
-        self._stats = await self._in_queue(self.queue.stats)
+        await self.in_queue(self.queue.ack, sent[-1])
+        self._stats = await self.in_queue(self.queue.stats)
         self.sent_batches += len(sent)
         self.last_sent = self.clock()
         if answer.get("duplicates"):
@@ -584,7 +585,7 @@ class FleetAgent:
     async def send_announcements_once(self) -> bool:
         """Send the oldest announcements due; True when some left the queue (stored, or dropped as
         refused data), False when none is due. Raises as send_once when not delivered."""
-        due = await self._in_queue(self.queue.due_announcements, fleet_evidence.SEND_MAX_ANNOUNCEMENTS)
+        due = await self.in_queue(self.queue.due_announcements, fleet_evidence.SEND_MAX_ANNOUNCEMENTS)
         if not due:
             return False
         try:
@@ -594,18 +595,18 @@ class FleetAgent:
             if exc.status not in REFUSED_AS_DATA:
                 raise
             log.error("fleet.announcements_rejected", count=len(due), error=str(exc))
-        await self._in_queue(self.queue.announcements_done, due[-1][0])
+        await self.in_queue(self.queue.announcements_done, due[-1][0])
         return True
 
     async def send_evidence_once(self) -> bool:
         """Send the oldest PCAP file due (`appliance.fleet_evidence`); True when one left the queue
         (sent, or dropped as refused data), False when none is due. Raises aiohttp.ClientError,
         TimeoutError or CentralRefused when not delivered (it stays queued)."""
-        due = await self._in_queue(self.queue.next_evidence)
+        due = await self.in_queue(self.queue.next_evidence)
         if due is None:
             return False
         evidence_id, incident, kind, path = due
-        data = await self._in_queue(fleet_evidence.read_file, path)
+        data = await self.in_queue(fleet_evidence.read_file, path)
         if data is not None:
             params = {"site": self.site, "incident": incident, "kind": kind,
                       "sha256": hashlib.sha256(data).hexdigest()}
@@ -620,7 +621,7 @@ class FleetAgent:
                     raise CentralRefused(response.status, text[:300])
                 else:
                     log.info("fleet.evidence_sent", incident=incident, kind=kind, bytes=len(data))
-        await self._in_queue(self.queue.evidence_done, evidence_id)
+        await self.in_queue(self.queue.evidence_done, evidence_id)
         return True
 
     async def _send_loop(self) -> None:

@@ -488,7 +488,7 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
             if tenants is not None and event["tenant"] not in tenants:
                 foreign += 1
                 continue
-            _record_site_event(b, site, event, record_event)
+            record_site_event(b, site, event, record_event)
             events += 1
     if postgres:
         _write_site_seconds(b, site, site_seconds)
@@ -596,7 +596,7 @@ def _write_site_seconds(b: Any, site: str, seconds: list[_Second]) -> None:
                   (*_site_second_row(site, merged)[2:], site, second[0]))
 
 
-def _record_site_event(b: Any, site: str, event: dict[str, Any], record_event: Callable[[Any, dict[str, Any]], None]
+def record_site_event(b: Any, site: str, event: dict[str, Any], record_event: Callable[[Any, dict[str, Any]], None]
                        ) -> None:
     """An incident event of `site`: stored under "SITE:ID" (incident ids are unique per appliance
     only) with the site on the incident."""

@@ -89,7 +89,7 @@ async def test_item3_incident_pcap_and_samples_arrive_once_after_central_outage_
         bus.publish(Event(EventType.ATTACK_END, "alpha", "udp flood ended", Severity.INFO,
                           incident_id="inc-1", timestamp=t0 + 5, details={"pcap": pcap}))
         await agent.collect()
-        assert await agent._in_queue(agent.queue.evidence_count) == 2
+        assert await agent.in_queue(agent.queue.evidence_count) == 2
         async with central(tmp_path, port) as (_, store):
             rows = await wait_for(lambda: _rows(store, 2), what="the evidence at central")
             assert rows == [("ams1:inc-1", "dropped", "ams1", len(dropped)),
@@ -128,13 +128,13 @@ async def _rows(store: Store, n: int) -> list[tuple] | None:
 
 
 async def _no_evidence(agent) -> bool:
-    return await agent._in_queue(agent.queue.evidence_count) == 0
+    return await agent.in_queue(agent.queue.evidence_count) == 0
 
 
 async def _incident_of(store: Store, site: str, incident: str) -> None:
     event = {"type": "ATTACK_START", "incident_id": incident, "tenant": "alpha", "timestamp": time.time(),
              "message": "udp flood", "details": {}}
-    await store.run(lambda b: fleet_store._record_site_event(b, site, event, record_event_in))
+    await store.run(lambda b: fleet_store.record_site_event(b, site, event, record_event_in))
 
 
 async def test_item3_a_site_cannot_write_evidence_for_another_sites_incident(tmp_path):
