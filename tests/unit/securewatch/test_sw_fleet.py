@@ -826,3 +826,29 @@ async def test_review2_item4_fleet_traffic_rollups_need_a_tenant(tmp_path, datab
             async with http.get(f"{url}/api/v1/fleet/traffic", params={"resolution": "minute", "tenant": "alpha",
                                                                        "seconds": "86400"}) as r:
                 assert r.status == 200
+
+
+async def test_review2_item5_fleet_tenant_minutes_beyond_the_seconds_come_from_the_rollups(tmp_path, database_url):
+    """A tenant's summed minutes (the 24-hour chart, the reports) read the sites' seconds only,
+    kept an hour: anything older was empty. Spans longer than SECONDS_SPAN_S read the sites'
+    minute rollups, and the seconds after each site's newest rolled-up minute."""
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
+        await enroll(store, "ams1")
+        await enroll(store, "fra1")
+        now = int(time.time())
+        old = now // 60 * 60 - 2 * 3600       # past the hour of seconds kept: a backfill
+        rolled = now // 60 * 60 - 1200        # within it, rolled up as usual
+        recent = now - 5                      # its minute not rolled up yet
+        for site, pps in (("ams1", 100.0), ("fra1", 50.0)):
+            await _ingest_seconds(store, site, "q", [(1, old), (2, old + 1), (3, rolled), (4, recent)],
+                                  passed=lambda t, i, pps=pps: pps)
+        await store.run(fleet_store.rollup, time.time(), SeriesRetention())
+        await store.run(fleet_store.apply_retention, time.time(), SeriesRetention())
+        rows = await store.traffic("alpha", now - 3 * 3600, now + 1, "minute")
+        by_minute = {int(r["time"]): r["passed_pps"] for r in rows}
+        assert by_minute == {old: 150.0, rolled: 150.0, recent // 60 * 60: 150.0}, rows
+        one_site = await store.traffic("alpha", now - 3 * 3600, now + 1, "minute", site="fra1")
+        assert {int(r["time"]): r["passed_pps"] for r in one_site} == {old: 50.0, rolled: 50.0,
+                                                                        recent // 60 * 60: 50.0}
