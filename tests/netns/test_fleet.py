@@ -271,6 +271,32 @@ def test_item5_fleet_migration_moves_per_tenant_rows_into_site_seconds(tmp_path,
         assert store.run(fleet_store.rollup, time.time() + 300, SeriesRetention())["minute"] >= 1
 
 
+def test_review2_item6_fleet_migration_rolls_up_the_seconds_older_than_the_partitions(database_url):
+    """Migration 10 moved the v8 rows within the seconds' partitions (an hour or two back) and
+    dropped the older ones unrolled: a central server upgraded after a day lost that day. They go
+    into the minute rollups, and their hours are rolled up from those."""
+    import psycopg  # noqa: PLC0415
+
+    from securewatch import fleet_store  # noqa: PLC0415
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+    from securewatch.store import Store, create_schema  # noqa: PLC0415
+
+    create_schema(database_url, 9)
+    now = int(time.time())
+    old = now // 3600 * 3600 - 5 * 3600 + 120          # a minute five hours back, two minutes into its hour
+    rows = [("ams1", "alpha", old + s, 10.0 * (s + 1), 1.0, 80.0, 8.0) for s in range(3)]
+    rows.append(("ams1", "alpha", now - 60 * 86400, 1.0, 0.0, 8.0, 0.0))   # past the minutes kept: dropped
+    with psycopg.connect(database_url) as conn:
+        conn.cursor().executemany("INSERT INTO fleet_traffic_seconds VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
+    with Store.open_sync(database_url) as store:
+        minutes = store.run(lambda b: fleet_store.series(b, "minute", 0, site="ams1", tenant="alpha"))
+        assert [(r["time"], r["samples"], r["passed_pps"], r["max_passed_pps"]) for r in minutes] == [
+            (old, 3, 20.0, 30.0)]
+        store.run(fleet_store.rollup, time.time(), SeriesRetention())
+        hours = store.run(lambda b: fleet_store.series(b, "hour", 0, site="ams1", tenant="alpha"))
+        assert [(r["time"], r["samples"], r["passed_pps"]) for r in hours] == [(old - 120, 3, 20.0)]
+
+
 def test_review2_item2_fleet_rollup_waits_for_an_ingest_of_its_minute(database_url):
     """Two real connections: an ingest adds a second to a minute whose rollup key is pending and
     has not committed when the rollup takes the key. The rollup must wait for it (the ingest's
