@@ -19,9 +19,10 @@ from aiohttp import web
 
 from tenants import ConfigError, Tenant, TenantSet
 
-from . import fleet_evidence_store, fleet_store, metrics
+from . import fleet, fleet_evidence_store, fleet_store, metrics
 from .bgp import bgp_of, escalate, escalation_target, scoped_bgp, withdraw
 from .context import (
+    APPLIANCE,
     OPTIONS,
     STORE,
     ApiError,
@@ -121,9 +122,15 @@ async def api_notifiers(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    """Prometheus text exposition, scoped to what the caller may read."""
+    """Prometheus text exposition, scoped to what the caller may read. A fleet's central server
+    adds its ingest and maintenance counters for the admin and the NOC (without an appliance,
+    those alone)."""
+    principal = principal_of(request)
+    central = request.app.get(fleet.FLEET_COUNTERS) if principal.sees_all else None
+    if request.app[APPLIANCE] is None and central is not None:
+        return web.Response(body=metrics.render(None, central), headers={"Content-Type": metrics.CONTENT_TYPE})
     appliance = appliance_or_503(request)
-    body = metrics.render(scoped_status(appliance.status(), principal_of(request)))
+    body = metrics.render(scoped_status(appliance.status(), principal), central)
     return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 

@@ -35,6 +35,7 @@ Operator-facing (admin and NOC):
     GET /api/v1/fleet/sites          the same as JSON
     GET /api/v1/fleet/traffic        ?site=&tenant=&seconds=&resolution=  per-site, per-tenant seconds
                                      (resolution=second), or the minute or hour rollups for longer spans
+                                     (tenant required for those: 400 without)
     GET /api/v1/fleet/incidents      ?site=  incidents that came from sites
     GET /api/v1/fleet/tenants/{id}/traffic       ?site=&seconds=  the tenant's seconds summed over the
                                                  sites ("series") and each site's ("sites")
@@ -85,11 +86,21 @@ DOWN_DOCUMENTS = ("templates", "notify")   # what flows down besides the tenant 
 INGEST_CONNECTIONS = 3
 
 INGEST_STORES = web.AppKey("fleet_ingest_stores", list)
+# The central server's fleet counters (/metrics, seawall_fleet_central_*): rows not stored at any
+# resolution (older than the minute rollups keep, or a site clock more than PARTITIONS_AHEAD_S
+# ahead), rows folded straight into the minute rollups (older than the seconds keep), rollup keys
+# that failed and were dropped, maintenance passes that failed.
+FLEET_COUNTERS = web.AppKey("fleet_counters", dict)
+COUNTER_NAMES = ("outside_rows", "ahead_rows", "folded_rows", "rollup_failures", "maintenance_failures")
 
 # What the database holds (issue 17 review, item 2): a number outside these made the store fail
 # with a 500, and the site sent the same batch again forever (it drops one on 413/422 only).
 INT_MAX = 2**63 - 1        # BIGINT: sequence numbers, versions, counts
 TIME_MAX_S = 2.0**53       # seconds either side of the epoch: exact in a double, whole in a BIGINT
+# pps and bps a site may report (issue 17 review 2, item 1): 1e15 bit/s is a petabit, far past any
+# link, and 3,600 seconds of 10,000 tenants at that still sum to a finite double. Finite values near
+# the float limit (1e308) made the rollups' SUM overflow and stopped every rollup after it.
+VALUE_MAX = 1e15
 
 
 def _refuse_constant(name: str) -> Any:
@@ -109,6 +120,7 @@ def _time(value: Any) -> bool:
 
 
 def add_routes(app: web.Application) -> None:
+    app[FLEET_COUNTERS] = dict.fromkeys(COUNTER_NAMES, 0)
     r = app.router
     r.add_post(SITE_PREFIX + "sync", site_sync)
     r.add_post(SITE_PREFIX + "ingest", site_ingest)
@@ -264,13 +276,15 @@ def check_batches(body: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         j = _bad_traffic_row(traffic)
         if j is not None:
             problems.append(f"{where}.traffic[{j}]: expected [tenant, time, passed_pps, dropped_pps, "
-                            f"passed_bps, dropped_bps]")
+                            f"passed_bps, dropped_bps] (pps and bps within ±{VALUE_MAX:g})")
         for j, row in enumerate(destinations):
             if not (isinstance(row, dict) and isinstance(row.get("tenant"), str) and isinstance(row.get("address"), str)
                     and _time(row.get("time")) and _strings_or_numbers(row.get("pps", []))
-                    and (row.get("dropped_pps") is None or _finite(row["dropped_pps"]))):
+                    and (row.get("dropped_pps") is None or (_finite(row["dropped_pps"])
+                                                            and abs(row["dropped_pps"]) <= VALUE_MAX))):
                 problems.append(f"{where}.destinations[{j}]: expected a destination row (tenant, address, time "
-                                f"within ±2**53, pps an array of finite numbers, dropped_pps a finite number)")
+                                f"within ±2**53, pps an array of numbers and dropped_pps a number, within "
+                                f"±{VALUE_MAX:g})")
                 break
         for j, event in enumerate(events):
             if not (isinstance(event, dict) and event.get("type") in INCIDENT_EVENT_TYPES
@@ -300,8 +314,8 @@ def _strings(value: Any) -> bool:
 
 
 def _strings_or_numbers(value: Any) -> bool:
-    """An array of finite numbers (a destination's per-second pps)."""
-    return type(value) is list and all(_finite(v) for v in value)
+    """An array of finite numbers within ±VALUE_MAX (a destination's per-second pps)."""
+    return type(value) is list and all(_finite(v) and -VALUE_MAX <= v <= VALUE_MAX for v in value)
 
 
 # An event's optional fields and what each must be when present (None allowed for all): what
@@ -366,7 +380,8 @@ def _bad_traffic_row(rows: list[Any]) -> int | None:
         _, t, a, b, c, d = row
         if (type(t) not in numbers or type(a) not in numbers or type(b) not in numbers or type(c) not in numbers
                 or type(d) not in numbers or not math.isfinite(t + a + b + c + d)   # a NaN or inf makes the sum one
-                or not -TIME_MAX_S <= t <= TIME_MAX_S):
+                or not -TIME_MAX_S <= t <= TIME_MAX_S
+                or not -VALUE_MAX <= min(a, b, c, d) <= max(a, b, c, d) <= VALUE_MAX):
             return j
     return None
 
@@ -403,6 +418,9 @@ def _bad_traffic_columns(columns: Any) -> str | None:
         if field == "time" and column and not (min(column) >= -TIME_MAX_S and max(column) <= TIME_MAX_S):
             j = next(j for j, v in enumerate(column) if not -TIME_MAX_S <= v <= TIME_MAX_S)
             return f".time[{j}]: expected a time within ±2**53 s, got {column[j]!r}"[:200]
+        if field != "time" and column and not (min(column) >= -VALUE_MAX and max(column) <= VALUE_MAX):
+            j = next(j for j, v in enumerate(column) if not -VALUE_MAX <= v <= VALUE_MAX)
+            return f".{field}[{j}]: expected a number within ±{VALUE_MAX:g}, got {column[j]!r}"[:200]
     return None
 
 
@@ -436,12 +454,25 @@ async def site_ingest(request: web.Request) -> web.Response:
     tenants = frozenset(t.id for t in state.tenants if t.runs_at(site))
     with refused_by_store(site):
         result = await ingest_store(request.app, site).run(fleet_store.ingest, site, queue, batches, received,
-                                                            record_event_in, tenants)
+                                                            record_event_in, tenants, request.app[SETTINGS].retention)
     if result.foreign:
         log.warning("fleet.foreign_tenant_skipped", site=site, rows=result.foreign)
+    counters = request.app[FLEET_COUNTERS]
+    counters["outside_rows"] += result.outside
+    counters["ahead_rows"] += result.ahead
+    counters["folded_rows"] += result.folded
+    # Acknowledged and stored nowhere: said here, in /metrics and to the site (issue 17 review 2, item 3).
+    if result.ahead:
+        log.warning("fleet.clock_ahead_not_stored", site=site, rows=result.ahead,
+                    ahead_max_s=fleet_store.PARTITIONS_AHEAD_S)
+    if result.outside > result.ahead:
+        log.warning("fleet.too_old_not_stored", site=site, rows=result.outside - result.ahead)
+    if result.folded:
+        log.info("fleet.backfill_folded_into_minutes", site=site, rows=result.folded)
     log.debug("fleet.ingested", site=site, batches=len(batches), duplicates=result.duplicates,
               traffic_rows=result.traffic_rows, events=result.events)
-    return web.json_response({"acked": result.acked, "duplicates": result.duplicates})
+    return web.json_response({"acked": result.acked, "duplicates": result.duplicates, "outside": result.outside,
+                              "folded": result.folded})
 
 
 # -- the operator's side --------------------------------------------------------------------------
@@ -500,6 +531,9 @@ async def api_traffic(request: web.Request) -> web.Response:
     seconds = query_int(request, "seconds", 300, 1, span_max)
     now = time.time()
     site, tenant = _site_filter(request), request.query.get("tenant") or None
+    if resolution != "second" and tenant is None:
+        # A week of minutes of every tenant at every site is billions of rows (issue 17 review 2, item 4).
+        raise ApiError(400, f"tenant: required for resolution={resolution} (one tenant's rollups per request)")
     if resolution == "second":
         rows = await request.app[STORE].run(lambda b: fleet_store.traffic(b, now - seconds, site=site, tenant=tenant))
     else:
@@ -550,28 +584,55 @@ async def fleet_page(request: web.Request) -> web.Response:
 
 # -- retention ------------------------------------------------------------------------------------
 
+async def partition_upkeep(worker: Store, retention: Any, counters: dict[str, int]) -> bool:
+    """Partitions made ahead, expired series dropped: True when done. A failure (a lock timeout
+    behind an ingest, say) is logged and counted; the caller tries again on its next pass."""
+    try:
+        await worker.run(fleet_store.apply_retention, time.time(), retention)
+        return True
+    except Exception:
+        counters["maintenance_failures"] += 1
+        log.exception("fleet.partition_upkeep_failed")
+        return False
+
+
+async def rollup_pass(worker: Store, retention: Any, counters: dict[str, int]) -> None:
+    """The pending minutes and hours rolled up; a key that fails is dropped there (its own
+    savepoint, logged by fleet_store) and counted here."""
+    try:
+        done = await worker.run(fleet_store.rollup, time.time(), retention)
+        counters["rollup_failures"] += done["failed"]
+    except Exception:
+        counters["maintenance_failures"] += 1
+        log.exception("fleet.rollup_failed")
+
+
 async def _retention(app: web.Application) -> AsyncIterator[None]:
     """Rollups every ROLLUP_EVERY_S, partitions made ahead and expired series dropped every
     RETENTION_EVERY_S. On PostgreSQL on a connection of their own: a pass of rollups unnests each
     site-minute's seconds, which would hold up the UI's queries on the store's connection. The
-    partitions are made before the server takes requests (ingest stores only what has one)."""
+    partitions are made before the server takes requests (ingest stores only what has one); when
+    that fails (a lock timeout) the server starts anyway and the next pass tries again.
+
+    The partition upkeep runs first and apart from the rollups (issue 17 review 2, item 1): a
+    rollup that fails must not stop the partitions ahead from being made, or after
+    PARTITIONS_AHEAD_S every second sent would be outside them."""
     store = app[STORE]
     retention = app[SETTINGS].retention
+    counters = app[FLEET_COUNTERS]
     own = await Store.open(store.url) if store.dialect == "postgresql" else None
     worker = own or store
-    await worker.run(fleet_store.apply_retention, time.time(), retention)
+    upkeep_due = not await partition_upkeep(worker, retention, counters)
 
     async def loop() -> None:
-        last_retention = time.monotonic()
+        nonlocal upkeep_due
+        last_upkeep = time.monotonic()
         while True:
             await asyncio.sleep(ROLLUP_EVERY_S)   # the period, not a wait for an outcome
-            try:
-                await worker.run(fleet_store.rollup, time.time(), retention)
-                if time.monotonic() - last_retention >= RETENTION_EVERY_S:
-                    last_retention = time.monotonic()
-                    await worker.run(fleet_store.apply_retention, time.time(), retention)
-            except Exception:
-                log.exception("fleet.maintenance_failed")
+            if upkeep_due or time.monotonic() - last_upkeep >= RETENTION_EVERY_S:
+                last_upkeep = time.monotonic()
+                upkeep_due = not await partition_upkeep(worker, retention, counters)
+            await rollup_pass(worker, retention, counters)
 
     task = asyncio.get_running_loop().create_task(loop(), name="securewatch:fleet-maintenance")
     try:

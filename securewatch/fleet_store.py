@@ -30,8 +30,10 @@ How the per-second traffic is laid out differs by database (migration 10):
   (`fleet_site_seconds`, `fleet_destination_seconds`) are range-partitioned by `t`, an hour a
   partition, the rollups a day (minutes) and 30 days (hours) a partition; partitions are made
   ahead (`maintain_partitions`) and dropped whole once past retention, not deleted row by row.
-  A row outside the partitions made (older than retention, or a site clock far ahead) is not
-  stored and is counted (`Ingested.outside`).
+  A second older than the seconds' partitions (a long backfill) goes straight into its minute
+  rollups (`Ingested.folded`); one older than the minute rollups keep, or from a site clock more
+  than PARTITIONS_AHEAD_S ahead, is stored nowhere and counted (`Ingested.outside`, returned to
+  the site and in /metrics).
 * **SQLite** (a small central server, and the tests): plain per-tenant tables with DELETE-based
   retention; the same rollups.
 
@@ -58,10 +60,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import structlog
 
 from tenants.model import SITE_PATTERN, TENANT_ID_RULE
 
 from .series import SeriesRetention
+
+log = structlog.get_logger(__name__)
 
 MIGRATION = [
     """CREATE TABLE IF NOT EXISTS fleet_sites (
@@ -148,7 +153,7 @@ def _partitioned(b: Any) -> None:
     for table in ("fleet_traffic_minutes", "fleet_traffic_hours"):
         b.execute(_rollup_table(table).format(real=real) + " PARTITION BY RANGE (t)")
     maintain_partitions(b, time.time(), SeriesRetention())
-    low, high = partition_window(b, "fleet_site_seconds")
+    low, high = low_seconds, high_seconds = partition_window(b, "fleet_site_seconds")
     b.execute(f"""INSERT INTO fleet_site_seconds SELECT site, t, array_agg(tenant ORDER BY tenant),
         array_agg(passed_pps ORDER BY tenant), array_agg(dropped_pps ORDER BY tenant),
         array_agg(passed_bps ORDER BY tenant), array_agg(dropped_bps ORDER BY tenant), SUM(passed_pps),
@@ -159,6 +164,27 @@ def _partitioned(b: Any) -> None:
               f"WHERE t >= {low} AND t < {high}")
     b.execute("INSERT INTO fleet_rollup_pending (level, site, t) SELECT DISTINCT 'minute', site, t - MOD(t, 60) "
               "FROM fleet_traffic_seconds")
+    # The seconds older than the seconds' partitions (made from the default retention here: the
+    # migration does not know the configured one; the first upkeep makes the rest) go into their
+    # minute rollups, and their hours are rolled up from those (issue 17 review 2, item 6): they
+    # were dropped unrolled. Older than the minutes' partitions, or ahead of the seconds', they
+    # are dropped, and counted in the log.
+    minutes_low, minutes_high = partition_window(b, "fleet_traffic_minutes")
+    folded = b.execute(f"""INSERT INTO fleet_traffic_minutes (site, tenant, t, {_ROLLUP_COLUMNS})
+        SELECT site, tenant, t - MOD(t, 60), SUM(passed_pps), SUM(dropped_pps), SUM(passed_bps), SUM(dropped_bps),
+               MAX(passed_pps), MAX(dropped_pps), COUNT(*)
+        FROM fleet_traffic_seconds_v8 WHERE t < {low_seconds} AND t >= {minutes_low} AND t < {minutes_high}
+        GROUP BY site, tenant, t - MOD(t, 60)""").rowcount
+    b.execute("INSERT INTO fleet_rollup_pending (level, site, t) SELECT DISTINCT 'hour', site, t - MOD(t, 3600) "
+              "FROM fleet_traffic_minutes ON CONFLICT (level, site, t) DO NOTHING")
+    counts = b.execute(f"""SELECT COUNT(*) FILTER (WHERE t >= {low_seconds} AND t < {high_seconds}),
+        COUNT(*) FILTER (WHERE t < {low_seconds} AND t >= {minutes_low} AND t < {minutes_high}), COUNT(*)
+        FROM fleet_traffic_seconds_v8""").fetchone()
+    destinations = b.execute(f"SELECT COUNT(*) FILTER (WHERE t >= {low} AND t < {high}), COUNT(*) "
+                             f"FROM fleet_destination_seconds_v8").fetchone()
+    log.info("fleet.migration_series_moved", seconds_moved=counts[0], seconds_into_minutes=counts[1],
+             minute_rows=folded, seconds_dropped=counts[2] - counts[0] - counts[1],
+             destination_seconds_moved=destinations[0], destination_seconds_dropped=destinations[1] - destinations[0])
     b.execute("DROP TABLE fleet_traffic_seconds_v8")
     b.execute("DROP TABLE fleet_destination_seconds_v8")
 
@@ -371,7 +397,10 @@ class Ingested:
     destination_rows: int
     events: int
     foreign: int = 0          # rows and events skipped: of tenants the central set does not give the site
-    outside: int = 0          # rows skipped: outside the partitions made (past retention, or a clock far ahead)
+    outside: int = 0          # rows stored at no resolution: older than the minute rollups keep, a site clock
+                              # more than PARTITIONS_AHEAD_S ahead (`ahead`), destination seconds past retention
+    ahead: int = 0            # of `outside`: traffic rows of seconds more than PARTITIONS_AHEAD_S ahead
+    folded: int = 0           # traffic rows older than the seconds keep, added to their minute rollups instead
 
 
 # One site-second of traffic: (t, tenants, passed_pps, dropped_pps, passed_bps, dropped_bps), columns.
@@ -429,22 +458,32 @@ def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 
 
 def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now: float,
-           record_event: Callable[[Any, dict[str, Any]], None], tenants: frozenset[str] | None = None) -> Ingested:
+           record_event: Callable[[Any, dict[str, Any]], None], tenants: frozenset[str] | None = None,
+           retention: SeriesRetention | None = None) -> Ingested:
     """Store `batches` (already checked by `fleet.check_batches`) of `site`'s queue `queue`, in one
     transaction. A batch whose (site, queue, seq) is stored already is skipped: a retry after a
     lost answer, or a backfill overlapping what arrived, is stored once.
 
     tenants: the tenants the central set assigns to `site`; rows and events of any other tenant are
     skipped and counted (`Ingested.foreign`): a site's token must not write another's customers' data.
-    None: no restriction (callers that checked already)."""
+    None: no restriction (callers that checked already).
+
+    A second whose minute's seconds are gone already (older than `retention`'s seconds: a long
+    backfill) is added to its minute rollups instead (`_fold_into_minutes`), counted in `folded`;
+    one older than the minute rollups keep, or more than PARTITIONS_AHEAD_S ahead of `now`, is
+    stored nowhere and counted in `outside` (issue 17 review 2, item 3)."""
+    retention = retention or SeriesRetention()
     postgres = b.dialect == "postgresql"
+    windows = {name: partition_window(b, name) for name, *_ in PARTITIONED} if postgres else {}
     acked = [int(batch["seq"]) for batch in batches]
     fresh = _claim(b, site, queue, batches, now)
-    seconds_window = partition_window(b, "fleet_site_seconds") if postgres else None
-    destination_window = partition_window(b, "fleet_destination_seconds") if postgres else None
+    seconds_window = windows.get("fleet_site_seconds")
+    destination_window = windows.get("fleet_destination_seconds")
     stored: set[int] = set()
-    duplicates = traffic_rows = events = foreign = outside = 0
+    duplicates = traffic_rows = events = foreign = outside = ahead = folded = 0
     site_seconds: list[_Second] = []
+    old_seconds: list[_Second] = []
+    ahead_from = seconds_window[1] if seconds_window else now + PARTITIONS_AHEAD_S
     destinations: list[tuple[Any, ...]] = []
     minutes: set[int] = set()
     last_time = None
@@ -468,8 +507,17 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
                 second = _keep(second, sorted(first.values()))
             if not second[1]:
                 continue
-            if seconds_window is not None and not seconds_window[0] <= second[0] < seconds_window[1]:
+            minute = second[0] // MINUTE_S * MINUTE_S
+            if second[0] >= ahead_from:
                 outside += len(second[1])
+                ahead += len(second[1])
+                continue
+            if not _source_kept(windows, "minute", minute, now, retention):
+                if _kept(windows, "fleet_traffic_minutes", minute, now, retention):
+                    old_seconds.append(second)
+                    folded += len(second[1])
+                else:
+                    outside += len(second[1])
                 continue
             site_seconds.append(second)
             traffic_rows += len(second[1])
@@ -500,13 +548,63 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
                 ("site", "tenant", "address", "t", "pps", "dropped_pps", "data"), destinations)
     if minutes:
         mark_pending(b, "minute", site, minutes)
+    if old_seconds:
+        mark_pending(b, "hour", site, _fold_into_minutes(b, site, old_seconds))
     record_contact(b, site, now, last_time, None, None, None)
-    return Ingested(acked, duplicates, traffic_rows, len(destinations), events, foreign, outside)
+    return Ingested(acked, duplicates, traffic_rows, len(destinations), events, foreign, outside, ahead, folded)
+
+
+def _fold_into_minutes(b: Any, site: str, seconds: list[_Second]) -> set[int]:
+    """Add `seconds` (whose minutes' seconds are gone: never rolled up again from them) to their
+    minute rollups: sums and samples added, maxima the larger. Adding is right because the batch
+    dedup stores a batch once. The hours they fall in (to be rolled up again) are returned."""
+    merged: dict[int, tuple[list[str], Any, Any, Any]] = {}   # minute -> (tenants, sums 4xN, maxima 2xN, samples)
+    odd: list[tuple[int, _Second]] = []      # seconds whose tenants differ from their minute's first
+    for second in seconds:
+        t, names, *values = second
+        minute = t // MINUTE_S * MINUTE_S
+        v = np.array(values, dtype=np.float64)
+        have = merged.get(minute)
+        if have is None:
+            merged[minute] = (names, v, v[:2].copy(), np.ones(len(names)))
+        elif have[0] == names:   # nearly always: a site sends its tenants in one order
+            sums, maxima, samples = have[1:]
+            sums += v            # in place: the arrays in `merged`
+            np.maximum(maxima, v[:2], out=maxima)
+            samples += 1
+        else:
+            odd.append((minute, second))
+    rows: dict[tuple[int, str], list[float]] = {}
+    for minute, (names, sums, maxima, samples) in merged.items():
+        for i, name in enumerate(names):
+            rows[(minute, name)] = [*sums[:, i].tolist(), *maxima[:, i].tolist(), float(samples[i])]
+    for minute, (_, names, *values) in odd:
+        for i, name in enumerate(names):
+            row = [float(c[i]) for c in values]
+            have = rows.get((minute, name))
+            if have is None:
+                rows[(minute, name)] = [*row, row[0], row[1], 1.0]
+            else:
+                rows[(minute, name)] = [*(a + c for a, c in zip(have[:4], row, strict=True)), max(have[4], row[0]),
+                                        max(have[5], row[1]), have[6] + 1]
+    larger = "GREATEST" if b.dialect == "postgresql" else "MAX"
+    added = ", ".join(f"{c} = fleet_traffic_minutes.{c} + excluded.{c}" for c in (*_SUMS, "samples"))
+    b.executemany(f"INSERT INTO fleet_traffic_minutes (site, tenant, t, {_ROLLUP_COLUMNS}) "
+                  f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (site, tenant, t) DO UPDATE SET {added}, "
+                  f"max_passed_pps = {larger}(fleet_traffic_minutes.max_passed_pps, excluded.max_passed_pps), "
+                  f"max_dropped_pps = {larger}(fleet_traffic_minutes.max_dropped_pps, excluded.max_dropped_pps)",
+                  [(site, name, minute, *row[:6], int(row[6])) for (minute, name), row in sorted(rows.items())])
+    return {minute // HOUR_S * HOUR_S for minute, _ in rows}
 
 
 def mark_pending(b: Any, level: str, site: str, starts: set[int]) -> None:
     """The minutes (or hours) starting at `starts` got new data: to be rolled up (again)."""
-    b.executemany("INSERT INTO fleet_rollup_pending (level, site, t) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+    # DO UPDATE, not DO NOTHING (issue 17 review 2, item 2): it row-locks a key that is there
+    # already until this transaction ends, so a rollup deleting the key waits for this ingest to
+    # commit and then sees its seconds. With DO NOTHING the rollup took the key, summed the minute
+    # without this ingest's (uncommitted) second, and nothing marked the minute again.
+    b.executemany("INSERT INTO fleet_rollup_pending (level, site, t) VALUES (?, ?, ?) "
+                  "ON CONFLICT (level, site, t) DO UPDATE SET t = excluded.t",
                   [(level, site, t) for t in sorted(starts)])
 
 
@@ -730,38 +828,72 @@ def rollup(b: Any, now: float, retention: SeriesRetention, limit: int = ROLLUPS_
     """Roll up the pending minutes that have ended (ROLLUP_GRACE_S ago) from the seconds, then the
     pending hours that have ended from the minutes. Each is recomputed whole (delete, insert the
     sums), so a minute that got a backfilled second after its first rollup ends up equal to the
-    sums of all its seconds. A minute whose seconds are past retention is left as it is."""
-    done = {"minute": 0, "hour": 0}
-    postgres = b.dialect == "postgresql"
+    sums of all its seconds. A minute whose seconds are gone is left as it is (a backfill that old
+    was folded into it at ingest: `_fold_into_minutes`).
+
+    Each key is rolled up in a savepoint of its own (issue 17 review 2, item 1): one the database
+    refuses (a sum out of range) is logged, dropped from the pending set and counted in "failed",
+    instead of failing the pass and coming back first on every pass after."""
+    done = {"minute": 0, "hour": 0, "failed": 0}
+    windows = {name: partition_window(b, name) for name, *_ in PARTITIONED} if b.dialect == "postgresql" else {}
     for level, source, step in (("minute", "fleet_traffic_seconds", MINUTE_S),
                                 ("hour", "fleet_traffic_minutes", HOUR_S)):
         table = RESOLUTIONS[level][0]
-        keep_from = now - (retention.fleet_second_retention_s if level == "minute"
-                           else retention.fleet_minute_retention_days * 86400)
-        window = partition_window(b, table) if postgres else None
         pending = b.execute("SELECT site, t FROM fleet_rollup_pending WHERE level = ? AND t <= ? ORDER BY t LIMIT ?",
                             (level, int(now) - step - ROLLUP_GRACE_S, limit)).fetchall()
         hours: dict[str, set[int]] = {}
         for site, start in pending:
             b.execute("DELETE FROM fleet_rollup_pending WHERE level = ? AND site = ? AND t = ?", (level, site, start))
-            if start + step <= keep_from or (window is not None and not window[0] <= start < window[1]):
+            if not (_source_kept(windows, level, start, now, retention) and _kept(windows, table, start, now, retention)):
                 continue   # its source rows are gone, or there is no partition for it: keep what is there
-            b.execute(f"DELETE FROM {table} WHERE site = ? AND t = ?", (site, start))
             if level == "minute":
                 select = ("SUM(passed_pps), SUM(dropped_pps), SUM(passed_bps), SUM(dropped_bps), MAX(passed_pps), "
                           "MAX(dropped_pps), COUNT(*)")
             else:
                 select = (f"{', '.join(f'SUM({c})' for c in _SUMS)}, MAX(max_passed_pps), MAX(max_dropped_pps), "
                           f"SUM(samples)")
-            b.execute(f"INSERT INTO {table} (site, tenant, t, {_ROLLUP_COLUMNS}) SELECT site, tenant, ?, {select} "
-                      f"FROM {source} WHERE site = ? AND t >= ? AND t < ? GROUP BY site, tenant",
-                      (start, site, start, start + step))
+            b.execute("SAVEPOINT fleet_rollup_key")
+            try:
+                b.execute(f"DELETE FROM {table} WHERE site = ? AND t = ?", (site, start))
+                b.execute(f"INSERT INTO {table} (site, tenant, t, {_ROLLUP_COLUMNS}) SELECT site, tenant, ?, {select} "
+                          f"FROM {source} WHERE site = ? AND t >= ? AND t < ? GROUP BY site, tenant",
+                          (start, site, start, start + step))
+            except Exception as exc:   # the database's own error class differs by driver
+                b.execute("ROLLBACK TO SAVEPOINT fleet_rollup_key")
+                b.execute("RELEASE SAVEPOINT fleet_rollup_key")
+                log.error("fleet.rollup_key_failed", level=level, site=site, t=start, error=str(exc)[:300])
+                done["failed"] += 1
+                continue
+            b.execute("RELEASE SAVEPOINT fleet_rollup_key")
             done[level] += 1
             if level == "minute":
                 hours.setdefault(site, set()).add(start // HOUR_S * HOUR_S)
         for site, starts in hours.items():
             mark_pending(b, "hour", site, starts)
     return done
+
+
+def _source_kept(windows: dict[str, tuple[int, int]], level: str, start: int, now: float,
+                 retention: SeriesRetention) -> bool:
+    """Whether the rows a `level` key is rolled up from are still there. PostgreSQL (`windows`, the
+    partitions): the seconds' partition, dropped whole and never made again once past retention;
+    SQLite: retention at `now`. The same test decides at ingest whether a second is stored or
+    folded into its minute (`_fold_into_minutes`), so a folded minute is never recomputed."""
+    if level == "minute" and windows:
+        low, high = windows["fleet_site_seconds"]
+        return low <= start < high
+    keep = retention.fleet_second_retention_s if level == "minute" else retention.fleet_minute_retention_days * 86400
+    return start + (MINUTE_S if level == "minute" else HOUR_S) > now - keep
+
+
+def _kept(windows: dict[str, tuple[int, int]], table: str, start: int, now: float, retention: SeriesRetention) -> bool:
+    """Whether a rollup row of `table` at `start` can be stored: its partition is there
+    (PostgreSQL), it is within retention (SQLite)."""
+    if windows:
+        low, high = windows[table]
+        return low <= start < high
+    keep = next(k for name, _, k in PARTITIONED if name == table)(retention)
+    return start >= now - keep - (MINUTE_S if table == "fleet_traffic_minutes" else HOUR_S)
 
 
 # -- retention ------------------------------------------------------------------------------------

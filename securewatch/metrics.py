@@ -185,7 +185,32 @@ def _bgp_metrics(bgp: dict[str, Any]):
     yield refused
 
 
-def render(status: ApplianceStatus | TenantScopedStatus) -> bytes:
+class _CentralCollector:
+    """A fleet's central server: what its ingest and maintenance counted (`fleet.FLEET_COUNTERS`)."""
+
+    HELP = {"outside_rows": "Traffic and destination rows acknowledged but stored at no resolution (older than "
+                            "the minute rollups keep, or a site clock more than 3 h ahead)",
+            "ahead_rows": "Traffic rows not stored because their site's clock was more than 3 h ahead",
+            "folded_rows": "Backfilled traffic rows older than the seconds keep, added to the minute rollups",
+            "rollup_failures": "Rollup keys the database refused (logged and dropped)",
+            "maintenance_failures": "Fleet partition upkeep or rollup passes that failed (tried again)"}
+
+    def __init__(self, counters: dict[str, int]) -> None:
+        self.counters = counters
+
+    def collect(self):
+        for key, help_text in self.HELP.items():
+            counter = CounterMetricFamily(f"seawall_fleet_central_{key}", help_text)
+            counter.add_metric([], float(self.counters.get(key, 0)))
+            yield counter
+
+
+def render(status: ApplianceStatus | TenantScopedStatus | None, central: dict[str, int] | None = None) -> bytes:
+    """The appliance's status (None: a central server without one) and the central fleet counters
+    (None: not shown)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_StatusCollector(status))
+    if status is not None:
+        registry.register(_StatusCollector(status))
+    if central is not None:
+        registry.register(_CentralCollector(central))
     return generate_latest(registry)

@@ -337,7 +337,7 @@ class _Backend:
         self.connection.close()
 
 
-def _open_backend(url: str) -> _Backend:
+def open_backend(url: str) -> _Backend:
     if url.startswith(("postgresql://", "postgres://")):
         import psycopg  # noqa: PLC0415 - only fleets need it loaded
 
@@ -399,7 +399,7 @@ def _prepare_sqlite_file(path: pathlib.Path) -> None:
 def create_schema(url: str, up_to: int) -> None:
     """Bring the database at `url` to schema `up_to` and no further: what an older Seawall left
     behind, for upgrade tests and for rehearsing an upgrade on a copy."""
-    backend = _open_backend(url)
+    backend = open_backend(url)
     try:
         _migrate(backend, up_to)
     finally:
@@ -458,7 +458,7 @@ class Store:
         executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="securewatch-db")
         loop = asyncio.get_running_loop()
         try:
-            backend = await loop.run_in_executor(executor, _open_backend, url)
+            backend = await loop.run_in_executor(executor, open_backend, url)
             try:
                 await loop.run_in_executor(executor, _migrate, backend)
             except Exception:
@@ -831,7 +831,7 @@ class SyncStore:
     """The store for short-lived CLI commands (user add, token create): same schema, no event loop."""
 
     def __init__(self, url: str) -> None:
-        self._backend = _open_backend(url)
+        self._backend = open_backend(url)
         try:
             _migrate(self._backend)
         except Exception:

@@ -229,7 +229,9 @@ def test_item5_fleet_partitions_made_ahead_dropped_past_retention_dedup_across_t
         # one further ahead than the partitions reach.
         boundary = now // hour * hour
         result = send([(1, boundary - 1), (2, boundary), (3, now - 10 * 86400), (4, now + 86400)])
-        assert (result.traffic_rows, result.destination_rows, result.outside) == (4, 2, 4 + 2)
+        # Ten days back: its traffic into the minute rollups, its destination row nowhere; a day ahead: nowhere.
+        assert (result.traffic_rows, result.destination_rows, result.folded, result.ahead, result.outside) == (
+            4, 2, 2, 2, 2 + 2)
         assert send([(1, boundary - 1), (2, boundary)]).duplicates == 2
         assert _query(database_url, "SELECT t, COUNT(*) FROM fleet_traffic_seconds GROUP BY t ORDER BY t") == [
             (boundary - 1, 2), (boundary, 2)]
@@ -267,6 +269,112 @@ def test_item5_fleet_migration_moves_per_tenant_rows_into_site_seconds(tmp_path,
             (tenant, t + s, 1.0 + s) for s in range(3) for tenant in ("alpha", "beta")]
         assert store.run(fleet_store.current_traffic, t)["ams1"]["passed_pps"] == 6.0
         assert store.run(fleet_store.rollup, time.time() + 300, SeriesRetention())["minute"] >= 1
+
+
+def test_review2_item6_fleet_migration_rolls_up_the_seconds_older_than_the_partitions(database_url):
+    """Migration 10 moved the v8 rows within the seconds' partitions (an hour or two back) and
+    dropped the older ones unrolled: a central server upgraded after a day lost that day. They go
+    into the minute rollups, and their hours are rolled up from those."""
+    import psycopg  # noqa: PLC0415
+
+    from securewatch import fleet_store  # noqa: PLC0415
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+    from securewatch.store import Store, create_schema  # noqa: PLC0415
+
+    create_schema(database_url, 9)
+    now = int(time.time())
+    old = now // 3600 * 3600 - 5 * 3600 + 120          # a minute five hours back, two minutes into its hour
+    rows = [("ams1", "alpha", old + s, 10.0 * (s + 1), 1.0, 80.0, 8.0) for s in range(3)]
+    rows.append(("ams1", "alpha", now - 60 * 86400, 1.0, 0.0, 8.0, 0.0))   # past the minutes kept: dropped
+    with psycopg.connect(database_url) as conn:
+        conn.cursor().executemany("INSERT INTO fleet_traffic_seconds VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
+    with Store.open_sync(database_url) as store:
+        minutes = store.run(lambda b: fleet_store.series(b, "minute", 0, site="ams1", tenant="alpha"))
+        assert [(r["time"], r["samples"], r["passed_pps"], r["max_passed_pps"]) for r in minutes] == [
+            (old, 3, 20.0, 30.0)]
+        store.run(fleet_store.rollup, time.time(), SeriesRetention())
+        hours = store.run(lambda b: fleet_store.series(b, "hour", 0, site="ams1", tenant="alpha"))
+        assert [(r["time"], r["samples"], r["passed_pps"]) for r in hours] == [(old - 120, 3, 20.0)]
+
+
+def test_review2_item2_fleet_rollup_waits_for_an_ingest_of_its_minute(database_url):
+    """Two real connections: an ingest adds a second to a minute whose rollup key is pending and
+    has not committed when the rollup takes the key. The rollup must wait for it (the ingest's
+    upsert row-locks the key) and count both seconds; with ON CONFLICT DO NOTHING it summed the
+    one it could see, deleted the key, and the minute stayed at samples=1 with two seconds stored."""
+    import threading  # noqa: PLC0415
+
+    from securewatch import auth, fleet_store  # noqa: PLC0415
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+    from securewatch.store import Store, open_backend  # noqa: PLC0415
+
+    def batch_at(seq, t):
+        return [{"seq": seq, "time": float(t), "traffic_columns": _suite.columns_of(
+            [["alpha", t + 0.5, 10.0 * seq, 1.0, 80.0, 8.0]])}]
+
+    with Store.open_sync(database_url) as store:
+        now = int(time.time())
+        minute = now // 60 * 60 - 300
+        store.run(fleet_store.enroll, "ams1", auth.token_hash(auth.new_token()), "test", now)
+        store.run(fleet_store.ingest, "ams1", "q", batch_at(1, minute), now, lambda b, e: None, None)
+        ingesting, rolling = open_backend(database_url), open_backend(database_url)
+        done: dict = {}
+
+        def roll() -> None:
+            done["rollup"] = fleet_store.rollup(rolling, minute + 120, SeriesRetention())
+            rolling.commit()
+
+        try:
+            fleet_store.ingest(ingesting, "ams1", "q", batch_at(2, minute + 1), now, lambda b, e: None, None)
+            thread = threading.Thread(target=roll)
+            thread.start()
+            wait_until(lambda: not thread.is_alive() or _query(
+                database_url, "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")[0][0],
+                timeout=20, what="the rollup done or waiting for the ingest's lock")
+            ingesting.commit()
+            thread.join(20)
+            assert done["rollup"]["minute"] == 1
+        finally:
+            ingesting.close()
+            rolling.close()
+        store.run(fleet_store.rollup, minute + 120, SeriesRetention())   # whatever is pending still
+        rows = store.run(lambda b: fleet_store.series(b, "minute", minute, minute + 60, site="ams1"))
+        assert [(r["samples"], r["passed_pps"]) for r in rows] == [(2, 15.0)]
+
+
+async def test_review2_item1_fleet_server_starts_when_partition_upkeep_times_out_and_tries_again(
+        tmp_path, database_url):
+    """The first partition upkeep at startup waits 2 s for its locks (lock_timeout); a lock held
+    longer aborted the server's start. Now it starts, counts and logs the failure, and the next
+    maintenance pass makes the partition."""
+    import asyncio  # noqa: PLC0415
+
+    import aiohttp  # noqa: PLC0415
+    import psycopg  # noqa: PLC0415
+    from test_sw_helpers import add_token, service  # noqa: PLC0415
+
+    from securewatch import fleet, fleet_store  # noqa: PLC0415
+    from securewatch.store import Store  # noqa: PLC0415
+
+    with Store.open_sync(database_url) as store:
+        newest = store.run(fleet_store.partitions, "fleet_site_seconds")[-1]
+        store.run(lambda b: b.execute(f"DROP TABLE fleet_site_seconds_p{newest}"))
+    holder = psycopg.connect(database_url)
+    try:
+        holder.execute("LOCK TABLE fleet_site_seconds IN ACCESS EXCLUSIVE MODE")
+        async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+            holder.rollback()   # the lock released: the next pass can make the partition
+            deadline = time.monotonic() + 3 * fleet.ROLLUP_EVERY_S + 10
+            while newest not in await store.run(fleet_store.partitions, "fleet_site_seconds"):
+                assert time.monotonic() < deadline, "the partition was not made after the lock went"
+                await asyncio.sleep(0.2)   # polling the database, not waiting for a fixed time
+            admin = await add_token(store, "admin")
+            async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {admin}"}) as http, \
+                    http.get(f"{url}/metrics") as r:
+                text = await r.text()
+            assert "seawall_fleet_central_maintenance_failures_total 1.0" in text.splitlines(), text
+    finally:
+        holder.close()
 
 
 def test_fleet_two_sites_one_central_postgresql(request, tmp_path, postgres_server):  # noqa: F811

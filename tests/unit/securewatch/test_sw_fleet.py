@@ -64,11 +64,11 @@ async def test_fleet_ingest_stores_a_retried_batch_once_with_site_and_receipt_ti
         body = {"site": "ams1", "queue": "q1", "batches": [batch(1, skewed), batch(2, skewed + 1, incident="i-1")]}
         status, answer = await post(url, "/api/v1/fleet/site/ingest", token, body)
         assert status == 200, answer
-        assert answer == {"acked": [1, 2], "duplicates": 0}
+        assert answer == {"acked": [1, 2], "duplicates": 0, "outside": 0, "folded": 0}
         # The answer was lost: the site sends the same two again, plus the next one.
         body["batches"].append(batch(3, skewed + 2))
         status, answer = await post(url, "/api/v1/fleet/site/ingest", token, body)
-        assert answer == {"acked": [1, 2, 3], "duplicates": 2}
+        assert answer == {"acked": [1, 2, 3], "duplicates": 2, "outside": 0, "folded": 0}
         assert await count(store, "SELECT COUNT(*) FROM fleet_batches WHERE site = ?", "ams1") == 3
         assert await count(store, "SELECT COUNT(*) FROM fleet_traffic_seconds WHERE site = ?", "ams1") == 3
         assert await count(store, "SELECT COUNT(*) FROM fleet_destination_seconds WHERE site = ?", "ams1") == 3
@@ -228,9 +228,9 @@ async def test_fleet_ingest_takes_traffic_columns_and_the_older_rows_alike(tmp_p
             [["alpha", t + 1.43, 1000.0, 20.0, 8e6, 1.6e5], ["beta", t + 1.43, 7, 0, 56, 0]])}
         body = {"site": "ams1", "queue": "q1", "batches": [batch(1, t), columnar]}
         status, answer = await post(url, "/api/v1/fleet/site/ingest", token, body)
-        assert status == 200 and answer == {"acked": [1, 2], "duplicates": 0}, answer
+        assert status == 200 and answer == {"acked": [1, 2], "duplicates": 0, "outside": 0, "folded": 0}, answer
         status, answer = await post(url, "/api/v1/fleet/site/ingest", token, body)
-        assert answer == {"acked": [1, 2], "duplicates": 2}
+        assert answer == {"acked": [1, 2], "duplicates": 2, "outside": 0, "folded": 0}
         rows = await store.run(lambda b: fleet_store.traffic(b, t - 1, site="ams1"))
         assert [(r["tenant"], r["time"], r["passed_pps"], r["dropped_bps"]) for r in rows] == [
             ("alpha", int(t), 1000.0, 1.6e5), ("alpha", int(t) + 1, 1000.0, 1.6e5), ("beta", int(t) + 1, 7.0, 0.0)]
@@ -258,8 +258,8 @@ def test_fleet_traffic_columns_check_names_the_bad_column_and_value(change, prob
 
     good = [["alpha", 1.0, 2, 3.0, 4.0, 5.0], ["beta", 1.0, 2, 3.0, 4.0, 5.0]]
     assert check_batches(body(columns_of(good)))[0] == "q"
-    # Finite numbers whose sum overflows are still numbers: the column-wide sum only picks the slow path.
-    assert check_batches(body(columns_of([["a", 1.0, 1e308, 1e308, 1.0, 1.0], ["b", 1.0, 1e308, 1e308, 1.0, 1.0]])))
+    # Finite numbers whose sum overflows are past VALUE_MAX: refused (test_review2_item1_* below).
+    assert check_batches(body(columns_of([["a", 1.0, 1e15, 1e15, 1.0, 1.0], ["b", 1.0, 1e15, 1e15, 1.0, 1.0]])))
     columns = columns_of(good)
     change(columns)
     with pytest.raises(ApiError) as caught:
@@ -301,7 +301,7 @@ async def test_fleet_ingest_skips_tenants_the_central_set_does_not_give_the_site
             {"seq": 4, "time": t + 3, "traffic_columns": columns_of(
                 [["alpha", t + 3.1, 1.0, 0.0, 8.0, 0.0], ["beta", t + 3.1, 2.0, 0.0, 16.0, 0.0]])}]}
         status, answer = await post(url, "/api/v1/fleet/site/ingest", token, body)
-        assert status == 200 and answer == {"acked": [1, 2, 3, 4], "duplicates": 0}, answer
+        assert status == 200 and answer == {"acked": [1, 2, 3, 4], "duplicates": 0, "outside": 0, "folded": 0}, answer
         rows = await store.run(lambda b: fleet_store.traffic(b, t - 1, site="ams1"))
         assert {r["tenant"] for r in rows} == {"alpha"} and len(rows) == 2
         assert await count(store, "SELECT COUNT(*) FROM fleet_destination_seconds WHERE tenant <> 'alpha'") == 0
@@ -704,9 +704,9 @@ async def test_item5_fleet_minute_and_hour_rollups_equal_the_sums_of_the_seconds
         seconds = [t for t in range(hour + 3540, hour + 3660) if t % 7]   # across the hour's end, with gaps
         await _ingest_seconds(store, "ams1", "q", list(enumerate(seconds, 1)), tenants=("alpha", "beta"))
         rolled = await store.run(fleet_store.rollup, now + 7200, SeriesRetention(fleet_second_retention_s=3 * 3600))
-        assert rolled == {"minute": 2, "hour": 2}   # the two minutes, then the two hours they fall in
+        assert rolled == {"minute": 2, "hour": 2, "failed": 0}   # the two minutes, then the two hours they fall in
         rolled = await store.run(fleet_store.rollup, now + 7200, SeriesRetention(fleet_second_retention_s=3 * 3600))
-        assert rolled == {"minute": 0, "hour": 0}   # nothing new
+        assert rolled == {"minute": 0, "hour": 0, "failed": 0}   # nothing new
         for start in (hour + 3540, hour + 3600):
             minute = await store.run(lambda b, s=start: fleet_store.series(b, "minute", s, s + 60, site="ams1"))
             assert _rollup_sums(minute) == await _sums(store, "ams1", start, start + 60)
@@ -762,6 +762,9 @@ async def test_item5_fleet_retention_removes_expired_seconds_and_rollups(tmp_pat
         retention = SeriesRetention(fleet_second_retention_s=3600)
         await store.run(fleet_store.rollup, now + 600, retention)
         assert len(await store.run(lambda b: fleet_store.series(b, "minute", now - 7200, site="ams1"))) == 2
+        # The hours once they have ended (the second one may be the current hour: it had not, above).
+        await store.run(fleet_store.rollup, now + 3600 + 600, retention)
+        hours = len({(now - 1800) // 3600, (now - 10) // 3600})
         await store.run(fleet_store.apply_retention, now + 2 * 3600 + 1, retention)
         assert await count(store, "SELECT COUNT(*) FROM fleet_traffic_seconds") == 0
         assert len(await store.run(lambda b: fleet_store.series(b, "minute", now - 7200, site="ams1"))) == 2
@@ -769,7 +772,7 @@ async def test_item5_fleet_retention_removes_expired_seconds_and_rollups(tmp_pat
         assert again.duplicates == 1
         await store.run(fleet_store.apply_retention, now + 31 * 86400 + 1, retention)
         assert await store.run(lambda b: fleet_store.series(b, "minute", 0, site="ams1")) == []
-        assert len(await store.run(lambda b: fleet_store.series(b, "hour", 0, site="ams1"))) == 1
+        assert len(await store.run(lambda b: fleet_store.series(b, "hour", 0, site="ams1"))) == hours
 
 
 def test_item5_fleet_retention_keys_have_documented_defaults_and_named_errors(tmp_path):
@@ -847,3 +850,139 @@ async def test_fleet_report_counts_an_attack_seen_at_two_sites_once_with_its_sit
         # Narrowed to one site, each site's incidents are its attacks again.
         status, report = await get(url, path, noc, site="fra1")
         assert [a["id"] for a in report["attacks"]] == ["fra1:i-9", "fra1:i-other"]
+
+
+# -- issue 17, second review: rollups and upkeep that one value cannot stop, old backfill kept ---
+
+@pytest.mark.parametrize(("change", "field"), [
+    (lambda b: b.update(traffic_columns=columns_of([["alpha", b["time"], 1e308, 1.0, 8.0, 8.0]])),
+     "batches[0].traffic_columns.passed_pps[0]: expected a number within ±1e+15"),
+    (lambda b: b.update(traffic_columns=columns_of([["alpha", b["time"], 1.0, 1.0, 8.0, -2e15]])),
+     "batches[0].traffic_columns.dropped_bps[0]: expected a number within ±1e+15"),
+    (lambda b: b["traffic"][0].__setitem__(2, 1e308), "batches[0].traffic[0]:"),
+    (lambda b: b["destinations"][0].__setitem__("pps", [1e308, 1e308]), "batches[0].destinations[0]:"),
+])
+async def test_review2_item1_fleet_ingest_refuses_pps_or_bps_past_1e15_naming_the_field(tmp_path, database_url,
+                                                                                         change, field):
+    """Finite values near the float limit (1e308 in two seconds) overflowed the minute rollup's SUM
+    and stopped every rollup and the partition upkeep: refused at the door with a 422 naming the field."""
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        token = await enroll(store, "ams1")
+        bad = batch(1, time.time())
+        change(bad)
+        status, answer = await post(url, "/api/v1/fleet/site/ingest", token, {"site": "ams1", "queue": "q",
+                                                                               "batches": [bad]})
+        assert status == 422 and answer["problems"][0].startswith(field), answer
+        assert await count(store, "SELECT COUNT(*) FROM fleet_batches") == 0
+
+
+async def test_review2_item1_fleet_rollup_key_the_database_refuses_is_dropped_and_the_rest_rolled_up(
+        tmp_path, database_url):
+    """A minute whose sums the database refuses (PostgreSQL: 1e308 + 1e308 is out of range for
+    double precision; SQLite keeps an infinity, so a trigger refuses it the same way) is logged,
+    dropped from the pending set and counted; the other site's minute is rolled up in the same
+    pass, and the next pass is not stuck on it."""
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
+        await enroll(store, "ams1")
+        await enroll(store, "fra1")
+        if store.dialect == "sqlite":
+            await store.run(lambda b: b.execute(
+                "CREATE TRIGGER refuse_infinite BEFORE INSERT ON fleet_traffic_minutes WHEN NEW.sum_passed_pps > 1e308 "
+                "BEGIN SELECT RAISE(ABORT, 'value out of range: overflow'); END"))
+        minute = int(time.time()) // 60 * 60 - 300
+        # Straight into the store, past the checks (a database written before them, say).
+        await _ingest_seconds(store, "ams1", "q", [(1, minute), (2, minute + 1)], passed=lambda t, i: 1e308)
+        await _ingest_seconds(store, "fra1", "q", [(1, minute + 5)])
+        retention = SeriesRetention()
+        done = await store.run(fleet_store.rollup, minute + 120, retention)
+        assert (done["minute"], done["failed"]) == (1, 1)
+        assert [r["site"] for r in await store.run(lambda b: fleet_store.series(b, "minute", minute, site=None))] == [
+            "fra1"]
+        assert await count(store, "SELECT COUNT(*) FROM fleet_rollup_pending WHERE level = 'minute'") == 0
+        assert (await store.run(fleet_store.rollup, minute + 120, retention))["failed"] == 0
+
+
+async def test_review2_item3_fleet_backfill_older_than_the_seconds_goes_into_the_minutes(tmp_path, database_url):
+    """Seconds older than fleet_second_retention_s (a queue backfilled after a long outage) were
+    acknowledged and then lost at every resolution. They go straight into their minute rollups
+    (and the hours from those); older than the minutes keep, or more than 3 h ahead, they are
+    counted, returned to the site as `outside` and shown in /metrics."""
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        token = await enroll(store, "ams1")
+        now = int(time.time())
+        old = now // 60 * 60 - 2 * 3600      # a minute two hours back: past the default hour of seconds
+
+        def at(seq, t, pps):
+            return {"seq": seq, "time": float(t), "traffic_columns": columns_of([["alpha", t + 0.5, pps, 1.0, 8.0, 8.0],
+                                                                                  ["beta", t + 0.5, 1.0, 0.0, 8.0, 0.0]])}
+
+        body = {"site": "ams1", "queue": "q", "batches": [at(1, old, 100.0), at(2, old + 1, 300.0)]}
+        status, answer = await post(url, "/api/v1/fleet/site/ingest", token, body)
+        assert status == 200 and (answer["folded"], answer["outside"]) == (4, 0), answer
+        # Sent again in another request: stored once (the batch dedup is what makes adding right).
+        status, answer = await post(url, "/api/v1/fleet/site/ingest", token, body)
+        assert answer["duplicates"] == 2 and answer["folded"] == 0
+        status, answer = await post(url, "/api/v1/fleet/site/ingest", token, {"site": "ams1", "queue": "q", "batches": [
+            at(3, old + 2, 200.0), at(4, now - 40 * 86400, 1.0), at(5, now + 4 * 3600, 1.0)]})
+        assert (answer["folded"], answer["outside"]) == (2, 4), answer
+        assert await count(store, "SELECT COUNT(*) FROM fleet_traffic_seconds") == 0
+        minutes = await store.run(lambda b: fleet_store.series(b, "minute", old, old + 60, site="ams1", tenant="alpha"))
+        assert [(r["time"], r["samples"], r["passed_pps"], r["max_passed_pps"]) for r in minutes] == [
+            (old, 3, 200.0, 300.0)]
+        await store.run(fleet_store.rollup, time.time(), SeriesRetention())
+        hour = old // 3600 * 3600
+        hours = await store.run(lambda b: fleet_store.series(b, "hour", hour, hour + 3600, site="ams1", tenant="alpha"))
+        assert [(r["time"], r["samples"], r["passed_pps"]) for r in hours] == [(hour, 3, 200.0)]
+        admin = await add_token(store, "admin")
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {admin}"}) as http, \
+                http.get(f"{url}/metrics") as r:
+            text = await r.text()
+        assert r.status == 200, text
+        for line in ("seawall_fleet_central_outside_rows_total 4.0", "seawall_fleet_central_ahead_rows_total 2.0",
+                     "seawall_fleet_central_folded_rows_total 6.0"):
+            assert line in text.splitlines(), text
+
+
+async def test_review2_item4_fleet_traffic_rollups_need_a_tenant(tmp_path, database_url):
+    """?resolution=minute|hour without a tenant was every tenant of every site for up to a week of
+    minutes (billions of rows built in Python): 400 naming the field."""
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        noc = await add_token(store, "noc")
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {noc}"}) as http:
+            for resolution in ("minute", "hour"):
+                async with http.get(f"{url}/api/v1/fleet/traffic", params={"resolution": resolution,
+                                                                           "seconds": "86400"}) as r:
+                    assert r.status == 400 and (await r.json())["error"].startswith("tenant:")
+            async with http.get(f"{url}/api/v1/fleet/traffic", params={"resolution": "minute", "tenant": "alpha",
+                                                                       "seconds": "86400"}) as r:
+                assert r.status == 200
+
+
+async def test_review2_item5_fleet_tenant_minutes_beyond_the_seconds_come_from_the_rollups(tmp_path, database_url):
+    """A tenant's summed minutes (the 24-hour chart, the reports) read the sites' seconds only,
+    kept an hour: anything older was empty. Spans longer than SECONDS_SPAN_S read the sites'
+    minute rollups, and the seconds after each site's newest rolled-up minute."""
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
+        await enroll(store, "ams1")
+        await enroll(store, "fra1")
+        now = int(time.time())
+        old = now // 60 * 60 - 2 * 3600       # past the hour of seconds kept: a backfill
+        rolled = now // 60 * 60 - 1200        # within it, rolled up as usual
+        recent = now - 5                      # its minute not rolled up yet
+        for site, pps in (("ams1", 100.0), ("fra1", 50.0)):
+            await _ingest_seconds(store, site, "q", [(1, old), (2, old + 1), (3, rolled), (4, recent)],
+                                  passed=lambda t, i, pps=pps: pps)
+        await store.run(fleet_store.rollup, time.time(), SeriesRetention())
+        await store.run(fleet_store.apply_retention, time.time(), SeriesRetention())
+        rows = await store.traffic("alpha", now - 3 * 3600, now + 1, "minute")
+        by_minute = {int(r["time"]): r["passed_pps"] for r in rows}
+        assert by_minute == {old: 150.0, rolled: 150.0, recent // 60 * 60: 150.0}, rows
+        one_site = await store.traffic("alpha", now - 3 * 3600, now + 1, "minute", site="fra1")
+        assert {int(r["time"]): r["passed_pps"] for r in one_site} == {old: 50.0, rolled: 50.0,
+                                                                        recent // 60 * 60: 50.0}
