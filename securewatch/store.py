@@ -411,13 +411,15 @@ def _migrate(backend: _Backend, up_to: int = SCHEMA_VERSION) -> int:
     backend.execute(f"CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
                     f"description TEXT NOT NULL, applied_at {_DIALECT[backend.dialect]['real']} NOT NULL)")
     backend.commit()
-    row = backend.execute("SELECT MAX(version) FROM schema_version").fetchone()
-    current = row[0] or 0
+    applied = {row[0] for row in backend.execute("SELECT version FROM schema_version").fetchall()}
+    current = max(applied, default=0)
     if current > SCHEMA_VERSION:
         raise StoreError(f"database schema version {current} is newer than this program's {SCHEMA_VERSION}; "
                          f"upgrade Seawall")
+    # Every migration not recorded yet, in order, also one below the newest recorded: a database
+    # that ran a later migration first (branches deployed out of order) still gets the earlier one.
     for number, description, statements in MIGRATIONS:
-        if number <= current or number > up_to:
+        if number in applied or number > up_to:
             continue
         try:
             for statement in statements:
@@ -432,7 +434,7 @@ def _migrate(backend: _Backend, up_to: int = SCHEMA_VERSION) -> int:
             backend.rollback()
             raise
         log.info("store.migrated", version=number, description=description, dialect=backend.dialect)
-        current = number
+        current = max(current, number)
     return current
 
 

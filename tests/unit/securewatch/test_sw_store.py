@@ -281,7 +281,9 @@ async def test_migration_5_tidies_names_and_contacts_an_older_version_stored(dat
     try:
         cursor = connection.cursor()
         cursor.execute(f"UPDATE tenants SET data = {mark} WHERE id = {mark}", (json.dumps(legacy), "alpha"))
-        cursor.execute(f"DELETE FROM schema_version WHERE version >= {mark}", (5,))   # as schema 4 left it
+        # Migrations 5 and 6 as not run yet (the store runs every migration not recorded), their
+        # tables gone: what they do to a set stored by schema 4.
+        cursor.execute(f"DELETE FROM schema_version WHERE version IN ({mark}, {mark})", (5, 6))
         for table in ("tenant_templates", "policy_templates"):   # migration 6's, not there at schema 4
             cursor.execute(f"DROP TABLE {table}")
         connection.commit()
