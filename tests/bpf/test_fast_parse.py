@@ -116,13 +116,20 @@ def _delta(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> dict[
     return {k: (v - before.get(k, 0)).tolist() for k, v in after.items() if (v - before.get(k, 0)).any()}
 
 
-def test_fast_and_full_parser_agree(dp, full_parser):
-    both = [dp, full_parser]
+def load_alike(builds: list, tenants: list[dict]) -> tuple[list[list[int]], dict[str, int]]:
+    """The same tenants, fuzz rules and sampling of every packet in each build: each build's rule
+    ids, and the tenants' indices (the same in every build, as they are applied alike)."""
     installed: list[list[int]] = []
-    for d in both:
-        applied = apply_tenant_dicts(d, STANDARD_TENANTS)
+    for d in builds:
+        applied = apply_tenant_dicts(d, tenants)
         installed.append([d.add_rule(r) for r in fuzz_rules(applied["alpha"], applied["beta"])])
         d.set_sample_every(1)
+    return installed, applied
+
+
+def test_fast_and_full_parser_agree(dp, full_parser):
+    both = [dp, full_parser]
+    installed, _ = load_alike(both, STANDARD_TENANTS)
     before = [_counters(d, ids) for d, ids in zip(both, installed, strict=True)]
     seen = {"tcp_udp": 0}
 

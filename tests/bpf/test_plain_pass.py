@@ -42,9 +42,8 @@ from tests.bpf.conftest import (
     tenant_counters,
 )
 from tests.bpf.test_address_cache import slot_of
-from tests.bpf.test_fast_parse import _counters, _delta, ipv4_frames
+from tests.bpf.test_fast_parse import _counters, _delta, ipv4_frames, load_alike
 from tests.bpf.test_flows import rows
-from tests.bpf.test_fuzz import fuzz_rules
 
 # A tenant with the default policy (mitigate, invalid filters on, no list): its slots are plain.
 DELTA = {"id": "delta", "name": "Delta (defaults)", "prefixes": ["192.0.2.128/25", "2001:db8:d::/48"]}
@@ -156,11 +155,7 @@ def conversation() -> list[tuple[Direction, bytes]]:
 
 def test_plain_and_full_pass_path_agree(short_path, full_path):
     both = [short_path, full_path]
-    installed: list[list[int]] = []
-    for d in both:
-        applied = apply_tenant_dicts(d, TENANTS)
-        installed.append([d.add_rule(r) for r in fuzz_rules(applied["alpha"], applied["beta"])])
-        d.set_sample_every(1)
+    installed, applied = load_alike(both, TENANTS)
     before = [_counters(d, ids) for d, ids in zip(both, installed, strict=True)]
     flows_before = [(rows(d, False), rows(d, True)) for d in both]
 

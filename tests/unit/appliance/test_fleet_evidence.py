@@ -74,10 +74,7 @@ async def test_item3_incident_pcap_and_samples_arrive_once_after_central_outage_
             "passed": {"path": str(state / "pcap" / "inc-1-passed.pcap"), "packets": 1, "bytes": len(passed)}}
     async with central(tmp_path) as (url, store):
         # beta: a tenant of the central set that is not the incident's.
-        await store.save_tenant_set(TenantSet.from_dicts([{"id": "alpha", "prefixes": ["198.51.100.0/25"]},
-                                                          {"id": "beta", "prefixes": ["203.0.113.0/24"]}]),
-                                    "test", "seed")
-        token = await enrolled(store)
+        token = await seeded_and_enrolled(store)
         port = int(url.rsplit(":", 1)[1])
     agent = agent_for(url, token, appliance, state, bus=bus)
     await agent.start()
@@ -120,6 +117,14 @@ async def test_item3_incident_pcap_and_samples_arrive_once_after_central_outage_
             assert "198.18.0.7" in page and "UDP 53" in page
     finally:
         await agent.stop()
+
+
+async def seeded_and_enrolled(store) -> str:
+    """The central set (alpha, the incident's tenant; beta, another) and site ams1's token."""
+    await store.save_tenant_set(TenantSet.from_dicts([{"id": "alpha", "prefixes": ["198.51.100.0/25"]},
+                                                      {"id": "beta", "prefixes": ["203.0.113.0/24"]}]),
+                                "test", "seed")
+    return await enrolled(store)
 
 
 async def _rows(store: Store, n: int) -> list[tuple] | None:
@@ -193,10 +198,7 @@ async def test_item3_bgp_announcements_go_up_tagged_with_the_site_once_after_an_
     appliance = EscalatingAppliance()
     bus = EventBus()
     async with central(tmp_path) as (url, store):
-        await store.save_tenant_set(TenantSet.from_dicts([{"id": "alpha", "prefixes": ["198.51.100.0/25"]},
-                                                          {"id": "beta", "prefixes": ["203.0.113.0/24"]}]),
-                                    "test", "seed")
-        token = await enrolled(store)
+        token = await seeded_and_enrolled(store)
         port = int(url.rsplit(":", 1)[1])
     agent = agent_for(url, token, appliance, tmp_path / "state", bus=bus)
     await agent.start()
