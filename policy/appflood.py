@@ -26,8 +26,10 @@ new connections/s, requests/s (HTTP and TLS hellos together) and open connection
 decaying log-spaced histogram per server (same half-life). Its `source_quantile` (p99) is the
 normal per-source rate; until `source_min_weight` observations exist, `DEFAULT_SOURCE_NORMAL`
 stands in. (Server, source) pairs that completed handshakes, sent data and stayed within the
-limits in peacetime are known-good: a ring of the `max_known_good` most recently learned pairs,
-shared by all servers, with a hash index over folded pair keys (`pair_keys`).
+limits in peacetime are known-good once their server has stayed calm `known_good_confirm_s` after
+the read (a flood's first second, averaged into a calm read, would pass for good behaviour): a ring
+of the `max_known_good` most recently learned pairs, shared by all servers, with a hash index over
+folded pair keys (`pair_keys`).
 
 State lives in numpy rows (`_Servers`), found through `dataplane.keys.KeyIndex`, so a tick costs a
 few whole-array passes however many servers there are (about 9 ms of CPU at 20,000 active servers;
@@ -163,6 +165,10 @@ class AppFloodConfig:
     source_quantile: float = 0.99      # of the per-source distribution: a normal client's rate
     source_min_weight: float = 50.0    # source observations before a server's own distribution is used
     max_known_good: int = 65536        # (server, source) pairs remembered as well-behaved (oldest replaced)
+    # Seconds a pair's good behaviour must be followed by a calm server before the pair is known-good: a
+    # flood that starts in the last second of a peacetime read is averaged over the whole read, its bots
+    # below every limit; they are only learned if their server stays calm this long after.
+    known_good_confirm_s: float = 10.0
     top_sources: int = 10              # sources named in an incident
     # Mitigation.
     limit_multiplier: float = 3.0      # per-source limit = normal per-source rate × this
@@ -357,6 +363,7 @@ class _Servers:
         self.hist = np.zeros((capacity, len(SOURCE_METRICS), N_BINS), np.float32)
         self.weight = np.zeros(capacity)               # decayed source observations in `hist`
         self.candidate = np.zeros(capacity, bool)
+        self.hot_at = np.full(capacity, -np.inf)       # when it last was a candidate or attacked (s, engine time)
         self.sources: dict[int, _SourceView] = {}      # rows read per source while candidates
         self.dports: dict[int, collections.deque] = {}  # sampled TCP destination ports of candidates
         self.lines: dict[int, collections.deque] = {}   # sampled request lines of candidates
@@ -397,6 +404,7 @@ class _Servers:
         self.hist[rows] = 0.0
         self.weight[rows] = 0.0
         self.candidate[rows] = False
+        self.hot_at[rows] = -np.inf
         for r in rows.tolist():
             self.sources.pop(r, None)
             self.dports.pop(r, None)
@@ -518,6 +526,9 @@ class AppFloodDetector:
                                         k_sigma=cfg.k_sigma, margin=cfg.margin, warmup_floor_pps=floors)
         self.servers = _Servers(cfg.max_servers)
         self.known_good = _KnownGood(cfg.max_known_good)
+        # Pairs that behaved in a peacetime read, not yet confirmed: (when read, pair keys, server rows);
+        # at most max_known_good pairs in all, the oldest reads dropped first.
+        self._pending_good: collections.deque[tuple[float, np.ndarray, np.ndarray]] = collections.deque()
         self._dst_counts = CounterIncrements(5)
         self._pair_counts = CounterIncrements(5)
         self._last_source_read: float | None = None
@@ -610,6 +621,7 @@ class AppFloodDetector:
             at = srv.index.get(address_keys([d for _, d in attacked]))
             hot |= np.isin(rows, at[at >= 0])
         srv.candidate[rows] = candidate
+        srv.hot_at[rows[hot]] = now
         for r in [r for r in srv.sources if not srv.candidate[r]]:
             del srv.sources[r]
         if inbound is not None and by_dst and candidate.any():
@@ -655,6 +667,7 @@ class AppFloodDetector:
         srv = self.servers
         sdt = (now - self._last_source_read) if self._last_source_read is not None else 0.0
         self._last_source_read = now
+        self._confirm_known_good(now)
         pc: FlowCounters = dataplane.read_flow_counters(per_source=True)
         if pc.sources is None:
             raise ValueError("read_flow_counters(per_source=True): per-source rows expected")
@@ -703,7 +716,22 @@ class AppFloodDetector:
         row_limit[touched] = limits
         behaved = (((gained[at, 0] > 0) | (est[at] > 0)) & (gained[at, 3] > 0)
                    & (rates[at] <= row_limit[r]).all(axis=1))
-        self.known_good.add(pairs[at[behaved]])
+        self._pending_good.append((now, pairs[at[behaved]], r[behaved]))
+        held = sum(len(p) for _, p, _ in self._pending_good)
+        while held > cfg.max_known_good:
+            _, dropped, _ = self._pending_good.popleft()
+            held -= len(dropped)
+            self.counters["known_good_unconfirmed_dropped"] += len(dropped)
+
+    def _confirm_known_good(self, now: float) -> None:
+        """Pairs read behaving at least `known_good_confirm_s` ago become known-good if their server has not
+        been a candidate (nor attacked) since; those of a server that has are forgotten."""
+        srv = self.servers
+        while self._pending_good and self._pending_good[0][0] <= now - self.config.known_good_confirm_s:
+            read_at, pairs, rows = self._pending_good.popleft()
+            calm_since = srv.hot_at[rows] < read_at
+            self.known_good.add(pairs[calm_since])
+            self.counters["known_good_unconfirmed"] += int((~calm_since).sum())
 
     # -- classification ------------------------------------------------------------------------------
     def _classify(self, row: int, values: np.ndarray, thr: np.ndarray, mean: np.ndarray,

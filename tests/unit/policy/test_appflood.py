@@ -304,6 +304,46 @@ def test_issue15_lab_botnet_spreading_its_load_is_blocked_at_the_limit_and_known
     assert lab.engine.appflood.counters["known_good_spared"] >= 1
 
 
+def test_issue15_bots_that_start_quietly_just_before_a_read_are_not_learned_as_known_good(tmp_path):
+    """A flood's first seconds fall into a peacetime per-source read and are averaged over all of it: the
+    bots' pairs completed handshakes, sent data and stayed below every limit. Learned then, they were
+    spared as known-good for the whole attack (the netns HTTP flood once let 921 bots through that way).
+    A pair becomes known-good only when its server stays calm `known_good_confirm_s` after the read."""
+    lab = warm_lab(tmp_path)
+    quiet = dict(new_per_s=0.2, established=1.0, http_per_s=0.2, client_bytes_per_s=60.0)
+    ramp = lab.dp.add_conns(ConnTraffic("bots", 1, WEB, bots(300), **quiet))
+    # A whole per-source read of the ramp: the server is no candidate, the bots behave.
+    events = lab.run(APP_FAST.source_interval_s + 1)
+    assert not starts(lab, events) and not lab.engine.appflood.servers.candidate.any()
+    lab.dp.add_conns(dataclasses.replace(ramp, new_per_s=1.0, established=4.0, http_per_s=40.0,
+                                         client_bytes_per_s=12_000.0))
+    lab.run(APP_FAST.known_good_confirm_s + APP_FAST.source_interval_s)
+    assert app_vectors(starts(lab)).get("http_flood", 0) >= 0.8
+    blocked = {str(b.src) for b in lab.dp.read_blocked_sources()}
+    assert set(bots(300)) <= blocked, f"{len(set(bots(300)) - blocked)} bots spared"
+    pairs = pair_keys(address_keys([ipaddress.ip_address(WEB)] * 300),
+                      address_keys([ipaddress.ip_address(b) for b in bots(300)]))
+    assert not lab.engine.appflood.known_good.contains(pairs).any()
+    assert lab.engine.appflood.counters["known_good_unconfirmed"] >= 300
+
+
+def test_known_good_pairs_are_confirmed_after_a_calm_interval(tmp_path):
+    """The peacetime clients are known-good after warm-up; new clients of a calm server become so once
+    their read is `known_good_confirm_s` old, not at the read."""
+    lab = warm_lab(tmp_path)
+    known = lab.engine.appflood.known_good
+    web = ipaddress.ip_address(WEB)
+    assert known.contains(pair_keys(address_keys([web] * len(CLIENTS)),
+                                    address_keys([ipaddress.ip_address(c) for c in CLIENTS]))).all()
+    newcomers = clients(20, base="192.0.2.", start=200)
+    lab.dp.add_conns(ConnTraffic("newcomers", 1, WEB, newcomers, **NORMAL))
+    pairs = pair_keys(address_keys([web] * 20), address_keys([ipaddress.ip_address(c) for c in newcomers]))
+    lab.run(APP_FAST.source_interval_s + 1)
+    assert not known.contains(pairs).any(), "learned at the read, before the confirmation"
+    lab.run(APP_FAST.known_good_confirm_s + APP_FAST.source_interval_s)
+    assert known.contains(pairs).all()
+
+
 @pytest.mark.parametrize(("vector", "bot", "history"), [
     # A connection-flood bot of the lab holds one connection and sends nothing (a browser holds one too).
     ("tcp_connection_flood", dict(new_per_s=0.1, established=2.0), (2, 0)),
