@@ -22,7 +22,6 @@ import ipaddress
 import json
 import pathlib
 import secrets
-import signal
 import subprocess
 import sys
 import threading
@@ -37,7 +36,7 @@ from appliance.lab.labserver import read_stats
 from appliance.lab.scenario import REFERENCE, Scenario, ScenarioRun, load_scenario, play
 from appliance.lab.traffic import split_by_windows
 from appliance.lab.upstream import Upstream
-from appliance.runner import ApplianceProcess
+from appliance.runner import ApplianceProcess, restore_signals, stop_on_signals
 from dataplane.dataplane import purge
 
 DEMO_STATE = pathlib.Path("/var/lib/seawall/demo")
@@ -307,7 +306,7 @@ def run_demo(lab_name: str = "sw", duration: float | None = None, keep_running: 
     print(f"starting the appliance on {lab.external_if} <-> {lab.internal_if} "
           f"(log: {appliance.log_path}) ...", flush=True)
     stop = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    previous = stop_on_signals(stop)
     try:
         appliance.start()
         credentials = demo_user(appliance)
@@ -340,7 +339,7 @@ def run_demo(lab_name: str = "sw", duration: float | None = None, keep_running: 
             print("SecureWatch keeps running (Ctrl-C to stop).", flush=True)
             stop.wait()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        restore_signals(previous)
         appliance.stop()
         purge(bpffs)
         if upstream is not None:

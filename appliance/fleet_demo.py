@@ -29,7 +29,7 @@ from appliance.demo import DEMO_STATE, bounded
 from appliance.lab import Lab, lab_config
 from appliance.lab.scenario import load_scenario, play
 from appliance.lab.traffic import TrafficProfile, TrafficRun
-from appliance.runner import ApplianceProcess
+from appliance.runner import ApplianceProcess, restore_signals, stop_on_signals
 from dataplane.dataplane import purge
 
 SITES = ("ams1", "fra1")
@@ -119,7 +119,7 @@ def run_fleet_demo(duration: float | None = None, keep_running: bool = True, sce
     labs = {site: Lab(f"sw{site[:1]}") for site in SITES}
     appliances: dict[str, ApplianceProcess] = {}
     stop = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    previous = stop_on_signals(stop)
     try:
         print("starting the central SecureWatch ...", flush=True)
         central.start()
@@ -184,7 +184,7 @@ def run_fleet_demo(duration: float | None = None, keep_running: bool = True, sce
             print("It keeps running (Ctrl-C to stop).", flush=True)
             stop.wait()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        restore_signals(previous)
         for proc in appliances.values():
             proc.stop()
             purge(proc.config.appliance.bpffs)
