@@ -386,6 +386,11 @@ class FleetAgent:
         self._local_notify: dict[str, Any] = notify_config() if callable(notify_config) else {}
         self.sent_batches = 0
         self.rejected_batches = 0
+        # Rows the central server acknowledged but stored at no resolution (older than its minute
+        # rollups keep, or this site's clock more than its partitions ahead), and rows it folded
+        # straight into its minutes (older than its seconds keep): counted, logged, in /metrics.
+        self.unstored_rows = 0
+        self.folded_rows = 0
         self.last_sent: float | None = None      # when the central server last acknowledged a batch
         self.last_error: str | None = None
         self._last_seen: dict[str, float] = {}   # tenant -> time of the newest row queued
@@ -452,6 +457,7 @@ class FleetAgent:
         """The status's `fleet` (and the /metrics of the queue)."""
         return {"central": self.settings.central, "site": self.site, "queue": dict(self._stats),
                 "sent_batches": self.sent_batches, "rejected_batches": self.rejected_batches,
+                "unstored_rows": self.unstored_rows, "folded_rows": self.folded_rows,
                 "running_version": self.version, "central_version": self.central_version,
                 "running_versions": {"tenants": self.version, **self.versions},
                 "central_versions": dict(self.central_versions), "config_errors": dict(self.config_errors),
@@ -580,6 +586,14 @@ class FleetAgent:
         self.last_sent = self.clock()
         if answer.get("duplicates"):
             log.info("fleet.retry_deduplicated", batches=answer["duplicates"])
+        unstored, folded = int(answer.get("outside") or 0), int(answer.get("folded") or 0)
+        self.unstored_rows += unstored
+        self.folded_rows += folded
+        if unstored:
+            log.warning("fleet.rows_stored_nowhere", rows=unstored, first_seq=sent[0], last_seq=sent[-1],
+                        hint="queued longer than the central minute retention, or this clock is ahead")
+        if folded:
+            log.info("fleet.rows_folded_into_minutes", rows=folded)
         return len(sent)
 
     async def send_announcements_once(self) -> bool:

@@ -148,7 +148,12 @@ def _fleet_metrics(fleet: dict[str, Any]):
              "Batches dropped, oldest first, because the queue was full"),
             ("seawall_fleet_sent_batches", fleet.get("sent_batches"), "Batches the central server acknowledged"),
             ("seawall_fleet_rejected_batches", fleet.get("rejected_batches"),
-             "Batches the central server refused as invalid (dropped)")):
+             "Batches the central server refused as invalid (dropped)"),
+            ("seawall_fleet_unstored_rows", fleet.get("unstored_rows"),
+             "Rows the central server acknowledged but stored at no resolution (older than its minute "
+             "rollups keep, or this site's clock too far ahead)"),
+            ("seawall_fleet_folded_rows", fleet.get("folded_rows"),
+             "Rows the central server folded straight into its minute rollups (older than its seconds keep)")):
         counter = CounterMetricFamily(name, help_text)
         counter.add_metric([], float(value or 0))
         yield counter

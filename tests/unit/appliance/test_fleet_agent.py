@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog.testing
 from aiohttp import web
 
 from appliance import fleet_agent
@@ -269,6 +270,35 @@ async def test_fleet_agent_retry_after_a_lost_answer_is_stored_once(tmp_path):
             assert await agent.send_once() == 1
             assert len(await rows_at_central(store)) == 1
             assert (await store.run(fleet_store.batch_counts)) == {"ams1": 1}
+        finally:
+            await agent.stop()
+
+
+async def test_fleet_agent_counts_and_logs_rows_the_central_server_stored_nowhere(tmp_path):
+    """Seconds the central server acknowledges but keeps at no resolution (queued past its minute
+    retention, or a site clock hours ahead) were dropped without a word at the site; they are counted
+    in the agent's status and /metrics and logged as a warning; folded ones are counted too."""
+    from securewatch import metrics  # noqa: PLC0415
+
+    appliance = LabAppliance()
+    async with central(tmp_path) as (url, store):
+        token = await enrolled(store)
+        agent = agent_for(url, token, appliance, tmp_path / "state")
+        try:
+            now = float(int(time.time()))
+            for t in (now - 40 * 86400, now - 2 * 3600, now + 4 * 3600, now):
+                appliance.tick(t)
+                await agent.collect()
+            with structlog.testing.capture_logs() as logs:
+                while await agent.send_once():
+                    pass
+            status = agent.status()
+            assert (status["unstored_rows"], status["folded_rows"]) == (2, 1), status
+            warned = [e for e in logs if e["event"] == "fleet.rows_stored_nowhere"]
+            assert sum(e["rows"] for e in warned) == 2 and all(e["log_level"] == "warning" for e in warned)
+            text = metrics.render({"tenants": {}, "fleet": status}).decode()
+            assert "seawall_fleet_unstored_rows_total 2.0" in text.splitlines()
+            assert "seawall_fleet_folded_rows_total 1.0" in text.splitlines()
         finally:
             await agent.stop()
 
