@@ -39,7 +39,8 @@ from appliance.lab.upstream import Upstream
 from appliance.runner import ApplianceProcess, restore_signals, stop_on_signals
 from dataplane.dataplane import purge
 
-DEMO_STATE = pathlib.Path("/var/lib/seawall/demo")
+DEMO_STATE = pathlib.Path("/var/lib/seawall/demo")   # default of `seawall demo --state-dir`
+DEMO_LISTEN = "127.0.0.1:8080"                        # default of `seawall demo --listen`
 VIEW_INTERVAL_S = 1.0  # seconds between live-view refreshes
 FLOODS = ("http-flood", "conn-flood", "slowloris", "tls-flood")   # botnet vectors that are attacks
 SETTLE_S = 2.0         # seconds after the first limit or block before the mitigated figures count
@@ -276,15 +277,17 @@ def demo_user(appliance: ApplianceProcess) -> str:
 
 
 def run_demo(lab_name: str = "sw", duration: float | None = None, keep_running: bool = True,
-             scenario_path: str | None = None) -> int:
+             scenario_path: str | None = None, state_dir: pathlib.Path = DEMO_STATE, listen: str = DEMO_LISTEN) -> int:
+    """The scenario on the lab `lab_name`, with a live view; the appliance's configuration, log and
+    state under `state_dir`, its SecureWatch on `listen`."""
     scenario = bounded(load_scenario(scenario_path or REFERENCE), duration)
     lab = Lab(lab_name)
     print(f"building the lab '{lab_name}' ...", flush=True)
     lab.up()
-    DEMO_STATE.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(parents=True, exist_ok=True)
     config = lab_config(lab_name)
-    config["appliance"]["state_dir"] = str(DEMO_STATE / lab_name)
-    config["securewatch"] = {"listen": "127.0.0.1:8080"}
+    config["appliance"]["state_dir"] = str(state_dir / lab_name)
+    config["securewatch"] = {"listen": listen}
     if any(a.vector in FLOODS for a in scenario.attacks):
         config["appflood"] = dict(LAB_APPFLOOD)
     bpffs = config["appliance"]["bpffs"]
@@ -294,15 +297,15 @@ def run_demo(lab_name: str = "sw", duration: float | None = None, keep_running: 
         print(f"upstream router: uplink shaped to {spec.uplink_bps / 1e6:g} Mbit/s, BIRD 2 and the lab's "
               f"edge-router agent ...", flush=True)
         try:
-            upstream = Upstream(lab, spec.uplink_bps, DEMO_STATE / f"{lab_name}-upstream", internet_bps=spec.internet_bps,
+            upstream = Upstream(lab, spec.uplink_bps, state_dir / f"{lab_name}-upstream", internet_bps=spec.internet_bps,
                                 flowspec_capacity=spec.flowspec_capacity).up()
         except BaseException:
             lab.down()
             raise
         upstream_config(config, scenario, upstream)
-    for stale in (DEMO_STATE / lab_name).glob("securewatch.db*"):
+    for stale in (state_dir / lab_name).glob("securewatch.db*"):
         stale.unlink()  # every demo starts with a fresh SecureWatch (and a fresh admin password)
-    appliance = ApplianceProcess(config, DEMO_STATE / f"{lab_name}.toml", DEMO_STATE / f"{lab_name}.log")
+    appliance = ApplianceProcess(config, state_dir / f"{lab_name}.toml", state_dir / f"{lab_name}.log")
     print(f"starting the appliance on {lab.external_if} <-> {lab.internal_if} "
           f"(log: {appliance.log_path}) ...", flush=True)
     stop = threading.Event()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import secrets
 import signal
 import socket
@@ -101,9 +102,10 @@ def _view(base: str, token: str, appliances: dict[str, ApplianceProcess], centra
     print(" ".join(parts), flush=True)
 
 
-def run_fleet_demo(duration: float | None = None, keep_running: bool = True, scenario_path: str | None = None) -> int:
+def run_fleet_demo(duration: float | None = None, keep_running: bool = True, scenario_path: str | None = None,
+                   state_dir: pathlib.Path = DEMO_STATE) -> int:
     scenario = bounded(load_scenario(scenario_path) if scenario_path else load_scenario(), duration)
-    state = DEMO_STATE / "fleet"
+    state = state_dir / "fleet"
     state.mkdir(parents=True, exist_ok=True)
     for stale in state.glob("central.db*"):
         stale.unlink()   # a fresh central server (and admin password) each run

@@ -21,7 +21,8 @@ from appliance.lab.traffic import TrafficProfile, TrafficRun
 from tests.support import wait_until
 
 LEGIT_S = 2.0            # seconds of browsing measured while the attack runs
-ATTACK_S = 5.0           # seconds of attack: its ramp-up, the browsers' start, LEGIT_S and their answers
+ATTACK_S = 60.0          # seconds of attack at most: it is stopped (SIGINT) once the browsers are done, so
+                         # however slowly they start on a busy VM, all they measure happens during the attack
 BROWSE = TrafficProfile(game_pps=0, http_rps=0, dns_qps=0, browse_rps=40)   # pages/s, half HTTPS
 PROCESS_TIMEOUT_S = 30.0
 DEGRADED_BELOW = 0.8     # the browsers' success during a flood on the unprotected shop stays below this
@@ -59,7 +60,9 @@ def _under_attack(lab: Lab, vector: str, **options) -> tuple[dict, dict, dict, d
                    what=f"the {vector} bots' first second")
         with TrafficRun(lab, LEGIT_S, BROWSE) as browsers:
             legit = browsers.wait(PROCESS_TIMEOUT_S)
-        bots = attack.wait(PROCESS_TIMEOUT_S)
+        assert attack.running, f"the {vector} bots ended before the browsers did"
+        bots = attack.stop()
+    assert bots is not None, f"the {vector} bots printed no summary"
     return bots, legit, before, _idle_shop(lab)
 
 
@@ -98,7 +101,7 @@ def test_issue15_flash_crowd_is_served_in_full_and_hurts_no_one(lab, record_prop
     bots, legit, before, after = _under_attack(lab, "flash-crowd")
     success = _legit_success(legit)
     record_property("legit_success_during_flash_crowd", round(success, 4))
-    assert bots["clients"] >= 0.8 * ATTACK_S * 30 and bots["clients_ok"] > 0
+    assert bots["clients"] >= 0.8 * bots["elapsed_s"] * 30 and bots["clients_ok"] > 0   # 30 new clients/s asked
     assert bots.get("request_failed", 0) == 0 and bots["success_rate"] == 1.0
     prefix = BotnetPlan("flash-crowd", lab.shop_server.ipv4).routed_prefix
     crowd = [s for s, row in after["sources"].items() if ipaddress.ip_address(s) in prefix and row[1]]

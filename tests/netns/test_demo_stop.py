@@ -38,11 +38,12 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
-def test_demo_ended_by_a_signal_removes_the_lab_and_the_appliance(sig):
+def test_demo_ended_by_a_signal_removes_the_lab_and_the_appliance(sig, tmp_path):
     lab = Lab(LAB)
     lines: list[str] = []
     children: list[int] = []
-    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "demo", "--lab", LAB, "--duration", "300"],
+    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "demo", "--lab", LAB, "--duration", "300",
+                             "--state-dir", str(tmp_path), "--listen", "127.0.0.1:0"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
@@ -64,6 +65,7 @@ def test_demo_ended_by_a_signal_removes_the_lab_and_the_appliance(sig):
         assert not [name for name in _links() if name.startswith(f"{LAB}-")]
         assert not PINS.exists()
         assert not [pid for pid in children if _alive(pid)]
+        assert (tmp_path / f"{LAB}.log").stat().st_size > 0     # the appliance's log went where it was told
     finally:
         # What a failed run left behind: the demo, its `seawall run` child, the lab, the pins.
         if proc.poll() is None:
