@@ -123,6 +123,9 @@ async def test_incident_chart_hover_values_and_rules_in_words(tmp_path, browser)
         await page.locator("#incident-chart").scroll_into_view_if_needed()
         box = await page.locator("#incident-chart .u-over").bounding_box()
         await page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        # uPlot writes the legend on its next animation frame after the mouse event, not at once.
+        await page.wait_for_function("[...document.querySelectorAll('#incident-chart .u-legend .u-value')]"
+                                     ".some(v => v.textContent.endsWith('kpps'))", timeout=5000)
         values = await page.eval_on_selector_all("#incident-chart .u-legend .u-value",
                                                  "vs => vs.map(v => v.textContent)")
         assert any(v.endswith("kpps") for v in values) and any(v.endswith("bps") for v in values), values
