@@ -70,6 +70,7 @@ class Flows:
         # (set by `Dataplane.attach` / `set_ports`; None: not attached, nothing is sent and no entry changes).
         self.reset_prog_fd = reset_prog_fd
         self.reset_ifindex: int | None = None
+        self.resets_per_tick = BLOCK_RESETS_PER_TICK
         self._reset_socket: socket.socket | None = None
         self._reset_wanted: dict[tuple[int, bytes], None] = {}   # blocked sources whose held connections wait
         self._resets_deferred = 0    # held connections left for a later tick at BLOCK_RESETS_PER_TICK
@@ -282,7 +283,7 @@ class Flows:
         sw_flow_conns finds their ESTABLISHED entries, and for each the program xdp_seawall_reset_held (flows.h,
         sw_flows_reset_held) turns a frame built from the entry into the RST and moves the entry out of
         ESTABLISHED with the gauges, as a bot's segment would; the frame leaves by the internal NIC. At most
-        BLOCK_RESETS_PER_TICK a call: the rest wait for the next (`block_resets_deferred`). Returns the resets sent.
+        `resets_per_tick` (BLOCK_RESETS_PER_TICK) a call: the rest wait for the next (`block_resets_deferred`). Returns the resets sent.
         Nothing happens before `reset_ifindex` is known (an unattached dataplane)."""
         if not self._reset_wanted or self.reset_ifindex is None or self.reset_prog_fd is None:
             return 0
@@ -302,11 +303,11 @@ class Flows:
         maybe = np.isin(mixed, want_mixed)
         held = [r for r, t in zip(rows[maybe].tolist(), tenants[maybe].tolist(), strict=True)
                 if (t, keys[r, 16:32].tobytes()) in wanted]
-        over = len(held) - BLOCK_RESETS_PER_TICK
+        over = len(held) - self.resets_per_tick
         if over > 0:
             self._resets_deferred += over   # still ESTABLISHED at the next call's read: reset then
-            log.warning("dataplane.block_resets_cap", deferred=over, cap=BLOCK_RESETS_PER_TICK)
-            held = held[:BLOCK_RESETS_PER_TICK]
+            log.warning("dataplane.block_resets_cap", deferred=over, cap=self.resets_per_tick)
+            held = held[:self.resets_per_tick]
         else:
             wanted.clear()
         sent = 0
