@@ -294,7 +294,10 @@ def test_issue15_vector_mitigated_spares_the_browsers_and_monitor_mode_does_not(
     # What the bots sent in the mitigated window against what of it the shop saw from their prefix.
     sent_after = _bots_sent(attack.seconds, v.sent_keys, m0, m1, onset)
     reached = _in(v.sources, stats_m1, v.reach_columns) - _in(v.sources, stats_m0, v.reach_columns)
-    share = reached / sent_after if sent_after else 0.0
+    share = reached / sent_after if sent_after else float(reached > 0)
+    # Silent bots whose connections the dataplane reset at the shop are never told (the reset goes to the
+    # server only): they sit on connections they believe open and send nothing more, not even SYNs.
+    bots_open = max((r.get("open", 0) for r in attack.seconds if m0 <= onset + r["second"] - 0.5 < m1), default=0)
     figures = {
         "vector": name, "bots": summary["bots"], "achieved_rate": summary["achieved_rate"], "unit": summary["unit"],
         "confidence": vectors_then.get(v.expected, incident["vectors"][v.expected]), "incident_vectors": vectors_then,
@@ -303,6 +306,7 @@ def test_issue15_vector_mitigated_spares_the_browsers_and_monitor_mode_does_not(
         "legit_success_mitigated": with_m["success"], "legit_success_monitor": without["success"],
         "legit_sent": [with_m["sent"], without["sent"]], "bots_sent_after_rule": sent_after,
         "bots_reached_after_rule": reached, "bot_share_after_rule": round(share, 4),
+        "bots_open_after_rule": bots_open,
         "appflood": {k: status.get(k) for k in ("limits", "blocked_sources", "counters")},
         # How the shop's slots went free from the attack's start to the end of the mitigated window: resets
         # it received, and its idle timeouts from the first block on (the held connections' other way out).
@@ -316,7 +320,8 @@ def test_issue15_vector_mitigated_spares_the_browsers_and_monitor_mode_does_not(
     if v.not_also:
         assert vectors_then.get(v.not_also, 0) < MIN_CONFIDENCE, figures
     assert with_m["sent"] >= BROWSE.browse_rps * MITIGATED_S * 0.7, with_m
-    assert sent_after > 0, figures                  # the bots kept trying while the rule was in
+    # The bots kept trying while the rule was in (silent ones: kept holding what they think is open).
+    assert sent_after > 0 or (v.silent and bots_open > 0), figures
     assert with_m["success"] >= MIN_LEGIT_MITIGATED, figures
     assert share <= MAX_BOT_SHARE, figures
     if v.silent:
