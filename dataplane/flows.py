@@ -283,11 +283,11 @@ class Flows:
         sw_flow_conns finds their ESTABLISHED entries, and for each the program xdp_seawall_reset_held (flows.h,
         sw_flows_reset_held) turns a frame built from the entry into the RST and moves the entry out of
         ESTABLISHED with the gauges, as a bot's segment would; the frame leaves by the internal NIC. At most
-        `resets_per_tick` (BLOCK_RESETS_PER_TICK) a call: the rest wait for the next (`block_resets_deferred`). Returns the resets sent.
-        Nothing happens before `reset_ifindex` is known (an unattached dataplane)."""
+        `resets_per_tick` (BLOCK_RESETS_PER_TICK) a call: the rest wait for the next (`block_resets_deferred`).
+        Returns the resets sent. Nothing happens before `reset_ifindex` is known (an unattached dataplane)."""
         if not self._reset_wanted or self.reset_ifindex is None or self.reset_prog_fd is None:
             return 0
-        wanted = self._reset_wanted
+        wanted = dict(self._reset_wanted)   # the sources blocked up to now (the list may change meanwhile)
         keys, values, n = read_all(_map_ref(self.maps["sw_flow_conns"]))
         keys, values = keys[:n], values[:n]
         at = self._conn_at
@@ -309,7 +309,8 @@ class Flows:
             log.warning("dataplane.block_resets_cap", deferred=over, cap=self.resets_per_tick)
             held = held[:self.resets_per_tick]
         else:
-            wanted.clear()
+            for key in wanted:
+                self._reset_wanted.pop(key, None)
         sent = 0
         for r in held:
             frame = self._reset_frame(keys[r].tobytes(), values[r].tobytes())
