@@ -292,6 +292,12 @@ BLOCKED_SOURCES_MAX = 65536     # (tenant, source) entries of the dynamic block 
 SOURCE_LIMITS_MAX = 1024        # (tenant, destination, port) limit entries (source_limits_max; a hash map)
 FLOW_FLUSH_BYTES = 16384        # a connection adds its bytes to its rows once this many accumulated, bytes
 FLOW_PENDING_BITS = 16          # handshakes awaiting the client's ACK: 2**16 tag slots (256 KiB), log2
+BLOCK_RESET_DELAY_MS = 1500     # a newly blocked source's held connections are reset this long after the block, ms:
+                                # more than one engine tick (tick_ms, 1,000 by default), so that the tick after the
+                                # block still sees the connections it blocked (an incident opened by an earlier
+                                # vector blocks by shape at first sight, before the new vector's confidence has
+                                # grown: resetting at once left it below 0.8 in one lab run of two), and far less than
+                                # a server's idle timeout (10 s in the lab, minutes on real servers)
 BLOCK_RESETS_PER_TICK = 4096    # held connections of newly blocked sources reset at their server per block batch
                                 # or engine tick, resets (one BPF_PROG_TEST_RUN and one send each, ~10 us: ~40 ms);
                                 # the rest wait for the next tick (dataplane.flows, `block_resets_deferred`)

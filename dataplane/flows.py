@@ -23,7 +23,14 @@ import structlog
 
 from dataplane import bpfsys
 from dataplane.api import BlockedSource, DataplaneError, FlowCounters, IPAddress, SourceLimit
-from dataplane.constants import BLOCK_RESETS_PER_TICK, MAX_TENANTS, FlowGate, FlowStat, FlowState
+from dataplane.constants import (
+    BLOCK_RESET_DELAY_MS,
+    BLOCK_RESETS_PER_TICK,
+    MAX_TENANTS,
+    FlowGate,
+    FlowStat,
+    FlowState,
+)
 from dataplane.keys import V4_MAPPED_PREFIX, address_from_key_bytes, key_bytes
 from dataplane.reader import MapRef, read_all
 from dataplane.sizing import FlowSizes
@@ -71,8 +78,10 @@ class Flows:
         self.reset_prog_fd = reset_prog_fd
         self.reset_ifindex: int | None = None
         self.resets_per_tick = BLOCK_RESETS_PER_TICK
+        self.reset_delay_ns = BLOCK_RESET_DELAY_MS * 1_000_000
         self._reset_socket: socket.socket | None = None
-        self._reset_wanted: dict[tuple[int, bytes], None] = {}   # blocked sources whose held connections wait
+        # Blocked sources whose held connections wait for their reset -> when it is due (monotonic ns).
+        self._reset_wanted: dict[tuple[int, bytes], int] = {}
         self._resets_deferred = 0    # held connections left for a later tick at BLOCK_RESETS_PER_TICK
         self._resets_unsent = 0      # resets written but not sent (the packet socket failed)
         conn = self.maps["sw_flow_conns"].Leaf
@@ -243,7 +252,7 @@ class Flows:
         for key, entry in checked:
             if self._blocked.get(key) is entry:
                 table[self._block_key(*key)] = table.Leaf(entry.expires_ns)
-                self._reset_wanted[key] = None
+                self._reset_wanted[key] = now + self.reset_delay_ns
         self._write_gate()
         self.reset_held()
         return len(self._blocked)
@@ -278,8 +287,9 @@ class Flows:
     # -- resets at the block -------------------------------------------------------------------
 
     def reset_held(self) -> int:
-        """Reset at their servers the connections that sources blocked since the last call hold, without
-        waiting for the sources' next segments (a silent connection-flood bot sends none): one batch read of
+        """Reset at their servers the connections that sources blocked at least `reset_delay_ns` ago
+        (BLOCK_RESET_DELAY_MS) hold, without waiting for the sources' next segments (a silent connection-flood
+        bot sends none); called at the block and at every read of the flow counters (the engine's tick): one batch read of
         sw_flow_conns finds their ESTABLISHED entries, and for each the program xdp_seawall_reset_held (flows.h,
         sw_flows_reset_held) turns a frame built from the entry into the RST and moves the entry out of
         ESTABLISHED with the gauges, as a bot's segment would; the frame leaves by the internal NIC. At most
@@ -287,7 +297,11 @@ class Flows:
         Returns the resets sent. Nothing happens before `reset_ifindex` is known (an unattached dataplane)."""
         if not self._reset_wanted or self.reset_ifindex is None or self.reset_prog_fd is None:
             return 0
-        wanted = dict(self._reset_wanted)   # the sources blocked up to now (the list may change meanwhile)
+        now = time.monotonic_ns()
+        # The sources whose reset is due (a copy: the list may change meanwhile).
+        wanted = {key: due for key, due in self._reset_wanted.items() if due <= now}
+        if not wanted:
+            return 0
         keys, values, n = read_all(_map_ref(self.maps["sw_flow_conns"]))
         keys, values = keys[:n], values[:n]
         at = self._conn_at

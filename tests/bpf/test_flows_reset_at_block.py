@@ -91,10 +91,12 @@ def wire(dp) -> Iterator[socket.socket]:
         capture = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         capture.bind((f"{name}b", 0))
         dp.flows.reset_ifindex = socket.if_nametoindex(f"{name}a")
+        delay, dp.flows.reset_delay_ns = dp.flows.reset_delay_ns, 0   # at the block (test_resets_wait_... the delay)
         try:
             yield capture
         finally:
             dp.flows.reset_ifindex = None
+            dp.flows.reset_delay_ns = delay
             capture.close()
     finally:
         subprocess.run(["ip", "link", "del", f"{name}a"], check=False)
@@ -257,6 +259,27 @@ def test_reset_at_the_block_leaves_other_sources_and_an_unattached_dataplane_alo
             assert quiet.entry().state == FlowState.ESTABLISHED
     finally:
         dp.flows.reset_ifindex = ifindex
+
+
+def test_resets_wait_the_delay_after_the_block_then_go_at_the_next_read_of_the_counters(dp, tenants, wire):
+    """With `reset_delay_ns` (BLOCK_RESET_DELAY_MS: the engine's next tick still sees what it blocked), the
+    held connection stays open at the block and is reset at the first read of the flow counters (the engine's
+    tick) after the delay."""
+    alpha = tenants["alpha"]
+    c = Client(dp, "198.19.46.7", ALPHA_DST, 53020).open()
+    dp.flows.reset_delay_ns = 400_000_000
+    with blocked(dp, alpha, c.client):
+        blocked_at = time.monotonic()
+        dp.read_flow_counters()
+        assert resets(wire, 1, timeout=0.1) == []
+        assert c.entry().state == FlowState.ESTABLISHED
+        got: list[Ether] = []
+        while not got and time.monotonic() - blocked_at < 5.0:
+            dp.read_flow_counters()
+            got = resets(wire, 1, timeout=0.05)
+        assert len(got) == 1 and got[0][TCP].seq == c.next
+        assert time.monotonic() - blocked_at >= 0.4
+        assert c.entry().state == FlowState.RESET
 
 
 def test_resets_at_the_block_stop_at_the_cap_per_tick_and_the_rest_follow_at_the_next_tick(dp, tenants, wire):

@@ -50,11 +50,12 @@ SETTLE_S = 2.0           # seconds after the rule before measuring (requests fro
 # ... and for floods whose connections the shop holds: a blocked bot's next segment becomes a reset of
 # its connection at the shop (the dataplane's block list); a TLS bot's is its FIN right after the
 # server's flight, a slowloris bot's its next header line (every 4-5 s). A connection-flood bot is
-# silent: the dataplane resets the connections it holds when it blocks it (from the connection's
-# recorded sequence number), well before the shop's own 10 s idle timeout (header_timeout_s).
+# silent: the dataplane resets the connections it holds 1.5 s after it blocks it (BLOCK_RESET_DELAY_MS, from
+# the connection's recorded sequence number), at the engine's next tick after that, well before the shop's
+# own 10 s idle timeout (header_timeout_s).
 RESET_SETTLE_S = 4.0
 SLOW_SETTLE_S = SLOWLORIS_INTERVAL_S + 2.0
-HELD_SETTLE_S = 2.0
+HELD_SETTLE_S = 3.0
 MONITOR_RAMP_S = 4.0     # seconds after the switch to monitor before measuring (the flood takes the shop again)
 MONITOR_S = 5.0          # seconds measured in monitor mode
 ATTACK_MAX_S = 90.0      # the bots' --duration: they are stopped once both windows are measured
