@@ -24,7 +24,7 @@
  *     source: a token bucket of new connections (sw_limit_buckets, LRU, per source) and a
  *     ceiling on the source's open connections to the destination (its sw_flow_pairs gauge).
  * A blocked source's connections that the server holds are reset at the server (the slots go free):
- * at the block, by user space through sw_flows_reset_held() from what the entry recorded (the client's
+ * soon after the block, by user space through sw_flows_reset_held() from what the entry recorded (the client's
  * next sequence number and frame header), and at any later segment of the source
  * (sw_flows_block_reset()).
  *
@@ -551,7 +551,8 @@ static __always_inline int sw_flows_block_reset(struct xdp_md *ctx, struct sw_pa
 /* A connection a blocked source holds, reset at the block without waiting for the source's next
  * segment (a silent connection-flood bot sends none: the server would hold the slot until its own idle
  * timeout, 10 s to minutes). User space (dataplane/flows.py, Flows.reset_held) finds the blocked sources'
- * ESTABLISHED entries in sw_flow_conns in one batch read when it installs the blocks, and runs this
+ * ESTABLISHED entries in sw_flow_conns in one batch read, BLOCK_RESET_DELAY_MS after it installed the
+ * blocks (the engine's next tick still sees the flood it blocked), and runs this
  * program (xdp_seawall_reset_held, by BPF_PROG_TEST_RUN) on a frame it builds from each entry: the client's
  * recorded Ethernet header and tags, the IP header, a TCP header with the flow's addresses and ports.
  * The program does what sw_flows_block_reset() does for a bot's segment, from the entry: the
