@@ -88,6 +88,8 @@ class FlowStat(enum.IntEnum):
     ACCOUNTING_CALLS = 8          # segments that paid the accounting program's tail call (SW_PROG_FLOWS)
     HANDSHAKES_STARTED = 9        # entries made in sw_flow_handshakes (a client's SYN, or a splice's SYN-ACK)
     HANDSHAKES_ENDED = 10         # ... removed: completed (the connection moves to sw_flow_conns) or refused
+    BLOCK_RESETS_SENT = 11        # connections a blocked source held, reset at the server when it was blocked
+                                  # (xdp_seawall_reset_held), without waiting for the source's next segment
 
 
 class FlowState(enum.IntEnum):
@@ -280,7 +282,7 @@ SPLICE_TOUCH_MS = 1000          # ... and that time is written at most this ofte
 SPLICE_SYN_RETRY_MS = 200       # a client's probe this long after the SYN to a silent server resends it, ms
 # Connection accounting, per-source limits and the block list (bpf/flows.h, docs/design/connection-accounting.md).
 # The sizes are defaults of [appliance] keys (dataplane.sizing.FlowSizes), entries; LRU maps unless said.
-FLOW_TABLE_ENTRIES = 131072     # connections tracked at once (flow_table_entries): ~14 MiB of kernel memory
+FLOW_TABLE_ENTRIES = 131072     # connections tracked at once (flow_table_entries): ~20 MiB of kernel memory
 FLOW_HANDSHAKE_ENTRIES = 65536  # handshakes awaiting the server's SYN-ACK or the client's ACK (flow_handshake_entries),
                                 # apart from the connections so that a SYN flood cannot push those out: ~5 MiB
 FLOW_DESTINATION_ENTRIES = 65536  # destinations with counters (flow_destination_entries)
@@ -290,6 +292,15 @@ BLOCKED_SOURCES_MAX = 65536     # (tenant, source) entries of the dynamic block 
 SOURCE_LIMITS_MAX = 1024        # (tenant, destination, port) limit entries (source_limits_max; a hash map)
 FLOW_FLUSH_BYTES = 16384        # a connection adds its bytes to its rows once this many accumulated, bytes
 FLOW_PENDING_BITS = 16          # handshakes awaiting the client's ACK: 2**16 tag slots (256 KiB), log2
+BLOCK_RESET_DELAY_MS = 1500     # a newly blocked source's held connections are reset this long after the block, ms:
+                                # more than one engine tick (tick_ms, 1,000 by default), so that the tick after the
+                                # block still sees the connections it blocked (an incident opened by an earlier
+                                # vector blocks by shape at first sight, before the new vector's confidence has
+                                # grown: resetting at once left it below 0.8 in one lab run of two), and far less than
+                                # a server's idle timeout (10 s in the lab, minutes on real servers)
+BLOCK_RESETS_PER_TICK = 4096    # held connections of newly blocked sources reset at their server per block batch
+                                # or engine tick, resets (one BPF_PROG_TEST_RUN and one send each, ~10 us: ~40 ms);
+                                # the rest wait for the next tick (dataplane.flows, `block_resets_deferred`)
 
 
 # Macro prefixes of the flag sets (the C names they have always had).

@@ -91,7 +91,7 @@ class Dataplane:
             self.cache_regions = self.reader.cache_regions
             self.tables = Tables(maps, self.program.map_ref("sw_policy"), pinned=self.pin_dir is not None)
             self.ring = SampleRing(self.bpf)
-            self.flows = Flows(self.bpf, self.flow_sizes)
+            self.flows = Flows(self.bpf, self.flow_sizes, reset_prog_fd=self.program.reset_held.fd)
             self.tables.recover_rules()
             self.tables.fill_reflection_ports()
             cfg = self.tables.config()
@@ -112,6 +112,7 @@ class Dataplane:
         """Where frames leave: each NIC's program knows its own direction, so the devmap's two
         ports are all the program needs to know of the NICs."""
         self.program.set_ports(external_ifindex, internal_ifindex)
+        self.flows.reset_ifindex = internal_ifindex   # where resets at the block leave (Flows.reset_held)
 
     def attach(self, external: str, internal: str, mode: str = "auto") -> list[Attachment]:
         """Bridge `external` and `internal` through the program.
@@ -121,11 +122,14 @@ class Dataplane:
         link is updated in place (atomic program replacement: a restart drops
         no packet) and a new link is pinned so the bridge outlives the process.
         """
-        return self.program.attach(external, internal, mode)
+        attached = self.program.attach(external, internal, mode)
+        self.flows.reset_ifindex = attached[-1].ifindex   # the internal NIC: where resets at the block leave
+        return attached
 
     def detach(self) -> None:
         """Remove the program from both NICs (unpin and close the links)."""
         self.program.detach()
+        self.flows.reset_ifindex = None
 
     @property
     def attachments(self) -> list[Attachment]:
@@ -134,6 +138,7 @@ class Dataplane:
     def close(self) -> None:
         """Release this process's handles. Pinned links and maps stay: the bridge keeps running."""
         self.reader.close()
+        self.flows.close()
         self.program.close()
 
     # -- tenants, heuristics, budgets -------------------------------------------

@@ -10,8 +10,11 @@ of empty lists.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ipaddress
+import socket
+import struct
 import time
 from collections.abc import Sequence
 
@@ -20,8 +23,15 @@ import structlog
 
 from dataplane import bpfsys
 from dataplane.api import BlockedSource, DataplaneError, FlowCounters, IPAddress, SourceLimit
-from dataplane.constants import MAX_TENANTS, FlowGate, FlowStat
-from dataplane.keys import address_from_key_bytes, key_bytes
+from dataplane.constants import (
+    BLOCK_RESET_DELAY_MS,
+    BLOCK_RESETS_PER_TICK,
+    MAX_TENANTS,
+    FlowGate,
+    FlowStat,
+    FlowState,
+)
+from dataplane.keys import V4_MAPPED_PREFIX, address_from_key_bytes, key_bytes
 from dataplane.reader import MapRef, read_all
 from dataplane.sizing import FlowSizes
 
@@ -33,6 +43,11 @@ MAP_NAMES = ("sw_flow_conns", "sw_flow_handshakes", "sw_flow_dests", "sw_flow_pa
 U32_MAX = 0xFFFFFFFF
 RESTORED_REASON = "restored after a restart (reason not kept)"
 NEVER = 1 << 64   # past any monotonic time, ns
+XDP_TX = 3        # the reset program's "send this frame" (xdp_seawall_reset_held)
+RESET_TTL = 64    # hop limit of the frames handed to the reset program (it writes its own: SW_SYNACK_TTL)
+# Odd 64-bit multipliers that mix a (tenant, source) key into one word for the scan's vectorized match
+# (exact matches are checked again in Python).
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9))
 
 
 def _map_ref(table) -> MapRef:
@@ -55,9 +70,23 @@ def _whole(value: object, what: str, low: int, high: int) -> int:
 class Flows:
     """The maps of bpf/flows.h in a loaded program (`bpf`: bcc's BPF object), sized by `sizes`."""
 
-    def __init__(self, bpf, sizes: FlowSizes) -> None:
+    def __init__(self, bpf, sizes: FlowSizes, reset_prog_fd: int | None = None) -> None:
         self.sizes = sizes
         self.maps = {name: bpf[name.encode()] for name in MAP_NAMES}
+        # Resets at the block (`reset_held`): the program that writes them, the internal NIC they leave by
+        # (set by `Dataplane.attach` / `set_ports`; None: not attached, nothing is sent and no entry changes).
+        self.reset_prog_fd = reset_prog_fd
+        self.reset_ifindex: int | None = None
+        self.resets_per_tick = BLOCK_RESETS_PER_TICK
+        self.reset_delay_ns = BLOCK_RESET_DELAY_MS * 1_000_000
+        self._reset_socket: socket.socket | None = None
+        # Blocked sources whose held connections wait for their reset -> when it is due (monotonic ns).
+        self._reset_wanted: dict[tuple[int, bytes], int] = {}
+        self._resets_deferred = 0    # held connections left for a later tick at BLOCK_RESETS_PER_TICK
+        self._resets_unsent = 0      # resets written but not sent (the packet socket failed)
+        conn = self.maps["sw_flow_conns"].Leaf
+        self._conn_at = {name: getattr(conn, name).offset for name in ("state", "tenant_idx", "client_next", "l2",
+                                                                       "l2_len")}
         counts = self.maps["sw_flow_dests"].Leaf
         # Field offsets of struct sw_flow_counts, in 64-bit words (the layout comes from the program).
         self._words = {name: getattr(counts, name).offset // 8 for name in (
@@ -90,8 +119,11 @@ class Flows:
         """Cumulative counters per destination, or per (destination, source) pair with `per_source`
         (see `api.FlowCounters`); `evictions`: rows of that map the LRU pushed out since load."""
         # The engine reads these every interval: expired blocks leave here too, and the gate closes
-        # when none is left (else every packet of a protected tenant kept paying the list's lookup).
+        # when none is left (else every packet of a protected tenant kept paying the list's lookup);
+        # held connections of blocked sources left at the last tick's cap are reset.
         self._prune(time.monotonic_ns())
+        if self._reset_wanted:
+            self.reset_held()
         name = "sw_flow_pairs" if per_source else "sw_flow_dests"
         keys, values, n = read_all(_map_ref(self.maps[name]))
         keys, values = keys[:n], values[:n]
@@ -109,14 +141,17 @@ class Flows:
             established=established, http_requests=words[:, w["http_requests"]].copy(),
             tls_hellos=words[:, w["tls_hellos"]].copy(), bytes_to_server=words[:, w["bytes_to_server"]].copy(),
             bytes_to_client=words[:, w["bytes_to_client"]].copy(),
-            evictions=self._evicted(made, 0, name, present=n))
+            evictions=self._evicted(made, 0, name, present=n),
+            block_resets_sent=stats[FlowStat.BLOCK_RESETS_SENT], block_resets_deferred=self._resets_deferred)
 
     def read_flow_cap_counters(self) -> dict[str, int]:
         """What the caps cost since load: rows the LRU maps pushed out (connections tracked, destination
         rows, (destination, source) rows), block list entries dropped as the oldest at its cap, the
         packets the limits and the list dropped (monitor mode: would have dropped), and the blocked
-        sources' segments sent on to their servers as resets of the connections (`block_resets`); and the
-        segments that paid the accounting program's tail call (`accounting_calls`, what it costs)."""
+        sources' segments sent on to their servers as resets of the connections (`block_resets`), the
+        connections they held reset at the block (`block_resets_sent`), left for a later tick at the cap
+        (`block_resets_deferred`) or written but not sent (`block_resets_unsent`); and the segments that paid
+        the accounting program's tail call (`accounting_calls`, what it costs)."""
         stats = self._stats()
         connections = self._evicted(stats[FlowStat.CONNECTIONS_OPENED], stats[FlowStat.CONNECTIONS_CLOSED],
                                     "sw_flow_conns")
@@ -131,6 +166,8 @@ class Flows:
                 "blocked_sources_evicted": self._blocked_evicted, "limit_rate_drops": rate,
                 "limit_concurrent_drops": concurrent, "limit_drops": rate + concurrent,
                 "block_drops": stats[FlowStat.BLOCK_DROPS], "block_resets": stats[FlowStat.BLOCK_RESETS],
+                "block_resets_sent": stats[FlowStat.BLOCK_RESETS_SENT], "block_resets_deferred": self._resets_deferred,
+                "block_resets_unsent": self._resets_unsent,
                 "accounting_calls": stats[FlowStat.ACCOUNTING_CALLS]}
 
     # -- per-source limits ------------------------------------------------------------
@@ -215,13 +252,16 @@ class Flows:
         for key, entry in checked:
             if self._blocked.get(key) is entry:
                 table[self._block_key(*key)] = table.Leaf(entry.expires_ns)
+                self._reset_wanted[key] = now + self.reset_delay_ns
         self._write_gate()
+        self.reset_held()
         return len(self._blocked)
 
     def unblock_source(self, tenant_idx: int, src: IPAddress) -> None:
         """Take a source off a tenant's list (nothing happens if it is not on it)."""
         tenant = _whole(tenant_idx, "unblock: tenant_idx", 0, MAX_TENANTS - 1)
         key = (tenant, key_bytes(_address(src, "unblock: src")))
+        self._reset_wanted.pop(key, None)
         if self._blocked.pop(key, None) is not None:
             bpfsys.map_delete(self.maps["sw_blocked"].map_fd, bytes(self._block_key(*key)))
             self._write_gate()
@@ -238,10 +278,101 @@ class Flows:
         fd = self.maps["sw_blocked"].map_fd
         for key in expired:
             del self._blocked[key]
+            self._reset_wanted.pop(key, None)
             bpfsys.map_delete(fd, bytes(self._block_key(*key)))
         self._next_expiry = min((entry.expires_ns for entry in self._blocked.values()), default=NEVER)
         if expired:
             self._write_gate()
+
+    # -- resets at the block -------------------------------------------------------------------
+
+    def reset_held(self) -> int:
+        """Reset at their servers the connections that sources blocked at least `reset_delay_ns` ago
+        (BLOCK_RESET_DELAY_MS) hold, without waiting for the sources' next segments (a silent connection-flood
+        bot sends none); called at the block and at every read of the flow counters (the engine's tick): one batch read of
+        sw_flow_conns finds their ESTABLISHED entries, and for each the program xdp_seawall_reset_held (flows.h,
+        sw_flows_reset_held) turns a frame built from the entry into the RST and moves the entry out of
+        ESTABLISHED with the gauges, as a bot's segment would; the frame leaves by the internal NIC. At most
+        `resets_per_tick` (BLOCK_RESETS_PER_TICK) a call: the rest wait for the next (`block_resets_deferred`).
+        Returns the resets sent. Nothing happens before `reset_ifindex` is known (an unattached dataplane)."""
+        if not self._reset_wanted or self.reset_ifindex is None or self.reset_prog_fd is None:
+            return 0
+        now = time.monotonic_ns()
+        # The sources whose reset is due (a copy: the list may change meanwhile).
+        wanted = {key: due for key, due in self._reset_wanted.items() if due <= now}
+        if not wanted:
+            return 0
+        keys, values, n = read_all(_map_ref(self.maps["sw_flow_conns"]))
+        keys, values = keys[:n], values[:n]
+        at = self._conn_at
+        state = np.ascontiguousarray(values[:, at["state"]:at["state"] + 8]).view(np.uint64).reshape(n)
+        rows = np.flatnonzero(state == FlowState.ESTABLISHED)
+        tenants = np.ascontiguousarray(values[rows, at["tenant_idx"]:at["tenant_idx"] + 4]).view(np.uint32).reshape(-1)
+        remote = np.ascontiguousarray(keys[rows, 16:32]).view(np.uint64).reshape(-1, 2)
+        with np.errstate(over="ignore"):
+            mixed = remote[:, 0] * _MIX[0] ^ remote[:, 1] * _MIX[1] ^ tenants.astype(np.uint64) * _MIX[2]
+            want = np.frombuffer(b"".join(src for _, src in wanted), np.uint64).reshape(-1, 2)
+            want_tenants = np.fromiter((t for t, _ in wanted), np.uint64, len(wanted))
+            want_mixed = want[:, 0] * _MIX[0] ^ want[:, 1] * _MIX[1] ^ want_tenants * _MIX[2]
+        maybe = np.isin(mixed, want_mixed)
+        held = [r for r, t in zip(rows[maybe].tolist(), tenants[maybe].tolist(), strict=True)
+                if (t, keys[r, 16:32].tobytes()) in wanted]
+        over = len(held) - self.resets_per_tick
+        if over > 0:
+            self._resets_deferred += over   # still ESTABLISHED at the next call's read: reset then
+            log.warning("dataplane.block_resets_cap", deferred=over, cap=self.resets_per_tick)
+            held = held[:self.resets_per_tick]
+        else:
+            for key in wanted:
+                self._reset_wanted.pop(key, None)
+        sent = 0
+        for r in held:
+            frame = self._reset_frame(keys[r].tobytes(), values[r].tobytes())
+            if frame is None:
+                continue
+            action, _, out = bpfsys.prog_test_run(self.reset_prog_fd, frame)
+            if action != XDP_TX:
+                continue   # reset meanwhile by the source's own segment, closed, or unblocked
+            try:
+                self._send_reset(out)
+                sent += 1
+            except OSError as exc:
+                self._resets_unsent += 1
+                log.warning("dataplane.block_reset_unsent", error=str(exc), ifindex=self.reset_ifindex)
+        if held:
+            log.info("dataplane.block_resets", connections=len(held), sent=sent)
+        return sent
+
+    def _reset_frame(self, key: bytes, value: bytes) -> bytes | None:
+        """The client -> server frame the reset program rewrites into the RST: the entry's recorded Ethernet
+        header and tags, an IP header and a TCP header with the flow's addresses and ports (the program writes
+        the sequence number, flags, lengths and checksums)."""
+        at = self._conn_at
+        l2_len = value[at["l2_len"]]
+        if l2_len < 14:
+            return None   # not recorded (cannot happen for an entry this program made)
+        l2 = value[at["l2"]:at["l2"] + l2_len]
+        server, client = key[0:16], key[16:32]
+        server_port, client_port = struct.unpack_from("=HH", key, 32)
+        tcp = struct.pack("!HHIIBBHHH", client_port, server_port, 0, 0, 5 << 4, 0x10, 0, 0, 0)
+        if client[:12] == V4_MAPPED_PREFIX and server[:12] == V4_MAPPED_PREFIX:
+            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 0, 0x4000, RESET_TTL, socket.IPPROTO_TCP, 0,
+                             client[12:], server[12:])
+        else:
+            ip = struct.pack("!IHBB16s16s", 6 << 28, 20, socket.IPPROTO_TCP, RESET_TTL, client, server)
+        return l2 + ip + tcp
+
+    def _send_reset(self, frame: bytes) -> None:
+        """Out of the internal NIC as it is (a packet socket: the frame carries its own Ethernet header)."""
+        if self._reset_socket is None:
+            self._reset_socket = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        self._reset_socket.sendto(frame, (socket.if_indextoname(self.reset_ifindex), 0))
+
+    def close(self) -> None:
+        if self._reset_socket is not None:
+            with contextlib.suppress(OSError):
+                self._reset_socket.close()
+            self._reset_socket = None
 
     # -- state ------------------------------------------------------------------------------
 

@@ -43,6 +43,9 @@ SPLICE_PROGRAM_NAMES = {Direction.INBOUND: "xdp_seawall_splice_inbound",
 # source's connections after them.
 FLOWS_PROGRAM_NAMES = {Direction.INBOUND: "xdp_seawall_flows_inbound", Direction.OUTBOUND: "xdp_seawall_flows_outbound"}
 BLOCK_RESET_PROGRAM_NAME = "xdp_seawall_block_reset"
+# Not a port's program: user space runs it on frames it builds to reset the connections a source held when
+# it was blocked (flows.h, sw_flows_reset_held; dataplane.flows.Flows.reset_held).
+RESET_HELD_PROGRAM_NAME = "xdp_seawall_reset_held"
 REFRESH_PROGRAM_NAMES = {Direction.INBOUND: "xdp_seawall_refresh_inbound",
                          Direction.OUTBOUND: "xdp_seawall_refresh_outbound"}
 # The maps Python reads or writes.
@@ -120,6 +123,7 @@ class Program:
             # A blocked source's segment turned into a reset of the server's connection (flows.h).
             reset = self.bpf.load_func(BLOCK_RESET_PROGRAM_NAME.encode(), BPF.XDP)
             progs[ctypes.c_int(4 * len(Direction) + 1)] = ctypes.c_int(reset.fd)
+            self.reset_held = self.bpf.load_func(RESET_HELD_PROGRAM_NAME.encode(), BPF.XDP)
         except Exception as exc:  # bcc raises bare Exception on compile/load failures
             if pin_dir is not None and self.bpf is not None:
                 # The verifier rejects a program whose pinned map is smaller than it needs: name the map.

@@ -7,6 +7,8 @@ the facade's parts, so a change of those parts changes this module, not the test
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 
 from dataplane.constants import Direction
@@ -17,6 +19,23 @@ from dataplane.reader import AddressCounterLayout, TenantStatsLayout, read_all
 def table(dp: Dataplane, name: str):
     """bcc's table object of one of the program's maps (`dataplane.loader.MAP_NAMES`)."""
     return dp.program.maps[name]
+
+
+def flow_conn(dp: Dataplane, server: str, client: str, server_port: int, client_port: int):
+    """The sw_flow_conns entry (bcc's Leaf) of a connection, or None."""
+    import ipaddress  # noqa: PLC0415
+
+    from dataplane.keys import key_bytes  # noqa: PLC0415
+
+    table = dp.flows.maps["sw_flow_conns"]
+    key = table.Key()
+    ctypes.memmove(key.local, key_bytes(ipaddress.ip_address(server)), 16)
+    ctypes.memmove(key.remote, key_bytes(ipaddress.ip_address(client)), 16)
+    key.local_port, key.remote_port = server_port, client_port
+    try:
+        return table[key]
+    except KeyError:
+        return None
 
 
 def run_frame(dp: Dataplane, frame: bytes, direction: Direction = Direction.INBOUND) -> tuple[int, bytes]:

@@ -577,6 +577,11 @@ class AppFloodDetector:
             raise ValueError("read_flow_counters(): per-destination rows expected, got per-source rows")
         if fc.evictions:
             self.counters["flow_rows_evicted"] = int(fc.evictions)
+        # Connections blocked sources held, reset at their servers when blocked (dataplane totals since load).
+        if fc.block_resets_sent:
+            self.counters["block_resets_sent"] = int(fc.block_resets_sent)
+        if fc.block_resets_deferred:
+            self.counters["block_resets_deferred"] = int(fc.block_resets_deferred)
         keys = np.asarray(fc.keys, np.uint64).reshape(-1, 2)
         cum = np.stack([fc.new_connections, fc.http_requests, fc.tls_hellos, fc.bytes_to_server,
                         fc.bytes_to_client], axis=1) if len(fc) else np.zeros((0, 5), np.uint64)

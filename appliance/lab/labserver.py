@@ -221,6 +221,8 @@ class Shop:
                 if not keep:
                     return
                 timeout = self.limits.keepalive_s
+        except ConnectionResetError:
+            self.stats.count("resets")   # the client's RST (or the bridge's for a blocked one) freed the slot
         except (OSError, ssl.SSLError):
             pass
         finally:

@@ -23,6 +23,10 @@
  *   - sw_source_limits: (tenant, destination, port or 0) -> limits on the inbound SYNs of each
  *     source: a token bucket of new connections (sw_limit_buckets, LRU, per source) and a
  *     ceiling on the source's open connections to the destination (its sw_flow_pairs gauge).
+ * A blocked source's connections that the server holds are reset at the server (the slots go free):
+ * soon after the block, by user space through sw_flows_reset_held() from what the entry recorded (the client's
+ * next sequence number and frame header), and at any later segment of the source
+ * (sw_flows_block_reset()).
  *
  * bcc rewrites map calls in seawall.c only: the maps are declared here, and seawall.c defines
  * the accessors declared below right after including this file.
@@ -35,6 +39,9 @@
  * SW_FLOW_DESTINATION_ENTRIES, SW_FLOW_SOURCE_ENTRIES, SW_BLOCKED_SOURCES_MAX,
  * SW_SOURCE_LIMITS_MAX, SW_FLOW_FLUSH_BYTES, SW_FLOW_PENDING_BITS. */
 
+/* The Ethernet header with SW_MAX_VLAN_DEPTH tags, to the L3 type: bytes. */
+#define SW_FLOW_L2_BYTES (ETH_HLEN + 4 * SW_MAX_VLAN_DEPTH)
+
 /* A tracked connection (sw_flow_conns, key: struct sw_flow_key with the server local). */
 struct sw_flow_conn {
     /* TCP payload bytes while established not yet added to the destination and pair rows, client ->
@@ -45,8 +52,18 @@ struct sw_flow_conn {
     __u64 state;           /* SW_FLOW_STATE_*; leaving ESTABLISHED is a compare-and-swap (one CPU; the
                             * program's atomics are 64-bit only) */
     __u32 tenant_idx;
-    __u32 pad;
+    /* What a reset of the connection at the block needs (sw_flows_reset_held), written by the inbound
+     * segments that already pay the accounting program, never by a pure ACK in mid-connection:
+     * the client's next sequence number (host order; the handshake's last ACK carries ISN + 1, each
+     * segment with payload moves it to its end), and the client -> server frame's Ethernet header with
+     * its VLAN tags up to the L3 type (l2_len bytes of l2), so that the reset reaches the server's NIC
+     * as the client's frames do. */
+    __u32 client_next;
+    __u8 l2[SW_FLOW_L2_BYTES];
+    __u8 l2_len;
+    __u8 pad;
 };
+_Static_assert(sizeof(struct sw_flow_conn) % 8 == 0, "no implicit padding: map values are copied whole");
 
 /* A handshake in progress (sw_flow_handshakes, key as sw_flow_conns): SW_FLOW_STATE_SYN or SYN_ACK. */
 struct sw_flow_handshake {
@@ -280,6 +297,35 @@ static __always_inline int sw_flow_leave_established(struct sw_flow_conn *conn, 
     return __sync_val_compare_and_swap(&conn->state, SW_FLOW_STATE_ESTABLISHED, state) == SW_FLOW_STATE_ESTABLISHED;
 }
 
+/* A new connection's entry from the inbound segment that completes it (the handshake's last ACK, or
+ * the client's first data segment when that ACK went unseen): what a reset at the block needs
+ * (struct sw_flow_conn). Once per connection, in the accounting program. */
+static __always_inline void sw_flow_conn_frame(struct sw_flow_conn *c, struct sw_packet *p, void *data,
+                                               void *data_end, __u32 len)
+{
+    __u32 seq = 0;
+    if (sw_tcp_number(p, data, data_end, 1, &seq))
+        c->client_next = seq + len;
+    void *cursor = data;
+    if (!sw_parse_ethernet(&cursor, data_end))
+        return;
+    __u64 l2_len = cursor - data;
+    /* A TCP segment's frame is longer than the header: one constant-size copy. */
+    if (l2_len > SW_FLOW_L2_BYTES || data + SW_FLOW_L2_BYTES > data_end)
+        return;
+    __builtin_memcpy(c->l2, data, SW_FLOW_L2_BYTES);
+    c->l2_len = l2_len;
+}
+
+/* A client segment with payload ending at sequence number `end`: the connection's next sequence number
+ * moves there, never back (a retransmission, or a segment that overtook another, leaves it). Inbound
+ * segments of one flow arrive at one CPU (the NIC's flow hash): a plain store. */
+static __always_inline void sw_flow_advance(struct sw_flow_conn *c, __u32 end)
+{
+    if ((__s32)(end - c->client_next) > 0)
+        c->client_next = end;
+}
+
 /* The connection ends (FIN or RST from either side): its entry goes, and if it was open, the
  * gauges drop (once: the CPU that moved it out of ESTABLISHED) with the bytes not yet added. The
  * bytes are taken before the delete: a deleted element may be reused at once. */
@@ -378,6 +424,7 @@ static __always_inline void sw_flows_track(struct xdp_md *ctx, struct sw_packet 
             struct sw_flow_conn fresh = {.state = SW_FLOW_STATE_ESTABLISHED, .tenant_idx = h->tenant_idx};
             if (sw_flow_handshake_forget(&k) != 0)
                 return;
+            sw_flow_conn_frame(&fresh, p, data, data_end, len);
             sw_flow_count(SW_FLOW_STAT_HANDSHAKES_ENDED);
             if (sw_flow_conn_new(&k, &fresh) == 0)
                 sw_flow_count(SW_FLOW_STAT_CONNECTIONS_OPENED);
@@ -399,8 +446,12 @@ static __always_inline void sw_flows_track(struct xdp_md *ctx, struct sw_packet 
     __u64 pending;
     if (inbound) {
         pending = __sync_fetch_and_add(&conn->to_server, len) + len + conn->to_client;
-        if (len)
+        if (len) {
             kind = sw_flow_payload_kind(p, data, data_end);
+            __u32 seq;
+            if (sw_tcp_number(p, data, data_end, 1, &seq))
+                sw_flow_advance(conn, seq + len);
+        }
     } else {
         pending = __sync_fetch_and_add(&conn->to_client, len) + len + conn->to_server;
     }
@@ -495,6 +546,58 @@ static __always_inline int sw_flows_block_reset(struct xdp_md *ctx, struct sw_pa
         return XDP_DROP;
     sw_flow_count(SW_FLOW_STAT_BLOCK_RESETS);
     return sw_redirect(SW_PORT_INTERNAL);
+}
+
+/* A connection a blocked source holds, reset at the block without waiting for the source's next
+ * segment (a silent connection-flood bot sends none: the server would hold the slot until its own idle
+ * timeout, 10 s to minutes). User space (dataplane/flows.py, Flows.reset_held) finds the blocked sources'
+ * ESTABLISHED entries in sw_flow_conns in one batch read, BLOCK_RESET_DELAY_MS after it installed the
+ * blocks (the engine's next tick still sees the flood it blocked), and runs this
+ * program (xdp_seawall_reset_held, by BPF_PROG_TEST_RUN) on a frame it builds from each entry: the client's
+ * recorded Ethernet header and tags, the IP header, a TCP header with the flow's addresses and ports.
+ * The program does what sw_flows_block_reset() does for a bot's segment, from the entry: the
+ * compare-and-swap out of ESTABLISHED (the CPU that wins drops the gauges: a bot segment arriving
+ * later finds the entry in SW_FLOW_STATE_RESET and is reset again without counting twice; one that
+ * came first leaves nothing to do here: XDP_DROP), and the frame becomes the RST with the checksums.
+ * XDP_TX: user space sends the frame out of the internal NIC (an AF_PACKET socket).
+ *
+ * Why user space sends, and not a live BPF_PROG_TEST_RUN that redirects through sw_ports: a live
+ * frame's redirect needs the internal NIC's ndo_xdp_xmit (absent in generic mode and on a veth whose
+ * peer runs no XDP), while a packet socket works on every NIC; and the state change stays in the
+ * program, atomic against the ports' CPUs, where a map update from user space would race them.
+ *
+ * The sequence number must be exact: Linux (RFC 5961) takes a RST only at seq == rcv_nxt and answers any
+ * other in the window with a challenge ACK, which goes to the blocked client and is dropped there; the
+ * server then holds the slot until its idle timeout, as it did before this reset existed. client_next is
+ * exact for a silent connection (ISN + 1) and for one whose every byte passed the bridge and reached the
+ * server; a segment lost between the bridge and the server leaves it ahead of rcv_nxt (the bot's next
+ * segment, if any, still resets through sw_flows_block_reset()). */
+static __always_inline int sw_flows_reset_held(struct xdp_md *ctx, struct sw_packet *p)
+{
+    if (!p->l4_ok || p->proto != SW_IPPROTO_TCP)
+        return XDP_DROP;
+    struct sw_flow_key k;
+    sw_flow(&k, p->dst, p->src, p->dport, p->sport);
+    struct sw_flow_conn *conn = sw_flow_conn_of(&k);
+    if (!conn)
+        return XDP_DROP;
+    /* Only a source blocked now (user space may race an expiry or an unblock). */
+    struct sw_block_key bk = {.tenant_idx = conn->tenant_idx};
+    __builtin_memcpy(bk.src, p->src, 16);
+    __u64 *until = sw_blocked_until(&bk);
+    if (!until || bpf_ktime_get_ns() >= *until)
+        return XDP_DROP;
+    __u32 is_v6;
+    __s64 l3_off = sw_synauth_l3_of(ctx, &is_v6);
+    if (l3_off < 0 || !sw_flow_leave_established(conn, SW_FLOW_STATE_RESET))
+        return XDP_DROP;
+    __u32 seq = conn->client_next;
+    __u64 ds = sw_flow_take(&conn->to_server), dc = sw_flow_take(&conn->to_client);
+    sw_flow_flush(p->dst, p->src, conn->tenant_idx, -1, 0, ds, dc);
+    if (sw_synauth_write(ctx, l3_off, is_v6, 0, seq, 0, SW_TCP_RST, 0, 0))
+        return XDP_DROP; /* not written (a frame user space built wrong): the bot's next segment resets it */
+    sw_flow_count(SW_FLOW_STAT_BLOCK_RESETS_SENT);
+    return XDP_TX;
 }
 
 /* Per-source limits for an inbound packet of a protected tenant: a drop reason or 0. Behind the

@@ -1231,3 +1231,16 @@ int xdp_seawall_block_reset(struct xdp_md *ctx)
         return XDP_DROP;
     return sw_flows_block_reset(ctx, &scratch->packet);
 }
+
+/* Not a port's program: user space runs it (BPF_PROG_TEST_RUN) on a frame it built for a connection a
+ * source held when it was blocked; the frame comes back as the reset to send the server (XDP_TX) or is
+ * not to be sent (XDP_DROP). flows.h, sw_flows_reset_held. */
+int xdp_seawall_reset_held(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    struct sw_packet p = {};
+    if (sw_parse_frame(ctx, &p, data, data_end) != SW_PARSE_OK)
+        return XDP_DROP;
+    return sw_flows_reset_held(ctx, &p);
+}

@@ -233,6 +233,8 @@ class FakeDataplane:
         self.blocked: dict[tuple[int, str], BlockedSource] = {}
         self.flow_reads: list[bool] = []            # per_source of each read_flow_counters call
         self.refuse_limits = 0                      # set_source_limits calls to refuse, as a full map would
+        self.block_resets_sent = 0                  # connections reset at the block, as the dataplane counts them
+        self.block_resets_deferred = 0
 
     # traffic -------------------------------------------------------------------------------------
     def add_flow(self, flow: Flow) -> Flow:
@@ -431,7 +433,8 @@ class FakeDataplane:
             tenant_idx=np.array([r[0] for r in rows.values()], np.uint32),
             new_connections=totals[:, 0], established=np.array([r[2] for r in rows.values()], np.int64),
             http_requests=totals[:, 1], tls_hellos=totals[:, 2], bytes_to_server=totals[:, 3],
-            bytes_to_client=totals[:, 4])
+            bytes_to_client=totals[:, 4], block_resets_sent=self.block_resets_sent,
+            block_resets_deferred=self.block_resets_deferred)
 
     def set_source_limits(self, limits) -> None:
         if self.refuse_limits:

@@ -411,6 +411,16 @@ def test_block_list_cap_evicts_the_oldest_and_counts(tmp_path):
     assert sum(len(v) for v in lab.engine.appflood.blocked.values()) == 30
 
 
+def test_issue15_connections_reset_at_the_block_show_in_the_engines_counters(tmp_path):
+    """The dataplane's resets of the connections blocked sources held (and those left at its cap for a later
+    tick) are in the appflood counters of the engine's status, which /metrics exports."""
+    lab = warm_lab(tmp_path)
+    lab.dp.block_resets_sent, lab.dp.block_resets_deferred = 384, 12
+    lab.run(2)
+    counters = lab.engine.status()["appflood"]["counters"]
+    assert (counters["block_resets_sent"], counters["block_resets_deferred"]) == (384, 12)
+
+
 def test_limit_cap_keeps_the_newest_and_counts(tmp_path):
     cfg = AppFloodConfig(half_life_s=300.0, warmup_s=60.0, source_interval_s=5.0, max_limits=1)
     other = "198.51.100.21"

@@ -1,0 +1,310 @@
+"""Issue 15: the connections a blocked source holds are reset at the server when it is blocked, not at its
+next segment (a silent connection-flood bot sends none, and its connections held the server's slots until
+the server's own idle timeout). dataplane/bpf/flows.h (sw_flow_conn_frame, sw_flows_reset_held) and
+dataplane/flows.py (Flows.reset_held).
+
+The connection entry records the client's next sequence number (exact: Linux takes a RST only at
+rcv_nxt) and the client -> server frame's Ethernet header; at the block, one batch read finds the
+source's entries, the reset program writes each RST from them, and it leaves by the internal NIC: here a
+veth pair made for the test, whose peer end captures what a server would receive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import select
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Dot1Q, Ether
+from scapy.packet import Raw
+
+from dataplane import testing
+from dataplane.api import BlockedSource
+from dataplane.constants import Direction, FlowState
+from tests.bpf import frames
+from tests.bpf.conftest import ALPHA_DST, ALPHA_DST6, XDP_REDIRECT, run
+from tests.bpf.test_flows import rows
+from tests.bpf.test_synauth import assert_checksums, run_frame
+
+AN_HOUR_NS = 3600 * 10**9
+ETH_P_ALL = 0x0003
+CAPTURE_S = 2.0          # seconds to wait for a reset at the capturing end
+ISN = 0xFFFFFFF0         # the client's initial sequence number: its data wraps past 2**32 (serial arithmetic)
+
+
+def frame(client: str, server: str, cport: int, sport: int, flags: str, seq: int, ack_no: int = 0,
+          payload: bytes = b"", vlan: int | None = None, inbound: bool = True) -> bytes:
+    """A client -> server (inbound) or server -> client segment with explicit numbers."""
+    v6 = ":" in server
+    src, dst = (client, server) if inbound else (server, client)
+    ports = dict(sport=cport, dport=sport) if inbound else dict(sport=sport, dport=cport)
+    ip = IPv6(src=src, dst=dst) if v6 else IP(src=src, dst=dst)
+    macs = (frames.MAC_EXTERNAL, frames.MAC_INTERNAL) if inbound else (frames.MAC_INTERNAL, frames.MAC_EXTERNAL)
+    head = Ether(src=macs[0], dst=macs[1])
+    if vlan is not None:
+        head = head / Dot1Q(vlan=vlan)
+    return bytes(head / ip / TCP(flags=flags, seq=seq, ack=ack_no, window=502, **ports) / Raw(payload))
+
+
+class Client:
+    """One client connection through the inbound and outbound programs, with its own numbers."""
+
+    def __init__(self, dp, client: str, server: str, cport: int, sport: int = 80, vlan: int | None = None):
+        self.dp, self.client, self.server, self.cport, self.sport, self.vlan = dp, client, server, cport, sport, vlan
+        self.next = ISN + 1
+
+    def send(self, flags: str, seq: int, payload: bytes = b"", inbound: bool = True) -> int:
+        f = frame(self.client, self.server, self.cport, self.sport, flags, seq, 1000, payload, self.vlan, inbound)
+        return run(self.dp, f, Direction.INBOUND if inbound else Direction.OUTBOUND)
+
+    def open(self) -> Client:
+        assert self.send("S", ISN) == XDP_REDIRECT
+        assert self.send("SA", 999, inbound=False) == XDP_REDIRECT
+        assert self.send("A", ISN + 1) == XDP_REDIRECT
+        return self
+
+    def data(self, payload: bytes) -> None:
+        assert self.send("PA", self.next, payload) == XDP_REDIRECT
+        self.next = (self.next + len(payload)) & 0xFFFFFFFF
+
+    def entry(self):
+        return testing.flow_conn(self.dp, self.server, self.client, self.sport, self.cport)
+
+
+@pytest.fixture
+def wire(dp) -> Iterator[socket.socket]:
+    """A veth pair as the internal NIC: resets at the block leave by one end (Flows.reset_ifindex); the
+    socket returned captures at the other, as the server would receive them. Removed after the test."""
+    name = f"swrb{os.getpid() % 100000}"
+    subprocess.run(["ip", "link", "add", f"{name}a", "type", "veth", "peer", "name", f"{name}b"], check=True)
+    try:
+        for end in "ab":
+            subprocess.run(["ip", "link", "set", f"{name}{end}", "up"], check=True)
+        capture = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        capture.bind((f"{name}b", 0))
+        dp.flows.reset_ifindex = socket.if_nametoindex(f"{name}a")
+        delay, dp.flows.reset_delay_ns = dp.flows.reset_delay_ns, 0   # at the block (test_resets_wait_... the delay)
+        try:
+            yield capture
+        finally:
+            dp.flows.reset_ifindex = None
+            dp.flows.reset_delay_ns = delay
+            capture.close()
+    finally:
+        subprocess.run(["ip", "link", "del", f"{name}a"], check=False)
+
+
+def resets(capture: socket.socket, want: int, timeout: float = CAPTURE_S) -> list[Ether]:
+    """The TCP resets captured, until `want` of them or the timeout (a veth coming up also sends IPv6
+    neighbour discovery and MLD: skipped)."""
+    got: list[Ether] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([capture], [], [], left)
+        if not ready:
+            break
+        raw = capture.recv(65536)
+        packet = Ether(raw)
+        if TCP in packet and "R" in str(packet[TCP].flags):
+            got.append(packet)
+    return got
+
+
+def block(dp, tenant: int, *sources: str) -> None:
+    dp.block_sources([BlockedSource(tenant, ipaddress.ip_address(s), time.monotonic_ns() + AN_HOUR_NS, "conn-flood")
+                      for s in sources])
+
+
+@contextlib.contextmanager
+def blocked(dp, tenant: int, *sources: str) -> Iterator[None]:
+    try:
+        block(dp, tenant, *sources)
+        yield
+    finally:
+        for s in sources:
+            dp.unblock_source(tenant, ipaddress.ip_address(s))
+
+
+# -- what the entry records ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_connection_entry_records_the_clients_next_sequence_number_after_the_handshake_and_each_data_segment(
+        dp, tenants, v6):
+    """The handshake's last ACK leaves ISN + 1; a segment with payload moves it to the segment's end (across
+    the 2**32 wrap); a pure ACK, a retransmission and the server's segments leave it; the client -> server
+    frame's Ethernet header (MACs and type) is recorded with its length."""
+    server = ALPHA_DST6 if v6 else ALPHA_DST
+    c = Client(dp, "2001:db8:5::4501" if v6 else "198.19.45.1", server, 52000).open()
+    e = c.entry()
+    assert e is not None and e.state == FlowState.ESTABLISHED
+    assert e.client_next == ISN + 1
+    assert e.l2_len == 14
+    assert bytes(e.l2)[:14] == bytes(Ether(src=frames.MAC_EXTERNAL, dst=frames.MAC_INTERNAL,
+                                           type=0x86DD if v6 else 0x0800))[:14]
+    c.data(b"GET / HTTP/1.1\r\n")                  # 16 bytes: ISN + 17 wraps past 2**32
+    assert c.entry().client_next == (ISN + 17) & 0xFFFFFFFF
+    c.data(b"x" * 0x20)
+    assert c.entry().client_next == c.next
+    assert c.send("PA", ISN + 1, b"GET / HTTP/1.1\r\n") == XDP_REDIRECT   # a retransmission: not back
+    assert c.send("A", c.next) == XDP_REDIRECT                           # a pure ACK
+    assert c.send("PA", 5000, b"HTTP/1.1 200 OK\r\n", inbound=False) == XDP_REDIRECT
+    assert c.entry().client_next == c.next
+
+
+def test_connection_entry_records_the_vlan_tag_of_the_client_frames(dp, tenants):
+    """A tagged client -> server frame: the tag is part of the recorded header (l2_len 18), so the reset
+    reaches the server on its VLAN; the first data segment of a connection whose ACK went unseen records
+    its own end."""
+    c = Client(dp, "198.19.45.2", ALPHA_DST, 52001, vlan=42).open()
+    e = c.entry()
+    assert e.l2_len == 18
+    want = bytes(Ether(src=frames.MAC_EXTERNAL, dst=frames.MAC_INTERNAL) / Dot1Q(vlan=42, type=0x0800))[:18]
+    assert bytes(e.l2)[:18] == want
+    # No tag for the handshake's ACK: the entry begins at the first data segment.
+    d = Client(dp, "198.19.45.3", ALPHA_DST, 52002)
+    assert d.send("S", ISN) == XDP_REDIRECT and d.send("SA", 999, inbound=False) == XDP_REDIRECT
+    assert d.send("PA", ISN + 1, b"hello") == XDP_REDIRECT
+    assert d.entry().client_next == ISN + 6
+
+
+# -- the reset at the block ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_block_resets_a_silent_connection_at_the_server_at_once_with_the_exact_sequence_number(
+        dp, tenants, wire, v6):
+    """A connection-flood bot completes its handshake and sends nothing. Blocking it sends the server, by
+    the internal NIC, a RST of that connection: the client's MACs, addresses and ports, seq = ISN + 1
+    (what the server's rcv_nxt is), no ACK, no payload, valid checksums; one per held connection, counted
+    in `block_resets_sent`; the gauges drop. Another of its connections that sent data is reset at the
+    end of its data."""
+    alpha = tenants["alpha"]
+    server = ALPHA_DST6 if v6 else ALPHA_DST
+    client = "2001:db8:5::4601" if v6 else "198.19.46.1"
+    silent = Client(dp, client, server, 53000).open()
+    talker = Client(dp, client, server, 53001).open()
+    talker.data(b"GET / HTTP/1.1\r\nX-a: 1\r\n")
+    assert rows(dp, True)[(server, client)].established == 2
+    before = dp.read_flow_cap_counters()
+    with blocked(dp, alpha, client):
+        got = resets(wire, 2)
+        assert len(got) == 2, f"resets captured: {[g.summary() for g in got]}"
+        by_port = {g[TCP].sport: g for g in got}
+        for conn in (silent, talker):
+            sent = by_port[conn.cport]
+            assert_checksums(bytes(sent))
+            assert (sent.src, sent.dst) == (frames.MAC_EXTERNAL, frames.MAC_INTERNAL)
+            ip = sent[IPv6] if v6 else sent[IP]
+            assert (ip.src, ip.dst) == (client, server)
+            assert (ip.plen if v6 else ip.len) == (20 if v6 else 40)
+            tcp = sent[TCP]
+            assert (tcp.sport, tcp.dport, str(tcp.flags), tcp.seq, len(tcp.payload)) == \
+                (conn.cport, 80, "R", conn.next, 0)
+            assert conn.entry().state == FlowState.RESET
+        after = dp.read_flow_cap_counters()
+        assert after["block_resets_sent"] - before["block_resets_sent"] == 2
+        assert after["block_resets"] == before["block_resets"]       # no segment of the bot was needed
+        got_row = rows(dp, True)[(server, client)]
+        assert (got_row.new_connections, got_row.established, got_row.http_requests) == (2, 0, 1)
+        assert dp.read_flow_counters().block_resets_sent == after["block_resets_sent"]
+        # A refreshed block finds nothing left to reset.
+        block(dp, alpha, client)
+        assert resets(wire, 1, timeout=0.5) == []
+        assert dp.read_flow_cap_counters()["block_resets_sent"] == after["block_resets_sent"]
+
+
+def test_a_late_bot_segment_after_the_reset_at_the_block_is_reset_again_without_counting_twice(dp, tenants, wire):
+    """Reset at the block, then the bot speaks after all: its segment goes on as a reset again (should the
+    first be lost), counted in `block_resets`, and the gauges stay where the first reset left them."""
+    alpha = tenants["alpha"]
+    server, client = ALPHA_DST, "198.19.46.2"
+    c = Client(dp, client, server, 53002).open()
+    with blocked(dp, alpha, client):
+        assert len(resets(wire, 1)) == 1
+        counts = rows(dp, True)[(server, client)]
+        dests = rows(dp, False)[server]
+        before = dp.read_flow_cap_counters()
+        action, out = run_frame(dp, frame(client, server, c.cport, 80, "PA", c.next, 1000, b"late"))
+        assert action == XDP_REDIRECT
+        assert (str(Ether(out)[TCP].flags), Ether(out)[TCP].seq) == ("R", c.next)
+        after = dp.read_flow_cap_counters()
+        assert after["block_resets"] - before["block_resets"] == 1
+        assert after["block_resets_sent"] == before["block_resets_sent"]
+        assert rows(dp, True)[(server, client)] == counts
+        assert rows(dp, False)[server] == dests
+        assert counts.established == 0
+
+
+def test_reset_at_the_block_leaves_other_sources_and_an_unattached_dataplane_alone(dp, tenants, wire):
+    """Only the blocked source's connections are reset; with no internal NIC known nothing is sent and no
+    entry changes (the bot's next segment still resets its connection)."""
+    alpha = tenants["alpha"]
+    server = ALPHA_DST
+    bot = Client(dp, "198.19.46.3", server, 53003).open()
+    browser = Client(dp, "198.19.46.4", server, 53004).open()
+    with blocked(dp, alpha, bot.client):
+        assert len(resets(wire, 2, timeout=1.0)) == 1
+        assert browser.entry().state == FlowState.ESTABLISHED
+    ifindex, dp.flows.reset_ifindex = dp.flows.reset_ifindex, None
+    try:
+        quiet = Client(dp, "198.19.46.5", server, 53005).open()
+        with blocked(dp, alpha, quiet.client):
+            assert quiet.entry().state == FlowState.ESTABLISHED
+    finally:
+        dp.flows.reset_ifindex = ifindex
+
+
+def test_resets_wait_the_delay_after_the_block_then_go_at_the_next_read_of_the_counters(dp, tenants, wire):
+    """With `reset_delay_ns` (BLOCK_RESET_DELAY_MS: the engine's next tick still sees what it blocked), the
+    held connection stays open at the block and is reset at the first read of the flow counters (the engine's
+    tick) after the delay."""
+    alpha = tenants["alpha"]
+    c = Client(dp, "198.19.46.7", ALPHA_DST, 53020).open()
+    dp.flows.reset_delay_ns = 400_000_000
+    with blocked(dp, alpha, c.client):
+        blocked_at = time.monotonic()
+        dp.read_flow_counters()
+        assert resets(wire, 1, timeout=0.1) == []
+        assert c.entry().state == FlowState.ESTABLISHED
+        got: list[Ether] = []
+        while not got and time.monotonic() - blocked_at < 5.0:
+            dp.read_flow_counters()
+            got = resets(wire, 1, timeout=0.05)
+        assert len(got) == 1 and got[0][TCP].seq == c.next
+        assert time.monotonic() - blocked_at >= 0.4
+        assert c.entry().state == FlowState.RESET
+
+
+def test_resets_at_the_block_stop_at_the_cap_per_tick_and_the_rest_follow_at_the_next_tick(dp, tenants, wire):
+    """Above `resets_per_tick` held connections, the rest wait (counted in `block_resets_deferred`) and go
+    at the engine's next read of the flow counters (its tick)."""
+    alpha = tenants["alpha"]
+    client = "198.19.46.6"
+    conns = [Client(dp, client, ALPHA_DST, 53010 + i).open() for i in range(5)]
+    cap, dp.flows.resets_per_tick = dp.flows.resets_per_tick, 2
+    try:
+        before = dp.read_flow_cap_counters()
+        with blocked(dp, alpha, client):
+            assert len(resets(wire, 3, timeout=1.0)) == 2
+            mid = dp.read_flow_cap_counters()
+            assert mid["block_resets_sent"] - before["block_resets_sent"] == 2
+            assert mid["block_resets_deferred"] - before["block_resets_deferred"] == 3
+            assert sorted(c.entry().state for c in conns) == [FlowState.ESTABLISHED] * 3 + [FlowState.RESET] * 2
+            dp.read_flow_counters()                                  # the next tick: two more
+            assert len(resets(wire, 2)) == 2
+            dp.read_flow_counters()                                  # and the last
+            assert len(resets(wire, 1)) == 1
+            after = dp.read_flow_cap_counters()
+            assert after["block_resets_sent"] - before["block_resets_sent"] == 5
+            assert after["block_resets_deferred"] - before["block_resets_deferred"] == 3 + 1
+            assert all(c.entry().state == FlowState.RESET for c in conns)
+            assert rows(dp, True)[(ALPHA_DST, client)].established == 0
+    finally:
+        dp.flows.resets_per_tick = cap
