@@ -14,7 +14,8 @@ flight at most, so at most N tasks and about N sockets). A pacer hands out `rate
 second to idle bots; when none is idle the action is skipped and counted. The modes:
 
 - http-flood: keep-alive connections, `GET /` as fast as the rate says (a unit: a request);
-- conn-flood: connections held open without a byte until the server closes them (a connection);
+- conn-flood: connections held open without a byte until the server closes them, or TCP keep-alive
+  finds them gone, then opened again (a connection);
 - slowloris: connections that send an incomplete request, then one header line every
   SLOWLORIS_INTERVAL_S, never the blank line that ends it, and open another as soon as the server
   closes one (a connection);
@@ -72,6 +73,13 @@ MAX_BACKLOG_S = 0.1             # seconds of actions a late pacer may catch up; 
 CONNECT_TIMEOUT_S = 3.0         # seconds for a handshake (two SYN retransmissions)
 RESPONSE_TIMEOUT_S = 5.0        # seconds for a response or the server's TLS flight
 SLOWLORIS_INTERVAL_S = 5.0      # seconds between header lines (below the server's idle timeout)
+# A connection-flood bot's TCP keep-alive: a probe after this many seconds of silence, then every
+# CONN_PROBE_INTERVAL_S; after CONN_PROBES unanswered the kernel gives the connection up and the bot
+# opens another. A connection the server dropped without telling the bot (a reset sent to the server
+# only, as the bridge's at a block) is found dead within 3 + 2 x 2 = 7 s, as a tool that keeps its hold does.
+CONN_IDLE_PROBE_S = 3
+CONN_PROBE_INTERVAL_S = 2
+CONN_PROBES = 2
 TLS_HELLOS = 64                 # distinct ClientHellos (random, key share) a tls-flood rotates through
 TLS_FLIGHT_BYTES = 600          # bytes: ServerHello + certificate and more; the server has signed
 CROWD_PAGES = 2                 # pages each new client of a flash crowd looks at
@@ -397,6 +405,10 @@ class Botnet:
         if sock is None:
             return
         try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, CONN_IDLE_PROBE_S)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, CONN_PROBE_INTERVAL_S)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, CONN_PROBES)
             while await asyncio.get_running_loop().sock_recv(sock, RECV_BYTES):
                 pass
             self.count("closed_by_server")
