@@ -346,13 +346,14 @@ static __always_inline int sw_parse_fast(struct sw_packet *p, void *data, void *
     words[0] = word0;
     __u64 ports = bpf_ntohs((__u16)raw_ports) | ((__u64)bpf_ntohs((__u16)(raw_ports >> 16)) << 16);
     words[1] = ports | (proto << 32) | (((w >> 48) & 0xFF) << 40) | (flags << 48);  /* TTL; is_v6 = 0 */
-    /* The invalid-packet checks of sw_invalid_reason(), in its order of precedence, behind one
-     * branch that the usual packet does not take. */
-    int land = (__u32)addrs == (addrs >> 32);
-    int port_zero = (raw_ports & 0xFFFF) == 0 || (raw_ports >> 16) == 0;
+    /* The invalid-packet checks of sw_invalid_reason(): four branches the usual packet does not
+     * take, then their order of precedence only for a packet that took one. */
     __u64 invalid = SW_DROP_REASON_NONE;
-    if (__builtin_expect(land | bad_flags | port_zero, 0))
-        invalid = land ? SW_DROP_REASON_LAND : bad_flags ? SW_DROP_REASON_BAD_TCP_FLAGS : SW_DROP_REASON_PORT_ZERO;
+    if (__builtin_expect(bad_flags || (raw_ports & 0xFFFF) == 0 || (raw_ports >> 16) == 0 ||
+                         (__u32)addrs == (addrs >> 32), 0))
+        invalid = (__u32)addrs == (addrs >> 32) ? SW_DROP_REASON_LAND
+                  : bad_flags                    ? SW_DROP_REASON_BAD_TCP_FLAGS
+                                                 : SW_DROP_REASON_PORT_ZERO;
     words[2] = (1ULL << 8) | (traffic_class << 16) | (invalid << 24);  /* fragment none, l4_ok, one buffer */
     return 1;
 }
