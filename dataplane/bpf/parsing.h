@@ -292,58 +292,68 @@ _Static_assert(__builtin_offsetof(struct sw_packet, payload_offset) == 32 &&
                __builtin_offsetof(struct sw_packet, frame_length) == 52 && sizeof(struct sw_packet) == 56,
                "sw_parse_fast() writes struct sw_packet as words with this layout");
 
+/* The fast parser reads the headers as a few wide words, whose byte order is the CPU's: the BPF
+ * targets bcc builds for here are little-endian. */
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "sw_parse_fast() decodes little-endian words");
+
 static __always_inline int sw_parse_fast(struct sw_packet *p, void *data, void *data_end)
 {
     if (data + SW_FAST_MIN_FRAME > data_end)
         return 0;
-    if (*(__u16 *)(data + 12) != bpf_htons(SW_ETH_P_IP))
-        return 0;
-    struct iphdr *ip = data + 14;
-    if (*(__u8 *)ip != 0x45 || (ip->frag_off & bpf_htons(0x3FFF)))
-        return 0; /* options, another version, or a fragment */
-    __u32 ip_length = bpf_ntohs(ip->tot_len);
+    /* Bytes 12..14, the ethertype then version and header length, in one load: 08 00 45. */
+    if ((*(__u32 *)(data + 12) & 0x00FFFFFF) != 0x00450008)
+        return 0; /* another ethertype (or a VLAN tag), IP options, another version */
+    /* Bytes 16..23 in one load: total length, identification, fragment word, TTL, protocol. */
+    __u64 w = *(__u64 *)(data + 16);
+    if (w & 0x0000FF3F00000000ULL)
+        return 0; /* a fragment: offset bits or more-fragments set (the fragment word's 0x3FFF) */
+    __u32 ip_length = bpf_ntohs((__u16)w);
     if (data + 14 + ip_length > data_end)
         return 0; /* truncated, or a multi-buffer frame */
-    __u8 *l4 = (__u8 *)(ip + 1);
-    __u64 ports = bpf_ntohs(*(__u16 *)l4) | ((__u64)bpf_ntohs(*(__u16 *)(l4 + 2)) << 16);
-    __u64 proto = ip->protocol;
-    __u64 payload_offset, l4_offset, flags, traffic_class, invalid;
+    __u64 proto = w >> 56;
+    __u64 word0, flags, traffic_class, bad_flags;
     if (proto == SW_IPPROTO_TCP) {
-        __u32 doff = (l4[12] >> 4) * 4;
+        __u16 t = *(__u16 *)(data + 46); /* data offset, then the flags */
+        __u32 doff = (t & 0xF0) >> 2;
         if (doff < 20 || 20 + doff > ip_length)
             return 0;
-        flags = l4[13];
+        flags = t >> 8;
         traffic_class = (flags & (SW_TCP_SYN | SW_TCP_ACK)) == SW_TCP_SYN ? SW_TRAFFIC_CLASS_TCP_SYN
                                                                          : SW_TRAFFIC_CLASS_TCP_OTHER;
-        payload_offset = 34 + doff;
-        l4_offset = 34;
-        invalid = sw_bad_tcp_flags(flags) * SW_DROP_REASON_BAD_TCP_FLAGS; /* else SW_DROP_REASON_NONE (0) */
+        word0 = (34 + doff) | (34 << 16) | ((__u64)ip_length << 32); /* payload, L4 header, IP length */
+        bad_flags = sw_bad_tcp_flags(flags);
     } else if (proto == SW_IPPROTO_UDP) {
-        __u32 udp_length = bpf_ntohs(*(__u16 *)(l4 + 4));
+        __u32 udp_length = bpf_ntohs(*(__u16 *)(data + 38));
         if (udp_length < 8 || 20 + udp_length > ip_length)
             return 0;
         flags = 0;
         traffic_class = SW_TRAFFIC_CLASS_UDP;
-        payload_offset = 42;
-        l4_offset = 0; /* as sw_parse_l4: only TCP records it */
-        invalid = SW_DROP_REASON_NONE;
+        word0 = 42 | ((__u64)ip_length << 32); /* as sw_parse_l4: only TCP records the L4 offset */
+        bad_flags = 0;
     } else {
         return 0;
     }
-    /* The invalid-packet checks of sw_invalid_reason(), in its order of precedence, on values
-     * still in registers. */
-    if (invalid == SW_DROP_REASON_NONE && ((ports & 0xFFFF) == 0 || (ports >> 16) == 0))
-        invalid = SW_DROP_REASON_PORT_ZERO;
-    if (ip->saddr == ip->daddr)
-        invalid = SW_DROP_REASON_LAND;
+    /* Source and destination address in one load (the source in the low half), both ports in
+     * another (network order). */
+    __u64 addrs = *(__u64 *)(data + 26);
+    __u32 raw_ports = *(__u32 *)(data + 34);
     __u64 mapped = bpf_htonl(0x0000FFFF);
     p->src[0] = 0;
-    p->src[1] = ((__u64)ip->saddr << 32) | mapped;
+    p->src[1] = (addrs << 32) | mapped;
     p->dst[0] = 0;
-    p->dst[1] = ((__u64)ip->daddr << 32) | mapped;
+    p->dst[1] = (addrs & 0xFFFFFFFF00000000ULL) | mapped;
     __u64 *words = (__u64 *)&p->payload_offset;
-    words[0] = payload_offset | (l4_offset << 16) | ((__u64)ip_length << 32);
-    words[1] = ports | (proto << 32) | ((__u64)ip->ttl << 40) | (flags << 48);  /* is_v6 = 0 */
+    words[0] = word0;
+    __u64 ports = bpf_ntohs((__u16)raw_ports) | ((__u64)bpf_ntohs((__u16)(raw_ports >> 16)) << 16);
+    words[1] = ports | (proto << 32) | (((w >> 48) & 0xFF) << 40) | (flags << 48);  /* TTL; is_v6 = 0 */
+    /* The invalid-packet checks of sw_invalid_reason(): four branches the usual packet does not
+     * take, then their order of precedence only for a packet that took one. */
+    __u64 invalid = SW_DROP_REASON_NONE;
+    if (__builtin_expect(bad_flags || (raw_ports & 0xFFFF) == 0 || (raw_ports >> 16) == 0 ||
+                         (__u32)addrs == (addrs >> 32), 0))
+        invalid = (__u32)addrs == (addrs >> 32) ? SW_DROP_REASON_LAND
+                  : bad_flags                    ? SW_DROP_REASON_BAD_TCP_FLAGS
+                                                 : SW_DROP_REASON_PORT_ZERO;
     words[2] = (1ULL << 8) | (traffic_class << 16) | (invalid << 24);  /* fragment none, l4_ok, one buffer */
     return 1;
 }

@@ -914,32 +914,39 @@ static __always_inline void sw_sample(struct xdp_md *ctx, struct sw_config *cfg,
 /* The usual packet on a short path of its own: inbound to a protected tenant whose slot has
  * nothing but the invalid-packet filters to check (SW_POLICY_SLOT_PLAIN: no list, heuristic,
  * rule or budget, not in monitor mode), valid, with no flow gate open (cfg->flags) and not of a
- * spliced connection. Counted as the full path counts a passed packet (tenant class, address
- * class), asked the same connection-accounting question, sampled, and bridged. Returns the
- * XDP action, or -1 (nothing written, nothing counted) for the full path. The full path's
- * register pressure (it keeps a dozen values alive across its checks) costs the usual packet
- * its spills and far jumps; alone, this one is a straight line. */
-static __always_inline int sw_pass_plain(struct xdp_md *ctx, struct sw_config *cfg, struct sw_addr_entry *st,
-                                         struct sw_packet *p, struct sw_verdict *v, __u32 wire_len, const __u32 dir,
-                                         const __u32 egress)
+ * spliced connection. sw_plain_stats() asks whether it may take the packet, writing nothing:
+ * it returns the tenant's counters, or NULL for the full path. sw_pass_plain() then counts it
+ * as the full path counts a passed packet (tenant class, address class), asks the same
+ * connection-accounting question, samples and bridges it, and returns the XDP action. The full
+ * path's register pressure (it keeps a dozen values alive across its checks) costs the usual
+ * packet its spills and far jumps; alone, this one is a straight line. */
+static __always_inline struct sw_tenant_stats *sw_plain_stats(struct sw_config *cfg, struct sw_addr_entry *st,
+                                                              struct sw_packet *p, __u64 cls)
 {
     __u16 flags = st->policy_flags;
     if (!(flags & SW_POLICY_SLOT_PLAIN) || cfg->flags || ((flags & SW_POLICY_INVALID_FILTERS) && p->invalid))
-        return -1;
-    if (p->proto == SW_IPPROTO_TCP && p->l4_ok) {
-        /* sw_spliced()'s gate: once anything was spliced, the full path looks the flow up. */
+        return 0;
+    /* sw_spliced()'s gate: once anything was spliced, the full path looks the flow up. It asks for
+     * TCP with its header; every class but UDP can be that (a TCP first fragment is of class
+     * FRAGMENT), and the class is at hand where protocol and header state are two loads. */
+    if (cls != SW_TRAFFIC_CLASS_UDP) {
         __u32 zero = 0;
         __u64 *gate = sw_splice_gate.lookup(&zero);
         if (!gate || *gate)
-            return -1;
+            return 0;
     }
-    SW_STAGE(4); /* policy: the short path's checks */
-    __u64 cls = p->traffic_class;
-    asm volatile("" : "+r"(cls)); /* as the full path: a 64-bit copy keeps the bound for the verifier */
     /* A protected slot holds a tenant's index, below SW_MAX_TENANTS: the slot's field is the key. */
     struct sw_tenant_stats *ts = sw_tenant_stats.lookup(&st->tenant_idx);
-    if (!ts || cls >= SW_CLASSES)
-        return -1;
+    if (cls >= SW_CLASSES)
+        return 0;
+    return ts;
+}
+
+static __always_inline int sw_pass_plain(struct xdp_md *ctx, struct sw_config *cfg, struct sw_addr_entry *st,
+                                         struct sw_packet *p, struct sw_verdict *v, struct sw_tenant_stats *ts,
+                                         __u64 cls, __u32 wire_len, const __u32 dir, const __u32 egress)
+{
+    SW_STAGE(4); /* policy: the short path's checks */
     struct sw_direction_stats *ds = &ts->dir[dir];
     ds->class_packets[cls]++;
     ds->class_bytes[cls] += wire_len;
@@ -1013,9 +1020,12 @@ static __always_inline int sw_port_program(struct xdp_md *ctx, const __u32 dir)
     SW_STAGE(3); /* address cache */
 #ifndef SW_NO_PLAIN_PASS /* a build for the test that holds the short path to the full one */
     if (dir == SW_DIRECTION_INBOUND) {
-        int action = sw_pass_plain(ctx, cfg, st, p, v, wire_len, dir, egress);
-        if (action >= 0)
-            return action;
+        /* A 64-bit copy keeps the class's bound for the verifier, as on the full path. */
+        __u64 plain_cls = p->traffic_class;
+        asm volatile("" : "+r"(plain_cls));
+        struct sw_tenant_stats *plain = sw_plain_stats(cfg, st, p, plain_cls);
+        if (plain)
+            return sw_pass_plain(ctx, cfg, st, p, v, plain, plain_cls, wire_len, dir, egress);
     }
 #endif
     __u32 tenant = st->tenant_idx;
