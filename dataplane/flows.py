@@ -271,6 +271,7 @@ class Flows:
         if over > 0:
             for key in list(self._blocked)[:over]:
                 del self._blocked[key]
+                self._reset_wanted.pop(key, None)
                 bpfsys.map_delete(table.map_fd, bytes(self._block_key(*key)))
             self._blocked_evicted += over
             log.warning("dataplane.blocked_sources_cap", evicted=over, cap=self.sizes.blocked_sources_max)
@@ -374,6 +375,7 @@ class Flows:
         if left:
             log.warning("dataplane.block_resets_cap", waiting=len(left), cap=self.resets_per_tick)
         sent = 0
+        errors: list[str] = []
         for r, key in held:
             try:
                 frame = self._reset_frame(keys[r].tobytes(), values[r].tobytes())
@@ -381,14 +383,16 @@ class Flows:
                     continue
                 action, _, out = bpfsys.prog_test_run(self.reset_prog_fd, frame)
             except (OSError, DataplaneError) as exc:
-                keep.add(key)
-                log.warning("dataplane.block_reset_failed", error=str(exc))
+                keep.add(key)   # still ESTABLISHED: tried again at the next tick
+                errors.append(str(exc))
                 continue
             if action != XDP_TX:
                 continue   # reset meanwhile by the source's own segment, closed, or unblocked
             sent += self._send_or_queue(key, out, 1, failed)
         for key in wanted - keep:
             self._reset_wanted.pop(key, None)
+        if errors:
+            log.warning("dataplane.block_resets_failed", connections=len(errors), error=errors[-1])
         if held:
             log.info("dataplane.block_resets", connections=len(held), sent=sent)
         return sent
