@@ -220,7 +220,9 @@ class FlowCounters:
     bytes_to_client: np.ndarray    # (N,) uint64: TCP payload bytes, server -> client
     evictions: int = 0             # rows the LRU map pushed out since load (the cap was reached)
     block_resets_sent: int = 0     # connections blocked sources held, reset at their servers at the block, since load
-    block_resets_deferred: int = 0  # ... left for a later tick at the cap (dataplane.constants.BLOCK_RESETS_PER_TICK)
+    block_resets_deferred: int = 0  # ... left for a later tick at the cap (dataplane.constants.BLOCK_RESETS_PER_TICK),
+                                    # each connection once
+    block_resets_unsent: int = 0   # ... written but never sent (dataplane.constants.BLOCK_RESET_SEND_TRIES refused)
 
     def __len__(self) -> int:
         return len(self.keys)

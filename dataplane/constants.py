@@ -88,8 +88,8 @@ class FlowStat(enum.IntEnum):
     ACCOUNTING_CALLS = 8          # segments that paid the accounting program's tail call (SW_PROG_FLOWS)
     HANDSHAKES_STARTED = 9        # entries made in sw_flow_handshakes (a client's SYN, or a splice's SYN-ACK)
     HANDSHAKES_ENDED = 10         # ... removed: completed (the connection moves to sw_flow_conns) or refused
-    BLOCK_RESETS_SENT = 11        # connections a blocked source held, reset at the server when it was blocked
-                                  # (xdp_seawall_reset_held), without waiting for the source's next segment
+    BLOCK_RESETS_SENT = 11        # resets of held connections the program wrote (xdp_seawall_reset_held, XDP_TX);
+                                  # the sends are counted in user space (dataplane.flows, `block_resets_sent`)
 
 
 class FlowState(enum.IntEnum):
@@ -292,15 +292,21 @@ BLOCKED_SOURCES_MAX = 65536     # (tenant, source) entries of the dynamic block 
 SOURCE_LIMITS_MAX = 1024        # (tenant, destination, port) limit entries (source_limits_max; a hash map)
 FLOW_FLUSH_BYTES = 16384        # a connection adds its bytes to its rows once this many accumulated, bytes
 FLOW_PENDING_BITS = 16          # handshakes awaiting the client's ACK: 2**16 tag slots (256 KiB), log2
-BLOCK_RESET_DELAY_MS = 1500     # a newly blocked source's held connections are reset this long after the block, ms:
-                                # more than one engine tick (tick_ms, 1,000 by default), so that the tick after the
+BLOCK_RESET_DELAY_MS = 1500     # a newly blocked source's held connections are reset this long after the block, ms,
+                                # and never before the engine's first read of the flow counters after the block has
+                                # taken its rows (whatever tick_ms, 100..10,000), so that the tick after the
                                 # block still sees the connections it blocked (an incident opened by an earlier
                                 # vector blocks by shape at first sight, before the new vector's confidence has
                                 # grown: resetting at once left it below 0.8 in one lab run of two), and far less than
                                 # a server's idle timeout (10 s in the lab, minutes on real servers)
-BLOCK_RESETS_PER_TICK = 4096    # held connections of newly blocked sources reset at their server per block batch
-                                # or engine tick, resets (one BPF_PROG_TEST_RUN and one send each, ~10 us: ~40 ms);
+BLOCK_RESETS_PER_TICK = 4096    # held connections of newly blocked sources reset at their server per engine
+                                # tick, resets (one BPF_PROG_TEST_RUN and one send each, ~10 us: ~40 ms);
                                 # the rest wait for the next tick (dataplane.flows, `block_resets_deferred`)
+BLOCK_RESET_SEND_TRIES = 3      # sends of one reset frame, one per engine tick, before it counts as unsent (the
+                                # program moved the entry out of ESTABLISHED already: a refused send is not redone
+                                # from the entry), tries
+BLOCK_RESET_RETRY_MAX = 4096    # reset frames waiting for another send (a full socket buffer, a NIC down), frames:
+                                # past it the oldest count as unsent
 
 
 # Macro prefixes of the flag sets (the C names they have always had).

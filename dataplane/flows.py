@@ -10,6 +10,7 @@ of empty lists.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import ipaddress
@@ -25,6 +26,8 @@ from dataplane import bpfsys
 from dataplane.api import BlockedSource, DataplaneError, FlowCounters, IPAddress, SourceLimit
 from dataplane.constants import (
     BLOCK_RESET_DELAY_MS,
+    BLOCK_RESET_RETRY_MAX,
+    BLOCK_RESET_SEND_TRIES,
     BLOCK_RESETS_PER_TICK,
     MAX_TENANTS,
     FlowGate,
@@ -80,10 +83,20 @@ class Flows:
         self.resets_per_tick = BLOCK_RESETS_PER_TICK
         self.reset_delay_ns = BLOCK_RESET_DELAY_MS * 1_000_000
         self._reset_socket: socket.socket | None = None
-        # Blocked sources whose held connections wait for their reset -> when it is due (monotonic ns).
-        self._reset_wanted: dict[tuple[int, bytes], int] = {}
-        self._resets_deferred = 0    # held connections left for a later tick at BLOCK_RESETS_PER_TICK
-        self._resets_unsent = 0      # resets written but not sent (the packet socket failed)
+        self._reset_socket_ifindex: int | None = None   # the NIC the socket is bound to
+        # Blocked sources whose held connections wait for their reset -> (not before this monotonic ns, not
+        # before the per-destination read of the flow counters after this many: see `reset_held`).
+        self._reset_wanted: dict[tuple[int, bytes], tuple[int, int]] = {}
+        self._flow_reads = 0         # per-destination reads of the flow counters (the engine's ticks) since load
+        # Reset frames a send refused: (source key, frame, sends tried), sent again at the next ticks.
+        self._reset_retry: collections.deque[tuple[tuple[int, bytes], bytes, int]] = collections.deque()
+        self._resets_sent = 0        # resets sent out of the internal NIC
+        self._resets_deferred = 0    # held connections left for a later tick at BLOCK_RESETS_PER_TICK, each once
+        self._deferred_conns: set[bytes] = set()   # ... the connections (entry keys) left at the last tick
+        self._resets_unsent = 0      # resets written but never sent (BLOCK_RESET_SEND_TRIES refused, or dropped
+                                     # at BLOCK_RESET_RETRY_MAX)
+        # Batch read buffers, kept: a tick reads these maps whole (max_entries + 1 rows each).
+        self._buffers: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         conn = self.maps["sw_flow_conns"].Leaf
         self._conn_at = {name: getattr(conn, name).offset for name in ("state", "tenant_idx", "client_next", "l2",
                                                                        "l2_len")}
@@ -119,13 +132,10 @@ class Flows:
         """Cumulative counters per destination, or per (destination, source) pair with `per_source`
         (see `api.FlowCounters`); `evictions`: rows of that map the LRU pushed out since load."""
         # The engine reads these every interval: expired blocks leave here too, and the gate closes
-        # when none is left (else every packet of a protected tenant kept paying the list's lookup);
-        # held connections of blocked sources left at the last tick's cap are reset.
+        # when none is left (else every packet of a protected tenant kept paying the list's lookup).
         self._prune(time.monotonic_ns())
-        if self._reset_wanted:
-            self.reset_held()
         name = "sw_flow_pairs" if per_source else "sw_flow_dests"
-        keys, values, n = read_all(_map_ref(self.maps[name]))
+        keys, values, n = self._read(name)
         keys, values = keys[:n], values[:n]
         key_words = np.ascontiguousarray(keys).view(np.uint64).reshape(n, keys.shape[1] // 8)
         words = np.ascontiguousarray(values).view(np.uint64).reshape(n, values.shape[1] // 8)
@@ -135,6 +145,12 @@ class Flows:
         made = stats[FlowStat.SOURCE_ROWS if per_source else FlowStat.DESTINATION_ROWS]
         # A gauge can dip below 0 when its row was evicted while connections were open, then made anew.
         established = np.maximum(words[:, w["established"]].view(np.int64), 0)
+        if not per_source:
+            # The engine's tick (one per-destination read each): its rows are taken (in their own buffers,
+            # which the pass does not touch), so the held connections of sources blocked before the last tick
+            # go now (`reset_held`: BLOCK_RESET_DELAY_MS, at most one pass a tick).
+            self._flow_reads += 1
+            self.reset_held()
         return FlowCounters(
             keys=key_words[:, :2].copy(), sources=key_words[:, 2:4].copy() if per_source else None,
             tenant_idx=tenants.copy(), new_connections=words[:, w["new_connections"]].copy(),
@@ -142,7 +158,16 @@ class Flows:
             tls_hellos=words[:, w["tls_hellos"]].copy(), bytes_to_server=words[:, w["bytes_to_server"]].copy(),
             bytes_to_client=words[:, w["bytes_to_client"]].copy(),
             evictions=self._evicted(made, 0, name, present=n),
-            block_resets_sent=stats[FlowStat.BLOCK_RESETS_SENT], block_resets_deferred=self._resets_deferred)
+            block_resets_sent=self._resets_sent, block_resets_deferred=self._resets_deferred,
+            block_resets_unsent=self._resets_unsent)
+
+    def _read(self, name: str) -> tuple[np.ndarray, np.ndarray, int]:
+        """A whole map in one batch read, into buffers kept for the next (views: copy what must last)."""
+        ref = _map_ref(self.maps[name])
+        if name not in self._buffers:
+            rows = ref.max_entries + 1
+            self._buffers[name] = (np.empty((rows, ref.key_bytes), np.uint8), np.empty((rows, ref.value_bytes), np.uint8))
+        return read_all(ref, self._buffers[name])
 
     def read_flow_cap_counters(self) -> dict[str, int]:
         """What the caps cost since load: rows the LRU maps pushed out (connections tracked, destination
@@ -166,7 +191,7 @@ class Flows:
                 "blocked_sources_evicted": self._blocked_evicted, "limit_rate_drops": rate,
                 "limit_concurrent_drops": concurrent, "limit_drops": rate + concurrent,
                 "block_drops": stats[FlowStat.BLOCK_DROPS], "block_resets": stats[FlowStat.BLOCK_RESETS],
-                "block_resets_sent": stats[FlowStat.BLOCK_RESETS_SENT], "block_resets_deferred": self._resets_deferred,
+                "block_resets_sent": self._resets_sent, "block_resets_deferred": self._resets_deferred,
                 "block_resets_unsent": self._resets_unsent,
                 "accounting_calls": stats[FlowStat.ACCOUNTING_CALLS]}
 
@@ -246,15 +271,17 @@ class Flows:
         if over > 0:
             for key in list(self._blocked)[:over]:
                 del self._blocked[key]
+                self._reset_wanted.pop(key, None)
                 bpfsys.map_delete(table.map_fd, bytes(self._block_key(*key)))
             self._blocked_evicted += over
             log.warning("dataplane.blocked_sources_cap", evicted=over, cap=self.sizes.blocked_sources_max)
         for key, entry in checked:
             if self._blocked.get(key) is entry:
                 table[self._block_key(*key)] = table.Leaf(entry.expires_ns)
-                self._reset_wanted[key] = now + self.reset_delay_ns
+                # Reset at a tick after the next, once the delay passed (`reset_held`), not here: the tick
+                # after the block still sees what it blocked.
+                self._reset_wanted[key] = (now + self.reset_delay_ns, self._flow_reads)
         self._write_gate()
-        self.reset_held()
         return len(self._blocked)
 
     def unblock_source(self, tenant_idx: int, src: IPAddress) -> None:
@@ -287,22 +314,41 @@ class Flows:
     # -- resets at the block -------------------------------------------------------------------
 
     def reset_held(self) -> int:
-        """Reset at their servers the connections that sources blocked at least `reset_delay_ns` ago
-        (BLOCK_RESET_DELAY_MS) hold, without waiting for the sources' next segments (a silent connection-flood
-        bot sends none); called at the block and at every read of the flow counters (the engine's tick): one batch read of
-        sw_flow_conns finds their ESTABLISHED entries, and for each the program xdp_seawall_reset_held (flows.h,
-        sw_flows_reset_held) turns a frame built from the entry into the RST and moves the entry out of
-        ESTABLISHED with the gauges, as a bot's segment would; the frame leaves by the internal NIC. At most
-        `resets_per_tick` (BLOCK_RESETS_PER_TICK) a call: the rest wait for the next (`block_resets_deferred`).
-        Returns the resets sent. Nothing happens before `reset_ifindex` is known (an unattached dataplane)."""
-        if not self._reset_wanted or self.reset_ifindex is None or self.reset_prog_fd is None:
+        """Reset at their servers the connections that blocked sources hold, without waiting for the sources'
+        next segments (a silent connection-flood bot sends none). Called once per engine tick, by the
+        per-destination read of the flow counters after its rows are taken; a source's connections go at the
+        first such call after both BLOCK_RESET_DELAY_MS (`reset_delay_ns`) since its block and one read of
+        the counters after the block (the tick after the block still sees them, whatever tick_ms is).
+
+        One batch read of sw_flow_conns finds their ESTABLISHED entries; for each, the program
+        xdp_seawall_reset_held (flows.h, sw_flows_reset_held) checks the block, turns a frame built from the
+        entry into the RST and moves the entry out of ESTABLISHED with the gauges, as a bot's segment would;
+        the frame leaves by the internal NIC on a non-blocking packet socket (a tick holds the engine's lock:
+        it never waits for a full buffer). A refused send is tried again at the next ticks, then counted in
+        `block_resets_unsent`. At most `resets_per_tick` (BLOCK_RESETS_PER_TICK) entries a call: the rest wait
+        for the next (`block_resets_deferred`, once per connection). Sources unblocked meanwhile (their
+        tenant left mitigate mode, the block expired) are not reset. Returns the resets sent. Nothing happens
+        before `reset_ifindex` is known (an unattached dataplane)."""
+        if self.reset_ifindex is None or self.reset_prog_fd is None:
             return 0
+        failed: list[str] = []     # send errors of this call (one warning for all)
+        sent = self._send_retries(failed)
         now = time.monotonic_ns()
-        # The sources whose reset is due (a copy: the list may change meanwhile).
-        wanted = {key: due for key, due in self._reset_wanted.items() if due <= now}
-        if not wanted:
+        wanted = {key for key, (due, reads) in self._reset_wanted.items()
+                  if due <= now and reads < self._flow_reads and key in self._blocked}
+        if wanted:
+            sent += self._reset_sources(wanted, failed)
+        if failed:
+            log.warning("dataplane.block_resets_unsent", frames=len(failed), error=failed[-1],
+                        ifindex=self.reset_ifindex, waiting=len(self._reset_retry), unsent=self._resets_unsent)
+        return sent
+
+    def _reset_sources(self, wanted: set[tuple[int, bytes]], failed: list[str]) -> int:
+        try:
+            keys, values, n = self._read("sw_flow_conns")
+        except OSError as exc:   # all of them stay wanted: the next tick tries again
+            log.warning("dataplane.block_resets_read_failed", error=str(exc), sources=len(wanted))
             return 0
-        keys, values, n = read_all(_map_ref(self.maps["sw_flow_conns"]))
         keys, values = keys[:n], values[:n]
         at = self._conn_at
         state = np.ascontiguousarray(values[:, at["state"]:at["state"] + 8]).view(np.uint64).reshape(n)
@@ -315,33 +361,68 @@ class Flows:
             want_tenants = np.fromiter((t for t, _ in wanted), np.uint64, len(wanted))
             want_mixed = want[:, 0] * _MIX[0] ^ want[:, 1] * _MIX[1] ^ want_tenants * _MIX[2]
         maybe = np.isin(mixed, want_mixed)
-        held = [r for r, t in zip(rows[maybe].tolist(), tenants[maybe].tolist(), strict=True)
+        held = [(r, (t, keys[r, 16:32].tobytes())) for r, t in zip(rows[maybe].tolist(), tenants[maybe].tolist(),
+                                                                   strict=True)
                 if (t, keys[r, 16:32].tobytes()) in wanted]
-        over = len(held) - self.resets_per_tick
-        if over > 0:
-            self._resets_deferred += over   # still ESTABLISHED at the next call's read: reset then
-            log.warning("dataplane.block_resets_cap", deferred=over, cap=self.resets_per_tick)
-            held = held[:self.resets_per_tick]
-        else:
-            for key in wanted:
-                self._reset_wanted.pop(key, None)
+        left = held[self.resets_per_tick:]
+        held = held[:self.resets_per_tick]
+        # Sources with connections left at the cap or whose frame failed stay wanted (still ESTABLISHED at the
+        # next tick's read: reset then); the others are done.
+        keep = {key for _, key in left}
+        deferred = {keys[r].tobytes() for r, _ in left}
+        self._resets_deferred += len(deferred - self._deferred_conns)
+        self._deferred_conns = deferred
+        if left:
+            log.warning("dataplane.block_resets_cap", waiting=len(left), cap=self.resets_per_tick)
         sent = 0
-        for r in held:
-            frame = self._reset_frame(keys[r].tobytes(), values[r].tobytes())
-            if frame is None:
+        errors: list[str] = []
+        for r, key in held:
+            try:
+                frame = self._reset_frame(keys[r].tobytes(), values[r].tobytes())
+                if frame is None:
+                    continue
+                action, _, out = bpfsys.prog_test_run(self.reset_prog_fd, frame)
+            except (OSError, DataplaneError) as exc:
+                keep.add(key)   # still ESTABLISHED: tried again at the next tick
+                errors.append(str(exc))
                 continue
-            action, _, out = bpfsys.prog_test_run(self.reset_prog_fd, frame)
             if action != XDP_TX:
                 continue   # reset meanwhile by the source's own segment, closed, or unblocked
-            try:
-                self._send_reset(out)
-                sent += 1
-            except OSError as exc:
-                self._resets_unsent += 1
-                log.warning("dataplane.block_reset_unsent", error=str(exc), ifindex=self.reset_ifindex)
+            sent += self._send_or_queue(key, out, 1, failed)
+        for key in wanted - keep:
+            self._reset_wanted.pop(key, None)
+        if errors:
+            log.warning("dataplane.block_resets_failed", connections=len(errors), error=errors[-1])
         if held:
             log.info("dataplane.block_resets", connections=len(held), sent=sent)
         return sent
+
+    def _send_retries(self, failed: list[str]) -> int:
+        """The frames a send refused at earlier ticks, again (those of sources unblocked since: dropped)."""
+        retry, self._reset_retry = self._reset_retry, collections.deque()
+        sent = 0
+        for key, frame, tries in retry:
+            if key in self._blocked:
+                sent += self._send_or_queue(key, frame, tries + 1, failed)
+        return sent
+
+    def _send_or_queue(self, key: tuple[int, bytes], frame: bytes, tries: int, failed: list[str]) -> int:
+        """Send one reset (1) or keep it for the next tick (0): after BLOCK_RESET_SEND_TRIES sends, or
+        pushed out of the BLOCK_RESET_RETRY_MAX frames waiting, it counts as unsent."""
+        try:
+            self._send_reset(frame)
+        except OSError as exc:
+            failed.append(str(exc))
+            if tries >= BLOCK_RESET_SEND_TRIES:
+                self._resets_unsent += 1
+            else:
+                if len(self._reset_retry) >= BLOCK_RESET_RETRY_MAX:
+                    self._reset_retry.popleft()
+                    self._resets_unsent += 1
+                self._reset_retry.append((key, frame, tries))
+            return 0
+        self._resets_sent += 1
+        return 1
 
     def _reset_frame(self, key: bytes, value: bytes) -> bytes | None:
         """The client -> server frame the reset program rewrites into the RST: the entry's recorded Ethernet
@@ -363,16 +444,28 @@ class Flows:
         return l2 + ip + tcp
 
     def _send_reset(self, frame: bytes) -> None:
-        """Out of the internal NIC as it is (a packet socket: the frame carries its own Ethernet header)."""
-        if self._reset_socket is None:
-            self._reset_socket = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        self._reset_socket.sendto(frame, (socket.if_indextoname(self.reset_ifindex), 0))
+        """Out of the internal NIC as it is (a packet socket bound to it: the frame carries its own Ethernet
+        header), never waiting: a full buffer raises (EAGAIN/ENOBUFS) and the frame waits for the next tick."""
+        if self._reset_socket is None or self._reset_socket_ifindex != self.reset_ifindex:
+            self._close_reset_socket()
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            try:
+                sock.setblocking(False)
+                sock.bind((socket.if_indextoname(self.reset_ifindex), 0))
+            except OSError:
+                sock.close()
+                raise
+            self._reset_socket, self._reset_socket_ifindex = sock, self.reset_ifindex
+        self._reset_socket.send(frame, socket.MSG_DONTWAIT)
 
-    def close(self) -> None:
+    def _close_reset_socket(self) -> None:
         if self._reset_socket is not None:
             with contextlib.suppress(OSError):
                 self._reset_socket.close()
-            self._reset_socket = None
+            self._reset_socket, self._reset_socket_ifindex = None, None
+
+    def close(self) -> None:
+        self._close_reset_socket()
 
     # -- state ------------------------------------------------------------------------------
 

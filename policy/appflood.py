@@ -572,16 +572,18 @@ class AppFloodDetector:
         dt = 0.0 if self._last_read is None else now - self._last_read
         self._last_read = now
         self.last_findings = []
+        # Sources of tenants out of mitigate mode leave the list before the read: the read resets the
+        # connections of blocked sources (dataplane resets at the block), which monitor mode must not do.
+        self._unblock_tenants(dataplane, tenants)
         fc: FlowCounters = dataplane.read_flow_counters()
         if fc.sources is not None:
             raise ValueError("read_flow_counters(): per-destination rows expected, got per-source rows")
         if fc.evictions:
             self.counters["flow_rows_evicted"] = int(fc.evictions)
         # Connections blocked sources held, reset at their servers when blocked (dataplane totals since load).
-        if fc.block_resets_sent:
-            self.counters["block_resets_sent"] = int(fc.block_resets_sent)
-        if fc.block_resets_deferred:
-            self.counters["block_resets_deferred"] = int(fc.block_resets_deferred)
+        for name in ("block_resets_sent", "block_resets_deferred", "block_resets_unsent"):
+            if getattr(fc, name, 0):
+                self.counters[name] = int(getattr(fc, name))
         keys = np.asarray(fc.keys, np.uint64).reshape(-1, 2)
         cum = np.stack([fc.new_connections, fc.http_requests, fc.tls_hellos, fc.bytes_to_server,
                         fc.bytes_to_client], axis=1) if len(fc) else np.zeros((0, 5), np.uint64)

@@ -123,6 +123,17 @@ def block(dp, tenant: int, *sources: str) -> None:
                       for s in sources])
 
 
+def tick(dp):
+    """The engine's tick, as far as the resets go: its per-destination read of the flow counters."""
+    return dp.read_flow_counters()
+
+
+def set_link(dp, up: bool) -> None:
+    """The internal NIC (the wire's sending end) up or down: a send out of a NIC that is down fails."""
+    name = socket.if_indextoname(dp.flows.reset_ifindex)
+    subprocess.run(["ip", "link", "set", name, "up" if up else "down"], check=True)
+
+
 @contextlib.contextmanager
 def blocked(dp, tenant: int, *sources: str) -> Iterator[None]:
     try:
@@ -194,6 +205,7 @@ def test_block_resets_a_silent_connection_at_the_server_at_once_with_the_exact_s
     assert rows(dp, True)[(server, client)].established == 2
     before = dp.read_flow_cap_counters()
     with blocked(dp, alpha, client):
+        tick(dp)
         got = resets(wire, 2)
         assert len(got) == 2, f"resets captured: {[g.summary() for g in got]}"
         by_port = {g[TCP].sport: g for g in got}
@@ -216,6 +228,8 @@ def test_block_resets_a_silent_connection_at_the_server_at_once_with_the_exact_s
         assert dp.read_flow_counters().block_resets_sent == after["block_resets_sent"]
         # A refreshed block finds nothing left to reset.
         block(dp, alpha, client)
+        tick(dp)
+        tick(dp)
         assert resets(wire, 1, timeout=0.5) == []
         assert dp.read_flow_cap_counters()["block_resets_sent"] == after["block_resets_sent"]
 
@@ -227,6 +241,7 @@ def test_a_late_bot_segment_after_the_reset_at_the_block_is_reset_again_without_
     server, client = ALPHA_DST, "198.19.46.2"
     c = Client(dp, client, server, 53002).open()
     with blocked(dp, alpha, client):
+        tick(dp)
         assert len(resets(wire, 1)) == 1
         counts = rows(dp, True)[(server, client)]
         dests = rows(dp, False)[server]
@@ -250,12 +265,14 @@ def test_reset_at_the_block_leaves_other_sources_and_an_unattached_dataplane_alo
     bot = Client(dp, "198.19.46.3", server, 53003).open()
     browser = Client(dp, "198.19.46.4", server, 53004).open()
     with blocked(dp, alpha, bot.client):
+        tick(dp)
         assert len(resets(wire, 2, timeout=1.0)) == 1
         assert browser.entry().state == FlowState.ESTABLISHED
     ifindex, dp.flows.reset_ifindex = dp.flows.reset_ifindex, None
     try:
         quiet = Client(dp, "198.19.46.5", server, 53005).open()
         with blocked(dp, alpha, quiet.client):
+            tick(dp)
             assert quiet.entry().state == FlowState.ESTABLISHED
     finally:
         dp.flows.reset_ifindex = ifindex
@@ -283,8 +300,8 @@ def test_resets_wait_the_delay_after_the_block_then_go_at_the_next_read_of_the_c
 
 
 def test_resets_at_the_block_stop_at_the_cap_per_tick_and_the_rest_follow_at_the_next_tick(dp, tenants, wire):
-    """Above `resets_per_tick` held connections, the rest wait (counted in `block_resets_deferred`) and go
-    at the engine's next read of the flow counters (its tick)."""
+    """Above `resets_per_tick` held connections, the rest wait (counted in `block_resets_deferred`, once per
+    connection however many ticks it waits) and go at the engine's next read of the flow counters (its tick)."""
     alpha = tenants["alpha"]
     client = "198.19.46.6"
     conns = [Client(dp, client, ALPHA_DST, 53010 + i).open() for i in range(5)]
@@ -292,6 +309,7 @@ def test_resets_at_the_block_stop_at_the_cap_per_tick_and_the_rest_follow_at_the
     try:
         before = dp.read_flow_cap_counters()
         with blocked(dp, alpha, client):
+            tick(dp)
             assert len(resets(wire, 3, timeout=1.0)) == 2
             mid = dp.read_flow_cap_counters()
             assert mid["block_resets_sent"] - before["block_resets_sent"] == 2
@@ -303,8 +321,129 @@ def test_resets_at_the_block_stop_at_the_cap_per_tick_and_the_rest_follow_at_the
             assert len(resets(wire, 1)) == 1
             after = dp.read_flow_cap_counters()
             assert after["block_resets_sent"] - before["block_resets_sent"] == 5
-            assert after["block_resets_deferred"] - before["block_resets_deferred"] == 3 + 1
+            assert after["block_resets_deferred"] - before["block_resets_deferred"] == 3
             assert all(c.entry().state == FlowState.RESET for c in conns)
             assert rows(dp, True)[(ALPHA_DST, client)].established == 0
     finally:
         dp.flows.resets_per_tick = cap
+
+
+# -- review of the resets at the block (items 1-6) ----------------------------------------------------------------
+
+def test_item1_a_reset_the_nic_refused_is_sent_again_at_the_next_tick_and_counted_once(dp, tenants, wire):
+    """The program moves the entry out of ESTABLISHED before the send: a send refused (here the internal NIC
+    is down: ENETDOWN) keeps the frame and tries again at the next tick; only sends count in
+    `block_resets_sent`, and a send never waits (the tick holds the engine's lock)."""
+    alpha = tenants["alpha"]
+    c = Client(dp, "198.19.46.20", ALPHA_DST, 53030).open()
+    before = dp.read_flow_cap_counters()
+    with blocked(dp, alpha, c.client):
+        set_link(dp, False)
+        try:
+            tick(dp)
+            assert c.entry().state == FlowState.RESET
+            mid = dp.read_flow_cap_counters()
+            assert mid["block_resets_sent"] == before["block_resets_sent"]
+            assert mid["block_resets_unsent"] == before["block_resets_unsent"]   # not yet: it waits
+        finally:
+            set_link(dp, True)
+        tick(dp)
+        got = resets(wire, 1)
+        assert len(got) == 1 and got[0][TCP].seq == c.next
+        after = dp.read_flow_cap_counters()
+        assert after["block_resets_sent"] - before["block_resets_sent"] == 1
+        assert after["block_resets_unsent"] == before["block_resets_unsent"]
+        assert tick(dp).block_resets_sent == after["block_resets_sent"]
+
+
+def test_item2_a_reset_refused_at_every_try_is_counted_unsent_in_the_flow_counters(dp, tenants, wire):
+    """After BLOCK_RESET_SEND_TRIES refused sends (one a tick) the frame counts in `block_resets_unsent`,
+    which the engine's read of the flow counters carries (status, /metrics); nothing is sent later."""
+    from dataplane.constants import BLOCK_RESET_SEND_TRIES
+    alpha = tenants["alpha"]
+    c = Client(dp, "198.19.46.21", ALPHA_DST, 53031).open()
+    before = dp.read_flow_cap_counters()
+    with blocked(dp, alpha, c.client):
+        set_link(dp, False)
+        try:
+            for _ in range(BLOCK_RESET_SEND_TRIES):
+                fc = tick(dp)
+        finally:
+            set_link(dp, True)
+        after = dp.read_flow_cap_counters()
+        assert after["block_resets_unsent"] - before["block_resets_unsent"] == 1
+        assert fc.block_resets_unsent == after["block_resets_unsent"]
+        assert after["block_resets_sent"] == before["block_resets_sent"]
+        tick(dp)
+        assert resets(wire, 1, timeout=0.3) == []
+
+
+def test_item3_resets_go_only_after_the_first_read_following_the_block_has_taken_its_rows(dp, tenants, wire):
+    """Whatever the tick (here the delay passed at once, as with tick_ms >= BLOCK_RESET_DELAY_MS): nothing
+    is reset at the block, and the first read after it still counts the connection established; the reset
+    goes after that read's rows are taken."""
+    alpha = tenants["alpha"]
+    c = Client(dp, "198.19.46.22", ALPHA_DST, 53032).open()
+    with blocked(dp, alpha, c.client):
+        assert resets(wire, 1, timeout=0.3) == []
+        assert c.entry().state == FlowState.ESTABLISHED
+        fc = tick(dp)
+        assert int(fc.established[list(fc.addresses).index(ipaddress.ip_address(ALPHA_DST))]) >= 1
+        assert len(resets(wire, 1)) == 1
+        assert c.entry().state == FlowState.RESET
+
+
+def test_item4_a_source_unblocked_before_its_reset_is_not_reset_nor_its_refused_frame_sent_again(dp, tenants, wire):
+    """Unblocked (its tenant went to monitor mode, or the block ended) before the tick that would reset its
+    connections: nothing is reset; a frame refused before the unblock is not sent again."""
+    alpha = tenants["alpha"]
+    c = Client(dp, "198.19.46.23", ALPHA_DST, 53033).open()
+    with blocked(dp, alpha, c.client):
+        pass
+    tick(dp)
+    assert resets(wire, 1, timeout=0.3) == []
+    assert c.entry().state == FlowState.ESTABLISHED
+    d = Client(dp, "198.19.46.24", ALPHA_DST, 53034).open()
+    with blocked(dp, alpha, d.client):
+        set_link(dp, False)
+        try:
+            tick(dp)
+        finally:
+            set_link(dp, True)
+    tick(dp)
+    assert resets(wire, 1, timeout=0.3) == []
+
+
+def test_item5_one_pass_a_tick_never_at_the_block_nor_at_the_per_source_read(dp, tenants, wire):
+    """The connection table is scanned at most once a tick: at the per-destination read, not when sources
+    are blocked and not at the per-source read of the same tick."""
+    alpha = tenants["alpha"]
+    c = Client(dp, "198.19.46.25", ALPHA_DST, 53035).open()
+    tick(dp)
+    with blocked(dp, alpha, c.client):
+        dp.read_flow_counters(per_source=True)
+        assert resets(wire, 1, timeout=0.3) == []
+        assert c.entry().state == FlowState.ESTABLISHED
+        tick(dp)
+        assert len(resets(wire, 1)) == 1
+
+
+def test_item6_a_failing_reset_program_run_leaves_the_block_in_place_and_the_source_pending(dp, tenants, wire):
+    """BPF_PROG_TEST_RUN failing (here: a descriptor that is no program) neither escapes the block nor the
+    read of the counters, and the source's connections are reset at the next tick that can."""
+    alpha = tenants["alpha"]
+    c = Client(dp, "198.19.46.26", ALPHA_DST, 53036).open()
+    prog = dp.flows.reset_prog_fd
+    not_a_program = os.open("/dev/null", os.O_RDONLY)
+    try:
+        dp.flows.reset_prog_fd = not_a_program
+        with blocked(dp, alpha, c.client):
+            tick(dp)
+            assert any(b.src == ipaddress.ip_address(c.client) for b in dp.read_blocked_sources())
+            assert c.entry().state == FlowState.ESTABLISHED
+            dp.flows.reset_prog_fd = prog
+            tick(dp)
+            assert len(resets(wire, 1)) == 1
+    finally:
+        dp.flows.reset_prog_fd = prog
+        os.close(not_a_program)

@@ -55,7 +55,7 @@ SETTLE_S = 2.0           # seconds after the rule before measuring (requests fro
 # own 10 s idle timeout (header_timeout_s).
 RESET_SETTLE_S = 4.0
 SLOW_SETTLE_S = SLOWLORIS_INTERVAL_S + 2.0
-HELD_SETTLE_S = 3.0
+HELD_SETTLE_S = 4.0
 MONITOR_RAMP_S = 4.0     # seconds after the switch to monitor before measuring (the flood takes the shop again)
 MONITOR_S = 5.0          # seconds measured in monitor mode
 ATTACK_MAX_S = 90.0      # the bots' --duration: they are stopped once both windows are measured

@@ -235,6 +235,9 @@ class FakeDataplane:
         self.refuse_limits = 0                      # set_source_limits calls to refuse, as a full map would
         self.block_resets_sent = 0                  # connections reset at the block, as the dataplane counts them
         self.block_resets_deferred = 0
+        self.block_resets_unsent = 0
+        # Sources on the block list at each per-destination read (the read that resets their connections).
+        self.blocked_at_read: list[set[tuple[int, str]]] = []
 
     # traffic -------------------------------------------------------------------------------------
     def add_flow(self, flow: Flow) -> Flow:
@@ -417,6 +420,8 @@ class FakeDataplane:
 
     def read_flow_counters(self, per_source: bool = False) -> FlowCounters:
         self.flow_reads.append(per_source)
+        if not per_source:
+            self.blocked_at_read.append(set(self.blocked))
         rows: dict[tuple[str, str | None], list] = {}
         for c in self.conns.values():
             for i, src in enumerate(c.sources):
@@ -434,7 +439,7 @@ class FakeDataplane:
             new_connections=totals[:, 0], established=np.array([r[2] for r in rows.values()], np.int64),
             http_requests=totals[:, 1], tls_hellos=totals[:, 2], bytes_to_server=totals[:, 3],
             bytes_to_client=totals[:, 4], block_resets_sent=self.block_resets_sent,
-            block_resets_deferred=self.block_resets_deferred)
+            block_resets_deferred=self.block_resets_deferred, block_resets_unsent=self.block_resets_unsent)
 
     def set_source_limits(self, limits) -> None:
         if self.refuse_limits:

@@ -415,10 +415,11 @@ def test_issue15_connections_reset_at_the_block_show_in_the_engines_counters(tmp
     """The dataplane's resets of the connections blocked sources held (and those left at its cap for a later
     tick) are in the appflood counters of the engine's status, which /metrics exports."""
     lab = warm_lab(tmp_path)
-    lab.dp.block_resets_sent, lab.dp.block_resets_deferred = 384, 12
+    lab.dp.block_resets_sent, lab.dp.block_resets_deferred, lab.dp.block_resets_unsent = 384, 12, 3
     lab.run(2)
     counters = lab.engine.status()["appflood"]["counters"]
-    assert (counters["block_resets_sent"], counters["block_resets_deferred"]) == (384, 12)
+    assert (counters["block_resets_sent"], counters["block_resets_deferred"], counters["block_resets_unsent"]) == \
+        (384, 12, 3)
 
 
 def test_limit_cap_keeps_the_newest_and_counts(tmp_path):
@@ -498,6 +499,22 @@ def test_switching_to_monitor_mode_withdraws_limits_and_unblocks(tmp_path):
     lab.run(2)
     assert lab.dp.source_limits == [] and lab.dp.blocked == {}
     assert lab.engine.incidents.active(), "the incident goes on, in monitor mode"
+
+
+def test_issue15_switching_to_monitor_mode_unblocks_before_the_read_that_resets_held_connections(tmp_path):
+    """The dataplane resets the connections of blocked sources at the engine's per-destination read of the
+    flow counters (observe); mitigate, which unblocks the sources of a tenant gone to monitor mode, runs
+    after it. The first tick in monitor mode must unblock them before that read, else it resets the
+    connections of sources blocked just before the switch."""
+    lab = warm_lab(tmp_path)
+    lab.dp.add_conns(ConnTraffic("heavy", 1, WEB, bots(30), new_per_s=2.0, established=4.0, http_per_s=300.0,
+                                 client_bytes_per_s=90_000.0))
+    lab.run(4)
+    assert lab.dp.blocked
+    lab.engine.set_tenants({1: ("alpha", TenantMode.MONITOR, TenantPolicy())})
+    reads = len(lab.dp.blocked_at_read)
+    lab.run(1)
+    assert lab.dp.blocked_at_read[reads:] == [set()], "the read after the switch still saw blocked sources"
 
 
 def test_refused_limits_are_sent_again_next_tick(tmp_path):
