@@ -152,13 +152,19 @@ class AddressMemo:
             found = self._index.get(keys[sample])
             shift = np.where(found >= 0, at_prev.take(np.maximum(found, 0)) - sample, 0)
             shift[(found < 0) | (at_prev.take(np.maximum(found, 0)) < 0)] = 0
-            block = np.arange(n) // LISTED_SAMPLE
-            for side in (shift, np.append(shift[1:], shift[-1])):   # the shift before and after each key
-                todo = np.flatnonzero(out < 0)
-                where = todo + side.take(block.take(todo))
+            prev_rows = _row_view(prev)    # a previous key moves as one 16-byte element
+            for first, side in ((True, shift), (False, np.append(shift[1:], shift[-1]))):   # the shift before, after
+                # Every key is still to do at the first side: its arrays are the keys' own, no gathers.
+                todo = np.arange(n) if first else np.flatnonzero(out < 0)
+                where = todo + (np.repeat(side, LISTED_SAMPLE)[:n] if first else side.take(todo // LISTED_SAMPLE))
                 inside = (where >= 0) & (where < len(prev))
-                todo, where = todo[inside], where[inside]
-                same = (prev[where, 0] == keys[todo, 0]) & (prev[where, 1] == keys[todo, 1])
+                if first and inside.all():
+                    mine = keys
+                else:
+                    todo, where = todo[inside], where[inside]
+                    mine = keys[todo]
+                theirs = prev_rows.take(where).view(np.uint64).reshape(len(where), 2)
+                same = (theirs[:, 0] == mine[:, 0]) & (theirs[:, 1] == mine[:, 1])
                 out[todo[same]] = self._listed_ids.take(where[same])
         left = np.flatnonzero(out < 0)
         looked = self.ids(np.concatenate([others, keys[left]]), clear=False)
@@ -255,10 +261,16 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
         else:
             spill_counters = _row_view(sum_over_cpus(spill[:, :, :cw]))
         # The tenant of the last CPU that spilled it; a CPU that never did holds zeros, so only rows
-        # whose CPUs' tenant words differ need a look at which CPUs spilled.
-        tenant_words = spill[:, :, layout.spilled_tenant_at] & 0xFFFFFFFF
-        spill_tenants = tenant_words[:, 0].copy()
-        differ = np.flatnonzero((tenant_words != tenant_words[:, :1]).any(axis=1))
+        # whose CPUs' tenant words differ need a look at which CPUs spilled. The kernel's one shared
+        # copy has nothing to compare: one pass (the comparison and `.any(axis=1)` over a million rows
+        # of one copy cost ~8 ms a read).
+        if spill.shape[1] == 1:
+            spill_tenants = spill[:, 0, layout.spilled_tenant_at] & 0xFFFFFFFF
+            differ = np.zeros(0, np.int64)
+        else:
+            tenant_words = spill[:, :, layout.spilled_tenant_at] & 0xFFFFFFFF
+            spill_tenants = tenant_words[:, 0].copy()
+            differ = np.flatnonzero((tenant_words != tenant_words[:, :1]).any(axis=1))
         if len(differ):
             spilled = spill[differ, :, :layout.counter_words].any(axis=2)
             spill_tenants[differ] = np.where(spilled, tenant_words[differ], NO_TENANT).min(axis=1)

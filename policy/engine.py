@@ -424,6 +424,10 @@ class PolicyEngine:
         raw_samples = dp.drain_samples(SAMPLE_DRAIN_LIMIT)
         lap("read")
         dest, freed = self.rates.update_destinations(now, dest_counters)
+        # The previous detection's rows are the previous read's, which readers no longer see next to
+        # these rates: it goes now rather than after detection, which then no longer holds it beside
+        # its own (~70 MiB less resident at a million destinations).
+        self.last_detection = None
         self.dest_baseline.resize(self.rates.slots.capacity)
         if len(freed):
             self.dest_baseline.reset(freed)

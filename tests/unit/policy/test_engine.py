@@ -476,3 +476,28 @@ def test_each_tick_publishes_its_tenant_traffic_and_a_failing_reader_does_not_st
                            on_tenant_traffic=broken)
     failing.tick(lab.t)
     assert failing.tick(lab.t + 1.0).dt == 1.0 and failing.tenant_traffic is not None
+
+
+def test_issue18_previous_detection_released_before_the_next_detection(tmp_path, monkeypatch):
+    """Issue 18 item 2 (memory): once a tick has published its rates, the previous tick's detection
+    (rows of the previous read) is no longer held, so that detection does not keep two of them
+    (~70 MiB at a million destinations); after the tick, `last_detection` is the new one."""
+    import policy.engine as engine_module
+
+    lab = Lab(tmp_path, [ALPHA])
+    game_server(lab)
+    lab.run(3)
+    previous = lab.engine.last_detection
+    assert previous is not None
+    held_at_detection = []
+    real_detect = engine_module.detect
+
+    def observed_detect(*args, **kwargs):
+        held_at_detection.append(lab.engine.last_detection)
+        return real_detect(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "detect", observed_detect)
+    lab.run(1)
+    assert held_at_detection == [None]
+    assert lab.engine.last_detection is not None and lab.engine.last_detection is not previous
+    assert len(lab.engine.last_detection.threshold) == len(lab.engine.rates.last_destination_rates)
