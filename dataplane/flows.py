@@ -48,9 +48,8 @@ RESTORED_REASON = "restored after a restart (reason not kept)"
 NEVER = 1 << 64   # past any monotonic time, ns
 XDP_TX = 3        # the reset program's "send this frame" (xdp_seawall_reset_held)
 RESET_TTL = 64    # hop limit of the frames handed to the reset program (it writes its own: SW_SYNACK_TTL)
-# Odd 64-bit multipliers that mix a (tenant, source) key into one word for the scan's vectorized match
-# (exact matches are checked again in Python).
-_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9))
+# A (tenant, source) key as one value, so that the scan matches the blocked sources exactly with np.isin.
+_SOURCE_KEY = np.dtype([("tenant", np.uint64), ("high", np.uint64), ("low", np.uint64)])
 
 
 def _map_ref(table) -> MapRef:
@@ -355,15 +354,15 @@ class Flows:
         rows = np.flatnonzero(state == FlowState.ESTABLISHED)
         tenants = np.ascontiguousarray(values[rows, at["tenant_idx"]:at["tenant_idx"] + 4]).view(np.uint32).reshape(-1)
         remote = np.ascontiguousarray(keys[rows, 16:32]).view(np.uint64).reshape(-1, 2)
-        with np.errstate(over="ignore"):
-            mixed = remote[:, 0] * _MIX[0] ^ remote[:, 1] * _MIX[1] ^ tenants.astype(np.uint64) * _MIX[2]
-            want = np.frombuffer(b"".join(src for _, src in wanted), np.uint64).reshape(-1, 2)
-            want_tenants = np.fromiter((t for t, _ in wanted), np.uint64, len(wanted))
-            want_mixed = want[:, 0] * _MIX[0] ^ want[:, 1] * _MIX[1] ^ want_tenants * _MIX[2]
-        maybe = np.isin(mixed, want_mixed)
-        held = [(r, (t, keys[r, 16:32].tobytes())) for r, t in zip(rows[maybe].tolist(), tenants[maybe].tolist(),
-                                                                   strict=True)
-                if (t, keys[r, 16:32].tobytes()) in wanted]
+        held_keys = np.empty(len(rows), _SOURCE_KEY)
+        held_keys["tenant"], held_keys["high"], held_keys["low"] = tenants, remote[:, 0], remote[:, 1]
+        want = np.frombuffer(b"".join(src for _, src in wanted), np.uint64).reshape(-1, 2)
+        want_keys = np.empty(len(wanted), _SOURCE_KEY)
+        want_keys["tenant"] = np.fromiter((t for t, _ in wanted), np.uint64, len(wanted))
+        want_keys["high"], want_keys["low"] = want[:, 0], want[:, 1]
+        match = np.isin(held_keys, want_keys)
+        held = [(r, (t, keys[r, 16:32].tobytes())) for r, t in zip(rows[match].tolist(), tenants[match].tolist(),
+                                                                   strict=True)]
         left = held[self.resets_per_tick:]
         held = held[:self.resets_per_tick]
         # Sources with connections left at the cap or whose frame failed stay wanted (still ESTABLISHED at the

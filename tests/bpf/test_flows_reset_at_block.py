@@ -135,6 +135,16 @@ def set_link(dp, up: bool) -> None:
 
 
 @contextlib.contextmanager
+def link_down(dp) -> Iterator[None]:
+    """The internal NIC down for the block (sends refused), up again after it, also on failure."""
+    set_link(dp, False)
+    try:
+        yield
+    finally:
+        set_link(dp, True)
+
+
+@contextlib.contextmanager
 def blocked(dp, tenant: int, *sources: str) -> Iterator[None]:
     try:
         block(dp, tenant, *sources)
@@ -338,15 +348,12 @@ def test_item1_a_reset_the_nic_refused_is_sent_again_at_the_next_tick_and_counte
     c = Client(dp, "198.19.46.20", ALPHA_DST, 53030).open()
     before = dp.read_flow_cap_counters()
     with blocked(dp, alpha, c.client):
-        set_link(dp, False)
-        try:
+        with link_down(dp):
             tick(dp)
             assert c.entry().state == FlowState.RESET
             mid = dp.read_flow_cap_counters()
             assert mid["block_resets_sent"] == before["block_resets_sent"]
             assert mid["block_resets_unsent"] == before["block_resets_unsent"]   # not yet: it waits
-        finally:
-            set_link(dp, True)
         tick(dp)
         got = resets(wire, 1)
         assert len(got) == 1 and got[0][TCP].seq == c.next
@@ -364,12 +371,9 @@ def test_item2_a_reset_refused_at_every_try_is_counted_unsent_in_the_flow_counte
     c = Client(dp, "198.19.46.21", ALPHA_DST, 53031).open()
     before = dp.read_flow_cap_counters()
     with blocked(dp, alpha, c.client):
-        set_link(dp, False)
-        try:
+        with link_down(dp):
             for _ in range(BLOCK_RESET_SEND_TRIES):
                 fc = tick(dp)
-        finally:
-            set_link(dp, True)
         after = dp.read_flow_cap_counters()
         assert after["block_resets_unsent"] - before["block_resets_unsent"] == 1
         assert fc.block_resets_unsent == after["block_resets_unsent"]
@@ -404,12 +408,8 @@ def test_item4_a_source_unblocked_before_its_reset_is_not_reset_nor_its_refused_
     assert resets(wire, 1, timeout=0.3) == []
     assert c.entry().state == FlowState.ESTABLISHED
     d = Client(dp, "198.19.46.24", ALPHA_DST, 53034).open()
-    with blocked(dp, alpha, d.client):
-        set_link(dp, False)
-        try:
-            tick(dp)
-        finally:
-            set_link(dp, True)
+    with blocked(dp, alpha, d.client), link_down(dp):
+        tick(dp)
     tick(dp)
     assert resets(wire, 1, timeout=0.3) == []
 
