@@ -139,6 +139,7 @@ class Shop:
         self._workers: asyncio.Semaphore | None = None
         self._listeners: list[socket.socket] = []
         self._tasks: set[asyncio.Task] = set()
+        self._written_gauges: dict | None = None   # the gauges the stats file last showed
         self._started = time.time()
 
     @property
@@ -303,15 +304,18 @@ class Shop:
     async def _write_stats(self) -> None:
         while True:
             await asyncio.sleep(STATS_INTERVAL_S)
-            if self.stats.changed:
+            # A gauge moves without a counter too (a client's FIN closes its connection uncounted):
+            # a file written on counters only would show that connection open for ever.
+            if self.stats.changed or self.gauges != self._written_gauges:
                 self._write_stats_now()
 
     def _write_stats_now(self) -> None:
         if self.stats_file is None:
             return
         self.stats.changed = False
+        self._written_gauges = self.gauges
         data = {"started_at": round(self._started, 3), "written_at": round(time.time(), 3),
-                "limits": dataclasses.asdict(self.limits), **self.gauges,
+                "limits": dataclasses.asdict(self.limits), **self._written_gauges,
                 "totals": dict(self.stats.totals),
                 "sources": self.stats.sources, "other_sources": self.stats.other}
         temporary = self.stats_file.with_suffix(".tmp")

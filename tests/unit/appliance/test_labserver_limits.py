@@ -131,3 +131,19 @@ async def test_issue15_shop_keeps_a_connection_alive_only_when_asked_so_plain_cl
         await reader.readexactly(length)
     assert server.stats.totals["connections"] == 2 and server.stats.totals["requests"] == 3
     writer.close()
+
+
+async def test_issue15_stats_file_shows_a_connection_gone_when_its_client_closed_without_a_word(shop, tmp_path):
+    # A connection-flood bot's connection ends with its FIN: no counter moves, only the table's gauge.
+    # The tests wait for the file's active_connections to reach 0 before each run (tests/netns/test_botnet_lab.py).
+    stats = tmp_path / "shop.json"
+    server = await shop(ShopLimits(header_timeout_s=30), stats_file=stats)
+    port = server.bound[0][1]
+    _, writer = await asyncio.open_connection(LOOPBACK, port)
+    await await_until(lambda: (read_stats(stats) or {}).get("active_connections") == 1, timeout=5,
+                      what="the open connection in the stats file")
+    writer.close()
+    await await_until(lambda: server.active == 0, timeout=5, what="the server's table empty")
+    await await_until(lambda: (read_stats(stats) or {}).get("active_connections") == 0, timeout=5,
+                      what="the closed connection gone from the stats file")
+    assert server.stats.totals["connections"] == 1 and server.stats.totals.get("idle_timeouts", 0) == 0
