@@ -28,8 +28,10 @@ SIGNATURE_DURATION_S = 0.4
 ATTACK_TIMEOUT_S = 60.0        # seconds for the generator process (bcc compiles first)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def lab(request):
+    # One lab for the file: every test's attack process has ended and its frames are counted before the
+    # next starts, and the captures match spoofed sources only (the servers' answers go to them).
     lab = Lab(f"a{uuid.uuid4().hex[:6]}")
     request.addfinalizer(lab.down)
     lab.up(linux_bridge=True)
