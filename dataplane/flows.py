@@ -80,6 +80,7 @@ class Flows:
         self.reset_prog_fd = reset_prog_fd
         self.reset_ifindex: int | None = None
         self.resets_per_tick = BLOCK_RESETS_PER_TICK
+        self.reset_retry_max = BLOCK_RESET_RETRY_MAX   # frames waiting for another send at most
         self.reset_delay_ns = BLOCK_RESET_DELAY_MS * 1_000_000
         self._reset_socket: socket.socket | None = None
         self._reset_socket_ifindex: int | None = None   # the NIC the socket is bound to
@@ -407,7 +408,7 @@ class Flows:
 
     def _send_or_queue(self, key: tuple[int, bytes], frame: bytes, tries: int, failed: list[str]) -> int:
         """Send one reset (1) or keep it for the next tick (0): after BLOCK_RESET_SEND_TRIES sends, or
-        pushed out of the BLOCK_RESET_RETRY_MAX frames waiting, it counts as unsent."""
+        pushed out of the `reset_retry_max` frames waiting (the oldest goes), it counts as unsent."""
         try:
             self._send_reset(frame)
         except OSError as exc:
@@ -415,7 +416,7 @@ class Flows:
             if tries >= BLOCK_RESET_SEND_TRIES:
                 self._resets_unsent += 1
             else:
-                if len(self._reset_retry) >= BLOCK_RESET_RETRY_MAX:
+                if len(self._reset_retry) >= self.reset_retry_max:
                     self._reset_retry.popleft()
                     self._resets_unsent += 1
                 self._reset_retry.append((key, frame, tries))
