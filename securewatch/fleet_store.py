@@ -33,11 +33,11 @@ How the per-second traffic is laid out differs by database (migration 10):
   one row per site-second is 20 rows/s: 0.11 cores at 49.5 site-seconds/s (README, "Fleet
   ingest"). The per-second tables
   (`fleet_site_seconds`, `fleet_destination_seconds`) are range-partitioned by `t`, an hour a
-  partition, the rollups a day (minutes, traffic and destinations) and 30 days (hours) a partition; partitions are made
-  ahead (`maintain_partitions`) and dropped whole once past retention, not deleted row by row.
-  A second older than the seconds' partitions (a long backfill) goes straight into its minute
-  rollups (`Ingested.folded`; a destination second likewise into its destination minute); one
-  older than the minute rollups keep, or from a site clock more
+  partition, the rollups a day (minutes, of traffic and of destinations) and 30 days (hours) a
+  partition; partitions are made ahead (`maintain_partitions`) and dropped whole once past
+  retention, not deleted row by row. A second older than the seconds' partitions (a long
+  backfill) goes straight into its minute rollups (`Ingested.folded`; a destination second into
+  its destination minute); one older than the minute rollups keep, or from a site clock more
   than PARTITIONS_AHEAD_S ahead, is stored nowhere and counted (`Ingested.outside`, returned to
   the site and in /metrics).
 * **SQLite** (a small central server, and the tests): plain per-tenant tables with DELETE-based
