@@ -39,7 +39,8 @@ Operator-facing (admin and NOC):
     GET /api/v1/fleet/incidents      ?site=  incidents that came from sites
     GET /api/v1/fleet/tenants/{id}/traffic       ?site=&seconds=  the tenant's seconds summed over the
                                                  sites ("series") and each site's ("sites")
-    GET /api/v1/fleet/tenants/{id}/destinations  ?site=&seconds=  its per-destination seconds merged
+    GET /api/v1/fleet/tenants/{id}/destinations  ?site=&seconds=|range=  its per-destination series merged:
+                                                 seconds up to an hour, minute rollups beyond (7 days at most)
 
 A tenant's own views (/api/v1/tenants/{id}/traffic, the console, the reports) read its traffic
 summed over the sites too (`fleet_tenant`), with ?site= for one site's; an incident lists the
@@ -63,6 +64,7 @@ from aiohttp import web
 
 from . import auth, fleet_config, fleet_store, fleet_tenant
 from .context import SETTINGS, STORE, ApiError, principal_of, query_int, read_json, visible_tenant
+from .series import DESTINATION_RANGES
 from .store import Store, record_event_in
 from .ui import render
 
@@ -75,6 +77,7 @@ QUEUE_ID_MAX = 64                     # characters of a queue id (the appliance 
 CURRENT_SPAN_S = 30                   # seconds back that "current traffic" looks for a site's newest second
 TRAFFIC_SPAN_MAX_S = 3600             # seconds of per-site rows one API call returns at most
 ROLLUP_SPAN_MAX_S = {"minute": 7 * 86400, "hour": 400 * 86400}   # seconds back one rollup request reaches
+DESTINATION_SPAN_MAX_S = max(r.span_s for r in DESTINATION_RANGES.values())   # seconds: 7 days, as a box's own
 INCIDENTS_SHOWN = 100
 RETENTION_EVERY_S = 60.0              # seconds between drops of expired fleet partitions (rows on SQLite)
 ROLLUP_EVERY_S = 10.0                 # seconds between rollups of the minutes and hours that ended
@@ -555,13 +558,23 @@ async def api_tenant_traffic(request: web.Request) -> web.Response:
 
 
 async def api_tenant_destinations(request: web.Request) -> web.Response:
-    """One tenant's per-destination seconds merged over the sites (?site=: one site's)."""
+    """One tenant's per-destination series merged over the sites (?site=: one site's) over
+    ?seconds= (up to DESTINATION_SPAN_MAX_S) or ?range= (a box's own destination ranges, 5m|1h|24h|7d):
+    seconds up to an hour, the destination minute rollups beyond (`fleet_tenant.destinations`)."""
     tenant = await visible_tenant(request, request.match_info["tenant_id"])
-    seconds = query_int(request, "seconds", 300, 1, TRAFFIC_SPAN_MAX_S)
+    if "range" in request.query:
+        name = request.query["range"]
+        if name not in DESTINATION_RANGES:
+            choices = ", ".join(DESTINATION_RANGES)
+            raise ApiError(400, f"range: {name[:20]!r} is not one of {choices}", [f"range: one of {choices}"])
+        seconds = DESTINATION_RANGES[name].span_s
+    else:
+        seconds = query_int(request, "seconds", 300, 1, DESTINATION_SPAN_MAX_S)
     site = _site_filter(request)
     now = time.time()
-    rows = await request.app[STORE].run(fleet_tenant.destination_seconds, tenant.id, now - seconds, now + 1, site)
-    return web.json_response({"tenant": tenant.id, "site": site, "destinations": rows})
+    resolution, rows = await request.app[STORE].run(fleet_tenant.destinations, tenant.id, now - seconds, now + 1,
+                                                    site, fleet_tenant.destination_resolution(seconds))
+    return web.json_response({"tenant": tenant.id, "site": site, "resolution": resolution, "destinations": rows})
 
 
 async def api_incidents(request: web.Request) -> web.Response:

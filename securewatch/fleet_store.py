@@ -1,6 +1,7 @@
 """The central server's fleet tables: enrolled sites, ingested batches, per-site series.
 
-What is stored (schema migration 8, `store.MIGRATIONS`; the series re-laid by migration 10):
+What is stored (schema migration 8, `store.MIGRATIONS`; the series re-laid by migration 10, the
+destination minute rollups added by migration 13):
 
     fleet_sites                 one row per site: the SHA-256 of its token (the token itself is
                                 shown once, by `seawall fleet enroll`), revocation, last contact,
@@ -14,8 +15,12 @@ What is stored (schema migration 8, `store.MIGRATIONS`; the series re-laid by mi
     fleet_traffic_minutes       per site, per tenant, per minute / per hour: the SUMS of the
     fleet_traffic_hours         seconds' pps and bps (divide by `samples`, the seconds behind the
                                 row, for the mean), their maxima, and `samples`
+    fleet_destination_minutes   per site, per destination, per minute: the SUMS of the seconds'
+                                total and dropped pps, their maxima, and `samples` (the 24-hour and
+                                7-day destination charts, reports: the seconds are kept an hour)
     fleet_rollup_pending        (level, site, t): a minute or hour that got new seconds and is to
-                                be rolled up (again); a backfilled second re-marks its minute
+                                be rolled up (again); a backfilled second re-marks its minute.
+                                Levels: "minute" and "hour" (traffic), "destination_minute"
     incidents.site              the site whose appliance saw the incident (NULL: this box's own)
 
 How the per-second traffic is laid out differs by database (migration 10):
@@ -28,10 +33,11 @@ How the per-second traffic is laid out differs by database (migration 10):
   one row per site-second is 20 rows/s: 0.11 cores at 49.5 site-seconds/s (README, "Fleet
   ingest"). The per-second tables
   (`fleet_site_seconds`, `fleet_destination_seconds`) are range-partitioned by `t`, an hour a
-  partition, the rollups a day (minutes) and 30 days (hours) a partition; partitions are made
-  ahead (`maintain_partitions`) and dropped whole once past retention, not deleted row by row.
-  A second older than the seconds' partitions (a long backfill) goes straight into its minute
-  rollups (`Ingested.folded`); one older than the minute rollups keep, or from a site clock more
+  partition, the rollups a day (minutes, of traffic and of destinations) and 30 days (hours) a
+  partition; partitions are made ahead (`maintain_partitions`) and dropped whole once past
+  retention, not deleted row by row. A second older than the seconds' partitions (a long
+  backfill) goes straight into its minute rollups (`Ingested.folded`; a destination second into
+  its destination minute); one older than the minute rollups keep, or from a site clock more
   than PARTITIONS_AHEAD_S ahead, is stored nowhere and counted (`Ingested.outside`, returned to
   the site and in /metrics).
 * **SQLite** (a small central server, and the tests): plain per-tenant tables with DELETE-based
@@ -208,12 +214,42 @@ MIGRATION_10 = [
     lambda b: _partitioned(b),
 ]
 
+# -- migration 13: per-destination minute rollups ------------------------------------------------
+
+_DESTINATION_ROLLUP_COLUMNS = "sum_pps, sum_dropped_pps, max_pps, max_dropped_pps, samples"
+
+
+def _destination_minutes(b: Any) -> None:
+    """fleet_destination_minutes, laid out as fleet_traffic_minutes (partitioned by day on
+    PostgreSQL, plain on SQLite), and the minutes of the destination seconds already stored marked
+    for the rollup pass (the seconds older than their partitions were dropped by migration 10 or
+    retention: nothing is left to roll up of those)."""
+    real = "DOUBLE PRECISION" if b.dialect == "postgresql" else "REAL"
+    table = (f"CREATE TABLE IF NOT EXISTS fleet_destination_minutes (site TEXT NOT NULL, tenant TEXT NOT NULL, "
+             f"address TEXT NOT NULL, t BIGINT NOT NULL, sum_pps {real} NOT NULL, sum_dropped_pps {real} NOT NULL, "
+             f"max_pps {real} NOT NULL, max_dropped_pps {real} NOT NULL, samples BIGINT NOT NULL, "
+             f"PRIMARY KEY (site, tenant, address, t))")
+    if b.dialect == "postgresql":
+        b.execute(table + " PARTITION BY RANGE (t)")
+        maintain_partitions(b, time.time(), SeriesRetention(), ("fleet_destination_minutes",))
+    else:
+        b.execute(table)
+        b.execute("CREATE INDEX IF NOT EXISTS fleet_destination_minutes_t ON fleet_destination_minutes (t)")
+    # t / 60 * 60: integer division in both databases (no '%': psycopg takes it for a placeholder).
+    # WHERE true: SQLite reads an ON CONFLICT right after a SELECT's FROM as a join's ON.
+    b.execute("INSERT INTO fleet_rollup_pending (level, site, t) SELECT DISTINCT 'destination_minute', site, "
+              "t / 60 * 60 FROM fleet_destination_seconds WHERE true ON CONFLICT (level, site, t) DO NOTHING")
+
+
+MIGRATION_13 = [lambda b: _destination_minutes(b)]
+
 # (partitioned table, partition span in seconds, how long it is kept: from the retention settings)
 PARTITIONED: tuple[tuple[str, int, Callable[[SeriesRetention], int]], ...] = (
     ("fleet_site_seconds", SECOND_PARTITION_S, lambda r: r.fleet_second_retention_s),
     ("fleet_destination_seconds", SECOND_PARTITION_S, lambda r: r.fleet_second_retention_s),
     ("fleet_traffic_minutes", MINUTE_PARTITION_S, lambda r: r.fleet_minute_retention_days * 86400),
     ("fleet_traffic_hours", HOUR_PARTITION_S, lambda r: r.fleet_hour_retention_days * 86400),
+    ("fleet_destination_minutes", MINUTE_PARTITION_S, lambda r: r.fleet_destination_minute_retention_days * 86400),
 )
 
 
@@ -223,6 +259,10 @@ def partitions(b: Any, table: str) -> list[int]:
                      "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = ?", (table,)).fetchall()
     prefix = f"{table}_p"
     return sorted(int(r[0][len(prefix):]) for r in rows if r[0].startswith(prefix))
+
+
+def _exists(b: Any, table: str) -> bool:
+    return b.execute("SELECT to_regclass(?) IS NOT NULL", (table,)).fetchone()[0]
 
 
 def partition_window(b: Any, table: str) -> tuple[int, int]:
@@ -246,6 +286,8 @@ def maintain_partitions(b: Any, now: float, retention: SeriesRetention,
         oldest = int(now - keep(retention)) // span * span   # the partition holding the oldest second kept
         newest = int(now + PARTITIONS_AHEAD_S) // span * span
         existing = set(partitions(b, table))
+        if not existing and not _exists(b, table):
+            continue   # made by a later migration than the one running (migration 10 makes the first ones)
         created = dropped = 0
         for start in range(oldest, newest + span, span):
             if start not in existing:
@@ -398,9 +440,10 @@ class Ingested:
     events: int
     foreign: int = 0          # rows and events skipped: of tenants the central set does not give the site
     outside: int = 0          # rows stored at no resolution: older than the minute rollups keep, a site clock
-                              # more than PARTITIONS_AHEAD_S ahead (`ahead`), destination seconds past retention
+                              # more than PARTITIONS_AHEAD_S ahead (`ahead` for traffic rows)
     ahead: int = 0            # of `outside`: traffic rows of seconds more than PARTITIONS_AHEAD_S ahead
-    folded: int = 0           # traffic rows older than the seconds keep, added to their minute rollups instead
+    folded: int = 0           # traffic and destination rows older than the seconds keep, added to their
+                              # minute rollups instead
 
 
 # One site-second of traffic: (t, tenants, passed_pps, dropped_pps, passed_bps, dropped_bps), columns.
@@ -469,7 +512,8 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
     None: no restriction (callers that checked already).
 
     A second whose minute's seconds are gone already (older than `retention`'s seconds: a long
-    backfill) is added to its minute rollups instead (`_fold_into_minutes`), counted in `folded`;
+    backfill) is added to its minute rollups instead (`_fold_into_minutes`; a destination's second
+    to its destination minute, `_fold_destinations`), counted in `folded`;
     one older than the minute rollups keep, or more than PARTITIONS_AHEAD_S ahead of `now`, is
     stored nowhere and counted in `outside` (issue 17 review 2, item 3)."""
     retention = retention or SeriesRetention()
@@ -478,14 +522,16 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
     acked = [int(batch["seq"]) for batch in batches]
     fresh = _claim(b, site, queue, batches, now)
     seconds_window = windows.get("fleet_site_seconds")
-    destination_window = windows.get("fleet_destination_seconds")
+    destination_ahead_from = windows["fleet_destination_seconds"][1] if postgres else now + PARTITIONS_AHEAD_S
     stored: set[int] = set()
     duplicates = traffic_rows = events = foreign = outside = ahead = folded = 0
     site_seconds: list[_Second] = []
     old_seconds: list[_Second] = []
     ahead_from = seconds_window[1] if seconds_window else now + PARTITIONS_AHEAD_S
     destinations: list[tuple[Any, ...]] = []
+    old_destinations: list[tuple[Any, ...]] = []
     minutes: set[int] = set()
+    destination_minutes: set[int] = set()
     last_time = None
     for batch in batches:
         seq = int(batch["seq"])
@@ -527,11 +573,19 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
                 foreign += 1
                 continue
             t = int(d["time"])
-            if destination_window is not None and not destination_window[0] <= t < destination_window[1]:
+            row = (site, d["tenant"], d["address"], t, float(sum(d.get("pps") or ())),
+                   float(d.get("dropped_pps") or 0.0))
+            minute = t // MINUTE_S * MINUTE_S
+            if t >= destination_ahead_from:
                 outside += 1
-                continue
-            destinations.append((site, d["tenant"], d["address"], t, float(sum(d.get("pps") or ())),
-                                 float(d.get("dropped_pps") or 0.0), json.dumps(d, separators=(",", ":"))))
+            elif _source_kept(windows, "destination_minute", minute, now, retention):
+                destinations.append((*row, json.dumps(d, separators=(",", ":"))))
+                destination_minutes.add(minute)
+            elif _kept(windows, "fleet_destination_minutes", minute, now, retention):
+                old_destinations.append(row)
+                folded += 1
+            else:
+                outside += 1
         for event in batch.get("events") or ():
             if tenants is not None and event["tenant"] not in tenants:
                 foreign += 1
@@ -550,6 +604,10 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
         mark_pending(b, "minute", site, minutes)
     if old_seconds:
         mark_pending(b, "hour", site, _fold_into_minutes(b, site, old_seconds))
+    if destination_minutes:
+        mark_pending(b, "destination_minute", site, destination_minutes)
+    if old_destinations:
+        _fold_destinations(b, old_destinations)
     record_contact(b, site, now, last_time, None, None, None)
     return Ingested(acked, duplicates, traffic_rows, len(destinations), events, foreign, outside, ahead, folded)
 
@@ -595,6 +653,34 @@ def _fold_into_minutes(b: Any, site: str, seconds: list[_Second]) -> set[int]:
                   f"max_dropped_pps = {larger}(fleet_traffic_minutes.max_dropped_pps, excluded.max_dropped_pps)",
                   [(site, name, minute, *row[:6], int(row[6])) for (minute, name), row in sorted(rows.items())])
     return {minute // HOUR_S * HOUR_S for minute, _ in rows}
+
+
+def _fold_destinations(b: Any, rows: list[tuple[Any, ...]]) -> None:
+    """Add destination seconds `rows` (site, tenant, address, t, pps, dropped_pps) whose minutes'
+    seconds are gone to their destination minutes, as `_fold_into_minutes` does for traffic. A
+    second twice in the rows (two batches of one second) counts once: the seconds table keeps the
+    first of such a pair too."""
+    minutes: dict[tuple[str, str, str, int], list[float]] = {}
+    seen: set[tuple[str, str, str, int]] = set()
+    for site, tenant, address, t, pps, dropped in rows:
+        if (site, tenant, address, t) in seen:
+            continue
+        seen.add((site, tenant, address, t))
+        key = (site, tenant, address, t // MINUTE_S * MINUTE_S)
+        have = minutes.get(key)
+        if have is None:
+            minutes[key] = [pps, dropped, pps, dropped, 1.0]
+        else:
+            minutes[key] = [have[0] + pps, have[1] + dropped, max(have[2], pps), max(have[3], dropped), have[4] + 1]
+    larger = "GREATEST" if b.dialect == "postgresql" else "MAX"
+    b.executemany(f"INSERT INTO fleet_destination_minutes (site, tenant, address, t, {_DESTINATION_ROLLUP_COLUMNS}) "
+                  f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (site, tenant, address, t) DO UPDATE SET "
+                  f"sum_pps = fleet_destination_minutes.sum_pps + excluded.sum_pps, "
+                  f"sum_dropped_pps = fleet_destination_minutes.sum_dropped_pps + excluded.sum_dropped_pps, "
+                  f"max_pps = {larger}(fleet_destination_minutes.max_pps, excluded.max_pps), "
+                  f"max_dropped_pps = {larger}(fleet_destination_minutes.max_dropped_pps, excluded.max_dropped_pps), "
+                  f"samples = fleet_destination_minutes.samples + excluded.samples",
+                  [(*key, *values[:4], int(values[4])) for key, values in sorted(minutes.items())])
 
 
 def mark_pending(b: Any, level: str, site: str, starts: set[int]) -> None:
@@ -833,12 +919,13 @@ def rollup(b: Any, now: float, retention: SeriesRetention, limit: int = ROLLUPS_
 
     Each key is rolled up in a savepoint of its own (issue 17 review 2, item 1): one the database
     refuses (a sum out of range) is logged, dropped from the pending set and counted in "failed",
-    instead of failing the pass and coming back first on every pass after."""
-    done = {"minute": 0, "hour": 0, "failed": 0}
+    instead of failing the pass and coming back first on every pass after.
+
+    The destination minutes ("destination_minute") are rolled up the same way from the destination
+    seconds, a site-minute at a time (all its destinations); they have no hour rollups."""
+    done = {"minute": 0, "hour": 0, "destination_minute": 0, "failed": 0}
     windows = {name: partition_window(b, name) for name, *_ in PARTITIONED} if b.dialect == "postgresql" else {}
-    for level, source, step in (("minute", "fleet_traffic_seconds", MINUTE_S),
-                                ("hour", "fleet_traffic_minutes", HOUR_S)):
-        table = RESOLUTIONS[level][0]
+    for level, source, table, step in _LEVELS:
         pending = b.execute("SELECT site, t FROM fleet_rollup_pending WHERE level = ? AND t <= ? ORDER BY t LIMIT ?",
                             (level, int(now) - step - ROLLUP_GRACE_S, limit)).fetchall()
         hours: dict[str, set[int]] = {}
@@ -847,16 +934,21 @@ def rollup(b: Any, now: float, retention: SeriesRetention, limit: int = ROLLUPS_
             if not (_source_kept(windows, level, start, now, retention) and _kept(windows, table, start, now, retention)):
                 continue   # its source rows are gone, or there is no partition for it: keep what is there
             if level == "minute":
+                keys, columns = "tenant", _ROLLUP_COLUMNS
                 select = ("SUM(passed_pps), SUM(dropped_pps), SUM(passed_bps), SUM(dropped_bps), MAX(passed_pps), "
                           "MAX(dropped_pps), COUNT(*)")
-            else:
+            elif level == "hour":
+                keys, columns = "tenant", _ROLLUP_COLUMNS
                 select = (f"{', '.join(f'SUM({c})' for c in _SUMS)}, MAX(max_passed_pps), MAX(max_dropped_pps), "
                           f"SUM(samples)")
+            else:
+                keys, columns = "tenant, address", _DESTINATION_ROLLUP_COLUMNS
+                select = "SUM(pps), SUM(dropped_pps), MAX(pps), MAX(dropped_pps), COUNT(*)"
             b.execute("SAVEPOINT fleet_rollup_key")
             try:
                 b.execute(f"DELETE FROM {table} WHERE site = ? AND t = ?", (site, start))
-                b.execute(f"INSERT INTO {table} (site, tenant, t, {_ROLLUP_COLUMNS}) SELECT site, tenant, ?, {select} "
-                          f"FROM {source} WHERE site = ? AND t >= ? AND t < ? GROUP BY site, tenant",
+                b.execute(f"INSERT INTO {table} (site, {keys}, t, {columns}) SELECT site, {keys}, ?, {select} "
+                          f"FROM {source} WHERE site = ? AND t >= ? AND t < ? GROUP BY site, {keys}",
                           (start, site, start, start + step))
             except Exception as exc:   # the database's own error class differs by driver
                 b.execute("ROLLBACK TO SAVEPOINT fleet_rollup_key")
@@ -873,17 +965,26 @@ def rollup(b: Any, now: float, retention: SeriesRetention, limit: int = ROLLUPS_
     return done
 
 
+# (level of fleet_rollup_pending, the table rolled up from, the rollup table, its step in seconds),
+# in the order a pass takes them: the hours after the minutes they are rolled up from.
+_LEVELS = (("minute", "fleet_traffic_seconds", "fleet_traffic_minutes", MINUTE_S),
+           ("destination_minute", "fleet_destination_seconds", "fleet_destination_minutes", MINUTE_S),
+           ("hour", "fleet_traffic_minutes", "fleet_traffic_hours", HOUR_S))
+_STEP = {table: step for _, _, table, step in _LEVELS}
+
+
 def _source_kept(windows: dict[str, tuple[int, int]], level: str, start: int, now: float,
                  retention: SeriesRetention) -> bool:
     """Whether the rows a `level` key is rolled up from are still there. PostgreSQL (`windows`, the
     partitions): the seconds' partition, dropped whole and never made again once past retention;
     SQLite: retention at `now`. The same test decides at ingest whether a second is stored or
     folded into its minute (`_fold_into_minutes`), so a folded minute is never recomputed."""
-    if level == "minute" and windows:
-        low, high = windows["fleet_site_seconds"]
+    seconds = level in ("minute", "destination_minute")
+    if seconds and windows:
+        low, high = windows["fleet_site_seconds" if level == "minute" else "fleet_destination_seconds"]
         return low <= start < high
-    keep = retention.fleet_second_retention_s if level == "minute" else retention.fleet_minute_retention_days * 86400
-    return start + (MINUTE_S if level == "minute" else HOUR_S) > now - keep
+    keep = retention.fleet_second_retention_s if seconds else retention.fleet_minute_retention_days * 86400
+    return start + (MINUTE_S if seconds else HOUR_S) > now - keep
 
 
 def _kept(windows: dict[str, tuple[int, int]], table: str, start: int, now: float, retention: SeriesRetention) -> bool:
@@ -893,7 +994,7 @@ def _kept(windows: dict[str, tuple[int, int]], table: str, start: int, now: floa
         low, high = windows[table]
         return low <= start < high
     keep = next(k for name, _, k in PARTITIONED if name == table)(retention)
-    return start >= now - keep - (MINUTE_S if table == "fleet_traffic_minutes" else HOUR_S)
+    return start >= now - keep - _STEP[table]
 
 
 # -- retention ------------------------------------------------------------------------------------
@@ -910,7 +1011,8 @@ def apply_retention(b: Any, now: float, retention: SeriesRetention) -> dict[str,
         for table, keep in (("fleet_traffic_seconds", retention.fleet_second_retention_s),
                             ("fleet_destination_seconds", retention.fleet_second_retention_s),
                             ("fleet_traffic_minutes", retention.fleet_minute_retention_days * day),
-                            ("fleet_traffic_hours", retention.fleet_hour_retention_days * day)):
+                            ("fleet_traffic_hours", retention.fleet_hour_retention_days * day),
+                            ("fleet_destination_minutes", retention.fleet_destination_minute_retention_days * day)):
             removed[table] = b.execute(f"DELETE FROM {table} WHERE t < ?", (int(now - keep),)).rowcount
     removed["fleet_batches"] = b.execute("DELETE FROM fleet_batches WHERE received_at < ?",
                                          (now - BATCHES_KEPT_S,)).rowcount

@@ -15,7 +15,9 @@ the central server read them summed:
   and does not hold the edge back: the sum then shows the sites that report, and the fleet page
   flags the silent one;
 - **per-destination series** are merged by (address, second): the pps of a server seen at both
-  sites is the sum of both sites' figures;
+  sites is the sum of both sites' figures; spans longer than the destination seconds' range
+  (`DESTINATION_SECONDS_SPAN_S`, an hour: the seconds are kept that long) read the sites'
+  destination minute rollups instead, merged by (address, minute) as the traffic minutes are;
 - `site=NAME` narrows either to one site (the NOC looking at one edge).
 
 The box's own rows (`traffic_seconds`: an appliance with its own SecureWatch) are added to the
@@ -43,6 +45,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import fleet_store
+from .series import DESTINATION_RANGES
 
 TRAFFIC_KEYS = ("passed_pps", "dropped_pps", "passed_bps", "dropped_bps")
 MINUTE_S = 60                  # seconds per minute row
@@ -58,6 +61,9 @@ def _sites(b: Any, site: str | None) -> list[str]:
     return [site] if site is not None else [s.site for s in fleet_store.sites(b)]
 
 
+# Per-destination spans longer than this (seconds) read the sites' destination minute rollups: the
+# longest span a box's own destination charts show in seconds (series.DESTINATION_RANGES, 1 h).
+DESTINATION_SECONDS_SPAN_S = max(r.span_s for r in DESTINATION_RANGES.values() if r.table == "second")
 # Spans longer than this (seconds) read the sites' minute rollups when minutes are wanted (issue 17
 # review 2, item 5): the per-site seconds are kept an hour only, and on PostgreSQL a tenant's
 # second costs a pass over each site-second (about 1 s per 600 site-seconds).
@@ -161,14 +167,65 @@ def destination_seconds(b: Any, tenant: str, since: float, until: float, site: s
     return [merged[k] for k in sorted(merged)]
 
 
+def destination_minutes(b: Any, tenant: str, since: float, until: float, site: str | None = None
+                        ) -> list[dict[str, Any]]:
+    """The tenant's per-destination minutes merged over the sites, by address then time: per
+    (address, minute) the sum over the sites of each site's mean pps and dropped pps of that minute
+    (as `minutes` does for traffic), the sum of their peak seconds (`max_pps`, `max_dropped_pps`:
+    exact for one site; for several, their peaks may fall in different seconds), the seconds behind
+    (`samples`) and the sites. Each site's rollups (`fleet_destination_minutes`), then its seconds
+    after its newest rolled-up minute, as minutes (a minute is rolled up after it ends)."""
+    merged: dict[tuple[str, int], dict[str, Any]] = {}
+    for name in _sites(b, site):
+        rows = b.execute("SELECT address, t, sum_pps, sum_dropped_pps, max_pps, max_dropped_pps, samples "
+                         "FROM fleet_destination_minutes WHERE site = ? AND tenant = ? AND t >= ? AND t < ?",
+                         (name, tenant, int(since) // MINUTE_S * MINUTE_S, int(until))).fetchall()
+        start = max((int(r[1]) + MINUTE_S for r in rows), default=int(since))
+        if start < until:
+            rows += b.execute("SELECT address, t / 60 * 60, SUM(pps), SUM(dropped_pps), MAX(pps), MAX(dropped_pps), "
+                              "COUNT(*) FROM fleet_destination_seconds WHERE site = ? AND tenant = ? AND t >= ? "
+                              "AND t < ? GROUP BY address, t / 60 * 60",
+                              (name, tenant, start, int(until))).fetchall()
+        for address, t, total, dropped, peak, peak_dropped, samples in rows:
+            into = merged.setdefault((address, int(t)), {"address": address, "time": int(t), "pps": 0.0,
+                                                         "dropped_pps": 0.0, "max_pps": 0.0, "max_dropped_pps": 0.0,
+                                                         "samples": 0, "sites": []})
+            into["pps"] += float(total) / int(samples)
+            into["dropped_pps"] += float(dropped) / int(samples)
+            into["max_pps"] += float(peak)
+            into["max_dropped_pps"] += float(peak_dropped)
+            into["samples"] += int(samples)
+            into["sites"].append(name)
+    return [merged[k] for k in sorted(merged)]
+
+
+def destination_resolution(span_s: float) -> str:
+    """"second" for spans (seconds) up to DESTINATION_SECONDS_SPAN_S, else "minute" (the destination
+    ranges of a box's own, `series.DESTINATION_RANGES`)."""
+    return "second" if span_s <= DESTINATION_SECONDS_SPAN_S else "minute"
+
+
+def destinations(b: Any, tenant: str, since: float, until: float, site: str | None = None,
+                 resolution: str | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """(resolution, rows): `destination_seconds` or `destination_minutes`; resolution None: by the
+    span (`destination_resolution`)."""
+    resolution = resolution or destination_resolution(until - since)
+    if resolution == "minute":
+        return resolution, destination_minutes(b, tenant, since, until, site)
+    return resolution, destination_seconds(b, tenant, since, until, site)
+
+
 def busiest_destinations(b: Any, tenant: str, since: float, until: float, limit: int, site: str | None = None
                          ) -> list[dict[str, Any]]:
-    """The tenant's destinations by their peak merged second (the report's servers), busiest first."""
+    """The tenant's destinations by their peak merged second (the report's servers), busiest first;
+    over a span longer than the seconds' range, by the peak seconds of the minute rollups."""
     peaks: dict[str, dict[str, Any]] = {}
-    for r in destination_seconds(b, tenant, since, until, site):
+    resolution, rows = destinations(b, tenant, since, until, site)
+    top = ("pps", "dropped_pps") if resolution == "second" else ("max_pps", "max_dropped_pps")
+    for r in rows:
         peak = peaks.setdefault(r["address"], {"address": r["address"], "peak_pps": 0.0, "peak_dropped_pps": 0.0})
-        peak["peak_pps"] = max(peak["peak_pps"], r["pps"])
-        peak["peak_dropped_pps"] = max(peak["peak_dropped_pps"], r["dropped_pps"])
+        peak["peak_pps"] = max(peak["peak_pps"], r[top[0]])
+        peak["peak_dropped_pps"] = max(peak["peak_dropped_pps"], r[top[1]])
     ranked = sorted(peaks.values(), key=lambda p: (-p["peak_pps"], p["address"]))[:limit]
     return [{**p, "peak_pps": round(p["peak_pps"], 1), "peak_dropped_pps": round(p["peak_dropped_pps"], 1)}
             for p in ranked]

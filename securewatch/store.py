@@ -186,6 +186,9 @@ MIGRATIONS: list[tuple[int, str, list[str | Callable[[_Backend], None]]]] = [
     (11, "fleet: versions of the templates and notify settings each site runs", fleet_config.MIGRATION),
     # The fleet (issue 17, item 3): the PCAP files of a site's incidents, uploaded by its agent.
     (12, "fleet: incident evidence (PCAP) from the sites", fleet_evidence_store.MIGRATION),
+    # The fleet at scale (issue 17, item 5): per-site destination minute rollups (the seconds are
+    # kept an hour; the 24-hour and 7-day destination views and the reports read these).
+    (13, "fleet: per-destination minute rollups", fleet_store.MIGRATION_13),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -229,9 +229,9 @@ def test_item5_fleet_partitions_made_ahead_dropped_past_retention_dedup_across_t
         # one further ahead than the partitions reach.
         boundary = now // hour * hour
         result = send([(1, boundary - 1), (2, boundary), (3, now - 10 * 86400), (4, now + 86400)])
-        # Ten days back: its traffic into the minute rollups, its destination row nowhere; a day ahead: nowhere.
+        # Ten days back: its traffic and its destination row into their minute rollups; a day ahead: nowhere.
         assert (result.traffic_rows, result.destination_rows, result.folded, result.ahead, result.outside) == (
-            4, 2, 2, 2, 2 + 2)
+            4, 2, 2 + 1, 2, 2 + 1)
         assert send([(1, boundary - 1), (2, boundary)]).duplicates == 2
         assert _query(database_url, "SELECT t, COUNT(*) FROM fleet_traffic_seconds GROUP BY t ORDER BY t") == [
             (boundary - 1, 2), (boundary, 2)]
@@ -246,6 +246,40 @@ def test_item5_fleet_partitions_made_ahead_dropped_past_retention_dedup_across_t
         assert store.run(fleet_store.partitions, "fleet_site_seconds")[-1] == (
             (later + fleet_store.PARTITIONS_AHEAD_S) // hour * hour)
         assert send([(1, boundary - 1)], later).duplicates == 1   # the dedup rows outlive the partition
+
+
+def test_item5_fleet_destination_minutes_partitioned_by_day_rolled_up_and_dropped_whole(database_url):
+    """Issue 17 items 3 and 5 on PostgreSQL: the per-destination minute rollups are partitioned by
+    day like the traffic minutes, made from fleet_destination_minute_retention_days back to
+    PARTITIONS_AHEAD_S ahead; the rollup pass fills them from the destination seconds, a second
+    older than the seconds' partitions is folded into its day's partition, and retention drops
+    the expired day partitions whole."""
+    from securewatch import auth, fleet_store  # noqa: PLC0415
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+    from securewatch.store import Store  # noqa: PLC0415
+
+    day = fleet_store.MINUTE_PARTITION_S
+    with Store.open_sync(database_url) as store:
+        now = int(time.time())
+        store.run(fleet_store.enroll, "ams1", auth.token_hash(auth.new_token()), "test", now)
+        assert store.run(fleet_store.partitions, "fleet_destination_minutes") == list(range(
+            (now - 30 * 86400) // day * day, (now + fleet_store.PARTITIONS_AHEAD_S) // day * day + 1, day))
+        minute, old = now // 60 * 60 - 600, now // 60 * 60 - 10 * 86400
+        batches = [{"seq": seq, "time": float(t), "destinations": [
+            {"tenant": "alpha", "address": "198.51.100.10", "time": t, "pps": [pps, 0, 0, 0, 0, 0], "dropped_pps": 1.0}]}
+            for seq, (t, pps) in enumerate([(minute, 10.0), (minute + 1, 30.0), (old, 7.0)], 1)]
+        result = store.run(fleet_store.ingest, "ams1", "q", batches, now, lambda b, e: None, None)
+        assert (result.destination_rows, result.folded, result.outside) == (2, 1, 0)
+        assert store.run(fleet_store.rollup, now, SeriesRetention())["destination_minute"] == 1
+        assert _query(database_url, "SELECT tableoid::regclass::text, t, sum_pps, max_pps, samples "
+                                    "FROM fleet_destination_minutes ORDER BY t") == [
+            (f"fleet_destination_minutes_p{old // day * day}", old, 7.0, 7.0, 1),
+            (f"fleet_destination_minutes_p{minute // day * day}", minute, 40.0, 30.0, 2)]
+        later = now + 3 * 86400
+        removed = store.run(fleet_store.apply_retention, later, SeriesRetention(fleet_destination_minute_retention_days=2))
+        assert removed["fleet_destination_minutes_partitions"] >= 1
+        assert store.run(fleet_store.partitions, "fleet_destination_minutes")[0] == (later - 2 * 86400) // day * day
+        assert _query(database_url, "SELECT COUNT(*) FROM fleet_destination_minutes") == [(0,)]
 
 
 def test_item5_fleet_migration_moves_per_tenant_rows_into_site_seconds(tmp_path, database_url):

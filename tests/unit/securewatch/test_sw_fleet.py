@@ -704,9 +704,9 @@ async def test_item5_fleet_minute_and_hour_rollups_equal_the_sums_of_the_seconds
         seconds = [t for t in range(hour + 3540, hour + 3660) if t % 7]   # across the hour's end, with gaps
         await _ingest_seconds(store, "ams1", "q", list(enumerate(seconds, 1)), tenants=("alpha", "beta"))
         rolled = await store.run(fleet_store.rollup, now + 7200, SeriesRetention(fleet_second_retention_s=3 * 3600))
-        assert rolled == {"minute": 2, "hour": 2, "failed": 0}   # the two minutes, then the two hours they fall in
+        assert rolled == {"minute": 2, "hour": 2, "destination_minute": 0, "failed": 0}   # the two minutes, then the two hours they fall in
         rolled = await store.run(fleet_store.rollup, now + 7200, SeriesRetention(fleet_second_retention_s=3 * 3600))
-        assert rolled == {"minute": 0, "hour": 0, "failed": 0}   # nothing new
+        assert rolled == {"minute": 0, "hour": 0, "destination_minute": 0, "failed": 0}   # nothing new
         for start in (hour + 3540, hour + 3600):
             minute = await store.run(lambda b, s=start: fleet_store.series(b, "minute", s, s + 60, site="ams1"))
             assert _rollup_sums(minute) == await _sums(store, "ams1", start, start + 60)
@@ -986,3 +986,186 @@ async def test_review2_item5_fleet_tenant_minutes_beyond_the_seconds_come_from_t
         one_site = await store.traffic("alpha", now - 3 * 3600, now + 1, "minute", site="fra1")
         assert {int(r["time"]): r["passed_pps"] for r in one_site} == {old: 50.0, rolled: 50.0,
                                                                         recent // 60 * 60: 50.0}
+
+
+# -- item 5: per-destination minute rollups (issue 17 items 3 and 5) --------------------------------
+
+def _destination_batches(seqs_and_times: list[tuple[int, int]], addresses=("198.51.100.10", "198.51.100.20"),
+                         pps=lambda t, i: float(t % 89 + 10 * i)) -> list[dict]:
+    """Batches of one second each with only destination rows: address i at `pps(t, i)` in total
+    (spread over the six classes), dropping a tenth of it."""
+    return [{"seq": seq, "time": float(t), "destinations": [
+        {"tenant": "alpha", "address": address, "time": t, "pps": [pps(t, i) / 2, pps(t, i) / 2, 0, 0, 0, 0],
+         "dropped_pps": pps(t, i) / 10} for i, address in enumerate(addresses)]} for seq, t in seqs_and_times]
+
+
+def _ingest_destinations(store: Store, site: str, batches: list[dict], now: float | None = None) -> object:
+    return store.run(fleet_store.ingest, site, "q", batches, time.time() if now is None else now,
+                     lambda b, e: None, None)
+
+
+async def _destination_sums(store: Store, table_sql: str, *params) -> dict[tuple, tuple]:
+    rows = await store.run(lambda b: b.execute(table_sql, params).fetchall())
+    return {(r[0], int(r[1])): tuple(round(float(v), 6) for v in r[2:]) for r in rows}
+
+
+_SECONDS_BY_MINUTE = ("SELECT address, t / 60 * 60, SUM(pps), SUM(dropped_pps), MAX(pps), MAX(dropped_pps), COUNT(*) "
+                      "FROM fleet_destination_seconds WHERE site = ? GROUP BY address, t / 60 * 60")
+_DESTINATION_MINUTES = ("SELECT address, t, sum_pps, sum_dropped_pps, max_pps, max_dropped_pps, samples "
+                        "FROM fleet_destination_minutes WHERE site = ?")
+
+
+async def test_item5_fleet_destination_seconds_roll_up_into_minutes_and_a_backfilled_second_re_rolls(
+        tmp_path, database_url):
+    """Issue 17 items 3 and 5: a site's per-destination seconds were kept an hour and never rolled
+    up. The rollup pass makes per-site, per-destination minutes holding the sums of the seconds'
+    total and dropped pps, their maxima and the number of seconds; a second backfilled after its
+    minute was rolled up marks the minute again, and it still equals its seconds."""
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
+        await enroll(store, "ams1")
+        await enroll(store, "fra1")
+        now = int(time.time())
+        start = now // 60 * 60 - 600          # two whole minutes, ten minutes back: within the seconds kept
+        seconds = [t for t in range(start, start + 120) if t % 7]
+        result = await _ingest_destinations(store, "ams1", _destination_batches(list(enumerate(seconds, 1))))
+        assert (result.destination_rows, result.folded, result.outside) == (2 * len(seconds), 0, 0)
+        await _ingest_destinations(store, "fra1", _destination_batches([(1, start)], pps=lambda t, i: 1e6))
+        retention = SeriesRetention()
+        done = await store.run(fleet_store.rollup, now, retention)
+        assert done == {"minute": 0, "hour": 0, "destination_minute": 3, "failed": 0}   # ams1's two, fra1's one
+        minutes = await _destination_sums(store, _DESTINATION_MINUTES, "ams1")
+        assert minutes == await _destination_sums(store, _SECONDS_BY_MINUTE, "ams1")
+        assert sorted(minutes) == [(a, m) for a in ("198.51.100.10", "198.51.100.20") for m in (start, start + 60)]
+        first = [t for t in seconds if t < start + 60]
+        assert minutes[("198.51.100.10", start)] == (
+            sum(float(t % 89) for t in first), round(sum(t % 89 / 10 for t in first), 6), max(float(t % 89) for t in first),
+            round(max(t % 89 / 10 for t in first), 6), len(first))
+        assert (await _destination_sums(store, _DESTINATION_MINUTES, "fra1"))[("198.51.100.10", start)][2] == 1e6
+        assert (await store.run(fleet_store.rollup, now, retention))["destination_minute"] == 0   # nothing new
+        # A second of the first minute that was missing (t % 7 == 0) arrives late, the busiest of all.
+        late = next(t for t in range(start, start + 60) if t % 7 == 0)
+        await _ingest_destinations(store, "ams1", _destination_batches([(10_000, late)], pps=lambda t, i: 5000.0))
+        assert (await store.run(fleet_store.rollup, now, retention))["destination_minute"] == 1
+        minutes = await _destination_sums(store, _DESTINATION_MINUTES, "ams1")
+        assert minutes == await _destination_sums(store, _SECONDS_BY_MINUTE, "ams1")
+        assert minutes[("198.51.100.10", start)][2:] == (5000.0, 500.0, len(first) + 1)
+
+
+async def test_item5_fleet_destination_24h_range_reads_the_minute_rollups(tmp_path, database_url):
+    """The central server's per-destination API read the seconds only (an hour kept, the API's
+    span capped at that): a day's or a week's view of a site's destination was empty past the
+    hour. ?range=24h|7d (and ?seconds= past an hour) read the destination minute rollups, with
+    each site's seconds after its newest rolled-up minute; 5m|1h read seconds, as a box's own
+    DESTINATION_RANGES do. A backfilled second older than the seconds kept goes straight into its
+    minute (once, however often it is sent); one older than the minutes keep is stored nowhere."""
+    from securewatch import fleet_tenant  # noqa: PLC0415
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        await enroll(store, "ams1")
+        await enroll(store, "fra1")
+        now = int(time.time())
+        old = now // 60 * 60 - 2 * 3600       # past the hour of seconds kept: folded at ingest
+        rolled = now // 60 * 60 - 1200        # within it, rolled up as usual
+        recent = now - 5                      # its minute not rolled up yet
+        one = ("198.51.100.10",)
+        for site, pps in (("ams1", 100.0), ("fra1", 50.0)):
+            batches = _destination_batches([(1, old), (2, old + 1), (3, rolled), (4, recent)], one,
+                                           pps=lambda t, i, pps=pps: pps + (t == old) * 100)
+            result = await _ingest_destinations(store, site, batches, now)
+            assert (result.destination_rows, result.folded, result.outside) == (2, 2, 0)
+        again = await _ingest_destinations(store, "ams1", _destination_batches([(1, old)], one), now)
+        assert again.duplicates == 1 and again.folded == 0
+        gone = await _ingest_destinations(store, "ams1", _destination_batches([(5, now - 40 * 86400)], one), now)
+        assert (gone.folded, gone.outside) == (0, 1)
+        await store.run(fleet_store.rollup, time.time(), SeriesRetention())
+        await store.run(fleet_store.apply_retention, time.time(), SeriesRetention())
+        noc = await add_token(store, "noc")
+        for query in ({"range": "24h"}, {"range": "7d"}, {"seconds": str(3 * 3600)}):
+            status, view = await get(url, "/api/v1/fleet/tenants/alpha/destinations", noc, **query)
+            assert status == 200 and view["resolution"] == "minute", view
+            assert [(d["time"], d["pps"], d["max_pps"], d["samples"], d["sites"]) for d in view["destinations"]] == [
+                (old, 250.0, 350.0, 4, ["ams1", "fra1"]), (rolled, 150.0, 150.0, 2, ["ams1", "fra1"]),
+                (recent // 60 * 60, 150.0, 150.0, 2, ["ams1", "fra1"])], query
+        status, view = await get(url, "/api/v1/fleet/tenants/alpha/destinations", noc, range="24h", site="fra1")
+        assert [(d["time"], d["pps"]) for d in view["destinations"]] == [
+            (old, 100.0), (rolled, 50.0), (recent // 60 * 60, 50.0)]
+        status, view = await get(url, "/api/v1/fleet/tenants/alpha/destinations", noc, range="1h")
+        assert view["resolution"] == "second"
+        assert [(d["time"], d["pps"]) for d in view["destinations"]] == [(rolled, 150.0), (recent, 150.0)]
+        status, view = await get(url, "/api/v1/fleet/tenants/alpha/destinations", noc, range="week")
+        assert status == 400 and view["error"].startswith("range:")
+        # The report's servers over a day: the sites' peak seconds of the minutes, 200 + 150 at `old`.
+        busiest = await store.run(fleet_tenant.busiest_destinations, "alpha", now - 86400, now + 1, 5)
+        assert busiest == [{"address": "198.51.100.10", "peak_pps": 350.0, "peak_dropped_pps": 35.0}]
+
+
+async def test_item5_fleet_retention_drops_expired_destination_minutes(tmp_path, database_url):
+    """fleet_destination_minute_retention_days: destination minutes older go (PostgreSQL: their
+    day partitions are dropped whole; SQLite: rows deleted), younger ones stay."""
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
+        await enroll(store, "ams1")
+        now = int(time.time())
+        await _ingest_destinations(store, "ams1", _destination_batches([(1, now - 600)]))
+        retention = SeriesRetention(fleet_destination_minute_retention_days=2)
+        await store.run(fleet_store.rollup, now, retention)
+        minutes = "SELECT COUNT(*) FROM fleet_destination_minutes"
+        assert await count(store, minutes) == 2
+        await store.run(fleet_store.apply_retention, now + 2 * 3600, retention)
+        assert await count(store, "SELECT COUNT(*) FROM fleet_destination_seconds") == 0
+        assert await count(store, minutes) == 2          # past the seconds kept, within the minutes kept
+        await store.run(fleet_store.apply_retention, now + 86400, retention)
+        assert await count(store, minutes) == 2
+        await store.run(fleet_store.apply_retention, now + 3 * 86400 + 1, retention)
+        assert await count(store, minutes) == 0
+
+
+def test_item5_fleet_destination_minute_retention_key_default_and_named_errors(tmp_path):
+    """The new [securewatch] key is validated like the other series keys, in the config file too."""
+    from appliance.config import parse_config  # noqa: PLC0415
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+    from securewatch.settings import parse_settings  # noqa: PLC0415
+    from tenants import ConfigError  # noqa: PLC0415
+
+    problems: list[str] = []
+    s = parse_settings({}, tmp_path, problems)
+    assert not problems and s.retention.fleet_destination_minute_retention_days == 30
+    s = parse_settings({"fleet_destination_minute_retention_days": 7}, tmp_path, problems)
+    assert not problems and s.retention == SeriesRetention(fleet_destination_minute_retention_days=7)
+    parse_settings({"fleet_destination_minute_retention_days": 0}, tmp_path, problems)
+    parse_settings({"fleet_destination_minute_retention_days": 3651}, tmp_path, problems)
+    parse_settings({"fleet_destination_minute_retention_days": "7"}, tmp_path, problems)
+    assert problems == [
+        "[securewatch] fleet_destination_minute_retention_days: must be between 1 and 3650, got 0",
+        "[securewatch] fleet_destination_minute_retention_days: must be between 1 and 3650, got 3651",
+        "[securewatch] fleet_destination_minute_retention_days: expected a whole number, got a string '7'"]
+    with pytest.raises(ConfigError) as caught:
+        parse_config("[securewatch]\nfleet_destination_minute_retention_days = 1.5\n")
+    assert any(p.startswith("[securewatch] fleet_destination_minute_retention_days: expected a whole number")
+               for p in caught.value.problems), caught.value.problems
+
+
+async def test_item5_fleet_upgrade_rolls_up_the_destination_seconds_stored_before(tmp_path, database_url):
+    """A central database at schema 12 (destination seconds, no destination minutes) upgrades with
+    the minutes of the seconds it holds marked, so the next rollup pass makes them."""
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+    from securewatch.store import create_schema, open_backend  # noqa: PLC0415
+
+    create_schema(database_url, 12)
+    t = int(time.time()) // 60 * 60 - 300
+    backend = open_backend(database_url)
+    try:
+        backend.executemany("INSERT INTO fleet_destination_seconds (site, tenant, address, t, pps, dropped_pps, data) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            [("ams1", "alpha", "198.51.100.10", t + s, 10.0 * s, 1.0, "{}") for s in (1, 2)])
+        backend.commit()
+    finally:
+        backend.close()
+    async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
+        await store.run(fleet_store.rollup, time.time(), SeriesRetention())
+        assert await _destination_sums(store, _DESTINATION_MINUTES, "ams1") == {
+            ("198.51.100.10", t): (30.0, 2.0, 20.0, 1.0, 2)}
