@@ -293,89 +293,36 @@ async def test_item3_agent_drops_a_file_over_the_cap_not_retrying_it_and_sends_t
             assert await stored_evidence(store) == [("ams1:inc-2", "passed", "ams1", len(passed))]
 
 
-# -- item 5: central retention of the sites' evidence ---------------------------------------------
+async def test_item5_agent_drops_a_file_the_appliance_pruned_before_it_went_and_sends_the_rest(tmp_path):
+    import os  # noqa: PLC0415
 
-async def _site_incident(store: Store, incident: str, ended: float) -> None:
-    """Site ams1's incident `incident` (alpha), ended at `ended`, whose events name its two captures."""
-    pcap = {kind: {"path": f"/var/lib/seawall/policy/pcap/{incident}-{kind}.pcap", "packets": 1, "bytes": 40}
-            for kind in fleet_evidence_store.EVIDENCE_KINDS}
-    for etype, at in (("ATTACK_START", ended - 60), ("ATTACK_END", ended)):
-        event = {"type": etype, "incident_id": incident, "tenant": "alpha", "timestamp": at,
-                 "message": "udp flood", "details": {"pcap": pcap}}
-        await store.run(lambda b, e=event: fleet_store.record_site_event(b, "ams1", e, record_event_in))
-
-
-async def test_item5_central_retention_deletes_site_evidence_past_the_key_and_404s_it_as_no_longer_kept(
-        tmp_path):
     from structlog.testing import capture_logs  # noqa: PLC0415
 
-    from securewatch import fleet  # noqa: PLC0415
-    from securewatch.series import SeriesRetention  # noqa: PLC0415
+    from policy.pcap import prune  # noqa: PLC0415
 
-    day = 86400.0
+    appliance = LabAppliance()
+    bus = EventBus()
+    state = tmp_path / "state"
+    old = state / "pcap" / "inc-3-dropped.pcap"
+    lab_pcap(old, udp_frame("198.18.0.7"))
+    passed = lab_pcap(state / "pcap" / "inc-4-passed.pcap", udp_frame("198.18.0.9"))
     async with central(tmp_path) as (url, store):
-        token = await seeded_and_enrolled(store)
-        now = time.time()
-        await _site_incident(store, "inc-old", now - 100 * day)
-        await _site_incident(store, "inc-new", now - 3600)
-        files = {}
-        for incident in ("inc-old", "inc-new"):
-            for kind, source in (("dropped", "198.18.0.7"), ("passed", "198.18.0.9")):
-                files[incident, kind] = lab_pcap(tmp_path / f"{incident}-{kind}.pcap", udp_frame(source))
-                status, _ = await upload(url, token, files[incident, kind], site="ams1", incident=incident, kind=kind)
-                assert status == 200
-        # inc-old's files arrived 91 days ago (received_at is the central server's clock).
-        await store.run(lambda b: b.execute("UPDATE fleet_evidence SET received_at = ? WHERE incident_id = ?",
-                                            (now - 91 * day, "ams1:inc-old")))
-        noc = await user_token(store, "noc")
-        assert (await download(url, noc, "ams1:inc-old", "dropped")) == (200, files["inc-old", "dropped"])
-        counters = {"maintenance_failures": 0}
-        with capture_logs() as logs:
-            assert await fleet.partition_upkeep(store, SeriesRetention(), counters)   # the default: 90 days
-        assert counters["maintenance_failures"] == 0
-        assert [(e["rows"], e["retention_days"]) for e in logs if e["event"] == "fleet.evidence_pruned"] == [(2, 90)]
-        assert [r[:2] for r in await stored_evidence(store)] == [("ams1:inc-new", "dropped"),
-                                                                 ("ams1:inc-new", "passed")]
-        assert await download(url, noc, "ams1:inc-new", "passed") == (200, files["inc-new", "passed"])
-        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {noc}"}) as http:
-            async with http.get(f"{url}/api/v1/incidents/ams1:inc-old/pcap/dropped") as r:
-                assert r.status == 404
-                error = (await r.json())["error"]
-            assert "no longer kept" in error and "fleet_evidence_retention_days" in error, error
-            async with http.get(f"{url}/api/v1/incidents/ams1:inc-old") as r:
-                shown = (await r.json())["pcaps"]
-            assert {k: v["kept"] for k, v in shown.items()} == {"dropped": False, "passed": False}
-            assert "no longer kept" in shown["dropped"]["note"]
-            async with http.get(f"{url}/incidents/ams1:inc-old") as r:
-                assert r.status == 200 and "no longer kept" in await r.text()
-            async with http.get(f"{url}/api/v1/incidents/ams1:inc-new") as r:
-                assert all(v["kept"] for v in (await r.json())["pcaps"].values())
-        # A shorter key deletes the rest at the next pass; a second pass finds nothing.
-        assert await fleet.partition_upkeep(store, SeriesRetention(fleet_evidence_retention_days=1),
-                                            counters) is True
-        assert await stored_evidence(store) != []          # received an instant ago: within one day
-        await store.run(lambda b: b.execute("UPDATE fleet_evidence SET received_at = ?", (now - 2 * day,)))
-        await fleet.partition_upkeep(store, SeriesRetention(fleet_evidence_retention_days=1), counters)
-        assert await stored_evidence(store) == []
+        token = await enrolled(store)
+        async with agent_for(url, token, appliance, state, bus=bus) as agent:
+            for incident, path in (("inc-3", old), ("inc-4", state / "pcap" / "inc-4-passed.pcap")):
+                bus.publish(Event(EventType.ATTACK_START, "alpha", "udp flood", Severity.CRITICAL,
+                                  incident_id=incident))
+                bus.publish(Event(EventType.ATTACK_END, "alpha", "ended", Severity.INFO, incident_id=incident,
+                                  details={"pcap": {pcap_kind(path): {"path": str(path)}}}))
+            # inc-3's capture ended 100 days ago: the engine's retention deletes it before it is sent.
+            os.utime(old, (time.time() - 100 * 86400,) * 2)
+            assert prune(state / "pcap", time.time(), 90 * 86400, 1 << 30, set()).files == 1
+            with capture_logs() as logs:
+                await agent.collect()
+                await wait_for(lambda: _no_evidence(agent), what="the evidence queue drained")
+            assert await stored_evidence(store) == [("ams1:inc-4", "passed", "ams1", len(passed))]
+            assert [e["path"] for e in logs if e["event"] == "fleet.evidence_gone"] == [str(old)]
 
 
-async def test_item5_site_pcap_not_yet_received_is_404_saying_so(tmp_path):
-    async with central(tmp_path) as (url, store):
-        await seeded_and_enrolled(store)
-        await _site_incident(store, "inc-1", time.time() - 60)
-        status, body = await download(url, await user_token(store, "noc"), "ams1:inc-1", "dropped")
-        assert status == 404 and b"has not sent it" in body and b"ams1" in body
-
-
-def test_item5_fleet_evidence_retention_days_is_a_validated_securewatch_key(tmp_path):
-    from securewatch.settings import parse_settings  # noqa: PLC0415
-
-    problems: list[str] = []
-    assert parse_settings({}, tmp_path, problems).retention.fleet_evidence_retention_days == 90
-    assert parse_settings({"fleet_evidence_retention_days": 7}, tmp_path,
-                          problems).retention.fleet_evidence_retention_days == 7
-    assert problems == []
-    for bad in (0, 3651, "90", True, 1.5):
-        problems = []
-        parse_settings({"fleet_evidence_retention_days": bad}, tmp_path, problems)
-        assert len(problems) == 1 and problems[0].startswith("[securewatch] fleet_evidence_retention_days:"), problems
+def pcap_kind(path: pathlib.Path) -> str:
+    return path.stem.rsplit("-", 1)[1]
