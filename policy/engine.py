@@ -1094,6 +1094,9 @@ class PolicyEngine:
         except OSError as exc:
             log.error("pcap.prune_failed", path=str(self.state_dir / "pcap"), error=str(exc))
             return
+        if pruned.failed:
+            log.error("pcap.prune_failed", path=str(self.state_dir / "pcap"), files=pruned.failed,
+                      error="files could not be deleted")
         if pruned.files:
             self.pcap_files_pruned += pruned.files
             log.info("pcap.pruned", files=pruned.files, expired=pruned.expired_files,

@@ -97,6 +97,7 @@ class Pruned:
     over_total_files: int = 0    # files of the incidents that ended first, past the total bound
     bytes: int = 0               # bytes deleted
     kept_bytes: int = 0          # bytes of the PCAP files left in the directory
+    failed: int = 0              # files that could not be deleted (left, counted in kept_bytes)
 
     @property
     def files(self) -> int:
@@ -108,7 +109,8 @@ def prune(directory: pathlib.Path, now: float, retention_s: float, max_total_byt
     """Delete the PCAP files in `directory` of incidents that ended before `now - retention_s`
     (`now`: epoch seconds, compared with mtimes), then those of the oldest incidents while the files
     left exceed `max_total_bytes`. Incidents in `open_incidents` are never touched. One listing of
-    the directory; a file that vanished meanwhile is skipped, other OSErrors propagate."""
+    the directory (an OSError there propagates); a file that vanished meanwhile is skipped, one that
+    cannot be deleted is left and counted in `failed`."""
     result = Pruned()
     # incident -> [(path, size)], and its end: the newest mtime of its files
     files: dict[str, list[tuple[str, int]]] = {}
@@ -138,6 +140,9 @@ def prune(directory: pathlib.Path, now: float, retention_s: float, max_total_byt
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+            except OSError:          # permissions, a read-only disk: left, and the pass goes on
+                result.failed += 1
+                continue
             else:
                 n += 1
                 result.bytes += size

@@ -117,3 +117,4 @@ def test_item5_pcap_key_defaults():
     assert (config.pcap_retention_days, config.pcap_max_total_bytes) == (90, 2 * 1024 ** 3)
     assert PolicyConfig(pcap_retention_days=3650, pcap_max_total_bytes=2 * config.pcap_max_bytes)
 
+
