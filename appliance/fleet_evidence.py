@@ -10,7 +10,8 @@ that batch was acknowledged (the central server knows the incident then), one fi
 send loop, oldest first, as the raw file to `POST /api/v1/fleet/site/evidence`
 (`securewatch.fleet_evidence`) with its SHA-256: a retry after a lost answer is taken once.
 
-A file over EVIDENCE_MAX_BYTES (the appliance's own PCAP cap, `pcap_max_bytes`, 8 MiB by default)
+A file the appliance's PCAP retention deleted before it could go (`policy.pcap.prune`) is logged
+and dropped. A file over EVIDENCE_MAX_BYTES (the appliance's own PCAP cap, `pcap_max_bytes`, 8 MiB by default)
 is not sent, nor one the central server refuses as data (413, 422) or for an incident it does not
 know (404: its batch was refused); each is logged and dropped. The link down, the server down, a
 refused token: the file stays queued and is retried with the batches' backoff.
@@ -56,6 +57,10 @@ def read_file(path: str) -> bytes | None:
             log.error("fleet.evidence_too_large", path=path, bytes=size, max_bytes=EVIDENCE_MAX_BYTES)
             return None
         return pathlib.Path(path).read_bytes()[:EVIDENCE_MAX_BYTES + 1]
+    except FileNotFoundError:
+        # Aged out before it could go (`policy.pcap.prune`: pcap_retention_days, pcap_max_total_bytes).
+        log.warning("fleet.evidence_gone", path=path, hint="deleted by the appliance's PCAP retention")
+        return None
     except OSError as exc:
         log.error("fleet.evidence_unreadable", path=path, error=str(exc))
         return None

@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("seawall.appliance")
 
 STATUS_FILE = "status.json"            # written every second for `seawall status`
+ENGINE_DIR = "policy"                  # the policy engine's state_dir under ours: baselines, pcap/ (its captures)
 INDEX_FILE = "tenant-index.json"       # stable tenant index assignment
 SERIES_SECONDS = 3600                  # rows of per-tick traffic kept in memory (an hour at 1 s ticks)
 STALE_RULE_GRACE_S = 60.0              # rules inherited from a previous process live this long, seconds
@@ -275,7 +276,7 @@ class Appliance:
         appflood = AppFloodConfig.for_dataplane(self.config.appliance.flow_sizes, **{
             "half_life_s": policy.half_life_s, "warmup_s": policy.warmup_s, "k_sigma": policy.k_sigma,
             "margin": policy.margin, "min_confidence": policy.min_confidence, **self.config.appflood})
-        return PolicyEngine(dataplane, self._engine_tenants(), self.bus, self.state_dir / "policy",
+        return PolicyEngine(dataplane, self._engine_tenants(), self.bus, self.state_dir / ENGINE_DIR,
                             tick=self.config.appliance.tick_ms / 1000.0, on_tenant_traffic=self._after_tick,
                             config=policy, appflood_config=appflood)
 
@@ -336,9 +337,11 @@ class Appliance:
         from securewatch.mailer import report_mailer  # noqa: PLC0415
 
         # Monthly customer reports through the first [[notify.email]] receiver (none: no report mail).
-        mailer = report_mailer(self._notify_parsed, settings.reports, pcap_root=(self.state_dir / "pcap").resolve())
+        # The engine's captures are under its own state_dir (ENGINE_DIR/pcap): SecureWatch serves them from there.
+        engine_dir = self.state_dir / ENGINE_DIR
+        mailer = report_mailer(self._notify_parsed, settings.reports, pcap_root=(engine_dir / "pcap").resolve())
         self.securewatch_url = await stack.enter_async_context(
-            start_server(settings, bus=self.bus, appliance=self, state_dir=self.state_dir, mailer=mailer))
+            start_server(settings, bus=self.bus, appliance=self, state_dir=engine_dir, mailer=mailer))
         log.info("appliance.securewatch", url=self.securewatch_url)
 
     # -- tenants --------------------------------------------------------------

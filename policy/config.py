@@ -48,6 +48,10 @@ MIN_PPS_PER_GBPS = 100.0          # packets/s per destination and class, per Gbi
 MIN_TENANT_PPS_PER_GBPS = 50.0    # packets/s per tenant and class, per Gbit/s of uplink
 LOWEST_LINK_FLOOR_PPS = 300       # packets/s: no link-derived floor is lower (a slow link still sees scans)
 UPLINK_BPS_MAX = 10 ** 15         # bits/s: far above any link, as [escalation] uplink_bps accepts
+PCAP_MIN_BYTES = 4096             # bytes per PCAP file at least: the header and a few 128-byte samples
+PCAP_MAX_BYTES = 1024 ** 3        # bytes per PCAP file at most (a fleet's central server takes 8 MiB)
+PCAP_RETENTION_DAYS_MAX = 3650    # days: ten years, as the series' retention keys allow
+PCAP_MAX_TOTAL_BYTES = 1024 ** 4  # bytes of all PCAP files at most: 1 TiB, past any appliance's disk share
 
 
 def link_floors(uplink_bps: int) -> tuple[int, int]:
@@ -105,6 +109,8 @@ class PolicyConfig:
     legit_sample_tenants: int = 1024        # tenants whose legitimate samples are kept (LRU), for carpet rules
     attack_samples_per_incident: int = 1024
     pcap_max_bytes: int = 8 * 1024 * 1024   # bytes per PCAP file
+    pcap_retention_days: int = 90           # days an ended incident's PCAP files are kept
+    pcap_max_total_bytes: int = 2 * 1024**3   # bytes of all PCAP files; past it the oldest incidents' go
     # The external link's capacity, bits/s (`[escalation] uplink_bps`): scales the default detection
     # floors (see `link_floors`); None keeps the fixed defaults of `TenantPolicy`.
     uplink_bps: int | None = None
@@ -130,3 +136,10 @@ class PolicyConfig:
         for name in ("warmup_s", "confirm_s", "hold_down_s", "reattack_window_s", "legit_tolerance"):
             if getattr(self, name) < 0:
                 raise ValueError(f"policy config {name}: must not be negative")
+        # PCAP evidence: whole numbers within bounds; the total holds at least one incident's two files.
+        for name, lo, hi in (("pcap_max_bytes", PCAP_MIN_BYTES, PCAP_MAX_BYTES),
+                             ("pcap_retention_days", 1, PCAP_RETENTION_DAYS_MAX),
+                             ("pcap_max_total_bytes", 2 * self.pcap_max_bytes, PCAP_MAX_TOTAL_BYTES)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ValueError(f"policy config {name}: must be an integer {lo}..{hi}, got {value!r}")

@@ -21,7 +21,10 @@ The engine talks to the dataplane only through `dataplane.api.DataplaneLike`.
 
 Baselines are saved to `state_dir/baselines.npz` every 5 minutes and when `run()`
 ends, and loaded at start, so a restart does not begin a new warm-up. PCAP
-evidence goes to `state_dir/pcap/`.
+evidence goes to `state_dir/pcap/`; every PCAP_PRUNE_EVERY_S a tick deletes there the files of
+incidents ended more than `pcap_retention_days` ago and, oldest first, those past
+`pcap_max_total_bytes` (`policy.pcap.prune`; never an open incident's), counted in
+`status()["pcap_files_pruned"]`.
 
 Each tick publishes its tenants' traffic (`policy.rates.TenantTraffic`: the read and its
 rates) as `tenant_traffic` and to the `on_tenant_traffic` callback: the appliance's status,
@@ -80,6 +83,7 @@ from policy.packets import (
     parse_samples,
 )
 from policy.pcap import IncidentPcap
+from policy.pcap import prune as prune_pcaps
 from policy.prefixes import PrefixAggregates, PrefixDetection
 from policy.rates import DestinationRates, RateTracker, TenantRates, TenantTraffic
 from policy.signature import MIN_TTL_EVIDENCE_SAMPLES, derive_signature
@@ -102,6 +106,7 @@ CARPET_DESTINATIONS_LISTED = 256   # addresses named in a carpet incident
 LEGIT_PROBATION_TICKS = 3    # ticks a target must stay calm before its samples count as legitimate
                              # (a ramp crosses from its normal band to the threshold within a few)
 STATE_FILE = "baselines.npz"
+PCAP_PRUNE_EVERY_S = 300.0   # seconds between passes over the PCAP directory (one listing each)
 
 
 @dataclasses.dataclass(slots=True)
@@ -289,6 +294,8 @@ class PolicyEngine:
         # Samples of the last ticks waiting to be counted as legitimate (see _keep_samples).
         self._legit_probation: collections.deque[tuple[dict, dict]] = collections.deque(maxlen=LEGIT_PROBATION_TICKS)
         self._pcaps: dict[str, IncidentPcap] = {}
+        self._last_pcap_prune = -math.inf     # the first tick prunes: a restart may find old files
+        self.pcap_files_pruned = 0            # PCAP files deleted by retention or the total bound
         self._rule_owner: dict[int, Incident] = {}
         # Last classification per target: (time, anomalous classes, scores).
         self._scores: dict[tuple[int, IPAddress], tuple[float, frozenset[TrafficClass], list[VectorScore]]] = {}
@@ -347,6 +354,7 @@ class PolicyEngine:
             # list(): one C-level copy, safe while a tick in the worker thread changes the dict
             "open_incidents": sum(1 for i in list(self.incidents.open.values()) if i.state == State.ACTIVE),
             "rules_installed": len(self._rule_owner),
+            "pcap_files_pruned": self.pcap_files_pruned,
             "appflood": self.appflood.status(),
             "last_tick": None if report is None else {
                 "now": report.now, "dt": report.dt, "destinations": report.destinations,
@@ -504,6 +512,9 @@ class PolicyEngine:
         self._keep_samples(inbound, by_dst, by_tenant, attack_mask, dest, tenants, det, row_of_slot)
         lap("keep_samples")
         self._write_pcaps(by_dst, by_tenant, inbound)
+        if now - self._last_pcap_prune >= PCAP_PRUNE_EVERY_S:
+            self._last_pcap_prune = now
+            self._prune_pcaps(wall)
         events = [self._describe(event) for event in events]
         if self.last_report is not None and now - self._last_save >= 300.0:   # seconds between snapshots
             self._last_save = now
@@ -1071,6 +1082,26 @@ class PolicyEngine:
                 pcap.write([inbound.samples[i] for i in idx])
             except OSError as exc:
                 log.error("pcap.write_failed", incident=inc.id, error=str(exc))
+
+    def _prune_pcaps(self, wall: float) -> None:
+        """Age the evidence (`policy.pcap.prune`): one directory listing, a few unlinks. The files of
+        open incidents (capturing, or in hold-down with their writer kept) stay."""
+        cfg = self.config
+        keep = set(self._pcaps) | {inc.id for inc in self.incidents.open.values()}
+        try:
+            pruned = prune_pcaps(self.state_dir / "pcap", wall, cfg.pcap_retention_days * 86400.0,
+                                 cfg.pcap_max_total_bytes, keep)
+        except OSError as exc:
+            log.error("pcap.prune_failed", path=str(self.state_dir / "pcap"), error=str(exc))
+            return
+        if pruned.failed:
+            log.error("pcap.prune_failed", path=str(self.state_dir / "pcap"), files=pruned.failed,
+                      error="files could not be deleted")
+        if pruned.files:
+            self.pcap_files_pruned += pruned.files
+            log.info("pcap.pruned", files=pruned.files, expired=pruned.expired_files,
+                     over_total=pruned.over_total_files, bytes=pruned.bytes, kept_bytes=pruned.kept_bytes,
+                     retention_days=cfg.pcap_retention_days, max_total_bytes=cfg.pcap_max_total_bytes)
 
     # -- events ----------------------------------------------------------------------------------
     def _describe(self, event: Event) -> Event:

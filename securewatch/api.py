@@ -23,7 +23,6 @@ from . import fleet, fleet_evidence_store, fleet_store, metrics
 from .bgp import bgp_of, escalate, escalation_target, scoped_bgp, withdraw
 from .context import (
     APPLIANCE,
-    OPTIONS,
     STORE,
     ApiError,
     appliance_or_503,
@@ -45,6 +44,7 @@ from .incidents import (
     MAX_NOTE_CHARS,
     acknowledge,
     add_note,
+    capture_missing,
     handled_incident,
     incident_detail,
     incident_list,
@@ -327,16 +327,12 @@ async def api_pcap(request: web.Request) -> web.StreamResponse:
     ref = (await request.app[STORE].pcaps(incident.id)).get(kind)
     if ref is None:
         raise not_found(f"no {kind!r} capture for incident {incident.id!r}")
+    # Confined to the pcap root (see incidents.capture_missing); a file aged out (pcap_retention_days;
+    # a site's: fleet_evidence_retention_days) is a 404 that says so.
+    missing = await capture_missing(request, incident, kind, ref)
+    if missing is not None:
+        raise not_found(missing)
     path = pathlib.Path(ref["path"]).resolve()
-    root = request.app[OPTIONS]["pcap_root"]
-    # Confined always: the path comes from an event, which in central mode any appliance
-    # (or anyone who can write the database) chose. No root: this server has no captures.
-    if root is None or not path.is_relative_to(root):
-        log.warning("securewatch.pcap_outside_root", incident=incident.id, path=str(path),
-                    root=str(root) if root else None)
-        raise not_found("capture file is not available")
-    if not path.is_file():
-        raise ApiError(410, f"capture file {path.name} is no longer on disk")
     await audit(request, "incident.pcap_download", target=incident.id, tenant=incident.tenant, details={"kind": kind})
     return web.FileResponse(path, headers={
         "Content-Type": "application/vnd.tcpdump.pcap",

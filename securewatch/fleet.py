@@ -62,7 +62,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from . import auth, fleet_config, fleet_store, fleet_tenant
+from . import auth, fleet_config, fleet_evidence_store, fleet_store, fleet_tenant
 from .context import SETTINGS, STORE, ApiError, principal_of, query_int, read_json, visible_tenant
 from .series import DESTINATION_RANGES
 from .store import Store, record_event_in
@@ -602,6 +602,11 @@ async def partition_upkeep(worker: Store, retention: Any, counters: dict[str, in
     behind an ingest, say) is logged and counted; the caller tries again on its next pass."""
     try:
         await worker.run(fleet_store.apply_retention, time.time(), retention)
+        # Sites' PCAP files (up to 2 x 8 MiB an incident) are kept fleet_evidence_retention_days too.
+        pruned = await worker.run(fleet_evidence_store.apply_retention, time.time(),
+                                  retention.fleet_evidence_retention_days)
+        if pruned:
+            log.info("fleet.evidence_pruned", rows=pruned, retention_days=retention.fleet_evidence_retention_days)
         return True
     except Exception:
         counters["maintenance_failures"] += 1

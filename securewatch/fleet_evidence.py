@@ -13,7 +13,8 @@ Stored in a table of the central database (`fleet_evidence`), not in a directory
 server may have no state directory at all (central mode), may run on PostgreSQL with more than
 one process in front, and the file goes with the incident's other rows in one place. It is
 bounded per file (EVIDENCE_MAX_BYTES, the appliance's own PCAP cap, `policy.config.pcap_max_bytes`)
-and per incident (its two kinds). `GET /api/v1/incidents/{SITE:ID}/pcap/{kind}` serves it with the
+and per incident (its two kinds), and kept `fleet_evidence_retention_days` after receipt
+(`fleet_evidence_store.apply_retention`). `GET /api/v1/incidents/{SITE:ID}/pcap/{kind}` serves it with the
 access rules of a local capture (`api.api_pcap`).
 """
 

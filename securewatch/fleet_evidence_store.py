@@ -1,5 +1,9 @@
 """The central database's side of a site's incident evidence (`fleet_evidence`): no imports from
-the web layer, so that the store's migrations can name it."""
+the web layer, so that the store's migrations can name it.
+
+Kept `fleet_evidence_retention_days` (`[securewatch]`, `series.SeriesRetention`) after receipt:
+`apply_retention` deletes older rows in the central server's retention pass (`fleet.partition_upkeep`).
+A capture asked for after that is answered as no longer kept (`capture_missing`), not as an error."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 
 EVIDENCE_MAX_BYTES = 8 * 1024 * 1024   # bytes per PCAP file: the appliance's own cap (pcap_max_bytes)
 EVIDENCE_KINDS = ("dropped", "passed")  # the two files `policy.pcap.IncidentPcap` writes
+SECONDS_PER_DAY = 86400
 
 MIGRATION = [
     """CREATE TABLE IF NOT EXISTS fleet_evidence (
@@ -38,6 +43,35 @@ def store_evidence(b: Any, incident_id: str, kind: str, site: str, sha256: str, 
               "received_at = excluded.received_at, data = excluded.data",
               (incident_id, kind, site, sha256, len(data), time.time(), data))
     return "stored"
+
+
+def apply_retention(b: Any, now: float, retention_days: int) -> int:
+    """Delete the files received more than `retention_days` before `now` (epoch seconds); rows removed.
+    received_at is the central server's own clock: a site's skew does not age its files."""
+    return b.execute("DELETE FROM fleet_evidence WHERE received_at < ?",
+                     (now - retention_days * SECONDS_PER_DAY,)).rowcount
+
+
+def incident_site(b: Any, incident_id: str) -> str | None:
+    """The site an incident came from (None: a local incident, or none such)."""
+    row = b.execute("SELECT site FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+    return None if row is None else row[0]
+
+
+def capture_missing(incident_id: str, kind: str, *, site: str | None, ended: float | None, now: float,
+                    retention_days: int | None) -> str:
+    """Why an incident's `kind` capture cannot be served, for the API's 404 and the incident page.
+    site: the incident's site (central server) or None (this appliance's own capture);
+    retention_days: how long this server keeps a site's files (central) or None."""
+    what = f"the {kind} capture of incident {incident_id}"
+    if site is None:
+        return (f"{what} is no longer kept: this appliance deletes an incident's PCAP files "
+                f"pcap_retention_days after it ended, and the oldest first past pcap_max_total_bytes")
+    if retention_days is not None and ended is not None and ended < now - retention_days * SECONDS_PER_DAY:
+        return (f"{what} is no longer kept: the central server deletes a site's PCAP files "
+                f"{retention_days} days after receipt (fleet_evidence_retention_days)")
+    return (f"{what} is not kept at the central server: site {site} has not sent it (yet), or it was "
+            f"deleted after fleet_evidence_retention_days ({retention_days} days)")
 
 
 def site_pcap(b: Any, incident_id: str, kind: str) -> bytes | None:

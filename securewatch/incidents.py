@@ -7,15 +7,30 @@ CSRF token) and answer (JSON or a page); who may see and do what is decided here
 from __future__ import annotations
 
 import datetime
+import pathlib
+import time
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from . import fleet_evidence_store
-from .context import STORE, ApiError, audit, check_csrf, principal_of, shown_actors, visible_incident
+from .context import (
+    OPTIONS,
+    SETTINGS,
+    STORE,
+    ApiError,
+    audit,
+    check_csrf,
+    principal_of,
+    shown_actors,
+    visible_incident,
+)
 from .fleet_store import site_problem
 from .fleet_tenant import linked_incidents
 from .store import INCIDENT_STATES, Incident, IncidentFilter
+
+log = structlog.get_logger(__name__)
 
 MAX_NOTE_CHARS = 4000
 INCIDENT_PAGE_DEFAULT = 200        # incidents per list when the caller names no limit
@@ -79,9 +94,14 @@ async def incident_detail(request: web.Request, incident_id: str) -> dict[str, A
     notes = await store.incident_notes(incident_id, internal=principal_of(request).sees_all)
     shown = await shown_actors(request, [n["author"] for n in notes])
     out["notes"] = [{**n, "author": shown[n["author"]]} for n in notes]
-    out["pcaps"] = {kind: {"packets": ref["packets"], "bytes": ref["bytes"],
-                           "url": f"/api/v1/incidents/{incident_id}/pcap/{kind}"}
-                    for kind, ref in (await store.pcaps(incident_id)).items()}
+    # Each capture the incident's events named, and whether this server still has it: a file aged
+    # out (pcap_retention_days here, fleet_evidence_retention_days at the central server) is noted.
+    out["pcaps"] = {}
+    for kind, ref in (await store.pcaps(incident_id)).items():
+        missing = await capture_missing(request, incident, kind, ref)
+        out["pcaps"][kind] = {"packets": ref["packets"], "bytes": ref["bytes"],
+                              "url": f"/api/v1/incidents/{incident_id}/pcap/{kind}",
+                              "kept": missing is None, "note": missing}
     # The same attack seen at other sites: their incidents, linked (fleet_tenant: why two, not one).
     out["linked"] = await store.run(linked_incidents, incident_id)
     # A site's incident: the BGP announcements its appliance made for it (issue 17, item 3).
@@ -91,6 +111,32 @@ async def incident_detail(request: web.Request, incident_id: str) -> dict[str, A
         announcements = [{k: v for k, v in a.items() if k != "peers"} for a in announcements]
     out["site_announcements"] = announcements
     return out
+
+
+async def capture_missing(request: web.Request, incident: Incident, kind: str,
+                          ref: dict[str, Any]) -> str | None:
+    """None when the `kind` capture named by `ref` (a `store.pcaps` entry) can be served, else why not:
+    a site's file (central server) not in `fleet_evidence`, a local file gone from under the pcap root."""
+    store = request.app[STORE]
+    site = await store.run(fleet_evidence_store.incident_site, incident.id)
+    if site is not None:
+        if kind in await store.run(fleet_evidence_store.site_pcap_kinds, incident.id):
+            return None
+        return fleet_evidence_store.capture_missing(
+            incident.id, kind, site=site, ended=incident.ended, now=time.time(),
+            retention_days=request.app[SETTINGS].retention.fleet_evidence_retention_days)
+    root = request.app[OPTIONS]["pcap_root"]
+    path = pathlib.Path(ref["path"]).resolve()
+    # Confined always: the path comes from an event, which in central mode any appliance (or anyone
+    # who can write the database) chose. No root: this server has no captures.
+    if root is None or not path.is_relative_to(root):
+        if root is not None:
+            log.warning("securewatch.pcap_outside_root", incident=incident.id, path=str(path), root=str(root))
+        return "capture file is not available"
+    if not path.is_file():
+        return fleet_evidence_store.capture_missing(incident.id, kind, site=None, ended=incident.ended,
+                                                    now=time.time(), retention_days=None)
+    return None
 
 
 async def handled_incident(request: web.Request, incident_id: str, verb: str, *,

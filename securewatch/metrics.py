@@ -91,6 +91,11 @@ class _StatusCollector:
             rules = GaugeMetricFamily("seawall_policy_rules_installed", "Dynamic rules in the dataplane")
             rules.add_metric([], float(policy.get("rules_installed", 0)))
             yield rules
+            pruned = CounterMetricFamily("seawall_policy_pcap_files_pruned", "Incident PCAP files deleted: "
+                                         "ended more than pcap_retention_days ago, or oldest past "
+                                         "pcap_max_total_bytes")
+            pruned.add_metric([], float(policy.get("pcap_files_pruned", 0)))
+            yield pruned
             flood = policy.get("appflood") or {}
             if flood:
                 limits = GaugeMetricFamily("seawall_appflood_source_limits", "Per-source connection limits installed "

@@ -70,6 +70,7 @@ class SeriesRetention:
     fleet_minute_retention_days: int = 30                # per-site, per-tenant minute rollups
     fleet_hour_retention_days: int = 400                 # per-site, per-tenant hour rollups
     fleet_destination_minute_retention_days: int = 30    # per-site, per-destination minute rollups
+    fleet_evidence_retention_days: int = 90              # sites' incident PCAP files, after receipt (rows)
 
     # Bounds of each key (inclusive), in its own unit.
     BOUNDS = {"traffic_second_retention_s": (300, 7 * SECONDS_PER_DAY),
@@ -80,7 +81,8 @@ class SeriesRetention:
               "fleet_second_retention_s": (600, 7 * SECONDS_PER_DAY),
               "fleet_minute_retention_days": (1, 3650),
               "fleet_hour_retention_days": (31, 3650),
-              "fleet_destination_minute_retention_days": (1, 3650)}
+              "fleet_destination_minute_retention_days": (1, 3650),
+              "fleet_evidence_retention_days": (1, 3650)}
 
 
 SERIES_KEYS = tuple(f.name for f in dataclasses.fields(SeriesRetention))

@@ -28,7 +28,8 @@ async def start_server(settings: SecureWatchSettings, *, bus: Any = None, applia
     """Open the store, serve the app on settings.listen, yield its base URL; close both on exit.
 
     HTTPS when [securewatch] tls_cert and tls_key are set (checked when the config was read).
-    state_dir: the appliance's; PCAP downloads are confined to its pcap/ directory. Without it
+    state_dir: the policy engine's (`seawall run`: STATE_DIR/policy); PCAP downloads are confined to
+    its pcap/ directory, where the engine writes them (`policy.pcap`). Without it
     (central mode) no PCAP is served.
     """
     ssl_context = settings.ssl_context()

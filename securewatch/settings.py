@@ -18,6 +18,7 @@
     fleet_minute_retention_days = 30         # central server: per-site minute rollups (day partitions)
     fleet_hour_retention_days = 400          # central server: per-site hour rollups (30-day partitions)
     fleet_destination_minute_retention_days = 30   # central server: per-site destination minutes (day partitions)
+    fleet_evidence_retention_days = 90       # central server: sites' incident PCAP files, after receipt
     # [securewatch.reports]: customer report branding and mail schedule (securewatch/reports_config.py)
 
 The validation lives here, beside what it validates; `appliance.config` hands this table to

@@ -77,6 +77,7 @@ class PolicyStatus(TypedDict):
     tracked_destinations: int
     open_incidents: int
     rules_installed: int
+    pcap_files_pruned: int       # incident PCAP files deleted by retention or the total bound (policy.pcap.prune)
     # Application-layer floods (policy.appflood.AppFloodDetector.status): servers with flow baselines,
     # per-source limits and blocked sources now, counters (limits_evicted, blocks_evicted, ...).
     appflood: dict[str, Any]

@@ -291,3 +291,38 @@ async def test_item3_agent_drops_a_file_over_the_cap_not_retrying_it_and_sends_t
             await agent.collect()
             await wait_for(lambda: _no_evidence(agent), what="the evidence queue drained")
             assert await stored_evidence(store) == [("ams1:inc-2", "passed", "ams1", len(passed))]
+
+
+async def test_item5_agent_drops_a_file_the_appliance_pruned_before_it_went_and_sends_the_rest(tmp_path):
+    import os  # noqa: PLC0415
+
+    from structlog.testing import capture_logs  # noqa: PLC0415
+
+    from policy.pcap import prune  # noqa: PLC0415
+
+    appliance = LabAppliance()
+    bus = EventBus()
+    state = tmp_path / "state"
+    old = state / "pcap" / "inc-3-dropped.pcap"
+    lab_pcap(old, udp_frame("198.18.0.7"))
+    passed = lab_pcap(state / "pcap" / "inc-4-passed.pcap", udp_frame("198.18.0.9"))
+    async with central(tmp_path) as (url, store):
+        token = await enrolled(store)
+        async with agent_for(url, token, appliance, state, bus=bus) as agent:
+            for incident, path in (("inc-3", old), ("inc-4", state / "pcap" / "inc-4-passed.pcap")):
+                bus.publish(Event(EventType.ATTACK_START, "alpha", "udp flood", Severity.CRITICAL,
+                                  incident_id=incident))
+                bus.publish(Event(EventType.ATTACK_END, "alpha", "ended", Severity.INFO, incident_id=incident,
+                                  details={"pcap": {pcap_kind(path): {"path": str(path)}}}))
+            # inc-3's capture ended 100 days ago: the engine's retention deletes it before it is sent.
+            os.utime(old, (time.time() - 100 * 86400,) * 2)
+            assert prune(state / "pcap", time.time(), 90 * 86400, 1 << 30, set()).files == 1
+            with capture_logs() as logs:
+                await agent.collect()
+                await wait_for(lambda: _no_evidence(agent), what="the evidence queue drained")
+            assert await stored_evidence(store) == [("ams1:inc-4", "passed", "ams1", len(passed))]
+            assert [e["path"] for e in logs if e["event"] == "fleet.evidence_gone"] == [str(old)]
+
+
+def pcap_kind(path: pathlib.Path) -> str:
+    return path.stem.rsplit("-", 1)[1]
