@@ -92,8 +92,11 @@ def _loopback_host(url: str) -> bool:
 
 
 FLEET_SCHEMES = ("https://", "http://")   # http:// only for a central server on this host (tests, a lab)
+# The incident PCAP files' caps and retention: `policy.config.PolicyConfig` fields of the same names, whose
+# bounds check them here too (the per-file cap, the days kept after an incident ends, the total).
+PCAP_KEYS = ("pcap_max_bytes", "pcap_retention_days", "pcap_max_total_bytes")
 APPLIANCE_KEYS = ("external", "internal", "state_dir", "log_format", "tick_ms", "bpffs", "address_cache_mib",
-                  "max_addresses", *sizing.FLOW_SIZE_KEYS)
+                  "max_addresses", *sizing.FLOW_SIZE_KEYS, *PCAP_KEYS)
 ADDRESS_CACHE_MIB_RANGE = (1, 65536)   # MiB; dataplane.sizing turns it into slots per CPU
 
 
@@ -108,6 +111,7 @@ class ApplianceSettings:
     address_cache_mib: int = sizing.DEFAULT_CACHE_MIB          # MiB, all CPU regions together
     max_addresses: int = sizing.DEFAULT_MAX_ADDRESSES          # spill map entries
     flow_sizes: sizing.FlowSizes = sizing.FlowSizes()          # connection accounting's maps, entries
+    pcap: dict[str, int] = dataclasses.field(default_factory=dict)   # the PCAP_KEYS given (bytes, days, bytes)
 
     def address_cache_bits(self, regions: int | None = None) -> int:
         """log2 of the address cache's slots per CPU region on this box (`dataplane.sizing`)."""
@@ -300,6 +304,22 @@ def _parse_appflood(table: dict[str, Any], sizes: sizing.FlowSizes, problems: li
     return dict(knobs)
 
 
+def _parse_pcap(table: dict[str, Any], problems: list[str]) -> dict[str, int]:
+    """The PCAP_KEYS of [appliance] that are given, checked by the policy engine's own configuration (one
+    set of bounds); {} when one is wrong (the problem names it)."""
+    given = {key: table[key] for key in PCAP_KEYS if key in table}
+    if not given:
+        return {}
+    from policy.config import PolicyConfig  # noqa: PLC0415 - the engine's configuration, only when needed
+
+    try:
+        PolicyConfig(**given)
+    except ValueError as exc:
+        problems.append(f"[appliance] {str(exc).removeprefix('policy config ')}")
+        return {}
+    return given
+
+
 def _parse_appliance(table: dict[str, Any], problems: list[str]) -> ApplianceSettings:
     _unknown_keys("appliance", table, APPLIANCE_KEYS, problems)
     external = _interface(table, "external", problems)
@@ -335,6 +355,7 @@ def _parse_appliance(table: dict[str, Any], problems: list[str]) -> ApplianceSet
         state_dir=_path("appliance", table, "state_dir", DEFAULT_STATE_DIR, problems),
         log_format=log_format, tick_ms=tick_ms,
         bpffs=_path("appliance", table, "bpffs", DEFAULT_BPFFS, problems),
+        pcap=_parse_pcap(table, problems),
     )
 
 

@@ -270,7 +270,8 @@ class Appliance:
         from policy.engine import PolicyConfig, PolicyEngine  # noqa: PLC0415
 
         # `[escalation] uplink_bps` scales the default detection floors (None: the fixed defaults).
-        policy = PolicyConfig(uplink_bps=self.config.escalation.uplink_bps)
+        # [appliance] pcap_* keys: the incident PCAP files' caps and retention.
+        policy = PolicyConfig(uplink_bps=self.config.escalation.uplink_bps, **self.config.appliance.pcap)
         # Application-layer floods (issue 15): the volumetric baselines' pace unless [appflood] says
         # otherwise, caps at the dataplane's map sizes ([appliance] source_limits_max, blocked_sources_max).
         appflood = AppFloodConfig.for_dataplane(self.config.appliance.flow_sizes, **{

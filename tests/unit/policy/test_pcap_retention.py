@@ -118,3 +118,29 @@ def test_item5_pcap_key_defaults():
     assert PolicyConfig(pcap_retention_days=3650, pcap_max_total_bytes=2 * config.pcap_max_bytes)
 
 
+
+
+def test_item5_pcap_keys_are_appliance_config_keys_that_reach_the_engine(tmp_path):
+    """An operator sets the PCAP caps and retention in the config file ([appliance]); `seawall run` gives them to
+    the policy engine, and a bad value is refused with the engine's own bounds, naming the key."""
+    from appliance.bench.policy import SyntheticDataplane
+    from appliance.config import parse_config
+    from appliance.service import Appliance
+    from tenants import ConfigError
+
+    base = f'[appliance]\nstate_dir = "{tmp_path / "state"}"\nbpffs = "{tmp_path / "bpffs"}"\n'
+    config = parse_config(base + "pcap_max_bytes = 1048576\npcap_retention_days = 7\npcap_max_total_bytes = 104857600\n")
+    app = Appliance(config)
+    app.dataplane = SyntheticDataplane(100, 10, 0.0, 0, 1)
+    engine = app.policy_engine(app.dataplane)
+    assert (engine.config.pcap_max_bytes, engine.config.pcap_retention_days,
+            engine.config.pcap_max_total_bytes) == (1048576, 7, 104857600)
+    defaults = Appliance(parse_config(base)).policy_engine(SyntheticDataplane(100, 10, 0.0, 0, 1)).config
+    assert (defaults.pcap_retention_days, defaults.pcap_max_total_bytes) == (90, 2 * 1024**3)
+    for text, message in (("pcap_retention_days = 0\n", "[appliance] pcap_retention_days: must be an integer 1..3650"),
+                          ("pcap_max_bytes = \"big\"\n", "[appliance] pcap_max_bytes: must be an integer"),
+                          ("pcap_max_bytes = 1048576\npcap_max_total_bytes = 1048576\n",
+                           "[appliance] pcap_max_total_bytes: must be an integer 2097152..")):
+        with pytest.raises(ConfigError) as err:
+            parse_config(base + text)
+        assert any(message in p for p in err.value.problems), err.value.problems
