@@ -42,30 +42,6 @@ class _File:
     skipped: int = 0
 
 
-def _continue(f: _File, header: bytes) -> bool:
-    """Take up `f`'s existing file when it is one of ours (the same global header): its whole records
-    are kept and counted, a record cut short (a crash in mid-write) is cut off. False: no such file,
-    or not ours (written afresh)."""
-    try:
-        with f.path.open("r+b") as fh:
-            data = fh.read()
-            if not data.startswith(header):
-                return False
-            at, records = GLOBAL_HEADER.size, 0
-            while at + RECORD_HEADER.size <= len(data):
-                length = RECORD_HEADER.unpack_from(data, at)[2]
-                if at + RECORD_HEADER.size + length > len(data):
-                    break
-                at += RECORD_HEADER.size + length
-                records += 1
-            if at < len(data):
-                fh.truncate(at)
-    except FileNotFoundError:
-        return False
-    f.size, f.written = at, records
-    return True
-
-
 class IncidentPcap:
     """Appends an incident's samples to its two PCAP files, within a size bound."""
 
@@ -82,14 +58,10 @@ class IncidentPcap:
         self._offset = monotonic_to_wall if monotonic_to_wall is not None else time.time() - time.monotonic()
         self.files = {dropped: _File(self.directory / f"{incident_id}-{'dropped' if dropped else 'passed'}.pcap")
                       for dropped in (True, False)}
-        header = GLOBAL_HEADER.pack(PCAP_MAGIC, *PCAP_VERSION, 0, 0, SAMPLE_BYTES, LINKTYPE_ETHERNET)
         for f in self.files.values():
-            # An incident open across an engine restart (its state is restored) captures on into the
-            # files it had: starting them over would lose the evidence of the attack's first part.
-            if not _continue(f, header):
-                with f.path.open("wb") as fh:
-                    fh.write(header)
-                f.size = GLOBAL_HEADER.size
+            with f.path.open("wb") as fh:
+                fh.write(GLOBAL_HEADER.pack(PCAP_MAGIC, *PCAP_VERSION, 0, 0, SAMPLE_BYTES, LINKTYPE_ETHERNET))
+            f.size = GLOBAL_HEADER.size
 
     def write(self, samples: list[Sample]) -> None:
         chunks: dict[bool, list[bytes]] = {True: [], False: []}

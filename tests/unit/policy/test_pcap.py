@@ -46,25 +46,3 @@ def test_files_stop_growing_at_the_bound(tmp_path):
 def test_unsafe_incident_ids_are_refused(tmp_path):
     with pytest.raises(ValueError, match="safe file name"):
         IncidentPcap(tmp_path, "../etc/passwd")
-
-
-def test_an_incident_open_across_a_restart_captures_on_into_its_files_and_a_cut_record_is_cut_off(tmp_path):
-    """The engine restores an open incident after a restart and opens its capture again: the samples taken
-    before the restart stay (before, the files were written afresh and they were lost), the new ones follow;
-    a record cut short by a crash in mid-write is cut off so that the file reads back."""
-    before = IncidentPcap(tmp_path, "inc-3", monotonic_to_wall=1_700_000_000.0)
-    before.write([sample(i, dropped=True) for i in range(4)] + [sample(10, dropped=False)])
-    path = tmp_path / "inc-3-dropped.pcap"
-    with path.open("ab") as fh:
-        fh.write(RECORD_HEADER.pack(1, 2, 128, 346) + b"\0" * 50)   # a record cut short
-    after = IncidentPcap(tmp_path, "inc-3", monotonic_to_wall=1_700_000_000.0)
-    assert after.summary()["dropped"]["packets"] == 4 and after.summary()["passed"]["packets"] == 1
-    after.write([sample(20 + i, dropped=True) for i in range(2)])
-    dropped = rdpcap(str(path))
-    assert [p[UDP].sport for p in dropped] == [1000, 1001, 1002, 1003, 1020, 1021]
-    assert len(rdpcap(str(tmp_path / "inc-3-passed.pcap"))) == 1
-    assert path.stat().st_size == GLOBAL_HEADER.size + 6 * (RECORD_HEADER.size + 128)
-    # A file that is not one of ours (another format, empty) is written afresh.
-    (tmp_path / "inc-4-dropped.pcap").write_bytes(b"not a pcap")
-    IncidentPcap(tmp_path, "inc-4").write([sample(1, dropped=True)])
-    assert len(rdpcap(str(tmp_path / "inc-4-dropped.pcap"))) == 1
