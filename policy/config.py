@@ -139,7 +139,8 @@ class PolicyConfig:
         # PCAP evidence: whole numbers within bounds; the total holds at least one incident's two files.
         for name, lo, hi in (("pcap_max_bytes", PCAP_MIN_BYTES, PCAP_MAX_BYTES),
                              ("pcap_retention_days", 1, PCAP_RETENTION_DAYS_MAX),
-                             ("pcap_max_total_bytes", 2 * self.pcap_max_bytes, PCAP_MAX_TOTAL_BYTES)):
+                             ("pcap_max_total_bytes", None, PCAP_MAX_TOTAL_BYTES)):
+            lo = 2 * self.pcap_max_bytes if lo is None else lo   # pcap_max_bytes is checked by then
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ValueError(f"policy config {name}: must be an integer {lo}..{hi}, got {value!r}")

@@ -324,6 +324,7 @@ class PolicyEngine:
         for idx in set(old) - set(entries):
             for inc in self.incidents.close_tenant(idx):
                 self._remove_rules(inc)
+                self._pcaps.pop(inc.id, None)   # its files age out as those of any ended incident
         for idx, entry in entries.items():
             before = old.get(idx)
             if before is not None and (before.mode != entry.mode

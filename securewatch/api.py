@@ -332,6 +332,10 @@ async def api_pcap(request: web.Request) -> web.StreamResponse:
     missing = await capture_missing(request, incident, kind, ref)
     if missing is not None:
         raise not_found(missing)
+    if await request.app[STORE].run(fleet_evidence_store.incident_site, incident.id) is not None:
+        # A site's file that arrived between the two reads above: served from the database at the next
+        # request, never from a path a site's event named.
+        raise not_found(f"the {kind!r} capture of incident {incident.id!r} has just arrived: ask again")
     path = pathlib.Path(ref["path"]).resolve()
     await audit(request, "incident.pcap_download", target=incident.id, tenant=incident.tenant, details={"kind": kind})
     return web.FileResponse(path, headers={

@@ -46,9 +46,11 @@ def store_evidence(b: Any, incident_id: str, kind: str, site: str, sha256: str, 
 
 
 def apply_retention(b: Any, now: float, retention_days: int) -> int:
-    """Delete the files received more than `retention_days` before `now` (epoch seconds); rows removed.
+    """Delete the files received more than `retention_days` before `now` (epoch seconds) of incidents that
+    have ended (an incident still open, however long, keeps its evidence, as on the appliance); rows removed.
     received_at is the central server's own clock: a site's skew does not age its files."""
-    return b.execute("DELETE FROM fleet_evidence WHERE received_at < ?",
+    return b.execute("DELETE FROM fleet_evidence WHERE received_at < ? AND incident_id IN "
+                     "(SELECT id FROM incidents WHERE ended IS NOT NULL)",
                      (now - retention_days * SECONDS_PER_DAY,)).rowcount
 
 

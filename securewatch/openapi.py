@@ -252,8 +252,10 @@ def openapi_document() -> dict[str, Any]:
             "A tenant's seconds summed over the sites (series) and each site's (sites)", params=tid, query=(
                 ("site", "one site only"), ("seconds", "1 to 3600, default 300")), errors=("400", "401", "404"))},
         "/api/v1/fleet/tenants/{tenant_id}/destinations": {"get": _op(
-            "A tenant's per-destination seconds merged over the sites (pps summed per address and second)",
-            params=tid, query=(("site", "one site only"), ("seconds", "1 to 3600, default 300")),
+            "A tenant's per-destination series merged over the sites: seconds up to an hour (pps summed per "
+            "address and second), the sites' minute rollups beyond (`resolution` says which)",
+            params=tid, query=(("site", "one site only"), ("range", "5m, 1h, 24h or 7d"),
+                               ("seconds", "1 to 604800 (7 days), default 300; instead of range")),
             errors=("400", "401", "404"))},
     })
     return {

@@ -139,6 +139,7 @@ def test_item5_pcap_keys_are_appliance_config_keys_that_reach_the_engine(tmp_pat
     assert (defaults.pcap_retention_days, defaults.pcap_max_total_bytes) == (90, 2 * 1024**3)
     for text, message in (("pcap_retention_days = 0\n", "[appliance] pcap_retention_days: must be an integer 1..3650"),
                           ("pcap_max_bytes = \"big\"\n", "[appliance] pcap_max_bytes: must be an integer"),
+                          ("pcap_max_bytes = 1979-05-27\n", "[appliance] pcap_max_bytes: must be an integer"),
                           ("pcap_max_bytes = 1048576\npcap_max_total_bytes = 1048576\n",
                            "[appliance] pcap_max_total_bytes: must be an integer 2097152..")):
         with pytest.raises(ConfigError) as err:

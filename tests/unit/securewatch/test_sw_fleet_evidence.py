@@ -137,6 +137,12 @@ async def test_item5_central_retention_deletes_site_evidence_past_the_key_and_40
         assert await fleet.partition_upkeep(store, SeriesRetention(fleet_evidence_retention_days=1), counters)
         assert len(await stored(store)) == 2
         await store.run(lambda b: b.execute("UPDATE fleet_evidence SET received_at = ?", (now - 2 * DAY,)))
+        # An incident still open keeps its evidence however old (as on the appliance); once ended, it ages.
+        ended = await store.run(lambda b: b.execute("SELECT ended FROM incidents WHERE id = 'ams1:inc-new'").fetchone()[0])
+        await store.run(lambda b: b.execute("UPDATE incidents SET ended = NULL WHERE id = 'ams1:inc-new'"))
+        assert await fleet.partition_upkeep(store, SeriesRetention(fleet_evidence_retention_days=1), counters)
+        assert len(await stored(store)) == 2
+        await store.run(lambda b: b.execute("UPDATE incidents SET ended = ? WHERE id = 'ams1:inc-new'", (ended,)))
         assert await fleet.partition_upkeep(store, SeriesRetention(fleet_evidence_retention_days=1), counters)
         assert await stored(store) == []
 
