@@ -310,33 +310,31 @@ def test_resets_wait_the_delay_after_the_block_then_go_at_the_next_read_of_the_c
         assert c.entry().state == FlowState.RESET
 
 
-def test_resets_at_the_block_stop_at_the_cap_per_tick_and_the_rest_follow_at_the_next_tick(dp, tenants, wire):
+def test_resets_at_the_block_stop_at_the_cap_per_tick_and_the_rest_follow_at_the_next_tick(dp, tenants, wire,
+                                                                                         monkeypatch):
     """Above `resets_per_tick` held connections, the rest wait (counted in `block_resets_deferred`, once per
     connection however many ticks it waits) and go at the engine's next read of the flow counters (its tick)."""
     alpha = tenants["alpha"]
     client = "198.19.46.6"
     conns = [Client(dp, client, ALPHA_DST, 53010 + i).open() for i in range(5)]
-    cap, dp.flows.resets_per_tick = dp.flows.resets_per_tick, 2
-    try:
-        before = dp.read_flow_cap_counters()
-        with blocked(dp, alpha, client):
-            tick(dp)
-            assert len(resets(wire, 3, timeout=1.0)) == 2
-            mid = dp.read_flow_cap_counters()
-            assert mid["block_resets_sent"] - before["block_resets_sent"] == 2
-            assert mid["block_resets_deferred"] - before["block_resets_deferred"] == 3
-            assert sorted(c.entry().state for c in conns) == [FlowState.ESTABLISHED] * 3 + [FlowState.RESET] * 2
-            dp.read_flow_counters()                                  # the next tick: two more
-            assert len(resets(wire, 2)) == 2
-            dp.read_flow_counters()                                  # and the last
-            assert len(resets(wire, 1)) == 1
-            after = dp.read_flow_cap_counters()
-            assert after["block_resets_sent"] - before["block_resets_sent"] == 5
-            assert after["block_resets_deferred"] - before["block_resets_deferred"] == 3
-            assert all(c.entry().state == FlowState.RESET for c in conns)
-            assert rows(dp, True)[(ALPHA_DST, client)].established == 0
-    finally:
-        dp.flows.resets_per_tick = cap
+    monkeypatch.setattr(dp.flows, "resets_per_tick", 2)
+    before = dp.read_flow_cap_counters()
+    with blocked(dp, alpha, client):
+        tick(dp)
+        assert len(resets(wire, 3, timeout=1.0)) == 2
+        mid = dp.read_flow_cap_counters()
+        assert mid["block_resets_sent"] - before["block_resets_sent"] == 2
+        assert mid["block_resets_deferred"] - before["block_resets_deferred"] == 3
+        assert sorted(c.entry().state for c in conns) == [FlowState.ESTABLISHED] * 3 + [FlowState.RESET] * 2
+        dp.read_flow_counters()                                  # the next tick: two more
+        assert len(resets(wire, 2)) == 2
+        dp.read_flow_counters()                                  # and the last
+        assert len(resets(wire, 1)) == 1
+        after = dp.read_flow_cap_counters()
+        assert after["block_resets_sent"] - before["block_resets_sent"] == 5
+        assert after["block_resets_deferred"] - before["block_resets_deferred"] == 3
+        assert all(c.entry().state == FlowState.RESET for c in conns)
+        assert rows(dp, True)[(ALPHA_DST, client)].established == 0
 
 
 # -- review of the resets at the block (items 1-6) ----------------------------------------------------------------
@@ -383,36 +381,33 @@ def test_item2_a_reset_refused_at_every_try_is_counted_unsent_in_the_flow_counte
         assert resets(wire, 1, timeout=0.3) == []
 
 
-
 def test_refused_resets_beyond_the_retry_bound_push_out_the_oldest_counted_unsent_with_one_warning_a_tick(
-        dp, tenants, wire):
+        dp, tenants, wire, monkeypatch):
     """The frames waiting for another send are bounded (`reset_retry_max`, BLOCK_RESET_RETRY_MAX frames): a refused
     frame beyond it pushes out the oldest, which counts in `block_resets_unsent` at once; a tick's refusals
     are one warning, not one per frame; the frames kept go out once the NIC takes them."""
     alpha = tenants["alpha"]
     client = "198.19.46.23"
     conns = [Client(dp, client, ALPHA_DST, 53040 + i).open() for i in range(3)]
-    bound, dp.flows.reset_retry_max = dp.flows.reset_retry_max, 2
-    try:
-        before = dp.read_flow_cap_counters()
-        with blocked(dp, alpha, client):
-            with link_down(dp), structlog.testing.capture_logs() as logs:
-                tick(dp)
-            assert all(c.entry().state == FlowState.RESET for c in conns)
-            mid = dp.read_flow_cap_counters()
-            assert mid["block_resets_unsent"] - before["block_resets_unsent"] == 1   # the oldest of three
-            unsent = [e for e in logs if e["event"] == "dataplane.block_resets_unsent"]
-            assert len(unsent) == 1 and unsent[0]["frames"] == 3 and unsent[0]["waiting"] == 2
+    monkeypatch.setattr(dp.flows, "reset_retry_max", 2)
+    before = dp.read_flow_cap_counters()
+    with blocked(dp, alpha, client):
+        with link_down(dp), structlog.testing.capture_logs() as logs:
             tick(dp)
-            got = resets(wire, 3, timeout=1.0)
-            # The two kept (the frame written first, in the table's order, was pushed out), once each.
-            ports = [p[TCP].sport for p in got]
-            assert len(ports) == len(set(ports)) == 2 and set(ports) < {c.cport for c in conns}
-            after = dp.read_flow_cap_counters()
-            assert after["block_resets_sent"] - before["block_resets_sent"] == 2
-            assert after["block_resets_unsent"] - before["block_resets_unsent"] == 1
-    finally:
-        dp.flows.reset_retry_max = bound
+        assert all(c.entry().state == FlowState.RESET for c in conns)
+        mid = dp.read_flow_cap_counters()
+        assert mid["block_resets_unsent"] - before["block_resets_unsent"] == 1   # the oldest of three
+        unsent = [e for e in logs if e["event"] == "dataplane.block_resets_unsent"]
+        assert len(unsent) == 1 and unsent[0]["frames"] == 3 and unsent[0]["waiting"] == 2
+        tick(dp)
+        got = resets(wire, 3, timeout=1.0)
+        # The two kept (the frame written first, in the table's order, was pushed out), once each.
+        ports = [p[TCP].sport for p in got]
+        assert len(ports) == len(set(ports)) == 2 and set(ports) < {c.cport for c in conns}
+        after = dp.read_flow_cap_counters()
+        assert after["block_resets_sent"] - before["block_resets_sent"] == 2
+        assert after["block_resets_unsent"] - before["block_resets_unsent"] == 1
+
 
 def test_item3_resets_go_only_after_the_first_read_following_the_block_has_taken_its_rows(dp, tenants, wire):
     """Whatever the tick (here the delay passed at once, as with tick_ms >= BLOCK_RESET_DELAY_MS): nothing

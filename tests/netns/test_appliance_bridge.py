@@ -188,6 +188,15 @@ def test_tcp_udp_icmp_over_ipv4_and_ipv6_cross_the_xdp_bridge(lab, appliance):
             assert run_in_netns(cli, _ping, family, address) in (0, 129)
 
 
+def start_with_noc_token(proc: ApplianceProcess) -> tuple[str, str]:
+    """Start the appliance; (its SecureWatch's URL, a NOC token made by `seawall token create`)."""
+    proc.start()
+    url = wait_until(lambda: proc.status().get("securewatch"), timeout=10, what="SecureWatch's address")
+    token = subprocess.run([sys.executable, "-m", "appliance.cli", "token", "create", "--role", "noc",
+                            "--config", str(proc.config_path)], capture_output=True, text=True, check=True)
+    return url, token.stdout.strip().splitlines()[-1]
+
+
 def test_metrics_of_the_running_appliance_parse(lab, tmp_path, request):
     config = appliance_config(lab, tmp_path)
     config["securewatch"] = {"listen": "127.0.0.1:0"}
@@ -198,11 +207,7 @@ def test_metrics_of_the_running_appliance_parse(lab, tmp_path, request):
         purge(config["appliance"]["bpffs"])
 
     request.addfinalizer(teardown)
-    proc.start()
-    url = wait_until(lambda: proc.status().get("securewatch"), timeout=10, what="SecureWatch's address")
-    token = subprocess.run([sys.executable, "-m", "appliance.cli", "token", "create", "--role", "noc",
-                            "--config", str(proc.config_path)], capture_output=True, text=True, check=True)
-    bearer = token.stdout.strip().splitlines()[-1]
+    url, bearer = start_with_noc_token(proc)
     traffic(lab, 1.0)
 
     def scraped():

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from appliance.lab.attack import AttackProcess, AttackSpec
 from appliance.runner import ApplianceProcess
 from dataplane.dataplane import purge
-from tests.netns.test_appliance_bridge import appliance_config, traffic
+from tests.netns.test_appliance_bridge import appliance_config, start_with_noc_token, traffic
 from tests.support import wait_until
 
 ATTACK_PPS = 20_000
@@ -56,11 +54,7 @@ def test_item5_running_appliance_serves_its_flood_pcap_and_ages_out_an_old_one(l
         purge(config["appliance"]["bpffs"])
 
     request.addfinalizer(teardown)
-    proc.start()
-    url = wait_until(lambda: proc.status().get("securewatch"), timeout=10, what="SecureWatch's address")
-    token = subprocess.run([sys.executable, "-m", "appliance.cli", "token", "create", "--role", "noc",
-                            "--config", str(proc.config_path)], capture_output=True, text=True, check=True)
-    bearer = token.stdout.strip().splitlines()[-1]
+    url, bearer = start_with_noc_token(proc)
 
     def pruned_metric():
         status, body = _get(f"{url}/metrics", bearer)
