@@ -300,12 +300,8 @@ static __always_inline int sw_flow_leave_established(struct sw_flow_conn *conn, 
 /* A new connection's entry from the inbound segment that completes it (the handshake's last ACK, or
  * the client's first data segment when that ACK went unseen): what a reset at the block needs
  * (struct sw_flow_conn). Once per connection, in the accounting program. */
-static __always_inline void sw_flow_conn_frame(struct sw_flow_conn *c, struct sw_packet *p, void *data,
-                                               void *data_end, __u32 len)
+static __always_inline void sw_flow_conn_l2(struct sw_flow_conn *c, void *data, void *data_end)
 {
-    __u32 seq = 0;
-    if (sw_tcp_number(p, data, data_end, 1, &seq))
-        c->client_next = seq + len;
     void *cursor = data;
     if (!sw_parse_ethernet(&cursor, data_end))
         return;
@@ -315,6 +311,15 @@ static __always_inline void sw_flow_conn_frame(struct sw_flow_conn *c, struct sw
         return;
     __builtin_memcpy(c->l2, data, SW_FLOW_L2_BYTES);
     c->l2_len = l2_len;
+}
+
+static __always_inline void sw_flow_conn_frame(struct sw_flow_conn *c, struct sw_packet *p, void *data,
+                                               void *data_end, __u32 len)
+{
+    __u32 seq = 0;
+    if (sw_tcp_number(p, data, data_end, 1, &seq))
+        c->client_next = seq + len;
+    sw_flow_conn_l2(c, data, data_end);
 }
 
 /* A client segment with payload ending at sequence number `end`: the connection's next sequence number
@@ -466,6 +471,30 @@ static __always_inline void sw_flows_track(struct xdp_md *ctx, struct sw_packet 
         __u64 ds = sw_flow_take(&conn->to_server), dc = sw_flow_take(&conn->to_client);
         sw_flow_flush(server, client, conn->tenant_idx, opened, kind, ds, dc);
     }
+}
+
+/* A spliced handshake ended by the bridge's own ACK (synauth.h): a server that missed the client's first
+ * segment (a silent client never sends one) retransmits its SYN-ACK, and the splice program answers it
+ * with the handshake's ACK, sent back by XDP_TX: that ACK never crosses the port program. The connection
+ * opens here as at a client's ACK, with the client's next sequence number `client_next` and the L2
+ * header of the frame just written (client -> server, as the server receives the client's frames), so
+ * that a block resets it at the server too (sw_flows_reset_held). Only for a flow the accounting
+ * follows: its handshake entry, which the server's SYN-ACK left in SYN_ACK. */
+static __always_inline void sw_flows_splice_opened(struct xdp_md *ctx, struct sw_flow_key *k, const __u64 *server,
+                                                   const __u64 *client, __u32 client_next)
+{
+    struct sw_flow_handshake *h = sw_flow_handshake_of(k);
+    if (!h || h->state != SW_FLOW_STATE_SYN_ACK)
+        return;
+    struct sw_flow_conn fresh = {.state = SW_FLOW_STATE_ESTABLISHED, .tenant_idx = h->tenant_idx,
+                                 .client_next = client_next};
+    if (sw_flow_handshake_forget(k) != 0)
+        return; /* another CPU ended it */
+    sw_flow_conn_l2(&fresh, (void *)(long)ctx->data, (void *)(long)ctx->data_end);
+    sw_flow_count(SW_FLOW_STAT_HANDSHAKES_ENDED);
+    if (sw_flow_conn_new(k, &fresh) == 0)
+        sw_flow_count(SW_FLOW_STAT_CONNECTIONS_OPENED);
+    sw_flow_flush(server, client, fresh.tenant_idx, 1, 0, 0, 0);
 }
 
 /* Does a TCP segment that reaches its side (verdict pass or splice) of a protected tenant's

@@ -37,6 +37,12 @@
 #ifndef SEAWALL_SYNAUTH_H
 #define SEAWALL_SYNAUTH_H
 
+/* Defined in flows.h (included after this file): the connection accounting of a handshake the splice
+ * program ends itself. */
+struct sw_flow_key;
+static __always_inline void sw_flows_splice_opened(struct xdp_md *ctx, struct sw_flow_key *k, const __u64 *server,
+                                                   const __u64 *client, __u32 client_next);
+
 /* sw_heuristics() result for a SYN of a validated source within its own limit: skip the shared
  * SYN rule and class budget (outside every drop reason's range). */
 #define SW_SYNAUTH_BYPASS 0x100
@@ -565,10 +571,13 @@ static __always_inline int sw_splice_program(struct xdp_md *ctx, const __u32 dir
         if (l3 < 0)
             return XDP_DROP;
         if (retransmitted) {
-            if (sw_synauth_write(ctx, l3, is_v6, 1, s->client_isn + 1, server_isn + 1, SW_TCP_ACK,
+            __u32 client_next = s->client_isn + 1;
+            if (sw_synauth_write(ctx, l3, is_v6, 1, client_next, server_isn + 1, SW_TCP_ACK,
                                  s->client_window, 0))
                 return XDP_DROP;
             sw_synauth_count(SW_SYN_AUTH_STAT_SPLICE_ACK_TO_SERVER);
+            /* The server's handshake ends here: its connection is accounted (and reset at a block) from now. */
+            sw_flows_splice_opened(ctx, &k, p->src, p->dst, client_next);
             return XDP_TX;
         }
         if (sw_synauth_write(ctx, l3, is_v6, 0, s->cookie + 1, s->client_isn + 1, SW_TCP_ACK, window, 0))

@@ -31,9 +31,15 @@ from dataplane import testing
 from dataplane.api import BlockedSource
 from dataplane.constants import Direction, FlowState
 from tests.bpf import frames
-from tests.bpf.conftest import ALPHA_DST, ALPHA_DST6, XDP_REDIRECT, run
+from tests.bpf.conftest import ALPHA_DST, ALPHA_DST6, XDP_REDIRECT, XDP_TX, run
 from tests.bpf.test_flows import rows
-from tests.bpf.test_synauth import assert_checksums, run_frame
+from tests.bpf.test_synauth import (
+    Splice,
+    assert_checksums,
+    run_frame,
+    server_segment,
+    syn_attack,  # noqa: F401 - the fixture, for the splice test
+)
 
 AN_HOUR_NS = 3600 * 10**9
 ETH_P_ALL = 0x0003
@@ -244,6 +250,39 @@ def test_block_resets_a_silent_connection_at_the_server_at_once_with_the_exact_s
         assert resets(wire, 1, timeout=0.5) == []
         assert dp.read_flow_cap_counters()["block_resets_sent"] == after["block_resets_sent"]
 
+
+
+@pytest.mark.usefixtures("syn_attack")
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_a_spliced_connection_the_bridge_ended_for_a_silent_client_is_reset_at_the_block(dp, tenants, wire, v6):
+    """Under SYN authentication (splice), a silent client's handshake with the server ends with the bridge's own
+    ACK (the server retransmits its SYN-ACK; the splice program answers it by XDP_TX, past the port program):
+    the connection is accounted from that ACK, with the client's next sequence number (its ISN + 1) and the
+    frame's Ethernet header, and a block resets it at the server like any held connection (before, it had
+    no connection entry and held its slot until the server's idle timeout)."""
+    s = Splice(dp, v6, client_isn=0xFFFFFFFF, server_isn=0x12345678)   # ISN + 1 wraps to 0
+    s.server_answers()                                                  # the client's window update
+    assert testing.flow_conn(dp, s.server, s.client, 80, s.sport) is None
+    action, _ = run_frame(dp, server_segment(s.server, s.client, s.sport, s.server_isn, s.client_isn + 1,
+                                             flags="SA"), Direction.OUTBOUND)
+    assert action == XDP_TX                                             # the bridge's ACK, to the server
+    entry = testing.flow_conn(dp, s.server, s.client, 80, s.sport)
+    assert entry is not None and entry.state == FlowState.ESTABLISHED and entry.client_next == 0
+    assert entry.l2_len == 14
+    assert rows(dp, True)[(s.server, s.client)].established == 1
+    before = dp.read_flow_cap_counters()
+    with blocked(dp, tenants["alpha"], s.client):
+        tick(dp)
+        got = resets(wire, 1)
+        assert len(got) == 1
+        sent = got[0]
+        assert_checksums(bytes(sent))
+        assert (sent.src, sent.dst) == (frames.MAC_EXTERNAL, frames.MAC_INTERNAL)
+        ip = sent[IPv6] if v6 else sent[IP]
+        assert (ip.src, ip.dst) == (s.client, s.server)
+        assert (sent[TCP].sport, sent[TCP].dport, str(sent[TCP].flags), sent[TCP].seq) == (s.sport, 80, "R", 0)
+        assert dp.read_flow_cap_counters()["block_resets_sent"] - before["block_resets_sent"] == 1
+        assert rows(dp, True)[(s.server, s.client)].established == 0
 
 def test_a_late_bot_segment_after_the_reset_at_the_block_is_reset_again_without_counting_twice(dp, tenants, wire):
     """Reset at the block, then the bot speaks after all: its segment goes on as a reset again (should the
