@@ -44,11 +44,12 @@ from .incidents import (
     MAX_NOTE_CHARS,
     acknowledge,
     add_note,
-    capture_missing,
     handled_incident,
     incident_detail,
     incident_list,
+    local_capture_missing,
     scoped_incidents,
+    site_capture_missing,
 )
 from .openapi import openapi_document
 from .versioned import (
@@ -316,26 +317,27 @@ async def api_annotate(request: web.Request) -> web.Response:
 async def api_pcap(request: web.Request) -> web.StreamResponse:
     incident = await visible_incident(request, request.match_info["incident_id"])
     kind = request.match_info["kind"]
-    # A site's incident: its agent uploaded the file (`fleet_evidence`); same rules as a local one.
-    data = await request.app[STORE].run(fleet_evidence_store.site_pcap, incident.id, kind)
-    if data is not None:
-        await audit(request, "incident.pcap_download", target=incident.id, tenant=incident.tenant,
-                    details={"kind": kind})
-        return web.Response(body=data, headers={
-            "Content-Type": "application/vnd.tcpdump.pcap",
-            "Content-Disposition": f'attachment; filename="{incident.id.replace(":", "-")}-{kind}.pcap"'})
-    ref = (await request.app[STORE].pcaps(incident.id)).get(kind)
+    store = request.app[STORE]
+    # A site's incident (central server): the file its agent uploaded (`fleet_evidence`), never a path its
+    # events named; same access rules as a local one.
+    site = await store.run(fleet_evidence_store.incident_site, incident.id)
+    if site is not None:
+        data = await store.run(fleet_evidence_store.site_pcap, incident.id, kind)
+        if data is not None:
+            await audit(request, "incident.pcap_download", target=incident.id, tenant=incident.tenant,
+                        details={"kind": kind})
+            return web.Response(body=data, headers={
+                "Content-Type": "application/vnd.tcpdump.pcap",
+                "Content-Disposition": f'attachment; filename="{incident.id.replace(":", "-")}-{kind}.pcap"'})
+    ref = (await store.pcaps(incident.id)).get(kind)
     if ref is None:
         raise not_found(f"no {kind!r} capture for incident {incident.id!r}")
-    # Confined to the pcap root (see incidents.capture_missing); a file aged out (pcap_retention_days;
-    # a site's: fleet_evidence_retention_days) is a 404 that says so.
-    missing = await capture_missing(request, incident, kind, ref)
+    # A file aged out (pcap_retention_days; a site's: fleet_evidence_retention_days) is a 404 that says so;
+    # a local one is confined to the pcap root (see incidents.local_capture_missing).
+    missing = (site_capture_missing(request, incident, kind, site) if site is not None
+               else local_capture_missing(request, incident, kind, ref))
     if missing is not None:
         raise not_found(missing)
-    if await request.app[STORE].run(fleet_evidence_store.incident_site, incident.id) is not None:
-        # A site's file that arrived between the two reads above: served from the database at the next
-        # request, never from a path a site's event named.
-        raise not_found(f"the {kind!r} capture of incident {incident.id!r} has just arrived: ask again")
     path = pathlib.Path(ref["path"]).resolve()
     await audit(request, "incident.pcap_download", target=incident.id, tenant=incident.tenant, details={"kind": kind})
     return web.FileResponse(path, headers={

@@ -11,9 +11,10 @@ import json
 import time
 from typing import Any
 
+from .series import SECONDS_PER_DAY
+
 EVIDENCE_MAX_BYTES = 8 * 1024 * 1024   # bytes per PCAP file: the appliance's own cap (pcap_max_bytes)
 EVIDENCE_KINDS = ("dropped", "passed")  # the two files `policy.pcap.IncidentPcap` writes
-SECONDS_PER_DAY = 86400
 
 MIGRATION = [
     """CREATE TABLE IF NOT EXISTS fleet_evidence (

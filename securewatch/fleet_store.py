@@ -648,13 +648,8 @@ def _fold_into_minutes(b: Any, site: str, seconds: list[_Second]) -> set[int]:
             else:
                 rows[(minute, name)] = [*(a + c for a, c in zip(have[:4], row, strict=True)), max(have[4], row[0]),
                                         max(have[5], row[1]), have[6] + 1]
-    larger = "GREATEST" if b.dialect == "postgresql" else "MAX"
-    added = ", ".join(f"{c} = fleet_traffic_minutes.{c} + excluded.{c}" for c in (*_SUMS, "samples"))
-    b.executemany(f"INSERT INTO fleet_traffic_minutes (site, tenant, t, {_ROLLUP_COLUMNS}) "
-                  f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (site, tenant, t) DO UPDATE SET {added}, "
-                  f"max_passed_pps = {larger}(fleet_traffic_minutes.max_passed_pps, excluded.max_passed_pps), "
-                  f"max_dropped_pps = {larger}(fleet_traffic_minutes.max_dropped_pps, excluded.max_dropped_pps)",
-                  [(site, name, minute, *row[:6], int(row[6])) for (minute, name), row in sorted(rows.items())])
+    _add_to_minutes(b, "fleet_traffic_minutes", ("site", "tenant", "t"), _SUMS, ("max_passed_pps", "max_dropped_pps"),
+                    [(site, name, minute, *row[:6], int(row[6])) for (minute, name), row in sorted(rows.items())])
     return {minute // HOUR_S * HOUR_S for minute, _ in rows}
 
 
@@ -675,15 +670,21 @@ def _fold_destinations(b: Any, rows: list[tuple[Any, ...]]) -> None:
             minutes[key] = [pps, dropped, pps, dropped, 1.0]
         else:
             minutes[key] = [have[0] + pps, have[1] + dropped, max(have[2], pps), max(have[3], dropped), have[4] + 1]
+    _add_to_minutes(b, "fleet_destination_minutes", ("site", "tenant", "address", "t"), ("sum_pps", "sum_dropped_pps"),
+                    ("max_pps", "max_dropped_pps"),
+                    [(*key, *values[:4], int(values[4])) for key, values in sorted(minutes.items())])
+
+
+def _add_to_minutes(b: Any, table: str, keys: tuple[str, ...], sums: tuple[str, ...], maxima: tuple[str, ...],
+                    rows: list[tuple[Any, ...]]) -> None:
+    """Add `rows` (the `keys`, then the `sums`, the `maxima` and `samples`) to the minute rollup `table`:
+    a new key is inserted; one already there gets its sums and samples added and its maxima the larger."""
     larger = "GREATEST" if b.dialect == "postgresql" else "MAX"
-    b.executemany(f"INSERT INTO fleet_destination_minutes (site, tenant, address, t, {_DESTINATION_ROLLUP_COLUMNS}) "
-                  f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (site, tenant, address, t) DO UPDATE SET "
-                  f"sum_pps = fleet_destination_minutes.sum_pps + excluded.sum_pps, "
-                  f"sum_dropped_pps = fleet_destination_minutes.sum_dropped_pps + excluded.sum_dropped_pps, "
-                  f"max_pps = {larger}(fleet_destination_minutes.max_pps, excluded.max_pps), "
-                  f"max_dropped_pps = {larger}(fleet_destination_minutes.max_dropped_pps, excluded.max_dropped_pps), "
-                  f"samples = fleet_destination_minutes.samples + excluded.samples",
-                  [(*key, *values[:4], int(values[4])) for key, values in sorted(minutes.items())])
+    columns = (*keys, *sums, *maxima, "samples")
+    update = [*(f"{c} = {table}.{c} + excluded.{c}" for c in (*sums, "samples")),
+              *(f"{c} = {larger}({table}.{c}, excluded.{c})" for c in maxima)]
+    b.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+                  f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(update)}", rows)
 
 
 def mark_pending(b: Any, level: str, site: str, starts: set[int]) -> None:

@@ -122,9 +122,19 @@ async def capture_missing(request: web.Request, incident: Incident, kind: str,
     if site is not None:
         if kind in await store.run(fleet_evidence_store.site_pcap_kinds, incident.id):
             return None
-        return fleet_evidence_store.capture_missing(
-            incident.id, kind, site=site, ended=incident.ended, now=time.time(),
-            retention_days=request.app[SETTINGS].retention.fleet_evidence_retention_days)
+        return site_capture_missing(request, incident, kind, site)
+    return local_capture_missing(request, incident, kind, ref)
+
+
+def site_capture_missing(request: web.Request, incident: Incident, kind: str, site: str) -> str:
+    """Why a site's `kind` capture is not at the central server (`fleet_evidence`)."""
+    return fleet_evidence_store.capture_missing(
+        incident.id, kind, site=site, ended=incident.ended, now=time.time(),
+        retention_days=request.app[SETTINGS].retention.fleet_evidence_retention_days)
+
+
+def local_capture_missing(request: web.Request, incident: Incident, kind: str, ref: dict[str, Any]) -> str | None:
+    """None when this box's own `kind` capture (`ref`, a `store.pcaps` entry) can be served, else why not."""
     root = request.app[OPTIONS]["pcap_root"]
     path = pathlib.Path(ref["path"]).resolve()
     # Confined always: the path comes from an event, which in central mode any appliance (or anyone

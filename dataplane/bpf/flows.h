@@ -322,6 +322,14 @@ static __always_inline void sw_flow_conn_frame(struct sw_flow_conn *c, struct sw
     sw_flow_conn_l2(c, data, data_end);
 }
 
+/* A handshake ends (its entry already forgotten by this CPU): the connection `fresh` goes into the table. */
+static __always_inline void sw_flow_open(struct sw_flow_key *k, struct sw_flow_conn *fresh)
+{
+    sw_flow_count(SW_FLOW_STAT_HANDSHAKES_ENDED);
+    if (sw_flow_conn_new(k, fresh) == 0)
+        sw_flow_count(SW_FLOW_STAT_CONNECTIONS_OPENED);
+}
+
 /* A client segment with payload ending at sequence number `end`: the connection's next sequence number
  * moves there, never back (a retransmission, or a segment that overtook another, leaves it). Inbound
  * segments of one flow arrive at one CPU (the NIC's flow hash): a plain store. */
@@ -430,9 +438,7 @@ static __always_inline void sw_flows_track(struct xdp_md *ctx, struct sw_packet 
             if (sw_flow_handshake_forget(&k) != 0)
                 return;
             sw_flow_conn_frame(&fresh, p, data, data_end, len);
-            sw_flow_count(SW_FLOW_STAT_HANDSHAKES_ENDED);
-            if (sw_flow_conn_new(&k, &fresh) == 0)
-                sw_flow_count(SW_FLOW_STAT_CONNECTIONS_OPENED);
+            sw_flow_open(&k, &fresh);
             conn = sw_flow_conn_of(&k);
             if (!conn)
                 return;
@@ -491,9 +497,7 @@ static __always_inline void sw_flows_splice_opened(struct xdp_md *ctx, struct sw
     if (sw_flow_handshake_forget(k) != 0)
         return; /* another CPU ended it */
     sw_flow_conn_l2(&fresh, (void *)(long)ctx->data, (void *)(long)ctx->data_end);
-    sw_flow_count(SW_FLOW_STAT_HANDSHAKES_ENDED);
-    if (sw_flow_conn_new(k, &fresh) == 0)
-        sw_flow_count(SW_FLOW_STAT_CONNECTIONS_OPENED);
+    sw_flow_open(k, &fresh);
     sw_flow_flush(server, client, fresh.tenant_idx, 1, 0, 0, 0);
 }
 
