@@ -80,7 +80,9 @@ def frames(ts: TenantSet, rules: int) -> dict[str, bytes]:
     clean = tenants[-1].prefixes[0].network_address + 1                  # no rule
     eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
     return {
-        "pass": bytes(eth / IP(src="192.0.2.10", dst=str(clean), ttl=60) / TCP(sport=40000, dport=443, flags="A")),
+        # A pure ACK in mid-connection: the usual packet, its numbers those of a real one (not 0).
+        "pass": bytes(eth / IP(src="192.0.2.10", dst=str(clean), ttl=60)
+                      / TCP(sport=40000, dport=443, flags="A", seq=0x1C2D3E4F, ack=0x5A6B7C8D)),
         "drop": bytes(eth / IP(src="198.19.7.7", dst=str(ruled), ttl=60) / UDP(sport=5555, dport=GAME_PORT)
                       / (b"\x00" * FLOOD_PAYLOAD)),
         "unprotected": bytes(eth / IP(src="192.0.2.10", dst="203.0.113.200") / TCP(sport=40000, dport=443, flags="A")),

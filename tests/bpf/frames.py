@@ -49,8 +49,9 @@ def ip(src: str, dst: str, **fields) -> Packet:
 
 
 def tcp(src: str, dst: str, sport: int = 40000, dport: int = 80, flags: str | int = "S", payload: bytes = b"",
-        vlans: tuple[tuple[int, int], ...] = (), **ip_fields) -> bytes:
-    return l2(ip(src, dst, **ip_fields) / TCP(sport=sport, dport=dport, flags=flags) / Raw(payload), vlans)
+        vlans: tuple[tuple[int, int], ...] = (), seq: int = 0, ack: int = 0, **ip_fields) -> bytes:
+    return l2(ip(src, dst, **ip_fields) / TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack) / Raw(payload),
+              vlans)
 
 
 def udp(src: str, dst: str, sport: int = 40000, dport: int = 53, payload: bytes = b"x" * 16,

@@ -14,6 +14,7 @@ import dataclasses
 import ipaddress
 import random
 import time
+import zlib
 
 import pytest
 
@@ -131,6 +132,11 @@ class FlowModel:
 
 # -- driving the program and the model together ----------------------------------------------------------
 
+def server_isn_of(server: str, client: str, server_port: int, client_port: int) -> int:
+    """A server's initial sequence number for a flow: fixed per flow, spread as a real one."""
+    return zlib.crc32(f"{server} {client} {server_port} {client_port}".encode())
+
+
 class Lab:
     """Sends each segment through the program (inbound: client to server on the external NIC) and the model."""
 
@@ -140,10 +146,15 @@ class Lab:
 
     def send(self, direction: Direction, server: str, client: str, server_port: int, client_port: int, flags: int,
              payload: bytes = b"", pad: int = 0) -> int:
+        # The server's segments carry its ISN, and the client's acknowledge it (ISN + 1), as on the wire: a
+        # handshake ends at the pure ACK that acknowledges the SYN-ACK's number.
+        server_isn = server_isn_of(server, client, server_port, client_port)
         if direction == Direction.INBOUND:
-            frame = frames.tcp(client, server, sport=client_port, dport=server_port, flags=flags, payload=payload)
+            frame = frames.tcp(client, server, sport=client_port, dport=server_port, flags=flags, payload=payload,
+                               ack=(server_isn + 1) % 2**32)
         else:
-            frame = frames.tcp(server, client, sport=server_port, dport=client_port, flags=flags, payload=payload)
+            frame = frames.tcp(server, client, sport=server_port, dport=client_port, flags=flags, payload=payload,
+                               seq=server_isn)
         action = run(self.dp, frame + b"\0" * pad, direction)
         if action != XDP_DROP:
             self.model.packet(direction, server, client, server_port, client_port, flags, payload)
@@ -392,6 +403,41 @@ def test_block_list_refuses_bad_entries_naming_the_field(dp, tenants):
 
 
 # -- what pays the accounting program -----------------------------------------------------------------------
+
+def test_flow_accounting_ends_a_handshake_at_the_ack_of_the_syn_ack_not_at_a_blind_one(dp, tenants):
+    """The pure ACK that ends a handshake acknowledges the server's SYN-ACK (its ISN + 1). Blind ACKs from the
+    client's address and port (a spoofed source never saw the ISN), one of them in the same slot of
+    sw_flow_pending, end none and cost no tail call; the real one does. A handshake whose ACK was blind or
+    unseen counts at the client's first data segment instead."""
+    server, client, other = "198.51.100.29", "198.19.29.1", "198.19.29.2"
+    isn = 0x89ABCDEF
+    # The same slot (the top bits of the number as the program reads it, network order loaded
+    # little-endian), another number.
+    raw = int.from_bytes((isn + 1).to_bytes(4, "big"), "little")
+    same_slot = int.from_bytes((raw ^ 1).to_bytes(4, "little"), "big")
+
+    def calls() -> int:
+        return dp.read_flow_cap_counters()["accounting_calls"]
+
+    for c in (client, other):
+        assert run(dp, frames.tcp(c, server, sport=41020, dport=80, flags="S", seq=1000)) == XDP_REDIRECT
+        run(dp, frames.tcp(server, c, sport=80, dport=41020, flags="SA", seq=isn, ack=1001), Direction.OUTBOUND)
+        before = calls()
+        for blind in (0, isn, isn + 2, same_slot):
+            assert run(dp, frames.tcp(c, server, sport=41020, dport=80, flags="A", seq=1001,
+                                      ack=blind)) == XDP_REDIRECT
+        assert calls() == before
+        assert (server, c) not in rows(dp, True)
+    run(dp, frames.tcp(client, server, sport=41020, dport=80, flags="A", seq=1001, ack=isn + 1))
+    assert calls() == before + 1
+    assert rows(dp, True)[(server, client)].established == 1
+    # The other client's handshake (its SYN-ACK's entry was taken by the first one's ACK: the same number)
+    # opens at its first request.
+    run(dp, frames.tcp(other, server, sport=41020, dport=80, flags="PA", seq=1001, ack=isn + 1,
+                       payload=b"GET / HTTP/1.1\r\n"))
+    row = rows(dp, True)[(server, other)]
+    assert (row.new_connections, row.established, row.http_requests) == (1, 1, 1)
+
 
 def test_flow_accounting_settles_padded_pure_acks_without_the_accounting_program(dp, tenants):
     """A pure ACK in a 60-byte frame (Ethernet padding, IP length 40) changes no accounting state: like a

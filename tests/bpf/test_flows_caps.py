@@ -46,9 +46,10 @@ def test_flow_caps_evict_connections_and_rows_and_count_them(small):
     # 3,000 clients each complete a handshake: more connections and (destination, source) rows than fit.
     for i in range(3000):
         client = str(ipaddress.ip_address("198.19.0.0") + 1000 + i)
+        isn = 7919 * i + 1   # the server's: the client's ACK acknowledges it
         assert run(dp, frames.tcp(client, server, sport=50000, dport=80, flags="S")) == XDP_REDIRECT
-        run(dp, frames.tcp(server, client, sport=80, dport=50000, flags="SA"), Direction.OUTBOUND)
-        run(dp, frames.tcp(client, server, sport=50000, dport=80, flags="A"))
+        run(dp, frames.tcp(server, client, sport=80, dport=50000, flags="SA", seq=isn), Direction.OUTBOUND)
+        run(dp, frames.tcp(client, server, sport=50000, dport=80, flags="A", ack=isn + 1))
     caps = dp.read_flow_cap_counters()
     pairs = dp.read_flow_counters(per_source=True)
     dests = dp.read_flow_counters()
@@ -109,10 +110,11 @@ def test_flow_caps_keep_a_syn_flood_from_pushing_out_open_connections(small):
     dp, _ = small
     server = "198.51.100.53"
     clients = [str(ipaddress.ip_address("198.19.70.0") + i) for i in range(10)]
-    for client in clients:
+    for i, client in enumerate(clients):
+        isn = 104729 * i + 1   # the server's: the client's ACK acknowledges it
         assert run(dp, frames.tcp(client, server, sport=50100, dport=80, flags="S")) == XDP_REDIRECT
-        run(dp, frames.tcp(server, client, sport=80, dport=50100, flags="SA"), Direction.OUTBOUND)
-        run(dp, frames.tcp(client, server, sport=50100, dport=80, flags="A"))
+        run(dp, frames.tcp(server, client, sport=80, dport=50100, flags="SA", seq=isn), Direction.OUTBOUND)
+        run(dp, frames.tcp(client, server, sport=50100, dport=80, flags="A", ack=isn + 1))
     before = dp.read_flow_cap_counters()["handshakes_evicted"]
     for i in range(3000):
         flooder = str(ipaddress.ip_address("198.19.80.0") + i)
