@@ -353,7 +353,7 @@ _Static_assert(SW_TRAFFIC_CLASS_TCP_SYN <= 1 && SW_TRAFFIC_CLASS_TCP_OTHER <= 1,
  * SYN-ACK's sequence number, which that segment left in sw_flow_pending (the slot is cleared: one
  * ACK ends a handshake). A blind ACK (a spoofed source never saw the server's ISN) ends none.
  * The number read raw is its own slot and tag: cheaper than hashing the client's address and
- * port (~0.6 ns a pure ACK, the short path's usual packet). Number 0 never matches (an ACK flood's
+ * port (~0.4 ns a pure ACK, the short path's usual packet). Number 0 never matches (an ACK flood's
  * tools send it, and an empty slot holds it); an ACK that matches another flow's entry costs only
  * a tail call: the accounting program opens a connection for a handshake of its own flow alone. */
 static __always_inline int sw_flow_ends_handshake(struct sw_packet *p, void *data, void *data_end)
