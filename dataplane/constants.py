@@ -291,7 +291,7 @@ BLOCKED_SOURCES_MAX = 65536     # (tenant, source) entries of the dynamic block 
                                 # map that user space keeps below its cap, dropping the oldest)
 SOURCE_LIMITS_MAX = 1024        # (tenant, destination, port) limit entries (source_limits_max; a hash map)
 FLOW_FLUSH_BYTES = 16384        # a connection adds its bytes to its rows once this many accumulated, bytes
-FLOW_PENDING_BITS = 16          # handshakes awaiting the client's ACK: 2**16 slots of a 32-bit acknowledgment number (8 bytes each in the array: 512 KiB), log2
+FLOW_PENDING_BITS = 16          # handshakes awaiting the client's ACK: 2**16 slots (512 KiB: 8 bytes a slot), log2
 BLOCK_RESET_DELAY_MS = 1500     # a newly blocked source's held connections are reset this long after the block, ms,
                                 # and never before the engine's first read of the flow counters after the block has
                                 # taken its rows (whatever tick_ms, 100..10,000), so that the tick after the
