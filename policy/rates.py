@@ -40,6 +40,9 @@ _DEST_WORDS = 2 * N_CLASSES + 1      # a destination's packets[C], bytes[C], dro
 _TENANT_WORDS = 2 * N_CLASSES + 2
 _T_DROPPED_PACKETS, _T_DROPPED_BYTES = 2 * N_CLASSES, 2 * N_CLASSES + 1
 _TOP_BIT = np.uint64(1 << 63)
+# Rows per block of the destination deltas (update_destinations): 32,768 rows of 13 words are 3.4 MB,
+# which stay in the CPU's cache between the subtraction and the conversions.
+RATE_BLOCK_ROWS = 32_768
 INBOUND = int(Direction.INBOUND)
 OUTBOUND = int(Direction.OUTBOUND)
 
@@ -56,7 +59,8 @@ class DestinationRates:
     pps: np.ndarray             # (N, C) float64, inbound packets/s per class (passed + dropped)
     valid: np.ndarray           # (N,) bool, False on the priming read
     # The byte and drop rates are read for a few rows (incidents) only: they are computed from the
-    # counter deltas, (N, words) uint64 kept meanwhile, when first asked for (`byte_rate`, `dropped_pps`).
+    # counter deltas, (N, bytes[C] + dropped) uint64 kept meanwhile, when first asked for (`byte_rate`,
+    # `dropped_pps`).
     _deltas: np.ndarray | None = None
     _byte_rate: np.ndarray | None = None
     _dropped_pps: np.ndarray | None = None
@@ -68,27 +72,27 @@ class DestinationRates:
     def byte_rate(self) -> np.ndarray:
         """(N, C) float64, inbound bytes/s per class."""
         if self._byte_rate is None:
-            self._byte_rate = self._rate(N_CLASSES, 2 * N_CLASSES)
+            self._byte_rate = self._rate(0, N_CLASSES)
         return self._byte_rate
 
     @property
     def dropped_pps(self) -> np.ndarray:
         """(N,) float64, inbound packets/s dropped."""
         if self._dropped_pps is None:
-            self._dropped_pps = self._rate(2 * N_CLASSES, 2 * N_CLASSES + 1).reshape(len(self))
+            self._dropped_pps = self._rate(N_CLASSES, N_CLASSES + 1).reshape(len(self))
         return self._dropped_pps
 
     def byte_rate_of(self, row: int) -> np.ndarray:
         """(C,) `byte_rate[row]`, without computing the other rows."""
         if self._byte_rate is not None or self._deltas is None:
             return self.byte_rate[row]
-        return self._deltas[row, N_CLASSES:2 * N_CLASSES] * (1.0 / self.dt)
+        return self._deltas[row, :N_CLASSES] * (1.0 / self.dt)
 
     def dropped_pps_of(self, row: int) -> float:
         """`dropped_pps[row]`, without computing the other rows."""
         if self._dropped_pps is not None or self._deltas is None:
             return float(self.dropped_pps[row])
-        return float(self._deltas[row, 2 * N_CLASSES] * (1.0 / self.dt))
+        return float(self._deltas[row, N_CLASSES] * (1.0 / self.dt))
 
     def _rate(self, lo: int, hi: int) -> np.ndarray:
         if self._deltas is None:
@@ -403,34 +407,21 @@ class RateTracker:
         if priming:
             # Slots restored from saved state count as seen now, not at time zero.
             self.slots.last_seen[self.slots.in_use] = now
-            pps, delta = np.zeros((n, N_CLASSES)), None
+            pps, rest = np.zeros((n, N_CLASSES)), None
         else:
-            # One contiguous uint64 pass over the whole rows, then each field converted and scaled
-            # straight into its own contiguous float array (detection and learning make a dozen
-            # passes over them): a subtraction cast to float per field costs three times as much.
-            if len(self._prev):
-                delta = _take_rows(self._prev, np.maximum(prev_rows, 0))
-                np.subtract(current, delta, out=delta)
-            else:
-                delta = current.copy()
-            # Addresses new in the map and counters below their previous value are rare: settled
-            # by index (see _settle_low_reads). A counter that went down wrapped around below zero,
-            # which leaves its delta above the current value (and only its; a new row's delta is
-            # set first and never is). While every counter of this read and the previous one is
-            # below 2**63 (centuries at line rate), such a delta, and only it, has its top bit set:
-            # one reduction over the deltas rules them out.
-            fresh_rows = np.flatnonzero(fresh)
-            if len(fresh_rows):
-                self._settle_new_rows(fresh_rows, current, delta, slots)
-            wrapped = np.zeros(0, np.int64)
-            if not (self._prev_below_top and current_top == 0
-                    and np.bitwise_or.reduce(delta.reshape(-1)) & _TOP_BIT == 0):
-                wrapped = np.flatnonzero(np.greater(delta, current))
-            if len(wrapped):
-                current, kept = self._settle_low_reads(wrapped, current, delta, prev_rows)
-            # float64(delta) * (1 / dt), as numpy converts the uint64 operand for the float loop.
+            # Made block by block of rows, so that the (N, words) deltas never exist whole (~100 MB at
+            # a million destinations, beside this read and the previous one); of the deltas only the
+            # bytes and dropped packets are kept (for `byte_rate`, `dropped_pps`): the packets are `pps`.
             pps = np.empty((n, N_CLASSES))
-            np.multiply(delta[:, :N_CLASSES], 1.0 / dt, out=pps)
+            rest = np.empty((n, _DEST_WORDS - N_CLASSES), np.uint64)
+            first = [self._block_rates(slice(lo, min(lo + RATE_BLOCK_ROWS, n)), current, slots, prev_rows, fresh,
+                                       current_top, dt, pps, rest) for lo in range(0, n, RATE_BLOCK_ROWS)]
+            low = np.concatenate(first) if first else np.zeros(0, np.int64)
+            if len(low):
+                # Reads that came out low for the first time keep their previous values (_settle_low_reads).
+                current = current.copy()                       # the reader's block stays as it was read
+                current[low] = np.maximum(current[low], self._prev[prev_rows[low]])
+                kept[low] = True
         outgoing, outgoing_slots = self._prev, self._prev_slots
         self._prev_row_of_slot[outgoing_slots] = -1
         self._prev_row_of_slot[slots] = np.arange(n)
@@ -452,7 +443,7 @@ class RateTracker:
         rates = DestinationRates(
             now=now, dt=dt, keys=counters.keys, slots=slots,
             tenant_idx=np.asarray(counters.tenant_idx).astype(np.int64), pps=pps, valid=np.full(n, not priming),
-            _deltas=delta)
+            _deltas=rest)
         self.last_destination_rates = rates
         return rates, freed
 
@@ -468,11 +459,43 @@ class RateTracker:
             goes_on = (current[rows] >= before).all(axis=1)
             delta[rows[goes_on]] = current[rows[goes_on]] - before[goes_on]
 
-    def _settle_low_reads(self, wrapped: np.ndarray, current: np.ndarray, delta: np.ndarray,
-                          prev_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Counters below their previous value (`wrapped`: flat indices of their deltas): delta 0
-        (in place), and the rows to keep as the next read's previous values, with the mask of rows
-        kept at their previous values rather than at what this read says.
+    def _block_rates(self, rows: slice, current: np.ndarray, slots: np.ndarray, prev_rows: np.ndarray,
+                     fresh: np.ndarray, current_top: np.uint64, dt: float, pps: np.ndarray,
+                     rest: np.ndarray) -> np.ndarray:
+        """`pps` and `rest` (the byte and drop deltas) of a block of this read's rows, from one
+        contiguous uint64 pass over the whole rows, each field then converted and scaled straight into
+        its own contiguous array (detection and learning make a dozen passes over `pps`: a subtraction
+        cast to float per field costs three times as much). Returns the rows (of the read) that came
+        out low for the first time (`_settle_low_reads`)."""
+        block = current[rows]
+        if len(self._prev):
+            delta = _take_rows(self._prev, np.maximum(prev_rows[rows], 0))
+            np.subtract(block, delta, out=delta)
+        else:
+            delta = block.copy()
+        # Addresses new in the map and counters below their previous value are rare: settled by index
+        # (see _settle_low_reads). A counter that went down wrapped around below zero, which leaves
+        # its delta above the current value (and only its; a new row's delta is set first and never
+        # is). While every counter of this read and the previous one is below 2**63 (centuries at
+        # line rate), such a delta, and only it, has its top bit set: one reduction rules them out.
+        fresh_rows = np.flatnonzero(fresh[rows])
+        if len(fresh_rows):
+            self._settle_new_rows(fresh_rows, block, delta, slots[rows])
+        low = np.zeros(0, np.int64)
+        if not (self._prev_below_top and current_top == 0
+                and np.bitwise_or.reduce(delta.reshape(-1)) & _TOP_BIT == 0):
+            wrapped = np.flatnonzero(np.greater(delta, block))
+            if len(wrapped):
+                low = self._settle_low_reads(wrapped, delta, prev_rows[rows]) + rows.start
+        # float64(delta) * (1 / dt), as numpy converts the uint64 operand for the float loop.
+        np.multiply(delta[:, :N_CLASSES], 1.0 / dt, out=pps[rows])
+        rest[rows] = delta[:, N_CLASSES:]
+        return low
+
+    def _settle_low_reads(self, wrapped: np.ndarray, delta: np.ndarray, prev_rows: np.ndarray) -> np.ndarray:
+        """Counters below their previous value (`wrapped`: flat indices of their deltas, of a block of
+        rows): delta 0 (in place); returns the rows (of the block) to keep at their previous values as
+        the next read's previous, rather than at what this read says.
 
         The reader takes the spill map before the address cache, and counts only move from a slot
         to the spill map: a slot evicted in between is missing from that read. Its address reads
@@ -482,15 +505,9 @@ class RateTracker:
         left the LRU), and it counts on from there. Counting a low read's whole value as one
         tick's traffic instead would report the address's history as a flood.
         """
-        kept = np.zeros(len(current), bool)
         delta.reshape(-1)[wrapped] = 0
         low = np.unique(wrapped // _DEST_WORDS)
-        first = low[~self._prev_kept[prev_rows[low]]]      # still below at a second read: a reset
-        if len(first):
-            current = current.copy()                       # the reader's block stays as it was read
-            current[first] = np.maximum(current[first], self._prev[prev_rows[first]])
-            kept[first] = True
-        return current, kept
+        return low[~self._prev_kept[prev_rows[low]]]      # still below at a second read: a reset
 
     def _tenant_arrays(self, counters: Mapping[int, TenantCounters]) -> TenantCounterArrays:
         """Per-tenant objects (tests, older readers) as arrays; rows with an index out of range are skipped."""
