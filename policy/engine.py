@@ -900,11 +900,8 @@ class PolicyEngine:
             slots = self.rates.slots.index.get(address_keys(targets))
             target_rows = row_of_slot[slots[slots >= 0]]
             learn[target_rows[target_rows >= 0]] = False
-        self.dest_baseline.update(dest.slots, dest.pps, dest.dt, learn, cap=det.baseline_cap, gathered=det.dest_state,
-                                  deviation=det.dest_deviation)
-        # The state now overwritten by learning; and the engine keeps `det` until the next tick
-        # (`det.deviation`, which learning only reads, stays: `det.excess` is made from it).
-        det.dest_state = det.dest_deviation = None
+        # Detection's rate - mean, which learning only reads (`det.excess` is made from it later).
+        self.dest_baseline.update(dest.slots, dest.pps, dest.dt, learn, cap=det.baseline_cap, deviation=det.deviation)
         rows = tenant_rows(self.policy_table.tenant_rows)
         t_cap = det.tenant_cap if det.tenant_cap is not None and det.tenant_cap.shape == t_learn[rows].shape else None
         self.tenant_baseline.update(rows, tenants.pps[rows], tenants.dt, t_learn[rows], cap=t_cap)
