@@ -43,6 +43,10 @@ _TOP_BIT = np.uint64(1 << 63)
 # Rows per block of the destination deltas (update_destinations): 32,768 rows of 13 words are 3.4 MB,
 # which stay in the CPU's cache between the subtraction and the conversions.
 RATE_BLOCK_ROWS = 32_768
+_U32_MAX = np.iinfo(np.uint32).max
+# Slot numbers and read row numbers in the tracker's per-slot tables: below the number of addresses
+# tracked, which memory bounds far below 2**31 (a million addresses take ~1 GiB of engine state).
+_INDEX = np.int32
 INBOUND = int(Direction.INBOUND)
 OUTBOUND = int(Direction.OUTBOUND)
 
@@ -54,13 +58,13 @@ class DestinationRates:
     now: float
     dt: float                   # seconds since the previous read
     keys: np.ndarray            # (N, 2) uint64, the addresses' map keys (see dataplane.keys)
-    slots: np.ndarray           # (N,) int64, stable slot of each address
+    slots: np.ndarray           # (N,) int32 (int64 from a reader without ids), stable slot of each address
     tenant_idx: np.ndarray      # (N,) int64, NO_TENANT where no tenant owns it
     pps: np.ndarray             # (N, C) float64, inbound packets/s per class (passed + dropped)
     valid: np.ndarray           # (N,) bool, False on the priming read
     # The byte and drop rates are read for a few rows (incidents) only: they are computed from the
-    # counter deltas, (N, bytes[C] + dropped) uint64 kept meanwhile, when first asked for (`byte_rate`,
-    # `dropped_pps`).
+    # counter deltas, (N, bytes[C] + dropped) uint32 (uint64 when one exceeds 32 bits) kept meanwhile,
+    # when first asked for (`byte_rate`, `dropped_pps`).
     _deltas: np.ndarray | None = None
     _byte_rate: np.ndarray | None = None
     _dropped_pps: np.ndarray | None = None
@@ -98,7 +102,7 @@ class DestinationRates:
         if self._deltas is None:
             return np.zeros((len(self), hi - lo))
         out = np.empty((len(self), hi - lo))
-        # float64(delta) * (1 / dt), as numpy converts the uint64 operand for the float loop.
+        # float64(delta) * (1 / dt), as numpy converts the integer operand for the float loop.
         np.multiply(self._deltas[:, lo:hi], 1.0 / self.dt, out=out)
         if self._byte_rate is not None or self._dropped_pps is not None:
             self._deltas = None       # both computed now (this is the second): the deltas can go
@@ -234,10 +238,10 @@ class SlotTable:
         self.keys = np.zeros((capacity, 2), np.uint64)    # key of each slot in use
         self.last_seen = np.zeros(capacity, np.float64)
         self.in_use = np.zeros(capacity, bool)
-        self._free = np.arange(capacity - 1, -1, -1, dtype=np.int64)   # a stack: the end is taken first
+        self._free = np.arange(capacity - 1, -1, -1, dtype=_INDEX)   # a stack: the end is taken first
         # The slot each of the reader's address ids had at the last read (see DestinationCounters.ids):
         # the steady state maps a read to slots by this array alone, checking each key.
-        self._slot_of_reader_id = np.full(0, -1, np.int64)
+        self._slot_of_reader_id = np.full(0, -1, _INDEX)
 
     @property
     def capacity(self) -> int:
@@ -254,7 +258,7 @@ class SlotTable:
         self.keys = np.concatenate([self.keys, np.zeros((new - old, 2), np.uint64)])
         self.last_seen = np.concatenate([self.last_seen, np.zeros(new - old)])
         self.in_use = np.concatenate([self.in_use, np.zeros(new - old, bool)])
-        self._free = np.concatenate([np.arange(new - 1, old - 1, -1, dtype=np.int64), self._free])
+        self._free = np.concatenate([np.arange(new - 1, old - 1, -1, dtype=_INDEX), self._free])
 
     def lookup(self, addresses: np.ndarray | Sequence[IPAddress],
                reader_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -292,7 +296,7 @@ class SlotTable:
         """Slots remembered for the reader's ids whose slot still holds the same key; -1 elsewhere."""
         top = int(reader_ids.max()) + 1
         if top > len(self._slot_of_reader_id):
-            grown = np.full(max(top, 2 * len(self._slot_of_reader_id)), -1, np.int64)
+            grown = np.full(max(top, 2 * len(self._slot_of_reader_id)), -1, _INDEX)
             grown[:len(self._slot_of_reader_id)] = self._slot_of_reader_id
             self._slot_of_reader_id = grown
         slots = self._slot_of_reader_id.take(reader_ids)
@@ -314,7 +318,7 @@ class SlotTable:
         if len(stale):
             self.in_use[stale] = False
             self.keys[stale] = 0
-            self._free = np.concatenate([self._free, stale])
+            self._free = np.concatenate([self._free, stale.astype(_INDEX)])
             used = np.flatnonzero(self.in_use)
             self.index.rebuild(self.keys[used], used)
         return stale
@@ -337,14 +341,14 @@ class RateTracker:
         self._prev = np.zeros((0, _DEST_WORDS), np.uint64)
         self._prev_below_top = True       # every counter of `_prev` is below 2**63
         self._prev_slots = np.zeros(0, np.int64)
-        self._prev_row_of_slot = np.full(cap, -1, np.int64)
+        self._prev_row_of_slot = np.full(cap, -1, _INDEX)
         # Which of the last read's rows hold a kept value rather than what was read (a read that
         # came out low: see _settle_low_reads), and the rows of the read before it whose addresses the
         # last read missed, with their rows by slot.
         self._prev_kept = np.zeros(0, bool)
         self._before = np.zeros((0, _DEST_WORDS), np.uint64)
         self._before_slots = np.zeros(0, np.int64)
-        self._before_row_of_slot = np.full(cap, -1, np.int64)
+        self._before_row_of_slot = np.full(cap, -1, _INDEX)
         self._dest_now: float | None = None
         self._next_expiry = 0.0
         t = MAX_TENANTS
@@ -370,8 +374,8 @@ class RateTracker:
         if cap == old:
             return
         pad = cap - old
-        self._prev_row_of_slot = np.concatenate([self._prev_row_of_slot, np.full(pad, -1, np.int64)])
-        self._before_row_of_slot = np.concatenate([self._before_row_of_slot, np.full(pad, -1, np.int64)])
+        self._prev_row_of_slot = np.concatenate([self._prev_row_of_slot, np.full(pad, -1, _INDEX)])
+        self._before_row_of_slot = np.concatenate([self._before_row_of_slot, np.full(pad, -1, _INDEX)])
 
     def rows_by_slot(self) -> np.ndarray:
         """(capacity,) each slot's row in the last destination read, -1 for slots absent from it: the
@@ -413,9 +417,21 @@ class RateTracker:
             # a million destinations, beside this read and the previous one); of the deltas only the
             # bytes and dropped packets are kept (for `byte_rate`, `dropped_pps`): the packets are `pps`.
             pps = np.empty((n, N_CLASSES))
-            rest = np.empty((n, _DEST_WORDS - N_CLASSES), np.uint64)
-            first = [self._block_rates(slice(lo, min(lo + RATE_BLOCK_ROWS, n)), current, slots, prev_rows, fresh,
-                                       current_top, dt, pps, rest) for lo in range(0, n, RATE_BLOCK_ROWS)]
+            # The byte and drop counts of one tick fit 32 bits (4 GB to one address and class in a
+            # tick) but for the rarest floods: kept as uint32, or uint64 once one does not fit (the
+            # rates made of them are the same float64 values either way).
+            rest = np.empty((n, _DEST_WORDS - N_CLASSES), np.uint32)
+            first = []
+            for lo in range(0, n, RATE_BLOCK_ROWS):
+                rows = slice(lo, min(lo + RATE_BLOCK_ROWS, n))
+                block_low, delta = self._block_rates(rows, current, slots, prev_rows, fresh, current_top, dt, pps)
+                first.append(block_low)
+                tail = delta[:, N_CLASSES:]
+                if rest.dtype != np.uint64 and tail.max(initial=0) > _U32_MAX:
+                    wide = np.empty(rest.shape, np.uint64)
+                    wide[:lo] = rest[:lo]
+                    rest = wide
+                rest[rows] = tail
             low = np.concatenate(first) if first else np.zeros(0, np.int64)
             if len(low):
                 # Reads that came out low for the first time keep their previous values (_settle_low_reads).
@@ -460,13 +476,13 @@ class RateTracker:
             delta[rows[goes_on]] = current[rows[goes_on]] - before[goes_on]
 
     def _block_rates(self, rows: slice, current: np.ndarray, slots: np.ndarray, prev_rows: np.ndarray,
-                     fresh: np.ndarray, current_top: np.uint64, dt: float, pps: np.ndarray,
-                     rest: np.ndarray) -> np.ndarray:
-        """`pps` and `rest` (the byte and drop deltas) of a block of this read's rows, from one
-        contiguous uint64 pass over the whole rows, each field then converted and scaled straight into
-        its own contiguous array (detection and learning make a dozen passes over `pps`: a subtraction
-        cast to float per field costs three times as much). Returns the rows (of the read) that came
-        out low for the first time (`_settle_low_reads`)."""
+                     fresh: np.ndarray, current_top: np.uint64, dt: float,
+                     pps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`pps` of a block of this read's rows, from one contiguous uint64 pass over the whole rows,
+        the packets then converted and scaled straight into their own contiguous array (detection and
+        learning make a dozen passes over `pps`: a subtraction cast to float per field costs three
+        times as much). Returns the rows (of the read) that came out low for the first time
+        (`_settle_low_reads`) and the block's (rows, words) uint64 deltas."""
         block = current[rows]
         if len(self._prev):
             delta = _take_rows(self._prev, np.maximum(prev_rows[rows], 0))
@@ -489,8 +505,7 @@ class RateTracker:
                 low = self._settle_low_reads(wrapped, delta, prev_rows[rows]) + rows.start
         # float64(delta) * (1 / dt), as numpy converts the uint64 operand for the float loop.
         np.multiply(delta[:, :N_CLASSES], 1.0 / dt, out=pps[rows])
-        rest[rows] = delta[:, N_CLASSES:]
-        return low
+        return low, delta
 
     def _settle_low_reads(self, wrapped: np.ndarray, delta: np.ndarray, prev_rows: np.ndarray) -> np.ndarray:
         """Counters below their previous value (`wrapped`: flat indices of their deltas, of a block of
