@@ -439,6 +439,9 @@ TENANT_LAYOUT = TenantStatsLayout(
     dir_words=2 + 2 * len(TrafficClass) + len(DropReason), dropped_packets_at=0, dropped_bytes_at=1,
     class_packets_at=2, class_bytes_at=2 + len(TrafficClass), reason_packets_at=2 + 2 * len(TrafficClass))
 CACHE_SLOTS = 1 << ADDRESS_CACHE_BITS   # address cache slots per CPU region
+# Bytes of spill map rows (keys and values) from which a read's buffers are not held from read to read
+# (see CounterReader.address_maps): ~450,000 spilled addresses.
+HOLD_SPILL_BYTES = 64 << 20
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -476,9 +479,11 @@ class CounterReader:
         self.tenant_rows = MAX_TENANTS
         self._address_memo = AddressMemo(memo_limit)
         # The spill map's batch-read buffers and the cache snapshot, while a caller still holds them (see
-        # `address_maps`): weak references, so that they do not outlive the read.
+        # `address_maps`): weak references, so that a large read's do not outlive it; a small read's are
+        # held here (`_held`) from read to read.
         self._spill_buffers: tuple[weakref.ref, weakref.ref] | None = None
         self._cache_snapshot: weakref.ref | None = None
+        self._held: tuple[np.ndarray, ...] | None = None
         self._map_address_cache()
 
     def _map_address_cache(self) -> None:
@@ -498,6 +503,7 @@ class CounterReader:
         self._cache_words = None
         self._cache_snapshot = None
         self._spill_buffers = None
+        self._held = None
         try:
             self._cache_mmap.close()
         except BufferError:   # a caller still holds a view: the mapping goes with it
@@ -528,11 +534,14 @@ class CounterReader:
         address cache as (slots, CPU regions, entry words) uint64 (a view of one copy of the
         mapped memory: the counters keep moving while a tick decodes them), the spill map's
         (S, 2) keys and its (S, 1, spilled words) values (one copy: it is shared by the CPUs).
-        The cache snapshot and the spill map's arrays are buffers that the next call writes again while
-        the caller still holds them; once nothing does, their memory goes back to the heap (~190 MiB at a
-        million addresses, which the rest of a tick then reuses instead of holding them through it: issue
-        18), and the next call's buffers come from it again (resident pages when `policy.heap` keeps
-        freed blocks, as the engine sets it: no fresh pages to fault in)."""
+        The cache snapshot and the spill map's arrays are buffers that the next call writes again. After
+        a read of at least HOLD_SPILL_BYTES from the spill map the reader no longer holds them: once the
+        caller does not either, their memory goes back to the heap (~190 MiB at a million addresses,
+        which the rest of a tick then reuses instead of holding them through it: issue 18), and the
+        next call's buffers come from it again (resident pages when `policy.heap` keeps freed blocks,
+        as the engine sets it: no fresh pages to fault in). A smaller read's are held from read to
+        read: a few MB of rows, and the tick's small arrays would carve up their freed blocks (at
+        100,000 addresses, 10-15 MiB more resident when they were let go)."""
         # The spill map first: counts only ever move from a cache slot to the spill map, so a
         # slot evicted between the two reads is missed for this read (its counts show up in the
         # next), never counted twice as it would be the other way round.
@@ -549,6 +558,8 @@ class CounterReader:
             snapshot = np.empty_like(self._cache_words)
             self._cache_snapshot = weakref.ref(snapshot)
         np.copyto(snapshot, self._cache_words)
+        large = scount * (self.spill.key_bytes + self.spill.value_bytes) >= HOLD_SPILL_BYTES
+        self._held = None if large else (*held, snapshot)
         spill_keys = skeys.view(np.uint64).reshape(scount, 2)
         spill = svalues.view(np.uint64).reshape(scount, 1, self.address_layout.spilled_words)
         return snapshot.transpose(1, 0, 2), spill_keys, spill
