@@ -17,6 +17,7 @@ import ipaddress
 import numpy as np
 
 from dataplane.constants import MAX_TENANTS, TenantMode, TrafficClass
+from dataplane.reader import rows_empty
 from policy.baseline import PARTIAL_BASELINE_S, EwmaBaseline
 from policy.rates import DestinationRates, TenantRates
 from tenants.policy import TenantPolicy
@@ -204,10 +205,11 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
     # time (learning reads them again, the same way): the arithmetic is elementwise, and the
     # gathered mean, variance and learned seconds never exist whole (~140 MiB at a million rows).
     n = len(dest)
-    cap = np.empty((n, N_CLASSES))
-    warm = np.empty((n, N_CLASSES), bool)
-    threshold = np.empty((n, N_CLASSES))
-    deviation = np.empty((n, N_CLASSES))     # rate - mean; learning's too (it only reads it)
+    # Sizes rounded as the reader rounds its block's (`rows_empty`): the next tick reuses these blocks.
+    cap = rows_empty(n, (N_CLASSES,))
+    warm = rows_empty(n, (N_CLASSES,), bool)
+    threshold = rows_empty(n, (N_CLASSES,))
+    deviation = rows_empty(n, (N_CLASSES,))     # rate - mean; learning's too (it only reads it)
     for lo in range(0, n, DETECT_BLOCK_ROWS):
         rows = slice(lo, min(lo + DETECT_BLOCK_ROWS, n))
         state = dest_baseline.gather(dest.slots[rows])
@@ -219,7 +221,7 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
         destination_threshold(block_cap, state.learned_s, warm[rows], dest_baseline, _rows_of(min_pps, rows),
                               _rows_of(sensitivity, rows), out=threshold[rows])
         np.subtract(dest.pps[rows], state.mean, out=deviation[rows])
-    anomalous = np.greater(dest.pps, threshold)
+    anomalous = np.greater(dest.pps, threshold, out=rows_empty(n, (N_CLASSES,), bool))
     if not known.all():
         anomalous[~known] = False
     # Anomalies are rare: find them in the flat mask (`.any(axis=1)` walks the short class axis slowly).

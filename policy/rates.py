@@ -31,6 +31,7 @@ import structlog
 from dataplane.api import DestinationCounters, IPAddress, TenantCounterArrays, TenantCounters
 from dataplane.constants import MAX_TENANTS, NO_TENANT, Direction, TrafficClass
 from dataplane.keys import AddressView, KeyIndex, address_keys, unique_keys
+from dataplane.reader import rows_empty
 
 log = structlog.get_logger("policy")
 
@@ -196,15 +197,17 @@ def _counter_rows(counters: DestinationCounters) -> np.ndarray:
     """
     n = len(counters.packets)
     block = counters.packets.base
-    if isinstance(block, np.ndarray) and block.dtype == np.uint64 and block.shape == (n, _DEST_WORDS) \
-            and block.flags.c_contiguous and block.base is None and n:
+    # The reader's block may have a few rows more than the read (`dataplane.reader.rows_empty`).
+    if isinstance(block, np.ndarray) and block.dtype == np.uint64 and block.ndim == 2 and len(block) >= n \
+            and block.shape[1] == _DEST_WORDS and block.flags.c_contiguous and block.base is None and n:
+        block = block[:n]
         at = block.ctypes.data
         if (counters.packets.ctypes.data, counters.bytes.ctypes.data, counters.dropped_packets.ctypes.data) \
                 == (at, at + 8 * N_CLASSES, at + 16 * N_CLASSES) \
-                and counters.bytes.base is block and counters.dropped_packets.base is block \
+                and counters.bytes.base is block.base and counters.dropped_packets.base is block.base \
                 and counters.packets.strides == counters.bytes.strides == (8 * _DEST_WORDS, 8):
             return block
-    current = np.empty((n, _DEST_WORDS), np.uint64)
+    current = rows_empty(n, (_DEST_WORDS,), np.uint64)
     current[:, :N_CLASSES] = counters.packets
     current[:, N_CLASSES:2 * N_CLASSES] = counters.bytes
     current[:, 2 * N_CLASSES] = counters.dropped_packets
@@ -416,11 +419,11 @@ class RateTracker:
             # Made block by block of rows, so that the (N, words) deltas never exist whole (~100 MB at
             # a million destinations, beside this read and the previous one); of the deltas only the
             # bytes and dropped packets are kept (for `byte_rate`, `dropped_pps`): the packets are `pps`.
-            pps = np.empty((n, N_CLASSES))
+            pps = rows_empty(n, (N_CLASSES,))
             # The byte and drop counts of one tick fit 32 bits (4 GB to one address and class in a
             # tick) but for the rarest floods: kept as uint32, or uint64 once one does not fit (the
             # rates made of them are the same float64 values either way).
-            rest = np.empty((n, _DEST_WORDS - N_CLASSES), np.uint32)
+            rest = rows_empty(n, (_DEST_WORDS - N_CLASSES,), np.uint32)
             first = []
             for lo in range(0, n, RATE_BLOCK_ROWS):
                 rows = slice(lo, min(lo + RATE_BLOCK_ROWS, n))
@@ -428,7 +431,7 @@ class RateTracker:
                 first.append(block_low)
                 tail = delta[:, N_CLASSES:]
                 if rest.dtype != np.uint64 and tail.max(initial=0) > _U32_MAX:
-                    wide = np.empty(rest.shape, np.uint64)
+                    wide = rows_empty(n, rest.shape[1:], np.uint64)
                     wide[:lo] = rest[:lo]
                     rest = wide
                 rest[rows] = tail
