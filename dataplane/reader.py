@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import mmap
-import weakref
 
 import numpy as np
 
@@ -453,9 +452,6 @@ TENANT_LAYOUT = TenantStatsLayout(
     dir_words=2 + 2 * len(TrafficClass) + len(DropReason), dropped_packets_at=0, dropped_bytes_at=1,
     class_packets_at=2, class_bytes_at=2 + len(TrafficClass), reason_packets_at=2 + 2 * len(TrafficClass))
 CACHE_SLOTS = 1 << ADDRESS_CACHE_BITS   # address cache slots per CPU region
-# Bytes of spill map rows (keys and values) from which a read's buffers are not held from read to read
-# (see CounterReader.address_maps): ~450,000 spilled addresses.
-HOLD_SPILL_BYTES = 64 << 20
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -492,12 +488,7 @@ class CounterReader:
         # the counters of the set in force are in the pinned map), then those of the set.
         self.tenant_rows = MAX_TENANTS
         self._address_memo = AddressMemo(memo_limit)
-        # The spill map's batch-read buffers and the cache snapshot, while a caller still holds them (see
-        # `address_maps`): weak references, so that a large read's do not outlive it; a small read's are
-        # held here (`_held`) from read to read.
-        self._spill_buffers: tuple[weakref.ref, weakref.ref] | None = None
-        self._cache_snapshot: weakref.ref | None = None
-        self._held: tuple[np.ndarray, ...] | None = None
+        self._spill_buffers: tuple[np.ndarray, np.ndarray] | None = None   # the spill map's batch reads, reused
         self._map_address_cache()
 
     def _map_address_cache(self) -> None:
@@ -512,12 +503,12 @@ class CounterReader:
                                      mmap.PROT_READ)
         self._cache_words: np.ndarray | None = np.frombuffer(self._cache_mmap, np.uint64, count=size // 8).reshape(
             self.cache_regions, 1 << bits, entry_bytes // 8)
+        self._cache_snapshot: np.ndarray | None = None
 
     def close(self) -> None:
         self._cache_words = None
         self._cache_snapshot = None
         self._spill_buffers = None
-        self._held = None
         try:
             self._cache_mmap.close()
         except BufferError:   # a caller still holds a view: the mapping goes with it
@@ -548,35 +539,23 @@ class CounterReader:
         address cache as (slots, CPU regions, entry words) uint64 (a view of one copy of the
         mapped memory: the counters keep moving while a tick decodes them), the spill map's
         (S, 2) keys and its (S, 1, spilled words) values (one copy: it is shared by the CPUs).
-        The cache snapshot and the spill map's arrays are buffers that the next call writes again. After
-        a read of at least HOLD_SPILL_BYTES from the spill map the reader no longer holds them: once the
-        caller does not either, their memory goes back to the heap (~190 MiB at a million addresses,
-        which the rest of a tick then reuses instead of holding them through it: issue 18), and the
-        next call's buffers come from it again (resident pages when `policy.heap` keeps freed blocks,
-        as the engine sets it: no fresh pages to fault in). A smaller read's are held from read to
-        read: a few MB of rows, and the tick's small arrays would carve up their freed blocks (at
-        100,000 addresses, 10-15 MiB more resident when they were let go)."""
+        The cache snapshot and the spill map's arrays are buffers that the next call writes again."""
         # The spill map first: counts only ever move from a cache slot to the spill map, so a
         # slot evicted between the two reads is missed for this read (its counts show up in the
         # next), never counted twice as it would be the other way round.
-        rows = self.spill.max_entries + 1
-        held = None if self._spill_buffers is None else (self._spill_buffers[0](), self._spill_buffers[1]())
-        if held is None or held[0] is None or held[1] is None:
-            held = (np.empty((rows, self.spill.key_bytes), np.uint8), np.empty((rows, self.spill.value_bytes), np.uint8))
-            self._spill_buffers = (weakref.ref(held[0]), weakref.ref(held[1]))
-        skeys, svalues, scount = read_all(self.spill, held)
+        if self._spill_buffers is None:
+            rows = self.spill.max_entries + 1
+            self._spill_buffers = (np.empty((rows, self.spill.key_bytes), np.uint8),
+                                   np.empty((rows, self.spill.value_bytes), np.uint8))
+        skeys, svalues, scount = read_all(self.spill, self._spill_buffers)
         if self._cache_words is None:
             raise DataplaneError("the counter reader is closed")
-        snapshot = None if self._cache_snapshot is None else self._cache_snapshot()
-        if snapshot is None:
-            snapshot = np.empty_like(self._cache_words)
-            self._cache_snapshot = weakref.ref(snapshot)
-        np.copyto(snapshot, self._cache_words)
-        large = scount * (self.spill.key_bytes + self.spill.value_bytes) >= HOLD_SPILL_BYTES
-        self._held = None if large else (*held, snapshot)
+        if self._cache_snapshot is None:
+            self._cache_snapshot = np.empty_like(self._cache_words)
+        np.copyto(self._cache_snapshot, self._cache_words)
         spill_keys = skeys.view(np.uint64).reshape(scount, 2)
         spill = svalues.view(np.uint64).reshape(scount, 1, self.address_layout.spilled_words)
-        return snapshot.transpose(1, 0, 2), spill_keys, spill
+        return self._cache_snapshot.transpose(1, 0, 2), spill_keys, spill
 
 
 __all__ = ["ADDRESS_LAYOUT", "CACHE_SLOTS", "TENANT_LAYOUT", "UNPROTECTED", "AddressCounterLayout", "AddressMemo",

@@ -174,6 +174,7 @@ class SyntheticDataplane:
         self.samples_per_tick = samples_per_tick
         _, self.keys = destination_addresses(destinations)
         self.memo = AddressMemo(4 * destinations)
+        self._cache_snapshot: np.ndarray | None = None    # the reader's copy of the address cache
         self.class_budgets: dict[int, dict[TrafficClass, int]] = {}
         # Any well-mixed hash spreads addresses over slots as the kernel's does.
         mixed = (self.keys[:, 0] ^ self.keys[:, 1]) * np.uint64(0x9E3779B97F4A7C15)
@@ -278,10 +279,11 @@ class SyntheticDataplane:
     def read_destination_counters(self) -> DestinationCounters:
         """`Dataplane.read_destination_counters` after its reads: its decoding code."""
         cache, spill_keys, spill, _ = self._maps
-        # The reader's copy of the address cache, held for the read only, as the reader holds it.
-        snapshot = np.empty_like(cache.transpose(1, 0, 2))
-        np.copyto(snapshot, cache.transpose(1, 0, 2))     # CPU-major, as the kernel's array
-        return decode_destination_counters(snapshot.transpose(1, 0, 2), spill_keys, spill, LAYOUT, self.memo)
+        if self._cache_snapshot is None:
+            self._cache_snapshot = np.empty_like(cache.transpose(1, 0, 2))
+        np.copyto(self._cache_snapshot, cache.transpose(1, 0, 2))     # CPU-major, as the kernel's array
+        return decode_destination_counters(self._cache_snapshot.transpose(1, 0, 2), spill_keys, spill, LAYOUT,
+                                           self.memo)
 
     def read_tenant_counter_arrays(self) -> TenantCounterArrays:
         """`Dataplane.read_tenant_counter_arrays` after its batch read: the sum over CPUs, decoded by its code."""
