@@ -330,6 +330,20 @@ def _leading_rows(rows: np.ndarray, n: int) -> np.ndarray:
     return rows.view(padded).reshape(len(rows))["r"]
 
 
+def rows_empty(n: int, tail: tuple[int, ...] = (), dtype: type | np.dtype = np.float64) -> np.ndarray:
+    """`np.empty((n, *tail), dtype)` as the first n rows of a block whose row count is rounded up to a
+    multiple of the largest power of two at most n / 32 (at most ~3 % more rows).
+
+    A per-address array of every tick has about the size of the last tick's, a few rows more or less.
+    Made exactly, one a few rows larger than the freed block it could reuse does not fit there, and
+    the heap (which keeps freed blocks: `policy.heap`) grows and fragments tick after tick (measured at
+    a million destinations: ~400 MiB of free heap held resident between ticks). Rounded, consecutive
+    ticks ask for the same sizes and reuse the same blocks."""
+    quantum = 1 << max((n // 32).bit_length() - 1, 0)
+    rows = -(-n // quantum) * quantum
+    return np.empty((rows, *tail), dtype)[:n]
+
+
 def _merge_by_address(n_ids: int, cached: tuple[np.ndarray, np.ndarray, np.ndarray],
                       conflicts: tuple[np.ndarray, np.ndarray, np.ndarray],
                       spilled: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -350,7 +364,7 @@ def _merge_by_address(n_ids: int, cached: tuple[np.ndarray, np.ndarray, np.ndarr
     row_of = np.empty(n_ids, np.int64)
     row_of[ids] = np.arange(len(ids))
     width = cached[1].shape[1]
-    counters = np.empty((len(ids), width), np.uint64)
+    counters = rows_empty(len(ids), (width,), np.uint64)
     tenants = np.full(len(ids), NO_TENANT, np.uint32)
     # Whole counter rows move as single elements (one memcpy each) through void views: numpy's
     # row-wise fancy indexing of a 2-D array is 2-3x slower.
@@ -546,4 +560,4 @@ class CounterReader:
 
 __all__ = ["ADDRESS_LAYOUT", "CACHE_SLOTS", "TENANT_LAYOUT", "UNPROTECTED", "AddressCounterLayout", "AddressMemo",
            "CounterReader", "MapRef", "TenantStatsLayout", "address_layout", "decode_destination_counters",
-           "decode_tenant_counters", "read_all", "sum_over_cpus", "tenant_stats_layout"]
+           "decode_tenant_counters", "read_all", "rows_empty", "sum_over_cpus", "tenant_stats_layout"]

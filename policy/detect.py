@@ -17,7 +17,8 @@ import ipaddress
 import numpy as np
 
 from dataplane.constants import MAX_TENANTS, TenantMode, TrafficClass
-from policy.baseline import PARTIAL_BASELINE_S, BaselineRows, EwmaBaseline
+from dataplane.reader import rows_empty
+from policy.baseline import PARTIAL_BASELINE_S, EwmaBaseline
 from policy.rates import DestinationRates, TenantRates
 from tenants.policy import TenantPolicy
 
@@ -95,10 +96,6 @@ class Detection:
     tenant_excess: np.ndarray        # (T, C)
     carpets: list[CarpetCandidate]
     warm: np.ndarray | None = None                 # (N, C) bool, past the destination's warm-up
-    # The destinations' baseline state as detection read it, for learning to update in place
-    # (one read of 100k rows instead of two); None once learned.
-    dest_state: BaselineRows | None = None
-    dest_deviation: np.ndarray | None = None       # (N, C) rate - baseline mean, for learning; None once learned
     # (R, C) the tenants' (mean + k·sigma)·margin, rows `PolicyTable.tenant_rows`, for learning.
     tenant_cap: np.ndarray | None = None
     pps: np.ndarray | None = None                  # (N, C) the rates detected on (for `ratio`)
@@ -142,16 +139,21 @@ def _per_row(values: np.ndarray) -> np.ndarray | float:
 # Cold elements fixed one by one while they are at most this share of all elements; past it (the first
 # minutes after a start, when every row warms up) the masked whole-array passes are cheaper.
 _SPARSE_SHARE = 0.125
+# Destination rows whose baseline state detection reads at a time: 16,384 rows of 6 classes are
+# 768 KiB per array, which stay in the CPU's cache while the thresholds are made of them.
+DETECT_BLOCK_ROWS = 16_384
 
 
 def destination_threshold(cap: np.ndarray, learned_s: np.ndarray, warm: np.ndarray, baseline: EwmaBaseline,
-                          min_pps: np.ndarray | float, sensitivity: np.ndarray | float) -> np.ndarray:
+                          min_pps: np.ndarray | float, sensitivity: np.ndarray | float,
+                          out: np.ndarray | None = None) -> np.ndarray:
     """(N, C) thresholds from the baseline caps, as `EwmaBaseline.threshold` computes them, written out:
     warm: max(min_pps, base); seen: max(min_pps, onset floor, base); new: max(min_pps, floor), where
-    base = cap / sensitivity. `min_pps` and `sensitivity` per row ((N, 1)) or one float for all."""
+    base = cap / sensitivity. `min_pps` and `sensitivity` per row ((N, 1)) or one float for all.
+    Written into `out` when given (contiguous, the shape of `cap`)."""
     cold = np.flatnonzero(~warm)
     if len(cold) > _SPARSE_SHARE * cap.size:
-        threshold = cap / sensitivity
+        threshold = np.divide(cap, sensitivity, out=out)
         np.maximum(threshold, baseline.onset_floor[None, :], out=threshold, where=~warm)
         np.copyto(threshold, baseline.floor[None, :], where=~warm & (learned_s < PARTIAL_BASELINE_S))
         np.maximum(threshold, min_pps, out=threshold)
@@ -159,9 +161,9 @@ def destination_threshold(cap: np.ndarray, learned_s: np.ndarray, warm: np.ndarr
     # The warm rows' formula over the whole array (one pass when sensitivity is 1: cap / 1 is cap),
     # then the few warming-up elements' thresholds from their caps, by index, with the same arithmetic.
     if isinstance(sensitivity, float) and sensitivity == 1.0:
-        threshold = np.maximum(cap, min_pps)
+        threshold = np.maximum(cap, min_pps, out=out)
     else:
-        threshold = cap / sensitivity
+        threshold = np.divide(cap, sensitivity, out=out)
         np.maximum(threshold, min_pps, out=threshold)
     if len(cold):
         row, cls = np.divmod(cold, N_CLASSES)
@@ -172,6 +174,11 @@ def destination_threshold(cap: np.ndarray, learned_s: np.ndarray, warm: np.ndarr
         np.maximum(values, min_pps if isinstance(min_pps, float) else min_pps[row, 0], out=values)
         threshold.reshape(-1)[cold] = values
     return threshold
+
+
+def _rows_of(values: np.ndarray | float, rows: slice) -> np.ndarray | float:
+    """A per-row policy value's rows (an (N, 1) column), or the one float for all."""
+    return values if isinstance(values, float) else values[rows]
 
 
 def tenant_rows(rows: np.ndarray) -> np.ndarray | slice:
@@ -193,19 +200,30 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
         else _per_row(policy.min_pps[prow])
     sensitivity = policy.uniform_sensitivity if everyone and policy.uniform_sensitivity is not None \
         else _per_row(policy.sensitivity[prow])
-    # Each (N, C) pass over 100k rows costs a quarter to a whole millisecond: read the baseline once,
-    # compute in place, no (N, 1) broadcasts where one value serves all rows.
-    state = dest_baseline.gather(dest.slots)
-    cap = np.sqrt(state.var)
-    cap *= dest_baseline.k_sigma
-    cap += state.mean
-    cap *= dest_baseline.margin
-    warm = state.learned_s >= dest_baseline.warmup_s
-    threshold = destination_threshold(cap, state.learned_s, warm, dest_baseline, min_pps, sensitivity)
-    anomalous = np.greater(dest.pps, threshold)
+    # Each (N, C) pass over 100k rows costs a quarter to a whole millisecond: compute in place, no
+    # (N, 1) broadcasts where one value serves all rows. The baseline's rows are read a block at a
+    # time (learning reads them again, the same way): the arithmetic is elementwise, and the
+    # gathered mean, variance and learned seconds never exist whole (~140 MiB at a million rows).
+    n = len(dest)
+    # Sizes rounded as the reader rounds its block's (`rows_empty`): the next tick reuses these blocks.
+    cap = rows_empty(n, (N_CLASSES,))
+    warm = rows_empty(n, (N_CLASSES,), bool)
+    threshold = rows_empty(n, (N_CLASSES,))
+    deviation = rows_empty(n, (N_CLASSES,))     # rate - mean; learning's too (it only reads it)
+    for lo in range(0, n, DETECT_BLOCK_ROWS):
+        rows = slice(lo, min(lo + DETECT_BLOCK_ROWS, n))
+        state = dest_baseline.gather(dest.slots[rows])
+        block_cap = np.sqrt(state.var, out=cap[rows])
+        block_cap *= dest_baseline.k_sigma
+        block_cap += state.mean
+        block_cap *= dest_baseline.margin
+        np.greater_equal(state.learned_s, dest_baseline.warmup_s, out=warm[rows])
+        destination_threshold(block_cap, state.learned_s, warm[rows], dest_baseline, _rows_of(min_pps, rows),
+                              _rows_of(sensitivity, rows), out=threshold[rows])
+        np.subtract(dest.pps[rows], state.mean, out=deviation[rows])
+    anomalous = np.greater(dest.pps, threshold, out=rows_empty(n, (N_CLASSES,), bool))
     if not known.all():
         anomalous[~known] = False
-    deviation = np.subtract(dest.pps, state.mean)     # learning's rate - mean, too (it only reads it)
     # Anomalies are rare: find them in the flat mask (`.any(axis=1)` walks the short class axis slowly).
     anomalous_rows = np.unique(np.flatnonzero(anomalous) // N_CLASSES)
 
@@ -237,7 +255,7 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
     return Detection(threshold=threshold, baseline_cap=cap, anomalous=anomalous, deviation=deviation,
                      anomalous_rows=anomalous_rows, tenant_threshold=t_threshold,
                      tenant_anomalous=t_anomalous, tenant_excess=t_excess, carpets=carpets, warm=warm,
-                     dest_state=state, dest_deviation=deviation, tenant_cap=t_cap, pps=dest.pps, _excess=excess)
+                     tenant_cap=t_cap, pps=dest.pps, _excess=excess)
 
 
 def group_carpets(dest: DestinationRates, tidx: np.ndarray, n_groups: int, cap: np.ndarray, warm: np.ndarray,

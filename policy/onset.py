@@ -35,6 +35,7 @@ MIN_ACTIVE_S = 0.1         # seconds: shortest flood span the rate is extrapolat
 MIN_SHARE = 0.1            # a tick rate below this share of the threshold cannot be a flood onset
 JUMP = 4.0                 # ... nor a rate below this many times the baseline mean
 MAX_CANDIDATES = 256       # (destination, class) pairs examined per tick, highest rate / threshold first
+BLOCK_ROWS = 65_536        # rows looked at a time for the jump (6 MB of temporaries at 6 classes)
 
 
 def onset_rate(end: float, dt: float, pps: float, mean: float, timestamps_ns: np.ndarray) -> tuple[float, float]:
@@ -66,8 +67,12 @@ def candidates(pps: np.ndarray, threshold: np.ndarray, excess: np.ndarray, valid
     bound >= 0, both pick the same pairs) and at least MIN_SHARE of the threshold; at most
     MAX_CANDIDATES, highest rate / threshold first. The jump test comes first: it is one pass
     over (N, C) and leaves few pairs for the rest."""
-    jump = excess > pps * (1.0 - 1.0 / JUMP)
-    rows, classes = np.divmod(np.flatnonzero(jump), pps.shape[1])   # flat: a 2-D nonzero costs twice as much
+    # A block of rows at a time: the same pairs, without (N, C) temporaries (~50 MiB at a million rows).
+    n_cls = pps.shape[1]
+    flat = [np.flatnonzero(excess[lo:lo + BLOCK_ROWS] > pps[lo:lo + BLOCK_ROWS] * (1.0 - 1.0 / JUMP)) + lo * n_cls
+            for lo in range(0, len(pps), BLOCK_ROWS)]
+    jump = np.concatenate(flat) if flat else np.zeros(0, np.int64)
+    rows, classes = np.divmod(jump, n_cls)   # flat: a 2-D nonzero costs twice as much
     keep = (pps[rows, classes] > MIN_SHARE * threshold[rows, classes]) & ~anomalous[rows, classes] & valid[rows]
     rows, classes = rows[keep], classes[keep]
     if len(rows) > MAX_CANDIDATES:

@@ -31,6 +31,7 @@ import structlog
 from dataplane.api import DestinationCounters, IPAddress, TenantCounterArrays, TenantCounters
 from dataplane.constants import MAX_TENANTS, NO_TENANT, Direction, TrafficClass
 from dataplane.keys import AddressView, KeyIndex, address_keys, unique_keys
+from dataplane.reader import rows_empty
 
 log = structlog.get_logger("policy")
 
@@ -40,6 +41,13 @@ _DEST_WORDS = 2 * N_CLASSES + 1      # a destination's packets[C], bytes[C], dro
 _TENANT_WORDS = 2 * N_CLASSES + 2
 _T_DROPPED_PACKETS, _T_DROPPED_BYTES = 2 * N_CLASSES, 2 * N_CLASSES + 1
 _TOP_BIT = np.uint64(1 << 63)
+# Rows per block of the destination deltas (update_destinations): 32,768 rows of 13 words are 3.4 MB,
+# which stay in the CPU's cache between the subtraction and the conversions.
+RATE_BLOCK_ROWS = 32_768
+_U32_MAX = np.iinfo(np.uint32).max
+# Slot numbers and read row numbers in the tracker's per-slot tables: below the number of addresses
+# tracked, which memory bounds far below 2**31 (a million addresses take ~1 GiB of engine state).
+_INDEX = np.int32
 INBOUND = int(Direction.INBOUND)
 OUTBOUND = int(Direction.OUTBOUND)
 
@@ -51,12 +59,13 @@ class DestinationRates:
     now: float
     dt: float                   # seconds since the previous read
     keys: np.ndarray            # (N, 2) uint64, the addresses' map keys (see dataplane.keys)
-    slots: np.ndarray           # (N,) int64, stable slot of each address
+    slots: np.ndarray           # (N,) int32 (int64 from a reader without ids), stable slot of each address
     tenant_idx: np.ndarray      # (N,) int64, NO_TENANT where no tenant owns it
     pps: np.ndarray             # (N, C) float64, inbound packets/s per class (passed + dropped)
     valid: np.ndarray           # (N,) bool, False on the priming read
     # The byte and drop rates are read for a few rows (incidents) only: they are computed from the
-    # counter deltas, (N, words) uint64 kept meanwhile, when first asked for (`byte_rate`, `dropped_pps`).
+    # counter deltas, (N, bytes[C] + dropped) uint32 (uint64 when one exceeds 32 bits) kept meanwhile,
+    # when first asked for (`byte_rate`, `dropped_pps`).
     _deltas: np.ndarray | None = None
     _byte_rate: np.ndarray | None = None
     _dropped_pps: np.ndarray | None = None
@@ -68,33 +77,33 @@ class DestinationRates:
     def byte_rate(self) -> np.ndarray:
         """(N, C) float64, inbound bytes/s per class."""
         if self._byte_rate is None:
-            self._byte_rate = self._rate(N_CLASSES, 2 * N_CLASSES)
+            self._byte_rate = self._rate(0, N_CLASSES)
         return self._byte_rate
 
     @property
     def dropped_pps(self) -> np.ndarray:
         """(N,) float64, inbound packets/s dropped."""
         if self._dropped_pps is None:
-            self._dropped_pps = self._rate(2 * N_CLASSES, 2 * N_CLASSES + 1).reshape(len(self))
+            self._dropped_pps = self._rate(N_CLASSES, N_CLASSES + 1).reshape(len(self))
         return self._dropped_pps
 
     def byte_rate_of(self, row: int) -> np.ndarray:
         """(C,) `byte_rate[row]`, without computing the other rows."""
         if self._byte_rate is not None or self._deltas is None:
             return self.byte_rate[row]
-        return self._deltas[row, N_CLASSES:2 * N_CLASSES] * (1.0 / self.dt)
+        return self._deltas[row, :N_CLASSES] * (1.0 / self.dt)
 
     def dropped_pps_of(self, row: int) -> float:
         """`dropped_pps[row]`, without computing the other rows."""
         if self._dropped_pps is not None or self._deltas is None:
             return float(self.dropped_pps[row])
-        return float(self._deltas[row, 2 * N_CLASSES] * (1.0 / self.dt))
+        return float(self._deltas[row, N_CLASSES] * (1.0 / self.dt))
 
     def _rate(self, lo: int, hi: int) -> np.ndarray:
         if self._deltas is None:
             return np.zeros((len(self), hi - lo))
         out = np.empty((len(self), hi - lo))
-        # float64(delta) * (1 / dt), as numpy converts the uint64 operand for the float loop.
+        # float64(delta) * (1 / dt), as numpy converts the integer operand for the float loop.
         np.multiply(self._deltas[:, lo:hi], 1.0 / self.dt, out=out)
         if self._byte_rate is not None or self._dropped_pps is not None:
             self._deltas = None       # both computed now (this is the second): the deltas can go
@@ -188,15 +197,17 @@ def _counter_rows(counters: DestinationCounters) -> np.ndarray:
     """
     n = len(counters.packets)
     block = counters.packets.base
-    if isinstance(block, np.ndarray) and block.dtype == np.uint64 and block.shape == (n, _DEST_WORDS) \
-            and block.flags.c_contiguous and block.base is None and n:
+    # The reader's block may have a few rows more than the read (`dataplane.reader.rows_empty`).
+    if isinstance(block, np.ndarray) and block.dtype == np.uint64 and block.ndim == 2 and len(block) >= n \
+            and block.shape[1] == _DEST_WORDS and block.flags.c_contiguous and block.base is None and n:
+        block = block[:n]
         at = block.ctypes.data
         if (counters.packets.ctypes.data, counters.bytes.ctypes.data, counters.dropped_packets.ctypes.data) \
                 == (at, at + 8 * N_CLASSES, at + 16 * N_CLASSES) \
-                and counters.bytes.base is block and counters.dropped_packets.base is block \
+                and counters.bytes.base is block.base and counters.dropped_packets.base is block.base \
                 and counters.packets.strides == counters.bytes.strides == (8 * _DEST_WORDS, 8):
             return block
-    current = np.empty((n, _DEST_WORDS), np.uint64)
+    current = rows_empty(n, (_DEST_WORDS,), np.uint64)
     current[:, :N_CLASSES] = counters.packets
     current[:, N_CLASSES:2 * N_CLASSES] = counters.bytes
     current[:, 2 * N_CLASSES] = counters.dropped_packets
@@ -230,10 +241,10 @@ class SlotTable:
         self.keys = np.zeros((capacity, 2), np.uint64)    # key of each slot in use
         self.last_seen = np.zeros(capacity, np.float64)
         self.in_use = np.zeros(capacity, bool)
-        self._free = np.arange(capacity - 1, -1, -1, dtype=np.int64)   # a stack: the end is taken first
+        self._free = np.arange(capacity - 1, -1, -1, dtype=_INDEX)   # a stack: the end is taken first
         # The slot each of the reader's address ids had at the last read (see DestinationCounters.ids):
         # the steady state maps a read to slots by this array alone, checking each key.
-        self._slot_of_reader_id = np.full(0, -1, np.int64)
+        self._slot_of_reader_id = np.full(0, -1, _INDEX)
 
     @property
     def capacity(self) -> int:
@@ -250,7 +261,7 @@ class SlotTable:
         self.keys = np.concatenate([self.keys, np.zeros((new - old, 2), np.uint64)])
         self.last_seen = np.concatenate([self.last_seen, np.zeros(new - old)])
         self.in_use = np.concatenate([self.in_use, np.zeros(new - old, bool)])
-        self._free = np.concatenate([np.arange(new - 1, old - 1, -1, dtype=np.int64), self._free])
+        self._free = np.concatenate([np.arange(new - 1, old - 1, -1, dtype=_INDEX), self._free])
 
     def lookup(self, addresses: np.ndarray | Sequence[IPAddress],
                reader_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -288,7 +299,7 @@ class SlotTable:
         """Slots remembered for the reader's ids whose slot still holds the same key; -1 elsewhere."""
         top = int(reader_ids.max()) + 1
         if top > len(self._slot_of_reader_id):
-            grown = np.full(max(top, 2 * len(self._slot_of_reader_id)), -1, np.int64)
+            grown = np.full(max(top, 2 * len(self._slot_of_reader_id)), -1, _INDEX)
             grown[:len(self._slot_of_reader_id)] = self._slot_of_reader_id
             self._slot_of_reader_id = grown
         slots = self._slot_of_reader_id.take(reader_ids)
@@ -310,7 +321,7 @@ class SlotTable:
         if len(stale):
             self.in_use[stale] = False
             self.keys[stale] = 0
-            self._free = np.concatenate([self._free, stale])
+            self._free = np.concatenate([self._free, stale.astype(_INDEX)])
             used = np.flatnonzero(self.in_use)
             self.index.rebuild(self.keys[used], used)
         return stale
@@ -333,14 +344,14 @@ class RateTracker:
         self._prev = np.zeros((0, _DEST_WORDS), np.uint64)
         self._prev_below_top = True       # every counter of `_prev` is below 2**63
         self._prev_slots = np.zeros(0, np.int64)
-        self._prev_row_of_slot = np.full(cap, -1, np.int64)
+        self._prev_row_of_slot = np.full(cap, -1, _INDEX)
         # Which of the last read's rows hold a kept value rather than what was read (a read that
         # came out low: see _settle_low_reads), and the rows of the read before it whose addresses the
         # last read missed, with their rows by slot.
         self._prev_kept = np.zeros(0, bool)
         self._before = np.zeros((0, _DEST_WORDS), np.uint64)
         self._before_slots = np.zeros(0, np.int64)
-        self._before_row_of_slot = np.full(cap, -1, np.int64)
+        self._before_row_of_slot = np.full(cap, -1, _INDEX)
         self._dest_now: float | None = None
         self._next_expiry = 0.0
         t = MAX_TENANTS
@@ -366,8 +377,8 @@ class RateTracker:
         if cap == old:
             return
         pad = cap - old
-        self._prev_row_of_slot = np.concatenate([self._prev_row_of_slot, np.full(pad, -1, np.int64)])
-        self._before_row_of_slot = np.concatenate([self._before_row_of_slot, np.full(pad, -1, np.int64)])
+        self._prev_row_of_slot = np.concatenate([self._prev_row_of_slot, np.full(pad, -1, _INDEX)])
+        self._before_row_of_slot = np.concatenate([self._before_row_of_slot, np.full(pad, -1, _INDEX)])
 
     def rows_by_slot(self) -> np.ndarray:
         """(capacity,) each slot's row in the last destination read, -1 for slots absent from it: the
@@ -403,34 +414,33 @@ class RateTracker:
         if priming:
             # Slots restored from saved state count as seen now, not at time zero.
             self.slots.last_seen[self.slots.in_use] = now
-            pps, delta = np.zeros((n, N_CLASSES)), None
+            pps, rest = np.zeros((n, N_CLASSES)), None
         else:
-            # One contiguous uint64 pass over the whole rows, then each field converted and scaled
-            # straight into its own contiguous float array (detection and learning make a dozen
-            # passes over them): a subtraction cast to float per field costs three times as much.
-            if len(self._prev):
-                delta = _take_rows(self._prev, np.maximum(prev_rows, 0))
-                np.subtract(current, delta, out=delta)
-            else:
-                delta = current.copy()
-            # Addresses new in the map and counters below their previous value are rare: settled
-            # by index (see _settle_low_reads). A counter that went down wrapped around below zero,
-            # which leaves its delta above the current value (and only its; a new row's delta is
-            # set first and never is). While every counter of this read and the previous one is
-            # below 2**63 (centuries at line rate), such a delta, and only it, has its top bit set:
-            # one reduction over the deltas rules them out.
-            fresh_rows = np.flatnonzero(fresh)
-            if len(fresh_rows):
-                self._settle_new_rows(fresh_rows, current, delta, slots)
-            wrapped = np.zeros(0, np.int64)
-            if not (self._prev_below_top and current_top == 0
-                    and np.bitwise_or.reduce(delta.reshape(-1)) & _TOP_BIT == 0):
-                wrapped = np.flatnonzero(np.greater(delta, current))
-            if len(wrapped):
-                current, kept = self._settle_low_reads(wrapped, current, delta, prev_rows)
-            # float64(delta) * (1 / dt), as numpy converts the uint64 operand for the float loop.
-            pps = np.empty((n, N_CLASSES))
-            np.multiply(delta[:, :N_CLASSES], 1.0 / dt, out=pps)
+            # Made block by block of rows, so that the (N, words) deltas never exist whole (~100 MB at
+            # a million destinations, beside this read and the previous one); of the deltas only the
+            # bytes and dropped packets are kept (for `byte_rate`, `dropped_pps`): the packets are `pps`.
+            pps = rows_empty(n, (N_CLASSES,))
+            # The byte and drop counts of one tick fit 32 bits (4 GB to one address and class in a
+            # tick) but for the rarest floods: kept as uint32, or uint64 once one does not fit (the
+            # rates made of them are the same float64 values either way).
+            rest = rows_empty(n, (_DEST_WORDS - N_CLASSES,), np.uint32)
+            first = []
+            for lo in range(0, n, RATE_BLOCK_ROWS):
+                rows = slice(lo, min(lo + RATE_BLOCK_ROWS, n))
+                block_low, delta = self._block_rates(rows, current, slots, prev_rows, fresh, current_top, dt, pps)
+                first.append(block_low)
+                tail = delta[:, N_CLASSES:]
+                if rest.dtype != np.uint64 and tail.max(initial=0) > _U32_MAX:
+                    wide = rows_empty(n, rest.shape[1:], np.uint64)
+                    wide[:lo] = rest[:lo]
+                    rest = wide
+                rest[rows] = tail
+            low = np.concatenate(first) if first else np.zeros(0, np.int64)
+            if len(low):
+                # Reads that came out low for the first time keep their previous values (_settle_low_reads).
+                current = current.copy()                       # the reader's block stays as it was read
+                current[low] = np.maximum(current[low], self._prev[prev_rows[low]])
+                kept[low] = True
         outgoing, outgoing_slots = self._prev, self._prev_slots
         self._prev_row_of_slot[outgoing_slots] = -1
         self._prev_row_of_slot[slots] = np.arange(n)
@@ -452,7 +462,7 @@ class RateTracker:
         rates = DestinationRates(
             now=now, dt=dt, keys=counters.keys, slots=slots,
             tenant_idx=np.asarray(counters.tenant_idx).astype(np.int64), pps=pps, valid=np.full(n, not priming),
-            _deltas=delta)
+            _deltas=rest)
         self.last_destination_rates = rates
         return rates, freed
 
@@ -468,11 +478,42 @@ class RateTracker:
             goes_on = (current[rows] >= before).all(axis=1)
             delta[rows[goes_on]] = current[rows[goes_on]] - before[goes_on]
 
-    def _settle_low_reads(self, wrapped: np.ndarray, current: np.ndarray, delta: np.ndarray,
-                          prev_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Counters below their previous value (`wrapped`: flat indices of their deltas): delta 0
-        (in place), and the rows to keep as the next read's previous values, with the mask of rows
-        kept at their previous values rather than at what this read says.
+    def _block_rates(self, rows: slice, current: np.ndarray, slots: np.ndarray, prev_rows: np.ndarray,
+                     fresh: np.ndarray, current_top: np.uint64, dt: float,
+                     pps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`pps` of a block of this read's rows, from one contiguous uint64 pass over the whole rows,
+        the packets then converted and scaled straight into their own contiguous array (detection and
+        learning make a dozen passes over `pps`: a subtraction cast to float per field costs three
+        times as much). Returns the rows (of the read) that came out low for the first time
+        (`_settle_low_reads`) and the block's (rows, words) uint64 deltas."""
+        block = current[rows]
+        if len(self._prev):
+            delta = _take_rows(self._prev, np.maximum(prev_rows[rows], 0))
+            np.subtract(block, delta, out=delta)
+        else:
+            delta = block.copy()
+        # Addresses new in the map and counters below their previous value are rare: settled by index
+        # (see _settle_low_reads). A counter that went down wrapped around below zero, which leaves
+        # its delta above the current value (and only its; a new row's delta is set first and never
+        # is). While every counter of this read and the previous one is below 2**63 (centuries at
+        # line rate), such a delta, and only it, has its top bit set: one reduction rules them out.
+        fresh_rows = np.flatnonzero(fresh[rows])
+        if len(fresh_rows):
+            self._settle_new_rows(fresh_rows, block, delta, slots[rows])
+        low = np.zeros(0, np.int64)
+        if not (self._prev_below_top and current_top == 0
+                and np.bitwise_or.reduce(delta.reshape(-1)) & _TOP_BIT == 0):
+            wrapped = np.flatnonzero(np.greater(delta, block))
+            if len(wrapped):
+                low = self._settle_low_reads(wrapped, delta, prev_rows[rows]) + rows.start
+        # float64(delta) * (1 / dt), as numpy converts the uint64 operand for the float loop.
+        np.multiply(delta[:, :N_CLASSES], 1.0 / dt, out=pps[rows])
+        return low, delta
+
+    def _settle_low_reads(self, wrapped: np.ndarray, delta: np.ndarray, prev_rows: np.ndarray) -> np.ndarray:
+        """Counters below their previous value (`wrapped`: flat indices of their deltas, of a block of
+        rows): delta 0 (in place); returns the rows (of the block) to keep at their previous values as
+        the next read's previous, rather than at what this read says.
 
         The reader takes the spill map before the address cache, and counts only move from a slot
         to the spill map: a slot evicted in between is missing from that read. Its address reads
@@ -482,15 +523,9 @@ class RateTracker:
         left the LRU), and it counts on from there. Counting a low read's whole value as one
         tick's traffic instead would report the address's history as a flood.
         """
-        kept = np.zeros(len(current), bool)
         delta.reshape(-1)[wrapped] = 0
         low = np.unique(wrapped // _DEST_WORDS)
-        first = low[~self._prev_kept[prev_rows[low]]]      # still below at a second read: a reset
-        if len(first):
-            current = current.copy()                       # the reader's block stays as it was read
-            current[first] = np.maximum(current[first], self._prev[prev_rows[first]])
-            kept[first] = True
-        return current, kept
+        return low[~self._prev_kept[prev_rows[low]]]      # still below at a second read: a reset
 
     def _tenant_arrays(self, counters: Mapping[int, TenantCounters]) -> TenantCounterArrays:
         """Per-tenant objects (tests, older readers) as arrays; rows with an index out of range are skipped."""
