@@ -51,6 +51,20 @@ from dataplane.keys import address_keys
 
 N_CLASSES = len(TrafficClass)
 N_REASONS = len(DropReason)
+READ_WORDS = 2 * N_CLASSES + 1    # a destination read's row: packets[C], bytes[C], dropped packets
+
+
+def distinct_keys(n: int) -> np.ndarray:
+    """(n, 2) distinct map keys (the rate tracker never makes addresses of them unless asked)."""
+    keys = np.zeros((n, 2), np.uint64)
+    keys[:, 1] = np.arange(1, n + 1, dtype=np.uint64)
+    return keys
+
+
+def destination_read(keys: np.ndarray, counters: np.ndarray) -> DestinationCounters:
+    """A destination read of `keys` whose (N, READ_WORDS) `counters` rows are viewed, not copied."""
+    return DestinationCounters(keys=keys, tenant_idx=np.ones(len(keys), np.uint32), packets=counters[:, :N_CLASSES],
+                               bytes=counters[:, N_CLASSES:2 * N_CLASSES], dropped_packets=counters[:, 2 * N_CLASSES])
 MAC_A, MAC_B = "02:00:00:00:00:01", "02:00:00:00:00:02"
 
 

@@ -12,30 +12,20 @@ import tracemalloc
 
 import numpy as np
 
-from dataplane.api import DestinationCounters
 from dataplane.constants import TrafficClass
 from policy.rates import RateTracker
+from tests.unit.policy.fakes import destination_read, distinct_keys
 
 C = len(TrafficClass)
 WORDS = 2 * C + 1          # packets[C], bytes[C], dropped packets: one row of a read
 
 
-def _keys(n: int) -> np.ndarray:
-    """(n, 2) distinct map keys (the tracker never makes addresses of them unless asked)."""
-    keys = np.zeros((n, 2), np.uint64)
-    keys[:, 1] = np.arange(1, n + 1, dtype=np.uint64)
-    return keys
-
-
-def _read(keys: np.ndarray, counters: np.ndarray) -> DestinationCounters:
-    return DestinationCounters(keys=keys, tenant_idx=np.ones(len(keys), np.uint32), packets=counters[:, :C],
-                               bytes=counters[:, C:2 * C], dropped_packets=counters[:, 2 * C])
 
 
 def test_rates_of_addresses_missing_reads_equal_the_rule_written_out_bit_for_bit():
     rng = np.random.default_rng(18)
     n, reads = 3_000, 12
-    keys = _keys(n)
+    keys = distinct_keys(n)
     total = np.zeros((n, WORDS), np.uint64)
     history: list[dict[int, np.ndarray]] = []       # per read: address -> its counters in that read
     tracker = RateTracker()
@@ -43,7 +33,7 @@ def test_rates_of_addresses_missing_reads_equal_the_rule_written_out_bit_for_bit
         total += rng.poisson(50.0, (n, WORDS)).astype(np.uint64)
         present = np.flatnonzero(rng.random(n) > 0.1)             # a tenth of the addresses missed
         order = rng.permutation(present)                          # rows in any order
-        rates, _ = tracker.update_destinations(float(k), _read(keys[order], total[order].copy()))
+        rates, _ = tracker.update_destinations(float(k), destination_read(keys[order], total[order].copy()))
         history.append({int(a): total[a].copy() for a in order})
         if k == 0:
             continue
@@ -61,18 +51,18 @@ def test_rates_of_addresses_missing_reads_equal_the_rule_written_out_bit_for_bit
 
 def test_the_tracker_keeps_one_read_not_two_at_scale():
     n = 200_000
-    keys = _keys(n)
+    keys = distinct_keys(n)
     rng = np.random.default_rng(2)
     counters = np.zeros((n, WORDS), np.uint64)
     tracker = RateTracker()
-    tracker.update_destinations(0.0, _read(keys, counters.copy()))
+    tracker.update_destinations(0.0, destination_read(keys, counters.copy()))
     tracemalloc.start()
     try:
         for k in range(1, 4):
             counters += np.uint64(10)
             missed = rng.random(n) < 0.002                      # the churn of a read
             rows = np.flatnonzero(~missed)
-            tracker.update_destinations(float(k), _read(keys[rows], counters[rows].copy()))
+            tracker.update_destinations(float(k), destination_read(keys[rows], counters[rows].copy()))
             held = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()

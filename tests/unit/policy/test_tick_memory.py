@@ -28,6 +28,7 @@ from policy.config import PolicyConfig
 from policy.engine import PolicyEngine
 from policy.events import EventBus
 from policy.rates import RateTracker
+from tests.unit.policy.fakes import destination_read, distinct_keys
 
 C = len(TrafficClass)
 WORDS = 2 * C + 1          # packets[C], bytes[C], dropped packets: one row of a read
@@ -106,22 +107,13 @@ def test_issue18_item2_previous_results_are_released_before_the_next_read(tmp_pa
     assert held_at_read == [(None, None)] * 3
 
 
-def _keys(n: int) -> np.ndarray:
-    keys = np.zeros((n, 2), np.uint64)
-    keys[:, 1] = np.arange(1, n + 1, dtype=np.uint64)
-    return keys
-
-
-def _read(keys: np.ndarray, counters: np.ndarray) -> DestinationCounters:
-    return DestinationCounters(keys=keys, tenant_idx=np.ones(len(keys), np.uint32), packets=counters[:, :C],
-                               bytes=counters[:, C:2 * C], dropped_packets=counters[:, 2 * C])
 
 
 def _rate_run(reads: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, ...]]:
     tracker = RateTracker()
     out = []
     for k, (keys, counters) in enumerate(reads):
-        rates, _ = tracker.update_destinations(float(k), _read(keys, counters.copy()))
+        rates, _ = tracker.update_destinations(float(k), destination_read(keys, counters.copy()))
         out.append((rates.slots.astype(np.int64), rates.pps, rates.byte_rate, rates.dropped_pps))
     return out
 
@@ -131,7 +123,7 @@ def test_issue18_item2_rates_in_row_blocks_equal_one_block_with_missed_low_and_r
     boundaries: the same rates, read after read, whatever the block size."""
     rng = np.random.default_rng(5)
     n = 300
-    keys = _keys(n)
+    keys = distinct_keys(n)
     total = np.zeros((n, WORDS), np.uint64)
     reads = []
     for k in range(9):
@@ -152,10 +144,10 @@ def test_issue18_item2_rates_in_row_blocks_equal_one_block_with_missed_low_and_r
 
 def _held_by_rates(counters: np.ndarray, n: int) -> tuple[int, object]:
     """Bytes that a tick's rates hold once made (the read and the previous one aside), and the rates."""
-    keys = _keys(n)
+    keys = distinct_keys(n)
     tracker = RateTracker()
-    tracker.update_destinations(0.0, _read(keys, np.zeros((n, WORDS), np.uint64)))
-    read = _read(keys, counters)
+    tracker.update_destinations(0.0, destination_read(keys, np.zeros((n, WORDS), np.uint64)))
+    read = destination_read(keys, counters)
     tracemalloc.start()
     try:
         rates, _ = tracker.update_destinations(0.5, read)
@@ -187,7 +179,7 @@ def test_issue18_item2_kept_byte_deltas_take_32_bits_until_one_needs_64():
 
 def test_issue18_item2_slot_and_row_tables_are_int32():
     tracker = RateTracker()
-    keys = _keys(3000)
+    keys = distinct_keys(3000)
     rates, _ = tracker.update_destinations(0.0, DestinationCounters(
         keys=keys, tenant_idx=np.ones(3000, np.uint32), packets=np.zeros((3000, C), np.uint64),
         bytes=np.zeros((3000, C), np.uint64), dropped_packets=np.zeros(3000, np.uint64),
