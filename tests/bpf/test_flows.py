@@ -409,7 +409,7 @@ def test_flow_accounting_ends_a_handshake_at_the_ack_of_the_syn_ack_not_at_a_bli
     client's address and port (a spoofed source never saw the ISN), one of them in the same slot of
     sw_flow_pending, end none and cost no tail call; the real one does. A handshake whose ACK was blind or
     unseen counts at the client's first data segment instead."""
-    server, client, other = "198.51.100.29", "198.19.29.1", "198.19.29.2"
+    server, client, other = "198.51.100.34", "198.19.34.1", "198.19.34.2"   # addresses of its own (module-wide dp)
     isn = 0x89ABCDEF
     # The same slot (the top bits of the number as the program reads it, network order loaded
     # little-endian), another number.
@@ -437,6 +437,9 @@ def test_flow_accounting_ends_a_handshake_at_the_ack_of_the_syn_ack_not_at_a_bli
                        payload=b"GET / HTTP/1.1\r\n"))
     row = rows(dp, True)[(server, other)]
     assert (row.new_connections, row.established, row.http_requests) == (1, 1, 1)
+    for c in (client, other):   # closed: no gauge left open for the tests after this one
+        run(dp, frames.tcp(c, server, sport=41020, dport=80, flags="FA", seq=1001, ack=isn + 1))
+    assert rows(dp, False)[server].established == 0
 
 
 def test_flow_accounting_settles_padded_pure_acks_without_the_accounting_program(dp, tenants):
