@@ -72,6 +72,7 @@ def _small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocks of a few rows: every block boundary and remainder path runs at a small size."""
     monkeypatch.setattr(rates_mod, "RATE_BLOCK_ROWS", 7)
     monkeypatch.setattr(detect_mod, "DETECT_BLOCK_ROWS", 11)
+    monkeypatch.setattr(detect_mod, "HANDOVER_ROWS", 0)
     monkeypatch.setattr(baseline_mod, "UPDATE_BLOCK_ROWS", 13)
     monkeypatch.setattr(onset_mod, "BLOCK_ROWS", 17)
 
@@ -107,6 +108,35 @@ def test_issue18_item2_previous_results_are_released_before_the_next_read(tmp_pa
     assert held_at_read == [(None, None)] * 3
 
 
+
+
+@pytest.mark.parametrize("handover", [True, False], ids=["small-handed-over", "large-in-blocks"])
+def test_issue18_item2_detection_hands_a_small_reads_baseline_rows_to_learning(tmp_path, monkeypatch, handover):
+    """Up to HANDOVER_ROWS destinations detection reads their baseline rows once and learning updates
+    that copy (reading them again cost ~4 ms a tick at 100,000); above it both read a block at a time."""
+    if not handover:
+        monkeypatch.setattr(detect_mod, "HANDOVER_ROWS", 100)
+        monkeypatch.setattr(detect_mod, "DETECT_BLOCK_ROWS", 512)
+        monkeypatch.setattr(baseline_mod, "UPDATE_BLOCK_ROWS", 512)
+    dp = SyntheticDataplane(2000, 20, churn=0.0, samples_per_tick=10, seed=1)
+    engine = PolicyEngine(dp, synthetic_tenant_spec(2000, 20, False), EventBus(), tmp_path, tick=1.0,
+                          config=PolicyConfig(warmup_s=2.0))
+    gathered: list[int] = []
+    gather = engine.dest_baseline.gather
+
+    def counted(rows):
+        gathered.append(len(rows))
+        return gather(rows)
+
+    monkeypatch.setattr(engine.dest_baseline, "gather", counted)
+    for i in range(4):
+        dp.advance(1.0)
+        gathered.clear()
+        engine.tick(float(i + 1))
+    n = len(engine.rates.last_destination_rates)
+    assert n > 1024 and engine.last_detection.dest_state is None    # learned: the copy is gone
+    blocks = [512] * (n // 512) + ([n % 512] if n % 512 else [])
+    assert gathered == ([n] if handover else blocks * 2)     # detection's blocks, then learning's
 
 
 def _rate_run(reads: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, ...]]:
