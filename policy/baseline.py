@@ -213,24 +213,24 @@ class EwmaBaseline:
         if deviation is not None and (deviation.shape != pps.shape or not deviation.flags.c_contiguous):
             deviation = None
         if gathered is not None:
-            # Contiguous (as gathered: no copies), so that flat indices address the elements themselves.
-            mean, var, learned = (np.ascontiguousarray(a) for a in (gathered.mean, gathered.var, gathered.learned_s))
-            self._update_rows(mean, var, learned, pps, dt, learn, cap, deviation)
-            _put_rows(self.mean, rows, mean)
-            _put_rows(self.var, rows, var)
-            _put_rows(self.learned_s, rows, learned)
+            self._learn(rows, gathered, pps, dt, learn, cap, deviation)
             return
         span = range(*rows.indices(self.capacity)) if isinstance(rows, slice) else None
         for lo in range(0, n_rows, UPDATE_BLOCK_ROWS):
             hi = min(lo + UPDATE_BLOCK_ROWS, n_rows)
             part = rows[lo:hi] if span is None else slice(span[lo], span[lo] + (hi - lo) * span.step, span.step)
-            state = self.gather(part)
-            mean, var, learned = (np.ascontiguousarray(a) for a in (state.mean, state.var, state.learned_s))
-            self._update_rows(mean, var, learned, np.ascontiguousarray(pps[lo:hi]), dt, learn[lo:hi], cap[lo:hi],
-                              None if deviation is None else deviation[lo:hi])
-            _put_rows(self.mean, part, mean)
-            _put_rows(self.var, part, var)
-            _put_rows(self.learned_s, part, learned)
+            self._learn(part, self.gather(part), np.ascontiguousarray(pps[lo:hi]), dt, learn[lo:hi], cap[lo:hi],
+                        None if deviation is None else deviation[lo:hi])
+
+    def _learn(self, rows: np.ndarray | slice, state: BaselineRows, pps: np.ndarray, dt: float, learn: np.ndarray,
+               cap: np.ndarray, deviation: np.ndarray | None) -> None:
+        """`update` of `rows` from their gathered `state`, written back."""
+        # Contiguous (as gathered: no copies), so that flat indices address the elements themselves.
+        mean, var, learned = (np.ascontiguousarray(a) for a in (state.mean, state.var, state.learned_s))
+        self._update_rows(mean, var, learned, pps, dt, learn, cap, deviation)
+        _put_rows(self.mean, rows, mean)
+        _put_rows(self.var, rows, var)
+        _put_rows(self.learned_s, rows, learned)
 
     def _update_rows(self, mean: np.ndarray, var: np.ndarray, learned: np.ndarray, pps: np.ndarray, dt: float,
                      learn: np.ndarray, cap: np.ndarray, deviation: np.ndarray | None) -> None:
