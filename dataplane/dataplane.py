@@ -204,7 +204,7 @@ class Dataplane:
         """Inbound counters per customer-side address (see `CounterReader.read_destination_counters`)."""
         return self.reader.read_destination_counters()
 
-    def address_maps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def address_maps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, AddressCounterLayout]:
         """The per-address maps as `decode_destination_counters` takes them (see `CounterReader.address_maps`)."""
         return self.reader.address_maps()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import mmap
+from collections.abc import Callable
 
 import numpy as np
 
@@ -213,10 +214,7 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
     """
     raw = cache
     n_cpus = raw.shape[1]
-    # Only the words the result carries (packets, bytes, dropped), not the outbound ones.
-    c0 = layout.counters_at
-    cw = max(layout.packets_at, layout.bytes_at) + len(TrafficClass)
-    cw = max(cw, layout.dropped_at + 1)
+    c0, cw = layout.counters_at, counter_width(layout)
     # The cache is tens of MB and every strided pass over it touches each slot's cache lines:
     # few passes, no (slots, CPUs, words) temporaries.
     # Address and head words of every copy, copied out in one pass.
@@ -293,6 +291,52 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
         dropped_packets=counters[:, dr],
         ids=ids,
     )
+
+
+def counter_width(layout: AddressCounterLayout) -> int:
+    """Words of struct sw_addr_counters that a read carries (packets, bytes, dropped; not the outbound ones)."""
+    return max(max(layout.packets_at, layout.bytes_at) + len(TrafficClass), layout.dropped_at + 1)
+
+
+def cache_copy_layout(layout: AddressCounterLayout) -> AddressCounterLayout:
+    """The layout of `copy_cache`'s copy: each slot's address and head words, then its carried counters."""
+    if layout.addr_at != 0 or layout.head_at >= layout.counters_at:
+        raise DataplaneError("struct sw_addr_entry: the address and head words must lead the slot")
+    head = max(layout.addr_at + 2, layout.head_at + 1)
+    return dataclasses.replace(layout, entry_words=head + counter_width(layout), counters_at=head)
+
+
+def copy_cache(src: np.ndarray, layout: AddressCounterLayout, out: np.ndarray | None = None,
+               between: Callable[[], None] | None = None) -> np.ndarray:
+    """A copy of the words of the address cache that a read decodes, laid out as `cache_copy_layout`:
+    (..., entry words) uint64 `src`, the cache in the kernel's order, to (..., copy words); `out`: a
+    buffer of that shape to reuse. The whole 384-byte slots were three times the memory (48 MiB on 2
+    CPU ids) and every cache line of a slot was read; the decode reads these words only.
+
+    The cache is live while it is copied, and the words go in two passes (address and head, then
+    the counters): a slot evicted between them (its counters spilled, another address written in)
+    would pair the old address with the new one's counters. So the address is compared again after
+    the counters' pass, and a slot whose address changed is copied as never filled (zeros): its old
+    address's counts are in the spill map by then, read at the next read (this one misses them: the
+    rate tracker takes a missing address as no traffic), the new address's from the next read on.
+    `between` runs between the passes (tests: the kernel's writes of an eviction there)."""
+    copied = cache_copy_layout(layout)
+    head, cw = copied.counters_at, counter_width(layout)
+    shape = (*src.shape[:-1], copied.entry_words)
+    if out is None or out.shape != shape or out.dtype != np.uint64:
+        out = np.empty(shape, np.uint64)
+    for (lo, hi), at in (((0, head), 0), ((layout.counters_at, layout.counters_at + cw), head)):
+        # Each slot's run of words moved as one element (a void view): numpy's word-by-word strided
+        # copy is several times slower.
+        run = np.dtype((np.void, 8 * (hi - lo)))
+        np.copyto(out[..., at:at + hi - lo].view(run), src[..., lo:hi].view(run))
+        if between is not None and at == 0:
+            between()
+    moved = src[..., 0] != out[..., 0]
+    moved |= src[..., 1] != out[..., 1]
+    if moved.any():
+        out[moved] = 0
+    return out
 
 
 def sum_over_cpus(per_cpu: np.ndarray) -> np.ndarray:
@@ -503,11 +547,12 @@ class CounterReader:
                                      mmap.PROT_READ)
         self._cache_words: np.ndarray | None = np.frombuffer(self._cache_mmap, np.uint64, count=size // 8).reshape(
             self.cache_regions, 1 << bits, entry_bytes // 8)
-        self._cache_snapshot: np.ndarray | None = None
+        self._cache_copy: np.ndarray | None = None          # copy_cache's buffer, reused read after read
+        self._cache_copy_layout = cache_copy_layout(self.address_layout)
 
     def close(self) -> None:
         self._cache_words = None
-        self._cache_snapshot = None
+        self._cache_copy = None
         self._spill_buffers = None
         try:
             self._cache_mmap.close()
@@ -530,16 +575,16 @@ class CounterReader:
 
     def read_destination_counters(self) -> DestinationCounters:
         """Inbound counters per customer-side address: the address cache slots of every CPU
-        plus the spill map of evicted slots, merged by address (a copy of the mapped cache and a batch read;
-        see `decode_destination_counters`)."""
-        return decode_destination_counters(*self.address_maps(), self.address_layout, self._address_memo)
+        plus the spill map of evicted slots, merged by address (a copy of the mapped cache's counted
+        words and a batch read; see `decode_destination_counters`)."""
+        return decode_destination_counters(*self.address_maps(), self._address_memo)
 
-    def address_maps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The per-address maps as `decode_destination_counters` takes them: a snapshot of the
-        address cache as (slots, CPU regions, entry words) uint64 (a view of one copy of the
-        mapped memory: the counters keep moving while a tick decodes them), the spill map's
-        (S, 2) keys and its (S, 1, spilled words) values (one copy: it is shared by the CPUs).
-        The cache snapshot and the spill map's arrays are buffers that the next call writes again."""
+    def address_maps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, AddressCounterLayout]:
+        """The per-address maps as `decode_destination_counters` takes them: a copy of the address
+        cache's counted words as (slots, CPU regions, copy words) uint64 (`copy_cache`: the counters
+        keep moving while a tick decodes them), the spill map's (S, 2) keys and its (S, 1, spilled
+        words) values (one copy: it is shared by the CPUs), and the layout of that copy.
+        The arrays are buffers that the next call writes again."""
         # The spill map first: counts only ever move from a cache slot to the spill map, so a
         # slot evicted between the two reads is missed for this read (its counts show up in the
         # next), never counted twice as it would be the other way round.
@@ -550,14 +595,13 @@ class CounterReader:
         skeys, svalues, scount = read_all(self.spill, self._spill_buffers)
         if self._cache_words is None:
             raise DataplaneError("the counter reader is closed")
-        if self._cache_snapshot is None:
-            self._cache_snapshot = np.empty_like(self._cache_words)
-        np.copyto(self._cache_snapshot, self._cache_words)
+        self._cache_copy = copy_cache(self._cache_words, self.address_layout, self._cache_copy)
         spill_keys = skeys.view(np.uint64).reshape(scount, 2)
         spill = svalues.view(np.uint64).reshape(scount, 1, self.address_layout.spilled_words)
-        return self._cache_snapshot.transpose(1, 0, 2), spill_keys, spill
+        return self._cache_copy.transpose(1, 0, 2), spill_keys, spill, self._cache_copy_layout
 
 
 __all__ = ["ADDRESS_LAYOUT", "CACHE_SLOTS", "TENANT_LAYOUT", "UNPROTECTED", "AddressCounterLayout", "AddressMemo",
-           "CounterReader", "MapRef", "TenantStatsLayout", "address_layout", "decode_destination_counters",
+           "CounterReader", "MapRef", "TenantStatsLayout", "address_layout", "cache_copy_layout", "copy_cache",
+           "counter_width", "decode_destination_counters",
            "decode_tenant_counters", "read_all", "rows_empty", "sum_over_cpus", "tenant_stats_layout"]

@@ -64,6 +64,8 @@ from dataplane.reader import (
     CACHE_SLOTS,
     TENANT_LAYOUT,
     AddressMemo,
+    cache_copy_layout,
+    copy_cache,
     decode_destination_counters,
     decode_tenant_counters,
     sum_over_cpus,
@@ -174,7 +176,7 @@ class SyntheticDataplane:
         self.samples_per_tick = samples_per_tick
         _, self.keys = destination_addresses(destinations)
         self.memo = AddressMemo(4 * destinations)
-        self._cache_snapshot: np.ndarray | None = None    # the reader's copy of the address cache
+        self._cache_copy: np.ndarray | None = None    # the reader's copy of the address cache's counted words
         self.class_budgets: dict[int, dict[TrafficClass, int]] = {}
         # Any well-mixed hash spreads addresses over slots as the kernel's does.
         mixed = (self.keys[:, 0] ^ self.keys[:, 1]) * np.uint64(0x9E3779B97F4A7C15)
@@ -279,11 +281,10 @@ class SyntheticDataplane:
     def read_destination_counters(self) -> DestinationCounters:
         """`Dataplane.read_destination_counters` after its reads: its decoding code."""
         cache, spill_keys, spill, _ = self._maps
-        if self._cache_snapshot is None:
-            self._cache_snapshot = np.empty_like(cache.transpose(1, 0, 2))
-        np.copyto(self._cache_snapshot, cache.transpose(1, 0, 2))     # CPU-major, as the kernel's array
-        return decode_destination_counters(self._cache_snapshot.transpose(1, 0, 2), spill_keys, spill, LAYOUT,
-                                           self.memo)
+        # CPU-major, as the kernel's array.
+        self._cache_copy = copy_cache(cache.transpose(1, 0, 2), LAYOUT, self._cache_copy)
+        return decode_destination_counters(self._cache_copy.transpose(1, 0, 2), spill_keys, spill,
+                                           cache_copy_layout(LAYOUT), self.memo)
 
     def read_tenant_counter_arrays(self) -> TenantCounterArrays:
         """`Dataplane.read_tenant_counter_arrays` after its batch read: the sum over CPUs, decoded by its code."""

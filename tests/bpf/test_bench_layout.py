@@ -36,8 +36,8 @@ def test_bench_buffers_decode_like_the_real_read(dp, tenants):
     dst = ALPHA_DST
     alpha = tenants["alpha"]
     assert run(dp, frames.udp(CLEAN_SRC, dst, dport=28960)) == XDP_REDIRECT
-    lay = reader.ADDRESS_LAYOUT
-    cache, spill_keys, spill = dp.address_maps()
+    cache, spill_keys, spill, lay = dp.address_maps()
+    assert lay == reader.cache_copy_layout(reader.ADDRESS_LAYOUT)
     assert cache.shape == (reader.CACHE_SLOTS, dp.cache_regions, lay.entry_words)
     assert spill.shape[1:] == (1, lay.spilled_words)
     memo = reader.AddressMemo(1 << 20)
@@ -67,7 +67,7 @@ def test_issue18_address_cache_sized_by_bits_is_read_through():
     try:
         assert testing.table(small, "sw_addr_cache").max_entries == small.cache_regions << 12
         assert testing.table(small, "sw_addr_spill").max_entries == 4096
-        cache, _, _ = small.address_maps()
+        cache, _, _, _ = small.address_maps()
         assert cache.shape[:2] == (1 << 12, small.cache_regions)
         assert small.read_destination_counters().keys.shape == (0, 2)
     finally:
@@ -78,9 +78,9 @@ def test_issue18_spill_reads_reuse_their_buffers(dp):
     """The spill map's batch reads write into the same buffers every tick (no fresh pages to fault in),
     and what they decode to is unchanged by the reuse."""
     assert run(dp, frames.udp(CLEAN_SRC, ALPHA_DST, dport=28960)) == XDP_REDIRECT
-    _, keys1, spill1 = dp.address_maps()
+    _, keys1, spill1, _ = dp.address_maps()
     first = dp.read_destination_counters()
-    _, keys2, spill2 = dp.address_maps()
+    _, keys2, spill2, _ = dp.address_maps()
     second = dp.read_destination_counters()
     # The first rows of one buffer (even when no row was read: both views start where it starts); while
     # the first read's views are alive, a new buffer could not be there.

@@ -9,7 +9,7 @@ import pytest
 
 from dataplane.constants import NO_TENANT, TrafficClass
 from dataplane.reader import ADDRESS_LAYOUT as LAY
-from dataplane.reader import AddressMemo, decode_destination_counters
+from dataplane.reader import AddressMemo, cache_copy_layout, copy_cache, decode_destination_counters
 
 C = len(TrafficClass)
 CW = 2 * C + 1     # packets, bytes, dropped
@@ -89,3 +89,49 @@ def test_issue18_decode_matches_summing_every_copy(seed, slots, cpus, n_spill, o
     for key, row in zip(spill_keys, spill, strict=True):
         if key.tobytes() not in cached:
             assert tenant_of[key.tobytes()] == int(row[0, LAY.spilled_tenant_at])
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_issue18_the_cache_copy_of_the_counted_words_decodes_as_the_whole_slots(seed):
+    """The read copies each slot's address, head and carried counter words only (`copy_cache`): decoded with
+    that copy's layout, the result is the whole slots' bit for bit."""
+    rng = np.random.default_rng(seed)
+    cache, spill_keys, spill = random_maps(rng, 64, 2, 100, 10)
+    cpu_major = cache.transpose(1, 0, 2).copy()
+    whole = decode_destination_counters(cpu_major.transpose(1, 0, 2), spill_keys, spill, LAY, AddressMemo(1 << 20))
+    copied = copy_cache(cpu_major, LAY)
+    lay = cache_copy_layout(LAY)
+    assert copied.shape == (2, 64, lay.entry_words) and lay.entry_words < LAY.entry_words
+    part = decode_destination_counters(copied.transpose(1, 0, 2), spill_keys, spill, lay, AddressMemo(1 << 20))
+    for field in ("keys", "tenant_idx", "packets", "bytes", "dropped_packets", "ids"):
+        np.testing.assert_array_equal(getattr(whole, field), getattr(part, field), err_msg=field)
+    # The buffer is reused read after read.
+    assert copy_cache(cpu_major, LAY, copied) is copied
+
+
+def test_issue18_a_slot_evicted_between_the_copys_passes_reads_as_empty():
+    """The kernel evicts a slot while the read copies the cache: between the address pass and the counters
+    pass, the old address's counters go to the spill map and the new address's start. The copy must not pair
+    the old address with the new counters: that slot reads as never filled."""
+    rng = np.random.default_rng(7)
+    cache, _, _ = random_maps(rng, 16, 1, 0, 0)
+    cpu_major = cache.transpose(1, 0, 2).copy()
+    slot = int(np.flatnonzero(cpu_major[0, :, LAY.head_at] != 0)[0])
+    old_key = cpu_major[0, slot, :2].copy()
+    new_key = np.array([0x20010DB8, 0x99], np.uint64)
+
+    def evict() -> None:
+        cpu_major[0, slot, LAY.counters_at:LAY.counters_at + CW] = 0
+        cpu_major[0, slot, LAY.counters_at] = 3            # the new address's first packets
+        cpu_major[0, slot, :2] = new_key
+
+    copied = copy_cache(cpu_major, LAY, between=evict)
+    assert not copied[0, slot].any()
+    others = np.ones(16, bool)
+    others[slot] = False
+    np.testing.assert_array_equal(copied[0, others, :2], cpu_major[0, others, :2])
+    decoded = decode_destination_counters(copied.transpose(1, 0, 2), np.zeros((0, 2), np.uint64),
+                                          np.zeros((0, 1, LAY.spilled_words), np.uint64), cache_copy_layout(LAY),
+                                          AddressMemo(1 << 20))
+    keys = {k.tobytes() for k in decoded.keys}
+    assert old_key.tobytes() not in keys and new_key.tobytes() not in keys
