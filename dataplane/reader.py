@@ -317,8 +317,9 @@ def copy_cache(src: np.ndarray, layout: AddressCounterLayout, out: np.ndarray | 
     the counters): a slot evicted between them (its counters spilled, another address written in)
     would pair the old address with the new one's counters. So the address is compared again after
     the counters' pass, and a slot whose address changed is copied as never filled (zeros): its old
-    address's counts are in the spill map by then, read at the next read (this one misses them: the
-    rate tracker takes a missing address as no traffic), the new address's from the next read on.
+    address's counts are in the spill map by then, read at the next read (this one misses them or reads
+    them low, as for any slot evicted during a read: the rate tracker settles both, see
+    `policy.rates.RateTracker`), the new address's from the next read on.
     `between` runs between the passes (tests: the kernel's writes of an eviction there)."""
     copied = cache_copy_layout(layout)
     head, cw = copied.counters_at, counter_width(layout)
