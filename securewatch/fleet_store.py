@@ -41,7 +41,11 @@ How the per-second traffic is laid out differs by database (migration 10):
   than PARTITIONS_AHEAD_S ahead, is stored nowhere and counted (`Ingested.outside`, returned to
   the site and in /metrics).
 * **SQLite** (a small central server, and the tests): plain per-tenant tables with DELETE-based
-  retention; the same rollups.
+  retention; the same rollups. The rollups' sources go a whole key at a time (seconds by the
+  minute, minutes by the hour: `_sources_kept_from`), so a minute (hour) has all its seconds
+  (minutes) or none: a late second of one that has none is added to it, as on PostgreSQL, and
+  one is never recomputed from part of its rows. A pending key is rolled up before retention
+  deletes its sources and before ingest adds a late second to it.
 
 Reading a tenant's seconds from the PostgreSQL layout unnests each site-second, so the views read
 seconds for short spans only and the rollups for longer ones (`series`).
@@ -614,10 +618,10 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
         # SQLite: a minute gone at this `now` may still have its seconds, and be pending (stored
         # before it went, not rolled up yet): rolled up from them first, or its rollup, done later,
         # would either miss them (skipped) or the folded row (recomputed).
-        _roll_up_pending_now(b, "minute", [(site, m) for m in {second[0] // MINUTE_S * MINUTE_S for second in old_seconds}],
-                             now, retention)
-        _roll_up_pending_now(b, "destination_minute",
-                             [(site, m) for m in {row[3] // MINUTE_S * MINUTE_S for row in old_destinations}], now, retention)
+        folded_minutes = {second[0] // MINUTE_S * MINUTE_S for second in old_seconds}
+        _roll_up_pending_now(b, "minute", [(site, m) for m in folded_minutes], now, retention)
+        folded_minutes = {row[3] // MINUTE_S * MINUTE_S for row in old_destinations}
+        _roll_up_pending_now(b, "destination_minute", [(site, m) for m in folded_minutes], now, retention)
     if old_seconds:
         mark_pending(b, "hour", site, _fold_into_minutes(b, site, old_seconds))
     if destination_minutes:
@@ -931,8 +935,9 @@ def rollup(b: Any, now: float, retention: SeriesRetention, limit: int = ROLLUPS_
     """Roll up the pending minutes that have ended (ROLLUP_GRACE_S ago) from the seconds, then the
     pending hours that have ended from the minutes. Each is recomputed whole (delete, insert the
     sums), so a minute that got a backfilled second after its first rollup ends up equal to the
-    sums of all its seconds. A minute whose seconds are gone is left as it is (a backfill that old
-    was folded into it at ingest: `_fold_into_minutes`).
+    sums of all its seconds. On PostgreSQL a minute whose seconds' partition is gone is left as it
+    is (a backfill that old was folded into it at ingest: `_fold_into_minutes`); on SQLite a
+    pending key still has all its source rows (see `_roll_up_pending_now`), whatever `now` says.
 
     Each key is rolled up in a savepoint of its own (issue 17 review 2, item 1): one the database
     refuses (a sum out of range) is logged, dropped from the pending set and counted in "failed",
@@ -1029,18 +1034,18 @@ def _source_kept(windows: dict[str, tuple[int, int]], level: str, start: int, no
                  retention: SeriesRetention) -> bool:
     """Whether the rows a `level` key is rolled up from are still there. PostgreSQL (`windows`, the
     partitions): the seconds' partition, dropped whole and never made again once past retention;
-    SQLite: retention at `now`, a whole key at a time (`_sqlite_sources_from`). The same test
+    SQLite: retention at `now`, a whole key at a time (`_sources_kept_from`). The same test
     decides at ingest whether a second is stored or folded into its minute (`_fold_into_minutes`)."""
     seconds = level in ("minute", "destination_minute")
     if seconds and windows:
         low, high = windows["fleet_site_seconds" if level == "minute" else "fleet_destination_seconds"]
         return low <= start < high
-    return start >= _sqlite_sources_from(level, now, retention)
+    return start >= _sources_kept_from(level, now, retention)
 
 
-def _sqlite_sources_from(level: str, now: float, retention: SeriesRetention) -> int:
-    """SQLite: the start of the oldest `level` key whose source rows retention at `now` keeps.
-    Whole keys: the cutoff is aligned down to the key's step, so that a minute (an hour) has all
+def _sources_kept_from(level: str, now: float, retention: SeriesRetention) -> int:
+    """The start of the oldest `level` key whose source rows retention at `now` keeps, by time:
+    SQLite's retention (and, as before, PostgreSQL's test for the hours' minutes). Whole keys: the cutoff is aligned down to the key's step, so that a minute (an hour) has all
     its seconds (minutes) or none, and a late row of one that has none is added to its rollup
     (`_fold_into_minutes`) instead of it being recomputed from part of its rows."""
     seconds = level in ("minute", "destination_minute")
@@ -1056,7 +1061,7 @@ def _kept(windows: dict[str, tuple[int, int]], table: str, start: int, now: floa
         low, high = windows[table]
         return low <= start < high
     if table == "fleet_traffic_minutes":   # the source of the hours: kept and deleted by the hour
-        return start >= _sqlite_sources_from("hour", now, retention)
+        return start >= _sources_kept_from("hour", now, retention)
     keep = next(k for name, _, k in PARTITIONED if name == table)(retention)
     return start >= now - keep - _STEP[table]
 
@@ -1077,7 +1082,7 @@ def apply_retention(b: Any, now: float, retention: SeriesRetention) -> dict[str,
         day = 86400
         cutoff: dict[str, int] = {}
         for level, source, _table, _step in _LEVELS:   # the minutes first: they mark their hours
-            cutoff[source] = _sqlite_sources_from(level, now - SQLITE_RETENTION_LAG_S, retention)
+            cutoff[source] = _sources_kept_from(level, now - SQLITE_RETENTION_LAG_S, retention)
             pending = b.execute("SELECT site, t FROM fleet_rollup_pending WHERE level = ? AND t < ? ORDER BY t",
                                 (level, cutoff[source])).fetchall()
             removed[f"{level}_rolled_up_first"] = _roll_up_pending_now(b, level, pending, now, retention)
