@@ -531,6 +531,11 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
     retention = retention or SeriesRetention()
     postgres = b.dialect == "postgresql"
     windows = {name: partition_window(b, name) for name, *_ in PARTITIONED} if postgres else {}
+    # SQLite: what is gone is decided at the time this transaction runs, not when the request came
+    # in (`now`): a retention pass that ran while the request waited for the database deleted by
+    # its own clock (SQLITE_RETENTION_LAG_S behind it), so a minute it deleted is gone here too,
+    # and a late second of it is folded into its rollup, however long the wait.
+    gone_at = now if postgres else max(now, time.time())
     acked = [int(batch["seq"]) for batch in batches]
     fresh = _claim(b, site, queue, batches, now)
     seconds_window = windows.get("fleet_site_seconds")
@@ -570,8 +575,8 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
                 outside += len(second[1])
                 ahead += len(second[1])
                 continue
-            if not _source_kept(windows, "minute", minute, now, retention):
-                if _kept(windows, "fleet_traffic_minutes", minute, now, retention):
+            if not _source_kept(windows, "minute", minute, gone_at, retention):
+                if _kept(windows, "fleet_traffic_minutes", minute, gone_at, retention):
                     old_seconds.append(second)
                     folded += len(second[1])
                 else:
@@ -590,10 +595,10 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
             minute = t // MINUTE_S * MINUTE_S
             if t >= destination_ahead_from:
                 outside += 1
-            elif _source_kept(windows, "destination_minute", minute, now, retention):
+            elif _source_kept(windows, "destination_minute", minute, gone_at, retention):
                 destinations.append((*row, json.dumps(d, separators=(",", ":"))))
                 destination_minutes.add(minute)
-            elif _kept(windows, "fleet_destination_minutes", minute, now, retention):
+            elif _kept(windows, "fleet_destination_minutes", minute, gone_at, retention):
                 old_destinations.append(row)
                 folded += 1
             else:
@@ -619,9 +624,9 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
         # before it went, not rolled up yet): rolled up from them first, or its rollup, done later,
         # would either miss them (skipped) or the folded row (recomputed).
         folded_minutes = {second[0] // MINUTE_S * MINUTE_S for second in old_seconds}
-        _roll_up_pending_now(b, "minute", [(site, m) for m in folded_minutes], now, retention)
+        _roll_up_pending_now(b, "minute", [(site, m) for m in folded_minutes], gone_at, retention)
         folded_minutes = {row[3] // MINUTE_S * MINUTE_S for row in old_destinations}
-        _roll_up_pending_now(b, "destination_minute", [(site, m) for m in folded_minutes], now, retention)
+        _roll_up_pending_now(b, "destination_minute", [(site, m) for m in folded_minutes], gone_at, retention)
     if old_seconds:
         mark_pending(b, "hour", site, _fold_into_minutes(b, site, old_seconds))
     if destination_minutes:

@@ -1366,6 +1366,34 @@ async def test_sqlite_retention_lags_so_an_ingest_stamped_before_a_pass_still_fi
         assert await _minute_of(store, "ams1", minute) == _of_seconds([*seconds, late])
 
 
+async def test_sqlite_an_ingest_that_waited_longer_than_the_lag_folds_into_a_minute_retention_deleted(
+        tmp_path, database_url):
+    """An ingest stamped long before a retention pass (its request waited for the database longer
+    than SQLITE_RETENTION_LAG_S) reaches the database after the pass deleted a minute's seconds: it
+    decides what is gone by the clock when it runs, so its late second is added to the minute
+    instead of being stored as a second and the minute recomputed from that one second."""
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    _sqlite_only(database_url)
+    retention = SeriesRetention(fleet_second_retention_s=600)
+    async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
+        await enroll(store, "ams1")
+        # A minute the clock calls gone (its seconds older than retention and the lag), on real time.
+        minute = (int(time.time()) - 600 - fleet_store.SQLITE_RETENTION_LAG_S - 300) // 60 * 60
+        late = minute + 45
+        seconds = [t for t in range(minute, minute + 60) if t != late]
+        await _ingest_seconds(store, "ams1", "q", list(enumerate(seconds, 1)), now=minute + 70, retention=retention)
+        await store.run(fleet_store.rollup, minute + 70, retention)
+        await store.run(fleet_store.apply_retention, time.time(), retention)
+        assert await count(store, "SELECT COUNT(*) FROM fleet_traffic_seconds WHERE t >= ? AND t < ?",
+                           minute, minute + 60) == 0
+        # Stamped when the minute still had its seconds (`now` = minute + 100), run after the pass.
+        stored = await _ingest_seconds(store, "ams1", "q", [(100, late)], now=minute + 100, retention=retention)
+        assert (stored.traffic_rows, stored.folded) == (0, 1)
+        await store.run(fleet_store.rollup, time.time(), retention)
+        assert await _minute_of(store, "ams1", minute) == _of_seconds([*seconds, late])
+
+
 async def test_sqlite_retention_a_late_second_of_a_minute_whose_hour_is_kept_goes_into_minute_and_hour(
         tmp_path, database_url):
     """Minutes are kept (and deleted) a whole hour at a time: a late second of a minute older than
