@@ -41,7 +41,11 @@ How the per-second traffic is laid out differs by database (migration 10):
   than PARTITIONS_AHEAD_S ahead, is stored nowhere and counted (`Ingested.outside`, returned to
   the site and in /metrics).
 * **SQLite** (a small central server, and the tests): plain per-tenant tables with DELETE-based
-  retention; the same rollups.
+  retention; the same rollups. The rollups' sources go a whole key at a time (seconds by the
+  minute, minutes by the hour: `_sources_kept_from`), so a minute (hour) has all its seconds
+  (minutes) or none: a late second of one that has none is added to it, as on PostgreSQL, and
+  one is never recomputed from part of its rows. A pending key is rolled up before retention
+  deletes its sources and before ingest adds a late second to it.
 
 Reading a tenant's seconds from the PostgreSQL layout unnests each site-second, so the views read
 seconds for short spans only and the rollups for longer ones (`series`).
@@ -60,6 +64,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -118,6 +123,10 @@ HOUR_S = 3600
 ROLLUP_GRACE_S = 5                   # seconds after a minute ends before it is rolled up (the agent's batching)
 CLAIM_CHUNK = 200                    # batches' dedup rows per INSERT (6 parameters each)
 ROLLUPS_PER_PASS = 60                # keys rolled up per call: about 20 s of the database at 10,000 tenants (0.34 s each)
+# SQLite deletes what is gone this many seconds behind its `now`: an ingest stamped before a
+# retention pass may reach the database after it (its request waited; the agent gives up after
+# 30 s), and must still find gone (to fold into its rollup) what that pass deleted.
+SQLITE_RETENTION_LAG_S = 120
 
 _SUMS = ("sum_passed_pps", "sum_dropped_pps", "sum_passed_bps", "sum_dropped_bps")
 _ROLLUP_COLUMNS = f"{', '.join(_SUMS)}, max_passed_pps, max_dropped_pps, samples"
@@ -522,6 +531,11 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
     retention = retention or SeriesRetention()
     postgres = b.dialect == "postgresql"
     windows = {name: partition_window(b, name) for name, *_ in PARTITIONED} if postgres else {}
+    # SQLite: what is gone is decided at the time this transaction runs, not when the request came
+    # in (`now`): a retention pass that ran while the request waited for the database deleted by
+    # its own clock (SQLITE_RETENTION_LAG_S behind it), so a minute it deleted is gone here too,
+    # and a late second of it is folded into its rollup, however long the wait.
+    gone_at = now if postgres else max(now, time.time())
     acked = [int(batch["seq"]) for batch in batches]
     fresh = _claim(b, site, queue, batches, now)
     seconds_window = windows.get("fleet_site_seconds")
@@ -561,8 +575,8 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
                 outside += len(second[1])
                 ahead += len(second[1])
                 continue
-            if not _source_kept(windows, "minute", minute, now, retention):
-                if _kept(windows, "fleet_traffic_minutes", minute, now, retention):
+            if not _source_kept(windows, "minute", minute, gone_at, retention):
+                if _kept(windows, "fleet_traffic_minutes", minute, gone_at, retention):
                     old_seconds.append(second)
                     folded += len(second[1])
                 else:
@@ -581,10 +595,10 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
             minute = t // MINUTE_S * MINUTE_S
             if t >= destination_ahead_from:
                 outside += 1
-            elif _source_kept(windows, "destination_minute", minute, now, retention):
+            elif _source_kept(windows, "destination_minute", minute, gone_at, retention):
                 destinations.append((*row, json.dumps(d, separators=(",", ":"))))
                 destination_minutes.add(minute)
-            elif _kept(windows, "fleet_destination_minutes", minute, now, retention):
+            elif _kept(windows, "fleet_destination_minutes", minute, gone_at, retention):
                 old_destinations.append(row)
                 folded += 1
             else:
@@ -605,6 +619,14 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
                 ("site", "tenant", "address", "t", "pps", "dropped_pps", "data"), destinations)
     if minutes:
         mark_pending(b, "minute", site, minutes)
+    if not postgres:
+        # SQLite: a minute gone at this `now` may still have its seconds, and be pending (stored
+        # before it went, not rolled up yet): rolled up from them first, or its rollup, done later,
+        # would either miss them (skipped) or the folded row (recomputed).
+        folded_minutes = {second[0] // MINUTE_S * MINUTE_S for second in old_seconds}
+        _roll_up_pending_now(b, "minute", [(site, m) for m in folded_minutes], gone_at, retention)
+        folded_minutes = {row[3] // MINUTE_S * MINUTE_S for row in old_destinations}
+        _roll_up_pending_now(b, "destination_minute", [(site, m) for m in folded_minutes], gone_at, retention)
     if old_seconds:
         mark_pending(b, "hour", site, _fold_into_minutes(b, site, old_seconds))
     if destination_minutes:
@@ -918,8 +940,9 @@ def rollup(b: Any, now: float, retention: SeriesRetention, limit: int = ROLLUPS_
     """Roll up the pending minutes that have ended (ROLLUP_GRACE_S ago) from the seconds, then the
     pending hours that have ended from the minutes. Each is recomputed whole (delete, insert the
     sums), so a minute that got a backfilled second after its first rollup ends up equal to the
-    sums of all its seconds. A minute whose seconds are gone is left as it is (a backfill that old
-    was folded into it at ingest: `_fold_into_minutes`).
+    sums of all its seconds. On PostgreSQL a minute whose seconds' partition is gone is left as it
+    is (a backfill that old was folded into it at ingest: `_fold_into_minutes`); on SQLite a
+    pending key still has all its source rows (see `_roll_up_pending_now`), whatever `now` says.
 
     Each key is rolled up in a savepoint of its own (issue 17 review 2, item 1): one the database
     refuses (a sum out of range) is logged, dropped from the pending set and counted in "failed",
@@ -929,43 +952,77 @@ def rollup(b: Any, now: float, retention: SeriesRetention, limit: int = ROLLUPS_
     seconds, a site-minute at a time (all its destinations); they have no hour rollups."""
     done = {"minute": 0, "hour": 0, "destination_minute": 0, "failed": 0}
     windows = {name: partition_window(b, name) for name, *_ in PARTITIONED} if b.dialect == "postgresql" else {}
-    for level, source, table, step in _LEVELS:
+    for level, _source, table, step in _LEVELS:
         pending = b.execute("SELECT site, t FROM fleet_rollup_pending WHERE level = ? AND t <= ? ORDER BY t LIMIT ?",
                             (level, int(now) - step - ROLLUP_GRACE_S, limit)).fetchall()
         hours: dict[str, set[int]] = {}
         for site, start in pending:
             b.execute("DELETE FROM fleet_rollup_pending WHERE level = ? AND site = ? AND t = ?", (level, site, start))
-            if not (_source_kept(windows, level, start, now, retention) and _kept(windows, table, start, now, retention)):
+            # SQLite: a pending key's source rows are all there even once `now` calls them gone
+            # (retention rolls the pending keys up before it deletes their sources, ingest before
+            # it folds into them), so it is recomputed; PostgreSQL's partition may be dropped.
+            if (windows and not _source_kept(windows, level, start, now, retention)) or not _kept(
+                    windows, table, start, now, retention):
                 continue   # its source rows are gone, or there is no partition for it: keep what is there
-            if level == "minute":
-                keys, columns = "tenant", _ROLLUP_COLUMNS
-                select = ("SUM(passed_pps), SUM(dropped_pps), SUM(passed_bps), SUM(dropped_bps), MAX(passed_pps), "
-                          "MAX(dropped_pps), COUNT(*)")
-            elif level == "hour":
-                keys, columns = "tenant", _ROLLUP_COLUMNS
-                select = (f"{', '.join(f'SUM({c})' for c in _SUMS)}, MAX(max_passed_pps), MAX(max_dropped_pps), "
-                          f"SUM(samples)")
-            else:
-                keys, columns = "tenant, address", _DESTINATION_ROLLUP_COLUMNS
-                select = "SUM(pps), SUM(dropped_pps), MAX(pps), MAX(dropped_pps), COUNT(*)"
-            b.execute("SAVEPOINT fleet_rollup_key")
-            try:
-                b.execute(f"DELETE FROM {table} WHERE site = ? AND t = ?", (site, start))
-                b.execute(f"INSERT INTO {table} (site, {keys}, t, {columns}) SELECT site, {keys}, ?, {select} "
-                          f"FROM {source} WHERE site = ? AND t >= ? AND t < ? GROUP BY site, {keys}",
-                          (start, site, start, start + step))
-            except Exception as exc:   # the database's own error class differs by driver
-                b.execute("ROLLBACK TO SAVEPOINT fleet_rollup_key")
-                b.execute("RELEASE SAVEPOINT fleet_rollup_key")
-                log.error("fleet.rollup_key_failed", level=level, site=site, t=start, error=str(exc)[:300])
+            if not _rollup_key(b, level, site, start):
                 done["failed"] += 1
                 continue
-            b.execute("RELEASE SAVEPOINT fleet_rollup_key")
             done[level] += 1
             if level == "minute":
                 hours.setdefault(site, set()).add(start // HOUR_S * HOUR_S)
         for site, starts in hours.items():
             mark_pending(b, "hour", site, starts)
+    return done
+
+
+def _rollup_key(b: Any, level: str, site: str, start: int) -> bool:
+    """Recompute one key of `level` (a site's minute or hour) whole from its source rows, in a
+    savepoint of its own; False (logged) when the database refuses it."""
+    _, source, table, step = _LEVEL[level]
+    if level == "minute":
+        keys, columns = "tenant", _ROLLUP_COLUMNS
+        select = ("SUM(passed_pps), SUM(dropped_pps), SUM(passed_bps), SUM(dropped_bps), MAX(passed_pps), "
+                  "MAX(dropped_pps), COUNT(*)")
+    elif level == "hour":
+        keys, columns = "tenant", _ROLLUP_COLUMNS
+        select = (f"{', '.join(f'SUM({c})' for c in _SUMS)}, MAX(max_passed_pps), MAX(max_dropped_pps), "
+                  f"SUM(samples)")
+    else:
+        keys, columns = "tenant, address", _DESTINATION_ROLLUP_COLUMNS
+        select = "SUM(pps), SUM(dropped_pps), MAX(pps), MAX(dropped_pps), COUNT(*)"
+    b.execute("SAVEPOINT fleet_rollup_key")
+    try:
+        b.execute(f"DELETE FROM {table} WHERE site = ? AND t = ?", (site, start))
+        b.execute(f"INSERT INTO {table} (site, {keys}, t, {columns}) SELECT site, {keys}, ?, {select} "
+                  f"FROM {source} WHERE site = ? AND t >= ? AND t < ? GROUP BY site, {keys}",
+                  (start, site, start, start + step))
+    except Exception as exc:   # the database's own error class differs by driver
+        b.execute("ROLLBACK TO SAVEPOINT fleet_rollup_key")
+        b.execute("RELEASE SAVEPOINT fleet_rollup_key")
+        log.error("fleet.rollup_key_failed", level=level, site=site, t=start, error=str(exc)[:300])
+        return False
+    b.execute("RELEASE SAVEPOINT fleet_rollup_key")
+    return True
+
+
+def _roll_up_pending_now(b: Any, level: str, keys: Sequence[tuple[str, int]], now: float,
+                         retention: SeriesRetention) -> int:
+    """SQLite: roll up those of `keys` (site, start) of `level` that are pending, now, whatever
+    the grace: their source rows are about to go (retention) or their rollup row is about to be
+    added to (a fold at ingest), and a later recompute would then miss them. The rollups done."""
+    done = 0
+    hours: dict[str, set[int]] = {}
+    table = _LEVEL[level][2]
+    for site, start in keys:
+        if not b.execute("DELETE FROM fleet_rollup_pending WHERE level = ? AND site = ? AND t = ?",
+                         (level, site, start)).rowcount:
+            continue   # not pending: its rollup row has all its source rows already
+        if _kept({}, table, start, now, retention) and _rollup_key(b, level, site, start):
+            done += 1
+            if level == "minute":
+                hours.setdefault(site, set()).add(start // HOUR_S * HOUR_S)
+    for site, starts in hours.items():
+        mark_pending(b, "hour", site, starts)
     return done
 
 
@@ -975,28 +1032,41 @@ _LEVELS = (("minute", "fleet_traffic_seconds", "fleet_traffic_minutes", MINUTE_S
            ("destination_minute", "fleet_destination_seconds", "fleet_destination_minutes", MINUTE_S),
            ("hour", "fleet_traffic_minutes", "fleet_traffic_hours", HOUR_S))
 _STEP = {table: step for _, _, table, step in _LEVELS}
+_LEVEL = {level[0]: level for level in _LEVELS}
 
 
 def _source_kept(windows: dict[str, tuple[int, int]], level: str, start: int, now: float,
                  retention: SeriesRetention) -> bool:
     """Whether the rows a `level` key is rolled up from are still there. PostgreSQL (`windows`, the
     partitions): the seconds' partition, dropped whole and never made again once past retention;
-    SQLite: retention at `now`. The same test decides at ingest whether a second is stored or
-    folded into its minute (`_fold_into_minutes`), so a folded minute is never recomputed."""
+    SQLite: retention at `now`, a whole key at a time (`_sources_kept_from`). The same test
+    decides at ingest whether a second is stored or folded into its minute (`_fold_into_minutes`)."""
     seconds = level in ("minute", "destination_minute")
     if seconds and windows:
         low, high = windows["fleet_site_seconds" if level == "minute" else "fleet_destination_seconds"]
         return low <= start < high
+    return start >= _sources_kept_from(level, now, retention)
+
+
+def _sources_kept_from(level: str, now: float, retention: SeriesRetention) -> int:
+    """The start of the oldest `level` key whose source rows retention at `now` keeps, by time:
+    SQLite's retention (and, as before, PostgreSQL's test for the hours' minutes). Whole keys: the cutoff is aligned down to the key's step, so that a minute (an hour) has all
+    its seconds (minutes) or none, and a late row of one that has none is added to its rollup
+    (`_fold_into_minutes`) instead of it being recomputed from part of its rows."""
+    seconds = level in ("minute", "destination_minute")
     keep = retention.fleet_second_retention_s if seconds else retention.fleet_minute_retention_days * 86400
-    return start + (MINUTE_S if seconds else HOUR_S) > now - keep
+    step = MINUTE_S if seconds else HOUR_S
+    return math.floor(now - keep) // step * step
 
 
 def _kept(windows: dict[str, tuple[int, int]], table: str, start: int, now: float, retention: SeriesRetention) -> bool:
     """Whether a rollup row of `table` at `start` can be stored: its partition is there
-    (PostgreSQL), it is within retention (SQLite)."""
+    (PostgreSQL), it is within retention (SQLite; a minute while its hour's minutes are kept)."""
     if windows:
         low, high = windows[table]
         return low <= start < high
+    if table == "fleet_traffic_minutes":   # the source of the hours: kept and deleted by the hour
+        return start >= _sources_kept_from("hour", now, retention)
     keep = next(k for name, _, k in PARTITIONED if name == table)(retention)
     return start >= now - keep - _STEP[table]
 
@@ -1005,19 +1075,27 @@ def _kept(windows: dict[str, tuple[int, int]], table: str, start: int, now: floa
 
 def apply_retention(b: Any, now: float, retention: SeriesRetention) -> dict[str, int]:
     """Expired series and dedup rows. PostgreSQL drops whole partitions (`maintain_partitions`,
-    which also makes the ones ahead): what is counted there is partitions; SQLite deletes rows."""
+    which also makes the ones ahead): what is counted there is partitions. SQLite deletes rows,
+    the sources of the rollups (seconds, and minutes as the source of hours) a whole minute (hour)
+    at a time, what `_source_kept` calls gone at `now - SQLITE_RETENTION_LAG_S`, after rolling
+    up the pending keys among them (their rows would be missing from them for good)."""
     removed: dict[str, int] = {}
     if b.dialect == "postgresql":
         for table, changes in maintain_partitions(b, now, retention).items():
             removed[f"{table}_partitions"] = changes["dropped"]
     else:
         day = 86400
-        for table, keep in (("fleet_traffic_seconds", retention.fleet_second_retention_s),
-                            ("fleet_destination_seconds", retention.fleet_second_retention_s),
-                            ("fleet_traffic_minutes", retention.fleet_minute_retention_days * day),
-                            ("fleet_traffic_hours", retention.fleet_hour_retention_days * day),
+        cutoff: dict[str, int] = {}
+        for level, source, _table, _step in _LEVELS:   # the minutes first: they mark their hours
+            cutoff[source] = _sources_kept_from(level, now - SQLITE_RETENTION_LAG_S, retention)
+            pending = b.execute("SELECT site, t FROM fleet_rollup_pending WHERE level = ? AND t < ? ORDER BY t",
+                                (level, cutoff[source])).fetchall()
+            removed[f"{level}_rolled_up_first"] = _roll_up_pending_now(b, level, pending, now, retention)
+        for table, keep in (("fleet_traffic_hours", retention.fleet_hour_retention_days * day),
                             ("fleet_destination_minutes", retention.fleet_destination_minute_retention_days * day)):
-            removed[table] = b.execute(f"DELETE FROM {table} WHERE t < ?", (int(now - keep),)).rowcount
+            cutoff[table] = int(now - keep)   # rolled up from nothing: row by row
+        for table, before in cutoff.items():
+            removed[table] = b.execute(f"DELETE FROM {table} WHERE t < ?", (before,)).rowcount
     removed["fleet_batches"] = b.execute("DELETE FROM fleet_batches WHERE received_at < ?",
                                          (now - BATCHES_KEPT_S,)).rowcount
     return removed

@@ -666,12 +666,13 @@ async def test_fleet_attack_seen_at_two_sites_is_two_incidents_linked(tmp_path, 
 # -- item 5 (scale): rollups, retention, partitions ----------------------------------------------
 
 def _ingest_seconds(store: Store, site: str, queue: str, seqs_and_times: list[tuple[int, int]], tenants=("alpha",),
-                    passed=lambda t, i: float(t % 97 + i)) -> object:
+                    passed=lambda t, i: float(t % 97 + i), now: float | None = None, retention=None) -> object:
     """Batches of one second each straight into the store (what site_ingest does after its checks)."""
     batches = [{"seq": seq, "time": float(t), "traffic_columns": columns_of(
         [[name, t + 0.25, passed(t, i), 1.0, 8 * passed(t, i), 8.0] for i, name in enumerate(tenants)])}
         for seq, t in seqs_and_times]
-    return store.run(fleet_store.ingest, site, queue, batches, time.time(), lambda b, e: None, None)
+    return store.run(fleet_store.ingest, site, queue, batches, time.time() if now is None else now,
+                     lambda b, e: None, None, retention)
 
 
 async def _sums(store: Store, site: str, start: int, end: int) -> dict[str, tuple]:
@@ -999,9 +1000,10 @@ def _destination_batches(seqs_and_times: list[tuple[int, int]], addresses=("198.
          "dropped_pps": pps(t, i) / 10} for i, address in enumerate(addresses)]} for seq, t in seqs_and_times]
 
 
-def _ingest_destinations(store: Store, site: str, batches: list[dict], now: float | None = None) -> object:
+def _ingest_destinations(store: Store, site: str, batches: list[dict], now: float | None = None,
+                         retention=None) -> object:
     return store.run(fleet_store.ingest, site, "q", batches, time.time() if now is None else now,
-                     lambda b, e: None, None)
+                     lambda b, e: None, None, retention)
 
 
 async def _destination_sums(store: Store, table_sql: str, *params) -> dict[tuple, tuple]:
@@ -1169,3 +1171,250 @@ async def test_item5_fleet_upgrade_rolls_up_the_destination_seconds_stored_befor
         await store.run(fleet_store.rollup, time.time(), SeriesRetention())
         assert await _destination_sums(store, _DESTINATION_MINUTES, "ams1") == {
             ("198.51.100.10", t): (30.0, 2.0, 20.0, 1.0, 2)}
+
+
+# -- SQLite retention deletes whole minutes (hours) of the rollups' sources --------------------------
+
+def _sqlite_only(database_url: str) -> None:
+    if database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL drops whole hour partitions of seconds: no minute keeps part of its seconds")
+
+
+def _future_hour() -> int:
+    """An hour a month ahead of the clock: the service's own rollup and retention passes (real time)
+    leave the rows of these tests alone, which drive `now` themselves."""
+    return int(time.time()) // 3600 * 3600 + 30 * 86400
+
+
+async def _minute_of(store: Store, site: str, t: int, table: str = "fleet_traffic_minutes") -> tuple:
+    """alpha's (sum, max of passed pps, samples) in the rollup row of `table` at `t`."""
+    row = await store.run(lambda b: b.execute(
+        f"SELECT sum_passed_pps, max_passed_pps, samples FROM {table} WHERE site = ? AND tenant = 'alpha' AND t = ?",
+        (site, t)).fetchone())
+    return None if row is None else (round(float(row[0]), 6), float(row[1]), int(row[2]))
+
+
+def _of_seconds(seconds: list[int]) -> tuple:
+    """What a rollup of alpha's `seconds` holds (`_ingest_seconds`' default pps: t % 97)."""
+    return (round(sum(float(t % 97) for t in seconds), 6), max(float(t % 97) for t in seconds), len(seconds))
+
+
+async def test_sqlite_retention_keeps_a_minute_whole_so_a_late_second_re_rolls_it_from_all_its_seconds(
+        tmp_path, database_url):
+    """SQLite retention deleted seconds row by row: a minute straddling the cutoff kept part of its
+    seconds, a late second of it was stored (the minute still had seconds) and the rollup
+    recomputed the minute from that part: the deleted seconds' counts vanished from it. Retention
+    deletes whole minutes; once a minute's seconds are gone, a late one is added to the minute."""
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    _sqlite_only(database_url)
+    retention = SeriesRetention(fleet_second_retention_s=600)
+    async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
+        await enroll(store, "ams1")
+        minute = _future_hour() + 1200
+        late, later = minute + 45, minute + 50
+        seconds = [t for t in range(minute, minute + 60) if t not in (late, later)]
+        await _ingest_seconds(store, "ams1", "q", list(enumerate(seconds, 1)), now=minute + 70, retention=retention)
+        await store.run(fleet_store.rollup, minute + 70, retention)
+        assert await _minute_of(store, "ams1", minute) == _of_seconds(seconds)
+        # A retention pass whose cutoff (now - 600 s) falls in the middle of the minute, then a late
+        # second of it.
+        await store.run(fleet_store.apply_retention, minute + 630, retention)
+        stored = await _ingest_seconds(store, "ams1", "q", [(100, late)], now=minute + 630, retention=retention)
+        assert (stored.traffic_rows, stored.folded) == (1, 0)
+        await store.run(fleet_store.rollup, minute + 630, retention)
+        assert await _minute_of(store, "ams1", minute) == _of_seconds([*seconds, late])
+        # Its seconds gone (all of them), a later one is added to the minute.
+        await store.run(fleet_store.apply_retention, minute + 2000, retention)
+        assert await count(store, "SELECT COUNT(*) FROM fleet_traffic_seconds WHERE t < ?", minute + 60) == 0
+        folded = await _ingest_seconds(store, "ams1", "q", [(101, later)], now=minute + 2000, retention=retention)
+        assert folded.folded == 1
+        await store.run(fleet_store.rollup, minute + 2000, retention)
+        assert await _minute_of(store, "ams1", minute) == _of_seconds([*seconds, late, later])
+
+
+async def test_sqlite_retention_race_a_pending_minute_gone_before_its_rollup_gets_its_seconds_and_a_late_one(
+        tmp_path, database_url):
+    """A minute stored and not rolled up yet (pending) that becomes gone before its rollup: a late
+    second of it is then folded into its minute row, and the rollup skipped the minute (its seconds
+    "gone"): the row held the late second only. A retention pass at an earlier `now` than that
+    ingest must not have deleted part of it either. The pending minute is rolled up from its
+    seconds before the late one is added."""
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    _sqlite_only(database_url)
+    retention = SeriesRetention(fleet_second_retention_s=600)
+    async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
+        await enroll(store, "ams1")
+        minute = _future_hour() + 1200
+        late = minute + 45
+        seconds = [t for t in range(minute, minute + 60) if t != late]
+        await _ingest_seconds(store, "ams1", "q", list(enumerate(seconds, 1)), now=minute + 61, retention=retention)
+        await store.run(fleet_store.apply_retention, minute + 630, retention)   # the ingest below is stamped later
+        folded = await _ingest_seconds(store, "ams1", "q", [(100, late)], now=minute + 680, retention=retention)
+        assert folded.folded == 1
+        await store.run(fleet_store.rollup, minute + 680, retention)
+        assert await _minute_of(store, "ams1", minute) == _of_seconds([*seconds, late])
+        await store.run(fleet_store.apply_retention, minute + 2000, retention)
+        await store.run(fleet_store.rollup, minute + 2000, retention)
+        assert await _minute_of(store, "ams1", minute) == _of_seconds([*seconds, late])
+
+
+async def test_sqlite_retention_a_pending_minute_gone_before_its_rollup_is_rolled_up_from_its_seconds(
+        tmp_path, database_url):
+    """Two minutes stored and still pending once their seconds are past retention (a rollup pass
+    behind): the rollup skipped them as gone, and retention then deleted their seconds, so they
+    had no minute rows at all. The rollup recomputes such a minute (its seconds are all there),
+    and retention rolls a pending one up before it deletes its seconds."""
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    _sqlite_only(database_url)
+    retention = SeriesRetention(fleet_second_retention_s=600)
+    async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
+        await enroll(store, "ams1")
+        first = _future_hour() + 1200
+        second = first + 60
+        seconds = [t for t in range(first, first + 120) if t % 7]
+        await _ingest_seconds(store, "ams1", "q", list(enumerate(seconds, 1)), now=second + 61, retention=retention)
+        done = await store.run(fleet_store.rollup, second + 700, retention, 1)   # one key a pass: the first minute
+        assert done["minute"] == 1
+        await store.run(fleet_store.apply_retention, second + 2000, retention)
+        assert await count(store, "SELECT COUNT(*) FROM fleet_traffic_seconds") == 0
+        for start in (first, second):
+            assert await _minute_of(store, "ams1", start) == _of_seconds([t for t in seconds if start <= t < start + 60])
+
+
+async def test_sqlite_retention_keeps_an_hour_of_minutes_whole_so_a_late_second_re_rolls_the_hour_from_all(
+        tmp_path, database_url):
+    """The same one level up: minutes (the hours' source) were deleted row by row, an hour
+    straddling the cutoff kept part of its minutes, and a late second folded into one of the
+    others made the hour be recomputed from that part. Minutes go a whole hour at a time."""
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    _sqlite_only(database_url)
+    retention = SeriesRetention(fleet_second_retention_s=7200, fleet_minute_retention_days=1)
+    async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
+        await enroll(store, "ams1")
+        hour = _future_hour()
+        late = hour + 2700 + 5                                   # the only second of minute 45
+        seconds = [t for t in range(hour + 5, hour + 3600, 60) if t != late]   # one a minute
+        await _ingest_seconds(store, "ams1", "q", list(enumerate(seconds, 1)), now=hour + 3610, retention=retention)
+        for _ in range(2):   # the minutes, then the hour they mark
+            await store.run(fleet_store.rollup, hour + 3610, retention)
+        assert await _minute_of(store, "ams1", hour, "fleet_traffic_hours") == _of_seconds(seconds)
+        # A retention pass whose minutes' cutoff (now - 1 day) falls in the middle of the hour.
+        now = hour + 86400 + 1800
+        await store.run(fleet_store.apply_retention, now, retention)
+        folded = await _ingest_seconds(store, "ams1", "q", [(100, late)], now=now, retention=retention)
+        assert folded.folded == 1
+        await store.run(fleet_store.rollup, now, retention)
+        assert await _minute_of(store, "ams1", hour, "fleet_traffic_hours") == _of_seconds([*seconds, late])
+        await store.run(fleet_store.apply_retention, hour + 86400 + 3600 + 200, retention)
+        assert await count(store, "SELECT COUNT(*) FROM fleet_traffic_minutes WHERE t < ?", hour + 3600) == 0
+        assert await _minute_of(store, "ams1", hour, "fleet_traffic_hours") == _of_seconds([*seconds, late])
+
+
+async def test_sqlite_retention_keeps_a_destination_minute_whole_so_a_late_second_re_rolls_it_from_all(
+        tmp_path, database_url):
+    """Destination seconds were deleted row by row too, with the same result for a destination
+    minute straddling the cutoff and a late second of it."""
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    _sqlite_only(database_url)
+    retention = SeriesRetention(fleet_second_retention_s=600)
+    one = ("198.51.100.10",)
+    async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
+        await enroll(store, "ams1")
+        minute = _future_hour() + 1200
+        late = minute + 45
+        seconds = [t for t in range(minute, minute + 60) if t != late]
+        await _ingest_destinations(store, "ams1", _destination_batches(list(enumerate(seconds, 1)), one),
+                                   minute + 70, retention)
+        await store.run(fleet_store.rollup, minute + 70, retention)
+        await store.run(fleet_store.apply_retention, minute + 630, retention)
+        stored = await _ingest_destinations(store, "ams1", _destination_batches([(100, late)], one), minute + 630,
+                                            retention)
+        assert (stored.destination_rows, stored.folded) == (1, 0)
+        await store.run(fleet_store.rollup, minute + 630, retention)
+        every = [*seconds, late]
+        assert await _destination_sums(store, _DESTINATION_MINUTES, "ams1") == {("198.51.100.10", minute): (
+            round(sum(float(t % 89) for t in every), 6), round(sum(t % 89 / 10 for t in every), 6),
+            max(float(t % 89) for t in every), round(max(t % 89 / 10 for t in every), 6), 60)}
+
+
+async def test_sqlite_retention_lags_so_an_ingest_stamped_before_a_pass_still_finds_the_minute_whole(
+        tmp_path, database_url):
+    """An ingest stamped before a retention pass (its request waited for the database) may reach
+    the database after it: the minute it still calls kept must not have lost its seconds to that
+    pass, or its late second makes the minute be recomputed from that second alone. SQLite
+    deletes SQLITE_RETENTION_LAG_S behind its `now`."""
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    _sqlite_only(database_url)
+    retention = SeriesRetention(fleet_second_retention_s=600)
+    async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
+        await enroll(store, "ams1")
+        minute = _future_hour() + 1200
+        late = minute + 45
+        seconds = [t for t in range(minute, minute + 60) if t != late]
+        await _ingest_seconds(store, "ams1", "q", list(enumerate(seconds, 1)), now=minute + 70, retention=retention)
+        await store.run(fleet_store.rollup, minute + 70, retention)
+        await store.run(fleet_store.apply_retention, minute + 670, retention)   # the minute is gone at 660
+        stored = await _ingest_seconds(store, "ams1", "q", [(100, late)], now=minute + 650, retention=retention)
+        assert (stored.traffic_rows, stored.folded) == (1, 0)
+        await store.run(fleet_store.rollup, minute + 670, retention)
+        assert await _minute_of(store, "ams1", minute) == _of_seconds([*seconds, late])
+
+
+async def test_sqlite_an_ingest_that_waited_longer_than_the_lag_folds_into_a_minute_retention_deleted(
+        tmp_path, database_url):
+    """An ingest stamped long before a retention pass (its request waited for the database longer
+    than SQLITE_RETENTION_LAG_S) reaches the database after the pass deleted a minute's seconds: it
+    decides what is gone by the clock when it runs, so its late second is added to the minute
+    instead of being stored as a second and the minute recomputed from that one second."""
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    _sqlite_only(database_url)
+    retention = SeriesRetention(fleet_second_retention_s=600)
+    async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
+        await enroll(store, "ams1")
+        # A minute the clock calls gone (its seconds older than retention and the lag), on real time.
+        minute = (int(time.time()) - 600 - fleet_store.SQLITE_RETENTION_LAG_S - 300) // 60 * 60
+        late = minute + 45
+        seconds = [t for t in range(minute, minute + 60) if t != late]
+        await _ingest_seconds(store, "ams1", "q", list(enumerate(seconds, 1)), now=minute + 70, retention=retention)
+        await store.run(fleet_store.rollup, minute + 70, retention)
+        await store.run(fleet_store.apply_retention, time.time(), retention)
+        assert await count(store, "SELECT COUNT(*) FROM fleet_traffic_seconds WHERE t >= ? AND t < ?",
+                           minute, minute + 60) == 0
+        # Stamped when the minute still had its seconds (`now` = minute + 100), run after the pass.
+        stored = await _ingest_seconds(store, "ams1", "q", [(100, late)], now=minute + 100, retention=retention)
+        assert (stored.traffic_rows, stored.folded) == (0, 1)
+        await store.run(fleet_store.rollup, time.time(), retention)
+        assert await _minute_of(store, "ams1", minute) == _of_seconds([*seconds, late])
+
+
+async def test_sqlite_retention_a_late_second_of_a_minute_whose_hour_is_kept_goes_into_minute_and_hour(
+        tmp_path, database_url):
+    """Minutes are kept (and deleted) a whole hour at a time: a late second of a minute older than
+    the minutes' retention whose hour's minutes are all still there is added to its minute and its
+    hour, not dropped as `outside`."""
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    _sqlite_only(database_url)
+    retention = SeriesRetention(fleet_second_retention_s=7200, fleet_minute_retention_days=1)
+    async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
+        await enroll(store, "ams1")
+        hour = _future_hour()
+        late = hour + 600 + 5
+        seconds = [t for t in range(hour + 5, hour + 3600, 60) if t != late]
+        await _ingest_seconds(store, "ams1", "q", list(enumerate(seconds, 1)), now=hour + 3610, retention=retention)
+        for _ in range(2):
+            await store.run(fleet_store.rollup, hour + 3610, retention)
+        now = hour + 86400 + 1800                     # minute 10 is past the minutes' day, the hour is not
+        await store.run(fleet_store.apply_retention, now, retention)
+        folded = await _ingest_seconds(store, "ams1", "q", [(100, late)], now=now, retention=retention)
+        assert (folded.folded, folded.outside) == (1, 0)
+        await store.run(fleet_store.rollup, now, retention)
+        assert await _minute_of(store, "ams1", hour + 600) == _of_seconds([late])
+        assert await _minute_of(store, "ams1", hour, "fleet_traffic_hours") == _of_seconds([*seconds, late])
