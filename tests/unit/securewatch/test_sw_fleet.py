@@ -1174,11 +1174,7 @@ async def test_item5_fleet_upgrade_rolls_up_the_destination_seconds_stored_befor
 
 
 # -- SQLite retention deletes whole minutes (hours) of the rollups' sources --------------------------
-
-def _sqlite_only(database_url: str) -> None:
-    if database_url.startswith("postgresql"):
-        pytest.skip("PostgreSQL drops whole hour partitions of seconds: no minute keeps part of its seconds")
-
+# (test_sqlite_*: SQLite only; PostgreSQL drops whole partitions, so no minute keeps part of its seconds.)
 
 def _future_hour() -> int:
     """An hour a month ahead of the clock: the service's own rollup and retention passes (real time)
@@ -1207,7 +1203,7 @@ async def test_sqlite_retention_keeps_a_minute_whole_so_a_late_second_re_rolls_i
     deletes whole minutes; once a minute's seconds are gone, a late one is added to the minute."""
     from securewatch.series import SeriesRetention  # noqa: PLC0415
 
-    _sqlite_only(database_url)
+    assert database_url.startswith("sqlite")   # not collected on PostgreSQL (tests/netns/test_fleet.py)
     retention = SeriesRetention(fleet_second_retention_s=600)
     async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
         await enroll(store, "ams1")
@@ -1242,7 +1238,7 @@ async def test_sqlite_retention_race_a_pending_minute_gone_before_its_rollup_get
     seconds before the late one is added."""
     from securewatch.series import SeriesRetention  # noqa: PLC0415
 
-    _sqlite_only(database_url)
+    assert database_url.startswith("sqlite")   # not collected on PostgreSQL (tests/netns/test_fleet.py)
     retention = SeriesRetention(fleet_second_retention_s=600)
     async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
         await enroll(store, "ams1")
@@ -1268,7 +1264,7 @@ async def test_sqlite_retention_a_pending_minute_gone_before_its_rollup_is_rolle
     and retention rolls a pending one up before it deletes its seconds."""
     from securewatch.series import SeriesRetention  # noqa: PLC0415
 
-    _sqlite_only(database_url)
+    assert database_url.startswith("sqlite")   # not collected on PostgreSQL (tests/netns/test_fleet.py)
     retention = SeriesRetention(fleet_second_retention_s=600)
     async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
         await enroll(store, "ams1")
@@ -1291,7 +1287,7 @@ async def test_sqlite_retention_keeps_an_hour_of_minutes_whole_so_a_late_second_
     others made the hour be recomputed from that part. Minutes go a whole hour at a time."""
     from securewatch.series import SeriesRetention  # noqa: PLC0415
 
-    _sqlite_only(database_url)
+    assert database_url.startswith("sqlite")   # not collected on PostgreSQL (tests/netns/test_fleet.py)
     retention = SeriesRetention(fleet_second_retention_s=7200, fleet_minute_retention_days=1)
     async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
         await enroll(store, "ams1")
@@ -1320,7 +1316,7 @@ async def test_sqlite_retention_keeps_a_destination_minute_whole_so_a_late_secon
     minute straddling the cutoff and a late second of it."""
     from securewatch.series import SeriesRetention  # noqa: PLC0415
 
-    _sqlite_only(database_url)
+    assert database_url.startswith("sqlite")   # not collected on PostgreSQL (tests/netns/test_fleet.py)
     retention = SeriesRetention(fleet_second_retention_s=600)
     one = ("198.51.100.10",)
     async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
@@ -1350,7 +1346,7 @@ async def test_sqlite_retention_lags_so_an_ingest_stamped_before_a_pass_still_fi
     deletes SQLITE_RETENTION_LAG_S behind its `now`."""
     from securewatch.series import SeriesRetention  # noqa: PLC0415
 
-    _sqlite_only(database_url)
+    assert database_url.startswith("sqlite")   # not collected on PostgreSQL (tests/netns/test_fleet.py)
     retention = SeriesRetention(fleet_second_retention_s=600)
     async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
         await enroll(store, "ams1")
@@ -1374,7 +1370,7 @@ async def test_sqlite_an_ingest_that_waited_longer_than_the_lag_folds_into_a_min
     instead of being stored as a second and the minute recomputed from that one second."""
     from securewatch.series import SeriesRetention  # noqa: PLC0415
 
-    _sqlite_only(database_url)
+    assert database_url.startswith("sqlite")   # not collected on PostgreSQL (tests/netns/test_fleet.py)
     retention = SeriesRetention(fleet_second_retention_s=600)
     async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
         await enroll(store, "ams1")
@@ -1401,7 +1397,7 @@ async def test_sqlite_retention_a_late_second_of_a_minute_whose_hour_is_kept_goe
     hour, not dropped as `outside`."""
     from securewatch.series import SeriesRetention  # noqa: PLC0415
 
-    _sqlite_only(database_url)
+    assert database_url.startswith("sqlite")   # not collected on PostgreSQL (tests/netns/test_fleet.py)
     retention = SeriesRetention(fleet_second_retention_s=7200, fleet_minute_retention_days=1)
     async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
         await enroll(store, "ams1")
