@@ -1050,8 +1050,9 @@ def _source_kept(windows: dict[str, tuple[int, int]], level: str, start: int, no
 
 def _sources_kept_from(level: str, now: float, retention: SeriesRetention) -> int:
     """The start of the oldest `level` key whose source rows retention at `now` keeps, by time:
-    SQLite's retention (and, as before, PostgreSQL's test for the hours' minutes). Whole keys: the cutoff is aligned down to the key's step, so that a minute (an hour) has all
-    its seconds (minutes) or none, and a late row of one that has none is added to its rollup
+    SQLite's retention (and, as before, PostgreSQL's test for the hours' minutes). Whole keys:
+    the cutoff is aligned down to the key's step, so that a minute (an hour) has all its seconds
+    (minutes) or none, and a late row of one that has none is added to its rollup
     (`_fold_into_minutes`) instead of it being recomputed from part of its rows."""
     seconds = level in ("minute", "destination_minute")
     keep = retention.fleet_second_retention_s if seconds else retention.fleet_minute_retention_days * 86400
