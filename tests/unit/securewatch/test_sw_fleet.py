@@ -5,6 +5,7 @@ same tests run on a real PostgreSQL in tests/netns/test_fleet.py (the `database_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -1195,6 +1196,25 @@ def _of_seconds(seconds: list[int]) -> tuple:
     return (round(sum(float(t % 97) for t in seconds), 6), max(float(t % 97) for t in seconds), len(seconds))
 
 
+@contextlib.asynccontextmanager
+async def _a_minute_but_one_second(tmp_path, database_url: str, stored_at: int, minute: int | None = None):
+    """A SQLite central server with site ams1 and alpha's seconds of one minute (an hour a month ahead,
+    or `minute`) stored at `now` = minute + `stored_at`, all but its 46th (`late`), under a 600 s
+    seconds' retention: yields (store, retention, minute, late, the seconds stored)."""
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    assert database_url.startswith("sqlite")   # not collected on PostgreSQL (tests/netns/test_fleet.py)
+    retention = SeriesRetention(fleet_second_retention_s=600)
+    async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
+        await enroll(store, "ams1")
+        minute = _future_hour() + 1200 if minute is None else minute
+        late = minute + 45
+        seconds = [t for t in range(minute, minute + 60) if t != late]
+        await _ingest_seconds(store, "ams1", "q", list(enumerate(seconds, 1)), now=minute + stored_at,
+                              retention=retention)
+        yield store, retention, minute, late, seconds
+
+
 async def test_sqlite_retention_keeps_a_minute_whole_so_a_late_second_re_rolls_it_from_all_its_seconds(
         tmp_path, database_url):
     """SQLite retention deleted seconds row by row: a minute straddling the cutoff kept part of its
@@ -1236,16 +1256,8 @@ async def test_sqlite_retention_race_a_pending_minute_gone_before_its_rollup_get
     "gone"): the row held the late second only. A retention pass at an earlier `now` than that
     ingest must not have deleted part of it either. The pending minute is rolled up from its
     seconds before the late one is added."""
-    from securewatch.series import SeriesRetention  # noqa: PLC0415
-
-    assert database_url.startswith("sqlite")   # not collected on PostgreSQL (tests/netns/test_fleet.py)
-    retention = SeriesRetention(fleet_second_retention_s=600)
-    async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
-        await enroll(store, "ams1")
-        minute = _future_hour() + 1200
-        late = minute + 45
-        seconds = [t for t in range(minute, minute + 60) if t != late]
-        await _ingest_seconds(store, "ams1", "q", list(enumerate(seconds, 1)), now=minute + 61, retention=retention)
+    async with _a_minute_but_one_second(tmp_path, database_url, 61) as (
+            store, retention, minute, late, seconds):
         await store.run(fleet_store.apply_retention, minute + 630, retention)   # the ingest below is stamped later
         folded = await _ingest_seconds(store, "ams1", "q", [(100, late)], now=minute + 680, retention=retention)
         assert folded.folded == 1
@@ -1344,16 +1356,8 @@ async def test_sqlite_retention_lags_so_an_ingest_stamped_before_a_pass_still_fi
     the database after it: the minute it still calls kept must not have lost its seconds to that
     pass, or its late second makes the minute be recomputed from that second alone. SQLite
     deletes SQLITE_RETENTION_LAG_S behind its `now`."""
-    from securewatch.series import SeriesRetention  # noqa: PLC0415
-
-    assert database_url.startswith("sqlite")   # not collected on PostgreSQL (tests/netns/test_fleet.py)
-    retention = SeriesRetention(fleet_second_retention_s=600)
-    async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
-        await enroll(store, "ams1")
-        minute = _future_hour() + 1200
-        late = minute + 45
-        seconds = [t for t in range(minute, minute + 60) if t != late]
-        await _ingest_seconds(store, "ams1", "q", list(enumerate(seconds, 1)), now=minute + 70, retention=retention)
+    async with _a_minute_but_one_second(tmp_path, database_url, 70) as (
+            store, retention, minute, late, seconds):
         await store.run(fleet_store.rollup, minute + 70, retention)
         await store.run(fleet_store.apply_retention, minute + 670, retention)   # the minute is gone at 660
         stored = await _ingest_seconds(store, "ams1", "q", [(100, late)], now=minute + 650, retention=retention)
@@ -1368,17 +1372,10 @@ async def test_sqlite_an_ingest_that_waited_longer_than_the_lag_folds_into_a_min
     than SQLITE_RETENTION_LAG_S) reaches the database after the pass deleted a minute's seconds: it
     decides what is gone by the clock when it runs, so its late second is added to the minute
     instead of being stored as a second and the minute recomputed from that one second."""
-    from securewatch.series import SeriesRetention  # noqa: PLC0415
-
-    assert database_url.startswith("sqlite")   # not collected on PostgreSQL (tests/netns/test_fleet.py)
-    retention = SeriesRetention(fleet_second_retention_s=600)
-    async with service(tmp_path, database=database_url, appliance=None) as (_url, store, _):
-        await enroll(store, "ams1")
-        # A minute the clock calls gone (its seconds older than retention and the lag), on real time.
-        minute = (int(time.time()) - 600 - fleet_store.SQLITE_RETENTION_LAG_S - 300) // 60 * 60
-        late = minute + 45
-        seconds = [t for t in range(minute, minute + 60) if t != late]
-        await _ingest_seconds(store, "ams1", "q", list(enumerate(seconds, 1)), now=minute + 70, retention=retention)
+    # A minute the clock calls gone (its seconds older than retention and the lag), on real time.
+    minute = (int(time.time()) - 600 - fleet_store.SQLITE_RETENTION_LAG_S - 300) // 60 * 60
+    async with _a_minute_but_one_second(tmp_path, database_url, 70, minute) as (
+            store, retention, minute, late, seconds):
         await store.run(fleet_store.rollup, minute + 70, retention)
         await store.run(fleet_store.apply_retention, time.time(), retention)
         assert await count(store, "SELECT COUNT(*) FROM fleet_traffic_seconds WHERE t >= ? AND t < ?",
