@@ -625,8 +625,9 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
         # would either miss them (skipped) or the folded row (recomputed).
         folded_minutes = {second[0] // MINUTE_S * MINUTE_S for second in old_seconds}
         _roll_up_pending_now(b, "minute", [(site, m) for m in folded_minutes], gone_at, retention)
-        folded_minutes = {row[3] // MINUTE_S * MINUTE_S for row in old_destinations}
-        _roll_up_pending_now(b, "destination_minute", [(site, m) for m in folded_minutes], gone_at, retention)
+        folded_destination_minutes = {row[3] // MINUTE_S * MINUTE_S for row in old_destinations}
+        _roll_up_pending_now(b, "destination_minute", [(site, m) for m in folded_destination_minutes], gone_at,
+                             retention)
     if old_seconds:
         mark_pending(b, "hour", site, _fold_into_minutes(b, site, old_seconds))
     if destination_minutes:

@@ -177,6 +177,7 @@ class SyntheticDataplane:
         _, self.keys = destination_addresses(destinations)
         self.memo = AddressMemo(4 * destinations)
         self._cache_copy: np.ndarray | None = None    # the reader's copy of the address cache's counted words
+        self._cache_copy_layout = cache_copy_layout(LAYOUT)
         self.class_budgets: dict[int, dict[TrafficClass, int]] = {}
         # Any well-mixed hash spreads addresses over slots as the kernel's does.
         mixed = (self.keys[:, 0] ^ self.keys[:, 1]) * np.uint64(0x9E3779B97F4A7C15)
@@ -284,7 +285,7 @@ class SyntheticDataplane:
         # CPU-major, as the kernel's array.
         self._cache_copy = copy_cache(cache.transpose(1, 0, 2), LAYOUT, self._cache_copy)
         return decode_destination_counters(self._cache_copy.transpose(1, 0, 2), spill_keys, spill,
-                                           cache_copy_layout(LAYOUT), self.memo)
+                                           self._cache_copy_layout, self.memo)
 
     def read_tenant_counter_arrays(self) -> TenantCounterArrays:
         """`Dataplane.read_tenant_counter_arrays` after its batch read: the sum over CPUs, decoded by its code."""
