@@ -9,7 +9,13 @@ import pytest
 
 from dataplane.constants import NO_TENANT, TrafficClass
 from dataplane.reader import ADDRESS_LAYOUT as LAY
-from dataplane.reader import AddressMemo, cache_copy_layout, copy_cache, decode_destination_counters
+from dataplane.reader import (
+    COPY_CHUNK_SLOTS,
+    AddressMemo,
+    cache_copy_layout,
+    copy_cache,
+    decode_destination_counters,
+)
 
 C = len(TrafficClass)
 CW = 2 * C + 1     # packets, bytes, dropped
@@ -135,3 +141,29 @@ def test_issue18_a_slot_evicted_between_the_copys_passes_reads_as_empty():
                                           AddressMemo(1 << 20))
     keys = {k.tobytes() for k in decoded.keys}
     assert old_key.tobytes() not in keys and new_key.tobytes() not in keys
+
+
+def test_issue18_the_cache_copy_goes_chunk_by_chunk_and_checks_every_chunk():
+    """The copy takes the slots COPY_CHUNK_SLOTS at a time: a cache of several chunks per region, from a
+    strided source (the synthetic benchmark copies a transposed array), copies every slot's words as the
+    layout says, and a slot evicted in a later chunk of the second region still reads as never filled."""
+    rng = np.random.default_rng(11)
+    slots = 3 * COPY_CHUNK_SLOTS + 5
+    cache = rng.integers(1, 1 << 62, size=(slots, 2, LAY.entry_words), dtype=np.uint64)
+    source = cache.transpose(1, 0, 2)            # (regions, slots, words), not contiguous
+    lay = cache_copy_layout(LAY)
+    cw = lay.entry_words - lay.counters_at
+    victim = 2 * COPY_CHUNK_SLOTS + 3
+    calls = []
+
+    def evict() -> None:
+        calls.append(1)
+        if len(calls) == 2 * 4 - 1:              # the third chunk of the second region (4 chunks a region)
+            source[1, victim, :2] = (0x20010DB8, 0x77)
+
+    copied = copy_cache(source, LAY, between=evict)
+    assert len(calls) == 2 * 4
+    expected = np.concatenate([source[..., :lay.counters_at],
+                               source[..., LAY.counters_at:LAY.counters_at + cw]], axis=-1)
+    expected[1, victim] = 0
+    np.testing.assert_array_equal(copied, expected)
