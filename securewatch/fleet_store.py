@@ -35,11 +35,12 @@ How the per-second traffic is laid out differs by database (migration 10):
   (`fleet_site_seconds`, `fleet_destination_seconds`) are range-partitioned by `t`, an hour a
   partition, the rollups a day (minutes, of traffic and of destinations) and 30 days (hours) a
   partition; partitions are made ahead (`maintain_partitions`) and dropped whole once past
-  retention, not deleted row by row. A second older than the seconds' partitions (a long
-  backfill) goes straight into its minute rollups (`Ingested.folded`; a destination second into
-  its destination minute); one older than the minute rollups keep, or from a site clock more
-  than PARTITIONS_AHEAD_S ahead, is stored nowhere and counted (`Ingested.outside`, returned to
-  the site and in /metrics).
+  retention, not deleted row by row; the pending keys whose source rows (a minute's seconds, an
+  hour's minutes) are in a partition about to be dropped are rolled up first. A second older
+  than the seconds' partitions (a long backfill) goes straight into its minute rollups
+  (`Ingested.folded`; a destination second into its destination minute); one older than the
+  minute rollups keep, or from a site clock more than PARTITIONS_AHEAD_S ahead, is stored
+  nowhere and counted (`Ingested.outside`, returned to the site and in /metrics).
 * **SQLite** (a small central server, and the tests): plain per-tenant tables with DELETE-based
   retention; the same rollups. The rollups' sources go a whole key at a time (seconds by the
   minute, minutes by the hour: `_sources_kept_from`), so a minute (hour) has all its seconds
@@ -287,11 +288,13 @@ def partition_window(b: Any, table: str) -> tuple[int, int]:
 def maintain_partitions(b: Any, now: float, retention: SeriesRetention,
                         tables: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
     """PostgreSQL: make the partitions from retention's start to PARTITIONS_AHEAD_S ahead of `now`
-    and drop those wholly past retention (a DROP, not row deletions). {table: {created, dropped}}."""
+    and drop those wholly past retention (a DROP, not row deletions). {table: {created, dropped,
+    rolled_up_first}}: the last, for a table the rollups are made from, the pending keys of its
+    expired partitions rolled up before the drop (`_roll_up_expired`)."""
     # An ingest holds its partitioned tables' locks for its transaction; a DROP waiting behind it
     # would queue every later ingest behind itself. Better to give up and try again next pass.
     b.execute("SET LOCAL lock_timeout = '2s'")
-    done: dict[str, dict[str, int]] = {}
+    plans: list[tuple[str, int, int, int, set[int]]] = []   # (table, span, oldest kept, newest, existing)
     for table, span, keep in PARTITIONED:
         if tables is not None and table not in tables:
             continue
@@ -300,18 +303,61 @@ def maintain_partitions(b: Any, now: float, retention: SeriesRetention,
         existing = set(partitions(b, table))
         if not existing and not _exists(b, table):
             continue   # made by a later migration than the one running (migration 10 makes the first ones)
+        plans.append((table, span, oldest, newest, existing))
+    expired = {table: sorted(s for s in existing if s < oldest) for table, _, oldest, _, existing in plans}
+    rolled_up = dict.fromkeys(expired, 0)
+    # The rollup tables' partitions as they are before this pass: PARTITIONED lists each rollup
+    # table after its source table, so none of them is made or dropped before its source's drops.
+    windows = ({name: partition_window(b, name) for name, *_ in PARTITIONED}
+               if any(expired.get(table) for table in _SOURCE_LEVEL) else {})
+    # The bulk of the rollups before this pass locks any table: a partition made or dropped takes
+    # its parent's ACCESS EXCLUSIVE lock until this transaction ends, stopping every ingest
+    # meanwhile. (An ingest adding a second to a minute rolled up here waits for this pass, the
+    # pending key deleted; should it hold the table's lock already, the lock below deadlocks with
+    # it and PostgreSQL aborts one of the two: retried, by this pass's caller or the site.)
+    for table, level in _SOURCE_LEVEL.items():   # the minutes first: they mark their hours
+        for start in expired.get(table, ()):
+            rolled_up[table] += _roll_up_expired(b, table, level, start, windows, now, retention)
+    done: dict[str, dict[str, int]] = {}
+    for table, span, oldest, newest, existing in plans:
         created = dropped = 0
         for start in range(oldest, newest + span, span):
             if start not in existing:
                 b.execute(f"CREATE TABLE IF NOT EXISTS {table}_p{start} PARTITION OF {table} "
                           f"FOR VALUES FROM ({start}) TO ({start + span})")
                 created += 1
-        for start in sorted(existing):
-            if start < oldest:
-                b.execute(f"DROP TABLE {table}_p{start}")
-                dropped += 1
-        done[table] = {"created": created, "dropped": dropped}
+        if expired[table] and table in _SOURCE_LEVEL:
+            # Once no ingest can write to the table (the lock the DROP takes anyway, parent
+            # first as the DROP and an ingest take theirs), the keys an ingest marked in the
+            # expired partitions since the rollups above; nearly always none.
+            b.execute(f"LOCK TABLE ONLY {table} IN ACCESS EXCLUSIVE MODE")
+            for start in expired[table]:
+                rolled_up[table] += _roll_up_expired(b, table, _SOURCE_LEVEL[table], start, windows, now, retention)
+        for start in expired[table]:
+            b.execute(f"DROP TABLE {table}_p{start}")
+            dropped += 1
+        done[table] = {"created": created, "dropped": dropped, "rolled_up_first": rolled_up[table]}
     return done
+
+
+# The partitioned tables the rollups are made from (PostgreSQL; `fleet_traffic_seconds`, the
+# minutes' source, is a view of `fleet_site_seconds`) and the level of `fleet_rollup_pending` each
+# is the source of, in `_LEVELS`' order: the minutes before the hours they mark.
+_SOURCE_LEVEL = {"fleet_site_seconds": "minute", "fleet_destination_seconds": "destination_minute",
+                 "fleet_traffic_minutes": "hour"}
+
+
+def _roll_up_expired(b: Any, table: str, level: str, start: int, windows: dict[str, tuple[int, int]], now: float,
+                     retention: SeriesRetention) -> int:
+    """Roll up the pending `level` keys whose source rows are in `table`'s partition at `start`,
+    about to be dropped: `rollup` skips a key whose source partition is gone, so a minute (hour)
+    pending at the drop would keep part of its seconds (minutes), or have no row, for good. A key
+    whose rollup table has no partition for it (`windows`) is left out, as `rollup` does. The
+    rollups done."""
+    span = next(s for name, s, _ in PARTITIONED if name == table)
+    keys = b.execute("SELECT site, t FROM fleet_rollup_pending WHERE level = ? AND t >= ? AND t < ? ORDER BY t",
+                     (level, start, start + span)).fetchall()
+    return _roll_up_pending_now(b, level, keys, now, retention, windows) if keys else 0
 
 
 TRAFFIC_COLUMNS = ("tenant", "t", "passed_pps", "dropped_pps", "passed_bps", "dropped_bps")
@@ -942,7 +988,8 @@ def rollup(b: Any, now: float, retention: SeriesRetention, limit: int = ROLLUPS_
     pending hours that have ended from the minutes. Each is recomputed whole (delete, insert the
     sums), so a minute that got a backfilled second after its first rollup ends up equal to the
     sums of all its seconds. On PostgreSQL a minute whose seconds' partition is gone is left as it
-    is (a backfill that old was folded into it at ingest: `_fold_into_minutes`); on SQLite a
+    is (a backfill that old was folded into it at ingest: `_fold_into_minutes`; were it pending
+    at the drop, `maintain_partitions` rolled it up before dropping its seconds); on SQLite a
     pending key still has all its source rows (see `_roll_up_pending_now`), whatever `now` says.
 
     Each key is rolled up in a savepoint of its own (issue 17 review 2, item 1): one the database
@@ -1007,10 +1054,12 @@ def _rollup_key(b: Any, level: str, site: str, start: int) -> bool:
 
 
 def _roll_up_pending_now(b: Any, level: str, keys: Sequence[tuple[str, int]], now: float,
-                         retention: SeriesRetention) -> int:
-    """SQLite: roll up those of `keys` (site, start) of `level` that are pending, now, whatever
-    the grace: their source rows are about to go (retention) or their rollup row is about to be
-    added to (a fold at ingest), and a later recompute would then miss them. The rollups done."""
+                         retention: SeriesRetention, windows: dict[str, tuple[int, int]] | None = None) -> int:
+    """Roll up those of `keys` (site, start) of `level` that are pending, now, whatever the grace:
+    their source rows are about to go (retention; on PostgreSQL, their partition's drop) or their
+    rollup row is about to be added to (a fold at ingest, SQLite), and a later recompute would
+    then miss them. `windows`: PostgreSQL's partitions, for whether a rollup row can be stored
+    (`_kept`). The rollups done."""
     done = 0
     hours: dict[str, set[int]] = {}
     table = _LEVEL[level][2]
@@ -1018,7 +1067,7 @@ def _roll_up_pending_now(b: Any, level: str, keys: Sequence[tuple[str, int]], no
         if not b.execute("DELETE FROM fleet_rollup_pending WHERE level = ? AND site = ? AND t = ?",
                          (level, site, start)).rowcount:
             continue   # not pending: its rollup row has all its source rows already
-        if _kept({}, table, start, now, retention) and _rollup_key(b, level, site, start):
+        if _kept(windows or {}, table, start, now, retention) and _rollup_key(b, level, site, start):
             done += 1
             if level == "minute":
                 hours.setdefault(site, set()).add(start // HOUR_S * HOUR_S)
@@ -1077,14 +1126,18 @@ def _kept(windows: dict[str, tuple[int, int]], table: str, start: int, now: floa
 
 def apply_retention(b: Any, now: float, retention: SeriesRetention) -> dict[str, int]:
     """Expired series and dedup rows. PostgreSQL drops whole partitions (`maintain_partitions`,
-    which also makes the ones ahead): what is counted there is partitions. SQLite deletes rows,
+    which also makes the ones ahead, and first rolls up the pending keys whose source rows are in
+    the partitions it drops): what is counted there is partitions. SQLite deletes rows,
     the sources of the rollups (seconds, and minutes as the source of hours) a whole minute (hour)
     at a time, what `_source_kept` calls gone at `now - SQLITE_RETENTION_LAG_S`, after rolling
-    up the pending keys among them (their rows would be missing from them for good)."""
+    up the pending keys among them (their rows would be missing from them for good). Both count
+    the keys rolled up so in LEVEL_rolled_up_first."""
     removed: dict[str, int] = {}
     if b.dialect == "postgresql":
         for table, changes in maintain_partitions(b, now, retention).items():
             removed[f"{table}_partitions"] = changes["dropped"]
+            if table in _SOURCE_LEVEL:   # named as SQLite's below: both report alike
+                removed[f"{_SOURCE_LEVEL[table]}_rolled_up_first"] = changes["rolled_up_first"]
     else:
         day = 86400
         cutoff: dict[str, int] = {}

@@ -378,6 +378,84 @@ def test_review2_item2_fleet_rollup_waits_for_an_ingest_of_its_minute(database_u
         assert [(r["samples"], r["passed_pps"]) for r in rows] == [(2, 15.0)]
 
 
+def test_fleet_retention_rolls_up_a_pending_minute_then_its_hour_when_seconds_and_minutes_go_in_one_pass(
+        database_url):
+    """PostgreSQL: one retention pass dropping both a pending minute's seconds' partition and its
+    day of minutes (a pass after two days down) rolls the minute up into its day's partition while
+    that is still there, then its hour from the minutes, the hours kept longer: the hour holds
+    all the seconds. (SQLite differs here: it leaves out a pending minute already past the
+    minutes' retention, `_kept`, so that minute's seconds never reach its hour.)"""
+    from securewatch import auth, fleet_store  # noqa: PLC0415
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+    from securewatch.store import Store  # noqa: PLC0415
+
+    retention = SeriesRetention(fleet_second_retention_s=3600, fleet_minute_retention_days=1)
+    with Store.open_sync(database_url) as store:
+        now = int(time.time())
+        minute = now // 60 * 60 - 600
+        hour = minute // 3600 * 3600
+        store.run(fleet_store.enroll, "ams1", auth.token_hash(auth.new_token()), "test", now)
+        seconds = [t for t in range(minute, minute + 60) if t % 7]
+        batches = [{"seq": seq, "time": float(t), "traffic_columns": _suite.columns_of(
+            [["alpha", t + 0.25, float(t % 97), 1.0, 8.0 * (t % 97), 8.0]])} for seq, t in enumerate(seconds, 1)]
+        store.run(fleet_store.ingest, "ams1", "q", batches, minute + 70, lambda b, e: None, None, retention)
+        removed = store.run(fleet_store.apply_retention, minute + 2 * 86400 + 3600, retention)
+        assert (removed["minute_rolled_up_first"], removed["hour_rolled_up_first"]) == (1, 1)
+        assert removed["fleet_site_seconds_partitions"] >= 1 and removed["fleet_traffic_minutes_partitions"] >= 1
+        assert _query(database_url, "SELECT t, sum_passed_pps, max_passed_pps, samples FROM fleet_traffic_hours") == [
+            (hour, sum(float(t % 97) for t in seconds), float(max(t % 97 for t in seconds)), len(seconds))]
+        assert _query(database_url, "SELECT COUNT(*) FROM fleet_traffic_minutes") == [(0,)]
+        assert _query(database_url, "SELECT COUNT(*) FROM fleet_rollup_pending") == [(0,)]
+
+
+def test_fleet_retention_rolls_up_a_minute_an_ingest_marks_while_the_pass_waits_to_drop_its_seconds(database_url):
+    """Two real connections: a minute already rolled up gets a late second from an ingest that has
+    not committed when a retention pass drops the second's partition. The pass finds no pending
+    key at first; it must wait for the ingest (the drop's lock) and then roll the minute up
+    again before the drop, or the minute stays pending with its seconds gone and never gets the
+    late second."""
+    import threading  # noqa: PLC0415
+
+    from securewatch import auth, fleet_store  # noqa: PLC0415
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+    from securewatch.store import Store, open_backend  # noqa: PLC0415
+
+    def batch_at(seq, t):
+        return [{"seq": seq, "time": float(t), "traffic_columns": _suite.columns_of(
+            [["alpha", t + 0.5, 10.0 * seq, 1.0, 80.0, 8.0]])}]
+
+    retention = SeriesRetention()
+    with Store.open_sync(database_url) as store:
+        now = int(time.time())
+        minute = now // 60 * 60 - 600
+        store.run(fleet_store.enroll, "ams1", auth.token_hash(auth.new_token()), "test", now)
+        store.run(fleet_store.ingest, "ams1", "q", batch_at(1, minute), now, lambda b, e: None, None)
+        assert store.run(fleet_store.rollup, minute + 120, retention)["minute"] == 1
+        ingesting, retaining = open_backend(database_url), open_backend(database_url)
+        done: dict = {}
+
+        def retain() -> None:
+            done["removed"] = fleet_store.apply_retention(retaining, minute + 7200, retention)
+            retaining.commit()
+
+        try:
+            fleet_store.ingest(ingesting, "ams1", "q", batch_at(2, minute + 1), now, lambda b, e: None, None)
+            thread = threading.Thread(target=retain)
+            thread.start()
+            wait_until(lambda: not thread.is_alive() or _query(
+                database_url, "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")[0][0],
+                timeout=20, what="the retention pass done or waiting for the ingest's lock")
+            ingesting.commit()
+            thread.join(20)
+            assert done["removed"]["minute_rolled_up_first"] == 1
+        finally:
+            ingesting.close()
+            retaining.close()
+        assert _query(database_url, "SELECT COUNT(*) FROM fleet_site_seconds WHERE t < %s", minute + 60) == [(0,)]
+        rows = store.run(lambda b: fleet_store.series(b, "minute", minute, minute + 60, site="ams1"))
+        assert [(r["samples"], r["passed_pps"]) for r in rows] == [(2, 15.0)]
+
+
 async def test_review2_item1_fleet_server_starts_when_partition_upkeep_times_out_and_tries_again(
         tmp_path, database_url):
     """The first partition upkeep at startup waits 2 s for its locks (lock_timeout); a lock held

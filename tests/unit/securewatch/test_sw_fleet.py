@@ -1174,6 +1174,82 @@ async def test_item5_fleet_upgrade_rolls_up_the_destination_seconds_stored_befor
             ("198.51.100.10", t): (30.0, 2.0, 20.0, 1.0, 2)}
 
 
+# -- retention rolls up the pending keys whose sources it is about to remove -----------------------
+
+@contextlib.asynccontextmanager
+async def _store_alone(database_url: str):
+    """The store without the service: no rollup or retention pass of its own (on the real clock)
+    takes the keys these tests leave pending."""
+    store = await Store.open(database_url)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def _pending(store: Store, level: str) -> list[int]:
+    return [r[0] for r in await store.run(lambda b: b.execute(
+        "SELECT t FROM fleet_rollup_pending WHERE level = ? ORDER BY t", (level,)).fetchall())]
+
+
+async def test_fleet_retention_rolls_up_a_pending_minute_before_its_seconds_go_and_its_hour_before_its_minutes(
+        database_url):
+    """A minute (and a destination minute) still pending when retention removes its seconds: on
+    PostgreSQL the seconds' partition was dropped and the rollup then skipped the minute (its
+    source gone), so it had no row for good. Retention rolls it up first, on both databases, and
+    marks its hour, which it rolls up in turn before the hour's minutes go."""
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    retention = SeriesRetention(fleet_second_retention_s=3600, fleet_minute_retention_days=1)
+    async with _store_alone(database_url) as store:
+        await enroll(store, "ams1")
+        minute = int(time.time()) // 60 * 60 - 600
+        hour = minute // 3600 * 3600
+        seconds = [t for t in range(minute, minute + 60) if t % 7]
+        await _ingest_seconds(store, "ams1", "q", list(enumerate(seconds, 1)), now=minute + 70, retention=retention)
+        await _ingest_destinations(store, "ams1", _destination_batches(list(enumerate(seconds, 1001))), minute + 70,
+                                   retention)
+        destinations = await _destination_sums(store, _SECONDS_BY_MINUTE, "ams1")
+        assert len(destinations) == 2 and await _pending(store, "minute") == [minute]   # no rollup pass ran
+        # Two hours on, the seconds' hour is past retention (on PostgreSQL, its partitions are dropped).
+        removed = await store.run(fleet_store.apply_retention, minute + 7200, retention)
+        assert await count(store, "SELECT COUNT(*) FROM fleet_traffic_seconds WHERE t < ?", minute + 60) == 0
+        assert await _minute_of(store, "ams1", minute) == _of_seconds(seconds)
+        assert await _destination_sums(store, _DESTINATION_MINUTES, "ams1") == destinations
+        assert (removed["minute_rolled_up_first"], removed["destination_minute_rolled_up_first"],
+                removed["hour_rolled_up_first"]) == (1, 1, 0)
+        assert (await _pending(store, "minute"), await _pending(store, "destination_minute"),
+                await _pending(store, "hour")) == ([], [], [hour])
+        # Two days on, the hour's minutes are past retention (a day): the pending hour is rolled up first.
+        removed = await store.run(fleet_store.apply_retention, minute + 2 * 86400 + 3600, retention)
+        assert await _minute_of(store, "ams1", minute) is None
+        assert await _minute_of(store, "ams1", hour, "fleet_traffic_hours") == _of_seconds(seconds)
+        assert removed["hour_rolled_up_first"] == 1 and await _pending(store, "hour") == []
+
+
+async def test_fleet_retention_drops_a_pending_minute_whose_minute_rollups_are_gone_without_an_error(
+        database_url):
+    """Seconds kept longer than the minute rollups: a minute still pending when its seconds go has
+    no minute row to be rolled up into (on PostgreSQL, no partition). Retention leaves it out
+    (not pending any more, nothing counted, no error) and drops the seconds as ever."""
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    retention = SeriesRetention(fleet_second_retention_s=3 * 86400, fleet_minute_retention_days=1)
+    async with _store_alone(database_url) as store:
+        await enroll(store, "ams1")
+        minute = int(time.time()) // 60 * 60 - 600
+        seconds = [t for t in range(minute, minute + 60) if t % 7]
+        await _ingest_seconds(store, "ams1", "q", list(enumerate(seconds, 1)), now=minute + 70, retention=retention)
+        await store.run(fleet_store.apply_retention, minute + 2 * 86400 + 3600, retention)   # the minutes' day goes
+        assert await _pending(store, "minute") == [minute]
+        removed = await store.run(fleet_store.apply_retention, minute + 4 * 86400, retention)   # then the seconds
+        assert await count(store, "SELECT COUNT(*) FROM fleet_traffic_seconds") == 0
+        assert removed["minute_rolled_up_first"] == 0 and await _pending(store, "minute") == []
+        assert await _minute_of(store, "ams1", minute) is None and await _pending(store, "hour") == []
+        assert await store.run(fleet_store.rollup, minute + 4 * 86400, retention) == {
+            "minute": 0, "hour": 0, "destination_minute": 0, "failed": 0}
+
+
 # -- SQLite retention deletes whole minutes (hours) of the rollups' sources --------------------------
 # (test_sqlite_*: SQLite only; PostgreSQL drops whole partitions, so no minute keeps part of its seconds.)
 
