@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import mmap
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -350,6 +351,11 @@ def copy_cache(src: np.ndarray, layout: AddressCounterLayout, out: np.ndarray | 
     return out
 
 
+def _ms_since(start: float) -> float:
+    """CPU milliseconds of this process since `start` (a `time.process_time()`)."""
+    return round((time.process_time() - start) * 1000.0, 3)
+
+
 def sum_over_cpus(per_cpu: np.ndarray) -> np.ndarray:
     """Sum over axis 1 (the CPUs) by adding the CPUs' slices: ~3x faster than `.sum(axis=1)`,
     which walks the short CPU axis innermost."""
@@ -544,6 +550,10 @@ class CounterReader:
         self.tenant_rows = MAX_TENANTS
         self._address_memo = AddressMemo(memo_limit)
         self._spill_buffers: tuple[np.ndarray, np.ndarray] | None = None   # the spill map's batch reads, reused
+        # CPU milliseconds of the last destination read's parts: the spill map's batch read (the kernel's
+        # share), the cache copy and the decode (`seawall bench policy --real` reports them).
+        self.last_read_cpu_ms: dict[str, float] = {}
+        self._maps_cpu_ms: dict[str, float] = {}
         self._map_address_cache()
 
     def _map_address_cache(self) -> None:
@@ -588,7 +598,11 @@ class CounterReader:
         """Inbound counters per customer-side address: the address cache slots of every CPU
         plus the spill map of evicted slots, merged by address (a copy of the mapped cache's counted
         words and a batch read; see `decode_destination_counters`)."""
-        return decode_destination_counters(*self.address_maps(), self._address_memo)
+        maps = self.address_maps()
+        start = time.process_time()
+        counters = decode_destination_counters(*maps, self._address_memo)
+        self.last_read_cpu_ms = {**self._maps_cpu_ms, "decode": _ms_since(start)}
+        return counters
 
     def address_maps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, AddressCounterLayout]:
         """The per-address maps as `decode_destination_counters` takes them: a copy of the address
@@ -603,10 +617,13 @@ class CounterReader:
             rows = self.spill.max_entries + 1
             self._spill_buffers = (np.empty((rows, self.spill.key_bytes), np.uint8),
                                    np.empty((rows, self.spill.value_bytes), np.uint8))
+        start = time.process_time()
         skeys, svalues, scount = read_all(self.spill, self._spill_buffers)
         if self._cache_words is None:
             raise DataplaneError("the counter reader is closed")
+        spill_ms, start = _ms_since(start), time.process_time()
         self._cache_copy = copy_cache(self._cache_words, self.address_layout, self._cache_copy)
+        self._maps_cpu_ms = {"spill_map": spill_ms, "cache_copy": _ms_since(start)}
         spill_keys = skeys.view(np.uint64).reshape(scount, 2)
         spill = svalues.view(np.uint64).reshape(scount, 1, self.address_layout.spilled_words)
         return self._cache_copy.transpose(1, 0, 2), spill_keys, spill, self._cache_copy_layout

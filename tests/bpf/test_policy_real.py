@@ -21,7 +21,8 @@ EXPECTED_KEYS = {
     "destinations", "tenants", "tenant_prefixes", "ticks", "cpus", "addresses_in_maps", "addresses_in_spill_map",
     "addresses_seen_min",
     "engine_saw_every_address", "read_cpu_ms_median", "read_cpu_ms_max", "read_wall_ms_median", "read_wall_ms_max",
-    "tick_cpu_ms_median", "tick_cpu_ms_max", "stage_ms_median", "rss_mib", "peak_rss_mib", "map_write_s_median",
+    "tick_cpu_ms_median", "tick_cpu_ms_max", "stage_ms_median", "destination_read_ms_median", "rss_mib",
+    "peak_rss_mib", "map_write_s_median",
 }
 
 
@@ -36,6 +37,11 @@ def test_real_policy_benchmark_small_run_sees_every_address():
     assert result["engine_saw_every_address"] is True
     assert result["addresses_seen_min"] == result["addresses_in_maps"]
     assert {"read", "rates", "detect", "learn"} <= set(result["stage_ms_median"])
+    # The destination read's parts, each timed (the spill map and the cache copy take measurable CPU).
+    parts = result["destination_read_ms_median"]
+    assert set(parts) == {"spill_map", "cache_copy", "decode"}
+    assert all(ms >= 0 for ms in parts.values())
+    assert parts["spill_map"] > 0 and parts["cache_copy"] > 0
     for key in ("read_cpu_ms_median", "read_wall_ms_median", "tick_cpu_ms_median", "rss_mib", "peak_rss_mib"):
         assert result[key] > 0, key
     assert result["read_cpu_ms_max"] >= result["read_cpu_ms_median"]
