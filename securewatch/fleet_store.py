@@ -345,6 +345,7 @@ def maintain_partitions(b: Any, now: float, retention: SeriesRetention,
 # is the source of, in `_LEVELS`' order: the minutes before the hours they mark.
 _SOURCE_LEVEL = {"fleet_site_seconds": "minute", "fleet_destination_seconds": "destination_minute",
                  "fleet_traffic_minutes": "hour"}
+_SOURCE_TABLE = {level: table for table, level in _SOURCE_LEVEL.items()}
 
 
 def _roll_up_expired(b: Any, table: str, level: str, start: int, windows: dict[str, tuple[int, int]], now: float,
@@ -987,10 +988,12 @@ def rollup(b: Any, now: float, retention: SeriesRetention, limit: int = ROLLUPS_
     """Roll up the pending minutes that have ended (ROLLUP_GRACE_S ago) from the seconds, then the
     pending hours that have ended from the minutes. Each is recomputed whole (delete, insert the
     sums), so a minute that got a backfilled second after its first rollup ends up equal to the
-    sums of all its seconds. On PostgreSQL a minute whose seconds' partition is gone is left as it
-    is (a backfill that old was folded into it at ingest: `_fold_into_minutes`; were it pending
-    at the drop, `maintain_partitions` rolled it up before dropping its seconds); on SQLite a
-    pending key still has all its source rows (see `_roll_up_pending_now`), whatever `now` says.
+    sums of all its seconds. On PostgreSQL a minute (an hour) whose seconds' (minutes') partition
+    is gone is left as it is (a backfill that old was folded into it at ingest:
+    `_fold_into_minutes`; were it pending at the drop, `maintain_partitions` rolled it up before
+    dropping its seconds), and one whose partition is there is recomputed, whatever `now` says
+    (`_source_kept`); on SQLite a pending key still has all its source rows (see
+    `_roll_up_pending_now`), whatever `now` says.
 
     Each key is rolled up in a savepoint of its own (issue 17 review 2, item 1): one the database
     refuses (a sum out of range) is logged, dropped from the pending set and counted in "failed",
@@ -1088,19 +1091,22 @@ _LEVEL = {level[0]: level for level in _LEVELS}
 def _source_kept(windows: dict[str, tuple[int, int]], level: str, start: int, now: float,
                  retention: SeriesRetention) -> bool:
     """Whether the rows a `level` key is rolled up from are still there. PostgreSQL (`windows`, the
-    partitions): the seconds' partition, dropped whole and never made again once past retention;
-    SQLite: retention at `now`, a whole key at a time (`_sources_kept_from`). The same test
-    decides at ingest whether a second is stored or folded into its minute (`_fold_into_minutes`)."""
-    seconds = level in ("minute", "destination_minute")
-    if seconds and windows:
-        low, high = windows["fleet_site_seconds" if level == "minute" else "fleet_destination_seconds"]
+    partitions): the source table's partition (`_SOURCE_TABLE`: the seconds' for a minute, the
+    minutes' for an hour, which lies within one day partition), dropped whole and never made again
+    once past retention, not `now`: a day of minutes is dropped only once all of it is past
+    retention, and until then ingest folds a late second into any of its minutes (`_kept`) and
+    marks that minute's hour, which must then be rolled up. SQLite: retention at `now`, a whole
+    key at a time (`_sources_kept_from`). The same test decides at ingest whether a second is
+    stored or folded into its minute (`_fold_into_minutes`)."""
+    if windows:
+        low, high = windows[_SOURCE_TABLE[level]]
         return low <= start < high
     return start >= _sources_kept_from(level, now, retention)
 
 
 def _sources_kept_from(level: str, now: float, retention: SeriesRetention) -> int:
     """The start of the oldest `level` key whose source rows retention at `now` keeps, by time:
-    SQLite's retention (and, as before, PostgreSQL's test for the hours' minutes). Whole keys:
+    SQLite's retention (PostgreSQL goes by its partitions, see `_source_kept`). Whole keys:
     the cutoff is aligned down to the key's step, so that a minute (an hour) has all its seconds
     (minutes) or none, and a late row of one that has none is added to its rollup
     (`_fold_into_minutes`) instead of it being recomputed from part of its rows."""

@@ -1250,6 +1250,47 @@ async def test_fleet_retention_drops_a_pending_minute_whose_minute_rollups_are_g
             "minute": 0, "hour": 0, "destination_minute": 0, "failed": 0}
 
 
+async def test_fleet_a_late_second_folded_into_a_minute_past_retention_whose_minutes_are_stored_reaches_its_hour(
+        database_url):
+    """A late second of a minute past the minutes' retention (fleet_minute_retention_days) by
+    time whose hour's minutes are all still stored: on PostgreSQL a day's partition of minutes is
+    dropped only once the whole day is past retention, so ingest folded the second into its minute
+    and marked the hour, and the rollup then skipped the hour (its minutes "gone" by time): the
+    hour missed the second for good. The rollup decides by the minutes' partition, as ingest does.
+    SQLite deletes the minutes an hour at a time by time: the second is stored nowhere (`outside`)
+    and the hour is as it was. Either way the hour is the sum of the minutes stored for it."""
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    retention = SeriesRetention(fleet_second_retention_s=3600, fleet_minute_retention_days=1)
+    async with _store_alone(database_url) as store:
+        await enroll(store, "ams1")
+        day = (int(time.time()) // 86400 + 1) * 86400   # tomorrow: a day partition of minutes of its own
+        hour = day + 3 * 3600
+        minute = hour + 600
+        late = minute + 45
+        seconds = [t for t in range(minute, minute + 60) if t != late]
+        await store.run(fleet_store.apply_retention, minute, retention)   # PostgreSQL: that time's partitions
+        await _ingest_seconds(store, "ams1", "q", list(enumerate(seconds, 1)), now=minute + 70, retention=retention)
+        assert await store.run(fleet_store.rollup, hour + 3610, retention) == {
+            "minute": 1, "hour": 1, "destination_minute": 0, "failed": 0}
+        assert await _minute_of(store, "ams1", hour, "fleet_traffic_hours") == _of_seconds(seconds)
+        # The next day at noon: the hour is a day and 9 hours old, past the minutes' retention (a
+        # day) by time; on PostgreSQL its day's partition (the oldest kept) is still there.
+        later = day + 86400 + 12 * 3600
+        await store.run(fleet_store.apply_retention, later, retention)
+        postgres = store.dialect == "postgresql"
+        if postgres:
+            assert (await store.run(fleet_store.partition_window, "fleet_traffic_minutes"))[0] == day
+        arrived = await _ingest_seconds(store, "ams1", "q", [(100, late)], now=later, retention=retention)
+        assert (arrived.folded, arrived.outside) == ((1, 0) if postgres else (0, 1))
+        assert await _pending(store, "hour") == ([hour] if postgres else [])
+        await store.run(fleet_store.rollup, later, retention)
+        every = [*seconds, late] if postgres else seconds
+        assert await _minute_of(store, "ams1", minute) == (_of_seconds(every) if postgres else None)
+        assert await _minute_of(store, "ams1", hour, "fleet_traffic_hours") == _of_seconds(every)
+        assert await _pending(store, "hour") == []
+
+
 # -- SQLite retention deletes whole minutes (hours) of the rollups' sources --------------------------
 # (test_sqlite_*: SQLite only; PostgreSQL drops whole partitions, so no minute keeps part of its seconds.)
 
