@@ -333,16 +333,46 @@ def test_review2_item6_fleet_migration_rolls_up_the_seconds_older_than_the_parti
         assert [(r["time"], r["samples"], r["passed_pps"]) for r in hours] == [(old - 120, 3, 20.0)]
 
 
+def _while_an_ingest_is_open(database_url: str, ingest, work):
+    """Run `ingest(backend)` on one connection and leave its transaction open (its row and table
+    locks held), then `work(backend)` on another in a thread; commit the ingest once `work` is
+    done or waits for a lock, and return what `work` returned (after its own commit)."""
+    import threading  # noqa: PLC0415
+
+    from securewatch.store import open_backend  # noqa: PLC0415
+
+    ingesting, working = open_backend(database_url), open_backend(database_url)
+    done: dict = {}
+
+    def run() -> None:
+        done["result"] = work(working)
+        working.commit()
+
+    try:
+        ingest(ingesting)
+        thread = threading.Thread(target=run)
+        thread.start()
+        wait_until(lambda: not thread.is_alive() or _query(
+            database_url, "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")[0][0],
+            timeout=20, what="the work done or waiting for the ingest's lock")
+        ingesting.commit()
+        thread.join(20)
+        assert not thread.is_alive() and "result" in done, "the work did not finish once the ingest committed"
+        return done["result"]
+    finally:
+        ingesting.close()
+        working.close()
+
+
 def test_review2_item2_fleet_rollup_waits_for_an_ingest_of_its_minute(database_url):
     """Two real connections: an ingest adds a second to a minute whose rollup key is pending and
     has not committed when the rollup takes the key. The rollup must wait for it (the ingest's
     upsert row-locks the key) and count both seconds; with ON CONFLICT DO NOTHING it summed the
     one it could see, deleted the key, and the minute stayed at samples=1 with two seconds stored."""
-    import threading  # noqa: PLC0415
 
     from securewatch import auth, fleet_store  # noqa: PLC0415
     from securewatch.series import SeriesRetention  # noqa: PLC0415
-    from securewatch.store import Store, open_backend  # noqa: PLC0415
+    from securewatch.store import Store  # noqa: PLC0415
 
     def batch_at(seq, t):
         return [{"seq": seq, "time": float(t), "traffic_columns": _suite.columns_of(
@@ -353,26 +383,11 @@ def test_review2_item2_fleet_rollup_waits_for_an_ingest_of_its_minute(database_u
         minute = now // 60 * 60 - 300
         store.run(fleet_store.enroll, "ams1", auth.token_hash(auth.new_token()), "test", now)
         store.run(fleet_store.ingest, "ams1", "q", batch_at(1, minute), now, lambda b, e: None, None)
-        ingesting, rolling = open_backend(database_url), open_backend(database_url)
-        done: dict = {}
-
-        def roll() -> None:
-            done["rollup"] = fleet_store.rollup(rolling, minute + 120, SeriesRetention())
-            rolling.commit()
-
-        try:
-            fleet_store.ingest(ingesting, "ams1", "q", batch_at(2, minute + 1), now, lambda b, e: None, None)
-            thread = threading.Thread(target=roll)
-            thread.start()
-            wait_until(lambda: not thread.is_alive() or _query(
-                database_url, "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")[0][0],
-                timeout=20, what="the rollup done or waiting for the ingest's lock")
-            ingesting.commit()
-            thread.join(20)
-            assert done["rollup"]["minute"] == 1
-        finally:
-            ingesting.close()
-            rolling.close()
+        done = _while_an_ingest_is_open(
+            database_url, lambda b: fleet_store.ingest(b, "ams1", "q", batch_at(2, minute + 1), now,
+                                                       lambda b, e: None, None),
+            lambda b: fleet_store.rollup(b, minute + 120, SeriesRetention()))
+        assert done["minute"] == 1
         store.run(fleet_store.rollup, minute + 120, SeriesRetention())   # whatever is pending still
         rows = store.run(lambda b: fleet_store.series(b, "minute", minute, minute + 60, site="ams1"))
         assert [(r["samples"], r["passed_pps"]) for r in rows] == [(2, 15.0)]
@@ -414,11 +429,10 @@ def test_fleet_retention_rolls_up_a_minute_an_ingest_marks_while_the_pass_waits_
     key at first; it must wait for the ingest (the drop's lock) and then roll the minute up
     again before the drop, or the minute stays pending with its seconds gone and never gets the
     late second."""
-    import threading  # noqa: PLC0415
 
     from securewatch import auth, fleet_store  # noqa: PLC0415
     from securewatch.series import SeriesRetention  # noqa: PLC0415
-    from securewatch.store import Store, open_backend  # noqa: PLC0415
+    from securewatch.store import Store  # noqa: PLC0415
 
     def batch_at(seq, t):
         return [{"seq": seq, "time": float(t), "traffic_columns": _suite.columns_of(
@@ -431,26 +445,11 @@ def test_fleet_retention_rolls_up_a_minute_an_ingest_marks_while_the_pass_waits_
         store.run(fleet_store.enroll, "ams1", auth.token_hash(auth.new_token()), "test", now)
         store.run(fleet_store.ingest, "ams1", "q", batch_at(1, minute), now, lambda b, e: None, None)
         assert store.run(fleet_store.rollup, minute + 120, retention)["minute"] == 1
-        ingesting, retaining = open_backend(database_url), open_backend(database_url)
-        done: dict = {}
-
-        def retain() -> None:
-            done["removed"] = fleet_store.apply_retention(retaining, minute + 7200, retention)
-            retaining.commit()
-
-        try:
-            fleet_store.ingest(ingesting, "ams1", "q", batch_at(2, minute + 1), now, lambda b, e: None, None)
-            thread = threading.Thread(target=retain)
-            thread.start()
-            wait_until(lambda: not thread.is_alive() or _query(
-                database_url, "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")[0][0],
-                timeout=20, what="the retention pass done or waiting for the ingest's lock")
-            ingesting.commit()
-            thread.join(20)
-            assert done["removed"]["minute_rolled_up_first"] == 1
-        finally:
-            ingesting.close()
-            retaining.close()
+        removed = _while_an_ingest_is_open(
+            database_url, lambda b: fleet_store.ingest(b, "ams1", "q", batch_at(2, minute + 1), now,
+                                                       lambda b, e: None, None),
+            lambda b: fleet_store.apply_retention(b, minute + 7200, retention))
+        assert removed["minute_rolled_up_first"] == 1
         assert _query(database_url, "SELECT COUNT(*) FROM fleet_site_seconds WHERE t < %s", minute + 60) == [(0,)]
         rows = store.run(lambda b: fleet_store.series(b, "minute", minute, minute + 60, site="ams1"))
         assert [(r["samples"], r["passed_pps"]) for r in rows] == [(2, 15.0)]
