@@ -121,8 +121,8 @@ class TickReport:
     events: list[Event]
     rules_added: list[int]
     rules_removed: list[int]
-    timings_ms: dict[str, float]     # process CPU milliseconds per stage
-    cpu_ms: float                    # process CPU milliseconds for the whole tick
+    timings_ms: dict[str, float]     # CPU milliseconds per stage, of the thread that ran the tick
+    cpu_ms: float                    # CPU milliseconds for the whole tick, of the thread that ran it
 
 
 def _validate_tenants(tenants: Mapping[int, TenantSpec]) -> dict[int, TenantEntry]:
@@ -418,12 +418,14 @@ class PolicyEngine:
     def _tick_locked(self, now: float | None) -> TickReport:
         now = time.monotonic() if now is None else float(now)
         wall = self._wall()
-        cpu0 = stage = time.process_time()
+        # The tick's thread's CPU time: the tick runs in a worker thread (`run`) while the event
+        # loop serves the API and the notifiers, whose CPU the process's clock would count in.
+        cpu0 = stage = time.thread_time()
         timings: dict[str, float] = {}
 
         def lap(name: str) -> None:
             nonlocal stage
-            t = time.process_time()
+            t = time.thread_time()
             timings[name] = round((t - stage) * 1000.0, 3)
             stage = t
 
@@ -525,7 +527,7 @@ class PolicyEngine:
         report = TickReport(now=now, dt=dest.dt, destinations=len(dest),
                             anomalous_destinations=len(det.anomalous_rows), carpet_tenants=len(det.carpets),
                             events=events, rules_added=added, rules_removed=removed, timings_ms=timings,
-                            cpu_ms=round((time.process_time() - cpu0) * 1000.0, 3))
+                            cpu_ms=round((time.thread_time() - cpu0) * 1000.0, 3))
         self.last_report = report
         return report
 
