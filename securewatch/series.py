@@ -83,6 +83,12 @@ class SeriesRetention:
               "fleet_hour_retention_days": (31, 3650),
               "fleet_destination_minute_retention_days": (1, 3650),
               "fleet_evidence_retention_days": (1, 3650)}
+    # (seconds key, the minutes key its rows are rolled up into): seconds kept past their minutes'
+    # retention would be rows whose minute is gone (deleted, or its partition dropped), never rolled up.
+    ROLLED_UP_INTO = (("traffic_second_retention_s", "traffic_minute_retention_days"),
+                      ("destination_second_retention_s", "destination_minute_retention_days"),
+                      ("fleet_second_retention_s", "fleet_minute_retention_days"),
+                      ("fleet_second_retention_s", "fleet_destination_minute_retention_days"))
 
 
 SERIES_KEYS = tuple(f.name for f in dataclasses.fields(SeriesRetention))

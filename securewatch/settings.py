@@ -8,7 +8,8 @@
     # tls_key = "/etc/seawall/tls/key.pem"   # its unencrypted PEM private key (both loaded when read)
     trusted_proxies = ["127.0.0.1"]          # reverse proxies whose X-Forwarded-For/-Proto are believed
     secure_cookies = false                   # force Secure cookies (automatic over HTTPS)
-    # How long the console's series are kept (defaults shown; securewatch.series.SeriesRetention):
+    # How long the console's series are kept (defaults shown; securewatch.series.SeriesRetention; a
+    # *_second_retention_s at most its minutes' retention in seconds, SeriesRetention.ROLLED_UP_INTO):
     traffic_second_retention_s = 3600        # tenant per-second rows (the 5-minute chart)
     traffic_minute_retention_days = 90       # tenant minute rollups (the 24-hour chart, reports)
     traffic_hour_retention_days = 400        # tenant hour rollups (the 30-day chart)
@@ -37,7 +38,7 @@ from typing import Any
 from tenants.errors import did_you_mean, type_name
 
 from .reports_config import ReportSettings, parse_report_settings
-from .series import SERIES_KEYS, SeriesRetention
+from .series import SECONDS_PER_DAY, SERIES_KEYS, SeriesRetention
 
 SECTION = "securewatch"
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -170,7 +171,14 @@ def _retention(table: dict[str, Any], problems: list[str]) -> SeriesRetention:
             problems.append(f"[{SECTION}] {key}: must be between {lo} and {hi}, got {value}")
         else:
             values[key] = value
-    return SeriesRetention(**values)
+    retention = SeriesRetention(**values)
+    for seconds, minutes in SeriesRetention.ROLLED_UP_INTO:
+        if getattr(retention, seconds) > getattr(retention, minutes) * SECONDS_PER_DAY:
+            days = getattr(retention, minutes)
+            problems.append(f"[{SECTION}] {seconds}: must be at most {days * SECONDS_PER_DAY} ({minutes} = {days}: "
+                            f"the minutes the seconds are rolled up into are kept no longer), "
+                            f"got {getattr(retention, seconds)}")
+    return retention
 
 
 def _string(table: dict[str, Any], key: str, default: str | None, problems: list[str]) -> str | None:

@@ -118,6 +118,18 @@ def test_item2_retention_keys_documented_defaults_and_named_errors(tmp_path):
     parse_settings({"traffic_minute_retention_days": 1, "destination_minute_retention_days": "7"}, tmp_path, problems)
     assert problems == ["[securewatch] traffic_minute_retention_days: must be between 2 and 3650, got 1",
                         "[securewatch] destination_minute_retention_days: expected a whole number, got a string '7'"]
+    # Seconds kept longer than the minutes they are rolled up into would never be rolled up.
+    problems.clear()
+    parse_settings({"fleet_second_retention_s": 3 * 86400, "fleet_minute_retention_days": 2,
+                    "traffic_second_retention_s": 86400, "traffic_minute_retention_days": 2}, tmp_path, problems)
+    assert problems == [
+        "[securewatch] fleet_second_retention_s: must be at most 172800 (fleet_minute_retention_days = 2: the "
+        "minutes the seconds are rolled up into are kept no longer), got 259200"]
+    parse_settings({"fleet_second_retention_s": 2 * 86400, "fleet_destination_minute_retention_days": 1}, tmp_path,
+                   problems)
+    assert problems[1:] == [
+        "[securewatch] fleet_second_retention_s: must be at most 86400 (fleet_destination_minute_retention_days = 1: "
+        "the minutes the seconds are rolled up into are kept no longer), got 172800"]
 
 
 # -- per-destination series ------------------------------------------------------------------------

@@ -1229,7 +1229,8 @@ async def test_fleet_retention_rolls_up_a_pending_minute_before_its_seconds_go_a
 
 async def test_fleet_retention_drops_a_pending_minute_whose_minute_rollups_are_gone_without_an_error(
         database_url):
-    """Seconds kept longer than the minute rollups: a minute still pending when its seconds go has
+    """Seconds kept longer than the minute rollups (a configuration file that asks for it is refused,
+    `parse_settings`; the store copes all the same): a minute still pending when its seconds go has
     no minute row to be rolled up into (on PostgreSQL, no partition). Retention leaves it out
     (not pending any more, nothing counted, no error) and drops the seconds as ever."""
     from securewatch.series import SeriesRetention  # noqa: PLC0415
