@@ -220,14 +220,21 @@ def xdp_filter(lab: CompareLab) -> Iterator[None]:
     if shutil.which("xdp-filter") is None:
         raise BenchError("xdp-filter is not installed (Debian package xdp-tools)")
     # nsenter, not `ip netns exec`: the latter remounts /sys and hides /sys/fs/bpf, where
-    # xdp-filter pins its maps.
-    enter = ["nsenter", f"--net=/run/netns/{lab.dut_ns}", "--"]
-    sh([*enter, "xdp-filter", "load", lab.dut_in, "--mode", "native", "--features", "udp,ipv4"])
-    try:
-        sh([*enter, "xdp-filter", "port", str(DENY_SPORT), "--mode", "src", "--proto", "udp"])
-        yield
-    finally:
-        sh([*enter, "xdp-filter", "unload", lab.dut_in], check=False)
+    # xdp-filter pins its maps (and removes them at unload). libxdp pins its dispatcher under
+    # LIBXDP_BPFFS: a bpffs of this run's own, since it leaves its directory behind on the machine's
+    # /sys/fs/bpf (`xdp`) after the unload.
+    with tempfile.TemporaryDirectory(prefix="sw-bench-libxdp-") as bpffs:
+        sh(["mount", "-t", "bpf", "bpf", bpffs])
+        enter = ["nsenter", f"--net=/run/netns/{lab.dut_ns}", "--", "env", f"LIBXDP_BPFFS={bpffs}"]
+        try:
+            sh([*enter, "xdp-filter", "load", lab.dut_in, "--mode", "native", "--features", "udp,ipv4"])
+            try:
+                sh([*enter, "xdp-filter", "port", str(DENY_SPORT), "--mode", "src", "--proto", "udp"])
+                yield
+            finally:
+                sh([*enter, "xdp-filter", "unload", lab.dut_in], check=False)
+        finally:
+            sh(["umount", bpffs], check=False)
 
 
 @contextlib.contextmanager
