@@ -550,10 +550,10 @@ class CounterReader:
         self.tenant_rows = MAX_TENANTS
         self._address_memo = AddressMemo(memo_limit)
         self._spill_buffers: tuple[np.ndarray, np.ndarray] | None = None   # the spill map's batch reads, reused
-        # CPU milliseconds (of the reading thread) of the last destination read's parts: the spill map's batch read (the kernel's
-        # share), the cache copy and the decode (`seawall bench policy --real` reports them).
+        # CPU milliseconds (of the reading thread) of the last read's parts: the spill map's batch read (the
+        # kernel's share) and the cache copy (`address_maps`), the decode (`read_destination_counters`);
+        # `seawall bench policy --real` reports them.
         self.last_read_cpu_ms: dict[str, float] = {}
-        self._maps_cpu_ms: dict[str, float] = {}
         self._map_address_cache()
 
     def _map_address_cache(self) -> None:
@@ -601,7 +601,7 @@ class CounterReader:
         maps = self.address_maps()
         start = time.thread_time()
         counters = decode_destination_counters(*maps, self._address_memo)
-        self.last_read_cpu_ms = {**self._maps_cpu_ms, "decode": _ms_since(start)}
+        self.last_read_cpu_ms["decode"] = _ms_since(start)
         return counters
 
     def address_maps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, AddressCounterLayout]:
@@ -623,7 +623,7 @@ class CounterReader:
             raise DataplaneError("the counter reader is closed")
         spill_ms, start = _ms_since(start), time.thread_time()
         self._cache_copy = copy_cache(self._cache_words, self.address_layout, self._cache_copy)
-        self._maps_cpu_ms = {"spill_map": spill_ms, "cache_copy": _ms_since(start)}
+        self.last_read_cpu_ms = {"spill_map": spill_ms, "cache_copy": _ms_since(start)}
         spill_keys = skeys.view(np.uint64).reshape(scount, 2)
         spill = svalues.view(np.uint64).reshape(scount, 1, self.address_layout.spilled_words)
         return self._cache_copy.transpose(1, 0, 2), spill_keys, spill, self._cache_copy_layout

@@ -315,9 +315,9 @@ def maintain_partitions(b: Any, now: float, retention: SeriesRetention,
     # meanwhile. (An ingest adding a second to a minute rolled up here waits for this pass, the
     # pending key deleted; should it hold the table's lock already, the lock below deadlocks with
     # it and PostgreSQL aborts one of the two: retried, by this pass's caller or the site.)
-    for table, level in _SOURCE_LEVEL.items():   # the minutes first: they mark their hours
-        for start in expired.get(table, ()):
-            rolled_up[table] += _roll_up_expired(b, table, level, start, windows, now, retention)
+    for table, span, *_ in plans:   # PARTITIONED's order: the minutes first, they mark their hours
+        for start in expired[table] if table in _SOURCE_LEVEL else ():
+            rolled_up[table] += _roll_up_expired(b, table, start, span, windows, now, retention)
     done: dict[str, dict[str, int]] = {}
     for table, span, oldest, newest, existing in plans:
         created = dropped = 0
@@ -332,7 +332,7 @@ def maintain_partitions(b: Any, now: float, retention: SeriesRetention,
             # expired partitions since the rollups above; nearly always none.
             b.execute(f"LOCK TABLE ONLY {table} IN ACCESS EXCLUSIVE MODE")
             for start in expired[table]:
-                rolled_up[table] += _roll_up_expired(b, table, _SOURCE_LEVEL[table], start, windows, now, retention)
+                rolled_up[table] += _roll_up_expired(b, table, start, span, windows, now, retention)
         for start in expired[table]:
             b.execute(f"DROP TABLE {table}_p{start}")
             dropped += 1
@@ -348,14 +348,14 @@ _SOURCE_LEVEL = {"fleet_site_seconds": "minute", "fleet_destination_seconds": "d
 _SOURCE_TABLE = {level: table for table, level in _SOURCE_LEVEL.items()}
 
 
-def _roll_up_expired(b: Any, table: str, level: str, start: int, windows: dict[str, tuple[int, int]], now: float,
+def _roll_up_expired(b: Any, table: str, start: int, span: int, windows: dict[str, tuple[int, int]], now: float,
                      retention: SeriesRetention) -> int:
-    """Roll up the pending `level` keys whose source rows are in `table`'s partition at `start`,
-    about to be dropped: `rollup` skips a key whose source partition is gone, so a minute (hour)
-    pending at the drop would keep part of its seconds (minutes), or have no row, for good. A key
-    whose rollup table has no partition for it (`windows`) is left out, as `rollup` does. The
-    rollups done."""
-    span = next(s for name, s, _ in PARTITIONED if name == table)
+    """Roll up the pending keys of the level `table` is the source of (`_SOURCE_LEVEL`) whose source
+    rows are in its partition [start, start + span), about to be dropped: `rollup` leaves out a key
+    whose source partition is gone, so a minute (hour) pending at the drop would keep part of its
+    seconds (minutes), or have no row, for good. A key whose rollup table has no partition for it
+    (`windows`) is left out, as `rollup` does. The rollups done."""
+    level = _SOURCE_LEVEL[table]
     keys = b.execute("SELECT site, t FROM fleet_rollup_pending WHERE level = ? AND t >= ? AND t < ? ORDER BY t",
                      (level, start, start + span)).fetchall()
     return _roll_up_pending_now(b, level, keys, now, retention, windows) if keys else 0

@@ -1195,7 +1195,7 @@ async def _pending(store: Store, level: str) -> list[int]:
 async def test_fleet_retention_rolls_up_a_pending_minute_before_its_seconds_go_and_its_hour_before_its_minutes(
         database_url):
     """A minute (and a destination minute) still pending when retention removes its seconds: on
-    PostgreSQL the seconds' partition was dropped and the rollup then skipped the minute (its
+    PostgreSQL the seconds' partition was dropped and the rollup then left the minute out (its
     source gone), so it had no row for good. Retention rolls it up first, on both databases, and
     marks its hour, which it rolls up in turn before the hour's minutes go."""
     from securewatch.series import SeriesRetention  # noqa: PLC0415
@@ -1256,7 +1256,7 @@ async def test_fleet_a_late_second_folded_into_a_minute_past_retention_whose_min
     """A late second of a minute past the minutes' retention (fleet_minute_retention_days) by
     time whose hour's minutes are all still stored: on PostgreSQL a day's partition of minutes is
     dropped only once the whole day is past retention, so ingest folded the second into its minute
-    and marked the hour, and the rollup then skipped the hour (its minutes "gone" by time): the
+    and marked the hour, and the rollup then left the hour out (its minutes "gone" by time): the
     hour missed the second for good. The rollup decides by the minutes' partition, as ingest does.
     SQLite deletes the minutes an hour at a time by time: the second is stored nowhere (`outside`)
     and the hour is as it was. Either way the hour is the sum of the minutes stored for it."""
