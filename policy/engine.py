@@ -107,6 +107,7 @@ LEGIT_PROBATION_TICKS = 3    # ticks a target must stay calm before its samples 
                              # (a ramp crosses from its normal band to the threshold within a few)
 STATE_FILE = "baselines.npz"
 PCAP_PRUNE_EVERY_S = 300.0   # seconds between passes over the PCAP directory (one listing each)
+OVERRUN_LOG_EVERY_S = 60.0   # seconds between two `policy.tick_overrun` warnings (each counts the ticks since)
 
 
 @dataclasses.dataclass(slots=True)
@@ -302,6 +303,14 @@ class PolicyEngine:
         self._stop = asyncio.Event()
         self._last_save = 0.0
         self.last_report: TickReport | None = None
+        # Ticks of `run()` that ended after the next one was due (the tick's work, with its wait for the
+        # worker thread, took longer than `tick` seconds): the engine falls behind, rates stretch over
+        # longer ticks and detection slows by as much. Counted, shown in the status and the metrics,
+        # and logged (`policy.tick_overrun`, at most every OVERRUN_LOG_EVERY_S seconds).
+        self.ticks_overrun = 0
+        self.last_tick_wall_ms: float | None = None   # the last tick of `run()`, start to results delivered
+        self._overrun_logged_at = -math.inf            # monotonic seconds
+        self._overruns_logged = 0                      # ticks_overrun when last logged
         self.last_detection: Detection | None = None
         self.tenant_traffic: TenantTraffic | None = None     # the last tick's (see the module docstring)
         self._on_tenant_traffic = on_tenant_traffic
@@ -356,11 +365,12 @@ class PolicyEngine:
             "open_incidents": sum(1 for i in list(self.incidents.open.values()) if i.state == State.ACTIVE),
             "rules_installed": len(self._rule_owner),
             "pcap_files_pruned": self.pcap_files_pruned,
+            "ticks_overrun": self.ticks_overrun,
             "appflood": self.appflood.status(),
             "last_tick": None if report is None else {
                 "now": report.now, "dt": report.dt, "destinations": report.destinations,
                 "anomalous_destinations": report.anomalous_destinations, "carpet_tenants": report.carpet_tenants,
-                "timings_ms": report.timings_ms, "cpu_ms": report.cpu_ms},
+                "timings_ms": report.timings_ms, "cpu_ms": report.cpu_ms, "wall_ms": self.last_tick_wall_ms},
         }
 
     # -- the loop --------------------------------------------------------------------------------
@@ -372,16 +382,21 @@ class PolicyEngine:
         next_at = time.monotonic()
         try:
             while not self._stop.is_set():
+                started = time.monotonic()
+                report = None
                 try:
                     report = await loop.run_in_executor(worker, self._compute_tick, None)
                 except Exception:
                     log.exception("policy.tick_failed")
                 else:
                     self._deliver(report)
+                ended = time.monotonic()
+                self.last_tick_wall_ms = round((ended - started) * 1000.0, 3)
                 next_at += self.tick_s
-                delay = next_at - time.monotonic()
+                delay = next_at - ended
                 if delay < 0:          # overran: start the next tick now, do not try to catch up
-                    next_at, delay = time.monotonic(), 0.0
+                    self._overran(report, ended)
+                    next_at, delay = ended, 0.0
                 try:
                     await asyncio.wait_for(self._stop.wait(), delay)
                 except TimeoutError:
@@ -389,6 +404,20 @@ class PolicyEngine:
         finally:
             worker.shutdown(wait=True)   # a tick under way finishes first: a thread cannot be cancelled
             self.save_state()
+
+    def _overran(self, report: TickReport | None, now: float) -> None:
+        """Count a tick that ended after the next one was due; log it, at most every OVERRUN_LOG_EVERY_S."""
+        self.ticks_overrun += 1
+        if now - self._overrun_logged_at < OVERRUN_LOG_EVERY_S:
+            return
+        log.warning("policy.tick_overrun", tick_ms=round(self.tick_s * 1000.0, 3), wall_ms=self.last_tick_wall_ms,
+                    cpu_ms=None if report is None else report.cpu_ms,
+                    destinations=None if report is None else report.destinations,
+                    overruns=self.ticks_overrun, overruns_since_last_log=self.ticks_overrun - self._overruns_logged,
+                    hint="the tick takes longer than [appliance] tick_ms: detection slows by as much; "
+                         "raise tick_ms or give the appliance a faster CPU (README: scale of one box)")
+        self._overrun_logged_at = now
+        self._overruns_logged = self.ticks_overrun
 
     def stop(self) -> None:
         self._stop.set()

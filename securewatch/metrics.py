@@ -85,6 +85,15 @@ class _StatusCollector:
             tick = GaugeMetricFamily("seawall_policy_tick_cpu_seconds", "CPU time of the last policy tick")
             tick.add_metric([], float(last.get("cpu_ms", 0.0)) / 1000.0)
             yield tick
+            if last.get("wall_ms") is not None:
+                wall = GaugeMetricFamily("seawall_policy_tick_seconds", "Wall-clock time of the last policy tick, "
+                                         "from its start to its results delivered (above tick_ms: it overran)")
+                wall.add_metric([], float(last["wall_ms"]) / 1000.0)
+                yield wall
+            overrun = CounterMetricFamily("seawall_policy_ticks_overrun", "Policy ticks that ended after the next "
+                                          "one was due: the engine falls behind tick_ms and detection slows")
+            overrun.add_metric([], float(policy.get("ticks_overrun", 0)))
+            yield overrun
             tracked = GaugeMetricFamily("seawall_policy_tracked_destinations", "Destinations with baselines")
             tracked.add_metric([], float(policy.get("tracked_destinations", 0)))
             yield tracked

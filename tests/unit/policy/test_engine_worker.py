@@ -4,6 +4,7 @@ what a tick produces (events, tenant traffic) still reaches its readers on the l
 Issue 18: at 1,000,000 destinations a tick takes half a second of CPU; inside the loop it stalled
 SecureWatch, the notifiers and BGP for as long. These tests hold a tick in the middle of its read
 and show the loop running meanwhile (on the old code the loop is the thread that is held).
+A tick that outlasts its interval (a million destinations on a slow CPU) is counted, shown and logged.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 import time
 
 import numpy as np
+import structlog.testing
 
 from dataplane.constants import TenantMode, TrafficClass
 from policy.engine import PolicyEngine
@@ -119,3 +121,61 @@ async def _next_of_type(queue: asyncio.Queue, etype: EventType):
         event = await queue.get()
         if event.type == etype:
             return event
+
+
+class SlowReadDataplane(RealTimeDataplane):
+    """Every read takes `read_s` seconds of wall time (a tick longer than its interval)."""
+
+    def __init__(self, read_s: float) -> None:
+        super().__init__()
+        self.read_s = read_s
+
+    def read_destination_counters(self, *args, **kwargs):
+        time.sleep(self.read_s)
+        return super().read_destination_counters(*args, **kwargs)
+
+
+async def _run_until(engine: PolicyEngine, done, what: str) -> None:
+    task = asyncio.create_task(engine.run(), name="policy-engine-test")
+    try:
+        await await_until(done, timeout=10, what=what)
+    finally:
+        engine.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_issue18_ticks_longer_than_their_interval_are_counted_shown_and_logged_once_a_minute(tmp_path):
+    """At a million destinations on a slow CPU a tick outlasts `tick_ms`: the engine falls behind, and the
+    operator sees it in the status, the metrics (from the status) and one warning a minute, not one a tick."""
+    dp = SlowReadDataplane(0.06)
+    dp.add_flow(Flow("players", 1, game_legit_frames(), 800.0))
+    engine = PolicyEngine(dp, {1: ("alpha", TenantMode.MITIGATE, TenantPolicy())}, EventBus(), tmp_path,
+                          tick=0.02, config=FAST)
+    with structlog.testing.capture_logs() as logs:
+        await _run_until(engine, lambda: engine.ticks_overrun >= 4, "four overrun ticks")
+    warnings = [e for e in logs if e["event"] == "policy.tick_overrun"]
+    assert len(warnings) == 1, warnings
+    assert warnings[0]["tick_ms"] == 20.0 and warnings[0]["wall_ms"] >= 60.0
+    assert warnings[0]["overruns"] == 1 and warnings[0]["destinations"] == 1
+    status = engine.status()
+    assert status["ticks_overrun"] == engine.ticks_overrun >= 4
+    assert status["last_tick"]["wall_ms"] >= 60.0
+
+
+async def test_issue18_ticks_within_their_interval_are_not_overruns(tmp_path):
+    dp = RealTimeDataplane()
+    dp.add_flow(Flow("players", 1, game_legit_frames(), 800.0))
+    engine = PolicyEngine(dp, {1: ("alpha", TenantMode.MITIGATE, TenantPolicy())}, EventBus(), tmp_path,
+                          tick=0.5, config=FAST)
+    seen: set[float] = set()
+
+    def three_ticks() -> bool:
+        if engine.last_report is not None:
+            seen.add(engine.last_report.now)
+        return len(seen) >= 3
+
+    with structlog.testing.capture_logs() as logs:
+        await _run_until(engine, three_ticks, "three ticks")
+    assert engine.ticks_overrun == 0
+    assert not [e for e in logs if e["event"] == "policy.tick_overrun"]
+    assert 0.0 < engine.status()["last_tick"]["wall_ms"] < 500.0

@@ -24,8 +24,8 @@ class ApplianceWithIncidents(InMemoryAppliance):
                                {"name": "eth1", "role": "internal", "mode": "native"}],
                 "incidents": [{"id": "inc-1", "tenant": first, "state": "active"},
                               {"id": "inc-0", "tenant": first, "state": "ended"}],
-                "policy": {"tracked_destinations": 42, "rules_installed": 3,
-                           "last_tick": {"cpu_ms": 12.5}},
+                "policy": {"tracked_destinations": 42, "rules_installed": 3, "ticks_overrun": 4,
+                           "last_tick": {"cpu_ms": 12.5, "wall_ms": 1500.0}},
                 "notifiers": {"noc-syslog": {"healthy": True, "backlog": 0},
                               "pager": {"healthy": False, "backlog": 7}}}
 
@@ -54,6 +54,8 @@ async def test_metrics_parse_and_carry_the_appliance_figures(tmp_path):
         assert active[tenant_ids[0]] == 1 and active[tenant_ids[1]] == 0   # the ended incident does not count
         assert got["seawall_dataplane_up"].samples[0].value == 1
         assert got["seawall_policy_tick_cpu_seconds"].samples[0].value == 0.0125
+        assert got["seawall_policy_tick_seconds"].samples[0].value == 1.5       # the tick's wall time: it overran
+        assert got["seawall_policy_ticks_overrun"].samples[0].value == 4
         backlog = {s.labels["receiver"]: s.value for s in got["seawall_notifier_backlog"].samples}
         assert backlog == {"noc-syslog": 0, "pager": 7}
 
