@@ -70,6 +70,7 @@ class PolicyTick(TypedDict):
     carpet_tenants: int
     timings_ms: dict[str, float]
     cpu_ms: float
+    wall_ms: float | None    # start to results delivered; above tick_s · 1000 the tick overran (None: not run())
 
 
 class PolicyStatus(TypedDict):
@@ -78,6 +79,7 @@ class PolicyStatus(TypedDict):
     open_incidents: int
     rules_installed: int
     pcap_files_pruned: int       # incident PCAP files deleted by retention or the total bound (policy.pcap.prune)
+    ticks_overrun: int           # ticks that ended after the next one was due (PolicyEngine.run)
     # Application-layer floods (policy.appflood.AppFloodDetector.status): servers with flow baselines,
     # per-source limits and blocked sources now, counters (limits_evicted, blocks_evicted, ...).
     appflood: dict[str, Any]

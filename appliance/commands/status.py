@@ -155,6 +155,12 @@ def render_human(s: StatusSummary) -> str:
     pol = s.get("policy") or {}
     if pol:
         line(f"\nincidents open: {pol.get('open_incidents', 0)}   rules installed: {pol.get('rules_installed', 0)}")
+        tick = pol.get("last_tick") or {}
+        if tick.get("wall_ms") is not None:
+            overrun = pol.get("ticks_overrun", 0)
+            line(f"policy tick:   {tick['wall_ms']:,.0f} ms ({tick.get('cpu_ms', 0.0):,.0f} ms CPU) of every "
+                 f"{1000.0 * pol.get('tick_s', 0.0):,.0f} ms, {tick.get('destinations', 0):,} destinations"
+                 + (f"; {overrun:,} ticks overran it (raise tick_ms: detection slows by as much)" if overrun else ""))
     bgp = s.get("bgp")
     if bgp:
         for peer in bgp["peers"]:
