@@ -220,3 +220,7 @@ def test_metrics_of_the_running_appliance_parse(lab, tmp_path, request):
 
     families = wait_until(scraped, timeout=10, what="alpha's passed packets in /metrics")
     assert families["seawall_dataplane_up"].samples[0].value == 1
+    # The running engine's tick: its wall time and the overrun counter (tests/unit/policy/test_engine_worker.py
+    # makes ticks overrun; a shared VM may stall one here, so no count is asserted).
+    assert families["seawall_policy_tick_seconds"].samples[0].value > 0
+    assert families["seawall_policy_ticks_overrun"].samples[0].value >= 0
