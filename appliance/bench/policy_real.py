@@ -19,10 +19,15 @@ tenant row), untimed: the kernel fills its maps as it counts, outside `seawall r
 CPU time and memory. So this process's resident memory is the engine's, the compiled
 program's and the reads'. No traffic flows, so the ring buffer holds no samples and the
 samples stage costs nothing here.
+
+`--live` (`run_live`) runs the appliance's own tick loop (`PolicyEngine.run()`, in its worker thread)
+on the same maps for a number of seconds, the child advancing the counters a second every second:
+whether the engine keeps `tick_ms` at this size on this CPU, as the status's `ticks_overrun` counts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import mmap
@@ -33,9 +38,10 @@ import resource
 import statistics
 import struct
 import tempfile
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -195,35 +201,13 @@ def run(destinations: int = 100_000, tenants: int = 10_000, ticks: int = 10, war
     tick's destination read (`CounterReader.last_read_cpu_ms`), peak RSS, and whether the engine
     saw every address in the maps at every timed tick.
     """
-    if os.geteuid() != 0:
-        raise PermissionError("the real-map policy benchmark needs root (it loads the XDP program and "
-                              "writes its maps): run `sudo seawall bench policy --real`")
-    if not 1 <= tenants <= min(MAX_TENANTS, destinations):
-        raise ValueError(f"benchmark: tenants must be within 1..min(destinations, {MAX_TENANTS}), got {tenants}")
     if ticks < 2 or warmup_ticks < 1:
         raise ValueError("benchmark: at least 2 timed ticks and 1 warm-up tick")
-    # Only root gets this far: bcc and the kernel adapter are imported here, not at module load.
-    from appliance.bench.dataplane import build_tenants  # noqa: PLC0415
-    from dataplane.dataplane import Dataplane  # noqa: PLC0415
-    from policy.engine import PolicyEngine  # noqa: PLC0415
-    from tenants.compile import assign_indices, compile_tenant_set  # noqa: PLC0415
+    _check(destinations, tenants)
+    from policy.engine import PolicyEngine  # noqa: PLC0415 - after the root check, as the kernel adapter
 
     say = progress or (lambda _message: None)
-    say("compiling and loading the XDP program")
-    # The spill map sized for the run ([appliance] max_addresses), a quarter above the destinations: the
-    # LRU starts evicting a little before it is full, and an evicted address is one the engine never sees.
-    dp = Dataplane(max_addresses=min(max(MAX_ADDRESSES, destinations + destinations // 4), 16 * 1024 * 1024))
-    traffic: _TrafficProcess | None = None
-    try:
-        say(f"applying {tenants:,} tenants")
-        tenant_set = build_tenants(tenants)
-        indices = assign_indices([t.id for t in tenant_set], {})
-        if any(indices[f"t{j}"] != j for j in range(tenants)):
-            raise RuntimeError("benchmark: tenant indices are not 0..tenants-1 in order")
-        dp.apply_tenants(compile_tenant_set(tenant_set, indices))
-        say(f"writing {destinations:,} addresses into the maps")
-        traffic = _TrafficProcess(dp, destinations, tenants, churn, seed, slot_bits, prefixes)
-        spec = synthetic_tenant_spec(destinations, tenants, prefixes)   # as the traffic process lays them out
+    with _real_maps(destinations, tenants, churn, seed, slot_bits, prefixes, say) as (dp, traffic, spec):
         read_cpu: list[float] = []
         read_wall: list[float] = []
         tick_cpu: list[float] = []
@@ -286,7 +270,116 @@ def run(destinations: int = 100_000, tenants: int = 10_000, ticks: int = 10, war
             "peak_rss_mib": round(peak_kib / 1024, 1),
             "map_write_s_median": round(statistics.median(write_s), 2),   # untimed, in the traffic process
         }
+
+
+def _check(destinations: int, tenants: int) -> None:
+    if os.geteuid() != 0:
+        raise PermissionError("the real-map policy benchmark needs root (it loads the XDP program and "
+                              "writes its maps): run `sudo seawall bench policy --real`")
+    if not 1 <= tenants <= min(MAX_TENANTS, destinations):
+        raise ValueError(f"benchmark: tenants must be within 1..min(destinations, {MAX_TENANTS}), got {tenants}")
+
+
+@contextlib.contextmanager
+def _real_maps(destinations: int, tenants: int, churn: float, seed: int, slot_bits: int, prefixes: bool,
+               say: Callable[[str], None]) -> Iterator[tuple[Any, _TrafficProcess, dict]]:
+    """A real Dataplane with the benchmark's tenants applied and the traffic process writing its maps:
+    (dataplane, traffic, the engine's tenant spec); both stopped and closed on the way out."""
+    # Only root gets this far (`_check`): bcc and the kernel adapter are imported here, not at module load.
+    from appliance.bench.dataplane import build_tenants  # noqa: PLC0415
+    from dataplane.dataplane import Dataplane  # noqa: PLC0415
+    from tenants.compile import assign_indices, compile_tenant_set  # noqa: PLC0415
+
+    say("compiling and loading the XDP program")
+    # The spill map sized for the run ([appliance] max_addresses), a quarter above the destinations: the
+    # LRU starts evicting a little before it is full, and an evicted address is one the engine never sees.
+    dp = Dataplane(max_addresses=min(max(MAX_ADDRESSES, destinations + destinations // 4), 16 * 1024 * 1024))
+    traffic: _TrafficProcess | None = None
+    try:
+        say(f"applying {tenants:,} tenants")
+        tenant_set = build_tenants(tenants)
+        indices = assign_indices([t.id for t in tenant_set], {})
+        if any(indices[f"t{j}"] != j for j in range(tenants)):
+            raise RuntimeError("benchmark: tenant indices are not 0..tenants-1 in order")
+        dp.apply_tenants(compile_tenant_set(tenant_set, indices))
+        say(f"writing {destinations:,} addresses into the maps")
+        traffic = _TrafficProcess(dp, destinations, tenants, churn, seed, slot_bits, prefixes)
+        yield dp, traffic, synthetic_tenant_spec(destinations, tenants, prefixes)   # as the traffic lays them out
     finally:
         if traffic is not None:
             traffic.stop()
         dp.close()
+
+
+def run_live(destinations: int = 100_000, tenants: int = 10_000, seconds: float = 30.0, tick_ms: int = 1000,
+             churn: float = 0.002, seed: int = 1, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """`PolicyEngine.run()`, the appliance's own tick loop, for `seconds` on real maps, the traffic process
+    advancing the counters a second every second meanwhile: whether the engine keeps its `tick_ms` at this
+    size on this CPU. Returns the ticks, those that overran (`ticks_overrun`, as the status counts them),
+    the spacing of tick starts (ms: `tick_ms` while the engine keeps up, longer when it falls behind)
+    and the ticks' CPU milliseconds (medians and maxima), and the `policy.tick_overrun` warnings logged."""
+    from appliance.config import TICK_MS_RANGE  # noqa: PLC0415 - the same bounds as [appliance] tick_ms
+
+    low, high = TICK_MS_RANGE
+    if isinstance(tick_ms, bool) or not isinstance(tick_ms, int) or not low <= tick_ms <= high:
+        raise ValueError(f"benchmark: tick_ms must be an integer between {low} and {high}, got {tick_ms!r}")
+    if not 3 * tick_ms / 1000.0 <= seconds <= 3600:
+        raise ValueError(f"benchmark: seconds must be between 3 ticks ({3 * tick_ms / 1000.0:g}) and 3600, "
+                         f"got {seconds!r}")
+    _check(destinations, tenants)
+    import structlog.testing  # noqa: PLC0415 - the engine's warnings, collected as they are logged
+
+    from policy.engine import PolicyEngine  # noqa: PLC0415
+
+    say = progress or (lambda _message: None)
+    with _real_maps(destinations, tenants, churn, seed, ADDRESS_CACHE_BITS, False, say) as (dp, traffic, spec), \
+            tempfile.TemporaryDirectory() as tmp:
+        starts: list[float] = []
+        cpu: list[float] = []
+
+        def delivered(_traffic: Any) -> None:    # on the loop's thread, once a tick's results are out
+            report = engine.last_report
+            if report is not None:
+                starts.append(report.now)
+                cpu.append(report.cpu_ms)
+
+        engine = PolicyEngine(dp, spec, EventBus(), pathlib.Path(tmp), tick=tick_ms / 1000.0,
+                              config=PolicyConfig(warmup_s=3.0), on_tenant_traffic=delivered)
+        stop = threading.Event()
+
+        def advance() -> None:     # the kernel's counting: a second of traffic every second
+            while not stop.wait(1.0):
+                traffic.advance()
+
+        async def ticking() -> None:
+            task = asyncio.create_task(engine.run(), name="policy-engine-bench")
+            await asyncio.sleep(seconds)
+            engine.stop()
+            await task
+
+        say(f"the engine's own loop for {seconds:g} s, a tick every {tick_ms} ms")
+        writer = threading.Thread(target=advance, name="bench-traffic")
+        writer.start()
+        try:
+            with structlog.testing.capture_logs() as logs:
+                asyncio.run(ticking())
+        finally:
+            stop.set()
+            writer.join()
+        spacing = [1000.0 * (b - a) for a, b in zip(starts, starts[1:], strict=False)]
+        status = engine.status()
+        return {
+            "destinations": destinations,
+            "tenants": tenants,
+            "tick_ms": tick_ms,
+            "seconds": seconds,
+            "cpus": dp.ncpus,
+            "ticks": len(starts),
+            "ticks_overrun": status["ticks_overrun"],
+            "tick_spacing_ms_median": round(statistics.median(spacing), 1) if spacing else None,
+            "tick_spacing_ms_max": round(max(spacing), 1) if spacing else None,
+            "tick_cpu_ms_median": round(statistics.median(cpu), 1) if cpu else None,
+            "tick_cpu_ms_max": round(max(cpu), 1) if cpu else None,
+            "destinations_last_tick": None if engine.last_report is None else engine.last_report.destinations,
+            "overrun_warnings": sum(1 for e in logs if e["event"] == "policy.tick_overrun"),
+        }

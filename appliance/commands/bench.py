@@ -48,12 +48,18 @@ def register(subparsers) -> None:
     pol.add_argument("--prefixes", action="store_true",
                      help="every tenant owns a v4 and a v6 prefix holding its addresses (per-prefix aggregates)")
     pol.add_argument("--warmup-ticks", type=int, default=10, help="untimed ticks first (--real)")
+    pol.add_argument("--live", action="store_true",
+                     help="with --real: the engine's own tick loop for --seconds, a tick every --tick-ms, the "
+                          "counters advancing each second: does the engine keep its tick at this size (ticks "
+                          "overrun, spacing of tick starts)")
+    pol.add_argument("--tick-ms", type=int, default=1000, help="the tick interval for --live, as [appliance] tick_ms")
     pol.add_argument("--loop-latency", action="store_true",
                      help="SecureWatch API latency and notifier delay while ticks run (--sizes), ticking on "
                           "the event loop vs in the engine's worker thread")
     pol.add_argument("--sizes", default="100000,1000000", metavar="D,...",
                      help="destination counts for --loop-latency (default 100000,1000000)")
-    pol.add_argument("--seconds", type=float, default=15.0, help="seconds per mode (--loop-latency)")
+    pol.add_argument("--seconds", type=float, default=15.0,
+                     help="seconds per mode (--loop-latency), seconds of ticking (--real --live)")
     pol.add_argument("--json", action="store_true")
     pol.set_defaults(func=bench_policy)
     esc = sub.add_parser("escalation", help="time from a flood's first packet to its FlowSpec route at a BGP peer "
@@ -144,6 +150,8 @@ def _parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
 def bench_policy(args) -> int:
     from appliance.bench.policy import DEFAULT_SWEEP, render_sweep, run_benchmark, run_sweep  # noqa: PLC0415
 
+    if args.live and not args.real:
+        return _refused("seawall bench policy", "--live runs on real maps: add --real (root)")
     if args.real:
         return _bench_policy_real(args)
     if args.loop_latency:
@@ -182,8 +190,14 @@ def _bench_policy_real(args) -> int:
         return _refused("seawall bench policy",
                         "--real measures one size (--destinations, --tenants), not a --scale sweep")
     try:
-        result = policy_real.run(destinations=args.destinations, tenants=args.tenants, ticks=args.ticks,
-                                 warmup_ticks=args.warmup_ticks, prefixes=args.prefixes, progress=_progress)
+        if args.live:
+            if args.prefixes:
+                return _refused("seawall bench policy --real --live", "--prefixes is for the timed ticks only")
+            result = policy_real.run_live(destinations=args.destinations, tenants=args.tenants,
+                                          seconds=args.seconds, tick_ms=args.tick_ms, progress=_progress)
+        else:
+            result = policy_real.run(destinations=args.destinations, tenants=args.tenants, ticks=args.ticks,
+                                     warmup_ticks=args.warmup_ticks, prefixes=args.prefixes, progress=_progress)
     except (PermissionError, ValueError) as exc:
         return _refused("seawall bench policy --real", exc)
     return _show(_key_values(result), result, args.json)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 import numpy as np
 import pytest
@@ -103,3 +104,24 @@ def test_synthetic_counters_decode_to_the_ground_truth_through_cache_and_spill()
     order = np.array([row[a] for a in read.addresses])
     np.testing.assert_array_equal(read.packets, dp.packets[order])
     np.testing.assert_array_equal(read.tenant_idx, dp.tenant_of[order])
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"tick_ms": 50}, "tick_ms must be an integer between 100 and 10000"),
+    ({"tick_ms": 1000.0}, "tick_ms must be an integer"),
+    ({"tick_ms": 1000, "seconds": 2.0}, "seconds must be between 3 ticks (3) and 3600"),
+])
+def test_issue18_live_benchmark_refuses_a_tick_or_a_duration_it_cannot_run(kwargs, message):
+    """`seawall bench policy --real --live` checks its interval as [appliance] tick_ms does, before
+    anything needs root."""
+    from appliance.bench import policy_real  # noqa: PLC0415
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        policy_real.run_live(destinations=2_000, tenants=200, **kwargs)
+
+
+def test_issue18_live_needs_real(capsys):
+    from appliance.cli import main  # noqa: PLC0415
+
+    assert main(["bench", "policy", "--live"]) != 0
+    assert "--live runs on real maps: add --real" in capsys.readouterr().err
