@@ -22,7 +22,7 @@ from dataplane.constants import TenantMode, TrafficClass
 from policy.engine import PolicyEngine
 from policy.events import EventBus, EventType
 from tenants.policy import TenantPolicy
-from tests.support import await_until
+from tests.support import await_until, wait_until
 from tests.unit.policy.fakes import FakeDataplane, Flow
 from tests.unit.policy.scenarios import FAST, GAME, game_legit_frames, udp_flood_frames
 
@@ -124,14 +124,17 @@ async def _next_of_type(queue: asyncio.Queue, etype: EventType):
 
 
 class SlowReadDataplane(RealTimeDataplane):
-    """Every read takes `read_s` seconds of wall time (a tick longer than its interval)."""
+    """Every read lasts until `read_s` seconds of wall time have passed since it began (a tick longer
+    than its interval), polled for with a timeout."""
 
     def __init__(self, read_s: float) -> None:
         super().__init__()
         self.read_s = read_s
 
     def read_destination_counters(self, *args, **kwargs):
-        time.sleep(self.read_s)
+        began = time.monotonic()
+        wait_until(lambda: time.monotonic() - began >= self.read_s, timeout=HOLD_S, interval=0.005,
+                   what=f"{self.read_s} s of a slow read")
         return super().read_destination_counters(*args, **kwargs)
 
 
