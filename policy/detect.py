@@ -131,6 +131,21 @@ class Detection:
         return self._ratio
 
 
+def rows_with_any(mask: np.ndarray) -> np.ndarray:
+    """Ascending (K,) int64 rows of an (N, C) bool mask that have any element set.
+
+    From the flat mask's set elements, which come in row order: a row is kept where it differs from the
+    one before, in one pass over the K set elements (`np.unique` sorted them: 30 ms at 100,000 rows with
+    a third of them set, 560 ms at a million; `.any(axis=1)` walks the short class axis slowly)."""
+    rows = np.flatnonzero(mask) // mask.shape[1]
+    if len(rows) < 2:
+        return rows
+    first = np.empty(len(rows), bool)
+    first[0] = True
+    np.not_equal(rows[1:], rows[:-1], out=first[1:])
+    return rows[first]
+
+
 def _per_row(values: np.ndarray) -> np.ndarray | float:
     """A per-row policy value as an (N, 1) column to broadcast over the classes, or as one float when
     every row has the same value (the common case: an (N, 1) operand makes numpy loop over 6-element
@@ -234,7 +249,7 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
     if not known.all():
         anomalous[~known] = False
     # Anomalies are rare: find them in the flat mask (`.any(axis=1)` walks the short class axis slowly).
-    anomalous_rows = np.unique(np.flatnonzero(anomalous) // N_CLASSES)
+    anomalous_rows = rows_with_any(anomalous)
 
     # Tenant arrays are dense over all slots; only the slots of configured tenants are computed.
     t_rows = tenant_rows(policy.tenant_rows)
@@ -255,7 +270,7 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
 
     carpets: list[CarpetCandidate] = []
     excess = None
-    hot_tenants = np.unique(np.flatnonzero(t_anomalous) // N_CLASSES)
+    hot_tenants = rows_with_any(t_anomalous)
     if len(hot_tenants):
         excess = np.maximum(deviation, 0.0)
         carpets = group_carpets(dest, np.where(known, dest.tenant_idx, MAX_TENANTS), MAX_TENANTS, cap, warm,
@@ -288,9 +303,15 @@ def group_carpets(dest: DestinationRates, tidx: np.ndarray, n_groups: int, cap: 
         explained[:, c] = np.bincount(sub_t, weights=np.where(anomalous[rows, c], excess[rows, c], 0.0),
                                       minlength=n_groups + 1)
     out: list[CarpetCandidate] = []
-    for t in hot_tenants:
+    # Each hot group's rows as a slice of one stable sort by group (ascending rows within it): a mask
+    # over every hot row per group made a tick with thousands of hot tenants quadratic (20,000
+    # attacked destinations over 10,000 tenants: 2.4 s a tick).
+    by_group = np.argsort(sub_t, kind="stable")
+    bounds = np.searchsorted(sub_t[by_group], hot_tenants, side="left"), \
+        np.searchsorted(sub_t[by_group], hot_tenants, side="right")
+    for t, lo, hi in zip(hot_tenants.tolist(), *(b.tolist() for b in bounds), strict=True):
         classes = []
-        members = sub_t == t
+        members = by_group[lo:hi]
         for c in np.flatnonzero(t_anomalous[t]):
             unexplained = t_excess[t, c] - explained[t, c]
             n_elevated = int(np.count_nonzero(elevated[members, c]))

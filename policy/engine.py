@@ -67,7 +67,15 @@ from policy.baseline import EwmaBaseline
 from policy.budgets import BudgetConfig, BudgetDeriver
 from policy.classify import ClassEvidence, Vector, VectorScore, classify_carpet, classify_destination
 from policy.config import PolicyConfig, floors_for_link
-from policy.detect import ELEVATED_FLOOR_PPS, Detection, PolicyTable, TenantEntry, detect, tenant_rows
+from policy.detect import (
+    ELEVATED_FLOOR_PPS,
+    Detection,
+    PolicyTable,
+    TenantEntry,
+    detect,
+    rows_with_any,
+    tenant_rows,
+)
 from policy.events import Event, EventBus, EventType
 from policy.heap import keep_freed_arrays
 from policy.incidents import Incident, IncidentManager, Observation, RuleRecord, State
@@ -548,7 +556,11 @@ class PolicyEngine:
         if now - self._last_pcap_prune >= PCAP_PRUNE_EVERY_S:
             self._last_pcap_prune = now
             self._prune_pcaps(wall)
-        events = [self._describe(event) for event in events]
+        # Started incidents by id, once a tick (a scan of the open ones per start was quadratic: 20,000
+        # attacks starting in one tick took 7 s).
+        started = {i.id: i for i in self.incidents.open.values()} \
+            if any(e.type == EventType.ATTACK_START for e in events) else {}
+        events = [self._describe(event, started) for event in events]
         if self.last_report is not None and now - self._last_save >= 300.0:   # seconds between snapshots
             self._last_save = now
             self.save_state()
@@ -760,7 +772,13 @@ class PolicyEngine:
     # -- incidents: accounting and rules -------------------------------------------------------------
     def _account(self, now: float, wall: float, dest: DestinationRates, tenants: TenantRates, det: Detection,
                  row_of_slot: np.ndarray) -> None:
-        for inc in list(self.incidents.open.values()):
+        incidents = list(self.incidents.open.values())
+        # The targets' slots in one lookup (one per incident costs ~40 µs each: thousands of attacked
+        # destinations made this a second of every tick).
+        targets = [inc.target for inc in incidents if inc.target is not None]
+        slot_of = dict(zip(targets, self.rates.slots.index.get(address_keys(targets)).tolist(), strict=True)) \
+            if targets else {}
+        for inc in incidents:
             cls = [int(c) for c in inc.classes]
             if inc.target is None:
                 t = inc.tenant_idx
@@ -769,8 +787,8 @@ class PolicyEngine:
                 attack = float(det.tenant_excess[t, cls].sum()) if cls else 0.0
                 dropped = float(tenants.dropped_pps[t])
             else:
-                slot = self.rates.slots.slot_of(inc.target)
-                row = row_of_slot[slot] if slot is not None else -1
+                slot = slot_of[inc.target]
+                row = row_of_slot[slot] if slot >= 0 else -1
                 if row < 0:       # evicted from the dataplane's LRU: no traffic this tick
                     pps = bps = attack = dropped = 0.0
                 else:
@@ -798,13 +816,22 @@ class PolicyEngine:
         if not todo:
             return [], []
         since = self._since(inc.tenant_idx, inc.target, now)
+        attack = self._window.for_tenant(inc.tenant_idx, since) if inc.target is None \
+            else self._window.for_destination(inc.target, since)
+        waited = now - (inc.started if inc.started is not None else now)
+
+        def waits(tc: TrafficClass) -> bool:   # more samples may arrive; a fallback rule after signature_wait_s
+            return int(np.count_nonzero(attack.traffic_class == int(tc))) < cfg.min_signature_samples \
+                and (waited < cfg.signature_wait_s or tc in upgradable)
+
+        todo = [tc for tc in todo if not waits(tc)]
+        if not todo:     # before the legitimate samples are parsed: thousands of incidents wait each tick
+            return [], []
         if inc.target is None:
-            attack = self._window.for_tenant(inc.tenant_idx, since)
             legit = parse_samples(list(self._legit_tenant.get(inc.tenant_idx, ())))
             pps_row, mean_row = tenants.pps[inc.tenant_idx], self.tenant_baseline.mean[inc.tenant_idx]
             base_thr = self.tenant_baseline.baseline_threshold(np.array([inc.tenant_idx]))[0]
         else:
-            attack = self._window.for_destination(inc.target, since)
             legit = parse_samples(list(self._legit.get(inc.target, ())))
             slot = self.rates.slots.slot_of(inc.target)
             row = row_of_slot[slot] if slot is not None else -1
@@ -822,10 +849,6 @@ class PolicyEngine:
         removed: list[int] = []
         for tc in todo:
             c = int(tc)
-            in_class = int(np.count_nonzero(attack.traffic_class == c))
-            waited = now - (inc.started if inc.started is not None else now)
-            if in_class < cfg.min_signature_samples and (waited < cfg.signature_wait_s or tc in upgradable):
-                continue           # more samples may arrive; a fallback rule after signature_wait_s
             per_class_rate = getattr(entry.policy, BUDGET_FIELDS[tc], 0) if tc in BUDGET_FIELDS else 0
             rate_limit = per_class_rate or max(cfg.rate_limit_floor_pps, float(base_thr[c]))
             attack_share = (pps_row[c] - mean_row[c]) / pps_row[c] if pps_row[c] > 0 else 1.0
@@ -980,7 +1003,7 @@ class PolicyEngine:
         hot_dsts = {inc.target for inc in self.incidents.open.values() if inc.target is not None}
         hot_tenants = {inc.tenant_idx for inc in self.incidents.open.values() if inc.target is None}
         # Attacked rows from the flat mask (`.any(axis=1)` over 100k rows walks the class axis slowly).
-        anomalous_dsts = {dest.addresses[r] for r in np.unique(np.flatnonzero(attack_mask) // attack_mask.shape[1])}
+        anomalous_dsts = {dest.addresses[r] for r in rows_with_any(attack_mask)}
         blocked = hot_dsts | anomalous_dsts
         pending_dsts = {d for pending_dst, _ in self._legit_probation for d in pending_dst}
         elevated, t_elevated = self._elevated(dest, tenants, det, row_of_slot, set(by_dst) | pending_dsts)
@@ -1137,14 +1160,15 @@ class PolicyEngine:
                      retention_days=cfg.pcap_retention_days, max_total_bytes=cfg.pcap_max_total_bytes)
 
     # -- events ----------------------------------------------------------------------------------
-    def _describe(self, event: Event) -> Event:
-        """The event with the incident's evidence and rules added, logged; `_deliver` publishes it."""
+    def _describe(self, event: Event, open_by_id: Mapping[str, Incident]) -> Event:
+        """The event with the incident's evidence and rules added, logged; `_deliver` publishes it.
+        `open_by_id`: the open incidents by id (those of the ATTACK_START events at least)."""
         inc_pcap = self._pcaps.get(event.incident_id or "")
         if inc_pcap is not None:
             event.details["pcap"] = inc_pcap.summary()
         if event.type == EventType.ATTACK_START:
             # Rules are derived after the incident starts, in the same tick: report them with the start.
-            inc = next((i for i in self.incidents.open.values() if i.id == event.incident_id), None)
+            inc = open_by_id.get(event.incident_id or "")
             if inc is not None:
                 event.details["rules"] = [r.to_dict() for r in inc.rules.values()]
                 # An attack may start at its first anomalous tick, before that tick was accounted:

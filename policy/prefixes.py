@@ -25,7 +25,7 @@ import numpy as np
 from dataplane.constants import MAX_TENANTS, TrafficClass
 from dataplane.keys import address_keys
 from policy.baseline import EwmaBaseline
-from policy.detect import CarpetCandidate, TenantEntry, destination_threshold, group_carpets
+from policy.detect import CarpetCandidate, TenantEntry, destination_threshold, group_carpets, rows_with_any
 from policy.rates import DestinationRates
 
 N_CLASSES = len(TrafficClass)
@@ -164,7 +164,7 @@ class PrefixAggregates:
         p_anomalous = (pps > threshold) & bool(dest.valid.any())
         p_excess = np.maximum(pps - b.mean, 0.0)
         carpets: list[CarpetCandidate] = []
-        hot = np.unique(np.flatnonzero(p_anomalous) // N_CLASSES)
+        hot = rows_with_any(p_anomalous)
         if len(hot):
             found = group_carpets(dest, np.where(valid, rows, n_prefixes), n_prefixes, cap, warm, anomalous, excess,
                                   hot, p_anomalous, p_excess, pps, threshold, min_destinations)

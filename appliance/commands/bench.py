@@ -47,6 +47,9 @@ def register(subparsers) -> None:
                           "(the kernel's batch reads included)")
     pol.add_argument("--prefixes", action="store_true",
                      help="every tenant owns a v4 and a v6 prefix holding its addresses (per-prefix aggregates)")
+    pol.add_argument("--attacked", type=int, default=20, metavar="N",
+                     help="destinations that start receiving a 50 kpps SYN flood each halfway through the timed "
+                          "ticks, each its own incident (default 20; thousands show the tick under a wide attack)")
     pol.add_argument("--warmup-ticks", type=int, default=10, help="untimed ticks first (--real)")
     pol.add_argument("--live", action="store_true",
                      help="with --real: the engine's own tick loop for --seconds, a tick every --tick-ms, the "
@@ -166,7 +169,7 @@ def bench_policy(args) -> int:
     _progress(f"{args.destinations:,} destinations, {args.tenants:,} tenants, {args.ticks} ticks")
     try:
         result = run_benchmark(destinations=args.destinations, tenants=args.tenants, ticks=args.ticks,
-                               prefixes=args.prefixes)
+                               prefixes=args.prefixes, attacked=args.attacked)
     except ValueError as exc:
         return _refused("seawall bench policy", exc)
     return _show(_key_values(result), result, args.json)
