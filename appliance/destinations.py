@@ -10,7 +10,8 @@ recorder reads what the engine already computed, without touching the dataplane 
 and keeps, in memory, bounded:
 
 - each second, a row for every attacked destination (anomalous this tick, or a destination of an
-  open incident) and for the `top_n` busiest destinations: rates, mean, k·σ (as "sigma": the half-
+  open incident; the busiest `second_max_attacked` of them under a wider attack, the count of the
+  others in `attacked_left_out`) and for the `top_n` busiest destinations: rates, mean, k·σ (as "sigma": the half-
   width of the baseline band mean ± k·σ, k the engine's k_sigma), threshold, dropped;
 - each minute, a rollup row (average rates and thresholds, peak total) for every destination whose
   average was at least `minute_floor_pps`, the busiest `minute_max` of them.
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from dataplane.constants import TrafficClass
+from dataplane.keys import address_keys
 
 N_CLASSES = len(TrafficClass)
 TOP_N = 100                    # busiest destinations with per-second rows, appliance-wide, each tick
@@ -36,18 +38,25 @@ KEEP_SECONDS = 120             # ticks of per-second rows kept for SecureWatch's
 KEEP_MINUTES = 10              # minute rollups kept for SecureWatch's next read
 MINUTE_FLOOR_PPS = 1.0         # packets/s: a quieter destination gets no minute row
 MINUTE_MAX = 20_000            # destinations with a minute row, busiest first
+SECOND_MAX_ATTACKED = 1_000    # attacked destinations with per-second rows each tick, busiest first
+MEMO_ADDRESSES = 100_000       # parsed incident addresses kept between ticks
 
 
-def _round(values: np.ndarray) -> list[float]:
-    return [round(float(v), 2) for v in values]
+def _round(values: np.ndarray) -> list:
+    """`values` to the cent as Python floats (lists of lists for rows of classes)."""
+    return np.round(np.asarray(values, np.float64), 2).tolist()
 
 
 class DestinationRecorder:
     """See the module docstring. `record(engine, wall)` after each tick; the readers any time."""
 
     def __init__(self, *, top_n: int = TOP_N, keep_seconds: int = KEEP_SECONDS,
-                 minute_floor_pps: float = MINUTE_FLOOR_PPS, minute_max: int = MINUTE_MAX) -> None:
+                 minute_floor_pps: float = MINUTE_FLOOR_PPS, minute_max: int = MINUTE_MAX,
+                 second_max_attacked: int = SECOND_MAX_ATTACKED) -> None:
         self.top_n = top_n
+        self.second_max_attacked = second_max_attacked
+        self.attacked_left_out = 0      # attacked destinations' per-second rows not kept (over the cap), in all
+        self._addresses: dict[str, Any] = {}
         self.minute_floor_pps = minute_floor_pps
         self.minute_max = minute_max
         self._seconds: collections.deque[list[dict[str, Any]]] = collections.deque(maxlen=keep_seconds)
@@ -100,22 +109,49 @@ class DestinationRecorder:
                                             det.threshold[rows[chosen]], dropped[chosen]))
 
     def _chosen(self, engine: Any, dest: Any, det: Any, rows: np.ndarray, total: np.ndarray) -> np.ndarray:
-        """Positions (in `rows`) of the attacked and the busiest destinations."""
-        picked = np.zeros(len(rows), bool)
-        if self.top_n and len(rows):
-            n = min(self.top_n, len(rows))
-            picked[np.argpartition(-total, n - 1)[:n]] = True
+        """Positions (in `rows`) of the attacked (the busiest `second_max_attacked` of them) and the busiest
+        destinations."""
+        attacked = np.zeros(len(rows), bool)
         position = np.full(len(dest), -1, np.int64)
         position[rows] = np.arange(len(rows))
         anomalous = position[det.anomalous_rows]
-        picked[anomalous[anomalous >= 0]] = True
-        attacked = [a for inc in engine.incidents.open.values() for a in inc.destinations]
-        if attacked:
-            for addr in attacked:
-                slot = engine.rates.slots.slot_of(ipaddress.ip_address(addr) if isinstance(addr, str) else addr)
-                if slot is not None:
-                    picked[np.flatnonzero(dest.slots[rows] == slot)] = True
+        attacked[anomalous[anomalous >= 0]] = True
+        targets = [a for inc in engine.incidents.open.values() for a in inc.destinations]
+        if targets:
+            # Every attacked address's slot in one lookup, then one pass over the rows: a lookup and a pass
+            # per address stalled the event loop for seconds a tick under thousands of incidents.
+            slots = engine.rates.slots.index.get(address_keys([self._address(a) for a in targets]))
+            slots = slots[slots >= 0]
+            row_slots = dest.slots[rows]
+            if len(slots) and len(row_slots):
+                marked = np.zeros(max(int(slots.max()), int(row_slots.max())) + 1, bool)
+                marked[slots] = True
+                attacked |= marked[row_slots]
+        attacked_at = np.flatnonzero(attacked & (total > 0))
+        if len(attacked_at) > self.second_max_attacked:
+            # A wide attack: the busiest attacked destinations get their per-second rows, the others are in
+            # the minute rollups (a row for each of 20,000 a second held ~3 GiB over KEEP_SECONDS).
+            self.attacked_left_out += len(attacked_at) - self.second_max_attacked
+            attacked_at = attacked_at[np.argpartition(-total[attacked_at], self.second_max_attacked - 1)
+                                      [:self.second_max_attacked]] if self.second_max_attacked else attacked_at[:0]
+        picked = np.zeros(len(rows), bool)
+        picked[attacked_at] = True
+        if self.top_n and len(rows):
+            n = min(self.top_n, len(rows))
+            picked[np.argpartition(-total, n - 1)[:n]] = True
         return np.flatnonzero(picked & (total > 0))
+
+    def _address(self, text: str | Any) -> Any:
+        """An incident's destination as an address object; its text parsed once (incidents list the same
+        addresses tick after tick), the memo dropped when it grows past MEMO_ADDRESSES."""
+        if not isinstance(text, str):
+            return text
+        addr = self._addresses.get(text)
+        if addr is None:
+            if len(self._addresses) >= MEMO_ADDRESSES:
+                self._addresses.clear()
+            addr = self._addresses[text] = ipaddress.ip_address(text)
+        return addr
 
     def _accumulate(self, engine: Any, slots: np.ndarray, tenants: np.ndarray, pps: np.ndarray,
                     threshold: np.ndarray, dropped: np.ndarray, total: np.ndarray) -> None:
@@ -150,14 +186,17 @@ class DestinationRecorder:
         state = engine.dest_baseline.gather(slots)
         band = np.sqrt(state.var) * engine.dest_baseline.k_sigma     # k·σ, the band's half-width
         addresses = engine.rates.slots.address_of
+        # Every field rounded for all rows at once (a Python round per number was most of a second's
+        # recording: thousands of rows of 6 classes under a wide attack), to the cent as before.
+        columns = zip(tenants.tolist(), slots.tolist(), *(_round(a) for a in (pps, dropped, state.mean, band, threshold)),
+                      strict=True)
         out = []
-        for i, slot in enumerate(slots):
-            tenant = names.get(int(tenants[i]))
+        for tenant_idx, slot, row_pps, row_dropped, row_mean, row_band, row_threshold in columns:
+            tenant = names.get(tenant_idx)
             if tenant is None:
                 continue
-            out.append({"tenant": tenant, "address": str(addresses[int(slot)]), "time": t,
-                        "pps": _round(pps[i]), "dropped_pps": round(float(dropped[i]), 2),
-                        "mean": _round(state.mean[i]), "sigma": _round(band[i]), "threshold": _round(threshold[i])})
+            out.append({"tenant": tenant, "address": str(addresses[slot]), "time": t, "pps": row_pps,
+                        "dropped_pps": row_dropped, "mean": row_mean, "sigma": row_band, "threshold": row_threshold})
         return out
 
     # -- reading (SecureWatch) -------------------------------------------------------------------

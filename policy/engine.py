@@ -529,11 +529,16 @@ class PolicyEngine:
         if len(row_of_slot) != self.rates.slots.capacity:     # slots assigned since the read
             row_of_slot = np.full(self.rates.slots.capacity, -1, np.int64)
             row_of_slot[dest.slots] = np.arange(len(dest))
-        self._account(now, wall, dest, tenants, det, row_of_slot)
+        # The targets' slots in one lookup (one per incident costs ~40 µs each: thousands of attacked
+        # destinations made this a second of every tick).
+        targets = [inc.target for inc in self.incidents.open.values() if inc.target is not None]
+        slot_of = dict(zip(targets, self.rates.slots.index.get(address_keys(targets)).tolist(), strict=True)) \
+            if targets else {}
+        self._account(now, wall, dest, tenants, det, row_of_slot, slot_of)
         added: list[int] = []
         removed: list[int] = []
         for inc in self.incidents.active():
-            a, r = self._ensure_rules(inc, now, dest, tenants, row_of_slot)
+            a, r = self._ensure_rules(inc, now, dest, tenants, row_of_slot, slot_of)
             added += a
             removed += r
         tick_events, released = self.incidents.tick(now, wall)
@@ -771,14 +776,9 @@ class PolicyEngine:
 
     # -- incidents: accounting and rules -------------------------------------------------------------
     def _account(self, now: float, wall: float, dest: DestinationRates, tenants: TenantRates, det: Detection,
-                 row_of_slot: np.ndarray) -> None:
-        incidents = list(self.incidents.open.values())
-        # The targets' slots in one lookup (one per incident costs ~40 µs each: thousands of attacked
-        # destinations made this a second of every tick).
-        targets = [inc.target for inc in incidents if inc.target is not None]
-        slot_of = dict(zip(targets, self.rates.slots.index.get(address_keys(targets)).tolist(), strict=True)) \
-            if targets else {}
-        for inc in incidents:
+                 row_of_slot: np.ndarray, slot_of: Mapping[IPAddress, int]) -> None:
+        """Each open incident's rates this tick. `slot_of`: the slot of every open incident's target (-1: none)."""
+        for inc in list(self.incidents.open.values()):
             cls = [int(c) for c in inc.classes]
             if inc.target is None:
                 t = inc.tenant_idx
@@ -799,8 +799,9 @@ class PolicyEngine:
             self.incidents.account(inc, now, wall, dest.dt, pps=pps, bps=bps, attack_pps=attack, dropped_pps=dropped)
 
     def _ensure_rules(self, inc: Incident, now: float, dest: DestinationRates, tenants: TenantRates,
-                      row_of_slot: np.ndarray) -> tuple[list[int], list[int]]:
-        """Derive and install rules for attacked classes without one; returns (added, removed) rule ids."""
+                      row_of_slot: np.ndarray, slot_of: Mapping[IPAddress, int]) -> tuple[list[int], list[int]]:
+        """Derive and install rules for attacked classes without one; returns (added, removed) rule ids.
+        `slot_of`: the slot of every open incident's target (-1: none)."""
         entry = self.tenants.get(inc.tenant_idx)
         if entry is None or not entry.policy.auto_mitigation:
             return [], []
@@ -833,8 +834,8 @@ class PolicyEngine:
             base_thr = self.tenant_baseline.baseline_threshold(np.array([inc.tenant_idx]))[0]
         else:
             legit = parse_samples(list(self._legit.get(inc.target, ())))
-            slot = self.rates.slots.slot_of(inc.target)
-            row = row_of_slot[slot] if slot is not None else -1
+            slot = slot_of[inc.target]
+            row = row_of_slot[slot] if slot >= 0 else -1
             if row < 0:
                 return [], []
             pps_row, mean_row = dest.pps[row], self.dest_baseline.mean[slot]

@@ -93,9 +93,19 @@ class PacketFeatures:
         return PacketFeatures(**kwargs)
 
     @classmethod
+    def empty(cls) -> PacketFeatures:
+        """No rows, as parsing no samples gives them, without the parse: a tick under a wide attack asks
+        for the sample window of thousands of targets that have none (parsing nothing cost ~30 µs each)."""
+        global _NO_ROWS
+        if _NO_ROWS is None:
+            _NO_ROWS = parse_samples([])
+        return cls(**{field.name: value.copy() if isinstance(value, np.ndarray) else []
+                      for field in dataclasses.fields(cls) for value in (getattr(_NO_ROWS, field.name),)})
+
+    @classmethod
     def concat(cls, parts: list[PacketFeatures]) -> PacketFeatures:
         if not parts:
-            return parse_samples([])
+            return cls.empty()
         kwargs = {}
         for field in dataclasses.fields(cls):
             values = [getattr(p, field.name) for p in parts]
@@ -106,6 +116,7 @@ class PacketFeatures:
         return cls(**kwargs)
 
 
+_NO_ROWS: PacketFeatures | None = None    # parse_samples([]), the template of PacketFeatures.empty()
 _address_cache: dict[bytes, IPAddress] = {}
 _ADDRESS_CACHE_LIMIT = 65536  # entries; spoofed floods bring endless new sources
 

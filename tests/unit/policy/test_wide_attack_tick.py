@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from appliance.bench.policy import SyntheticDataplane, destination_addresses, synthetic_tenant_spec
+from appliance.destinations import DestinationRecorder
 from dataplane.constants import TrafficClass
 from policy.config import PolicyConfig
 from policy.detect import CARPET_UNEXPLAINED_SHARE, ELEVATED_FLOOR_PPS, group_carpets, rows_with_any
@@ -107,3 +108,48 @@ def test_hundreds_of_attacks_starting_in_one_tick_each_report_their_own_rules(tm
     addresses, _ = destination_addresses(4000)
     assert {d for e in starts for d in e.destinations} == {str(addresses[i]) for i in attacked.tolist()}
     assert with_rules == len(starts)          # signature_wait_s 0: every attack has its rule at its start
+
+
+def test_the_per_second_rows_list_every_open_incidents_address_after_its_flood_stops(tmp_path: pathlib.Path):
+    """appliance.destinations picks the rows of the open incidents' addresses with one slot lookup (a lookup
+    and a pass over every row per incident stalled the event loop for seconds under thousands of them)."""
+    dp = SyntheticDataplane(4000, 400, 0.0, 400, 5)
+    engine = PolicyEngine(dp, synthetic_tenant_spec(4000, 400, False), EventBus(), tmp_path, tick=1.0,
+                          config=PolicyConfig(warmup_s=4.0))
+    now = 0.0
+
+    def tick() -> None:
+        nonlocal now
+        dp.advance(1.0)
+        now += 1.0
+        engine.tick(now)
+
+    for _ in range(6):
+        tick()
+    attacked = dp.rng.choice(4000, 200, replace=False)
+    dp.attack(attacked, syn_pps=50_000.0)
+    for _ in range(3):
+        tick()
+    dp.attack(attacked, syn_pps=-50_000.0)            # the floods stop; the incidents stay open (quiet_s)
+    for _ in range(2):
+        tick()
+    dest, det = engine.rates.last_destination_rates, engine.last_detection
+    addresses, keys = destination_addresses(4000)
+    open_targets = {str(inc.target) for inc in engine.incidents.open.values() if inc.target is not None}
+    assert open_targets == {str(addresses[i]) for i in attacked.tolist()}
+    slots = engine.rates.slots.index.get(keys[attacked])
+    row_of = {int(s): r for r, s in enumerate(dest.slots.tolist())}
+    rows = [row_of[int(s)] for s in slots if int(s) in row_of]
+    assert not set(rows) & set(det.anomalous_rows.tolist())       # picked as incidents, not as anomalies
+    want = {str(dest.addresses[r]) for r in rows if dest.pps[r].sum() > 0}
+    recorder = DestinationRecorder(top_n=0)
+    recorder.record(engine, 1.7e9 + now)
+    got = {r["address"] for r in recorder.seconds_after(0)}
+    assert len(want) > 150 and got == want
+    # A cap on the attacked rows a second: the busiest of them, the others counted as left out.
+    capped = DestinationRecorder(top_n=0, second_max_attacked=50)
+    capped.record(engine, 1.7e9 + now)
+    kept = {r["address"]: sum(r["pps"]) for r in capped.seconds_after(0)}
+    assert len(kept) == 50 and capped.attacked_left_out == len(want) - 50
+    totals = sorted((float(dest.pps[r].sum()) for r in rows if dest.pps[r].sum() > 0), reverse=True)
+    assert min(kept.values()) >= round(totals[49], 2) - 0.1 * len(TrafficClass)
