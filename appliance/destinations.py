@@ -130,7 +130,7 @@ class DestinationRecorder:
         attacked_at = np.flatnonzero(attacked & (total > 0))
         if len(attacked_at) > self.second_max_attacked:
             # A wide attack: the busiest attacked destinations get their per-second rows, the others are in
-            # the minute rollups (a row for each of 20,000 a second held ~3 GiB over KEEP_SECONDS).
+            # the minute rollups (a row is 2-3 KB: 20,000 a second over KEEP_SECONDS would be several GB).
             self.attacked_left_out += len(attacked_at) - self.second_max_attacked
             attacked_at = attacked_at[np.argpartition(-total[attacked_at], self.second_max_attacked - 1)
                                       [:self.second_max_attacked]] if self.second_max_attacked else attacked_at[:0]
