@@ -374,6 +374,8 @@ class PolicyEngine:
             "rules_installed": len(self._rule_owner),
             "pcap_files_pruned": self.pcap_files_pruned,
             "ticks_overrun": self.ticks_overrun,
+            # Events a subscriber (SecureWatch, the notifiers, the fleet agent) lost to its full queue.
+            "events_dropped": self.bus.dropped,
             "appflood": self.appflood.status(),
             "last_tick": None if report is None else {
                 "now": report.now, "dt": report.dt, "destinations": report.destinations,
@@ -397,7 +399,10 @@ class PolicyEngine:
                 except Exception:
                     log.exception("policy.tick_failed")
                 else:
-                    self._deliver(report)
+                    # A burst of events (thousands of attacks starting in one tick) waits for the
+                    # subscribers to take it rather than overflowing their queues (EventBus.deliver).
+                    await self.bus.deliver(report.events)
+                    self._deliver(report, published=True)
                 ended = time.monotonic()
                 self.last_tick_wall_ms = round((ended - started) * 1000.0, 3)
                 next_at += self.tick_s
@@ -437,10 +442,12 @@ class PolicyEngine:
         self._deliver(report)
         return report
 
-    def _deliver(self, report: TickReport) -> None:
-        """On the event loop's thread when `run()` ticks: the bus and the traffic readers are the loop's."""
-        for event in report.events:
-            self.bus.publish(event)
+    def _deliver(self, report: TickReport, published: bool = False) -> None:
+        """On the event loop's thread when `run()` ticks: the bus and the traffic readers are the loop's.
+        `published`: the events are on the bus already (`run()` delivers them first)."""
+        if not published:
+            for event in report.events:
+                self.bus.publish(event)
         if self._on_tenant_traffic is not None and self.tenant_traffic is not None:
             # After the tick's own timing: what a reader does with the figures is not the tick's cost.
             try:

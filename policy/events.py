@@ -14,6 +14,10 @@ import itertools
 import time
 from typing import Any
 
+import structlog
+
+log = structlog.get_logger("events")
+
 
 class EventType(enum.StrEnum):
     ATTACK_START = "ATTACK_START"
@@ -89,13 +93,22 @@ class Event:
         return cls(**kw)
 
 
+# Seconds a delivery (`EventBus.deliver`) waits in all for room in one subscriber's full queue before it
+# drops that subscriber's oldest events instead: a burst larger than the queue (a tick in which 20,000
+# attacks start) reaches a subscriber that keeps reading, and one that stopped costs a delivery this
+# much at most.
+DELIVERY_WAIT_S = 10.0
+
+
 class EventBus:
     """Fan-out of events to subscribers, each with its own bounded queue.
 
     A slow subscriber never blocks the engine: when its queue is full the oldest
     event is dropped for that subscriber only and counted in `overflows`.
     Subscribers that must lose nothing (notifiers) persist what they receive at
-    once into their own durable queue.
+    once into their own durable queue. The engine's loop delivers a tick's events with
+    `deliver`, which first waits (up to DELIVERY_WAIT_S per subscriber) for a full queue
+    to have room: a tick's burst larger than the queue is handed on, not dropped.
     """
 
     def __init__(self, queue_size: int = 10000) -> None:
@@ -120,3 +133,33 @@ class EventBus:
                 q.get_nowait()
                 self.overflows[name] += 1
             q.put_nowait(event)
+
+    async def deliver(self, events: list[Event], wait_s: float = DELIVERY_WAIT_S) -> None:
+        """Publish `events` in order; a subscriber whose queue is full is waited for while it makes room,
+        `wait_s` seconds in all for this delivery, then it loses its oldest events as with `publish`."""
+        budget = {name: wait_s for name in self._subscribers}
+        before = dict(self.overflows)
+        loop = asyncio.get_running_loop()
+        for event in events:
+            for name, q in list(self._subscribers.items()):
+                if q.full() and budget.get(name, 0.0) > 0:
+                    started = loop.time()
+                    try:
+                        await asyncio.wait_for(q.put(event), budget[name])
+                        budget[name] -= loop.time() - started
+                        continue
+                    except TimeoutError:
+                        budget[name] = 0.0          # it stopped reading: no more waiting this delivery
+                if q.full():
+                    q.get_nowait()
+                    self.overflows[name] = self.overflows.get(name, 0) + 1
+                q.put_nowait(event)
+        lost = {name: n - before.get(name, 0) for name, n in self.overflows.items() if n > before.get(name, 0)}
+        if lost:
+            log.warning("events.dropped", subscribers=lost, waited_s=wait_s,
+                        reason="the subscriber's queue stayed full: it stopped reading or reads too slowly")
+
+    @property
+    def dropped(self) -> int:
+        """Events dropped for full subscriber queues, over every subscriber, since the start."""
+        return sum(self.overflows.values())

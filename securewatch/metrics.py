@@ -94,6 +94,10 @@ class _StatusCollector:
                                           "one was due: the engine falls behind tick_ms and detection slows")
             overrun.add_metric([], float(policy.get("ticks_overrun", 0)))
             yield overrun
+            dropped = CounterMetricFamily("seawall_policy_events_dropped", "Events lost to a full subscriber "
+                                          "queue (SecureWatch, the notifiers, the fleet agent)")
+            dropped.add_metric([], float(policy.get("events_dropped", 0)))
+            yield dropped
             tracked = GaugeMetricFamily("seawall_policy_tracked_destinations", "Destinations with baselines")
             tracked.add_metric([], float(policy.get("tracked_destinations", 0)))
             yield tracked

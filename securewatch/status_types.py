@@ -80,6 +80,7 @@ class PolicyStatus(TypedDict):
     rules_installed: int
     pcap_files_pruned: int       # incident PCAP files deleted by retention or the total bound (policy.pcap.prune)
     ticks_overrun: int           # ticks that ended after the next one was due (PolicyEngine.run)
+    events_dropped: int          # events lost to a subscriber's full queue (EventBus.dropped)
     # Application-layer floods (policy.appflood.AppFloodDetector.status): servers with flow baselines,
     # per-source limits and blocked sources now, counters (limits_evicted, blocks_evicted, ...).
     appflood: dict[str, Any]

@@ -161,6 +161,9 @@ def render_human(s: StatusSummary) -> str:
             line(f"policy tick:   {tick['wall_ms']:,.0f} ms ({tick.get('cpu_ms', 0.0):,.0f} ms CPU) of every "
                  f"{1000.0 * pol.get('tick_s', 0.0):,.0f} ms, {tick.get('destinations', 0):,} destinations"
                  + (f"; {overrun:,} ticks overran it (raise tick_ms: detection slows by as much)" if overrun else ""))
+        if pol.get("events_dropped"):
+            line(f"events dropped: {pol['events_dropped']:,} (a subscriber's queue stayed full: SecureWatch, "
+                 f"the notifiers or the fleet agent missed them; see the log)")
     bgp = s.get("bgp")
     if bgp:
         for peer in bgp["peers"]:

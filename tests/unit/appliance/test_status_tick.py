@@ -38,3 +38,14 @@ def test_metrics_carry_the_tick_wall_time_and_the_overruns():
     assert families["seawall_policy_tick_seconds"].samples[0].value == pytest.approx(1.2044)
     assert families["seawall_policy_ticks_overrun"].samples[0].value == 37
     assert families["seawall_policy_tick_cpu_seconds"].samples[0].value == pytest.approx(0.9812)
+
+
+def test_status_and_metrics_show_events_lost_to_a_full_subscriber_queue():
+    tick = {"last_tick": {"wall_ms": 95.0, "cpu_ms": 90.0, "destinations": 100_000}}
+    lost = render_human(_summary({**tick, "events_dropped": 9_636}))
+    assert ("events dropped: 9,636 (a subscriber's queue stayed full: SecureWatch, the notifiers or the fleet "
+            "agent missed them; see the log)") in lost.splitlines()
+    assert not any(x.startswith("events dropped") for x in render_human(_summary({**tick, "events_dropped": 0})).splitlines())
+    text = metrics.render(_summary({**tick, "events_dropped": 9_636}))
+    families = {f.name: f for f in text_string_to_metric_families(text.decode())}
+    assert families["seawall_policy_events_dropped"].samples[0].value == 9_636
