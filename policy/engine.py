@@ -54,6 +54,7 @@ import structlog
 from dataplane.api import DataplaneLike, IPAddress, Rule, Sample
 from dataplane.constants import (
     BUDGET_FIELDS,
+    MAX_RULES,
     MAX_TENANTS,
     RULES_PER_TARGET,
     Direction,
@@ -116,6 +117,7 @@ LEGIT_PROBATION_TICKS = 3    # ticks a target must stay calm before its samples 
 STATE_FILE = "baselines.npz"
 PCAP_PRUNE_EVERY_S = 300.0   # seconds between passes over the PCAP directory (one listing each)
 OVERRUN_LOG_EVERY_S = 60.0   # seconds between two `policy.tick_overrun` warnings (each counts the ticks since)
+RULES_FULL_LOG_EVERY_S = 60.0   # seconds between two `rule.table_full` warnings
 
 
 @dataclasses.dataclass(slots=True)
@@ -319,6 +321,11 @@ class PolicyEngine:
         self.last_tick_wall_ms: float | None = None   # the last tick of `run()`, start to results delivered
         self._overrun_logged_at = -math.inf            # monotonic seconds
         self._overruns_logged = 0                      # ticks_overrun when last logged
+        # Incidents that needed a rule in the last tick while the engine's rules filled the dataplane's
+        # table (MAX_RULES): they wait for room (a rule of an ended incident released) without deriving
+        # a signature or asking the dataplane each tick; warned of at most every RULES_FULL_LOG_EVERY_S.
+        self.rules_waiting_for_room = 0
+        self._rules_full_logged_at = -math.inf          # monotonic seconds
         self.last_detection: Detection | None = None
         self.tenant_traffic: TenantTraffic | None = None     # the last tick's (see the module docstring)
         self._on_tenant_traffic = on_tenant_traffic
@@ -374,6 +381,7 @@ class PolicyEngine:
             "rules_installed": len(self._rule_owner),
             "pcap_files_pruned": self.pcap_files_pruned,
             "ticks_overrun": self.ticks_overrun,
+            "rules_waiting_for_room": self.rules_waiting_for_room,
             # Events a subscriber (SecureWatch, the notifiers, the fleet agent) lost to its full queue.
             "events_dropped": self.bus.dropped,
             "appflood": self.appflood.status(),
@@ -544,10 +552,16 @@ class PolicyEngine:
         self._account(now, wall, dest, tenants, det, row_of_slot, slot_of)
         added: list[int] = []
         removed: list[int] = []
+        self.rules_waiting_for_room = 0
         for inc in self.incidents.active():
             a, r = self._ensure_rules(inc, now, dest, tenants, row_of_slot, slot_of)
             added += a
             removed += r
+        if self.rules_waiting_for_room and time.monotonic() - self._rules_full_logged_at >= RULES_FULL_LOG_EVERY_S:
+            self._rules_full_logged_at = time.monotonic()
+            log.warning("rule.table_full", incidents_waiting=self.rules_waiting_for_room, rules=len(self._rule_owner),
+                        limit=MAX_RULES, hint="the attacks past the table wait for room; upstream escalation "
+                                              "([escalation], BGP FlowSpec) takes them off the link")
         tick_events, released = self.incidents.tick(now, wall)
         events += tick_events
         for inc in released:
@@ -834,6 +848,11 @@ class PolicyEngine:
 
         todo = [tc for tc in todo if not waits(tc)]
         if not todo:     # before the legitimate samples are parsed: thousands of incidents wait each tick
+            return [], []
+        if len(self._rule_owner) >= MAX_RULES:
+            # No room in the dataplane's table (an upgrade adds its rule before it removes the old one):
+            # asking would fail, and a failure for each of thousands of incidents each tick flooded the log.
+            self.rules_waiting_for_room += 1
             return [], []
         if inc.target is None:
             legit = parse_samples(list(self._legit_tenant.get(inc.tenant_idx, ())))

@@ -98,6 +98,10 @@ class _StatusCollector:
                                           "queue (SecureWatch, the notifiers, the fleet agent)")
             dropped.add_metric([], float(policy.get("events_dropped", 0)))
             yield dropped
+            waiting = GaugeMetricFamily("seawall_policy_rules_waiting_for_room", "Attacks that needed a rule in the "
+                                        "last tick while the dataplane's rule table was full")
+            waiting.add_metric([], float(policy.get("rules_waiting_for_room", 0)))
+            yield waiting
             tracked = GaugeMetricFamily("seawall_policy_tracked_destinations", "Destinations with baselines")
             tracked.add_metric([], float(policy.get("tracked_destinations", 0)))
             yield tracked

@@ -81,6 +81,7 @@ class PolicyStatus(TypedDict):
     pcap_files_pruned: int       # incident PCAP files deleted by retention or the total bound (policy.pcap.prune)
     ticks_overrun: int           # ticks that ended after the next one was due (PolicyEngine.run)
     events_dropped: int          # events lost to a subscriber's full queue (EventBus.dropped)
+    rules_waiting_for_room: int  # incidents that needed a rule in the last tick while the rule table was full
     # Application-layer floods (policy.appflood.AppFloodDetector.status): servers with flow baselines,
     # per-source limits and blocked sources now, counters (limits_evicted, blocks_evicted, ...).
     appflood: dict[str, Any]

@@ -17,6 +17,7 @@ import time
 from typing import Any, NotRequired, TypedDict, cast
 
 from appliance.config import DEFAULT_CONFIG_PATH
+from dataplane.constants import MAX_RULES
 from securewatch.status_types import (
     ApplianceStatus,
     BgpStatus,
@@ -154,7 +155,9 @@ def render_human(s: StatusSummary) -> str:
         line("\nSYN authentication: " + "  ".join(f"{name} {n}" for name, n in synauth.items()))
     pol = s.get("policy") or {}
     if pol:
-        line(f"\nincidents open: {pol.get('open_incidents', 0)}   rules installed: {pol.get('rules_installed', 0)}")
+        waiting = pol.get("rules_waiting_for_room", 0)
+        line(f"\nincidents open: {pol.get('open_incidents', 0)}   rules installed: {pol.get('rules_installed', 0)}"
+             + (f"   {waiting:,} attacks wait for room in the rule table (full at {MAX_RULES:,})" if waiting else ""))
         tick = pol.get("last_tick") or {}
         if tick.get("wall_ms") is not None:
             overrun = pol.get("ticks_overrun", 0)

@@ -20,7 +20,7 @@ import structlog.testing
 
 from dataplane.constants import TenantMode, TrafficClass
 from policy.engine import PolicyEngine
-from policy.events import EventBus, EventType
+from policy.events import DELIVERY_WAIT_S, EventBus, EventType
 from tenants.policy import TenantPolicy
 from tests.support import await_until, wait_until
 from tests.unit.policy.fakes import FakeDataplane, Flow
@@ -62,6 +62,11 @@ class ThreadRecordingBus(EventBus):
     def publish(self, event) -> None:
         self.publish_threads.add(threading.get_ident())
         super().publish(event)
+
+    async def deliver(self, events, wait_s: float = DELIVERY_WAIT_S) -> None:
+        if events:
+            self.publish_threads.add(threading.get_ident())
+        await super().deliver(events, wait_s)
 
 
 async def test_the_loop_runs_while_a_tick_is_under_way(tmp_path):

@@ -15,7 +15,9 @@ import types
 
 import numpy as np
 import pytest
+import structlog
 
+import policy.engine as engine_module
 from appliance.bench.policy import SyntheticDataplane, destination_addresses, synthetic_tenant_spec
 from appliance.destinations import DestinationRecorder
 from dataplane.constants import TrafficClass
@@ -153,3 +155,42 @@ def test_the_per_second_rows_list_every_open_incidents_address_after_its_flood_s
     assert len(kept) == 50 and capped.attacked_left_out == len(want) - 50
     totals = sorted((float(dest.pps[r].sum()) for r in rows if dest.pps[r].sum() > 0), reverse=True)
     assert min(kept.values()) >= round(totals[49], 2) - 0.1 * len(TrafficClass)
+
+
+def test_attacks_past_a_full_rule_table_wait_for_room_without_a_failure_each_tick(tmp_path: pathlib.Path, monkeypatch):
+    """With the dataplane's rule table full, further attacks neither derive signatures nor ask the dataplane
+    every tick (a logged failure each, for thousands of incidents): they are counted, warned of once, and
+    get their rules when ended incidents release theirs."""
+    monkeypatch.setattr(engine_module, "MAX_RULES", 20)
+    dp = SyntheticDataplane(1000, 100, 0.0, 400, 9)
+    engine = PolicyEngine(dp, synthetic_tenant_spec(1000, 100, False), EventBus(), tmp_path, tick=1.0,
+                          config=PolicyConfig(warmup_s=4.0, signature_wait_s=0.0, quiet_s=2.0, hold_down_s=0.0))
+    now = 0.0
+
+    def tick() -> None:
+        nonlocal now
+        dp.advance(1.0)
+        now += 1.0
+        engine.tick(now)
+
+    for _ in range(6):
+        tick()
+    attacked = dp.rng.choice(1000, 50, replace=False)
+    dp.attack(attacked, syn_pps=50_000.0)
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(4):
+            tick()
+    assert len(engine.dataplane.rules) == 20 and engine.status()["rules_installed"] == 20
+    assert engine.status()["rules_waiting_for_room"] == 30
+    assert [e["incidents_waiting"] for e in logs if e["event"] == "rule.table_full"] == [30]   # once a minute
+    assert not [e for e in logs if e["event"] == "rule.add_failed"]
+    # The attacks with rules end: their rules go, and the waiting attacks get theirs.
+    ruled = {inc.target for inc in engine.incidents.open.values() if inc.rules}
+    addresses, _ = destination_addresses(1000)
+    index = {addresses[i]: i for i in attacked.tolist()}
+    dp.attack(np.array([index[a] for a in ruled]), syn_pps=-50_000.0)
+    for _ in range(8):
+        tick()
+    assert engine.status()["rules_waiting_for_room"] == 10 and len(engine.dataplane.rules) == 20
+    waiting_got_rules = {inc.target for inc in engine.incidents.open.values() if inc.rules} - ruled
+    assert len(waiting_got_rules) == 20
