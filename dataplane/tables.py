@@ -7,6 +7,7 @@ through a hand-written layout; every flag and number comes from `dataplane.const
 from __future__ import annotations
 
 import ctypes
+import heapq
 import os
 import time
 from collections.abc import Iterable
@@ -60,6 +61,10 @@ class Tables:
         self.maps = maps
         self._policy_ref = policy_ref
         self._rules: dict[int, Rule] = {}
+        # Rule ids not in use, lowest first (a heap; None: to be made from `_rules`): finding the lowest
+        # free id by scanning all MAX_RULES made each add slower as the table filled (a wide attack adds
+        # thousands in one tick).
+        self._free_rule_ids: list[int] | None = None
         self._next_set_id = 0
         self._acl_indices: dict[int, set[int]] = {4: set(), 6: set()}   # filled entries of sw_acl4_tries / sw_acl6_tries
         # Slots whose tries an earlier run may have left in pinned arrays (a fresh program's are empty).
@@ -297,10 +302,11 @@ class Tables:
 
     def add_rule(self, rule: Rule) -> int:
         """Install a rule; returns its id. DataplaneError when the target is full."""
-        used = set(self._rules)
-        free = next((i for i in range(MAX_RULES) if i not in used), None)
-        if free is None:
+        if self._free_rule_ids is None:
+            self._free_rule_ids = sorted(set(range(MAX_RULES)) - self._rules.keys())   # sorted: a heap
+        if not self._free_rule_ids:
             raise DataplaneError(f"all {MAX_RULES} rule slots are in use")
+        free = self._free_rule_ids[0]          # taken off the heap once the rule is in
         rules = self.maps["sw_rules"]
         rules[rules.Key(free)] = self.encode_rule(rule)
         stats = self.maps["sw_rule_stats"]
@@ -316,6 +322,7 @@ class Tables:
             rules[rules.Key(free)] = rules.Leaf()
             raise DataplaneError(f"{rule.dst or 'tenant ' + str(rule.tenant_idx)} already has "
                                  f"{RULES_PER_TARGET} rules")
+        heapq.heappop(self._free_rule_ids)
         self._rules[free] = rule
         self._write_rule_set(key, [*current, free])
         return free
@@ -324,6 +331,8 @@ class Tables:
         rule = self._rules.pop(rule_id, None)
         if rule is None:
             raise KeyError(f"no rule {rule_id}")
+        if self._free_rule_ids is not None:
+            heapq.heappush(self._free_rule_ids, rule_id)
         key = self._set_key(rule)
         self._write_rule_set(key, [i for i in self._rule_set_ids(key) if i != rule_id])
         rules = self.maps["sw_rules"]
@@ -441,6 +450,7 @@ class Tables:
                 rid = int(rule_set.rule_ids[i])
                 self._rules[rid] = _decode_rule(rules[ctypes.c_uint32(rid)], key.tenant_idx, dst)
         self._next_set_id = (max_set + 1) % MAX_RULES
+        self._free_rule_ids = None
         if self._rules:
             log.info("dataplane.rules_recovered", rules=len(self._rules))
 

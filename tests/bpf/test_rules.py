@@ -9,8 +9,8 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
 
-from dataplane.api import Range, Rule
-from dataplane.constants import Direction, DropReason, RuleAction
+from dataplane.api import DataplaneError, Range, Rule
+from dataplane.constants import MAX_RULES, RULES_PER_TARGET, Direction, DropReason, RuleAction
 from tests.bpf import frames
 from tests.bpf.conftest import (
     ALLOWED_SRC,
@@ -174,3 +174,28 @@ def test_rate_limit_rule_admits_about_its_rate(dp, tenants, rules, rate_pps):
     dp.test_run(frame, repeat=burst + 100)  # more than a full bucket: the last ones are over the rate
     over = [s for s in dp.drain_samples(limit=1 << 20) if s.dropped]
     assert over and all(s.reason == DropReason.RATE_LIMIT for s in over)
+
+
+def test_the_table_fills_to_max_rules_lowest_free_id_first_and_freed_ids_come_back(dp, tenants, rules):
+    """Ids are the lowest free ones, a freed id is used again first, a target's refusal takes none, and past
+    MAX_RULES the dataplane refuses naming the limit (the free ids are kept, not searched for: a wide attack
+    adds thousands of rules in one tick)."""
+    assert not dp.installed_rules()
+    alpha = tenants["alpha"]
+    base = ipaddress.ip_address(ALPHA_DST6)
+    targets = [base + 0x1000 + i for i in range(MAX_RULES // RULES_PER_TARGET)]
+    ids = [rules.add(Rule(tenant_idx=alpha, dst=t, proto=17, dport=Range(p, p)))
+           for t in targets for p in range(1, RULES_PER_TARGET + 1)]
+    assert ids == list(range(MAX_RULES))
+    with pytest.raises(DataplaneError, match=f"all {MAX_RULES} rule slots are in use"):
+        dp.add_rule(Rule(tenant_idx=alpha, dst=None, proto=6))
+    for rule_id in (4000, 7, 3):
+        rules.remove(rule_id)
+    with pytest.raises(DataplaneError, match=f"already has {RULES_PER_TARGET} rules"):
+        dp.add_rule(Rule(tenant_idx=alpha, dst=targets[1], proto=6))     # ids 8..15: full
+    again = [rules.add(Rule(tenant_idx=alpha, dst=targets[0], proto=6, dport=Range(1, 1))),
+             rules.add(Rule(tenant_idx=alpha, dst=targets[0], proto=6, dport=Range(2, 2))),
+             rules.add(Rule(tenant_idx=alpha, dst=targets[500], proto=6, dport=Range(3, 3)))]
+    assert again == [3, 7, 4000]
+    assert run(dp, frames.tcp(CLEAN_SRC6, str(targets[0]), dport=2)) == XDP_DROP
+    assert run(dp, frames.tcp(CLEAN_SRC6, str(targets[0]), dport=4)) == XDP_REDIRECT
