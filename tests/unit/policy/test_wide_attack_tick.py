@@ -84,22 +84,31 @@ def test_carpet_grouping_over_thousands_of_hot_groups_matches_a_mask_per_group(s
         np.testing.assert_array_equal(cand.elevated_rows, rows)
 
 
+class _Attacked:
+    """An engine over synthetic counters, warmed up tick by tick on a simulated clock; `tick()` advances both."""
+
+    def __init__(self, tmp_path: pathlib.Path, destinations: int, tenants: int, seed: int, **config) -> None:
+        self.dp = SyntheticDataplane(destinations, tenants, 0.0, 400, seed)
+        self.engine = PolicyEngine(self.dp, synthetic_tenant_spec(destinations, tenants, False), EventBus(), tmp_path,
+                                   tick=1.0, config=PolicyConfig(warmup_s=4.0, **config))
+        self.now = 0.0
+        for _ in range(6):
+            self.tick()
+
+    def tick(self):
+        self.dp.advance(1.0)
+        self.now += 1.0
+        return self.engine.tick(self.now)
+
+
 def test_hundreds_of_attacks_starting_in_one_tick_each_report_their_own_rules(tmp_path: pathlib.Path):
-    dp = SyntheticDataplane(4000, 400, 0.0, 400, 3)
-    engine = PolicyEngine(dp, synthetic_tenant_spec(4000, 400, False), EventBus(), tmp_path, tick=1.0,
-                          config=PolicyConfig(warmup_s=4.0, signature_wait_s=0.0))
-    now = 0.0
-    for _ in range(6):
-        dp.advance(1.0)
-        now += 1.0
-        engine.tick(now)
+    lab = _Attacked(tmp_path, 4000, 400, 3, signature_wait_s=0.0)
+    dp, engine = lab.dp, lab.engine
     attacked = dp.rng.choice(4000, 300, replace=False)
     dp.attack(attacked, syn_pps=50_000.0)
     starts, with_rules = [], 0
     for _ in range(3):
-        dp.advance(1.0)
-        now += 1.0
-        events = [e for e in engine.tick(now).events if e.type == EventType.ATTACK_START]
+        events = [e for e in lab.tick().events if e.type == EventType.ATTACK_START]
         by_id = {inc.id: inc for inc in engine.incidents.open.values()}      # as the tick left them
         for event in events:
             inc = by_id[event.incident_id]
@@ -115,26 +124,15 @@ def test_hundreds_of_attacks_starting_in_one_tick_each_report_their_own_rules(tm
 def test_the_per_second_rows_list_every_open_incidents_address_after_its_flood_stops(tmp_path: pathlib.Path):
     """appliance.destinations picks the rows of the open incidents' addresses with one slot lookup (a lookup
     and a pass over every row per incident stalled the event loop for seconds under thousands of them)."""
-    dp = SyntheticDataplane(4000, 400, 0.0, 400, 5)
-    engine = PolicyEngine(dp, synthetic_tenant_spec(4000, 400, False), EventBus(), tmp_path, tick=1.0,
-                          config=PolicyConfig(warmup_s=4.0))
-    now = 0.0
-
-    def tick() -> None:
-        nonlocal now
-        dp.advance(1.0)
-        now += 1.0
-        engine.tick(now)
-
-    for _ in range(6):
-        tick()
+    lab = _Attacked(tmp_path, 4000, 400, 5)
+    dp, engine = lab.dp, lab.engine
     attacked = dp.rng.choice(4000, 200, replace=False)
     dp.attack(attacked, syn_pps=50_000.0)
     for _ in range(3):
-        tick()
+        lab.tick()
     dp.attack(attacked, syn_pps=-50_000.0)            # the floods stop; the incidents stay open (quiet_s)
     for _ in range(2):
-        tick()
+        lab.tick()
     dest, det = engine.rates.last_destination_rates, engine.last_detection
     addresses, keys = destination_addresses(4000)
     open_targets = {str(inc.target) for inc in engine.incidents.open.values() if inc.target is not None}
@@ -145,12 +143,12 @@ def test_the_per_second_rows_list_every_open_incidents_address_after_its_flood_s
     assert not set(rows) & set(det.anomalous_rows.tolist())       # picked as incidents, not as anomalies
     want = {str(dest.addresses[r]) for r in rows if dest.pps[r].sum() > 0}
     recorder = DestinationRecorder(top_n=0)
-    recorder.record(engine, 1.7e9 + now)
+    recorder.record(engine, 1.7e9 + lab.now)
     got = {r["address"] for r in recorder.seconds_after(0)}
     assert len(want) > 150 and got == want
     # A cap on the attacked rows a second: the busiest of them, the others counted as left out.
     capped = DestinationRecorder(top_n=0, second_max_attacked=50)
-    capped.record(engine, 1.7e9 + now)
+    capped.record(engine, 1.7e9 + lab.now)
     kept = {r["address"]: sum(r["pps"]) for r in capped.seconds_after(0)}
     assert len(kept) == 50 and capped.attacked_left_out == len(want) - 50
     totals = sorted((float(dest.pps[r].sum()) for r in rows if dest.pps[r].sum() > 0), reverse=True)
@@ -162,24 +160,13 @@ def test_attacks_past_a_full_rule_table_wait_for_room_without_a_failure_each_tic
     every tick (a logged failure each, for thousands of incidents): they are counted, warned of once, and
     get their rules when ended incidents release theirs."""
     monkeypatch.setattr(engine_module, "MAX_RULES", 20)
-    dp = SyntheticDataplane(1000, 100, 0.0, 400, 9)
-    engine = PolicyEngine(dp, synthetic_tenant_spec(1000, 100, False), EventBus(), tmp_path, tick=1.0,
-                          config=PolicyConfig(warmup_s=4.0, signature_wait_s=0.0, quiet_s=2.0, hold_down_s=0.0))
-    now = 0.0
-
-    def tick() -> None:
-        nonlocal now
-        dp.advance(1.0)
-        now += 1.0
-        engine.tick(now)
-
-    for _ in range(6):
-        tick()
+    lab = _Attacked(tmp_path, 1000, 100, 9, signature_wait_s=0.0, quiet_s=2.0, hold_down_s=0.0)
+    dp, engine = lab.dp, lab.engine
     attacked = dp.rng.choice(1000, 50, replace=False)
     dp.attack(attacked, syn_pps=50_000.0)
     with structlog.testing.capture_logs() as logs:
         for _ in range(4):
-            tick()
+            lab.tick()
     assert len(engine.dataplane.rules) == 20 and engine.status()["rules_installed"] == 20
     assert engine.status()["rules_waiting_for_room"] == 30
     assert [e["incidents_waiting"] for e in logs if e["event"] == "rule.table_full"] == [30]   # once a minute
@@ -190,7 +177,7 @@ def test_attacks_past_a_full_rule_table_wait_for_room_without_a_failure_each_tic
     index = {addresses[i]: i for i in attacked.tolist()}
     dp.attack(np.array([index[a] for a in ruled]), syn_pps=-50_000.0)
     for _ in range(8):
-        tick()
+        lab.tick()
     assert engine.status()["rules_waiting_for_room"] == 10 and len(engine.dataplane.rules) == 20
     waiting_got_rules = {inc.target for inc in engine.incidents.open.values() if inc.rules} - ruled
     assert len(waiting_got_rules) == 20
