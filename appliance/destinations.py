@@ -43,7 +43,7 @@ MEMO_ADDRESSES = 100_000       # parsed incident addresses kept between ticks
 
 
 def _round(values: np.ndarray) -> list:
-    """`values` to the cent as Python floats (lists of lists for rows of classes)."""
+    """`values` to the cent (numpy's rounding) as Python floats (lists of lists for rows of classes)."""
     return np.round(np.asarray(values, np.float64), 2).tolist()
 
 
@@ -186,8 +186,9 @@ class DestinationRecorder:
         state = engine.dest_baseline.gather(slots)
         band = np.sqrt(state.var) * engine.dest_baseline.k_sigma     # k·σ, the band's half-width
         addresses = engine.rates.slots.address_of
-        # Every field rounded for all rows at once (a Python round per number was most of a second's
-        # recording: thousands of rows of 6 classes under a wide attack), to the cent as before.
+        # Every field rounded to the cent for all rows at once (a Python round per number was most of a
+        # second's recording under a wide attack; numpy's rounding may differ from it in the last digit
+        # of a rare half-way value).
         columns = zip(tenants.tolist(), slots.tolist(), *(_round(a) for a in (pps, dropped, state.mean, band, threshold)),
                       strict=True)
         out = []
