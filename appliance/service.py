@@ -513,7 +513,9 @@ class Appliance:
             "bpffs": str(self.config.appliance.bpffs),
             "tenants": tenants,
             "unprotected": self.monitor.unprotected(),
-            "policy": cast(PolicyStatus, self.engine.status()) if self.engine else None,
+            "policy": cast(PolicyStatus, {**self.engine.status(),
+                                          "attacked_rows_left_out": self.destinations.attacked_left_out})
+            if self.engine else None,
             "incidents": self._incidents(),
             "notifiers": {name: s.to_public_dict() for name, s in self.notifiers.status().items()}
             if self.notifiers else {},

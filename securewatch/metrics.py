@@ -102,6 +102,10 @@ class _StatusCollector:
                                         "last tick while the dataplane's rule table was full")
             waiting.add_metric([], float(policy.get("rules_waiting_for_room", 0)))
             yield waiting
+            left_out = CounterMetricFamily("seawall_attacked_rows_left_out", "Attacked destinations' per-second "
+                                           "rows not kept (past the recorder's cap a second; in the minute rollups)")
+            left_out.add_metric([], float(policy.get("attacked_rows_left_out", 0)))
+            yield left_out
             tracked = GaugeMetricFamily("seawall_policy_tracked_destinations", "Destinations with baselines")
             tracked.add_metric([], float(policy.get("tracked_destinations", 0)))
             yield tracked

@@ -82,6 +82,9 @@ class PolicyStatus(TypedDict):
     ticks_overrun: int           # ticks that ended after the next one was due (PolicyEngine.run)
     events_dropped: int          # events lost to a subscriber's full queue (EventBus.dropped)
     rules_waiting_for_room: int  # incidents that needed a rule in the last tick while the rule table was full
+    # Attacked destinations whose per-second rows were not kept (past SECOND_MAX_ATTACKED a second; the minute
+    # rollups have them), in all: the appliance's recorder (appliance.destinations), not the engine.
+    attacked_rows_left_out: NotRequired[int]
     # Application-layer floods (policy.appflood.AppFloodDetector.status): servers with flow baselines,
     # per-source limits and blocked sources now, counters (limits_evicted, blocks_evicted, ...).
     appflood: dict[str, Any]

@@ -17,6 +17,7 @@ import time
 from typing import Any, NotRequired, TypedDict, cast
 
 from appliance.config import DEFAULT_CONFIG_PATH
+from appliance.destinations import SECOND_MAX_ATTACKED
 from dataplane.constants import MAX_RULES
 from securewatch.status_types import (
     ApplianceStatus,
@@ -164,6 +165,9 @@ def render_human(s: StatusSummary) -> str:
             line(f"policy tick:   {tick['wall_ms']:,.0f} ms ({tick.get('cpu_ms', 0.0):,.0f} ms CPU) of every "
                  f"{1000.0 * pol.get('tick_s', 0.0):,.0f} ms, {tick.get('destinations', 0):,} destinations"
                  + (f"; {overrun:,} ticks overran it (raise tick_ms: detection slows by as much)" if overrun else ""))
+        if pol.get("attacked_rows_left_out"):
+            line(f"per-second rows left out: {pol['attacked_rows_left_out']:,} (attacked destinations past the "
+                 f"busiest {SECOND_MAX_ATTACKED:,} a second; their minute rollups are kept)")
         if pol.get("events_dropped"):
             line(f"events dropped: {pol['events_dropped']:,} (a subscriber's queue stayed full: SecureWatch, "
                  f"the notifiers or the fleet agent missed them; see the log)")

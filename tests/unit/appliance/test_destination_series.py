@@ -85,4 +85,11 @@ def test_item2_the_appliance_records_destinations_after_each_engine_tick(tmp_pat
         app.engine.tick(float(t + 1))
     rows = app.destination_seconds(0)
     assert rows and {r["address"] for r in rows} == {GAME} and rows[-1]["tenant"] == "alpha"
+    # The recorder's count of attacked rows left out reaches the status beside the engine's figures.
+    app.dataplane.attachments = []                      # attached to no NIC, no SYN authentication figures
+    app.dataplane.read_synauth_stats = dict
+    assert app.status()["policy"]["attacked_rows_left_out"] == 0
+    app.destinations.attacked_left_out = 7
+    status = app.status()["policy"]
+    assert status["attacked_rows_left_out"] == 7 and status["events_dropped"] == 0
 

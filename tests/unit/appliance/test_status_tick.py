@@ -49,3 +49,14 @@ def test_status_and_metrics_show_events_lost_to_a_full_subscriber_queue():
     text = metrics.render(_summary({**tick, "events_dropped": 9_636}))
     families = {f.name: f for f in text_string_to_metric_families(text.decode())}
     assert families["seawall_policy_events_dropped"].samples[0].value == 9_636
+
+
+def test_status_and_metrics_show_the_attacked_destinations_rows_left_out():
+    tick = {"last_tick": {"wall_ms": 95.0, "cpu_ms": 90.0, "destinations": 100_000}}
+    out = render_human(_summary({**tick, "attacked_rows_left_out": 19_000})).splitlines()
+    assert ("per-second rows left out: 19,000 (attacked destinations past the busiest 1,000 a second; their "
+            "minute rollups are kept)") in out
+    assert not any(x.startswith("per-second rows") for x in render_human(_summary(tick)).splitlines())
+    text = metrics.render(_summary({**tick, "attacked_rows_left_out": 19_000}))
+    families = {f.name: f for f in text_string_to_metric_families(text.decode())}
+    assert families["seawall_attacked_rows_left_out"].samples[0].value == 19_000
