@@ -17,16 +17,31 @@ from appliance.bench.policy import SyntheticDataplane, synthetic_tenant_spec
 from policy.config import PolicyConfig
 from policy.engine import PolicyEngine
 from policy.events import Event, EventBus, EventType
+from tests.support import await_until
 
 
 def _events(n: int) -> list[Event]:
     return [Event(type=EventType.SYSTEM, tenant=None, message=f"event {i}") for i in range(n)]
 
 
-async def _read_slowly(inbox: asyncio.Queue[Event], got: list[Event], n: int) -> None:
+async def _read(inbox: asyncio.Queue[Event], got: list[Event], n: int) -> None:
+    """A subscriber that keeps reading: what is queued each time the loop lets it run."""
     while len(got) < n:
         got.append(await inbox.get())
-        await asyncio.sleep(0)           # a store write or a queue insert: the loop runs between events
+
+
+class _RealTimeCounters(SyntheticDataplane):
+    """Synthetic counters that advance by the wall time since the last read, when the engine reads them."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.read_at = time.monotonic()
+
+    def read_destination_counters(self):
+        now = time.monotonic()
+        self.advance(now - self.read_at)
+        self.read_at = now
+        return super().read_destination_counters()
 
 
 async def test_a_burst_larger_than_the_queue_reaches_a_subscriber_that_keeps_reading():
@@ -34,7 +49,7 @@ async def test_a_burst_larger_than_the_queue_reaches_a_subscriber_that_keeps_rea
     inbox = bus.subscribe("store")
     events = _events(500)
     got: list[Event] = []
-    reader = asyncio.create_task(_read_slowly(inbox, got, len(events)))
+    reader = asyncio.create_task(_read(inbox, got, len(events)))
     await bus.deliver(events)
     await asyncio.wait_for(reader, 10)
     assert [e.message for e in got] == [e.message for e in events]
@@ -47,7 +62,7 @@ async def test_a_subscriber_that_stopped_reading_loses_its_oldest_and_holds_up_n
     inbox = bus.subscribe("notifiers")
     events = _events(200)
     got: list[Event] = []
-    reader = asyncio.create_task(_read_slowly(inbox, got, len(events)))
+    reader = asyncio.create_task(_read(inbox, got, len(events)))
     await bus.deliver(events, wait_s=0.2)
     await asyncio.wait_for(reader, 10)
     assert [e.message for e in got] == [e.message for e in events]     # the reading one lost nothing
@@ -59,19 +74,20 @@ async def test_a_subscriber_that_stopped_reading_loses_its_oldest_and_holds_up_n
 async def test_the_engine_loop_hands_every_attack_start_of_a_wide_attack_to_a_small_queue(tmp_path: pathlib.Path):
     """`PolicyEngine.run()` with a bus queue of 32 and 300 attacks starting together: every ATTACK_START
     reaches the subscriber, and the status counts no dropped event."""
-    dp = SyntheticDataplane(3000, 300, 0.0, 300, 4)
+    dp = _RealTimeCounters(3000, 300, 0.0, 300, 4)
     bus = EventBus(queue_size=32)
     inbox = bus.subscribe("store")
     engine = PolicyEngine(dp, synthetic_tenant_spec(3000, 300, False), bus, tmp_path, tick=0.05,
                           config=PolicyConfig(warmup_s=4.0))
     start = time.monotonic() - 8.0
-    for i in range(6):                       # warm-up, off the loop, on the clock run() then goes on with
+    for i in range(6):                       # warm-up, off the loop, a second a tick on the clock run() goes on with
         dp.advance(1.0)
         engine.tick(start + i + 1.0)
     while not inbox.empty():
         inbox.get_nowait()
     attacked = dp.rng.choice(3000, 300, replace=False)
     dp.attack(attacked, syn_pps=50_000.0)
+    dp.read_at = time.monotonic()
     starts: set[str] = set()
 
     async def read() -> None:
@@ -79,18 +95,14 @@ async def test_the_engine_loop_hands_every_attack_start_of_a_wide_attack_to_a_sm
             event = await inbox.get()
             if event.type == EventType.ATTACK_START:
                 starts.add(event.destinations[0])
-            await asyncio.sleep(0)
 
     reader = asyncio.create_task(read())
     runner = asyncio.create_task(engine.run())
-    ticks = engine.ticks_overrun
-    for _ in range(400):
-        if len(starts) >= len(attacked):
-            break
-        dp.advance(0.05)
-        await asyncio.sleep(0.05)
-    engine.stop()
-    await asyncio.wait_for(runner, 30)
-    reader.cancel()
-    assert len(starts) == len(attacked), (len(starts), ticks)
+    try:
+        await await_until(lambda: len(starts) >= len(attacked), timeout=20, what="every attack's ATTACK_START")
+    finally:
+        engine.stop()
+        await asyncio.wait_for(runner, 30)
+        reader.cancel()
+    assert len(starts) == len(attacked)
     assert engine.status()["events_dropped"] == 0
