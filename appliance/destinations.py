@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from dataplane.constants import TrafficClass
-from dataplane.keys import address_keys
 
 N_CLASSES = len(TrafficClass)
 TOP_N = 100                    # busiest destinations with per-second rows, appliance-wide, each tick
@@ -120,7 +119,7 @@ class DestinationRecorder:
         if targets:
             # Every attacked address's slot in one lookup, then one pass over the rows: a lookup and a pass
             # per address stalled the event loop for seconds a tick under thousands of incidents.
-            slots = engine.rates.slots.index.get(address_keys([self._address(a) for a in targets]))
+            slots = engine.rates.slots.slots_of([self._address(a) for a in targets])
             slots = slots[slots >= 0]
             row_slots = dest.slots[rows]
             if len(slots) and len(row_slots):

@@ -62,7 +62,6 @@ from dataplane.constants import (
     TenantMode,
     TrafficClass,
 )
-from dataplane.keys import address_keys
 from policy.appflood import AppFloodConfig, AppFloodDetector
 from policy.baseline import EwmaBaseline
 from policy.budgets import BudgetConfig, BudgetDeriver
@@ -410,7 +409,7 @@ class PolicyEngine:
                     # A burst of events (thousands of attacks starting in one tick) waits for the
                     # subscribers to take it rather than overflowing their queues (EventBus.deliver).
                     await self.bus.deliver(report.events)
-                    self._deliver(report, published=True)
+                    self._hand_on_traffic()
                 ended = time.monotonic()
                 self.last_tick_wall_ms = round((ended - started) * 1000.0, 3)
                 next_at += self.tick_s
@@ -450,12 +449,14 @@ class PolicyEngine:
         self._deliver(report)
         return report
 
-    def _deliver(self, report: TickReport, published: bool = False) -> None:
-        """On the event loop's thread when `run()` ticks: the bus and the traffic readers are the loop's.
-        `published`: the events are on the bus already (`run()` delivers them first)."""
-        if not published:
-            for event in report.events:
-                self.bus.publish(event)
+    def _deliver(self, report: TickReport) -> None:
+        """`tick()`'s delivery: the events published, the tenant traffic handed on."""
+        for event in report.events:
+            self.bus.publish(event)
+        self._hand_on_traffic()
+
+    def _hand_on_traffic(self) -> None:
+        """On the event loop's thread when `run()` ticks: the traffic readers are the loop's."""
         if self._on_tenant_traffic is not None and self.tenant_traffic is not None:
             # After the tick's own timing: what a reader does with the figures is not the tick's cost.
             try:
@@ -544,11 +545,9 @@ class PolicyEngine:
         if len(row_of_slot) != self.rates.slots.capacity:     # slots assigned since the read
             row_of_slot = np.full(self.rates.slots.capacity, -1, np.int64)
             row_of_slot[dest.slots] = np.arange(len(dest))
-        # The targets' slots in one lookup (one per incident costs ~40 µs each: thousands of attacked
-        # destinations made this a second of every tick).
+        # The targets' slots in one lookup (one per incident: a second of every tick under thousands).
         targets = [inc.target for inc in self.incidents.open.values() if inc.target is not None]
-        slot_of = dict(zip(targets, self.rates.slots.index.get(address_keys(targets)).tolist(), strict=True)) \
-            if targets else {}
+        slot_of = dict(zip(targets, self.rates.slots.slots_of(targets).tolist(), strict=True)) if targets else {}
         self._account(now, wall, dest, tenants, det, row_of_slot, slot_of)
         added: list[int] = []
         removed: list[int] = []
@@ -977,8 +976,7 @@ class PolicyEngine:
                 # wave's edges would otherwise lift the tenant's threshold above a later carpet).
                 t_learn[inc.tenant_idx, [int(c) for c in inc.classes]] = False
         if targets:
-            # The attacked addresses' slots in one lookup (one per incident costs ~25 µs each).
-            slots = self.rates.slots.index.get(address_keys(targets))
+            slots = self.rates.slots.slots_of(targets)
             target_rows = row_of_slot[slots[slots >= 0]]
             learn[target_rows[target_rows >= 0]] = False
         # Detection's rate - mean, which learning only reads (`det.excess` is made from it later), and
@@ -1099,7 +1097,7 @@ class PolicyEngine:
         out: set[tuple[IPAddress, int]] = set()
         if addresses and len(dest):
             listed = list(addresses)
-            slots = self.rates.slots.index.get(address_keys(listed))
+            slots = self.rates.slots.slots_of(listed)
             ok = slots >= 0
             rows = np.full(len(listed), -1, np.int64)
             rows[ok] = row_of_slot[slots[ok]]

@@ -327,8 +327,12 @@ class SlotTable:
         return stale
 
     def slot_of(self, addr: IPAddress) -> int | None:
-        slot = int(self.index.get(address_keys([addr]))[0])
+        slot = int(self.slots_of([addr])[0])
         return None if slot < 0 else slot
+
+    def slots_of(self, addresses: Sequence[IPAddress]) -> np.ndarray:
+        """(N,) slots of `addresses` in one lookup, -1 for those without one (a lookup each costs ~40 µs)."""
+        return self.index.get(address_keys(addresses))
 
 
 class RateTracker:

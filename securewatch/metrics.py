@@ -82,41 +82,14 @@ class _StatusCollector:
         policy = s.get("policy") or {}
         last = policy.get("last_tick") or {}
         if last:
-            tick = GaugeMetricFamily("seawall_policy_tick_cpu_seconds", "CPU time of the last policy tick")
-            tick.add_metric([], float(last.get("cpu_ms", 0.0)) / 1000.0)
-            yield tick
+            yield _one(GaugeMetricFamily, "seawall_policy_tick_cpu_seconds", "CPU time of the last policy tick",
+                       float(last.get("cpu_ms", 0.0)) / 1000.0)
             if last.get("wall_ms") is not None:
-                wall = GaugeMetricFamily("seawall_policy_tick_seconds", "Wall-clock time of the last policy tick, "
-                                         "from its start to its results delivered (above tick_ms: it overran)")
-                wall.add_metric([], float(last["wall_ms"]) / 1000.0)
-                yield wall
-            overrun = CounterMetricFamily("seawall_policy_ticks_overrun", "Policy ticks that ended after the next "
-                                          "one was due: the engine falls behind tick_ms and detection slows")
-            overrun.add_metric([], float(policy.get("ticks_overrun", 0)))
-            yield overrun
-            dropped = CounterMetricFamily("seawall_policy_events_dropped", "Events lost to a full subscriber "
-                                          "queue (SecureWatch, the notifiers, the fleet agent)")
-            dropped.add_metric([], float(policy.get("events_dropped", 0)))
-            yield dropped
-            waiting = GaugeMetricFamily("seawall_policy_rules_waiting_for_room", "Attacks that needed a rule in the "
-                                        "last tick while the dataplane's rule table was full")
-            waiting.add_metric([], float(policy.get("rules_waiting_for_room", 0)))
-            yield waiting
-            left_out = CounterMetricFamily("seawall_attacked_rows_left_out", "Attacked destinations' per-second "
-                                           "rows not kept (past the recorder's cap a second; in the minute rollups)")
-            left_out.add_metric([], float(policy.get("attacked_rows_left_out", 0)))
-            yield left_out
-            tracked = GaugeMetricFamily("seawall_policy_tracked_destinations", "Destinations with baselines")
-            tracked.add_metric([], float(policy.get("tracked_destinations", 0)))
-            yield tracked
-            rules = GaugeMetricFamily("seawall_policy_rules_installed", "Dynamic rules in the dataplane")
-            rules.add_metric([], float(policy.get("rules_installed", 0)))
-            yield rules
-            pruned = CounterMetricFamily("seawall_policy_pcap_files_pruned", "Incident PCAP files deleted: "
-                                         "ended more than pcap_retention_days ago, or oldest past "
-                                         "pcap_max_total_bytes")
-            pruned.add_metric([], float(policy.get("pcap_files_pruned", 0)))
-            yield pruned
+                yield _one(GaugeMetricFamily, "seawall_policy_tick_seconds", "Wall-clock time of the last policy "
+                           "tick, from its start to its results delivered (above tick_ms: it overran)",
+                           float(last["wall_ms"]) / 1000.0)
+            for family, name, key, help_text in _POLICY_FIGURES:
+                yield _one(family, name, help_text, float(policy.get(key, 0)))
             flood = policy.get("appflood") or {}
             if flood:
                 limits = GaugeMetricFamily("seawall_appflood_source_limits", "Per-source connection limits installed "
@@ -154,6 +127,31 @@ class _StatusCollector:
             yield from _bgp_metrics(s["bgp"])
         if s.get("fleet"):
             yield from _fleet_metrics(s["fleet"])
+
+
+# The policy status's single figures in /metrics: (family, metric name, status key, help).
+_POLICY_FIGURES = (
+    (CounterMetricFamily, "seawall_policy_ticks_overrun", "ticks_overrun",
+     "Policy ticks that ended after the next one was due: the engine falls behind tick_ms and detection slows"),
+    (CounterMetricFamily, "seawall_policy_events_dropped", "events_dropped",
+     "Events lost to a full subscriber queue (SecureWatch, the notifiers, the fleet agent)"),
+    (GaugeMetricFamily, "seawall_policy_rules_waiting_for_room", "rules_waiting_for_room",
+     "Attacks that needed a rule in the last tick while the dataplane's rule table was full"),
+    (CounterMetricFamily, "seawall_attacked_rows_left_out", "attacked_rows_left_out",
+     "Attacked destinations' per-second rows not kept (past the recorder's cap a second; in the minute rollups)"),
+    (GaugeMetricFamily, "seawall_policy_tracked_destinations", "tracked_destinations",
+     "Destinations with baselines"),
+    (GaugeMetricFamily, "seawall_policy_rules_installed", "rules_installed", "Dynamic rules in the dataplane"),
+    (CounterMetricFamily, "seawall_policy_pcap_files_pruned", "pcap_files_pruned",
+     "Incident PCAP files deleted: ended more than pcap_retention_days ago, or oldest past pcap_max_total_bytes"),
+)
+
+
+def _one(family: type[GaugeMetricFamily] | type[CounterMetricFamily], name: str, help_text: str, value: float):
+    """A metric family of one sample without labels."""
+    metric = family(name, help_text)
+    metric.add_metric([], value)
+    return metric
 
 
 def _fleet_metrics(fleet: dict[str, Any]):
