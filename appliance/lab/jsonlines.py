@@ -26,6 +26,7 @@ class JsonLinesProcess:
         self.on_record: Callable[[dict], None] | None = None   # called from the reader thread
         self.seconds: list[dict] = []
         self.summary: dict | None = None
+        self.failure: str | None = None     # why stop() returned None: the exit code and stderr's tail
         self._proc: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -66,14 +67,18 @@ class JsonLinesProcess:
         return self.summary
 
     def stop(self) -> dict | None:
-        """End early (SIGINT: the child still prints its summary); None if it printed none."""
+        """End early (SIGINT: the child still prints its summary); None if it printed none, and then
+        `failure` says why."""
         if self.running:
             self._proc.send_signal(signal.SIGINT)
         try:
             return self.wait(timeout=STOP_TIMEOUT_S)
-        except (RuntimeError, subprocess.TimeoutExpired):
-            self.kill()
-            return None
+        except RuntimeError as exc:
+            self.failure = str(exc)
+        except subprocess.TimeoutExpired:
+            self.failure = f"{self.name} printed no summary within {STOP_TIMEOUT_S:.0f} s of SIGINT"
+        self.kill()
+        return None
 
     def kill(self) -> None:
         if self.running:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import errno
 import itertools
 import os
 import pathlib
@@ -146,7 +147,12 @@ class LiveFrameSender:
         self._config[self._config.Key(0)] = leaf
 
     def send(self, frame: bytes, repeat: int) -> int:
-        """Run the program `repeat` times on `frame`; returns the kernel's duration in ns per frame."""
+        """Run the program `repeat` times on `frame`; returns the kernel's duration in ns per frame.
+
+        A signal that arrives during the run (the SIGINT that asks `seawall attack` for its summary,
+        any handler's signal) ends it early: the kernel stops between batches with EINTR. That is no
+        error: fewer frames went out, and `frames_redirected()` counts the ones that did; the caller's
+        loop sees why the signal came (a stop event) on its next turn. 0 is returned then."""
         if len(frame) > MAX_LIVE_FRAME_BYTES:
             raise ValueError(f"frame of {len(frame)} bytes exceeds {MAX_LIVE_FRAME_BYTES} (live frames)")
         if frame != self._template_frame:
@@ -164,6 +170,8 @@ class LiveFrameSender:
         rc = self._libc.syscall(self._sys_bpf, BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
         if rc != 0:
             err = ctypes.get_errno()
+            if err == errno.EINTR:
+                return 0
             raise OSError(err, f"BPF_PROG_TEST_RUN (live frames) failed: {os.strerror(err)}")
         return attr.duration
 

@@ -289,7 +289,7 @@ def test_issue15_vector_mitigated_spares_the_browsers_and_monitor_mode_does_not(
     u1 = time.time()
     summary = attack.stop()
     browsers.stop()
-    assert summary is not None, f"the {v.mode} bots printed no summary"
+    assert summary is not None, f"the {v.mode} bots printed no summary: {attack.failure}"
     with_m = _legit(browsers, (m0, m1))
     without = _legit(browsers, (u0, u1))
     # What the bots sent in the mitigated window against what of it the shop saw from their prefix.

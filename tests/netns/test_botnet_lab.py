@@ -62,7 +62,7 @@ def _under_attack(lab: Lab, vector: str, **options) -> tuple[dict, dict, dict, d
             legit = browsers.wait(PROCESS_TIMEOUT_S)
         assert attack.running, f"the {vector} bots ended before the browsers did"
         bots = attack.stop()
-    assert bots is not None, f"the {vector} bots printed no summary"
+    assert bots is not None, f"the {vector} bots printed no summary: {attack.failure}"
     return bots, legit, before, _idle_shop(lab)
 
 

@@ -81,7 +81,8 @@ def test_flowspec_takes_the_flood_off_the_uplink_legit_recovers_and_the_route_is
 
     summary = legit.wait(LEGIT_S + 30)
     result = attack.stop()
-    assert result is not None and result["transmitted"] > 0
+    assert result is not None, f"the routed flood printed no summary: {attack.failure}"
+    assert result["transmitted"] > 0
     # Onset: the first uplink sample with flood packets, less a sampling period (it came since the last).
     onset = next(s.time for s in upstream.samples if s.flood_packets > 0) - SAMPLE_S
     figs = saturation.figures(server.ipv4, "ntp", (onset, time.time()),

@@ -11,6 +11,7 @@ learnt the server's MAC on its uplink and dropped real clients' SYNs to it (same
 
 from __future__ import annotations
 
+import signal
 import threading
 import uuid
 
@@ -127,3 +128,55 @@ def test_generator_sends_the_template_again_after_a_receiver_rewrote_a_frame_in_
         assert as_built > 0.9 * FRAMES, (as_built, FRAMES)
     finally:
         receiver.cleanup()
+
+
+SIGNALLED_CALLS = 2_000      # runs at most, until one is cut short by a signal
+FRAMES_PER_CALL = 2_000      # frames per run: a run long enough for a signal to land in it
+
+
+def test_a_signal_during_a_run_ends_it_early_without_an_error(namespace):
+    """`seawall attack` is stopped with SIGINT; when it lands inside the bpf syscall the kernel ends the
+    run with EINTR, which once ended the generator with an error instead of its summary (the FlowSpec
+    saturation test's routed flood printed none)."""
+    with netlink.iproute(namespace) as ipr:
+        netlink.add_veth(ipr, "gen", "rcv")
+        for ifname in ("gen", "rcv"):
+            netlink.set_up(ipr, ifname)
+        gen = netlink.index(ipr, "gen")
+    outcome: dict = {}
+    ready = threading.Event()
+
+    def send() -> None:
+        try:
+            enter_netns(namespace)
+            sender = LiveFrameSender(gen)
+            try:
+                sender.configure(FrameEdits())
+                ready.set()
+                asked = 0
+                for _ in range(SIGNALLED_CALLS):
+                    sender.send(template_frame(), FRAMES_PER_CALL)
+                    asked += FRAMES_PER_CALL
+                    if sender.frames_redirected() < asked:
+                        break                          # a run was cut short, and send() returned
+                outcome.update(asked=asked, sent=sender.frames_redirected())
+            finally:
+                sender.close()
+        except BaseException as exc:  # re-raised below
+            outcome["error"] = exc
+        finally:
+            ready.set()
+
+    previous = signal.signal(signal.SIGUSR1, lambda *_: None)
+    try:
+        thread = threading.Thread(target=send, name="livegen-signalled", daemon=True)
+        thread.start()
+        ready.wait(120)    # bcc compiles the generator first
+        while thread.is_alive():
+            signal.pthread_kill(thread.ident, signal.SIGUSR1)
+            thread.join(0.001)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    if "error" in outcome:
+        raise outcome["error"]
+    assert 0 < outcome["sent"] < outcome["asked"], outcome   # a run was interrupted, and that was no error
