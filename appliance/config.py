@@ -38,6 +38,9 @@
     # [bgp], [[bgp.peers]], [escalation]: upstream escalation, parsed and checked by escalation.config
     [appflood]                       # application-layer flood detection: policy.appflood.AppFloodConfig's
     warmup_s = 600                   # keys (seconds, floors, per-source limits, caps), checked by it
+    [policy]                         # the volumetric engine's box-wide knobs: policy.config.FILE_KEYS
+    quiet_s = 30                     # seconds without anomaly before an incident ends
+    hold_down_s = 300                # seconds its rules stay installed after it ended
 
 `load_config` reads the file and does nothing else: every problem in it (syntax,
 unknown keys, wrong types, bad tenants) comes back as one ConfigError naming the
@@ -73,7 +76,8 @@ DEFAULT_TICK_MS = 1000           # milliseconds between policy engine ticks
 TICK_MS_RANGE = (100, 10000)     # milliseconds: faster starves the CPU, slower reacts too late
 IFNAME_MAX_BYTES = 15            # Linux IFNAMSIZ (16) minus the terminating NUL
 
-SECTIONS = ("appliance", "securewatch", "templates", "tenants", "notify", "bgp", "escalation", "fleet", "appflood")
+SECTIONS = ("appliance", "securewatch", "templates", "tenants", "notify", "bgp", "escalation", "fleet", "appflood",
+            "policy")
 FLEET_KEYS = ("central", "site", "token_file", "ca_file")
 def _loopback_host(url: str) -> bool:
     """Whether `url`'s host is this machine: localhost, 127.0.0.0/8 or ::1."""
@@ -155,6 +159,9 @@ class ApplianceConfig:
     # [appflood]: knobs of the application-layer flood detector (policy.appflood.AppFloodConfig's field
     # names), validated; the engine's defaults for the rest.
     appflood: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # [policy]: the volumetric engine's box-wide knobs (policy.config.FILE_KEYS: PolicyConfig's field
+    # names), validated and as PolicyConfig takes them; the engine's defaults for the rest.
+    policy: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def interfaces(self) -> tuple[str, str]:
         """(external, internal) NIC names; ConfigError when either is not configured."""
@@ -189,6 +196,7 @@ def parse_config(text: str, source: str = "<string>") -> ApplianceConfig:
     escalation = parse_escalation(document.get("escalation"), problems)
     fleet = _parse_fleet(document["fleet"], problems) if "fleet" in document else None
     appflood = _parse_appflood(_section(document, "appflood", problems), appliance.flow_sizes, problems)
+    policy = _parse_policy(_section(document, "policy", problems), appliance.pcap, problems)
 
     tenants = TenantSet()
     tenants_known = False
@@ -208,7 +216,8 @@ def parse_config(text: str, source: str = "<string>") -> ApplianceConfig:
         raise ConfigError(problems, source=source)
     return ApplianceConfig(appliance=appliance, securewatch=securewatch, tenants=tenants,
                            notify=copy.deepcopy(notify), source=source, bgp=bgp, escalation=escalation,
-                           template_links=template_links, templates=templates, fleet=fleet, appflood=appflood)
+                           template_links=template_links, templates=templates, fleet=fleet, appflood=appflood,
+                           policy=policy)
 
 
 def _notify_problems(notify: dict[str, Any], tenant_ids: tuple[str, ...] | None) -> list[str]:
@@ -302,6 +311,32 @@ def _parse_appflood(table: dict[str, Any], sizes: sizing.FlowSizes, problems: li
         problems.append(f"[appflood] {str(exc).removeprefix('appflood config ')}")
         return {}
     return dict(knobs)
+
+
+def _parse_policy(table: dict[str, Any], pcap: dict[str, int], problems: list[str]) -> dict[str, Any]:
+    """[policy]: the engine's box-wide knobs, each checked against its bounds (policy.config.FILE_KEYS),
+    then together by the engine's own configuration; {} when any is wrong (the problems name them)."""
+    if not table:
+        return {}
+    from policy.config import FILE_KEYS, PolicyConfig, file_value  # noqa: PLC0415 - the engine's configuration
+
+    _unknown_keys("policy", table, tuple(FILE_KEYS), problems)
+    values: dict[str, Any] = {}
+    found = len(problems)
+    for key, raw in table.items():
+        if key in FILE_KEYS:
+            try:
+                values[key] = file_value(key, raw)
+            except ValueError as exc:
+                problems.append(f"[policy] {exc}")
+    if len(problems) > found:
+        return {}
+    try:
+        PolicyConfig(**pcap, **values)
+    except ValueError as exc:
+        problems.append(f"[policy] {str(exc).removeprefix('policy config ')}")
+        return {}
+    return values
 
 
 def _parse_pcap(table: dict[str, Any], problems: list[str]) -> dict[str, int]:

@@ -270,8 +270,10 @@ class Appliance:
         from policy.engine import PolicyConfig, PolicyEngine  # noqa: PLC0415
 
         # `[escalation] uplink_bps` scales the default detection floors (None: the fixed defaults).
-        # [appliance] pcap_* keys: the incident PCAP files' caps and retention.
-        policy = PolicyConfig(uplink_bps=self.config.escalation.uplink_bps, **self.config.appliance.pcap)
+        # [appliance] pcap_* keys: the incident PCAP files' caps and retention; [policy]: the engine's
+        # box-wide knobs (baselines, confirmation, the quiet time before an incident ends, hold-down).
+        policy = PolicyConfig(uplink_bps=self.config.escalation.uplink_bps, **self.config.appliance.pcap,
+                              **self.config.policy)
         # Application-layer floods (issue 15): the volumetric baselines' pace unless [appflood] says
         # otherwise, caps at the dataplane's map sizes ([appliance] source_limits_max, blocked_sources_max).
         appflood = AppFloodConfig.for_dataplane(self.config.appliance.flow_sizes, **{
@@ -397,6 +399,10 @@ class Appliance:
             log.error("appliance.reload_rejected", error=str(exc), kept_tenants=len(self.tenants))
             self.bus.publish(Event(EventType.SYSTEM, None, f"reload rejected: {exc}", Severity.WARNING))
             return False
+        if config.policy != self.config.policy:
+            # The engine holds its baselines and incidents under the knobs it started with.
+            log.warning("appliance.reload_partial", key="[policy]", applied="nothing",
+                        pending="the engine's knobs (at the next start)")
         self.config = dataclasses.replace(self.config, tenants=config.tenants)
         self.bus.publish(Event(EventType.POLICY_CHANGE, None, "tenant set reloaded from the config file",
                                Severity.NOTICE, details={"tenants": len(config.tenants)}))

@@ -53,6 +53,53 @@ PCAP_MAX_BYTES = 1024 ** 3        # bytes per PCAP file at most (a fleet's centr
 PCAP_RETENTION_DAYS_MAX = 3650    # days: ten years, as the series' retention keys allow
 PCAP_MAX_TOTAL_BYTES = 1024 ** 4  # bytes of all PCAP files at most: 1 TiB, past any appliance's disk share
 
+# The engine's knobs an operator sets in the config file's `[policy]` table (appliance.config): the
+# PolicyConfig field of the same name -> (kind, lowest, highest), bounds inclusive. "seconds" (s) and
+# "number" take an integer or a float, "whole" an integer; "share_or_false" a number in (0, 1] or false
+# (no shortcut). The bounds keep a value meaningful for an appliance (a confirmation longer than five
+# minutes lets a flood run unanswered; a baseline's half-life of more than 30 days never follows a
+# server's growth); the dataclass below checks what the values must satisfy together.
+FILE_KEYS: dict[str, tuple[str, float, float]] = {
+    "warmup_s": ("seconds", 0, 7 * 86400),
+    "half_life_s": ("seconds", 1, 30 * 86400),
+    "k_sigma": ("number", 0.5, 20),
+    "margin": ("number", 1.0, 10),
+    "forget_after_s": ("seconds", 60, 30 * 86400),
+    "min_confidence": ("number", 0, 1),
+    "carpet_min_destinations": ("whole", 2, 65536),
+    "confirm_s": ("seconds", 0, 300),
+    "fast_confirm_confidence": ("share_or_false", 0, 1),
+    "quiet_s": ("seconds", 1, 3600),
+    "hold_down_s": ("seconds", 0, 86400),
+    "reattack_window_s": ("seconds", 0, 86400),
+    "update_interval_s": ("seconds", 1, 3600),
+    "signature_wait_s": ("seconds", 0, 300),
+    "min_signature_samples": ("whole", 1, 1024),
+    "legit_tolerance": ("number", 0, 0.5),
+    "rate_limit_floor_pps": ("whole", 1, 10 ** 9),
+}
+
+
+def file_value(key: str, value: object) -> object:
+    """`value` of `[policy] key` as PolicyConfig takes it (false -> None, integers of float fields ->
+    float); ValueError "<key>: ..." when it is out of bounds or of the wrong type."""
+    kind, low, high = FILE_KEYS[key]
+    if kind == "share_or_false" and value is False:
+        return None
+    wanted = {"seconds": "a number of seconds", "number": "a number", "whole": "an integer",
+              "share_or_false": "a number in (0, 1] or false"}[kind]
+    if isinstance(value, bool) or not isinstance(value, int | float) or (kind == "whole" and not isinstance(value, int)):
+        raise ValueError(f"{key}: expected {wanted}, got {value!r}")
+    if kind == "share_or_false" and not 0 < value <= 1:
+        raise ValueError(f"{key}: must be within (0, 1], or false, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{key}: must be between {_bound(low)} and {_bound(high)}, got {value!r}")
+    return value if kind == "whole" else float(value)
+
+
+def _bound(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
 
 def link_floors(uplink_bps: int) -> tuple[int, int]:
     """(min_pps, min_tenant_pps) defaults for an uplink of `uplink_bps` bits/s."""

@@ -92,6 +92,7 @@ def test_sighup_reloads_bgp_refuses_a_bad_value_and_removes_bgp(lab, peers, tmp_
     config["bgp"] = {"local_as": LOCAL_AS, "router_id": a.appliance, "peers": [
         {"address": a.address, "peer_as": a.peer_as, "local_address": a.appliance}]}
     config["escalation"] = {"uplink_bps": 10_000_000, "hold_down_s": 30}
+    config["policy"] = {"quiet_s": 20}
     proc = ApplianceProcess(config, tmp_path / "seawall.toml", tmp_path / "seawall.log")
 
     def teardown():
@@ -109,23 +110,28 @@ def test_sighup_reloads_bgp_refuses_a_bad_value_and_removes_bgp(lab, peers, tmp_
     added = copy.deepcopy(config)
     added["bgp"]["peers"].append({"address": b.address, "peer_as": b.peer_as, "local_address": b.appliance})
     added["escalation"]["hold_down_s"] = 45
+    added["policy"]["quiet_s"] = 25         # the engine keeps its knobs until the next start, and says so
     proc.config_path.write_text(tomli_w.dumps(added))
+    log_before = len(proc.log_path.read_text())
     proc.reload()
     wait_until(lambda: states() == {a.address: "established", b.address: "established"}, timeout=40, interval=0.2,
                what="both sessions after the reload")
     assert b.established()
     assert proc.status()["bgp"]["speaker"]["restarts"] == 0      # a reconfiguration, not a death
+    partial = [line for line in proc.log_path.read_text()[log_before:].splitlines() if "appliance.reload_partial" in line]
+    assert len(partial) == 1 and "[policy]" in partial[0], partial
 
     bad = copy.deepcopy(added)
     bad["bgp"]["local_as"] = 0
     bad["escalation"]["flowspec_at"] = 1.5
+    bad["policy"]["quiet_s"] = 0
     proc.config_path.write_text(tomli_w.dumps(bad))
     log_before = len(proc.log_path.read_text())
     proc.reload()
     wait_until(lambda: "appliance.reload_rejected" in proc.log_path.read_text()[log_before:], timeout=10,
                interval=0.1, what="the bad reload refused")
     rejected = proc.log_path.read_text()[log_before:]
-    assert "[bgp] local_as" in rejected and "[escalation] flowspec_at" in rejected
+    assert "[bgp] local_as" in rejected and "[escalation] flowspec_at" in rejected and "[policy] quiet_s" in rejected
     assert states() == {a.address: "established", b.address: "established"}
     assert proc.status()["bgp"]["flowspec_at"] == 0.7                 # the running value, not 1.5
 
