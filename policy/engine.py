@@ -66,7 +66,7 @@ from policy.appflood import AppFloodConfig, AppFloodDetector
 from policy.baseline import EwmaBaseline
 from policy.budgets import BudgetConfig, BudgetDeriver
 from policy.classify import ClassEvidence, Vector, VectorScore, classify_carpet, classify_destination
-from policy.config import PolicyConfig, floors_for_link
+from policy.config import FILE_KEYS, PolicyConfig, floors_for_link
 from policy.detect import (
     ELEVATED_FLOOR_PPS,
     Detection,
@@ -384,6 +384,8 @@ class PolicyEngine:
             # Events a subscriber (SecureWatch, the notifiers, the fleet agent) lost to its full queue.
             "events_dropped": self.bus.dropped,
             "appflood": self.appflood.status(),
+            # The box-wide knobs this engine runs with ([policy]; a SIGHUP leaves them to the next start).
+            "knobs": {key: getattr(self.config, key) for key in FILE_KEYS},
             "last_tick": None if report is None else {
                 "now": report.now, "dt": report.dt, "destinations": report.destinations,
                 "anomalous_destinations": report.anomalous_destinations, "carpet_tenants": report.carpet_tenants,

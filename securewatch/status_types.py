@@ -88,6 +88,8 @@ class PolicyStatus(TypedDict):
     # Application-layer floods (policy.appflood.AppFloodDetector.status): servers with flow baselines,
     # per-source limits and blocked sources now, counters (limits_evicted, blocks_evicted, ...).
     appflood: dict[str, Any]
+    # The engine's box-wide knobs in force (policy.config.FILE_KEYS, from [policy] at start): seconds, factors.
+    knobs: dict[str, float | int | None]
     last_tick: PolicyTick | None
 
 

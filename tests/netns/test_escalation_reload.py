@@ -120,6 +120,7 @@ def test_sighup_reloads_bgp_refuses_a_bad_value_and_removes_bgp(lab, peers, tmp_
     assert proc.status()["bgp"]["speaker"]["restarts"] == 0      # a reconfiguration, not a death
     partial = [line for line in proc.log_path.read_text()[log_before:].splitlines() if "appliance.reload_partial" in line]
     assert len(partial) == 1 and "[policy]" in partial[0], partial
+    assert proc.status()["policy"]["knobs"]["quiet_s"] == 20     # the engine's, until the next start
 
     bad = copy.deepcopy(added)
     bad["bgp"]["local_as"] = 0

@@ -41,6 +41,8 @@ def test_the_engine_runs_with_the_knobs_of_the_file(tmp_path):
     assert (got.carpet_min_destinations, got.warmup_s, got.pcap_retention_days) == (16, 120.0, 7)
     assert got.k_sigma == PolicyConfig().k_sigma                        # not given: the engine's default
     assert engine.appflood.config.warmup_s == 120.0                     # and the application-layer detector's pace
+    knobs = engine.status()["knobs"]                                    # what the status says it runs with
+    assert set(knobs) == set(FILE_KEYS) and knobs["quiet_s"] == 12.0 and knobs["fast_confirm_confidence"] is None
 
 
 def test_no_policy_section_leaves_the_engine_at_its_defaults(tmp_path):
