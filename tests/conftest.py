@@ -118,8 +118,14 @@ def machine_state() -> dict[str, set[str]]:
     return out
 
 
+def _xdist_worker(session) -> bool:
+    """A pytest-xdist worker: the controller checks the machine, before the workers and after all of them
+    (a worker ending while another still runs would see the other's lab as left behind)."""
+    return hasattr(session.config, "workerinput")
+
+
 def pytest_sessionstart(session):
-    if HERMETIC:
+    if HERMETIC and not _xdist_worker(session):
         session.config.stash[_STATE_BEFORE] = machine_state()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import signal
 import threading
 import uuid
+from collections.abc import Callable
 
 import pytest
 
@@ -76,6 +77,35 @@ def namespace():
     netlink.remove_namespace(name)
 
 
+def _sending(namespace: str, ifindex: int, body: Callable[[LiveFrameSender], dict],
+             ready: threading.Event | None = None) -> tuple[threading.Thread, dict]:
+    """A thread that enters `namespace`, opens a generator on `ifindex` and runs `body` with it; the dict
+    fills with what `body` returns, or "error" with what it raised. `ready` is set once the generator is
+    compiled (or failed)."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            enter_netns(namespace)
+            sender = LiveFrameSender(ifindex)
+            try:
+                sender.configure(FrameEdits())
+                if ready is not None:
+                    ready.set()
+                outcome.update(body(sender))
+            finally:
+                sender.close()
+        except BaseException as exc:  # re-raised by the test
+            outcome["error"] = exc
+        finally:
+            if ready is not None:
+                ready.set()
+
+    thread = threading.Thread(target=run, name="livegen-test", daemon=True)
+    thread.start()
+    return thread, outcome
+
+
 def template_frame() -> bytes:
     from scapy.layers.inet import IP, TCP  # noqa: PLC0415
     from scapy.layers.l2 import Ether  # noqa: PLC0415
@@ -99,23 +129,11 @@ def test_generator_sends_the_template_again_after_a_receiver_rewrote_a_frame_in_
                          xdp_fd=receiver.load_func(function.encode(), BPF.XDP).fd)
                 netlink.set_up(ipr, ifname)
             gen = netlink.index(ipr, "gen")
-        outcome: dict = {}
+        def send(sender: LiveFrameSender) -> dict:
+            sender.send(template_frame(), FRAMES)
+            return {"sent": sender.frames_redirected()}
 
-        def send() -> None:
-            try:
-                enter_netns(namespace)
-                sender = LiveFrameSender(gen)
-                try:
-                    sender.configure(FrameEdits())
-                    sender.send(template_frame(), FRAMES)
-                    outcome["sent"] = sender.frames_redirected()
-                finally:
-                    sender.close()
-            except BaseException as exc:  # re-raised below
-                outcome["error"] = exc
-
-        thread = threading.Thread(target=send, name="livegen-test", daemon=True)
-        thread.start()
+        thread, outcome = _sending(namespace, gen, send)
         thread.join(120)   # bcc compiles the generator first
         assert not thread.is_alive(), "generator did not finish"
         if "error" in outcome:
@@ -143,34 +161,20 @@ def test_a_signal_during_a_run_ends_it_early_without_an_error(namespace):
         for ifname in ("gen", "rcv"):
             netlink.set_up(ipr, ifname)
         gen = netlink.index(ipr, "gen")
-    outcome: dict = {}
     ready = threading.Event()
 
-    def send() -> None:
-        try:
-            enter_netns(namespace)
-            sender = LiveFrameSender(gen)
-            try:
-                sender.configure(FrameEdits())
-                ready.set()
-                asked = 0
-                for _ in range(SIGNALLED_CALLS):
-                    sender.send(template_frame(), FRAMES_PER_CALL)
-                    asked += FRAMES_PER_CALL
-                    if sender.frames_redirected() < asked:
-                        break                          # a run was cut short, and send() returned
-                outcome.update(asked=asked, sent=sender.frames_redirected())
-            finally:
-                sender.close()
-        except BaseException as exc:  # re-raised below
-            outcome["error"] = exc
-        finally:
-            ready.set()
+    def send(sender: LiveFrameSender) -> dict:
+        asked = 0
+        for _ in range(SIGNALLED_CALLS):
+            sender.send(template_frame(), FRAMES_PER_CALL)
+            asked += FRAMES_PER_CALL
+            if sender.frames_redirected() < asked:
+                break                          # a run was cut short, and send() returned
+        return {"asked": asked, "sent": sender.frames_redirected()}
 
     previous = signal.signal(signal.SIGUSR1, lambda *_: None)
     try:
-        thread = threading.Thread(target=send, name="livegen-signalled", daemon=True)
-        thread.start()
+        thread, outcome = _sending(namespace, gen, send, ready)
         ready.wait(120)    # bcc compiles the generator first
         while thread.is_alive():
             signal.pthread_kill(thread.ident, signal.SIGUSR1)
