@@ -19,6 +19,7 @@ from typing import Any, NotRequired, TypedDict, cast
 from appliance.config import DEFAULT_CONFIG_PATH
 from appliance.destinations import SECOND_MAX_ATTACKED
 from dataplane.constants import MAX_RULES
+from policy.config import PolicyConfig
 from securewatch.status_types import (
     ApplianceStatus,
     BgpStatus,
@@ -171,6 +172,10 @@ def render_human(s: StatusSummary) -> str:
         if pol.get("events_dropped"):
             line(f"events dropped: {pol['events_dropped']:,} (a subscriber's queue stayed full: SecureWatch, "
                  f"the notifiers or the fleet agent missed them; see the log)")
+        changed = _knobs_set(pol.get("knobs") or {})
+        if changed:
+            line("policy knobs:  " + ", ".join(f"{key} {value}" for key, value in changed.items())
+                 + " ([policy]; the others at their defaults)")
     bgp = s.get("bgp")
     if bgp:
         for peer in bgp["peers"]:
@@ -182,3 +187,11 @@ def render_human(s: StatusSummary) -> str:
     if s.get("securewatch"):
         line(f"SecureWatch:   {s['securewatch']}")
     return "\n".join(lines)
+
+
+def _knobs_set(knobs: dict[str, Any]) -> dict[str, Any]:
+    """The engine's knobs (the status's policy.knobs) that differ from the engine's defaults; false for a
+    fast confirmation turned off, as [policy] writes it."""
+    defaults = PolicyConfig()
+    return {key: "false" if value is None else f"{value:g}" if isinstance(value, float) else value
+            for key, value in knobs.items() if hasattr(defaults, key) and value != getattr(defaults, key)}

@@ -60,3 +60,15 @@ def test_status_and_metrics_show_the_attacked_destinations_rows_left_out():
     text = metrics.render(_summary({**tick, "attacked_rows_left_out": 19_000}))
     families = {f.name: f for f in text_string_to_metric_families(text.decode())}
     assert families["seawall_attacked_rows_left_out"].samples[0].value == 19_000
+
+
+def test_status_names_the_policy_knobs_set_in_the_file():
+    from policy.config import FILE_KEYS, PolicyConfig  # noqa: PLC0415
+
+    knobs = {key: getattr(PolicyConfig(), key) for key in FILE_KEYS}
+    tick = {"last_tick": {"wall_ms": 95.0, "cpu_ms": 90.0, "destinations": 100_000}}
+    out = render_human(_summary({**tick, "knobs": {**knobs, "quiet_s": 12.0, "fast_confirm_confidence": None,
+                                                   "carpet_min_destinations": 16}})).splitlines()
+    assert ("policy knobs:  carpet_min_destinations 16, fast_confirm_confidence false, quiet_s 12 "
+            "([policy]; the others at their defaults)") in out
+    assert not any(x.startswith("policy knobs") for x in render_human(_summary({**tick, "knobs": knobs})).splitlines())
