@@ -145,7 +145,8 @@ def test_interfaces_are_required_to_run() -> None:
 def test_unknown_keys_suggest_the_closest_known_key() -> None:
     assert problems_of('verbose = true\n[appliance]\nextrenal = "eth0"\ntick = 100\n[securewatch]\n'
                        'listen_port = 1\n[securwatch]\n[[tenant]]\nid = "a"\n') == [
-        "verbose: unknown top-level key (known: appflood, appliance, bgp, escalation, fleet, notify, securewatch, templates, tenants)",
+        "verbose: unknown top-level key (known: appflood, appliance, bgp, escalation, fleet, notify, policy, securewatch, "
+            "templates, tenants)",
         "securwatch: unknown top-level section (did you mean 'securewatch'?)",
         "tenant: unknown top-level section (did you mean 'tenants'?)",
         "[appliance] extrenal: unknown key (did you mean 'external'?)",
