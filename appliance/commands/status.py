@@ -193,5 +193,10 @@ def _knobs_set(knobs: dict[str, Any]) -> dict[str, Any]:
     """The engine's knobs (the status's policy.knobs) that differ from the engine's defaults; false for a
     fast confirmation turned off, as [policy] writes it."""
     defaults = PolicyConfig()
-    return {key: "false" if value is None else f"{value:g}" if isinstance(value, float) else value
-            for key, value in knobs.items() if hasattr(defaults, key) and value != getattr(defaults, key)}
+    def shown(value: Any) -> Any:
+        if value is None:
+            return "false"
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
+    return {key: shown(value) for key, value in knobs.items()
+            if hasattr(defaults, key) and value != getattr(defaults, key)}

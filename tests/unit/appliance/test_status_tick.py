@@ -68,7 +68,9 @@ def test_status_names_the_policy_knobs_set_in_the_file():
     knobs = {key: getattr(PolicyConfig(), key) for key in FILE_KEYS}
     tick = {"last_tick": {"wall_ms": 95.0, "cpu_ms": 90.0, "destinations": 100_000}}
     out = render_human(_summary({**tick, "knobs": {**knobs, "quiet_s": 12.0, "fast_confirm_confidence": None,
-                                                   "carpet_min_destinations": 16}})).splitlines()
-    assert ("policy knobs:  carpet_min_destinations 16, fast_confirm_confidence false, quiet_s 12 "
+                                                   "carpet_min_destinations": 16, "forget_after_s": 2592000.0,
+                                                   "k_sigma": 3.5}})).splitlines()
+    assert ("policy knobs:  k_sigma 3.5, forget_after_s 2592000, carpet_min_destinations 16, "
+            "fast_confirm_confidence false, quiet_s 12 "
             "([policy]; the others at their defaults)") in out
     assert not any(x.startswith("policy knobs") for x in render_human(_summary({**tick, "knobs": knobs})).splitlines())
