@@ -52,6 +52,7 @@ STATE_ROOT = pathlib.Path("/run/seawall-lab")
 LAB_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")  # "<name>-ext" must fit IFNAMSIZ (15 chars)
 SERVICE_READY_TIMEOUT_S = 30.0      # seconds for all server processes to bind their sockets
 PROCESS_EXIT_TIMEOUT_S = 3.0        # seconds between SIGTERM and SIGKILL on down()
+CMDLINE_SETTLE_S = 1.0              # seconds a live process may read an empty command line (it is exec-ing)
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 # Services every server runs (see appliance/lab/services.py).
@@ -337,7 +338,7 @@ class Lab:
         """The recorded pid of a server's process if that process is still ours and alive."""
         try:
             pid = int(self._pid_file(server).read_text())
-            cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            cmdline = _cmdline(pid)
         except (FileNotFoundError, ValueError, ProcessLookupError):
             return None
         # A recycled pid is not ours: the command line names our module and this lab's namespace.
@@ -497,6 +498,7 @@ class Lab:
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
         shop = self.shop_server
         cert, key = make_certificate(self.state_dir, SHOP_NAME, [shop.ipv4, shop.ipv6])
+        started: dict[str, subprocess.Popen] = {}
         for s in self.servers:
             extra = (["--shop-cert", str(cert), "--shop-key", str(key), "--shop-stats", str(self.shop_stats)]
                      if s is shop else [])
@@ -511,13 +513,18 @@ class Lab:
                     start_new_session=True)
             # `ip netns exec` execs the command, so this pid is the service process itself.
             self._pid_file(s.name).write_text(str(proc.pid))
+            started[s.name] = proc
         deadline = time.monotonic() + SERVICE_READY_TIMEOUT_S
         for s in self.servers:
             ready = self.state_dir / f"{s.name}.ready"
             while not ready.exists():
-                if self._live_pid(s.name) is None:
+                # Our own child: asked directly, not through /proc/PID/cmdline (`_live_pid`), which reads
+                # empty while `ip netns exec` execs Python (seen on a busy machine: a live server taken
+                # for one that had exited).
+                code = started[s.name].poll()
+                if code is not None:
                     tail = (self.state_dir / f"{s.name}.log").read_text(errors="replace")[-2000:]
-                    raise LabError(f"services of {s.name} exited during start:\n{tail}")
+                    raise LabError(f"services of {s.name} exited during start (exit code {code}):\n{tail}")
                 if time.monotonic() > deadline:
                     raise LabError(f"services of {s.name} not ready after {SERVICE_READY_TIMEOUT_S:.0f}s")
                 time.sleep(0.02)  # poll interval for the ready file
@@ -536,6 +543,19 @@ class Lab:
                 netlink.set_up(ipr, self.bridge_if)
             else:
                 netlink.delete_link(ipr, self.bridge_if)
+
+
+def _cmdline(pid: int) -> list[bytes]:
+    """/proc/PID/cmdline, split. It reads empty while the process execs (a server's `ip netns exec`
+    becoming Python) and once it is a zombie: a live process is read again until it has its new one."""
+    deadline = time.monotonic() + CMDLINE_SETTLE_S
+    while True:
+        raw = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+        if raw or time.monotonic() > deadline:
+            return raw.split(b"\0")
+        if pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return []
+        time.sleep(0.005)  # poll interval while the process execs
 
 
 def _add_address(ipr, index: int, cidr: str, flags: int = 0) -> None:
