@@ -322,14 +322,15 @@ def _parse_policy(table: dict[str, Any], pcap: dict[str, int], problems: list[st
 
     _unknown_keys("policy", table, tuple(FILE_KEYS), problems)
     values: dict[str, Any] = {}
-    found = len(problems)
+    wrong: list[str] = []
     for key, raw in table.items():
         if key in FILE_KEYS:
             try:
                 values[key] = file_value(key, raw)
             except ValueError as exc:
-                problems.append(f"[policy] {exc}")
-    if len(problems) > found:
+                wrong.append(f"[policy] {exc}")
+    if wrong:
+        problems.extend(wrong)
         return {}
     try:
         PolicyConfig(**pcap, **values)

@@ -13,10 +13,14 @@ from appliance.config import parse_config
 from appliance.service import Appliance
 from policy.config import FILE_KEYS, PolicyConfig
 from tenants import ConfigError
+from tests.unit.appliance.test_appflood_wiring import _config
 
 
-def _config(tmp_path, extra: str = ""):
-    return parse_config(f'[appliance]\nstate_dir = "{tmp_path / "state"}"\nbpffs = "{tmp_path / "bpffs"}"\n{extra}')
+def _engine(config):
+    """The policy engine `seawall run` builds from `config`, over the policy benchmark's synthetic dataplane."""
+    app = Appliance(config)
+    app.dataplane = SyntheticDataplane(100, 10, 0.0, 0, 1)
+    return app.policy_engine(app.dataplane)
 
 
 def test_every_file_key_is_an_engine_field_and_its_default_is_within_its_bounds():
@@ -33,9 +37,7 @@ def test_the_engine_runs_with_the_knobs_of_the_file(tmp_path):
                                "fast_confirm_confidence = false\ncarpet_min_destinations = 16\nwarmup_s = 120\n")
     assert config.policy == {"quiet_s": 12.0, "hold_down_s": 60.0, "confirm_s": 1.5, "fast_confirm_confidence": None,
                              "carpet_min_destinations": 16, "warmup_s": 120.0}
-    app = Appliance(config)
-    app.dataplane = SyntheticDataplane(100, 10, 0.0, 0, 1)
-    engine = app.policy_engine(app.dataplane)
+    engine = _engine(config)
     got = engine.config
     assert (got.quiet_s, got.hold_down_s, got.confirm_s, got.fast_confirm_confidence) == (12.0, 60.0, 1.5, None)
     assert (got.carpet_min_destinations, got.warmup_s, got.pcap_retention_days) == (16, 120.0, 7)
@@ -48,9 +50,7 @@ def test_the_engine_runs_with_the_knobs_of_the_file(tmp_path):
 def test_no_policy_section_leaves_the_engine_at_its_defaults(tmp_path):
     config = _config(tmp_path)
     assert config.policy == {}
-    app = Appliance(config)
-    app.dataplane = SyntheticDataplane(100, 10, 0.0, 0, 1)
-    assert app.policy_engine(app.dataplane).config == PolicyConfig()
+    assert _engine(config).config == PolicyConfig()
 
 
 @pytest.mark.parametrize(("text", "message"), [
