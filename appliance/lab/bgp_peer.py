@@ -5,8 +5,10 @@
         peer.unicast4()                             # master4: the RTBH routes with their communities
     BirdPeer("swbab12cd", tmp_path, netns="sw-up")  # BIRD in a namespace that exists (the lab's router)
 
-The appliance's end of the management link (`APPLIANCE`) is in the root namespace, where
-`seawall run` and its ExaBGP live. BIRD keeps its config, socket and log in the test's temporary
+The appliance's end of the management link (`APPLIANCE` on link 0) is in the root namespace, where
+`seawall run` and its ExaBGP live. Peers up at the same time take links of their own (`link=N`: the
+N-th /30 and /64 below link 0), and `up()` refuses a link that is in use: link 0 is the lab's upstream
+router (`appliance.lab.upstream`), the netns test modules that run beside others take 1 to 4. BIRD keeps its config, socket and log in the test's temporary
 directory; it is started in the foreground and stopped by its pid; the namespace (unless it was
 given: then only BIRD and the veth are ours) and the veth go on every exit path. BIRD decodes what ExaBGP encodes: the check is made by another
 implementation than the one that announced. Used by the netns tests and `seawall bench escalation`.
@@ -29,7 +31,7 @@ PEER = "192.0.2.250"
 APPLIANCE6 = "2001:db8:ffff:fff0::1"   # the same link's IPv6 addresses (IPv6 RTBH next hop)
 PEER6 = "2001:db8:ffff:fff0::2"
 PREFIX_LEN = 30
-LINK_STRIDE = 4                    # addresses per management link: a second peer (link=1) is the /30 below
+LINK_STRIDE = 4                    # addresses per management link: link N is the N-th /30 below link 0
 LOCAL_AS = 64512                   # the appliance's AS in the tests
 PEER_AS = 64500
 READY_TIMEOUT_S = 15.0             # seconds for BIRD to answer on its control socket
@@ -52,6 +54,7 @@ class BirdPeer:
                  peer_as: int = PEER_AS) -> None:
         self.ns = netns or name
         self.own_ns = netns is None
+        self.link = link
         # link 0 is the module's addresses; link N the N-th /30 (and /64) below them: several peers at once.
         self.appliance = str(ipaddress.ip_address(APPLIANCE) - LINK_STRIDE * link)
         self.address = str(ipaddress.ip_address(PEER) - LINK_STRIDE * link)
@@ -64,6 +67,13 @@ class BirdPeer:
         self.proc: subprocess.Popen | None = None
 
     def up(self) -> BirdPeer:
+        # Two peers on one link would both route its /30 from the root namespace, and each session would
+        # reach whichever veth the kernel picks: refuse, naming who holds it.
+        holder = subprocess.run(["ip", "-o", "addr", "show", "to", f"{self.appliance}/32"], check=True,
+                                capture_output=True, text=True).stdout.split()
+        if holder:
+            raise RuntimeError(f"management link {self.link} ({self.appliance}) is already on {holder[1]}: "
+                               "each BGP peer that is up at the same time needs a link of its own")
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.own_ns:
             _ip("netns", "add", self.ns)

@@ -4,12 +4,13 @@ and a module that needs another kind of lab (a Linux bridge, the comparison benc
 own `lab`.
 
 The tier runs in two parts (tox.ini). The modules in ALONE run one test at a time with the machine to
-themselves, for one of two reasons: what they assert depends on the two vCPUs being theirs (flood and
-legitimate packet rates, shares lost or let through, latency, benchmarks, a bench that needs both
-vCPUs), or they speak BGP from the root namespace, where every lab's management veth takes the same
-fixed addresses (`appliance.lab.bgp_peer`). Every other module runs beside another
-(`-n 2 --dist loadfile`: a module's tests on one worker, in order, sharing its module-scoped lab):
-each lab has names and namespaces of its own, so two labs do not meet.
+themselves: what they assert depends on the two vCPUs being theirs (flood and legitimate packet rates,
+shares lost or let through, latency, benchmarks, a bench that needs both vCPUs). Every other module runs
+beside another (`-n 2 --dist loadfile`: a module's tests on one worker, in order, sharing its
+module-scoped lab): each lab has names and namespaces of its own, so two labs do not meet. The modules
+that speak BGP from the root namespace each take management links of their own for their BIRD peers
+(`appliance.lab.bgp_peer`, which refuses a link in use): test_bgp_escalation 1, test_bgp_seawall_run 2,
+test_escalation_reload 3 and 4; link 0 is the lab's upstream router (test_escalation_saturation, here).
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ from tests.support import started_lab
 MEASURING = {"test_appflood", "test_efficacy", "test_policy_vectors", "test_policy_reference", "test_synauth",
              "test_botnet_lab", "test_escalation_saturation", "test_lab_attacks",
              "test_bench_compare", "test_bench_detection", "test_bench_mitigation"}
-ROOT_NAMESPACE_BGP = {"test_bgp_escalation", "test_bgp_seawall_run", "test_escalation_reload",
-                      "test_escalation_saturation"}
-ALONE = frozenset(MEASURING | ROOT_NAMESPACE_BGP)
+ALONE = frozenset(MEASURING)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,12 +11,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import signal
+import subprocess
 import time
 import uuid
 
 import pytest
 
-from appliance.lab.bgp_peer import APPLIANCE, APPLIANCE6, LOCAL_AS, PEER, PEER_AS, BirdPeer
+from appliance.lab.bgp_peer import LOCAL_AS, PEER_AS, BirdPeer
 from dataplane.api import Range, Rule
 from escalation.config import BgpSettings, EscalationSettings, PeerSettings
 from escalation.controller import Escalation
@@ -30,6 +31,7 @@ UPLINK = 1_000_000                 # bits/s
 FULL = 0.9 * UPLINK
 HOLD = 4.0                         # seconds: a short hold-down for the test
 CAP = 4                            # max_announcements: room for the first test's four routes
+MANAGEMENT_LINK = 1                # this module's /30 beside the root namespace (tests/netns/conftest.py)
 
 TENANTS = {t.id: t for t in (
     Tenant.from_dict({"id": "alpha", "name": "alpha", "prefixes": ["203.0.113.0/26", "2001:db8:1::/48"],
@@ -37,10 +39,11 @@ TENANTS = {t.id: t for t in (
     Tenant.from_dict({"id": "mon", "name": "mon", "prefixes": ["203.0.113.128/26"], "mode": "monitor"}))}
 
 
-def bgp_settings() -> BgpSettings:
-    return BgpSettings(LOCAL_AS, APPLIANCE, (PeerSettings(PEER, PEER_AS, flowspec=True, rtbh=True,
-                                                          rtbh_communities=("65535:666", "64500:666"),
-                                                          local_address=APPLIANCE, rtbh_next_hop6=APPLIANCE6),))
+def bgp_settings(peer: BirdPeer) -> BgpSettings:
+    return BgpSettings(LOCAL_AS, peer.appliance, (PeerSettings(peer.address, PEER_AS, flowspec=True, rtbh=True,
+                                                               rtbh_communities=("65535:666", "64500:666"),
+                                                               local_address=peer.appliance,
+                                                               rtbh_next_hop6=peer.appliance6),))
 
 
 def udp_incident(iid: str, tenant: str, address: str, active: bool = True) -> IncidentView:
@@ -50,13 +53,13 @@ def udp_incident(iid: str, tenant: str, address: str, active: bool = True) -> In
 
 @pytest.fixture
 def peer(tmp_path):
-    with BirdPeer(f"swb{uuid.uuid4().hex[:6]}", tmp_path) as bird:
+    with BirdPeer(f"swb{uuid.uuid4().hex[:6]}", tmp_path, link=MANAGEMENT_LINK) as bird:
         yield bird
 
 
 @pytest.fixture
 async def escalation(tmp_path, peer):
-    esc = Escalation(bgp_settings(), EscalationSettings(uplink_bps=UPLINK, flowspec_at=0.7, hold_down_s=HOLD,
+    esc = Escalation(bgp_settings(peer), EscalationSettings(uplink_bps=UPLINK, flowspec_at=0.7, hold_down_s=HOLD,
                                                         max_announcements=CAP), tmp_path / "run")
     await esc.start()
     try:
@@ -150,7 +153,7 @@ async def test_cap_holds_at_the_peer(escalation, peer):
 
 
 async def test_clean_stop_leaves_nothing_announced(tmp_path, peer):
-    esc = Escalation(bgp_settings(), EscalationSettings(uplink_bps=UPLINK, hold_down_s=HOLD), tmp_path / "run2")
+    esc = Escalation(bgp_settings(peer), EscalationSettings(uplink_bps=UPLINK, hold_down_s=HOLD), tmp_path / "run2")
     await esc.start()
     try:
         await await_until(peer.established, 30, 0.2, what="BGP session with BIRD")
@@ -160,3 +163,19 @@ async def test_clean_stop_leaves_nothing_announced(tmp_path, peer):
         await esc.stop()
     assert not esc.speaker.running
     await await_until(lambda: not peer.flow4() and not peer.unicast4(), 15, 0.2, what="an empty table")
+
+
+def test_a_second_peer_on_a_management_link_in_use_is_refused_and_leaves_nothing(tmp_path, peer):
+    name = f"swb{uuid.uuid4().hex[:6]}"
+    second = BirdPeer(name, tmp_path / "second", link=MANAGEMENT_LINK)
+    with pytest.raises(RuntimeError, match=f"management link {MANAGEMENT_LINK} .* already on {peer.veth_root}"):
+        second.__enter__()
+
+    def ip(*argv: str) -> str:
+        return subprocess.run(["ip", *argv], capture_output=True, text=True, check=True).stdout
+
+    assert name not in ip("netns", "list")
+    # The first peer keeps its link: its address, on its veth only, and BIRD running.
+    assert ip("-o", "addr", "show", "to", f"{peer.appliance}/32").split()[1] == peer.veth_root
+    assert len(ip("-o", "addr", "show", "to", f"{peer.appliance}/32").splitlines()) == 1
+    assert peer.proc.poll() is None

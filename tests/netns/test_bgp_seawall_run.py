@@ -20,7 +20,7 @@ import pytest
 
 from appliance.lab import lab_config
 from appliance.lab.attack import AttackProcess, AttackSpec
-from appliance.lab.bgp_peer import APPLIANCE, LOCAL_AS, PEER, PEER_AS, BirdPeer
+from appliance.lab.bgp_peer import LOCAL_AS, PEER_AS, BirdPeer
 from appliance.lab.traffic import TrafficProfile, TrafficRun
 from appliance.runner import ApplianceProcess
 from dataplane.dataplane import purge
@@ -31,22 +31,23 @@ ATTACK_PPS = 20_000
 ATTACK_S = 60.0               # seconds at most; killed once the test has what it needs
 HOLD_DOWN_S = 30.0            # seconds: longer than a restart of seawall run
 LEGIT = TrafficProfile(game_pps=200, http_rps=10, dns_qps=50)
+MANAGEMENT_LINK = 2          # this module's /30 beside the root namespace (tests/netns/conftest.py)
 
 
 @pytest.fixture
 def peer(tmp_path):
-    with BirdPeer(f"swb{uuid.uuid4().hex[:6]}", tmp_path) as bird:
+    with BirdPeer(f"swb{uuid.uuid4().hex[:6]}", tmp_path, link=MANAGEMENT_LINK) as bird:
         yield bird
 
 
-def config_for(lab, tmp_path) -> dict:
+def config_for(lab, tmp_path, peer: BirdPeer) -> dict:
     config = lab_config(lab.name)
     config["appliance"]["state_dir"] = str(tmp_path / "state")
     config["appliance"]["tick_ms"] = 1000
     config["securewatch"] = {"enabled": False}
-    config["bgp"] = {"local_as": LOCAL_AS, "router_id": APPLIANCE,
-                     "peers": [{"address": PEER, "peer_as": PEER_AS, "flowspec": True, "rtbh": True,
-                                "rtbh_communities": ["65535:666"], "local_address": APPLIANCE}]}
+    config["bgp"] = {"local_as": LOCAL_AS, "router_id": peer.appliance,
+                     "peers": [{"address": peer.address, "peer_as": PEER_AS, "flowspec": True, "rtbh": True,
+                                "rtbh_communities": ["65535:666"], "local_address": peer.appliance}]}
     config["escalation"] = {"uplink_bps": UPLINK_BPS, "flowspec_at": 0.5, "hold_down_s": HOLD_DOWN_S,
                             "max_announcements": 10}
     return config
@@ -60,7 +61,7 @@ def cli_status(config_path) -> dict:
 
 def test_flood_escalates_to_flowspec_at_the_peer_survives_a_speaker_kill_and_a_clean_stop_withdraws(
         lab, peer, tmp_path, request):
-    config = config_for(lab, tmp_path)
+    config = config_for(lab, tmp_path, peer)
     proc = ApplianceProcess(config, tmp_path / "seawall.toml", tmp_path / "seawall.log")
 
     def teardown():
@@ -87,7 +88,7 @@ def test_flood_escalates_to_flowspec_at_the_peer_survives_a_speaker_kill_and_a_c
 
     status = cli_status(tmp_path / "seawall.toml")
     [session] = status["bgp"]["peers"]
-    assert (session["address"], session["peer_as"], session["state"]) == (PEER, PEER_AS, "established")
+    assert (session["address"], session["peer_as"], session["state"]) == (peer.address, PEER_AS, "established")
     assert session["uptime_s"] >= 0
     ann = next(a for a in status["bgp"]["announcements"] if a["match"]["destination"] == f"{server.ipv4}/32")
     assert (ann["kind"], ann["tenant"], ann["reason"]) == ("flowspec", "alpha", "auto")
@@ -111,7 +112,7 @@ def test_flood_escalates_to_flowspec_at_the_peer_survives_a_speaker_kill_and_a_c
 
 def test_a_crash_of_seawall_run_leaves_nothing_announced_and_a_restart_announces_again(
         lab, peer, tmp_path, request):
-    config = config_for(lab, tmp_path)
+    config = config_for(lab, tmp_path, peer)
     proc = ApplianceProcess(config, tmp_path / "seawall.toml", tmp_path / "seawall.log")
 
     def teardown():

@@ -30,6 +30,7 @@ from tenants import Tenant
 from tests.support import await_until, wait_until
 
 UPLINK = 1_000_000                 # bits/s
+MANAGEMENT_LINKS = (3, 4)          # this module's two /30s beside the root namespace (tests/netns/conftest.py)
 FULL = 0.9 * UPLINK
 ALPHA = Tenant.from_dict({"id": "alpha", "name": "alpha", "prefixes": ["203.0.113.0/26"],
                           "policy": {"escalate_rtbh": True}})
@@ -39,8 +40,8 @@ FLOW = "flow4 { dst 203.0.113.5/32; proto 17; dport 80; sport 123; }"
 @pytest.fixture
 def peers(tmp_path):
     tag = uuid.uuid4().hex[:5]
-    first = BirdPeer(f"swr{tag}", tmp_path / "a")
-    second = BirdPeer(f"sws{tag}", tmp_path / "b", link=1, peer_as=64501)
+    first = BirdPeer(f"swr{tag}", tmp_path / "a", link=MANAGEMENT_LINKS[0])
+    second = BirdPeer(f"sws{tag}", tmp_path / "b", link=MANAGEMENT_LINKS[1], peer_as=64501)
     with first, second:
         yield first, second
 
