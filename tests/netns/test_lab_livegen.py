@@ -31,7 +31,7 @@ TRIM = 4               # bytes the receiver cuts off its answer (a SYN's options
 # answer in place as the appliance's SYN authentication does (swap the MACs, shorten the frame,
 # XDP_TX). The veths' own frames (IPv6 router solicitations) pass uncounted.
 RECEIVER_XDP = r"""
-#include <linux/if_ether.h>
+#include <uapi/linux/if_ether.h>
 BPF_ARRAY(seen, u64, 3);   /* 0: the template's MACs, 1: an earlier answer's, 2: not the template's length */
 BPF_ARRAY(template_len, u32, 1);
 int xdp_answer_in_place(struct xdp_md *ctx)

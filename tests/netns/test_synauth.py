@@ -47,7 +47,7 @@ MAX_FLOOD_AT_SERVER = 0.001   # fraction of the flood allowed to reach the serve
 # never deliver them: routed to the lab's blackhole instead, 20,000 a second cost the router
 # namespace the CPU time the real clients' packets need on this shared 2-core machine.
 UPSTREAM_XDP_SOURCE = r"""
-#include <linux/if_ether.h>
+#include <uapi/linux/if_ether.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
 int xdp_upstream(struct xdp_md *ctx)
