@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         requested = f"{result.requested_pps:,} pps requested" if result.requested_pps else "maximum rate"
         print(f"{'+'.join(result.vectors)} -> {spec.target}: {result.transmitted:,} frames in "
               f"{result.elapsed_s:.2f}s = {result.achieved_pps:,.0f} pps ({requested}); "
-              f"submitted {result.submitted:,}, xmit errors {result.xmit_errors:,}, skipped {result.skipped:,}")
+              f"submitted {result.submitted:,}, not transmitted {result.xmit_errors:,}, skipped {result.skipped:,}")
     return 0
 
 

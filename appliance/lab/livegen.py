@@ -29,6 +29,7 @@ import os
 import pathlib
 import platform
 import re
+import threading
 
 from appliance.lab import netlink
 
@@ -40,6 +41,9 @@ MAX_LIVE_FRAME_BYTES = 3500         # bytes: one page minus XDP head/tailroom; n
 XDP_FLAGS_SKB_MODE = 1 << 1
 ANCHOR_RE = re.compile(r"^lg(\d+)a\d*$")
 _ANCHOR_SERIAL = itertools.count()   # anchor veths of this process
+# bcc compiles in process (clang and LLVM), and two compiles at once in two threads crash it (SIGSEGV,
+# seen with two generators started together): senders made in threads compile one at a time.
+_COMPILE_LOCK = threading.Lock()
 SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 
 
@@ -100,7 +104,8 @@ class LiveFrameSender:
         from bcc import BPF  # noqa: PLC0415 - bcc only where the fast path runs (never in unit tests)
 
         self.ifindex = ifindex
-        self._bpf = BPF(src_file=str(HERE / "livegen.c"), cflags=[f"-I{HERE}"])
+        with _COMPILE_LOCK:
+            self._bpf = BPF(src_file=str(HERE / "livegen.c"), cflags=[f"-I{HERE}"])
         self._prog_fd = self._bpf.load_func("livegen", BPF.XDP).fd
         self._config = self._bpf["livegen_cfg"]
         self._template = self._bpf["livegen_template"]

@@ -184,3 +184,81 @@ def test_a_signal_during_a_run_ends_it_early_without_an_error(namespace):
     if "error" in outcome:
         raise outcome["error"]
     assert 0 < outcome["sent"] < outcome["asked"], outcome   # a run was interrupted, and that was no error
+
+
+PAIR_PPS = 20_000        # packets/s of each of the two generators
+PAIR_S = 1.0             # seconds each
+
+
+def _pair_of_generators(namespace: str) -> list[dict]:
+    """Two generators sending at once out of `gen` in `namespace`, each in its own thread: their summaries."""
+    from appliance.lab.attack import Stream  # noqa: PLC0415
+    from appliance.lab.generator import Generator  # noqa: PLC0415
+
+    outcomes: list[dict] = [{}, {}]
+
+    def run(outcome: dict) -> None:
+        try:
+            enter_netns(namespace)
+            stream = Stream("syn", (template_frame(),), FrameEdits())
+            outcome.update(Generator([stream], PAIR_PPS, PAIR_S, "gen").run().to_dict())
+        except BaseException as exc:  # re-raised by the test
+            outcome["error"] = exc
+
+    threads = [threading.Thread(target=run, args=(o,), name="generator-test", daemon=True) for o in outcomes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)   # bcc compiles each generator first
+        assert not thread.is_alive(), "generator did not finish"
+    for outcome in outcomes:
+        if "error" in outcome:
+            raise outcome["error"]
+    return outcomes
+
+
+def _xmit(namespace: str) -> tuple[int, int]:
+    """`gen`'s XDP transmit counters: (frames transmitted, frames that failed)."""
+    def read() -> tuple[int, int]:
+        counters = netlink.XdpXmitCounters("gen")
+        try:
+            return counters.read()
+        finally:
+            counters.close()
+    return netlink.in_namespace(namespace, read)
+
+
+def test_two_generators_on_one_interface_each_count_only_what_it_transmitted(namespace):
+    """The veth counts per interface. A scenario's SYN and UDP floods share the lab's uplink, and each
+    once subtracted the other's transmit errors as well (the UDP flood reported 0 frames sent), and
+    frames the kernel dropped before the driver counted as sent."""
+    from bcc import BPF  # noqa: PLC0415
+
+    with netlink.iproute(namespace) as ipr:
+        netlink.add_veth(ipr, "gen", "rcv")
+        netlink.set_up(ipr, "gen")
+        rcv = netlink.index(ipr, "rcv")
+    # The receiving veth down: no frame leaves.
+    sent_before, _ = _xmit(namespace)
+    failing = _pair_of_generators(namespace)
+    sent_after, _ = _xmit(namespace)
+    assert sent_after == sent_before
+    for summary in failing:
+        assert summary["submitted"] >= PAIR_PPS * PAIR_S * 0.9, summary
+        assert (summary["transmitted"], summary["xmit_errors"]) == (0, summary["submitted"]), summary
+        assert summary["achieved_pps"] == 0 and sum(summary["per_second"]) == 0, summary
+
+    # Up, and with a program there, it takes them: each generator's own, and together what the veth sent.
+    receiver = BPF(text="int xdp_drop(struct xdp_md *ctx) { return XDP_DROP; }")
+    try:
+        with netlink.iproute(namespace) as ipr:
+            ipr.link("set", index=rcv, xdp_fd=receiver.load_func(b"xdp_drop", BPF.XDP).fd)
+            netlink.set_up(ipr, "rcv")
+        passing = _pair_of_generators(namespace)
+        sent_end, _ = _xmit(namespace)
+    finally:
+        receiver.cleanup()
+    for summary in passing:
+        assert summary["transmitted"] + summary["xmit_errors"] == summary["submitted"], summary
+        assert summary["transmitted"] >= 0.9 * summary["submitted"] > 0, summary
+    assert sum(s["transmitted"] for s in passing) == sent_end - sent_after
