@@ -36,7 +36,8 @@ from appliance.lab.labserver import read_stats
 from appliance.lab.scenario import REFERENCE, Scenario, ScenarioRun, load_scenario, play
 from appliance.lab.traffic import split_by_windows
 from appliance.lab.upstream import Upstream
-from appliance.runner import ApplianceProcess, restore_signals, stop_on_signals
+from appliance.runner import ApplianceProcess
+from appliance.signals import restore_signals, stop_on_signals
 from dataplane.dataplane import purge
 
 DEMO_STATE = pathlib.Path("/var/lib/seawall/demo")   # default of `seawall demo --state-dir`

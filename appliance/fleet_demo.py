@@ -30,7 +30,8 @@ from appliance.demo import DEMO_STATE, bounded
 from appliance.lab import Lab, lab_config
 from appliance.lab.scenario import load_scenario, play
 from appliance.lab.traffic import TrafficProfile, TrafficRun
-from appliance.runner import ApplianceProcess, restore_signals, stop_on_signals
+from appliance.runner import ApplianceProcess
+from appliance.signals import restore_signals, stop_on_signals
 from dataplane.dataplane import purge
 
 SITES = ("ams1", "fra1")

@@ -7,29 +7,12 @@ import pathlib
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 
 import tomli_w
 
 from appliance.config import load_config
 from appliance.service import read_status
-
-# Ctrl-C, and SIGTERM from systemd, timeout(1) or a CI runner: both end a demo the same way.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def stop_on_signals(stop: threading.Event) -> dict[int, Callable | int | None]:
-    """STOP_SIGNALS set `stop` instead of ending the process where it stands, so that the caller's
-    `finally` removes what it built (lab namespaces, the appliance child, bpffs pins). Returns the
-    handlers it replaced, for `restore_signals`."""
-    return {sig: signal.signal(sig, lambda *_: stop.set()) for sig in STOP_SIGNALS}
-
-
-def restore_signals(previous: dict[int, Callable | int | None]) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
 
 
 class ApplianceProcess:

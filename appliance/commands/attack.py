@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 
 from appliance.lab.attack import MULTI_DEFAULT, VECTORS, AttackSpec
 from appliance.lab.botnet import BOTNET_VECTORS, DEFAULT_BOTS, DEFAULT_RATES, UNITS
+from appliance.signals import restore_signals, stop_on_signals
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,14 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _stop_on_signals() -> tuple[threading.Event, dict]:
     """An event SIGINT and SIGTERM set (the generators stop at their next second and still report),
-    and the handlers they replaced, for `_restore`."""
+    and the handlers they replaced, for `restore_signals`."""
     stop = threading.Event()
-    return stop, {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-
-def _restore(previous: dict) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
+    return stop, stop_on_signals(stop)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"seawall attack: {exc}", file=sys.stderr)
         return 1
     finally:
-        _restore(previous)
+        restore_signals(previous)
     if args.json:
         print(json.dumps(result.to_dict()), flush=True)
     else:
@@ -132,7 +127,7 @@ def _botnet(args: argparse.Namespace, spec: AttackSpec) -> int:
         print(f"seawall attack: {exc}", file=sys.stderr)
         return 1
     finally:
-        _restore(previous)
+        restore_signals(previous)
     if args.json:
         print(json.dumps(result), flush=True)
     else:

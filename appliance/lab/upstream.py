@@ -35,7 +35,6 @@ import argparse
 import dataclasses
 import json
 import pathlib
-import signal
 import subprocess
 import sys
 import threading
@@ -46,6 +45,7 @@ from appliance.lab.attack import MULTI_DEFAULT, AttackProcess, AttackSpec
 from appliance.lab.bgp_peer import APPLIANCE, LOCAL_AS, PEER, PEER_AS, BirdPeer
 from appliance.lab.edge_router import EdgeRouterAgent
 from appliance.lab.topology import Lab, LabError
+from appliance.signals import stop_on_signals
 
 ATTACKER_LINK = "att"             # in <p>-up: the router's link to the attacker's host
 GENERATOR_LINK, GENERATOR_PEER = "gen0", "gen1"   # in <p>-att: the generator's veth pair
@@ -278,8 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                       pulse=tuple(float(v) for v in args.pulse.split(",")) if args.pulse else None,  # type: ignore[arg-type]
                       ramp=args.ramp)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop_on_signals(stop)
     try:
         result = run_routed(Lab(args.lab), spec, lambda r: print(json.dumps(r.to_dict()), flush=True), stop)
     except (ValueError, LabError, OSError) as exc:
