@@ -284,7 +284,8 @@ def fresh_appliance_state(path: pathlib.Path) -> None:
     fresh admin password). The baselines an earlier demo saved had learned its game server idle for
     the minutes the demo kept running after its scenario; loaded again, they put the players above
     the server's normal band, none of their datagrams counted as legitimate, and the UDP flood's
-    rule, checked against nothing, dropped 85 % of them (2 of 4 runs on 2026-12-06)."""
+    rule, checked against nothing, dropped up to 85 % of them (the three runs on 2026-12-06 that
+    followed another)."""
     if path.is_dir():
         shutil.rmtree(path)
 

@@ -8,10 +8,13 @@
 The appliance's end of the management link (`APPLIANCE` on link 0) is in the root namespace, where
 `seawall run` and its ExaBGP live. Peers up at the same time take links of their own (`link=N`: the
 N-th /30 and /64 below link 0), and `up()` refuses a link that is in use: link 0 is the lab's upstream
-router (`appliance.lab.upstream`), the netns test modules that run beside others take 1 to 4. BIRD keeps its config, socket and log in the test's temporary
-directory; it is started in the foreground and stopped by its pid; the namespace (unless it was
-given: then only BIRD and the veth are ours) and the veth go on every exit path. BIRD decodes what ExaBGP encodes: the check is made by another
-implementation than the one that announced. Used by the netns tests and `seawall bench escalation`.
+router (`appliance.lab.upstream`), the netns test modules that run beside others take 1 to 4.
+
+BIRD keeps its config, socket and log in the test's temporary directory; it is started in the
+foreground and stopped by its pid; the namespace (unless it was given: then only BIRD and the veth are
+ours) and the veth go on every exit path. BIRD decodes what ExaBGP encodes: the check is made by
+another implementation than the one that announced. Used by the netns tests and `seawall bench
+escalation`.
 """
 
 from __future__ import annotations
