@@ -36,7 +36,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_demo_ended_by_sigterm_removes_the_lab_and_the_appliance(tmp_path):
-    """Ctrl-C (SIGINT) takes the same way out (appliance.runner.stop_on_signals, a unit test)."""
+    """Ctrl-C (SIGINT) takes the same way out (appliance.signals.stop_on_signals, a unit test)."""
     lab = Lab(LAB)
     lines: list[str] = []
     children: list[int] = []
