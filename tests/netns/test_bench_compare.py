@@ -140,7 +140,7 @@ def test_multiqueue_spreads_the_receive_work_over_both_vcpus():
     """Issue 18 item 4: with two queues and a generator per vCPU, the program runs on both vCPUs
     (its per-CPU counters both move), with one generator on one only; the figures are sane."""
     if (os.cpu_count() or 1) < 2:
-        skip_or_fail("the multi-queue part needs two vCPUs")   # under CI a failure, not a skip
+        skip_or_fail("the multi-queue part needs two vCPUs")
     before = namespaces()
     result = compare.run_multiqueue(TINY, lambda _m: None)
     one, both = result["one_core"]["cores"], result["all_cores"]["cores"]
