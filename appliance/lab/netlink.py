@@ -179,23 +179,17 @@ def features(namespace: str | None, ifname: str) -> dict[str, bool]:
     return in_namespace(namespace, read)
 
 
-class XdpXmitCounters:
-    """A veth's XDP transmit counters, summed over its queues (`ethtool -S`: tx_queue_N_xdp_xmit and
-    tx_queue_N_xdp_xmit_errors), in the namespace of the thread that made it, through one kept ioctl
-    handle: the statistics' names are read once, then each read is one ioctl."""
+class XdpTransmitted:
+    """Frames a veth transmitted from XDP (`ethtool -S`: tx_queue_N_xdp_xmit, summed over its queues), in
+    the namespace of the thread that made it, through one kept ioctl handle: the statistics' names are
+    read once, then each read is one ioctl (~25 µs, against ~150 µs for `statistics()`)."""
 
     def __init__(self, ifname: str) -> None:
         self._ethtool = IoctlEthtool(ifname)
 
-    def read(self) -> tuple[int, int]:
-        """(frames transmitted, frames that failed)."""
-        sent = errors = 0
-        for name, value in self._ethtool.get_statistics():
-            if name.startswith("tx_queue_") and name.endswith("_xdp_xmit"):
-                sent += int(value)
-            elif name.startswith("tx_queue_") and name.endswith("_xdp_xmit_errors"):
-                errors += int(value)
-        return sent, errors
+    def read(self) -> int:
+        return sum(int(value) for name, value in self._ethtool.get_statistics()
+                   if name.startswith("tx_queue_") and name.endswith("_xdp_xmit"))
 
     def close(self) -> None:
         self._ethtool.close()

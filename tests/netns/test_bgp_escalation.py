@@ -176,6 +176,6 @@ def test_a_second_peer_on_a_management_link_in_use_is_refused_and_leaves_nothing
 
     assert name not in ip("netns", "list")
     # The first peer keeps its link: its address, on its veth only, and BIRD running.
-    assert ip("-o", "addr", "show", "to", f"{peer.appliance}/32").split()[1] == peer.veth_root
-    assert len(ip("-o", "addr", "show", "to", f"{peer.appliance}/32").splitlines()) == 1
+    holders = ip("-o", "addr", "show", "to", f"{peer.appliance}/32").splitlines()
+    assert len(holders) == 1 and holders[0].split()[1] == peer.veth_root
     assert peer.proc.poll() is None

@@ -48,8 +48,8 @@ MAX_FLOOD_AT_SERVER = 0.001   # fraction of the flood allowed to reach the serve
 # namespace the CPU time the real clients' packets need on this shared 2-core machine.
 UPSTREAM_XDP_SOURCE = r"""
 #include <uapi/linux/if_ether.h>
-#include <linux/ip.h>
-#include <linux/ipv6.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
 int xdp_upstream(struct xdp_md *ctx)
 {
     void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
