@@ -109,6 +109,12 @@ def map_update(map_fd: int, key: bytes, value: bytes) -> None:
          "BPF_MAP_UPDATE_ELEM")
 
 
+def queue_push(map_fd: int, value: bytes) -> None:
+    """Push one value onto a queue map (BPF_MAP_TYPE_QUEUE: no key). Raises BpfError E2BIG when it is full."""
+    v = ctypes.create_string_buffer(value, len(value))
+    _bpf(BPF_MAP_UPDATE_ELEM, _MapElemAttr(map_fd=map_fd, key=0, value=ctypes.addressof(v)), "BPF_MAP_UPDATE_ELEM")
+
+
 def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
     """One element's value, or None when there is none (for a map of maps: the inner map's id)."""
     k = ctypes.create_string_buffer(key, len(key))

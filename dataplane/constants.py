@@ -242,7 +242,8 @@ ACL_ENTRIES_PER_PREFIX = 8     # port/proto entries sharing one source prefix (a
 MAX_RULES = 4096               # dynamic rules installed at once
 RULES_PER_TARGET = 8           # rules attached to one destination (or tenant-wide)
 ADDRESS_CACHE_BITS = 16        # direct-mapped address cache: 2**16 slots per CPU
-MAX_ADDRESSES = 262144         # addresses whose counters outlive their cache slot (LRU spill map)
+MAX_ADDRESSES = 262144         # addresses whose counters outlive their cache slot (slots of the spill store)
+ADDRESS_OVERFLOW_ENTRIES = MAX_ADDRESSES // 4   # LRU map of spills when every store slot is taken (sizing.overflow_entries)
 PAYLOAD_MATCH_BYTES = 8        # leading payload bytes a rule can match
 SAMPLE_BYTES = 128             # bytes of each sampled packet copied to user space
 RINGBUF_PAGES = 256            # sample ring buffer size, in 4 KiB pages (1 MiB)
@@ -340,7 +341,7 @@ def cflags() -> list[str]:
     flags.append(f"-DSW_BUDGET_CLASSES={len(BUDGET_CLASSES)}U")
     flags.append(f"-DSW_BUDGET_SLOT_OF_CLASS={budget_slot_of_class():#x}U")
     for name in ("MAX_TENANTS", "MAX_PREFIXES", "MAX_ACL_PREFIXES", "ACL_ENTRIES_PER_PREFIX",
-                 "MAX_RULES", "RULES_PER_TARGET", "MAX_ADDRESSES", "ADDRESS_CACHE_BITS", "PAYLOAD_MATCH_BYTES",
+                 "MAX_RULES", "RULES_PER_TARGET", "MAX_ADDRESSES", "ADDRESS_OVERFLOW_ENTRIES", "ADDRESS_CACHE_BITS", "PAYLOAD_MATCH_BYTES",
                  "SAMPLE_BYTES", "RINGBUF_PAGES", "MAX_VLAN_DEPTH", "MAX_IPV6_EXT_HEADERS",
                  "NO_TENANT", "TENANT_SET_SLOTS", "MAX_FLOWS", "REFLECTION_WINDOW_MS",
                  "SYN_VALIDATED_TTL_MS", "BUDGET_BURST_MS", "CONN_GRACE_MS", "CONN_IDLE_MS", "TCP_OPEN_WINDOW_MS",

@@ -63,7 +63,7 @@ class Dataplane:
     `pin_dir`: a bpffs directory where maps and links persist across restarts
     of the control plane (None for tests and benchmarks: nothing outlives the
     object). `sample_every`: one packet in N per CPU goes to the sample ring
-    (0 = off). `max_addresses`: size of the per-address LRU. `defines`: extra
+    (0 = off). `max_addresses`: slots of the spill store (dataplane.spill). `defines`: extra
     -D flags for test builds of the program (-DSW_NO_FAST_PARSE, ...).
     `address_cache_bits`: log2 of the address cache's slots per CPU region (the
     appliance passes `dataplane.sizing.address_cache_bits` of its configuration).
@@ -84,7 +84,7 @@ class Dataplane:
         try:
             self.reader = CounterReader(
                 stats=self.program.map_ref("sw_tenant_stats"), cache=self.program.map_ref("sw_addr_cache"),
-                spill=self.program.map_ref("sw_addr_spill"), ncpus=self.ncpus,
+                spill=self.program.map_ref("sw_addr_spill"), store=self.program.store_maps(), ncpus=self.ncpus,
                 address=address_layout(maps["sw_addr_cache"].Leaf, maps["sw_addr_spill"].Leaf),
                 tenant=tenant_stats_layout(maps["sw_tenant_stats"].Leaf._type_),
                 memo_limit=4 * max_addresses, cache_bits=address_cache_bits)

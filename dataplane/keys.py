@@ -101,7 +101,14 @@ MAX_LOAD = 0.5               # entries per bucket before the index doubles (shor
 
 
 def unique_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct rows of (N, 2) keys: (index of each distinct key's first row, inverse (N,) int64)."""
+    """Distinct rows of (N, 2) keys: (index of each distinct key's first row, ascending: the distinct
+    keys in the order they first come; inverse (N,) int64, each row's distinct key).
+
+    The order is what the reader's address ids and the rate tracker's slots are given in: the spill
+    store's slots then read into rows of ascending ids, nearly in sequence, and the engine's arrays are
+    walked in that order too. In the order of their values instead, a million rows scattered at random
+    took ~65 ms a read instead of ~30, and the tick's per-address passes gathered at random (measured
+    at 1,000,000 destinations: rates, detection and learning 1.6-2.3x slower)."""
     n = len(keys)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -115,7 +122,10 @@ def unique_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # The first row (in input order) of each group: the minimum original index in it.
     first = np.full(int(group[-1]) + 1, n, np.int64)
     np.minimum.at(first, group, order)
-    return first, inverse
+    by_position = np.argsort(first)
+    rank = np.empty_like(by_position)
+    rank[by_position] = np.arange(len(by_position))
+    return first[by_position], rank[inverse]
 
 
 class KeyIndex:

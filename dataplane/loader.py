@@ -25,7 +25,8 @@ from dataplane.api import DataplaneError
 from dataplane.constants import Direction, Port
 from dataplane.memory import release_compiler_code, release_freed_heap
 from dataplane.reader import MapRef
-from dataplane.sizing import MAX_ADDRESSES_RANGE, MAX_CACHE_BITS, MIN_CACHE_BITS
+from dataplane.sizing import MAX_ADDRESSES_RANGE, MAX_CACHE_BITS, MIN_CACHE_BITS, overflow_entries
+from dataplane.spill import StoreMaps
 
 log = structlog.get_logger("seawall.dataplane")
 
@@ -50,7 +51,8 @@ REFRESH_PROGRAM_NAMES = {Direction.INBOUND: "xdp_seawall_refresh_inbound",
                          Direction.OUTBOUND: "xdp_seawall_refresh_outbound"}
 # The maps Python reads or writes.
 MAP_NAMES = ("sw_config", "sw_ports", "sw_prefix4", "sw_prefix6", "sw_policy", "sw_acl4_tries", "sw_acl6_tries",
-             "sw_acl4_template", "sw_acl6_template", "sw_addr_cache", "sw_addr_spill", "sw_tenant_stats",
+             "sw_acl4_template", "sw_acl6_template", "sw_addr_cache", "sw_addr_store", "sw_addr_store_index",
+             "sw_addr_store_next", "sw_addr_store_free", "sw_addr_spill", "sw_tenant_stats",
              "sw_rule_set_index", "sw_rule_sets", "sw_rules", "sw_rule_stats", "sw_rule_buckets", "sw_attack",
              "sw_reflection_ports", "sw_syn_sources", "sw_synack_buckets", "sw_synack_global", "sw_synauth_stats",
              "sw_splices", "sw_splice_dests", "sw_splice_gate")
@@ -72,7 +74,7 @@ class Program:
     """The compiled program, its maps (`maps`, by name) and its XDP links.
 
     `pin_dir`: a bpffs directory where maps and links persist across restarts (None: nothing
-    outlives the object). `max_addresses`: size of the per-address LRU. `defines`: extra -D
+    outlives the object). `max_addresses`: slots of the spill store (dataplane.spill). `defines`: extra -D
     flags (test builds, such as -DSW_NO_FAST_PARSE). `cache_bits`: log2 of the address cache's
     slots per CPU region (`dataplane.sizing.address_cache_bits`).
     """
@@ -89,8 +91,9 @@ class Program:
             low, high = MAX_ADDRESSES_RANGE
             if not low <= max_addresses <= high:
                 raise DataplaneError(f"max_addresses {max_addresses} is outside {low}..{high}")
-            cflags = [f for f in cflags if not f.startswith("-DSW_MAX_ADDRESSES=")]
-            cflags.append(f"-DSW_MAX_ADDRESSES={int(max_addresses)}U")
+            cflags = [f for f in cflags if not f.startswith(("-DSW_MAX_ADDRESSES=", "-DSW_ADDRESS_OVERFLOW_ENTRIES="))]
+            cflags += [f"-DSW_MAX_ADDRESSES={int(max_addresses)}U",
+                       f"-DSW_ADDRESS_OVERFLOW_ENTRIES={overflow_entries(int(max_addresses))}U"]
         if cache_bits != constants.ADDRESS_CACHE_BITS:
             if not MIN_CACHE_BITS <= cache_bits <= MAX_CACHE_BITS:
                 raise DataplaneError(f"address cache bits {cache_bits} is outside {MIN_CACHE_BITS}..{MAX_CACHE_BITS}")
@@ -154,7 +157,8 @@ class Program:
             except KeyError:
                 continue          # a link, or a map this version no longer has
             leaf = table.Leaf._type_ if table.ttype in PERCPU_MAP_TYPES else table.Leaf
-            want = (table.ttype, ctypes.sizeof(table.Key), ctypes.sizeof(leaf), table.max_entries, table.flags)
+            key_bytes = ctypes.sizeof(table.Key) if hasattr(table, "Key") else 0    # a queue has no key
+            want = (table.ttype, key_bytes, ctypes.sizeof(leaf), table.max_entries, table.flags)
             info = bpfsys.map_info(table.map_fd)
             have = (info.type, info.key_size, info.value_size, info.max_entries, info.map_flags)
             if have != want:
@@ -261,8 +265,16 @@ class Program:
     def map_ref(self, name: str) -> MapRef:
         """A map as `dataplane.reader` reads it (bcc's per-CPU Leaf is already the per-CPU array)."""
         table = self.maps[name]
-        return MapRef(fd=table.map_fd, key_bytes=ctypes.sizeof(table.Key), value_bytes=ctypes.sizeof(table.Leaf),
+        key_bytes = ctypes.sizeof(table.Key) if hasattr(table, "Key") else 0    # a queue has no key
+        return MapRef(fd=table.map_fd, key_bytes=key_bytes, value_bytes=ctypes.sizeof(table.Leaf),
                       max_entries=table.max_entries)
+
+    def store_maps(self) -> StoreMaps:
+        """The spill store's maps as `dataplane.spill.SpillStore` reads them."""
+        store = self.maps["sw_addr_store"]
+        return StoreMaps(store_fd=store.map_fd, slot_bytes=ctypes.sizeof(store.Leaf), slots=store.max_entries,
+                         index_fd=self.maps["sw_addr_store_index"].map_fd,
+                         next_fd=self.maps["sw_addr_store_next"].map_fd, free_fd=self.maps["sw_addr_store_free"].map_fd)
 
     def close(self) -> None:
         """Release this process's handles. Pinned links and maps stay: the bridge keeps running."""

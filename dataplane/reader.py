@@ -30,6 +30,7 @@ from dataplane.constants import (
     TrafficClass,
 )
 from dataplane.keys import MIN_CAPACITY, KeyIndex, unique_keys
+from dataplane.spill import SpillStore, StoreMaps
 
 UNPROTECTED = MAX_TENANTS  # stats row of traffic to no tenant
 LISTED_SAMPLE = 32         # keys of a listed map between two looked up to align it with its previous list
@@ -147,7 +148,12 @@ class AddressMemo:
         others = np.ascontiguousarray(others, np.uint64).reshape(-1, 2)
         n, prev = len(keys), self._listed_keys
         out = np.full(n, -1, np.int64)
-        if n >= 2 * LISTED_SAMPLE and len(prev):
+        # A key where the previous list had it (the spill store lists its slots in place: nearly all).
+        common = min(n, len(prev))
+        if common:
+            same = (keys[:common, 0] == prev[:common, 0]) & (keys[:common, 1] == prev[:common, 1])
+            np.copyto(out[:common], self._listed_ids[:common], where=same)
+        if n >= 2 * LISTED_SAMPLE and len(prev) and np.count_nonzero(out < 0) > n // 16:
             # Where each known id sat in the previous list (-1: not listed then).
             at_prev = np.full(self._count, -1, np.int64)
             at_prev[self._listed_ids] = np.arange(len(prev))
@@ -184,7 +190,9 @@ class AddressMemo:
         ids = self._index.get(keys)
         missing = np.flatnonzero(ids < 0)
         if len(missing):
-            first, inverse = unique_keys(keys[missing])     # the same new address twice in one call
+            # The same new address twice in one call; new ids in the order the keys came (the spill
+            # store's slots get ascending ids, and the read moves their rows nearly in sequence).
+            first, inverse = unique_keys(keys[missing])
             new_keys = keys[missing[first]]
             new_ids = np.arange(self._count, self._count + len(first), dtype=np.int64)
             self._index.add(new_keys, new_ids)
@@ -203,12 +211,14 @@ class AddressMemo:
 
 
 def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill: np.ndarray,
-                                layout: AddressCounterLayout, memo: AddressMemo) -> DestinationCounters:
+                                layout: AddressCounterLayout, memo: AddressMemo,
+                                spill_holes: np.ndarray | None = None) -> DestinationCounters:
     """Destination counters from the two maps' batch reads.
 
     `cache`: (slots, CPUs, entry_words) uint64, the direct-mapped cache of each CPU;
     `spill_keys`: (S, 2) uint64 addresses and `spill`: (S, copies, spilled_words) the
-    LRU spill map of evicted slots (the kernel's is shared by the CPUs: one copy). An address hashes to the same slot on every CPU,
+    counters of evicted slots (the kernel's spill store and overflow map are shared by the CPUs:
+    one copy); `spill_holes`: rows of them that hold no address (free store slots). An address hashes to the same slot on every CPU,
     so a slot whose live copies all hold one address sums in place (the common case);
     slots whose CPUs hold different addresses, and spilled counters, are added by
     address id. Rows come out ordered by the memo's id, which is stable from read to
@@ -253,10 +263,10 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
     conflict = live & ~agree[:, None]
     conflict_rows = raw[conflict]
     if len(spill_keys):
-        if spill.shape[1] == 1 and spill.flags.c_contiguous:
+        if spill.shape[1] == 1 and spill.strides[-1] == 8:
             # The kernel's one shared copy: each row's leading counter words moved straight from the
-            # read's buffer (a million spilled addresses are ~100 MB of counters; a copy and a gather
-            # of them first cost ~270 ms a read at 1,000,000 destinations).
+            # mapped store (or the read's buffer: a million spilled addresses are ~100 MB of counters;
+            # a copy and a gather of them first cost ~270 ms a read at 1,000,000 destinations).
             spill_counters = _leading_rows(spill.reshape(len(spill), -1), cw)
         else:
             spill_counters = _row_view(sum_over_cpus(spill[:, :, :cw]))
@@ -279,6 +289,8 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
         spill_tenants = np.zeros(0, np.uint64)
     agree_ids = memo.slot_ids(rep, agree)[agree_rows]
     conflict_ids, spill_ids = memo.listed_ids(spill_keys, conflict_rows[:, a:a + 2])
+    if spill_holes is not None and len(spill_holes):
+        spill_ids[spill_holes] = -1
     ids, counters, tenant = _merge_by_address(
         len(memo), (agree_ids, agree_counters, agree_tenants),
         (conflict_ids, conflict_rows[:, c0:c0 + cw], _word32(conflict_rows[:, h], layout.tenant_shift)),
@@ -412,21 +424,30 @@ def _merge_by_address(n_ids: int, cached: tuple[np.ndarray, np.ndarray, np.ndarr
 
     Ascending ids keep consecutive reads in one order, so the engine's per-address state
     (slots assigned in the same order) is walked nearly in sequence, not at random.
-    `cached` (agreeing cache slots) and `spilled` (the spill map) hold each address at
-    most once each; `conflicts` (cache slots whose CPUs hold different addresses: rare)
-    may repeat one. Counters add up; the tenant comes from the cache where the address
+    `cached` (agreeing cache slots) holds each address at most once; `spilled` (the spill store
+    and its overflow map) too but for rare repeats (`_fold_repeats`), and its rows of id -1 are
+    skipped; `conflicts` (cache slots whose CPUs hold different addresses: rare) may repeat one. Counters add up; the tenant comes from the cache where the address
     is cached (a spilled copy keeps the tenant it had when it left). `n_ids` bounds the ids.
     The spilled counters are (S,) void rows of the counters' width (`_row_view`, `_leading_rows`).
     """
-    present = np.zeros(n_ids, bool)
-    for part_ids, _, _ in (cached, conflicts, spilled):
-        present[part_ids] = True
-    ids = np.flatnonzero(present)
-    row_of = np.empty(n_ids, np.int64)
-    row_of[ids] = np.arange(len(ids))
     width = cached[1].shape[1]
-    counters = rows_empty(len(ids), (width,), np.uint64)
-    tenants = np.full(len(ids), NO_TENANT, np.uint32)
+    s_ids, s_counters, s_tenants = spilled
+    # Spilled rows of id -1 are no address's (the spill store's free slots, read in place): they go to
+    # one row past the last, which is not returned (moving the other rows out of the mapped store
+    # instead would copy ~140 MB a read at a million addresses).
+    holes = s_ids < 0
+    n_holes = int(np.count_nonzero(holes))
+    if n_holes:
+        s_ids = np.where(holes, n_ids, s_ids)
+    present = np.zeros(n_ids + 1, bool)
+    for part_ids in (cached[0], conflicts[0], s_ids):
+        present[part_ids] = True
+    ids = np.flatnonzero(present[:n_ids])
+    row_of = np.empty(n_ids + 1, np.int64)
+    row_of[ids] = np.arange(len(ids))
+    row_of[n_ids] = len(ids)
+    counters = rows_empty(len(ids) + 1, (width,), np.uint64)
+    tenants = np.full(len(ids) + 1, NO_TENANT, np.uint32)
     # Whole counter rows move as single elements (one memcpy each) through void views: numpy's
     # row-wise fancy indexing of a 2-D array is 2-3x slower.
     rows_of = _row_view(counters)
@@ -436,12 +457,14 @@ def _merge_by_address(n_ids: int, cached: tuple[np.ndarray, np.ndarray, np.ndarr
     # Every spilled row scattered first, straight from the read (the spill map holds most addresses at
     # scale); then the cached rows: plain scatters where the cache alone holds the address, a
     # gather-add-scatter for those in both (numpy's fancy `+=` is several times slower).
-    s_ids, s_counters, s_tenants = spilled
+    in_spill = np.zeros(n_ids + 1, bool)
+    in_spill[s_ids] = True
+    if np.count_nonzero(in_spill[:n_ids]) < len(s_ids) - n_holes:
+        kept = np.flatnonzero(~holes)
+        s_ids, s_counters, s_tenants = _fold_repeats(s_ids[kept], s_counters[kept], np.asarray(s_tenants)[kept], width)
     srows = row_of[s_ids]
     rows_of[srows] = s_counters
     tenants[srows] = s_tenants
-    in_spill = np.zeros(n_ids, bool)
-    in_spill[s_ids] = True
     c_rows = row_of[cached[0]]
     both = in_spill[cached[0]]
     both_at = np.flatnonzero(both)
@@ -459,7 +482,22 @@ def _merge_by_address(n_ids: int, cached: tuple[np.ndarray, np.ndarray, np.ndarr
         crows = row_of[c_ids]
         np.add.at(counters, crows, c_counters)
         tenants[crows] = np.where(tenants[crows] == NO_TENANT, c_tenants, tenants[crows])
-    return ids, counters, tenants
+    return ids, counters[:len(ids)], tenants[:len(ids)]
+
+
+def _fold_repeats(ids: np.ndarray, counters: np.ndarray, tenants: np.ndarray,
+                  width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spilled rows with one row per id: an address the spill store holds twice for a read or two (a
+    slot being freed while a new one counts the address) or that is both in the store and the overflow
+    map has its rows added up, with the tenant of its last row. `counters`: (N,) void rows of `width`
+    words."""
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    words = np.ascontiguousarray(counters).view(np.uint64).reshape(len(ids), width)
+    summed = np.zeros((len(uniq), width), np.uint64)
+    np.add.at(summed, inverse, words)
+    last = np.full(len(uniq), -1, np.int64)
+    np.maximum.at(last, inverse, np.arange(len(ids)))
+    return uniq, _row_view(summed), np.asarray(tenants)[last]
 
 
 def address_layout(entry: type[ctypes.Structure], spilled: type[ctypes.Structure]) -> AddressCounterLayout:
@@ -470,6 +508,9 @@ def address_layout(entry: type[ctypes.Structure], spilled: type[ctypes.Structure
     if tenant // 8 != generation // 8 or entry.addr.offset % 8 or tenant % 4 or generation % 4:
         raise DataplaneError("struct sw_addr_entry: addr must be word-aligned, and tenant_idx and generation "
                              "must share one word")
+    if spilled.tenant_idx.offset % 8 or spilled.claimed.offset != spilled.tenant_idx.offset + 4:
+        raise DataplaneError("struct sw_addr_spilled: tenant_idx must open a word whose high half is claimed "
+                             "(dataplane.spill reads both)")
     return AddressCounterLayout(
         entry_words=ctypes.sizeof(entry) // 8, counters_at=entry.counters.offset // 8,
         addr_at=entry.addr.offset // 8, head_at=tenant // 8,
@@ -537,7 +578,7 @@ class CounterReader:
     maps (the address cache sw_addr_cache, mapped read-only into this process, and the spill map
     sw_addr_spill). Built by `dataplane.Dataplane` from the loaded program's maps and layouts."""
 
-    def __init__(self, *, stats: MapRef, cache: MapRef, spill: MapRef, ncpus: int,
+    def __init__(self, *, stats: MapRef, cache: MapRef, spill: MapRef, store: StoreMaps, ncpus: int,
                  address: AddressCounterLayout, tenant: TenantStatsLayout, memo_limit: int,
                  cache_bits: int = ADDRESS_CACHE_BITS) -> None:
         self.stats, self.cache, self.spill = stats, cache, spill
@@ -549,7 +590,11 @@ class CounterReader:
         # the counters of the set in force are in the pinned map), then those of the set.
         self.tenant_rows = MAX_TENANTS
         self._address_memo = AddressMemo(memo_limit)
-        self._spill_buffers: tuple[np.ndarray, np.ndarray] | None = None   # the spill map's batch reads, reused
+        self._spill_buffers: tuple[np.ndarray, np.ndarray] | None = None   # the overflow map's batch reads, reused
+        self._spill_holes = np.zeros(0, np.int64)      # rows of the last read's store slots that are free
+        pk, dr = address.packets_at, address.dropped_at
+        self.store = SpillStore(store, spilled_words=address.spilled_words, tenant_at=address.spilled_tenant_at,
+                                counter_words=(*range(pk, pk + len(TrafficClass)), dr))
         # CPU milliseconds (of the reading thread) of the last read's parts: the spill map's batch read (the
         # kernel's share) and the cache copy (`address_maps`), the decode (`read_destination_counters`);
         # `seawall bench policy --real` reports them.
@@ -575,6 +620,7 @@ class CounterReader:
         self._cache_words = None
         self._cache_copy = None
         self._spill_buffers = None
+        self.store.close()
         try:
             self._cache_mmap.close()
         except BufferError:   # a caller still holds a view: the mapping goes with it
@@ -596,37 +642,58 @@ class CounterReader:
 
     def read_destination_counters(self) -> DestinationCounters:
         """Inbound counters per customer-side address: the address cache slots of every CPU
-        plus the spill map of evicted slots, merged by address (a copy of the mapped cache's counted
-        words and a batch read; see `decode_destination_counters`)."""
+        plus the spill store and its overflow map, merged by address (a copy of the mapped cache's
+        counted words, the store's claimed slots in place, a batch read of the overflow map; see
+        `decode_destination_counters`)."""
         maps = self.address_maps()
         start = time.thread_time()
-        counters = decode_destination_counters(*maps, self._address_memo)
+        counters = decode_destination_counters(*maps, self._address_memo, spill_holes=self._spill_holes)
         self.last_read_cpu_ms["decode"] = _ms_since(start)
         return counters
 
     def address_maps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, AddressCounterLayout]:
         """The per-address maps as `decode_destination_counters` takes them: a copy of the address
         cache's counted words as (slots, CPU regions, copy words) uint64 (`copy_cache`: the counters
-        keep moving while a tick decodes them), the spill map's (S, 2) keys and its (S, 1, spilled
-        words) values (one copy: it is shared by the CPUs), and the layout of that copy.
-        The arrays are buffers that the next call writes again."""
-        # The spill map first: counts only ever move from a cache slot to the spill map, so a
-        # slot evicted between the two reads is missed for this read (its counts show up in the
+        keep moving while a tick decodes them), the spilled addresses' (S, 2) keys and their (S, 1,
+        spilled words) values (one copy: the store and the overflow map are shared by the CPUs): the
+        store's claimed slots in slot order (views of the mapped store when none is free), then the
+        overflow map's entries. The cache copy and the overflow rows are buffers that the next call
+        writes again; the store's rows keep moving (a slot's counters only grow until it is freed, two
+        reads after it was last read)."""
+        # The spill store and the overflow map first: counts only ever move from a cache slot to them,
+        # so a slot evicted between the reads is missed for this read (its counts show up in the
         # next), never counted twice as it would be the other way round.
         if self._spill_buffers is None:
             rows = self.spill.max_entries + 1
             self._spill_buffers = (np.empty((rows, self.spill.key_bytes), np.uint8),
                                    np.empty((rows, self.spill.value_bytes), np.uint8))
         start = time.thread_time()
-        skeys, svalues, scount = read_all(self.spill, self._spill_buffers)
+        store_keys, store_values, self._spill_holes = self.store.rows()
+        okeys, ovalues, ocount = read_all(self.spill, self._spill_buffers)
         if self._cache_words is None:
             raise DataplaneError("the counter reader is closed")
         spill_ms, start = _ms_since(start), time.thread_time()
         self._cache_copy = copy_cache(self._cache_words, self.address_layout, self._cache_copy)
         self.last_read_cpu_ms = {"spill_map": spill_ms, "cache_copy": _ms_since(start)}
-        spill_keys = skeys.view(np.uint64).reshape(scount, 2)
-        spill = svalues.view(np.uint64).reshape(scount, 1, self.address_layout.spilled_words)
+        if self.store.wants_idle_check():
+            start = time.thread_time()
+            self.store.retire_idle(_cached_keys(self._cache_copy, self._cache_copy_layout))
+            self.last_read_cpu_ms["store_reclaim"] = _ms_since(start)
+        if ocount:
+            # The overflow map holds spills only while every store slot is taken: rare, so a copy.
+            spill_keys = np.concatenate([store_keys, okeys.view(np.uint64).reshape(ocount, 2)])
+            spill = np.concatenate([store_values, ovalues.view(np.uint64).reshape(
+                ocount, 1, self.address_layout.spilled_words)])
+        else:
+            spill_keys, spill = store_keys, store_values
         return self._cache_copy.transpose(1, 0, 2), spill_keys, spill, self._cache_copy_layout
+
+
+def _cached_keys(copy: np.ndarray, layout: AddressCounterLayout) -> np.ndarray:
+    """(K, 2) addresses of the filled slots of a cache copy ((regions, slots, copy words), `copy_cache`)."""
+    flat = copy.reshape(-1, copy.shape[-1])
+    filled = _word32(flat[:, layout.head_at], layout.generation_shift) != 0
+    return flat[filled, layout.addr_at:layout.addr_at + 2]
 
 
 __all__ = ["ADDRESS_LAYOUT", "CACHE_SLOTS", "TENANT_LAYOUT", "UNPROTECTED", "AddressCounterLayout", "AddressMemo",

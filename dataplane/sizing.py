@@ -6,9 +6,10 @@ its kernel memory is regions × slots × entry bytes: a fixed 2**16 slots of 384
 CPU id whatever the box, 1.5 GiB on 64 CPUs. It is sized instead from a memory budget,
 `[appliance] address_cache_mib` (MiB of kernel memory for all regions together): each region gets
 the largest power of two of slots that fits the budget, between 2**MIN_CACHE_BITS and
-2**MAX_CACHE_BITS. The spill map (an LRU hash shared by the CPUs) keeps the counters of the
-addresses evicted from a cache slot, so it holds every address the box should count:
-`[appliance] max_addresses` entries. Its memory does not grow with the CPUs.
+2**MAX_CACHE_BITS. The spill store (an array shared by the CPUs, mapped by user space) keeps the
+counters of the addresses evicted from a cache slot, so it holds every address the box should count:
+`[appliance] max_addresses` slots, plus an LRU overflow map of a quarter of that for spills while every
+slot is taken (`overflow_entries`). Its memory does not grow with the CPUs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from dataplane.constants import ADDRESS_CACHE_BITS, MAX_ADDRESSES, cpu_regions
 MIN_CACHE_BITS = 10              # 1,024 slots per CPU id: below it nearly everything spills
 MAX_CACHE_BITS = 20              # 1,048,576 slots per CPU id (the slot hash's 32-bit fold is fine far beyond)
 DEFAULT_CACHE_MIB = 64           # MiB of kernel memory for the cache: 2**16 slots per region up to 2 CPU ids
-MAX_ADDRESSES_RANGE = (1024, 16 * 1024 * 1024)   # spill map entries the loader accepts
+MAX_ADDRESSES_RANGE = (1024, 16 * 1024 * 1024)   # spill store slots the loader accepts
+MIN_OVERFLOW_ENTRIES = 1024      # the overflow map's floor, entries
 DEFAULT_MAX_ADDRESSES = MAX_ADDRESSES
 
 
@@ -60,6 +62,12 @@ class FlowSizes:
         return [f"-DSW_{name}={getattr(self, key)}U" for key, (name, _) in FLOW_SIZE_KEYS.items()]
 
 
+def overflow_entries(max_addresses: int) -> int:
+    """Entries of the LRU overflow map (sw_addr_spill) for a spill store of `max_addresses` slots: the
+    spills of addresses that find every slot taken until user space frees the idle ones."""
+    return max(MIN_OVERFLOW_ENTRIES, max_addresses // 4)
+
+
 def entry_bytes() -> int:
     """Bytes of one cache slot, struct sw_addr_entry, as this build lays it out (the reader's static
     layout, which the bpf tier pins to the compiled program's; imported here only when sizing, so that
@@ -86,6 +94,6 @@ def cache_bytes(bits: int, regions: int, slot_bytes: int | None = None) -> int:
     return regions * (entry_bytes() if slot_bytes is None else slot_bytes) << bits
 
 
-__all__ = ["ADDRESS_CACHE_BITS", "DEFAULT_CACHE_MIB", "DEFAULT_MAX_ADDRESSES", "FLOW_SIZE_KEYS", "MAX_ADDRESSES_RANGE",
+__all__ = ["ADDRESS_CACHE_BITS", "DEFAULT_CACHE_MIB", "DEFAULT_MAX_ADDRESSES", "FLOW_SIZE_KEYS", "MAX_ADDRESSES_RANGE", "MIN_OVERFLOW_ENTRIES", "overflow_entries",
            "FlowSizes",
            "MAX_CACHE_BITS", "MIN_CACHE_BITS", "address_cache_bits", "cache_bytes", "entry_bytes"]

@@ -4,9 +4,9 @@
 code the maps' contents laid out as the kernel keeps them, so its "read" stage leaves out
 the kernel's share (walking the hash maps and copying them to user space). This benchmark
 measures that too: a real `Dataplane` (compiled, unattached, unpinned) with the
-benchmark's tenant set applied, whose address cache, spill map and tenant stats are
+benchmark's tenant set applied, whose address cache, spill store and tenant stats are
 written each tick with the counters that `appliance.bench.policy.SyntheticDataplane` lays out
-(every cache slot of every CPU, the rest of the addresses in the spill map, as the
+(every cache slot of every CPU, the rest of the addresses in the spill store, as the
 program leaves them), then
 
 - `read_destination_counters()` + `read_tenant_counter_arrays()` timed on their own
@@ -14,8 +14,8 @@ program leaves them), then
 - whole `PolicyEngine.tick()`s on that dataplane (the same reads inside).
 
 The maps are written between ticks by a child process standing in for the kernel (the
-address cache in its mapped memory, one map update per spilled address and changed
-tenant row), untimed: the kernel fills its maps as it counts, outside `seawall run`'s
+address cache and the spill store in their mapped memory, one map update per changed
+tenant row and per address that enters or leaves the store's index), untimed: the kernel fills its maps as it counts, outside `seawall run`'s
 CPU time and memory. So this process's resident memory is the engine's, the compiled
 program's and the reads'. No traffic flows, so the ring buffer holds no samples and the
 samples stage costs nothing here.
@@ -69,10 +69,19 @@ class _MapWriter:
         self._cache_mmap = mmap.mmap(cache.map_fd, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE)
         self._cache_regions = np.frombuffer(self._cache_mmap, np.uint64, count=size // 8).reshape(
             dp.cache_regions, -1, ctypes.sizeof(cache.Leaf) // 8)
-        self._spill_fd = testing.table(dp, "sw_addr_spill").map_fd
+        # The spill store too, with its index and its count of slots handed out, as the program claims
+        # them (dataplane/spill.py); a slot whose address left the synthetic maps is freed at once (the
+        # reader's reclaim, brought forward) and claimed again first.
+        maps = dp.program.store_maps()
+        self._store_mmap = mmap.mmap(maps.store_fd, -(-maps.slots * maps.slot_bytes // mmap.PAGESIZE) * mmap.PAGESIZE)
+        self._store = np.frombuffer(self._store_mmap, np.uint64, count=maps.slots * maps.slot_bytes // 8).reshape(
+            maps.slots, maps.slot_bytes // 8)
+        self._store_maps = maps
+        self._slot_of: dict[bytes, int] = {}
+        self._free_slots: list[int] = []
+        self._handed_out = 0
         self._stats_fd = testing.table(dp, "sw_tenant_stats").map_fd
         self._stats: np.ndarray | None = None
-        self._spill_keys: set[bytes] = set()
         self.updates = 0
 
     def write(self, source: SyntheticDataplane) -> None:
@@ -81,14 +90,36 @@ class _MapWriter:
         self.updates += cache.shape[0]
         self._write_array(self._stats_fd, stats, self._stats)
         self._stats = stats
+        self._write_store(spill_keys, spill)
+
+    def _write_store(self, spill_keys: np.ndarray, spill: np.ndarray) -> None:
+        maps, store = self._store_maps, self._store
+        words = spill.shape[2]
         keys = [spill_keys[i].tobytes() for i in range(len(spill_keys))]
-        for key, row in zip(keys, spill, strict=True):
-            bpfsys.map_update(self._spill_fd, key, row.tobytes())
+        current = set(keys)
+        for key in [k for k in self._slot_of if k not in current]:    # left since the last write: freed
+            slot = self._slot_of.pop(key)
+            store[slot] = 0
+            bpfsys.map_delete(maps.index_fd, key)
+            self._free_slots.append(slot)
+            self.updates += 1
+        slots = np.empty(len(keys), np.int64)
+        for i, key in enumerate(keys):
+            slot = self._slot_of.get(key)
+            if slot is None:
+                if self._free_slots:
+                    slot = self._free_slots.pop()
+                else:
+                    slot, self._handed_out = self._handed_out, self._handed_out + 1
+                self._slot_of[key] = slot
+                bpfsys.map_update(maps.index_fd, key, struct.pack("=I", slot))
+                self.updates += 1
+            slots[i] = slot
+        bpfsys.map_update(maps.next_fd, struct.pack("=I", 0), struct.pack("=Q", self._handed_out))
+        store[slots, :words] = spill[:, 0, :]
+        store[slots, self.dp.reader.address_layout.spilled_tenant_at] |= np.uint64(1 << 32)   # claimed
+        store[slots, words:words + 2] = spill_keys
         self.updates += len(keys)
-        gone = self._spill_keys.difference(keys)   # addresses that left the LRU since the last write
-        for key in gone:
-            bpfsys.map_delete(self._spill_fd, key)
-        self._spill_keys = set(keys)
 
     def _write_array(self, fd: int, now: np.ndarray, before: np.ndarray | None) -> None:
         flat = now.reshape(len(now), -1)
@@ -263,8 +294,10 @@ def run(destinations: int = 100_000, tenants: int = 10_000, ticks: int = 10, war
             "tick_cpu_ms_median": round(statistics.median(tick_cpu), 2),
             "tick_cpu_ms_max": round(max(tick_cpu), 2),
             "stage_ms_median": {k: round(statistics.median(v), 2) for k, v in stages.items()},
-            # The destination read within the read stage: the spill map's batch read (the kernel's walk of
-            # a hash map, ~300 ns an entry), the copy of the mapped address cache, the decode.
+            # The destination read within the read stage: "spill_map", the spill store's claimed slots in
+            # place and the overflow map's batch read (the kernel's walk of a hash map, ~300 ns an entry:
+            # empty here, the store holds every spilled address); the copy of the mapped address cache;
+            # the decode.
             "destination_read_ms_median": {k: round(statistics.median(v), 2) for k, v in read_parts.items()},
             "rss_mib": round(rss_mib, 1),
             "peak_rss_mib": round(peak_kib / 1024, 1),
@@ -291,8 +324,9 @@ def _real_maps(destinations: int, tenants: int, churn: float, seed: int, slot_bi
     from tenants.compile import assign_indices, compile_tenant_set  # noqa: PLC0415
 
     say("compiling and loading the XDP program")
-    # The spill map sized for the run ([appliance] max_addresses), a quarter above the destinations: the
-    # LRU starts evicting a little before it is full, and an evicted address is one the engine never sees.
+    # The spill store sized for the run ([appliance] max_addresses), a quarter above the destinations, as
+    # before the store (the LRU map started evicting a little before it was full): slots for every address
+    # the synthetic dataplane spills, and its churn.
     dp = Dataplane(max_addresses=min(max(MAX_ADDRESSES, destinations + destinations // 4), 16 * 1024 * 1024))
     traffic: _TrafficProcess | None = None
     try:

@@ -38,6 +38,11 @@
 #else
 #define SW_MAP(type, key, leaf, name, size, flags) BPF_F_TABLE(type, key, leaf, name, size, flags)
 #endif
+#ifdef SW_PIN_DIR
+#define SW_QUEUE(name, leaf, size) BPF_QUEUESTACK_PINNED("queue", name, leaf, size, 0, SW_PIN_DIR "/" #name)
+#else
+#define SW_QUEUE(name, leaf, size) BPF_QUEUE(name, leaf, size)
+#endif
 #define SW_NO_PREALLOC 1 /* BPF_F_NO_PREALLOC, required by LPM tries */
 
 /* Global settings (1 entry). */
@@ -59,13 +64,21 @@ SW_MAP("array_of_maps$sw_acl4_template", int, int, sw_acl4_tries, SW_TENANT_SET_
 SW_MAP("array_of_maps$sw_acl6_template", int, int, sw_acl6_tries, SW_TENANT_SET_SLOTS * 2 * SW_MAX_TENANTS, 0);
 /* Per customer-side address: a direct-mapped cache of lookups and counters with
  * one region of 2^SW_ADDRESS_CACHE_BITS slots per CPU id (index cpu << bits |
- * slot), and the LRU map, shared by all CPUs, that keeps the counters of
+ * slot), and the spill store, shared by all CPUs, that keeps the counters of
  * evicted slots. The cache is a plain array kept per CPU by hand rather than a
  * per-CPU array so that user space can map it and read the counters in place:
- * copying it through bpf() took ~23 ms a tick (then 16 MiB per CPU). */
+ * copying it through bpf() took ~23 ms a tick (then 16 MiB per CPU). The store is
+ * mapped too: SW_MAX_ADDRESSES slots, an index (address -> slot), the count of
+ * slots handed out so far (those above it were never used) and the slots user
+ * space freed. When every slot is taken, spills go to the LRU map sw_addr_spill
+ * (SW_ADDRESS_OVERFLOW_ENTRIES), which user space reads through bpf(). */
 SW_MAP("array", __u32, struct sw_addr_entry, sw_addr_cache, SW_CPU_REGIONS << SW_ADDRESS_CACHE_BITS,
        BPF_F_MMAPABLE);
-SW_MAP("lru_hash", struct sw_addr_key, struct sw_addr_spilled, sw_addr_spill, SW_MAX_ADDRESSES, 0);
+SW_MAP("array", __u32, struct sw_addr_stored, sw_addr_store, SW_MAX_ADDRESSES, BPF_F_MMAPABLE);
+SW_MAP("hash", struct sw_addr_key, __u32, sw_addr_store_index, SW_MAX_ADDRESSES, 0);
+SW_MAP("array", __u32, __u64, sw_addr_store_next, 1, 0);
+SW_QUEUE(sw_addr_store_free, __u32, SW_MAX_ADDRESSES);
+SW_MAP("lru_hash", struct sw_addr_key, struct sw_addr_spilled, sw_addr_spill, SW_ADDRESS_OVERFLOW_ENTRIES, 0);
 /* Per-tenant counters per CPU; the last entry counts traffic to no tenant. */
 SW_MAP("percpu_array", __u32, struct sw_tenant_stats, sw_tenant_stats, SW_MAX_TENANTS + 1, 0);
 /* Dynamic rules: (tenant, scope, address) -> rule set -> rules. */
@@ -256,7 +269,49 @@ static __always_inline int sw_addr_equal(const __u8 *stored, const __u64 *addr)
     return a0 == addr[0] && a1 == addr[1];
 }
 
-/* Moves the counters of a slot's previous address into the spill map. */
+/* The spill store's slot of an address, claimed for it when it has none: a slot user space
+ * freed, else one never used. NULL when every slot is taken (the caller spills into the LRU
+ * overflow map). A claimed slot holds the address and the tenant before it is in the index,
+ * so user space may read it with no counts yet (harmless: it adds zeros). */
+static __always_inline struct sw_addr_spilled *sw_addr_store_slot(struct sw_addr_key *key, __u32 tenant)
+{
+    __u32 *at = sw_addr_store_index.lookup(key);
+    if (!at) {
+        __u32 slot;
+        if (sw_addr_store_free.pop(&slot) != 0) {
+            __u32 zero = 0;
+            __u64 *next = sw_addr_store_next.lookup(&zero);
+            if (!next || *next >= SW_MAX_ADDRESSES)
+                return NULL;
+            __u64 fresh = __sync_fetch_and_add(next, 1);
+            if (fresh >= SW_MAX_ADDRESSES)
+                return NULL;
+            slot = (__u32)fresh;
+        }
+        struct sw_addr_stored *s = sw_addr_store.lookup(&slot);
+        if (!s)
+            return NULL;
+        __builtin_memcpy(s->addr, key->addr, 16);
+        s->spilled.tenant_idx = tenant;
+        s->spilled.claimed = 1;
+        if (sw_addr_store_index.insert(key, &slot) == 0)
+            return &s->spilled;
+        /* Another CPU claimed a slot for this address first (or the index is full): give this one
+         * back, empty, and use theirs. */
+        s->spilled.claimed = 0;
+        __builtin_memset(s->addr, 0, 16);
+        s->spilled.tenant_idx = 0;
+        sw_addr_store_free.push(&slot, 0);
+        at = sw_addr_store_index.lookup(key);
+        if (!at)
+            return NULL;
+    }
+    struct sw_addr_stored *s = sw_addr_store.lookup(at);
+    return s ? &s->spilled : NULL;
+}
+
+/* Moves the counters of a slot's previous address into the spill store (the overflow map
+ * when the store is full). */
 static __always_inline void sw_addr_spill_counters(struct sw_addr_entry *e)
 {
     struct sw_addr_counters *c = &e->counters;
@@ -268,7 +323,9 @@ static __always_inline void sw_addr_spill_counters(struct sw_addr_entry *e)
         return;
     struct sw_addr_key key;
     __builtin_memcpy(key.addr, e->addr, 16);
-    struct sw_addr_spilled *spill = sw_addr_spill.lookup(&key);
+    struct sw_addr_spilled *spill = sw_addr_store_slot(&key, e->tenant_idx);
+    if (!spill)
+        spill = sw_addr_spill.lookup(&key);
     if (!spill) {
         struct sw_addr_spilled fresh = {};
         __builtin_memcpy(&fresh.counters, c, sizeof(*c));

@@ -134,15 +134,26 @@ struct sw_addr_counters {
 struct sw_addr_spilled {
     struct sw_addr_counters counters;
     __u32 tenant_idx;
-    __u32 pad;
+    __u32 claimed;             /* in the spill store: 1 from the spill that claims the slot until user
+                                  space frees it (0: a free slot); unused in the overflow map */
+};
+
+/* One slot of the spill store (sw_addr_store): the spilled counters of one address in
+ * a plain array that user space maps into memory, so that a tick reads every spilled
+ * address in place; walking a hash map through bpf() cost ~300 ns an entry in the
+ * kernel (~300 ms a tick at a million addresses). sw_addr_store_index says which slot
+ * an address has; user space frees the slots of idle addresses (dataplane/spill.py). */
+struct sw_addr_stored {
+    struct sw_addr_spilled spilled;    /* first: the program's pointer to it is the slot's own */
+    __u8 addr[16] SW_ALIGNED(8);
 };
 
 /* One slot of a CPU's direct-mapped address cache (2^SW_ADDRESS_CACHE_BITS
  * slots per CPU, indexed by a multiplicative hash of the address). A hit costs
  * no helper call at all: the verifier inlines the CPU id and the array lookup.
  * Only its CPU writes a slot. A slot taken over by another address first spills
- * its counters into the LRU map sw_addr_spill, so no count is lost; user space
- * adds both. */
+ * its counters into the spill store (sw_addr_store; the LRU map sw_addr_spill when
+ * the store is full), so no count is lost; user space adds them. */
 struct sw_addr_entry {
     __u8 addr[16] SW_ALIGNED(8);
     __u32 tenant_idx;          /* SW_NO_TENANT when no tenant owns it */

@@ -66,7 +66,9 @@ def test_issue18_address_cache_sized_by_bits_is_read_through():
     small = Dataplane(address_cache_bits=12, max_addresses=4096)
     try:
         assert testing.table(small, "sw_addr_cache").max_entries == small.cache_regions << 12
-        assert testing.table(small, "sw_addr_spill").max_entries == 4096
+        assert testing.table(small, "sw_addr_store").max_entries == 4096             # [appliance] max_addresses
+        assert testing.table(small, "sw_addr_store_index").max_entries == 4096
+        assert testing.table(small, "sw_addr_spill").max_entries == 1024             # the overflow: a quarter
         cache, _, _, _ = small.address_maps()
         assert cache.shape[:2] == (1 << 12, small.cache_regions)
         assert small.read_destination_counters().keys.shape == (0, 2)
@@ -75,8 +77,8 @@ def test_issue18_address_cache_sized_by_bits_is_read_through():
 
 
 def test_issue18_spill_reads_reuse_their_buffers(dp):
-    """The spill map's batch reads write into the same buffers every tick (no fresh pages to fault in),
-    and what they decode to is unchanged by the reuse."""
+    """The spilled rows are read in place (the mapped spill store) or into the same buffers every tick
+    (the overflow map's batch reads: no fresh pages to fault in), and what they decode to is unchanged."""
     assert run(dp, frames.udp(CLEAN_SRC, ALPHA_DST, dport=28960)) == XDP_REDIRECT
     _, keys1, spill1, _ = dp.address_maps()
     first = dp.read_destination_counters()

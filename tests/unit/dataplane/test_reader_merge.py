@@ -167,3 +167,55 @@ def test_issue18_the_cache_copy_goes_chunk_by_chunk_and_checks_every_chunk():
                                source[..., LAY.counters_at:LAY.counters_at + cw]], axis=-1)
     expected[1, victim] = 0
     np.testing.assert_array_equal(copied, expected)
+
+
+def store_rows(spill_keys: np.ndarray, spill: np.ndarray, free: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The spill rows laid out as the mapped spill store holds them (counters, tenant word, then the address, in
+    one row per slot, read in place through strided views) with zeroed slots at `free`."""
+    n = len(spill_keys) + len(free)
+    words = np.zeros((n, LAY.spilled_words + 2), np.uint64)
+    used = np.setdiff1d(np.arange(n), free)
+    words[used, :LAY.spilled_words] = spill[:, 0]
+    words[used, LAY.spilled_words:] = spill_keys
+    words[used, LAY.spilled_tenant_at] |= np.uint64(1 << 32)      # claimed
+    return words[:, LAY.spilled_words:], words[:, :LAY.spilled_words].reshape(n, 1, LAY.spilled_words), free
+
+
+@pytest.mark.parametrize("seed", [7, 8, 9])
+def test_issue18_store_rows_read_in_place_with_free_slots_decode_as_the_list_of_spilled_addresses(seed):
+    """The spill store's rows are views of the mapped store (strided: the address follows the counters), free
+    slots among them (all zeros) are skipped, and consecutive reads give the same rows and ids."""
+    rng = np.random.default_rng(seed)
+    cache, spill_keys, spill = random_maps(rng, 64, 2, 400, 30)
+    view = cache.copy().transpose(1, 0, 2).copy().transpose(1, 0, 2)
+    listed = decode_destination_counters(view, spill_keys, spill, LAY, AddressMemo(1 << 20))
+    free = np.sort(rng.choice(len(spill_keys) + 40, 40, replace=False))
+    keys, values, holes = store_rows(spill_keys, spill, free)
+    assert not values.flags.c_contiguous and not keys.flags.c_contiguous
+    memo = AddressMemo(1 << 20)
+    for _ in range(3):
+        in_place = decode_destination_counters(view, keys, values, LAY, memo, spill_holes=holes)
+        assert rows_of(in_place).keys() == rows_of(listed).keys()      # no all-zero address from a free slot
+        for field in ("keys", "tenant_idx", "packets", "bytes", "dropped_packets"):
+            np.testing.assert_array_equal(getattr(in_place, field), getattr(listed, field), err_msg=field)
+        assert (np.diff(in_place.ids) > 0).all()
+
+
+def test_issue18_an_address_in_two_spilled_rows_counts_both():
+    """While a retired store slot is read for the last time the address may already count in a new slot (and an
+    address can be both in the store and in the overflow map): its rows add up, with the last row's tenant."""
+    rng = np.random.default_rng(10)
+    cache, spill_keys, spill = random_maps(rng, 16, 2, 50, 0)
+    view = cache.copy().transpose(1, 0, 2).copy().transpose(1, 0, 2)
+    twice_keys = np.concatenate([spill_keys, spill_keys[[3, 7]]])
+    twice = np.concatenate([spill, spill[[3, 7]]])
+    twice[-1, 0, LAY.spilled_tenant_at] = 49
+    got = rows_of(decode_destination_counters(view, twice_keys, twice, LAY, AddressMemo(1 << 20)))
+    expected = brute_force(cache, twice_keys, twice)
+    assert got.keys() == expected.keys()
+    for key, row in expected.items():
+        np.testing.assert_array_equal(got[key], row)
+    np.testing.assert_array_equal(got[spill_keys[3].tobytes()], 2 * spill[3, 0, :CW])   # not cached: overlap 0
+    decoded = decode_destination_counters(view, twice_keys, twice, LAY, AddressMemo(1 << 20))
+    row = [i for i in range(len(decoded.keys)) if decoded.keys[i].tobytes() == spill_keys[7].tobytes()][0]
+    assert int(decoded.tenant_idx[row]) == 49

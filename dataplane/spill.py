@@ -1,0 +1,177 @@
+"""The spill store as the policy engine reads it: mapped into this process, read in place, its idle
+slots freed for the addresses that spill next.
+
+The XDP program moves the counters of an address that loses its cache slot into the store
+(`sw_addr_store` in dataplane/bpf/seawall.c): one slot per address, found through
+`sw_addr_store_index` (address -> slot), claimed from the slots user space freed
+(`sw_addr_store_free`, a queue) or else from those never used (`sw_addr_store_next` counts the slots
+handed out). A read sees every claimed slot below that count in slot order, which stays the same
+from read to read (`AddressMemo.listed_ids` then matches nearly every key to its id without hashing).
+
+Slots are only ever claimed by the kernel; freeing them is this module's work. Once the claimed
+slots reach PRESSURE of the store, every RECLAIM_READS reads the slots whose counts did not move since
+the previous check (idle for at least RECLAIM_READS reads) are retired, in three steps a read apart:
+their addresses leave the index (a spill of the address from then on claims a new slot); the next read
+still reads them, with whatever a program that found them just before added; the read after zeroes
+them and queues them as free. A retired address's counts thus drop out of the reads, as an address the
+kernel's LRU map evicted did before the store existed (the rate tracker settles a counter that went
+down, see `policy.rates`); it is idle, so no rate changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import mmap
+
+import numpy as np
+
+from dataplane import bpfsys
+from dataplane.api import DataplaneError
+from dataplane.keys import KeyIndex, unique_keys
+
+PRESSURE = 0.75          # fraction of the store's slots claimed from which idle slots are freed
+RECLAIM_READS = 30       # reads between two checks for idle slots (a read a second: 30 s)
+STORE_KEY_WORDS = 2      # each slot's address, 16 bytes, after its struct sw_addr_spilled
+NEVER = np.uint64(2**64 - 1)   # an activity sum no slot reaches: a freed slot's, so that it is not idle at the next check
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoreMaps:
+    """The store's four maps, as fds and sizes (`dataplane.loader.Program.map_ref`)."""
+
+    store_fd: int
+    slot_bytes: int          # struct sw_addr_stored
+    slots: int               # SW_MAX_ADDRESSES
+    index_fd: int
+    next_fd: int
+    free_fd: int
+
+
+class SpillStore:
+    """The mapped spill store. `rows()` gives the claimed slots' keys and counters for a read;
+    `spilled_words` and `tenant_at`: struct sw_addr_spilled's size and the word of its tenant_idx
+    (low half) and claimed flag (high half), from `dataplane.reader.AddressCounterLayout`."""
+
+    def __init__(self, maps: StoreMaps, *, spilled_words: int, tenant_at: int, counter_words: tuple[int, ...]) -> None:
+        self.maps = maps
+        self.row_words = spilled_words + STORE_KEY_WORDS
+        self._key = slice(spilled_words, spilled_words + STORE_KEY_WORDS)
+        if maps.slot_bytes != 8 * self.row_words:
+            raise DataplaneError(f"unexpected spill store layout: slots of {maps.slot_bytes} bytes, "
+                                 f"expected {8 * self.row_words}")
+        self._claimed_at = tenant_at
+        # Words whose sum says whether a slot's address was active since the last check: its packets
+        # (in and out) and dropped packets, within the slot's row.
+        self._activity_at = np.array(counter_words, np.intp)
+        size = maps.slots * maps.slot_bytes
+        self._mmap = mmap.mmap(maps.store_fd, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE, mmap.MAP_SHARED,
+                               mmap.PROT_READ | mmap.PROT_WRITE)
+        self._words: np.ndarray | None = np.frombuffer(self._mmap, np.uint64, count=size // 8).reshape(
+            maps.slots, self.row_words)
+        self.reads = 0
+        self._retiring: list[tuple[int, np.ndarray]] = []    # (read that took them out of the index, slots)
+        self._activity: np.ndarray | None = None            # each slot's activity sum at the last check
+        self._checked_at = 0
+        self.freed = 0                                      # slots freed since this process started
+        self.in_use = 0                                     # claimed slots at the last read
+        self._claimed = np.zeros(0, bool)                   # which slots below the handed-out count, then
+
+    def close(self) -> None:
+        self._words = None
+        try:
+            self._mmap.close()
+        except BufferError:    # a caller still holds a view: the mapping goes with it
+            pass
+
+    @property
+    def retiring(self) -> np.ndarray:
+        """Slots taken out of the index and not freed yet (operators' status, tests)."""
+        return np.concatenate([slots for _, slots in self._retiring]) if self._retiring else np.zeros(0, np.int64)
+
+    def slot_state(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Of store slots: their (k, 2) uint64 addresses, whether each is claimed, whether each is all
+        zeros (a freed slot); copies."""
+        words = self._words
+        if words is None:
+            raise DataplaneError("the spill store is closed")
+        rows = words[np.asarray(slots, np.int64)]
+        return rows[:, self._key].copy(), (rows[:, self._claimed_at] >> np.uint64(32)) != 0, ~rows.any(axis=1)
+
+    def handed_out(self) -> int:
+        """Slots the kernel has handed out so far (those at and above it were never used)."""
+        raw = bpfsys.map_lookup(self.maps.next_fd, b"\0\0\0\0", 8)
+        return min(int.from_bytes(raw or b"\0" * 8, "little"), self.maps.slots)
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The slots handed out so far, in place: (S, 2) uint64 addresses and (S, 1, spilled words)
+        counters, views of the mapped store, and the rows among them that are free (zeros, to skip).
+        Frees first what earlier reads retired."""
+        words = self._words
+        if words is None:
+            raise DataplaneError("the spill store is closed")
+        self.reads += 1
+        self._free_retired()
+        n = self.handed_out()
+        claimed = (words[:n, self._claimed_at] >> np.uint64(32)) != 0
+        self._claimed = claimed
+        self.in_use = int(np.count_nonzero(claimed))
+        free = np.flatnonzero(~claimed) if self.in_use < n else np.zeros(0, np.int64)
+        used = words[:n]
+        return used[:, self._key], used[:, :self._key.start].reshape(n, 1, self._key.start), free
+
+    def wants_idle_check(self) -> bool:
+        """Whether the read `rows()` just made should look for idle slots to retire: the store is
+        under pressure and the last check is RECLAIM_READS reads old."""
+        return self.in_use >= PRESSURE * self.maps.slots and self.reads - self._checked_at >= RECLAIM_READS
+
+    def retire_idle(self, cached: np.ndarray) -> None:
+        """Take the addresses of slots idle since the last check out of the index (the first step of
+        freeing them), but for those in `cached`, (K, 2) addresses that hold an address cache slot: an
+        address the cache counts is busy, and its counts would drop while it is."""
+        words = self._words
+        assert words is not None
+        claimed = self._claimed
+        n = len(claimed)
+        activity = words[:n, self._activity_at].sum(axis=1, dtype=np.uint64)
+        previous, self._activity, self._checked_at = self._activity, activity, self.reads
+        if previous is None:
+            return
+        common = min(len(previous), n)
+        idle = claimed[:common] & (activity[:common] == previous[:common])
+        for _, slots in self._retiring:       # retired already, not freed yet
+            idle[slots[slots < common]] = False
+        idle = np.flatnonzero(idle)
+        if len(idle) and len(cached):
+            cached = np.ascontiguousarray(cached, np.uint64)
+            distinct = cached[unique_keys(cached)[0]]       # an address cached by two CPUs is in two slots
+            index = KeyIndex(len(distinct))
+            index.add(distinct, np.zeros(len(distinct), np.int64))
+            idle = idle[index.get(np.ascontiguousarray(words[idle, self._key])) < 0]
+        if not len(idle):
+            return
+        index_fd = self.maps.index_fd
+        for slot in idle.tolist():
+            key = words[slot, self._key].tobytes()
+            held = bpfsys.map_lookup(index_fd, key, 4)
+            # Only the address's own entry: one that points elsewhere (a slot claimed again after a
+            # restart lost this process's retirements) stays.
+            if held is not None and int.from_bytes(held, "little") == slot:
+                bpfsys.map_delete(index_fd, key)
+        self._retiring.append((self.reads, idle))
+
+    def _free_retired(self) -> None:
+        """Zero and queue as free the slots retired two reads ago or more (third step): the read
+        after their retirement read them with their last counts."""
+        words = self._words
+        assert words is not None
+        while self._retiring and self._retiring[0][0] <= self.reads - 2:
+            _, slots = self._retiring.pop(0)
+            words[slots] = 0
+            if self._activity is not None:
+                self._activity[slots[slots < len(self._activity)]] = NEVER   # a new address there is not idle
+            for slot in slots.tolist():
+                bpfsys.queue_push(self.maps.free_fd, int(slot).to_bytes(4, "little"))
+            self.freed += len(slots)
+
+
+__all__ = ["PRESSURE", "RECLAIM_READS", "SpillStore", "StoreMaps"]
