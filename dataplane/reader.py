@@ -144,7 +144,9 @@ class AddressMemo:
         list, so it has the id it had there: the result is the lookup's, whatever the kernel's order.
         Call after `slot_ids` (which clears the memo when it is full), before `ids`.
         """
-        keys = np.ascontiguousarray(keys, np.uint64).reshape(-1, 2)
+        # One copy, kept as the next read's previous list: the keys may be the mapped store's, which the
+        # kernel keeps writing.
+        keys = np.array(keys, np.uint64, order="C").reshape(-1, 2)
         others = np.ascontiguousarray(others, np.uint64).reshape(-1, 2)
         n, prev = len(keys), self._listed_keys
         out = np.full(n, -1, np.int64)
@@ -178,7 +180,7 @@ class AddressMemo:
         left = np.flatnonzero(out < 0)
         looked = self.ids(np.concatenate([others, keys[left]]), clear=False)
         out[left] = looked[len(others):]
-        self._listed_keys = keys.copy()
+        self._listed_keys = keys
         self._listed_ids = out.copy()
         return looked[:len(others)], out
 
