@@ -594,9 +594,8 @@ class CounterReader:
         self._address_memo = AddressMemo(memo_limit)
         self._spill_buffers: tuple[np.ndarray, np.ndarray] | None = None   # the overflow map's batch reads, reused
         self._spill_holes = np.zeros(0, np.int64)      # rows of the last read's store slots that are free
-        pk, dr = address.packets_at, address.dropped_at
         self.store = SpillStore(store, spilled_words=address.spilled_words, tenant_at=address.spilled_tenant_at,
-                                counter_words=(*range(pk, pk + len(TrafficClass)), dr))
+                                counter_words=address.counter_words)
         # CPU milliseconds (of the reading thread) of the last read's parts: the spill map's batch read (the
         # kernel's share) and the cache copy (`address_maps`), the decode (`read_destination_counters`);
         # `seawall bench policy --real` reports them.
