@@ -207,6 +207,10 @@ class AddressMemo:
             ids[missing] = new_ids[inverse]
         return ids
 
+    def id_of(self, key: np.ndarray) -> int:
+        """The id of one (1, 2) key, -1 when it has none (nothing is added)."""
+        return int(self._index.get(key)[0])
+
     def keys(self, ids: np.ndarray) -> np.ndarray:
         """(N, 2) uint64 keys of ids."""
         return _row_view(self._keys).take(ids).view(np.uint64).reshape(len(ids), 2)
@@ -220,7 +224,8 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
     `cache`: (slots, CPUs, entry_words) uint64, the direct-mapped cache of each CPU;
     `spill_keys`: (S, 2) uint64 addresses and `spill`: (S, copies, spilled_words) the
     counters of evicted slots (the kernel's spill store and overflow map are shared by the CPUs:
-    one copy); `spill_holes`: rows of them that hold no address (free store slots). An address hashes to the same slot on every CPU,
+    one copy); `spill_holes`: rows of them that hold no address (free store slots), given for the
+    spill store (its rows of the unspecified address :: are skipped too). An address hashes to the same slot on every CPU,
     so a slot whose live copies all hold one address sums in place (the common case);
     slots whose CPUs hold different addresses, and spilled counters, are added by
     address id. Rows come out ordered by the memo's id, which is stable from read to
@@ -291,8 +296,15 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
         spill_tenants = np.zeros(0, np.uint64)
     agree_ids = memo.slot_ids(rep, agree)[agree_rows]
     conflict_ids, spill_ids = memo.listed_ids(spill_keys, conflict_rows[:, a:a + 2])
-    if spill_holes is not None and len(spill_holes):
-        spill_ids[spill_holes] = -1
+    if spill_holes is not None:
+        if len(spill_holes):
+            spill_ids[spill_holes] = -1
+        # A slot given back by a CPU that lost the race to claim one for the same address may be read
+        # claimed but with its address already cleared: the unspecified address ::, which is never a
+        # destination (RFC 4291, 2.5.2). It is no address's row either.
+        unspecified = memo.id_of(np.zeros((1, 2), np.uint64))
+        if unspecified >= 0:
+            spill_ids[spill_ids == unspecified] = -1
     ids, counters, tenant = _merge_by_address(
         len(memo), (agree_ids, agree_counters, agree_tenants),
         (conflict_ids, conflict_rows[:, c0:c0 + cw], _word32(conflict_rows[:, h], layout.tenant_shift)),
@@ -577,8 +589,9 @@ def read_all(ref: MapRef, buffers: tuple[np.ndarray, np.ndarray] | None = None) 
 
 class CounterReader:
     """Reads and decodes the counter maps: tenant stats (sw_tenant_stats), and the per-address
-    maps (the address cache sw_addr_cache, mapped read-only into this process, and the spill map
-    sw_addr_spill). Built by `dataplane.Dataplane` from the loaded program's maps and layouts."""
+    maps (the address cache sw_addr_cache, mapped read-only into this process; the spill store
+    sw_addr_store, mapped too (`dataplane.spill`); its overflow map sw_addr_spill). Built by
+    `dataplane.Dataplane` from the loaded program's maps and layouts."""
 
     def __init__(self, *, stats: MapRef, cache: MapRef, spill: MapRef, store: StoreMaps, ncpus: int,
                  address: AddressCounterLayout, tenant: TenantStatsLayout, memo_limit: int,
@@ -596,8 +609,9 @@ class CounterReader:
         self._spill_holes = np.zeros(0, np.int64)      # rows of the last read's store slots that are free
         self.store = SpillStore(store, spilled_words=address.spilled_words, tenant_at=address.spilled_tenant_at,
                                 counter_words=address.counter_words)
-        # CPU milliseconds (of the reading thread) of the last read's parts: the spill map's batch read (the
-        # kernel's share) and the cache copy (`address_maps`), the decode (`read_destination_counters`);
+        # CPU milliseconds (of the reading thread) of the last read's parts: "spill_map", the spill store's
+        # rows in place and the overflow map's batch read; the cache copy (`address_maps`); "store_reclaim"
+        # when the read looked for idle store slots; the decode (`read_destination_counters`).
         # `seawall bench policy --real` reports them.
         self.last_read_cpu_ms: dict[str, float] = {}
         self._map_address_cache()

@@ -219,3 +219,19 @@ def test_issue18_an_address_in_two_spilled_rows_counts_both():
     decoded = decode_destination_counters(view, twice_keys, twice, LAY, AddressMemo(1 << 20))
     row = [i for i in range(len(decoded.keys)) if decoded.keys[i].tobytes() == spill_keys[7].tobytes()][0]
     assert int(decoded.tenant_idx[row]) == 49
+
+
+def test_issue18_a_store_slot_read_while_it_is_given_back_is_no_address():
+    """A CPU that lost the race to claim a slot for an address clears the slot it took: read claimed, it holds
+    the unspecified address :: (never a destination) and no counts, and yields no row."""
+    rng = np.random.default_rng(11)
+    cache, spill_keys, spill = random_maps(rng, 16, 2, 40, 0)
+    view = cache.copy().transpose(1, 0, 2).copy().transpose(1, 0, 2)
+    keys, values, holes = store_rows(spill_keys, spill, np.zeros(0, np.int64))
+    keys[5] = 0
+    values[5, 0, :] = 0
+    values[5, 0, LAY.spilled_tenant_at] = np.uint64(1 << 32)         # still claimed
+    got = decode_destination_counters(view, keys, values, LAY, AddressMemo(1 << 20), spill_holes=holes)
+    assert (0, 0) not in {tuple(k) for k in got.keys.tolist()}
+    assert len(got.keys) == len(rows_of(got)) == len(brute_force(cache, np.delete(spill_keys, 5, axis=0),
+                                                                   np.delete(spill, 5, axis=0)))
