@@ -49,6 +49,7 @@ from securewatch.status_types import (
     ApplianceStatus,
     IncidentStatus,
     PolicyStatus,
+    SpillStoreStatus,
     TenantStatus,
     TrafficSecond,
     UnprotectedStatus,
@@ -529,6 +530,8 @@ class Appliance:
             "bgp": self.bgp_status(),
             # SYN authentication's counters (cookie SYN-ACKs, validations, splices), appliance-wide.
             "synauth": self.dataplane.read_synauth_stats() if self.dataplane else {},
+            # Where evicted addresses' counters are kept: an operator sizes [appliance] max_addresses by it.
+            "spill_store": cast(SpillStoreStatus, self.dataplane.spill_store_status()) if self.dataplane else None,
             "fleet": self.fleet.status() if self.fleet is not None else None,
         }
 

@@ -200,6 +200,10 @@ class Dataplane:
         table = self.program.maps["sw_synauth_stats"]
         return {stat.name.lower(): int(sum(table[ctypes.c_int(int(stat))])) for stat in SynAuthStat}
 
+    def spill_store_status(self) -> dict[str, int]:
+        """The spill store's occupancy (see `CounterReader.spill_store_status`)."""
+        return self.reader.spill_store_status()
+
     def read_destination_counters(self) -> DestinationCounters:
         """Inbound counters per customer-side address (see `CounterReader.read_destination_counters`)."""
         return self.reader.read_destination_counters()

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import structlog
 
 from dataplane import bpfsys
 from dataplane.api import DataplaneError, DestinationCounters, TenantCounterArrays
@@ -32,7 +33,10 @@ from dataplane.constants import (
 from dataplane.keys import MIN_CAPACITY, KeyIndex, unique_keys
 from dataplane.spill import SpillStore, StoreMaps
 
+log = structlog.get_logger("seawall.dataplane")
+
 UNPROTECTED = MAX_TENANTS  # stats row of traffic to no tenant
+OVERFLOW_LOG_S = 60.0      # seconds between two warnings that the spill store is full
 LISTED_SAMPLE = 32         # keys of a listed map between two looked up to align it with its previous list
 COPY_CHUNK_SLOTS = 1024    # cache slots copied a chunk at a time: the ~200 KiB of their lines the copy reads stay in L2
 
@@ -607,6 +611,8 @@ class CounterReader:
         self._address_memo = AddressMemo(memo_limit)
         self._spill_buffers: tuple[np.ndarray, np.ndarray] | None = None   # the overflow map's batch reads, reused
         self._spill_holes = np.zeros(0, np.int64)      # rows of the last read's store slots that are free
+        self.overflow_entries = 0                      # entries in the overflow map at the last read
+        self._overflow_logged = -OVERFLOW_LOG_S        # time.monotonic() of the last warning about them
         self.store = SpillStore(store, spilled_words=address.spilled_words, tenant_at=address.spilled_tenant_at,
                                 counter_words=address.counter_words)
         # CPU milliseconds (of the reading thread) of the last read's parts: "spill_map", the spill store's
@@ -694,7 +700,9 @@ class CounterReader:
             start = time.thread_time()
             self.store.retire_idle(_cached_keys(self._cache_copy, self._cache_copy_layout))
             self.last_read_cpu_ms["store_reclaim"] = _ms_since(start)
+        self.overflow_entries = int(ocount)
         if ocount:
+            self._warn_overflow()
             # The overflow map holds spills only while every store slot is taken: rare, so a copy.
             spill_keys = np.concatenate([store_keys, okeys.view(np.uint64).reshape(ocount, 2)])
             spill = np.concatenate([store_values, ovalues.view(np.uint64).reshape(
@@ -702,6 +710,27 @@ class CounterReader:
         else:
             spill_keys, spill = store_keys, store_values
         return self._cache_copy.transpose(1, 0, 2), spill_keys, spill, self._cache_copy_layout
+
+
+    def spill_store_status(self) -> dict[str, int]:
+        """The spill store's occupancy at the last read, for the status file and /metrics: its slots
+        (`[appliance] max_addresses`), those claimed, handed out (ever used), freed since this process
+        started and being freed, and the overflow map's entries and size."""
+        store = self.store
+        return {"slots": store.maps.slots, "in_use": store.in_use, "handed_out": store.handed_out(),
+                "freed": store.freed, "retiring": len(store.retiring), "overflow_entries": self.overflow_entries,
+                "overflow_capacity": self.spill.max_entries}
+
+    def _warn_overflow(self) -> None:
+        """Say, at most once every OVERFLOW_LOG_S, that spills go to the overflow map: every store slot was
+        taken, and past the overflow map's size the LRU drops addresses' counts."""
+        now = time.monotonic()
+        if now - self._overflow_logged < OVERFLOW_LOG_S:
+            return
+        self._overflow_logged = now
+        log.warning("dataplane.spill_store_full", slots=self.store.maps.slots, in_use=self.store.in_use,
+                    overflow_entries=self.overflow_entries, overflow_capacity=self.spill.max_entries,
+                    hint="more customer addresses count at once than [appliance] max_addresses: raise it")
 
 
 def _cached_keys(copy: np.ndarray, layout: AddressCounterLayout) -> np.ndarray:

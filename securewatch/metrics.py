@@ -111,6 +111,13 @@ class _StatusCollector:
                 events.add_metric([name], float(n))
             yield events
 
+        store = s.get("spill_store")
+        if store:  # appliance-wide: absent from a tenant's scoped status
+            for name, key, help_text in _SPILL_STORE_FIGURES:
+                yield _one(GaugeMetricFamily, name, help_text, float(store.get(key, 0)))
+            yield _one(CounterMetricFamily, "seawall_spill_store_slots_freed", "Spill store slots of idle "
+                       "addresses freed since the control plane started", float(store.get("freed", 0)))
+
         notifiers = s.get("notifiers")
         if notifiers:
             healthy = GaugeMetricFamily("seawall_notifier_healthy", "1 when the receiver's last delivery "
@@ -144,6 +151,19 @@ _POLICY_FIGURES = (
     (GaugeMetricFamily, "seawall_policy_rules_installed", "rules_installed", "Dynamic rules in the dataplane"),
     (CounterMetricFamily, "seawall_policy_pcap_files_pruned", "pcap_files_pruned",
      "Incident PCAP files deleted: ended more than pcap_retention_days ago, or oldest past pcap_max_total_bytes"),
+)
+
+
+# The spill store's gauges in /metrics: (metric name, status key, help).
+_SPILL_STORE_FIGURES = (
+    ("seawall_spill_store_slots", "slots", "Slots of the spill store ([appliance] max_addresses): the customer "
+     "addresses whose counters outlive their address cache slot"),
+    ("seawall_spill_store_slots_in_use", "in_use", "Spill store slots held by an address (idle ones are freed "
+     "from three quarters on)"),
+    ("seawall_spill_overflow_entries", "overflow_entries", "Addresses in the overflow map: the spill store was "
+     "full (raise [appliance] max_addresses)"),
+    ("seawall_spill_overflow_capacity", "overflow_capacity", "Entries the overflow map holds before it drops "
+     "addresses' counts"),
 )
 
 

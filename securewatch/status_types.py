@@ -136,6 +136,19 @@ class BgpStatus(TypedDict):
     max_announcements: int
 
 
+class SpillStoreStatus(TypedDict):
+    """Where the dataplane keeps the counters of addresses evicted from its address cache
+    (`Dataplane.spill_store_status()`, dataplane/spill.py)."""
+
+    slots: int                   # [appliance] max_addresses
+    in_use: int                  # claimed by an address at the last read
+    handed_out: int              # ever used (the rest were never needed)
+    freed: int                   # slots of idle addresses freed since the control plane started
+    retiring: int                # being freed (out of the index, read once more)
+    overflow_entries: int        # addresses in the LRU overflow map: the store was full
+    overflow_capacity: int       # its size (a quarter of the slots); past it addresses lose their counts
+
+
 class ApplianceStatus(TypedDict):
     pid: int
     updated: float               # seconds since the epoch
@@ -153,6 +166,7 @@ class ApplianceStatus(TypedDict):
     bgp: NotRequired[BgpStatus | None]              # None without [bgp]
     synauth: NotRequired[dict[str, int]]            # `Dataplane.read_synauth_stats()` (absent in older files)
     fleet: NotRequired[dict[str, Any] | None]       # `appliance.fleet_agent.FleetAgent.status()`; None without [fleet]
+    spill_store: NotRequired[SpillStoreStatus | None]   # None without a dataplane (absent in older files)
 
 
 class TenantScopedStatus(TypedDict):

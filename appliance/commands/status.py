@@ -26,6 +26,7 @@ from securewatch.status_types import (
     IncidentStatus,
     InterfaceStatus,
     PolicyStatus,
+    SpillStoreStatus,
     TenantStatus,
     UnprotectedStatus,
 )
@@ -53,6 +54,7 @@ class StatusSummary(TypedDict):
     securewatch: NotRequired[str | None]
     bgp: NotRequired[BgpStatus | None]
     synauth: NotRequired[dict[str, int]]
+    spill_store: NotRequired[SpillStoreStatus | None]
 
 
 STALE_AFTER_S = 5.0  # seconds without a status update before the control plane counts as down
@@ -155,6 +157,12 @@ def render_human(s: StatusSummary) -> str:
     synauth = {name: n for name, n in (s.get("synauth") or {}).items() if n}
     if synauth:
         line("\nSYN authentication: " + "  ".join(f"{name} {n}" for name, n in synauth.items()))
+    store = s.get("spill_store")
+    if store:
+        line(f"\nspill store:   {store['in_use']:,} of {store['slots']:,} slots in use "
+             f"({100.0 * store['in_use'] / max(store['slots'], 1):.0f} %), {store['freed']:,} freed"
+             + (f"; {store['overflow_entries']:,} addresses in the overflow map (of {store['overflow_capacity']:,}): "
+                f"the store was full, raise [appliance] max_addresses" if store.get("overflow_entries") else ""))
     pol = s.get("policy") or {}
     if pol:
         waiting = pol.get("rules_waiting_for_room", 0)
