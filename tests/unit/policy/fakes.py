@@ -38,6 +38,8 @@ from dataplane.api import (
     TenantCounters,
 )
 from dataplane.constants import (
+    ADDRESS_OVERFLOW_ENTRIES,
+    MAX_ADDRESSES,
     MAX_TENANTS,
     NO_TENANT,
     PAYLOAD_MATCH_BYTES,
@@ -252,6 +254,12 @@ class FakeDataplane:
         self.block_resets_unsent = 0
         # Sources on the block list at each per-destination read (the read that resets their connections).
         self.blocked_at_read: list[set[tuple[int, str]]] = []
+
+    def spill_store_status(self) -> dict[str, int]:
+        """`Dataplane.spill_store_status()`: the fake keeps every address's counters in one place, so its
+        store of the default size never holds one."""
+        return {"slots": MAX_ADDRESSES, "in_use": 0, "handed_out": 0, "freed": 0, "retiring": 0,
+                "overflow_entries": 0, "overflow_capacity": ADDRESS_OVERFLOW_ENTRIES}
 
     # traffic -------------------------------------------------------------------------------------
     def add_flow(self, flow: Flow) -> Flow:
