@@ -10,7 +10,8 @@ from read to read (`AddressMemo.listed_ids` then matches nearly every key to its
 
 Slots are only ever claimed by the kernel; freeing them is this module's work. Once the claimed
 slots reach PRESSURE of the store, every RECLAIM_READS reads the slots whose counts did not move since
-the previous check (idle for at least RECLAIM_READS reads) are retired, in three steps a read apart:
+the previous check (idle for at least RECLAIM_READS reads), and whose address holds no cache slot, are
+retired (up to RETIRE_MAX a check), in three steps a read apart:
 their addresses leave the index (a spill of the address from then on claims a new slot); the next read
 still reads them, with whatever a program that found them just before added; the read after zeroes
 them and queues them as free. A retired address's counts thus drop out of the reads, as an address the
@@ -31,6 +32,8 @@ from dataplane.keys import KeyIndex, unique_keys
 
 PRESSURE = 0.75          # fraction of the store's slots claimed from which idle slots are freed
 RECLAIM_READS = 30       # reads between two checks for idle slots (a read a second: 30 s)
+RETIRE_MAX = 1 << 16     # slots retired at one check: each costs two bpf() calls there and one when freed
+                         # (~3 µs in all), so a check after a carpet bombing ends stays within ~0.2 s
 STORE_KEY_WORDS = 2      # each slot's address, 16 bytes, after its struct sw_addr_spilled
 NEVER = np.uint64(2**64 - 1)   # an activity sum no slot reaches: a freed slot's, so that it is not idle at the next check
 
@@ -149,6 +152,7 @@ class SpillStore:
             index = KeyIndex(len(distinct))
             index.add(distinct, np.zeros(len(distinct), np.int64))
             idle = idle[index.get(np.ascontiguousarray(words[idle, self._key])) < 0]
+        idle = idle[:RETIRE_MAX]              # the rest at the next checks: the store needs room, not all of it
         if not len(idle):
             return
         index_fd = self.maps.index_fd
@@ -176,4 +180,4 @@ class SpillStore:
             self.freed += len(slots)
 
 
-__all__ = ["PRESSURE", "RECLAIM_READS", "SpillStore", "StoreMaps"]
+__all__ = ["PRESSURE", "RECLAIM_READS", "RETIRE_MAX", "SpillStore", "StoreMaps"]
