@@ -31,6 +31,7 @@ BPF_PROG_GET_FD_BY_ID = 13
 BPF_OBJ_GET_INFO_BY_FD = 15
 BPF_PROG_TEST_RUN = 10
 BPF_MAP_LOOKUP_BATCH = 24
+BPF_MAP_DELETE_BATCH = 27
 BPF_LINK_CREATE = 28
 BPF_LINK_UPDATE = 29
 BPF_LINK_DETACH = 34
@@ -258,6 +259,25 @@ def array_lookup_range(map_fd: int, value_size: int, start: int, count: int) -> 
         err = ctypes.get_errno()
         raise BpfError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
     return values[:attr.count]
+
+
+def map_delete_batch(map_fd: int, keys: np.ndarray) -> int:
+    """Delete the elements of (N, key_size) uint8 `keys` from a hash map, in BPF_MAP_DELETE_BATCH calls
+    (one call for all but keys that are absent: the kernel stops at one, which is skipped); returns how
+    many were deleted."""
+    keys = np.ascontiguousarray(keys, np.uint8)
+    done = deleted = 0
+    while done < len(keys):
+        attr = _BatchAttr(keys=keys.ctypes.data + done * keys.shape[1], count=len(keys) - done, map_fd=map_fd)
+        ret = _libc.syscall(SYS_BPF, BPF_MAP_DELETE_BATCH, ctypes.byref(attr), ctypes.sizeof(attr))
+        deleted += attr.count
+        done += attr.count
+        if ret < 0:
+            err = ctypes.get_errno()
+            if err != errno.ENOENT:
+                raise BpfError(err, f"BPF_MAP_DELETE_BATCH: {os.strerror(err)}")
+            done += 1                        # the absent key
+    return deleted
 
 
 def map_lookup_batch(map_fd: int, key_size: int, value_size: int, max_entries: int,

@@ -734,10 +734,18 @@ class CounterReader:
 
 
 def _cached_keys(copy: np.ndarray, layout: AddressCounterLayout) -> np.ndarray:
-    """(K, 2) addresses of the filled slots of a cache copy ((regions, slots, copy words), `copy_cache`)."""
-    flat = copy.reshape(-1, copy.shape[-1])
-    filled = _word32(flat[:, layout.head_at], layout.generation_shift) != 0
-    return flat[filled, layout.addr_at:layout.addr_at + 2]
+    """(K, 2) distinct addresses of the filled slots of a cache copy ((regions, slots, copy words),
+    `copy_cache`). An address hashes to the same slot in every CPU region, so it repeats only there."""
+    a = layout.addr_at
+    filled = _word32(copy[:, :, layout.head_at], layout.generation_shift) != 0
+    parts = []
+    for region in range(copy.shape[0]):
+        keep = filled[region].copy()
+        for earlier in range(region):
+            keep &= ~(filled[earlier] & (copy[earlier, :, a] == copy[region, :, a])
+                      & (copy[earlier, :, a + 1] == copy[region, :, a + 1]))
+        parts.append(copy[region, keep, a:a + 2])
+    return np.concatenate(parts) if parts else np.zeros((0, 2), np.uint64)
 
 
 __all__ = ["ADDRESS_LAYOUT", "CACHE_SLOTS", "TENANT_LAYOUT", "UNPROTECTED", "AddressCounterLayout", "AddressMemo",

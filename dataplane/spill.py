@@ -11,7 +11,7 @@ from read to read (`AddressMemo.listed_ids` then matches nearly every key to its
 Slots are only ever claimed by the kernel; freeing them is this module's work. Once the claimed
 slots reach PRESSURE of the store, every RECLAIM_READS reads the slots whose counts did not move since
 the previous check (idle for at least RECLAIM_READS reads), and whose address holds no cache slot, are
-retired (up to RETIRE_MAX a check), in three steps a read apart:
+retired, RETIRE_MAX a read, in three steps a read apart:
 their addresses leave the index (a spill of the address from then on claims a new slot); the next read
 still reads them, with whatever a program that found them just before added; the read after zeroes
 them and queues them as free. A retired address's counts thus drop out of the reads, as an address the
@@ -28,12 +28,12 @@ import numpy as np
 
 from dataplane import bpfsys
 from dataplane.api import DataplaneError
-from dataplane.keys import KeyIndex, unique_keys
+from dataplane.keys import KeyIndex
 
 PRESSURE = 0.75          # fraction of the store's slots claimed from which idle slots are freed
 RECLAIM_READS = 30       # reads between two checks for idle slots (a read a second: 30 s)
-RETIRE_MAX = 1 << 16     # slots retired at one check: each costs two bpf() calls there and one when freed
-                         # (~3 µs in all), so a check after a carpet bombing ends stays within ~0.2 s
+RETIRE_MAX = 1 << 14     # idle slots retired a read: freeing each costs a bpf() call (~2 µs), so a read
+                         # spends ~35 ms on it at most; a check's idle slots past it wait for the next reads
 STORE_KEY_WORDS = 2      # each slot's address, 16 bytes, after its struct sw_addr_spilled
 NEVER = np.uint64(2**64 - 1)   # an activity sum no slot reaches: a freed slot's, so that it is not idle at the next check
 
@@ -76,6 +76,7 @@ class SpillStore:
         self.reads = 0
         self._retiring: list[tuple[int, np.ndarray]] = []    # (read that took them out of the index, slots)
         self._activity: np.ndarray | None = None            # each slot's activity sum at the last check
+        self._backlog = np.zeros(0, np.int64)               # idle slots of the last check not retired yet
         self._checked_at = 0
         self.freed = 0                                      # slots freed since this process started
         self.in_use = 0                                     # claimed slots at the last read
@@ -125,45 +126,50 @@ class SpillStore:
         return used[:, self._key], used[:, :self._key.start].reshape(n, 1, self._key.start), free
 
     def wants_idle_check(self) -> bool:
-        """Whether the read `rows()` just made should look for idle slots to retire: the store is
-        under pressure and the last check is RECLAIM_READS reads old."""
-        return self.in_use >= PRESSURE * self.maps.slots and self.reads - self._checked_at >= RECLAIM_READS
+        """Whether the read `rows()` just made should retire idle slots: the store is under pressure, and
+        the last check is RECLAIM_READS reads old or found more idle slots than a read retires."""
+        return self.in_use >= PRESSURE * self.maps.slots and (
+            self.reads - self._checked_at >= RECLAIM_READS or len(self._backlog) > 0)
 
     def retire_idle(self, cached: np.ndarray) -> None:
-        """Take the addresses of slots idle since the last check out of the index (the first step of
-        freeing them), but for those in `cached`, (K, 2) addresses that hold an address cache slot: an
-        address the cache counts is busy, and its counts would drop while it is."""
+        """Take up to RETIRE_MAX idle slots' addresses out of the index (the first step of freeing them).
+        A slot is idle when its counters did not move between two checks RECLAIM_READS reads apart nor
+        since, and its address holds no slot in `cached`, (K, 2) distinct addresses of the address cache:
+        an address the cache counts is busy, and its counts would drop while it is."""
         words = self._words
         assert words is not None
         claimed = self._claimed
         n = len(claimed)
-        activity = words[:n, :self._counter_words].sum(axis=1, dtype=np.uint64)
-        previous, self._activity, self._checked_at = self._activity, activity, self.reads
-        if previous is None:
+        if self.reads - self._checked_at >= RECLAIM_READS:
+            activity = words[:n, :self._counter_words].sum(axis=1, dtype=np.uint64)
+            previous, self._activity, self._checked_at = self._activity, activity, self.reads
+            self._backlog = np.zeros(0, np.int64)
+            if previous is None:
+                return
+            common = min(len(previous), n)
+            idle = claimed[:common] & (activity[:common] == previous[:common])
+            for _, slots in self._retiring:       # retired already, not freed yet
+                idle[slots[slots < common]] = False
+            self._backlog = np.flatnonzero(idle)
+        chunk, self._backlog = self._backlog[:RETIRE_MAX], self._backlog[RETIRE_MAX:]
+        # Still idle since the check (the same counts as then), still claimed, and not cached.
+        snapshot = self._activity
+        assert snapshot is not None
+        chunk = chunk[chunk < n]
+        chunk = chunk[claimed[chunk] & (words[chunk, :self._counter_words].sum(axis=1, dtype=np.uint64)
+                                        == snapshot[chunk])]
+        if len(chunk) and len(cached):
+            index = KeyIndex(len(cached))
+            index.add(np.ascontiguousarray(cached, np.uint64), np.zeros(len(cached), np.int64))
+            chunk = chunk[index.get(np.ascontiguousarray(words[chunk, self._key])) < 0]
+        if not len(chunk):
             return
-        common = min(len(previous), n)
-        idle = claimed[:common] & (activity[:common] == previous[:common])
-        for _, slots in self._retiring:       # retired already, not freed yet
-            idle[slots[slots < common]] = False
-        idle = np.flatnonzero(idle)
-        if len(idle) and len(cached):
-            cached = np.ascontiguousarray(cached, np.uint64)
-            distinct = cached[unique_keys(cached)[0]]       # an address cached by two CPUs is in two slots
-            index = KeyIndex(len(distinct))
-            index.add(distinct, np.zeros(len(distinct), np.int64))
-            idle = idle[index.get(np.ascontiguousarray(words[idle, self._key])) < 0]
-        idle = idle[:RETIRE_MAX]              # the rest at the next checks: the store needs room, not all of it
-        if not len(idle):
-            return
-        index_fd = self.maps.index_fd
-        for slot in idle.tolist():
-            key = words[slot, self._key].tobytes()
-            held = bpfsys.map_lookup(index_fd, key, 4)
-            # Only the address's own entry: one that points elsewhere (a slot claimed again after a
-            # restart lost this process's retirements) stays.
-            if held is not None and int.from_bytes(held, "little") == slot:
-                bpfsys.map_delete(index_fd, key)
-        self._retiring.append((self.reads, idle))
+        # One call for them all. An address whose index entry points at another slot (one claimed again
+        # after a restart lost this process's retirements) loses that entry too: the other slot is still
+        # read, and the address's next eviction claims a new one (the reader adds both rows up).
+        keys = np.ascontiguousarray(words[chunk, self._key]).view(np.uint8).reshape(len(chunk), 16)
+        bpfsys.map_delete_batch(self.maps.index_fd, keys)
+        self._retiring.append((self.reads, chunk))
 
     def _free_retired(self) -> None:
         """Zero and queue as free the slots retired two reads ago or more (third step): the read

@@ -113,14 +113,17 @@ def test_idle_slots_are_freed_after_two_reads_and_claimed_again_by_new_addresses
     freed_before = store.freed
     small.read_destination_counters()     # the second finds them unchanged: out of the index
     retired = store.retiring
-    assert len(retired) == 300, "idle slots under pressure are retired, RETIRE_MAX at a check"
+    # RETIRE_MAX of the idle slots looked at, less those whose address is cached.
+    assert 200 < len(retired) <= 300, "idle slots under pressure are retired, RETIRE_MAX at a read"
     keys, claimed, _ = store.slot_state(retired)
     assert claimed.all()                  # still read once more
     index = index_entries(small)
     assert not any(key.tobytes() in index for key in keys)
-    small.read_destination_counters()     # read once more with their last counts
+    monkeypatch.setattr(spill, "RECLAIM_READS", 1000)   # no new check: the check's other idle slots go on
+    small.read_destination_counters()     # read once more with their last counts; the next 300 retired
+    assert 2 * len(retired) - 100 < len(store.retiring) <= len(retired) + 300
     small.read_destination_counters()     # then zeroed and queued as free
-    assert store.freed - freed_before >= len(retired) > 0
+    assert store.freed - freed_before == len(retired)
     assert store.slot_state(retired)[2].all()
     _, _, free = store.rows()          # read in place, the freed slots skipped
     assert set(retired.tolist()) <= set(free.tolist())
