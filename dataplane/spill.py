@@ -5,16 +5,16 @@ The XDP program moves the counters of an address that loses its cache slot into 
 (`sw_addr_store` in dataplane/bpf/seawall.c): one slot per address, found through
 `sw_addr_store_index` (address -> slot), claimed from the slots user space freed
 (`sw_addr_store_free`, a queue) or else from those never used (`sw_addr_store_next` counts the slots
-handed out). A read sees every claimed slot below that count in slot order, which stays the same
-from read to read (`AddressMemo.listed_ids` then matches nearly every key to its id without hashing).
+handed out). A read sees every slot below that count in place, in slot order, which stays the same
+from read to read (`AddressMemo.listed_ids` then matches nearly every key to its id without hashing),
+the free ones skipped.
 
-Slots are only ever claimed by the kernel; freeing them is this module's work. Once the claimed
-slots reach PRESSURE of the store, every RECLAIM_READS reads the slots whose counts did not move since
-the previous check (idle for at least RECLAIM_READS reads), and whose address holds no cache slot, are
-retired, RETIRE_MAX a read, in three steps a read apart:
-their addresses leave the index (a spill of the address from then on claims a new slot); the next read
-still reads them, with whatever a program that found them just before added; the read after zeroes
-them and queues them as free. A retired address's counts thus drop out of the reads, as an address the
+Slots are only ever claimed by the kernel; freeing them is this module's work. Once the claimed slots
+reach PRESSURE of the store, every RECLAIM_READS reads a check finds the slots whose counts did not move
+since the previous check (idle for at least RECLAIM_READS reads) and whose address holds no cache slot;
+they are retired RETIRE_MAX a read, each in three steps a read apart: its address leaves the index (a
+spill of the address from then on claims a new slot); the next read still reads it, with whatever a
+program that found it just before added; the read after zeroes it and queues it as free. A retired address's counts thus drop out of the reads, as an address the
 kernel's LRU map evicted did before the store existed (the rate tracker settles a counter that went
 down, see `policy.rates`); it is idle, so no rate changes.
 """
@@ -40,7 +40,7 @@ NEVER = np.uint64(2**64 - 1)   # an activity sum no slot reaches: a freed slot's
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StoreMaps:
-    """The store's four maps, as fds and sizes (`dataplane.loader.Program.map_ref`)."""
+    """The store's four maps, as fds and sizes (`dataplane.loader.Program.store_maps`)."""
 
     store_fd: int
     slot_bytes: int          # struct sw_addr_stored
@@ -51,7 +51,8 @@ class StoreMaps:
 
 
 class SpillStore:
-    """The mapped spill store. `rows()` gives the claimed slots' keys and counters for a read;
+    """The mapped spill store. `rows()` gives the handed-out slots' keys and counters in place for a
+    read, and which of them are free;
     `spilled_words`, `tenant_at` and `counter_words`: struct sw_addr_spilled's size, the word of its
     tenant_idx (low half) and claimed flag (high half), and the words of its leading struct
     sw_addr_counters, from `dataplane.reader.AddressCounterLayout`."""
