@@ -717,8 +717,8 @@ class CounterReader:
         (`[appliance] max_addresses`), those claimed, handed out (ever used), freed since this process
         started and being freed, and the overflow map's entries and size."""
         store = self.store
-        return {"slots": store.maps.slots, "in_use": store.in_use, "handed_out": store.handed_out(),
-                "freed": store.freed, "retiring": len(store.retiring), "overflow_entries": self.overflow_entries,
+        return {"slots": store.maps.slots, "in_use": store.in_use, "handed_out": store.handed,
+                "freed": store.freed, "retiring": store.retiring_count, "overflow_entries": self.overflow_entries,
                 "overflow_capacity": self.spill.max_entries}
 
     def _warn_overflow(self) -> None:

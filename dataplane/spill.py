@@ -81,6 +81,7 @@ class SpillStore:
         self._checked_at = 0
         self.freed = 0                                      # slots freed since this process started
         self.in_use = 0                                     # claimed slots at the last read
+        self.handed = 0                                     # slots handed out at the last read
         self._claimed = np.zeros(0, bool)                   # which slots below the handed-out count, then
 
     def close(self) -> None:
@@ -92,8 +93,13 @@ class SpillStore:
 
     @property
     def retiring(self) -> np.ndarray:
-        """Slots taken out of the index and not freed yet (operators' status, tests)."""
+        """Slots taken out of the index and not freed yet (tests)."""
         return np.concatenate([slots for _, slots in self._retiring]) if self._retiring else np.zeros(0, np.int64)
+
+    @property
+    def retiring_count(self) -> int:
+        """How many slots `retiring` holds (the status: no copy)."""
+        return sum(len(slots) for _, slots in self._retiring)
 
     def slot_state(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Of store slots: their (k, 2) uint64 addresses, whether each is claimed, whether each is all
@@ -118,7 +124,7 @@ class SpillStore:
             raise DataplaneError("the spill store is closed")
         self.reads += 1
         self._free_retired()
-        n = self.handed_out()
+        n = self.handed = self.handed_out()
         claimed = (words[:n, self._claimed_at] >> np.uint64(32)) != 0
         self._claimed = claimed
         self.in_use = int(np.count_nonzero(claimed))

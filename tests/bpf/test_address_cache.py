@@ -12,12 +12,13 @@ from tests.bpf import frames
 from tests.bpf.conftest import CLEAN_SRC6, XDP_REDIRECT, run
 
 
-def slot_of(address: ipaddress.IPv6Address) -> int:
-    """The program's slot hash (sw_addr_slot in seawall.c), written again from its definition."""
+def slot_of(address: ipaddress.IPv6Address, bits: int = ADDRESS_CACHE_BITS) -> int:
+    """The program's slot hash (sw_addr_slot in seawall.c), written again from its definition, for a cache
+    of 2**bits slots a CPU."""
     w0, w1 = struct.unpack("<QQ", address.packed)
     x = w0 ^ w1
     folded = (x ^ (x >> 32)) & 0xFFFFFFFF
-    return ((folded * 0x9E3779B1) & 0xFFFFFFFF) >> (32 - ADDRESS_CACHE_BITS)
+    return ((folded * 0x9E3779B1) & 0xFFFFFFFF) >> (32 - bits)
 
 
 def colliding_pair(network: str) -> tuple[ipaddress.IPv6Address, ipaddress.IPv6Address]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import struct
 from collections.abc import Iterator
 
 import numpy as np
@@ -20,6 +19,7 @@ from structlog.testing import capture_logs
 from dataplane import spill, testing
 from tests.bpf import frames
 from tests.bpf.conftest import CLEAN_SRC6, STANDARD_TENANTS, XDP_REDIRECT, apply_tenant_dicts, run
+from tests.bpf.test_address_cache import slot_of
 
 STORE_SLOTS = 1024
 ALPHA_NET = ipaddress.ip_network("2001:db8:a::/48")
@@ -172,14 +172,6 @@ def test_the_store_and_its_index_survive_a_restart_of_the_control_plane():
         purge(pin_dir)
 
 
-def cache_slot(address: ipaddress.IPv6Address, bits: int) -> int:
-    """The program's slot hash (sw_addr_slot in seawall.c) for a cache of 2**bits slots a CPU."""
-    w0, w1 = struct.unpack("<QQ", address.packed)
-    x = w0 ^ w1
-    folded = (x ^ (x >> 32)) & 0xFFFFFFFF
-    return ((folded * 0x9E3779B1) & 0xFFFFFFFF) >> (32 - bits)
-
-
 def test_an_address_in_the_overflow_map_that_then_claims_a_freed_slot_counts_both(monkeypatch):
     """An address spilled while the store was full stays in the overflow map; once idle slots are freed, its
     next eviction claims one: the read adds its counts from both."""
@@ -202,7 +194,7 @@ def test_an_address_in_the_overflow_map_that_then_claims_a_freed_slot_counts_bot
         before = packets_of(dp)
         target = ipaddress.IPv6Address(sorted(overflowed)[0])
         other = next(a for a in (ALPHA_NET.network_address + 5_000_000 + i for i in range(1, 100_000))
-                     if cache_slot(a, 10) == cache_slot(target, 10))
+                     if slot_of(a, 10) == slot_of(target, 10))
         for dst in (target, other):             # the target takes its cache slot, then loses it again
             assert run(dp, frames.udp(CLEAN_SRC6, str(dst), dport=28960)) == XDP_REDIRECT
         assert str(target) in overflowed and target.packed in index_entries(dp)     # in both now

@@ -7,11 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.commands.status import render_human
 from securewatch import metrics
-
-
-def _summary(**extra) -> dict:
-    return {"control_plane": "running", "status_age_s": 0.2, "dataplane_attached_to": [], "tenants": {}, **extra}
-
+from tests.unit.appliance.test_status_synauth import _summary
 
 STORE = {"slots": 262144, "in_use": 200000, "handed_out": 210000, "freed": 10000, "retiring": 0,
          "overflow_entries": 0, "overflow_capacity": 65536}

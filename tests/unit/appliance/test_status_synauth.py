@@ -29,4 +29,3 @@ def test_metrics_carry_the_synauth_counters():
     assert samples == {name: float(n) for name, n in SYNAUTH.items()}
     assert "seawall_synauth_events" not in {f.name for f in text_string_to_metric_families(
         metrics.render(_summary()).decode())}
-
