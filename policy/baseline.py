@@ -51,6 +51,7 @@ import dataclasses
 import numpy as np
 
 from dataplane.constants import TrafficClass
+from policy import native
 
 N_CLASSES = len(TrafficClass)
 PARTIAL_BASELINE_S = 3.0    # learned seconds after which a warming-up row gets the onset floors
@@ -58,7 +59,7 @@ PARTIAL_BASELINE_S = 3.0    # learned seconds after which a warming-up row gets 
 
 @dataclasses.dataclass(slots=True)
 class BaselineRows:
-    """Copies of some rows' state, gathered once per tick for detection and learning."""
+    """Copies of some rows' state (`EwmaBaseline.gather`)."""
 
     rows: np.ndarray
     mean: np.ndarray            # (N, C)
@@ -79,25 +80,6 @@ def _take_rows(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
     if va is None or not isinstance(rows, np.ndarray) or rows.dtype.kind not in "iu":
         return a[rows]
     return va.take(rows).view(a.dtype).reshape(len(rows), a.shape[1])
-
-
-def _put_rows(a: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
-    """`a[rows] = values` for integer `rows` (`np.put` of whole rows: 2-3x faster than numpy's
-    row-wise fancy assignment, and faster than assigning the void rows by index)."""
-    va = _as_rows(a)
-    vv = _as_rows(np.ascontiguousarray(values, np.float64)) if va is not None else None
-    if vv is None or not isinstance(rows, np.ndarray) or rows.dtype.kind not in "iu" or len(vv) != len(rows):
-        a[rows] = values
-        return
-    np.put(va, rows, vv)
-
-
-# Elements not learned (attacks, invalid rows) are restored one by one after the whole-array update
-# while they are at most this share of all elements; past it, a zero weight in the update is cheaper.
-_SPARSE_SHARE = 0.125
-# Rows learned at a time when `update` gathers them itself: 16,384 rows of 6 classes are 768 KiB per
-# array, which stay in the CPU's cache through the update's passes.
-UPDATE_BLOCK_ROWS = 16_384
 
 
 class EwmaBaseline:
@@ -167,118 +149,25 @@ class EwmaBaseline:
         return np.where(self.warm(rows), np.maximum(min_pps[:, None], base),
                         self.warmup_threshold(rows, base, min_pps))
 
-    def _weights(self, learned: np.ndarray, dt: float) -> np.ndarray:
-        """max(dt / (learned + dt), EWMA weight) per element, with as few whole-array passes as the
-        learned seconds allow (fl(dt / fl(l + dt)) never grows with l, so the extremes decide)."""
-        ewma = 1.0 - 2.0 ** (-dt / self.half_life_s)
-        if dt / (float(learned.max(initial=0.0)) + dt) >= ewma:
-            # Every element is still a running average (the engine's first ~45 minutes): no maximum.
-            alpha = learned + dt
-            return np.divide(dt, alpha, out=alpha)
-        if ewma > 1e-9:
-            # Past 2·dt/ewma learned seconds the running-average weight is at most about half the
-            # EWMA's (far beyond rounding): those elements take the EWMA weight, the few younger
-            # ones (addresses new to the engine) are computed by index.
-            young = np.flatnonzero(learned < 2.0 * dt / ewma)
-            if len(young) <= _SPARSE_SHARE * learned.size:
-                alpha = np.full(learned.shape, ewma)
-                at = learned.reshape(-1)[young]
-                alpha.reshape(-1)[young] = np.maximum(dt / (at + dt), ewma)
-                return alpha
-        alpha = learned + dt
-        np.divide(dt, alpha, out=alpha)
-        return np.maximum(alpha, ewma, out=alpha)
+    def ewma_weight(self, dt: float) -> float:
+        """The EWMA's weight of a tick of `dt` seconds (a row's weight is the larger of this and its
+        running average's, dt / (learned seconds + dt))."""
+        return 1.0 - 2.0 ** (-dt / self.half_life_s)
 
     def update(self, rows: np.ndarray | slice, pps: np.ndarray, dt: float, learn: np.ndarray,
-               cap: np.ndarray | None = None, gathered: BaselineRows | None = None,
-               deviation: np.ndarray | None = None) -> None:
+               cap: np.ndarray | None = None, deviation: np.ndarray | None = None) -> None:
         """Learn one tick of rates `pps` (N, C) for `rows` where `learn` (N, C) is True.
 
         `cap` is `baseline_threshold(rows)` when the caller already has it (detection does);
-        `gathered` is `gather(rows)` taken since the last change to these rows, whose arrays this
-        update then overwrites; `deviation` is `pps - mean` of these rows when the caller has it
-        (detection's), which this update only reads. `rows` may be a slice (consecutive rows: the
-        state is updated in place, with no gathers). Without `gathered`, the rows are gathered,
-        learned and put back UPDATE_BLOCK_ROWS at a time: the update is elementwise, so the result
-        is the same, without (N, C) temporaries (~200 MiB at a million destinations).
+        `deviation` is `pps - mean` of these rows when the caller has it (detection's), which this
+        update only reads. `rows` may be a slice of consecutive rows. The state is updated in place,
+        element by element, by `policy.native.learn_rows` (the module docstring's model, with no
+        (N, C) temporaries: ~200 MiB of them at a million destinations in numpy).
         """
         n_rows = len(range(*rows.indices(self.capacity))) if isinstance(rows, slice) else len(rows)
         if dt <= 0 or not n_rows:
             return
-        if gathered is not None and gathered.rows is not rows and not np.array_equal(gathered.rows, rows):
-            raise ValueError("baseline update: gathered state is for other rows")
-        learn = np.broadcast_to(learn, pps.shape)
         if cap is None:
             cap = self.baseline_threshold(rows)
-        if deviation is not None and (deviation.shape != pps.shape or not deviation.flags.c_contiguous):
-            deviation = None
-        if gathered is not None:
-            self._learn(rows, gathered, pps, dt, learn, cap, deviation)
-            return
-        span = range(*rows.indices(self.capacity)) if isinstance(rows, slice) else None
-        for lo in range(0, n_rows, UPDATE_BLOCK_ROWS):
-            hi = min(lo + UPDATE_BLOCK_ROWS, n_rows)
-            part = rows[lo:hi] if span is None else slice(span[lo], span[lo] + (hi - lo) * span.step, span.step)
-            self._learn(part, self.gather(part), np.ascontiguousarray(pps[lo:hi]), dt, learn[lo:hi], cap[lo:hi],
-                        None if deviation is None else deviation[lo:hi])
-
-    def _learn(self, rows: np.ndarray | slice, state: BaselineRows, pps: np.ndarray, dt: float, learn: np.ndarray,
-               cap: np.ndarray, deviation: np.ndarray | None) -> None:
-        """`update` of `rows` from their gathered `state`, written back."""
-        # Contiguous (as gathered: no copies), so that flat indices address the elements themselves.
-        mean, var, learned = (np.ascontiguousarray(a) for a in (state.mean, state.var, state.learned_s))
-        self._update_rows(mean, var, learned, pps, dt, learn, cap, deviation)
-        _put_rows(self.mean, rows, mean)
-        _put_rows(self.var, rows, var)
-        _put_rows(self.learned_s, rows, learned)
-
-    def _update_rows(self, mean: np.ndarray, var: np.ndarray, learned: np.ndarray, pps: np.ndarray, dt: float,
-                     learn: np.ndarray, cap: np.ndarray, deviation: np.ndarray | None) -> None:
-        """`update` of some rows' contiguous state arrays, in place."""
-        # Most elements are learned: the update runs on all of them with the learned weight, and the
-        # few that are not get their state back afterwards, which is what a zero weight leaves
-        # (mean + 0·d, (var + 0·d²)·1, learned + 0) with one pass less.
-        skip = np.flatnonzero(~learn)
-        sparse = len(skip) <= _SPARSE_SHARE * learn.size
-        if sparse:
-            kept = (mean.reshape(-1)[skip], var.reshape(-1)[skip], learned.reshape(-1)[skip])
-        # A plain running average while few seconds are known (so warm-up ends with an
-        # unbiased mean and variance), the EWMA weight once it is the larger one; zero
-        # weight for seconds that are not learned leaves mean and variance as they are.
-        alpha = self._weights(learned, dt)
-        if not sparse:
-            alpha *= learn
-        # Winsorise at the threshold once warm: creeping traffic moves the baseline slowly. Only an
-        # element above its cap can be clipped (to max(cap, 1)): found in one pass, clipped by index.
-        if deviation is None:
-            deviation = np.subtract(pps, mean)
-        # The clipped elements' own steps are computed by index after the whole-array ones (the same
-        # arithmetic on the same operands), so `deviation` stays rate - mean: detection keeps it.
-        diff = deviation
-        over = np.flatnonzero(np.greater(pps, cap))
-        clipped = None
-        if len(over):
-            at = learned.reshape(-1)[over]
-            clip = np.maximum(cap.reshape(-1)[over], 1.0)
-            over_warm = (pps.reshape(-1)[over] > clip) & (at >= self.warmup_s) & (at > 0)
-            over, clip = over[over_warm], clip[over_warm]
-            if len(over):
-                old_mean = mean.reshape(-1)[over]
-                d = clip - old_mean
-                clipped = (over, old_mean, d, alpha.reshape(-1)[over] * d)
-        step = alpha * diff
-        mean += step
-        step *= diff
-        if clipped is not None:
-            over, old_mean, d, m_step = clipped
-            mean.reshape(-1)[over] = old_mean + m_step
-            step.reshape(-1)[over] = m_step * d
-        var += step
-        np.subtract(1.0, alpha, out=alpha)
-        var *= alpha
-        if sparse:
-            learned += dt
-            if len(skip):
-                mean.reshape(-1)[skip], var.reshape(-1)[skip], learned.reshape(-1)[skip] = kept
-        else:
-            learned += dt * learn
+        native.learn_rows(rows, self.mean, self.var, self.learned_s, pps, cap, deviation, learn, dt=dt,
+                          ewma=self.ewma_weight(dt), warmup_s=self.warmup_s)

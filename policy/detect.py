@@ -18,7 +18,8 @@ import numpy as np
 
 from dataplane.constants import MAX_TENANTS, TenantMode, TrafficClass
 from dataplane.reader import rows_empty
-from policy.baseline import PARTIAL_BASELINE_S, BaselineRows, EwmaBaseline
+from policy import native
+from policy.baseline import PARTIAL_BASELINE_S, EwmaBaseline
 from policy.rates import DestinationRates, TenantRates
 from tenants.policy import TenantPolicy
 
@@ -96,9 +97,6 @@ class Detection:
     tenant_excess: np.ndarray        # (T, C)
     carpets: list[CarpetCandidate]
     warm: np.ndarray | None = None                 # (N, C) bool, past the destination's warm-up
-    # Up to HANDOVER_ROWS destinations, the baseline rows detection read (one block), for learning to
-    # update without reading them again; None above it, and once learned.
-    dest_state: BaselineRows | None = None
     # (R, C) the tenants' (mean + k·sigma)·margin, rows `PolicyTable.tenant_rows`, for learning.
     tenant_cap: np.ndarray | None = None
     pps: np.ndarray | None = None                  # (N, C) the rates detected on (for `ratio`)
@@ -154,18 +152,6 @@ def _per_row(values: np.ndarray) -> np.ndarray | float:
     return values[:, None] if shared is None else shared
 
 
-# Cold elements fixed one by one while they are at most this share of all elements; past it (the first
-# minutes after a start, when every row warms up) the masked whole-array passes are cheaper.
-_SPARSE_SHARE = 0.125
-# Destination rows whose baseline state detection reads at a time: 16,384 rows of 6 classes are
-# 768 KiB per array, which stay in the CPU's cache while the thresholds are made of them.
-DETECT_BLOCK_ROWS = 16_384
-# Up to this many destinations detection reads the baseline rows in one block and hands that copy to
-# learning (`Detection.dest_state`), which updates it without reading the rows again: ~4 ms a tick
-# at 100,000, for ~14 MiB held from detection to learning. Above it both read a block at a time.
-HANDOVER_ROWS = 131_072
-
-
 def destination_threshold(cap: np.ndarray, learned_s: np.ndarray, warm: np.ndarray, baseline: EwmaBaseline,
                           min_pps: np.ndarray | float, sensitivity: np.ndarray | float,
                           out: np.ndarray | None = None) -> np.ndarray:
@@ -173,34 +159,13 @@ def destination_threshold(cap: np.ndarray, learned_s: np.ndarray, warm: np.ndarr
     warm: max(min_pps, base); seen: max(min_pps, onset floor, base); new: max(min_pps, floor), where
     base = cap / sensitivity. `min_pps` and `sensitivity` per row ((N, 1)) or one float for all.
     Written into `out` when given (contiguous, the shape of `cap`)."""
-    cold = np.flatnonzero(~warm)
-    if len(cold) > _SPARSE_SHARE * cap.size:
-        threshold = np.divide(cap, sensitivity, out=out)
-        np.maximum(threshold, baseline.onset_floor[None, :], out=threshold, where=~warm)
-        np.copyto(threshold, baseline.floor[None, :], where=~warm & (learned_s < PARTIAL_BASELINE_S))
-        np.maximum(threshold, min_pps, out=threshold)
-        return threshold
-    # The warm rows' formula over the whole array (one pass when sensitivity is 1: cap / 1 is cap),
-    # then the few warming-up elements' thresholds from their caps, by index, with the same arithmetic.
-    if isinstance(sensitivity, float) and sensitivity == 1.0:
-        threshold = np.maximum(cap, min_pps, out=out)
-    else:
-        threshold = np.divide(cap, sensitivity, out=out)
-        np.maximum(threshold, min_pps, out=threshold)
-    if len(cold):
-        row, cls = np.divmod(cold, N_CLASSES)
-        base = cap.reshape(-1)[cold] / (sensitivity if isinstance(sensitivity, float) else sensitivity[row, 0])
-        values = np.maximum(base, baseline.onset_floor[cls])
-        new = learned_s.reshape(-1)[cold] < PARTIAL_BASELINE_S
-        values[new] = baseline.floor[cls[new]]
-        np.maximum(values, min_pps if isinstance(min_pps, float) else min_pps[row, 0], out=values)
-        threshold.reshape(-1)[cold] = values
+    threshold = np.divide(cap, sensitivity, out=out)
+    cold = ~warm
+    if cold.any():
+        np.maximum(threshold, baseline.onset_floor[None, :], out=threshold, where=cold)
+        np.copyto(threshold, baseline.floor[None, :], where=cold & (learned_s < PARTIAL_BASELINE_S))
+    np.maximum(threshold, min_pps, out=threshold)
     return threshold
-
-
-def _rows_of(values: np.ndarray | float, rows: slice) -> np.ndarray | float:
-    """A per-row policy value's rows (an (N, 1) column), or the one float for all."""
-    return values if isinstance(values, float) else values[rows]
 
 
 def tenant_rows(rows: np.ndarray) -> np.ndarray | slice:
@@ -222,30 +187,20 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
         else _per_row(policy.min_pps[prow])
     sensitivity = policy.uniform_sensitivity if everyone and policy.uniform_sensitivity is not None \
         else _per_row(policy.sensitivity[prow])
-    # Each (N, C) pass over 100k rows costs a quarter to a whole millisecond: compute in place, no
-    # (N, 1) broadcasts where one value serves all rows. The baseline's rows are read a block at a
-    # time (learning reads them again, the same way): the arithmetic is elementwise, and the
-    # gathered mean, variance and learned seconds never exist whole (~140 MiB at a million rows).
+    # One pass of policy/native.c over the rows: each baseline row read once by its slot, each output
+    # element written once (numpy's dozen whole-array passes, gathers included, cost ~75 ms at a million).
     n = len(dest)
     # Sizes rounded as the reader rounds its block's (`rows_empty`): the next tick reuses these blocks.
     cap = rows_empty(n, (N_CLASSES,))
     warm = rows_empty(n, (N_CLASSES,), bool)
     threshold = rows_empty(n, (N_CLASSES,))
     deviation = rows_empty(n, (N_CLASSES,))     # rate - mean; learning's too (it only reads it)
-    handover = n <= HANDOVER_ROWS
-    block_rows = max(n, 1) if handover else DETECT_BLOCK_ROWS
-    for lo in range(0, n, block_rows):
-        rows = slice(lo, min(lo + block_rows, n))
-        state = dest_baseline.gather(dest.slots if handover else dest.slots[rows])
-        block_cap = np.sqrt(state.var, out=cap[rows])
-        block_cap *= dest_baseline.k_sigma
-        block_cap += state.mean
-        block_cap *= dest_baseline.margin
-        np.greater_equal(state.learned_s, dest_baseline.warmup_s, out=warm[rows])
-        destination_threshold(block_cap, state.learned_s, warm[rows], dest_baseline, _rows_of(min_pps, rows),
-                              _rows_of(sensitivity, rows), out=threshold[rows])
-        np.subtract(dest.pps[rows], state.mean, out=deviation[rows])
-    anomalous = np.greater(dest.pps, threshold, out=rows_empty(n, (N_CLASSES,), bool))
+    anomalous = rows_empty(n, (N_CLASSES,), bool)
+    b = dest_baseline
+    native.detect_rows(dest.slots, b.mean, b.var, b.learned_s, dest.pps, k_sigma=b.k_sigma, margin=b.margin,
+                       warmup_s=b.warmup_s, partial_s=PARTIAL_BASELINE_S, floor=b.floor, onset_floor=b.onset_floor,
+                       min_pps=min_pps, sensitivity=sensitivity, cap=cap, warm=warm, threshold=threshold,
+                       deviation=deviation, anomalous=anomalous)
     if not known.all():
         anomalous[~known] = False
     # Anomalies are rare: find them in the flat mask (`.any(axis=1)` walks the short class axis slowly).
@@ -279,7 +234,7 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
     return Detection(threshold=threshold, baseline_cap=cap, anomalous=anomalous, deviation=deviation,
                      anomalous_rows=anomalous_rows, tenant_threshold=t_threshold,
                      tenant_anomalous=t_anomalous, tenant_excess=t_excess, carpets=carpets, warm=warm,
-                     dest_state=state if handover and n else None, tenant_cap=t_cap, pps=dest.pps, _excess=excess)
+                     tenant_cap=t_cap, pps=dest.pps, _excess=excess)
 
 
 def group_carpets(dest: DestinationRates, tidx: np.ndarray, n_groups: int, cap: np.ndarray, warm: np.ndarray,

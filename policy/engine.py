@@ -981,11 +981,8 @@ class PolicyEngine:
             slots = self.rates.slots.slots_of(targets)
             target_rows = row_of_slot[slots[slots >= 0]]
             learn[target_rows[target_rows >= 0]] = False
-        # Detection's rate - mean, which learning only reads (`det.excess` is made from it later), and
-        # below detect.HANDOVER_ROWS the baseline rows detection read, which learning then overwrites.
-        self.dest_baseline.update(dest.slots, dest.pps, dest.dt, learn, cap=det.baseline_cap, gathered=det.dest_state,
-                                  deviation=det.deviation)
-        det.dest_state = None
+        # Detection's rate - mean, which learning only reads (`det.excess` is made from it later).
+        self.dest_baseline.update(dest.slots, dest.pps, dest.dt, learn, cap=det.baseline_cap, deviation=det.deviation)
         rows = tenant_rows(self.policy_table.tenant_rows)
         t_cap = det.tenant_cap if det.tenant_cap is not None and det.tenant_cap.shape == t_learn[rows].shape else None
         self.tenant_baseline.update(rows, tenants.pps[rows], tenants.dt, t_learn[rows], cap=t_cap)

@@ -135,7 +135,7 @@ def test_update_equals_the_written_out_model_bit_for_bit_whichever_share_is_not_
             assert np.array_equal(got.learned_s, want[2])
 
 
-def test_update_with_the_callers_gathered_state_cap_and_deviation_equals_a_plain_update():
+def test_update_with_the_callers_cap_and_deviation_equals_a_plain_update():
     rng = np.random.default_rng(8)
     plain, given = model(warmup_s=600.0), model(warmup_s=600.0)
     pps = _random_state(rng, plain, 500)
@@ -144,13 +144,14 @@ def test_update_with_the_callers_gathered_state_cap_and_deviation_equals_a_plain
     rows = rng.permutation(500)[:400]
     learn = rng.random((400, C)) > 0.05
     plain.update(rows, pps[rows], 1.0, learn)
-    state = given.gather(rows)
-    given.update(rows, pps[rows], 1.0, learn, cap=given.baseline_threshold(rows), gathered=state,
-                 deviation=pps[rows] - state.mean)
+    given.update(rows, pps[rows], 1.0, learn, cap=given.baseline_threshold(rows),
+                 deviation=pps[rows] - given.mean[rows])
     for a, b in ((plain.mean, given.mean), (plain.var, given.var), (plain.learned_s, given.learned_s)):
         assert np.array_equal(a, b)
-    with pytest.raises(ValueError, match="other rows"):
-        given.update(rows, pps[rows], 1.0, learn, gathered=given.gather(rows[::-1]))
+    untouched = np.setdiff1d(np.arange(500), rows)
+    assert np.array_equal(plain.learned_s[untouched], given.learned_s[untouched])
+    with pytest.raises(ValueError, match="rows outside"):
+        given.update(np.array([500]), pps[:1], 1.0, learn[:1], cap=np.ones((1, C)))
 
 
 def test_update_only_reads_the_callers_deviation_for_a_tick_at_a_million_destinations():
@@ -163,12 +164,11 @@ def test_update_only_reads_the_callers_deviation_for_a_tick_at_a_million_destina
     rows = np.arange(2000)
     learn = rng.random((2000, C)) > 0.05
     want = _written_out_update(b, pps, 1.0, learn)
-    state = b.gather(rows)
     cap = b.baseline_threshold(rows)
-    deviation = pps - state.mean
+    deviation = pps - b.mean[rows]
     before = deviation.copy()
     assert ((pps > np.maximum(cap, 1.0)) & (b.learned_s >= b.warmup_s)).sum() > 100     # many clipped
-    b.update(rows, pps, 1.0, learn, cap=cap, gathered=state, deviation=deviation)
+    b.update(rows, pps, 1.0, learn, cap=cap, deviation=deviation)
     assert np.array_equal(deviation, before)
     assert np.array_equal(b.mean, want[0]) and np.array_equal(b.var, want[1])
     assert np.array_equal(b.learned_s, want[2])

@@ -1,10 +1,11 @@
 """Issue 18, item 2: a tick at a million destinations in less memory, with the same results.
 
 The rates are made a block of rows at a time and keep only the byte and drop deltas (uint32 while
-they fit); detection reads the baseline a block of rows at a time and learning gathers, learns and
-puts back a block at a time; the onset test looks at a block of rows at a time; and the previous
-tick's per-destination results go before the next read. Every one of these is elementwise or a
-release of what no later step reads: the results are the old code's, bit for bit. The digest
+they fit); detection and learning run in C (`policy/native.c`), one pass over the rows each, each
+baseline row read by its slot with no gathered copies; the onset test looks at a block of rows at a
+time; and the previous tick's per-destination results go before the next read. Every one of these
+is elementwise (numpy's arithmetic in numpy's order) or a release of what no later step reads: the
+results are the old code's, bit for bit. The digest
 below was computed with the code before these changes (main at b75d1df) on the same fixed seed.
 """
 
@@ -17,8 +18,6 @@ import tracemalloc
 import numpy as np
 import pytest
 
-import policy.baseline as baseline_mod
-import policy.detect as detect_mod
 import policy.onset as onset_mod
 import policy.rates as rates_mod
 from appliance.bench.policy import SyntheticDataplane, synthetic_tenant_spec
@@ -79,9 +78,6 @@ def _tick_digest(state_dir: pathlib.Path, destinations: int = 6000, tenants: int
 def _small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocks of a few rows: every block boundary and remainder path runs at a small size."""
     monkeypatch.setattr(rates_mod, "RATE_BLOCK_ROWS", 7)
-    monkeypatch.setattr(detect_mod, "DETECT_BLOCK_ROWS", 11)
-    monkeypatch.setattr(detect_mod, "HANDOVER_ROWS", 0)
-    monkeypatch.setattr(baseline_mod, "UPDATE_BLOCK_ROWS", 13)
     monkeypatch.setattr(onset_mod, "BLOCK_ROWS", 17)
 
 
@@ -116,35 +112,6 @@ def test_issue18_item2_previous_results_are_released_before_the_next_read(tmp_pa
     assert held_at_read == [(None, None)] * 3
 
 
-
-
-@pytest.mark.parametrize("handover", [True, False], ids=["small-handed-over", "large-in-blocks"])
-def test_issue18_item2_detection_hands_a_small_reads_baseline_rows_to_learning(tmp_path, monkeypatch, handover):
-    """Up to HANDOVER_ROWS destinations detection reads their baseline rows once and learning updates
-    that copy (reading them again cost ~4 ms a tick at 100,000); above it both read a block at a time."""
-    if not handover:
-        monkeypatch.setattr(detect_mod, "HANDOVER_ROWS", 100)
-        monkeypatch.setattr(detect_mod, "DETECT_BLOCK_ROWS", 512)
-        monkeypatch.setattr(baseline_mod, "UPDATE_BLOCK_ROWS", 512)
-    dp = SyntheticDataplane(2000, 20, churn=0.0, samples_per_tick=10, seed=1)
-    engine = PolicyEngine(dp, synthetic_tenant_spec(2000, 20, False), EventBus(), tmp_path, tick=1.0,
-                          config=PolicyConfig(warmup_s=2.0))
-    gathered: list[int] = []
-    gather = engine.dest_baseline.gather
-
-    def counted(rows):
-        gathered.append(len(rows))
-        return gather(rows)
-
-    monkeypatch.setattr(engine.dest_baseline, "gather", counted)
-    for i in range(4):
-        dp.advance(1.0)
-        gathered.clear()
-        engine.tick(float(i + 1))
-    n = len(engine.rates.last_destination_rates)
-    assert n > 1024 and engine.last_detection.dest_state is None    # learned: the copy is gone
-    blocks = [512] * (n // 512) + ([n % 512] if n % 512 else [])
-    assert gathered == ([n] if handover else blocks * 2)     # detection's blocks, then learning's
 
 
 def _rate_run(reads: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, ...]]:

@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * The policy tick's per-destination passes over baselines, one row at a time (policy/native.py
+ * compiles this file and calls it through ctypes).
+ *
+ * numpy makes one pass over a whole (N, C) array per operation: detection and learning at a
+ * million destinations were a dozen such passes over 48 MB arrays each, plus the gathers of the
+ * baseline rows by slot and the scatters back (~165 ms of a tick on the CPUs measured). Here
+ * each element is read once, computed and written once.
+ *
+ * The arithmetic is numpy's, operation by operation and in the same order, so the results are
+ * the same bits: compiled with -ffp-contract=off (no fused multiply-add, which rounds once where
+ * numpy rounds twice) and without -ffast-math; `np_max` is numpy's maximum (NaN propagates, the
+ * first operand wins a tie). policy/baseline.py's docstring is the model; the arrays are C
+ * contiguous float64 (mean, var, learned seconds: [row][class]) and uint8 masks.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+static inline double np_max(double a, double b)
+{
+	return (a >= b || a != a) ? a : b;
+}
+
+/*
+ * Detection of n destinations: their baseline rows are `slots[i]` of mean, var, learned
+ * (`classes` wide). Per element:
+ *   cap       = (sqrt(var)·k_sigma + mean)·margin
+ *   warm      = learned >= warmup_s
+ *   threshold = warm:                        max(cap / sensitivity, min_pps)
+ *               learned >= partial_s:        max(max(cap / sensitivity, onset_floor[c]), min_pps)
+ *               younger:                     max(floor[c], min_pps)
+ *   deviation = pps - mean
+ *   anomalous = pps > threshold
+ * `min_pps`, `sensitivity`: one value a row, or NULL for `min_pps_all`, `sensitivity_all`.
+ */
+void sw_detect_rows(int64_t n, int64_t classes, const int64_t *slots,
+		    const double *mean, const double *var, const double *learned, const double *pps,
+		    double k_sigma, double margin, double warmup_s, double partial_s,
+		    const double *floor_pps, const double *onset_floor_pps,
+		    const double *min_pps, double min_pps_all,
+		    const double *sensitivity, double sensitivity_all,
+		    double *cap_out, uint8_t *warm_out, double *threshold_out, double *deviation_out,
+		    uint8_t *anomalous_out)
+{
+	for (int64_t i = 0; i < n; i++) {
+		const int64_t at = slots[i] * classes;
+		const double row_min = min_pps ? min_pps[i] : min_pps_all;
+		const double row_sens = sensitivity ? sensitivity[i] : sensitivity_all;
+		for (int64_t c = 0; c < classes; c++) {
+			const int64_t out = i * classes + c;
+			const double m = mean[at + c], l = learned[at + c], p = pps[out];
+			double cap = sqrt(var[at + c]);
+			cap *= k_sigma;
+			cap += m;
+			cap *= margin;
+			const int warm = l >= warmup_s;
+			double threshold;
+			if (warm)
+				threshold = cap / row_sens;
+			else if (l >= partial_s)
+				threshold = np_max(cap / row_sens, onset_floor_pps[c]);
+			else
+				threshold = floor_pps[c];
+			threshold = np_max(threshold, row_min);
+			cap_out[out] = cap;
+			warm_out[out] = (uint8_t)warm;
+			threshold_out[out] = threshold;
+			deviation_out[out] = p - m;
+			anomalous_out[out] = p > threshold;
+		}
+	}
+}
+
+/*
+ * One tick of learning (`dt` seconds, EWMA weight `ewma`) for n rows: row i of pps, cap,
+ * deviation and learn updates baseline row `slots[i]` (or `first + i` when slots is NULL).
+ * Where learn is 0 the element stays as it is. Else, with l its learned seconds:
+ *   alpha = max(dt / (l + dt), ewma)          (a running average while young)
+ *   d     = deviation, or pps - mean when deviation is NULL
+ *   winsorised (pps > max(cap, 1), l >= warmup_s, l > 0): d = max(cap, 1) - mean
+ *   mean += alpha·d;  var = (var + (alpha·d)·d)·(1 - alpha);  learned += dt
+ */
+void sw_learn_rows(int64_t n, int64_t classes, const int64_t *slots, int64_t first,
+		   double *mean, double *var, double *learned,
+		   const double *pps, const double *cap, const double *deviation, const uint8_t *learn,
+		   double dt, double ewma, double warmup_s)
+{
+	for (int64_t i = 0; i < n; i++) {
+		const int64_t at = (slots ? slots[i] : first + i) * classes;
+		for (int64_t c = 0; c < classes; c++) {
+			const int64_t in = i * classes + c;
+			if (!learn[in])
+				continue;
+			const double l = learned[at + c], m = mean[at + c], p = pps[in];
+			double alpha = dt / (l + dt);
+			alpha = np_max(alpha, ewma);
+			double d = deviation ? deviation[in] : p - m;
+			const double ceiling = np_max(cap[in], 1.0);
+			if (p > cap[in] && p > ceiling && l >= warmup_s && l > 0)
+				d = ceiling - m;
+			const double step = alpha * d;
+			mean[at + c] = m + step;
+			double v = var[at + c] + step * d;
+			v *= 1.0 - alpha;
+			var[at + c] = v;
+			learned[at + c] = l + dt;
+		}
+	}
+}
