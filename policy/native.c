@@ -109,3 +109,49 @@ void sw_learn_rows(int64_t n, int64_t classes, const int64_t *slots, int64_t fir
 		}
 	}
 }
+
+/*
+ * Rates of n destination rows from their cumulative counters: row i of `current` (`words` uint64
+ * counters: packets[classes] first) against row `prev_rows[i]` of `prev`. The delta of a counter is
+ * current - previous; the packets' deltas become packets/s (pps = (double)delta · inv_dt, numpy's
+ * conversion and product), the other words' deltas are written to `rest32` (uint32) or, when it is
+ * NULL, to `rest64`. A row without a previous one (prev_rows[i] < 0) or with a counter below its
+ * previous value is not computed: its number goes to `special` (the caller settles those few), and
+ * the count of them is returned. `*rest_overflow` is set when a delta did not fit rest32.
+ */
+int64_t sw_counter_rates(int64_t n, int64_t words, int64_t classes, const uint64_t *current,
+			 const uint64_t *prev, const int32_t *prev_rows, double inv_dt, double *pps,
+			 uint32_t *rest32, uint64_t *rest64, int64_t *special, int32_t *rest_overflow)
+{
+	int64_t n_special = 0;
+	const int64_t rest_words = words - classes;
+	for (int64_t i = 0; i < n; i++) {
+		const int64_t pr = prev_rows[i];
+		if (pr < 0) {
+			special[n_special++] = i;
+			continue;
+		}
+		const uint64_t *cur = current + i * words;
+		const uint64_t *was = prev + pr * words;
+		int low = 0;
+		for (int64_t w = 0; w < words; w++)
+			low |= cur[w] < was[w];
+		if (low) {
+			special[n_special++] = i;
+			continue;
+		}
+		for (int64_t w = 0; w < classes; w++)
+			pps[i * classes + w] = (double)(cur[w] - was[w]) * inv_dt;
+		for (int64_t w = classes; w < words; w++) {
+			const uint64_t d = cur[w] - was[w];
+			if (rest32) {
+				if (d > UINT32_MAX)
+					*rest_overflow = 1;
+				rest32[i * rest_words + w - classes] = (uint32_t)d;
+			} else {
+				rest64[i * rest_words + w - classes] = d;
+			}
+		}
+	}
+	return n_special;
+}

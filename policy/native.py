@@ -51,6 +51,8 @@ def library() -> ctypes.CDLL:
     lib.sw_detect_rows.restype = None
     lib.sw_detect_rows.argtypes = [_i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _f64, _f64, _f64, _f64, _ptr, _ptr,
                                    _ptr, _f64, _ptr, _f64, _ptr, _ptr, _ptr, _ptr, _ptr]
+    lib.sw_counter_rates.restype = _i64
+    lib.sw_counter_rates.argtypes = [_i64, _i64, _i64, _ptr, _ptr, _ptr, _f64, _ptr, _ptr, _ptr, _ptr, _ptr]
     lib.sw_learn_rows.restype = None
     lib.sw_learn_rows.argtypes = [_i64, _i64, _ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _f64, _f64, _f64]
     return lib
@@ -136,3 +138,26 @@ def learn_rows(rows: np.ndarray | slice, mean: np.ndarray, var: np.ndarray, lear
     learn = _checked(np.broadcast_to(learn, (n, classes)), np.bool_, (n, classes), "learn")
     library().sw_learn_rows(n, classes, _at(rows), first, _at(mean), _at(var), _at(learned), _at(pps), _at(cap),
                             _at(deviation), _at(learn), dt, ewma, warmup_s)
+
+
+def counter_rates(current: np.ndarray, prev: np.ndarray, prev_rows: np.ndarray, classes: int, dt: float,
+                  pps: np.ndarray, rest: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Rates of the rows of `current` (N, W) uint64 counters against rows `prev_rows` (N,) of `prev`
+    (P, W): `pps` (N, classes) float64 and `rest` (N, W - classes) uint32 or uint64 deltas, written
+    (see native.c). Returns the rows not computed (no previous row, or a counter below its previous
+    value: the caller settles them) and whether a delta did not fit a uint32 `rest`."""
+    n, words = current.shape
+    current = _checked(current, np.uint64, (n, words), "current")
+    prev = _checked(prev, np.uint64, (len(prev), words), "prev")
+    prev_rows = _checked(prev_rows, np.int32, (n,), "prev_rows")
+    if n and int(prev_rows.max()) >= len(prev):
+        raise ValueError(f"previous rows beyond the {len(prev)} of the previous read")
+    _writable(pps, np.float64, (n, classes), "pps")
+    wide = rest.dtype == np.uint64
+    _writable(rest, np.uint64 if wide else np.uint32, (n, words - classes), "rest")
+    special = np.empty(n, np.int64)
+    overflow = ctypes.c_int32(0)
+    count = library().sw_counter_rates(n, words, classes, _at(current), _at(prev), _at(prev_rows), 1.0 / dt,
+                                       _at(pps), None if wide else _at(rest), _at(rest) if wide else None,
+                                       _at(special), ctypes.addressof(overflow))
+    return special[:count].copy(), bool(overflow.value)

@@ -32,6 +32,7 @@ from dataplane.api import DestinationCounters, IPAddress, TenantCounterArrays, T
 from dataplane.constants import MAX_TENANTS, NO_TENANT, Direction, TrafficClass
 from dataplane.keys import AddressView, KeyIndex, address_keys, unique_keys
 from dataplane.reader import rows_empty
+from policy import native
 
 log = structlog.get_logger("policy")
 
@@ -40,10 +41,6 @@ _DEST_WORDS = 2 * N_CLASSES + 1      # a destination's packets[C], bytes[C], dro
 # A tenant direction's class packets[C], class bytes[C], dropped packets, dropped bytes.
 _TENANT_WORDS = 2 * N_CLASSES + 2
 _T_DROPPED_PACKETS, _T_DROPPED_BYTES = 2 * N_CLASSES, 2 * N_CLASSES + 1
-_TOP_BIT = np.uint64(1 << 63)
-# Rows per block of the destination deltas (update_destinations): 32,768 rows of 13 words are 3.4 MB,
-# which stay in the CPU's cache between the subtraction and the conversions.
-RATE_BLOCK_ROWS = 32_768
 _U32_MAX = np.iinfo(np.uint32).max
 # Slot numbers and read row numbers in the tracker's per-slot tables: below the number of addresses
 # tracked, which memory bounds far below 2**31 (a million addresses take ~1 GiB of engine state).
@@ -346,7 +343,6 @@ class RateTracker:
         # and the row each slot had in it (-1: absent): a tick gathers its previous values once
         # and keeps its own read as the next one's previous, with no scatter.
         self._prev = np.zeros((0, _DEST_WORDS), np.uint64)
-        self._prev_below_top = True       # every counter of `_prev` is below 2**63
         self._prev_slots = np.zeros(0, np.int64)
         self._prev_row_of_slot = np.full(cap, -1, _INDEX)
         # Which of the last read's rows hold a kept value rather than what was read (a read that
@@ -411,35 +407,29 @@ class RateTracker:
         if not priming and dt <= 0:
             raise ValueError(f"rates: time went backwards or stood still (dt={dt:.6f} s)")
         prev_rows = self._prev_row_of_slot[slots]
-        fresh = prev_rows < 0
         current = _counter_rows(counters)
-        current_top = np.bitwise_or.reduce(current.reshape(-1)) & _TOP_BIT     # 0 for no rows
         kept = np.zeros(n, bool)     # rows whose next previous value is not what this read says
         if priming:
             # Slots restored from saved state count as seen now, not at time zero.
             self.slots.last_seen[self.slots.in_use] = now
             pps, rest = np.zeros((n, N_CLASSES)), None
         else:
-            # Made block by block of rows, so that the (N, words) deltas never exist whole (~100 MB at
-            # a million destinations, beside this read and the previous one); of the deltas only the
-            # bytes and dropped packets are kept (for `byte_rate`, `dropped_pps`): the packets are `pps`.
+            # One pass of policy/native.c over the rows (the (N, words) deltas never exist whole: ~100 MB
+            # at a million destinations); of the deltas only the bytes and dropped packets are kept (for
+            # `byte_rate`, `dropped_pps`): the packets are `pps`. The byte and drop counts of one tick fit
+            # 32 bits (4 GB to one address and class in a tick) but for the rarest floods: kept as
+            # uint32, or uint64 once one does not fit (the rates made of them are the same values).
             pps = rows_empty(n, (N_CLASSES,))
-            # The byte and drop counts of one tick fit 32 bits (4 GB to one address and class in a
-            # tick) but for the rarest floods: kept as uint32, or uint64 once one does not fit (the
-            # rates made of them are the same float64 values either way).
             rest = rows_empty(n, (_DEST_WORDS - N_CLASSES,), np.uint32)
-            first = []
-            for lo in range(0, n, RATE_BLOCK_ROWS):
-                rows = slice(lo, min(lo + RATE_BLOCK_ROWS, n))
-                block_low, delta = self._block_rates(rows, current, slots, prev_rows, fresh, current_top, dt, pps)
-                first.append(block_low)
-                tail = delta[:, N_CLASSES:]
-                if rest.dtype != np.uint64 and tail.max(initial=0) > _U32_MAX:
-                    wide = rows_empty(n, rest.shape[1:], np.uint64)
-                    wide[:lo] = rest[:lo]
-                    rest = wide
-                rest[rows] = tail
-            low = np.concatenate(first) if first else np.zeros(0, np.int64)
+            prev = self._prev if len(self._prev) else np.zeros((1, _DEST_WORDS), np.uint64)
+            special, overflow = native.counter_rates(current, prev, prev_rows, N_CLASSES, dt, pps, rest)
+            if overflow:
+                rest = rows_empty(n, rest.shape[1:], np.uint64)
+                special, _ = native.counter_rates(current, prev, prev_rows, N_CLASSES, dt, pps, rest)
+            low, tail = self._settle_special_rows(special, current, prev, prev_rows, slots, dt, pps)
+            if rest.dtype != np.uint64 and tail.max(initial=0) > _U32_MAX:
+                rest = rest.astype(np.uint64)
+            rest[special] = tail
             if len(low):
                 # Reads that came out low for the first time keep their previous values (_settle_low_reads).
                 current = current.copy()                       # the reader's block stays as it was read
@@ -455,7 +445,6 @@ class RateTracker:
         self._before_row_of_slot[self._before_slots] = -1
         self._before, self._before_slots = outgoing[missed], outgoing_slots[missed]
         self._before_row_of_slot[self._before_slots] = np.arange(len(missed))
-        self._prev_below_top = bool(current_top == 0) and (self._prev_below_top or not kept.any())
         self._prev, self._prev_slots, self._prev_kept = current, slots, kept
         self.slots.last_seen[slots] = now
         self._dest_now = now
@@ -482,37 +471,26 @@ class RateTracker:
             goes_on = (current[rows] >= before).all(axis=1)
             delta[rows[goes_on]] = current[rows[goes_on]] - before[goes_on]
 
-    def _block_rates(self, rows: slice, current: np.ndarray, slots: np.ndarray, prev_rows: np.ndarray,
-                     fresh: np.ndarray, current_top: np.uint64, dt: float,
-                     pps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`pps` of a block of this read's rows, from one contiguous uint64 pass over the whole rows,
-        the packets then converted and scaled straight into their own contiguous array (detection and
-        learning make a dozen passes over `pps`: a subtraction cast to float per field costs three
-        times as much). Returns the rows (of the read) that came out low for the first time
-        (`_settle_low_reads`) and the block's (rows, words) uint64 deltas."""
+    def _settle_special_rows(self, rows: np.ndarray, current: np.ndarray, prev: np.ndarray, prev_rows: np.ndarray,
+                             slots: np.ndarray, dt: float, pps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`pps` of the rows `native.counter_rates` left (few: addresses new in the map, counters below
+        their previous value), settled as _settle_new_rows and _settle_low_reads say. Returns the rows
+        that came out low for the first time and the rows' (K, words - classes) uint64 deltas past the
+        packets."""
         block = current[rows]
-        if len(self._prev):
-            delta = _take_rows(self._prev, np.maximum(prev_rows[rows], 0))
-            np.subtract(block, delta, out=delta)
-        else:
-            delta = block.copy()
-        # Addresses new in the map and counters below their previous value are rare: settled by index
-        # (see _settle_low_reads). A counter that went down wrapped around below zero, which leaves
-        # its delta above the current value (and only its; a new row's delta is set first and never
-        # is). While every counter of this read and the previous one is below 2**63 (centuries at
-        # line rate), such a delta, and only it, has its top bit set: one reduction rules them out.
-        fresh_rows = np.flatnonzero(fresh[rows])
-        if len(fresh_rows):
-            self._settle_new_rows(fresh_rows, block, delta, slots[rows])
+        delta = block - prev[np.maximum(prev_rows[rows], 0)]
+        fresh = np.flatnonzero(prev_rows[rows] < 0)
+        if len(fresh):
+            self._settle_new_rows(fresh, block, delta, slots[rows])
+        # A counter that went down wrapped around below zero, which leaves its delta above the current
+        # value (and only its; a new row's delta is set first and never is).
         low = np.zeros(0, np.int64)
-        if not (self._prev_below_top and current_top == 0
-                and np.bitwise_or.reduce(delta.reshape(-1)) & _TOP_BIT == 0):
-            wrapped = np.flatnonzero(np.greater(delta, block))
-            if len(wrapped):
-                low = self._settle_low_reads(wrapped, delta, prev_rows[rows]) + rows.start
+        wrapped = np.flatnonzero(np.greater(delta, block))
+        if len(wrapped):
+            low = rows[self._settle_low_reads(wrapped, delta, prev_rows[rows])]
         # float64(delta) * (1 / dt), as numpy converts the uint64 operand for the float loop.
-        np.multiply(delta[:, :N_CLASSES], 1.0 / dt, out=pps[rows])
-        return low, delta
+        pps[rows] = np.multiply(delta[:, :N_CLASSES], 1.0 / dt)
+        return low, delta[:, N_CLASSES:]
 
     def _settle_low_reads(self, wrapped: np.ndarray, delta: np.ndarray, prev_rows: np.ndarray) -> np.ndarray:
         """Counters below their previous value (`wrapped`: flat indices of their deltas, of a block of
