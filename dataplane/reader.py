@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import structlog
 
-from dataplane import bpfsys
+from dataplane import bpfsys, native
 from dataplane.api import DataplaneError, DestinationCounters, TenantCounterArrays
 from dataplane.constants import (
     ADDRESS_CACHE_BITS,
@@ -148,18 +148,15 @@ class AddressMemo:
         list, so it has the id it had there: the result is the lookup's, whatever the kernel's order.
         Call after `slot_ids` (which clears the memo when it is full), before `ids`.
         """
-        # One copy, kept as the next read's previous list: the keys may be the mapped store's, which the
-        # kernel keeps writing.
-        keys = np.array(keys, np.uint64, order="C").reshape(-1, 2)
+        # One copy (in C, with the match by position), kept as the next read's previous list: the keys may
+        # be the mapped store's, which the kernel keeps writing. A key where the previous list had it
+        # (the spill store lists its slots in place: nearly all) takes the id it had there.
         others = np.ascontiguousarray(others, np.uint64).reshape(-1, 2)
-        n, prev = len(keys), self._listed_keys
-        out = np.full(n, -1, np.int64)
-        # A key where the previous list had it (the spill store lists its slots in place: nearly all).
-        common = min(n, len(prev))
-        if common:
-            same = (keys[:common, 0] == prev[:common, 0]) & (keys[:common, 1] == prev[:common, 1])
-            np.copyto(out[:common], self._listed_ids[:common], where=same)
-        if n >= 2 * LISTED_SAMPLE and len(prev) and np.count_nonzero(out < 0) > n // 16:
+        prev = self._listed_keys
+        keys, out, unmatched = native.listed_match(keys if keys.ndim == 2 else keys.reshape(-1, 2), prev,
+                                                   self._listed_ids)
+        n = len(keys)
+        if n >= 2 * LISTED_SAMPLE and len(prev) and unmatched > n // 16:
             # Where each known id sat in the previous list (-1: not listed then).
             at_prev = np.full(self._count, -1, np.int64)
             at_prev[self._listed_ids] = np.arange(len(prev))
@@ -443,79 +440,29 @@ def _merge_by_address(n_ids: int, cached: tuple[np.ndarray, np.ndarray, np.ndarr
     Ascending ids keep consecutive reads in one order, so the engine's per-address state
     (slots assigned in the same order) is walked nearly in sequence, not at random.
     `cached` (agreeing cache slots) holds each address at most once; `spilled` (the spill store
-    and its overflow map) too but for rare repeats (`_fold_repeats`), and its rows of id -1 are
-    skipped; `conflicts` (cache slots whose CPUs hold different addresses: rare) may repeat one. Counters add up; the tenant comes from the cache where the address
-    is cached (a spilled copy keeps the tenant it had when it left). `n_ids` bounds the ids.
+    and its overflow map) too but for rare repeats (an address the store holds twice for a read or
+    two, a slot being freed while a new one counts it, or in both the store and the overflow map:
+    added up, with the tenant of its last row), and its rows of id -1 are skipped; `conflicts`
+    (cache slots whose CPUs hold different addresses: rare) may repeat one. Counters add up; the
+    tenant comes from the cache where the address is cached (a spilled copy keeps the tenant it had
+    when it left). `n_ids` bounds the ids.
     The spilled counters are (S,) void rows of the counters' width (`_row_view`, `_leading_rows`).
     """
     width = cached[1].shape[1]
-    s_ids, s_counters, s_tenants = spilled
-    # Spilled rows of id -1 are no address's (the spill store's free slots, read in place): they go to
-    # one row past the last, which is not returned (moving the other rows out of the mapped store
-    # instead would copy ~140 MB a read at a million addresses).
-    holes = s_ids < 0
-    n_holes = int(np.count_nonzero(holes))
-    if n_holes:
-        s_ids = np.where(holes, n_ids, s_ids)
-    present = np.zeros(n_ids + 1, bool)
-    for part_ids in (cached[0], conflicts[0], s_ids):
-        present[part_ids] = True
-    ids = np.flatnonzero(present[:n_ids])
-    row_of = np.empty(n_ids + 1, np.int64)
-    row_of[ids] = np.arange(len(ids))
-    row_of[n_ids] = len(ids)
-    counters = rows_empty(len(ids) + 1, (width,), np.uint64)
-    tenants = np.full(len(ids) + 1, NO_TENANT, np.uint32)
-    # Whole counter rows move as single elements (one memcpy each) through void views: numpy's
-    # row-wise fancy indexing of a 2-D array is 2-3x slower.
-    rows_of = _row_view(counters)
     c_ids, c_counters, c_tenants = conflicts
-    if len(c_ids):
-        counters[row_of[c_ids]] = 0         # rows that only conflicting slots hold start from zero
-    # Every spilled row scattered first, straight from the read (the spill map holds most addresses at
-    # scale); then the cached rows: plain scatters where the cache alone holds the address, a
-    # gather-add-scatter for those in both (numpy's fancy `+=` is several times slower).
-    in_spill = np.zeros(n_ids + 1, bool)
-    in_spill[s_ids] = True
-    if np.count_nonzero(in_spill[:n_ids]) < len(s_ids) - n_holes:
-        kept = np.flatnonzero(~holes)
-        s_ids, s_counters, s_tenants = _fold_repeats(s_ids[kept], s_counters[kept], np.asarray(s_tenants)[kept], width)
-    srows = row_of[s_ids]
-    rows_of[srows] = s_counters
-    tenants[srows] = s_tenants
-    c_rows = row_of[cached[0]]
-    both = in_spill[cached[0]]
-    both_at = np.flatnonzero(both)
-    cached_rows = _row_view(cached[1])
-    if len(both_at) < len(c_rows):
-        only_at = np.flatnonzero(~both)
-        rows_of[c_rows[only_at]] = cached_rows.take(only_at)
-    if len(both_at):
-        brows = c_rows[both_at]
-        summed = cached_rows.take(both_at).view(np.uint64).reshape(len(both_at), width)
-        summed += rows_of.take(brows).view(np.uint64).reshape(len(brows), width)
-        rows_of[brows] = _row_view(summed)
-    tenants[c_rows] = cached[2]
+    # In C (dataplane/native.c): an index pass, then each spilled and cached row moved once, straight
+    # from the mapped store for the spilled ones (numpy's index tables, scatters of whole rows and
+    # gather-add-scatters took ~55 ms a read at a million addresses).
+    ids, row_of = native.merge_index(n_ids, cached[0], c_ids, spilled[0])
+    counters = rows_empty(len(ids), (width,), np.uint64)
+    tenants = np.full(len(ids), NO_TENANT, np.uint32)
+    written = native.merge_rows(counters, tenants, row_of, spilled, cached)
     if len(c_ids):
         crows = row_of[c_ids]
+        counters[crows[~written[crows]]] = 0         # rows that only conflicting slots hold start from zero
         np.add.at(counters, crows, c_counters)
         tenants[crows] = np.where(tenants[crows] == NO_TENANT, c_tenants, tenants[crows])
-    return ids, counters[:len(ids)], tenants[:len(ids)]
-
-
-def _fold_repeats(ids: np.ndarray, counters: np.ndarray, tenants: np.ndarray,
-                  width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Spilled rows with one row per id: an address the spill store holds twice for a read or two (a
-    slot being freed while a new one counts the address) or that is both in the store and the overflow
-    map has its rows added up, with the tenant of its last row. `counters`: (N,) void rows of `width`
-    words."""
-    uniq, inverse = np.unique(ids, return_inverse=True)
-    words = np.ascontiguousarray(counters).view(np.uint64).reshape(len(ids), width)
-    summed = np.zeros((len(uniq), width), np.uint64)
-    np.add.at(summed, inverse, words)
-    last = np.full(len(uniq), -1, np.int64)
-    np.maximum.at(last, inverse, np.arange(len(ids)))
-    return uniq, _row_view(summed), np.asarray(tenants)[last]
+    return ids, counters, tenants
 
 
 def address_layout(entry: type[ctypes.Structure], spilled: type[ctypes.Structure]) -> AddressCounterLayout:

@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * The counter reader's passes over a million spilled addresses, one row at a time
+ * (dataplane/native.py compiles this file and calls it through ctypes; dataplane/reader.py says
+ * what the passes are for). numpy made several whole-array passes for each: index tables, scatters
+ * of whole rows, gather-add-scatters; here each row is read once and written once. Integer
+ * arithmetic only: the results are numpy's exactly.
+ */
+#include <stdint.h>
+#include <string.h>
+
+/*
+ * The keys of a hash map's or the spill store's listing, n of them at `src` every `stride` bytes
+ * (two uint64 words each: the address), copied into `keys_out` (n, 2), and each one's id from the
+ * previous listing where that listing had the same key at the same position (`prev_keys`,
+ * `prev_ids`, n_prev of them), else -1 in `ids_out`. Returns how many found no id. The copy is
+ * read once: the kernel may be writing the store meanwhile, and the ids must match the keys kept.
+ */
+int64_t sw_listed_match(int64_t n, const uint8_t *src, int64_t stride, const uint64_t *prev_keys,
+			const int64_t *prev_ids, int64_t n_prev, uint64_t *keys_out, int64_t *ids_out)
+{
+	int64_t unmatched = 0;
+	for (int64_t i = 0; i < n; i++) {
+		const uint64_t *key = (const uint64_t *)(src + i * stride);
+		const uint64_t k0 = key[0], k1 = key[1];
+		keys_out[2 * i] = k0;
+		keys_out[2 * i + 1] = k1;
+		if (i < n_prev && prev_keys[2 * i] == k0 && prev_keys[2 * i + 1] == k1) {
+			ids_out[i] = prev_ids[i];
+		} else {
+			ids_out[i] = -1;
+			unmatched++;
+		}
+	}
+	return unmatched;
+}
+
+static int mark(uint8_t *present, int64_t n_ids, const int64_t *ids, int64_t n)
+{
+	for (int64_t i = 0; i < n; i++) {
+		const int64_t id = ids[i];
+		if (id < -1 || id >= n_ids)
+			return -1;
+		if (id >= 0)
+			present[id] = 1;
+	}
+	return 0;
+}
+
+/*
+ * The merge's rows: one per address id present in any of three lists (ids below 0 skipped), in
+ * ascending id order. Writes `row_of` (n_ids: the row of each present id) and `ids_out` (the ids
+ * of the rows); returns the number of rows, or -1 for an id out of 0..n_ids-1.
+ */
+int64_t sw_merge_index(int64_t n_ids, const int64_t *a, int64_t a_n, const int64_t *b, int64_t b_n,
+		       const int64_t *c, int64_t c_n, uint8_t *present, int64_t *row_of, int64_t *ids_out)
+{
+	memset(present, 0, (size_t)n_ids);
+	if (mark(present, n_ids, a, a_n) || mark(present, n_ids, b, b_n) || mark(present, n_ids, c, c_n))
+		return -1;
+	int64_t rows = 0;
+	for (int64_t id = 0; id < n_ids; id++) {
+		if (present[id]) {
+			row_of[id] = rows;
+			ids_out[rows++] = id;
+		}
+	}
+	return rows;
+}
+
+static void put_row(uint64_t *dst, const uint64_t *src, int64_t width, int add)
+{
+	if (add)
+		for (int64_t w = 0; w < width; w++)
+			dst[w] += src[w];
+	else
+		memcpy(dst, src, (size_t)width * 8);
+}
+
+/*
+ * The merge's counters (rows, width) and tenants: first the spilled rows (`s_n` ids, -1 for none;
+ * their counters every `s_stride` bytes from `s_rows`, in place in the mapped store; a repeated id
+ * adds up, with the tenant of its last row), then the cached ones (`c_n`, contiguous rows: copied
+ * where the address was not spilled, added where it was; the cache's tenant wins). `written`
+ * (rows) says which rows got a value: the caller zeroes the others (addresses only conflicting
+ * cache slots hold).
+ */
+void sw_merge_rows(int64_t width, uint64_t *counters, uint32_t *tenants, uint8_t *written, const int64_t *row_of,
+		   const int64_t *s_ids, int64_t s_n, const uint8_t *s_rows, int64_t s_stride, const uint64_t *s_tenants,
+		   const int64_t *c_ids, int64_t c_n, const uint64_t *c_rows, const uint32_t *c_tenants)
+{
+	for (int64_t i = 0; i < s_n; i++) {
+		if (s_ids[i] < 0)
+			continue;
+		const int64_t r = row_of[s_ids[i]];
+		put_row(counters + r * width, (const uint64_t *)(s_rows + i * s_stride), width, written[r]);
+		tenants[r] = (uint32_t)s_tenants[i];
+		written[r] = 1;
+	}
+	for (int64_t i = 0; i < c_n; i++) {
+		const int64_t r = row_of[c_ids[i]];
+		put_row(counters + r * width, c_rows + i * width, width, written[r]);
+		tenants[r] = c_tenants[i];
+		written[r] = 1;
+	}
+}

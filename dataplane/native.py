@@ -1,0 +1,147 @@
+"""C loops of the control plane, compiled when first used: the counter reader's (`dataplane/native.c`),
+and `compile_library`, which `policy.native` uses for the policy tick's.
+
+numpy makes one pass over a whole array per operation; at a million addresses the reader's merge and
+the tick's baseline passes were a dozen such passes each. A C loop reads each element once. The
+sources are compiled once per process with clang (which `make bootstrap` installs for the XDP
+program) into a temporary directory that is removed once the library is loaded: nothing is left on
+disk, and a changed source never meets a stale library. ~0.2 s per file, at the first use.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import pathlib
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+COMPILER = "clang"
+# No fused multiply-add (numpy rounds a product and a sum apart) and no fast-math: the same bits as numpy.
+CFLAGS = ("-O2", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno", "-std=c11", "-Wall", "-Werror")
+SOURCE = pathlib.Path(__file__).with_name("native.c")
+
+f64, i64, ptr = ctypes.c_double, ctypes.c_int64, ctypes.c_void_p
+
+
+class NativeBuildError(RuntimeError):
+    """A C source of the control plane could not be compiled or loaded."""
+
+
+def compile_library(source: pathlib.Path, signatures: Mapping[str, tuple[Any, Sequence[Any]]]) -> ctypes.CDLL:
+    """`source` compiled and loaded, with each function of `signatures` (name: (restype, argtypes)) typed."""
+    compiler = shutil.which(COMPILER)
+    if compiler is None:
+        raise NativeBuildError(f"{COMPILER} not found: the control plane compiles {source.name} with it "
+                               "(`make bootstrap` installs it)")
+    with tempfile.TemporaryDirectory(prefix="seawall-native-") as tmp:
+        out = pathlib.Path(tmp) / f"{source.stem}.so"
+        done = subprocess.run([compiler, *CFLAGS, "-o", str(out), str(source), "-lm"], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise NativeBuildError(f"compiling {source}: {done.stderr.strip()[-2000:]}")
+        lib = ctypes.CDLL(str(out))     # mapped: the file can go
+    for name, (restype, argtypes) in signatures.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, list(argtypes)
+    return lib
+
+
+@functools.cache
+def library() -> ctypes.CDLL:
+    """dataplane/native.c, compiled at the first call in this process."""
+    return compile_library(SOURCE, {
+        "sw_listed_match": (i64, [i64, ptr, i64, ptr, ptr, i64, ptr, ptr]),
+        "sw_merge_index": (i64, [i64, ptr, i64, ptr, i64, ptr, i64, ptr, ptr, ptr]),
+        "sw_merge_rows": (None, [i64, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, ptr, ptr, i64, ptr, ptr]),
+    })
+
+
+def at(a: np.ndarray | None) -> int | None:
+    """The address of an array's first element (None for None), for a C argument."""
+    return None if a is None else a.ctypes.data
+
+
+def contiguous(a: np.ndarray, dtype: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """`a` as a C loop reads it: C contiguous, of `dtype` and `shape` (no copy when it already is)."""
+    a = np.ascontiguousarray(a, dtype)
+    if a.shape != shape:
+        raise ValueError(f"{name}: shape {a.shape}, expected {shape}")
+    return a
+
+
+def writable(a: np.ndarray, dtype: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """`a` itself, checked to be what a C loop may write: C contiguous, of `dtype` and `shape`."""
+    if a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous or not a.flags.writeable:
+        raise ValueError(f"{name}: needs a writable C-contiguous {np.dtype(dtype)} array of shape {shape}")
+    return a
+
+
+def _rows_at(rows: np.ndarray, width_bytes: int, name: str) -> tuple[np.ndarray, int]:
+    """A 1-D array of fixed-size rows (a strided view is fine: the spill store's rows in place) as the
+    array whose memory holds them and the stride in bytes between rows."""
+    if rows.ndim != 1 or rows.itemsize < width_bytes or (len(rows) > 1 and rows.strides[0] < width_bytes):
+        raise ValueError(f"{name}: needs rows of at least {width_bytes} bytes")
+    return rows, rows.strides[0] if len(rows) > 1 else width_bytes
+
+
+def listed_match(keys: np.ndarray, prev_keys: np.ndarray, prev_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """`keys` (N, 2) uint64 (rows may be strided: the mapped store's) copied out once, and each one's id
+    from `prev_ids` where `prev_keys` had the same key at the same position, else -1. Returns the
+    copy, the ids and how many are -1."""
+    n = len(keys)
+    if keys.ndim != 2 or keys.shape[1] != 2 or keys.dtype != np.uint64 or keys.strides[1] != 8:
+        keys = contiguous(keys, np.uint64, (n, 2), "keys")
+    stride = keys.strides[0] if n > 1 else 16
+    prev_keys = contiguous(prev_keys, np.uint64, (len(prev_keys), 2), "previous keys")
+    prev_ids = contiguous(prev_ids, np.int64, (len(prev_keys),), "previous ids")
+    out_keys = np.empty((n, 2), np.uint64)
+    ids = np.empty(n, np.int64)
+    unmatched = library().sw_listed_match(n, at(keys) if n else None, stride, at(prev_keys), at(prev_ids),
+                                          len(prev_keys), at(out_keys), at(ids))
+    return out_keys, ids, int(unmatched)
+
+
+def merge_index(n_ids: int, *id_lists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of a merge by id: ascending ids present in any of three lists (ids below 0 skipped), and
+    each id's row ((n_ids,) int64, meaningful where present)."""
+    a, b, c = (contiguous(ids, np.int64, (len(ids),), "ids") for ids in id_lists)
+    row_of = np.empty(n_ids, np.int64)
+    ids_out = np.empty(n_ids, np.int64)
+    present = np.empty(n_ids, np.uint8)
+    rows = library().sw_merge_index(n_ids, at(a), len(a), at(b), len(b), at(c), len(c), at(present), at(row_of),
+                                    at(ids_out))
+    if rows < 0:
+        raise ValueError(f"merge: an id outside 0..{n_ids - 1}")
+    return ids_out[:rows].copy(), row_of
+
+
+def merge_rows(counters: np.ndarray, tenants: np.ndarray, row_of: np.ndarray,
+               spilled: tuple[np.ndarray, np.ndarray, np.ndarray], cached: tuple[np.ndarray, np.ndarray, np.ndarray]
+               ) -> np.ndarray:
+    """Spilled then cached (ids, counters, tenants) rows into `counters` (R, W) uint64 and `tenants` (R,)
+    uint32 at rows `row_of[id]` (see native.c): spilled ids of -1 skipped, repeats added up; the
+    spilled counters are (S,) void rows of at least W words, strided or not. Returns (R,) bool: the
+    rows that got a value."""
+    rows, width = counters.shape
+    writable(counters, np.uint64, (rows, width), "counters")
+    writable(tenants, np.uint32, (rows,), "tenants")
+    s_ids, s_rows, s_tenants = spilled
+    s_ids = contiguous(s_ids, np.int64, (len(s_ids),), "spilled ids")
+    s_rows, s_stride = _rows_at(s_rows, 8 * width, "spilled counters")
+    if len(s_rows) != len(s_ids):
+        raise ValueError(f"merge: {len(s_ids)} spilled ids for {len(s_rows)} rows")
+    s_tenants = contiguous(s_tenants, np.uint64, (len(s_ids),), "spilled tenants")
+    c_ids, c_counters, c_tenants = cached
+    c_ids = contiguous(c_ids, np.int64, (len(c_ids),), "cached ids")
+    c_counters = contiguous(c_counters, np.uint64, (len(c_ids), width), "cached counters")
+    c_tenants = contiguous(c_tenants, np.uint32, (len(c_ids),), "cached tenants")
+    written = np.zeros(rows, np.uint8)
+    library().sw_merge_rows(width, at(counters), at(tenants), at(written), at(row_of), at(s_ids), len(s_ids),
+                            at(s_rows) if len(s_rows) else None, s_stride, at(s_tenants), at(c_ids), len(c_ids),
+                            at(c_counters), at(c_tenants))
+    return written.view(bool)
