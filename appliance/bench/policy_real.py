@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import mmap
 import multiprocessing
 import os
@@ -136,7 +137,7 @@ class _TrafficProcess:
     inherits), while this process runs the engine. The counters' ground truth and the writer's
     copies are thus not in the engine's memory, as the kernel's counting is not in
     `seawall run`'s. Every `advance()` answers with the write's seconds, the addresses now in
-    the maps ((K, 2) keys) and how many of them are in the spill map."""
+    the maps (as `KeySet`: their count and digest) and how many of them are in the spill map."""
 
     def __init__(self, dp: Any, destinations: int, tenants: int, churn: float, seed: int, slot_bits: int,
                  prefixes: bool) -> None:
@@ -165,10 +166,10 @@ class _TrafficProcess:
             raise RuntimeError(f"benchmark: the traffic process failed:\n{payload}")
         return payload
 
-    def advance(self) -> tuple[float, np.ndarray, int]:
+    def advance(self) -> tuple[float, KeySet, int]:
         self._conn.send("advance")
         seconds, keys, spilled = self._answer()
-        return seconds, np.frombuffer(keys, np.uint64).reshape(-1, 2), spilled
+        return seconds, keys, spilled
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
@@ -189,7 +190,7 @@ def _serve_traffic(conn: Any, dp: Any, destinations: int, tenants: int, churn: f
         w0 = time.perf_counter()
         writer.write(source)
         seconds = time.perf_counter() - w0
-        conn.send(("ok", (seconds, _map_addresses(source).tobytes(), len(source.map_contents()[1]))))
+        conn.send(("ok", (seconds, KeySet.of(_map_addresses(source)), len(source.map_contents()[1]))))
 
 
 def _resident_mib() -> float:
@@ -198,6 +199,22 @@ def _resident_mib() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def _resident_parts_mib() -> dict[str, float]:
+    """This process's resident memory by kind (/proc/self/smaps), MiB: the BPF maps it has mapped (the
+    address cache and the spill store: the kernel's memory, which `memlock` already counts), files
+    (the interpreter, numpy, bcc's LLVM) and the rest (the heap: the engine's arrays)."""
+    parts = {"bpf_maps": 0.0, "files": 0.0, "heap_and_other": 0.0}
+    kind = "heap_and_other"
+    for line in pathlib.Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split(maxsplit=5)
+        if len(head) >= 5 and "-" in head[0] and ":" in head[3]:      # a mapping's first line
+            path = head[5] if len(head) > 5 else ""
+            kind = "bpf_maps" if "bpf-map" in path else "files" if path.startswith("/") else "heap_and_other"
+        elif head and head[0] == "Rss:":
+            parts[kind] += int(head[1]) / 1024
+    return {k: round(v, 1) for k, v in parts.items()}
 
 
 def _map_addresses(source: SyntheticDataplane) -> np.ndarray:
@@ -210,11 +227,41 @@ def _map_addresses(source: SyntheticDataplane) -> np.ndarray:
     return keys[np.sort(first)]
 
 
-def _same_addresses(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether (N, 2) key arrays `a` (distinct keys) and `b` hold the same addresses, once each."""
-    if len(a) != len(b):
-        return False
-    return len(unique_keys(b)[0]) == len(b) and len(unique_keys(np.concatenate([a, b]))[0]) == len(a)
+_MIX_1 = np.uint64(0xFF51AFD7ED558CCD)    # MurmurHash3 fmix64's constants
+_MIX_2 = np.uint64(0xC4CEB9FE1A85EC53)
+_DIGEST_BLOCK_ROWS = 65_536                # rows hashed at a time: 1 MiB temporaries
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    x = x ^ (x >> np.uint64(33))
+    x *= _MIX_1
+    x ^= x >> np.uint64(33)
+    x *= _MIX_2
+    return x ^ (x >> np.uint64(33))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeySet:
+    """A multiset of (N, 2) uint64 keys as its size and two sums of a 64-bit hash of each key (and of its
+    square), modulo 2**64: two key arrays with equal KeySets hold the same keys, each as many times,
+    but with a chance of ~2**-64. Made in blocks: checking what the engine saw costs this process no
+    memory beside the tick's (sorting two million keys to compare them held ~200 MiB of heap that the
+    resident figure then counted)."""
+
+    count: int
+    sum: int
+    sum_of_squares: int
+
+    @classmethod
+    def of(cls, keys: np.ndarray) -> KeySet:
+        total = squares = np.uint64(0)
+        with np.errstate(over="ignore"):
+            for lo in range(0, len(keys), _DIGEST_BLOCK_ROWS):
+                block = keys[lo:lo + _DIGEST_BLOCK_ROWS]
+                h = _mix(block[:, 0] ^ _mix(block[:, 1] + _MIX_1))
+                total += np.add.reduce(h, dtype=np.uint64)
+                squares += np.add.reduce(h * h, dtype=np.uint64)
+        return cls(len(keys), int(total), int(squares))
 
 
 def run(destinations: int = 100_000, tenants: int = 10_000, ticks: int = 10, warmup_ticks: int = 10,
@@ -274,8 +321,9 @@ def run(destinations: int = 100_000, tenants: int = 10_000, ticks: int = 10, war
                     stages.setdefault(name, []).append(ms)
                 seen = engine.rates.last_destination_rates.keys
                 seen_counts.append(len(seen))
-                seen_all.append(_same_addresses(expected, seen))
+                seen_all.append(KeySet.of(seen) == expected)
             rss_mib = _resident_mib()
+            rss_parts = _resident_parts_mib()
         peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return {
             "destinations": destinations,
@@ -283,7 +331,7 @@ def run(destinations: int = 100_000, tenants: int = 10_000, ticks: int = 10, war
             "tenant_prefixes": 2 if prefixes else 0,
             "ticks": ticks,
             "cpus": dp.ncpus,
-            "addresses_in_maps": int(len(expected)),
+            "addresses_in_maps": expected.count,
             "addresses_in_spill_map": spilled,
             "addresses_seen_min": min(seen_counts),
             "engine_saw_every_address": all(seen_all),
@@ -300,6 +348,9 @@ def run(destinations: int = 100_000, tenants: int = 10_000, ticks: int = 10, war
             # the decode.
             "destination_read_ms_median": {k: round(statistics.median(v), 2) for k, v in read_parts.items()},
             "rss_mib": round(rss_mib, 1),
+            "rss_parts_mib": rss_parts,
+            # Rows of the engine's per-address state (baselines, slot table): grown as addresses come.
+            "destination_slots": engine.rates.slots.capacity,
             "peak_rss_mib": round(peak_kib / 1024, 1),
             "map_write_s_median": round(statistics.median(write_s), 2),   # untimed, in the traffic process
         }
