@@ -22,7 +22,7 @@ EXPECTED_KEYS = {
     "addresses_seen_min",
     "engine_saw_every_address", "read_cpu_ms_median", "read_cpu_ms_max", "read_wall_ms_median", "read_wall_ms_max",
     "tick_cpu_ms_median", "tick_cpu_ms_max", "stage_ms_median", "destination_read_ms_median", "rss_mib",
-    "peak_rss_mib", "map_write_s_median",
+    "rss_parts_mib", "destination_slots", "peak_rss_mib", "map_write_s_median",
 }
 
 
@@ -46,6 +46,12 @@ def test_real_policy_benchmark_small_run_sees_every_address():
         assert result[key] > 0, key
     assert result["read_cpu_ms_max"] >= result["read_cpu_ms_median"]
     assert result["tick_cpu_ms_max"] >= result["tick_cpu_ms_median"]
+    # Resident memory by kind adds up to the whole (smaps and status are read a moment apart); the
+    # spill store and the address cache are mapped in.
+    parts = result["rss_parts_mib"]
+    assert set(parts) == {"bpf_maps", "files", "heap_and_other"} and parts["bpf_maps"] > 0
+    assert abs(sum(parts.values()) - result["rss_mib"]) < 0.05 * result["rss_mib"]
+    assert result["destination_slots"] >= result["addresses_in_maps"]
 
 
 def test_batch_reader_reads_a_hash_map_across_chunks(dp):
