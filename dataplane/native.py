@@ -33,15 +33,19 @@ class NativeBuildError(RuntimeError):
     """A C source of the control plane could not be compiled or loaded."""
 
 
-def compile_library(source: pathlib.Path, signatures: Mapping[str, tuple[Any, Sequence[Any]]]) -> ctypes.CDLL:
-    """`source` compiled and loaded, with each function of `signatures` (name: (restype, argtypes)) typed."""
+def compile_library(source: pathlib.Path, signatures: Mapping[str, tuple[Any, Sequence[Any]]],
+                    defines: Mapping[str, int] | None = None) -> ctypes.CDLL:
+    """`source` compiled (with `defines` as -D macros) and loaded, with each function of `signatures`
+    (name: (restype, argtypes)) typed."""
     compiler = shutil.which(COMPILER)
     if compiler is None:
         raise NativeBuildError(f"{COMPILER} not found: the control plane compiles {source.name} with it "
                                "(`make bootstrap` installs it)")
     with tempfile.TemporaryDirectory(prefix="seawall-native-") as tmp:
         out = pathlib.Path(tmp) / f"{source.stem}.so"
-        done = subprocess.run([compiler, *CFLAGS, "-o", str(out), str(source), "-lm"], capture_output=True, text=True)
+        macros = [f"-D{name}={int(value)}" for name, value in (defines or {}).items()]
+        done = subprocess.run([compiler, *CFLAGS, *macros, "-o", str(out), str(source), "-lm"], capture_output=True,
+                              text=True)
         if done.returncode != 0:
             raise NativeBuildError(f"compiling {source}: {done.stderr.strip()[-2000:]}")
         lib = ctypes.CDLL(str(out))     # mapped: the file can go

@@ -18,6 +18,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The traffic classes' count (policy/native.py defines it from dataplane.constants.TrafficClass): rows
+ * of that many classes take loops the compiler unrolls; any other count works the same, slower. */
+#ifndef SW_CLASSES
+#error "SW_CLASSES undefined"
+#endif
+
 static inline double np_max(double a, double b)
 {
 	return (a >= b || a != a) ? a : b;
@@ -35,6 +41,40 @@ static inline double np_max(double a, double b)
  *   anomalous = pps > threshold
  * `min_pps`, `sensitivity`: one value a row, or NULL for `min_pps_all`, `sensitivity_all`.
  */
+static inline __attribute__((always_inline)) void
+detect_row(int64_t i, int64_t classes, const int64_t *slots, const double *mean, const double *var,
+	   const double *learned, const double *pps, double k_sigma, double margin, double warmup_s,
+	   double partial_s, const double *floor_pps, const double *onset_floor_pps, double row_min,
+	   double row_sens, double *cap_out, uint8_t *warm_out, double *threshold_out, double *deviation_out,
+	   uint8_t *anomalous_out)
+{
+	const int64_t at = slots[i] * classes;
+	for (int64_t c = 0; c < classes; c++) {
+		const int64_t out = i * classes + c;
+		const double m = mean[at + c], l = learned[at + c], p = pps[out];
+		double cap = sqrt(var[at + c]);
+		cap *= k_sigma;
+		cap += m;
+		cap *= margin;
+		const int warm = l >= warmup_s;
+		/* x / 1 is x exactly: the common sensitivity of 1 needs no division */
+		const double base = row_sens == 1.0 ? cap : cap / row_sens;
+		double threshold;
+		if (warm)
+			threshold = base;
+		else if (l >= partial_s)
+			threshold = np_max(base, onset_floor_pps[c]);
+		else
+			threshold = floor_pps[c];
+		threshold = np_max(threshold, row_min);
+		cap_out[out] = cap;
+		warm_out[out] = (uint8_t)warm;
+		threshold_out[out] = threshold;
+		deviation_out[out] = p - m;
+		anomalous_out[out] = p > threshold;
+	}
+}
+
 void sw_detect_rows(int64_t n, int64_t classes, const int64_t *slots,
 		    const double *mean, const double *var, const double *learned, const double *pps,
 		    double k_sigma, double margin, double warmup_s, double partial_s,
@@ -45,31 +85,17 @@ void sw_detect_rows(int64_t n, int64_t classes, const int64_t *slots,
 		    uint8_t *anomalous_out)
 {
 	for (int64_t i = 0; i < n; i++) {
-		const int64_t at = slots[i] * classes;
 		const double row_min = min_pps ? min_pps[i] : min_pps_all;
 		const double row_sens = sensitivity ? sensitivity[i] : sensitivity_all;
-		for (int64_t c = 0; c < classes; c++) {
-			const int64_t out = i * classes + c;
-			const double m = mean[at + c], l = learned[at + c], p = pps[out];
-			double cap = sqrt(var[at + c]);
-			cap *= k_sigma;
-			cap += m;
-			cap *= margin;
-			const int warm = l >= warmup_s;
-			double threshold;
-			if (warm)
-				threshold = cap / row_sens;
-			else if (l >= partial_s)
-				threshold = np_max(cap / row_sens, onset_floor_pps[c]);
-			else
-				threshold = floor_pps[c];
-			threshold = np_max(threshold, row_min);
-			cap_out[out] = cap;
-			warm_out[out] = (uint8_t)warm;
-			threshold_out[out] = threshold;
-			deviation_out[out] = p - m;
-			anomalous_out[out] = p > threshold;
-		}
+		/* the traffic classes' count known here: the row's loop unrolled */
+		if (classes == SW_CLASSES)
+			detect_row(i, SW_CLASSES, slots, mean, var, learned, pps, k_sigma, margin, warmup_s, partial_s,
+				   floor_pps, onset_floor_pps, row_min, row_sens, cap_out, warm_out, threshold_out,
+				   deviation_out, anomalous_out);
+		else
+			detect_row(i, classes, slots, mean, var, learned, pps, k_sigma, margin, warmup_s, partial_s,
+				   floor_pps, onset_floor_pps, row_min, row_sens, cap_out, warm_out, threshold_out,
+				   deviation_out, anomalous_out);
 	}
 }
 
@@ -82,31 +108,46 @@ void sw_detect_rows(int64_t n, int64_t classes, const int64_t *slots,
  *   winsorised (pps > max(cap, 1), l >= warmup_s, l > 0): d = max(cap, 1) - mean
  *   mean += alpha·d;  var = (var + (alpha·d)·d)·(1 - alpha);  learned += dt
  */
+static inline __attribute__((always_inline)) void
+learn_row(int64_t i, int64_t classes, const int64_t *slots, int64_t first, double *mean, double *var,
+	  double *learned, const double *pps, const double *cap, const double *deviation, const uint8_t *learn,
+	  double dt, double ewma, double warmup_s, double old_s)
+{
+	const int64_t at = (slots ? slots[i] : first + i) * classes;
+	for (int64_t c = 0; c < classes; c++) {
+		const int64_t in = i * classes + c;
+		if (!learn[in])
+			continue;
+		const double l = learned[at + c], m = mean[at + c], p = pps[in];
+		/* past old_s seconds dt / (l + dt) is below half the EWMA weight: no division */
+		const double alpha = l >= old_s ? ewma : np_max(dt / (l + dt), ewma);
+		double d = deviation ? deviation[in] : p - m;
+		const double ceiling = np_max(cap[in], 1.0);
+		if (p > cap[in] && p > ceiling && l >= warmup_s && l > 0)
+			d = ceiling - m;
+		const double step = alpha * d;
+		mean[at + c] = m + step;
+		double v = var[at + c] + step * d;
+		v *= 1.0 - alpha;
+		var[at + c] = v;
+		learned[at + c] = l + dt;
+	}
+}
+
 void sw_learn_rows(int64_t n, int64_t classes, const int64_t *slots, int64_t first,
 		   double *mean, double *var, double *learned,
 		   const double *pps, const double *cap, const double *deviation, const uint8_t *learn,
 		   double dt, double ewma, double warmup_s)
 {
+	/* dt / (l + dt) <= ewma / (2 + ewma) < ewma for l >= 2·dt / ewma (rounding is far smaller) */
+	const double old_s = ewma > 0 ? 2.0 * dt / ewma : INFINITY;
 	for (int64_t i = 0; i < n; i++) {
-		const int64_t at = (slots ? slots[i] : first + i) * classes;
-		for (int64_t c = 0; c < classes; c++) {
-			const int64_t in = i * classes + c;
-			if (!learn[in])
-				continue;
-			const double l = learned[at + c], m = mean[at + c], p = pps[in];
-			double alpha = dt / (l + dt);
-			alpha = np_max(alpha, ewma);
-			double d = deviation ? deviation[in] : p - m;
-			const double ceiling = np_max(cap[in], 1.0);
-			if (p > cap[in] && p > ceiling && l >= warmup_s && l > 0)
-				d = ceiling - m;
-			const double step = alpha * d;
-			mean[at + c] = m + step;
-			double v = var[at + c] + step * d;
-			v *= 1.0 - alpha;
-			var[at + c] = v;
-			learned[at + c] = l + dt;
-		}
+		if (classes == SW_CLASSES)
+			learn_row(i, SW_CLASSES, slots, first, mean, var, learned, pps, cap, deviation, learn, dt, ewma,
+				  warmup_s, old_s);
+		else
+			learn_row(i, classes, slots, first, mean, var, learned, pps, cap, deviation, learn, dt, ewma,
+				  warmup_s, old_s);
 	}
 }
 

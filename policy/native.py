@@ -16,6 +16,7 @@ import pathlib
 
 import numpy as np
 
+from dataplane.constants import TrafficClass
 from dataplane.native import at, compile_library, contiguous, f64, i64, ptr, writable
 
 SOURCE = pathlib.Path(__file__).with_name("native.c")
@@ -29,7 +30,7 @@ def library() -> ctypes.CDLL:
                                   ptr, ptr, ptr, ptr, ptr]),
         "sw_counter_rates": (i64, [i64, i64, i64, ptr, ptr, ptr, f64, ptr, ptr, ptr, ptr, ptr]),
         "sw_learn_rows": (None, [i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, f64, f64, f64]),
-    })
+    }, defines={"SW_CLASSES": len(TrafficClass)})
 
 
 def detect_rows(slots: np.ndarray, mean: np.ndarray, var: np.ndarray, learned: np.ndarray, pps: np.ndarray, *,
