@@ -30,6 +30,7 @@ def library() -> ctypes.CDLL:
                                   ptr, ptr, ptr, ptr, ptr]),
         "sw_counter_rates": (i64, [i64, i64, i64, ptr, ptr, ptr, f64, ptr, ptr, ptr, ptr, ptr]),
         "sw_learn_rows": (None, [i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, f64, f64, f64]),
+        "sw_slots_by_id": (i64, [i64, ptr, ptr, i64, ptr, ptr, i64, ptr, ptr]),
     }, defines={"SW_CLASSES": len(TrafficClass)})
 
 
@@ -118,3 +119,19 @@ def counter_rates(current: np.ndarray, prev: np.ndarray, prev_rows: np.ndarray, 
                                        at(pps), None if wide else at(rest), at(rest) if wide else None,
                                        at(special), ctypes.addressof(overflow))
     return special[:count].copy(), bool(overflow.value)
+
+
+def slots_by_id(ids: np.ndarray, slot_of_id: np.ndarray, slot_keys: np.ndarray, in_use: np.ndarray,
+                keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) int32 slots remembered for the reader's `ids` in `slot_of_id` (int32, -1 for none) whose slot is
+    `in_use` and holds the same (N, 2) key in `slot_keys`, else -1 (see native.c); and the rows of -1."""
+    n = len(ids)
+    ids = contiguous(ids, np.int64, (n,), "ids")
+    keys = contiguous(keys, np.uint64, (n, 2), "keys")
+    slot_of_id = contiguous(slot_of_id, np.int32, (len(slot_of_id),), "slot of each id")
+    slot_keys = contiguous(slot_keys, np.uint64, (len(slot_keys), 2), "slot keys")
+    in_use = contiguous(in_use, np.bool_, (len(slot_keys),), "slots in use")
+    slots = np.empty(n, np.int32)
+    library().sw_slots_by_id(n, at(ids), at(slot_of_id), len(slot_of_id), at(slot_keys), at(in_use), len(slot_keys),
+                             at(keys), at(slots))
+    return slots, np.flatnonzero(slots < 0)

@@ -211,13 +211,6 @@ def _counter_rows(counters: DestinationCounters) -> np.ndarray:
     return current
 
 
-def _take_rows(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """`a[rows]` of a C-contiguous 2-D array, each row moved as one element (numpy's row-wise
-    fancy indexing is 2-3x slower)."""
-    void = a.view(np.dtype((np.void, a.shape[1] * a.itemsize))).reshape(len(a))
-    return void.take(rows).view(a.dtype).reshape(len(rows), a.shape[1])
-
-
 def _keys_of(addresses: np.ndarray | Sequence[IPAddress]) -> np.ndarray:
     if isinstance(addresses, np.ndarray):
         return addresses.reshape(-1, 2).astype(np.uint64, copy=False)
@@ -268,8 +261,7 @@ class SlotTable:
         keys = _keys_of(addresses)
         unknown = None
         if reader_ids is not None and len(reader_ids):
-            slots = self._by_reader_id(keys, reader_ids)
-            unknown = np.flatnonzero(slots < 0)
+            slots, unknown = self._by_reader_id(keys, reader_ids)
             slots[unknown] = self.index.get(keys[unknown])
         else:
             slots = self.index.get(keys)
@@ -292,25 +284,16 @@ class SlotTable:
             self._slot_of_reader_id[reader_ids[unknown]] = slots[unknown]
         return slots, new_mask
 
-    def _by_reader_id(self, keys: np.ndarray, reader_ids: np.ndarray) -> np.ndarray:
-        """Slots remembered for the reader's ids whose slot still holds the same key; -1 elsewhere."""
+    def _by_reader_id(self, keys: np.ndarray, reader_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Slots remembered for the reader's ids whose slot still holds the same key, -1 elsewhere; and
+        the rows of -1. A reader that reset reuses ids, and an expired slot may hold another address
+        now: every row is checked (in C, one pass: `native.slots_by_id`)."""
         top = int(reader_ids.max()) + 1
         if top > len(self._slot_of_reader_id):
             grown = np.full(max(top, 2 * len(self._slot_of_reader_id)), -1, _INDEX)
             grown[:len(self._slot_of_reader_id)] = self._slot_of_reader_id
             self._slot_of_reader_id = grown
-        slots = self._slot_of_reader_id.take(reader_ids)
-        # A reader that reset reuses ids, and an expired slot may hold another address now. Every row
-        # is checked (a row without a remembered slot checks slot 0 and fails on `slots >= 0`): one
-        # contiguous gather of the slots' keys instead of masked column gathers.
-        held = np.maximum(slots, 0)
-        held_keys = _take_rows(self.keys, held)
-        same = np.equal(held_keys[:, 0], keys[:, 0])
-        same &= np.equal(held_keys[:, 1], keys[:, 1])
-        same &= self.in_use.take(held)
-        same &= slots >= 0
-        slots[~same] = -1
-        return slots
+        return native.slots_by_id(reader_ids, self._slot_of_reader_id, self.keys, self.in_use, keys)
 
     def expire(self, now: float, forget_after_s: float) -> np.ndarray:
         """Free slots not seen for `forget_after_s` seconds; returns the freed slots."""
