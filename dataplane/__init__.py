@@ -1,8 +1,9 @@
 """The XDP dataplane: the C program under bpf/, and `Dataplane`, its one Python adapter.
 
 Submodules, from the bottom up: `constants` (every number shared with C), `keys` and `api`
-(plain data types and the `DataplaneLike` protocol), `bpfsys` (bpf() syscalls), `reader`
-(counter decoding, no bcc), `loader` (compile, pinned maps, attach), `tables` (map writes),
+(plain data types and the `DataplaneLike` protocol), `bpfsys` (bpf() syscalls), `native` (C
+loops of the control plane compiled with clang when first used: the reader's, and the helper
+`policy.native` compiles its own with), `reader` (counter decoding, no bcc), `loader` (compile, pinned maps, attach), `tables` (map writes),
 `ring` (samples), `dataplane` (the `Dataplane` facade over them) and `testing` (what tests
 may look at).
 

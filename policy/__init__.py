@@ -6,5 +6,6 @@ Modules: `rates` (counter deltas by address), `baseline` (EWMA per second),
 with confidence), `signature` (narrowest rule), `incidents` (start/update/end,
 hold-down), `pcap` (evidence), `packets` (sample parsing, rule matching),
 `config` (engine knobs), `bench` (timing at appliance scale), `events` (bus), `heap` (the
-tick's large arrays reuse the last tick's memory).
+tick's large arrays reuse the last tick's memory), `native` (the per-destination passes of
+rates, detection and learning in C, `native.c`, compiled at the first tick).
 """

@@ -160,9 +160,11 @@ class EwmaBaseline:
 
         `cap` is `baseline_threshold(rows)` when the caller already has it (detection does);
         `deviation` is `pps - mean` of these rows when the caller has it (detection's), which this
-        update only reads. `rows` may be a slice of consecutive rows. The state is updated in place,
-        element by element, by `policy.native.learn_rows` (the module docstring's model, with no
-        (N, C) temporaries: ~200 MiB of them at a million destinations in numpy).
+        update only reads. `rows` may be a slice of consecutive rows; they are distinct (a row listed
+        twice would learn twice: every caller's rows are slots or indices of distinct keys). The state
+        is updated in place, element by element, by `policy.native.learn_rows` (the module
+        docstring's model, with no (N, C) temporaries: ~200 MiB of them at a million destinations in
+        numpy).
         """
         n_rows = len(range(*rows.indices(self.capacity))) if isinstance(rows, slice) else len(rows)
         if dt <= 0 or not n_rows:

@@ -1,12 +1,12 @@
 """Issue 18, item 2: a tick at a million destinations in less memory, with the same results.
 
 The rates keep only the byte and drop deltas (uint32 while they fit); the rates, detection and
-learning run in C (`policy/native.c`), one pass over the rows each, each
-baseline row read by its slot with no gathered copies; the onset test looks at a block of rows at a
-time; and the previous tick's per-destination results go before the next read. Every one of these
-is elementwise (numpy's arithmetic in numpy's order) or a release of what no later step reads: the
-results are the old code's, bit for bit. The digest
-below was computed with the code before these changes (main at b75d1df) on the same fixed seed.
+learning run in C (`policy/native.c`), one pass over the rows each, each baseline row read by its
+slot with no gathered copies; the onset test looks at a block of rows at a time; and the previous
+tick's per-destination results go before the next read. Every one of these is elementwise (numpy's
+arithmetic in numpy's order) or a release of what no later step reads: the results are the old
+code's, bit for bit. The digest below was computed with the code before these changes (main at
+b75d1df) on the same fixed seed.
 """
 
 from __future__ import annotations
