@@ -200,20 +200,17 @@ int64_t sw_counter_rates(int64_t n, int64_t words, int64_t classes, const uint64
 /*
  * The rate tracker's slots of n addresses from the reader's ids: slots_out[i] is the slot remembered
  * for ids[i] (slot_of_id, n_table entries) when that slot is in use and still holds the address
- * keys[i] (two uint64 words; slot_keys, n_slots rows), else -1. Returns how many are -1.
+ * keys[i] (two uint64 words; slot_keys, n_slots rows), else -1.
  */
-int64_t sw_slots_by_id(int64_t n, const int64_t *ids, const int32_t *slot_of_id, int64_t n_table,
+void sw_slots_by_id(int64_t n, const int64_t *ids, const int32_t *slot_of_id, int64_t n_table,
 		       const uint64_t *slot_keys, const uint8_t *in_use, int64_t n_slots, const uint64_t *keys,
 		       int32_t *slots_out)
 {
-	int64_t unknown = 0;
 	for (int64_t i = 0; i < n; i++) {
 		const int64_t id = ids[i];
 		const int64_t s = id >= 0 && id < n_table ? slot_of_id[id] : -1;
 		const int same = s >= 0 && s < n_slots && in_use[s] && slot_keys[2 * s] == keys[2 * i]
 			&& slot_keys[2 * s + 1] == keys[2 * i + 1];
 		slots_out[i] = same ? (int32_t)s : -1;
-		unknown += !same;
 	}
-	return unknown;
 }

@@ -30,8 +30,16 @@ def library() -> ctypes.CDLL:
                                   ptr, ptr, ptr, ptr, ptr]),
         "sw_counter_rates": (i64, [i64, i64, i64, ptr, ptr, ptr, f64, ptr, ptr, ptr, ptr, ptr]),
         "sw_learn_rows": (None, [i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, f64, f64, f64]),
-        "sw_slots_by_id": (i64, [i64, ptr, ptr, i64, ptr, ptr, i64, ptr, ptr]),
+        "sw_slots_by_id": (None, [i64, ptr, ptr, i64, ptr, ptr, i64, ptr, ptr]),
     }, defines={"SW_CLASSES": len(TrafficClass)})
+
+
+def _rates_against(pps: np.ndarray, mean: np.ndarray) -> tuple[int, int, tuple[int, ...]]:
+    """(rows, classes) of rates `pps` and the shape of baseline state `mean`, checked to have as many classes."""
+    n, classes = pps.shape
+    if mean.shape[1:] != (classes,):
+        raise ValueError(f"baseline rows of {mean.shape[1:]} classes, rates of {classes}")
+    return n, classes, mean.shape
 
 
 def detect_rows(slots: np.ndarray, mean: np.ndarray, var: np.ndarray, learned: np.ndarray, pps: np.ndarray, *,
@@ -42,10 +50,7 @@ def detect_rows(slots: np.ndarray, mean: np.ndarray, var: np.ndarray, learned: n
     """Detection of the rows of `pps` (N, C) against baseline rows `slots` (N,) of the (S, C) state arrays,
     written into `cap`, `warm`, `threshold`, `deviation`, `anomalous` (N, C) (see native.c). `min_pps` and
     `sensitivity`: (N,) or (N, 1) per row, or one float for all."""
-    n, classes = pps.shape
-    state = mean.shape
-    if state[1:] != (classes,):
-        raise ValueError(f"baseline rows of {state[1:]} classes, rates of {classes}")
+    n, classes, state = _rates_against(pps, mean)
     slots = contiguous(slots, np.int64, (n,), "slots")
     if n and (int(slots.min()) < 0 or int(slots.max()) >= state[0]):
         raise ValueError(f"slots outside the baseline's {state[0]} rows")
@@ -73,10 +78,7 @@ def learn_rows(rows: np.ndarray | slice, mean: np.ndarray, var: np.ndarray, lear
     """One tick of learning of `pps` (N, C) into baseline rows `rows` (N,) (or a slice of step 1) of the
     (S, C) state arrays, in place, where `learn` (N, C) is True (see native.c). `deviation`: `pps - mean`
     of these rows when the caller has it (only read)."""
-    n, classes = pps.shape
-    state = mean.shape
-    if state[1:] != (classes,):
-        raise ValueError(f"baseline rows of {state[1:]} classes, rates of {classes}")
+    n, classes, state = _rates_against(pps, mean)
     first = 0
     if isinstance(rows, slice):
         start, stop, step = rows.indices(state[0])

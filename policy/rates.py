@@ -476,8 +476,8 @@ class RateTracker:
         return low, delta[:, N_CLASSES:]
 
     def _settle_low_reads(self, wrapped: np.ndarray, delta: np.ndarray, prev_rows: np.ndarray) -> np.ndarray:
-        """Counters below their previous value (`wrapped`: flat indices of their deltas, of a block of
-        rows): delta 0 (in place); returns the rows (of the block) to keep at their previous values as
+        """Counters below their previous value (`wrapped`: flat indices of their deltas, of some rows of
+        the read): delta 0 (in place); returns the rows (of those) to keep at their previous values as
         the next read's previous, rather than at what this read says.
 
         The reader takes the spill map before the address cache, and counts only move from a slot

@@ -50,7 +50,7 @@ import numpy as np
 from appliance.bench.policy import SyntheticDataplane, synthetic_tenant_spec
 from dataplane import bpfsys
 from dataplane.constants import ADDRESS_CACHE_BITS, MAX_ADDRESSES, MAX_TENANTS
-from dataplane.keys import unique_keys
+from dataplane.keys import key_hash, unique_keys
 from policy.config import PolicyConfig
 from policy.events import EventBus
 
@@ -227,17 +227,7 @@ def _map_addresses(source: SyntheticDataplane) -> np.ndarray:
     return keys[np.sort(first)]
 
 
-_MIX_1 = np.uint64(0xFF51AFD7ED558CCD)    # MurmurHash3 fmix64's constants
-_MIX_2 = np.uint64(0xC4CEB9FE1A85EC53)
 _DIGEST_BLOCK_ROWS = 65_536                # rows hashed at a time: 1 MiB temporaries
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    x = x ^ (x >> np.uint64(33))
-    x *= _MIX_1
-    x ^= x >> np.uint64(33)
-    x *= _MIX_2
-    return x ^ (x >> np.uint64(33))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -258,7 +248,7 @@ class KeySet:
         with np.errstate(over="ignore"):
             for lo in range(0, len(keys), _DIGEST_BLOCK_ROWS):
                 block = keys[lo:lo + _DIGEST_BLOCK_ROWS]
-                h = _mix(block[:, 0] ^ _mix(block[:, 1] + _MIX_1))
+                h = key_hash(block[:, 0], block[:, 1])
                 total += np.add.reduce(h, dtype=np.uint64)
                 squares += np.add.reduce(h * h, dtype=np.uint64)
         return cls(len(keys), int(total), int(squares))
