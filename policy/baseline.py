@@ -99,6 +99,9 @@ class EwmaBaseline:
         self.mean = np.zeros((capacity, N_CLASSES))
         self.var = np.zeros((capacity, N_CLASSES))
         self.learned_s = np.zeros((capacity, N_CLASSES))
+        # Counts the changes of the state (updates, resets): what detection worked out from it is valid
+        # while it stays the same (`policy.detect.RowValues`).
+        self.version = 0
 
     @property
     def capacity(self) -> int:
@@ -114,6 +117,7 @@ class EwmaBaseline:
         self.learned_s = np.vstack([self.learned_s, zeros])
 
     def reset(self, rows: np.ndarray) -> None:
+        self.version += 1
         self.mean[rows] = 0.0
         self.var[rows] = 0.0
         self.learned_s[rows] = 0.0
@@ -155,12 +159,12 @@ class EwmaBaseline:
         return 1.0 - 2.0 ** (-dt / self.half_life_s)
 
     def update(self, rows: np.ndarray | slice, pps: np.ndarray, dt: float, learn: np.ndarray,
-               cap: np.ndarray | None = None, deviation: np.ndarray | None = None) -> None:
+               cap: np.ndarray | None = None) -> None:
         """Learn one tick of rates `pps` (N, C) for `rows` where `learn` (N, C) is True.
 
-        `cap` is `baseline_threshold(rows)` when the caller already has it (detection does);
-        `deviation` is `pps - mean` of these rows when the caller has it (detection's), which this
-        update only reads. `rows` may be a slice of consecutive rows; they are distinct (a row listed
+        `cap` is `baseline_threshold(rows)` when the caller already has it, else worked out element by
+        element from the state before the update (the same bits). `rows` may be a slice of consecutive
+        rows; they are distinct (a row listed
         twice would learn twice: every caller's rows are slots or indices of distinct keys). The state
         is updated in place, element by element, by `policy.native.learn_rows` (the module
         docstring's model, with no (N, C) temporaries: ~200 MiB of them at a million destinations in
@@ -169,7 +173,6 @@ class EwmaBaseline:
         n_rows = len(range(*rows.indices(self.capacity))) if isinstance(rows, slice) else len(rows)
         if dt <= 0 or not n_rows:
             return
-        if cap is None:
-            cap = self.baseline_threshold(rows)
-        native.learn_rows(rows, self.mean, self.var, self.learned_s, pps, cap, deviation, learn, dt=dt,
-                          ewma=self.ewma_weight(dt), warmup_s=self.warmup_s)
+        self.version += 1
+        native.learn_rows(rows, self.mean, self.var, self.learned_s, pps, cap, learn, dt=dt,
+                          ewma=self.ewma_weight(dt), warmup_s=self.warmup_s, k_sigma=self.k_sigma, margin=self.margin)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -83,14 +85,50 @@ class CarpetCandidate:
     mean: np.ndarray | None = None   # (C,) that prefix's baseline mean (None: the tenant's)
 
 
+class RowValues:
+    """Per-destination (N, C) values of a detection worked out when indexed, from the destination
+    baselines as detection read them: `values[rows]` (an index, an index array or a slice),
+    `values[rows, classes]` (numpy's pairs, or a class or classes of each row), `values[:]` the whole
+    array. The whole (N, C) arrays of the baseline cap and of rate - mean (~90 MiB at a million
+    destinations) are what a tick needs at a few rows only (a budget derivation, a carpet's members
+    and a prefix's read them in blocks of rows).
+
+    Valid until the baselines learn (`EwmaBaseline.version`): afterwards the state is no longer what
+    detection saw, and indexing raises instead of answering with other numbers."""
+
+    __slots__ = ("shape", "_of_rows", "_baseline", "_version")
+
+    def __init__(self, shape: tuple[int, int], of_rows: Callable[[Any], np.ndarray], baseline: EwmaBaseline) -> None:
+        self.shape = shape
+        self._of_rows = of_rows
+        self._baseline = baseline
+        self._version = baseline.version
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if self._baseline.version != self._version:
+            raise RuntimeError("detection's baseline values: the baselines have learned since detection "
+                               "(read them before learning)")
+        rows, classes = key if isinstance(key, tuple) else (key, slice(None))
+        block = self._of_rows(rows)
+        if isinstance(classes, slice) and classes == slice(None):
+            return block
+        if np.ndim(rows) == 0 or np.ndim(classes) == 0:
+            return block[..., classes]
+        return block[np.arange(len(block)), classes]      # (row, class) pairs
+
+
 @dataclasses.dataclass(slots=True)
 class Detection:
     threshold: np.ndarray            # (N, C) packets/s
-    baseline_cap: np.ndarray         # (N, C) (mean + k·sigma)·margin, before policy floors and sensitivity
+    # (N, C) (mean + k·sigma)·margin, before policy floors and sensitivity (worked out when indexed)
+    baseline_cap: RowValues
     anomalous: np.ndarray            # (N, C) bool
-    # (N, C) packets/s rate - baseline mean; `excess` is its positive part, made when first asked for
-    # (a tick without carpets or prefixes needs it at a few rows only: `excess_at`).
-    deviation: np.ndarray
+    # (N, C) packets/s rate - baseline mean, and `excess` its positive part (worked out when indexed).
+    deviation: RowValues
+    excess: RowValues
     anomalous_rows: np.ndarray       # rows with any anomalous class
     tenant_threshold: np.ndarray     # (T, C)
     tenant_anomalous: np.ndarray     # (T, C) bool
@@ -101,20 +139,6 @@ class Detection:
     tenant_cap: np.ndarray | None = None
     pps: np.ndarray | None = None                  # (N, C) the rates detected on (for `ratio`)
     _ratio: np.ndarray | None = None
-    _excess: np.ndarray | None = None
-
-    @property
-    def excess(self) -> np.ndarray:
-        """(N, C) packets/s above the baseline mean (>= 0)."""
-        if self._excess is None:
-            self._excess = np.maximum(self.deviation, 0.0)
-        return self._excess
-
-    def excess_at(self, rows, classes) -> np.ndarray:
-        """`excess[rows, classes]` without making the whole array (the same elementwise maximum)."""
-        if self._excess is not None:
-            return self._excess[rows, classes]
-        return np.maximum(self.deviation[rows, classes], 0.0)
 
     @property
     def ratio(self) -> np.ndarray:
@@ -191,16 +215,14 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
     # element written once (numpy's dozen whole-array passes, gathers included, cost ~75 ms at a million).
     n = len(dest)
     # Sizes rounded as the reader rounds its block's (`rows_empty`): the next tick reuses these blocks.
-    cap = rows_empty(n, (N_CLASSES,))
     warm = rows_empty(n, (N_CLASSES,), bool)
     threshold = rows_empty(n, (N_CLASSES,))
-    deviation = rows_empty(n, (N_CLASSES,))     # rate - mean; learning's too (it only reads it)
     anomalous = rows_empty(n, (N_CLASSES,), bool)
     b = dest_baseline
     native.detect_rows(dest.slots, b.mean, b.var, b.learned_s, dest.pps, k_sigma=b.k_sigma, margin=b.margin,
                        warmup_s=b.warmup_s, partial_s=PARTIAL_BASELINE_S, floor=b.floor, onset_floor=b.onset_floor,
-                       min_pps=min_pps, sensitivity=sensitivity, cap=cap, warm=warm, threshold=threshold,
-                       deviation=deviation, anomalous=anomalous)
+                       min_pps=min_pps, sensitivity=sensitivity, warm=warm, threshold=threshold, anomalous=anomalous)
+    cap, deviation, excess = baseline_values(dest, b)
     if not known.all():
         anomalous[~known] = False
     # Anomalies are rare: find them in the flat mask (`.any(axis=1)` walks the short class axis slowly).
@@ -224,17 +246,38 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
     t_excess[t_rows] = np.maximum(tenants.pps[t_rows] - t_mean, 0.0)
 
     carpets: list[CarpetCandidate] = []
-    excess = None
     hot_tenants = rows_with_any(t_anomalous)
     if len(hot_tenants):
-        excess = np.maximum(deviation, 0.0)
         carpets = group_carpets(dest, np.where(known, dest.tenant_idx, MAX_TENANTS), MAX_TENANTS, cap, warm,
                                 anomalous, excess, hot_tenants, t_anomalous, t_excess, tenants.pps, t_threshold,
                                 carpet_min_destinations)
-    return Detection(threshold=threshold, baseline_cap=cap, anomalous=anomalous, deviation=deviation,
+    return Detection(threshold=threshold, baseline_cap=cap, anomalous=anomalous, deviation=deviation, excess=excess,
                      anomalous_rows=anomalous_rows, tenant_threshold=t_threshold,
                      tenant_anomalous=t_anomalous, tenant_excess=t_excess, carpets=carpets, warm=warm,
-                     tenant_cap=t_cap, pps=dest.pps, _excess=excess)
+                     tenant_cap=t_cap, pps=dest.pps)
+
+
+def baseline_values(dest: DestinationRates, baseline: EwmaBaseline) -> tuple[RowValues, RowValues, RowValues]:
+    """The destinations' baseline cap, rate - mean and excess (its positive part) as `RowValues` over
+    `baseline`'s rows `dest.slots`: the arithmetic of policy/native.c's detection (and learning), in
+    the same order, so the same bits."""
+    shape = (len(dest), N_CLASSES)
+
+    def cap(rows: Any) -> np.ndarray:
+        slots = dest.slots[rows]
+        out = np.sqrt(baseline.var[slots])
+        out *= baseline.k_sigma
+        out += baseline.mean[slots]
+        out *= baseline.margin
+        return out
+
+    def deviation(rows: Any) -> np.ndarray:
+        return dest.pps[rows] - baseline.mean[dest.slots[rows]]
+
+    def excess(rows: Any) -> np.ndarray:
+        return np.maximum(deviation(rows), 0.0)
+
+    return RowValues(shape, cap, baseline), RowValues(shape, deviation, baseline), RowValues(shape, excess, baseline)
 
 
 def group_carpets(dest: DestinationRates, tidx: np.ndarray, n_groups: int, cap: np.ndarray, warm: np.ndarray,

@@ -575,9 +575,13 @@ class PolicyEngine:
         lap("incidents")
         self._derive_budgets(now, dest, det)    # before learning: warm masks as detection saw them
         lap("budgets")
+        # Which sampled targets are above their normal band, before learning moves the bands (detection's
+        # caps are worked out from the baselines as detection read them: `policy.detect.RowValues`).
+        pending = {d for pending_dst, _ in self._legit_probation for d in pending_dst}
+        elevated = self._elevated(dest, tenants, det, row_of_slot, set(by_dst) | pending)
         self._learn(dest, tenants, det, attack_mask, row_of_slot, prefix_found)
         lap("learn")
-        self._keep_samples(inbound, by_dst, by_tenant, attack_mask, dest, tenants, det, row_of_slot)
+        self._keep_samples(inbound, by_dst, by_tenant, attack_mask, dest, elevated)
         lap("keep_samples")
         self._write_pcaps(by_dst, by_tenant, inbound)
         if now - self._last_pcap_prune >= PCAP_PRUNE_EVERY_S:
@@ -709,7 +713,8 @@ class PolicyEngine:
         if not len(dest):
             return out
         first = [(int(r), int(c)) for r in det.anomalous_rows for c in np.flatnonzero(det.anomalous[r])]
-        rows, classes = onset_candidates(dest.pps, det.threshold, det.deviation, dest.valid, det.anomalous)
+        rows, classes = onset_candidates(dest.pps, det.threshold, dest.slots, self.dest_baseline.mean, dest.valid,
+                                         det.anomalous)
         added = False
         for row, c in first + list(zip(rows.tolist(), classes.tolist(), strict=True)):
             tidx = int(dest.tenant_idx[row])
@@ -720,7 +725,7 @@ class PolicyEngine:
             idx_arr = np.asarray(idx, np.int64)
             ts = inbound.timestamp_ns[idx_arr[inbound.traffic_class[idx_arr] == c]]
             pps = float(dest.pps[row, c])
-            rate, active = onset_rate(now, dest.dt, pps, pps - float(det.excess_at(row, c)), ts)
+            rate, active = onset_rate(now, dest.dt, pps, pps - float(det.excess[row, c]), ts)
             if rate <= pps:
                 continue
             out[(row, c)] = rate
@@ -816,7 +821,7 @@ class PolicyEngine:
                 else:
                     pps = float(dest.pps[row].sum())
                     bps = float(dest.byte_rate_of(row).sum() * 8)
-                    attack = float(det.excess_at(row, cls).sum()) if cls else 0.0
+                    attack = float(det.excess[row, cls].sum()) if cls else 0.0
                     dropped = dest.dropped_pps_of(row)
             self.incidents.account(inc, now, wall, dest.dt, pps=pps, bps=bps, attack_pps=attack, dropped_pps=dropped)
 
@@ -981,8 +986,8 @@ class PolicyEngine:
             slots = self.rates.slots.slots_of(targets)
             target_rows = row_of_slot[slots[slots >= 0]]
             learn[target_rows[target_rows >= 0]] = False
-        # Detection's rate - mean, which learning only reads (`det.excess` is made from it later).
-        self.dest_baseline.update(dest.slots, dest.pps, dest.dt, learn, cap=det.baseline_cap, deviation=det.deviation)
+        # The caps as detection's: worked out again from the same state, element by element (the update's own).
+        self.dest_baseline.update(dest.slots, dest.pps, dest.dt, learn)
         rows = tenant_rows(self.policy_table.tenant_rows)
         t_cap = det.tenant_cap if det.tenant_cap is not None and det.tenant_cap.shape == t_learn[rows].shape else None
         self.tenant_baseline.update(rows, tenants.pps[rows], tenants.dt, t_learn[rows], cap=t_cap)
@@ -1012,7 +1017,7 @@ class PolicyEngine:
 
     def _keep_samples(self, inbound: PacketFeatures, by_dst: dict[IPAddress, list[int]],
                       by_tenant: dict[int, list[int]], attack_mask: np.ndarray, dest: DestinationRates,
-                      tenants: TenantRates, det: Detection, row_of_slot: np.ndarray) -> None:
+                      elevated_pairs: tuple[set[tuple[IPAddress, int]], set[tuple[int, int]]]) -> None:
         """Remember samples of targets that are not under attack as their legitimate traffic.
 
         A tick's samples wait LEGIT_PROBATION_TICKS ticks before they count as legitimate:
@@ -1020,7 +1025,7 @@ class PolicyEngine:
         to cross a threshold, and those samples must not teach the signature check that the
         flood is the server's normal traffic. A target that turns anomalous meanwhile loses them.
         Samples of a class that a target (or its tenant) receives above its normal band
-        (`_elevated`) never count: a slow ramp spends many seconds there before it crosses the
+        (`_elevated`, of the tick's sampled and pending targets: `elevated_pairs`) never count: a slow ramp spends many seconds there before it crosses the
         threshold, and its head taught the signature check that the flood was legitimate (issue 20:
         the 60 s ramp kept a rate-limit fallback).
         """
@@ -1029,8 +1034,7 @@ class PolicyEngine:
         # Attacked rows from the flat mask (`.any(axis=1)` over 100k rows walks the class axis slowly).
         anomalous_dsts = {dest.addresses[r] for r in rows_with_any(attack_mask)}
         blocked = hot_dsts | anomalous_dsts
-        pending_dsts = {d for pending_dst, _ in self._legit_probation for d in pending_dst}
-        elevated, t_elevated = self._elevated(dest, tenants, det, row_of_slot, set(by_dst) | pending_dsts)
+        elevated, t_elevated = elevated_pairs
         tenant_of = inbound.tenant_idx
         for pending_dst, pending_tenant in self._legit_probation:
             for dst in [d for d in pending_dst if d in blocked]:

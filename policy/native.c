@@ -29,33 +29,39 @@ static inline double np_max(double a, double b)
 	return (a >= b || a != a) ? a : b;
 }
 
+/* A baseline element's cap, (sqrt(var)·k_sigma + mean)·margin: detection's and learning's. */
+static inline double baseline_cap(double mean, double var, double k_sigma, double margin)
+{
+	double cap = sqrt(var);
+	cap *= k_sigma;
+	cap += mean;
+	cap *= margin;
+	return cap;
+}
+
 /*
  * Detection of n destinations: their baseline rows are `slots[i]` of mean, var, learned
- * (`classes` wide). Per element:
- *   cap       = (sqrt(var)·k_sigma + mean)·margin
+ * (`classes` wide). Per element, with cap = baseline_cap(mean, var):
  *   warm      = learned >= warmup_s
  *   threshold = warm:                        max(cap / sensitivity, min_pps)
  *               learned >= partial_s:        max(max(cap / sensitivity, onset_floor[c]), min_pps)
  *               younger:                     max(floor[c], min_pps)
- *   deviation = pps - mean
  *   anomalous = pps > threshold
+ * (the cap and pps - mean are not kept: learning and the few other readers work them out again from
+ * the same state, policy/detect.py's Detection.cap_at and excess_at).
  * `min_pps`, `sensitivity`: one value a row, or NULL for `min_pps_all`, `sensitivity_all`.
  */
 static inline __attribute__((always_inline)) void
 detect_row(int64_t i, int64_t classes, const int64_t *slots, const double *mean, const double *var,
 	   const double *learned, const double *pps, double k_sigma, double margin, double warmup_s,
 	   double partial_s, const double *floor_pps, const double *onset_floor_pps, double row_min,
-	   double row_sens, double *cap_out, uint8_t *warm_out, double *threshold_out, double *deviation_out,
-	   uint8_t *anomalous_out)
+	   double row_sens, uint8_t *warm_out, double *threshold_out, uint8_t *anomalous_out)
 {
 	const int64_t at = slots[i] * classes;
 	for (int64_t c = 0; c < classes; c++) {
 		const int64_t out = i * classes + c;
-		const double m = mean[at + c], l = learned[at + c], p = pps[out];
-		double cap = sqrt(var[at + c]);
-		cap *= k_sigma;
-		cap += m;
-		cap *= margin;
+		const double l = learned[at + c], p = pps[out];
+		const double cap = baseline_cap(mean[at + c], var[at + c], k_sigma, margin);
 		const int warm = l >= warmup_s;
 		/* x / 1 is x exactly: the common sensitivity of 1 needs no division */
 		const double base = row_sens == 1.0 ? cap : cap / row_sens;
@@ -67,10 +73,8 @@ detect_row(int64_t i, int64_t classes, const int64_t *slots, const double *mean,
 		else
 			threshold = floor_pps[c];
 		threshold = np_max(threshold, row_min);
-		cap_out[out] = cap;
 		warm_out[out] = (uint8_t)warm;
 		threshold_out[out] = threshold;
-		deviation_out[out] = p - m;
 		anomalous_out[out] = p > threshold;
 	}
 }
@@ -81,8 +85,7 @@ void sw_detect_rows(int64_t n, int64_t classes, const int64_t *slots,
 		    const double *floor_pps, const double *onset_floor_pps,
 		    const double *min_pps, double min_pps_all,
 		    const double *sensitivity, double sensitivity_all,
-		    double *cap_out, uint8_t *warm_out, double *threshold_out, double *deviation_out,
-		    uint8_t *anomalous_out)
+		    uint8_t *warm_out, double *threshold_out, uint8_t *anomalous_out)
 {
 	for (int64_t i = 0; i < n; i++) {
 		const double row_min = min_pps ? min_pps[i] : min_pps_all;
@@ -90,28 +93,27 @@ void sw_detect_rows(int64_t n, int64_t classes, const int64_t *slots,
 		/* the traffic classes' count known here: the row's loop unrolled */
 		if (classes == SW_CLASSES)
 			detect_row(i, SW_CLASSES, slots, mean, var, learned, pps, k_sigma, margin, warmup_s, partial_s,
-				   floor_pps, onset_floor_pps, row_min, row_sens, cap_out, warm_out, threshold_out,
-				   deviation_out, anomalous_out);
+				   floor_pps, onset_floor_pps, row_min, row_sens, warm_out, threshold_out, anomalous_out);
 		else
 			detect_row(i, classes, slots, mean, var, learned, pps, k_sigma, margin, warmup_s, partial_s,
-				   floor_pps, onset_floor_pps, row_min, row_sens, cap_out, warm_out, threshold_out,
-				   deviation_out, anomalous_out);
+				   floor_pps, onset_floor_pps, row_min, row_sens, warm_out, threshold_out, anomalous_out);
 	}
 }
 
 /*
- * One tick of learning (`dt` seconds, EWMA weight `ewma`) for n rows: row i of pps, cap,
- * deviation and learn updates baseline row `slots[i]` (or `first + i` when slots is NULL).
+ * One tick of learning (`dt` seconds, EWMA weight `ewma`) for n rows: row i of pps, cap and learn
+ * updates baseline row `slots[i]` (or `first + i` when slots is NULL); a NULL cap is the element's
+ * baseline_cap(mean, var) before the update (detection's, from the same state).
  * Where learn is 0 the element stays as it is. Else, with l its learned seconds:
  *   alpha = max(dt / (l + dt), ewma)          (a running average while young)
- *   d     = deviation, or pps - mean when deviation is NULL
+ *   d     = pps - mean
  *   winsorised (pps > max(cap, 1), l >= warmup_s, l > 0): d = max(cap, 1) - mean
  *   mean += alpha·d;  var = (var + (alpha·d)·d)·(1 - alpha);  learned += dt
  */
 static inline __attribute__((always_inline)) void
 learn_row(int64_t i, int64_t classes, const int64_t *slots, int64_t first, double *mean, double *var,
-	  double *learned, const double *pps, const double *cap, const double *deviation, const uint8_t *learn,
-	  double dt, double ewma, double warmup_s, double old_s)
+	  double *learned, const double *pps, const double *cap, const uint8_t *learn, double dt, double ewma,
+	  double warmup_s, double old_s, double k_sigma, double margin)
 {
 	const int64_t at = (slots ? slots[i] : first + i) * classes;
 	for (int64_t c = 0; c < classes; c++) {
@@ -121,10 +123,13 @@ learn_row(int64_t i, int64_t classes, const int64_t *slots, int64_t first, doubl
 		const double l = learned[at + c], m = mean[at + c], p = pps[in];
 		/* past old_s seconds dt / (l + dt) is below half the EWMA weight: no division */
 		const double alpha = l >= old_s ? ewma : np_max(dt / (l + dt), ewma);
-		double d = deviation ? deviation[in] : p - m;
-		const double ceiling = np_max(cap[in], 1.0);
-		if (p > cap[in] && p > ceiling && l >= warmup_s && l > 0)
-			d = ceiling - m;
+		double d = p - m;
+		if (l >= warmup_s && l > 0) {
+			const double cap_in = cap ? cap[in] : baseline_cap(m, var[at + c], k_sigma, margin);
+			const double ceiling = np_max(cap_in, 1.0);
+			if (p > cap_in && p > ceiling)
+				d = ceiling - m;
+		}
 		const double step = alpha * d;
 		mean[at + c] = m + step;
 		double v = var[at + c] + step * d;
@@ -136,18 +141,18 @@ learn_row(int64_t i, int64_t classes, const int64_t *slots, int64_t first, doubl
 
 void sw_learn_rows(int64_t n, int64_t classes, const int64_t *slots, int64_t first,
 		   double *mean, double *var, double *learned,
-		   const double *pps, const double *cap, const double *deviation, const uint8_t *learn,
-		   double dt, double ewma, double warmup_s)
+		   const double *pps, const double *cap, const uint8_t *learn, double dt, double ewma,
+		   double warmup_s, double k_sigma, double margin)
 {
 	/* dt / (l + dt) <= ewma / (2 + ewma) < ewma for l >= 2·dt / ewma (rounding is far smaller) */
 	const double old_s = ewma > 0 ? 2.0 * dt / ewma : INFINITY;
 	for (int64_t i = 0; i < n; i++) {
 		if (classes == SW_CLASSES)
-			learn_row(i, SW_CLASSES, slots, first, mean, var, learned, pps, cap, deviation, learn, dt, ewma,
-				  warmup_s, old_s);
+			learn_row(i, SW_CLASSES, slots, first, mean, var, learned, pps, cap, learn, dt, ewma, warmup_s,
+				  old_s, k_sigma, margin);
 		else
-			learn_row(i, classes, slots, first, mean, var, learned, pps, cap, deviation, learn, dt, ewma,
-				  warmup_s, old_s);
+			learn_row(i, classes, slots, first, mean, var, learned, pps, cap, learn, dt, ewma, warmup_s,
+				  old_s, k_sigma, margin);
 	}
 }
 
@@ -213,4 +218,74 @@ void sw_slots_by_id(int64_t n, const int64_t *ids, const int32_t *slot_of_id, in
 			&& slot_keys[2 * s + 1] == keys[2 * i + 1];
 		slots_out[i] = same ? (int32_t)s : -1;
 	}
+}
+
+/*
+ * The flood-onset candidates of policy/onset.py among n rows of `classes` elements: element (i, c) is
+ * one when it is not anomalous, row i is valid, pps - mean > pps·jump_share (a jump over the mean of
+ * baseline row slots[i]) and pps > threshold·min_share. Their flat numbers i·classes + c are written to `flat_out` in
+ * ascending order while there are at most `keep` of them; past that, `flat_out` holds the `keep` of
+ * highest ratio = pps / max(threshold, 1) (equal ratios: the lower flat number), in no order, with their
+ * ratios in `ratio_out` (the caller sorts them). Returns how many candidates there were in all.
+ * The selection is a binary min-heap on (ratio, -flat number) over flat_out/ratio_out: its root is the
+ * candidate that goes first. A later candidate has the higher flat number, so it replaces the root only
+ * with a higher ratio.
+ */
+static inline int heap_worse(const double *ratio, const int64_t *flat, int64_t a, int64_t b)
+{
+	return ratio[a] < ratio[b] || (ratio[a] == ratio[b] && flat[a] > flat[b]);
+}
+
+static void heap_down(double *ratio, int64_t *flat, int64_t size, int64_t at)
+{
+	for (;;) {
+		int64_t worst = at;
+		const int64_t left = 2 * at + 1, right = left + 1;
+		if (left < size && heap_worse(ratio, flat, left, worst))
+			worst = left;
+		if (right < size && heap_worse(ratio, flat, right, worst))
+			worst = right;
+		if (worst == at)
+			return;
+		const double r = ratio[at];
+		const int64_t f = flat[at];
+		ratio[at] = ratio[worst];
+		flat[at] = flat[worst];
+		ratio[worst] = r;
+		flat[worst] = f;
+		at = worst;
+	}
+}
+
+int64_t sw_onset_candidates(int64_t n, int64_t classes, const double *pps, const double *threshold,
+			    const int64_t *slots, const double *mean, const uint8_t *valid, const uint8_t *anomalous,
+			    double jump_share, double min_share, int64_t keep, int64_t *flat_out, double *ratio_out)
+{
+	int64_t found = 0;
+	for (int64_t i = 0; i < n; i++) {
+		if (!valid[i])
+			continue;
+		for (int64_t c = 0; c < classes; c++) {
+			const int64_t e = i * classes + c;
+			const double p = pps[e], t = threshold[e];
+			if (anomalous[e] || !(p - mean[slots[i] * classes + c] > p * jump_share) || !(p > min_share * t))
+				continue;
+			const double ratio = p / np_max(t, 1.0);
+			if (found < keep) {
+				flat_out[found] = e;
+				ratio_out[found] = ratio;
+				if (++found == keep)
+					for (int64_t k = keep / 2 - 1; k >= 0; k--)
+						heap_down(ratio_out, flat_out, keep, k);
+				continue;
+			}
+			found++;
+			if (ratio > ratio_out[0]) {
+				flat_out[0] = e;
+				ratio_out[0] = ratio;
+				heap_down(ratio_out, flat_out, keep, 0);
+			}
+		}
+	}
+	return found;
 }

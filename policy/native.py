@@ -27,10 +27,11 @@ def library() -> ctypes.CDLL:
     """policy/native.c, compiled at the first call in this process."""
     return compile_library(SOURCE, {
         "sw_detect_rows": (None, [i64, i64, ptr, ptr, ptr, ptr, ptr, f64, f64, f64, f64, ptr, ptr, ptr, f64, ptr, f64,
-                                  ptr, ptr, ptr, ptr, ptr]),
+                                  ptr, ptr, ptr]),
         "sw_counter_rates": (i64, [i64, i64, i64, ptr, ptr, ptr, f64, ptr, ptr, ptr, ptr, ptr]),
-        "sw_learn_rows": (None, [i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, f64, f64, f64]),
+        "sw_learn_rows": (None, [i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, f64, f64, f64, f64, f64]),
         "sw_slots_by_id": (None, [i64, ptr, ptr, i64, ptr, ptr, i64, ptr, ptr]),
+        "sw_onset_candidates": (i64, [i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, f64, f64, i64, ptr, ptr]),
     }, defines={"SW_CLASSES": len(TrafficClass)})
 
 
@@ -42,18 +43,23 @@ def _rates_against(pps: np.ndarray, mean: np.ndarray) -> tuple[int, int, tuple[i
     return n, classes, mean.shape
 
 
+def _slots_within(slots: np.ndarray, n: int, rows: int) -> np.ndarray:
+    """`slots` (n,) as int64, each a row of state arrays of `rows` rows."""
+    slots = contiguous(slots, np.int64, (n,), "slots")
+    if n and (int(slots.min()) < 0 or int(slots.max()) >= rows):
+        raise ValueError(f"slots outside the baseline's {rows} rows")
+    return slots
+
+
 def detect_rows(slots: np.ndarray, mean: np.ndarray, var: np.ndarray, learned: np.ndarray, pps: np.ndarray, *,
                 k_sigma: float, margin: float, warmup_s: float, partial_s: float, floor: np.ndarray,
                 onset_floor: np.ndarray, min_pps: np.ndarray | float, sensitivity: np.ndarray | float,
-                cap: np.ndarray, warm: np.ndarray, threshold: np.ndarray, deviation: np.ndarray,
-                anomalous: np.ndarray) -> None:
+                warm: np.ndarray, threshold: np.ndarray, anomalous: np.ndarray) -> None:
     """Detection of the rows of `pps` (N, C) against baseline rows `slots` (N,) of the (S, C) state arrays,
-    written into `cap`, `warm`, `threshold`, `deviation`, `anomalous` (N, C) (see native.c). `min_pps` and
-    `sensitivity`: (N,) or (N, 1) per row, or one float for all."""
+    written into `warm`, `threshold`, `anomalous` (N, C) (see native.c). `min_pps` and `sensitivity`:
+    (N,) or (N, 1) per row, or one float for all."""
     n, classes, state = _rates_against(pps, mean)
-    slots = contiguous(slots, np.int64, (n,), "slots")
-    if n and (int(slots.min()) < 0 or int(slots.max()) >= state[0]):
-        raise ValueError(f"slots outside the baseline's {state[0]} rows")
+    slots = _slots_within(slots, n, state[0])
     mean, var, learned = (contiguous(a, np.float64, state, name) for a, name in
                           ((mean, "mean"), (var, "var"), (learned, "learned_s")))
     pps = contiguous(pps, np.float64, (n, classes), "pps")
@@ -64,8 +70,7 @@ def detect_rows(slots: np.ndarray, mean: np.ndarray, var: np.ndarray, learned: n
         per_row[name] = (None, float(value)) if np.ndim(value) == 0 \
             else (contiguous(np.reshape(value, -1), np.float64, (n,), name), 0.0)
     outputs = [writable(a, dtype, (n, classes), name) for a, dtype, name in
-               ((cap, np.float64, "cap"), (warm, np.bool_, "warm"), (threshold, np.float64, "threshold"),
-                (deviation, np.float64, "deviation"), (anomalous, np.bool_, "anomalous"))]
+               ((warm, np.bool_, "warm"), (threshold, np.float64, "threshold"), (anomalous, np.bool_, "anomalous"))]
     (min_rows, min_all), (sens_rows, sens_all) = per_row["min_pps"], per_row["sensitivity"]
     library().sw_detect_rows(n, classes, at(slots), at(mean), at(var), at(learned), at(pps), k_sigma, margin,
                              warmup_s, partial_s, at(floor), at(onset_floor), at(min_rows), min_all,
@@ -73,11 +78,11 @@ def detect_rows(slots: np.ndarray, mean: np.ndarray, var: np.ndarray, learned: n
 
 
 def learn_rows(rows: np.ndarray | slice, mean: np.ndarray, var: np.ndarray, learned: np.ndarray, pps: np.ndarray,
-               cap: np.ndarray, deviation: np.ndarray | None, learn: np.ndarray, *, dt: float, ewma: float,
-               warmup_s: float) -> None:
+               cap: np.ndarray | None, learn: np.ndarray, *, dt: float, ewma: float, warmup_s: float,
+               k_sigma: float, margin: float) -> None:
     """One tick of learning of `pps` (N, C) into baseline rows `rows` (N,) (or a slice of step 1) of the
-    (S, C) state arrays, in place, where `learn` (N, C) is True (see native.c). `deviation`: `pps - mean`
-    of these rows when the caller has it (only read)."""
+    (S, C) state arrays, in place, where `learn` (N, C) is True (see native.c). `cap`: the rows' baseline
+    caps when the caller has them, else None (worked out from the state with `k_sigma` and `margin`)."""
     n, classes, state = _rates_against(pps, mean)
     first = 0
     if isinstance(rows, slice):
@@ -92,12 +97,11 @@ def learn_rows(rows: np.ndarray | slice, mean: np.ndarray, var: np.ndarray, lear
     for a, name in ((mean, "mean"), (var, "var"), (learned, "learned_s")):
         writable(a, np.float64, state, name)
     pps = contiguous(pps, np.float64, (n, classes), "pps")
-    cap = contiguous(cap, np.float64, (n, classes), "cap")
-    if deviation is not None:
-        deviation = contiguous(deviation, np.float64, (n, classes), "deviation")
+    if cap is not None:
+        cap = contiguous(cap, np.float64, (n, classes), "cap")
     learn = contiguous(np.broadcast_to(learn, (n, classes)), np.bool_, (n, classes), "learn")
     library().sw_learn_rows(n, classes, at(rows), first, at(mean), at(var), at(learned), at(pps), at(cap),
-                            at(deviation), at(learn), dt, ewma, warmup_s)
+                            at(learn), dt, ewma, warmup_s, k_sigma, margin)
 
 
 def counter_rates(current: np.ndarray, prev: np.ndarray, prev_rows: np.ndarray, classes: int, dt: float,
@@ -137,3 +141,27 @@ def slots_by_id(ids: np.ndarray, slot_of_id: np.ndarray, slot_keys: np.ndarray, 
     library().sw_slots_by_id(n, at(ids), at(slot_of_id), len(slot_of_id), at(slot_keys), at(in_use), len(slot_keys),
                              at(keys), at(slots))
     return slots, np.flatnonzero(slots < 0)
+
+
+def onset_candidates(pps: np.ndarray, threshold: np.ndarray, slots: np.ndarray, mean: np.ndarray, valid: np.ndarray,
+                     anomalous: np.ndarray, *, jump_share: float, min_share: float, keep: int) -> np.ndarray:
+    """Flat numbers (row · C + class) of the (N, C) elements that could be a flood's onset, against the
+    baseline means of rows `slots` (N,) of `mean` (S, C) (see native.c and `policy.onset.candidates`):
+    ascending when there are at most `keep`, else the `keep` of highest pps / max(threshold, 1), highest
+    first (equal ratios: the lower number first)."""
+    n, classes, state = _rates_against(pps, mean)
+    slots = _slots_within(slots, n, state[0])
+    mean = contiguous(mean, np.float64, state, "mean")
+    pps, threshold = (contiguous(a, np.float64, (n, classes), name) for a, name in
+                      ((pps, "pps"), (threshold, "threshold")))
+    anomalous = contiguous(anomalous, np.bool_, (n, classes), "anomalous")
+    valid = contiguous(valid, np.bool_, (n,), "valid")
+    if keep < 1:
+        raise ValueError(f"onset candidates: keep must be at least 1, got {keep}")
+    flat = np.empty(keep, np.int64)
+    ratio = np.empty(keep)
+    found = library().sw_onset_candidates(n, classes, at(pps), at(threshold), at(slots), at(mean), at(valid),
+                                          at(anomalous), jump_share, min_share, keep, at(flat), at(ratio))
+    if found <= keep:
+        return np.sort(flat[:found])
+    return flat[np.lexsort((flat, -ratio))]

@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from policy import native
+
 MIN_SAMPLES = 8            # in-class samples of the tick needed to place an onset
 MIN_ACTIVE_S = 0.1         # seconds: shortest flood span the rate is extrapolated from
 MIN_SHARE = 0.1            # a tick rate below this share of the threshold cannot be a flood onset
 JUMP = 4.0                 # ... nor a rate below this many times the baseline mean
 MAX_CANDIDATES = 256       # (destination, class) pairs examined per tick, highest rate / threshold first
-BLOCK_ROWS = 65_536        # rows looked at a time for the jump (6 MB of temporaries at 6 classes)
 
 
 def onset_rate(end: float, dt: float, pps: float, mean: float, timestamps_ns: np.ndarray) -> tuple[float, float]:
@@ -60,25 +61,19 @@ def onset_rate(end: float, dt: float, pps: float, mean: float, timestamps_ns: np
     return mean + (pps - mean) * dt / active, active
 
 
-def candidates(pps: np.ndarray, threshold: np.ndarray, excess: np.ndarray, valid: np.ndarray,
+def candidates(pps: np.ndarray, threshold: np.ndarray, slots: np.ndarray, mean: np.ndarray, valid: np.ndarray,
                anomalous: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(rows, classes) below their threshold whose rate could be the sliver of a flood's onset:
-    JUMP times the baseline mean (`excess` = rate - mean, or its positive part: compared with a
-    bound >= 0, both pick the same pairs) and at least MIN_SHARE of the threshold; at most
-    MAX_CANDIDATES, highest rate / threshold first. The jump test comes first: it is one pass
-    over (N, C) and leaves few pairs for the rest."""
-    # A block of rows at a time: the same pairs, without (N, C) temporaries (~50 MiB at a million rows).
-    n_cls = pps.shape[1]
-    flat = [np.flatnonzero(excess[lo:lo + BLOCK_ROWS] > pps[lo:lo + BLOCK_ROWS] * (1.0 - 1.0 / JUMP)) + lo * n_cls
-            for lo in range(0, len(pps), BLOCK_ROWS)]
-    jump = np.concatenate(flat) if flat else np.zeros(0, np.int64)
-    rows, classes = np.divmod(jump, n_cls)   # flat: a 2-D nonzero costs twice as much
-    keep = (pps[rows, classes] > MIN_SHARE * threshold[rows, classes]) & ~anomalous[rows, classes] & valid[rows]
-    rows, classes = rows[keep], classes[keep]
-    if len(rows) > MAX_CANDIDATES:
-        order = np.argsort(-(pps[rows, classes] / np.maximum(threshold[rows, classes], 1.0)))[:MAX_CANDIDATES]
-        rows, classes = rows[order], classes[order]
-    return rows, classes
+    JUMP times the baseline mean (rate - mean above (1 - 1/JUMP) of the rate; the means are rows
+    `slots` (N,) of `mean`) and at least MIN_SHARE of the threshold; at most MAX_CANDIDATES,
+    highest rate / threshold first (equal ratios: lower row, then class, first).
+
+    One pass of policy/native.c, which keeps the best MAX_CANDIDATES as it goes: when every address
+    jumps at once (the first ticks after a start, a carpet of new addresses), numpy's pairs and their
+    gathers held ~270 MiB at a million destinations, and the heap keeps such a high-water mark."""
+    flat = native.onset_candidates(pps, threshold, slots, mean, valid, anomalous, jump_share=1.0 - 1.0 / JUMP,
+                                   min_share=MIN_SHARE, keep=MAX_CANDIDATES)
+    return np.divmod(flat, pps.shape[1])
 
 
 __all__ = ["onset_rate", "candidates", "MIN_SAMPLES", "MIN_ACTIVE_S"]

@@ -135,7 +135,7 @@ def test_update_equals_the_written_out_model_bit_for_bit_whichever_share_is_not_
             assert np.array_equal(got.learned_s, want[2])
 
 
-def test_update_with_the_callers_cap_and_deviation_equals_a_plain_update():
+def test_update_with_the_callers_cap_equals_a_plain_update():
     rng = np.random.default_rng(8)
     plain, given = model(warmup_s=600.0), model(warmup_s=600.0)
     pps = _random_state(rng, plain, 500)
@@ -144,8 +144,7 @@ def test_update_with_the_callers_cap_and_deviation_equals_a_plain_update():
     rows = rng.permutation(500)[:400]
     learn = rng.random((400, C)) > 0.05
     plain.update(rows, pps[rows], 1.0, learn)
-    given.update(rows, pps[rows], 1.0, learn, cap=given.baseline_threshold(rows),
-                 deviation=pps[rows] - given.mean[rows])
+    given.update(rows, pps[rows], 1.0, learn, cap=given.baseline_threshold(rows))
     for a, b in ((plain.mean, given.mean), (plain.var, given.var), (plain.learned_s, given.learned_s)):
         assert np.array_equal(a, b)
     untouched = np.setdiff1d(np.arange(500), rows)
@@ -154,10 +153,10 @@ def test_update_with_the_callers_cap_and_deviation_equals_a_plain_update():
         given.update(np.array([500]), pps[:1], 1.0, learn[:1], cap=np.ones((1, C)))
 
 
-def test_update_only_reads_the_callers_deviation_for_a_tick_at_a_million_destinations():
-    # Issue 18 item 2: detection keeps `rate - mean` for the tick's excess instead of a second (N, C)
-    # array, so learning must not write its winsorised values into it; the learned state is the
-    # written-out model's bit for bit all the same.
+def test_update_works_out_the_caps_of_clipped_rows_as_the_written_out_model():
+    # Issue 18 item 2: detection keeps no (N, C) cap for learning; the update works each cap out from the
+    # state it is about to change (sqrt(var)·k + mean, then the margin), so the many clipped (winsorised)
+    # rows learn the written-out model's values bit for bit, with or without the caller's caps.
     rng = np.random.default_rng(10)
     b = model(warmup_s=600.0)
     pps = _random_state(rng, b, 2000)
@@ -165,13 +164,15 @@ def test_update_only_reads_the_callers_deviation_for_a_tick_at_a_million_destina
     learn = rng.random((2000, C)) > 0.05
     want = _written_out_update(b, pps, 1.0, learn)
     cap = b.baseline_threshold(rows)
-    deviation = pps - b.mean[rows]
-    before = deviation.copy()
     assert ((pps > np.maximum(cap, 1.0)) & (b.learned_s >= b.warmup_s)).sum() > 100     # many clipped
-    b.update(rows, pps, 1.0, learn, cap=cap, deviation=deviation)
-    assert np.array_equal(deviation, before)
-    assert np.array_equal(b.mean, want[0]) and np.array_equal(b.var, want[1])
-    assert np.array_equal(b.learned_s, want[2])
+    given = model(warmup_s=600.0)
+    given.resize(2000)
+    given.mean[:], given.var[:], given.learned_s[:] = b.mean, b.var, b.learned_s
+    b.update(rows, pps, 1.0, learn)
+    given.update(rows, pps, 1.0, learn, cap=cap)
+    for got in (b, given):
+        assert np.array_equal(got.mean, want[0]) and np.array_equal(got.var, want[1])
+        assert np.array_equal(got.learned_s, want[2])
 
 
 @pytest.mark.parametrize("young_share", [0.0, 0.02, 0.5])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import policy.budgets as budgets_mod
 from dataplane.constants import MAX_TENANTS, NO_TENANT, TrafficClass
 from policy.budgets import BudgetConfig, BudgetDeriver, derive_budgets, needs_push
 from tenants.policy import TenantPolicy
@@ -37,7 +38,7 @@ def no_cold_peak() -> np.ndarray:
 def test_budget_is_the_busiest_destinations_normal_peak_times_the_safety_factor():
     tenant = np.array([1, 1, 1, 2])
     peak = rows([{UDP: 3000, SYN: 800}, {UDP: 9000, SYN: 400}, {UDP: 100}, {UDP: 50_000}])
-    out = derive_budgets(tenant_idx=tenant, normal_peak=peak, warm=np.ones_like(peak, bool),
+    out = derive_budgets(tenant_idx=tenant, threshold=peak, baseline_cap=0 * peak, warm=np.ones_like(peak, bool),
                          tenant_warm=all_warm(), cold_peak=no_cold_peak(),
                          policies={1: TenantPolicy(), 2: TenantPolicy()}, safety=2.0)
     assert out[1][UDP] == 18_000             # 2 x the busiest (9,000 pps), not the mean of three
@@ -51,7 +52,7 @@ def test_explicit_policy_values_win_and_the_floor_is_min_pps():
     tenant = np.array([1])
     peak = rows([{UDP: 10, SYN: 10}])
     policy = TenantPolicy(min_pps=2500, udp_rate_pps=7000)
-    out = derive_budgets(tenant_idx=tenant, normal_peak=peak, warm=np.ones_like(peak, bool),
+    out = derive_budgets(tenant_idx=tenant, threshold=peak, baseline_cap=0 * peak, warm=np.ones_like(peak, bool),
                          tenant_warm=all_warm(), cold_peak=no_cold_peak(), policies={1: policy}, safety=2.0)
     assert UDP not in out[1]                 # the operator's 7,000 pps stays in force
     assert out[1][SYN] == 2500
@@ -62,16 +63,16 @@ def test_no_budget_until_the_tenant_and_a_destination_are_warm():
     peak = rows([{UDP: 3000}, {UDP: 5000}])
     warm = np.zeros_like(peak, bool)
     tenant_warm = all_warm()
-    out = derive_budgets(tenant_idx=tenant, normal_peak=peak, warm=warm, tenant_warm=tenant_warm,
+    out = derive_budgets(tenant_idx=tenant, threshold=peak, baseline_cap=0 * peak, warm=warm, tenant_warm=tenant_warm,
                          cold_peak=no_cold_peak(), policies={1: TenantPolicy()}, safety=2.0)
     assert out[1][UDP] == 0                  # no destination is past warm-up
     warm[0, int(UDP)] = True
     tenant_warm[1, int(UDP)] = False
-    out = derive_budgets(tenant_idx=tenant, normal_peak=peak, warm=warm, tenant_warm=tenant_warm,
+    out = derive_budgets(tenant_idx=tenant, threshold=peak, baseline_cap=0 * peak, warm=warm, tenant_warm=tenant_warm,
                          cold_peak=no_cold_peak(), policies={1: TenantPolicy()}, safety=2.0)
     assert out[1][UDP] == 0                  # the tenant's own baseline is not warm yet
     tenant_warm[1, int(UDP)] = True
-    out = derive_budgets(tenant_idx=tenant, normal_peak=peak, warm=warm, tenant_warm=tenant_warm,
+    out = derive_budgets(tenant_idx=tenant, threshold=peak, baseline_cap=0 * peak, warm=warm, tenant_warm=tenant_warm,
                          cold_peak=no_cold_peak(), policies={1: TenantPolicy()}, safety=2.0)
     assert out[1][UDP] == 6000               # only the warm destination's peak is a baseline
 
@@ -83,7 +84,7 @@ def test_a_warming_up_destinations_observed_peak_lifts_the_budget():
     warm = np.array([[True] * C, [False] * C])
     cold = no_cold_peak()
     cold[1, int(UDP)] = 12_000
-    out = derive_budgets(tenant_idx=tenant, normal_peak=peak, warm=warm, tenant_warm=all_warm(), cold_peak=cold,
+    out = derive_budgets(tenant_idx=tenant, threshold=peak, baseline_cap=0 * peak, warm=warm, tenant_warm=all_warm(), cold_peak=cold,
                          policies={1: TenantPolicy()}, safety=2.0)
     assert out[1][UDP] == 24_000
 
@@ -91,7 +92,7 @@ def test_a_warming_up_destinations_observed_peak_lifts_the_budget():
 def test_rows_of_no_tenant_are_ignored():
     tenant = np.array([NO_TENANT, 1], np.int64)
     peak = rows([{UDP: 90_000}, {UDP: 2000}])
-    out = derive_budgets(tenant_idx=tenant, normal_peak=peak, warm=np.ones_like(peak, bool),
+    out = derive_budgets(tenant_idx=tenant, threshold=peak, baseline_cap=0 * peak, warm=np.ones_like(peak, bool),
                          tenant_warm=all_warm(), cold_peak=no_cold_peak(), policies={1: TenantPolicy()}, safety=2.0)
     assert out == {1: {SYN: 1000, UDP: 4000, ICMP: 1000, FRAG: 1000}}
 
@@ -125,7 +126,7 @@ def observe(deriver: BudgetDeriver, now: float, udp_pps: float, *, cap: float, w
     pps = rows([{UDP: udp_pps}])
     deriver.observe(now, tenant_idx=np.array([1]), pps=pps, valid=np.array([True]),
                     anomalous=np.full((1, C), anomalous), threshold=rows([{UDP: threshold}]),
-                    baseline_cap=rows([{UDP: cap}]), warm=lambda r: np.full((len(r), C), warm),
+                    baseline_cap=rows([{UDP: cap}]), warm=lambda r: np.full((1, C), warm)[r],
                     tenant_warm=all_warm, policies=policies or {1: TenantPolicy()})
 
 
@@ -225,3 +226,24 @@ def test_engine_derives_budgets_above_the_servers_normal_peak_once_warm(tmp_path
     lab.engine.set_tenants({1: ("alpha", lab.engine.tenants[1].mode, TenantPolicy())})
     assert lab.dp.budget_pushes[before:] and lab.dp.budget_pushes[-1][1][UDP] == \
         lab.engine.budgets.in_force[1][UDP]
+
+
+def test_the_normal_peak_is_the_higher_of_threshold_and_cap_in_blocks_of_rows(monkeypatch):
+    # Rows go DERIVE_BLOCK_ROWS at a time: the tenant's busiest destination may be in any block, its normal
+    # peak in the threshold or in the cap; blocks of 3 rows give the same budgets as one block.
+    tenant = np.array([1, 2, 1, 1, 2, NO_TENANT, 1, 2])
+    threshold = rows([{UDP: 100}, {UDP: 700}, {UDP: 200}, {UDP: 300}, {UDP: 900}, {UDP: 99_000}, {UDP: 5000},
+                      {SYN: 600}])
+    cap = rows([{UDP: 150}, {UDP: 800}, {UDP: 250}, {UDP: 8000}, {UDP: 100}, {UDP: 99_000}, {UDP: 10},
+                {SYN: 650}])
+    warm = np.ones_like(threshold, bool)
+    warm[3] = False                                    # 8,000 is a cold destination's cap: not a peak
+
+    def derive():
+        return derive_budgets(tenant_idx=tenant, threshold=threshold, baseline_cap=cap, warm=warm,
+                              tenant_warm=all_warm(), cold_peak=no_cold_peak(),
+                              policies={1: TenantPolicy(min_pps=10), 2: TenantPolicy(min_pps=10)}, safety=2.0)
+    whole = derive()
+    assert whole[1][UDP] == 10_000 and whole[2][UDP] == 1800 and whole[2][SYN] == 1300
+    monkeypatch.setattr(budgets_mod, "DERIVE_BLOCK_ROWS", 3)
+    assert derive() == whole

@@ -6,9 +6,10 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 
 from policy.events import EventType
-from policy.onset import MIN_ACTIVE_S, MIN_SAMPLES, candidates, onset_rate
+from policy.onset import JUMP, MAX_CANDIDATES, MIN_ACTIVE_S, MIN_SAMPLES, MIN_SHARE, candidates, onset_rate
 from tests.unit.policy.fakes import tcp_frame
 from tests.unit.policy.scenarios import FAST, Lab, Tenant, clients, spoofed, web_legit_frames
 
@@ -46,26 +47,46 @@ def test_few_samples_no_excess_and_the_extrapolation_cap():
 def test_candidates_are_near_their_threshold_and_a_jump_from_their_mean():
     pps = np.array([[3000.0, 0.0], [3000.0, 0.0], [500.0, 0.0], [20_000.0, 0.0]])
     threshold = np.full((4, 2), 10_000.0)
-    mean = np.array([[50.0, 0.0], [2900.0, 0.0], [10.0, 0.0], [50.0, 0.0]])
+    mean = np.array([[2900.0, 0.0], [50.0, 0.0], [10.0, 0.0], [50.0, 0.0], [0.0, 0.0]])   # baseline rows
+    slots = np.array([1, 0, 2, 3])                      # row 1's baseline is row 0: its usual rate
     anomalous = np.array([[False, False], [False, False], [False, False], [True, False]])
-    rows, classes = candidates(pps, threshold, np.maximum(pps - mean, 0.0), np.ones(4, bool), anomalous)
+    rows, classes = candidates(pps, threshold, slots, mean, np.ones(4, bool), anomalous)
     assert rows.tolist() == [0] and classes.tolist() == [0]   # 1: its usual rate; 2: too low; 3: already anomalous
 
 
-def test_candidates_from_rate_minus_mean_are_those_from_the_excess():
-    # Issue 18 item 2: the engine passes detection's rate - mean (no (N, C) excess array each tick);
-    # against a bound >= 0 its negative elements and their zero excess pick the same pairs.
-    rng = np.random.default_rng(3)
-    pps = rng.choice([0.0, 10.0, 900.0, 5000.0], (5000, 6))
-    mean = rng.choice([0.0, 5.0, 100.0, 4000.0, 9000.0], (5000, 6))
-    threshold = rng.choice([1.0, 1000.0, 8000.0], (5000, 6))
-    anomalous, valid = rng.random((5000, 6)) < 0.01, rng.random(5000) < 0.9
-    deviation = pps - mean
-    assert (deviation < 0).any() and (deviation == 0).any()
-    want = candidates(pps, threshold, np.maximum(deviation, 0.0), valid, anomalous)
-    got = candidates(pps, threshold, deviation, valid, anomalous)
-    assert len(want[0]) > 100
-    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+def written_out_candidates(pps, threshold, excess, valid, anomalous):
+    """policy.onset.candidates as whole-array numpy on the excess over the mean (the code before the C pass),
+    ties ordered by row and class."""
+    n_cls = pps.shape[1]
+    jump = np.flatnonzero(excess > pps * (1.0 - 1.0 / JUMP))
+    rows, classes = np.divmod(jump, n_cls)
+    keep = (pps[rows, classes] > MIN_SHARE * threshold[rows, classes]) & ~anomalous[rows, classes] & valid[rows]
+    rows, classes = rows[keep], classes[keep]
+    if len(rows) > MAX_CANDIDATES:
+        order = np.argsort(-(pps[rows, classes] / np.maximum(threshold[rows, classes], 1.0)), kind="stable")
+        rows, classes = rows[order[:MAX_CANDIDATES]], classes[order[:MAX_CANDIDATES]]
+    return rows, classes
+
+
+@pytest.mark.parametrize("n", [40, 5000, 200_000])
+def test_candidates_are_the_written_out_selection_of_the_best_by_ratio(n):
+    # Past MAX_CANDIDATES the C pass keeps the best as it goes (a heap): the same pairs in the same order as
+    # sorting them all, ratios repeating (ties go to the lower row, then class), with fewer (n = 40) in
+    # ascending order; 200,000 rows nearly all jumping, as in the first ticks after a start. The C pass
+    # reads each row's mean by its baseline slot (here shuffled) and compares rate - mean where the code
+    # before compared its positive part (against a bound >= 0 both pick the same pairs).
+    rng = np.random.default_rng(n)
+    pps = rng.choice([0.0, 10.0, 900.0, 5000.0, 7000.0], (n, 6))
+    mean = rng.choice([0.0, 5.0, 100.0, 4000.0], (n, 6), p=[0.7, 0.1, 0.1, 0.1] if n > 10_000 else None)
+    threshold = rng.choice([0.5, 1.0, 1000.0, 8000.0], (n, 6))
+    anomalous, valid = rng.random((n, 6)) < 0.01, rng.random(n) < 0.9
+    slots = rng.permutation(n + 7)[:n]
+    state = np.zeros((n + 7, 6))
+    state[slots] = mean
+    want = written_out_candidates(pps, threshold, np.maximum(pps - mean, 0.0), valid, anomalous)
+    got = candidates(pps, threshold, slots, state, valid, anomalous)
+    assert (len(want[0]) == MAX_CANDIDATES) == (n > 40) and len(want[0]) > 0
+    assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
 
 
 def ack_flood_frames(dst: str, n: int = 200) -> list[bytes]:

@@ -2,8 +2,9 @@
 
 The rates keep only the byte and drop deltas (uint32 while they fit); the rates, detection and
 learning run in C (`policy/native.c`), one pass over the rows each, each baseline row read by its
-slot with no gathered copies; the onset test looks at a block of rows at a time; and the previous
-tick's per-destination results go before the next read. Every one of these is elementwise (numpy's
+slot with no gathered copies, and so does the onset test (keeping its best candidates as it goes); the
+budget derivation looks at a block of rows at a time; and the previous tick's per-destination results
+go before the next read. Every one of these is elementwise (numpy's
 arithmetic in numpy's order) or a release of what no later step reads: the results are the old
 code's, bit for bit. The digest below was computed with the code before these changes (main at
 b75d1df) on the same fixed seed.
@@ -18,11 +19,13 @@ import tracemalloc
 import numpy as np
 import pytest
 
-import policy.onset as onset_mod
+import policy.budgets as budgets_mod
+import policy.engine as engine_mod
 from appliance.bench.policy import SyntheticDataplane, synthetic_tenant_spec
 from dataplane.api import DestinationCounters
 from dataplane.constants import TrafficClass
 from policy.config import PolicyConfig
+from policy.detect import detect
 from policy.engine import PolicyEngine
 from policy.events import EventBus
 from policy.rates import RateTracker
@@ -44,6 +47,14 @@ def _tick_digest(state_dir: pathlib.Path, destinations: int = 6000, tenants: int
     engine = PolicyEngine(dp, synthetic_tenant_spec(destinations, tenants, False), EventBus(), state_dir,
                           tick=1.0, config=PolicyConfig(warmup_s=4.0))
     h = hashlib.sha256()
+    # Detection's baseline cap, rate - mean and excess are worked out from the baselines when read, valid
+    # until learning: read whole right after detection, as the code before kept them.
+    read_at_detection: list[tuple[np.ndarray, ...]] = []
+
+    def detect_and_read(*args, **kwargs):
+        det = detect(*args, **kwargs)
+        read_at_detection.append(tuple(v[:] for v in (det.baseline_cap, det.deviation, det.excess)))
+        return det
 
     def add(*arrays: np.ndarray) -> None:
         for a in arrays:
@@ -55,7 +66,11 @@ def _tick_digest(state_dir: pathlib.Path, destinations: int = 6000, tenants: int
         if i == 8:
             dp.attack(np.arange(0, destinations, destinations // 12)[:12], syn_pps=50_000.0)
         dp.advance(1.0)
-        report = engine.tick(float(i + 1))
+        engine_mod.detect = detect_and_read
+        try:
+            report = engine.tick(float(i + 1))
+        finally:
+            engine_mod.detect = detect
         dest, det = engine.rates.last_destination_rates, engine.last_detection
         # Rows by address and state by the address's slot: the order of rows and the slot numbers are
         # the reader's and the tracker's to choose (they follow the order addresses first come).
@@ -63,7 +78,8 @@ def _tick_digest(state_dir: pathlib.Path, destinations: int = 6000, tenants: int
         order = np.lexsort((keys[:, 1], keys[:, 0]))
         add(keys[order], dest.tenant_idx[order], dest.valid[order], dest.pps[order], dest.byte_rate[order],
             dest.dropped_pps[order])
-        add(*(a[order] for a in (det.threshold, det.baseline_cap, det.deviation, det.excess, det.anomalous, det.warm)))
+        cap, deviation, excess = read_at_detection[-1]
+        add(*(a[order] for a in (det.threshold, cap, deviation, excess, det.anomalous, det.warm)))
         anomalous = np.zeros(len(keys), bool)
         anomalous[det.anomalous_rows] = True
         add(anomalous[order], det.tenant_threshold, det.tenant_anomalous, det.tenant_excess)
@@ -75,8 +91,9 @@ def _tick_digest(state_dir: pathlib.Path, destinations: int = 6000, tenants: int
 
 
 def _small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Blocks of a few rows: every block boundary and remainder path of the onset test runs at a small size."""
-    monkeypatch.setattr(onset_mod, "BLOCK_ROWS", 17)
+    """Blocks of a few rows: every block boundary and remainder path of the budget derivation runs at a small
+    size."""
+    monkeypatch.setattr(budgets_mod, "DERIVE_BLOCK_ROWS", 17)
 
 
 def test_issue18_item2_tick_results_equal_the_code_before_bit_for_bit(tmp_path):
@@ -213,3 +230,40 @@ def test_issue18_item2_slot_and_row_tables_are_int32():
     assert tracker.rows_by_slot().dtype == again.slots.dtype == np.int32
     assert np.array_equal(again.slots, rates.slots)
     assert tracker.rows_by_slot()[again.slots[-1]] == 2999
+
+
+def test_issue18_item2_detection_works_out_baseline_values_by_rows_until_learning(tmp_path):
+    """Detection keeps no (N, C) cap or rate - mean: indexed by rows, pairs, a class or classes, they are the
+    whole array's elements; once the baselines learn, reading them raises instead of answering with the
+    new state's numbers."""
+    dp = SyntheticDataplane(3000, 30, churn=0.0, samples_per_tick=0, seed=4, slot_bits=8)
+    engine = PolicyEngine(dp, synthetic_tenant_spec(3000, 30, False), EventBus(), tmp_path, tick=1.0,
+                          config=PolicyConfig(warmup_s=2.0))
+    checked: list[int] = []
+
+    def detect_and_check(*args, **kwargs):
+        det = detect(*args, **kwargs)
+        rng = np.random.default_rng(len(checked))
+        rows, classes = rng.integers(0, len(det.threshold), 50), rng.integers(0, len(TrafficClass), 50)
+        for values in (det.baseline_cap, det.deviation, det.excess):
+            whole = values[:]
+            assert whole.shape == det.threshold.shape == values.shape and len(values) == len(whole)
+            assert np.array_equal(values[rows], whole[rows])
+            assert np.array_equal(values[rows, classes], whole[rows, classes])
+            assert np.array_equal(values[rows, 2], whole[rows, 2])
+            assert np.array_equal(values[7, [0, 3]], whole[7, [0, 3]]) and values[5, 1] == whole[5, 1]
+            assert np.array_equal(values[10:20], whole[10:20])
+        assert np.array_equal(det.excess[:], np.maximum(det.deviation[:], 0.0))
+        checked.append(int((det.baseline_cap[:] > 0).sum()))
+        return det
+
+    engine_mod.detect = detect_and_check
+    try:
+        for i in range(5):
+            dp.advance(1.0)
+            engine.tick(float(i + 1))
+    finally:
+        engine_mod.detect = detect
+    assert len(checked) == 5 and checked[-1] > 0          # learned baselines: caps above zero
+    with pytest.raises(RuntimeError, match="learned since detection"):
+        engine.last_detection.baseline_cap[0]
