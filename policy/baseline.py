@@ -159,11 +159,12 @@ class EwmaBaseline:
         return 1.0 - 2.0 ** (-dt / self.half_life_s)
 
     def update(self, rows: np.ndarray | slice, pps: np.ndarray, dt: float, learn: np.ndarray,
-               cap: np.ndarray | None = None) -> None:
+               cap: np.ndarray | None = None, over_cap: np.ndarray | None = None) -> None:
         """Learn one tick of rates `pps` (N, C) for `rows` where `learn` (N, C) is True.
 
         `cap` is `baseline_threshold(rows)` when the caller already has it, else worked out element by
-        element from the state before the update (the same bits). `rows` may be a slice of consecutive
+        element from the state before the update (the same bits), only where `over_cap` (detection's
+        rate > max(cap, 1) on this state, when the caller has it) says the rate may be winsorised. `rows` may be a slice of consecutive
         rows; they are distinct (a row listed
         twice would learn twice: every caller's rows are slots or indices of distinct keys). The state
         is updated in place, element by element, by `policy.native.learn_rows` (the module
@@ -175,4 +176,5 @@ class EwmaBaseline:
             return
         self.version += 1
         native.learn_rows(rows, self.mean, self.var, self.learned_s, pps, cap, learn, dt=dt,
-                          ewma=self.ewma_weight(dt), warmup_s=self.warmup_s, k_sigma=self.k_sigma, margin=self.margin)
+                          ewma=self.ewma_weight(dt), warmup_s=self.warmup_s, k_sigma=self.k_sigma, margin=self.margin,
+                          over_cap=over_cap)

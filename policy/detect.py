@@ -138,6 +138,8 @@ class Detection:
     # (R, C) the tenants' (mean + k·sigma)·margin, rows `PolicyTable.tenant_rows`, for learning.
     tenant_cap: np.ndarray | None = None
     pps: np.ndarray | None = None                  # (N, C) the rates detected on (for `ratio`)
+    # (N, C) bool rate > max(baseline cap, 1): where learning winsorises (it works those caps out only)
+    over_cap: np.ndarray | None = None
     _ratio: np.ndarray | None = None
 
     @property
@@ -218,10 +220,12 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
     warm = rows_empty(n, (N_CLASSES,), bool)
     threshold = rows_empty(n, (N_CLASSES,))
     anomalous = rows_empty(n, (N_CLASSES,), bool)
+    over_cap = rows_empty(n, (N_CLASSES,), bool)
     b = dest_baseline
     native.detect_rows(dest.slots, b.mean, b.var, b.learned_s, dest.pps, k_sigma=b.k_sigma, margin=b.margin,
                        warmup_s=b.warmup_s, partial_s=PARTIAL_BASELINE_S, floor=b.floor, onset_floor=b.onset_floor,
-                       min_pps=min_pps, sensitivity=sensitivity, warm=warm, threshold=threshold, anomalous=anomalous)
+                       min_pps=min_pps, sensitivity=sensitivity, warm=warm, threshold=threshold, anomalous=anomalous,
+                       over_cap=over_cap)
     cap, deviation, excess = baseline_values(dest, b)
     if not known.all():
         anomalous[~known] = False
@@ -254,7 +258,7 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
     return Detection(threshold=threshold, baseline_cap=cap, anomalous=anomalous, deviation=deviation, excess=excess,
                      anomalous_rows=anomalous_rows, tenant_threshold=t_threshold,
                      tenant_anomalous=t_anomalous, tenant_excess=t_excess, carpets=carpets, warm=warm,
-                     tenant_cap=t_cap, pps=dest.pps)
+                     tenant_cap=t_cap, pps=dest.pps, over_cap=over_cap)
 
 
 def baseline_values(dest: DestinationRates, baseline: EwmaBaseline) -> tuple[RowValues, RowValues, RowValues]:

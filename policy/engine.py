@@ -986,8 +986,8 @@ class PolicyEngine:
             slots = self.rates.slots.slots_of(targets)
             target_rows = row_of_slot[slots[slots >= 0]]
             learn[target_rows[target_rows >= 0]] = False
-        # The caps as detection's: worked out again from the same state, element by element (the update's own).
-        self.dest_baseline.update(dest.slots, dest.pps, dest.dt, learn)
+        # The caps as detection's: worked out again from the same state, where detection found the rate over it.
+        self.dest_baseline.update(dest.slots, dest.pps, dest.dt, learn, over_cap=det.over_cap)
         rows = tenant_rows(self.policy_table.tenant_rows)
         t_cap = det.tenant_cap if det.tenant_cap is not None and det.tenant_cap.shape == t_learn[rows].shape else None
         self.tenant_baseline.update(rows, tenants.pps[rows], tenants.dt, t_learn[rows], cap=t_cap)

@@ -47,15 +47,16 @@ static inline double baseline_cap(double mean, double var, double k_sigma, doubl
  *               learned >= partial_s:        max(max(cap / sensitivity, onset_floor[c]), min_pps)
  *               younger:                     max(floor[c], min_pps)
  *   anomalous = pps > threshold
+ *   over_cap  = pps > max(cap, 1)             (learning winsorises these: it needs no cap for the others)
  * (the cap and pps - mean are not kept: learning and the few other readers work them out again from
- * the same state, policy/detect.py's Detection.cap_at and excess_at).
+ * the same state, policy/detect.py's RowValues).
  * `min_pps`, `sensitivity`: one value a row, or NULL for `min_pps_all`, `sensitivity_all`.
  */
 static inline __attribute__((always_inline)) void
 detect_row(int64_t i, int64_t classes, const int64_t *slots, const double *mean, const double *var,
 	   const double *learned, const double *pps, double k_sigma, double margin, double warmup_s,
 	   double partial_s, const double *floor_pps, const double *onset_floor_pps, double row_min,
-	   double row_sens, uint8_t *warm_out, double *threshold_out, uint8_t *anomalous_out)
+	   double row_sens, uint8_t *warm_out, double *threshold_out, uint8_t *anomalous_out, uint8_t *over_cap_out)
 {
 	const int64_t at = slots[i] * classes;
 	for (int64_t c = 0; c < classes; c++) {
@@ -76,6 +77,7 @@ detect_row(int64_t i, int64_t classes, const int64_t *slots, const double *mean,
 		warm_out[out] = (uint8_t)warm;
 		threshold_out[out] = threshold;
 		anomalous_out[out] = p > threshold;
+		over_cap_out[out] = p > np_max(cap, 1.0);
 	}
 }
 
@@ -85,7 +87,7 @@ void sw_detect_rows(int64_t n, int64_t classes, const int64_t *slots,
 		    const double *floor_pps, const double *onset_floor_pps,
 		    const double *min_pps, double min_pps_all,
 		    const double *sensitivity, double sensitivity_all,
-		    uint8_t *warm_out, double *threshold_out, uint8_t *anomalous_out)
+		    uint8_t *warm_out, double *threshold_out, uint8_t *anomalous_out, uint8_t *over_cap_out)
 {
 	for (int64_t i = 0; i < n; i++) {
 		const double row_min = min_pps ? min_pps[i] : min_pps_all;
@@ -93,17 +95,20 @@ void sw_detect_rows(int64_t n, int64_t classes, const int64_t *slots,
 		/* the traffic classes' count known here: the row's loop unrolled */
 		if (classes == SW_CLASSES)
 			detect_row(i, SW_CLASSES, slots, mean, var, learned, pps, k_sigma, margin, warmup_s, partial_s,
-				   floor_pps, onset_floor_pps, row_min, row_sens, warm_out, threshold_out, anomalous_out);
+				   floor_pps, onset_floor_pps, row_min, row_sens, warm_out, threshold_out, anomalous_out,
+				   over_cap_out);
 		else
 			detect_row(i, classes, slots, mean, var, learned, pps, k_sigma, margin, warmup_s, partial_s,
-				   floor_pps, onset_floor_pps, row_min, row_sens, warm_out, threshold_out, anomalous_out);
+				   floor_pps, onset_floor_pps, row_min, row_sens, warm_out, threshold_out, anomalous_out,
+				   over_cap_out);
 	}
 }
 
 /*
  * One tick of learning (`dt` seconds, EWMA weight `ewma`) for n rows: row i of pps, cap and learn
  * updates baseline row `slots[i]` (or `first + i` when slots is NULL); a NULL cap is the element's
- * baseline_cap(mean, var) before the update (detection's, from the same state).
+ * baseline_cap(mean, var) before the update (detection's, from the same state), worked out only where
+ * `over_cap` (detection's pps > max(cap, 1), or NULL: everywhere) says the element may be winsorised.
  * Where learn is 0 the element stays as it is. Else, with l its learned seconds:
  *   alpha = max(dt / (l + dt), ewma)          (a running average while young)
  *   d     = pps - mean
@@ -112,8 +117,8 @@ void sw_detect_rows(int64_t n, int64_t classes, const int64_t *slots,
  */
 static inline __attribute__((always_inline)) void
 learn_row(int64_t i, int64_t classes, const int64_t *slots, int64_t first, double *mean, double *var,
-	  double *learned, const double *pps, const double *cap, const uint8_t *learn, double dt, double ewma,
-	  double warmup_s, double old_s, double k_sigma, double margin)
+	  double *learned, const double *pps, const double *cap, const uint8_t *over_cap, const uint8_t *learn,
+	  double dt, double ewma, double warmup_s, double old_s, double k_sigma, double margin)
 {
 	const int64_t at = (slots ? slots[i] : first + i) * classes;
 	for (int64_t c = 0; c < classes; c++) {
@@ -124,7 +129,7 @@ learn_row(int64_t i, int64_t classes, const int64_t *slots, int64_t first, doubl
 		/* past old_s seconds dt / (l + dt) is below half the EWMA weight: no division */
 		const double alpha = l >= old_s ? ewma : np_max(dt / (l + dt), ewma);
 		double d = p - m;
-		if (l >= warmup_s && l > 0) {
+		if (l >= warmup_s && l > 0 && (!over_cap || over_cap[in])) {
 			const double cap_in = cap ? cap[in] : baseline_cap(m, var[at + c], k_sigma, margin);
 			const double ceiling = np_max(cap_in, 1.0);
 			if (p > cap_in && p > ceiling)
@@ -141,18 +146,18 @@ learn_row(int64_t i, int64_t classes, const int64_t *slots, int64_t first, doubl
 
 void sw_learn_rows(int64_t n, int64_t classes, const int64_t *slots, int64_t first,
 		   double *mean, double *var, double *learned,
-		   const double *pps, const double *cap, const uint8_t *learn, double dt, double ewma,
-		   double warmup_s, double k_sigma, double margin)
+		   const double *pps, const double *cap, const uint8_t *over_cap, const uint8_t *learn, double dt,
+		   double ewma, double warmup_s, double k_sigma, double margin)
 {
 	/* dt / (l + dt) <= ewma / (2 + ewma) < ewma for l >= 2·dt / ewma (rounding is far smaller) */
 	const double old_s = ewma > 0 ? 2.0 * dt / ewma : INFINITY;
 	for (int64_t i = 0; i < n; i++) {
 		if (classes == SW_CLASSES)
-			learn_row(i, SW_CLASSES, slots, first, mean, var, learned, pps, cap, learn, dt, ewma, warmup_s,
-				  old_s, k_sigma, margin);
+			learn_row(i, SW_CLASSES, slots, first, mean, var, learned, pps, cap, over_cap, learn, dt, ewma,
+				  warmup_s, old_s, k_sigma, margin);
 		else
-			learn_row(i, classes, slots, first, mean, var, learned, pps, cap, learn, dt, ewma, warmup_s,
-				  old_s, k_sigma, margin);
+			learn_row(i, classes, slots, first, mean, var, learned, pps, cap, over_cap, learn, dt, ewma,
+				  warmup_s, old_s, k_sigma, margin);
 	}
 }
 

@@ -27,9 +27,9 @@ def library() -> ctypes.CDLL:
     """policy/native.c, compiled at the first call in this process."""
     return compile_library(SOURCE, {
         "sw_detect_rows": (None, [i64, i64, ptr, ptr, ptr, ptr, ptr, f64, f64, f64, f64, ptr, ptr, ptr, f64, ptr, f64,
-                                  ptr, ptr, ptr]),
+                                  ptr, ptr, ptr, ptr]),
         "sw_counter_rates": (i64, [i64, i64, i64, ptr, ptr, ptr, f64, ptr, ptr, ptr, ptr, ptr]),
-        "sw_learn_rows": (None, [i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, f64, f64, f64, f64, f64]),
+        "sw_learn_rows": (None, [i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, f64, f64, f64, f64, f64]),
         "sw_slots_by_id": (None, [i64, ptr, ptr, i64, ptr, ptr, i64, ptr, ptr]),
         "sw_onset_candidates": (i64, [i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, f64, f64, i64, ptr, ptr]),
     }, defines={"SW_CLASSES": len(TrafficClass)})
@@ -54,9 +54,9 @@ def _slots_within(slots: np.ndarray, n: int, rows: int) -> np.ndarray:
 def detect_rows(slots: np.ndarray, mean: np.ndarray, var: np.ndarray, learned: np.ndarray, pps: np.ndarray, *,
                 k_sigma: float, margin: float, warmup_s: float, partial_s: float, floor: np.ndarray,
                 onset_floor: np.ndarray, min_pps: np.ndarray | float, sensitivity: np.ndarray | float,
-                warm: np.ndarray, threshold: np.ndarray, anomalous: np.ndarray) -> None:
+                warm: np.ndarray, threshold: np.ndarray, anomalous: np.ndarray, over_cap: np.ndarray) -> None:
     """Detection of the rows of `pps` (N, C) against baseline rows `slots` (N,) of the (S, C) state arrays,
-    written into `warm`, `threshold`, `anomalous` (N, C) (see native.c). `min_pps` and `sensitivity`:
+    written into `warm`, `threshold`, `anomalous`, `over_cap` (N, C) (see native.c). `min_pps` and `sensitivity`:
     (N,) or (N, 1) per row, or one float for all."""
     n, classes, state = _rates_against(pps, mean)
     slots = _slots_within(slots, n, state[0])
@@ -70,7 +70,8 @@ def detect_rows(slots: np.ndarray, mean: np.ndarray, var: np.ndarray, learned: n
         per_row[name] = (None, float(value)) if np.ndim(value) == 0 \
             else (contiguous(np.reshape(value, -1), np.float64, (n,), name), 0.0)
     outputs = [writable(a, dtype, (n, classes), name) for a, dtype, name in
-               ((warm, np.bool_, "warm"), (threshold, np.float64, "threshold"), (anomalous, np.bool_, "anomalous"))]
+               ((warm, np.bool_, "warm"), (threshold, np.float64, "threshold"), (anomalous, np.bool_, "anomalous"),
+                (over_cap, np.bool_, "over_cap"))]
     (min_rows, min_all), (sens_rows, sens_all) = per_row["min_pps"], per_row["sensitivity"]
     library().sw_detect_rows(n, classes, at(slots), at(mean), at(var), at(learned), at(pps), k_sigma, margin,
                              warmup_s, partial_s, at(floor), at(onset_floor), at(min_rows), min_all,
@@ -79,10 +80,11 @@ def detect_rows(slots: np.ndarray, mean: np.ndarray, var: np.ndarray, learned: n
 
 def learn_rows(rows: np.ndarray | slice, mean: np.ndarray, var: np.ndarray, learned: np.ndarray, pps: np.ndarray,
                cap: np.ndarray | None, learn: np.ndarray, *, dt: float, ewma: float, warmup_s: float,
-               k_sigma: float, margin: float) -> None:
+               k_sigma: float, margin: float, over_cap: np.ndarray | None = None) -> None:
     """One tick of learning of `pps` (N, C) into baseline rows `rows` (N,) (or a slice of step 1) of the
     (S, C) state arrays, in place, where `learn` (N, C) is True (see native.c). `cap`: the rows' baseline
-    caps when the caller has them, else None (worked out from the state with `k_sigma` and `margin`)."""
+    caps when the caller has them, else None (worked out from the state with `k_sigma` and `margin`, where
+    `over_cap` (N, C), detection's rate > max(cap, 1) on the same state, says so, or everywhere)."""
     n, classes, state = _rates_against(pps, mean)
     first = 0
     if isinstance(rows, slice):
@@ -99,9 +101,11 @@ def learn_rows(rows: np.ndarray | slice, mean: np.ndarray, var: np.ndarray, lear
     pps = contiguous(pps, np.float64, (n, classes), "pps")
     if cap is not None:
         cap = contiguous(cap, np.float64, (n, classes), "cap")
+    if over_cap is not None:
+        over_cap = contiguous(over_cap, np.bool_, (n, classes), "over_cap")
     learn = contiguous(np.broadcast_to(learn, (n, classes)), np.bool_, (n, classes), "learn")
     library().sw_learn_rows(n, classes, at(rows), first, at(mean), at(var), at(learned), at(pps), at(cap),
-                            at(learn), dt, ewma, warmup_s, k_sigma, margin)
+                            at(over_cap), at(learn), dt, ewma, warmup_s, k_sigma, margin)
 
 
 def counter_rates(current: np.ndarray, prev: np.ndarray, prev_rows: np.ndarray, classes: int, dt: float,

@@ -27,7 +27,7 @@ def test_ids_slots_and_rows_out_of_range_are_refused():
         native.merge_index(6, np.array([6]), np.array([], np.int64), np.array([], np.int64))
     mean = np.zeros((4, 6))
     out = {name: np.empty((1, 6), dtype) for name, dtype in
-           (("warm", bool), ("threshold", np.float64), ("anomalous", bool))}
+           (("warm", bool), ("threshold", np.float64), ("anomalous", bool), ("over_cap", bool))}
     with pytest.raises(ValueError, match="slots outside"):
         policy_native.detect_rows(np.array([4]), mean, mean, mean, np.zeros((1, 6)), k_sigma=4.0, margin=1.5,
                                   warmup_s=600.0, partial_s=3.0, floor=np.zeros(6), onset_floor=np.zeros(6),

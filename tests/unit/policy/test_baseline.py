@@ -156,7 +156,7 @@ def test_update_with_the_callers_cap_equals_a_plain_update():
 def test_update_works_out_the_caps_of_clipped_rows_as_the_written_out_model():
     # Issue 18 item 2: detection keeps no (N, C) cap for learning; the update works each cap out from the
     # state it is about to change (sqrt(var)·k + mean, then the margin), so the many clipped (winsorised)
-    # rows learn the written-out model's values bit for bit, with or without the caller's caps.
+    # rows learn the written-out model's values bit for bit, with or without the caller's caps or flags.
     rng = np.random.default_rng(10)
     b = model(warmup_s=600.0)
     pps = _random_state(rng, b, 2000)
@@ -165,12 +165,15 @@ def test_update_works_out_the_caps_of_clipped_rows_as_the_written_out_model():
     want = _written_out_update(b, pps, 1.0, learn)
     cap = b.baseline_threshold(rows)
     assert ((pps > np.maximum(cap, 1.0)) & (b.learned_s >= b.warmup_s)).sum() > 100     # many clipped
-    given = model(warmup_s=600.0)
-    given.resize(2000)
-    given.mean[:], given.var[:], given.learned_s[:] = b.mean, b.var, b.learned_s
+    given, flagged = model(warmup_s=600.0), model(warmup_s=600.0)
+    for other in (given, flagged):
+        other.resize(2000)
+        other.mean[:], other.var[:], other.learned_s[:] = b.mean, b.var, b.learned_s
     b.update(rows, pps, 1.0, learn)
     given.update(rows, pps, 1.0, learn, cap=cap)
-    for got in (b, given):
+    # Detection's flags of the rates over max(cap, 1): the caps worked out there only.
+    flagged.update(rows, pps, 1.0, learn, over_cap=pps > np.maximum(cap, 1.0))
+    for got in (b, given, flagged):
         assert np.array_equal(got.mean, want[0]) and np.array_equal(got.var, want[1])
         assert np.array_equal(got.learned_s, want[2])
 
