@@ -142,26 +142,26 @@ def unique_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first[by_position], rank[inverse]
 
 
-class KeyIndex:
-    """A hash map from (N, 2) uint64 keys to non-negative int64 values, vectorised.
+class RowIndex:
+    """A hash map from (N, 2) uint64 keys to rows of its owner's key table, vectorised: the owner keeps
+    each row's key (`table[row]`), the index only the rows, 4 bytes a bucket.
 
-    Open addressing with linear probing over numpy arrays: a lookup or an insertion of
-    N keys is a few whole-array operations per probe step, and probe runs stay short at
-    a load of at most MAX_LOAD. No deletion: owners rebuild the index (`rebuild`) when
-    they drop many keys at once.
+    Open addressing with linear probing over numpy arrays: a lookup or an insertion of N keys is a
+    few whole-array operations per probe step (a bucket's row, then that row's key in the table), and
+    probe runs stay short at a load of at most MAX_LOAD. The owner passes its table at every call (it
+    may have grown into a new array). No deletion: owners rebuild the index (`rebuild`) when they
+    drop many keys at once. Buckets that held the keys too (24 bytes a bucket, key words and value)
+    cost 48 MiB an index at a million keys, and the reader and the rate tracker keep one each.
     """
 
     def __init__(self, capacity: int = MIN_CAPACITY) -> None:
-        self._alloc(max(MIN_CAPACITY, 1 << int(np.ceil(np.log2(max(capacity, 1) / MAX_LOAD)))))
+        self._alloc(_buckets_for(capacity))
         self._count = 0
 
     def _alloc(self, buckets: int) -> None:
         self._bits = int(buckets).bit_length() - 1
         self._mask = np.int64(buckets - 1)
-        # The two words of each bucket's key in separate arrays: 1-D gathers are the fast ones.
-        self._k0 = np.zeros(buckets, np.uint64)
-        self._k1 = np.zeros(buckets, np.uint64)
-        self._values = np.full(buckets, -1, np.int64)
+        self._rows = np.full(buckets, -1, np.int32)       # the row of each bucket's key, -1: empty
 
     def __len__(self) -> int:
         return self._count
@@ -169,26 +169,99 @@ class KeyIndex:
     def _bucket(self, k0: np.ndarray, k1: np.ndarray) -> np.ndarray:
         return (key_hash(k0, k1) >> np.uint64(64 - self._bits)).astype(np.int64)
 
-    def get(self, keys: np.ndarray) -> np.ndarray:
-        """(N,) int64 values of `keys`, -1 where a key is absent."""
+    def get(self, keys: np.ndarray, table: np.ndarray) -> np.ndarray:
+        """(N,) int64 rows of `keys` in `table` ((R, 2) uint64, the owner's), -1 where a key is absent."""
         keys = np.asarray(keys, np.uint64).reshape(-1, 2)
         if not self._count or not len(keys):
             return np.full(len(keys), -1, np.int64)
         k0, k1 = keys[:, 0], keys[:, 1]
-        pos = self._bucket(k0, k1)
-        value = self._values.take(pos)
-        hit = (self._k0.take(pos) == k0) & (self._k1.take(pos) == k1)
-        out = np.where(hit, value, -1)
-        going = ~hit & (value >= 0)           # an occupied bucket of another key: probe on
-        todo, pos = np.flatnonzero(going), pos[going]
+        out = np.full(len(keys), -1, np.int64)
+        todo, pos = np.arange(len(keys)), self._bucket(k0, k1)
+        key_rows = _key_rows(table)
         while len(todo):
-            pos = (pos + 1) & self._mask
-            value = self._values.take(pos)
-            hit = (self._k0.take(pos) == k0[todo]) & (self._k1.take(pos) == k1[todo])
-            out[todo[hit]] = value[hit]
-            going = ~hit & (value >= 0)
-            todo, pos = todo[going], pos[going]
+            row = self._rows.take(pos)
+            held = key_rows.take(np.maximum(row, 0)).view(np.uint64).reshape(-1, 2)
+            occupied = row >= 0
+            hit = occupied & (held[:, 0] == k0[todo]) & (held[:, 1] == k1[todo])
+            out[todo[hit]] = row[hit]
+            going = occupied & ~hit           # an occupied bucket of another key: probe on
+            todo, pos = todo[going], (pos[going] + 1) & self._mask
         return out
+
+    def add(self, keys: np.ndarray, rows: np.ndarray, table: np.ndarray) -> None:
+        """Insert distinct keys that are not in the index yet (callers check with `get`), at distinct
+        `rows` of `table`, which already hold them."""
+        keys = np.asarray(keys, np.uint64).reshape(-1, 2)
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        if len(keys) != len(rows):
+            raise ValueError(f"key index: {len(keys)} keys but {len(rows)} rows")
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= min(len(table), np.iinfo(np.int32).max)):
+            raise ValueError(f"key index: rows must be within the table's {len(table)}")
+        if self._count + len(keys) > MAX_LOAD * len(self._rows):
+            self._grow(self._count + len(keys), table)
+        self._insert(keys[:, 0], keys[:, 1], rows.astype(np.int32))
+        self._count += len(keys)
+
+    def _insert(self, k0: np.ndarray, k1: np.ndarray, rows: np.ndarray) -> None:
+        todo = np.arange(len(rows))
+        pos = self._bucket(k0, k1)
+        while len(todo):
+            empty = self._rows.take(pos) < 0
+            # Several keys may claim one empty bucket: the last write wins (rows are distinct), the others
+            # probe on.
+            self._rows[pos[empty]] = rows[todo[empty]]
+            won = empty & (self._rows.take(pos) == rows[todo])
+            todo, pos = todo[~won], (pos[~won] + 1) & self._mask
+
+    def _grow(self, entries: int, table: np.ndarray) -> None:
+        held = self._rows[self._rows >= 0]
+        buckets = len(self._rows)
+        while entries > MAX_LOAD * buckets:
+            buckets *= 2
+        self._alloc(buckets)
+        keys = table[held]
+        self._insert(keys[:, 0], keys[:, 1], held)
+
+    def rebuild(self, rows: np.ndarray, table: np.ndarray) -> None:
+        """Replace the contents with the keys of distinct `rows` of `table`."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        self._alloc(len(self._rows) if len(rows) <= MAX_LOAD * len(self._rows) else _buckets_for(len(rows)))
+        self._count = 0
+        self.add(table[rows], rows, table)
+
+    def clear(self) -> None:
+        self._alloc(MIN_CAPACITY)
+        self._count = 0
+
+
+def _key_rows(table: np.ndarray) -> np.ndarray:
+    """An (R, 2) uint64 key table as R 16-byte elements (a 1-D gather moves a key as one element)."""
+    table = np.ascontiguousarray(table, np.uint64)
+    return table.view(np.dtype((np.void, 16))).reshape(len(table))
+
+
+def _buckets_for(entries: int) -> int:
+    """Buckets of an index that holds `entries` keys at most at MAX_LOAD (a power of two)."""
+    return max(MIN_CAPACITY, 1 << int(np.ceil(np.log2(max(entries, 1) / MAX_LOAD))))
+
+
+class KeyIndex:
+    """A hash map from (N, 2) uint64 keys to non-negative int64 values, vectorised: a `RowIndex` over
+    its own table of the keys and their values, in the order they were added. No deletion: owners
+    rebuild the index (`rebuild`) when they drop many keys at once."""
+
+    def __init__(self, capacity: int = MIN_CAPACITY) -> None:
+        self._index = RowIndex(capacity)
+        self._keys = np.zeros((MIN_CAPACITY, 2), np.uint64)
+        self._values = np.zeros(MIN_CAPACITY, np.int64)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def get(self, keys: np.ndarray) -> np.ndarray:
+        """(N,) int64 values of `keys`, -1 where a key is absent."""
+        rows = self._index.get(keys, self._keys)
+        return np.where(rows >= 0, self._values.take(np.maximum(rows, 0)), -1)
 
     def add(self, keys: np.ndarray, values: np.ndarray) -> None:
         """Insert distinct keys that are not in the index yet (callers check with `get`)."""
@@ -198,41 +271,19 @@ class KeyIndex:
             raise ValueError(f"key index: {len(keys)} keys but {len(values)} values")
         if (values < 0).any():
             raise ValueError("key index: values must be non-negative")
-        if self._count + len(keys) > MAX_LOAD * len(self._values):
-            self._grow(self._count + len(keys))
-        self._insert(keys[:, 0], keys[:, 1], values)
-        self._count += len(keys)
-
-    def _insert(self, k0: np.ndarray, k1: np.ndarray, values: np.ndarray) -> None:
-        todo = np.arange(len(values))
-        pos = self._bucket(k0, k1)
-        while len(todo):
-            empty = self._values.take(pos) < 0
-            # Several keys may claim one empty bucket: the last write wins, the others probe on.
-            claim, claimant = pos[empty], todo[empty]
-            self._k0[claim] = k0[claimant]
-            self._k1[claim] = k1[claimant]
-            self._values[claim] = values[claimant]
-            won = empty & (self._k0.take(pos) == k0[todo]) & (self._k1.take(pos) == k1[todo])
-            todo, pos = todo[~won], (pos[~won] + 1) & self._mask
-
-    def _grow(self, entries: int) -> None:
-        old_k0, old_k1, old_values = self._k0, self._k1, self._values
-        buckets = len(old_values)
-        while entries > MAX_LOAD * buckets:
-            buckets *= 2
-        self._alloc(buckets)
-        used = old_values >= 0
-        self._insert(old_k0[used], old_k1[used], old_values[used])
+        count = len(self._index)
+        if count + len(keys) > len(self._keys):
+            size = max(2 * len(self._keys), count + len(keys))
+            self._keys = np.concatenate([self._keys[:count], np.zeros((size - count, 2), np.uint64)])
+            self._values = np.concatenate([self._values[:count], np.zeros(size - count, np.int64)])
+        self._keys[count:count + len(keys)] = keys
+        self._values[count:count + len(keys)] = values
+        self._index.add(keys, np.arange(count, count + len(keys)), self._keys)
 
     def rebuild(self, keys: np.ndarray, values: np.ndarray) -> None:
         """Replace the contents with distinct `keys` → `values`."""
-        keys = np.asarray(keys, np.uint64).reshape(-1, 2)
-        self._alloc(max(MIN_CAPACITY, len(self._values) if len(keys) <= MAX_LOAD * len(self._values)
-                        else 1 << int(np.ceil(np.log2(len(keys) / MAX_LOAD)))))
-        self._count = 0
+        self._index = RowIndex(len(keys))
         self.add(keys, values)
 
     def clear(self) -> None:
-        self._alloc(MIN_CAPACITY)
-        self._count = 0
+        self._index.clear()

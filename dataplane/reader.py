@@ -30,7 +30,7 @@ from dataplane.constants import (
     DropReason,
     TrafficClass,
 )
-from dataplane.keys import MIN_CAPACITY, KeyIndex, unique_keys
+from dataplane.keys import MIN_CAPACITY, RowIndex, unique_keys
 from dataplane.spill import SpillStore, StoreMaps
 
 log = structlog.get_logger("seawall.dataplane")
@@ -90,14 +90,15 @@ class AddressMemo:
     """Small integer ids for 16-byte map keys, so that a read can merge rows by address with numpy.
 
     Ids are dense (0, 1, ...) and stable across reads until the memo forgets everything past
-    `limit` addresses (the map's churn). Keys are looked up in a numpy hash (`KeyIndex`), and a
+    `limit` addresses (the map's churn). Keys are looked up in a numpy hash (`RowIndex` over the
+    ids' keys), and a
     cache slot that still holds the address it held at the previous read keeps its id without
     a lookup at all: an address keeps its slot for as long as it is cached.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._index = KeyIndex()
+        self._index = RowIndex()                             # key -> id (a row of _keys)
         self._keys = np.zeros((MIN_CAPACITY, 2), np.uint64)   # key of each id
         self._count = 0
         self._slot_keys = np.zeros((0, 2), np.uint64)
@@ -161,7 +162,7 @@ class AddressMemo:
             at_prev = np.full(self._count, -1, np.int64)
             at_prev[self._listed_ids] = np.arange(len(prev))
             sample = np.arange(0, n, LISTED_SAMPLE)
-            found = self._index.get(keys[sample])
+            found = self._index.get(keys[sample], self._keys)
             shift = np.where(found >= 0, at_prev.take(np.maximum(found, 0)) - sample, 0)
             shift[(found < 0) | (at_prev.take(np.maximum(found, 0)) < 0)] = 0
             prev_rows = _row_view(prev)    # a previous key moves as one 16-byte element
@@ -190,7 +191,7 @@ class AddressMemo:
         if clear and self._count > self.limit:
             self._clear()
         keys = np.ascontiguousarray(keys, np.uint64).reshape(-1, 2)
-        ids = self._index.get(keys)
+        ids = self._index.get(keys, self._keys)
         missing = np.flatnonzero(ids < 0)
         if len(missing):
             # The same new address twice in one call; new ids in the order the keys came (the spill
@@ -198,19 +199,19 @@ class AddressMemo:
             first, inverse = unique_keys(keys[missing])
             new_keys = keys[missing[first]]
             new_ids = np.arange(self._count, self._count + len(first), dtype=np.int64)
-            self._index.add(new_keys, new_ids)
             if self._count + len(first) > len(self._keys):
                 grown = np.zeros((max(2 * len(self._keys), self._count + len(first)), 2), np.uint64)
                 grown[:self._count] = self._keys[:self._count]
                 self._keys = grown
             self._keys[self._count:self._count + len(first)] = new_keys
+            self._index.add(new_keys, new_ids, self._keys)
             self._count += len(first)
             ids[missing] = new_ids[inverse]
         return ids
 
     def id_of(self, key: np.ndarray) -> int:
         """The id of one (1, 2) key, -1 when it has none (nothing is added)."""
-        return int(self._index.get(key)[0])
+        return int(self._index.get(key, self._keys)[0])
 
     def keys(self, ids: np.ndarray) -> np.ndarray:
         """(N, 2) uint64 keys of ids."""

@@ -30,7 +30,7 @@ import structlog
 
 from dataplane.api import DestinationCounters, IPAddress, TenantCounterArrays, TenantCounters
 from dataplane.constants import MAX_TENANTS, NO_TENANT, Direction, TrafficClass
-from dataplane.keys import AddressView, KeyIndex, address_keys, unique_keys
+from dataplane.keys import AddressView, RowIndex, address_keys, unique_keys
 from dataplane.reader import rows_empty
 from policy import native
 
@@ -222,12 +222,12 @@ def _keys_of(addresses: np.ndarray | Sequence[IPAddress]) -> np.ndarray:
 class SlotTable:
     """Stable slot numbers for addresses (by their map keys), with reuse after long absence.
 
-    Every read maps all its keys to slots at once through a numpy hash (`KeyIndex`);
+    Every read maps all its keys to slots at once through a numpy hash (`RowIndex` over the slots' keys);
     only addresses not seen before take new slots, in bulk. No ipaddress objects.
     """
 
     def __init__(self, capacity: int = 1024) -> None:
-        self.index = KeyIndex(capacity)                    # key -> slot
+        self.index = RowIndex(capacity)                    # key -> slot (a row of keys)
         self.keys = np.zeros((capacity, 2), np.uint64)    # key of each slot in use
         self.last_seen = np.zeros(capacity, np.float64)
         self.in_use = np.zeros(capacity, bool)
@@ -262,9 +262,9 @@ class SlotTable:
         unknown = None
         if reader_ids is not None and len(reader_ids):
             slots, unknown = self._by_reader_id(keys, reader_ids)
-            slots[unknown] = self.index.get(keys[unknown])
+            slots[unknown] = self.index.get(keys[unknown], self.keys)
         else:
-            slots = self.index.get(keys)
+            slots = self.index.get(keys, self.keys)
         new_mask = np.zeros(len(keys), bool)
         missing = np.flatnonzero(slots < 0)
         if len(missing):
@@ -274,8 +274,8 @@ class SlotTable:
             taken = self._free[::-1][:len(first)].copy()
             self._free = self._free[:len(self._free) - len(first)]
             new_keys = keys[missing[first]]
-            self.index.add(new_keys, taken)
             self.keys[taken] = new_keys
+            self.index.add(new_keys, taken, self.keys)
             self.in_use[taken] = True
             slots[missing] = taken[inverse]
             new_mask[missing[first]] = True
@@ -303,7 +303,7 @@ class SlotTable:
             self.keys[stale] = 0
             self._free = np.concatenate([self._free, stale.astype(_INDEX)])
             used = np.flatnonzero(self.in_use)
-            self.index.rebuild(self.keys[used], used)
+            self.index.rebuild(used, self.keys)
         return stale
 
     def slot_of(self, addr: IPAddress) -> int | None:
@@ -312,7 +312,7 @@ class SlotTable:
 
     def slots_of(self, addresses: Sequence[IPAddress]) -> np.ndarray:
         """(N,) slots of `addresses` in one lookup, -1 for those without one (a lookup each costs ~40 µs)."""
-        return self.index.get(address_keys(addresses))
+        return self.index.get(address_keys(addresses), self.keys)
 
 
 class RateTracker:

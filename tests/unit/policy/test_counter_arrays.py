@@ -10,7 +10,7 @@ import pytest
 
 from dataplane.api import DestinationCounters, TenantCounterArrays, TenantCounters
 from dataplane.constants import NO_TENANT, DropReason, TrafficClass
-from dataplane.keys import AddressView, KeyIndex, address_keys, unique_keys
+from dataplane.keys import AddressView, KeyIndex, RowIndex, address_keys, unique_keys
 from dataplane.reader import ADDRESS_LAYOUT as LAYOUT
 from dataplane.reader import AddressMemo, decode_destination_counters
 from policy.rates import RateTracker
@@ -62,6 +62,38 @@ def test_key_index_finds_every_key_through_collisions_and_growth():
         index.add(keys[20:21], np.array([-1]))
     with pytest.raises(ValueError, match="2 keys but 1 values"):
         index.add(keys[20:22], np.array([1]))
+
+
+def test_row_index_finds_rows_of_its_owners_table_through_collisions_growth_and_a_new_table():
+    # Issue 18 item 2: the index holds only rows (4 bytes a bucket); the keys are the owner's table, which
+    # may be a new, larger array at the next call.
+    rng = np.random.default_rng(8)
+    keys = rng.integers(0, 2**63, (40_000, 2), dtype=np.uint64)
+    keys[:1000, 0] = 0                     # IPv4-mapped keys share their first word
+    keys[5] = 0                            # the unspecified address is a key like any other
+    table = np.zeros((20_000, 2), np.uint64)
+    rows = rng.permutation(20_000)
+    table[rows] = keys[:20_000]
+    index = RowIndex()
+    index.add(keys[:20_000], rows, table)             # grows several times
+    grown = np.zeros((60_000, 2), np.uint64)
+    grown[:20_000] = table
+    grown[20_000:40_000] = keys[20_000:]
+    index.add(keys[20_000:], np.arange(20_000, 40_000), grown)
+    assert len(index) == 40_000
+    want = np.concatenate([rows, np.arange(20_000, 40_000)])
+    order = rng.permutation(40_000)
+    np.testing.assert_array_equal(index.get(keys[order], grown), want[order])
+    absent = keys.copy()
+    absent[:, 1] ^= np.uint64(1)
+    assert (index.get(absent, grown) == -1).all()
+    index.rebuild(np.array([7, 9, 30_000]), grown)
+    assert len(index) == 3
+    np.testing.assert_array_equal(index.get(grown[[7, 9, 30_000, 8]], grown), [7, 9, 30_000, -1])
+    with pytest.raises(ValueError, match="within the table's"):
+        index.add(keys[:1], np.array([60_000]), grown)
+    index.clear()
+    assert len(index) == 0 and (index.get(keys[:3], grown) == -1).all()
 
 
 def test_unique_keys_gives_first_rows_and_inverse():

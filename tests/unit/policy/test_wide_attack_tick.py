@@ -137,7 +137,7 @@ def test_the_per_second_rows_list_every_open_incidents_address_after_its_flood_s
     addresses, keys = destination_addresses(4000)
     open_targets = {str(inc.target) for inc in engine.incidents.open.values() if inc.target is not None}
     assert open_targets == {str(addresses[i]) for i in attacked.tolist()}
-    slots = engine.rates.slots.index.get(keys[attacked])
+    slots = engine.rates.slots.slots_of([addresses[i] for i in attacked.tolist()])
     row_of = {int(s): r for r, s in enumerate(dest.slots.tolist())}
     rows = [row_of[int(s)] for s in slots if int(s) in row_of]
     assert not set(rows) & set(det.anomalous_rows.tolist())       # picked as incidents, not as anomalies
