@@ -22,6 +22,9 @@ from dataplane.constants import MAX_TENANTS, TenantMode, TrafficClass
 from dataplane.reader import rows_empty
 from policy import native
 from policy.baseline import PARTIAL_BASELINE_S, EwmaBaseline
+from policy.onset import JUMP as ONSET_JUMP
+from policy.onset import MAX_CANDIDATES as ONSET_MAX_CANDIDATES
+from policy.onset import MIN_SHARE as ONSET_MIN_SHARE
 from policy.rates import DestinationRates, TenantRates
 from tenants.policy import TenantPolicy
 
@@ -140,6 +143,10 @@ class Detection:
     pps: np.ndarray | None = None                  # (N, C) the rates detected on (for `ratio`)
     # (N, C) bool rate > max(baseline cap, 1): where learning winsorises (it works those caps out only)
     over_cap: np.ndarray | None = None
+    # (rows, classes) that could be the sliver of a flood's onset (`policy.onset`), found in detection's pass:
+    # valid, not anomalous, ONSET_JUMP times the baseline mean and ONSET_MIN_SHARE of the threshold; at most
+    # ONSET_MAX_CANDIDATES, highest rate / threshold first (equal ratios: lower row, then class, first).
+    onset_candidates: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros(0, np.int64))
     _ratio: np.ndarray | None = None
 
     @property
@@ -222,13 +229,13 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
     anomalous = rows_empty(n, (N_CLASSES,), bool)
     over_cap = rows_empty(n, (N_CLASSES,), bool)
     b = dest_baseline
-    native.detect_rows(dest.slots, b.mean, b.var, b.learned_s, dest.pps, k_sigma=b.k_sigma, margin=b.margin,
-                       warmup_s=b.warmup_s, partial_s=PARTIAL_BASELINE_S, floor=b.floor, onset_floor=b.onset_floor,
-                       min_pps=min_pps, sensitivity=sensitivity, warm=warm, threshold=threshold, anomalous=anomalous,
-                       over_cap=over_cap)
+    onset = native.detect_rows(
+        dest.slots, b.mean, b.var, b.learned_s, dest.pps, k_sigma=b.k_sigma, margin=b.margin, warmup_s=b.warmup_s,
+        partial_s=PARTIAL_BASELINE_S, floor=b.floor, onset_floor=b.onset_floor, min_pps=min_pps,
+        sensitivity=sensitivity, warm=warm, threshold=threshold, anomalous=anomalous, over_cap=over_cap,
+        known=None if known.all() else known, valid=None if dest.valid.all() else dest.valid,
+        onset_jump_share=1.0 - 1.0 / ONSET_JUMP, onset_min_share=ONSET_MIN_SHARE, onset_keep=ONSET_MAX_CANDIDATES)
     cap, deviation, excess = baseline_values(dest, b)
-    if not known.all():
-        anomalous[~known] = False
     # Anomalies are rare: find them in the flat mask (`.any(axis=1)` walks the short class axis slowly).
     anomalous_rows = rows_with_any(anomalous)
 
@@ -258,7 +265,7 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
     return Detection(threshold=threshold, baseline_cap=cap, anomalous=anomalous, deviation=deviation, excess=excess,
                      anomalous_rows=anomalous_rows, tenant_threshold=t_threshold,
                      tenant_anomalous=t_anomalous, tenant_excess=t_excess, carpets=carpets, warm=warm,
-                     tenant_cap=t_cap, pps=dest.pps, over_cap=over_cap)
+                     tenant_cap=t_cap, pps=dest.pps, over_cap=over_cap, onset_candidates=np.divmod(onset, N_CLASSES))
 
 
 def baseline_values(dest: DestinationRates, baseline: EwmaBaseline) -> tuple[RowValues, RowValues, RowValues]:

@@ -79,7 +79,6 @@ from policy.detect import (
 from policy.events import Event, EventBus, EventType
 from policy.heap import keep_freed_arrays
 from policy.incidents import Incident, IncidentManager, Observation, RuleRecord, State
-from policy.onset import candidates as onset_candidates
 from policy.onset import onset_rate
 from policy.packets import (
     PROTO_ICMP,
@@ -713,8 +712,7 @@ class PolicyEngine:
         if not len(dest):
             return out
         first = [(int(r), int(c)) for r in det.anomalous_rows for c in np.flatnonzero(det.anomalous[r])]
-        rows, classes = onset_candidates(dest.pps, det.threshold, dest.slots, self.dest_baseline.mean, dest.valid,
-                                         det.anomalous)
+        rows, classes = det.onset_candidates
         added = False
         for row, c in first + list(zip(rows.tolist(), classes.tolist(), strict=True)):
             tidx = int(dest.tenant_idx[row])

@@ -29,6 +29,69 @@ static inline double np_max(double a, double b)
 	return (a >= b || a != a) ? a : b;
 }
 
+/*
+ * The flood-onset candidates of policy/onset.py, chosen while detection goes over the elements: an
+ * element is one when its row is valid, it is not anomalous, pps - mean > pps·jump_share (a jump over
+ * the baseline mean) and pps > threshold·min_share. While there are at most `keep` of them their flat
+ * numbers (row·classes + class) go to `flat` in ascending order; past that, `flat` holds the `keep` of
+ * highest ratio = pps / max(threshold, 1) (equal ratios: the lower flat number), in no order, with their
+ * ratios in `ratio` (the caller sorts them). `found` counts them all. The selection is a binary
+ * min-heap on (ratio, -flat number): its root is the candidate that goes first; a later candidate has
+ * the higher flat number, so it replaces the root only with a higher ratio.
+ */
+struct sw_onset {
+	double jump_share;
+	double min_share;
+	int64_t keep;
+	int64_t found;
+	int64_t *flat;
+	double *ratio;
+};
+
+static inline int heap_worse(const double *ratio, const int64_t *flat, int64_t a, int64_t b)
+{
+	return ratio[a] < ratio[b] || (ratio[a] == ratio[b] && flat[a] > flat[b]);
+}
+
+static void heap_down(double *ratio, int64_t *flat, int64_t size, int64_t at)
+{
+	for (;;) {
+		int64_t worst = at;
+		const int64_t left = 2 * at + 1, right = left + 1;
+		if (left < size && heap_worse(ratio, flat, left, worst))
+			worst = left;
+		if (right < size && heap_worse(ratio, flat, right, worst))
+			worst = right;
+		if (worst == at)
+			return;
+		const double r = ratio[at];
+		const int64_t f = flat[at];
+		ratio[at] = ratio[worst];
+		flat[at] = flat[worst];
+		ratio[worst] = r;
+		flat[worst] = f;
+		at = worst;
+	}
+}
+
+static inline void onset_offer(struct sw_onset *o, int64_t e, double ratio)
+{
+	if (o->found < o->keep) {
+		o->flat[o->found] = e;
+		o->ratio[o->found] = ratio;
+		if (++o->found == o->keep)
+			for (int64_t k = o->keep / 2 - 1; k >= 0; k--)
+				heap_down(o->ratio, o->flat, o->keep, k);
+		return;
+	}
+	o->found++;
+	if (ratio > o->ratio[0]) {
+		o->flat[0] = e;
+		o->ratio[0] = ratio;
+		heap_down(o->ratio, o->flat, o->keep, 0);
+	}
+}
+
 /* A baseline element's cap, (sqrt(var)·k_sigma + mean)·margin: detection's and learning's. */
 static inline double baseline_cap(double mean, double var, double k_sigma, double margin)
 {
@@ -46,23 +109,26 @@ static inline double baseline_cap(double mean, double var, double k_sigma, doubl
  *   threshold = warm:                        max(cap / sensitivity, min_pps)
  *               learned >= partial_s:        max(max(cap / sensitivity, onset_floor[c]), min_pps)
  *               younger:                     max(floor[c], min_pps)
- *   anomalous = pps > threshold
+ *   anomalous = known && pps > threshold      (known: the row's tenant is configured and the read valid)
  *   over_cap  = pps > max(cap, 1)             (learning winsorises these: it needs no cap for the others)
+ * and the flood-onset candidates are offered to `onset` (above).
  * (the cap and pps - mean are not kept: learning and the few other readers work them out again from
  * the same state, policy/detect.py's RowValues).
- * `min_pps`, `sensitivity`: one value a row, or NULL for `min_pps_all`, `sensitivity_all`.
+ * `min_pps`, `sensitivity`: one value a row, or NULL for `min_pps_all`, `sensitivity_all`; `known`,
+ * `valid`: one flag a row, or NULL for every row.
  */
 static inline __attribute__((always_inline)) void
 detect_row(int64_t i, int64_t classes, const int64_t *slots, const double *mean, const double *var,
 	   const double *learned, const double *pps, double k_sigma, double margin, double warmup_s,
 	   double partial_s, const double *floor_pps, const double *onset_floor_pps, double row_min,
-	   double row_sens, uint8_t *warm_out, double *threshold_out, uint8_t *anomalous_out, uint8_t *over_cap_out)
+	   double row_sens, int row_known, int row_valid, uint8_t *warm_out, double *threshold_out,
+	   uint8_t *anomalous_out, uint8_t *over_cap_out, struct sw_onset *onset)
 {
 	const int64_t at = slots[i] * classes;
 	for (int64_t c = 0; c < classes; c++) {
 		const int64_t out = i * classes + c;
-		const double l = learned[at + c], p = pps[out];
-		const double cap = baseline_cap(mean[at + c], var[at + c], k_sigma, margin);
+		const double m = mean[at + c], l = learned[at + c], p = pps[out];
+		const double cap = baseline_cap(m, var[at + c], k_sigma, margin);
 		const int warm = l >= warmup_s;
 		/* x / 1 is x exactly: the common sensitivity of 1 needs no division */
 		const double base = row_sens == 1.0 ? cap : cap / row_sens;
@@ -76,8 +142,11 @@ detect_row(int64_t i, int64_t classes, const int64_t *slots, const double *mean,
 		threshold = np_max(threshold, row_min);
 		warm_out[out] = (uint8_t)warm;
 		threshold_out[out] = threshold;
-		anomalous_out[out] = p > threshold;
+		const int anomalous = row_known && p > threshold;
+		anomalous_out[out] = (uint8_t)anomalous;
 		over_cap_out[out] = p > np_max(cap, 1.0);
+		if (row_valid && !anomalous && p - m > p * onset->jump_share && p > onset->min_share * threshold)
+			onset_offer(onset, out, p / np_max(threshold, 1.0));
 	}
 }
 
@@ -86,21 +155,23 @@ void sw_detect_rows(int64_t n, int64_t classes, const int64_t *slots,
 		    double k_sigma, double margin, double warmup_s, double partial_s,
 		    const double *floor_pps, const double *onset_floor_pps,
 		    const double *min_pps, double min_pps_all,
-		    const double *sensitivity, double sensitivity_all,
-		    uint8_t *warm_out, double *threshold_out, uint8_t *anomalous_out, uint8_t *over_cap_out)
+		    const double *sensitivity, double sensitivity_all, const uint8_t *known, const uint8_t *valid,
+		    uint8_t *warm_out, double *threshold_out, uint8_t *anomalous_out, uint8_t *over_cap_out,
+		    struct sw_onset *onset)
 {
 	for (int64_t i = 0; i < n; i++) {
 		const double row_min = min_pps ? min_pps[i] : min_pps_all;
 		const double row_sens = sensitivity ? sensitivity[i] : sensitivity_all;
+		const int row_known = known ? known[i] : 1, row_valid = valid ? valid[i] : 1;
 		/* the traffic classes' count known here: the row's loop unrolled */
 		if (classes == SW_CLASSES)
 			detect_row(i, SW_CLASSES, slots, mean, var, learned, pps, k_sigma, margin, warmup_s, partial_s,
-				   floor_pps, onset_floor_pps, row_min, row_sens, warm_out, threshold_out, anomalous_out,
-				   over_cap_out);
+				   floor_pps, onset_floor_pps, row_min, row_sens, row_known, row_valid, warm_out,
+				   threshold_out, anomalous_out, over_cap_out, onset);
 		else
 			detect_row(i, classes, slots, mean, var, learned, pps, k_sigma, margin, warmup_s, partial_s,
-				   floor_pps, onset_floor_pps, row_min, row_sens, warm_out, threshold_out, anomalous_out,
-				   over_cap_out);
+				   floor_pps, onset_floor_pps, row_min, row_sens, row_known, row_valid, warm_out,
+				   threshold_out, anomalous_out, over_cap_out, onset);
 	}
 }
 
@@ -223,74 +294,4 @@ void sw_slots_by_id(int64_t n, const int64_t *ids, const int32_t *slot_of_id, in
 			&& slot_keys[2 * s + 1] == keys[2 * i + 1];
 		slots_out[i] = same ? (int32_t)s : -1;
 	}
-}
-
-/*
- * The flood-onset candidates of policy/onset.py among n rows of `classes` elements: element (i, c) is
- * one when it is not anomalous, row i is valid, pps - mean > pps·jump_share (a jump over the mean of
- * baseline row slots[i]) and pps > threshold·min_share. Their flat numbers i·classes + c are written to `flat_out` in
- * ascending order while there are at most `keep` of them; past that, `flat_out` holds the `keep` of
- * highest ratio = pps / max(threshold, 1) (equal ratios: the lower flat number), in no order, with their
- * ratios in `ratio_out` (the caller sorts them). Returns how many candidates there were in all.
- * The selection is a binary min-heap on (ratio, -flat number) over flat_out/ratio_out: its root is the
- * candidate that goes first. A later candidate has the higher flat number, so it replaces the root only
- * with a higher ratio.
- */
-static inline int heap_worse(const double *ratio, const int64_t *flat, int64_t a, int64_t b)
-{
-	return ratio[a] < ratio[b] || (ratio[a] == ratio[b] && flat[a] > flat[b]);
-}
-
-static void heap_down(double *ratio, int64_t *flat, int64_t size, int64_t at)
-{
-	for (;;) {
-		int64_t worst = at;
-		const int64_t left = 2 * at + 1, right = left + 1;
-		if (left < size && heap_worse(ratio, flat, left, worst))
-			worst = left;
-		if (right < size && heap_worse(ratio, flat, right, worst))
-			worst = right;
-		if (worst == at)
-			return;
-		const double r = ratio[at];
-		const int64_t f = flat[at];
-		ratio[at] = ratio[worst];
-		flat[at] = flat[worst];
-		ratio[worst] = r;
-		flat[worst] = f;
-		at = worst;
-	}
-}
-
-int64_t sw_onset_candidates(int64_t n, int64_t classes, const double *pps, const double *threshold,
-			    const int64_t *slots, const double *mean, const uint8_t *valid, const uint8_t *anomalous,
-			    double jump_share, double min_share, int64_t keep, int64_t *flat_out, double *ratio_out)
-{
-	int64_t found = 0;
-	for (int64_t i = 0; i < n; i++) {
-		if (!valid[i])
-			continue;
-		for (int64_t c = 0; c < classes; c++) {
-			const int64_t e = i * classes + c;
-			const double p = pps[e], t = threshold[e];
-			if (anomalous[e] || !(p - mean[slots[i] * classes + c] > p * jump_share) || !(p > min_share * t))
-				continue;
-			const double ratio = p / np_max(t, 1.0);
-			if (found < keep) {
-				flat_out[found] = e;
-				ratio_out[found] = ratio;
-				if (++found == keep)
-					for (int64_t k = keep / 2 - 1; k >= 0; k--)
-						heap_down(ratio_out, flat_out, keep, k);
-				continue;
-			}
-			found++;
-			if (ratio > ratio_out[0]) {
-				flat_out[0] = e;
-				ratio_out[0] = ratio;
-				heap_down(ratio_out, flat_out, keep, 0);
-			}
-		}
-	}
-	return found;
 }

@@ -22,16 +22,22 @@ from dataplane.native import at, compile_library, contiguous, f64, i64, ptr, wri
 SOURCE = pathlib.Path(__file__).with_name("native.c")
 
 
+class _Onset(ctypes.Structure):
+    """struct sw_onset of native.c: the flood-onset candidates' selection during detection."""
+
+    _fields_ = [("jump_share", ctypes.c_double), ("min_share", ctypes.c_double), ("keep", ctypes.c_int64),
+                ("found", ctypes.c_int64), ("flat", ctypes.c_void_p), ("ratio", ctypes.c_void_p)]
+
+
 @functools.cache
 def library() -> ctypes.CDLL:
     """policy/native.c, compiled at the first call in this process."""
     return compile_library(SOURCE, {
         "sw_detect_rows": (None, [i64, i64, ptr, ptr, ptr, ptr, ptr, f64, f64, f64, f64, ptr, ptr, ptr, f64, ptr, f64,
-                                  ptr, ptr, ptr, ptr]),
+                                  ptr, ptr, ptr, ptr, ptr, ptr, ctypes.POINTER(_Onset)]),
         "sw_counter_rates": (i64, [i64, i64, i64, ptr, ptr, ptr, f64, ptr, ptr, ptr, ptr, ptr]),
         "sw_learn_rows": (None, [i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, f64, f64, f64, f64, f64]),
         "sw_slots_by_id": (None, [i64, ptr, ptr, i64, ptr, ptr, i64, ptr, ptr]),
-        "sw_onset_candidates": (i64, [i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, f64, f64, i64, ptr, ptr]),
     }, defines={"SW_CLASSES": len(TrafficClass)})
 
 
@@ -54,10 +60,17 @@ def _slots_within(slots: np.ndarray, n: int, rows: int) -> np.ndarray:
 def detect_rows(slots: np.ndarray, mean: np.ndarray, var: np.ndarray, learned: np.ndarray, pps: np.ndarray, *,
                 k_sigma: float, margin: float, warmup_s: float, partial_s: float, floor: np.ndarray,
                 onset_floor: np.ndarray, min_pps: np.ndarray | float, sensitivity: np.ndarray | float,
-                warm: np.ndarray, threshold: np.ndarray, anomalous: np.ndarray, over_cap: np.ndarray) -> None:
+                warm: np.ndarray, threshold: np.ndarray, anomalous: np.ndarray, over_cap: np.ndarray,
+                known: np.ndarray | None = None, valid: np.ndarray | None = None, onset_jump_share: float,
+                onset_min_share: float, onset_keep: int) -> np.ndarray:
     """Detection of the rows of `pps` (N, C) against baseline rows `slots` (N,) of the (S, C) state arrays,
     written into `warm`, `threshold`, `anomalous`, `over_cap` (N, C) (see native.c). `min_pps` and `sensitivity`:
-    (N,) or (N, 1) per row, or one float for all."""
+    (N,) or (N, 1) per row, or one float for all; `known` (rows that may be anomalous) and `valid` (rows that
+    may be onset candidates): (N,) bool, or None for every row.
+
+    Returns the flat numbers (row · C + class) of the flood-onset candidates (see native.c and
+    `policy.onset`): ascending when there are at most `onset_keep`, else the `onset_keep` of highest
+    pps / max(threshold, 1), highest first (equal ratios: the lower number first)."""
     n, classes, state = _rates_against(pps, mean)
     slots = _slots_within(slots, n, state[0])
     mean, var, learned = (contiguous(a, np.float64, state, name) for a, name in
@@ -73,9 +86,19 @@ def detect_rows(slots: np.ndarray, mean: np.ndarray, var: np.ndarray, learned: n
                ((warm, np.bool_, "warm"), (threshold, np.float64, "threshold"), (anomalous, np.bool_, "anomalous"),
                 (over_cap, np.bool_, "over_cap"))]
     (min_rows, min_all), (sens_rows, sens_all) = per_row["min_pps"], per_row["sensitivity"]
+    known, valid = (None if a is None else contiguous(a, np.bool_, (n,), name) for a, name in
+                    ((known, "known"), (valid, "valid")))
+    if onset_keep < 1:
+        raise ValueError(f"onset candidates: keep must be at least 1, got {onset_keep}")
+    flat, ratio = np.empty(onset_keep, np.int64), np.empty(onset_keep)
+    onset = _Onset(onset_jump_share, onset_min_share, onset_keep, 0, at(flat), at(ratio))
     library().sw_detect_rows(n, classes, at(slots), at(mean), at(var), at(learned), at(pps), k_sigma, margin,
                              warmup_s, partial_s, at(floor), at(onset_floor), at(min_rows), min_all,
-                             at(sens_rows), sens_all, *(at(a) for a in outputs))
+                             at(sens_rows), sens_all, at(known), at(valid), *(at(a) for a in outputs),
+                             ctypes.byref(onset))
+    if onset.found <= onset_keep:
+        return np.sort(flat[:onset.found])
+    return flat[np.lexsort((flat, -ratio))]
 
 
 def learn_rows(rows: np.ndarray | slice, mean: np.ndarray, var: np.ndarray, learned: np.ndarray, pps: np.ndarray,
@@ -146,26 +169,3 @@ def slots_by_id(ids: np.ndarray, slot_of_id: np.ndarray, slot_keys: np.ndarray, 
                              at(keys), at(slots))
     return slots, np.flatnonzero(slots < 0)
 
-
-def onset_candidates(pps: np.ndarray, threshold: np.ndarray, slots: np.ndarray, mean: np.ndarray, valid: np.ndarray,
-                     anomalous: np.ndarray, *, jump_share: float, min_share: float, keep: int) -> np.ndarray:
-    """Flat numbers (row · C + class) of the (N, C) elements that could be a flood's onset, against the
-    baseline means of rows `slots` (N,) of `mean` (S, C) (see native.c and `policy.onset.candidates`):
-    ascending when there are at most `keep`, else the `keep` of highest pps / max(threshold, 1), highest
-    first (equal ratios: the lower number first)."""
-    n, classes, state = _rates_against(pps, mean)
-    slots = _slots_within(slots, n, state[0])
-    mean = contiguous(mean, np.float64, state, "mean")
-    pps, threshold = (contiguous(a, np.float64, (n, classes), name) for a, name in
-                      ((pps, "pps"), (threshold, "threshold")))
-    anomalous = contiguous(anomalous, np.bool_, (n, classes), "anomalous")
-    valid = contiguous(valid, np.bool_, (n,), "valid")
-    if keep < 1:
-        raise ValueError(f"onset candidates: keep must be at least 1, got {keep}")
-    flat = np.empty(keep, np.int64)
-    ratio = np.empty(keep)
-    found = library().sw_onset_candidates(n, classes, at(pps), at(threshold), at(slots), at(mean), at(valid),
-                                          at(anomalous), jump_share, min_share, keep, at(flat), at(ratio))
-    if found <= keep:
-        return np.sort(flat[:found])
-    return flat[np.lexsort((flat, -ratio))]

@@ -24,13 +24,15 @@ the tick. A flood that fills the whole tick gets its own rate back. The engine
 uses this rate at a target's first anomalous tick only, to decide whether the
 target is anomalous and how strongly it is classified; baselines, accounting and
 signatures keep the tick's own figures.
+
+The candidate (destination, class) pairs, at most MAX_CANDIDATES a tick, are found in detection's
+own pass over the rows (`policy.detect`, `Detection.onset_candidates`; policy/native.c keeps the best
+as it goes).
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from policy import native
 
 MIN_SAMPLES = 8            # in-class samples of the tick needed to place an onset
 MIN_ACTIVE_S = 0.1         # seconds: shortest flood span the rate is extrapolated from
@@ -61,19 +63,4 @@ def onset_rate(end: float, dt: float, pps: float, mean: float, timestamps_ns: np
     return mean + (pps - mean) * dt / active, active
 
 
-def candidates(pps: np.ndarray, threshold: np.ndarray, slots: np.ndarray, mean: np.ndarray, valid: np.ndarray,
-               anomalous: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, classes) below their threshold whose rate could be the sliver of a flood's onset:
-    JUMP times the baseline mean (rate - mean above (1 - 1/JUMP) of the rate; the means are rows
-    `slots` (N,) of `mean`) and at least MIN_SHARE of the threshold; at most MAX_CANDIDATES,
-    highest rate / threshold first (equal ratios: lower row, then class, first).
-
-    One pass of policy/native.c, which keeps the best MAX_CANDIDATES as it goes: when every address
-    jumps at once (the first ticks after a start, a carpet of new addresses), numpy's pairs and their
-    gathers held ~270 MiB at a million destinations, and the heap keeps such a high-water mark."""
-    flat = native.onset_candidates(pps, threshold, slots, mean, valid, anomalous, jump_share=1.0 - 1.0 / JUMP,
-                                   min_share=MIN_SHARE, keep=MAX_CANDIDATES)
-    return np.divmod(flat, pps.shape[1])
-
-
-__all__ = ["onset_rate", "candidates", "MIN_SAMPLES", "MIN_ACTIVE_S"]
+__all__ = ["onset_rate", "MIN_SAMPLES", "MIN_ACTIVE_S", "JUMP", "MIN_SHARE", "MAX_CANDIDATES"]

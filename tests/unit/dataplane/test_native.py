@@ -28,20 +28,23 @@ def test_ids_slots_and_rows_out_of_range_are_refused():
     mean = np.zeros((4, 6))
     out = {name: np.empty((1, 6), dtype) for name, dtype in
            (("warm", bool), ("threshold", np.float64), ("anomalous", bool), ("over_cap", bool))}
+    onset = {"onset_jump_share": 0.75, "onset_min_share": 0.1, "onset_keep": 8}
     with pytest.raises(ValueError, match="slots outside"):
         policy_native.detect_rows(np.array([4]), mean, mean, mean, np.zeros((1, 6)), k_sigma=4.0, margin=1.5,
                                   warmup_s=600.0, partial_s=3.0, floor=np.zeros(6), onset_floor=np.zeros(6),
-                                  min_pps=0.0, sensitivity=1.0, **out)
+                                  min_pps=0.0, sensitivity=1.0, **out, **onset)
     with pytest.raises(ValueError, match="writable C-contiguous"):
         policy_native.detect_rows(np.array([0]), mean, mean, mean, np.zeros((1, 6)), k_sigma=4.0, margin=1.5,
                                   warmup_s=600.0, partial_s=3.0, floor=np.zeros(6), onset_floor=np.zeros(6),
-                                  min_pps=0.0, sensitivity=1.0, **{**out, "threshold": np.empty((1, 6), np.float32)})
+                                  min_pps=0.0, sensitivity=1.0, **{**out, "threshold": np.empty((1, 6), np.float32)},
+                                  **onset)
+    with pytest.raises(ValueError, match="keep must be at least 1"):
+        policy_native.detect_rows(np.array([0]), mean, mean, mean, np.zeros((1, 6)), k_sigma=4.0, margin=1.5,
+                                  warmup_s=600.0, partial_s=3.0, floor=np.zeros(6), onset_floor=np.zeros(6),
+                                  min_pps=0.0, sensitivity=1.0, **out, **{**onset, "onset_keep": 0})
     with pytest.raises(ValueError, match="rows outside"):
         policy_native.learn_rows(np.array([-1]), mean, mean.copy(), mean.copy(), np.zeros((1, 6)), None,
                                  np.ones((1, 6), bool), dt=1.0, ewma=0.01, warmup_s=600.0, k_sigma=4.0, margin=1.5)
-    with pytest.raises(ValueError, match="slots outside"):
-        policy_native.onset_candidates(np.zeros((1, 6)), np.zeros((1, 6)), np.array([4]), mean, np.ones(1, bool),
-                                       np.zeros((1, 6), bool), jump_share=0.75, min_share=0.1, keep=8)
     with pytest.raises(ValueError, match="previous rows beyond"):
         policy_native.counter_rates(np.zeros((1, 13), np.uint64), np.zeros((1, 13), np.uint64),
                                     np.array([1], np.int32), 6, 1.0, np.empty((1, 6)), np.empty((1, 7), np.uint32))

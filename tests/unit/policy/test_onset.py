@@ -8,8 +8,10 @@ import dataclasses
 import numpy as np
 import pytest
 
+from dataplane.constants import TrafficClass
+from policy import native as policy_native
 from policy.events import EventType
-from policy.onset import JUMP, MAX_CANDIDATES, MIN_ACTIVE_S, MIN_SAMPLES, MIN_SHARE, candidates, onset_rate
+from policy.onset import JUMP, MAX_CANDIDATES, MIN_ACTIVE_S, MIN_SAMPLES, MIN_SHARE, onset_rate
 from tests.unit.policy.fakes import tcp_frame
 from tests.unit.policy.scenarios import FAST, Lab, Tenant, clients, spoofed, web_legit_frames
 
@@ -44,16 +46,6 @@ def test_few_samples_no_excess_and_the_extrapolation_cap():
     assert active == MIN_ACTIVE_S and rate == 4000.0 / MIN_ACTIVE_S
 
 
-def test_candidates_are_near_their_threshold_and_a_jump_from_their_mean():
-    pps = np.array([[3000.0, 0.0], [3000.0, 0.0], [500.0, 0.0], [20_000.0, 0.0]])
-    threshold = np.full((4, 2), 10_000.0)
-    mean = np.array([[2900.0, 0.0], [50.0, 0.0], [10.0, 0.0], [50.0, 0.0], [0.0, 0.0]])   # baseline rows
-    slots = np.array([1, 0, 2, 3])                      # row 1's baseline is row 0: its usual rate
-    anomalous = np.array([[False, False], [False, False], [False, False], [True, False]])
-    rows, classes = candidates(pps, threshold, slots, mean, np.ones(4, bool), anomalous)
-    assert rows.tolist() == [0] and classes.tolist() == [0]   # 1: its usual rate; 2: too low; 3: already anomalous
-
-
 def written_out_candidates(pps, threshold, excess, valid, anomalous):
     """policy.onset.candidates as whole-array numpy on the excess over the mean (the code before the C pass),
     ties ordered by row and class."""
@@ -69,24 +61,35 @@ def written_out_candidates(pps, threshold, excess, valid, anomalous):
 
 
 @pytest.mark.parametrize("n", [40, 5000, 200_000])
-def test_candidates_are_the_written_out_selection_of_the_best_by_ratio(n):
-    # Past MAX_CANDIDATES the C pass keeps the best as it goes (a heap): the same pairs in the same order as
-    # sorting them all, ratios repeating (ties go to the lower row, then class), with fewer (n = 40) in
-    # ascending order; 200,000 rows nearly all jumping, as in the first ticks after a start. The C pass
-    # reads each row's mean by its baseline slot (here shuffled) and compares rate - mean where the code
-    # before compared its positive part (against a bound >= 0 both pick the same pairs).
+def test_detection_finds_the_written_out_onset_candidates(n):
+    # Detection's C pass offers each element to the onset selection as it goes, keeping the best past
+    # MAX_CANDIDATES (a heap): the same pairs in the same order as the whole-array selection, ratios repeating
+    # (ties go to the lower row, then class), with fewer (n = 40) in ascending order; 200,000 rows nearly all
+    # jumping, as in the first ticks after a start. Rows of no configured tenant (not `known`) are never
+    # anomalous, so they may be candidates; rows of an invalid read never are. The means are read by each
+    # row's baseline slot (shuffled here), and rate - mean stands where the code before had its positive
+    # part (against a bound >= 0 both pick the same pairs).
     rng = np.random.default_rng(n)
-    pps = rng.choice([0.0, 10.0, 900.0, 5000.0, 7000.0], (n, 6))
-    mean = rng.choice([0.0, 5.0, 100.0, 4000.0], (n, 6), p=[0.7, 0.1, 0.1, 0.1] if n > 10_000 else None)
-    threshold = rng.choice([0.5, 1.0, 1000.0, 8000.0], (n, 6))
-    anomalous, valid = rng.random((n, 6)) < 0.01, rng.random(n) < 0.9
+    classes = len(TrafficClass)
     slots = rng.permutation(n + 7)[:n]
-    state = np.zeros((n + 7, 6))
-    state[slots] = mean
-    want = written_out_candidates(pps, threshold, np.maximum(pps - mean, 0.0), valid, anomalous)
-    got = candidates(pps, threshold, slots, state, valid, anomalous)
+    mean = rng.choice([0.0, 5.0, 100.0, 4000.0], (n + 7, classes), p=[0.7, 0.1, 0.1, 0.1] if n > 10_000 else None)
+    var = rng.choice([0.0, 25.0, 1e6], (n + 7, classes))
+    learned = rng.choice([0.0, 5.0, 1000.0], (n + 7, classes))
+    pps = rng.choice([0.0, 10.0, 900.0, 5000.0, 7000.0], (n, classes))
+    known, valid = rng.random(n) < 0.9, rng.random(n) < 0.95
+    out = {name: np.empty((n, classes), dtype) for name, dtype in
+           (("warm", bool), ("threshold", np.float64), ("anomalous", bool), ("over_cap", bool))}
+    flat = policy_native.detect_rows(
+        slots, mean, var, learned, pps, k_sigma=4.0, margin=1.5, warmup_s=600.0, partial_s=3.0,
+        floor=np.full(classes, 2000.0), onset_floor=np.full(classes, 800.0), min_pps=100.0, sensitivity=1.0,
+        known=known, valid=valid, onset_jump_share=1.0 - 1.0 / JUMP, onset_min_share=MIN_SHARE,
+        onset_keep=MAX_CANDIDATES, **out)
+    assert not out["anomalous"][~known].any() and out["anomalous"][known].any()
+    want = written_out_candidates(pps, out["threshold"], np.maximum(pps - mean[slots], 0.0), valid, out["anomalous"])
     assert (len(want[0]) == MAX_CANDIDATES) == (n > 40) and len(want[0]) > 0
-    assert got[0].tolist() == want[0].tolist() and got[1].tolist() == want[1].tolist()
+    assert np.isin(want[0], np.flatnonzero(~known)).any() or n == 40
+    rows, got_classes = np.divmod(flat, classes)
+    assert rows.tolist() == want[0].tolist() and got_classes.tolist() == want[1].tolist()
 
 
 def ack_flood_frames(dst: str, n: int = 200) -> list[bytes]:
