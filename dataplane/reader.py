@@ -200,7 +200,9 @@ class AddressMemo:
             new_keys = keys[missing[first]]
             new_ids = np.arange(self._count, self._count + len(first), dtype=np.int64)
             if self._count + len(first) > len(self._keys):
-                grown = np.zeros((max(2 * len(self._keys), self._count + len(first)), 2), np.uint64)
+                # A quarter more, not twice: the table holds up to `limit` keys (the ids of the map's churn
+                # until the memo forgets them), and doubling left up to half of it unused (16 MiB a million).
+                grown = np.zeros((max(len(self._keys) + len(self._keys) // 4, self._count + len(first)), 2), np.uint64)
                 grown[:self._count] = self._keys[:self._count]
                 self._keys = grown
             self._keys[self._count:self._count + len(first)] = new_keys
