@@ -92,9 +92,9 @@ class RowValues:
     """Per-destination (N, C) values of a detection worked out when indexed, from the destination
     baselines as detection read them: `values[rows]` (an index, an index array or a slice),
     `values[rows, classes]` (numpy's pairs, or a class or classes of each row), `values[:]` the whole
-    array. The whole (N, C) arrays of the baseline cap and of rate - mean (~90 MiB at a million
-    destinations) are what a tick needs at a few rows only (a budget derivation, a carpet's members
-    and a prefix's read them in blocks of rows).
+    array. A tick needs the baseline cap and rate - mean at a few rows only (an incident's row, a
+    carpet's members; a budget derivation reads them a block of rows at a time): as whole (N, C)
+    arrays they held ~90 MiB at a million destinations.
 
     Valid until the baselines learn (`EwmaBaseline.version`): afterwards the state is no longer what
     detection saw, and indexing raises instead of answering with other numbers."""

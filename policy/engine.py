@@ -1023,9 +1023,10 @@ class PolicyEngine:
         to cross a threshold, and those samples must not teach the signature check that the
         flood is the server's normal traffic. A target that turns anomalous meanwhile loses them.
         Samples of a class that a target (or its tenant) receives above its normal band
-        (`_elevated`, of the tick's sampled and pending targets: `elevated_pairs`) never count: a slow ramp spends many seconds there before it crosses the
-        threshold, and its head taught the signature check that the flood was legitimate (issue 20:
-        the 60 s ramp kept a rate-limit fallback).
+        (`elevated_pairs`: `_elevated` of the tick's sampled and pending targets, before learning)
+        never count: a slow ramp spends many seconds there before it crosses the threshold, and its
+        head taught the signature check that the flood was legitimate (issue 20: the 60 s ramp kept a
+        rate-limit fallback).
         """
         hot_dsts = {inc.target for inc in self.incidents.open.values() if inc.target is not None}
         hot_tenants = {inc.tenant_idx for inc in self.incidents.open.values() if inc.target is None}
