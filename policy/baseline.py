@@ -164,8 +164,8 @@ class EwmaBaseline:
 
         `cap` is `baseline_threshold(rows)` when the caller already has it, else worked out element by
         element from the state before the update (the same bits), only where `over_cap` (detection's
-        rate > max(cap, 1) on this state, when the caller has it) says the rate may be winsorised. `rows` may be a slice of consecutive
-        rows; they are distinct (a row listed
+        rate > max(cap, 1) on this state, when the caller has it) says the rate may be winsorised.
+        `rows` may be a slice of consecutive rows; they are distinct (a row listed
         twice would learn twice: every caller's rows are slots or indices of distinct keys). The state
         is updated in place, element by element, by `policy.native.learn_rows` (the module
         docstring's model, with no (N, C) temporaries: ~200 MiB of them at a million destinations in

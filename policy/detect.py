@@ -270,17 +270,13 @@ def detect(dest: DestinationRates, tenants: TenantRates, dest_baseline: EwmaBase
 
 def baseline_values(dest: DestinationRates, baseline: EwmaBaseline) -> tuple[RowValues, RowValues, RowValues]:
     """The destinations' baseline cap, rate - mean and excess (its positive part) as `RowValues` over
-    `baseline`'s rows `dest.slots`: the arithmetic of policy/native.c's detection (and learning), in
-    the same order, so the same bits."""
+    `baseline`'s rows `dest.slots`: the arithmetic of policy/native.c's detection (and learning), so the
+    same bits (the cap is `EwmaBaseline.baseline_threshold`'s: sums and products in another order of
+    their two operands)."""
     shape = (len(dest), N_CLASSES)
 
     def cap(rows: Any) -> np.ndarray:
-        slots = dest.slots[rows]
-        out = np.sqrt(baseline.var[slots])
-        out *= baseline.k_sigma
-        out += baseline.mean[slots]
-        out *= baseline.margin
-        return out
+        return baseline.baseline_threshold(dest.slots[rows])
 
     def deviation(rows: Any) -> np.ndarray:
         return dest.pps[rows] - baseline.mean[dest.slots[rows]]

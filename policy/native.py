@@ -49,12 +49,12 @@ def _rates_against(pps: np.ndarray, mean: np.ndarray) -> tuple[int, int, tuple[i
     return n, classes, mean.shape
 
 
-def _slots_within(slots: np.ndarray, n: int, rows: int) -> np.ndarray:
-    """`slots` (n,) as int64, each a row of state arrays of `rows` rows."""
-    slots = contiguous(slots, np.int64, (n,), "slots")
-    if n and (int(slots.min()) < 0 or int(slots.max()) >= rows):
-        raise ValueError(f"slots outside the baseline's {rows} rows")
-    return slots
+def _rows_within(rows: np.ndarray, n: int, state_rows: int, name: str) -> np.ndarray:
+    """`rows` (n,) as int64, each a row of state arrays of `state_rows` rows (`name` for the error)."""
+    rows = contiguous(rows, np.int64, (n,), name)
+    if n and (int(rows.min()) < 0 or int(rows.max()) >= state_rows):
+        raise ValueError(f"{name} outside the baseline's {state_rows} rows")
+    return rows
 
 
 def detect_rows(slots: np.ndarray, mean: np.ndarray, var: np.ndarray, learned: np.ndarray, pps: np.ndarray, *,
@@ -72,7 +72,7 @@ def detect_rows(slots: np.ndarray, mean: np.ndarray, var: np.ndarray, learned: n
     `policy.onset`): ascending when there are at most `onset_keep`, else the `onset_keep` of highest
     pps / max(threshold, 1), highest first (equal ratios: the lower number first)."""
     n, classes, state = _rates_against(pps, mean)
-    slots = _slots_within(slots, n, state[0])
+    slots = _rows_within(slots, n, state[0], "slots")
     mean, var, learned = (contiguous(a, np.float64, state, name) for a, name in
                           ((mean, "mean"), (var, "var"), (learned, "learned_s")))
     pps = contiguous(pps, np.float64, (n, classes), "pps")
@@ -116,9 +116,7 @@ def learn_rows(rows: np.ndarray | slice, mean: np.ndarray, var: np.ndarray, lear
             raise ValueError(f"rows {rows}: {len(range(start, stop, step))} rows for {n} rates")
         first, rows = start, None
     else:
-        rows = contiguous(rows, np.int64, (n,), "rows")
-        if n and (int(rows.min()) < 0 or int(rows.max()) >= state[0]):
-            raise ValueError(f"rows outside the baseline's {state[0]} rows")
+        rows = _rows_within(rows, n, state[0], "rows")
     for a, name in ((mean, "mean"), (var, "var"), (learned, "learned_s")):
         writable(a, np.float64, state, name)
     pps = contiguous(pps, np.float64, (n, classes), "pps")
