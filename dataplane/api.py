@@ -8,7 +8,7 @@ can use a small fake while the real object talks to the kernel.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -165,7 +165,79 @@ def _minus_floor_zero(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(a >= b, a - np.minimum(a, b), 0).astype(np.uint64)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+COUNTER_CLASSES = len(TrafficClass)
+# A destination's counter row: packets[C], bytes[C] (inbound, passed + dropped) and dropped packets.
+COUNTER_WORDS = 2 * COUNTER_CLASSES + 1
+
+
+class CounterRows:
+    """A read's counter rows, (N, COUNTER_WORDS) uint64: packets[C], bytes[C], dropped packets.
+
+    Either a whole block, or made on demand a block of rows at a time by `fill(lo, hi, out)` from the
+    maps the reader read (`dataplane.reader`): a million addresses' rows are ~90 MiB, and a consumer
+    that takes them a block at a time (the rate tracker) never holds them all. Rows made on demand are
+    valid until the reader reads again (it then `release`s them: a later fill raises); `whole()` makes
+    every row once and keeps them.
+    """
+
+    __slots__ = ("_fill", "_whole", "count")
+
+    def __init__(self, count: int, fill: Callable[[int, int, np.ndarray], None] | None = None,
+                 whole: np.ndarray | None = None) -> None:
+        if (fill is None) == (whole is None):
+            raise ValueError("counter rows: give either a fill function or the whole block")
+        if whole is not None and (whole.shape != (count, COUNTER_WORDS) or whole.dtype != np.uint64):
+            raise ValueError(f"counter rows: a block of {count} rows of {COUNTER_WORDS} uint64 words expected, "
+                             f"got {whole.shape} {whole.dtype}")
+        self.count = count
+        self._fill = fill
+        self._whole = whole
+
+    @classmethod
+    def of_columns(cls, packets: np.ndarray, bytes: np.ndarray, dropped_packets: np.ndarray) -> CounterRows:  # noqa: A002
+        """Rows of (N, C) packets, (N, C) bytes and (N,) dropped packets (copied into one block)."""
+        n = len(packets)
+        if packets.shape != (n, COUNTER_CLASSES) or bytes.shape != (n, COUNTER_CLASSES) \
+                or dropped_packets.shape != (n,):
+            raise ValueError(f"destination counters: {n} addresses but packets, bytes, dropped_packets have shapes "
+                             f"{packets.shape}, {bytes.shape}, {dropped_packets.shape}")
+        block = np.empty((n, COUNTER_WORDS), np.uint64)
+        block[:, :COUNTER_CLASSES] = packets
+        block[:, COUNTER_CLASSES:2 * COUNTER_CLASSES] = bytes
+        block[:, 2 * COUNTER_CLASSES] = dropped_packets
+        return cls(n, whole=block)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def fill(self, lo: int, hi: int, out: np.ndarray) -> None:
+        """Rows lo..hi-1 into `out` ((hi - lo, COUNTER_WORDS) uint64, C-contiguous)."""
+        if not 0 <= lo <= hi <= self.count:
+            raise ValueError(f"counter rows {lo}..{hi} outside the read's {self.count}")
+        if out.shape != (hi - lo, COUNTER_WORDS) or out.dtype != np.uint64 or not out.flags.c_contiguous:
+            raise ValueError(f"counter rows: out must be ({hi - lo}, {COUNTER_WORDS}) C-contiguous uint64, got "
+                             f"{out.shape} {out.dtype}")
+        if self._whole is not None:
+            out[:] = self._whole[lo:hi]
+        elif self._fill is None:
+            raise DataplaneError("counter rows of an earlier read: the reader has read again since (fill them "
+                                 "before the next read, or keep `whole()`)")
+        else:
+            self._fill(lo, hi, out)
+
+    def whole(self) -> np.ndarray:
+        """Every row, (N, COUNTER_WORDS) uint64, made once and kept."""
+        if self._whole is None:
+            block = np.empty((self.count, COUNTER_WORDS), np.uint64)
+            self.fill(0, self.count, block)
+            self._whole, self._fill = block, None
+        return self._whole
+
+    def release(self) -> None:
+        """Let go of the maps the rows are made from (the reader, before it reads again)."""
+        self._fill = None
+
+
 class DestinationCounters:
     """Cumulative inbound counters per customer-side address, summed over CPUs.
 
@@ -173,20 +245,48 @@ class DestinationCounters:
     words, IPv4 as ::ffff:a.b.c.d; see `dataplane.keys`); `addresses` builds ipaddress
     objects lazily, for the rows that are reported. Rows appear and disappear as the
     LRU map evicts, so rates must be computed by address, not by row.
+
+    The counters are `rows` (`CounterRows`: made a block at a time by the dataplane's reader);
+    `packets`, `bytes` and `dropped_packets` are views of all of them, made when first asked for.
     """
 
-    keys: np.ndarray               # shape (N, 2), uint64
-    tenant_idx: np.ndarray         # shape (N,), uint32
-    packets: np.ndarray            # shape (N, len(TrafficClass)), uint64, inbound, passed + dropped
-    bytes: np.ndarray              # shape (N, len(TrafficClass)), uint64
-    dropped_packets: np.ndarray    # shape (N,), uint64
-    # (N,) int64 or None: numbers the reader gives addresses, the same for an address from read to
-    # read for as long as the reader remembers it (a hint that spares a consumer a hash lookup per
-    # row; a consumer checks the key behind a remembered number, as numbers are reused after a reset)
-    ids: np.ndarray | None = None
+    __slots__ = ("ids", "keys", "rows", "tenant_idx")
+
+    def __init__(self, keys: np.ndarray, tenant_idx: np.ndarray, packets: np.ndarray | None = None,
+                 bytes: np.ndarray | None = None, dropped_packets: np.ndarray | None = None,  # noqa: A002
+                 ids: np.ndarray | None = None, *, rows: CounterRows | None = None) -> None:
+        columns = (packets, bytes, dropped_packets)
+        if rows is None:
+            if any(c is None for c in columns):
+                raise ValueError("destination counters: give packets, bytes and dropped_packets, or rows")
+            rows = CounterRows.of_columns(*columns)
+        elif any(c is not None for c in columns):
+            raise ValueError("destination counters: give packets, bytes and dropped_packets, or rows, not both")
+        self.keys = keys                 # (N, 2) uint64
+        self.tenant_idx = tenant_idx     # (N,) uint32
+        self.rows = rows
+        # (N,) int64 or None: numbers the reader gives addresses, the same for an address from read to
+        # read for as long as the reader remembers it (a hint that spares a consumer a hash lookup per
+        # row; a consumer checks the key behind a remembered number, as numbers are reused after a reset)
+        self.ids = ids
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    @property
+    def packets(self) -> np.ndarray:
+        """(N, len(TrafficClass)) uint64, inbound, passed + dropped."""
+        return self.rows.whole()[:, :COUNTER_CLASSES]
+
+    @property
+    def bytes(self) -> np.ndarray:
+        """(N, len(TrafficClass)) uint64."""
+        return self.rows.whole()[:, COUNTER_CLASSES:2 * COUNTER_CLASSES]
+
+    @property
+    def dropped_packets(self) -> np.ndarray:
+        """(N,) uint64."""
+        return self.rows.whole()[:, 2 * COUNTER_CLASSES]
 
     @property
     def addresses(self) -> AddressView:
@@ -282,6 +382,6 @@ class DataplaneLike(Protocol):
     def read_blocked_sources(self) -> list[BlockedSource]: ...
 
 
-__all__ = ["DataplaneError", "Range", "Rule", "RuleCounters", "Sample", "TenantCounters", "TenantCounterArrays",
+__all__ = ["COUNTER_CLASSES", "COUNTER_WORDS", "CounterRows", "DataplaneError", "Range", "Rule", "RuleCounters", "Sample", "TenantCounters", "TenantCounterArrays",
            "DestinationCounters", "AddressView", "FlowCounters", "SourceLimit", "BlockedSource",
            "DataplaneLike", "TrafficClass", "DropReason", "Direction", "RuleAction", "IPAddress"]

@@ -68,39 +68,57 @@ int64_t sw_merge_index(int64_t n_ids, const int64_t *a, int64_t a_n, const int64
 	return rows;
 }
 
-static void put_row(uint64_t *dst, const uint64_t *src, int64_t width, int add)
-{
-	if (add)
-		for (int64_t w = 0; w < width; w++)
-			dst[w] += src[w];
-	else
-		memcpy(dst, src, (size_t)width * 8);
-}
-
 /*
- * The merge's counters (rows, width) and tenants: first the spilled rows (`s_n` ids, -1 for none;
- * their counters every `s_stride` bytes from `s_rows`, in place in the mapped store; a repeated id
- * adds up, with the tenant of its last row), then the cached ones (`c_n`, contiguous rows: copied
- * where the address was not spilled, added where it was; the cache's tenant wins). `written`
- * (rows) says which rows got a value: the caller zeroes the others (addresses only conflicting
- * cache slots hold).
+ * Where each of the merge's n_rows rows comes from (`row_of`: the row of each id): `spill_src[r]` the
+ * first spilled row (of s_n, ids `s_ids`, -1 for none) and `cache_src[r]` the cached row (of c_n,
+ * ids `c_ids`) of row r, -1 where it has none. `tenants[r]`: the tenant of its last spilled row,
+ * the cached row's where it has one. Returns how many spilled rows repeat an id already listed
+ * (rare: the caller adds those up).
  */
-void sw_merge_rows(int64_t width, uint64_t *counters, uint32_t *tenants, uint8_t *written, const int64_t *row_of,
-		   const int64_t *s_ids, int64_t s_n, const uint8_t *s_rows, int64_t s_stride, const uint64_t *s_tenants,
-		   const int64_t *c_ids, int64_t c_n, const uint64_t *c_rows, const uint32_t *c_tenants)
+int64_t sw_merge_sources(int64_t n_rows, const int64_t *row_of, const int64_t *s_ids, int64_t s_n,
+			 const uint64_t *s_tenants, const int64_t *c_ids, int64_t c_n, const uint32_t *c_tenants,
+			 int32_t *spill_src, int32_t *cache_src, uint32_t *tenants)
 {
+	memset(spill_src, 0xff, (size_t)n_rows * sizeof(*spill_src));
+	memset(cache_src, 0xff, (size_t)n_rows * sizeof(*cache_src));
+	int64_t repeats = 0;
 	for (int64_t i = 0; i < s_n; i++) {
 		if (s_ids[i] < 0)
 			continue;
 		const int64_t r = row_of[s_ids[i]];
-		put_row(counters + r * width, (const uint64_t *)(s_rows + i * s_stride), width, written[r]);
+		if (spill_src[r] < 0)
+			spill_src[r] = (int32_t)i;
+		else
+			repeats++;
 		tenants[r] = (uint32_t)s_tenants[i];
-		written[r] = 1;
 	}
 	for (int64_t i = 0; i < c_n; i++) {
 		const int64_t r = row_of[c_ids[i]];
-		put_row(counters + r * width, c_rows + i * width, width, written[r]);
+		cache_src[r] = (int32_t)i;
 		tenants[r] = c_tenants[i];
-		written[r] = 1;
+	}
+	return repeats;
+}
+
+/*
+ * Rows lo..hi-1 of the merge into `out` ((hi - lo) rows of `width` words): each row's spilled row
+ * (`width` leading words every `s_stride` bytes from `s_rows`, in place in the mapped store) plus its
+ * cached row (contiguous rows of `c_rows`), zeros where it has neither (see sw_merge_sources).
+ */
+void sw_merge_fill(int64_t lo, int64_t hi, int64_t width, uint64_t *out, const int32_t *spill_src,
+		   const uint8_t *s_rows, int64_t s_stride, const int32_t *cache_src, const uint64_t *c_rows)
+{
+	for (int64_t r = lo; r < hi; r++) {
+		uint64_t *dst = out + (r - lo) * width;
+		const int32_t s = spill_src[r], c = cache_src[r];
+		if (s >= 0)
+			memcpy(dst, s_rows + (int64_t)s * s_stride, (size_t)width * 8);
+		else
+			memset(dst, 0, (size_t)width * 8);
+		if (c >= 0) {
+			const uint64_t *add = c_rows + (int64_t)c * width;
+			for (int64_t w = 0; w < width; w++)
+				dst[w] += add[w];
+		}
 	}
 }

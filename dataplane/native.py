@@ -61,7 +61,8 @@ def library() -> ctypes.CDLL:
     return compile_library(SOURCE, {
         "sw_listed_match": (i64, [i64, ptr, i64, ptr, ptr, i64, ptr, ptr]),
         "sw_merge_index": (i64, [i64, ptr, i64, ptr, i64, ptr, i64, ptr, ptr, ptr]),
-        "sw_merge_rows": (None, [i64, ptr, ptr, ptr, ptr, ptr, i64, ptr, i64, ptr, ptr, i64, ptr, ptr]),
+        "sw_merge_sources": (i64, [i64, ptr, ptr, i64, ptr, ptr, i64, ptr, ptr, ptr, ptr]),
+        "sw_merge_fill": (None, [i64, i64, i64, ptr, ptr, ptr, i64, ptr, ptr]),
     })
 
 
@@ -124,28 +125,39 @@ def merge_index(n_ids: int, *id_lists: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return ids_out[:rows].copy(), row_of
 
 
-def merge_rows(counters: np.ndarray, tenants: np.ndarray, row_of: np.ndarray,
-               spilled: tuple[np.ndarray, np.ndarray, np.ndarray], cached: tuple[np.ndarray, np.ndarray, np.ndarray]
-               ) -> np.ndarray:
-    """Spilled then cached (ids, counters, tenants) rows into `counters` (R, W) uint64 and `tenants` (R,)
-    uint32 at rows `row_of[id]` (see native.c): spilled ids of -1 skipped, repeats added up; the
-    spilled counters are (S,) void rows of at least W words, strided or not. Returns (R,) bool: the
-    rows that got a value."""
-    rows, width = counters.shape
-    writable(counters, np.uint64, (rows, width), "counters")
-    writable(tenants, np.uint32, (rows,), "tenants")
-    s_ids, s_rows, s_tenants = spilled
+def merge_sources(n_rows: int, row_of: np.ndarray, spilled: tuple[np.ndarray, np.ndarray],
+                  cached: tuple[np.ndarray, np.ndarray], tenants: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Where each of `n_rows` merge rows comes from (see native.c): (n_rows,) int32 spilled row and cached row
+    of each (-1: none) of spilled then cached (ids, tenants) at rows `row_of[id]` (spilled ids of -1 skipped),
+    with each row's tenant written into `tenants` (n_rows,) uint32; and how many spilled rows repeat an id."""
+    writable(tenants, np.uint32, (n_rows,), "tenants")
+    s_ids, s_tenants = spilled
     s_ids = contiguous(s_ids, np.int64, (len(s_ids),), "spilled ids")
-    s_rows, s_stride = _rows_at(s_rows, 8 * width, "spilled counters")
-    if len(s_rows) != len(s_ids):
-        raise ValueError(f"merge: {len(s_ids)} spilled ids for {len(s_rows)} rows")
     s_tenants = contiguous(s_tenants, np.uint64, (len(s_ids),), "spilled tenants")
-    c_ids, c_counters, c_tenants = cached
+    c_ids, c_tenants = cached
     c_ids = contiguous(c_ids, np.int64, (len(c_ids),), "cached ids")
-    c_counters = contiguous(c_counters, np.uint64, (len(c_ids), width), "cached counters")
     c_tenants = contiguous(c_tenants, np.uint32, (len(c_ids),), "cached tenants")
-    written = np.zeros(rows, np.uint8)
-    library().sw_merge_rows(width, at(counters), at(tenants), at(written), at(row_of), at(s_ids), len(s_ids),
-                            at(s_rows) if len(s_rows) else None, s_stride, at(s_tenants), at(c_ids), len(c_ids),
-                            at(c_counters), at(c_tenants))
-    return written.view(bool)
+    if max(len(s_ids), len(c_ids)) > np.iinfo(np.int32).max:
+        raise ValueError("merge: more source rows than int32 row numbers hold")
+    row_of = contiguous(row_of, np.int64, (len(row_of),), "row of each id")
+    spill_src = np.empty(n_rows, np.int32)
+    cache_src = np.empty(n_rows, np.int32)
+    repeats = library().sw_merge_sources(n_rows, at(row_of), at(s_ids), len(s_ids), at(s_tenants), at(c_ids),
+                                         len(c_ids), at(c_tenants), at(spill_src), at(cache_src), at(tenants))
+    return spill_src, cache_src, int(repeats)
+
+
+def merge_fill(lo: int, hi: int, out: np.ndarray, spill_src: np.ndarray, spilled_rows: np.ndarray,
+               cache_src: np.ndarray, cached_rows: np.ndarray) -> None:
+    """Rows lo..hi-1 of a merge into `out` (hi - lo, W) uint64: each row's spilled row (of the (S,) void rows
+    of at least W words `spilled_rows`, strided or not) plus its cached row (of (K, W) uint64
+    `cached_rows`), as `merge_sources` listed them (see native.c)."""
+    width = out.shape[1] if out.ndim == 2 else 0
+    writable(out, np.uint64, (hi - lo, width), "merge rows")
+    if not 0 <= lo <= hi <= len(spill_src) or len(cache_src) != len(spill_src):
+        raise ValueError(f"merge rows {lo}..{hi} outside the merge's {len(spill_src)}")
+    s_rows, s_stride = _rows_at(spilled_rows, 8 * width, "spilled counters")
+    c_rows = contiguous(cached_rows, np.uint64, (len(cached_rows), width), "cached counters")
+    # Every source row named in lo..hi is within its array (merge_sources numbered them).
+    library().sw_merge_fill(lo, hi, width, at(out), at(spill_src), at(s_rows) if len(s_rows) else None, s_stride,
+                            at(cache_src), at(c_rows) if len(c_rows) else None)

@@ -20,7 +20,7 @@ import numpy as np
 import structlog
 
 from dataplane import bpfsys, native
-from dataplane.api import DataplaneError, DestinationCounters, TenantCounterArrays
+from dataplane.api import COUNTER_WORDS, CounterRows, DataplaneError, DestinationCounters, TenantCounterArrays
 from dataplane.constants import (
     ADDRESS_CACHE_BITS,
     BUDGET_CLASSES,
@@ -233,7 +233,9 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
     so a slot whose live copies all hold one address sums in place (the common case);
     slots whose CPUs hold different addresses, and spilled counters, are added by
     address id. Rows come out ordered by the memo's id, which is stable from read to
-    read, so consecutive reads list the addresses they share in the same order.
+    read, so consecutive reads list the addresses they share in the same order. The counters
+    are made from `spill` in place when asked for (`CounterRows`): before `spill` changes (the
+    reader's next read).
     """
     raw = cache
     n_cpus = raw.shape[1]
@@ -309,20 +311,11 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
         unspecified = memo.id_of(np.zeros((1, 2), np.uint64))
         if unspecified >= 0:
             spill_ids[spill_ids == unspecified] = -1
-    ids, counters, tenant = _merge_by_address(
+    ids, tenant, rows = _merge_by_address(
         len(memo), (agree_ids, agree_counters, agree_tenants),
         (conflict_ids, conflict_rows[:, c0:c0 + cw], _word32(conflict_rows[:, h], layout.tenant_shift)),
-        (spill_ids, spill_counters, spill_tenants))
-    n_cls = len(TrafficClass)
-    pk, by, dr = layout.packets_at, layout.bytes_at, layout.dropped_at
-    return DestinationCounters(
-        keys=memo.keys(ids),
-        tenant_idx=tenant,
-        packets=counters[:, pk:pk + n_cls],
-        bytes=counters[:, by:by + n_cls],
-        dropped_packets=counters[:, dr],
-        ids=ids,
-    )
+        (spill_ids, spill_counters, spill_tenants), layout)
+    return DestinationCounters(keys=memo.keys(ids), tenant_idx=tenant, ids=ids, rows=rows)
 
 
 def counter_width(layout: AddressCounterLayout) -> int:
@@ -437,8 +430,10 @@ def rows_empty(n: int, tail: tuple[int, ...] = (), dtype: type | np.dtype = np.f
 
 def _merge_by_address(n_ids: int, cached: tuple[np.ndarray, np.ndarray, np.ndarray],
                       conflicts: tuple[np.ndarray, np.ndarray, np.ndarray],
-                      spilled: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One row per address id, in ascending id order, from (ids, counters, tenant) parts.
+                      spilled: tuple[np.ndarray, np.ndarray, np.ndarray],
+                      layout: AddressCounterLayout) -> tuple[np.ndarray, np.ndarray, CounterRows]:
+    """One row per address id, in ascending id order, from (ids, counters, tenant) parts: the ids, the
+    tenants and the counter rows, made a block at a time when asked for (`CounterRows`).
 
     Ascending ids keep consecutive reads in one order, so the engine's per-address state
     (slots assigned in the same order) is walked nearly in sequence, not at random.
@@ -449,23 +444,55 @@ def _merge_by_address(n_ids: int, cached: tuple[np.ndarray, np.ndarray, np.ndarr
     (cache slots whose CPUs hold different addresses: rare) may repeat one. Counters add up; the
     tenant comes from the cache where the address is cached (a spilled copy keeps the tenant it had
     when it left). `n_ids` bounds the ids.
-    The spilled counters are (S,) void rows of the counters' width (`_row_view`, `_leading_rows`).
+    The spilled counters are (S,) void rows of the counters' width (`_leading_rows`, `_row_view`): the
+    mapped store's rows in place, which the rows are made from when asked for (a million addresses'
+    merged rows were ~100 MiB held beside the previous read's while the rates were worked out).
     """
-    width = cached[1].shape[1]
     c_ids, c_counters, c_tenants = conflicts
-    # In C (dataplane/native.c): an index pass, then each spilled and cached row moved once, straight
-    # from the mapped store for the spilled ones (numpy's index tables, scatters of whole rows and
-    # gather-add-scatters took ~55 ms a read at a million addresses).
-    ids, row_of = native.merge_index(n_ids, cached[0], c_ids, spilled[0])
-    counters = rows_empty(len(ids), (width,), np.uint64)
-    tenants = np.full(len(ids), NO_TENANT, np.uint32)
-    written = native.merge_rows(counters, tenants, row_of, spilled, cached)
+    s_ids, s_rows, s_tenants = spilled
+    # In C (dataplane/native.c): an index pass, then where each row comes from; the rows themselves are
+    # moved when asked for, straight from the mapped store for the spilled ones.
+    ids, row_of = native.merge_index(n_ids, cached[0], c_ids, s_ids)
+    n = len(ids)
+    tenants = np.full(n, NO_TENANT, np.uint32)
+    spill_src, cache_src, repeats = native.merge_sources(n, row_of, (s_ids, s_tenants), (cached[0], cached[2]),
+                                                         tenants)
+    # What adds on top of a row's spilled and cached rows (rare): spilled rows that repeat an id, and
+    # conflicting cache slots. By row, for a block's rows to find theirs.
+    extra_rows, extra_spilled, extra_counters = np.zeros(0, np.int64), np.zeros(0, np.int64), None
+    if repeats:
+        listed = np.flatnonzero(np.asarray(s_ids) >= 0)
+        listed_rows = row_of[np.asarray(s_ids)[listed]]
+        again = spill_src[listed_rows] != listed
+        extra_rows, extra_spilled = listed_rows[again], listed[again]
+    c_rows = np.zeros(0, np.int64)
     if len(c_ids):
-        crows = row_of[c_ids]
-        counters[crows[~written[crows]]] = 0         # rows that only conflicting slots hold start from zero
-        np.add.at(counters, crows, c_counters)
-        tenants[crows] = np.where(tenants[crows] == NO_TENANT, c_tenants, tenants[crows])
-    return ids, counters, tenants
+        c_rows = row_of[c_ids]
+        tenants[c_rows] = np.where(tenants[c_rows] == NO_TENANT, c_tenants, tenants[c_rows])
+        extra_counters = np.ascontiguousarray(c_counters, np.uint64)
+    width = cached[1].shape[1]
+    n_cls = len(TrafficClass)
+    pk, by, dr = layout.packets_at, layout.bytes_at, layout.dropped_at
+    in_order = (pk, by, dr, width) == (0, n_cls, 2 * n_cls, COUNTER_WORDS)
+
+    def fill(lo: int, hi: int, out: np.ndarray) -> None:
+        merged = out if in_order else np.empty((hi - lo, width), np.uint64)
+        native.merge_fill(lo, hi, merged, spill_src, s_rows, cache_src, cached[1])
+        if len(extra_rows):
+            mine = (extra_rows >= lo) & (extra_rows < hi)
+            if mine.any():
+                again_rows = np.ascontiguousarray(s_rows[extra_spilled[mine]]).view(np.uint64).reshape(-1, width)
+                np.add.at(merged, extra_rows[mine] - lo, again_rows)
+        if len(c_rows):
+            mine = (c_rows >= lo) & (c_rows < hi)
+            if mine.any():
+                np.add.at(merged, c_rows[mine] - lo, extra_counters[mine])
+        if not in_order:
+            out[:, :n_cls] = merged[:, pk:pk + n_cls]
+            out[:, n_cls:2 * n_cls] = merged[:, by:by + n_cls]
+            out[:, 2 * n_cls] = merged[:, dr]
+
+    return ids, tenants, CounterRows(n, fill)
 
 
 def address_layout(entry: type[ctypes.Structure], spilled: type[ctypes.Structure]) -> AddressCounterLayout:
@@ -559,6 +586,7 @@ class CounterReader:
         # the counters of the set in force are in the pinned map), then those of the set.
         self.tenant_rows = MAX_TENANTS
         self._address_memo = AddressMemo(memo_limit)
+        self._last_rows: CounterRows | None = None     # the last read's counter rows, made when asked for
         self._spill_buffers: tuple[np.ndarray, np.ndarray] | None = None   # the overflow map's batch reads, reused
         self._spill_holes = np.zeros(0, np.int64)      # rows of the last read's store slots that are free
         self.overflow_entries = 0                      # entries in the overflow map at the last read
@@ -588,6 +616,9 @@ class CounterReader:
         self._cache_copy_layout = cache_copy_layout(self.address_layout)
 
     def close(self) -> None:
+        if self._last_rows is not None:
+            self._last_rows.release()
+            self._last_rows = None
         self._cache_words = None
         self._cache_copy = None
         self._spill_buffers = None
@@ -616,10 +647,15 @@ class CounterReader:
         plus the spill store and its overflow map, merged by address (a copy of the mapped cache's
         counted words, the store's claimed slots in place, a batch read of the overflow map; see
         `decode_destination_counters`)."""
+        # The last read's rows are made from the maps as they were then: not after this read moves on.
+        if self._last_rows is not None:
+            self._last_rows.release()
+            self._last_rows = None
         maps = self.address_maps()
         start = time.thread_time()
         counters = decode_destination_counters(*maps, self._address_memo, spill_holes=self._spill_holes)
         self.last_read_cpu_ms["decode"] = _ms_since(start)
+        self._last_rows = counters.rows
         return counters
 
     def address_maps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, AddressCounterLayout]:

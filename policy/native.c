@@ -17,12 +17,16 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* The traffic classes' count (policy/native.py defines it from dataplane.constants.TrafficClass): rows
  * of that many classes take loops the compiler unrolls; any other count works the same, slower. */
 #ifndef SW_CLASSES
 #error "SW_CLASSES undefined"
 #endif
+
+/* Words a destination's counter row may have (sw_slot_rates's delta buffer; policy/native.py checks). */
+#define SW_MAX_COUNTER_WORDS 64
 
 static inline double np_max(double a, double b)
 {
@@ -233,49 +237,72 @@ void sw_learn_rows(int64_t n, int64_t classes, const int64_t *slots, int64_t fir
 }
 
 /*
- * Rates of n destination rows from their cumulative counters: row i of `current` (`words` uint64
- * counters: packets[classes] first) against row `prev_rows[i]` of `prev`. The delta of a counter is
- * current - previous; the packets' deltas become packets/s (pps = (double)delta · inv_dt, numpy's
- * conversion and product), the other words' deltas are written to `rest32` (uint32) or, when it is
- * NULL, to `rest64`. A row without a previous one (prev_rows[i] < 0) or with a counter below its
- * previous value is not computed: its number goes to `special` (the caller settles those few), and
- * the count of them is returned. `*rest_overflow` is set when a delta did not fit rest32.
+ * Rates of n destination rows from their cumulative counters (`current`: `words` uint64 counters a
+ * row, packets[classes] first), against the rate tracker's state by slot (`slots[i]`, row i's):
+ * `prev` (words a slot: its counters as the next read's previous values), `read_of` (the number of
+ * the read that last wrote them) and `kept` (they are kept values, not what that read said). This
+ * is read number `read`; each slot is written once, as its row is done.
+ *
+ * A slot last written by the previous read: delta = current - previous, 0 for a counter below its
+ * previous value (the row came out low: the first time, the slot keeps max(current, previous) and
+ * is marked kept; when it already was, the counters were reset and count on from current). A slot
+ * last written by the read before (its address missed one read): current - that value when no
+ * counter is below it, else current. Any other slot (a new address): current.
+ * The packets' deltas become pps = (double)delta · inv_dt (numpy's conversion and product), the
+ * other words' deltas go to rest32 (uint32) or, when it is NULL, to rest64. `prime`: the state only
+ * (the first read has no rates). Returns the rows done: fewer than n when a delta of the next row
+ * does not fit rest32 (that row and its slot are left as they were, for the caller to go on with
+ * rest64); -1 - i when row i's slot was already written by this read (an address listed twice).
  */
-int64_t sw_counter_rates(int64_t n, int64_t words, int64_t classes, const uint64_t *current,
-			 const uint64_t *prev, const int32_t *prev_rows, double inv_dt, double *pps,
-			 uint32_t *rest32, uint64_t *rest64, int64_t *special, int32_t *rest_overflow)
+int64_t sw_slot_rates(int64_t n, int64_t words, int64_t classes, const uint64_t *current, const int64_t *slots,
+		      uint64_t *prev, int64_t *read_of, uint8_t *kept, int64_t read, double inv_dt, int32_t prime,
+		      double *pps, uint32_t *rest32, uint64_t *rest64)
 {
-	int64_t n_special = 0;
+	uint64_t delta[SW_MAX_COUNTER_WORDS];
 	const int64_t rest_words = words - classes;
 	for (int64_t i = 0; i < n; i++) {
-		const int64_t pr = prev_rows[i];
-		if (pr < 0) {
-			special[n_special++] = i;
-			continue;
-		}
 		const uint64_t *cur = current + i * words;
-		const uint64_t *was = prev + pr * words;
-		int low = 0;
+		const int64_t s = slots[i];
+		if (read_of[s] == read)
+			return -1 - i;
+		uint64_t *was = prev + s * words;
+		int below = 0, keep = 0;
 		for (int64_t w = 0; w < words; w++)
-			low |= cur[w] < was[w];
-		if (low) {
-			special[n_special++] = i;
-			continue;
+			below |= cur[w] < was[w];
+		if (read_of[s] == read - 1) {
+			for (int64_t w = 0; w < words; w++)
+				delta[w] = cur[w] < was[w] ? 0 : cur[w] - was[w];
+			keep = below && !kept[s] && !prime;
+		} else if (read_of[s] == read - 2 && !below) {
+			for (int64_t w = 0; w < words; w++)
+				delta[w] = cur[w] - was[w];
+		} else {
+			memcpy(delta, cur, (size_t)words * 8);
 		}
-		for (int64_t w = 0; w < classes; w++)
-			pps[i * classes + w] = (double)(cur[w] - was[w]) * inv_dt;
-		for (int64_t w = classes; w < words; w++) {
-			const uint64_t d = cur[w] - was[w];
-			if (rest32) {
-				if (d > UINT32_MAX)
-					*rest_overflow = 1;
-				rest32[i * rest_words + w - classes] = (uint32_t)d;
-			} else {
-				rest64[i * rest_words + w - classes] = d;
+		if (!prime) {
+			if (rest32)
+				for (int64_t w = classes; w < words; w++)
+					if (delta[w] > UINT32_MAX)
+						return i;
+			for (int64_t w = 0; w < classes; w++)
+				pps[i * classes + w] = (double)delta[w] * inv_dt;
+			for (int64_t w = classes; w < words; w++) {
+				if (rest32)
+					rest32[i * rest_words + w - classes] = (uint32_t)delta[w];
+				else
+					rest64[i * rest_words + w - classes] = delta[w];
 			}
 		}
+		if (keep) {
+			for (int64_t w = 0; w < words; w++)
+				was[w] = cur[w] > was[w] ? cur[w] : was[w];
+		} else {
+			memcpy(was, cur, (size_t)words * 8);
+		}
+		kept[s] = (uint8_t)keep;
+		read_of[s] = read;
 	}
-	return n_special;
+	return n;
 }
 
 /*

@@ -35,7 +35,7 @@ def library() -> ctypes.CDLL:
     return compile_library(SOURCE, {
         "sw_detect_rows": (None, [i64, i64, ptr, ptr, ptr, ptr, ptr, f64, f64, f64, f64, ptr, ptr, ptr, f64, ptr, f64,
                                   ptr, ptr, ptr, ptr, ptr, ptr, ctypes.POINTER(_Onset)]),
-        "sw_counter_rates": (i64, [i64, i64, i64, ptr, ptr, ptr, f64, ptr, ptr, ptr, ptr, ptr]),
+        "sw_slot_rates": (i64, [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, i64, f64, ctypes.c_int32, ptr, ptr, ptr]),
         "sw_learn_rows": (None, [i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, f64, f64, f64, f64, f64]),
         "sw_slots_by_id": (None, [i64, ptr, ptr, i64, ptr, ptr, i64, ptr, ptr]),
     }, defines={"SW_CLASSES": len(TrafficClass)})
@@ -129,27 +129,42 @@ def learn_rows(rows: np.ndarray | slice, mean: np.ndarray, var: np.ndarray, lear
                             at(over_cap), at(learn), dt, ewma, warmup_s, k_sigma, margin)
 
 
-def counter_rates(current: np.ndarray, prev: np.ndarray, prev_rows: np.ndarray, classes: int, dt: float,
-                  pps: np.ndarray, rest: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Rates of the rows of `current` (N, W) uint64 counters against rows `prev_rows` (N,) of `prev`
-    (P, W): `pps` (N, classes) float64 and `rest` (N, W - classes) uint32 or uint64 deltas, written
-    (see native.c). Returns the rows not computed (no previous row, or a counter below its previous
-    value: the caller settles them) and whether a delta did not fit a uint32 `rest`."""
+MAX_COUNTER_WORDS = 64      # words a counter row may have (SW_MAX_COUNTER_WORDS in native.c)
+
+
+def slot_rates(current: np.ndarray, slots: np.ndarray, prev: np.ndarray, read_of: np.ndarray, kept: np.ndarray,
+               read: int, classes: int, dt: float, pps: np.ndarray | None, rest: np.ndarray | None) -> int:
+    """Rates of the rows of `current` (N, W) uint64 counters against the state of their `slots` (N,):
+    `prev` (S, W) uint64, `read_of` (S,) int64, `kept` (S,) bool, updated in place as each row is done
+    (see native.c), `read` this read's number; `pps` (N, classes) float64 and `rest` (N, W - classes) uint32
+    or uint64 written, or both None on the first read (`dt` 0: the state only). Returns the rows done:
+    fewer than N when the next row's delta does not fit a uint32 `rest` (that row untouched). A slot twice
+    in one read raises (the rows before it are done)."""
     n, words = current.shape
+    if not classes <= words <= MAX_COUNTER_WORDS:
+        raise ValueError(f"counter rows of {words} words: {classes} to {MAX_COUNTER_WORDS} expected")
     current = contiguous(current, np.uint64, (n, words), "current")
-    prev = contiguous(prev, np.uint64, (len(prev), words), "prev")
-    prev_rows = contiguous(prev_rows, np.int32, (n,), "prev_rows")
-    if n and int(prev_rows.max()) >= len(prev):
-        raise ValueError(f"previous rows beyond the {len(prev)} of the previous read")
-    writable(pps, np.float64, (n, classes), "pps")
-    wide = rest.dtype == np.uint64
-    writable(rest, np.uint64 if wide else np.uint32, (n, words - classes), "rest")
-    special = np.empty(n, np.int64)
-    overflow = ctypes.c_int32(0)
-    count = library().sw_counter_rates(n, words, classes, at(current), at(prev), at(prev_rows), 1.0 / dt,
-                                       at(pps), None if wide else at(rest), at(rest) if wide else None,
-                                       at(special), ctypes.addressof(overflow))
-    return special[:count].copy(), bool(overflow.value)
+    slots = contiguous(slots, np.int64, (n,), "slots")
+    capacity = len(prev)
+    writable(prev, np.uint64, (capacity, words), "previous counters")
+    writable(read_of, np.int64, (capacity,), "read of each slot")
+    writable(kept, np.bool_, (capacity,), "kept")
+    if n and (int(slots.min()) < 0 or int(slots.max()) >= capacity):
+        raise ValueError(f"slots outside the tracker's {capacity}")
+    prime = pps is None
+    if prime != (rest is None) or (not prime and dt <= 0):
+        raise ValueError("rates: pps and rest both, with dt > 0, or neither (the first read)")
+    wide = False
+    if not prime:
+        writable(pps, np.float64, (n, classes), "pps")
+        wide = rest.dtype == np.uint64
+        writable(rest, np.uint64 if wide else np.uint32, (n, words - classes), "rest")
+    done = int(library().sw_slot_rates(n, words, classes, at(current), at(slots), at(prev), at(read_of), at(kept),
+                                       read, 1.0 / dt if not prime else 0.0, int(prime), at(pps),
+                                       at(rest) if not prime and not wide else None, at(rest) if wide else None))
+    if done < 0:
+        raise ValueError(f"rates: slot {int(slots[-1 - done])} listed twice in one read (an address twice)")
+    return done
 
 
 def slots_by_id(ids: np.ndarray, slot_of_id: np.ndarray, slot_keys: np.ndarray, in_use: np.ndarray,

@@ -12,8 +12,17 @@ Rules for a delta over one tick (variable length `dt`, seconds):
   cumulative values from before the engine started are not traffic of this tick;
 - an address that was absent at the previous read is new in the map, so its whole
   counter arrived during this tick (delta = current value);
-- a counter smaller than before was reset (map re-created, row re-inserted), so the
-  delta is the current value.
+- an address absent from the previous read but present in the one before continues from its
+  counters there when none is below them (an address can miss one read, see below), else counts
+  whole;
+- a counter smaller than before came out low or was reset. The reader takes the spill map before
+  the address cache, and counts only move from a cache slot to the spill map: a slot evicted in
+  between is missing from that read. Its address reads low once (or is absent, when it was never
+  spilled before), and its counts are back at the next read. So a row with a counter below its
+  previous value counts 0 for that counter and keeps max(current, previous) as the next read's
+  previous; only when it is still below at that read was it reset (its entries left the LRU), and
+  it counts on from there. Counting a low read's whole value as one tick's traffic instead would
+  report the address's history as a flood.
 
 Tenant rates are computed here and nowhere else: the engine publishes each tick's
 `TenantTraffic` (the read's cumulative counters with these rates), and the appliance's
@@ -28,7 +37,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import structlog
 
-from dataplane.api import DestinationCounters, IPAddress, TenantCounterArrays, TenantCounters
+from dataplane.api import COUNTER_WORDS, DestinationCounters, IPAddress, TenantCounterArrays, TenantCounters
 from dataplane.constants import MAX_TENANTS, NO_TENANT, Direction, TrafficClass
 from dataplane.keys import AddressView, RowIndex, address_keys, unique_keys
 from dataplane.reader import rows_empty
@@ -37,7 +46,7 @@ from policy import native
 log = structlog.get_logger("policy")
 
 N_CLASSES = len(TrafficClass)
-_DEST_WORDS = 2 * N_CLASSES + 1      # a destination's packets[C], bytes[C], dropped packets
+_DEST_WORDS = COUNTER_WORDS      # a destination's packets[C], bytes[C], dropped packets
 # A tenant direction's class packets[C], class bytes[C], dropped packets, dropped bytes.
 _TENANT_WORDS = 2 * N_CLASSES + 2
 _T_DROPPED_PACKETS, _T_DROPPED_BYTES = 2 * N_CLASSES, 2 * N_CLASSES + 1
@@ -45,6 +54,10 @@ _U32_MAX = np.iinfo(np.uint32).max
 # Slot numbers and read row numbers in the tracker's per-slot tables: below the number of addresses
 # tracked, which memory bounds far below 2**31 (a million addresses take ~1 GiB of engine state).
 _INDEX = np.int32
+# Rows of a read taken at a time (`CounterRows.fill`): 5.5 MiB of counters, where the whole read at a
+# million destinations was ~90 MiB held beside the previous read's.
+RATE_BLOCK_ROWS = 65_536
+_NEVER_READ = -(1 << 62)          # a slot's `read_of` before any read wrote it, or after it was freed
 INBOUND = int(Direction.INBOUND)
 OUTBOUND = int(Direction.OUTBOUND)
 
@@ -186,31 +199,6 @@ class TenantTraffic:
     rates: TenantRates
 
 
-def _counter_rows(counters: DestinationCounters) -> np.ndarray:
-    """The read's (N, packets[C] + bytes[C] + dropped) uint64 rows, kept as the next tick's previous.
-
-    The dataplane's reader hands out views of one such block (its merge result, which it never
-    touches again): taken as it is. Other readers' arrays are copied into a new block.
-    """
-    n = len(counters.packets)
-    block = counters.packets.base
-    # The reader's block may have a few rows more than the read (`dataplane.reader.rows_empty`).
-    if isinstance(block, np.ndarray) and block.dtype == np.uint64 and block.ndim == 2 and len(block) >= n \
-            and block.shape[1] == _DEST_WORDS and block.flags.c_contiguous and block.base is None and n:
-        block = block[:n]
-        at = block.ctypes.data
-        if (counters.packets.ctypes.data, counters.bytes.ctypes.data, counters.dropped_packets.ctypes.data) \
-                == (at, at + 8 * N_CLASSES, at + 16 * N_CLASSES) \
-                and counters.bytes.base is block.base and counters.dropped_packets.base is block.base \
-                and counters.packets.strides == counters.bytes.strides == (8 * _DEST_WORDS, 8):
-            return block
-    current = rows_empty(n, (_DEST_WORDS,), np.uint64)
-    current[:, :N_CLASSES] = counters.packets
-    current[:, N_CLASSES:2 * N_CLASSES] = counters.bytes
-    current[:, 2 * N_CLASSES] = counters.dropped_packets
-    return current
-
-
 def _keys_of(addresses: np.ndarray | Sequence[IPAddress]) -> np.ndarray:
     if isinstance(addresses, np.ndarray):
         return addresses.reshape(-1, 2).astype(np.uint64, copy=False)
@@ -322,19 +310,17 @@ class RateTracker:
         self.slots = SlotTable()
         self.forget_after_s = forget_after_s
         cap = self.slots.capacity
-        # The last read's rows as it came (packets[C], bytes[C] and dropped packets side by side),
-        # and the row each slot had in it (-1: absent): a tick gathers its previous values once
-        # and keeps its own read as the next one's previous, with no scatter.
-        self._prev = np.zeros((0, _DEST_WORDS), np.uint64)
+        # Each slot's counters as the next read's previous values, the number of the read that wrote them
+        # and whether they are kept values (a read that came out low: see the module docstring), updated in
+        # place as a read's rows go by (policy/native.c `sw_slot_rates`): no read is ever held whole. And
+        # the row each slot had in the last read (-1: absent), which the engine reads (`rows_by_slot`).
+        self._prev = np.zeros((cap, _DEST_WORDS), np.uint64)
+        self._read_of = np.full(cap, _NEVER_READ, np.int64)
+        self._kept = np.zeros(cap, bool)
+        self._reads = 0                      # reads done: the next one's number
         self._prev_slots = np.zeros(0, np.int64)
         self._prev_row_of_slot = np.full(cap, -1, _INDEX)
-        # Which of the last read's rows hold a kept value rather than what was read (a read that
-        # came out low: see _settle_low_reads), and the rows of the read before it whose addresses the
-        # last read missed, with their rows by slot.
-        self._prev_kept = np.zeros(0, bool)
-        self._before = np.zeros((0, _DEST_WORDS), np.uint64)
-        self._before_slots = np.zeros(0, np.int64)
-        self._before_row_of_slot = np.full(cap, -1, _INDEX)
+        self._block = np.zeros((0, _DEST_WORDS), np.uint64)     # a block of a read's rows, reused
         self._dest_now: float | None = None
         self._next_expiry = 0.0
         t = MAX_TENANTS
@@ -361,7 +347,12 @@ class RateTracker:
             return
         pad = cap - old
         self._prev_row_of_slot = np.concatenate([self._prev_row_of_slot, np.full(pad, -1, _INDEX)])
-        self._before_row_of_slot = np.concatenate([self._before_row_of_slot, np.full(pad, -1, _INDEX)])
+        # Zeros past the old rows: their pages are touched only as slots are taken.
+        prev = np.zeros((cap, _DEST_WORDS), np.uint64)
+        prev[:old] = self._prev
+        self._prev = prev
+        self._read_of = np.concatenate([self._read_of, np.full(pad, _NEVER_READ, np.int64)])
+        self._kept = np.concatenate([self._kept, np.zeros(pad, bool)])
 
     def rows_by_slot(self) -> np.ndarray:
         """(capacity,) each slot's row in the last destination read, -1 for slots absent from it: the
@@ -374,10 +365,8 @@ class RateTracker:
     def update_destinations(self, now: float, counters: DestinationCounters) -> tuple[DestinationRates, np.ndarray]:
         """Rates for this read, and the slots freed by expiry (their baselines must be reset)."""
         n = len(counters.keys)
-        if counters.packets.shape != (n, N_CLASSES) or counters.bytes.shape != (n, N_CLASSES) \
-                or counters.dropped_packets.shape != (n,):
-            raise ValueError(f"destination counters: {n} addresses but packets, bytes, dropped_packets have shapes "
-                             f"{counters.packets.shape}, {counters.bytes.shape}, {counters.dropped_packets.shape}")
+        if len(counters.rows) != n:
+            raise ValueError(f"destination counters: {n} addresses but {len(counters.rows)} counter rows")
         if counters.tenant_idx.shape != (n,):
             raise ValueError(f"destination counters: {n} addresses but tenant_idx has shape "
                              f"{counters.tenant_idx.shape}")
@@ -389,51 +378,42 @@ class RateTracker:
         dt = 0.0 if priming else now - self._dest_now
         if not priming and dt <= 0:
             raise ValueError(f"rates: time went backwards or stood still (dt={dt:.6f} s)")
-        prev_rows = self._prev_row_of_slot[slots]
-        current = _counter_rows(counters)
-        kept = np.zeros(n, bool)     # rows whose next previous value is not what this read says
         if priming:
             # Slots restored from saved state count as seen now, not at time zero.
             self.slots.last_seen[self.slots.in_use] = now
             pps, rest = np.zeros((n, N_CLASSES)), None
         else:
-            # One pass of policy/native.c over the rows (the (N, words) deltas never exist whole: ~100 MB
-            # at a million destinations); of the deltas only the bytes and dropped packets are kept (for
-            # `byte_rate`, `dropped_pps`): the packets are `pps`. The byte and drop counts of one tick fit
-            # 32 bits (4 GB to one address and class in a tick) but for the rarest floods: kept as
-            # uint32, or uint64 once one does not fit (the rates made of them are the same values).
+            # The byte and drop counts of one tick fit 32 bits (4 GB to one address and class in a tick)
+            # but for the rarest floods: kept as uint32, or uint64 from the row where one does not fit
+            # (the rates made of them are the same values).
             pps = rows_empty(n, (N_CLASSES,))
             rest = rows_empty(n, (_DEST_WORDS - N_CLASSES,), np.uint32)
-            prev = self._prev if len(self._prev) else np.zeros((1, _DEST_WORDS), np.uint64)
-            special, overflow = native.counter_rates(current, prev, prev_rows, N_CLASSES, dt, pps, rest)
-            if overflow:
-                rest = rows_empty(n, rest.shape[1:], np.uint64)
-                special, _ = native.counter_rates(current, prev, prev_rows, N_CLASSES, dt, pps, rest)
-            low, tail = self._settle_special_rows(special, current, prev, prev_rows, slots, dt, pps)
-            if rest.dtype != np.uint64 and tail.max(initial=0) > _U32_MAX:
-                rest = rest.astype(np.uint64)
-            rest[special] = tail
-            if len(low):
-                # Reads that came out low for the first time keep their previous values (_settle_low_reads).
-                current = current.copy()                       # the reader's block stays as it was read
-                current[low] = np.maximum(current[low], self._prev[prev_rows[low]])
-                kept[low] = True
-        outgoing, outgoing_slots = self._prev, self._prev_slots
-        self._prev_row_of_slot[outgoing_slots] = -1
+        # The read's rows a block at a time (the reader makes them from its maps as asked: a million
+        # addresses' rows are ~90 MiB never held whole), each slot's state updated as its row goes by.
+        read = self._reads
+        if len(self._block) < min(n, RATE_BLOCK_ROWS):
+            self._block = np.empty((min(max(n, 1024), RATE_BLOCK_ROWS), _DEST_WORDS), np.uint64)
+        for lo in range(0, n, RATE_BLOCK_ROWS):
+            hi = min(n, lo + RATE_BLOCK_ROWS)
+            block = self._block[:hi - lo]
+            counters.rows.fill(lo, hi, block)
+            done = lo
+            while done < hi:
+                done += native.slot_rates(block[done - lo:], slots[done:hi], self._prev, self._read_of, self._kept,
+                                          read, N_CLASSES, dt, None if priming else pps[done:hi],
+                                          None if priming else rest[done:hi])
+                if done < hi:
+                    rest = rest.astype(np.uint64)      # a delta past 32 bits: this row on, and the rows before
+        self._reads = read + 1
+        self._prev_row_of_slot[self._prev_slots] = -1
         self._prev_row_of_slot[slots] = np.arange(n)
-        # The read before the next one's previous is looked at only for addresses that the next read
-        # has and this one missed (_settle_new_rows): of the outgoing read, only the rows of addresses
-        # absent from this one are kept (the churn: a few thousand rows, not ~100 MB at a million).
-        missed = np.flatnonzero(self._prev_row_of_slot.take(outgoing_slots) < 0)
-        self._before_row_of_slot[self._before_slots] = -1
-        self._before, self._before_slots = outgoing[missed], outgoing_slots[missed]
-        self._before_row_of_slot[self._before_slots] = np.arange(len(missed))
-        self._prev, self._prev_slots, self._prev_kept = current, slots, kept
+        self._prev_slots = slots
         self.slots.last_seen[slots] = now
         self._dest_now = now
         freed = np.zeros(0, np.int64)
         if now >= self._next_expiry:
             freed = self.slots.expire(now, self.forget_after_s)
+            self._read_of[freed] = _NEVER_READ     # a new address in a freed slot starts afresh
             self._next_expiry = now + 60.0  # seconds between expiry scans
         rates = DestinationRates(
             now=now, dt=dt, keys=counters.keys, slots=slots,
@@ -441,56 +421,6 @@ class RateTracker:
             _deltas=rest)
         self.last_destination_rates = rates
         return rates, freed
-
-    def _settle_new_rows(self, rows: np.ndarray, current: np.ndarray, delta: np.ndarray, slots: np.ndarray) -> None:
-        """Deltas of addresses absent from the last read (in place): their whole value, unless the
-        address was in the read before it and is not below its counters there (an address can miss
-        one read: see _settle_low_reads), which it then continues from."""
-        delta[rows] = current[rows]
-        before_rows = self._before_row_of_slot[slots[rows]]
-        back = before_rows >= 0
-        if back.any():
-            rows, before = rows[back], self._before[before_rows[back]]
-            goes_on = (current[rows] >= before).all(axis=1)
-            delta[rows[goes_on]] = current[rows[goes_on]] - before[goes_on]
-
-    def _settle_special_rows(self, rows: np.ndarray, current: np.ndarray, prev: np.ndarray, prev_rows: np.ndarray,
-                             slots: np.ndarray, dt: float, pps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`pps` of the rows `native.counter_rates` left (few: addresses new in the map, counters below
-        their previous value), settled as _settle_new_rows and _settle_low_reads say. Returns the rows
-        that came out low for the first time and the rows' (K, words - classes) uint64 deltas past the
-        packets."""
-        block = current[rows]
-        delta = block - prev[np.maximum(prev_rows[rows], 0)]
-        fresh = np.flatnonzero(prev_rows[rows] < 0)
-        if len(fresh):
-            self._settle_new_rows(fresh, block, delta, slots[rows])
-        # A counter that went down wrapped around below zero, which leaves its delta above the current
-        # value (and only its; a new row's delta is set first and never is).
-        low = np.zeros(0, np.int64)
-        wrapped = np.flatnonzero(np.greater(delta, block))
-        if len(wrapped):
-            low = rows[self._settle_low_reads(wrapped, delta, prev_rows[rows])]
-        # float64(delta) * (1 / dt), as numpy converts the uint64 operand for the float loop.
-        pps[rows] = np.multiply(delta[:, :N_CLASSES], 1.0 / dt)
-        return low, delta[:, N_CLASSES:]
-
-    def _settle_low_reads(self, wrapped: np.ndarray, delta: np.ndarray, prev_rows: np.ndarray) -> np.ndarray:
-        """Counters below their previous value (`wrapped`: flat indices of their deltas, of some rows of
-        the read): delta 0 (in place); returns the rows (of those) to keep at their previous values as
-        the next read's previous, rather than at what this read says.
-
-        The reader takes the spill map before the address cache, and counts only move from a slot
-        to the spill map: a slot evicted in between is missing from that read. Its address reads
-        low once (or is absent, when it was never spilled before: `_settle_new_rows`), and its
-        counts are back at the next read. So a counter below its previous value keeps that value
-        for the next read; only when it is still below at that read was it reset (its entries
-        left the LRU), and it counts on from there. Counting a low read's whole value as one
-        tick's traffic instead would report the address's history as a flood.
-        """
-        delta.reshape(-1)[wrapped] = 0
-        low = np.unique(wrapped // _DEST_WORDS)
-        return low[~self._prev_kept[prev_rows[low]]]      # still below at a second read: a reset
 
     def _tenant_arrays(self, counters: Mapping[int, TenantCounters]) -> TenantCounterArrays:
         """Per-tenant objects (tests, older readers) as arrays; rows with an index out of range are skipped."""

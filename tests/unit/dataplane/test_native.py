@@ -45,6 +45,10 @@ def test_ids_slots_and_rows_out_of_range_are_refused():
     with pytest.raises(ValueError, match="rows outside"):
         policy_native.learn_rows(np.array([-1]), mean, mean.copy(), mean.copy(), np.zeros((1, 6)), None,
                                  np.ones((1, 6), bool), dt=1.0, ewma=0.01, warmup_s=600.0, k_sigma=4.0, margin=1.5)
-    with pytest.raises(ValueError, match="previous rows beyond"):
-        policy_native.counter_rates(np.zeros((1, 13), np.uint64), np.zeros((1, 13), np.uint64),
-                                    np.array([1], np.int32), 6, 1.0, np.empty((1, 6)), np.empty((1, 7), np.uint32))
+    state = (np.zeros((1, 13), np.uint64), np.zeros(1, np.int64), np.zeros(1, bool))
+    with pytest.raises(ValueError, match="slots outside"):
+        policy_native.slot_rates(np.zeros((1, 13), np.uint64), np.array([1]), *state, 1, 6, 1.0, np.empty((1, 6)),
+                                 np.empty((1, 7), np.uint32))
+    with pytest.raises(ValueError, match="listed twice"):
+        policy_native.slot_rates(np.zeros((2, 13), np.uint64), np.array([0, 0]), *state, 1, 6, 1.0,
+                                 np.empty((2, 6)), np.empty((2, 7), np.uint32))
