@@ -12,8 +12,10 @@ import ctypes
 import ipaddress
 
 import numpy as np
+import pytest
 
 from dataplane import reader, testing
+from dataplane.api import DataplaneError
 from dataplane.constants import MAX_TENANTS, TrafficClass
 from tests.bpf import frames
 from tests.bpf.conftest import ALPHA_DST, CLEAN_SRC, XDP_REDIRECT, run
@@ -82,6 +84,7 @@ def test_issue18_spill_reads_reuse_their_buffers(dp):
     assert run(dp, frames.udp(CLEAN_SRC, ALPHA_DST, dport=28960)) == XDP_REDIRECT
     _, keys1, spill1, _ = dp.address_maps()
     first = dp.read_destination_counters()
+    first.rows.whole()     # its counter rows made now: rows made when asked for are valid until the next read
     _, keys2, spill2, _ = dp.address_maps()
     second = dp.read_destination_counters()
     # The first rows of one buffer (even when no row was read: both views start where it starts); while
@@ -90,3 +93,8 @@ def test_issue18_spill_reads_reuse_their_buffers(dp):
     assert keys1.__array_interface__["data"][0] == keys2.__array_interface__["data"][0]
     for field in ("keys", "tenant_idx", "packets", "bytes", "dropped_packets"):
         np.testing.assert_array_equal(getattr(first, field), getattr(second, field), err_msg=field)
+    # Rows not made before the reader read again are refused, not made from the maps as they are now.
+    third = dp.read_destination_counters()
+    dp.read_destination_counters()
+    with pytest.raises(DataplaneError, match="earlier read"):
+        third.rows.whole()
