@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dataplane.api import DataplaneError
 from dataplane.constants import NO_TENANT, TrafficClass
 from dataplane.reader import ADDRESS_LAYOUT as LAY
 from dataplane.reader import (
@@ -235,3 +236,30 @@ def test_issue18_a_store_slot_read_while_it_is_given_back_is_no_address():
     assert (0, 0) not in {tuple(k) for k in got.keys.tolist()}
     assert len(got.keys) == len(rows_of(got)) == len(brute_force(cache, np.delete(spill_keys, 5, axis=0),
                                                                    np.delete(spill, 5, axis=0)))
+
+
+@pytest.mark.parametrize("seed", [12, 13])
+@pytest.mark.parametrize("block", [1, 3, 17])
+def test_issue18_the_counter_rows_made_a_block_at_a_time_are_the_whole_read(seed, block):
+    """The rate tracker asks for a read's rows a block at a time (`CounterRows.fill`): blocks of any size, with
+    conflicting cache slots and spilled repeats on either side of a block's edge, give the rows `whole()` gives,
+    and the rows `brute_force` sums. A read's rows are refused once they are released (the reader's next read)."""
+    rng = np.random.default_rng(seed)
+    cache, spill_keys, spill = random_maps(rng, 32, 3, 120, 10)
+    twice = rng.choice(len(spill_keys), 9, replace=False)
+    spill_keys, spill = np.concatenate([spill_keys, spill_keys[twice]]), np.concatenate([spill, spill[twice]])
+    view = cache.copy().transpose(1, 0, 2).copy().transpose(1, 0, 2)
+    decoded = decode_destination_counters(view, spill_keys, spill, LAY, AddressMemo(1 << 20))
+    n = len(decoded)
+    blocks = np.zeros((n, CW), np.uint64)
+    for lo in range(0, n, block):
+        hi = min(n, lo + block)
+        decoded.rows.fill(lo, hi, blocks[lo:hi])
+    np.testing.assert_array_equal(blocks, decoded.rows.whole())
+    expected = brute_force(cache, spill_keys, spill)
+    assert {decoded.keys[i].tobytes(): tuple(blocks[i]) for i in range(n)} == \
+        {key: tuple(row) for key, row in expected.items()}
+    again = decode_destination_counters(view, spill_keys, spill, LAY, AddressMemo(1 << 20))
+    again.rows.release()
+    with pytest.raises(DataplaneError, match="earlier read"):
+        again.rows.fill(0, 1, np.zeros((1, CW), np.uint64))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 
 import numpy as np
 import pytest
@@ -284,3 +285,73 @@ def test_tenant_bits_outbound_passed_and_unprotected_rates_follow_resets():
     # The row of no tenant absent, then back: counted whole, as a tenant row.
     assert rt.update_tenants(2.0, {3: tc(30, 10, 10)}).unprotected_passed_pps == 0.0
     assert rt.update_tenants(2.5, {3: tc(30, 10, 10), MAX_TENANTS: tc(7, 0, 0)}).unprotected_passed_pps == 14.0
+
+
+def _model_rates(reads: list[dict], dts: list[float]) -> list[dict]:
+    """The module docstring's rules by address, written out: per read, address -> (pps (C,), rest deltas)."""
+    state: dict = {}          # key -> (previous counters, read number, kept)
+    out = []
+    for t, (rows, dt) in enumerate(zip(reads, dts, strict=True)):
+        got = {}
+        for key, cur in rows.items():
+            was, read, kept = state.get(key, (None, None, False))
+            keep = False
+            if read == t - 1:
+                delta = np.where(cur < was, 0, cur - np.minimum(cur, was)).astype(np.uint64)
+                keep = bool((cur < was).any()) and not kept
+            elif read == t - 2 and not (cur < was).any():
+                delta = cur - was
+            else:
+                delta = cur.copy()
+            state[key] = (np.maximum(cur, was) if keep else cur, t, keep)
+            if t:
+                got[key] = (delta[:C].astype(np.float64) * (1.0 / dt), delta[C:])
+        out.append(got)
+    return out
+
+
+@pytest.mark.parametrize("block", [2, 5, 65_536])
+def test_issue18_rates_by_slot_in_blocks_follow_the_rules_written_out(monkeypatch, block):
+    """Random reads with addresses missing one read or more, counters reading low once, resets and a byte
+    delta past 32 bits in the middle of a read: the tracker, its read's rows taken `block` at a time and each
+    slot's previous counters kept in place, gives the rules' rates bit for bit."""
+    monkeypatch.setattr("policy.rates.RATE_BLOCK_ROWS", block)
+    rng = np.random.default_rng(7)
+    keys = [ipaddress.ip_address(f"198.51.100.{i}") for i in range(1, 24)]
+    totals = {k: rng.integers(0, 1000, 2 * C + 1).astype(np.uint64) for k in keys}
+    reads, dts = [], []
+    for t in range(12):
+        rows = {}
+        for k in keys:
+            if rng.random() < 0.2:
+                continue                                     # missing from this read
+            totals[k] = totals[k] + rng.integers(0, 500, 2 * C + 1).astype(np.uint64)
+            cur = totals[k].copy()
+            kind = rng.random()
+            if kind < 0.1:
+                cur = cur // np.uint64(2)                    # reads low (kept once, then a reset)
+            elif kind < 0.15:
+                totals[k] = cur = rng.integers(0, 50, 2 * C + 1).astype(np.uint64)      # reset
+            rows[k] = cur
+        if t == 6:
+            k = list(rows)[len(rows) // 2]           # in the middle of the read
+            totals[k][C] += np.uint64(1 << 33)               # bytes of one tick past 32 bits
+            rows[k] = totals[k].copy()
+        reads.append(rows)
+        dts.append(float(rng.uniform(0.5, 2.0)))
+    nows = np.cumsum(dts).tolist()
+    expected = _model_rates(reads, [0.0] + [b - a for a, b in itertools.pairwise(nows)])
+    rt = RateTracker()
+    for t, rows in enumerate(reads):
+        now = nows[t]
+        block_rows = np.array([rows[k] for k in rows], np.uint64).reshape(-1, 2 * C + 1)
+        r, _ = rt.update_destinations(now, DestinationCounters.from_addresses(
+            list(rows), np.ones(len(rows), np.uint32), block_rows[:, :C], block_rows[:, C:2 * C], block_rows[:, 2 * C]))
+        if not t:
+            continue
+        assert set(r.addresses) == set(expected[t])
+        for i, a in enumerate(r.addresses):
+            pps, rest = expected[t][a]
+            np.testing.assert_array_equal(r.pps[i], pps)
+            np.testing.assert_array_equal(r.byte_rate_of(i), rest[:C].astype(np.float64) * (1.0 / r.dt))
+            assert r.dropped_pps_of(i) == float(rest[C]) * (1.0 / r.dt)
