@@ -12,12 +12,13 @@
 /*
  * The keys of a hash map's or the spill store's listing, n of them at `src` every `stride` bytes
  * (two uint64 words each: the address), copied into `keys_out` (n, 2), and each one's id from the
- * previous listing where that listing had the same key at the same position (`prev_keys`,
- * `prev_ids`, n_prev of them), else -1 in `ids_out`. Returns how many found no id. The copy is
- * read once: the kernel may be writing the store meanwhile, and the ids must match the keys kept.
+ * previous listing where that listing had the same key at the same position (`prev_ids`, n_prev of
+ * them: ids, whose keys are rows of `id_keys`, n_ids of them), else -1 in `ids_out`. Returns how many
+ * found no id. The copy is read once: the kernel may be writing the store meanwhile, and the ids
+ * must match the keys kept.
  */
-int64_t sw_listed_match(int64_t n, const uint8_t *src, int64_t stride, const uint64_t *prev_keys,
-			const int64_t *prev_ids, int64_t n_prev, uint64_t *keys_out, int64_t *ids_out)
+int64_t sw_listed_match(int64_t n, const uint8_t *src, int64_t stride, const int64_t *prev_ids, int64_t n_prev,
+			const uint64_t *id_keys, int64_t n_ids, uint64_t *keys_out, int64_t *ids_out)
 {
 	int64_t unmatched = 0;
 	for (int64_t i = 0; i < n; i++) {
@@ -25,8 +26,9 @@ int64_t sw_listed_match(int64_t n, const uint8_t *src, int64_t stride, const uin
 		const uint64_t k0 = key[0], k1 = key[1];
 		keys_out[2 * i] = k0;
 		keys_out[2 * i + 1] = k1;
-		if (i < n_prev && prev_keys[2 * i] == k0 && prev_keys[2 * i + 1] == k1) {
-			ids_out[i] = prev_ids[i];
+		const int64_t id = i < n_prev ? prev_ids[i] : -1;
+		if (id >= 0 && id < n_ids && id_keys[2 * id] == k0 && id_keys[2 * id + 1] == k1) {
+			ids_out[i] = id;
 		} else {
 			ids_out[i] = -1;
 			unmatched++;

@@ -59,7 +59,7 @@ def compile_library(source: pathlib.Path, signatures: Mapping[str, tuple[Any, Se
 def library() -> ctypes.CDLL:
     """dataplane/native.c, compiled at the first call in this process."""
     return compile_library(SOURCE, {
-        "sw_listed_match": (i64, [i64, ptr, i64, ptr, ptr, i64, ptr, ptr]),
+        "sw_listed_match": (i64, [i64, ptr, i64, ptr, i64, ptr, i64, ptr, ptr]),
         "sw_merge_index": (i64, [i64, ptr, i64, ptr, i64, ptr, i64, ptr, ptr, ptr]),
         "sw_merge_sources": (i64, [i64, ptr, ptr, i64, ptr, ptr, i64, ptr, ptr, ptr, ptr]),
         "sw_merge_fill": (None, [i64, i64, i64, ptr, ptr, ptr, i64, ptr, ptr]),
@@ -94,20 +94,20 @@ def _rows_at(rows: np.ndarray, width_bytes: int, name: str) -> tuple[np.ndarray,
     return rows, rows.strides[0] if len(rows) > 1 else width_bytes
 
 
-def listed_match(keys: np.ndarray, prev_keys: np.ndarray, prev_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+def listed_match(keys: np.ndarray, prev_ids: np.ndarray, id_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """`keys` (N, 2) uint64 (rows may be strided: the mapped store's) copied out once, and each one's id
-    from `prev_ids` where `prev_keys` had the same key at the same position, else -1. Returns the
-    copy, the ids and how many are -1."""
+    from `prev_ids` where the id at the same position there is of the same key (`id_keys`: (I, 2) uint64,
+    the key of each id), else -1. Returns the copy, the ids and how many are -1."""
     n = len(keys)
     if keys.ndim != 2 or keys.shape[1] != 2 or keys.dtype != np.uint64 or keys.strides[1] != 8:
         keys = contiguous(keys, np.uint64, (n, 2), "keys")
     stride = keys.strides[0] if n > 1 else 16
-    prev_keys = contiguous(prev_keys, np.uint64, (len(prev_keys), 2), "previous keys")
-    prev_ids = contiguous(prev_ids, np.int64, (len(prev_keys),), "previous ids")
+    prev_ids = contiguous(prev_ids, np.int64, (len(prev_ids),), "previous ids")
+    id_keys = contiguous(id_keys, np.uint64, (len(id_keys), 2), "keys of the ids")
     out_keys = np.empty((n, 2), np.uint64)
     ids = np.empty(n, np.int64)
-    unmatched = library().sw_listed_match(n, at(keys) if n else None, stride, at(prev_keys), at(prev_ids),
-                                          len(prev_keys), at(out_keys), at(ids))
+    unmatched = library().sw_listed_match(n, at(keys) if n else None, stride, at(prev_ids), len(prev_ids),
+                                          at(id_keys), len(id_keys), at(out_keys), at(ids))
     return out_keys, ids, int(unmatched)
 
 

@@ -103,8 +103,8 @@ class AddressMemo:
         self._count = 0
         self._slot_keys = np.zeros((0, 2), np.uint64)
         self._slot_ids = np.zeros(0, np.int64)
-        # The spill map's keys at the previous read, in the order the kernel listed them, and their ids.
-        self._listed_keys = np.zeros((0, 2), np.uint64)
+        # The ids of the spill map's keys at the previous read, in the order the kernel listed them (their
+        # keys are the ids' own: `_keys`, no copy of the listing kept).
         self._listed_ids = np.zeros(0, np.int64)
 
     def __len__(self) -> int:
@@ -133,7 +133,6 @@ class AddressMemo:
         self._count = 0
         self._slot_keys = np.zeros((0, 2), np.uint64)
         self._slot_ids = np.zeros(0, np.int64)
-        self._listed_keys = np.zeros((0, 2), np.uint64)
         self._listed_ids = np.zeros(0, np.int64)
 
     def listed_ids(self, keys: np.ndarray, others: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -149,40 +148,39 @@ class AddressMemo:
         list, so it has the id it had there: the result is the lookup's, whatever the kernel's order.
         Call after `slot_ids` (which clears the memo when it is full), before `ids`.
         """
-        # One copy (in C, with the match by position), kept as the next read's previous list: the keys may
-        # be the mapped store's, which the kernel keeps writing. A key where the previous list had it
-        # (the spill store lists its slots in place: nearly all) takes the id it had there.
+        # One copy (in C, with the match by position): the keys may be the mapped store's, which the kernel
+        # keeps writing. A key where the previous list had it (the spill store lists its slots in place:
+        # nearly all) takes the id it had there.
         others = np.ascontiguousarray(others, np.uint64).reshape(-1, 2)
-        prev = self._listed_keys
-        keys, out, unmatched = native.listed_match(keys if keys.ndim == 2 else keys.reshape(-1, 2), prev,
-                                                   self._listed_ids)
-        n = len(keys)
-        if n >= 2 * LISTED_SAMPLE and len(prev) and unmatched > n // 16:
+        prev_ids = self._listed_ids
+        keys, out, unmatched = native.listed_match(keys if keys.ndim == 2 else keys.reshape(-1, 2), prev_ids,
+                                                   self._keys[:self._count])
+        n, n_prev = len(keys), len(prev_ids)
+        if n >= 2 * LISTED_SAMPLE and n_prev and unmatched > n // 16:
             # Where each known id sat in the previous list (-1: not listed then).
             at_prev = np.full(self._count, -1, np.int64)
-            at_prev[self._listed_ids] = np.arange(len(prev))
+            at_prev[prev_ids] = np.arange(n_prev)
             sample = np.arange(0, n, LISTED_SAMPLE)
             found = self._index.get(keys[sample], self._keys)
             shift = np.where(found >= 0, at_prev.take(np.maximum(found, 0)) - sample, 0)
             shift[(found < 0) | (at_prev.take(np.maximum(found, 0)) < 0)] = 0
-            prev_rows = _row_view(prev)    # a previous key moves as one 16-byte element
             for first, side in ((True, shift), (False, np.append(shift[1:], shift[-1]))):   # the shift before, after
                 # Every key is still to do at the first side: its arrays are the keys' own, no gathers.
                 todo = np.arange(n) if first else np.flatnonzero(out < 0)
                 where = todo + (np.repeat(side, LISTED_SAMPLE)[:n] if first else side.take(todo // LISTED_SAMPLE))
-                inside = (where >= 0) & (where < len(prev))
+                inside = (where >= 0) & (where < n_prev)
                 if first and inside.all():
                     mine = keys
                 else:
                     todo, where = todo[inside], where[inside]
                     mine = keys[todo]
-                theirs = prev_rows.take(where).view(np.uint64).reshape(len(where), 2)
+                theirs_ids = prev_ids.take(where)
+                theirs = self.keys(theirs_ids)
                 same = (theirs[:, 0] == mine[:, 0]) & (theirs[:, 1] == mine[:, 1])
-                out[todo[same]] = self._listed_ids.take(where[same])
+                out[todo[same]] = theirs_ids[same]
         left = np.flatnonzero(out < 0)
         looked = self.ids(np.concatenate([others, keys[left]]), clear=False)
         out[left] = looked[len(others):]
-        self._listed_keys = keys
         self._listed_ids = out.copy()
         return looked[:len(others)], out
 

@@ -54,9 +54,9 @@ _U32_MAX = np.iinfo(np.uint32).max
 # Slot numbers and read row numbers in the tracker's per-slot tables: below the number of addresses
 # tracked, which memory bounds far below 2**31 (a million addresses take ~1 GiB of engine state).
 _INDEX = np.int32
-# Rows of a read taken at a time (`CounterRows.fill`): 5.5 MiB of counters, where the whole read at a
-# million destinations was ~90 MiB held beside the previous read's.
-RATE_BLOCK_ROWS = 65_536
+# Rows of a read taken at a time (`CounterRows.fill`): 1.4 MiB of counters, within a core's L2 or its
+# share of L3, where the whole read at a million destinations was ~90 MiB held beside the previous read's.
+RATE_BLOCK_ROWS = 16_384
 _NEVER_READ = -(1 << 62)          # a slot's `read_of` before any read wrote it, or after it was freed
 INBOUND = int(Direction.INBOUND)
 OUTBOUND = int(Direction.OUTBOUND)
