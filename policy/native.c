@@ -254,53 +254,87 @@ void sw_learn_rows(int64_t n, int64_t classes, const int64_t *slots, int64_t fir
  * does not fit rest32 (that row and its slot are left as they were, for the caller to go on with
  * rest64); -1 - i when row i's slot was already written by this read (an address listed twice).
  */
+/* One row of sw_slot_rates: 0 when done, 1 when a delta does not fit rest32 (nothing written). */
+static inline int slot_rate_row(int64_t i, int64_t words, int64_t classes, const uint64_t *restrict current,
+				const int64_t *restrict slots, uint64_t *restrict prev, int64_t *restrict read_of,
+				uint8_t *restrict kept, int64_t read, double inv_dt, int32_t prime, double *restrict pps,
+				uint32_t *restrict rest32, uint64_t *restrict rest64)
+{
+	uint64_t delta[SW_MAX_COUNTER_WORDS];
+	const uint64_t *cur = current + i * words;
+	const int64_t s = slots[i];
+	uint64_t *was = prev + s * words;
+	const int64_t last = read_of[s];
+	int below = 0, keep = 0;
+	for (int64_t w = 0; w < words; w++)
+		below |= cur[w] < was[w];
+	if (last == read - 1 && !below && !prime && rest32) {
+		/* The usual row: every counter at or above its previous value, 32-bit rest. */
+		const int64_t rest_words = words - classes;
+		uint64_t high = 0;
+		for (int64_t w = classes; w < words; w++)
+			high |= (cur[w] - was[w]) >> 32;
+		if (high)
+			return 1;
+		for (int64_t w = 0; w < classes; w++)
+			pps[i * classes + w] = (double)(cur[w] - was[w]) * inv_dt;
+		for (int64_t w = classes; w < words; w++)
+			rest32[i * rest_words + w - classes] = (uint32_t)(cur[w] - was[w]);
+		memcpy(was, cur, (size_t)words * 8);
+		kept[s] = 0;
+		read_of[s] = read;
+		return 0;
+	}
+	if (last == read - 1) {
+		for (int64_t w = 0; w < words; w++)
+			delta[w] = cur[w] < was[w] ? 0 : cur[w] - was[w];
+		keep = below && !kept[s] && !prime;
+	} else if (last == read - 2 && !below) {
+		for (int64_t w = 0; w < words; w++)
+			delta[w] = cur[w] - was[w];
+	} else {
+		for (int64_t w = 0; w < words; w++)
+			delta[w] = cur[w];
+	}
+	if (!prime) {
+		const int64_t rest_words = words - classes;
+		if (rest32) {
+			uint64_t high = 0;
+			for (int64_t w = classes; w < words; w++)
+				high |= delta[w] >> 32;
+			if (high)
+				return 1;
+			for (int64_t w = classes; w < words; w++)
+				rest32[i * rest_words + w - classes] = (uint32_t)delta[w];
+		} else {
+			for (int64_t w = classes; w < words; w++)
+				rest64[i * rest_words + w - classes] = delta[w];
+		}
+		for (int64_t w = 0; w < classes; w++)
+			pps[i * classes + w] = (double)delta[w] * inv_dt;
+	}
+	for (int64_t w = 0; w < words; w++)
+		was[w] = keep && was[w] > cur[w] ? was[w] : cur[w];
+	kept[s] = (uint8_t)keep;
+	read_of[s] = read;
+	return 0;
+}
+
 int64_t sw_slot_rates(int64_t n, int64_t words, int64_t classes, const uint64_t *current, const int64_t *slots,
 		      uint64_t *prev, int64_t *read_of, uint8_t *kept, int64_t read, double inv_dt, int32_t prime,
 		      double *pps, uint32_t *rest32, uint64_t *rest64)
 {
-	uint64_t delta[SW_MAX_COUNTER_WORDS];
-	const int64_t rest_words = words - classes;
+	/* The usual row (packets, bytes, dropped of SW_CLASSES classes) with its sizes known: unrolled. */
+	const int usual = words == 2 * SW_CLASSES + 1 && classes == SW_CLASSES;
 	for (int64_t i = 0; i < n; i++) {
-		const uint64_t *cur = current + i * words;
-		const int64_t s = slots[i];
-		if (read_of[s] == read)
+		if (read_of[slots[i]] == read)
 			return -1 - i;
-		uint64_t *was = prev + s * words;
-		int below = 0, keep = 0;
-		for (int64_t w = 0; w < words; w++)
-			below |= cur[w] < was[w];
-		if (read_of[s] == read - 1) {
-			for (int64_t w = 0; w < words; w++)
-				delta[w] = cur[w] < was[w] ? 0 : cur[w] - was[w];
-			keep = below && !kept[s] && !prime;
-		} else if (read_of[s] == read - 2 && !below) {
-			for (int64_t w = 0; w < words; w++)
-				delta[w] = cur[w] - was[w];
-		} else {
-			memcpy(delta, cur, (size_t)words * 8);
-		}
-		if (!prime) {
-			if (rest32)
-				for (int64_t w = classes; w < words; w++)
-					if (delta[w] > UINT32_MAX)
-						return i;
-			for (int64_t w = 0; w < classes; w++)
-				pps[i * classes + w] = (double)delta[w] * inv_dt;
-			for (int64_t w = classes; w < words; w++) {
-				if (rest32)
-					rest32[i * rest_words + w - classes] = (uint32_t)delta[w];
-				else
-					rest64[i * rest_words + w - classes] = delta[w];
-			}
-		}
-		if (keep) {
-			for (int64_t w = 0; w < words; w++)
-				was[w] = cur[w] > was[w] ? cur[w] : was[w];
-		} else {
-			memcpy(was, cur, (size_t)words * 8);
-		}
-		kept[s] = (uint8_t)keep;
-		read_of[s] = read;
+		const int stop = usual ? slot_rate_row(i, 2 * SW_CLASSES + 1, SW_CLASSES, current, slots, prev, read_of,
+							kept, read, inv_dt, prime, pps, rest32, rest64)
+				       : slot_rate_row(i, words, classes, current, slots, prev, read_of, kept, read, inv_dt,
+						       prime, pps, rest32, rest64);
+		if (stop)
+			return i;
 	}
 	return n;
 }
