@@ -107,10 +107,25 @@ int64_t sw_merge_sources(int64_t n_rows, const int64_t *row_of, const int64_t *s
  * (`width` leading words every `s_stride` bytes from `s_rows`, in place in the mapped store) plus its
  * cached row (contiguous rows of `c_rows`), zeros where it has neither (see sw_merge_sources).
  */
+#define MERGE_PREFETCH_ROWS 8   /* rows ahead whose sources sw_merge_fill asks the CPU to fetch */
+
 void sw_merge_fill(int64_t lo, int64_t hi, int64_t width, uint64_t *out, const int32_t *spill_src,
 		   const uint8_t *s_rows, int64_t s_stride, const int32_t *cache_src, const uint64_t *c_rows)
 {
 	for (int64_t r = lo; r < hi; r++) {
+		/* The sources are rows of the store and of the cache in their own orders, not the rows': fetch
+		 * them a few rows ahead so that the loop does not wait on each. */
+		if (r + MERGE_PREFETCH_ROWS < hi) {
+			const int32_t s_ahead = spill_src[r + MERGE_PREFETCH_ROWS], c_ahead = cache_src[r + MERGE_PREFETCH_ROWS];
+			if (s_ahead >= 0) {      /* its first and last words: a row spans two cache lines */
+				__builtin_prefetch(s_rows + (int64_t)s_ahead * s_stride);
+				__builtin_prefetch(s_rows + (int64_t)s_ahead * s_stride + (width * 8 - 8));
+			}
+			if (c_ahead >= 0) {
+				__builtin_prefetch(c_rows + (int64_t)c_ahead * width);
+				__builtin_prefetch(c_rows + (int64_t)c_ahead * width + width - 1);
+			}
+		}
 		uint64_t *dst = out + (r - lo) * width;
 		const int32_t s = spill_src[r], c = cache_src[r];
 		if (s >= 0)
