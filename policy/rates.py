@@ -50,12 +50,12 @@ _DEST_WORDS = COUNTER_WORDS      # a destination's packets[C], bytes[C], dropped
 # A tenant direction's class packets[C], class bytes[C], dropped packets, dropped bytes.
 _TENANT_WORDS = 2 * N_CLASSES + 2
 _T_DROPPED_PACKETS, _T_DROPPED_BYTES = 2 * N_CLASSES, 2 * N_CLASSES + 1
-_U32_MAX = np.iinfo(np.uint32).max
 # Slot numbers and read row numbers in the tracker's per-slot tables: below the number of addresses
 # tracked, which memory bounds far below 2**31 (a million addresses take ~1 GiB of engine state).
 _INDEX = np.int32
-# Rows of a read taken at a time (`CounterRows.fill`): 1.4 MiB of counters, within a core's L2 or its
-# share of L3, where the whole read at a million destinations was ~90 MiB held beside the previous read's.
+# Rows of a read taken at a time (`CounterRows.fill`): 1.4 MiB of counters, still in the CPU's caches when
+# the rates read them, where the whole read at a million destinations was ~90 MiB held beside the previous
+# read's.
 RATE_BLOCK_ROWS = 16_384
 _NEVER_READ = -(1 << 62)          # a slot's `read_of` before any read wrote it, or after it was freed
 INBOUND = int(Direction.INBOUND)
