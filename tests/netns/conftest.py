@@ -21,7 +21,10 @@ from tests.support import started_lab
 
 MEASURING = {"test_appflood", "test_efficacy", "test_policy_vectors", "test_policy_reference", "test_synauth",
              "test_botnet_lab", "test_escalation_saturation", "test_lab_attacks",
-             "test_bench_compare", "test_bench_detection", "test_bench_mitigation"}
+             "test_bench_compare", "test_bench_detection", "test_bench_mitigation",
+             # The lab's own checks of a generator's achieved rate and of every request answered within its
+             # timeout: each failed once beside another module (2026-12-07, ci49 and ci50).
+             "test_lab_livegen", "test_lab_topology"}
 ALONE = frozenset(MEASURING)
 
 
