@@ -20,7 +20,14 @@ import numpy as np
 import structlog
 
 from dataplane import bpfsys, native
-from dataplane.api import COUNTER_WORDS, CounterRows, DataplaneError, DestinationCounters, TenantCounterArrays
+from dataplane.api import (
+    COUNTER_CLASSES,
+    COUNTER_WORDS,
+    CounterRows,
+    DataplaneError,
+    DestinationCounters,
+    TenantCounterArrays,
+)
 from dataplane.constants import (
     ADDRESS_CACHE_BITS,
     BUDGET_CLASSES,
@@ -469,7 +476,7 @@ def _merge_by_address(n_ids: int, cached: tuple[np.ndarray, np.ndarray, np.ndarr
         tenants[c_rows] = np.where(tenants[c_rows] == NO_TENANT, c_tenants, tenants[c_rows])
         extra_counters = np.ascontiguousarray(c_counters, np.uint64)
     width = cached[1].shape[1]
-    n_cls = len(TrafficClass)
+    n_cls = COUNTER_CLASSES
     pk, by, dr = layout.packets_at, layout.bytes_at, layout.dropped_at
     in_order = (pk, by, dr, width) == (0, n_cls, 2 * n_cls, COUNTER_WORDS)
 

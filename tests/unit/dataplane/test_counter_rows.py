@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dataplane.api import COUNTER_WORDS, CounterRows, DataplaneError, DestinationCounters
+from dataplane.api import COUNTER_CLASSES, COUNTER_WORDS, CounterRows, DataplaneError, DestinationCounters
 
-C = (COUNTER_WORDS - 1) // 2
+C = COUNTER_CLASSES
 
 
 def test_issue18_rows_from_columns_lay_out_packets_bytes_and_drops_and_fill_any_range():
