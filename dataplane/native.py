@@ -23,7 +23,12 @@ import numpy as np
 
 COMPILER = "clang"
 # No fused multiply-add (numpy rounds a product and a sum apart) and no fast-math: the same bits as numpy.
-CFLAGS = ("-O2", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno", "-std=c11", "-Wall", "-Werror")
+# Built on the box that runs it, so for its own CPU (-march=native): the detection and learning loops
+# then take the square roots and divisions of a row's classes in vector registers (-O3 vectorizes
+# them), which cut those two stages from ~135 to ~90 ms of a tick at a million destinations (AMD EPYC,
+# 2026-12-07); IEEE square roots and divisions round the same in vector and scalar form.
+CFLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno", "-std=c11", "-Wall",
+          "-Werror")
 SOURCE = pathlib.Path(__file__).with_name("native.c")
 
 f64, i64, ptr = ctypes.c_double, ctypes.c_int64, ctypes.c_void_p
