@@ -2,8 +2,9 @@
 
 `TrafficRun(lab, duration, profile).start()` runs the clients in a child process
 inside `<p>-cli` (`python -m appliance.lab.traffic`), which prints one JSON line
-per second (per service and per server: sent, ok, success rate, p50/p99 latency)
-and a summary line at the end. A request counts in the second it was sent; it
+per second (per service and per server: sent, ok, success rate, p50/p99 latency,
+and the run's `started_at`, so a record can be placed in wall-clock time while the run
+goes on) and a summary line at the end. A request counts in the second it was sent; it
 succeeds when its answer arrives within `timeout_s`.
 
 The "new-tcp" service is the first visit of a client never seen before: each
@@ -256,7 +257,8 @@ async def run_clients(servers: list[Server], duration: float, profile: TrafficPr
     def flush(upto: int) -> None:
         nonlocal emitted
         while emitted < upto:
-            emit({"type": "second", "second": emitted + 1, **recorder.report(recorder.buckets.get(emitted, {}))})
+            emit({"type": "second", "second": emitted + 1, "started_at": round(recorder.started_at, 3),
+                  **recorder.report(recorder.buckets.get(emitted, {}))})
             emitted += 1
 
     async def reporter() -> None:
@@ -436,6 +438,17 @@ def split_by_windows(seconds: list[dict], started_at: float, windows: list[tuple
     return {where: {service: {"sent": sent, "ok": ok, "success_rate": round(ok / sent, 4) if sent else None}
                     for service, (sent, ok) in sorted(cells.items())}
             for where, cells in out.items()}
+
+
+def seconds_within(seconds: list[dict], start: float, end: float) -> list[dict]:
+    """The per-second records whose middle lies in [start, end) (wall clock; each record carries its run's
+    `started_at`), for a run that is still going on."""
+    return [r for r in seconds if start <= r["started_at"] + r["second"] - 0.5 < end]
+
+
+def reported_until(seconds: list[dict]) -> float:
+    """Wall clock up to which a running run's seconds are all reported (its start before the first)."""
+    return seconds[-1]["started_at"] + seconds[-1]["second"] if seconds else 0.0
 
 
 class TrafficRun(JsonLinesProcess):

@@ -8,11 +8,20 @@ import pathlib
 import sys
 import time
 
+import pytest
+
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "unit" / "securewatch"))
 from test_sw_helpers import PASSWORD, add_user, attack_events, service  # noqa: E402
 
 from tests.browser.conftest import SCREENSHOTS  # noqa: E402
 from tests.support import await_until  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def quick_traffic_poll(monkeypatch):
+    """SecureWatch reads the appliance's series every TRAFFIC_POLL_S (5 s); the pages wait for what it
+    copies (as tests/unit/securewatch/test_sw_api.py does, a shorter period: same path, less waiting)."""
+    monkeypatch.setattr("securewatch.app.TRAFFIC_POLL_S", 0.2)
 
 
 async def attribute_is(page, selector: str, name: str, want: str, timeout: float = 10.0) -> None:

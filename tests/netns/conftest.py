@@ -5,7 +5,8 @@ own `lab`.
 
 The tier runs in two parts (tox.ini). The modules in ALONE run one test at a time with the machine to
 themselves: what they assert depends on the two vCPUs being theirs (flood and legitimate packet rates,
-shares lost or let through, latency, benchmarks, a bench that needs both vCPUs). Every other module runs
+shares lost or let through, latency, benchmarks, a bench that needs both vCPUs); so do the single tests
+marked `alone` in other modules. Every other module runs
 beside another (`-n 2 --dist loadfile`: a module's tests on one worker, in order, sharing its
 module-scoped lab): each lab has names and namespaces of its own, so two labs do not meet. The modules
 that speak BGP from the root namespace each take management links of their own for their BIRD peers
@@ -20,12 +21,13 @@ import pytest
 from tests.support import started_lab
 
 MEASURING = {"test_appflood", "test_efficacy", "test_policy_vectors", "test_policy_reference", "test_synauth",
-             "test_botnet_lab", "test_escalation_saturation", "test_lab_attacks",
-             "test_bench_compare", "test_bench_detection", "test_bench_mitigation",
-             # The lab's own checks of a generator's achieved rate and of every request answered within its
-             # timeout: each failed once beside another module (2026-12-07, ci49 and ci50).
-             "test_lab_livegen", "test_lab_topology"}
+             "test_botnet_lab", "test_escalation_saturation",
+             "test_bench_compare", "test_bench_detection", "test_bench_mitigation"}
 ALONE = frozenset(MEASURING)
+# Modules that run beside another except for a few tests, marked `@pytest.mark.alone` in the module
+# itself: the lab's own checks of a generator's achieved rate and of every request answered within its
+# timeout (each failed once beside another module, 2026-12-07, ci49 and ci50), in test_lab_livegen,
+# test_lab_topology and test_lab_attacks. `-m alone` selects those tests, `-m "not alone"` leaves them out.
 
 
 def pytest_collection_modifyitems(config, items):

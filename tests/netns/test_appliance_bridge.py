@@ -24,10 +24,22 @@ from appliance.lab.traffic import TrafficProfile, TrafficRun
 from appliance.runner import ApplianceProcess
 from dataplane.dataplane import purge
 from tests.netns.test_lab_topology import _http_get, _ping, _udp_exchange
-from tests.support import wait_until
+from tests.support import started_lab, wait_until
 
 ATTACK_TIMEOUT_S = 60.0      # seconds for an attack process (bcc compiles first)
 TRANSFER_RATE = 4 * 1024 * 1024  # bytes/s: a steady stream that keeps flowing through the restart
+
+
+@pytest.fixture(scope="module")
+def lab(request):
+    """One lab for the module; the appliance (its process, program, pinned maps and state) is per test."""
+    return started_lab(request, "b")
+
+
+def no_earlier_pins(config: dict) -> None:
+    """The tests share the module's lab and so its pin directory: each appliance starts without the last one's."""
+    pins = pathlib.Path(config["appliance"]["bpffs"])
+    assert not pins.exists(), f"{pins} left by an earlier test"
 
 
 def appliance_config(lab: Lab, tmp: pathlib.Path) -> dict:
@@ -41,6 +53,7 @@ def appliance_config(lab: Lab, tmp: pathlib.Path) -> dict:
 @pytest.fixture
 def appliance(lab, tmp_path, request):
     config = appliance_config(lab, tmp_path)
+    no_earlier_pins(config)
     proc = ApplianceProcess(config, tmp_path / "seawall.toml", tmp_path / "seawall.log")
 
     def teardown():
@@ -178,7 +191,11 @@ def test_restart_during_a_tcp_transfer_breaks_no_connection(lab, appliance):
 
 
 def test_tcp_udp_icmp_over_ipv4_and_ipv6_cross_the_xdp_bridge(lab, appliance):
-    # ARP and neighbour discovery must cross too: nothing below answers without them.
+    # ARP and neighbour discovery must cross too: nothing below answers without them. The module's lab
+    # carried traffic in earlier tests, so the segment's neighbour caches are emptied first.
+    for role in ("up", "sw", *(s.name for s in lab.servers)):
+        for family in ("-4", "-6"):
+            lab.exec(role, "ip", family, "neigh", "flush", "all")
     cli = lab.ns("cli")
     for server in (lab.game_server, lab.server("s5"), lab.server("s8")):
         for family, address in ((socket.AF_INET, server.ipv4), (socket.AF_INET6, server.ipv6)):
@@ -200,6 +217,7 @@ def start_with_noc_token(proc: ApplianceProcess) -> tuple[str, str]:
 def test_metrics_of_the_running_appliance_parse(lab, tmp_path, request):
     config = appliance_config(lab, tmp_path)
     config["securewatch"] = {"listen": "127.0.0.1:0"}
+    no_earlier_pins(config)
     proc = ApplianceProcess(config, tmp_path / "seawall.toml", tmp_path / "seawall.log")
 
     def teardown():

@@ -12,7 +12,14 @@ import pytest
 from appliance.lab import TENANTS, Lab, lab_config
 from appliance.lab.scenario import REFERENCE, load_scenario, parse_scenario
 from appliance.lab.services import dns_answer
-from appliance.lab.traffic import NewClientAddresses, TrafficProfile, dns_query, split_by_windows
+from appliance.lab.traffic import (
+    NewClientAddresses,
+    TrafficProfile,
+    dns_query,
+    reported_until,
+    seconds_within,
+    split_by_windows,
+)
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[3] / "appliance" / "examples" / "lab.toml"
 DOC_RANGES = [ipaddress.ip_network(n) for n in
@@ -133,6 +140,16 @@ def test_issue19_outcomes_split_by_the_seconds_an_attack_was_sending():
     split = split_by_windows(seconds, 1000.0, [(1002.2, 1004.9)])
     assert split["during"]["new-tcp"] == {"sent": 6, "ok": 5, "success_rate": 0.8333}
     assert split["outside"]["new-tcp"] == {"sent": 6, "ok": 6, "success_rate": 1.0}
+
+
+def test_seconds_of_a_running_run_are_placed_by_their_own_started_at():
+    # A run that started at t=1000 and has reported 6 seconds: complete up to 1006; a window from
+    # 1002.2 to 1004.9 holds the records of seconds 3, 4 and 5 (middles 1002.5, 1003.5, 1004.5).
+    seconds = [{"type": "second", "second": n, "started_at": 1000.0, "services": {}} for n in range(1, 7)]
+    assert reported_until([]) == 0.0
+    assert reported_until(seconds) == 1006.0
+    assert [r["second"] for r in seconds_within(seconds, 1002.2, 1004.9)] == [3, 4, 5]
+    assert seconds_within(seconds, 1006.0, 1010.0) == []
 
 
 def test_issue19_new_client_addresses_are_never_reused_and_stay_in_the_client_ranges():

@@ -95,9 +95,11 @@ async def test_item4_deleted_tenant_token_gets_401_and_stays_dead_when_the_tenan
         assert "tenant.credentials_revoked" in actions and "tenant.delete" in actions
 
 
-async def test_item4_a_config_reload_that_drops_a_tenant_revokes_its_token(tmp_path):
+async def test_item4_a_config_reload_that_drops_a_tenant_revokes_its_token(tmp_path, monkeypatch):
     """The SIGHUP path: the appliance's running set changes behind SecureWatch's back and is stored
-    by the traffic sampler (every TRAFFIC_POLL_S seconds), with the same revocation."""
+    by the traffic sampler (every TRAFFIC_POLL_S seconds, shortened here as in test_sw_api), with the
+    same revocation."""
+    monkeypatch.setattr("securewatch.app.TRAFFIC_POLL_S", 0.05)
     async with service(tmp_path) as (url, store, appliance):
         beta = await add_token(store, "tenant", "beta", "read")
         async with aiohttp.ClientSession(headers=bearer(beta)) as http:
