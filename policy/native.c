@@ -374,25 +374,15 @@ void sw_slots_by_id(int64_t n, const int64_t *ids, const int32_t *slot_of_id, in
 int64_t sw_rows_above(int64_t n, int64_t classes, const double *pps, const uint8_t *columns, double floor,
 		      int64_t *rows_out)
 {
-	/* Branch-free over a row's classes (each row is written out and counted only when it has one): a
-	 * branch per element cost more than numpy's mask when few rows are above. */
-	uint8_t use[SW_MAX_COUNTER_WORDS];
-	if (classes > SW_MAX_COUNTER_WORDS)
-		return -1;
-	for (int64_t c = 0; c < classes; c++)
-		use[c] = columns[c] != 0;
 	int64_t found = 0;
 	for (int64_t i = 0; i < n; i++) {
 		const double *row = pps + i * classes;
-		int hit = 0;
-		if (classes == SW_CLASSES)
-			for (int64_t c = 0; c < SW_CLASSES; c++)
-				hit |= use[c] & (row[c] > floor);
-		else
-			for (int64_t c = 0; c < classes; c++)
-				hit |= use[c] & (row[c] > floor);
-		rows_out[found] = i;
-		found += hit;
+		for (int64_t c = 0; c < classes; c++) {
+			if (columns[c] && row[c] > floor) {
+				rows_out[found++] = i;
+				break;
+			}
+		}
 	}
 	return found;
 }

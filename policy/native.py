@@ -198,8 +198,6 @@ def rows_above(pps: np.ndarray, columns: np.ndarray, floor: float) -> np.ndarray
     n, classes = pps.shape
     pps = contiguous(pps, np.float64, (n, classes), "pps")
     columns = contiguous(columns, np.bool_, (classes,), "columns")
-    if classes > MAX_COUNTER_WORDS:
-        raise ValueError(f"rows_above: {classes} classes, at most {MAX_COUNTER_WORDS}")
     rows = np.empty(n, np.int64)
     found = int(library().sw_rows_above(n, classes, at(pps), at(columns), float(floor), at(rows)))
     return rows[:found].copy() if found < n // 2 else rows[:found]
