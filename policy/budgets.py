@@ -59,7 +59,6 @@ import numpy as np
 import structlog
 
 from dataplane.constants import BUDGET_CLASSES, BUDGET_FIELDS, MAX_TENANTS, NO_TENANT, TrafficClass
-from policy import native
 from tenants.policy import TenantPolicy
 
 log = structlog.get_logger("policy")
@@ -171,13 +170,14 @@ class BudgetDeriver:
         """
         # A derivable budget is never below safety · min_pps (see the module docstring), so only a
         # warming-up destination above its tenant's min_pps can lift one: one pass over the rates
-        # finds the few (policy/native.c `sw_rows_above`: a mask of the (N, C) rates and its flat
-        # search cost ~10 ms a tick at a million destinations), and only they are checked further.
+        # finds the few (in the flat mask: `.any(axis=1)` walks the short class axis slowly), and
+        # only they are checked further.
         floor = min((p.min_pps for p in policies.values()), default=0) if min_pps_floor is None else min_pps_floor
-        columns = np.zeros(pps.shape[1], bool)
-        columns[_COLS] = True
-        rows = native.rows_above(pps, columns, floor)
+        above = np.greater(pps, floor)
+        above[:, np.setdiff1d(np.arange(pps.shape[1]), _COLS)] = False
+        rows = np.flatnonzero(above) // pps.shape[1]           # ascending, a row once per class above
         if len(rows):
+            rows = rows[np.concatenate([[True], rows[1:] != rows[:-1]])]
             cold_pps = pps[rows][:, _COLS]
             t = tenant_idx[rows]
             cold = (~warm(rows)[:, _COLS] & ~anomalous[rows][:, _COLS] & valid[rows, None]

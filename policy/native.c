@@ -365,24 +365,3 @@ void sw_slots_by_id(int64_t n, const int64_t *ids, const int32_t *slot_of_id, in
 		slots_out[i] = same ? (int32_t)s : -1;
 	}
 }
-
-/*
- * The rows (ascending, each once) of n rows of `classes` rates where a rate of a column with `columns[c]`
- * set is above `floor` (NaN never is): the budget deriver's warming-up destinations that may lift a
- * budget, in one pass that stops at a row's first such rate. Returns how many were written to `rows_out`.
- */
-int64_t sw_rows_above(int64_t n, int64_t classes, const double *pps, const uint8_t *columns, double floor,
-		      int64_t *rows_out)
-{
-	int64_t found = 0;
-	for (int64_t i = 0; i < n; i++) {
-		const double *row = pps + i * classes;
-		for (int64_t c = 0; c < classes; c++) {
-			if (columns[c] && row[c] > floor) {
-				rows_out[found++] = i;
-				break;
-			}
-		}
-	}
-	return found;
-}

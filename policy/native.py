@@ -39,7 +39,6 @@ def library() -> ctypes.CDLL:
                                 ptr, i64, ptr, f64]),
         "sw_learn_rows": (None, [i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, f64, f64, f64, f64, f64]),
         "sw_slots_by_id": (None, [i64, ptr, ptr, i64, ptr, ptr, i64, ptr, ptr]),
-        "sw_rows_above": (i64, [i64, i64, ptr, ptr, f64, ptr]),
     }, defines={"SW_CLASSES": len(TrafficClass)})
 
 
@@ -191,13 +190,3 @@ def slots_by_id(ids: np.ndarray, slot_of_id: np.ndarray, slot_keys: np.ndarray, 
                              at(keys), at(slots))
     return slots, np.flatnonzero(slots < 0)
 
-
-def rows_above(pps: np.ndarray, columns: np.ndarray, floor: float) -> np.ndarray:
-    """Ascending (K,) int64 rows of `pps` (N, C) float64 with a rate above `floor` in a column where
-    `columns` (C,) bool is set: one pass, no (N, C) mask (see native.c)."""
-    n, classes = pps.shape
-    pps = contiguous(pps, np.float64, (n, classes), "pps")
-    columns = contiguous(columns, np.bool_, (classes,), "columns")
-    rows = np.empty(n, np.int64)
-    found = int(library().sw_rows_above(n, classes, at(pps), at(columns), float(floor), at(rows)))
-    return rows[:found].copy() if found < n // 2 else rows[:found]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import policy.budgets as budgets_mod
-from dataplane.constants import BUDGET_CLASSES, MAX_TENANTS, NO_TENANT, TrafficClass
+from dataplane.constants import MAX_TENANTS, NO_TENANT, TrafficClass
 from policy.budgets import BudgetConfig, BudgetDeriver, derive_budgets, needs_push
 from tenants.policy import TenantPolicy
 from tests.unit.policy.fakes import FakeDataplane
@@ -247,24 +247,3 @@ def test_the_normal_peak_is_the_higher_of_threshold_and_cap_in_blocks_of_rows(mo
     assert whole[1][UDP] == 10_000 and whole[2][UDP] == 1800 and whole[2][SYN] == 1300
     monkeypatch.setattr(budgets_mod, "DERIVE_BLOCK_ROWS", 3)
     assert derive() == whole
-
-
-def test_rows_above_the_floor_are_the_rows_of_the_flat_mask_of_the_budget_columns():
-    """The deriver's one-pass search (native.c `sw_rows_above`) against the mask it replaced: every
-    row with a rate above the floor in a budget column, ascending and once, NaN never above."""
-    from policy import native
-    rng = np.random.default_rng(7)
-    pps = rng.choice([0.0, 5.0, 50.0, 500.0, np.nan, np.inf], size=(2_000, len(TrafficClass)))
-    columns = np.zeros(len(TrafficClass), bool)
-    columns[[int(c) for c in BUDGET_CLASSES]] = True
-    assert not columns.all()      # a class outside the budgets exists, so the columns matter
-    for floor in (0.0, 5.0, 50.0, 1e9):
-        mask = np.greater(pps, floor)
-        mask[:, ~columns] = False
-        expected = np.flatnonzero(mask.any(axis=1))
-        got = native.rows_above(pps, columns, floor)
-        assert got.dtype == np.int64 and np.array_equal(got, expected), floor
-    # A row above the floor only outside the budget columns is not listed.
-    outside = np.zeros((3, len(TrafficClass)))
-    outside[1, ~columns] = 1e6
-    assert native.rows_above(outside, columns, 0.0).tolist() == []
