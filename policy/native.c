@@ -250,9 +250,7 @@ void sw_learn_rows(int64_t n, int64_t classes, const int64_t *slots, int64_t fir
  * counter is below it, else current. Any other slot (a new address): current.
  * The packets' deltas become pps = (double)delta · inv_dt (numpy's conversion and product), the
  * other words' deltas go to rest32 (uint32) or, when it is NULL, to rest64. `prime`: the state only
- * (the first read has no rates). Each slot done also gets its row in the read (`row_of_slot[s]` =
- * first_row + i: the rows are a block of the read) and `last_seen[s]` = now: the same pass instead of
- * two scatters by slot afterwards. Returns the rows done: fewer than n when a delta of the next row
+ * (the first read has no rates). Returns the rows done: fewer than n when a delta of the next row
  * does not fit rest32 (that row and its slot are left as they were, for the caller to go on with
  * rest64); -1 - i when row i's slot was already written by this read (an address listed twice).
  */
@@ -260,8 +258,7 @@ void sw_learn_rows(int64_t n, int64_t classes, const int64_t *slots, int64_t fir
 static inline int slot_rate_row(int64_t i, int64_t words, int64_t classes, const uint64_t *restrict current,
 				const int64_t *restrict slots, uint64_t *restrict prev, int64_t *restrict read_of,
 				uint8_t *restrict kept, int64_t read, double inv_dt, int32_t prime, double *restrict pps,
-				uint32_t *restrict rest32, uint64_t *restrict rest64, int32_t *restrict row_of_slot,
-				int64_t first_row, double *restrict last_seen, double now)
+				uint32_t *restrict rest32, uint64_t *restrict rest64)
 {
 	uint64_t delta[SW_MAX_COUNTER_WORDS];
 	const uint64_t *cur = current + i * words;
@@ -286,8 +283,6 @@ static inline int slot_rate_row(int64_t i, int64_t words, int64_t classes, const
 		memcpy(was, cur, (size_t)words * 8);
 		kept[s] = 0;
 		read_of[s] = read;
-		row_of_slot[s] = (int32_t)(first_row + i);
-		last_seen[s] = now;
 		return 0;
 	}
 	if (last == read - 1) {
@@ -322,15 +317,12 @@ static inline int slot_rate_row(int64_t i, int64_t words, int64_t classes, const
 		was[w] = keep && was[w] > cur[w] ? was[w] : cur[w];
 	kept[s] = (uint8_t)keep;
 	read_of[s] = read;
-	row_of_slot[s] = (int32_t)(first_row + i);
-	last_seen[s] = now;
 	return 0;
 }
 
 int64_t sw_slot_rates(int64_t n, int64_t words, int64_t classes, const uint64_t *current, const int64_t *slots,
 		      uint64_t *prev, int64_t *read_of, uint8_t *kept, int64_t read, double inv_dt, int32_t prime,
-		      double *pps, uint32_t *rest32, uint64_t *rest64, int32_t *row_of_slot, int64_t first_row,
-		      double *last_seen, double now)
+		      double *pps, uint32_t *rest32, uint64_t *rest64)
 {
 	/* The usual row (packets, bytes, dropped of SW_CLASSES classes) with its sizes known: unrolled. */
 	const int usual = words == 2 * SW_CLASSES + 1 && classes == SW_CLASSES;
@@ -338,10 +330,9 @@ int64_t sw_slot_rates(int64_t n, int64_t words, int64_t classes, const uint64_t 
 		if (read_of[slots[i]] == read)
 			return -1 - i;
 		const int stop = usual ? slot_rate_row(i, 2 * SW_CLASSES + 1, SW_CLASSES, current, slots, prev, read_of,
-							kept, read, inv_dt, prime, pps, rest32, rest64, row_of_slot, first_row,
-							last_seen, now)
+							kept, read, inv_dt, prime, pps, rest32, rest64)
 				       : slot_rate_row(i, words, classes, current, slots, prev, read_of, kept, read, inv_dt,
-						       prime, pps, rest32, rest64, row_of_slot, first_row, last_seen, now);
+						       prime, pps, rest32, rest64);
 		if (stop)
 			return i;
 	}

@@ -35,8 +35,7 @@ def library() -> ctypes.CDLL:
     return compile_library(SOURCE, {
         "sw_detect_rows": (None, [i64, i64, ptr, ptr, ptr, ptr, ptr, f64, f64, f64, f64, ptr, ptr, ptr, f64, ptr, f64,
                                   ptr, ptr, ptr, ptr, ptr, ptr, ctypes.POINTER(_Onset)]),
-        "sw_slot_rates": (i64, [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, i64, f64, ctypes.c_int32, ptr, ptr, ptr,
-                                ptr, i64, ptr, f64]),
+        "sw_slot_rates": (i64, [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, i64, f64, ctypes.c_int32, ptr, ptr, ptr]),
         "sw_learn_rows": (None, [i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, f64, f64, f64, f64, f64]),
         "sw_slots_by_id": (None, [i64, ptr, ptr, i64, ptr, ptr, i64, ptr, ptr]),
     }, defines={"SW_CLASSES": len(TrafficClass)})
@@ -134,15 +133,13 @@ MAX_COUNTER_WORDS = 64      # words a counter row may have (SW_MAX_COUNTER_WORDS
 
 
 def slot_rates(current: np.ndarray, slots: np.ndarray, prev: np.ndarray, read_of: np.ndarray, kept: np.ndarray,
-               read: int, classes: int, dt: float, pps: np.ndarray | None, rest: np.ndarray | None, *,
-               row_of_slot: np.ndarray, first_row: int, last_seen: np.ndarray, now: float) -> int:
+               read: int, classes: int, dt: float, pps: np.ndarray | None, rest: np.ndarray | None) -> int:
     """Rates of the rows of `current` (N, W) uint64 counters against the state of their `slots` (N,):
     `prev` (S, W) uint64, `read_of` (S,) int64, `kept` (S,) bool, updated in place as each row is done
     (see native.c), `read` this read's number; `pps` (N, classes) float64 and `rest` (N, W - classes) uint32
-    or uint64 written, or both None on the first read (`dt` 0: the state only). Each slot done also gets
-    `row_of_slot` (S,) int32 = first_row + its row here and `last_seen` (S,) float64 = now. Returns the rows
-    done: fewer than N when the next row's delta does not fit a uint32 `rest` (that row untouched). A slot
-    twice in one read raises (the rows before it are done)."""
+    or uint64 written, or both None on the first read (`dt` 0: the state only). Returns the rows done:
+    fewer than N when the next row's delta does not fit a uint32 `rest` (that row untouched). A slot twice
+    in one read raises (the rows before it are done)."""
     n, words = current.shape
     if not classes <= words <= MAX_COUNTER_WORDS:
         raise ValueError(f"counter rows of {words} words: {classes} to {MAX_COUNTER_WORDS} expected")
@@ -152,10 +149,6 @@ def slot_rates(current: np.ndarray, slots: np.ndarray, prev: np.ndarray, read_of
     writable(prev, np.uint64, (capacity, words), "previous counters")
     writable(read_of, np.int64, (capacity,), "read of each slot")
     writable(kept, np.bool_, (capacity,), "kept")
-    writable(row_of_slot, np.int32, (capacity,), "row of each slot")
-    writable(last_seen, np.float64, (capacity,), "last seen")
-    if not 0 <= first_row <= np.iinfo(np.int32).max - n:
-        raise ValueError(f"rates: rows {first_row} to {first_row + n} do not fit the int32 row table")
     if n and (int(slots.min()) < 0 or int(slots.max()) >= capacity):
         raise ValueError(f"slots outside the tracker's {capacity}")
     prime = pps is None
@@ -168,8 +161,7 @@ def slot_rates(current: np.ndarray, slots: np.ndarray, prev: np.ndarray, read_of
         writable(rest, np.uint64 if wide else np.uint32, (n, words - classes), "rest")
     done = int(library().sw_slot_rates(n, words, classes, at(current), at(slots), at(prev), at(read_of), at(kept),
                                        read, 1.0 / dt if not prime else 0.0, int(prime), at(pps),
-                                       at(rest) if not prime and not wide else None, at(rest) if wide else None,
-                                       at(row_of_slot), first_row, at(last_seen), now))
+                                       at(rest) if not prime and not wide else None, at(rest) if wide else None))
     if done < 0:
         raise ValueError(f"rates: slot {int(slots[-1 - done])} listed twice in one read (an address twice)")
     return done

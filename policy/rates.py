@@ -391,11 +391,6 @@ class RateTracker:
         # The read's rows a block at a time (the reader makes them from its maps as asked: a million
         # addresses' rows are ~90 MiB never held whole), each slot's state updated as its row goes by.
         read = self._reads
-        # Each slot's row in this read is written as its row is done (with its last-seen time); the slots
-        # of the last read are cleared first, and this read's slots listed before any is written, so a
-        # read that fails part way leaves no row the next one does not clear.
-        self._prev_row_of_slot[self._prev_slots] = -1
-        self._prev_slots = slots
         if len(self._block) < min(n, RATE_BLOCK_ROWS):
             self._block = np.empty((min(max(n, 1024), RATE_BLOCK_ROWS), _DEST_WORDS), np.uint64)
         for lo in range(0, n, RATE_BLOCK_ROWS):
@@ -406,11 +401,14 @@ class RateTracker:
             while done < hi:
                 done += native.slot_rates(block[done - lo:], slots[done:hi], self._prev, self._read_of, self._kept,
                                           read, N_CLASSES, dt, None if priming else pps[done:hi],
-                                          None if priming else rest[done:hi], row_of_slot=self._prev_row_of_slot,
-                                          first_row=done, last_seen=self.slots.last_seen, now=now)
+                                          None if priming else rest[done:hi])
                 if done < hi:
                     rest = rest.astype(np.uint64)      # a delta past 32 bits: this row on, and the rows before
         self._reads = read + 1
+        self._prev_row_of_slot[self._prev_slots] = -1
+        self._prev_row_of_slot[slots] = np.arange(n)
+        self._prev_slots = slots
+        self.slots.last_seen[slots] = now
         self._dest_now = now
         freed = np.zeros(0, np.int64)
         if now >= self._next_expiry:

@@ -46,18 +46,9 @@ def test_ids_slots_and_rows_out_of_range_are_refused():
         policy_native.learn_rows(np.array([-1]), mean, mean.copy(), mean.copy(), np.zeros((1, 6)), None,
                                  np.ones((1, 6), bool), dt=1.0, ewma=0.01, warmup_s=600.0, k_sigma=4.0, margin=1.5)
     state = (np.zeros((1, 13), np.uint64), np.zeros(1, np.int64), np.zeros(1, bool))
-    by_slot = {"row_of_slot": np.full(1, -1, np.int32), "first_row": 0, "last_seen": np.zeros(1), "now": 5.0}
     with pytest.raises(ValueError, match="slots outside"):
         policy_native.slot_rates(np.zeros((1, 13), np.uint64), np.array([1]), *state, 1, 6, 1.0, np.empty((1, 6)),
-                                 np.empty((1, 7), np.uint32), **by_slot)
+                                 np.empty((1, 7), np.uint32))
     with pytest.raises(ValueError, match="listed twice"):
         policy_native.slot_rates(np.zeros((2, 13), np.uint64), np.array([0, 0]), *state, 1, 6, 1.0,
-                                 np.empty((2, 6)), np.empty((2, 7), np.uint32), **by_slot)
-    # The first row was done before the repeat: its row number and time are written.
-    assert by_slot["row_of_slot"].tolist() == [0] and by_slot["last_seen"].tolist() == [5.0]
-    with pytest.raises(ValueError, match="do not fit the int32 row table"):
-        policy_native.slot_rates(np.zeros((1, 13), np.uint64), np.array([0]), *state, 2, 6, 1.0, np.empty((1, 6)),
-                                 np.empty((1, 7), np.uint32), **{**by_slot, "first_row": 2**31 - 1})
-    with pytest.raises(ValueError, match="row of each slot"):
-        policy_native.slot_rates(np.zeros((1, 13), np.uint64), np.array([0]), *state, 2, 6, 1.0, np.empty((1, 6)),
-                                 np.empty((1, 7), np.uint32), **{**by_slot, "row_of_slot": np.zeros(1, np.int64)})
+                                 np.empty((2, 6)), np.empty((2, 7), np.uint32))
