@@ -25,8 +25,9 @@ COMPILER = "clang"
 # No fused multiply-add (numpy rounds a product and a sum apart) and no fast-math: the same bits as numpy.
 # Built on the box that runs it, so for its own CPU (-march=native): the detection and learning loops
 # then take the square roots and divisions of a row's classes in vector registers (-O3 vectorizes
-# them), which cut those two stages from ~135 to ~90 ms of a tick at a million destinations (AMD EPYC,
-# 2026-12-07); IEEE square roots and divisions round the same in vector and scalar form.
+# them): those two stages took 86-96 ms of a tick at a million destinations where the -O2 build took
+# 94-149 ms (four alternating pairs of runs, AMD EPYC, 2026-12-07). IEEE square roots and divisions
+# round the same in vector and scalar form.
 CFLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno", "-std=c11", "-Wall",
           "-Werror")
 SOURCE = pathlib.Path(__file__).with_name("native.c")
