@@ -47,3 +47,15 @@ def started_lab(request, tag: str):
     request.addfinalizer(lab.down)
     lab.up()
     return lab
+
+
+def running_traffic(lab, duration_s: float, profile, request):
+    """The lab's legitimate clients (`TrafficRun`) for `duration_s` seconds, started and reporting (their
+    first second in), stopped and then killed when the requesting fixture scope ends (netns tier)."""
+    from appliance.lab.traffic import TrafficRun  # noqa: PLC0415 - netns tier only
+
+    run = TrafficRun(lab, duration_s, profile).start()
+    request.addfinalizer(run.kill)
+    request.addfinalizer(run.stop)
+    wait_until(lambda: len(run.seconds) >= 1, timeout=30, what="the legitimate clients' first second")
+    return run

@@ -29,7 +29,7 @@ from tests.netns.test_policy_reference import (
     rule_adds,
     start_appliance,
 )
-from tests.support import started_lab, wait_until
+from tests.support import running_traffic, started_lab, wait_until
 
 ATTACK_PPS = 20_000          # packets/s, the issue's rate
 ATTACK_S = 14.0              # seconds per row: 8 s to mitigate, 6 s measured
@@ -86,11 +86,7 @@ def appliance(lab, tmp_path_factory, request):
 @pytest.fixture(scope="module")
 def legit(lab, appliance, request):
     """The legitimate clients, running from before the first row to after the last."""
-    run = TrafficRun(lab, LEGIT_RUN_S, LEGIT).start()
-    request.addfinalizer(run.kill)
-    request.addfinalizer(run.stop)
-    wait_until(lambda: len(run.seconds) >= 1, timeout=30, what="the legitimate clients' first second")
-    return run
+    return running_traffic(lab, LEGIT_RUN_S, LEGIT, request)
 
 
 def sent_between(per_second: list[int], start: float, end: float) -> float:

@@ -20,7 +20,7 @@ from tests.netns.test_policy_reference import (
     start_appliance,
     wait_for_incident,
 )
-from tests.support import started_lab, wait_until
+from tests.support import running_traffic, started_lab, wait_until
 
 ATTACK_PPS = 20_000
 ATTACK_S = 6.0
@@ -63,11 +63,7 @@ def appliance(lab, tmp_path_factory, request):
 @pytest.fixture(scope="module")
 def legit(lab, appliance, request):
     """The legitimate clients, running from before the first vector to after the last."""
-    run = TrafficRun(lab, LEGIT_RUN_S, LEGIT).start()
-    request.addfinalizer(run.kill)
-    request.addfinalizer(run.stop)
-    wait_until(lambda: len(run.seconds) >= 1, timeout=30, what="the legitimate clients' first second")
-    return run
+    return running_traffic(lab, LEGIT_RUN_S, LEGIT, request)
 
 
 @pytest.mark.parametrize("vector", list(VECTORS))
