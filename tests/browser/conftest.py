@@ -8,6 +8,8 @@ import pathlib
 
 import pytest
 
+from tests.support import await_until
+
 SCREENSHOTS = pathlib.Path(__file__).parents[2] / "artifacts" / "screenshots"
 # As root, without these chromium refuses to start or reaches for the network at start-up.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -36,3 +38,11 @@ async def browser(tmp_path_factory):
             yield b
         finally:
             await b.close()
+
+
+async def page_until(page, function: str, what: str, timeout: float = 10.0) -> object:
+    """Poll a JavaScript function (`() => ...`) in `page` from the test side until it returns a truthy
+    value: `page.wait_for_function` polls by evaluating it from a string inside the page, which the
+    pages' CSP (script-src 'self') forbids whenever the condition is not already true at the first
+    look (ci51: a browser test failed so once the tier ran two tests at a time)."""
+    return await await_until(lambda: page.evaluate(function), timeout=timeout, what=what)

@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "unit" / "securewatch"))
 from test_sw_helpers import PASSWORD, add_user, attack_events, service  # noqa: E402
 
-from tests.browser.conftest import SCREENSHOTS  # noqa: E402
+from tests.browser.conftest import SCREENSHOTS, page_until  # noqa: E402
 from tests.support import await_until  # noqa: E402
 
 
@@ -26,7 +26,7 @@ def quick_traffic_poll(monkeypatch):
 
 async def attribute_is(page, selector: str, name: str, want: str, timeout: float = 10.0) -> None:
     """Poll an attribute from the test side: the pages' CSP forbids the eval that
-    Playwright's wait_for_function polls with."""
+    Playwright's wait_for_function polls with (see conftest.page_until)."""
     async def check():
         return await page.get_attribute(selector, name) == want
     await await_until(check, timeout=timeout, what=f"{selector} [{name}] == {want!r}")
@@ -133,8 +133,8 @@ async def test_incident_chart_hover_values_and_rules_in_words(tmp_path, browser)
         box = await page.locator("#incident-chart .u-over").bounding_box()
         await page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         # uPlot writes the legend on its next animation frame after the mouse event, not at once.
-        await page.wait_for_function("[...document.querySelectorAll('#incident-chart .u-legend .u-value')]"
-                                     ".some(v => v.textContent.endsWith('kpps'))", timeout=5000)
+        await page_until(page, "() => [...document.querySelectorAll('#incident-chart .u-legend .u-value')]"
+                               ".some(v => v.textContent.endsWith('kpps'))", "the legend's values", timeout=5.0)
         values = await page.eval_on_selector_all("#incident-chart .u-legend .u-value",
                                                  "vs => vs.map(v => v.textContent)")
         assert any(v.endswith("kpps") for v in values) and any(v.endswith("bps") for v in values), values

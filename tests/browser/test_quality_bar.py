@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "unit" / "securewatch"))
 from test_sw_helpers import PASSWORD, add_token, add_user, attack_events, service  # noqa: E402
 
-from tests.browser.conftest import SCREENSHOTS  # noqa: E402
+from tests.browser.conftest import SCREENSHOTS, page_until  # noqa: E402
 
 AXE = pathlib.Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 AXE_SHA256 = "29348999450cdf2849a8e70b7912fc2da85a849da39c0d0d5394f51d4a9ed95c"   # axe-core 4.14.1
@@ -111,7 +111,8 @@ async def test_item16_times_show_in_the_viewers_zone_with_utc_on_hover(tmp_path,
         await login(page, url, "ops")
         await page.goto(f"{url}/incidents")
         started = page.locator("time[datetime='2023-11-14T22:13:20Z']").first
-        await page.wait_for_function("document.querySelector('time[datetime]').textContent.includes('EST')")
+        await page_until(page, "() => document.querySelector('time[datetime]').textContent.includes('EST')",
+                         "times shown in the browser's time zone")
         assert await started.inner_text() == "2023-11-14 17:13:20 EST"
         assert await started.get_attribute("title") == "2023-11-14 22:13:20 UTC"
         await context.close()

@@ -10,7 +10,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "unit" / "securewatch"))
 from test_sw_helpers import PASSWORD, add_user, attack_events, service  # noqa: E402
 
-from tests.browser.conftest import SCREENSHOTS  # noqa: E402
+from tests.browser.conftest import SCREENSHOTS, page_until  # noqa: E402
 
 
 async def test_login_edit_policy_incident_report(tmp_path, browser):
@@ -30,7 +30,8 @@ async def test_login_edit_policy_incident_report(tmp_path, browser):
         await page.fill("input[name=password]", PASSWORD)
         await page.click("button[type=submit]")
         await page.wait_for_selector("#traffic tr[data-tenant=alpha]")
-        await page.wait_for_function("document.getElementById('updated').textContent.includes('updated')")
+        await page_until(page, "() => document.getElementById('updated').textContent.includes('updated')",
+                         "the dashboard's live update")
         await page.wait_for_selector("#chart canvas")
         await page.screenshot(path=str(SCREENSHOTS / "dashboard.png"), full_page=True)
 
