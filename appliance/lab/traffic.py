@@ -424,13 +424,18 @@ async def _new_client(recorder: _Recorder, addresses: NewClientAddresses, server
         await addresses.remove(source)
 
 
+def second_middle(record: dict, started_at: float) -> float:
+    """Wall clock of the middle of a per-second record of a run that started at `started_at`."""
+    return started_at + record["second"] - 0.5
+
+
 def split_by_windows(seconds: list[dict], started_at: float, windows: list[tuple[float, float]]) -> dict:
     """Per service, sent/ok/success_rate of the per-second records whose middle lies in one of `windows`
     (wall-clock start, end) ("during") or in none ("outside"); p50/p99 only exist for the whole run."""
     out: dict[str, dict[str, list[int]]] = {"during": defaultdict(lambda: [0, 0]),
                                             "outside": defaultdict(lambda: [0, 0])}
     for record in seconds:
-        middle = started_at + record["second"] - 0.5
+        middle = second_middle(record, started_at)
         where = "during" if any(start <= middle < end for start, end in windows) else "outside"
         for service, stats in record["services"].items():
             out[where][service][0] += stats["sent"]
@@ -443,7 +448,7 @@ def split_by_windows(seconds: list[dict], started_at: float, windows: list[tuple
 def seconds_within(seconds: list[dict], start: float, end: float) -> list[dict]:
     """The per-second records whose middle lies in [start, end) (wall clock; each record carries its run's
     `started_at`), for a run that is still going on."""
-    return [r for r in seconds if start <= r["started_at"] + r["second"] - 0.5 < end]
+    return [r for r in seconds if start <= second_middle(r, r["started_at"]) < end]
 
 
 def reported_until(seconds: list[dict]) -> float:
