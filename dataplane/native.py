@@ -69,6 +69,7 @@ def library() -> ctypes.CDLL:
         "sw_merge_index": (i64, [i64, ptr, i64, ptr, i64, ptr, i64, ptr, ptr, ptr]),
         "sw_merge_sources": (i64, [i64, ptr, ptr, i64, ptr, ptr, i64, ptr, ptr, ptr, ptr]),
         "sw_merge_fill": (None, [i64, i64, i64, ptr, ptr, ptr, i64, ptr, ptr]),
+        "sw_store_columns": (i64, [i64, ptr, i64, i64, i64, ptr, ptr, ptr]),
     })
 
 
@@ -115,6 +116,23 @@ def listed_match(keys: np.ndarray, prev_ids: np.ndarray, id_keys: np.ndarray) ->
     unmatched = library().sw_listed_match(n, at(keys) if n else None, stride, at(prev_ids), len(prev_ids),
                                           at(id_keys), len(id_keys), at(out_keys), at(ids))
     return out_keys, ids, int(unmatched)
+
+
+def store_columns(words: np.ndarray, tenant_at: int, key_at: int,
+                  out: tuple[np.ndarray, np.ndarray, np.ndarray]) -> int:
+    """Of the spill store's slots `words` ((n, row words) uint64, C contiguous: the mapped store), in one
+    pass (see native.c): their addresses, tenants and claimed flags written into `out`, (n, 2) uint64,
+    (n,) uint64 and (n,) bool; returns how many are claimed."""
+    n, row_words = words.shape
+    if words.dtype != np.uint64 or not words.flags.c_contiguous:
+        raise ValueError("store columns: needs the store's C-contiguous uint64 words")
+    if not (0 <= tenant_at < row_words and 0 <= key_at <= row_words - 2):
+        raise ValueError(f"store columns: words {tenant_at} and {key_at}+1 outside a {row_words}-word slot")
+    keys, tenants, claimed = (writable(a, dtype, shape, name) for a, dtype, shape, name in
+                              ((out[0], np.uint64, (n, 2), "keys"), (out[1], np.uint64, (n,), "tenants"),
+                               (out[2], np.bool_, (n,), "claimed")))
+    return int(library().sw_store_columns(n, at(words) if n else None, row_words, tenant_at, key_at, at(keys),
+                                          at(tenants), at(claimed)))
 
 
 def merge_index(n_ids: int, *id_lists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -227,14 +227,17 @@ class AddressMemo:
 
 def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill: np.ndarray,
                                 layout: AddressCounterLayout, memo: AddressMemo,
-                                spill_holes: np.ndarray | None = None) -> DestinationCounters:
+                                spill_holes: np.ndarray | None = None,
+                                spill_tenants: np.ndarray | None = None) -> DestinationCounters:
     """Destination counters from the two maps' batch reads.
 
     `cache`: (slots, CPUs, entry_words) uint64, the direct-mapped cache of each CPU;
     `spill_keys`: (S, 2) uint64 addresses and `spill`: (S, copies, spilled_words) the
     counters of evicted slots (the kernel's spill store and overflow map are shared by the CPUs:
     one copy); `spill_holes`: rows of them that hold no address (free store slots), given for the
-    spill store (its rows of the unspecified address :: are skipped too). An address hashes to the same slot on every CPU,
+    spill store (its rows of the unspecified address :: are skipped too); `spill_tenants`: the tenant_idx
+    of each row of the kernel's one shared copy when the caller read them already (`SpillStore.rows`).
+    An address hashes to the same slot on every CPU,
     so a slot whose live copies all hold one address sums in place (the common case);
     slots whose CPUs hold different addresses, and spilled counters, are added by
     address id. Rows come out ordered by the memo's id, which is stable from read to
@@ -293,8 +296,13 @@ def decode_destination_counters(cache: np.ndarray, spill_keys: np.ndarray, spill
         # copy has nothing to compare: one pass (the comparison and `.any(axis=1)` over a million rows
         # of one copy cost ~8 ms a read).
         if spill.shape[1] == 1:
-            spill_tenants = spill[:, 0, layout.spilled_tenant_at] & 0xFFFFFFFF
+            if spill_tenants is None:
+                spill_tenants = spill[:, 0, layout.spilled_tenant_at] & 0xFFFFFFFF
+            elif len(spill_tenants) != len(spill):
+                raise ValueError(f"spill tenants: {len(spill_tenants)} for {len(spill)} spilled rows")
             differ = np.zeros(0, np.int64)
+        elif spill_tenants is not None:
+            raise ValueError("spill tenants: given for the kernel's one shared copy only")
         else:
             tenant_words = spill[:, :, layout.spilled_tenant_at] & 0xFFFFFFFF
             spill_tenants = tenant_words[:, 0].copy()
@@ -594,6 +602,7 @@ class CounterReader:
         self._last_rows: CounterRows | None = None     # the last read's counter rows, made when asked for
         self._spill_buffers: tuple[np.ndarray, np.ndarray] | None = None   # the overflow map's batch reads, reused
         self._spill_holes = np.zeros(0, np.int64)      # rows of the last read's store slots that are free
+        self._spill_tenants = np.zeros(0, np.uint64)   # and the tenant_idx of each of its spilled rows
         self.overflow_entries = 0                      # entries in the overflow map at the last read
         self._overflow_logged = -OVERFLOW_LOG_S        # time.monotonic() of the last warning about them
         self.store = SpillStore(store, spilled_words=address.spilled_words, tenant_at=address.spilled_tenant_at,
@@ -658,7 +667,8 @@ class CounterReader:
             self._last_rows = None
         maps = self.address_maps()
         start = time.thread_time()
-        counters = decode_destination_counters(*maps, self._address_memo, spill_holes=self._spill_holes)
+        counters = decode_destination_counters(*maps, self._address_memo, spill_holes=self._spill_holes,
+                                               spill_tenants=self._spill_tenants)
         self.last_read_cpu_ms["decode"] = _ms_since(start)
         self._last_rows = counters.rows
         return counters
@@ -668,9 +678,9 @@ class CounterReader:
         cache's counted words as (slots, CPU regions, copy words) uint64 (`copy_cache`: the counters
         keep moving while a tick decodes them), the spilled addresses' (S, 2) keys and their (S, 1,
         spilled words) values (one copy: the store and the overflow map are shared by the CPUs): the
-        store's claimed slots in slot order (views of the mapped store when none is free), then the
-        overflow map's entries. The cache copy and the overflow rows are buffers that the next call
-        writes again; the store's rows keep moving (a slot's counters only grow until it is freed, two
+        store's claimed slots in slot order (the counters: views of the mapped store when none is free),
+        then the overflow map's entries. The cache copy, the store's addresses and the overflow rows are
+        buffers that the next call writes again; the store's counters keep moving (a slot's counters only grow until it is freed, two
         reads after it was last read)."""
         # The spill store and the overflow map first: counts only ever move from a cache slot to them,
         # so a slot evicted between the reads is missed for this read (its counts show up in the
@@ -681,6 +691,7 @@ class CounterReader:
                                    np.empty((rows, self.spill.value_bytes), np.uint8))
         start = time.thread_time()
         store_keys, store_values, self._spill_holes = self.store.rows()
+        self._spill_tenants = self.store.tenants
         okeys, ovalues, ocount = read_all(self.spill, self._spill_buffers)
         if self._cache_words is None:
             raise DataplaneError("the counter reader is closed")
@@ -696,8 +707,10 @@ class CounterReader:
             self._warn_overflow()
             # The overflow map holds spills only while every store slot is taken: rare, so a copy.
             spill_keys = np.concatenate([store_keys, okeys.view(np.uint64).reshape(ocount, 2)])
-            spill = np.concatenate([store_values, ovalues.view(np.uint64).reshape(
-                ocount, 1, self.address_layout.spilled_words)])
+            overflow = ovalues.view(np.uint64).reshape(ocount, 1, self.address_layout.spilled_words)
+            spill = np.concatenate([store_values, overflow])
+            self._spill_tenants = np.concatenate([self._spill_tenants,
+                                                  overflow[:, 0, self.address_layout.spilled_tenant_at] & 0xFFFFFFFF])
         else:
             spill_keys, spill = store_keys, store_values
         return self._cache_copy.transpose(1, 0, 2), spill_keys, spill, self._cache_copy_layout

@@ -107,7 +107,7 @@ def test_idle_slots_are_freed_after_two_reads_and_claimed_again_by_new_addresses
     monkeypatch.setattr(spill, "RECLAIM_READS", 1)
     monkeypatch.setattr(spill, "RETIRE_MAX", 300)         # a check retires this many at most
     store = small.reader.store
-    send_rounds(small, addresses(10_000, 1_800), 1)      # the store full, also when this test runs alone
+    send_rounds(small, addresses(10_000, 1_800), 2)      # the store full, also when this test runs alone
     small.read_destination_counters()     # the first check notes each slot's activity
     assert store.in_use == STORE_SLOTS and not len(store.retiring)
     freed_before = store.freed
