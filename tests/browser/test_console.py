@@ -22,6 +22,7 @@ def quick_traffic_poll(monkeypatch):
     """SecureWatch reads the appliance's series every TRAFFIC_POLL_S (5 s); the pages wait for what it
     copies (as tests/unit/securewatch/test_sw_api.py does, a shorter period: same path, less waiting)."""
     monkeypatch.setattr("securewatch.app.TRAFFIC_POLL_S", 0.2)
+    monkeypatch.setattr("securewatch.servers.POLL_S", 0.2)   # and the destination rows every POLL_S (5 s)
 
 
 async def attribute_is(page, selector: str, name: str, want: str, timeout: float = 10.0) -> None:
@@ -104,10 +105,10 @@ async def test_per_server_view_chart_with_baseline_band(tmp_path, browser):
         appliance.destination_rows = [server_row(now - 90 + i, 60 if i < 70 else 20_000) for i in range(90)]
         await store.record_event(attack_events(t0=now - 20, target="198.51.100.10")[0].to_dict())
         page = await login(browser, url, "ops")
-        async def listed():   # SecureWatch copies the appliance's rows every few seconds
+        async def listed():   # SecureWatch copies the appliance's rows every POLL_S (0.2 s here)
             await page.goto(f"{url}/tenants/alpha/servers")
             return await page.query_selector("#servers tr[data-address='198.51.100.10']") is not None
-        await await_until(listed, timeout=20, interval=1.0, what="the server listed")
+        await await_until(listed, timeout=20, interval=0.2, what="the server listed")
         await page.click("text=198.51.100.10")
         await page.wait_for_selector("#server-chart canvas")
         await page.click("button.range[data-range='5m']")

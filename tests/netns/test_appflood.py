@@ -12,10 +12,12 @@ on the shop is the "with mitigation" figure (>= 99 %) and the share of the bots'
 connections or header lines that still reach the shop the leak (<= 5 %). The silent connection flood's
 slots go free because the dataplane resets the blocked bots' connections at the shop (the shop counts the
 resets), not at the shop's idle timeout. Then gamma is switched to monitor mode (SIGHUP, same run, same bots):
-the limits and the block list go, and the browsers' success is the "without mitigation" figure
-(recorded, not asserted). The bots and the browsers are then stopped (SIGINT) instead of running a
-fixed time. Each vector's bots come from their own /21 of 198.18.0.0/15, so a previous vector's
-block list entries never touch them. The flash crowd (new addresses, a few requests each) is
+the limits and the block list go, so the next vector starts against a shop without them. For the first
+vector, and for every vector with SEAWALL_FIGURES=1 (to refresh the README's table), the browsers'
+success some seconds after the switch is the "without mitigation" figure (recorded, not asserted;
+test_botnet_lab asserts how an unprotected shop fares). The bots and the browsers are then stopped
+(SIGINT) instead of running a fixed time. Each vector's bots come from their own /21 of 198.18.0.0/15,
+so a previous vector's block list entries never touch them. The flash crowd (new addresses, a few requests each) is
 classified as nothing and loses nothing.
 
 The figures go to `record_property` and to the terminal (shown without `-s`), one line per vector
@@ -27,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import os
 import time
 
 import pytest
@@ -108,6 +111,10 @@ VECTORS = {
     "slowloris": Vector("slowloris", "slowloris", 400, 400.0, "198.18.16.0/21", (0, 3), ("attempted", "slow_lines"),
                         SLOW_SETTLE_S, monitor_ramp_s=SLOWLORIS_INTERVAL_S + MONITOR_RAMP_S),
 }
+# The vectors whose monitor-mode window is measured (9-14 s each): its figure is recorded, not asserted, so
+# one vector's keeps the window's code and the switch's effect in every run; all four refresh the README.
+MONITOR_FIGURES = tuple(VECTORS) if os.environ.get("SEAWALL_FIGURES", "").lower() in ("1", "true", "yes") \
+    else ("http_flood",)
 RESULTS: dict[str, dict] = {}
 
 
@@ -287,14 +294,15 @@ def test_issue15_vector_mitigated_spares_the_browsers_and_monitor_mode_does_not(
     status = appliance.appflood_status()
     vectors_then = (appliance.incident(shop, v.expected) or incident)["vectors"]
     appliance.set_gamma_mode("monitor")
-    u0 = time.time() + v.monitor_ramp_s
-    _until(u0 + MONITOR_S, "the monitored window")
-    u1 = time.time()
+    if name in MONITOR_FIGURES:
+        u0 = time.time() + v.monitor_ramp_s
+        _until(u0 + MONITOR_S, "the monitored window")
+        u1 = time.time()
     summary = attack.stop()
     browsers.stop()
     assert summary is not None, f"the {v.mode} bots printed no summary: {attack.failure}"
     with_m = _legit(browsers, (m0, m1))
-    without = _legit(browsers, (u0, u1))
+    without = _legit(browsers, (u0, u1)) if name in MONITOR_FIGURES else {"sent": None, "success": None}
     # What the bots sent in the mitigated window against what of it the shop saw from their prefix.
     sent_after = _bots_sent(attack.seconds, v.sent_keys, m0, m1, onset)
     reached = _in(v.sources, stats_m1, v.reach_columns) - _in(v.sources, stats_m0, v.reach_columns)

@@ -276,7 +276,11 @@ def _server_row(tenant, address, t, udp, threshold=600.0, **extra):
             "threshold": [50, 100, threshold, 50, 50, 50], **extra}
 
 
-async def test_item3_server_view_baseline_band_threshold_load_and_incidents(tmp_path):
+async def test_item3_server_view_baseline_band_threshold_load_and_incidents(tmp_path, monkeypatch):
+    # SecureWatch copies the appliance's destination rows every securewatch.servers.POLL_S (5 s); its first copy
+    # may come before the rows below are set, so a shorter period (same path, as test_sw_api does for the
+    # traffic poll) spares the wait for the second.
+    monkeypatch.setattr("securewatch.servers.POLL_S", 0.05)
     async with service(tmp_path) as (url, store, appliance):
         now = int(time.time())
         appliance.destination_rows = (
