@@ -11,7 +11,8 @@
 
 /*
  * The keys of a hash map's or the spill store's listing, n of them at `src` every `stride` bytes
- * (two uint64 words each: the address), copied into `keys_out` (n, 2), and each one's id from the
+ * (two uint64 words each: the address), copied into `keys_out` (n, 2) (which may be `src` itself, a
+ * contiguous copy already: each key is read before it is written), and each one's id from the
  * previous listing where that listing had the same key at the same position (`prev_ids`, n_prev of
  * them: ids, whose keys are rows of `id_keys`, n_ids of them), else -1 in `ids_out`. Returns how many
  * found no id. The copy is read once: the kernel may be writing the store meanwhile, and the ids
@@ -46,14 +47,14 @@ int64_t sw_listed_match(int64_t n, const uint8_t *src, int64_t stride, const int
  * miss a slot). Returns how many slots are claimed.
  */
 int64_t sw_store_columns(int64_t n, const uint64_t *words, int64_t row_words, int64_t tenant_at, int64_t key_at,
-			 uint64_t *keys_out, uint64_t *tenants_out, uint8_t *claimed_out)
+			 uint64_t *keys_out, uint32_t *tenants_out, uint8_t *claimed_out)
 {
 	int64_t claimed = 0;
 	for (int64_t i = 0; i < n; i++) {
 		const uint64_t *row = words + i * row_words;
 		const uint64_t tenant_word = row[tenant_at];
 		const int is_claimed = (tenant_word >> 32) != 0;
-		tenants_out[i] = tenant_word & 0xffffffffu;
+		tenants_out[i] = (uint32_t)tenant_word;
 		claimed_out[i] = (uint8_t)is_claimed;
 		claimed += is_claimed;
 		keys_out[2 * i] = row[key_at];
@@ -103,7 +104,7 @@ int64_t sw_merge_index(int64_t n_ids, const int64_t *a, int64_t a_n, const int64
  * (rare: the caller adds those up).
  */
 int64_t sw_merge_sources(int64_t n_rows, const int64_t *row_of, const int64_t *s_ids, int64_t s_n,
-			 const uint64_t *s_tenants, const int64_t *c_ids, int64_t c_n, const uint32_t *c_tenants,
+			 const uint32_t *s_tenants, const int64_t *c_ids, int64_t c_n, const uint32_t *c_tenants,
 			 int32_t *spill_src, int32_t *cache_src, uint32_t *tenants)
 {
 	memset(spill_src, 0xff, (size_t)n_rows * sizeof(*spill_src));
@@ -117,7 +118,7 @@ int64_t sw_merge_sources(int64_t n_rows, const int64_t *row_of, const int64_t *s
 			spill_src[r] = (int32_t)i;
 		else
 			repeats++;
-		tenants[r] = (uint32_t)s_tenants[i];
+		tenants[r] = s_tenants[i];
 	}
 	for (int64_t i = 0; i < c_n; i++) {
 		const int64_t r = row_of[c_ids[i]];

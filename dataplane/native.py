@@ -104,14 +104,16 @@ def _rows_at(rows: np.ndarray, width_bytes: int, name: str) -> tuple[np.ndarray,
 def listed_match(keys: np.ndarray, prev_ids: np.ndarray, id_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """`keys` (N, 2) uint64 (rows may be strided: the mapped store's) copied out once, and each one's id
     from `prev_ids` where the id at the same position there is of the same key (`id_keys`: (I, 2) uint64,
-    the key of each id), else -1. Returns the copy, the ids and how many are -1."""
+    the key of each id), else -1. Returns the copy (`keys` itself when it is a writable C-contiguous array:
+    a copy already, as `SpillStore.rows` makes), the ids and how many are -1."""
     n = len(keys)
     if keys.ndim != 2 or keys.shape[1] != 2 or keys.dtype != np.uint64 or keys.strides[1] != 8:
         keys = contiguous(keys, np.uint64, (n, 2), "keys")
     stride = keys.strides[0] if n > 1 else 16
     prev_ids = contiguous(prev_ids, np.int64, (len(prev_ids),), "previous ids")
     id_keys = contiguous(id_keys, np.uint64, (len(id_keys), 2), "keys of the ids")
-    out_keys = np.empty((n, 2), np.uint64)
+    # A contiguous writable array is a copy already (the mapped store's rows are strided views): no second one.
+    out_keys = keys if keys.flags.c_contiguous and keys.flags.writeable else np.empty((n, 2), np.uint64)
     ids = np.empty(n, np.int64)
     unmatched = library().sw_listed_match(n, at(keys) if n else None, stride, at(prev_ids), len(prev_ids),
                                           at(id_keys), len(id_keys), at(out_keys), at(ids))
@@ -122,14 +124,14 @@ def store_columns(words: np.ndarray, tenant_at: int, key_at: int,
                   out: tuple[np.ndarray, np.ndarray, np.ndarray]) -> int:
     """Of the spill store's slots `words` ((n, row words) uint64, C contiguous: the mapped store), in one
     pass (see native.c): their addresses, tenants and claimed flags written into `out`, (n, 2) uint64,
-    (n,) uint64 and (n,) bool; returns how many are claimed."""
+    (n,) uint32 and (n,) bool; returns how many are claimed."""
     n, row_words = words.shape
     if words.dtype != np.uint64 or not words.flags.c_contiguous:
         raise ValueError("store columns: needs the store's C-contiguous uint64 words")
     if not (0 <= tenant_at < row_words and 0 <= key_at <= row_words - 2):
         raise ValueError(f"store columns: words {tenant_at} and {key_at}+1 outside a {row_words}-word slot")
     keys, tenants, claimed = (writable(a, dtype, shape, name) for a, dtype, shape, name in
-                              ((out[0], np.uint64, (n, 2), "keys"), (out[1], np.uint64, (n,), "tenants"),
+                              ((out[0], np.uint64, (n, 2), "keys"), (out[1], np.uint32, (n,), "tenants"),
                                (out[2], np.bool_, (n,), "claimed")))
     return int(library().sw_store_columns(n, at(words) if n else None, row_words, tenant_at, key_at, at(keys),
                                           at(tenants), at(claimed)))
@@ -157,7 +159,7 @@ def merge_sources(n_rows: int, row_of: np.ndarray, spilled: tuple[np.ndarray, np
     writable(tenants, np.uint32, (n_rows,), "tenants")
     s_ids, s_tenants = spilled
     s_ids = contiguous(s_ids, np.int64, (len(s_ids),), "spilled ids")
-    s_tenants = contiguous(s_tenants, np.uint64, (len(s_ids),), "spilled tenants")
+    s_tenants = contiguous(s_tenants, np.uint32, (len(s_ids),), "spilled tenants")   # tenant_idx: 32 bits
     c_ids, c_tenants = cached
     c_ids = contiguous(c_ids, np.int64, (len(c_ids),), "cached ids")
     c_tenants = contiguous(c_tenants, np.uint32, (len(c_ids),), "cached tenants")

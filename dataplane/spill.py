@@ -83,8 +83,8 @@ class SpillStore:
         self.in_use = 0                                     # claimed slots at the last read
         self.handed = 0                                     # slots handed out at the last read
         self._claimed = np.zeros(0, bool)                   # which slots below the handed-out count, then
-        self.tenants = np.zeros(0, np.uint64)               # and the tenant_idx of each (`rows()`)
-        # What `rows()` copies out of the store, one row a slot: the same memory read after read (24 MiB
+        self.tenants = np.zeros(0, np.uint32)               # and the tenant_idx of each (`rows()`)
+        # What `rows()` copies out of the store, one row a slot: the same memory read after read (21 MiB
         # at a million slots, not fresh pages to fault in every tick), so valid until the next read.
         self._columns: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
@@ -122,7 +122,7 @@ class SpillStore:
     def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The slots handed out so far: their (S, 2) uint64 addresses (copied out, valid until the next
         read), their (S, 1, spilled words) counters (a view of the mapped store: read in place) and the rows
-        among them that are free (zeros, to skip); each slot's tenant_idx is left in `tenants` (S,) uint64.
+        among them that are free (zeros, to skip); each slot's tenant_idx is left in `tenants` (S,) uint32.
         Addresses, tenants and claimed flags come out of one pass over the store (`native.store_columns`:
         a slot's tenant word and its address share a cache line). Frees first what earlier reads retired."""
         words = self._words
@@ -133,7 +133,7 @@ class SpillStore:
         n = self.handed = self.handed_out()
         if self._columns is None:
             slots = self.maps.slots
-            self._columns = (np.empty((slots, 2), np.uint64), np.empty(slots, np.uint64), np.empty(slots, np.bool_))
+            self._columns = (np.empty((slots, 2), np.uint64), np.empty(slots, np.uint32), np.empty(slots, np.bool_))
         keys, self.tenants, self._claimed = (column[:n] for column in self._columns)
         self.in_use = native.store_columns(words[:n], self._claimed_at, self._key.start,
                                            (keys, self.tenants, self._claimed))
