@@ -40,6 +40,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import secrets
@@ -70,9 +71,30 @@ LOGIN_MAX_VERIFICATIONS = 2       # concurrent argon2 checks: each takes ~64 MiB
 LOGIN_MAX_WAITING = 16            # logins queued for a check; beyond that 503 at once
 IPV6_SOURCE_PREFIX = 64           # bits: one IPv6 source is a /64, what one host or site usually holds
 
-_hasher = argon2.PasswordHasher()
-# A hash to verify against when the user does not exist, so timing does not reveal names.
-_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+
+
+@functools.lru_cache(maxsize=4)
+def _dummy_hash(hasher: argon2.PasswordHasher) -> str:
+    """A hash to verify against when the user does not exist, so timing does not reveal names: one of
+    `hasher`'s own cost."""
+    return hasher.hash(secrets.token_hex(16))
+
+
+_hasher = argon2.PasswordHasher()      # argon2id at argon2-cffi's default cost (3 passes, 64 MiB, 4 lanes)
+_DUMMY_HASH = _dummy_hash(_hasher)
+
+
+def password_hasher() -> argon2.PasswordHasher:
+    """The argon2 hasher that passwords are hashed and checked with."""
+    return _hasher
+
+
+def set_password_hasher(hasher: argon2.PasswordHasher) -> None:
+    """Hash and check passwords with `hasher` from now on (the test tiers use the smallest cost). Hashes
+    made before still verify, since an argon2 hash carries its own parameters, and a login with one of
+    other parameters rehashes it (`needs_rehash`)."""
+    global _hasher, _DUMMY_HASH
+    _hasher, _DUMMY_HASH = hasher, _dummy_hash(hasher)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

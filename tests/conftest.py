@@ -104,32 +104,32 @@ def pytest_collection_modifyitems(config, items):
 # Argon2 as SecureWatch configures it (argon2-cffi's defaults: 3 passes over 64 MiB, 4 lanes) takes ~0.25 s
 # of a 2-vCPU VM per hash or check, some 300 times in the unit tier. No unit or browser test is about that
 # cost (the login's concurrency tests hold the check themselves, tests/unit/securewatch/test_sw_login_hardening.py),
-# so there the same argon2id runs with the smallest cost: hashing, checking, wrong passwords, unknown names and
-# rehashing on login (a hash made by a `seawall user` child process has the real cost) all still run for real.
-# securewatch.auth has no public way to set the cost, so this swaps its module-level hasher (and the hash it
-# checks unknown names against) by name: the one private name a test sets; a public setter would replace it.
+# so there the same argon2id runs with the smallest cost (`securewatch.auth.set_password_hasher`): hashing,
+# checking, wrong passwords, unknown names and rehashing on login (a hash made by a `seawall user` child
+# process has the real cost) all still run for real.
 CHEAP_ARGON2 = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}
 CHEAP_HASHING_TIERS = ("unit", "browser")
 
 
 @pytest.fixture(autouse=True)
-def cheap_password_hashing(request, monkeypatch):
+def cheap_password_hashing(request):
     if _tier(request.node) not in CHEAP_HASHING_TIERS:
+        yield
         return
-    from securewatch import auth  # noqa: PLC0415 - only the tiers that run SecureWatch in the test's process
+    import argon2  # noqa: PLC0415 - only the tiers that run SecureWatch in the test's process
 
-    hasher, dummy = _cheap_hasher()
-    monkeypatch.setattr(auth, "_hasher", hasher)
-    monkeypatch.setattr(auth, "_DUMMY_HASH", dummy)
+    from securewatch import auth  # noqa: PLC0415
+
+    before = auth.password_hasher()
+    auth.set_password_hasher(_cheap_hasher(argon2))
+    yield
+    auth.set_password_hasher(before)
 
 
 @functools.cache
-def _cheap_hasher():
-    """The cheap hasher and its hash for unknown names (securewatch.auth's _DUMMY_HASH), made once."""
-    import argon2  # noqa: PLC0415 - only the tiers that run SecureWatch in the test's process
-
-    hasher = argon2.PasswordHasher(**CHEAP_ARGON2)
-    return hasher, hasher.hash(uuid.uuid4().hex)
+def _cheap_hasher(argon2):
+    """One cheap hasher for the run (securewatch.auth keeps the hash for unknown names made with it)."""
+    return argon2.PasswordHasher(**CHEAP_ARGON2)
 
 
 def _tier(item) -> str:
