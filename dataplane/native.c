@@ -11,8 +11,7 @@
 
 /*
  * The keys of a hash map's or the spill store's listing, n of them at `src` every `stride` bytes
- * (two uint64 words each: the address), copied into `keys_out` (n, 2) (which may be `src` itself, a
- * contiguous copy already: each key is read before it is written), and each one's id from the
+ * (two uint64 words each: the address), copied into `keys_out` (n, 2), and each one's id from the
  * previous listing where that listing had the same key at the same position (`prev_ids`, n_prev of
  * them: ids, whose keys are rows of `id_keys`, n_ids of them), else -1 in `ids_out`. Returns how many
  * found no id. The copy is read once: the kernel may be writing the store meanwhile, and the ids
@@ -39,26 +38,22 @@ int64_t sw_listed_match(int64_t n, const uint8_t *src, int64_t stride, const int
 }
 
 /*
- * The columns of the spill store's first n slots that a read needs, in one pass over the mapped store
- * (`row_words` words a slot; a slot's tenant word and its address share a cache line): the word at
- * `tenant_at`, read once, gives the tenant (its low half, into `tenants_out`) and whether the slot is
- * claimed (its high half nonzero, into `claimed_out`); the two words at `key_at` are the address (into
- * `keys_out`, (n, 2)). Three numpy passes read these apart (~30 ms at a million slots, each a cache
- * miss a slot). Returns how many slots are claimed.
+ * The columns of the spill store's first n slots that a read needs besides the addresses and counters,
+ * in one pass over the mapped store (`row_words` words a slot): the word at `tenant_at`, read once,
+ * gives the tenant (its low half, into `tenants_out`) and whether the slot is claimed (its high half
+ * nonzero, into `claimed_out`). Two numpy passes read these apart (~20 ms at a million slots, each a
+ * cache miss a slot). Returns how many slots are claimed.
  */
-int64_t sw_store_columns(int64_t n, const uint64_t *words, int64_t row_words, int64_t tenant_at, int64_t key_at,
-			 uint64_t *keys_out, uint32_t *tenants_out, uint8_t *claimed_out)
+int64_t sw_store_columns(int64_t n, const uint64_t *words, int64_t row_words, int64_t tenant_at,
+			 uint32_t *tenants_out, uint8_t *claimed_out)
 {
 	int64_t claimed = 0;
 	for (int64_t i = 0; i < n; i++) {
-		const uint64_t *row = words + i * row_words;
-		const uint64_t tenant_word = row[tenant_at];
+		const uint64_t tenant_word = words[i * row_words + tenant_at];
 		const int is_claimed = (tenant_word >> 32) != 0;
 		tenants_out[i] = (uint32_t)tenant_word;
 		claimed_out[i] = (uint8_t)is_claimed;
 		claimed += is_claimed;
-		keys_out[2 * i] = row[key_at];
-		keys_out[2 * i + 1] = row[key_at + 1];
 	}
 	return claimed;
 }

@@ -69,7 +69,7 @@ def library() -> ctypes.CDLL:
         "sw_merge_index": (i64, [i64, ptr, i64, ptr, i64, ptr, i64, ptr, ptr, ptr]),
         "sw_merge_sources": (i64, [i64, ptr, ptr, i64, ptr, ptr, i64, ptr, ptr, ptr, ptr]),
         "sw_merge_fill": (None, [i64, i64, i64, ptr, ptr, ptr, i64, ptr, ptr]),
-        "sw_store_columns": (i64, [i64, ptr, i64, i64, i64, ptr, ptr, ptr]),
+        "sw_store_columns": (i64, [i64, ptr, i64, i64, ptr, ptr]),
     })
 
 
@@ -104,37 +104,31 @@ def _rows_at(rows: np.ndarray, width_bytes: int, name: str) -> tuple[np.ndarray,
 def listed_match(keys: np.ndarray, prev_ids: np.ndarray, id_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """`keys` (N, 2) uint64 (rows may be strided: the mapped store's) copied out once, and each one's id
     from `prev_ids` where the id at the same position there is of the same key (`id_keys`: (I, 2) uint64,
-    the key of each id), else -1. Returns the copy (`keys` itself when it is a writable C-contiguous array:
-    a copy already, as `SpillStore.rows` makes), the ids and how many are -1."""
+    the key of each id), else -1. Returns the copy, the ids and how many are -1."""
     n = len(keys)
     if keys.ndim != 2 or keys.shape[1] != 2 or keys.dtype != np.uint64 or keys.strides[1] != 8:
         keys = contiguous(keys, np.uint64, (n, 2), "keys")
     stride = keys.strides[0] if n > 1 else 16
     prev_ids = contiguous(prev_ids, np.int64, (len(prev_ids),), "previous ids")
     id_keys = contiguous(id_keys, np.uint64, (len(id_keys), 2), "keys of the ids")
-    # A contiguous writable array is a copy already (the mapped store's rows are strided views): no second one.
-    out_keys = keys if keys.flags.c_contiguous and keys.flags.writeable else np.empty((n, 2), np.uint64)
+    out_keys = np.empty((n, 2), np.uint64)
     ids = np.empty(n, np.int64)
     unmatched = library().sw_listed_match(n, at(keys) if n else None, stride, at(prev_ids), len(prev_ids),
                                           at(id_keys), len(id_keys), at(out_keys), at(ids))
     return out_keys, ids, int(unmatched)
 
 
-def store_columns(words: np.ndarray, tenant_at: int, key_at: int,
-                  out: tuple[np.ndarray, np.ndarray, np.ndarray]) -> int:
+def store_columns(words: np.ndarray, tenant_at: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Of the spill store's slots `words` ((n, row words) uint64, C contiguous: the mapped store), in one
-    pass (see native.c): their addresses, tenants and claimed flags written into `out`, (n, 2) uint64,
-    (n,) uint32 and (n,) bool; returns how many are claimed."""
+    pass (see native.c): their (n,) uint32 tenants and (n,) bool claimed flags, and how many are claimed."""
     n, row_words = words.shape
     if words.dtype != np.uint64 or not words.flags.c_contiguous:
         raise ValueError("store columns: needs the store's C-contiguous uint64 words")
-    if not (0 <= tenant_at < row_words and 0 <= key_at <= row_words - 2):
-        raise ValueError(f"store columns: words {tenant_at} and {key_at}+1 outside a {row_words}-word slot")
-    keys, tenants, claimed = (writable(a, dtype, shape, name) for a, dtype, shape, name in
-                              ((out[0], np.uint64, (n, 2), "keys"), (out[1], np.uint32, (n,), "tenants"),
-                               (out[2], np.bool_, (n,), "claimed")))
-    return int(library().sw_store_columns(n, at(words) if n else None, row_words, tenant_at, key_at, at(keys),
-                                          at(tenants), at(claimed)))
+    if not 0 <= tenant_at < row_words:
+        raise ValueError(f"store columns: word {tenant_at} outside a {row_words}-word slot")
+    tenants, claimed = np.empty(n, np.uint32), np.empty(n, np.bool_)
+    count = library().sw_store_columns(n, at(words) if n else None, row_words, tenant_at, at(tenants), at(claimed))
+    return tenants, claimed, int(count)
 
 
 def merge_index(n_ids: int, *id_lists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -678,9 +678,9 @@ class CounterReader:
         cache's counted words as (slots, CPU regions, copy words) uint64 (`copy_cache`: the counters
         keep moving while a tick decodes them), the spilled addresses' (S, 2) keys and their (S, 1,
         spilled words) values (one copy: the store and the overflow map are shared by the CPUs): the
-        store's claimed slots in slot order (the counters: views of the mapped store when none is free),
-        then the overflow map's entries. The cache copy, the store's addresses and the overflow rows are
-        buffers that the next call writes again; the store's counters keep moving (a slot's counters only grow until it is freed, two
+        store's claimed slots in slot order (views of the mapped store when none is free), then the
+        overflow map's entries. The cache copy and the overflow rows are buffers that the next call
+        writes again; the store's rows keep moving (a slot's counters only grow until it is freed, two
         reads after it was last read)."""
         # The spill store and the overflow map first: counts only ever move from a cache slot to them,
         # so a slot evicted between the reads is missed for this read (its counts show up in the

@@ -84,9 +84,6 @@ class SpillStore:
         self.handed = 0                                     # slots handed out at the last read
         self._claimed = np.zeros(0, bool)                   # which slots below the handed-out count, then
         self.tenants = np.zeros(0, np.uint32)               # and the tenant_idx of each (`rows()`)
-        # What `rows()` copies out of the store, one row a slot: the same memory read after read (21 MiB
-        # at a million slots, not fresh pages to fault in every tick), so valid until the next read.
-        self._columns: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def close(self) -> None:
         self._words = None
@@ -120,25 +117,21 @@ class SpillStore:
         return min(int.from_bytes(raw or b"\0" * 8, "little"), self.maps.slots)
 
     def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The slots handed out so far: their (S, 2) uint64 addresses (copied out, valid until the next
-        read), their (S, 1, spilled words) counters (a view of the mapped store: read in place) and the rows
-        among them that are free (zeros, to skip); each slot's tenant_idx is left in `tenants` (S,) uint32.
-        Addresses, tenants and claimed flags come out of one pass over the store (`native.store_columns`:
-        a slot's tenant word and its address share a cache line). Frees first what earlier reads retired."""
+        """The slots handed out so far, in place: (S, 2) uint64 addresses and (S, 1, spilled words)
+        counters, views of the mapped store, and the rows among them that are free (zeros, to skip);
+        each slot's tenant_idx is left in `tenants` (S,) uint32. Tenants and claimed flags come out of
+        one pass over the store (`native.store_columns`: they share a word). Frees first what earlier
+        reads retired."""
         words = self._words
         if words is None:
             raise DataplaneError("the spill store is closed")
         self.reads += 1
         self._free_retired()
         n = self.handed = self.handed_out()
-        if self._columns is None:
-            slots = self.maps.slots
-            self._columns = (np.empty((slots, 2), np.uint64), np.empty(slots, np.uint32), np.empty(slots, np.bool_))
-        keys, self.tenants, self._claimed = (column[:n] for column in self._columns)
-        self.in_use = native.store_columns(words[:n], self._claimed_at, self._key.start,
-                                           (keys, self.tenants, self._claimed))
+        self.tenants, self._claimed, self.in_use = native.store_columns(words[:n], self._claimed_at)
         free = np.flatnonzero(~self._claimed) if self.in_use < n else np.zeros(0, np.int64)
-        return keys, words[:n, :self._key.start].reshape(n, 1, self._key.start), free
+        used = words[:n]
+        return used[:, self._key], used[:, :self._key.start].reshape(n, 1, self._key.start), free
 
     def wants_idle_check(self) -> bool:
         """Whether the read `rows()` just made should retire idle slots: the store is under pressure, and
