@@ -72,7 +72,6 @@ LOGIN_MAX_WAITING = 16            # logins queued for a check; beyond that 503 a
 IPV6_SOURCE_PREFIX = 64           # bits: one IPv6 source is a /64, what one host or site usually holds
 
 
-
 @functools.lru_cache(maxsize=4)
 def _dummy_hash(hasher: argon2.PasswordHasher) -> str:
     """A hash to verify against when the user does not exist, so timing does not reveal names: one of
