@@ -12,7 +12,7 @@ on the shop is the "with mitigation" figure (>= 99 %) and the share of the bots'
 connections or header lines that still reach the shop the leak (<= 5 %). The silent connection flood's
 slots go free because the dataplane resets the blocked bots' connections at the shop (the shop counts the
 resets), not at the shop's idle timeout. Then gamma is switched to monitor mode (SIGHUP, same run, same bots):
-the limits and the block list go, so the next vector starts against a shop without them. For the first
+the limits and the block list go, so the next vector starts against a shop without them. For the HTTP flood
 vector, and for every vector with SEAWALL_FIGURES=1 (to refresh the README's table), the browsers'
 success some seconds after the switch is the "without mitigation" figure (recorded, not asserted;
 test_botnet_lab asserts how an unprotected shop fares). The bots and the browsers are then stopped
