@@ -602,7 +602,8 @@ class CounterReader:
         self._last_rows: CounterRows | None = None     # the last read's counter rows, made when asked for
         self._spill_buffers: tuple[np.ndarray, np.ndarray] | None = None   # the overflow map's batch reads, reused
         self._spill_holes = np.zeros(0, np.int64)      # rows of the last read's store slots that are free
-        self._spill_tenants = np.zeros(0, np.uint32)   # and the tenant_idx of each of its spilled rows
+        # and the tenant_idx of each of its store rows (None when the overflow map adds rows: the decode reads them)
+        self._spill_tenants: np.ndarray | None = np.zeros(0, np.uint32)
         self.overflow_entries = 0                      # entries in the overflow map at the last read
         self._overflow_logged = -OVERFLOW_LOG_S        # time.monotonic() of the last warning about them
         self.store = SpillStore(store, spilled_words=address.spilled_words, tenant_at=address.spilled_tenant_at,
@@ -707,10 +708,9 @@ class CounterReader:
             self._warn_overflow()
             # The overflow map holds spills only while every store slot is taken: rare, so a copy.
             spill_keys = np.concatenate([store_keys, okeys.view(np.uint64).reshape(ocount, 2)])
-            overflow = ovalues.view(np.uint64).reshape(ocount, 1, self.address_layout.spilled_words)
-            spill = np.concatenate([store_values, overflow])
-            self._spill_tenants = np.concatenate([self._spill_tenants, (
-                overflow[:, 0, self.address_layout.spilled_tenant_at] & 0xFFFFFFFF).astype(np.uint32)])
+            spill = np.concatenate([store_values, ovalues.view(np.uint64).reshape(
+                ocount, 1, self.address_layout.spilled_words)])
+            self._spill_tenants = None     # the decode reads them from the copy
         else:
             spill_keys, spill = store_keys, store_values
         return self._cache_copy.transpose(1, 0, 2), spill_keys, spill, self._cache_copy_layout
