@@ -52,3 +52,19 @@ def test_ids_slots_and_rows_out_of_range_are_refused():
     with pytest.raises(ValueError, match="listed twice"):
         policy_native.slot_rates(np.zeros((2, 13), np.uint64), np.array([0, 0]), *state, 1, 6, 1.0,
                                  np.empty((2, 6)), np.empty((2, 7), np.uint32))
+
+
+def test_store_columns_are_the_tenant_word_halves_of_every_slot():
+    """The spill store's one-pass column read against numpy's two passes over the same word: the tenant
+    (low half) and the claimed flag (high half nonzero), and the count of claimed slots."""
+    rng = np.random.default_rng(3)
+    words = rng.integers(0, 2**63, size=(500, 16), dtype=np.uint64)
+    words[::3, 13] &= np.uint64(0xFFFFFFFF)          # a third of the slots unclaimed
+    tenants, claimed, count = native.store_columns(words, 13)
+    assert tenants.dtype == np.uint32 and tenants.tolist() == (words[:, 13] & np.uint64(0xFFFFFFFF)).tolist()
+    assert claimed.tolist() == ((words[:, 13] >> np.uint64(32)) != 0).tolist()
+    assert count == int(np.count_nonzero(claimed)) == 500 - len(range(0, 500, 3))
+    with pytest.raises(ValueError, match="outside"):
+        native.store_columns(words, 16)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        native.store_columns(words[:, :15], 13)
