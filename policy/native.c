@@ -121,6 +121,127 @@ static inline double baseline_cap(double mean, double var, double k_sigma, doubl
  * `min_pps`, `sensitivity`: one value a row, or NULL for `min_pps_all`, `sensitivity_all`; `known`,
  * `valid`: one flag a row, or NULL for every row.
  */
+#if defined(__AVX2__) && !defined(SW_SCALAR)
+#include <immintrin.h>
+
+/* numpy's maximum of four lanes: a where a >= b or a is NaN, else b. */
+static inline __m256d np_max4(__m256d a, __m256d b)
+{
+	const __m256d take_a = _mm256_or_pd(_mm256_cmp_pd(a, b, _CMP_GE_OQ), _mm256_cmp_pd(a, a, _CMP_UNORD_Q));
+	return _mm256_blendv_pd(b, a, take_a);
+}
+
+/* The first `lanes` (1 to 4) doubles at `at` in the low lanes, zeros above (masked loads and stores are
+ * microcoded and slow on some CPUs: these take two plain ones for the row's last two classes). */
+static inline __m256d load_lanes(const double *at, int64_t lanes)
+{
+	if (lanes == 4)
+		return _mm256_loadu_pd(at);
+	if (lanes == 2)
+		return _mm256_zextpd128_pd256(_mm_loadu_pd(at));
+	double four[4] = {0.0, 0.0, 0.0, 0.0};
+	memcpy(four, at, (size_t)lanes * sizeof(double));
+	return _mm256_loadu_pd(four);
+}
+
+static inline void store_lanes(double *at, __m256d value, int64_t lanes)
+{
+	if (lanes == 4) {
+		_mm256_storeu_pd(at, value);
+	} else if (lanes == 2) {
+		_mm_storeu_pd(at, _mm256_castpd256_pd128(value));
+	} else {
+		double four[4];
+		_mm256_storeu_pd(four, value);
+		memcpy(at, four, (size_t)lanes * sizeof(double));
+	}
+}
+
+/* Bytes 0/1 of the low `lanes` bits of a lane mask, written to out[0 .. lanes). */
+static inline void store_flags(uint8_t *out, int bits, int64_t lanes)
+{
+	for (int64_t k = 0; k < lanes; k++)
+		out[k] = (uint8_t)((bits >> k) & 1);
+}
+
+/*
+ * Detection of four classes of a row at a time in AVX2 lanes (a row's last classes in the low lanes when
+ * its classes are not a multiple of four): the scalar detect_row's operations on each element, in its
+ * order (IEEE square roots, products, sums, quotients and comparisons of the same operands: the same
+ * bits). The scalar loop, a square root, a division and a dozen selects an element one after another,
+ * took 65-74 ms at a million destinations where this takes 35-46 ms, against ~23 ms for a loop that only
+ * moves the same bytes (AMD EPYC, 2026-12-07, alternating runs in one process).
+ */
+static inline __attribute__((always_inline)) void
+detect_lanes(int64_t out, int64_t at, int64_t c, int64_t lanes, int sens_one, const double *mean, const double *var,
+	     const double *learned, const double *pps, double k_sigma, double margin, double warmup_s,
+	     double partial_s, const double *floor_pps, const double *onset_floor_pps, double row_min,
+	     double row_sens, int row_known, int row_valid, uint8_t *warm_out, double *threshold_out,
+	     uint8_t *anomalous_out, uint8_t *over_cap_out, struct sw_onset *onset)
+{
+	const __m256d m = load_lanes(mean + at + c, lanes), v = load_lanes(var + at + c, lanes);
+	const __m256d l = load_lanes(learned + at + c, lanes), p = load_lanes(pps + out, lanes);
+	__m256d cap = _mm256_sqrt_pd(v);
+	cap = _mm256_mul_pd(cap, _mm256_set1_pd(k_sigma));
+	cap = _mm256_add_pd(cap, m);
+	cap = _mm256_mul_pd(cap, _mm256_set1_pd(margin));
+	/* x / 1 is x exactly: the common sensitivity of 1 needs no division */
+	const __m256d base = sens_one ? cap : _mm256_div_pd(cap, _mm256_set1_pd(row_sens));
+	const __m256d warm = _mm256_cmp_pd(l, _mm256_set1_pd(warmup_s), _CMP_GE_OQ);
+	const __m256d partial = _mm256_cmp_pd(l, _mm256_set1_pd(partial_s), _CMP_GE_OQ);
+	const __m256d young = _mm256_blendv_pd(load_lanes(floor_pps + c, lanes),
+					       np_max4(base, load_lanes(onset_floor_pps + c, lanes)), partial);
+	const __m256d threshold = np_max4(_mm256_blendv_pd(young, base, warm), _mm256_set1_pd(row_min));
+	store_lanes(threshold_out + out, threshold, lanes);
+	const int anomalous = row_known ? _mm256_movemask_pd(_mm256_cmp_pd(p, threshold, _CMP_GT_OQ)) : 0;
+	store_flags(warm_out + out, _mm256_movemask_pd(warm), lanes);
+	store_flags(anomalous_out + out, anomalous, lanes);
+	store_flags(over_cap_out + out,
+		    _mm256_movemask_pd(_mm256_cmp_pd(p, np_max4(cap, _mm256_set1_pd(1.0)), _CMP_GT_OQ)), lanes);
+	if (!row_valid)
+		return;
+	const int jump = _mm256_movemask_pd(
+		_mm256_cmp_pd(_mm256_sub_pd(p, m), _mm256_mul_pd(p, _mm256_set1_pd(onset->jump_share)), _CMP_GT_OQ));
+	const int high = _mm256_movemask_pd(
+		_mm256_cmp_pd(p, _mm256_mul_pd(_mm256_set1_pd(onset->min_share), threshold), _CMP_GT_OQ));
+	const int candidates = ~anomalous & jump & high & ((1 << lanes) - 1);
+	for (int64_t k = 0; candidates && k < lanes; k++)
+		if ((candidates >> k) & 1)
+			onset_offer(onset, out + k, pps[out + k] / np_max(threshold_out[out + k], 1.0));
+}
+
+static inline __attribute__((always_inline)) void
+detect_row_avx(int64_t i, int64_t classes, const int64_t *slots, const double *mean, const double *var,
+	       const double *learned, const double *pps, double k_sigma, double margin, double warmup_s,
+	       double partial_s, const double *floor_pps, const double *onset_floor_pps, double row_min,
+	       double row_sens, int row_known, int row_valid, uint8_t *warm_out, double *threshold_out,
+	       uint8_t *anomalous_out, uint8_t *over_cap_out, struct sw_onset *onset)
+{
+	const int64_t at = slots[i] * classes;
+#define SW_LANES(c_, lanes_, sens_one_)                                                                      \
+	detect_lanes(i * classes + (c_), at, c_, lanes_, sens_one_, mean, var, learned, pps, k_sigma, margin,  \
+		     warmup_s, partial_s, floor_pps, onset_floor_pps, row_min, row_sens, row_known, row_valid,     \
+		     warm_out, threshold_out, anomalous_out, over_cap_out, onset)
+	/* The traffic classes' count known: the loop unrolled whole, each copy's lanes a constant (so its loads
+	 * and stores are plain ones), and a sensitivity of 1 divides nothing. */
+	if (classes == SW_CLASSES && row_sens == 1.0) {
+#pragma clang loop unroll(full)
+		for (int64_t c = 0; c < SW_CLASSES; c += 4)
+			SW_LANES(c, SW_CLASSES - c < 4 ? SW_CLASSES - c : 4, 1);
+	} else if (classes == SW_CLASSES) {
+#pragma clang loop unroll(full)
+		for (int64_t c = 0; c < SW_CLASSES; c += 4)
+			SW_LANES(c, SW_CLASSES - c < 4 ? SW_CLASSES - c : 4, 0);
+	} else {
+		for (int64_t c = 0; c < classes; c += 4)
+			SW_LANES(c, classes - c < 4 ? classes - c : 4, row_sens == 1.0);
+	}
+#undef SW_LANES
+}
+#define SW_DETECT_ROW detect_row_avx
+#define SW_DETECT_LANES 4
+#else
+/* Without AVX2 (or built with SW_SCALAR, as a test does to compare the two): one element at a time. */
 static inline __attribute__((always_inline)) void
 detect_row(int64_t i, int64_t classes, const int64_t *slots, const double *mean, const double *var,
 	   const double *learned, const double *pps, double k_sigma, double margin, double warmup_s,
@@ -153,6 +274,15 @@ detect_row(int64_t i, int64_t classes, const int64_t *slots, const double *mean,
 			onset_offer(onset, out, p / np_max(threshold, 1.0));
 	}
 }
+#define SW_DETECT_ROW detect_row
+#define SW_DETECT_LANES 1
+#endif
+
+/* Elements detection works on at once: 4 in AVX2 lanes, 1 in the scalar build (tests compare the two). */
+int64_t sw_detect_lanes(void)
+{
+	return SW_DETECT_LANES;
+}
 
 void sw_detect_rows(int64_t n, int64_t classes, const int64_t *slots,
 		    const double *mean, const double *var, const double *learned, const double *pps,
@@ -169,15 +299,16 @@ void sw_detect_rows(int64_t n, int64_t classes, const int64_t *slots,
 		const int row_known = known ? known[i] : 1, row_valid = valid ? valid[i] : 1;
 		/* the traffic classes' count known here: the row's loop unrolled */
 		if (classes == SW_CLASSES)
-			detect_row(i, SW_CLASSES, slots, mean, var, learned, pps, k_sigma, margin, warmup_s, partial_s,
-				   floor_pps, onset_floor_pps, row_min, row_sens, row_known, row_valid, warm_out,
-				   threshold_out, anomalous_out, over_cap_out, onset);
+			SW_DETECT_ROW(i, SW_CLASSES, slots, mean, var, learned, pps, k_sigma, margin, warmup_s, partial_s,
+				      floor_pps, onset_floor_pps, row_min, row_sens, row_known, row_valid, warm_out,
+				      threshold_out, anomalous_out, over_cap_out, onset);
 		else
-			detect_row(i, classes, slots, mean, var, learned, pps, k_sigma, margin, warmup_s, partial_s,
-				   floor_pps, onset_floor_pps, row_min, row_sens, row_known, row_valid, warm_out,
-				   threshold_out, anomalous_out, over_cap_out, onset);
+			SW_DETECT_ROW(i, classes, slots, mean, var, learned, pps, k_sigma, margin, warmup_s, partial_s,
+				      floor_pps, onset_floor_pps, row_min, row_sens, row_known, row_valid, warm_out,
+				      threshold_out, anomalous_out, over_cap_out, onset);
 	}
 }
+#undef SW_DETECT_ROW
 
 /*
  * One tick of learning (`dt` seconds, EWMA weight `ewma`) for n rows: row i of pps, cap and learn

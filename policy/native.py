@@ -30,15 +30,22 @@ class _Onset(ctypes.Structure):
 
 
 @functools.cache
-def library() -> ctypes.CDLL:
-    """policy/native.c, compiled at the first call in this process."""
+def library(scalar: bool = False) -> ctypes.CDLL:
+    """policy/native.c, compiled at the first call in this process; `scalar`: without its AVX2 detection
+    (what a CPU without AVX2 runs: tests compare the two)."""
     return compile_library(SOURCE, {
         "sw_detect_rows": (None, [i64, i64, ptr, ptr, ptr, ptr, ptr, f64, f64, f64, f64, ptr, ptr, ptr, f64, ptr, f64,
                                   ptr, ptr, ptr, ptr, ptr, ptr, ctypes.POINTER(_Onset)]),
         "sw_slot_rates": (i64, [i64, i64, i64, ptr, ptr, ptr, ptr, ptr, i64, f64, ctypes.c_int32, ptr, ptr, ptr]),
         "sw_learn_rows": (None, [i64, i64, ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, f64, f64, f64, f64, f64]),
         "sw_slots_by_id": (None, [i64, ptr, ptr, i64, ptr, ptr, i64, ptr, ptr]),
-    }, defines={"SW_CLASSES": len(TrafficClass)})
+        "sw_detect_lanes": (i64, []),
+    }, defines={"SW_CLASSES": len(TrafficClass), **({"SW_SCALAR": 1} if scalar else {})})
+
+
+def detect_lanes() -> int:
+    """Elements the compiled detection works on at once: 4 with AVX2, else 1."""
+    return int(library().sw_detect_lanes())
 
 
 def _rates_against(pps: np.ndarray, mean: np.ndarray) -> tuple[int, int, tuple[int, ...]]:

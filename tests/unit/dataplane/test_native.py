@@ -3,6 +3,8 @@ why, and the loops refuse arrays they would read or write out of bounds instead 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -68,3 +70,56 @@ def test_store_columns_are_the_tenant_word_halves_of_every_slot():
         native.store_columns(words, 16)
     with pytest.raises(ValueError, match="C-contiguous"):
         native.store_columns(words[:, :15], 13)
+
+
+def _detection_inputs(rng: np.random.Generator, n: int, classes: int) -> dict:
+    """Rows of every kind detection tells apart: young, partial and warm elements, per-row policies with
+    sensitivities of 1 and others, unknown and invalid rows, NaN and infinite rates, baselines read by
+    slots in no order, and rates that jump over their mean (onset candidates)."""
+    state = n + 7
+    mean = rng.lognormal(3.0, 2.0, (state, classes))
+    var = (mean * rng.uniform(0.0, 0.8, (state, classes))) ** 2
+    learned = rng.choice([0.0, 2.0, 40.0, 300.0, 3600.0, 90_000.0], (state, classes))
+    slots = rng.permutation(state)[:n]
+    pps = mean[slots] * rng.choice([0.2, 0.9, 1.1, 4.0, 40.0], (n, classes))
+    pps[rng.random((n, classes)) < 0.01] = np.nan
+    pps[rng.random((n, classes)) < 0.01] = np.inf
+    return dict(slots=slots, mean=mean, var=var, learned=learned, pps=pps, k_sigma=4.0, margin=1.5, warmup_s=3600.0,
+                partial_s=300.0, floor=rng.uniform(10.0, 5000.0, classes), onset_floor=rng.uniform(5.0, 500.0, classes),
+                min_pps=rng.choice([0.0, 50.0, 1000.0], n), sensitivity=rng.choice([1.0, 1.0, 0.5, 3.3], n),
+                known=rng.random(n) < 0.9, valid=rng.random(n) < 0.95, onset_jump_share=0.5, onset_min_share=0.3)
+
+
+def _detect(inputs: dict, keep: int) -> tuple[dict, np.ndarray]:
+    n, classes = inputs["pps"].shape
+    out = {name: np.empty((n, classes), dtype) for name, dtype in
+           (("warm", bool), ("threshold", np.float64), ("anomalous", bool), ("over_cap", bool))}
+    onset = policy_native.detect_rows(**inputs, **out, onset_keep=keep)
+    return out, onset
+
+
+@pytest.mark.parametrize("classes", [6, 5, 3])
+@pytest.mark.parametrize("uniform", [False, True])
+@pytest.mark.parametrize("keep", [4, 100_000])
+def test_detection_in_vector_lanes_equals_the_scalar_loop_bit_for_bit(monkeypatch, classes, uniform, keep):
+    # Issue 18 item 2: detection takes a row's classes four at a time in AVX2 lanes (six classes: 4 + 2;
+    # other counts take the loop with partial lanes); a CPU without AVX2 runs the scalar loop. Every output
+    # and the onset candidates (all of them, or the few of highest ratio) must be the scalar loop's bits.
+    assert policy_native.detect_lanes() == 4, "the machine's build has no AVX2 lanes: nothing is compared"
+    inputs = _detection_inputs(np.random.default_rng(classes), 3000, classes)
+    if uniform:
+        inputs.update(min_pps=50.0, sensitivity=1.0, known=None, valid=None)
+    vector, vector_onset = _detect(inputs, keep)
+    scalar_library = functools.partial(policy_native.library, scalar=True)
+    assert scalar_library().sw_detect_lanes() == 1
+    monkeypatch.setattr(policy_native, "library", scalar_library)
+    scalar, scalar_onset = _detect(inputs, keep)
+    for name in vector:
+        assert vector[name].tobytes() == scalar[name].tobytes(), name
+    assert np.array_equal(vector_onset, scalar_onset)
+    # The inputs reach every branch: each kind of threshold, anomalies, candidates beyond `keep`.
+    warm, young = vector["warm"], inputs["learned"][inputs["slots"]] < inputs["partial_s"]
+    assert warm.any() and young.any() and (~warm & ~young).any()
+    assert vector["anomalous"].any() and vector["over_cap"].any() and not vector["anomalous"].all()
+    every_candidate = _detect(inputs, 100_000)[1]
+    assert len(every_candidate) > 4 and len(vector_onset) == min(keep, len(every_candidate))
