@@ -247,3 +247,23 @@ def test_the_normal_peak_is_the_higher_of_threshold_and_cap_in_blocks_of_rows(mo
     assert whole[1][UDP] == 10_000 and whole[2][UDP] == 1800 and whole[2][SYN] == 1300
     monkeypatch.setattr(budgets_mod, "DERIVE_BLOCK_ROWS", 3)
     assert derive() == whole
+
+
+def test_warming_up_destinations_lift_budgets_by_their_whole_row_when_one_class_passes_the_floor():
+    # The deriver finds warming-up elements in the warm mask first (issue 18 item 2): a cold row counts when
+    # any of its budget classes is above the lowest min_pps (1,000 here), and then with every cold class it
+    # has (ICMP's 700 below); anomalous elements, invalid rows, unowned rows and warm rows do not count.
+    push = Recorder()
+    deriver = BudgetDeriver(push, BudgetConfig(safety=2.0))
+    pps = rows([{UDP: 100}, {UDP: 1500}, {UDP: 900, SYN: 5000, ICMP: 700}, {FRAG: 9000}, {SYN: 7000},
+                {SYN: 8000}, {SYN: 20_000}, {SYN: 30_000, UDP: 2500}])
+    warm = np.zeros((8, C), bool)
+    warm[[0, 6, 7]] = True
+    warm[7, int(UDP)] = False           # a row warm but for one class: that class counts
+    anomalous = np.zeros((8, C), bool)
+    anomalous[3, int(FRAG)] = True
+    deriver.observe(0.0, tenant_idx=np.array([1, 1, 1, 1, 1, NO_TENANT, 1, 1]), pps=pps,
+                    valid=np.array([True, True, True, True, False, True, True, True]), anomalous=anomalous,
+                    threshold=rows([{UDP: 500}] + [{}] * 7), baseline_cap=np.zeros((8, C)),
+                    warm=lambda r: warm[r], tenant_warm=all_warm, policies={1: TenantPolicy()})
+    assert push.calls == [(1, {SYN: 10_000, UDP: 5000, ICMP: 1400, FRAG: 1000})]
