@@ -170,15 +170,22 @@ class BudgetDeriver:
         """
         # A derivable budget is never below safety · min_pps (see the module docstring), so only a
         # warming-up destination above its tenant's min_pps can lift one. Warming-up elements are few once
-        # the box has run a while: found first in the warm mask (a byte an element; the rates' pass above
-        # the floor read eight and cost ~11 ms a tick at a million destinations), in the flat mask
-        # (`.any(axis=1)` walks the short class axis slowly); only their rows' rates are looked at.
-        k = len(_COLS)
-        rows = np.flatnonzero(~warm(slice(None))[:, _COLS]) // k        # ascending, a row once per cold class
-        if len(rows):
-            rows = rows[np.concatenate([[True], rows[1:] != rows[:-1]])]
-            floor = min((p.min_pps for p in policies.values()), default=0) if min_pps_floor is None \
-                else min_pps_floor
+        # the box has run a while: found first in the flat warm mask (a byte an element; comparing every
+        # rate with the floor read eight and cost ~11 ms a tick at a million destinations; the mask's budget
+        # columns alone are a strided copy that flatnonzero copies again), and only their rows' rates are
+        # looked at. A block of rows at a time: while the box warms up every element is cold, and the
+        # temporaries of a million rows at once would raise the heap's high-water mark for good.
+        floor = min((p.min_pps for p in policies.values()), default=0) if min_pps_floor is None else min_pps_floor
+        n_cls = pps.shape[1]
+        budget_class = np.zeros(n_cls, bool)
+        budget_class[_COLS] = True
+        for lo in range(0, len(pps), DERIVE_BLOCK_ROWS):
+            block = slice(lo, lo + DERIVE_BLOCK_ROWS)
+            cold_elements = np.flatnonzero(~warm(block))
+            rows = cold_elements[budget_class[cold_elements % n_cls]] // n_cls   # ascending, once per cold class
+            if not len(rows):
+                continue
+            rows = lo + rows[np.concatenate([[True], rows[1:] != rows[:-1]])]
             cold_pps = pps[rows][:, _COLS]
             lifts = (cold_pps > floor).any(axis=1)
             rows, cold_pps = rows[lifts], cold_pps[lifts]

@@ -249,10 +249,14 @@ def test_the_normal_peak_is_the_higher_of_threshold_and_cap_in_blocks_of_rows(mo
     assert derive() == whole
 
 
-def test_warming_up_destinations_lift_budgets_by_their_whole_row_when_one_class_passes_the_floor():
-    # The deriver finds warming-up elements in the warm mask first (issue 18 item 2): a cold row counts when
-    # any of its budget classes is above the lowest min_pps (1,000 here), and then with every cold class it
-    # has (ICMP's 700 below); anomalous elements, invalid rows, unowned rows and warm rows do not count.
+@pytest.mark.parametrize("block_rows", [65_536, 3])
+def test_warming_up_destinations_lift_budgets_by_their_whole_row_when_one_class_passes_the_floor(monkeypatch,
+                                                                                               block_rows):
+    # The deriver finds warming-up elements in the warm mask first, a block of rows at a time (issue 18 item
+    # 2): a cold row counts when any of its budget classes is above the lowest min_pps (1,000 here), and then
+    # with every cold class it has (ICMP's 700 below); anomalous elements, invalid rows, unowned rows and warm
+    # rows do not count.
+    monkeypatch.setattr(budgets_mod, "DERIVE_BLOCK_ROWS", block_rows)
     push = Recorder()
     deriver = BudgetDeriver(push, BudgetConfig(safety=2.0))
     pps = rows([{UDP: 100}, {UDP: 1500}, {UDP: 900, SYN: 5000, ICMP: 700}, {FRAG: 9000}, {SYN: 7000},
