@@ -211,7 +211,7 @@ detect_lanes(int64_t out, int64_t at, int64_t c, int64_t lanes, int sens_one, co
 }
 
 static inline __attribute__((always_inline)) void
-detect_row_avx(int64_t i, int64_t classes, const int64_t *slots, const double *mean, const double *var,
+detect_row(int64_t i, int64_t classes, const int64_t *slots, const double *mean, const double *var,
 	       const double *learned, const double *pps, double k_sigma, double margin, double warmup_s,
 	       double partial_s, const double *floor_pps, const double *onset_floor_pps, double row_min,
 	       double row_sens, int row_known, int row_valid, uint8_t *warm_out, double *threshold_out,
@@ -238,10 +238,9 @@ detect_row_avx(int64_t i, int64_t classes, const int64_t *slots, const double *m
 	}
 #undef SW_LANES
 }
-#define SW_DETECT_ROW detect_row_avx
 #define SW_DETECT_LANES 4
 #else
-/* Without AVX2 (or built with SW_SCALAR, as a test does to compare the two): one element at a time. */
+/* The same without AVX2 (or built with SW_SCALAR, as a test does to compare the two): an element at a time. */
 static inline __attribute__((always_inline)) void
 detect_row(int64_t i, int64_t classes, const int64_t *slots, const double *mean, const double *var,
 	   const double *learned, const double *pps, double k_sigma, double margin, double warmup_s,
@@ -274,7 +273,6 @@ detect_row(int64_t i, int64_t classes, const int64_t *slots, const double *mean,
 			onset_offer(onset, out, p / np_max(threshold, 1.0));
 	}
 }
-#define SW_DETECT_ROW detect_row
 #define SW_DETECT_LANES 1
 #endif
 
@@ -299,16 +297,15 @@ void sw_detect_rows(int64_t n, int64_t classes, const int64_t *slots,
 		const int row_known = known ? known[i] : 1, row_valid = valid ? valid[i] : 1;
 		/* the traffic classes' count known here: the row's loop unrolled */
 		if (classes == SW_CLASSES)
-			SW_DETECT_ROW(i, SW_CLASSES, slots, mean, var, learned, pps, k_sigma, margin, warmup_s, partial_s,
-				      floor_pps, onset_floor_pps, row_min, row_sens, row_known, row_valid, warm_out,
-				      threshold_out, anomalous_out, over_cap_out, onset);
+			detect_row(i, SW_CLASSES, slots, mean, var, learned, pps, k_sigma, margin, warmup_s, partial_s,
+				   floor_pps, onset_floor_pps, row_min, row_sens, row_known, row_valid, warm_out,
+				   threshold_out, anomalous_out, over_cap_out, onset);
 		else
-			SW_DETECT_ROW(i, classes, slots, mean, var, learned, pps, k_sigma, margin, warmup_s, partial_s,
-				      floor_pps, onset_floor_pps, row_min, row_sens, row_known, row_valid, warm_out,
-				      threshold_out, anomalous_out, over_cap_out, onset);
+			detect_row(i, classes, slots, mean, var, learned, pps, k_sigma, margin, warmup_s, partial_s,
+				   floor_pps, onset_floor_pps, row_min, row_sens, row_known, row_valid, warm_out,
+				   threshold_out, anomalous_out, over_cap_out, onset);
 	}
 }
-#undef SW_DETECT_ROW
 
 /*
  * One tick of learning (`dt` seconds, EWMA weight `ewma`) for n rows: row i of pps, cap and learn
