@@ -170,10 +170,10 @@ class BudgetDeriver:
         """
         # A derivable budget is never below safety · min_pps (see the module docstring), so only a
         # warming-up destination above its tenant's min_pps can lift one. Warming-up elements are few once
-        # the box has run a while: found first in the flat warm mask (a byte an element; comparing every
-        # rate with the floor read eight and cost ~11 ms a tick at a million destinations; the mask's budget
-        # columns alone are a strided copy that flatnonzero copies again), and only their rows' rates are
-        # looked at. A block of rows at a time: while the box warms up every element is cold, and the
+        # the box has run a while: found first in the flat warm mask, a byte an element (comparing every
+        # rate, eight bytes, with the floor first cost ~11 ms a tick at a million destinations; the mask's
+        # budget columns taken apart are a strided copy that flatnonzero copies again), and only their
+        # rows' rates are looked at. A block of rows at a time: while the box warms up every element is cold, and the
         # temporaries of a million rows at once would raise the heap's high-water mark for good.
         floor = min((p.min_pps for p in policies.values()), default=0) if min_pps_floor is None else min_pps_floor
         n_cls = pps.shape[1]
