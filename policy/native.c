@@ -212,10 +212,10 @@ detect_lanes(int64_t out, int64_t at, int64_t c, int64_t lanes, int sens_one, co
 
 static inline __attribute__((always_inline)) void
 detect_row(int64_t i, int64_t classes, const int64_t *slots, const double *mean, const double *var,
-	       const double *learned, const double *pps, double k_sigma, double margin, double warmup_s,
-	       double partial_s, const double *floor_pps, const double *onset_floor_pps, double row_min,
-	       double row_sens, int row_known, int row_valid, uint8_t *warm_out, double *threshold_out,
-	       uint8_t *anomalous_out, uint8_t *over_cap_out, struct sw_onset *onset)
+	   const double *learned, const double *pps, double k_sigma, double margin, double warmup_s,
+	   double partial_s, const double *floor_pps, const double *onset_floor_pps, double row_min,
+	   double row_sens, int row_known, int row_valid, uint8_t *warm_out, double *threshold_out,
+	   uint8_t *anomalous_out, uint8_t *over_cap_out, struct sw_onset *onset)
 {
 	const int64_t at = slots[i] * classes;
 #define SW_LANES(c_, lanes_, sens_one_)                                                                      \
