@@ -27,7 +27,9 @@ ALONE = frozenset(MEASURING)
 # Modules that run beside another except for a few tests, marked `@pytest.mark.alone` in the module
 # itself: the lab's own checks of a generator's achieved rate and of every request answered within its
 # timeout (each failed once beside another module, 2026-12-07, ci49 and ci50), in test_lab_livegen,
-# test_lab_topology and test_lab_attacks. `-m alone` selects those tests, `-m "not alone"` leaves them out.
+# test_lab_topology and test_lab_attacks, and test_fleet's two-site test, whose other site must answer
+# every legitimate packet during a flood (ci53). `-m alone` selects those tests, `-m "not alone"` leaves
+# them out.
 
 
 def pytest_collection_modifyitems(config, items):

@@ -493,6 +493,10 @@ async def test_review2_item1_fleet_server_starts_when_partition_upkeep_times_out
         holder.close()
 
 
+# One at a time (tests/netns/conftest.py): it asserts that every legitimate packet of the other site is
+# answered while a 20 kpps flood runs at the first; beside another module on two vCPUs the other site's
+# game traffic lost 371 of 797 answers once (ci53, 2026-12-07).
+@pytest.mark.alone
 def test_fleet_two_sites_one_central_postgresql(request, tmp_path, postgres_server):  # noqa: F811
     database = _database(postgres_server)
     central = Central(tmp_path, database)
