@@ -63,7 +63,7 @@ class AttackResult:
     transmitted: int          # of those, frames the interface transmitted (`SendTurn`)
     xmit_errors: int          # the others: the driver failed them, or the kernel dropped them before it
     skipped: int              # frames the pacer gave up on (fell behind by more than MAX_BACKLOG_S)
-    method: str = "xdp-live-frames"
+    method: str = "xdp-live-frames"   # or "af-packet-xdp-redirect" (LiveFrameSender.method)
     per_second: list[int] = dataclasses.field(default_factory=list)
 
     @property
@@ -197,7 +197,8 @@ class Generator:
                             frames = due // calls + (1 if call < due % calls else 0)
                             while frames > 0:
                                 batch = min(frames, MAX_FRAMES_PER_CALL)
-                                sender.send(stream.frames[cursors[index] % len(stream.frames)], batch)
+                                sender.send(stream.frames[cursors[index] % len(stream.frames)], batch,
+                                            self.stop_event)
                                 frames -= batch
                                 owed[index] += batch
                             cursors[index] += 1
@@ -225,7 +226,7 @@ class Generator:
             vectors=sorted({s.vector for s in self.streams}), interface=self.ifname, requested_pps=self.pps,
             requested_duration_s=self.duration, elapsed_s=round(elapsed, 3),
             submitted=submitted, transmitted=transmitted, xmit_errors=max(0, submitted - transmitted),
-            skipped=skipped, per_second=per_second)
+            skipped=skipped, method=sender.method, per_second=per_second)
         log.info("attack.end", vectors=result.vectors, requested_pps=self.pps,
                  achieved_pps=round(result.achieved_pps), transmitted=result.transmitted,
                  errors=result.xmit_errors)

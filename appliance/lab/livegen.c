@@ -11,7 +11,9 @@
 #include <uapi/linux/bpf.h>
 #include "livegen.h"
 
-#define LIVEGEN_META_BYTES 4  /* bytes of XDP metadata; a multiple of 4, as bpf_xdp_adjust_meta requires */
+#ifndef LIVEGEN_TRIM_BYTES
+#error "LIVEGEN_TRIM_BYTES (bytes the sender appends to every frame) comes from livegen.py"
+#endif
 
 #ifndef LIVEGEN_OFFSET_MASK
 #define LIVEGEN_OFFSET_MASK 0xff  /* bytes: rewritten fields lie in the first 256 bytes of a frame */
@@ -61,9 +63,9 @@ int livegen(struct xdp_md *ctx)
 
 	if (!cfg || !tmpl)
 		return XDP_ABORTED;
-	/* Only test runs come in on the egress interface; frames reaching the anchor veth
-	 * (see livegen.py) pass untouched. */
-	if (ctx->ingress_ifindex != cfg->egress_ifindex)
+	/* Only the frames to send come in on cfg->ingress_ifindex (see livegen.py); any other frame
+	 * passes untouched. */
+	if (ctx->ingress_ifindex != cfg->ingress_ifindex || !cfg->ingress_ifindex)
 		return XDP_PASS;
 	/* A recycled page holds what the last program along the way left in it (livegen.h). The
 	 * length is 1..LIVEGEN_TEMPLATE_BYTES by construction, as the verifier wants it (a length of
@@ -73,8 +75,11 @@ int livegen(struct xdp_md *ctx)
 		return XDP_ABORTED;
 	/* The kernel rebuilds the frame it sends (length, headroom) from the context only when the
 	 * program moved a context pointer; otherwise it keeps what the page's last user left, e.g.
-	 * the length of a SYN-ACK a receiver shortened in place. Four bytes of metadata move one. */
-	if (bpf_xdp_adjust_meta(ctx, -(int)LIVEGEN_META_BYTES))
+	 * the length of a SYN-ACK a receiver shortened in place. Trimming the padding the sender
+	 * appended moves data_end, and leaves the template's own length. (Moving data_meta did the
+	 * same with one helper call too, but kernels such as 6.18.44-fc refuse bpf_xdp_adjust_meta
+	 * to XDP programs: "program of this type cannot use helper".) */
+	if (bpf_xdp_adjust_tail(ctx, -(int)LIVEGEN_TRIM_BYTES))
 		return XDP_ABORTED;
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;

@@ -24,6 +24,9 @@ struct livegen_config {
 	__u16 dport_span;
 	__u16 seq_off;         /* TCP sequence number (32 bits, random) */
 	__u16 pad;
+	__u32 ingress_ifindex; /* where the frames to edit come in: egress_ifindex for live-frames test
+	                        * runs, the anchor veth for frames written into it (livegen.py) */
+	__u32 pad2;
 };
 
 #define LIVEGEN_TEMPLATE_BYTES 4096  /* bytes: a power of two above livegen.py's MAX_LIVE_FRAME_BYTES */
@@ -33,9 +36,10 @@ struct livegen_config {
  * back during the run (its frame dropped further on) is reused with whatever the last program
  * wrote into it, e.g. a SYN-ACK the appliance built in place and sent back by XDP_TX, and with
  * that frame's length. The program therefore restores the whole frame from here before it edits
- * it, and moves data_meta so that the kernel takes the length from the context again. Without
- * this the lab's random SYN flood sent the appliance's own SYN-ACKs (source MAC: the server's)
- * through to the customer switch, which then learnt the server's MAC on its uplink. */
+ * it, and trims the padding the sender appends so that the kernel takes the length from the
+ * context again. Without this the lab's random SYN flood sent the appliance's own SYN-ACKs
+ * (source MAC: the server's) through to the customer switch, which then learnt the server's MAC
+ * on its uplink. */
 struct livegen_template {
 	__u32 len;             /* bytes of `bytes` in use */
 	__u32 pad;

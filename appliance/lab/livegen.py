@@ -1,9 +1,13 @@
-"""The fast path of the attack generator: BPF_PROG_TEST_RUN with live frames.
+"""The fast path of the attack generator: BPF_PROG_TEST_RUN with live frames, or, where the
+kernel refuses those, frames written into a veth pair whose XDP program sends them on.
 
 `LiveFrameSender` compiles `livegen.c` with bcc, fills its config map and calls
 the bpf syscall directly (ctypes) with BPF_F_TEST_XDP_LIVE_FRAMES, so the kernel
 runs the program `repeat` times on the template frame and transmits every
-redirected copy out of the egress interface (kernel 5.18+). The kernel copies the
+redirected copy out of the egress interface (kernel 5.18+). Where the kernel refuses
+live-frames runs (EPERM), the sender writes the frames with an AF_PACKET socket into its
+anchor pair, where the same program, attached natively, varies and redirects them
+(`LiveFrameSender.method`). The kernel copies the
 template only into new pages of its page pool; a page that returns during the run
 (the receiver dropped the frame, or rewrote it and sent it on) is reused as it is,
 so the template also goes into the `livegen_template` map and the program restores
@@ -29,7 +33,11 @@ import os
 import pathlib
 import platform
 import re
+import socket
 import threading
+import time
+
+import structlog
 
 from appliance.lab import netlink
 
@@ -38,12 +46,22 @@ BPF_PROG_TEST_RUN = 10              # bpf(2) command number
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 LIVE_BATCH_FRAMES = 64              # frames per kernel batch (NAPI_POLL_WEIGHT; kernel max 256)
 MAX_LIVE_FRAME_BYTES = 3500         # bytes: one page minus XDP head/tailroom; no multi-buffer in live mode
+# bytes appended to every frame sent in and trimmed by the program (livegen.c: the trim makes the kernel
+# take each frame's length from the context again); with them a frame still fits the page (3,520 bytes)
+LIVE_TRIM_BYTES = 4
 XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+ETH_HEADER_BYTES = 14
+ETH_MIN_FRAME_BYTES = 60            # bytes: the shortest Ethernet frame without its FCS
+SOL_PACKET = 263                    # socket level and option of linux/if_packet.h
+PACKET_QDISC_BYPASS = 20            # straight to the driver (a veth has no queue anyway)
+SENDMMSG_FRAMES = 1024              # frames per sendmmsg call (the kernel's UIO_MAXIOV bound on a call)
 ANCHOR_RE = re.compile(r"^lg(\d+)a\d*$")
 _ANCHOR_SERIAL = itertools.count()   # anchor veths of this process
 # bcc compiles in process (clang and LLVM), and two compiles at once in two threads crash it (SIGSEGV,
 # seen with two generators started together): senders made in threads compile one at a time.
 _COMPILE_LOCK = threading.Lock()
+log = structlog.get_logger(__name__)
 SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
 
 
@@ -97,15 +115,39 @@ class FrameEdits:
             raise ValueError(f"src_mask={self.src_mask:#x}: 32 bits at most")
 
 
+class _Iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", ctypes.c_uint32),
+                ("msg_iov", ctypes.POINTER(_Iovec)), ("msg_iovlen", ctypes.c_size_t),
+                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t), ("msg_flags", ctypes.c_int)]
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
+
+
 class LiveFrameSender:
-    """Sends template frames out of one interface through the live-frames test run."""
+    """Sends template frames out of one interface: every frame goes through `livegen.c`, which
+    restores the template, varies its fields and redirects it out of the interface.
+
+    `method` says how the frames reach the program. "xdp-live-frames": the live-frames test run
+    (the kernel runs the program `repeat` times on pages of its own). "af-packet-xdp-redirect",
+    where the kernel refuses live-frames test runs (EPERM, as the 6.18.44-fc kernels of these VMs
+    do): an AF_PACKET socket writes the frames into the anchor pair (`sendmmsg`, 1,024 a call), and
+    the program, attached natively to the anchor's other end, redirects them out of the interface.
+    Either way the interface transmits them through its XDP transmit path (the counters
+    `SendTurn` reads), so what is counted and reported is the same."""
 
     def __init__(self, ifindex: int):
         from bcc import BPF  # noqa: PLC0415 - bcc only where the fast path runs (never in unit tests)
 
         self.ifindex = ifindex
         with _COMPILE_LOCK:
-            self._bpf = BPF(src_file=str(HERE / "livegen.c"), cflags=[f"-I{HERE}"])
+            self._bpf = BPF(src_file=str(HERE / "livegen.c"),
+                            cflags=[f"-I{HERE}", f"-DLIVEGEN_TRIM_BYTES={LIVE_TRIM_BYTES}"])
         self._prog_fd = self._bpf.load_func("livegen", BPF.XDP).fd
         self._config = self._bpf["livegen_cfg"]
         self._template = self._bpf["livegen_template"]
@@ -120,11 +162,62 @@ class LiveFrameSender:
         # Numbered per sender: a process may run one per CPU (the multi-queue bench).
         serial = next(_ANCHOR_SERIAL)
         self._anchor = f"lg{os.getpid()}a{serial}"
+        self._injector = f"lg{os.getpid()}b{serial}"
+        self._socket: socket.socket | None = None
+        self._attach_flags = XDP_FLAGS_SKB_MODE
         # In this thread's namespace (the caller entered it): IPRoute opens its socket here.
         with netlink.iproute() as ipr:
             self._remove_stale_anchors(ipr)
-            netlink.add_veth(ipr, self._anchor, f"lg{os.getpid()}b{serial}")
-        self._bpf.attach_xdp(self._anchor, self._bpf.load_func("livegen", BPF.XDP), XDP_FLAGS_SKB_MODE)
+            netlink.add_veth(ipr, self._anchor, self._injector)
+            self._anchor_ifindex = netlink.index(ipr, self._anchor)
+            try:
+                self.method = "xdp-live-frames" if self._live_frames_allowed() else "af-packet-xdp-redirect"
+                if self.method == "af-packet-xdp-redirect":
+                    self._attach_flags = XDP_FLAGS_DRV_MODE
+                    # A frame and its padding must fit the veth's MTU (AF_PACKET) and a page (native XDP).
+                    mtu = MAX_LIVE_FRAME_BYTES + LIVE_TRIM_BYTES - ETH_HEADER_BYTES
+                    for name in (self._anchor, self._injector):
+                        # Nothing but the frames written into the pair may reach the program: no
+                        # router or listener reports of the kernel's own once the pair is up.
+                        netlink.write_sysctls(None, {f"net.ipv6.conf.{name}.disable_ipv6": 1})
+                        ipr.link("set", index=netlink.index(ipr, name), mtu=mtu)
+                        netlink.set_up(ipr, name)
+                self._bpf.attach_xdp(self._anchor, self._bpf.load_func("livegen", BPF.XDP), self._attach_flags)
+                if self.method == "af-packet-xdp-redirect":
+                    self._socket = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+                    self._socket.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+                    self._socket.bind((self._injector, 0))
+            except BaseException:
+                if self._socket is not None:
+                    self._socket.close()
+                netlink.delete_link(ipr, self._anchor)
+                self._bpf.cleanup()
+                raise
+        self._batch = (_Mmsghdr * SENDMMSG_FRAMES)()
+        self._iov = _Iovec()
+        for message in self._batch:
+            message.msg_hdr.msg_iov = ctypes.pointer(self._iov)
+            message.msg_hdr.msg_iovlen = 1
+
+    def _live_frames_allowed(self) -> bool:
+        """Whether the kernel runs live-frames test runs: one run of the program on a zeroed frame
+        that comes in on the anchor (down, so nothing goes anywhere; the zeroed configuration makes
+        the program pass it). EPERM or EINVAL: not here."""
+        probe = bytes(ETH_MIN_FRAME_BYTES + LIVE_TRIM_BYTES)
+        buf = ctypes.create_string_buffer(probe, len(probe))
+        ctx = _XdpMd(ingress_ifindex=self._anchor_ifindex, data_end=len(probe))
+        attr = _TestRunAttr(
+            prog_fd=self._prog_fd, data_size_in=len(probe), data_in=ctypes.addressof(buf), repeat=1,
+            ctx_size_in=ctypes.sizeof(ctx), ctx_in=ctypes.addressof(ctx), flags=BPF_F_TEST_XDP_LIVE_FRAMES,
+            batch_size=1)
+        rc = self._libc.syscall(self._sys_bpf, BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
+        if rc == 0:
+            return True
+        err = ctypes.get_errno()
+        if err in (errno.EPERM, errno.EINVAL, errno.EOPNOTSUPP):
+            log.info("livegen.live_frames_refused", error=os.strerror(err), method="af-packet-xdp-redirect")
+            return False
+        raise OSError(err, f"BPF_PROG_TEST_RUN (live frames probe) failed: {os.strerror(err)}")
 
     @staticmethod
     def _remove_stale_anchors(ipr) -> None:
@@ -137,6 +230,7 @@ class LiveFrameSender:
     def configure(self, edits: FrameEdits) -> None:
         leaf = self._config.Leaf()
         leaf.egress_ifindex = self.ifindex
+        leaf.ingress_ifindex = self.ifindex if self._socket is None else self._anchor_ifindex
         leaf.src_mask = edits.src_mask
         leaf.src_off = edits.src_off
         leaf.ip_csum_off = edits.ip_csum_off
@@ -151,13 +245,15 @@ class LiveFrameSender:
         leaf.seq_off = edits.seq_off
         self._config[self._config.Key(0)] = leaf
 
-    def send(self, frame: bytes, repeat: int) -> int:
-        """Run the program `repeat` times on `frame`; returns the kernel's duration in ns per frame.
+    def send(self, frame: bytes, repeat: int, stop: threading.Event | None = None) -> int:
+        """Run the program `repeat` times on `frame`; returns the duration in ns per frame.
 
-        A signal that arrives during the run (the SIGINT that asks `seawall attack` for its summary,
-        any handler's signal) ends it early: the kernel stops between batches with EINTR. That is no
-        error: fewer frames went out, and `frames_redirected()` counts the ones that did; the caller's
-        loop sees why the signal came (a stop event) on its next turn. 0 is returned then."""
+        A run ends early when it is asked to stop (the SIGINT that asks `seawall attack` for its
+        summary): with live frames, any signal that arrives during the run does it, the kernel
+        stopping between batches with EINTR; with frames written into the anchor, `stop` set (checked
+        every SENDMMSG_FRAMES frames) does. That is no error: fewer frames went out, and
+        `frames_redirected()` counts the ones that did; the caller's loop sees why (a stop event) on
+        its next turn. 0 is returned then."""
         if len(frame) > MAX_LIVE_FRAME_BYTES:
             raise ValueError(f"frame of {len(frame)} bytes exceeds {MAX_LIVE_FRAME_BYTES} (live frames)")
         if frame != self._template_frame:
@@ -166,10 +262,13 @@ class LiveFrameSender:
             ctypes.memmove(leaf.bytes, frame, len(frame))
             self._template[self._template.Key(0)] = leaf
             self._template_frame = frame
-        buf = ctypes.create_string_buffer(frame, len(frame))
-        self._ctx.data_end = len(frame)
+        padded = frame + bytes(LIVE_TRIM_BYTES)
+        buf = ctypes.create_string_buffer(padded, len(padded))
+        if self._socket is not None:
+            return self._inject(buf, len(padded), repeat, stop)
+        self._ctx.data_end = len(padded)
         attr = _TestRunAttr(
-            prog_fd=self._prog_fd, data_size_in=len(frame), data_in=ctypes.addressof(buf),
+            prog_fd=self._prog_fd, data_size_in=len(padded), data_in=ctypes.addressof(buf),
             repeat=repeat, ctx_size_in=ctypes.sizeof(self._ctx), ctx_in=ctypes.addressof(self._ctx),
             flags=BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=LIVE_BATCH_FRAMES)
         rc = self._libc.syscall(self._sys_bpf, BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
@@ -180,13 +279,37 @@ class LiveFrameSender:
             raise OSError(err, f"BPF_PROG_TEST_RUN (live frames) failed: {os.strerror(err)}")
         return attr.duration
 
+    def _inject(self, buf, length: int, repeat: int, stop: threading.Event | None) -> int:
+        """Write `repeat` copies of the padded frame into the anchor pair; returns ns per frame
+        (this thread's wall time: the program runs in the softirq of each write)."""
+        self._iov.iov_base = ctypes.addressof(buf)
+        self._iov.iov_len = length
+        start = time.monotonic_ns()
+        left = repeat
+        while left > 0:
+            if stop is not None and stop.is_set():
+                return 0
+            count = min(left, SENDMMSG_FRAMES)
+            sent = self._libc.sendmmsg(self._socket.fileno(), self._batch, count, 0)
+            if sent < 0:
+                err = ctypes.get_errno()
+                if err == errno.EINTR:
+                    return 0
+                if err in (errno.ENOBUFS, errno.EAGAIN):
+                    continue   # the socket's send buffer is full for a moment: write again
+                raise OSError(err, f"sendmmsg on {self._injector} failed: {os.strerror(err)}")
+            left -= sent
+        return (time.monotonic_ns() - start) // max(1, repeat)
+
     def frames_redirected(self) -> int:
         """Frames the program handed to bpf_redirect since load (sum over CPUs)."""
         return int(sum(self._frames[self._frames.Key(0)]))
 
     def close(self) -> None:
         try:
-            self._bpf.remove_xdp(self._anchor, XDP_FLAGS_SKB_MODE)
+            if self._socket is not None:
+                self._socket.close()
+            self._bpf.remove_xdp(self._anchor, self._attach_flags)
         finally:
             try:
                 with netlink.iproute() as ipr:
