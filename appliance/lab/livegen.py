@@ -56,6 +56,7 @@ ETH_MIN_FRAME_BYTES = 60            # bytes: the shortest Ethernet frame without
 SOL_PACKET = 263                    # socket level and option of linux/if_packet.h
 PACKET_QDISC_BYPASS = 20            # straight to the driver (a veth has no queue anyway)
 SENDMMSG_FRAMES = 1024              # frames per sendmmsg call (the kernel's UIO_MAXIOV bound on a call)
+MAX_REFUSED_WRITES = 1000           # sendmmsg calls in a row refused with ENOBUFS before the sender gives up
 ANCHOR_RE = re.compile(r"^lg(\d+)a\d*$")
 _ANCHOR_SERIAL = itertools.count()   # anchor veths of this process
 # bcc compiles in process (clang and LLVM), and two compiles at once in two threads crash it (SIGSEGV,
@@ -286,6 +287,7 @@ class LiveFrameSender:
         self._iov.iov_len = length
         start = time.monotonic_ns()
         left = repeat
+        refused = 0
         while left > 0:
             if stop is not None and stop.is_set():
                 return 0
@@ -295,9 +297,12 @@ class LiveFrameSender:
                 err = ctypes.get_errno()
                 if err == errno.EINTR:
                     return 0
-                if err in (errno.ENOBUFS, errno.EAGAIN):
-                    continue   # the socket's send buffer is full for a moment: write again
+                refused += 1
+                # The anchor's ring full for a moment (its softirq empties it after each write): again.
+                if err in (errno.ENOBUFS, errno.EAGAIN) and refused < MAX_REFUSED_WRITES:
+                    continue
                 raise OSError(err, f"sendmmsg on {self._injector} failed: {os.strerror(err)}")
+            refused = 0
             left -= sent
         return (time.monotonic_ns() - start) // max(1, repeat)
 
