@@ -1,7 +1,9 @@
 """`seawall attack VECTOR --target IP|PREFIX ...`: send an attack through the lab's appliance.
 
 Frames are built with scapy, then sent by the live-frames XDP fast path from
-inside `<lab>-up`, paced to --pps. The botnet vectors (http-flood, conn-flood,
+inside `<lab>-up`, paced to --pps (where the kernel refuses live-frames runs, they are
+written into a veth pair whose XDP program sends them on; the summary's "method" says
+which). The botnet vectors (http-flood, conn-flood,
 slowloris, tls-flood, and flash-crowd, which is no attack) are real connections
 instead, from --bots addresses in `<lab>-att`, paced to --rate (appliance/lab/botnet.py).
 Per-second progress and a final summary go to stdout; with --json every line is a
