@@ -18,10 +18,9 @@ import sys
 
 from appliance.lab.botnet import BOTNET_VECTORS, DEFAULT_BOTS, BotnetPlan
 from appliance.lab.jsonlines import JsonLinesProcess
-from appliance.lab.livegen import FrameEdits
+from appliance.lab.livegen import ETH_HLEN, FrameEdits
 from appliance.lab.topology import GAME_PORT, HTTP_PORT, SPOOF_V4, SPOOF_V6, TENANTS, Lab, Server
 
-ETH_HLEN = 14                     # bytes
 IPV4_HLEN = 20
 IPV6_HLEN = 40
 IPV6_FRAG_HLEN = 8

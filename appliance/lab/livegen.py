@@ -40,6 +40,7 @@ import time
 import structlog
 
 from appliance.lab import netlink
+from appliance.lab.capture import SOL_PACKET
 
 HERE = pathlib.Path(__file__).parent
 BPF_PROG_TEST_RUN = 10              # bpf(2) command number
@@ -51,10 +52,9 @@ MAX_LIVE_FRAME_BYTES = 3500         # bytes: one page minus XDP head/tailroom; n
 LIVE_TRIM_BYTES = 4
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
-ETH_HEADER_BYTES = 14
+ETH_HLEN = 14                       # bytes: the Ethernet header
 ETH_MIN_FRAME_BYTES = 60            # bytes: the shortest Ethernet frame without its FCS
-SOL_PACKET = 263                    # socket level and option of linux/if_packet.h
-PACKET_QDISC_BYPASS = 20            # straight to the driver (a veth has no queue anyway)
+PACKET_QDISC_BYPASS = 20            # option of linux/if_packet.h: straight to the driver (a veth has no queue anyway)
 SENDMMSG_FRAMES = 1024              # frames per sendmmsg call (the kernel's UIO_MAXIOV bound on a call)
 MAX_REFUSED_WRITES = 1000           # sendmmsg calls in a row refused with ENOBUFS before the sender gives up
 ANCHOR_RE = re.compile(r"^lg(\d+)a\d*$")
@@ -165,7 +165,7 @@ class LiveFrameSender:
         self._anchor = f"lg{os.getpid()}a{serial}"
         self._injector = f"lg{os.getpid()}b{serial}"
         self._socket: socket.socket | None = None
-        self._attach_flags = XDP_FLAGS_SKB_MODE
+        self._buffer: ctypes.Array | None = None     # the padded template frame, as sent
         # In this thread's namespace (the caller entered it): IPRoute opens its socket here.
         with netlink.iproute() as ipr:
             self._remove_stale_anchors(ipr)
@@ -174,16 +174,16 @@ class LiveFrameSender:
             try:
                 self.method = "xdp-live-frames" if self._live_frames_allowed() else "af-packet-xdp-redirect"
                 if self.method == "af-packet-xdp-redirect":
-                    self._attach_flags = XDP_FLAGS_DRV_MODE
                     # A frame and its padding must fit the veth's MTU (AF_PACKET) and a page (native XDP).
-                    mtu = MAX_LIVE_FRAME_BYTES + LIVE_TRIM_BYTES - ETH_HEADER_BYTES
+                    mtu = MAX_LIVE_FRAME_BYTES + LIVE_TRIM_BYTES - ETH_HLEN
+                    # Nothing but the frames written into the pair may reach the program: no router or
+                    # listener reports of the kernel's own once the pair is up.
+                    netlink.write_sysctls(None, {f"net.ipv6.conf.{name}.disable_ipv6": 1
+                                                 for name in (self._anchor, self._injector)})
                     for name in (self._anchor, self._injector):
-                        # Nothing but the frames written into the pair may reach the program: no
-                        # router or listener reports of the kernel's own once the pair is up.
-                        netlink.write_sysctls(None, {f"net.ipv6.conf.{name}.disable_ipv6": 1})
                         ipr.link("set", index=netlink.index(ipr, name), mtu=mtu)
                         netlink.set_up(ipr, name)
-                self._bpf.attach_xdp(self._anchor, self._bpf.load_func("livegen", BPF.XDP), self._attach_flags)
+                self._bpf.attach_xdp(self._anchor, self._bpf.load_func("livegen", BPF.XDP), self._attach_mode)
                 if self.method == "af-packet-xdp-redirect":
                     self._socket = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
                     self._socket.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
@@ -200,21 +200,31 @@ class LiveFrameSender:
             message.msg_hdr.msg_iov = ctypes.pointer(self._iov)
             message.msg_hdr.msg_iovlen = 1
 
+    @property
+    def _attach_mode(self) -> int:
+        """Live frames: generic mode on the idle anchor (it only keeps the program in the kernel's XDP
+        dispatcher); frames written into the pair: native, so that its redirect is an XDP transmit."""
+        return XDP_FLAGS_SKB_MODE if self.method == "xdp-live-frames" else XDP_FLAGS_DRV_MODE
+
+    def _test_run(self, buf: ctypes.Array, ctx: _XdpMd, repeat: int, batch_size: int) -> tuple[int, int]:
+        """One live-frames test run of the program on `buf` (all of it); (errno or 0, ns per frame)."""
+        ctx.data_end = len(buf)
+        attr = _TestRunAttr(
+            prog_fd=self._prog_fd, data_size_in=len(buf), data_in=ctypes.addressof(buf), repeat=repeat,
+            ctx_size_in=ctypes.sizeof(ctx), ctx_in=ctypes.addressof(ctx), flags=BPF_F_TEST_XDP_LIVE_FRAMES,
+            batch_size=batch_size)
+        rc = self._libc.syscall(self._sys_bpf, BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
+        return (ctypes.get_errno() if rc != 0 else 0), attr.duration
+
     def _live_frames_allowed(self) -> bool:
         """Whether the kernel runs live-frames test runs: one run of the program on a zeroed frame
         that comes in on the anchor (down, so nothing goes anywhere; the zeroed configuration makes
         the program pass it). Any error (EPERM here, EINVAL before kernel 5.18): the other path."""
         probe = bytes(ETH_MIN_FRAME_BYTES + LIVE_TRIM_BYTES)
-        buf = ctypes.create_string_buffer(probe, len(probe))
-        ctx = _XdpMd(ingress_ifindex=self._anchor_ifindex, data_end=len(probe))
-        attr = _TestRunAttr(
-            prog_fd=self._prog_fd, data_size_in=len(probe), data_in=ctypes.addressof(buf), repeat=1,
-            ctx_size_in=ctypes.sizeof(ctx), ctx_in=ctypes.addressof(ctx), flags=BPF_F_TEST_XDP_LIVE_FRAMES,
-            batch_size=1)
-        rc = self._libc.syscall(self._sys_bpf, BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
-        if rc == 0:
+        err, _ = self._test_run(ctypes.create_string_buffer(probe, len(probe)),
+                                _XdpMd(ingress_ifindex=self._anchor_ifindex), 1, 1)
+        if err == 0:
             return True
-        err = ctypes.get_errno()
         log.info("livegen.live_frames_refused", error=os.strerror(err), method="af-packet-xdp-redirect")
         return False
 
@@ -261,28 +271,22 @@ class LiveFrameSender:
             ctypes.memmove(leaf.bytes, frame, len(frame))
             self._template[self._template.Key(0)] = leaf
             self._template_frame = frame
-        padded = frame + bytes(LIVE_TRIM_BYTES)
-        buf = ctypes.create_string_buffer(padded, len(padded))
+            padded = frame + bytes(LIVE_TRIM_BYTES)
+            self._buffer = ctypes.create_string_buffer(padded, len(padded))
         if self._socket is not None:
-            return self._inject(buf, len(padded), repeat, stop)
-        self._ctx.data_end = len(padded)
-        attr = _TestRunAttr(
-            prog_fd=self._prog_fd, data_size_in=len(padded), data_in=ctypes.addressof(buf),
-            repeat=repeat, ctx_size_in=ctypes.sizeof(self._ctx), ctx_in=ctypes.addressof(self._ctx),
-            flags=BPF_F_TEST_XDP_LIVE_FRAMES, batch_size=LIVE_BATCH_FRAMES)
-        rc = self._libc.syscall(self._sys_bpf, BPF_PROG_TEST_RUN, ctypes.byref(attr), ctypes.sizeof(attr))
-        if rc != 0:
-            err = ctypes.get_errno()
-            if err == errno.EINTR:
-                return 0
+            return self._inject(self._buffer, repeat, stop)
+        err, duration = self._test_run(self._buffer, self._ctx, repeat, LIVE_BATCH_FRAMES)
+        if err == errno.EINTR:
+            return 0
+        if err:
             raise OSError(err, f"BPF_PROG_TEST_RUN (live frames) failed: {os.strerror(err)}")
-        return attr.duration
+        return duration
 
-    def _inject(self, buf, length: int, repeat: int, stop: threading.Event | None) -> int:
+    def _inject(self, buf: ctypes.Array, repeat: int, stop: threading.Event | None) -> int:
         """Write `repeat` copies of the padded frame into the anchor pair; returns ns per frame
         (this thread's wall time: the program runs in the softirq of each write)."""
         self._iov.iov_base = ctypes.addressof(buf)
-        self._iov.iov_len = length
+        self._iov.iov_len = len(buf)
         start = time.monotonic_ns()
         left = repeat
         refused = 0
@@ -312,7 +316,7 @@ class LiveFrameSender:
         try:
             if self._socket is not None:
                 self._socket.close()
-            self._bpf.remove_xdp(self._anchor, self._attach_flags)
+            self._bpf.remove_xdp(self._anchor, self._attach_mode)
         finally:
             try:
                 with netlink.iproute() as ipr:
