@@ -50,6 +50,7 @@ from securewatch.status_types import (
     IncidentStatus,
     PolicyStatus,
     SpillStoreStatus,
+    SpliceGateStatus,
     TenantStatus,
     TrafficSecond,
     UnprotectedStatus,
@@ -532,6 +533,8 @@ class Appliance:
             "synauth": self.dataplane.read_synauth_stats() if self.dataplane else {},
             # Where evicted addresses' counters are kept: an operator sizes [appliance] max_addresses by it.
             "spill_store": cast(SpillStoreStatus, self.dataplane.spill_store_status()) if self.dataplane else None,
+            # Open: TCP to tenant addresses takes the full path (a destination may hold spliced connections).
+            "splice_gate": cast(SpliceGateStatus, self.dataplane.splice_gate_status()) if self.dataplane else None,
             "fleet": self.fleet.status() if self.fleet is not None else None,
         }
 

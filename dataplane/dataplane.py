@@ -54,6 +54,7 @@ from dataplane.reader import (
 )
 from dataplane.ring import SampleRing
 from dataplane.sizing import FlowSizes
+from dataplane.splices import SpliceGate
 from dataplane.tables import Tables, sw_acl_index
 
 
@@ -92,6 +93,7 @@ class Dataplane:
             self.tables = Tables(maps, self.program.map_ref("sw_policy"), pinned=self.pin_dir is not None)
             self.ring = SampleRing(self.bpf)
             self.flows = Flows(self.bpf, self.flow_sizes, reset_prog_fd=self.program.reset_held.fd)
+            self.splice_gate = SpliceGate(self.program.map_ref("sw_splice_gate"), self.program.map_ref("sw_splice_dests"))
             self.tables.recover_rules()
             self.tables.fill_reflection_ports()
             cfg = self.tables.config()
@@ -205,8 +207,16 @@ class Dataplane:
         return self.reader.spill_store_status()
 
     def read_destination_counters(self) -> DestinationCounters:
-        """Inbound counters per customer-side address (see `CounterReader.read_destination_counters`)."""
+        """Inbound counters per customer-side address (see `CounterReader.read_destination_counters`).
+        The policy engine's read once a tick: the splice gate is closed here when no destination is
+        splice active any more (`dataplane.splices`)."""
+        self.splice_gate.maintain()
         return self.reader.read_destination_counters()
+
+    def splice_gate_status(self) -> dict[str, int | bool]:
+        """Whether the splice gate is open, how often this process closed it, and the splice-active
+        destinations at its last look (`dataplane.splices.SpliceGate`)."""
+        return self.splice_gate.status()
 
     def address_maps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, AddressCounterLayout]:
         """The per-address maps as `decode_destination_counters` takes them (see `CounterReader.address_maps`)."""

@@ -118,6 +118,14 @@ class _StatusCollector:
             yield _one(CounterMetricFamily, "seawall_spill_store_slots_freed", "Spill store slots of idle "
                        "addresses freed since the control plane started", float(store.get("freed", 0)))
 
+        gate = s.get("splice_gate")
+        if gate:  # appliance-wide: absent from a tenant's scoped status
+            yield _one(GaugeMetricFamily, "seawall_splice_gate_open", "1 while the splice gate is open: TCP packets "
+                       "to tenant addresses ask whether their destination holds spliced connections",
+                       1.0 if gate.get("open") else 0.0)
+            yield _one(CounterMetricFamily, "seawall_splice_gate_closes", "Times the control plane closed the "
+                       "splice gate (no destination splice active any more)", float(gate.get("closes", 0)))
+
         notifiers = s.get("notifiers")
         if notifiers:
             healthy = GaugeMetricFamily("seawall_notifier_healthy", "1 when the receiver's last delivery "

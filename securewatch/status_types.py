@@ -149,6 +149,15 @@ class SpillStoreStatus(TypedDict):
     overflow_capacity: int       # its size (a quarter of the slots); past it addresses lose their counts
 
 
+class SpliceGateStatus(TypedDict):
+    """SYN authentication's splice gate (`Dataplane.splice_gate_status()`, dataplane/splices.py): while
+    open, every TCP packet to a tenant address asks whether its destination has spliced connections."""
+
+    open: bool
+    closes: int                  # times the control plane closed it (no destination splice active)
+    active_destinations: int     # splice-active destinations at its last look
+
+
 class ApplianceStatus(TypedDict):
     pid: int
     updated: float               # seconds since the epoch
@@ -167,6 +176,7 @@ class ApplianceStatus(TypedDict):
     synauth: NotRequired[dict[str, int]]            # `Dataplane.read_synauth_stats()` (absent in older files)
     fleet: NotRequired[dict[str, Any] | None]       # `appliance.fleet_agent.FleetAgent.status()`; None without [fleet]
     spill_store: NotRequired[SpillStoreStatus | None]   # None without a dataplane (absent in older files)
+    splice_gate: NotRequired[SpliceGateStatus | None]   # None without a dataplane (absent in older files)
 
 
 class TenantScopedStatus(TypedDict):

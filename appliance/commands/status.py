@@ -27,6 +27,7 @@ from securewatch.status_types import (
     InterfaceStatus,
     PolicyStatus,
     SpillStoreStatus,
+    SpliceGateStatus,
     TenantStatus,
     UnprotectedStatus,
 )
@@ -55,6 +56,7 @@ class StatusSummary(TypedDict):
     bgp: NotRequired[BgpStatus | None]
     synauth: NotRequired[dict[str, int]]
     spill_store: NotRequired[SpillStoreStatus | None]
+    splice_gate: NotRequired[SpliceGateStatus | None]
 
 
 STALE_AFTER_S = 5.0  # seconds without a status update before the control plane counts as down
@@ -157,6 +159,11 @@ def render_human(s: StatusSummary) -> str:
     synauth = {name: n for name, n in (s.get("synauth") or {}).items() if n}
     if synauth:
         line("\nSYN authentication: " + "  ".join(f"{name} {n}" for name, n in synauth.items()))
+    gate = s.get("splice_gate")
+    if gate and (gate["open"] or gate["closes"]):
+        line(f"splice gate:   {'open' if gate['open'] else 'closed'}"
+             + (f", {gate['active_destinations']:,} destinations splice active at the last look" if gate["open"] else "")
+             + f"; closed {gate['closes']:,} times since the control plane started")
     store = s.get("spill_store")
     if store:
         line(f"\nspill store:   {store['in_use']:,} of {store['slots']:,} slots in use "

@@ -29,3 +29,21 @@ def test_metrics_carry_the_synauth_counters():
     assert samples == {name: float(n) for name, n in SYNAUTH.items()}
     assert "seawall_synauth_events" not in {f.name for f in text_string_to_metric_families(
         metrics.render(_summary()).decode())}
+
+
+def test_status_and_metrics_carry_the_splice_gate():
+    """Open, the gate costs TCP packets a lookup: `seawall status` says so, and how often it was closed."""
+    gate = {"open": True, "closes": 2, "active_destinations": 3}
+    line = next(x for x in render_human(_summary(splice_gate=gate)).splitlines() if x.startswith("splice gate:"))
+    assert line == ("splice gate:   open, 3 destinations splice active at the last look; closed 2 times since the "
+                    "control plane started")
+    closed = render_human(_summary(splice_gate={**gate, "open": False}))
+    assert "splice gate:   closed; closed 2 times" in closed
+    never = {"open": False, "closes": 0, "active_destinations": 0}
+    assert "splice gate" not in render_human(_summary(splice_gate=never))       # the usual appliance: nothing
+    assert "splice gate" not in render_human(_summary())
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render(_summary(splice_gate=gate)).decode())}
+    assert families["seawall_splice_gate_open"].samples[0].value == 1.0
+    assert families["seawall_splice_gate_closes"].samples[0].value == 2.0
+    families = {f.name: f for f in text_string_to_metric_families(metrics.render(_summary(splice_gate=never)).decode())}
+    assert families["seawall_splice_gate_open"].samples[0].value == 0.0

@@ -261,6 +261,10 @@ class FakeDataplane:
         return {"slots": MAX_ADDRESSES, "in_use": 0, "handed_out": 0, "freed": 0, "retiring": 0,
                 "overflow_entries": 0, "overflow_capacity": ADDRESS_OVERFLOW_ENTRIES}
 
+    def splice_gate_status(self) -> dict[str, int | bool]:
+        """`Dataplane.splice_gate_status()`: the fake splices nothing."""
+        return {"open": False, "closes": 0, "active_destinations": 0}
+
     # traffic -------------------------------------------------------------------------------------
     def add_flow(self, flow: Flow) -> Flow:
         flow.fields = [frame_fields(fr, flow.direction) for fr in flow.frames]
