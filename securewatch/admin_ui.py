@@ -3,8 +3,9 @@
     /admin/tenants               tenants: create; each: rename, contacts, prefixes, delete, history, rollback
     /admin/users                 users: add, change role/tenant/access, reset password, disable/enable, delete
     /admin/tokens                API tokens with last use: create (shown once), revoke
-    /admin/templates             policy templates: create, edit (followers follow), delete; a tenant's
-                                 page chooses the template it follows
+    /admin/templates             policy templates: create (a name in use is refused), edit each in its
+                                 own form (followers follow), delete; a tenant's page chooses the
+                                 template it follows
     /audit                       the audit log with filters, the field-level diff and one-click rollback
 
 The pages change nothing themselves: every form becomes the body the REST API would get and goes
@@ -53,7 +54,8 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/admin/tokens", token_create)
     r.add_post("/admin/tokens/{token_id}/revoke", token_revoke)
     r.add_get("/admin/templates", templates_page)
-    r.add_post("/admin/templates", template_save)
+    r.add_post("/admin/templates", template_create)
+    r.add_post("/admin/templates/{name}", template_update)
     r.add_post("/admin/templates/{name}/delete", template_delete)
     r.add_post("/admin/tenants/{tenant_id}/template", tenant_follow)
     r.add_get("/audit", audit_log_page)
@@ -338,24 +340,48 @@ def template_values_from_form(posted: Any) -> dict[str, Any]:
 
 
 async def templates_page(request: web.Request, *, status: int = 200, problems: list[str] | None = None,
-                         notice: str | None = None, form: dict[str, str] | None = None) -> web.Response:
+                         notice: str | None = None, form: dict[str, str] | None = None,
+                         edited: dict[str, dict[str, str]] | None = None) -> web.Response:
+    """form: the values typed into the "New template" form; edited: those typed into a template's
+    own form, by template name (both shown again when refused)."""
     require_admin(request)
     templates = await policy_templates.visible_templates(request)
     return render(request, "admin/templates.html", status=status, templates=list(templates.values()),
                   fields=POLICY_FIELDS, defaults=DEFAULTS, problems=problems or [], notice=notice,
-                  form=form or {"name": ""})
+                  form=form or {"name": ""}, edited=edited or {})
 
 
-async def template_save(request: web.Request) -> web.Response:
+def _typed_values(posted: Any) -> dict[str, str]:
+    return {k: str(posted.get(k, "")) for k in POLICY_FIELDS}
+
+
+async def template_create(request: web.Request) -> web.Response:
+    """The "New template" form: a name in use is refused (409), never replaced."""
     posted = await _admin_form(request)
     name = str(posted.get("name", "")).strip()
-    form = {"name": name, **{k: str(posted.get(k, "")) for k in POLICY_FIELDS}}
+    return await _template_save(request, name, posted, must_exist=False,
+                                shown_again={"form": {"name": name, **_typed_values(posted)}})
+
+
+async def template_update(request: web.Request) -> web.Response:
+    """A template's own form: replaces that template (404 when it is gone)."""
+    posted = await _admin_form(request)
+    name = request.match_info["name"]
+    return await _template_save(request, name, posted, must_exist=True,
+                                shown_again={"edited": {name: _typed_values(posted)}})
+
+
+async def _template_save(request: web.Request, name: str, posted: Any, *, must_exist: bool,
+                         shown_again: dict[str, Any]) -> web.Response:
+    """shown_again: templates_page's arguments that show the typed values again when refused."""
     try:
-        version, done = await policy_templates.save_template(request, name, template_values_from_form(posted))
+        version, done = await policy_templates.save_template(request, name, template_values_from_form(posted),
+                                                             must_exist=must_exist)
     except ApiError as exc:
-        if exc.status == 403:
+        if exc.status in (403, 404):
             raise
-        return await templates_page(request, status=exc.status, problems=exc.problems or [exc.message], form=form)
+        return await templates_page(request, status=exc.status, problems=exc.problems or [exc.message],
+                                    **shown_again)
     followers = sorted(done.changed) if done is not None else []
     applied = "" if done is None else " and applied" if done.applied else " (not applied: no dataplane here)"
     return await templates_page(request, notice=f"Saved template {name} as version {version}" + (

@@ -65,9 +65,22 @@ async def followers_of(request: web.Request, name: str) -> list[str]:
     return [t for t, n in (await request.app[STORE].template_links()).items() if n == name and t in present]
 
 
-async def save_template(request: web.Request, name: str, policy: Any) -> tuple[int, TenantsChanged | None]:
-    """Create or replace template `name` (admin) and rewrite its followers; (version, the tenant change)."""
+async def save_template(request: web.Request, name: str, policy: Any, *,
+                        must_exist: bool | None = None) -> tuple[int, TenantsChanged | None]:
+    """Create or replace template `name` (admin) and rewrite its followers; (version, the tenant change).
+
+    must_exist: True replaces only (404 when there is none: a template's own form, left open
+    while another admin deleted it, does not bring it back); False creates only (409 when the
+    name is taken: a new template never replaces one and rewrites its followers); None either
+    (PUT /api/v1/templates/{name})."""
     require_admin(request)
+    store = request.app[STORE]
+    old = (await store.policy_templates()).get(name)
+    if must_exist and old is None:
+        raise not_found(f"no template {name!r}")
+    if must_exist is False and old is not None:
+        raise ApiError(409, f"template {name!r} already exists",
+                       [f"name: {name!r} is already used by a template (edit that template to change it)"])
     problems = name_problems(name)
     values: dict[str, Any] = {}
     try:
@@ -76,8 +89,6 @@ async def save_template(request: web.Request, name: str, policy: Any) -> tuple[i
         problems += exc.problems
     if problems:
         raise ApiError(422, "invalid template", problems)
-    store = request.app[STORE]
-    old = (await store.policy_templates()).get(name)
     followers = await followers_of(request, name)
     done = None
     if followers and (old is None or old["policy"] != values):

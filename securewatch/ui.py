@@ -327,6 +327,10 @@ def parse_acl_lines(text: str, list_name: str, errors: dict[str, list[str]]) -> 
                     f"line {number}: {token!r} is not key=value (keys: src, proto, sport, dport)")
                 continue
             key, value = m.groups()
+            if key in entry:   # an entry holds one value per key; keeping the last would drop the others unseen
+                errors.setdefault(list_name, []).append(
+                    f"line {number}: {key} given twice ({entry[key]} and {value}); write one entry per line")
+                continue
             # ASCII digits only ('²'.isdigit() is true, but int() refuses it); a long number stays a
             # string for the tenants package to refuse by name, as int() refuses thousands of digits.
             entry[key] = (int(value) if key in ("sport", "dport") and value.isascii() and value.isdigit()

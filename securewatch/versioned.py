@@ -30,6 +30,7 @@ from aiohttp import web
 
 from policy.events import Event, EventBus, EventType, Severity
 from tenants import ConfigError, Tenant, TenantSet
+from tenants.policy import merge_policy
 
 from .auth import Principal
 from .changes import tenant_set_diff
@@ -356,10 +357,7 @@ def merged_policy_table(tenant: Tenant, body: dict[str, Any], principal: Princip
         if key not in body:
             continue
         if key == "policy" and isinstance(body[key], dict):
-            current = dict(table.get(key, {}))
-            if "syn_protection" in body[key] and "syn_auth" not in body[key]:
-                current.pop("syn_auth", None)  # the old name of syn_auth (tenants.policy) replaces it
-            table[key] = {**current, **body[key]}
+            table[key] = merge_policy(table.get(key, {}), body[key])
         else:
             table[key] = body[key]
     if problems:

@@ -124,6 +124,14 @@ class PortRange:
 def _parse_proto(value: object) -> int:
     if isinstance(value, str):
         name = value.strip().lower()
+        # A number as text is that number, as a port is: the policy form posts proto=47 back as "47".
+        # ASCII digits only ('²'.isdigit() is true, int() refuses it); thousands of digits are not
+        # converted (int() refuses them) to say they are out of range.
+        if name.isascii() and name.isdigit():
+            digits = name.lstrip("0") or "0"
+            if len(digits) > len(str(PROTO_MAX)):
+                raise ValueError(f"protocol number {shown(value)} is outside 1-{PROTO_MAX}")
+            return _parse_proto(int(digits))
         if name in IPPROTO:
             return IPPROTO[name]
         raise ValueError(f"unknown protocol {value!r} (use {', '.join(IPPROTO)} or a number 1-{PROTO_MAX})")

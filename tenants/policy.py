@@ -101,6 +101,15 @@ class TenantPolicy:
         return self.syn_auth != "off"
 
 
+def merge_policy(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """Policy table `base` with the keys of `own` on top: a tenant's own keys over what it inherits
+    (a template's values, its current policy). `own`'s old `syn_protection` sets syn_auth, so it
+    replaces the syn_auth of `base`; only a syn_auth in `own` itself can contradict it."""
+    if SYN_AUTH_ALIAS in own and "syn_auth" not in own:
+        base = {key: value for key, value in base.items() if key != "syn_auth"}
+    return {**base, **own}
+
+
 def _check(key: str, default: object, raw: object) -> str | None:
     """Why `raw` is not a valid value for the key whose default is `default`, or None."""
     if isinstance(default, bool):

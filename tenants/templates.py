@@ -15,7 +15,7 @@ from typing import Any
 
 from tenants.errors import ConfigError
 from tenants.model import TENANT_ID_PATTERN, TENANT_ID_RULE
-from tenants.policy import SYN_AUTH_ALIAS, TenantPolicy
+from tenants.policy import SYN_AUTH_ALIAS, TenantPolicy, merge_policy, shown
 
 # Template names follow the rule of tenant ids.
 TEMPLATE_NAME, TEMPLATE_NAME_RULE = TENANT_ID_PATTERN, TENANT_ID_RULE
@@ -24,7 +24,7 @@ DEFAULTS = TenantPolicy().to_dict()
 
 def name_problems(name: Any, where: str = "name") -> list[str]:
     if not isinstance(name, str) or not TEMPLATE_NAME.fullmatch(name):
-        return [f"{where}: {name!r} is not a template name ({TEMPLATE_NAME_RULE})"]
+        return [f"{where}: {shown(name)} is not a template name ({TEMPLATE_NAME_RULE})"]
     return []
 
 
@@ -57,7 +57,7 @@ def overrides_of(policy: dict[str, Any], template: dict[str, Any] | None) -> dic
 
 def followed(template: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """The full policy of a follower: the template's values with the tenant's overrides on top."""
-    return {**given(template), **overrides}
+    return merge_policy(given(template), overrides)
 
 
 def resolve_tenant_tables(tables: Any, templates: Any) -> tuple[list[Any], dict[str, str], list[str]]:
@@ -84,15 +84,16 @@ def resolve_tenant_tables(tables: Any, templates: Any) -> tuple[list[Any], dict[
         table = dict(table)
         name = table.pop("template")
         where = f"tenants[{index}].template"
-        if name not in parsed:
+        if not isinstance(name, str):   # a list or a table is no name to look up (nor hashable)
+            problems += name_problems(name, where)
+        elif name not in parsed:
             known = ", ".join(sorted(parsed)) or "none defined"
             problems.append(f"{where}: no template {name!r} (templates: {known})")
-            out.append(table)
-            continue
-        own = table.get("policy", {})
-        if isinstance(own, dict):
-            table["policy"] = followed(parsed[name], own)
-        if isinstance(table.get("id"), str):
-            links[table["id"]] = name
+        else:
+            own = table.get("policy", {})
+            if isinstance(own, dict):
+                table["policy"] = followed(parsed[name], own)
+            if isinstance(table.get("id"), str):
+                links[table["id"]] = name
         out.append(table)
     return out, links, problems

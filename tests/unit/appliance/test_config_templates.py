@@ -8,7 +8,7 @@ import pytest
 
 from appliance.config import parse_config
 from tenants import ConfigError
-from tenants.templates import followed, overrides_of, parse_values
+from tenants.templates import TEMPLATE_NAME_RULE, followed, overrides_of, parse_values
 
 CONFIG = """\
 [templates.hosting]
@@ -50,3 +50,31 @@ def test_item16_config_file_templates_are_validated_like_a_policy():
     assert any(p.startswith("templates.hosting.sensitivity: must be between 0.1 and 10") for p in problems), problems
     assert any(p.startswith("templates.Bad: 'Bad' is not a template name") for p in problems), problems
     assert any(p.startswith("tenants[0].template: no template 'hostnig'") for p in problems), problems
+
+
+@pytest.mark.parametrize(("toml", "name"), [('["hosting"]', ["hosting"]), ('{ name = "hosting" }', {"name": "hosting"}),
+                                           ("7", 7), ("true", True)])
+def test_a_template_that_is_not_a_name_is_a_config_error(toml, name):
+    text = CONFIG.replace('template = "hosting"', f"template = {toml}")
+    with pytest.raises(ConfigError) as exc:
+        parse_config(text)
+    assert exc.value.problems == [f"tenants[0].template: {name!r} is not a template name ({TEMPLATE_NAME_RULE})"]
+
+
+@pytest.mark.parametrize(("alias", "mode"), [(False, "off"), (True, "splice")])
+def test_a_follower_sets_syn_auth_with_the_old_syn_protection_key(alias, mode):
+    # The old key is the tenant's own: it replaces the syn_auth the template (or the default) gives,
+    # as the same key sent to the API does (securewatch.versioned.merged_policy_table).
+    for template in ("", 'syn_auth = "reset"'):
+        text = CONFIG.replace("syn_protection = false", template).replace(
+            "policy = { min_pps = 800 }", f"policy = {{ syn_protection = {str(alias).lower()} }}")
+        config = parse_config(text)
+        assert config.tenants["alpha"].policy.syn_auth == mode, template
+
+
+def test_a_follower_that_contradicts_itself_on_syn_auth_is_still_refused():
+    text = CONFIG.replace("policy = { min_pps = 800 }", 'policy = { syn_protection = false, syn_auth = "splice" }')
+    with pytest.raises(ConfigError) as exc:
+        parse_config(text)
+    assert exc.value.problems == ["tenant 'alpha': policy.syn_protection: false contradicts policy.syn_auth = "
+                                  "'splice' (syn_protection is the old name of syn_auth: set one)"]

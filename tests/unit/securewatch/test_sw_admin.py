@@ -15,7 +15,8 @@ from test_sw_helpers import PASSWORD, add_token, add_user, login, service
 ADMIN_PAGES = ("/admin/tenants", "/admin/tenants/alpha", "/admin/users", "/admin/tokens", "/admin/templates")
 ADMIN_POSTS = ("/admin/tenants", "/admin/tenants/alpha", "/admin/tenants/alpha/delete",
                "/admin/tenants/alpha/rollback", "/admin/users", "/admin/users/ops", "/admin/tokens",
-               "/admin/tokens/1/revoke", "/admin/templates", "/admin/templates/gold/delete",
+               "/admin/tokens/1/revoke", "/admin/templates", "/admin/templates/gold",
+               "/admin/templates/gold/delete",
                "/admin/tenants/alpha/template")
 
 

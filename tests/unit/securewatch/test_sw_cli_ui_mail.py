@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import email
 import email.policy
+import html
 import os
+import re
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ import time
 import aiohttp
 import pytest
 from aiosmtpd.controller import Controller
+from test_sw_console_findings import policy_form
 from test_sw_helpers import TENANTS, add_user, attack_events, login, service
 
 from securewatch.mailer import ReportMailer
@@ -119,6 +122,42 @@ async def test_policy_form_shows_field_errors_and_applies(tmp_path):
             assert alpha.policy.escalate_rtbh and not alpha.policy.escalate_flowspec
             for path in ("/", "/tenants", "/incidents", "/reports"):
                 assert (await http.get(f"{url}{path}")).status == 200
+
+
+async def test_policy_form_saves_a_tenant_whose_acl_has_a_protocol_number(tmp_path):
+    # The page writes proto=47 into the textarea and the browser posts it back as text.
+    async with service(tmp_path) as (url, store, appliance):
+        await add_user(store, "ops", "admin")
+        http, csrf = await login(url, "ops")
+        async with http:
+            deny = "src=198.18.0.0/15 proto=47"
+            r = await http.post(f"{url}/tenants/alpha", data=policy_form(csrf, deny=deny))
+            assert r.status == 200, await r.text()
+            async with http.get(f"{url}/tenants/alpha") as r:
+                rendered = html.unescape(re.search(r'<textarea name="deny"[^>]*>([^<]*)<', await r.text()).group(1))
+            assert rendered == deny
+            r = await http.post(f"{url}/tenants/alpha", data=policy_form(csrf, deny=rendered, sensitivity="2"))
+            assert r.status == 200, await r.text()
+            alpha = appliance.tenants["alpha"]
+            assert (alpha.policy.sensitivity, [e.to_dict() for e in alpha.deny]) == (
+                2.0, [{"src": "198.18.0.0/15", "proto": 47}])
+            for bad, problem in (("0", "0 is not a transport protocol"), ("256", "protocol number 256 is outside"),
+                                 ("abc", "unknown protocol 'abc'")):
+                r = await http.post(f"{url}/tenants/alpha", data=policy_form(csrf, deny=f"proto={bad}"))
+                assert r.status == 422 and problem in html.unescape(await r.text()), bad
+
+
+async def test_policy_form_refuses_a_key_given_twice_on_one_acl_line(tmp_path):
+    async with service(tmp_path) as (url, store, appliance):
+        await add_user(store, "ops", "admin")
+        http, csrf = await login(url, "ops")
+        async with http:
+            allow = "src=192.0.2.0/24 proto=udp\nsrc=192.0.2.10/32 proto=tcp dport=80 dport=443"
+            r = await http.post(f"{url}/tenants/alpha", data=policy_form(csrf, allow=allow))
+            page = html.unescape(await r.text())
+            assert r.status == 422
+            assert 'data-field="allow">line 2: dport given twice (80 and 443); write one entry per line' in page
+            assert appliance.tenants["alpha"].allow == ()   # nothing applied
 
 
 async def test_incident_page_has_chart_timeline(tmp_path):

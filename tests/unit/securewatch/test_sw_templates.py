@@ -133,8 +133,8 @@ async def test_item16_admin_manages_templates_in_the_ui(tmp_path):
             assert "Follows <b>hosting</b>" in page
             assert (appliance.tenants["beta"].policy.sensitivity, appliance.tenants["beta"].policy.syn_auth) == (
                 2.0, "off")
-            r = await http.post(f"{url}/admin/templates", data={"csrf_token": csrf, "name": "hosting",
-                                                                 "sensitivity": "6", "syn_auth": "off"})
+            r = await http.post(f"{url}/admin/templates/hosting", data={"csrf_token": csrf,
+                                                                         "sensitivity": "6", "syn_auth": "off"})
             assert notice(await r.text()) == "Saved template hosting as version 2; updated beta and applied."
             assert appliance.tenants["beta"].policy.sensitivity == 6.0
             async with http.get(f"{url}/audit", params={"action": "template."}) as r:   # both shapes of diff
@@ -147,6 +147,42 @@ async def test_item16_admin_manages_templates_in_the_ui(tmp_path):
             assert notice(await r.text()).startswith("Follows no template now")
             r = await http.post(f"{url}/admin/templates/hosting/delete", data={"csrf_token": csrf})
             assert notice(await r.text()) == "Deleted template hosting."
+
+
+async def test_the_new_template_form_refuses_a_name_in_use_and_the_templates_own_form_replaces_it(tmp_path):
+    async with service(tmp_path) as (url, store, appliance):
+        await add_user(store, "ops", "admin")
+        http, csrf = await login(url, "ops")
+        async with http:
+            r = await http.post(f"{url}/admin/templates", data={"csrf_token": csrf, "name": "hosting",
+                                                                 "sensitivity": "2", "min_pps": "5000"})
+            assert notice(await r.text()) == "Saved template hosting as version 1; no follower changed."
+            await http.post(f"{url}/admin/tenants/beta/template", data={"csrf_token": csrf, "template": "hosting"})
+
+            r = await http.post(f"{url}/admin/templates", data={"csrf_token": csrf, "name": "hosting",
+                                                                 "udp_rate_pps": "100"})
+            page = await r.text()
+            assert r.status == 409 and problems(page) == [
+                "name: &#39;hosting&#39; is already used by a template (edit that template to change it)"]
+            create = page.split('id="template-create"', 1)[1]
+            assert 'value="hosting"' in create and 'value="100"' in create   # what was typed stays
+            assert (await store.policy_templates())["hosting"]["policy"] == {"sensitivity": 2.0, "min_pps": 5000}
+            assert (appliance.tenants["beta"].policy.min_pps, appliance.tenants["beta"].policy.udp_rate_pps) == (5000, 0)
+
+            # The template's own form replaces it; a bad value comes back in that form.
+            card = page.split('data-template="hosting"', 1)[1].split("</form>", 1)[0]
+            assert 'action="/admin/templates/hosting"' in page.split('data-template="hosting"', 1)[0][-80:]
+            assert 'value="5000"' in card
+            r = await http.post(f"{url}/admin/templates/hosting", data={"csrf_token": csrf, "min_pps": "lots"})
+            page = await r.text()
+            card = page.split('data-template="hosting"', 1)[1].split("</form>", 1)[0]
+            assert r.status == 422 and 'value="lots"' in card and 'value="lots"' not in page.split('id="template-create"')[1]
+            r = await http.post(f"{url}/admin/templates/hosting", data={"csrf_token": csrf, "udp_rate_pps": "100"})
+            assert notice(await r.text()) == "Saved template hosting as version 2; updated beta and applied."
+            assert (await store.policy_templates())["hosting"]["policy"] == {"udp_rate_pps": 100}
+            # A template deleted meanwhile is not created again by its stale form.
+            r = await http.post(f"{url}/admin/templates/gone", data={"csrf_token": csrf, "min_pps": "1"})
+            assert r.status == 404 and "gone" not in await store.policy_templates()
 
 
 async def test_item16_the_policy_page_says_which_template_a_tenant_follows(tmp_path):

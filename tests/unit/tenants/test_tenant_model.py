@@ -14,6 +14,7 @@ from tenant_strategies import tenant_tables
 
 from tenants import AclEntry, ConfigError, PortRange, Tenant, TenantPolicy, TenantSet, parse_network
 from tenants.errors import MAX_PROBLEMS_SHOWN
+from tenants.policy import shown
 
 
 def problems_of(tables: object) -> list[str]:
@@ -236,11 +237,23 @@ def test_acl_entry_parsing() -> None:
     assert AclEntry.from_dict({"proto": "icmpv6"}).to_dict() == {"proto": "icmpv6"}
 
 
+@pytest.mark.parametrize("text", ["47", " 47 ", "047"])
+def test_a_protocol_number_written_as_text_is_that_number(text: str) -> None:
+    # The policy form writes proto=47 and posts it back as text: it means what the number 47 does.
+    assert AclEntry.from_dict({"proto": text}) == AclEntry.from_dict({"proto": 47})
+    assert AclEntry.from_dict({"proto": text}).to_dict() == {"proto": 47}
+
+
 @pytest.mark.parametrize(("table", "problems"), [
     ({"source": "192.0.2.0/24"}, ["source: unknown key (did you mean 'src'?)"]),
     ({"proto": "sctp"}, ["proto: unknown protocol 'sctp' (use icmp, tcp, udp, icmpv6 or a number 1-255)"]),
     ({"proto": 256}, ["proto: protocol number 256 is outside 1-255"]),
     ({"proto": 0}, ["proto: 0 is not a transport protocol; omit proto to match any protocol"]),
+    ({"proto": "0"}, ["proto: 0 is not a transport protocol; omit proto to match any protocol"]),
+    ({"proto": "0" * 5000}, ["proto: 0 is not a transport protocol; omit proto to match any protocol"]),
+    ({"proto": "256"}, ["proto: protocol number 256 is outside 1-255"]),
+    ({"proto": "1" + "0" * 5000}, [f"proto: protocol number {shown('1' + '0' * 5000)} is outside 1-255"]),
+    ({"proto": "abc"}, ["proto: unknown protocol 'abc' (use icmp, tcp, udp, icmpv6 or a number 1-255)"]),
     ({"dport": 80}, ["dport: ports apply only with proto 'tcp' or 'udp' (proto is not set)"]),
     ({"proto": "udp", "sport": "x"}, ["sport: 'x' is not a port or a range like '1024-65535'"]),
     ({"src": "2001:db8::/32", "proto": "icmp"},
