@@ -417,6 +417,7 @@ def _receivers(app: web.Application) -> list[dict[str, Any]] | None:
                      "running": r.get("running"), "backlog": r.get("backlog", 0),
                      "delivered": r.get("delivered", 0), "dead_letters": r.get("dead_letters", 0),
                      "tenants": ", ".join(tenants) if tenants else "NOC (every event)",
+                     "refused": r.get("refused_recipients") or {},
                      "last_error": r.get("last_error") or ""})
     return rows
 

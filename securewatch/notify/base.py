@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from policy.events import Event
@@ -19,8 +20,10 @@ class NotifierError(Exception):
 class Notifier(Protocol):
     name: str
 
-    async def send(self, event: Event, delivery_id: str) -> None:
-        """Deliver one event, or raise NotifierError. Returning means the receiver has it."""
+    async def send(self, event: Event, delivery_id: str) -> Mapping[str, str] | None:
+        """Deliver one event, or raise NotifierError. Returning means the receiver has it; a
+        mapping names those of its recipients that refused it (email: address -> the server's
+        reply), while the others got it."""
 
     async def close(self) -> None:
         """Release connections; the notifier may be used again afterwards."""

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 from policy.events import Event, Severity
 from tenants.errors import ConfigError
 
+from .tls import load_ca, load_client_cert
+
 KINDS = ("syslog", "snmp", "email", "webhook")
 
 # RFC 5424 section 6.2.1: facility codes by name.
@@ -47,6 +49,7 @@ DEFAULT_TIMEOUT_S = 10.0  # seconds for one delivery attempt (connect + send + a
 MAX_RECEIVERS = 256       # receivers of one kind: each runs a task and a durable queue
 MAX_LIST_ITEMS = 1024     # entries in a list value (tenants, to)
 HOST_MAX_CHARS = 253      # characters in a DNS name (RFC 1035)
+PATH_MAX_CHARS = 4096     # characters in a file path (Linux PATH_MAX): longer cannot be opened
 SHOWN_VALUE_CHARS = 60    # characters of a refused value echoed in a message
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HOSTNAME_RE = re.compile(r"^[!-~]{1,255}$")  # RFC 5424 HOSTNAME: PRINTUSASCII, no spaces
@@ -329,6 +332,30 @@ def _host(t: _Table, key: str) -> str | None:
     return host
 
 
+def _path(t: _Table, key: str) -> str | None:
+    path = t.string(key)
+    if path is not None and len(path) > PATH_MAX_CHARS:
+        t.fail(key, f"must be a file path of at most {PATH_MAX_CHARS} characters")
+        return None
+    return path
+
+
+def _check_tls_files(t: _Table, ca_file: str | None, cert_file: str | None = None,
+                     key_file: str | None = None) -> None:
+    """Load the files as the notifier will, now: a wrong path is the operator's to see when
+    the config is checked, not at the first alert."""
+    try:
+        context = load_ca(ca_file)
+    except ValueError as exc:
+        t.fail("ca_file", str(exc))
+        return
+    if cert_file is not None:
+        try:
+            load_client_cert(context, cert_file, key_file)
+        except ValueError as exc:
+            t.fail("cert_file", str(exc))
+
+
 def _syslog_level(t: _Table, key: str, value: object) -> int | None:
     if isinstance(value, str) and value in SYSLOG_SEVERITIES:
         return SYSLOG_SEVERITIES[value]
@@ -371,13 +398,16 @@ def _parse_syslog(t: _Table, index: int) -> SyslogReceiver | None:
     default_port = 6514 if transport == "tls" else 514  # RFC 5425 / RFC 5426 and common TCP use
     host = _host(t, "host")
     port = _port(t, "port", default_port)
-    tls_keys = {key: t.string(key) for key in ("ca_file", "cert_file", "key_file", "server_name")}
+    tls_keys = {key: _path(t, key) for key in ("ca_file", "cert_file", "key_file")}
+    tls_keys["server_name"] = t.string("server_name")
     if transport != "tls":
         for key, value in tls_keys.items():
             if value is not None:
                 t.fail(key, "only applies to transport = \"tls\"")
     elif (tls_keys["cert_file"] is None) != (tls_keys["key_file"] is None):
         t.fail("cert_file", "cert_file and key_file go together")
+    elif tls_keys["ca_file"] is not None or tls_keys["cert_file"] is not None:
+        _check_tls_files(t, tls_keys["ca_file"], tls_keys["cert_file"], tls_keys["key_file"])
     if t.bad:
         return None
     return SyslogReceiver(
@@ -459,7 +489,9 @@ def _parse_email(t: _Table, index: int) -> EmailReceiver | None:
     host = _host(t, "smtp_host")
     port = _port(t, "smtp_port", 465 if use_tls else 587)
     to = _addresses(t, "to", required=True)
-    ca_file = t.string("ca_file")
+    ca_file = _path(t, "ca_file")
+    if ca_file is not None:
+        _check_tls_files(t, ca_file)
     if t.bad:
         return None
     return EmailReceiver(
@@ -473,8 +505,14 @@ def _parse_webhook(t: _Table, index: int) -> WebhookReceiver | None:
     kind = t.choice("kind", "generic", WEBHOOK_KINDS)
     url = t.string("url", PAGERDUTY_EVENTS_URL if kind == "pagerduty" else None, required=kind != "pagerduty")
     endpoint = ""
-    if url is not None:
-        parts = urlsplit(url)
+    try:
+        parts = urlsplit(url) if url is not None else None
+    except ValueError:
+        # urlsplit's message is not echoed either: it may quote the host part, credentials and all.
+        t.fail("url", "is not a valid URL: check its host part (an unbalanced '[' or ']' around an IPv6 "
+                      "address, or a character not allowed in a host name)")
+        parts = None
+    if parts is not None:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             # Not echoed: a webhook URL may carry a token.
             t.fail("url", f"must be an http(s) URL, got scheme {_shown(parts.scheme)}")
@@ -489,7 +527,9 @@ def _parse_webhook(t: _Table, index: int) -> WebhookReceiver | None:
         t.fail("routing_key", "only applies to kind = \"pagerduty\"")
     if kind != "generic" and secret is not None:
         t.fail("secret", "only applies to kind = \"generic\" (the others authenticate by URL or key)")
-    ca_file = t.string("ca_file")
+    ca_file = _path(t, "ca_file")
+    if ca_file is not None:
+        _check_tls_files(t, ca_file)
     if t.bad:
         return None
     return WebhookReceiver(

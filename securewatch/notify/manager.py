@@ -49,7 +49,7 @@ class ReceiverStatus:
     name: str
     kind: str
     tenants: tuple[str, ...] | None
-    healthy: bool                  # running, and the last attempt (if any) succeeded
+    healthy: bool                  # running, the last attempt (if any) succeeded, refused_recipients empty
     running: bool
     last_success: float | None     # seconds since the epoch
     last_error: str | None
@@ -58,6 +58,9 @@ class ReceiverStatus:
     backlog: int                   # events waiting in the durable queue
     delivered: int                 # events delivered over the queue's life
     dead_letters: int              # events the receiver refused for good
+    # Recipients that refused the last delivered event while others took it (email: address ->
+    # the server's reply, e.g. "550 5.1.1 user unknown"); empty when every recipient has it.
+    refused_recipients: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_public_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -103,6 +106,7 @@ class _Worker:
         self.consecutive_failures = 0
         self.last_error: str | None = None
         self.last_error_at: float | None = None
+        self.refused_recipients: dict[str, str] = {}
 
     async def _pause(self, seconds: float | None) -> None:
         """Sleep until woken (new event), stopping, or `seconds` pass (None: no limit)."""
@@ -136,7 +140,7 @@ class _Worker:
             await self._pause(None)
             return
         try:
-            await self.notifier.send(item.event, item.delivery_id)
+            refused = await self.notifier.send(item.event, item.delivery_id)
         except NotifierError as exc:
             self._failed(str(exc))
             if exc.permanent:
@@ -158,6 +162,7 @@ class _Worker:
             log.exception("notify.send_crashed", delivery=item.delivery_id)
             return
         self.queue.ack(item.row_id)
+        self.refused_recipients = dict(refused or {})
         if self.consecutive_failures:
             log.info("notify.recovered", after_failures=self.consecutive_failures)
         self.consecutive_failures = 0
@@ -359,10 +364,11 @@ class NotifierManager:
             running = task is not None and not task.done()
             out[name] = ReceiverStatus(
                 name=name, kind=w.receiver.kind, tenants=w.receiver.tenants,
-                healthy=running and w.consecutive_failures == 0, running=running,
+                healthy=running and w.consecutive_failures == 0 and not w.refused_recipients, running=running,
                 last_success=w.queue.last_success, last_error=w.last_error, last_error_at=w.last_error_at,
                 consecutive_failures=w.consecutive_failures, backlog=w.queue.backlog,
-                delivered=w.queue.delivered, dead_letters=w.queue.dead_letters)
+                delivered=w.queue.delivered, dead_letters=w.queue.dead_letters,
+                refused_recipients=dict(w.refused_recipients))
         return out
 
     def pending(self, name: str) -> list[Event]:

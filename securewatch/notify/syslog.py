@@ -15,6 +15,7 @@ from policy.events import Event
 
 from .base import NotifierError
 from .config import SyslogReceiver
+from .tls import client_context
 
 log = structlog.get_logger(__name__)
 
@@ -99,15 +100,12 @@ class SyslogNotifier:
         self._reader: asyncio.StreamReader | None = None
         self._udp: asyncio.DatagramTransport | None = None
 
-    def _tls_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=self.receiver.ca_file)
-        if self.receiver.cert_file:
-            ctx.load_cert_chain(self.receiver.cert_file, self.receiver.key_file)
-        return ctx
+    def _where(self) -> str:
+        return f"syslog {self.receiver.transport}://{self.receiver.host}:{self.receiver.port}"
 
     async def _connect(self) -> asyncio.StreamWriter:
         r = self.receiver
-        tls = self._tls_context() if r.transport == "tls" else None
+        tls = client_context(self._where(), r.ca_file, r.cert_file, r.key_file) if r.transport == "tls" else None
         self._reader, self._writer = await asyncio.wait_for(
             asyncio.open_connection(r.host, r.port, ssl=tls,
                                     server_hostname=(r.server_name or r.host) if tls else None),
@@ -137,8 +135,7 @@ class SyslogNotifier:
             await asyncio.wait_for(self._writer.drain(), self.receiver.timeout_s)
         except (OSError, ssl.SSLError, TimeoutError, EOFError) as exc:
             await self._drop_stream()
-            raise NotifierError(f"syslog {self.receiver.transport}://{self.receiver.host}:"
-                                f"{self.receiver.port}: {type(exc).__name__}: {exc}") from exc
+            raise NotifierError(f"{self._where()}: {type(exc).__name__}: {exc}") from exc
 
     async def _send_udp(self, message: bytes) -> None:
         if len(message) > MAX_UDP_MESSAGE:

@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import json
 import socket
-import ssl
 import time
 from typing import Any
 
@@ -22,12 +21,14 @@ from policy.events import Event, EventType, Severity
 
 from .base import NotifierError
 from .config import WebhookReceiver
+from .tls import client_context
 
 SIGNATURE_HEADER = "X-Seawall-Signature"
 TIMESTAMP_HEADER = "X-Seawall-Timestamp"
 DELIVERY_HEADER = "X-Seawall-Delivery"
 # HTTP answers that mean "try again later"; every other 4xx refuses the event for good.
 _RETRYABLE_4XX = {408, 409, 425, 429}
+ERROR_BODY_CHARS = 200  # characters of a refusing answer's body kept in the error
 _PAGERDUTY_SEVERITY = {Severity.INFO: "info", Severity.NOTICE: "info", Severity.WARNING: "warning",
                        Severity.CRITICAL: "critical"}
 _DISCORD_COLOUR = {Severity.INFO: 0x2B6CB0, Severity.NOTICE: 0x2F855A, Severity.WARNING: 0xC05621,
@@ -146,7 +147,7 @@ class WebhookNotifier:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            ssl_ctx = ssl.create_default_context(cafile=self.receiver.ca_file)
+            ssl_ctx = client_context(f"webhook {self.receiver.endpoint}", self.receiver.ca_file)
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.receiver.timeout_s),
                 connector=aiohttp.TCPConnector(ssl=ssl_ctx),
@@ -186,7 +187,9 @@ class WebhookNotifier:
                                             allow_redirects=False) as resp:
                 if 200 <= resp.status < 300:
                     return
-                text = (await resp.text())[:200]
+                # Bytes, decoded leniently: an overloaded server's error page may be in any
+                # encoding, and only the status decides whether to retry.
+                text = (await resp.read()).decode(errors="replace")[:ERROR_BODY_CHARS]
                 permanent = 400 <= resp.status < 500 and resp.status not in _RETRYABLE_4XX
                 raise NotifierError(f"webhook {where}: HTTP {resp.status} {text}", permanent=permanent)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:

@@ -6,11 +6,15 @@ import tomllib
 
 import pytest
 import structlog
+from test_notify_delivery import make_certs
 
 from policy.events import Event, EventBus, EventType, Severity
 from securewatch.notify import NotifierManager, RetryPolicy, parse_notify_config
 from securewatch.notify.config import SYSLOG_SEVERITIES
+from tenants import ConfigError
 from tests.support import await_until
+
+NOC_CA = "/etc/seawall/noc-ca.pem"  # APPLIANCE_TOML's; the tests point it at a CA made for them
 
 APPLIANCE_TOML = """
 [notify]
@@ -78,16 +82,23 @@ SECRETS = ("c0mmunity-SECRET", "auth-SECRET-1", "priv-SECRET-1", "smtp-SECRET", 
            "pd-routing-SECRET", "slack-SECRET")
 
 
-def _config():
-    return parse_notify_config(tomllib.loads(APPLIANCE_TOML)["notify"])
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> dict[str, str]:
+    """A throwaway CA, and a certificate and key (syslog's client pair here), made once."""
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
-def test_full_appliance_table_parses_into_typed_receivers():
-    cfg = _config()
+def _config(ca_file: str):
+    """APPLIANCE_TOML, its syslog ca_file a CA that exists here (the parser loads it)."""
+    return parse_notify_config(tomllib.loads(APPLIANCE_TOML.replace(NOC_CA, ca_file))["notify"])
+
+
+def test_full_appliance_table_parses_into_typed_receivers(certs):
+    cfg = _config(certs["ca.pem"])
     assert [r.name for r in cfg.receivers] == [
         "syslog-0", "syslog-1", "snmp-0", "snmp-1", "email-0", "email-1", "webhook-0", "webhook-1", "webhook-2"]
     tls, udp = cfg.syslog
-    assert (tls.transport, tls.port, tls.facility, tls.ca_file) == ("tls", 6514, 19, "/etc/seawall/noc-ca.pem")
+    assert (tls.transport, tls.port, tls.facility, tls.ca_file) == ("tls", 6514, 19, certs["ca.pem"])
     assert tls.severity_map[Severity.CRITICAL] == SYSLOG_SEVERITIES["alert"]
     assert tls.severity_map[Severity.INFO] == 7
     assert tls.severity_map[Severity.WARNING] == SYSLOG_SEVERITIES["warning"]  # default kept
@@ -107,8 +118,8 @@ def test_full_appliance_table_parses_into_typed_receivers():
     assert cfg.state_dir == "/var/lib/seawall/notify"
 
 
-def test_routing_gives_tenant_receivers_only_their_tenant_and_noc_everything():
-    cfg = _config()
+def test_routing_gives_tenant_receivers_only_their_tenant_and_noc_everything(certs):
+    cfg = _config(certs["ca.pem"])
     alpha = Event(EventType.ATTACK_START, "alpha", "m")
     beta = Event(EventType.ATTACK_START, "beta", "m")
     system = Event(EventType.SYSTEM, None, "m")
@@ -144,6 +155,8 @@ def test_routing_gives_tenant_receivers_only_their_tenant_and_noc_everything():
     ({"email": [{"smtp_host": "h", "from": "a@b.c", "to": "x@y.z", "username": "u"}]},
      "notify.email[0].password"),
     ({"webhook": [{"url": "ftp://h/x", "secret": "s"}]}, "notify.webhook[0].url"),
+    ({"webhook": [{"url": "https://[hooks.example.net/seawall", "secret": "s"}]},
+     "notify.webhook[0].url: is not a valid URL"),
     ({"webhook": [{"url": "https://h/x"}]}, "notify.webhook[0].secret: is required"),
     ({"webhook": [{"kind": "pagerduty"}]}, "notify.webhook[0].routing_key: is required"),
     ({"webhook": [{"url": "https://h/x", "kind": "teams"}]}, "notify.webhook[0].kind"),
@@ -161,14 +174,58 @@ def test_errors_name_the_key(raw, where):
     assert where in str(info.value)
 
 
+def test_a_url_urlsplit_refuses_is_a_config_error_naming_the_key_never_echoing_the_url():
+    """An unbalanced '[' made urlsplit raise out of the parser: a 500 from the API, a traceback
+    from the config loader. Its message is not echoed: it may quote the host part, with a token."""
+    with pytest.raises(ConfigError) as info:
+        parse_notify_config({"webhook": [
+            {"url": "https://[hooks.example.net/T0/tok-SECRET", "kind": "slack"},
+            {"url": "https://user:pw-SECRET@hooks\uff0fexample.net/x", "kind": "slack"}]})
+    assert [p.split(": ")[0] for p in info.value.problems] == ["notify.webhook[0].url", "notify.webhook[1].url"]
+    assert "SECRET" not in str(info.value)
+
+
+TLS_ENTRIES = {  # a receiver of each kind that takes a ca_file, valid but for it
+    "syslog": {"host": "192.0.2.10", "transport": "tls"},
+    "email": {"smtp_host": "mail.example.net", "from": "seawall@example.net", "to": ["noc@example.net"]},
+    "webhook": {"url": "https://hooks.example.net/seawall", "secret": "hmac-secret"},
+}
+
+
+@pytest.mark.parametrize("kind", TLS_ENTRIES)
+def test_a_ca_file_that_cannot_be_loaded_is_refused_naming_the_key_and_the_path(tmp_path, certs, kind):
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    for path, why in [(tmp_path / "missing.pem", "does not exist or cannot be read"),
+                      (tmp_path, "does not exist or cannot be read"),  # a directory
+                      (tmp_path / "junk.pem", "holds no PEM certificate")]:
+        with pytest.raises(ConfigError) as info:
+            parse_notify_config({kind: [{**TLS_ENTRIES[kind], "ca_file": str(path)}]})
+        (problem,) = info.value.problems
+        assert problem.startswith(f"notify.{kind}[0].ca_file: {path} {why}"), problem
+    (receiver,) = parse_notify_config({kind: [{**TLS_ENTRIES[kind], "ca_file": certs["ca.pem"]}]}).receivers
+    assert receiver.ca_file == certs["ca.pem"]
+
+
+def test_a_syslog_client_certificate_that_cannot_be_loaded_is_refused_naming_the_key(tmp_path, certs):
+    tls = {**TLS_ENTRIES["syslog"], "ca_file": certs["ca.pem"]}
+    with pytest.raises(ConfigError) as info:
+        parse_notify_config({"syslog": [{**tls, "cert_file": str(tmp_path / "client.pem"),
+                                         "key_file": certs["server.key"]}]})
+    assert info.value.problems == [
+        f"notify.syslog[0].cert_file: {tmp_path / 'client.pem'} or key_file {certs['server.key']} "
+        "does not exist or cannot be read (No such file or directory)"]
+    pair = {"cert_file": certs["server.pem"], "key_file": certs["server.key"]}
+    assert parse_notify_config({"syslog": [{**tls, **pair}]}).syslog[0].cert_file == certs["server.pem"]
+
+
 def test_bad_secret_is_not_echoed_in_the_error():
     with pytest.raises(ValueError) as info:
         parse_notify_config({"snmp": [{"host": "h", "version": "3", "user": "u", "auth_key": "tiny-S"}]})
     assert "tiny-S" not in str(info.value)
 
 
-def test_secrets_never_appear_in_repr_or_public_dict():
-    cfg = _config()
+def test_secrets_never_appear_in_repr_or_public_dict(certs):
+    cfg = _config(certs["ca.pem"])
     shown = repr(cfg) + str(cfg.to_public_dict()) + "".join(repr(r) for r in cfg.receivers)
     for secret in SECRETS:
         assert secret not in shown

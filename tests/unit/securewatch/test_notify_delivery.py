@@ -13,6 +13,7 @@ import ssl
 import subprocess
 
 import pytest
+import structlog
 from aiohttp import web
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -25,7 +26,7 @@ from securewatch.notify import (
     RetryPolicy,
     parse_notify_config,
 )
-from securewatch.notify.webhook import verify
+from securewatch.notify.webhook import ERROR_BODY_CHARS, verify
 from tests.support import await_until
 
 FAST_RETRY = RetryPolicy(initial_s=0.05, max_s=0.2)  # seconds: tests wait on outcomes, not on backoff
@@ -138,6 +139,7 @@ class WebhookSink:
         self.port = port
         self.received: list[tuple[str, dict]] = []  # (path, JSON body)
         self.answer = 200
+        self.answer_body = b"not now"  # the body of a refusal (answer >= 300)
         self.bad_signatures = 0
         self._runner: web.AppRunner | None = None
 
@@ -149,7 +151,7 @@ class WebhookSink:
             self.bad_signatures += 1
             return web.Response(status=401)
         if self.answer >= 300:
-            return web.Response(status=self.answer, text="not now")
+            return web.Response(status=self.answer, body=self.answer_body, content_type="text/html")
         self.received.append((request.path, json.loads(body)))
         return web.Response(status=202 if request.path.startswith("/pd") else 200)
 
@@ -259,6 +261,26 @@ async def test_retryable_and_permanent_http_answers(tmp_path, sink):
     assert [e.message for e in sink.events("/generic")] == ["A end"]
 
 
+async def test_a_5xx_with_a_body_that_is_not_utf8_is_retried(tmp_path, sink):
+    """An overloaded receiver's error page in latin-1: decoding it raised out of the notifier,
+    and the manager set the event aside for good. The status alone decides: retried."""
+    await sink.up()
+    sink.answer = 503
+    sink.answer_body = b"Service indisponible, r\xe9essayez plus tard. " * 20  # latin-1, 920 bytes
+    bus = EventBus()
+    async with NotifierManager(webhook_config(sink.port, tmp_path), bus, retry=FAST_RETRY) as mgr:
+        bus.publish(attack("A", "alpha", EventType.ATTACK_START, "A start"))
+        await await_until(lambda: mgr.status()["noc-hook"].consecutive_failures >= 2, what="503 retries")
+        status = mgr.status()["noc-hook"]
+        assert (status.backlog, status.dead_letters) == (1, 0)
+        prefix = f"webhook http://127.0.0.1:{sink.port}: HTTP 503 "
+        assert status.last_error.startswith(prefix + "Service indisponible, r\ufffdessayez plus tard.")
+        assert len(status.last_error) == len(prefix) + ERROR_BODY_CHARS  # the body, cut
+        sink.answer = 200
+        await await_until(lambda: mgr.status()["noc-hook"].delivered == 1, what="delivery once it is back")
+    assert [e.message for e in sink.events("/generic")] == ["A start"]
+
+
 async def test_manager_starts_and_stops_with_the_aiohttp_app(tmp_path, sink):
     await sink.up()
     bus = EventBus()
@@ -316,6 +338,13 @@ async def test_a_reused_receiver_name_never_gets_another_tenants_backlog(tmp_pat
 class MailCapture:
     def __init__(self) -> None:
         self.messages: list[tuple[list[str], bytes, bool, bool]] = []  # rcpts, data, tls, authenticated
+        self.refuse: dict[str, str] = {}  # recipient -> the server's reply to its RCPT TO, e.g. "550 ..."
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802 - aiosmtpd's
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
         self.messages.append((list(envelope.rcpt_tos), envelope.original_content,
@@ -372,3 +401,70 @@ async def test_email_over_starttls_with_auth_per_tenant_and_noc(tmp_path, smtp_s
     (alpha_mail,) = by_rcpt["ops@alpha.example"]  # never beta's attack
     assert b"ATTACK_START alpha" in alpha_mail and b"multipart/alternative" in alpha_mail
     assert b"text/html" in alpha_mail and b"text/plain" in alpha_mail
+
+
+GONE = "550 5.1.1 <gone@example.net>: user unknown"
+
+
+async def test_refused_recipients_are_logged_and_shown_and_a_5xx_for_all_is_final(tmp_path, smtp_server):
+    """Refused while others took it: delivered, but logged and shown in the status (the message
+    is not sent again: the others have it). Refused by every recipient with a 5xx: set aside and
+    logged, like any 5xx. A 4xx ("mailbox busy") for every recipient: kept queued, retried."""
+    controller, capture, ca = smtp_server
+    capture.refuse = {"gone@example.net": GONE, "busy@example.net": "450 4.2.1 mailbox busy"}
+    common = {"smtp_host": "127.0.0.1", "smtp_port": controller.port, "starttls": True, "ca_file": ca,
+              "username": "seawall", "password": "smtp-pass", "from": "seawall@example.net"}
+    cfg = parse_notify_config({"email": [
+        {**common, "name": "some-gone", "to": ["noc@example.net", "gone@example.net"]},
+        {**common, "name": "all-gone", "to": ["gone@example.net"]},
+        {**common, "name": "busy", "to": ["busy@example.net"]},
+    ]})
+    bus = EventBus()
+    state = tmp_path / "queues"
+    with structlog.testing.capture_logs() as logs:
+        async with NotifierManager(cfg, bus, state, retry=FAST_RETRY) as mgr:
+            bus.publish(attack("A", "alpha", EventType.ATTACK_START, "A start"))
+            await await_until(lambda: mgr.status()["some-gone"].delivered == 1
+                              and mgr.status()["all-gone"].dead_letters == 1
+                              and mgr.status()["busy"].consecutive_failures >= 2, what="each outcome")
+            status = mgr.status()
+    some, gone, busy = status["some-gone"], status["all-gone"], status["busy"]
+    assert some.refused_recipients == {"gone@example.net": GONE} and not some.healthy
+    assert some.to_public_dict()["refused_recipients"] == {"gone@example.net": GONE}
+    assert [rcpts for rcpts, *_ in capture.messages] == [["noc@example.net"]]  # once, to the one who took it
+    assert (gone.backlog, gone.dead_letters, gone.refused_recipients) == (0, 1, {})
+    assert gone.last_error == f"smtp 127.0.0.1:{controller.port}: every recipient refused: gone@example.net: {GONE}"
+    assert (busy.backlog, busy.dead_letters) == (1, 0) and "450 4.2.1 mailbox busy" in busy.last_error
+    # (The worker binds receiver= to its log context; capture_logs leaves context out.)
+    assert [(e["refused"], e["delivered_to"]) for e in logs if e["event"] == "notify.email.recipients_refused"] == [
+        ({"gone@example.net": GONE}, 1)]
+    assert [e["error"] for e in logs if e["event"] == "notify.refused"] == [gone.last_error]
+
+
+async def test_a_ca_file_gone_after_validation_keeps_events_queued_naming_it(tmp_path):
+    """The CA file passed validation, then went away (renamed, a package removed): a matter for
+    an operator, like a wrong password. Every TLS notifier keeps the event and says which key and
+    which file; the email notifier raised FileNotFoundError, and every event was set aside."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca = make_certs(certs)["ca.pem"]
+    closed = free_port()  # nothing listens: the notifiers fail before connecting anyway
+    cfg = parse_notify_config({
+        "syslog": [{"name": "noc-syslog", "host": "127.0.0.1", "port": closed, "transport": "tls", "ca_file": ca}],
+        "email": [{"name": "noc-mail", "smtp_host": "127.0.0.1", "smtp_port": closed, "from": "s@example.net",
+                   "to": ["noc@example.net"], "ca_file": ca}],
+        "webhook": [{"name": "noc-hook", "url": f"https://127.0.0.1:{closed}/hook", "secret": HMAC_SECRET,
+                     "ca_file": ca}],
+    })
+    pathlib.Path(ca).unlink()
+    bus = EventBus()
+    async with NotifierManager(cfg, bus, tmp_path / "queues", retry=FAST_RETRY) as mgr:
+        bus.publish(attack("A", "alpha", EventType.ATTACK_START, "A start"))
+        await await_until(lambda: all(s.consecutive_failures >= 2 for s in mgr.status().values()),
+                          what="every receiver to retry")
+        status = mgr.status()
+    for name, where in [("noc-syslog", f"syslog tls://127.0.0.1:{closed}"), ("noc-mail", f"smtp 127.0.0.1:{closed}"),
+                        ("noc-hook", f"webhook https://127.0.0.1:{closed}")]:
+        assert (status[name].backlog, status[name].dead_letters) == (1, 0), name
+        assert status[name].last_error == (
+            f"{where}: ca_file: {ca} does not exist or cannot be read (No such file or directory)")

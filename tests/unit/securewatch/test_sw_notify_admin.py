@@ -23,6 +23,7 @@ from securewatch import notify_admin
 from securewatch.notify import NotifierManager, parse_notify_config
 from securewatch.notify.config import EmailReceiver, SnmpReceiver, SyslogReceiver, WebhookReceiver
 from securewatch.store import Store
+from tenants import ConfigError
 from tests.support import await_until
 
 MASK = notify_admin.MASK
@@ -228,6 +229,33 @@ async def test_api_validation_errors_name_the_key_and_change_nothing(tmp_path):
             status, body = await _call(http, "PUT", f"{url}/api/v1/notify", weak)
             assert status == 422 and "notify.snmp[0].auth_key" in body["problems"][0] and "short" not in str(body)
         assert (await store.notify_config())[0] == 1
+
+
+async def test_a_url_or_ca_file_that_cannot_be_used_is_refused_naming_the_key_by_api_page_and_file(tmp_path):
+    """All three use the notifiers' parser. An unbalanced '[' in a webhook URL was a 500 from the
+    API, a bare "Invalid IPv6 URL" on the page and a traceback from the config file; a ca_file
+    that does not exist passed all three, and every alert failed later."""
+    missing = tmp_path / "noc-ca.pem"
+    toml = ('[[notify.webhook]]\nurl = "https://[hooks.example.net/seawall"\nsecret = "hmac-secret"\n'
+            f'[[notify.email]]\nsmtp_host = "192.0.2.13"\nfrom = "seawall@example.net"\nto = ["noc@example.net"]\n'
+            f'ca_file = "{missing}"\n')
+    problems = ["notify.email[0].ca_file: " + f"{missing} does not exist or cannot be read (No such file or directory)",
+                "notify.webhook[0].url: is not a valid URL: check its host part (an unbalanced '[' or ']' around an "
+                "IPv6 address, or a character not allowed in a host name)"]
+    with pytest.raises(ConfigError) as info:
+        parse_config(toml)
+    assert info.value.problems == problems
+    async with service(tmp_path) as (url, store, _):
+        admin = {"Authorization": f"Bearer {await add_token(store, 'admin')}"}
+        async with aiohttp.ClientSession(headers=admin) as http:
+            assert await _call(http, "PUT", f"{url}/api/v1/notify", tomllib.loads(toml)["notify"]) == (
+                422, {"error": "invalid notify configuration", "problems": problems})
+        await add_user(store, "ops", "admin")
+        admin_http, csrf = await login(url, "ops")
+        async with admin_http, admin_http.post(f"{url}/notify", data={"csrf_token": csrf, "notify_toml": toml}) as r:
+            page = html.unescape(await r.text())
+        assert r.status == 422 and all(p in page for p in problems)
+        assert await store.notify_config() is None  # nothing saved
 
 
 async def test_put_applies_to_the_running_notifiers_of_a_real_appliance(tmp_path, sink):
