@@ -42,13 +42,14 @@ class Escalation:
         self.speaker = Speaker(bgp, run_dir, on_state=self._session_changed)
         self.saved_path = pathlib.Path(run_dir) / SAVED
         self.inbound_bps: float | None = None
+        self._unchecked: list[dict[str, Any]] = []    # a previous process's announcements, until the first step
 
     async def start(self) -> None:
-        """Start the speaker with the routes a previous process announced, if it stopped (or died)
-        less than `hold_down_s` ago: an attack still going on keeps its routes through a restart."""
-        for ann in self.ladder.restore(self.saved_announcements(), time.monotonic()):
-            self.speaker.announce(ann.route)
-            log.info("bgp.announcement_restored", kind=ann.kind, match=ann.route.to_dict(), incident=ann.incident)
+        """Start the speaker. The routes a previous process announced, if it stopped (or died) less
+        than `hold_down_s` ago, are announced again at the first `step`, which brings the current
+        tenants: each is checked against them first (`Ladder.restore`). An attack still going on
+        keeps its routes through a restart; a tenant removed or changed meanwhile does not."""
+        self._unchecked = self.saved_announcements()
         await self.speaker.start()
 
     def saved_announcements(self) -> list[dict[str, Any]]:
@@ -90,6 +91,8 @@ class Escalation:
     def step(self, now: float, inbound_bps: float | None, incidents: Sequence[IncidentView],
              tenants: Mapping[str, Tenant]) -> list[Change]:
         self.inbound_bps = inbound_bps
+        if self._unchecked:
+            self._restore(now, tenants)
         changes = self._carry_out(self.ladder.tick(now, inbound_bps, incidents, tenants))
         if self.ladder.announcements or changes:
             self.save()
@@ -109,6 +112,18 @@ class Escalation:
         changes = self._carry_out(changes)
         self.save()
         return changes
+
+    def _restore(self, now: float, tenants: Mapping[str, Tenant]) -> None:
+        restored = self.ladder.restore(self._unchecked, now, tenants)
+        self._unchecked = []
+        for ann in restored.taken:
+            self.speaker.announce(ann.route)
+            log.info("bgp.announcement_restored", kind=ann.kind, match=ann.route.to_dict(), incident=ann.incident,
+                     tenant=ann.tenant)
+        for ann, why in restored.dropped:
+            log.warning("bgp.announcement_not_restored", kind=ann.kind, match=ann.route.to_dict(),
+                        incident=ann.incident, tenant=ann.tenant, why=why)
+        self.save()        # without the dropped ones: a later restart must not find them either
 
     def _carry_out(self, changes: list[Change]) -> list[Change]:
         for change in changes:

@@ -14,6 +14,8 @@ local XDP drop (always) -> FlowSpec upstream -> RTBH, per incident:
 - Withdraw: `hold_down_s` after the incident stops being active (a reopened incident keeps them).
 - Monitor-mode tenants never escalate; nothing outside a tenant's prefixes is announced; never
   more than `max_announcements` routes: one that would exceed it is refused and reported.
+- Restart: a previous process's routes are taken over (`restore`) only where the current tenants
+  and peers still allow them; the others are dropped, each with the reason.
 
 `Ladder` returns `Change`s (announce / withdraw / refuse); the caller drives the speaker with
 them, logs them and publishes them as events.
@@ -30,7 +32,17 @@ from dataplane.api import Rule
 from tenants import Tenant
 
 from .config import BgpSettings, EscalationSettings
-from .routes import FLOWSPEC, KINDS, RTBH, Refused, Route, blackhole_for, flowspec_for_rule, route_from_dict
+from .routes import (
+    FLOWSPEC,
+    KINDS,
+    RTBH,
+    Refused,
+    Route,
+    blackhole_for,
+    flowspec_for_rule,
+    inside,
+    route_from_dict,
+)
 
 AUTO = "auto"
 MANUAL = "manual"
@@ -74,6 +86,14 @@ class Change:
     announcement: Announcement
     why: str                           # for the log and the event
     actor: str | None = None           # who asked (manual), None for the ladder itself
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Restored:
+    """What `Ladder.restore` made of a previous process's announcements."""
+
+    taken: list[Announcement]                    # to announce again
+    dropped: list[tuple[Announcement, str]]      # not to announce, each with the reason
 
 
 @dataclasses.dataclass(slots=True)
@@ -153,12 +173,9 @@ class Ladder:
         wall = time.time() if wall is None else wall
         if kind not in KINDS:
             raise Refused(f"kind: must be one of {', '.join(KINDS)}, got {kind!r}")
-        if tenant.mode == "monitor":
-            raise Refused(f"tenant {tenant.id!r} is in monitor mode: monitor tenants never escalate")
-        if not self.peers_for(kind):
-            raise Refused(f"no BGP peer takes {kind} announcements ([[bgp.peers]] {kind} = false)")
-        if kind == RTBH and not tenant.policy.escalate_rtbh:
-            raise Refused(f"tenant {tenant.id!r} has not agreed to blackholing (policy escalate_rtbh = false)")
+        why = _tenant_refuses(tenant, kind) or self._no_peer_for(kind)
+        if why is not None:
+            raise Refused(why)
         track = self._tracks.setdefault(inc.id, _Track(inc.tenant))
         track.operator_withdrew = False
         if kind == FLOWSPEC:
@@ -180,22 +197,28 @@ class Ladder:
             track.operator_withdrew = True
         return self._withdraw_incident(incident_id, "withdrawn by an operator", actor)
 
-    def restore(self, saved: Sequence[dict[str, Any]], now: float) -> list[Announcement]:
+    def restore(self, saved: Sequence[dict[str, Any]], now: float, tenants: Mapping[str, Tenant]) -> Restored:
         """The announcements of a previous process (`Announcement.to_dict()` forms), taken over as
         they were: each is kept `hold_down_s` from now, or for as long as an open incident of this
-        process asks for the same route (it then becomes that incident's). Returns those taken."""
-        taken = []
+        process asks for the same route (it then becomes that incident's). Only those the current
+        `tenants` and peers still allow are taken (`_unrestorable`): the configuration may have
+        changed while no process ran, and a route announced again stays up for the hold-down."""
+        taken, dropped = [], []
         for item in saved:
             ann = Announcement(item["kind"], route_from_dict(item["kind"], item["match"]), item["incident"],
                                item["tenant"], float(item["since"]), item["reason"])
-            if ann.key in self.announcements or len(self.announcements) >= self.settings.max_announcements:
+            if ann.key in self.announcements:
+                continue                       # this process announced it already
+            why = self._unrestorable(ann, tenants)
+            if why is not None:
+                dropped.append((ann, why))
                 continue
             self.announcements[ann.key] = ann
             track = self._tracks.setdefault(ann.incident, _Track(ann.tenant, ended_at=now))
             if ann.kind == FLOWSPEC:
                 track.flowspec_since = now
             taken.append(ann)
-        return taken
+        return Restored(taken, dropped)
 
     def reconfigure(self, bgp: BgpSettings, settings: EscalationSettings) -> list[Change]:
         """New [bgp] and [escalation] settings (a reload): what is announced stays, except routes of a
@@ -222,6 +245,29 @@ class Ladder:
         return changes
 
     # -- internals --------------------------------------------------------------------
+
+    def _no_peer_for(self, kind: str) -> str | None:
+        return None if self.peers_for(kind) else f"no BGP peer takes {kind} announcements ([[bgp.peers]] {kind} = false)"
+
+    def _unrestorable(self, ann: Announcement, tenants: Mapping[str, Tenant]) -> str | None:
+        """Why a previous process's announcement may not be made now (None: it may): its tenant is
+        gone, or no longer agrees to its kind, or the route left the tenant's prefixes, or no peer
+        takes its kind, or the cap is reached. The same rules as when it was made: the ladder's own
+        FlowSpec route needs the tenant's `escalate_flowspec`, an operator's does not (the operator
+        asked for it, and a restart is no reason to take it down)."""
+        tenant = tenants.get(ann.tenant)
+        if tenant is None:
+            return f"tenant {ann.tenant!r} is not configured any more"
+        why = _tenant_refuses(tenant, ann.kind)
+        if why is not None:
+            return why
+        if ann.kind == FLOWSPEC and ann.reason == "auto" and not tenant.policy.escalate_flowspec:
+            return f"tenant {tenant.id!r} has not agreed to FlowSpec (policy escalate_flowspec = false)"
+        if not inside(tenant.prefixes, ann.route.destination):
+            return f"{ann.route.destination} is not inside the tenant's prefixes"
+        if len(self.announcements) >= self.settings.max_announcements:
+            return f"max_announcements ({self.settings.max_announcements}) reached"
+        return self._no_peer_for(ann.kind)
 
     def _add(self, inc: IncidentView, route: Route, reason: str, wall: float, actor: str | None) -> Change | None:
         held = self.announcements.get(route.key)
@@ -291,6 +337,15 @@ class Ladder:
             changes.append(Change(WITHDRAW, ann, why, actor))
         self._refused_keys = {k for k in self._refused_keys if k[0] != incident_id}
         return changes
+
+
+def _tenant_refuses(tenant: Tenant, kind: str) -> str | None:
+    """Why `tenant` allows no announcement of `kind`, not even an operator's (None: it allows one)."""
+    if tenant.mode == "monitor":
+        return f"tenant {tenant.id!r} is in monitor mode: monitor tenants never escalate"
+    if kind == RTBH and not tenant.policy.escalate_rtbh:
+        return f"tenant {tenant.id!r} has not agreed to blackholing (policy escalate_rtbh = false)"
+    return None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

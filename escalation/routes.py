@@ -155,7 +155,8 @@ def _tcp_flags_text(mask: int, value: int) -> str:
     return "&".join(terms)
 
 
-def _inside(prefixes: Iterable[IPNetwork], network: IPNetwork) -> bool:
+def inside(prefixes: Iterable[IPNetwork], network: IPNetwork) -> bool:
+    """Whether `network` lies within one of `prefixes` (a tenant's own)."""
     return any(network.version == p.version and network.subnet_of(p) for p in prefixes)  # type: ignore[arg-type]
 
 
@@ -172,7 +173,7 @@ def flowspec_for_rule(rule: Rule, prefixes: Iterable[IPNetwork]) -> list[FlowSpe
         raise Refused("a count-only rule (monitor mode) is never escalated")
     if rule.dst is not None:
         destinations = [host_network(str(rule.dst))]
-        if not _inside(prefixes, destinations[0]):
+        if not inside(prefixes, destinations[0]):
             raise Refused(f"{destinations[0]} is not inside the tenant's prefixes")
     else:
         destinations = prefixes
@@ -200,6 +201,6 @@ def flowspec_for_rule(rule: Rule, prefixes: Iterable[IPNetwork]) -> list[FlowSpe
 def blackhole_for(address: str, prefixes: Iterable[IPNetwork]) -> BlackholeRoute:
     """The RTBH host route of one attacked address; Refused outside the tenant's prefixes."""
     network = host_network(address)
-    if not _inside(prefixes, network):
+    if not inside(prefixes, network):
         raise Refused(f"{network} is not inside the tenant's prefixes")
     return BlackholeRoute(network)

@@ -16,6 +16,13 @@ the relay connects (ExaBGP started or restarted), every route Seawall wants anno
 again: ExaBGP keeps them in its Adj-RIB-Out and sends them when the session comes up, and again
 after the session re-establishes. A speaker that dies is noticed (its process exits), logged,
 counted (`restarts`) and started again after a back-off; its sessions show "down" meanwhile.
+
+A session that is not established says why: ExaBGP's output (its log) comes through Seawall on
+its way to `exabgp.log`, where the reason a connection failed is picked up (ExaBGP gives it only
+in its debug log), as is the reason in its JSON "down" messages; `peers()` shows since when and
+the last reason, and a peer not established for PEER_DOWN_WARN_S is warned about once per outage.
+ExaBGP repeats itself (a failed connection once a second, keepalives, Seawall's own summary asks):
+`ExaBGPLog` writes a repeated line at most once per LOG_REPEAT_S.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import getpass
 import json
 import os
@@ -33,7 +41,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, BinaryIO
 
 import structlog
 
@@ -46,6 +54,12 @@ RELAY = pathlib.Path(__file__).with_name("relay.py")
 RESTART_BACKOFF_S = (1.0, 30.0)     # seconds before restarting a dead speaker: first, most (doubling)
 STOP_TIMEOUT_S = 10.0               # seconds ExaBGP gets to close its sessions on SIGTERM
 SUMMARY_EVERY_S = 5.0               # seconds between `show neighbor summary` asks (state and uptime)
+PEER_DOWN_WARN_S = 30.0             # seconds a peer may stay not established before a warning: ExaBGP
+                                    # retries each second, and a healthy session is up within a few
+LOG_REPEAT_S = 300.0                # seconds: a line ExaBGP repeats reaches exabgp.log once per this
+LOG_REPEAT_KEYS = 4096              # distinct lines remembered for that (an UPDATE's bytes are unique)
+OUTPUT_LINE_MAX = 1 << 20           # bytes: ExaBGP's longest log line (a 64 KiB BGP message in hex)
+OUTPUT_DRAIN_S = 2.0                # seconds to read the rest of ExaBGP's output after it exited
 STATE_IDLE = "idle"                 # no speaker process
 STATE_CONNECT = "connect"           # speaker up, no session yet
 STATE_ESTABLISHED = "established"
@@ -57,6 +71,14 @@ _STATES = {"up": STATE_ESTABLISHED, "established": STATE_ESTABLISHED, "connected
 PR_SET_PDEATHSIG = 1                # prctl(2): the signal a child gets when its parent dies
 # A row of `show neighbor summary`: peer, AS, up/down time, state, ...
 _SUMMARY_ROW = re.compile(r"^(\S+)\s+(\d+)\s+(\S+)\s+([a-z]+)\b")
+# ExaBGP's log line on a stdout that is not a terminal: time | pid | source (padded to 15) | message.
+_LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d \| *\d+ *\| (.{15,}?) \| (.*)$")
+# A failed outgoing connection (ExaBGP's `outgoing-N` source); its next line gives the reason.
+# N counts ExaBGP's connections: each retry has its own, so the same line repeats with another N.
+_SESSION = re.compile(r"\b(outgoing|incoming)-\d+\b")
+_CONNECT_FAILED = re.compile(r"^connection to (\S+):\d+ failed$")
+# Logged once per start and reload, with lines that repeat from one neighbor to the next.
+_NOT_THINNED = {"configuration"}
 
 
 def exabgp_command() -> str:
@@ -108,6 +130,62 @@ def _families(peer: PeerSettings) -> list[str]:
     return families
 
 
+@dataclasses.dataclass(slots=True)
+class _Outage:
+    """A configured peer not established while the speaker runs."""
+
+    since: float                        # monotonic seconds
+    since_wall: float                   # seconds since the epoch
+    reason: str | None = None           # the last reason ExaBGP gave
+    warned: bool = False
+
+
+class ExaBGPLog:
+    """ExaBGP's output on its way to exabgp.log: a line it repeats (same source, same message) is
+    written at most once per LOG_REPEAT_S, and the reason each failed connection gives is picked up."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self._written: dict[tuple[str, str], float] = {}   # (source, message) -> monotonic s, oldest first
+        self._failed: dict[str, str] = {}                  # ExaBGP source -> peer its connection just failed to
+        self._write_failed = False
+
+    def line(self, text: str, now: float) -> tuple[str, str] | None:
+        """One line of ExaBGP's output at `now` (monotonic seconds): (peer, reason) when it is the
+        reason a connection to that peer failed, else None."""
+        parsed = _LOG_LINE.match(text)
+        if parsed is None:                 # not ExaBGP's logger (a traceback, the API process): as is
+            self._write(text)
+            return None
+        source, message = parsed.group(1).rstrip(), parsed.group(2)
+        key = (_SESSION.sub(r"\1", source), _SESSION.sub(r"\1", message))
+        last = self._written.pop(key, None)
+        if source in _NOT_THINNED or last is None or now - last >= LOG_REPEAT_S:
+            self._write(text)
+            last = now
+        self._written[key] = last
+        if len(self._written) > LOG_REPEAT_KEYS:
+            del self._written[next(iter(self._written))]
+        peer = self._failed.pop(source, None)
+        failed = _CONNECT_FAILED.match(message)
+        if failed is not None:
+            self._failed[source] = failed.group(1)
+            return None
+        return None if peer is None else (peer, message)
+
+    def _write(self, text: str) -> None:
+        # A line that cannot be written is dropped: ExaBGP must never wait on Seawall's disk.
+        try:
+            self.out.write(text.encode() + b"\n")
+            self.out.flush()
+        except OSError as exc:
+            if not self._write_failed:
+                log.error("bgp.exabgp_log_failed", error=str(exc))
+            self._write_failed = True
+            return
+        self._write_failed = False
+
+
 class Speaker:
     def __init__(self, bgp: BgpSettings, run_dir: pathlib.Path, *,
                  on_state: Callable[[str, str], None] | None = None) -> None:
@@ -126,7 +204,10 @@ class Speaker:
         self._stopping = False
         self._peer_state = {p.address: STATE_IDLE for p in bgp.peers}
         self._established_at: dict[str, float] = {}   # monotonic seconds
+        self._outages: dict[str, _Outage] = {}        # peers not established while the speaker runs
         self._log_file: Any = None
+        self._exabgp_log: ExaBGPLog | None = None
+        self._output: asyncio.Task | None = None      # reads ExaBGP's output into exabgp.log
 
     # -- life cycle -------------------------------------------------------------
 
@@ -164,6 +245,7 @@ class Speaker:
             self._set_state(address, STATE_IDLE)
         if self._log_file is not None:
             self._log_file.close()
+            self._log_file = self._exabgp_log = None
         log.info("bgp.speaker_stopped", withdrawn=len(self.routes))
 
     async def reconfigure(self, bgp: BgpSettings) -> bool:
@@ -195,28 +277,57 @@ class Speaker:
         env = {**os.environ,
                "exabgp.daemon.daemonize": "false", "exabgp.daemon.user": getpass.getuser(),
                "exabgp.daemon.drop": "false", "exabgp.api.ack": "true", "exabgp.cli.enable": "false",
-               "exabgp.log.destination": "stdout"}
+               "exabgp.log.destination": "stdout",
+               # Why a connection failed, ExaBGP says only at DEBUG and under `packets`, the category
+               # of its connections' log; ExaBGPLog thins out what that repeats.
+               "exabgp.log.level": "DEBUG", "exabgp.log.packets": "true"}
         if self._log_file is None:
             self._log_file = open(self.run_dir / "exabgp.log", "ab")  # noqa: SIM115 - lives with the speaker
+            self._exabgp_log = ExaBGPLog(self._log_file)
         self.proc = await asyncio.create_subprocess_exec(
             exabgp_command(), str(self.run_dir / "exabgp.conf"), env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=self._log_file, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_die_with_parent)
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, limit=OUTPUT_LINE_MAX,
+            start_new_session=True, preexec_fn=_die_with_parent)
+        assert self.proc.stdout is not None
+        self._output = asyncio.get_running_loop().create_task(self._read_output(self.proc.stdout),
+                                                              name="bgp-exabgp-output")
+        self._output.add_done_callback(_log_failure)
         for address in self._peer_state:
             self._set_state(address, STATE_CONNECT)
         log.info("bgp.speaker_started", pid=self.proc.pid, peers=list(self._peer_state))
 
     async def _terminate(self) -> None:
         proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        await self._collect_output()
+
+    async def _read_output(self, stream: asyncio.StreamReader) -> None:
+        assert self._exabgp_log is not None
+        while True:
+            try:
+                line = await stream.readline()
+            except ValueError:             # longer than OUTPUT_LINE_MAX: left out
+                continue
+            if not line:
+                return
+            found = self._exabgp_log.line(line.decode(errors="replace").rstrip("\r\n"), time.monotonic())
+            if found is not None:
+                self._note_reason(*found)
+
+    async def _collect_output(self) -> None:
+        """ExaBGP exited: its last lines are read, then the reading ends (its API process, which
+        holds the pipe too, exits right after it)."""
+        task, self._output = self._output, None
+        if task is not None:
+            await asyncio.wait({task}, timeout=OUTPUT_DRAIN_S)
+            task.cancel()
 
     async def _supervise(self) -> None:
         backoff = RESTART_BACKOFF_S[0]
@@ -227,9 +338,11 @@ class Speaker:
             wait = asyncio.ensure_future(proc.wait())
             while not wait.done():
                 await asyncio.wait({wait}, timeout=1.0)
+                self.warn_stuck_sessions(time.monotonic())
                 if time.monotonic() >= next_summary:
                     self._send("show neighbor summary")
                     next_summary = time.monotonic() + SUMMARY_EVERY_S
+            await self._collect_output()
             self.last_exit = proc.returncode
             for address in self._peer_state:
                 self._set_state(address, STATE_DOWN)
@@ -284,6 +397,8 @@ class Speaker:
                 state = _STATES.get(str(neighbor.get("state")), STATE_CONNECT)
                 if address in self._peer_state:
                     self._set_state(address, state)
+                    if neighbor.get("reason"):     # "down" says why
+                        self._note_reason(address, str(neighbor["reason"]))
             return
         row = _SUMMARY_ROW.match(line)
         if row and row.group(1) in self._peer_state:
@@ -294,13 +409,32 @@ class Speaker:
         if was == state:
             return
         self._peer_state[address] = state
+        now = time.monotonic()
         if state == STATE_ESTABLISHED:
-            self._established_at[address] = time.monotonic()
+            self._established_at[address] = now
         else:
             self._established_at.pop(address, None)
+        if state in (STATE_ESTABLISHED, STATE_IDLE):      # up, or not tried (no speaker)
+            self._outages.pop(address, None)
+        else:
+            self._outages.setdefault(address, _Outage(now, time.time()))
         log.info("bgp.session_state", peer=address, state=state, was=was)
         if self.on_state is not None:
             self.on_state(address, state)
+
+    def _note_reason(self, address: str, reason: str) -> None:
+        outage = self._outages.get(address)
+        if outage is not None:
+            outage.reason = reason
+
+    def warn_stuck_sessions(self, now: float) -> None:
+        """Warn about each peer not established for PEER_DOWN_WARN_S, once per outage (`now`:
+        monotonic seconds; the supervisor asks each second)."""
+        for address, outage in self._outages.items():
+            if not outage.warned and now - outage.since >= PEER_DOWN_WARN_S:
+                outage.warned = True
+                log.warning("bgp.peer_not_established", peer=address, state=self._peer_state[address],
+                            down_s=round(now - outage.since), since=outage.since_wall, reason=outage.reason)
 
     def _send(self, text: str) -> None:
         if self._writer is None or self._writer.is_closing():
@@ -334,11 +468,21 @@ class Speaker:
 
     def peers(self) -> list[dict[str, Any]]:
         now = time.monotonic()
-        return [{"address": p.address, "peer_as": p.peer_as, "state": self._peer_state[p.address],
-                 "uptime_s": round(now - self._established_at[p.address], 1)
-                 if p.address in self._established_at else 0.0}
-                for p in self.bgp.peers]
+        peers = []
+        for p in self.bgp.peers:
+            outage = self._outages.get(p.address)
+            peers.append({"address": p.address, "peer_as": p.peer_as, "state": self._peer_state[p.address],
+                          "uptime_s": round(now - self._established_at[p.address], 1)
+                          if p.address in self._established_at else 0.0,
+                          "down_since": outage.since_wall if outage else None,
+                          "last_reason": outage.reason if outage else None})
+        return peers
 
     def status(self) -> dict[str, Any]:
         return {"running": self.running, "pid": self.proc.pid if self.running and self.proc else None,
                 "restarts": self.restarts, "last_exit": self.last_exit, "command_errors": self.errors}
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("bgp.task_failed", task=task.get_name(), error=repr(task.exception()))

@@ -112,6 +112,8 @@ class BgpPeerStatus(TypedDict):
     peer_as: int
     state: str                   # idle (no speaker) | connect | established | down (speaker died)
     uptime_s: float              # seconds the session has been established, 0 otherwise
+    down_since: NotRequired[float | None]   # seconds since the epoch from which it has not been established
+    last_reason: NotRequired[str | None]    # the last reason ExaBGP gave for that
 
 
 class BgpAnnouncementStatus(TypedDict):

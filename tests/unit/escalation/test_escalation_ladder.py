@@ -164,8 +164,8 @@ def test_a_previous_process_routes_are_kept_for_the_hold_down_or_taken_over_by_a
              TENANTS)
     saved = [a.to_dict() for a in old.announcements.values()]
     lad = ladder()
-    taken = lad.restore(saved, now=1000)
-    assert sorted(a.key for a in taken) == sorted(old.announcements)
+    restored = lad.restore(saved, now=1000, tenants=TENANTS)
+    assert sorted(a.key for a in restored.taken) == sorted(old.announcements) and restored.dropped == []
     again = incident("new-1", "alpha", "203.0.113.5")                 # the attack on .5 goes on
     assert lad.tick(1001, FULL, [again], TENANTS) == []               # same route: nothing new announced
     changes = lad.tick(1000 + HOLD, FULL, [again], TENANTS)
@@ -173,3 +173,31 @@ def test_a_previous_process_routes_are_kept_for_the_hold_down_or_taken_over_by_a
     assert str(changes[0].announcement.route.destination) == "203.0.113.6/32"
     [kept] = lad.announcements.values()
     assert (kept.incident, str(kept.route.destination)) == ("new-1", "203.0.113.5/32")
+
+
+def test_a_previous_process_routes_are_dropped_with_the_reason_when_the_current_tenants_no_longer_allow_them():
+    old = ladder()
+    beta_incident = incident("b", "beta", "203.0.113.70")
+    old.tick(0, FULL, [incident("a", "alpha", "203.0.113.5"), beta_incident,
+                       incident("g", "gone", "192.0.2.200"), incident("m", "moved", "198.51.100.9")],
+             {**TENANTS, "gone": tenant("gone", "192.0.2.128/25"), "moved": tenant("moved", "198.51.100.0/25")})
+    old.escalate(beta_incident, TENANTS["beta"], RTBH, "noc", 1)
+    # An operator's FlowSpec route needs no escalate_flowspec, then or after the restart.
+    assert old.escalate(incident("q", "quiet", "198.51.100.20"), TENANTS["quiet"], FLOWSPEC, "noc", 1)
+    saved = [a.to_dict() for a in old.announcements.values()]
+    now = {"alpha": tenant("alpha", "203.0.113.0/26", mode="monitor"),              # monitor now
+           "beta": tenant("beta", "203.0.113.64/26"),                              # RTBH consent withdrawn
+           "moved": tenant("moved", "198.51.100.128/25"),                          # 198.51.100.9 not its own
+           "quiet": TENANTS["quiet"]}
+    restored = ladder().restore(saved, now=1000, tenants=now)
+    assert [(a.kind, a.tenant) for a in restored.taken] == [(FLOWSPEC, "beta"), (FLOWSPEC, "quiet")]
+    why = {(a.kind, a.tenant): reason for a, reason in restored.dropped}
+    assert why == {(FLOWSPEC, "alpha"): "tenant 'alpha' is in monitor mode: monitor tenants never escalate",
+                   (RTBH, "beta"): "tenant 'beta' has not agreed to blackholing (policy escalate_rtbh = false)",
+                   (FLOWSPEC, "gone"): "tenant 'gone' is not configured any more",
+                   (FLOWSPEC, "moved"): "198.51.100.9/32 is not inside the tenant's prefixes"}
+    no_flowspec = {"beta": tenant("beta", "203.0.113.64/26", escalate_rtbh=True, escalate_flowspec=False)}
+    restored = ladder().restore(saved, now=1000, tenants=no_flowspec)
+    assert [(a.kind, a.tenant) for a in restored.taken] == [(RTBH, "beta")]
+    assert ("tenant 'beta' has not agreed to FlowSpec (policy escalate_flowspec = false)"
+            in [reason for _, reason in restored.dropped])
