@@ -44,7 +44,7 @@ import ssl
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import aiohttp
@@ -105,7 +105,7 @@ class FleetQueue:
         self._db.execute("PRAGMA journal_mode = WAL")
         # NORMAL under WAL: a committed batch survives the process dying; a power cut may lose the last.
         self._db.execute("PRAGMA synchronous = NORMAL")
-        with self._db:
+        with self._transaction():
             self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             # AUTOINCREMENT: a sequence number is never reused, even after the newest batch was sent.
             self._db.execute("CREATE TABLE IF NOT EXISTS batches (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
@@ -123,7 +123,31 @@ class FleetQueue:
             # before them (after_seq), so that central knows the incident when they arrive.
             self._db.execute("CREATE TABLE IF NOT EXISTS announcements (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                              "after_seq INTEGER NOT NULL, body TEXT NOT NULL)")
+            # The queue's batches and bytes, kept in meta by each append, ack and trim in its own
+            # transaction (`_set_size`): counting the table was a scan of all of it, up to
+            # QUEUE_MAX_BATCHES rows (1.1-1.5 s at the bound), after every batch. Counted once
+            # here, so that a file from an older agent, or one edited by hand, starts right.
+            counted = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM batches").fetchone()
+            self._set_size(*counted)
         self.id = self._db.execute("SELECT value FROM meta WHERE key = 'id'").fetchone()[0]
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction: the connection is in autocommit mode (isolation_level None), where
+        `with self._db` alone leaves each statement its own."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            yield
+
+    def _size(self) -> tuple[int, int]:
+        """(batches, bytes) queued, as meta keeps them."""
+        kept = dict(self._db.execute("SELECT key, value FROM meta WHERE key IN ('batches', 'bytes')"))
+        return int(kept["batches"]), int(kept["bytes"])
+
+    def _set_size(self, batches: int, size: int) -> None:
+        """Keep (batches, bytes) in meta, in the caller's transaction."""
+        self._db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                             (("batches", str(batches)), ("bytes", str(size))))
 
     def append(self, batch: dict[str, Any]) -> int:
         """Queue one batch; returns its sequence number. Drops the oldest batches past the bounds."""
@@ -136,17 +160,18 @@ class FleetQueue:
             log.warning("fleet.non_finite_number_nulled")
             text = json.dumps(_finite_only(batch), separators=(",", ":"), default=str, allow_nan=False)
         body = zlib.compress(text.encode(), 6)
-        with self._db:
+        with self._transaction():
             seq = self._db.execute("INSERT INTO batches (created, size, body) VALUES (?, ?, ?)",
                                    (time.time(), len(body), body)).lastrowid
-            count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM batches").fetchone()
-            dropped = 0
+            count, size = self._size()
+            count, size, dropped = count + 1, size + len(body), 0
             while count > self.max_batches or size > self.max_bytes:
                 oldest = self._db.execute("SELECT seq, size FROM batches ORDER BY seq LIMIT 1").fetchone()
                 if oldest is None or oldest[0] == seq:
                     break   # never drop the batch just added: one batch over the bound is kept
                 self._db.execute("DELETE FROM batches WHERE seq = ?", (oldest[0],))
                 count, size, dropped = count - 1, size - oldest[1], dropped + 1
+            self._set_size(count, size)
             if dropped:
                 self._db.execute("UPDATE meta SET value = CAST(CAST(value AS INTEGER) + ? AS TEXT) "
                                  "WHERE key = 'dropped'", (dropped,))
@@ -166,9 +191,16 @@ class FleetQueue:
         return out
 
     def ack(self, up_to: int) -> int:
-        """Forget the batches up to sequence `up_to` (the central server stored them)."""
-        with self._db:
-            return self._db.execute("DELETE FROM batches WHERE seq <= ?", (up_to,)).rowcount
+        """Forget the batches up to sequence `up_to` (the central server stored them); how many."""
+        with self._transaction():
+            # A range of the primary key: the batches acknowledged (SEND_MAX_BATCHES), not the queue.
+            acked, size = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM batches WHERE seq <= ?", (up_to,)).fetchone()
+            if acked:
+                self._db.execute("DELETE FROM batches WHERE seq <= ?", (up_to,))
+                count, total = self._size()
+                self._set_size(count - acked, total - size)
+        return int(acked)
 
     def add_evidence(self, after_seq: int, incident: str, kind: str, path: str) -> None:
         """Queue a PCAP file to send after batch `after_seq`; a second for the same (incident,
@@ -212,11 +244,14 @@ class FleetQueue:
         return int(self._db.execute("SELECT COUNT(*) FROM evidence").fetchone()[0])
 
     def stats(self) -> dict[str, Any]:
-        count, size, oldest = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created) FROM batches").fetchone()
+        """What is queued; a few primary-key lookups, whatever the backlog (the agent asks after
+        every batch)."""
+        count, size = self._size()
+        # The first batch by seq (not the table's MIN(created), a scan): the oldest queued.
+        oldest = self._db.execute("SELECT created FROM batches ORDER BY seq LIMIT 1").fetchone()
         dropped = int(self._db.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()[0])
-        return {"batches": int(count), "bytes": int(size), "dropped_batches": dropped,
-                "oldest_age_s": round(time.time() - oldest, 1) if oldest else 0.0,
+        return {"batches": count, "bytes": size, "dropped_batches": dropped,
+                "oldest_age_s": round(time.time() - oldest[0], 1) if oldest else 0.0,
                 "max_bytes": self.max_bytes, "max_batches": self.max_batches}
 
     def close(self) -> None:

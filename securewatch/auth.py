@@ -166,8 +166,12 @@ def new_token() -> str:
 
 
 def token_hash(token: str) -> str:
-    """SHA-256 is enough for a 256-bit random token (no dictionary to attack), and lets us look it up."""
-    return hashlib.sha256(token.encode()).hexdigest()
+    """SHA-256 is enough for a 256-bit random token (no dictionary to attack), and lets us look it up.
+    `token` is whatever a client sent (a bearer token, a session cookie): aiohttp hands a byte that
+    is no UTF-8 over as a lone surrogate, which plain UTF-8 cannot encode; "surrogatepass" encodes
+    any string, so such a token hashes to what no issued (ASCII) token does and is refused as
+    unknown, like any other."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def new_session_id() -> str:

@@ -5,19 +5,22 @@ destination minute rollups added by migration 13):
 
     fleet_sites                 one row per site: the SHA-256 of its token (the token itself is
                                 shown once, by `seawall fleet enroll`), revocation, last contact,
-                                the configuration version it runs, its queue backlog
+                                the appliance's clock at its last sync and that sync's receipt time
+                                (clock skew), the configuration version it runs, its queue backlog
     fleet_batches               one row per batch ingested, keyed (site, queue, seq): a retried
                                 batch finds its row and is skipped, so it is stored once; holds the
-                                appliance's own time and the central receipt time (clock skew)
+                                appliance's time when it made the batch and the central receipt time
     fleet_traffic_seconds       per site, per tenant, per second: passed/dropped pps and bps
     fleet_destination_seconds   per site, per destination, per second: total and dropped pps, and
                                 the row as the appliance sent it (class arrays, baseline, threshold)
     fleet_traffic_minutes       per site, per tenant, per minute / per hour: the SUMS of the
     fleet_traffic_hours         seconds' pps and bps (divide by `samples`, the seconds behind the
-                                row, for the mean), their maxima, and `samples`
+                                row, for the mean), their maxima, and `samples`; a minute also
+                                `seconds_mask`, which of its seconds it holds (migration 14)
     fleet_destination_minutes   per site, per destination, per minute: the SUMS of the seconds'
-                                total and dropped pps, their maxima, and `samples` (the 24-hour and
-                                7-day destination charts, reports: the seconds are kept an hour)
+                                total and dropped pps, their maxima, `samples` and `seconds_mask`
+                                (the 24-hour and 7-day destination charts, reports: the seconds
+                                are kept an hour)
     fleet_rollup_pending        (level, site, t): a minute or hour that got new seconds and is to
                                 be rolled up (again); a backfilled second re-marks its minute.
                                 Levels: "minute" and "hour" (traffic), "destination_minute"
@@ -37,10 +40,11 @@ How the per-second traffic is laid out differs by database (migration 10):
   partition; partitions are made ahead (`maintain_partitions`) and dropped whole once past
   retention, not deleted row by row; the pending keys whose source rows (a minute's seconds, an
   hour's minutes) are in a partition about to be dropped are rolled up first. A second older
-  than the seconds' partitions (a long backfill) goes straight into its minute rollups
-  (`Ingested.folded`; a destination second into its destination minute); one older than the
-  minute rollups keep, or from a site clock more than PARTITIONS_AHEAD_S ahead, is stored
-  nowhere and counted (`Ingested.outside`, returned to the site and in /metrics).
+  than the seconds' partitions (a long backfill) goes straight into its minute rollups, unless
+  the row holds that second already (`_fold`; `Ingested.folded`; a destination second into its
+  destination minute); one older than the minute rollups keep, or from a site clock more than
+  PARTITIONS_AHEAD_S ahead, is stored nowhere and counted (`Ingested.outside`, returned to the
+  site and in /metrics).
 * **SQLite** (a small central server, and the tests): plain per-tenant tables with DELETE-based
   retention; the same rollups. The rollups' sources go a whole key at a time (seconds by the
   minute, minutes by the hour: `_sources_kept_from`), so a minute (hour) has all its seconds
@@ -123,6 +127,7 @@ MINUTE_S = 60
 HOUR_S = 3600
 ROLLUP_GRACE_S = 5                   # seconds after a minute ends before it is rolled up (the agent's batching)
 CLAIM_CHUNK = 200                    # batches' dedup rows per INSERT (6 parameters each)
+MINUTES_PER_READ = 500               # minutes per read of the seconds their rollups hold (a parameter each)
 ROLLUPS_PER_PASS = 60                # keys rolled up per call: about 20 s of the database at 10,000 tenants (0.34 s each)
 # SQLite deletes what is gone this many seconds behind its `now`: an ingest stamped before a
 # retention pass may reach the database after it (its request waited; the agent gives up after
@@ -131,6 +136,10 @@ SQLITE_RETENTION_LAG_S = 120
 
 _SUMS = ("sum_passed_pps", "sum_dropped_pps", "sum_passed_bps", "sum_dropped_bps")
 _ROLLUP_COLUMNS = f"{', '.join(_SUMS)}, max_passed_pps, max_dropped_pps, samples"
+# A minute rollup row's seconds_mask from its seconds (their `t`; the minute's start the parameter):
+# each second's bit, summed, which is their OR (a key's second is one row of the seconds). The 1
+# is a BIGINT: PostgreSQL shifts an INTEGER modulo 32 bits.
+_SECONDS_MASK_SQL = "SUM(CAST(1 AS BIGINT) << CAST(t - ? AS INTEGER))"
 
 
 def _rollup_table(name: str) -> str:
@@ -255,6 +264,20 @@ def _destination_minutes(b: Any) -> None:
 
 
 MIGRATION_13 = [lambda b: _destination_minutes(b)]
+
+# -- migration 14: the seconds a minute rollup holds; when a site's clock was read ---------------
+
+MIGRATION_14 = [
+    # Bit i set: the row holds its minute's second i (`_SECONDS_MASK_SQL`, `_fold`), so a copy of
+    # a second folded in later counts once. Rows rolled up before hold 0: a copy of one of their
+    # seconds is added, as it was (their seconds are gone, nothing tells which they had).
+    "ALTER TABLE fleet_traffic_minutes ADD COLUMN seconds_mask BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE fleet_destination_minutes ADD COLUMN seconds_mask BIGINT NOT NULL DEFAULT 0",
+    # The receipt time of the request that carried last_appliance_time (`Site.health`'s skew);
+    # until now that request was the last one (a sync or an ingest), received at last_contact.
+    "ALTER TABLE fleet_sites ADD COLUMN clock_read_at {real}",
+    "UPDATE fleet_sites SET clock_read_at = last_contact WHERE last_appliance_time IS NOT NULL",
+]
 
 # (partitioned table, partition span in seconds, how long it is kept: from the retention settings)
 PARTITIONED: tuple[tuple[str, int, Callable[[SeriesRetention], int]], ...] = (
@@ -381,7 +404,8 @@ class Site:
     enrolled_by: str
     revoked_at: float | None
     last_contact: float | None         # central receipt time of the last request, seconds since the epoch
-    last_appliance_time: float | None  # the appliance's own clock in that request
+    last_appliance_time: float | None  # the appliance's own clock as it sent its last sync
+    clock_read_at: float | None        # central receipt time of that sync: the skew is the difference
     running_version: int | None        # the configuration version the appliance reports it runs
     backlog: int                       # batches queued on the appliance, as it last reported
     status: dict[str, Any]
@@ -399,8 +423,8 @@ class Site:
         state = "revoked" if self.revoked else "never seen" if self.last_contact is None else (
             "reporting" if reporting else "silent")
         skew = None
-        if self.last_contact is not None and self.last_appliance_time is not None:
-            skew = round(self.last_appliance_time - self.last_contact, 3)
+        if self.clock_read_at is not None and self.last_appliance_time is not None:
+            skew = round(self.last_appliance_time - self.clock_read_at, 3)
         return {"site": self.site, "state": state, "enrolled_at": self.enrolled_at, "revoked_at": self.revoked_at,
                 "last_contact": self.last_contact, "contact_age_s": None if contact_age is None else round(contact_age, 1),
                 "clock_skew_s": skew, "running_version": self.running_version, "version": version,
@@ -408,13 +432,13 @@ class Site:
 
 
 _SITE_COLUMNS = ("site, enrolled_at, enrolled_by, revoked_at, last_contact, last_appliance_time, running_version, "
-                 "backlog, status")
+                 "backlog, status, clock_read_at")
 
 
 def _site(r: Sequence[Any]) -> Site:
     return Site(site=r[0], enrolled_at=r[1], enrolled_by=r[2], revoked_at=r[3], last_contact=r[4],
                 last_appliance_time=r[5], running_version=None if r[6] is None else int(r[6]),
-                backlog=int(r[7] or 0), status=json.loads(r[8] or "{}"))
+                backlog=int(r[7] or 0), status=json.loads(r[8] or "{}"), clock_read_at=r[9])
 
 
 # -- enrolment ------------------------------------------------------------------------------------
@@ -471,11 +495,13 @@ def _audit(b: Any, actor: str, action: str, site: str, now: float) -> None:
 
 def record_contact(b: Any, site: str, now: float, appliance_time: float | None, running_version: int | None,
                    backlog: int | None, status: dict[str, Any] | None) -> None:
-    """What a site said about itself (sync) or implied by sending (ingest: only the times)."""
+    """What a site said about itself (sync) or implied by sending (ingest: only the contact).
+    `appliance_time`: the appliance's clock as it sent this request, received at `now`, kept as
+    a pair: later contacts without it (ingests) do not make it look older."""
     sets, params = ["last_contact = ?"], [now]
     if appliance_time is not None:
-        sets.append("last_appliance_time = ?")
-        params.append(appliance_time)
+        sets.append("last_appliance_time = ?, clock_read_at = ?")
+        params.extend((appliance_time, now))
     if running_version is not None:
         sets.append("running_version = ?")
         params.append(running_version)
@@ -596,14 +622,12 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
     old_destinations: list[tuple[Any, ...]] = []
     minutes: set[int] = set()
     destination_minutes: set[int] = set()
-    last_time = None
     for batch in batches:
         seq = int(batch["seq"])
         if seq not in fresh or seq in stored:   # stored before, or twice in this request
             duplicates += 1
             continue
         stored.add(seq)
-        last_time = float(batch["time"])
         for second in _seconds_of(batch):
             names = second[1]
             if tenants is not None and not tenants.issuperset(names):
@@ -680,79 +704,135 @@ def ingest(b: Any, site: str, queue: str, batches: Sequence[dict[str, Any]], now
     if destination_minutes:
         mark_pending(b, "destination_minute", site, destination_minutes)
     if old_destinations:
-        _fold_destinations(b, old_destinations)
-    record_contact(b, site, now, last_time, None, None, None)
+        _fold_destinations(b, site, old_destinations)
+    # Not the batches' times: they were made when queued, up to days before a backfill sends them;
+    # the appliance's clock is read from its syncs (`record_contact`).
+    record_contact(b, site, now, None, None, None, None)
     return Ingested(acked, duplicates, traffic_rows, len(destinations), events, foreign, outside, ahead, folded)
 
 
 def _fold_into_minutes(b: Any, site: str, seconds: list[_Second]) -> set[int]:
-    """Add `seconds` (whose minutes' seconds are gone: never rolled up again from them) to their
-    minute rollups: sums and samples added, maxima the larger. Adding is right because the batch
-    dedup stores a batch once. The hours they fall in (to be rolled up again) are returned."""
-    merged: dict[int, tuple[list[str], Any, Any, Any]] = {}   # minute -> (tenants, sums 4xN, maxima 2xN, samples)
-    odd: list[tuple[int, _Second]] = []      # seconds whose tenants differ from their minute's first
-    for second in seconds:
-        t, names, *values = second
-        minute = t // MINUTE_S * MINUTE_S
-        v = np.array(values, dtype=np.float64)
-        have = merged.get(minute)
-        if have is None:
-            merged[minute] = (names, v, v[:2].copy(), np.ones(len(names)))
-        elif have[0] == names:   # nearly always: a site sends its tenants in one order
-            sums, maxima, samples = have[1:]
-            sums += v            # in place: the arrays in `merged`
-            np.maximum(maxima, v[:2], out=maxima)
-            samples += 1
-        else:
-            odd.append((minute, second))
-    rows: dict[tuple[int, str], list[float]] = {}
-    for minute, (names, sums, maxima, samples) in merged.items():
-        for i, name in enumerate(names):
-            rows[(minute, name)] = [*sums[:, i].tolist(), *maxima[:, i].tolist(), float(samples[i])]
-    for minute, (_, names, *values) in odd:
-        for i, name in enumerate(names):
-            row = [float(c[i]) for c in values]
-            have = rows.get((minute, name))
-            if have is None:
-                rows[(minute, name)] = [*row, row[0], row[1], 1.0]
-            else:
-                rows[(minute, name)] = [*(a + c for a, c in zip(have[:4], row, strict=True)), max(have[4], row[0]),
-                                        max(have[5], row[1]), have[6] + 1]
-    _add_to_minutes(b, "fleet_traffic_minutes", ("site", "tenant", "t"), _SUMS, ("max_passed_pps", "max_dropped_pps"),
-                    [(site, name, minute, *row[:6], int(row[6])) for (minute, name), row in sorted(rows.items())])
-    return {minute // HOUR_S * HOUR_S for minute, _ in rows}
+    """Add traffic `seconds` whose minutes' seconds are gone (never rolled up again from them) to
+    their minute rollups (`_fold`). The hours they changed (to be rolled up again) are returned."""
+    minutes = _fold(b, "fleet_traffic_minutes", ("tenant",), _SUMS, ("max_passed_pps", "max_dropped_pps"),
+                    site, [(t, names, values) for t, names, *values in seconds])
+    return {minute // HOUR_S * HOUR_S for minute in minutes}
 
 
-def _fold_destinations(b: Any, rows: list[tuple[Any, ...]]) -> None:
+def _fold_destinations(b: Any, site: str, rows: list[tuple[Any, ...]]) -> None:
     """Add destination seconds `rows` (site, tenant, address, t, pps, dropped_pps) whose minutes'
-    seconds are gone to their destination minutes, as `_fold_into_minutes` does for traffic. A
-    second twice in the rows (two batches of one second) counts once: the seconds table keeps the
-    first of such a pair too."""
-    minutes: dict[tuple[str, str, str, int], list[float]] = {}
-    seen: set[tuple[str, str, str, int]] = set()
-    for site, tenant, address, t, pps, dropped in rows:
-        if (site, tenant, address, t) in seen:
-            continue
-        seen.add((site, tenant, address, t))
-        key = (site, tenant, address, t // MINUTE_S * MINUTE_S)
-        have = minutes.get(key)
-        if have is None:
-            minutes[key] = [pps, dropped, pps, dropped, 1.0]
-        else:
-            minutes[key] = [have[0] + pps, have[1] + dropped, max(have[2], pps), max(have[3], dropped), have[4] + 1]
-    _add_to_minutes(b, "fleet_destination_minutes", ("site", "tenant", "address", "t"), ("sum_pps", "sum_dropped_pps"),
-                    ("max_pps", "max_dropped_pps"),
-                    [(*key, *values[:4], int(values[4])) for key, values in sorted(minutes.items())])
+    seconds are gone to their destination minutes (`_fold`). A destination twice in a second (two
+    batches of it) is taken as the seconds table takes it: the first copy."""
+    by_second: dict[int, dict[tuple[str, str], tuple[float, float]]] = {}
+    for _site, tenant, address, t, pps, dropped in rows:
+        by_second.setdefault(t, {}).setdefault((tenant, address), (pps, dropped))
+    _fold(b, "fleet_destination_minutes", ("tenant", "address"), ("sum_pps", "sum_dropped_pps"),
+          ("max_pps", "max_dropped_pps"), site,
+          [(t, list(second), list(zip(*second.values(), strict=True))) for t, second in by_second.items()])
+
+
+def _fold(b: Any, table: str, keys: tuple[str, ...], sums: tuple[str, ...], maxima: tuple[str, ...],
+          site: str, seconds: Sequence[tuple[int, list[Any], Any]]) -> set[int]:
+    """Add `site`'s `seconds`, each (t, the keys of its rows, their values: one sequence per column
+    of `sums`, the first len(`maxima`) of them with maxima), to their rows of the minute rollup
+    `table`: sums and samples added, maxima the larger. A key's second goes in once: a row records
+    the seconds it holds (`seconds_mask`, bit t - minute), and a second it holds already is left
+    out. That is what makes adding right: the batch dedup stores a batch once, but a second can
+    come in two batches (two ticks of the appliance in it), in one request or in two, and the
+    first of them may have been rolled up on time from the seconds (which keep the first copy, as
+    the mask keeps the first copy here). The mask lives as long as its row, which is exactly as
+    long as a second can be folded into it. The minutes whose rows changed are returned."""
+    held = _seconds_held(b, table, keys, site, {t // MINUTE_S * MINUTE_S for t, _, _ in seconds})
+    folds: dict[int, _MinuteFold] = {}
+    for t, names, values in seconds:
+        minute = t // MINUTE_S * MINUTE_S
+        fold = folds.get(minute)
+        if fold is None:
+            fold = folds[minute] = _MinuteFold(minute, len(sums), len(maxima), held)
+        fold.add(t, names, values)
+    rows = [row for _, fold in sorted(folds.items()) for row in fold.rows(site)]
+    _add_to_minutes(b, table, ("site", *keys, "t"), sums, maxima, rows)
+    return {row[1 + len(keys)] for row in rows}
+
+
+def _seconds_held(b: Any, table: str, keys: tuple[str, ...], site: str,
+                  minutes: set[int]) -> dict[tuple[Any, int], int]:
+    """{(key, minute): seconds_mask} of `site`'s rows of the minute rollup `table` at `minutes`; a
+    key is the value of the one column of `keys`, else a tuple of them. PostgreSQL keeps them locked
+    (FOR UPDATE) to the end of the transaction: the read of `_fold`'s read-modify-write."""
+    lock = " FOR UPDATE" if b.dialect == "postgresql" else ""
+    held: dict[tuple[Any, int], int] = {}
+    for chunk in _chunks(sorted(minutes), MINUTES_PER_READ):
+        rows = b.execute(f"SELECT {', '.join(keys)}, t, seconds_mask FROM {table} WHERE site = ? "
+                         f"AND t IN ({', '.join('?' * len(chunk))}){lock}", (site, *chunk)).fetchall()
+        for r in rows:
+            held[(r[0] if len(keys) == 1 else tuple(r[:len(keys)]), int(r[-2]))] = int(r[-1])
+    return held
+
+
+class _MinuteFold:
+    """A minute's rollup rows as `_fold` adds seconds to them: per key (a tenant; a tenant and an
+    address) the sums, maxima and count of the seconds added, and the mask of the seconds the row
+    holds (what the stored row held, and those added)."""
+
+    def __init__(self, minute: int, sums: int, maxima: int, held: dict[tuple[Any, int], int]) -> None:
+        self.minute, self.held = minute, held
+        self.keys: list[Any] = []
+        self.index: dict[Any, int] = {}
+        self.sums = np.zeros((sums, 0))
+        self.maxima = np.zeros((maxima, 0))
+        self.samples = np.zeros(0, dtype=np.int64)
+        self.masks = np.zeros(0, dtype=np.int64)
+
+    def add(self, t: int, keys: list[Any], values: Any) -> None:
+        """Second `t` of each of `keys` (distinct), unless its row holds it already."""
+        # Nearly always the keys of the minute's first second, in its order: a site sends its tenants so.
+        at: Any = slice(None) if keys == self.keys else self._positions(keys)
+        values = np.asarray(values, dtype=np.float64)
+        bit = np.int64(1) << np.int64(t - self.minute)
+        new = (self.masks[at] & bit) == 0
+        if not new.all():
+            at, values = np.arange(len(self.keys))[at][new], values[:, new]
+        self.sums[:, at] += values
+        self.maxima[:, at] = np.maximum(self.maxima[:, at], values[:len(self.maxima)])
+        self.samples[at] += 1
+        self.masks[at] |= bit
+
+    def _positions(self, keys: list[Any]) -> Any:
+        """Where each of `keys` is; a key new to the minute is appended, holding what its stored
+        row holds."""
+        known = len(self.keys)
+        at = np.array([self.index.setdefault(key, len(self.index)) for key in keys], dtype=np.intp)
+        new = list(self.index)[known:]
+        if new:
+            self.keys.extend(new)
+            self.sums = np.hstack((self.sums, np.zeros((len(self.sums), len(new)))))
+            self.maxima = np.hstack((self.maxima, np.full((len(self.maxima), len(new)), -np.inf)))
+            self.samples = np.concatenate((self.samples, np.zeros(len(new), dtype=np.int64)))
+            held = [self.held.get((key, self.minute), 0) for key in new]
+            self.masks = np.concatenate((self.masks, np.array(held, dtype=np.int64)))
+        return at
+
+    def rows(self, site: str) -> list[tuple[Any, ...]]:
+        """`_add_to_minutes`' rows of the keys that got a second: (site, the key's columns, minute,
+        sums, maxima, samples, seconds_mask)."""
+        got = np.flatnonzero(self.samples)
+        return [(site, *(key if isinstance(key, tuple) else (key,)), self.minute, *sums, *maxima, n, mask)
+                for key, sums, maxima, n, mask in zip(
+                    [self.keys[i] for i in got], self.sums[:, got].T.tolist(), self.maxima[:, got].T.tolist(),
+                    self.samples[got].tolist(), self.masks[got].tolist(), strict=True)]
 
 
 def _add_to_minutes(b: Any, table: str, keys: tuple[str, ...], sums: tuple[str, ...], maxima: tuple[str, ...],
                     rows: list[tuple[Any, ...]]) -> None:
-    """Add `rows` (the `keys`, then the `sums`, the `maxima` and `samples`) to the minute rollup `table`:
-    a new key is inserted; one already there gets its sums and samples added and its maxima the larger."""
+    """Add `rows` (the `keys`, then the `sums`, the `maxima`, `samples` and `seconds_mask`) to the
+    minute rollup `table`: a new key is inserted; one already there gets its sums and samples added,
+    its maxima the larger and the seconds of both in its mask."""
     larger = "GREATEST" if b.dialect == "postgresql" else "MAX"
-    columns = (*keys, *sums, *maxima, "samples")
+    columns = (*keys, *sums, *maxima, "samples", "seconds_mask")
     update = [*(f"{c} = {table}.{c} + excluded.{c}" for c in (*sums, "samples")),
-              *(f"{c} = {larger}({table}.{c}, excluded.{c})" for c in maxima)]
+              *(f"{c} = {larger}({table}.{c}, excluded.{c})" for c in maxima),
+              f"seconds_mask = {table}.seconds_mask | excluded.seconds_mask"]
     b.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
                   f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(update)}", rows)
 
@@ -1031,22 +1111,22 @@ def _rollup_key(b: Any, level: str, site: str, start: int) -> bool:
     savepoint of its own; False (logged) when the database refuses it."""
     _, source, table, step = _LEVEL[level]
     if level == "minute":
-        keys, columns = "tenant", _ROLLUP_COLUMNS
-        select = ("SUM(passed_pps), SUM(dropped_pps), SUM(passed_bps), SUM(dropped_bps), MAX(passed_pps), "
-                  "MAX(dropped_pps), COUNT(*)")
+        keys, columns = "tenant", f"{_ROLLUP_COLUMNS}, seconds_mask"
+        select = (f"SUM(passed_pps), SUM(dropped_pps), SUM(passed_bps), SUM(dropped_bps), MAX(passed_pps), "
+                  f"MAX(dropped_pps), COUNT(*), {_SECONDS_MASK_SQL}")
     elif level == "hour":
         keys, columns = "tenant", _ROLLUP_COLUMNS
         select = (f"{', '.join(f'SUM({c})' for c in _SUMS)}, MAX(max_passed_pps), MAX(max_dropped_pps), "
                   f"SUM(samples)")
     else:
-        keys, columns = "tenant, address", _DESTINATION_ROLLUP_COLUMNS
-        select = "SUM(pps), SUM(dropped_pps), MAX(pps), MAX(dropped_pps), COUNT(*)"
+        keys, columns = "tenant, address", f"{_DESTINATION_ROLLUP_COLUMNS}, seconds_mask"
+        select = f"SUM(pps), SUM(dropped_pps), MAX(pps), MAX(dropped_pps), COUNT(*), {_SECONDS_MASK_SQL}"
     b.execute("SAVEPOINT fleet_rollup_key")
     try:
         b.execute(f"DELETE FROM {table} WHERE site = ? AND t = ?", (site, start))
         b.execute(f"INSERT INTO {table} (site, {keys}, t, {columns}) SELECT site, {keys}, ?, {select} "
                   f"FROM {source} WHERE site = ? AND t >= ? AND t < ? GROUP BY site, {keys}",
-                  (start, site, start, start + step))
+                  (start, *(() if level == "hour" else (start,)), site, start, start + step))
     except Exception as exc:   # the database's own error class differs by driver
         b.execute("ROLLBACK TO SAVEPOINT fleet_rollup_key")
         b.execute("RELEASE SAVEPOINT fleet_rollup_key")

@@ -26,6 +26,7 @@ import json
 import os
 import pathlib
 import sqlite3
+import stat
 import time
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -189,6 +190,10 @@ MIGRATIONS: list[tuple[int, str, list[str | Callable[[_Backend], None]]]] = [
     # The fleet at scale (issue 17, item 5): per-site destination minute rollups (the seconds are
     # kept an hour; the 24-hour and 7-day destination views and the reports read these).
     (13, "fleet: per-destination minute rollups", fleet_store.MIGRATION_13),
+    # The fleet (issue 17 review): which seconds each minute rollup holds (a copy of a second
+    # backfilled past the seconds' retention counts once), and when a site's clock was read.
+    (14, "fleet: the seconds each minute rollup holds, the receipt time of a site's clock",
+     fleet_store.MIGRATION_14),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -367,7 +372,9 @@ def open_backend(url: str) -> _Backend:
 
 def _prepare_sqlite_file(path: pathlib.Path) -> None:
     """Create the database's directory 0700 and the file 0600 when Seawall makes them, and tighten
-    a file (or its -wal/-shm) that others can read. SQLite gives -wal and -shm the file's mode."""
+    a file (or its -wal/-shm) that others can read. SQLite gives -wal and -shm the file's mode.
+    StoreError, with nothing changed, when one of them is there and is no regular file: a
+    `database` naming a directory (say a shared 1777 one) is a mistake, not a file to chmod."""
     if not path.parent.exists():
         try:
             path.parent.mkdir(mode=SQLITE_DIR_MODE, parents=True)
@@ -377,19 +384,25 @@ def _prepare_sqlite_file(path: pathlib.Path) -> None:
         except OSError as exc:
             raise StoreError(f"cannot create the database directory {path.parent}: {exc}") from exc
     try:
+        # A new, empty file is an empty SQLite database.
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, SQLITE_FILE_MODE))
         os.chmod(path, SQLITE_FILE_MODE)
-        return   # a new, empty file is an empty SQLite database; no companions yet
     except FileExistsError:
         pass
     except OSError as exc:
         raise StoreError(f"cannot create SQLite database {path}: {exc}") from exc
-    for suffix in SQLITE_COMPANIONS:
+    modes: dict[pathlib.Path, int] = {}
+    for suffix in SQLITE_COMPANIONS:   # all checked before any is changed
         file = pathlib.Path(f"{path}{suffix}")
         try:
-            mode = file.stat().st_mode & 0o777
+            mode = file.stat().st_mode
         except FileNotFoundError:
             continue
+        if not stat.S_ISREG(mode):
+            raise StoreError(f"{file} is not a regular file ({stat.filemode(mode)}): the database is a "
+                             f"SQLite file; nothing was changed")
+        modes[file] = stat.S_IMODE(mode)
+    for file, mode in modes.items():
         if mode & ~SQLITE_FILE_MODE:
             try:
                 os.chmod(file, SQLITE_FILE_MODE)

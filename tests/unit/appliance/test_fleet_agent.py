@@ -112,6 +112,54 @@ def test_fleet_queue_is_durable_ordered_and_drops_oldest_first_counted(tmp_path)
     reopened.close()
 
 
+def test_fleet_queue_keeps_its_batch_count_and_bytes_exact_through_appends_acks_trims_and_a_reopen(tmp_path):
+    """The queue counted its batches and bytes by scanning the whole table after every append and
+    every ack (1.1-1.5 s a batch at the bound, 604,800 batches, on a thread that batches every
+    second). It keeps a running count and byte total in the file (its meta table), changed in the
+    transaction of each append, ack and trim, and counts once when opened: a file from an agent
+    before this, or whose counts are wrong, starts right."""
+    path = tmp_path / "q.db"
+
+    def in_file() -> tuple[tuple[int, int], tuple[int, int]]:
+        """(the batches' count and bytes as the table has them, as the meta table keeps them)."""
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            counted = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM batches").fetchone()
+            kept = dict(db.execute("SELECT key, CAST(value AS INTEGER) FROM meta WHERE key IN ('batches', 'bytes')"))
+        return counted, (kept.get("batches"), kept.get("bytes"))
+
+    def exact(queue: FleetQueue) -> int:
+        counted, kept = in_file()
+        stats = queue.stats()
+        assert (stats["batches"], stats["bytes"]) == counted == kept
+        return counted[0]
+
+    # A byte bound of about four of these batches (each a few hundred bytes compressed, sizes differing).
+    def batch(i: int) -> dict:
+        return {"time": float(i), "noise": [i * 7919 % 104729 + k for k in range(20 + 7 * (i % 5))]}
+
+    queue = FleetQueue(path, max_batches=6, max_bytes=4 * len(zlib.compress(json.dumps(batch(2)).encode(), 6)))
+    assert exact(queue) == 0
+    for i in range(3):
+        queue.append(batch(i))
+        assert exact(queue) == i + 1
+    assert queue.ack(2) == 2 and exact(queue) == 1
+    for i in range(3, 20):   # past the bounds: the oldest trimmed
+        queue.append(batch(i))
+        exact(queue)
+    assert queue.stats()["dropped_batches"] > 0
+    assert queue.ack(10**6) > 0 and exact(queue) == 0
+    queue.append(batch(20))
+    queue.append(batch(21))
+    queue.close()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:   # counts gone wrong in the file
+        db.execute("UPDATE meta SET value = '999' WHERE key IN ('batches', 'bytes')")
+    reopened = FleetQueue(path, max_batches=6)
+    assert exact(reopened) == 2
+    reopened.ack(reopened.oldest(1, 1 << 20)[0]["seq"])
+    assert exact(reopened) == 1
+    reopened.close()
+
+
 def test_fleet_queue_byte_bound_keeps_the_newest(tmp_path):
     queue = FleetQueue(tmp_path / "q.db", max_bytes=2000)
     for i in range(50):

@@ -4,13 +4,16 @@ never see internal notes (item 10), and the audit log page by page (item 18)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
+import os
 import pathlib
 import stat
 import subprocess
 import sys
 import time
+import urllib.parse
 
 import aiohttp
 import pytest
@@ -136,6 +139,40 @@ async def test_item4_expired_tokens_and_principals_of_a_missing_tenant_are_refus
                 assert r.status == 401   # refused at the door, with the reason, instead of a session that loops
                 assert "tenant does not exist" in await r.text()
             assert await _status(session, "GET", f"{url}/api/v1/me") == 401
+
+
+async def _raw_request(url: str, method: str, path: str, header: bytes) -> tuple[int, dict]:
+    """One request with `header` sent as raw bytes (HTTP clients encode what they are given):
+    the status and the JSON body."""
+    split = urllib.parse.urlsplit(url)
+    reader, writer = await asyncio.open_connection(split.hostname, split.port)
+    try:
+        writer.write(f"{method} {path} HTTP/1.1\r\nHost: {split.netloc}\r\nContent-Length: 0\r\n"
+                     f"Connection: close\r\n".encode() + header + b"\r\n\r\n")
+        response = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+async def test_item4_a_token_or_session_cookie_that_is_not_utf8_is_a_401_not_a_500(tmp_path):
+    """A byte that is no UTF-8 in `Authorization: Bearer` or the session cookie reached the token's
+    hash as a surrogate and failed it (UnicodeEncodeError): 500 on every route, the fleet's
+    included. It is a token nobody was given: 401, with each route's usual message."""
+    from securewatch import fleet_store  # noqa: PLC0415
+
+    async with service(tmp_path) as (url, store, _appliance):
+        await store.run(fleet_store.enroll, "ams1", auth.token_hash(auth.new_token()), "test", time.time())
+        for method, path, header, message in (
+                ("GET", "/api/v1/tenants", b"Authorization: Bearer \xe9", "authentication required"),
+                ("GET", "/api/v1/tenants", b"Cookie: sw_session=\xe9", "authentication required"),
+                ("GET", "/api/v1/tenants", b"Authorization: Bearer swt_\xff\xfe", "authentication required"),
+                ("POST", "/api/v1/fleet/site/ingest", b"Authorization: Bearer \xe9", "unknown or revoked site token"),
+                ("POST", "/api/v1/fleet/site/sync", b"Authorization: Bearer \xe9", "unknown or revoked site token")):
+            status, body = await _raw_request(url, method, path, header)
+            assert (status, body["error"].startswith(message)) == (401, True), (path, header, body)
 
 
 async def test_item4_users_and_tokens_managed_through_the_api_with_audit_rows(tmp_path):
@@ -340,6 +377,31 @@ async def test_item7_wal_and_shm_are_0600_and_a_readable_file_is_tightened_with_
     assert _mode(old) == 0o600
     assert {"event": "store.permissions_tightened", "path": str(old), "was": "0o644", "now": "0o600",
             "log_level": "warning"} in logs
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "wal directory"])
+def test_item7_cli_refuses_a_database_that_is_not_a_regular_file_and_changes_nothing(tmp_path, kind):
+    """A [securewatch] database naming an existing directory (a FIFO, a device...) was chmodded
+    0600 before SQLite failed on it: a shared 1777 directory lost its sticky bit and everyone's
+    access. Refused, naming the path, and its mode left as it was; the same for a -wal or -shm."""
+    target = tmp_path / "sw.db"
+    if kind == "directory":
+        target.mkdir()
+        target.chmod(0o1777)
+    elif kind == "fifo":
+        os.mkfifo(target)
+        target.chmod(0o644)
+    else:
+        target.touch(mode=0o600)
+        target = tmp_path / "sw.db-wal"
+        target.mkdir()
+        target.chmod(0o755)
+    before = target.stat().st_mode
+    config = tmp_path / "seawall.toml"
+    config.write_text(f'[securewatch]\ndatabase = "sqlite:///{tmp_path}/sw.db"\n')
+    r = seawall("token", "list", "--config", str(config))
+    assert r.returncode == 2 and f"{target} is not a regular file" in r.stderr, r.stderr
+    assert target.stat().st_mode == before
 
 
 def test_item7_systemd_unit_keeps_state_private():

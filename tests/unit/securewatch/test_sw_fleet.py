@@ -152,6 +152,30 @@ async def test_fleet_sync_sends_the_tenant_set_for_the_site_and_records_the_vers
         assert sites["ams1"]["state"] == "reporting"
 
 
+async def test_fleet_clock_skew_is_the_appliances_clock_at_sync_not_a_backfilled_batchs_time(tmp_path, database_url):
+    """clock_skew_s was the creation time of the newest batch of the last ingest less its receipt:
+    during a backfill after an hour's outage, an hour off for a clock that is right. It is the
+    sync's `time` (the appliance's clock as it sends) less that request's receipt, and ingests
+    after it, received later, do not move it."""
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        token = await enroll(store, "ams1")
+        status, _ = await post(url, "/api/v1/fleet/site/sync", token,
+                               {"site": "ams1", "time": time.time() + 30.0, "running_version": None})
+        assert status == 200   # the appliance's clock is 30 s ahead
+        now = time.time()
+        status, answer = await post(url, "/api/v1/fleet/site/ingest", token,
+                                    {"site": "ams1", "queue": "q", "batches": [batch(1, now - 3600)]})
+        assert status == 200, answer   # a batch it queued an hour ago, central being down
+        # The next ingest, received 4 s after the sync (a batch a second, a sync every 5 s).
+        await store.run(fleet_store.ingest, "ams1", "q", [batch(2, now - 3599)], now + 4, lambda b, e: None)
+        noc = await add_token(store, "noc")
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {noc}"}) as http, \
+                http.get(f"{url}/api/v1/fleet/sites") as r:
+            site = (await r.json())["sites"][0]
+        assert site["clock_skew_s"] == pytest.approx(30.0, abs=1.0), site
+        assert site["last_contact"] == pytest.approx(now + 4)
+
+
 async def test_fleet_ingest_refuses_malformed_batches_naming_the_field(tmp_path, database_url):
     async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
         token = await enroll(store, "ams1")
@@ -949,6 +973,38 @@ async def test_review2_item3_fleet_backfill_older_than_the_seconds_goes_into_the
             assert line in text.splitlines(), text
 
 
+async def test_fleet_a_second_sent_twice_counts_once_in_its_minute_on_time_or_backfilled(tmp_path, database_url):
+    """A second in two batches (two ticks of the appliance fell in it) is stored once on time: the
+    seconds table keeps the first copy. Backfilled past the seconds kept, each copy was added to
+    its minute rollup, in one request and across two: the minute counted the second twice. The
+    minute (traffic and destination) is the same whichever way the second comes: the first copy."""
+    from securewatch.series import SeriesRetention  # noqa: PLC0415
+
+    async with service(tmp_path, database=database_url, appliance=None) as (url, store, _):
+        tokens = {site: await enroll(store, site) for site in ("ams1", "fra1", "lon1")}
+        now = int(time.time())
+        # ams1 on time, fra1 and lon1 two hours back (past the default hour of seconds): folded.
+        minutes = {"ams1": now // 60 * 60 - 300, "fra1": now // 60 * 60 - 2 * 3600, "lon1": now // 60 * 60 - 2 * 3600}
+
+        def at(seq: int, t: float, pps: float) -> dict:
+            return {"seq": seq, "time": t, "traffic_columns": columns_of([["alpha", t, pps, 1.0, 8 * pps, 8.0]]),
+                    "destinations": [{"tenant": "alpha", "address": "198.51.100.10", "time": int(t),
+                                      "pps": [pps, 0, 0, 0, 0, 0], "dropped_pps": pps / 10}]}
+
+        for site, minute in minutes.items():
+            # Second 10 at 100 pps, its copy at 300 (the tick 0.6 s later), then second 11 at 200.
+            first, again, after = at(1, minute + 10.2, 100.0), at(2, minute + 10.8, 300.0), at(3, minute + 11.2, 200.0)
+            for batches in ([[first], [again, after]] if site == "lon1" else [[first, again, after]]):
+                status, answer = await post(url, "/api/v1/fleet/site/ingest", tokens[site],
+                                            {"site": site, "queue": "q", "batches": batches})
+                assert status == 200, answer
+        await store.run(fleet_store.rollup, now + 120, SeriesRetention())
+        for site, minute in minutes.items():
+            assert await _minute_of(store, site, minute) == (300.0, 200.0, 2), site
+            assert await _destination_sums(store, _DESTINATION_MINUTES, site) == {
+                ("198.51.100.10", minute): (300.0, 30.0, 200.0, 20.0, 2)}, site
+
+
 async def test_review2_item4_fleet_traffic_rollups_need_a_tenant(tmp_path, database_url):
     """?resolution=minute|hour without a tenant was every tenant of every site for up to a week of
     minutes (billions of rows built in Python): 400 naming the field."""
@@ -1529,3 +1585,25 @@ async def test_sqlite_retention_a_late_second_of_a_minute_whose_hour_is_kept_goe
         await store.run(fleet_store.rollup, now, retention)
         assert await _minute_of(store, "ams1", hour + 600) == _of_seconds([late])
         assert await _minute_of(store, "ams1", hour, "fleet_traffic_hours") == _of_seconds([*seconds, late])
+
+
+async def test_sqlite_a_copy_of_a_second_rolled_up_on_time_is_not_added_again_once_its_seconds_are_gone(
+        tmp_path, database_url):
+    """A second stored and rolled up on time whose copy (another batch of the same second) arrives
+    after retention deleted the minute's seconds was added to the minute again; so was one whose
+    minute was still pending, rolled up from its seconds just before the fold. The minute holds
+    each of its seconds once; a second it lacks is still added."""
+    async with _a_minute_but_one_second(tmp_path, database_url, 61) as (store, retention, minute, late, seconds):
+        # Pending still, its seconds there but gone by the clock: rolled up first, then the copy.
+        again = await _ingest_seconds(store, "ams1", "q", [(100, seconds[3])], passed=lambda t, i: 5000.0,
+                                      now=minute + 680, retention=retention)
+        assert again.folded == 1
+        assert await _minute_of(store, "ams1", minute) == _of_seconds(seconds)
+        await store.run(fleet_store.apply_retention, minute + 2000, retention)
+        assert await count(store, "SELECT COUNT(*) FROM fleet_traffic_seconds") == 0
+        again = await _ingest_seconds(store, "ams1", "q", [(101, seconds[4]), (102, late)],
+                                      passed=lambda t, i: 5000.0 if t != late else float(t % 97),
+                                      now=minute + 2000, retention=retention)
+        assert again.folded == 2
+        await store.run(fleet_store.rollup, minute + 2000, retention)
+        assert await _minute_of(store, "ams1", minute) == _of_seconds([*seconds, late])
