@@ -22,7 +22,8 @@ its way to `exabgp.log`, where the reason a connection failed is picked up (ExaB
 in its debug log), as is the reason in its JSON "down" messages; `peers()` shows since when and
 the last reason, and a peer not established for PEER_DOWN_WARN_S is warned about once per outage.
 ExaBGP repeats itself (a failed connection once a second, keepalives, Seawall's own summary asks):
-`ExaBGPLog` writes a repeated line at most once per LOG_REPEAT_S.
+`ExaBGPLog` writes a repeated line at most once per LOG_REPEAT_S. Both are the defaults of the
+Speaker's `peer_down_warn_s` and `log_repeat_s` (tests pass seconds instead of minutes).
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ RESTART_BACKOFF_S = (1.0, 30.0)     # seconds before restarting a dead speaker: 
 STOP_TIMEOUT_S = 10.0               # seconds ExaBGP gets to close its sessions on SIGTERM
 SUMMARY_EVERY_S = 5.0               # seconds between `show neighbor summary` asks (state and uptime)
 PEER_DOWN_WARN_S = 30.0             # seconds a peer may stay not established before a warning: ExaBGP
-                                    # retries each second, and a healthy session is up within a few
+                                    # retries each second (a local address it cannot bind: at once, and
+                                    # logged once a second, its outgoing.py), and a healthy session is
+                                    # up within a few
 LOG_REPEAT_S = 300.0                # seconds: a line ExaBGP repeats reaches exabgp.log once per this
 LOG_REPEAT_KEYS = 4096              # distinct lines remembered for that (an UPDATE's bytes are unique)
 OUTPUT_LINE_MAX = 1 << 20           # bytes: ExaBGP's longest log line (a 64 KiB BGP message in hex)
@@ -142,10 +145,11 @@ class _Outage:
 
 class ExaBGPLog:
     """ExaBGP's output on its way to exabgp.log: a line it repeats (same source, same message) is
-    written at most once per LOG_REPEAT_S, and the reason each failed connection gives is picked up."""
+    written at most once per `repeat_s` seconds, and the reason each failed connection gives is picked up."""
 
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: BinaryIO, repeat_s: float = LOG_REPEAT_S) -> None:
         self.out = out
+        self.repeat_s = repeat_s
         self._written: dict[tuple[str, str], float] = {}   # (source, message) -> monotonic s, oldest first
         self._failed: dict[str, str] = {}                  # ExaBGP source -> peer its connection just failed to
         self._write_failed = False
@@ -160,7 +164,7 @@ class ExaBGPLog:
         source, message = parsed.group(1).rstrip(), parsed.group(2)
         key = (_SESSION.sub(r"\1", source), _SESSION.sub(r"\1", message))
         last = self._written.pop(key, None)
-        if source in _NOT_THINNED or last is None or now - last >= LOG_REPEAT_S:
+        if source in _NOT_THINNED or last is None or now - last >= self.repeat_s:
             self._write(text)
             last = now
         self._written[key] = last
@@ -188,8 +192,11 @@ class ExaBGPLog:
 
 class Speaker:
     def __init__(self, bgp: BgpSettings, run_dir: pathlib.Path, *,
-                 on_state: Callable[[str, str], None] | None = None) -> None:
+                 on_state: Callable[[str, str], None] | None = None,
+                 peer_down_warn_s: float = PEER_DOWN_WARN_S, log_repeat_s: float = LOG_REPEAT_S) -> None:
         self.bgp = bgp
+        self.peer_down_warn_s = peer_down_warn_s      # seconds not established before the warning
+        self.log_repeat_s = log_repeat_s              # seconds between two copies of a line ExaBGP repeats
         self.run_dir = pathlib.Path(run_dir)
         self.socket_path = self.run_dir / "api.sock"
         self.on_state = on_state                      # (peer address, new state)
@@ -283,7 +290,7 @@ class Speaker:
                "exabgp.log.level": "DEBUG", "exabgp.log.packets": "true"}
         if self._log_file is None:
             self._log_file = open(self.run_dir / "exabgp.log", "ab")  # noqa: SIM115 - lives with the speaker
-            self._exabgp_log = ExaBGPLog(self._log_file)
+            self._exabgp_log = ExaBGPLog(self._log_file, self.log_repeat_s)
         self.proc = await asyncio.create_subprocess_exec(
             exabgp_command(), str(self.run_dir / "exabgp.conf"), env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, limit=OUTPUT_LINE_MAX,
@@ -428,10 +435,10 @@ class Speaker:
             outage.reason = reason
 
     def warn_stuck_sessions(self, now: float) -> None:
-        """Warn about each peer not established for PEER_DOWN_WARN_S, once per outage (`now`:
+        """Warn about each peer not established for `peer_down_warn_s`, once per outage (`now`:
         monotonic seconds; the supervisor asks each second)."""
         for address, outage in self._outages.items():
-            if not outage.warned and now - outage.since >= PEER_DOWN_WARN_S:
+            if not outage.warned and now - outage.since >= self.peer_down_warn_s:
                 outage.warned = True
                 log.warning("bgp.peer_not_established", peer=address, state=self._peer_state[address],
                             down_s=round(now - outage.since), since=outage.since_wall, reason=outage.reason)

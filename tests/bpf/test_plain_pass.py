@@ -218,19 +218,11 @@ def test_a_spliced_connection_at_a_plain_slot_is_translated_also_in_a_first_frag
     FRAGMENT too: a connection spliced while its server was under a SYN mark outlives the mark, and
     at the slot, plain again, its segments are still translated, a first fragment (more-fragments
     set, the whole TCP header in it) as well. (The agreement test above opens no splice.)"""
-    from tests.bpf.test_synauth import MOD, ack, cookie_synack, run_frame, server_segment  # noqa: PLC0415
+    from tests.bpf.test_synauth import MOD, ack, open_splice, run_frame  # noqa: PLC0415
 
     applied = apply_tenant_dicts(dp, TENANTS)
     client, sport, client_isn, server_isn = "198.19.92.7", 50500, 100, 7000
-    server = ipaddress.ip_address(DELTA_DST)
-    dp.set_under_attack(applied["delta"], server, [TrafficClass.TCP_SYN])
-    try:
-        cookie = cookie_synack(dp, client, DELTA_DST, sport, seq=client_isn).seq
-        assert run_frame(dp, ack(client, DELTA_DST, sport, seq=client_isn + 1, ack_no=cookie + 1))[0] == XDP_REDIRECT
-        assert run_frame(dp, server_segment(DELTA_DST, client, sport, server_isn, client_isn + 1, flags="SA"),
-                         Direction.OUTBOUND)[0] == XDP_REDIRECT
-    finally:
-        dp.set_under_attack(applied["delta"], server, ())
+    cookie = open_splice(dp, applied["delta"], client, DELTA_DST, sport, client_isn, server_isn)
     segment = Ether(ack(client, DELTA_DST, sport, seq=client_isn + 1, ack_no=cookie + 1, flags="PA", payload=b"x"))
     assert run(dp, bytes(segment)) == XDP_REDIRECT
     assert slot_flags(dp, DELTA_DST) & int(PolicyFlag.SLOT_PLAIN), "the mark gone, the slot is plain"

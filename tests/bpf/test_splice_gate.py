@@ -17,12 +17,11 @@ from scapy.layers.inet import TCP
 from scapy.layers.l2 import Ether
 
 from dataplane import bpfsys
-from dataplane.constants import Direction, TrafficClass
 from dataplane.keys import key_bytes
 from dataplane.splices import CHECK_EVERY_NS, IDLE_NS
 from tests.bpf.conftest import XDP_REDIRECT, apply_tenant_dicts, dataplane_built_with
 from tests.bpf.test_plain_pass import DELTA_DST, TENANTS
-from tests.bpf.test_synauth import MOD, ack, cookie_synack, run_frame, server_segment
+from tests.bpf.test_synauth import MOD, ack, open_splice, run_frame
 
 
 @pytest.fixture
@@ -32,17 +31,9 @@ def fresh():
 
 
 def splice(dp, tenant_idx: int, client: str, sport: int, client_isn: int = 100, server_isn: int = 7000) -> bytes:
-    """Open a spliced connection from `client` to DELTA_DST as a SYN flood's cookie would, and return
-    a data segment of it (which the program translates while the destination is splice active)."""
-    server = ipaddress.ip_address(DELTA_DST)
-    dp.set_under_attack(tenant_idx, server, [TrafficClass.TCP_SYN])
-    try:
-        cookie = cookie_synack(dp, client, DELTA_DST, sport, seq=client_isn).seq
-        assert run_frame(dp, ack(client, DELTA_DST, sport, seq=client_isn + 1, ack_no=cookie + 1))[0] == XDP_REDIRECT
-        assert run_frame(dp, server_segment(DELTA_DST, client, sport, server_isn, client_isn + 1, flags="SA"),
-                         Direction.OUTBOUND)[0] == XDP_REDIRECT
-    finally:
-        dp.set_under_attack(tenant_idx, server, ())
+    """Splice a connection from `client` to DELTA_DST and return a data segment of it (which the
+    program translates while the destination is splice active)."""
+    cookie = open_splice(dp, tenant_idx, client, DELTA_DST, sport, client_isn, server_isn)
     return bytes(Ether(ack(client, DELTA_DST, sport, seq=client_isn + 1, ack_no=cookie + 1, flags="PA",
                            payload=b"x")))
 

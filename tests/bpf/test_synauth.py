@@ -379,6 +379,22 @@ def server_segment(server: str, client: str, cport: int, seq: int, ack_no: int, 
     return bytes(Ether(src=frames.MAC_INTERNAL, dst=frames.MAC_EXTERNAL) / l3(server, client) / tcp / Raw(payload))
 
 
+def open_splice(dp, tenant_idx: int, client: str, server: str, sport: int, client_isn: int,
+                server_isn: int) -> int:
+    """Splice a connection from `client` to `server` as a SYN flood's cookie does (the SYN mark set
+    for the handshake, then taken away again: a splice outlives it). Returns the cookie."""
+    dst = ipaddress.ip_address(server)
+    dp.set_under_attack(tenant_idx, dst, [TrafficClass.TCP_SYN])
+    try:
+        cookie = cookie_synack(dp, client, server, sport, seq=client_isn).seq
+        assert run_frame(dp, ack(client, server, sport, seq=client_isn + 1, ack_no=cookie + 1))[0] == XDP_REDIRECT
+        assert run_frame(dp, server_segment(server, client, sport, server_isn, client_isn + 1, flags="SA"),
+                         Direction.OUTBOUND)[0] == XDP_REDIRECT
+    finally:
+        dp.set_under_attack(tenant_idx, dst, ())
+    return cookie
+
+
 def client_segment(client: str, server: str, sport: int, seq: int, ack_no: int, flags: str = "A",
                    payload: bytes = b"") -> bytes:
     return ack(client, server, sport, seq=seq % MOD, ack_no=ack_no % MOD, flags=flags, payload=payload)

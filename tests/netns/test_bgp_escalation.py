@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import signal
 import subprocess
 import time
 import uuid
 
 import pytest
+from structlog.testing import capture_logs
 
 from appliance.lab.bgp_peer import LOCAL_AS, PEER_AS, BirdPeer
 from dataplane.api import Range, Rule
@@ -23,7 +25,7 @@ from escalation.config import BgpSettings, EscalationSettings, PeerSettings
 from escalation.controller import Escalation
 from escalation.ladder import ANNOUNCE, REFUSE, IncidentView
 from escalation.routes import FLOWSPEC, RTBH
-from escalation.speaker import STATE_ESTABLISHED
+from escalation.speaker import STATE_ESTABLISHED, Speaker
 from tenants import Tenant
 from tests.support import await_until
 
@@ -32,6 +34,9 @@ FULL = 0.9 * UPLINK
 HOLD = 4.0                         # seconds: a short hold-down for the test
 CAP = 4                            # max_announcements: room for the first test's four routes
 MANAGEMENT_LINK = 1                # this module's /30 beside the root namespace (tests/netns/conftest.py)
+SESSION_WARN_S = 2.0               # peer_down_warn_s for the lost session: seconds, not the default's 30
+# ExaBGP 4.2.25's reason in its JSON "down" message: a NOTIFICATION's, or a closed TCP connection's.
+EXABGP_RESET = re.compile(r"^peer reset, message \(.+\) error\(.+\)$")
 
 TENANTS = {t.id: t for t in (
     Tenant.from_dict({"id": "alpha", "name": "alpha", "prefixes": ["203.0.113.0/26", "2001:db8:1::/48"],
@@ -179,3 +184,70 @@ def test_a_second_peer_on_a_management_link_in_use_is_refused_and_leaves_nothing
     holders = ip("-o", "addr", "show", "to", f"{peer.appliance}/32").splitlines()
     assert len(holders) == 1 and holders[0].split()[1] == peer.veth_root
     assert peer.proc.poll() is None
+
+
+async def test_a_lost_session_shows_since_when_and_why_and_is_warned_about_once_more(tmp_path, peer):
+    """Up, the outage is over (no reason, no warning); lost (BIRD disables the session: a NOTIFICATION,
+    then BIRD closes each retry), a new outage with ExaBGP's last reason, warned about once."""
+    spk = Speaker(bgp_settings(peer), tmp_path / "run", peer_down_warn_s=SESSION_WARN_S)
+    with capture_logs() as logs:
+        await spk.start()
+        try:
+            await await_until(lambda: spk.peers()[0]["state"] == STATE_ESTABLISHED, 30, 0.1, what="established")
+            up = time.time()
+            assert (spk.peers()[0]["down_since"], spk.peers()[0]["last_reason"]) == (None, None)
+            spk.warn_stuck_sessions(time.monotonic() + 10 * SESSION_WARN_S)       # nothing is down
+            assert not [e for e in logs if e["event"] == "bgp.peer_not_established"]
+
+            peer.birdc("disable seawall")
+            [down] = await await_until(lambda: [p for p in spk.peers() if p["last_reason"]], 15, 0.05,
+                                       what="the session lost, with ExaBGP's reason")
+            assert down["state"] != STATE_ESTABLISHED and up <= down["down_since"] <= time.time()
+            assert EXABGP_RESET.match(down["last_reason"]), down["last_reason"]
+            [warning] = await await_until(lambda: [e for e in logs if e["event"] == "bgp.peer_not_established"],
+                                          SESSION_WARN_S + 5, 0.05, what="the warning")
+            assert warning["log_level"] == "warning" and warning["peer"] == peer.address
+            assert EXABGP_RESET.match(warning["reason"]) and warning["since"] == down["down_since"]
+            spk.warn_stuck_sessions(time.monotonic() + 10 * SESSION_WARN_S)       # once per outage
+            assert len([e for e in logs if e["event"] == "bgp.peer_not_established"]) == 1
+        finally:
+            await spk.stop()
+
+
+async def test_a_restart_announces_again_only_routes_of_tenants_that_still_allow_them(tmp_path, peer):
+    """The previous process (its speaker never started) announced a FlowSpec route for alpha and an
+    RTBH route for beta; the restarted one has no tenant beta: BIRD gets alpha's route, not beta's."""
+    alpha = Tenant.from_dict({"id": "alpha", "name": "alpha", "prefixes": ["203.0.113.0/26"],
+                              "policy": {"escalate_rtbh": True}})
+    beta = Tenant.from_dict({"id": "beta", "name": "beta", "prefixes": ["203.0.113.64/26"],
+                             "policy": {"escalate_rtbh": True}})
+    settings = EscalationSettings(uplink_bps=UPLINK, hold_down_s=600)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()                                       # made by the previous process's speaker
+    before = Escalation(bgp_settings(peer), settings, run_dir)
+    before.escalate(udp_incident("inc-a", "alpha", "203.0.113.5"), alpha, FLOWSPEC, "noc-alice")
+    before.escalate(udp_incident("inc-b", "beta", "203.0.113.70"), beta, RTBH, "noc-alice")
+    assert len(before.saved_announcements()) == 2
+
+    after = Escalation(bgp_settings(peer), settings, run_dir)
+    await after.start()
+    try:
+        await await_until(peer.established, 30, 0.2, what="BGP session with BIRD")
+        with capture_logs() as logs:
+            after.step(time.monotonic(), 0.0, [], {"alpha": alpha})
+        assert [(a["kind"], a["tenant"]) for a in after.status()["announcements"]] == [(FLOWSPEC, "alpha")]
+        [dropped] = [e for e in logs if e["event"] == "bgp.announcement_not_restored"]
+        assert (dropped["log_level"], dropped["kind"], dropped["tenant"], dropped["incident"]) == \
+            ("warning", RTBH, "beta", "inc-b")
+        assert dropped["match"] == {"destination": "203.0.113.70/32"}
+        assert dropped["why"] == "tenant 'beta' is not configured any more"
+        assert [a["tenant"] for a in after.saved_announcements()] == ["alpha"]     # gone from the saved state
+
+        flow4 = await await_until(lambda: peer.flow4(), 15, 0.2, what="the restored FlowSpec route at BIRD")
+        assert list(flow4) == ["flow4 { dst 203.0.113.5/32; proto 17; dport 80; sport 123; }"]
+        # An RTBH route sent after the restore: once BIRD has it, a restored beta route would be there too.
+        after.escalate(udp_incident("inc-m", "alpha", "203.0.113.9"), alpha, RTBH, "noc-alice")
+        unicast = await await_until(lambda: peer.unicast4(), 15, 0.2, what="the RTBH marker at BIRD")
+        assert list(unicast) == ["203.0.113.9/32"]
+    finally:
+        await after.stop()
