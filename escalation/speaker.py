@@ -133,6 +133,9 @@ def _families(peer: PeerSettings) -> list[str]:
     return families
 
 
+_NOTIFICATION = "notification received"   # in ExaBGP's reason when the peer closed with a NOTIFICATION
+
+
 @dataclasses.dataclass(slots=True)
 class _Outage:
     """A configured peer not established while the speaker runs."""
@@ -431,8 +434,14 @@ class Speaker:
 
     def _note_reason(self, address: str, reason: str) -> None:
         outage = self._outages.get(address)
-        if outage is not None:
-            outage.reason = reason
+        if outage is None:
+            return
+        # The peer's own word (a NOTIFICATION: "Administrative Shutdown", "Hold Timer Expired") says
+        # why the outage began; the retries after it fail on the closed socket ("Broken TCP
+        # connection") and would hide it.
+        if outage.reason is not None and _NOTIFICATION in outage.reason and _NOTIFICATION not in reason:
+            return
+        outage.reason = reason
 
     def warn_stuck_sessions(self, now: float) -> None:
         """Warn about each peer not established for `peer_down_warn_s`, once per outage (`now`:

@@ -204,6 +204,9 @@ async def test_a_lost_session_shows_since_when_and_why_and_is_warned_about_once_
                                        what="the session lost, with ExaBGP's reason")
             assert down["state"] != STATE_ESTABLISHED and up <= down["down_since"] <= time.time()
             assert EXABGP_RESET.match(down["last_reason"]), down["last_reason"]
+            # BIRD's NOTIFICATION says why; the retries BIRD then closes do not replace it.
+            await await_until(lambda: time.time() - down["down_since"] > 2, what="retries after the NOTIFICATION")
+            assert "Administrative Shutdown" in spk.peers()[0]["last_reason"], spk.peers()[0]["last_reason"]
             [warning] = await await_until(lambda: [e for e in logs if e["event"] == "bgp.peer_not_established"],
                                           SESSION_WARN_S + 5, 0.05, what="the warning")
             assert warning["log_level"] == "warning" and warning["peer"] == peer.address
