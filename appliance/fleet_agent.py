@@ -88,7 +88,7 @@ class FleetHooks(Protocol):
 
     # For the documents besides the tenant set (an appliance without them refuses those, reported):
     #   apply_policy_templates(templates: {name: values}, links: {tenant: name}) -> None
-    #   notify_config() -> the raw [notify] table running;  async reconfigure_notifiers(table) -> None
+    #   notify_config() -> the raw [notify] table running;  async reconfigure_notifiers(table, check_files) -> None
 
 
 # -- the durable queue ----------------------------------------------------------------------------
@@ -753,7 +753,7 @@ class FleetAgent:
         local = {kind: [e for e in entries if not (isinstance(e, dict) and (kind, e.get("name")) in theirs)]
                  if isinstance(entries, list) else entries for kind, entries in running.items()}
         try:
-            await reconfigure(merged_notify(local, central))
+            await reconfigure(merged_notify(local, central), check_files=False)
         except (ConfigError, ValueError, RuntimeError) as exc:
             log.error("fleet.notify_restore_refused", version=self.versions["notify"], error=str(exc)[:300])
             return False
@@ -789,7 +789,7 @@ class FleetAgent:
         reconfigure = getattr(self.appliance, "reconfigure_notifiers", None)
         if reconfigure is None:
             raise ConfigError(["notify: this appliance cannot run NOC receivers from the centre"])
-        await reconfigure(merged_notify(self._local_notify, document))
+        await reconfigure(merged_notify(self._local_notify, document), check_files=False)
 
     async def _take_document(self, kind: str, version: int, document: Any) -> bool:
         try:

@@ -467,13 +467,15 @@ class Appliance:
         """The raw `[notify]` table the notifiers run now (a copy; secrets included)."""
         return copy.deepcopy(dict(self.config.notify or {}))
 
-    async def reconfigure_notifiers(self, config: dict[str, Any]) -> None:
+    async def reconfigure_notifiers(self, config: dict[str, Any], *, check_files: bool = True) -> None:
         """Run the notifiers of the raw `[notify]` table `config`, live. ValueError (naming the key)
-        when it is invalid: then the running notifiers are kept as they were."""
+        when it is invalid: then the running notifiers are kept as they were. `check_files=False`
+        (the fleet's central table): a receiver whose ca_file is missing here runs, and says so at
+        its deliveries, rather than the whole table being refused."""
         from securewatch.notify.config import parse_notify_config  # noqa: PLC0415
         from securewatch.notify.manager import NotifierManager  # noqa: PLC0415
 
-        parsed = parse_notify_config(config)
+        parsed = parse_notify_config(config, check_files=check_files)
         if self.notifiers is not None:
             await self.notifiers.reconfigure(parsed)
         else:

@@ -10,9 +10,10 @@ called by the policy engine's reads once a tick, looks every CHECK_EVERY_NS whil
 and closes it when every destination is idle.
 
 A splice that opens while the gate closes must not find it closed: the program writes the
-destination's time first and reads the gate after, and this module closes the gate first and reads
-the destinations after, then opens the gate again if one became active. Whichever order the two
-sides' steps take, the gate ends open when a destination is active.
+destination's time first and then adds to the gate with a fully ordered atomic (so the gate is open
+after any close that came before it, and the time is visible before it), and this module closes the
+gate first and reads the destinations after, then opens the gate again if one became active.
+Whichever order the two sides' steps take, the gate ends open when a destination is active.
 """
 
 from __future__ import annotations

@@ -82,6 +82,9 @@ _SESSION = re.compile(r"\b(outgoing|incoming)-\d+\b")
 _CONNECT_FAILED = re.compile(r"^connection to (\S+):\d+ failed$")
 # Logged once per start and reload, with lines that repeat from one neighbor to the next.
 _NOT_THINNED = {"configuration"}
+# The wire dumps that exabgp.log.packets turns on with the reasons (every BGP message in hex, each
+# line unique: a full table would be hundreds of MB): read for nothing, written nowhere.
+_PAYLOAD = re.compile(r"^(received (in)?complete|sending) TCP payload\b")
 
 
 def exabgp_command() -> str:
@@ -165,6 +168,8 @@ class ExaBGPLog:
             self._write(text)
             return None
         source, message = parsed.group(1).rstrip(), parsed.group(2)
+        if _PAYLOAD.match(message):
+            return None
         key = (_SESSION.sub(r"\1", source), _SESSION.sub(r"\1", message))
         last = self._written.pop(key, None)
         if source in _NOT_THINNED or last is None or now - last >= self.repeat_s:

@@ -527,8 +527,8 @@ class Ingested:
     outside: int = 0          # rows stored at no resolution: older than the minute rollups keep, a site clock
                               # more than PARTITIONS_AHEAD_S ahead (`ahead` for traffic rows)
     ahead: int = 0            # of `outside`: traffic rows of seconds more than PARTITIONS_AHEAD_S ahead
-    folded: int = 0           # traffic and destination rows older than the seconds keep, added to their
-                              # minute rollups instead
+    folded: int = 0           # traffic and destination rows older than the seconds keep, taken for their
+                              # minute rollups instead (a second a rollup holds already is not added again)
 
 
 # One site-second of traffic: (t, tenants, passed_pps, dropped_pps, passed_bps, dropped_bps), columns.

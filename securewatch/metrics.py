@@ -248,7 +248,8 @@ class _CentralCollector:
     HELP = {"outside_rows": "Traffic and destination rows acknowledged but stored at no resolution (older than "
                             "the minute rollups keep, or a site clock more than 3 h ahead)",
             "ahead_rows": "Traffic rows not stored because their site's clock was more than 3 h ahead",
-            "folded_rows": "Backfilled traffic rows older than the seconds keep, added to the minute rollups",
+            "folded_rows": "Backfilled traffic rows older than the seconds keep, taken for the minute rollups "
+                           "(a second a rollup holds already is not added again)",
             "rollup_failures": "Rollup keys the database refused (logged and dropped)",
             "maintenance_failures": "Fleet partition upkeep or rollup passes that failed (tried again)"}
 

@@ -164,7 +164,7 @@ def retargeted(new: dict[str, Any], current: dict[str, Any], parsed: NotifyConfi
                 continue  # nothing kept (or nothing to keep: unmask reported it)
             receiver = getattr(parsed, kind)[i]
             try:
-                before = getattr(parse_notify_config({kind: [old]}), kind)[0]
+                before = getattr(parse_notify_config({kind: [old]}, check_files=False), kind)[0]
                 changed = [f for f in DESTINATION_FIELDS[kind] if getattr(before, f) != getattr(receiver, f)]
             except ValueError:  # a stored entry that no longer parses: nothing proves it is the same place
                 changed = list(DESTINATION_FIELDS[kind])
@@ -238,7 +238,7 @@ def _summary(old_table: dict[str, Any], new: NotifyConfig, new_table: dict[str, 
     diff = {name: fields for name in sorted(before.keys() | after.keys())
             if (fields := field_diff(before.get(name), after.get(name)))}
     try:
-        old = {r.name: r for r in parse_notify_config(old_table).receivers}
+        old = {r.name: r for r in parse_notify_config(old_table, check_files=False).receivers}
     except ValueError:
         old = {}
     now = {r.name: r for r in new.receivers}
@@ -310,7 +310,8 @@ class NotifyReceivers(VersionedConfig):
         tenant_ids = (await app[STORE].tenant_set()).ids
         parsed = None
         try:
-            parsed = parse_notify_config(merged, tenant_ids)
+            # Files are checked where the receivers run here; a central server's run on the sites.
+            parsed = parse_notify_config(merged, tenant_ids, check_files=hooks_of(app) is not None)
         except ConfigError as exc:
             # A key already reported as a MASK without a value is not reported again for holding MASK.
             unkept = {problem.split(": ", 1)[0] for problem in problems}

@@ -732,8 +732,13 @@ static __always_inline void sw_splice_dest_open(const __u64 *server, __u64 now)
     sw_splice_dests.update(&d, &now);
     __u32 zero = 0;
     __u64 *gate = sw_splice_gate.lookup(&zero);
-    if (gate && !*gate)
-        *gate = 1;
+    /* Opened with a fetching atomic add (fully ordered: the destination's time above is visible before
+     * it, and the gate is set even if the control plane closed it a moment ago: dataplane/splices.py
+     * closes it, then reads the destinations). The word counts splices opened; non-zero is open. */
+    if (gate) {
+        __u64 before = __sync_fetch_and_add(gate, 1);
+        asm volatile("" ::"r"(before)); /* the fetch is used: clang keeps the ordered (fetching) form */
+    }
 }
 
 /* Is this TCP packet one of a spliced connection (server: the tenant's side)? Then it skips

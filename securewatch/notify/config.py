@@ -208,8 +208,9 @@ class _Table:
     with problems (`bad`).
     """
 
-    def __init__(self, kind: str, index: int, raw: object, problems: list[str]) -> None:
+    def __init__(self, kind: str, index: int, raw: object, problems: list[str], check_files: bool = True) -> None:
         self.where = f"notify.{kind}[{index}]"
+        self.check_files = check_files   # load ca_file / cert_file now (False: they are another host's)
         self.problems = problems
         self.bad = False
         self.used: set[str] = set()
@@ -343,7 +344,11 @@ def _path(t: _Table, key: str) -> str | None:
 def _check_tls_files(t: _Table, ca_file: str | None, cert_file: str | None = None,
                      key_file: str | None = None) -> None:
     """Load the files as the notifier will, now: a wrong path is the operator's to see when
-    the config is checked, not at the first alert."""
+    the config is checked, not at the first alert. Not where the receivers run elsewhere (a
+    central server's table, run by the sites; a site taking it, whose receiver then reports a
+    missing file at its deliveries, keeping the events)."""
+    if not t.check_files:
+        return
     try:
         context = load_ca(ca_file)
     except ValueError as exc:
@@ -541,9 +546,13 @@ def _parse_webhook(t: _Table, index: int) -> WebhookReceiver | None:
 _PARSERS = {"syslog": _parse_syslog, "snmp": _parse_snmp, "email": _parse_email, "webhook": _parse_webhook}
 
 
-def parse_notify_config(raw: Mapping[str, Any], tenant_ids: Collection[str] | None = None) -> NotifyConfig:
+def parse_notify_config(raw: Mapping[str, Any], tenant_ids: Collection[str] | None = None, *,
+                        check_files: bool = True) -> NotifyConfig:
     """Parse and validate the whole `[notify]` table; one ConfigError (a ValueError) lists every
     problem, each naming `notify.<kind>[i].<key>`.
+
+    `check_files`: load each ca_file, cert_file and key_file (False where the receivers run on
+    another host: those files are that host's).
 
     With `tenant_ids` (the tenant set, when the caller knows it) a receiver's `tenants` must name
     existing tenants: a typo would otherwise route nothing, silently.
@@ -568,7 +577,7 @@ def parse_notify_config(raw: Mapping[str, Any], tenant_ids: Collection[str] | No
             continue
         receivers = []
         for i, entry in enumerate(entries):
-            table = _Table(kind, i, entry, problems)
+            table = _Table(kind, i, entry, problems, check_files)
             receiver = _PARSERS[kind](table, i)
             table.finish()
             name = table.raw.get("name", f"{kind}-{i}")

@@ -189,8 +189,8 @@ class LabAppliance:
     def notify_config(self) -> dict[str, Any]:
         return copy.deepcopy(self.notify)
 
-    async def reconfigure_notifiers(self, config: dict[str, Any]) -> None:
-        parse_notify_config(config)   # ConfigError naming the key: the running receivers kept
+    async def reconfigure_notifiers(self, config: dict[str, Any], *, check_files: bool = True) -> None:
+        parse_notify_config(config, check_files=check_files)   # ConfigError naming the key: the running receivers kept
         self.notify = copy.deepcopy(config)
 
     def tick(self, t: float) -> None:
@@ -484,8 +484,10 @@ async def test_fleet_agent_sends_no_nan_and_drops_a_queued_nan_batch(tmp_path):
 # -- issue 17 item 2: templates and NOC receivers from the central server -------------------------
 
 LOCAL_NOTIFY = {"syslog": [{"name": "pop-syslog", "host": "192.0.2.10", "transport": "udp"}]}
+# Its CA file is the sites' (on no host here): neither the central server nor the site refuses the table
+# for it; a site without the file reports it at the receiver's deliveries.
 CENTRAL_NOTIFY = {"webhook": [{"name": "noc-hook", "url": "https://hooks.example.net/seawall", "kind": "generic",
-                               "secret": "hmac-SECRET"}]}
+                               "secret": "hmac-SECRET", "ca_file": "/etc/seawall/sites-noc-ca.pem"}]}
 
 
 async def sites_view(url: str, token: str) -> dict[str, dict[str, Any]]:

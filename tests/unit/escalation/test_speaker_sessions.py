@@ -87,3 +87,16 @@ def test_what_exabgp_repeats_for_each_retry_reaches_its_log_once_per_log_repeat_
     for _ in range(2):      # the configuration's dump repeats lines from one neighbor to the next: all kept
         exabgp_log.line("03:55:01 | 6125   | configuration   | . local-as         | '64512'", 3 + LOG_REPEAT_S)
     assert out.getvalue().decode().count("'64512'") == 2
+    # The wire dumps exabgp.log.packets adds (each BGP message in hex: a full table would be hundreds of
+    # MB) are not written, and do not take the place of a failed connection's reason.
+    def logged(n: int, message: str) -> str:
+        return f"03:55:{n:02d} | 6125   | outgoing-{n:<6d} | {message}"
+
+    before = out.getvalue()
+    for message in ("received complete TCP payload (  19) FFFFFFFFFFFFFFFF",
+                    "received incomplete TCP payload (   3) FFFFFF", "sending TCP payload (  19) FFFFFFFFFFFFFFFF"):
+        assert exabgp_log.line(logged(9, message), 3 + LOG_REPEAT_S) is None
+    assert out.getvalue() == before
+    assert exabgp_log.line(logged(10, f"connection to {PEER}:179 failed"), 4) is None
+    exabgp_log.line(logged(10, "sending TCP payload (  19) FFFF"), 4)
+    assert exabgp_log.line(logged(10, "the reason"), 4) == (PEER, "the reason")

@@ -245,7 +245,25 @@ async def test_a_url_or_ca_file_that_cannot_be_used_is_refused_naming_the_key_by
     with pytest.raises(ConfigError) as info:
         parse_config(toml)
     assert info.value.problems == problems
-    async with service(tmp_path) as (url, store, _):
+    # SecureWatch inside the appliance: the receivers run here, so their files must be here.
+    appliance = Appliance(parse_config(f'[appliance]\nstate_dir = "{tmp_path / "state"}"\n'))
+    async with contextlib.AsyncExitStack() as lifetime:
+        await appliance.start_notifiers(lifetime)
+        await _refused_by_api_and_page(tmp_path, appliance, toml, problems)
+    # A central server (or SecureWatch without an appliance) runs no receivers: the CA file is the
+    # sites' to have; the URL is still checked.
+    async with service(tmp_path / "central", appliance=None) as (url, store, _):
+        admin = {"Authorization": f"Bearer {await add_token(store, 'admin')}"}
+        table = tomllib.loads(toml)["notify"]
+        async with aiohttp.ClientSession(headers=admin) as http:
+            assert await _call(http, "PUT", f"{url}/api/v1/notify", table) == (
+                422, {"error": "invalid notify configuration", "problems": problems[1:]})
+            status, _body = await _call(http, "PUT", f"{url}/api/v1/notify", {"email": table["email"]})
+        assert status == 200 and (await store.notify_config())[1]["email"][0]["ca_file"] == str(missing)
+
+
+async def _refused_by_api_and_page(tmp_path, appliance, toml: str, problems: list[str]) -> None:
+    async with service(tmp_path, appliance=appliance, bus=appliance.bus) as (url, store, _):
         admin = {"Authorization": f"Bearer {await add_token(store, 'admin')}"}
         async with aiohttp.ClientSession(headers=admin) as http:
             assert await _call(http, "PUT", f"{url}/api/v1/notify", tomllib.loads(toml)["notify"]) == (
