@@ -103,7 +103,7 @@ class ReportMailer:
         attempt = row["attempts"] + 1
         try:
             message = await self._message(store, tenant, parse_period(label), now)
-            await send_message(self.receiver, message, recipients)
+            refused = await send_message(self.receiver, message, recipients)
         except (NotifierError, PdfError) as exc:
             permanent = isinstance(exc, NotifierError) and exc.permanent
             delay = self.retry.delay(attempt, self._rng)
@@ -119,8 +119,13 @@ class ReportMailer:
                                        error=error)
             log.error("report.mail_failed", tenant=tenant.id, period=label, error=error, attempt=attempt)
             return False
-        await reports_store.record(store, tenant.id, label, state="sent", now=now, recipients=recipients)
-        log.info("report.mailed", tenant=tenant.id, period=label, recipients=len(recipients), attempt=attempt)
+        # Sent: the others have it, so it is not sent again; the contacts the server refused are
+        # the delivery's error, for the reports page to show (send_message logged them too).
+        error = "; ".join(f"{rcpt} refused it: {reply}" for rcpt, reply in refused.items()) or None
+        await reports_store.record(store, tenant.id, label, state="sent", now=now, recipients=recipients,
+                                   error=error)
+        log.info("report.mailed", tenant=tenant.id, period=label, recipients=len(recipients) - len(refused),
+                 refused=len(refused), attempt=attempt)
         return True
 
     async def _message(self, store: Store, tenant: Tenant, period: Period, now: float) -> email.message.EmailMessage:

@@ -371,6 +371,36 @@ async def test_report_mail_refused_for_good_is_failed_until_the_operator_retries
         controller.stop()
 
 
+class _RefusingOne(_Sink):
+    """A mail server that has no mailbox for one of the contacts (550 to its RCPT TO)."""
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802 - aiosmtpd's hook
+        if address == "gone@alpha.example":
+            return "550 5.1.1 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+async def test_report_mail_partly_refused_is_sent_once_and_names_the_refused_contact(store):
+    """The other contact has the report: it is not sent again, and the refused one is the row's error."""
+    tenants = [{**TENANTS[0], "contacts": ["noc@alpha.example", "gone@alpha.example"]}, *TENANTS[1:]]
+    await store.save_tenant_set(TenantSet.from_dicts(tenants), "test", "two contacts")
+    handler = _RefusingOne()
+    controller, port = _smtp(handler)
+    try:
+        now = time.time()
+        period = previous_month(now).label
+        mailer = ReportMailer(mail_receiver(port))
+        assert await mailer.send_due_reports(store, now) == 1
+        row = (await _rows(store))[("alpha", period)]
+        assert (row["state"], row["attempts"]) == ("sent", 1)
+        assert row["last_error"] == "gone@alpha.example refused it: 550 5.1.1 no such mailbox"
+        assert [rcpts for rcpts, _ in handler.messages] == [["noc@alpha.example"]]
+        assert await mailer.send_due_reports(store, now + 7 * DAY) == 0      # not again
+    finally:
+        controller.stop()
+
+
 async def test_report_mail_waits_for_mail_day_and_cancels_for_removed_tenants(store):
     sink = _Sink()
     controller, port = _smtp(sink)
