@@ -76,11 +76,8 @@ async def save_template(request: web.Request, name: str, policy: Any, *,
     require_admin(request)
     store = request.app[STORE]
     old = (await store.policy_templates()).get(name)
-    if must_exist and old is None:
-        raise not_found(f"no template {name!r}")
-    if must_exist is False and old is not None:
-        raise ApiError(409, f"template {name!r} already exists",
-                       [f"name: {name!r} is already used by a template (edit that template to change it)"])
+    if must_exist is not None and must_exist != (old is not None):
+        raise _not_as_asked(name, must_exist)
     problems = name_problems(name)
     values: dict[str, Any] = {}
     try:
@@ -97,12 +94,21 @@ async def save_template(request: web.Request, name: str, policy: Any, *,
                 s, followers, old["policy"] if old else None, values), "template.apply", name)
         except ConfigError as exc:
             raise ApiError(422, "the template's followers would be invalid", exc.problems) from None
-    version = await store.save_policy_template(name, values, principal_of(request).name)
+    version = await store.save_policy_template(name, values, principal_of(request).name, must_exist=must_exist)
+    if version is None:   # another admin created or deleted it since the check above
+        raise _not_as_asked(name, must_exist)
     diff = field_diff({"policy": old["policy"]} if old else None, {"policy": values})
     await audit(request, "template.update" if old else "template.create", target=name,
                 details={"changed": diff, "version": version, "followers": followers})
     log.info("securewatch.template_saved", template=name, version=version, followers=len(followers))
     return version, done
+
+
+def _not_as_asked(name: str, must_exist: bool | None) -> ApiError:
+    if must_exist:
+        return not_found(f"no template {name!r}")
+    return ApiError(409, f"template {name!r} already exists",
+                    [f"name: {name!r} is already used by a template (edit that template to change it)"])
 
 
 async def delete_template(request: web.Request, name: str) -> None:

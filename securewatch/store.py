@@ -596,17 +596,31 @@ class Store:
                            "updated_by": r[4]} for r in rows}
         return await self._run(q)
 
-    async def save_policy_template(self, name: str, policy: dict[str, Any], actor: str) -> int:
-        """Create or replace a template; its new version."""
-        def q(b: _Backend) -> int:
-            row = b.execute("SELECT version FROM policy_templates WHERE name = ?", (name,)).fetchone()
-            version = (int(row[0]) if row else 0) + 1
-            if row:
-                b.execute("UPDATE policy_templates SET data = ?, version = ?, updated_at = ?, updated_by = ? "
-                          "WHERE name = ?", (_json(policy), version, time.time(), actor, name))
-            else:
-                b.execute("INSERT INTO policy_templates (name, data, version, updated_at, updated_by) "
-                          "VALUES (?, ?, ?, ?, ?)", (name, _json(policy), version, time.time(), actor))
+    async def save_policy_template(self, name: str, policy: dict[str, Any], actor: str, *,
+                                   must_exist: bool | None = None) -> int | None:
+        """Create or replace a template; its new version. `must_exist`: True replaces only, False
+        creates only (None: either); None, with nothing written, when the template is not as
+        asked, checked in the write's own transaction (two admins creating one name: one wins)."""
+        lock = " FOR UPDATE"   # PostgreSQL: the row stays this writer's until it commits
+
+        def q(b: _Backend) -> int | None:
+            select = "SELECT version FROM policy_templates WHERE name = ?" + (lock if b.dialect == "postgresql" else "")
+            row = b.execute(select, (name,)).fetchone()
+            if must_exist is not None and must_exist != (row is not None):
+                return None
+            if row is None:
+                # A writer that created it since the SELECT wins; the name is the key, so this insert
+                # then writes nothing (no error, on either database).
+                if b.execute("INSERT INTO policy_templates (name, data, version, updated_at, updated_by) "
+                             "VALUES (?, ?, 1, ?, ?) ON CONFLICT (name) DO NOTHING",
+                             (name, _json(policy), time.time(), actor)).rowcount:
+                    return 1
+                if must_exist is False:
+                    return None
+                row = b.execute(select, (name,)).fetchone()
+            version = int(row[0]) + 1
+            b.execute("UPDATE policy_templates SET data = ?, version = ?, updated_at = ?, updated_by = ? "
+                      "WHERE name = ?", (_json(policy), version, time.time(), actor, name))
             return version
         return await self._run(q)
 

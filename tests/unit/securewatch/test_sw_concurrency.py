@@ -138,3 +138,27 @@ async def test_item12_policy_form_carries_the_version_and_shows_a_conflict(tmp_p
             assert r.status == 200 and "and applied to the dataplane." in page
             assert f'name="version" value="{version + 2}"' in page
             assert appliance.tenants["alpha"].mode == "monitor"
+
+
+async def test_ten_concurrent_new_template_forms_of_one_name_save_one_and_refuse_nine(tmp_path, database_url):
+    """The "New template" form creates only: its existence check and its save are one transaction in
+    the store, so two admins creating one name cannot both be told it was saved."""
+    async with service(tmp_path, database=database_url) as (url, store, _):
+        await add_user(store, "ops", "admin")
+        http, csrf = await login(url, "ops")
+        async with http:
+            async def create(n: int):
+                async with http.post(f"{url}/admin/templates", data={
+                        "csrf_token": csrf, "name": "hosting", "min_pps": str(1000 + n)}) as r:
+                    return r.status, await r.text(), n
+
+            results = await asyncio.gather(*(create(n) for n in range(10)))
+        assert sorted(status for status, _, _ in results) == [200] + [409] * 9, [r[:2] for r in results]
+        [winner] = [n for status, _, n in results if status == 200]
+        assert all("is already used by a template" in text for status, text, _ in results if status == 409)
+        stored = (await store.policy_templates())["hosting"]
+        assert (stored["policy"], stored["version"]) == ({"min_pps": 1000 + winner}, 1)
+        assert await store.save_policy_template("hosting", {}, "ops", must_exist=False) is None
+        assert await store.save_policy_template("absent", {}, "ops", must_exist=True) is None
+        assert "absent" not in await store.policy_templates()
+
