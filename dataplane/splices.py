@@ -45,17 +45,19 @@ class SpliceGate:
         return value is not None and int.from_bytes(value[:8], "little") != 0
 
     def maintain(self, now_ns: int | None = None) -> bool:
-        """Close the gate if it is open, CHECK_EVERY_NS passed since the last look and no destination is
+        """Close the gate if CHECK_EVERY_NS passed since the last look, it is open and no destination is
         splice active at `now_ns` (time.monotonic_ns(), bpf_ktime_get_ns's clock). True if it closed it."""
         now = time.monotonic_ns() if now_ns is None else now_ns
-        if now < self._next_check_ns or not self.is_open():
+        if now < self._next_check_ns:
             return False
-        self._next_check_ns = now + CHECK_EVERY_NS
+        self._next_check_ns = now + CHECK_EVERY_NS   # a closed gate too: its word is read once a minute
+        if not self.is_open():
+            return False
         self.active_destinations = self._active(now)
         if self.active_destinations:
             return False
         self._write(0)
-        # A splice that opened meanwhile: its destination's time is written before its gate check, and
+        # A splice that opened meanwhile: its destination's time is written before its add to the gate, and
         # is later than `now` (active).
         self.active_destinations = self._active(now)
         if self.active_destinations:
